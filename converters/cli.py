@@ -1,0 +1,94 @@
+"""edge-convert: the command line. Thin: parse, call converters.convert, print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from targets import ProfileError, UnknownTargetError, detect_target, list_profiles, load_profile
+
+
+def _table(result) -> str:
+    rows = [("artifact", "format", "precision", "size MB", "accuracy vs PyTorch FP32", "p50 ms", "FP32 kept")]
+    for a in result.artifacts:
+        metrics = ", ".join(f"{k.replace('_mean', '').replace('top1_agreement', 'top1')} {v:.4f}"
+                            for k, v in a.metrics.items() if k in ("cosine_mean", "cosine_min", "top1_agreement"))
+        rows.append((a.name, a.format, a.precision, f"{a.bytes / 1e6:.1f}", metrics,
+                     f"{a.latency_ms_p50:.2f}", str(len(a.kept_fp32)) if a.precision != "fp32" else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _list_targets() -> None:
+    try:
+        here = detect_target().id
+    except UnknownTargetError:
+        here = None
+    for p in list_profiles():
+        mark = "*" if p.id == here else " "
+        print(f"{mark} {p.id:<16} {p.name:<40} emits {'+'.join(p.formats)} {'/'.join(p.precisions)}, "
+              f"INT8 {p.int8.mode} {p.int8.quant_format}")
+    print("\n* = detected for this machine (--target auto)")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--target", "-t", default="auto", show_default=True, help="target profile id, or 'auto' for this machine")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="output directory [default: out/<target>]")
+@click.option("--task", type=click.Choice(["feature-extraction", "text-classification", "token-classification"]),
+              help="override the task inferred from the model config")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
+              help="texts for calibration and validation: .txt (one per line) or .jsonl ({'text': ...})")
+@click.option("--accuracy-floor", type=float, help="minimum mean cosine / top-1 agreement (overrides the profile)")
+@click.option("--force", is_flag=True, help="replace an existing output directory")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
+@click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
+@click.option("--quiet", "-q", is_flag=True, help="no progress lines")
+def main(model, target, out, task, calibration, accuracy_floor, force, as_json, list_targets, quiet):
+    """Convert MODEL (a local Hugging Face model directory; default: the built-in
+    all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
+    if list_targets:
+        _list_targets()
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
+    from converters import ConversionError, ConvertConfig, convert
+
+    try:
+        profile = load_profile(target)
+    except (UnknownTargetError, ProfileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    out = out or Path("out") / profile.id
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
+
+    config = ConvertConfig(model=model, target=profile.id, out=out, task=task, calibration=calibration,
+                           accuracy_floor=accuracy_floor, force=force)
+    try:
+        result = convert(config, progress)
+    except ConversionError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written to " + str(out), err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"\n{result.source} -> {result.out} (target {result.target}, task {result.task}, "
+               f"{result.seconds:.0f} s)\n")
+    click.echo(_table(result))
+    click.echo("\nlatency: batch 1, 128 tokens, 2 threads, on this machine; run the artifacts with "
+               f"`edge-run {result.out} \"some text\"`")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""edge-convert's pipeline: one ordered list of steps, readable top to bottom.
+
+    load source -> reference outputs -> export ONNX -> fuse -> per precision: quantize ->
+    validate (with mixed-precision fallback) -> package -> manifest -> rename into place
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from converters import package
+from converters._errors import AccuracyError, ConversionError
+from converters.calibration import TextSet, load_texts
+from converters.export_onnx import ExportConfig, export_onnx
+from converters.fuse_onnx import fuse_onnx, fusion_config
+from converters.mixed_precision import quantize_with_floor
+from converters.quantize_int8 import Int8Config
+from converters.source import SourceModel, load_source
+from converters.validate import Reference, compute_metrics, floor_failures, reference_outputs
+from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION
+from edge_runtime.backends.onnx import OnnxSession
+from targets import AccuracyFloor, TargetProfile, load_profile
+
+__all__ = ["ArtifactResult", "ConvertConfig", "ConvertResult", "convert"]
+
+Progress = Callable[[str], None]
+GOLDEN_TEXT = "edge-runtime golden sample: a quick check that this device computes the right numbers."
+# How far a device may drift from the converter's own run of the same artifact. INT8 kernels
+# differ slightly across CPUs (rounding of dynamic activation scales), FP32 barely.
+GOLDEN_TOLERANCE = {
+    "fp32": {"cosine_min": 0.9999, "rel_l2_max": 1e-3},
+    "fp16": {"cosine_min": 0.999, "rel_l2_max": 2e-2},
+    "int8": {"cosine_min": 0.99, "rel_l2_max": 0.15},
+    "int4": {"cosine_min": 0.99, "rel_l2_max": 0.15},
+}
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    model: Path | None  # None: the built-in all-MiniLM-L6-v2
+    target: str
+    out: Path
+    task: str | None = None
+    calibration: Path | None = None
+    accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
+    force: bool = False
+    latency_runs: int = 20
+    latency_seq: int = 128
+
+
+@dataclass
+class ArtifactResult:
+    name: str
+    format: str
+    precision: str
+    bytes: int
+    metrics: dict[str, float]
+    latency_ms_p50: float
+    kept_fp32: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    target: str
+    task: str
+    source: str
+    artifacts: list[ArtifactResult]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "target": self.target,
+            "task": self.task,
+            "source": self.source,
+            "seconds": round(self.seconds, 2),
+            "artifacts": [a.__dict__ for a in self.artifacts],
+        }
+
+
+def _floor(profile: TargetProfile, override: float | None) -> AccuracyFloor:
+    if override is None:
+        return profile.accuracy
+    if not 0.0 < override <= 1.0:
+        raise ConversionError(f"--accuracy-floor must be in (0, 1], got {override}")
+    # The override sets the mean-cosine / top-1 floor; the per-sample minimum keeps the
+    # profile's gap below it.
+    gap = profile.accuracy.cosine_mean - profile.accuracy.cosine_min
+    return AccuracyFloor(cosine_mean=override, cosine_min=max(0.0, override - gap), top1_agreement=override)
+
+
+def _session(path: Path, threads: int = 2) -> OnnxSession:
+    return OnnxSession(path, threads=threads, graph_optimization_level="all")
+
+
+def _latency_ms(session: OnnxSession, source: SourceModel, seq: int, runs: int) -> float:
+    """p50 at batch 1 and a full `seq`-token input on this machine (informational)."""
+    seq = min(seq, source.max_length)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(5, source.tokenizer.vocab_size, (1, seq), dtype=np.int64),
+             "attention_mask": np.ones((1, seq), np.int64)}
+    if "token_type_ids" in source.input_names:
+        feeds["token_type_ids"] = np.zeros((1, seq), np.int64)
+    for _ in range(3):
+        session.run(feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def _golden_inputs(source: SourceModel) -> dict[str, np.ndarray]:
+    enc = source.tokenizer([GOLDEN_TEXT], truncation=True, max_length=source.max_length, return_tensors="np")
+    return {name: enc[name].astype(np.int64) for name in source.input_names}
+
+
+def _io_signature(source: SourceModel) -> tuple[list, list]:
+    inputs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in source.input_names]
+    if source.task == "feature-extraction":
+        shape = ["batch", "sequence", source.hidden_size]
+    elif source.task == "token-classification":
+        shape = ["batch", "sequence", len(source.postprocess["labels"])]
+    else:
+        shape = ["batch", len(source.postprocess["labels"])]
+    outputs = [{"name": source.output_names[0], "dtype": "float32", "shape": shape}]
+    return inputs, outputs
+
+
+def _tokenizer_files(source: SourceModel, root: Path) -> dict[str, Any]:
+    tok_dir = root / "tokenizer"
+    source.tokenizer.save_pretrained(str(tok_dir))
+    main = tok_dir / "tokenizer.json"
+    if not main.is_file():
+        raise ConversionError(f"the tokenizer of {source.path} did not produce tokenizer.json")
+    files = [package.file_entry(root, main)] + [
+        package.file_entry(root, p) for p in sorted(tok_dir.iterdir()) if p != main
+    ]
+    return {
+        "files": files,
+        "max_length": source.max_length,
+        "pad_token_id": source.pad_token_id,
+        "class": type(source.tokenizer).__name__,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    from converters import __version__
+
+    return {
+        "edge-convert": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _runtime_settings(profile: TargetProfile) -> dict[str, Any]:
+    return {
+        "threads": {"intra_op": profile.threads.intra_op, "inter_op": profile.threads.inter_op},
+        "backends": [
+            {"name": b.name, "execution_providers": list(b.execution_providers), "provider_options": b.provider_options}
+            for b in profile.backends
+        ],
+        "graph_optimization_level": profile.onnx.graph_optimization_level,
+        "artifact_preference": list(profile.runtime.artifact_preference),
+        "notes": profile.runtime.notes,
+    }
+
+
+def convert(config: ConvertConfig, progress: Progress = lambda message: None) -> ConvertResult:
+    started = time.perf_counter()
+    profile = load_profile(config.target)
+    floor = _floor(profile, config.accuracy_floor)
+    unsupported = [f for f in profile.formats if f != "onnx"] + [
+        p for p in profile.precisions if p not in ("fp32", "int8")
+    ]
+    if unsupported:
+        raise ConversionError(f"profile {profile.id} asks for {unsupported}, which this version does not build")
+
+    progress(f"target {profile.id}: {profile.name}")
+    progress("loading the source model")
+    source = load_source(config.model, config.task)
+    texts: TextSet = load_texts(config.calibration)
+    progress(f"source {source.name}: {source.model_type}, task {source.task}, "
+             f"{source.num_parameters / 1e6:.1f}M parameters; {len(texts.texts)} validation texts")
+
+    with package.staging_dir(config.out, config.force) as stage, tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
+        work = Path(tmp)
+        progress("computing PyTorch FP32 reference outputs")
+        reference: Reference = reference_outputs(source, texts.texts)
+
+        progress(f"exporting ONNX (opset {profile.onnx.opset}, dynamic batch and sequence)")
+        fp32_path = export_onnx(source, work / "export.onnx", ExportConfig(profile.onnx.opset))
+        fused_ops: dict[str, int] = {}
+        if profile.onnx.fusion:
+            progress("fusing transformer subgraphs for onnxruntime")
+            fused_ops = fuse_onnx(fp32_path, work / "fused.onnx", fusion_config(source))
+            fp32_path = work / "fused.onnx"
+            progress("fused: " + (", ".join(f"{k} x{v}" for k, v in fused_ops.items()) or "nothing"))
+
+        golden_inputs = _golden_inputs(source)
+        results, entries = [], []
+        for precision in profile.precisions:
+            name = f"onnx-{precision}"
+            progress(f"[{name}] building")
+            extra: dict[str, Any] = {}
+            if precision == "fp32":
+                model_path, kept = fp32_path, []
+                session = _session(model_path)
+                metrics = compute_metrics(source, reference, session.run)
+                failures = floor_failures(metrics, floor)
+                if failures:
+                    raise ConversionError(
+                        f"the FP32 export of {source.name} disagrees with PyTorch ({'; '.join(failures)}): "
+                        "this is an export bug, please report it with the model config"
+                    )
+            else:
+                int8 = Int8Config(
+                    scheme=profile.int8,
+                    calibration_batches=tuple(reference.batches) if profile.int8.mode == "static" else (),
+                )
+                outcome = quantize_with_floor(
+                    fp32_path, work / f"{name}.onnx", int8, source, reference, floor, _session, progress
+                )
+                model_path, kept, metrics = outcome.path, outcome.kept_fp32, outcome.metrics
+                session = _session(model_path)
+                extra["quantization"] = {**int8.describe(), "kept_fp32": kept, "search": outcome.search}
+            progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+            files = package.save_onnx(model_path, stage, name)
+            shipped = _session(stage / files[0]["path"])  # what the device loads
+            golden_outputs = shipped.run(golden_inputs)
+            golden = package.write_golden(stage, name, golden_inputs, golden_outputs, GOLDEN_TOLERANCE[precision])
+            latency = _latency_ms(shipped, source, config.latency_seq, config.latency_runs)
+            size = sum(f["bytes"] for f in files)
+            entries.append({
+                "name": name,
+                "format": "onnx",
+                "precision": precision,
+                "files": files,
+                "metrics": metrics,
+                "accuracy_floor": floor.__dict__,
+                "pruning": None,
+                "fused_ops": fused_ops,
+                **extra,
+                "min_runtime": {"onnxruntime": "1.17" if fused_ops else "1.14"},
+                "golden": golden,
+                "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": 1,
+                                          "sequence": min(config.latency_seq, source.max_length), "threads": 2},
+            })
+            results.append(ArtifactResult(name, "onnx", precision, size, metrics, latency, kept))
+
+        inputs, outputs = _io_signature(source)
+        manifest = {
+            "schema_version": MANIFEST_SCHEMA_VERSION,
+            "created_by": _versions(),
+            "target": {"id": profile.id, "name": profile.name, "profile": profile.to_dict()},
+            "source": source.describe(),
+            "task": source.task,
+            "inputs": inputs,
+            "outputs": outputs,
+            "tokenizer": _tokenizer_files(source, stage),
+            "postprocess": source.postprocess,
+            "calibration": texts.describe(),
+            "runtime": _runtime_settings(profile),
+            "artifacts": entries,
+        }
+        progress("writing manifest.json")
+        package.write_manifest(stage, manifest)
+
+    return ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
+                         time.perf_counter() - started)

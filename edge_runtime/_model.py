@@ -1,0 +1,275 @@
+"""Loading an artifact directory and running it: `edge_runtime.load(path)`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import backends
+from edge_runtime._errors import (
+    BackendUnavailableError,
+    EdgeRuntimeError,
+    GoldenMismatchError,
+    InputError,
+)
+from edge_runtime._manifest import read_manifest, resolve, verify_files
+from edge_runtime._text import TextEncoder, pool, softmax
+
+__all__ = ["Model", "compare_outputs", "load", "physical_cores"]
+
+log = logging.getLogger("edge_runtime")
+
+# Manifest backend names -> the artifact format they run.
+_BACKEND_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
+_NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16}
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        count = psutil.cpu_count(logical=False)
+    except ImportError:
+        count = None
+    return count or os.cpu_count() or 1
+
+
+def compare_outputs(
+    got: dict[str, np.ndarray], want: dict[str, np.ndarray], tolerance: dict[str, float]
+) -> list[str]:
+    """Problems (empty if none) comparing outputs row by row: cosine and relative L2 error."""
+    problems = []
+    for name, expected in want.items():
+        actual = got.get(name)
+        if actual is None or actual.shape != expected.shape:
+            shape = None if actual is None else actual.shape
+            problems.append(f"{name}: shape {shape}, expected {expected.shape}")
+            continue
+        a = actual.reshape(len(actual), -1).astype(np.float64)
+        b = expected.reshape(len(expected), -1).astype(np.float64)
+        if not np.all(np.isfinite(a)):
+            problems.append(f"{name}: contains NaN or Inf")
+            continue
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosine = float(np.min((a * b).sum(axis=1) / np.clip(norms, 1e-30, None)))
+        rel = float(np.max(np.linalg.norm(a - b, axis=1) / np.clip(np.linalg.norm(b, axis=1), 1e-30, None)))
+        if cosine < tolerance["cosine_min"] or rel > tolerance["rel_l2_max"]:
+            problems.append(
+                f"{name}: cosine {cosine:.6f} (needs >= {tolerance['cosine_min']}), "
+                f"relative L2 error {rel:.3g} (needs <= {tolerance['rel_l2_max']})"
+            )
+    return problems
+
+
+class Model:
+    """One artifact of an artifact directory, ready to run on this device."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], artifact: dict[str, Any], session, threads: int, load_seconds: float):
+        self.root = root
+        self.manifest = manifest
+        self.artifact = artifact
+        self.threads = threads
+        self.load_seconds = load_seconds
+        self._session = session
+        self._encoder: TextEncoder | None = None
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.artifact["name"]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return self.manifest["outputs"]
+
+    @property
+    def backend(self) -> str:
+        return f"{self._session.backend_name} {self._session.backend_version} ({', '.join(self._session.providers)})"
+
+    def __repr__(self) -> str:
+        return f"<edge_runtime.Model {self.name} task={self.task} backend={self.backend} threads={self.threads}>"
+
+    # -- raw tensors -------------------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named input arrays; returns named output arrays."""
+        expected = {spec["name"]: spec for spec in self.inputs}
+        missing = sorted(set(expected) - set(feeds))
+        extra = sorted(set(feeds) - set(expected))
+        if missing or extra:
+            raise InputError(
+                f"inputs do not match the model: missing {missing}, unexpected {extra}; "
+                f"the model takes {sorted(expected)}"
+            )
+        prepared = {}
+        for name, value in feeds.items():
+            array = np.asarray(value)
+            spec = expected[name]
+            if array.ndim != len(spec["shape"]):
+                raise InputError(f"input {name!r} has shape {array.shape}; expected {spec['shape']}")
+            prepared[name] = np.ascontiguousarray(array, dtype=_NP_DTYPES[spec["dtype"]])
+        return self._session.run(prepared)
+
+    # -- text --------------------------------------------------------------------------------
+    def _text(self) -> TextEncoder:
+        if self._encoder is None:
+            spec = self.manifest.get("tokenizer")
+            if not spec:
+                raise InputError(f"{self.root} has no tokenizer: use .run() with tensors")
+            path = resolve(self.root, spec["files"][0]["path"])
+            self._encoder = TextEncoder(path, spec, [i["name"] for i in self.inputs])
+        return self._encoder
+
+    def _require_task(self, method: str, tasks: tuple[str, ...]) -> None:
+        if self.task not in tasks:
+            raise InputError(
+                f".{method}() needs a model for {' or '.join(tasks)}; this one does {self.task}"
+            )
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Sentence embeddings [len(texts), dim], pooled and normalized like the source model."""
+        self._require_task("embed", ("feature-extraction",))
+        post = self.manifest["postprocess"]
+        encoder = self._text()
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            feeds = encoder.encode(texts[start : start + batch_size])
+            hidden = self.run(feeds)[post["output"]]
+            chunks.append(pool(hidden, feeds["attention_mask"], post["pooling"], post["normalize"]))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+    def classify(self, texts: list[str], batch_size: int = 32) -> list[Any]:
+        """Labels with scores: one {label, score} per text for text classification; for token
+        classification, per text a list of {token, label, score} (special tokens left out)."""
+        self._require_task("classify", ("text-classification", "token-classification"))
+        post = self.manifest["postprocess"]
+        labels = post["labels"]
+        encoder = self._text()
+        results: list[Any] = []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            feeds = encoder.encode(batch)
+            probs = softmax(self.run(feeds)["logits"].astype(np.float64))
+            if self.task == "text-classification":
+                for row in probs:
+                    best = int(row.argmax())
+                    results.append({"label": labels[best], "score": float(row[best])})
+                continue
+            for row, text in zip(range(len(batch)), batch):
+                enc = encoder._tok.encode(text)
+                tokens = []
+                for pos, (token, special) in enumerate(zip(enc.tokens, enc.special_tokens_mask)):
+                    if special or pos >= probs.shape[1]:
+                        continue
+                    best = int(probs[row, pos].argmax())
+                    tokens.append({"token": token, "label": labels[best], "score": float(probs[row, pos, best])})
+                results.append(tokens)
+        return results
+
+    # -- checks ------------------------------------------------------------------------------
+    def self_check(self) -> None:
+        """Run the golden sample recorded at conversion; raise if this device disagrees."""
+        golden = self.artifact["golden"]
+        with np.load(resolve(self.root, golden["path"]), allow_pickle=False) as data:
+            inputs = {k[len("input:"):]: data[k] for k in data.files if k.startswith("input:")}
+            want = {k[len("output:"):]: data[k] for k in data.files if k.startswith("output:")}
+        got = self.run(inputs)
+        problems = compare_outputs(got, want, golden["tolerance"])
+        if problems:
+            raise GoldenMismatchError(
+                f"artifact {self.name!r} computes wrong numbers on {self.backend}; refusing it. "
+                "Golden sample from conversion:\n  " + "\n  ".join(problems)
+                + "\nTry another artifact (artifact=...) or another backend version."
+            )
+
+
+def _candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Artifacts in the order the target profile prefers: backend order first, then precision."""
+    runtime = manifest.get("runtime", {})
+    backend_order = [_BACKEND_FORMAT.get(b["name"], b["name"]) for b in runtime.get("backends", [])]
+    precision_order = list(runtime.get("artifact_preference", []))
+
+    def rank(entry: dict[str, Any]) -> tuple[int, int]:
+        fmt = backend_order.index(entry["format"]) if entry["format"] in backend_order else 99
+        prec = precision_order.index(entry["precision"]) if entry["precision"] in precision_order else 99
+        return fmt, prec
+
+    return sorted(manifest["artifacts"], key=rank)
+
+
+def _backend_options(manifest: dict[str, Any], fmt: str) -> dict[str, Any]:
+    runtime = manifest.get("runtime", {})
+    for spec in runtime.get("backends", []):
+        if _BACKEND_FORMAT.get(spec["name"]) == fmt:
+            options = {}
+            if fmt == "onnx":
+                options["execution_providers"] = tuple(spec.get("execution_providers", ()))
+                options["provider_options"] = spec.get("provider_options", {})
+                options["graph_optimization_level"] = runtime.get("graph_optimization_level", "all")
+            return options
+    return {}
+
+
+def _open(root: Path, manifest: dict[str, Any], entry: dict[str, Any], threads: int, verify: bool) -> Model:
+    started = time.perf_counter()
+    if verify:
+        verify_files(root, [*entry["files"], entry["golden"]])
+    main_file = resolve(root, entry["files"][0]["path"])
+    session = backends.open_session(
+        entry["format"], main_file, threads=threads, **_backend_options(manifest, entry["format"])
+    )
+    model = Model(root, manifest, entry, session, threads, time.perf_counter() - started)
+    if verify:
+        model.self_check()
+    return model
+
+
+def load(path: str | os.PathLike, artifact: str | None = None, threads: int | None = None, verify: bool = True) -> Model:
+    """Load an edge-convert artifact directory.
+
+    artifact: a name from the manifest; None picks the best one this device can run (profile
+        order), skipping, with a warning, any that fail the golden self-check.
+    threads: intra-op threads; None takes the target profile's default (0 = physical cores).
+    verify: check file hashes and run the golden sample (recommended; costs a few ms per MB).
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    if threads is None:
+        threads = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0))
+    if threads < 0:
+        raise InputError(f"threads must be >= 0, got {threads}")
+    threads = threads or physical_cores()
+
+    if artifact is not None:
+        by_name = {entry["name"]: entry for entry in manifest["artifacts"]}
+        if artifact not in by_name:
+            raise InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(by_name)}")
+        return _open(root, manifest, by_name[artifact], threads, verify)
+
+    runnable = [e for e in _candidates(manifest) if backends.backend_available(e["format"])]
+    if not runnable:
+        formats = sorted({e["format"] for e in manifest["artifacts"]})
+        raise BackendUnavailableError(
+            f"none of the artifacts in {root} can run here: they need {formats} backends; "
+            "install onnxruntime (edge_runtime[onnx]) or ai-edge-litert (edge_runtime[tflite])"
+        )
+    failures = []
+    for entry in runnable:
+        try:
+            return _open(root, manifest, entry, threads, verify)
+        except (GoldenMismatchError, BackendUnavailableError) as exc:
+            log.warning("skipping artifact %s: %s", entry["name"], exc)
+            failures.append(f"{entry['name']}: {exc}")
+    raise EdgeRuntimeError(f"no artifact in {root} runs correctly here:\n" + "\n".join(failures))

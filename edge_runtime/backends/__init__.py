@@ -1,0 +1,53 @@
+"""Inference backends, one per file, imported only when an artifact of that format is loaded.
+
+A backend module exposes `AVAILABLE` (can it run here?) and `open_session(...) -> Session`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_runtime._errors import BackendUnavailableError
+
+__all__ = ["Session", "backend_available", "open_session"]
+
+# format -> (module, install hint). Registered here, imported lazily.
+_BACKENDS = {
+    "onnx": ("edge_runtime.backends.onnx", "pip install onnxruntime (or edge_runtime[onnx])"),
+}
+
+
+class Session(Protocol):
+    backend_name: str
+    backend_version: str
+    providers: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def _module(fmt: str):
+    if fmt not in _BACKENDS:
+        raise BackendUnavailableError(
+            f"no backend for format {fmt!r}; this edge_runtime runs: {', '.join(_BACKENDS)}"
+        )
+    return importlib.import_module(_BACKENDS[fmt][0])
+
+
+def backend_available(fmt: str) -> bool:
+    """True when the package that runs `fmt` artifacts is importable here."""
+    try:
+        return _module(fmt).available()
+    except BackendUnavailableError:
+        return False
+
+
+def open_session(fmt: str, model_path, **options: Any) -> Session:
+    module = _module(fmt)
+    if not module.available():
+        raise BackendUnavailableError(
+            f"cannot run {fmt} artifacts: its backend is not installed ({_BACKENDS[fmt][1]})"
+        )
+    return module.open_session(model_path, **options)

@@ -1,0 +1,274 @@
+"""Device target profiles: one TOML file per target in this folder, loaded into frozen dataclasses.
+
+Both sides read these: converters decide what to emit, edge_runtime decides how to run it.
+Only the standard library is used here, so the device wheel can ship this package as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PROFILE_SCHEMA_VERSION",
+    "AccuracyFloor",
+    "BackendSpec",
+    "Int8Scheme",
+    "ProfileError",
+    "TargetProfile",
+    "UnknownTargetError",
+    "detect_target",
+    "list_profiles",
+    "load_profile",
+]
+
+PROFILE_SCHEMA_VERSION = 1
+_DIR = Path(__file__).resolve().parent
+
+
+class ProfileError(ValueError):
+    """A profile file is malformed (our bug or a hand-edited profile)."""
+
+
+class UnknownTargetError(ValueError):
+    """The user named a target id that has no profile."""
+
+
+@dataclass(frozen=True)
+class Hardware:
+    arch: str
+    isa_features: tuple[str, ...]
+    cores: int  # 0: varies; count at run time
+    ram_mb: int  # 0: varies
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Detect:
+    arch: str
+    cpu_flags: tuple[str, ...] = ()
+    device_model: tuple[str, ...] = ()  # substrings of /proc/device-tree/model
+    files: tuple[str, ...] = ()  # any of these existing also identifies the device
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    opset: int
+    fusion: bool
+    graph_optimization_level: str  # disabled | basic | extended | all
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization_level not in ("disabled", "basic", "extended", "all"):
+            raise ProfileError(f"graph_optimization_level {self.graph_optimization_level!r}")
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    mode: str  # dynamic | static
+    activation_type: str  # uint8 | int8
+    weight_type: str  # uint8 | int8
+    per_channel: bool
+    reduce_range: bool
+    quant_format: str  # operator | qdq
+    calibration_method: str  # minmax | percentile | entropy
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "mode": (self.mode, ("dynamic", "static")),
+            "activation_type": (self.activation_type, ("uint8", "int8")),
+            "weight_type": (self.weight_type, ("uint8", "int8")),
+            "quant_format": (self.quant_format, ("operator", "qdq")),
+            "calibration_method": (self.calibration_method, ("minmax", "percentile", "entropy")),
+        }
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ProfileError(f"int8.{key} = {value!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class Int4Scheme:
+    block_size: int
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str  # onnxruntime | litert
+    execution_providers: tuple[str, ...] = ()
+    provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Threads:
+    intra_op: int  # 0: one per physical core
+    inter_op: int
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class AccuracyFloor:
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float
+
+
+@dataclass(frozen=True)
+class RuntimeHints:
+    artifact_preference: tuple[str, ...]  # precisions, best first
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    id: str
+    name: str
+    hardware: Hardware
+    detect: Detect
+    formats: tuple[str, ...]
+    precisions: tuple[str, ...]
+    onnx: OnnxOptions
+    int8: Int8Scheme
+    int4: Int4Scheme
+    backends: tuple[BackendSpec, ...]
+    threads: Threads
+    accuracy: AccuracyFloor
+    runtime: RuntimeHints
+    source: str  # the file it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the manifest."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a dataclass from a TOML table, naming unknown or missing keys in the error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ProfileError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
+
+
+def _parse(path: Path) -> TargetProfile:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+    if raw.get("schema_version") != PROFILE_SCHEMA_VERSION:
+        raise ProfileError(
+            f"{path}: schema_version {raw.get('schema_version')!r}, "
+            f"this code reads {PROFILE_SCHEMA_VERSION}"
+        )
+    if raw.get("id") != path.stem:
+        raise ProfileError(f"{path}: id {raw.get('id')!r} must match the file name {path.stem!r}")
+    where = path.name
+    try:
+        emit = raw["emit"]
+        return TargetProfile(
+            id=raw["id"],
+            name=raw["name"],
+            hardware=_build(Hardware, raw["hardware"], f"{where} [hardware]"),
+            detect=_build(Detect, raw["detect"], f"{where} [detect]"),
+            formats=tuple(emit["formats"]),
+            precisions=tuple(emit["precisions"]),
+            onnx=_build(OnnxOptions, raw["onnx"], f"{where} [onnx]"),
+            int8=_build(Int8Scheme, raw["int8"], f"{where} [int8]"),
+            int4=_build(Int4Scheme, raw["int4"], f"{where} [int4]"),
+            backends=tuple(
+                _build(BackendSpec, b, f"{where} [[backends]]") for b in raw["backends"]
+            ),
+            threads=_build(Threads, raw["threads"], f"{where} [threads]"),
+            accuracy=_build(AccuracyFloor, raw["accuracy"], f"{where} [accuracy]"),
+            runtime=_build(RuntimeHints, raw["runtime"], f"{where} [runtime]"),
+            source=path.name,
+        )
+    except KeyError as exc:
+        raise ProfileError(f"{where}: missing required key {exc}") from None
+
+
+@cache
+def _all_profiles() -> dict[str, TargetProfile]:
+    profiles: dict[str, TargetProfile] = {}
+    for path in sorted(_DIR.glob("*.toml")):
+        profile = _parse(path)
+        if profile.id in profiles:  # registries raise on duplicates
+            raise ProfileError(f"duplicate target id {profile.id!r} in {path}")
+        profiles[profile.id] = profile
+    return profiles
+
+
+def list_profiles() -> list[TargetProfile]:
+    """All known profiles, sorted by id."""
+    return list(_all_profiles().values())
+
+
+def load_profile(target_id: str) -> TargetProfile:
+    """The profile for `target_id`; `"auto"` detects this machine's."""
+    if target_id == "auto":
+        return detect_target()
+    profiles = _all_profiles()
+    if target_id not in profiles:
+        raise UnknownTargetError(
+            f"unknown target {target_id!r}; known targets: {', '.join(sorted(profiles))} "
+            "(or 'auto' to detect this machine)"
+        )
+    return profiles[target_id]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def machine_facts() -> dict[str, Any]:
+    """What detection looks at: CPU architecture, CPU feature flags, device-tree model."""
+    arch = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    flags: set[str] = set()
+    for line in _read("/proc/cpuinfo").splitlines():
+        key, _, value = line.partition(":")
+        # x86 lists "flags", ARM lists "Features"; the first CPU is representative.
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            break
+    model = _read("/proc/device-tree/model").rstrip("\x00\n")
+    return {"arch": arch, "cpu_flags": flags, "device_model": model}
+
+
+def _matches(detect: Detect, facts: dict[str, Any]) -> bool:
+    if detect.arch != facts["arch"]:
+        return False
+    if not set(detect.cpu_flags) <= facts["cpu_flags"]:
+        return False
+    if detect.device_model or detect.files:
+        by_model = any(s in facts["device_model"] for s in detect.device_model)
+        by_file = any(Path(f).exists() for f in detect.files)
+        return by_model or by_file
+    return True
+
+
+def detect_target(facts: dict[str, Any] | None = None) -> TargetProfile:
+    """The most specific profile matching this machine (highest `detect.priority`)."""
+    facts = machine_facts() if facts is None else facts
+    candidates = [p for p in list_profiles() if _matches(p.detect, facts)]
+    if not candidates:
+        raise UnknownTargetError(
+            f"no target profile matches this machine (arch {facts['arch']}, "
+            f"model {facts['device_model'] or 'unknown'}); pass --target with one of: "
+            f"{', '.join(p.id for p in list_profiles())}"
+        )
+    return max(candidates, key=lambda p: p.detect.priority)
