@@ -16,14 +16,21 @@ from typing import Any, Callable
 import numpy as np
 
 from converters import package
-from converters._errors import AccuracyError, ConversionError
+from converters._errors import ConversionError
 from converters.calibration import TextSet, load_texts
 from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
 from converters.mixed_precision import quantize_with_floor
+from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
 from converters.quantize_int8 import Int8Config
 from converters.source import SourceModel, load_source
-from converters.validate import Reference, compute_metrics, floor_failures, reference_outputs
+from converters.validate import (
+    Reference,
+    compute_metrics,
+    encode,
+    floor_failures,
+    reference_outputs,
+)
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION
 from edge_runtime.backends.onnx import OnnxSession
 from targets import AccuracyFloor, TargetProfile, load_profile
@@ -119,11 +126,6 @@ def _latency_ms(session: OnnxSession, source: SourceModel, seq: int, runs: int) 
     return float(np.median(times) * 1000)
 
 
-def _golden_inputs(source: SourceModel) -> dict[str, np.ndarray]:
-    enc = source.tokenizer([GOLDEN_TEXT], truncation=True, max_length=source.max_length, return_tensors="np")
-    return {name: enc[name].astype(np.int64) for name in source.input_names}
-
-
 def _io_signature(source: SourceModel) -> tuple[list, list]:
     inputs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in source.input_names]
     if source.task == "feature-extraction":
@@ -215,7 +217,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             fp32_path = work / "fused.onnx"
             progress("fused: " + (", ".join(f"{k} x{v}" for k, v in fused_ops.items()) or "nothing"))
 
-        golden_inputs = _golden_inputs(source)
+        golden_inputs = encode(source, [GOLDEN_TEXT])
         results, entries = [], []
         for precision in profile.precisions:
             name = f"onnx-{precision}"
@@ -223,8 +225,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             extra: dict[str, Any] = {}
             if precision == "fp32":
                 model_path, kept = fp32_path, []
-                session = _session(model_path)
-                metrics = compute_metrics(source, reference, session.run)
+                metrics = compute_metrics(source, reference, _session(model_path).run)
                 failures = floor_failures(metrics, floor)
                 if failures:
                     raise ConversionError(
@@ -232,16 +233,22 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                         "this is an export bug, please report it with the model config"
                     )
             else:
+                start_path, embeddings = fp32_path, []
+                if profile.int8.embeddings == "int8-per-row":
+                    start_path = work / f"{name}-embeddings.onnx"
+                    embeddings = quantize_embeddings(fp32_path, start_path, EmbeddingQuantConfig())
+                    progress(f"[{name}] embedding tables to INT8 rows: "
+                             + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
                 int8 = Int8Config(
                     scheme=profile.int8,
                     calibration_batches=tuple(reference.batches) if profile.int8.mode == "static" else (),
                 )
                 outcome = quantize_with_floor(
-                    fp32_path, work / f"{name}.onnx", int8, source, reference, floor, _session, progress
+                    start_path, work / f"{name}.onnx", int8, source, reference, floor, _session, progress
                 )
                 model_path, kept, metrics = outcome.path, outcome.kept_fp32, outcome.metrics
-                session = _session(model_path)
-                extra["quantization"] = {**int8.describe(), "kept_fp32": kept, "search": outcome.search}
+                extra["quantization"] = {**int8.describe(), "kept_fp32": kept, "embeddings": embeddings,
+                                         "search": outcome.search}
             progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
             files = package.save_onnx(model_path, stage, name)

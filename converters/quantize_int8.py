@@ -19,9 +19,8 @@ from targets import Int8Scheme
 
 __all__ = ["Int8Config", "quantizable_nodes", "quantize_int8"]
 
-# MatMul (and fused Attention) carry ~all of a transformer's weights and FLOPs. The word
-# embedding Gather is left to the INT4/embedding work (issue 4): quantizing it per-tensor
-# costs accuracy for a size win that block-wise schemes get without the loss.
+# MatMul (and fused Attention) carry the FLOPs. Embedding tables are handled by the
+# quantize_embeddings pass (per-row scales) rather than ORT's per-tensor Gather quantization.
 DEFAULT_OP_TYPES = ("MatMul", "Attention")
 
 
@@ -42,6 +41,7 @@ class Int8Config:
             "reduce_range": s.reduce_range,
             "quant_format": s.quant_format,
             "calibration_method": s.calibration_method if s.mode == "static" else None,
+            "embeddings": s.embeddings,
             "op_types": list(self.op_types),
             "kept_fp32": list(self.exclude),
         }

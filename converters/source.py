@@ -203,7 +203,6 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
             f"{type(tokenizer).__name__} is a slow one"
         )
     model.eval()
-    torch.set_grad_enabled(False)
 
     cfg = model.config
     uses_token_types = SUPPORTED_MODEL_TYPES[model_type]

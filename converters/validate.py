@@ -15,7 +15,14 @@ from edge_runtime._text import pool
 from converters.source import SourceModel
 from targets import AccuracyFloor
 
-__all__ = ["Reference", "compute_metrics", "floor_failures", "make_batches", "reference_outputs"]
+__all__ = [
+    "Reference",
+    "compute_metrics",
+    "encode",
+    "floor_failures",
+    "make_batches",
+    "reference_outputs",
+]
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -26,18 +33,21 @@ class Reference:
     outputs: list[np.ndarray]  # the PyTorch FP32 output for each batch
 
 
+def encode(source: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:
+    """int64 feeds for `texts`, padded to the longest; token types default to zeros."""
+    enc = source.tokenizer(
+        list(texts), padding=True, truncation=True, max_length=source.max_length, return_tensors="np"
+    )
+    ids = enc["input_ids"].astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": enc["attention_mask"].astype(np.int64)}
+    if "token_type_ids" in source.input_names:
+        types = enc.get("token_type_ids")
+        feeds["token_type_ids"] = np.zeros_like(ids) if types is None else types.astype(np.int64)
+    return feeds
+
+
 def make_batches(source: SourceModel, texts: tuple[str, ...], batch_size: int = 16) -> list[dict]:
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        enc = source.tokenizer(
-            list(texts[start : start + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=source.max_length,
-            return_tensors="np",
-        )
-        batches.append({name: enc[name].astype(np.int64) for name in source.input_names})
-    return batches
+    return [encode(source, texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
 
 
 def reference_outputs(source: SourceModel, texts: tuple[str, ...]) -> Reference:

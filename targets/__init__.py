@@ -77,6 +77,7 @@ class Int8Scheme:
     reduce_range: bool
     quant_format: str  # operator | qdq
     calibration_method: str  # minmax | percentile | entropy
+    embeddings: str = "fp32"  # fp32 | int8-per-row: how large embedding tables are stored
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -86,6 +87,7 @@ class Int8Scheme:
             "weight_type": (self.weight_type, ("uint8", "int8")),
             "quant_format": (self.quant_format, ("operator", "qdq")),
             "calibration_method": (self.calibration_method, ("minmax", "percentile", "entropy")),
+            "embeddings": (self.embeddings, ("fp32", "int8-per-row")),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:

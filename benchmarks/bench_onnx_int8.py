@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Side-by-side: plain ONNX Runtime FP32 vs stock quantize_dynamic vs our edge-convert artifacts.
+
+    python benchmarks/bench_onnx_int8.py --target x86-avx2 --rounds 5 --runs 50
+
+MiniLM (the built-in model), batch 1, 128 tokens, 2 threads by default. Speed is reported as the
+median over interleaved rounds of (variant p50 / plain FP32 p50) measured in the same round, so
+a busy machine slows every variant alike. Accuracy is the sentence-embedding cosine against
+PyTorch FP32 on held-out texts (benchmarks/data/heldout_en.txt) that the converter never saw.
+Load time and RSS come from a fresh subprocess per variant (median of 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
+
+_LOAD_PROBE = r"""
+import json, sys, time, psutil
+kind, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import numpy as np
+proc = psutil.Process()
+if kind == "edge":
+    import edge_runtime
+    root, name = path.rsplit("::", 1)
+    before = proc.memory_info().rss
+    t0 = time.perf_counter()
+    model = edge_runtime.load(root, artifact=name, threads=threads)
+    load = time.perf_counter() - t0
+    run = model.run
+    names = [i["name"] for i in model.inputs]
+else:
+    import onnxruntime as ort
+    before = proc.memory_info().rss
+    t0 = time.perf_counter()
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    load = time.perf_counter() - t0
+    names = [i.name for i in sess.get_inputs()]
+    run = lambda feeds: sess.run(None, feeds)
+feeds = {n: (np.ones((1, 128), np.int64) if n != "token_type_ids" else np.zeros((1, 128), np.int64)) for n in names}
+run(feeds)
+print(json.dumps({"load_s": load, "rss_mb": proc.memory_info().rss / 2**20, "rss_delta_mb": (proc.memory_info().rss - before) / 2**20}))
+"""
+
+
+def _texts() -> list[str]:
+    return [t for t in HELDOUT.read_text().splitlines() if t.strip() and not t.startswith("#")]
+
+
+class PlainExport:
+    """What a user gets from a plain torch.onnx.export of the Hugging Face model."""
+
+    def __init__(self, model_dir: Path, work: Path):
+        import torch
+        import transformers
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        self.model = transformers.AutoModel.from_pretrained(model_dir).eval()
+
+        class Keywords(torch.nn.Module):  # transformers 5 needs keyword arguments
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        sample = self.tokenizer(["a sample sentence", "another"], padding=True, return_tensors="pt")
+        self.path = work / "plain_fp32.onnx"
+        torch.onnx.export(Keywords(self.model).eval(), tuple(sample[n] for n in names), str(self.path),
+                          dynamo=False, opset_version=17, input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]})
+
+    def reference(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.no_grad():
+            hidden = self.model(**enc).last_hidden_state.numpy()
+        return _pool(hidden, enc["attention_mask"].numpy())
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
+        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask[..., None].astype(np.float32)
+    v = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda feeds: dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def _size(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.exists())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="x86-avx2")
+    parser.add_argument("--artifacts", type=Path, help="an existing edge-convert output (else converted now)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import edge_runtime
+    from converters import ConvertConfig, convert
+    from converters.source import default_model_dir
+
+    work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    artifacts = args.artifacts
+    if artifacts is None:
+        artifacts = work / args.target
+        print(f"converting the built-in model for {args.target} ...", file=sys.stderr)
+        convert(ConvertConfig(model=None, target=args.target, out=artifacts))
+
+    plain = PlainExport(default_model_dir(), work)
+    stock_default = work / "stock_int8_default.onnx"
+    quantize_dynamic(str(plain.path), str(stock_default), weight_type=QuantType.QInt8)
+    stock_pc = work / "stock_int8_pc_rr.onnx"
+    quantize_dynamic(str(plain.path), str(stock_pc), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+
+    variants: dict[str, dict] = {
+        "plain ORT FP32": {"kind": "ort", "path": plain.path, "files": [plain.path]},
+        "stock quantize_dynamic (defaults)": {"kind": "ort", "path": stock_default, "files": [stock_default]},
+        "stock quantize_dynamic (per_channel, reduce_range)": {"kind": "ort", "path": stock_pc, "files": [stock_pc]},
+    }
+    manifest = edge_runtime.read_manifest(artifacts)
+    for entry in manifest["artifacts"]:
+        variants[f"edge-runtime {args.target} {entry['name']}"] = {
+            "kind": "edge", "path": f"{artifacts}::{entry['name']}",
+            "files": [artifacts / f["path"] for f in entry["files"]], "entry": entry,
+        }
+
+    runners = {}
+    for name, v in variants.items():
+        if v["kind"] == "ort":
+            runners[name] = (_ort_session(v["path"], args.threads), plain.encode)
+        else:
+            model = edge_runtime.load(artifacts, artifact=v["entry"]["name"], threads=args.threads)
+            runners[name] = (model.run, lambda texts, m=model: m._text().encode(texts))
+
+    # Accuracy on held-out texts.
+    texts = _texts()
+    want = plain.reference(texts)
+    for name, (run, encode) in runners.items():
+        vectors = []
+        for start in range(0, len(texts), 16):
+            feeds = encode(texts[start : start + 16])
+            vectors.append(_pool(run(feeds)["last_hidden_state"], feeds["attention_mask"]))
+        got = np.concatenate(vectors)
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        variants[name].update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
+
+    # Latency: one 128-token input, interleaved rounds, order rotated each round.
+    long_text = " ".join(texts)
+    timing = {name: {"p50": [], "p90": []} for name in runners}
+    names = list(runners)
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            run, encode = runners[name]
+            feeds = {k: v[:, : args.seq] for k, v in encode([long_text]).items()}
+            for _ in range(5):
+                run(feeds)
+            times = []
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                run(feeds)
+                times.append((time.perf_counter() - t0) * 1000)
+            timing[name]["p50"].append(float(np.percentile(times, 50)))
+            timing[name]["p90"].append(float(np.percentile(times, 90)))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    base = timing["plain ORT FP32"]["p50"]
+    for name in names:
+        t = timing[name]
+        variants[name].update(
+            p50_ms=statistics.median(t["p50"]), p90_ms=statistics.median(t["p90"]),
+            ratio_p50=statistics.median(a / b for a, b in zip(t["p50"], base)),
+            ratio_rounds=[round(a / b, 3) for a, b in zip(t["p50"], base)],
+        )
+
+    # Load time and RSS in fresh processes.
+    for name, v in variants.items():
+        probes = []
+        for _ in range(3):
+            done = subprocess.run([sys.executable, "-c", _LOAD_PROBE, v["kind"], str(v["path"]), str(args.threads)],
+                                  capture_output=True, text=True, check=True, cwd=ROOT)
+            probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        v.update(load_ms=statistics.median(p["load_s"] for p in probes) * 1000,
+                 rss_mb=statistics.median(p["rss_mb"] for p in probes),
+                 size_mb=_size(v["files"]) / 1e6)
+
+    print(f"\nMiniLM-L6 (all-MiniLM-L6-v2), batch 1, {args.seq} tokens, {args.threads} threads, "
+          f"{args.rounds} interleaved rounds x {args.runs} runs; cosine on {len(texts)} held-out texts\n")
+    print("| variant | size MB | p50 ms | p90 ms | p50 vs plain FP32 | load ms | RSS MB | cosine mean | cosine min |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, v in variants.items():
+        print(f"| {name} | {v['size_mb']:.1f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['ratio_p50']:.3f}x | "
+              f"{v['load_ms']:.0f} | {v['rss_mb']:.0f} | {v['cosine_mean']:.4f} | {v['cosine_min']:.4f} |")
+    print("\nper-round p50 ratios: " + "; ".join(f"{n}: {variants[n]['ratio_rounds']}" for n in names))
+    if args.json:
+        clean = {n: {k: (str(x) if isinstance(x, Path) else x) for k, x in v.items() if k not in ("files", "entry")}
+                 for n, v in variants.items()}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(clean, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

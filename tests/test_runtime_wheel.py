@@ -1,0 +1,51 @@
+"""The device wheel installs into a clean venv without torch/transformers/onnx and runs a
+converted model there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from converters import ConvertConfig, convert
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import build_runtime_wheel  # noqa: E402
+
+
+def test_wheel_contents_are_slim(tmp_path):
+    wheel = build_runtime_wheel.build(tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "edge_runtime/__init__.py" in names and "targets/rpi4.toml" in names
+    assert not [n for n in names if n.startswith("converters/")]
+    assert build_runtime_wheel.build(tmp_path / "again").read_bytes() == wheel.read_bytes(), "reproducible"
+
+
+@pytest.mark.slow
+def test_wheel_in_fresh_venv_runs_a_converted_model(tiny_model_factory, tmp_path):
+    out = tmp_path / "artifacts"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
+                          out=out, latency_runs=2))
+    wheel = build_runtime_wheel.build(tmp_path / "dist")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"{wheel}[onnx]"], check=True)
+
+    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], check=True,
+                               capture_output=True, text=True).stdout
+    names = {p["name"].lower() for p in json.loads(installed)}
+    assert {"edge-runtime", "onnxruntime", "numpy", "psutil", "tokenizers"} <= names
+    assert not names & {"torch", "transformers", "onnx", "onnx-ir", "edge-runtime-toolkit"}, names
+
+    done = subprocess.run([str(env_dir / "bin" / "edge-run"), str(out), "hello device", "--json"],
+                          check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout)
+    assert result["artifact"] == "onnx-int8"
+    assert len(result["embeddings"][0]) == 32

@@ -1,0 +1,69 @@
+"""Target profiles: parsing, lookup errors, detection. No torch."""
+
+import pytest
+
+import targets
+from targets import UnknownTargetError, detect_target, list_profiles, load_profile
+
+EXPECTED = {"x86-avx2", "x86-avx512-vnni", "rpi4", "rpi5", "jetson-orin"}
+
+
+def test_all_expected_profiles_exist_and_parse():
+    assert {p.id for p in list_profiles()} == EXPECTED
+    for profile in list_profiles():
+        assert profile.formats and profile.precisions and profile.backends
+        assert profile.runtime.artifact_preference
+        assert 0 < profile.accuracy.cosine_min <= profile.accuracy.cosine_mean <= 1
+        assert profile.int8.notes, f"{profile.id}: every INT8 scheme must say why"
+        assert profile.hardware.notes
+
+
+def test_unknown_target_lists_known_ones():
+    with pytest.raises(UnknownTargetError) as info:
+        load_profile("pdp-11")
+    for known in EXPECTED:
+        assert known in str(info.value)
+
+
+def test_avx2_profile_avoids_vpmaddubsw_saturation():
+    # The hardware reason is data: AVX2 without VNNI needs 7-bit weights; VNNI does not.
+    assert load_profile("x86-avx2").int8.reduce_range is True
+    assert load_profile("x86-avx512-vnni").int8.reduce_range is False
+
+
+def test_jetson_uses_symmetric_qdq_for_tensorrt():
+    scheme = load_profile("jetson-orin").int8
+    assert (scheme.quant_format, scheme.activation_type, scheme.weight_type) == ("qdq", "int8", "int8")
+
+
+@pytest.mark.parametrize(
+    "facts, expected",
+    [
+        ({"arch": "x86_64", "cpu_flags": {"avx2", "fma"}, "device_model": ""}, "x86-avx2"),
+        ({"arch": "x86_64", "cpu_flags": {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"},
+          "device_model": ""}, "x86-avx512-vnni"),
+        ({"arch": "aarch64", "cpu_flags": {"asimd"}, "device_model": "Raspberry Pi 4 Model B Rev 1.4"}, "rpi4"),
+        ({"arch": "aarch64", "cpu_flags": {"asimd", "asimddp"}, "device_model": "Raspberry Pi 5 Model B Rev 1.0"}, "rpi5"),
+        ({"arch": "aarch64", "cpu_flags": {"asimd", "asimddp"},
+          "device_model": "NVIDIA Jetson Orin Nano Developer Kit"}, "jetson-orin"),
+    ],
+)
+def test_detection(facts, expected):
+    assert detect_target(facts).id == expected
+
+
+def test_detection_without_a_match_says_what_to_do():
+    with pytest.raises(UnknownTargetError, match="--target"):
+        detect_target({"arch": "riscv64", "cpu_flags": set(), "device_model": ""})
+
+
+def test_this_machine_is_detected():
+    assert load_profile("auto").id in EXPECTED
+
+
+def test_malformed_profile_is_rejected(tmp_path, monkeypatch):
+    bad = tmp_path / "x86-avx2.toml"
+    text = (targets._DIR / "x86-avx2.toml").read_text().replace("per_channel = true", "per_chanel = true")
+    bad.write_text(text)
+    with pytest.raises(targets.ProfileError, match="per_chanel"):
+        targets._parse(bad)

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Build the device wheel: edge_runtime plus the target profiles it reads, nothing else.
+
+    python tools/build_runtime_wheel.py [--out dist]
+    pip install dist/edge_runtime-0.1.0-py3-none-any.whl[onnx]     # or [tflite]
+
+The wheel is assembled directly (it is a zip with a fixed layout, PEP 427), so building it needs
+only the standard library: no setuptools run, no network, byte-for-byte reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "edge_runtime"
+# Fixed timestamp so the same sources give the same wheel bytes.
+EPOCH = (2020, 1, 1, 0, 0, 0)
+
+REQUIRES = [
+    "numpy>=1.24",
+    "psutil>=5.9",
+    'onnxruntime>=1.17; extra == "onnx"',
+    'tokenizers>=0.15; extra == "onnx"',
+    'ai-edge-litert>=1.2; extra == "tflite"',
+    'tokenizers>=0.15; extra == "tflite"',
+]
+
+
+def _version() -> str:
+    text = (ROOT / "edge_runtime" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
+def _sources() -> list[tuple[str, bytes]]:
+    files = []
+    for package, patterns in (("edge_runtime", ("**/*.py",)), ("targets", ("*.py", "*.toml"))):
+        for pattern in patterns:
+            for path in sorted((ROOT / package).glob(pattern)):
+                if "__pycache__" not in path.parts:
+                    files.append((path.relative_to(ROOT).as_posix(), path.read_bytes()))
+    return files
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def build(out_dir: Path) -> Path:
+    version = _version()
+    dist_info = f"{NAME}-{version}.dist-info"
+    metadata = "\n".join(
+        [
+            "Metadata-Version: 2.1",
+            f"Name: {NAME.replace('_', '-')}",
+            f"Version: {version}",
+            "Summary: Slim on-device runtime for edge-convert artifacts (ONNX / TFLite).",
+            "Requires-Python: >=3.9",
+            "Provides-Extra: onnx",
+            "Provides-Extra: tflite",
+            *[f"Requires-Dist: {req}" for req in REQUIRES],
+            "",
+            "Loads an edge-convert artifact directory, verifies hashes and a golden sample, and",
+            "runs it with onnxruntime or ai-edge-litert. Never imports torch.",
+            "",
+        ]
+    )
+    meta_files = {
+        f"{dist_info}/METADATA": metadata.encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: edge-runtime tools/build_runtime_wheel.py\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist_info}/entry_points.txt": b"[console_scripts]\nedge-run = edge_runtime.cli:main\n",
+        f"{dist_info}/top_level.txt": b"edge_runtime\ntargets\n",
+    }
+    entries = _sources() + list(meta_files.items())
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in entries)
+    record += f"{dist_info}/RECORD,,\n"
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wheel = out_dir / f"{NAME}-{version}-py3-none-any.whl"
+    tmp = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries + [(f"{dist_info}/RECORD", record.encode())]:
+            info = zipfile.ZipInfo(name, date_time=EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    tmp.replace(wheel)
+    return wheel
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output directory")
+    args = parser.parse_args(argv)
+    wheel = build(args.out)
+    print(wheel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
