@@ -30,11 +30,19 @@ def fuse_onnx(model_path: Path, out_path: Path, config: FusionConfig) -> dict[st
     logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
     for name in ("fusion_base", "onnx_model_bert", "onnx_model", "fusion_utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    # EmbedLayerNormalization would swallow the embedding Gathers (and their tables) into one
+    # contrib op; keeping them as Gather + LayerNorm lets quantize_embeddings store the table as
+    # INT8 rows, for the cost of one unfused LayerNorm per inference.
+    options.enable_embed_layer_norm = False
     optimized = optimize_model(
         str(model_path),
         model_type="bert",  # BERT, DistilBERT and RoBERTa share the encoder block pattern
         num_heads=config.num_heads,
         hidden_size=config.hidden_size,
+        optimization_options=options,
         opt_level=0,
         use_gpu=False,
     )

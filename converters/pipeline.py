@@ -23,7 +23,9 @@ from converters.fuse_onnx import fuse_onnx, fusion_config
 from converters.mixed_precision import quantize_with_floor
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
 from converters.quantize_int8 import Int8Config
+from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel, load_source
+from converters.split_first_token import SplitConfig, split_first_token
 from converters.validate import (
     Reference,
     compute_metrics,
@@ -239,6 +241,14 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                     embeddings = quantize_embeddings(fp32_path, start_path, EmbeddingQuantConfig())
                     progress(f"[{name}] embedding tables to INT8 rows: "
                              + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
+                # Outlier handling before quantization (both exact in FP32): rescale Attention
+                # inputs into the per-channel weights, and give token 0 its own FFN scale.
+                smoothed = smooth_activations(start_path, work / f"{name}-smooth.onnx", reference.batches, SmoothConfig())
+                split = split_first_token(work / f"{name}-smooth.onnx", work / f"{name}-split.onnx",
+                                          SplitConfig(source.hidden_size, source.intermediate_size))
+                start_path = work / f"{name}-split.onnx"
+                progress(f"[{name}] outliers: smoothed {len(smoothed)} Attention inputs, "
+                         f"split token 0 off {len(split)} FFN MatMuls")
                 int8 = Int8Config(
                     scheme=profile.int8,
                     calibration_batches=tuple(reference.batches) if profile.int8.mode == "static" else (),
@@ -248,7 +258,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 )
                 model_path, kept, metrics = outcome.path, outcome.kept_fp32, outcome.metrics
                 extra["quantization"] = {**int8.describe(), "kept_fp32": kept, "embeddings": embeddings,
-                                         "search": outcome.search}
+                                         "smoothquant": {"alpha": SmoothConfig().alpha, "nodes": smoothed},
+                                         "first_token_split": split, "search": outcome.search}
             progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
             files = package.save_onnx(model_path, stage, name)

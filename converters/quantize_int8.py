@@ -90,7 +90,42 @@ def _quiet_root_logger():
 
 def quantize_int8(model_path: Path, out_path: Path, config: Int8Config) -> Path:
     with _quiet_root_logger():
-        return _quantize(model_path, out_path, config)
+        _quantize(model_path, out_path, config)
+    _share_duplicate_initializers(out_path)
+    return out_path
+
+
+def _share_duplicate_initializers(path: Path) -> int:
+    """The quantizer writes one quantized copy of a weight per consuming node; a weight shared
+    by several MatMuls (split_first_token) would be stored twice. Point every consumer at one
+    copy. Returns the number of initializers removed."""
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for init in graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL or len(init.raw_data) < 1024:
+            continue
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(init.raw_data).hexdigest())
+        if key in first:
+            rename[init.name] = first[key]
+        else:
+            first[key] = init.name
+    if not rename:
+        return 0
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    kept = [init for init in graph.initializer if init.name not in rename]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(path))
+    return len(rename)
 
 
 def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:

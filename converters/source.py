@@ -1,9 +1,12 @@
 """Load a local Hugging Face checkpoint directory into an exportable PyTorch module.
 
 The module takes (input_ids, attention_mask[, token_type_ids]) as int64 tensors and returns the
-task's output. It builds the additive attention mask itself and hands transformers a ready 4-D
-mask: transformers 5's own mask code traces into shape-specialised, data-dependent ops (a fixed
-padding length, GATHER_ND in TFLite) that break dynamic sequence lengths after export.
+task's output. Two mask styles:
+- "hf": transformers builds the mask from the 2-D attention_mask. Its traced pattern is the one
+  onnxruntime's offline optimizer recognises, so Attention fuses (ONNX export uses this).
+- "additive": we build the additive 4-D mask ourselves. transformers 5's mask code lowers to
+  GATHER_ND / SELECT_V2 in TFLite (outside XNNPACK, too new for tflite-runtime 2.14); this keeps
+  the graph to plain arithmetic (for the TFLite path).
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from typing import Any
 
 from converters._errors import SourceModelError, UnsupportedModelError
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "TASKS", "SourceModel", "default_model_dir", "load_source"]
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "TASKS",
+    "SourceModel",
+    "build_wrapper",
+    "default_model_dir",
+    "load_source",
+]
 
 # model_type -> whether the model takes token_type_ids. Other encoders need their own export
 # checks (mask handling, position ids) before they can be listed here.
@@ -53,6 +63,7 @@ class SourceModel:
     input_names: list[str]
     output_names: list[str]
     hidden_size: int
+    intermediate_size: int
     num_heads: int
     num_layers: int
     max_length: int
@@ -136,21 +147,27 @@ def _weights_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _build_wrapper(model: Any, task: str, uses_token_types: bool) -> Any:
+def build_wrapper(model: Any, task: str, uses_token_types: bool, mask_style: str = "hf") -> Any:
+    """An nn.Module with positional (input_ids, attention_mask[, token_type_ids]) inputs."""
     import torch
+
+    if mask_style not in ("hf", "additive"):
+        raise ValueError(f"mask_style {mask_style!r}")
 
     class ExportWrapper(torch.nn.Module):
         """Calls the HF model with keywords (transformers 5 rejects positional binding in
-        torch.onnx.export) and with an additive float mask we build ourselves."""
+        torch.onnx.export)."""
 
         def __init__(self, inner: torch.nn.Module):
             super().__init__()
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
-            keep = attention_mask[:, None, None, :].to(torch.float32)
-            additive = (1.0 - keep) * torch.finfo(torch.float32).min
-            kwargs = {"input_ids": input_ids, "attention_mask": additive}
+            mask = attention_mask
+            if mask_style == "additive":
+                keep = attention_mask[:, None, None, :].to(torch.float32)
+                mask = (1.0 - keep) * torch.finfo(torch.float32).min
+            kwargs = {"input_ids": input_ids, "attention_mask": mask}
             if uses_token_types:
                 kwargs["token_type_ids"] = token_type_ids
             out = self.inner(**kwargs)
@@ -234,10 +251,11 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         model_type=model_type,
         architecture=(config.get("architectures") or [type(model).__name__])[0],
         task=task,
-        module=_build_wrapper(model, task, uses_token_types),
+        module=build_wrapper(model, task, uses_token_types),
         input_names=input_names,
         output_names=output_names,
         hidden_size=cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.dim,
+        intermediate_size=cfg.intermediate_size if hasattr(cfg, "intermediate_size") else cfg.hidden_dim,
         num_heads=cfg.num_attention_heads if hasattr(cfg, "num_attention_heads") else cfg.n_heads,
         num_layers=cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layers,
         max_length=max_length,

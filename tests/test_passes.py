@@ -63,3 +63,32 @@ def test_int8_quantizes_every_matmul_unless_excluded(exported, tmp_path, target)
     want, got = _run(path, feeds), _run(out, feeds)
     cos = (want * got).sum(-1) / np.linalg.norm(want, axis=-1) / np.linalg.norm(got, axis=-1)
     assert cos[feeds["attention_mask"].astype(bool)].mean() > 0.99
+
+
+def test_outlier_passes_are_exact_in_fp32_and_store_weights_once(exported, tmp_path):
+    from converters.fuse_onnx import fuse_onnx, fusion_config
+    from converters.smooth_activations import SmoothConfig, smooth_activations
+    from converters.split_first_token import SplitConfig, split_first_token
+
+    source, path, feeds = exported
+    fused = tmp_path / "fused.onnx"
+    assert fuse_onnx(path, fused, fusion_config(source))["Attention"] == 2
+    smoothed = smooth_activations(fused, tmp_path / "s.onnx", [feeds], SmoothConfig())
+    assert len(smoothed) == 2 and all(c["activation_peak_after"] <= c["activation_peak_before"] * 10 for c in smoothed)
+    split = split_first_token(tmp_path / "s.onnx", tmp_path / "sp.onnx", SplitConfig(32, 64))
+    assert len(split) == 4  # 2 layers x (FFN in, FFN out)
+    want = _run(path, feeds)
+    for rewritten in ("s.onnx", "sp.onnx"):
+        np.testing.assert_allclose(_run(tmp_path / rewritten, feeds), want, atol=1e-4, rtol=1e-4)
+    # A one-token input still runs (the "rest" half is empty).
+    one = {k: v[:1, :1] for k, v in feeds.items()}
+    assert _run(tmp_path / "sp.onnx", one).shape == (1, 1, 32)
+
+    scheme = load_profile("x86-avx512-vnni").int8
+    plain = quantize_int8(fused, tmp_path / "q_plain.onnx", Int8Config(scheme=scheme))
+    both = quantize_int8(tmp_path / "sp.onnx", tmp_path / "q_split.onnx", Int8Config(scheme=scheme))
+    int8_bytes = [sum(len(i.raw_data) for i in onnx.load(str(p)).graph.initializer
+                      if i.data_type == onnx.TensorProto.INT8) for p in (plain, both)]
+    assert int8_bytes[0] == int8_bytes[1], "split MatMuls share one quantized weight"
+    q_one = ort.InferenceSession(str(both), providers=["CPUExecutionProvider"]).run(None, one)[0]
+    assert np.isfinite(q_one).all()
