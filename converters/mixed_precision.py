@@ -1,8 +1,9 @@
 """Accuracy-aware mixed precision: quantize, and if the artifact is below the profile's floor,
 keep the most sensitive layers in FP32, greedily, until it passes.
 
-Sensitivity of a layer = the error of a model in which only that layer is quantized, measured on
-a subset of the calibration texts. Layers are then kept in FP32 in order of sensitivity, one at
+Sensitivity of a weight = the error of a model in which only the node(s) reading it are quantized,
+measured on a subset of the calibration texts. Weights are then kept in FP32 in order of error per
+weight element (FP32 compute and bytes both grow with it), one at
 a time, re-validating on the full set after each, so the result is checked, not predicted.
 """
 
@@ -12,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from converters._errors import AccuracyError
 from converters.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
@@ -34,7 +37,31 @@ class QuantOutcome:
 
 
 def _loss(metrics: dict[str, float]) -> float:
-    return 1.0 - metrics.get("cosine_mean", metrics.get("logits_cosine_mean", 1.0))
+    """Error of a probe: mean loss plus a share of the worst sample's (floors check both)."""
+    mean = metrics.get("cosine_mean", metrics.get("logits_cosine_mean", 1.0))
+    worst = metrics.get("cosine_min", metrics.get("logits_cosine_min", 1.0))
+    return (1.0 - mean) + 0.25 * (1.0 - worst)
+
+
+def _weight_groups(model_path: Path, nodes: list[str]) -> dict[str, list[str]]:
+    """Nodes grouped by the weight they read. A weight shared by several nodes (the halves made
+    by split_first_token) is kept in FP32 for all of them or none: keeping one half would store
+    the weight twice and leave the other half's error in place."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    weight_of = {n.name: n.input[1] for n in model.graph.node if n.name in set(nodes)}
+    groups: dict[str, list[str]] = {}
+    for name in nodes:
+        groups.setdefault(weight_of[name], []).append(name)
+    return groups
+
+
+def _weight_elements(model_path: Path) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
 
 
 def quantize_with_floor(
@@ -54,31 +81,35 @@ def quantize_with_floor(
         return QuantOutcome(out_path, metrics)
 
     nodes = quantizable_nodes(fp32_path, config.op_types)
-    progress(f"below the accuracy floor ({'; '.join(failures)}); ranking {len(nodes)} layers by sensitivity")
+    groups = _weight_groups(fp32_path, nodes)
+    progress(f"below the accuracy floor ({'; '.join(failures)}); ranking {len(groups)} weights by sensitivity")
     subset = Reference(reference.batches[:SENSITIVITY_BATCHES], reference.outputs[:SENSITIVITY_BATCHES])
     probe = out_path.with_suffix(".probe.onnx")
     sensitivity = {}
-    for index, node in enumerate(nodes, 1):
-        only = dataclasses.replace(config, exclude=tuple(n for n in nodes if n != node))
+    for index, (weight, members) in enumerate(groups.items(), 1):
+        only = dataclasses.replace(config, exclude=tuple(n for n in nodes if n not in members))
         quantize_int8(fp32_path, probe, only)
-        sensitivity[node] = _loss(compute_metrics(source, subset, make_session(probe).run))
-        if index % 8 == 0 or index == len(nodes):
-            progress(f"  sensitivity {index}/{len(nodes)}")
-    ranked = sorted(nodes, key=lambda n: sensitivity[n], reverse=True)
+        sensitivity[weight] = _loss(compute_metrics(source, subset, make_session(probe).run))
+        if index % 8 == 0 or index == len(groups):
+            progress(f"  sensitivity {index}/{len(groups)}")
+    # Most error removed per FP32 weight element first (FP32 compute and bytes both scale with it).
+    sizes = _weight_elements(fp32_path)
+    ranked = sorted(groups, key=lambda w: sensitivity[w] / max(sizes.get(w, 1), 1), reverse=True)
 
     kept: list[str] = []
     search = [{"kept_fp32": [], "metrics": metrics}]
-    limit = max(1, int(len(nodes) * MAX_KEPT_FRACTION))
-    for node in ranked[:limit]:
-        kept.append(node)
+    limit = max(1, int(len(groups) * MAX_KEPT_FRACTION))
+    for weight in ranked[:limit]:
+        kept.extend(groups[weight])
         quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)))
         metrics = compute_metrics(source, reference, make_session(out_path).run)
-        search.append({"kept_fp32": list(kept), "metrics": metrics, "sensitivity": sensitivity[node]})
-        progress(f"  keeping {len(kept)} layer(s) in FP32: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        search.append({"kept_fp32": list(groups[weight]), "weight": weight, "metrics": metrics,
+                       "sensitivity": sensitivity[weight], "weight_elements": sizes.get(weight)})
+        progress(f"  keeping {len(kept)} node(s) in FP32: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if not floor_failures(metrics, floor):
             return QuantOutcome(out_path, metrics, kept, search)
     raise AccuracyError(
         f"INT8 stays below the accuracy floor even with the {len(kept)} most sensitive of "
-        f"{len(nodes)} layers kept in FP32: {'; '.join(floor_failures(metrics, floor))}. "
+        f"{len(nodes)} quantizable nodes kept in FP32: {'; '.join(floor_failures(metrics, floor))}. "
         "Lower the floor with --accuracy-floor, or ship FP32 only for this model."
     )

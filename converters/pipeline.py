@@ -243,11 +243,12 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                              + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
                 # Outlier handling before quantization (both exact in FP32): rescale Attention
                 # inputs into the per-channel weights, and give token 0 its own FFN scale.
-                smoothed = smooth_activations(start_path, work / f"{name}-smooth.onnx", reference.batches, SmoothConfig())
+                smooth = SmoothConfig(weight_shapes=((source.hidden_size, source.intermediate_size),))
+                smoothed = smooth_activations(start_path, work / f"{name}-smooth.onnx", reference.batches, smooth)
                 split = split_first_token(work / f"{name}-smooth.onnx", work / f"{name}-split.onnx",
                                           SplitConfig(source.hidden_size, source.intermediate_size))
                 start_path = work / f"{name}-split.onnx"
-                progress(f"[{name}] outliers: smoothed {len(smoothed)} Attention inputs, "
+                progress(f"[{name}] outliers: smoothed {len(smoothed)} Attention/FFN inputs, "
                          f"split token 0 off {len(split)} FFN MatMuls")
                 int8 = Int8Config(
                     scheme=profile.int8,
@@ -258,7 +259,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 )
                 model_path, kept, metrics = outcome.path, outcome.kept_fp32, outcome.metrics
                 extra["quantization"] = {**int8.describe(), "kept_fp32": kept, "embeddings": embeddings,
-                                         "smoothquant": {"alpha": SmoothConfig().alpha, "nodes": smoothed},
+                                         "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
                                          "first_token_split": split, "search": outcome.search}
             progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 

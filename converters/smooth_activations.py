@@ -27,6 +27,7 @@ __all__ = ["SmoothConfig", "smooth_activations"]
 class SmoothConfig:
     alpha: float = 0.5
     op_types: tuple[str, ...] = ("Attention",)
+    weight_shapes: tuple[tuple[int, int], ...] = ()  # MatMul weights to smooth, e.g. FFN-in; () = none
 
 
 def smooth_activations(model_path: Path, out_path: Path, batches: list[dict], config: SmoothConfig) -> list[dict[str, Any]]:
@@ -36,7 +37,12 @@ def smooth_activations(model_path: Path, out_path: Path, batches: list[dict], co
     model = onnx.load(str(model_path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    targets = [n for n in graph.node if n.op_type in config.op_types and n.input[1] in inits]
+    shapes = set(config.weight_shapes)
+    targets = [
+        n for n in graph.node
+        if len(n.input) > 1 and n.input[1] in inits
+        and (n.op_type in config.op_types or (n.op_type == "MatMul" and tuple(inits[n.input[1]].dims) in shapes))
+    ]
     if not targets:
         onnx.save(model, str(out_path))
         return []
