@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side: plain ONNX Runtime FP32 vs stock quantize_dynamic vs our edge-convert artifacts.
 
-    python benchmarks/bench_onnx_int8.py --target x86-avx2 --rounds 5 --runs 50
+    python benchmarks/bench_onnx_int8.py --target x86-avx2 --target x86-avx512-vnni --rounds 9
 
 MiniLM (the built-in model), batch 1, 128 tokens, 2 threads by default. Speed is reported as the
 median over interleaved rounds of (variant p50 / plain FP32 p50) measured in the same round, so
@@ -121,8 +121,8 @@ def _size(paths: list[Path]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="x86-avx2")
-    parser.add_argument("--artifacts", type=Path, help="an existing edge-convert output (else converted now)")
+    parser.add_argument("--target", action="append", help="target profile(s) to convert and compare "
+                        "(repeatable; default x86-avx2)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
@@ -138,11 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     from converters.source import default_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
-    artifacts = args.artifacts
-    if artifacts is None:
-        artifacts = work / args.target
-        print(f"converting the built-in model for {args.target} ...", file=sys.stderr)
-        convert(ConvertConfig(model=None, target=args.target, out=artifacts))
+    targets = args.target or ["x86-avx2"]
+    for target in targets:
+        print(f"converting the built-in model for {target} ...", file=sys.stderr)
+        convert(ConvertConfig(model=None, target=target, out=work / target))
 
     plain = PlainExport(default_model_dir(), work)
     stock_default = work / "stock_int8_default.onnx"
@@ -155,19 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         "stock quantize_dynamic (defaults)": {"kind": "ort", "path": stock_default, "files": [stock_default]},
         "stock quantize_dynamic (per_channel, reduce_range)": {"kind": "ort", "path": stock_pc, "files": [stock_pc]},
     }
-    manifest = edge_runtime.read_manifest(artifacts)
-    for entry in manifest["artifacts"]:
-        variants[f"edge-runtime {args.target} {entry['name']}"] = {
-            "kind": "edge", "path": f"{artifacts}::{entry['name']}",
-            "files": [artifacts / f["path"] for f in entry["files"]], "entry": entry,
-        }
+    for target in targets:
+        artifacts = work / target
+        for entry in edge_runtime.read_manifest(artifacts)["artifacts"]:
+            variants[f"edge-runtime {target} {entry['name']}"] = {
+                "kind": "edge", "path": f"{artifacts}::{entry['name']}", "root": artifacts,
+                "files": [artifacts / f["path"] for f in entry["files"]], "entry": entry,
+            }
 
     runners = {}
     for name, v in variants.items():
         if v["kind"] == "ort":
             runners[name] = (_ort_session(v["path"], args.threads), plain.encode)
         else:
-            model = edge_runtime.load(artifacts, artifact=v["entry"]["name"], threads=args.threads)
+            model = edge_runtime.load(v["root"], artifact=v["entry"]["name"], threads=args.threads)
             runners[name] = (model.run, lambda texts, m=model: m._text().encode(texts))
 
     # Accuracy on held-out texts.
@@ -228,9 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in variants.items():
         print(f"| {name} | {v['size_mb']:.1f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['ratio_p50']:.3f}x | "
               f"{v['load_ms']:.0f} | {v['rss_mb']:.0f} | {v['cosine_mean']:.4f} | {v['cosine_min']:.4f} |")
+    for name, v in variants.items():
+        kept = (v.get("entry") or {}).get("quantization", {}).get("kept_fp32")
+        if kept:
+            print(f"\n{name}: {len(kept)} node(s) kept in FP32 by the accuracy floor: {', '.join(kept)}")
     print("\nper-round p50 ratios: " + "; ".join(f"{n}: {variants[n]['ratio_rounds']}" for n in names))
     if args.json:
-        clean = {n: {k: (str(x) if isinstance(x, Path) else x) for k, x in v.items() if k not in ("files", "entry")}
+        clean = {n: {k: (str(x) if isinstance(x, Path) else x) for k, x in v.items() if k not in ("files", "entry", "root")}
                  for n, v in variants.items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(clean, indent=2))

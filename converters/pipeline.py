@@ -243,7 +243,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                              + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
                 # Outlier handling before quantization (both exact in FP32): rescale Attention
                 # inputs into the per-channel weights, and give token 0 its own FFN scale.
-                smooth = SmoothConfig(weight_shapes=((source.hidden_size, source.intermediate_size),))
+                h, i = source.hidden_size, source.intermediate_size
+                smooth = SmoothConfig(weight_shapes=((h, i), (h, h)))  # FFN-in, Q/K/V and attention-out
                 smoothed = smooth_activations(start_path, work / f"{name}-smooth.onnx", reference.batches, smooth)
                 split = split_first_token(work / f"{name}-smooth.onnx", work / f"{name}-split.onnx",
                                           SplitConfig(source.hidden_size, source.intermediate_size))
