@@ -7,7 +7,7 @@ manifest are what a device computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -112,6 +112,3 @@ def floor_failures(metrics: dict[str, float], floor: AccuracyFloor) -> list[str]
         if key in metrics and metrics[key] < needed
     ]
 
-
-def describe_metrics(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())

@@ -167,10 +167,9 @@ class Model:
                     best = int(row.argmax())
                     results.append({"label": labels[best], "score": float(row[best])})
                 continue
-            for row, text in zip(range(len(batch)), batch):
-                enc = encoder._tok.encode(text)
+            for row, text in enumerate(batch):
                 tokens = []
-                for pos, (token, special) in enumerate(zip(enc.tokens, enc.special_tokens_mask)):
+                for pos, (token, special) in enumerate(encoder.tokens(text)):
                     if special or pos >= probs.shape[1]:
                         continue
                     best = int(probs[row, pos].argmax())

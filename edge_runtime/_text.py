@@ -59,6 +59,11 @@ class TextEncoder:
         self.pad_id = int(spec["pad_token_id"])
         self.input_names = input_names
 
+    def tokens(self, text: str) -> list[tuple[str, bool]]:
+        """(token, is_special) pairs for one text, in model order, for per-token results."""
+        enc = self._tok.encode(text)
+        return [(tok, bool(special)) for tok, special in zip(enc.tokens, enc.special_tokens_mask)]
+
     def encode(self, texts: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise InputError("texts must be a list of strings (wrap a single text in a list)")
