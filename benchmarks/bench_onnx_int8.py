@@ -122,7 +122,8 @@ def _size(paths: list[Path]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", help="target profile(s) to convert and compare "
-                        "(repeatable; default x86-avx2)")
+                        "(repeatable; default x86-avx2); TARGET@METHOD overrides a static profile's "
+                        "calibration method (minmax, percentile, entropy)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.target or ["x86-avx2"]
     for target in targets:
         print(f"converting the built-in model for {target} ...", file=sys.stderr)
-        convert(ConvertConfig(model=None, target=target, out=work / target))
+        profile_id, _, method = target.partition("@")
+        convert(ConvertConfig(model=None, target=profile_id, out=work / target, calibration_method=method or None))
 
     plain = PlainExport(default_model_dir(), work)
     stock_default = work / "stock_int8_default.onnx"

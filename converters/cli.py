@@ -47,11 +47,14 @@ def _list_targets() -> None:
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
               help="texts for calibration and validation: .txt (one per line) or .jsonl ({'text': ...})")
 @click.option("--accuracy-floor", type=float, help="minimum mean cosine / top-1 agreement (overrides the profile)")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+              help="activation range method for static INT8 profiles (overrides the profile)")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
-def main(model, target, out, task, calibration, accuracy_floor, force, as_json, list_targets, quiet):
+def main(model, target, out, task, calibration, accuracy_floor, calibration_method, force, as_json,
+         list_targets, quiet):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
     if list_targets:
@@ -72,7 +75,7 @@ def main(model, target, out, task, calibration, accuracy_floor, force, as_json, 
             click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
 
     config = ConvertConfig(model=model, target=profile.id, out=out, task=task, calibration=calibration,
-                           accuracy_floor=accuracy_floor, force=force)
+                           accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force)
     try:
         result = convert(config, progress)
     except ConversionError as exc:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import tempfile
 import time
@@ -59,6 +60,7 @@ class ConvertConfig:
     task: str | None = None
     calibration: Path | None = None
     accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
+    calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
     force: bool = False
     latency_runs: int = 20
     latency_seq: int = 128
@@ -191,6 +193,15 @@ def _runtime_settings(profile: TargetProfile) -> dict[str, Any]:
 def convert(config: ConvertConfig, progress: Progress = lambda message: None) -> ConvertResult:
     started = time.perf_counter()
     profile = load_profile(config.target)
+    if config.calibration_method is not None:
+        if profile.int8.mode != "static":
+            raise ConversionError(
+                f"--calibration-method applies to static INT8; profile {profile.id} quantizes "
+                f"activations dynamically (int8.mode = {profile.int8.mode!r})"
+            )
+        profile = dataclasses.replace(
+            profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
+        )
     floor = _floor(profile, config.accuracy_floor)
     unsupported = [f for f in profile.formats if f != "onnx"] + [
         p for p in profile.precisions if p not in ("fp32", "int8")

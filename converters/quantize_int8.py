@@ -65,6 +65,27 @@ def quantizable_nodes(model_path: Path, op_types: tuple[str, ...] = DEFAULT_OP_T
 _FLOAT_DEFAULT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
 
 
+def _uniform_rows(batches) -> list[dict[str, np.ndarray]]:
+    """One [1, L] feed per text, all padded to the longest text. onnxruntime's histogram
+    calibrators (percentile, entropy) stack activations across feeds, which needs equal shapes;
+    MinMax reduces per feed and takes the batches as they are."""
+    length = max(b["input_ids"].shape[1] for b in batches)
+    rows = []
+    for batch in batches:
+        mask = batch["attention_mask"]
+        padded = batch["input_ids"][mask == 0]
+        pad_id = int(padded[0]) if padded.size else 0
+        for r in range(len(mask)):
+            row = {}
+            for name, value in batch.items():
+                fill = pad_id if name == "input_ids" else 0
+                out = np.full((1, length), fill, dtype=value.dtype)
+                out[0, : value.shape[1]] = value[r]
+                row[name] = out
+            rows.append(row)
+    return rows
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over pre-tokenized batches."""
 
@@ -164,7 +185,11 @@ def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:
     quantize_static(
         str(model_path),
         str(out_path),
-        _Reader([{k: np.asarray(v) for k, v in b.items()} for b in config.calibration_batches]),
+        _Reader(
+            list(config.calibration_batches)
+            if scheme.calibration_method == "minmax"
+            else _uniform_rows(config.calibration_batches)
+        ),
         quant_format=QuantFormat.QDQ if scheme.quant_format == "qdq" else QuantFormat.QOperator,
         op_types_to_quantize=list(config.op_types),
         per_channel=scheme.per_channel,

@@ -92,3 +92,26 @@ def test_outlier_passes_are_exact_in_fp32_and_store_weights_once(exported, tmp_p
     assert int8_bytes[0] == int8_bytes[1], "split MatMuls share one quantized weight"
     q_one = ort.InferenceSession(str(both), providers=["CPUExecutionProvider"]).run(None, one)[0]
     assert np.isfinite(q_one).all()
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_static_qdq_calibration_methods(exported, tmp_path, method):
+    import dataclasses
+
+    source, path, feeds = exported
+    scheme = dataclasses.replace(load_profile("jetson-orin").int8, calibration_method=method)
+    batches = tuple(make_batches(source, load_texts().texts[:40]))  # uneven lengths on purpose
+    out = quantize_int8(path, tmp_path / "q.onnx", Int8Config(scheme=scheme, calibration_batches=batches))
+    graph = onnx.load(str(out)).graph
+    zero_points = [numpy_helper_array(i) for i in graph.initializer if i.name.endswith("_zero_point")]
+    assert zero_points and all(not z.any() for z in zero_points), "symmetric: every zero point is 0"
+    want, got = _run(path, feeds), _run(out, feeds)
+    keep = feeds["attention_mask"].astype(bool)
+    cos = (want * got).sum(-1) / np.linalg.norm(want, axis=-1) / np.linalg.norm(got, axis=-1)
+    assert cos[keep].mean() > 0.98, (method, cos[keep].mean())
+
+
+def numpy_helper_array(init):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init)
