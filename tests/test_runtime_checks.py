@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,30 @@ def test_force_replaces_a_previous_result(converted, tiny_model_factory, tmp_pat
     assert not (out / "stale.txt").exists()
     assert json.loads((out / "manifest.json").read_text())["target"]["id"] == "rpi5"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc to see mappings")
+def test_weights_are_memory_mapped(tmp_path):
+    # The tiny model's weights are below the external-data threshold, so use one with a table
+    # big enough to be stored externally: the word embedding of a 4000 x 64 model.
+    out = tmp_path / "mapped"
+    convert(ConvertConfig(model=_wide_model(tmp_path), target="x86-avx2", out=out, latency_runs=1))
+    model = edge_runtime.load(out, artifact="onnx-fp32")
+    data_file = str((out / "onnx-fp32.onnx.data").resolve())
+    assert data_file in Path("/proc/self/maps").read_text(), "ORT must map external weights, not copy them"
+    del model
+
+
+def _wide_model(tmp_path):
+    import transformers
+
+    from tiny_models import _tokenizer
+
+    tokenizer = _tokenizer("wordpiece")
+    config = transformers.BertConfig(vocab_size=4000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=128, max_position_embeddings=64,
+                                     pad_token_id=tokenizer.pad_token_id)
+    directory = tmp_path / "wide"
+    transformers.AutoModel.from_config(config).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
