@@ -17,6 +17,7 @@ __all__ = ["Session", "backend_available", "open_session"]
 # format -> (module, install hint). Registered here, imported lazily.
 _BACKENDS = {
     "onnx": ("edge_runtime.backends.onnx", "pip install onnxruntime (or edge_runtime[onnx])"),
+    "tflite": ("edge_runtime.backends.tflite", "pip install ai-edge-litert (or edge_runtime[tflite])"),
 }
 
 
