@@ -89,6 +89,8 @@ def main(model, target, out, task, calibration, accuracy_floor, calibration_meth
     click.echo(f"\n{result.source} -> {result.out} (target {result.target}, task {result.task}, "
                f"{result.seconds:.0f} s)\n")
     click.echo(_table(result))
+    for refused in result.refused:
+        click.echo(f"\nREFUSED {refused['name']}: {refused['reason']}", err=True)
     click.echo("\nlatency: batch 1, 128 tokens, 2 threads, on this machine; run the artifacts with "
                f"`edge-run {result.out} \"some text\"`")
 

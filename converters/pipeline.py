@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from converters import package
-from converters._errors import ConversionError
+from converters._errors import AccuracyError, ConversionError
 from converters.calibration import TextSet, load_texts
 from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
@@ -85,6 +85,7 @@ class ConvertResult:
     source: str
     artifacts: list[ArtifactResult]
     seconds: float
+    refused: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +95,7 @@ class ConvertResult:
             "source": self.source,
             "seconds": round(self.seconds, 2),
             "artifacts": [a.__dict__ for a in self.artifacts],
+            "refused": self.refused,
         }
 
 
@@ -190,6 +192,77 @@ def _runtime_settings(profile: TargetProfile) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Step:
+    """What every artifact builder reads."""
+
+    source: SourceModel
+    profile: TargetProfile
+    reference: Reference
+    floor: AccuracyFloor
+    work: Path
+    fp32_path: Path  # the exported (and, per profile, fused) FP32 ONNX graph
+    progress: Progress
+
+
+@dataclass
+class _Built:
+    model_path: Path
+    metrics: dict[str, float]
+    kept_fp32: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _build_onnx_fp32(step: _Step, name: str) -> _Built:
+    metrics = compute_metrics(step.source, step.reference, _session(step.fp32_path).run)
+    failures = floor_failures(metrics, step.floor)
+    if failures:
+        raise ConversionError(
+            f"the FP32 export of {step.source.name} disagrees with PyTorch ({'; '.join(failures)}): "
+            "this is an export bug, please report it with the model config"
+        )
+    return _Built(step.fp32_path, metrics)
+
+
+def _build_onnx_int8(step: _Step, name: str) -> _Built:
+    source, profile, work = step.source, step.profile, step.work
+    start_path, embeddings = step.fp32_path, []
+    if profile.int8.embeddings == "int8-per-row":
+        start_path = work / f"{name}-embeddings.onnx"
+        embeddings = quantize_embeddings(step.fp32_path, start_path, EmbeddingQuantConfig())
+        step.progress(f"[{name}] embedding tables to INT8 rows: "
+                      + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
+    # Outlier handling before quantization (both exact in FP32): rescale activation channels
+    # into the per-channel weights, and give token 0 its own FFN scale.
+    h, i = source.hidden_size, source.intermediate_size
+    smooth = SmoothConfig(weight_shapes=((h, i), (h, h)))  # FFN-in, Q/K/V and attention-out
+    smoothed = smooth_activations(start_path, work / f"{name}-smooth.onnx", step.reference.batches, smooth)
+    split = split_first_token(work / f"{name}-smooth.onnx", work / f"{name}-split.onnx", SplitConfig(h, i))
+    step.progress(f"[{name}] outliers: smoothed {len(smoothed)} Attention/FFN inputs, "
+                  f"split token 0 off {len(split)} FFN MatMuls")
+    int8 = Int8Config(
+        scheme=profile.int8,
+        calibration_batches=tuple(step.reference.batches) if profile.int8.mode == "static" else (),
+    )
+    outcome = quantize_with_floor(work / f"{name}-split.onnx", work / f"{name}.onnx", int8, source,
+                                  step.reference, step.floor, _session, step.progress)
+    extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
+                              "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
+                              "first_token_split": split, "search": outcome.search}}
+    return _Built(outcome.path, outcome.metrics, outcome.kept_fp32, extra)
+
+
+# (format, precision) -> builder. Registered once; an unknown pair is a clear error up front.
+_BUILDERS: dict[tuple[str, str], Callable[[_Step, str], _Built]] = {
+    ("onnx", "fp32"): _build_onnx_fp32,
+    ("onnx", "int8"): _build_onnx_int8,
+}
+
+
+def _plan(profile: TargetProfile) -> list[tuple[str, str]]:
+    return [(fmt, precision) for fmt in profile.formats for precision in profile.precisions]
+
+
 def convert(config: ConvertConfig, progress: Progress = lambda message: None) -> ConvertResult:
     started = time.perf_counter()
     profile = load_profile(config.target)
@@ -203,11 +276,12 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
         )
     floor = _floor(profile, config.accuracy_floor)
-    unsupported = [f for f in profile.formats if f != "onnx"] + [
-        p for p in profile.precisions if p not in ("fp32", "int8")
-    ]
+    unsupported = [f"{f}-{p}" for f, p in _plan(profile) if (f, p) not in _BUILDERS]
     if unsupported:
-        raise ConversionError(f"profile {profile.id} asks for {unsupported}, which this version does not build")
+        raise ConversionError(
+            f"profile {profile.id} asks for {unsupported}; this version builds "
+            f"{', '.join(f'{f}-{p}' for f, p in _BUILDERS)}"
+        )
 
     progress(f"target {profile.id}: {profile.name}")
     progress("loading the source model")
@@ -231,72 +305,45 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             progress("fused: " + (", ".join(f"{k} x{v}" for k, v in fused_ops.items()) or "nothing"))
 
         golden_inputs = encode(source, [GOLDEN_TEXT])
-        results, entries = [], []
-        for precision in profile.precisions:
-            name = f"onnx-{precision}"
+        step = _Step(source, profile, reference, floor, work, fp32_path, progress)
+        results, entries, refused = [], [], []
+        for fmt, precision in _plan(profile):
+            name = f"{fmt}-{precision}"
             progress(f"[{name}] building")
-            extra: dict[str, Any] = {}
-            if precision == "fp32":
-                model_path, kept = fp32_path, []
-                metrics = compute_metrics(source, reference, _session(model_path).run)
-                failures = floor_failures(metrics, floor)
-                if failures:
-                    raise ConversionError(
-                        f"the FP32 export of {source.name} disagrees with PyTorch ({'; '.join(failures)}): "
-                        "this is an export bug, please report it with the model config"
-                    )
-            else:
-                start_path, embeddings = fp32_path, []
-                if profile.int8.embeddings == "int8-per-row":
-                    start_path = work / f"{name}-embeddings.onnx"
-                    embeddings = quantize_embeddings(fp32_path, start_path, EmbeddingQuantConfig())
-                    progress(f"[{name}] embedding tables to INT8 rows: "
-                             + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
-                # Outlier handling before quantization (both exact in FP32): rescale Attention
-                # inputs into the per-channel weights, and give token 0 its own FFN scale.
-                h, i = source.hidden_size, source.intermediate_size
-                smooth = SmoothConfig(weight_shapes=((h, i), (h, h)))  # FFN-in, Q/K/V and attention-out
-                smoothed = smooth_activations(start_path, work / f"{name}-smooth.onnx", reference.batches, smooth)
-                split = split_first_token(work / f"{name}-smooth.onnx", work / f"{name}-split.onnx",
-                                          SplitConfig(source.hidden_size, source.intermediate_size))
-                start_path = work / f"{name}-split.onnx"
-                progress(f"[{name}] outliers: smoothed {len(smoothed)} Attention/FFN inputs, "
-                         f"split token 0 off {len(split)} FFN MatMuls")
-                int8 = Int8Config(
-                    scheme=profile.int8,
-                    calibration_batches=tuple(reference.batches) if profile.int8.mode == "static" else (),
-                )
-                outcome = quantize_with_floor(
-                    start_path, work / f"{name}.onnx", int8, source, reference, floor, _session, progress
-                )
-                model_path, kept, metrics = outcome.path, outcome.kept_fp32, outcome.metrics
-                extra["quantization"] = {**int8.describe(), "kept_fp32": kept, "embeddings": embeddings,
-                                         "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
-                                         "first_token_split": split, "search": outcome.search}
-            progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            try:
+                built = _BUILDERS[(fmt, precision)](step, name)
+            except AccuracyError as exc:
+                # Never shipped silently: the artifact is left out, the reason is recorded and
+                # printed, and the artifacts that do pass are still delivered.
+                progress(f"[{name}] REFUSED: {exc}")
+                refused.append({"name": name, "format": fmt, "precision": precision, "reason": str(exc)})
+                continue
+            progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in built.metrics.items()))
 
-            files = package.save_onnx(model_path, stage, name)
-            shipped = _session(stage / files[0]["path"])  # what the device loads
+            files = package.save_onnx(built.model_path, stage, name)
+            shipped = _session(stage / files[0]["path"])  # exactly what the device loads
             golden_outputs = shipped.run(golden_inputs)
             golden = package.write_golden(stage, name, golden_inputs, golden_outputs, GOLDEN_TOLERANCE[precision])
             latency = _latency_ms(shipped, source, config.latency_seq, config.latency_runs)
             size = sum(f["bytes"] for f in files)
             entries.append({
                 "name": name,
-                "format": "onnx",
+                "format": fmt,
                 "precision": precision,
                 "files": files,
-                "metrics": metrics,
+                "metrics": built.metrics,
                 "accuracy_floor": floor.__dict__,
                 "pruning": None,
                 "fused_ops": fused_ops,
-                **extra,
+                **built.extra,
                 "min_runtime": {"onnxruntime": "1.17" if fused_ops else "1.14"},
                 "golden": golden,
                 "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": 1,
                                           "sequence": min(config.latency_seq, source.max_length), "threads": 2},
             })
-            results.append(ArtifactResult(name, "onnx", precision, size, metrics, latency, kept))
+            results.append(ArtifactResult(name, fmt, precision, size, built.metrics, latency, built.kept_fp32))
+        if not entries:
+            raise AccuracyError("no artifact met the accuracy floor:\n" + "\n".join(r["reason"] for r in refused))
 
         inputs, outputs = _io_signature(source)
         manifest = {
@@ -312,9 +359,10 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             "calibration": texts.describe(),
             "runtime": _runtime_settings(profile),
             "artifacts": entries,
+            "refused": refused,
         }
         progress("writing manifest.json")
         package.write_manifest(stage, manifest)
 
     return ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, refused)

@@ -157,3 +157,18 @@ def _wide_model(tmp_path):
     transformers.AutoModel.from_config(config).eval().save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def test_artifact_below_the_floor_is_refused_not_shipped(tiny_model_factory, tmp_path, monkeypatch):
+    import converters.mixed_precision as mp
+
+    monkeypatch.setattr(mp, "MAX_KEPT_FRACTION", 0.0)  # no fallback room: INT8 must be refused
+    out = tmp_path / "strict"
+    result = convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
+                                   out=out, accuracy_floor=0.9999999, latency_runs=1))
+    assert [a.name for a in result.artifacts] == ["onnx-fp32"]
+    assert [r["name"] for r in result.refused] == ["onnx-int8"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["artifacts"]] == ["onnx-fp32"]
+    assert "accuracy floor" in manifest["refused"][0]["reason"]
+    assert not list(out.glob("onnx-int8*")), "a refused artifact leaves no files"
