@@ -32,7 +32,13 @@ import numpy as np
 from converters._errors import ConversionError
 from converters.source import SourceModel, build_wrapper
 
-__all__ = ["TFLITE_EXPORT_CONFIG_VERSION", "TfliteExportConfig", "export_tflite", "op_counts", "signature_name"]
+__all__ = [
+    "TFLITE_EXPORT_CONFIG_VERSION",
+    "TfliteExportConfig",
+    "export_tflite",
+    "op_counts",
+    "signature_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,12 @@ def _buckets(source: SourceModel, config: TfliteExportConfig) -> list[int]:
     kept = sorted({b for b in config.buckets if b <= source.max_length})
     dropped = sorted({b for b in config.buckets if b > source.max_length})
     if dropped:
-        log.info("tflite export: buckets %s exceed max_length %d of %s; dropped", dropped, source.max_length, source.name)
+        log.info(
+            "tflite export: buckets %s exceed max_length %d of %s; dropped",
+            dropped,
+            source.max_length,
+            source.name,
+        )
     if not kept:
         raise ConversionError(
             f"no TFLite bucket fits {source.name}: buckets {sorted(config.buckets)} all exceed its "
@@ -104,7 +115,8 @@ def _sample(source: SourceModel, length: int, seed: int) -> dict[str, Any]:
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    vocab = len(source.tokenizer)
+    # the embedding table, not the tokenizer: added tokens can make the tokenizer longer
+    vocab = int(source.module.inner.get_input_embeddings().num_embeddings)
     ids = torch.randint(5, vocab, (1, length), generator=generator, dtype=torch.int32)
     mask = torch.ones(1, length, dtype=torch.int32)
     mask[0, max(1, length // 2) :] = 0
@@ -133,7 +145,9 @@ def op_counts(path: Path) -> dict[str, dict[str, int]]:
     for i in range(model.SignatureDefsLength()):
         sig = model.SignatureDefs(i)
         graph = model.Subgraphs(sig.SubgraphIndex())
-        counter = collections.Counter(codes[graph.Operators(o).OpcodeIndex()] for o in range(graph.OperatorsLength()))
+        counter = collections.Counter(
+            codes[graph.Operators(o).OpcodeIndex()] for o in range(graph.OperatorsLength())
+        )
         counts[sig.SignatureKey().decode()] = dict(counter.most_common())
     return counts
 
@@ -152,7 +166,9 @@ def ops_outside_delegate(interpreter) -> dict[str, Any] | None:
     delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
     plain = [o for o in ops if o["op_name"] != "DELEGATE"]
     if len(delegates) != 1:
-        return {"delegate_partitions": len(delegates)} | ({"ops": dict(collections.Counter(o["op_name"] for o in plain))} if not delegates else {})
+        return {"delegate_partitions": len(delegates)} | (
+            {"ops": dict(collections.Counter(o["op_name"] for o in plain))} if not delegates else {}
+        )
     producer = {int(t): o for o in plain for t in o["outputs"]}
     consumers: dict[int, list] = collections.defaultdict(list)
     for o in plain:
@@ -171,10 +187,15 @@ def ops_outside_delegate(interpreter) -> dict[str, Any] | None:
             if op["index"] not in outside:
                 outside[op["index"]] = op["op_name"]
                 stack += [int(t) for t in op["outputs"]]
-    return {"delegate_partitions": 1, "ops": dict(collections.Counter(outside.values()).most_common())}
+    return {
+        "delegate_partitions": 1,
+        "ops": dict(collections.Counter(outside.values()).most_common()),
+    }
 
 
-def export_tflite(source: SourceModel, out_path: Path, config: TfliteExportConfig) -> dict[str, Any]:
+def export_tflite(
+    source: SourceModel, out_path: Path, config: TfliteExportConfig
+) -> dict[str, Any]:
     """Convert `source` into one .tflite at `out_path`; returns what was produced.
 
     Precondition: `source` is a loaded SourceModel (any supported type and task).
@@ -197,11 +218,14 @@ def export_tflite(source: SourceModel, out_path: Path, config: TfliteExportConfi
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             for length in buckets:
-                converter = converter.signature(signature_name(length), module, sample_kwargs=samples[length])
+                converter = converter.signature(
+                    signature_name(length), module, sample_kwargs=samples[length]
+                )
             converter.convert().export(str(out_path))
         except Exception as exc:  # litert-torch raises torch.export / MLIR errors of many types
             raise ConversionError(
-                f"litert-torch could not convert {source.name} ({source.model_type}, {source.task}) "
+                f"litert-torch could not convert {source.name} "
+                f"({source.model_type}, {source.task}) "
                 f"to TFLite: {type(exc).__name__}: {exc}"
             ) from exc
     seconds = time.perf_counter() - started
@@ -219,24 +243,38 @@ def export_tflite(source: SourceModel, out_path: Path, config: TfliteExportConfi
             problems.append(f"{key}: missing (file has {sorted(signatures)})")
             continue
         if sorted(spec["inputs"]) != sorted(source.input_names) or spec["outputs"] != [output_name]:
-            problems.append(f"{key}: inputs {spec['inputs']} outputs {spec['outputs']}; expected {source.input_names} -> [{output_name}]")
+            problems.append(
+                f"{key}: inputs {spec['inputs']} outputs {spec['outputs']}; "
+                f"expected {source.input_names} -> [{output_name}]"
+            )
             continue
         runner = interpreter.get_signature_runner(key)
         details = runner.get_input_details()
         for name in source.input_names:
             if details[name]["dtype"] != np.int32 or list(details[name]["shape"]) != [1, length]:
-                problems.append(f"{key}.{name}: {details[name]['dtype'].__name__} {list(details[name]['shape'])}; expected int32 [1, {length}]")
-        got = runner(**{name: value.numpy() for name, value in samples[length].items()})[output_name]
+                problems.append(
+                    f"{key}.{name}: {details[name]['dtype'].__name__} "
+                    f"{list(details[name]['shape'])}; expected int32 [1, {length}]"
+                )
+        got = runner(**{name: value.numpy() for name, value in samples[length].items()})[
+            output_name
+        ]
         with torch.no_grad():
             want = module(**samples[length])[output_name].numpy()
         err = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
         parity[key] = err
         if not err <= _PARITY_RTOL * max(1.0, float(np.abs(want).max())):
-            problems.append(f"{key}: max |tflite - torch| = {err:.3g} (shape {got.shape} vs {want.shape})")
+            problems.append(
+                f"{key}: max |tflite - torch| = {err:.3g} (shape {got.shape} vs {want.shape})"
+            )
     if problems:
-        raise ConversionError(f"TFLite export of {source.name} is wrong:\n  " + "\n  ".join(problems))
+        raise ConversionError(
+            f"TFLite export of {source.name} is wrong:\n  " + "\n  ".join(problems)
+        )
 
-    outside = ops_outside_delegate(interpreter)  # primary subgraph, delegate applied by the run above
+    outside = ops_outside_delegate(
+        interpreter
+    )  # primary subgraph, delegate applied by the run above
     return {
         "path": str(out_path),
         "bytes": out_path.stat().st_size,

@@ -43,16 +43,22 @@ RECIPES = {
     r.name: r
     for r in (
         TfliteRecipe(
-            "dynamic_wi8_afp32", "int8", False,
+            "dynamic_wi8_afp32",
+            "int8",
+            False,
             "int8 per-channel weights, activations quantized per run (XNNPACK QD8 kernels)",
         ),
         TfliteRecipe(
-            "dynamic_wi4b32_afp32", "int4", False,
+            "dynamic_wi4b32_afp32",
+            "int4",
+            False,
             "int4 weights in 32-element blocks, activations quantized per run; accuracy is "
             "model-dependent (MiniLM cosine 0.85): validate before shipping",
         ),
         TfliteRecipe(
-            "weight_only_wi8_afp32", "int8", False,
+            "weight_only_wi8_afp32",
+            "int8",
+            False,
             "int8 weights dequantized to FP32 at load: 4x smaller file, FP32 speed and accuracy",
         ),
     )
@@ -88,7 +94,10 @@ def _calibration_feeds(
         for sample in calibration:
             missing = set(spec["inputs"]) - set(sample)
             if missing:
-                raise ConversionError(f"calibration sample lacks inputs {sorted(missing)}; the model takes {spec['inputs']}")
+                raise ConversionError(
+                    f"calibration sample lacks inputs {sorted(missing)}; "
+                    f"the model takes {spec['inputs']}"
+                )
             batch = np.atleast_2d(np.asarray(sample[spec["inputs"][0]])).shape[0]
             for row in range(batch):
                 feed = {}
@@ -148,7 +157,10 @@ def quantize_tflite(
     `calibration` (named [batch, seq] arrays) is used only by recipes that need it.
     """
     if recipe in _REFUSED:
-        raise ConversionError(f"TFLite recipe {recipe!r} is not supported: {_REFUSED[recipe]} Supported: {', '.join(RECIPES)}")
+        raise ConversionError(
+            f"TFLite recipe {recipe!r} is not supported: {_REFUSED[recipe]} "
+            f"Supported: {', '.join(RECIPES)}"
+        )
     if recipe not in RECIPES:
         raise ConversionError(f"unknown TFLite recipe {recipe!r}; supported: {', '.join(RECIPES)}")
     spec = RECIPES[recipe]
@@ -164,21 +176,32 @@ def quantize_tflite(
     calibrated = None
     if qt.need_calibration:
         if not calibration:
-            raise ConversionError(f"TFLite recipe {recipe!r} needs calibration samples; none were given")
+            raise ConversionError(
+                f"TFLite recipe {recipe!r} needs calibration samples; none were given"
+            )
         calibrated = qt.calibrate(_calibration_feeds(in_path, calibration), num_threads=1)
     try:
         # All-zero weight blocks (e.g. the padding row of an embedding table) get scale 0 and
         # numpy warns on 0/0; those blocks dequantize to 0 whatever the cast gave.
-        with contextlib.redirect_stdout(io.StringIO()), np.errstate(invalid="ignore", divide="ignore"):
-            result = qt.quantize(calibrated, enable_progress_bar=False, enable_progress_report=False)
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            np.errstate(invalid="ignore", divide="ignore"),
+        ):
+            result = qt.quantize(
+                calibrated, enable_progress_bar=False, enable_progress_report=False
+            )
         result.export_model(str(out_path), overwrite=True)
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise ConversionError(f"ai-edge-quantizer could not apply {recipe!r} to {in_path.name}: {exc}") from exc
+        raise ConversionError(
+            f"ai-edge-quantizer could not apply {recipe!r} to {in_path.name}: {exc}"
+        ) from exc
     seconds = time.perf_counter() - started
 
     after = Interpreter(model_path=str(out_path)).get_signature_list()
     if after != before:
-        raise ConversionError(f"quantizing {in_path.name} with {recipe!r} changed its signatures: {before} -> {after}")
+        raise ConversionError(
+            f"quantizing {in_path.name} with {recipe!r} changed its signatures: {before} -> {after}"
+        )
     cosines = _outputs_close(in_path, out_path)
     broken = {k: c for k, c in cosines.items() if not np.isfinite(c) or c < 0.5}
     if broken:

@@ -17,9 +17,10 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_quantizer")
 pytest.importorskip("ai_edge_litert")
 
-from converters._errors import ConversionError  # noqa: E402
-from edge_runtime import InputError, backends  # noqa: E402
-from tiny_models import ARCHITECTURES, TASKS  # noqa: E402
+from tiny_models import ARCHITECTURES, TASKS
+
+from converters._errors import ConversionError
+from edge_runtime import InputError, backends
 
 BUCKETS = (16, 32, 256)  # 256 > the tiny models' max_length (128): dropped
 TEXTS = [
@@ -27,12 +28,14 @@ TEXTS = [
     "short",
     "The meeting has been rescheduled to next Tuesday.",
 ]
-# Accuracy of the quantized artifacts against PyTorch FP32, per row (cosine over the row's
-# unmasked outputs). INT8 (dynamic, per-channel) holds 0.99 like the ONNX INT8 artifacts.
-# INT4 (dynamic, 32-element blocks): hidden size 32 makes every block a whole weight row, so
-# this is per-row INT4; measured 0.95-0.99 on these models (and 0.85 on MiniLM, see
-# docs/notes/tflite-findings.md). The bound only guards against a broken rewrite.
-COSINE_FLOOR = {"fp32": 0.99999, "int8": 0.99, "int4": 0.9}
+# Accuracy against PyTorch FP32, per row (cosine over the row's unmasked outputs), with the
+# lowest value measured over all 12 models x 4 batches below (ai-edge-litert 2.3, XNNPACK):
+# - fp32: max abs diff <= 2e-6 (checked separately, 1e-4 relative).
+# - int8 (dynamic_wi8_afp32, per-channel): lowest 0.99995; floor 0.999.
+# - int4 (dynamic_wi4b32_afp32): lowest 0.992; floor 0.98. Hidden size 32 makes each 32-block
+#   a whole weight row, so this is per-row INT4 on tiny random weights; on MiniLM the same
+#   recipe gives 0.85 (docs/notes/tflite-findings.md): this floor guards the rewrite, not quality.
+COSINE_FLOOR = {"fp32": 0.99999, "int8": 0.999, "int4": 0.98}
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +53,10 @@ def tflite_artifacts(tiny_model_factory, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"tflite-{arch}-{task}")
             info = export_tflite(source, out / "fp32.tflite", TfliteExportConfig(buckets=BUCKETS))
             paths = {"fp32": out / "fp32.tflite"}
-            for precision, recipe in (("int8", "dynamic_wi8_afp32"), ("int4", "dynamic_wi4b32_afp32")):
+            for precision, recipe in (
+                ("int8", "dynamic_wi8_afp32"),
+                ("int4", "dynamic_wi4b32_afp32"),
+            ):
                 paths[precision] = out / f"{precision}.tflite"
                 quantize_tflite(paths["fp32"], paths[precision], recipe)
             cache[arch, task] = (source, info, paths)
@@ -60,10 +66,15 @@ def tflite_artifacts(tiny_model_factory, tmp_path_factory):
 
 
 def _encode(source, texts, max_length):
-    enc = source.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    enc = source.tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="np"
+    )
     ids = enc["input_ids"].astype(np.int64)
     # token_type_ids: all zeros for single texts (the tiny tokenizers do not emit them)
-    return {name: enc[name].astype(np.int64) if name in enc else np.zeros_like(ids) for name in source.input_names}
+    return {
+        name: enc[name].astype(np.int64) if name in enc else np.zeros_like(ids)
+        for name in source.input_names
+    }
 
 
 def _torch(source, feeds):
@@ -95,6 +106,12 @@ CASES = {
     "batch3-padded-to-32": (TEXTS, 24),
     "batch2-exact32": ([TEXTS[0] + " " + TEXTS[2]] * 2, 32),
 }
+CASE_SHAPES = {
+    "one-row-padded": lambda s: s[0] == 1 and s[1] < 16,
+    "batch3-exact16": lambda s: s == (3, 16),
+    "batch3-padded-to-32": lambda s: s == (3, 24),
+    "batch2-exact32": lambda s: s == (2, 32),
+}
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -119,6 +136,7 @@ def test_export_and_run_matches_torch(tflite_artifacts, arch, task):
         assert session.input_names == sorted(source.input_names)
         for case, (texts, max_length) in CASES.items():
             feeds = _encode(source, texts, max_length)
+            assert CASE_SHAPES[case](feeds["input_ids"].shape), (case, feeds["input_ids"].shape)
             want = _torch(source, feeds)
             got = session.run(feeds)[source.output_names[0]]
             assert got.shape == want.shape, (precision, case)
@@ -128,7 +146,10 @@ def test_export_and_run_matches_torch(tflite_artifacts, arch, task):
                     failures.append(f"{precision} {case}: max abs diff {err:.3g}")
             cos = _row_cosines(got, want, feeds["attention_mask"], task)
             if cos.min() < COSINE_FLOOR[precision]:
-                failures.append(f"{precision} {case}: row cosines {np.round(cos, 4).tolist()} < {COSINE_FLOOR[precision]}")
+                failures.append(
+                    f"{precision} {case}: row cosines {np.round(cos, 4).tolist()} "
+                    f"< {COSINE_FLOOR[precision]}"
+                )
     assert not failures, f"{arch} {task}:\n  " + "\n  ".join(failures)
 
 
@@ -208,5 +229,5 @@ def test_tflite_backend_stays_lean(tflite_artifacts):
         "heavy = sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -25,11 +25,13 @@ __all__ = ["TfliteSession", "available", "open_session"]
 
 
 def available() -> bool:
-    return any(importlib.util.find_spec(name) is not None for name in ("ai_edge_litert", "tflite_runtime"))
+    return any(
+        importlib.util.find_spec(name) is not None for name in ("ai_edge_litert", "tflite_runtime")
+    )
 
 
 def _interpreter_api() -> tuple[Any, Any, str, str]:
-    """(Interpreter class, OpResolverType enum, package name, version), preferring ai-edge-litert."""
+    """(Interpreter, OpResolverType, package name, version), preferring ai-edge-litert."""
     try:
         import ai_edge_litert
         from ai_edge_litert import interpreter
@@ -39,14 +41,32 @@ def _interpreter_api() -> tuple[Any, Any, str, str]:
             from tflite_runtime import interpreter
         except ImportError:
             raise BackendUnavailableError(
-                "neither ai-edge-litert nor tflite-runtime is installed (pip install ai-edge-litert)"
+                "neither ai-edge-litert nor tflite-runtime is installed "
+                "(pip install ai-edge-litert)"
             ) from None
-        return interpreter.Interpreter, interpreter.OpResolverType, "tflite-runtime", tflite_runtime.__version__
-    return interpreter.Interpreter, interpreter.OpResolverType, "ai-edge-litert", ai_edge_litert.__version__
+        return (
+            interpreter.Interpreter,
+            interpreter.OpResolverType,
+            "tflite-runtime",
+            tflite_runtime.__version__,
+        )
+    return (
+        interpreter.Interpreter,
+        interpreter.OpResolverType,
+        "ai-edge-litert",
+        ai_edge_litert.__version__,
+    )
 
 
 class _Bucket:
-    def __init__(self, key: str, length: int, runner: Any, input_dtypes: dict[str, Any], output_shapes: dict[str, tuple[int, ...]]):
+    def __init__(
+        self,
+        key: str,
+        length: int,
+        runner: Any,
+        input_dtypes: dict[str, Any],
+        output_shapes: dict[str, tuple[int, ...]],
+    ):
         self.key = key
         self.length = length
         self.runner = runner
@@ -77,10 +97,14 @@ class TfliteSession:
             self._interpreter = interpreter_cls(
                 model_path=str(model_path),
                 num_threads=threads,
-                experimental_op_resolver_type=resolver.AUTO if xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                experimental_op_resolver_type=resolver.AUTO
+                if xnnpack
+                else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             )
         except (ValueError, RuntimeError) as exc:
-            raise BackendUnavailableError(f"{package} {version} could not load {model_path.name}: {exc}") from exc
+            raise BackendUnavailableError(
+                f"{package} {version} could not load {model_path.name}: {exc}"
+            ) from exc
         self._buckets = self._read_signatures(model_path)
         first = self._buckets[0]
         self.input_names = sorted(first.input_dtypes)
@@ -90,7 +114,10 @@ class TfliteSession:
         self._sequence_outputs = {
             name
             for name in self.output_names
-            if all(len(b.output_shapes[name]) >= 2 and b.output_shapes[name][1] == b.length for b in self._buckets)
+            if all(
+                len(b.output_shapes[name]) >= 2 and b.output_shapes[name][1] == b.length
+                for b in self._buckets
+            )
             and (len(self._buckets) > 1 or len(first.output_shapes[name]) >= 3)
         }
 
@@ -106,11 +133,13 @@ class TfliteSession:
                 "edge-convert (one signature per sequence bucket)"
             )
         buckets, problems = [], []
-        for key, spec in signatures.items():
+        for key in signatures:
             runner = self._interpreter.get_signature_runner(key)
             inputs = runner.get_input_details()
             outputs = runner.get_output_details()
-            shapes = {name: tuple(int(d) for d in detail["shape"]) for name, detail in inputs.items()}
+            shapes = {
+                name: tuple(int(d) for d in detail["shape"]) for name, detail in inputs.items()
+            }
             lengths = {s[1] for s in shapes.values() if len(s) == 2 and s[0] == 1}
             if len(lengths) != 1 or any(len(s) != 2 or s[0] != 1 for s in shapes.values()):
                 problems.append(f"{key}: inputs {shapes} (expected [1, L] for all)")
@@ -121,18 +150,28 @@ class TfliteSession:
                     lengths.pop(),
                     runner,
                     {name: detail["dtype"] for name, detail in inputs.items()},
-                    {name: tuple(int(d) for d in detail["shape"]) for name, detail in outputs.items()},
+                    {
+                        name: tuple(int(d) for d in detail["shape"])
+                        for name, detail in outputs.items()
+                    },
                 )
             )
         if buckets and not problems:
-            names = {(tuple(sorted(b.input_dtypes)), tuple(sorted(b.output_shapes))) for b in buckets}
+            names = {
+                (tuple(sorted(b.input_dtypes)), tuple(sorted(b.output_shapes))) for b in buckets
+            }
             if len(names) != 1:
                 problems.append(f"signatures disagree on input/output names: {sorted(names)}")
         if problems or not buckets:
-            raise BackendUnavailableError(f"{model_path.name} is not a bucketed edge-convert model: " + "; ".join(problems))
+            raise BackendUnavailableError(
+                f"{model_path.name} is not a bucketed edge-convert model: " + "; ".join(problems)
+            )
         buckets.sort(key=lambda b: b.length)
         if len({b.length for b in buckets}) != len(buckets):
-            raise BackendUnavailableError(f"{model_path.name}: two signatures share a sequence length: {[b.key for b in buckets]}")
+            raise BackendUnavailableError(
+                f"{model_path.name}: two signatures share a sequence length: "
+                f"{[b.key for b in buckets]}"
+            )
         return buckets
 
     def _bucket_for(self, seq: int) -> _Bucket:
@@ -149,20 +188,31 @@ class TfliteSession:
         missing = sorted(set(self.input_names) - set(feeds))
         extra = sorted(set(feeds) - set(self.input_names))
         if missing or extra:
-            raise InputError(f"inputs do not match the model: missing {missing}, unexpected {extra}; it takes {self.input_names}")
+            raise InputError(
+                f"inputs do not match the model: missing {missing}, unexpected {extra}; "
+                f"it takes {self.input_names}"
+            )
         arrays = {name: np.asarray(value) for name, value in feeds.items()}
         shapes = {name: a.shape for name, a in arrays.items()}
         if any(a.ndim != 2 for a in arrays.values()) or len(set(shapes.values())) != 1:
             raise InputError(f"inputs must all have the same [batch, seq] shape; got {shapes}")
         if any(not np.issubdtype(a.dtype, np.integer) for a in arrays.values()):
-            raise InputError(f"inputs must be integer arrays; got {({n: str(a.dtype) for n, a in arrays.items()})}")
+            raise InputError(
+                f"inputs must be integer arrays; got "
+                f"{ {n: str(a.dtype) for n, a in arrays.items()} }"
+            )
         batch, seq = next(iter(shapes.values()))
         bucket = self._bucket_for(seq)
         rows: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
-        padded = {name: np.zeros((1, bucket.length), bucket.input_dtypes[name]) for name in self.input_names}
+        padded = {
+            name: np.zeros((1, bucket.length), bucket.input_dtypes[name])
+            for name in self.input_names
+        }
         for row in range(batch):
             for name, array in arrays.items():
-                padded[name][0, :seq] = array[row]  # zeros beyond seq from np.zeros, never rewritten
+                padded[name][0, :seq] = array[
+                    row
+                ]  # zeros beyond seq from np.zeros, never rewritten
             outputs = bucket.runner(**padded)
             for name in self.output_names:
                 value = outputs[name]
