@@ -1,0 +1,671 @@
+"""Pass: INT4 weight-only quantization for onnxruntime (MatMulNBits + GatherBlockQuantized).
+
+    MatMul(x, W)        W: float [K, N] constant  ->  com.microsoft.MatMulNBits, 4-bit (or 8-bit for
+                                                       `int8_nodes`), blocks of `block_size` along K
+    Gather(T, ids)      T: float [rows, dim], large ->  com.microsoft.GatherBlockQuantized, UINT4,
+                                                       blocks of `embedding_block_size` along dim
+
+Both are asymmetric (a UINT4 zero point per block), which measured better than symmetric on
+MiniLM (docs/notes/int4-findings.md). Graph structure and the 8-bit weights come from
+onnxruntime's MatMulNBitsQuantizer; the 4-bit values come from one of two algorithms:
+
+- "rtn": onnxruntime's round-to-nearest over each block's [min, max].
+- "clip_search": per block, a grid over shrink ratios of min and max that minimises
+  sum_k E[x_k^2] (w_k - dq(w_k))^2, the output error of the layer when inputs are uncorrelated,
+  with E[x_k^2] measured on the calibration batches (tables: plain squared error).
+- "auto": build both, measure each against the FP32 model on the calibration batches, keep
+  the better one.
+
+Accuracy is measured, through edge_runtime's ONNX session, as the cosine between the candidate's
+and the FP32 model's first output on the calibration batches: per sequence after mask-mean
+pooling (the loss ranks on this, mean + 0.25 x worst) and per real token. With `size_budget`,
+MatMuls move to 8-bit in order of measured loss removed per added byte, each move kept only if
+the assembled file still fits (its real serialized size) and the full-calibration loss drops.
+
+`accuracy_level` 4 makes MatMulNBits quantize activations to INT8 per block and use integer
+dot products (ORT matmul_nbits.cc); on x86 it measured fastest with unchanged accuracy.
+Preconditions: an unfused export (Q/K/V as MatMuls: MatMulNBitsQuantizer skips the weights of
+fused `Attention`, which are then reported in `kept_fp32`), opset <= 21.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters._errors import ConversionError, UnsupportedModelError
+
+__all__ = ["ALGORITHMS", "Int4Config", "quantize_int4"]
+
+ALGORITHMS = ("rtn", "clip_search", "auto")
+CONFIG_VERSION = 1
+INT4_OPSET = 21  # INT4/UINT4 tensors need opset 21 (and IR version 10)
+SENSITIVITY_BATCHES = 2  # of the calibration batches, for ranking nodes under a size budget
+# Shrink ratios of a block's min and max tried by clip_search. 16 x 16 pairs; the prototype's
+# 26 x 26 took 2.6x longer (4.9 s vs 1.9 s for one 384 x 1536 weight on 2 cores).
+_WEIGHT_RATIOS = np.linspace(0.5, 1.0, 16, dtype=np.float32)
+_TABLE_RATIOS = np.linspace(0.7, 1.0, 11, dtype=np.float32)  # tables: only rare outliers to clip
+_BIG_FP32 = 4096  # FP32 initializers with at least this many elements are listed if left over
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Int4Config:
+    block_size: int = 32
+    algorithm: str = "auto"
+    accuracy_level: int = 4
+    embedding_block_size: int = 128
+    int8_nodes: tuple[str, ...] = ()  # MatMuls stored as 8-bit MatMulNBits (mixed precision)
+    size_budget: float | None = (
+        None  # max bytes vs FP32; moves sensitive MatMuls to 8-bit within it
+    )
+    int8_block_size: int = 128  # 8-bit layers: block 128 measured faster than 32 at equal accuracy
+    embedding_min_elements: int = 1 << 16  # smaller tables (token types) stay FP32
+
+    def __post_init__(self):
+        problems = []
+        if self.algorithm not in ALGORITHMS:
+            problems.append(f"algorithm {self.algorithm!r} is not one of {list(ALGORITHMS)}")
+        for name in ("block_size", "embedding_block_size", "int8_block_size"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                problems.append(
+                    f"{name} {value} must be a power of two >= 16 (MatMulNBits/GatherBlockQuantized)"
+                )
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            problems.append(
+                f"accuracy_level {self.accuracy_level} must be 0-4 (4: INT8 activations)"
+            )
+        if self.size_budget is not None and not 0.0 < self.size_budget <= 1.0:
+            problems.append(
+                f"size_budget {self.size_budget} must be a fraction of the FP32 bytes in (0, 1]"
+            )
+        if problems:
+            raise ValueError("invalid Int4Config: " + "; ".join(problems))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "config_version": CONFIG_VERSION,
+            **asdict(self),
+            "int8_nodes": list(self.int8_nodes),
+        }
+
+
+# ----------------------------------------------------------------------------- block quantization
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """Pairs along the last axis (even length) into bytes, the first value in the low nibble."""
+    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _blocks(matrix: np.ndarray, block: int) -> np.ndarray:
+    """[K, N] -> [N, K/block, block], zero-padded along K (MatMulNBits' layout)."""
+    rows, cols = matrix.shape
+    padded = np.zeros((-(-rows // block) * block, cols), np.float32)
+    padded[:rows] = matrix
+    return np.ascontiguousarray(padded.T.reshape(cols, -1, block))
+
+
+def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray):
+    """Per block [.., block]: 4-bit asymmetric (q, scale, zero_point) from the grid of (min, max)
+    shrink ratios with the least importance-weighted squared error. `importance` broadcasts
+    against `blocks` (E[x^2] per input channel) or is None (plain squared error). The grid
+    contains (1, 1), plain round-to-nearest, so the error never exceeds RTN's."""
+    weight = np.ones((1,) * blocks.ndim, np.float32) if importance is None else importance
+    low0 = np.minimum(blocks.min(-1), 0.0)
+    high0 = np.maximum(blocks.max(-1), 0.0)
+    best_err = np.full(low0.shape, np.inf, np.float32)
+    best_low, best_high = low0.copy(), high0.copy()
+    for a in ratios:
+        for b in ratios:
+            low, high = low0 * a, high0 * b
+            scale = np.maximum((high - low) / 15.0, 1e-12)
+            zero = np.clip(np.round(-low / scale), 0, 15)
+            q = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 15)
+            diff = blocks - (q - zero[..., None]) * scale[..., None]
+            err = (diff * diff * weight).sum(-1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_low = np.where(better, low, best_low)
+            best_high = np.where(better, high, best_high)
+    scale = np.maximum((best_high - best_low) / 15.0, 1e-12).astype(np.float32)
+    zero = np.clip(np.round(-best_low / scale), 0, 15)
+    q = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
+    return q, scale, zero.astype(np.uint8)
+
+
+def _clip_matmul_weight(
+    weight: np.ndarray, block: int, mean_square: np.ndarray
+) -> dict[str, np.ndarray]:
+    """MatMulNBits 4-bit initializers (suffix -> array) for weight [K, N]."""
+    rows = weight.shape[0]
+    importance = np.zeros(-(-rows // block) * block, np.float32)
+    importance[:rows] = mean_square + 1e-12 * mean_square.max()  # dead channels still break ties
+    q, scale, zero = _clip_search(
+        _blocks(weight, block), importance.reshape(1, -1, block), _WEIGHT_RATIOS
+    )
+    n_blocks = q.shape[1]
+    # Zero points pack per column (row of [N, nb]); an odd count is padded with 8, as ORT does.
+    zero = np.pad(zero, ((0, 0), (0, n_blocks % 2)), constant_values=8)
+    return {"_Q4": _pack_nibbles(q), "_scales": scale, "_zero_points": _pack_nibbles(zero)}
+
+
+def _clip_table(table: np.ndarray, block: int) -> dict[str, Any]:
+    """GatherBlockQuantized UINT4 initializers for table [rows, dim], blocks along dim."""
+    from onnx import TensorProto
+
+    rows, dim = table.shape
+    q, scale, zero = _clip_search(_blocks(table.T, block), None, _TABLE_RATIOS)
+    q = q.reshape(rows, -1)[:, :dim]
+    # ONNX packs INT4/UINT4 over the flattened tensor, not per row (odd totals get one pad nibble).
+    flat_q, flat_zero = q.reshape(-1), zero.reshape(-1)
+    flat_q = np.pad(flat_q, (0, flat_q.size % 2))
+    flat_zero = np.pad(flat_zero, (0, flat_zero.size % 2))
+    return {
+        "_Q4": (TensorProto.UINT4, [rows, dim], _pack_nibbles(flat_q).tobytes()),
+        "_scales": scale,
+        "_zero_points": (TensorProto.UINT4, list(scale.shape), _pack_nibbles(flat_zero).tobytes()),
+    }
+
+
+# ----------------------------------------------------------------------------- graph handling
+
+
+@dataclass
+class _Parts:
+    """Replacement node and the initializers it reads, per original node name."""
+
+    nodes: dict[str, Any]
+    initializers: dict[str, dict[str, Any]]  # node -> {initializer name: TensorProto}
+
+
+def _to_opset21(model):
+    from onnx import version_converter
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > INT4_OPSET:
+        raise UnsupportedModelError(
+            f"INT4 pass supports opset <= {INT4_OPSET}, the model has opset {opset}"
+        )
+    if opset == INT4_OPSET:
+        return model
+    # MatMulNBitsQuantizer only relabels the opset to 21 when it writes INT4 tensors; ops whose
+    # signature changed (ReduceL2 axes became an input at 18) then fail to load. Convert for real.
+    try:
+        converted = version_converter.convert_version(model, INT4_OPSET)
+    except Exception as exc:  # the converter raises plain RuntimeError/ValidationError
+        raise UnsupportedModelError(
+            f"converting the graph from opset {opset} to {INT4_OPSET} (needed for INT4 tensors) failed: "
+            f"{exc}. Export with a plain (unfused) graph, or at opset {INT4_OPSET}."
+        ) from exc
+    converted.ir_version = max(converted.ir_version, 10)
+    return converted
+
+
+def _name_nodes(model) -> None:
+    """Nodes are tracked by name (and ORT names its replacements after them): name any that lack one."""
+    taken = {n.name for n in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = next(
+                f"{node.op_type}_int4_{index}_{k}"
+                for k in range(len(taken) + 1)
+                if f"{node.op_type}_int4_{index}_{k}" not in taken
+            )
+            taken.add(node.name)
+
+
+def _targets(model, config: Int4Config) -> tuple[dict[str, str], dict[str, str]]:
+    """(MatMul node -> weight, Gather node -> table) for constant float weights that qualify."""
+    from onnx import TensorProto
+
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    matmuls, tables = {}, {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1:
+            weight = inits.get(node.input[1])
+            if (
+                weight is not None
+                and weight.data_type == TensorProto.FLOAT
+                and len(weight.dims) == 2
+            ):
+                matmuls[node.name] = weight.name
+        elif node.op_type == "Gather":
+            table = inits.get(node.input[0])
+            if (
+                table is not None
+                and table.data_type == TensorProto.FLOAT
+                and len(table.dims) == 2
+                and math.prod(table.dims) >= config.embedding_min_elements
+                and consumers.get(table.name) == 1  # a tied table is also a MatMul weight
+                and all(a.name != "axis" or a.i == 0 for a in node.attribute)
+            ):
+                tables[node.name] = table.name
+    return matmuls, tables
+
+
+def _ort_quantize(
+    model, nodes: dict[str, str], op_type: str, bits: int, block: int, level: int
+) -> _Parts:
+    """Run onnxruntime's MatMulNBitsQuantizer (RTN) on `nodes` of a copy of `model` and harvest
+    the node each became and the initializers it reads."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(
+        logging.WARNING
+    )  # INFO per node
+
+    if not nodes:
+        return _Parts({}, {})
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    quantizer = MatMulNBitsQuantizer(
+        copy,
+        bits=bits,
+        block_size=block,
+        is_symmetric=False,
+        accuracy_level=level,
+        nodes_to_exclude=[n.name for n in copy.graph.node if n.name not in nodes],
+        op_types_to_quantize=(op_type,),
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    with np.errstate(
+        divide="ignore", invalid="ignore"
+    ):  # ORT's RTN divides by 0 on all-zero rows (padding)
+        quantizer.process()
+    graph = quantizer.model.model.graph
+    inits = {i.name: i for i in graph.initializer}
+    suffix = f"_Q{bits}" if op_type == "MatMul" else "_Q4"
+    made = {
+        n.name[: -len(suffix)]: n
+        for n in graph.node
+        if n.name.endswith(suffix) and n.name[: -len(suffix)] in nodes
+    }
+    missing = sorted(set(nodes) - set(made))
+    if missing:
+        raise ConversionError(
+            f"onnxruntime's MatMulNBitsQuantizer left {missing} unquantized ({op_type}, {bits}-bit)"
+        )
+    return _Parts(
+        made, {name: {i: inits[i] for i in node.input if i in inits} for name, node in made.items()}
+    )
+
+
+def _with_values(parts: _Parts, node_name: str, values: dict[str, Any]) -> None:
+    """Overwrite the harvested initializers of `node_name` (by name suffix) with new values."""
+    from onnx import helper, numpy_helper
+
+    for init_name, tensor in parts.initializers[node_name].items():
+        suffix = next((s for s in values if init_name.endswith(s)), None)
+        if suffix is None:
+            continue
+        value = values[suffix]
+        if isinstance(value, tuple):
+            new = helper.make_tensor(init_name, value[0], value[1], value[2], raw=True)
+        else:
+            new = numpy_helper.from_array(value.reshape(tuple(tensor.dims)), init_name)
+        if tuple(new.dims) != tuple(tensor.dims) or new.data_type != tensor.data_type:
+            raise ConversionError(
+                f"{init_name}: new value {list(new.dims)} type {new.data_type} does not match "
+                f"onnxruntime's layout {list(tensor.dims)} type {tensor.data_type}"
+            )
+        parts.initializers[node_name][init_name] = new
+
+
+class _Variants:
+    """The FP32 graph plus every quantized form of its targets, to assemble any mix cheaply:
+    onnxruntime builds the nodes once (4-bit RTN, 8-bit RTN, 4-bit tables); clip_search only
+    swaps values into copies of them."""
+
+    def __init__(
+        self,
+        model,
+        matmuls: dict[str, str],
+        tables: dict[str, str],
+        config: Int4Config,
+        fp32_path: Path,
+        batches: list[dict[str, np.ndarray]],
+    ):
+        import onnx
+
+        self.model, self.matmuls, self.tables, self.config = model, matmuls, tables, config
+        self._fp32_path, self._batches = fp32_path, batches
+        self._skeleton = onnx.ModelProto()
+        self._skeleton.CopyFrom(model)
+        for name in (
+            "node",
+            "initializer",
+            "value_info",
+        ):  # value_info of replaced nodes would go stale
+            self._skeleton.graph.ClearField(name)
+        if not any(o.domain == "com.microsoft" for o in self._skeleton.opset_import):
+            self._skeleton.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        level = config.accuracy_level
+        self._matmul4 = {
+            "rtn": _ort_quantize(model, matmuls, "MatMul", 4, config.block_size, level)
+        }
+        self._tables4 = {
+            "rtn": _ort_quantize(model, tables, "Gather", 4, config.embedding_block_size, level)
+        }
+        self._matmul8: _Parts | None = None
+
+    def _eight(self) -> _Parts:
+        if self._matmul8 is None:  # 8-bit: RTN is already within ~1e-3 cosine of FP32
+            c = self.config
+            self._matmul8 = _ort_quantize(
+                self.model, self.matmuls, "MatMul", 8, c.int8_block_size, c.accuracy_level
+            )
+        return self._matmul8
+
+    def _clip_search(self) -> None:
+        import copy
+
+        from onnx import numpy_helper
+
+        from converters._activations import channel_mean_square
+
+        inits = {i.name: i for i in self.model.graph.initializer}
+        inputs = {n.name: n.input[0] for n in self.model.graph.node if n.name in self.matmuls}
+        stats = channel_mean_square(self._fp32_path, sorted(set(inputs.values())), self._batches)
+        # A weight read by several MatMuls gets one set of values: weight its error by their mean input.
+        consumers: dict[str, list[str]] = {}
+        for node, weight in self.matmuls.items():
+            consumers.setdefault(weight, []).append(node)
+        matmul = copy.deepcopy(self._matmul4["rtn"])
+        for weight, nodes in consumers.items():
+            mean_square = np.mean([stats[inputs[n]] for n in nodes], axis=0).astype(np.float32)
+            values = _clip_matmul_weight(
+                numpy_helper.to_array(inits[weight]).astype(np.float32),
+                self.config.block_size,
+                mean_square,
+            )
+            for node in nodes:
+                _with_values(matmul, node, values)
+        tables = copy.deepcopy(self._tables4["rtn"])
+        for node, table in self.tables.items():
+            values = _clip_table(
+                numpy_helper.to_array(inits[table]).astype(np.float32),
+                self.config.embedding_block_size,
+            )
+            _with_values(tables, node, values)
+        self._matmul4["clip_search"], self._tables4["clip_search"] = matmul, tables
+
+    def build(self, algorithm: str, int8: set[str]):
+        import onnx
+
+        if algorithm not in self._matmul4:
+            self._clip_search()
+        four, tables = self._matmul4[algorithm], self._tables4[algorithm]
+        eight = self._eight() if int8 else None
+        model = onnx.ModelProto()
+        model.CopyFrom(self._skeleton)
+        nodes, added = [], {}
+        for node in self.model.graph.node:
+            parts = (
+                eight
+                if node.name in int8
+                else four
+                if node.name in self.matmuls
+                else tables
+                if node.name in self.tables
+                else None
+            )
+            if parts is None:
+                nodes.append(node)
+            else:
+                nodes.append(parts.nodes[node.name])
+                added.update(parts.initializers[node.name])
+        model.graph.node.extend(nodes)
+        used = {name for node in nodes for name in node.input}
+        model.graph.initializer.extend(
+            i for i in self.model.graph.initializer if i.name in used and i.name not in added
+        )
+        model.graph.initializer.extend(added.values())
+        return model
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(-1) / np.clip(
+        np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30, None
+    )
+
+
+def _loss(metrics: dict[str, float]) -> float:
+    """Mean error plus a share of the worst sequence's, like the mixed-precision search."""
+    return (1.0 - metrics["cosine_mean"]) + 0.25 * (1.0 - metrics["cosine_min"])
+
+
+class _Judge:
+    """Agreement of a candidate with the FP32 model on the calibration batches, through the
+    runtime's own session class. For [batch, sequence, dim] outputs: cosine per sequence of
+    the mask-mean-pooled output (what sentence embeddings compare) and per real token; for
+    [batch, dim] outputs: cosine per row."""
+
+    def __init__(self, fp32_path: Path, batches: list[dict[str, np.ndarray]]):
+        self.batches = batches
+        self.reference = self._outputs(fp32_path, batches)
+
+    @staticmethod
+    def _outputs(path: Path, batches) -> list[np.ndarray]:
+        from edge_runtime.backends.onnx import OnnxSession
+
+        session = OnnxSession(Path(path), threads=2)
+        return [next(iter(session.run(feeds).values())) for feeds in batches]  # the first output
+
+    def metrics(self, model, path: Path, count: int | None = None) -> dict[str, float]:
+        import onnx
+
+        onnx.save(model, str(path))
+        batches = self.batches[:count]
+        pooled, tokens = [], []
+        for feeds, want, got in zip(batches, self.reference, self._outputs(path, batches)):
+            if got.ndim == 3:
+                mask = feeds["attention_mask"].astype(bool)
+                weights = mask[..., None].astype(np.float64)
+                pooled.append(_row_cosine((got * weights).sum(1), (want * weights).sum(1)))
+                tokens.append(_row_cosine(got[mask], want[mask]))
+            else:
+                pooled.append(_row_cosine(got.reshape(len(got), -1), want.reshape(len(want), -1)))
+        cos = np.concatenate(pooled)
+        result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+        if tokens:
+            token = np.concatenate(tokens)
+            result.update(
+                token_cosine_mean=float(token.mean()), token_cosine_min=float(token.min())
+            )
+        if not np.isfinite(list(result.values())).all():
+            raise ConversionError(f"the INT4 model at {path} produced non-finite outputs: {result}")
+        return result
+
+
+def _file_bytes(path: Path) -> int:
+    """The .onnx file plus any external data files it references."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = {
+        entry.value
+        for init in model.graph.initializer
+        if init.data_location == onnx.TensorProto.EXTERNAL
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files)
+
+
+def _fit_budget(
+    variants: _Variants,
+    judge: _Judge,
+    algorithm: str,
+    int8: set[str],
+    budget: int,
+    probe: Path,
+    current: dict[str, float],
+) -> tuple[set[str], list[dict[str, Any]]]:
+    """Move MatMuls to 8-bit, most error removed per added byte first, while the assembled model
+    stays within `budget` bytes and each move measurably lowers the calibration loss."""
+    base = variants.build(algorithm, int8)
+    size = base.ByteSize()
+    if size > budget:
+        raise ConversionError(
+            f"the all-4-bit model is {size} bytes, above the size budget of {budget} bytes: raise "
+            "size_budget, drop int8_nodes, or use a larger block_size / embedding_block_size"
+        )
+    base_loss = _loss(judge.metrics(base, probe, SENSITIVITY_BATCHES))
+    gains = {}
+    for node in (n for n in variants.matmuls if n not in int8):
+        model = variants.build(algorithm, int8 | {node})
+        gain = base_loss - _loss(judge.metrics(model, probe, SENSITIVITY_BATCHES))
+        gains[node] = (gain, model.ByteSize() - size)
+    ranked = sorted(
+        (n for n in gains if gains[n][0] > 0),
+        key=lambda n: gains[n][0] / max(gains[n][1], 1),
+        reverse=True,
+    )
+    chosen, search, loss = set(int8), [], _loss(current)
+    for node in ranked:
+        model = variants.build(algorithm, chosen | {node})
+        step = {"node": node, "sensitivity": gains[node][0], "bytes": model.ByteSize()}
+        if model.ByteSize() > budget:
+            search.append({**step, "accepted": False, "why": "over budget"})
+            continue
+        metrics = judge.metrics(model, probe)
+        accepted = _loss(metrics) < loss
+        search.append(
+            {
+                **step,
+                "accepted": accepted,
+                "metrics": metrics,
+                **({} if accepted else {"why": "no measured gain"}),
+            }
+        )
+        if accepted:
+            chosen.add(node)
+            loss = _loss(metrics)
+    return chosen, search
+
+
+def quantize_int4(
+    fp32_path: Path,
+    out_path: Path,
+    config: Int4Config,
+    calibration_batches: list[dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    """Write the INT4 form of the FP32 ONNX model `fp32_path` to `out_path` (one file, weights
+    inline) and return what changed: algorithm chosen and each candidate's accuracy against
+    FP32 on the calibration batches, bits per MatMul, embedding scheme, bytes before/after."""
+    import onnx
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    batches = list(calibration_batches)
+    if not batches:
+        raise ValueError(
+            "quantize_int4 needs calibration batches (tokenized feeds with an attention_mask) to "
+            "measure its candidates: pass converters.validate.make_batches(source, texts)"
+        )
+    model = _to_opset21(onnx.load(str(fp32_path)))
+    _name_nodes(model)
+    matmuls, tables = _targets(model, config)
+    if not matmuls:
+        raise UnsupportedModelError(
+            f"{fp32_path.name} has no MatMul with a constant 2-D float weight to quantize. A graph with "
+            "fused Attention keeps its projections inside Attention: export with fusion disabled for INT4."
+        )
+    unknown = sorted(set(config.int8_nodes) - set(matmuls))
+    if unknown:
+        raise UnsupportedModelError(
+            f"int8_nodes {unknown} are not quantizable MatMuls of {fp32_path.name}; "
+            f"these are: {sorted(matmuls)}"
+        )
+
+    bytes_before = _file_bytes(fp32_path)
+    variants = _Variants(model, matmuls, tables, config, fp32_path, batches)
+    judge = _Judge(fp32_path, batches)
+    probe = out_path.with_name(out_path.stem + ".probe.onnx")
+    int8 = set(config.int8_nodes)
+    try:
+        algorithms = ("rtn", "clip_search") if config.algorithm == "auto" else (config.algorithm,)
+        candidates = {a: judge.metrics(variants.build(a, int8), probe) for a in algorithms}
+        chosen = min(candidates, key=lambda a: _loss(candidates[a]))
+        search: list[dict[str, Any]] = []
+        if config.size_budget is not None:
+            budget = int(config.size_budget * bytes_before)
+            int8, search = _fit_budget(
+                variants, judge, chosen, int8, budget, probe, candidates[chosen]
+            )
+    finally:
+        probe.unlink(missing_ok=True)
+    result = variants.build(chosen, int8)
+    metrics = judge.metrics(result, out_path)  # measured on the bytes that ship
+    _check_result(out_path, matmuls, tables, int8)
+
+    inits = {i.name: i for i in model.graph.initializer}
+    kept = [
+        {"initializer": i.name, "shape": list(i.dims)}
+        for i in result.graph.initializer
+        if i.name in inits and i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2
+    ]
+    for entry in kept:
+        logger.info("INT4: %s %s stays FP32", entry["initializer"], entry["shape"])
+    return {
+        "config": config.describe(),
+        "algorithm": chosen,
+        "candidates": candidates,
+        "metrics": metrics,
+        "nodes": {
+            node: {
+                "bits": 8 if node in int8 else 4,
+                "block_size": config.int8_block_size if node in int8 else config.block_size,
+                "weight_shape": list(inits[weight].dims),
+            }
+            for node, weight in matmuls.items()
+        },
+        "embeddings": [
+            {
+                "node": node,
+                "initializer": table,
+                "shape": list(inits[table].dims),
+                "scheme": f"GatherBlockQuantized uint4 asymmetric, block {config.embedding_block_size} along dim",
+            }
+            for node, table in tables.items()
+        ],
+        "kept_fp32": kept,
+        "budget_search": search,
+        "bytes_before": bytes_before,
+        "bytes_after": out_path.stat().st_size,
+        "size_ratio": out_path.stat().st_size / bytes_before,
+    }
+
+
+def _check_result(
+    path: Path, matmuls: dict[str, str], tables: dict[str, str], int8: set[str]
+) -> None:
+    """Postcondition on the written file: every target became its quantized op with the bits asked."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    bits = {
+        n.name: next((a.i for a in n.attribute if a.name == "bits"), None)
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    gathers = {n.name for n in graph.node if n.op_type == "GatherBlockQuantized"}
+    wrong = [
+        m for m in matmuls if bits.get(f"{m}_Q{8 if m in int8 else 4}") != (8 if m in int8 else 4)
+    ]
+    wrong += [t for t in tables if f"{t}_Q4" not in gathers]
+    if wrong:
+        raise ConversionError(f"INT4 pass: {wrong} were not rewritten as planned in {path}")
