@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,8 +23,11 @@ from converters.calibration import TextSet, load_texts
 from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
 from converters.mixed_precision import quantize_with_floor
+from converters.export_tflite import TfliteExportConfig, export_tflite
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
+from converters.quantize_int4 import Int4Config, quantize_int4
 from converters.quantize_int8 import Int8Config
+from converters.quantize_tflite import quantize_tflite
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel, load_source
 from converters.split_first_token import SplitConfig, split_first_token
@@ -35,6 +39,7 @@ from converters.validate import (
     reference_outputs,
 )
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION
+from edge_runtime import backends
 from edge_runtime.backends.onnx import OnnxSession
 from targets import AccuracyFloor, TargetProfile, load_profile
 
@@ -112,6 +117,11 @@ def _floor(profile: TargetProfile, override: float | None) -> AccuracyFloor:
 
 def _session(path: Path, threads: int = 2) -> OnnxSession:
     return OnnxSession(path, threads=threads, graph_optimization_level="all")
+
+
+def _open(fmt: str, path: Path, threads: int = 2):
+    """A session of the device backend for `fmt`, as edge_runtime opens it."""
+    return backends.open_session(fmt, path, threads=threads)
 
 
 def _latency_ms(session: OnnxSession, source: SourceModel, seq: int, runs: int) -> float:
@@ -203,6 +213,7 @@ class _Step:
     work: Path
     fp32_path: Path  # the exported (and, per profile, fused) FP32 ONNX graph
     progress: Progress
+    cache: dict[str, Any] = field(default_factory=dict)  # results shared between builders
 
 
 @dataclass
@@ -245,22 +256,103 @@ def _build_onnx_int8(step: _Step, name: str) -> _Built:
         calibration_batches=tuple(step.reference.batches) if profile.int8.mode == "static" else (),
     )
     outcome = quantize_with_floor(work / f"{name}-split.onnx", work / f"{name}.onnx", int8, source,
-                                  step.reference, step.floor, _session, step.progress)
+                                  step.reference, step.floor.for_precision("int8"), _session, step.progress)
     extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
                               "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
                               "first_token_split": split, "search": outcome.search}}
     return _Built(outcome.path, outcome.metrics, outcome.kept_fp32, extra)
 
 
+def _checked(step: _Step, name: str, precision: str, metrics: dict[str, float]) -> None:
+    """Refuse an artifact below the profile's floor for its precision."""
+    failures = floor_failures(metrics, step.floor.for_precision(precision))
+    if failures:
+        raise AccuracyError(f"{name} is below the accuracy floor: {'; '.join(failures)}")
+
+
+def _build_onnx_int4(step: _Step, name: str) -> _Built:
+    scheme = step.profile.int4
+    config = Int4Config(block_size=scheme.block_size, algorithm=scheme.algorithm,
+                        accuracy_level=scheme.accuracy_level, embedding_block_size=scheme.embedding_block_size,
+                        size_budget=scheme.size_budget)
+    step.progress(f"[{name}] block-wise INT4 ({scheme.algorithm}, block {scheme.block_size}, "
+                  f"size budget {scheme.size_budget}): measuring candidates")
+    report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.reference.batches)
+    path = step.work / f"{name}.onnx"
+    metrics = compute_metrics(step.source, step.reference, _session(path).run)
+    _checked(step, name, "int4", metrics)
+    return _Built(path, metrics, report.get("kept_fp32", []), {"quantization": report})
+
+
+def _tflite_fp32(step: _Step) -> Path:
+    """The FP32 .tflite every TFLite artifact starts from, exported once per conversion."""
+    path = step.work / "tflite-export.tflite"
+    if not path.exists():
+        buckets = sorted(set(step.profile.tflite.buckets) | {step.source.max_length})
+        buckets = tuple(b for b in buckets if b <= step.source.max_length)
+        step.progress(f"exporting TFLite with litert-torch (signatures for {buckets} tokens)")
+        step.cache["tflite_export"] = export_tflite(step.source, path, TfliteExportConfig(buckets=buckets))
+    return path
+
+
+def _tflite_extra(step: _Step) -> dict[str, Any]:
+    info = step.cache["tflite_export"]
+    keep = ("config", "buckets", "signatures", "input_names", "input_dtype", "output_names", "op_counts",
+            "ops_outside_xnnpack", "tool")
+    return {"tflite": {k: info[k] for k in keep if k in info}}
+
+
+def _build_tflite_fp32(step: _Step, name: str) -> _Built:
+    path = _tflite_fp32(step)
+    metrics = compute_metrics(step.source, step.reference, _open("tflite", path).run)
+    _checked(step, name, "fp32", metrics)
+    return _Built(path, metrics, extra=_tflite_extra(step))
+
+
+def _build_tflite_quantized(step: _Step, name: str, precision: str) -> _Built:
+    recipe = step.profile.tflite.recipes.get(precision)
+    if recipe is None:
+        raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] recipe for it")
+    out = step.work / f"{name}.tflite"
+    report = quantize_tflite(_tflite_fp32(step), out, recipe)
+    metrics = compute_metrics(step.source, step.reference, _open("tflite", out).run)
+    _checked(step, name, precision, metrics)
+    return _Built(out, metrics, extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
+
+
 # (format, precision) -> builder. Registered once; an unknown pair is a clear error up front.
 _BUILDERS: dict[tuple[str, str], Callable[[_Step, str], _Built]] = {
     ("onnx", "fp32"): _build_onnx_fp32,
     ("onnx", "int8"): _build_onnx_int8,
+    ("onnx", "int4"): _build_onnx_int4,
+    ("tflite", "fp32"): _build_tflite_fp32,
+    ("tflite", "int8"): lambda step, name: _build_tflite_quantized(step, name, "int8"),
+    ("tflite", "int4"): lambda step, name: _build_tflite_quantized(step, name, "int4"),
+}
+# What each artifact needs on the device (the versions it was tested with).
+_MIN_RUNTIME = {
+    ("onnx", "fp32"): {"onnxruntime": "1.17"},
+    ("onnx", "int8"): {"onnxruntime": "1.17"},
+    ("onnx", "int4"): {"onnxruntime": "1.32"},  # GatherBlockQuantized with 4-bit data
+    ("tflite", "fp32"): {"ai-edge-litert": "2.3"},
+    ("tflite", "int8"): {"ai-edge-litert": "2.3"},
+    ("tflite", "int4"): {"ai-edge-litert": "2.3"},
 }
 
 
 def _plan(profile: TargetProfile) -> list[tuple[str, str]]:
-    return [(fmt, precision) for fmt in profile.formats for precision in profile.precisions]
+    plan = [("onnx", p) for p in profile.precisions] if "onnx" in profile.formats else []
+    if "tflite" in profile.formats:
+        plan += [("tflite", p) for p in profile.tflite.precisions]
+    return plan
+
+
+def _package(fmt: str, built: _Built, stage: Path, name: str) -> list[dict[str, Any]]:
+    if fmt == "onnx":
+        return package.save_onnx(built.model_path, stage, name)
+    target = stage / f"{name}.tflite"
+    shutil.copyfile(built.model_path, target)
+    return [package.file_entry(stage, target)]
 
 
 def convert(config: ConvertConfig, progress: Progress = lambda message: None) -> ConvertResult:
@@ -320,8 +412,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 continue
             progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in built.metrics.items()))
 
-            files = package.save_onnx(built.model_path, stage, name)
-            shipped = _session(stage / files[0]["path"])  # exactly what the device loads
+            files = _package(fmt, built, stage, name)
+            shipped = _open(fmt, stage / files[0]["path"])  # exactly what the device loads
             golden_outputs = shipped.run(golden_inputs)
             golden = package.write_golden(stage, name, golden_inputs, golden_outputs, GOLDEN_TOLERANCE[precision])
             latency = _latency_ms(shipped, source, config.latency_seq, config.latency_runs)
@@ -332,11 +424,11 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 "precision": precision,
                 "files": files,
                 "metrics": built.metrics,
-                "accuracy_floor": floor.__dict__,
+                "accuracy_floor": dataclasses.asdict(floor.for_precision(precision)),
                 "pruning": None,
-                "fused_ops": fused_ops,
+                **({"fused_ops": fused_ops} if fmt == "onnx" else {}),
                 **built.extra,
-                "min_runtime": {"onnxruntime": "1.17" if fused_ops else "1.14"},
+                "min_runtime": _MIN_RUNTIME[(fmt, precision)],
                 "golden": golden,
                 "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": 1,
                                           "sequence": min(config.latency_seq, source.max_length), "threads": 2},

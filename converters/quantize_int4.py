@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._errors import ConversionError, UnsupportedModelError
+from converters._errors import AccuracyError, ConversionError, UnsupportedModelError
 
 __all__ = ["ALGORITHMS", "Int4Config", "quantize_int4"]
 
@@ -520,7 +520,9 @@ def _fit_budget(
     base = variants.build(algorithm, int8)
     size = base.ByteSize()
     if size > budget:
-        raise ConversionError(
+        # The target's size budget cannot be met by this model (small models are dominated by
+        # biases and norms): the artifact is refused, like one below the accuracy floor.
+        raise AccuracyError(
             f"the all-4-bit model is {size} bytes, above the size budget of {budget} bytes: raise "
             "size_budget, drop int8_nodes, or use a larger block_size / embedding_block_size"
         )

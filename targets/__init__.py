@@ -19,6 +19,7 @@ __all__ = [
     "AccuracyFloor",
     "BackendSpec",
     "Int8Scheme",
+    "TfliteOptions",
     "ProfileError",
     "TargetProfile",
     "UnknownTargetError",
@@ -97,6 +98,19 @@ class Int8Scheme:
 @dataclass(frozen=True)
 class Int4Scheme:
     block_size: int
+    embedding_block_size: int = 128
+    accuracy_level: int = 4  # MatMulNBits compute: 4 = INT8 activations (fastest, same accuracy)
+    algorithm: str = "auto"  # rtn | clip_search | auto (both, keep the measured better)
+    size_budget: float | None = None  # max bytes vs FP32; sensitive MatMuls go 8-bit within it
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class TfliteOptions:
+    precisions: tuple[str, ...] = ()  # empty: no TFLite artifacts
+    buckets: tuple[int, ...] = (32, 64, 128, 256)  # one signature per padded sequence length
+    recipes: dict[str, str] = field(default_factory=dict)  # precision -> ai-edge-quantizer recipe
+    notes: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,16 @@ class AccuracyFloor:
     cosine_mean: float
     cosine_min: float
     top1_agreement: float
+    # Per-precision floors that differ from the default, e.g. {"int4": {"cosine_mean": 0.98, ...}}.
+    by_precision: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def for_precision(self, precision: str) -> "AccuracyFloor":
+        override = self.by_precision.get(precision, {})
+        return AccuracyFloor(
+            cosine_mean=override.get("cosine_mean", self.cosine_mean),
+            cosine_min=override.get("cosine_min", self.cosine_min),
+            top1_agreement=override.get("top1_agreement", self.top1_agreement),
+        )
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,7 @@ class TargetProfile:
     onnx: OnnxOptions
     int8: Int8Scheme
     int4: Int4Scheme
+    tflite: TfliteOptions
     backends: tuple[BackendSpec, ...]
     threads: Threads
     accuracy: AccuracyFloor
@@ -188,6 +213,7 @@ def _parse(path: Path) -> TargetProfile:
             onnx=_build(OnnxOptions, raw["onnx"], f"{where} [onnx]"),
             int8=_build(Int8Scheme, raw["int8"], f"{where} [int8]"),
             int4=_build(Int4Scheme, raw["int4"], f"{where} [int4]"),
+            tflite=_build(TfliteOptions, raw.get("tflite", {}), f"{where} [tflite]"),
             backends=tuple(
                 _build(BackendSpec, b, f"{where} [[backends]]") for b in raw["backends"]
             ),
