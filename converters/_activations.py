@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["channel_abs_max", "channel_mean_square"]
+__all__ = ["channel_abs_max", "channel_mean_square", "token_rows"]
 
 
-def _token_rows(
+def token_rows(
     model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]]
 ) -> Iterator[dict[str, np.ndarray]]:
     """Per batch: each named tensor as [rows, channels], real (unpadded) tokens only."""
@@ -38,7 +38,7 @@ def _token_rows(
 def channel_abs_max(model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """max |x| per last-axis channel of each named tensor, over real (unpadded) tokens."""
     peaks: dict[str, np.ndarray] = {}
-    for rows in _token_rows(model_path, tensors, batches):
+    for rows in token_rows(model_path, tensors, batches):
         for name, value in rows.items():
             peak = np.abs(value).max(axis=0)
             peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
@@ -52,7 +52,7 @@ def channel_mean_square(
     diagonal of the input Hessian of a linear layer, which weights its weight errors."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for rows in _token_rows(model_path, tensors, batches):
+    for rows in token_rows(model_path, tensors, batches):
         for name, value in rows.items():
             square = (value.astype(np.float64) ** 2).sum(axis=0)
             sums[name] = square if name not in sums else sums[name] + square

@@ -22,11 +22,13 @@ from converters._errors import AccuracyError, ConversionError
 from converters.calibration import TextSet, load_texts
 from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
+from converters.gptq import Int8Rounding
 from converters.mixed_precision import quantize_with_floor
+from converters.pack_projections import pack_projections
 from converters.export_tflite import TfliteExportConfig, export_tflite
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
 from converters.quantize_int4 import Int4Config, quantize_int4
-from converters.quantize_int8 import Int8Config
+from converters.quantize_int8 import Int8Config, int8_range
 from converters.quantize_tflite import quantize_tflite
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel, load_source
@@ -243,21 +245,31 @@ def _build_onnx_int8(step: _Step, name: str) -> _Built:
         embeddings = quantize_embeddings(step.fp32_path, start_path, EmbeddingQuantConfig())
         step.progress(f"[{name}] embedding tables to INT8 rows: "
                       + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
+    # Q, K and V become one MatMul: one quantized input instead of three (exact in FP32).
+    packed_path = work / f"{name}-packed.onnx"
+    packed = pack_projections(start_path, packed_path)
     # Outlier handling before quantization (both exact in FP32): rescale activation channels
-    # into the per-channel weights, and give token 0 its own FFN scale.
+    # into the per-channel weights, and give token 0 its own scale in every MatMul.
     h, i = source.hidden_size, source.intermediate_size
-    smooth = SmoothConfig(weight_shapes=((h, i), (h, h)))  # FFN-in, Q/K/V and attention-out
-    smoothed = smooth_activations(start_path, work / f"{name}-smooth.onnx", step.reference.batches, smooth)
-    split = split_first_token(work / f"{name}-smooth.onnx", work / f"{name}-split.onnx", SplitConfig(h, i))
-    step.progress(f"[{name}] outliers: smoothed {len(smoothed)} Attention/FFN inputs, "
-                  f"split token 0 off {len(split)} FFN MatMuls")
+    smooth = SmoothConfig(weight_shapes=((h, i), (h, h), (h, 3 * h)))  # all but the FFN output
+    smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
+    smoothed = smooth_activations(packed_path, smoothed_path, step.reference.batches, smooth)
+    split = split_first_token(smoothed_path, split_path, SplitConfig(((h, i), (i, h), (h, h), (h, 3 * h))))
+    step.progress(f"[{name}] packed {len(packed)} projection groups; smoothed {len(smoothed)} MatMul inputs; "
+                  f"split token 0 off {len(split)} MatMuls")
+    rounding = None
+    if profile.int8.weight_rounding == "gptq":
+        step.progress(f"[{name}] GPTQ weight rounding (Hessians from {len(step.reference.batches)} batches)")
+        rounding = Int8Rounding(split_path, smoothed_path, step.reference.batches, int8_range(profile.int8))
     int8 = Int8Config(
         scheme=profile.int8,
         calibration_batches=tuple(step.reference.batches) if profile.int8.mode == "static" else (),
+        rounding=rounding,
     )
-    outcome = quantize_with_floor(work / f"{name}-split.onnx", work / f"{name}.onnx", int8, source,
+    outcome = quantize_with_floor(split_path, work / f"{name}.onnx", int8, source,
                                   step.reference, step.floor.for_precision("int8"), _session, step.progress)
     extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
+                              "packed_projections": packed,
                               "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
                               "first_token_split": split, "search": outcome.search}}
     return _Built(outcome.path, outcome.metrics, outcome.kept_fp32, extra)

@@ -12,12 +12,13 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from targets import Int8Scheme
 
-__all__ = ["Int8Config", "quantizable_nodes", "quantize_int8"]
+__all__ = ["Int8Config", "int8_range", "quantizable_nodes", "quantize_int8"]
 
 # MatMul (and fused Attention) carry the FLOPs. Embedding tables are handled by the
 # quantize_embeddings pass (per-row scales) rather than ORT's per-tensor Gather quantization.
@@ -30,6 +31,8 @@ class Int8Config:
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] = ()
     calibration_batches: tuple = field(default=(), repr=False)  # feeds for static mode
+    # converters.gptq.Int8Rounding, or None for onnxruntime's round-to-nearest
+    rounding: Any = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:
         s = self.scheme
@@ -44,7 +47,16 @@ class Int8Config:
             "embeddings": s.embeddings,
             "op_types": list(self.op_types),
             "kept_fp32": list(self.exclude),
+            "weight_rounding": self.rounding.describe() if self.rounding else "nearest",
         }
+
+
+def int8_range(scheme: Int8Scheme) -> tuple[int, int]:
+    """Integer range of the symmetric weights onnxruntime writes for `scheme`
+    (onnxruntime.quantization.quant_utils: reduced range is [-64, 64], symmetric [-127, 127])."""
+    if scheme.weight_type != "int8":
+        raise ValueError(f"symmetric weight range is defined for int8 weights, not {scheme.weight_type}")
+    return (-64, 64) if scheme.reduce_range else (-127, 127)
 
 
 def quantizable_nodes(model_path: Path, op_types: tuple[str, ...] = DEFAULT_OP_TYPES) -> list[str]:
@@ -112,6 +124,8 @@ def _quiet_root_logger():
 def quantize_int8(model_path: Path, out_path: Path, config: Int8Config) -> Path:
     with _quiet_root_logger():
         _quantize(model_path, out_path, config)
+    if config.rounding is not None:
+        config.rounding.apply(out_path)
     _share_duplicate_initializers(out_path)
     return out_path
 

@@ -79,10 +79,14 @@ class Int8Scheme:
     quant_format: str  # operator | qdq
     calibration_method: str  # minmax | percentile | entropy
     embeddings: str = "fp32"  # fp32 | int8-per-row: how large embedding tables are stored
+    # gptq: integer weights chosen to minimise each layer's output error on the calibration
+    # texts (converters/gptq.py); nearest: onnxruntime's round-to-nearest.
+    weight_rounding: str = "gptq"
     notes: str = ""
 
     def __post_init__(self) -> None:
         checks = {
+            "weight_rounding": (self.weight_rounding, ("gptq", "nearest")),
             "mode": (self.mode, ("dynamic", "static")),
             "activation_type": (self.activation_type, ("uint8", "int8")),
             "weight_type": (self.weight_type, ("uint8", "int8")),
@@ -93,6 +97,8 @@ class Int8Scheme:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ProfileError(f"int8.{key} = {value!r}; allowed: {', '.join(allowed)}")
+        if self.weight_rounding == "gptq" and self.weight_type != "int8":
+            raise ProfileError("int8.weight_rounding = 'gptq' needs symmetric int8 weights (weight_type = 'int8')")
 
 
 @dataclass(frozen=True)

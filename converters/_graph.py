@@ -1,0 +1,31 @@
+"""Small ONNX graph helpers shared by the passes."""
+
+from __future__ import annotations
+
+__all__ = ["inline_identity_constants"]
+
+
+def inline_identity_constants(graph) -> int:
+    """Point consumers of Identity(initializer) at the initializer itself and drop the Identity.
+
+    torch.onnx.export writes equal parameters (e.g. all-zero biases of a fresh model) once and
+    reads the copies through Identity nodes; passes that look for constant weights or biases
+    would otherwise miss them. Identities that produce a graph output are kept. Returns the
+    number of nodes removed."""
+    constants = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {
+        node.output[0]: node.input[0]
+        for node in graph.node
+        if node.op_type == "Identity" and node.input[0] in constants and node.output[0] not in outputs
+    }
+    if not alias:
+        return 0
+    kept = [node for node in graph.node if not (node.op_type == "Identity" and node.output[0] in alias)]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in alias:
+                node.input[index] = alias[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(alias)

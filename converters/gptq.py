@@ -1,0 +1,209 @@
+"""GPTQ rounding: choose integer weights that minimise the layer's output error, not the weight error.
+
+Round-to-nearest makes each weight's error as small as possible but lets the errors of one
+output add up. GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers") quantizes the input rows of W (y = x W) one at a time and
+pushes each row's rounding error onto the rows not yet quantized, weighted by the inverse of
+H = sum x^T x over calibration tokens, so that x W_q stays close to x W for the inputs the
+layer actually sees. The grid (scales, zero points, integer range) is fixed beforehand by the
+caller; GPTQ only picks which grid point each weight gets. On MiniLM with 7-bit per-channel
+weights it lifts the held-out sentence-cosine minimum of weight-only quantization from 0.987
+to 0.993 (benchmarks/RESULTS.md).
+
+`damp` (added to H's diagonal as a fraction of its mean) was chosen by two-fold cross-validation
+on the built-in calibration texts (half for H, half to score): 0.01 -> 0.9863 minimum cosine,
+0.03 -> 0.9913, 0.05 -> 0.9919, 0.1 -> 0.9892. Fewer calibration tokens than input channels
+(the 1536-wide FFN output sees ~1400 tokens) make H singular; damping is what generalises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["GptqConfig", "gptq", "input_hessians"]
+
+# Quantizes input row `k` (original index) of the weight: returns (integer codes, dequantized).
+RowQuantizer = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class GptqConfig:
+    damp: float = 0.05  # see the module docstring
+    block: int = 128  # rows updated lazily per block (speed only; same result)
+    act_order: bool = True  # rows with the largest input energy first (the GPTQ paper's choice)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.damp < 1.0:
+            raise ValueError(f"GptqConfig.damp {self.damp} must be in (0, 1)")
+        if self.block < 1:
+            raise ValueError(f"GptqConfig.block {self.block} must be >= 1")
+
+
+def gptq(
+    weight: np.ndarray, hessian: np.ndarray, quantize_row: RowQuantizer, config: GptqConfig
+) -> np.ndarray:
+    """Integer codes [K, N] for `weight` [K, N] (y = x @ weight) on the caller's grid.
+
+    `hessian` is sum x^T x [K, K] over calibration tokens. Input channels that never fire
+    (zero diagonal) cannot affect the output: their rows are quantized as they are.
+    """
+    w = weight.astype(np.float64, copy=True)
+    h = hessian.astype(np.float64, copy=True)
+    rows, cols = w.shape
+    if h.shape != (rows, rows):
+        raise ValueError(f"hessian {h.shape} does not match weight {w.shape}")
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    order = np.argsort(-np.diag(h), kind="stable") if config.act_order else np.arange(rows)
+    w, h = w[order], h[order][:, order]
+    h[np.diag_indices(rows)] += config.damp * np.mean(np.diag(h))
+    # Upper Cholesky factor of H^-1: row i holds the error-propagation weights of input row i.
+    inverse = np.linalg.cholesky(np.linalg.inv(h)).T
+    codes = np.zeros((rows, cols), np.int32)
+    for start in range(0, rows, config.block):
+        stop = min(start + config.block, rows)
+        block, errors = w[start:stop].copy(), np.zeros((stop - start, cols))
+        local = inverse[start:stop, start:stop]
+        for i in range(stop - start):
+            q, dq = quantize_row(int(order[start + i]), block[i])
+            codes[start + i] = q
+            error = (block[i] - dq) / local[i, i]
+            block[i + 1 :] -= np.outer(local[i, i + 1 :], error)
+            errors[i] = error
+        w[stop:] -= inverse[start:stop, stop:].T @ errors
+    restored = np.empty_like(codes)
+    restored[order] = codes
+    return restored
+
+
+def input_hessians(
+    model_path: Path, weights: set[str], batches: list[dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """sum x^T x over real tokens of the input of every MatMul reading one of `weights`
+    (constant [K, N] initializers), keyed by weight; MatMuls sharing a weight add up."""
+    import onnx
+
+    from converters._activations import token_rows
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    inputs: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in weights:
+            inputs.setdefault(node.input[1], []).append(node.input[0])
+    missing = sorted(weights - set(inputs))
+    if missing:
+        raise ValueError(f"no MatMul in {Path(model_path).name} reads {missing}")
+    hessians: dict[str, np.ndarray] = {}
+    tensors = sorted({x for names in inputs.values() for x in names})
+    for rows in token_rows(model_path, tensors, batches):
+        for weight, names in inputs.items():
+            for name in names:
+                x = rows[name].astype(np.float64)
+                hessians[weight] = hessians.get(weight, 0.0) + x.T @ x
+    return hessians
+
+
+class Int8Rounding:
+    """GPTQ rounding for the symmetric INT8 weights that onnxruntime's quantizers write
+    (`{w}_quantized` int8 [K, N] with `{w}_scale` per column or per tensor, zero point 0, in
+    both the operator (MatMulInteger) and QDQ forms). The grid stays onnxruntime's; only the
+    integer values change.
+
+    Float weights and Hessians are read once; each weight's codes are cached, since the
+    mixed-precision search re-quantizes the same graph many times with different exclusions.
+    """
+
+    def __init__(
+        self,
+        float_path: Path,
+        stats_path: Path,
+        batches: list[dict[str, np.ndarray]],
+        qrange: tuple[int, int],
+        config: GptqConfig = GptqConfig(),
+    ):
+        """float_path: the graph that was quantized (weights by name). stats_path: a graph
+        computing the same MatMul inputs with [batch, sequence, K] shapes (before passes that
+        slice the sequence), run on `batches` for the Hessians."""
+        import onnx
+        from onnx import numpy_helper
+
+        self.config, self.qrange = config, qrange
+        graph = onnx.load(str(float_path)).graph
+        inits = {i.name: i for i in graph.initializer}
+        self._weights = {
+            node.input[1]: numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            for node in graph.node
+            if node.op_type == "MatMul"
+            and len(node.input) > 1
+            and node.input[1] in inits
+            and len(inits[node.input[1]].dims) == 2
+        }
+        self._stats_path, self._batches = Path(stats_path), batches
+        self._hessians: dict[str, np.ndarray] | None = None
+        self._codes: dict[str, np.ndarray] = {}
+
+    def describe(self) -> dict:
+        return {"algorithm": "gptq", "damp": self.config.damp, "act_order": self.config.act_order,
+                "integer_range": list(self.qrange)}
+
+    def _codes_for(self, name: str, scale: np.ndarray) -> np.ndarray:
+        if name not in self._codes:
+            if self._hessians is None:
+                self._hessians = input_hessians(self._stats_path, set(self._weights), self._batches)
+            weight = self._weights[name]
+            qmin, qmax = self.qrange
+            step = np.broadcast_to(scale.astype(np.float64), (weight.shape[1],))
+
+            def row(_: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                q = np.clip(np.rint(values / step), qmin, qmax)
+                return q, q * step
+
+            self._codes[name] = gptq(weight, self._hessians[name], row, self.config)
+        return self._codes[name]
+
+    def apply(self, quantized_path: Path) -> list[str]:
+        """Rewrite the INT8 weights of `quantized_path` in place; returns the weights changed.
+
+        Precondition, checked per weight: onnxruntime's own values are round-to-nearest on
+        the grid this object assumes (scale, zero point 0, qrange); anything else means the
+        quantizer's layout changed, and rounding on a wrong grid would corrupt the model."""
+        import onnx
+        from onnx import numpy_helper
+
+        from converters._errors import ConversionError
+
+        model = onnx.load(str(quantized_path))
+        inits = {i.name: i for i in model.graph.initializer}
+        changed = []
+        for name, weight in self._weights.items():
+            quantized = inits.get(f"{name}_quantized")
+            if quantized is None:  # kept in FP32 by the caller
+                continue
+            values = numpy_helper.to_array(quantized)
+            scale = numpy_helper.to_array(inits[f"{name}_scale"]).astype(np.float32)
+            zero = inits.get(f"{name}_zero_point")
+            problems = []
+            if values.dtype != np.int8 or values.shape != weight.shape:
+                problems.append(f"{values.dtype} {values.shape}, expected int8 {weight.shape}")
+            elif zero is not None and np.any(numpy_helper.to_array(zero) != 0):
+                problems.append("non-zero zero points (asymmetric weights)")
+            elif scale.ndim > 1 or scale.size not in (1, weight.shape[1]):
+                problems.append(f"scale of shape {scale.shape}")
+            else:
+                nearest = np.clip(np.rint(weight / scale), *self.qrange)
+                if np.mean(nearest != values) > 0.001:  # ties may round either way
+                    problems.append(f"values differ from round-to-nearest on range {self.qrange}")
+            if problems:
+                raise ConversionError(
+                    f"GPTQ rounding: weight {name} in {Path(quantized_path).name} has an "
+                    f"unexpected INT8 layout ({'; '.join(problems)})"
+                )
+            codes = self._codes_for(name, scale).astype(np.int8)
+            quantized.CopyFrom(numpy_helper.from_array(codes, quantized.name))
+            changed.append(name)
+        onnx.save(model, str(quantized_path))
+        return changed
