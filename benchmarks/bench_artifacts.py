@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Side-by-side: plain ONNX Runtime FP32 vs stock quantize_dynamic vs our edge-convert artifacts
-(every artifact a target profile emits: ONNX FP32/INT8/INT4, TFLite FP32/INT8).
+"""Side-by-side: plain ONNX Runtime FP32, the stock tools, and our edge-convert artifacts (every
+artifact a target profile emits: ONNX FP32/INT8/INT4, TFLite FP32/INT8), in one run.
 
     python benchmarks/bench_artifacts.py --target x86-avx2 --target x86-avx512-vnni --rounds 9
+
+Stock rows: onnxruntime's quantize_dynamic (defaults; per_channel + reduce_range) and
+MatMulNBitsQuantizer (INT4, block 32, symmetric, accuracy_level 4) on a plain torch.onnx.export;
+with --tflite, litert-torch's export of the Hugging Face model (128 tokens, fixed shape) and
+ai-edge-quantizer's dynamic_wi8_afp32 / dynamic_wi4b32_afp32 recipes, run by ai-edge-litert.
 
 MiniLM (the built-in model), batch 1, 128 tokens, 2 threads by default. Speed is reported as the
 median over interleaved rounds of (variant p50 / plain FP32 p50) measured in the same round, so
 a busy machine slows every variant alike. Accuracy is the sentence-embedding cosine against
 PyTorch FP32 on held-out texts (benchmarks/data/heldout_en.txt) that the converter never saw.
-Load time and RSS come from a fresh subprocess per variant (median of 3).
+Load time (edge_runtime.load with hash check and golden self-check, or session creation, plus
+nothing else) and RSS after one run come from fresh subprocesses: the first with an empty device
+cache, then the median of three more.
 """
 
 from __future__ import annotations
@@ -34,7 +41,17 @@ import json, sys, time, psutil
 kind, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 import numpy as np
 proc = psutil.Process()
-if kind == "edge":
+if kind == "tflite":
+    from ai_edge_litert.interpreter import Interpreter
+    before = proc.memory_info().rss
+    t0 = time.perf_counter()
+    interp = Interpreter(model_path=path, num_threads=threads)
+    runner = interp.get_signature_runner()
+    load = time.perf_counter() - t0
+    details = runner.get_input_details()
+    run = lambda feeds: runner(**{n: np.ones(d["shape"], d["dtype"]) for n, d in details.items()})
+    names = ["input_ids"]
+elif kind == "edge":
     import edge_runtime
     root, name = path.rsplit("::", 1)
     before = proc.memory_info().rss
@@ -62,6 +79,23 @@ def _texts() -> list[str]:
     return [t for t in HELDOUT.read_text().splitlines() if t.strip() and not t.startswith("#")]
 
 
+def _keywords_module(model):
+    """The Hugging Face model called with keyword arguments (transformers 5 needs them for
+    export), returning last_hidden_state."""
+    import torch
+
+    class Keywords(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    return Keywords(model).eval()
+
+
 class PlainExport:
     """What a user gets from a plain torch.onnx.export of the Hugging Face model."""
 
@@ -72,19 +106,11 @@ class PlainExport:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         self.model = transformers.AutoModel.from_pretrained(model_dir).eval()
 
-        class Keywords(torch.nn.Module):  # transformers 5 needs keyword arguments
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask, token_type_ids):
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
-
+        self.keywords = _keywords_module(self.model)
         names = ["input_ids", "attention_mask", "token_type_ids"]
         sample = self.tokenizer(["a sample sentence", "another"], padding=True, return_tensors="pt")
         self.path = work / "plain_fp32.onnx"
-        torch.onnx.export(Keywords(self.model).eval(), tuple(sample[n] for n in names), str(self.path),
+        torch.onnx.export(self.keywords, tuple(sample[n] for n in names), str(self.path),
                           dynamo=False, opset_version=17, input_names=names, output_names=["last_hidden_state"],
                           dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]})
 
@@ -99,6 +125,56 @@ class PlainExport:
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
         return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+class StockTflite:
+    """What a user gets from litert-torch on the Hugging Face model: one fixed-shape signature
+    (batch 1, `seq` tokens), inputs args_0..2, quantized with a stock ai-edge-quantizer recipe."""
+
+    def __init__(self, plain: PlainExport, work: Path, seq: int):
+        import contextlib
+        import io
+
+        import litert_torch
+        import torch
+
+        self.seq = seq
+        sample = (torch.ones(1, seq, dtype=torch.long), torch.ones(1, seq, dtype=torch.long),
+                  torch.zeros(1, seq, dtype=torch.long))
+        self.paths = {"fp32": work / "stock_fp32.tflite"}
+        with contextlib.redirect_stdout(io.StringIO()):
+            litert_torch.convert(plain.keywords, sample).export(str(self.paths["fp32"]))
+        from ai_edge_quantizer import quantizer, recipe
+
+        for name in ("dynamic_wi8_afp32", "dynamic_wi4b32_afp32"):
+            self.paths[name] = work / f"stock_{name}.tflite"
+            with contextlib.redirect_stdout(io.StringIO()), np.errstate(invalid="ignore", divide="ignore"):
+                result = quantizer.Quantizer(str(self.paths["fp32"]), getattr(recipe, name)()).quantize()
+            result.export_model(str(self.paths[name]), overwrite=True)
+
+    def runner(self, path: Path, threads: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        run = interpreter.get_signature_runner()
+        details = run.get_input_details()
+        order = sorted(details)  # args_0, args_1, args_2 = ids, mask, types
+
+        def call(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            ids, mask = feeds["input_ids"], feeds["attention_mask"]
+            types = feeds.get("token_type_ids", np.zeros_like(ids))
+            rows = []
+            for r in range(len(ids)):
+                padded = []
+                for name, value in zip(order, (ids, mask, types)):
+                    buffer = np.zeros((1, self.seq), details[name]["dtype"])
+                    buffer[0, : value.shape[1]] = value[r, : self.seq]
+                    padded.append(buffer)
+                out = next(iter(run(**dict(zip(order, padded))).values()))
+                rows.append(out[:, : ids.shape[1]])
+            return {"last_hidden_state": np.concatenate(rows)}
+
+        return call
 
 
 def _pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -116,6 +192,19 @@ def _ort_session(path: Path, threads: int):
     return lambda feeds: dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
+def _stock_matmulnbits(fp32: Path, out: Path) -> None:
+    """onnxruntime's own INT4 recipe: MatMulNBitsQuantizer with its defaults for CPU."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=True)
+
+
 def _size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
 
@@ -130,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--tflite", action="store_true", help="add the stock litert-torch / ai-edge-quantizer rows")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -152,11 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     stock_pc = work / "stock_int8_pc_rr.onnx"
     quantize_dynamic(str(plain.path), str(stock_pc), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
 
+    stock_int4 = work / "stock_int4_matmulnbits.onnx"
+    _stock_matmulnbits(plain.path, stock_int4)
+
     variants: dict[str, dict] = {
         "plain ORT FP32": {"kind": "ort", "path": plain.path, "files": [plain.path]},
         "stock quantize_dynamic (defaults)": {"kind": "ort", "path": stock_default, "files": [stock_default]},
         "stock quantize_dynamic (per_channel, reduce_range)": {"kind": "ort", "path": stock_pc, "files": [stock_pc]},
+        "stock MatMulNBits INT4 (block 32, sym, level 4)": {"kind": "ort", "path": stock_int4,
+                                                            "files": [stock_int4, stock_int4.with_name(stock_int4.name + ".data")]},
     }
+    stock_tflite = StockTflite(plain, work, args.seq) if args.tflite else None
+    if stock_tflite:
+        for recipe_name, path in stock_tflite.paths.items():
+            label = "stock litert-torch TFLite FP32" if recipe_name == "fp32" else f"stock TFLite {recipe_name}"
+            variants[label] = {"kind": "tflite", "path": path, "files": [path]}
     for target in targets:
         artifacts = work / target
         for entry in edge_runtime.read_manifest(artifacts)["artifacts"]:
@@ -169,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in variants.items():
         if v["kind"] == "ort":
             runners[name] = (_ort_session(v["path"], args.threads), plain.encode)
+        elif v["kind"] == "tflite":
+            runners[name] = (stock_tflite.runner(v["path"], args.threads), plain.encode)
         else:
             model = edge_runtime.load(v["root"], artifact=v["entry"]["name"], threads=args.threads)
             runners[name] = (model.run, lambda texts, m=model: m._text().encode(texts))
@@ -209,7 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         t = timing[name]
         # The same target's FP32 artifact of the same format is the second baseline (issue 3
         # states TFLite targets against TFLite FP32).
-        own = name.rsplit("-", 1)[0] + "-fp32" if name.startswith("edge-runtime") else "plain ORT FP32"
+        if name.startswith("edge-runtime"):
+            own = name.rsplit("-", 1)[0] + "-fp32"
+            own = own if not own.endswith("-int8-fp32") else own[: -len("-int8-fp32")] + "-fp32"  # *-int8-legacy
+        elif name.startswith("stock TFLite"):
+            own = "stock litert-torch TFLite FP32"
+        else:
+            own = "plain ORT FP32"
         own_base = timing.get(own, timing["plain ORT FP32"])["p50"]
         variants[name].update(
             p50_ms=statistics.median(t["p50"]), p90_ms=statistics.median(t["p90"]),
@@ -218,26 +326,29 @@ def main(argv: list[str] | None = None) -> int:
             ratio_rounds=[round(a / b, 3) for a, b in zip(t["p50"], base)],
         )
 
-    # Load time and RSS in fresh processes.
+    # Load time and RSS in fresh processes, each variant with its own empty device cache: the
+    # first load builds it (XNNPACK weight cache for TFLite artifacts), the next ones reuse it.
     for name, v in variants.items():
         probes = []
-        for _ in range(3):
+        env = {**os.environ, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="bench-cache-", dir=work)}
+        for _ in range(4):
             done = subprocess.run([sys.executable, "-c", _LOAD_PROBE, v["kind"], str(v["path"]), str(args.threads)],
-                                  capture_output=True, text=True, check=True, cwd=ROOT)
+                                  capture_output=True, text=True, check=True, cwd=ROOT, env=env)
             probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        v.update(load_ms=statistics.median(p["load_s"] for p in probes) * 1000,
-                 rss_mb=statistics.median(p["rss_mb"] for p in probes),
+        v.update(load_first_ms=probes[0]["load_s"] * 1000,
+                 load_ms=statistics.median(p["load_s"] for p in probes[1:]) * 1000,
+                 rss_mb=statistics.median(p["rss_mb"] for p in probes[1:]),
                  size_mb=_size(v["files"]) / 1e6)
 
     print(f"\nMiniLM-L6 (all-MiniLM-L6-v2), batch 1, {args.seq} tokens, {args.threads} threads, "
           f"{args.rounds} interleaved rounds x {args.runs} runs; cosine on {len(texts)} held-out texts\n")
-    print("| variant | size MB | p50 ms | p90 ms | p50 vs plain FP32 | p50 vs own-format FP32 | load ms | RSS MB "
-          "| cosine mean | cosine min |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | size MB | p50 ms | p90 ms | p50 vs plain FP32 | p50 vs own-format FP32 | first load ms "
+          "| load ms | RSS MB | cosine mean | cosine min |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, v in variants.items():
         print(f"| {name} | {v['size_mb']:.1f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['ratio_p50']:.3f}x | "
-              f"{v['ratio_own_fp32']:.3f}x | {v['load_ms']:.0f} | {v['rss_mb']:.0f} | {v['cosine_mean']:.4f} | "
-              f"{v['cosine_min']:.4f} |")
+              f"{v['ratio_own_fp32']:.3f}x | {v['load_first_ms']:.0f} | {v['load_ms']:.0f} | {v['rss_mb']:.0f} | "
+              f"{v['cosine_mean']:.4f} | {v['cosine_min']:.4f} |")
     for name, v in variants.items():
         kept = (v.get("entry") or {}).get("quantization", {}).get("kept_fp32")
         if kept:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["inline_identity_constants"]
+from pathlib import Path
+
+__all__ = ["inline_identity_constants", "model_bytes"]
 
 
 def inline_identity_constants(graph) -> int:
@@ -29,3 +31,18 @@ def inline_identity_constants(graph) -> int:
     del graph.node[:]
     graph.node.extend(kept)
     return len(alias)
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of an .onnx file plus the external data files it references."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = {
+        entry.value
+        for init in model.graph.initializer
+        if init.data_location == onnx.TensorProto.EXTERNAL
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+    return Path(path).stat().st_size + sum((Path(path).parent / f).stat().st_size for f in files)

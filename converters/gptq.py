@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["GptqConfig", "gptq", "input_hessians"]
+__all__ = ["GptqConfig", "Int8Rounding", "gptq", "input_hessians"]
 
 # Quantizes input row `k` (original index) of the weight: returns (integer codes, dequantized).
 RowQuantizer = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -134,7 +134,7 @@ class Int8Rounding:
         self.config, self.qrange = config, qrange
         graph = onnx.load(str(float_path)).graph
         inits = {i.name: i for i in graph.initializer}
-        self._weights = {
+        self.weights = {
             node.input[1]: numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
             for node in graph.node
             if node.op_type == "MatMul"
@@ -144,17 +144,21 @@ class Int8Rounding:
         }
         self._stats_path, self._batches = Path(stats_path), batches
         self._hessians: dict[str, np.ndarray] | None = None
-        self._codes: dict[str, np.ndarray] = {}
+        self._codes: dict[str, np.ndarray] = {}  # weight -> int codes (valid for one scale)
 
     def describe(self) -> dict:
         return {"algorithm": "gptq", "damp": self.config.damp, "act_order": self.config.act_order,
                 "integer_range": list(self.qrange)}
 
-    def _codes_for(self, name: str, scale: np.ndarray) -> np.ndarray:
+    def hessian(self, name: str) -> np.ndarray:
+        if self._hessians is None:
+            self._hessians = input_hessians(self._stats_path, set(self.weights), self._batches)
+        return self._hessians[name]
+
+    def codes(self, name: str, scale: np.ndarray) -> np.ndarray:
+        """GPTQ integer codes of weight `name` on the grid `scale` (per column or per tensor)."""
         if name not in self._codes:
-            if self._hessians is None:
-                self._hessians = input_hessians(self._stats_path, set(self._weights), self._batches)
-            weight = self._weights[name]
+            weight = self.weights[name]
             qmin, qmax = self.qrange
             step = np.broadcast_to(scale.astype(np.float64), (weight.shape[1],))
 
@@ -162,7 +166,7 @@ class Int8Rounding:
                 q = np.clip(np.rint(values / step), qmin, qmax)
                 return q, q * step
 
-            self._codes[name] = gptq(weight, self._hessians[name], row, self.config)
+            self._codes[name] = gptq(weight, self.hessian(name), row, self.config)
         return self._codes[name]
 
     def apply(self, quantized_path: Path) -> list[str]:
@@ -179,7 +183,7 @@ class Int8Rounding:
         model = onnx.load(str(quantized_path))
         inits = {i.name: i for i in model.graph.initializer}
         changed = []
-        for name, weight in self._weights.items():
+        for name, weight in self.weights.items():
             quantized = inits.get(f"{name}_quantized")
             if quantized is None:  # kept in FP32 by the caller
                 continue
@@ -202,7 +206,7 @@ class Int8Rounding:
                     f"GPTQ rounding: weight {name} in {Path(quantized_path).name} has an "
                     f"unexpected INT8 layout ({'; '.join(problems)})"
                 )
-            codes = self._codes_for(name, scale).astype(np.int8)
+            codes = self.codes(name, scale).astype(np.int8)
             quantized.CopyFrom(numpy_helper.from_array(codes, quantized.name))
             changed.append(name)
         onnx.save(model, str(quantized_path))

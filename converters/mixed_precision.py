@@ -22,7 +22,7 @@ from converters.source import SourceModel
 from converters.validate import Reference, compute_metrics, floor_failures
 from targets import AccuracyFloor
 
-__all__ = ["QuantOutcome", "quantize_with_floor"]
+__all__ = ["QuantOutcome", "probe_loss", "quantize_with_floor"]
 
 SENSITIVITY_BATCHES = 2  # x 16 texts: enough to rank layers, cheap enough to do per layer
 MAX_KEPT_FRACTION = 0.5  # beyond this the "INT8" artifact is mostly FP32: fail instead
@@ -36,7 +36,7 @@ class QuantOutcome:
     search: list[dict[str, Any]] = field(default_factory=list)  # what the fallback tried
 
 
-def _loss(metrics: dict[str, float]) -> float:
+def probe_loss(metrics: dict[str, float]) -> float:
     """Error of a probe: mean loss plus a share of the worst sample's (floors check both)."""
     mean = metrics.get("cosine_mean", metrics.get("logits_cosine_mean", 1.0))
     worst = metrics.get("cosine_min", metrics.get("logits_cosine_min", 1.0))
@@ -89,7 +89,7 @@ def quantize_with_floor(
     for index, (weight, members) in enumerate(groups.items(), 1):
         only = dataclasses.replace(config, exclude=tuple(n for n in nodes if n not in members))
         quantize_int8(fp32_path, probe, only)
-        sensitivity[weight] = _loss(compute_metrics(source, subset, make_session(probe).run))
+        sensitivity[weight] = probe_loss(compute_metrics(source, subset, make_session(probe).run))
         if index % 8 == 0 or index == len(groups):
             progress(f"  sensitivity {index}/{len(groups)}")
     # Most error removed per FP32 weight element first (FP32 compute and bytes both scale with it).

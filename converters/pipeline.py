@@ -19,16 +19,18 @@ import numpy as np
 
 from converters import package
 from converters._errors import AccuracyError, ConversionError
+from converters._graph import model_bytes
 from converters.calibration import TextSet, load_texts
 from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
 from converters.gptq import Int8Rounding
-from converters.mixed_precision import quantize_with_floor
+from converters.mixed_precision import probe_loss, quantize_with_floor
 from converters.pack_projections import pack_projections
 from converters.export_tflite import TfliteExportConfig, export_tflite
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
-from converters.quantize_int4 import Int4Config, quantize_int4
-from converters.quantize_int8 import Int8Config, int8_range
+from converters.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
+from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
+from converters.quantize_w4a8 import W4A8Config, W4A8Weights, fit_w4a8
 from converters.quantize_tflite import quantize_tflite
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel, load_source
@@ -237,6 +239,34 @@ def _build_onnx_fp32(step: _Step, name: str) -> _Built:
     return _Built(step.fp32_path, metrics)
 
 
+@dataclass
+class _Int8Graph:
+    """The float graph prepared for dynamic/static INT8 (both rewrites exact in FP32)."""
+
+    smoothed: Path  # [batch, sequence, K] MatMul inputs: where activation statistics come from
+    split: Path  # what the INT8 quantizer reads
+    report: dict[str, Any]
+
+
+def _prepare_int8_graph(step: _Step, name: str, start_path: Path) -> _Int8Graph:
+    """pack Q/K/V -> smooth activation outliers -> split token 0 off every MatMul."""
+    work, h, i = step.work, step.source.hidden_size, step.source.intermediate_size
+    # Q, K and V become one MatMul: one quantized input instead of three (exact in FP32).
+    packed_path = work / f"{name}-packed.onnx"
+    packed = pack_projections(start_path, packed_path)
+    # Outlier handling: rescale activation channels into the per-channel weights, and give
+    # token 0 its own scale in every MatMul.
+    smooth = SmoothConfig(weight_shapes=((h, i), (h, h), (h, 3 * h)))  # all but the FFN output
+    smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
+    smoothed = smooth_activations(packed_path, smoothed_path, step.reference.batches, smooth)
+    split = split_first_token(smoothed_path, split_path, SplitConfig(((h, i), (i, h), (h, h), (h, 3 * h))))
+    step.progress(f"[{name}] packed {len(packed)} projection groups; smoothed {len(smoothed)} MatMul inputs; "
+                  f"split token 0 off {len(split)} MatMuls")
+    report = {"packed_projections": packed, "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
+              "first_token_split": split}
+    return _Int8Graph(smoothed_path, split_path, report)
+
+
 def _build_onnx_int8(step: _Step, name: str) -> _Built:
     source, profile, work = step.source, step.profile, step.work
     start_path, embeddings = step.fp32_path, []
@@ -245,33 +275,20 @@ def _build_onnx_int8(step: _Step, name: str) -> _Built:
         embeddings = quantize_embeddings(step.fp32_path, start_path, EmbeddingQuantConfig())
         step.progress(f"[{name}] embedding tables to INT8 rows: "
                       + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
-    # Q, K and V become one MatMul: one quantized input instead of three (exact in FP32).
-    packed_path = work / f"{name}-packed.onnx"
-    packed = pack_projections(start_path, packed_path)
-    # Outlier handling before quantization (both exact in FP32): rescale activation channels
-    # into the per-channel weights, and give token 0 its own scale in every MatMul.
-    h, i = source.hidden_size, source.intermediate_size
-    smooth = SmoothConfig(weight_shapes=((h, i), (h, h), (h, 3 * h)))  # all but the FFN output
-    smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
-    smoothed = smooth_activations(packed_path, smoothed_path, step.reference.batches, smooth)
-    split = split_first_token(smoothed_path, split_path, SplitConfig(((h, i), (i, h), (h, h), (h, 3 * h))))
-    step.progress(f"[{name}] packed {len(packed)} projection groups; smoothed {len(smoothed)} MatMul inputs; "
-                  f"split token 0 off {len(split)} MatMuls")
+    graph = _prepare_int8_graph(step, name, start_path)
     rounding = None
     if profile.int8.weight_rounding == "gptq":
         step.progress(f"[{name}] GPTQ weight rounding (Hessians from {len(step.reference.batches)} batches)")
-        rounding = Int8Rounding(split_path, smoothed_path, step.reference.batches, int8_range(profile.int8))
+        rounding = Int8Rounding(graph.split, graph.smoothed, step.reference.batches, int8_range(profile.int8))
     int8 = Int8Config(
         scheme=profile.int8,
         calibration_batches=tuple(step.reference.batches) if profile.int8.mode == "static" else (),
         rounding=rounding,
     )
-    outcome = quantize_with_floor(split_path, work / f"{name}.onnx", int8, source,
+    outcome = quantize_with_floor(graph.split, work / f"{name}.onnx", int8, source,
                                   step.reference, step.floor.for_precision("int8"), _session, step.progress)
     extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
-                              "packed_projections": packed,
-                              "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
-                              "first_token_split": split, "search": outcome.search}}
+                              **graph.report, "search": outcome.search}}
     return _Built(outcome.path, outcome.metrics, outcome.kept_fp32, extra)
 
 
@@ -283,6 +300,68 @@ def _checked(step: _Step, name: str, precision: str, metrics: dict[str, float]) 
 
 
 def _build_onnx_int4(step: _Step, name: str) -> _Built:
+    if step.profile.int4.kernel == "int8-gemm":
+        return _build_onnx_int4_w4a8(step, name)
+    return _build_onnx_int4_matmulnbits(step, name)
+
+
+def _build_onnx_int4_w4a8(step: _Step, name: str) -> _Built:
+    """4-bit weights on the INT8 graph's grid (run by the INT8 GEMM), 4-bit embedding tables,
+    and the MatMuls whose 8-bit form helps most per byte in 8 bits, within the size budget."""
+    import onnx
+
+    scheme, profile, work, source = step.profile.int4, step.profile, step.work, step.source
+    tables_path = work / f"{name}-tables.onnx"
+    tables = quantize_tables_int4(step.fp32_path, tables_path,
+                                  Int4Config(embedding_block_size=scheme.embedding_block_size))
+    step.progress(f"[{name}] embedding tables to 4-bit blocks of {scheme.embedding_block_size}: "
+                  + (", ".join(f"{t['initializer']} {t['shape']}" for t in tables) or "none large enough"))
+    graph = _prepare_int8_graph(step, name, tables_path)
+    int8_path = work / f"{name}-int8.onnx"
+    quantize_int8(graph.split, int8_path, Int8Config(scheme=profile.int8))
+    config = W4A8Config(block_size=scheme.block_size)
+    weights = W4A8Weights(int8_path, graph.split, graph.smoothed, step.reference.batches,
+                          int8_range(profile.int8), config)
+    probe = work / f"{name}.probe.onnx"
+
+    def evaluate(model, batches: int | None) -> dict[str, float]:
+        onnx.save(model, str(probe))
+        reference = Reference(step.reference.batches[:batches], step.reference.outputs[:batches])
+        return compute_metrics(source, reference, _session(probe).run)
+
+    fp32_bytes = model_bytes(step.fp32_path)
+    step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
+    all_four = weights.build(set(weights.weights))
+    base_bytes = all_four.ByteSize()
+    budget = int((scheme.size_budget or 1.0) * fp32_bytes)
+    if base_bytes > budget:
+        # Small models are dominated by biases and norms: the target's size budget cannot be
+        # met, and the artifact is refused like one below the accuracy floor.
+        raise AccuracyError(f"the all-4-bit model is {base_bytes} bytes, above the size budget of {budget} "
+                            f"bytes ({scheme.size_budget} x FP32)")
+    step.progress(f"[{name}] all 4-bit: {base_bytes / 1e6:.1f} MB of a {budget / 1e6:.1f} MB budget; "
+                  "moving the most sensitive MatMuls to 8 bits while they fit")
+    fit = fit_w4a8(weights, evaluate, probe_loss, budget, base_bytes, probe_batches=2)
+    model = weights.build(fit.four_bit)
+    weights.check(model, fit.four_bit)
+    path = work / f"{name}.onnx"
+    onnx.save(model, str(path))
+    probe.unlink(missing_ok=True)
+    metrics = compute_metrics(source, step.reference, _session(path).run)
+    _checked(step, name, "int4", metrics)
+    eight = sorted(set(weights.weights) - fit.four_bit)
+    step.progress(f"[{name}] {len(fit.four_bit)} MatMul weights in 4 bits, {len(eight)} in 8 bits: "
+                  f"{path.stat().st_size / 1e6:.1f} MB, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    report = {"kernel": "int8-gemm", "config": config.describe(), "int8_scheme": Int8Config(scheme=profile.int8).describe(),
+              "embeddings": tables, **graph.report,
+              "weights": {w: {"bits": 4 if w in fit.four_bit else 8, "shape": list(weights.shape(w))}
+                          for w in weights.weights},
+              "eight_bit": eight, "search": fit.search, "size_budget": scheme.size_budget,
+              "bytes_all_4bit": base_bytes, "bytes": path.stat().st_size, "bytes_fp32": fp32_bytes}
+    return _Built(path, metrics, [], {"quantization": report})
+
+
+def _build_onnx_int4_matmulnbits(step: _Step, name: str) -> _Built:
     scheme = step.profile.int4
     config = Int4Config(block_size=scheme.block_size, algorithm=scheme.algorithm,
                         accuracy_level=scheme.accuracy_level, embedding_block_size=scheme.embedding_block_size,
@@ -321,10 +400,12 @@ def _build_tflite_fp32(step: _Step, name: str) -> _Built:
     return _Built(path, metrics, extra=_tflite_extra(step))
 
 
-def _build_tflite_quantized(step: _Step, name: str, precision: str) -> _Built:
-    recipe = step.profile.tflite.recipes.get(precision)
+def _build_tflite_quantized(step: _Step, name: str, precision: str, legacy: bool = False) -> _Built:
+    options = step.profile.tflite
+    recipe = (options.legacy_recipes if legacy else options.recipes).get(precision)
     if recipe is None:
-        raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] recipe for it")
+        table = "legacy_recipes" if legacy else "recipes"
+        raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] {table} entry for it")
     out = step.work / f"{name}.tflite"
     report = quantize_tflite(_tflite_fp32(step), out, recipe)
     metrics = compute_metrics(step.source, step.reference, _open("tflite", out).run)
@@ -332,30 +413,48 @@ def _build_tflite_quantized(step: _Step, name: str, precision: str) -> _Built:
     return _Built(out, metrics, extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """One artifact the profile asks for."""
+
+    format: str
+    precision: str
+    variant: str = ""  # "legacy": for devices with tflite-runtime 2.14 (see the profile's notes)
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
+
+
 # (format, precision) -> builder. Registered once; an unknown pair is a clear error up front.
-_BUILDERS: dict[tuple[str, str], Callable[[_Step, str], _Built]] = {
-    ("onnx", "fp32"): _build_onnx_fp32,
-    ("onnx", "int8"): _build_onnx_int8,
-    ("onnx", "int4"): _build_onnx_int4,
-    ("tflite", "fp32"): _build_tflite_fp32,
-    ("tflite", "int8"): lambda step, name: _build_tflite_quantized(step, name, "int8"),
-    ("tflite", "int4"): lambda step, name: _build_tflite_quantized(step, name, "int4"),
+_BUILDERS: dict[tuple[str, str], Callable[[_Step, _Planned], _Built]] = {
+    ("onnx", "fp32"): lambda step, p: _build_onnx_fp32(step, p.name),
+    ("onnx", "int8"): lambda step, p: _build_onnx_int8(step, p.name),
+    ("onnx", "int4"): lambda step, p: _build_onnx_int4(step, p.name),
+    ("tflite", "fp32"): lambda step, p: _build_tflite_fp32(step, p.name),
+    ("tflite", "int8"): lambda step, p: _build_tflite_quantized(step, p.name, "int8", p.variant == "legacy"),
+    ("tflite", "int4"): lambda step, p: _build_tflite_quantized(step, p.name, "int4", p.variant == "legacy"),
 }
-# What each artifact needs on the device (the versions it was tested with).
+# What each artifact needs on the device (the versions it was tested with). tflite-runtime
+# 2.14 runs the FP32 export and weight-only INT8 correctly, but computes per-channel dynamic
+# INT8 wrongly without raising (docs/notes/tflite-findings.md): those need ai-edge-litert.
+_LEGACY_TFLITE = {"ai-edge-litert": "2.3", "tflite-runtime": "2.14"}
 _MIN_RUNTIME = {
-    ("onnx", "fp32"): {"onnxruntime": "1.17"},
-    ("onnx", "int8"): {"onnxruntime": "1.17"},
-    ("onnx", "int4"): {"onnxruntime": "1.32"},  # GatherBlockQuantized with 4-bit data
-    ("tflite", "fp32"): {"ai-edge-litert": "2.3"},
-    ("tflite", "int8"): {"ai-edge-litert": "2.3"},
-    ("tflite", "int4"): {"ai-edge-litert": "2.3"},
+    ("onnx", "fp32", ""): {"onnxruntime": "1.17"},
+    ("onnx", "int8", ""): {"onnxruntime": "1.17"},
+    ("onnx", "int4", ""): {"onnxruntime": "1.32"},  # the version tested: UINT4 tensors, GatherBlockQuantized
+    ("tflite", "fp32", ""): _LEGACY_TFLITE,
+    ("tflite", "int8", ""): {"ai-edge-litert": "2.3"},
+    ("tflite", "int4", ""): {"ai-edge-litert": "2.3"},
+    ("tflite", "int8", "legacy"): _LEGACY_TFLITE,
 }
 
 
-def _plan(profile: TargetProfile) -> list[tuple[str, str]]:
-    plan = [("onnx", p) for p in profile.precisions] if "onnx" in profile.formats else []
+def _plan(profile: TargetProfile) -> list[_Planned]:
+    plan = [_Planned("onnx", p) for p in profile.precisions] if "onnx" in profile.formats else []
     if "tflite" in profile.formats:
-        plan += [("tflite", p) for p in profile.tflite.precisions]
+        plan += [_Planned("tflite", p) for p in profile.tflite.precisions]
+        plan += [_Planned("tflite", p, "legacy") for p in profile.tflite.legacy_recipes]
     return plan
 
 
@@ -380,7 +479,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
         )
     floor = _floor(profile, config.accuracy_floor)
-    unsupported = [f"{f}-{p}" for f, p in _plan(profile) if (f, p) not in _BUILDERS]
+    unsupported = [p.name for p in _plan(profile) if (p.format, p.precision) not in _BUILDERS
+                   or (p.format, p.precision, p.variant) not in _MIN_RUNTIME]
     if unsupported:
         raise ConversionError(
             f"profile {profile.id} asks for {unsupported}; this version builds "
@@ -411,11 +511,11 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
         golden_inputs = encode(source, [GOLDEN_TEXT])
         step = _Step(source, profile, reference, floor, work, fp32_path, progress)
         results, entries, refused = [], [], []
-        for fmt, precision in _plan(profile):
-            name = f"{fmt}-{precision}"
+        for planned in _plan(profile):
+            fmt, precision, name = planned.format, planned.precision, planned.name
             progress(f"[{name}] building")
             try:
-                built = _BUILDERS[(fmt, precision)](step, name)
+                built = _BUILDERS[(fmt, precision)](step, planned)
             except AccuracyError as exc:
                 # Never shipped silently: the artifact is left out, the reason is recorded and
                 # printed, and the artifacts that do pass are still delivered.
@@ -440,7 +540,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 "pruning": None,
                 **({"fused_ops": fused_ops} if fmt == "onnx" else {}),
                 **built.extra,
-                "min_runtime": _MIN_RUNTIME[(fmt, precision)],
+                "min_runtime": _MIN_RUNTIME[(fmt, precision, planned.variant)],
                 "golden": golden,
                 "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": 1,
                                           "sequence": min(config.latency_seq, source.max_length), "threads": 2},

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from converters._errors import AccuracyError, ConversionError, UnsupportedModelError
+from converters._graph import model_bytes
 
-__all__ = ["ALGORITHMS", "Int4Config", "quantize_int4"]
+__all__ = ["ALGORITHMS", "Int4Config", "quantize_int4", "quantize_tables_int4"]
 
 ALGORITHMS = ("rtn", "clip_search", "auto")
 CONFIG_VERSION = 1
@@ -491,21 +492,6 @@ class _Judge:
         return result
 
 
-def _file_bytes(path: Path) -> int:
-    """The .onnx file plus any external data files it references."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    files = {
-        entry.value
-        for init in model.graph.initializer
-        if init.data_location == onnx.TensorProto.EXTERNAL
-        for entry in init.external_data
-        if entry.key == "location"
-    }
-    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files)
-
-
 def _fit_budget(
     variants: _Variants,
     judge: _Judge,
@@ -593,7 +579,7 @@ def quantize_int4(
             f"these are: {sorted(matmuls)}"
         )
 
-    bytes_before = _file_bytes(fp32_path)
+    bytes_before = model_bytes(fp32_path)
     variants = _Variants(model, matmuls, tables, config, fp32_path, batches)
     judge = _Judge(fp32_path, batches)
     probe = out_path.with_name(out_path.stem + ".probe.onnx")
@@ -671,3 +657,44 @@ def _check_result(
     wrong += [t for t in tables if f"{t}_Q4" not in gathers]
     if wrong:
         raise ConversionError(f"INT4 pass: {wrong} were not rewritten as planned in {path}")
+
+
+def quantize_tables_int4(model_path: Path, out_path: Path, config: Int4Config) -> list[dict[str, Any]]:
+    """Embedding tables only: every large Gather table of `model_path` becomes
+    GatherBlockQuantized UINT4 (blocks of `config.embedding_block_size` along the row, values
+    from the clip search), written to `out_path` at opset 21. MatMuls are left as they are,
+    for passes that store them their own way (quantize_w4a8). Returns what changed."""
+    import onnx
+
+    model = _to_opset21(onnx.load(str(model_path)))
+    _name_nodes(model)
+    _, tables = _targets(model, config)
+    inits = {i.name: i for i in model.graph.initializer}
+    parts = _ort_quantize(model, tables, "Gather", 4, config.embedding_block_size, config.accuracy_level)
+    for node, table in tables.items():
+        values = _clip_table(_float_array(inits[table]), config.embedding_block_size)
+        _with_values(parts, node, values)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(parts.nodes.get(node.name, node))
+    added = {name: init for node in tables for name, init in parts.initializers[node].items()}
+    used = {name for node in nodes for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in used and i.name not in added]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + list(added.values()))
+    onnx.save(model, str(out_path))
+    return [
+        {"node": node, "initializer": table, "shape": list(inits[table].dims),
+         "scheme": f"GatherBlockQuantized uint4 asymmetric, block {config.embedding_block_size} along dim"}
+        for node, table in tables.items()
+    ]
+
+
+def _float_array(tensor) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor).astype(np.float32)

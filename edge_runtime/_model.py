@@ -20,7 +20,7 @@ from edge_runtime._errors import (
 from edge_runtime._manifest import read_manifest, resolve, verify_files
 from edge_runtime._text import TextEncoder, pool, softmax
 
-__all__ = ["Model", "compare_outputs", "load", "physical_cores"]
+__all__ = ["Model", "compare_outputs", "default_cache_dir", "load", "physical_cores"]
 
 log = logging.getLogger("edge_runtime")
 
@@ -37,6 +37,14 @@ def physical_cores() -> int:
     except ImportError:
         count = None
     return count or os.cpu_count() or 1
+
+
+def default_cache_dir() -> Path:
+    """Where device-specific caches live: $XDG_CACHE_HOME/edge_runtime, else ~/.cache/edge_runtime
+    (the XDG base-directory convention). Not next to the artifact: artifact directories may be
+    read-only or shared between devices, and caches are per runtime version and CPU."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edge_runtime"
 
 
 def compare_outputs(
@@ -200,10 +208,15 @@ def _candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     backend_order = [_BACKEND_FORMAT.get(b["name"], b["name"]) for b in runtime.get("backends", [])]
     precision_order = list(runtime.get("artifact_preference", []))
 
-    def rank(entry: dict[str, Any]) -> tuple[int, int]:
+    def rank(entry: dict[str, Any]) -> tuple[int, bool, int]:
         fmt = backend_order.index(entry["format"]) if entry["format"] in backend_order else 99
         prec = precision_order.index(entry["precision"]) if entry["precision"] in precision_order else 99
-        return fmt, prec
+        # Artifacts whose min_runtime does not name the package installed here (e.g. per-channel
+        # INT8 TFLite under tflite-runtime 2.14) go last: still tried, and the golden check still
+        # decides, but a variant made for this runtime is preferred.
+        needs = entry.get("min_runtime") or {}
+        foreign = bool(needs) and backends.installed_package(entry["format"]) not in needs
+        return fmt, foreign, prec
 
     return sorted(manifest["artifacts"], key=rank)
 
@@ -221,27 +234,64 @@ def _backend_options(manifest: dict[str, Any], fmt: str) -> dict[str, Any]:
     return {}
 
 
-def _open(root: Path, manifest: dict[str, Any], entry: dict[str, Any], threads: int, verify: bool) -> Model:
+def _open(
+    root: Path,
+    manifest: dict[str, Any],
+    entry: dict[str, Any],
+    threads: int,
+    verify: bool,
+    weight_cache_dir: Path | None,
+) -> Model:
     started = time.perf_counter()
     if verify:
         verify_files(root, [*entry["files"], entry["golden"]])
     main_file = resolve(root, entry["files"][0]["path"])
-    session = backends.open_session(
-        entry["format"], main_file, threads=threads, **_backend_options(manifest, entry["format"])
-    )
+    options = _backend_options(manifest, entry["format"])
+    if entry["format"] == "tflite" and weight_cache_dir is not None:
+        options["weight_cache_dir"] = weight_cache_dir
+        # The cache is keyed by the file's sha256. The manifest's value is the file's only once
+        # verify_files has checked it; unverified, the backend hashes the file itself (a cache
+        # of other weights would be used silently and compute wrong numbers).
+        options["model_sha256"] = entry["files"][0]["sha256"] if verify else None
+    session = backends.open_session(entry["format"], main_file, threads=threads, **options)
     model = Model(root, manifest, entry, session, threads, time.perf_counter() - started)
     if verify:
-        model.self_check()
+        try:
+            model.self_check()
+        except GoldenMismatchError:
+            if getattr(session, "weight_cache_state", None) != "reused":
+                raise
+            # A cache file that maps to wrong numbers (bit rot, a file put there by hand) must
+            # not get a good artifact refused for good: drop it and load once more, which
+            # builds a fresh one ("created", so this does not repeat).
+            log.warning(
+                "artifact %s failed its golden sample with XNNPACK weight cache %s; "
+                "rebuilding the cache",
+                entry["name"],
+                session.weight_cache,
+            )
+            session.discard_weight_cache()
+            return _open(root, manifest, entry, threads, verify, weight_cache_dir)
     return model
 
 
-def load(path: str | os.PathLike, artifact: str | None = None, threads: int | None = None, verify: bool = True) -> Model:
+def load(
+    path: str | os.PathLike,
+    artifact: str | None = None,
+    threads: int | None = None,
+    verify: bool = True,
+    weight_cache: bool | str | os.PathLike = True,
+) -> Model:
     """Load an edge-convert artifact directory.
 
     artifact: a name from the manifest; None picks the best one this device can run (profile
         order), skipping, with a warning, any that fail the golden self-check.
     threads: intra-op threads; None takes the target profile's default (0 = physical cores).
     verify: check file hashes and run the golden sample (recommended; costs a few ms per MB).
+    weight_cache: TFLite only: keep XNNPACK's packed weights in a cache file, built at the first
+        load and memory-mapped by later ones (faster start, less heap). True: under
+        default_cache_dir(); a path: that directory; False: never. Ignored where the installed
+        runtime cannot do it (tflite-runtime, older ai-edge-litert).
     """
     root = Path(path)
     manifest = read_manifest(root)
@@ -250,12 +300,18 @@ def load(path: str | os.PathLike, artifact: str | None = None, threads: int | No
     if threads < 0:
         raise InputError(f"threads must be >= 0, got {threads}")
     threads = threads or physical_cores()
+    if weight_cache is True:
+        weight_cache_dir: Path | None = default_cache_dir() / "xnnpack"
+    elif weight_cache is False or weight_cache is None:
+        weight_cache_dir = None
+    else:
+        weight_cache_dir = Path(weight_cache)
 
     if artifact is not None:
         by_name = {entry["name"]: entry for entry in manifest["artifacts"]}
         if artifact not in by_name:
             raise InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(by_name)}")
-        return _open(root, manifest, by_name[artifact], threads, verify)
+        return _open(root, manifest, by_name[artifact], threads, verify, weight_cache_dir)
 
     runnable = [e for e in _candidates(manifest) if backends.backend_available(e["format"])]
     if not runnable:
@@ -267,7 +323,7 @@ def load(path: str | os.PathLike, artifact: str | None = None, threads: int | No
     failures = []
     for entry in runnable:
         try:
-            return _open(root, manifest, entry, threads, verify)
+            return _open(root, manifest, entry, threads, verify, weight_cache_dir)
         except (GoldenMismatchError, BackendUnavailableError) as exc:
             log.warning("skipping artifact %s: %s", entry["name"], exc)
             failures.append(f"{entry['name']}: {exc}")

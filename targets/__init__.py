@@ -105,10 +105,19 @@ class Int8Scheme:
 class Int4Scheme:
     block_size: int
     embedding_block_size: int = 128
-    accuracy_level: int = 4  # MatMulNBits compute: 4 = INT8 activations (fastest, same accuracy)
-    algorithm: str = "auto"  # rtn | clip_search | auto (both, keep the measured better)
+    # How the 4-bit MatMul weights are computed with:
+    # int8-gemm:   stored in 4 bits on the INT8 artifact's grid, unpacked to int8 when the session
+    #              starts, run by the INT8 GEMM (converters/quantize_w4a8.py; needs int8.mode dynamic)
+    # matmulnbits: onnxruntime's MatMulNBits weight-only kernels (converters/quantize_int4.py)
+    kernel: str = "int8-gemm"
+    accuracy_level: int = 4  # matmulnbits: 4 = INT8 activations (fastest, same accuracy)
+    algorithm: str = "auto"  # matmulnbits: rtn | clip_search | auto (both, keep the better)
     size_budget: float | None = None  # max bytes vs FP32; sensitive MatMuls go 8-bit within it
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kernel not in ("int8-gemm", "matmulnbits"):
+            raise ProfileError(f"int4.kernel = {self.kernel!r}; allowed: int8-gemm, matmulnbits")
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,9 @@ class TfliteOptions:
     precisions: tuple[str, ...] = ()  # empty: no TFLite artifacts
     buckets: tuple[int, ...] = (32, 64, 128, 256)  # one signature per padded sequence length
     recipes: dict[str, str] = field(default_factory=dict)  # precision -> ai-edge-quantizer recipe
+    # precision -> recipe of an extra artifact for devices running tflite-runtime 2.14 (numpy<2,
+    # no newer op versions, wrong per-channel dynamic INT8); empty: none
+    legacy_recipes: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
 
@@ -173,6 +185,13 @@ class TargetProfile:
     accuracy: AccuracyFloor
     runtime: RuntimeHints
     source: str  # the file it came from
+
+    def __post_init__(self) -> None:
+        if "int4" in self.precisions and self.int4.kernel == "int8-gemm" and self.int8.mode != "dynamic":
+            raise ProfileError(
+                f"{self.source}: int4.kernel 'int8-gemm' runs on the dynamic INT8 graph, but "
+                f"int8.mode is {self.int8.mode!r}; use kernel 'matmulnbits' or drop int4"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the manifest."""

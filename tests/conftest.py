@@ -22,3 +22,9 @@ def tiny_model_factory(tmp_path_factory):
         return cache[key]
 
     return build
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_home(tmp_path_factory):
+    """Device caches (XNNPACK weight caches) go to a temporary directory, not ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))

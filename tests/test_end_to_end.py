@@ -51,6 +51,7 @@ def test_convert_and_run(tiny_model_factory, tmp_path, arch, task, target):
     planned = [f"onnx-{p}" for p in profile.precisions]
     if "tflite" in profile.formats:
         planned += [f"tflite-{p}" for p in profile.tflite.precisions]
+        planned += [f"tflite-{p}-legacy" for p in profile.tflite.legacy_recipes]
     shipped = [a["name"] for a in manifest["artifacts"]]
     refused = {r["name"]: r["reason"] for r in manifest["refused"]}
     assert sorted(shipped + list(refused)) == sorted(planned), "every planned artifact is shipped or refused"

@@ -174,3 +174,35 @@ def test_artifact_below_the_floor_is_refused_not_shipped(tiny_model_factory, tmp
     assert [a["name"] for a in manifest["artifacts"]] == ["onnx-fp32"]
     assert {r["name"] for r in manifest["refused"]} == set(reasons)
     assert not list(out.glob("onnx-int8*")), "a refused artifact leaves no files"
+
+
+def test_load_uses_and_heals_the_xnnpack_weight_cache(tiny_model_factory, tmp_path, caplog):
+    """edge_runtime.load builds the TFLite weight cache at the first load, maps it at the next,
+    and, when a cached file computes wrong numbers (bit rot), drops and rebuilds it instead of
+    refusing a good artifact."""
+    from edge_runtime.backends import tflite
+
+    if not tflite.weight_cache_supported():
+        pytest.skip("the installed TFLite runtime has no weight-cache option")
+    out = tmp_path / "out"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="rpi4", out=out,
+                          latency_runs=1))
+    cache = tmp_path / "cache"
+    texts = ["hello device", "a somewhat longer second sentence for the model"]
+    plain = edge_runtime.load(out, artifact="tflite-int8", weight_cache=False)
+    first = edge_runtime.load(out, artifact="tflite-int8", weight_cache=cache)
+    second = edge_runtime.load(out, artifact="tflite-int8", weight_cache=cache)
+    assert (plain._session.weight_cache_state, first._session.weight_cache_state,
+            second._session.weight_cache_state) == ("off", "created", "reused")
+    want = plain.embed(texts)
+    assert np.array_equal(want, first.embed(texts)) and np.array_equal(want, second.embed(texts))
+
+    raw = bytearray(second._session.weight_cache.read_bytes())
+    for i in range(4096, len(raw) - 4096, 7):  # keep the header: only the packed data rots
+        raw[i] ^= 0x55
+    second._session.weight_cache.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="edge_runtime"):
+        healed = edge_runtime.load(out, artifact="tflite-int8", weight_cache=cache)
+    assert healed._session.weight_cache_state == "created"
+    assert "rebuilding the cache" in caplog.text
+    assert np.array_equal(want, healed.embed(texts))

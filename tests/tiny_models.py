@@ -15,7 +15,7 @@ TEXTS = Path(__file__).resolve().parents[1] / "converters" / "data" / "calibrati
 
 
 def _texts() -> list[str]:
-    return [t for t in TEXTS.read_text().splitlines() if t and not t.startswith("#")]
+    return [t for t in TEXTS.read_text(encoding="utf-8").splitlines() if t and not t.startswith("#")]
 
 
 def _tokenizer(kind: str):

@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 
-__all__ = ["Session", "backend_available", "open_session"]
+__all__ = ["Session", "backend_available", "installed_package", "open_session"]
 
 # format -> (module, install hint). Registered here, imported lazily.
 _BACKENDS = {
@@ -43,6 +43,14 @@ def backend_available(fmt: str) -> bool:
         return _module(fmt).available()
     except BackendUnavailableError:
         return False
+
+
+def installed_package(fmt: str) -> str | None:
+    """The package name (as artifacts' min_runtime names it) that would run `fmt` here."""
+    try:
+        return _module(fmt).installed_package()
+    except BackendUnavailableError:
+        return None
 
 
 def open_session(fmt: str, model_path, **options: Any) -> Session:

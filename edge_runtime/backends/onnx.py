@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 
-__all__ = ["OnnxSession", "available", "open_session"]
+__all__ = ["OnnxSession", "available", "installed_package", "open_session"]
 
 _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
            "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -18,6 +18,10 @@ _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
 
 def available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def installed_package() -> str | None:
+    return "onnxruntime" if available() else None
 
 
 class OnnxSession:

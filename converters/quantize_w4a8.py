@@ -1,0 +1,339 @@
+"""Pass: 4-bit weight storage for an INT8 GEMM graph ("W4A8": 4-bit weights, 8-bit activations).
+
+The dynamic INT8 graph (quantize_int8: per-column symmetric int8 weights W8 [K, N] with scale
+s[n], activations quantized per run) is what onnxruntime's CPU kernels run fastest. This pass
+keeps that graph and stores chosen W8 in 4 bits: per block of `block_size` rows and per column,
+a step f (float16, in units of s[n]) and a zero point z (uint4), so that
+
+    W8[k, n] = clip(round((q[k, n] - z[b, n]) * f[b, n]), int8 range),  q in 0..15,  b = k // block
+
+In the file `{w}_quantized` is no longer an initializer but the output of Cast/Sub/Mul/Reshape/
+Round/Clip/Cast on constants, which onnxruntime folds into a plain int8 initializer when the
+session starts (any graph optimization level >= basic) and then prepacks for its INT8 GEMM like
+any other weight. The file is 4-bit; the arithmetic, speed and memory after load are the INT8
+artifact's. The rounding to int8 is part of the grid the codes are chosen on, so the values the
+GEMM multiplies are exactly the ones the search measured. (An integer step f, which makes the
+rounding vanish, coarsens blocks with a small range: measured worse on MiniLM.)
+
+Why not onnxruntime's MatMulNBits: at batch 1 x 128 tokens the encoder GEMMs are compute-bound,
+and its 4-bit kernels (accuracy_level 4 quantizes activations per block) measured 0.59-0.77x
+of FP32 time per GEMM on x86 against 0.31x for the INT8 GEMM (benchmarks/RESULTS.md).
+
+Codes are chosen by GPTQ on the fixed 4-bit grid (converters/gptq.py); the grid (m, z) of each
+block is the one with the least input-energy-weighted squared error among a few candidates.
+Preconditions: the output of quantize_int8 in dynamic operator form with symmetric int8
+weights (`{w}_quantized`, `{w}_scale`), opset >= 21 (UINT4 tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from converters._errors import ConversionError
+from converters.gptq import GptqConfig, Int8Rounding, gptq
+
+__all__ = ["W4A8Config", "W4A8Weights", "fit_w4a8", "grid_params"]
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class W4A8Config:
+    block_size: int = 32
+    # 4-bit codes overfit the calibration texts more than 8-bit ones: two-fold cross-validation
+    # on the built-in texts (MiniLM, all weights 4-bit) gave minimum cosine 0.934 / 0.943 /
+    # 0.952 / 0.957 / 0.955 for damp 0.02 / 0.05 / 0.1 / 0.2 / 0.5.
+    gptq: GptqConfig = field(default_factory=lambda: GptqConfig(damp=0.2))
+    # Input rows with the largest energy (sum x^2 over calibration tokens) stay in 8 bits, at
+    # most one per 64 rows: encoders put a massive activation on a few channels of token 0
+    # ([CLS]), which multiplies those rows' error by ~25. On MiniLM (all weights 4-bit) 8 rows
+    # raised the calibration cosine from 0.9908 / 0.9614 to 0.9918 / 0.9661 for 0.18 MB.
+    outlier_rows: int = 8
+
+    def __post_init__(self) -> None:
+        if self.block_size < 2:
+            raise ValueError(f"W4A8Config.block_size {self.block_size} must be >= 2")
+
+    def describe(self) -> dict[str, Any]:
+        return {"config_version": CONFIG_VERSION, **asdict(self)}
+
+
+def grid_params(
+    units: np.ndarray, importance: np.ndarray, block: int, qrange: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of `block` rows and per column of `units` [K, N] (weights in int8 steps):
+    step f (float16) and zero point z in 0..15 minimising sum_k importance[k] * error^2, the
+    error measured after the final rounding to int8. Candidates shrink the block's range (clip
+    its extremes for finer steps) by the ratios of _SHRINK, each with the zero point rounded
+    three ways."""
+    rows, cols = units.shape
+    padded_rows = -(-rows // block) * block
+    u = np.zeros((padded_rows, cols), np.float64)
+    u[:rows] = units
+    h = np.zeros(padded_rows, np.float64)
+    h[:rows] = importance
+    u = u.reshape(-1, block, cols)  # [nb, block, N]
+    h = h.reshape(-1, block, 1)
+    low, high = np.minimum(u.min(1), 0.0), np.maximum(u.max(1), 0.0)  # [nb, N]
+    best_err = np.full(low.shape, np.inf)
+    best_f, best_z = np.ones_like(low, np.float16), np.zeros_like(low)
+    for ratio in _SHRINK:
+        f = np.maximum((high - low) * ratio / 15.0, 1e-3).astype(np.float16)
+        f32 = f.astype(np.float32)
+        for dz in (-1, 0, 1):
+            z = np.clip(np.rint(-low * ratio / f32) + dz, 0, 15)
+            q = _codes(u, f32[:, None, :], z[:, None, :])
+            err = (h * (u - _int8(q, z[:, None, :], f32[:, None, :], qrange)) ** 2).sum(1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_f, best_z = np.where(better, f, best_f), np.where(better, z, best_z)
+    return best_f.astype(np.float16), best_z.astype(np.uint8)
+
+
+_SHRINK = np.linspace(1.0, 0.7, 7)
+
+
+def _codes(u, f, z) -> np.ndarray:
+    return np.clip(np.rint(u / f) + z, 0, 15)
+
+
+def _int8(q, z, f, qrange: tuple[int, int]) -> np.ndarray:
+    """The int8 value of code q, computed as the graph does: float32 (q - z) * f, rounded half
+    to even (ONNX Round), clipped to the int8 range."""
+    product = (q.astype(np.float32) - z.astype(np.float32)) * f.astype(np.float32)
+    return np.clip(np.rint(product), *qrange)
+
+
+@dataclass
+class _Codes:
+    q: np.ndarray  # uint8 [K, N], 0..15 (placeholders on the 8-bit rows)
+    step: np.ndarray  # float16 [nb, N], in int8 units
+    zero: np.ndarray  # uint8 [nb, N], 0..15
+    rows: np.ndarray  # int64 [r]: input rows stored in 8 bits
+    row_values: np.ndarray  # int8 [r, N]
+
+    def int8(self, block: int, qrange: tuple[int, int]) -> np.ndarray:
+        count = self.q.shape[0]
+        per_row = np.repeat(np.arange(self.step.shape[0]), block)[:count]
+        values = _int8(self.q, self.zero[per_row], self.step[per_row], qrange).astype(np.int8)
+        values[self.rows] = self.row_values
+        return values
+
+
+def _pack_uint4(values: np.ndarray) -> bytes:
+    """ONNX UINT4 layout: the flattened tensor, two per byte, first in the low nibble."""
+    flat = values.astype(np.uint8).reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+class W4A8Weights:
+    """The float weights, Hessians and scales of one INT8 graph, with cached 4-bit and 8-bit
+    GPTQ codes per weight, to write any mix of the two cheaply (the size search builds many)."""
+
+    def __init__(
+        self,
+        int8_path: Path,
+        float_path: Path,
+        stats_path: Path,
+        batches: list[dict[str, np.ndarray]],
+        qrange: tuple[int, int],
+        config: W4A8Config = W4A8Config(),
+    ):
+        import onnx
+        from onnx import numpy_helper
+
+        self.config, self.qrange = config, qrange
+        self._int8 = onnx.load(str(int8_path))
+        inits = {i.name: i for i in self._int8.graph.initializer}
+        self._rounding = Int8Rounding(float_path, stats_path, batches, qrange, config.gptq)
+        self._floats = self._rounding.weights
+        self.weights = [w for w in self._floats if f"{w}_quantized" in inits]
+        if not self.weights:
+            raise ConversionError(f"{Path(int8_path).name} has no dynamic INT8 weights to store in 4 bits")
+        self._scales = {w: numpy_helper.to_array(inits[f"{w}_scale"]).astype(np.float64) for w in self.weights}
+        self._four: dict[str, _Codes] = {}
+
+    def shape(self, weight: str) -> tuple[int, int]:
+        return tuple(self._floats[weight].shape)  # type: ignore[return-value]
+
+    def extra_bytes_8bit(self, weight: str) -> int:
+        """Bytes an 8-bit weight costs over its 4-bit form (about: ignores the 8-bit rows)."""
+        rows, cols = self.shape(weight)
+        blocks = -(-rows // self.config.block_size)
+        return rows * cols - (-(-rows * cols // 2) + 2 * blocks * cols + -(-blocks * cols // 2))
+
+    def four_bit(self, weight: str) -> _Codes:
+        if weight not in self._four:
+            w, block = self._floats[weight].astype(np.float64), self.config.block_size
+            scale = np.broadcast_to(self._scales[weight], (w.shape[1],))
+            hessian = self._rounding.hessian(weight)
+            energy = np.diag(hessian)
+            count = min(self.config.outlier_rows, w.shape[0] // 64, int((energy > 0).sum()))
+            rows = np.sort(np.argsort(-energy, kind="stable")[:count]).astype(np.int64)
+            eight = set(rows.tolist())
+            units = w / scale
+            units[rows] = 0.0  # the 8-bit rows do not widen their blocks' 4-bit range
+            step, zero = grid_params(units, energy, block, self.qrange)
+            qmin, qmax = self.qrange
+
+            def row(k: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                if k in eight:
+                    q8 = np.clip(np.rint(values / scale), qmin, qmax)
+                    return q8, q8 * scale
+                f, z = step[k // block].astype(np.float32), zero[k // block]
+                q = _codes(values / scale, f, z)
+                return q, _int8(q, z, f, self.qrange) * scale
+
+            codes = gptq(w, hessian, row, self.config.gptq)
+            row_values = codes[rows].astype(np.int8)
+            codes[rows] = zero[rows // block]  # placeholder codes: overwritten after unpacking
+            self._four[weight] = _Codes(codes.astype(np.uint8), step, zero, rows, row_values)
+        return self._four[weight]
+
+    def build(self, four_bit: set[str]):
+        """The INT8 graph with `four_bit` weights stored as 4-bit codes, the rest as GPTQ int8."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self._int8)
+        graph = model.graph
+        inits = {i.name: i for i in graph.initializer}
+        scales = {w: self._scales[w] for w in self.weights}
+        eight = self._rounding.codes
+        unpack, removed = [], set()
+        block = self.config.block_size
+        for weight in self.weights:
+            name = f"{weight}_quantized"
+            if weight not in four_bit:
+                inits[name].CopyFrom(numpy_helper.from_array(eight(weight, scales[weight]).astype(np.int8), name))
+                continue
+            codes = self.four_bit(weight)
+            rows, cols = self.shape(weight)
+            blocks = codes.step.shape[0]
+            q = np.zeros((blocks * block, cols), np.uint8)
+            q[:rows] = codes.q
+            p = f"{weight}_w4"
+            qmin, qmax = self.qrange
+            graph.initializer.extend([
+                helper.make_tensor(f"{p}_codes", TensorProto.UINT4, [blocks, block, cols], _pack_uint4(q), raw=True),
+                helper.make_tensor(f"{p}_zero", TensorProto.UINT4, [blocks, 1, cols], _pack_uint4(codes.zero), raw=True),
+                numpy_helper.from_array(codes.step.reshape(blocks, 1, cols), f"{p}_step"),
+                numpy_helper.from_array(np.array([blocks * block, cols], np.int64), f"{p}_shape"),
+                numpy_helper.from_array(np.array(qmin, np.float32), f"{p}_qmin"),
+                numpy_helper.from_array(np.array(qmax, np.float32), f"{p}_qmax"),
+            ])
+            nodes = [
+                helper.make_node("Cast", [f"{p}_codes"], [f"{p}_q"], to=TensorProto.FLOAT, name=f"{p}_cast_q"),
+                helper.make_node("Cast", [f"{p}_zero"], [f"{p}_z"], to=TensorProto.FLOAT, name=f"{p}_cast_z"),
+                helper.make_node("Cast", [f"{p}_step"], [f"{p}_f"], to=TensorProto.FLOAT, name=f"{p}_cast_f"),
+                helper.make_node("Sub", [f"{p}_q", f"{p}_z"], [f"{p}_centered"], name=f"{p}_sub"),
+                helper.make_node("Mul", [f"{p}_centered", f"{p}_f"], [f"{p}_units"], name=f"{p}_mul"),
+                helper.make_node("Round", [f"{p}_units"], [f"{p}_rounded"], name=f"{p}_round"),
+                helper.make_node("Clip", [f"{p}_rounded", f"{p}_qmin", f"{p}_qmax"], [f"{p}_clipped"], name=f"{p}_clip"),
+                helper.make_node("Reshape", [f"{p}_clipped", f"{p}_shape"], [f"{p}_flat"], name=f"{p}_reshape"),
+            ]
+            last = f"{p}_flat"
+            if codes.rows.size:
+                graph.initializer.extend([
+                    numpy_helper.from_array(codes.rows.reshape(-1, 1), f"{p}_rows"),
+                    numpy_helper.from_array(codes.row_values, f"{p}_row_values"),
+                ])
+                nodes += [
+                    helper.make_node("Cast", [f"{p}_row_values"], [f"{p}_row_units"], to=TensorProto.FLOAT, name=f"{p}_cast_rows"),
+                    helper.make_node("ScatterND", [last, f"{p}_rows", f"{p}_row_units"], [f"{p}_merged"], name=f"{p}_rows8"),
+                ]
+                last = f"{p}_merged"
+            if blocks * block != rows:  # padded rows
+                graph.initializer.extend([
+                    numpy_helper.from_array(np.array([0], np.int64), f"{p}_start"),
+                    numpy_helper.from_array(np.array([rows], np.int64), f"{p}_stop"),
+                ])
+                nodes.append(helper.make_node("Slice", [last, f"{p}_start", f"{p}_stop"], [f"{p}_rows"], name=f"{p}_slice"))
+                last = f"{p}_rows"
+            # Integral floats within the int8 range: the cast is exact.
+            nodes.append(helper.make_node("Cast", [last], [name], to=TensorProto.INT8, name=f"{p}_to_int8"))
+            unpack.extend(nodes)
+            removed.add(name)
+        kept = [i for i in graph.initializer if i.name not in removed]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(unpack + nodes)  # constants first: topological order holds
+        return model
+
+    def check(self, model, four_bit: set[str]) -> None:
+        """Postcondition: the int8 weights the graph computes are the codes' exact values."""
+        import onnx
+        import onnxruntime as ort
+
+        outputs = [f"{w}_quantized" for w in sorted(four_bit)]
+        if not outputs:
+            return
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.INT8, None) for o in outputs)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros([1 if isinstance(d, str) or d is None else d for d in i.shape], np.int64)
+                 for i in session.get_inputs()}
+        for name, got in zip(outputs, session.run(outputs, feeds)):
+            weight = name[: -len("_quantized")]
+            want = self.four_bit(weight).int8(self.config.block_size, self.qrange)
+            if got.shape != want.shape or not np.array_equal(got, want):
+                raise ConversionError(f"W4A8: the unpacked int8 weight {weight} differs from its codes")
+
+
+@dataclass
+class FitResult:
+    four_bit: set[str]
+    metrics: dict[str, float]
+    search: list[dict[str, Any]]
+
+
+def fit_w4a8(
+    weights: W4A8Weights,
+    evaluate: Callable[[Any, int | None], dict[str, float]],
+    loss: Callable[[dict[str, float]], float],
+    budget_bytes: int,
+    base_bytes: int,
+    probe_batches: int,
+) -> FitResult:
+    """All weights in 4 bits, then the ones whose 8-bit form removes the most measured loss per
+    added byte move to 8 bits while the artifact stays within `budget_bytes` (base_bytes: the
+    all-4-bit artifact) and each move lowers the loss on every calibration batch.
+
+    evaluate(model, batches) -> metrics on the first `batches` calibration batches (None: all).
+    """
+    four = set(weights.weights)
+    metrics = evaluate(weights.build(four), None)
+    search: list[dict[str, Any]] = [{"eight_bit": [], "bytes": base_bytes, "metrics": metrics}]
+    if base_bytes >= budget_bytes:
+        return FitResult(four, metrics, search)
+    base_probe = loss(evaluate(weights.build(four), probe_batches))
+    gains = {}
+    for weight in weights.weights:
+        probe = loss(evaluate(weights.build(four - {weight}), probe_batches))
+        gains[weight] = (base_probe - probe) / max(weights.extra_bytes_8bit(weight), 1)
+    size, current = base_bytes, loss(metrics)
+    for weight in sorted((w for w in gains if gains[w] > 0), key=gains.get, reverse=True):
+        extra = weights.extra_bytes_8bit(weight)
+        if size + extra > budget_bytes:
+            search.append({"weight": weight, "accepted": False, "why": "over the size budget"})
+            continue
+        trial = evaluate(weights.build(four - {weight}), None)
+        accepted = loss(trial) < current
+        search.append({"weight": weight, "accepted": accepted, "bytes": size + extra, "metrics": trial})
+        if accepted:
+            four.discard(weight)
+            size, current, metrics = size + extra, loss(trial), trial
+    return FitResult(four, metrics, search)
