@@ -289,7 +289,32 @@ def _build_onnx_int8(step: _Step, name: str) -> _Built:
                                   step.reference, step.floor.for_precision("int8"), _session, step.progress)
     extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
                               **graph.report, "search": outcome.search}}
+    if outcome.kept_fp32:
+        extra["quantization"]["tradeoff"] = _fallback_cost(step, name, graph.split, int8, outcome)
     return _Built(outcome.path, outcome.metrics, outcome.kept_fp32, extra)
+
+
+def _fallback_cost(step: _Step, name: str, split: Path, int8: Int8Config, outcome) -> dict[str, Any]:
+    """What keeping nodes in FP32 cost against the all-INT8 model it replaced: bytes, p50 on
+    this machine, and the metrics it bought. Printed, and recorded in the manifest."""
+    probe = step.work / f"{name}-all-int8.onnx"
+    quantize_int8(split, probe, int8)  # the rounding's codes are cached: this is quick
+    seq = 128
+    sides = {}
+    for label, path, metrics in (("all_int8", probe, outcome.search[0]["metrics"]),
+                                 ("chosen", outcome.path, outcome.metrics)):
+        sides[label] = {"bytes": model_bytes(path), "metrics": metrics,
+                        "latency_ms_p50": round(_latency_ms(_session(path), step.source, seq, 20), 3)}
+    probe.unlink(missing_ok=True)
+    a, c = sides["all_int8"], sides["chosen"]
+    key = "cosine_min" if "cosine_min" in c["metrics"] else "top1_agreement"
+    step.progress(
+        f"[{name}] trade-off: {len(outcome.kept_fp32)} node(s) in FP32 cost "
+        f"{(c['bytes'] - a['bytes']) / 1e6:+.2f} MB and {c['latency_ms_p50'] - a['latency_ms_p50']:+.2f} ms p50 "
+        f"(batch 1, {min(seq, step.source.max_length)} tokens, this machine) for {key} "
+        f"{a['metrics'].get(key, float('nan')):.4f} -> {c['metrics'].get(key, float('nan')):.4f}"
+    )
+    return sides
 
 
 def _checked(step: _Step, name: str, precision: str, metrics: dict[str, float]) -> None:
@@ -350,8 +375,12 @@ def _build_onnx_int4_w4a8(step: _Step, name: str) -> _Built:
     metrics = compute_metrics(source, step.reference, _session(path).run)
     _checked(step, name, "int4", metrics)
     eight = sorted(set(weights.weights) - fit.four_bit)
-    step.progress(f"[{name}] {len(fit.four_bit)} MatMul weights in 4 bits, {len(eight)} in 8 bits: "
-                  f"{path.stat().st_size / 1e6:.1f} MB, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    base = fit.search[0]["metrics"]
+    step.progress(f"[{name}] trade-off: {len(eight)} of {len(weights.weights)} MatMul weights in 8 bits cost "
+                  f"{(path.stat().st_size - base_bytes) / 1e6:+.2f} MB ({path.stat().st_size / 1e6:.1f} MB, "
+                  f"{path.stat().st_size / fp32_bytes:.3f}x FP32) for "
+                  + ", ".join(f"{k} {base[k]:.4f} -> {v:.4f}" for k, v in metrics.items() if k in base)
+                  + "; speed is the INT8 GEMM's either way")
     report = {"kernel": "int8-gemm", "config": config.describe(), "int8_scheme": Int8Config(scheme=profile.int8).describe(),
               "embeddings": tables, **graph.report,
               "weights": {w: {"bits": 4 if w in fit.four_bit else 8, "shape": list(weights.shape(w))}
