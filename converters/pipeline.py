@@ -366,7 +366,9 @@ def _build_onnx_int4_w4a8(step: _Step, name: str) -> _Built:
                             f"bytes ({scheme.size_budget} x FP32)")
     step.progress(f"[{name}] all 4-bit: {base_bytes / 1e6:.1f} MB of a {budget / 1e6:.1f} MB budget; "
                   "moving the most sensitive MatMuls to 8 bits while they fit")
-    fit = fit_w4a8(weights, evaluate, probe_loss, budget, base_bytes, probe_batches=2)
+    # Sensitivities on every calibration batch: ranked on the first 32 texts only, the choice
+    # missed short texts (MiniLM held-out minimum 0.949 against 0.960 with all batches).
+    fit = fit_w4a8(weights, evaluate, probe_loss, budget, base_bytes, probe_batches=None)
     model = weights.build(fit.four_bit)
     weights.check(model, fit.four_bit)
     path = work / f"{name}.onnx"
