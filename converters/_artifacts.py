@@ -1,0 +1,355 @@
+"""How each artifact is built: one builder per (format, precision), the profile's plan, and
+what each artifact needs on the device. converters/pipeline.py runs them in order.
+
+    onnx-fp32   the export, validated
+    onnx-int8   pack Q/K/V -> smooth -> split token 0 -> INT8 (GPTQ rounding) with FP32 fallback
+    onnx-int4   4-bit tables + W4A8 weights on the INT8 graph, 8-bit weights within a size budget
+                (or MatMulNBits, per the profile)
+    tflite-*    litert-torch export with sequence buckets -> ai-edge-quantizer recipe
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from converters._errors import AccuracyError, ConversionError
+from converters._graph import model_bytes
+from converters.export_tflite import TfliteExportConfig, export_tflite
+from converters.gptq import Int8Rounding
+from converters.mixed_precision import probe_loss, quantize_with_floor
+from converters.pack_projections import pack_projections
+from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
+from converters.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
+from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
+from converters.quantize_tflite import quantize_tflite
+from converters.quantize_w4a8 import W4A8Config, W4A8Weights, fit_w4a8
+from converters.smooth_activations import SmoothConfig, smooth_activations
+from converters.source import SourceModel
+from converters.split_first_token import SplitConfig, split_first_token
+from converters.validate import Reference, compute_metrics, floor_failures
+from edge_runtime import backends
+from edge_runtime.backends.onnx import OnnxSession
+from targets import AccuracyFloor, TargetProfile
+
+__all__ = ["BUILDERS", "MIN_RUNTIME", "Built", "Planned", "Step", "latency_ms", "onnx_session",
+           "open_session", "plan"]
+
+Progress = Callable[[str], None]
+
+
+def onnx_session(path: Path, threads: int = 2) -> OnnxSession:
+    return OnnxSession(path, threads=threads, graph_optimization_level="all")
+
+
+def open_session(fmt: str, path: Path, threads: int = 2):
+    """A session of the device backend for `fmt`, as edge_runtime opens it."""
+    return backends.open_session(fmt, path, threads=threads)
+
+
+def latency_ms(session: OnnxSession, source: SourceModel, seq: int, runs: int) -> float:
+    """p50 at batch 1 and a full `seq`-token input on this machine (informational)."""
+    seq = min(seq, source.max_length)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(5, source.tokenizer.vocab_size, (1, seq), dtype=np.int64),
+             "attention_mask": np.ones((1, seq), np.int64)}
+    if "token_type_ids" in source.input_names:
+        feeds["token_type_ids"] = np.zeros((1, seq), np.int64)
+    for _ in range(3):
+        session.run(feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+
+@dataclass
+class Step:
+    """What every artifact builder reads."""
+
+    source: SourceModel
+    profile: TargetProfile
+    reference: Reference
+    floor: AccuracyFloor
+    work: Path
+    fp32_path: Path  # the exported (and, per profile, fused) FP32 ONNX graph
+    progress: Progress
+    cache: dict[str, Any] = field(default_factory=dict)  # results shared between builders
+
+
+@dataclass
+class Built:
+    model_path: Path
+    metrics: dict[str, float]
+    kept_fp32: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _build_onnx_fp32(step: Step, name: str) -> Built:
+    metrics = compute_metrics(step.source, step.reference, onnx_session(step.fp32_path).run)
+    failures = floor_failures(metrics, step.floor)
+    if failures:
+        raise ConversionError(
+            f"the FP32 export of {step.source.name} disagrees with PyTorch ({'; '.join(failures)}): "
+            "this is an export bug, please report it with the model config"
+        )
+    return Built(step.fp32_path, metrics)
+
+
+@dataclass
+class _Int8Graph:
+    """The float graph prepared for dynamic/static INT8 (both rewrites exact in FP32)."""
+
+    smoothed: Path  # [batch, sequence, K] MatMul inputs: where activation statistics come from
+    split: Path  # what the INT8 quantizer reads
+    report: dict[str, Any]
+
+
+def _prepare_int8_graph(step: Step, name: str, start_path: Path) -> _Int8Graph:
+    """pack Q/K/V -> smooth activation outliers -> split token 0 off every MatMul."""
+    work, h, i = step.work, step.source.hidden_size, step.source.intermediate_size
+    # Q, K and V become one MatMul: one quantized input instead of three (exact in FP32).
+    packed_path = work / f"{name}-packed.onnx"
+    packed = pack_projections(start_path, packed_path)
+    # Outlier handling: rescale activation channels into the per-channel weights, and give
+    # token 0 its own scale in every MatMul.
+    smooth = SmoothConfig(weight_shapes=((h, i), (h, h), (h, 3 * h)))  # all but the FFN output
+    smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
+    smoothed = smooth_activations(packed_path, smoothed_path, step.reference.batches, smooth)
+    split = split_first_token(smoothed_path, split_path, SplitConfig(((h, i), (i, h), (h, h), (h, 3 * h))))
+    step.progress(f"[{name}] packed {len(packed)} projection groups; smoothed {len(smoothed)} MatMul inputs; "
+                  f"split token 0 off {len(split)} MatMuls")
+    report = {"packed_projections": packed, "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
+              "first_token_split": split}
+    return _Int8Graph(smoothed_path, split_path, report)
+
+
+def _build_onnx_int8(step: Step, name: str) -> Built:
+    source, profile, work = step.source, step.profile, step.work
+    start_path, embeddings = step.fp32_path, []
+    if profile.int8.embeddings == "int8-per-row":
+        start_path = work / f"{name}-embeddings.onnx"
+        embeddings = quantize_embeddings(step.fp32_path, start_path, EmbeddingQuantConfig())
+        step.progress(f"[{name}] embedding tables to INT8 rows: "
+                      + (", ".join(f"{e['initializer']} {e['shape']}" for e in embeddings) or "none large enough"))
+    graph = _prepare_int8_graph(step, name, start_path)
+    rounding = None
+    if profile.int8.weight_rounding == "gptq":
+        step.progress(f"[{name}] GPTQ weight rounding (Hessians from {len(step.reference.batches)} batches)")
+        rounding = Int8Rounding(graph.split, graph.smoothed, step.reference.batches, int8_range(profile.int8))
+    int8 = Int8Config(
+        scheme=profile.int8,
+        calibration_batches=tuple(step.reference.batches) if profile.int8.mode == "static" else (),
+        rounding=rounding,
+    )
+    outcome = quantize_with_floor(graph.split, work / f"{name}.onnx", int8, source,
+                                  step.reference, step.floor.for_precision("int8"), onnx_session, step.progress)
+    extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
+                              **graph.report, "search": outcome.search}}
+    if outcome.kept_fp32:
+        extra["quantization"]["tradeoff"] = _fallback_cost(step, name, graph.split, int8, outcome)
+    return Built(outcome.path, outcome.metrics, outcome.kept_fp32, extra)
+
+
+def _fallback_cost(step: Step, name: str, split: Path, int8: Int8Config, outcome) -> dict[str, Any]:
+    """What keeping nodes in FP32 cost against the all-INT8 model it replaced: bytes, p50 on
+    this machine, and the metrics it bought. Printed, and recorded in the manifest."""
+    probe = step.work / f"{name}-all-int8.onnx"
+    quantize_int8(split, probe, int8)  # the rounding's codes are cached: this is quick
+    seq = 128
+    sides = {}
+    for label, path, metrics in (("all_int8", probe, outcome.search[0]["metrics"]),
+                                 ("chosen", outcome.path, outcome.metrics)):
+        sides[label] = {"bytes": model_bytes(path), "metrics": metrics,
+                        "latency_ms_p50": round(latency_ms(onnx_session(path), step.source, seq, 20), 3)}
+    probe.unlink(missing_ok=True)
+    a, c = sides["all_int8"], sides["chosen"]
+    key = "cosine_min" if "cosine_min" in c["metrics"] else "top1_agreement"
+    step.progress(
+        f"[{name}] trade-off: {len(outcome.kept_fp32)} node(s) in FP32 cost "
+        f"{(c['bytes'] - a['bytes']) / 1e6:+.2f} MB and {c['latency_ms_p50'] - a['latency_ms_p50']:+.2f} ms p50 "
+        f"(batch 1, {min(seq, step.source.max_length)} tokens, this machine) for {key} "
+        f"{a['metrics'].get(key, float('nan')):.4f} -> {c['metrics'].get(key, float('nan')):.4f}"
+    )
+    return sides
+
+
+def _checked(step: Step, name: str, precision: str, metrics: dict[str, float]) -> None:
+    """Refuse an artifact below the profile's floor for its precision."""
+    failures = floor_failures(metrics, step.floor.for_precision(precision))
+    if failures:
+        raise AccuracyError(f"{name} is below the accuracy floor: {'; '.join(failures)}")
+
+
+def _build_onnx_int4(step: Step, name: str) -> Built:
+    if step.profile.int4.kernel == "int8-gemm":
+        return _build_onnx_int4_w4a8(step, name)
+    return _build_onnx_int4_matmulnbits(step, name)
+
+
+def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
+    """4-bit weights on the INT8 graph's grid (run by the INT8 GEMM), 4-bit embedding tables,
+    and the MatMuls whose 8-bit form helps most per byte in 8 bits, within the size budget."""
+    import onnx
+
+    scheme, profile, work, source = step.profile.int4, step.profile, step.work, step.source
+    tables_path = work / f"{name}-tables.onnx"
+    tables = quantize_tables_int4(step.fp32_path, tables_path,
+                                  Int4Config(embedding_block_size=scheme.embedding_block_size))
+    step.progress(f"[{name}] embedding tables to 4-bit blocks of {scheme.embedding_block_size}: "
+                  + (", ".join(f"{t['initializer']} {t['shape']}" for t in tables) or "none large enough"))
+    graph = _prepare_int8_graph(step, name, tables_path)
+    int8_path = work / f"{name}-int8.onnx"
+    quantize_int8(graph.split, int8_path, Int8Config(scheme=profile.int8))
+    config = W4A8Config(block_size=scheme.block_size)
+    weights = W4A8Weights(int8_path, graph.split, graph.smoothed, step.reference.batches,
+                          int8_range(profile.int8), config)
+    probe = work / f"{name}.probe.onnx"
+
+    def evaluate(model, batches: int | None) -> dict[str, float]:
+        onnx.save(model, str(probe))
+        reference = Reference(step.reference.batches[:batches], step.reference.outputs[:batches])
+        return compute_metrics(source, reference, onnx_session(probe).run)
+
+    fp32_bytes = model_bytes(step.fp32_path)
+    step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
+    all_four = weights.build(set(weights.weights))
+    base_bytes = all_four.ByteSize()
+    budget = int((scheme.size_budget or 1.0) * fp32_bytes)
+    if base_bytes > budget:
+        # Small models are dominated by biases and norms: the target's size budget cannot be
+        # met, and the artifact is refused like one below the accuracy floor.
+        raise AccuracyError(f"the all-4-bit model is {base_bytes} bytes, above the size budget of {budget} "
+                            f"bytes ({scheme.size_budget} x FP32)")
+    step.progress(f"[{name}] all 4-bit: {base_bytes / 1e6:.1f} MB of a {budget / 1e6:.1f} MB budget; "
+                  "moving the most sensitive MatMuls to 8 bits while they fit")
+    # Sensitivities on every calibration batch: ranked on the first 32 texts only, the choice
+    # missed short texts (MiniLM held-out minimum 0.949 against 0.960 with all batches).
+    fit = fit_w4a8(weights, evaluate, probe_loss, budget, base_bytes, probe_batches=None)
+    model = weights.build(fit.four_bit)
+    weights.check(model, fit.four_bit)
+    path = work / f"{name}.onnx"
+    onnx.save(model, str(path))
+    probe.unlink(missing_ok=True)
+    metrics = compute_metrics(source, step.reference, onnx_session(path).run)
+    _checked(step, name, "int4", metrics)
+    eight = sorted(set(weights.weights) - fit.four_bit)
+    base = fit.search[0]["metrics"]
+    step.progress(f"[{name}] trade-off: {len(eight)} of {len(weights.weights)} MatMul weights in 8 bits cost "
+                  f"{(path.stat().st_size - base_bytes) / 1e6:+.2f} MB ({path.stat().st_size / 1e6:.1f} MB, "
+                  f"{path.stat().st_size / fp32_bytes:.3f}x FP32) for "
+                  + ", ".join(f"{k} {base[k]:.4f} -> {v:.4f}" for k, v in metrics.items() if k in base)
+                  + "; speed is the INT8 GEMM's either way")
+    report = {"kernel": "int8-gemm", "config": config.describe(), "int8_scheme": Int8Config(scheme=profile.int8).describe(),
+              "embeddings": tables, **graph.report,
+              "weights": {w: {"bits": 4 if w in fit.four_bit else 8, "shape": list(weights.shape(w))}
+                          for w in weights.weights},
+              "eight_bit": eight, "search": fit.search, "size_budget": scheme.size_budget,
+              "bytes_all_4bit": base_bytes, "bytes": path.stat().st_size, "bytes_fp32": fp32_bytes}
+    return Built(path, metrics, [], {"quantization": report})
+
+
+def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
+    scheme = step.profile.int4
+    config = Int4Config(block_size=scheme.block_size, algorithm=scheme.algorithm,
+                        accuracy_level=scheme.accuracy_level, embedding_block_size=scheme.embedding_block_size,
+                        size_budget=scheme.size_budget)
+    step.progress(f"[{name}] block-wise INT4 ({scheme.algorithm}, block {scheme.block_size}, "
+                  f"size budget {scheme.size_budget}): measuring candidates")
+    report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.reference.batches)
+    path = step.work / f"{name}.onnx"
+    metrics = compute_metrics(step.source, step.reference, onnx_session(path).run)
+    _checked(step, name, "int4", metrics)
+    return Built(path, metrics, report.get("kept_fp32", []), {"quantization": report})
+
+
+def _tflite_fp32(step: Step) -> Path:
+    """The FP32 .tflite every TFLite artifact starts from, exported once per conversion."""
+    path = step.work / "tflite-export.tflite"
+    if not path.exists():
+        buckets = sorted(set(step.profile.tflite.buckets) | {step.source.max_length})
+        buckets = tuple(b for b in buckets if b <= step.source.max_length)
+        step.progress(f"exporting TFLite with litert-torch (signatures for {buckets} tokens)")
+        step.cache["tflite_export"] = export_tflite(step.source, path, TfliteExportConfig(buckets=buckets))
+    return path
+
+
+def _tflite_extra(step: Step) -> dict[str, Any]:
+    info = step.cache["tflite_export"]
+    keep = ("config", "buckets", "signatures", "input_names", "input_dtype", "output_names", "op_counts",
+            "ops_outside_xnnpack", "tool")
+    return {"tflite": {k: info[k] for k in keep if k in info}}
+
+
+def _build_tflite_fp32(step: Step, name: str) -> Built:
+    path = _tflite_fp32(step)
+    metrics = compute_metrics(step.source, step.reference, open_session("tflite", path).run)
+    _checked(step, name, "fp32", metrics)
+    return Built(path, metrics, extra=_tflite_extra(step))
+
+
+def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool = False) -> Built:
+    options = step.profile.tflite
+    recipe = (options.legacy_recipes if legacy else options.recipes).get(precision)
+    if recipe is None:
+        table = "legacy_recipes" if legacy else "recipes"
+        raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] {table} entry for it")
+    out = step.work / f"{name}.tflite"
+    report = quantize_tflite(_tflite_fp32(step), out, recipe)
+    metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run)
+    _checked(step, name, precision, metrics)
+    return Built(out, metrics, extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One artifact the profile asks for."""
+
+    format: str
+    precision: str
+    variant: str = ""  # "legacy": for devices with tflite-runtime 2.14 (see the profile's notes)
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
+
+
+# (format, precision) -> builder. Registered once; an unknown pair is a clear error up front.
+BUILDERS: dict[tuple[str, str], Callable[[Step, Planned], Built]] = {
+    ("onnx", "fp32"): lambda step, p: _build_onnx_fp32(step, p.name),
+    ("onnx", "int8"): lambda step, p: _build_onnx_int8(step, p.name),
+    ("onnx", "int4"): lambda step, p: _build_onnx_int4(step, p.name),
+    ("tflite", "fp32"): lambda step, p: _build_tflite_fp32(step, p.name),
+    ("tflite", "int8"): lambda step, p: _build_tflite_quantized(step, p.name, "int8", p.variant == "legacy"),
+    ("tflite", "int4"): lambda step, p: _build_tflite_quantized(step, p.name, "int4", p.variant == "legacy"),
+}
+# What each artifact needs on the device (the versions it was tested with). tflite-runtime
+# 2.14 runs the FP32 export and weight-only INT8 correctly, but computes per-channel dynamic
+# INT8 wrongly without raising (docs/notes/tflite-findings.md): those need ai-edge-litert.
+_LEGACY_TFLITE = {"ai-edge-litert": "2.3", "tflite-runtime": "2.14"}
+MIN_RUNTIME = {
+    ("onnx", "fp32", ""): {"onnxruntime": "1.17"},
+    ("onnx", "int8", ""): {"onnxruntime": "1.17"},
+    ("onnx", "int4", ""): {"onnxruntime": "1.32"},  # the version tested: UINT4 tensors, GatherBlockQuantized
+    ("tflite", "fp32", ""): _LEGACY_TFLITE,
+    ("tflite", "int8", ""): {"ai-edge-litert": "2.3"},
+    ("tflite", "int4", ""): {"ai-edge-litert": "2.3"},
+    ("tflite", "int8", "legacy"): _LEGACY_TFLITE,
+}
+
+
+def plan(profile: TargetProfile) -> list[Planned]:
+    plan = [Planned("onnx", p) for p in profile.precisions] if "onnx" in profile.formats else []
+    if "tflite" in profile.formats:
+        plan += [Planned("tflite", p) for p in profile.tflite.precisions]
+        plan += [Planned("tflite", p, "legacy") for p in profile.tflite.legacy_recipes]
+    return plan
+
+
