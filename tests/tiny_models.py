@@ -1,8 +1,9 @@
 """Tiny random Hugging Face checkpoints (config + weights + fast tokenizer) built in-process.
 
 Every supported architecture gets the tokenizer family it ships with in real life
-(WordPiece for BERT/DistilBERT, byte-level BPE for RoBERTa, Unigram for XLM-R), trained in
-milliseconds on the built-in texts, so padding ids, special tokens and token types are real.
+(WordPiece for BERT/DistilBERT, byte-level BPE for RoBERTa, Unigram for XLM-R), its vocabulary
+taken from the built-in texts in milliseconds, so padding ids, special tokens and token types are
+real. Everything is deterministic: the same files on every run.
 """
 
 from __future__ import annotations
@@ -18,32 +19,69 @@ def _texts() -> list[str]:
     return [t for t in TEXTS.read_text(encoding="utf-8").splitlines() if t and not t.startswith("#")]
 
 
+def _word_counts(tok) -> list[tuple[str, int]]:
+    """Words of the built-in texts after `tok`'s normalizer and pre-tokenizer, most frequent
+    first, ties by spelling: a fixed order, so the vocabulary is the same on every run."""
+    from collections import Counter
+
+    counts = Counter()
+    for text in _texts():
+        if tok.normalizer is not None:
+            text = tok.normalizer.normalize_str(text)
+        counts.update(word for word, _ in tok.pre_tokenizer.pre_tokenize_str(text))
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _vocabulary(specials: list[str], words: list[tuple[str, int]], pieces, size: int = 400) -> list[str]:
+    """specials, then every single-character piece (so nothing maps to unk), then the most
+    frequent words, `size` entries at most."""
+    chars = sorted({p for word, _ in words for p in pieces(word)})
+    vocab = list(dict.fromkeys(specials + chars))
+    vocab += [w for w, _ in words if w not in vocab][: max(0, size - len(vocab))]
+    return vocab
+
+
 def _tokenizer(kind: str):
+    # WordPiece and Unigram vocabularies are built here rather than with `tokenizers`' trainers:
+    # those break frequency ties in hash-map order, so every run made a different vocabulary,
+    # hence different random weights and different quantization errors (a flaky test).
+    import math
+
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if kind == "wordpiece":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.train_from_iterator(_texts(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+        probe = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        probe.normalizer = normalizers.BertNormalizer(lowercase=True)
+        probe.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        words = _word_counts(probe)
+        vocab = _vocabulary(specials, words, lambda w: [w[0]] + ["##" + c for c in w[1:]])
+        tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer = probe.normalizer, probe.pre_tokenizer
         cls, sep = "[CLS]", "[SEP]"
         names = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token=cls, sep_token=sep, mask_token="[MASK]")
     else:
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-        if kind == "bpe":
+        if kind == "bpe":  # BpeTrainer is deterministic
             tok = Tokenizer(models.BPE(unk_token="<unk>"))
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
             trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        else:  # unigram, like XLM-R's sentencepiece
-            tok = Tokenizer(models.Unigram())
-            tok.pre_tokenizer = pre_tokenizers.Metaspace()
+            tok.train_from_iterator(_texts(), trainer)
+        else:  # unigram, like XLM-R's sentencepiece: log-frequency scores
+            probe = Tokenizer(models.Unigram())
+            probe.pre_tokenizer = pre_tokenizers.Metaspace()
+            words = _word_counts(probe)
+            vocab = _vocabulary(specials, words, lambda w: list(w))
+            count = dict(words)
+            total = sum(count.values())
+            scores = [(t, 0.0 if t in specials else math.log(count.get(t, 1) / total) - (len(t) == 1))
+                      for t in vocab]
+            tok = Tokenizer(models.Unigram(scores, unk_id=vocab.index("<unk>")))
+            tok.pre_tokenizer = probe.pre_tokenizer
             tok.decoder = decoders.Metaspace()
-            trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=specials, unk_token="<unk>")
-        tok.train_from_iterator(_texts(), trainer)
         cls, sep = "<s>", "</s>"
         names = dict(bos_token=cls, eos_token=sep, pad_token="<pad>", unk_token="<unk>",
                      cls_token=cls, sep_token=sep, mask_token="<mask>")
