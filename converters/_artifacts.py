@@ -21,17 +21,17 @@ from converters._errors import AccuracyError, ConversionError
 from converters._graph import model_bytes
 from converters.export_tflite import TfliteExportConfig, export_tflite
 from converters.gptq import Int8Rounding
-from converters.mixed_precision import probe_loss, quantize_with_floor
+from converters.mixed_precision import quantize_with_floor
 from converters.pack_projections import pack_projections
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
 from converters.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
 from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
-from converters.quantize_tflite import quantize_tflite
+from converters.quantize_tflite import RECIPES, GptqInt4Config, quantize_tflite
 from converters.quantize_w4a8 import W4A8Config, W4A8Weights, fit_w4a8
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel
 from converters.split_first_token import SplitConfig, split_first_token
-from converters.validate import Reference, compute_metrics, floor_failures
+from converters.validate import Reference, compute_metrics, floor_failures, probe_loss
 from edge_runtime import backends
 from edge_runtime.backends.onnx import OnnxSession
 from targets import AccuracyFloor, TargetProfile
@@ -314,7 +314,14 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         table = "legacy_recipes" if legacy else "recipes"
         raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] {table} entry for it")
     out = step.work / f"{name}.tflite"
-    report = quantize_tflite(_tflite_fp32(step), out, recipe)
+    spec = RECIPES.get(recipe)
+    report = quantize_tflite(
+        _tflite_fp32(step), out, recipe,
+        # Calibrated recipes see the validation texts (the same ones the ONNX INT8/INT4 use).
+        calibration=step.reference.batches if spec and spec.needs_calibration else None,
+        int4=GptqInt4Config(size_budget=options.int4_size_budget) if spec and spec.ours else None,
+        progress=lambda message: step.progress(f"[{name}] {message}"),
+    )
     metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run)
     _checked(step, name, precision, metrics)
     return Built(out, metrics, extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})

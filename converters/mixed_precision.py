@@ -19,7 +19,7 @@ import numpy as np
 from converters._errors import AccuracyError
 from converters.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
 from converters.source import SourceModel
-from converters.validate import Reference, compute_metrics, floor_failures
+from converters.validate import Reference, compute_metrics, floor_failures, probe_loss
 from targets import AccuracyFloor
 
 __all__ = ["QuantOutcome", "probe_loss", "quantize_with_floor"]
@@ -34,13 +34,6 @@ class QuantOutcome:
     metrics: dict[str, float]
     kept_fp32: list[str] = field(default_factory=list)
     search: list[dict[str, Any]] = field(default_factory=list)  # what the fallback tried
-
-
-def probe_loss(metrics: dict[str, float]) -> float:
-    """Error of a probe: mean loss plus a share of the worst sample's (floors check both)."""
-    mean = metrics.get("cosine_mean", metrics.get("logits_cosine_mean", 1.0))
-    worst = metrics.get("cosine_min", metrics.get("logits_cosine_min", 1.0))
-    return (1.0 - mean) + 0.25 * (1.0 - worst)
 
 
 def _weight_groups(model_path: Path, nodes: list[str]) -> dict[str, list[str]]:

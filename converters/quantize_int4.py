@@ -40,6 +40,7 @@ import numpy as np
 
 from converters._errors import AccuracyError, ConversionError, UnsupportedModelError
 from converters._graph import model_bytes
+from converters.validate import probe_loss, row_cosine
 
 __all__ = ["ALGORITHMS", "Int4Config", "quantize_int4", "quantize_tables_int4"]
 
@@ -437,18 +438,6 @@ class _Variants:
         return model
 
 
-def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / np.clip(
-        np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30, None
-    )
-
-
-def _loss(metrics: dict[str, float]) -> float:
-    """Mean error plus a share of the worst sequence's, like the mixed-precision search."""
-    return (1.0 - metrics["cosine_mean"]) + 0.25 * (1.0 - metrics["cosine_min"])
-
-
 class _Judge:
     """Agreement of a candidate with the FP32 model on the calibration batches, through the
     runtime's own session class. For [batch, sequence, dim] outputs: cosine per sequence of
@@ -476,10 +465,10 @@ class _Judge:
             if got.ndim == 3:
                 mask = feeds["attention_mask"].astype(bool)
                 weights = mask[..., None].astype(np.float64)
-                pooled.append(_row_cosine((got * weights).sum(1), (want * weights).sum(1)))
-                tokens.append(_row_cosine(got[mask], want[mask]))
+                pooled.append(row_cosine((got * weights).sum(1), (want * weights).sum(1)))
+                tokens.append(row_cosine(got[mask], want[mask]))
             else:
-                pooled.append(_row_cosine(got.reshape(len(got), -1), want.reshape(len(want), -1)))
+                pooled.append(row_cosine(got.reshape(len(got), -1), want.reshape(len(want), -1)))
         cos = np.concatenate(pooled)
         result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
         if tokens:
@@ -512,18 +501,18 @@ def _fit_budget(
             f"the all-4-bit model is {size} bytes, above the size budget of {budget} bytes: raise "
             "size_budget, drop int8_nodes, or use a larger block_size / embedding_block_size"
         )
-    base_loss = _loss(judge.metrics(base, probe, SENSITIVITY_BATCHES))
+    base_loss = probe_loss(judge.metrics(base, probe, SENSITIVITY_BATCHES))
     gains = {}
     for node in (n for n in variants.matmuls if n not in int8):
         model = variants.build(algorithm, int8 | {node})
-        gain = base_loss - _loss(judge.metrics(model, probe, SENSITIVITY_BATCHES))
+        gain = base_loss - probe_loss(judge.metrics(model, probe, SENSITIVITY_BATCHES))
         gains[node] = (gain, model.ByteSize() - size)
     ranked = sorted(
         (n for n in gains if gains[n][0] > 0),
         key=lambda n: gains[n][0] / max(gains[n][1], 1),
         reverse=True,
     )
-    chosen, search, loss = set(int8), [], _loss(current)
+    chosen, search, loss = set(int8), [], probe_loss(current)
     for node in ranked:
         model = variants.build(algorithm, chosen | {node})
         step = {"node": node, "sensitivity": gains[node][0], "bytes": model.ByteSize()}
@@ -531,7 +520,7 @@ def _fit_budget(
             search.append({**step, "accepted": False, "why": "over budget"})
             continue
         metrics = judge.metrics(model, probe)
-        accepted = _loss(metrics) < loss
+        accepted = probe_loss(metrics) < loss
         search.append(
             {
                 **step,
@@ -542,7 +531,7 @@ def _fit_budget(
         )
         if accepted:
             chosen.add(node)
-            loss = _loss(metrics)
+            loss = probe_loss(metrics)
     return chosen, search
 
 
@@ -587,7 +576,7 @@ def quantize_int4(
     try:
         algorithms = ("rtn", "clip_search") if config.algorithm == "auto" else (config.algorithm,)
         candidates = {a: judge.metrics(variants.build(a, int8), probe) for a in algorithms}
-        chosen = min(candidates, key=lambda a: _loss(candidates[a]))
+        chosen = min(candidates, key=lambda a: probe_loss(candidates[a]))
         search: list[dict[str, Any]] = []
         if config.size_budget is not None:
             budget = int(config.size_budget * bytes_before)

@@ -62,10 +62,19 @@ def reference_outputs(source: SourceModel, texts: tuple[str, ...]) -> Reference:
     return Reference(batches, outputs)
 
 
-def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row (last axis) of `a` with the same row of `b`, in float64."""
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     return (a * b).sum(-1) / np.clip(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30, None)
+
+
+def probe_loss(metrics: dict[str, float]) -> float:
+    """Error of a probe in the accuracy searches: mean loss plus a share of the worst sample's
+    (floors check both)."""
+    mean = metrics.get("cosine_mean", metrics.get("logits_cosine_mean", 1.0))
+    worst = metrics.get("cosine_min", metrics.get("logits_cosine_min", 1.0))
+    return (1.0 - mean) + 0.25 * (1.0 - worst)
 
 
 def compute_metrics(source: SourceModel, reference: Reference, run: Runner) -> dict[str, float]:
@@ -79,16 +88,16 @@ def compute_metrics(source: SourceModel, reference: Reference, run: Runner) -> d
             post = source.postprocess
             emb_got = pool(got, mask, post["pooling"], post["normalize"])
             emb_want = pool(want, mask, post["pooling"], post["normalize"])
-            cosines.append(_row_cosine(emb_got, emb_want))
+            cosines.append(row_cosine(emb_got, emb_want))
         elif source.task == "text-classification":
             agree += int((got.argmax(-1) == want.argmax(-1)).sum())
             total += len(got)
-            cosines.append(_row_cosine(got, want))
+            cosines.append(row_cosine(got, want))
         else:  # token-classification: real tokens only
             keep = mask.astype(bool)
             agree += int((got.argmax(-1) == want.argmax(-1))[keep].sum())
             total += int(keep.sum())
-            cosines.append(_row_cosine(got[keep], want[keep]))
+            cosines.append(row_cosine(got[keep], want[keep]))
     cos = np.concatenate(cosines)
     if source.task == "feature-extraction":
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}

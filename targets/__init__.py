@@ -124,11 +124,18 @@ class Int4Scheme:
 class TfliteOptions:
     precisions: tuple[str, ...] = ()  # empty: no TFLite artifacts
     buckets: tuple[int, ...] = (32, 64, 128, 256)  # one signature per padded sequence length
-    recipes: dict[str, str] = field(default_factory=dict)  # precision -> ai-edge-quantizer recipe
+    recipes: dict[str, str] = field(default_factory=dict)  # precision -> recipe (quantize_tflite.RECIPES)
     # precision -> recipe of an extra artifact for devices running tflite-runtime 2.14 (numpy<2,
     # no newer op versions, wrong per-channel dynamic INT8); empty: none
     legacy_recipes: dict[str, str] = field(default_factory=dict)
+    # For the calibrated INT4 recipe (gptq_wi4b32_afp32): max bytes of the artifact / bytes of
+    # the FP32 .tflite, filled with INT8 weights by measured sensitivity. None: all INT4.
+    int4_size_budget: float | None = None
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.int4_size_budget is not None and not 0.0 < self.int4_size_budget <= 1.0:
+            raise ProfileError(f"[tflite] int4_size_budget {self.int4_size_budget} must be in (0, 1]")
 
 
 @dataclass(frozen=True)

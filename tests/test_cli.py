@@ -45,7 +45,7 @@ def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys):
     assert summary["target"] == "rpi4"
     assert [a["name"] for a in summary["artifacts"]] == ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8",
                                                              "tflite-int8-legacy"]
-    assert [r["name"] for r in summary["refused"]] == ["onnx-int4"]
+    assert [r["name"] for r in summary["refused"]] == ["onnx-int4", "tflite-int4"]
 
     assert edge_run([str(out), "a nice day", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)

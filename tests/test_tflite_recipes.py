@@ -1,0 +1,276 @@
+"""TFLite recipes of converters/quantize_tflite.py beyond ai-edge-quantizer's stock ones:
+gptq_wi4b32_afp32 (GPTQ INT4 + measured INT8 fallback within a size budget) on a tiny random
+BERT, the flatbuffer it writes, its numbers against PyTorch, and the recipes refused.
+
+One export (buckets 16 and 32) is shared by the module; calibration and held-out texts are
+disjoint slices of the built-in set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_quantizer")
+pytest.importorskip("ai_edge_litert")
+
+from converters._errors import AccuracyError, ConversionError
+from converters.calibration import load_texts
+from converters.export_tflite import TfliteExportConfig, export_tflite
+from converters.quantize_tflite import (
+    GptqInt4Config,
+    _compact_copy,
+    _gptq_int4,
+    _pack_int4,
+    _unpack_int4,
+    _write_int4,
+    quantize_tflite,
+)
+from converters.source import load_source
+from converters.validate import make_batches
+from edge_runtime import backends
+
+# The tiny model's word table (400 x 32) is far below the default threshold; this lets it be
+# quantized while the 2 x 32 token-type table still stays float.
+TINY_TABLES = 1000
+# Sentence cosine (mask-mean pooled) vs PyTorch on 48 held-out texts, tiny random BERT
+# (hidden 32: one 32-block per weight row), ai-edge-litert 2.3 XNNPACK, measured: stock
+# dynamic_wi4b32_afp32 0.9917 mean / 0.9876 min; gptq_wi4b32_afp32 0.9994 / 0.9978 all-INT4,
+# 0.9995 / 0.9982 with 3 INT8 weights. The floors allow about three times the GPTQ error.
+GPTQ_COSINE_MEAN = 0.998
+GPTQ_COSINE_MIN = 0.994
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_model_factory, tmp_path_factory):
+    source = load_source(tiny_model_factory("bert", "feature-extraction"))
+    root = tmp_path_factory.mktemp("tflite-recipes")
+    export_tflite(source, root / "fp32.tflite", TfliteExportConfig(buckets=(16, 32)))
+    texts = load_texts().texts
+    calibration = make_batches(source, texts[:48])
+    heldout = list(texts[48:96])
+    return source, root / "fp32.tflite", calibration, heldout
+
+
+@pytest.fixture(scope="module")
+def gptq_all_int4(bert, tmp_path_factory):
+    _, fp32, calibration, _ = bert
+    path = tmp_path_factory.mktemp("gptq") / "int4.tflite"
+    config = GptqInt4Config(embedding_min_elements=TINY_TABLES)
+    report = quantize_tflite(fp32, path, "gptq_wi4b32_afp32", calibration, int4=config)
+    return path, report
+
+
+def _encode(source, texts: list[str]) -> dict[str, np.ndarray]:
+    """int64 feeds cut to the longest bucket (32); token types zeros."""
+    enc = source.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="np")
+    ids = enc["input_ids"].astype(np.int64)
+    return {n: enc[n].astype(np.int64) if n in enc else 0 * ids for n in source.input_names}
+
+
+def _pooled_cosines(source, path, texts) -> np.ndarray:
+    """Per text (batch 1, no padding): cosine of mask-mean pooled outputs, runtime vs PyTorch."""
+    import torch
+
+    session = backends.open_session("tflite", path, threads=2)
+    cosines = []
+    for text in texts:
+        feeds = _encode(source, [text])
+        got = session.run(feeds)[source.output_names[0]][0].mean(0).astype(np.float64)
+        with torch.no_grad():
+            args = [torch.from_numpy(feeds[n]) for n in source.input_names]
+            want = source.module(*args).numpy()[0].mean(0).astype(np.float64)
+        cosines.append(got @ want / np.linalg.norm(got) / np.linalg.norm(want))
+    return np.array(cosines)
+
+
+def _weight_types(path) -> dict[str, list[str]]:
+    """Per op kind (FULLY_CONNECTED, EMBEDDING_LOOKUP): the weight tensor types of subgraph 0."""
+    from pathlib import Path
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    graph = model.Subgraphs(0)
+    found: dict[str, list[str]] = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        kind = ops[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+        if kind in ("FULLY_CONNECTED", "EMBEDDING_LOOKUP"):
+            found.setdefault(kind, []).append(types[graph.Tensors(op.Inputs(1)).Type()])
+    return found
+
+
+def test_gptq_int4_layout_and_accuracy(bert, gptq_all_int4, tmp_path):
+    source, fp32, _, heldout = bert
+    path, report = gptq_all_int4
+
+    types = _weight_types(path)
+    assert types["FULLY_CONNECTED"] == ["INT4"] * 12  # 2 layers x (Q, K, V, out, FFN in, out)
+    assert sorted(types["EMBEDDING_LOOKUP"]) == ["FLOAT32", "INT4"]  # token types stay float
+    assert report["precision"] == "int4" and report["signatures"] == ["seq16", "seq32"]
+    assert report["kept_int8"] == [] and report["budget_search"] == []
+    schemes = [layer["scheme"] for layer in report["layers"].values()]
+    assert schemes.count("int4 block 32, GPTQ") == 12
+    assert report["config"]["block_size"] == 32 and report["hessian_rows"] > len(heldout)
+
+    gptq = _pooled_cosines(source, path, heldout)
+    assert gptq.mean() >= GPTQ_COSINE_MEAN and gptq.min() >= GPTQ_COSINE_MIN, gptq
+
+    # Same bytes layout, round-to-nearest values: GPTQ must be measurably closer to PyTorch.
+    stock = tmp_path / "stock.tflite"
+    quantize_tflite(fp32, stock, "dynamic_wi4b32_afp32")
+    nearest = _pooled_cosines(source, stock, heldout)
+    assert (1 - gptq).mean() < 0.5 * (1 - nearest).mean(), (gptq.mean(), nearest.mean())
+
+
+def test_size_budget_keeps_the_most_sensitive_layers_int8(bert, gptq_all_int4, tmp_path):
+    source, fp32, calibration, heldout = bert
+    all_int4, _ = gptq_all_int4
+    fp32_bytes = fp32.stat().st_size
+    # Room for a few INT8 weights (a 32 x 64 FFN weight costs ~1.1 KB more as INT8).
+    budget = (all_int4.stat().st_size + 3000) / fp32_bytes
+    path = tmp_path / "mixed.tflite"
+    config = GptqInt4Config(size_budget=budget, embedding_min_elements=TINY_TABLES)
+    report = quantize_tflite(fp32, path, "gptq_wi4b32_afp32", calibration, int4=config)
+
+    assert path.stat().st_size <= budget * fp32_bytes
+    kept = report["kept_int8"]
+    assert 1 <= len(kept) < 12
+    types = _weight_types(path)["FULLY_CONNECTED"]
+    assert types.count("INT8") == len(kept) and types.count("INT4") == 12 - len(kept)
+    for name in kept:
+        assert report["layers"][name]["scheme"] == "int8 per channel"
+    steps = [s for s in report["budget_search"][1:] if s.get("accepted")]
+    assert {s["weight"] for s in steps} == set(kept)
+    losses = [report["budget_search"][0]["metrics"]] + [s["metrics"] for s in steps]
+    loss = [(1 - m["cosine_mean"]) + 0.25 * (1 - m["cosine_min"]) for m in losses]
+    assert loss == sorted(loss, reverse=True)  # every accepted move lowered the loss
+
+    mixed = _pooled_cosines(source, path, heldout)
+    assert mixed.mean() >= GPTQ_COSINE_MEAN and mixed.min() >= GPTQ_COSINE_MIN, mixed
+
+
+def test_size_budget_below_all_int4_is_refused(bert, tmp_path):
+    _, fp32, calibration, _ = bert
+    config = GptqInt4Config(size_budget=0.01, embedding_min_elements=TINY_TABLES)
+    with pytest.raises(AccuracyError, match="all-INT4 model is .* above the size budget of 0.01x"):
+        quantize_tflite(fp32, tmp_path / "x.tflite", "gptq_wi4b32_afp32", calibration, int4=config)
+    assert not list(tmp_path.glob("*.tflite"))  # probes and the compact copy are removed
+
+
+def test_recipe_errors(bert, tmp_path):
+    _, fp32, calibration, _ = bert
+    with pytest.raises(ConversionError, match="static_wi8_ai8.*not supported.*LayerNorm"):
+        quantize_tflite(fp32, tmp_path / "x.tflite", "static_wi8_ai8", calibration)
+    with pytest.raises(ConversionError, match="static_wi8_ai16.*not supported.*int16"):
+        quantize_tflite(fp32, tmp_path / "x.tflite", "static_wi8_ai16", calibration)
+    with pytest.raises(ConversionError, match="needs calibration"):
+        quantize_tflite(fp32, tmp_path / "x.tflite", "gptq_wi4b32_afp32")
+    with pytest.raises(ConversionError, match="GptqInt4Config applies to gptq_wi4b32_afp32"):
+        quantize_tflite(fp32, tmp_path / "x.tflite", "dynamic_wi8_afp32", int4=GptqInt4Config())
+    with pytest.raises(ConversionError, match="size_budget 1.5.*damp 0"):
+        GptqInt4Config(size_budget=1.5, damp=0.0)
+
+
+def test_writer_refuses_a_layout_it_does_not_know(bert, gptq_all_int4, tmp_path):
+    """_write_int4 checks the quantizer's layout before writing: on an INT8 model it refuses."""
+    from converters.quantize_tflite import _Weight, _weights
+
+    _, fp32, _, _ = bert
+    int8 = tmp_path / "int8.tflite"
+    quantize_tflite(fp32, int8, "dynamic_wi8_afp32")
+    weights = {b: w for b, w in _weights(fp32).items() if w.kind == "FULLY_CONNECTED"}
+    weight: _Weight = next(iter(weights.values()))
+    codes = np.zeros(weight.shape, np.int8)
+    scales = np.ones((weight.shape[0], weight.shape[1] // 32), np.float32)
+    floats = {weight.buffer: np.zeros(weight.shape, np.float32)}
+    before = int8.read_bytes()
+    with pytest.raises(ConversionError, match="unexpected INT4 layout.*not one INT4 blockwise"):
+        _write_int4(int8, weights, floats, {weight.buffer: (codes, scales)})
+    assert int8.read_bytes() == before
+
+
+def test_compact_copy_keeps_numbers_and_drops_name_bytes(bert, tmp_path):
+    source, fp32, _, heldout = bert
+    compact = tmp_path / "compact.tflite"
+    _compact_copy(fp32, compact)
+    assert compact.stat().st_size < fp32.stat().st_size
+    a = backends.open_session("tflite", fp32, threads=1)
+    b = backends.open_session("tflite", compact, threads=1)
+    feeds = _encode(source, heldout[:3])
+    name = source.output_names[0]
+    np.testing.assert_array_equal(a.run(feeds)[name], b.run(feeds)[name])
+
+
+def test_gptq_rounding_beats_round_to_nearest():
+    """On correlated inputs GPTQ's codes give a smaller layer-output error than rounding each
+    weight to the nearest point of the same grid; codes and scales are what XNNPACK takes."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(64, 64))
+    x = rng.normal(size=(2000, 64)) @ mixing  # correlated input channels
+    weight = rng.normal(size=(48, 64)).astype(np.float32)
+    hessian = x.T @ x / len(x)
+    codes, scales = _gptq_int4(weight, hessian, damp=0.03)
+
+    assert codes.dtype == np.int8 and codes.min() >= -8 and codes.max() <= 7
+    assert scales.shape == (48, 2)
+    np.testing.assert_array_equal(scales.astype(ml_dtypes.bfloat16).astype(np.float32), scales)
+    step = np.repeat(scales, 32, axis=1)
+    nearest = np.clip(np.rint(weight / step), -8, 7)
+
+    def output_error(q):
+        return float(np.linalg.norm(x @ (weight - q * step).T))
+
+    assert output_error(codes) < 0.8 * output_error(nearest)
+
+
+@pytest.mark.parametrize("count", [64, 63])
+def test_int4_packing_round_trips(count):
+    codes = np.random.default_rng(count).integers(-8, 8, count).astype(np.int8)
+    packed = _pack_int4(codes)
+    assert packed.size == (count + 1) // 2
+    assert packed[0] == (codes[0] & 0x0F) | ((codes[1] & 0x0F) << 4)  # first value: low nibble
+    np.testing.assert_array_equal(_unpack_int4(packed, count), codes)
+
+
+def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tmp_path, monkeypatch):
+    """edge-convert for rpi5 with the profile's INT4 recipe (gptq_wi4b32_afp32) and no size
+    budget (a tiny model's float norms and position tables alone exceed 0.16x): the artifact is
+    calibrated, validated, shipped with its layer report, and edge_runtime embeds with it."""
+    import dataclasses
+    import json
+
+    import edge_runtime
+    from converters import pipeline
+    from targets import load_profile
+
+    profile = load_profile("rpi5")
+    assert profile.tflite.recipes["int4"] == "gptq_wi4b32_afp32" and profile.tflite.int4_size_budget
+    unbudgeted = dataclasses.replace(profile, tflite=dataclasses.replace(profile.tflite, int4_size_budget=None))
+    monkeypatch.setattr(pipeline, "load_profile", lambda target: unbudgeted)
+    messages: list[str] = []
+    model = tiny_model_factory("bert", "feature-extraction")
+    out = tmp_path / "art"
+    pipeline.convert(pipeline.ConvertConfig(model=model, target="rpi5", out=out, latency_runs=2), messages.append)
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "tflite-int4")
+    quant = entry["quantization"]
+    assert quant["recipe"] == "gptq_wi4b32_afp32" and quant["kept_int8"] == []
+    assert quant["calibration_rows"] > 0 and quant["config"]["size_budget"] is None
+    assert entry["metrics"]["cosine_mean"] >= profile.accuracy.for_precision("int4").cosine_mean
+    assert any("[tflite-int4] GPTQ:" in m for m in messages), messages  # progress on the long step
+
+    model = edge_runtime.load(out, artifact="tflite-int4", threads=1)
+    texts = ["a short one", "The meeting has been rescheduled to next Tuesday."]
+    got = model.embed(texts)
+    want = edge_runtime.load(out, artifact="tflite-fp32", threads=1).embed(texts)
+    assert got.shape == want.shape
+    assert (got * want).sum(1).min() >= GPTQ_COSINE_MIN  # unit vectors: dot = cosine
