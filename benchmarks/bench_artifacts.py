@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--keep", type=Path, help="convert into this directory and keep the artifacts "
+                        "(default: a temporary directory)")
     parser.add_argument("--tflite", action="store_true", help="add the stock litert-torch / ai-edge-quantizer rows")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -230,11 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     from converters.source import default_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    kept_dir = args.keep or work
     targets = args.target or ["x86-avx2"]
+    refused: dict[str, list[dict]] = {}
     for target in targets:
         print(f"converting the built-in model for {target} ...", file=sys.stderr)
         profile_id, _, method = target.partition("@")
-        convert(ConvertConfig(model=None, target=profile_id, out=work / target, calibration_method=method or None))
+        result = convert(
+            ConvertConfig(model=None, target=profile_id, out=kept_dir / target, calibration_method=method or None,
+                          force=args.keep is not None),
+            lambda message, target=target: print(f"  [{target}] {message}", file=sys.stderr, flush=True),
+        )
+        # An artifact the converter refused is a result too: reported below, never skipped silently.
+        refused[target] = list(result.refused)
 
     plain = PlainExport(default_model_dir(), work)
     stock_default = work / "stock_int8_default.onnx"
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             label = "stock litert-torch TFLite FP32" if recipe_name == "fp32" else f"stock TFLite {recipe_name}"
             variants[label] = {"kind": "tflite", "path": path, "files": [path]}
     for target in targets:
-        artifacts = work / target
+        artifacts = kept_dir / target
         for entry in edge_runtime.read_manifest(artifacts)["artifacts"]:
             variants[f"edge-runtime {target} {entry['name']}"] = {
                 "kind": "edge", "path": f"{artifacts}::{entry['name']}", "root": artifacts,
@@ -353,11 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         kept = (v.get("entry") or {}).get("quantization", {}).get("kept_fp32")
         if kept:
             print(f"\n{name}: {len(kept)} node(s) kept in FP32 by the accuracy floor: {', '.join(kept)}")
+    for target, items in refused.items():
+        for item in items:
+            print(f"\nedge-runtime {target} {item['name']}: REFUSED by the converter: {item['reason']}")
     print("\nper-round p50 ratios: " + "; ".join(f"{n}: {variants[n]['ratio_rounds']}" for n in names))
     if args.json:
         clean = {n: {k: (str(x) if isinstance(x, Path) else x) for k, x in v.items() if k not in ("files", "entry", "root")}
                  for n, v in variants.items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        clean["_refused"] = refused
         args.json.write_text(json.dumps(clean, indent=2))
     return 0
 
