@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", help="target profile(s) to convert and compare "
                         "(repeatable; default x86-avx2); TARGET@METHOD overrides a static profile's "
-                        "calibration method (minmax, percentile, entropy)")
+                        "calibration method (minmax, percentile, entropy); a /floor=F suffix overrides "
+                        "the accuracy floor (e.g. 0.5: no FP32 fallback, to measure a scheme as it is)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
@@ -237,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     refused: dict[str, list[dict]] = {}
     for target in targets:
         print(f"converting the built-in model for {target} ...", file=sys.stderr)
-        profile_id, _, method = target.partition("@")
+        spec, _, floor = target.partition("/floor=")
+        profile_id, _, method = spec.partition("@")
         result = convert(
-            ConvertConfig(model=None, target=profile_id, out=kept_dir / target, calibration_method=method or None,
+            ConvertConfig(model=None, target=profile_id, out=kept_dir / target.replace("/", "_"),
+                          calibration_method=method or None, accuracy_floor=float(floor) if floor else None,
                           force=args.keep is not None),
             lambda message, target=target: print(f"  [{target}] {message}", file=sys.stderr, flush=True),
         )
@@ -268,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             label = "stock litert-torch TFLite FP32" if recipe_name == "fp32" else f"stock TFLite {recipe_name}"
             variants[label] = {"kind": "tflite", "path": path, "files": [path]}
     for target in targets:
-        artifacts = kept_dir / target
+        artifacts = kept_dir / target.replace("/", "_")
         for entry in edge_runtime.read_manifest(artifacts)["artifacts"]:
             variants[f"edge-runtime {target} {entry['name']}"] = {
                 "kind": "edge", "path": f"{artifacts}::{entry['name']}", "root": artifacts,
