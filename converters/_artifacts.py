@@ -26,7 +26,7 @@ from converters.pack_projections import pack_projections
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
 from converters.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
 from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
-from converters.quantize_tflite import RECIPES, GptqInt4Config, quantize_tflite
+from converters.quantize_tflite import GPTQ_INT8_RECIPE, GPTQ_RECIPE, RECIPES, GptqInt4Config, quantize_tflite
 from converters.quantize_w4a8 import W4A8Config, W4A8Weights, fit_w4a8
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel
@@ -315,11 +315,13 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] {table} entry for it")
     out = step.work / f"{name}.tflite"
     spec = RECIPES.get(recipe)
+    floor = step.floor.for_precision(precision)
     report = quantize_tflite(
         _tflite_fp32(step), out, recipe,
         # Calibrated recipes see the validation texts (the same ones the ONNX INT8/INT4 use).
         calibration=step.reference.batches if spec and spec.needs_calibration else None,
-        int4=GptqInt4Config(size_budget=options.int4_size_budget) if spec and spec.ours else None,
+        int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
+        floor=(floor.cosine_mean, floor.cosine_min) if recipe == GPTQ_INT8_RECIPE else None,
         progress=lambda message: step.progress(f"[{name}] {message}"),
     )
     metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run)

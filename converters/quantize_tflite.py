@@ -52,7 +52,7 @@ import numpy as np
 from converters._errors import AccuracyError, ConversionError
 from converters.validate import probe_loss, row_cosine
 
-__all__ = ["GPTQ_RECIPE", "RECIPES", "GptqInt4Config", "TfliteRecipe", "quantize_tflite"]
+__all__ = ["GPTQ_INT8_RECIPE", "GPTQ_RECIPE", "RECIPES", "GptqInt4Config", "TfliteRecipe", "quantize_tflite"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class TfliteRecipe:
 
 
 GPTQ_RECIPE = "gptq_wi4b32_afp32"
+GPTQ_INT8_RECIPE = "gptq_wi8_afp32"
 RECIPES = {
     r.name: r
     for r in (
@@ -90,6 +91,14 @@ RECIPES = {
             "int8",
             False,
             "int8 weights dequantized to FP32 at load: 4x smaller file, FP32 speed and accuracy",
+        ),
+        TfliteRecipe(
+            GPTQ_INT8_RECIPE,
+            "int8",
+            True,
+            "dynamic_wi8_afp32's layout (int8 per-channel weights, activations quantized per "
+            "run) with the FULLY_CONNECTED codes rounded by GPTQ on the calibration texts",
+            ours=True,
         ),
         TfliteRecipe(
             GPTQ_RECIPE,
@@ -835,6 +844,174 @@ def _quantize_gptq_int4(
     }
 
 
+# -- gptq_wi8_afp32 -----------------------------------------------------------------------------
+_INT8_DAMP = 0.03  # as for INT4 (GptqInt4Config.damp)
+_INT8_PREFIX_TOKENS = (1, 2, 3)  # short-input Hessian rows, as for INT4
+
+
+def _gptq_int8(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """int8 codes [out, in] in [-127, 127] of an FC weight [out, in] (y = x W^T) on fixed
+    per-output-channel `scales` (the quantizer's own)."""
+    from converters.gptq import GptqConfig, gptq
+
+    step = scales.astype(np.float64)
+
+    def row(k: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = np.clip(np.rint(values / step), -127, 127)
+        return q, q * step
+
+    return gptq(weight.T, hessian, row, GptqConfig(damp=_INT8_DAMP, act_order=True)).T.astype(np.int8)
+
+
+def _write_int8(
+    path: Path, weights: dict[int, _Weight], floats: dict[int, np.ndarray],
+    hessians: dict[int, np.ndarray], progress: Progress, codes: dict[int, np.ndarray] | None = None,
+) -> int:
+    """Replace, in place, the int8 per-channel FC weights of the quantized model at `path` by
+    GPTQ codes on the same scales. Returns how many weights were rewritten.
+
+    Precondition, checked per weight: one INT8 tensor shared by the signatures, symmetric
+    (zero points 0), one scale per output channel, and codes that are round-to-nearest of the
+    float weight on those scales (the layout this writer assumes)."""
+    schema = _schema()
+    data = bytearray(Path(path).read_bytes())
+    model = schema.Model.GetRootAs(data, 0)
+    problems, written = [], 0
+    for index, (buffer, weight) in enumerate(weights.items(), 1):
+        targets, scales = set(), None
+        for subgraph, op_index, _ in weight.uses:
+            graph = model.Subgraphs(subgraph)
+            tensor = graph.Tensors(graph.Operators(op_index).Inputs(1))
+            quant = tensor.Quantization()
+            if (
+                tensor.Type() != schema.TensorType.INT8
+                or quant is None
+                or quant.ScaleLength() != weight.shape[0]
+                or quant.QuantizedDimension() != 0
+                or (quant.ZeroPointLength() and np.any(quant.ZeroPointAsNumpy()))
+            ):
+                targets.add(None)
+                continue
+            targets.add(tensor.Buffer())
+            scales = quant.ScaleAsNumpy().astype(np.float32)
+        if None in targets or len(targets) != 1:
+            problems.append(f"{weight.name}: not one symmetric per-channel INT8 tensor ({targets})")
+            continue
+        stored = _buffer_view(data, model, targets.pop()).view(np.int8)
+        if stored.size != floats[buffer].size:
+            problems.append(f"{weight.name}: {stored.size} int8 values for shape {weight.shape}")
+            continue
+        stored = stored.reshape(weight.shape)
+        nearest = np.clip(np.rint(floats[buffer] / scales[:, None]), -127, 127)
+        if np.mean(stored != nearest) > 0.001:
+            problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
+            continue
+        if codes is None or buffer not in codes:
+            rounded = _gptq_int8(floats[buffer], hessians[buffer], scales)
+            if codes is not None:  # the scales only depend on the weight: reusable per build
+                codes[buffer] = rounded
+            if index % 12 == 0 or index == len(weights):
+                progress(f"GPTQ: {index}/{len(weights)} weights rounded")
+        stored[:] = codes[buffer] if codes is not None else rounded
+        written += 1
+    if problems:
+        raise ConversionError(
+            f"{GPTQ_INT8_RECIPE}: unexpected INT8 layout in {Path(path).name}: " + "; ".join(problems)
+        )
+    Path(path).write_bytes(bytes(data))
+    return written
+
+
+def _int8_recipe(weights: dict[int, _Weight], float_fcs: set[int]) -> list[dict[str, Any]]:
+    """dynamic_wi8_afp32's choices written per op (int8 per-channel FULLY_CONNECTED weights and
+    embedding tables), except the FCs in `float_fcs`, which stay float."""
+    recipe = []
+    for weight in weights.values():
+        if weight.buffer in float_fcs:
+            continue
+        for _, _, scope in weight.uses:
+            recipe.append(_entry("^" + re.escape(scope) + "$", weight.kind, 8, 0))
+    return recipe
+
+
+class _Int8Builder:
+    """Builds gptq_wi8_afp32 models for a set of float FCs; GPTQ codes are computed once."""
+
+    def __init__(self, fp32_path: Path, hessian_rows: list[dict[str, np.ndarray]], progress: Progress):
+        self.fp32_path, self.progress = fp32_path, progress
+        self.weights = _weights(fp32_path)
+        self.fcs = {b: w for b, w in self.weights.items() if w.kind == _FC}
+        self.floats = _float_weights(fp32_path, list(self.fcs.values()))
+        progress(f"GPTQ: input statistics of {len(self.fcs)} FULLY_CONNECTED weights, {len(hessian_rows)} rows")
+        self.hessians = _hessians(fp32_path, self.fcs, hessian_rows)
+        self.codes: dict[int, np.ndarray] = {}
+
+    def label(self, buffer: int) -> str:
+        """A readable name for reports (litert-torch's are full module paths of fused ops)."""
+        return _short_name(self.fcs[buffer].name.encode(), 0, buffer).decode()
+
+    def build(self, out_path: Path, float_fcs: set[int]) -> int:
+        _run_quantizer(self.fp32_path, out_path, _int8_recipe(self.weights, float_fcs))
+        int8 = {b: w for b, w in self.fcs.items() if b not in float_fcs}
+        return _write_int8(out_path, int8, self.floats, self.hessians, self.progress, self.codes)
+
+
+def _meets(metrics: dict[str, float], floor: tuple[float, float]) -> bool:
+    return metrics["cosine_mean"] >= floor[0] and metrics["cosine_min"] >= floor[1]
+
+
+def _quantize_gptq_int8(
+    in_path: Path, out_path: Path, calibration: list[dict[str, np.ndarray]],
+    floor: tuple[float, float] | None, progress: Progress,
+) -> dict[str, Any]:
+    """GPTQ INT8; with a floor (cosine mean, min vs the FP32 .tflite on the calibration rows)
+    that the all-INT8 model misses, the FCs whose float form recovers the most (each measured
+    alone) are kept float, one at a time, until it is met."""
+    rows = _rows(calibration, max(_signature_lengths(in_path)))
+    hessian_rows = _with_prefixes(rows, _INT8_PREFIX_TOKENS)
+    builder = _Int8Builder(in_path, hessian_rows, progress)
+    written = builder.build(out_path, set())
+    report: dict[str, Any] = {
+        "gptq": {"weights": written, "damp": _INT8_DAMP, "prefix_tokens": list(_INT8_PREFIX_TOKENS),
+                 "calibration_rows": len(rows), "hessian_rows": len(hessian_rows)},
+        "kept_float": [],
+    }
+    if floor is None:
+        return report
+    judge = _Judge(in_path, rows, in_path.stat().st_size)
+    metrics = judge.metrics(out_path)
+    report["calibration_metrics"] = metrics
+    if _meets(metrics, floor):
+        return report
+    progress(f"all-INT8 cosine {metrics['cosine_mean']:.4f} / {metrics['cosine_min']:.4f} vs FP32 .tflite, "
+             f"floor {floor[0]} / {floor[1]}: ranking {len(builder.fcs)} FULLY_CONNECTED weights")
+    probe = out_path.with_name(out_path.stem + ".probe.tflite")
+    try:
+        count = min(len(rows), GptqInt4Config().sensitivity_rows)
+        subset = np.unique(np.linspace(0, len(rows) - 1, count).astype(int))
+        base = probe_loss(judge.metrics(out_path, subset))
+        gains = {}
+        for buffer in builder.fcs:
+            builder.build(probe, {buffer})
+            gains[buffer] = base - probe_loss(judge.metrics(probe, subset))
+        kept: list[int] = []  # in the order they were added
+        search = []
+        for buffer in sorted((b for b in gains if gains[b] > 0), key=gains.get, reverse=True):
+            kept.append(buffer)
+            builder.build(probe, set(kept))
+            metrics = judge.metrics(probe)
+            search.append({"weight": builder.label(buffer), "metrics": metrics})
+            progress(f"  float {len(kept)}: {builder.label(buffer)} -> cosine "
+                     f"{metrics['cosine_mean']:.4f} / {metrics['cosine_min']:.4f}")
+            if _meets(metrics, floor):
+                break
+        report["gptq"]["weights"] = builder.build(out_path, set(kept))
+    finally:
+        probe.unlink(missing_ok=True)
+    report.update(kept_float=[builder.label(b) for b in kept], calibration_metrics=metrics, search=search)
+    return report
+
+
 # -- the pass ------------------------------------------------------------------------------------
 
 
@@ -910,6 +1087,7 @@ def quantize_tflite(
     *,
     int4: GptqInt4Config | None = None,
     progress: Progress = lambda message: None,
+    floor: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Quantize the FP32 .tflite at `in_path` with `recipe` into `out_path`.
 
@@ -919,7 +1097,9 @@ def quantize_tflite(
     `calibration` (named int [batch, seq] arrays with an attention_mask, e.g. from
     converters.validate.make_batches) is used only by recipes that need it. `int4` configures
     gptq_wi4b32_afp32 (default GptqInt4Config()); with a size_budget that the all-INT4 model
-    already exceeds, AccuracyError is raised (the pipeline refuses the artifact).
+    already exceeds, AccuracyError is raised (the pipeline refuses the artifact). `floor`
+    (cosine mean, min against the FP32 .tflite on the calibration rows) lets gptq_wi8_afp32
+    keep its most sensitive FULLY_CONNECTED weights float until it is met.
     """
     if recipe in _REFUSED:
         raise ConversionError(
@@ -933,7 +1113,7 @@ def quantize_tflite(
         raise ConversionError(
             f"TFLite recipe {recipe!r} needs calibration samples (tokenized texts); none were given"
         )
-    if int4 is not None and not spec.ours:
+    if int4 is not None and recipe != GPTQ_RECIPE:
         raise ConversionError(
             f"GptqInt4Config applies to {GPTQ_RECIPE} only; {recipe!r} is ai-edge-quantizer's own"
         )
@@ -944,7 +1124,9 @@ def quantize_tflite(
     before = Interpreter(model_path=str(in_path)).get_signature_list()
     started = time.perf_counter()
     details: dict[str, Any] = {}
-    if spec.ours:
+    if recipe == GPTQ_INT8_RECIPE:
+        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress)
+    elif spec.ours:
         config = int4 or GptqInt4Config()
         details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress)
     else:

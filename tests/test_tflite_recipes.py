@@ -274,3 +274,33 @@ def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tm
     want = edge_runtime.load(out, artifact="tflite-fp32", threads=1).embed(texts)
     assert got.shape == want.shape
     assert (got * want).sum(1).min() >= GPTQ_COSINE_MIN  # unit vectors: dot = cosine
+
+
+def test_gptq_int8_keeps_the_stock_layout_and_is_closer_to_pytorch(bert, tmp_path):
+    source, fp32, calibration, heldout = bert
+    stock, ours = tmp_path / "stock.tflite", tmp_path / "gptq.tflite"
+    quantize_tflite(fp32, stock, "dynamic_wi8_afp32")
+    report = quantize_tflite(fp32, ours, "gptq_wi8_afp32", calibration)
+
+    assert report["precision"] == "int8" and report["gptq"]["weights"] == 12
+    assert report["gptq"]["hessian_rows"] > report["gptq"]["calibration_rows"] > 0
+    assert _weight_types(ours) == _weight_types(stock)  # same tensors and types: only codes differ
+    assert ours.stat().st_size == stock.stat().st_size
+    gptq, nearest = _pooled_cosines(source, ours, heldout), _pooled_cosines(source, stock, heldout)
+    assert gptq.min() >= 0.999, gptq
+    assert (1 - gptq).mean() < (1 - nearest).mean(), (gptq.mean(), nearest.mean())
+
+
+def test_gptq_int8_keeps_sensitive_weights_float_below_the_floor(bert, tmp_path):
+    _, fp32, calibration, _ = bert
+    path = tmp_path / "int8.tflite"
+    # An unreachable floor: every weight whose float form helps is kept float, one at a time.
+    report = quantize_tflite(fp32, path, "gptq_wi8_afp32", calibration, floor=(1.0, 1.0))
+    kept = report["kept_float"]
+    assert 1 <= len(kept) <= 12 and [s["weight"] for s in report["search"]] == kept
+    types = _weight_types(path)["FULLY_CONNECTED"]
+    assert types.count("FLOAT32") == len(kept) and types.count("INT8") == 12 - len(kept)
+    assert report["gptq"]["weights"] == 12 - len(kept)
+    # A floor the all-INT8 model meets changes nothing.
+    report = quantize_tflite(fp32, path, "gptq_wi8_afp32", calibration, floor=(0.5, 0.5))
+    assert report["kept_float"] == [] and "search" not in report
