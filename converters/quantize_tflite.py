@@ -517,6 +517,16 @@ def _unpack_int4(packed: np.ndarray, count: int) -> np.ndarray:
     return flat[:count]
 
 
+def _weight_tensors(model, weight: _Weight) -> list[tuple[Any, Any]]:
+    """(subgraph, tensor) each op using `weight` reads it from, in a quantized copy of the model
+    (the quantizers keep subgraph and op order, so the FP32 model's op indices still apply)."""
+    tensors = []
+    for subgraph, op_index, _ in weight.uses:
+        graph = model.Subgraphs(subgraph)
+        tensors.append((graph, graph.Tensors(graph.Operators(op_index).Inputs(1))))
+    return tensors
+
+
 def _write_int4(
     path: Path,
     weights: dict[int, _Weight],
@@ -538,9 +548,7 @@ def _write_int4(
     for buffer, (codes, scales) in values.items():
         weight = weights[buffer]
         targets = set()
-        for subgraph, op_index, _ in weight.uses:
-            graph = model.Subgraphs(subgraph)
-            tensor = graph.Tensors(graph.Operators(op_index).Inputs(1))
+        for graph, tensor in _weight_tensors(model, weight):
             quant = tensor.Quantization()
             if (
                 tensor.Type() != schema.TensorType.INT4
@@ -879,9 +887,7 @@ def _write_int8(
     problems, written = [], 0
     for index, (buffer, weight) in enumerate(weights.items(), 1):
         targets, scales = set(), None
-        for subgraph, op_index, _ in weight.uses:
-            graph = model.Subgraphs(subgraph)
-            tensor = graph.Tensors(graph.Operators(op_index).Inputs(1))
+        for _, tensor in _weight_tensors(model, weight):
             quant = tensor.Quantization()
             if (
                 tensor.Type() != schema.TensorType.INT8
