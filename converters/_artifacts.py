@@ -10,6 +10,7 @@ what each artifact needs on the device. converters/pipeline.py runs them in orde
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,11 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
     rounding = None
     if profile.int8.weight_rounding == "gptq":
         step.progress(f"[{name}] GPTQ weight rounding (Hessians from {len(step.reference.batches)} batches)")
-        rounding = Int8Rounding(graph.split, graph.smoothed, step.reference.batches, int8_range(profile.int8))
+        limit = profile.int8.pair_sum_limit
+        if limit:
+            step.progress(f"[{name}] 8-bit codes with adjacent-row pair sums <= {limit} (int8.pair_sum_limit)")
+        rounding = Int8Rounding(graph.split, graph.smoothed, step.reference.batches, int8_range(profile.int8),
+                                pair_limit=limit)
     int8 = Int8Config(
         scheme=profile.int8,
         calibration_batches=_range_batches(step.reference.batches) if profile.int8.mode == "static" else (),
@@ -219,10 +224,13 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                   + (", ".join(f"{t['initializer']} {t['shape']}" for t in tables) or "none large enough"))
     graph = _prepare_int8_graph(step, name, tables_path)
     int8_path = work / f"{name}-int8.onnx"
-    quantize_int8(graph.split, int8_path, Int8Config(scheme=profile.int8))
+    # W4A8 rounds without a pair limit, so its 8-bit expansions use the scheme's plain range
+    # (7 bits where reduce_range is set): safe on AVX2 without pair-aware codes.
+    plain = dataclasses.replace(profile.int8, pair_sum_limit=0)
+    quantize_int8(graph.split, int8_path, Int8Config(scheme=plain))
     config = W4A8Config(block_size=scheme.block_size)
     weights = W4A8Weights(int8_path, graph.split, graph.smoothed, step.reference.batches,
-                          int8_range(profile.int8), config)
+                          int8_range(plain), config)
     probe = work / f"{name}.probe.onnx"
 
     def evaluate(model, batches: int | None) -> dict[str, float]:
@@ -259,7 +267,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                   f"{path.stat().st_size / fp32_bytes:.3f}x FP32) for "
                   + ", ".join(f"{k} {base[k]:.4f} -> {v:.4f}" for k, v in metrics.items() if k in base)
                   + "; speed is the INT8 GEMM's either way")
-    report = {"kernel": "int8-gemm", "config": config.describe(), "int8_scheme": Int8Config(scheme=profile.int8).describe(),
+    report = {"kernel": "int8-gemm", "config": config.describe(), "int8_scheme": Int8Config(scheme=plain).describe(),
               "embeddings": tables, **graph.report,
               "weights": {w: {"bits": 4 if w in fit.four_bit else 8, "shape": list(weights.shape(w))}
                           for w in weights.weights},

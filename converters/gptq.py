@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["GptqConfig", "Int8Rounding", "gptq", "input_hessians"]
+__all__ = ["GptqConfig", "Int8Rounding", "gptq", "input_hessians", "pair_sums", "pair_limited_scale"]
 
 # Quantizes input row `k` (original index) of the weight: returns (integer codes, dequantized).
 RowQuantizer = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -107,6 +107,25 @@ def input_hessians(
     return hessians
 
 
+def pair_sums(codes: np.ndarray) -> np.ndarray:
+    """|q[2k]| + |q[2k+1]| for every adjacent pair of input rows [K // 2, N] (an odd last row
+    is paired with the zero padding kernels add)."""
+    q = np.abs(codes.astype(np.int32))
+    if len(q) % 2:
+        q = np.concatenate([q, np.zeros((1, q.shape[1]), np.int32)])
+    return q[0::2] + q[1::2]
+
+
+def pair_limited_scale(weight: np.ndarray, limit: int) -> np.ndarray:
+    """Per-column scale [N] under which round-to-nearest of the float pairs stays near `limit`:
+    the column's largest |w[2k]| + |w[2k+1]| maps to `limit`, and no code exceeds 127."""
+    w = np.abs(weight.astype(np.float64))
+    if len(w) % 2:
+        w = np.concatenate([w, np.zeros((1, w.shape[1]))])
+    scale = np.maximum((w[0::2] + w[1::2]).max(axis=0) / limit, w.max(axis=0) / 127)
+    return np.where(scale > 0, scale, 1.0).astype(np.float32)
+
+
 class Int8Rounding:
     """GPTQ rounding for the symmetric INT8 weights that onnxruntime's quantizers write
     (`{w}_quantized` int8 [K, N] with `{w}_scale` per column or per tensor, zero point 0, in
@@ -115,6 +134,10 @@ class Int8Rounding:
 
     Float weights and Hessians are read once; each weight's codes are cached, since the
     mixed-precision search re-quantizes the same graph many times with different exclusions.
+
+    `pair_limit` > 0 (int8.pair_sum_limit): the grid becomes our own, per column
+    (pair_limited_scale), and every code is chosen with |q[2k]| + |q[2k+1]| <= pair_limit, so
+    that kernels adding adjacent u8 x s8 products in int16 (AVX2) never saturate.
     """
 
     def __init__(
@@ -124,6 +147,7 @@ class Int8Rounding:
         batches: list[dict[str, np.ndarray]],
         qrange: tuple[int, int],
         config: GptqConfig = GptqConfig(),
+        pair_limit: int = 0,
     ):
         """float_path: the graph that was quantized (weights by name). stats_path: a graph
         computing the same MatMul inputs with [batch, sequence, K] shapes (before passes that
@@ -131,7 +155,7 @@ class Int8Rounding:
         import onnx
         from onnx import numpy_helper
 
-        self.config, self.qrange = config, qrange
+        self.config, self.qrange, self.pair_limit = config, qrange, pair_limit
         graph = onnx.load(str(float_path)).graph
         inits = {i.name: i for i in graph.initializer}
         self.weights = {
@@ -148,7 +172,7 @@ class Int8Rounding:
 
     def describe(self) -> dict:
         return {"algorithm": "gptq", "damp": self.config.damp, "act_order": self.config.act_order,
-                "integer_range": list(self.qrange)}
+                "integer_range": list(self.qrange), "pair_sum_limit": self.pair_limit or None}
 
     def hessian(self, name: str) -> np.ndarray:
         if self._hessians is None:
@@ -162,12 +186,24 @@ class Int8Rounding:
             qmin, qmax = self.qrange
             step = np.broadcast_to(scale.astype(np.float64), (weight.shape[1],))
 
-            def row(_: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                q = np.clip(np.rint(values / step), qmin, qmax)
+            done: dict[int, np.ndarray] = {}  # row -> codes, for the pair limit
+
+            def row(k: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                low, high = qmin, qmax
+                if self.pair_limit and (k ^ 1) in done:
+                    # The partner row was quantized first (act_order): this code gets what is left.
+                    room = self.pair_limit - np.abs(done[k ^ 1])
+                    low, high = np.maximum(qmin, -room), np.minimum(qmax, room)
+                q = np.clip(np.rint(values / step), low, high)
+                done[k] = q
                 return q, q * step
 
             self._codes[name] = gptq(weight, self.hessian(name), row, self.config)
         return self._codes[name]
+
+    def _grid(self, name: str, ort_scale: np.ndarray) -> np.ndarray:
+        """The scale the codes of `name` are chosen on: onnxruntime's, or the pair-limited one."""
+        return pair_limited_scale(self.weights[name], self.pair_limit) if self.pair_limit else ort_scale
 
     def apply(self, quantized_path: Path) -> list[str]:
         """Rewrite the INT8 weights of `quantized_path` in place; returns the weights changed.
@@ -197,6 +233,8 @@ class Int8Rounding:
                 problems.append("non-zero zero points (asymmetric weights)")
             elif scale.ndim > 1 or scale.size not in (1, weight.shape[1]):
                 problems.append(f"scale of shape {scale.shape}")
+            elif self.pair_limit and scale.size != weight.shape[1]:
+                problems.append("one scale per tensor; the pair limit needs one per column")
             else:
                 nearest = np.clip(np.rint(weight / scale), *self.qrange)
                 if np.mean(nearest != values) > 0.001:  # ties may round either way
@@ -206,7 +244,14 @@ class Int8Rounding:
                     f"GPTQ rounding: weight {name} in {Path(quantized_path).name} has an "
                     f"unexpected INT8 layout ({'; '.join(problems)})"
                 )
-            codes = self.codes(name, scale).astype(np.int8)
+            grid = self._grid(name, scale)
+            codes = self.codes(name, grid).astype(np.int8)
+            if self.pair_limit:
+                worst = int(pair_sums(codes).max())
+                if worst > self.pair_limit:  # guarded by the row quantizer; never ship a saturating code
+                    raise ConversionError(f"GPTQ rounding: weight {name} has a pair sum {worst} > {self.pair_limit}")
+                scale_init = inits[f"{name}_scale"]
+                scale_init.CopyFrom(numpy_helper.from_array(grid.astype(np.float32), scale_init.name))
             quantized.CopyFrom(numpy_helper.from_array(codes, quantized.name))
             changed.append(name)
         onnx.save(model, str(quantized_path))

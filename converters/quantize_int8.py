@@ -18,7 +18,7 @@ import numpy as np
 
 from targets import Int8Scheme
 
-__all__ = ["Int8Config", "int8_range", "quantizable_nodes", "quantize_int8"]
+__all__ = ["Int8Config", "int8_range", "ort_reduce_range", "quantizable_nodes", "quantize_int8"]
 
 # MatMul (and fused Attention) carry the FLOPs. Embedding tables are handled by the
 # quantize_embeddings pass (per-row scales) rather than ORT's per-tensor Gather quantization.
@@ -41,7 +41,8 @@ class Int8Config:
             "activation_type": s.activation_type,
             "weight_type": s.weight_type,
             "per_channel": s.per_channel,
-            "reduce_range": s.reduce_range,
+            "reduce_range": ort_reduce_range(s),
+            "pair_sum_limit": s.pair_sum_limit or None,
             "quant_format": s.quant_format,
             "calibration_method": s.calibration_method if s.mode == "static" else None,
             "embeddings": s.embeddings,
@@ -51,12 +52,18 @@ class Int8Config:
         }
 
 
+def ort_reduce_range(scheme: Int8Scheme) -> bool:
+    """Whether onnxruntime writes 7-bit weights. Under a pair-sum limit it writes 8 bits: the
+    GPTQ rounding then sets each column's scale and codes (converters/gptq.py)."""
+    return scheme.reduce_range and not scheme.pair_sum_limit
+
+
 def int8_range(scheme: Int8Scheme) -> tuple[int, int]:
     """Integer range of the symmetric weights onnxruntime writes for `scheme`
     (onnxruntime.quantization.quant_utils: reduced range is [-64, 64], symmetric [-127, 127])."""
     if scheme.weight_type != "int8":
         raise ValueError(f"symmetric weight range is defined for int8 weights, not {scheme.weight_type}")
-    return (-64, 64) if scheme.reduce_range else (-127, 127)
+    return (-64, 64) if ort_reduce_range(scheme) else (-127, 127)
 
 
 def quantizable_nodes(model_path: Path, op_types: tuple[str, ...] = DEFAULT_OP_TYPES) -> list[str]:
@@ -122,6 +129,11 @@ def _quiet_root_logger():
 
 
 def quantize_int8(model_path: Path, out_path: Path, config: Int8Config) -> Path:
+    limit = config.scheme.pair_sum_limit
+    if limit and getattr(config.rounding, "pair_limit", 0) != limit:
+        # onnxruntime alone would write unconstrained 8-bit codes: wrong results on AVX2.
+        raise ValueError(f"int8.pair_sum_limit = {limit} needs the GPTQ rounding that enforces it "
+                         "(converters.gptq.Int8Rounding(..., pair_limit=...))")
     with _quiet_root_logger():
         _quantize(model_path, out_path, config)
     if config.rounding is not None:
@@ -181,7 +193,7 @@ def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:
             str(out_path),
             op_types_to_quantize=list(config.op_types),
             per_channel=scheme.per_channel,
-            reduce_range=scheme.reduce_range,
+            reduce_range=ort_reduce_range(scheme),
             weight_type=qtype[scheme.weight_type],
             nodes_to_exclude=list(config.exclude),
             extra_options={"MatMulConstBOnly": True, **_FLOAT_DEFAULT},
@@ -207,7 +219,7 @@ def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:
         quant_format=QuantFormat.QDQ if scheme.quant_format == "qdq" else QuantFormat.QOperator,
         op_types_to_quantize=list(config.op_types),
         per_channel=scheme.per_channel,
-        reduce_range=scheme.reduce_range,
+        reduce_range=ort_reduce_range(scheme),
         activation_type=qtype[scheme.activation_type],
         weight_type=qtype[scheme.weight_type],
         nodes_to_exclude=list(config.exclude),

@@ -82,6 +82,11 @@ class Int8Scheme:
     # gptq: integer weights chosen to minimise each layer's output error on the calibration
     # texts (converters/gptq.py); nearest: onnxruntime's round-to-nearest.
     weight_rounding: str = "gptq"
+    # > 0: full 8-bit weight codes with |q[2k]| + |q[2k+1]| <= pair_sum_limit in every output
+    # column, the scale set by the column's largest pair sum. For kernels that add adjacent u8 x s8
+    # products into a saturating int16 (AVX2's VPMADDUBSW): 255 * 128 < 32767 makes the sum exact
+    # with a finer grid than reduce_range's 7 bits. 0: the plain range (reduce_range or 8 bits).
+    pair_sum_limit: int = 0
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -99,6 +104,12 @@ class Int8Scheme:
                 raise ProfileError(f"int8.{key} = {value!r}; allowed: {', '.join(allowed)}")
         if self.weight_rounding == "gptq" and self.weight_type != "int8":
             raise ProfileError("int8.weight_rounding = 'gptq' needs symmetric int8 weights (weight_type = 'int8')")
+        if self.pair_sum_limit:
+            if not 2 <= self.pair_sum_limit <= 254:
+                raise ProfileError(f"int8.pair_sum_limit = {self.pair_sum_limit}; allowed: 0 (off) or 2..254")
+            if self.weight_rounding != "gptq" or not self.per_channel:
+                # The limit is enforced while GPTQ picks each code, on per-column scales.
+                raise ProfileError("int8.pair_sum_limit needs weight_rounding = 'gptq' and per_channel = true")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Target profiles: parsing, lookup errors, detection. No torch."""
 
+import dataclasses
+
 import pytest
 
 import targets
-from targets import UnknownTargetError, detect_target, list_profiles, load_profile
+from targets import ProfileError, UnknownTargetError, detect_target, list_profiles, load_profile
 
 EXPECTED = {"x86-avx2", "x86-avx512-vnni", "rpi4", "rpi5", "jetson-orin"}
 
@@ -26,9 +28,23 @@ def test_unknown_target_lists_known_ones():
 
 
 def test_avx2_profile_avoids_vpmaddubsw_saturation():
-    # The hardware reason is data: AVX2 without VNNI needs 7-bit weights; VNNI does not.
-    assert load_profile("x86-avx2").int8.reduce_range is True
-    assert load_profile("x86-avx512-vnni").int8.reduce_range is False
+    # The hardware reason is data: AVX2 without VNNI limits adjacent weight pairs (INT8) and
+    # uses 7-bit weights where codes are not pair-aware (INT4's expansions); VNNI needs neither.
+    avx2, vnni = load_profile("x86-avx2").int8, load_profile("x86-avx512-vnni").int8
+    assert (avx2.pair_sum_limit, avx2.reduce_range) == (128, True)
+    assert (vnni.pair_sum_limit, vnni.reduce_range) == (0, False)
+    assert 255 * avx2.pair_sum_limit <= 32767  # u8 activations x a pair: one saturating int16
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pair_sum_limit": 300}, "2..254"),
+    ({"weight_rounding": "nearest"}, "needs weight_rounding"),
+    ({"per_channel": False}, "needs weight_rounding"),
+])
+def test_pair_sum_limit_is_checked(change, message):
+    scheme = load_profile("x86-avx2").int8
+    with pytest.raises(ProfileError, match=message):
+        dataclasses.replace(scheme, **change)
 
 
 def test_jetson_uses_symmetric_qdq_for_tensorrt():

@@ -1,0 +1,117 @@
+"""The x86-avx2 profile's INT8 weights on the AVX2 kernel itself, whatever CPU runs the tests.
+
+onnxruntime runs under QEMU's user-mode emulation of a Haswell CPU (AVX2, no AVX-512, no VNNI),
+so MLAS dispatches its U8S8 kernel built on VPMADDUBSW: u8 x s8 products of adjacent rows
+k = 2j, 2j+1 added into a saturating int16. Unconstrained 8-bit codes must saturate there (the
+witness that the emulation really runs that kernel); pair-limited codes must be exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.gptq import pair_sums
+
+QEMU = shutil.which("qemu-x86_64")
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(
+    QEMU is None, reason="qemu-x86_64 is not installed (Debian: apt-get install qemu-user; .ci/run installs it)"
+)
+
+
+def _emulated(script: str, *args: str) -> str:
+    """Run `script` with this venv's Python on an emulated Haswell; returns its stdout."""
+    run = subprocess.run(
+        [QEMU, "-cpu", "Haswell", sys.executable, "-c", script, *args],
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+_MATMUL_INTEGER = r"""
+import sys
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+data = np.load(sys.argv[1])
+a, w = data["a"], data["w"]
+graph = helper.make_graph(
+    [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "g",
+    [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, a.shape[1]])],
+    [helper.make_tensor_value_info("y", TensorProto.INT32, [None, w.shape[1]])],
+    [numpy_helper.from_array(w, "w")])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+np.save(sys.argv[2], session.run(None, {"a": a})[0])
+"""
+
+
+def _pair_limited_codes(rng, k: int, n: int, limit: int) -> np.ndarray:
+    """Codes at the limit in every pair (|q[2j]| + |q[2j+1]| == limit), with large values next
+    to each other across pairs (rows 2j+1, 2j+2), so that any other pairing would saturate."""
+    big = rng.integers(limit // 2 + 20, min(limit, 127) + 1, (k // 2, n))
+    sign = rng.choice([-1, 1], (k // 2, n))
+    codes = np.empty((k, n), np.int64)
+    codes[0::2] = np.where(np.arange(k // 2)[:, None] % 2 == 0, big, limit - big) * sign
+    codes[1::2] = np.where(np.arange(k // 2)[:, None] % 2 == 0, limit - big, big) * sign
+    return codes.astype(np.int8)
+
+
+def test_pair_limited_codes_are_exact_on_the_avx2_kernel(tmp_path):
+    from targets import load_profile
+
+    limit = load_profile("x86-avx2").int8.pair_sum_limit
+    rng = np.random.default_rng(0)
+    k, n = 256, 64
+    activations = np.concatenate([np.full((8, k), 255, np.uint8), rng.integers(200, 256, (24, k), dtype=np.uint8)])
+    cases = {
+        "unconstrained": rng.integers(100, 128, (k, n), dtype=np.int64).astype(np.int8),
+        "pair-limited": _pair_limited_codes(rng, k, n, limit),
+    }
+    assert pair_sums(cases["pair-limited"]).max() == limit
+    errors = {}
+    for name, codes in cases.items():
+        feeds, result = tmp_path / f"{name}.npz", tmp_path / f"{name}.npy"
+        np.savez(feeds, a=activations, w=codes)
+        _emulated(_MATMUL_INTEGER, str(feeds), str(result))
+        exact = activations.astype(np.int64) @ codes.astype(np.int64)
+        errors[name] = int(np.abs(np.load(result) - exact).max())
+    assert errors["unconstrained"] > 0, "no saturation: the emulated CPU did not run the VPMADDUBSW kernel"
+    assert errors["pair-limited"] == 0, errors
+
+
+_EMBED = r"""
+import json, sys
+import edge_runtime
+model = edge_runtime.load(sys.argv[1], artifact=sys.argv[2], threads=1)  # hash + golden checks
+print(json.dumps(model.embed(json.loads(sys.argv[3])).tolist()))
+"""
+
+
+def test_x86_avx2_artifact_matches_on_the_avx2_kernel(tiny_model_factory, tmp_path):
+    """A converted x86-avx2 INT8 artifact passes edge_runtime's golden check on an emulated
+    Haswell and computes the embeddings this machine computes."""
+    import edge_runtime
+    from converters import ConvertConfig, convert
+
+    out = tmp_path / "out"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2", out=out,
+                          latency_runs=2))
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    assert entry["quantization"]["pair_sum_limit"] == 128
+    texts = ["A sentence the converter never saw.", "short", "Edge devices run compressed transformer models."]
+    native = edge_runtime.load(out, artifact="onnx-int8", threads=1).embed(texts)
+    emulated = np.array(json.loads(_emulated(_EMBED, str(out), "onnx-int8", json.dumps(texts))))
+    cosine = (native * emulated).sum(1) / np.linalg.norm(native, axis=1) / np.linalg.norm(emulated, axis=1)
+    assert cosine.min() > 0.9999, cosine
