@@ -10,8 +10,9 @@ with --tflite, litert-torch's export of the Hugging Face model (128 tokens, fixe
 ai-edge-quantizer's dynamic_wi8_afp32 / dynamic_wi4b32_afp32 recipes, run by ai-edge-litert.
 
 MiniLM (the built-in model), batch 1, 128 tokens, 2 threads by default. Speed is reported as the
-median over interleaved rounds of (variant p50 / plain FP32 p50) measured in the same round, so
-a busy machine slows every variant alike. Accuracy is the sentence-embedding cosine against
+median over rounds of (variant p50 / plain FP32 p50) measured in the same round; within a round
+the variants take turns in short blocks (--block runs), so a busy machine slows every variant
+alike. Accuracy is the sentence-embedding cosine against
 PyTorch FP32 on held-out texts (benchmarks/data/heldout_en.txt) that the converter never saw.
 Load time (edge_runtime.load with hash check and golden self-check, or session creation, plus
 nothing else) and RSS after one run come from fresh subprocesses: the first with an empty device
@@ -216,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration method (minmax, percentile, entropy); a /floor=F suffix overrides "
                         "the accuracy floor (e.g. 0.5: no FP32 fallback, to measure a scheme as it is)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per variant per round")
+    parser.add_argument("--block", type=int, default=5, help="consecutive runs of one variant before the next "
+                        "(the round cycles through the variants until each has --runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--json", type=Path, help="write the raw results here")
@@ -300,24 +303,31 @@ def main(argv: list[str] | None = None) -> int:
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         variants[name].update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
 
-    # Latency: one 128-token input, interleaved rounds, order rotated each round.
+    # Latency: one 128-token input. Each round cycles through the variants in blocks of
+    # --block runs (after one untimed run that warms the caches the previous variant evicted)
+    # until every variant has --runs timings, so a burst of load from another tenant lands on
+    # all variants of the round alike, the baseline included; the order rotates each round.
     long_text = " ".join(texts)
     timing = {name: {"p50": [], "p90": []} for name in runners}
     names = list(runners)
+    feeds_of = {name: {k: v[:, : args.seq] for k, v in runners[name][1]([long_text]).items()} for name in names}
+    for name in names:
+        for _ in range(5):
+            runners[name][0](feeds_of[name])
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            run, encode = runners[name]
-            feeds = {k: v[:, : args.seq] for k, v in encode([long_text]).items()}
-            for _ in range(5):
+        times: dict[str, list[float]] = {name: [] for name in names}
+        while any(len(t) < args.runs for t in times.values()):
+            for name in order:
+                run, feeds = runners[name][0], feeds_of[name]
                 run(feeds)
-            times = []
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                run(feeds)
-                times.append((time.perf_counter() - t0) * 1000)
-            timing[name]["p50"].append(float(np.percentile(times, 50)))
-            timing[name]["p90"].append(float(np.percentile(times, 90)))
+                for _ in range(min(args.block, args.runs - len(times[name]))):
+                    t0 = time.perf_counter()
+                    run(feeds)
+                    times[name].append((time.perf_counter() - t0) * 1000)
+        for name in names:
+            timing[name]["p50"].append(float(np.percentile(times[name], 50)))
+            timing[name]["p90"].append(float(np.percentile(times[name], 90)))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     base = timing["plain ORT FP32"]["p50"]
     for name in names:
@@ -354,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                  size_mb=_size(v["files"]) / 1e6)
 
     print(f"\nMiniLM-L6 (all-MiniLM-L6-v2), batch 1, {args.seq} tokens, {args.threads} threads, "
-          f"{args.rounds} interleaved rounds x {args.runs} runs; cosine on {len(texts)} held-out texts\n")
+          f"{args.rounds} rounds x {args.runs} runs per variant, interleaved in blocks of {args.block}; "
+          f"cosine on {len(texts)} held-out texts\n")
     print("| variant | size MB | p50 ms | p90 ms | p50 vs plain FP32 | p50 vs own-format FP32 | first load ms "
           "| load ms | RSS MB | cosine mean | cosine min |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
