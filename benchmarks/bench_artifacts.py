@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
+SWITCH_PAUSE_S = 0.05  # between two variants' blocks; see the timing loop
 
 _LOAD_PROBE = r"""
 import json, sys, time, psutil
@@ -320,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         while any(len(t) < args.runs for t in times.values()):
             for name in order:
                 run, feeds = runners[name][0], feeds_of[name]
+                # onnxruntime's intra-op threads spin for a while after each run: without a pause
+                # the previous variant's threads take a core from this one (measured: INT8 p50
+                # 10.1 ms right after another session, 8.5 ms after 50 ms).
+                time.sleep(SWITCH_PAUSE_S)
                 run(feeds)
                 for _ in range(min(args.block, args.runs - len(times[name]))):
                     t0 = time.perf_counter()
