@@ -273,7 +273,9 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                           for w in weights.weights},
               "eight_bit": eight, "search": fit.search, "size_budget": scheme.size_budget,
               "bytes_all_4bit": base_bytes, "bytes": path.stat().st_size, "bytes_fp32": fp32_bytes}
-    return Built(path, metrics, [], {"quantization": report})
+    # The runtime keeps this artifact's optimized graph in its device cache: expanding the
+    # 4-bit weights is most of a session start (edge_runtime/backends/onnx.py).
+    return Built(path, metrics, [], {"quantization": report, "load_cache": "optimized-model"})
 
 
 def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:

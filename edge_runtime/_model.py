@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -240,38 +241,44 @@ def _open(
     entry: dict[str, Any],
     threads: int,
     verify: bool,
-    weight_cache_dir: Path | None,
+    cache_dirs: dict[str, Path],
 ) -> Model:
     started = time.perf_counter()
     if verify:
         verify_files(root, [*entry["files"], entry["golden"]])
     main_file = resolve(root, entry["files"][0]["path"])
     options = _backend_options(manifest, entry["format"])
-    if entry["format"] == "tflite" and weight_cache_dir is not None:
-        options["weight_cache_dir"] = weight_cache_dir
+    if entry["format"] == "tflite" and "tflite" in cache_dirs:
+        options["weight_cache_dir"] = cache_dirs["tflite"]
         # The cache is keyed by the file's sha256. The manifest's value is the file's only once
         # verify_files has checked it; unverified, the backend hashes the file itself (a cache
         # of other weights would be used silently and compute wrong numbers).
         options["model_sha256"] = entry["files"][0]["sha256"] if verify else None
+    if entry["format"] == "onnx" and "onnx" in cache_dirs and entry.get("load_cache") == "optimized-model" and verify:
+        # Only for artifacts the converter marks (their weights are expanded when a session
+        # starts) and only with verified files: the entry is named after their hashes.
+        options["optimized_cache_dir"] = cache_dirs["onnx"]
+        options["model_sha256"] = hashlib.sha256("".join(f["sha256"] for f in entry["files"]).encode()).hexdigest()
     session = backends.open_session(entry["format"], main_file, threads=threads, **options)
     model = Model(root, manifest, entry, session, threads, time.perf_counter() - started)
     if verify:
         try:
             model.self_check()
-        except GoldenMismatchError:
-            if getattr(session, "weight_cache_state", None) != "reused":
+        except Exception:  # noqa: BLE001 - re-raised below unless a device cache is to blame
+            # A corrupt cache can also make the run itself fail (e.g. an index out of range).
+            if getattr(session, "weight_cache_state", None) == "reused":
+                cache, discard = session.weight_cache, session.discard_weight_cache
+            elif getattr(session, "optimized_cache_state", None) == "reused":
+                cache, discard = session.optimized_cache, session.discard_optimized_cache
+            else:
                 raise
-            # A cache file that maps to wrong numbers (bit rot, a file put there by hand) must
-            # not get a good artifact refused for good: drop it and load once more, which
-            # builds a fresh one ("created", so this does not repeat).
-            log.warning(
-                "artifact %s failed its golden sample with XNNPACK weight cache %s; "
-                "rebuilding the cache",
-                entry["name"],
-                session.weight_cache,
-            )
-            session.discard_weight_cache()
-            return _open(root, manifest, entry, threads, verify, weight_cache_dir)
+            # A cache that computes wrong numbers (bit rot, a file put there by hand) must not
+            # get a good artifact refused for good: drop it and load once more, which builds a
+            # fresh one ("created", so this does not repeat).
+            log.warning("artifact %s failed its golden sample with device cache %s; rebuilding the cache",
+                        entry["name"], cache)
+            discard()
+            return _open(root, manifest, entry, threads, verify, cache_dirs)
     return model
 
 
@@ -288,10 +295,12 @@ def load(
         order), skipping, with a warning, any that fail the golden self-check.
     threads: intra-op threads; None takes the target profile's default (0 = physical cores).
     verify: check file hashes and run the golden sample (recommended; costs a few ms per MB).
-    weight_cache: TFLite only: keep XNNPACK's packed weights in a cache file, built at the first
-        load and memory-mapped by later ones (faster start, less heap). True: under
-        default_cache_dir(); a path: that directory; False: never. Ignored where the installed
-        runtime cannot do it (tflite-runtime, older ai-edge-litert).
+    weight_cache: device caches, built at the first load and used by later ones: XNNPACK's
+        packed weights for TFLite artifacts (memory-mapped: faster start, less heap; ignored
+        where the installed runtime cannot do it: tflite-runtime, older ai-edge-litert), and
+        onnxruntime's optimized graph for ONNX artifacts whose manifest entry asks for it
+        (INT4 on the INT8 GEMM: its 4-bit weights are expanded once, not at every start).
+        True: under default_cache_dir(); a path: that directory; False: never.
     """
     root = Path(path)
     manifest = read_manifest(root)
@@ -301,17 +310,17 @@ def load(
         raise InputError(f"threads must be >= 0, got {threads}")
     threads = threads or physical_cores()
     if weight_cache is True:
-        weight_cache_dir: Path | None = default_cache_dir() / "xnnpack"
+        cache_dirs = {"tflite": default_cache_dir() / "xnnpack", "onnx": default_cache_dir() / "onnxruntime"}
     elif weight_cache is False or weight_cache is None:
-        weight_cache_dir = None
-    else:
-        weight_cache_dir = Path(weight_cache)
+        cache_dirs = {}
+    else:  # one directory: entries of the two backends are named apart
+        cache_dirs = {"tflite": Path(weight_cache), "onnx": Path(weight_cache)}
 
     if artifact is not None:
         by_name = {entry["name"]: entry for entry in manifest["artifacts"]}
         if artifact not in by_name:
             raise InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(by_name)}")
-        return _open(root, manifest, by_name[artifact], threads, verify, weight_cache_dir)
+        return _open(root, manifest, by_name[artifact], threads, verify, cache_dirs)
 
     runnable = [e for e in _candidates(manifest) if backends.backend_available(e["format"])]
     if not runnable:
@@ -323,7 +332,7 @@ def load(
     failures = []
     for entry in runnable:
         try:
-            return _open(root, manifest, entry, threads, verify, weight_cache_dir)
+            return _open(root, manifest, entry, threads, verify, cache_dirs)
         except (GoldenMismatchError, BackendUnavailableError) as exc:
             log.warning("skipping artifact %s: %s", entry["name"], exc)
             failures.append(f"{entry['name']}: {exc}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,9 @@ def test_minilm_x86_avx2(tmp_path):
     assert int4.bytes <= 0.16 * fp32.bytes
     assert int4.metrics["cosine_mean"] >= 0.98 and int4.metrics["cosine_min"] >= 0.96
     assert not result.refused
+    # INT4 expands its 4-bit weights when a session starts: the device caches its optimized graph.
+    entries = {a["name"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    assert entries["onnx-int4"]["load_cache"] == "optimized-model" and "load_cache" not in entries["onnx-int8"]
 
     # Held-out texts, against sentence-transformers' recipe computed with transformers directly.
     tok = transformers.AutoTokenizer.from_pretrained(default_model_dir())

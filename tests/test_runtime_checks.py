@@ -206,3 +206,69 @@ def test_load_uses_and_heals_the_xnnpack_weight_cache(tiny_model_factory, tmp_pa
     assert healed._session.weight_cache_state == "created"
     assert "rebuilding the cache" in caplog.text
     assert np.array_equal(want, healed.embed(texts))
+
+
+def test_load_uses_and_heals_the_onnx_optimized_model_cache(converted, tmp_path, caplog):
+    """ONNX artifacts the converter marks (`load_cache: optimized-model`, the INT4 ones whose
+    weights are expanded at session start) have their optimized graph cached: built at the first
+    load, opened at the next; a cache entry whose files changed is rebuilt, and one that computes
+    wrong numbers with matching hashes (put there by hand) is dropped by the golden check."""
+    import hashlib
+
+    out = _copy(converted, tmp_path / "a")
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["name"] == "onnx-int8":  # tiny models get no INT4 (size budget): mark INT8
+            entry["load_cache"] = "optimized-model"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    cache = tmp_path / "cache"
+    texts = ["hello device", "a somewhat longer second sentence for the model"]
+
+    def load(**kwargs):
+        model = edge_runtime.load(out, artifact="onnx-int8", **kwargs)
+        return model, model._session.optimized_cache_state
+
+    plain, state = load(weight_cache=False)
+    assert state is None
+    want = plain.embed(texts)
+    first, state_first = load(weight_cache=cache)
+    second, state_second = load(weight_cache=cache)
+    assert (state_first, state_second) == ("created", "reused")
+    entry = second._session.optimized_cache
+    assert entry.parent == cache and "-ort" in entry.name and not list(cache.glob(".*.tmp"))
+    assert np.array_equal(want, first.embed(texts)) and np.array_equal(want, second.embed(texts))
+    assert load(weight_cache=cache, verify=False)[1] is None, "unverified files never name a cache entry"
+
+    # Files changed after the entry was made: hashes no longer match, the entry is rebuilt.
+    data = entry / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-1] + b"\x01")
+    rebuilt, state = load(weight_cache=cache)
+    assert state == "created" and np.array_equal(want, rebuilt.embed(texts))
+
+    # Wrong numbers behind matching hashes: the golden sample catches them, the entry is rebuilt.
+    raw = bytearray(data.read_bytes())
+    for i in range(0, len(raw), 3):
+        raw[i] ^= 0x40
+    data.write_bytes(bytes(raw))
+    (entry / "complete.json").write_text(json.dumps(
+        {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in entry.iterdir() if p.name != "complete.json"}))
+    with caplog.at_level("WARNING", logger="edge_runtime"):
+        healed, state = load(weight_cache=cache)
+    assert state == "created" and "rebuilding the cache" in caplog.text
+    assert np.array_equal(want, healed.embed(texts))
+
+    # A cached graph onnxruntime cannot parse (hashes recorded for it): rebuilt at load.
+    entry = healed._session.optimized_cache
+    (entry / "model.onnx").write_bytes(b"not a model")
+    (entry / "complete.json").write_text(json.dumps(
+        {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in entry.iterdir() if p.name != "complete.json"}))
+    with caplog.at_level("WARNING", logger="edge_runtime"):
+        reparsed, state = load(weight_cache=cache)
+    assert state == "created" and "does not load" in caplog.text
+    assert np.array_equal(want, reparsed.embed(texts))
+
+    # A cache location that cannot be written: the artifact loads without it.
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    unwritable, state = load(weight_cache=blocked)
+    assert state == "unavailable" and np.array_equal(want, unwritable.embed(texts))

@@ -28,11 +28,9 @@ for per-channel INT8 models (ai-edge-quantizer leaves the op versions of the flo
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
-import platform
 import shutil
 import uuid
 from collections.abc import Callable
@@ -42,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError, InputError
+from edge_runtime.backends._cache import cpu_tag as _cpu_tag
+from edge_runtime._manifest import file_sha256 as _sha256
 
 __all__ = [
     "installed_package",
@@ -121,39 +121,11 @@ def weight_cache_supported() -> bool:
 # -- weight cache files -------------------------------------------------------------------------
 
 
-def _cpu_tag() -> str:
-    """8 hex digits naming what XNNPACK picks its kernels (and so its packed layouts) by.
-
-    XNNPACK checks its own build identifier in the cache header, not the CPU. A cache directory
-    can outlive the CPU it was made on (a home directory on NFS, an SD card moved from a Pi 4
-    to a Pi 5), so the machine and CPU feature flags go into the file name."""
-    parts = {platform.machine()}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key = line.partition(":")[0].strip().lower()
-                # x86 "flags"; ARM "Features", "CPU implementer", "CPU part" (one set per core
-                # type on big.LITTLE; the set keeps each once)
-                if key in ("flags", "features", "cpu implementer", "cpu part"):
-                    parts.add(" ".join(line.split()))
-    except OSError:
-        parts.add(platform.processor())
-    return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:8]
-
-
 def weight_cache_file(cache_dir: Path, model_sha256: str, runtime_version: str) -> Path:
     """The cache file for a model (by content) on this runtime and CPU, inside cache_dir."""
     safe_version = "".join(c if c.isalnum() or c in ".-" else "_" for c in runtime_version)
     name = f"{model_sha256[:32]}-litert{safe_version}-{_cpu_tag()}{_CACHE_SUFFIX}"
     return Path(cache_dir) / name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_finalized(path: Path) -> bool:
