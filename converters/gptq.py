@@ -190,6 +190,8 @@ class Int8Rounding:
 
             def row(k: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 low, high = qmin, qmax
+                if self.pair_limit:  # no single code above the limit either
+                    low, high = max(qmin, -self.pair_limit), min(qmax, self.pair_limit)
                 if self.pair_limit and (k ^ 1) in done:
                     # The partner row was quantized first (act_order): this code gets what is left.
                     room = self.pair_limit - np.abs(done[k ^ 1])
@@ -254,5 +256,14 @@ class Int8Rounding:
                 scale_init.CopyFrom(numpy_helper.from_array(grid.astype(np.float32), scale_init.name))
             quantized.CopyFrom(numpy_helper.from_array(codes, quantized.name))
             changed.append(name)
+        if self.pair_limit:
+            # Every INT8 weight in the graph, not only those rounded here (a weight of an op this
+            # class does not handle would keep onnxruntime's unconstrained codes).
+            for init in model.graph.initializer:
+                if init.name.endswith("_quantized") and init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2:
+                    worst = int(pair_sums(numpy_helper.to_array(init)).max())
+                    if worst > self.pair_limit:
+                        raise ConversionError(f"INT8 weight {init.name} has a pair sum {worst} > {self.pair_limit}: "
+                                              "its op is not covered by the pair-limited rounding")
         onnx.save(model, str(quantized_path))
         return changed

@@ -242,6 +242,7 @@ def _open(
     threads: int,
     verify: bool,
     cache_dirs: dict[str, Path],
+    retried: bool = False,
 ) -> Model:
     started = time.perf_counter()
     if verify:
@@ -266,19 +267,26 @@ def _open(
             model.self_check()
         except Exception:  # noqa: BLE001 - re-raised below unless a device cache is to blame
             # A corrupt cache can also make the run itself fail (e.g. an index out of range).
-            if getattr(session, "weight_cache_state", None) == "reused":
-                cache, discard = session.weight_cache, session.discard_weight_cache
-            elif getattr(session, "optimized_cache_state", None) == "reused":
-                cache, discard = session.optimized_cache, session.discard_optimized_cache
+            if getattr(session, "weight_cache_state", None) in ("reused", "created"):
+                cache, state, discard = session.weight_cache, session.weight_cache_state, session.discard_weight_cache
+            elif getattr(session, "optimized_cache_state", None) in ("reused", "created"):
+                cache, state, discard = (session.optimized_cache, session.optimized_cache_state,
+                                         session.discard_optimized_cache)
             else:
                 raise
+            # Never keep a cache next to a failure: a fresh one that fails would only fail again.
+            try:
+                discard()
+            except OSError as exc:
+                log.warning("could not delete device cache %s: %s", cache, exc)
+            if state == "created" or retried:
+                raise
             # A cache that computes wrong numbers (bit rot, a file put there by hand) must not
-            # get a good artifact refused for good: drop it and load once more, which builds a
-            # fresh one ("created", so this does not repeat).
+            # get a good artifact refused for good: load once more, which builds a fresh one;
+            # once only (a cache that cannot be deleted must not loop).
             log.warning("artifact %s failed its golden sample with device cache %s; rebuilding the cache",
                         entry["name"], cache)
-            discard()
-            return _open(root, manifest, entry, threads, verify, cache_dirs)
+            return _open(root, manifest, entry, threads, verify, cache_dirs, retried=True)
     return model
 
 

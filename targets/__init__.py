@@ -105,8 +105,9 @@ class Int8Scheme:
         if self.weight_rounding == "gptq" and self.weight_type != "int8":
             raise ProfileError("int8.weight_rounding = 'gptq' needs symmetric int8 weights (weight_type = 'int8')")
         if self.pair_sum_limit:
-            if not 2 <= self.pair_sum_limit <= 254:
-                raise ProfileError(f"int8.pair_sum_limit = {self.pair_sum_limit}; allowed: 0 (off) or 2..254")
+            if not 2 <= self.pair_sum_limit <= 128:  # 255 x limit must fit an int16 (32767)
+                raise ProfileError(f"int8.pair_sum_limit = {self.pair_sum_limit}; allowed: 0 (off) or 2..128 "
+                                   "(u8 activations x a pair must fit a saturating int16)")
             if self.weight_rounding != "gptq" or not self.per_channel:
                 # The limit is enforced while GPTQ picks each code, on per-column scales.
                 raise ProfileError("int8.pair_sum_limit needs weight_rounding = 'gptq' and per_channel = true")
@@ -205,6 +206,9 @@ class TargetProfile:
     source: str  # the file it came from
 
     def __post_init__(self) -> None:
+        if self.int8.pair_sum_limit and self.onnx.fusion:
+            # Fused Attention weights are quantized by onnxruntime alone, outside the pair limit.
+            raise ProfileError(f"{self.source}: int8.pair_sum_limit needs onnx.fusion = false")
         if "int4" in self.precisions and self.int4.kernel == "int8-gemm" and self.int8.mode != "dynamic":
             raise ProfileError(
                 f"{self.source}: int4.kernel 'int8-gemm' runs on the dynamic INT8 graph, but "

@@ -109,7 +109,15 @@ def test_x86_avx2_artifact_matches_on_the_avx2_kernel(tiny_model_factory, tmp_pa
                           latency_runs=2))
     manifest = json.loads((out / "manifest.json").read_text())
     entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
-    assert entry["quantization"]["pair_sum_limit"] == 128
+    assert entry["quantization"]["pair_sum_limit"] == 128 and not entry["quantization"]["kept_fp32"]
+    # The artifact really uses more than 7 bits, within the limit: what the kernel must get right.
+    import onnx
+    from onnx import numpy_helper
+
+    codes = [numpy_helper.to_array(i) for i in onnx.load(str(out / "onnx-int8.onnx")).graph.initializer
+             if i.name.endswith("_quantized")]
+    assert codes and max(int(np.abs(c.astype(np.int32)).max()) for c in codes) > 64
+    assert max(int(pair_sums(c).max()) for c in codes) <= 128
     texts = ["A sentence the converter never saw.", "short", "Edge devices run compressed transformer models."]
     native = edge_runtime.load(out, artifact="onnx-int8", threads=1).embed(texts)
     emulated = np.array(json.loads(_emulated(_EMBED, str(out), "onnx-int8", json.dumps(texts))))

@@ -39,6 +39,10 @@ def test_minilm_x86_avx2(tmp_path):
     # INT4 expands its 4-bit weights when a session starts: the device caches its optimized graph.
     entries = {a["name"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
     assert entries["onnx-int4"]["load_cache"] == "optimized-model" and "load_cache" not in entries["onnx-int8"]
+    cache = tmp_path / "device-cache"
+    loads = [edge_runtime.load(out, artifact="onnx-int4", weight_cache=cache) for _ in range(2)]
+    assert [m._session.optimized_cache_state for m in loads] == ["created", "reused"]
+    assert np.array_equal(loads[0].embed(HELD_OUT), loads[1].embed(HELD_OUT))
 
     # Held-out texts, against sentence-transformers' recipe computed with transformers directly.
     tok = transformers.AutoTokenizer.from_pretrained(default_model_dir())

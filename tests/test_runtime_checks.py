@@ -208,7 +208,7 @@ def test_load_uses_and_heals_the_xnnpack_weight_cache(tiny_model_factory, tmp_pa
     assert np.array_equal(want, healed.embed(texts))
 
 
-def test_load_uses_and_heals_the_onnx_optimized_model_cache(converted, tmp_path, caplog):
+def test_load_uses_and_heals_the_onnx_optimized_model_cache(converted, tmp_path, caplog, monkeypatch):
     """ONNX artifacts the converter marks (`load_cache: optimized-model`, the INT4 ones whose
     weights are expanded at session start) have their optimized graph cached: built at the first
     load, opened at the next; a cache entry whose files changed is rebuilt, and one that computes
@@ -241,7 +241,8 @@ def test_load_uses_and_heals_the_onnx_optimized_model_cache(converted, tmp_path,
 
     # Files changed after the entry was made: hashes no longer match, the entry is rebuilt.
     data = entry / "model.onnx.data"
-    data.write_bytes(data.read_bytes()[:-1] + b"\x01")
+    raw = data.read_bytes()
+    data.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
     rebuilt, state = load(weight_cache=cache)
     assert state == "created" and np.array_equal(want, rebuilt.embed(texts))
 
@@ -272,3 +273,36 @@ def test_load_uses_and_heals_the_onnx_optimized_model_cache(converted, tmp_path,
     blocked.write_text("")
     unwritable, state = load(weight_cache=blocked)
     assert state == "unavailable" and np.array_equal(want, unwritable.embed(texts))
+
+    # onnxruntime cannot write the graph while it creates the session (disk full, directory
+    # gone): the load still succeeds, without the cache.
+    import shutil
+
+    from edge_runtime.backends import onnx as onnx_backend
+
+    start_entry = onnx_backend._start_entry
+
+    def vanishing(entry, options):
+        tmp = start_entry(entry, options)
+        shutil.rmtree(tmp)
+        return tmp
+
+    monkeypatch.setattr(onnx_backend, "_start_entry", vanishing)
+    fallback, state = load(weight_cache=tmp_path / "fresh-cache")
+    assert state == "unavailable" and np.array_equal(want, fallback.embed(texts))
+    monkeypatch.undo()
+
+    # A bad entry that cannot be deleted (read-only cache): one retry, then the error, no loop.
+    from edge_runtime.backends.onnx import OnnxSession
+
+    entry = reparsed._session.optimized_cache
+    raw = bytearray((entry / "model.onnx.data").read_bytes())
+    for i in range(0, len(raw), 3):
+        raw[i] ^= 0x40
+    (entry / "model.onnx.data").write_bytes(bytes(raw))
+    (entry / "complete.json").write_text(json.dumps(
+        {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in entry.iterdir() if p.name != "complete.json"}))
+    monkeypatch.setattr(OnnxSession, "discard_optimized_cache", lambda self: None)
+    with pytest.raises(Exception) as failure:
+        load(weight_cache=cache)
+    assert not isinstance(failure.value, RecursionError)

@@ -37,7 +37,7 @@ def test_avx2_profile_avoids_vpmaddubsw_saturation():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"pair_sum_limit": 300}, "2..254"),
+    ({"pair_sum_limit": 129}, "2..128"),  # 255 x 129 > 32767: would saturate
     ({"weight_rounding": "nearest"}, "needs weight_rounding"),
     ({"per_channel": False}, "needs weight_rounding"),
 ])
@@ -83,3 +83,10 @@ def test_malformed_profile_is_rejected(tmp_path, monkeypatch):
     bad.write_text(text)
     with pytest.raises(targets.ProfileError, match="per_chanel"):
         targets._parse(bad)
+
+
+def test_pair_sum_limit_refuses_fused_attention():
+    # QAttention weights would be quantized by onnxruntime alone, outside the limit.
+    profile = load_profile("x86-avx2")
+    with pytest.raises(ProfileError, match="onnx.fusion"):
+        dataclasses.replace(profile, onnx=dataclasses.replace(profile.onnx, fusion=True))

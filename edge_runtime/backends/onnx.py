@@ -14,12 +14,14 @@ A cached graph whose files do not match their recorded hashes is rebuilt.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +72,13 @@ class OnnxSession:
         if optimized_cache_dir is not None and model_sha256 and graph_optimization_level != "disabled":
             self.optimized_cache = _entry_dir(Path(optimized_cache_dir), model_sha256, ort.__version__,
                                               graph_optimization_level)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, _LEVELS[graph_optimization_level]
-        )
+        def make_options() -> Any:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization_level])
+            return options
+
         # Providers the profile lists but this build lacks are dropped (logged by the caller
         # through .providers); the CPU provider is always last so the model always runs.
         installed = set(ort.get_available_providers())
@@ -84,34 +87,44 @@ class OnnxSession:
             wanted.append("CPUExecutionProvider")
         provider_options = provider_options or {}
         providers = [(p, provider_options.get(p, {})) for p in wanted]
-        self._session = self._start(ort, Path(model_path), options, providers)
+        if self.optimized_cache is not None:
+            # The saved graph depends on the providers (and the onnxruntime build that has them).
+            self.optimized_cache = self.optimized_cache.with_name(
+                f"{self.optimized_cache.name}-{_short_hash(' '.join(wanted))}")
+        self._session = self._start(ort, Path(model_path), make_options, providers)
         self.providers = self._session.get_providers()
         self._output_names = [o.name for o in self._session.get_outputs()]
         _return_freed_memory()
 
-    def _start(self, ort: Any, model_path: Path, options: Any, providers: list) -> Any:
+    def _start(self, ort: Any, model_path: Path, make_options: Callable[[], Any], providers: list) -> Any:
         """The session: from the cached optimized graph when a valid one exists, else from the
         artifact (saving its optimized graph when a cache entry is asked for)."""
         entry = self.optimized_cache
-        if entry is not None and _entry_is_valid(entry):
+        if entry is None:
+            return _create(ort, model_path, make_options(), providers)
+        if _entry_is_valid(entry):
             try:
-                session = _create(ort, entry / "model.onnx", options, providers)
+                session = _create(ort, entry / "model.onnx", make_options(), providers)
                 self.optimized_cache_state = "reused"
                 return session
             except BackendUnavailableError as exc:
                 log.warning("cached optimized model %s does not load (%s); rebuilding it", entry, exc)
                 self.discard_optimized_cache()
-        building = _start_entry(entry, options) if entry is not None else None
-        if entry is not None and building is None:
+        options = make_options()
+        building = _start_entry(entry, options)
+        if building is None:
             self.optimized_cache_state = "unavailable"
+            return _create(ort, model_path, options, providers)
         try:
             session = _create(ort, model_path, options, providers)
-        except BackendUnavailableError:
-            if building is not None:
-                shutil.rmtree(building, ignore_errors=True)
-            raise
-        if building is not None:
-            self.optimized_cache_state = _finish_entry(building, entry)
+        except BackendUnavailableError as exc:
+            # onnxruntime writes the graph while creating the session: a full disk or a graph it
+            # cannot serialize fails the whole load. Load once more without the cache.
+            shutil.rmtree(building, ignore_errors=True)
+            log.warning("could not save the optimized model in %s (%s); loading without the cache", entry, exc)
+            self.optimized_cache_state = "unavailable"
+            return _create(ort, model_path, make_options(), providers)
+        self.optimized_cache_state = _finish_entry(building, entry)
         return session
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -154,6 +167,7 @@ def _start_entry(entry: Path, options: Any) -> Path | None:
     when the cache directory cannot be written (the session then just loads as usual)."""
     tmp = entry.parent / f".{entry.name}.{os.getpid()}.tmp"
     try:
+        _remove_orphans(entry)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     except OSError as exc:
@@ -169,6 +183,22 @@ def _start_entry(entry: Path, options: Any) -> Path | None:
     return tmp
 
 
+def _remove_orphans(entry: Path) -> None:
+    """Delete temporary builds of `entry` left by processes that no longer exist (a load killed
+    while expanding INT4 weights, e.g. by the out-of-memory killer on a small board)."""
+    for tmp in entry.parent.glob(f".{entry.name}.*.tmp"):
+        try:
+            os.kill(int(tmp.name[len(entry.name) + 2:].split(".")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, OSError):
+            continue  # a foreign name, or another user's live process
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def _finish_entry(tmp: Path, entry: Path) -> str:
     """Record the saved files' hashes, then rename the entry into place (atomic)."""
     try:
@@ -176,8 +206,12 @@ def _finish_entry(tmp: Path, entry: Path) -> str:
         if not any(p.name == "model.onnx" for p in files):
             raise OSError("onnxruntime saved no optimized model")
         (tmp / _COMPLETE).write_text(json.dumps({p.name: file_sha256(p) for p in files}))
-        shutil.rmtree(entry, ignore_errors=True)  # an invalid entry, or one a parallel load made
-        os.replace(tmp, entry)
+        if entry.exists():
+            if _entry_is_valid(entry):  # a parallel load installed it first: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return "created"
+            shutil.rmtree(entry)  # invalid: replace it
+        os.rename(tmp, entry)
         return "created"
     except OSError as exc:
         log.warning("could not store the optimized model in %s (%s)", entry, exc)
