@@ -126,6 +126,17 @@ def pair_limited_scale(weight: np.ndarray, limit: int) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0).astype(np.float32)
 
 
+def _pair_safe_nearest(codes: np.ndarray, scale: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round-to-nearest of the weight `codes * scale` on a grid whose adjacent-row pairs stay
+    within `limit`: the largest pair maps to limit - 1, since rounding two values up adds at most
+    one to their sum. `scale` is per column [N] or per tensor [1]."""
+    values = codes.astype(np.float64) * scale.astype(np.float64)
+    column = pair_limited_scale(values, limit - 1).astype(np.float64)
+    new_scale = column if scale.size == codes.shape[1] and scale.size > 1 else np.array([column.max()])
+    rounded = np.clip(np.rint(values / new_scale), -min(127, limit), min(127, limit)).astype(np.int8)
+    return rounded, new_scale.astype(np.float32).reshape(scale.shape)
+
+
 class Int8Rounding:
     """GPTQ rounding for the symmetric INT8 weights that onnxruntime's quantizers write
     (`{w}_quantized` int8 [K, N] with `{w}_scale` per column or per tensor, zero point 0, in
@@ -257,13 +268,26 @@ class Int8Rounding:
             quantized.CopyFrom(numpy_helper.from_array(codes, quantized.name))
             changed.append(name)
         if self.pair_limit:
-            # Every INT8 weight in the graph, not only those rounded here (a weight of an op this
-            # class does not handle would keep onnxruntime's unconstrained codes).
+            # Every other INT8 weight in the graph too: onnxruntime also quantizes ops this class
+            # does not round (a classifier's Gemm, stored transposed for MatMulInteger), with
+            # unconstrained 8-bit codes. Those are re-rounded to the nearest point of a pair-safe
+            # grid; then every weight is checked.
+            handled = {f"{name}_quantized" for name in self.weights}
             for init in model.graph.initializer:
-                if init.name.endswith("_quantized") and init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2:
-                    worst = int(pair_sums(numpy_helper.to_array(init)).max())
-                    if worst > self.pair_limit:
-                        raise ConversionError(f"INT8 weight {init.name} has a pair sum {worst} > {self.pair_limit}: "
-                                              "its op is not covered by the pair-limited rounding")
+                if not (init.name.endswith("_quantized") and init.data_type == onnx.TensorProto.INT8
+                        and len(init.dims) == 2):
+                    continue
+                codes = numpy_helper.to_array(init)
+                if init.name not in handled and pair_sums(codes).max() > self.pair_limit:
+                    scale_init = inits.get(init.name[: -len("_quantized")] + "_scale")
+                    if scale_init is None:
+                        raise ConversionError(f"INT8 weight {init.name} has no scale to re-round it with")
+                    codes, scale = _pair_safe_nearest(codes, numpy_helper.to_array(scale_init), self.pair_limit)
+                    init.CopyFrom(numpy_helper.from_array(codes, init.name))
+                    scale_init.CopyFrom(numpy_helper.from_array(scale, scale_init.name))
+                    changed.append(init.name)
+                worst = int(pair_sums(codes).max())
+                if worst > self.pair_limit:
+                    raise ConversionError(f"INT8 weight {init.name} has a pair sum {worst} > {self.pair_limit}")
         onnx.save(model, str(quantized_path))
         return changed

@@ -199,3 +199,19 @@ def test_gptq_rounding_lowers_layer_output_error(exported, tmp_path, target):
 
     assert cosine(gptq) >= cosine(nearest) - 1e-4
     assert rounding.describe()["algorithm"] == "gptq"
+
+
+@pytest.mark.parametrize("rows, scales", [(33, 8), (64, 1)])
+def test_pair_safe_rerounding_of_weights_gptq_does_not_handle(rows, scales):
+    """INT8 weights of ops the GPTQ rounding does not cover (a classifier's Gemm) are re-rounded
+    onto a pair-safe grid: every adjacent pair within the limit, close to the original weight."""
+    from converters.gptq import _pair_safe_nearest, pair_sums
+
+    rng = np.random.default_rng(rows)
+    codes = rng.integers(-127, 128, (rows, 8)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.1, scales).astype(np.float32)
+    new_codes, new_scale = _pair_safe_nearest(codes, scale, 128)
+    assert new_scale.shape == scale.shape and pair_sums(new_codes).max() <= 128
+    before = codes.astype(np.float64) * scale
+    after = new_codes.astype(np.float64) * new_scale
+    assert np.abs(after - before).max() <= 0.51 * new_scale.max() + 0.5 * scale.max()
