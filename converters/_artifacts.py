@@ -83,6 +83,13 @@ class Step:
     fp32_path: Path  # the exported (and, per profile, fused) FP32 ONNX graph
     progress: Progress
     cache: dict[str, Any] = field(default_factory=dict)  # results shared between builders
+    # Opens the session a candidate ONNX graph is scored with: the target's arithmetic, not
+    # necessarily this machine's (converters/arithmetic.py). None: this machine's kernels.
+    sessions: Callable[[Path], Any] | None = None
+
+    def session(self, path: Path) -> Any:
+        """The session that scores the ONNX graph at `path` for this target."""
+        return self.sessions(path) if self.sessions is not None else onnx_session(path)
 
 
 @dataclass
@@ -155,7 +162,7 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
         rounding=rounding,
     )
     outcome = quantize_with_floor(graph.split, work / f"{name}.onnx", int8, source,
-                                  step.reference, step.floor.for_precision("int8"), onnx_session, step.progress)
+                                  step.reference, step.floor.for_precision("int8"), step.session, step.progress)
     extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
                               **graph.report, "search": outcome.search}}
     if outcome.kept_fp32:
@@ -236,7 +243,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     def evaluate(model, batches: int | None) -> dict[str, float]:
         onnx.save(model, str(probe))
         reference = Reference(step.reference.batches[:batches], step.reference.outputs[:batches])
-        return compute_metrics(source, reference, onnx_session(probe).run)
+        return compute_metrics(source, reference, step.session(probe).run)
 
     fp32_bytes = model_bytes(step.fp32_path)
     step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
@@ -258,7 +265,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     path = work / f"{name}.onnx"
     onnx.save(model, str(path))
     probe.unlink(missing_ok=True)
-    metrics = compute_metrics(source, step.reference, onnx_session(path).run)
+    metrics = compute_metrics(source, step.reference, step.session(path).run)
     _checked(step, name, "int4", metrics)
     eight = sorted(set(weights.weights) - fit.four_bit)
     base = fit.search[0]["metrics"]
@@ -287,7 +294,7 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
                   f"size budget {scheme.size_budget}): measuring candidates")
     report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.reference.batches)
     path = step.work / f"{name}.onnx"
-    metrics = compute_metrics(step.source, step.reference, onnx_session(path).run)
+    metrics = compute_metrics(step.source, step.reference, step.session(path).run)
     _checked(step, name, "int4", metrics)
     return Built(path, metrics, report.get("kept_fp32", []), {"quantization": report})
 

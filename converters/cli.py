@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from edge_runtime._device import detect, target_facts
 from targets import ProfileError, UnknownTargetError, detect_target, list_profiles, load_profile
 
 
@@ -28,7 +29,7 @@ def _table(result) -> str:
 
 def _list_targets() -> None:
     try:
-        here = detect_target().id
+        here = detect_target(target_facts(detect())).id
     except UnknownTargetError:
         here = None
     for p in list_profiles():
@@ -49,11 +50,15 @@ def _list_targets() -> None:
 @click.option("--accuracy-floor", type=float, help="minimum mean cosine / top-1 agreement (overrides the profile)")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
               help="activation range method for static INT8 profiles (overrides the profile)")
+@click.option("--validation", type=click.Choice(["auto", "exact", "host"]), default="auto", show_default=True,
+              help="how INT8 candidates are scored: auto = with the target's arithmetic (exact int32 GEMMs when "
+                   "this CPU saturates and the target does not); exact = always exact int32; host = this CPU's "
+                   "kernels (diagnostics)")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
-def main(model, target, out, task, calibration, accuracy_floor, calibration_method, force, as_json,
+def main(model, target, out, task, calibration, accuracy_floor, calibration_method, validation, force, as_json,
          list_targets, quiet):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
@@ -64,7 +69,9 @@ def main(model, target, out, task, calibration, accuracy_floor, calibration_meth
     from converters import ConversionError, ConvertConfig, convert
 
     try:
-        profile = load_profile(target)
+        # auto: this machine's facts from the runtime's device reader (one reader of /proc, /sys)
+        auto = target == "auto"
+        profile = detect_target(target_facts(detect())) if auto else load_profile(target)
     except (UnknownTargetError, ProfileError) as exc:
         raise click.ClickException(str(exc)) from None
     out = out or Path("out") / profile.id
@@ -75,7 +82,8 @@ def main(model, target, out, task, calibration, accuracy_floor, calibration_meth
             click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
 
     config = ConvertConfig(model=model, target=profile.id, out=out, task=task, calibration=calibration,
-                           accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force)
+                           accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
+                           validation=validation)
     try:
         result = convert(config, progress)
     except ConversionError as exc:

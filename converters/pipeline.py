@@ -20,6 +20,8 @@ from typing import Any, Callable
 from converters import package
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session, plan
 from converters._errors import AccuracyError, ConversionError
+from converters.arithmetic import MODES as VALIDATION_MODES
+from converters.arithmetic import ValidationSessions, choose_validation
 from converters.calibration import TextSet, load_texts
 from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
@@ -54,6 +56,10 @@ class ConvertConfig:
     force: bool = False
     latency_runs: int = 20
     latency_seq: int = 128
+    # How candidates are scored (converters/arithmetic.py): "auto" runs them with the target's
+    # INT8 arithmetic whatever this machine's is; "exact" always uses the exact int32 reference;
+    # "host" this machine's kernels (diagnostics only).
+    validation: str = "auto"
 
 
 @dataclass
@@ -160,6 +166,18 @@ def _runtime_settings(profile: TargetProfile) -> dict[str, Any]:
     }
 
 
+def _requirements(fmt: str, precision: str, profile: TargetProfile) -> dict[str, Any]:
+    """What a device's arithmetic must be for the artifact to compute its recorded numbers.
+    ONNX INT8/INT4 weights for an int32 target may overflow the int16 pair sums of x86 CPUs
+    without VNNI; pair-limited ones (s16-pairs targets) are exact on both kinds."""
+    if fmt != "onnx" or precision not in ("int8", "int4"):
+        return {}
+    kinds = ["int32"] if profile.int8.arithmetic == "int32" else ["int32", "s16-pairs"]
+    if precision == "int4" and profile.int4.kernel != "int8-gemm":
+        return {}
+    return {"requires": {"int8_gemm": kinds}}
+
+
 def _package(fmt: str, built: Built, stage: Path, name: str) -> list[dict[str, Any]]:
     if fmt == "onnx":
         return package.save_onnx(built.model_path, stage, name)
@@ -181,6 +199,9 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
         )
     floor = _floor(profile, config.accuracy_floor)
+    if config.validation not in VALIDATION_MODES:
+        raise ConversionError(f"validation={config.validation!r}; expected one of {', '.join(VALIDATION_MODES)}")
+    validation = choose_validation(profile, config.validation)
     unsupported = [p.name for p in plan(profile) if (p.format, p.precision) not in BUILDERS
                    or (p.format, p.precision, p.variant) not in MIN_RUNTIME]
     if unsupported:
@@ -211,7 +232,11 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             progress("fused: " + (", ".join(f"{k} x{v}" for k, v in fused_ops.items()) or "nothing"))
 
         golden_inputs = encode(source, [GOLDEN_TEXT])
-        step = Step(source, profile, reference, floor, work, fp32_path, progress)
+        progress(f"INT8 arithmetic: target {validation.target}, this machine {validation.host}: "
+                 + ("candidates run with exact int32 GEMMs" if validation.exact_reference else "this machine's kernels")
+                 + f" ({validation.reason})")
+        step = Step(source, profile, reference, floor, work, fp32_path, progress,
+                    sessions=ValidationSessions(validation, work))
         results, entries, refused = [], [], []
         for planned in plan(profile):
             fmt, precision, name = planned.format, planned.precision, planned.name
@@ -228,7 +253,9 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
 
             files = _package(fmt, built, stage, name)
             shipped = open_session(fmt, stage / files[0]["path"])  # exactly what the device loads
-            golden_outputs = shipped.run(golden_inputs)
+            # The golden outputs are the target's numbers: computed like the metrics were.
+            scorer = step.session(stage / files[0]["path"]) if fmt == "onnx" else shipped
+            golden_outputs = scorer.run(golden_inputs)
             golden = package.write_golden(stage, name, golden_inputs, golden_outputs, GOLDEN_TOLERANCE[precision])
             latency = latency_ms(shipped, source, config.latency_seq, config.latency_runs)
             size = sum(f["bytes"] for f in files)
@@ -243,6 +270,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 **({"fused_ops": fused_ops} if fmt == "onnx" else {}),
                 **built.extra,
                 "min_runtime": MIN_RUNTIME[(fmt, precision, planned.variant)],
+                **_requirements(fmt, precision, profile),
                 "golden": golden,
                 "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": 1,
                                           "sequence": min(config.latency_seq, source.max_length), "threads": 2},
@@ -263,6 +291,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             "tokenizer": _tokenizer_files(source, stage),
             "postprocess": source.postprocess,
             "calibration": texts.describe(),
+            "validation": validation.describe(),
             "runtime": _runtime_settings(profile),
             "artifacts": entries,
             "refused": refused,

@@ -13,6 +13,7 @@ never torch, transformers or onnx.
 from edge_runtime._errors import (
     ArtifactError,
     BackendUnavailableError,
+    DeviceMismatchError,
     EdgeRuntimeError,
     GoldenMismatchError,
     InputError,
@@ -27,6 +28,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "ArtifactError",
     "BackendUnavailableError",
+    "DeviceMismatchError",
     "EdgeRuntimeError",
     "GoldenMismatchError",
     "InputError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "BackendUnavailableError",
+    "DeviceMismatchError",
     "EdgeRuntimeError",
     "GoldenMismatchError",
     "InputError",
@@ -26,6 +27,11 @@ class ArtifactError(EdgeRuntimeError):
 
 class BackendUnavailableError(EdgeRuntimeError):
     """No installed backend can run the requested artifact."""
+
+
+class DeviceMismatchError(EdgeRuntimeError):
+    """The artifact was made for arithmetic this device does not have (it would compute wrong
+    numbers here, e.g. INT8 weights for a VNNI/ARM64 target on an AVX2-only CPU)."""
 
 
 class GoldenMismatchError(EdgeRuntimeError):

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import backends
+from edge_runtime import _compat, _device, _select, _tune, backends
 from edge_runtime._errors import (
     BackendUnavailableError,
+    DeviceMismatchError,
     EdgeRuntimeError,
     GoldenMismatchError,
     InputError,
@@ -31,13 +32,16 @@ _NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "floa
 
 
 def physical_cores() -> int:
+    """Default intra-op threads: the physical cores of the fastest cluster (every physical core
+    on a uniform CPU; the big cores of a big.LITTLE one, told apart by cpufreq maximum
+    frequencies: threads on little cores hold the big ones back at every barrier), at most the
+    CPUs this process may run on."""
+    count = _device.detect().big_cores
     try:
-        import psutil
-
-        count = psutil.cpu_count(logical=False)
-    except ImportError:
-        count = None
-    return count or os.cpu_count() or 1
+        count = min(count, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        pass
+    return max(1, count)
 
 
 def default_cache_dir() -> Path:
@@ -243,8 +247,12 @@ def _open(
     verify: bool,
     cache_dirs: dict[str, Path],
     retried: bool = False,
+    spinning: bool | None = None,
 ) -> Model:
     started = time.perf_counter()
+    problem = _compat.arithmetic_problem(entry, manifest, _device.detect())
+    if problem:
+        raise DeviceMismatchError(problem)
     if verify:
         verify_files(root, [*entry["files"], entry["golden"]])
     main_file = resolve(root, entry["files"][0]["path"])
@@ -255,11 +263,13 @@ def _open(
         # verify_files has checked it; unverified, the backend hashes the file itself (a cache
         # of other weights would be used silently and compute wrong numbers).
         options["model_sha256"] = entry["files"][0]["sha256"] if verify else None
-    if entry["format"] == "onnx" and "onnx" in cache_dirs and entry.get("load_cache") == "optimized-model" and verify:
-        # Only for artifacts the converter marks (their weights are expanded when a session
-        # starts) and only with verified files: the entry is named after their hashes.
+    if entry["format"] == "onnx" and "onnx" in cache_dirs and verify:
+        # Every ONNX artifact (optimized graph + prepacked weights, mapped: backends/onnx.py),
+        # but only with verified files: the entry is named after their hashes.
         options["optimized_cache_dir"] = cache_dirs["onnx"]
         options["model_sha256"] = hashlib.sha256("".join(f["sha256"] for f in entry["files"]).encode()).hexdigest()
+    if spinning is not None and entry["format"] == "onnx":  # from the device's tuning (_tune.py)
+        options["allow_spinning"] = spinning
     session = backends.open_session(entry["format"], main_file, threads=threads, **options)
     model = Model(root, manifest, entry, session, threads, time.perf_counter() - started)
     if verify:
@@ -286,7 +296,8 @@ def _open(
             # once only (a cache that cannot be deleted must not loop).
             log.warning("artifact %s failed its golden sample with device cache %s; rebuilding the cache",
                         entry["name"], cache)
-            return _open(root, manifest, entry, threads, verify, cache_dirs, retried=True)
+            return _open(root, manifest, entry, threads, verify, cache_dirs, retried=True,
+                         spinning=spinning)
     return model
 
 
@@ -296,52 +307,94 @@ def load(
     threads: int | None = None,
     verify: bool = True,
     weight_cache: bool | str | os.PathLike = True,
+    tune: bool | None = None,
+    spinning: bool | None = None,
 ) -> Model:
     """Load an edge-convert artifact directory.
 
-    artifact: a name from the manifest; None picks the best one this device can run (profile
-        order), skipping, with a warning, any that fail the golden self-check.
-    threads: intra-op threads; None takes the target profile's default (0 = physical cores).
+    artifact: a name from the manifest; None picks the best one this device can run: the
+        profile's order, artifacts that do not fit the available memory last, the fastest here
+        first when a tuning result says so (`edge-tune DIR`); skipping, with a warning, any that
+        fail the golden self-check. The choice and its reason are logged (`edge-run DIR --info`
+        shows them without loading).
+    threads: intra-op threads; always wins when given (0 = the default below). None: this
+        device's tuned setting for the artifact, else the target profile's default, else the
+        physical cores of the fastest core cluster (physical_cores()).
     verify: check file hashes and run the golden sample (recommended; costs a few ms per MB).
-    weight_cache: device caches, built at the first load and used by later ones: XNNPACK's
-        packed weights for TFLite artifacts (memory-mapped: faster start, less heap; ignored
-        where the installed runtime cannot do it: tflite-runtime, older ai-edge-litert), and
-        onnxruntime's optimized graph for ONNX artifacts whose manifest entry asks for it
-        (INT4 on the INT8 GEMM: its 4-bit weights are expanded once, not at every start).
-        True: under default_cache_dir(); a path: that directory; False: never.
+    weight_cache: switches both backends' device caches, built at the first load and used by
+        later ones, so that a load neither re-optimizes nor re-packs weights and the packed
+        weights stay in memory-mapped files instead of the heap:
+        - TFLite: XNNPACK's packed weights (ignored where the installed runtime cannot do it:
+          tflite-runtime, older ai-edge-litert);
+        - ONNX (every artifact, only with verify=True, CPU provider only): onnxruntime's
+          optimized graph with its prepacked weights, opened without optimizing again.
+        Entries are named after the artifact's hashes, the runtime's version and the CPU, are
+        hash-checked, and are rebuilt when a check or the golden sample fails; the artifact
+        directory itself is never written. True: under default_cache_dir(); a path: that
+        directory (both backends' entries side by side); False: no cache (every load optimizes
+        and packs again; use it to measure, or when the disk is read-only).
+    tune: None (default): use this device's cached tuning result (`edge-tune DIR`, stored in
+        default_cache_dir()/tuning) when there is one. True: also, when the artifact has none,
+        measure first (a short sweep, edge_runtime/_tune.py FIRST_USE; once per artifact, device
+        and runtime version). Not the default: a sweep opens the artifact once per setting (4 on
+        a 2-core x86: measured 6.3-6.8 s on top of a 1.8-2.1 s load for MiniLM INT8 on a shared
+        2-core EPYC, over the ~3 s a first load may take). False: ignore tuning results.
+    spinning: onnxruntime intra-op threads spin while idle (None: the tuned setting, else
+        onnxruntime's default, which spins).
     """
     root = Path(path)
     manifest = read_manifest(root)
-    if threads is None:
-        threads = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0))
-    if threads < 0:
+    if threads is not None and threads < 0:
         raise InputError(f"threads must be >= 0, got {threads}")
-    threads = threads or physical_cores()
     if weight_cache is True:
         cache_dirs = {"tflite": default_cache_dir() / "xnnpack", "onnx": default_cache_dir() / "onnxruntime"}
     elif weight_cache is False or weight_cache is None:
         cache_dirs = {}
     else:  # one directory: entries of the two backends are named apart
         cache_dirs = {"tflite": Path(weight_cache), "onnx": Path(weight_cache)}
+    tuning = _tune.read_cached(root, manifest) if tune is not False else None
+
+    def open_tuned(entry: dict[str, Any]) -> Model:
+        nonlocal tuning
+        if threads is not None:  # the caller's choice always wins
+            count = threads or physical_cores()
+            return _open(root, manifest, entry, count, verify, cache_dirs, spinning=spinning)
+        if tune is True and _tune.setting_for(tuning, entry["name"]) is None:
+            log.info("no tuning result for %s on this device yet: measuring thread settings",
+                     entry["name"])
+            tuning = _tune.tune(root, [entry["name"]], compare=False, verify=verify,
+                                **_tune.FIRST_USE)
+        count, tuned_spinning, source = _select.threads_for(entry, manifest, tuning)
+        log.info("artifact %s: %d threads (%s)", entry["name"], count, source)
+        chosen = tuned_spinning if spinning is None else spinning
+        return _open(root, manifest, entry, count, verify, cache_dirs, spinning=chosen)
 
     if artifact is not None:
         by_name = {entry["name"]: entry for entry in manifest["artifacts"]}
         if artifact not in by_name:
             raise InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(by_name)}")
-        return _open(root, manifest, by_name[artifact], threads, verify, cache_dirs)
+        return open_tuned(by_name[artifact])
 
-    runnable = [e for e in _candidates(manifest) if backends.backend_available(e["format"])]
-    if not runnable:
+    selection = _select.plan(root, manifest, _device.detect(), tuning)
+    if not selection.choices:
         formats = sorted({e["format"] for e in manifest["artifacts"]})
         raise BackendUnavailableError(
             f"none of the artifacts in {root} can run here: they need {formats} backends; "
             "install onnxruntime (edge_runtime[onnx]) or ai-edge-litert (edge_runtime[tflite])"
         )
+    for name, why in selection.skipped.items():
+        log.info("not trying artifact %s: %s", name, why)
+    for choice in selection.choices:
+        if not choice.fits:
+            log.warning("artifact %s may not fit this device's memory: %s", choice.name,
+                        choice.notes[1])
+    log.info("artifact order %s: %s first because %s",
+             [c.name for c in selection.choices], selection.choices[0].name, selection.reason)
     failures = []
-    for entry in runnable:
+    for choice in selection.choices:
         try:
-            return _open(root, manifest, entry, threads, verify, cache_dirs)
-        except (GoldenMismatchError, BackendUnavailableError) as exc:
-            log.warning("skipping artifact %s: %s", entry["name"], exc)
-            failures.append(f"{entry['name']}: {exc}")
+            return open_tuned(choice.entry)
+        except (GoldenMismatchError, BackendUnavailableError, DeviceMismatchError) as exc:
+            log.warning("skipping artifact %s: %s", choice.name, exc)
+            failures.append(f"{choice.name}: {exc}")
     raise EdgeRuntimeError(f"no artifact in {root} runs correctly here:\n" + "\n".join(failures))

@@ -25,8 +25,47 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _describe(root: str) -> dict:
-    manifest = edge_runtime.read_manifest(__import__("pathlib").Path(root))
+    """The device, its profile, what load() would pick and why, and the artifact table."""
+    from pathlib import Path
+
+    from edge_runtime import _device, _memory, _select, _tune
+
+    path = Path(root)
+    manifest = edge_runtime.read_manifest(path)
+    device = _device.detect()
+    profile_id, profile_reason = _device.match_profile(device)
+    tuning = _tune.read_cached(path, manifest)
+    plan = _select.plan(path, manifest, device, tuning)
+    selection = None
+    if plan.choices:
+        first = plan.choices[0]
+        threads, spinning, source = _select.threads_for(first.entry, manifest, tuning)
+        selection = {
+            "artifact": first.name,
+            "reason": plan.reason,
+            "threads": threads,
+            "spinning": spinning,
+            "threads_from": source,
+            "order": [
+                {"name": c.name, "fits_memory": c.fits, "notes": c.notes} for c in plan.choices
+            ],
+        }
+    info = device.to_dict()
+    info["features_of_interest"] = device.notable_features()
     return {
+        "device": info,
+        "profile": {
+            "detected": profile_id,
+            "reason": profile_reason,
+            "artifacts_made_for": manifest["target"]["id"],
+        },
+        "selection": selection,
+        "not_tried": plan.skipped,
+        "tuning": {
+            "cache_file": str(_tune.cache_file(path)),
+            "present": tuning is not None,
+            "fastest": (tuning or {}).get("fastest"),
+        },
         "target": manifest["target"]["id"],
         "task": manifest["task"],
         "source": manifest["source"].get("name"),
@@ -36,11 +75,54 @@ def _describe(root: str) -> dict:
                 "format": a["format"],
                 "precision": a["precision"],
                 "bytes": sum(f["bytes"] for f in a["files"]),
+                "estimated_mb": round(_memory.estimate_mb(a), 1),
                 "metrics": a["metrics"],
             }
             for a in manifest["artifacts"]
         ],
     }
+
+
+def _print_info(info: dict) -> None:
+    d = info["device"]
+    clusters = ", ".join(
+        f"{len(c['cpus'])}x {c['core'] or 'cpu'}"
+        + (f" @ {c['max_khz'] / 1e6:.2f} GHz" if c["max_khz"] else "")
+        for c in d["clusters"]
+    )
+    print(f"device   {d['cpu_model']} ({d['arch']}), board {d['board'] or 'unknown'}")
+    print(f"         ISA {' '.join(d['features_of_interest']) or '-'}; INT8 GEMM {d['int8_gemm']}")
+    print(f"         {d['logical_cores']} logical / {d['physical_cores']} physical cores "
+          f"({clusters}); big cores {d['big_cores']}")
+    print(f"         RAM {d['ram_total_mb']} MB, {d['ram_available_mb']} MB available")
+    backends = ", ".join(f"{k} {v}" for k, v in d["backends"].items()) or "none installed"
+    print(f"         backends: {backends}")
+    p = info["profile"]
+    print(f"profile  {p['detected'] or 'none'}: {p['reason']}")
+    if p["detected"] != p["artifacts_made_for"]:
+        print(f"         (these artifacts were made for {p['artifacts_made_for']})")
+    sel = info["selection"]
+    if sel is None:
+        print("load()   picks nothing: no artifact can run here")
+    else:
+        spin = {None: "", True: ", spinning", False: ", no spinning"}[sel["spinning"]]
+        count = f"{sel['threads']} thread{'s' if sel['threads'] != 1 else ''}"
+        print(f"load()   picks {sel['artifact']} with {count}{spin} ({sel['threads_from']})")
+        print(f"         because {sel['reason']}")
+        order = [c["name"] + ("" if c["fits_memory"] else " (may not fit)") for c in sel["order"]]
+        print(f"         order: {' > '.join(order)}")
+    for name, why in info["not_tried"].items():
+        print(f"         not tried: {name}: {why}")
+    t = info["tuning"]
+    state = "none yet (edge-tune DIR)"
+    if t["present"]:
+        state = f"present (fastest: {t['fastest'] or 'not compared'})"
+    print(f"tuning   {state}: {t['cache_file']}")
+    print(f"\ntarget {info['target']}, task {info['task']}, source {info['source']}")
+    for a in info["artifacts"]:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in a["metrics"].items())
+        print(f"  {a['name']:<20} {a['format']:<6} {a['precision']:<5} "
+              f"{a['bytes'] / 1e6:8.1f} MB  ~{a['estimated_mb']:6.0f} MB resident  {metrics}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
-                print(f"target {info['target']}, task {info['task']}, source {info['source']}")
-                for a in info["artifacts"]:
-                    metrics = ", ".join(f"{k} {v:.4f}" for k, v in a["metrics"].items())
-                    print(f"  {a['name']:<12} {a['format']:<6} {a['precision']:<5} "
-                          f"{a['bytes'] / 1e6:8.1f} MB  {metrics}")
+                _print_info(info)
             return 0
         if not args.texts:
             print("edge-run: give texts to run, or --info", file=sys.stderr)

@@ -87,6 +87,13 @@ class Int8Scheme:
     # products into a saturating int16 (AVX2's VPMADDUBSW): 255 * 128 < 32767 makes the sum exact
     # with a finer grid than reduce_range's 7 bits. 0: the plain range (reduce_range or 8 bits).
     pair_sum_limit: int = 0
+    # How the target's INT8 GEMM accumulates, which the converter validates artifacts with:
+    # int32:     exact (VNNI, AMX, ARM64, TensorRT). On a workstation whose own kernel saturates
+    #            (x86 without VNNI), candidates run through converters/exact_integer_ops.py.
+    # s16-pairs: adjacent u8 x s8 products summed into a saturating int16 (AVX2's VPMADDUBSW);
+    #            needs pair_sum_limit, which makes that sum exact, so every host computes the
+    #            target's numbers.
+    arithmetic: str = "int32"
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -98,6 +105,7 @@ class Int8Scheme:
             "quant_format": (self.quant_format, ("operator", "qdq")),
             "calibration_method": (self.calibration_method, ("minmax", "percentile", "entropy")),
             "embeddings": (self.embeddings, ("fp32", "int8-per-row")),
+            "arithmetic": (self.arithmetic, ("int32", "s16-pairs")),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -209,6 +217,14 @@ class TargetProfile:
         if self.int8.pair_sum_limit and self.onnx.fusion:
             # Fused Attention weights are quantized by onnxruntime alone, outside the pair limit.
             raise ProfileError(f"{self.source}: int8.pair_sum_limit needs onnx.fusion = false")
+        if self.int8.arithmetic == "s16-pairs" and not self.int8.pair_sum_limit and "int8" in self.precisions:
+            # Unconstrained 8-bit weights overflow the int16 pair sums on the target itself.
+            raise ProfileError(f"{self.source}: int8.arithmetic = 's16-pairs' needs int8.pair_sum_limit (e.g. 128)")
+        if ("int4" in self.precisions and self.int4.kernel == "int8-gemm" and self.int8.arithmetic == "s16-pairs"
+                and not self.int8.reduce_range):
+            # W4A8's 8-bit expansions are not pair-limited: 7-bit codes keep the int16 sums exact.
+            raise ProfileError(f"{self.source}: int4 on the int8-gemm kernel with int8.arithmetic 's16-pairs' "
+                               "needs int8.reduce_range = true")
         if "int4" in self.precisions and self.int4.kernel == "int8-gemm" and self.int8.mode != "dynamic":
             raise ProfileError(
                 f"{self.source}: int4.kernel 'int8-gemm' runs on the dynamic INT8 graph, but "
@@ -309,18 +325,45 @@ def _read(path: str) -> str:
         return ""
 
 
-def machine_facts() -> dict[str, Any]:
-    """What detection looks at: CPU architecture, CPU feature flags, device-tree model."""
-    arch = platform.machine().lower()
+def machine_facts(root: str | Path = "/") -> dict[str, Any]:
+    """What detection looks at: CPU architecture, CPU feature flags, board model.
+
+    The same facts as edge_runtime._device.target_facts(detect(root)), which is the reader the
+    runtime and `edge-convert --target auto` use (tests/test_device.py checks both agree on every
+    recorded device); this package cannot import edge_runtime, so it keeps this small copy."""
+    base = Path(root)
+    blocks = [b for b in _read(str(base / "proc/cpuinfo")).split("\n\n") if b.strip()]
+    per_cpu, extra = [], {}
+    for block in blocks:
+        lines = (line.partition(":") for line in block.splitlines())
+        pairs = {k.strip(): v.strip() for k, _, v in lines}
+        if pairs.get("processor", "").isdigit():
+            per_cpu.append(pairs)
+        else:  # ARM kernels put board lines (Hardware, Revision, Model) in a block of their own
+            extra.update(pairs)
+    if base.resolve() == Path("/") or not per_cpu:
+        arch = platform.machine().lower()
+    else:
+        first_cpu = per_cpu[0]
+        arch = "aarch64" if "CPU implementer" in first_cpu else "x86_64" if "flags" in first_cpu else ""
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-    flags: set[str] = set()
-    for line in _read("/proc/cpuinfo").splitlines():
-        key, _, value = line.partition(":")
-        # x86 lists "flags", ARM lists "Features"; the first CPU is representative.
-        if key.strip() in ("flags", "Features"):
-            flags = set(value.split())
-            break
-    model = _read("/proc/device-tree/model").rstrip("\x00\n")
+    # x86 lists "flags", ARM "Features"; only flags every core has count (threads migrate).
+    sets = [set(b.get("flags", b.get("Features", "")).lower().split()) for b in per_cpu]
+    sets = [f for f in sets if f]
+    flags = set.intersection(*sets) if sets else set()
+    model = ""
+    # /proc/device-tree first (qemu-user's QEMU_LD_PREFIX redirects it to a sysroot's file).
+    for rel in ("proc/device-tree/model", "sys/firmware/devicetree/base/model"):
+        model = model or _read(str(base / rel)).strip("\x00\n ")
+    model = model or extra.get("Model", "")
+    if not model and _read(str(base / "etc/nv_tegra_release")):
+        first = _read(str(base / "etc/nv_tegra_release")).splitlines()[0]
+        major = first.lstrip("# ").split(" ", 1)[0]
+        revision = next((v.strip() for k, _, v in (p.partition(":") for p in first.split(","))
+                         if k.strip() == "REVISION"), "")
+        release = f"{major}.{revision}" if revision else major
+        release = release if major.startswith("R") else "unknown"
+        model = f"NVIDIA Jetson (L4T {release})"
     return {"arch": arch, "cpu_flags": flags, "device_model": model}
 
 

@@ -123,3 +123,44 @@ def test_x86_avx2_artifact_matches_on_the_avx2_kernel(tiny_model_factory, tmp_pa
     emulated = np.array(json.loads(_emulated(_EMBED, str(out), "onnx-int8", json.dumps(texts))))
     cosine = (native * emulated).sum(1) / np.linalg.norm(native, axis=1) / np.linalg.norm(emulated, axis=1)
     assert cosine.min() > 0.9999, cosine
+
+
+_SCORE = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from converters.arithmetic import ValidationSessions, choose_validation
+from targets import load_profile
+out, target, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+feeds = dict(np.load(sys.argv[4]))
+validation = choose_validation(load_profile(target), "auto")
+session = ValidationSessions(validation, work)(out / "onnx-int8.onnx")
+np.savez(sys.argv[5], **session.run(feeds))
+print(json.dumps(validation.describe()))
+"""
+
+
+def test_int32_target_is_scored_alike_on_a_saturating_cpu(tiny_model_factory, tmp_path):
+    """Issue 8: an artifact for an int32 target (x86-avx512-vnni here) is scored with the same
+    numbers whatever CPU converts it. Natively this machine uses its own kernels (VNNI) or the
+    exact reference (AVX2); on the emulated Haswell the converter must notice the saturating
+    kernel and use the exact reference. Both give the golden outputs the manifest records."""
+    from converters import ConvertConfig, convert
+
+    out = tmp_path / "out"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx512-vnni",
+                          out=out, latency_runs=2))
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    with np.load(out / entry["golden"]["path"]) as golden:
+        feeds = {k[6:]: golden[k] for k in golden.files if k.startswith("input:")}
+        want = {k[7:]: golden[k] for k in golden.files if k.startswith("output:")}
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    work = tmp_path / "work"
+    work.mkdir()
+    described = json.loads(_emulated(_SCORE, str(out), "x86-avx512-vnni", str(work), str(tmp_path / "feeds.npz"),
+                                     str(tmp_path / "emulated.npz")))
+    assert described["host_int8_gemm"] == "s16-pairs" and described["method"] == "exact-int32-reference"
+    with np.load(tmp_path / "emulated.npz") as emulated:
+        for name, value in want.items():
+            np.testing.assert_allclose(emulated[name], value, rtol=1e-4, atol=1e-4)

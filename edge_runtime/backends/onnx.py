@@ -1,14 +1,32 @@
 """ONNX Runtime backend.
 
-Optimized-model cache (`optimized_cache_dir`): onnxruntime optimizes a graph every time a session
-starts. For most artifacts that is cheap; an INT4 (W4A8) artifact's 4-bit weights are expanded
-to int8 there by constant folding, which costs more than the rest of the load (measured on MiniLM:
-session creation 210-244 ms against 41 ms from the optimized graph, same outputs). With a cache
-directory the optimized graph of such an artifact is saved at its first load and opened directly
-by later ones. The entry is named after the artifact's sha256, the onnxruntime version, the CPU
-(the saved graph may hold CPU-specific layouts) and the optimization level; it is built under a
-temporary name, its files' hashes are recorded, and it is renamed into place only when complete.
-A cached graph whose files do not match their recorded hashes is rebuilt.
+Device cache (`optimized_cache_dir`). At every session start onnxruntime optimizes the graph
+(fusions, constant folding: an INT4 (W4A8) artifact's 4-bit weights are expanded there) and
+then *prepacks* the MatMul weights: it copies them into its kernels' packed layouts on the heap.
+That copy undoes the memory-mapped external weights of the artifact (they stay mapped, but the
+kernels read a private anonymous copy) and, with the optimization, is most of a load. Measured
+with tools/bench_cold_start.py (benchmarks/RESULTS.md, "Cold start and memory").
+
+With a cache directory the first load of an artifact saves a device form of it, and every later
+load opens that instead:
+- the graph as optimized at the artifact's level (onnxruntime's "offline mode"), opened with
+  graph optimization disabled: it is optimized already, and re-running the optimizers on it
+  only costs time;
+- its weights in one external file, aligned so onnxruntime memory-maps it, *with the prepacked
+  weights* (`session.save_external_prepacked_constant_initializers`): the kernels use the packed
+  blobs in place from the mapped file, so later loads neither pack nor hold a heap copy.
+The saved graph and the packed layouts depend on the CPU (MLAS picks kernels by ISA) and on the
+onnxruntime build, so an entry is named after the artifact's hashes, the onnxruntime version,
+edge_runtime's version and entry format, the CPU tag (backends/_cache.py), the optimization
+level and the providers. Only CPU-only sessions get an entry: prepacking is the CPU provider's,
+and compiling providers (TensorRT) cannot save their graph at all.
+
+An entry is built under a temporary name, opened once to prove onnxruntime can load it back
+(a kernel that cannot take its weights prepacked fails here; the entry is then saved without
+prepacked weights), its files' sha256 are recorded in complete.json, and it is renamed into
+place. A load checks those hashes (see _entry_is_valid for when a file's stat signature stands
+in for re-reading it); an entry that fails them, does not load, or fails the artifact's golden
+sample (edge_runtime/_model.py) is deleted and rebuilt. The original artifact is never written.
 """
 
 from __future__ import annotations
@@ -32,12 +50,21 @@ from edge_runtime._manifest import file_sha256
 from edge_runtime.backends._cache import cpu_tag
 
 log = logging.getLogger("edge_runtime")
-_COMPLETE = "complete.json"  # written last into a cache entry: the files and their hashes
 
 __all__ = ["OnnxSession", "available", "installed_package", "open_session"]
 
-_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+_MODEL, _DATA = "model.onnx", "model.onnx.data"
+_COMPLETE = "complete.json"  # written last into an entry: {file name: sha256}
+_SIGNATURES = "verified.json"  # {file name: {"sha256", "stat"}}: files known unchanged since hashed
+# What an entry holds and how it is opened; part of its name, so a runtime that builds entries
+# differently never opens an older one. 2: prepacked weights, opened with optimization disabled.
+_ENTRY_FORMAT = 2
 
 
 def available() -> bool:
@@ -60,23 +87,25 @@ class OnnxSession:
         graph_optimization_level: str = "all",
         optimized_cache_dir: Path | None = None,
         model_sha256: str | None = None,
+        allow_spinning: bool | None = None,
     ):
-        """optimized_cache_dir: keep the optimized graph there (see the module docstring);
-        model_sha256 names the entry (the manifest's hash, checked by the caller)."""
+        """optimized_cache_dir: keep the device form of the model there (see the module
+        docstring); model_sha256 names the entry (the manifest's hash, checked by the caller).
+        allow_spinning: whether idle intra-op threads spin (onnxruntime's
+        session.intra_op.allow_spinning); None keeps onnxruntime's default (spin). Set from the
+        device's tuning result (edge_runtime/_tune.py)."""
         import onnxruntime as ort
 
         self.backend_version = ort.__version__
-        self.optimized_cache: Path | None = None
-        # "reused" | "created" | "unavailable" (could not be written) | None (not asked for)
-        self.optimized_cache_state: str | None = None
-        if optimized_cache_dir is not None and model_sha256 and graph_optimization_level != "disabled":
-            self.optimized_cache = _entry_dir(Path(optimized_cache_dir), model_sha256, ort.__version__,
-                                              graph_optimization_level)
-        def make_options() -> Any:
+
+        def make_options(level: str = graph_optimization_level) -> Any:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization_level])
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+            if allow_spinning is not None:
+                spin = "1" if allow_spinning else "0"
+                options.add_session_config_entry("session.intra_op.allow_spinning", spin)
             return options
 
         # Providers the profile lists but this build lacks are dropped (logged by the caller
@@ -87,44 +116,102 @@ class OnnxSession:
             wanted.append("CPUExecutionProvider")
         provider_options = provider_options or {}
         providers = [(p, provider_options.get(p, {})) for p in wanted]
-        if self.optimized_cache is not None:
-            # The saved graph depends on the providers (and the onnxruntime build that has them).
-            self.optimized_cache = self.optimized_cache.with_name(
-                f"{self.optimized_cache.name}-{_short_hash(' '.join(wanted))}")
+
+        self.optimized_cache: Path | None = None
+        # "reused" | "created" | "unavailable" (could not be written) | None (not asked for)
+        self.optimized_cache_state: str | None = None
+        # False when onnxruntime could not load its prepacked weights back (graph-only entry)
+        self.prepacked_weights_cached: bool | None = None
+        if (
+            optimized_cache_dir is not None
+            and model_sha256
+            and graph_optimization_level != "disabled"
+        ):
+            if wanted == ["CPUExecutionProvider"]:
+                self.optimized_cache = _entry_dir(
+                    Path(optimized_cache_dir),
+                    model_sha256,
+                    ort.__version__,
+                    graph_optimization_level,
+                    providers,
+                )
+            else:
+                log.info(
+                    "no device cache for %s: providers %s (the cache holds CPU-provider forms)",
+                    Path(model_path).name,
+                    wanted,
+                )
         self._session = self._start(ort, Path(model_path), make_options, providers)
         self.providers = self._session.get_providers()
         self._output_names = [o.name for o in self._session.get_outputs()]
         _return_freed_memory()
 
-    def _start(self, ort: Any, model_path: Path, make_options: Callable[[], Any], providers: list) -> Any:
-        """The session: from the cached optimized graph when a valid one exists, else from the
-        artifact (saving its optimized graph when a cache entry is asked for)."""
+    def _start(
+        self, ort: Any, model_path: Path, make_options: Callable[..., Any], providers: list
+    ) -> Any:
+        """The session: from the cache entry when a valid one exists, else from the artifact
+        (building the entry when one is asked for)."""
         entry = self.optimized_cache
         if entry is None:
             return _create(ort, model_path, make_options(), providers)
         if _entry_is_valid(entry):
             try:
-                session = _create(ort, entry / "model.onnx", make_options(), providers)
+                session = _create(ort, entry / _MODEL, make_options("disabled"), providers)
                 self.optimized_cache_state = "reused"
                 return session
             except BackendUnavailableError as exc:
-                log.warning("cached optimized model %s does not load (%s); rebuilding it", entry, exc)
+                log.warning(
+                    "cached optimized model %s does not load (%s); rebuilding it", entry, exc
+                )
                 self.discard_optimized_cache()
-        options = make_options()
-        building = _start_entry(entry, options)
-        if building is None:
-            self.optimized_cache_state = "unavailable"
-            return _create(ort, model_path, options, providers)
-        try:
-            session = _create(ort, model_path, options, providers)
-        except BackendUnavailableError as exc:
-            # onnxruntime writes the graph while creating the session: a full disk or a graph it
-            # cannot serialize fails the whole load. Load once more without the cache.
+        return self._build(ort, model_path, make_options, providers, entry)
+
+    def _build(
+        self,
+        ort: Any,
+        model_path: Path,
+        make_options: Callable[..., Any],
+        providers: list,
+        entry: Path,
+    ) -> Any:
+        """Session from the artifact, saving the entry on the way (first load)."""
+        for prepacked in (True, False):
+            options = make_options()
+            building = _start_entry(entry, options)
+            if building is None:
+                self.optimized_cache_state = "unavailable"
+                return _create(ort, model_path, options, providers)
+            if prepacked:
+                options.add_session_config_entry(
+                    "session.save_external_prepacked_constant_initializers", "1"
+                )
+            try:
+                session = _create(ort, model_path, options, providers)
+            except BackendUnavailableError as exc:
+                # onnxruntime writes the graph while creating the session: a full disk or a
+                # graph it cannot serialize fails the whole load. Load once more without it.
+                shutil.rmtree(building, ignore_errors=True)
+                log.warning(
+                    "could not save the optimized model in %s (%s); loading without the cache",
+                    entry,
+                    exc,
+                )
+                self.optimized_cache_state = "unavailable"
+                return _create(ort, model_path, make_options(), providers)
+            problem = _loads_back(ort, building, make_options("disabled"), providers)
+            if problem is None:
+                self.prepacked_weights_cached = prepacked
+                self.optimized_cache_state = _finish_entry(building, entry)
+                return session
             shutil.rmtree(building, ignore_errors=True)
-            log.warning("could not save the optimized model in %s (%s); loading without the cache", entry, exc)
-            self.optimized_cache_state = "unavailable"
-            return _create(ort, model_path, make_options(), providers)
-        self.optimized_cache_state = _finish_entry(building, entry)
+            what = "with prepacked weights" if prepacked else "at all"
+            log.warning(
+                "onnxruntime cannot load the optimized model of %s back %s (%s)",
+                model_path.name,
+                what,
+                problem,
+            )
+        self.optimized_cache_state = "unavailable"
         return session
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,7 +219,7 @@ class OnnxSession:
         return dict(zip(self._output_names, values))
 
     def discard_optimized_cache(self) -> None:
-        """Delete this artifact's cached graph (after it computed wrong numbers)."""
+        """Delete this artifact's cache entry (it failed to load or computed wrong numbers)."""
         if self.optimized_cache is not None:
             shutil.rmtree(self.optimized_cache, ignore_errors=True)
 
@@ -143,23 +230,96 @@ def _create(ort: Any, path: Path, options: Any, providers: list) -> Any:
         # (not bytes) so it can find the data file next to the graph.
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise BackendUnavailableError(f"onnxruntime {ort.__version__} could not load {path.name}: {exc}") from exc
+        raise BackendUnavailableError(
+            f"onnxruntime {ort.__version__} could not load {path.name}: {exc}"
+        ) from exc
 
 
-# -- optimized-model cache entries --------------------------------------------------------------
+# -- cache entries ---------------------------------------------------------------------------------
 
 
-def _entry_dir(cache_dir: Path, model_sha256: str, version: str, level: str) -> Path:
-    safe_version = "".join(c if c.isalnum() or c in ".-" else "_" for c in version)
-    return cache_dir / f"{model_sha256[:32]}-ort{safe_version}-{cpu_tag()}-{level}"
+def _entry_dir(
+    cache_dir: Path, model_sha256: str, version: str, level: str, providers: list
+) -> Path:
+    from edge_runtime import __version__ as edge_version  # at call time: the package is initialized
+
+    def safe(text: str) -> str:
+        return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+
+    # Providers and their options shape the saved graph (and the build that has them).
+    provider_key = _short_hash(json.dumps(providers, sort_keys=True, default=str))
+    return cache_dir / (
+        f"{model_sha256[:32]}-ort{safe(version)}-er{safe(edge_version)}.{_ENTRY_FORMAT}"
+        f"-{cpu_tag()}-{level}-{provider_key}"
+    )
+
+
+def _signature(path: Path) -> list[int]:
+    """What changes when a file's content changes through the file system (_entry_is_valid)."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
 
 def _entry_is_valid(entry: Path) -> bool:
+    """True when every file complete.json lists has the recorded sha256.
+
+    A file is re-hashed only when its stat signature (size, mtime, ctime, inode, device) differs
+    from the one recorded when it was last hashed, and the new signature is then recorded. Safe
+    for this cache: its files are written once, by onnxruntime, in a private temporary directory,
+    and are signed after onnxruntime closed them. Any later write through the file system changes
+    size or mtime *and* ctime (ctime cannot be set by a process: utime() sets it to now), and a
+    replacement file (copy, rename, restore from backup) has another inode or ctime, so a matching
+    signature means no write since the hash was taken. Not seen: corruption below the file system
+    (bit rot on the medium); the golden sample every verified load runs catches the wrong numbers
+    that would come from it, and the entry is then rebuilt. Hashing every load instead cost more
+    than the rest of the load (tools/bench_cold_start.py, 'entry check')."""
     try:
         recorded = json.loads((entry / _COMPLETE).read_text())
-        return bool(recorded) and all(file_sha256(entry / name) == digest for name, digest in recorded.items())
-    except (OSError, ValueError, AttributeError):
+        if not isinstance(recorded, dict) or _MODEL not in recorded:
+            return False
+        try:
+            signed = json.loads((entry / _SIGNATURES).read_text())
+        except (OSError, ValueError):
+            signed = {}
+        signed = signed if isinstance(signed, dict) else {}
+        changed = False
+        recorded = {
+            name: digest
+            for name, digest in recorded.items()
+            if name not in (_COMPLETE, _SIGNATURES)
+        }
+        for name, digest in recorded.items():
+            if Path(name).name != name:  # a hand-edited record naming files outside the entry
+                return False
+            path = entry / name
+            signature = _signature(path)
+            known = signed.get(name)
+            if (
+                isinstance(known, dict)
+                and known.get("sha256") == digest
+                and known.get("stat") == signature
+            ):
+                continue
+            if file_sha256(path) != digest:
+                return False
+            signed[name], changed = {"sha256": digest, "stat": signature}, True
+        if changed:
+            _write_signatures(entry, {name: signed[name] for name in recorded})
+        return True
+    except (OSError, ValueError, AttributeError, TypeError):
         return False
+
+
+def _write_signatures(entry: Path, signed: dict[str, Any]) -> None:
+    """Replace the entry's signature record atomically; best effort (a read-only cache just
+    hashes its files at every load)."""
+    tmp = entry / f".{_SIGNATURES}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(signed))
+        os.replace(tmp, entry / _SIGNATURES)
+    except OSError as exc:
+        log.debug("could not record the file signatures of %s: %s", entry, exc)
+        tmp.unlink(missing_ok=True)
 
 
 def _start_entry(entry: Path, options: Any) -> Path | None:
@@ -171,16 +331,33 @@ def _start_entry(entry: Path, options: Any) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     except OSError as exc:
-        log.warning("optimized-model cache %s not writable (%s); loading without it", entry.parent, exc)
+        log.warning(
+            "optimized-model cache %s not writable (%s); loading without it", entry.parent, exc
+        )
         return None
-    options.optimized_model_filepath = str(tmp / "model.onnx")
+    options.optimized_model_filepath = str(tmp / _MODEL)
     # onnxruntime warns that a graph saved at this level is hardware-specific: the entry's name
     # has the CPU in it for that reason, so keep the user's terminal quiet (errors still show).
     options.log_severity_level = 3
     # Weights go to one external file next to the graph, memory-mapped when loaded.
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", _DATA
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
     return tmp
+
+
+def _loads_back(ort: Any, building: Path, options: Any, providers: list) -> str | None:
+    """None when onnxruntime opens the saved entry, else why not. The session is dropped at once
+    (its weights are mapped from the entry, so this costs little memory)."""
+    try:
+        session = _create(ort, building / _MODEL, options, providers)
+    except BackendUnavailableError as exc:
+        return str(exc)
+    del session
+    return None
 
 
 def _remove_orphans(entry: Path) -> None:
@@ -188,7 +365,7 @@ def _remove_orphans(entry: Path) -> None:
     while expanding INT4 weights, e.g. by the out-of-memory killer on a small board)."""
     for tmp in entry.parent.glob(f".{entry.name}.*.tmp"):
         try:
-            os.kill(int(tmp.name[len(entry.name) + 2:].split(".")[0]), 0)
+            os.kill(int(tmp.name[len(entry.name) + 2 :].split(".")[0]), 0)
         except ProcessLookupError:
             shutil.rmtree(tmp, ignore_errors=True)
         except (ValueError, OSError):
@@ -200,12 +377,22 @@ def _short_hash(text: str) -> str:
 
 
 def _finish_entry(tmp: Path, entry: Path) -> str:
-    """Record the saved files' hashes, then rename the entry into place (atomic)."""
+    """Record the saved files' hashes and signatures, then rename the entry into place (atomic;
+    the files keep their inodes and times, so the signatures stay valid)."""
     try:
         files = sorted(p for p in tmp.iterdir() if p.is_file())
-        if not any(p.name == "model.onnx" for p in files):
+        if not any(p.name == _MODEL for p in files):
             raise OSError("onnxruntime saved no optimized model")
-        (tmp / _COMPLETE).write_text(json.dumps({p.name: file_sha256(p) for p in files}))
+        # Signature first, hash second: a write between the two leaves a signature that no
+        # longer matches, so the next load hashes the file again.
+        signatures = {p.name: _signature(p) for p in files}
+        digests = {p.name: file_sha256(p) for p in files}
+        (tmp / _SIGNATURES).write_text(
+            json.dumps(
+                {name: {"sha256": digests[name], "stat": signatures[name]} for name in digests}
+            )
+        )
+        (tmp / _COMPLETE).write_text(json.dumps(digests))
         if entry.exists():
             if _entry_is_valid(entry):  # a parallel load installed it first: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)

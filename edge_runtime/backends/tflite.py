@@ -24,16 +24,51 @@ name and renamed into place only once XNNPACK has finished writing them.
 tflite-runtime 2.14 (the last release) needs numpy<2 and returns wrong numbers, without an error,
 for per-channel INT8 models (ai-edge-quantizer leaves the op versions of the float model, so
 2.14 does not refuse them); the golden self-check at load catches that.
+
+Crash isolation (issue 8): every LiteRT Environment -- ours and the ones CompiledModel creates
+internally, whatever `runtime_path` says -- dlopens libLiteRtWebGpuAccelerator.so, which
+ai-edge-litert 2.3's aarch64 wheel builds for ARMv8.1 atomics (LSE). On an ARMv8.0 core
+(Cortex-A72: Raspberry Pi 4) its initializer stops the process with "This binary was compiled
+with lse enabled, but this feature is not available on this processor" and SIGILL: measured under
+qemu-aarch64 -cpu cortex-a72 (tools/arm64-check); cortex-a76 (Pi 5, with LSE) runs it. A crash
+cannot be caught in-process, so the CompiledModel path is first taken in a child process: it
+builds the weight cache (and runs the smallest signature once) there, and this process maps the
+finished file. A child killed by a signal leaves a marker named after the runtime version and
+the CPU (`compiled-model-litert<version>-<cpu>.crashed`, next to the caches, with the signal and
+the runtime's last words); from then on this CPU runs TFLite artifacts with the Interpreter (no
+weight cache), without trying again, whatever build of the runtime is installed. Delete the marker
+to retry, e.g. after upgrading ai-edge-litert (a new version is tried anyway: it is in the name).
+The Interpreter path never loads the GPU accelerators and runs on ARMv8.0.
+
+Runtime log lines: LiteRT and TFLite print INFO lines on stderr from native code (accelerator
+registration, "Created TensorFlow Lite XNNPACK delegate for CPU", ...), which no Python API or
+setting turns off. While a session is created and closed, file descriptor 2 is pointed at a
+temporary file and the lines are passed to the Python logger "edge_runtime.litert": INFO and
+VERBOSE as DEBUG, WARNING as INFO, ERROR and FATAL as WARNING (so by default, with no logging
+configured, only errors are shown). To see all of them:
+`logging.getLogger("edge_runtime.litert").setLevel(logging.DEBUG)` with a handler, or
+`logging.basicConfig(level=logging.DEBUG)`. Anything else written to stderr meanwhile (not in the
+runtime's "LEVEL: " format) is written back to stderr unchanged.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +88,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("edge_runtime")
+# The runtime's own (native) log lines, see the module docstring.
+native_log = logging.getLogger("edge_runtime.litert")
 
 _CACHE_SUFFIX = ".xnnpack"
+_CRASH_SUFFIX = ".crashed"
 
 
 def available() -> bool:
@@ -116,6 +154,179 @@ def _compiled_model_api() -> Any | None:
 def weight_cache_supported() -> bool:
     """True when the installed runtime can write and map an XNNPACK weight cache."""
     return _compiled_model_api() is not None
+
+
+# -- the runtime's native log lines -------------------------------------------------------------
+
+# TFLite's minimal logger and LiteRT's logger write "<SEVERITY>: <message>" ("INFO: Created
+# TensorFlow Lite XNNPACK delegate for CPU.", "WARNING: [npu_registry.cc:34] ...", "FATAL ERROR:
+# This binary was compiled with lse enabled ..."). Python's own logging formats put no space
+# before the colon ("WARNING:edge_runtime:..."), so they are not taken for the runtime's.
+_NATIVE_LINE = re.compile(r"^(VERBOSE|INFO|WARNING|ERROR|FATAL)( [A-Z]+)?: ")
+_NATIVE_LEVELS = {
+    "VERBOSE": logging.DEBUG,
+    "INFO": logging.DEBUG,
+    "WARNING": logging.INFO,
+    "ERROR": logging.WARNING,
+    "FATAL": logging.WARNING,
+}
+# fd 2 is process-wide: one capture at a time (a nested one, same thread, joins the outer).
+_capture_lock = threading.RLock()
+_capture_depth = 0
+
+
+def _forward_native(
+    text: str, passthrough: Callable[[str], Any], level: int | None = None
+) -> list[str]:
+    """Log the runtime's lines of `text` to native_log (at their own level, or `level`); hand
+    every other non-blank line to passthrough. Returns the runtime's lines."""
+    native = []
+    for line in text.splitlines():
+        match = _NATIVE_LINE.match(line)
+        if match:
+            native_log.log(level or _NATIVE_LEVELS[match.group(1)], "%s", line)
+            native.append(line)
+        elif line.strip():
+            passthrough(line + "\n")
+    return native
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass  # stderr closed: nowhere to write it anyway
+
+
+@contextlib.contextmanager
+def _native_log_to_logger() -> Iterator[list[str]]:
+    """Point fd 2 at a temporary file while the runtime's native code runs, then forward what it
+    wrote (see the module docstring). Yields a list that holds the runtime's lines afterwards."""
+    global _capture_depth
+    lines: list[str] = []
+    with _capture_lock:
+        if _capture_depth:
+            yield lines
+            return
+        try:
+            sink = tempfile.TemporaryFile()
+        except OSError:  # no writable temporary directory: leave stderr alone
+            yield lines
+            return
+        with sink:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(AttributeError, OSError, ValueError):
+                    stream.flush()
+            try:
+                saved = os.dup(2)
+            except OSError:  # fd 2 is closed: nothing to silence
+                yield lines
+                return
+            os.dup2(sink.fileno(), 2)
+            _capture_depth += 1
+            try:
+                yield lines
+            finally:
+                _capture_depth -= 1
+                with contextlib.suppress(AttributeError, OSError, ValueError):
+                    sys.stderr.flush()  # Python-level writes made meanwhile belong to the sink
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", "replace")
+                lines.extend(_forward_native(text, _write_stderr))
+
+
+# -- crash isolation ----------------------------------------------------------------------------
+
+
+def crash_marker(cache_dir: Path, runtime_version: str) -> Path:
+    """The file that records a CompiledModel crash on this CPU with this runtime version."""
+    safe_version = "".join(c if c.isalnum() or c in ".-" else "_" for c in runtime_version)
+    return Path(cache_dir) / f"compiled-model-litert{safe_version}-{_cpu_tag()}{_CRASH_SUFFIX}"
+
+
+def _child_command(model_path: Path, cache_path: Path, threads: int) -> list[str]:
+    code = (
+        "import sys; from edge_runtime.backends.tflite import _build_cache_main; "
+        "sys.exit(_build_cache_main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", code, str(model_path), str(cache_path), str(threads)]
+
+
+def _build_cache_main(argv: list[str]) -> int:
+    """Child process: build the weight cache argv[1] for the model argv[0] with argv[2] threads,
+    run the shortest signature once, print one JSON line. Killed by a signal, it prints nothing."""
+    model_path, cache_path, threads = Path(argv[0]), Path(argv[1]), int(argv[2])
+    try:
+        api = _compiled_model_api()
+        if api is None:
+            raise BackendUnavailableError("this ai-edge-litert has no CompiledModel weight cache")
+        engine = _CompiledEngine(api, model_path, threads, cache_path)
+        if not _looks_finalized(cache_path):
+            raise RuntimeError(f"XNNPACK did not write a complete cache to {cache_path}")
+        # The kernels XNNPACK picked for this CPU run once here too, not first in the parent.
+        shortest = None
+        for key in engine.signature_keys():
+            inputs, _, runner = engine.signature(key)
+            size = sum(int(np.prod(shape)) for shape, _ in inputs.values())
+            if shortest is None or size < shortest[0]:
+                shortest = (size, inputs, runner)
+        if shortest is not None:
+            shortest[2](
+                **{name: np.zeros(shape, dtype) for name, (shape, dtype) in shortest[1].items()}
+            )
+    except Exception as exc:  # noqa: BLE001 - any failure is reported to the parent, which falls back
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 1
+    print(json.dumps({"ok": True}), flush=True)
+    return 0
+
+
+def _build_in_child(model_path: Path, cache_path: Path, threads: int) -> tuple[str, str]:
+    """("ok" | "failed" | "crashed", detail): the cache build run in a child process."""
+    env = dict(os.environ)
+    # The child imports this very package, also when the parent found it through sys.path edits.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        _child_command(model_path.resolve(), cache_path, threads),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env=env,
+        check=False,
+    )
+    # All at DEBUG: a failure is summarized by the caller's own message, with the last words.
+    native = _forward_native(
+        done.stderr, lambda line: native_log.debug("%s", line.rstrip()), logging.DEBUG
+    )
+    report = None
+    for line in reversed(done.stdout.splitlines()):
+        with contextlib.suppress(ValueError):
+            report = json.loads(line)
+            break
+    if done.returncode == 0 and isinstance(report, dict) and report.get("ok"):
+        return "ok", ""
+    if isinstance(report, dict) and "error" in report:
+        return "failed", str(report["error"])
+    if done.returncode < 0:
+        try:
+            how = f"killed by {signal.Signals(-done.returncode).name}"
+        except ValueError:
+            how = f"killed by signal {-done.returncode}"
+    else:
+        how = f"exited with status {done.returncode} without a report"
+    last = [line for line in native if line.startswith(("FATAL", "ERROR"))]
+    last = last or [line for line in done.stderr.splitlines() if line.strip()]
+    return "crashed", how + (
+        f": {' | '.join(line.rstrip('.') for line in last[-3:])}" if last else ""
+    )
+
+
+def _can_isolate() -> bool:
+    return bool(sys.executable) and os.access(sys.executable, os.X_OK)
 
 
 # -- weight cache files -------------------------------------------------------------------------
@@ -326,21 +537,29 @@ class TfliteSession:
         self.threads = threads
         self.providers = ["XNNPACK"] if xnnpack else ["builtin"]
         model_path = Path(model_path)
-        # off: not asked for; unsupported: runtime lacks it; created / reused: cache file in
-        # use; failed: asked for and supported but could not be used (logged).
+        # off: not asked for; unsupported: the runtime lacks it, or its CompiledModel crashed
+        # on this CPU (weight_cache_note says which); created / reused: cache file in use;
+        # failed: asked for and supported but could not be used (logged).
         self.weight_cache_state = "off"
+        self.weight_cache_note: str | None = None
         self.weight_cache: Path | None = None
-        engine = None
-        if weight_cache_dir is not None and xnnpack:
-            engine = self._open_with_cache(
-                model_path, threads, Path(weight_cache_dir), model_sha256
-            )
-        if engine is None:
-            engine = _InterpreterEngine(model_path, threads, xnnpack)
-        self._engine = engine
-        self.backend_name = engine.package
-        self.backend_version = engine.version
-        self._buckets = self._read_signatures(model_path)
+        self._engine: _InterpreterEngine | _CompiledEngine | None = None
+        self._buckets: list[_Bucket] = []
+        with _native_log_to_logger():
+            engine = None
+            if weight_cache_dir is not None and xnnpack:
+                engine = self._open_with_cache(
+                    model_path, threads, Path(weight_cache_dir), model_sha256
+                )
+            if engine is None:
+                engine = _InterpreterEngine(model_path, threads, xnnpack)
+            self._engine = engine
+            self.backend_name = engine.package
+            self.backend_version = engine.version
+            self._buckets = self._read_signatures(model_path)
+            if not isinstance(engine, _InterpreterEngine):  # a CompiledModel
+                _start_process_environment(self._buckets[0])
+        _live_sessions.add(self)
         first = self._buckets[0]
         self.input_names = sorted(first.input_dtypes)
         self.output_names = sorted(first.output_shapes)
@@ -379,6 +598,15 @@ class TfliteSession:
             self.weight_cache_state = "failed"
             log.warning("XNNPACK weight cache unusable (%s); loading without it", exc)
             return None
+        marker = crash_marker(cache_dir, ai_edge_litert.__version__)
+        if marker.exists():
+            self.weight_cache_state = "unsupported"
+            self.weight_cache_note = (
+                f"ai-edge-litert {ai_edge_litert.__version__}'s CompiledModel crashed on this "
+                f"CPU before ({_read_marker(marker)}; recorded in {marker}, delete it to retry)"
+            )
+            log.info("%s: %s; using the Interpreter", model_path.name, self.weight_cache_note)
+            return None
         final = weight_cache_file(cache_dir, sha256, ai_edge_litert.__version__)
         _remove_orphans(final)
         if _looks_finalized(final):
@@ -402,13 +630,39 @@ class TfliteSession:
                 needed >> 20,
             )
             return None
+        if not _can_isolate():
+            # Without an interpreter to start, a crash could not be told from a result.
+            self.weight_cache_state = "unsupported"
+            self.weight_cache_note = (
+                f"no Python executable to build the cache in a child process "
+                f"(sys.executable is {sys.executable!r})"
+            )
+            log.info("%s: %s; using the Interpreter", model_path.name, self.weight_cache_note)
+            return None
         # Build under a name no other process uses; XNNPACK truncates and rewrites the file it
         # is given, so building in place could clobber a file another process has mapped.
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            engine = _CompiledEngine(api, model_path, threads, tmp)
-            if not _looks_finalized(tmp):
-                raise RuntimeError(f"XNNPACK did not write a complete cache to {tmp}")
+            # In a child process: the first use of CompiledModel on a CPU may kill the process
+            # (module docstring, "Crash isolation").
+            outcome, detail = _build_in_child(model_path, tmp, threads)
+            if outcome == "crashed":
+                _record_crash(marker, model_path.name, detail)
+                self.weight_cache_state = "unsupported"
+                self.weight_cache_note = (
+                    f"ai-edge-litert {ai_edge_litert.__version__}'s CompiledModel crashed on this "
+                    f"CPU ({detail})"
+                )
+                log.warning(
+                    "%s: %s. TFLite artifacts run with the Interpreter here, without the XNNPACK "
+                    "weight cache; recorded in %s (delete it to try again)",
+                    model_path.name,
+                    self.weight_cache_note,
+                    marker,
+                )
+                return None
+            if outcome != "ok":
+                raise RuntimeError(detail)
             _publish(tmp, final)
         except (RuntimeError, ValueError, OSError) as exc:
             self.weight_cache_state = "failed"
@@ -419,12 +673,36 @@ class TfliteSession:
             )
             return None
         finally:
-            # Gone after a successful rename; otherwise (error, KeyboardInterrupt) never
+            # Gone after a successful rename; otherwise (error, crash, KeyboardInterrupt) never
             # left behind. A SIGKILL can still leave it: _remove_orphans sweeps it later.
             tmp.unlink(missing_ok=True)
-        # The engine keeps the renamed file mapped (same inode): it runs from the cache it made.
+        try:
+            engine = _CompiledEngine(api, model_path, threads, final)
+        except (RuntimeError, ValueError) as exc:
+            final.unlink(missing_ok=True)
+            self.weight_cache_state = "failed"
+            log.warning(
+                "could not load %s with the weight cache it just built (%s); loading without it",
+                model_path.name,
+                exc,
+            )
+            return None
         self.weight_cache, self.weight_cache_state = final, "created"
         return engine
+
+    def close(self) -> None:
+        """Release the runtime's objects now; their teardown lines go to the logger too. The
+        session cannot run afterwards. Called when the session is collected and at exit."""
+        engine, buckets = self._engine, self._buckets
+        self._engine, self._buckets = None, []
+        if engine is None:
+            return
+        with _native_log_to_logger():
+            del engine, buckets  # the last references: the runtime tears down here
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown modules may be gone
+            self.close()
 
     def discard_weight_cache(self) -> None:
         """Delete this session's cache file (e.g. after it failed the golden check), so the next
@@ -489,6 +767,8 @@ class TfliteSession:
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._engine is None:
+            raise InputError("this TFLite session was closed; load the artifact again")
         missing = sorted(set(self.input_names) - set(feeds))
         extra = sorted(set(feeds) - set(self.input_names))
         if missing or extra:
@@ -530,6 +810,85 @@ class TfliteSession:
                     shape[1] = seq
                 result[name] = np.zeros((0, *shape[1:]), np.float32)
         return result
+
+
+def _record_crash(marker: Path, model_name: str, detail: str) -> None:
+    try:
+        marker.write_text(json.dumps({"model": model_name, "detail": detail}) + "\n")
+    except OSError as exc:  # the next load will try (and crash in its child) again
+        log.warning("could not record the CompiledModel crash in %s: %s", marker, exc)
+
+
+def _read_marker(marker: Path) -> str:
+    try:
+        return str(json.loads(marker.read_text())["detail"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no details recorded"
+
+
+# Sessions still open at exit are closed before the interpreter tears modules down, so the
+# runtime's teardown lines reach the logger rather than stderr.
+_live_sessions: weakref.WeakSet[TfliteSession] = weakref.WeakSet()
+# LiteRT makes one more Environment, process-wide, at the first tensor write of any
+# CompiledModel and destroys it in a C++ static destructor, after Python has finalized (measured
+# with ai-edge-litert 2.3: two "DestroyAccelerator" INFO lines at every exit).
+_process_environment = False
+
+
+def _start_process_environment(bucket: _Bucket) -> None:
+    """Run the shortest bucket once (zeros) while the caller captures fd 2, so the process-wide
+    environment is made, and logged, at load rather than at the first inference."""
+    global _process_environment
+    if _process_environment:
+        return
+    _process_environment = True
+    bucket.runner(
+        **{name: np.zeros((1, bucket.length), dtype) for name, dtype in bucket.input_dtypes.items()}
+    )
+
+
+def _silence_native_teardown() -> None:
+    """From here to the end of the process, fd 2 goes to /dev/null, and Python's writers move to
+    a copy of the real stderr: sys.stderr and sys.__stderr__ (finalization restores the latter),
+    logging handlers that wrote to the old sys.stderr, faulthandler. The runtime's static
+    destructors print into nothing; Python's last messages still show."""
+    old = sys.stderr
+    try:
+        fd = old.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd != 2:
+        return  # sys.stderr was redirected elsewhere by the application: leave it all alone
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        real = os.dup(2)
+    except OSError:
+        return
+    stream = open(  # noqa: SIM115 - lives until the process ends
+        real, "w", buffering=1, encoding=old.encoding or "utf-8", errors="backslashreplace"
+    )
+    with contextlib.suppress(OSError, ValueError):
+        old.flush()
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = sys.__stderr__ = stream
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for handler in {h for lg in loggers for h in getattr(lg, "handlers", ())}:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+            handler.setStream(stream)
+    import faulthandler
+
+    if faulthandler.is_enabled():
+        faulthandler.enable(file=stream, all_threads=True)
+
+
+@atexit.register
+def _at_exit() -> None:
+    for session in list(_live_sessions):
+        with contextlib.suppress(Exception):
+            session.close()
+    if _process_environment:
+        _silence_native_teardown()
 
 
 def open_session(model_path: Path, **options: Any) -> TfliteSession:

@@ -1,0 +1,563 @@
+"""What this device is: CPU, ISA features, core clusters, memory, board, installed backends.
+
+One reader of /proc and /sys for the whole project: the runtime's artifact choice, thread
+defaults, `edge-run --info`, `edge-bench` and `edge-convert --target auto` all go through
+`detect()`. Every path is read under `root`, so recorded samples of real devices
+(tests/data/devices/<name>/) test it, and under qemu-user with QEMU_LD_PREFIX the sysroot's
+files stand in for the host's. Nothing here raises on a missing or unreadable file: a field
+falls back (psutil / os for the real root) and the reader goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FEATURES_OF_INTEREST",
+    "Cluster",
+    "DeviceInfo",
+    "available_mb",
+    "detect",
+    "match_profile",
+    "sensors",
+    "target_facts",
+]
+
+# (CPU implementer, CPU part) -> core name, from the Arm/vendor MIDR tables (Linux
+# arch/arm64/include/asm/cputype.h). Only cores that run Linux boards we may meet.
+_ARM_CORES = {
+    (0x41, 0xD03): "Cortex-A53",
+    (0x41, 0xD04): "Cortex-A35",
+    (0x41, 0xD05): "Cortex-A55",
+    (0x41, 0xD07): "Cortex-A57",
+    (0x41, 0xD08): "Cortex-A72",
+    (0x41, 0xD09): "Cortex-A73",
+    (0x41, 0xD0A): "Cortex-A75",
+    (0x41, 0xD0B): "Cortex-A76",
+    (0x41, 0xD0C): "Neoverse-N1",
+    (0x41, 0xD0D): "Cortex-A77",
+    (0x41, 0xD40): "Neoverse-V1",
+    (0x41, 0xD41): "Cortex-A78",
+    (0x41, 0xD42): "Cortex-A78AE",
+    (0x41, 0xD44): "Cortex-X1",
+    (0x41, 0xD46): "Cortex-A510",
+    (0x41, 0xD47): "Cortex-A710",
+    (0x41, 0xD48): "Cortex-X2",
+    (0x41, 0xD49): "Neoverse-N2",
+    (0x41, 0xD4B): "Cortex-A78C",
+    (0x41, 0xD4D): "Cortex-A715",
+    (0x41, 0xD4E): "Cortex-X3",
+    (0x41, 0xD4F): "Neoverse-V2",
+    (0x41, 0xD80): "Cortex-A520",
+    (0x41, 0xD81): "Cortex-A720",
+    (0x41, 0xD82): "Cortex-X4",
+    (0x4E, 0x004): "NVIDIA Carmel",
+    (0x51, 0x800): "Kryo 2xx Gold",
+    (0x51, 0x801): "Kryo 2xx Silver",
+    (0x61, 0x022): "Apple M1 Icestorm",
+    (0x61, 0x023): "Apple M1 Firestorm",
+}
+
+# x86 flags behind onnxruntime's exact (32-bit accumulating) INT8 GEMM kernels in MLAS:
+# AVX512-VNNI / AVX-VNNI VPDPBUSD, AMX TDPBUSD. Without them MLAS's AVX2 and AVX512BW kernels
+# use VPMADDUBSW, whose adjacent u8 x s8 products add into a saturating int16.
+_X86_EXACT_INT8 = ("avx512_vnni", "avx_vnni", "amx_int8")
+_X86_PAIR_INT8 = ("avx2", "avx512bw")
+
+# Cores whose maximum frequencies are within this ratio of the cluster's fastest core count as
+# one cluster: Intel's "favored cores" report a few % more than their siblings (Turbo Boost Max
+# 3.0) and RK3588 bins its two A76 pairs at 2.256 / 2.352 GHz, while real big.LITTLE gaps are
+# >= 25% (RK3588 A55 1.8 vs A76 2.4 GHz; Alder Lake E 3.9 vs P 4.9+ GHz).
+_SAME_CLUSTER = 0.9
+
+# The Raspberry Pi firmware's throttling word (vcgencmd get_throttled; documented in
+# raspberrypi.com/documentation/computers/os.html#get_throttled).
+_THROTTLE_BITS = {
+    0: "under_voltage",
+    1: "arm_frequency_capped",
+    2: "throttled",
+    3: "soft_temperature_limit",
+    16: "under_voltage_occurred",
+    17: "arm_frequency_capped_occurred",
+    18: "throttled_occurred",
+    19: "soft_temperature_limit_occurred",
+}
+
+# The flags that decide kernels for this project's workloads (shown by `edge-run --info`).
+FEATURES_OF_INTEREST = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "fphp",
+    "asimdhp",
+    "bf16",
+    "sve",
+    "sve2",
+)
+
+# Backend distributions reported, by the name artifacts' min_runtime uses.
+_BACKEND_DISTS = ("onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "tflite-runtime")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    cpus: tuple[int, ...]  # logical CPU ids in this cluster
+    max_khz: int | None  # cpufreq cpuinfo_max_freq, None when unreadable
+    core: str | None = None  # ARM core name of these CPUs (e.g. "Cortex-A76"), None on x86
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    arch: str
+    cpu_model: str
+    isa_features: frozenset[str]
+    logical_cores: int
+    physical_cores: int
+    clusters: tuple[Cluster, ...]
+    big_cores: int
+    ram_total_mb: int
+    ram_available_mb: int
+    board: str | None
+    int8_gemm: str
+    backends: dict[str, str]
+    l4t_release: str | None = None  # Jetson Linux release, e.g. "R36.4.0"
+    board_source: str | None = None  # the file the board name came from (under root)
+
+    def notable_features(self) -> list[str]:
+        """The ISA features of FEATURES_OF_INTEREST this CPU has, in that order."""
+        return [f for f in FEATURES_OF_INTEREST if f in self.isa_features]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: sets sorted into lists, clusters into dicts."""
+        data = dataclasses.asdict(self)
+        data["isa_features"] = sorted(self.isa_features)
+        data["clusters"] = [
+            {"cpus": list(c.cpus), "max_khz": c.max_khz, "core": c.core} for c in self.clusters
+        ]
+        return data
+
+
+# -- reading files ------------------------------------------------------------------------------
+
+
+def _read(root: Path, rel: str) -> str | None:
+    try:
+        return (root / rel).read_text(encoding="utf-8", errors="replace")
+    except (OSError, ValueError):  # ValueError: an embedded NUL in a crafted path
+        return None
+
+
+def _read_int(root: Path, rel: str) -> int | None:
+    text = _read(root, rel)
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
+    """/proc/cpuinfo as blocks of `key: value` lines (blank-line separated). Keys keep their
+    case; ARM kernels put board lines (Hardware, Revision, Model) in a last block of their own."""
+    blocks, current = [], {}
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+            current = {}
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            current[key.strip()] = value.strip()
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value, 0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _device_tree_model(root: Path) -> tuple[str | None, str | None]:
+    # /proc/device-tree first: qemu-user's QEMU_LD_PREFIX redirects absolute paths to the sysroot,
+    # which is how the ARM64 emulation check hands a model file to this reader.
+    for rel in ("proc/device-tree/model", "sys/firmware/devicetree/base/model"):
+        text = _read(root, rel)
+        if text and text.strip("\x00\n "):
+            return text.strip("\x00\n "), "/" + rel
+    return None, None
+
+
+def _l4t_release(root: Path) -> str | None:
+    """'# R36 (release), REVISION: 4.0, GCID: ...' -> 'R36.4.0'."""
+    text = _read(root, "etc/nv_tegra_release")
+    if not text:
+        return None
+    first = text.splitlines()[0] if text.splitlines() else ""
+    major = first.lstrip("# ").split(" ", 1)[0]
+    revision = ""
+    for part in first.split(","):
+        key, _, value = part.partition(":")
+        if key.strip() == "REVISION":
+            revision = value.strip()
+    if not major.startswith("R"):
+        return "unknown"
+    return f"{major}.{revision}" if revision else major
+
+
+def _meminfo(root: Path) -> dict[str, int]:
+    values = {}
+    for line in (_read(root, "proc/meminfo") or "").splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            values[key.strip()] = int(fields[0])  # kB
+    return values
+
+
+def _installed_backends() -> dict[str, str]:
+    found = {}
+    for dist in _BACKEND_DISTS:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+# -- detection ----------------------------------------------------------------------------------
+
+
+def _clusters(
+    cpus: list[int], max_khz: dict[int, int | None], cores: dict[int, str | None]
+) -> tuple[Cluster, ...]:
+    """Group CPUs: by core type where the cpuinfo names one per CPU (ARM), then by maximum
+    frequency (within _SAME_CLUSTER of the group's fastest). Fastest cluster first."""
+    groups: dict[str | None, list[int]] = {}
+    for cpu in cpus:
+        groups.setdefault(cores.get(cpu), []).append(cpu)
+    clusters = []
+    for core, members in groups.items():
+        known = sorted((max_khz[c] for c in members if max_khz.get(c)), reverse=True)
+        if not known:
+            clusters.append(Cluster(tuple(sorted(members)), None, core))
+            continue
+        # Split by frequency: walk from the fastest core down, open a new cluster at each gap.
+        tops: list[int] = []
+        for khz in known:
+            if not tops or khz < tops[-1] * _SAME_CLUSTER:
+                tops.append(khz)
+        buckets: dict[int, list[int]] = {top: [] for top in tops}
+        for cpu in members:
+            khz = max_khz.get(cpu) or tops[0]
+            top = next((t for t in tops if khz >= t * _SAME_CLUSTER), tops[-1])
+            buckets[top].append(cpu)
+        for top, bucket in buckets.items():
+            clusters.append(Cluster(tuple(sorted(bucket)), top, core))
+    clusters.sort(key=lambda c: (-(c.max_khz or 0), c.cpus[0]))
+    return tuple(clusters)
+
+
+def _core_ids(root: Path, cpus: list[int], per_cpu: list[dict[str, str]]) -> dict[int, Any]:
+    """A key per logical CPU that SMT siblings share: the kernel's thread_siblings_list
+    (core_cpus_list on newer kernels) where readable, else (package, core_id) from topology or the
+    x86 cpuinfo. The sibling list comes first because ARM kernels with a device-tree cpu-map
+    restart core_id in every cluster (RK3588: core_id 0-3, 0-1, 0-1, all in package 0)."""
+    keys: dict[int, Any] = {}
+    blocks = dict(zip(cpus, per_cpu))
+    for cpu in cpus:
+        topo = f"sys/devices/system/cpu/cpu{cpu}/topology"
+        siblings = _read(root, f"{topo}/thread_siblings_list") or _read(
+            root, f"{topo}/core_cpus_list"
+        )
+        if siblings and siblings.strip():
+            keys[cpu] = ("siblings", siblings.strip())
+            continue
+        core = _read_int(root, f"{topo}/core_id")
+        package = _read_int(root, f"{topo}/physical_package_id")
+        if core is None and cpu in blocks:
+            core, package = _int(blocks[cpu].get("core id")), _int(blocks[cpu].get("physical id"))
+        if core is not None:
+            keys[cpu] = ("core", package or 0, core)
+    return keys
+
+
+def _physical(cpus: tuple[int, ...], core_ids: dict[int, Any]) -> int:
+    """Distinct (package, core) pairs among `cpus`; a CPU without topology counts alone."""
+    return len({core_ids.get(cpu, (-1, -1 - cpu)) for cpu in cpus})
+
+
+def _detect(root: Path, real: bool) -> DeviceInfo:
+    blocks = _cpuinfo_blocks(_read(root, "proc/cpuinfo") or "")
+    per_cpu = [b for b in blocks if _int(b.get("processor")) is not None]
+    extra: dict[str, str] = {}
+    for block in blocks:
+        if block not in per_cpu:
+            extra.update(block)
+    cpus = [_int(b["processor"]) for b in per_cpu]
+    if not cpus:
+        found = (
+            sorted(
+                int(p.name[3:])
+                for p in (root / "sys/devices/system/cpu").glob("cpu[0-9]*")
+                if p.name[3:].isdigit()
+            )
+            if (root / "sys/devices/system/cpu").is_dir()
+            else []
+        )
+        cpus = found or list(range((os.cpu_count() or 1) if real else 1))
+
+    # Architecture: the recorded sample's own (ARM cpuinfo has "CPU implementer", x86 "flags"),
+    # the interpreter's machine for the real root.
+    if real:
+        arch = platform.machine().lower()
+    elif any("CPU implementer" in b for b in per_cpu):
+        arch = "aarch64"
+    elif any("flags" in b for b in per_cpu):
+        arch = "x86_64"
+    else:
+        arch = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+
+    # ISA features every core has (threads migrate between cores, so a kernel may use a flag only
+    # when all have it). x86 lists "flags", ARM "Features".
+    feature_sets = [set(b.get("flags", b.get("Features", "")).lower().split()) for b in per_cpu]
+    feature_sets = [s for s in feature_sets if s]
+    features = frozenset(set.intersection(*feature_sets)) if feature_sets else frozenset()
+
+    cores: dict[int, str | None] = {}
+    for cpu, block in zip(cpus, per_cpu):
+        implementer, part = _int(block.get("CPU implementer")), _int(block.get("CPU part"))
+        if implementer is not None and part is not None:
+            cores[cpu] = _ARM_CORES.get((implementer, part), f"ARM {implementer:#x}/{part:#05x}")
+
+    max_khz = {
+        cpu: _read_int(root, f"sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq")
+        for cpu in cpus
+    }
+    clusters = _clusters(cpus, max_khz, cores)
+
+    core_ids = _core_ids(root, cpus, per_cpu)
+    physical = _physical(tuple(cpus), core_ids)
+    if real and not core_ids:
+        physical = _psutil_physical() or physical
+    big = _physical(clusters[0].cpus, core_ids) if clusters else physical
+
+    if "model name" in (per_cpu[0] if per_cpu else {}) and arch == "x86_64":
+        cpu_model = per_cpu[0]["model name"]
+    elif cores:
+        names = []
+        for cluster in clusters:
+            if cluster.core and cluster.core not in names:
+                names.append(cluster.core)
+        cpu_model = " + ".join(names)
+    elif per_cpu and per_cpu[0].get("model name"):
+        cpu_model = per_cpu[0]["model name"]
+    elif real and platform.processor():
+        cpu_model = platform.processor()
+    else:
+        cpu_model = "unknown"
+
+    mem = _meminfo(root)
+    total_mb, available_mb = mem.get("MemTotal", 0) // 1024, mem.get("MemAvailable", 0) // 1024
+    if real and not total_mb:
+        total_mb, available_mb = _psutil_memory()
+
+    board, board_source = _device_tree_model(root)
+    if board is None and extra.get("Model"):  # Raspberry Pi kernels repeat it in cpuinfo
+        board, board_source = extra["Model"], "/proc/cpuinfo"
+    l4t = _l4t_release(root)
+    if board is None and l4t is not None:
+        board, board_source = f"NVIDIA Jetson (L4T {l4t})", "/etc/nv_tegra_release"
+
+    if arch == "x86_64":
+        if any(f in features for f in _X86_EXACT_INT8):
+            int8_gemm = "int32"
+        elif any(f in features for f in _X86_PAIR_INT8):
+            int8_gemm = "s16-pairs"
+        else:
+            # MLAS's SSE4.1 kernel widens u8/s8 to int16 and multiplies with PMADDWD into int32.
+            int8_gemm = "int32"
+    else:
+        # ARM64 MLAS kernels (UMULL/UADALP, SDOT/UDOT, SMMLA) accumulate in 32 bits.
+        int8_gemm = "int32"
+
+    return DeviceInfo(
+        arch=arch,
+        cpu_model=cpu_model,
+        isa_features=features,
+        logical_cores=len(cpus),
+        physical_cores=physical,
+        clusters=clusters,
+        big_cores=big,
+        ram_total_mb=total_mb,
+        ram_available_mb=available_mb,
+        board=board,
+        int8_gemm=int8_gemm,
+        backends=_installed_backends(),
+        l4t_release=l4t,
+        board_source=board_source,
+    )
+
+
+def _psutil_physical() -> int | None:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False)
+    except ImportError:
+        return None
+
+
+def _psutil_memory() -> tuple[int, int]:
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return vm.total // 2**20, vm.available // 2**20
+    except ImportError:
+        return 0, 0
+
+
+@functools.cache
+def _detect_real() -> DeviceInfo:
+    return _detect(Path("/"), real=True)
+
+
+def detect(root: str | os.PathLike = "/") -> DeviceInfo:
+    """This device (root "/", cached per process), or a recorded sample under `root`.
+
+    The cache holds for the process: CPUs, RAM size and board do not change while it runs.
+    `ram_available_mb` is therefore a snapshot from the first call; `available_mb()` reads the
+    current value where it matters (memory fit does)."""
+    path = Path(root)
+    if path.resolve() == Path("/"):
+        return _detect_real()
+    return _detect(path, real=False)
+
+
+def available_mb(root: str | os.PathLike = "/") -> int:
+    """MemAvailable now (not the cached snapshot of detect())."""
+    mem = _meminfo(Path(root))
+    if "MemAvailable" in mem:
+        return mem["MemAvailable"] // 1024
+    if Path(root).resolve() == Path("/"):
+        return _psutil_memory()[1]
+    return 0
+
+
+# -- sensors ------------------------------------------------------------------------------------
+
+
+def _throttled(root: Path) -> dict[str, Any] | None:
+    base = root / "sys/devices/platform"
+    if not base.is_dir():
+        return None
+    # Pi 4: soc/soc:firmware/get_throttled; Pi 5: soc@107c000000/soc@107c000000:firmware/...
+    candidates = sorted(base.glob("*/*firmware/get_throttled")) + sorted(
+        base.glob("*firmware/get_throttled")
+    )
+    for path in candidates:
+        try:
+            raw = int(path.read_text().strip(), 16)
+        except (OSError, ValueError):
+            continue
+        decoded: dict[str, Any] = {"raw": f"{raw:#x}"}
+        decoded.update({name: bool(raw >> bit & 1) for bit, name in _THROTTLE_BITS.items()})
+        return decoded
+    return None
+
+
+def sensors(root: str | os.PathLike = "/") -> dict[str, Any]:
+    """Temperatures (deg C by thermal zone type), current CPU frequencies (kHz by "cpuN") and the
+    Raspberry Pi firmware's throttling flags (None elsewhere). Read fresh at every call."""
+    path = Path(root)
+    temperatures: dict[str, float] = {}
+    thermal = path / "sys/class/thermal"
+    zones = (
+        sorted(thermal.glob("thermal_zone*"), key=lambda p: _int(p.name[12:]) or 0)
+        if thermal.is_dir()
+        else []
+    )
+    for zone in zones:
+        kind = (_read(zone, "type") or zone.name).strip() or zone.name
+        milli = _read_int(zone, "temp")
+        if milli is None:
+            continue
+        name, n = kind, 1
+        while name in temperatures:  # two zones of one type (acpitz) keep both
+            n += 1
+            name = f"{kind}-{n}"
+        temperatures[name] = milli / 1000.0
+    frequencies: dict[str, int] = {}
+    cpu_dir = path / "sys/devices/system/cpu"
+    cpus = (
+        [p for p in cpu_dir.glob("cpu[0-9]*") if p.name[3:].isdigit()] if cpu_dir.is_dir() else []
+    )
+    for cpu in sorted(cpus, key=lambda p: int(p.name[3:])):
+        khz = _read_int(cpu, "cpufreq/scaling_cur_freq")
+        if khz is not None:
+            frequencies[cpu.name] = khz
+    return {
+        "temperature_c": temperatures,
+        "cpufreq_khz": frequencies,
+        "throttled": _throttled(path),
+    }
+
+
+# -- target profile ------------------------------------------------------------------------------
+
+
+def target_facts(device: DeviceInfo) -> dict[str, Any]:
+    """The facts `targets.detect_target` matches profiles on, from this reader."""
+    return {
+        "arch": device.arch,
+        "cpu_flags": set(device.isa_features),
+        "device_model": device.board or "",
+    }
+
+
+def match_profile(device: DeviceInfo) -> tuple[str | None, str]:
+    """(profile id, reason) by the targets' [detect] rules (as `edge-convert --target auto`)."""
+    import targets
+
+    facts = target_facts(device)
+    try:
+        profile = targets.detect_target(facts)
+    except targets.UnknownTargetError as exc:
+        return None, str(exc)
+    detect_rule = profile.detect
+    why = [f"arch {device.arch}"]
+    if detect_rule.cpu_flags:
+        why.append("CPU flags " + " ".join(detect_rule.cpu_flags))
+    hits = [s for s in detect_rule.device_model if s in facts["device_model"]]
+    if hits:
+        why.append(f"board {device.board!r} contains {hits[0]!r}")
+    elif detect_rule.files:
+        present = [f for f in detect_rule.files if Path(f).exists()]
+        why.append(f"{present[0]} present" if present else "")
+    reason = f"{', '.join(w for w in why if w)} (priority {detect_rule.priority})"
+    others = [
+        p.id
+        for p in targets.list_profiles()
+        if p.id != profile.id and targets._matches(p.detect, facts)
+    ]
+    if others:
+        reason += f"; also matches {', '.join(others)} (lower priority)"
+    return profile.id, reason

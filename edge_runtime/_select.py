@@ -1,0 +1,119 @@
+"""Which artifact `load()` tries first on this device, and why.
+
+The order, each step with its reason:
+1. the target profile's order (`_model._candidates`: backends in fallback order, then precision);
+2. artifacts whose backend is not installed here, or whose INT8 weights this CPU's arithmetic
+   would compute wrongly (`_compat`), are left out (named in `skipped`, with the reason);
+3. those that do not fit the memory available now (with headroom, `_memory.fit`) go last;
+4. a cached tuning result (`_tune`) that names the fastest artifact here moves it first, if it
+   fits and the profile allows it (it is among the candidates).
+The golden check at load still has the last word: an artifact that fails it is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime import _compat, _device, _memory, _tune, backends
+
+__all__ = ["Choice", "Plan", "plan", "threads_for"]
+
+
+@dataclass
+class Choice:
+    entry: dict[str, Any]
+    fits: bool
+    notes: list[str] = field(default_factory=list)  # why it is where it is
+
+    @property
+    def name(self) -> str:
+        return self.entry["name"]
+
+
+@dataclass
+class Plan:
+    choices: list[Choice]  # the order load() tries
+    skipped: dict[str, str]  # artifact -> why it is not tried here
+    reason: str  # why choices[0] comes first
+
+
+def _profile_order_note(manifest: dict[str, Any]) -> str:
+    runtime = manifest.get("runtime", {})
+    backends_ = " > ".join(b["name"] for b in runtime.get("backends", [])) or "manifest order"
+    precisions = " > ".join(runtime.get("artifact_preference", [])) or "manifest order"
+    return f"profile order (backends {backends_}; precisions {precisions})"
+
+
+def plan(
+    root: Path,
+    manifest: dict[str, Any],
+    device: _device.DeviceInfo,
+    tuning: dict[str, Any] | None,
+    available_mb: int | None = None,
+) -> Plan:
+    """The automatic selection order for `manifest` on `device` (no session is opened)."""
+    from edge_runtime._model import _candidates  # _model imports this module
+
+    available = _device.available_mb() if available_mb is None else available_mb
+    choices, skipped = [], {}
+    for rank, entry in enumerate(_candidates(manifest), 1):
+        if not backends.backend_available(entry["format"]):
+            skipped[entry["name"]] = f"no {entry['format']} backend installed"
+            continue
+        problem = _compat.arithmetic_problem(entry, manifest, device)
+        if problem:  # it would compute wrong numbers on this CPU's INT8 GEMM
+            skipped[entry["name"]] = problem
+            continue
+        problem = _compat.arithmetic_problem(entry, manifest, device)
+        if problem:  # it would run and compute wrong numbers (edge_runtime/_compat.py)
+            skipped[entry["name"]] = problem
+            continue
+        fits, why = _memory.fit(entry, available, device.ram_total_mb)
+        choices.append(Choice(entry, fits, [f"#{rank} in the profile order", why]))
+    # Stable: the profile's order holds within each group.
+    choices = [c for c in choices if c.fits] + [c for c in choices if not c.fits]
+    if not choices:
+        return Plan([], skipped, "no artifact can run here")
+    first = choices[0]
+    reason = f"{_profile_order_note(manifest)}; {first.notes[1]}"
+    if not first.fits:
+        reason = (
+            f"{_profile_order_note(manifest)}; none fits the available memory ({first.notes[1]})"
+        )
+    elif any(not c.fits for c in choices):
+        reason += "; ranked last for memory: " + ", ".join(c.name for c in choices if not c.fits)
+    fastest = (tuning or {}).get("fastest")
+    if fastest and fastest != first.name:
+        moved = next((c for c in choices if c.name == fastest and c.fits), None)
+        if moved is not None:
+            scores = (tuning or {}).get("compared") or {}
+            timing = ""
+            if fastest in scores and first.name in scores:
+                timing = (
+                    f": p50 {scores[fastest]['p50_ms']:.2f} ms vs {scores[first.name]['p50_ms']:.2f} ms "
+                    f"for {first.name}"
+                )
+            choices.remove(moved)
+            choices.insert(0, moved)
+            moved.notes.append("fastest here in the tuning cache")
+            reason = f"fastest here (tuning cache{timing}); otherwise {reason}"
+    elif fastest and fastest == first.name:
+        reason += "; also the fastest here (tuning cache)"
+    return Plan(choices, skipped, reason)
+
+
+def threads_for(
+    entry: dict[str, Any], manifest: dict[str, Any], tuning: dict[str, Any] | None
+) -> tuple[int, bool | None, str]:
+    """(threads, spinning, where from) that load() uses for `entry` when none are given."""
+    tuned = _tune.setting_for(tuning, entry["name"])
+    if tuned is not None:
+        return tuned.threads, tuned.spinning, "tuning cache"
+    profile = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0) or 0)
+    if profile:
+        return profile, None, "profile default"
+    from edge_runtime._model import physical_cores
+
+    return physical_cores(), None, "physical cores of the fastest cluster"

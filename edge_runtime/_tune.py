@@ -1,0 +1,455 @@
+"""Thread and artifact tuning: measured on the device once, cached, used by `load()`.
+
+A sweep opens an artifact with each setting (intra-op threads x, for onnxruntime, whether idle
+threads spin) and times batch-1 runs of a representative input, the settings taking turns in short
+blocks (interleaved rounds, so a burst of load from another process hits every setting alike).
+The best setting has the lowest p50; settings within _TIE of it are told apart by p90. With
+`compare=True` the artifacts then run side by side at their best settings, and the fastest one
+is recorded (among those within _ARTIFACT_TIE of the fastest, the profile's preferred one wins).
+
+Results are cached per device in default_cache_dir()/tuning/, one JSON file per artifact
+directory and CPU, holding what they are valid for: the CPU tag, edge_runtime's and the backends'
+versions and every artifact's hashes. A file that does not parse, or was made for anything else,
+is ignored with a warning and replaced by the next sweep. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import _device, _memory
+from edge_runtime._errors import EdgeRuntimeError, InputError
+from edge_runtime._manifest import read_manifest, resolve
+from edge_runtime.backends._cache import cpu_tag
+
+__all__ = [
+    "FIRST_USE",
+    "SCHEMA_VERSION",
+    "Setting",
+    "cache_file",
+    "read_cached",
+    "representative_feeds",
+    "setting_for",
+    "settings_for",
+    "thread_candidates",
+    "tune",
+]
+
+log = logging.getLogger("edge_runtime")
+
+SCHEMA_VERSION = 1
+_TIE = 0.03  # p50s within 3% are a tie (timing noise on a busy device); p90 decides
+_ARTIFACT_TIE = 0.05  # an artifact must be 5% faster to displace the profile's preferred one
+# onnxruntime's intra-op threads spin for a while after a run; the next setting's first run would
+# compete with them (benchmarks/bench_artifacts.py measured 10.1 vs 8.5 ms INT8 p50 without a
+# pause). One untimed run after the pause also refills the caches the other setting evicted.
+_SETTLE_S = 0.02
+_BLOCK = 3  # timed runs per turn
+# The sweep load() runs on first use of an artifact (its cost is measured in tests/test_tune.py's
+# docstring and the report): few rounds, stopped after budget_s.
+FIRST_USE = {"rounds": 5, "budget_s": 1.5}
+_BACKEND_DIST = {
+    "onnx": ("onnxruntime", "onnxruntime-gpu"),
+    "tflite": ("ai-edge-litert", "tflite-runtime"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    threads: int
+    spinning: bool | None  # onnxruntime session.intra_op.allow_spinning; None: not applicable
+
+    def label(self) -> str:
+        spin = "" if self.spinning is None else (", spinning" if self.spinning else ", no spinning")
+        return f"{self.threads} thread{'s' if self.threads != 1 else ''}{spin}"
+
+
+# -- what to try --------------------------------------------------------------------------------
+
+
+def thread_candidates(device: _device.DeviceInfo, manifest: dict[str, Any]) -> list[int]:
+    """1, 2, the big cores, all physical cores and the profile's intra_op setting, each at most
+    the CPUs this process may run on."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = device.logical_cores
+    usable = max(1, min(usable, device.logical_cores))
+    profile = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0) or 0)
+    wanted = {1, 2, device.big_cores, device.physical_cores, profile}
+    return sorted({min(t, usable) for t in wanted if t > 0})
+
+
+def settings_for(fmt: str, threads: list[int]) -> list[Setting]:
+    if fmt == "onnx":
+        return [Setting(t, spin) for t in threads for spin in (True, False)]
+    return [Setting(t, None) for t in threads]  # TFLite has no spinning switch
+
+
+def sequence_length(manifest: dict[str, Any], entry: dict[str, Any]) -> int:
+    """The length the converter timed at (its typical input), within the tokenizer's maximum."""
+    measured = (entry.get("measured_on_converter") or {}).get("sequence")
+    maximum = (manifest.get("tokenizer") or {}).get("max_length")
+    length = int(measured or maximum or 128)
+    return min(length, int(maximum)) if maximum else length
+
+
+def representative_feeds(
+    root: Path, manifest: dict[str, Any], entry: dict[str, Any], sequence: int
+) -> dict:
+    """Batch 1, `sequence` tokens: the golden sample's first row (real token ids) repeated to
+    length, every position attended."""
+    with np.load(resolve(root, entry["golden"]["path"]), allow_pickle=False) as data:
+        golden = {k[len("input:") :]: data[k] for k in data.files if k.startswith("input:")}
+    mask = golden.get("attention_mask")
+    valid = int(mask[0].sum()) if mask is not None else None
+    feeds = {}
+    for spec in manifest["inputs"]:
+        name = spec["name"]
+        if name == "attention_mask":
+            feeds[name] = np.ones((1, sequence), golden[name].dtype)
+            continue
+        row = golden[name][0][: valid or None]
+        feeds[name] = np.resize(row, sequence)[None, :].astype(golden[name].dtype)
+    return feeds
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+
+def _tuning_dir(cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    from edge_runtime._model import default_cache_dir
+
+    return default_cache_dir() / "tuning"
+
+
+def cache_file(root: Path, cache_dir: Path | None = None) -> Path:
+    """One file per artifact directory and CPU (what it holds is checked when it is read)."""
+    where = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return _tuning_dir(cache_dir) / f"{where}-{cpu_tag()}.json"
+
+
+def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    import edge_runtime
+
+    installed = _device.detect().backends
+    formats = sorted({e["format"] for e in manifest["artifacts"]})
+    return {
+        "cpu_tag": cpu_tag(),
+        "edge_runtime": edge_runtime.__version__,
+        "backends": {
+            d: installed[d] for f in formats for d in _BACKEND_DIST.get(f, ()) if d in installed
+        },
+        "artifacts": {
+            e["name"]: hashlib.sha256("".join(f["sha256"] for f in e["files"]).encode()).hexdigest()
+            for e in manifest["artifacts"]
+        },
+    }
+
+
+def read_cached(
+    root: Path, manifest: dict[str, Any], cache_dir: Path | None = None
+) -> dict[str, Any] | None:
+    """The cached tuning result for this directory on this device, None when there is none or it
+    is unusable (corrupted, or made for other artifacts, runtime or backend versions: logged)."""
+    path = cache_file(root, cache_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("tuning cache %s unreadable (%s); ignoring it", path, exc)
+        return None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {data.get('schema_version') if isinstance(data, dict) else None}"
+            )
+        for name, best in data["artifacts"].items():  # the fields load() relies on
+            if not (isinstance(name, str) and int(best["threads"]) >= 1):
+                raise ValueError(f"bad entry for {name!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning(
+            "tuning cache %s is corrupted (%s); ignoring it, the next tuning replaces it", path, exc
+        )
+        return None
+    want = _identity(manifest)
+    stale = [key for key in want if data.get("identity", {}).get(key) != want[key]]
+    if stale:
+        log.warning(
+            "tuning cache %s was made for other %s; ignoring it, the next tuning replaces it",
+            path,
+            ", ".join(stale),
+        )
+        return None
+    return data
+
+
+def setting_for(cached: dict[str, Any] | None, name: str) -> Setting | None:
+    best = (cached or {}).get("artifacts", {}).get(name)
+    if not best:
+        return None
+    return Setting(int(best["threads"]), best.get("spinning"))
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: tuning still applies to this process
+        log.warning("could not write the tuning cache %s (%s)", path, exc)
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    ms = np.asarray(times) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 90))
+
+
+def _interleave(
+    runners: dict[Any, Callable[[], Any]], rounds: int, budget_s: float | None
+) -> dict[Any, list[float]]:
+    """Time each runner in turns of _BLOCK runs, rounds times (or until budget_s has passed after
+    at least 2 rounds); the order rotates every round so no runner always follows the same one."""
+    keys = list(runners)
+    times: dict[Any, list[float]] = {k: [] for k in keys}
+    started = time.perf_counter()
+    previous = None
+    for r in range(rounds):
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            if getattr(previous, "spinning", True) is not False:  # its threads may still spin
+                time.sleep(_SETTLE_S)
+            previous = key
+            runners[key]()  # untimed: refills the caches the previous runner evicted
+            for _ in range(_BLOCK):
+                t0 = time.perf_counter()
+                runners[key]()
+                times[key].append(time.perf_counter() - t0)
+        if budget_s is not None and r >= 1 and time.perf_counter() - started > budget_s:
+            break
+    return times
+
+
+def _best(scored: dict[Any, tuple[float, float]]) -> Any:
+    """Lowest p50; among p50s within _TIE of it, the lowest p90."""
+    fastest = min(p50 for p50, _ in scored.values())
+    tied = [k for k, (p50, _) in scored.items() if p50 <= fastest * (1 + _TIE)]
+    return min(tied, key=lambda k: scored[k][1])
+
+
+def _sweep(root, manifest, entry, settings, rounds, budget_s, verify) -> dict[str, Any]:
+    """Open `entry` once per setting (caches off: a sweep leaves no device caches behind and
+    reads none), check it once, and time the settings interleaved."""
+    from edge_runtime._model import load
+
+    feeds = representative_feeds(root, manifest, entry, sequence_length(manifest, entry))
+    models = {}
+    try:
+        for i, setting in enumerate(settings):
+            models[setting] = load(
+                root,
+                artifact=entry["name"],
+                threads=setting.threads,
+                spinning=setting.spinning,
+                verify=verify and i == 0,
+                weight_cache=False,
+                tune=False,
+            )
+        times = _interleave(
+            {s: (lambda m=m: m.run(feeds)) for s, m in models.items()}, rounds, budget_s
+        )
+    finally:
+        models.clear()
+    scored = {s: _percentiles(t) for s, t in times.items()}
+    best = _best(scored)
+    return {
+        "threads": best.threads,
+        "spinning": best.spinning,
+        "p50_ms": round(scored[best][0], 4),
+        "p90_ms": round(scored[best][1], 4),
+        "sweep": [
+            {
+                "threads": s.threads,
+                "spinning": s.spinning,
+                "p50_ms": round(p50, 4),
+                "p90_ms": round(p90, 4),
+                "runs": len(times[s]),
+            }
+            for s, (p50, p90) in scored.items()
+        ],
+    }
+
+
+def _compare(
+    root, manifest, tuned: dict[str, dict], order: list[str], rounds, budget_s
+) -> tuple[str, dict]:
+    """Run the artifacts side by side at their best settings; the fastest, preferring `order`."""
+    from edge_runtime._model import load
+
+    models, feeds = {}, {}
+    by_name = {e["name"]: e for e in manifest["artifacts"]}
+    try:
+        for name in order:
+            best = tuned[name]
+            models[name] = load(
+                root,
+                artifact=name,
+                threads=best["threads"],
+                spinning=best["spinning"],
+                verify=False,
+                weight_cache=False,
+                tune=False,
+            )
+            feeds[name] = representative_feeds(
+                root, manifest, by_name[name], sequence_length(manifest, by_name[name])
+            )
+        times = _interleave(
+            {n: (lambda n=n: models[n].run(feeds[n])) for n in order}, rounds, budget_s
+        )
+    finally:
+        models.clear()
+    scored = {n: _percentiles(t) for n, t in times.items()}
+    fastest = min(p50 for p50, _ in scored.values())
+    winner = next(n for n in order if scored[n][0] <= fastest * (1 + _ARTIFACT_TIE))
+    return winner, {
+        n: {"p50_ms": round(p50, 4), "p90_ms": round(p90, 4)} for n, (p50, p90) in scored.items()
+    }
+
+
+def tune(
+    path: str | os.PathLike,
+    artifacts: list[str] | None = None,
+    *,
+    compare: bool = True,
+    rounds: int = 8,
+    budget_s: float | None = None,
+    verify: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Measure the best thread setting of each artifact and, with compare, the fastest artifact.
+
+    artifacts: names to tune; None: those automatic selection may pick here (the profile's order,
+        memory fit, installed backends). An artifact that fails its golden sample is refused
+        (recorded with the reason), not tuned.
+    rounds: interleaved rounds per sweep (each runs every setting 1 + 3 times).
+    budget_s: stop a sweep after this many seconds (at least 2 rounds); None: all rounds.
+    cache_dir: where results go (default: default_cache_dir()/tuning); write=False keeps them out.
+    Returns the result, as cached; existing results for other artifacts of the same directory
+    are kept.
+    """
+    from edge_runtime import _select
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    if rounds < 1:
+        raise InputError(f"rounds must be >= 1, got {rounds}")
+    device = _device.detect()
+    by_name = {e["name"]: e for e in manifest["artifacts"]}
+    if artifacts is None:
+        # What automatic selection may pick; never one that may not fit memory (a sweep opens it
+        # several times), unless none fits (then the first, as load() would try it).
+        choices = _select.plan(root, manifest, device, tuning=None).choices
+        names = [c.name for c in choices if c.fits] or [c.name for c in choices[:1]]
+    else:
+        unknown = [n for n in artifacts if n not in by_name]
+        if unknown:
+            raise InputError(
+                f"no artifact {', '.join(map(repr, unknown))} in {root}; it has: {', '.join(by_name)}"
+            )
+        names = list(artifacts)
+    cache_path = cache_file(root, Path(cache_dir) if cache_dir else None)
+    previous = read_cached(root, manifest, Path(cache_dir) if cache_dir else None) or {}
+    threads = thread_candidates(device, manifest)
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "identity": _identity(manifest),
+        "device": {
+            "cpu_model": device.cpu_model,
+            "arch": device.arch,
+            "features": device.notable_features(),
+            "big_cores": device.big_cores,
+            "logical_cores": device.logical_cores,
+        },
+        "artifacts": dict(previous.get("artifacts", {})),
+        "refused": dict(previous.get("refused", {})),
+        "fastest": previous.get("fastest"),
+        "compared": previous.get("compared"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    started = time.perf_counter()
+    for name in names:
+        entry = by_name[name]
+        try:
+            best = _sweep(
+                root,
+                manifest,
+                entry,
+                settings_for(entry["format"], threads),
+                rounds,
+                budget_s,
+                verify,
+            )
+        except EdgeRuntimeError as exc:  # golden mismatch, backend missing or unable to load it
+            log.warning("tuning: artifact %s refused: %s", name, exc)
+            result["refused"][name] = str(exc)
+            result["artifacts"].pop(name, None)
+            continue
+        best["input"] = {"batch": 1, "sequence": sequence_length(manifest, entry)}
+        result["artifacts"][name] = best
+        result["refused"].pop(name, None)
+        log.info(
+            "tuning: %s best at %s (p50 %.2f ms)",
+            name,
+            Setting(best["threads"], best["spinning"]).label(),
+            best["p50_ms"],
+        )
+    tuned = [n for n in names if n in result["artifacts"]]
+    together = sum(_memory.estimate_mb(by_name[n]) for n in tuned)
+    if (
+        compare
+        and len(tuned) > 1
+        and together > _device.available_mb() - _memory.headroom_mb(device.ram_total_mb)
+    ):
+        # All of them open at once would not fit: rank by the sweeps (not side by side).
+        log.warning(
+            "tuning: %s together need ~%.0f MB, more than is free; comparing their sweeps "
+            "instead of running them side by side",
+            ", ".join(tuned),
+            together,
+        )
+        scores = {n: {k: result["artifacts"][n][k] for k in ("p50_ms", "p90_ms")} for n in tuned}
+        fastest = min(s["p50_ms"] for s in scores.values())
+        result["fastest"] = next(
+            n for n in tuned if scores[n]["p50_ms"] <= fastest * (1 + _ARTIFACT_TIE)
+        )
+        result["compared"] = scores
+    elif compare and len(tuned) > 1:
+        winner, scores = _compare(root, manifest, result["artifacts"], tuned, rounds, budget_s)
+        result["fastest"], result["compared"] = winner, scores
+        log.info("tuning: fastest artifact here: %s", winner)
+    elif compare and len(tuned) == 1 and artifacts is None:  # the only one selection may pick
+        result["fastest"], result["compared"] = tuned[0], None
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    if write:
+        _write_atomic(cache_path, result)
+    return result

@@ -1,0 +1,142 @@
+"""edge-bench: benchmark an artifact directory on this device. Thin: parse, call, print.
+
+docs/edge-bench.md explains every column and field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edge_runtime._bench import BenchConfig, BenchConfigError, render_markdown, run_bench
+from edge_runtime._errors import EdgeRuntimeError
+
+# BenchConfig field -> the flag that sets it, for error messages
+_FLAGS = {
+    "artifacts": "--artifact",
+    "seqs": "--seq",
+    "batches": "--batch",
+    "threads": "--threads",
+    "runs": "--runs",
+    "warmup": "--warmup",
+    "rounds": "--rounds",
+}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-bench",
+        description="Benchmark edge-convert artifacts on this device: latency, throughput, "
+        "cold and warm load, memory, sensors, golden check. Markdown on stdout, progress on "
+        "stderr.",
+    )
+    parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="artifact to measure (repeatable; default: the one edge_runtime.load picks here)",
+    )
+    which.add_argument("--all", action="store_true", help="measure every artifact in the directory")
+    parser.add_argument(
+        "--seq",
+        type=_int_list,
+        action="append",
+        metavar="N,...",
+        help="sequence lengths in tokens (default: 128)",
+    )
+    parser.add_argument(
+        "--batch", type=_int_list, action="append", metavar="N,...", help="batch sizes (default: 1)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=_int_list,
+        action="append",
+        metavar="N,...",
+        help="intra-op thread counts, 0 = physical cores (default: the profile's)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=BenchConfig.runs, help="timed runs per measurement"
+    )
+    parser.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="untimed runs first")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=BenchConfig.rounds,
+        help="interleaved rounds the timed runs are split into",
+    )
+    parser.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip hash and golden-sample checks (measures load without them)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def _flatten(groups: list[list[int]] | None) -> tuple[int, ...] | None:
+    return None if not groups else tuple(v for group in groups for v in group)
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(raw)
+    config = BenchConfig(
+        artifacts=tuple(args.artifact),
+        all_artifacts=args.all,
+        seqs=_flatten(args.seq) or BenchConfig.seqs,
+        batches=_flatten(args.batch) or BenchConfig.batches,
+        threads=_flatten(args.threads) or BenchConfig.threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        verify=not args.no_verify,
+    )
+    progress = (
+        None
+        if args.quiet
+        else (lambda line: print(f"edge-bench: {line}", file=sys.stderr, flush=True))
+    )
+    try:
+        doc = run_bench(args.artifacts, config, command=["edge-bench", *raw], progress=progress)
+    except BenchConfigError as exc:
+        flag = _FLAGS.get(exc.parameter, exc.parameter)
+        print(f"edge-bench: error: {flag}: {str(exc).split(': ', 1)[1]}", file=sys.stderr)
+        return 2
+    except EdgeRuntimeError as exc:
+        print(f"edge-bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(render_markdown(doc), end="")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    # Skipped records (no backend for that format here) are in the table with their reason;
+    # errors (golden failure, a shape the artifact cannot run, a crash) fail the command.
+    failed = [r for r in doc["records"] if r["status"] == "error"]
+    if failed:
+        print(
+            f"edge-bench: {len(failed)} of {len(doc['records'])} measurements failed; "
+            "see the status column",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""edge-tune: measure this device's best thread setting (and fastest artifact) for an artifact
+directory and cache it for `edge_runtime.load()`. Thin: parse, call _tune.tune, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import edge_runtime
+from edge_runtime import _device, _tune
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-tune",
+        description="Measure which thread count (and, for onnxruntime, thread spinning) runs an "
+        "artifact fastest on this device, and which artifact is fastest; cache the result for "
+        "edge_runtime.load() and edge-run.",
+    )
+    parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--artifact",
+        action="append",
+        metavar="NAME",
+        help="tune only this artifact's threads (repeatable); no artifact comparison",
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every artifact in the manifest (default: those automatic selection may pick here)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="interleaved rounds per sweep (default 8)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log progress on stderr")
+    return parser
+
+
+def _print_table(result: dict, cache_file: Path) -> None:
+    device = result["device"]
+    print(
+        f"device: {device['cpu_model']} ({device['arch']}; {', '.join(device['features']) or 'no features of interest'}; "
+        f"{device['big_cores']} big cores, {device['logical_cores']} logical)"
+    )
+    for name, best in result["artifacts"].items():
+        setting = _tune.Setting(best["threads"], best["spinning"]).label()
+        shape = best.get("input", {})
+        print(
+            f"\n{name}: best {setting}, p50 {best['p50_ms']:.2f} ms, p90 {best['p90_ms']:.2f} ms "
+            f"(batch {shape.get('batch', 1)}, {shape.get('sequence', '?')} tokens)"
+        )
+        for row in best["sweep"]:
+            label = _tune.Setting(row["threads"], row["spinning"]).label()
+            print(
+                f"    {label:<26} p50 {row['p50_ms']:8.2f} ms   p90 {row['p90_ms']:8.2f} ms   {row['runs']} runs"
+            )
+    for name, reason in result["refused"].items():
+        print(f"\n{name}: refused: {reason}")
+    if result.get("compared"):
+        print("\nside by side at their best settings:")
+        for name, score in result["compared"].items():
+            mark = "*" if name == result["fastest"] else " "
+            print(
+                f"  {mark} {name:<20} p50 {score['p50_ms']:8.2f} ms   p90 {score['p90_ms']:8.2f} ms"
+            )
+    if result.get("fastest"):
+        print(
+            f"\nfastest here: {result['fastest']} (load() picks it when it is allowed and fits memory)"
+        )
+    print(f"cached in {cache_file} ({result['seconds']:.1f} s of measuring)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="edge-tune: %(message)s")
+    if args.rounds < 1:
+        print("edge-tune: error: --rounds must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        manifest = edge_runtime.read_manifest(Path(args.artifacts))
+        if args.all:
+            names, compare = [a["name"] for a in manifest["artifacts"]], True
+        else:
+            names, compare = args.artifact, not args.artifact
+        result = _tune.tune(args.artifacts, names, compare=compare, rounds=args.rounds)
+    except edge_runtime.EdgeRuntimeError as exc:
+        print(f"edge-tune: error: {exc}", file=sys.stderr)
+        return 1
+    cache_file = _tune.cache_file(Path(args.artifacts))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    **result,
+                    "cache_file": str(cache_file),
+                    "device_info": _device.detect().to_dict(),
+                },
+                indent=2,
+            )
+        )
+    else:
+        _print_table(result, cache_file)
+    return 0 if result["artifacts"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Device detection (edge_runtime._device) against recorded /proc and /sys trees of each target.
+
+The trees under tests/data/devices/ are described in tests/data/devices/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import targets
+from edge_runtime import _device
+from edge_runtime._device import Cluster, detect, match_profile, sensors, target_facts
+
+DEVICES = Path(__file__).resolve().parent / "data" / "devices"
+
+# Every field detect() reports, per recorded device (backends excepted: they are this process's).
+EXPECTED = {
+    "rpi4": {
+        "arch": "aarch64",
+        "cpu_model": "Cortex-A72",
+        "notable": ["asimd"],
+        "logical_cores": 4,
+        "physical_cores": 4,
+        "clusters": (Cluster((0, 1, 2, 3), 1800000, "Cortex-A72"),),
+        "big_cores": 4,
+        "ram_total_mb": 3791,  # MemTotal 3882924 kB // 1024
+        "ram_available_mb": 3321,
+        "board": "Raspberry Pi 4 Model B Rev 1.4",
+        "board_source": "/sys/firmware/devicetree/base/model",  # no /proc/device-tree in this tree
+        "l4t_release": None,
+        "int8_gemm": "int32",
+        "profile": "rpi4",
+        "reason": "arch aarch64, board 'Raspberry Pi 4 Model B Rev 1.4' contains 'Raspberry Pi 4' "
+        "(priority 30)",
+    },
+    "rpi5": {
+        "arch": "aarch64",
+        "cpu_model": "Cortex-A76",
+        "notable": ["asimd", "asimddp", "fphp", "asimdhp"],
+        "logical_cores": 4,
+        "physical_cores": 4,
+        "clusters": (Cluster((0, 1, 2, 3), 2400000, "Cortex-A76"),),
+        "big_cores": 4,
+        "ram_total_mb": 8052,
+        "ram_available_mb": 7511,
+        "board": "Raspberry Pi 5 Model B Rev 1.0",
+        "board_source": "/proc/device-tree/model",
+        "l4t_release": None,
+        "int8_gemm": "int32",
+        "profile": "rpi5",
+        "reason": "arch aarch64, board 'Raspberry Pi 5 Model B Rev 1.0' contains 'Raspberry Pi 5' "
+        "(priority 30)",
+    },
+    "jetson-agx-orin": {
+        "arch": "aarch64",
+        "cpu_model": "Cortex-A78AE",
+        "notable": ["asimd", "asimddp", "fphp", "asimdhp"],
+        "logical_cores": 12,
+        "physical_cores": 12,
+        "clusters": (Cluster(tuple(range(12)), 2201600, "Cortex-A78AE"),),
+        "big_cores": 12,
+        "ram_total_mb": 62827,
+        "ram_available_mb": 60109,
+        "board": "NVIDIA Jetson AGX Orin Developer Kit",
+        "board_source": "/proc/device-tree/model",
+        "l4t_release": "R36.4.0",
+        "int8_gemm": "int32",
+        "profile": "jetson-orin",
+        "reason": "arch aarch64, board 'NVIDIA Jetson AGX Orin Developer Kit' contains "
+        "'Jetson' (priority 40)",
+    },
+    "rk3588": {
+        "arch": "aarch64",
+        "cpu_model": "Cortex-A76 + Cortex-A55",
+        "notable": ["asimd", "asimddp", "fphp", "asimdhp"],
+        "logical_cores": 8,
+        "physical_cores": 8,  # core_id restarts per cluster: counted by thread_siblings_list
+        # the A76 pairs (2.4 and 2.352 GHz) are one cluster: within 10% of each other
+        "clusters": (
+            Cluster((4, 5, 6, 7), 2400000, "Cortex-A76"),
+            Cluster((0, 1, 2, 3), 1800000, "Cortex-A55"),
+        ),
+        "big_cores": 4,
+        "ram_total_mb": 15731,
+        "ram_available_mb": 15045,
+        "board": "Radxa ROCK 5B",
+        "board_source": "/proc/device-tree/model",
+        "l4t_release": None,
+        "int8_gemm": "int32",
+        "profile": None,
+        "reason": "no target profile matches this machine (arch aarch64, model Radxa ROCK 5B); "
+        "pass --target with one of: jetson-orin, rpi4, rpi5, x86-avx2, x86-avx512-vnni",
+    },
+    "x86-epyc-7r32": {
+        "arch": "x86_64",
+        "cpu_model": "AMD EPYC 7R32",
+        "notable": ["avx2", "fma"],
+        "logical_cores": 4,
+        "physical_cores": 2,  # SMT: cpu0/cpu2 and cpu1/cpu3 share a core
+        "clusters": (Cluster((0, 1, 2, 3), None, None),),  # a VM: no cpufreq
+        "big_cores": 2,
+        "ram_total_mb": 7725,
+        "ram_available_mb": 7177,
+        "board": None,
+        "board_source": None,
+        "l4t_release": None,
+        "int8_gemm": "s16-pairs",
+        "profile": "x86-avx2",
+        "reason": "arch x86_64, CPU flags avx2 fma (priority 10)",
+    },
+    "x86-xeon-8488c": {
+        "arch": "x86_64",
+        "cpu_model": "Intel(R) Xeon(R) Platinum 8488C",
+        "notable": ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"],
+        "logical_cores": 4,
+        "physical_cores": 2,
+        "clusters": (Cluster((0, 1, 2, 3), None, None),),
+        "big_cores": 2,
+        "ram_total_mb": 15603,
+        "ram_available_mb": 15037,
+        "board": None,
+        "board_source": None,
+        "l4t_release": None,
+        "int8_gemm": "int32",
+        "profile": "x86-avx512-vnni",
+        "reason": "arch x86_64, CPU flags avx2 avx512f avx512bw avx512_vnni "
+        "(priority 20); also matches x86-avx2 (lower priority)",
+    },
+}
+
+
+def test_every_recorded_device_has_expectations():
+    assert sorted(p.name for p in DEVICES.iterdir() if p.is_dir()) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_detect_recorded_device(name):
+    want = EXPECTED[name]
+    info = detect(DEVICES / name)
+    got = {key: getattr(info, key) for key in want if key not in ("notable", "profile", "reason")}
+    assert got == {k: v for k, v in want.items() if k not in ("notable", "profile", "reason")}
+    assert info.notable_features() == want["notable"]
+    assert match_profile(info) == (want["profile"], want["reason"])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_targets_machine_facts_agree_with_the_runtime_reader(name):
+    # targets cannot import edge_runtime, so it keeps a small reader of its own: the two must agree.
+    assert targets.machine_facts(DEVICES / name) == target_facts(detect(DEVICES / name))
+
+
+def test_isa_features_are_what_every_core_has(tmp_path):
+    root = tmp_path / "rk3588"
+    shutil.copytree(DEVICES / "rk3588", root)
+    cpuinfo = root / "proc/cpuinfo"
+    # a core without asimddp (a little core of an older SoC) removes it from the device's set
+    text = cpuinfo.read_text().replace("lrcpc dcpop asimddp", "lrcpc dcpop", 1)
+    cpuinfo.write_text(text)
+    assert "asimddp" not in detect(root).isa_features
+    assert "asimddp" in detect(DEVICES / "rk3588").isa_features
+
+
+def test_smt_from_core_id_when_sibling_lists_are_missing(tmp_path):
+    root = tmp_path / "epyc"
+    shutil.copytree(DEVICES / "x86-epyc-7r32", root)
+    for path in root.glob("sys/devices/system/cpu/cpu*/topology/thread_siblings_list"):
+        path.unlink()
+    assert (detect(root).physical_cores, detect(root).big_cores) == (2, 2)
+    shutil.rmtree(root / "sys")  # and from the cpuinfo's "core id" lines without any sysfs
+    assert detect(root).physical_cores == 2
+
+
+def test_board_from_nv_tegra_release_without_a_device_tree(tmp_path):
+    root = tmp_path / "orin"
+    shutil.copytree(DEVICES / "jetson-agx-orin", root)
+    shutil.rmtree(root / "proc/device-tree")
+    shutil.rmtree(root / "sys/firmware")
+    info = detect(root)
+    assert (info.board, info.board_source) == (
+        "NVIDIA Jetson (L4T R36.4.0)",
+        "/etc/nv_tegra_release",
+    )
+    assert match_profile(info)[0] == "jetson-orin"
+
+
+def test_board_from_cpuinfo_model_line_without_a_device_tree(tmp_path):
+    root = tmp_path / "pi4"
+    shutil.copytree(DEVICES / "rpi4", root)
+    shutil.rmtree(root / "sys/firmware")
+    info = detect(root)
+    assert (info.board, info.board_source) == ("Raspberry Pi 4 Model B Rev 1.4", "/proc/cpuinfo")
+
+
+def test_proc_device_tree_is_read_before_sys_firmware(tmp_path):
+    # qemu-user's QEMU_LD_PREFIX redirects /proc/device-tree/model into the sysroot (the ARM64 check)
+    root = tmp_path / "pi5"
+    shutil.copytree(DEVICES / "rpi5", root)
+    (root / "sys/firmware/devicetree/base/model").write_bytes(b"Something else\x00")
+    assert detect(root).board == "Raspberry Pi 5 Model B Rev 1.0"
+
+
+def test_empty_root_falls_back_without_raising(tmp_path):
+    info = detect(tmp_path)
+    assert (info.logical_cores, info.physical_cores, info.big_cores) == (1, 1, 1)
+    assert (info.ram_total_mb, info.board, info.cpu_model) == (0, None, "unknown")
+    assert sensors(tmp_path) == {"temperature_c": {}, "cpufreq_khz": {}, "throttled": None}
+    json.dumps(info.to_dict())
+
+
+def test_unknown_arm_core_is_named_by_its_ids(tmp_path):
+    root = tmp_path / "pi4"
+    shutil.copytree(DEVICES / "rpi4", root)
+    cpuinfo = root / "proc/cpuinfo"
+    cpuinfo.write_text(cpuinfo.read_text().replace("0xd08", "0xfff"))
+    assert detect(root).cpu_model == "ARM 0x41/0xfff"
+
+
+def test_sensors_decode_pi_throttling():
+    got = sensors(DEVICES / "rpi4")
+    assert got["temperature_c"] == {"cpu-thermal": 51.121}
+    assert got["cpufreq_khz"] == {"cpu0": 1800000, "cpu1": 600000, "cpu2": 600000, "cpu3": 600000}
+    # 0x50000: under-voltage and throttling occurred since boot, neither active now
+    assert got["throttled"] == {
+        "raw": "0x50000",
+        "under_voltage": False,
+        "arm_frequency_capped": False,
+        "throttled": False,
+        "soft_temperature_limit": False,
+        "under_voltage_occurred": True,
+        "arm_frequency_capped_occurred": False,
+        "throttled_occurred": True,
+        "soft_temperature_limit_occurred": False,
+    }
+    pi5 = sensors(DEVICES / "rpi5")  # the Pi 5's firmware node has another path
+    assert pi5["throttled"]["raw"] == "0x0" and not any(
+        v for k, v in pi5["throttled"].items() if k != "raw"
+    )
+
+
+def test_sensors_keep_zones_of_the_same_type(tmp_path):
+    for i, milli in enumerate((40000, 42500)):
+        zone = tmp_path / f"sys/class/thermal/thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text("acpitz\n")
+        (zone / "temp").write_text(f"{milli}\n")
+    assert sensors(tmp_path)["temperature_c"] == {"acpitz": 40.0, "acpitz-2": 42.5}
+
+
+def test_orin_sensors():
+    got = sensors(DEVICES / "jetson-agx-orin")
+    assert got["temperature_c"]["cpu-thermal"] == 47.406 and len(got["temperature_c"]) == 9
+    assert got["cpufreq_khz"]["cpu4"] == 2201600 and got["throttled"] is None
+
+
+def test_to_dict_is_json_ready():
+    data = json.loads(json.dumps(detect(DEVICES / "rk3588").to_dict()))
+    assert data["clusters"] == [
+        {"cpus": [4, 5, 6, 7], "max_khz": 2400000, "core": "Cortex-A76"},
+        {"cpus": [0, 1, 2, 3], "max_khz": 1800000, "core": "Cortex-A55"},
+    ]
+    assert "asimddp" in data["isa_features"] and data["isa_features"] == sorted(
+        data["isa_features"]
+    )
+
+
+def test_backends_are_this_process_installed_packages():
+    import importlib.metadata
+
+    info = detect(DEVICES / "rpi4")
+    assert info.backends["onnxruntime"] == importlib.metadata.version("onnxruntime")
+
+
+def test_this_machine_is_detected_and_cached():
+    info = detect()
+    assert info is detect("/")  # cached per process
+    assert info.logical_cores >= info.physical_cores >= info.big_cores >= 1
+    assert info.ram_total_mb > 0 and info.arch in ("x86_64", "aarch64")
+    assert match_profile(info)[0] == targets.detect_target(targets.machine_facts()).id
+
+
+def test_cluster_grouping_by_frequency_alone():
+    # x86 hybrid (no core names): P cores 4.9-5.2 GHz ("favored cores" report more), E cores 3.9
+    khz = {0: 5200000, 1: 4900000, 2: 4900000, 3: 3900000, 4: 3900000}
+    got = _device._clusters([0, 1, 2, 3, 4], khz, {})
+    assert got == (Cluster((0, 1, 2), 5200000, None), Cluster((3, 4), 3900000, None))

@@ -1,0 +1,204 @@
+"""Validation on the target's arithmetic (issue 8): the exact int32 reference and its choice.
+
+converters/exact_integer_ops.py rewrites integer GEMMs so any CPU computes what a target with
+32-bit accumulation computes; converters/arithmetic.py decides when to use it; edge_runtime
+refuses artifacts a device would compute wrongly (edge_runtime/_compat.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edge_runtime
+from converters import ConvertConfig, convert
+from converters._errors import ConversionError
+from converters.arithmetic import ValidationSessions, choose_validation
+from converters.exact_integer_ops import chunk_rows, exact_integer_ops
+from edge_runtime._compat import arithmetic_problem, required_int8_gemm
+from edge_runtime._device import detect
+from edge_runtime.backends.onnx import OnnxSession
+from targets import load_profile
+
+
+def _save(path: Path, nodes, inputs, outputs, inits) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    import onnx
+
+    onnx.save(model, str(path))
+    return path
+
+
+def _matmul_integer_model(path: Path, weights: np.ndarray, b_zero: np.ndarray | None = None) -> Path:
+    k, n = weights.shape
+    inputs = ["a", "w", "a_zp"] + (["w_zp"] if b_zero is not None else [])
+    inits = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array(7, np.uint8), "a_zp")]
+    if b_zero is not None:
+        inits.append(numpy_helper.from_array(b_zero, "w_zp"))
+    return _save(path, [helper.make_node("MatMulInteger", inputs, ["y"], name="mmi")],
+                 [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+                 [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])], inits)
+
+
+def test_chunk_rows_keeps_every_partial_sum_exact_in_float32():
+    rows = chunk_rows(255, 128)
+    assert rows == 514 and rows * 255 * 128 < 2**24 <= (rows + 1) * 255 * 128
+    with pytest.raises(ValueError):
+        chunk_rows(0, 128)
+
+
+def test_matmul_integer_rewrite_is_exact_where_this_cpu_saturates(tmp_path):
+    """Worst-case operands (K = 1536, products up to 255 x 127, sums far beyond 2^24): the
+    rewrite equals int64 numpy bit for bit; this CPU's own kernel does too only if it does not
+    saturate (the witness that the test can fail)."""
+    rng = np.random.default_rng(0)
+    k, n = 1536, 64
+    weights = rng.integers(100, 128, (k, n)).astype(np.int8) * rng.choice(np.array([-1, 1], np.int8), (1, n))
+    a = np.concatenate([np.full((4, k), 255, np.uint8), rng.integers(0, 256, (12, k), dtype=np.uint8)])
+    want = (a.astype(np.int64) - 7) @ weights.astype(np.int64)
+    assert np.abs(want).max() > 2**24, "the operands must exceed float32's exact integers"
+
+    plain = _matmul_integer_model(tmp_path / "mmi.onnx", weights)
+    report = exact_integer_ops(plain, tmp_path / "exact.onnx")
+    assert report["matmul_integer"] == [{"node": "mmi", "k_chunks": 3}]
+    got = OnnxSession(tmp_path / "exact.onnx", threads=2).run({"a": a})["y"]
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+
+    native = OnnxSession(plain, threads=2).run({"a": a})["y"]
+    if detect().int8_gemm == "s16-pairs":
+        assert np.abs(native - want).max() > 1000, "VPMADDUBSW saturates on these operands"
+    else:
+        np.testing.assert_array_equal(native, want)
+
+
+def test_matmul_integer_rewrite_with_weight_zero_points(tmp_path):
+    rng = np.random.default_rng(1)
+    weights = rng.integers(0, 256, (96, 8)).astype(np.uint8)
+    zero = rng.integers(100, 150, (8,)).astype(np.uint8)
+    path = _matmul_integer_model(tmp_path / "u8.onnx", weights, zero)
+    exact_integer_ops(path, tmp_path / "exact.onnx")
+    a = rng.integers(0, 256, (5, 96), dtype=np.uint8)
+    got = OnnxSession(tmp_path / "exact.onnx", threads=1).run({"a": a})["y"]
+    want = (a.astype(np.int64) - 7) @ (weights.astype(np.int64) - zero.astype(np.int64))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dynamic_int8_graph_matches_this_cpu_where_no_pair_saturates(tmp_path):
+    """A quantize_dynamic graph with 7-bit weights (never saturates anywhere): the rewrite runs
+    DynamicQuantizeLinear like onnxruntime's fused kernel and gives the same floats."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    fp32 = _save(tmp_path / "fp32.onnx",
+                 [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+                 [numpy_helper.from_array(w, "w")])
+    quantize_dynamic(str(fp32), str(tmp_path / "int8.onnx"), per_channel=True, reduce_range=True,
+                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    x = rng.standard_normal((10, 64)).astype(np.float32) * 3
+    native = OnnxSession(tmp_path / "int8.onnx", threads=1).run({"x": x})["y"]
+    exact_integer_ops(tmp_path / "int8.onnx", tmp_path / "exact.onnx")
+    got = OnnxSession(tmp_path / "exact.onnx", threads=1).run({"x": x})["y"]
+    np.testing.assert_allclose(got, native, rtol=1e-5, atol=1e-5)
+    assert np.abs(got - np.maximum(x @ w, 0)).max() > 1e-4, "it is the quantized model, not the float one"
+
+
+def test_qdq_matmul_rewrite_prevents_integer_fusion(tmp_path):
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (48, 16)).astype(np.int8)
+    scale = np.full(16, 0.01, np.float32)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dq_x"),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="dq_w", axis=1),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "ws"),
+             numpy_helper.from_array(np.zeros(16, np.int8), "wz"), numpy_helper.from_array(np.float32(0.05), "xs"),
+             numpy_helper.from_array(np.int8(0), "xz")]
+    path = _save(tmp_path / "qdq.onnx", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 48])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], inits)
+    report = exact_integer_ops(path, tmp_path / "exact.onnx")
+    assert sorted(report["dequantize_linear"]) == ["dq_w", "dq_x"]
+    x = rng.standard_normal((6, 48)).astype(np.float32) * 4
+    got = OnnxSession(tmp_path / "exact.onnx", threads=1).run({"x": x})["y"]
+    xq = np.clip(np.rint(x / 0.05), -128, 127)
+    want = (xq.astype(np.int64) @ w.astype(np.int64)) * 0.05 * 0.01
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_integer_ops_are_refused(tmp_path):
+    path = _save(tmp_path / "qlinear.onnx",
+                 [helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])],
+                 [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, 4])], [])
+    with pytest.raises(ConversionError, match="QLinearMatMul"):
+        exact_integer_ops(path, tmp_path / "out.onnx")
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "exact"),
+    [("rpi5", "s16-pairs", True), ("rpi5", "int32", False), ("x86-avx512-vnni", "s16-pairs", True),
+     ("jetson-orin", "s16-pairs", True), ("x86-avx2", "s16-pairs", False), ("x86-avx2", "int32", False)],
+)
+def test_validation_follows_the_target_arithmetic(target, host, exact):
+    chosen = choose_validation(load_profile(target), "auto", host=host)
+    assert chosen.exact_reference is exact and chosen.reason
+    assert choose_validation(load_profile(target), "exact", host=host).exact_reference
+    assert not choose_validation(load_profile(target), "host", host=host).exact_reference
+    with pytest.raises(ValueError, match="validation mode"):
+        choose_validation(load_profile(target), "fast", host=host)
+
+
+class _Device:
+    def __init__(self, kind):
+        self.int8_gemm, self.cpu_model = kind, "test CPU"
+
+
+def test_runtime_refuses_artifacts_this_cpu_would_compute_wrongly():
+    manifest = {"target": {"id": "rpi5", "profile": {"int8": {"pair_sum_limit": 0}, "int4": {"kernel": "int8-gemm"}}}}
+    int8 = {"name": "onnx-int8", "format": "onnx", "precision": "int8"}
+    assert required_int8_gemm(int8, manifest) == ["int32"]  # old manifests: from the profile
+    assert "overflow" in arithmetic_problem(int8, manifest, _Device("s16-pairs"))
+    assert arithmetic_problem(int8, manifest, _Device("int32")) is None
+    for safe in ({"name": "onnx-fp32", "format": "onnx", "precision": "fp32"},
+                 {"name": "tflite-int8", "format": "tflite", "precision": "int8"},
+                 {**int8, "requires": {"int8_gemm": ["int32", "s16-pairs"]}}):
+        assert arithmetic_problem(safe, manifest, _Device("s16-pairs")) is None
+
+
+@pytest.mark.parametrize("target", ["rpi5", "x86-avx2"])
+def test_conversion_scores_with_the_target_arithmetic(tiny_model_factory, tmp_path, target):
+    """The manifest says how it was validated; the golden outputs are the target's numbers
+    (the exact reference's for int32 targets), and the runtime agrees with `requires`."""
+    out = tmp_path / "out"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target=target, out=out,
+                          latency_runs=2))
+    manifest = json.loads((out / "manifest.json").read_text())
+    host = detect().int8_gemm
+    profile = load_profile(target)
+    assert manifest["validation"]["host_int8_gemm"] == host
+    expect_exact = profile.int8.arithmetic == "int32" and host != "int32"
+    assert manifest["validation"]["method"] == ("exact-int32-reference" if expect_exact else "host-kernels")
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    assert entry["requires"]["int8_gemm"] == (["int32"] if target != "x86-avx2" else ["int32", "s16-pairs"])
+    # The golden outputs were computed like the metrics: the exact reference reproduces them.
+    with np.load(out / entry["golden"]["path"]) as golden:
+        inputs = {k[6:]: golden[k] for k in golden.files if k.startswith("input:")}
+        want = {k[7:]: golden[k] for k in golden.files if k.startswith("output:")}
+    exact = ValidationSessions(choose_validation(profile, "exact"), tmp_path)(out / entry["files"][0]["path"])
+    for name, value in exact.run(inputs).items():
+        np.testing.assert_allclose(value, want[name], rtol=1e-4, atol=1e-4)
+    if arithmetic_problem(entry, manifest, detect()):
+        with pytest.raises(edge_runtime.DeviceMismatchError, match="rpi5"):
+            edge_runtime.load(out, artifact="onnx-int8")
+    else:
+        edge_runtime.load(out, artifact="onnx-int8")

@@ -1,0 +1,333 @@
+"""Thread/artifact tuning (edge_runtime/_tune.py), the selection order with memory fit
+(edge_runtime/_select.py, _memory.py), `edge-tune` and `edge-run --info`, on a tiny model."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+import edge_runtime
+from converters import ConvertConfig, convert
+from edge_runtime import _device, _memory, _model, _select, _tune, cli, cli_tune
+
+DEVICES = Path(__file__).resolve().parent / "data" / "devices"
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_model_factory, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "out"
+    convert(
+        ConvertConfig(
+            model=tiny_model_factory("bert", "feature-extraction"),
+            target="x86-avx2",
+            out=out,
+            latency_runs=2,
+        )
+    )
+    return out
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Every test starts without tuning results (default_cache_dir() follows XDG_CACHE_HOME)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def _few_rounds(monkeypatch):
+    monkeypatch.setattr(_tune, "FIRST_USE", {"rounds": 2, "budget_s": 0.5})
+
+
+def _no_sweep(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sweep ran although a valid tuning result was cached")
+
+    monkeypatch.setattr(_tune, "_sweep", refuse)
+
+
+def _edit_cache(root: Path, change) -> dict:
+    path = _tune.cache_file(root)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_first_use_sweeps_then_the_cache_is_used(converted, monkeypatch):
+    _few_rounds(monkeypatch)
+    assert not _tune.cache_file(converted).exists()
+    first = edge_runtime.load(converted, tune=True)
+    cached = json.loads(_tune.cache_file(converted).read_text())
+    best = cached["artifacts"][first.name]
+    candidates = _tune.thread_candidates(_device.detect(), first.manifest)
+    # every setting was timed: threads x spinning on/off for onnxruntime
+    assert sorted((r["threads"], r["spinning"]) for r in best["sweep"]) == sorted(
+        (t, s) for t in candidates for s in (True, False)
+    )
+    assert all(r["runs"] == 2 * 3 and r["p50_ms"] > 0 for r in best["sweep"])
+    assert first.threads == best["threads"] and best["input"] == {"batch": 1, "sequence": 128}
+    assert cached["fastest"] is None, "first use tunes threads only, it does not compare artifacts"
+
+    _no_sweep(monkeypatch)
+    _edit_cache(converted, lambda d: d["artifacts"][first.name].update(threads=3, spinning=False))
+    again = edge_runtime.load(converted)  # the default uses the cache
+    assert again.threads == 3, "the cached setting is used"
+    assert (
+        again._session._session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+        == "0"
+    )
+
+
+def test_explicit_threads_win_over_the_cache(converted, monkeypatch):
+    _few_rounds(monkeypatch)
+    edge_runtime.load(converted, tune=True)
+    _edit_cache(converted, lambda d: [a.update(threads=3) for a in d["artifacts"].values()])
+    _no_sweep(monkeypatch)
+    assert edge_runtime.load(converted, threads=1).threads == 1
+    assert edge_runtime.load(converted, artifact="onnx-fp32", threads=2).threads == 2
+    assert edge_runtime.load(converted, tune=False).threads == _model.physical_cores(), (
+        "tune=False: defaults"
+    )
+
+
+def test_by_default_load_never_sweeps(converted, monkeypatch):
+    _no_sweep(monkeypatch)
+    model = edge_runtime.load(converted)
+    assert model.threads == _model.physical_cores() and not _tune.cache_file(converted).exists()
+
+
+def test_corrupted_cache_is_ignored_and_rebuilt(converted, monkeypatch, caplog):
+    _few_rounds(monkeypatch)
+    path = _tune.cache_file(converted)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        model = edge_runtime.load(converted)
+    assert "corrupted" in caplog.text and str(path) in caplog.text
+    assert model.threads == _model.physical_cores(), "defaults, as without a cache"
+    model = edge_runtime.load(converted, tune=True)
+    assert json.loads(path.read_text())["artifacts"][model.name]["threads"] == model.threads
+    # valid JSON of the wrong shape is corruption too
+    path.write_text(json.dumps({"schema_version": 1, "artifacts": {model.name: {"threads": 0}}}))
+    assert _tune.read_cached(converted, model.manifest) is None
+
+
+def test_cache_made_for_other_artifacts_or_versions_is_stale(converted, monkeypatch, caplog):
+    _few_rounds(monkeypatch)
+    manifest = edge_runtime.load(converted, tune=True).manifest
+    assert _tune.read_cached(converted, manifest) is not None
+
+    changed = copy.deepcopy(manifest)  # an artifact rebuilt in place: other hashes
+    changed["artifacts"][0]["files"][0]["sha256"] = "0" * 64
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        assert _tune.read_cached(converted, changed) is None
+    assert "made for other artifacts" in caplog.text
+
+    version = edge_runtime.__version__
+    monkeypatch.setattr(edge_runtime, "__version__", "99.0")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        assert _tune.read_cached(converted, manifest) is None
+    assert "made for other edge_runtime" in caplog.text
+    monkeypatch.setattr(edge_runtime, "__version__", version)
+
+    real = _device.detect()
+    newer = dataclasses.replace(real, backends={**real.backends, "onnxruntime": "9.0.0"})
+    monkeypatch.setattr(_device, "detect", lambda root="/": newer)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        assert _tune.read_cached(converted, manifest) is None
+    assert "made for other backends" in caplog.text
+
+    # and load() then measures again and replaces the stale file
+    _few_rounds(monkeypatch)
+    edge_runtime.load(converted, tune=True)
+    assert _tune.read_cached(converted, manifest)["identity"]["backends"]["onnxruntime"] == "9.0.0"
+
+
+def test_full_tune_compares_artifacts_and_load_follows_it(converted, monkeypatch):
+    result = _tune.tune(converted, rounds=2)
+    names = {"onnx-fp32", "onnx-int8"}
+    assert set(result["artifacts"]) == names and set(result["compared"]) == names
+    assert result["fastest"] in names and not result["refused"]
+    # Which is faster is the machine's business; that load() follows the cache is ours: make the
+    # profile's second choice the recorded fastest one.
+    _edit_cache(converted, lambda d: d.update(fastest="onnx-fp32"))
+    _no_sweep(monkeypatch)
+    assert edge_runtime.load(converted).name == "onnx-fp32"
+    assert edge_runtime.load(converted, tune=False).name == "onnx-int8", (
+        "profile order without tuning"
+    )
+    info = cli._describe(str(converted))
+    assert (
+        info["selection"]["artifact"] == "onnx-fp32"
+        and "fastest here" in info["selection"]["reason"]
+    )
+    # a name the profile does not allow here is ignored
+    _edit_cache(converted, lambda d: d.update(fastest="onnx-int4"))
+    assert edge_runtime.load(converted).name == "onnx-int8"
+
+
+def test_an_artifact_failing_its_golden_sample_is_refused_not_tuned(converted, monkeypatch):
+    real_check = _model.Model.self_check
+
+    def fail_int8(self):
+        if self.name == "onnx-int8":
+            raise edge_runtime.GoldenMismatchError("onnx-int8 computes wrong numbers here (test)")
+        real_check(self)
+
+    monkeypatch.setattr(_model.Model, "self_check", fail_int8)
+    result = _tune.tune(converted, rounds=1)
+    assert (
+        list(result["artifacts"]) == ["onnx-fp32"]
+        and "wrong numbers" in result["refused"]["onnx-int8"]
+    )
+    assert result["fastest"] == "onnx-fp32" and result["compared"] is None
+
+
+def test_representative_input_is_batch_one_at_the_typical_length(converted):
+    manifest = edge_runtime.read_manifest(converted)
+    entry = manifest["artifacts"][0]
+    feeds = _tune.representative_feeds(converted, manifest, entry, 128)
+    assert {k: v.shape for k, v in feeds.items()} == {
+        i["name"]: (1, 128) for i in manifest["inputs"]
+    }
+    assert feeds["attention_mask"].min() == 1 and feeds["input_ids"].max() > 0
+
+
+def test_scoring_p50_then_p90():
+    a, b, c = _tune.Setting(1, True), _tune.Setting(2, True), _tune.Setting(2, False)
+    assert _tune._best({a: (10.0, 30.0), b: (10.2, 12.0), c: (12.0, 12.0)}) == b  # p50 tie: p90
+    assert _tune._best({a: (10.0, 30.0), b: (11.0, 12.0)}) == a  # 10% apart: p50 decides
+
+
+@pytest.mark.parametrize(
+    "device, profile_threads, want",
+    [
+        ("rk3588", 0, [1, 2, 4, 8]),  # 1, 2, the 4 big cores, all 8
+        ("rpi4", 4, [1, 2, 4]),
+        ("x86-epyc-7r32", 0, [1, 2]),  # 2 physical cores (4 logical)
+        ("jetson-agx-orin", 0, [1, 2, 12]),
+    ],
+)
+def test_thread_candidates(device, profile_threads, want, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    info = _device.detect(DEVICES / device)
+    manifest = {"runtime": {"threads": {"intra_op": profile_threads}}}
+    assert _tune.thread_candidates(info, manifest) == want
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # taskset -c 0-2
+    assert _tune.thread_candidates(info, manifest) == sorted({min(t, 3) for t in want})
+
+
+def test_default_threads_count_the_big_cluster(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(
+        _device, "detect", lambda root="/": _device._detect(DEVICES / "rk3588", real=False)
+    )
+    assert _model.physical_cores() == 4, "4 Cortex-A76, not the 4 little A55 as well"
+
+
+def _with_sizes(manifest: dict, mb: dict[str, float]) -> dict:
+    changed = copy.deepcopy(manifest)
+    for entry in changed["artifacts"]:
+        entry["files"] = [{**entry["files"][0], "bytes": int(mb[entry["name"]] * 2**20)}]
+    return changed
+
+
+def test_memory_fit_ranks_artifacts_that_do_not_fit_last(converted):
+    manifest = _with_sizes(
+        edge_runtime.read_manifest(converted), {"onnx-fp32": 90, "onnx-int8": 400}
+    )
+    pi = dataclasses.replace(_device.detect(DEVICES / "rpi4"), ram_total_mb=1024)  # a 1 GB board
+    need = {e["name"]: _memory.estimate_mb(e) for e in manifest["artifacts"]}
+    assert need == {"onnx-fp32": 90 * 1.0 + 16, "onnx-int8": 400 * 1.5 + 16}
+    # 700 MB available, 102 MB kept free: fp32 (106 MB) fits, int8 (616 MB) does not
+    plan = _select.plan(converted, manifest, pi, None, available_mb=700)
+    assert [c.name for c in plan.choices] == ["onnx-fp32", "onnx-int8"]
+    assert [c.fits for c in plan.choices] == [True, False]
+    assert "needs ~616 MB but only 700 MB are available (102 MB kept free)" in plan.choices[1].notes
+    assert plan.reason.endswith("ranked last for memory: onnx-int8")
+    plenty = _select.plan(converted, manifest, pi, None, available_mb=4000)
+    assert [c.name for c in plenty.choices] == ["onnx-int8", "onnx-fp32"], "the profile's order"
+    neither = _select.plan(converted, manifest, pi, None, available_mb=100)
+    assert [c.name for c in neither.choices] == [
+        "onnx-int8",
+        "onnx-fp32",
+    ] and "none fits" in neither.reason
+
+
+def test_load_ranks_by_available_memory(converted, monkeypatch, caplog):
+    # the real artifacts are tiny: pretend only 60 MB are free, so int8's estimate cannot fit,
+    # and fp32 is made to look small enough
+    monkeypatch.setattr(_memory, "_FACTOR", {**_memory._FACTOR, ("onnx", "int8"): 1000.0})
+    monkeypatch.setattr(_memory, "_OVERHEAD_MB", 0.0)
+    monkeypatch.setattr(_memory, "headroom_mb", lambda total: 0.0)
+    monkeypatch.setattr(_device, "available_mb", lambda root="/": 60)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        model = edge_runtime.load(converted, tune=False)
+    assert model.name == "onnx-fp32"
+    assert "artifact onnx-int8 may not fit this device's memory" in caplog.text
+
+
+def test_edge_tune_cli(converted, capsys):
+    assert (
+        cli_tune.main([str(converted), "--artifact", "onnx-fp32", "--rounds", "1", "--json"]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["artifacts"]) == ["onnx-fp32"] and result["fastest"] is None
+    assert (
+        Path(result["cache_file"]).exists()
+        and result["device_info"]["arch"] == _device.detect().arch
+    )
+    assert cli_tune.main([str(converted), "--rounds", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "fastest here: onnx-" in text and "side by side" in text
+    assert cli_tune.main([str(converted), "--artifact", "nope"]) == 1
+    assert "no artifact 'nope'" in capsys.readouterr().err
+
+
+def test_edge_run_info(converted, capsys, monkeypatch):
+    assert cli.main([str(converted), "--info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    device = _device.detect()
+    assert info["device"]["cpu_model"] == device.cpu_model
+    assert info["device"]["features_of_interest"] == device.notable_features()
+    assert info["profile"]["detected"] == _device.match_profile(device)[0]
+    assert info["selection"]["artifact"] == "onnx-int8" and info["tuning"]["present"] is False
+    assert info["selection"]["threads_from"] == "physical cores of the fastest cluster"
+    assert [a["name"] for a in info["artifacts"]] == ["onnx-fp32", "onnx-int8"]
+    _few_rounds(monkeypatch)
+    assert edge_runtime.load(converted, tune=True).name == info["selection"]["artifact"], (
+        "--info says what load() does"
+    )
+    assert cli.main([str(converted), "--info"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "load()   picks onnx-int8" in text and "(tuning cache)" in text and device.cpu_model in text
+    )
+
+
+def test_artifacts_that_cannot_be_open_together_are_compared_by_their_sweeps(
+    converted, monkeypatch, caplog
+):
+    # each tiny artifact needs ~16 MB: 20 MB free fits one, not both side by side
+    monkeypatch.setattr(_memory, "headroom_mb", lambda total: 0.0)
+    monkeypatch.setattr(_device, "available_mb", lambda root="/": 20)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("both artifacts were opened at once")
+
+    monkeypatch.setattr(_tune, "_compare", refuse)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        result = _tune.tune(converted, rounds=1)
+    assert "comparing their sweeps" in caplog.text
+    assert set(result["compared"]) == {"onnx-fp32", "onnx-int8"}
+    assert result["compared"]["onnx-int8"]["p50_ms"] == result["artifacts"]["onnx-int8"]["p50_ms"]
+    assert result["fastest"] in result["compared"]

@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""Cold start and memory: a backend's default session against what `edge_runtime.load` gives.
+
+    python tools/bench_cold_start.py DIR --artifact onnx-int8 [--rounds 7] [--json OUT]
+    python tools/bench_cold_start.py DIR --artifact tflite-int8 [--rounds 7]
+    python tools/bench_cold_start.py DIR --artifact onnx-int8 --signed-verify [--threads 2]
+
+Every load is a new Python process (nothing warm but the OS page cache). Modes, interleaved
+round by round (rotating order, so drifting load from other processes hits every mode alike):
+- default:      the backend as a user would call it on the same file with its defaults:
+                `onnxruntime.InferenceSession(path)` (all graph optimizations, default threads),
+                or `ai_edge_litert.interpreter.Interpreter(model_path=path)` and its signature
+                runner for the smallest bucket that holds the input
+- edge-nocache: `edge_runtime.load(DIR, artifact=NAME, weight_cache=False)`
+- edge-first:   `edge_runtime.load(DIR, artifact=NAME)` with every default, in a fresh cache
+                home (XDG_CACHE_HOME): builds the device caches (and whatever else load does on
+                first use, e.g. a thread sweep)
+- edge-second, edge-third: the same call again with the round's cache home
+- edge-signed-1, edge-signed-2 (--signed-verify): the same call with a PROTOTYPE of a proposed
+                change patched in: artifact files whose stat signature is unchanged since they last
+                matched the manifest are not hashed again (signed_verify_files below; the first
+                load records, the second uses)
+Verification (hash checks, golden sample) is on in every edge mode: it is load's default. Each
+child times its phases by wrapping edge_runtime's internals (verify_files, the golden sample,
+the backend session, the ONNX cache entry check), so what verification costs is reported apart.
+
+Measured in each child, after `import numpy, onnxruntime` (and `edge_runtime`) have run:
+- load_to_first: from before the load call to the first output of a batch-1, --seq-token input
+- RssAnon / RssFile / VmHWM from /proc/self/status after that first result, and the anonymous
+  memory the load added (RssAnon after the first result minus RssAnon before the load call:
+  the interpreter and imported libraries are the same in every mode, the model's share is not)
+- steady-state p50 of --runs further runs (after 3 untimed), as a ratio against default's
+- the first result's outputs, compared with default's (max |difference| per output)
+Medians over rounds are printed as a Markdown table with the CPU it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGE_MODES = ("edge-nocache", "edge-first", "edge-second", "edge-third")
+SIGNED_MODES = ("edge-signed-1", "edge-signed-2")  # --signed-verify: the proposal's prototype
+
+# argv: mode, artifact dir, artifact name, model file, seq, runs, out .npz, vocabulary size
+CHILD = r"""
+import json, os, sys, time
+import numpy as np
+mode, root, name, model_file, seq, runs, out, vocab = sys.argv[1:9]
+seq, runs, vocab = int(seq), int(runs), int(vocab)
+fmt = "tflite" if model_file.endswith(".tflite") else "onnx"
+if fmt == "onnx":
+    import onnxruntime
+else:
+    import ai_edge_litert.interpreter
+
+def status():
+    fields = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile", "VmHWM", "VmRSS"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+def signed_verify_files(verify_files):
+    # PROTOTYPE of a proposal (not in edge_runtime): verify_files that re-hashes an artifact file
+    # only when its stat signature (size, mtime, ctime, inode, device) differs from the one
+    # recorded when it last matched the manifest. Signatures are recorded only for files whose
+    # mtime and ctime are over 2 s old (a write within the same timestamp tick could hide).
+    import hashlib, os
+    from pathlib import Path
+    from edge_runtime._manifest import resolve
+    record_file = Path(os.environ["XDG_CACHE_HOME"]) / "artifact-signatures.json"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        record = {}
+
+    def signature(path):
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+    def verify(root, items):
+        unknown, known = [], {}
+        for item in items:
+            path = resolve(root, item["path"])
+            key = hashlib.sha256(str(path).encode()).hexdigest()
+            sig = signature(path) if path.is_file() else None
+            if sig is not None and record.get(key) == {"sha256": item["sha256"], "stat": sig}:
+                continue
+            unknown.append(item)
+            known[key] = (path, item, sig)
+        verify_files(root, unknown)  # raises on a mismatch: nothing is recorded then
+        now = time.time_ns()
+        for key, (path, item, sig) in known.items():
+            if now - max(sig[1], sig[2]) > 2_000_000_000:
+                record[key] = {"sha256": item["sha256"], "stat": sig}
+        if known:
+            record_file.parent.mkdir(parents=True, exist_ok=True)
+            record_file.write_text(json.dumps(record))
+    return verify
+
+ids = np.zeros((1, seq), np.int64)
+first_word = 1000 if vocab > 2000 else 5  # BERT vocabularies: ordinary words from id ~1000 on
+ids[0, 1:-1] = first_word + np.arange(seq - 2) % (vocab - first_word)
+ids[0, 0], ids[0, -1] = 101, 102
+feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+         "token_type_ids": np.zeros_like(ids)}
+phases = {}
+
+if mode == "default" and fmt == "onnx":
+    def open_model():
+        session = onnxruntime.InferenceSession(model_file)
+        names = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        def run():
+            return dict(zip(outputs, session.run(None, {k: feeds[k] for k in names})))
+        return run, "-"
+elif mode == "default":
+    def open_model():
+        interpreter = ai_edge_litert.interpreter.Interpreter(model_path=model_file)
+        buckets = {}
+        for key, spec in interpreter.get_signature_list().items():
+            runner = interpreter.get_signature_runner(key)
+            length = runner.get_input_details()[spec["inputs"][0]]["shape"][1]
+            buckets[length] = (runner, spec["inputs"])
+        length = min(b for b in buckets if b >= seq)
+        runner, inputs = buckets[length]
+        def run():
+            padded = {k: np.zeros((1, length), np.int32) for k in inputs}
+            for k in inputs:
+                padded[k][:, :seq] = feeds[k]
+            return {k: v[:, :seq] for k, v in runner(**padded).items()}
+        return run, "-"
+else:
+    import edge_runtime
+    from edge_runtime import _model
+
+    if mode.startswith("edge-signed"):
+        _model.verify_files = signed_verify_files(_model.verify_files)
+
+    def timed(owner, attr, phase):
+        original = getattr(owner, attr, None)
+        if original is None:
+            return
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                phases[phase] = phases.get(phase, 0.0) + (time.perf_counter() - started) * 1e3
+        setattr(owner, attr, wrapper)
+
+    timed(_model, "verify_files", "verify_ms")
+    timed(_model.Model, "self_check", "golden_ms")
+    timed(_model.backends, "open_session", "session_ms")
+    if fmt == "onnx":  # not imported for TFLite: onnxruntime's own memory would count there
+        from edge_runtime.backends import onnx as onnx_backend
+
+        timed(onnx_backend, "_entry_is_valid", "entry_check_ms")
+    if hasattr(_model, "_tune"):
+        timed(_model._tune, "tune", "tune_ms")
+        timed(_model._tune, "read_cached", "tuning_lookup_ms")
+    if hasattr(_model, "_device"):
+        timed(_model._device, "detect", "detect_ms")
+    timed(_model, "read_manifest", "manifest_ms")
+
+    def open_model():
+        kwargs = {"weight_cache": False} if mode == "edge-nocache" else {}
+        if os.environ.get("BENCH_EDGE_THREADS"):  # --threads: no tuned setting, no sweep
+            kwargs["threads"] = int(os.environ["BENCH_EDGE_THREADS"])
+        model = edge_runtime.load(root, artifact=name, **kwargs)
+        session = model._session
+        state = getattr(session, "optimized_cache_state", None) or getattr(
+            session, "weight_cache_state", None)
+        wanted = {i["name"] for i in model.inputs}
+        return (lambda: model.run({k: v for k, v in feeds.items() if k in wanted})), str(state)
+
+before = status()
+started = time.perf_counter()
+run, state = open_model()
+opened = time.perf_counter()
+first = run()
+load_to_first = (time.perf_counter() - started) * 1e3
+phases["load_ms"] = (opened - started) * 1e3
+phases["first_run_ms"] = load_to_first - phases["load_ms"]
+after = status()
+for _ in range(3):
+    run()
+times = []
+for _ in range(runs):
+    t = time.perf_counter()
+    run()
+    times.append((time.perf_counter() - t) * 1e3)
+np.savez(out, **{k: np.asarray(v) for k, v in first.items()})
+print("RESULT " + json.dumps({
+    "load_to_first_ms": load_to_first, "state": state, "p50_ms": float(np.median(times)),
+    "anon_added": after["RssAnon"] - before["RssAnon"], **after, **phases}))
+"""
+
+
+def cpu_description() -> str:
+    """CPU model, the ISA flags that pick kernels, and the CPU count."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == "model name":
+                model = value.strip()
+            elif key in ("flags", "features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    wanted = (
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+        "sha_ni",
+        "asimddp",
+        "i8mm",
+        "fphp",
+    )
+    shown = [f for f in wanted if f in flags]
+    return f"{model} ({os.cpu_count()} CPUs; {' '.join(shown) or 'no listed ISA extensions'})"
+
+
+def vocabulary_size(root: Path) -> int:
+    """Token ids the model takes (its tokenizer's vocabulary; 30522, BERT's, without one)."""
+    for path in root.glob("tokenizer/tokenizer.json"):
+        return len(json.loads(path.read_text())["model"]["vocab"])
+    return 30522
+
+
+def _child(
+    mode: str,
+    root: Path,
+    name: str,
+    model_file: Path,
+    seq: int,
+    runs: int,
+    out: Path,
+    cache_home: Path,
+    threads: int | None = None,
+) -> dict:
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache_home), BENCH_EDGE_THREADS=str(threads or ""))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            mode,
+            str(root),
+            name,
+            str(model_file),
+            str(seq),
+            str(runs),
+            str(out),
+            str(vocabulary_size(root)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{mode} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _max_diff(got: Path, want: Path) -> float:
+    with np.load(got) as a, np.load(want) as b:
+        missing = set(b.files) - set(a.files)
+        if missing:
+            raise SystemExit(f"{got.name} lacks outputs {sorted(missing)}")
+        return max(
+            float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
+            for k in b.files
+        )
+
+
+def measure(
+    root: Path, name: str, rounds: int, seq: int, runs: int, signed: bool, threads: int | None
+) -> dict[str, list[dict]]:
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = next((a for a in manifest["artifacts"] if a["name"] == name), None)
+    if entry is None:
+        raise SystemExit(
+            f"no artifact {name!r} in {root}: {[a['name'] for a in manifest['artifacts']]}"
+        )
+    model_file = root / entry["files"][0]["path"]
+    modes = ("default", *EDGE_MODES, *(SIGNED_MODES if signed else ()))
+    results: dict[str, list[dict]] = {mode: [] for mode in modes}
+    # edge-first needs the round's empty cache home; second and third follow it in that order.
+    units = [["default"], ["edge-nocache"], ["edge-second", "edge-third"]] + (
+        [list(SIGNED_MODES)] if signed else []
+    )
+    for index in range(rounds):
+        work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
+        try:
+            home = work / "cache-home"
+            outs = {mode: work / f"{mode}.npz" for mode in modes}
+            rows = {
+                "edge-first": _child(
+                    "edge-first",
+                    root,
+                    name,
+                    model_file,
+                    seq,
+                    runs,
+                    outs["edge-first"],
+                    home,
+                    threads,
+                )
+            }
+            shift = index % len(units)
+            for unit in units[shift:] + units[:shift]:
+                for mode in unit:
+                    rows[mode] = _child(
+                        mode, root, name, model_file, seq, runs, outs[mode], home, threads
+                    )
+            for mode, row in rows.items():
+                row["max_abs_diff"] = _max_diff(outs[mode], outs["default"])
+                results[mode].append(row)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"round {index + 1}/{rounds} done", file=sys.stderr)
+    return results
+
+
+_PHASES = (
+    "load_ms",
+    "first_run_ms",
+    "verify_ms",
+    "golden_ms",
+    "session_ms",
+    "entry_check_ms",
+    "tune_ms",
+    "tuning_lookup_ms",
+    "detect_ms",
+    "manifest_ms",
+)
+_KEYS = (
+    "load_to_first_ms",
+    "p50_ms",
+    "RssAnon",
+    "RssFile",
+    "VmHWM",
+    "anon_added",
+    "max_abs_diff",
+    *_PHASES,
+)
+
+
+def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
+    summary = {}
+    for mode, rows in results.items():
+        row = {
+            key: statistics.median(r[key] for r in rows)
+            for key in _KEYS
+            if all(key in r for r in rows)
+        }
+        row["max_abs_diff"] = max(
+            r["max_abs_diff"] for r in rows
+        )  # the worst round, not the median
+        row["states"] = sorted({r["state"] for r in rows})
+        summary[mode] = row
+    base = summary["default"]
+    for row in summary.values():
+        # Ratios of medians; per-round ratios (same round, same machine state) as well.
+        for key in ("load_to_first_ms", "RssAnon", "anon_added", "p50_ms"):
+            row[f"{key}_x"] = row[key] / base[key]
+    for mode, rows in results.items():
+        pairs = zip(rows, results["default"])
+        summary[mode]["load_x_per_round"] = statistics.median(
+            r["load_to_first_ms"] / d["load_to_first_ms"] for r, d in pairs
+        )
+    return summary
+
+
+def markdown(summary: dict[str, dict], title: str) -> str:
+    def phase(row: dict, key: str) -> str:
+        return f"{row[key]:.0f}" if key in row else "-"
+
+    header = (
+        "| mode | cache | load→first result ms | × default | verify ms (hash / golden) "
+        "| session ms | RssAnon MB (× default) | anon added by load MB (× default) | RssFile MB "
+        "| VmHWM MB | p50 ms (× default) | max abs diff |"
+    )
+    lines = [title, "", header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, row in summary.items():
+        lines.append(
+            f"| {mode} | {', '.join(row['states'])} | {row['load_to_first_ms']:.0f} "
+            f"| {row['load_to_first_ms_x']:.2f} (per round {row['load_x_per_round']:.2f}) "
+            f"| {phase(row, 'verify_ms')} / {phase(row, 'golden_ms')} | {phase(row, 'session_ms')} "
+            f"| {row['RssAnon']:.1f} ({row['RssAnon_x']:.2f}) "
+            f"| {row['anon_added']:.1f} ({row['anon_added_x']:.2f}) | {row['RssFile']:.1f} "
+            f"| {row['VmHWM']:.1f} | {row['p50_ms']:.1f} ({row['p50_ms_x']:.2f}) "
+            f"| {row['max_abs_diff']:.3g} |"
+        )
+    note = (
+        "Phases (medians, ms; load = the load call, then the first run; verify, golden, session, "
+        "... are parts of load):"
+    )
+    lines += [
+        "",
+        note,
+        "",
+        "| mode | " + " | ".join(p[:-3] for p in _PHASES) + " |",
+        "|---|" + "---:|" * len(_PHASES),
+    ]
+    for mode, row in summary.items():
+        lines.append(
+            f"| {mode} | "
+            + " | ".join(f"{row[p]:.1f}" if p in row else "-" for p in _PHASES)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, help="an edge-convert output directory")
+    parser.add_argument(
+        "--artifact", required=True, help="artifact name in the manifest, e.g. onnx-int8"
+    )
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seq", type=int, default=128, help="tokens of the batch-1 input")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs for the steady-state p50")
+    parser.add_argument("--json", type=Path, help="also write the raw rows and the summary here")
+    parser.add_argument(
+        "--signed-verify",
+        action="store_true",
+        help="also measure the prototype of artifact hash checks skipped for files whose "
+        "stat signature is unchanged since they last matched (two loads: records, uses)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="pass threads=N to edge_runtime.load (no tuned setting, no first-use sweep): "
+        "N = the default session's thread count compares the caches alone",
+    )
+    args = parser.parse_args(argv)
+    results = measure(
+        args.root, args.artifact, args.rounds, args.seq, args.runs, args.signed_verify, args.threads
+    )
+    summary = summarize(results)
+    cpu = cpu_description()
+    title = (
+        f"{args.root.name} {args.artifact}: batch 1, {args.seq} tokens, medians of {args.rounds} "
+        f"rounds, fresh process per load, edge threads "
+        f"{args.threads or 'as load() picks them'}; CPU {cpu}"
+    )
+    print(markdown(summary, title))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cpu": cpu,
+                    "artifact": args.artifact,
+                    "rounds": args.rounds,
+                    "seq": args.seq,
+                    "runs": results,
+                    "summary": summary,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
