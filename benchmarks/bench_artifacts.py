@@ -36,6 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
+# CPU flags that decide kernel choices, named with every timing.
+INTERESTING_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+                               "asimd", "asimddp", "i8mm", "fphp", "asimdhp", "sve"})
 SWITCH_PAUSE_S = 0.05  # between two variants' blocks; see the timing loop
 
 _LOAD_PROBE = r"""
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="convert into this directory and keep the artifacts "
                         "(default: a temporary directory)")
     parser.add_argument("--tflite", action="store_true", help="add the stock litert-torch / ai-edge-quantizer rows")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: use a target's artifact directory "
+                        "already there (its manifest.json says which commit's converter made it) instead of converting")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -234,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import edge_runtime
     from converters import ConvertConfig, convert
+    from converters.arithmetic import ValidationSessions, choose_validation
+    from edge_runtime._compat import arithmetic_problem
+    from edge_runtime._device import detect
+    from targets import load_profile
     from converters.source import default_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
@@ -241,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.target or ["x86-avx2"]
     refused: dict[str, list[dict]] = {}
     for target in targets:
+        existing = kept_dir / target.replace("/", "_")
+        if args.reuse and (existing / "manifest.json").is_file():
+            print(f"reusing {existing} for {target}", file=sys.stderr)
+            refused[target] = edge_runtime.read_manifest(existing).get("refused", [])
+            continue
         print(f"converting the built-in model for {target} ...", file=sys.stderr)
         spec, _, floor = target.partition("/floor=")
         profile_id, _, method = spec.partition("@")
@@ -282,13 +296,26 @@ def main(argv: list[str] | None = None) -> int:
                 "files": [artifacts / f["path"] for f in entry["files"]], "entry": entry,
             }
 
-    runners = {}
+    # Speed belongs to an ISA: an artifact this CPU would compute wrongly (INT8 weights for an
+    # int32 GEMM on a CPU that saturates int16 pair sums, edge_runtime/_compat.py) is scored with
+    # its target's arithmetic (the converter's exact reference) and not timed here.
+    device = detect()
+    runners, untimed = {}, {}
     for name, v in variants.items():
         if v["kind"] == "ort":
             runners[name] = (_ort_session(v["path"], args.threads), plain.encode)
         elif v["kind"] == "tflite":
             runners[name] = (stock_tflite.runner(v["path"], args.threads), plain.encode)
         else:
+            manifest = edge_runtime.read_manifest(v["root"])
+            problem = arithmetic_problem(v["entry"], manifest, device)
+            fp32 = edge_runtime.load(v["root"], artifact=f"{v['entry']['format']}-fp32", threads=args.threads)
+            encode = lambda texts, m=fp32: m._text().encode(texts)  # noqa: E731 - same tokenizer for all
+            if problem:
+                untimed[name] = problem
+                exact = ValidationSessions(choose_validation(load_profile(manifest["target"]["id"])), work)
+                runners[name] = (exact(v["root"] / v["entry"]["files"][0]["path"]).run, encode)
+                continue
             model = edge_runtime.load(v["root"], artifact=v["entry"]["name"], threads=args.threads)
             runners[name] = (model.run, lambda texts, m=model: m._text().encode(texts))
 
@@ -309,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     # until every variant has --runs timings, so a burst of load from another tenant lands on
     # all variants of the round alike, the baseline included; the order rotates each round.
     long_text = " ".join(texts)
-    timing = {name: {"p50": [], "p90": []} for name in runners}
-    names = list(runners)
+    names = [name for name in runners if name not in untimed]
+    timing = {name: {"p50": [], "p90": []} for name in names}
     feeds_of = {name: {k: v[:, : args.seq] for k, v in runners[name][1]([long_text]).items()} for name in names}
     for name in names:
         for _ in range(5):
@@ -335,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             timing[name]["p90"].append(float(np.percentile(times[name], 90)))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     base = timing["plain ORT FP32"]["p50"]
+    for name in untimed:
+        variants[name].update(p50_ms=float("nan"), p90_ms=float("nan"), ratio_p50=float("nan"),
+                              ratio_own_fp32=float("nan"), ratio_rounds=[], not_timed=untimed[name])
     for name in names:
         t = timing[name]
         # The same target's FP32 artifact of the same format is the second baseline (issue 3
@@ -357,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     # Load time and RSS in fresh processes, each variant with its own empty device cache: the
     # first load builds it (XNNPACK weight cache for TFLite artifacts), the next ones reuse it.
     for name, v in variants.items():
+        if name in untimed:
+            v.update(load_first_ms=float("nan"), load_ms=float("nan"), rss_mb=float("nan"),
+                     size_mb=_size(v["files"]) / 1e6)
+            continue
         probes = []
         env = {**os.environ, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="bench-cache-", dir=work)}
         for _ in range(4):
@@ -368,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                  rss_mb=statistics.median(p["rss_mb"] for p in probes[1:]),
                  size_mb=_size(v["files"]) / 1e6)
 
-    print(f"\nMiniLM-L6 (all-MiniLM-L6-v2), batch 1, {args.seq} tokens, {args.threads} threads, "
+    print(f"\n{device.cpu_model} ({device.arch}; {', '.join(sorted(device.isa_features & INTERESTING_FLAGS))}; "
+          f"INT8 GEMM {device.int8_gemm}), {len(os.sched_getaffinity(0))} CPUs available")
+    print(f"MiniLM-L6 (all-MiniLM-L6-v2), batch 1, {args.seq} tokens, {args.threads} threads, "
           f"{args.rounds} rounds x {args.runs} runs per variant, interleaved in blocks of {args.block}; "
           f"cosine on {len(texts)} held-out texts\n")
     print("| variant | size MB | p50 ms | p90 ms | p50 vs plain FP32 | p50 vs own-format FP32 | first load ms "
@@ -382,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = (v.get("entry") or {}).get("quantization", {}).get("kept_fp32")
         if kept:
             print(f"\n{name}: {len(kept)} node(s) kept in FP32 by the accuracy floor: {', '.join(kept)}")
+    for name, why in untimed.items():
+        print(f"\n{name}: accuracy from its target's arithmetic (exact int32 reference), NOT TIMED here: {why}")
     for target, items in refused.items():
         for item in items:
             print(f"\nedge-runtime {target} {item['name']}: REFUSED by the converter: {item['reason']}")
@@ -391,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                  for n, v in variants.items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         clean["_refused"] = refused
+        clean["_device"] = device.to_dict()
+        clean["_command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
         args.json.write_text(json.dumps(clean, indent=2))
     return 0
 

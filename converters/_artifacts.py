@@ -20,18 +20,27 @@ import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
 from converters._graph import model_bytes
-from converters.export_tflite import TfliteExportConfig, export_tflite
+from converters.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
 from converters.gptq import Int8Rounding
+from converters.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused
 from converters.mixed_precision import quantize_with_floor
 from converters.pack_projections import pack_projections
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
 from converters.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
 from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
-from converters.quantize_tflite import GPTQ_INT8_RECIPE, GPTQ_RECIPE, RECIPES, GptqInt4Config, quantize_tflite
 from converters.quantize_w4a8 import W4A8Config, W4A8Weights, fit_w4a8
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel
 from converters.split_first_token import SplitConfig, split_first_token
+from converters.tflite import (
+    GPTQ_INT8_RECIPE,
+    GPTQ_RECIPE,
+    RECIPES,
+    GptqInt4Config,
+    TfliteExportConfig,
+    export_tflite,
+    quantize_tflite,
+)
 from converters.validate import Reference, compute_metrics, floor_failures, probe_loss
 from edge_runtime import backends
 from edge_runtime.backends.onnx import OnnxSession
@@ -121,7 +130,8 @@ class _Int8Graph:
 
 
 def _prepare_int8_graph(step: Step, name: str, start_path: Path) -> _Int8Graph:
-    """pack Q/K/V -> smooth activation outliers -> split token 0 off every MatMul."""
+    """pack Q/K/V -> smooth activation outliers -> split token 0 off every MatMul -> keep the
+    session-time fusions the profile lists out (onnx.keep_unfused)."""
     work, h, i = step.work, step.source.hidden_size, step.source.intermediate_size
     # Q, K and V become one MatMul: one quantized input instead of three (exact in FP32).
     packed_path = work / f"{name}-packed.onnx"
@@ -136,6 +146,15 @@ def _prepare_int8_graph(step: Step, name: str, start_path: Path) -> _Int8Graph:
                   f"split token 0 off {len(split)} MatMuls")
     report = {"packed_projections": packed, "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
               "first_token_split": split}
+    if step.profile.onnx.keep_unfused:
+        # Session-time fusions the profile measured slower on its CPU stay out (exact rewrite).
+        unfused = KeepUnfusedConfig(fusions=step.profile.onnx.keep_unfused)
+        kept_path = work / f"{name}-unfused.onnx"
+        sums = keep_layernorm_unfused(split_path, kept_path, unfused)
+        step.progress(f"[{name}] kept {len(sums)} Add + LayerNormalization pairs out of "
+                      "onnxruntime's SkipLayerNormalization fusion (onnx.keep_unfused)")
+        report["keep_unfused"] = {**unfused.describe(), "nodes": sums}
+        split_path = kept_path
     return _Int8Graph(smoothed_path, split_path, report)
 
 
@@ -229,6 +248,15 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                                   Int4Config(embedding_block_size=scheme.embedding_block_size))
     step.progress(f"[{name}] embedding tables to 4-bit blocks of {scheme.embedding_block_size}: "
                   + (", ".join(f"{t['initializer']} {t['shape']}" for t in tables) or "none large enough"))
+    unpacked = []
+    if scheme.table_gather == "unpacked" and tables:
+        # Same 4-bit file; onnxruntime unpacks the codes at load and plain ops gather them
+        # (GatherBlockQuantized is slow on CPU: int4.table_gather in the profile).
+        gather_path = work / f"{name}-tables-unpacked.onnx"
+        unpacked = gather_tables_unpacked(tables_path, gather_path, UnpackedTablesConfig())
+        step.progress(f"[{name}] {len(unpacked)} 4-bit table(s) gathered as uint8 codes unpacked "
+                      "at load (int4.table_gather = unpacked)")
+        tables_path = gather_path
     graph = _prepare_int8_graph(step, name, tables_path)
     int8_path = work / f"{name}-int8.onnx"
     # W4A8 rounds without a pair limit, so its 8-bit expansions use the scheme's plain range
@@ -275,7 +303,9 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                   + ", ".join(f"{k} {base[k]:.4f} -> {v:.4f}" for k, v in metrics.items() if k in base)
                   + "; speed is the INT8 GEMM's either way")
     report = {"kernel": "int8-gemm", "config": config.describe(), "int8_scheme": Int8Config(scheme=plain).describe(),
-              "embeddings": tables, **graph.report,
+              "embeddings": tables,
+              "table_gather": {"mode": scheme.table_gather, "tables": unpacked},
+              **graph.report,
               "weights": {w: {"bits": 4 if w in fit.four_bit else 8, "shape": list(weights.shape(w))}
                           for w in weights.weights},
               "eight_bit": eight, "search": fit.search, "size_budget": scheme.size_budget,

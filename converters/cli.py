@@ -54,12 +54,15 @@ def _list_targets() -> None:
               help="how INT8 candidates are scored: auto = with the target's arithmetic (exact int32 GEMMs when "
                    "this CPU saturates and the target does not); exact = always exact int32; host = this CPU's "
                    "kernels (diagnostics)")
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="EC P-256 private key (PEM): sign the artifact directory as model.sig (OpenSSF model "
+                   "signing; docs/signing.md)")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
-def main(model, target, out, task, calibration, accuracy_floor, calibration_method, validation, force, as_json,
-         list_targets, quiet):
+def main(model, target, out, task, calibration, accuracy_floor, calibration_method, validation, sign_key, force,
+         as_json, list_targets, quiet):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
     if list_targets:
@@ -67,6 +70,7 @@ def main(model, target, out, task, calibration, accuracy_floor, calibration_meth
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     from converters import ConversionError, ConvertConfig, convert
+    from converters.signing import SigningKeyError
 
     try:
         # auto: this machine's facts from the runtime's device reader (one reader of /proc, /sys)
@@ -83,9 +87,11 @@ def main(model, target, out, task, calibration, accuracy_floor, calibration_meth
 
     config = ConvertConfig(model=model, target=profile.id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
-                           validation=validation)
+                           validation=validation, sign_key=sign_key)
     try:
         result = convert(config, progress)
+    except SigningKeyError as exc:
+        raise click.BadParameter(exc.detail, param_hint="--sign-key") from None
     except ConversionError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from converters import package
+from converters import package, signing
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session, plan
 from converters._errors import AccuracyError, ConversionError
 from converters.arithmetic import MODES as VALIDATION_MODES
@@ -60,6 +60,8 @@ class ConvertConfig:
     # INT8 arithmetic whatever this machine's is; "exact" always uses the exact int32 reference;
     # "host" this machine's kernels (diagnostics only).
     validation: str = "auto"
+    # EC private key (PEM): sign the finished directory as model.sig (converters/signing.py)
+    sign_key: Path | None = None
 
 
 @dataclass
@@ -189,6 +191,8 @@ def _package(fmt: str, built: Built, stage: Path, name: str) -> list[dict[str, A
 def convert(config: ConvertConfig, progress: Progress = lambda message: None) -> ConvertResult:
     started = time.perf_counter()
     profile = load_profile(config.target)
+    # Read the key first: a missing or wrong key must not cost a whole conversion.
+    sign_key = signing.load_signing_key(config.sign_key) if config.sign_key is not None else None
     if config.calibration_method is not None:
         if profile.int8.mode != "static":
             raise ConversionError(
@@ -298,6 +302,11 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
         }
         progress("writing manifest.json")
         package.write_manifest(stage, manifest)
+        if sign_key is not None:
+            # Last, over every file including manifest.json, before the rename into place: a
+            # directory that looks complete is always signed.
+            progress(f"signing the directory (model.sig, key {config.sign_key})")
+            signing.sign_directory(stage, sign_key, model_name=config.out.resolve().name)
 
     return ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
                          time.perf_counter() - started, refused)

@@ -18,6 +18,7 @@ from edge_runtime._errors import (
     GoldenMismatchError,
     InputError,
     ManifestError,
+    SignatureError,
 )
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, read_manifest
 from edge_runtime._model import Model, load
@@ -34,6 +35,7 @@ __all__ = [
     "InputError",
     "ManifestError",
     "Model",
+    "SignatureError",
     "__version__",
     "load",
     "read_manifest",

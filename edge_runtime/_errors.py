@@ -10,6 +10,7 @@ __all__ = [
     "GoldenMismatchError",
     "InputError",
     "ManifestError",
+    "SignatureError",
 ]
 
 
@@ -40,3 +41,8 @@ class GoldenMismatchError(EdgeRuntimeError):
 
 class InputError(EdgeRuntimeError, ValueError):
     """Inputs passed to run/embed/classify do not match the model's signature or task."""
+
+
+class SignatureError(EdgeRuntimeError):
+    """The artifact directory is unsigned, signed by a key that is not trusted, or changed since
+    it was signed (load(..., trusted_keys=[...]); edge_runtime/_signing.py)."""

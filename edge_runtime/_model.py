@@ -7,11 +7,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from edge_runtime import _compat, _device, _select, _tune, backends
+from edge_runtime import _compat, _device, _select, _signing, _tune, backends
 from edge_runtime._errors import (
     BackendUnavailableError,
     DeviceMismatchError,
@@ -309,6 +309,7 @@ def load(
     weight_cache: bool | str | os.PathLike = True,
     tune: bool | None = None,
     spinning: bool | None = None,
+    trusted_keys: Sequence[str | os.PathLike | bytes] | None = None,
 ) -> Model:
     """Load an edge-convert artifact directory.
 
@@ -341,8 +342,16 @@ def load(
         2-core EPYC, over the ~3 s a first load may take). False: ignore tuning results.
     spinning: onnxruntime intra-op threads spin while idle (None: the tuned setting, else
         onnxruntime's default, which spins).
+    trusted_keys: public keys (paths to PEM files, or PEM bytes) whose signatures this device
+        accepts. Given, the directory must carry a model.sig (edge-convert --sign-key, or
+        model_signing) by one of them covering exactly its files, checked before anything
+        else in it is read; else SignatureError. Needs `cryptography` (edge_runtime[verify]).
+        Independent of `verify`. None (default): signatures are not checked. docs/signing.md.
     """
     root = Path(path)
+    if trusted_keys is not None:
+        signed = _signing.verify_directory(root, trusted_keys)
+        log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
     manifest = read_manifest(root)
     if threads is not None and threads < 0:
         raise InputError(f"threads must be >= 0, got {threads}")

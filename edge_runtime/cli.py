@@ -21,6 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="intra-op threads (default: profile)")
     parser.add_argument("--info", action="store_true", help="describe the artifacts and exit")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--trusted-key", action="append", metavar="PEM",
+        help="public key (PEM) whose signature (model.sig) the directory must carry; repeat to "
+        "trust several keys; needs edge_runtime[verify] (docs/signing.md)",
+    )
     return parser
 
 
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.texts:
             print("edge-run: give texts to run, or --info", file=sys.stderr)
             return 2
-        model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads)
+        model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,
+                                  trusted_keys=args.trusted_key)
         if model.task == "feature-extraction":
             vectors = model.embed(args.texts)
             result = {"artifact": model.name, "embeddings": vectors.tolist()}
@@ -157,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         print(json.dumps(result))
         return 0
+    except edge_runtime.SignatureError as exc:  # the library names its parameter; say our flag
+        message = str(exc).replace("trusted_keys=None", "no --trusted-key")
+        print(f"edge-run: error: {message.replace('trusted_keys', '--trusted-key')}", file=sys.stderr)
+        return 1
     except edge_runtime.EdgeRuntimeError as exc:
         print(f"edge-run: error: {exc}", file=sys.stderr)
         return 1

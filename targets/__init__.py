@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # 3.10 (Jetson Orin's JetPack 6 is Ubuntu 22.04): the same parser, from PyPI
+    import tomli as tomllib
 
 __all__ = [
     "PROFILE_SCHEMA_VERSION",
@@ -63,10 +67,16 @@ class OnnxOptions:
     opset: int
     fusion: bool
     graph_optimization_level: str  # disabled | basic | extended | all
+    # onnxruntime session-time fusions the quantized artifacts are built to avoid, where they are
+    # slower on this CPU (converters/keep_layernorm_unfused.py): "SkipLayerNormalization".
+    keep_unfused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in ("disabled", "basic", "extended", "all"):
             raise ProfileError(f"graph_optimization_level {self.graph_optimization_level!r}")
+        unknown = sorted(set(self.keep_unfused) - {"SkipLayerNormalization"})
+        if unknown:
+            raise ProfileError(f"onnx.keep_unfused {unknown}; allowed: SkipLayerNormalization")
 
 
 @dataclass(frozen=True)
@@ -133,11 +143,19 @@ class Int4Scheme:
     accuracy_level: int = 4  # matmulnbits: 4 = INT8 activations (fastest, same accuracy)
     algorithm: str = "auto"  # matmulnbits: rtn | clip_search | auto (both, keep the better)
     size_budget: float | None = None  # max bytes vs FP32; sensitive MatMuls go 8-bit within it
+    # How 4-bit embedding tables are gathered (int8-gemm kernel):
+    # block-quantized: onnxruntime's GatherBlockQuantized
+    # unpacked:        uint8 codes unpacked when the session starts, gathered and scaled by plain
+    #                  ops (converters/gather_tables_unpacked.py); the file stays 4-bit
+    table_gather: str = "block-quantized"
     notes: str = ""
 
     def __post_init__(self) -> None:
         if self.kernel not in ("int8-gemm", "matmulnbits"):
             raise ProfileError(f"int4.kernel = {self.kernel!r}; allowed: int8-gemm, matmulnbits")
+        if self.table_gather not in ("block-quantized", "unpacked"):
+            raise ProfileError(f"int4.table_gather = {self.table_gather!r}; "
+                               "allowed: block-quantized, unpacked")
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,7 @@ COSINE_FLOOR = {"fp32": 0.99999, "int8": 0.999, "int4": 0.98}
 @pytest.fixture(scope="session")
 def tflite_artifacts(tiny_model_factory, tmp_path_factory):
     """(arch, task) -> (source, export info, {precision: path}), converted once per session."""
-    from converters.export_tflite import TfliteExportConfig, export_tflite
-    from converters.quantize_tflite import quantize_tflite
+    from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
     from converters.source import load_source
 
     cache = {}
@@ -196,7 +195,7 @@ def test_too_long_and_malformed_inputs_raise_input_error(tflite_artifacts):
 
 
 def test_export_refuses_buckets_longer_than_the_model(tiny_model_factory, tmp_path):
-    from converters.export_tflite import TfliteExportConfig, export_tflite
+    from converters.tflite import TfliteExportConfig, export_tflite
     from converters.source import load_source
 
     source = load_source(tiny_model_factory("distilbert", "feature-extraction"))
@@ -208,7 +207,7 @@ def test_export_refuses_buckets_longer_than_the_model(tiny_model_factory, tmp_pa
 
 
 def test_quantize_keeps_signatures_and_refuses_broken_recipes(tflite_artifacts, tmp_path):
-    from converters.quantize_tflite import quantize_tflite
+    from converters.tflite import quantize_tflite
 
     _, _, paths = tflite_artifacts("bert", "feature-extraction")
     info = quantize_tflite(paths["fp32"], tmp_path / "w8.tflite", "dynamic_wi8_afp32")

@@ -40,8 +40,7 @@ FATAL = (
 
 @pytest.fixture(scope="module")
 def model(tiny_model_factory, tmp_path_factory) -> Path:
-    from converters.export_tflite import TfliteExportConfig, export_tflite
-    from converters.quantize_tflite import quantize_tflite
+    from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
     from converters.source import load_source
 
     out = tmp_path_factory.mktemp("tflite-isolation")
@@ -107,13 +106,19 @@ def test_a_crashing_compiled_model_falls_back_to_the_interpreter_and_is_not_retr
 
 
 @needs_cache_api
-def test_a_child_that_reports_an_error_is_a_failed_build_not_a_crash(model, tmp_path, monkeypatch):
-    report = json.dumps({"ok": False, "error": "RuntimeError: no space"})
-    monkeypatch.setattr(
-        tflite,
-        "_child_command",
-        lambda *args: [sys.executable, "-c", f"print({report!r}); raise SystemExit(1)"],
-    )
+@pytest.mark.parametrize(
+    "code",
+    [
+        f"print({json.dumps({'ok': False, 'error': 'RuntimeError: no space'})!r}); "
+        "raise SystemExit(1)",
+        "raise ImportError('a broken install')",  # Python's own failure: status 1, no report
+    ],
+    ids=["reported-error", "no-report"],
+)
+def test_a_child_that_fails_without_a_signal_is_a_failed_build_not_a_crash(
+    model, tmp_path, monkeypatch, code
+):
+    monkeypatch.setattr(tflite, "_child_command", lambda *args: [sys.executable, "-c", code])
     cache_dir = tmp_path / "cache"
     session = backends.open_session("tflite", model, threads=1, weight_cache_dir=cache_dir)
     assert session.weight_cache_state == "failed"

@@ -1,4 +1,4 @@
-"""TFLite recipes of converters/quantize_tflite.py beyond ai-edge-quantizer's stock ones:
+"""TFLite recipes of converters/tflite/ beyond ai-edge-quantizer's stock ones:
 gptq_wi4b32_afp32 (GPTQ INT4 + measured INT8 fallback within a size budget) on a tiny random
 BERT, the flatbuffer it writes, its numbers against PyTorch, and the recipes refused.
 
@@ -17,16 +17,9 @@ pytest.importorskip("ai_edge_litert")
 
 from converters._errors import AccuracyError, ConversionError
 from converters.calibration import load_texts
-from converters.export_tflite import TfliteExportConfig, export_tflite
-from converters.quantize_tflite import (
-    GptqInt4Config,
-    _compact_copy,
-    _gptq_int4,
-    _pack_int4,
-    _unpack_int4,
-    _write_int4,
-    quantize_tflite,
-)
+from converters.tflite import GptqInt4Config, TfliteExportConfig, export_tflite, quantize_tflite
+from converters.tflite.flatbuffer import Weight, compact_copy, find_weights
+from converters.tflite.gptq_int4 import gptq_int4, pack_int4, unpack_int4, write_int4
 from converters.source import load_source
 from converters.validate import make_batches
 from edge_runtime import backends
@@ -178,27 +171,25 @@ def test_recipe_errors(bert, tmp_path):
 
 
 def test_writer_refuses_a_layout_it_does_not_know(bert, gptq_all_int4, tmp_path):
-    """_write_int4 checks the quantizer's layout before writing: on an INT8 model it refuses."""
-    from converters.quantize_tflite import _Weight, _weights
-
+    """write_int4 checks the quantizer's layout before writing: on an INT8 model it refuses."""
     _, fp32, _, _ = bert
     int8 = tmp_path / "int8.tflite"
     quantize_tflite(fp32, int8, "dynamic_wi8_afp32")
-    weights = {b: w for b, w in _weights(fp32).items() if w.kind == "FULLY_CONNECTED"}
-    weight: _Weight = next(iter(weights.values()))
+    weights = {b: w for b, w in find_weights(fp32).items() if w.kind == "FULLY_CONNECTED"}
+    weight: Weight = next(iter(weights.values()))
     codes = np.zeros(weight.shape, np.int8)
     scales = np.ones((weight.shape[0], weight.shape[1] // 32), np.float32)
     floats = {weight.buffer: np.zeros(weight.shape, np.float32)}
     before = int8.read_bytes()
     with pytest.raises(ConversionError, match="unexpected INT4 layout.*not one INT4 blockwise"):
-        _write_int4(int8, weights, floats, {weight.buffer: (codes, scales)})
+        write_int4(int8, weights, floats, {weight.buffer: (codes, scales)})
     assert int8.read_bytes() == before
 
 
 def test_compact_copy_keeps_numbers_and_drops_name_bytes(bert, tmp_path):
     source, fp32, _, heldout = bert
     compact = tmp_path / "compact.tflite"
-    _compact_copy(fp32, compact)
+    compact_copy(fp32, compact)
     assert compact.stat().st_size < fp32.stat().st_size
     a = backends.open_session("tflite", fp32, threads=1)
     b = backends.open_session("tflite", compact, threads=1)
@@ -217,7 +208,7 @@ def test_gptq_rounding_beats_round_to_nearest():
     x = rng.normal(size=(2000, 64)) @ mixing  # correlated input channels
     weight = rng.normal(size=(48, 64)).astype(np.float32)
     hessian = x.T @ x / len(x)
-    codes, scales = _gptq_int4(weight, hessian, damp=0.03)
+    codes, scales = gptq_int4(weight, hessian, damp=0.03)
 
     assert codes.dtype == np.int8 and codes.min() >= -8 and codes.max() <= 7
     assert scales.shape == (48, 2)
@@ -234,10 +225,10 @@ def test_gptq_rounding_beats_round_to_nearest():
 @pytest.mark.parametrize("count", [64, 63])
 def test_int4_packing_round_trips(count):
     codes = np.random.default_rng(count).integers(-8, 8, count).astype(np.int8)
-    packed = _pack_int4(codes)
+    packed = pack_int4(codes)
     assert packed.size == (count + 1) // 2
     assert packed[0] == (codes[0] & 0x0F) | ((codes[1] & 0x0F) << 4)  # first value: low nibble
-    np.testing.assert_array_equal(_unpack_int4(packed, count), codes)
+    np.testing.assert_array_equal(unpack_int4(packed, count), codes)
 
 
 def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tmp_path, monkeypatch):

@@ -43,8 +43,7 @@ needs_cache_api = pytest.mark.skipif(
 
 
 def _export(source_dir: Path, out: Path) -> dict[str, Path]:
-    from converters.export_tflite import TfliteExportConfig, export_tflite
-    from converters.quantize_tflite import quantize_tflite
+    from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
     from converters.source import load_source
 
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
     python tools/bench_cold_start.py DIR --artifact onnx-int8 [--rounds 7] [--json OUT]
     python tools/bench_cold_start.py DIR --artifact tflite-int8 [--rounds 7]
     python tools/bench_cold_start.py DIR --artifact onnx-int8 --signed-verify [--threads 2]
+    python tools/bench_cold_start.py DIR --artifact onnx-int8 --options   # onnxruntime's knobs
 
 Every load is a new Python process (nothing warm but the OS page cache). Modes, interleaved
 round by round (rotating order, so drifting load from other processes hits every mode alike):
@@ -29,9 +30,18 @@ Measured in each child, after `import numpy, onnxruntime` (and `edge_runtime`) h
 - RssAnon / RssFile / VmHWM from /proc/self/status after that first result, and the anonymous
   memory the load added (RssAnon after the first result minus RssAnon before the load call:
   the interpreter and imported libraries are the same in every mode, the model's share is not)
-- steady-state p50 of --runs further runs (after 3 untimed), as a ratio against default's
+- steady-state p50 of --runs further runs (after 3 untimed), as a ratio against default's; and,
+  less exposed to other processes, one `steady-ab` child per round that holds the default
+  session and edge-second's side by side and alternates their runs in blocks of 5 (each
+  after a 50 ms pause and one untimed run)
 - the first result's outputs, compared with default's (max |difference| per output)
 Medians over rounds are printed as a Markdown table with the CPU it ran on.
+
+--options measures onnxruntime alone (no edge_runtime), each variant in fresh processes: the
+artifact with default options, and its saved forms (graph optimized at ORT_ENABLE_ALL, weights
+external, without or with prepacked weights) reopened with optimization disabled, combined with
+session.disable_prepacking, enable_cpu_mem_arena=False, enable_mem_pattern=False, or reopened at
+ORT_ENABLE_ALL: session start, first run, p50, anonymous memory added, outputs against default.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 EDGE_MODES = ("edge-nocache", "edge-first", "edge-second", "edge-third")
 SIGNED_MODES = ("edge-signed-1", "edge-signed-2")  # --signed-verify: the proposal's prototype
+STEADY = "steady-ab"  # one process: default session and edge-second, runs alternating
 
 # argv: mode, artifact dir, artifact name, model file, seq, runs, out .npz, vocabulary size
 CHILD = r"""
@@ -120,16 +131,16 @@ feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
          "token_type_ids": np.zeros_like(ids)}
 phases = {}
 
-if mode == "default" and fmt == "onnx":
-    def open_model():
+if fmt == "onnx":
+    def open_default():
         session = onnxruntime.InferenceSession(model_file)
         names = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
         def run():
             return dict(zip(outputs, session.run(None, {k: feeds[k] for k in names})))
         return run, "-"
-elif mode == "default":
-    def open_model():
+else:
+    def open_default():
         interpreter = ai_edge_litert.interpreter.Interpreter(model_path=model_file)
         buckets = {}
         for key, spec in interpreter.get_signature_list().items():
@@ -144,7 +155,7 @@ elif mode == "default":
                 padded[k][:, :seq] = feeds[k]
             return {k: v[:, :seq] for k, v in runner(**padded).items()}
         return run, "-"
-else:
+if mode != "default":
     import edge_runtime
     from edge_runtime import _model
 
@@ -177,7 +188,7 @@ else:
         timed(_model._device, "detect", "detect_ms")
     timed(_model, "read_manifest", "manifest_ms")
 
-    def open_model():
+    def open_edge():
         kwargs = {"weight_cache": False} if mode == "edge-nocache" else {}
         if os.environ.get("BENCH_EDGE_THREADS"):  # --threads: no tuned setting, no sweep
             kwargs["threads"] = int(os.environ["BENCH_EDGE_THREADS"])
@@ -188,6 +199,29 @@ else:
         wanted = {i["name"] for i in model.inputs}
         return (lambda: model.run({k: v for k, v in feeds.items() if k in wanted})), str(state)
 
+if mode == "steady-ab":
+    # Steady state of the two in one process, runs alternating in blocks: whatever else the
+    # machine does hits both alike (fresh-process p50s differ by more than that on a busy host).
+    run_default, _ = open_default()
+    run_edge, state = open_edge()
+    times = {"default": [], "edge": []}
+    for _ in range(3):
+        run_default(), run_edge()
+    for _ in range(max(1, runs // 5)):
+        for key, run in (("default", run_default), ("edge", run_edge)):
+            # the other session's intra-op threads spin for a while after its block: let them
+            # stop, and refill the caches it evicted, before timing this one
+            time.sleep(0.05)
+            run()
+            for _ in range(5):
+                t = time.perf_counter()
+                run()
+                times[key].append((time.perf_counter() - t) * 1e3)
+    p50s = {f"p50_{key}_ms": float(np.median(value)) for key, value in times.items()}
+    print("RESULT " + json.dumps({"state": state, **p50s}))
+    sys.exit(0)
+
+open_model = open_default if mode == "default" else open_edge
 before = status()
 started = time.perf_counter()
 run, state = open_model()
@@ -209,6 +243,167 @@ print("RESULT " + json.dumps({
     "load_to_first_ms": load_to_first, "state": state, "p50_ms": float(np.median(times)),
     "anon_added": after["RssAnon"] - before["RssAnon"], **after, **phases}))
 """
+
+
+# --options: onnxruntime's own knobs on the artifact, without edge_runtime. argv: variant, model
+# file (the artifact's, or a saved entry's), seq, runs, out .npz, vocabulary size
+OPTIONS_CHILD = r"""
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+variant, model_file, seq, runs, out, vocab = sys.argv[1:7]
+seq, runs, vocab = int(seq), int(runs), int(vocab)
+
+def anon_mb():
+    with open("/proc/self/status") as handle:
+        return next(int(l.split()[1]) / 1024 for l in handle if l.startswith("RssAnon"))
+
+ids = np.zeros((1, seq), np.int64)
+first_word = 1000 if vocab > 2000 else 5
+ids[0, 1:-1] = first_word + np.arange(seq - 2) % (vocab - first_word)
+ids[0, 0], ids[0, -1] = 101, 102
+feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+         "token_type_ids": np.zeros_like(ids)}
+options = ort.SessionOptions()
+if variant != "default":
+    # a saved entry: optimized already
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+if "level-all" in variant:
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+if "no-prepacking" in variant:
+    options.add_session_config_entry("session.disable_prepacking", "1")
+if "no-arena" in variant:
+    options.enable_cpu_mem_arena = False
+if "no-mem-pattern" in variant:
+    options.enable_mem_pattern = False
+before = anon_mb()
+started = time.perf_counter()
+session = ort.InferenceSession(model_file, options)
+opened = time.perf_counter()
+names = [i.name for i in session.get_inputs()]
+outputs = [o.name for o in session.get_outputs()]
+first = session.run(None, {k: feeds[k] for k in names})
+done = time.perf_counter()
+anon = anon_mb() - before
+times = []
+for _ in range(3):
+    session.run(None, {k: feeds[k] for k in names})
+for _ in range(runs):
+    t = time.perf_counter()
+    session.run(None, {k: feeds[k] for k in names})
+    times.append((time.perf_counter() - t) * 1e3)
+np.savez(out, **dict(zip(outputs, first)))
+print("RESULT " + json.dumps({
+    "session_ms": (opened - started) * 1e3, "first_run_ms": (done - opened) * 1e3,
+    "p50_ms": float(np.median(times)), "anon_added": anon}))
+"""
+OPTION_VARIANTS = {
+    # variant: which saved form it opens (None: the artifact itself)
+    "default": None,
+    "graph-only": "graph-only",
+    "graph-only+no-prepacking": "graph-only",
+    "prepacked": "prepacked",
+    "prepacked+level-all": "prepacked",
+    "prepacked+no-prepacking": "prepacked",
+    "prepacked+no-arena": "prepacked",
+    "prepacked+no-mem-pattern": "prepacked",
+}
+_SAVE = r"""
+import sys
+import onnxruntime as ort
+source, target, prepacked = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+options = ort.SessionOptions()
+options.log_severity_level = 3
+options.optimized_model_filepath = target
+external = "session.optimized_model_external_initializers_"
+options.add_session_config_entry(external + "file_name", "model.onnx.data")
+options.add_session_config_entry(external + "min_size_in_bytes", "1024")
+if prepacked:
+    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+ort.InferenceSession(source, options)
+"""
+
+
+def probe_options(root: Path, name: str, rounds: int, seq: int, runs: int) -> dict[str, list[dict]]:
+    """onnxruntime's options on one artifact, each variant in fresh processes, interleaved."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == name)
+    source = root / entry["files"][0]["path"]
+    work = Path(tempfile.mkdtemp(prefix="bench-ort-options-"))
+    try:
+        forms = {}
+        for form, prepacked in (("graph-only", "0"), ("prepacked", "1")):
+            (work / form).mkdir()
+            forms[form] = work / form / "model.onnx"
+            subprocess.run(
+                [sys.executable, "-c", _SAVE, str(source), str(forms[form]), prepacked], check=True
+            )
+        results: dict[str, list[dict]] = {variant: [] for variant in OPTION_VARIANTS}
+        variants = list(OPTION_VARIANTS)
+        for index in range(rounds):
+            shift = index % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                form = OPTION_VARIANTS[variant]
+                out = work / f"{variant}.npz"
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        OPTIONS_CHILD,
+                        variant,
+                        str(forms[form] if form else source),
+                        str(seq),
+                        str(runs),
+                        str(out),
+                        str(vocabulary_size(root)),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+                row = json.loads(lines[-1][len("RESULT ") :])
+                row["out"] = str(out)
+                results[variant].append(row)
+            for variant in variants:
+                results[variant][-1]["max_abs_diff"] = _max_diff(
+                    Path(results[variant][-1].pop("out")), work / "default.npz"
+                )
+            print(f"round {index + 1}/{rounds} done", file=sys.stderr)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def options_markdown(results: dict[str, list[dict]], title: str) -> str:
+    base = {
+        k: statistics.median(r[k] for r in results["default"])
+        for k in ("session_ms", "p50_ms", "anon_added")
+    }
+    lines = [
+        title,
+        "",
+        (
+            "| variant | session ms (× default) | first run ms | p50 ms (× default) "
+            "| anon added MB (× default) | max abs diff |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for variant, rows in results.items():
+        med = {
+            k: statistics.median(r[k] for r in rows)
+            for k in ("session_ms", "first_run_ms", "p50_ms", "anon_added")
+        }
+        lines.append(
+            f"| {variant} | {med['session_ms']:.0f} ({med['session_ms'] / base['session_ms']:.2f}) "
+            f"| {med['first_run_ms']:.0f} "
+            f"| {med['p50_ms']:.1f} ({med['p50_ms'] / base['p50_ms']:.2f}) "
+            f"| {med['anon_added']:.1f} ({med['anon_added'] / base['anon_added']:.2f}) "
+            f"| {max(r['max_abs_diff'] for r in rows):.3g} |"
+        )
+    return "\n".join(lines)
 
 
 def cpu_description() -> str:
@@ -339,6 +534,10 @@ def measure(
             for mode, row in rows.items():
                 row["max_abs_diff"] = _max_diff(outs[mode], outs["default"])
                 results[mode].append(row)
+            # the round's cache is built: steady state of default and edge-second side by side
+            results.setdefault(STEADY, []).append(
+                _child(STEADY, root, name, model_file, seq, runs, work / "ab.npz", home, threads)
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(f"round {index + 1}/{rounds} done", file=sys.stderr)
@@ -372,6 +571,8 @@ _KEYS = (
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for mode, rows in results.items():
+        if mode == STEADY:
+            continue
         row = {
             key: statistics.median(r[key] for r in rows)
             for key in _KEYS
@@ -387,11 +588,19 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
         # Ratios of medians; per-round ratios (same round, same machine state) as well.
         for key in ("load_to_first_ms", "RssAnon", "anon_added", "p50_ms"):
             row[f"{key}_x"] = row[key] / base[key]
-    for mode, rows in results.items():
-        pairs = zip(rows, results["default"])
-        summary[mode]["load_x_per_round"] = statistics.median(
+    for mode, row in summary.items():
+        pairs = zip(results[mode], results["default"])
+        row["load_x_per_round"] = statistics.median(
             r["load_to_first_ms"] / d["load_to_first_ms"] for r, d in pairs
         )
+    steady = results.get(STEADY, [])
+    if steady:
+        summary[STEADY] = {
+            "p50_default_ms": statistics.median(r["p50_default_ms"] for r in steady),
+            "p50_edge_ms": statistics.median(r["p50_edge_ms"] for r in steady),
+            "edge_x": statistics.median(r["p50_edge_ms"] / r["p50_default_ms"] for r in steady),
+            "states": sorted({r["state"] for r in steady}),
+        }
     return summary
 
 
@@ -405,6 +614,8 @@ def markdown(summary: dict[str, dict], title: str) -> str:
         "| VmHWM MB | p50 ms (× default) | max abs diff |"
     )
     lines = [title, "", header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    steady = summary.get(STEADY)
+    summary = {mode: row for mode, row in summary.items() if mode != STEADY}
     for mode, row in summary.items():
         lines.append(
             f"| {mode} | {', '.join(row['states'])} | {row['load_to_first_ms']:.0f} "
@@ -432,6 +643,16 @@ def markdown(summary: dict[str, dict], title: str) -> str:
             + " | ".join(f"{row[p]:.1f}" if p in row else "-" for p in _PHASES)
             + " |"
         )
+    if steady:
+        lines += [
+            "",
+            (
+                f"Steady state in one process ({STEADY}: the default session and edge-second's "
+                f"({', '.join(steady['states'])}), runs alternating in blocks of 5; medians over "
+                f"rounds): p50 {steady['p50_default_ms']:.1f} ms default, "
+                f"{steady['p50_edge_ms']:.1f} ms edge, {steady['edge_x']:.3f}x."
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -457,7 +678,23 @@ def main(argv: list[str] | None = None) -> int:
         help="pass threads=N to edge_runtime.load (no tuned setting, no first-use sweep): "
         "N = the default session's thread count compares the caches alone",
     )
+    parser.add_argument(
+        "--options",
+        action="store_true",
+        help="instead: onnxruntime's session options on the artifact's saved forms (graph-only, "
+        "prepacked), without edge_runtime: session start, p50, anonymous memory",
+    )
     args = parser.parse_args(argv)
+    if args.options:
+        results = probe_options(args.root, args.artifact, args.rounds, args.seq, args.runs)
+        title = (
+            f"{args.root.name} {args.artifact}: onnxruntime options, default threads, batch 1, "
+            f"{args.seq} tokens, medians of {args.rounds} rounds; CPU {cpu_description()}"
+        )
+        print(options_markdown(results, title))
+        if args.json:
+            args.json.write_text(json.dumps({"cpu": cpu_description(), "runs": results}, indent=1))
+        return 0
     results = measure(
         args.root, args.artifact, args.rounds, args.seq, args.runs, args.signed_verify, args.threads
     )

@@ -23,6 +23,13 @@ NAME = "edge_runtime"
 # Fixed timestamp so the same sources give the same wheel bytes.
 EPOCH = (2020, 1, 1, 0, 0, 0)
 
+# tokenizers depends on huggingface_hub (with httpx, hf-xet, pyyaml, fsspec, ...), none of which
+# edge_runtime uses: it only calls Tokenizer.from_file. Requires-Dist cannot say "without its
+# dependencies", so the extras stay complete (one `pip install`), and the slim device install
+# is documented and checked instead (docs/arm64.md): `pip install --no-deps tokenizers` after
+# the wheel and its backend saves 22.5 MB of 153 MB ([onnx]) and 22.7 MB of 137 MB ([tflite])
+# on aarch64 (tools/arm64-check --sizes); tools/arm64-check's legacy environment is installed
+# that way and its embeddings match x86.
 REQUIRES = [
     "numpy>=1.24",
     "psutil>=5.9",
@@ -30,6 +37,8 @@ REQUIRES = [
     'tokenizers>=0.15; extra == "onnx"',
     'ai-edge-litert>=1.2; extra == "tflite"',
     'tokenizers>=0.15; extra == "tflite"',
+    # load(trusted_keys=...) checks model.sig with cryptography alone (docs/signing.md)
+    'cryptography>=41; extra == "verify"',
 ]
 
 
@@ -65,6 +74,7 @@ def build(out_dir: Path) -> Path:
             "Requires-Python: >=3.9",
             "Provides-Extra: onnx",
             "Provides-Extra: tflite",
+            "Provides-Extra: verify",
             *[f"Requires-Dist: {req}" for req in REQUIRES],
             "",
             "Loads an edge-convert artifact directory, verifies hashes and a golden sample, and",

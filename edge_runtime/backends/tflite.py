@@ -48,7 +48,11 @@ VERBOSE as DEBUG, WARNING as INFO, ERROR and FATAL as WARNING (so by default, wi
 configured, only errors are shown). To see all of them:
 `logging.getLogger("edge_runtime.litert").setLevel(logging.DEBUG)` with a handler, or
 `logging.basicConfig(level=logging.DEBUG)`. Anything else written to stderr meanwhile (not in the
-runtime's "LEVEL: " format) is written back to stderr unchanged.
+runtime's "LEVEL: " format) is written back to stderr unchanged. LiteRT also makes one
+process-wide Environment at the first CompiledModel tensor write (so the first session with a
+weight cache runs its shortest bucket once at load, inside the capture) and tears it down in a
+C++ static destructor after Python has finalized: at exit, once that happened, fd 2 goes to
+/dev/null while Python's own stderr moves to a copy of the real one (_silence_native_teardown).
 """
 
 from __future__ import annotations
@@ -247,11 +251,25 @@ def crash_marker(cache_dir: Path, runtime_version: str) -> Path:
 
 
 def _child_command(model_path: Path, cache_path: Path, threads: int) -> list[str]:
+    # The child imports this very package: where it is installed, its directory is on the child's
+    # sys.path already and nothing changes; a source tree the parent put on sys.path goes first,
+    # as the parent has it.
+    package_root = str(Path(__file__).resolve().parents[2])
     code = (
-        "import sys; from edge_runtime.backends.tflite import _build_cache_main; "
+        "import sys; root = sys.argv.pop(1); "
+        "sys.path.insert(0, root) if root not in sys.path else None; "
+        "from edge_runtime.backends.tflite import _build_cache_main; "
         "sys.exit(_build_cache_main(sys.argv[1:]))"
     )
-    return [sys.executable, "-c", code, str(model_path), str(cache_path), str(threads)]
+    return [
+        sys.executable,
+        "-c",
+        code,
+        package_root,
+        str(model_path),
+        str(cache_path),
+        str(threads),
+    ]
 
 
 def _build_cache_main(argv: list[str]) -> int:
@@ -285,17 +303,12 @@ def _build_cache_main(argv: list[str]) -> int:
 
 def _build_in_child(model_path: Path, cache_path: Path, threads: int) -> tuple[str, str]:
     """("ok" | "failed" | "crashed", detail): the cache build run in a child process."""
-    env = dict(os.environ)
-    # The child imports this very package, also when the parent found it through sys.path edits.
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     done = subprocess.run(
         _child_command(model_path.resolve(), cache_path, threads),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         errors="replace",
-        env=env,
         check=False,
     )
     # All at DEBUG: a failure is summarized by the caller's own message, with the last words.
@@ -311,18 +324,17 @@ def _build_in_child(model_path: Path, cache_path: Path, threads: int) -> tuple[s
         return "ok", ""
     if isinstance(report, dict) and "error" in report:
         return "failed", str(report["error"])
-    if done.returncode < 0:
-        try:
-            how = f"killed by {signal.Signals(-done.returncode).name}"
-        except ValueError:
-            how = f"killed by signal {-done.returncode}"
-    else:
-        how = f"exited with status {done.returncode} without a report"
     last = [line for line in native if line.startswith(("FATAL", "ERROR"))]
     last = last or [line for line in done.stderr.splitlines() if line.strip()]
-    return "crashed", how + (
-        f": {' | '.join(line.rstrip('.') for line in last[-3:])}" if last else ""
-    )
+    words = f": {' | '.join(line.rstrip('.') for line in last[-3:])}" if last else ""
+    if done.returncode >= 0:
+        # Python itself failed (an import error, say): a broken install, not this CPU's fault.
+        return "failed", f"the child process exited with status {done.returncode}{words}"
+    try:
+        how = f"killed by {signal.Signals(-done.returncode).name}"
+    except ValueError:
+        how = f"killed by signal {-done.returncode}"
+    return "crashed", how + words
 
 
 def _can_isolate() -> bool:

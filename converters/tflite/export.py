@@ -31,12 +31,13 @@ import numpy as np
 
 from converters._errors import ConversionError
 from converters.source import SourceModel, build_wrapper
+from converters.tflite.flatbuffer import op_counts
 
 __all__ = [
     "TFLITE_EXPORT_CONFIG_VERSION",
     "TfliteExportConfig",
     "export_tflite",
-    "op_counts",
+    "ops_outside_delegate",
     "signature_name",
 ]
 
@@ -125,31 +126,6 @@ def _sample(source: SourceModel, length: int, seed: int) -> dict[str, Any]:
     if "token_type_ids" in source.input_names:
         feeds["token_type_ids"] = torch.zeros_like(ids)
     return feeds
-
-
-def op_counts(path: Path) -> dict[str, dict[str, int]]:
-    """Builtin operator counts per signature, read from the flatbuffer (no interpreter)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAsModel(Path(path).read_bytes(), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        # Builtin codes >= 127 live in BuiltinCode; older ones in the deprecated int8 field.
-        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
-        if name == "CUSTOM":
-            name = "CUSTOM:" + (code.CustomCode() or b"").decode()
-        codes.append(name)
-    counts = {}
-    for i in range(model.SignatureDefsLength()):
-        sig = model.SignatureDefs(i)
-        graph = model.Subgraphs(sig.SubgraphIndex())
-        counter = collections.Counter(
-            codes[graph.Operators(o).OpcodeIndex()] for o in range(graph.OperatorsLength())
-        )
-        counts[sig.SignatureKey().decode()] = dict(counter.most_common())
-    return counts
 
 
 def ops_outside_delegate(interpreter) -> dict[str, Any] | None:
@@ -272,9 +248,7 @@ def export_tflite(
             f"TFLite export of {source.name} is wrong:\n  " + "\n  ".join(problems)
         )
 
-    outside = ops_outside_delegate(
-        interpreter
-    )  # primary subgraph, delegate applied by the run above
+    outside = ops_outside_delegate(interpreter)  # primary subgraph, delegate applied above
     return {
         "path": str(out_path),
         "bytes": out_path.stat().st_size,

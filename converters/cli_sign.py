@@ -1,0 +1,68 @@
+"""Create a signing key pair, or sign an existing artifact directory (`python -m
+converters.cli_sign ...`). Thin: parse, call converters.signing, print; docs/signing.md.
+
+    python -m converters.cli_sign keygen signing/key.pem signing/key.pub
+    python -m converters.cli_sign sign out/x86-avx2 --key signing/key.pem
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from converters import ConversionError, signing
+
+_FLAGS = {"sign_key": "--key", "private_path": "PRIVATE", "public_path": "PUBLIC"}
+
+
+def _fail(exc: ConversionError):
+    if isinstance(exc, signing.SigningKeyError):
+        raise click.BadParameter(exc.detail, param_hint=_FLAGS.get(exc.parameter, exc.parameter))
+    raise click.ClickException(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Sign edge-convert artifact directories (OpenSSF model-signing format, offline)."""
+
+
+@main.command()
+@click.argument("private", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("public", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="replace existing key files")
+def keygen(private, public, force):
+    """Create a P-256 key pair: PRIVATE (PEM, mode 0600: keep it on the signing machine) and
+    PUBLIC (PEM: copy it to devices, give it to edge-run --trusted-key)."""
+    try:
+        private, public = signing.generate_key_pair(private, public, overwrite=force)
+    except signing.SigningKeyError as exc:
+        if exc.parameter in ("private_path", "public_path") and exc.path.exists() and not force:
+            raise click.BadParameter(
+                f"{exc.path} already exists (--force replaces it)", param_hint=_FLAGS[exc.parameter]
+            ) from None
+        _fail(exc)
+    click.echo(f"private key {private} (keep secret)\npublic key  {public} (give to devices)")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="EC private key (PEM) to sign with",
+)
+def sign(directory, key_path):
+    """Sign DIRECTORY: write DIRECTORY/model.sig over every file in it."""
+    try:
+        key = signing.load_signing_key(key_path)
+        path = signing.sign_directory(directory, key)
+    except ConversionError as exc:
+        _fail(exc)
+    click.echo(f"signed {directory}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Signing a finished artifact directory: `model.sig` in the OpenSSF model-signing format.
+
+    key = load_signing_key(Path("key.pem"))     # early: a bad key fails before the conversion
+    sign_directory(stage, key, model_name="minilm-x86")
+    generate_key_pair(Path("key.pem"), Path("key.pub"))
+
+The signature is what `model_signing sign key` writes: a Sigstore bundle whose DSSE envelope
+holds an in-toto statement listing every file's sha256. One model.sig is accepted by
+`model_signing verify key` of both model-signing 1.0.x and 1.1.x (tested with 1.0.1 and 1.1.1)
+and by `edge_runtime.load(path, trusted_keys=[...])`: we write the parts the two versions agree
+on (whole-file sha256, sorted resources, v1.0 predicate) plus 1.1.x's additions that 1.0.x
+ignores (the key hint; `ignore_paths`, so 1.1.x's API verifier skips model.sig). The one
+directory no single signature can serve is one holding git metadata at its root (`.git`, ...),
+which 1.0.x hashes or skips depending on how the directory is named and 1.1.x always skips: we
+refuse to sign it. The format's details are in edge_runtime/_signing.py, whose constants and
+helpers both sides share; tests/test_signing.py checks our signatures with the real packages and
+theirs with edge_runtime. Only `cryptography` is used: nothing is sent anywhere (no Sigstore, no
+transparency log, no certificate).
+
+Signatures are deterministic ECDSA (RFC 6979, cryptography >= 44): the same key and the same
+files give the same model.sig bytes, so re-converting a model reproduces its signature too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from converters._errors import ConversionError
+from edge_runtime import _signing
+from edge_runtime._errors import SignatureError
+from edge_runtime._manifest import file_sha256
+
+__all__ = [
+    "SigningKeyError",
+    "generate_key_pair",
+    "load_signing_key",
+    "sign_directory",
+    "statement",
+]
+
+log = logging.getLogger("converters.signing")
+
+
+class SigningKeyError(ConversionError):
+    """The signing key cannot be used. `parameter` names the argument (sign_key, ...), `detail`
+    says why, so a CLI can name its own flag instead."""
+
+    def __init__(self, parameter: str, path: Path, detail: str):
+        self.parameter, self.path, self.detail = parameter, path, detail
+        super().__init__(f"{parameter}={path}: {detail}")
+
+
+def load_signing_key(path: Path, parameter: str = "sign_key"):
+    """The EC private key in PEM file `path` (P-256, or P-384 / P-521 as model_signing allows)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(parameter, path, f"cannot be read ({exc.strerror})") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted: cryptography wants a password
+        raise SigningKeyError(
+            parameter,
+            path,
+            "the key is password-protected; edge-convert signs with unencrypted keys only. "
+            "Decrypt a copy on the signing machine: openssl pkey -in KEY.pem -out plain.pem",
+        ) from None
+    except ValueError:
+        hint = (
+            " (this is a public key: sign with its private half)" if b"PUBLIC KEY" in data else ""
+        )
+        raise SigningKeyError(
+            parameter,
+            path,
+            f"not a PEM private key{hint}. Create a key pair with "
+            "`python -m converters.cli_sign keygen KEY.pem KEY.pub`",
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SigningKeyError(
+            parameter,
+            path,
+            f"a {type(key).__name__.lstrip('_')}; model signing uses elliptic-curve keys (P-256)",
+        )
+    try:
+        _signing.ecdsa_hash(key.curve.name)
+    except SignatureError as exc:
+        raise SigningKeyError(parameter, path, str(exc)) from None
+    return key
+
+
+def _refuse_git_metadata(root: Path) -> None:
+    """model_signing 1.0.x hashes root-level git metadata unless given the directory as "."
+    (its skip list is compared against prefixed paths) and 1.1.x never hashes it, so a statement
+    over a directory holding any cannot verify with both: refuse it."""
+    found = [name for name in _signing.GIT_PATHS if os.path.lexists(root / name)]
+    if found:
+        raise ConversionError(
+            f"cannot sign {root}: it holds git metadata at its root ({', '.join(found)}). "
+            "model_signing 1.0.x covers those files (unless run on '.') and 1.1.x never does, so "
+            "no signature over this directory verifies with both. Remove them, or sign a copy "
+            "without them (artifact directories written by edge-convert never have them)"
+        )
+
+
+def statement(root: Path, model_name: str) -> dict[str, Any]:
+    """The in-toto statement over every file of `root` (model_signing's v1.0 predicate)."""
+    _refuse_git_metadata(root)
+    try:
+        names = _signing.directory_files(root)
+    except SignatureError as exc:  # a symlink or special file: model_signing refuses them too
+        raise ConversionError(f"cannot sign {root}: {exc}") from None
+    resources = []
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConversionError(f"cannot sign {root}: file name {name!r} is not UTF-8") from None
+        resources.append({"name": name, "algorithm": "sha256", "digest": file_sha256(root / name)})
+    return {
+        "_type": _signing.STATEMENT_TYPE,
+        "subject": [{"name": model_name, "digest": {"sha256": _signing.root_digest(resources)}}],
+        "predicateType": _signing.PREDICATE_TYPE,
+        "predicate": {
+            # What a verifier needs to re-hash the directory the same way. ignore_paths is
+            # 1.1.x's: its verifier adds them to its skip list (so its API skips model.sig with
+            # no hashing config); 1.0.x's manifest parser ignores the key.
+            "serialization": {
+                "method": "files",
+                "hash_type": "sha256",
+                "allow_symlinks": False,
+                "ignore_paths": sorted(_signing.SKIPPED_PATHS),
+            },
+            "resources": resources,
+        },
+    }
+
+
+def _sign(key, message: bytes) -> bytes:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    algorithm = _signing.ecdsa_hash(key.curve.name)
+    try:
+        return key.sign(message, ec.ECDSA(algorithm, deterministic_signing=True))
+    except (TypeError, UnsupportedAlgorithm):  # cryptography < 44 or OpenSSL < 3.2
+        log.warning(
+            "deterministic ECDSA is not available here (needs cryptography >= 44 with "
+            "OpenSSL >= 3.2): model.sig is valid but differs between runs"
+        )
+        return key.sign(message, ec.ECDSA(algorithm))
+
+
+def sign_directory(root: Path, key, model_name: str | None = None) -> Path:
+    """Write `root/model.sig` over every file of `root` (any existing model.sig is replaced).
+
+    key: from load_signing_key(). model_name: the subject's name, informative only (model_signing
+    uses the directory's name; pass the final name when signing a staging directory).
+    """
+    root = Path(root)
+    tmp = root / f".{_signing.SIGNATURE_NAME}.tmp"  # written, then renamed: never half-written
+    tmp.unlink(missing_ok=True)  # a crashed earlier run's leftover is no artifact file
+    payload = json.dumps(statement(root, model_name or root.resolve().name), indent=2).encode()
+    signature = _sign(key, _signing.pae(_signing.PAYLOAD_TYPE, payload))
+    bundle = {
+        "mediaType": _signing.BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {
+            "publicKey": {"hint": _signing.key_hint(key.public_key())},
+            "tlogEntries": [],
+        },
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode("ascii"),
+            "payloadType": _signing.PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(signature).decode("ascii"), "keyid": ""}],
+        },
+    }
+    path = root / _signing.SIGNATURE_NAME
+    tmp.write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def generate_key_pair(
+    private_path: Path, public_path: Path, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """A new P-256 key pair: the private key as unencrypted PKCS#8 PEM, readable by its owner
+    only (0600), and the public key as SubjectPublicKeyInfo PEM (what devices trust)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private_path, public_path = Path(private_path), Path(public_path)
+    if private_path.resolve() == public_path.resolve():
+        raise SigningKeyError("public_path", public_path, "is the same file as private_path")
+    for parameter, path in (("private_path", private_path), ("public_path", public_path)):
+        if path.exists() and not overwrite:
+            raise SigningKeyError(
+                parameter, path, "already exists; pass overwrite=True to replace it"
+            )
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        private_path.unlink(missing_ok=True)
+    # Created with mode 0600 from the start: never briefly readable by others.
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_pem)
+    public_path.write_bytes(public_pem)
+    return private_path, public_path

@@ -1,0 +1,103 @@
+"""ai-edge-quantizer as this package drives it: per-op recipe entries, calibration feeds, a run.
+
+Every TFLite artifact below FP32 is laid out by ai-edge-quantizer (its tensor types, scale
+tensors and op versions are what XNNPACK and the runtimes expect); our writers then only replace
+values inside the tensors it wrote. Our recipes name each op by its exact scope, so one weight's
+choice applies in every signature and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters._errors import ConversionError
+
+__all__ = ["calibration_feeds", "op_entry", "run_quantizer"]
+
+
+def op_entry(regex: str, operation: str, bits: int, block: int) -> dict[str, Any]:
+    """One ai-edge-quantizer recipe entry: symmetric INT weights of `bits` for the ops of kind
+    `operation` whose scope matches `regex`, per channel (block 0) or in `block`-element blocks;
+    activations stay float and are quantized per run by the kernel."""
+    granularity = f"BLOCKWISE_{block}" if block else "CHANNELWISE"
+    return {
+        "regex": regex,
+        "operation": operation,
+        "algorithm_key": "min_max_uniform_quantize",
+        "op_config": {
+            "weight_tensor_config": {
+                "num_bits": bits,
+                "symmetric": True,
+                "granularity": granularity,
+                "dtype": "INT",
+                "block_size": block,
+            },
+            # INTEGER compute without explicit dequantize: XNNPACK's dynamic-range kernels
+            "compute_precision": "INTEGER",
+            "explicit_dequantize": False,
+            "skip_checks": False,
+        },
+    }
+
+
+def calibration_feeds(
+    path: Path, calibration: list[dict[str, np.ndarray]]
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per signature, each calibration row cut/padded to the signature's length (pad 0, mask 0)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {}
+    for key, spec in interpreter.get_signature_list().items():
+        details = interpreter.get_signature_runner(key).get_input_details()
+        length = int(details[spec["inputs"][0]]["shape"][1])
+        rows = []
+        for sample in calibration:
+            missing = set(spec["inputs"]) - set(sample)
+            if missing:
+                raise ConversionError(
+                    f"calibration sample lacks inputs {sorted(missing)}; "
+                    f"the model takes {spec['inputs']}"
+                )
+            batch = np.atleast_2d(np.asarray(sample[spec["inputs"][0]])).shape[0]
+            for row in range(batch):
+                feed = {}
+                for name in spec["inputs"]:
+                    value = np.atleast_2d(np.asarray(sample[name]))[row, :length]
+                    padded = np.zeros((1, length), details[name]["dtype"])
+                    padded[0, : value.shape[0]] = value
+                    feed[name] = padded
+                rows.append(feed)
+        feeds[key] = rows
+    return feeds
+
+
+def run_quantizer(in_path: Path, out_path: Path, recipe, calibration=None) -> None:
+    """Quantize `in_path` with an ai-edge-quantizer `recipe` (its own, or a list of op_entry)
+    into `out_path`; `calibration` is used only when the recipe needs it."""
+    from ai_edge_quantizer import quantizer
+
+    qt = quantizer.Quantizer(str(in_path), recipe)
+    calibrated = None
+    if qt.need_calibration:
+        calibrated = qt.calibrate(calibration_feeds(in_path, calibration), num_threads=1)
+    try:
+        # All-zero weight blocks (e.g. the padding row of an embedding table) get scale 0 and
+        # numpy warns on 0/0; those blocks dequantize to 0 whatever the cast gave.
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            np.errstate(invalid="ignore", divide="ignore"),
+        ):
+            result = qt.quantize(
+                calibrated, enable_progress_bar=False, enable_progress_report=False
+            )
+        result.export_model(str(out_path), overwrite=True)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ConversionError(
+            f"ai-edge-quantizer could not quantize {in_path.name}: {exc}"
+        ) from exc

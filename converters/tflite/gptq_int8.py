@@ -1,0 +1,155 @@
+"""gptq_wi8_afp32's writer: GPTQ-rounded INT8 codes in dynamic_wi8_afp32's own layout.
+
+ai-edge-quantizer lays out the model (int8 per-channel FULLY_CONNECTED weights and embedding
+tables, activations quantized per run by XNNPACK's QD8 kernels); this module then replaces the
+FULLY_CONNECTED codes in place by GPTQ rounding (converters/gptq.py) on the quantizer's own
+scales, so tensors, types and sizes stay exactly the stock recipe's. On MiniLM the stock
+recipe's minimum cosine on the calibration texts is 0.984, GPTQ's 0.989 (targets/rpi5.toml).
+Which weights stay float is decided by search.keep_float_until_floor, not here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters._errors import ConversionError
+from converters.tflite.config import INT8_DAMP
+from converters.tflite.edge_quantizer import op_entry, run_quantizer
+from converters.tflite.flatbuffer import (
+    FC,
+    Weight,
+    buffer_view,
+    find_weights,
+    float_weights,
+    schema,
+    short_name,
+    weight_tensors,
+)
+from converters.tflite.hessians import collect_hessians
+from converters.tflite.recipes import GPTQ_INT8_RECIPE
+
+__all__ = ["Int8Builder", "gptq_int8", "write_int8"]
+
+Progress = Callable[[str], None]
+
+
+def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """int8 codes [out, in] in [-127, 127] of an FC weight [out, in] (y = x W^T) on fixed
+    per-output-channel `scales` (the quantizer's own)."""
+    from converters.gptq import GptqConfig, gptq
+
+    step = scales.astype(np.float64)
+
+    def row(k: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = np.clip(np.rint(values / step), -127, 127)
+        return q, q * step
+
+    codes = gptq(weight.T, hessian, row, GptqConfig(damp=INT8_DAMP, act_order=True))
+    return codes.T.astype(np.int8)
+
+
+def write_int8(
+    path: Path,
+    weights: dict[int, Weight],
+    floats: dict[int, np.ndarray],
+    hessians: dict[int, np.ndarray],
+    progress: Progress,
+    codes: dict[int, np.ndarray],
+) -> int:
+    """Replace, in place, the int8 per-channel FC weights of the quantized model at `path` by
+    GPTQ codes on the same scales. Returns how many weights were rewritten.
+
+    Precondition, checked per weight: one INT8 tensor shared by the signatures, symmetric
+    (zero points 0), one scale per output channel, and codes that are round-to-nearest of the
+    float weight on those scales (the layout this writer assumes). `codes` caches the GPTQ
+    codes by FP32 buffer across calls."""
+    fb = schema()
+    data = bytearray(Path(path).read_bytes())
+    model = fb.Model.GetRootAs(data, 0)
+    problems, written = [], 0
+    for index, (buffer, weight) in enumerate(weights.items(), 1):
+        targets, scales = set(), None
+        for _, tensor in weight_tensors(model, weight):
+            quant = tensor.Quantization()
+            if (
+                tensor.Type() != fb.TensorType.INT8
+                or quant is None
+                or quant.ScaleLength() != weight.shape[0]
+                or quant.QuantizedDimension() != 0
+                or (quant.ZeroPointLength() and np.any(quant.ZeroPointAsNumpy()))
+            ):
+                targets.add(None)
+                continue
+            targets.add(tensor.Buffer())
+            scales = quant.ScaleAsNumpy().astype(np.float32)
+        if None in targets or len(targets) != 1:
+            problems.append(f"{weight.name}: not one symmetric per-channel INT8 tensor ({targets})")
+            continue
+        stored = buffer_view(data, model, targets.pop()).view(np.int8)
+        if stored.size != floats[buffer].size:
+            problems.append(f"{weight.name}: {stored.size} int8 values for shape {weight.shape}")
+            continue
+        stored = stored.reshape(weight.shape)
+        nearest = np.clip(np.rint(floats[buffer] / scales[:, None]), -127, 127)
+        if np.mean(stored != nearest) > 0.001:
+            problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
+            continue
+        if buffer not in codes:  # the scales depend on the weight only: reused by every build
+            codes[buffer] = gptq_int8(floats[buffer], hessians[buffer], scales)
+            if index % 12 == 0 or index == len(weights):
+                progress(f"GPTQ: {index}/{len(weights)} weights rounded")
+        stored[:] = codes[buffer]
+        written += 1
+    if problems:
+        raise ConversionError(
+            f"{GPTQ_INT8_RECIPE}: unexpected INT8 layout in {Path(path).name}: "
+            + "; ".join(problems)
+        )
+    Path(path).write_bytes(bytes(data))
+    return written
+
+
+def _int8_recipe(weights: dict[int, Weight], float_fcs: set[int]) -> list[dict[str, Any]]:
+    """dynamic_wi8_afp32's choices written per op (int8 per-channel FULLY_CONNECTED weights and
+    embedding tables), except the FCs in `float_fcs`, which stay float."""
+    recipe = []
+    for weight in weights.values():
+        if weight.buffer in float_fcs:
+            continue
+        for _, _, scope in weight.uses:
+            recipe.append(op_entry("^" + re.escape(scope) + "$", weight.kind, 8, 0))
+    return recipe
+
+
+class Int8Builder:
+    """Builds gptq_wi8_afp32 models for a set of float FCs; GPTQ codes are computed once."""
+
+    def __init__(
+        self, fp32_path: Path, hessian_rows: list[dict[str, np.ndarray]], progress: Progress
+    ):
+        self.fp32_path, self.progress = fp32_path, progress
+        self.weights = find_weights(fp32_path)
+        self.fcs = {b: w for b, w in self.weights.items() if w.kind == FC}
+        self.floats = float_weights(fp32_path, list(self.fcs.values()))
+        progress(
+            f"GPTQ: input statistics of {len(self.fcs)} FULLY_CONNECTED weights, "
+            f"{len(hessian_rows)} rows"
+        )
+        self.hessians = collect_hessians(fp32_path, self.fcs, hessian_rows)
+        self.codes: dict[int, np.ndarray] = {}
+
+    def label(self, buffer: int) -> str:
+        """A readable name for reports (litert-torch's are full module paths of fused ops)."""
+        return short_name(self.fcs[buffer].name.encode(), 0, buffer).decode()
+
+    def build(self, out_path: Path, float_fcs: set[int]) -> int:
+        """The model with the FCs in `float_fcs` float and the others GPTQ INT8 at `out_path`;
+        returns how many weights were written INT8."""
+        run_quantizer(self.fp32_path, out_path, _int8_recipe(self.weights, float_fcs))
+        int8 = {b: w for b, w in self.fcs.items() if b not in float_fcs}
+        return write_int8(out_path, int8, self.floats, self.hessians, self.progress, self.codes)

@@ -1,0 +1,54 @@
+"""How the TFLite searches score a candidate: agreement with the FP32 .tflite on calibration rows.
+
+A search builds many candidates (which weights stay INT8 or float) and needs a cheap, stable
+score for each. The reference is the FP32 .tflite run on the same rows (not PyTorch), so the
+score measures what quantization changed and nothing else; the pipeline's final validation
+against PyTorch on held-out texts (converters/validate.py) is separate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from converters._errors import ConversionError
+from converters.tflite.signatures import Signatures
+from converters.validate import row_cosine
+
+__all__ = ["Judge", "meets"]
+
+
+class Judge:
+    """Agreement of a candidate with the FP32 .tflite on the calibration rows: cosine per row of
+    the first output, mean-pooled over the tokens when it has a sequence axis (what sentence
+    embeddings compare; a per-token cosine would hide errors that all tokens share)."""
+
+    def __init__(self, fp32_path: Path, rows: list[dict[str, np.ndarray]], fp32_bytes: int):
+        self.rows = rows
+        self.fp32_bytes = fp32_bytes  # of the artifact the size budget refers to
+        self.reference = self._outputs(fp32_path, rows)
+
+    @staticmethod
+    def _outputs(path: Path, rows) -> list[np.ndarray]:
+        signatures = Signatures(path)
+        outputs = []
+        for row in rows:
+            got, _, _ = signatures.run(row)
+            value = next(iter(got.values()))[0]  # export.export_tflite writes one output
+            outputs.append(value.mean(0) if value.ndim == 2 else value.reshape(-1))
+        return outputs
+
+    def metrics(self, path: Path, subset: np.ndarray | None = None) -> dict[str, float]:
+        """cosine_mean / cosine_min of the model at `path` on all rows, or on `subset`."""
+        picked = np.arange(len(self.rows)) if subset is None else subset
+        got = np.stack(self._outputs(path, [self.rows[i] for i in picked]))
+        cos = row_cosine(got, np.stack([self.reference[i] for i in picked]))
+        if not np.isfinite(cos).all():
+            raise ConversionError(f"{Path(path).name} computes non-finite outputs")
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+
+
+def meets(metrics: dict[str, float], floor: tuple[float, float]) -> bool:
+    """Whether `metrics` reach `floor` (cosine mean, cosine min)."""
+    return metrics["cosine_mean"] >= floor[0] and metrics["cosine_min"] >= floor[1]

@@ -1,0 +1,287 @@
+"""Pass: quantize an FP32 .tflite (from export.export_tflite) with a named recipe.
+
+Every signature (one per sequence bucket) is kept and the weights they share are quantized once.
+The recipes are listed in recipes.py. ai-edge-quantizer's own are applied as they are; ours need
+calibration feeds and decide per model, from measurements against the FP32 .tflite on them:
+
+- gptq_wi8_afp32 (gptq_int8.py): the stock INT8 layout with GPTQ codes; with a cosine floor the
+  all-INT8 model misses, the most sensitive FULLY_CONNECTED weights stay float
+  (search.keep_float_until_floor).
+- gptq_wi4b32_afp32 (gptq_int4.py): INT4 blocks with GPTQ codes; with a size budget, the
+  weights whose INT4 form costs the most accuracy per byte are stored INT8 per channel while
+  the file fits (search.fit_size_budget). The tensor names litert-torch writes (the full Python
+  module path of every fused op, about 1 MB in an INT4 MiniLM) are shortened first
+  (flatbuffer.compact_copy): the size budget is what they would eat.
+
+This module holds the pass and the two recipe drivers that tie a writer, the Hessian tap, the
+judge and a search together; each of those lives in its own file.
+
+Measured on all-MiniLM-L6-v2 (4 buckets; held-out texts, sentence-embedding cosine vs PyTorch
+FP32; p50 vs the FP32 .tflite on XNNPACK, batch 1 x 128 tokens, 2 threads, Zen 4; see
+docs/notes/tflite-findings.md, "Converter side: calibrated INT4 and static INT8"):
+- dynamic_wi8_afp32: 0.29x size, 0.42x p50, cosine 0.9976 mean / 0.981 min.
+- dynamic_wi4b32_afp32: 0.160x size, 0.50x p50, cosine 0.957 / 0.824: offered so the pipeline
+  can measure and reject it per model.
+- gptq_wi4b32_afp32: all INT4 0.151x, 0.50x, 0.986 / 0.962; with size budget 0.16 (8 of 36
+  weights INT8) 0.158x, 0.49x, 0.990 / 0.969.
+- static_wi8_ai8 / static_wi8_ai16: refused, see recipes.REFUSED.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters._errors import AccuracyError, ConversionError
+from converters.tflite.config import (
+    INT8_DAMP,
+    INT8_PREFIX_TOKENS,
+    SENSITIVITY_ROWS,
+    GptqInt4Config,
+)
+from converters.tflite.edge_quantizer import run_quantizer
+from converters.tflite.flatbuffer import compact_copy, op_counts
+from converters.tflite.gptq_int4 import Int4Builder
+from converters.tflite.gptq_int8 import Int8Builder
+from converters.tflite.hessians import with_prefixes
+from converters.tflite.judge import Judge, meets
+from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
+from converters.tflite.search import fit_size_budget, keep_float_until_floor
+from converters.tflite.signatures import calibration_rows, signature_lengths
+
+__all__ = ["quantize_tflite"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def _quantize_gptq_int4(
+    in_path: Path,
+    out_path: Path,
+    calibration: list[dict[str, np.ndarray]],
+    config: GptqInt4Config,
+    progress: Progress,
+) -> dict[str, Any]:
+    rows = calibration_rows(calibration, max(signature_lengths(in_path)))
+    hessian_rows = with_prefixes(rows, config.prefix_tokens)
+    compact = out_path.with_name(out_path.stem + ".compact.tflite")
+    probe = out_path.with_name(out_path.stem + ".probe.tflite")
+    fp32_bytes = in_path.stat().st_size
+    try:
+        compact_copy(in_path, compact)
+        builder = Int4Builder(compact, config)
+        if config.size_budget is not None:
+            # The size does not depend on the values: refuse before the expensive part.
+            size = builder.build(probe, set())
+            if size > config.size_budget * fp32_bytes:
+                # Small models are dominated by what stays float (norms, biases, positions).
+                raise AccuracyError(
+                    f"the all-INT4 model is {size} bytes ({size / fp32_bytes:.3f}x FP32), above "
+                    f"the size budget of {config.size_budget}x FP32 (a profile's [tflite] "
+                    "int4_size_budget): raise it, or ship the INT8 artifact for this model"
+                )
+        builder.round(hessian_rows, progress)
+        # The judge sees the calibration texts only: with the prefix rows too it ranked layers
+        # for synthetic inputs and took 25% longer, for the same held-out accuracy on MiniLM.
+        judge = Judge(compact, rows, fp32_bytes)
+        chosen: set[int] = set()
+        search: list[dict[str, Any]] = []
+        if config.size_budget is not None:
+            budget = int(config.size_budget * fp32_bytes)
+            chosen, search = fit_size_budget(
+                builder,
+                list(builder.codes),
+                judge,
+                budget=budget,
+                probe=probe,
+                ranking_rows=config.sensitivity_rows,
+                progress=progress,
+            )
+        builder.build(out_path, chosen)
+        metrics = judge.metrics(out_path)  # measured on the bytes that ship
+    finally:
+        compact.unlink(missing_ok=True)
+        probe.unlink(missing_ok=True)
+    layers = builder.schemes(chosen)
+    for name, layer in layers.items():
+        if not layer["scheme"].startswith("int4"):
+            log.info("%s: %s %s stays %s", GPTQ_RECIPE, layer["op"], name, layer["scheme"])
+    return {
+        "config": config.as_dict(),
+        "calibration_rows": len(rows),
+        "hessian_rows": len(hessian_rows),
+        "layers": layers,
+        "kept_int8": [builder.weights[b].name for b in sorted(chosen)],
+        "budget_search": search,
+        "calibration_metrics": metrics,
+    }
+
+
+def _quantize_gptq_int8(
+    in_path: Path,
+    out_path: Path,
+    calibration: list[dict[str, np.ndarray]],
+    floor: tuple[float, float] | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    """GPTQ INT8; with a floor (cosine mean, min vs the FP32 .tflite on the calibration rows)
+    that the all-INT8 model misses, the FCs whose float form recovers the most (each measured
+    alone) are kept float, one at a time, until it is met."""
+    rows = calibration_rows(calibration, max(signature_lengths(in_path)))
+    hessian_rows = with_prefixes(rows, INT8_PREFIX_TOKENS)
+    builder = Int8Builder(in_path, hessian_rows, progress)
+    written = builder.build(out_path, set())
+    report: dict[str, Any] = {
+        "gptq": {
+            "weights": written,
+            "damp": INT8_DAMP,
+            "prefix_tokens": list(INT8_PREFIX_TOKENS),
+            "calibration_rows": len(rows),
+            "hessian_rows": len(hessian_rows),
+        },
+        "kept_float": [],
+    }
+    if floor is None:
+        return report
+    judge = Judge(in_path, rows, in_path.stat().st_size)
+    metrics = judge.metrics(out_path)
+    report["calibration_metrics"] = metrics
+    if meets(metrics, floor):
+        return report
+    probe = out_path.with_name(out_path.stem + ".probe.tflite")
+    try:
+        kept, search, metrics = keep_float_until_floor(
+            builder,
+            list(builder.fcs),
+            judge,
+            floor=floor,
+            start=out_path,
+            start_metrics=metrics,
+            probe=probe,
+            ranking_rows=SENSITIVITY_ROWS,
+            progress=progress,
+        )
+        report["gptq"]["weights"] = builder.build(out_path, set(kept))
+    finally:
+        probe.unlink(missing_ok=True)
+    report.update(
+        kept_float=[builder.label(b) for b in kept], calibration_metrics=metrics, search=search
+    )
+    return report
+
+
+def _outputs_close(float_path: Path, quant_path: Path) -> dict[str, float]:
+    """Cosine of each signature's output, quantized vs float, on a fixed synthetic input.
+
+    Not an accuracy metric (the pipeline validates on real text): a cheap postcondition that
+    catches a broken rewrite (NaN, zeros, a signature wired to the wrong subgraph)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    ref_it = Interpreter(model_path=str(float_path), num_threads=1)
+    q_it = Interpreter(model_path=str(quant_path), num_threads=1)
+    cosines = {}
+    rng = np.random.default_rng(0)
+    for key, spec in ref_it.get_signature_list().items():
+        ref_runner = ref_it.get_signature_runner(key)
+        details = ref_runner.get_input_details()
+        length = int(details[spec["inputs"][0]]["shape"][1])
+        used = max(1, length // 2)
+        feed = {}
+        for name in spec["inputs"]:
+            value = np.zeros((1, length), np.int32)
+            if name == "attention_mask":
+                value[0, :used] = 1
+            elif name == "input_ids":
+                value[0, :used] = rng.integers(5, 100, used)
+            feed[name] = value
+        want = ref_runner(**feed)
+        got = q_it.get_signature_runner(key)(**feed)
+        a = np.concatenate([v.ravel() for v in want.values()]).astype(np.float64)
+        b = np.concatenate([got[k].ravel() for k in want]).astype(np.float64)
+        cosines[key] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return cosines
+
+
+def quantize_tflite(
+    in_path: Path,
+    out_path: Path,
+    recipe: str,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+    *,
+    int4: GptqInt4Config | None = None,
+    progress: Progress = lambda message: None,
+    floor: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Quantize the FP32 .tflite at `in_path` with `recipe` into `out_path`.
+
+    Precondition: `in_path` is a float model with named signatures (export_tflite's output).
+    Postcondition (checked on the written file): the same signatures with the same inputs and
+    outputs, and outputs that are finite and point the same way as the float model's.
+    `calibration` (named int [batch, seq] arrays with an attention_mask, e.g. from
+    converters.validate.make_batches) is used only by recipes that need it. `int4` configures
+    gptq_wi4b32_afp32 (default GptqInt4Config()); with a size_budget that the all-INT4 model
+    already exceeds, AccuracyError is raised (the pipeline refuses the artifact). `floor`
+    (cosine mean, min against the FP32 .tflite on the calibration rows) lets gptq_wi8_afp32
+    keep its most sensitive FULLY_CONNECTED weights float until it is met.
+    """
+    spec = lookup(recipe)
+    if spec.needs_calibration and not calibration:
+        raise ConversionError(
+            f"TFLite recipe {recipe!r} needs calibration samples (tokenized texts); none were given"
+        )
+    if int4 is not None and recipe != GPTQ_RECIPE:
+        raise ConversionError(
+            f"GptqInt4Config applies to {GPTQ_RECIPE} only; {recipe!r} is ai-edge-quantizer's own"
+        )
+    in_path, out_path = Path(in_path), Path(out_path)
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    before = Interpreter(model_path=str(in_path)).get_signature_list()
+    started = time.perf_counter()
+    details: dict[str, Any] = {}
+    if recipe == GPTQ_INT8_RECIPE:
+        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress)
+    elif spec.ours:
+        config = int4 or GptqInt4Config()
+        details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress)
+    else:
+        from ai_edge_quantizer import recipe as recipes
+
+        run_quantizer(in_path, out_path, getattr(recipes, recipe)(), calibration)
+    seconds = time.perf_counter() - started
+
+    after = Interpreter(model_path=str(out_path)).get_signature_list()
+    if after != before:
+        raise ConversionError(
+            f"quantizing {in_path.name} with {recipe!r} changed its signatures: {before} -> {after}"
+        )
+    cosines = _outputs_close(in_path, out_path)
+    broken = {k: c for k, c in cosines.items() if not np.isfinite(c) or c < 0.5}
+    if broken:
+        raise ConversionError(
+            f"{recipe!r} broke {in_path.name}: output cosine vs the float model "
+            + ", ".join(f"{k} {c:.3f}" for k, c in broken.items())
+        )
+
+    return {
+        "path": str(out_path),
+        "recipe": recipe,
+        "precision": spec.precision,
+        "note": spec.note,
+        "bytes": out_path.stat().st_size,
+        "size_ratio": out_path.stat().st_size / in_path.stat().st_size,
+        "signatures": sorted(after),
+        "cosine_vs_float_synthetic": cosines,
+        "op_counts": op_counts(out_path),
+        "seconds": round(seconds, 2),
+        "tool": {"ai_edge_quantizer": importlib.metadata.version("ai-edge-quantizer")},
+        **details,
+    }
