@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from converters._errors import (  # noqa: E402
     AccuracyError,
     ConversionError,
+    NonFiniteOutputError,
     SourceModelError,
     UnsupportedModelError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ConversionError",
     "ConvertConfig",
     "ConvertResult",
+    "NonFiniteOutputError",
     "SourceModelError",
     "UnsupportedModelError",
     "__version__",

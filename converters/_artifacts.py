@@ -86,11 +86,16 @@ class Step:
 
     source: SourceModel
     profile: TargetProfile
+    # The validation texts and their PyTorch FP32 outputs: every metric, floor and search
+    # evaluation. Never fitted on (issue 10).
     reference: Reference
     floor: AccuracyFloor
     work: Path
     fp32_path: Path  # the exported (and, per profile, fused) FP32 ONNX graph
     progress: Progress
+    # The fit texts and their PyTorch FP32 outputs: SmoothQuant scales, GPTQ Hessians, static
+    # ranges, clip statistics and sensitivity rankings. Disjoint from `reference`.
+    fit: Reference
     cache: dict[str, Any] = field(default_factory=dict)  # results shared between builders
     # Opens the session a candidate ONNX graph is scored with: the target's arithmetic, not
     # necessarily this machine's (converters/arithmetic.py). None: this machine's kernels.
@@ -110,7 +115,7 @@ class Built:
 
 
 def _build_onnx_fp32(step: Step, name: str) -> Built:
-    metrics = compute_metrics(step.source, step.reference, onnx_session(step.fp32_path).run)
+    metrics = compute_metrics(step.source, step.reference, onnx_session(step.fp32_path).run, name)
     failures = floor_failures(metrics, step.floor)
     if failures:
         raise ConversionError(
@@ -140,7 +145,7 @@ def _prepare_int8_graph(step: Step, name: str, start_path: Path) -> _Int8Graph:
     # token 0 its own scale in every MatMul.
     smooth = SmoothConfig(weight_shapes=((h, i), (h, h), (h, 3 * h)))  # all but the FFN output
     smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
-    smoothed = smooth_activations(packed_path, smoothed_path, step.reference.batches, smooth)
+    smoothed = smooth_activations(packed_path, smoothed_path, step.fit.batches, smooth)
     split = split_first_token(smoothed_path, split_path, SplitConfig(((h, i), (i, h), (h, h), (h, 3 * h))))
     step.progress(f"[{name}] packed {len(packed)} projection groups; smoothed {len(smoothed)} MatMul inputs; "
                   f"split token 0 off {len(split)} MatMuls")
@@ -169,19 +174,20 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
     graph = _prepare_int8_graph(step, name, start_path)
     rounding = None
     if profile.int8.weight_rounding == "gptq":
-        step.progress(f"[{name}] GPTQ weight rounding (Hessians from {len(step.reference.batches)} batches)")
+        step.progress(f"[{name}] GPTQ weight rounding (Hessians from {len(step.fit.texts)} fit texts)")
         limit = profile.int8.pair_sum_limit
         if limit:
             step.progress(f"[{name}] 8-bit codes with adjacent-row pair sums <= {limit} (int8.pair_sum_limit)")
-        rounding = Int8Rounding(graph.split, graph.smoothed, step.reference.batches, int8_range(profile.int8),
+        rounding = Int8Rounding(graph.split, graph.smoothed, step.fit.batches, int8_range(profile.int8),
                                 pair_limit=limit)
     int8 = Int8Config(
         scheme=profile.int8,
-        calibration_batches=_range_batches(step.reference.batches) if profile.int8.mode == "static" else (),
+        calibration_batches=_range_batches(step.fit.batches) if profile.int8.mode == "static" else (),
         rounding=rounding,
     )
     outcome = quantize_with_floor(graph.split, work / f"{name}.onnx", int8, source,
-                                  step.reference, step.floor.for_precision("int8"), step.session, step.progress)
+                                  step.reference, step.floor.for_precision("int8"), step.session, step.progress,
+                                  fit=step.fit, name=name)
     extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
                               **graph.report, "search": outcome.search}}
     if outcome.kept_fp32:
@@ -190,7 +196,7 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
 
 
 # Static INT8 activation ranges from at most this many batches (x 16 texts), spread over the
-# calibration set: ranges settle well before that, and percentile/entropy calibration re-runs
+# fit set: ranges settle well before that, and percentile/entropy calibration re-runs
 # the model on every batch for every probe of the accuracy fallback (all 357 texts: > 30 minutes
 # and 19 GB of stored activations for percentile).
 RANGE_BATCHES = 4
@@ -264,14 +270,15 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     plain = dataclasses.replace(profile.int8, pair_sum_limit=0)
     quantize_int8(graph.split, int8_path, Int8Config(scheme=plain))
     config = W4A8Config(block_size=scheme.block_size)
-    weights = W4A8Weights(int8_path, graph.split, graph.smoothed, step.reference.batches,
+    weights = W4A8Weights(int8_path, graph.split, graph.smoothed, step.fit.batches,
                           int8_range(plain), config)
     probe = work / f"{name}.probe.onnx"
 
-    def evaluate(model, batches: int | None) -> dict[str, float]:
-        onnx.save(model, str(probe))
-        reference = Reference(step.reference.batches[:batches], step.reference.outputs[:batches])
-        return compute_metrics(source, reference, step.session(probe).run)
+    def scorer(texts: Reference):
+        def score(model, batches: int | None) -> dict[str, float]:
+            onnx.save(model, str(probe))
+            return compute_metrics(source, texts.head(batches), step.session(probe).run, f"{name} candidate")
+        return score
 
     fp32_bytes = model_bytes(step.fp32_path)
     step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
@@ -285,15 +292,17 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                             f"bytes ({scheme.size_budget} x FP32)")
     step.progress(f"[{name}] all 4-bit: {base_bytes / 1e6:.1f} MB of a {budget / 1e6:.1f} MB budget; "
                   "moving the most sensitive MatMuls to 8 bits while they fit")
-    # Sensitivities on every calibration batch: ranked on the first 32 texts only, the choice
-    # missed short texts (MiniLM held-out minimum 0.949 against 0.960 with all batches).
-    fit = fit_w4a8(weights, evaluate, probe_loss, budget, base_bytes, probe_batches=None)
+    # Sensitivities on every fit batch: ranked on the first 32 texts only, the choice missed
+    # short texts (MiniLM held-out minimum 0.949 against 0.960 with all batches). Each step of
+    # the search is judged on the validation texts.
+    fit = fit_w4a8(weights, scorer(step.reference), probe_loss, budget, base_bytes, probe_batches=None,
+                   rank=scorer(step.fit))
     model = weights.build(fit.four_bit)
     weights.check(model, fit.four_bit)
     path = work / f"{name}.onnx"
     onnx.save(model, str(path))
     probe.unlink(missing_ok=True)
-    metrics = compute_metrics(source, step.reference, step.session(path).run)
+    metrics = compute_metrics(source, step.reference, step.session(path).run, name)
     _checked(step, name, "int4", metrics)
     eight = sorted(set(weights.weights) - fit.four_bit)
     base = fit.search[0]["metrics"]
@@ -322,9 +331,10 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
                         size_budget=scheme.size_budget)
     step.progress(f"[{name}] block-wise INT4 ({scheme.algorithm}, block {scheme.block_size}, "
                   f"size budget {scheme.size_budget}): measuring candidates")
-    report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.reference.batches)
+    report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.fit.batches,
+                           validation_batches=step.reference.batches)
     path = step.work / f"{name}.onnx"
-    metrics = compute_metrics(step.source, step.reference, step.session(path).run)
+    metrics = compute_metrics(step.source, step.reference, step.session(path).run, name)
     _checked(step, name, "int4", metrics)
     return Built(path, metrics, report.get("kept_fp32", []), {"quantization": report})
 
@@ -349,7 +359,7 @@ def _tflite_extra(step: Step) -> dict[str, Any]:
 
 def _build_tflite_fp32(step: Step, name: str) -> Built:
     path = _tflite_fp32(step)
-    metrics = compute_metrics(step.source, step.reference, open_session("tflite", path).run)
+    metrics = compute_metrics(step.source, step.reference, open_session("tflite", path).run, name)
     _checked(step, name, "fp32", metrics)
     return Built(path, metrics, extra=_tflite_extra(step))
 
@@ -365,13 +375,15 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
     floor = step.floor.for_precision(precision)
     report = quantize_tflite(
         _tflite_fp32(step), out, recipe,
-        # Calibrated recipes see the validation texts (the same ones the ONNX INT8/INT4 use).
-        calibration=step.reference.batches if spec and spec.needs_calibration else None,
+        # Calibrated recipes fit on the fit texts and judge their searches on the validation
+        # texts (the same split the ONNX INT8/INT4 use).
+        calibration=step.fit.batches if spec and spec.needs_calibration else None,
+        validation=step.reference.batches if spec and spec.needs_calibration else None,
         int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
         floor=(floor.cosine_mean, floor.cosine_min) if recipe == GPTQ_INT8_RECIPE else None,
         progress=lambda message: step.progress(f"[{name}] {message}"),
     )
-    metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run)
+    metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run, name)
     _checked(step, name, precision, metrics)
     return Built(out, metrics, extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["AccuracyError", "ConversionError", "SourceModelError", "UnsupportedModelError"]
+__all__ = [
+    "AccuracyError",
+    "ConversionError",
+    "NonFiniteOutputError",
+    "SourceModelError",
+    "UnsupportedModelError",
+]
 
 
 class ConversionError(Exception):
@@ -19,3 +25,16 @@ class UnsupportedModelError(ConversionError):
 
 class AccuracyError(ConversionError):
     """An artifact stays below the accuracy floor even with every fallback tried."""
+
+
+
+class NonFiniteOutputError(AccuracyError):
+    """An artifact computed NaN or Inf on a validation text (issue 10: such an artifact is
+    refused, never scored: a NaN metric would otherwise compare as "not below" every floor)."""
+
+    def __init__(self, artifact: str, text: str, index: int):
+        self.artifact, self.text, self.index = artifact, text, index
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        super().__init__(
+            f"{artifact} computes non-finite outputs (NaN or Inf) on validation text #{index}: {shown!r}"
+        )

@@ -1,18 +1,31 @@
-"""Texts used to calibrate quantization and to validate every artifact against PyTorch FP32."""
+"""Texts that fit quantization and texts that validate every artifact against PyTorch FP32.
+
+Fitting and scoring use different texts (issue 10; DESIGN.md, "Metrics are out-of-sample"):
+split_texts cuts the calibration texts into a fit set (SmoothQuant scales, GPTQ Hessians,
+static ranges, sensitivity rankings) and a validation set (metrics, floors, every search's
+evaluation), or takes the validation texts from a separate file.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from converters._errors import SourceModelError
 
-__all__ = ["TextSet", "load_texts"]
+__all__ = ["TextSet", "TextSplit", "load_texts", "split_texts", "validation_share"]
 
 BUILTIN = Path(__file__).resolve().parent / "data" / "calibration_en.txt"
 MIN_TEXTS = 8
+# The share of the calibration texts held out for validation. A quarter keeps ~270 of the 357
+# built-in texts for fitting (GPTQ Hessians of MiniLM's 1536-wide FFN input want several
+# thousand tokens) and ~90 for validation (the minimum cosine is a per-text statistic: ~90
+# texts still hold several of each length class, from one word to ~200 tokens).
+VALIDATION_SHARE = 0.25
+MIN_SPLIT_SIDE = 4  # texts on each side of a split at least
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,43 @@ class TextSet:
 
     def describe(self) -> dict:
         return {"source": self.source, "count": len(self.texts), "sha256": self.sha256}
+
+
+def _digest(texts: tuple[str, ...] | list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
+
+
+def validation_share(text: str) -> float:
+    """Where `text` falls in [0, 1): the first 32 bits of its UTF-8 SHA-256. Texts below
+    VALIDATION_SHARE validate. A text's side depends on the text alone, not on its position or
+    on the other texts: editing the file moves no other text across, and duplicates of a text
+    always land on the same side (no copy of a validation text is ever fitted)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") / 2**32
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    fit: TextSet  # everything that fits sees these texts only
+    validation: TextSet  # every metric, floor and search evaluation uses these only
+    method: str  # "hash" or "file"
+    calibration: TextSet  # what the fit set was taken from (the whole calibration file)
+
+    def describe(self) -> dict:
+        """The manifest's "calibration" section."""
+        if self.method == "hash":
+            how = (f"calibration texts split by sha256(text): first 32 bits / 2^32 < {VALIDATION_SHARE} "
+                   "-> validation, else fit (converters/calibration.py)")
+        else:
+            how = "fit: the calibration texts; validation: a separate file (edge-convert --validation-texts)"
+        return {
+            **self.calibration.describe(),
+            "split": {"method": self.method, "rule": how},
+            "fit": self.fit.describe(),
+            "validation": self.validation.describe(),
+            "metrics_from": "validation",
+            "note": "metrics and accuracy floors are measured on the validation texts, which no fitting "
+                    "step (SmoothQuant, GPTQ, static ranges, sensitivity rankings) sees",
+        }
 
 
 def _parse(path: Path) -> list[str]:
@@ -43,16 +93,50 @@ def _parse(path: Path) -> list[str]:
     return [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def load_texts(path: Path | None = None) -> TextSet:
+def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "calibration") -> TextSet:
     """The built-in English set, or a user file: .txt (one text per line) or .jsonl ({"text": ...})."""
     source = BUILTIN if path is None else Path(path)
     if not source.is_file():
-        raise SourceModelError(f"calibration file {source} does not exist")
+        raise SourceModelError(f"{role} file {source} does not exist")
     texts = _parse(source)
-    if len(texts) < MIN_TEXTS:
+    if len(texts) < minimum:
         raise SourceModelError(
-            f"calibration file {source} has {len(texts)} texts; at least {MIN_TEXTS} are needed "
+            f"{role} file {source} has {len(texts)} texts; at least {minimum} are needed "
             "for meaningful accuracy figures"
         )
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-    return TextSet(tuple(texts), "builtin" if path is None else str(source), digest)
+    return TextSet(tuple(texts), "builtin" if path is None else str(source), _digest(texts))
+
+
+def split_texts(calibration: TextSet, validation: TextSet | None = None) -> TextSplit:
+    """Fit and validation texts, disjoint.
+
+    Without `validation`: the calibration texts split by validation_share (about VALIDATION_SHARE
+    of them validate). When the hash leaves fewer than MIN_SPLIT_SIDE texts on a side (small
+    files), the ceil(VALIDATION_SHARE * n) texts with the lowest hash validate instead (at least
+    MIN_SPLIT_SIDE). With `validation`: every calibration text fits, and a text present in both
+    is an error (it would score the artifact on a text it was fitted on)."""
+    if validation is not None:
+        shared = sorted(set(calibration.texts) & set(validation.texts))
+        if shared:
+            raise SourceModelError(
+                f"{len(shared)} text(s) of the validation file {validation.source} are also calibration "
+                f"texts ({calibration.source}), e.g. {shared[0][:60]!r}: metrics must come from texts "
+                "that fitting never saw; remove them from one of the files"
+            )
+        return TextSplit(calibration, validation, "file", calibration)
+    texts = calibration.texts
+    held = [validation_share(t) < VALIDATION_SHARE for t in texts]
+    if min(sum(held), len(texts) - sum(held)) < MIN_SPLIT_SIDE:
+        count = max(MIN_SPLIT_SIDE, math.ceil(VALIDATION_SHARE * len(set(texts))))
+        lowest = set(sorted(set(texts), key=validation_share)[:count])
+        held = [t in lowest for t in texts]
+    fit = tuple(t for t, h in zip(texts, held) if not h)
+    val = tuple(t for t, h in zip(texts, held) if h)
+    if len(fit) < MIN_SPLIT_SIDE or len(val) < MIN_SPLIT_SIDE:
+        raise SourceModelError(
+            f"calibration file {calibration.source} has {len(set(texts))} distinct texts: too few to split "
+            f"into fit and validation sets of {MIN_SPLIT_SIDE} or more; add texts or pass a validation file"
+        )
+    label = f"{calibration.source}"
+    return TextSplit(TextSet(fit, f"{label} (fit split)", _digest(fit)),
+                     TextSet(val, f"{label} (validation split)", _digest(val)), "hash", calibration)

@@ -15,7 +15,10 @@ from targets import ProfileError, UnknownTargetError, detect_target, list_profil
 
 
 def _table(result) -> str:
-    rows = [("artifact", "format", "precision", "size MB", "accuracy vs PyTorch FP32", "p50 ms", "FP32 kept")]
+    from converters.pipeline import METRICS_TEXTS
+
+    rows = [("artifact", "format", "precision", "size MB", f"accuracy vs PyTorch FP32, {METRICS_TEXTS}",
+             "p50 ms", "FP32 kept")]
     for a in result.artifacts:
         metrics = ", ".join(f"{k.replace('_mean', '').replace('top1_agreement', 'top1')} {v:.4f}"
                             for k, v in a.metrics.items() if k in ("cosine_mean", "cosine_min", "top1_agreement"))
@@ -46,12 +49,17 @@ def _list_targets() -> None:
 @click.option("--task", type=click.Choice(["feature-extraction", "text-classification", "token-classification"]),
               help="override the task inferred from the model config")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
-              help="texts for calibration and validation: .txt (one per line) or .jsonl ({'text': ...})")
+              help="texts to fit quantization on: .txt (one per line) or .jsonl ({'text': ...}); without "
+                   "--validation-texts a deterministic quarter of them (by text hash) is held out for validation "
+                   "[default: the built-in English texts]")
+@click.option("--validation-texts", type=click.Path(dir_okay=False, path_type=Path),
+              help="texts to validate the artifacts on (metrics, accuracy floors, every search's evaluation), "
+                   "same formats; no fitting step sees them, and none may also be a calibration text")
 @click.option("--accuracy-floor", type=float, help="minimum mean cosine / top-1 agreement (overrides the profile)")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
               help="activation range method for static INT8 profiles (overrides the profile)")
-@click.option("--validation", type=click.Choice(["auto", "exact", "host"]), default="auto", show_default=True,
-              help="how INT8 candidates are scored: auto = with the target's arithmetic (exact int32 GEMMs when "
+@click.option("--arithmetic", type=click.Choice(["auto", "exact", "host"]), default="auto", show_default=True,
+              help="whose INT8 arithmetic candidates are scored with: auto = with the target's arithmetic (exact int32 GEMMs when "
                    "this CPU saturates and the target does not); exact = always exact int32; host = this CPU's "
                    "kernels (diagnostics)")
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
@@ -61,8 +69,8 @@ def _list_targets() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
-def main(model, target, out, task, calibration, accuracy_floor, calibration_method, validation, sign_key, force,
-         as_json, list_targets, quiet):
+def main(model, target, out, task, calibration, validation_texts, accuracy_floor, calibration_method, arithmetic,
+         sign_key, force, as_json, list_targets, quiet):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
     if list_targets:
@@ -87,7 +95,7 @@ def main(model, target, out, task, calibration, accuracy_floor, calibration_meth
 
     config = ConvertConfig(model=model, target=profile.id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
-                           validation=validation, sign_key=sign_key)
+                           validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key)
     try:
         result = convert(config, progress)
     except SigningKeyError as exc:

@@ -2,9 +2,9 @@
 keep the most sensitive layers in FP32, greedily, until it passes.
 
 Sensitivity of a weight = the error of a model in which only the node(s) reading it are quantized,
-measured on a subset of the calibration texts. Weights are then kept in FP32 in order of error per
-weight element (FP32 compute and bytes both grow with it), one at
-a time, re-validating on the full set after each, so the result is checked, not predicted.
+measured on a subset of the FIT texts (ranking is fitting). Weights are then kept in FP32 in order
+of error per weight element (FP32 compute and bytes both grow with it), one at a time,
+re-validating on the full VALIDATION set after each, so the result is checked, not predicted.
 """
 
 from __future__ import annotations
@@ -66,9 +66,14 @@ def quantize_with_floor(
     floor: AccuracyFloor,
     make_session: Callable[[Path], Any],
     progress: Callable[[str], None],
+    fit: Reference | None = None,
+    name: str = "INT8",
 ) -> QuantOutcome:
+    """`reference`: the validation texts (metrics, floor, each step of the search); `fit`: the
+    texts the sensitivity ranking is measured on (None: `reference`, for callers without a
+    split)."""
     quantize_int8(fp32_path, out_path, config)
-    metrics = compute_metrics(source, reference, make_session(out_path).run)
+    metrics = compute_metrics(source, reference, make_session(out_path).run, name)
     failures = floor_failures(metrics, floor)
     if not failures:
         return QuantOutcome(out_path, metrics)
@@ -76,13 +81,14 @@ def quantize_with_floor(
     nodes = quantizable_nodes(fp32_path, config.op_types)
     groups = _weight_groups(fp32_path, nodes)
     progress(f"below the accuracy floor ({'; '.join(failures)}); ranking {len(groups)} weights by sensitivity")
-    subset = Reference(reference.batches[:SENSITIVITY_BATCHES], reference.outputs[:SENSITIVITY_BATCHES])
+    subset = (reference if fit is None else fit).head(SENSITIVITY_BATCHES)
     probe = out_path.with_suffix(".probe.onnx")
     sensitivity = {}
     for index, (weight, members) in enumerate(groups.items(), 1):
         only = dataclasses.replace(config, exclude=tuple(n for n in nodes if n not in members))
         quantize_int8(fp32_path, probe, only)
-        sensitivity[weight] = probe_loss(compute_metrics(source, subset, make_session(probe).run))
+        sensitivity[weight] = probe_loss(compute_metrics(source, subset, make_session(probe).run,
+                                                         f"{name} probe ({weight} quantized alone)"))
         if index % 8 == 0 or index == len(groups):
             progress(f"  sensitivity {index}/{len(groups)}")
     # Most error removed per FP32 weight element first (FP32 compute and bytes both scale with it).
@@ -95,7 +101,7 @@ def quantize_with_floor(
     for weight in ranked[:limit]:
         kept.extend(groups[weight])
         quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)))
-        metrics = compute_metrics(source, reference, make_session(out_path).run)
+        metrics = compute_metrics(source, reference, make_session(out_path).run, name)
         search.append({"kept_fp32": list(groups[weight]), "weight": weight, "metrics": metrics,
                        "sensitivity": sensitivity[weight], "weight_elements": sizes.get(weight)})
         progress(f"  keeping {len(kept)} node(s) in FP32: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

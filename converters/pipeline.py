@@ -1,6 +1,7 @@
 """edge-convert's pipeline: one ordered list of steps, readable top to bottom.
 
-    load source -> reference outputs -> export ONNX -> fuse -> per planned artifact: build
+    load source -> split texts (fit / validation) -> reference outputs -> export ONNX -> fuse ->
+    per planned artifact: build
     (quantize, validate, fall back or refuse; converters/_artifacts.py) -> package -> golden
     sample -> manifest -> rename into place
 """
@@ -20,9 +21,9 @@ from typing import Any, Callable
 from converters import package, signing
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session, plan
 from converters._errors import AccuracyError, ConversionError
-from converters.arithmetic import MODES as VALIDATION_MODES
+from converters.arithmetic import MODES as ARITHMETIC_MODES
 from converters.arithmetic import ValidationSessions, choose_validation
-from converters.calibration import TextSet, load_texts
+from converters.calibration import TextSplit, load_texts, split_texts
 from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
 from converters.source import SourceModel, load_source
@@ -30,7 +31,10 @@ from converters.validate import Reference, encode, reference_outputs
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION
 from targets import AccuracyFloor, TargetProfile, load_profile
 
-__all__ = ["ArtifactResult", "ConvertConfig", "ConvertResult", "convert"]
+__all__ = ["METRICS_TEXTS", "ArtifactResult", "ConvertConfig", "ConvertResult", "convert"]
+
+# Which texts every recorded metric comes from (manifest "metrics_texts", the CLI's table).
+METRICS_TEXTS = "validation (unseen by fitting)"
 
 Progress = Callable[[str], None]
 GOLDEN_TEXT = "edge-runtime golden sample: a quick check that this device computes the right numbers."
@@ -50,16 +54,19 @@ class ConvertConfig:
     target: str
     out: Path
     task: str | None = None
-    calibration: Path | None = None
+    calibration: Path | None = None  # None: the built-in English texts
+    # Texts the artifacts are validated on. None: a deterministic quarter of the calibration texts
+    # (converters/calibration.py); either way no fitting step sees them.
+    validation_texts: Path | None = None
     accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
     calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
     force: bool = False
     latency_runs: int = 20
     latency_seq: int = 128
-    # How candidates are scored (converters/arithmetic.py): "auto" runs them with the target's
-    # INT8 arithmetic whatever this machine's is; "exact" always uses the exact int32 reference;
-    # "host" this machine's kernels (diagnostics only).
-    validation: str = "auto"
+    # Whose INT8 arithmetic candidates are scored with (converters/arithmetic.py): "auto" the
+    # target's whatever this machine's is; "exact" always the exact int32 reference; "host" this
+    # machine's kernels (diagnostics only).
+    arithmetic: str = "auto"
     # EC private key (PEM): sign the finished directory as model.sig (converters/signing.py)
     sign_key: Path | None = None
 
@@ -92,6 +99,7 @@ class ConvertResult:
             "task": self.task,
             "source": self.source,
             "seconds": round(self.seconds, 2),
+            "metrics_texts": METRICS_TEXTS,
             "artifacts": [a.__dict__ for a in self.artifacts],
             "refused": self.refused,
         }
@@ -203,9 +211,9 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
         )
     floor = _floor(profile, config.accuracy_floor)
-    if config.validation not in VALIDATION_MODES:
-        raise ConversionError(f"validation={config.validation!r}; expected one of {', '.join(VALIDATION_MODES)}")
-    validation = choose_validation(profile, config.validation)
+    if config.arithmetic not in ARITHMETIC_MODES:
+        raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
+    validation = choose_validation(profile, config.arithmetic)
     unsupported = [p.name for p in plan(profile) if (p.format, p.precision) not in BUILDERS
                    or (p.format, p.precision, p.variant) not in MIN_RUNTIME]
     if unsupported:
@@ -217,14 +225,20 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
     progress(f"target {profile.id}: {profile.name}")
     progress("loading the source model")
     source = load_source(config.model, config.task)
-    texts: TextSet = load_texts(config.calibration)
+    texts: TextSplit = split_texts(
+        load_texts(config.calibration),
+        None if config.validation_texts is None else load_texts(config.validation_texts, role="validation"),
+    )
     progress(f"source {source.name}: {source.model_type}, task {source.task}, "
-             f"{source.num_parameters / 1e6:.1f}M parameters; {len(texts.texts)} validation texts")
+             f"{source.num_parameters / 1e6:.1f}M parameters; {len(texts.fit.texts)} fit texts, "
+             f"{len(texts.validation.texts)} validation texts (" + (
+                 "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
 
     with package.staging_dir(config.out, config.force) as stage, tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         work = Path(tmp)
-        progress("computing PyTorch FP32 reference outputs")
-        reference: Reference = reference_outputs(source, texts.texts)
+        progress("computing PyTorch FP32 reference outputs (fit and validation texts)")
+        reference: Reference = reference_outputs(source, texts.validation.texts)
+        fit: Reference = reference_outputs(source, texts.fit.texts)
 
         progress(f"exporting ONNX (opset {profile.onnx.opset}, dynamic batch and sequence)")
         fp32_path = export_onnx(source, work / "export.onnx", ExportConfig(profile.onnx.opset))
@@ -239,7 +253,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
         progress(f"INT8 arithmetic: target {validation.target}, this machine {validation.host}: "
                  + ("candidates run with exact int32 GEMMs" if validation.exact_reference else "this machine's kernels")
                  + f" ({validation.reason})")
-        step = Step(source, profile, reference, floor, work, fp32_path, progress,
+        step = Step(source, profile, reference, floor, work, fp32_path, progress, fit,
                     sessions=ValidationSessions(validation, work))
         results, entries, refused = [], [], []
         for planned in plan(profile):
@@ -269,6 +283,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 "precision": precision,
                 "files": files,
                 "metrics": built.metrics,
+                "metrics_texts": METRICS_TEXTS,
                 "accuracy_floor": dataclasses.asdict(floor.for_precision(precision)),
                 "pruning": None,
                 **({"fused_ops": fused_ops} if fmt == "onnx" else {}),
@@ -295,7 +310,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
             "tokenizer": _tokenizer_files(source, stage),
             "postprocess": source.postprocess,
             "calibration": texts.describe(),
-            "validation": validation.describe(),
+            "arithmetic": validation.describe(),
             "runtime": _runtime_settings(profile),
             "artifacts": entries,
             "refused": refused,

@@ -38,7 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from converters._errors import AccuracyError, ConversionError, UnsupportedModelError
+from converters._errors import (
+    AccuracyError,
+    ConversionError,
+    NonFiniteOutputError,
+    UnsupportedModelError,
+)
 from converters._graph import model_bytes
 from converters.validate import probe_loss, row_cosine
 
@@ -477,7 +482,7 @@ class _Judge:
                 token_cosine_mean=float(token.mean()), token_cosine_min=float(token.min())
             )
         if not np.isfinite(list(result.values())).all():
-            raise ConversionError(f"the INT4 model at {path} produced non-finite outputs: {result}")
+            raise NonFiniteOutputError(Path(path).name, f"<calibration batch, metrics {result}>", -1)
         return result
 
 
@@ -489,9 +494,12 @@ def _fit_budget(
     budget: int,
     probe: Path,
     current: dict[str, float],
+    ranker: _Judge | None = None,
 ) -> tuple[set[str], list[dict[str, Any]]]:
     """Move MatMuls to 8-bit, most error removed per added byte first, while the assembled model
-    stays within `budget` bytes and each move measurably lowers the calibration loss."""
+    stays within `budget` bytes and each move measurably lowers the loss on `judge`'s batches
+    (validation). The ranking is measured with `ranker` (the fit batches; None: `judge`)."""
+    ranker = ranker or judge
     base = variants.build(algorithm, int8)
     size = base.ByteSize()
     if size > budget:
@@ -501,11 +509,11 @@ def _fit_budget(
             f"the all-4-bit model is {size} bytes, above the size budget of {budget} bytes: raise "
             "size_budget, drop int8_nodes, or use a larger block_size / embedding_block_size"
         )
-    base_loss = probe_loss(judge.metrics(base, probe, SENSITIVITY_BATCHES))
+    base_loss = probe_loss(ranker.metrics(base, probe, SENSITIVITY_BATCHES))
     gains = {}
     for node in (n for n in variants.matmuls if n not in int8):
         model = variants.build(algorithm, int8 | {node})
-        gain = base_loss - probe_loss(judge.metrics(model, probe, SENSITIVITY_BATCHES))
+        gain = base_loss - probe_loss(ranker.metrics(model, probe, SENSITIVITY_BATCHES))
         gains[node] = (gain, model.ByteSize() - size)
     ranked = sorted(
         (n for n in gains if gains[n][0] > 0),
@@ -540,10 +548,15 @@ def quantize_int4(
     out_path: Path,
     config: Int4Config,
     calibration_batches: list[dict[str, np.ndarray]],
+    validation_batches: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Write the INT4 form of the FP32 ONNX model `fp32_path` to `out_path` (one file, weights
     inline) and return what changed: algorithm chosen and each candidate's accuracy against
-    FP32 on the calibration batches, bits per MatMul, embedding scheme, bytes before/after."""
+    FP32 on the validation batches, bits per MatMul, embedding scheme, bytes before/after.
+
+    `calibration_batches` fit (clip-search statistics, the size-budget ranking);
+    `validation_batches` score (the algorithm choice, each budget step, the final metrics).
+    None: the calibration batches do both (in-sample; for callers without a split)."""
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -570,7 +583,8 @@ def quantize_int4(
 
     bytes_before = model_bytes(fp32_path)
     variants = _Variants(model, matmuls, tables, config, fp32_path, batches)
-    judge = _Judge(fp32_path, batches)
+    ranker = _Judge(fp32_path, batches)
+    judge = ranker if validation_batches is None else _Judge(fp32_path, list(validation_batches))
     probe = out_path.with_name(out_path.stem + ".probe.onnx")
     int8 = set(config.int8_nodes)
     try:
@@ -581,7 +595,7 @@ def quantize_int4(
         if config.size_budget is not None:
             budget = int(config.size_budget * bytes_before)
             int8, search = _fit_budget(
-                variants, judge, chosen, int8, budget, probe, candidates[chosen]
+                variants, judge, chosen, int8, budget, probe, candidates[chosen], ranker
             )
     finally:
         probe.unlink(missing_ok=True)

@@ -306,23 +306,27 @@ def fit_w4a8(
     loss: Callable[[dict[str, float]], float],
     budget_bytes: int,
     base_bytes: int,
-    probe_batches: int,
+    probe_batches: int | None,
+    rank: Callable[[Any, int | None], dict[str, float]] | None = None,
 ) -> FitResult:
     """All weights in 4 bits, then the ones whose 8-bit form removes the most measured loss per
     added byte move to 8 bits while the artifact stays within `budget_bytes` (base_bytes: the
     all-4-bit artifact) and each move lowers the loss on every calibration batch.
 
-    evaluate(model, batches) -> metrics on the first `batches` calibration batches (None: all).
+    evaluate(model, batches) -> metrics on the first `batches` validation batches (None: all):
+    the search's every decision. rank(model, batches): the same on the fit batches, for the
+    sensitivity ranking (fitting); None: `evaluate`.
     """
+    rank = rank or evaluate
     four = set(weights.weights)
     metrics = evaluate(weights.build(four), None)
     search: list[dict[str, Any]] = [{"eight_bit": [], "bytes": base_bytes, "metrics": metrics}]
     if base_bytes >= budget_bytes:
         return FitResult(four, metrics, search)
-    base_probe = loss(evaluate(weights.build(four), probe_batches))
+    base_probe = loss(rank(weights.build(four), probe_batches))
     gains = {}
     for weight in weights.weights:
-        probe = loss(evaluate(weights.build(four - {weight}), probe_batches))
+        probe = loss(rank(weights.build(four - {weight}), probe_batches))
         gains[weight] = (base_probe - probe) / max(weights.extra_bytes_8bit(weight), 1)
     size, current = base_bytes, loss(metrics)
     for weight in sorted((w for w in gains if gains[w] > 0), key=gains.get, reverse=True):

@@ -1,26 +1,31 @@
-"""Validation: compare an artifact with the PyTorch FP32 model on the calibration texts.
+"""Validation: compare an artifact with the PyTorch FP32 model on the validation texts.
 
 The artifact runs through edge_runtime's own backend and pooling code, so the metrics in the
-manifest are what a device computes.
+manifest are what a device computes. The validation texts are the split of the calibration
+texts that no fitting step sees (converters/calibration.py, issue 10).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from edge_runtime._text import pool
+from converters._errors import NonFiniteOutputError
 from converters.source import SourceModel
+from edge_runtime._text import pool
 from targets import AccuracyFloor
 
 __all__ = [
     "Reference",
+    "check_finite",
     "compute_metrics",
     "encode",
     "floor_failures",
     "make_batches",
+    "meets_floor",
     "reference_outputs",
 ]
 
@@ -31,6 +36,14 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 class Reference:
     batches: list[dict[str, np.ndarray]]  # int64 feeds, padded per batch
     outputs: list[np.ndarray]  # the PyTorch FP32 output for each batch
+    texts: tuple[str, ...] = ()  # the texts of the batches, in order (for error messages)
+
+    def head(self, count: int | None) -> Reference:
+        """The first `count` batches (None: all), with their texts."""
+        if count is None:
+            return self
+        rows = sum(len(b["input_ids"]) for b in self.batches[:count])
+        return Reference(self.batches[:count], self.outputs[:count], self.texts[:rows])
 
 
 def encode(source: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:
@@ -59,7 +72,7 @@ def reference_outputs(source: SourceModel, texts: tuple[str, ...]) -> Reference:
         for feeds in batches:
             args = [torch.from_numpy(feeds[name]) for name in source.input_names]
             outputs.append(source.module(*args).numpy())
-    return Reference(batches, outputs)
+    return Reference(batches, outputs, tuple(texts))
 
 
 def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -77,12 +90,31 @@ def probe_loss(metrics: dict[str, float]) -> float:
     return (1.0 - mean) + 0.25 * (1.0 - worst)
 
 
-def compute_metrics(source: SourceModel, reference: Reference, run: Runner) -> dict[str, float]:
-    """Task metrics of `run` against the reference, over every calibration text."""
+def check_finite(got: np.ndarray, texts: tuple[str, ...], first_row: int, artifact: str) -> None:
+    """Raise NonFiniteOutputError naming `artifact` and the first text whose output row holds a
+    NaN or Inf anywhere (padded positions included: pooling multiplies them by zero, and
+    NaN * 0 is NaN)."""
+    bad = ~np.isfinite(got.reshape(len(got), -1)).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        index = first_row + row
+        text = texts[index] if index < len(texts) else f"<row {index}>"
+        raise NonFiniteOutputError(artifact, text, index)
+
+
+def compute_metrics(
+    source: SourceModel, reference: Reference, run: Runner, artifact: str = "the artifact"
+) -> dict[str, float]:
+    """Task metrics of `run` against the reference, over every text of `reference`.
+
+    NaN or Inf anywhere in the outputs is NonFiniteOutputError naming `artifact` and the first
+    bad text, never a metric."""
     output = source.output_names[0]
-    cosines, agree, total = [], 0, 0
+    cosines, agree, total, first_row = [], 0, 0, 0
     for feeds, want in zip(reference.batches, reference.outputs):
         got = run(feeds)[output]
+        check_finite(got, reference.texts, first_row, artifact)
+        first_row += len(got)
         mask = feeds["attention_mask"]
         if source.task == "feature-extraction":
             post = source.postprocess
@@ -108,8 +140,14 @@ def compute_metrics(source: SourceModel, reference: Reference, run: Runner) -> d
     }
 
 
+def meets_floor(value: float, floor: float) -> bool:
+    """A floor holds only when the metric is finite and `value >= floor`: written as `not value <
+    floor`, a NaN metric passed every floor (issue 10)."""
+    return math.isfinite(value) and value >= floor
+
+
 def floor_failures(metrics: dict[str, float], floor: AccuracyFloor) -> list[str]:
-    """Every metric below the profile's floor, with its numbers."""
+    """Every metric that does not reach the profile's floor (NaN included), with its numbers."""
     checks = {
         "cosine_mean": floor.cosine_mean,
         "cosine_min": floor.cosine_min,
@@ -117,7 +155,9 @@ def floor_failures(metrics: dict[str, float], floor: AccuracyFloor) -> list[str]
     }
     return [
         f"{key} {metrics[key]:.4f} < floor {needed}"
+        if math.isfinite(metrics[key])
+        else f"{key} {metrics[key]} is not a number >= floor {needed}"
         for key, needed in checks.items()
-        if key in metrics and metrics[key] < needed
+        if key in metrics and not meets_floor(metrics[key], needed)
     ]
 

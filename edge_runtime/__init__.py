@@ -20,13 +20,14 @@ from edge_runtime._errors import (
     ManifestError,
     SignatureError,
 )
-from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, read_manifest
+from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, read_manifest
 from edge_runtime._model import Model, load
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
+    "SUPPORTED_SCHEMA_VERSIONS",
     "ArtifactError",
     "BackendUnavailableError",
     "DeviceMismatchError",

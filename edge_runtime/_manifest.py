@@ -1,4 +1,11 @@
-"""Reading and checking manifest.json: the contract between edge-convert and the device."""
+"""Reading and checking manifest.json: the contract between edge-convert and the device.
+
+Everything a manifest points at is checked before it is used: its structure and types here
+(read_manifest: a malformed manifest raises ManifestError, never a KeyError or TypeError later),
+every path stays inside the artifact directory (resolve: no absolute paths, no `..`, no symlink
+leading out), and every file the chosen artifact needs, tokenizer and golden sample included, has
+the size and sha256 the manifest records (verify_files, files_to_verify).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,17 @@ from edge_runtime._errors import ArtifactError, ManifestError
 __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_SCHEMA_VERSION",
+    "SUPPORTED_SCHEMA_VERSIONS",
     "file_sha256",
+    "files_to_verify",
     "read_manifest",
     "resolve",
     "verify_files",
 ]
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 1  # the version edge-convert writes
+SUPPORTED_SCHEMA_VERSIONS = (1,)  # the versions this edge_runtime reads
 _REQUIRED = ("schema_version", "target", "source", "task", "inputs", "outputs", "artifacts")
 _ARTIFACT_REQUIRED = ("name", "format", "precision", "files", "metrics", "golden")
 FORMATS = ("onnx", "tflite")
@@ -35,17 +45,100 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def resolve(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing absolute paths and paths that leave the artifact directory."""
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+    """`root / relative`, refusing absolute paths and paths that leave the artifact directory:
+    `..` components and symlinks (resolved) whose target lies outside it."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
         raise ManifestError(f"manifest path {relative!r} must be a non-empty relative path")
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ManifestError(f"manifest path {relative!r} points outside {root}")
+    if Path(relative).is_absolute() or relative.startswith(("/", "\\")):
+        raise ManifestError(f"manifest path {relative!r} must be a non-empty relative path")
+    base = Path(root).resolve()
+    try:
+        path = (base / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long for the OS
+        raise ManifestError(f"manifest path {relative!r} cannot be resolved: {exc}") from None
+    if not path.is_relative_to(base):
+        raise ManifestError(
+            f"manifest path {relative!r} points outside {root} (to {path}); manifest paths "
+            "must stay inside the artifact directory"
+        )
     return path
 
 
+def _check_file_item(root: Path, item: Any, where: str) -> None:
+    """A file entry: {"path": relative str, "sha256": 64 hex chars, "bytes": int >= 0}."""
+    if not isinstance(item, dict):
+        raise ManifestError(f"{where} must be an object with path, sha256 and bytes")
+    missing = [key for key in ("path", "sha256", "bytes") if key not in item]
+    if missing:
+        raise ManifestError(f"{where}: missing keys {missing}")
+    digest, size = item["sha256"], item["bytes"]
+    if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+        raise ManifestError(f"{where}: sha256 {digest!r} is not 64 hexadecimal digits")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ManifestError(f"{where}: bytes {size!r} must be an integer >= 0")
+    try:
+        resolve(root, item["path"])
+    except ManifestError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+
+
+def _valid_tolerance(tolerance: Any) -> bool:
+    return isinstance(tolerance, dict) and all(
+        isinstance(tolerance.get(k), (int, float)) and not isinstance(tolerance.get(k), bool)
+        for k in ("cosine_min", "rel_l2_max")
+    )
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _check_tensor_specs(specs: Any, where: str) -> None:
+    if not isinstance(specs, list):
+        raise ManifestError(f"{where} must be a list")
+    for index, spec in enumerate(specs):
+        here = f"{where}[{index}]"
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ManifestError(f"{here} must be an object with a string name")
+        if not isinstance(spec.get("dtype"), str):
+            raise ManifestError(f"{here}: dtype must be a string, got {spec.get('dtype')!r}")
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+            for d in shape
+        ):
+            raise ManifestError(
+                f"{here}: shape {shape!r} must be a list of sizes (int >= 0) or axis names (str)"
+            )
+
+
+def _parse(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); "
+            "the file is damaged or not a manifest"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
+            f"(character {exc.pos}); the file is damaged or was cut short"
+        ) from None
+    except RecursionError:
+        raise ManifestError(f"{path} is not a manifest: JSON nested too deeply") from None
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
-    """Parse and structurally check `root/manifest.json`."""
+    """Parse and structurally check `root/manifest.json`. Raises ManifestError on anything it
+    cannot use: never returns a manifest whose listed paths, hashes or sizes are ill-formed."""
+    root = Path(root)
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory (expected an edge-convert output)")
@@ -54,29 +147,44 @@ def read_manifest(root: Path) -> dict[str, Any]:
             f"{root} has no {MANIFEST_NAME}: not an edge-convert artifact directory, "
             "or the conversion did not finish"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc}") from None
+    manifest = _parse(path)
     if not isinstance(manifest, dict):
-        raise ManifestError(f"{path}: top level must be an object")
+        raise ManifestError(f"{path}: top level must be an object, got {type(manifest).__name__}")
+    # The version first: a newer schema may have moved any other key.
+    if "schema_version" not in manifest:
+        raise ManifestError(f"{path}: missing keys ['schema_version']")
+    version = manifest["schema_version"]
+    if isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
+        supported = ", ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
+        raise ManifestError(
+            f"{path}: schema_version {version!r}; this edge_runtime reads schema_version "
+            f"{supported}. Re-convert, or install the matching edge_runtime."
+        )
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
         raise ManifestError(f"{path}: missing keys {missing}")
-    version = manifest["schema_version"]
-    if version != MANIFEST_SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path}: schema_version {version!r}; this edge_runtime reads "
-            f"{MANIFEST_SCHEMA_VERSION}. Re-convert, or install the matching edge_runtime."
-        )
+    if not isinstance(manifest["task"], str):
+        raise ManifestError(f"{path}: task must be a string, got {manifest['task']!r}")
+    _check_tensor_specs(manifest["inputs"], f"{path}: inputs")
+    _check_tensor_specs(manifest["outputs"], f"{path}: outputs")
+    tokenizer = manifest.get("tokenizer")
+    if tokenizer is not None:
+        _check_tokenizer(root, tokenizer, f"{path}: tokenizer")
+    artifacts = manifest["artifacts"]
+    if not isinstance(artifacts, list):
+        raise ManifestError(f"{path}: artifacts must be a list")
+    if not artifacts:
+        raise ManifestError(f"{path}: lists no artifacts")
     names = set()
-    for index, entry in enumerate(manifest["artifacts"]):
+    for index, entry in enumerate(artifacts):
         where = f"{path}: artifacts[{index}]"
         if not isinstance(entry, dict):
             raise ManifestError(f"{where} must be an object")
         missing = [key for key in _ARTIFACT_REQUIRED if key not in entry]
         if missing:
             raise ManifestError(f"{where}: missing keys {missing}")
+        if not isinstance(entry["name"], str) or not entry["name"]:
+            raise ManifestError(f"{where}: name must be a non-empty string")
         if entry["name"] in names:
             raise ManifestError(f"{where}: duplicate artifact name {entry['name']!r}")
         names.add(entry["name"])
@@ -85,26 +193,64 @@ def read_manifest(root: Path) -> dict[str, Any]:
                 f"{where}: format {entry['format']!r} / precision {entry['precision']!r}; "
                 f"known formats {FORMATS}, precisions {PRECISIONS}"
             )
-        for item in [*entry["files"], entry["golden"]]:
-            resolve(root, item["path"])
-    if not manifest["artifacts"]:
-        raise ManifestError(f"{path}: lists no artifacts")
+        files = entry["files"]
+        if not isinstance(files, list) or not files:
+            raise ManifestError(f"{where}: files must be a non-empty list")
+        for number, item in enumerate(files):
+            _check_file_item(root, item, f"{where}.files[{number}]")
+        golden = entry["golden"]
+        _check_file_item(root, golden, f"{where}.golden")
+        # Optional here (hand-made test manifests omit it); self_check needs it when it runs.
+        tolerance = golden.get("tolerance")
+        if tolerance is not None and not _valid_tolerance(tolerance):
+            raise ManifestError(f"{where}.golden: tolerance must give cosine_min and rel_l2_max")
     return manifest
 
 
+def _check_tokenizer(root: Path, spec: Any, where: str) -> None:
+    if not isinstance(spec, dict):
+        raise ManifestError(f"{where} must be an object")
+    files = spec.get("files")
+    if not isinstance(files, list) or not files:
+        raise ManifestError(f"{where}: files must be a non-empty list (tokenizer.json first)")
+    for number, item in enumerate(files):
+        _check_file_item(root, item, f"{where}.files[{number}]")
+    for key in ("max_length", "pad_token_id"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ManifestError(f"{where}: {key} must be an integer >= 0, got {value!r}")
+    if spec["max_length"] < 1:
+        raise ManifestError(f"{where}: max_length must be >= 1")
+
+
+def files_to_verify(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file loading `entry` reads: its model files, its golden sample and the tokenizer."""
+    tokenizer = manifest.get("tokenizer") or {}
+    return [*entry["files"], entry["golden"], *tokenizer.get("files", [])]
+
+
 def verify_files(root: Path, items: list[dict[str, Any]]) -> None:
-    """Check every listed file exists with the recorded size and sha256."""
+    """Check every listed file exists with the recorded size and sha256; one error lists every
+    file that does not, with what the manifest expects and what is there."""
     problems = []
     for item in items:
         path = resolve(root, item["path"])
         if not path.is_file():
-            problems.append(f"{item['path']}: missing")
+            problems.append(f"{item['path']}: missing (manifest expects {item['bytes']} bytes)")
             continue
         size = path.stat().st_size
         if size != item["bytes"]:
-            problems.append(f"{item['path']}: {size} bytes, manifest says {item['bytes']}")
-        elif file_sha256(path) != item["sha256"]:
-            problems.append(f"{item['path']}: sha256 differs from the manifest")
+            kind = "truncated" if size < item["bytes"] else "too long"
+            problems.append(
+                f"{item['path']}: {kind}: {size} bytes, manifest expects {item['bytes']}"
+            )
+            continue
+        actual = file_sha256(path)
+        if actual != item["sha256"].lower():
+            problems.append(
+                f"{item['path']}: sha256 {actual[:16]}... differs from the manifest's "
+                f"{item['sha256'][:16]}... (same size: modified in place?)"
+            )
     if problems:
         raise ArtifactError(
             f"artifact files in {root} do not match manifest.json (copied incompletely or "

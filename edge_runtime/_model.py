@@ -5,22 +5,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from edge_runtime import _compat, _device, _select, _signing, _tune, backends
+from edge_runtime import _compat, _device, _inputs, _memory, _select, _signing, _tune, backends
 from edge_runtime._errors import (
     BackendUnavailableError,
     DeviceMismatchError,
     EdgeRuntimeError,
     GoldenMismatchError,
     InputError,
+    ManifestError,
 )
-from edge_runtime._manifest import read_manifest, resolve, verify_files
-from edge_runtime._text import TextEncoder, pool, softmax
+from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
+from edge_runtime._text import Encoded, TextEncoder, pool, softmax
 
 __all__ = ["Model", "compare_outputs", "default_cache_dir", "load", "physical_cores"]
 
@@ -28,7 +30,10 @@ log = logging.getLogger("edge_runtime")
 
 # Manifest backend names -> the artifact format they run.
 _BACKEND_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
-_NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16}
+# Backends whose sessions may run from several threads at once (onnxruntime documents
+# InferenceSession.run as thread-safe); calls into any other (a TFLite interpreter holds its
+# tensors in the interpreter) are serialized by a lock per Model.
+_THREAD_SAFE_BACKENDS = ("onnxruntime",)
 
 
 def physical_cores() -> int:
@@ -82,14 +87,20 @@ def compare_outputs(
 class Model:
     """One artifact of an artifact directory, ready to run on this device."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], artifact: dict[str, Any], session, threads: int, load_seconds: float):
+    def __init__(self, root: Path, manifest: dict[str, Any], artifact: dict[str, Any], session, threads: int, load_seconds: float, memory_budget_mb: float | None = None):
         self.root = root
         self.manifest = manifest
         self.artifact = artifact
         self.threads = threads
         self.load_seconds = load_seconds
+        # Activation memory one backend call may take; a larger batch is split (see run()).
+        # None: the memory available when the call starts, minus _memory.headroom_mb.
+        self.memory_budget_mb = memory_budget_mb
         self._session = session
         self._encoder: TextEncoder | None = None
+        self._encoder_lock = threading.Lock()
+        thread_safe = getattr(session, "backend_name", None) in _THREAD_SAFE_BACKENDS
+        self._run_lock: threading.Lock | None = None if thread_safe else threading.Lock()
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -112,38 +123,79 @@ class Model:
     def backend(self) -> str:
         return f"{self._session.backend_name} {self._session.backend_version} ({', '.join(self._session.providers)})"
 
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether a row's outputs may depend on the other rows of its batch.
+
+        True for dynamically quantized artifacts (onnxruntime's DynamicQuantizeLinear takes one
+        activation scale per tensor, i.e. per batch: measured up to 0.012 per element on MiniLM
+        INT8 between batch 1 and 16, issue 10), for integer artifacts whose scheme the manifest
+        does not state as static, and for TFLite (which runs rows one by one anyway, padded to a
+        bucket chosen by the batch's longest row). False for ONNX FP32/FP16 and static INT8,
+        whose rows are computed independently (masked padding contributes exact zeros)."""
+        entry = self.artifact
+        if entry["format"] != "onnx":
+            return True
+        mode = (entry.get("quantization") or {}).get("mode")
+        if mode == "dynamic":
+            return True
+        return entry["precision"] not in ("fp32", "fp16") and mode != "static"
+
     def __repr__(self) -> str:
         return f"<edge_runtime.Model {self.name} task={self.task} backend={self.backend} threads={self.threads}>"
 
     # -- raw tensors -------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on named input arrays; returns named output arrays."""
-        expected = {spec["name"]: spec for spec in self.inputs}
-        missing = sorted(set(expected) - set(feeds))
-        extra = sorted(set(feeds) - set(expected))
-        if missing or extra:
-            raise InputError(
-                f"inputs do not match the model: missing {missing}, unexpected {extra}; "
-                f"the model takes {sorted(expected)}"
-            )
-        prepared = {}
-        for name, value in feeds.items():
-            array = np.asarray(value)
-            spec = expected[name]
-            if array.ndim != len(spec["shape"]):
-                raise InputError(f"input {name!r} has shape {array.shape}; expected {spec['shape']}")
-            prepared[name] = np.ascontiguousarray(array, dtype=_NP_DTYPES[spec["dtype"]])
-        return self._session.run(prepared)
+        """Run the model on named input arrays; returns named output arrays.
+
+        Inputs are checked first (names, ranks, dtypes, shared axis sizes, ids >= 0, masks 0/1;
+        InputError otherwise, edge_runtime/_inputs.py); integer arrays are cast to the model's
+        integer type when their values fit. A batch of zero rows returns zero-row outputs. A
+        batch whose estimated activations exceed memory_budget_mb is run in parts and the
+        outputs joined, so a large batch slows down instead of exhausting memory."""
+        prepared, axes = _inputs.check_feeds(feeds, self.inputs)
+        batch = next(iter(prepared.values())).shape[0] if prepared else 0
+        if prepared and batch == 0:
+            return _inputs.empty_outputs(self.outputs, axes)
+        per_row = _inputs.row_bytes(self.outputs, axes)
+        if self.memory_budget_mb is None and per_row * batch <= _inputs.SMALL_BATCH_BYTES:
+            return self._run_backend(prepared)
+        step = _inputs.rows_per_run(batch, per_row, self._budget_bytes())
+        if step >= batch:
+            return self._run_backend(prepared)
+        log.info("batch of %d rows over the memory budget: running %d rows at a time", batch, step)
+        parts = [
+            self._run_backend({k: v[start : start + step] for k, v in prepared.items()})
+            for start in range(0, batch, step)
+        ]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _budget_bytes(self) -> float | None:
+        """Bytes one backend call may use; None when unknown (no split on a guess)."""
+        if self.memory_budget_mb is not None:
+            return max(1.0, float(self.memory_budget_mb) * 2**20)
+        available = _device.available_mb()
+        if available <= 0:  # no /proc/meminfo and no psutil
+            return None
+        total = _device.detect().ram_total_mb
+        return max(1.0, (available - _memory.headroom_mb(total)) * 2**20)
+
+    def _run_backend(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._run_lock is None:
+            return self._session.run(feeds)
+        with self._run_lock:
+            return self._session.run(feeds)
 
     # -- text --------------------------------------------------------------------------------
     def _text(self) -> TextEncoder:
-        if self._encoder is None:
-            spec = self.manifest.get("tokenizer")
-            if not spec:
-                raise InputError(f"{self.root} has no tokenizer: use .run() with tensors")
-            path = resolve(self.root, spec["files"][0]["path"])
-            self._encoder = TextEncoder(path, spec, [i["name"] for i in self.inputs])
-        return self._encoder
+        with self._encoder_lock:
+            if self._encoder is None:
+                spec = self.manifest.get("tokenizer")
+                if not spec:
+                    raise InputError(f"{self.root} has no tokenizer: use .run() with tensors")
+                path = resolve(self.root, spec["files"][0]["path"])
+                self._encoder = TextEncoder(path, spec, [i["name"] for i in self.inputs])
+            return self._encoder
 
     def _require_task(self, method: str, tasks: tuple[str, ...]) -> None:
         if self.task not in tasks:
@@ -151,38 +203,71 @@ class Model:
                 f".{method}() needs a model for {' or '.join(tasks)}; this one does {self.task}"
             )
 
-    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Sentence embeddings [len(texts), dim], pooled and normalized like the source model."""
+    def _forward(
+        self, texts: Any, batch_size: int, truncate: bool, batch_invariant: bool, output: str
+    ):
+        """(first index, encodings, feeds, output array) per backend call, in text order."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        texts = _inputs.check_texts(texts)
+        if not texts:
+            return
+        encoder = self._text()
+        encoded = encoder.encode_texts(texts, truncate=bool(truncate))
+        # Batch-dependent artifacts run each text alone, unpadded: exactly what a batch of one
+        # gives, whatever else is passed with it.
+        step = 1 if batch_invariant and self.batch_dependent else batch_size
+        for start in range(0, len(encoded), step):
+            group: list[Encoded] = encoded[start : start + step]
+            feeds = encoder.pad(group)
+            yield start, group, feeds, self.run(feeds)[output]
+
+    def _dim(self, output: str) -> int:
+        spec = next((o for o in self.outputs if o["name"] == output), None)
+        last = spec["shape"][-1] if spec and spec["shape"] else None
+        return last if isinstance(last, int) else 0
+
+    def embed(
+        self, texts: list[str], batch_size: int = 32, truncate: bool = True, batch_invariant: bool = True
+    ) -> np.ndarray:
+        """Sentence embeddings [len(texts), dim], pooled and normalized like the source model.
+
+        texts: str (or UTF-8 bytes) items; an empty list gives a [0, dim] array, an empty string
+            the vector of [CLS] [SEP].
+        truncate: True (default) keeps each text's first tokens up to the manifest's
+            tokenizer max_length; False raises InputError naming the first longer text and its
+            token count.
+        batch_invariant: True (default): a text's vector does not depend on the texts passed
+            with it (within 1e-4): artifacts whose numbers depend on the batch (batch_dependent,
+            e.g. dynamic INT8) run each text alone. False: run batch_size texts per call, faster
+            for such artifacts, but a vector may change with its batch neighbours."""
         self._require_task("embed", ("feature-extraction",))
         post = self.manifest["postprocess"]
-        encoder = self._text()
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            feeds = encoder.encode(texts[start : start + batch_size])
-            hidden = self.run(feeds)[post["output"]]
-            chunks.append(pool(hidden, feeds["attention_mask"], post["pooling"], post["normalize"]))
-        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+        chunks = [
+            pool(hidden, feeds["attention_mask"], post["pooling"], post["normalize"])
+            for _, _, feeds, hidden in self._forward(texts, batch_size, truncate, batch_invariant, post["output"])
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self._dim(post["output"])), np.float32)
 
-    def classify(self, texts: list[str], batch_size: int = 32) -> list[Any]:
+    def classify(
+        self, texts: list[str], batch_size: int = 32, truncate: bool = True, batch_invariant: bool = True
+    ) -> list[Any]:
         """Labels with scores: one {label, score} per text for text classification; for token
-        classification, per text a list of {token, label, score} (special tokens left out)."""
+        classification, per text a list of {token, label, score} (special tokens left out).
+        texts, truncate and batch_invariant as for embed(); an empty list gives []."""
         self._require_task("classify", ("text-classification", "token-classification"))
-        post = self.manifest["postprocess"]
-        labels = post["labels"]
-        encoder = self._text()
+        labels = self.manifest["postprocess"]["labels"]
         results: list[Any] = []
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            feeds = encoder.encode(batch)
-            probs = softmax(self.run(feeds)["logits"].astype(np.float64))
+        for _, group, _, logits in self._forward(texts, batch_size, truncate, batch_invariant, "logits"):
+            probs = softmax(logits.astype(np.float64))
             if self.task == "text-classification":
                 for row in probs:
                     best = int(row.argmax())
                     results.append({"label": labels[best], "score": float(row[best])})
                 continue
-            for row, text in enumerate(batch):
+            for row, enc in enumerate(group):
                 tokens = []
-                for pos, (token, special) in enumerate(encoder.tokens(text)):
+                for pos, (token, special) in enumerate(zip(enc.tokens, enc.special)):
                     if special or pos >= probs.shape[1]:
                         continue
                     best = int(probs[row, pos].argmax())
@@ -197,6 +282,8 @@ class Model:
         with np.load(resolve(self.root, golden["path"]), allow_pickle=False) as data:
             inputs = {k[len("input:"):]: data[k] for k in data.files if k.startswith("input:")}
             want = {k[len("output:"):]: data[k] for k in data.files if k.startswith("output:")}
+        if "tolerance" not in golden:
+            raise ManifestError(f"artifact {self.name!r}: golden has no tolerance to check against")
         got = self.run(inputs)
         problems = compare_outputs(got, want, golden["tolerance"])
         if problems:
@@ -254,7 +341,9 @@ def _open(
     if problem:
         raise DeviceMismatchError(problem)
     if verify:
-        verify_files(root, [*entry["files"], entry["golden"]])
+        # Everything this artifact reads: model files, golden sample, tokenizer (issue 10: the
+        # tokenizer files were listed with hashes but never checked).
+        verify_files(root, files_to_verify(manifest, entry))
     main_file = resolve(root, entry["files"][0]["path"])
     options = _backend_options(manifest, entry["format"])
     if entry["format"] == "tflite" and "tflite" in cache_dirs:
@@ -310,6 +399,7 @@ def load(
     tune: bool | None = None,
     spinning: bool | None = None,
     trusted_keys: Sequence[str | os.PathLike | bytes] | None = None,
+    memory_budget_mb: float | None = None,
 ) -> Model:
     """Load an edge-convert artifact directory.
 
@@ -347,6 +437,8 @@ def load(
         model_signing) by one of them covering exactly its files, checked before anything
         else in it is read; else SignatureError. Needs `cryptography` (edge_runtime[verify]).
         Independent of `verify`. None (default): signatures are not checked. docs/signing.md.
+    memory_budget_mb: activation memory one backend call may use; a larger batch is run in
+        parts (Model.run). None (default): the memory available at each call, minus headroom.
     """
     root = Path(path)
     if trusted_keys is not None:
@@ -364,6 +456,11 @@ def load(
     tuning = _tune.read_cached(root, manifest) if tune is not False else None
 
     def open_tuned(entry: dict[str, Any]) -> Model:
+        model = _open_tuned(entry)
+        model.memory_budget_mb = memory_budget_mb
+        return model
+
+    def _open_tuned(entry: dict[str, Any]) -> Model:
         nonlocal tuning
         if threads is not None:  # the caller's choice always wins
             count = threads or physical_cores()

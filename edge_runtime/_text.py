@@ -6,6 +6,8 @@ are the numbers a device gets.
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from edge_runtime._errors import InputError
 
-__all__ = ["TextEncoder", "pool", "softmax"]
+__all__ = ["Encoded", "TextEncoder", "pool", "softmax"]
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
@@ -41,8 +43,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One text's tokens, unpadded: what the model sees for it alone."""
+
+    ids: list[int]
+    type_ids: list[int]
+    tokens: list[str]
+    special: list[bool]
+
+
 class TextEncoder:
-    """Turns texts into the model's integer inputs with the tokenizer shipped in the artifact."""
+    """Turns texts into the model's integer inputs with the tokenizer shipped in the artifact.
+
+    The tokenizer is configured once here and never changed afterwards: `tokenizers` refuses a
+    change while another thread encodes, so one encoder serves every thread of a Model.
+    """
 
     def __init__(self, tokenizer_json: Path, spec: dict[str, Any], input_names: list[str]):
         try:
@@ -52,10 +68,14 @@ class TextEncoder:
                 "text input needs the 'tokenizers' package: pip install tokenizers "
                 "(or install edge_runtime with the [onnx] or [tflite] extra)"
             ) from None
+        self._path = Path(tokenizer_json)
         self._tok = Tokenizer.from_file(str(tokenizer_json))
         self.max_length = int(spec["max_length"])
+        # Truncation keeps the special tokens: [CLS] + max_length - 2 tokens + [SEP].
         self._tok.enable_truncation(max_length=self.max_length)
         self._tok.no_padding()  # padding is ours: to the batch's longest or to a fixed bucket
+        self._counter = None  # an untruncating copy, made on first need (truncate=False errors)
+        self._counter_lock = threading.Lock()
         self.pad_id = int(spec["pad_token_id"])
         self.input_names = input_names
 
@@ -64,22 +84,53 @@ class TextEncoder:
         enc = self._tok.encode(text)
         return [(tok, bool(special)) for tok, special in zip(enc.tokens, enc.special_tokens_mask)]
 
-    def encode(self, texts: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise InputError("texts must be a list of strings (wrap a single text in a list)")
-        if not texts:
-            raise InputError("texts is empty")
-        encodings = self._tok.encode_batch(list(texts))
-        length = max(len(e.ids) for e in encodings)
-        if pad_to is not None:
-            length = max(length, pad_to)
-        ids = np.full((len(texts), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
-        types = np.zeros((len(texts), length), dtype=np.int64)
-        for row, enc in enumerate(encodings):
+    def token_count(self, text: str) -> int:
+        """How many tokens `text` has without truncation (special tokens included)."""
+        with self._counter_lock:
+            if self._counter is None:
+                from tokenizers import Tokenizer
+
+                counter = Tokenizer.from_file(str(self._path))
+                counter.no_truncation()
+                counter.no_padding()
+                self._counter = counter
+        return len(self._counter.encode(text).ids)
+
+    def encode_texts(self, texts: list[str], truncate: bool = True) -> list[Encoded]:
+        """Each text's tokens alone. truncate=False: InputError for the first text longer than
+        max_length, with its index and token count."""
+        encodings = [self._tok.encode(text) for text in texts]
+        if not truncate:
+            for index, enc in enumerate(encodings):
+                if enc.overflowing:
+                    raise InputError(
+                        f"texts[{index}] has {self.token_count(texts[index])} tokens; this model "
+                        f"takes at most {self.max_length} (special tokens included). Shorten "
+                        "it, or pass truncate=True to keep its first tokens"
+                    )
+        return [
+            Encoded(list(e.ids), list(e.type_ids), list(e.tokens), [bool(s) for s in e.special_tokens_mask])
+            for e in encodings
+        ]
+
+    def pad(self, encoded: list[Encoded], pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """[rows, longest] arrays of the model's inputs, right-padded with the pad id."""
+        length = max([len(e.ids) for e in encoded] + [pad_to or 0])
+        ids = np.full((len(encoded), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encoded), length), dtype=np.int64)
+        types = np.zeros((len(encoded), length), dtype=np.int64)
+        for row, enc in enumerate(encoded):
             n = len(enc.ids)
             ids[row, :n] = enc.ids
             mask[row, :n] = 1
             types[row, :n] = enc.type_ids
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: arrays[name] for name in self.input_names}
+
+    def encode(self, texts: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Padded model inputs for a batch of texts (truncated to max_length)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InputError("texts must be a list of strings (wrap a single text in a list)")
+        if not texts:
+            raise InputError("texts is empty")
+        return self.pad(self.encode_texts(texts), pad_to)

@@ -34,6 +34,10 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
+def _listed(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-bench",
@@ -56,10 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_int_list,
         action="append",
         metavar="N,...",
-        help="sequence lengths in tokens (default: 128)",
+        help=f"sequence lengths in tokens (default: {_listed(BenchConfig.seqs)})",
     )
     parser.add_argument(
-        "--batch", type=_int_list, action="append", metavar="N,...", help="batch sizes (default: 1)"
+        "--batch",
+        type=_int_list,
+        action="append",
+        metavar="N,...",
+        help=f"batch sizes (default: {_listed(BenchConfig.batches)})",
     )
     parser.add_argument(
         "--threads",

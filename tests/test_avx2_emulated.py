@@ -22,9 +22,13 @@ from converters.gptq import pair_sums
 
 QEMU = shutil.which("qemu-x86_64")
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(
-    QEMU is None, reason="qemu-x86_64 is not installed (Debian: apt-get install qemu-user; .ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.slow,  # onnxruntime on an emulated CPU
+    pytest.mark.skipif(
+        QEMU is None,
+        reason="qemu-x86_64 is not installed (Debian: apt-get install qemu-user; .ci/run installs it)",
+    ),
+]
 
 
 def _emulated(script: str, *args: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from converters.cli import main as edge_convert
@@ -37,6 +39,7 @@ def test_not_a_model_directory(tmp_path):
     assert result.exit_code == 1 and "no config.json" in result.output
 
 
+@pytest.mark.slow  # a real conversion
 def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys):
     model = tiny_model_factory("roberta", "text-classification")
     out = tmp_path / "art"

@@ -287,3 +287,23 @@ def test_cluster_grouping_by_frequency_alone():
     khz = {0: 5200000, 1: 4900000, 2: 4900000, 3: 3900000, 4: 3900000}
     got = _device._clusters([0, 1, 2, 3, 4], khz, {})
     assert got == (Cluster((0, 1, 2), 5200000, None), Cluster((3, 4), 3900000, None))
+
+
+def test_backend_versions_are_read_from_dist_info_names(tmp_path, monkeypatch):
+    """detect() names the installed backends without parsing METADATA (a fresh-process cost);
+    a GPU build that installs the same module is told apart from the CPU build."""
+    import importlib
+
+    site = tmp_path / "site"
+    (site / "fake_rt_mod").mkdir(parents=True)
+    (site / "fake_rt_mod" / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
+    (site / "fake_rt_gpu-1.22.0.dist-info").mkdir()
+    (site / "other_pkg-3.0.dist-info").mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(
+        _device,
+        "_BACKEND_MODULES",
+        {"fake-rt": "fake_rt_mod", "fake-rt-gpu": "fake_rt_mod", "absent-rt": "absent_rt_mod"},
+    )
+    assert _device._installed_backends() == {"fake-rt-gpu": "1.22.0"}

@@ -17,6 +17,9 @@ from edge_runtime._device import detect
 from targets import list_profiles, load_profile
 from tiny_models import ARCHITECTURES, TASKS
 
+# slow tier: converts a tiny model for every architecture, task and target
+pytestmark = pytest.mark.slow
+
 HELD_OUT = [
     "A completely new sentence that is not in the calibration set.",
     "short",

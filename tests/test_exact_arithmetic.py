@@ -175,6 +175,7 @@ def test_runtime_refuses_artifacts_this_cpu_would_compute_wrongly():
         assert arithmetic_problem(safe, manifest, _Device("s16-pairs")) is None
 
 
+@pytest.mark.slow  # real conversions
 @pytest.mark.parametrize("target", ["rpi5", "x86-avx2"])
 def test_conversion_scores_with_the_target_arithmetic(tiny_model_factory, tmp_path, target):
     """The manifest says how it was validated; the golden outputs are the target's numbers
@@ -185,9 +186,9 @@ def test_conversion_scores_with_the_target_arithmetic(tiny_model_factory, tmp_pa
     manifest = json.loads((out / "manifest.json").read_text())
     host = detect().int8_gemm
     profile = load_profile(target)
-    assert manifest["validation"]["host_int8_gemm"] == host
+    assert manifest["arithmetic"]["host_int8_gemm"] == host
     expect_exact = profile.int8.arithmetic == "int32" and host != "int32"
-    assert manifest["validation"]["method"] == ("exact-int32-reference" if expect_exact else "host-kernels")
+    assert manifest["arithmetic"]["method"] == ("exact-int32-reference" if expect_exact else "host-kernels")
     entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
     assert entry["requires"]["int8_gemm"] == (["int32"] if target != "x86-avx2" else ["int32", "s16-pairs"])
     # The golden outputs were computed like the metrics: the exact reference reproduces them.

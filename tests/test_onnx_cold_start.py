@@ -52,6 +52,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
     }
 
 
+@pytest.mark.slow  # a converted tiny model
 @pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int8"])
 def test_every_onnx_artifact_is_cached_and_mapped_from_the_second_load(artifact, tmp_path, name):
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -102,6 +103,7 @@ def test_entry_name_covers_what_the_saved_form_depends_on(monkeypatch, tmp_path)
     assert len({base, *variants.values()}) == 1 + len(variants), variants
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_entry_files_are_rehashed_only_when_their_signature_changes(
     artifact, tmp_path, monkeypatch
 ):
@@ -147,6 +149,7 @@ def test_entry_files_are_rehashed_only_when_their_signature_changes(
     assert load_again() == "reused" and hashed == ["model.onnx"]
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_entry_without_prepacked_weights_when_onnxruntime_cannot_load_them_back(
     artifact, tmp_path, monkeypatch, caplog
 ):
@@ -194,6 +197,7 @@ def test_entry_without_prepacked_weights_when_onnxruntime_cannot_load_them_back(
     assert list(other.iterdir()) == [] and np.array_equal(want, model.embed(TEXTS))
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_sessions_with_other_providers_get_no_entry(artifact, tmp_path):
     import onnxruntime as ort
 
@@ -229,6 +233,7 @@ print(session.optimized_cache_state, anon_mb() - before)
 """
 
 
+@pytest.mark.slow  # a converted tiny model
 @LINUX_PROC
 def test_reused_entry_keeps_prepacked_weights_off_the_heap(tmp_path):
     """In fresh processes: onnxruntime prepacks 8 MB of MatMul weights into heap buffers at every

@@ -15,6 +15,9 @@ import edge_runtime
 from converters import ConversionError, ConvertConfig, convert, package
 from converters.package import file_entry
 
+# slow tier: every test works on a converted tiny model
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def converted(tiny_model_factory, tmp_path_factory):

@@ -27,6 +27,20 @@ def test_wheel_contents_are_slim(tmp_path):
     assert build_runtime_wheel.build(tmp_path / "again").read_bytes() == wheel.read_bytes(), "reproducible"
 
 
+def test_wheel_metadata_states_python_310_and_tomli(tmp_path):
+    """Jetson JetPack 6 has Python 3.10 (tests/test_python310.py runs the wheel there); targets/
+    parses its TOML profiles at run time with tomllib, which 3.10 gets from tomli."""
+    wheel = build_runtime_wheel.build(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = archive.read(name).decode().splitlines()
+    assert "Requires-Python: >=3.10" in lines
+    assert 'Requires-Dist: tomli>=1.1; python_version < "3.11"' in lines
+    requires = [line for line in lines if line.startswith("Requires-Dist: ")]
+    unconditional = [r for r in requires if ";" not in r]
+    assert sorted(unconditional) == ["Requires-Dist: numpy>=1.24", "Requires-Dist: psutil>=5.9"]
+
+
 @pytest.mark.slow
 def test_wheel_in_fresh_venv_runs_a_converted_model(tiny_model_factory, tmp_path):
     out = tmp_path / "artifacts"

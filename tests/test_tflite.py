@@ -22,6 +22,9 @@ from tiny_models import ARCHITECTURES, TASKS
 from converters._errors import ConversionError
 from edge_runtime import InputError, backends
 
+# slow tier: exports TFLite models for every architecture and task
+pytestmark = pytest.mark.slow
+
 BUCKETS = (16, 32, 256)  # 256 > the tiny models' max_length (128): dropped
 TEXTS = [
     "Edge devices run compressed transformer models with a slim runtime and verified artifacts.",

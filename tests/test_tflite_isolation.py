@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import backends
-from edge_runtime.backends import tflite
+from edge_runtime.backends import _tflite_cache, _tflite_log, tflite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,12 +71,13 @@ def _dying_child(signal_name: str = "SIGILL"):
     return lambda model_path, cache_path, threads: [sys.executable, "-c", code]
 
 
+@pytest.mark.slow  # a TFLite export
 @needs_cache_api
 def test_a_crashing_compiled_model_falls_back_to_the_interpreter_and_is_not_retried(
     model, tmp_path, monkeypatch, caplog
 ):
     cache_dir = tmp_path / "cache"
-    monkeypatch.setattr(tflite, "_child_command", _dying_child())
+    monkeypatch.setattr(_tflite_cache, "_child_command", _dying_child())
     with caplog.at_level(logging.WARNING, logger="edge_runtime"):
         session = backends.open_session("tflite", model, threads=1, weight_cache_dir=cache_dir)
     assert session.weight_cache_state == "unsupported" and session.weight_cache is None
@@ -92,7 +93,7 @@ def test_a_crashing_compiled_model_falls_back_to_the_interpreter_and_is_not_retr
     def must_not_run(*args):
         raise AssertionError("a CPU that crashed once is not tried again")
 
-    monkeypatch.setattr(tflite, "_child_command", must_not_run)
+    monkeypatch.setattr(_tflite_cache, "_child_command", must_not_run)
     again = backends.open_session("tflite", model, threads=1, weight_cache_dir=cache_dir)
     assert again.weight_cache_state == "unsupported"
     assert "crashed on this CPU before" in again.weight_cache_note
@@ -115,10 +116,11 @@ def test_a_crashing_compiled_model_falls_back_to_the_interpreter_and_is_not_retr
     ],
     ids=["reported-error", "no-report"],
 )
+@pytest.mark.slow  # a TFLite export
 def test_a_child_that_fails_without_a_signal_is_a_failed_build_not_a_crash(
     model, tmp_path, monkeypatch, code
 ):
-    monkeypatch.setattr(tflite, "_child_command", lambda *args: [sys.executable, "-c", code])
+    monkeypatch.setattr(_tflite_cache, "_child_command", lambda *args: [sys.executable, "-c", code])
     cache_dir = tmp_path / "cache"
     session = backends.open_session("tflite", model, threads=1, weight_cache_dir=cache_dir)
     assert session.weight_cache_state == "failed"
@@ -126,17 +128,18 @@ def test_a_child_that_fails_without_a_signal_is_a_failed_build_not_a_crash(
     assert list(cache_dir.iterdir()) == []
 
 
+@pytest.mark.slow  # a TFLite export
 @needs_cache_api
 def test_only_a_child_process_builds_the_cache(model, tmp_path, monkeypatch):
     """This process opens CompiledModel only on a finished cache file a child has built."""
     opened = []
-    real = tflite._CompiledEngine
+    real = _tflite_cache._CompiledEngine
 
     def spy(api, model_path, threads, cache_path):
         opened.append(Path(cache_path))
         return real(api, model_path, threads, cache_path)
 
-    monkeypatch.setattr(tflite, "_CompiledEngine", spy)
+    monkeypatch.setattr(_tflite_cache, "_CompiledEngine", spy)
     cache_dir = tmp_path / "cache"
     built = backends.open_session("tflite", model, threads=1, weight_cache_dir=cache_dir)
     reused = backends.open_session("tflite", model, threads=1, weight_cache_dir=cache_dir)
@@ -156,7 +159,7 @@ def test_forwarding_splits_runtime_lines_from_everything_else(caplog):
         f"{FATAL}\n"
     )
     with caplog.at_level(logging.DEBUG, logger="edge_runtime.litert"):
-        native = tflite._forward_native(text, passed.append)
+        native = _tflite_log._forward_native(text, passed.append)
     assert passed == [
         "an application's own line\n",
         "WARNING:root:a Python logging line (no space before the colon)\n",
@@ -174,7 +177,7 @@ def test_forwarding_splits_runtime_lines_from_everything_else(caplog):
 
 def test_capture_keeps_other_writers_output(capfd, caplog):
     with caplog.at_level(logging.DEBUG, logger="edge_runtime.litert"):
-        with tflite._native_log_to_logger() as lines:
+        with _tflite_log._native_log_to_logger() as lines:
             os.write(2, b"INFO: [environment.cc:36] Creating LiteRT environment\n")
             os.write(2, b"someone else's line\n")
             print("python-level stderr line", file=sys.stderr)
@@ -202,6 +205,7 @@ for cache in ({cache!r}, {cache!r}, None):  # built in a child, mapped, no cache
 """
 
 
+@pytest.mark.slow  # a TFLite export
 @needs_cache_api
 @pytest.mark.parametrize("debug", [False, True], ids=["default", "logging-debug"])
 def test_runtime_info_lines_stay_off_stderr_unless_asked_for(model, tmp_path, debug):

@@ -98,6 +98,7 @@ def _weight_types(path) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_gptq_int4_layout_and_accuracy(bert, gptq_all_int4, tmp_path):
     source, fp32, _, heldout = bert
     path, report = gptq_all_int4
@@ -121,6 +122,7 @@ def test_gptq_int4_layout_and_accuracy(bert, gptq_all_int4, tmp_path):
     assert (1 - gptq).mean() < 0.5 * (1 - nearest).mean(), (gptq.mean(), nearest.mean())
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_size_budget_keeps_the_most_sensitive_layers_int8(bert, gptq_all_int4, tmp_path):
     source, fp32, calibration, heldout = bert
     all_int4, _ = gptq_all_int4
@@ -148,6 +150,7 @@ def test_size_budget_keeps_the_most_sensitive_layers_int8(bert, gptq_all_int4, t
     assert mixed.mean() >= GPTQ_COSINE_MEAN and mixed.min() >= GPTQ_COSINE_MIN, mixed
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_size_budget_below_all_int4_is_refused(bert, tmp_path):
     _, fp32, calibration, _ = bert
     config = GptqInt4Config(size_budget=0.01, embedding_min_elements=TINY_TABLES)
@@ -156,6 +159,7 @@ def test_size_budget_below_all_int4_is_refused(bert, tmp_path):
     assert not list(tmp_path.glob("*.tflite"))  # probes and the compact copy are removed
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_recipe_errors(bert, tmp_path):
     _, fp32, calibration, _ = bert
     with pytest.raises(ConversionError, match="static_wi8_ai8.*not supported.*LayerNorm"):
@@ -170,6 +174,7 @@ def test_recipe_errors(bert, tmp_path):
         GptqInt4Config(size_budget=1.5, damp=0.0)
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_writer_refuses_a_layout_it_does_not_know(bert, gptq_all_int4, tmp_path):
     """write_int4 checks the quantizer's layout before writing: on an INT8 model it refuses."""
     _, fp32, _, _ = bert
@@ -186,6 +191,7 @@ def test_writer_refuses_a_layout_it_does_not_know(bert, gptq_all_int4, tmp_path)
     assert int8.read_bytes() == before
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_compact_copy_keeps_numbers_and_drops_name_bytes(bert, tmp_path):
     source, fp32, _, heldout = bert
     compact = tmp_path / "compact.tflite"
@@ -231,6 +237,7 @@ def test_int4_packing_round_trips(count):
     np.testing.assert_array_equal(unpack_int4(packed, count), codes)
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tmp_path, monkeypatch):
     """edge-convert for rpi5 with the profile's INT4 recipe (gptq_wi4b32_afp32) and no size
     budget (a tiny model's float norms and position tables alone exceed 0.16x): the artifact is
@@ -267,6 +274,7 @@ def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tm
     assert (got * want).sum(1).min() >= GPTQ_COSINE_MIN  # unit vectors: dot = cosine
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_gptq_int8_keeps_the_stock_layout_and_is_closer_to_pytorch(bert, tmp_path):
     source, fp32, calibration, heldout = bert
     stock, ours = tmp_path / "stock.tflite", tmp_path / "gptq.tflite"
@@ -282,6 +290,7 @@ def test_gptq_int8_keeps_the_stock_layout_and_is_closer_to_pytorch(bert, tmp_pat
     assert (1 - gptq).mean() < (1 - nearest).mean(), (gptq.mean(), nearest.mean())
 
 
+@pytest.mark.slow  # a TFLite export and quantization
 def test_gptq_int8_keeps_sensitive_weights_float_below_the_floor(bert, tmp_path):
     _, fp32, calibration, _ = bert
     path = tmp_path / "int8.tflite"

@@ -31,7 +31,10 @@ pytest.importorskip("ai_edge_quantizer")
 pytest.importorskip("ai_edge_litert")
 
 from edge_runtime import backends
-from edge_runtime.backends import tflite
+from edge_runtime.backends import _tflite_cache, tflite
+
+# slow tier: exports and quantizes TFLite models
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKETS = (16, 32)
@@ -188,8 +191,8 @@ def test_process_killed_while_publishing_leaves_no_trusted_cache(models, tmp_pat
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from edge_runtime.backends import tflite
-        tflite._publish = lambda tmp, final: os.kill(os.getpid(), signal.SIGKILL)
+        from edge_runtime.backends import _tflite_cache, tflite
+        _tflite_cache._publish = lambda tmp, final: os.kill(os.getpid(), signal.SIGKILL)
         tflite.TfliteSession({str(path)!r}, threads=1, weight_cache_dir={str(cache_dir)!r})
         """
     )
@@ -208,7 +211,7 @@ def test_interrupted_build_in_process_removes_its_temporary(models, tmp_path, mo
     def interrupt(tmp, final):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tflite, "_publish", interrupt)
+    monkeypatch.setattr(_tflite_cache, "_publish", interrupt)
     cache_dir = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         backends.open_session("tflite", models[0]["int8"], threads=1, weight_cache_dir=cache_dir)
@@ -285,7 +288,7 @@ def test_no_cache_build_without_disk_space(models, tmp_path, monkeypatch, caplog
     """XNNPACK aborts the process when a cache write fails (measured on a 2 MB tmpfs: SIGABRT),
     so a build needs room first."""
     one_mb_free = types.SimpleNamespace(total=1 << 30, used=(1 << 30) - (1 << 20), free=1 << 20)
-    monkeypatch.setattr(tflite.shutil, "disk_usage", lambda path: one_mb_free)
+    monkeypatch.setattr(_tflite_cache.shutil, "disk_usage", lambda path: one_mb_free)
     with caplog.at_level(logging.WARNING, logger="edge_runtime"):
         session = backends.open_session(
             "tflite", models[0]["int8"], threads=1, weight_cache_dir=tmp_path / "cache"

@@ -58,6 +58,7 @@ def _edit_cache(root: Path, change) -> dict:
     return data
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_first_use_sweeps_then_the_cache_is_used(converted, monkeypatch):
     _few_rounds(monkeypatch)
     assert not _tune.cache_file(converted).exists()
@@ -85,6 +86,7 @@ def test_first_use_sweeps_then_the_cache_is_used(converted, monkeypatch):
     )
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_explicit_threads_win_over_the_cache(converted, monkeypatch):
     _few_rounds(monkeypatch)
     edge_runtime.load(converted, tune=True)
@@ -97,12 +99,14 @@ def test_explicit_threads_win_over_the_cache(converted, monkeypatch):
     )
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_by_default_load_never_sweeps(converted, monkeypatch):
     _no_sweep(monkeypatch)
     model = edge_runtime.load(converted)
     assert model.threads == _model.physical_cores() and not _tune.cache_file(converted).exists()
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_corrupted_cache_is_ignored_and_rebuilt(converted, monkeypatch, caplog):
     _few_rounds(monkeypatch)
     path = _tune.cache_file(converted)
@@ -119,6 +123,7 @@ def test_corrupted_cache_is_ignored_and_rebuilt(converted, monkeypatch, caplog):
     assert _tune.read_cached(converted, model.manifest) is None
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_cache_made_for_other_artifacts_or_versions_is_stale(converted, monkeypatch, caplog):
     _few_rounds(monkeypatch)
     manifest = edge_runtime.load(converted, tune=True).manifest
@@ -152,6 +157,7 @@ def test_cache_made_for_other_artifacts_or_versions_is_stale(converted, monkeypa
     assert _tune.read_cached(converted, manifest)["identity"]["backends"]["onnxruntime"] == "9.0.0"
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_full_tune_compares_artifacts_and_load_follows_it(converted, monkeypatch):
     result = _tune.tune(converted, rounds=2)
     names = {"onnx-fp32", "onnx-int8"}
@@ -175,6 +181,7 @@ def test_full_tune_compares_artifacts_and_load_follows_it(converted, monkeypatch
     assert edge_runtime.load(converted).name == "onnx-int8"
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_an_artifact_failing_its_golden_sample_is_refused_not_tuned(converted, monkeypatch):
     real_check = _model.Model.self_check
 
@@ -192,6 +199,7 @@ def test_an_artifact_failing_its_golden_sample_is_refused_not_tuned(converted, m
     assert result["fastest"] == "onnx-fp32" and result["compared"] is None
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_representative_input_is_batch_one_at_the_typical_length(converted):
     manifest = edge_runtime.read_manifest(converted)
     entry = manifest["artifacts"][0]
@@ -241,6 +249,7 @@ def _with_sizes(manifest: dict, mb: dict[str, float]) -> dict:
     return changed
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_memory_fit_ranks_artifacts_that_do_not_fit_last(converted):
     manifest = _with_sizes(
         edge_runtime.read_manifest(converted), {"onnx-fp32": 90, "onnx-int8": 400}
@@ -263,6 +272,7 @@ def test_memory_fit_ranks_artifacts_that_do_not_fit_last(converted):
     ] and "none fits" in neither.reason
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_load_ranks_by_available_memory(converted, monkeypatch, caplog):
     # the real artifacts are tiny: pretend only 60 MB are free, so int8's estimate cannot fit,
     # and fp32 is made to look small enough
@@ -276,6 +286,7 @@ def test_load_ranks_by_available_memory(converted, monkeypatch, caplog):
     assert "artifact onnx-int8 may not fit this device's memory" in caplog.text
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_edge_tune_cli(converted, capsys):
     assert (
         cli_tune.main([str(converted), "--artifact", "onnx-fp32", "--rounds", "1", "--json"]) == 0
@@ -293,6 +304,7 @@ def test_edge_tune_cli(converted, capsys):
     assert "no artifact 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_edge_run_info(converted, capsys, monkeypatch):
     assert cli.main([str(converted), "--info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -314,6 +326,7 @@ def test_edge_run_info(converted, capsys, monkeypatch):
     )
 
 
+@pytest.mark.slow  # a converted tiny model
 def test_artifacts_that_cannot_be_open_together_are_compared_by_their_sweeps(
     converted, monkeypatch, caplog
 ):

@@ -33,6 +33,10 @@ EPOCH = (2020, 1, 1, 0, 0, 0)
 REQUIRES = [
     "numpy>=1.24",
     "psutil>=5.9",
+    # targets/ parses its profiles at run time (edge-run --info, edge-bench: the device's profile
+    # by its [detect] rules) with tomllib, which Python 3.11 added; 3.10 (Jetson Orin's JetPack
+    # 6, Ubuntu 22.04) gets the same parser from PyPI (targets/__init__.py imports either).
+    'tomli>=1.1; python_version < "3.11"',
     'onnxruntime>=1.17; extra == "onnx"',
     'tokenizers>=0.15; extra == "onnx"',
     'ai-edge-litert>=1.2; extra == "tflite"',
@@ -71,7 +75,8 @@ def build(out_dir: Path) -> Path:
             f"Name: {NAME.replace('_', '-')}",
             f"Version: {version}",
             "Summary: Slim on-device runtime for edge-convert artifacts (ONNX / TFLite).",
-            "Requires-Python: >=3.9",
+            # tests/test_python310.py checks the sources against 3.10 and runs them there
+            "Requires-Python: >=3.10",
             "Provides-Extra: onnx",
             "Provides-Extra: tflite",
             "Provides-Extra: verify",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters._errors import ConversionError
+from converters._errors import NonFiniteOutputError
 from converters.tflite.signatures import Signatures
-from converters.validate import row_cosine
+from converters.validate import meets_floor, row_cosine
 
 __all__ = ["Judge", "meets"]
 
@@ -44,11 +44,13 @@ class Judge:
         picked = np.arange(len(self.rows)) if subset is None else subset
         got = np.stack(self._outputs(path, [self.rows[i] for i in picked]))
         cos = row_cosine(got, np.stack([self.reference[i] for i in picked]))
-        if not np.isfinite(cos).all():
-            raise ConversionError(f"{Path(path).name} computes non-finite outputs")
+        bad = ~np.isfinite(got).all(axis=1) | ~np.isfinite(cos)
+        if bad.any():
+            row = int(picked[int(np.argmax(bad))])
+            raise NonFiniteOutputError(Path(path).name, f"<calibration row {row}>", row)
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
 
 def meets(metrics: dict[str, float], floor: tuple[float, float]) -> bool:
-    """Whether `metrics` reach `floor` (cosine mean, cosine min)."""
-    return metrics["cosine_mean"] >= floor[0] and metrics["cosine_min"] >= floor[1]
+    """Whether `metrics` reach `floor` (cosine mean, cosine min); NaN never does."""
+    return meets_floor(metrics["cosine_mean"], floor[0]) and meets_floor(metrics["cosine_min"], floor[1])

@@ -68,8 +68,10 @@ def _quantize_gptq_int4(
     calibration: list[dict[str, np.ndarray]],
     config: GptqInt4Config,
     progress: Progress,
+    validation: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
+    val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
     hessian_rows = with_prefixes(rows, config.prefix_tokens)
     compact = out_path.with_name(out_path.stem + ".compact.tflite")
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
@@ -88,9 +90,11 @@ def _quantize_gptq_int4(
                     "int4_size_budget): raise it, or ship the INT8 artifact for this model"
                 )
         builder.round(hessian_rows, progress)
-        # The judge sees the calibration texts only: with the prefix rows too it ranked layers
-        # for synthetic inputs and took 25% longer, for the same held-out accuracy on MiniLM.
-        judge = Judge(compact, rows, fp32_bytes)
+        # The ranking sees the fit texts only: with the prefix rows too it ranked layers for
+        # synthetic inputs and took 25% longer, for the same held-out accuracy on MiniLM.
+        # Each budget step and the final metrics are judged on the validation texts.
+        ranker = Judge(compact, rows, fp32_bytes)
+        judge = ranker if validation is None else Judge(compact, val_rows, fp32_bytes)
         chosen: set[int] = set()
         search: list[dict[str, Any]] = []
         if config.size_budget is not None:
@@ -103,6 +107,7 @@ def _quantize_gptq_int4(
                 probe=probe,
                 ranking_rows=config.sensitivity_rows,
                 progress=progress,
+                ranker=ranker,
             )
         builder.build(out_path, chosen)
         metrics = judge.metrics(out_path)  # measured on the bytes that ship
@@ -117,6 +122,7 @@ def _quantize_gptq_int4(
         "config": config.as_dict(),
         "calibration_rows": len(rows),
         "hessian_rows": len(hessian_rows),
+        "validation_rows": len(val_rows),
         "layers": layers,
         "kept_int8": [builder.weights[b].name for b in sorted(chosen)],
         "budget_search": search,
@@ -130,10 +136,11 @@ def _quantize_gptq_int8(
     calibration: list[dict[str, np.ndarray]],
     floor: tuple[float, float] | None,
     progress: Progress,
+    validation: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """GPTQ INT8; with a floor (cosine mean, min vs the FP32 .tflite on the calibration rows)
+    """GPTQ INT8; with a floor (cosine mean, min vs the FP32 .tflite on the validation rows)
     that the all-INT8 model misses, the FCs whose float form recovers the most (each measured
-    alone) are kept float, one at a time, until it is met."""
+    alone, on the fit rows) are kept float, one at a time, until it is met."""
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     hessian_rows = with_prefixes(rows, INT8_PREFIX_TOKENS)
     builder = Int8Builder(in_path, hessian_rows, progress)
@@ -150,7 +157,9 @@ def _quantize_gptq_int8(
     }
     if floor is None:
         return report
-    judge = Judge(in_path, rows, in_path.stat().st_size)
+    val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
+    judge = Judge(in_path, val_rows, in_path.stat().st_size)
+    report["gptq"]["validation_rows"] = len(val_rows)
     metrics = judge.metrics(out_path)
     report["calibration_metrics"] = metrics
     if meets(metrics, floor):
@@ -167,6 +176,7 @@ def _quantize_gptq_int8(
             probe=probe,
             ranking_rows=SENSITIVITY_ROWS,
             progress=progress,
+            ranker=judge if validation is None else Judge(in_path, rows, in_path.stat().st_size),
         )
         report["gptq"]["weights"] = builder.build(out_path, set(kept))
     finally:
@@ -218,6 +228,7 @@ def quantize_tflite(
     int4: GptqInt4Config | None = None,
     progress: Progress = lambda message: None,
     floor: tuple[float, float] | None = None,
+    validation: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Quantize the FP32 .tflite at `in_path` with `recipe` into `out_path`.
 
@@ -230,6 +241,9 @@ def quantize_tflite(
     already exceeds, AccuracyError is raised (the pipeline refuses the artifact). `floor`
     (cosine mean, min against the FP32 .tflite on the calibration rows) lets gptq_wi8_afp32
     keep its most sensitive FULLY_CONNECTED weights float until it is met.
+    `validation` (same form as `calibration`, disjoint texts) is what our recipes' searches
+    judge candidates on and report as calibration_metrics; `calibration` then only fits (GPTQ
+    Hessians, sensitivity rankings). None: `calibration` does both (in-sample).
     """
     spec = lookup(recipe)
     if spec.needs_calibration and not calibration:
@@ -248,10 +262,10 @@ def quantize_tflite(
     started = time.perf_counter()
     details: dict[str, Any] = {}
     if recipe == GPTQ_INT8_RECIPE:
-        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress)
+        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress, validation)
     elif spec.ours:
         config = int4 or GptqInt4Config()
-        details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress)
+        details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation)
     else:
         from ai_edge_quantizer import recipe as recipes
 

@@ -49,20 +49,24 @@ def fit_size_budget(
     probe: Path,
     ranking_rows: int,
     progress: Progress,
+    ranker: Judge | None = None,
 ) -> tuple[set[int], list[dict[str, Any]]]:
     """Move `candidates` (FC weights, INT4 by default) to INT8, most calibration loss removed
     per added byte first, while the file stays within `budget` bytes and each move measurably
     lowers the loss (the scheme of quantize_int4._fit_budget for ONNX). `builder.build` returns
     the candidate's size in bytes; `probe` is scratch space. Returns (the INT8 weights, every
-    step: the all-INT4 start, then one entry per ranked weight with accepted and why)."""
+    step: the all-INT4 start, then one entry per ranked weight with accepted and why).
+    `ranker` (the fit rows; None: `judge`) measures the ranking, `judge` (validation) every
+    acceptance."""
+    ranker = ranker or judge
     base_size = builder.build(probe, set())
-    subset = _ranking_subset(len(judge.rows), ranking_rows)
-    base = probe_loss(judge.metrics(probe, subset))
+    subset = _ranking_subset(len(ranker.rows), ranking_rows)
+    base = probe_loss(ranker.metrics(probe, subset))
     progress(f"ranking {len(candidates)} INT4 weights by measured sensitivity")
     gains = {}
     for buffer in candidates:
         size = builder.build(probe, {buffer})
-        gains[buffer] = (base - probe_loss(judge.metrics(probe, subset)), size - base_size)
+        gains[buffer] = (base - probe_loss(ranker.metrics(probe, subset)), size - base_size)
     ranked = sorted(
         (b for b in gains if gains[b][0] > 0),
         key=lambda b: gains[b][0] / max(gains[b][1], 1),
@@ -106,23 +110,26 @@ def keep_float_until_floor(
     probe: Path,
     ranking_rows: int,
     progress: Progress,
+    ranker: Judge | None = None,
 ) -> tuple[list[int], list[dict[str, Any]], dict[str, float]]:
     """Keep `candidates` (FC weights, INT8 by default) float, the one whose float form recovers
     the most loss alone first, one at a time, until the candidate meets `floor` (cosine mean,
     min). `start` is the all-INT8 model, scored `start_metrics`; `probe` is scratch space.
     Returns (the float weights in the order they were added, one step per addition, the
-    metrics of the last candidate built, or start_metrics when none was)."""
+    metrics of the last candidate built, or start_metrics when none was). `ranker` (the fit
+    rows; None: `judge`) measures the ranking, `judge` (validation) the floor."""
+    ranker = ranker or judge
     progress(
         f"all-INT8 cosine {start_metrics['cosine_mean']:.4f} / "
         f"{start_metrics['cosine_min']:.4f} vs FP32 .tflite, floor {floor[0]} / {floor[1]}: "
         f"ranking {len(candidates)} FULLY_CONNECTED weights"
     )
-    subset = _ranking_subset(len(judge.rows), min(len(judge.rows), ranking_rows))
-    base = probe_loss(judge.metrics(start, subset))
+    subset = _ranking_subset(len(ranker.rows), min(len(ranker.rows), ranking_rows))
+    base = probe_loss(ranker.metrics(start, subset))
     gains = {}
     for buffer in candidates:
         builder.build(probe, {buffer})
-        gains[buffer] = base - probe_loss(judge.metrics(probe, subset))
+        gains[buffer] = base - probe_loss(ranker.metrics(probe, subset))
     metrics = start_metrics
     kept: list[int] = []  # in the order they were added
     search = []

@@ -1,0 +1,259 @@
+"""The manifest reader refuses what it cannot use with ManifestError/ArtifactError, never a crash:
+unknown schema versions, malformed JSON (with its position), missing or truncated files, paths
+leaving the artifact directory. Hand-made directories, no torch, property-based (hypothesis)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_runtime import ArtifactError, ManifestError, read_manifest
+from edge_runtime._manifest import (
+    SUPPORTED_SCHEMA_VERSIONS,
+    file_sha256,
+    files_to_verify,
+    resolve,
+    verify_files,
+)
+
+_FIXTURE_OK = settings(max_examples=150, deadline=None,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _entry(root: Path, name: str, content: bytes) -> dict:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return {"path": name, "sha256": file_sha256(path), "bytes": len(content)}
+
+
+def _valid(root: Path) -> dict:
+    """A complete manifest (one artifact, golden sample, tokenizer) over real files."""
+    golden = _entry(root, "golden/a.npz", b"golden")
+    golden["tolerance"] = {"cosine_min": 0.999, "rel_l2_max": 0.01}
+    return {
+        "schema_version": 1, "target": {"id": "x86-avx2"}, "source": {}, "task": "feature-extraction",
+        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
+        "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", 8]}],
+        "tokenizer": {"files": [_entry(root, "tokenizer/tokenizer.json", b"{}"),
+                                _entry(root, "tokenizer/tokenizer_config.json", b"{}")],
+                      "max_length": 16, "pad_token_id": 0},
+        "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "metrics": {},
+                       "files": [_entry(root, "m.onnx", b"model bytes")], "golden": golden}],
+    }
+
+
+def _write(root: Path, manifest) -> None:
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+# -- schema version ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [0, 2, 99, "1", 1.5, None, True, [1]])
+def test_unknown_schema_version_lists_the_supported_ones(tmp_path, version):
+    manifest = _valid(tmp_path)
+    manifest["schema_version"] = version
+    _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=r"schema_version .*; this edge_runtime reads schema_version 1"):
+        read_manifest(tmp_path)
+    assert SUPPORTED_SCHEMA_VERSIONS == (1,)
+
+
+def test_valid_manifest_reads(tmp_path):
+    manifest = _valid(tmp_path)
+    _write(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+
+
+# -- malformed JSON ------------------------------------------------------------------------------
+
+
+def test_malformed_json_gives_line_and_column(tmp_path):
+    (tmp_path / "manifest.json").write_text('{\n  "schema_version": 1,\n  "task": oops\n}\n')
+    with pytest.raises(ManifestError, match=r"not valid JSON: .* at line 3, column 11"):
+        read_manifest(tmp_path)
+
+
+def test_non_utf8_manifest_gives_the_offset(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b'{"schema_version": 1, "x": "\xff"}')
+    with pytest.raises(ManifestError, match="not UTF-8 text .*offset 28"):
+        read_manifest(tmp_path)
+
+
+@_FIXTURE_OK
+@given(cut=st.integers(min_value=0, max_value=10_000))
+def test_truncated_manifest_is_a_manifest_error(tmp_path, cut):
+    text = json.dumps(_valid(tmp_path), indent=1)
+    cut = cut % len(text)  # a strict prefix: every one is invalid JSON (the object never closes)
+    (tmp_path / "manifest.json").write_text(text[:cut])
+    with pytest.raises(ManifestError, match=r"not valid JSON: .* at line \d+, column \d+"):
+        read_manifest(tmp_path)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@_FIXTURE_OK
+@given(document=_json)
+def test_any_json_document_reads_or_is_a_manifest_error(tmp_path, document):
+    (tmp_path / "manifest.json").write_text(json.dumps(document))
+    with pytest.raises(ManifestError):
+        read_manifest(tmp_path)
+
+
+def _paths(value, prefix=()):
+    """Every (path of keys/indices) inside a JSON value."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _paths(child, (*prefix, index))
+
+
+@_FIXTURE_OK
+@given(data=st.data())
+def test_any_corrupted_field_is_refused_or_still_valid(tmp_path, data):
+    """Replace or delete any one field of a valid manifest: the reader either accepts the result
+    (whose every listed path then stays inside) or raises ManifestError; never another error."""
+    manifest = _valid(tmp_path)
+    where = data.draw(st.sampled_from([p for p in _paths(manifest) if p]))
+    broken = copy.deepcopy(manifest)
+    parent = broken
+    for key in where[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()):
+        parent[where[-1]] = data.draw(_json | st.sampled_from(["../x", "/etc/passwd", "", -1, "zz"]))
+    elif isinstance(parent, dict):
+        del parent[where[-1]]
+    else:
+        parent.pop(where[-1])
+    _write(tmp_path, broken)
+    try:
+        result = read_manifest(tmp_path)
+    except ManifestError:
+        return
+    for entry in result["artifacts"]:
+        for item in files_to_verify(result, entry):
+            assert resolve(tmp_path, item["path"]).is_relative_to(tmp_path.resolve())
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["../outside.onnx", "a/../../outside.onnx", "/etc/passwd", "",
+                                 "a\x00b", "tokenizer/../../x"])
+def test_paths_escaping_the_directory_are_refused(tmp_path, bad):
+    root = tmp_path / "art"
+    root.mkdir()
+    manifest = _valid(root)
+    manifest["tokenizer"]["files"][1]["path"] = bad
+    _write(root, manifest)
+    with pytest.raises(ManifestError, match="tokenizer.files\\[1\\]: manifest path .*(outside|relative)"):
+        read_manifest(root)
+
+
+def test_symlink_pointing_outside_is_refused(tmp_path):
+    root = tmp_path / "art"
+    root.mkdir()
+    (tmp_path / "secret.onnx").write_bytes(b"model bytes")
+    manifest = _valid(root)
+    (root / "m.onnx").unlink()
+    os.symlink(tmp_path / "secret.onnx", root / "m.onnx")
+    _write(root, manifest)
+    with pytest.raises(ManifestError, match="'m.onnx' points outside"):
+        read_manifest(root)
+    # A directory symlink leading out is refused the same way.
+    (root / "m.onnx").unlink()
+    (root / "m.onnx").write_bytes(b"model bytes")
+    os.symlink(tmp_path, root / "up")
+    manifest["artifacts"][0]["files"][0]["path"] = "up/secret.onnx"
+    _write(root, manifest)
+    with pytest.raises(ManifestError, match="'up/secret.onnx' points outside"):
+        read_manifest(root)
+
+
+def test_symlink_inside_the_directory_is_allowed(tmp_path):
+    manifest = _valid(tmp_path)
+    (tmp_path / "real.onnx").write_bytes(b"model bytes")
+    (tmp_path / "m.onnx").unlink()
+    os.symlink("real.onnx", tmp_path / "m.onnx")
+    _write(tmp_path, manifest)
+    verify_files(tmp_path, read_manifest(tmp_path)["artifacts"][0]["files"])
+
+
+_segment = st.sampled_from(["..", ".", "a", "b", "", "m.onnx", "..."])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(_segment, min_size=1, max_size=6), absolute=st.booleans())
+def test_resolve_never_returns_a_path_outside(tmp_path, parts, absolute):
+    relative = ("/" if absolute else "") + "/".join(parts)
+    try:
+        path = resolve(tmp_path, relative)
+    except ManifestError:
+        return
+    assert not absolute
+    assert path.is_relative_to(tmp_path.resolve())
+
+
+# -- files: missing, truncated, modified; tokenizer and golden included -------------------------
+
+
+def test_every_loaded_file_is_listed_for_verification(tmp_path):
+    manifest = _valid(tmp_path)
+    listed = [item["path"] for item in files_to_verify(manifest, manifest["artifacts"][0])]
+    assert listed == ["m.onnx", "golden/a.npz", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]
+
+
+def test_missing_truncated_and_modified_files_are_each_named(tmp_path):
+    manifest = _valid(tmp_path)
+    _write(tmp_path, manifest)
+    items = files_to_verify(read_manifest(tmp_path), manifest["artifacts"][0])
+    verify_files(tmp_path, items)  # intact
+    (tmp_path / "m.onnx").write_bytes(b"model by")  # cut short
+    (tmp_path / "tokenizer" / "tokenizer.json").write_bytes(b"[]")  # same size, other bytes
+    (tmp_path / "golden" / "a.npz").unlink()
+    with pytest.raises(ArtifactError) as info:
+        verify_files(tmp_path, items)
+    message = str(info.value)
+    assert "m.onnx: truncated: 8 bytes, manifest expects 11" in message
+    assert "golden/a.npz: missing (manifest expects 6 bytes)" in message
+    want = manifest["tokenizer"]["files"][0]["sha256"][:16]
+    assert f"tokenizer/tokenizer.json: sha256 {file_sha256(tmp_path / 'tokenizer/tokenizer.json')[:16]}... " \
+           f"differs from the manifest's {want}..." in message
+
+
+@_FIXTURE_OK
+@given(keep=st.integers(min_value=0, max_value=10))
+def test_any_truncation_is_caught(tmp_path, keep):
+    manifest = _valid(tmp_path)
+    content = b"model bytes"
+    (tmp_path / "m.onnx").write_bytes(content[:keep])
+    with pytest.raises(ArtifactError, match=f"m.onnx: truncated: {keep} bytes, manifest expects 11"):
+        verify_files(tmp_path, manifest["artifacts"][0]["files"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sha256", "abc", "not 64 hexadecimal digits"),
+    ("bytes", -1, "must be an integer >= 0"),
+    ("bytes", "11", "must be an integer >= 0"),
+])
+def test_ill_formed_file_entries_are_refused(tmp_path, field, value, message):
+    manifest = _valid(tmp_path)
+    manifest["artifacts"][0]["golden"][field] = value
+    _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=rf"artifacts\[0\].golden: .*{message}"):
+        read_manifest(tmp_path)
