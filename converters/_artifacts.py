@@ -332,7 +332,8 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
     step.progress(f"[{name}] block-wise INT4 ({scheme.algorithm}, block {scheme.block_size}, "
                   f"size budget {scheme.size_budget}): measuring candidates")
     report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.fit.batches,
-                           validation_batches=step.reference.batches)
+                           validation_batches=step.reference.batches,
+                           progress=lambda message: step.progress(f"[{name}] {message}"))
     path = step.work / f"{name}.onnx"
     metrics = compute_metrics(step.source, step.reference, step.session(path).run, name)
     _checked(step, name, "int4", metrics)

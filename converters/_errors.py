@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AccuracyError",
     "ConversionError",
+    "DiskSpaceError",
     "NonFiniteOutputError",
     "SourceModelError",
     "UnsupportedModelError",
@@ -21,6 +22,15 @@ class SourceModelError(ConversionError):
 
 class UnsupportedModelError(ConversionError):
     """The model's architecture or task is not one edge-convert supports (yet)."""
+
+
+class DiskSpaceError(ConversionError):
+    """Too little free disk space for the expected artifacts and temporary files (checked before
+    a conversion starts: converters/preflight.py)."""
+
+    def __init__(self, message: str, path: str, needed_bytes: int, free_bytes: int):
+        self.path, self.needed_bytes, self.free_bytes = path, needed_bytes, free_bytes
+        super().__init__(message)
 
 
 class AccuracyError(ConversionError):

@@ -97,8 +97,17 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
     """The built-in English set, or a user file: .txt (one text per line) or .jsonl ({"text": ...})."""
     source = BUILTIN if path is None else Path(path)
     if not source.is_file():
-        raise SourceModelError(f"{role} file {source} does not exist")
-    texts = _parse(source)
+        what = "is a directory, not a file" if source.is_dir() else "does not exist"
+        raise SourceModelError(f"{role} file {source} {what}")
+    try:
+        texts = _parse(source)
+    except UnicodeDecodeError as exc:
+        raise SourceModelError(
+            f"{role} file {source} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SourceModelError(f"cannot read {role} file {source}: {exc.strerror or exc}") from None
     if len(texts) < minimum:
         raise SourceModelError(
             f"{role} file {source} has {len(texts)} texts; at least {minimum} are needed "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,42 @@ def _table(result) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _log_path(out: Path) -> Path:
+    """Where the libraries' output of a conversion goes: next to the output directory (inside it,
+    it would become an unsigned, unlisted file of the artifact); the temporary directory when that
+    place is not writable."""
+    path = out.parent / f"{out.name}.convert.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # this conversion's lines only
+        path.touch()
+        return path
+    except OSError:
+        handle, name = tempfile.mkstemp(prefix=f"edge-convert-{out.name}-", suffix=".log")
+        os.close(handle)
+        return Path(name)
+
+
+def _log_note(capture, verbose: bool) -> str:
+    if capture is None or verbose or not capture.lines():
+        return ""
+    return f"\n(the libraries' output during the conversion is in {capture.log_path})"
+
+
+def _log_tail(capture, verbose: bool, count: int = 30) -> str:
+    """The last captured lines, for a failure that is not a ConversionError."""
+    if capture is None:
+        return ""
+    lines = capture.lines()
+    if not lines:
+        return ""
+    if verbose:  # already shown
+        return f"(the libraries' output is in {capture.log_path})"
+    shown = lines[-count:]
+    return (f"the libraries' last {len(shown)} of {len(lines)} output lines ({capture.log_path}):\n"
+            + "\n".join("  | " + line for line in shown))
 
 
 def _list_targets() -> None:
@@ -69,8 +106,11 @@ def _list_targets() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
+@click.option("--verbose", "-v", is_flag=True,
+              help="also show what the libraries print meanwhile (warnings, log lines, native messages); "
+                   "without it they go only to <out>.convert.log")
 def main(model, target, out, task, calibration, validation_texts, accuracy_floor, calibration_method, arithmetic,
-         sign_key, force, as_json, list_targets, quiet):
+         sign_key, force, as_json, list_targets, quiet, verbose):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
     if list_targets:
@@ -78,6 +118,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     from converters import ConversionError, ConvertConfig, convert
+    from converters._console import ProgressPrinter, captured_output
     from converters.signing import SigningKeyError
 
     try:
@@ -88,23 +129,33 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         raise click.ClickException(str(exc)) from None
     out = out or Path("out") / profile.id
     started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        if not quiet:
-            click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
-
     config = ConvertConfig(model=model, target=profile.id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
                            validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key)
+    log_path = _log_path(out)
+    capture = None
     try:
-        result = convert(config, progress)
+        with captured_output(log_path) as capture:
+            printer = ProgressPrinter(capture.display, started)
+            if verbose:
+                capture.follow(printer.passthrough)
+            result = convert(config, (lambda message: None) if quiet else printer)
     except SigningKeyError as exc:
         raise click.BadParameter(exc.detail, param_hint="--sign-key") from None
     except ConversionError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(str(exc) + _log_note(capture, verbose)) from None
     except KeyboardInterrupt:
-        click.echo("interrupted: nothing was written to " + str(out), err=True)
+        click.echo("interrupted: nothing was written to " + str(out) + _log_note(capture, verbose), err=True)
         sys.exit(130)
+    except Exception:
+        # Not the user's error: the libraries' last lines may say why; the traceback follows.
+        tail = _log_tail(capture, verbose)
+        if tail:
+            click.echo(tail, err=True)
+        raise
+    finally:
+        if capture is None or not capture.lines():
+            log_path.unlink(missing_ok=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -115,6 +166,8 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         click.echo(f"\nREFUSED {refused['name']}: {refused['reason']}", err=True)
     click.echo("\nlatency: batch 1, 128 tokens, 2 threads, on this machine; run the artifacts with "
                f"`edge-run {result.out} \"some text\"`")
+    if log_path.exists():
+        click.echo(f"library output (warnings, native log lines): {log_path}", err=True)
 
 
 if __name__ == "__main__":

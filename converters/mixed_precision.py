@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from converters._console import count
 from converters._errors import AccuracyError
 from converters.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
 from converters.source import SourceModel
@@ -84,13 +85,13 @@ def quantize_with_floor(
     subset = (reference if fit is None else fit).head(SENSITIVITY_BATCHES)
     probe = out_path.with_suffix(".probe.onnx")
     sensitivity = {}
+    progress(count("  sensitivity", 0, len(groups)))
     for index, (weight, members) in enumerate(groups.items(), 1):
         only = dataclasses.replace(config, exclude=tuple(n for n in nodes if n not in members))
         quantize_int8(fp32_path, probe, only)
         sensitivity[weight] = probe_loss(compute_metrics(source, subset, make_session(probe).run,
                                                          f"{name} probe ({weight} quantized alone)"))
-        if index % 8 == 0 or index == len(groups):
-            progress(f"  sensitivity {index}/{len(groups)}")
+        progress(count("  sensitivity", index, len(groups)))
     # Most error removed per FP32 weight element first (FP32 compute and bytes both scale with it).
     sizes = _weight_elements(fp32_path)
     ranked = sorted(groups, key=lambda w: sensitivity[w] / max(sizes.get(w, 1), 1), reverse=True)

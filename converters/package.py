@@ -1,25 +1,43 @@
 """Writing the artifact directory: staged in a hidden sibling, renamed into place at the end.
 
-An interrupted or failed run leaves at most a `.NAME.partial-*` directory without a manifest,
-never a directory that looks complete.
+What an interruption leaves (issue 10, "Interruption and concurrency"; tests/test_interruption.py
+kills real conversions with SIGKILL):
+- `out` only ever appears by one rename(2) of a finished staging directory: it is absent, or the
+  previous result (force), or the new complete one. Never a half-written directory.
+- A staging directory is hidden and named `.NAME.partial-*`. The manifest is written last (via
+  rename), so a staging directory holds a manifest only once every file it lists is complete.
+- Every staging and work directory is locked (flock on the directory) by the process that made
+  it; the kernel drops the lock when that process dies, however it dies. The next run removes
+  the unlocked leftovers (remove_leftovers) and leaves a live run's directories alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
-
-import numpy as np
+from typing import Any
 
 from converters._errors import ConversionError
 from edge_runtime._manifest import MANIFEST_NAME, file_sha256
 
-__all__ = ["file_entry", "save_onnx", "staging_dir", "write_golden", "write_manifest"]
+__all__ = [
+    "WORK_PREFIX",
+    "file_entry",
+    "remove_leftovers",
+    "save_onnx",
+    "staging_dir",
+    "staging_prefix",
+    "work_dir",
+    "write_manifest",
+]
+
+log = logging.getLogger(__name__)
 
 # Offsets of tensors of 1 MiB and more start on a 4 KiB page boundary, so each maps onto whole
 # pages. Smaller tensors are packed densely: aligning every one (an INT4 model has hundreds of
@@ -28,30 +46,136 @@ __all__ = ["file_entry", "save_onnx", "staging_dir", "write_golden", "write_mani
 EXTERNAL_DATA_ALIGNMENT = 4096
 ALIGN_THRESHOLD = 1 << 20
 
+# Work directories (temporary ONNX graphs, several times the model's size) in the temp dir. The
+# "." cannot occur in mkdtemp's random part, so the prefix never matches the unlocked
+# "edge-convert-XXXX" directories of earlier versions, which may belong to a live run.
+WORK_PREFIX = "edge-convert.work-"
+
+
+def staging_prefix(out: Path) -> str:
+    return f".{Path(out).name}.partial-"
+
+
+def _lock(path: Path, wait: bool) -> int | None:
+    """An exclusive flock on directory `path`: its fd, or None if another process holds it (or
+    the directory cannot be opened). Where flock does not exist, None: nothing is removed."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: leftovers are kept, never removed under a live run
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _locked_tempdir(parent: Path, prefix: str) -> tuple[Path, int | None]:
+    """mkdtemp, then lock it. Between the two another run's remove_leftovers may see it unlocked
+    and delete it; the lock then holds a deleted directory, so check and make a new one."""
+    for _ in range(5):
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        fd = _lock(path, wait=True)
+        try:
+            if fd is None or os.path.samestat(os.fstat(fd), os.stat(path)):
+                return path, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise ConversionError(f"internal: could not create a locked directory {prefix}* in {parent}")
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def remove_leftovers(parent: Path, prefix: str) -> list[Path]:
+    """Remove the directories `parent/prefix*` that no live process holds: what a killed run left.
+    A directory whose lock is held (a conversion in progress) is left alone."""
+    removed = []
+    try:
+        entries = sorted(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir():
+            continue
+        fd = _lock(entry, wait=False)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(entry, ignore_errors=True)
+        finally:
+            _unlock(fd)
+        if not entry.exists():
+            removed.append(entry)
+    if removed:
+        log.info("removed %d leftover(s) of interrupted conversions: %s", len(removed),
+                 ", ".join(str(p) for p in removed))
+    return removed
+
 
 @contextlib.contextmanager
 def staging_dir(out: Path, force: bool) -> Iterator[Path]:
     """Yield an empty hidden directory next to `out`; on success it replaces `out` atomically."""
-    out = out.resolve()
+    out = Path(out).resolve()
     if out.exists() and not force:
         raise ConversionError(f"{out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    prefix = staging_prefix(out)
+    remove_leftovers(out.parent, prefix)
+    stage, lock = _locked_tempdir(out.parent, prefix)
     stage.chmod(0o755)  # mkdtemp makes it owner-only; the result is an ordinary directory
     try:
         yield stage
         if not (stage / MANIFEST_NAME).is_file():
             raise ConversionError("internal: the manifest was not written")
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "previous")
+            if not force:
+                raise ConversionError(
+                    f"{out} appeared while this conversion ran (another conversion?); it was left "
+                    "as it is and this result discarded; pass --force to replace it"
+                )
+            # Killed between these two renames, `out` is absent and both directories carry the
+            # staging prefix, so the next run removes them.
+            old = stage.with_name(stage.name + ".old")
+            os.rename(out, old)
             os.rename(stage, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.rename(stage, out)
+            try:
+                os.rename(stage, out)
+            except OSError as exc:
+                if out.exists():  # made by someone else after the check above
+                    raise ConversionError(
+                        f"{out} appeared while this conversion ran (another conversion?); it was "
+                        f"left as it is and this result discarded ({exc})"
+                    ) from None
+                raise
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+        _unlock(lock)
+
+
+@contextlib.contextmanager
+def work_dir() -> Iterator[Path]:
+    """A locked temporary directory for intermediate models, removed on exit; the leftovers of
+    killed conversions in the temp dir are removed first."""
+    parent = Path(tempfile.gettempdir())
+    remove_leftovers(parent, WORK_PREFIX)
+    path, lock = _locked_tempdir(parent, WORK_PREFIX)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        _unlock(lock)
 
 
 def file_entry(root: Path, path: Path) -> dict[str, Any]:
@@ -81,17 +205,6 @@ def save_onnx(model_path: Path, root: Path, name: str) -> list[dict[str, Any]]:
     if (root / data_name).exists():
         files.append(file_entry(root, root / data_name))
     return files
-
-
-def write_golden(root: Path, name: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], tolerance: dict[str, float]) -> dict[str, Any]:
-    """Store a small input/output pair the device re-runs at load time."""
-    golden_dir = root / "golden"
-    golden_dir.mkdir(exist_ok=True)
-    path = golden_dir / f"{name}.npz"
-    arrays = {f"input:{k}": v for k, v in inputs.items()}
-    arrays.update({f"output:{k}": v for k, v in outputs.items()})
-    np.savez(path, **arrays)
-    return {**file_entry(root, path), "tolerance": tolerance}
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from converters._console import count
 from converters._errors import (
     AccuracyError,
     ConversionError,
@@ -495,6 +497,7 @@ def _fit_budget(
     probe: Path,
     current: dict[str, float],
     ranker: _Judge | None = None,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> tuple[set[str], list[dict[str, Any]]]:
     """Move MatMuls to 8-bit, most error removed per added byte first, while the assembled model
     stays within `budget` bytes and each move measurably lowers the loss on `judge`'s batches
@@ -511,17 +514,21 @@ def _fit_budget(
         )
     base_loss = probe_loss(ranker.metrics(base, probe, SENSITIVITY_BATCHES))
     gains = {}
-    for node in (n for n in variants.matmuls if n not in int8):
+    todo = [n for n in variants.matmuls if n not in int8]
+    for index, node in enumerate(todo):
+        progress(count("  8-bit sensitivity", index, len(todo)))
         model = variants.build(algorithm, int8 | {node})
         gain = base_loss - probe_loss(ranker.metrics(model, probe, SENSITIVITY_BATCHES))
         gains[node] = (gain, model.ByteSize() - size)
+    progress(count("  8-bit sensitivity", len(todo), len(todo)))
     ranked = sorted(
         (n for n in gains if gains[n][0] > 0),
         key=lambda n: gains[n][0] / max(gains[n][1], 1),
         reverse=True,
     )
     chosen, search, loss = set(int8), [], probe_loss(current)
-    for node in ranked:
+    for index, node in enumerate(ranked):
+        progress(count("  8-bit upgrades tried", index, len(ranked)))
         model = variants.build(algorithm, chosen | {node})
         step = {"node": node, "sensitivity": gains[node][0], "bytes": model.ByteSize()}
         if model.ByteSize() > budget:
@@ -540,6 +547,8 @@ def _fit_budget(
         if accepted:
             chosen.add(node)
             loss = probe_loss(metrics)
+    if ranked:
+        progress(count("  8-bit upgrades tried", len(ranked), len(ranked)))
     return chosen, search
 
 
@@ -549,6 +558,7 @@ def quantize_int4(
     config: Int4Config,
     calibration_batches: list[dict[str, np.ndarray]],
     validation_batches: list[dict[str, np.ndarray]] | None = None,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Write the INT4 form of the FP32 ONNX model `fp32_path` to `out_path` (one file, weights
     inline) and return what changed: algorithm chosen and each candidate's accuracy against
@@ -556,7 +566,8 @@ def quantize_int4(
 
     `calibration_batches` fit (clip-search statistics, the size-budget ranking);
     `validation_batches` score (the algorithm choice, each budget step, the final metrics).
-    None: the calibration batches do both (in-sample; for callers without a split)."""
+    None: the calibration batches do both (in-sample; for callers without a split).
+    `progress` hears how far the size-budget search is (converters/_console.count messages)."""
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -595,7 +606,7 @@ def quantize_int4(
         if config.size_budget is not None:
             budget = int(config.size_budget * bytes_before)
             int8, search = _fit_budget(
-                variants, judge, chosen, int8, budget, probe, candidates[chosen], ranker
+                variants, judge, chosen, int8, budget, probe, candidates[chosen], ranker, progress
             )
     finally:
         probe.unlink(missing_ok=True)

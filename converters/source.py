@@ -11,13 +11,17 @@ task's output. Two mask styles:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters._console import quiet_loggers
 from converters._errors import SourceModelError, UnsupportedModelError
+from converters.preflight import check_model_dir
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -91,7 +95,7 @@ class SourceModel:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise SourceModelError(f"cannot read {path}: {exc}") from None
 
 
@@ -110,7 +114,7 @@ def _sentence_transformers_postprocess(model_dir: Path) -> dict[str, Any] | None
     modules_file = model_dir / "modules.json"
     if not modules_file.is_file():
         return None
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    modules = _read_json(modules_file)
     pooling, normalize = "mean", False
     for module in modules:
         kind = module.get("type", "")
@@ -178,22 +182,41 @@ def build_wrapper(model: Any, task: str, uses_token_types: bool, mask_style: str
     return ExportWrapper(model).eval()
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """from_pretrained without the lines a user can do nothing about: its "Loading weights" bar,
+    and what importing torchao (transformers.quantizers imports it on first use) logs: "Failed to
+    load ..._C_mxfp8...so" for kernels built for other CUDA / Python versions, and torch's
+    pytree deprecation of register_constant on torchao's Enums (W-lines of torch.utils._pytree).
+    Scoped: the settings are restored afterwards; errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with quiet_loggers("torchao", "torch.utils._pytree"):
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     """Read config, weights and tokenizer from a local directory (never from a model hub)."""
     builtin = model_dir is None
     model_dir = default_model_dir() if builtin else Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise SourceModelError(
-            f"{model_dir} is not a Hugging Face model directory: no config.json "
-            "(expected config.json, model.safetensors or pytorch_model.bin, tokenizer files)"
-        )
-    config = _read_json(model_dir / "config.json")
-    model_type = config.get("model_type", "")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    # An unsupported architecture is said first (a readable config.json is enough to tell);
+    # then config.json, intact weights and tokenizer files are checked (converters/preflight.py).
+    config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else None
+    model_type = config.get("model_type", "") if isinstance(config, dict) else None
+    if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"{model_dir}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT/MiniLM, DistilBERT, RoBERTa, XLM-R)"
         )
+    check_model_dir(model_dir)
+    config = _read_json(model_dir / "config.json")
+    model_type = config["model_type"]
     inferred = infer_task(config, model_dir)
     task = task or inferred
     if task not in TASKS:
@@ -209,9 +232,10 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         "token-classification": transformers.AutoModelForTokenClassification,
     }[task]
     try:
-        # eager attention: plain MatMul/Softmax ops that every runtime and fusion pass knows.
-        model = auto.from_pretrained(model_dir, attn_implementation="eager", local_files_only=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        with _quiet_loading():
+            # eager attention: plain MatMul/Softmax ops that every runtime and fusion pass knows.
+            model = auto.from_pretrained(model_dir, attn_implementation="eager", local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise SourceModelError(f"cannot load the model in {model_dir}: {exc}") from None
     if not getattr(tokenizer, "is_fast", False):

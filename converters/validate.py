@@ -37,13 +37,17 @@ class Reference:
     batches: list[dict[str, np.ndarray]]  # int64 feeds, padded per batch
     outputs: list[np.ndarray]  # the PyTorch FP32 output for each batch
     texts: tuple[str, ...] = ()  # the texts of the batches, in order (for error messages)
+    # Per text: the largest |activation| entering any Linear layer of the FP32 model, real
+    # tokens only (what the INT8 GEMMs quantize): golden samples are chosen by it
+    # (converters/golden.py). Empty when not measured.
+    peaks: tuple[float, ...] = ()
 
     def head(self, count: int | None) -> Reference:
         """The first `count` batches (None: all), with their texts."""
         if count is None:
             return self
         rows = sum(len(b["input_ids"]) for b in self.batches[:count])
-        return Reference(self.batches[:count], self.outputs[:count], self.texts[:rows])
+        return Reference(self.batches[:count], self.outputs[:count], self.texts[:rows], self.peaks[:rows])
 
 
 def encode(source: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:
@@ -64,15 +68,37 @@ def make_batches(source: SourceModel, texts: tuple[str, ...], batch_size: int = 
 
 
 def reference_outputs(source: SourceModel, texts: tuple[str, ...]) -> Reference:
+    """PyTorch FP32 outputs for `texts` (batches of 16), and each text's activation peak: the
+    largest |input| of any Linear layer over its real tokens, recorded by forward hooks in the
+    same pass (no extra model run)."""
     import torch
 
     batches = make_batches(source, texts)
-    outputs = []
-    with torch.no_grad():
-        for feeds in batches:
-            args = [torch.from_numpy(feeds[name]) for name in source.input_names]
-            outputs.append(source.module(*args).numpy())
-    return Reference(batches, outputs, tuple(texts))
+    outputs, peaks = [], []
+    current: dict[str, torch.Tensor] = {}
+
+    def record(_module, args, _output) -> None:
+        x = args[0].detach().abs()
+        mask = current["mask"]
+        if x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+            row = (x * mask[:, :, None]).amax(dim=(1, 2))  # padded positions left out
+        else:  # [batch, K]: pooler / classifier inputs
+            row = x.reshape(x.shape[0], -1).amax(dim=1)
+        current["peak"] = torch.maximum(current["peak"], row.to(torch.float32))
+
+    hooks = [m.register_forward_hook(record) for m in source.module.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            for feeds in batches:
+                current["mask"] = torch.from_numpy(feeds["attention_mask"]).to(torch.float32)
+                current["peak"] = torch.zeros(len(feeds["input_ids"]), dtype=torch.float32)
+                args = [torch.from_numpy(feeds[name]) for name in source.input_names]
+                outputs.append(source.module(*args).numpy())
+                peaks.extend(float(v) for v in current["peak"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return Reference(batches, outputs, tuple(texts), tuple(peaks))
 
 
 def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -215,7 +215,7 @@ def _selected(
 
 
 def _describe_device() -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:
-    from edge_runtime import _device
+    from edge_runtime import _device, _sensors
 
     info = _device.detect()
     profile, reason = _device.match_profile(info)
@@ -227,7 +227,7 @@ def _describe_device() -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:
             load = [round(value, 2) for value in os.getloadavg()]
         except (AttributeError, OSError):  # not on this OS
             load = None
-        return _device.sensors() | {"load_average": load}
+        return _sensors.sensors() | {"load_average": load}
 
     return info.to_dict() | {"profile": profile, "profile_reason": reason}, read_sensors
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
-import importlib.util
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge_runtime._installed import installed_backends
 
 __all__ = [
     "FEATURES_OF_INTEREST",
@@ -27,7 +27,6 @@ __all__ = [
     "available_mb",
     "detect",
     "match_profile",
-    "sensors",
     "target_facts",
 ]
 
@@ -78,19 +77,6 @@ _X86_PAIR_INT8 = ("avx2", "avx512bw")
 # >= 25% (RK3588 A55 1.8 vs A76 2.4 GHz; Alder Lake E 3.9 vs P 4.9+ GHz).
 _SAME_CLUSTER = 0.9
 
-# The Raspberry Pi firmware's throttling word (vcgencmd get_throttled; documented in
-# raspberrypi.com/documentation/computers/os.html#get_throttled).
-_THROTTLE_BITS = {
-    0: "under_voltage",
-    1: "arm_frequency_capped",
-    2: "throttled",
-    3: "soft_temperature_limit",
-    16: "under_voltage_occurred",
-    17: "arm_frequency_capped_occurred",
-    18: "throttled_occurred",
-    19: "soft_temperature_limit_occurred",
-}
-
 # The flags that decide kernels for this project's workloads (shown by `edge-run --info`).
 FEATURES_OF_INTEREST = (
     "avx2",
@@ -109,10 +95,6 @@ FEATURES_OF_INTEREST = (
     "sve",
     "sve2",
 )
-
-# Backend distributions reported, by the name artifacts' min_runtime uses.
-_BACKEND_DISTS = ("onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "tflite-runtime")
-
 
 @dataclass(frozen=True)
 class Cluster:
@@ -230,58 +212,6 @@ def _meminfo(root: Path) -> dict[str, int]:
         if fields and fields[0].isdigit():
             values[key.strip()] = int(fields[0])  # kB
     return values
-
-
-# distribution -> the module it installs (find_spec locates it without importing it)
-_BACKEND_MODULES = {
-    "onnxruntime": "onnxruntime",
-    "onnxruntime-gpu": "onnxruntime",
-    "ai-edge-litert": "ai_edge_litert",
-    "tflite-runtime": "tflite_runtime",
-}
-
-
-def _installed_backends() -> dict[str, str]:
-    """Backend distributions and their versions. importlib.metadata.version() parses every
-    METADATA file with the email package (5-7 ms for four names, more on a busy device, in every
-    fresh process); the version is in the name of the .dist-info directory beside the module,
-    so that is read first, and metadata is only the fallback (egg or zip installs)."""
-    found = {}
-    listings: dict[Path, dict[str, str]] = {}
-    for dist, module in _BACKEND_MODULES.items():
-        try:
-            spec = importlib.util.find_spec(module)  # locates, does not import
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            continue
-        site = Path(next(iter(spec.submodule_search_locations or [spec.origin or "."]))).parent
-        if site not in listings:
-            listings[site] = _dist_info_versions(site)
-        key = dist.replace("-", "_").lower()
-        if key in listings[site]:
-            found[dist] = listings[site][key]
-        elif not any(d.replace("-", "_") in listings[site] for d, m in _BACKEND_MODULES.items() if m == module):
-            try:  # installed some other way: ask the metadata
-                found[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-    return found
-
-
-def _dist_info_versions(site: Path) -> dict[str, str]:
-    """{normalized distribution name: version} from `<name>-<version>.dist-info` in site."""
-    try:
-        names = os.listdir(site)
-    except OSError:
-        return {}
-    versions = {}
-    for name in names:
-        if name.endswith(".dist-info"):
-            dist, _, version = name[: -len(".dist-info")].rpartition("-")
-            if dist and version[:1].isdigit():
-                versions[dist.lower()] = version
-    return versions
 
 
 # -- detection ----------------------------------------------------------------------------------
@@ -453,7 +383,7 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
         ram_available_mb=available_mb,
         board=board,
         int8_gemm=int8_gemm,
-        backends=_installed_backends(),
+        backends=installed_backends(),
         l4t_release=l4t,
         board_source=board_source,
     )
@@ -503,65 +433,6 @@ def available_mb(root: str | os.PathLike = "/") -> int:
     if Path(root).resolve() == Path("/"):
         return _psutil_memory()[1]
     return 0
-
-
-# -- sensors ------------------------------------------------------------------------------------
-
-
-def _throttled(root: Path) -> dict[str, Any] | None:
-    base = root / "sys/devices/platform"
-    if not base.is_dir():
-        return None
-    # Pi 4: soc/soc:firmware/get_throttled; Pi 5: soc@107c000000/soc@107c000000:firmware/...
-    candidates = sorted(base.glob("*/*firmware/get_throttled")) + sorted(
-        base.glob("*firmware/get_throttled")
-    )
-    for path in candidates:
-        try:
-            raw = int(path.read_text().strip(), 16)
-        except (OSError, ValueError):
-            continue
-        decoded: dict[str, Any] = {"raw": f"{raw:#x}"}
-        decoded.update({name: bool(raw >> bit & 1) for bit, name in _THROTTLE_BITS.items()})
-        return decoded
-    return None
-
-
-def sensors(root: str | os.PathLike = "/") -> dict[str, Any]:
-    """Temperatures (deg C by thermal zone type), current CPU frequencies (kHz by "cpuN") and the
-    Raspberry Pi firmware's throttling flags (None elsewhere). Read fresh at every call."""
-    path = Path(root)
-    temperatures: dict[str, float] = {}
-    thermal = path / "sys/class/thermal"
-    zones = (
-        sorted(thermal.glob("thermal_zone*"), key=lambda p: _int(p.name[12:]) or 0)
-        if thermal.is_dir()
-        else []
-    )
-    for zone in zones:
-        kind = (_read(zone, "type") or zone.name).strip() or zone.name
-        milli = _read_int(zone, "temp")
-        if milli is None:
-            continue
-        name, n = kind, 1
-        while name in temperatures:  # two zones of one type (acpitz) keep both
-            n += 1
-            name = f"{kind}-{n}"
-        temperatures[name] = milli / 1000.0
-    frequencies: dict[str, int] = {}
-    cpu_dir = path / "sys/devices/system/cpu"
-    cpus = (
-        [p for p in cpu_dir.glob("cpu[0-9]*") if p.name[3:].isdigit()] if cpu_dir.is_dir() else []
-    )
-    for cpu in sorted(cpus, key=lambda p: int(p.name[3:])):
-        khz = _read_int(cpu, "cpufreq/scaling_cur_freq")
-        if khz is not None:
-            frequencies[cpu.name] = khz
-    return {
-        "temperature_c": temperatures,
-        "cpufreq_khz": frequencies,
-        "throttled": _throttled(path),
-    }
 
 
 # -- target profile ------------------------------------------------------------------------------

@@ -204,7 +204,28 @@ def read_manifest(root: Path) -> dict[str, Any]:
         tolerance = golden.get("tolerance")
         if tolerance is not None and not _valid_tolerance(tolerance):
             raise ManifestError(f"{where}.golden: tolerance must give cosine_min and rel_l2_max")
+        _check_golden_samples(golden.get("samples"), f"{where}.golden")
     return manifest
+
+
+def _check_golden_samples(samples: Any, where: str) -> None:
+    """golden.samples (issue 10; absent in older manifests, whose file holds one sample under
+    plain keys): a non-empty list of {prefix: str, kind: str, tolerance?: {...}}."""
+    if samples is None:
+        return
+    if not isinstance(samples, list) or not samples:
+        raise ManifestError(f"{where}: samples must be a non-empty list")
+    prefixes = set()
+    for index, sample in enumerate(samples):
+        here = f"{where}.samples[{index}]"
+        if not isinstance(sample, dict) or not isinstance(sample.get("prefix"), str):
+            raise ManifestError(f"{here} must be an object with a string prefix")
+        if sample["prefix"] in prefixes:
+            raise ManifestError(f"{here}: duplicate prefix {sample['prefix']!r}")
+        prefixes.add(sample["prefix"])
+        tolerance = sample.get("tolerance")
+        if tolerance is not None and not _valid_tolerance(tolerance):
+            raise ManifestError(f"{here}: tolerance must give cosine_min and rel_l2_max")
 
 
 def _check_tokenizer(root: Path, spec: Any, where: str) -> None:

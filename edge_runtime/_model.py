@@ -24,7 +24,8 @@ from edge_runtime._errors import (
 from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
 from edge_runtime._text import Encoded, TextEncoder, pool, softmax
 
-__all__ = ["Model", "compare_outputs", "default_cache_dir", "load", "physical_cores"]
+__all__ = ["Model", "compare_outputs", "default_cache_dir", "golden_samples", "load", "open_artifact",
+           "physical_cores"]
 
 log = logging.getLogger("edge_runtime")
 
@@ -277,21 +278,57 @@ class Model:
 
     # -- checks ------------------------------------------------------------------------------
     def self_check(self) -> None:
-        """Run the golden sample recorded at conversion; raise if this device disagrees."""
+        """Run every golden sample recorded at conversion, each alone; raise GoldenMismatchError
+        listing every sample this device computes differently (issue 10: one broken sample is
+        enough to refuse the artifact)."""
         golden = self.artifact["golden"]
         with np.load(resolve(self.root, golden["path"]), allow_pickle=False) as data:
-            inputs = {k[len("input:"):]: data[k] for k in data.files if k.startswith("input:")}
-            want = {k[len("output:"):]: data[k] for k in data.files if k.startswith("output:")}
-        if "tolerance" not in golden:
-            raise ManifestError(f"artifact {self.name!r}: golden has no tolerance to check against")
-        got = self.run(inputs)
-        problems = compare_outputs(got, want, golden["tolerance"])
+            arrays = {k: data[k] for k in data.files}
+        problems = []
+        for label, inputs, want, tolerance in golden_samples(golden, arrays, self.name):
+            got = self.run(inputs)
+            problems += [f"{label}: {p}" for p in compare_outputs(got, want, tolerance)]
         if problems:
             raise GoldenMismatchError(
                 f"artifact {self.name!r} computes wrong numbers on {self.backend}; refusing it. "
-                "Golden sample from conversion:\n  " + "\n  ".join(problems)
+                "Golden samples from conversion:\n  " + "\n  ".join(problems)
                 + "\nTry another artifact (artifact=...) or another backend version."
             )
+
+
+def golden_samples(golden: dict[str, Any], arrays: dict[str, np.ndarray], name: str = "artifact"):
+    """(label, inputs, expected outputs, tolerance) per golden sample of a manifest entry.
+
+    Manifests since issue 10 list `samples` (key prefix, kind, tolerance); older ones hold one
+    sample under the plain `input:` / `output:` keys, checked with `golden.tolerance`."""
+    samples = golden.get("samples") or [{"prefix": "", "kind": "sample"}]
+    for index, sample in enumerate(samples):
+        prefix = sample.get("prefix", "")
+        tolerance = sample.get("tolerance") or golden.get("tolerance")
+        if tolerance is None:
+            raise ManifestError(f"artifact {name!r}: golden sample {index} has no tolerance to check against")
+        inputs = {k[len(prefix) + len("input:"):]: v for k, v in arrays.items() if k.startswith(prefix + "input:")}
+        want = {k[len(prefix) + len("output:"):]: v for k, v in arrays.items() if k.startswith(prefix + "output:")}
+        if not inputs or not want:
+            raise ManifestError(
+                f"artifact {name!r}: golden sample {index} ({prefix or 'no prefix'}) is not in "
+                f"{golden['path']} (it holds {sorted(arrays)[:6]})"
+            )
+        tokens = sample.get("tokens")
+        label = f"sample {index} ({sample.get('kind', 'sample')}" + (f", {tokens} tokens)" if tokens else ")")
+        yield label, inputs, want, tolerance
+
+
+def open_artifact(root: Path, manifest: dict[str, Any], entry: dict[str, Any], threads: int, session=None) -> Model:
+    """The Model `load(root, artifact=entry["name"], threads=threads, verify=False,
+    weight_cache=False, tune=False)` returns, for a manifest still in memory: the converter
+    scores the packaged files this way before it writes manifest.json (converters/pipeline.py).
+    `session`: an open session of the entry's files to use instead (the converter's exact-int32
+    rewrite of them, for targets whose arithmetic this machine lacks); else the backend is opened
+    with the manifest's runtime settings after the same arithmetic check load() makes."""
+    if session is None:
+        return _open(Path(root), manifest, entry, threads, verify=False, cache_dirs={})
+    return Model(Path(root), manifest, entry, session, threads, 0.0)
 
 
 def _candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:

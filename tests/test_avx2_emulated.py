@@ -168,3 +168,64 @@ def test_int32_target_is_scored_alike_on_a_saturating_cpu(tiny_model_factory, tm
     with np.load(tmp_path / "emulated.npz") as emulated:
         for name, value in want.items():
             np.testing.assert_allclose(emulated[name], value, rtol=1e-4, atol=1e-4)
+
+
+_LOAD_CHECKED = r"""
+import json, sys
+import edge_runtime
+result = {}
+for path in sys.argv[1:]:
+    try:  # verify=True (the default): hashes, then every golden sample
+        edge_runtime.load(path, artifact="onnx-int8", threads=1, weight_cache=False)
+        result[path] = "loaded"
+    except edge_runtime.EdgeRuntimeError as exc:
+        result[path] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(result))
+"""
+
+
+def test_golden_check_refuses_the_vnni_artifact_on_the_avx2_kernel(tiny_model_factory, tmp_path):
+    """Issue 10's proof: on an emulated Haswell, the x86-avx512-vnni INT8 artifact (full 8-bit
+    weights whose pair sums overflow int16) is refused by the golden check itself with
+    verification on, while the x86-avx2 artifact (pair-limited weights) loads cleanly.
+
+    The runtime refuses int32-arithmetic artifacts on saturating CPUs before any golden check
+    (edge_runtime/_compat.py: DeviceMismatchError); a second copy of the vnni directory has a
+    manifest that claims the weights are pair-safe (`requires.int8_gemm` lists s16-pairs, as a
+    stale or wrong manifest would; nothing else changed), so only the golden check stands between
+    the device and wrong numbers. Before issue 10 its single sample at cosine 0.99 / relative L2
+    0.15 let it through."""
+    from converters import ConvertConfig, convert
+
+    model = tiny_model_factory("bert", "feature-extraction")
+    vnni, avx2, claimed = tmp_path / "vnni", tmp_path / "avx2", tmp_path / "vnni-claims-pair-safe"
+    convert(ConvertConfig(model=model, target="x86-avx512-vnni", out=vnni, latency_runs=2))
+    convert(ConvertConfig(model=model, target="x86-avx2", out=avx2, latency_runs=2))
+    shutil.copytree(vnni, claimed)
+    manifest = json.loads((claimed / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    assert entry["requires"] == {"int8_gemm": ["int32"]}
+    entry["requires"] = {"int8_gemm": ["int32", "s16-pairs"]}
+    (claimed / "manifest.json").write_text(json.dumps(manifest))
+    # The weights really overflow int16 pair sums (what the AVX2 kernel gets wrong).
+    import onnx
+    from onnx import numpy_helper
+
+    codes = [numpy_helper.to_array(i) for i in onnx.load(str(vnni / "onnx-int8.onnx")).graph.initializer
+             if i.name.endswith("_quantized")]
+    assert max(int(pair_sums(c).max()) for c in codes) > 128
+
+    result = json.loads(_emulated(_LOAD_CHECKED, str(avx2), str(vnni), str(claimed)))
+    assert result[str(avx2)] == "loaded", result[str(avx2)]
+    assert result[str(vnni)].startswith("DeviceMismatchError:"), result[str(vnni)]
+    refused = result[str(claimed)]
+    assert refused.startswith("GoldenMismatchError:"), refused
+    failing = [line for line in refused.splitlines() if line.strip().startswith("sample ")]
+    assert failing and "last_hidden_state: cosine" in failing[0], refused
+    # The old single-sample check (cosine 0.99, relative L2 0.15) would have passed every one of
+    # these samples: what the emulated CPU computed is far from right, but not that far.
+    numbers = [(float(line.split("cosine ")[1].split(" ")[0]), float(line.split("L2 error ")[1].split(" ")[0]))
+               for line in failing]
+    assert all(cos >= 0.99 and rel <= 0.15 for cos, rel in numbers), numbers
+    # Every sample fails, not only the largest one.
+    assert len(failing) == len(entry["golden"]["samples"]), refused

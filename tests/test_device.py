@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import targets
-from edge_runtime import _device
-from edge_runtime._device import Cluster, detect, match_profile, sensors, target_facts
+from edge_runtime import _device, _installed
+from edge_runtime._device import Cluster, detect, match_profile, target_facts
+from edge_runtime._sensors import sensors
 
 DEVICES = Path(__file__).resolve().parent / "data" / "devices"
 
@@ -302,8 +303,8 @@ def test_backend_versions_are_read_from_dist_info_names(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     monkeypatch.setattr(
-        _device,
+        _installed,
         "_BACKEND_MODULES",
         {"fake-rt": "fake_rt_mod", "fake-rt-gpu": "fake_rt_mod", "absent-rt": "absent_rt_mod"},
     )
-    assert _device._installed_backends() == {"fake-rt-gpu": "1.22.0"}
+    assert _installed.installed_backends() == {"fake-rt-gpu": "1.22.0"}

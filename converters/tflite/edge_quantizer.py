@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,28 @@ def calibration_feeds(
     return feeds
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """ai-edge-quantizer 0.10's Quantizer.quantize drops its enable_progress_bar argument on the way
+    to ModelModifier.modify_model (quantizer.py, _get_quantized_model), so any model of 100 tensors
+    or more gets an "Applying Transformations to tensors" tqdm bar on stderr per call. Its
+    ProgressBar is looked up on the module at each use: replaced by a disabled one meanwhile."""
+    from ai_edge_quantizer.utils import progress_utils
+
+    original = progress_utils.ProgressBar
+
+    class _Disabled(original):
+        def __init__(self, total_steps: int, description: str = "", disappear_on_finish: bool = False,
+                     enable: bool | None = None):
+            super().__init__(total_steps, description, disappear_on_finish, enable=False)
+
+    progress_utils.ProgressBar = _Disabled
+    try:
+        yield
+    finally:
+        progress_utils.ProgressBar = original
+
+
 def run_quantizer(in_path: Path, out_path: Path, recipe, calibration=None) -> None:
     """Quantize `in_path` with an ai-edge-quantizer `recipe` (its own, or a list of op_entry)
     into `out_path`; `calibration` is used only when the recipe needs it."""
@@ -86,18 +109,25 @@ def run_quantizer(in_path: Path, out_path: Path, recipe, calibration=None) -> No
     calibrated = None
     if qt.need_calibration:
         calibrated = qt.calibrate(calibration_feeds(in_path, calibration), num_threads=1)
+    printed = io.StringIO()  # its report on stdout: kept for the error message, not shown
     try:
         # All-zero weight blocks (e.g. the padding row of an embedding table) get scale 0 and
         # numpy warns on 0/0; those blocks dequantize to 0 whatever the cast gave.
         with (
-            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stdout(printed),
             np.errstate(invalid="ignore", divide="ignore"),
+            _no_progress_bars(),
         ):
             result = qt.quantize(
                 calibrated, enable_progress_bar=False, enable_progress_report=False
             )
-        result.export_model(str(out_path), overwrite=True)
+        # export_model(overwrite=True) logs "WARNING:root: The model ... already exists" for every
+        # candidate a search rewrites into the same probe file; replacing it is the plan here.
+        Path(out_path).unlink(missing_ok=True)
+        result.export_model(str(out_path))
     except (RuntimeError, ValueError, KeyError) as exc:
+        tail = printed.getvalue().strip().splitlines()[-20:]
         raise ConversionError(
             f"ai-edge-quantizer could not quantize {in_path.name}: {exc}"
+            + ("\nit printed:\n" + "\n".join(tail) if tail else "")
         ) from exc

@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,13 @@ def export_tflite(
 
     started = time.perf_counter()
     converter = litert_torch
-    # litert-torch prints a progress tree on stdout; the pipeline has its own progress lines.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # litert-torch prints a progress tree on stdout; the pipeline has its own progress lines. It is
+    # kept for the error message.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+        # torch.export deprecation warnings raised inside torch's own pytree code (copyreg:
+        # "isinstance(treespec, LeafSpec) is deprecated"), once per signature: not ours to fix.
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
         try:
             for length in buckets:
                 converter = converter.signature(
@@ -199,10 +205,12 @@ def export_tflite(
                 )
             converter.convert().export(str(out_path))
         except Exception as exc:  # litert-torch raises torch.export / MLIR errors of many types
+            tail = printed.getvalue().strip().splitlines()[-20:]
             raise ConversionError(
                 f"litert-torch could not convert {source.name} "
                 f"({source.model_type}, {source.task}) "
                 f"to TFLite: {type(exc).__name__}: {exc}"
+                + ("\nlitert-torch printed:\n" + "\n".join(tail) if tail else "")
             ) from exc
     seconds = time.perf_counter() - started
 

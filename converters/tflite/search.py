@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from converters._console import count
 from converters.tflite.judge import Judge, meets
 from converters.validate import probe_loss
 
@@ -64,9 +65,11 @@ def fit_size_budget(
     base = probe_loss(ranker.metrics(probe, subset))
     progress(f"ranking {len(candidates)} INT4 weights by measured sensitivity")
     gains = {}
-    for buffer in candidates:
+    for index, buffer in enumerate(candidates):
+        progress(count("  INT4 sensitivity", index, len(candidates)))
         size = builder.build(probe, {buffer})
         gains[buffer] = (base - probe_loss(ranker.metrics(probe, subset)), size - base_size)
+    progress(count("  INT4 sensitivity", len(candidates), len(candidates)))
     ranked = sorted(
         (b for b in gains if gains[b][0] > 0),
         key=lambda b: gains[b][0] / max(gains[b][1], 1),
@@ -77,7 +80,8 @@ def fit_size_budget(
     builder.build(probe, chosen)  # the probe holds the last ranking candidate
     metrics = judge.metrics(probe)
     search: list[dict[str, Any]] = [{"int8": [], "bytes": base_size, "metrics": metrics}]
-    for buffer in ranked:
+    for index, buffer in enumerate(ranked):
+        progress(count("  INT8 upgrades tried", index, len(ranked)))
         name = builder.label(buffer)
         step = {"weight": name, "sensitivity": gains[buffer][0], "added_bytes": gains[buffer][1]}
         if size + gains[buffer][1] > budget:  # sizes add up (16-byte padding aside)
@@ -97,6 +101,8 @@ def fit_size_budget(
                 f"  INT8 {len(chosen)}: {name} -> cosine {trial['cosine_mean']:.4f} / "
                 f"{trial['cosine_min']:.4f}, {size / judge.fp32_bytes:.4f}x FP32"
             )
+    if ranked:
+        progress(count("  INT8 upgrades tried", len(ranked), len(ranked)))
     return chosen, search
 
 
@@ -127,9 +133,11 @@ def keep_float_until_floor(
     subset = _ranking_subset(len(ranker.rows), min(len(ranker.rows), ranking_rows))
     base = probe_loss(ranker.metrics(start, subset))
     gains = {}
-    for buffer in candidates:
+    for index, buffer in enumerate(candidates):
+        progress(count("  float sensitivity", index, len(candidates)))
         builder.build(probe, {buffer})
         gains[buffer] = base - probe_loss(ranker.metrics(probe, subset))
+    progress(count("  float sensitivity", len(candidates), len(candidates)))
     metrics = start_metrics
     kept: list[int] = []  # in the order they were added
     search = []

@@ -1,0 +1,229 @@
+"""edge-convert's bad input gets an error that names the file and the fix (issue 10): broken or
+unsupported model directories, missing tokenizers, truncated weights, unusable calibration
+files, and too little disk space (checked before any work starts)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from converters import ConvertConfig, convert, preflight
+from converters._errors import DiskSpaceError, SourceModelError, UnsupportedModelError
+from converters.calibration import load_texts
+from converters.source import load_source
+from targets import load_profile
+
+
+
+@pytest.fixture(scope="module")
+def good_model(tiny_model_factory):
+    return tiny_model_factory("bert", "feature-extraction")
+
+
+def _copy(good_model: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(good_model, tmp_path / "model"))
+
+
+def _truncate_weights(d: Path) -> None:
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+
+def _break_header(d: Path) -> None:
+    w = d / "model.safetensors"
+    raw = w.read_bytes()
+    w.write_bytes(raw[:8] + b"{garbage" + raw[16:])  # same length, the header's JSON broken
+
+
+def _remove_tokenizer(d: Path) -> None:
+    for p in d.iterdir():
+        if p.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            p.unlink()
+
+
+def _write(name: str, data: bytes):
+    return lambda d: (d / name).write_bytes(data)
+
+
+# (id, how to break a copy of the tiny model, preflight's message, handled by load_source today)
+Case = namedtuple("Case", "id, breaks, message, source_handles_it")
+CASES = [
+    Case("no config.json", lambda d: (d / "config.json").unlink(), r"not a Hugging Face model directory: no config\.json", True),
+    Case("malformed config.json", _write("config.json", b"{bad"), r"config\.json is not valid JSON: .* line 1 column 2", True),
+    Case("config.json not UTF-8", _write("config.json", b"\xff\xfe{}"), r"config\.json is not UTF-8 text \(byte 0\)", False),
+    Case("config.json a list", _write("config.json", b"[1, 2]"), r"config\.json must hold a JSON object, not a list", False),
+    Case("weights missing", lambda d: (d / "model.safetensors").unlink(), r"has no weights \(model\.safetensors or pytorch_model\.bin\)", True),
+    Case("weights truncated", _truncate_weights, r"model\.safetensors is not a valid safetensors file \(tensors end at byte \d+, the file has \d+\): truncated", False),
+    Case("weights header broken", _break_header, r"model\.safetensors is not a valid safetensors file \(header is not JSON", False),
+    Case("weights empty", _write("model.safetensors", b""), r"model\.safetensors is not a valid safetensors file \(0 bytes", False),
+    Case("tokenizer missing", _remove_tokenizer, r"has no tokenizer files: expected tokenizer\.json", False),
+    Case("tokenizer.json malformed", _write("tokenizer.json", b"{broken"), r"tokenizer\.json is not valid JSON", False),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_preflight_names_the_broken_file(case, good_model, tmp_path):
+    model = _copy(good_model, tmp_path)
+    case.breaks(model)
+    with pytest.raises(SourceModelError, match=case.message):
+        preflight.check_model_dir(model)
+
+
+@pytest.mark.parametrize(
+    "case", CASES,
+    ids=[c.id for c in CASES],
+)
+def test_load_source_refuses_a_broken_model_directory(case, good_model, tmp_path):
+    model = _copy(good_model, tmp_path)
+    case.breaks(model)
+    # load_source's own wording may differ from preflight's for the cases it handled before
+    # preflight existed; what matters is the error class and the file it names.
+    names = {"weights missing": r"has no weights", "tokenizer missing": r"no tokenizer files",
+             "no config.json": r"no config\.json"}.get(
+        case.id, r"model/(config\.json|model\.safetensors|tokenizer\.json)")
+    with pytest.raises(SourceModelError, match=names):
+        load_source(model)
+
+
+def test_the_intact_model_passes_preflight(good_model):
+    preflight.check_model_dir(good_model)  # no error: the checks do not refuse a good checkpoint
+
+
+def test_a_truncated_pytorch_checkpoint_is_named(tmp_path):
+    import torch
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "vocab.txt").write_text("[PAD]\n")
+    torch.save({"w": torch.zeros(64)}, model / "pytorch_model.bin")
+    preflight.check_model_dir(model)
+    raw = (model / "pytorch_model.bin").read_bytes()
+    (model / "pytorch_model.bin").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(SourceModelError, match=r"pytorch_model\.bin is a truncated or corrupted PyTorch checkpoint"):
+        preflight.check_model_dir(model)
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(SourceModelError, match=r"model directory .*nowhere does not exist"):
+        preflight.check_model_dir(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SourceModelError, match=r"is not a directory"):
+        preflight.check_model_dir(tmp_path / "file")
+
+
+def test_unsupported_architecture_names_the_supported_ones(good_model, tmp_path):
+    model = _copy(good_model, tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'gpt2' is not supported; supported: bert, distilbert, roberta, xlm-roberta"):
+        load_source(model)
+
+
+# --- calibration files ----------------------------------------------------------------------
+
+
+def test_calibration_file_missing(tmp_path):
+    with pytest.raises(SourceModelError, match=r"calibration file .*missing\.txt does not exist"):
+        load_texts(tmp_path / "missing.txt")
+    with pytest.raises(SourceModelError, match=r"validation file .* is a directory, not a file"):
+        load_texts(tmp_path, role="validation")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n# only a comment\n", b'{"text": "one"}\n'],
+                         ids=["empty", "only-comments", "too-few"])
+def test_calibration_file_without_enough_texts(tmp_path, content):
+    path = tmp_path / "cal.txt"
+    path.write_bytes(content)
+    count = len([line for line in content.decode().splitlines() if line.strip() and not line.startswith("#")])
+    with pytest.raises(SourceModelError, match=rf"cal\.txt has {count} texts; at least 8 are needed"):
+        load_texts(path)
+
+
+def test_calibration_file_not_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("un caf\xe9 au lait\n".encode("latin-1") * 10)
+    with pytest.raises(SourceModelError, match=r"latin1\.txt is not UTF-8 text \(byte 6: invalid continuation byte\); save it as UTF-8"):
+        load_texts(path)
+
+
+def test_calibration_jsonl_without_text_field(tmp_path):
+    path = tmp_path / "cal.jsonl"
+    path.write_text('{"text": "fine"}\n{"body": "no text"}\n')
+    with pytest.raises(SourceModelError, match=r"cal\.jsonl:2: expected a JSON object with a 'text' field"):
+        load_texts(path)
+
+
+# --- disk space -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source(good_model):
+    return load_source(good_model)
+
+
+def _usage(free_by_path):
+    Usage = namedtuple("Usage", "total used free")
+
+    def disk_usage(path):
+        free = free_by_path(Path(path))
+        return Usage(10 * free + 1, 9 * free, free)
+
+    return disk_usage
+
+
+def test_estimate_follows_the_planned_artifacts(source):
+    sizes = preflight.estimate(load_profile("x86-avx2"), source)
+    fp32 = 4 * source.num_parameters
+    assert sizes.fp32_bytes >= fp32
+    assert [name for name, _ in sizes.artifacts] == ["onnx-fp32", "onnx-int8", "onnx-int4"]
+    by_name = dict(sizes.artifacts)
+    assert by_name["onnx-fp32"] >= sizes.fp32_bytes
+    assert by_name["onnx-int8"] >= 0.3 * sizes.fp32_bytes and by_name["onnx-int4"] >= 0.2 * sizes.fp32_bytes
+    assert sizes.artifact_bytes > sum(by_name.values())  # plus the tokenizer files
+    assert sizes.work_bytes >= 8 * sizes.fp32_bytes  # 7.9x measured on MiniLM (preflight.WORK_SIZE)
+    # A profile with TFLite artifacts too needs more room.
+    assert preflight.estimate(load_profile("rpi5"), source).artifact_bytes > sizes.artifact_bytes
+
+
+def test_too_little_space_is_refused_before_any_work(source, tmp_path, monkeypatch):
+    sizes = preflight.estimate(load_profile("x86-avx2"), source)
+    needed = sizes.artifact_bytes + sizes.work_bytes  # one filesystem for output and temp dir
+    free = needed - 1
+    monkeypatch.setattr(shutil, "disk_usage", _usage(lambda path: free))
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(DiskSpaceError, match=rf"not enough disk space at {tmp_path} for the artifact directory "
+                       rf"and the work directory: needs about {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB free") as err:
+        preflight.check_disk_space(load_profile("x86-avx2"), source, out, temp_dir=tmp_path)
+    assert (err.value.needed_bytes, err.value.free_bytes) == (needed, free)
+    assert not out.parent.exists(), "nothing may be written before the check"
+    monkeypatch.setattr(shutil, "disk_usage", _usage(lambda path: needed))
+    assert preflight.check_disk_space(load_profile("x86-avx2"), source, out, temp_dir=tmp_path) == sizes
+
+
+def test_output_and_temp_dir_on_different_filesystems(source, tmp_path, monkeypatch):
+    (tmp_path / "outfs").mkdir()
+    (tmp_path / "tmpfs").mkdir()
+    monkeypatch.setattr(preflight, "_filesystem", lambda path: hash(Path(path).name))
+    sizes = preflight.estimate(load_profile("x86-avx2"), source)
+    # Room for the artifacts but not for the work directory: the temp dir is named.
+    monkeypatch.setattr(shutil, "disk_usage", _usage(
+        lambda path: sizes.artifact_bytes if path.name == "outfs" else sizes.work_bytes - 1))
+    with pytest.raises(DiskSpaceError, match=r"at .*tmpfs for the work directory \(temp dir\): needs about"):
+        preflight.check_disk_space(load_profile("x86-avx2"), source, tmp_path / "outfs" / "o", temp_dir=tmp_path / "tmpfs")
+    monkeypatch.setattr(shutil, "disk_usage", _usage(
+        lambda path: sizes.artifact_bytes - 1 if path.name == "outfs" else sizes.work_bytes))
+    with pytest.raises(DiskSpaceError, match=r"at .*outfs for the artifact directory: needs about"):
+        preflight.check_disk_space(load_profile("x86-avx2"), source, tmp_path / "outfs" / "o", temp_dir=tmp_path / "tmpfs")
+
+
+def test_convert_checks_disk_space_before_starting(good_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", _usage(lambda path: 1 << 20))
+    out = tmp_path / "out"
+    with pytest.raises(DiskSpaceError, match=r"not enough disk space at .*: needs about \d+ MB, 1 MB free"):
+        convert(ConvertConfig(model=good_model, target="x86-avx2", out=out, latency_runs=1))
+    assert list(tmp_path.iterdir()) == [], "no staging directory before the check"
