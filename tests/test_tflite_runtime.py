@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import time
 import types
 import venv
 from pathlib import Path
@@ -30,8 +31,9 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_quantizer")
 pytest.importorskip("ai_edge_litert")
 
+import edge_runtime
 from edge_runtime import backends
-from edge_runtime.backends import _tflite_cache, tflite
+from edge_runtime.backends import _cache, _tflite_cache, tflite
 
 # slow tier: exports and quantizes TFLite models
 pytestmark = pytest.mark.slow
@@ -46,8 +48,8 @@ needs_cache_api = pytest.mark.skipif(
 
 
 def _export(source_dir: Path, out: Path) -> dict[str, Path]:
-    from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
     from converters.source import load_source
+    from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
 
     out.mkdir(parents=True, exist_ok=True)
     export_tflite(load_source(source_dir), out / "fp32.tflite", TfliteExportConfig(BUCKETS))
@@ -100,7 +102,8 @@ def test_weight_cache_is_created_then_reused_with_identical_outputs(models, tmp_
     assert built.weight_cache_state == "created"
     assert built.backend_name == "ai-edge-litert" and built.buckets == [16, 32]
     files = sorted(p.name for p in cache_dir.iterdir())
-    assert files == [built.weight_cache.name], "one finished file, no temporary left over"
+    record = built.weight_cache.name + ".verified.json"
+    assert files == [built.weight_cache.name, record], "cache and record, no temporary left"
     assert built.weight_cache.name.startswith(_sha(path)[:32])
     assert built.weight_cache.stat().st_size > 0
     for got, expected in zip(_all_buckets(built), want):
@@ -203,7 +206,8 @@ def test_process_killed_while_publishing_leaves_no_trusted_cache(models, tmp_pat
 
     session = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
     assert session.weight_cache_state == "created"
-    assert [p.name for p in cache_dir.iterdir()] == [session.weight_cache.name]
+    name = session.weight_cache.name
+    assert sorted(p.name for p in cache_dir.iterdir()) == [name, name + ".verified.json"]
 
 
 @needs_cache_api
@@ -228,6 +232,86 @@ def test_discarded_cache_is_rebuilt(models, tmp_path):
     session.run(_feeds())  # still runs from its own mapping
     again = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
     assert again.weight_cache_state == "created"
+
+
+@needs_cache_api
+def test_cache_edited_after_publishing_is_rebuilt_not_used(models, tmp_path, monkeypatch, caplog):
+    """Issue 10: a cache file is checked against the sha256 recorded when it was published. An
+    edit that keeps size and mtime (restored with utime) still changes ctime, so it is hashed,
+    refused and rebuilt; an untouched one is not even read."""
+    path = models[0]["int8"]
+    cache_dir = tmp_path / "cache"
+    want = _all_buckets(backends.open_session("tflite", path, threads=1))
+    built = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    assert built.weight_cache_state == "created"
+    final = built.weight_cache
+    record = json.loads(final.with_name(final.name + ".verified.json").read_text())
+    assert record["sha256"] == _sha(final)
+    del built  # unmaps the file before it is edited below
+
+    hashed: list[str] = []
+    real_sha256 = _cache.file_sha256
+    monkeypatch.setattr(
+        _cache, "file_sha256", lambda p: hashed.append(Path(p).name) or real_sha256(p)
+    )
+    reused = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    assert reused.weight_cache_state == "reused" and hashed == [], "signed after the rename"
+    del reused
+
+    # Kernel timestamps are coarse: let a tick pass so the edit gets a new ctime.
+    time.sleep(0.05)
+    stat = final.stat()
+    with open(final, "r+b") as handle:  # in place: same inode, same size
+        handle.seek(stat.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(stat.st_size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(final, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert final.stat().st_size == stat.st_size and final.stat().st_mtime_ns == stat.st_mtime_ns
+    assert _tflite_cache._looks_finalized(final), "the header alone does not give it away"
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        again = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    assert hashed == [final.name]
+    assert "does not match its recorded sha256" in caplog.text
+    assert again.weight_cache_state == "created" and again.weight_cache == final
+    rebuilt = json.loads(final.with_name(final.name + ".verified.json").read_text())
+    assert rebuilt["sha256"] == _sha(final)
+    for got, expected in zip(_all_buckets(again), want):
+        np.testing.assert_array_equal(got, expected)
+
+
+@needs_cache_api
+def test_cache_without_its_record_is_rebuilt(models, tmp_path, caplog):
+    path = models[0]["int8"]
+    cache_dir = tmp_path / "cache"
+    built = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    record = built.weight_cache.with_name(built.weight_cache.name + ".verified.json")
+    record.unlink()
+    del built
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        again = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    assert again.weight_cache_state == "created" and "no record of its content" in caplog.text
+    assert record.exists()
+    # An unreadable record is no better than none.
+    del again
+    record.write_text("{not json")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        third = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    assert third.weight_cache_state == "created" and "is unreadable" in caplog.text
+    want = backends.open_session("tflite", path, threads=1).run(_feeds())["last_hidden_state"]
+    np.testing.assert_array_equal(third.run(_feeds())["last_hidden_state"], want)
+
+
+@needs_cache_api
+def test_cache_of_another_edge_runtime_version_is_not_used(models, tmp_path, monkeypatch):
+    path = models[0]["int8"]
+    cache_dir = tmp_path / "cache"
+    first = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    monkeypatch.setattr(edge_runtime, "__version__", "9.9.9")
+    second = backends.open_session("tflite", path, threads=1, weight_cache_dir=cache_dir)
+    assert second.weight_cache_state == "created"
+    assert second.weight_cache != first.weight_cache and "-er9.9.9-" in second.weight_cache.name
 
 
 @needs_cache_api
@@ -306,14 +390,20 @@ def test_cache_ignored_without_xnnpack(models, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_cache_file_name_is_keyed_by_model_runtime_and_cpu(tmp_path):
+def test_cache_file_name_is_keyed_by_model_runtime_edge_runtime_and_cpu(tmp_path, monkeypatch):
     a = tflite.weight_cache_file(tmp_path, "ab" * 32, "2.3.0")
     assert a.parent == tmp_path and a.suffix == ".xnnpack"
-    assert a.name.startswith("ab" * 16 + "-litert2.3.0-")
+    assert a.name.startswith("ab" * 16 + "-litert2.3.0-er" + edge_runtime.__version__ + "-")
     assert a != tflite.weight_cache_file(tmp_path, "cd" * 32, "2.3.0")
     assert a != tflite.weight_cache_file(tmp_path, "ab" * 32, "2.4.0")
     assert a == tflite.weight_cache_file(tmp_path, "ab" * 32, "2.3.0")
     assert tflite.weight_cache_file(tmp_path, "ab" * 32, "2.3.0/../x").parent == tmp_path
+    monkeypatch.setattr(_tflite_cache, "_cpu_tag", lambda: "00000000")
+    assert a != tflite.weight_cache_file(tmp_path, "ab" * 32, "2.3.0")
+    monkeypatch.undo()
+    monkeypatch.setattr(edge_runtime, "__version__", "9.9.9/../x")
+    other = tflite.weight_cache_file(tmp_path, "ab" * 32, "2.3.0")
+    assert other != a and other.parent == tmp_path and "-er9.9.9_.._x-" in other.name
 
 
 def _litert_version() -> str:

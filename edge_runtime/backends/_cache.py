@@ -1,17 +1,27 @@
-"""What the backends' device caches share: naming by CPU.
+"""What the backends' device caches share: naming by CPU, and checking a file against its hash.
 
 Caches hold device-specific forms of an artifact (XNNPACK's packed weights for TFLite,
 onnxruntime's optimized graph for ONNX). They are named after the artifact's content, the
-runtime version and the CPU, so a cache directory that outlives its machine or runtime is never
-trusted by another one.
+runtime version, edge_runtime's version and the CPU, so a cache directory that outlives its
+machine or runtime is never trusted by another one. Their files' sha256 are recorded when they
+are published and checked before they are used (check_sha256), so a corrupted cache is rebuilt,
+never used (issue 10).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
 import platform
+import uuid
+from pathlib import Path
+from typing import Any
 
-__all__ = ["cpu_tag"]
+from edge_runtime._manifest import file_sha256
+
+__all__ = ["check_sha256", "cpu_tag", "signature", "write_json"]
 
 
 def cpu_tag() -> str:
@@ -32,3 +42,52 @@ def cpu_tag() -> str:
     except OSError:
         parts.add(platform.processor())
     return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:8]
+
+
+def signature(path: Path) -> list[int]:
+    """What changes when a file's content changes through the file system (check_sha256):
+    size, mtime, ctime, inode and device. A list, so it compares equal to itself read back
+    from JSON."""
+    stat = Path(path).stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+
+def check_sha256(path: Path, sha256: str, known: Any) -> tuple[bool, list[int] | None]:
+    """Whether the file at `path` has content `sha256`, and the signature to record for it.
+
+    `known` is the signature recorded when the file was last hashed (anything else, such as
+    None or a hand-edited record, counts as none). When it equals the file's signature now, the
+    file is not read: (True, None). Otherwise the file is hashed: (True, signature) when it
+    matches (the caller records that signature with `sha256`), (False, None) when it does not.
+    The signature is taken before the hash, so a write while hashing leaves a signature that no
+    longer matches and the next check hashes again. OSError (a missing file) propagates.
+
+    Safe for caches whose files are written once, in a private temporary place, and signed after
+    their writer closed them (both caches here). Any later write through the file system changes
+    size or mtime *and* ctime (ctime cannot be set by a process: utime() sets it to now), and a
+    replacement file (copy, rename, restore from backup) has another inode or ctime, so a
+    matching signature means no write since the hash was taken. Not seen: corruption below the
+    file system (bit rot on the medium); the golden sample every verified load runs catches the
+    wrong numbers that would come from it, and the cache is then rebuilt. Hashing every load
+    instead cost more than the rest of an ONNX load (tools/bench_cold_start.py, 'entry check')."""
+    current = signature(path)
+    if known == current:
+        return True, None
+    if file_sha256(path) != sha256:
+        return False, None
+    return True, current
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Replace `path` with `data` as JSON atomically (readers see the old or the new record,
+    never a partial one). The temporary file is `.<name>.<pid>.<random>.tmp` next to it, removed
+    on failure; OSError propagates."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise

@@ -10,9 +10,16 @@ is missing (tflite-runtime, older ai-edge-litert) the Interpreter runs the model
 
 XNNPACK does not check that a cache file belongs to the model: it looks packed weights up by
 (tensor id, packing parameters), so a cache built for another model with the same structure is
-used silently and gives wrong numbers (measured: NaN). Cache files are therefore named after
-the model's sha256, the runtime version and the CPU's feature flags, built under a temporary
-name and renamed into place only once XNNPACK has finished writing them.
+used silently and gives wrong numbers (measured: NaN). Nor does it check the file's content
+beyond its header. Cache files are therefore named after the model's sha256, the runtime version,
+edge_runtime's version and the CPU's feature flags, built under a temporary name and renamed into
+place only once XNNPACK has finished writing them. Before the rename, the file's sha256 and stat
+signature are recorded in a sidecar next to it (`<cache file>.verified.json`); before a cache
+file is used it is checked against that record (backends/_cache.py, check_sha256: re-hashed only
+when its stat signature changed, the new signature then recorded; a read-only cache directory
+is hashed at every load). A cache file without a readable record, or whose content does not
+match it, is deleted and rebuilt, never mapped (issue 10). Two processes publishing the same
+cache at once can leave one's file with the other's record; the next load then rebuilds it.
 
 Crash isolation (issue 8): every LiteRT Environment -- ours and the ones CompiledModel creates
 internally, whatever `runtime_path` says -- dlopens libLiteRtWebGpuAccelerator.so, which
@@ -31,7 +38,8 @@ The Interpreter path never loads the GPU accelerators and runs on ARMv8.0.
 
 The session (edge_runtime.backends.tflite) calls open_with_cache and runs whatever engine it
 returns, or the Interpreter when it returns none; this module owns the files (naming,
-finalization check, publishing, orphan sweep) and the child process (_build_cache_main).
+finalization and hash checks, publishing, orphan sweep) and the child process
+(_build_cache_main).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 from edge_runtime._manifest import file_sha256 as _sha256
+from edge_runtime.backends._cache import check_sha256, signature, write_json
 from edge_runtime.backends._cache import cpu_tag as _cpu_tag
 from edge_runtime.backends._tflite_engines import _compiled_model_api, _CompiledEngine
 from edge_runtime.backends._tflite_log import _forward_native, native_log
@@ -62,6 +71,7 @@ log = logging.getLogger("edge_runtime")
 
 _CACHE_SUFFIX = ".xnnpack"
 _CRASH_SUFFIX = ".crashed"
+_RECORD_SUFFIX = ".verified.json"  # {"sha256", "stat"}: the cache file's content when published
 
 
 @dataclass
@@ -112,12 +122,12 @@ def open_with_cache(
         return result
     final = weight_cache_file(cache_dir, sha256, ai_edge_litert.__version__)
     _remove_orphans(final)
-    if _looks_finalized(final):
+    if _looks_finalized(final) and _is_intact(final):
         try:
             engine = _CompiledEngine(api, model_path, threads, final)
         except (RuntimeError, ValueError) as exc:
             # Whether the cache or the model is at fault, a fresh cache costs one rebuild.
-            final.unlink(missing_ok=True)
+            _discard(final)
             result.weight_cache_state = "failed"
             log.warning("could not load %s with its weight cache (%s)", model_path.name, exc)
             return result
@@ -183,7 +193,7 @@ def open_with_cache(
     try:
         engine = _CompiledEngine(api, model_path, threads, final)
     except (RuntimeError, ValueError) as exc:
-        final.unlink(missing_ok=True)
+        _discard(final)
         result.weight_cache_state = "failed"
         log.warning(
             "could not load %s with the weight cache it just built (%s); loading without it",
@@ -300,9 +310,18 @@ def _can_isolate() -> bool:
 
 
 def weight_cache_file(cache_dir: Path, model_sha256: str, runtime_version: str) -> Path:
-    """The cache file for a model (by content) on this runtime and CPU, inside cache_dir."""
-    safe_version = "".join(c if c.isalnum() or c in ".-" else "_" for c in runtime_version)
-    name = f"{model_sha256[:32]}-litert{safe_version}-{_cpu_tag()}{_CACHE_SUFFIX}"
+    """The cache file for a model (by content) on this runtime, this edge_runtime and this CPU,
+    inside cache_dir. edge_runtime's version is in the name because how a cache is built,
+    checked and published can change with it."""
+    from edge_runtime import __version__ as edge_version  # at call time: the package is initialized
+
+    def safe(text: str) -> str:
+        return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+
+    name = (
+        f"{model_sha256[:32]}-litert{safe(runtime_version)}-er{safe(edge_version)}"
+        f"-{_cpu_tag()}{_CACHE_SUFFIX}"
+    )
     return Path(cache_dir) / name
 
 
@@ -319,36 +338,101 @@ def _looks_finalized(path: Path) -> bool:
 
 
 def _remove_orphans(final: Path) -> None:
-    """Delete temporary builds of `final` left by processes that no longer exist."""
-    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
-        try:
-            pid = int(tmp.name[len(final.name) + 2 :].split(".")[0])
-            os.kill(pid, 0)  # raises ProcessLookupError when no such process exists
-        except ProcessLookupError:
+    """Delete temporary builds of `final`, and of its record, left by processes that no longer
+    exist."""
+    for stem in (final.name, _record(final).name):
+        # The record's temporaries match the first pattern too; their "pid" is not a number
+        # there (ValueError), and the second pattern parses them.
+        for tmp in final.parent.glob(f".{stem}.*.tmp"):
             try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass  # read-only or raced with another sweep: it is never trusted anyway
-        except (ValueError, OSError):
-            continue  # not ours to judge: a foreign name, or another user's live process
+                pid = int(tmp.name[len(stem) + 2 :].split(".")[0])
+                os.kill(pid, 0)  # raises ProcessLookupError when no such process exists
+            except ProcessLookupError:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass  # read-only or raced with another sweep: it is never trusted anyway
+            except (ValueError, OSError):
+                continue  # not ours to judge: a foreign name, or another user's live process
+
+
+def _record(final: Path) -> Path:
+    """The sidecar holding the sha256 and stat signature of the cache file `final`."""
+    return final.with_name(final.name + _RECORD_SUFFIX)
+
+
+def _is_intact(final: Path) -> bool:
+    """Whether the finished cache file `final` has the content recorded when it was published.
+    When not (no record, an unreadable one, another hash), it is deleted with its record and
+    this load rebuilds it. A re-hash that matched records the file's new signature (best effort:
+    in a read-only directory the file is hashed at every load)."""
+    record = _record(final)
+    new_signature = None
+    try:
+        recorded = json.loads(record.read_text())
+        digest = recorded["sha256"]
+        if not isinstance(digest, str):
+            raise TypeError(f"sha256 is {digest!r}")
+        matches, new_signature = check_sha256(final, digest, recorded.get("stat"))
+        problem = None if matches else "its content does not match its recorded sha256"
+    except FileNotFoundError as exc:
+        problem = f"no record of its content ({exc.filename} is missing)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        problem = f"its record {record.name} is unreadable ({type(exc).__name__}: {exc})"
+    if problem is None:
+        if new_signature is not None:
+            try:
+                write_json(record, {"sha256": digest, "stat": new_signature})
+            except OSError as exc:
+                log.debug("could not record the signature of %s: %s", final, exc)
+        return True
+    log.warning("XNNPACK weight cache %s not used: %s; rebuilding it", final, problem)
+    _discard(final)
+    return False
+
+
+def _discard(final: Path) -> None:
+    """Delete a cache file and its record."""
+    for path in (final, _record(final)):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # read-only: the file stays, but it is checked (and refused) at every load
 
 
 def _publish(tmp: Path, final: Path) -> None:
     """Make a finished cache visible under its final name, durably (fsync before and after the
-    rename: on an SD card a crash could otherwise leave the new name with unwritten data)."""
+    rename: on an SD card a crash could otherwise leave the new name with unwritten data), with
+    its record written first, so no other load sees the file without one. OSError: not
+    published (a cache file that cannot be recorded would only be rebuilt by the next load)."""
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
+    # Signature first, hash second (check_sha256); the file is private until the rename.
+    before = signature(tmp)
+    digest = _sha256(tmp)
+    record = _record(final)
+    write_json(record, {"sha256": digest, "stat": before})
     os.replace(tmp, final)
     try:
         fd = os.open(final.parent, os.O_RDONLY)
     except OSError:
-        return
+        fd = None
+    if fd is not None:
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # some filesystems refuse fsync on directories; the rename itself is atomic
+        finally:
+            os.close(fd)
+    # The rename sets the file's ctime (ext4, tmpfs); when nothing else about it moved, record
+    # the signature it has now, so the first load does not hash it again. Otherwise the old
+    # signature stays and the next load hashes the file.
     try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename itself is atomic
-    finally:
-        os.close(fd)
+        after = signature(final)
+        if after[:2] + after[3:] == before[:2] + before[3:] and after != before:
+            write_json(record, {"sha256": digest, "stat": after})
+    except OSError as exc:
+        log.debug("could not record the signature of %s: %s", final, exc)
 
 
 def _record_crash(marker: Path, model_name: str, detail: str) -> None:

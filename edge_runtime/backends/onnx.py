@@ -47,7 +47,7 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 from edge_runtime._manifest import file_sha256
-from edge_runtime.backends._cache import cpu_tag
+from edge_runtime.backends._cache import check_sha256, cpu_tag, signature, write_json
 
 log = logging.getLogger("edge_runtime")
 
@@ -254,25 +254,14 @@ def _entry_dir(
     )
 
 
-def _signature(path: Path) -> list[int]:
-    """What changes when a file's content changes through the file system (_entry_is_valid)."""
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
-
-
 def _entry_is_valid(entry: Path) -> bool:
     """True when every file complete.json lists has the recorded sha256.
 
-    A file is re-hashed only when its stat signature (size, mtime, ctime, inode, device) differs
-    from the one recorded when it was last hashed, and the new signature is then recorded. Safe
-    for this cache: its files are written once, by onnxruntime, in a private temporary directory,
-    and are signed after onnxruntime closed them. Any later write through the file system changes
-    size or mtime *and* ctime (ctime cannot be set by a process: utime() sets it to now), and a
-    replacement file (copy, rename, restore from backup) has another inode or ctime, so a matching
-    signature means no write since the hash was taken. Not seen: corruption below the file system
-    (bit rot on the medium); the golden sample every verified load runs catches the wrong numbers
-    that would come from it, and the entry is then rebuilt. Hashing every load instead cost more
-    than the rest of the load (tools/bench_cold_start.py, 'entry check')."""
+    A file is re-hashed only when its stat signature differs from the one recorded in
+    verified.json when it was last hashed, and the new signature is then recorded
+    (backends/_cache.py, check_sha256, says why that is safe). This cache fits its condition:
+    its files are written once, by onnxruntime, in a private temporary directory, and are signed
+    after onnxruntime closed them."""
     try:
         recorded = json.loads((entry / _COMPLETE).read_text())
         if not isinstance(recorded, dict) or _MODEL not in recorded:
@@ -291,18 +280,18 @@ def _entry_is_valid(entry: Path) -> bool:
         for name, digest in recorded.items():
             if Path(name).name != name:  # a hand-edited record naming files outside the entry
                 return False
-            path = entry / name
-            signature = _signature(path)
             known = signed.get(name)
-            if (
-                isinstance(known, dict)
-                and known.get("sha256") == digest
-                and known.get("stat") == signature
-            ):
-                continue
-            if file_sha256(path) != digest:
+            # A record vouches only for the hash complete.json has now.
+            known_stat = (
+                known.get("stat")
+                if isinstance(known, dict) and known.get("sha256") == digest
+                else None
+            )
+            matches, new_signature = check_sha256(entry / name, digest, known_stat)
+            if not matches:
                 return False
-            signed[name], changed = {"sha256": digest, "stat": signature}, True
+            if new_signature is not None:
+                signed[name], changed = {"sha256": digest, "stat": new_signature}, True
         if changed:
             _write_signatures(entry, {name: signed[name] for name in recorded})
         return True
@@ -313,13 +302,10 @@ def _entry_is_valid(entry: Path) -> bool:
 def _write_signatures(entry: Path, signed: dict[str, Any]) -> None:
     """Replace the entry's signature record atomically; best effort (a read-only cache just
     hashes its files at every load)."""
-    tmp = entry / f".{_SIGNATURES}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(json.dumps(signed))
-        os.replace(tmp, entry / _SIGNATURES)
+        write_json(entry / _SIGNATURES, signed)
     except OSError as exc:
         log.debug("could not record the file signatures of %s: %s", entry, exc)
-        tmp.unlink(missing_ok=True)
 
 
 def _start_entry(entry: Path, options: Any) -> Path | None:
@@ -385,7 +371,7 @@ def _finish_entry(tmp: Path, entry: Path) -> str:
             raise OSError("onnxruntime saved no optimized model")
         # Signature first, hash second: a write between the two leaves a signature that no
         # longer matches, so the next load hashes the file again.
-        signatures = {p.name: _signature(p) for p in files}
+        signatures = {p.name: signature(p) for p in files}
         digests = {p.name: file_sha256(p) for p in files}
         (tmp / _SIGNATURES).write_text(
             json.dumps(

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError, InputError
+from edge_runtime.backends import _tflite_cache
 from edge_runtime.backends._tflite_cache import crash_marker, open_with_cache, weight_cache_file
 from edge_runtime.backends._tflite_engines import (
     _compiled_model_api,
@@ -184,7 +185,7 @@ class TfliteSession:
         """Delete this session's cache file (e.g. after it failed the golden check), so the next
         load builds a fresh one. This session keeps working from its mapping."""
         if self.weight_cache is not None:
-            self.weight_cache.unlink(missing_ok=True)
+            _tflite_cache._discard(self.weight_cache)  # the file and its sha256 record
 
     @property
     def buckets(self) -> list[int]:
