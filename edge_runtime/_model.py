@@ -359,8 +359,17 @@ def _backend_options(manifest: dict[str, Any], fmt: str) -> dict[str, Any]:
                 options["execution_providers"] = tuple(spec.get("execution_providers", ()))
                 options["provider_options"] = spec.get("provider_options", {})
                 options["graph_optimization_level"] = runtime.get("graph_optimization_level", "all")
+                options["inter_op_threads"] = _inter_op(runtime)
             return options
     return {}
+
+
+def _inter_op(runtime: dict[str, Any]) -> int:
+    """The profile's threads.inter_op (recorded in the manifest): threads that run independent
+    graph branches in parallel. 1 (every profile today) runs the graph sequentially."""
+    threads = runtime.get("threads")
+    value = threads.get("inter_op", 1) if isinstance(threads, dict) else 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
 def _open(

@@ -88,12 +88,14 @@ class OnnxSession:
         optimized_cache_dir: Path | None = None,
         model_sha256: str | None = None,
         allow_spinning: bool | None = None,
+        inter_op_threads: int = 1,
     ):
         """optimized_cache_dir: keep the device form of the model there (see the module
         docstring); model_sha256 names the entry (the manifest's hash, checked by the caller).
         allow_spinning: whether idle intra-op threads spin (onnxruntime's
         session.intra_op.allow_spinning); None keeps onnxruntime's default (spin). Set from the
-        device's tuning result (edge_runtime/_tune.py)."""
+        device's tuning result (edge_runtime/_tune.py). inter_op_threads: the profile's
+        threads.inter_op (from the manifest's runtime settings)."""
         import onnxruntime as ort
 
         self.backend_version = ort.__version__
@@ -101,7 +103,11 @@ class OnnxSession:
         def make_options(level: str = graph_optimization_level) -> Any:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+            # inter_op > 1 (the profile's threads.inter_op) runs independent branches of the
+            # graph in parallel, which onnxruntime only does in its parallel execution mode.
+            options.inter_op_num_threads = inter_op_threads
+            if inter_op_threads > 1:
+                options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
             if allow_spinning is not None:
                 spin = "1" if allow_spinning else "0"

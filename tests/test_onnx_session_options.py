@@ -1,0 +1,45 @@
+"""The manifest's runtime settings reach onnxruntime's session options (issue 9: `threads.inter_op`
+was recorded in every manifest and never read)."""
+
+from __future__ import annotations
+
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from edge_runtime._model import _backend_options
+from edge_runtime.backends.onnx import OnnxSession
+
+
+def _runtime(threads) -> dict:
+    return {
+        "backends": [{"name": "onnxruntime", "execution_providers": ["CPUExecutionProvider"]}],
+        "graph_optimization_level": "all",
+        **({} if threads is None else {"threads": threads}),
+    }
+
+
+@pytest.mark.parametrize(
+    "threads, want",
+    [({"intra_op": 2, "inter_op": 1}, 1), ({"intra_op": 2, "inter_op": 3}, 3), (None, 1),
+     ({"inter_op": 0}, 1), ({"inter_op": "2"}, 1), ({"inter_op": True}, 1)],
+)
+def test_inter_op_comes_from_the_manifest(threads, want):
+    assert _backend_options({"runtime": _runtime(threads)}, "onnx")["inter_op_threads"] == want
+
+
+@pytest.mark.parametrize("inter_op, mode", [(1, ort.ExecutionMode.ORT_SEQUENTIAL), (2, ort.ExecutionMode.ORT_PARALLEL)])
+def test_inter_op_sets_the_session(tmp_path, inter_op, mode):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    session = OnnxSession(path, threads=1, inter_op_threads=inter_op)
+    options = session._session.get_session_options()
+    assert options.inter_op_num_threads == inter_op
+    assert options.execution_mode == mode
