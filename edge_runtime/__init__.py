@@ -13,6 +13,7 @@ never torch, transformers or onnx.
 from edge_runtime._errors import (
     ArtifactError,
     BackendUnavailableError,
+    ModelLoadError,
     DeviceMismatchError,
     EdgeRuntimeError,
     GoldenMismatchError,
@@ -30,6 +31,7 @@ __all__ = [
     "SUPPORTED_SCHEMA_VERSIONS",
     "ArtifactError",
     "BackendUnavailableError",
+    "ModelLoadError",
     "DeviceMismatchError",
     "EdgeRuntimeError",
     "GoldenMismatchError",

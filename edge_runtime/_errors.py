@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "BackendUnavailableError",
+    "ModelLoadError",
     "DeviceMismatchError",
     "EdgeRuntimeError",
     "GoldenMismatchError",
@@ -28,6 +29,12 @@ class ArtifactError(EdgeRuntimeError):
 
 class BackendUnavailableError(EdgeRuntimeError):
     """No installed backend can run the requested artifact."""
+
+
+class ModelLoadError(BackendUnavailableError):
+    """The backend is installed but could not load this artifact's file (an operator it lacks,
+    a file it cannot parse). A BackendUnavailableError too: load() then tries the next artifact
+    the same way it does when the backend is missing."""
 
 
 class DeviceMismatchError(EdgeRuntimeError):

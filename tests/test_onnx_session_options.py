@@ -43,3 +43,15 @@ def test_inter_op_sets_the_session(tmp_path, inter_op, mode):
     options = session._session.get_session_options()
     assert options.inter_op_num_threads == inter_op
     assert options.execution_mode == mode
+
+
+def test_a_file_onnxruntime_cannot_load_is_a_model_load_error(tmp_path):
+    """Installed backend, unloadable file: ModelLoadError (still a BackendUnavailableError, so
+    load() falls back to the next artifact as before), naming the file."""
+    from edge_runtime import BackendUnavailableError, ModelLoadError
+
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not an onnx model")
+    with pytest.raises(ModelLoadError, match=r"could not load broken\.onnx") as caught:
+        OnnxSession(path, threads=1)
+    assert isinstance(caught.value, BackendUnavailableError)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._errors import BackendUnavailableError
+from edge_runtime._errors import BackendUnavailableError, ModelLoadError
 
 __all__: list[str] = []
 
@@ -96,7 +96,7 @@ class _InterpreterEngine:
             # ai-edge-litert applies it at the first run otherwise; this moves that to load.
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise BackendUnavailableError(
+            raise ModelLoadError(
                 f"{self.package} {self.version} could not load {model_path.name}: {exc}"
             ) from exc
 

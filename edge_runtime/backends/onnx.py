@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._errors import BackendUnavailableError
+from edge_runtime._errors import BackendUnavailableError, ModelLoadError
 from edge_runtime._manifest import file_sha256
 from edge_runtime.backends._cache import check_sha256, cpu_tag, signature, write_json
 
@@ -236,7 +236,7 @@ def _create(ort: Any, path: Path, options: Any, providers: list) -> Any:
         # (not bytes) so it can find the data file next to the graph.
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise BackendUnavailableError(
+        raise ModelLoadError(
             f"onnxruntime {ort.__version__} could not load {path.name}: {exc}"
         ) from exc
 
