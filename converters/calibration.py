@@ -63,7 +63,7 @@ class TextSplit:
             how = (f"calibration texts split by sha256(text): first 32 bits / 2^32 < {VALIDATION_SHARE} "
                    "-> validation, else fit (converters/calibration.py)")
         else:
-            how = "fit: the calibration texts; validation: a separate file (edge-convert --validation-texts)"
+            how = "fit: the calibration texts; validation: a separate file (validation_texts)"
         return {
             **self.calibration.describe(),
             "split": {"method": self.method, "rule": how},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -79,6 +80,23 @@ def _list_targets() -> None:
     print("\n* = detected for this machine (--target auto)")
 
 
+# The library names its parameters (ConvertConfig's fields) in its errors; the CLI speaks flags.
+_FLAGS = {
+    "force=True": "--force",
+    "accuracy_floor": "--accuracy-floor",
+    "calibration_method": "--calibration-method",
+    "validation_texts": "--validation-texts",
+    "sign_key": "--sign-key",
+}
+_PARAMETER = re.compile(r"\b(" + "|".join(re.escape(name) for name in _FLAGS) + r")(?![\w=])")
+
+
+def as_flags(message: str) -> str:
+    """A library error message with ConvertConfig's parameter names replaced by the flags that
+    set them ("pass force=True" -> "pass --force")."""
+    return _PARAMETER.sub(lambda match: _FLAGS[match.group(1)], message)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--target", "-t", default="auto", show_default=True, help="target profile id, or 'auto' for this machine")
@@ -143,7 +161,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     except SigningKeyError as exc:
         raise click.BadParameter(exc.detail, param_hint="--sign-key") from None
     except ConversionError as exc:
-        raise click.ClickException(str(exc) + _log_note(capture, verbose)) from None
+        raise click.ClickException(as_flags(str(exc)) + _log_note(capture, verbose)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was written to " + str(out) + _log_note(capture, verbose), err=True)
         sys.exit(130)

@@ -111,5 +111,5 @@ def quantize_with_floor(
     raise AccuracyError(
         f"INT8 stays below the accuracy floor even with the {len(kept)} most sensitive of "
         f"{len(nodes)} quantizable nodes kept in FP32: {'; '.join(floor_failures(metrics, floor))}. "
-        "Lower the floor with --accuracy-floor, or ship FP32 only for this model."
+        "Lower the floor (accuracy_floor), or ship FP32 only for this model."
     )

@@ -126,7 +126,7 @@ def staging_dir(out: Path, force: bool) -> Iterator[Path]:
     """Yield an empty hidden directory next to `out`; on success it replaces `out` atomically."""
     out = Path(out).resolve()
     if out.exists() and not force:
-        raise ConversionError(f"{out} already exists; pass --force to replace it")
+        raise ConversionError(f"{out} already exists; pass force=True to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = staging_prefix(out)
     remove_leftovers(out.parent, prefix)
@@ -140,7 +140,7 @@ def staging_dir(out: Path, force: bool) -> Iterator[Path]:
             if not force:
                 raise ConversionError(
                     f"{out} appeared while this conversion ran (another conversion?); it was left "
-                    "as it is and this result discarded; pass --force to replace it"
+                    "as it is and this result discarded; pass force=True to replace it"
                 )
             # Killed between these two renames, `out` is absent and both directories carry the
             # staging prefix, so the next run removes them.

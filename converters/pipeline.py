@@ -107,7 +107,7 @@ def _floor(profile: TargetProfile, override: float | None) -> AccuracyFloor:
     if override is None:
         return profile.accuracy
     if not 0.0 < override <= 1.0:
-        raise ConversionError(f"--accuracy-floor must be in (0, 1], got {override}")
+        raise ConversionError(f"accuracy_floor must be in (0, 1], got {override}")
     # The override sets the mean-cosine / top-1 floor; the per-sample minimum keeps the
     # profile's gap below it.
     gap = profile.accuracy.cosine_mean - profile.accuracy.cosine_min
@@ -231,7 +231,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
     if config.calibration_method is not None:
         if profile.int8.mode != "static":
             raise ConversionError(
-                f"--calibration-method applies to static INT8; profile {profile.id} quantizes "
+                f"calibration_method applies to static INT8; profile {profile.id} quantizes "
                 f"activations dynamically (int8.mode = {profile.int8.mode!r})"
             )
         profile = dataclasses.replace(

@@ -62,3 +62,16 @@ def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys):
     assert "onnx-int8" in capsys.readouterr().out
     assert edge_run([str(tmp_path / "missing"), "text"]) == 1
     assert edge_run([str(out)]) == 2  # nothing to do: usage error
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
+    """convert() speaks Python (force=True), edge-convert speaks flags (--force)."""
+    from converters import ConversionError, ConvertConfig, convert
+    from converters.cli import as_flags
+
+    with pytest.raises(ConversionError, match=r"accuracy_floor must be in \(0, 1\], got 2"):
+        convert(ConvertConfig(model=None, target="x86-avx2", out=tmp_path / "o", accuracy_floor=2.0))
+    assert as_flags("o already exists; pass force=True to replace it") == "o already exists; pass --force to replace it"
+    assert as_flags("calibration texts (validation_texts)") == "calibration texts (--validation-texts)"
+    result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--accuracy-floor", "2", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--accuracy-floor must be in (0, 1], got 2" in result.output

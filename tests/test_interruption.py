@@ -86,7 +86,7 @@ def test_a_killed_runs_work_dir_is_removed(tmp_path, monkeypatch):
 
 def test_an_output_that_appears_meanwhile_is_not_replaced(tmp_path):
     out = tmp_path / "result"
-    appeared = r"result appeared while this conversion ran .*pass --force"
+    appeared = r"result appeared while this conversion ran .*pass force=True"
     with pytest.raises(ConversionError, match=appeared), package.staging_dir(out, force=False) as stage:
         package.write_manifest(stage, {"run": "mine"})
         out.mkdir()

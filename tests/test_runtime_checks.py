@@ -103,7 +103,7 @@ def test_import_and_use_stay_lean(converted):
 
 
 def test_existing_output_needs_force(converted, tiny_model_factory):
-    with pytest.raises(ConversionError, match="--force"):
+    with pytest.raises(ConversionError, match="force=True"):
         convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
                               out=converted))
 
