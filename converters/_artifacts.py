@@ -43,6 +43,7 @@ from converters.tflite import (
 )
 from converters.validate import Reference, compute_metrics, floor_failures, probe_loss
 from edge_runtime import backends
+from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
 from targets import AccuracyFloor, TargetProfile
 
@@ -52,11 +53,11 @@ __all__ = ["BUILDERS", "MIN_RUNTIME", "Built", "Planned", "Step", "latency_ms", 
 Progress = Callable[[str], None]
 
 
-def onnx_session(path: Path, threads: int = 2) -> OnnxSession:
+def onnx_session(path: Path, threads: int = DEFAULT_SHAPE.threads) -> OnnxSession:
     return OnnxSession(path, threads=threads, graph_optimization_level="all")
 
 
-def open_session(fmt: str, path: Path, threads: int = 2):
+def open_session(fmt: str, path: Path, threads: int = DEFAULT_SHAPE.threads):
     """A session of the device backend for `fmt`, as edge_runtime opens it."""
     return backends.open_session(fmt, path, threads=threads)
 
@@ -212,7 +213,7 @@ def _fallback_cost(step: Step, name: str, split: Path, int8: Int8Config, outcome
     this machine, and the metrics it bought. Printed, and recorded in the manifest."""
     probe = step.work / f"{name}-all-int8.onnx"
     quantize_int8(split, probe, int8)  # the rounding's codes are cached: this is quick
-    seq = 128
+    seq = DEFAULT_SHAPE.seq
     sides = {}
     for label, path, metrics in (("all_int8", probe, outcome.search[0]["metrics"]),
                                  ("chosen", outcome.path, outcome.metrics)):

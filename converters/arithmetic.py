@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.exact_integer_ops import exact_integer_ops
+from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
 from targets import TargetProfile
 
@@ -82,7 +83,7 @@ def choose_validation(profile: TargetProfile, mode: str = "auto", host: str | No
 class ValidationSessions:
     """Opens the session a candidate ONNX graph is scored with, per `validation`."""
 
-    def __init__(self, validation: Validation, work: Path, threads: int = 2):
+    def __init__(self, validation: Validation, work: Path, threads: int = DEFAULT_SHAPE.threads):
         self.validation = validation
         self.work = work
         self.threads = threads

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._device import detect, target_facts
 from targets import ProfileError, UnknownTargetError, detect_target, list_profiles, load_profile
 
@@ -182,7 +183,9 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     click.echo(_table(result))
     for refused in result.refused:
         click.echo(f"\nREFUSED {refused['name']}: {refused['reason']}", err=True)
-    click.echo("\nlatency: batch 1, 128 tokens, 2 threads, on this machine; run the artifacts with "
+    shape = DEFAULT_SHAPE
+    click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine; "
+               "run the artifacts with "
                f"`edge-run {result.out} \"some text\"`")
     if log_path.exists():
         click.echo(f"library output (warnings, native log lines): {log_path}", err=True)

@@ -28,6 +28,7 @@ from converters.export_onnx import ExportConfig, export_onnx
 from converters.fuse_onnx import fuse_onnx, fusion_config
 from converters.source import SourceModel, load_source
 from converters.validate import Reference, compute_metrics, reference_outputs
+from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
 from edge_runtime._device import detect
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, verify_files
@@ -60,7 +61,7 @@ class ConvertConfig:
     calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
     force: bool = False
     latency_runs: int = 20
-    latency_seq: int = 128
+    latency_seq: int = DEFAULT_SHAPE.seq
     # Whose INT8 arithmetic candidates are scored with (converters/arithmetic.py): "auto" the
     # target's whatever this machine's is; "exact" always the exact int32 reference; "host" this
     # machine's kernels (diagnostics only).
@@ -207,8 +208,8 @@ def _shipped_model(step: Step, stage: Path, manifest: dict[str, Any], entry: dic
         step.sessions.validation.exact_reference or arithmetic_problem(entry, manifest, detect())
     ):
         exact = step.sessions.validation.exact_reference
-        return open_artifact(stage, manifest, entry, threads=2, session=step.session(path)), exact
-    return open_artifact(stage, manifest, entry, threads=2), False
+        return open_artifact(stage, manifest, entry, threads=DEFAULT_SHAPE.threads, session=step.session(path)), exact
+    return open_artifact(stage, manifest, entry, threads=DEFAULT_SHAPE.threads), False
 
 
 def _same_metrics(name: str, work: dict[str, float], packaged: dict[str, float]) -> None:
@@ -340,8 +341,9 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
                 "min_runtime": MIN_RUNTIME[(fmt, precision, planned.variant)],
                 **_requirements(fmt, precision, profile),
                 "golden": golden,
-                "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": 1,
-                                          "sequence": min(config.latency_seq, source.max_length), "threads": 2},
+                "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": DEFAULT_SHAPE.batch,
+                                          "sequence": min(config.latency_seq, source.max_length),
+                                          "threads": DEFAULT_SHAPE.threads},
             })
             results.append(ArtifactResult(name, fmt, precision, size, metrics, latency, built.kept_fp32))
         if not entries:

@@ -48,6 +48,7 @@ from converters._errors import (
 )
 from converters._graph import model_bytes
 from converters.validate import probe_loss, row_cosine
+from edge_runtime._bench_config import DEFAULT_SHAPE
 
 __all__ = ["ALGORITHMS", "Int4Config", "quantize_int4", "quantize_tables_int4"]
 
@@ -459,7 +460,7 @@ class _Judge:
     def _outputs(path: Path, batches) -> list[np.ndarray]:
         from edge_runtime.backends.onnx import OnnxSession
 
-        session = OnnxSession(Path(path), threads=2)
+        session = OnnxSession(Path(path), threads=DEFAULT_SHAPE.threads)
         return [next(iter(session.run(feeds).values())) for feeds in batches]  # the first output
 
     def metrics(self, model, path: Path, count: int | None = None) -> dict[str, float]:

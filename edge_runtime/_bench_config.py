@@ -24,8 +24,8 @@ class BenchShape:
 
 
 # The shape a speed figure is taken at unless it says otherwise: benchmarks/RESULTS.md's tables,
-# edge-bench's default batch and length, and (issue 9: still literals there) the converter's
-# latency in the manifest (`measured_on_converter`) and its printed latency line. One place, so
+# edge-bench's default batch and length, the converter's latency in the manifest
+# (`measured_on_converter`), its printed latency line and the threads its scoring sessions use. One place, so
 # a figure and the code that measured it cannot drift apart. On a device, edge-bench's threads
 # default to the profile's (or tuned) count instead: what edge_runtime.load() runs with there.
 DEFAULT_SHAPE = BenchShape(batch=1, seq=128, threads=2)
