@@ -54,7 +54,7 @@ def main() -> None:
 
     texts = [t for t in args.texts.read_text(encoding="utf-8").splitlines() if t.strip()]
     model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,
-                              weight_cache=False)
+                              device_cache=False)
     model.embed(texts[: args.batch_size])  # warm-up
     alone = np.concatenate([model.embed([t]) for t in texts])
     drift = {}

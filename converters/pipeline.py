@@ -196,7 +196,7 @@ def _package(fmt: str, built: Built, stage: Path, name: str) -> list[dict[str, A
 
 
 def _shipped_model(step: Step, stage: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[Model, bool]:
-    """The packaged artifact as edge_runtime opens it (load(..., verify=False, weight_cache=False,
+    """The packaged artifact as edge_runtime opens it (load(..., verify=False, device_cache=False,
     tune=False)), after checking its files are the bytes the manifest records. An ONNX INT8/INT4
     artifact for arithmetic this machine lacks (int32 targets on an AVX2 CPU) is run as the
     exact-int32 rewrite of the packaged file (converters/arithmetic.py), like its candidates

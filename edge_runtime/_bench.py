@@ -209,7 +209,7 @@ def _selected(
     # The one a user gets from edge_runtime.load(root) on this device (tune=None: a cached
     # tuning result counts, but no sweep is started and nothing is written to the user's cache).
     chosen = edge_runtime.load(
-        root, verify=config.verify, weight_cache=work / "pick", tune=None
+        root, verify=config.verify, device_cache=work / "pick", tune=None
     ).name
     return [by_name[chosen]]
 
@@ -356,7 +356,7 @@ def _load_here(
             artifact=entry["name"],
             threads=target.threads,
             verify=config.verify,
-            weight_cache=work / "main",
+            device_cache=work / "main",
             tune=None,
         )
     except EdgeRuntimeError as exc:

@@ -107,7 +107,7 @@ def probe(spec: dict[str, Any], started: float) -> dict[str, Any]:
         artifact=spec["artifact"],
         threads=spec["threads"],
         verify=spec["verify"],
-        weight_cache=spec["cache_dir"],
+        device_cache=spec["cache_dir"],
     )
     t1 = time.perf_counter()
     model.run(feeds)

@@ -321,7 +321,7 @@ def golden_samples(golden: dict[str, Any], arrays: dict[str, np.ndarray], name: 
 
 def open_artifact(root: Path, manifest: dict[str, Any], entry: dict[str, Any], threads: int, session=None) -> Model:
     """The Model `load(root, artifact=entry["name"], threads=threads, verify=False,
-    weight_cache=False, tune=False)` returns, for a manifest still in memory: the converter
+    device_cache=False, tune=False)` returns, for a manifest still in memory: the converter
     scores the packaged files this way before it writes manifest.json (converters/pipeline.py).
     `session`: an open session of the entry's files to use instead (the converter's exact-int32
     rewrite of them, for targets whose arithmetic this machine lacks); else the backend is opened
@@ -441,11 +441,12 @@ def load(
     artifact: str | None = None,
     threads: int | None = None,
     verify: bool = True,
-    weight_cache: bool | str | os.PathLike = True,
+    device_cache: bool | str | os.PathLike = True,
     tune: bool | None = None,
     spinning: bool | None = None,
     trusted_keys: Sequence[str | os.PathLike | bytes] | None = None,
     memory_budget_mb: float | None = None,
+    weight_cache: bool | str | os.PathLike | None = None,
 ) -> Model:
     """Load an edge-convert artifact directory.
 
@@ -458,7 +459,7 @@ def load(
         device's tuned setting for the artifact, else the target profile's default, else the
         physical cores of the fastest core cluster (physical_cores()).
     verify: check file hashes and run the golden sample (recommended; costs a few ms per MB).
-    weight_cache: switches both backends' device caches, built at the first load and used by
+    device_cache: switches both backends' device caches, built at the first load and used by
         later ones, so that a load neither re-optimizes nor re-packs weights and the packed
         weights stay in memory-mapped files instead of the heap:
         - TFLite: XNNPACK's packed weights (ignored where the installed runtime cannot do it:
@@ -485,7 +486,13 @@ def load(
         Independent of `verify`. None (default): signatures are not checked. docs/signing.md.
     memory_budget_mb: activation memory one backend call may use; a larger batch is run in
         parts (Model.run). None (default): the memory available at each call, minus headroom.
+    weight_cache: the older name of device_cache (it covered only XNNPACK's packed weights
+        once); given, it is used as device_cache.
     """
+    if weight_cache is not None:
+        if device_cache is not True and device_cache != weight_cache:
+            raise InputError("give device_cache or its older name weight_cache, not both")
+        device_cache = weight_cache
     root = Path(path)
     if trusted_keys is not None:
         signed = _signing.verify_directory(root, trusted_keys)
@@ -493,12 +500,12 @@ def load(
     manifest = read_manifest(root)
     if threads is not None and threads < 0:
         raise InputError(f"threads must be >= 0, got {threads}")
-    if weight_cache is True:
+    if device_cache is True:
         cache_dirs = {"tflite": default_cache_dir() / "xnnpack", "onnx": default_cache_dir() / "onnxruntime"}
-    elif weight_cache is False or weight_cache is None:
+    elif device_cache is False or device_cache is None:
         cache_dirs = {}
     else:  # one directory: entries of the two backends are named apart
-        cache_dirs = {"tflite": Path(weight_cache), "onnx": Path(weight_cache)}
+        cache_dirs = {"tflite": Path(device_cache), "onnx": Path(device_cache)}
     tuning = _tune.read_cached(root, manifest) if tune is not False else None
 
     def open_tuned(entry: dict[str, Any]) -> Model:

@@ -271,7 +271,7 @@ def _sweep(root, manifest, entry, settings, rounds, budget_s, verify) -> dict[st
                 threads=setting.threads,
                 spinning=setting.spinning,
                 verify=verify and i == 0,
-                weight_cache=False,
+                device_cache=False,
                 tune=False,
             )
         times = _interleave(
@@ -316,7 +316,7 @@ def _compare(
                 threads=best["threads"],
                 spinning=best["spinning"],
                 verify=False,
-                weight_cache=False,
+                device_cache=False,
                 tune=False,
             )
             feeds[name] = representative_feeds(

@@ -55,3 +55,13 @@ def test_a_file_onnxruntime_cannot_load_is_a_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match=r"could not load broken\.onnx") as caught:
         OnnxSession(path, threads=1)
     assert isinstance(caught.value, BackendUnavailableError)
+
+
+def test_device_cache_and_its_older_name(tmp_path):
+    """load(device_cache=...) is the name; weight_cache= (older) still works; both differing is
+    an error, not a silent choice."""
+    import edge_runtime
+    from edge_runtime import InputError
+
+    with pytest.raises(InputError, match="device_cache or its older name weight_cache"):
+        edge_runtime.load(tmp_path, device_cache=tmp_path / "a", weight_cache=tmp_path / "b")

@@ -12,7 +12,7 @@ round by round (rotating order, so drifting load from other processes hits every
                 `onnxruntime.InferenceSession(path)` (all graph optimizations, default threads),
                 or `ai_edge_litert.interpreter.Interpreter(model_path=path)` and its signature
                 runner for the smallest bucket that holds the input
-- edge-nocache: `edge_runtime.load(DIR, artifact=NAME, weight_cache=False)`
+- edge-nocache: `edge_runtime.load(DIR, artifact=NAME, device_cache=False)`
 - edge-first:   `edge_runtime.load(DIR, artifact=NAME)` with every default, in a fresh cache
                 home (XDG_CACHE_HOME): builds the device caches (and whatever else load does on
                 first use, e.g. a thread sweep)

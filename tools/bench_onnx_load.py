@@ -5,7 +5,7 @@
 
 Every measurement is a new Python process (nothing warm but the OS page cache), modes interleaved
 round by round so drifting load on a shared machine hits them alike:
-- no-cache:      edge_runtime.load(..., weight_cache=False)
+- no-cache:      edge_runtime.load(..., device_cache=False)
 - cache-create:  an empty cache directory: the first load saves the optimized graph
 - cache-reuse:   the same directory again: the load opens the saved graph
 Each child reports edge_runtime.load's time (hash check, session, golden sample) and its RSS
@@ -32,7 +32,7 @@ import numpy as np, psutil
 import edge_runtime
 root, name, threads, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 started = time.perf_counter()
-model = edge_runtime.load(root, artifact=name, threads=threads, weight_cache=False if cache == "-" else cache)
+model = edge_runtime.load(root, artifact=name, threads=threads, device_cache=False if cache == "-" else cache)
 load_s = time.perf_counter() - started
 ids = np.full((1, 128), 1000, np.int64)
 feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
