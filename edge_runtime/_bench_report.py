@@ -9,24 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from edge_runtime._device import FEATURES_OF_INTEREST
+
 __all__ = ["KEY_FLAGS", "device_label", "render_markdown"]
 
-# ISA flags that decide which kernels run (shown in the table; the JSON has every flag).
-KEY_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_int8",
-    "asimd",
-    "asimddp",
-    "i8mm",
-    "fphp",
-    "asimdhp",
-    "sve",
-    "sve2",
-)
+# ISA flags that decide which kernels run (shown in the table; the JSON has every flag): the
+# same list edge-run --info shows.
+KEY_FLAGS = FEATURES_OF_INTEREST
 
 
 def _ms(seconds: float | None) -> str:
