@@ -15,6 +15,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 from converters.tflite.flatbuffer import schema
+from edge_runtime._bench_config import DEFAULT_SHAPE
 
 __all__ = ["Signatures", "calibration_rows", "signature_lengths"]
 
@@ -54,7 +55,7 @@ def signature_lengths(path: Path) -> list[int]:
 class Signatures:
     """A .tflite's signatures by bucket length: each row runs on the smallest that fits it."""
 
-    def __init__(self, path: Path, preserve: bool = False, threads: int = 2):
+    def __init__(self, path: Path, preserve: bool = False, threads: int = DEFAULT_SHAPE.threads):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
