@@ -19,8 +19,8 @@ from edge_runtime._errors import (
     EdgeRuntimeError,
     GoldenMismatchError,
     InputError,
-    ManifestError,
 )
+from edge_runtime._golden import compare_outputs, golden_samples
 from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
 from edge_runtime._text import Encoded, TextEncoder, pool, softmax
 
@@ -56,33 +56,6 @@ def default_cache_dir() -> Path:
     read-only or shared between devices, and caches are per runtime version and CPU."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "edge_runtime"
-
-
-def compare_outputs(
-    got: dict[str, np.ndarray], want: dict[str, np.ndarray], tolerance: dict[str, float]
-) -> list[str]:
-    """Problems (empty if none) comparing outputs row by row: cosine and relative L2 error."""
-    problems = []
-    for name, expected in want.items():
-        actual = got.get(name)
-        if actual is None or actual.shape != expected.shape:
-            shape = None if actual is None else actual.shape
-            problems.append(f"{name}: shape {shape}, expected {expected.shape}")
-            continue
-        a = actual.reshape(len(actual), -1).astype(np.float64)
-        b = expected.reshape(len(expected), -1).astype(np.float64)
-        if not np.all(np.isfinite(a)):
-            problems.append(f"{name}: contains NaN or Inf")
-            continue
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosine = float(np.min((a * b).sum(axis=1) / np.clip(norms, 1e-30, None)))
-        rel = float(np.max(np.linalg.norm(a - b, axis=1) / np.clip(np.linalg.norm(b, axis=1), 1e-30, None)))
-        if cosine < tolerance["cosine_min"] or rel > tolerance["rel_l2_max"]:
-            problems.append(
-                f"{name}: cosine {cosine:.6f} (needs >= {tolerance['cosine_min']}), "
-                f"relative L2 error {rel:.3g} (needs <= {tolerance['rel_l2_max']})"
-            )
-    return problems
 
 
 class Model:
@@ -294,29 +267,6 @@ class Model:
                 "Golden samples from conversion:\n  " + "\n  ".join(problems)
                 + "\nTry another artifact (artifact=...) or another backend version."
             )
-
-
-def golden_samples(golden: dict[str, Any], arrays: dict[str, np.ndarray], name: str = "artifact"):
-    """(label, inputs, expected outputs, tolerance) per golden sample of a manifest entry.
-
-    Manifests since issue 10 list `samples` (key prefix, kind, tolerance); older ones hold one
-    sample under the plain `input:` / `output:` keys, checked with `golden.tolerance`."""
-    samples = golden.get("samples") or [{"prefix": "", "kind": "sample"}]
-    for index, sample in enumerate(samples):
-        prefix = sample.get("prefix", "")
-        tolerance = sample.get("tolerance") or golden.get("tolerance")
-        if tolerance is None:
-            raise ManifestError(f"artifact {name!r}: golden sample {index} has no tolerance to check against")
-        inputs = {k[len(prefix) + len("input:"):]: v for k, v in arrays.items() if k.startswith(prefix + "input:")}
-        want = {k[len(prefix) + len("output:"):]: v for k, v in arrays.items() if k.startswith(prefix + "output:")}
-        if not inputs or not want:
-            raise ManifestError(
-                f"artifact {name!r}: golden sample {index} ({prefix or 'no prefix'}) is not in "
-                f"{golden['path']} (it holds {sorted(arrays)[:6]})"
-            )
-        tokens = sample.get("tokens")
-        label = f"sample {index} ({sample.get('kind', 'sample')}" + (f", {tokens} tokens)" if tokens else ")")
-        yield label, inputs, want, tolerance
 
 
 def open_artifact(root: Path, manifest: dict[str, Any], entry: dict[str, Any], threads: int, session=None) -> Model:
