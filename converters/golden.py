@@ -41,7 +41,12 @@ LARGEST = 2  # samples chosen by activation peak
 # per sample: cosine of the flattened outputs and their relative L2 error. Each bound is
 # max(K x the largest drift measured between two correct kernel sets, FLOOR). Measured on the
 # golden samples of tiny BERT and all-MiniLM-L6-v2 (2-core AMD EPYC, AVX2, 2026-12-01):
-#   integer (ONNX INT8/INT4, TFLite INT8/INT4): rel L2 5.3e-3, 1 - cosine 1.4e-5, the largest of
+#   integer (ONNX INT8/INT4, TFLite INT8/INT4): rel L2 4.6e-2, 1 - cosine 1.04e-3, the largest of
+#     - MiniLM's rpi5 artifacts on an emulated Cortex-A76 (tools/arm64-check --artifacts
+#       rpi5=..., qemu-user 7.2; benchmarks/RESULTS.md run M's artifacts): golden samples of
+#       onnx-int8 0.99897-0.99937 cosine / rel L2 0.035-0.046, onnx-int4 0.99897-0.99946,
+#       tflite-int8 0.99947-0.99956, tflite-int4 0.99922-0.99939 (ARM rounds activation codes
+#       apart from x86 on long inputs: these, not the x86-only figures below, set the bound);
 #     - LiteRT's builtin kernels against XNNPACK on the same TFLite INT8 file (tiny BERT, rpi5):
 #       rel L2 4.5e-3 .. 5.3e-3, 1 - cosine 1.0e-5 .. 1.4e-5 (activation codes rounded apart);
 #     - ONNX INT8 on an emulated Cortex-A76, thread count changed (tools/arm64-check,
@@ -57,17 +62,22 @@ LARGEST = 2  # samples chosen by activation peak
 #     ARM64 against x86 (1.7e-7, arm64-check-tiny.txt).
 # tests/test_golden_teeth.py::test_correct_kernels_drift_inside_the_tolerance re-measures the
 # x86 part on every run and fails when it exceeds tolerance / K.
-# K = 10: an order of magnitude for CPUs and kernels not measured here (VNNI, SDOT, TensorRT).
+# K = 10 for float: an order of magnitude for CPUs and kernels not measured here. K_INTEGER = 2:
+# the correct ARM drift (1.04e-3) and the saturating-AVX2 failure below (1.7e-3 .. 3.6e-3) are
+# only 2-3x apart on raw hidden states, so a wider factor would pass the failure; the primary
+# guard against that failure is the arithmetic check before any run (edge_runtime/_compat.py),
+# the golden samples are the second line.
 # FLOOR (rel L2 1e-4, 1 - cosine 1e-6): float reassociation alone must never refuse an artifact.
 # What this catches: the x86-avx512-vnni INT8 artifact on an AVX2 CPU (int16 pair sums
-# saturate), on every sample: tiny BERT 1 - cosine 1.0e-3 .. 3.6e-3 (7x-25x over the bound),
-# rel L2 4.5e-2 .. 8.4e-2 (tests/test_avx2_emulated.py); MiniLM 1 - cosine 1.7e-3 .. 2.3e-3
-# (12x-17x), rel L2 5.8e-2 .. 6.8e-2; one INT8 weight scale 10% off (tests/test_golden_teeth.py).
-# The old bound (cosine 0.99, rel L2 0.15) passed all of them. Cosine is the sharp test here:
-# the relative L2 bound alone sits only ~1.1x below the MiniLM failure.
+# saturate): tiny BERT 1 - cosine 1.0e-3 .. 3.6e-3 (samples above 2.08e-3 fail, so the artifact
+# is refused), rel L2 4.5e-2 .. 8.4e-2 (tests/test_avx2_emulated.py); MiniLM 1 - cosine
+# 1.7e-3 .. 2.3e-3 (only its worst samples exceed the bound: a thin margin); one INT8 weight
+# scale 10% off (tests/test_golden_teeth.py). The old bound (cosine 0.99, rel L2 0.15) passed
+# all of them. Cosine is the sharp test: the relative L2 bound does not separate them.
 K = 10
+K_INTEGER = 2
 FLOOR = {"rel_l2_max": 1e-4, "one_minus_cosine": 1e-6}
-_INTEGER = {"rel_l2": 5.3e-3, "one_minus_cosine": 1.4e-5}
+_INTEGER = {"rel_l2": 4.6e-2, "one_minus_cosine": 1.04e-3}
 _FLOAT = {"rel_l2": 2e-7, "one_minus_cosine": 2e-14}
 MEASURED_DRIFT = {  # per (format, precision) the converter builds
     ("onnx", "fp32"): _FLOAT,
@@ -82,8 +92,9 @@ MEASURED_DRIFT = {  # per (format, precision) the converter builds
 def golden_tolerance(fmt: str, precision: str) -> dict[str, Any]:
     """The per-sample tolerance for an artifact, with the numbers it comes from."""
     drift = MEASURED_DRIFT[(fmt, precision)]
-    rel = max(K * drift["rel_l2"], FLOOR["rel_l2_max"])
-    one_minus = max(K * drift["one_minus_cosine"], FLOOR["one_minus_cosine"])
+    k = K_INTEGER if drift is _INTEGER else K
+    rel = max(k * drift["rel_l2"], FLOOR["rel_l2_max"])
+    one_minus = max(k * drift["one_minus_cosine"], FLOOR["one_minus_cosine"])
     return {"cosine_min": round(1.0 - one_minus, 9), "rel_l2_max": float(f"{rel:.3g}")}
 
 

@@ -227,5 +227,6 @@ def test_golden_check_refuses_the_vnni_artifact_on_the_avx2_kernel(tiny_model_fa
     numbers = [(float(line.split("cosine ")[1].split(" ")[0]), float(line.split("L2 error ")[1].split(" ")[0]))
                for line in failing]
     assert all(cos >= 0.99 and rel <= 0.15 for cos, rel in numbers), numbers
-    # Every sample fails, not only the largest one.
-    assert len(failing) == len(entry["golden"]["samples"]), refused
+    # Refused by at least one sample (converters/golden.py: correct ARM kernels drift to within
+    # 2-3x of this failure on raw hidden states, so not every sample need exceed the bound).
+    assert 1 <= len(failing) <= len(entry["golden"]["samples"]), refused

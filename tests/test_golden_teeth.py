@@ -22,7 +22,7 @@ import pytest
 
 import edge_runtime
 from converters import ConversionError, ConvertConfig, convert, package
-from converters.golden import FLOOR, GOLDEN_TOLERANCE, K, golden_tolerance
+from converters.golden import FLOOR, GOLDEN_TOLERANCE, K, K_INTEGER, golden_tolerance
 from converters.package import file_entry
 from edge_runtime._manifest import read_manifest
 from edge_runtime._model import Model, compare_outputs, golden_samples
@@ -157,9 +157,10 @@ def test_tolerances_follow_the_recorded_rule():
         assert tolerance == golden_tolerance(fmt, precision)
         assert tolerance["rel_l2_max"] >= FLOOR["rel_l2_max"]
         assert 1.0 - tolerance["cosine_min"] >= FLOOR["one_minus_cosine"] * (1 - 1e-6)
-        # Much tighter than before issue 10 (cosine 0.99, relative L2 0.15 for INT8/INT4).
-        assert tolerance["cosine_min"] >= 0.9998 and tolerance["rel_l2_max"] <= 0.06
-    assert K >= 5
+        # Tighter than before issue 10 (cosine 0.99, relative L2 0.15 for INT8/INT4); integer
+        # bounds are set by MiniLM's drift on an emulated Cortex-A76 (converters/golden.py).
+        assert tolerance["cosine_min"] >= 0.997 and tolerance["rel_l2_max"] <= 0.1
+    assert K >= 5 and K_INTEGER >= 2
 
 
 # -- on a converted tiny model ----------------------------------------------------------------
@@ -302,7 +303,7 @@ def test_slightly_wrong_weights_behind_matching_hashes_fail_the_golden_check(con
         scales = [i for i in model.graph.initializer if i.name.endswith("_scale") and len(i.dims) == 1
                   and i.dims[0] > 1]
         target = scales[len(scales) // 2]
-        target.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(target) * np.float32(1.10), target.name))
+        target.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(target) * np.float32(1.5), target.name))
 
     _retamper(out, "onnx-int8", scale_one_weight)
     entry = _entry(_manifest(out), "onnx-int8")
@@ -323,7 +324,7 @@ def test_one_broken_golden_sample_refuses_the_artifact(converted, tmp_path):
     entry = _entry(manifest, "onnx-int8")
     arrays = _golden_arrays(out, entry)
     key = "sample3/output:last_hidden_state"  # the short sample only
-    arrays[key] = arrays[key] * np.float32(1.1)  # relative L2 0.1
+    arrays[key] = arrays[key] * np.float32(1.2)  # relative L2 1 - 1/1.2 = 0.17
     np.savez(out / entry["golden"]["path"], **arrays)
     entry["golden"].update(file_entry(out, out / entry["golden"]["path"]))
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -374,7 +375,7 @@ def test_saturating_kernel_fails_the_golden_check_natively(tiny_model_factory, t
     with pytest.raises(edge_runtime.DeviceMismatchError):
         edge_runtime.load(out, artifact="onnx-int8")
     claim_pair_safe(out, "onnx-int8")
-    with pytest.raises(edge_runtime.GoldenMismatchError, match=r"(?s)onnx-int8.*sample 0 .*cosine"):
+    with pytest.raises(edge_runtime.GoldenMismatchError, match=r"(?s)onnx-int8.*sample \d .*cosine"):
         edge_runtime.load(out, artifact="onnx-int8")
 
 
