@@ -113,13 +113,11 @@ def open_with_cache(
         return result
     marker = crash_marker(cache_dir, ai_edge_litert.__version__)
     if marker.exists():
-        result.weight_cache_state = "unsupported"
-        result.weight_cache_note = (
+        return _unsupported(
+            result, model_path,
             f"ai-edge-litert {ai_edge_litert.__version__}'s CompiledModel crashed on this "
-            f"CPU before ({_read_marker(marker)}; recorded in {marker}, delete it to retry)"
+            f"CPU before ({_read_marker(marker)}; recorded in {marker}, delete it to retry)",
         )
-        log.info("%s: %s; using the Interpreter", model_path.name, result.weight_cache_note)
-        return result
     final = weight_cache_file(cache_dir, sha256, ai_edge_litert.__version__)
     _remove_orphans(final)
     if _looks_finalized(final) and _is_intact(final):
@@ -146,13 +144,11 @@ def open_with_cache(
         return result
     if not _can_isolate():
         # Without an interpreter to start, a crash could not be told from a result.
-        result.weight_cache_state = "unsupported"
-        result.weight_cache_note = (
+        return _unsupported(
+            result, model_path,
             f"no Python executable to build the cache in a child process "
-            f"(sys.executable is {sys.executable!r})"
+            f"(sys.executable is {sys.executable!r})",
         )
-        log.info("%s: %s; using the Interpreter", model_path.name, result.weight_cache_note)
-        return result
     # Build under a name no other process uses; XNNPACK truncates and rewrites the file it
     # is given, so building in place could clobber a file another process has mapped.
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -307,6 +303,14 @@ def _can_isolate() -> bool:
 
 
 # -- weight cache files -------------------------------------------------------------------------
+
+
+def _unsupported(result, model_path: Path, note: str):
+    """The cache cannot be used on this device: say why once, and load with the Interpreter."""
+    result.weight_cache_state = "unsupported"
+    result.weight_cache_note = note
+    log.info("%s: %s; using the Interpreter", model_path.name, note)
+    return result
 
 
 def weight_cache_file(cache_dir: Path, model_sha256: str, runtime_version: str) -> Path:
