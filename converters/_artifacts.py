@@ -28,7 +28,8 @@ from converters.pack_projections import pack_projections
 from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
 from converters.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
 from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
-from converters.quantize_w4a8 import W4A8Config, W4A8Weights, fit_w4a8
+from converters.core.search import RANKING_TEXTS
+from converters.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import SourceModel
 from converters.split_first_token import SplitConfig, split_first_token
@@ -41,7 +42,7 @@ from converters.tflite import (
     export_tflite,
     quantize_tflite,
 )
-from converters.validate import Reference, compute_metrics, floor_failures, probe_loss
+from converters.validate import Reference, compute_metrics, floor_failures
 from edge_runtime import backends
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
@@ -276,10 +277,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     probe = work / f"{name}.probe.onnx"
 
     def scorer(texts: Reference):
-        def score(model, batches: int | None) -> dict[str, float]:
-            onnx.save(model, str(probe))
-            return compute_metrics(source, texts.head(batches), step.session(probe).run, f"{name} candidate")
-        return score
+        return lambda path: compute_metrics(source, texts, step.session(path).run, f"{name} candidate")
 
     fp32_bytes = model_bytes(step.fp32_path)
     step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
@@ -293,20 +291,20 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                             f"bytes ({scheme.size_budget} x FP32)")
     step.progress(f"[{name}] all 4-bit: {base_bytes / 1e6:.1f} MB of a {budget / 1e6:.1f} MB budget; "
                   "moving the most sensitive MatMuls to 8 bits while they fit")
-    # Sensitivities on every fit batch: ranked on the first 32 texts only, the choice missed
-    # short texts (MiniLM held-out minimum 0.949 against 0.960 with all batches). Each step of
-    # the search is judged on the validation texts.
-    fit = fit_w4a8(weights, scorer(step.reference), probe_loss, budget, base_bytes, probe_batches=None,
-                   rank=scorer(step.fit))
-    model = weights.build(fit.four_bit)
-    weights.check(model, fit.four_bit)
+    # The shared search (converters/core/search.py): ranked on a length-spread subset of the fit
+    # texts, each step judged on the validation texts.
+    space = W4A8Space(weights, probe, rank=scorer(step.fit.spread(RANKING_TEXTS)), judge=scorer(step.reference))
+    fit = fit_w4a8(space, budget, progress=lambda message: step.progress(f"[{name}] {message}"))
+    four_bit = set(weights.weights) - set(fit.moved)
+    model = weights.build(four_bit)
+    weights.check(model, four_bit)
     path = work / f"{name}.onnx"
     onnx.save(model, str(path))
     probe.unlink(missing_ok=True)
     metrics = compute_metrics(source, step.reference, step.session(path).run, name)
     _checked(step, name, "int4", metrics)
-    eight = sorted(set(weights.weights) - fit.four_bit)
-    base = fit.search[0]["metrics"]
+    eight = sorted(fit.moved)
+    base = fit.steps[0]["metrics"]
     step.progress(f"[{name}] trade-off: {len(eight)} of {len(weights.weights)} MatMul weights in 8 bits cost "
                   f"{(path.stat().st_size - base_bytes) / 1e6:+.2f} MB ({path.stat().st_size / 1e6:.1f} MB, "
                   f"{path.stat().st_size / fp32_bytes:.3f}x FP32) for "
@@ -316,9 +314,9 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
               "embeddings": tables,
               "table_gather": {"mode": scheme.table_gather, "tables": unpacked},
               **graph.report,
-              "weights": {w: {"bits": 4 if w in fit.four_bit else 8, "shape": list(weights.shape(w))}
+              "weights": {w: {"bits": 4 if w in four_bit else 8, "shape": list(weights.shape(w))}
                           for w in weights.weights},
-              "eight_bit": eight, "search": fit.search, "size_budget": scheme.size_budget,
+              "eight_bit": eight, "search": fit.steps, "search_seconds": round(fit.seconds, 1), "size_budget": scheme.size_budget,
               "bytes_all_4bit": base_bytes, "bytes": path.stat().st_size, "bytes_fp32": fp32_bytes}
     # The runtime keeps this artifact's optimized graph in its device cache: expanding the
     # 4-bit weights is most of a session start (edge_runtime/backends/onnx.py).
@@ -332,9 +330,14 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
                         size_budget=scheme.size_budget)
     step.progress(f"[{name}] block-wise INT4 ({scheme.algorithm}, block {scheme.block_size}, "
                   f"size budget {scheme.size_budget}): measuring candidates")
+    def scorer(texts: Reference, label: str):
+        return lambda path: compute_metrics(step.source, texts, step.session(path).run, f"{name} {label}")
+
     report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.fit.batches,
                            validation_batches=step.reference.batches,
-                           progress=lambda message: step.progress(f"[{name}] {message}"))
+                           progress=lambda message: step.progress(f"[{name}] {message}"),
+                           rank=scorer(step.fit.spread(RANKING_TEXTS), "ranking probe"),
+                           judge=scorer(step.reference, "candidate"))
     path = step.work / f"{name}.onnx"
     metrics = compute_metrics(step.source, step.reference, step.session(path).run, name)
     _checked(step, name, "int4", metrics)
@@ -366,6 +369,10 @@ def _build_tflite_fp32(step: Step, name: str) -> Built:
     return Built(path, metrics, extra=_tflite_extra(step))
 
 
+def _tflite_scorer(step: Step, texts: Reference, label: str) -> Callable[[Path], dict[str, float]]:
+    return lambda path: compute_metrics(step.source, texts, open_session("tflite", path).run, label)
+
+
 def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool = False) -> Built:
     options = step.profile.tflite
     recipe = (options.legacy_recipes if legacy else options.recipes).get(precision)
@@ -384,6 +391,10 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
         floor=(floor.cosine_mean, floor.cosine_min) if recipe == GPTQ_INT8_RECIPE else None,
         progress=lambda message: step.progress(f"[{name}] {message}"),
+        # The one evaluator of every search: agreement with PyTorch through edge_runtime.
+        rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
+        # Re-batched by length: edge_runtime pads a batch to the bucket of its longest text.
+        judge=_tflite_scorer(step, step.reference.spread(None), f"{name} candidate"),
     )
     metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run, name)
     _checked(step, name, precision, metrics)

@@ -1,10 +1,9 @@
 """Accuracy-aware mixed precision: quantize, and if the artifact is below the profile's floor,
 keep the most sensitive layers in FP32, greedily, until it passes.
 
-Sensitivity of a weight = the error of a model in which only the node(s) reading it are quantized,
-measured on a subset of the FIT texts (ranking is fitting). Weights are then kept in FP32 in order
-of error per weight element (FP32 compute and bytes both grow with it), one at a time,
-re-validating on the full VALIDATION set after each, so the result is checked, not predicted.
+The search is the shared one (converters/core/search.py, floor policy): weights are ranked by
+the loss their FP32 form removes alone per added byte on the FIT texts, then kept in FP32 one at
+a time, each kept only if the VALIDATION loss drops, until the floor is met (at most half of them).
 """
 
 from __future__ import annotations
@@ -16,17 +15,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from converters._console import count
 from converters._errors import AccuracyError
+from converters._graph import model_bytes
+from converters.core.search import RANKING_TEXTS, Floor, SearchExhausted, greedy_search
 from converters.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
 from converters.source import SourceModel
-from converters.validate import Reference, compute_metrics, floor_failures, probe_loss
+from converters.validate import Reference, compute_metrics, floor_failures
 from targets import AccuracyFloor
 
-__all__ = ["QuantOutcome", "probe_loss", "quantize_with_floor"]
+__all__ = ["QuantOutcome", "quantize_with_floor"]
 
-SENSITIVITY_BATCHES = 2  # x 16 texts: enough to rank layers, cheap enough to do per layer
-MAX_KEPT_FRACTION = 0.5  # beyond this the "INT8" artifact is mostly FP32: fail instead
 
 
 @dataclass
@@ -51,11 +49,33 @@ def _weight_groups(model_path: Path, nodes: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def _weight_elements(model_path: Path) -> dict[str, int]:
-    import onnx
+class _Int8Space:
+    """The FP32 fallback as the shared search sees it (converters/core/search.py): a candidate
+    is a weight (with every node reading it) kept in FP32; each is written to `probe`."""
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    return {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    def __init__(self, fp32_path: Path, probe: Path, config: Int8Config, groups: dict[str, list[str]],
+                 rank: Callable[[Path], dict[str, float]], judge: Callable[[Path], dict[str, float]]):
+        self.fp32_path, self.probe, self.config, self.groups = fp32_path, probe, config, groups
+        self._rank, self._judge = rank, judge
+
+    def candidates(self) -> list[str]:
+        return list(self.groups)
+
+    def label(self, key: str) -> str:
+        return key
+
+    def nodes(self, moved) -> tuple[str, ...]:
+        return tuple(n for weight in moved for n in self.groups[weight])
+
+    def build(self, moved: frozenset[str]) -> int:
+        quantize_int8(self.fp32_path, self.probe, dataclasses.replace(self.config, exclude=self.nodes(moved)))
+        return model_bytes(self.probe)
+
+    def rank(self) -> dict[str, float]:
+        return self._rank(self.probe)
+
+    def judge(self) -> dict[str, float]:
+        return self._judge(self.probe)
 
 
 def quantize_with_floor(
@@ -71,45 +91,33 @@ def quantize_with_floor(
     name: str = "INT8",
 ) -> QuantOutcome:
     """`reference`: the validation texts (metrics, floor, each step of the search); `fit`: the
-    texts the sensitivity ranking is measured on (None: `reference`, for callers without a
-    split)."""
+    texts the ranking is measured on (None: `reference`, for callers without a split)."""
     quantize_int8(fp32_path, out_path, config)
     metrics = compute_metrics(source, reference, make_session(out_path).run, name)
     failures = floor_failures(metrics, floor)
     if not failures:
         return QuantOutcome(out_path, metrics)
 
-    nodes = quantizable_nodes(fp32_path, config.op_types)
-    groups = _weight_groups(fp32_path, nodes)
-    progress(f"below the accuracy floor ({'; '.join(failures)}); ranking {len(groups)} weights by sensitivity")
-    subset = (reference if fit is None else fit).head(SENSITIVITY_BATCHES)
-    probe = out_path.with_suffix(".probe.onnx")
-    sensitivity = {}
-    progress(count("  sensitivity", 0, len(groups)))
-    for index, (weight, members) in enumerate(groups.items(), 1):
-        only = dataclasses.replace(config, exclude=tuple(n for n in nodes if n not in members))
-        quantize_int8(fp32_path, probe, only)
-        sensitivity[weight] = probe_loss(compute_metrics(source, subset, make_session(probe).run,
-                                                         f"{name} probe ({weight} quantized alone)"))
-        progress(count("  sensitivity", index, len(groups)))
-    # Most error removed per FP32 weight element first (FP32 compute and bytes both scale with it).
-    sizes = _weight_elements(fp32_path)
-    ranked = sorted(groups, key=lambda w: sensitivity[w] / max(sizes.get(w, 1), 1), reverse=True)
+    groups = _weight_groups(fp32_path, quantizable_nodes(fp32_path, config.op_types))
+    progress(f"below the accuracy floor ({'; '.join(failures)}); searching which of {len(groups)} weights "
+             "to keep in FP32")
+    ranking = (reference if fit is None else fit).spread(RANKING_TEXTS)
 
-    kept: list[str] = []
-    search = [{"kept_fp32": [], "metrics": metrics}]
-    limit = max(1, int(len(groups) * MAX_KEPT_FRACTION))
-    for weight in ranked[:limit]:
-        kept.extend(groups[weight])
-        quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)))
-        metrics = compute_metrics(source, reference, make_session(out_path).run, name)
-        search.append({"kept_fp32": list(groups[weight]), "weight": weight, "metrics": metrics,
-                       "sensitivity": sensitivity[weight], "weight_elements": sizes.get(weight)})
-        progress(f"  keeping {len(kept)} node(s) in FP32: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if not floor_failures(metrics, floor):
-            return QuantOutcome(out_path, metrics, kept, search)
-    raise AccuracyError(
-        f"INT8 stays below the accuracy floor even with the {len(kept)} most sensitive of "
-        f"{len(nodes)} quantizable nodes kept in FP32: {'; '.join(floor_failures(metrics, floor))}. "
-        "Lower the floor (accuracy_floor), or ship FP32 only for this model."
-    )
+    def scorer(texts: Reference, label: str):
+        return lambda path: compute_metrics(source, texts, make_session(path).run, f"{name} {label}")
+
+    probe = out_path.with_suffix(".probe.onnx")
+    space = _Int8Space(fp32_path, probe, config, groups, scorer(ranking, "ranking probe"),
+                       scorer(reference, "candidate"))
+    try:
+        result = greedy_search(space, Floor(lambda m: floor_failures(m, floor)), move="kept FP32",
+                               progress=progress, start_metrics=metrics)
+    except SearchExhausted as exc:
+        raise AccuracyError(
+            f"{name} {exc}. Lower the floor (accuracy_floor), or ship FP32 only for this model."
+        ) from exc
+    finally:
+        probe.unlink(missing_ok=True)
+    kept = list(space.nodes(result.moved))
+    quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)))
+    return QuantOutcome(out_path, result.metrics, kept, result.steps)

@@ -19,8 +19,9 @@ onnxruntime's MatMulNBitsQuantizer; the 4-bit values come from one of two algori
 Accuracy is measured, through edge_runtime's ONNX session, as the cosine between the candidate's
 and the FP32 model's first output on the calibration batches: per sequence after mask-mean
 pooling (the loss ranks on this, mean + 0.25 x worst) and per real token. With `size_budget`,
-MatMuls move to 8-bit in order of measured loss removed per added byte, each move kept only if
-the assembled file still fits (its real serialized size) and the full-calibration loss drops.
+MatMuls move to 8-bit by the shared search's budget policy (converters/core/search.py): in order
+of measured loss removed per added byte, each move kept only if the assembled file still fits
+(its real serialized size) and the validation loss drops.
 
 `accuracy_level` 4 makes MatMulNBits quantize activations to INT8 per block and use integer
 dot products (ORT matmul_nbits.cc); on x86 it measured fastest with unchanged accuracy.
@@ -39,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from converters._console import count
 from converters._errors import (
     AccuracyError,
     ConversionError,
@@ -47,7 +47,8 @@ from converters._errors import (
     UnsupportedModelError,
 )
 from converters._graph import model_bytes
-from converters.validate import probe_loss, row_cosine
+from converters.core.search import RANKING_TEXTS, Budget, greedy_search, search_loss
+from converters.validate import row_cosine
 from edge_runtime._bench_config import DEFAULT_SHAPE
 
 __all__ = ["ALGORITHMS", "Int4Config", "quantize_int4", "quantize_tables_int4"]
@@ -55,7 +56,9 @@ __all__ = ["ALGORITHMS", "Int4Config", "quantize_int4", "quantize_tables_int4"]
 ALGORITHMS = ("rtn", "clip_search", "auto")
 CONFIG_VERSION = 1
 INT4_OPSET = 21  # INT4/UINT4 tensors need opset 21 (and IR version 10)
-SENSITIVITY_BATCHES = 2  # of the calibration batches, for ranking nodes under a size budget
+# Standalone use (no rank given): the first batches of the calibration set rank the 8-bit moves,
+# as many as hold the shared search's RANKING_TEXTS at 16 texts per batch.
+RANKING_BATCHES = -(-RANKING_TEXTS // 16)
 # Shrink ratios of a block's min and max tried by clip_search. 16 x 16 pairs; the prototype's
 # 26 x 26 took 2.6x longer (4.9 s vs 1.9 s for one 384 x 1536 weight on 2 cores).
 _WEIGHT_RATIOS = np.linspace(0.5, 1.0, 16, dtype=np.float32)
@@ -63,6 +66,7 @@ _TABLE_RATIOS = np.linspace(0.7, 1.0, 11, dtype=np.float32)  # tables: only rare
 _BIG_FP32 = 4096  # FP32 initializers with at least this many elements are listed if left over
 
 logger = logging.getLogger(__name__)
+Score = Callable[[Path], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -463,10 +467,8 @@ class _Judge:
         session = OnnxSession(Path(path), threads=DEFAULT_SHAPE.threads)
         return [next(iter(session.run(feeds).values())) for feeds in batches]  # the first output
 
-    def metrics(self, model, path: Path, count: int | None = None) -> dict[str, float]:
-        import onnx
-
-        onnx.save(model, str(path))
+    def metrics(self, path: Path, count: int | None = None) -> dict[str, float]:
+        """Agreement of the model at `path` with the FP32 graph on the first `count` batches."""
         batches = self.batches[:count]
         pooled, tokens = [], []
         for feeds, want, got in zip(batches, self.reference, self._outputs(path, batches)):
@@ -489,68 +491,33 @@ class _Judge:
         return result
 
 
-def _fit_budget(
-    variants: _Variants,
-    judge: _Judge,
-    algorithm: str,
-    int8: set[str],
-    budget: int,
-    probe: Path,
-    current: dict[str, float],
-    ranker: _Judge | None = None,
-    progress: Callable[[str], None] = lambda message: None,
-) -> tuple[set[str], list[dict[str, Any]]]:
-    """Move MatMuls to 8-bit, most error removed per added byte first, while the assembled model
-    stays within `budget` bytes and each move measurably lowers the loss on `judge`'s batches
-    (validation). The ranking is measured with `ranker` (the fit batches; None: `judge`)."""
-    ranker = ranker or judge
-    base = variants.build(algorithm, int8)
-    size = base.ByteSize()
-    if size > budget:
-        # The target's size budget cannot be met by this model (small models are dominated by
-        # biases and norms): the artifact is refused, like one below the accuracy floor.
-        raise AccuracyError(
-            f"the all-4-bit model is {size} bytes, above the size budget of {budget} bytes: raise "
-            "size_budget, drop int8_nodes, or use a larger block_size / embedding_block_size"
-        )
-    base_loss = probe_loss(ranker.metrics(base, probe, SENSITIVITY_BATCHES))
-    gains = {}
-    todo = [n for n in variants.matmuls if n not in int8]
-    for index, node in enumerate(todo):
-        progress(count("  8-bit sensitivity", index, len(todo)))
-        model = variants.build(algorithm, int8 | {node})
-        gain = base_loss - probe_loss(ranker.metrics(model, probe, SENSITIVITY_BATCHES))
-        gains[node] = (gain, model.ByteSize() - size)
-    progress(count("  8-bit sensitivity", len(todo), len(todo)))
-    ranked = sorted(
-        (n for n in gains if gains[n][0] > 0),
-        key=lambda n: gains[n][0] / max(gains[n][1], 1),
-        reverse=True,
-    )
-    chosen, search, loss = set(int8), [], probe_loss(current)
-    for index, node in enumerate(ranked):
-        progress(count("  8-bit upgrades tried", index, len(ranked)))
-        model = variants.build(algorithm, chosen | {node})
-        step = {"node": node, "sensitivity": gains[node][0], "bytes": model.ByteSize()}
-        if model.ByteSize() > budget:
-            search.append({**step, "accepted": False, "why": "over budget"})
-            continue
-        metrics = judge.metrics(model, probe)
-        accepted = probe_loss(metrics) < loss
-        search.append(
-            {
-                **step,
-                "accepted": accepted,
-                "metrics": metrics,
-                **({} if accepted else {"why": "no measured gain"}),
-            }
-        )
-        if accepted:
-            chosen.add(node)
-            loss = probe_loss(metrics)
-    if ranked:
-        progress(count("  8-bit upgrades tried", len(ranked), len(ranked)))
-    return chosen, search
+class _Space:
+    """The 8-bit upgrades as the shared search sees them (converters/core/search.py): a
+    candidate is a MatMul stored as 8-bit MatMulNBits instead of 4-bit, on top of `int8`."""
+
+    def __init__(self, variants: _Variants, algorithm: str, int8: set[str], probe: Path,
+                 rank: Score, judge: Score):
+        self.variants, self.algorithm, self.int8, self.probe = variants, algorithm, set(int8), probe
+        self._rank, self._judge = rank, judge
+
+    def candidates(self) -> list[str]:
+        return [n for n in self.variants.matmuls if n not in self.int8]
+
+    def label(self, key: str) -> str:
+        return key
+
+    def build(self, moved: frozenset[str]) -> int:
+        import onnx
+
+        model = self.variants.build(self.algorithm, self.int8 | set(moved))
+        onnx.save(model, str(self.probe))
+        return model.ByteSize()
+
+    def rank(self) -> dict[str, float]:
+        return self._rank(self.probe)
+
+    def judge(self) -> dict[str, float]:
+        return self._judge(self.probe)
 
 
 def quantize_int4(
@@ -560,6 +527,8 @@ def quantize_int4(
     calibration_batches: list[dict[str, np.ndarray]],
     validation_batches: list[dict[str, np.ndarray]] | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    rank: Score | None = None,
+    judge: Score | None = None,
 ) -> dict[str, Any]:
     """Write the INT4 form of the FP32 ONNX model `fp32_path` to `out_path` (one file, weights
     inline) and return what changed: algorithm chosen and each candidate's accuracy against
@@ -568,7 +537,9 @@ def quantize_int4(
     `calibration_batches` fit (clip-search statistics, the size-budget ranking);
     `validation_batches` score (the algorithm choice, each budget step, the final metrics).
     None: the calibration batches do both (in-sample; for callers without a split).
-    `progress` hears how far the size-budget search is (converters/_console.count messages)."""
+    `progress` hears how far the size-budget search is (converters/_console.count messages).
+    `rank` / `judge` score a candidate file (fit texts / validation texts); the pipeline passes
+    its one evaluator. None: agreement with the FP32 graph on the given batches."""
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -595,24 +566,41 @@ def quantize_int4(
 
     bytes_before = model_bytes(fp32_path)
     variants = _Variants(model, matmuls, tables, config, fp32_path, batches)
-    ranker = _Judge(fp32_path, batches)
-    judge = ranker if validation_batches is None else _Judge(fp32_path, list(validation_batches))
+    if rank is None:
+        ranker = _Judge(fp32_path, batches)
+        rank = lambda path: ranker.metrics(path, RANKING_BATCHES)  # noqa: E731
+    if judge is None:
+        judged = ranker if validation_batches is None else _Judge(fp32_path, list(validation_batches))
+        judge = judged.metrics
     probe = out_path.with_name(out_path.stem + ".probe.onnx")
     int8 = set(config.int8_nodes)
+    search: list[dict[str, Any]] = []
     try:
         algorithms = ("rtn", "clip_search") if config.algorithm == "auto" else (config.algorithm,)
-        candidates = {a: judge.metrics(variants.build(a, int8), probe) for a in algorithms}
-        chosen = min(candidates, key=lambda a: probe_loss(candidates[a]))
-        search: list[dict[str, Any]] = []
+        candidates = {}
+        for algorithm in algorithms:
+            onnx.save(variants.build(algorithm, int8), str(probe))
+            candidates[algorithm] = judge(probe)
+        chosen = min(candidates, key=lambda a: search_loss(candidates[a]))
         if config.size_budget is not None:
             budget = int(config.size_budget * bytes_before)
-            int8, search = _fit_budget(
-                variants, judge, chosen, int8, budget, probe, candidates[chosen], ranker, progress
-            )
+            size = variants.build(chosen, int8).ByteSize()
+            if size > budget:
+                # The target's size budget cannot be met by this model (small models are
+                # dominated by biases and norms): refused, like one below the accuracy floor.
+                raise AccuracyError(
+                    f"the all-4-bit model is {size} bytes, above the size budget of {budget} bytes: raise "
+                    "size_budget, drop int8_nodes, or use a larger block_size / embedding_block_size"
+                )
+            space = _Space(variants, chosen, int8, probe, rank, judge)
+            result = greedy_search(space, Budget(budget), move="8-bit", progress=progress,
+                                   start_metrics=candidates[chosen])
+            int8, search = int8 | set(result.moved), result.steps
     finally:
         probe.unlink(missing_ok=True)
     result = variants.build(chosen, int8)
-    metrics = judge.metrics(result, out_path)  # measured on the bytes that ship
+    onnx.save(result, str(out_path))
+    metrics = judge(out_path)  # measured on the bytes that ship
     _check_result(out_path, matmuls, tables, int8)
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -646,7 +634,7 @@ def quantize_int4(
             for node, table in tables.items()
         ],
         "kept_fp32": kept,
-        "budget_search": search,
+        "search": search,
         "bytes_before": bytes_before,
         "bytes_after": out_path.stat().st_size,
         "size_ratio": out_path.stat().st_size / bytes_before,

@@ -34,9 +34,10 @@ from typing import Any, Callable
 import numpy as np
 
 from converters._errors import ConversionError
+from converters.core.search import Budget, SearchResult, greedy_search
 from converters.gptq import GptqConfig, Int8Rounding, gptq
 
-__all__ = ["W4A8Config", "W4A8Weights", "fit_w4a8", "grid_params"]
+__all__ = ["W4A8Config", "W4A8Space", "W4A8Weights", "fit_w4a8", "grid_params"]
 
 CONFIG_VERSION = 1
 
@@ -293,51 +294,37 @@ class W4A8Weights:
                 raise ConversionError(f"W4A8: the unpacked int8 weight {weight} differs from its codes")
 
 
-@dataclass
-class FitResult:
-    four_bit: set[str]
-    metrics: dict[str, float]
-    search: list[dict[str, Any]]
+class W4A8Space:
+    """The size-budget search's view of W4A8Weights (converters/core/search.py): a candidate is
+    a weight stored in 8 bits instead of 4. Each candidate is written to `probe`, where
+    `rank(path)` (fit texts) and `judge(path)` (validation texts) score it."""
+
+    def __init__(self, weights: W4A8Weights, probe: Path, rank: Callable[[Path], dict[str, float]],
+                 judge: Callable[[Path], dict[str, float]]):
+        self.weights, self.probe, self._rank, self._judge = weights, Path(probe), rank, judge
+
+    def candidates(self) -> list[str]:
+        return list(self.weights.weights)
+
+    def label(self, key: str) -> str:
+        return key
+
+    def build(self, moved: frozenset[str]) -> int:
+        import onnx
+
+        model = self.weights.build(set(self.weights.weights) - set(moved))
+        onnx.save(model, str(self.probe))
+        return model.ByteSize()
+
+    def rank(self) -> dict[str, float]:
+        return self._rank(self.probe)
+
+    def judge(self) -> dict[str, float]:
+        return self._judge(self.probe)
 
 
-def fit_w4a8(
-    weights: W4A8Weights,
-    evaluate: Callable[[Any, int | None], dict[str, float]],
-    loss: Callable[[dict[str, float]], float],
-    budget_bytes: int,
-    base_bytes: int,
-    probe_batches: int | None,
-    rank: Callable[[Any, int | None], dict[str, float]] | None = None,
-) -> FitResult:
+def fit_w4a8(space: W4A8Space, budget_bytes: int, progress: Callable[[str], None] = lambda m: None) -> SearchResult:
     """All weights in 4 bits, then the ones whose 8-bit form removes the most measured loss per
-    added byte move to 8 bits while the artifact stays within `budget_bytes` (base_bytes: the
-    all-4-bit artifact) and each move lowers the loss on every calibration batch.
-
-    evaluate(model, batches) -> metrics on the first `batches` validation batches (None: all):
-    the search's every decision. rank(model, batches): the same on the fit batches, for the
-    sensitivity ranking (fitting); None: `evaluate`.
-    """
-    rank = rank or evaluate
-    four = set(weights.weights)
-    metrics = evaluate(weights.build(four), None)
-    search: list[dict[str, Any]] = [{"eight_bit": [], "bytes": base_bytes, "metrics": metrics}]
-    if base_bytes >= budget_bytes:
-        return FitResult(four, metrics, search)
-    base_probe = loss(rank(weights.build(four), probe_batches))
-    gains = {}
-    for weight in weights.weights:
-        probe = loss(rank(weights.build(four - {weight}), probe_batches))
-        gains[weight] = (base_probe - probe) / max(weights.extra_bytes_8bit(weight), 1)
-    size, current = base_bytes, loss(metrics)
-    for weight in sorted((w for w in gains if gains[w] > 0), key=gains.get, reverse=True):
-        extra = weights.extra_bytes_8bit(weight)
-        if size + extra > budget_bytes:
-            search.append({"weight": weight, "accepted": False, "why": "over the size budget"})
-            continue
-        trial = evaluate(weights.build(four - {weight}), None)
-        accepted = loss(trial) < current
-        search.append({"weight": weight, "accepted": accepted, "bytes": size + extra, "metrics": trial})
-        if accepted:
-            four.discard(weight)
-            size, current, metrics = size + extra, loss(trial), trial
-    return FitResult(four, metrics, search)
+    added byte move to 8 bits while the artifact stays within `budget_bytes` (the shared search's
+    budget policy). The result's `moved` are the 8-bit weights."""
+    return greedy_search(space, Budget(budget_bytes), move="8-bit", progress=progress)

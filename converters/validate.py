@@ -49,6 +49,51 @@ class Reference:
         rows = sum(len(b["input_ids"]) for b in self.batches[:count])
         return Reference(self.batches[:count], self.outputs[:count], self.texts[:rows], self.peaks[:rows])
 
+    def spread(self, count: int | None, batch_size: int = 16) -> Reference:
+        """`count` texts picked evenly along the length order (the shortest and the longest
+        included: short inputs set the worst-case cosine), re-batched by length so that a batch
+        carries little padding. None, or at least every text: all of them, re-batched. The
+        ranking subset of every search (converters/core/search.py)."""
+        rows = []  # (length, batch, row)
+        for b, feeds in enumerate(self.batches):
+            for r, length in enumerate(feeds["attention_mask"].sum(axis=1)):
+                rows.append((int(length), b, r))
+        rows.sort()
+        if count is not None and count < len(rows):
+            rows = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, count).round().astype(int))]
+        first = np.cumsum([0] + [len(f["input_ids"]) for f in self.batches])
+        pad = self._pad_id()
+        batches, outputs, texts, peaks = [], [], [], []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(length for length, _, _ in chunk)
+            feeds = {}
+            for name in self.batches[0]:
+                value = np.full((len(chunk), width), pad if name == "input_ids" else 0, np.int64)
+                for i, (length, b, r) in enumerate(chunk):
+                    value[i, :length] = self.batches[b][name][r, :length]
+                feeds[name] = value
+            batches.append(feeds)
+            sample = self.outputs[chunk[0][1]]
+            if sample.ndim >= 3:  # [batch, sequence, ...]: real tokens only, zeros after
+                out = np.zeros((len(chunk), width) + sample.shape[2:], sample.dtype)
+                for i, (length, b, r) in enumerate(chunk):
+                    out[i, :length] = self.outputs[b][r, :length]
+            else:
+                out = np.stack([self.outputs[b][r] for _, b, r in chunk])
+            outputs.append(out)
+            texts += [self.texts[first[b] + r] for _, b, r in chunk if first[b] + r < len(self.texts)]
+            peaks += [self.peaks[first[b] + r] for _, b, r in chunk if first[b] + r < len(self.peaks)]
+        return Reference(batches, outputs, tuple(texts), tuple(peaks))
+
+    def _pad_id(self) -> int:
+        """The padding token id the batches were made with (0 when no row is padded)."""
+        for feeds in self.batches:
+            padded = feeds["attention_mask"] == 0
+            if padded.any():
+                return int(feeds["input_ids"][padded][0])
+        return 0
+
 
 def encode(source: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:
     """int64 feeds for `texts`, padded to the longest; token types default to zeros."""
@@ -106,14 +151,6 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     return (a * b).sum(-1) / np.clip(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30, None)
-
-
-def probe_loss(metrics: dict[str, float]) -> float:
-    """Error of a probe in the accuracy searches: mean loss plus a share of the worst sample's
-    (floors check both)."""
-    mean = metrics.get("cosine_mean", metrics.get("logits_cosine_mean", 1.0))
-    worst = metrics.get("cosine_min", metrics.get("logits_cosine_min", 1.0))
-    return (1.0 - mean) + 0.25 * (1.0 - worst)
 
 
 def check_finite(got: np.ndarray, texts: tuple[str, ...], first_row: int, artifact: str) -> None:

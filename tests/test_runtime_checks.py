@@ -163,17 +163,16 @@ def _wide_model(tmp_path):
     return directory
 
 
-def test_artifact_below_the_floor_is_refused_not_shipped(tiny_model_factory, tmp_path, monkeypatch):
-    import converters.mixed_precision as mp
-
-    monkeypatch.setattr(mp, "MAX_KEPT_FRACTION", 0.0)  # no fallback room: INT8 must be refused
+def test_artifact_below_the_floor_is_refused_not_shipped(tiny_model_factory, tmp_path):
+    # An unreachable floor: the FP32 fallback search keeps up to half of the weights in FP32
+    # (the shared search's cap), then INT8 must be refused.
     out = tmp_path / "strict"
     result = convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
                                    out=out, accuracy_floor=0.9999999, latency_runs=1))
     assert [a.name for a in result.artifacts] == ["onnx-fp32"]
     reasons = {r["name"]: r["reason"] for r in result.refused}
     assert set(reasons) == {"onnx-int8", "onnx-int4"}  # INT4: a tiny model misses the size budget
-    assert "accuracy floor" in reasons["onnx-int8"]
+    assert "still below the accuracy floor" in reasons["onnx-int8"] and "(cap " in reasons["onnx-int8"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert [a["name"] for a in manifest["artifacts"]] == ["onnx-fp32"]
     assert {r["name"] for r in manifest["refused"]} == set(reasons)

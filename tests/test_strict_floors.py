@@ -4,6 +4,8 @@ first bad text. Synthetic metrics and outputs: no model, milliseconds."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -132,10 +134,12 @@ def test_nan_metric_does_not_pass_the_int8_floor(monkeypatch, tmp_path):
     monkeypatch.setattr(mp, "compute_metrics", lambda *a, **k: {"cosine_mean": NAN, "cosine_min": NAN})
     monkeypatch.setattr(mp, "quantizable_nodes", lambda path, ops: [])
     monkeypatch.setattr(mp, "_weight_groups", lambda path, nodes: {})
-    monkeypatch.setattr(mp, "_weight_elements", lambda path: {})
+    monkeypatch.setattr(mp, "model_bytes", lambda path: 0)
 
+    @dataclasses.dataclass(frozen=True)
     class Config:
-        op_types = ("MatMul",)
+        op_types: tuple = ("MatMul",)
+        exclude: tuple = ()
 
     with pytest.raises(AccuracyError, match="cosine_mean nan is not a number >= floor 0.99"):
         quantize_with_floor(tmp_path / "in.onnx", tmp_path / "out.onnx", Config(), _source(),

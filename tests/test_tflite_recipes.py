@@ -16,6 +16,7 @@ pytest.importorskip("ai_edge_quantizer")
 pytest.importorskip("ai_edge_litert")
 
 from converters._errors import AccuracyError, ConversionError
+from converters.core.search import SearchExhausted
 from converters.calibration import load_texts
 from converters.tflite import GptqInt4Config, TfliteExportConfig, export_tflite, quantize_tflite
 from converters.tflite.flatbuffer import Weight, compact_copy, find_weights
@@ -107,7 +108,7 @@ def test_gptq_int4_layout_and_accuracy(bert, gptq_all_int4, tmp_path):
     assert types["FULLY_CONNECTED"] == ["INT4"] * 12  # 2 layers x (Q, K, V, out, FFN in, out)
     assert sorted(types["EMBEDDING_LOOKUP"]) == ["FLOAT32", "INT4"]  # token types stay float
     assert report["precision"] == "int4" and report["signatures"] == ["seq16", "seq32"]
-    assert report["kept_int8"] == [] and report["budget_search"] == []
+    assert report["promoted"] == {"to": "int8", "weights": []} and report["search"] == []
     schemes = [layer["scheme"] for layer in report["layers"].values()]
     assert schemes.count("int4 block 32, GPTQ") == 12
     assert report["config"]["block_size"] == 32 and report["hessian_rows"] > len(heldout)
@@ -134,15 +135,15 @@ def test_size_budget_keeps_the_most_sensitive_layers_int8(bert, gptq_all_int4, t
     report = quantize_tflite(fp32, path, "gptq_wi4b32_afp32", calibration, int4=config)
 
     assert path.stat().st_size <= budget * fp32_bytes
-    kept = report["kept_int8"]
+    kept = report["promoted"]["weights"]
     assert 1 <= len(kept) < 12
     types = _weight_types(path)["FULLY_CONNECTED"]
     assert types.count("INT8") == len(kept) and types.count("INT4") == 12 - len(kept)
     for name in kept:
         assert report["layers"][name]["scheme"] == "int8 per channel"
-    steps = [s for s in report["budget_search"][1:] if s.get("accepted")]
-    assert {s["weight"] for s in steps} == set(kept)
-    losses = [report["budget_search"][0]["metrics"]] + [s["metrics"] for s in steps]
+    steps = [s for s in report["search"][1:] if s.get("accepted")]
+    assert {s["candidate"] for s in steps} == set(kept)
+    losses = [report["search"][0]["metrics"]] + [s["metrics"] for s in steps]
     loss = [(1 - m["cosine_mean"]) + 0.25 * (1 - m["cosine_min"]) for m in losses]
     assert loss == sorted(loss, reverse=True)  # every accepted move lowered the loss
 
@@ -261,7 +262,7 @@ def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tm
     manifest = json.loads((out / "manifest.json").read_text())
     entry = next(a for a in manifest["artifacts"] if a["name"] == "tflite-int4")
     quant = entry["quantization"]
-    assert quant["recipe"] == "gptq_wi4b32_afp32" and quant["kept_int8"] == []
+    assert quant["recipe"] == "gptq_wi4b32_afp32" and quant["promoted"]["weights"] == []
     assert quant["calibration_rows"] > 0 and quant["config"]["size_budget"] is None
     assert entry["metrics"]["cosine_mean"] >= profile.accuracy.for_precision("int4").cosine_mean
     assert any("[tflite-int4] GPTQ:" in m for m in messages), messages  # progress on the long step
@@ -294,13 +295,22 @@ def test_gptq_int8_keeps_the_stock_layout_and_is_closer_to_pytorch(bert, tmp_pat
 def test_gptq_int8_keeps_sensitive_weights_float_below_the_floor(bert, tmp_path):
     _, fp32, calibration, _ = bert
     path = tmp_path / "int8.tflite"
-    # An unreachable floor: every weight whose float form helps is kept float, one at a time.
-    report = quantize_tflite(fp32, path, "gptq_wi8_afp32", calibration, floor=(1.0, 1.0))
-    kept = report["kept_float"]
-    assert 1 <= len(kept) <= 12 and [s["weight"] for s in report["search"]] == kept
+    # An unreachable floor: the shared search keeps weights float while each helps, up to half
+    # of them, then refuses naming what it tried.
+    with pytest.raises(SearchExhausted, match="still below the accuracy floor") as caught:
+        quantize_tflite(fp32, path, "gptq_wi8_afp32", calibration, floor=(1.0, 1.0))
+    result = caught.value.result
+    assert 1 <= len(result.moved) <= 6  # the cap: half of the 12 FULLY_CONNECTED weights
+    accepted = [s["candidate"] for s in result.steps if s.get("accepted")]
+    assert len(accepted) == len(result.moved)
+    # A floor a few float weights reach: they are written float, the others INT8.
+    start = result.steps[0]["metrics"]
+    reachable = (min(1.0, start["cosine_mean"] + 1e-7), start["cosine_min"])
+    report = quantize_tflite(fp32, path, "gptq_wi8_afp32", calibration, floor=reachable)
+    kept = report["promoted"]["weights"]
     types = _weight_types(path)["FULLY_CONNECTED"]
     assert types.count("FLOAT32") == len(kept) and types.count("INT8") == 12 - len(kept)
     assert report["gptq"]["weights"] == 12 - len(kept)
     # A floor the all-INT8 model meets changes nothing.
     report = quantize_tflite(fp32, path, "gptq_wi8_afp32", calibration, floor=(0.5, 0.5))
-    assert report["kept_float"] == [] and "search" not in report
+    assert report["promoted"]["weights"] == [] and "search" not in report

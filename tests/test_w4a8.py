@@ -14,11 +14,11 @@ from onnx import numpy_helper
 
 from converters.calibration import load_texts
 from converters.export_onnx import ExportConfig, export_onnx
-from converters.mixed_precision import probe_loss
+from converters.core.search import search_loss
 from converters.pack_projections import pack_projections
 from converters.quantize_int4 import Int4Config, quantize_tables_int4
 from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
-from converters.quantize_w4a8 import W4A8Config, W4A8Weights, fit_w4a8, grid_params
+from converters.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8, grid_params
 from converters.smooth_activations import SmoothConfig, smooth_activations
 from converters.source import load_source
 from converters.split_first_token import SplitConfig, split_first_token
@@ -131,29 +131,38 @@ def test_accuracy_against_fp32_and_the_int8_graph(graphs):
     assert gptq.mean() > rtn.mean() - 1e-4
 
 
-def test_fit_moves_weights_to_8_bits_only_within_the_budget(graphs):
+def test_fit_moves_weights_to_8_bits_only_within_the_budget(graphs, tmp_path):
     weights = W4A8Weights(graphs["int8"], graphs["split"], graphs["smooth"], graphs["batches"], graphs["qrange"])
     feeds = graphs["batches"]
     want = [_run(graphs["fp32"], f) for f in feeds]
 
-    def evaluate(model, count):
-        cos = np.concatenate([_pooled_cosine(w, _run(model, f), f["attention_mask"])
-                              for f, w in zip(feeds[:count], want[:count])])
-        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    def evaluate(count):
+        def score(path):
+            cos = np.concatenate([_pooled_cosine(w, _run(path, f), f["attention_mask"])
+                                  for f, w in zip(feeds[:count], want[:count])])
+            return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+        return score
 
+    space = W4A8Space(weights, tmp_path / "probe.onnx", rank=evaluate(1), judge=evaluate(None))
     base = weights.build(set(weights.weights)).ByteSize()
     largest = max(weights.extra_bytes_8bit(w) for w in weights.weights)
-    none = fit_w4a8(weights, evaluate, probe_loss, budget_bytes=base, base_bytes=base, probe_batches=1)
-    assert none.four_bit == set(weights.weights)
-    some = fit_w4a8(weights, evaluate, probe_loss, budget_bytes=base + 2 * largest, base_bytes=base, probe_batches=1)
-    eight = set(weights.weights) - some.four_bit
-    assert eight, "a budget of two weights admits at least one"
-    assert sum(weights.extra_bytes_8bit(w) for w in eight) <= 2 * largest
-    assert probe_loss(some.metrics) < probe_loss(none.metrics)
-    accepted = [s for s in some.search if s.get("accepted")]
-    assert {s["weight"] for s in accepted} == eight
+    none = fit_w4a8(space, budget_bytes=base)
+    # At hidden size 32 the 4-bit form's unpacking nodes outweigh what it saves on some weights:
+    # their 8-bit form is smaller, so even a budget of the all-4-bit size admits them.
+    assert none.bytes <= base
+    assert all(s["added_bytes"] <= 0 for s in none.steps if s.get("accepted"))
+    some = fit_w4a8(space, budget_bytes=base + 2 * largest)
+    eight = set(some.moved)
+    assert eight and len(eight) >= len(none.moved)
+    # (Budget refusals are proven on a synthetic space in test_search_core.py: here no 8-bit
+    # form adds bytes.)
+    assert some.bytes <= base + 2 * largest
+    assert search_loss(some.metrics) < search_loss(none.steps[0]["metrics"])
+    accepted = [s for s in some.steps if s.get("accepted")]
+    assert [s["candidate"] for s in accepted] == some.moved
+    four_bit = set(weights.weights) - eight
     # 8-bit weights are the GPTQ int8 codes on onnxruntime's grid
-    model = weights.build(some.four_bit)
+    model = weights.build(four_bit)
     inits = {i.name: i for i in model.graph.initializer}
     for w in eight:
         assert numpy_helper.to_array(inits[f"{w}_quantized"]).dtype == np.int8

@@ -14,8 +14,7 @@ The package reads top to bottom like the stage it implements:
     gptq_int8.py       gptq_wi8_afp32's writer (GPTQ codes in the stock INT8 layout)
     gptq_int4.py       gptq_wi4b32_afp32's writer (GPTQ codes and block scales in INT4 blocks)
     hessians.py        the input-statistics tap GPTQ rounds against
-    search.py          the greedy searches (INT8 fallback in a size budget, float below a floor)
-    judge.py           how a search scores a candidate against the FP32 .tflite
+    judge.py           standalone scoring against the FP32 .tflite (the pipeline passes its own)
     signatures.py      running a bucketed model row by row on calibration rows
     flatbuffer.py      reading and rewriting the flatbuffer (op names, weights, tensor names)
 

@@ -18,7 +18,6 @@ __all__ = [
     "GPTQ_INT4_VERSION",
     "INT8_DAMP",
     "INT8_PREFIX_TOKENS",
-    "SENSITIVITY_ROWS",
     "GptqInt4Config",
 ]
 
@@ -26,7 +25,6 @@ GPTQ_INT4_VERSION = 1
 # Blockwise INT4 as XNNPACK runs it (qb4w: bf16 scales, blocks a multiple of 32). 32 is the
 # most accurate: round-to-nearest on MiniLM gave 0.961 mean at block 32, 0.943 at 128.
 BLOCK = 32
-SENSITIVITY_ROWS = 256  # calibration rows (evenly spread) used to rank layers by sensitivity
 
 # -- gptq_wi8_afp32 ------------------------------------------------------------------------------
 INT8_DAMP = 0.03  # as for INT4 (GptqInt4Config.damp)
@@ -49,7 +47,6 @@ class GptqInt4Config:
     # MiniLM these rows lifted the held-out minimum from 0.956 to 0.969 (same budget).
     prefix_tokens: tuple[int, ...] = (1, 2, 3)
     embedding_min_elements: int = 1 << 16  # smaller tables (token types) stay float
-    sensitivity_rows: int = SENSITIVITY_ROWS
     version: int = GPTQ_INT4_VERSION
 
     def __post_init__(self) -> None:
@@ -60,8 +57,6 @@ class GptqInt4Config:
             problems.append(f"damp {self.damp} must be in (0, 1)")
         if any(k < 1 for k in self.prefix_tokens):
             problems.append(f"prefix_tokens {self.prefix_tokens} must be >= 1")
-        if self.sensitivity_rows < 1:
-            problems.append(f"sensitivity_rows {self.sensitivity_rows} must be >= 1")
         if problems:
             raise ConversionError("GptqInt4Config: " + "; ".join(problems))
 

@@ -11,7 +11,8 @@
    INT4 algorithms (min-max, OCTAV, MSE, Hadamard rotation, its GPTQ) reached at best
    0.970 / 0.861 on MiniLM.
 
-Which weights are INT8 is decided by search.fit_size_budget; the Hessians come from hessians.py.
+Which weights are INT8 is decided by the shared search (converters/core/search.py); the Hessians
+come from hessians.py.
 """
 
 from __future__ import annotations

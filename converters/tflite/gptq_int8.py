@@ -5,7 +5,7 @@ tables, activations quantized per run by XNNPACK's QD8 kernels); this module the
 FULLY_CONNECTED codes in place by GPTQ rounding (converters/gptq.py) on the quantizer's own
 scales, so tensors, types and sizes stay exactly the stock recipe's. On MiniLM the stock
 recipe's minimum cosine on the calibration texts is 0.984, GPTQ's 0.989 (targets/rpi5.toml).
-Which weights stay float is decided by search.keep_float_until_floor, not here.
+Which weights stay float is decided by the shared search (converters/core/search.py), not here.
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ The recipes are listed in recipes.py. ai-edge-quantizer's own are applied as the
 calibration feeds and decide per model, from measurements against the FP32 .tflite on them:
 
 - gptq_wi8_afp32 (gptq_int8.py): the stock INT8 layout with GPTQ codes; with a cosine floor the
-  all-INT8 model misses, the most sensitive FULLY_CONNECTED weights stay float
-  (search.keep_float_until_floor).
+  all-INT8 model misses, the most sensitive FULLY_CONNECTED weights stay float (the shared
+  search's floor policy, converters/core/search.py).
 - gptq_wi4b32_afp32 (gptq_int4.py): INT4 blocks with GPTQ codes; with a size budget, the
   weights whose INT4 form costs the most accuracy per byte are stored INT8 per channel while
-  the file fits (search.fit_size_budget). The tensor names litert-torch writes (the full Python
+  the file fits (the shared search's budget policy). The tensor names litert-torch writes (the full Python
   module path of every fused op, about 1 MB in an INT4 MiniLM) are shortened first
   (flatbuffer.compact_copy): the size budget is what they would eat.
 
@@ -39,12 +39,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
-from converters.tflite.config import (
-    INT8_DAMP,
-    INT8_PREFIX_TOKENS,
-    SENSITIVITY_ROWS,
-    GptqInt4Config,
-)
+from converters.tflite.config import INT8_DAMP, INT8_PREFIX_TOKENS, GptqInt4Config
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import compact_copy, op_counts
 from converters.tflite.gptq_int4 import Int4Builder
@@ -52,7 +47,7 @@ from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import with_prefixes
 from converters.tflite.judge import Judge, meets
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
-from converters.tflite.search import fit_size_budget, keep_float_until_floor
+from converters.core.search import RANKING_TEXTS, Budget, Floor, greedy_search
 from converters.tflite.signatures import calibration_rows, signature_lengths
 
 __all__ = ["quantize_tflite"]
@@ -62,6 +57,49 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+Score = Callable[[Path], dict[str, float]]
+
+
+class _Space:
+    """A TFLite recipe's candidates as the shared search sees them (converters/core/search.py):
+    FULLY_CONNECTED weights (FP32 buffer indices) moved to the builder's expensive form (INT8
+    instead of INT4, or float instead of INT8), each candidate written to `probe`."""
+
+    def __init__(self, builder, candidates: list[int], probe: Path, rank: Score, judge: Score):
+        self.builder, self._candidates, self.probe = builder, candidates, probe
+        self._rank, self._judge = rank, judge
+
+    def candidates(self) -> list[int]:
+        return self._candidates
+
+    def label(self, key: int) -> str:
+        return self.builder.label(key)
+
+    def build(self, moved: frozenset[int]) -> int:
+        self.builder.build(self.probe, set(moved))
+        return self.probe.stat().st_size
+
+    def rank(self) -> dict[str, float]:
+        return self._rank(self.probe)
+
+    def judge(self) -> dict[str, float]:
+        return self._judge(self.probe)
+
+
+def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Score | None) -> tuple[Score, Score]:
+    """The search's scores: the pipeline's (agreement with PyTorch through edge_runtime, the one
+    evaluator of every search) when given; for standalone use, agreement with the FP32 .tflite
+    on the fit rows (a length-spread subset ranks) and the validation rows."""
+    if rank is None:
+        ranker = Judge(reference_path, rows, reference_path.stat().st_size)
+        subset = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), RANKING_TEXTS)).astype(int))
+        rank = lambda path: ranker.metrics(path, subset)  # noqa: E731
+    if judge is None:
+        judged = Judge(reference_path, val_rows, reference_path.stat().st_size)
+        judge = judged.metrics
+    return rank, judge
+
+
 def _quantize_gptq_int4(
     in_path: Path,
     out_path: Path,
@@ -69,6 +107,8 @@ def _quantize_gptq_int4(
     config: GptqInt4Config,
     progress: Progress,
     validation: list[dict[str, np.ndarray]] | None = None,
+    rank: Score | None = None,
+    judge: Score | None = None,
 ) -> dict[str, Any]:
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
@@ -90,31 +130,22 @@ def _quantize_gptq_int4(
                     "int4_size_budget): raise it, or ship the INT8 artifact for this model"
                 )
         builder.round(hessian_rows, progress)
-        # The ranking sees the fit texts only: with the prefix rows too it ranked layers for
-        # synthetic inputs and took 25% longer, for the same held-out accuracy on MiniLM.
-        # Each budget step and the final metrics are judged on the validation texts.
-        ranker = Judge(compact, rows, fp32_bytes)
-        judge = ranker if validation is None else Judge(compact, val_rows, fp32_bytes)
-        chosen: set[int] = set()
+        chosen: list[int] = []
         search: list[dict[str, Any]] = []
+        seconds = 0.0
         if config.size_budget is not None:
-            budget = int(config.size_budget * fp32_bytes)
-            chosen, search = fit_size_budget(
-                builder,
-                list(builder.codes),
-                judge,
-                budget=budget,
-                probe=probe,
-                ranking_rows=config.sensitivity_rows,
-                progress=progress,
-                ranker=ranker,
-            )
-        builder.build(out_path, chosen)
-        metrics = judge.metrics(out_path)  # measured on the bytes that ship
+            # The shared search's budget policy: ranked on the fit texts, each step judged on
+            # the validation texts.
+            rank, judge = _scorers(compact, rows, val_rows, rank, judge)
+            space = _Space(builder, list(builder.codes), probe, rank, judge)
+            result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes)), move="INT8",
+                                   progress=progress)
+            chosen, search, seconds = result.moved, result.steps, result.seconds
+        builder.build(out_path, set(chosen))
     finally:
         compact.unlink(missing_ok=True)
         probe.unlink(missing_ok=True)
-    layers = builder.schemes(chosen)
+    layers = builder.schemes(set(chosen))
     for name, layer in layers.items():
         if not layer["scheme"].startswith("int4"):
             log.info("%s: %s %s stays %s", GPTQ_RECIPE, layer["op"], name, layer["scheme"])
@@ -124,9 +155,9 @@ def _quantize_gptq_int4(
         "hessian_rows": len(hessian_rows),
         "validation_rows": len(val_rows),
         "layers": layers,
-        "kept_int8": [builder.weights[b].name for b in sorted(chosen)],
-        "budget_search": search,
-        "calibration_metrics": metrics,
+        "promoted": {"to": "int8", "weights": [builder.weights[b].name for b in sorted(chosen)]},
+        "search": search,
+        "search_seconds": round(seconds, 1),
     }
 
 
@@ -137,10 +168,11 @@ def _quantize_gptq_int8(
     floor: tuple[float, float] | None,
     progress: Progress,
     validation: list[dict[str, np.ndarray]] | None = None,
+    rank: Score | None = None,
+    judge: Score | None = None,
 ) -> dict[str, Any]:
-    """GPTQ INT8; with a floor (cosine mean, min vs the FP32 .tflite on the validation rows)
-    that the all-INT8 model misses, the FCs whose float form recovers the most (each measured
-    alone, on the fit rows) are kept float, one at a time, until it is met."""
+    """GPTQ INT8; with a floor (cosine mean, min on the validation rows) that the all-INT8 model
+    misses, the shared search's floor policy keeps FCs float until it is met."""
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     hessian_rows = with_prefixes(rows, INT8_PREFIX_TOKENS)
     builder = Int8Builder(in_path, hessian_rows, progress)
@@ -153,37 +185,32 @@ def _quantize_gptq_int8(
             "calibration_rows": len(rows),
             "hessian_rows": len(hessian_rows),
         },
-        "kept_float": [],
+        "promoted": {"to": "float32", "weights": []},
     }
     if floor is None:
         return report
     val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
-    judge = Judge(in_path, val_rows, in_path.stat().st_size)
     report["gptq"]["validation_rows"] = len(val_rows)
-    metrics = judge.metrics(out_path)
-    report["calibration_metrics"] = metrics
+    rank, judge = _scorers(in_path, rows, val_rows, rank, judge)
+    metrics = judge(out_path)
+    report["validation_metrics"] = metrics
     if meets(metrics, floor):
         return report
+
+    def failures(m: dict[str, float]) -> list[str]:
+        return [] if meets(m, floor) else [
+            f"cosine {m['cosine_mean']:.4f} / {m['cosine_min']:.4f} < floor {floor[0]} / {floor[1]}"]
+
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
     try:
-        kept, search, metrics = keep_float_until_floor(
-            builder,
-            list(builder.fcs),
-            judge,
-            floor=floor,
-            start=out_path,
-            start_metrics=metrics,
-            probe=probe,
-            ranking_rows=SENSITIVITY_ROWS,
-            progress=progress,
-            ranker=judge if validation is None else Judge(in_path, rows, in_path.stat().st_size),
-        )
-        report["gptq"]["weights"] = builder.build(out_path, set(kept))
+        space = _Space(builder, list(builder.fcs), probe, rank, judge)
+        result = greedy_search(space, Floor(failures), move="float", progress=progress, start_metrics=metrics)
+        report["gptq"]["weights"] = builder.build(out_path, set(result.moved))
     finally:
         probe.unlink(missing_ok=True)
-    report.update(
-        kept_float=[builder.label(b) for b in kept], calibration_metrics=metrics, search=search
-    )
+    report.update(promoted={"to": "float32", "weights": [builder.label(b) for b in result.moved]},
+                  validation_metrics=result.metrics, search=result.steps,
+                  search_seconds=round(result.seconds, 1))
     return report
 
 
@@ -229,6 +256,8 @@ def quantize_tflite(
     progress: Progress = lambda message: None,
     floor: tuple[float, float] | None = None,
     validation: list[dict[str, np.ndarray]] | None = None,
+    rank: Score | None = None,
+    judge: Score | None = None,
 ) -> dict[str, Any]:
     """Quantize the FP32 .tflite at `in_path` with `recipe` into `out_path`.
 
@@ -244,6 +273,9 @@ def quantize_tflite(
     `validation` (same form as `calibration`, disjoint texts) is what our recipes' searches
     judge candidates on and report as calibration_metrics; `calibration` then only fits (GPTQ
     Hessians, sensitivity rankings). None: `calibration` does both (in-sample).
+    `rank` / `judge` score a candidate file for the searches (fit texts / validation texts);
+    the pipeline passes its one evaluator (agreement with PyTorch through edge_runtime). None:
+    agreement with the FP32 .tflite on the calibration / validation rows.
     """
     spec = lookup(recipe)
     if spec.needs_calibration and not calibration:
@@ -262,10 +294,10 @@ def quantize_tflite(
     started = time.perf_counter()
     details: dict[str, Any] = {}
     if recipe == GPTQ_INT8_RECIPE:
-        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress, validation)
+        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress, validation, rank, judge)
     elif spec.ours:
         config = int4 or GptqInt4Config()
-        details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation)
+        details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation, rank, judge)
     else:
         from ai_edge_quantizer import recipe as recipes
 

@@ -1,0 +1,219 @@
+"""The one greedy search behind every "fit under an accuracy floor or a size budget" decision.
+
+Every quantizer that mixes precisions asks the same question: which of its weights should take
+the more expensive form (kept float instead of INT8, 8 bits instead of 4) so that the artifact
+meets an accuracy floor, or is as accurate as it can be within a byte budget? ONNX INT8's FP32
+fallback, the ONNX INT4 8-bit upgrades (W4A8 and MatMulNBits) and both TFLite recipes answer it
+here, through a `Space` (their adapter), with one policy:
+
+1. Start: nothing moved; judged on the validation texts. A floor already met ends the search.
+2. Rank: each candidate moved alone, scored on a length-spread subset of the FIT texts (ranking
+   is fitting, so validation texts never take part): gain = loss(start) - loss(moved alone),
+   cost = the bytes the move adds (measured on the built candidate). Candidates without a gain
+   are dropped; the rest are ordered by gain per added byte ("most error removed per byte").
+3. Walk the ranking: a move that cannot fit the budget is skipped without being built; every
+   other move is built on top of the accepted ones and judged on the validation texts, and
+   kept only when the validation loss drops (a move that does not measurably help is never
+   paid for, in bytes or in float compute).
+4. Stop: a floor stops at the first accepted move that meets it; at most `Floor.cap` of the
+   candidates may move (beyond half of its weights an "INT8" artifact is mostly float): the
+   cap or the end of the ranking with the floor unmet raises SearchExhausted, naming what was
+   tried. A budget walks the whole ranking (it only ever adds accuracy).
+
+Every step is recorded in one shape (see `_step`) for the manifest: the start, then one entry
+per ranked candidate with `accepted` and, when not, `why`.
+
+Why one policy: before issue 9 the five searches disagreed (ONNX ranked "quantize only this",
+TFLite "keep only this float"; ONNX capped the fallback at 50 %, TFLite had no cap; floor searches
+kept moves that did not help). Ranking in the direction the search moves measures exactly what a
+step will buy; the measurements behind the choice are in benchmarks/RESULTS.md (run N).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from converters._console import count
+from converters._errors import AccuracyError
+
+__all__ = ["RANKING_TEXTS", "Budget", "Floor", "SearchExhausted", "SearchResult", "Space", "greedy_search", "search_loss"]
+
+K = TypeVar("K", bound=Hashable)
+Metrics = dict[str, float]
+Progress = Callable[[str], None]
+
+# Beyond half of its candidates in the expensive form, the artifact is no longer what its
+# name says (an "INT8" model mostly FP32): the floor search gives up and says so.
+DEFAULT_CAP = 0.5
+# How many fit texts (spread evenly along the length order: Reference.spread) rank the
+# candidates. Chosen on the validation split (benchmarks/RESULTS.md run N).
+RANKING_TEXTS = 64
+
+
+def search_loss(metrics: Metrics) -> float:
+    """What every search minimises: mean loss plus a quarter of the worst sample's (floors check
+    both; the worst sample alone is too noisy to rank on). NaN compares as the worst loss."""
+    mean = metrics.get("cosine_mean", metrics.get("logits_cosine_mean", 1.0))
+    worst = metrics.get("cosine_min", metrics.get("logits_cosine_min", 1.0))
+    value = (1.0 - mean) + 0.25 * (1.0 - worst)
+    return value if math.isfinite(value) else math.inf
+
+
+class Space(Protocol[K]):
+    """One quantizer's candidates, as the search sees them. `build` writes the candidate with
+    the keys in `moved` in their expensive form (where it is scored from) and returns its size
+    in bytes; `rank` and `judge` score the candidate built last: `rank` on the fit texts'
+    ranking subset, `judge` on the validation texts."""
+
+    def candidates(self) -> Sequence[K]: ...
+
+    def label(self, key: K) -> str: ...
+
+    def build(self, moved: frozenset[K]) -> int: ...
+
+    def rank(self) -> Metrics: ...
+
+    def judge(self) -> Metrics: ...
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Stop rule: the validation metrics meet a floor. `failures(metrics)` lists what misses
+    (empty: met; NaN never meets); at most `cap` of the candidates may move."""
+
+    failures: Callable[[Metrics], list[str]]
+    cap: float = DEFAULT_CAP
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Stop rule: the artifact stays within `bytes`; every move that fits and helps is taken."""
+
+    bytes: int
+
+
+@dataclass
+class SearchResult(Generic[K]):
+    moved: list[K]  # in the order they were accepted
+    metrics: Metrics  # validation metrics of start + moved
+    bytes: int
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class SearchExhausted(AccuracyError):
+    """A floor search tried what its policy allows and the floor is still not met."""
+
+    def __init__(self, message: str, result: SearchResult):
+        self.result = result
+        super().__init__(message)
+
+
+def _step(label: str, *, gain: float, added_bytes: int, accepted: bool, why: str | None = None,
+          bytes_: int | None = None, metrics: Metrics | None = None) -> dict[str, Any]:
+    step: dict[str, Any] = {"candidate": label, "gain": gain, "added_bytes": added_bytes, "accepted": accepted}
+    if bytes_ is not None:
+        step["bytes"] = bytes_
+    if metrics is not None:
+        step["metrics"] = metrics
+    if why is not None:
+        step["why"] = why
+    return step
+
+
+def _summary(metrics: Metrics) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def greedy_search(
+    space: Space[K],
+    goal: Floor | Budget,
+    *,
+    move: str,
+    progress: Progress = lambda message: None,
+    start_metrics: Metrics | None = None,
+) -> SearchResult[K]:
+    """Run the policy of this module's docstring over `space` toward `goal`. `move` names the
+    expensive form in messages and records ("kept float", "8-bit"). `start_metrics`: the start's
+    validation metrics when the caller has them already (saves one evaluation)."""
+    started = time.perf_counter()
+    keys = list(space.candidates())
+    start_bytes = space.build(frozenset())
+    metrics = space.judge() if start_metrics is None else start_metrics
+    steps: list[dict[str, Any]] = [{"candidate": None, "moved": [], "bytes": start_bytes, "metrics": metrics}]
+    result = SearchResult([], metrics, start_bytes, steps)
+    if isinstance(goal, Floor) and not goal.failures(metrics):
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # Rank on the fit texts. The start is re-scored there: the gains must compare like with like.
+    base = search_loss(space.rank())
+    gains: dict[K, tuple[float, int]] = {}
+    label = f"ranking {len(keys)} candidates ({move} alone)"
+    for index, key in enumerate(keys):
+        progress(count(f"  {label}", index, len(keys)))
+        size = space.build(frozenset({key}))
+        gains[key] = (base - search_loss(space.rank()), size - start_bytes)
+    progress(count(f"  {label}", len(keys), len(keys)))
+    ranked = sorted((k for k in keys if gains[k][0] > 0),
+                    key=lambda k: gains[k][0] / max(gains[k][1], 1), reverse=True)
+    for key in keys:
+        if gains[key][0] <= 0:
+            steps.append(_step(space.label(key), gain=gains[key][0], added_bytes=gains[key][1],
+                               accepted=False, why="no gain when ranked"))
+
+    cap = max(1, int(len(keys) * goal.cap)) if isinstance(goal, Floor) else len(keys)
+    moved: list[K] = []
+    loss, size = search_loss(metrics), start_bytes
+    tried = 0
+    walk = f"trying {move} moves"
+    for index, key in enumerate(ranked):
+        progress(count(f"  {walk}", index, len(ranked)))
+        gain, added = gains[key]
+        name = space.label(key)
+        if isinstance(goal, Budget) and size + added > goal.bytes:
+            steps.append(_step(name, gain=gain, added_bytes=added, accepted=False, why="over the size budget"))
+            continue
+        if len(moved) >= cap:
+            steps.append({"candidate": None, "why": f"cap reached: {cap} of {len(keys)} candidates moved, "
+                                                    f"{len(ranked) - index} ranked ones not tried"})
+            progress(count(f"  {walk}", len(ranked), len(ranked)))
+            break
+        trial_size = space.build(frozenset(moved) | {key})
+        if isinstance(goal, Budget) and trial_size > goal.bytes:
+            steps.append(_step(name, gain=gain, added_bytes=added, accepted=False, why="over the size budget",
+                               bytes_=trial_size))
+            continue
+        tried += 1
+        trial = space.judge()
+        accepted = search_loss(trial) < loss
+        steps.append(_step(name, gain=gain, added_bytes=added, accepted=accepted, bytes_=trial_size, metrics=trial,
+                           why=None if accepted else "no gain on the validation texts"))
+        if not accepted:
+            continue
+        moved.append(key)
+        metrics, loss, size = trial, search_loss(trial), trial_size
+        progress(f"  {move} {len(moved)}: {name} -> {_summary(trial)}, {size / 1e6:.2f} MB")
+        if isinstance(goal, Floor) and not goal.failures(metrics):
+            progress(count(f"  {walk}", len(ranked), len(ranked)))
+            break
+    else:
+        if ranked:
+            progress(count(f"  {walk}", len(ranked), len(ranked)))
+
+    result = SearchResult(moved, metrics, size, steps, time.perf_counter() - started)
+    if isinstance(goal, Floor):
+        failures = goal.failures(metrics)
+        if failures:
+            raise SearchExhausted(
+                f"still below the accuracy floor ({'; '.join(failures)}) after the {move} search: "
+                f"{len(keys)} candidates ranked, {len(ranked)} helped alone on the fit texts, "
+                f"{tried} tried on the validation texts, {len(moved)} accepted (cap {cap}): "
+                + (", ".join(space.label(k) for k in moved) or "none"),
+                result,
+            )
+    return result

@@ -1,0 +1,116 @@
+"""The shared greedy search (converters/core/search.py) on a synthetic space: the policy every
+quantizer's search follows, checked without building a model (milliseconds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from converters._errors import AccuracyError
+from converters.core.search import Budget, Floor, SearchExhausted, greedy_search, search_loss
+
+
+class Toy:
+    """Candidates with a known error each removes when moved (on both text sets unless `fit_only`
+    says a candidate only looks good on the fit texts) and a known byte cost."""
+
+    def __init__(self, removes: dict[str, float], costs: dict[str, int], base_error: float = 0.1,
+                 fit_only: frozenset[str] = frozenset()):
+        self.removes, self.costs, self.base_error, self.fit_only = removes, costs, base_error, fit_only
+        self.moved: frozenset[str] = frozenset()
+        self.built: list[frozenset[str]] = []
+        self.judged = 0
+
+    def candidates(self):
+        return list(self.removes)
+
+    def label(self, key):
+        return key.upper()
+
+    def build(self, moved):
+        self.moved = moved
+        self.built.append(moved)
+        return 1000 + sum(self.costs[k] for k in moved)
+
+    def _metrics(self, fit: bool) -> dict[str, float]:
+        error = self.base_error - sum(self.removes[k] for k in self.moved if fit or k not in self.fit_only)
+        error = max(error, 0.0)
+        return {"cosine_mean": 1 - error, "cosine_min": 1 - 2 * error}
+
+    def rank(self):
+        return self._metrics(fit=True)
+
+    def judge(self):
+        self.judged += 1
+        return self._metrics(fit=False)
+
+
+def _floor(mean: float):
+    return Floor(lambda m: [] if m["cosine_mean"] >= mean else [f"cosine_mean {m['cosine_mean']:.4f} < {mean}"])
+
+
+def test_floor_met_at_the_start_builds_nothing_more():
+    toy = Toy({"a": 0.05}, {"a": 10}, base_error=0.01)
+    result = greedy_search(toy, _floor(0.98), move="float")
+    assert result.moved == [] and toy.built == [frozenset()] and toy.judged == 1
+    assert result.steps == [{"candidate": None, "moved": [], "bytes": 1000, "metrics": result.metrics}]
+
+
+def test_floor_moves_best_gain_per_byte_first_and_stops_when_met():
+    # b removes less than a but costs a tenth: per byte it comes first, and it is enough.
+    toy = Toy({"a": 0.06, "b": 0.05, "c": 0.001}, {"a": 100, "b": 10, "c": 1})
+    result = greedy_search(toy, _floor(0.95), move="float")
+    assert result.moved == ["b"]
+    assert result.bytes == 1010 and math.isclose(result.metrics["cosine_mean"], 0.95)
+    accepted = [s for s in result.steps if s.get("accepted")]
+    assert [s["candidate"] for s in accepted] == ["B"] and accepted[0]["added_bytes"] == 10
+
+
+def test_a_move_that_only_helps_on_the_fit_texts_is_not_paid_for():
+    # "a" ranks first on the fit texts but removes nothing on the validation texts.
+    toy = Toy({"a": 0.08, "b": 0.03, "c": 0.03, "d": 0.001, "e": 0.001}, dict.fromkeys("abcde", 1),
+              fit_only=frozenset({"a"}))
+    result = greedy_search(toy, _floor(0.95), move="float")
+    assert "a" not in result.moved and result.moved == ["b", "c"]
+    rejected = next(s for s in result.steps if s["candidate"] == "A")
+    assert rejected["accepted"] is False and rejected["why"] == "no gain on the validation texts"
+
+
+def test_candidates_without_a_gain_are_recorded_and_never_tried():
+    toy = Toy({"a": 0.05, "z": 0.0}, {"a": 1, "z": 1})
+    result = greedy_search(toy, _floor(0.95), move="float")
+    assert {"candidate": "Z", "gain": 0.0, "added_bytes": 1, "accepted": False,
+            "why": "no gain when ranked"} in result.steps
+    assert frozenset({"a", "z"}) not in toy.built
+
+
+def test_floor_cap_reached_raises_naming_what_was_tried():
+    toy = Toy({k: 0.01 for k in "abcdef"}, dict.fromkeys("abcdef", 1))
+    with pytest.raises(SearchExhausted, match=r"6 candidates ranked, 6 helped alone.*3 accepted \(cap 3\)") as caught:
+        greedy_search(toy, _floor(0.999), move="float")
+    assert isinstance(caught.value, AccuracyError)  # the pipeline refuses the artifact
+    result = caught.value.result
+    assert len(result.moved) == 3
+    assert "cap reached" in result.steps[-1]["why"]
+
+
+def test_budget_takes_every_helpful_move_that_fits():
+    toy = Toy({"a": 0.02, "b": 0.03, "c": 0.01}, {"a": 50, "b": 60, "c": 5})
+    result = greedy_search(toy, Budget(1000 + 70), move="8-bit")
+    # per byte: c (0.002), b (0.0005), a (0.0004); c + b = 65 fit, a would make 115
+    assert result.moved == ["c", "b"] and result.bytes == 1065
+    over = next(s for s in result.steps if s["candidate"] == "A")
+    assert over["accepted"] is False and over["why"] == "over the size budget"
+    assert frozenset({"a", "b", "c"}) not in toy.built  # skipped without being built
+
+
+def test_budget_met_by_nothing_keeps_the_start():
+    toy = Toy({"a": 0.02}, {"a": 50})
+    result = greedy_search(toy, Budget(1000), move="8-bit")
+    assert result.moved == [] and result.bytes == 1000
+
+
+def test_search_loss_treats_nan_as_worst():
+    assert search_loss({"cosine_mean": float("nan"), "cosine_min": 0.9}) == math.inf
+    assert search_loss({"cosine_mean": 0.99, "cosine_min": 0.98}) == pytest.approx(0.01 + 0.25 * 0.02)
