@@ -239,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import edge_runtime
     from converters import ConvertConfig, convert
-    from converters.arithmetic import ValidationSessions, choose_validation
+    from converters.core.arithmetic import ValidationSessions, choose_validation
+    from converters.inputs.source import default_model_dir
     from edge_runtime._compat import arithmetic_problem
     from edge_runtime._device import detect
     from targets import load_profile
-    from converters.source import default_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     kept_dir = args.keep or work

@@ -43,8 +43,8 @@ def _texts() -> list[str]:
 
 
 def _reference(texts: list[str]) -> np.ndarray:
-    from converters.source import load_source
-    from converters.validate import encode
+    from converters.core.validate import encode
+    from converters.inputs.source import load_source
     from edge_runtime._text import pool
 
     source = load_source(None)
@@ -82,7 +82,7 @@ def _code_stats(root: Path, artifact: str) -> dict[str, float]:
     import onnx
     from onnx import numpy_helper
 
-    from converters.gptq import pair_sums
+    from converters.core.gptq import pair_sums
 
     graph = onnx.load(str(root / f"{artifact}.onnx")).graph
     peaks, pairs = [], []

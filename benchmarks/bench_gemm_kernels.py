@@ -7,7 +7,7 @@ A stack of 6 FFN blocks (MatMul [128 x 384] x [384 x 1536], ReLU, MatMul x [1536
 random weights, batch 1, 128 tokens, `--threads` intra-op threads, run as:
 - FP32 MatMul (MLAS SGEMM), the baseline;
 - dynamic INT8 (quantize_dynamic, per-channel, 7-bit weights) -> DynamicQuantizeMatMul;
-- W4A8: the INT8 graph with its weights stored as 4-bit codes (converters/quantize_w4a8.py),
+- W4A8: the INT8 graph with its weights stored as 4-bit codes (converters/onnx/quantize_w4a8.py),
   unpacked by onnxruntime at session start, so the same INT8 GEMM runs;
 - MatMulNBits (onnxruntime's weight-only kernels, accuracy_level 4: activations quantized per
   block) at 4 and 8 bits, blocks of 32 and 128.
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from converters.quantize_w4a8 import W4A8Weights
+    from converters.onnx.quantize_w4a8 import W4A8Weights
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     rng = np.random.default_rng(0)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""INT4 weight-only ONNX (converters/quantize_int4.py) vs the FP32 export, on the built-in MiniLM.
+"""INT4 weight-only ONNX (converters/onnx/quantize_int4.py) vs the FP32 export, on the built-in MiniLM.
 
     python benchmarks/bench_onnx_int4.py --size-budget 0.16 --rounds 5 --json benchmarks/results/onnx_int4.json
 
 Exports all-MiniLM-L6-v2 without Attention fusion (as the x86 profiles do), quantizes it with the
 calibration texts, then reports: size vs FP32; sentence-embedding cosine against PyTorch FP32
-(converters.validate.compute_metrics) on the calibration texts and on held-out texts
+(converters.core.validate.compute_metrics) on the calibration texts and on held-out texts
 (benchmarks/data/heldout_en.txt); and p50 latency as the median over interleaved rounds of
 (INT4 p50 / FP32 p50) in the same round, batch 1, `--seq` tokens, plain ORT sessions (default
 options, `--threads` intra-op threads). The machine may be shared: only ratios mean anything.
@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from converters.calibration import load_texts
-    from converters.export_onnx import ExportConfig, export_onnx
-    from converters.quantize_int4 import Int4Config, quantize_int4
-    from converters.source import load_source
-    from converters.validate import compute_metrics, make_batches, reference_outputs
+    from converters.core.validate import compute_metrics, make_batches, reference_outputs
+    from converters.export.export_onnx import ExportConfig, export_onnx
+    from converters.inputs.calibration import load_texts
+    from converters.inputs.source import load_source
+    from converters.onnx.quantize_int4 import Int4Config, quantize_int4
 
     source = load_source(None)
     calibration = load_texts().texts

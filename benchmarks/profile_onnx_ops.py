@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plain:
         from bench_artifacts import PlainExport
 
-        from converters.source import default_model_dir
+        from converters.inputs.source import default_model_dir
 
         models["plain"] = str(PlainExport(default_model_dir(), work).path)
     for spec in args.models:

@@ -3,20 +3,29 @@
     from converters import ConvertConfig, convert
     result = convert(ConvertConfig(model=None, target="auto", out=Path("out")))
 
+The folders follow the pipeline (pipeline.py runs it, _artifacts.py builds each artifact):
+
+    inputs/     source model, fit / validation texts, preflight checks
+    export/     the FP32 ONNX graph (TFLite's export is tflite/export.py)
+    core/       the shared quantization core: one evaluator, one search, GPTQ, target arithmetic
+    onnx/       ONNX passes and quantizers (INT8, W4A8, INT4, tables)
+    tflite/     litert-torch export, ai-edge-quantizer recipes and ours
+    packaging/  the artifact directory: files, manifest, golden samples, signature
+
 Heavy libraries (torch, transformers, onnx, onnxruntime tools) are imported inside the steps
 that use them.
 """
 
 __version__ = "0.1.0"
 
-from converters._errors import (  # noqa: E402
+from converters._errors import (
     AccuracyError,
     ConversionError,
     NonFiniteOutputError,
     SourceModelError,
     UnsupportedModelError,
 )
-from converters.pipeline import ArtifactResult, ConvertConfig, ConvertResult, convert  # noqa: E402
+from converters.pipeline import ArtifactResult, ConvertConfig, ConvertResult, convert
 
 __all__ = [
     "AccuracyError",

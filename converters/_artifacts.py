@@ -12,27 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
 from converters._graph import model_bytes
-from converters.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
-from converters.gptq import Int8Rounding
-from converters.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused
-from converters.mixed_precision import quantize_with_floor
-from converters.pack_projections import pack_projections
-from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
-from converters.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
-from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
+from converters.core.gptq import Int8Rounding
 from converters.core.search import RANKING_TEXTS
-from converters.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8
-from converters.smooth_activations import SmoothConfig, smooth_activations
-from converters.source import SourceModel
-from converters.split_first_token import SplitConfig, split_first_token
+from converters.core.validate import Reference, compute_metrics, floor_failures
+from converters.inputs.source import SourceModel
+from converters.onnx.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
+from converters.onnx.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused
+from converters.onnx.mixed_precision import quantize_with_floor
+from converters.onnx.pack_projections import pack_projections
+from converters.onnx.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
+from converters.onnx.quantize_int4 import Int4Config, quantize_int4, quantize_tables_int4
+from converters.onnx.quantize_int8 import Int8Config, int8_range, quantize_int8
+from converters.onnx.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8
+from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
+from converters.onnx.split_first_token import SplitConfig, split_first_token
 from converters.tflite import (
     GPTQ_INT8_RECIPE,
     GPTQ_RECIPE,
@@ -42,7 +44,6 @@ from converters.tflite import (
     export_tflite,
     quantize_tflite,
 )
-from converters.validate import Reference, compute_metrics, floor_failures
 from edge_runtime import backends
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
@@ -100,7 +101,7 @@ class Step:
     fit: Reference
     cache: dict[str, Any] = field(default_factory=dict)  # results shared between builders
     # Opens the session a candidate ONNX graph is scored with: the target's arithmetic, not
-    # necessarily this machine's (converters/arithmetic.py). None: this machine's kernels.
+    # necessarily this machine's (converters/core/arithmetic.py). None: this machine's kernels.
     sessions: Callable[[Path], Any] | None = None
 
     def session(self, path: Path) -> Any:

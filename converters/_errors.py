@@ -26,7 +26,7 @@ class UnsupportedModelError(ConversionError):
 
 class DiskSpaceError(ConversionError):
     """Too little free disk space for the expected artifacts and temporary files (checked before
-    a conversion starts: converters/preflight.py)."""
+    a conversion starts: converters/inputs/preflight.py)."""
 
     def __init__(self, message: str, path: str, needed_bytes: int, free_bytes: int):
         self.path, self.needed_bytes, self.free_bytes = path, needed_bytes, free_bytes

@@ -138,7 +138,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     from converters import ConversionError, ConvertConfig, convert
     from converters._console import ProgressPrinter, captured_output
-    from converters.signing import SigningKeyError
+    from converters.packaging.signing import SigningKeyError
 
     try:
         # auto: this machine's facts from the runtime's device reader (one reader of /proc, /sys)

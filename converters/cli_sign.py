@@ -1,5 +1,5 @@
 """Create a signing key pair, or sign an existing artifact directory (`python -m
-converters.cli_sign ...`). Thin: parse, call converters.signing, print; docs/signing.md.
+converters.cli_sign ...`). Thin: parse, call converters.packaging.signing, print; docs/signing.md.
 
     python -m converters.cli_sign keygen signing/key.pem signing/key.pub
     python -m converters.cli_sign sign out/x86-avx2 --key signing/key.pem
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from converters import ConversionError, signing
+from converters import ConversionError
+from converters.packaging import signing
 
 _FLAGS = {"sign_key": "--key", "private_path": "PRIVATE", "public_path": "PUBLIC"}
 

@@ -13,21 +13,23 @@ import dataclasses
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from converters import golden as golden_samples
-from converters import package, preflight, signing
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session, plan
 from converters._errors import AccuracyError, ConversionError
-from converters.arithmetic import MODES as ARITHMETIC_MODES
-from converters.arithmetic import ValidationSessions, choose_validation
-from converters.calibration import TextSplit, load_texts, split_texts
-from converters.export_onnx import ExportConfig, export_onnx
-from converters.fuse_onnx import fuse_onnx, fusion_config
-from converters.source import SourceModel, load_source
-from converters.validate import Reference, compute_metrics, reference_outputs
+from converters.core.arithmetic import MODES as ARITHMETIC_MODES
+from converters.core.arithmetic import ValidationSessions, choose_validation
+from converters.core.validate import Reference, compute_metrics, reference_outputs
+from converters.export.export_onnx import ExportConfig, export_onnx
+from converters.export.fuse_onnx import fuse_onnx, fusion_config
+from converters.inputs import preflight
+from converters.inputs.calibration import TextSplit, load_texts, split_texts
+from converters.inputs.source import SourceModel, load_source
+from converters.packaging import golden as golden_samples
+from converters.packaging import package, signing
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
 from edge_runtime._device import detect
@@ -55,18 +57,18 @@ class ConvertConfig:
     task: str | None = None
     calibration: Path | None = None  # None: the built-in English texts
     # Texts the artifacts are validated on. None: a deterministic quarter of the calibration texts
-    # (converters/calibration.py); either way no fitting step sees them.
+    # (converters/inputs/calibration.py); either way no fitting step sees them.
     validation_texts: Path | None = None
     accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
     calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
     force: bool = False
     latency_runs: int = 20
     latency_seq: int = DEFAULT_SHAPE.seq
-    # Whose INT8 arithmetic candidates are scored with (converters/arithmetic.py): "auto" the
+    # Whose INT8 arithmetic candidates are scored with (converters/core/arithmetic.py): "auto" the
     # target's whatever this machine's is; "exact" always the exact int32 reference; "host" this
     # machine's kernels (diagnostics only).
     arithmetic: str = "auto"
-    # EC private key (PEM): sign the finished directory as model.sig (converters/signing.py)
+    # EC private key (PEM): sign the finished directory as model.sig (converters/packaging/signing.py)
     sign_key: Path | None = None
 
 
@@ -199,7 +201,7 @@ def _shipped_model(step: Step, stage: Path, manifest: dict[str, Any], entry: dic
     """The packaged artifact as edge_runtime opens it (load(..., verify=False, device_cache=False,
     tune=False)), after checking its files are the bytes the manifest records. An ONNX INT8/INT4
     artifact for arithmetic this machine lacks (int32 targets on an AVX2 CPU) is run as the
-    exact-int32 rewrite of the packaged file (converters/arithmetic.py), like its candidates
+    exact-int32 rewrite of the packaged file (converters/core/arithmetic.py), like its candidates
     were scored; with --arithmetic host, on this machine's kernels as scored. Returns the model
     and whether it runs such a rewrite (not this machine's kernels)."""
     verify_files(stage, entry["files"])
@@ -253,7 +255,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
     progress(f"target {profile.id}: {profile.name}")
     progress("loading the source model")
     source = load_source(config.model, config.task)
-    # Before any work: room for the planned artifacts and the work directory (converters/preflight.py).
+    # Before any work: room for the planned artifacts and the work directory (converters/inputs/preflight.py).
     disk = preflight.check_disk_space(profile, source, config.out)
     texts: TextSplit = split_texts(
         load_texts(config.calibration),

@@ -70,7 +70,7 @@ class OnnxOptions:
     fusion: bool
     graph_optimization_level: str  # disabled | basic | extended | all
     # onnxruntime session-time fusions the quantized artifacts are built to avoid, where they are
-    # slower on this CPU (converters/keep_layernorm_unfused.py): "SkipLayerNormalization".
+    # slower on this CPU (converters/onnx/keep_layernorm_unfused.py): "SkipLayerNormalization".
     keep_unfused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -92,7 +92,7 @@ class Int8Scheme:
     calibration_method: str  # minmax | percentile | entropy
     embeddings: str = "fp32"  # fp32 | int8-per-row: how large embedding tables are stored
     # gptq: integer weights chosen to minimise each layer's output error on the calibration
-    # texts (converters/gptq.py); nearest: onnxruntime's round-to-nearest.
+    # texts (converters/core/gptq.py); nearest: onnxruntime's round-to-nearest.
     weight_rounding: str = "gptq"
     # > 0: full 8-bit weight codes with |q[2k]| + |q[2k+1]| <= pair_sum_limit in every output
     # column, the scale set by the column's largest pair sum. For kernels that add adjacent u8 x s8
@@ -101,7 +101,7 @@ class Int8Scheme:
     pair_sum_limit: int = 0
     # How the target's INT8 GEMM accumulates, which the converter validates artifacts with:
     # int32:     exact (VNNI, AMX, ARM64, TensorRT). On a workstation whose own kernel saturates
-    #            (x86 without VNNI), candidates run through converters/exact_integer_ops.py.
+    #            (x86 without VNNI), candidates run through converters/core/exact_integer_ops.py.
     # s16-pairs: adjacent u8 x s8 products summed into a saturating int16 (AVX2's VPMADDUBSW);
     #            needs pair_sum_limit, which makes that sum exact, so every host computes the
     #            target's numbers.
@@ -139,8 +139,8 @@ class Int4Scheme:
     embedding_block_size: int = 128
     # How the 4-bit MatMul weights are computed with:
     # int8-gemm:   stored in 4 bits on the INT8 artifact's grid, unpacked to int8 when the session
-    #              starts, run by the INT8 GEMM (converters/quantize_w4a8.py; needs int8.mode dynamic)
-    # matmulnbits: onnxruntime's MatMulNBits weight-only kernels (converters/quantize_int4.py)
+    #              starts, run by the INT8 GEMM (converters/onnx/quantize_w4a8.py; needs int8.mode dynamic)
+    # matmulnbits: onnxruntime's MatMulNBits weight-only kernels (converters/onnx/quantize_int4.py)
     kernel: str = "int8-gemm"
     accuracy_level: int = 4  # matmulnbits: 4 = INT8 activations (fastest, same accuracy)
     algorithm: str = "auto"  # matmulnbits: rtn | clip_search | auto (both, keep the better)
@@ -148,7 +148,7 @@ class Int4Scheme:
     # How 4-bit embedding tables are gathered (int8-gemm kernel):
     # block-quantized: onnxruntime's GatherBlockQuantized
     # unpacked:        uint8 codes unpacked when the session starts, gathered and scaled by plain
-    #                  ops (converters/gather_tables_unpacked.py); the file stays 4-bit
+    #                  ops (converters/onnx/gather_tables_unpacked.py); the file stays 4-bit
     table_gather: str = "block-quantized"
     notes: str = ""
 

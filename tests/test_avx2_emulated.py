@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.gptq import pair_sums
+from converters.core.gptq import pair_sums
 
 QEMU = shutil.which("qemu-x86_64")
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ _SCORE = r"""
 import json, sys
 from pathlib import Path
 import numpy as np
-from converters.arithmetic import ValidationSessions, choose_validation
+from converters.core.arithmetic import ValidationSessions, choose_validation
 from targets import load_profile
 out, target, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 feeds = dict(np.load(sys.argv[4]))
@@ -227,6 +227,6 @@ def test_golden_check_refuses_the_vnni_artifact_on_the_avx2_kernel(tiny_model_fa
     numbers = [(float(line.split("cosine ")[1].split(" ")[0]), float(line.split("L2 error ")[1].split(" ")[0]))
                for line in failing]
     assert all(cos >= 0.99 and rel <= 0.15 for cos, rel in numbers), numbers
-    # Refused by at least one sample (converters/golden.py: correct ARM kernels drift to within
+    # Refused by at least one sample (converters/packaging/golden.py: correct ARM kernels drift to within
     # 2-3x of this failure on raw hidden states, so not every sample need exceed the bound).
     assert 1 <= len(failing) <= len(entry["golden"]["samples"]), refused

@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converters._errors import ConversionError
-from converters.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
-from converters.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused
+from converters.onnx.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
+from converters.onnx.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused
 from targets import ProfileError, load_profile
 
 
@@ -214,11 +214,11 @@ def test_unpacked_tables_refuse_layouts_they_do_not_handle(tmp_path):
 def test_unpacked_tables_in_an_exported_encoder(tiny_model_factory, tmp_path):
     """On a real export (word table gathered by input_ids, position table by a Slice of a
     constant range) the rewritten model computes what the GatherBlockQuantized one does."""
-    from converters.calibration import load_texts
-    from converters.export_onnx import ExportConfig, export_onnx
-    from converters.quantize_int4 import Int4Config, quantize_tables_int4
-    from converters.source import load_source
-    from converters.validate import make_batches
+    from converters.core.validate import make_batches
+    from converters.export.export_onnx import ExportConfig, export_onnx
+    from converters.inputs.calibration import load_texts
+    from converters.inputs.source import load_source
+    from converters.onnx.quantize_int4 import Int4Config, quantize_tables_int4
 
     source = load_source(tiny_model_factory("bert", "feature-extraction"))
     fp32 = export_onnx(source, tmp_path / "fp32.onnx", ExportConfig())

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from converters import ConvertConfig, convert, preflight
+from converters import ConvertConfig, convert
 from converters._errors import DiskSpaceError, SourceModelError, UnsupportedModelError
-from converters.calibration import load_texts
-from converters.source import load_source
+from converters.inputs import preflight
+from converters.inputs.calibration import load_texts
+from converters.inputs.source import load_source
 from targets import load_profile
-
 
 
 @pytest.fixture(scope="module")

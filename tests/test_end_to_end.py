@@ -7,15 +7,15 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import ARCHITECTURES, TASKS
 
 import edge_runtime
 from converters import ConvertConfig, convert
-from converters.arithmetic import ValidationSessions, choose_validation
+from converters.core.arithmetic import ValidationSessions, choose_validation
 from edge_runtime import DeviceMismatchError
 from edge_runtime._compat import arithmetic_problem
 from edge_runtime._device import detect
 from targets import list_profiles, load_profile
-from tiny_models import ARCHITECTURES, TASKS
 
 # slow tier: converts a tiny model for every architecture, task and target
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 """Validation on the target's arithmetic (issue 8): the exact int32 reference and its choice.
 
-converters/exact_integer_ops.py rewrites integer GEMMs so any CPU computes what a target with
-32-bit accumulation computes; converters/arithmetic.py decides when to use it; edge_runtime
+converters/core/exact_integer_ops.py rewrites integer GEMMs so any CPU computes what a target with
+32-bit accumulation computes; converters/core/arithmetic.py decides when to use it; edge_runtime
 refuses artifacts a device would compute wrongly (edge_runtime/_compat.py).
 """
 
@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 import edge_runtime
 from converters import ConvertConfig, convert
 from converters._errors import ConversionError
-from converters.arithmetic import ValidationSessions, choose_validation
-from converters.exact_integer_ops import chunk_rows, exact_integer_ops
+from converters.core.arithmetic import ValidationSessions, choose_validation
+from converters.core.exact_integer_ops import chunk_rows, exact_integer_ops
 from edge_runtime._compat import arithmetic_problem, required_int8_gemm
 from edge_runtime._device import detect
 from edge_runtime.backends.onnx import OnnxSession

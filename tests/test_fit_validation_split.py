@@ -11,7 +11,7 @@ import json
 import pytest
 
 from converters import ConvertConfig, SourceModelError, convert
-from converters.calibration import (
+from converters.inputs.calibration import (
     MIN_SPLIT_SIDE,
     VALIDATION_SHARE,
     TextSet,
@@ -98,8 +98,8 @@ def _rows(batches) -> list[tuple[int, ...]]:
 @pytest.mark.slow
 def test_fitters_see_only_fit_texts_and_metrics_only_validation_texts(tiny_model_factory, tmp_path, monkeypatch):
     import converters._artifacts as artifacts
-    from converters.source import load_source
-    from converters.validate import make_batches
+    from converters.core.validate import make_batches
+    from converters.inputs.source import load_source
 
     seen: dict[str, list] = {"smooth": [], "gptq": [], "w4a8": [], "scored": []}
     smooth, rounding, w4a8, metrics = (artifacts.smooth_activations, artifacts.Int8Rounding,

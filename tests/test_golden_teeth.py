@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 import edge_runtime
-from converters import ConversionError, ConvertConfig, convert, package
-from converters.golden import FLOOR, GOLDEN_TOLERANCE, K, K_INTEGER, golden_tolerance
-from converters.package import file_entry
+from converters import ConversionError, ConvertConfig, convert
+from converters.packaging import package
+from converters.packaging.golden import FLOOR, GOLDEN_TOLERANCE, K_INTEGER, K, golden_tolerance
+from converters.packaging.package import file_entry
 from edge_runtime._manifest import read_manifest
 from edge_runtime._model import Model, compare_outputs, golden_samples
 
@@ -158,7 +159,7 @@ def test_tolerances_follow_the_recorded_rule():
         assert tolerance["rel_l2_max"] >= FLOOR["rel_l2_max"]
         assert 1.0 - tolerance["cosine_min"] >= FLOOR["one_minus_cosine"] * (1 - 1e-6)
         # Tighter than before issue 10 (cosine 0.99, relative L2 0.15 for INT8/INT4); integer
-        # bounds are set by MiniLM's drift on an emulated Cortex-A76 (converters/golden.py).
+        # bounds are set by MiniLM's drift on an emulated Cortex-A76 (converters/packaging/golden.py).
         assert tolerance["cosine_min"] >= 0.997 and tolerance["rel_l2_max"] <= 0.1
     assert K >= 5 and K_INTEGER >= 2
 
@@ -189,9 +190,9 @@ def _golden_arrays(out: Path, entry: dict) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_several_stressing_samples_are_recorded(converted):
-    from converters.calibration import load_texts, split_texts
-    from converters.source import load_source
-    from converters.validate import reference_outputs
+    from converters.core.validate import reference_outputs
+    from converters.inputs.calibration import load_texts, split_texts
+    from converters.inputs.source import load_source
 
     out, model_dir = converted
     manifest = _manifest(out)
@@ -225,9 +226,9 @@ def test_several_stressing_samples_are_recorded(converted):
 
 @pytest.mark.slow
 def test_recorded_metrics_are_the_packaged_files_through_edge_runtime(converted):
-    from converters.calibration import load_texts, split_texts
-    from converters.source import load_source
-    from converters.validate import compute_metrics, reference_outputs
+    from converters.core.validate import compute_metrics, reference_outputs
+    from converters.inputs.calibration import load_texts, split_texts
+    from converters.inputs.source import load_source
 
     out, model_dir = converted
     manifest = _manifest(out)
@@ -339,7 +340,7 @@ def test_correct_kernels_drift_inside_the_tolerance(converted):
     onnxruntime on this CPU against the exact int32 reference (pair-limited x86-avx2 weights: both
     correct), and against itself with other threads / graph optimizations (other float kernels).
     Each stays below tolerance / K, so K is a real margin, not a fit to the numbers."""
-    from converters.arithmetic import ValidationSessions, choose_validation
+    from converters.core.arithmetic import ValidationSessions, choose_validation
     from edge_runtime.backends.onnx import OnnxSession
     from targets import load_profile
 

@@ -8,11 +8,12 @@ import onnxruntime as ort
 import pytest
 
 from converters._errors import ConversionError, UnsupportedModelError
-from converters.calibration import load_texts
-from converters.export_onnx import ExportConfig, export_onnx
-from converters.quantize_int4 import Int4Config, _clip_search, quantize_int4
-from converters.source import load_source
-from converters.validate import make_batches
+from converters.core.validate import make_batches
+from converters.export.export_onnx import ExportConfig, export_onnx
+from converters.inputs.calibration import load_texts
+from converters.inputs.source import load_source
+from converters.onnx.int4_blocks import _clip_search
+from converters.onnx.quantize_int4 import Int4Config, quantize_int4
 
 # The tiny model's tables (400 x 32 words, 128 x 32 positions) are far below the default
 # threshold; this lets them qualify while the 2 x 32 token-type table still stays FP32.

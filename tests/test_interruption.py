@@ -1,5 +1,5 @@
 """SIGKILL at any point of a conversion leaves no directory that looks complete, and a re-run
-succeeds (issue 10, "Interruption and concurrency"; converters/package.py says how)."""
+succeeds (issue 10, "Interruption and concurrency"; converters/packaging/package.py says how)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 import edge_runtime
-from converters import ConversionError, ConvertConfig, convert, package
+from converters import ConversionError, ConvertConfig, convert
+from converters.packaging import package
 from edge_runtime._errors import ManifestError
 
 HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from converters import package
+    from converters.packaging import package
     kind, where = sys.argv[1], Path(sys.argv[2])
     if kind == "stage":
         context = package.staging_dir(where, force=False)

@@ -9,7 +9,7 @@ import pytest
 
 import edge_runtime
 from converters import ConvertConfig, convert
-from converters.source import default_model_dir
+from converters.inputs.source import default_model_dir
 
 HELD_OUT = [
     "A man is playing a guitar.",

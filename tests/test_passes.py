@@ -9,12 +9,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from converters.calibration import load_texts
-from converters.export_onnx import ExportConfig, export_onnx
-from converters.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
-from converters.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
-from converters.source import load_source
-from converters.validate import make_batches
+from converters.core.validate import make_batches
+from converters.export.export_onnx import ExportConfig, export_onnx
+from converters.inputs.calibration import load_texts
+from converters.inputs.source import load_source
+from converters.onnx.quantize_embeddings import EmbeddingQuantConfig, quantize_embeddings
+from converters.onnx.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
 from targets import load_profile
 
 
@@ -56,8 +56,8 @@ def test_int8_quantizes_every_matmul_unless_excluded(exported, tmp_path, target)
     calibration = tuple(batches) if scheme.mode == "static" else ()
     rounding = None
     if scheme.pair_sum_limit:  # onnxruntime alone cannot honour the limit
-        from converters.gptq import Int8Rounding
-        from converters.quantize_int8 import int8_range
+        from converters.core.gptq import Int8Rounding
+        from converters.onnx.quantize_int8 import int8_range
 
         with pytest.raises(ValueError, match="pair_sum_limit"):
             quantize_int8(path, tmp_path / "q.onnx", Int8Config(scheme=scheme))
@@ -77,9 +77,9 @@ def test_int8_quantizes_every_matmul_unless_excluded(exported, tmp_path, target)
 
 
 def test_outlier_passes_are_exact_in_fp32_and_store_weights_once(exported, tmp_path):
-    from converters.fuse_onnx import fuse_onnx, fusion_config
-    from converters.smooth_activations import SmoothConfig, smooth_activations
-    from converters.split_first_token import SplitConfig, split_first_token
+    from converters.export.fuse_onnx import fuse_onnx, fusion_config
+    from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
+    from converters.onnx.split_first_token import SplitConfig, split_first_token
 
     source, path, feeds = exported
     fused = tmp_path / "fused.onnx"
@@ -128,8 +128,8 @@ def numpy_helper_array(init):
 
 
 def test_pack_projections_is_exact_and_packs_qkv(exported, tmp_path):
-    from converters.pack_projections import pack_projections
-    from converters.split_first_token import SplitConfig, split_first_token
+    from converters.onnx.pack_projections import pack_projections
+    from converters.onnx.split_first_token import SplitConfig, split_first_token
 
     source, path, feeds = exported
     out = tmp_path / "packed.onnx"
@@ -157,8 +157,8 @@ def test_gptq_rounding_lowers_layer_output_error(exported, tmp_path, target):
     and every adjacent pair of codes stays within the limit."""
     from onnx import numpy_helper
 
-    from converters.gptq import Int8Rounding, input_hessians, pair_sums
-    from converters.quantize_int8 import int8_range
+    from converters.core.gptq import Int8Rounding, input_hessians, pair_sums
+    from converters.onnx.quantize_int8 import int8_range
 
     source, path, feeds = exported
     scheme = load_profile(target).int8
@@ -205,7 +205,7 @@ def test_gptq_rounding_lowers_layer_output_error(exported, tmp_path, target):
 def test_pair_safe_rerounding_of_weights_gptq_does_not_handle(rows, scales):
     """INT8 weights of ops the GPTQ rounding does not cover (a classifier's Gemm) are re-rounded
     onto a pair-safe grid: every adjacent pair within the limit, close to the original weight."""
-    from converters.gptq import _pair_safe_nearest, pair_sums
+    from converters.core.gptq import _pair_safe_nearest, pair_sums
 
     rng = np.random.default_rng(rows)
     codes = rng.integers(-127, 128, (rows, 8)).astype(np.int8)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import edge_runtime
-from converters import ConversionError, ConvertConfig, convert, package
-from converters.package import file_entry
+from converters import ConversionError, ConvertConfig, convert
+from converters.packaging import package
+from converters.packaging.package import file_entry
 
 # slow tier: every test works on a converted tiny model
 pytestmark = pytest.mark.slow
@@ -150,7 +151,6 @@ def test_weights_are_memory_mapped(tmp_path):
 
 def _wide_model(tmp_path):
     import transformers
-
     from tiny_models import _tokenizer
 
     tokenizer = _tokenizer("wordpiece")

@@ -25,8 +25,9 @@ import pytest
 from click.testing import CliRunner
 
 import edge_runtime
-from converters import ConversionError, ConvertConfig, cli_sign, convert, signing
+from converters import ConversionError, ConvertConfig, cli_sign, convert
 from converters import cli as convert_cli
+from converters.packaging import signing
 from edge_runtime import SignatureError
 from edge_runtime import cli as run_cli
 from edge_runtime._signing import key_hint, verify_directory

@@ -5,16 +5,15 @@ first bad text. Synthetic metrics and outputs: no model, milliseconds."""
 from __future__ import annotations
 
 import dataclasses
-
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from converters import AccuracyError, NonFiniteOutputError
-from converters.mixed_precision import quantize_with_floor
+from converters.core.validate import Reference, compute_metrics, floor_failures, meets_floor
+from converters.onnx.mixed_precision import quantize_with_floor
 from converters.tflite.judge import meets
-from converters.validate import Reference, compute_metrics, floor_failures, meets_floor
 from targets import AccuracyFloor
 
 FLOOR = AccuracyFloor(cosine_mean=0.99, cosine_min=0.95, top1_agreement=0.98)
@@ -128,7 +127,7 @@ def test_reference_head_keeps_texts():
 
 def test_nan_metric_does_not_pass_the_int8_floor(monkeypatch, tmp_path):
     """quantize_with_floor used `metric < floor`: an all-NaN candidate returned as passing."""
-    import converters.mixed_precision as mp
+    import converters.onnx.mixed_precision as mp
 
     monkeypatch.setattr(mp, "quantize_int8", lambda src, out, config: out)
     monkeypatch.setattr(mp, "compute_metrics", lambda *a, **k: {"cosine_mean": NAN, "cosine_min": NAN})

@@ -44,8 +44,8 @@ COSINE_FLOOR = {"fp32": 0.99999, "int8": 0.999, "int4": 0.98}
 @pytest.fixture(scope="session")
 def tflite_artifacts(tiny_model_factory, tmp_path_factory):
     """(arch, task) -> (source, export info, {precision: path}), converted once per session."""
+    from converters.inputs.source import load_source
     from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
-    from converters.source import load_source
 
     cache = {}
 
@@ -198,8 +198,8 @@ def test_too_long_and_malformed_inputs_raise_input_error(tflite_artifacts):
 
 
 def test_export_refuses_buckets_longer_than_the_model(tiny_model_factory, tmp_path):
+    from converters.inputs.source import load_source
     from converters.tflite import TfliteExportConfig, export_tflite
-    from converters.source import load_source
 
     source = load_source(tiny_model_factory("distilbert", "feature-extraction"))
     with pytest.raises(ConversionError, match="max_length 128"):

@@ -40,8 +40,8 @@ FATAL = (
 
 @pytest.fixture(scope="module")
 def model(tiny_model_factory, tmp_path_factory) -> Path:
+    from converters.inputs.source import load_source
     from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
-    from converters.source import load_source
 
     out = tmp_path_factory.mktemp("tflite-isolation")
     export_tflite(

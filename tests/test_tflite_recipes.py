@@ -17,12 +17,12 @@ pytest.importorskip("ai_edge_litert")
 
 from converters._errors import AccuracyError, ConversionError
 from converters.core.search import SearchExhausted
-from converters.calibration import load_texts
+from converters.core.validate import make_batches
+from converters.inputs.calibration import load_texts
+from converters.inputs.source import load_source
 from converters.tflite import GptqInt4Config, TfliteExportConfig, export_tflite, quantize_tflite
 from converters.tflite.flatbuffer import Weight, compact_copy, find_weights
 from converters.tflite.gptq_int4 import gptq_int4, pack_int4, unpack_int4, write_int4
-from converters.source import load_source
-from converters.validate import make_batches
 from edge_runtime import backends
 
 # The tiny model's word table (400 x 32) is far below the default threshold; this lets it be

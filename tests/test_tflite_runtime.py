@@ -48,7 +48,7 @@ needs_cache_api = pytest.mark.skipif(
 
 
 def _export(source_dir: Path, out: Path) -> dict[str, Path]:
-    from converters.source import load_source
+    from converters.inputs.source import load_source
     from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
 
     out.mkdir(parents=True, exist_ok=True)

@@ -12,17 +12,17 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from converters.calibration import load_texts
-from converters.export_onnx import ExportConfig, export_onnx
 from converters.core.search import search_loss
-from converters.pack_projections import pack_projections
-from converters.quantize_int4 import Int4Config, quantize_tables_int4
-from converters.quantize_int8 import Int8Config, int8_range, quantize_int8
-from converters.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8, grid_params
-from converters.smooth_activations import SmoothConfig, smooth_activations
-from converters.source import load_source
-from converters.split_first_token import SplitConfig, split_first_token
-from converters.validate import make_batches
+from converters.core.validate import make_batches
+from converters.export.export_onnx import ExportConfig, export_onnx
+from converters.inputs.calibration import load_texts
+from converters.inputs.source import load_source
+from converters.onnx.pack_projections import pack_projections
+from converters.onnx.quantize_int4 import Int4Config, quantize_tables_int4
+from converters.onnx.quantize_int8 import Int8Config, int8_range, quantize_int8
+from converters.onnx.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8, grid_params
+from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
+from converters.onnx.split_first_token import SplitConfig, split_first_token
 from targets import load_profile
 
 
@@ -108,7 +108,7 @@ def test_unpacked_weights_are_exact_and_fold_into_the_int8_gemm(graphs, tmp_path
 def test_accuracy_against_fp32_and_the_int8_graph(graphs):
     """Tiny random weights at 4 bits: the pooled cosine against FP32 on held-out texts stays
     above 0.99 (measured 0.9976 min), and GPTQ codes beat plain rounding on the same grid."""
-    import converters.quantize_w4a8 as w4a8
+    import converters.onnx.quantize_w4a8 as w4a8
 
     feeds = graphs["heldout"]
     mask = feeds["attention_mask"]

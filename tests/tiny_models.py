@@ -47,7 +47,15 @@ def _tokenizer(kind: str):
     # hence different random weights and different quantization errors (a flaky test).
     import math
 
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if kind == "wordpiece":

@@ -3,7 +3,7 @@
 
     .venv/bin/python tools/bench_signing.py out/x86-avx2 [--rounds 5]
 
-Copies DIR to a temporary directory, signs the copy with a fresh key (converters/signing.py),
+Copies DIR to a temporary directory, signs the copy with a fresh key (converters/packaging/signing.py),
 then, in interleaved rounds, times verify_directory() alone and edge_runtime.load() without and
 with trusted_keys. Prints medians and the load ratio, with the CPU they were measured on.
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import edge_runtime
-from converters import signing
+from converters.packaging import signing
 from edge_runtime._device import detect
 from edge_runtime._signing import verify_directory
 

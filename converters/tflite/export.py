@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import ConversionError
-from converters.source import SourceModel, build_wrapper
+from converters.inputs.source import SourceModel, build_wrapper
 from converters.tflite.flatbuffer import op_counts
 
 __all__ = [

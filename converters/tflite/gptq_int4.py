@@ -6,7 +6,7 @@
    per-row INT4 useless: blocks keep them local), small tables float, and the weights a search
    chose INT8 per channel.
 2. The INT4 FULLY_CONNECTED values and block scales are then replaced in place (same tensors,
-   types and byte sizes) by GPTQ rounding (converters/gptq.py, act-order) on a grid whose block
+   types and byte sizes) by GPTQ rounding (converters/core/gptq.py, act-order) on a grid whose block
    scales come from a clip search weighted by the layer's input energy. ai-edge-quantizer's own
    INT4 algorithms (min-max, OCTAV, MSE, Hadamard rotation, its GPTQ) reached at best
    0.970 / 0.861 on MiniLM.
@@ -85,7 +85,7 @@ def gptq_int4(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(codes int8 [out, in] in [-8, 7], scales float32 [out, in / BLOCK]) for an FC weight
     [out, in] (y = x W^T)."""
-    from converters.gptq import GptqConfig, gptq
+    from converters.core.gptq import GptqConfig, gptq
 
     scales = _block_scales(weight, np.diag(hessian))
     step = np.repeat(scales.astype(np.float64), BLOCK, axis=1)  # [out, in]

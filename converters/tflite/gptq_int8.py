@@ -2,7 +2,7 @@
 
 ai-edge-quantizer lays out the model (int8 per-channel FULLY_CONNECTED weights and embedding
 tables, activations quantized per run by XNNPACK's QD8 kernels); this module then replaces the
-FULLY_CONNECTED codes in place by GPTQ rounding (converters/gptq.py) on the quantizer's own
+FULLY_CONNECTED codes in place by GPTQ rounding (converters/core/gptq.py) on the quantizer's own
 scales, so tensors, types and sizes stay exactly the stock recipe's. On MiniLM the stock
 recipe's minimum cosine on the calibration texts is 0.984, GPTQ's 0.989 (targets/rpi5.toml).
 Which weights stay float is decided by the shared search (converters/core/search.py), not here.
@@ -41,7 +41,7 @@ Progress = Callable[[str], None]
 def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """int8 codes [out, in] in [-127, 127] of an FC weight [out, in] (y = x W^T) on fixed
     per-output-channel `scales` (the quantizer's own)."""
-    from converters.gptq import GptqConfig, gptq
+    from converters.core.gptq import GptqConfig, gptq
 
     step = scales.astype(np.float64)
 

@@ -1,6 +1,6 @@
 """The input-statistics tap: E[x^T x] of every FULLY_CONNECTED weight's input in a .tflite.
 
-GPTQ (converters/gptq.py) rounds a weight against the second moment of the activations that
+GPTQ (converters/core/gptq.py) rounds a weight against the second moment of the activations that
 reach it. Here they are read from the FP32 .tflite itself, not from PyTorch: the interpreter
 keeps every intermediate tensor (builtin kernels), each calibration row runs on the bucket that
 holds it, and only its real tokens count. Short "prefix" rows are added because short inputs

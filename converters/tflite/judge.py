@@ -3,7 +3,7 @@
 A search builds many candidates (which weights stay INT8 or float) and needs a cheap, stable
 score for each. The reference is the FP32 .tflite run on the same rows (not PyTorch), so the
 score measures what quantization changed and nothing else; the pipeline's final validation
-against PyTorch on held-out texts (converters/validate.py) is separate.
+against PyTorch on held-out texts (converters/core/validate.py) is separate.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from converters._errors import NonFiniteOutputError
+from converters.core.validate import meets_floor, row_cosine
 from converters.tflite.signatures import Signatures
-from converters.validate import meets_floor, row_cosine
 
 __all__ = ["Judge", "meets"]
 

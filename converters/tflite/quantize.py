@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
+from converters.core.search import RANKING_TEXTS, Budget, Floor, greedy_search
 from converters.tflite.config import INT8_DAMP, INT8_PREFIX_TOKENS, GptqInt4Config
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import compact_copy, op_counts
@@ -47,7 +48,6 @@ from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import with_prefixes
 from converters.tflite.judge import Judge, meets
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
-from converters.core.search import RANKING_TEXTS, Budget, Floor, greedy_search
 from converters.tflite.signatures import calibration_rows, signature_lengths
 
 __all__ = ["quantize_tflite"]
@@ -93,7 +93,7 @@ def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Sc
     if rank is None:
         ranker = Judge(reference_path, rows, reference_path.stat().st_size)
         subset = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), RANKING_TEXTS)).astype(int))
-        rank = lambda path: ranker.metrics(path, subset)  # noqa: E731
+        rank = lambda path: ranker.metrics(path, subset)
     if judge is None:
         judged = Judge(reference_path, val_rows, reference_path.stat().st_size)
         judge = judged.metrics
@@ -265,7 +265,7 @@ def quantize_tflite(
     Postcondition (checked on the written file): the same signatures with the same inputs and
     outputs, and outputs that are finite and point the same way as the float model's.
     `calibration` (named int [batch, seq] arrays with an attention_mask, e.g. from
-    converters.validate.make_batches) is used only by recipes that need it. `int4` configures
+    converters.core.validate.make_batches) is used only by recipes that need it. `int4` configures
     gptq_wi4b32_afp32 (default GptqInt4Config()); with a size_budget that the all-INT4 model
     already exceeds, AccuracyError is raised (the pipeline refuses the artifact). `floor`
     (cosine mean, min against the FP32 .tflite on the calibration rows) lets gptq_wi8_afp32

@@ -2,19 +2,19 @@
 
 The artifact runs through edge_runtime's own backend and pooling code, so the metrics in the
 manifest are what a device computes. The validation texts are the split of the calibration
-texts that no fitting step sees (converters/calibration.py, issue 10).
+texts that no fitting step sees (converters/inputs/calibration.py, issue 10).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from converters._errors import NonFiniteOutputError
-from converters.source import SourceModel
+from converters.inputs.source import SourceModel
 from edge_runtime._text import pool
 from targets import AccuracyFloor
 
@@ -39,7 +39,7 @@ class Reference:
     texts: tuple[str, ...] = ()  # the texts of the batches, in order (for error messages)
     # Per text: the largest |activation| entering any Linear layer of the FP32 model, real
     # tokens only (what the INT8 GEMMs quantize): golden samples are chosen by it
-    # (converters/golden.py). Empty when not measured.
+    # (converters/packaging/golden.py). Empty when not measured.
     peaks: tuple[float, ...] = ()
 
     def head(self, count: int | None) -> Reference:

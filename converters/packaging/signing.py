@@ -43,7 +43,7 @@ __all__ = [
     "statement",
 ]
 
-log = logging.getLogger("converters.signing")
+log = logging.getLogger("converters.packaging.signing")
 
 
 class SigningKeyError(ConversionError):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._activations import channel_abs_max
+from converters.core._activations import channel_abs_max
 
 __all__ = ["SmoothConfig", "smooth_activations"]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from converters._errors import DiskSpaceError, SourceModelError
 
 if TYPE_CHECKING:
-    from converters.source import SourceModel
+    from converters.inputs.source import SourceModel
     from targets import TargetProfile
 
 __all__ = ["ARTIFACT_SIZE", "WORK_SIZE", "DiskEstimate", "check_disk_space", "check_model_dir", "estimate"]
@@ -111,8 +111,8 @@ def check_disk_space(profile: TargetProfile, source: SourceModel, out: Path,
                      temp_dir: Path | None = None) -> DiskEstimate:
     """Raise DiskSpaceError unless the filesystems of `out` and of the temp dir have room for
     estimate(); when both are one filesystem it must hold both at once. The directories that
-    killed conversions left (converters/package.py) are removed first: their space is free."""
-    from converters import package
+    killed conversions left (converters/packaging/package.py) are removed first: their space is free."""
+    from converters.packaging import package
 
     out = Path(out).resolve()
     temp_dir = Path(temp_dir or tempfile.gettempdir())

@@ -18,13 +18,13 @@ on the built-in calibration texts (half for H, half to score): 0.01 -> 0.9863 mi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-__all__ = ["GptqConfig", "Int8Rounding", "gptq", "input_hessians", "pair_sums", "pair_limited_scale"]
+__all__ = ["GptqConfig", "Int8Rounding", "gptq", "input_hessians", "pair_limited_scale", "pair_sums"]
 
 # Quantizes input row `k` (original index) of the weight: returns (integer codes, dequantized).
 RowQuantizer = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -87,7 +87,7 @@ def input_hessians(
     (constant [K, N] initializers), keyed by weight; MatMuls sharing a weight add up."""
     import onnx
 
-    from converters._activations import token_rows
+    from converters.core._activations import token_rows
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     inputs: dict[str, list[str]] = {}

@@ -45,7 +45,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 
-__all__ = ["ExactIntegerConfig", "exact_integer_ops", "chunk_rows"]
+__all__ = ["ExactIntegerConfig", "chunk_rows", "exact_integer_ops"]
 
 CONFIG_VERSION = 1
 _EXACT_FLOAT = 1 << 24  # float32 holds every integer up to 2^24 exactly

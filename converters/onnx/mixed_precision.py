@@ -9,18 +9,17 @@ a time, each kept only if the VALIDATION loss drops, until the floor is met (at 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from converters._errors import AccuracyError
 from converters._graph import model_bytes
 from converters.core.search import RANKING_TEXTS, Floor, SearchExhausted, greedy_search
-from converters.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
-from converters.source import SourceModel
-from converters.validate import Reference, compute_metrics, floor_failures
+from converters.core.validate import Reference, compute_metrics, floor_failures
+from converters.inputs.source import SourceModel
+from converters.onnx.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
 from targets import AccuracyFloor
 
 __all__ = ["QuantOutcome", "quantize_with_floor"]

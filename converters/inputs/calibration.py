@@ -18,7 +18,7 @@ from converters._errors import SourceModelError
 
 __all__ = ["TextSet", "TextSplit", "load_texts", "split_texts", "validation_share"]
 
-BUILTIN = Path(__file__).resolve().parent / "data" / "calibration_en.txt"
+BUILTIN = Path(__file__).resolve().parents[1] / "data" / "calibration_en.txt"  # converters/data
 MIN_TEXTS = 8
 # The share of the calibration texts held out for validation. A quarter keeps ~270 of the 357
 # built-in texts for fitting (GPTQ Hessians of MiniLM's 1536-wide FFN input want several
@@ -61,7 +61,7 @@ class TextSplit:
         """The manifest's "calibration" section."""
         if self.method == "hash":
             how = (f"calibration texts split by sha256(text): first 32 bits / 2^32 < {VALIDATION_SHARE} "
-                   "-> validation, else fit (converters/calibration.py)")
+                   "-> validation, else fit (converters/inputs/calibration.py)")
         else:
             how = "fit: the calibration texts; validation: a separate file (validation_texts)"
         return {

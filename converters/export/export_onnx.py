@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters._errors import ConversionError
-from converters.source import SourceModel
+from converters.inputs.source import SourceModel
 
 __all__ = ["ExportConfig", "export_onnx", "sample_inputs"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from converters._console import quiet_loggers
 from converters._errors import SourceModelError, UnsupportedModelError
-from converters.preflight import check_model_dir
+from converters.inputs.preflight import check_model_dir
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -206,7 +206,7 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     builtin = model_dir is None
     model_dir = default_model_dir() if builtin else Path(model_dir)
     # An unsupported architecture is said first (a readable config.json is enough to tell);
-    # then config.json, intact weights and tokenizer files are checked (converters/preflight.py).
+    # then config.json, intact weights and tokenizer files are checked (converters/inputs/preflight.py).
     config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else None
     model_type = config.get("model_type", "") if isinstance(config, dict) else None
     if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
@@ -223,7 +223,6 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         raise UnsupportedModelError(f"task {task!r} is not supported; supported: {', '.join(TASKS)}")
     weights_sha = _weights_sha256(model_dir)
 
-    import torch
     import transformers
 
     auto = {

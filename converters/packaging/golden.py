@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from converters._errors import ConversionError
-from converters.package import file_entry
-from converters.source import SourceModel
-from converters.validate import Reference, encode
+from converters.core.validate import Reference, encode
+from converters.inputs.source import SourceModel
+from converters.packaging.package import file_entry
 
 __all__ = ["GOLDEN_TOLERANCE", "LARGEST", "GoldenSample", "choose_samples", "golden_tolerance", "write_golden"]
 
@@ -54,7 +54,7 @@ LARGEST = 2  # samples chosen by activation peak
 #       rel L2 1.95e-3, cosine 0.999998;
 #     - TFLite INT8 on the emulated Cortex-A76 against this x86 host (embeddings): rel L2 3.1e-4;
 #     - this host's onnxruntime (AVX2 U8S8) against the exact int32 reference
-#       (converters/exact_integer_ops.py) on x86-avx2 artifacts, whose pair-limited weights make
+#       (converters/core/exact_integer_ops.py) on x86-avx2 artifacts, whose pair-limited weights make
 #       both correct, and against itself with 1/2 threads and every graph optimization level:
 #       rel L2 <= 2e-7 (MiniLM INT8, 4 samples; tiny BERT: 0) -- no code flips on x86.
 #   float (ONNX/TFLite FP32): rel L2 2e-7, 1 - cosine 2e-14: onnxruntime with graph
@@ -172,6 +172,6 @@ def write_golden(
         # Every sample's tolerance; also what an edge_runtime reading only the first sample uses.
         "tolerance": tolerance,
         "tolerance_basis": f"max({K} x drift measured between correct kernels, floor {FLOOR}) "
-                           "(converters/golden.py)",
+                           "(converters/packaging/golden.py)",
         "samples": described,
     }

@@ -19,7 +19,7 @@ Why not onnxruntime's MatMulNBits: at batch 1 x 128 tokens the encoder GEMMs are
 and its 4-bit kernels (accuracy_level 4 quantizes activations per block) measured 0.59-0.77x
 of FP32 time per GEMM on x86 against 0.31x for the INT8 GEMM (benchmarks/RESULTS.md).
 
-Codes are chosen by GPTQ on the fixed 4-bit grid (converters/gptq.py); the grid (m, z) of each
+Codes are chosen by GPTQ on the fixed 4-bit grid (converters/core/gptq.py); the grid (m, z) of each
 block is the one with the least input-energy-weighted squared error among a few candidates.
 Preconditions: the output of quantize_int8 in dynamic operator form with symmetric int8
 weights (`{w}_quantized`, `{w}_scale`), opset >= 21 (UINT4 tensors).
@@ -27,15 +27,16 @@ weights (`{w}_quantized`, `{w}_scale`), opset >= 21 (UINT4 tensors).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from converters._errors import ConversionError
+from converters.core.gptq import GptqConfig, Int8Rounding, gptq
 from converters.core.search import Budget, SearchResult, greedy_search
-from converters.gptq import GptqConfig, Int8Rounding, gptq
 
 __all__ = ["W4A8Config", "W4A8Space", "W4A8Weights", "fit_w4a8", "grid_params"]
 

@@ -31,7 +31,7 @@ class Int8Config:
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] = ()
     calibration_batches: tuple = field(default=(), repr=False)  # feeds for static mode
-    # converters.gptq.Int8Rounding, or None for onnxruntime's round-to-nearest
+    # converters.core.gptq.Int8Rounding, or None for onnxruntime's round-to-nearest
     rounding: Any = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:
@@ -54,7 +54,7 @@ class Int8Config:
 
 def ort_reduce_range(scheme: Int8Scheme) -> bool:
     """Whether onnxruntime writes 7-bit weights. Under a pair-sum limit it writes 8 bits: the
-    GPTQ rounding then sets each column's scale and codes (converters/gptq.py)."""
+    GPTQ rounding then sets each column's scale and codes (converters/core/gptq.py)."""
     return scheme.reduce_range and not scheme.pair_sum_limit
 
 
@@ -133,7 +133,7 @@ def quantize_int8(model_path: Path, out_path: Path, config: Int8Config) -> Path:
     if limit and getattr(config.rounding, "pair_limit", 0) != limit:
         # onnxruntime alone would write unconstrained 8-bit codes: wrong results on AVX2.
         raise ValueError(f"int8.pair_sum_limit = {limit} needs the GPTQ rounding that enforces it "
-                         "(converters.gptq.Int8Rounding(..., pair_limit=...))")
+                         "(converters.core.gptq.Int8Rounding(..., pair_limit=...))")
     with _quiet_root_logger():
         _quantize(model_path, out_path, config)
     if config.rounding is not None:

@@ -9,7 +9,7 @@ VNNI one. Here the profile's `int8.arithmetic` and the host's kernel decide how 
 run, so the same conversion gives the same artifacts and metrics on any workstation:
 
     target int32,     host int32      -> the host's kernels (they are the target's arithmetic)
-    target int32,     host s16-pairs  -> converters/exact_integer_ops.py: integer GEMMs rewritten
+    target int32,     host s16-pairs  -> converters/core/exact_integer_ops.py: integer GEMMs rewritten
                                          into exact float arithmetic, then onnxruntime
     target s16-pairs, host s16-pairs  -> the host's kernels: the target's own saturating kernel
     target s16-pairs, host int32      -> the host's kernels: the profile's pair_sum_limit keeps
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converters.exact_integer_ops import exact_integer_ops
+from converters.core.exact_integer_ops import exact_integer_ops
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
 from targets import TargetProfile

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.source import SourceModel
+from converters.inputs.source import SourceModel
 
 __all__ = ["FusionConfig", "fuse_onnx"]
 
