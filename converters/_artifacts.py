@@ -103,6 +103,8 @@ class Step:
     # Opens the session a candidate ONNX graph is scored with: the target's arithmetic, not
     # necessarily this machine's (converters/core/arithmetic.py). None: this machine's kernels.
     sessions: Callable[[Path], Any] | None = None
+    # Where exports shared by the targets of one run live (None: `work`).
+    exports: Path | None = None
 
     def session(self, path: Path) -> Any:
         """The session that scores the ONNX graph at `path` for this target."""
@@ -346,18 +348,26 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
 
 
 def _tflite_fp32(step: Step) -> Path:
-    """The FP32 .tflite every TFLite artifact starts from, exported once per conversion."""
-    path = step.work / "tflite-export.tflite"
-    if not path.exists():
-        buckets = sorted(set(step.profile.tflite.buckets) | {step.source.max_length})
-        buckets = tuple(b for b in buckets if b <= step.source.max_length)
+    """The FP32 .tflite every TFLite artifact starts from, exported once per bucket set (shared
+    by the targets of one run through step.cache)."""
+    key = _tflite_key(step)
+    buckets = key[1]
+    if key not in step.cache:
+        folder = (step.exports or step.work) / ("tflite-export-" + "-".join(map(str, buckets)))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "export.tflite"
         step.progress(f"exporting TFLite with litert-torch (signatures for {buckets} tokens)")
-        step.cache["tflite_export"] = export_tflite(step.source, path, TfliteExportConfig(buckets=buckets))
-    return path
+        step.cache[key] = (path, export_tflite(step.source, path, TfliteExportConfig(buckets=buckets)))
+    return step.cache[key][0]
+
+
+def _tflite_key(step: Step) -> tuple[str, tuple[int, ...]]:
+    buckets = sorted(set(step.profile.tflite.buckets) | {step.source.max_length})
+    return "tflite-export", tuple(b for b in buckets if b <= step.source.max_length)
 
 
 def _tflite_extra(step: Step) -> dict[str, Any]:
-    info = step.cache["tflite_export"]
+    info = step.cache[_tflite_key(step)][1]
     keep = ("config", "buckets", "signatures", "input_names", "input_dtype", "output_names", "op_counts",
             "ops_outside_xnnpack", "tool")
     return {"tflite": {k: info[k] for k in keep if k in info}}

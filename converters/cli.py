@@ -100,8 +100,12 @@ def as_flags(message: str) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--target", "-t", default="auto", show_default=True, help="target profile id, or 'auto' for this machine")
-@click.option("--out", "-o", type=click.Path(path_type=Path), help="output directory [default: out/<target>]")
+@click.option("--target", "-t", default="auto", show_default=True,
+              help="target profile id, 'auto' for this machine, several ids separated by commas, or 'all': "
+                   "several targets are converted in one run that shares the common stages")
+@click.option("--out", "-o", type=click.Path(path_type=Path),
+              help="output directory [default: out/<target>]; with several targets, the parent of one "
+                   "directory per target [default: out]")
 @click.option("--task", type=click.Choice(["feature-extraction", "text-classification", "token-classification"]),
               help="override the task inferred from the model config")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
@@ -139,16 +143,16 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     from converters import ConversionError, ConvertConfig, convert
     from converters._console import ProgressPrinter, captured_output
     from converters.packaging.signing import SigningKeyError
+    from converters.pipeline import TargetFailure, convert_targets
 
     try:
-        # auto: this machine's facts from the runtime's device reader (one reader of /proc, /sys)
-        auto = target == "auto"
-        profile = detect_target(target_facts(detect())) if auto else load_profile(target)
+        profiles = _profiles(target)
     except (UnknownTargetError, ProfileError) as exc:
         raise click.ClickException(str(exc)) from None
-    out = out or Path("out") / profile.id
+    several = len(profiles) > 1
+    out = out or (Path("out") if several else Path("out") / profiles[0].id)
     started = time.perf_counter()
-    config = ConvertConfig(model=model, target=profile.id, out=out, task=task, calibration=calibration,
+    config = ConvertConfig(model=model, target=profiles[0].id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
                            validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key)
     log_path = _log_path(out)
@@ -158,7 +162,11 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
             printer = ProgressPrinter(capture.display, started)
             if verbose:
                 capture.follow(printer.passthrough)
-            result = convert(config, (lambda message: None) if quiet else printer)
+            show = (lambda message: None) if quiet else printer
+            if several:
+                results = convert_targets(config, [p.id for p in profiles], show)
+            else:
+                results = [convert(config, show)]
     except SigningKeyError as exc:
         raise click.BadParameter(exc.detail, param_hint="--sign-key") from None
     except ConversionError as exc:
@@ -175,9 +183,42 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     finally:
         if capture is None or not capture.lines():
             log_path.unlink(missing_ok=True)
+    failed = [r for r in results if isinstance(r, TargetFailure)]
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps([r.to_dict() if not isinstance(r, TargetFailure)
+                               else {"target": r.target, "out": str(r.out), "error": str(r.error)}
+                               for r in results] if several else results[0].to_dict(), indent=2))
+        if failed:
+            sys.exit(1)
         return
+    for result in results:
+        if isinstance(result, TargetFailure):
+            click.echo(f"\n{result.target}: FAILED: {as_flags(str(result.error))}", err=True)
+        else:
+            _print_result(result)
+    if several:
+        click.echo(f"\n{len(results) - len(failed)} of {len(results)} targets converted in "
+                   f"{time.perf_counter() - started:.0f} s (one run: shared source, texts, exports and builds)")
+    if log_path.exists():
+        click.echo(f"library output (warnings, native log lines): {log_path}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _profiles(target: str) -> list:
+    """The profiles `--target` names: one id, 'auto' (this machine), ids separated by commas, 'all'."""
+    if target == "all":
+        return list_profiles()
+    if target == "auto":
+        # this machine's facts from the runtime's device reader (one reader of /proc, /sys)
+        return [detect_target(target_facts(detect()))]
+    ids = [t.strip() for t in target.split(",") if t.strip()]
+    if len(set(ids)) != len(ids):
+        raise click.BadParameter(f"names a profile twice: {target}", param_hint="--target")
+    return [load_profile(t) for t in ids]
+
+
+def _print_result(result) -> None:
     click.echo(f"\n{result.source} -> {result.out} (target {result.target}, task {result.task}, "
                f"{result.seconds:.0f} s)\n")
     click.echo(_table(result))
@@ -187,8 +228,6 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine; "
                "run the artifacts with "
                f"`edge-run {result.out} \"some text\"`")
-    if log_path.exists():
-        click.echo(f"library output (warnings, native log lines): {log_path}", err=True)
 
 
 if __name__ == "__main__":

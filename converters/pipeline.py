@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import shutil
@@ -19,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session, plan
+from converters._shared import SharedInputs, artifact_key
 from converters._errors import AccuracyError, ConversionError
 from converters.core.arithmetic import MODES as ARITHMETIC_MODES
 from converters.core.arithmetic import ValidationSessions, choose_validation
-from converters.core.validate import Reference, compute_metrics, reference_outputs
-from converters.export.export_onnx import ExportConfig, export_onnx
-from converters.export.fuse_onnx import fuse_onnx, fusion_config
+from converters.core.validate import compute_metrics
 from converters.inputs import preflight
-from converters.inputs.calibration import TextSplit, load_texts, split_texts
-from converters.inputs.source import SourceModel, load_source
+from converters.inputs.source import SourceModel
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
 from edge_runtime._bench_config import DEFAULT_SHAPE
@@ -37,7 +36,8 @@ from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, verify_files
 from edge_runtime._model import Model, open_artifact
 from targets import AccuracyFloor, TargetProfile, load_profile
 
-__all__ = ["METRICS_TEXTS", "ArtifactResult", "ConvertConfig", "ConvertResult", "convert"]
+__all__ = ["METRICS_TEXTS", "ArtifactResult", "ConvertConfig", "ConvertResult", "TargetFailure", "convert",
+           "convert_targets"]
 
 # Which texts every recorded metric comes from (manifest "metrics_texts", the CLI's table).
 METRICS_TEXTS = "validation (unseen by fitting)"
@@ -226,7 +226,10 @@ def _same_metrics(name: str, work: dict[str, float], packaged: dict[str, float])
         )
 
 
-def convert(config: ConvertConfig, progress: Progress = lambda message: None) -> ConvertResult:
+def convert(config: ConvertConfig, progress: Progress = lambda message: None,
+            shared: SharedInputs | None = None) -> ConvertResult:
+    """Convert `config.model` for `config.target` into `config.out`. `shared`: what the targets
+    of one run share (convert_targets passes it; None: this conversion loads its own)."""
     started = time.perf_counter()
     profile = load_profile(config.target)
     # Read the key first: a missing or wrong key must not cost a whole conversion.
@@ -253,38 +256,24 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
         )
 
     progress(f"target {profile.id}: {profile.name}")
-    progress("loading the source model")
-    source = load_source(config.model, config.task)
-    # Before any work: room for the planned artifacts and the work directory (converters/inputs/preflight.py).
-    disk = preflight.check_disk_space(profile, source, config.out)
-    texts: TextSplit = split_texts(
-        load_texts(config.calibration),
-        None if config.validation_texts is None else load_texts(config.validation_texts, role="validation"),
-    )
-    progress(f"source {source.name}: {source.model_type}, task {source.task}, "
-             f"{source.num_parameters / 1e6:.1f}M parameters; {len(texts.fit.texts)} fit texts, "
-             f"{len(texts.validation.texts)} validation texts (" + (
-                 "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
-
-    progress(f"disk space: {disk.describe()}: enough free")
-    # Both directories are locked while in use; a re-run removes what a killed run left (package.py).
-    with package.staging_dir(config.out, config.force) as stage, package.work_dir() as work:
-        progress("computing PyTorch FP32 reference outputs (fit and validation texts)")
-        reference: Reference = reference_outputs(source, texts.validation.texts)
-        fit: Reference = reference_outputs(source, texts.fit.texts)
-
-        progress(f"exporting ONNX (opset {profile.onnx.opset}, dynamic batch and sequence)")
-        fp32_path = export_onnx(source, work / "export.onnx", ExportConfig(profile.onnx.opset))
-        fused_ops: dict[str, int] = {}
-        if profile.onnx.fusion:
-            progress("fusing transformer subgraphs for onnxruntime")
-            fused_ops = fuse_onnx(fp32_path, work / "fused.onnx", fusion_config(source))
-            fp32_path = work / "fused.onnx"
-            progress("fused: " + (", ".join(f"{k} x{v}" for k, v in fused_ops.items()) or "nothing"))
-
-        samples = golden_samples.choose_samples(source, [fit, reference])
-        progress("golden samples: " + ", ".join(
-            f"{s.kind} ({int(s.feeds['attention_mask'].sum())} tokens)" for s in samples))
+    with contextlib.ExitStack() as stack:
+        if shared is None:
+            # The work directory is locked while in use; a re-run removes what a killed run left
+            # (converters/packaging/package.py).
+            shared = SharedInputs.load(config, stack.enter_context(package.work_dir()), progress)
+        else:
+            shared.check(config)
+        source = shared.source
+        # Before any work for this target: room for its artifacts and the work directory.
+        disk = preflight.check_disk_space(profile, source, config.out)
+        progress(f"disk space: {disk.describe()}: enough free")
+        stage = stack.enter_context(package.staging_dir(config.out, config.force))
+        work = shared.work / profile.id
+        work.mkdir(parents=True, exist_ok=True)
+        reference, fit = shared.references(progress)
+        fp32_path, fused_ops = shared.onnx_export(profile, progress)
+        samples = shared.samples(progress)
+        texts = shared.texts
         inputs, outputs = _io_signature(source)
         # What edge_runtime needs to open an artifact of this directory before manifest.json
         # exists (the packaged files are scored before it is written).
@@ -295,14 +284,16 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
         progress(f"INT8 arithmetic: target {validation.target}, this machine {validation.host}: "
                  + ("candidates run with exact int32 GEMMs" if validation.exact_reference else "this machine's kernels")
                  + f" ({validation.reason})")
-        step = Step(source, profile, reference, floor, work, fp32_path, progress, fit,
-                    sessions=ValidationSessions(validation, work))
+        step = Step(source, profile, reference, floor, work, fp32_path, progress, fit, cache=shared.cache,
+                    sessions=ValidationSessions(validation, work), exports=shared.work)
         results, entries, refused = [], [], []
         for planned in plan(profile):
             fmt, precision, name = planned.format, planned.precision, planned.name
             progress(f"[{name}] building")
             try:
-                built = BUILDERS[(fmt, precision)](step, planned)
+                key = artifact_key(profile, planned, dataclasses.asdict(floor.for_precision(precision)),
+                                   validation.describe())
+                built = shared.build(step, planned, key, BUILDERS[(fmt, precision)])
             except AccuracyError as exc:
                 # Never shipped silently: the artifact is left out, the reason is recorded and
                 # printed, and the artifacts that do pass are still delivered.
@@ -377,3 +368,35 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None) ->
 
     return ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
                          time.perf_counter() - started, refused)
+
+
+@dataclass
+class TargetFailure:
+    """A target of convert_targets that could not be converted (the others still were)."""
+
+    target: str
+    out: Path
+    error: ConversionError
+
+
+def convert_targets(config: ConvertConfig, targets: list[str],
+                    progress: Progress = lambda message: None) -> list[ConvertResult | TargetFailure]:
+    """Convert for each of `targets` in one run, into `config.out / <target>`, sharing what their
+    conversions have in common (converters/_shared.py: the source, the texts and their PyTorch
+    outputs, the exports, and every artifact whose build reads the same recipe, floor and
+    arithmetic). A target whose conversion fails does not stop the others: its TargetFailure
+    stands in its place."""
+    if not targets:
+        raise ConversionError("targets: name at least one target profile")
+    results: list[ConvertResult | TargetFailure] = []
+    with package.work_dir() as work:
+        shared = SharedInputs.load(config, work, progress)
+        for target in targets:
+            out = config.out / target
+            try:
+                results.append(convert(dataclasses.replace(config, target=target, out=out),
+                                       lambda message, t=target: progress(f"{t}: {message}"), shared))
+            except ConversionError as exc:
+                progress(f"{target}: FAILED: {exc}")
+                results.append(TargetFailure(target, out, exc))
+    return results

@@ -1,0 +1,149 @@
+"""What the targets of one edge-convert run share, computed once (`--target a,b,c` / `all`).
+
+The source model, the fit / validation texts and their PyTorch FP32 outputs, the golden samples,
+the FP32 exports (ONNX per opset and fusion, TFLite per bucket set: converters/_artifacts.py keys
+those in `cache`) and every built artifact. An artifact is keyed by everything its build reads
+besides these shared inputs: the profile sections its builder reads (their notes left out), its
+accuracy floor and the arithmetic its candidates are scored with. Two targets with equal keys
+ask for the same bytes (x86-avx512-vnni, rpi4 and rpi5 share one ONNX recipe), so the second
+one packages the first one's build instead of repeating it; each target still packages, scores
+through edge_runtime and golden-checks its own copy, and its manifest says where the build came
+from (`built_for`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from converters._artifacts import Built, Planned, Step
+from converters._errors import AccuracyError, ConversionError
+from converters.core.validate import Reference, reference_outputs
+from converters.export.export_onnx import ExportConfig, export_onnx
+from converters.export.fuse_onnx import fuse_onnx, fusion_config
+from converters.inputs.calibration import TextSplit, load_texts, split_texts
+from converters.inputs.source import SourceModel, load_source
+from converters.packaging import golden as golden_samples
+from targets import TargetProfile
+
+__all__ = ["SharedInputs", "artifact_key"]
+
+Progress = Callable[[str], None]
+# The ConvertConfig fields that decide the shared inputs: the targets of one run must agree.
+SHARED_FIELDS = ("model", "task", "calibration", "validation_texts")
+# What a builder of each format reads from the profile (see converters/_artifacts.py).
+_SECTIONS = {"onnx": ("onnx", "int8", "int4"), "tflite": ("tflite",)}
+_PROSE = ("notes", "why", "note")  # explanations: never change a build
+
+
+def _without_prose(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_prose(v) for k, v in value.items() if k not in _PROSE}
+    return value
+
+
+def artifact_key(profile: TargetProfile, planned: Planned, floor: dict[str, Any], arithmetic: dict[str, Any]) -> str:
+    """A hash of everything the build of `planned` for `profile` reads beyond the shared inputs."""
+    profile_dict = profile.to_dict()
+    sections = {s: _without_prose(profile_dict.get(s)) for s in _SECTIONS[planned.format]}
+    if planned.format == "tflite":
+        tflite = dict(sections["tflite"] or {})
+        tflite.pop("precisions", None)  # which artifacts are planned, not how one is built
+        if planned.variant != "legacy":
+            tflite.pop("legacy_recipes", None)
+        sections["tflite"] = tflite
+    scoring = {k: arithmetic.get(k) for k in ("target_int8_gemm", "host_int8_gemm", "method")}
+    blob = json.dumps({"artifact": planned.name, "sections": sections, "floor": floor, "arithmetic": scoring},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class SharedInputs:
+    """Loaded once per run; references and exports on first use."""
+
+    config_fields: dict[str, Any]
+    source: SourceModel
+    texts: TextSplit
+    work: Path  # the run's work directory; each target builds in work/<target id>
+    cache: dict[Any, Any] = field(default_factory=dict)  # exports, keyed by what made them
+    # artifact_key -> (the target it was built for, the build or the AccuracyError refusing it)
+    built: dict[str, tuple[str, Built | AccuracyError]] = field(default_factory=dict)
+    _references: tuple[Reference, Reference] | None = None
+    _samples: list | None = None
+
+    @classmethod
+    def load(cls, config, work: Path, progress: Progress) -> SharedInputs:
+        progress("loading the source model")
+        source = load_source(config.model, config.task)
+        texts = split_texts(
+            load_texts(config.calibration),
+            None if config.validation_texts is None else load_texts(config.validation_texts, role="validation"),
+        )
+        progress(f"source {source.name}: {source.model_type}, task {source.task}, "
+                 f"{source.num_parameters / 1e6:.1f}M parameters; {len(texts.fit.texts)} fit texts, "
+                 f"{len(texts.validation.texts)} validation texts (" + (
+                     "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
+        fields = {name: getattr(config, name) for name in SHARED_FIELDS}
+        return cls(fields, source, texts, work)
+
+    def check(self, config) -> None:
+        """`config` converts the same model on the same texts (else its results would differ)."""
+        differ = [n for n in SHARED_FIELDS if getattr(config, n) != self.config_fields[n]]
+        if differ:
+            raise ConversionError(f"targets of one run must share {', '.join(differ)}; convert them separately")
+
+    def references(self, progress: Progress) -> tuple[Reference, Reference]:
+        """(validation, fit) texts with their PyTorch FP32 outputs."""
+        if self._references is None:
+            progress("computing PyTorch FP32 reference outputs (fit and validation texts)")
+            self._references = (reference_outputs(self.source, self.texts.validation.texts),
+                                reference_outputs(self.source, self.texts.fit.texts))
+        return self._references
+
+    def samples(self, progress: Progress) -> list:
+        if self._samples is None:
+            reference, fit = self.references(progress)
+            self._samples = golden_samples.choose_samples(self.source, [fit, reference])
+            progress("golden samples: " + ", ".join(
+                f"{s.kind} ({int(s.feeds['attention_mask'].sum())} tokens)" for s in self._samples))
+        return self._samples
+
+    def onnx_export(self, profile: TargetProfile, progress: Progress) -> tuple[Path, dict[str, int]]:
+        """The FP32 ONNX graph for `profile` (exported, and fused where it asks), once per kind."""
+        fusion = profile.onnx.fusion
+        key = ("onnx-export", profile.onnx.opset, fusion)
+        if key not in self.cache:
+            folder = self.work / f"export-opset{profile.onnx.opset}{'-fused' if fusion else ''}"
+            folder.mkdir(parents=True, exist_ok=True)
+            progress(f"exporting ONNX (opset {profile.onnx.opset}, dynamic batch and sequence)")
+            path = export_onnx(self.source, folder / "export.onnx", ExportConfig(profile.onnx.opset))
+            fused: dict[str, int] = {}
+            if fusion:
+                progress("fusing transformer subgraphs for onnxruntime")
+                fused = fuse_onnx(path, folder / "fused.onnx", fusion_config(self.source))
+                path = folder / "fused.onnx"
+                progress("fused: " + (", ".join(f"{k} x{v}" for k, v in fused.items()) or "nothing"))
+            self.cache[key] = (path, fused)
+        return self.cache[key]
+
+    def build(self, step: Step, planned: Planned, key: str, builder: Callable[[Step, Planned], Built]) -> Built:
+        """`builder(step, planned)`, or the build another target of this run made for the same key."""
+        if key in self.built:
+            target, built = self.built[key]
+            step.progress(f"[{planned.name}] same build as for {target} (same recipe, floor and arithmetic): reused")
+            if isinstance(built, AccuracyError):
+                raise AccuracyError(f"{built} (measured for {target})")
+            return dataclasses.replace(built, extra={**built.extra, "built_for": target})
+        try:
+            built = builder(step, planned)
+        except AccuracyError as exc:  # a refusal is a result too: the same build would repeat it
+            self.built[key] = (step.profile.id, exc)
+            raise
+        self.built[key] = (step.profile.id, built)
+        return built

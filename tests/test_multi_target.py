@@ -1,0 +1,65 @@
+"""`edge-convert --target a,b,c` / `all`: one run, shared stages, one directory per target, the
+same artifacts as separate runs (issue 9)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from converters import ConvertConfig, convert
+from converters.cli import main as edge_convert
+from converters.pipeline import TargetFailure, convert_targets
+
+
+def _artifacts(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    return {a["name"]: a for a in manifest["artifacts"]}
+
+
+@pytest.mark.slow  # three conversions of a tiny model, one with TFLite
+def test_targets_share_stages_and_identical_builds(tiny_model_factory, tmp_path):
+    model = tiny_model_factory("bert", "feature-extraction")
+    messages: list[str] = []
+    config = ConvertConfig(model=model, target="x86-avx2", out=tmp_path / "all", latency_runs=1)
+    results = convert_targets(config, ["x86-avx512-vnni", "rpi5", "x86-avx2"], messages.append)
+    assert [r.target for r in results] == ["x86-avx512-vnni", "rpi5", "x86-avx2"]
+    assert not [r for r in results if isinstance(r, TargetFailure)]
+
+    # Loaded, referenced and exported once for the run.
+    assert sum("loading the source model" in m for m in messages) == 1
+    assert sum("computing PyTorch FP32 reference outputs" in m for m in messages) == 1
+    # rpi5 asks for the same ONNX recipe as x86-avx512-vnni: its builds are reused, and say so.
+    reused = [m for m in messages if m.startswith("rpi5: [onnx-") and "reused" in m]
+    assert len(reused) == 3, reused
+    vnni, rpi5 = _artifacts(tmp_path / "all" / "x86-avx512-vnni"), _artifacts(tmp_path / "all" / "rpi5")
+    assert set(vnni) == {"onnx-fp32", "onnx-int8"}  # a tiny model misses INT4's size budget
+    refused = json.loads((tmp_path / "all" / "rpi5" / "manifest.json").read_text())["refused"]
+    reasons = {r["name"]: r["reason"] for r in refused}
+    assert "measured for x86-avx512-vnni" in reasons["onnx-int4"]
+    for name in vnni:
+        assert rpi5[name]["built_for"] == "x86-avx512-vnni" and "built_for" not in vnni[name]
+        assert [f["sha256"] for f in rpi5[name]["files"]] == [f["sha256"] for f in vnni[name]["files"]]
+        assert rpi5[name]["metrics"] == vnni[name]["metrics"]
+    assert {"tflite-fp32", "tflite-int8"} <= set(rpi5) and "tflite-int4" in reasons  # size budget too
+    # x86-avx2's recipe differs (pair-limited INT8): built for itself.
+    avx2 = _artifacts(tmp_path / "all" / "x86-avx2")
+    assert not [a for a in avx2.values() if "built_for" in a]
+
+    # The same bytes as a conversion of its own.
+    alone = convert(ConvertConfig(model=model, target="rpi5", out=tmp_path / "alone", latency_runs=1))
+    assert alone.artifacts
+    single = _artifacts(tmp_path / "alone")
+    for name, entry in single.items():
+        assert [f["sha256"] for f in entry["files"]] == [f["sha256"] for f in rpi5[name]["files"]], name
+
+
+def test_cli_rejects_a_repeated_target(tmp_path):
+    result = CliRunner().invoke(edge_convert, ["--target", "rpi5,rpi5", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "names a profile twice" in result.output
+
+
+def test_cli_unknown_target_in_a_list_names_it(tmp_path):
+    result = CliRunner().invoke(edge_convert, ["--target", "rpi5,nope", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "nope" in result.output
