@@ -16,7 +16,7 @@ from converters._errors import NonFiniteOutputError
 from converters.core.validate import meets_floor, row_cosine
 from converters.tflite.signatures import Signatures
 
-__all__ = ["Judge", "meets"]
+__all__ = ["Judge", "cosines", "meets"]
 
 
 class Judge:
@@ -51,6 +51,13 @@ class Judge:
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
 
+def cosines(metrics: dict[str, float]) -> tuple[float, float]:
+    """(mean, min) cosine of `metrics`: of embeddings, or of logits for classifiers."""
+    prefix = "" if "cosine_mean" in metrics else "logits_"
+    return metrics[f"{prefix}cosine_mean"], metrics[f"{prefix}cosine_min"]
+
+
 def meets(metrics: dict[str, float], floor: tuple[float, float]) -> bool:
     """Whether `metrics` reach `floor` (cosine mean, cosine min); NaN never does."""
-    return meets_floor(metrics["cosine_mean"], floor[0]) and meets_floor(metrics["cosine_min"], floor[1])
+    mean, worst = cosines(metrics)
+    return meets_floor(mean, floor[0]) and meets_floor(worst, floor[1])

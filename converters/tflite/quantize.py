@@ -46,7 +46,7 @@ from converters.tflite.flatbuffer import compact_copy, op_counts
 from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import with_prefixes
-from converters.tflite.judge import Judge, meets
+from converters.tflite.judge import Judge, cosines, meets
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.signatures import calibration_rows, signature_lengths
 
@@ -198,8 +198,8 @@ def _quantize_gptq_int8(
         return report
 
     def failures(m: dict[str, float]) -> list[str]:
-        return [] if meets(m, floor) else [
-            f"cosine {m['cosine_mean']:.4f} / {m['cosine_min']:.4f} < floor {floor[0]} / {floor[1]}"]
+        mean, worst = cosines(m)
+        return [] if meets(m, floor) else [f"cosine {mean:.4f} / {worst:.4f} < floor {floor[0]} / {floor[1]}"]
 
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
     try:
