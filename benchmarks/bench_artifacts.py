@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['ratio_own_fp32']:.3f}x | {v['load_first_ms']:.0f} | {v['load_ms']:.0f} | {v['rss_mb']:.0f} | "
               f"{v['cosine_mean']:.4f} | {v['cosine_min']:.4f} |")
     for name, v in variants.items():
-        kept = (v.get("entry") or {}).get("quantization", {}).get("kept_fp32")
+        kept = (v.get("entry") or {}).get("quantization", {}).get("promoted", {}).get("weights")
         if kept:
             print(f"\n{name}: {len(kept)} node(s) kept in FP32 by the accuracy floor: {', '.join(kept)}")
     for name, why in untimed.items():

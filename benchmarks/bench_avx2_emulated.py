@@ -127,7 +127,7 @@ def main() -> None:
             row = {"target": target, "artifact": "onnx-int8",
                    "pair_sum_limit": entry["quantization"].get("pair_sum_limit"),
                    "reduce_range": entry["quantization"]["reduce_range"],
-                   "kept_fp32": len(entry["quantization"]["kept_fp32"]), "codes": _code_stats(root, "onnx-int8")}
+                   "kept_fp32": len(entry["quantization"]["promoted"]["weights"]), "codes": _code_stats(root, "onnx-int8")}
             for label, emulator in (("native", []), (f"emulated {args.cpu}", [qemu, "-cpu", args.cpu])):
                 started = time.perf_counter()
                 got = _embed(root, "onnx-int8", texts_file, emulator)

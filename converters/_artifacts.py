@@ -44,6 +44,7 @@ from converters.tflite import (
     export_tflite,
     quantize_tflite,
 )
+from converters.tflite.hessians import HessianCache
 from edge_runtime import backends
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
@@ -115,7 +116,10 @@ class Step:
 class Built:
     model_path: Path
     metrics: dict[str, float]
-    kept_fp32: list[str] = field(default_factory=list)
+    # What a search moved to a wider form than `precision` (kept float, or 8 bits in an INT4
+    # artifact), and to which.
+    promoted: list[str] = field(default_factory=list)
+    promoted_to: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -188,16 +192,21 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
     int8 = Int8Config(
         scheme=profile.int8,
         calibration_batches=_range_batches(step.fit.batches) if profile.int8.mode == "static" else (),
-        rounding=rounding,
     )
     outcome = quantize_with_floor(graph.split, work / f"{name}.onnx", int8, source,
                                   step.reference, step.floor.for_precision("int8"), step.session, step.progress,
-                                  fit=step.fit, name=name)
-    extra = {"quantization": {**int8.describe(), "kept_fp32": outcome.kept_fp32, "embeddings": embeddings,
-                              **graph.report, "search": outcome.search}}
-    if outcome.kept_fp32:
-        extra["quantization"]["tradeoff"] = _fallback_cost(step, name, graph.split, int8, outcome)
-    return Built(outcome.path, outcome.metrics, outcome.kept_fp32, extra)
+                                  fit=step.fit, name=name, rounding=rounding)
+    extra = {"quantization": {**int8.describe(rounding), "promoted": _promoted("float32", outcome.promoted),
+                              "embeddings": embeddings, **graph.report, "search": outcome.search}}
+    if outcome.promoted:
+        extra["quantization"]["tradeoff"] = _fallback_cost(step, name, graph.split, int8, rounding, outcome)
+    return Built(outcome.path, outcome.metrics, outcome.promoted, "float32", extra)
+
+
+def _promoted(to: str, weights: list[str]) -> dict[str, Any]:
+    """The manifest's one record of what a search moved to a wider form than the artifact's
+    precision (every format and search writes it so)."""
+    return {"to": to, "weights": list(weights)}
 
 
 # Static INT8 activation ranges from at most this many batches (x 16 texts), spread over the
@@ -212,11 +221,11 @@ def _range_batches(batches: list[dict[str, np.ndarray]]) -> tuple:
     return tuple(batches[::stride])
 
 
-def _fallback_cost(step: Step, name: str, split: Path, int8: Int8Config, outcome) -> dict[str, Any]:
+def _fallback_cost(step: Step, name: str, split: Path, int8: Int8Config, rounding, outcome) -> dict[str, Any]:
     """What keeping nodes in FP32 cost against the all-INT8 model it replaced: bytes, p50 on
     this machine, and the metrics it bought. Printed, and recorded in the manifest."""
     probe = step.work / f"{name}-all-int8.onnx"
-    quantize_int8(split, probe, int8)  # the rounding's codes are cached: this is quick
+    quantize_int8(split, probe, int8, rounding)  # the rounding's codes are cached: this is quick
     seq = DEFAULT_SHAPE.seq
     sides = {}
     for label, path, metrics in (("all_int8", probe, outcome.search[0]["metrics"]),
@@ -227,7 +236,7 @@ def _fallback_cost(step: Step, name: str, split: Path, int8: Int8Config, outcome
     a, c = sides["all_int8"], sides["chosen"]
     key = "cosine_min" if "cosine_min" in c["metrics"] else "top1_agreement"
     step.progress(
-        f"[{name}] trade-off: {len(outcome.kept_fp32)} node(s) in FP32 cost "
+        f"[{name}] trade-off: {len(outcome.promoted)} node(s) in FP32 cost "
         f"{(c['bytes'] - a['bytes']) / 1e6:+.2f} MB and {c['latency_ms_p50'] - a['latency_ms_p50']:+.2f} ms p50 "
         f"(batch 1, {min(seq, step.source.max_length)} tokens, this machine) for {key} "
         f"{a['metrics'].get(key, float('nan')):.4f} -> {c['metrics'].get(key, float('nan')):.4f}"
@@ -319,11 +328,11 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
               **graph.report,
               "weights": {w: {"bits": 4 if w in four_bit else 8, "shape": list(weights.shape(w))}
                           for w in weights.weights},
-              "eight_bit": eight, "search": fit.steps, "search_seconds": round(fit.seconds, 1), "size_budget": scheme.size_budget,
+              "promoted": _promoted("int8", eight), "search": fit.steps, "search_seconds": round(fit.seconds, 1), "size_budget": scheme.size_budget,
               "bytes_all_4bit": base_bytes, "bytes": path.stat().st_size, "bytes_fp32": fp32_bytes}
     # The runtime keeps this artifact's optimized graph in its device cache: expanding the
     # 4-bit weights is most of a session start (edge_runtime/backends/onnx.py).
-    return Built(path, metrics, [], {"quantization": report, "load_cache": "optimized-model"})
+    return Built(path, metrics, eight, "int8", {"quantization": report, "load_cache": "optimized-model"})
 
 
 def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
@@ -344,7 +353,7 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
     path = step.work / f"{name}.onnx"
     metrics = compute_metrics(step.source, step.reference, step.session(path).run, name)
     _checked(step, name, "int4", metrics)
-    return Built(path, metrics, report.get("kept_fp32", []), {"quantization": report})
+    return Built(path, metrics, report["promoted"]["weights"], "int8", {"quantization": report})
 
 
 def _tflite_fp32(step: Step) -> Path:
@@ -406,10 +415,14 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
         # Re-batched by length: edge_runtime pads a batch to the bucket of its longest text.
         judge=_tflite_scorer(step, step.reference.spread(None), f"{name} candidate"),
+        # GPTQ statistics of the export: tapped once, shared by both recipes and all targets.
+        hessians=step.cache.setdefault("tflite-hessians", HessianCache()),
     )
     metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run, name)
     _checked(step, name, precision, metrics)
-    return Built(out, metrics, extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
+    promoted = report.get("promoted", {})
+    return Built(out, metrics, promoted.get("weights", []), promoted.get("to", ""),
+                 extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,23 @@ def _table(result) -> str:
     from converters.pipeline import METRICS_TEXTS
 
     rows = [("artifact", "format", "precision", "size MB", f"accuracy vs PyTorch FP32, {METRICS_TEXTS}",
-             "p50 ms", "FP32 kept")]
+             "p50 ms", "promoted")]
     for a in result.artifacts:
         metrics = ", ".join(f"{k.replace('_mean', '').replace('top1_agreement', 'top1')} {v:.4f}"
                             for k, v in a.metrics.items() if k in ("cosine_mean", "cosine_min", "top1_agreement"))
         rows.append((a.name, a.format, a.precision, f"{a.bytes / 1e6:.1f}", metrics,
-                     f"{a.latency_ms_p50:.2f}", str(len(a.kept_fp32)) if a.precision != "fp32" else "-"))
+                     f"{a.latency_ms_p50:.2f}", _promoted(a)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _promoted(artifact) -> str:
+    """How many weights a search moved to a wider form ("3 to float32"), "0", or "-" for FP32."""
+    if artifact.precision == "fp32":
+        return "-"
+    return f"{len(artifact.promoted)} to {artifact.promoted_to}" if artifact.promoted else "0"
 
 
 def _log_path(out: Path) -> Path:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session, plan
-from converters._shared import SharedInputs, artifact_key
 from converters._errors import AccuracyError, ConversionError
+from converters._shared import SharedInputs, artifact_key
 from converters.core.arithmetic import MODES as ARITHMETIC_MODES
 from converters.core.arithmetic import ValidationSessions, choose_validation
 from converters.core.validate import compute_metrics
@@ -80,7 +80,8 @@ class ArtifactResult:
     bytes: int
     metrics: dict[str, float]
     latency_ms_p50: float
-    kept_fp32: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)  # moved to a wider form by a search
+    promoted_to: str = ""
 
 
 @dataclass
@@ -338,7 +339,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                                           "sequence": min(config.latency_seq, source.max_length),
                                           "threads": DEFAULT_SHAPE.threads},
             })
-            results.append(ArtifactResult(name, fmt, precision, size, metrics, latency, built.kept_fp32))
+            results.append(ArtifactResult(name, fmt, precision, size, metrics, latency, built.promoted, built.promoted_to))
         if not entries:
             raise AccuracyError("no artifact met the accuracy floor:\n" + "\n".join(r["reason"] for r in refused))
 

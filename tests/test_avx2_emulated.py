@@ -113,7 +113,7 @@ def test_x86_avx2_artifact_matches_on_the_avx2_kernel(tiny_model_factory, tmp_pa
                           latency_runs=2))
     manifest = json.loads((out / "manifest.json").read_text())
     entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
-    assert entry["quantization"]["pair_sum_limit"] == 128 and not entry["quantization"]["kept_fp32"]
+    assert entry["quantization"]["pair_sum_limit"] == 128 and not entry["quantization"]["promoted"]["weights"]
     # The artifact really uses more than 7 bits, within the limit: what the kernel must get right.
     import onnx
     from onnx import numpy_helper

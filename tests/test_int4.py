@@ -80,7 +80,7 @@ def test_int4_rewrites_every_weight_and_stays_close(exported, tmp_path, algorith
             next(i for i in graph.initializer if i.name == table).data_type
             == onnx.TensorProto.UINT4
         )
-    assert [k["shape"] for k in report["kept_fp32"]] == [[2, 32]]  # token types: 64 floats
+    assert [k["shape"] for k in report["unquantized"]] == [[2, 32]]  # token types: 64 floats
     assert set(_bits(out).values()) == {4}
 
     assert report["bytes_after"] == out.stat().st_size

@@ -63,7 +63,7 @@ def test_int8_quantizes_every_matmul_unless_excluded(exported, tmp_path, target)
             quantize_int8(path, tmp_path / "q.onnx", Int8Config(scheme=scheme))
         rounding = Int8Rounding(path, path, batches, int8_range(scheme), pair_limit=scheme.pair_sum_limit)
     out = quantize_int8(path, tmp_path / "q.onnx", Int8Config(scheme=scheme, exclude=(nodes[0],),
-                                                             calibration_batches=calibration, rounding=rounding))
+                                                             calibration_batches=calibration), rounding)
     graph = onnx.load(str(out)).graph
     ops = {n.op_type for n in graph.node}
     if scheme.quant_format == "qdq":
@@ -167,8 +167,8 @@ def test_gptq_rounding_lowers_layer_output_error(exported, tmp_path, target):
     calibration = tuple(batches) if scheme.mode == "static" else ()
     nearest = quantize_int8(path, tmp_path / "rtn.onnx", Int8Config(scheme=plain, calibration_batches=calibration))
     rounding = Int8Rounding(path, path, batches, int8_range(scheme), pair_limit=scheme.pair_sum_limit)
-    gptq = quantize_int8(path, tmp_path / "gptq.onnx",
-                         Int8Config(scheme=scheme, calibration_batches=calibration, rounding=rounding))
+    gptq = quantize_int8(path, tmp_path / "gptq.onnx", Int8Config(scheme=scheme, calibration_batches=calibration),
+                         rounding)
 
     floats = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
     weights = {n.input[1] for n in onnx.load(str(path)).graph.node

@@ -16,6 +16,7 @@ pytest.importorskip("ai_edge_quantizer")
 pytest.importorskip("ai_edge_litert")
 
 from converters._errors import AccuracyError, ConversionError
+from converters.core.gptq import HessianPolicy
 from converters.core.search import SearchExhausted
 from converters.core.validate import make_batches
 from converters.inputs.calibration import load_texts
@@ -171,8 +172,10 @@ def test_recipe_errors(bert, tmp_path):
         quantize_tflite(fp32, tmp_path / "x.tflite", "gptq_wi4b32_afp32")
     with pytest.raises(ConversionError, match="GptqInt4Config applies to gptq_wi4b32_afp32"):
         quantize_tflite(fp32, tmp_path / "x.tflite", "dynamic_wi8_afp32", int4=GptqInt4Config())
-    with pytest.raises(ConversionError, match="size_budget 1.5.*damp 0"):
-        GptqInt4Config(size_budget=1.5, damp=0.0)
+    with pytest.raises(ConversionError, match="size_budget 1.5"):
+        GptqInt4Config(size_budget=1.5)
+    with pytest.raises(ValueError, match="damp 0.0 must be in"):
+        HessianPolicy(damp=0.0)
 
 
 @pytest.mark.slow  # a TFLite export and quantization
@@ -314,3 +317,30 @@ def test_gptq_int8_keeps_sensitive_weights_float_below_the_floor(bert, tmp_path)
     # A floor the all-INT8 model meets changes nothing.
     report = quantize_tflite(fp32, path, "gptq_wi8_afp32", calibration, floor=(0.5, 0.5))
     assert report["promoted"]["weights"] == [] and "search" not in report
+
+
+@pytest.mark.slow  # a TFLite export and two Hessian taps
+def test_hessians_are_tapped_once_and_shared_with_the_compact_copy(bert, tmp_path):
+    """gptq_wi8_afp32 reads the export, gptq_wi4b32_afp32 its compact copy (renamed tensors,
+    moved buffers): one HessianCache serves both with the statistics of a direct tap."""
+    from converters.tflite.flatbuffer import FC
+    from converters.tflite.hessians import HessianCache, collect_hessians, with_prefixes
+    from converters.tflite.signatures import calibration_rows, signature_lengths
+
+    _, fp32, calibration, _ = bert
+    rows = with_prefixes(calibration_rows(calibration, max(signature_lengths(fp32))), (1, 2, 3))
+    compact = tmp_path / "compact.tflite"
+    compact_copy(fp32, compact)
+    fcs = {b: w for b, w in find_weights(fp32).items() if w.kind == FC}
+    compact_fcs = {b: w for b, w in find_weights(compact).items() if w.kind == FC}
+    cache = HessianCache()
+    cache.get(fp32, fcs, rows)
+    shared = cache.get(compact, compact_fcs, rows, source=fp32)
+    assert cache.collected == len(fcs) == len(compact_fcs) == 12  # tapped once
+    direct = collect_hessians(compact, compact_fcs, rows)
+    for buffer in compact_fcs:
+        np.testing.assert_allclose(shared[buffer], direct[buffer], rtol=1e-5, atol=1e-7)
+    # Other rows or another weighting are other statistics.
+    cache.get(fp32, fcs, rows[:10])
+    cache.get(fp32, fcs, rows, weighting="token")
+    assert cache.collected == 3 * len(fcs)

@@ -24,10 +24,47 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GptqConfig", "Int8Rounding", "gptq", "input_hessians", "pair_limited_scale", "pair_sums"]
+__all__ = ["GPTQ_POLICY", "GptqConfig", "HessianPolicy", "Int8Rounding", "gptq", "input_hessians",
+           "pair_limited_scale", "pair_sums", "prefix_batches"]
 
 # Quantizes input row `k` (original index) of the weight: returns (integer codes, dequantized).
 RowQuantizer = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class HessianPolicy:
+    """How GPTQ's statistics are gathered and damped, for every format alike (the ONNX writers
+    read H from onnxruntime, the TFLite ones from the interpreter: converters/tflite/hessians.py).
+
+    weighting: "row" counts every text alike (a text's tokens share one unit of weight), "token"
+    counts every token (long texts dominate). prefix_tokens: per text and k, an extra short
+    input of its first k + 1 tokens and its last one ("[CLS] w1 [SEP]"): short inputs set the
+    minimum cosine and calibration files hold few. damp: added to H's diagonal as a fraction of
+    its mean."""
+
+    damp: float
+    weighting: str = "row"
+    prefix_tokens: tuple[int, ...] = (1, 2, 3)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.damp < 1.0:
+            raise ValueError(f"HessianPolicy.damp {self.damp} must be in (0, 1)")
+        if self.weighting not in ("row", "token"):
+            raise ValueError(f"HessianPolicy.weighting {self.weighting!r} must be 'row' or 'token'")
+        if any(k < 1 for k in self.prefix_tokens):
+            raise ValueError(f"HessianPolicy.prefix_tokens {self.prefix_tokens} must be >= 1")
+
+    def describe(self) -> dict:
+        return {"damp": self.damp, "weighting": self.weighting, "prefix_tokens": list(self.prefix_tokens)}
+
+
+# One policy per precision, read at use (not copied into configs) so that a measurement can
+# swap it. Chosen on the validation split: benchmarks/RESULTS.md run N
+# (benchmarks/bench_gptq_policy.py).
+GPTQ_POLICY: dict[str, HessianPolicy] = {
+    "int8": HessianPolicy(damp=0.05),
+    "int4": HessianPolicy(damp=0.1),
+}
 
 
 @dataclass(frozen=True)
@@ -80,11 +117,32 @@ def gptq(
     return restored
 
 
+def prefix_batches(batches: list[dict[str, np.ndarray]], prefix_tokens: tuple[int, ...]) -> list[dict[str, np.ndarray]]:
+    """Per text of `batches` (right-padded int64 feeds) and k in prefix_tokens: its first k + 1
+    tokens and its last one, as unpadded batches of equal-length rows (HessianPolicy)."""
+    by_length: dict[int, list[dict[str, np.ndarray]]] = {}
+    for feeds in batches:
+        for r, n in enumerate(feeds["attention_mask"].sum(axis=1)):
+            n = int(n)
+            for k in prefix_tokens:
+                if n > k + 2:
+                    row = {name: np.concatenate([v[r, : k + 1], v[r, n - 1 : n]]) for name, v in feeds.items()}
+                    by_length.setdefault(k + 2, []).append(row)
+    out = []
+    for _, rows in sorted(by_length.items()):
+        for start in range(0, len(rows), 64):
+            chunk = rows[start : start + 64]
+            out.append({name: np.stack([r[name] for r in chunk]) for name in chunk[0]})
+    return out
+
+
 def input_hessians(
-    model_path: Path, weights: set[str], batches: list[dict[str, np.ndarray]]
+    model_path: Path, weights: set[str], batches: list[dict[str, np.ndarray]], weighting: str = "token"
 ) -> dict[str, np.ndarray]:
     """sum x^T x over real tokens of the input of every MatMul reading one of `weights`
-    (constant [K, N] initializers), keyed by weight; MatMuls sharing a weight add up."""
+    (constant [K, N] initializers), keyed by weight; MatMuls sharing a weight add up.
+    weighting "row": each text's tokens scaled by 1 / sqrt(its length), so every text counts
+    alike (HessianPolicy)."""
     import onnx
 
     from converters.core._activations import token_rows
@@ -99,10 +157,14 @@ def input_hessians(
         raise ValueError(f"no MatMul in {Path(model_path).name} reads {missing}")
     hessians: dict[str, np.ndarray] = {}
     tensors = sorted({x for names in inputs.values() for x in names})
-    for rows in token_rows(model_path, tensors, batches):
+    for feeds, rows in zip(batches, token_rows(model_path, tensors, batches)):
+        lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
+        scale = np.repeat(1.0 / np.sqrt(np.maximum(lengths, 1)), lengths) if weighting == "row" else None
         for weight, names in inputs.items():
             for name in names:
                 x = rows[name].astype(np.float64)
+                if scale is not None and len(x) == len(scale):  # [batch, sequence, K] inputs
+                    x = x * scale[:, None]
                 hessians[weight] = hessians.get(weight, 0.0) + x.T @ x
     return hessians
 
@@ -157,7 +219,7 @@ class Int8Rounding:
         stats_path: Path,
         batches: list[dict[str, np.ndarray]],
         qrange: tuple[int, int],
-        config: GptqConfig = GptqConfig(),
+        policy: HessianPolicy | None = None,
         pair_limit: int = 0,
     ):
         """float_path: the graph that was quantized (weights by name). stats_path: a graph
@@ -166,7 +228,9 @@ class Int8Rounding:
         import onnx
         from onnx import numpy_helper
 
-        self.config, self.qrange, self.pair_limit = config, qrange, pair_limit
+        self.policy = policy or GPTQ_POLICY["int8"]
+        self.config = GptqConfig(damp=self.policy.damp)
+        self.qrange, self.pair_limit = qrange, pair_limit
         graph = onnx.load(str(float_path)).graph
         inits = {i.name: i for i in graph.initializer}
         self.weights = {
@@ -182,12 +246,13 @@ class Int8Rounding:
         self._codes: dict[str, np.ndarray] = {}  # weight -> int codes (valid for one scale)
 
     def describe(self) -> dict:
-        return {"algorithm": "gptq", "damp": self.config.damp, "act_order": self.config.act_order,
+        return {"algorithm": "gptq", **self.policy.describe(), "act_order": self.config.act_order,
                 "integer_range": list(self.qrange), "pair_sum_limit": self.pair_limit or None}
 
     def hessian(self, name: str) -> np.ndarray:
         if self._hessians is None:
-            self._hessians = input_hessians(self._stats_path, set(self.weights), self._batches)
+            batches = self._batches + prefix_batches(self._batches, self.policy.prefix_tokens)
+            self._hessians = input_hessians(self._stats_path, set(self.weights), batches, self.policy.weighting)
         return self._hessians[name]
 
     def codes(self, name: str, scale: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ __all__ = ["QuantOutcome", "quantize_with_floor"]
 class QuantOutcome:
     path: Path
     metrics: dict[str, float]
-    kept_fp32: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)  # nodes the search kept in FP32
     search: list[dict[str, Any]] = field(default_factory=list)  # what the fallback tried
 
 
@@ -52,9 +52,10 @@ class _Int8Space:
     """The FP32 fallback as the shared search sees it (converters/core/search.py): a candidate
     is a weight (with every node reading it) kept in FP32; each is written to `probe`."""
 
-    def __init__(self, fp32_path: Path, probe: Path, config: Int8Config, groups: dict[str, list[str]],
+    def __init__(self, fp32_path: Path, probe: Path, config: Int8Config, rounding: Any, groups: dict[str, list[str]],
                  rank: Callable[[Path], dict[str, float]], judge: Callable[[Path], dict[str, float]]):
         self.fp32_path, self.probe, self.config, self.groups = fp32_path, probe, config, groups
+        self.rounding = rounding
         self._rank, self._judge = rank, judge
 
     def candidates(self) -> list[str]:
@@ -67,7 +68,8 @@ class _Int8Space:
         return tuple(n for weight in moved for n in self.groups[weight])
 
     def build(self, moved: frozenset[str]) -> int:
-        quantize_int8(self.fp32_path, self.probe, dataclasses.replace(self.config, exclude=self.nodes(moved)))
+        quantize_int8(self.fp32_path, self.probe, dataclasses.replace(self.config, exclude=self.nodes(moved)),
+                      self.rounding)
         return model_bytes(self.probe)
 
     def rank(self) -> dict[str, float]:
@@ -88,10 +90,12 @@ def quantize_with_floor(
     progress: Callable[[str], None],
     fit: Reference | None = None,
     name: str = "INT8",
+    rounding: Any = None,
 ) -> QuantOutcome:
     """`reference`: the validation texts (metrics, floor, each step of the search); `fit`: the
-    texts the ranking is measured on (None: `reference`, for callers without a split)."""
-    quantize_int8(fp32_path, out_path, config)
+    texts the ranking is measured on (None: `reference`, for callers without a split);
+    `rounding`: quantize_int8's GPTQ rounding (None: round-to-nearest)."""
+    quantize_int8(fp32_path, out_path, config, rounding)
     metrics = compute_metrics(source, reference, make_session(out_path).run, name)
     failures = floor_failures(metrics, floor)
     if not failures:
@@ -106,7 +110,7 @@ def quantize_with_floor(
         return lambda path: compute_metrics(source, texts, make_session(path).run, f"{name} {label}")
 
     probe = out_path.with_suffix(".probe.onnx")
-    space = _Int8Space(fp32_path, probe, config, groups, scorer(ranking, "ranking probe"),
+    space = _Int8Space(fp32_path, probe, config, rounding, groups, scorer(ranking, "ranking probe"),
                        scorer(reference, "candidate"))
     try:
         result = greedy_search(space, Floor(lambda m: floor_failures(m, floor)), move="kept FP32",
@@ -118,5 +122,5 @@ def quantize_with_floor(
     finally:
         probe.unlink(missing_ok=True)
     kept = list(space.nodes(result.moved))
-    quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)))
+    quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)), rounding)
     return QuantOutcome(out_path, result.metrics, kept, result.steps)

@@ -26,7 +26,7 @@ of measured loss removed per added byte, each move kept only if the assembled fi
 `accuracy_level` 4 makes MatMulNBits quantize activations to INT8 per block and use integer
 dot products (ORT matmul_nbits.cc); on x86 it measured fastest with unchanged accuracy.
 Preconditions: an unfused export (Q/K/V as MatMuls: MatMulNBitsQuantizer skips the weights of
-fused `Attention`, which are then reported in `kept_fp32`), opset <= 21.
+fused `Attention`, which are then reported in `unquantized`), opset <= 21.
 """
 
 from __future__ import annotations
@@ -410,7 +410,8 @@ def quantize_int4(
             }
             for node, table in tables.items()
         ],
-        "kept_fp32": kept,
+        "unquantized": kept,  # float initializers no INT4 op reads (small tables, fused Attention)
+        "promoted": {"to": "int8", "weights": sorted(int8)},
         "search": search,
         "bytes_before": bytes_before,
         "bytes_after": out_path.stat().st_size,

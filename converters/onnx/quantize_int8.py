@@ -31,10 +31,9 @@ class Int8Config:
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] = ()
     calibration_batches: tuple = field(default=(), repr=False)  # feeds for static mode
-    # converters.core.gptq.Int8Rounding, or None for onnxruntime's round-to-nearest
-    rounding: Any = field(default=None, repr=False, compare=False)
 
-    def describe(self) -> dict:
+    def describe(self, rounding: Any = None) -> dict:
+        """The settings for the manifest; `rounding`: the Int8Rounding the pass was given."""
         s = self.scheme
         return {
             "mode": s.mode,
@@ -47,8 +46,8 @@ class Int8Config:
             "calibration_method": s.calibration_method if s.mode == "static" else None,
             "embeddings": s.embeddings,
             "op_types": list(self.op_types),
-            "kept_fp32": list(self.exclude),
-            "weight_rounding": self.rounding.describe() if self.rounding else "nearest",
+            "exclude": list(self.exclude),
+            "weight_rounding": rounding.describe() if rounding else "nearest",
         }
 
 
@@ -128,16 +127,20 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def quantize_int8(model_path: Path, out_path: Path, config: Int8Config) -> Path:
+def quantize_int8(model_path: Path, out_path: Path, config: Int8Config, rounding: Any = None) -> Path:
+    """Quantize `model_path` into `out_path` per `config` (plain data). `rounding`: a
+    converters.core.gptq.Int8Rounding that rewrites the weights with its GPTQ codes (it caches
+    them between calls: state lives there, not in the config), or None for onnxruntime's
+    round-to-nearest."""
     limit = config.scheme.pair_sum_limit
-    if limit and getattr(config.rounding, "pair_limit", 0) != limit:
+    if limit and getattr(rounding, "pair_limit", 0) != limit:
         # onnxruntime alone would write unconstrained 8-bit codes: wrong results on AVX2.
         raise ValueError(f"int8.pair_sum_limit = {limit} needs the GPTQ rounding that enforces it "
                          "(converters.core.gptq.Int8Rounding(..., pair_limit=...))")
     with _quiet_root_logger():
         _quantize(model_path, out_path, config)
-    if config.rounding is not None:
-        config.rounding.apply(out_path)
+    if rounding is not None:
+        rounding.apply(out_path)
     _share_duplicate_initializers(out_path)
     return out_path
 

@@ -28,14 +28,14 @@ weights (`{w}_quantized`, `{w}_scale`), opset >= 21 (UINT4 tensors).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from converters._errors import ConversionError
-from converters.core.gptq import GptqConfig, Int8Rounding, gptq
+from converters.core.gptq import GPTQ_POLICY, GptqConfig, HessianPolicy, Int8Rounding, gptq
 from converters.core.search import Budget, SearchResult, greedy_search
 
 __all__ = ["W4A8Config", "W4A8Space", "W4A8Weights", "fit_w4a8", "grid_params"]
@@ -46,10 +46,9 @@ CONFIG_VERSION = 1
 @dataclass(frozen=True)
 class W4A8Config:
     block_size: int = 32
-    # 4-bit codes overfit the calibration texts more than 8-bit ones: two-fold cross-validation
-    # on the built-in texts (MiniLM, all weights 4-bit) gave minimum cosine 0.934 / 0.943 /
-    # 0.952 / 0.957 / 0.955 for damp 0.02 / 0.05 / 0.1 / 0.2 / 0.5.
-    gptq: GptqConfig = field(default_factory=lambda: GptqConfig(damp=0.2))
+    # GPTQ statistics and damping: None = the shared INT4 policy (converters/core/gptq.py,
+    # GPTQ_POLICY["int4"]), read when the weights are rounded.
+    policy: HessianPolicy | None = None
     # Input rows with the largest energy (sum x^2 over calibration tokens) stay in 8 bits, at
     # most one per 64 rows: encoders put a massive activation on a few channels of token 0
     # ([CLS]), which multiplies those rows' error by ~25. On MiniLM (all weights 4-bit) 8 rows
@@ -61,7 +60,8 @@ class W4A8Config:
             raise ValueError(f"W4A8Config.block_size {self.block_size} must be >= 2")
 
     def describe(self) -> dict[str, Any]:
-        return {"config_version": CONFIG_VERSION, **asdict(self)}
+        policy = self.policy or GPTQ_POLICY["int4"]
+        return {"config_version": CONFIG_VERSION, **asdict(self), "policy": policy.describe()}
 
 
 def grid_params(
@@ -153,7 +153,8 @@ class W4A8Weights:
         self.config, self.qrange = config, qrange
         self._int8 = onnx.load(str(int8_path))
         inits = {i.name: i for i in self._int8.graph.initializer}
-        self._rounding = Int8Rounding(float_path, stats_path, batches, qrange, config.gptq)
+        self.policy = config.policy or GPTQ_POLICY["int4"]
+        self._rounding = Int8Rounding(float_path, stats_path, batches, qrange, self.policy)
         self._floats = self._rounding.weights
         self.weights = [w for w in self._floats if f"{w}_quantized" in inits]
         if not self.weights:
@@ -192,7 +193,7 @@ class W4A8Weights:
                 q = _codes(values / scale, f, z)
                 return q, _int8(q, z, f, self.qrange) * scale
 
-            codes = gptq(w, hessian, row, self.config.gptq)
+            codes = gptq(w, hessian, row, GptqConfig(damp=self.policy.damp))
             row_values = codes[rows].astype(np.int8)
             codes[rows] = zero[rows // block]  # placeholder codes: overwritten after unpacking
             self._four[weight] = _Codes(codes.astype(np.uint8), step, zero, rows, row_values)

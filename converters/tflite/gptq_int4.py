@@ -37,7 +37,7 @@ from converters.tflite.flatbuffer import (
     schema,
     weight_tensors,
 )
-from converters.tflite.hessians import collect_hessians
+from converters.tflite.hessians import HessianCache
 from converters.tflite.recipes import GPTQ_RECIPE
 
 __all__ = ["Int4Builder", "gptq_int4", "pack_int4", "unpack_int4", "write_int4"]
@@ -208,8 +208,10 @@ def _mixed_recipe(
 class Int4Builder:
     """Builds the INT4 model for a set of INT8 FC weights; GPTQ codes are computed once."""
 
-    def __init__(self, fp32_path: Path, config: GptqInt4Config):
-        self.fp32_path, self.config = fp32_path, config
+    def __init__(self, fp32_path: Path, config: GptqInt4Config, source: Path | None = None):
+        """`fp32_path`: the model candidates are written from (a compact_copy); `source`: the
+        export it was copied from, whose Hessians it shares (None: itself)."""
+        self.fp32_path, self.config, self.source = fp32_path, config, source
         self.weights = find_weights(fp32_path)
         # Blocks run along the input axis: a weight whose input width is not a multiple of the
         # block (none in BERT-style encoders) is stored INT8 per channel instead.
@@ -217,14 +219,17 @@ class Int4Builder:
         self.floats = float_weights(fp32_path, self.int4)
         self.codes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def round(self, rows: list[dict[str, np.ndarray]], progress: Progress) -> None:
+    def round(self, rows: list[dict[str, np.ndarray]], progress: Progress,
+              hessians: HessianCache | None = None) -> None:
         """GPTQ codes of every INT4 weight, from input statistics on `rows`."""
         count = len(self.int4)
         progress(f"GPTQ: input statistics of {count} FULLY_CONNECTED weights, {len(rows)} rows")
-        hessians = collect_hessians(self.fp32_path, {w.buffer: w for w in self.int4}, rows)
+        policy = self.config.gptq_policy()
+        hessians = (hessians or HessianCache()).get(self.fp32_path, {w.buffer: w for w in self.int4}, rows,
+                                                    source=self.source, weighting=policy.weighting)
         for index, weight in enumerate(self.int4, 1):
             self.codes[weight.buffer] = gptq_int4(
-                self.floats[weight.buffer], hessians[weight.buffer], self.config.damp
+                self.floats[weight.buffer], hessians[weight.buffer], policy.damp
             )
             if index % 12 == 0 or index == count:
                 progress(f"GPTQ: {index}/{count} weights rounded")

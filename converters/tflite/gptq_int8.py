@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import ConversionError
-from converters.tflite.config import INT8_DAMP
+from converters.core.gptq import GPTQ_POLICY, HessianPolicy
 from converters.tflite.edge_quantizer import op_entry, run_quantizer
 from converters.tflite.flatbuffer import (
     FC,
@@ -30,7 +30,7 @@ from converters.tflite.flatbuffer import (
     short_name,
     weight_tensors,
 )
-from converters.tflite.hessians import collect_hessians
+from converters.tflite.hessians import HessianCache
 from converters.tflite.recipes import GPTQ_INT8_RECIPE
 
 __all__ = ["Int8Builder", "gptq_int8", "write_int8"]
@@ -38,7 +38,7 @@ __all__ = ["Int8Builder", "gptq_int8", "write_int8"]
 Progress = Callable[[str], None]
 
 
-def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray, damp: float) -> np.ndarray:
     """int8 codes [out, in] in [-127, 127] of an FC weight [out, in] (y = x W^T) on fixed
     per-output-channel `scales` (the quantizer's own)."""
     from converters.core.gptq import GptqConfig, gptq
@@ -49,7 +49,7 @@ def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray) -> np
         q = np.clip(np.rint(values / step), -127, 127)
         return q, q * step
 
-    codes = gptq(weight.T, hessian, row, GptqConfig(damp=INT8_DAMP, act_order=True))
+    codes = gptq(weight.T, hessian, row, GptqConfig(damp=damp, act_order=True))
     return codes.T.astype(np.int8)
 
 
@@ -60,6 +60,7 @@ def write_int8(
     hessians: dict[int, np.ndarray],
     progress: Progress,
     codes: dict[int, np.ndarray],
+    damp: float,
 ) -> int:
     """Replace, in place, the int8 per-channel FC weights of the quantized model at `path` by
     GPTQ codes on the same scales. Returns how many weights were rewritten.
@@ -100,7 +101,7 @@ def write_int8(
             problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
             continue
         if buffer not in codes:  # the scales depend on the weight only: reused by every build
-            codes[buffer] = gptq_int8(floats[buffer], hessians[buffer], scales)
+            codes[buffer] = gptq_int8(floats[buffer], hessians[buffer], scales, damp)
             if index % 12 == 0 or index == len(weights):
                 progress(f"GPTQ: {index}/{len(weights)} weights rounded")
         stored[:] = codes[buffer]
@@ -130,9 +131,13 @@ class Int8Builder:
     """Builds gptq_wi8_afp32 models for a set of float FCs; GPTQ codes are computed once."""
 
     def __init__(
-        self, fp32_path: Path, hessian_rows: list[dict[str, np.ndarray]], progress: Progress
+        self, fp32_path: Path, hessian_rows: list[dict[str, np.ndarray]], progress: Progress,
+        hessians: HessianCache | None = None, policy: HessianPolicy | None = None,
     ):
+        """`hessian_rows`: the calibration rows with policy.prefix_tokens' rows added; `policy`:
+        None = the shared INT8 policy (converters/core/gptq.py)."""
         self.fp32_path, self.progress = fp32_path, progress
+        self.policy = policy or GPTQ_POLICY["int8"]
         self.weights = find_weights(fp32_path)
         self.fcs = {b: w for b, w in self.weights.items() if w.kind == FC}
         self.floats = float_weights(fp32_path, list(self.fcs.values()))
@@ -140,7 +145,8 @@ class Int8Builder:
             f"GPTQ: input statistics of {len(self.fcs)} FULLY_CONNECTED weights, "
             f"{len(hessian_rows)} rows"
         )
-        self.hessians = collect_hessians(fp32_path, self.fcs, hessian_rows)
+        self.hessians = (hessians or HessianCache()).get(fp32_path, self.fcs, hessian_rows,
+                                                         weighting=self.policy.weighting)
         self.codes: dict[int, np.ndarray] = {}
 
     def label(self, buffer: int) -> str:
@@ -152,4 +158,4 @@ class Int8Builder:
         returns how many weights were written INT8."""
         run_quantizer(self.fp32_path, out_path, _int8_recipe(self.weights, float_fcs))
         int8 = {b: w for b, w in self.fcs.items() if b not in float_fcs}
-        return write_int8(out_path, int8, self.floats, self.hessians, self.progress, self.codes)
+        return write_int8(out_path, int8, self.floats, self.hessians, self.progress, self.codes, self.policy.damp)

@@ -9,6 +9,7 @@ set the minimum cosine and calibration files rarely hold enough of them.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from converters.tflite.flatbuffer import Weight
 from converters.tflite.signatures import Signatures
 
-__all__ = ["collect_hessians", "with_prefixes"]
+__all__ = ["HessianCache", "collect_hessians", "with_prefixes"]
 
 _HESSIAN_CHUNK = 128  # calibration rows per Hessian update (memory vs GEMM size)
 
@@ -43,10 +44,11 @@ def with_prefixes(
 
 
 def collect_hessians(
-    path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]]
+    path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]], weighting: str = "row"
 ) -> dict[int, np.ndarray]:
-    """E[x^T x] of each FC weight's input over the real tokens of every row, each row weighted
-    alike (a short row counts as much as a long one), summed over the signatures sharing it."""
+    """E[x^T x] of each FC weight's input over the real tokens of every row, summed over the
+    signatures sharing it. weighting "row": each row weighted alike (a short row counts as much
+    as a long one); "token": every token alike (HessianPolicy, converters/core/gptq.py)."""
     signatures = Signatures(path, preserve=True)
     by_subgraph: dict[int, list[tuple[int, int]]] = {}
     for weight in weights.values():
@@ -71,8 +73,45 @@ def collect_hessians(
             x = x.reshape(-1, x.shape[-1])
             if x.shape[0] == length:  # one row per token position: keep the real ones
                 x = x[:n]
-            pending.setdefault(buffer, []).append(x.astype(np.float32) / np.sqrt(len(x)))
+            scale = np.sqrt(len(x)) if weighting == "row" else 1.0
+            pending.setdefault(buffer, []).append(x.astype(np.float32) / scale)
         if count % _HESSIAN_CHUNK == 0:
             flush()
     flush()
     return {buffer: h / len(rows) for buffer, h in sums.items()}
+
+
+def _rows_digest(rows: list[dict[str, np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        for name in sorted(row):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(row[name]).tobytes())
+    return digest.hexdigest()
+
+
+class HessianCache:
+    """Hessians of one FP32 .tflite's FC weights on one set of rows, collected once and shared:
+    gptq_wi8_afp32 and gptq_wi4b32_afp32 round against the same statistics (same export, same
+    rows), and so do the targets of one run. Tapping the interpreter over ~1,000 rows is the
+    costly part (60-85 s for MiniLM on 2 cores), GPTQ itself a few seconds. The cache is passed
+    explicitly (the pipeline keeps one per run); a model file that only renames tensors and
+    moves buffers (flatbuffer.compact_copy) shares its original's entry via `source`: weights
+    are matched by the op that reads them."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, str, str], dict[tuple[int, ...], np.ndarray]] = {}
+        self.collected = 0  # weights whose statistics were tapped (the rest were reused)
+
+    def get(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
+            source: Path | None = None, weighting: str = "row") -> dict[int, np.ndarray]:
+        key = (str(Path(source or path).resolve()), _rows_digest(rows), weighting)
+        store = self._store.setdefault(key, {})
+        # By the first op reading the weight: compact_copy keeps ops in place, not buffer indices.
+        use = {b: tuple(w.uses[0][:2]) for b, w in weights.items()}
+        missing = {b: w for b, w in weights.items() if use[b] not in store}
+        if missing:
+            for buffer, hessian in collect_hessians(path, missing, rows, weighting).items():
+                store[use[buffer]] = hessian
+            self.collected += len(missing)
+        return {b: store[use[b]] for b in weights}

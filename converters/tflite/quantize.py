@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
+from converters.core.gptq import GPTQ_POLICY
 from converters.core.search import RANKING_TEXTS, Budget, Floor, greedy_search
-from converters.tflite.config import INT8_DAMP, INT8_PREFIX_TOKENS, GptqInt4Config
+from converters.tflite.config import GptqInt4Config
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import compact_copy, op_counts
 from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
-from converters.tflite.hessians import with_prefixes
+from converters.tflite.hessians import HessianCache, with_prefixes
 from converters.tflite.judge import Judge, cosines, meets
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.signatures import calibration_rows, signature_lengths
@@ -109,16 +110,17 @@ def _quantize_gptq_int4(
     validation: list[dict[str, np.ndarray]] | None = None,
     rank: Score | None = None,
     judge: Score | None = None,
+    hessians: HessianCache | None = None,
 ) -> dict[str, Any]:
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
-    hessian_rows = with_prefixes(rows, config.prefix_tokens)
+    hessian_rows = with_prefixes(rows, config.gptq_policy().prefix_tokens)
     compact = out_path.with_name(out_path.stem + ".compact.tflite")
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
     fp32_bytes = in_path.stat().st_size
     try:
         compact_copy(in_path, compact)
-        builder = Int4Builder(compact, config)
+        builder = Int4Builder(compact, config, source=in_path)
         if config.size_budget is not None:
             # The size does not depend on the values: refuse before the expensive part.
             size = builder.build(probe, set())
@@ -129,7 +131,7 @@ def _quantize_gptq_int4(
                     f"the size budget of {config.size_budget}x FP32 (a profile's [tflite] "
                     "int4_size_budget): raise it, or ship the INT8 artifact for this model"
                 )
-        builder.round(hessian_rows, progress)
+        builder.round(hessian_rows, progress, hessians)
         chosen: list[int] = []
         search: list[dict[str, Any]] = []
         seconds = 0.0
@@ -170,18 +172,19 @@ def _quantize_gptq_int8(
     validation: list[dict[str, np.ndarray]] | None = None,
     rank: Score | None = None,
     judge: Score | None = None,
+    hessians: HessianCache | None = None,
 ) -> dict[str, Any]:
     """GPTQ INT8; with a floor (cosine mean, min on the validation rows) that the all-INT8 model
     misses, the shared search's floor policy keeps FCs float until it is met."""
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
-    hessian_rows = with_prefixes(rows, INT8_PREFIX_TOKENS)
-    builder = Int8Builder(in_path, hessian_rows, progress)
+    policy = GPTQ_POLICY["int8"]
+    hessian_rows = with_prefixes(rows, policy.prefix_tokens)
+    builder = Int8Builder(in_path, hessian_rows, progress, hessians, policy)
     written = builder.build(out_path, set())
     report: dict[str, Any] = {
         "gptq": {
             "weights": written,
-            "damp": INT8_DAMP,
-            "prefix_tokens": list(INT8_PREFIX_TOKENS),
+            **policy.describe(),
             "calibration_rows": len(rows),
             "hessian_rows": len(hessian_rows),
         },
@@ -258,6 +261,7 @@ def quantize_tflite(
     validation: list[dict[str, np.ndarray]] | None = None,
     rank: Score | None = None,
     judge: Score | None = None,
+    hessians: HessianCache | None = None,
 ) -> dict[str, Any]:
     """Quantize the FP32 .tflite at `in_path` with `recipe` into `out_path`.
 
@@ -275,7 +279,8 @@ def quantize_tflite(
     Hessians, sensitivity rankings). None: `calibration` does both (in-sample).
     `rank` / `judge` score a candidate file for the searches (fit texts / validation texts);
     the pipeline passes its one evaluator (agreement with PyTorch through edge_runtime). None:
-    agreement with the FP32 .tflite on the calibration / validation rows.
+    agreement with the FP32 .tflite on the calibration / validation rows. `hessians`: a
+    HessianCache shared with other calls on the same export and rows (None: collected here).
     """
     spec = lookup(recipe)
     if spec.needs_calibration and not calibration:
@@ -294,10 +299,12 @@ def quantize_tflite(
     started = time.perf_counter()
     details: dict[str, Any] = {}
     if recipe == GPTQ_INT8_RECIPE:
-        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress, validation, rank, judge)
+        details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress, validation, rank, judge,
+                                      hessians)
     elif spec.ours:
         config = int4 or GptqInt4Config()
-        details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation, rank, judge)
+        details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation, rank,
+                                      judge, hessians)
     else:
         from ai_edge_quantizer import recipe as recipes
 
