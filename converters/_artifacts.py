@@ -23,7 +23,7 @@ from converters._errors import AccuracyError, ConversionError
 from converters._graph import model_bytes
 from converters.core.gptq import Int8Rounding
 from converters.core.search import RANKING_TEXTS
-from converters.core.validate import Reference, compute_metrics, floor_failures
+from converters.core.validate import Reference, compute_metrics, floor_failures, floor_shortfall
 from converters.inputs.source import SourceModel
 from converters.onnx.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
 from converters.onnx.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused
@@ -306,7 +306,9 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     # The shared search (converters/core/search.py): ranked on a length-spread subset of the fit
     # texts, each step judged on the validation texts.
     space = W4A8Space(weights, probe, rank=scorer(step.fit.spread(RANKING_TEXTS)), judge=scorer(step.reference))
-    fit = fit_w4a8(space, budget, progress=lambda message: step.progress(f"[{name}] {message}"))
+    floor = step.floor.for_precision("int4")
+    fit = fit_w4a8(space, budget, progress=lambda message: step.progress(f"[{name}] {message}"),
+                   shortfall=lambda metrics: floor_shortfall(metrics, floor))
     four_bit = set(weights.weights) - set(fit.moved)
     model = weights.build(four_bit)
     weights.check(model, four_bit)
@@ -349,7 +351,8 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
                            validation_batches=step.reference.batches,
                            progress=lambda message: step.progress(f"[{name}] {message}"),
                            rank=scorer(step.fit.spread(RANKING_TEXTS), "ranking probe"),
-                           judge=scorer(step.reference, "candidate"))
+                           judge=scorer(step.reference, "candidate"),
+                           shortfall=lambda metrics: floor_shortfall(metrics, step.floor.for_precision("int4")))
     path = step.work / f"{name}.onnx"
     metrics = compute_metrics(step.source, step.reference, step.session(path).run, name)
     _checked(step, name, "int4", metrics)
@@ -409,7 +412,7 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         calibration=step.fit.batches if spec and spec.needs_calibration else None,
         validation=step.reference.batches if spec and spec.needs_calibration else None,
         int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
-        floor=(floor.cosine_mean, floor.cosine_min) if recipe == GPTQ_INT8_RECIPE else None,
+        floor=(floor.cosine_mean, floor.cosine_min) if spec and spec.ours else None,
         progress=lambda message: step.progress(f"[{name}] {message}"),
         # The one evaluator of every search: agreement with PyTorch through edge_runtime.
         rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),

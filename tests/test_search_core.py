@@ -114,3 +114,37 @@ def test_budget_met_by_nothing_keeps_the_start():
 def test_search_loss_treats_nan_as_worst():
     assert search_loss({"cosine_mean": float("nan"), "cosine_min": 0.9}) == math.inf
     assert search_loss({"cosine_mean": 0.99, "cosine_min": 0.98}) == pytest.approx(0.01 + 0.25 * 0.02)
+
+
+class MeanOrMin:
+    """Two candidates at equal cost: "mean" lifts the mean a lot, "min" lifts the worst text."""
+
+    def __init__(self):
+        self.moved = frozenset()
+
+    def candidates(self):
+        return ["mean", "min"]
+
+    def label(self, key):
+        return key
+
+    def build(self, moved):
+        self.moved = moved
+        return 1000 + 10 * len(moved)
+
+    def _metrics(self):
+        mean = 0.98 + (0.01 if "mean" in self.moved else 0.0)
+        worst = 0.95 + (0.02 if "min" in self.moved else 0.0)
+        return {"cosine_mean": mean, "cosine_min": worst}
+
+    rank = judge = _metrics
+
+
+def test_budget_with_a_floor_lifts_what_the_floor_checks_first():
+    def shortfall(m):
+        return max(0.0, 0.96 - m["cosine_min"])
+
+    plain = greedy_search(MeanOrMin(), Budget(1010), move="8-bit")
+    assert plain.moved == ["mean"]  # loss 0.01 vs 0.005: the mean wins without a floor
+    floored = greedy_search(MeanOrMin(), Budget(1010, shortfall), move="8-bit")
+    assert floored.moved == ["min"] and floored.metrics["cosine_min"] >= 0.96

@@ -49,6 +49,11 @@ Progress = Callable[[str], None]
 # Beyond half of its candidates in the expensive form, the artifact is no longer what its
 # name says (an "INT8" model mostly FP32): the floor search gives up and says so.
 DEFAULT_CAP = 0.5
+# A budget search's weight of a floor miss against search_loss: a minimum cosine 0.01 under its
+# floor costs 0.04, more than the whole loss of a typical INT4 candidate (~0.03). Measured on
+# rpi5's TFLite INT4 (benchmarks/RESULTS.md run N): without it, the search spent the budget on
+# the mean and left the artifact 0.012 under its floor.
+SHORTFALL_WEIGHT = 4.0
 # How many fit texts (spread evenly along the length order: Reference.spread) rank the
 # candidates. Chosen on the validation split (benchmarks/RESULTS.md run N).
 RANKING_TEXTS = 64
@@ -91,9 +96,13 @@ class Floor:
 
 @dataclass(frozen=True)
 class Budget:
-    """Stop rule: the artifact stays within `bytes`; every move that fits and helps is taken."""
+    """Stop rule: the artifact stays within `bytes`; every move that fits and helps is taken.
+    `shortfall(metrics)`: how far the artifact's accuracy floor is missed (0 when met): while
+    it is missed, the miss counts SHORTFALL_WEIGHT times in the loss, so that moves lifting the
+    metric the floor checks win over moves that only polish the mean."""
 
     bytes: int
+    shortfall: Callable[[Metrics], float] | None = None
 
 
 @dataclass
@@ -142,6 +151,11 @@ def greedy_search(
     validation metrics when the caller has them already (saves one evaluation)."""
     started = time.perf_counter()
     keys = list(space.candidates())
+    shortfall = goal.shortfall if isinstance(goal, Budget) else None
+
+    def objective(m: Metrics) -> float:
+        return search_loss(m) + (SHORTFALL_WEIGHT * shortfall(m) if shortfall is not None else 0.0)
+
     start_bytes = space.build(frozenset())
     metrics = space.judge() if start_metrics is None else start_metrics
     steps: list[dict[str, Any]] = [{"candidate": None, "moved": [], "bytes": start_bytes, "metrics": metrics}]
@@ -151,13 +165,13 @@ def greedy_search(
         return result
 
     # Rank on the fit texts. The start is re-scored there: the gains must compare like with like.
-    base = search_loss(space.rank())
+    base = objective(space.rank())
     gains: dict[K, tuple[float, int]] = {}
     label = f"ranking {len(keys)} candidates ({move} alone)"
     for index, key in enumerate(keys):
         progress(count(f"  {label}", index, len(keys)))
         size = space.build(frozenset({key}))
-        gains[key] = (base - search_loss(space.rank()), size - start_bytes)
+        gains[key] = (base - objective(space.rank()), size - start_bytes)
     progress(count(f"  {label}", len(keys), len(keys)))
     ranked = sorted((k for k in keys if gains[k][0] > 0),
                     key=lambda k: gains[k][0] / max(gains[k][1], 1), reverse=True)
@@ -168,7 +182,7 @@ def greedy_search(
 
     cap = max(1, int(len(keys) * goal.cap)) if isinstance(goal, Floor) else len(keys)
     moved: list[K] = []
-    loss, size = search_loss(metrics), start_bytes
+    loss, size = objective(metrics), start_bytes
     tried = 0
     walk = f"trying {move} moves"
     for index, key in enumerate(ranked):
@@ -190,13 +204,13 @@ def greedy_search(
             continue
         tried += 1
         trial = space.judge()
-        accepted = search_loss(trial) < loss
+        accepted = objective(trial) < loss
         steps.append(_step(name, gain=gain, added_bytes=added, accepted=accepted, bytes_=trial_size, metrics=trial,
                            why=None if accepted else "no gain on the validation texts"))
         if not accepted:
             continue
         moved.append(key)
-        metrics, loss, size = trial, search_loss(trial), trial_size
+        metrics, loss, size = trial, objective(trial), trial_size
         progress(f"  {move} {len(moved)}: {name} -> {_summary(trial)}, {size / 1e6:.2f} MB")
         if isinstance(goal, Floor) and not goal.failures(metrics):
             progress(count(f"  {walk}", len(ranked), len(ranked)))

@@ -24,6 +24,7 @@ __all__ = [
     "compute_metrics",
     "encode",
     "floor_failures",
+    "floor_shortfall",
     "make_batches",
     "meets_floor",
     "reference_outputs",
@@ -207,6 +208,20 @@ def meets_floor(value: float, floor: float) -> bool:
     """A floor holds only when the metric is finite and `value >= floor`: written as `not value <
     floor`, a NaN metric passed every floor (issue 10)."""
     return math.isfinite(value) and value >= floor
+
+
+def floor_shortfall(metrics: dict[str, float], floor: AccuracyFloor) -> float:
+    """How far `metrics` miss `floor`, summed over the metrics it checks (0 when every one is
+    met; inf when one is NaN): what a budget search weighs (converters/core/search.py)."""
+    checks = {"cosine_mean": floor.cosine_mean, "cosine_min": floor.cosine_min,
+              "top1_agreement": floor.top1_agreement}
+    total = 0.0
+    for key, needed in checks.items():
+        if key in metrics:
+            if not math.isfinite(metrics[key]):
+                return math.inf
+            total += max(0.0, needed - metrics[key])
+    return total
 
 
 def floor_failures(metrics: dict[str, float], floor: AccuracyFloor) -> list[str]:

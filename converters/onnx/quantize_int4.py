@@ -306,6 +306,7 @@ def quantize_int4(
     progress: Callable[[str], None] = lambda message: None,
     rank: Score | None = None,
     judge: Score | None = None,
+    shortfall: Callable[[dict[str, float]], float] | None = None,
 ) -> dict[str, Any]:
     """Write the INT4 form of the FP32 ONNX model `fp32_path` to `out_path` (one file, weights
     inline) and return what changed: algorithm chosen and each candidate's accuracy against
@@ -316,7 +317,8 @@ def quantize_int4(
     None: the calibration batches do both (in-sample; for callers without a split).
     `progress` hears how far the size-budget search is (converters/_console.count messages).
     `rank` / `judge` score a candidate file (fit texts / validation texts); the pipeline passes
-    its one evaluator. None: agreement with the FP32 graph on the given batches."""
+    its one evaluator. None: agreement with the FP32 graph on the given batches. `shortfall`:
+    how far metrics miss the artifact's floor, weighed by the budget search."""
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -370,7 +372,7 @@ def quantize_int4(
                     "size_budget, drop int8_nodes, or use a larger block_size / embedding_block_size"
                 )
             space = _Space(variants, chosen, int8, probe, rank, judge)
-            result = greedy_search(space, Budget(budget), move="8-bit", progress=progress,
+            result = greedy_search(space, Budget(budget, shortfall), move="8-bit", progress=progress,
                                    start_metrics=candidates[chosen])
             int8, search = int8 | set(result.moved), result.steps
     finally:

@@ -325,8 +325,10 @@ class W4A8Space:
         return self._judge(self.probe)
 
 
-def fit_w4a8(space: W4A8Space, budget_bytes: int, progress: Callable[[str], None] = lambda m: None) -> SearchResult:
+def fit_w4a8(space: W4A8Space, budget_bytes: int, progress: Callable[[str], None] = lambda m: None,
+             shortfall: Callable[[dict[str, float]], float] | None = None) -> SearchResult:
     """All weights in 4 bits, then the ones whose 8-bit form removes the most measured loss per
     added byte move to 8 bits while the artifact stays within `budget_bytes` (the shared search's
-    budget policy). The result's `moved` are the 8-bit weights."""
-    return greedy_search(space, Budget(budget_bytes), move="8-bit", progress=progress)
+    budget policy; `shortfall`: how far metrics miss the artifact's floor). The result's `moved`
+    are the 8-bit weights."""
+    return greedy_search(space, Budget(budget_bytes, shortfall), move="8-bit", progress=progress)

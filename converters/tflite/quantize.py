@@ -101,6 +101,20 @@ def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Sc
     return rank, judge
 
 
+def _shortfall(floor: tuple[float, float] | None):
+    """How far metrics miss `floor` (cosine mean, min), for the budget search; None: no floor."""
+    if floor is None:
+        return None
+
+    def miss(metrics: dict[str, float]) -> float:
+        mean, worst = cosines(metrics)
+        if not (np.isfinite(mean) and np.isfinite(worst)):
+            return float("inf")
+        return max(0.0, floor[0] - mean) + max(0.0, floor[1] - worst)
+
+    return miss
+
+
 def _quantize_gptq_int4(
     in_path: Path,
     out_path: Path,
@@ -111,6 +125,7 @@ def _quantize_gptq_int4(
     rank: Score | None = None,
     judge: Score | None = None,
     hessians: HessianCache | None = None,
+    floor: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
@@ -140,8 +155,8 @@ def _quantize_gptq_int4(
             # the validation texts.
             rank, judge = _scorers(compact, rows, val_rows, rank, judge)
             space = _Space(builder, list(builder.codes), probe, rank, judge)
-            result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes)), move="INT8",
-                                   progress=progress)
+            result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes), _shortfall(floor)),
+                                   move="INT8", progress=progress)
             chosen, search, seconds = result.moved, result.steps, result.seconds
         builder.build(out_path, set(chosen))
     finally:
@@ -273,9 +288,10 @@ def quantize_tflite(
     gptq_wi4b32_afp32 (default GptqInt4Config()); with a size_budget that the all-INT4 model
     already exceeds, AccuracyError is raised (the pipeline refuses the artifact). `floor`
     (cosine mean, min against the FP32 .tflite on the calibration rows) lets gptq_wi8_afp32
-    keep its most sensitive FULLY_CONNECTED weights float until it is met.
+    keep its most sensitive FULLY_CONNECTED weights float until it is met; gptq_wi4b32_afp32's
+    size-budget search weighs how far a candidate misses it.
     `validation` (same form as `calibration`, disjoint texts) is what our recipes' searches
-    judge candidates on and report as calibration_metrics; `calibration` then only fits (GPTQ
+    judge candidates on and report as validation_metrics; `calibration` then only fits (GPTQ
     Hessians, sensitivity rankings). None: `calibration` does both (in-sample).
     `rank` / `judge` score a candidate file for the searches (fit texts / validation texts);
     the pipeline passes its one evaluator (agreement with PyTorch through edge_runtime). None:
@@ -304,7 +320,7 @@ def quantize_tflite(
     elif spec.ours:
         config = int4 or GptqInt4Config()
         details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation, rank,
-                                      judge, hessians)
+                                      judge, hessians, floor)
     else:
         from ai_edge_quantizer import recipe as recipes
 
