@@ -67,7 +67,8 @@ def main() -> None:
         convert(ConvertConfig(model=None, target=args.target, out=out, force=True, latency_runs=3))
         manifest = json.loads((out / "manifest.json").read_text())
         row = {"policy": name, "seconds": round(time.perf_counter() - started, 1),
-               "validation": {a["name"]: a["metrics"] for a in manifest["artifacts"] if a["precision"] != "fp32"}}
+               "validation": {a["name"]: a["metrics"] for a in manifest["artifacts"] if a["precision"] != "fp32"},
+               "refused": {r["name"]: r["reason"] for r in manifest["refused"]}}
         rows.append(row)
         print(f"{name:<36} " + "  ".join(f"{k} {v['cosine_mean']:.4f}/{v['cosine_min']:.4f}"
                                          for k, v in row["validation"].items()), flush=True)
