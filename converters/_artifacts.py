@@ -24,6 +24,7 @@ from converters._graph import model_bytes
 from converters.core.gptq import Int8Rounding
 from converters.core.search import RANKING_TEXTS
 from converters.core.validate import Reference, compute_metrics, floor_failures, floor_shortfall
+from converters.inputs.plan import Planned, plan
 from converters.inputs.source import SourceModel
 from converters.onnx.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
 from converters.onnx.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused
@@ -36,7 +37,6 @@ from converters.onnx.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fi
 from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
 from converters.onnx.split_first_token import SplitConfig, split_first_token
 from converters.tflite import (
-    GPTQ_INT8_RECIPE,
     GPTQ_RECIPE,
     RECIPES,
     GptqInt4Config,
@@ -50,8 +50,7 @@ from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
 from targets import AccuracyFloor, TargetProfile
 
-__all__ = ["BUILDERS", "MIN_RUNTIME", "Built", "Planned", "Step", "latency_ms", "onnx_session",
-           "open_session", "plan"]
+__all__ = ["BUILDERS", "MIN_RUNTIME", "Built", "Step", "latency_ms", "onnx_session", "open_session"]
 
 Progress = Callable[[str], None]
 
@@ -428,19 +427,6 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
                  extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
 
 
-@dataclass(frozen=True)
-class Planned:
-    """One artifact the profile asks for."""
-
-    format: str
-    precision: str
-    variant: str = ""  # "legacy": for devices with tflite-runtime 2.14 (see the profile's notes)
-
-    @property
-    def name(self) -> str:
-        return f"{self.format}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
-
-
 # (format, precision) -> builder. Registered once; an unknown pair is a clear error up front.
 BUILDERS: dict[tuple[str, str], Callable[[Step, Planned], Built]] = {
     ("onnx", "fp32"): lambda step, p: _build_onnx_fp32(step, p.name),
@@ -463,13 +449,3 @@ MIN_RUNTIME = {
     ("tflite", "int4", ""): {"ai-edge-litert": "2.3"},
     ("tflite", "int8", "legacy"): _LEGACY_TFLITE,
 }
-
-
-def plan(profile: TargetProfile) -> list[Planned]:
-    plan = [Planned("onnx", p) for p in profile.precisions] if "onnx" in profile.formats else []
-    if "tflite" in profile.formats:
-        plan += [Planned("tflite", p) for p in profile.tflite.precisions]
-        plan += [Planned("tflite", p, "legacy") for p in profile.tflite.legacy_recipes]
-    return plan
-
-

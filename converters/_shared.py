@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters._artifacts import Built, Planned, Step
+from converters._artifacts import Built, Step
 from converters._errors import AccuracyError, ConversionError
 from converters.core.validate import Reference, reference_outputs
 from converters.export.export_onnx import ExportConfig, export_onnx
 from converters.export.fuse_onnx import fuse_onnx, fusion_config
 from converters.inputs.calibration import TextSplit, load_texts, split_texts
+from converters.inputs.plan import Planned
 from converters.inputs.source import SourceModel, load_source
 from converters.packaging import golden as golden_samples
 from targets import TargetProfile

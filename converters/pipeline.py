@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session, plan
+from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session
 from converters._errors import AccuracyError, ConversionError
 from converters._shared import SharedInputs, artifact_key
 from converters.core.arithmetic import MODES as ARITHMETIC_MODES
 from converters.core.arithmetic import ValidationSessions, choose_validation
 from converters.core.validate import compute_metrics
 from converters.inputs import preflight
+from converters.inputs.plan import plan
 from converters.inputs.source import SourceModel
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing

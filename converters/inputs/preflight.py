@@ -83,7 +83,7 @@ def _is_tokenizer_file(name: str) -> bool:
 
 def estimate(profile: TargetProfile, source: SourceModel) -> DiskEstimate:
     """A conservative size of what converting `source` for `profile` writes."""
-    from converters._artifacts import plan
+    from converters.inputs.plan import plan
 
     fp32, tokenizer = _source_bytes(source)
     artifacts = tuple(

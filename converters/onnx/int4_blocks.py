@@ -12,14 +12,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from converters._errors import ConversionError, UnsupportedModelError
-
-if TYPE_CHECKING:
-    from converters.onnx.quantize_int4 import Int4Config
 
 INT4_OPSET = 21  # INT4/UINT4 tensors need opset 21 (and IR version 10)
 # Shrink ratios of a block's min and max tried by clip_search. 16 x 16 pairs; the prototype's
@@ -152,7 +149,7 @@ def _name_nodes(model) -> None:
             taken.add(node.name)
 
 
-def _targets(model, config: Int4Config) -> tuple[dict[str, str], dict[str, str]]:
+def _targets(model, embedding_min_elements: int) -> tuple[dict[str, str], dict[str, str]]:
     """(MatMul node -> weight, Gather node -> table) for constant float weights that qualify."""
     from onnx import TensorProto
 
@@ -177,7 +174,7 @@ def _targets(model, config: Int4Config) -> tuple[dict[str, str], dict[str, str]]
                 table is not None
                 and table.data_type == TensorProto.FLOAT
                 and len(table.dims) == 2
-                and math.prod(table.dims) >= config.embedding_min_elements
+                and math.prod(table.dims) >= embedding_min_elements
                 and consumers.get(table.name) == 1  # a tied table is also a MatMul weight
                 and all(a.name != "axis" or a.i == 0 for a in node.attribute)
             ):

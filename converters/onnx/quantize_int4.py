@@ -330,7 +330,7 @@ def quantize_int4(
         )
     model = _to_opset21(onnx.load(str(fp32_path)))
     _name_nodes(model)
-    matmuls, tables = _targets(model, config)
+    matmuls, tables = _targets(model, config.embedding_min_elements)
     if not matmuls:
         raise UnsupportedModelError(
             f"{fp32_path.name} has no MatMul with a constant 2-D float weight to quantize. A graph with "
@@ -451,7 +451,7 @@ def quantize_tables_int4(model_path: Path, out_path: Path, config: Int4Config) -
 
     model = _to_opset21(onnx.load(str(model_path)))
     _name_nodes(model)
-    _, tables = _targets(model, config)
+    _, tables = _targets(model, config.embedding_min_elements)
     inits = {i.name: i for i in model.graph.initializer}
     parts = _ort_quantize(model, tables, "Gather", 4, config.embedding_block_size, config.accuracy_level)
     for node, table in tables.items():
