@@ -415,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['ratio_own_fp32']:.3f}x | {v['load_first_ms']:.0f} | {v['load_ms']:.0f} | {v['rss_mb']:.0f} | "
               f"{v['cosine_mean']:.4f} | {v['cosine_min']:.4f} |")
     for name, v in variants.items():
-        kept = (v.get("entry") or {}).get("quantization", {}).get("promoted", {}).get("weights")
-        if kept:
-            print(f"\n{name}: {len(kept)} node(s) kept in FP32 by the accuracy floor: {', '.join(kept)}")
+        promoted = (v.get("entry") or {}).get("quantization", {}).get("promoted", {})
+        if promoted.get("weights"):
+            print(f"\n{name}: {len(promoted['weights'])} weight(s) promoted to {promoted['to']} by the search: "
+                  f"{', '.join(promoted['weights'])}")
     for name, why in untimed.items():
         print(f"\n{name}: accuracy from its target's arithmetic (exact int32 reference), NOT TIMED here: {why}")
     for target, items in refused.items():
