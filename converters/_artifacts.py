@@ -24,7 +24,7 @@ from converters._graph import model_bytes
 from converters.core.gptq import Int8Rounding
 from converters.core.search import RANKING_TEXTS
 from converters.core.validate import Reference, compute_metrics, floor_failures, floor_shortfall
-from converters.inputs.plan import Planned, plan
+from converters.inputs.plan import Planned
 from converters.inputs.source import SourceModel
 from converters.onnx.gather_tables_unpacked import UnpackedTablesConfig, gather_tables_unpacked
 from converters.onnx.keep_layernorm_unfused import KeepUnfusedConfig, keep_layernorm_unfused

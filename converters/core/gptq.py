@@ -1,5 +1,9 @@
 """GPTQ rounding: choose integer weights that minimise the layer's output error, not the weight error.
 
+The one GPTQ driver of the converter (`gptq`): every writer (ONNX INT8 and W4A8, TFLite INT8 and
+INT4) passes its grid as a row quantizer and its statistics from a HessianSource, gathered per
+the HessianPolicy of its precision (GPTQ_POLICY).
+
 Round-to-nearest makes each weight's error as small as possible but lets the errors of one
 output add up. GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for
 Generative Pre-trained Transformers") quantizes the input rows of W (y = x W) one at a time and
@@ -18,17 +22,27 @@ on the built-in calibration texts (half for H, half to score): 0.01 -> 0.9863 mi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["GPTQ_POLICY", "GptqConfig", "HessianPolicy", "Int8Rounding", "gptq", "input_hessians",
+__all__ = ["GPTQ_POLICY", "GptqConfig", "HessianPolicy", "HessianSource", "Int8Rounding", "gptq", "input_hessians",
            "pair_limited_scale", "pair_sums", "prefix_batches"]
 
 # Quantizes input row `k` (original index) of the weight: returns (integer codes, dequantized).
 RowQuantizer = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class HessianSource(Protocol):
+    """Where the GPTQ driver's statistics come from: H = E[x^T x] of one weight's input,
+    gathered per the HessianPolicy of its precision. Two adapters: Int8Rounding (ONNX graphs,
+    onnxruntime's tensors through input_hessians) and converters/tflite/hessians.TfliteHessians
+    (the TFLite interpreter's tensors); every writer hands `gptq` what they return."""
+
+    def hessian(self, weight: Hashable) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

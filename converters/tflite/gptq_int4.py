@@ -37,7 +37,7 @@ from converters.tflite.flatbuffer import (
     schema,
     weight_tensors,
 )
-from converters.tflite.hessians import HessianCache
+from converters.tflite.hessians import HessianCache, TfliteHessians
 from converters.tflite.recipes import GPTQ_RECIPE
 
 __all__ = ["Int4Builder", "gptq_int4", "pack_int4", "unpack_int4", "write_int4"]
@@ -225,11 +225,11 @@ class Int4Builder:
         count = len(self.int4)
         progress(f"GPTQ: input statistics of {count} FULLY_CONNECTED weights, {len(rows)} rows")
         policy = self.config.gptq_policy()
-        hessians = (hessians or HessianCache()).get(self.fp32_path, {w.buffer: w for w in self.int4}, rows,
-                                                    source=self.source, weighting=policy.weighting)
+        source = TfliteHessians(self.fp32_path, {w.buffer: w for w in self.int4}, rows, policy.weighting,
+                                hessians, self.source)
         for index, weight in enumerate(self.int4, 1):
             self.codes[weight.buffer] = gptq_int4(
-                self.floats[weight.buffer], hessians[weight.buffer], policy.damp
+                self.floats[weight.buffer], source.hessian(weight.buffer), policy.damp
             )
             if index % 12 == 0 or index == count:
                 progress(f"GPTQ: {index}/{count} weights rounded")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import ConversionError
-from converters.core.gptq import GPTQ_POLICY, HessianPolicy
+from converters.core.gptq import GPTQ_POLICY, HessianPolicy, HessianSource
 from converters.tflite.edge_quantizer import op_entry, run_quantizer
 from converters.tflite.flatbuffer import (
     FC,
@@ -30,7 +30,7 @@ from converters.tflite.flatbuffer import (
     short_name,
     weight_tensors,
 )
-from converters.tflite.hessians import HessianCache
+from converters.tflite.hessians import HessianCache, TfliteHessians
 from converters.tflite.recipes import GPTQ_INT8_RECIPE
 
 __all__ = ["Int8Builder", "gptq_int8", "write_int8"]
@@ -57,7 +57,7 @@ def write_int8(
     path: Path,
     weights: dict[int, Weight],
     floats: dict[int, np.ndarray],
-    hessians: dict[int, np.ndarray],
+    hessians: HessianSource,
     progress: Progress,
     codes: dict[int, np.ndarray],
     damp: float,
@@ -101,7 +101,7 @@ def write_int8(
             problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
             continue
         if buffer not in codes:  # the scales depend on the weight only: reused by every build
-            codes[buffer] = gptq_int8(floats[buffer], hessians[buffer], scales, damp)
+            codes[buffer] = gptq_int8(floats[buffer], hessians.hessian(buffer), scales, damp)
             if index % 12 == 0 or index == len(weights):
                 progress(f"GPTQ: {index}/{len(weights)} weights rounded")
         stored[:] = codes[buffer]
@@ -145,8 +145,7 @@ class Int8Builder:
             f"GPTQ: input statistics of {len(self.fcs)} FULLY_CONNECTED weights, "
             f"{len(hessian_rows)} rows"
         )
-        self.hessians = (hessians or HessianCache()).get(fp32_path, self.fcs, hessian_rows,
-                                                         weighting=self.policy.weighting)
+        self.hessians = TfliteHessians(fp32_path, self.fcs, hessian_rows, self.policy.weighting, hessians)
         self.codes: dict[int, np.ndarray] = {}
 
     def label(self, buffer: int) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from converters.tflite.flatbuffer import Weight
 from converters.tflite.signatures import Signatures
 
-__all__ = ["HessianCache", "collect_hessians", "with_prefixes"]
+__all__ = ["HessianCache", "TfliteHessians", "collect_hessians", "with_prefixes"]
 
 _HESSIAN_CHUNK = 128  # calibration rows per Hessian update (memory vs GEMM size)
 
@@ -115,3 +115,15 @@ class HessianCache:
                 store[use[buffer]] = hessian
             self.collected += len(missing)
         return {b: store[use[b]] for b in weights}
+
+
+class TfliteHessians:
+    """The TFLite adapter of the GPTQ driver's HessianSource (converters/core/gptq.py): the
+    Hessians of `weights` (by FP32 buffer) of the model at `path` on `rows`, through `cache`."""
+
+    def __init__(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
+                 weighting: str, cache: HessianCache | None = None, source: Path | None = None):
+        self._hessians = (cache or HessianCache()).get(path, weights, rows, source=source, weighting=weighting)
+
+    def hessian(self, weight: int) -> np.ndarray:
+        return self._hessians[weight]
