@@ -1,0 +1,108 @@
+"""Structured pruning on tiny models of every supported architecture (issue 11, first part):
+ratio 0 is the identity, shapes follow the plan, a head or neuron that contributes nothing is
+ranked least important and removing it changes no output, the ONNX export of a pruned model
+agrees with PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from converters._errors import ConversionError, UnsupportedModelError
+from converters.core.validate import make_batches
+from converters.export.export_onnx import ExportConfig, export_onnx
+from converters.inputs.calibration import load_texts
+from converters.inputs.source import load_source
+from converters.pruning.importance import plan, score
+from converters.pruning.structure import find_layers
+from converters.pruning.surgery import Keep, prune
+
+ARCHS = ("bert", "distilbert", "roberta", "xlm-roberta")
+
+
+def _case(tiny_model_factory, arch):
+    source = load_source(tiny_model_factory(arch, "feature-extraction"))
+    batches = make_batches(source, load_texts().texts[:32])
+    return source, batches
+
+
+def _outputs(source, batches) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [source.module(*[torch.from_numpy(f[n]) for n in source.input_names]).numpy() for f in batches]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ratio_zero_is_the_identity(tiny_model_factory, arch):
+    source, batches = _case(tiny_model_factory, arch)
+    before = _outputs(source, batches)
+    keep = plan(score(source.module, batches, source.input_names), heads=0.0, ffn=0.0)
+    report = prune(source.module, keep)
+    assert report["parameters_after"] == report["parameters_before"]
+    for want, got in zip(before, _outputs(source, batches)):
+        np.testing.assert_array_equal(want, got)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pruned_shapes_follow_the_plan(tiny_model_factory, arch):
+    source, batches = _case(tiny_model_factory, arch)
+    keep = plan(score(source.module, batches, source.input_names), heads=0.5, ffn=0.5)
+    report = prune(source.module, keep)
+    heads = sum(len(k.heads) for k in keep.values())
+    neurons = sum(len(k.neurons) for k in keep.values())
+    total_heads = sum(r["heads_before"] for r in report["layers"])
+    total_neurons = sum(r["neurons_before"] for r in report["layers"])
+    assert heads == total_heads - round(0.5 * total_heads) and neurons == total_neurons - round(0.5 * total_neurons)
+    for layer, entry in zip(find_layers(source.module), report["layers"]):
+        kept = keep[layer.index]
+        assert entry["heads"] == list(kept.heads) and entry["neurons"] == len(kept.neurons)
+        width = len(kept.heads) * layer.head_size
+        for linear in (layer.query, layer.key, layer.value):
+            assert tuple(linear.weight.shape) == (width, linear.in_features)
+        assert layer.attention_out.in_features == width
+        assert layer.ffn_in.out_features == layer.ffn_out.in_features == len(kept.neurons)
+    assert report["parameters_after"] < report["parameters_before"]
+    assert all(np.isfinite(o).all() for o in _outputs(source, batches))  # the pruned model still runs
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_silent_head_and_neuron_go_first_and_removing_them_changes_nothing(tiny_model_factory, arch):
+    source, batches = _case(tiny_model_factory, arch)
+    layer = find_layers(source.module)[1]
+    size = layer.head_size
+    with torch.no_grad():  # head 1 of layer 1 contributes nothing; so does neuron 3
+        layer.attention_out.weight[:, size:2 * size] = 0.0
+        layer.ffn_out.weight[:, 3] = 0.0
+    before = _outputs(source, batches)
+    scores = score(source.module, batches, source.input_names)
+    assert scores.heads[1][1] == 0.0 and scores.neurons[1][3] == 0.0
+    total_heads = sum(len(v) for v in scores.heads.values())
+    total_neurons = sum(len(v) for v in scores.neurons.values())
+    keep = plan(scores, heads=1 / total_heads, ffn=1 / total_neurons)  # one of each
+    assert 1 not in keep[1].heads and 3 not in keep[1].neurons
+    assert sum(len(k.heads) for k in keep.values()) == total_heads - 1
+    prune(source.module, keep)
+    for want, got in zip(before, _outputs(source, batches)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_onnx_export_of_a_pruned_model_agrees_with_pytorch(tiny_model_factory, arch, tmp_path):
+    source, batches = _case(tiny_model_factory, arch)
+    prune(source.module, plan(score(source.module, batches, source.input_names), heads=0.5, ffn=0.5))
+    path = export_onnx(source, tmp_path / "pruned.onnx", ExportConfig())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for feeds, want in zip(batches, _outputs(source, batches)):
+        got = session.run(None, {n: feeds[n] for n in source.input_names})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_plans_that_cannot_be_built_are_clear_errors(tiny_model_factory):
+    source, batches = _case(tiny_model_factory, "bert")
+    with pytest.raises(ConversionError, match=r"heads=1.0 must be in \[0, 1\)"):
+        plan(score(source.module, batches, source.input_names), heads=1.0, ffn=0.0)
+    with pytest.raises(ConversionError, match="layer 0: keeps no heads"):
+        prune(source.module, {0: Keep((), (0,))})
+    with pytest.raises(UnsupportedModelError, match="no BERT, RoBERTa, XLM-R or DistilBERT"):
+        find_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
