@@ -106,3 +106,27 @@ def test_plans_that_cannot_be_built_are_clear_errors(tiny_model_factory):
         prune(source.module, {0: Keep((), (0,))})
     with pytest.raises(UnsupportedModelError, match="no BERT, RoBERTa, XLM-R or DistilBERT"):
         find_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_reconstruction_lowers_the_layer_output_error_it_targets(tiny_model_factory, arch):
+    from converters.pruning.reconstruct import prune_and_reconstruct
+
+    source, batches = _case(tiny_model_factory, arch)
+    fit, heldout = batches[:1], batches[1:]
+    teacher = _outputs(source, heldout)
+    keep = plan(score(source.module, fit, source.input_names), heads=0.5, ffn=0.5)
+    report = prune_and_reconstruct(source.module, keep, fit, source.input_names)
+    for entry in report["layers"]:
+        for key in ("attention_error", "ffn_error"):
+            before, after = entry["reconstruction"][key]
+            assert 0.0 <= after < before, (entry["layer"], key, before, after)
+
+    # And on texts it did not fit, against slicing alone (same plan, no re-fit).
+    plain, _ = _case(tiny_model_factory, arch)
+    prune(plain.module, keep)
+
+    def error(outputs):
+        return sum(float(((o - t) ** 2).sum()) for o, t in zip(outputs, teacher))
+
+    assert error(_outputs(source, heldout)) < error(_outputs(plain, heldout))
