@@ -24,7 +24,7 @@ from converters._errors import ConversionError
 from converters.pruning.structure import find_layers
 from converters.pruning.surgery import Keep
 
-__all__ = ["Scores", "plan", "score"]
+__all__ = ["Scores", "magnitude", "plan", "score"]
 
 
 @dataclass
@@ -88,6 +88,25 @@ def score(model, batches: list[dict[str, np.ndarray]], input_names: list[str]) -
         i = layer.index
         result.heads[i] = (sums[("heads", i)] / sums[("stream", i)]).numpy()
         result.neurons[i] = (sums[("neurons", i)] / sums[("ffn_stream", i)]).numpy()
+    return result
+
+
+def magnitude(model) -> Scores:
+    """The baseline (what torch-pruning does by default): the L2 norm of each head's or neuron's
+    weights across the layers it spans (Q, K, V rows and output-projection columns; FFN input
+    row and output column), relative to the layer's mean. No data."""
+    layers = find_layers(model)
+    result = Scores()
+    for layer in layers:
+        size = layer.head_size
+        rows = [m.weight.detach().double() for m in (layer.query, layer.key, layer.value)]
+        out = layer.attention_out.weight.detach().double()
+        heads = np.array([float(sum((r[h * size:(h + 1) * size] ** 2).sum() for r in rows)
+                                + (out[:, h * size:(h + 1) * size] ** 2).sum()) ** 0.5 for h in range(layer.heads)])
+        neurons = ((layer.ffn_in.weight.detach().double() ** 2).sum(1)
+                   + (layer.ffn_out.weight.detach().double() ** 2).sum(0)).sqrt().numpy()
+        result.heads[layer.index] = heads / heads.mean()
+        result.neurons[layer.index] = neurons / neurons.mean()
     return result
 
 
