@@ -130,3 +130,18 @@ def test_reconstruction_lowers_the_layer_output_error_it_targets(tiny_model_fact
         return sum(float(((o - t) ** 2).sum()) for o, t in zip(outputs, teacher))
 
     assert error(_outputs(source, heldout)) < error(_outputs(plain, heldout))
+
+
+def test_magnitude_baseline_ranks_a_zero_weight_head_lowest(tiny_model_factory):
+    from converters.pruning.importance import magnitude
+
+    source, _ = _case(tiny_model_factory, "bert")
+    layer = find_layers(source.module)[0]
+    size = layer.head_size
+    with torch.no_grad():
+        for linear in (layer.query, layer.key, layer.value):
+            linear.weight[2 * size:3 * size] = 0.0
+        layer.attention_out.weight[:, 2 * size:3 * size] = 0.0
+    scores = magnitude(source.module)
+    assert scores.heads[0][2] == 0.0 and scores.heads[0].argmin() == 2
+    assert all(len(scores.neurons[i]) == layer.neurons for i in scores.neurons)
