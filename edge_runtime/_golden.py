@@ -4,13 +4,15 @@ are compared with them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_runtime._errors import ManifestError
+from edge_runtime._errors import GoldenMismatchError, InputError, ManifestError, ModelLoadError
 
-__all__ = ["compare_outputs", "golden_samples"]
+__all__ = ["check_golden", "compare_outputs", "golden_samples"]
 
 
 def compare_outputs(
@@ -61,3 +63,35 @@ def golden_samples(golden: dict[str, Any], arrays: dict[str, np.ndarray], name: 
         tokens = sample.get("tokens")
         label = f"sample {index} ({sample.get('kind', 'sample')}" + (f", {tokens} tokens)" if tokens else ")")
         yield label, inputs, want, tolerance
+
+
+
+def check_golden(run: Callable[[dict], dict], path: Path, golden: dict[str, Any], name: str, backend: str,
+                 entry: dict[str, Any]) -> None:
+    """Run every golden sample of `golden` (its arrays at `path`) through `run`, each alone.
+    GoldenMismatchError lists every sample computed differently (one is enough to refuse the
+    artifact); a sample the backend fails to run (it loaded the file: an operator or type it
+    lacks, e.g. INT4 tables under tflite-runtime 2.14) is ModelLoadError naming what the artifact
+    was made for. Input errors pass through."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    problems = []
+    for label, inputs, want, tolerance in golden_samples(golden, arrays, name):
+        try:
+            got = run(inputs)
+        except InputError:
+            raise
+        except Exception as exc:
+            needs = entry.get("min_runtime") or {}
+            made_for = f". It was made for {', '.join(f'{k} >= {v}' for k, v in needs.items())}" if needs else ""
+            raise ModelLoadError(
+                f"artifact {name!r} loaded on {backend} but failed to run its golden sample ({label}): "
+                f"{type(exc).__name__}: {str(exc).strip()[:300]}{made_for}; try another artifact "
+                "(artifact=...) or that runtime.") from exc
+        problems += [f"{label}: {p}" for p in compare_outputs(got, want, tolerance)]
+    if problems:
+        raise GoldenMismatchError(
+            f"artifact {name!r} computes wrong numbers on {backend}; refusing it. "
+            "Golden samples from conversion:\n  " + "\n  ".join(problems)
+            + "\nTry another artifact (artifact=...) or another backend version."
+        )

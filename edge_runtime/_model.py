@@ -7,8 +7,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from edge_runtime._errors import (
     GoldenMismatchError,
     InputError,
 )
-from edge_runtime._golden import compare_outputs, golden_samples
+from edge_runtime._golden import check_golden, compare_outputs, golden_samples
 from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
 from edge_runtime._text import Encoded, TextEncoder, pool, softmax
 
@@ -255,18 +256,7 @@ class Model:
         listing every sample this device computes differently (issue 10: one broken sample is
         enough to refuse the artifact)."""
         golden = self.artifact["golden"]
-        with np.load(resolve(self.root, golden["path"]), allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        problems = []
-        for label, inputs, want, tolerance in golden_samples(golden, arrays, self.name):
-            got = self.run(inputs)
-            problems += [f"{label}: {p}" for p in compare_outputs(got, want, tolerance)]
-        if problems:
-            raise GoldenMismatchError(
-                f"artifact {self.name!r} computes wrong numbers on {self.backend}; refusing it. "
-                "Golden samples from conversion:\n  " + "\n  ".join(problems)
-                + "\nTry another artifact (artifact=...) or another backend version."
-            )
+        check_golden(self.run, resolve(self.root, golden["path"]), golden, self.name, self.backend, self.artifact)
 
 
 def open_artifact(root: Path, manifest: dict[str, Any], entry: dict[str, Any], threads: int, session=None) -> Model:
@@ -360,7 +350,7 @@ def _open(
     if verify:
         try:
             model.self_check()
-        except Exception:  # noqa: BLE001 - re-raised below unless a device cache is to blame
+        except Exception:
             # A corrupt cache can also make the run itself fail (e.g. an index out of range).
             if getattr(session, "weight_cache_state", None) in ("reused", "created"):
                 cache, state, discard = session.weight_cache, session.weight_cache_state, session.discard_weight_cache

@@ -334,6 +334,21 @@ def test_one_broken_golden_sample_refuses_the_artifact(converted, tmp_path):
     assert "sample 3 (short" in str(caught.value) and "sample 0" not in str(caught.value)
 
 
+def test_an_artifact_the_backend_cannot_run_is_a_model_load_error(converted, monkeypatch):
+    """tflite-runtime 2.14 loads an INT4 .tflite and fails at the first invoke ("Type not
+    currently supported", seen on an emulated Pi 4): the golden check turns such a failure into
+    ModelLoadError naming the artifact and what it was made for, never a raw backend error."""
+    from edge_runtime.backends.onnx import OnnxSession
+
+    def broken(self, feeds):
+        raise RuntimeError("Type not currently supported. Node number 5 (EMBEDDING_LOOKUP) failed to invoke.")
+
+    monkeypatch.setattr(OnnxSession, "run", broken)
+    with pytest.raises(edge_runtime.ModelLoadError, match=r"'onnx-int8' loaded on .* failed to run its golden "
+                                                          r"sample .*RuntimeError: Type not currently.*made for onnxruntime >= "):
+        edge_runtime.load(converted[0], artifact="onnx-int8", weight_cache=False)
+
+
 @pytest.mark.slow
 def test_correct_kernels_drift_inside_the_tolerance(converted):
     """The drift the tolerances are derived from, re-measured on this artifact's golden samples:
