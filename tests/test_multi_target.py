@@ -52,3 +52,17 @@ def test_targets_share_stages_and_identical_builds(tiny_model_factory, tmp_path)
     assert alone.artifacts
     for name, entry in _artifacts(tmp_path / "alone").items():
         assert [f["sha256"] for f in entry["files"]] == [f["sha256"] for f in rpi5[name]["files"]], name
+
+
+@pytest.mark.slow  # two ONNX-only conversions of a tiny model
+def test_cli_converts_a_list_of_targets_into_one_directory_each(tiny_model_factory, tmp_path):
+    model = tiny_model_factory("bert", "feature-extraction")
+    out = tmp_path / "several"
+    result = CliRunner().invoke(edge_convert, [str(model), "--target", "x86-avx2,x86-avx512-vnni", "--out", str(out),
+                                               "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [s["target"] for s in summary] == ["x86-avx2", "x86-avx512-vnni"]
+    assert [s["out"] for s in summary] == [str((out / t).resolve()) for t in ("x86-avx2", "x86-avx512-vnni")]
+    for target in ("x86-avx2", "x86-avx512-vnni"):
+        assert (out / target / "manifest.json").is_file()
