@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import converters.core.gptq as gptq
 import converters.core.search as search
 from converters import ConvertConfig, convert
 from converters.core.gptq import HessianPolicy
+from edge_runtime._device import detect
 
 CANDIDATES = {
     "row+prefix, damp 0.05 / 0.1": {"int8": HessianPolicy(0.05), "int4": HessianPolicy(0.1)},
@@ -38,12 +38,6 @@ def _start_only(space, goal, *, move, progress=lambda m: None, start_metrics=Non
     return search.SearchResult([], metrics, size, [{"candidate": None, "moved": [], "bytes": size,
                                                     "metrics": metrics}])
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -73,7 +67,7 @@ def main() -> None:
         print(f"{name:<36} " + "  ".join(f"{k} {v['cosine_mean']:.4f}/{v['cosine_min']:.4f}"
                                          for k, v in row["validation"].items()), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"cpu": _cpu(), "target": args.target, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"cpu": detect().cpu_model, "target": args.target, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

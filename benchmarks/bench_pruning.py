@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from edge_runtime._device import detect
 
 
 def _runner(source):
@@ -76,7 +70,7 @@ def main() -> None:
                       f"params {row['parameters']:.3f}x  cosine {metrics['cosine_mean']:.4f} / "
                       f"{metrics['cosine_min']:.4f}  ({seconds:.0f} s)", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"cpu": _cpu(), "model": base.name, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"cpu": detect().cpu_model, "model": base.name, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import converters._artifacts as artifacts
 import converters.onnx.mixed_precision as mixed_precision
 from converters import ConvertConfig, convert
+from edge_runtime._device import detect
 
 MODULES = (artifacts, mixed_precision)  # the modules that read RANKING_TEXTS at call time
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -57,7 +51,7 @@ def main() -> None:
             print(f"ranking {size:>4}: {entry['name']:<12} validation {m.get('cosine_mean', 0):.4f} / "
                   f"{m.get('cosine_min', 0):.4f}  search {quantization['search_seconds']:.0f} s  "
                   f"conversion {seconds:.0f} s", flush=True)
-    result = {"cpu": _cpu(), "target": args.target, "rows": rows}
+    result = {"cpu": detect().cpu_model, "target": args.target, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -35,12 +35,13 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from converters._console import count
 from converters._errors import AccuracyError
 
-__all__ = ["RANKING_TEXTS", "Budget", "Floor", "SearchExhausted", "SearchResult", "Space", "greedy_search", "search_loss"]
+__all__ = ["RANKING_TEXTS", "Budget", "Floor", "ProbeSpace", "SearchExhausted", "SearchResult", "Space", "greedy_search", "search_loss"]
 
 K = TypeVar("K", bound=Hashable)
 Metrics = dict[str, float]
@@ -83,6 +84,24 @@ class Space(Protocol[K]):
     def rank(self) -> Metrics: ...
 
     def judge(self) -> Metrics: ...
+
+
+class ProbeSpace:
+    """What the Spaces of the quantizers share: each candidate is written to one probe file
+    and scored there, `rank` on the fit texts' ranking subset, `judge` on the validation texts
+    (both callables path -> metrics). Subclasses give `candidates` and `build`."""
+
+    def __init__(self, probe: Path, rank: Callable[[Path], Metrics], judge: Callable[[Path], Metrics]):
+        self.probe, self._rank, self._judge = Path(probe), rank, judge
+
+    def label(self, key: Hashable) -> str:
+        return str(key)
+
+    def rank(self) -> Metrics:
+        return self._rank(self.probe)
+
+    def judge(self) -> Metrics:
+        return self._judge(self.probe)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from converters._errors import AccuracyError
 from converters._graph import model_bytes
-from converters.core.search import RANKING_TEXTS, Floor, SearchExhausted, greedy_search
+from converters.core.search import RANKING_TEXTS, Floor, ProbeSpace, SearchExhausted, greedy_search
 from converters.core.validate import Reference, compute_metrics, floor_failures
 from converters.inputs.source import SourceModel
 from converters.onnx.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
@@ -48,21 +48,17 @@ def _weight_groups(model_path: Path, nodes: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-class _Int8Space:
+class _Int8Space(ProbeSpace):
     """The FP32 fallback as the shared search sees it (converters/core/search.py): a candidate
     is a weight (with every node reading it) kept in FP32; each is written to `probe`."""
 
     def __init__(self, fp32_path: Path, probe: Path, config: Int8Config, rounding: Any, groups: dict[str, list[str]],
                  rank: Callable[[Path], dict[str, float]], judge: Callable[[Path], dict[str, float]]):
-        self.fp32_path, self.probe, self.config, self.groups = fp32_path, probe, config, groups
-        self.rounding = rounding
-        self._rank, self._judge = rank, judge
+        super().__init__(probe, rank, judge)
+        self.fp32_path, self.config, self.groups, self.rounding = fp32_path, config, groups, rounding
 
     def candidates(self) -> list[str]:
         return list(self.groups)
-
-    def label(self, key: str) -> str:
-        return key
 
     def nodes(self, moved) -> tuple[str, ...]:
         return tuple(n for weight in moved for n in self.groups[weight])
@@ -71,12 +67,6 @@ class _Int8Space:
         quantize_int8(self.fp32_path, self.probe, dataclasses.replace(self.config, exclude=self.nodes(moved)),
                       self.rounding)
         return model_bytes(self.probe)
-
-    def rank(self) -> dict[str, float]:
-        return self._rank(self.probe)
-
-    def judge(self) -> dict[str, float]:
-        return self._judge(self.probe)
 
 
 def quantize_with_floor(

@@ -46,7 +46,7 @@ from converters._errors import (
     UnsupportedModelError,
 )
 from converters._graph import model_bytes
-from converters.core.search import RANKING_TEXTS, Budget, greedy_search, search_loss
+from converters.core.search import RANKING_TEXTS, Budget, ProbeSpace, greedy_search, search_loss
 from converters.core.validate import row_cosine
 from converters.onnx.int4_blocks import (
     _clip_matmul_weight,
@@ -268,20 +268,17 @@ class _Judge:
         return result
 
 
-class _Space:
+class _Space(ProbeSpace):
     """The 8-bit upgrades as the shared search sees them (converters/core/search.py): a
     candidate is a MatMul stored as 8-bit MatMulNBits instead of 4-bit, on top of `int8`."""
 
     def __init__(self, variants: _Variants, algorithm: str, int8: set[str], probe: Path,
                  rank: Score, judge: Score):
-        self.variants, self.algorithm, self.int8, self.probe = variants, algorithm, set(int8), probe
-        self._rank, self._judge = rank, judge
+        super().__init__(probe, rank, judge)
+        self.variants, self.algorithm, self.int8 = variants, algorithm, set(int8)
 
     def candidates(self) -> list[str]:
         return [n for n in self.variants.matmuls if n not in self.int8]
-
-    def label(self, key: str) -> str:
-        return key
 
     def build(self, moved: frozenset[str]) -> int:
         import onnx
@@ -289,12 +286,6 @@ class _Space:
         model = self.variants.build(self.algorithm, self.int8 | set(moved))
         onnx.save(model, str(self.probe))
         return model.ByteSize()
-
-    def rank(self) -> dict[str, float]:
-        return self._rank(self.probe)
-
-    def judge(self) -> dict[str, float]:
-        return self._judge(self.probe)
 
 
 def quantize_int4(

@@ -36,7 +36,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 from converters.core.gptq import GPTQ_POLICY, GptqConfig, HessianPolicy, Int8Rounding, gptq
-from converters.core.search import Budget, SearchResult, greedy_search
+from converters.core.search import Budget, ProbeSpace, SearchResult, greedy_search
 
 __all__ = ["W4A8Config", "W4A8Space", "W4A8Weights", "fit_w4a8", "grid_params"]
 
@@ -296,20 +296,18 @@ class W4A8Weights:
                 raise ConversionError(f"W4A8: the unpacked int8 weight {weight} differs from its codes")
 
 
-class W4A8Space:
+class W4A8Space(ProbeSpace):
     """The size-budget search's view of W4A8Weights (converters/core/search.py): a candidate is
     a weight stored in 8 bits instead of 4. Each candidate is written to `probe`, where
     `rank(path)` (fit texts) and `judge(path)` (validation texts) score it."""
 
     def __init__(self, weights: W4A8Weights, probe: Path, rank: Callable[[Path], dict[str, float]],
                  judge: Callable[[Path], dict[str, float]]):
-        self.weights, self.probe, self._rank, self._judge = weights, Path(probe), rank, judge
+        super().__init__(probe, rank, judge)
+        self.weights = weights
 
     def candidates(self) -> list[str]:
         return list(self.weights.weights)
-
-    def label(self, key: str) -> str:
-        return key
 
     def build(self, moved: frozenset[str]) -> int:
         import onnx
@@ -317,12 +315,6 @@ class W4A8Space:
         model = self.weights.build(set(self.weights.weights) - set(moved))
         onnx.save(model, str(self.probe))
         return model.ByteSize()
-
-    def rank(self) -> dict[str, float]:
-        return self._rank(self.probe)
-
-    def judge(self) -> dict[str, float]:
-        return self._judge(self.probe)
 
 
 def fit_w4a8(space: W4A8Space, budget_bytes: int, progress: Callable[[str], None] = lambda m: None,

@@ -40,7 +40,7 @@ import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
 from converters.core.gptq import GPTQ_POLICY
-from converters.core.search import RANKING_TEXTS, Budget, Floor, greedy_search
+from converters.core.search import RANKING_TEXTS, Budget, Floor, ProbeSpace, greedy_search
 from converters.tflite.config import GptqInt4Config
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import compact_copy, op_counts
@@ -61,14 +61,14 @@ Progress = Callable[[str], None]
 Score = Callable[[Path], dict[str, float]]
 
 
-class _Space:
+class _Space(ProbeSpace):
     """A TFLite recipe's candidates as the shared search sees them (converters/core/search.py):
     FULLY_CONNECTED weights (FP32 buffer indices) moved to the builder's expensive form (INT8
     instead of INT4, or float instead of INT8), each candidate written to `probe`."""
 
     def __init__(self, builder, candidates: list[int], probe: Path, rank: Score, judge: Score):
-        self.builder, self._candidates, self.probe = builder, candidates, probe
-        self._rank, self._judge = rank, judge
+        super().__init__(probe, rank, judge)
+        self.builder, self._candidates = builder, candidates
 
     def candidates(self) -> list[int]:
         return self._candidates
@@ -79,12 +79,6 @@ class _Space:
     def build(self, moved: frozenset[int]) -> int:
         self.builder.build(self.probe, set(moved))
         return self.probe.stat().st_size
-
-    def rank(self) -> dict[str, float]:
-        return self._rank(self.probe)
-
-    def judge(self) -> dict[str, float]:
-        return self._judge(self.probe)
 
 
 def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Score | None) -> tuple[Score, Score]:
