@@ -16,13 +16,19 @@ ROOT_MODULES = {"__init__", "_artifacts", "_console", "_errors", "_graph", "_sha
 MODULES = sorted(p for package in ("converters", "edge_runtime") for p in (ROOT / package).rglob("*.py"))
 
 
+# Stricter limits per folder (lines, docstring characters): converters/tflite/ was split from one
+# 1,172-line file into modules of one idea each (issue 9) and keeps that shape.
+LIMITS = {"converters/tflite": (400, 80)}
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_each_module_is_documented_and_small(path):
+    max_lines, min_doc = LIMITS.get(path.parent.relative_to(ROOT).as_posix(), (MAX_LINES, 40))
     source = path.read_text()
     lines = source.count("\n")
-    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)}: {lines} lines > {MAX_LINES}: split it by idea"
+    assert lines <= max_lines, f"{path.relative_to(ROOT)}: {lines} lines > {max_lines}: split it by idea"
     docstring = ast.get_docstring(ast.parse(source))
-    assert docstring and len(docstring) > 40, f"{path.relative_to(ROOT)}: say what it holds and why"
+    assert docstring and len(docstring) > min_doc, f"{path.relative_to(ROOT)}: say what it holds and why"
 
 
 def test_converters_is_grouped_by_stage():
