@@ -11,7 +11,7 @@ The folders follow the pipeline (pipeline.py runs it, _artifacts.py builds each 
     onnx/       ONNX passes and quantizers (INT8, W4A8, INT4, tables)
     tflite/     litert-torch export, ai-edge-quantizer recipes and ours
     packaging/  the artifact directory: files, manifest, golden samples, signature
-    pruning/    structured pruning (heads, FFN neurons): importance and surgery, not wired in yet
+    pruning/    structured pruning (heads, FFN neurons): importance, surgery, re-fit, --prune
 
 Heavy libraries (torch, transformers, onnx, onnxruntime tools) are imported inside the steps
 that use them.

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._errors import AccuracyError, ConversionError
+from converters._errors import AccuracyError, ConversionError, UnsupportedModelError
 from converters._graph import model_bytes
 from converters.core.gptq import Int8Rounding
 from converters.core.search import RANKING_TEXTS
@@ -36,6 +36,7 @@ from converters.onnx.quantize_int8 import Int8Config, int8_range, quantize_int8
 from converters.onnx.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8
 from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
 from converters.onnx.split_first_token import SplitConfig, split_first_token
+from converters.pruning.structure import find_layers
 from converters.tflite import (
     GPTQ_RECIPE,
     RECIPES,
@@ -142,19 +143,38 @@ class _Int8Graph:
     report: dict[str, Any]
 
 
+def _projection_shapes(source: SourceModel) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """The [K, N] weight shapes of the encoder's MatMuls: (those reading the layer input, the
+    attention context or the FFN input projection's input; the FFN output projections). A pruned
+    model's layers each have their own widths (converters/pruning/), so they are read per layer
+    where the architecture is one pruning knows."""
+    h, i = source.hidden_size, source.intermediate_size
+    first, second = {(h, i), (h, h), (h, 3 * h)}, {(i, h)}
+    try:
+        layers = find_layers(source.module)
+    except UnsupportedModelError:
+        layers = []
+    for layer in layers:
+        width, neurons = layer.query.out_features, layer.neurons
+        first |= {(h, neurons), (h, width), (width, h), (h, 3 * width)}
+        second.add((neurons, h))
+    return tuple(sorted(first)), tuple(sorted(second - first))
+
+
 def _prepare_int8_graph(step: Step, name: str, start_path: Path) -> _Int8Graph:
     """pack Q/K/V -> smooth activation outliers -> split token 0 off every MatMul -> keep the
     session-time fusions the profile lists out (onnx.keep_unfused)."""
-    work, h, i = step.work, step.source.hidden_size, step.source.intermediate_size
+    work = step.work
     # Q, K and V become one MatMul: one quantized input instead of three (exact in FP32).
     packed_path = work / f"{name}-packed.onnx"
     packed = pack_projections(start_path, packed_path)
     # Outlier handling: rescale activation channels into the per-channel weights, and give
     # token 0 its own scale in every MatMul.
-    smooth = SmoothConfig(weight_shapes=((h, i), (h, h), (h, 3 * h)))  # all but the FFN output
+    inputs_side, ffn_out = _projection_shapes(step.source)
+    smooth = SmoothConfig(weight_shapes=inputs_side)  # all but the FFN output
     smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
     smoothed = smooth_activations(packed_path, smoothed_path, step.fit.batches, smooth)
-    split = split_first_token(smoothed_path, split_path, SplitConfig(((h, i), (i, h), (h, h), (h, 3 * h))))
+    split = split_first_token(smoothed_path, split_path, SplitConfig(inputs_side + ffn_out))
     step.progress(f"[{name}] packed {len(packed)} projection groups; smoothed {len(smoothed)} MatMul inputs; "
                   f"split token 0 off {len(split)} MatMuls")
     report = {"packed_projections": packed, "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},

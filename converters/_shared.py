@@ -30,7 +30,8 @@ from converters.inputs.calibration import TextSplit, load_texts, split_texts
 from converters.inputs.plan import Planned
 from converters.inputs.source import SourceModel, load_source
 from converters.packaging import golden as golden_samples
-from targets import TargetProfile
+from converters.pruning.prune_model import PruneRequest, prune_source
+from targets import PruningOptions, TargetProfile
 
 __all__ = ["SharedInputs", "artifact_key"]
 
@@ -77,6 +78,9 @@ class SharedInputs:
     built: dict[str, tuple[str, Built | AccuracyError]] = field(default_factory=dict)
     _references: tuple[Reference, Reference] | None = None
     _samples: list | None = None
+    # The manifest's "pruning" when this holds a pruned source (SharedInputs.pruned)
+    pruning: dict[str, Any] | None = None
+    _pruned: dict[str, SharedInputs | AccuracyError] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config, work: Path, progress: Progress) -> SharedInputs:
@@ -107,6 +111,33 @@ class SharedInputs:
                                 reference_outputs(self.source, self.texts.fit.texts))
         return self._references
 
+    def pruned(self, request: PruneRequest, options: PruningOptions, progress: Progress) -> SharedInputs:
+        """The same inputs around the pruned source model (converters/pruning/prune_model.py),
+        once per request and pruning settings. Its references stay the unpruned model's outputs:
+        pruned artifacts are measured against the original. A refusal of `auto` is kept too."""
+        settings = _without_prose(dataclasses.asdict(options))
+        settings.pop("artifacts", None)  # which twins are built, not how the model is pruned
+        settings.pop("default", None)
+        key = hashlib.sha256(json.dumps([request.describe(), settings if request.auto else None],
+                                        sort_keys=True).encode()).hexdigest()[:16]
+        if key not in self._pruned:
+            reference, fit = self.references(progress)
+            samples = self.samples(progress)
+            try:
+                result = prune_source(self.source, request, options, fit, reference, progress)
+            except AccuracyError as exc:
+                self._pruned[key] = exc
+                raise
+            work = self.work / f"pruned-{key}"
+            work.mkdir(parents=True, exist_ok=True)
+            self._pruned[key] = SharedInputs(self.config_fields, result.source, self.texts, work,
+                                             _references=(reference, fit), _samples=samples,
+                                             pruning=result.report)
+        found = self._pruned[key]
+        if isinstance(found, AccuracyError):
+            raise AccuracyError(str(found))
+        return found
+
     def samples(self, progress: Progress) -> list:
         if self._samples is None:
             reference, fit = self.references(progress)
@@ -117,7 +148,9 @@ class SharedInputs:
 
     def onnx_export(self, profile: TargetProfile, progress: Progress) -> tuple[Path, dict[str, int]]:
         """The FP32 ONNX graph for `profile` (exported, and fused where it asks), once per kind."""
-        fusion = profile.onnx.fusion
+        # A pruned model's layers have different head counts; onnxruntime's Attention fusion takes
+        # one num_heads for all (and reads -1 from the export's reshapes): not fused.
+        fusion = profile.onnx.fusion and self.pruning is None
         key = ("onnx-export", profile.onnx.opset, fusion)
         if key not in self.cache:
             folder = self.work / f"export-opset{profile.onnx.opset}{'-fused' if fusion else ''}"

@@ -95,6 +95,8 @@ _FLAGS = {
     "calibration_method": "--calibration-method",
     "validation_texts": "--validation-texts",
     "sign_key": "--sign-key",
+    "prune_floor": "--prune-floor",
+    "prune": "--prune",
 }
 _PARAMETER = re.compile(r"\b(" + "|".join(re.escape(name) for name in _FLAGS) + r")(?![\w=])")
 
@@ -132,6 +134,13 @@ def as_flags(message: str) -> str:
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
               help="EC P-256 private key (PEM): sign the artifact directory as model.sig (OpenSSF model "
                    "signing; docs/signing.md)")
+@click.option("--prune", help="structured pruning: 'heads=R,ffn=R' removes those shares of all attention heads and FFN "
+                   "neurons (ranked globally, without labels), 'auto' the largest reduction that keeps the profile's "
+                   "pruning floor, 'off' none; pruned twins (<artifact>-pruned) of the profile's [pruning] artifacts "
+                   "are built next to the unpruned ones [default: the profile's, off for all built-in profiles]")
+@click.option("--prune-floor", type=float,
+              help="minimum mean cosine / top-1 agreement of the pruned artifacts against the unpruned PyTorch "
+                   "model (overrides the profile's [pruning] floor)")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
@@ -140,7 +149,7 @@ def as_flags(message: str) -> str:
               help="also show what the libraries print meanwhile (warnings, log lines, native messages); "
                    "without it they go only to <out>.convert.log")
 def main(model, target, out, task, calibration, validation_texts, accuracy_floor, calibration_method, arithmetic,
-         sign_key, force, as_json, list_targets, quiet, verbose):
+         sign_key, prune, prune_floor, force, as_json, list_targets, quiet, verbose):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
     if list_targets:
@@ -161,7 +170,8 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     started = time.perf_counter()
     config = ConvertConfig(model=model, target=profiles[0].id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
-                           validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key)
+                           validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key,
+                           prune=prune, prune_floor=prune_floor)
     log_path = _log_path(out)
     capture = None
     try:

@@ -26,10 +26,11 @@ from converters.core.arithmetic import MODES as ARITHMETIC_MODES
 from converters.core.arithmetic import ValidationSessions, choose_validation
 from converters.core.validate import compute_metrics
 from converters.inputs import preflight
-from converters.inputs.plan import plan
+from converters.inputs.plan import Planned, plan, pruned_plan
 from converters.inputs.source import SourceModel
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
+from converters.pruning.prune_model import PruneRequest
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
 from edge_runtime._device import detect
@@ -71,6 +72,10 @@ class ConvertConfig:
     arithmetic: str = "auto"
     # EC private key (PEM): sign the finished directory as model.sig (converters/packaging/signing.py)
     sign_key: Path | None = None
+    # Structured pruning: "heads=R,ffn=R", "auto" or "off"; None: the profile's [pruning] default.
+    # Pruned twins of the profile's [pruning] artifacts are built next to the unpruned ones.
+    prune: str | None = None
+    prune_floor: float | None = None  # overrides the profile's pruning cosine_mean / top1 floor
 
 
 @dataclass
@@ -108,14 +113,14 @@ class ConvertResult:
         }
 
 
-def _floor(profile: TargetProfile, override: float | None) -> AccuracyFloor:
+def _floor(floor: AccuracyFloor, override: float | None, name: str = "accuracy_floor") -> AccuracyFloor:
     if override is None:
-        return profile.accuracy
+        return floor
     if not 0.0 < override <= 1.0:
-        raise ConversionError(f"accuracy_floor must be in (0, 1], got {override}")
+        raise ConversionError(f"{name} must be in (0, 1], got {override}")
     # The override sets the mean-cosine / top-1 floor; the per-sample minimum keeps the
     # profile's gap below it.
-    gap = profile.accuracy.cosine_mean - profile.accuracy.cosine_min
+    gap = floor.cosine_mean - floor.cosine_min
     return AccuracyFloor(cosine_mean=override, cosine_min=max(0.0, override - gap), top1_agreement=override)
 
 
@@ -199,6 +204,45 @@ def _package(fmt: str, built: Built, stage: Path, name: str) -> list[dict[str, A
     return [package.file_entry(stage, target)]
 
 
+def _prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest | None:
+    request = PruneRequest.parse(config.prune if config.prune is not None else profile.pruning.default)
+    if request is not None and not profile.pruning.artifacts:
+        raise ConversionError(f"profile {profile.id} names no artifacts to prune ([pruning] artifacts)")
+    return request
+
+
+# The pruned ONNX export must score what the pruned PyTorch model scored (an export check, like
+# the unpruned FP32 export's against its floor): a larger difference is an export bug.
+PRUNED_EXPORT_TOLERANCE = 1e-3
+
+
+def _pruned_step(shared: SharedInputs, step: Step, profile: TargetProfile, request: PruneRequest,
+                 refused: list[dict[str, str]]) -> tuple[Step, SharedInputs, dict[str, int]] | None:
+    """The Step the pruned twins are built with (the pruned source, its export, the pruning
+    floor; the unpruned references), or None when `auto` found no pruning that keeps the floor:
+    then every twin is recorded as refused with the reason."""
+    try:
+        pruned = shared.pruned(request, profile.pruning, step.progress)
+    except AccuracyError as exc:
+        step.progress(f"[pruned] REFUSED: {exc}")
+        refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": str(exc)}
+                       for p in pruned_plan(profile))
+        return None
+    fp32_path, fused_ops = pruned.onnx_export(profile, step.progress)
+    work = step.work / "pruned"
+    work.mkdir(parents=True, exist_ok=True)
+    onnx = compute_metrics(pruned.source, step.reference, open_session("onnx", fp32_path).run, "pruned ONNX FP32")
+    torch_metrics = pruned.pruning["pytorch_metrics"]
+    differ = [f"{k}: PyTorch {v:.6f}, ONNX {onnx.get(k, float('nan')):.6f}" for k, v in torch_metrics.items()
+              if not abs(v - onnx.get(k, float("nan"))) <= PRUNED_EXPORT_TOLERANCE]
+    if differ:
+        raise ConversionError("the ONNX export of the pruned model disagrees with the pruned PyTorch model ("
+                              + "; ".join(differ) + "): an export bug, please report it with the model config")
+    return (dataclasses.replace(step, source=pruned.source, floor=profile.pruning.floor, work=work,
+                                fp32_path=fp32_path, cache=pruned.cache, exports=pruned.work),
+            pruned, fused_ops)
+
+
 def _shipped_model(step: Step, stage: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[Model, bool]:
     """The packaged artifact as edge_runtime opens it (load(..., verify=False, device_cache=False,
     tune=False)), after checking its files are the bytes the manifest records. An ONNX INT8/INT4
@@ -245,7 +289,12 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         profile = dataclasses.replace(
             profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
         )
-    floor = _floor(profile, config.accuracy_floor)
+    floor = _floor(profile.accuracy, config.accuracy_floor)
+    if config.prune_floor is not None:
+        floor_p = _floor(profile.pruning.floor, config.prune_floor, "prune_floor")
+        profile = dataclasses.replace(profile, pruning=dataclasses.replace(
+            profile.pruning, cosine_mean=floor_p.cosine_mean, cosine_min=floor_p.cosine_min,
+            top1_agreement=floor_p.top1_agreement))
     if config.arithmetic not in ARITHMETIC_MODES:
         raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
     validation = choose_validation(profile, config.arithmetic)
@@ -289,19 +338,22 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         step = Step(source, profile, reference, floor, work, fp32_path, progress, fit, cache=shared.cache,
                     sessions=ValidationSessions(validation, work), exports=shared.work)
         results, entries, refused = [], [], []
-        for planned in plan(profile):
+
+        def deliver(planned: Planned, step: Step, inputs: SharedInputs, floor: AccuracyFloor,
+                    fused_ops: dict[str, int]) -> None:
+            """Build one planned artifact, package it, score the packaged files, record it."""
             fmt, precision, name = planned.format, planned.precision, planned.name
             progress(f"[{name}] building")
             try:
                 key = artifact_key(profile, planned, dataclasses.asdict(floor.for_precision(precision)),
                                    validation.describe())
-                built = shared.build(step, planned, key, BUILDERS[(fmt, precision)])
+                built = inputs.build(step, planned, key, BUILDERS[(fmt, precision)])
             except AccuracyError as exc:
                 # Never shipped silently: the artifact is left out, the reason is recorded and
                 # printed, and the artifacts that do pass are still delivered.
                 progress(f"[{name}] REFUSED: {exc}")
                 refused.append({"name": name, "format": fmt, "precision": precision, "reason": str(exc)})
-                continue
+                return
             progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in built.metrics.items()))
 
             files = _package(fmt, built, stage, name)
@@ -330,7 +382,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 "metrics_texts": METRICS_TEXTS,
                 "metrics_from": "packaged files, run through edge_runtime",
                 "accuracy_floor": dataclasses.asdict(floor.for_precision(precision)),
-                "pruning": None,
+                "pruning": inputs.pruning,
                 **({"fused_ops": fused_ops} if fmt == "onnx" else {}),
                 **built.extra,
                 "min_runtime": MIN_RUNTIME[(fmt, precision, planned.variant)],
@@ -340,7 +392,16 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                                           "sequence": min(config.latency_seq, source.max_length),
                                           "threads": DEFAULT_SHAPE.threads},
             })
-            results.append(ArtifactResult(name, fmt, precision, size, metrics, latency, built.promoted, built.promoted_to))
+            results.append(ArtifactResult(name, fmt, precision, size, metrics, latency, built.promoted,
+                                          built.promoted_to))
+
+        for planned in plan(profile):
+            deliver(planned, step, shared, floor, fused_ops)
+        prune_request = _prune_request(config, profile)
+        if prune_request is not None:
+            pruned = _pruned_step(shared, step, profile, prune_request, refused)
+            for planned in pruned_plan(profile) if pruned is not None else ():
+                deliver(planned, pruned[0], pruned[1], profile.pruning.floor, pruned[2])
         if not entries:
             raise AccuracyError("no artifact met the accuracy floor:\n" + "\n".join(r["reason"] for r in refused))
 

@@ -277,7 +277,7 @@ def _candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     backend_order = [_BACKEND_FORMAT.get(b["name"], b["name"]) for b in runtime.get("backends", [])]
     precision_order = list(runtime.get("artifact_preference", []))
 
-    def rank(entry: dict[str, Any]) -> tuple[int, bool, int]:
+    def rank(entry: dict[str, Any]) -> tuple[int, bool, int, bool]:
         fmt = backend_order.index(entry["format"]) if entry["format"] in backend_order else 99
         prec = precision_order.index(entry["precision"]) if entry["precision"] in precision_order else 99
         # Artifacts whose min_runtime does not name the package installed here (e.g. per-channel
@@ -285,7 +285,9 @@ def _candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         # decides, but a variant made for this runtime is preferred.
         needs = entry.get("min_runtime") or {}
         foreign = bool(needs) and backends.installed_package(entry["format"]) not in needs
-        return fmt, foreign, prec
+        # A pruned twin trades accuracy for speed: chosen by name (artifact=...), or after its
+        # unpruned counterpart fails.
+        return fmt, foreign, prec, bool(entry.get("pruning"))
 
     return sorted(manifest["artifacts"], key=rank)
 

@@ -179,6 +179,37 @@ class TfliteOptions:
 
 
 @dataclass(frozen=True)
+class PruningOptions:
+    """Structured pruning (converters/pruning/): pruned twins of some planned artifacts, judged
+    against their own floor (removing heads and neurons costs more accuracy than rounding)."""
+
+    default: str = "off"  # "off" | "auto": what edge-convert does without --prune
+    artifacts: tuple[str, ...] = ()  # planned artifact names that get a "-pruned" twin
+    cosine_mean: float = 0.97  # the pruned artifacts' floor, against the unpruned PyTorch FP32
+    cosine_min: float = 0.85
+    top1_agreement: float = 0.97
+    max_heads: float = 0.5  # --prune auto removes at most these shares
+    max_ffn: float = 0.75
+    # --prune auto keeps the pruned FP32 model this far above the floor, for quantization
+    margin: float = 0.003
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.default not in ("off", "auto"):
+            raise ProfileError(f"[pruning] default {self.default!r}: expected 'off' or 'auto'")
+        for name in ("max_heads", "max_ffn"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ProfileError(f"[pruning] {name} {getattr(self, name)} must be in [0, 1)")
+        fp32 = [a for a in self.artifacts if a.endswith("-fp32")]
+        if fp32:
+            raise ProfileError(f"[pruning] artifacts {fp32}: pruned twins are quantized artifacts only")
+
+    @property
+    def floor(self) -> "AccuracyFloor":
+        return AccuracyFloor(self.cosine_mean, self.cosine_min, self.top1_agreement)
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     name: str  # onnxruntime | litert
     execution_providers: tuple[str, ...] = ()
@@ -232,6 +263,7 @@ class TargetProfile:
     accuracy: AccuracyFloor
     runtime: RuntimeHints
     source: str  # the file it came from
+    pruning: PruningOptions = PruningOptions()
 
     def __post_init__(self) -> None:
         if self.int8.pair_sum_limit and self.onnx.fusion:
@@ -250,6 +282,13 @@ class TargetProfile:
                 f"{self.source}: int4.kernel 'int8-gemm' runs on the dynamic INT8 graph, but "
                 f"int8.mode is {self.int8.mode!r}; use kernel 'matmulnbits' or drop int4"
             )
+
+        planned = ([f"onnx-{p}" for p in self.precisions] if "onnx" in self.formats else []) + (
+            [f"tflite-{p}" for p in self.tflite.precisions] if "tflite" in self.formats else [])
+        unplanned = [a for a in self.pruning.artifacts if a not in planned]
+        if unplanned:
+            raise ProfileError(f"{self.source}: [pruning] artifacts {unplanned} are not planned by [emit] / "
+                               f"[tflite] (planned: {', '.join(planned)})")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the manifest."""
@@ -304,6 +343,7 @@ def _parse(path: Path) -> TargetProfile:
             accuracy=_build(AccuracyFloor, raw["accuracy"], f"{where} [accuracy]"),
             runtime=_build(RuntimeHints, raw["runtime"], f"{where} [runtime]"),
             source=path.name,
+            pruning=_build(PruningOptions, raw.get("pruning", {}), f"{where} [pruning]"),
         )
     except KeyError as exc:
         raise ProfileError(f"{where}: missing required key {exc}") from None

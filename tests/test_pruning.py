@@ -56,7 +56,8 @@ def test_pruned_shapes_follow_the_plan(tiny_model_factory, arch):
     assert heads == total_heads - round(0.5 * total_heads) and neurons == total_neurons - round(0.5 * total_neurons)
     for layer, entry in zip(find_layers(source.module), report["layers"]):
         kept = keep[layer.index]
-        assert entry["heads"] == list(kept.heads) and entry["neurons"] == len(kept.neurons)
+        assert entry["heads_kept"] == list(kept.heads) and entry["heads"] == len(kept.heads)
+        assert entry["neurons"] == len(kept.neurons) and entry["neurons_kept"] == list(kept.neurons)
         width = len(kept.heads) * layer.head_size
         for linear in (layer.query, layer.key, layer.value):
             assert tuple(linear.weight.shape) == (width, linear.in_features)
@@ -95,6 +96,22 @@ def test_onnx_export_of_a_pruned_model_agrees_with_pytorch(tiny_model_factory, a
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for feeds, want in zip(batches, _outputs(source, batches)):
         got = session.run(None, {n: feeds[n] for n in source.input_names})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_tflite_export_of_a_pruned_model_agrees_with_pytorch(tiny_model_factory, arch, tmp_path):
+    from converters.tflite import TfliteExportConfig, export_tflite
+    from edge_runtime import backends
+
+    source, batches = _case(tiny_model_factory, arch)
+    prune(source.module, plan(score(source.module, batches, source.input_names), heads=0.5, ffn=0.5))
+    info = export_tflite(source, tmp_path / "pruned.tflite", TfliteExportConfig(buckets=(32, 128)))
+    assert max(info["max_abs_diff"].values()) < 1e-4
+    session = backends.open_session("tflite", tmp_path / "pruned.tflite", threads=1)
+    for feeds, want in zip(batches[:2], _outputs(source, batches[:2])):
+        got = session.run({n: feeds[n] for n in source.input_names})[source.output_names[0]]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

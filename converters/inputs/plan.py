@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from targets import TargetProfile
 
-__all__ = ["Planned", "plan"]
+__all__ = ["Planned", "plan", "pruned_plan"]
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,12 @@ class Planned:
     format: str
     precision: str
     variant: str = ""  # "legacy": for devices with tflite-runtime 2.14 (see the profile's notes)
+    pruned: bool = False  # built from the pruned model (converters/pruning/), named "...-pruned"
 
     @property
     def name(self) -> str:
-        return f"{self.format}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
+        return (f"{self.format}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
+                + ("-pruned" if self.pruned else ""))
 
 
 def plan(profile: TargetProfile) -> list[Planned]:
@@ -33,3 +35,9 @@ def plan(profile: TargetProfile) -> list[Planned]:
         planned += [Planned("tflite", p) for p in profile.tflite.precisions]
         planned += [Planned("tflite", p, "legacy") for p in profile.tflite.legacy_recipes]
     return planned
+
+
+def pruned_plan(profile: TargetProfile) -> list[Planned]:
+    """The pruned twins the profile's [pruning] section names, in plan order."""
+    return [Planned(p.format, p.precision, p.variant, pruned=True) for p in plan(profile)
+            if p.name in profile.pruning.artifacts]

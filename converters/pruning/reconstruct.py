@@ -1,18 +1,28 @@
 """Recovery without retraining: after heads or neurons are removed, re-fit the projections that
-read them so each layer's output stays what it was.
+read them, layer by layer, so that the pruned model's residual stream follows the unpruned one.
 
-For a projection y = x W^T + b whose input columns R are removed and K kept, the least-squares
-fit of the remaining columns to the unpruned output on the calibration tokens is
+Each transformer layer writes into its residual stream twice (BERT's post-norm layout; DistilBERT
+is the same):
 
-    W'_K = W_K + W_R G_RK G_KK^-1,        G = sum over tokens of x^T x (the unpruned inputs)
+    h = LN1(attention_out(ctx) + x)          out = LN2(ffn_out(f) + h)
 
-(the compensation step of optimal-brain-surgeon style pruning; Kwon et al. 2022, "A Fast
-Post-Training Pruning Framework for Transformers", re-fit layer outputs the same way, in
-minutes and without labels). It is applied to the attention output projection (heads removed)
-and the FFN output projection (neurons removed), each against its own layer's unpruned inputs.
-G_KK is damped by `damp` x its mean diagonal, like GPTQ's Hessians. The report gives, per
-layer, the output error it targets before and after: sum over tokens of ||x_K W'_K^T - x W^T||^2
-relative to sum ||x W^T||^2.
+Pruning a layer removes columns of ctx (heads) and f (neurons); the layers before it have already
+changed x and h. So each projection is re-fitted, with its bias, on the *pruned* model's own
+inputs (ctx_p, x_p) against the *unpruned* model's pre-norm sum:
+
+    min over W', b'  sum over tokens || ctx_p W'^T + b' + x_p - (attention_out(ctx) + x) ||^2
+
+a least-squares problem (G = [ctx_p 1]^T [ctx_p 1], ridge `damp` x its mean diagonal) solved in
+order: layer 0's attention, layer 0's FFN (on inputs that already see the re-fitted attention),
+layer 1, ... Errors then do not compound: each fit also absorbs the drift the earlier layers left
+in the residual stream. This is the sequential, error-correcting form of the layer-wise re-fit
+of Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for Transformers"): no labels, no
+gradients, a forward pass per projection. Measured against re-fitting each layer on the unpruned
+inputs alone in benchmarks/RESULTS.md (run P).
+
+The report gives, per layer and projection, the relative error it targets
+(sum ||pruned pre-norm - unpruned pre-norm||^2 / sum ||unpruned pre-norm - residual||^2) with the
+sliced weights and after the re-fit.
 """
 
 from __future__ import annotations
@@ -26,78 +36,143 @@ from converters.pruning.surgery import Keep, prune
 
 __all__ = ["DAMP", "prune_and_reconstruct"]
 
+# Ridge on the Gram matrix, relative to its mean diagonal: enough to keep nearly collinear kept
+# neurons from blowing up the fit, small enough not to bias it (the same role as GPTQ's damping).
 DAMP = 0.01
 
 
-def _grams(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str]) -> dict:
-    """Per layer: the unpruned Gram matrices of the attention-output and FFN-output inputs."""
+class _Stop(Exception):
+    """Raised by a hook once the layer being fitted has been seen: the rest of the forward pass
+    is not needed."""
+
+
+def _forward(model: Any, feeds: dict[str, np.ndarray], input_names: list[str]) -> None:
     import torch
 
-    grams: dict[tuple[str, int], torch.Tensor] = {}
-    mask_now: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        try:
+            model(*[torch.from_numpy(feeds[name]) for name in input_names])
+        except _Stop:
+            pass
 
-    def collect(key):
+
+def _targets(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str]) -> dict:
+    """The unpruned model's pre-norm sums per (kind, layer): a list over batches of
+    [real tokens, hidden] arrays (float64)."""
+    import torch
+
+    found: dict[tuple[str, int], list[np.ndarray]] = {}
+    now: dict[str, Any] = {}
+
+    def keep_residual(slot):
         def hook(module, args):
-            x = args[0][mask_now["mask"]].double()
-            grams[key] = grams.get(key, 0.0) + x.T @ x
+            now[slot] = args[0][now["mask"]].double()
+        return hook
+
+    def record(kind, index, slot):
+        def hook(module, args, output):
+            total = output[now["mask"]].double() + now[slot]
+            found.setdefault((kind, index), []).append(total.numpy())
         return hook
 
     hooks = []
     for layer in find_layers(model):
-        hooks.append(layer.attention_out.register_forward_pre_hook(collect(("heads", layer.index))))
-        hooks.append(layer.ffn_out.register_forward_pre_hook(collect(("neurons", layer.index))))
+        hooks.append(layer.query.register_forward_pre_hook(keep_residual("x")))
+        hooks.append(layer.ffn_in.register_forward_pre_hook(keep_residual("h")))
+        hooks.append(layer.attention_out.register_forward_hook(record("attention", layer.index, "x")))
+        hooks.append(layer.ffn_out.register_forward_hook(record("ffn", layer.index, "h")))
     try:
-        with torch.no_grad():
-            for feeds in batches:
-                mask_now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
-                model(*[torch.from_numpy(feeds[name]) for name in input_names])
+        for feeds in batches:
+            now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
+            _forward(model, feeds, input_names)
     finally:
         for hook in hooks:
             hook.remove()
-    return {key: value.numpy() for key, value in grams.items()}
+    return found
 
 
-def _refit(weight: np.ndarray, gram: np.ndarray, kept: np.ndarray, damp: float) -> tuple[np.ndarray, float, float]:
-    """(W'_K, relative error with W_K as it was, relative error after the re-fit)."""
-    removed = np.setdiff1d(np.arange(weight.shape[1]), kept)
-    w = weight.astype(np.float64)
-    g_kk = gram[np.ix_(kept, kept)].copy()
-    g_kk[np.diag_indices(len(kept))] += damp * max(float(np.mean(np.diag(g_kk))), 1e-12)
-    refit = w[:, kept]
-    if len(removed):
-        refit = refit + np.linalg.solve(g_kk, gram[np.ix_(kept, removed)] @ w[:, removed].T).T
-    total = float(np.einsum("ij,jk,ik->", w, gram, w))
+def _systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np.ndarray]],
+             input_names: list[str], targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Normal equations for one projection of the pruned `model`: (G, C, sum ||target||^2) with
+    G = [inputs 1]^T [inputs 1] and C = [inputs 1]^T (target - residual)."""
+    import torch
 
-    def error(w_kept: np.ndarray) -> float:
-        diff = -w.copy()
-        diff[:, kept] += w_kept
-        return float(np.einsum("ij,jk,ik->", diff, gram, diff)) / max(total, 1e-30)
+    residual_module, projection = ((layer.query, layer.attention_out) if kind == "attention"
+                                   else (layer.ffn_in, layer.ffn_out))
+    now: dict[str, Any] = {}
+    sums: dict[str, np.ndarray] = {}
 
-    return refit, error(w[:, kept]), error(refit)
+    def keep_residual(module, args):
+        now["residual"] = args[0][now["mask"]].double().numpy()
+
+    def collect(module, args):
+        x = args[0][now["mask"]].double().numpy()
+        x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+        want = now["target"] - now["residual"]
+        sums["gram"] = sums.get("gram", 0.0) + x.T @ x
+        sums["cross"] = sums.get("cross", 0.0) + x.T @ want
+        sums["norm"] = sums.get("norm", 0.0) + float((want ** 2).sum())
+        raise _Stop
+
+    hooks = [residual_module.register_forward_pre_hook(keep_residual),
+             projection.register_forward_pre_hook(collect)]
+    try:
+        for feeds, target in zip(batches, targets):
+            now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
+            now["target"] = target
+            _forward(model, feeds, input_names)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sums["gram"], sums["cross"], sums["norm"]
+
+
+def _solve(gram: np.ndarray, cross: np.ndarray, damp: float) -> np.ndarray:
+    """[W'^T; b'] minimising ||[X 1] M - Y||^2 + ridge; the bias row is not damped."""
+    ridge = gram.copy()
+    features = gram.shape[0] - 1
+    ridge[np.arange(features), np.arange(features)] += damp * max(float(np.mean(np.diag(gram)[:features])), 1e-12)
+    return np.linalg.solve(ridge, cross)
+
+
+def _error(gram: np.ndarray, cross: np.ndarray, norm: float, solution: np.ndarray) -> float:
+    """sum ||[X 1] M - Y||^2 / sum ||Y||^2 from the normal equations."""
+    residual = norm - 2.0 * float(np.sum(solution * cross)) + float(np.einsum("ij,jk,ik->", solution.T, gram, solution.T))
+    return max(residual, 0.0) / max(norm, 1e-30)
 
 
 def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[str, np.ndarray]],
-                          input_names: list[str], damp: float = DAMP) -> dict[str, Any]:
+                          input_names: list[str], damp: float = DAMP, progress=None) -> dict[str, Any]:
     """prune(model, keep), then re-fit every layer's attention-output and FFN-output projection
-    to the unpruned layer's output on `batches`. Returns prune's report with, per layer, the
-    relative output error before and after the re-fit."""
+    (weights and bias), in order, on the pruned model's inputs against the unpruned model's
+    pre-norm residual sums on `batches` (see the module docstring). Returns prune's report with,
+    per layer, the relative error each re-fit targets before and after it."""
     import torch
 
-    grams = _grams(model, batches, input_names)
-    layers = find_layers(model)
-    full = {layer.index: (layer.head_size, layer.attention_out.weight.detach().numpy().copy(),
-                          layer.ffn_out.weight.detach().numpy().copy()) for layer in layers}
+    targets = _targets(model, batches, input_names)
     report = prune(model, keep)
-    for layer, entry in zip(find_layers(model), report["layers"]):
-        size, attention_w, ffn_w = full[layer.index]
-        heads = np.array([h * size + i for h in entry["heads"] for i in range(size)])
-        neurons = np.array(entry["neurons_kept"])
-        attention, a_before, a_after = _refit(attention_w, grams[("heads", layer.index)], heads, damp)
-        ffn, f_before, f_after = _refit(ffn_w, grams[("neurons", layer.index)], neurons, damp)
-        with torch.no_grad():
-            layer.attention_out.weight.copy_(torch.from_numpy(attention).to(layer.attention_out.weight.dtype))
-            layer.ffn_out.weight.copy_(torch.from_numpy(ffn).to(layer.ffn_out.weight.dtype))
-        entry["reconstruction"] = {"attention_error": [a_before, a_after], "ffn_error": [f_before, f_after]}
-    report["reconstruction"] = {"method": "least squares on the unpruned layer inputs", "damp": damp,
-                                "tokens": int(sum(int(f["attention_mask"].sum()) for f in batches))}
+    layers = find_layers(model)
+    for layer, entry in zip(layers, report["layers"]):
+        errors = {}
+        for kind in ("attention", "ffn"):
+            projection = layer.attention_out if kind == "attention" else layer.ffn_out
+            gram, cross, norm = _systems(model, layer, kind, batches, input_names, targets[(kind, layer.index)])
+            weight = projection.weight.detach().double().numpy()
+            bias = (projection.bias.detach().double().numpy() if projection.bias is not None
+                    else np.zeros(weight.shape[0]))
+            sliced = np.concatenate([weight.T, bias[None, :]], axis=0)
+            solution = _solve(gram, cross, damp)
+            errors[f"{kind}_error"] = [_error(gram, cross, norm, sliced), _error(gram, cross, norm, solution)]
+            with torch.no_grad():
+                projection.weight.copy_(torch.from_numpy(solution[:-1].T).to(projection.weight.dtype))
+                if projection.bias is not None:
+                    projection.bias.copy_(torch.from_numpy(solution[-1]).to(projection.bias.dtype))
+        entry["reconstruction"] = errors
+        if progress is not None:
+            progress(f"re-fitted layer {layer.index + 1}/{len(layers)}")
+    report["reconstruction"] = {
+        "method": "sequential least squares on the pruned model's inputs, to the unpruned pre-norm sums",
+        "damp": damp, "tokens": int(sum(int(f["attention_mask"].sum()) for f in batches)),
+    }
     return report
+

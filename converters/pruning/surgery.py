@@ -95,7 +95,8 @@ def prune(model: Any, keep: dict[int, Keep]) -> dict[str, Any]:
                 setattr(attention, attribute, len(plan.heads))
         if hasattr(attention, "all_head_size"):
             attention.all_head_size = len(plan.heads) * size
-        report.append({"layer": layer.index, "heads": list(plan.heads), "heads_before": layer.heads,
+        report.append({"layer": layer.index, "heads": len(plan.heads), "heads_before": layer.heads,
+                       "heads_kept": list(plan.heads),
                        "neurons": len(plan.neurons), "neurons_before": layer.neurons,
                        "neurons_kept": list(plan.neurons)})
     after = sum(p.numel() for p in model.parameters())

@@ -1,0 +1,194 @@
+"""The pruning pass of edge-convert: a pruned copy of the source model, at given ratios or the
+largest reduction that keeps the profile's pruning floor (`--prune auto`).
+
+    request = PruneRequest.parse("heads=0.33,ffn=0.5")       # or "auto"
+    pruned = prune_source(source, request, profile.pruning, fit, validation, progress)
+    pruned.source     # a SourceModel whose module is smaller; export and quantize it as usual
+    pruned.report     # the manifest's "pruning" (what each layer kept, FLOPs, parameters, search)
+
+Importance is scored once on the unpruned model (importance.score, activations on the fit texts);
+each candidate is sliced and re-fitted (reconstruct.py) on the fit texts and judged on the
+validation texts against the unpruned PyTorch FP32 outputs, like every other search here.
+
+`auto` walks up from nothing pruned: each step tries one more twelfth of the heads and one more
+tenth of the FFN neurons (separately), keeps the candidate that loses the least validation
+cosine per FLOP removed among those that keep the floor plus `margin` (room for quantization
+afterwards), and stops when neither does or the profile's maxima are reached.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from converters._errors import AccuracyError, ConversionError
+from converters.core.validate import Reference, compute_metrics, floor_failures
+from converters.inputs.source import SourceModel
+from converters.pruning.importance import Scores, plan, score
+from converters.pruning.reconstruct import prune_and_reconstruct
+from converters.pruning.structure import find_layers
+from targets import AccuracyFloor, PruningOptions
+
+__all__ = ["AUTO_STEPS", "PruneRequest", "PrunedSource", "encoder_flops", "prune_source"]
+
+Progress = Callable[[str], None]
+# --prune auto's step sizes: about one head per layer of a 12-head model, a tenth of the FFN.
+AUTO_STEPS = (1 / 12, 0.1)
+# The sequence length FLOPs are counted at (the benchmark shape of the speed figures).
+FLOPS_SEQUENCE = 128
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    """What to remove: fixed shares of all heads and FFN neurons, or `auto`."""
+
+    heads: float = 0.0
+    ffn: float = 0.0
+    auto: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> PruneRequest | None:
+        """"heads=0.33,ffn=0.5" (either may be left out: 0), "auto", or "off" (None)."""
+        text = text.strip().lower()
+        if text == "off":
+            return None
+        if text == "auto":
+            return cls(auto=True)
+        values = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            match = re.fullmatch(r"(heads|ffn)=([0-9]*\.?[0-9]+)", part)
+            if match is None or match.group(1) in values:
+                raise ConversionError(
+                    f"prune {text!r}: expected 'auto', 'off' or 'heads=R,ffn=R' with shares R in [0, 1) "
+                    "(e.g. 'heads=0.33,ffn=0.5')"
+                )
+            values[match.group(1)] = float(match.group(2))
+        request = cls(**values)
+        for name in ("heads", "ffn"):
+            if not 0.0 <= getattr(request, name) < 1.0:
+                raise ConversionError(f"prune {name}={getattr(request, name)}: a share in [0, 1)")
+        if request.heads == request.ffn == 0.0:
+            raise ConversionError(f"prune {text!r} removes nothing; use 'off' for no pruning")
+        return request
+
+    def describe(self) -> str:
+        return "auto" if self.auto else f"heads={self.heads:g},ffn={self.ffn:g}"
+
+
+@dataclass
+class PrunedSource:
+    source: SourceModel
+    report: dict[str, Any]
+
+
+def encoder_flops(model: Any, sequence: int = FLOPS_SEQUENCE) -> int:
+    """Multiply-adds x 2 of the transformer layers for one sequence of `sequence` tokens: the
+    Q/K/V and output projections, the attention scores and context, the FFN pair (embeddings,
+    norms and pooling are left out: they do not change with pruning)."""
+    total = 0
+    for layer in find_layers(model):
+        width = layer.query.out_features  # kept heads x head size
+        hidden = layer.query.in_features
+        total += 2 * sequence * (4 * hidden * width + 2 * sequence * width + 2 * hidden * layer.neurons)
+    return total
+
+
+def _candidate(source: SourceModel, scores: Scores, heads: float, ffn: float, fit: Reference,
+               validation: Reference, progress: Progress) -> tuple[SourceModel, dict[str, Any], dict[str, float]]:
+    """A pruned, re-fitted copy of `source` at (heads, ffn), its report and validation metrics."""
+    module = copy.deepcopy(source.module)
+    report = prune_and_reconstruct(module, plan(scores, heads, ffn), fit.batches, source.input_names,
+                                   progress=progress)
+    pruned = dataclasses.replace(source, module=module,
+                                 num_parameters=sum(p.numel() for p in module.parameters()))
+
+    def run(feeds):
+        import torch
+
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
+        return {source.output_names[0]: out.numpy()}
+
+    metrics = compute_metrics(pruned, validation, run, f"pruned PyTorch (heads {heads:.2f}, ffn {ffn:.2f})")
+    return pruned, report, metrics
+
+
+def _margin_floor(floor: AccuracyFloor, margin: float) -> AccuracyFloor:
+    return AccuracyFloor(min(1.0, floor.cosine_mean + margin), min(1.0, floor.cosine_min + margin),
+                         min(1.0, floor.top1_agreement + margin))
+
+
+def _loss(metrics: dict[str, float]) -> float:
+    return 1.0 - metrics.get("cosine_mean", metrics.get("top1_agreement", 1.0))
+
+
+def prune_source(source: SourceModel, request: PruneRequest, options: PruningOptions, fit: Reference,
+                 validation: Reference, progress: Progress = lambda m: None) -> PrunedSource:
+    """`source` pruned as `request` says (see the module docstring). Fixed ratios are delivered
+    whatever they score (the pruned artifacts are judged against the floor when built); `auto`
+    raises AccuracyError naming every step tried when not even the first step keeps the floor."""
+    progress("pruning: scoring heads and FFN neurons on the fit texts (activations, no labels)")
+    scores = score(source.module, fit.batches, source.input_names)
+    flops_before = encoder_flops(source.module)
+    quiet: Progress = lambda m: None  # noqa: E731  (per-layer re-fit lines only for a fixed request)
+    tried: list[dict[str, Any]] = []
+    if not request.auto:
+        progress(f"pruning {request.describe()}: slicing and re-fitting layer by layer")
+        pruned, report, metrics = _candidate(source, scores, request.heads, request.ffn, fit, validation, progress)
+        chosen = (request.heads, request.ffn)
+    else:
+        target = _margin_floor(options.floor, options.margin)
+        state, best = (0.0, 0.0), None
+        loss_now, flops_now = 0.0, flops_before
+        while True:
+            moves = [(min(state[0] + AUTO_STEPS[0], options.max_heads), state[1]),
+                     (state[0], min(state[1] + AUTO_STEPS[1], options.max_ffn))]
+            results = []
+            for heads, ffn in (m for m in moves if m != state):
+                candidate = _candidate(source, scores, heads, ffn, fit, validation, quiet)
+                flops = encoder_flops(candidate[0].module)
+                ok = not floor_failures(candidate[2], target)
+                tried.append({"heads": round(heads, 4), "ffn": round(ffn, 4), "flops": flops / flops_before,
+                              "metrics": candidate[2], "kept_floor": ok})
+                progress(f"pruning auto: heads {heads:.2f} ffn {ffn:.2f} -> {flops / flops_before:.3f}x FLOPs, "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in candidate[2].items())
+                         + ("" if ok else " (below the floor + margin)"))
+                if ok:  # accuracy lost per FLOP removed by this step
+                    cost = (_loss(candidate[2]) - loss_now) / max(flops_now - flops, 1)
+                    results.append((cost, (heads, ffn), candidate, flops))
+            if not results:
+                break
+            _, state, candidate, flops_now = min(results, key=lambda r: r[0])
+            loss_now, best = _loss(candidate[2]), (state, candidate)
+        if best is None:
+            raise AccuracyError(
+                f"--prune auto: no pruning keeps the pruning floor (cosine mean {options.cosine_mean}, min "
+                f"{options.cosine_min}, + margin {options.margin}) on the validation texts; tried "
+                + "; ".join(f"heads {t['heads']:.2f} ffn {t['ffn']:.2f}: cosine "
+                            f"{t['metrics'].get('cosine_mean', float('nan')):.4f} / "
+                            f"{t['metrics'].get('cosine_min', float('nan')):.4f}" for t in tried)
+            )
+        chosen, (pruned, report, metrics) = best
+    flops_after = encoder_flops(pruned.module)
+    progress(f"pruned heads {chosen[0]:.2f} ffn {chosen[1]:.2f}: {flops_after / flops_before:.3f}x FLOPs, "
+             f"{report['parameters_after'] / report['parameters_before']:.3f}x parameters; PyTorch FP32 vs "
+             "unpruned: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return PrunedSource(pruned, {
+        "request": request.describe(),
+        "heads": round(chosen[0], 4),
+        "ffn": round(chosen[1], 4),
+        "criterion": "activation contribution relative to the residual stream (fit texts, no labels)",
+        "layers": report["layers"],
+        "parameters_before": report["parameters_before"],
+        "parameters_after": report["parameters_after"],
+        "flops_before": flops_before,
+        "flops_after": flops_after,
+        "flops_sequence": FLOPS_SEQUENCE,
+        "reconstruction": report["reconstruction"],
+        "pytorch_metrics": metrics,
+        **({"search": tried} if request.auto else {}),
+    })

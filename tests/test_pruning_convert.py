@@ -1,0 +1,118 @@
+"""edge-convert --prune (issue 11): pruned twins next to the unpruned artifacts, with the manifest's
+`pruning` saying what each layer kept; --prune auto and its refusal; the request syntax and the
+profile's [pruning] section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import edge_runtime
+from converters._errors import ConversionError
+from converters.cli import main as edge_convert
+from converters.pruning.prune_model import PruneRequest
+from targets import ProfileError, _parse
+
+TEXTS = ["a short sentence", "the pruned model still reads longer sentences like this one"]
+
+
+def test_prune_requests_parse_or_say_what_is_expected():
+    assert PruneRequest.parse("heads=0.33,ffn=0.5") == PruneRequest(heads=0.33, ffn=0.5)
+    assert PruneRequest.parse(" FFN=0.25 ") == PruneRequest(heads=0.0, ffn=0.25)
+    assert PruneRequest.parse("auto") == PruneRequest(auto=True)
+    assert PruneRequest.parse("off") is None
+    for bad, message in (("heads=1.0", r"a share in \[0, 1\)"), ("heads=0.2,heads=0.3", "expected 'auto'"),
+                         ("layers=0.5", "expected 'auto'"), ("heads=0,ffn=0", "removes nothing")):
+        with pytest.raises(ConversionError, match=message):
+            PruneRequest.parse(bad)
+
+
+def test_profile_pruning_artifacts_must_be_planned_and_quantized(tmp_path):
+    text = (Path(__file__).parents[1] / "targets" / "x86-avx2.toml").read_text()
+    for artifacts, message in (('["tflite-int8"]', "not planned"), ('["onnx-fp32"]', "quantized artifacts only")):
+        path = tmp_path / "x86-avx2.toml"
+        path.write_text(text.replace('artifacts = ["onnx-int8", "onnx-int4"]', f"artifacts = {artifacts}"))
+        with pytest.raises(ProfileError, match=message):
+            _parse(path)
+
+
+def _convert(model: Path, out: Path, *flags: str) -> dict:
+    result = CliRunner().invoke(edge_convert, [str(model), "--target", "x86-avx2", "--out", str(out), "--force",
+                                               "--quiet", *flags])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _initializer_shapes(path: Path) -> list[tuple[int, ...]]:
+    model = onnx.load(str(path), load_external_data=False)
+    return [tuple(t.dims) for t in model.graph.initializer]
+
+
+@pytest.mark.slow
+def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory, tmp_path):
+    model = tiny_model_factory("bert", "feature-extraction")
+    out = tmp_path / "out"
+    manifest = _convert(model, out, "--prune", "heads=0.25,ffn=0.5", "--prune-floor", "0.8")
+    by_name = {a["name"]: a for a in manifest["artifacts"]}
+    assert "onnx-int8-pruned" in by_name, [r["reason"] for r in manifest["refused"]]
+    assert by_name["onnx-int8"]["pruning"] is None
+    pruning = by_name["onnx-int8-pruned"]["pruning"]
+    assert pruning["request"] == "heads=0.25,ffn=0.5"
+    assert pruning["flops_after"] < pruning["flops_before"]
+    assert pruning["parameters_after"] < pruning["parameters_before"]
+    layers = pruning["layers"]
+    assert sum(entry["heads"] for entry in layers) == sum(entry["heads_before"] for entry in layers) * 3 // 4
+    assert sum(entry["neurons"] for entry in layers) == sum(entry["neurons_before"] for entry in layers) // 2
+    for entry in layers:
+        assert len(entry["heads_kept"]) == entry["heads"] and len(entry["neurons_kept"]) == entry["neurons"]
+    assert by_name["onnx-int8-pruned"]["accuracy_floor"]["cosine_mean"] == 0.8
+    assert by_name["onnx-int8-pruned"]["metrics"]["cosine_mean"] >= 0.8
+
+    # The shipped INT8 graph has each layer's pruned widths: FFN input [hidden, neurons] and the
+    # packed Q/K/V [hidden, 3 x heads x head size].
+    shapes = _initializer_shapes(out / by_name["onnx-int8-pruned"]["files"][0]["path"])
+    hidden, head_size = 32, 8
+    for entry in layers:
+        assert (hidden, entry["neurons"]) in shapes, (entry, shapes)
+        assert (hidden, 3 * entry["heads"] * head_size) in shapes, (entry, shapes)
+
+    # The device loads the unpruned artifact unless the pruned one is named, and both check their
+    # golden samples at load.
+    assert edge_runtime.load(out).name == "onnx-int8"
+    pruned = edge_runtime.load(out, artifact="onnx-int8-pruned")
+    unpruned = edge_runtime.load(out, artifact="onnx-int8")
+    a, b = pruned.embed(TEXTS), unpruned.embed(TEXTS)
+    assert a.shape == b.shape and np.all(np.sum(a * b, axis=1) > 0.8)
+
+
+@pytest.mark.slow
+def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_factory, tmp_path):
+    model = tiny_model_factory("bert", "feature-extraction")
+    manifest = _convert(model, tmp_path / "out", "--prune", "auto", "--prune-floor", "1.0")
+    assert not any(a["pruning"] for a in manifest["artifacts"])  # the unpruned ones are delivered
+    refused = {r["name"]: r["reason"] for r in manifest["refused"]}
+    assert {"onnx-int8-pruned", "onnx-int4-pruned"} <= set(refused)
+    reason = refused["onnx-int8-pruned"]
+    assert "no pruning keeps the pruning floor" in reason and "heads 0.08 ffn 0.00" in reason and "ffn 0.10" in reason
+
+
+@pytest.mark.slow
+def test_prune_auto_takes_the_largest_reduction_that_keeps_the_floor(tiny_model_factory, tmp_path):
+    model = tiny_model_factory("distilbert", "feature-extraction")
+    manifest = _convert(model, tmp_path / "out", "--prune", "auto", "--prune-floor", "0.9")
+    pruned = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8-pruned")
+    pruning = pruned["pruning"]
+    assert pruning["request"] == "auto" and pruning["heads"] + pruning["ffn"] > 0
+    search = pruning["search"]
+    kept = [s for s in search if s["kept_floor"]]
+    # Only steps that kept the floor plus the margin are accepted; the chosen one is one of them.
+    assert all(s["metrics"]["cosine_mean"] >= 0.9 + 0.003 for s in kept)
+    chosen = [s for s in kept if (s["heads"], s["ffn"]) == (pruning["heads"], pruning["ffn"])]
+    assert chosen and pruning["flops_after"] / pruning["flops_before"] == pytest.approx(chosen[0]["flops"])
+    assert pruning["pytorch_metrics"]["cosine_mean"] >= 0.903
+    assert pruned["metrics"]["cosine_mean"] >= 0.9
