@@ -258,9 +258,9 @@ def create_app(service: Service) -> Starlette:
         outcome = await run_in_threadpool(service.reloader.reload, path)
         if outcome["ok"]:
             return _json_response(outcome)
-        return _json_response({"error": f"reload failed; still serving {outcome['serving']['artifact']} "
+        return _json_response({**outcome, "error": f"reload failed; still serving {outcome['serving']['artifact']} "
                                f"from {outcome['serving']['path']}: {outcome['error']}",
-                               "error_type": "Validation", **outcome}, 422)
+                               "error_type": "Validation"}, 422)
 
     async def admin_check(request: Request) -> Response:
         import asyncio

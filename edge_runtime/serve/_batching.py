@@ -166,7 +166,7 @@ class Batcher:
         if batch[0].call is not None:
             try:
                 return [(batch[0].future, batch[0].call())]
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- any failure is answered, never kills the server
                 return [(batch[0].future, exc)]
         served = batch[0].served
         rows = [row for job in batch for row in job.rows]
@@ -175,7 +175,7 @@ class Batcher:
         self.metrics.batch_tokens.observe(sum(len(r.ids) for r in rows))
         try:
             outputs = served.execute(rows, self.config.batch_invariant, self.config.max_batch_tokens)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- any failure is answered, never kills the server
             log.error("inference failed on a batch of %d inputs: %s", len(rows), exc)
             error = ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}", err="inference")
             return [(job.future, error) for job in batch]

@@ -75,7 +75,7 @@ class Served:
             message = str(exc).replace("texts[", "inputs[").replace(
                 "pass truncate=True", 'send "truncate": true')
             raise ServeError("Validation", message, err="validation") from None
-        except Exception as exc:  # the tokenizer itself failed on this input
+        except Exception as exc:  # noqa: BLE001 -- the tokenizer failed on this input
             raise ServeError("Tokenizer", f"tokenizer error: {exc}", err="tokenization") from None
 
     # -- worker side ---------------------------------------------------------------------------

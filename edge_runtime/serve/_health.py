@@ -90,7 +90,7 @@ class GoldenWatchdog:
     def _check(self, served) -> dict[str, Any]:
         try:
             ok, lowest, problems = golden_agreement(served.model)
-        except Exception as exc:  # the backend failed to run a sample at all
+        except Exception as exc:  # noqa: BLE001 -- the backend failed to run a sample
             ok, lowest, problems = False, float("nan"), [f"{type(exc).__name__}: {exc}"]
         self.metrics.golden_ok.set(1 if ok else 0)
         self.metrics.golden_cosine.set(lowest)

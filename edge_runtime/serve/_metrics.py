@@ -228,12 +228,12 @@ class ServeMetrics:
         r.on_collect(self._device)
 
     def _device(self) -> None:
-        try:
-            import psutil
+        import psutil  # a dependency of edge_runtime itself
 
+        try:
             self.rss.set(psutil.Process().memory_info().rss)
-        except Exception:  # psutil missing or /proc unreadable: no RSS rather than no metrics
-            pass
+        except (OSError, psutil.Error):  # /proc unreadable: no RSS rather than no metrics
+            self.rss.clear()
         from edge_runtime._sensors import sensors
 
         try:

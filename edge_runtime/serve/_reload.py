@@ -53,7 +53,7 @@ class Reloader:
             started = time.perf_counter()
             try:
                 served = load_served(self.config, target, old.generation + 1)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- whatever failed, the old model keeps serving
                 self.metrics.reloads.inc(result="failure")
                 log.error("reload of %s failed; still serving %s from %s: %s: %s",
                           target, old.name, old.path, type(exc).__name__, exc)
