@@ -179,7 +179,8 @@ def test_embedding_routes_match_model_embed(embed_dir, tmp_path):
 def test_batches_form_and_padding_is_masked(embed_dir, tmp_path):
     """Inputs of different lengths sent at once share one padded backend call (FP32: batched even
     under batch invariance) and each still gets the vector it gets alone."""
-    texts = [" ".join(["word"] * n) + f" {n}" for n in (1, 3, 7, 12, 20, 30)]
+    # lengths within the padding budget of one call (Served._groups), all different
+    texts = [" ".join(["word"] * n) + f" {n}" for n in (10, 11, 12, 13, 14, 15)]
     alone = edge_runtime.load(embed_dir, artifact="onnx-fp32")
     expected = _unit(np.concatenate([alone.embed([t]) for t in texts]))
     with serving(embed_dir, "--artifact", "onnx-fp32", "--max-batch-wait-ms", "300", log_dir=tmp_path) as server:
@@ -190,6 +191,8 @@ def test_batches_form_and_padding_is_masked(embed_dir, tmp_path):
         samples = server.metrics()
         assert samples["te_batch_next_size_count"][()] < len(texts), "every request ran alone: nothing was batched"
         assert samples["te_batch_next_size_sum"][()] == len(texts)
+        assert samples["edge_backend_calls_total"][()] < len(texts)
+        assert samples["edge_padding_tokens_total"][()] > 0, "no input was padded: masking untested"
 
 
 def test_batch_dependent_artifact_stays_batch_invariant(embed_dir, tmp_path):
@@ -207,6 +210,23 @@ def test_batch_dependent_artifact_stays_batch_invariant(embed_dir, tmp_path):
             assert server.metrics()["te_batch_next_size_count"][()] < len(texts)
             drift = np.abs(got - expected).max()
             assert (drift < 1e-6) if exact else (drift > 1e-6), (flags, drift)
+
+
+def test_batch_groups_limit_padding():
+    """Rows are sorted by length and cut where padding would pass Served.PADDING_WASTE or the
+    token budget; every row is in exactly one group."""
+    from edge_runtime._text import Encoded
+    from edge_runtime.serve._engine import Served
+
+    lengths = [12, 50, 11, 13, 40, 12, 14, 41]
+    rows = [Encoded([1] * n, [0] * n, [], []) for n in lengths]
+    groups = Served._groups(rows, max_tokens=16384)
+    assert sorted(i for g in groups for i in g) == list(range(len(rows)))
+    for group in groups:
+        longest, real = max(lengths[i] for i in group), sum(lengths[i] for i in group)
+        assert len(group) * longest <= (1 + Served.PADDING_WASTE) * real
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[11, 12, 12, 13, 14], [40, 41, 50]]
+    assert all(len(g) * 14 <= 28 for g in Served._groups(rows[:1] + rows[2:4], max_tokens=28))
 
 
 def test_errors_are_tei_shaped(embed_dir, tmp_path):

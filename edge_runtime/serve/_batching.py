@@ -174,12 +174,15 @@ class Batcher:
         self.metrics.batch_size.observe(len(rows))
         self.metrics.batch_tokens.observe(sum(len(r.ids) for r in rows))
         try:
-            outputs = served.execute(rows, self.config.batch_invariant, self.config.max_batch_tokens)
+            outputs, calls, padding = served.execute(rows, self.config.batch_invariant,
+                                                     self.config.max_batch_tokens)
         except Exception as exc:  # noqa: BLE001 -- any failure is answered, never kills the server
             log.error("inference failed on a batch of %d inputs: %s", len(rows), exc)
             error = ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}", err="inference")
             return [(job.future, error) for job in batch]
         inference = time.perf_counter() - started
+        self.metrics.backend_calls.inc(calls)
+        self.metrics.padding_tokens.inc(padding)
         answers, start = [], 0
         for job in batch:
             part = outputs[start : start + len(job.rows)]

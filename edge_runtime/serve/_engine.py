@@ -79,33 +79,55 @@ class Served:
             raise ServeError("Tokenizer", f"tokenizer error: {exc}", err="tokenization") from None
 
     # -- worker side ---------------------------------------------------------------------------
-    def execute(self, rows: list[Encoded], batch_invariant: bool, max_tokens: int) -> np.ndarray:
-        """Outputs for `rows` in order: pooled, not yet normalized vectors [n, dim] for embedding
-        models, logits [n, labels] for classifiers. Rows share one padded backend call (padding is
-        masked, so a row's numbers are its own up to float rounding), in parts of at most
-        `max_tokens` padded tokens; artifacts whose numbers depend on the batch (dynamic INT8) run
+    def execute(self, rows: list[Encoded], batch_invariant: bool, max_tokens: int) -> tuple[np.ndarray, int, int]:
+        """(outputs, backend calls, padding tokens) for `rows`. Outputs in row order: pooled, not yet normalized vectors [n, dim] for embedding
+        models, logits [n, labels] for classifiers. Rows of similar length share a padded backend
+        call (padding is masked, so a row's numbers are its own up to float rounding), of at most
+        `max_tokens` padded tokens (_groups); artifacts whose numbers depend on the batch (dynamic INT8) run
         each row alone when `batch_invariant`, exactly as Model.embed(batch_invariant=True)."""
         if batch_invariant and self.model.batch_dependent:
-            groups = [[row] for row in rows]
+            groups = [[i] for i in range(len(rows))]
         else:
-            groups, current, longest = [], [], 0
-            for row in rows:
-                longest_with = max(longest, len(row.ids))
-                if current and (len(current) + 1) * longest_with > max_tokens:
-                    groups.append(current)
-                    current, longest_with = [], len(row.ids)
-                current.append(row)
-                longest = longest_with
-            groups.append(current)
-        parts = []
+            groups = self._groups(rows, max_tokens)
+        out_rows: list[np.ndarray | None] = [None] * len(rows)
+        padding = 0
         for group in groups:
-            feeds = self.encoder.pad(group)
+            feeds = self.encoder.pad([rows[i] for i in group])
+            padding += int(feeds["attention_mask"].size - feeds["attention_mask"].sum())
             out = self.model.run(feeds)[self.output]
             if self.task == "feature-extraction":
-                parts.append(pool(out, feeds["attention_mask"], self.pooling, normalize=False))
+                part = pool(out, feeds["attention_mask"], self.pooling, normalize=False)
             else:
-                parts.append(np.asarray(out, dtype=np.float32))
-        return np.concatenate(parts)
+                part = np.asarray(out, dtype=np.float32)
+            for i, row in zip(group, part):
+                out_rows[i] = row
+        return np.stack(out_rows), len(groups), padding
+
+    # A row joins a backend call only while the call's padding stays under this share of its
+    # tokens: padding is computed and thrown away, so a 50-token sentence padding fifteen 12-token
+    # ones costs more than it saves (measured on MiniLM INT8: 16 mixed single sentences in one
+    # call ran slower than 4 length-sorted calls of 4).
+    PADDING_WASTE = 0.25
+
+    @classmethod
+    def _groups(cls, rows: list[Encoded], max_tokens: int) -> list[list[int]]:
+        """Row indices per backend call: rows sorted by length, cut where the padding would
+        exceed PADDING_WASTE of the call's tokens or the call max_tokens padded tokens."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+        groups: list[list[int]] = []
+        current: list[int] = []
+        real = 0
+        for i in order:
+            length = len(rows[i].ids)  # the longest so far: rows come shortest first
+            padded = (len(current) + 1) * length
+            if current and (padded > max_tokens or padded > (1 + cls.PADDING_WASTE) * (real + length)):
+                groups.append(current)
+                current, real = [], 0
+            current.append(i)
+            real += length
+        if current:
+            groups.append(current)
+        return groups
 
     def predictions(self, logits: np.ndarray, raw_scores: bool) -> list[dict[str, Any]]:
         """TEI's /predict answer for one input: every label with its score, best first

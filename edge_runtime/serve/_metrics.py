@@ -208,6 +208,9 @@ class ServeMetrics:
             "te_request_input_length", "Tokens per input after truncation", power_buckets(20, max(1, max_input_length)))
         self.batch_size = r.histogram("te_batch_next_size", "Inputs per batch", power_buckets(13))
         self.batch_tokens = r.histogram("te_batch_next_tokens", "Tokens per batch (unpadded)", power_buckets(21))
+        self.backend_calls = r.counter("edge_backend_calls_total", "Backend (model) calls the batches took")
+        self.padding_tokens = r.counter(
+            "edge_padding_tokens_total", "Padding tokens computed and masked out in batched calls")
         self.queue_size = r.gauge("te_queue_size", "Inputs queued or running (holding a permit)")
         self.embedding_norm = r.histogram(
             "edge_embedding_norm", "L2 norm of pooled embeddings before normalization",
