@@ -279,6 +279,9 @@ def test_overload_answers_429_and_metrics_parse(embed_dir, tmp_path):
             assert refused.status_code == 429
             assert refused.json() == {"error": "Model is overloaded", "error_type": "Overloaded"}
             assert first.result().status_code == 200
+        # more inputs than there are permits could never be served: 422, not a 429 to retry forever
+        never = httpx.post(server.url + "/embed", json={"inputs": ["a", "b", "c"]}, timeout=60)
+        assert never.status_code == 422 and "maximum concurrent requests 2" in never.json()["error"]
         families = server.metrics()
         assert families["te_request_failure_total"][(("err", "overloaded"),)] == 1
         assert families["te_queue_size"][()] == 0

@@ -84,6 +84,9 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise ServeError("Unhealthy", "the server is shutting down", err="shutdown")
+            if len(rows) > self.config.max_concurrent_requests:  # would be refused forever
+                raise ServeError("Validation", f"batch size {len(rows)} > maximum concurrent requests "
+                                 f"{self.config.max_concurrent_requests}", err="batch_size")
             if self._in_flight + len(rows) > self.config.max_concurrent_requests:
                 raise ServeError("Overloaded", "Model is overloaded", err="overloaded")
             self._in_flight += len(rows)
@@ -135,7 +138,10 @@ class Batcher:
             while True:
                 while self._queue and self._fits(batch, self._queue[0]):
                     batch.append(self._queue.popleft())
-                full = bool(self._queue)  # the next job does not fit: waiting cannot help
+                # The next job does not fit, or the batch has no room left: waiting cannot help.
+                rows = sum(len(j.rows) for j in batch)
+                limit = self.config.max_batch_requests
+                full = bool(self._queue) or (limit is not None and rows >= limit)
                 remaining = deadline - time.perf_counter()
                 if full or self._stopping or remaining <= 0:
                     return batch
