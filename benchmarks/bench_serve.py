@@ -12,7 +12,11 @@ rounds, so a change of machine load hits every mode alike. Modes:
 - batch1: --max-batch-requests 1, every request is its own backend call (batch-size-1 serving);
 - dynamic: the defaults: requests batched; a batch-dependent artifact (dynamic INT8) still runs
   each input alone inside the batch (batch invariance, a vector never depends on its neighbours);
-- dynamic-batched: --no-batch-invariant: inputs of a batch share one padded backend call.
+- dynamic-batched: --no-batch-invariant: inputs of a batch share padded backend calls;
+- dynamic-batched-wait10: the same with --max-batch-wait-ms 10 (fuller batches, more wait).
+
+Then, in-process and without HTTP, the same sentences through the server's batch code (Served.
+execute), alone vs --clients at a time: what batching can give on this CPU at all.
 
 Per mode: requests/s, p50/p99 latency, status counts, the server's RSS every 1,000 requests. Then
 overload: --overload-clients clients against --max-concurrent-requests --overload-queue: status
@@ -131,6 +135,23 @@ def _drive(port: int, texts: list[str], clients: int, requests: int) -> tuple[li
     return latencies, statuses, time.perf_counter() - started
 
 
+def _batch_stats(port: int) -> dict:
+    """Inputs per batch and per backend call, from the server's /metrics (warm-up included)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    values = {}
+    for line in conn.getresponse().read().decode().splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    inputs = values.get("te_batch_next_size_sum", 0)
+    return {"inputs_per_batch": round(inputs / max(1, values.get("te_batch_next_size_count", 0)), 2),
+            "inputs_per_backend_call": round(inputs / max(1, values.get("edge_backend_calls_total", 0)), 2),
+            "padding_share": round(values.get("edge_padding_tokens_total", 0)
+                                   / max(1, values.get("te_batch_next_tokens_sum", 0)
+                                         + values.get("edge_padding_tokens_total", 0)), 3)}
+
+
 def _summary(latencies: list[float], statuses: Counter, seconds: float, rss: list) -> dict:
     lat = np.asarray(latencies) * 1000
     return {
@@ -142,6 +163,32 @@ def _summary(latencies: list[float], statuses: Counter, seconds: float, rss: lis
         "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
         "rss_mb": rss,
     }
+
+
+def _ceiling(directory: Path, artifact: str, threads: int, texts: list[str], group: int, rounds: int) -> dict:
+    """What batching can give without HTTP: the same sentences run in-process through the server's
+    own batch code (Served.execute), each alone vs `group` at a time (the clients' count), best of
+    `rounds` interleaved rounds."""
+    import edge_runtime
+    from edge_runtime.serve._engine import Served
+
+    served = Served(edge_runtime.load(directory, artifact=artifact, threads=threads), directory, 0)
+    rows = served.tokenize((texts * 4)[: group * (len(texts) * 4 // group)], truncate=True)
+    best = {"alone": float("inf"), "batched": float("inf")}
+    for _ in range(rounds):
+        for mode in ("alone", "batched"):
+            started = time.perf_counter()
+            for start in range(0, len(rows), group):
+                chunk = rows[start : start + group]
+                if mode == "batched":  # what --no-batch-invariant does with a batch of `group`
+                    served.execute(chunk, batch_invariant=False, max_tokens=16384)
+                else:  # what --max-batch-requests 1 does
+                    for row in chunk:
+                        served.execute([row], batch_invariant=False, max_tokens=16384)
+            best[mode] = min(best[mode], time.perf_counter() - started)
+    rates = {m: round(len(rows) / t, 1) for m, t in best.items()}
+    return {"texts": len(rows), "group": group, "texts_per_s": rates,
+            "batched_vs_alone": round(rates["batched"] / rates["alone"], 2)}
 
 
 def main() -> None:
@@ -156,24 +203,27 @@ def main() -> None:
     parser.add_argument("--overload-queue", type=int, default=16)
     parser.add_argument("--overload-requests", type=int, default=6400)
     parser.add_argument("--texts", type=Path, default=Path(__file__).parent / "data" / "heldout_en.txt")
-    parser.add_argument("--modes", default="batch1,dynamic,dynamic-batched")
+    parser.add_argument("--modes", default="batch1,dynamic,dynamic-batched,dynamic-batched-wait10")
+    parser.add_argument("--ceiling-rounds", type=int, default=5,
+                        help="in-process batched-vs-alone rounds without HTTP (0: skip)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     texts = [t for t in args.texts.read_text(encoding="utf-8").splitlines() if t.strip() and not t.startswith("#")]
     common = ["--artifact", args.artifact, "--threads", str(args.threads)]
-    flags = {"batch1": ["--max-batch-requests", "1"], "dynamic": [], "dynamic-batched": ["--no-batch-invariant"]}
-    modes = args.modes.split(",")
+    flags = {"batch1": ["--max-batch-requests", "1"], "dynamic": [], "dynamic-batched": ["--no-batch-invariant"],
+             "dynamic-batched-wait10": ["--no-batch-invariant", "--max-batch-wait-ms", "10"]}
+    modes = [m for m in args.modes.split(",") if m]
     servers = {m: Server(m, args.artifacts, common + flags[m]) for m in modes}
     for server in servers.values():
         server.wait_ready()
     load_before = os.getloadavg()
     results = {m: {"latencies": [], "statuses": Counter(), "seconds": 0.0, "rss": []} for m in modes}
-    per_round = args.requests // args.rounds
+    per_round = args.requests // max(1, args.rounds)
     for server in servers.values():  # warm-up: first calls allocate arenas and caches
         _drive(server.port, texts, args.clients, 200)
         results[server.name]["rss"].append([0, server.rss_mb()])
-    for round_index in range(args.rounds):
+    for round_index in range(args.rounds if modes else 0):
         for mode in modes:
             lat, statuses, seconds = _drive(servers[mode].port, texts, args.clients, per_round)
             r = results[mode]
@@ -185,10 +235,12 @@ def main() -> None:
                 r["rss"].append([done, servers[mode].rss_mb()])
         print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{m} {len(results[m]['latencies']) / results[m]['seconds']:.0f}/s" for m in modes), flush=True)
+    batching = {m: _batch_stats(s.port) for m, s in servers.items()}
     exit_codes = {m: s.stop() for m, s in servers.items()}
     summary = {m: _summary(r["latencies"], r["statuses"], r["seconds"], r["rss"]) for m, r in results.items()}
     for m in modes:
         summary[m]["exit_code_after_sigterm"] = exit_codes[m]
+        summary[m]["server"] = batching[m]
     base = summary.get("batch1", {}).get("requests_per_s")
     ratios = {m: round(summary[m]["requests_per_s"] / base, 2) for m in modes if base and m != "batch1"}
 
@@ -208,6 +260,10 @@ def main() -> None:
                         only_2xx_and_429=set(statuses + statuses2) <= {200, 429},
                         exit_code_after_sigterm=server.stop())
 
+    ceiling = None
+    if args.ceiling_rounds:
+        ceiling = _ceiling(args.artifacts, args.artifact, args.threads, texts, args.clients, args.ceiling_rounds)
+
     result = {
         "cpu": _cpu(),
         "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
@@ -215,6 +271,7 @@ def main() -> None:
         "requests_per_mode": per_round * args.rounds, "rounds": args.rounds,
         "texts": f"{args.texts.name} ({len(texts)} single sentences, cycled)",
         "modes": summary, "throughput_vs_batch1": ratios, "overload": overload,
+        "in_process_ceiling": ceiling,
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
     print(json.dumps(result, indent=2))
