@@ -67,6 +67,7 @@ _FLAGS = {
 
 
 def _as_flags(message: str) -> str:
+    message = message.replace("trusted_keys=None", "no --trusted-key")
     for name, flag in _FLAGS.items():
         message = message.replace(name, flag)
     return message

@@ -363,6 +363,25 @@ def test_reload_swaps_verified_models_and_keeps_the_old_one_on_failure(embed_dir
         assert labels["generation"] == "2"
 
 
+def test_trusted_keys_hold_at_start_and_at_every_reload(embed_dir, tmp_path):
+    from converters.packaging import signing
+
+    private, public = signing.generate_key_pair(tmp_path / "key.pem", tmp_path / "key.pub")
+    signed = shutil.copytree(embed_dir, tmp_path / "signed")
+    signing.sign_directory(signed, signing.load_signing_key(private))
+    unsigned = shutil.copytree(embed_dir, tmp_path / "unsigned")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    refused = subprocess.run([sys.executable, "-m", "edge_runtime.serve", str(unsigned), "--trusted-key", str(public),
+                              "--port", str(_free_port())], capture_output=True, text=True, env=env, timeout=120,
+                             check=False)
+    assert refused.returncode == 1 and "model.sig" in refused.stderr, refused.stderr
+    with serving(signed, "--trusted-key", str(public), log_dir=tmp_path) as server, server.client() as client:
+        failed = client.post("/admin/reload", json={"path": str(unsigned)})
+        assert failed.status_code == 422 and failed.json()["error_class"] == "SignatureError"
+        assert client.get("/info").json()["artifact"]["path"] == str(signed)
+        assert client.post("/admin/reload").status_code == 200  # the signed one, re-verified
+
+
 def test_sigterm_drains_in_flight_requests_then_exits_0(embed_dir, tmp_path):
     with serving(embed_dir, "--max-batch-wait-ms", "1500", log_dir=tmp_path) as server:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
