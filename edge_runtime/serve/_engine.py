@@ -105,8 +105,8 @@ class Served:
 
     # A row joins a backend call only while the call's padding stays under this share of its
     # tokens: padding is computed and thrown away, so a 50-token sentence padding fifteen 12-token
-    # ones costs more than it saves (measured on MiniLM INT8: 16 mixed single sentences in one
-    # call ran slower than 4 length-sorted calls of 4).
+    # ones costs more than it saves (MiniLM INT8 on AVX2, 16 mixed single sentences: 1.32x the
+    # one-at-a-time rate in 25 %-cut calls, 1.09x in one padded call; benchmarks/RESULTS.md run P).
     PADDING_WASTE = 0.25
 
     @classmethod
