@@ -246,6 +246,10 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
         assert "must be a string" in error("/embed", 422, "Validation", json={"inputs": ["ok", 3]})
         assert "missing field `inputs`" in error("/embed", 422, "Validation", json={"input": "a"})
         assert "/embed" in error("/predict", 424, "Backend", json={"inputs": "a"})
+        assert "`dimensions` must be" in error("/embed", 422, "Validation", json={"inputs": "a", "dimensions": 10**6})
+        assert "`normalize` must be" in error("/embed", 422, "Validation", json={"inputs": "a", "normalize": "yes"})
+        bad_format = client.post("/v1/embeddings", json={"input": "a", "encoding_format": "int8"})
+        assert bad_format.status_code == 422 and "encoding_format" in bad_format.json()["message"]
         assert "limit" in error("/embed", 413, "Validation", json={"inputs": "a " * 20000})
         long = "word " * 400
         message = error("/embed", 422, "Validation", json={"inputs": ["fine", long], "truncate": False})
@@ -259,7 +263,7 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
 
         families = server.metrics()
         failures = {dict(k)["err"]: v for k, v in families["te_request_failure_total"].items()}
-        assert failures["batch_size"] == 1 and failures["model_type"] == 1 and failures["validation"] >= 7
+        assert failures["batch_size"] == 1 and failures["model_type"] == 1 and failures["validation"] >= 10
         count = sum(families["te_request_count_total"].values())
         success = sum(families["te_request_success_total"].values())
         assert count == success + sum(failures.values())

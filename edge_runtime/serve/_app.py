@@ -117,6 +117,21 @@ def _dimensions(body: dict[str, Any], dim: int) -> int:
     return value
 
 
+def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
+    """ServeError 422 for a malformed option of `route`, checked before the input is queued."""
+    if route == "predict":
+        _flag(body, "raw_scores", False)
+        return
+    if not openai:
+        _flag(body, "normalize", True)
+    else:
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise ServeError("Validation", f"`encoding_format` must be float or base64, got {fmt!r}",
+                             err="validation")
+    _dimensions(body, served.model._dim(served.output) or 2**31)
+
+
 def _headers(timing: dict[str, Any], started: float, chars: int) -> dict[str, str]:
     """TEI's per-response timing headers (milliseconds)."""
     return {
@@ -145,6 +160,7 @@ def create_app(service: Service) -> Starlette:
             counted = True
             texts, batched = _texts(body, field, config.max_client_batch_size)
             truncate = _flag(body, "truncate", config.auto_truncate) if not openai else config.auto_truncate
+            _options(body, route, openai, service.slot.current)  # refuse bad options before any work
             served, result, timing = await service.infer(route, texts, truncate)
             payload = answer(body, served, result, batched, timing)
         except ServeError as exc:
@@ -174,9 +190,6 @@ def create_app(service: Service) -> Starlette:
         def answer(body, served, result, batched, timing):
             body = {k: v for k, v in body.items() if k != "normalize"}  # OpenAI: always normalized
             fmt = body.get("encoding_format") or "float"
-            if fmt not in ("float", "base64"):
-                raise ServeError("Validation", f"`encoding_format` must be float or base64, got {fmt!r}",
-                                 err="validation")
             rows = vectors(body, served, result).astype("<f4")
             data = [{"object": "embedding", "index": i,
                      "embedding": base64.b64encode(row.tobytes()).decode() if fmt == "base64" else row.tolist()}
