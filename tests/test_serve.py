@@ -302,7 +302,7 @@ def test_overload_answers_429_and_metrics_parse(embed_dir, tmp_path):
 
 
 def test_predict_route(classify_dir, tmp_path):
-    with serving(classify_dir, log_dir=tmp_path) as server, server.client() as client:
+    with serving(classify_dir, "--golden-interval", "0.5", log_dir=tmp_path) as server, server.client() as client:
         info = client.get("/info").json()
         model = edge_runtime.load(classify_dir, artifact=info["artifact"]["artifact"])
         labels = model.manifest["postprocess"]["labels"]
@@ -319,6 +319,13 @@ def test_predict_route(classify_dir, tmp_path):
         assert abs(sum(p["score"] for p in raw) - 1) > 1e-3  # logits, not probabilities
         wrong = client.post("/embed", json={"inputs": "a"})
         assert wrong.status_code == 424 and "/predict" in wrong.json()["error"]
+        # the watchdog re-runs the golden samples on its own, every 0.5 s here
+        deadline = time.monotonic() + 60
+        while server.metrics().get("edge_golden_runs_total", {}).get((("result", "pass"),), 0) < 2:
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.2)
+        assert server.metrics()["edge_golden_ok"][()] == 1
+        assert client.get("/health").status_code == 200
 
 
 def _tamper(directory: Path) -> None:
