@@ -118,7 +118,9 @@ def _dimensions(body: dict[str, Any], dim: int) -> int:
 
 
 def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
-    """ServeError 422 for a malformed option of `route`, checked before the input is queued."""
+    """ServeError 422 for a malformed option of `route`, checked before the input is queued
+    (after the route/task check, which answers first)."""
+    served.require(route)
     if route == "predict":
         _flag(body, "raw_scores", False)
         return
@@ -168,6 +170,10 @@ def create_app(service: Service) -> Starlette:
                 metrics.request_count.inc(method=method)
             metrics.failed(exc.err)
             return _error(exc, openai)
+        except Exception as exc:  # e.g. NaN outputs: TEI's 424 Backend, never a bare 500
+            log.exception("request failed")
+            metrics.failed("inference")
+            return _error(ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}"), openai)
         metrics.request_success.inc(method=method)
         metrics.request_duration.observe(time.perf_counter() - started)
         metrics.tokenization_duration.observe(timing["tokenization"])
@@ -280,8 +286,7 @@ def create_app(service: Service) -> Starlette:
 
         try:
             _admin_only(request)
-            outcome = await asyncio.wrap_future(service.batcher.call(
-                lambda: service.watchdog._check(service.slot.current)))
+            outcome = await asyncio.wrap_future(service.watchdog.schedule())
         except ServeError as exc:
             return _error(exc)
         return _json_response(outcome, 200 if outcome["ok"] else 503)

@@ -82,10 +82,14 @@ class GoldenWatchdog:
         self.metrics.golden_ok.set(1)
         self.metrics.golden_last.set(time.time())
 
+    def schedule(self):
+        """Queue a check of the serving model on the worker thread; a future of its result."""
+        served = self.slot.current
+        return self.batcher.call(lambda: self._check(served))
+
     def check(self, timeout: float | None = None) -> dict[str, Any]:
         """Run the check on the worker thread now; its result."""
-        served = self.slot.current
-        return self.batcher.call(lambda: self._check(served)).result(timeout)
+        return self.schedule().result(timeout)
 
     def _check(self, served) -> dict[str, Any]:
         try:
