@@ -131,7 +131,7 @@ def test_import_edge_runtime_does_not_load_the_server_stack():
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
-def test_embedding_routes_match_model_embed(embed_dir, tmp_path):
+def test_embedding_routes_match_model_embed(embed_dir, tmp_path, monkeypatch):
     with serving(embed_dir, log_dir=tmp_path) as server, server.client() as client:
         info = client.get("/info").json()
         name = info["artifact"]["artifact"]
@@ -170,6 +170,16 @@ def test_embedding_routes_match_model_embed(embed_dir, tmp_path):
         assert np.abs(np.asarray([d["embedding"] for d in openai["data"]]) - expected[:3]).max() < 1e-6
         tokens = sum(len(e.ids) for e in model._text().encode_texts(TEXTS[:3]))
         assert openai["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+        # an existing TEI client, unchanged: huggingface_hub posts to the server's URL itself.
+        # Its offline switch (conftest's HF_HUB_OFFLINE=1) refuses even loopback URLs; the hub
+        # itself is never contacted here.
+        from huggingface_hub import InferenceClient, constants
+
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+        hub = InferenceClient(model=server.url).feature_extraction(TEXTS[2])
+        assert hub.shape == (1, expected.shape[1]) and np.abs(hub[0] - expected[2]).max() < 1e-6
 
         b64 = client.post("/v1/embeddings", json={"input": TEXTS[1], "encoding_format": "base64"}).json()
         decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
@@ -247,6 +257,7 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
         assert "missing field `inputs`" in error("/embed", 422, "Validation", json={"input": "a"})
         assert "/embed" in error("/predict", 424, "Backend", json={"inputs": "a"})
         assert "`dimensions` must be" in error("/embed", 422, "Validation", json={"inputs": "a", "dimensions": 10**6})
+        assert "not supported" in error("/embed", 422, "Validation", json={"inputs": "a", "truncation_direction": "left"})
         assert "`normalize` must be" in error("/embed", 422, "Validation", json={"inputs": "a", "normalize": "yes"})
         bad_format = client.post("/v1/embeddings", json={"input": "a", "encoding_format": "int8"})
         assert bad_format.status_code == 422 and "encoding_format" in bad_format.json()["message"]
@@ -263,7 +274,7 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
 
         families = server.metrics()
         failures = {dict(k)["err"]: v for k, v in families["te_request_failure_total"].items()}
-        assert failures["batch_size"] == 1 and failures["model_type"] == 1 and failures["validation"] >= 10
+        assert failures["batch_size"] == 1 and failures["model_type"] == 1 and failures["validation"] >= 11
         count = sum(families["te_request_count_total"].values())
         success = sum(families["te_request_success_total"].values())
         assert count == success + sum(failures.values())

@@ -121,6 +121,10 @@ def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
     """ServeError 422 for a malformed option of `route`, checked before the input is queued
     (after the route/task check, which answers first)."""
     served.require(route)
+    direction = body.get("truncation_direction")
+    if direction not in (None, "right", "Right"):
+        raise ServeError("Validation", f"`truncation_direction` {direction!r} is not supported: inputs "
+                         "keep their first tokens (right)", err="validation")
     if route == "predict":
         _flag(body, "raw_scores", False)
         return
@@ -216,6 +220,13 @@ def create_app(service: Service) -> Starlette:
 
         return await handle(request, "predict", "inputs", answer)
 
+    async def root(request: Request) -> Response:
+        """TEI serves POST / with the model's own route: huggingface_hub's InferenceClient, given
+        the server's URL as its model, posts there."""
+        if service.slot.current.task == "text-classification":
+            return await predict(request)
+        return await embed(request)
+
     async def health(request: Request) -> Response:
         reason = service.unhealthy()
         if reason:
@@ -300,6 +311,7 @@ def create_app(service: Service) -> Starlette:
             service.stop()  # uvicorn has finished every in-flight request by now
 
     routes = [
+        Route("/", root, methods=["POST"]),
         Route("/embed", embed, methods=["POST"]),
         Route("/predict", predict, methods=["POST"]),
         Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
