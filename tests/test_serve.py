@@ -432,6 +432,10 @@ def test_failing_golden_rerun_turns_health_503(embed_dir):
     service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0))
     with TestClient(create_app(service)) as client:
         assert client.get("/health").status_code == 200
+        # TestClient's peer is "testclient", not a loopback address: the admin routes refuse it
+        for route in ("/admin/reload", "/admin/check"):
+            refused = client.post(route)
+            assert refused.status_code == 403 and "loopback" in refused.json()["error"]
         session = service.slot.current.model._session
         real = session.run
         session.run = lambda feeds: {k: v * 0 + 0.5 for k, v in real(feeds).items()}
