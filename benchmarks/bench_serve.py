@@ -2,7 +2,8 @@
 
     python benchmarks/bench_serve.py ARTIFACT_DIR [--artifact onnx-int8] [--threads 2] \
         [--clients 16] [--requests 10000] [--rounds 10] [--overload-clients 64] \
-        [--overload-queue 16] [--overload-requests 6400] [--json benchmarks/results/serve_x86_avx2.json]
+        [--overload-queue 16] [--overload-requests 3200] \
+        [--json benchmarks/results/serve_x86_avx2.json]
 
 Starts one edge-serve process per serving mode on 127.0.0.1 (loopback only), all loaded before
 any is measured, and sends single sentences (benchmarks/data/heldout_en.txt, cycled) from
@@ -46,8 +47,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cpu() -> dict:
     text = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown")
-    flags = sorted({f for f in ("avx2", "avx512_vnni", "avx512bw", "fma") if f" {f} " in text or f" {f}\n" in text})
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    flags = sorted(
+        {
+            f
+            for f in ("avx2", "avx512_vnni", "avx512bw", "fma")
+            if f" {f} " in text or f" {f}\n" in text
+        }
+    )
     return {"model": model, "flags": flags, "cores": os.cpu_count()}
 
 
@@ -62,9 +76,23 @@ class Server:
         self.name, self.port = name, _free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime.serve", str(directory), "--port", str(self.port),
-             "--log-level", "warning", "--golden-interval", "0", *flags],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime.serve",
+                str(directory),
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--golden-interval",
+                "0",
+                *flags,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.ps = psutil.Process(self.proc.pid)
 
     def wait_ready(self) -> None:
@@ -90,7 +118,9 @@ class Server:
         return self.proc.wait(60)
 
 
-def _drive(port: int, texts: list[str], clients: int, requests: int) -> tuple[list[float], Counter, float]:
+def _drive(
+    port: int, texts: list[str], clients: int, requests: int
+) -> tuple[list[float], Counter, float]:
     """`requests` POST /embed of one sentence each from `clients` closed-loop clients: latencies
     (s) of 2xx answers, status counts, wall time."""
     lock = threading.Lock()
@@ -145,11 +175,21 @@ def _batch_stats(port: int) -> dict:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     inputs = values.get("te_batch_next_size_sum", 0)
-    return {"inputs_per_batch": round(inputs / max(1, values.get("te_batch_next_size_count", 0)), 2),
-            "inputs_per_backend_call": round(inputs / max(1, values.get("edge_backend_calls_total", 0)), 2),
-            "padding_share": round(values.get("edge_padding_tokens_total", 0)
-                                   / max(1, values.get("te_batch_next_tokens_sum", 0)
-                                         + values.get("edge_padding_tokens_total", 0)), 3)}
+    return {
+        "inputs_per_batch": round(inputs / max(1, values.get("te_batch_next_size_count", 0)), 2),
+        "inputs_per_backend_call": round(
+            inputs / max(1, values.get("edge_backend_calls_total", 0)), 2
+        ),
+        "padding_share": round(
+            values.get("edge_padding_tokens_total", 0)
+            / max(
+                1,
+                values.get("te_batch_next_tokens_sum", 0)
+                + values.get("edge_padding_tokens_total", 0),
+            ),
+            3,
+        ),
+    }
 
 
 def _summary(latencies: list[float], statuses: Counter, seconds: float, rss: list) -> dict:
@@ -165,7 +205,9 @@ def _summary(latencies: list[float], statuses: Counter, seconds: float, rss: lis
     }
 
 
-def _ceiling(directory: Path, artifact: str, threads: int, texts: list[str], group: int, rounds: int) -> dict:
+def _ceiling(
+    directory: Path, artifact: str, threads: int, texts: list[str], group: int, rounds: int
+) -> dict:
     """What batching can give without HTTP: the same sentences run in-process through the server's
     own batch code (Served.execute), each alone vs `group` at a time (the clients' count), best of
     `rounds` interleaved rounds."""
@@ -194,9 +236,15 @@ def _ceiling(directory: Path, artifact: str, threads: int, texts: list[str], gro
     finally:
         Served.PADDING_WASTE = cut
     rates = {m: round(len(rows) / t, 1) for m, t in best.items()}
-    return {"texts": len(rows), "group": group, "rounds": rounds, "padding_waste": cut, "texts_per_s": rates,
-            "batched_vs_alone": round(rates["batched"] / rates["alone"], 2),
-            "one_call_vs_alone": round(rates["one_call"] / rates["alone"], 2)}
+    return {
+        "texts": len(rows),
+        "group": group,
+        "rounds": rounds,
+        "padding_waste": cut,
+        "texts_per_s": rates,
+        "batched_vs_alone": round(rates["batched"] / rates["alone"], 2),
+        "one_call_vs_alone": round(rates["one_call"] / rates["alone"], 2),
+    }
 
 
 def main() -> None:
@@ -209,24 +257,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--overload-clients", type=int, default=64)
     parser.add_argument("--overload-queue", type=int, default=16)
-    parser.add_argument("--overload-requests", type=int, default=6400)
-    parser.add_argument("--texts", type=Path, default=Path(__file__).parent / "data" / "heldout_en.txt")
+    parser.add_argument("--overload-requests", type=int, default=3200, help="each of 2 rounds")
+    parser.add_argument(
+        "--texts", type=Path, default=Path(__file__).parent / "data" / "heldout_en.txt"
+    )
     parser.add_argument("--modes", default="batch1,dynamic,dynamic-batched,dynamic-batched-wait10")
-    parser.add_argument("--ceiling-rounds", type=int, default=5,
-                        help="in-process batched-vs-alone rounds without HTTP (0: skip)")
+    parser.add_argument(
+        "--ceiling-rounds",
+        type=int,
+        default=5,
+        help="in-process batched-vs-alone rounds without HTTP (0: skip)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    texts = [t for t in args.texts.read_text(encoding="utf-8").splitlines() if t.strip() and not t.startswith("#")]
+    texts = [
+        t
+        for t in args.texts.read_text(encoding="utf-8").splitlines()
+        if t.strip() and not t.startswith("#")
+    ]
     common = ["--artifact", args.artifact, "--threads", str(args.threads)]
-    flags = {"batch1": ["--max-batch-requests", "1"], "dynamic": [], "dynamic-batched": ["--no-batch-invariant"],
-             "dynamic-batched-wait10": ["--no-batch-invariant", "--max-batch-wait-ms", "10"]}
+    flags = {
+        "batch1": ["--max-batch-requests", "1"],
+        "dynamic": [],
+        "dynamic-batched": ["--no-batch-invariant"],
+        "dynamic-batched-wait10": ["--no-batch-invariant", "--max-batch-wait-ms", "10"],
+    }
     modes = [m for m in args.modes.split(",") if m]
     servers = {m: Server(m, args.artifacts, common + flags[m]) for m in modes}
     for server in servers.values():
         server.wait_ready()
     load_before = os.getloadavg()
-    results = {m: {"latencies": [], "statuses": Counter(), "seconds": 0.0, "rss": []} for m in modes}
+    results = {
+        m: {"latencies": [], "statuses": Counter(), "seconds": 0.0, "rss": []} for m in modes
+    }
     per_round = args.requests // max(1, args.rounds)
     for server in servers.values():  # warm-up: first calls allocate arenas and caches
         _drive(server.port, texts, args.clients, 200)
@@ -241,44 +305,78 @@ def main() -> None:
             done = (round_index + 1) * per_round
             if done % 1000 == 0 or round_index == args.rounds - 1:
                 r["rss"].append([done, servers[mode].rss_mb()])
-        print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
-            f"{m} {len(results[m]['latencies']) / results[m]['seconds']:.0f}/s" for m in modes), flush=True)
+        print(
+            f"round {round_index + 1}/{args.rounds}: "
+            + ", ".join(
+                f"{m} {len(results[m]['latencies']) / results[m]['seconds']:.0f}/s" for m in modes
+            ),
+            flush=True,
+        )
     batching = {m: _batch_stats(s.port) for m, s in servers.items()}
     exit_codes = {m: s.stop() for m, s in servers.items()}
-    summary = {m: _summary(r["latencies"], r["statuses"], r["seconds"], r["rss"]) for m, r in results.items()}
+    summary = {
+        m: _summary(r["latencies"], r["statuses"], r["seconds"], r["rss"])
+        for m, r in results.items()
+    }
     for m in modes:
         summary[m]["exit_code_after_sigterm"] = exit_codes[m]
         summary[m]["server"] = batching[m]
     base = summary.get("batch1", {}).get("requests_per_s")
-    ratios = {m: round(summary[m]["requests_per_s"] / base, 2) for m in modes if base and m != "batch1"}
+    ratios = {
+        m: round(summary[m]["requests_per_s"] / base, 2) for m in modes if base and m != "batch1"
+    }
 
     overload = None
     if args.overload_requests:
-        server = Server("overload", args.artifacts,
-                        common + ["--max-concurrent-requests", str(args.overload_queue)])
+        server = Server(
+            "overload",
+            args.artifacts,
+            common + ["--max-concurrent-requests", str(args.overload_queue)],
+        )
         server.wait_ready()
         rss_before = server.rss_mb()
-        lat, statuses, seconds = _drive(server.port, texts, args.overload_clients, args.overload_requests)
+        lat, statuses, seconds = _drive(
+            server.port, texts, args.overload_clients, args.overload_requests
+        )
         rss_mid = server.rss_mb()
-        lat2, statuses2, seconds2 = _drive(server.port, texts, args.overload_clients, args.overload_requests)
-        overload = _summary(lat + lat2, statuses + statuses2, seconds + seconds2,
-                            [[0, rss_before], [args.overload_requests, rss_mid],
-                             [2 * args.overload_requests, server.rss_mb()]])
-        overload.update(clients=args.overload_clients, max_concurrent_requests=args.overload_queue,
-                        only_2xx_and_429=set(statuses + statuses2) <= {200, 429},
-                        exit_code_after_sigterm=server.stop())
+        lat2, statuses2, seconds2 = _drive(
+            server.port, texts, args.overload_clients, args.overload_requests
+        )
+        overload = _summary(
+            lat + lat2,
+            statuses + statuses2,
+            seconds + seconds2,
+            [
+                [0, rss_before],
+                [args.overload_requests, rss_mid],
+                [2 * args.overload_requests, server.rss_mb()],
+            ],
+        )
+        overload.update(
+            clients=args.overload_clients,
+            max_concurrent_requests=args.overload_queue,
+            only_2xx_and_429=set(statuses + statuses2) <= {200, 429},
+            exit_code_after_sigterm=server.stop(),
+        )
 
     ceiling = None
     if args.ceiling_rounds:
-        ceiling = _ceiling(args.artifacts, args.artifact, args.threads, texts, args.clients, args.ceiling_rounds)
+        ceiling = _ceiling(
+            args.artifacts, args.artifact, args.threads, texts, args.clients, args.ceiling_rounds
+        )
 
     result = {
         "cpu": _cpu(),
         "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "artifact": args.artifact, "threads": args.threads, "clients": args.clients,
-        "requests_per_mode": per_round * args.rounds, "rounds": args.rounds,
+        "artifact": args.artifact,
+        "threads": args.threads,
+        "clients": args.clients,
+        "requests_per_mode": per_round * args.rounds,
+        "rounds": args.rounds,
         "texts": f"{args.texts.name} ({len(texts)} single sentences, cycled)",
-        "modes": summary, "throughput_vs_batch1": ratios, "overload": overload,
+        "modes": summary,
+        "throughput_vs_batch1": ratios,
+        "overload": overload,
         "in_process_ceiling": ceiling,
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }

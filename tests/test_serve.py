@@ -30,23 +30,41 @@ import edge_runtime
 from converters import ConvertConfig, convert
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["hello world", "a much longer sentence about nothing in particular that goes on and on",
-         "short", "the weather is nice today and the sun is out", "x", "Ünïcödé works too"]
+TEXTS = [
+    "hello world",
+    "a much longer sentence about nothing in particular that goes on and on",
+    "short",
+    "the weather is nice today and the sun is out",
+    "x",
+    "Ünïcödé works too",
+]
 
 
 @pytest.fixture(scope="module")
 def embed_dir(tiny_model_factory, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve") / "embed"
-    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2",
-                          out=out, latency_runs=1))
+    convert(
+        ConvertConfig(
+            model=tiny_model_factory("bert", "feature-extraction"),
+            target="x86-avx2",
+            out=out,
+            latency_runs=1,
+        )
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def classify_dir(tiny_model_factory, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve") / "classify"
-    convert(ConvertConfig(model=tiny_model_factory("bert", "text-classification"), target="x86-avx2",
-                          out=out, latency_runs=1))
+    convert(
+        ConvertConfig(
+            model=tiny_model_factory("bert", "text-classification"),
+            target="x86-avx2",
+            out=out,
+            latency_runs=1,
+        )
+    )
     return out
 
 
@@ -71,7 +89,9 @@ class Server:
         samples: dict[str, dict] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+                samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
+                    sample.value
+                )
         return samples
 
 
@@ -82,14 +102,28 @@ def serving(directory: Path, *flags: str, log_dir: Path):
     log = log_dir / f"server-{port}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.serve", str(directory), "--port", str(port),
-                                 *flags], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime.serve",
+                str(directory),
+                "--port",
+                str(port),
+                *flags,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     server = Server(proc, port, log)
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"edge-serve exited with {proc.returncode}:\n{log.read_text()}")
+                raise AssertionError(
+                    f"edge-serve exited with {proc.returncode}:\n{log.read_text()}"
+                )
             try:
                 if httpx.get(server.url + "/health", timeout=5).status_code == 200:
                     break
@@ -115,6 +149,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 def _post_all(server: Server, path: str, bodies: list[dict]) -> list[httpx.Response]:
     """POST every body at once, each from its own connection."""
+
     def one(body):
         with server.client() as client:
             return client.post(path, json=body)
@@ -124,10 +159,17 @@ def _post_all(server: Server, path: str, bodies: list[dict]) -> list[httpx.Respo
 
 
 def test_import_edge_runtime_does_not_load_the_server_stack():
-    code = ("import sys, edge_runtime, edge_runtime.serve\n"
-            "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio', 'h11') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    code = (
+        "import sys, edge_runtime, edge_runtime.serve\n"
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio', 'h11') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
@@ -141,7 +183,10 @@ def test_embedding_routes_match_model_embed(embed_dir, tmp_path, monkeypatch):
         assert info["model_type"] == {"embedding": {"pooling": "mean"}}
         assert info["max_input_length"] == model._text().max_length
         assert info["max_client_batch_size"] == 32 and info["max_batch_tokens"] == 16384
-        assert info["model_dtype"] == model.artifact["precision"] and info["version"] == edge_runtime.__version__
+        assert (
+            info["model_dtype"] == model.artifact["precision"]
+            and info["version"] == edge_runtime.__version__
+        )
 
         health = client.get("/health")
         assert health.status_code == 200 and health.content == b""
@@ -150,7 +195,9 @@ def test_embedding_routes_match_model_embed(embed_dir, tmp_path, monkeypatch):
         assert single.status_code == 200
         assert np.asarray(single.json()).shape == (1, expected.shape[1])
         assert np.abs(np.asarray(single.json()[0]) - expected[0]).max() < 1e-6
-        assert int(single.headers["x-compute-tokens"]) == len(model._text().encode_texts([TEXTS[0]])[0].ids)
+        assert int(single.headers["x-compute-tokens"]) == len(
+            model._text().encode_texts([TEXTS[0]])[0].ids
+        )
 
         batch = np.asarray(client.post("/embed", json={"inputs": TEXTS}).json(), dtype=np.float32)
         assert batch.shape == expected.shape and np.abs(batch - expected).max() < 1e-6
@@ -163,11 +210,15 @@ def test_embedding_routes_match_model_embed(embed_dir, tmp_path, monkeypatch):
         cut = np.asarray(client.post("/embed", json={"inputs": TEXTS[:2], "dimensions": 8}).json())
         assert cut.shape == (2, 8) and np.allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-5)
 
-        openai = client.post("/v1/embeddings", json={"input": TEXTS[:3], "model": "whatever"}).json()
+        openai = client.post(
+            "/v1/embeddings", json={"input": TEXTS[:3], "model": "whatever"}
+        ).json()
         assert openai["object"] == "list" and openai["model"] == info["model_id"]
         assert [d["index"] for d in openai["data"]] == [0, 1, 2]
         assert all(d["object"] == "embedding" for d in openai["data"])
-        assert np.abs(np.asarray([d["embedding"] for d in openai["data"]]) - expected[:3]).max() < 1e-6
+        assert (
+            np.abs(np.asarray([d["embedding"] for d in openai["data"]]) - expected[:3]).max() < 1e-6
+        )
         tokens = sum(len(e.ids) for e in model._text().encode_texts(TEXTS[:3]))
         assert openai["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
@@ -181,7 +232,9 @@ def test_embedding_routes_match_model_embed(embed_dir, tmp_path, monkeypatch):
         hub = InferenceClient(model=server.url).feature_extraction(TEXTS[2])
         assert hub.shape == (1, expected.shape[1]) and np.abs(hub[0] - expected[2]).max() < 1e-6
 
-        b64 = client.post("/v1/embeddings", json={"input": TEXTS[1], "encoding_format": "base64"}).json()
+        b64 = client.post(
+            "/v1/embeddings", json={"input": TEXTS[1], "encoding_format": "base64"}
+        ).json()
         decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
         assert np.abs(decoded - expected[1]).max() < 1e-6
 
@@ -193,13 +246,17 @@ def test_batches_form_and_padding_is_masked(embed_dir, tmp_path):
     texts = [" ".join(["word"] * n) + f" {n}" for n in (10, 11, 12, 13, 14, 15)]
     alone = edge_runtime.load(embed_dir, artifact="onnx-fp32")
     expected = _unit(np.concatenate([alone.embed([t]) for t in texts]))
-    with serving(embed_dir, "--artifact", "onnx-fp32", "--max-batch-wait-ms", "300", log_dir=tmp_path) as server:
+    with serving(
+        embed_dir, "--artifact", "onnx-fp32", "--max-batch-wait-ms", "300", log_dir=tmp_path
+    ) as server:
         responses = _post_all(server, "/embed", [{"inputs": t} for t in texts])
         assert [r.status_code for r in responses] == [200] * len(texts)
         got = np.concatenate([np.asarray(r.json(), dtype=np.float32) for r in responses])
         assert np.abs(got - expected).max() < 1e-5
         samples = server.metrics()
-        assert samples["te_batch_next_size_count"][()] < len(texts), "every request ran alone: nothing was batched"
+        assert samples["te_batch_next_size_count"][()] < len(texts), (
+            "every request ran alone: nothing was batched"
+        )
         assert samples["te_batch_next_size_sum"][()] == len(texts)
         assert samples["edge_backend_calls_total"][()] < len(texts)
         assert samples["edge_padding_tokens_total"][()] > 0, "no input was padded: masking untested"
@@ -213,8 +270,15 @@ def test_batch_dependent_artifact_stays_batch_invariant(embed_dir, tmp_path):
     assert model.batch_dependent
     expected = _unit(np.concatenate([model.embed([t]) for t in texts]))
     for flags, exact in (((), True), (("--no-batch-invariant",), False)):
-        with serving(embed_dir, "--artifact", "onnx-int8", "--max-batch-wait-ms", "300", *flags,
-                     log_dir=tmp_path) as server:
+        with serving(
+            embed_dir,
+            "--artifact",
+            "onnx-int8",
+            "--max-batch-wait-ms",
+            "300",
+            *flags,
+            log_dir=tmp_path,
+        ) as server:
             responses = _post_all(server, "/embed", [{"inputs": t} for t in texts])
             got = np.concatenate([np.asarray(r.json(), dtype=np.float32) for r in responses])
             assert server.metrics()["te_batch_next_size_count"][()] < len(texts)
@@ -240,8 +304,13 @@ def test_batch_groups_limit_padding():
 
 
 def test_errors_are_tei_shaped(embed_dir, tmp_path):
-    with serving(embed_dir, "--max-client-batch-size", "4", "--payload-limit", "20000", log_dir=tmp_path) as server, \
-            server.client() as client:
+    with (
+        serving(
+            embed_dir, "--max-client-batch-size", "4", "--payload-limit", "20000", log_dir=tmp_path
+        ) as server,
+        server.client() as client,
+    ):
+
         def error(path, status, kind, **kwargs):
             response = client.post(path, **kwargs)
             assert response.status_code == status, response.text
@@ -249,32 +318,50 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
             assert set(body) == {"error", "error_type"} and body["error_type"] == kind
             return body["error"]
 
-        assert "batch size 5 > maximum allowed batch size 4" in error("/embed", 422, "Validation", json={"inputs": ["a"] * 5})
+        assert "batch size 5 > maximum allowed batch size 4" in error(
+            "/embed", 422, "Validation", json={"inputs": ["a"] * 5}
+        )
         assert "cannot be empty" in error("/embed", 400, "Empty", json={"inputs": []})
         assert "cannot be empty" in error("/embed", 400, "Empty", json={"inputs": ""})
         assert "not valid JSON" in error("/embed", 422, "Validation", content=b"{nope")
         assert "must be a string" in error("/embed", 422, "Validation", json={"inputs": ["ok", 3]})
         assert "missing field `inputs`" in error("/embed", 422, "Validation", json={"input": "a"})
         assert "/embed" in error("/predict", 424, "Backend", json={"inputs": "a"})
-        assert "`dimensions` must be" in error("/embed", 422, "Validation", json={"inputs": "a", "dimensions": 10**6})
-        assert "not supported" in error("/embed", 422, "Validation", json={"inputs": "a", "truncation_direction": "left"})
-        assert "`normalize` must be" in error("/embed", 422, "Validation", json={"inputs": "a", "normalize": "yes"})
+        assert "`dimensions` must be" in error(
+            "/embed", 422, "Validation", json={"inputs": "a", "dimensions": 10**6}
+        )
+        assert "not supported" in error(
+            "/embed", 422, "Validation", json={"inputs": "a", "truncation_direction": "left"}
+        )
+        assert "`normalize` must be" in error(
+            "/embed", 422, "Validation", json={"inputs": "a", "normalize": "yes"}
+        )
         bad_format = client.post("/v1/embeddings", json={"input": "a", "encoding_format": "int8"})
         assert bad_format.status_code == 422 and "encoding_format" in bad_format.json()["message"]
         assert "limit" in error("/embed", 413, "Validation", json={"inputs": "a " * 20000})
         long = "word " * 400
-        message = error("/embed", 422, "Validation", json={"inputs": ["fine", long], "truncate": False})
+        message = error(
+            "/embed", 422, "Validation", json={"inputs": ["fine", long], "truncate": False}
+        )
         encoder = edge_runtime.load(embed_dir, artifact="onnx-fp32")._text()
         assert f"inputs[1] has {encoder.token_count(long)} tokens" in message
         assert f"at most {encoder.max_length}" in message and '"truncate": true' in message
         assert client.post("/embed", json={"inputs": long}).status_code == 200  # auto-truncate
         assert client.post("/embed", json={"inputs": long, "truncate": True}).status_code == 200
         openai = client.post("/v1/embeddings", json={"input": []})
-        assert openai.status_code == 400 and openai.json()["type"] == "Empty" and openai.json()["code"] == 400
+        assert (
+            openai.status_code == 400
+            and openai.json()["type"] == "Empty"
+            and openai.json()["code"] == 400
+        )
 
         families = server.metrics()
         failures = {dict(k)["err"]: v for k, v in families["te_request_failure_total"].items()}
-        assert failures["batch_size"] == 1 and failures["model_type"] == 1 and failures["validation"] >= 11
+        assert (
+            failures["batch_size"] == 1
+            and failures["model_type"] == 1
+            and failures["validation"] >= 11
+        )
         count = sum(families["te_request_count_total"].values())
         success = sum(families["te_request_success_total"].values())
         assert count == success + sum(failures.values())
@@ -282,10 +369,13 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
 
 def test_overload_answers_429_and_metrics_parse(embed_dir, tmp_path):
     """Two permits: a request holding both (its batch waits for company) makes the next one 429."""
-    with serving(embed_dir, "--max-concurrent-requests", "2", "--max-batch-wait-ms", "1500",
-                 log_dir=tmp_path) as server:
+    with serving(
+        embed_dir, "--max-concurrent-requests", "2", "--max-batch-wait-ms", "1500", log_dir=tmp_path
+    ) as server:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            first = pool.submit(lambda: httpx.post(server.url + "/embed", json={"inputs": ["a", "b"]}, timeout=60))
+            first = pool.submit(
+                lambda: httpx.post(server.url + "/embed", json={"inputs": ["a", "b"]}, timeout=60)
+            )
             deadline = time.monotonic() + 30
             while server.metrics()["te_queue_size"][()] < 2:
                 assert time.monotonic() < deadline and not first.done()
@@ -300,9 +390,15 @@ def test_overload_answers_429_and_metrics_parse(embed_dir, tmp_path):
         families = server.metrics()
         assert families["te_request_failure_total"][(("err", "overloaded"),)] == 1
         assert families["te_queue_size"][()] == 0
-        for name in ("te_request_duration", "te_request_queue_duration", "te_request_inference_duration",
-                     "te_request_tokenization_duration", "te_batch_next_tokens", "te_request_input_length",
-                     "edge_embedding_norm"):
+        for name in (
+            "te_request_duration",
+            "te_request_queue_duration",
+            "te_request_inference_duration",
+            "te_request_tokenization_duration",
+            "te_batch_next_tokens",
+            "te_request_input_length",
+            "edge_embedding_norm",
+        ):
             assert families[name + "_count"][()] >= 1, name
         assert families["process_resident_memory_bytes"][()] > 10e6
         assert families["edge_golden_ok"][()] == 1
@@ -313,11 +409,16 @@ def test_overload_answers_429_and_metrics_parse(embed_dir, tmp_path):
 
 
 def test_predict_route(classify_dir, tmp_path):
-    with serving(classify_dir, "--golden-interval", "0.5", log_dir=tmp_path) as server, server.client() as client:
+    with (
+        serving(classify_dir, "--golden-interval", "0.5", log_dir=tmp_path) as server,
+        server.client() as client,
+    ):
         info = client.get("/info").json()
         model = edge_runtime.load(classify_dir, artifact=info["artifact"]["artifact"])
         labels = model.manifest["postprocess"]["labels"]
-        assert info["model_type"]["classifier"]["id2label"] == {str(i): n for i, n in enumerate(labels)}
+        assert info["model_type"]["classifier"]["id2label"] == {
+            str(i): n for i, n in enumerate(labels)
+        }
         single = client.post("/predict", json={"inputs": TEXTS[0]}).json()
         assert sorted(p["label"] for p in single) == sorted(labels)
         assert [p["score"] for p in single] == sorted((p["score"] for p in single), reverse=True)
@@ -325,7 +426,9 @@ def test_predict_route(classify_dir, tmp_path):
         top = model.classify([TEXTS[0]])[0]
         assert single[0]["label"] == top["label"] and abs(single[0]["score"] - top["score"]) < 1e-6
         batch = client.post("/predict", json={"inputs": TEXTS}).json()
-        assert len(batch) == len(TEXTS) and [b[0]["label"] for b in batch] == [r["label"] for r in model.classify(TEXTS)]
+        assert len(batch) == len(TEXTS) and [b[0]["label"] for b in batch] == [
+            r["label"] for r in model.classify(TEXTS)
+        ]
         raw = client.post("/predict", json={"inputs": TEXTS[0], "raw_scores": True}).json()
         assert abs(sum(p["score"] for p in raw) - 1) > 1e-3  # logits, not probabilities
         wrong = client.post("/embed", json={"inputs": "a"})
@@ -346,20 +449,27 @@ def _tamper(directory: Path) -> None:
     data.write_bytes(bytes(raw))
 
 
-def test_reload_swaps_verified_models_and_keeps_the_old_one_on_failure(embed_dir, classify_dir, tmp_path):
+def test_reload_swaps_verified_models_and_keeps_the_old_one_on_failure(
+    embed_dir, classify_dir, tmp_path
+):
     v1 = shutil.copytree(embed_dir, tmp_path / "v1")
     v2 = shutil.copytree(classify_dir, tmp_path / "v2")
     bad = shutil.copytree(embed_dir, tmp_path / "bad")
     _tamper(bad)
     current = tmp_path / "current"
     current.symlink_to(v1)
-    with serving(current, "--artifact", "onnx-int8", log_dir=tmp_path) as server, server.client() as client:
+    with (
+        serving(current, "--artifact", "onnx-int8", log_dir=tmp_path) as server,
+        server.client() as client,
+    ):
         before = client.post("/embed", json={"inputs": TEXTS}).json()
 
         failed = client.post("/admin/reload", json={"path": str(bad)})
         assert failed.status_code == 422 and "sha256" in failed.json()["error"]
         assert "still serving onnx-int8" in failed.json()["error"]
-        assert client.post("/embed", json={"inputs": TEXTS}).json() == before  # the old model serves
+        assert (
+            client.post("/embed", json={"inputs": TEXTS}).json() == before
+        )  # the old model serves
         assert client.get("/health").status_code == 200
         families = server.metrics()
         assert families["edge_reload_total"][(("result", "failure"),)] == 1
@@ -393,11 +503,28 @@ def test_trusted_keys_hold_at_start_and_at_every_reload(embed_dir, tmp_path):
     signing.sign_directory(signed, signing.load_signing_key(private))
     unsigned = shutil.copytree(embed_dir, tmp_path / "unsigned")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    refused = subprocess.run([sys.executable, "-m", "edge_runtime.serve", str(unsigned), "--trusted-key", str(public),
-                              "--port", str(_free_port())], capture_output=True, text=True, env=env, timeout=120,
-                             check=False)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.serve",
+            str(unsigned),
+            "--trusted-key",
+            str(public),
+            "--port",
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert refused.returncode == 1 and "model.sig" in refused.stderr, refused.stderr
-    with serving(signed, "--trusted-key", str(public), log_dir=tmp_path) as server, server.client() as client:
+    with (
+        serving(signed, "--trusted-key", str(public), log_dir=tmp_path) as server,
+        server.client() as client,
+    ):
         failed = client.post("/admin/reload", json={"path": str(unsigned)})
         assert failed.status_code == 422 and failed.json()["error_class"] == "SignatureError"
         assert client.get("/info").json()["artifact"]["path"] == str(signed)
@@ -407,8 +534,12 @@ def test_trusted_keys_hold_at_start_and_at_every_reload(embed_dir, tmp_path):
 def test_sigterm_drains_in_flight_requests_then_exits_0(embed_dir, tmp_path):
     with serving(embed_dir, "--max-batch-wait-ms", "1500", log_dir=tmp_path) as server:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(lambda t=t: httpx.post(server.url + "/embed", json={"inputs": t}, timeout=60))
-                       for t in TEXTS[:4]]
+            futures = [
+                pool.submit(
+                    lambda t=t: httpx.post(server.url + "/embed", json={"inputs": t}, timeout=60)
+                )
+                for t in TEXTS[:4]
+            ]
             deadline = time.monotonic() + 30
             while server.metrics()["te_queue_size"][()] < 4:
                 assert time.monotonic() < deadline
@@ -475,9 +606,30 @@ def test_drift_signal():
 
 def test_cli_errors_name_flags(embed_dir):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "edge_runtime.serve", str(embed_dir), "--max-batch-tokens", "16",
-                           "--port", str(_free_port())], capture_output=True, text=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.serve",
+            str(embed_dir),
+            "--max-batch-tokens",
+            "16",
+            "--port",
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1 and "--max-batch-tokens (16) is below" in done.stderr, done.stderr
-    done = subprocess.run([sys.executable, "-m", "edge_runtime.serve", str(embed_dir / "missing")],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.serve", str(embed_dir / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1 and "edge-serve: error:" in done.stderr

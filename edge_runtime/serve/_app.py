@@ -52,19 +52,29 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
     """The JSON object of a request, read up to `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ServeError("Validation", f"request body of {declared} bytes is over the {limit}-byte limit",
-                         err="validation", status=413)
+        raise ServeError(
+            "Validation",
+            f"request body of {declared} bytes is over the {limit}-byte limit",
+            err="validation",
+            status=413,
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ServeError("Validation", f"request body is over the {limit}-byte limit",
-                             err="validation", status=413)
+            raise ServeError(
+                "Validation",
+                f"request body is over the {limit}-byte limit",
+                err="validation",
+                status=413,
+            )
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks) or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ServeError("Validation", f"request body is not valid JSON: {exc}", err="validation") from None
+        raise ServeError(
+            "Validation", f"request body is not valid JSON: {exc}", err="validation"
+        ) from None
     if not isinstance(body, dict):
         raise ServeError("Validation", "request body must be a JSON object", err="validation")
     return body
@@ -80,19 +90,31 @@ def _texts(body: dict[str, Any], field: str, max_batch: int) -> tuple[list[str],
             raise ServeError("Empty", "`inputs` cannot be empty", err="validation")
         return [value], False
     if not isinstance(value, list):
-        raise ServeError("Validation", f"`{field}` must be a string or a list of strings", err="validation")
+        raise ServeError(
+            "Validation", f"`{field}` must be a string or a list of strings", err="validation"
+        )
     if not value:
         raise ServeError("Empty", "`inputs` cannot be empty", err="validation")
     if len(value) > max_batch:
-        raise ServeError("Validation", f"batch size {len(value)} > maximum allowed batch size {max_batch}",
-                         err="batch_size")
+        raise ServeError(
+            "Validation",
+            f"batch size {len(value)} > maximum allowed batch size {max_batch}",
+            err="batch_size",
+        )
     for index, item in enumerate(value):
         if isinstance(item, list):
-            raise ServeError("Validation", f"`{field}[{index}]` is a list: sentence pairs are not "
-                             "supported; send one string per input", err="validation")
+            raise ServeError(
+                "Validation",
+                f"`{field}[{index}]` is a list: sentence pairs are not "
+                "supported; send one string per input",
+                err="validation",
+            )
         if not isinstance(item, str):
-            raise ServeError("Validation", f"`{field}[{index}]` must be a string, got "
-                             f"{type(item).__name__}", err="validation")
+            raise ServeError(
+                "Validation",
+                f"`{field}[{index}]` must be a string, got {type(item).__name__}",
+                err="validation",
+            )
         if not item:
             raise ServeError("Empty", f"`{field}[{index}]` cannot be empty", err="validation")
     return value, True
@@ -103,7 +125,9 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ServeError("Validation", f"`{name}` must be true or false, got {value!r}", err="validation")
+        raise ServeError(
+            "Validation", f"`{name}` must be true or false, got {value!r}", err="validation"
+        )
     return value
 
 
@@ -112,8 +136,11 @@ def _dimensions(body: dict[str, Any], dim: int) -> int:
     if value is None:
         return dim
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= dim:
-        raise ServeError("Validation", f"`dimensions` must be an integer in 1..{dim}, got {value!r}",
-                         err="validation")
+        raise ServeError(
+            "Validation",
+            f"`dimensions` must be an integer in 1..{dim}, got {value!r}",
+            err="validation",
+        )
     return value
 
 
@@ -123,8 +150,12 @@ def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
     served.require(route)
     direction = body.get("truncation_direction")
     if direction not in (None, "right", "Right"):
-        raise ServeError("Validation", f"`truncation_direction` {direction!r} is not supported: inputs "
-                         "keep their first tokens (right)", err="validation")
+        raise ServeError(
+            "Validation",
+            f"`truncation_direction` {direction!r} is not supported: inputs "
+            "keep their first tokens (right)",
+            err="validation",
+        )
     if route == "predict":
         _flag(body, "raw_scores", False)
         return
@@ -133,8 +164,11 @@ def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
     else:
         fmt = body.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
-            raise ServeError("Validation", f"`encoding_format` must be float or base64, got {fmt!r}",
-                             err="validation")
+            raise ServeError(
+                "Validation",
+                f"`encoding_format` must be float or base64, got {fmt!r}",
+                err="validation",
+            )
     _dimensions(body, served.model._dim(served.output) or 2**31)
 
 
@@ -156,7 +190,9 @@ def create_app(service: Service) -> Starlette:
     """The ASGI application serving `service` (started and drained by the app's lifespan)."""
     config, metrics = service.config, service.metrics
 
-    async def handle(request: Request, route: str, field: str, answer, openai: bool = False) -> Response:
+    async def handle(
+        request: Request, route: str, field: str, answer, openai: bool = False
+    ) -> Response:
         started = time.perf_counter()
         method, counted = "single", False
         try:
@@ -165,8 +201,14 @@ def create_app(service: Service) -> Starlette:
             metrics.request_count.inc(method=method)
             counted = True
             texts, batched = _texts(body, field, config.max_client_batch_size)
-            truncate = _flag(body, "truncate", config.auto_truncate) if not openai else config.auto_truncate
-            _options(body, route, openai, service.slot.current)  # refuse bad options before any work
+            truncate = (
+                _flag(body, "truncate", config.auto_truncate)
+                if not openai
+                else config.auto_truncate
+            )
+            _options(
+                body, route, openai, service.slot.current
+            )  # refuse bad options before any work
             served, result, timing = await service.infer(route, texts, truncate)
             payload = answer(body, served, result, batched, timing)
         except ServeError as exc:
@@ -177,7 +219,9 @@ def create_app(service: Service) -> Starlette:
         except Exception as exc:  # e.g. NaN outputs: TEI's 424 Backend, never a bare 500
             log.exception("request failed")
             metrics.failed("inference")
-            return _error(ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}"), openai)
+            return _error(
+                ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}"), openai
+            )
         metrics.request_success.inc(method=method)
         metrics.request_duration.observe(time.perf_counter() - started)
         metrics.tokenization_duration.observe(timing["tokenization"])
@@ -201,14 +245,25 @@ def create_app(service: Service) -> Starlette:
             body = {k: v for k, v in body.items() if k != "normalize"}  # OpenAI: always normalized
             fmt = body.get("encoding_format") or "float"
             rows = vectors(body, served, result).astype("<f4")
-            data = [{"object": "embedding", "index": i,
-                     "embedding": base64.b64encode(row.tobytes()).decode() if fmt == "base64" else row.tolist()}
-                    for i, row in enumerate(rows)]
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(row.tobytes()).decode()
+                    if fmt == "base64"
+                    else row.tolist(),
+                }
+                for i, row in enumerate(rows)
+            ]
             model_id = _model_id(served)
             if body.get("model") not in (None, "", model_id):
                 log.warning("request names model %r; serving %r", body.get("model"), model_id)
-            return {"object": "list", "data": data, "model": model_id,
-                    "usage": {"prompt_tokens": timing["tokens"], "total_tokens": timing["tokens"]}}
+            return {
+                "object": "list",
+                "data": data,
+                "model": model_id,
+                "usage": {"prompt_tokens": timing["tokens"], "total_tokens": timing["tokens"]},
+            }
 
         return await handle(request, "embed", "input", answer, openai=True)
 
@@ -240,46 +295,64 @@ def create_app(service: Service) -> Starlette:
             model_type = {"embedding": {"pooling": served.pooling}}
         else:
             labels = {str(i): name for i, name in enumerate(served.labels)}
-            model_type = {"classifier": {"id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}}}
-        return _json_response({
-            "model_id": _model_id(served),
-            "model_sha": manifest.get("source", {}).get("sha256"),
-            "model_dtype": served.model.artifact["precision"],
-            "served_model_name": _model_id(served),
-            "model_type": model_type,
-            "max_concurrent_requests": config.max_concurrent_requests,
-            "max_input_length": served.max_length,
-            "max_batch_tokens": config.max_batch_tokens,
-            "max_batch_requests": config.max_batch_requests,
-            "max_client_batch_size": config.max_client_batch_size,
-            "auto_truncate": config.auto_truncate,
-            "tokenization_workers": 1,
-            "version": edge_runtime.__version__,
-            "sha": None,
-            "docker_label": None,
-            # ours: what exactly is being served, and how
-            "artifact": served.info(),
-            "target": manifest.get("target", {}).get("id"),
-            "task": served.task,
-            "batch_invariant": config.batch_invariant,
-            "max_batch_wait_ms": config.max_batch_wait_ms,
-            "golden_interval_s": config.golden_interval_s,
-        })
+            model_type = {
+                "classifier": {
+                    "id2label": labels,
+                    "label2id": {v: int(k) for k, v in labels.items()},
+                }
+            }
+        return _json_response(
+            {
+                "model_id": _model_id(served),
+                "model_sha": manifest.get("source", {}).get("sha256"),
+                "model_dtype": served.model.artifact["precision"],
+                "served_model_name": _model_id(served),
+                "model_type": model_type,
+                "max_concurrent_requests": config.max_concurrent_requests,
+                "max_input_length": served.max_length,
+                "max_batch_tokens": config.max_batch_tokens,
+                "max_batch_requests": config.max_batch_requests,
+                "max_client_batch_size": config.max_client_batch_size,
+                "auto_truncate": config.auto_truncate,
+                "tokenization_workers": 1,
+                "version": edge_runtime.__version__,
+                "sha": None,
+                "docker_label": None,
+                # ours: what exactly is being served, and how
+                "artifact": served.info(),
+                "target": manifest.get("target", {}).get("id"),
+                "task": served.task,
+                "batch_invariant": config.batch_invariant,
+                "max_batch_wait_ms": config.max_batch_wait_ms,
+                "golden_interval_s": config.golden_interval_s,
+            }
+        )
 
     async def prometheus(request: Request) -> Response:
-        return Response(metrics.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            metrics.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     def _admin_only(request: Request) -> None:
         host = request.client.host if request.client else ""
         if host not in _LOOPBACK and not host.startswith("127."):
-            raise ServeError("Validation", "admin routes answer loopback clients only", err="forbidden", status=403)
+            raise ServeError(
+                "Validation",
+                "admin routes answer loopback clients only",
+                err="forbidden",
+                status=403,
+            )
 
     async def admin_reload(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
 
         try:
             _admin_only(request)
-            body = await _body(request, config.payload_limit) if request.headers.get("content-length") not in (None, "0") else {}
+            body = (
+                await _body(request, config.payload_limit)
+                if request.headers.get("content-length") not in (None, "0")
+                else {}
+            )
             path = body.get("path")
             if path is not None and not isinstance(path, str):
                 raise ServeError("Validation", "`path` must be a string", err="validation")
@@ -288,9 +361,15 @@ def create_app(service: Service) -> Starlette:
         outcome = await run_in_threadpool(service.reloader.reload, path)
         if outcome["ok"]:
             return _json_response(outcome)
-        return _json_response({**outcome, "error": f"reload failed; still serving {outcome['serving']['artifact']} "
-                               f"from {outcome['serving']['path']}: {outcome['error']}",
-                               "error_type": "Validation"}, 422)
+        return _json_response(
+            {
+                **outcome,
+                "error": f"reload failed; still serving {outcome['serving']['artifact']} "
+                f"from {outcome['serving']['path']}: {outcome['error']}",
+                "error_type": "Validation",
+            },
+            422,
+        )
 
     async def admin_check(request: Request) -> Response:
         import asyncio

@@ -85,8 +85,12 @@ class Batcher:
             if self._stopping:
                 raise ServeError("Unhealthy", "the server is shutting down", err="shutdown")
             if len(rows) > self.config.max_concurrent_requests:  # would be refused forever
-                raise ServeError("Validation", f"batch size {len(rows)} > maximum concurrent requests "
-                                 f"{self.config.max_concurrent_requests}", err="batch_size")
+                raise ServeError(
+                    "Validation",
+                    f"batch size {len(rows)} > maximum concurrent requests "
+                    f"{self.config.max_concurrent_requests}",
+                    err="batch_size",
+                )
             if self._in_flight + len(rows) > self.config.max_concurrent_requests:
                 raise ServeError("Overloaded", "Model is overloaded", err="overloaded")
             self._in_flight += len(rows)
@@ -172,7 +176,8 @@ class Batcher:
         if batch[0].call is not None:
             try:
                 return [(batch[0].future, batch[0].call())]
-            except Exception as exc:  # noqa: BLE001 -- any failure is answered, never kills the server
+            # any failure is answered and never kills the worker
+            except Exception as exc:  # noqa: BLE001
                 return [(batch[0].future, exc)]
         served = batch[0].served
         rows = [row for job in batch for row in job.rows]
@@ -180,11 +185,14 @@ class Batcher:
         self.metrics.batch_size.observe(len(rows))
         self.metrics.batch_tokens.observe(sum(len(r.ids) for r in rows))
         try:
-            outputs, calls, padding = served.execute(rows, self.config.batch_invariant,
-                                                     self.config.max_batch_tokens)
+            outputs, calls, padding = served.execute(
+                rows, self.config.batch_invariant, self.config.max_batch_tokens
+            )
         except Exception as exc:  # noqa: BLE001 -- any failure is answered, never kills the server
             log.error("inference failed on a batch of %d inputs: %s", len(rows), exc)
-            error = ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}", err="inference")
+            error = ServeError(
+                "Backend", f"Backend error: {type(exc).__name__}: {exc}", err="inference"
+            )
             return [(job.future, error) for job in batch]
         inference = time.perf_counter() - started
         self.metrics.backend_calls.inc(calls)

@@ -15,7 +15,8 @@ from edge_runtime._errors import EdgeRuntimeError
 
 __all__ = ["ERROR_STATUS", "ServeConfig", "ServeError"]
 
-# TEI's ErrorType -> HTTP status (router/src/http/server.rs, `impl From<&ErrorType> for StatusCode`).
+# TEI's ErrorType -> HTTP status (router/src/http/server.rs,
+# `impl From<&ErrorType> for StatusCode`).
 ERROR_STATUS = {
     "Unhealthy": 503,
     "Backend": 424,
@@ -56,7 +57,8 @@ class ServeConfig:
     # TEI: permits per input; a request that cannot get one per input is answered 429 Overloaded.
     # Bounds the memory queued requests may take.
     max_concurrent_requests: int = 512
-    # Padded tokens (rows x longest row) one backend call may take: activation memory scales with it.
+    # Padded tokens (rows x longest row) one backend call may take: activation memory scales
+    # with it.
     max_batch_tokens: int = 16384
     max_batch_requests: int | None = None
     max_client_batch_size: int = 32
@@ -76,7 +78,12 @@ class ServeConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(os.fspath(self.path)))
-        for name in ("max_concurrent_requests", "max_batch_tokens", "max_client_batch_size", "payload_limit"):
+        for name in (
+            "max_concurrent_requests",
+            "max_batch_tokens",
+            "max_client_batch_size",
+            "payload_limit",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -44,8 +44,11 @@ class Served:
         self.task = model.task
         if self.task not in ("feature-extraction", "text-classification"):
             raise ServeError(
-                "Backend", f"edge-serve serves feature-extraction (/embed) and text-classification "
-                f"(/predict) models; {path} does {self.task}", err="model_type")
+                "Backend",
+                f"edge-serve serves feature-extraction (/embed) and text-classification "
+                f"(/predict) models; {path} does {self.task}",
+                err="model_type",
+            )
         self.encoder = model._text()  # the Model's own TextEncoder: one tokenizer configuration
         self.max_length = self.encoder.max_length
         post = model.manifest.get("postprocess", {})
@@ -63,8 +66,10 @@ class Served:
         if self.task not in tasks:
             other = "/predict" if self.task == "text-classification" else "/embed or /v1/embeddings"
             raise ServeError(
-                "Backend", f"this model does {self.task}, not {' or '.join(tasks)}: use {other}",
-                err="model_type")
+                "Backend",
+                f"this model does {self.task}, not {' or '.join(tasks)}: use {other}",
+                err="model_type",
+            )
 
     # -- request side (event loop thread) ---------------------------------------------------
     def tokenize(self, texts: list[str], truncate: bool) -> list[Encoded]:
@@ -72,19 +77,25 @@ class Served:
         try:
             return self.encoder.encode_texts(texts, truncate=truncate)
         except InputError as exc:  # the library names its parameter; we name the request field
-            message = str(exc).replace("texts[", "inputs[").replace(
-                "pass truncate=True", 'send "truncate": true')
+            message = (
+                str(exc)
+                .replace("texts[", "inputs[")
+                .replace("pass truncate=True", 'send "truncate": true')
+            )
             raise ServeError("Validation", message, err="validation") from None
         except Exception as exc:  # noqa: BLE001 -- the tokenizer failed on this input
             raise ServeError("Tokenizer", f"tokenizer error: {exc}", err="tokenization") from None
 
     # -- worker side ---------------------------------------------------------------------------
-    def execute(self, rows: list[Encoded], batch_invariant: bool, max_tokens: int) -> tuple[np.ndarray, int, int]:
-        """(outputs, backend calls, padding tokens) for `rows`. Outputs in row order: pooled, not yet normalized vectors [n, dim] for embedding
-        models, logits [n, labels] for classifiers. Rows of similar length share a padded backend
-        call (padding is masked, so a row's numbers are its own up to float rounding), of at most
-        `max_tokens` padded tokens (_groups); artifacts whose numbers depend on the batch (dynamic INT8) run
-        each row alone when `batch_invariant`, exactly as Model.embed(batch_invariant=True)."""
+    def execute(
+        self, rows: list[Encoded], batch_invariant: bool, max_tokens: int
+    ) -> tuple[np.ndarray, int, int]:
+        """(outputs, backend calls, padding tokens) for `rows`. Outputs in row order: pooled, not
+        yet normalized vectors [n, dim] for embedding models, logits [n, labels] for classifiers.
+        Rows of similar length share a padded backend call (padding is masked, so a row's numbers
+        are its own up to float rounding) of at most `max_tokens` padded tokens (_groups);
+        artifacts whose numbers depend on the batch (dynamic INT8) run each row alone when
+        `batch_invariant`, exactly as Model.embed(batch_invariant=True)."""
         if batch_invariant and self.model.batch_dependent:
             groups = [[i] for i in range(len(rows))]
         else:
@@ -120,7 +131,9 @@ class Served:
         for i in order:
             length = len(rows[i].ids)  # the longest so far: rows come shortest first
             padded = (len(current) + 1) * length
-            if current and (padded > max_tokens or padded > (1 + cls.PADDING_WASTE) * (real + length)):
+            if current and (
+                padded > max_tokens or padded > (1 + cls.PADDING_WASTE) * (real + length)
+            ):
                 groups.append(current)
                 current, real = [], 0
             current.append(i)
@@ -132,7 +145,9 @@ class Served:
     def predictions(self, logits: np.ndarray, raw_scores: bool) -> list[dict[str, Any]]:
         """TEI's /predict answer for one input: every label with its score, best first
         (softmax probabilities; raw logits with raw_scores)."""
-        scores = logits.astype(np.float64) if raw_scores else softmax(logits.astype(np.float64)[None])[0]
+        scores = (
+            logits.astype(np.float64) if raw_scores else softmax(logits.astype(np.float64)[None])[0]
+        )
         order = np.argsort(-scores, kind="stable")
         names = self.labels or [f"LABEL_{i}" for i in range(len(scores))]
         return [{"score": float(scores[i]), "label": names[i]} for i in order]

@@ -130,8 +130,12 @@ def _ks_samples(reference: np.ndarray, window: np.ndarray) -> float:
 def _ks_quantiles(quantiles: dict[str, float], window: np.ndarray) -> float:
     """Distance of `window` from a distribution known by quantiles {probability: value}."""
     win = np.sort(window)
-    return float(max(abs(np.searchsorted(win, v, side="right") / len(win) - float(p))
-                     for p, v in quantiles.items()))
+    return float(
+        max(
+            abs(np.searchsorted(win, v, side="right") / len(win) - float(p))
+            for p, v in quantiles.items()
+        )
+    )
 
 
 class DriftMonitor:
@@ -170,13 +174,20 @@ class DriftMonitor:
     def update(self) -> None:
         """Set edge_input_drift from what has been observed (called at each scrape)."""
         with self._lock:
-            snapshot = {s: (self._manifest_ref[s], list(self._warmup[s]), list(self._window[s]))
-                        for s in self._manifest_ref}
+            snapshot = {
+                s: (self._manifest_ref[s], list(self._warmup[s]), list(self._window[s]))
+                for s in self._manifest_ref
+            }
         for signal, (quantiles, warm, window) in snapshot.items():
             if quantiles:
-                recent = np.asarray((warm + window)[-self.WINDOW:])
+                recent = np.asarray((warm + window)[-self.WINDOW :])
                 if len(recent) >= self.MIN_WINDOW:
-                    self.metrics.drift.set(_ks_quantiles(quantiles, recent), signal=signal, reference="manifest")
+                    self.metrics.drift.set(
+                        _ks_quantiles(quantiles, recent), signal=signal, reference="manifest"
+                    )
             elif len(warm) >= self.REFERENCE and len(window) >= self.MIN_WINDOW:
-                self.metrics.drift.set(_ks_samples(np.asarray(warm), np.asarray(window)),
-                                       signal=signal, reference="warmup")
+                self.metrics.drift.set(
+                    _ks_samples(np.asarray(warm), np.asarray(window)),
+                    signal=signal,
+                    reference="warmup",
+                )

@@ -89,7 +89,8 @@ class Counter(_Metric):
         # A counter without labels is shown at 0 from the start, so rate() has a first point.
         series = self._series or ({(): 0.0} if not self.labelnames else {})
         return self.header() + [
-            f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in sorted(series.items())
+            f"{self.name}{_labels(self.labelnames, k)} {_number(v)}"
+            for k, v in sorted(series.items())
         ]
 
 
@@ -115,7 +116,8 @@ class Gauge(_Metric):
 
     def render(self) -> list[str]:
         return self.header() + [
-            f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in sorted(self._series.items())
+            f"{self.name}{_labels(self.labelnames, k)} {_number(v)}"
+            for k, v in sorted(self._series.items())
         ]
 
 
@@ -142,7 +144,9 @@ class Histogram(_Metric):
 
     def render(self) -> list[str]:
         lines = self.header()
-        series = self._series or ({(): ([0] * (len(self.buckets) + 1), [0.0])} if not self.labelnames else {})
+        series = self._series or (
+            {(): ([0] * (len(self.buckets) + 1), [0.0])} if not self.labelnames else {}
+        )
         for key, (counts, total) in sorted(series.items()):
             running = 0
             for bound, count in zip(self.buckets + [math.inf], counts):
@@ -175,7 +179,9 @@ class Registry:
     def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
         return self._add(Gauge(self, name, help, labelnames))
 
-    def histogram(self, name: str, help: str, buckets: Iterable[float], labelnames: Sequence[str] = ()) -> Histogram:
+    def histogram(
+        self, name: str, help: str, buckets: Iterable[float], labelnames: Sequence[str] = ()
+    ) -> Histogram:
         return self._add(Histogram(self, name, help, labelnames, buckets))
 
     def on_collect(self, callback: Callable[[], None]) -> None:
@@ -197,37 +203,77 @@ class ServeMetrics:
         durations = duration_buckets()
         self.request_count = r.counter("te_request_count", "Requests received", ["method"])
         self.request_success = r.counter("te_request_success", "Requests answered 2xx", ["method"])
-        self.request_failure = r.counter("te_request_failure", "Requests answered with an error, by TEI error label", ["err"])
-        self.request_duration = r.histogram("te_request_duration", "End-to-end request time (s)", durations)
+        self.request_failure = r.counter(
+            "te_request_failure", "Requests answered with an error, by TEI error label", ["err"]
+        )
+        self.request_duration = r.histogram(
+            "te_request_duration", "End-to-end request time (s)", durations
+        )
         self.tokenization_duration = r.histogram(
-            "te_request_tokenization_duration", "Tokenization time per request (s)", durations)
-        self.queue_duration = r.histogram("te_request_queue_duration", "Time queued before its batch ran (s)", durations)
+            "te_request_tokenization_duration", "Tokenization time per request (s)", durations
+        )
+        self.queue_duration = r.histogram(
+            "te_request_queue_duration", "Time queued before its batch ran (s)", durations
+        )
         self.inference_duration = r.histogram(
-            "te_request_inference_duration", "Time of the batch a request ran in (s)", durations)
+            "te_request_inference_duration", "Time of the batch a request ran in (s)", durations
+        )
         self.input_length = r.histogram(
-            "te_request_input_length", "Tokens per input after truncation", power_buckets(20, max(1, max_input_length)))
+            "te_request_input_length",
+            "Tokens per input after truncation",
+            power_buckets(20, max(1, max_input_length)),
+        )
         self.batch_size = r.histogram("te_batch_next_size", "Inputs per batch", power_buckets(13))
-        self.batch_tokens = r.histogram("te_batch_next_tokens", "Tokens per batch (unpadded)", power_buckets(21))
-        self.backend_calls = r.counter("edge_backend_calls_total", "Backend (model) calls the batches took")
+        self.batch_tokens = r.histogram(
+            "te_batch_next_tokens", "Tokens per batch (unpadded)", power_buckets(21)
+        )
+        self.backend_calls = r.counter(
+            "edge_backend_calls_total", "Backend (model) calls the batches took"
+        )
         self.padding_tokens = r.counter(
-            "edge_padding_tokens_total", "Padding tokens computed and masked out in batched calls")
+            "edge_padding_tokens_total", "Padding tokens computed and masked out in batched calls"
+        )
         self.queue_size = r.gauge("te_queue_size", "Inputs queued or running (holding a permit)")
         self.embedding_norm = r.histogram(
-            "edge_embedding_norm", "L2 norm of pooled embeddings before normalization",
-            [2.0**i for i in range(-4, 9)])
+            "edge_embedding_norm",
+            "L2 norm of pooled embeddings before normalization",
+            [2.0**i for i in range(-4, 9)],
+        )
         self.drift = r.gauge(
-            "edge_input_drift", "Kolmogorov-Smirnov distance of recent inputs from the reference "
-            "distribution (0 = same, 1 = disjoint)", ["signal", "reference"])
-        self.golden_ok = r.gauge("edge_golden_ok", "1 if the last golden re-run on the serving backend agreed with conversion, else 0")
-        self.golden_cosine = r.gauge("edge_golden_cosine_min", "Lowest cosine of a golden output against conversion, last re-run")
-        self.golden_last = r.gauge("edge_golden_last_run_timestamp_seconds", "Unix time of the last golden re-run")
-        self.golden_runs = r.counter("edge_golden_runs_total", "Golden re-runs, by result", ["result"])
-        self.reloads = r.counter("edge_reload_total", "Model reloads (SIGHUP, /admin/reload), by result", ["result"])
-        self.model_info = r.gauge("edge_model_info", "The artifact being served (value 1)",
-                                  ["artifact", "precision", "path", "generation"])
-        self.model_loaded = r.gauge("edge_model_loaded_timestamp_seconds", "Unix time the serving model was loaded")
+            "edge_input_drift",
+            "Kolmogorov-Smirnov distance of recent inputs from the reference "
+            "distribution (0 = same, 1 = disjoint)",
+            ["signal", "reference"],
+        )
+        self.golden_ok = r.gauge(
+            "edge_golden_ok",
+            "1 if the last golden re-run on the serving backend agreed with conversion, else 0",
+        )
+        self.golden_cosine = r.gauge(
+            "edge_golden_cosine_min",
+            "Lowest cosine of a golden output against conversion, last re-run",
+        )
+        self.golden_last = r.gauge(
+            "edge_golden_last_run_timestamp_seconds", "Unix time of the last golden re-run"
+        )
+        self.golden_runs = r.counter(
+            "edge_golden_runs_total", "Golden re-runs, by result", ["result"]
+        )
+        self.reloads = r.counter(
+            "edge_reload_total", "Model reloads (SIGHUP, /admin/reload), by result", ["result"]
+        )
+        self.model_info = r.gauge(
+            "edge_model_info",
+            "The artifact being served (value 1)",
+            ["artifact", "precision", "path", "generation"],
+        )
+        self.model_loaded = r.gauge(
+            "edge_model_loaded_timestamp_seconds", "Unix time the serving model was loaded"
+        )
         self.rss = r.gauge("process_resident_memory_bytes", "Resident set size of this process")
-        self.temperature = r.gauge("edge_cpu_temperature_celsius", "Thermal zone temperatures", ["zone"])
+        self.temperature = r.gauge(
+            "edge_cpu_temperature_celsius", "Thermal zone temperatures", ["zone"]
+        )
         r.on_collect(self._device)
 
     def _device(self) -> None:

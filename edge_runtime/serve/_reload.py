@@ -29,8 +29,12 @@ log = logging.getLogger("edge_runtime.serve")
 
 def load_served(config, path: Path, generation: int) -> Served:
     """load() with the server's settings, wrapped for serving."""
-    model = edge_runtime.load(path, artifact=config.artifact, threads=config.threads,
-                              trusted_keys=list(config.trusted_keys) if config.trusted_keys else None)
+    model = edge_runtime.load(
+        path,
+        artifact=config.artifact,
+        threads=config.threads,
+        trusted_keys=list(config.trusted_keys) if config.trusted_keys else None,
+    )
     return Served(model, Path(path), generation)
 
 
@@ -55,20 +59,41 @@ class Reloader:
                 served = load_served(self.config, target, old.generation + 1)
             except Exception as exc:  # noqa: BLE001 -- whatever failed, the old model keeps serving
                 self.metrics.reloads.inc(result="failure")
-                log.error("reload of %s failed; still serving %s from %s: %s: %s",
-                          target, old.name, old.path, type(exc).__name__, exc)
-                self.last = {"ok": False, "path": str(target), "error": f"{type(exc).__name__}: {exc}",
-                             "error_class": type(exc).__name__, "serving": old.info()}
+                log.error(
+                    "reload of %s failed; still serving %s from %s: %s: %s",
+                    target,
+                    old.name,
+                    old.path,
+                    type(exc).__name__,
+                    exc,
+                )
+                self.last = {
+                    "ok": False,
+                    "path": str(target),
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "error_class": type(exc).__name__,
+                    "serving": old.info(),
+                }
                 return self.last
             self.slot.swap(served)
             self.path = target
             self.metrics.reloads.inc(result="success")
             self._on_swap(served)
             seconds = time.perf_counter() - started
-            log.info("reloaded: now serving %s from %s (generation %d, %.1f s to load and verify)",
-                     served.name, target, served.generation, seconds)
-            self.last = {"ok": True, "path": str(target), "serving": served.info(),
-                         "generation": served.generation, "seconds": round(seconds, 3)}
+            log.info(
+                "reloaded: now serving %s from %s (generation %d, %.1f s to load and verify)",
+                served.name,
+                target,
+                served.generation,
+                seconds,
+            )
+            self.last = {
+                "ok": True,
+                "path": str(target),
+                "serving": served.info(),
+                "generation": served.generation,
+                "seconds": round(seconds, 3),
+            }
             return self.last
 
     def request(self) -> None:

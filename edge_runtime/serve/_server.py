@@ -28,13 +28,20 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
 
     service = service or Service(config)
     app = create_app(service)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=config.host, port=config.port, log_level="warning", access_log=False,
-        lifespan="on", timeout_graceful_shutdown=config.graceful_timeout_s,
-        # Connections beyond the permits would only queue in the kernel; the 429 comes from the
-        # permits (max_concurrent_requests), not from refusing sockets.
-        backlog=2048,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=config.graceful_timeout_s,
+            # Connections beyond the permits would only queue in the kernel; the 429 comes from the
+            # permits (max_concurrent_requests), not from refusing sockets.
+            backlog=2048,
+        )
+    )
 
     def _reload(signum, frame):
         log.info("SIGHUP: reloading %s", service.reloader.path)
@@ -45,8 +52,14 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
         # so the process ends normally (exit 0) instead of being killed by the default handler.
         log.info("drained; exiting after %s", signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, handler) for sig, handler in
-                ((signal.SIGHUP, _reload), (signal.SIGTERM, _stopped), (signal.SIGINT, _stopped))}
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in (
+            (signal.SIGHUP, _reload),
+            (signal.SIGTERM, _stopped),
+            (signal.SIGINT, _stopped),
+        )
+    }
     try:
         log.info("edge-serve on http://%s:%d", config.host, config.port)
         server.run()

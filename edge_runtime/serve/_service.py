@@ -32,13 +32,18 @@ class Service:
             # TEI refuses to start in the same case: one input of the model's full length could
             # never be batched.
             raise ServeError(
-                "Validation", f"max_batch_tokens ({config.max_batch_tokens}) is below the model's "
-                f"maximum input length ({served.max_length}): raise it to at least {served.max_length}")
+                "Validation",
+                f"max_batch_tokens ({config.max_batch_tokens}) is below the model's "
+                f"maximum input length ({served.max_length}): raise it to at least "
+                f"{served.max_length}",
+            )
         self.metrics = ServeMetrics(served.max_length)
         self.slot = Slot(served)
         self.batcher = Batcher(config, self.metrics)
         self.drift = DriftMonitor(self.metrics, served.model.manifest)
-        self.watchdog = GoldenWatchdog(self.slot, self.batcher, self.metrics, config.golden_interval_s)
+        self.watchdog = GoldenWatchdog(
+            self.slot, self.batcher, self.metrics, config.golden_interval_s
+        )
         self.reloader = Reloader(config, self.slot, self.metrics, self._swapped)
         self.metrics.registry.on_collect(self._collect)
         self.draining = False
@@ -49,15 +54,21 @@ class Service:
     def start(self) -> None:
         self.batcher.start()
         self.watchdog.start()
-        log.info("serving %s (%s) from %s", self.slot.current.name, self.slot.current.model.backend,
-                 self.slot.current.path)
+        log.info(
+            "serving %s (%s) from %s",
+            self.slot.current.name,
+            self.slot.current.model.backend,
+            self.slot.current.path,
+        )
 
     def stop(self) -> None:
         """Finish every queued input, then stop the worker and the watchdog."""
         self.draining = True
         self.watchdog.stop()
         if not self.batcher.close(self.config.graceful_timeout_s):
-            log.error("worker still busy after %.0f s; exiting anyway", self.config.graceful_timeout_s)
+            log.error(
+                "worker still busy after %.0f s; exiting anyway", self.config.graceful_timeout_s
+            )
 
     def _swapped(self, served: Served) -> None:
         self.drift.reset(served.model.manifest)
@@ -67,8 +78,13 @@ class Service:
     def _show(self, served: Served) -> None:
         info = served.info()
         self.metrics.model_info.clear()
-        self.metrics.model_info.set(1, artifact=info["artifact"], precision=info["precision"],
-                                    path=info["path"], generation=str(served.generation))
+        self.metrics.model_info.set(
+            1,
+            artifact=info["artifact"],
+            precision=info["precision"],
+            path=info["path"],
+            generation=str(served.generation),
+        )
         self.metrics.model_loaded.set(served.loaded_at)
 
     def _collect(self) -> None:
@@ -84,7 +100,9 @@ class Service:
         return self.watchdog.unhealthy()
 
     # -- inference -------------------------------------------------------------------------------
-    async def infer(self, route: str, texts: list[str], truncate: bool) -> tuple[Served, Result, dict[str, Any]]:
+    async def infer(
+        self, route: str, texts: list[str], truncate: bool
+    ) -> tuple[Served, Result, dict[str, Any]]:
         """Tokenize `texts` for the serving model, queue them, wait for their batch."""
         served = self.slot.current
         served.require(route)
@@ -101,6 +119,10 @@ class Service:
             for norm in norms:
                 self.metrics.embedding_norm.observe(float(norm))
             self.drift.observe("embedding_norm", norms)
-        timing = {"tokenization": tokenization, "queue": result.queue, "inference": result.inference,
-                  "tokens": sum(lengths)}
+        timing = {
+            "tokenization": tokenization,
+            "queue": result.queue,
+            "inference": result.inference,
+            "tokens": sum(lengths),
+        }
         return served, result, timing
