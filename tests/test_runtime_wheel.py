@@ -63,3 +63,24 @@ def test_wheel_in_fresh_venv_runs_a_converted_model(tiny_model_factory, tmp_path
     result = json.loads(done.stdout)
     assert result["artifact"] == "onnx-int8"
     assert len(result["embeddings"][0]) == 32
+
+
+def test_wheel_has_the_device_commands_and_the_serve_extra(tmp_path):
+    """Every edge_runtime console script of the workstation package is in the device wheel, and
+    edge-serve's dependencies come with its [serve] extra in both (issue 12)."""
+    import configparser
+
+    wheel = build_runtime_wheel.build(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        entry = archive.read(next(n for n in archive.namelist() if n.endswith("entry_points.txt"))).decode()
+        meta = archive.read(next(n for n in archive.namelist() if n.endswith("METADATA"))).decode()
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(build_runtime_wheel.ROOT) / "setup.cfg")
+    scripts = [line.strip() for line in cfg["options.entry_points"]["console_scripts"].splitlines() if line.strip()]
+    runtime_scripts = [s for s in scripts if "= edge_runtime." in s]
+    assert "edge-serve = edge_runtime.cli_serve:main" in runtime_scripts
+    for script in runtime_scripts:
+        assert script in entry
+    assert "Provides-Extra: serve" in meta
+    for package in ("starlette", "uvicorn"):
+        assert f'Requires-Dist: {package}' in meta and package in cfg["options.extras_require"]["serve"]

@@ -43,6 +43,10 @@ REQUIRES = [
     'tokenizers>=0.15; extra == "tflite"',
     # load(trusted_keys=...) checks model.sig with cryptography alone (docs/signing.md)
     'cryptography>=41; extra == "verify"',
+    # edge-serve (edge_runtime/serve/): starlette + uvicorn, pure Python (uvicorn uses h11 when
+    # httptools is absent): they install on aarch64 and Python 3.10 without a compiler.
+    'starlette>=0.37; extra == "serve"',
+    'uvicorn>=0.29; extra == "serve"',
 ]
 
 
@@ -80,6 +84,7 @@ def build(out_dir: Path) -> Path:
             "Provides-Extra: onnx",
             "Provides-Extra: tflite",
             "Provides-Extra: verify",
+            "Provides-Extra: serve",
             *[f"Requires-Dist: {req}" for req in REQUIRES],
             "",
             "Loads an edge-convert artifact directory, verifies hashes and a golden sample, and",
@@ -92,7 +97,8 @@ def build(out_dir: Path) -> Path:
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: edge-runtime tools/build_runtime_wheel.py\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n",
         f"{dist_info}/entry_points.txt": b"[console_scripts]\nedge-run = edge_runtime.cli:main\n"
-        b"edge-bench = edge_runtime.cli_bench:main\nedge-tune = edge_runtime.cli_tune:main\n",
+        b"edge-bench = edge_runtime.cli_bench:main\nedge-tune = edge_runtime.cli_tune:main\n"
+        b"edge-serve = edge_runtime.cli_serve:main\n",
         f"{dist_info}/top_level.txt": b"edge_runtime\ntargets\n",
     }
     entries = _sources() + list(meta_files.items())

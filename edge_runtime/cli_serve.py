@@ -1,0 +1,172 @@
+"""edge-serve: serve an artifact directory over HTTP (TEI-compatible). Thin: parse, call, print.
+
+Flag names and meanings are text-embeddings-inference's (router/src/main.rs) where it has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-serve",
+        description="Serve an edge-convert artifact directory over HTTP with text-embeddings-"
+        "inference's API (/embed, /predict, /v1/embeddings, /health, /info, /metrics).",
+    )
+    p.add_argument("artifacts", help="artifact directory (with manifest.json); SIGHUP re-reads it")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, "
+        "this device only; 0.0.0.0 for every interface)",
+    )
+    p.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
+    p.add_argument("--artifact", help="artifact name (default: best for this device)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: tuned, else profile)")
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=512,
+        help="inputs queued or running at once; more are answered 429 (default: 512)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=16384,
+        help="padded tokens (rows x longest) per backend call (default: 16384)",
+    )
+    p.add_argument("--max-batch-requests", type=int, help="inputs per batch (default: no limit)")
+    p.add_argument(
+        "--max-client-batch-size",
+        type=int,
+        default=32,
+        help="inputs one request may send; more are answered 422 (default: 32)",
+    )
+    p.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a batch with room waits for more requests (default: 2)",
+    )
+    p.add_argument(
+        "--auto-truncate",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="truncate inputs over the model's length when a request does not say (default: true)",
+    )
+    p.add_argument(
+        "--no-batch-invariant",
+        dest="batch_invariant",
+        action="store_false",
+        help="batch inputs into one backend call even for artifacts whose numbers "
+        "depend on the batch (dynamic INT8): faster, but a vector then depends on its "
+        "batch neighbours (by up to ~0.01 per element on MiniLM)",
+    )
+    p.add_argument(
+        "--golden-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="re-run the golden samples on the serving backend this often; 0: never (default: 300)",
+    )
+    p.add_argument(
+        "--payload-limit", type=int, default=2_000_000, help="request body bytes (default: 2000000)"
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for in-flight requests (default: 30)",
+    )
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="PEM",
+        help="public key (PEM) whose signature (model.sig) the directory must carry, at "
+        "start and at every reload; repeat to trust several keys (docs/signing.md)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+_FLAGS = {
+    "max_batch_tokens": "--max-batch-tokens",
+    "max_concurrent_requests": "--max-concurrent-requests",
+    "max_client_batch_size": "--max-client-batch-size",
+    "max_batch_requests": "--max-batch-requests",
+    "payload_limit": "--payload-limit",
+    "max_batch_wait_ms": "--max-batch-wait-ms",
+    "golden_interval_s": "--golden-interval",
+    "trusted_keys": "--trusted-key",
+}
+
+
+def _as_flags(message: str) -> str:
+    message = message.replace("trusted_keys=None", "no --trusted-key")
+    for name, flag in _FLAGS.items():
+        message = message.replace(name, flag)
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import edge_runtime
+
+    try:
+        from edge_runtime.serve import ServeConfig, run
+    except ImportError as exc:
+        print(
+            f"edge-serve: error: {exc}; install the serve extra: pip install 'edge_runtime[serve]'",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        config = ServeConfig(
+            path=args.artifacts,
+            artifact=args.artifact,
+            threads=args.threads,
+            trusted_keys=tuple(args.trusted_key) if args.trusted_key else None,
+            host=args.host,
+            port=args.port,
+            max_concurrent_requests=args.max_concurrent_requests,
+            max_batch_tokens=args.max_batch_tokens,
+            max_batch_requests=args.max_batch_requests,
+            max_client_batch_size=args.max_client_batch_size,
+            max_batch_wait_ms=args.max_batch_wait_ms,
+            auto_truncate=args.auto_truncate,
+            batch_invariant=args.batch_invariant,
+            golden_interval_s=args.golden_interval,
+            payload_limit=args.payload_limit,
+            graceful_timeout_s=args.graceful_timeout,
+        )
+        run(config)
+    except edge_runtime.EdgeRuntimeError as exc:
+        print(f"edge-serve: error: {_as_flags(str(exc))}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a setting out of range (ServeConfig)
+        print(f"edge-serve: error: {_as_flags(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port is taken, the address is not ours
+        print(f"edge-serve: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

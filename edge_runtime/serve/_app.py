@@ -1,0 +1,409 @@
+"""HTTP routes, shaped like Hugging Face text-embeddings-inference (TEI) so its clients work.
+
+POST /embed, /predict, /v1/embeddings (OpenAI's shape, with usage); GET /health, /info, /metrics;
+POST /admin/reload and /admin/check for loopback clients only. Request and response shapes, error
+JSON and status codes follow TEI's router (router/src/http/server.rs and types.rs): errors are
+{"error": ..., "error_type": ...} (on /v1/embeddings OpenAI's {"message", "code", "type"}), with
+422 Validation/Tokenizer, 429 Overloaded, 424 Backend, 503 Unhealthy and 400 Empty; a body over
+the payload limit gets 413, as in TEI. Starlette is imported here only: `import edge_runtime`
+never loads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import edge_runtime
+from edge_runtime.serve._config import ServeError
+from edge_runtime.serve._engine import normalize_rows
+from edge_runtime.serve._service import Service
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("edge_runtime.serve")
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return Response(text, status_code=status, headers=headers, media_type="application/json")
+
+
+def _error(exc: ServeError, openai: bool = False) -> Response:
+    if openai:  # TEI's OpenAICompatErrorResponse
+        body = {"message": exc.message, "code": exc.status, "type": exc.kind}
+    else:
+        body = exc.body()
+    return _json_response(body, exc.status)
+
+
+async def _body(request: Request, limit: int) -> dict[str, Any]:
+    """The JSON object of a request, read up to `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ServeError(
+            "Validation",
+            f"request body of {declared} bytes is over the {limit}-byte limit",
+            err="validation",
+            status=413,
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(
+                "Validation",
+                f"request body is over the {limit}-byte limit",
+                err="validation",
+                status=413,
+            )
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks) or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ServeError(
+            "Validation", f"request body is not valid JSON: {exc}", err="validation"
+        ) from None
+    if not isinstance(body, dict):
+        raise ServeError("Validation", "request body must be a JSON object", err="validation")
+    return body
+
+
+def _texts(body: dict[str, Any], field: str, max_batch: int) -> tuple[list[str], bool]:
+    """(texts, was a batch) from body[field]: a string or a list of strings (TEI's Input)."""
+    if field not in body:
+        raise ServeError("Validation", f"missing field `{field}`", err="validation")
+    value = body[field]
+    if isinstance(value, str):
+        if not value:
+            raise ServeError("Empty", "`inputs` cannot be empty", err="validation")
+        return [value], False
+    if not isinstance(value, list):
+        raise ServeError(
+            "Validation", f"`{field}` must be a string or a list of strings", err="validation"
+        )
+    if not value:
+        raise ServeError("Empty", "`inputs` cannot be empty", err="validation")
+    if len(value) > max_batch:
+        raise ServeError(
+            "Validation",
+            f"batch size {len(value)} > maximum allowed batch size {max_batch}",
+            err="batch_size",
+        )
+    for index, item in enumerate(value):
+        if isinstance(item, list):
+            raise ServeError(
+                "Validation",
+                f"`{field}[{index}]` is a list: sentence pairs are not "
+                "supported; send one string per input",
+                err="validation",
+            )
+        if not isinstance(item, str):
+            raise ServeError(
+                "Validation",
+                f"`{field}[{index}]` must be a string, got {type(item).__name__}",
+                err="validation",
+            )
+        if not item:
+            raise ServeError("Empty", f"`{field}[{index}]` cannot be empty", err="validation")
+    return value, True
+
+
+def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ServeError(
+            "Validation", f"`{name}` must be true or false, got {value!r}", err="validation"
+        )
+    return value
+
+
+def _dimensions(body: dict[str, Any], dim: int) -> int:
+    value = body.get("dimensions")
+    if value is None:
+        return dim
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= dim:
+        raise ServeError(
+            "Validation",
+            f"`dimensions` must be an integer in 1..{dim}, got {value!r}",
+            err="validation",
+        )
+    return value
+
+
+def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
+    """ServeError 422 for a malformed option of `route`, checked before the input is queued
+    (after the route/task check, which answers first)."""
+    served.require(route)
+    direction = body.get("truncation_direction")
+    if direction not in (None, "right", "Right"):
+        raise ServeError(
+            "Validation",
+            f"`truncation_direction` {direction!r} is not supported: inputs "
+            "keep their first tokens (right)",
+            err="validation",
+        )
+    if route == "predict":
+        _flag(body, "raw_scores", False)
+        return
+    if not openai:
+        _flag(body, "normalize", True)
+    else:
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise ServeError(
+                "Validation",
+                f"`encoding_format` must be float or base64, got {fmt!r}",
+                err="validation",
+            )
+    _dimensions(body, served.model._dim(served.output) or 2**31)
+
+
+def _headers(timing: dict[str, Any], started: float, chars: int) -> dict[str, str]:
+    """TEI's per-response timing headers (milliseconds)."""
+    return {
+        "x-compute-type": "cpu",
+        "x-compute-time": str(int((time.perf_counter() - started) * 1000)),
+        "x-compute-characters": str(chars),
+        "x-compute-tokens": str(timing["tokens"]),
+        "x-total-time": str(int((time.perf_counter() - started) * 1000)),
+        "x-tokenization-time": str(int(timing["tokenization"] * 1000)),
+        "x-queue-time": str(int(timing["queue"] * 1000)),
+        "x-inference-time": str(int(timing["inference"] * 1000)),
+    }
+
+
+def create_app(service: Service) -> Starlette:
+    """The ASGI application serving `service` (started and drained by the app's lifespan)."""
+    config, metrics = service.config, service.metrics
+
+    async def handle(
+        request: Request, route: str, field: str, answer, openai: bool = False
+    ) -> Response:
+        started = time.perf_counter()
+        method, counted = "single", False
+        try:
+            body = await _body(request, config.payload_limit)
+            method = "batch" if isinstance(body.get(field), list) else "single"
+            metrics.request_count.inc(method=method)
+            counted = True
+            texts, batched = _texts(body, field, config.max_client_batch_size)
+            truncate = (
+                _flag(body, "truncate", config.auto_truncate)
+                if not openai
+                else config.auto_truncate
+            )
+            _options(
+                body, route, openai, service.slot.current
+            )  # refuse bad options before any work
+            served, result, timing = await service.infer(route, texts, truncate)
+            payload = answer(body, served, result, batched, timing)
+        except ServeError as exc:
+            if not counted:  # the body itself was refused (too large, not JSON)
+                metrics.request_count.inc(method=method)
+            metrics.failed(exc.err)
+            return _error(exc, openai)
+        except Exception as exc:  # e.g. NaN outputs: TEI's 424 Backend, never a bare 500
+            log.exception("request failed")
+            metrics.failed("inference")
+            return _error(
+                ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}"), openai
+            )
+        metrics.request_success.inc(method=method)
+        metrics.request_duration.observe(time.perf_counter() - started)
+        metrics.tokenization_duration.observe(timing["tokenization"])
+        metrics.queue_duration.observe(timing["queue"])
+        metrics.inference_duration.observe(timing["inference"])
+        return _json_response(payload, headers=_headers(timing, started, sum(map(len, texts))))
+
+    def vectors(body, served, result) -> np.ndarray:
+        dim = _dimensions(body, result.outputs.shape[-1])
+        out = result.outputs[:, :dim]
+        return normalize_rows(out) if _flag(body, "normalize", True) else out
+
+    async def embed(request: Request) -> Response:
+        def answer(body, served, result, batched, timing):
+            return vectors(body, served, result).tolist()
+
+        return await handle(request, "embed", "inputs", answer)
+
+    async def openai_embeddings(request: Request) -> Response:
+        def answer(body, served, result, batched, timing):
+            body = {k: v for k, v in body.items() if k != "normalize"}  # OpenAI: always normalized
+            fmt = body.get("encoding_format") or "float"
+            rows = vectors(body, served, result).astype("<f4")
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(row.tobytes()).decode()
+                    if fmt == "base64"
+                    else row.tolist(),
+                }
+                for i, row in enumerate(rows)
+            ]
+            model_id = _model_id(served)
+            if body.get("model") not in (None, "", model_id):
+                log.warning("request names model %r; serving %r", body.get("model"), model_id)
+            return {
+                "object": "list",
+                "data": data,
+                "model": model_id,
+                "usage": {"prompt_tokens": timing["tokens"], "total_tokens": timing["tokens"]},
+            }
+
+        return await handle(request, "embed", "input", answer, openai=True)
+
+    async def predict(request: Request) -> Response:
+        def answer(body, served, result, batched, timing):
+            raw = _flag(body, "raw_scores", False)
+            rows = [served.predictions(logits, raw) for logits in result.outputs]
+            return rows if batched else rows[0]
+
+        return await handle(request, "predict", "inputs", answer)
+
+    async def root(request: Request) -> Response:
+        """TEI serves POST / with the model's own route: huggingface_hub's InferenceClient, given
+        the server's URL as its model, posts there."""
+        if service.slot.current.task == "text-classification":
+            return await predict(request)
+        return await embed(request)
+
+    async def health(request: Request) -> Response:
+        reason = service.unhealthy()
+        if reason:
+            return _error(ServeError("Unhealthy", reason, err="unhealthy"))
+        return Response(status_code=200)
+
+    async def info(request: Request) -> Response:
+        served = service.slot.current
+        manifest = served.model.manifest
+        if served.task == "feature-extraction":
+            model_type = {"embedding": {"pooling": served.pooling}}
+        else:
+            labels = {str(i): name for i, name in enumerate(served.labels)}
+            model_type = {
+                "classifier": {
+                    "id2label": labels,
+                    "label2id": {v: int(k) for k, v in labels.items()},
+                }
+            }
+        return _json_response(
+            {
+                "model_id": _model_id(served),
+                "model_sha": manifest.get("source", {}).get("sha256"),
+                "model_dtype": served.model.artifact["precision"],
+                "served_model_name": _model_id(served),
+                "model_type": model_type,
+                "max_concurrent_requests": config.max_concurrent_requests,
+                "max_input_length": served.max_length,
+                "max_batch_tokens": config.max_batch_tokens,
+                "max_batch_requests": config.max_batch_requests,
+                "max_client_batch_size": config.max_client_batch_size,
+                "auto_truncate": config.auto_truncate,
+                "tokenization_workers": 1,
+                "version": edge_runtime.__version__,
+                "sha": None,
+                "docker_label": None,
+                # ours: what exactly is being served, and how
+                "artifact": served.info(),
+                "target": manifest.get("target", {}).get("id"),
+                "task": served.task,
+                "batch_invariant": config.batch_invariant,
+                "max_batch_wait_ms": config.max_batch_wait_ms,
+                "golden_interval_s": config.golden_interval_s,
+            }
+        )
+
+    async def prometheus(request: Request) -> Response:
+        return Response(
+            metrics.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    def _admin_only(request: Request) -> None:
+        host = request.client.host if request.client else ""
+        if host not in _LOOPBACK and not host.startswith("127."):
+            raise ServeError(
+                "Validation",
+                "admin routes answer loopback clients only",
+                err="forbidden",
+                status=403,
+            )
+
+    async def admin_reload(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            _admin_only(request)
+            body = (
+                await _body(request, config.payload_limit)
+                if request.headers.get("content-length") not in (None, "0")
+                else {}
+            )
+            path = body.get("path")
+            if path is not None and not isinstance(path, str):
+                raise ServeError("Validation", "`path` must be a string", err="validation")
+        except ServeError as exc:
+            return _error(exc)
+        outcome = await run_in_threadpool(service.reloader.reload, path)
+        if outcome["ok"]:
+            return _json_response(outcome)
+        return _json_response(
+            {
+                **outcome,
+                "error": f"reload failed; still serving {outcome['serving']['artifact']} "
+                f"from {outcome['serving']['path']}: {outcome['error']}",
+                "error_type": "Validation",
+            },
+            422,
+        )
+
+    async def admin_check(request: Request) -> Response:
+        import asyncio
+
+        try:
+            _admin_only(request)
+            outcome = await asyncio.wrap_future(service.watchdog.schedule())
+        except ServeError as exc:
+            return _error(exc)
+        return _json_response(outcome, 200 if outcome["ok"] else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()  # uvicorn has finished every in-flight request by now
+
+    routes = [
+        Route("/", root, methods=["POST"]),
+        Route("/embed", embed, methods=["POST"]),
+        Route("/predict", predict, methods=["POST"]),
+        Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
+        Route("/embeddings", openai_embeddings, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
+        Route("/admin/check", admin_check, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _model_id(served) -> str:
+    name = served.model.manifest.get("source", {}).get("name") or served.name
+    return name.removesuffix(" (built-in)")

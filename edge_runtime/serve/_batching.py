@@ -1,0 +1,205 @@
+"""Dynamic batching: requests queue, one worker thread runs the model on batches of them.
+
+Why one worker: the backend already uses every core it is given (--threads) inside one call; two
+calls at once on a 2-4 core device only fight over the same cores. A batch is what the queue
+holds when the worker gets to it (first in, first out), topped up for at most max_batch_wait_ms
+while it has room, within max_batch_tokens padded tokens (rows x longest row, what activation
+memory scales with) and max_batch_requests. Back-pressure is TEI's: one permit per input,
+max_concurrent_requests permits in all (queued and running); a request that cannot get its
+permits is refused at once with 429 Overloaded, so a burst costs a refusal, never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_runtime._text import Encoded
+from edge_runtime.serve._config import ServeConfig, ServeError
+from edge_runtime.serve._engine import Served
+
+__all__ = ["Batcher", "Result"]
+
+log = logging.getLogger("edge_runtime.serve")
+
+
+@dataclass
+class Result:
+    """One job's rows of the batch output, and where its time went (seconds)."""
+
+    outputs: Any
+    queue: float
+    inference: float
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    served: Served | None
+    rows: list[Encoded]
+    future: concurrent.futures.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    call: Callable[[], Any] | None = None  # a maintenance call (golden check) instead of rows
+
+    @property
+    def longest(self) -> int:
+        return max((len(r.ids) for r in self.rows), default=0)
+
+
+class Batcher:
+    """The queue and its worker thread. submit() from any thread; results arrive as futures."""
+
+    def __init__(self, config: ServeConfig, metrics):
+        self.config = config
+        self.metrics = metrics
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name="edge-serve-worker", daemon=True)
+
+    # -- producer side -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def queued(self) -> int:
+        """Inputs holding a permit: queued or in the running batch (te_queue_size)."""
+        return self._in_flight
+
+    def submit(self, served: Served, rows: list[Encoded]) -> concurrent.futures.Future:
+        """Queue `rows` for `served`; ServeError 429 if the permits are gone, 503 when draining."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise ServeError("Unhealthy", "the server is shutting down", err="shutdown")
+            if len(rows) > self.config.max_concurrent_requests:  # would be refused forever
+                raise ServeError(
+                    "Validation",
+                    f"batch size {len(rows)} > maximum concurrent requests "
+                    f"{self.config.max_concurrent_requests}",
+                    err="batch_size",
+                )
+            if self._in_flight + len(rows) > self.config.max_concurrent_requests:
+                raise ServeError("Overloaded", "Model is overloaded", err="overloaded")
+            self._in_flight += len(rows)
+            self._queue.append(_Job(served, rows, future))
+            self._cond.notify()
+        return future
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run fn() on the worker thread between two batches (the golden re-run): it then
+        measures the serving backend as requests use it, and never competes with a batch."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise ServeError("Unhealthy", "the server is shutting down", err="shutdown")
+            self._queue.append(_Job(None, [], future, call=fn))
+            self._cond.notify()
+        return future
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking work, finish everything queued, stop the worker. True if it finished."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- worker side ---------------------------------------------------------------------------
+    def _fits(self, batch: list[_Job], job: _Job) -> bool:
+        if job.call is not None or job.served is not batch[0].served:
+            return False
+        rows = sum(len(j.rows) for j in batch) + len(job.rows)
+        limit = self.config.max_batch_requests
+        if limit is not None and rows > limit:
+            return False
+        longest = max(max(j.longest for j in batch), job.longest)
+        return rows * longest <= self.config.max_batch_tokens
+
+    def _next_batch(self) -> list[_Job] | None:
+        """Block until there is work; the jobs of the next batch, None once drained and stopping."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            batch = [self._queue.popleft()]
+            if batch[0].call is not None:
+                return batch
+            deadline = time.perf_counter() + self.config.max_batch_wait_ms / 1000.0
+            while True:
+                while self._queue and self._fits(batch, self._queue[0]):
+                    batch.append(self._queue.popleft())
+                # The next job does not fit, or the batch has no room left: waiting cannot help.
+                rows = sum(len(j.rows) for j in batch)
+                limit = self.config.max_batch_requests
+                full = bool(self._queue) or (limit is not None and rows >= limit)
+                remaining = deadline - time.perf_counter()
+                if full or self._stopping or remaining <= 0:
+                    return batch
+                self._cond.wait(remaining)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                answers = self._run(batch)
+            except BaseException as exc:  # never let the worker die with futures unanswered
+                log.exception("worker failed on a batch")
+                answers = [(job.future, exc) for job in batch]
+            # Permits go back before the answers do: a client that sends its next request the
+            # moment it has this answer must find its permit free.
+            with self._cond:
+                self._in_flight -= sum(len(j.rows) for j in batch)
+            for future, answer in answers:
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+    def _run(self, batch: list[_Job]) -> list[tuple[concurrent.futures.Future, Any]]:
+        """(future, result or exception) per job of the batch."""
+        if batch[0].call is not None:
+            try:
+                return [(batch[0].future, batch[0].call())]
+            # any failure is answered and never kills the worker
+            except Exception as exc:  # noqa: BLE001
+                return [(batch[0].future, exc)]
+        served = batch[0].served
+        rows = [row for job in batch for row in job.rows]
+        started = time.perf_counter()
+        self.metrics.batch_size.observe(len(rows))
+        self.metrics.batch_tokens.observe(sum(len(r.ids) for r in rows))
+        try:
+            outputs, calls, padding = served.execute(
+                rows, self.config.batch_invariant, self.config.max_batch_tokens
+            )
+        except Exception as exc:  # noqa: BLE001 -- any failure is answered, never kills the server
+            log.error("inference failed on a batch of %d inputs: %s", len(rows), exc)
+            error = ServeError(
+                "Backend", f"Backend error: {type(exc).__name__}: {exc}", err="inference"
+            )
+            return [(job.future, error) for job in batch]
+        inference = time.perf_counter() - started
+        self.metrics.backend_calls.inc(calls)
+        self.metrics.padding_tokens.inc(padding)
+        answers, start = [], 0
+        for job in batch:
+            part = outputs[start : start + len(job.rows)]
+            start += len(job.rows)
+            answers.append((job.future, Result(part, started - job.enqueued, inference, len(rows))))
+        return answers

@@ -1,0 +1,95 @@
+"""What one edge-serve process is told (ServeConfig) and the errors it answers with (ServeError).
+
+Defaults and meanings follow text-embeddings-inference's router flags (router/src/main.rs), except
+the host: TEI listens on 0.0.0.0, we on 127.0.0.1, because a device on a home or factory network
+should not expose a model to everyone by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_runtime._errors import EdgeRuntimeError
+
+__all__ = ["ERROR_STATUS", "ServeConfig", "ServeError"]
+
+# TEI's ErrorType -> HTTP status (router/src/http/server.rs,
+# `impl From<&ErrorType> for StatusCode`).
+ERROR_STATUS = {
+    "Unhealthy": 503,
+    "Backend": 424,
+    "Overloaded": 429,
+    "Tokenizer": 422,
+    "Validation": 422,
+    "Empty": 400,
+}
+
+
+class ServeError(EdgeRuntimeError):
+    """An error answered as TEI writes it: {"error": message, "error_type": kind} with the status
+    TEI gives that kind. `err` is the te_request_failure label TEI counts it under."""
+
+    def __init__(self, kind: str, message: str, err: str | None = None, status: int | None = None):
+        if kind not in ERROR_STATUS:
+            raise ValueError(f"unknown error type {kind!r}; known: {sorted(ERROR_STATUS)}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.err = err or kind.lower()
+        self.status = status or ERROR_STATUS[kind]
+
+    def body(self) -> dict:
+        return {"error": self.message, "error_type": self.kind}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How to serve an artifact directory. Library names; edge-serve's flags map onto them."""
+
+    path: Path
+    artifact: str | None = None
+    threads: int | None = None
+    trusted_keys: tuple[str, ...] | None = None
+    host: str = "127.0.0.1"
+    port: int = 3000
+    # TEI: permits per input; a request that cannot get one per input is answered 429 Overloaded.
+    # Bounds the memory queued requests may take.
+    max_concurrent_requests: int = 512
+    # Padded tokens (rows x longest row) one backend call may take: activation memory scales
+    # with it.
+    max_batch_tokens: int = 16384
+    max_batch_requests: int | None = None
+    max_client_batch_size: int = 32
+    # How long the worker waits for more requests once one is queued and the batch has room. Under
+    # load requests queue while the model runs, so batches fill without waiting; the wait only
+    # matters at low load, where it adds at most this much latency.
+    max_batch_wait_ms: float = 2.0
+    # A request without "truncate" truncates (TEI's --auto-truncate, default true since 1.6).
+    auto_truncate: bool = True
+    # embed()'s batch_invariant: artifacts whose numbers depend on the batch (dynamic INT8) run
+    # each input alone, so a text's vector never depends on who else was in the queue.
+    batch_invariant: bool = True
+    # Seconds between golden re-runs on the serving backend; 0 turns the watchdog off.
+    golden_interval_s: float = 300.0
+    payload_limit: int = 2_000_000
+    graceful_timeout_s: float = 30.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(os.fspath(self.path)))
+        for name in (
+            "max_concurrent_requests",
+            "max_batch_tokens",
+            "max_client_batch_size",
+            "payload_limit",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_batch_requests is not None and self.max_batch_requests < 1:
+            raise ValueError(f"max_batch_requests must be >= 1, got {self.max_batch_requests!r}")
+        if self.max_batch_wait_ms < 0 or self.golden_interval_s < 0:
+            raise ValueError("max_batch_wait_ms and golden_interval_s must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")

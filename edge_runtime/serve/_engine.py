@@ -1,0 +1,182 @@
+"""The loaded model as the server uses it (Served) and the slot that holds the current one.
+
+A Served tokenizes request inputs and runs a batch of rows; a job keeps a reference to the Served
+that tokenized it, so a reload never runs rows through another model's tokenizer or graph: queued
+rows finish on the model they were prepared for, new requests get the new one (_reload.py).
+The arithmetic is Model.embed's and Model.classify's: the same tokenizer, padding, masked pooling
+and normalization functions (edge_runtime/_text.py), so a vector served equals embed()'s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime._errors import InputError
+from edge_runtime._model import Model
+from edge_runtime._text import Encoded, pool, softmax
+from edge_runtime.serve._config import ServeError
+
+__all__ = ["Served", "Slot", "normalize_rows"]
+
+# Which route serves which task; TEI answers a route the model cannot serve with 424 Backend
+# ("model_type"), which we keep, with a message naming the right route.
+ROUTE_TASKS = {"embed": ("feature-extraction",), "predict": ("text-classification",)}
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalize rows exactly as edge_runtime._text.pool does (float32, same clip)."""
+    return vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
+
+
+class Served:
+    """One loaded Model with its tokenizer, ready for the worker thread."""
+
+    def __init__(self, model: Model, path: Path, generation: int):
+        self.model = model
+        self.path = Path(path)
+        self.generation = generation
+        self.loaded_at = time.time()
+        self.task = model.task
+        if self.task not in ("feature-extraction", "text-classification"):
+            raise ServeError(
+                "Backend",
+                f"edge-serve serves feature-extraction (/embed) and text-classification "
+                f"(/predict) models; {path} does {self.task}",
+                err="model_type",
+            )
+        self.encoder = model._text()  # the Model's own TextEncoder: one tokenizer configuration
+        self.max_length = self.encoder.max_length
+        post = model.manifest.get("postprocess", {})
+        self.output = post.get("output", "logits")
+        self.pooling = post.get("pooling", "mean")
+        self.labels = post.get("labels") or []
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def require(self, route: str) -> None:
+        """ServeError (424, model_type) unless this model serves `route`."""
+        tasks = ROUTE_TASKS[route]
+        if self.task not in tasks:
+            other = "/predict" if self.task == "text-classification" else "/embed or /v1/embeddings"
+            raise ServeError(
+                "Backend",
+                f"this model does {self.task}, not {' or '.join(tasks)}: use {other}",
+                err="model_type",
+            )
+
+    # -- request side (event loop thread) ---------------------------------------------------
+    def tokenize(self, texts: list[str], truncate: bool) -> list[Encoded]:
+        """Each input's tokens. truncate=False: 422 Validation naming the input and its length."""
+        try:
+            return self.encoder.encode_texts(texts, truncate=truncate)
+        except InputError as exc:  # the library names its parameter; we name the request field
+            message = (
+                str(exc)
+                .replace("texts[", "inputs[")
+                .replace("pass truncate=True", 'send "truncate": true')
+            )
+            raise ServeError("Validation", message, err="validation") from None
+        except Exception as exc:  # noqa: BLE001 -- the tokenizer failed on this input
+            raise ServeError("Tokenizer", f"tokenizer error: {exc}", err="tokenization") from None
+
+    # -- worker side ---------------------------------------------------------------------------
+    def execute(
+        self, rows: list[Encoded], batch_invariant: bool, max_tokens: int
+    ) -> tuple[np.ndarray, int, int]:
+        """(outputs, backend calls, padding tokens) for `rows`. Outputs in row order: pooled, not
+        yet normalized vectors [n, dim] for embedding models, logits [n, labels] for classifiers.
+        Rows of similar length share a padded backend call (padding is masked, so a row's numbers
+        are its own up to float rounding) of at most `max_tokens` padded tokens (_groups);
+        artifacts whose numbers depend on the batch (dynamic INT8) run each row alone when
+        `batch_invariant`, exactly as Model.embed(batch_invariant=True)."""
+        if batch_invariant and self.model.batch_dependent:
+            groups = [[i] for i in range(len(rows))]
+        else:
+            groups = self._groups(rows, max_tokens)
+        out_rows: list[np.ndarray | None] = [None] * len(rows)
+        padding = 0
+        for group in groups:
+            feeds = self.encoder.pad([rows[i] for i in group])
+            padding += int(feeds["attention_mask"].size - feeds["attention_mask"].sum())
+            out = self.model.run(feeds)[self.output]
+            if self.task == "feature-extraction":
+                part = pool(out, feeds["attention_mask"], self.pooling, normalize=False)
+            else:
+                part = np.asarray(out, dtype=np.float32)
+            for i, row in zip(group, part):
+                out_rows[i] = row
+        return np.stack(out_rows), len(groups), padding
+
+    # A row joins a backend call only while the call's padding stays under this share of its
+    # tokens: padding is computed and thrown away, so a 50-token sentence padding fifteen 12-token
+    # ones costs more than it saves (MiniLM INT8 on AVX2, 16 mixed single sentences: 1.32x the
+    # one-at-a-time rate in 25 %-cut calls, 1.09x in one padded call; benchmarks/RESULTS.md run P).
+    PADDING_WASTE = 0.25
+
+    @classmethod
+    def _groups(cls, rows: list[Encoded], max_tokens: int) -> list[list[int]]:
+        """Row indices per backend call: rows sorted by length, cut where the padding would
+        exceed PADDING_WASTE of the call's tokens or the call max_tokens padded tokens."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+        groups: list[list[int]] = []
+        current: list[int] = []
+        real = 0
+        for i in order:
+            length = len(rows[i].ids)  # the longest so far: rows come shortest first
+            padded = (len(current) + 1) * length
+            if current and (
+                padded > max_tokens or padded > (1 + cls.PADDING_WASTE) * (real + length)
+            ):
+                groups.append(current)
+                current, real = [], 0
+            current.append(i)
+            real += length
+        if current:
+            groups.append(current)
+        return groups
+
+    def predictions(self, logits: np.ndarray, raw_scores: bool) -> list[dict[str, Any]]:
+        """TEI's /predict answer for one input: every label with its score, best first
+        (softmax probabilities; raw logits with raw_scores)."""
+        scores = (
+            logits.astype(np.float64) if raw_scores else softmax(logits.astype(np.float64)[None])[0]
+        )
+        order = np.argsort(-scores, kind="stable")
+        names = self.labels or [f"LABEL_{i}" for i in range(len(scores))]
+        return [{"score": float(scores[i]), "label": names[i]} for i in order]
+
+    def info(self) -> dict[str, Any]:
+        entry = self.model.artifact
+        return {
+            "artifact": entry["name"],
+            "format": entry["format"],
+            "precision": entry["precision"],
+            "backend": self.model.backend,
+            "threads": self.model.threads,
+            "path": str(self.path),
+            "batch_dependent": self.model.batch_dependent,
+        }
+
+
+class Slot:
+    """Holds the Served that new requests get; swapped atomically by a reload."""
+
+    def __init__(self, served: Served):
+        self._served = served
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Served:
+        return self._served  # one reference read: atomic under the GIL
+
+    def swap(self, served: Served) -> Served:
+        with self._lock:
+            old, self._served = self._served, served
+        return old

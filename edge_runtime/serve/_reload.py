@@ -1,0 +1,101 @@
+"""Safe model updates: load a directory (a new one, or the same path re-read), verify it, swap.
+
+edge_runtime.load() does the verification: file hashes, the signature when trusted keys are
+configured, the golden samples on this device's backend. Only a model that passed all three
+replaces the serving one, by one reference swap (Slot.swap): requests already queued finish on the
+model that tokenized them, new ones get the new model, and nothing is refused in between. A failed
+load leaves the old model serving, is logged, and is counted (edge_reload_total{result="failure"}).
+
+One reload runs at a time. SIGHUP re-reads the configured DIR; the usual deployment keeps DIR a
+symlink to a versioned directory and moves the link before sending SIGHUP (docs/serve.md).
+POST /admin/reload may name another directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import edge_runtime
+from edge_runtime.serve._engine import Served
+
+__all__ = ["Reloader", "load_served"]
+
+log = logging.getLogger("edge_runtime.serve")
+
+
+def load_served(config, path: Path, generation: int) -> Served:
+    """load() with the server's settings, wrapped for serving."""
+    model = edge_runtime.load(
+        path,
+        artifact=config.artifact,
+        threads=config.threads,
+        trusted_keys=list(config.trusted_keys) if config.trusted_keys else None,
+    )
+    return Served(model, Path(path), generation)
+
+
+class Reloader:
+    """Loads, verifies and swaps models for a running server."""
+
+    def __init__(self, config, slot, metrics, on_swap):
+        self.config, self.slot, self.metrics = config, slot, metrics
+        self._on_swap = on_swap  # called with the new Served after a swap
+        self._lock = threading.Lock()
+        self.path = config.path  # the directory SIGHUP re-reads
+        self.last: dict[str, Any] | None = None
+
+    def reload(self, path: str | Path | None = None) -> dict[str, Any]:
+        """Load `path` (default: the current directory again); swap if it verifies. Returns what
+        happened; raises nothing: a failure keeps the old model and says why."""
+        with self._lock:
+            target = Path(path) if path is not None else self.path
+            old = self.slot.current
+            started = time.perf_counter()
+            try:
+                served = load_served(self.config, target, old.generation + 1)
+            except Exception as exc:  # noqa: BLE001 -- whatever failed, the old model keeps serving
+                self.metrics.reloads.inc(result="failure")
+                log.error(
+                    "reload of %s failed; still serving %s from %s: %s: %s",
+                    target,
+                    old.name,
+                    old.path,
+                    type(exc).__name__,
+                    exc,
+                )
+                self.last = {
+                    "ok": False,
+                    "path": str(target),
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "error_class": type(exc).__name__,
+                    "serving": old.info(),
+                }
+                return self.last
+            self.slot.swap(served)
+            self.path = target
+            self.metrics.reloads.inc(result="success")
+            self._on_swap(served)
+            seconds = time.perf_counter() - started
+            log.info(
+                "reloaded: now serving %s from %s (generation %d, %.1f s to load and verify)",
+                served.name,
+                target,
+                served.generation,
+                seconds,
+            )
+            self.last = {
+                "ok": True,
+                "path": str(target),
+                "serving": served.info(),
+                "generation": served.generation,
+                "seconds": round(seconds, 3),
+            }
+            return self.last
+
+    def request(self) -> None:
+        """Reload in the background (SIGHUP: a signal handler must not block on a load)."""
+        threading.Thread(target=self.reload, name="edge-serve-reload", daemon=True).start()

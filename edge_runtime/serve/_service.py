@@ -1,0 +1,128 @@
+"""The serving machinery without HTTP: the model slot, the batcher, metrics, the golden
+watchdog, the drift monitor and the reloader, wired together. _app.py puts routes on top."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.serve._batching import Batcher, Result
+from edge_runtime.serve._config import ServeConfig, ServeError
+from edge_runtime.serve._engine import Served, Slot
+from edge_runtime.serve._health import DriftMonitor, GoldenWatchdog
+from edge_runtime.serve._metrics import ServeMetrics
+from edge_runtime.serve._reload import Reloader, load_served
+
+__all__ = ["Service"]
+
+log = logging.getLogger("edge_runtime.serve")
+
+
+class Service:
+    """Loads the model (verified by load()) and serves inference requests through one queue."""
+
+    def __init__(self, config: ServeConfig, served: Served | None = None):
+        self.config = config
+        served = served or load_served(config, config.path, 0)
+        if config.max_batch_tokens < served.max_length:
+            # TEI refuses to start in the same case: one input of the model's full length could
+            # never be batched.
+            raise ServeError(
+                "Validation",
+                f"max_batch_tokens ({config.max_batch_tokens}) is below the model's "
+                f"maximum input length ({served.max_length}): raise it to at least "
+                f"{served.max_length}",
+            )
+        self.metrics = ServeMetrics(served.max_length)
+        self.slot = Slot(served)
+        self.batcher = Batcher(config, self.metrics)
+        self.drift = DriftMonitor(self.metrics, served.model.manifest)
+        self.watchdog = GoldenWatchdog(
+            self.slot, self.batcher, self.metrics, config.golden_interval_s
+        )
+        self.reloader = Reloader(config, self.slot, self.metrics, self._swapped)
+        self.metrics.registry.on_collect(self._collect)
+        self.draining = False
+        self._show(served)
+        self.watchdog.loaded(served)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.batcher.start()
+        self.watchdog.start()
+        log.info(
+            "serving %s (%s) from %s",
+            self.slot.current.name,
+            self.slot.current.model.backend,
+            self.slot.current.path,
+        )
+
+    def stop(self) -> None:
+        """Finish every queued input, then stop the worker and the watchdog."""
+        self.draining = True
+        self.watchdog.stop()
+        if not self.batcher.close(self.config.graceful_timeout_s):
+            log.error(
+                "worker still busy after %.0f s; exiting anyway", self.config.graceful_timeout_s
+            )
+
+    def _swapped(self, served: Served) -> None:
+        self.drift.reset(served.model.manifest)
+        self.watchdog.loaded(served)
+        self._show(served)
+
+    def _show(self, served: Served) -> None:
+        info = served.info()
+        self.metrics.model_info.clear()
+        self.metrics.model_info.set(
+            1,
+            artifact=info["artifact"],
+            precision=info["precision"],
+            path=info["path"],
+            generation=str(served.generation),
+        )
+        self.metrics.model_loaded.set(served.loaded_at)
+
+    def _collect(self) -> None:
+        self.metrics.queue_size.set(self.batcher.queued)
+        self.drift.update()
+
+    def unhealthy(self) -> str | None:
+        """Why /health should answer 503, or None."""
+        if self.draining:
+            return "the server is shutting down"
+        if not self.batcher.alive:
+            return "the inference worker is not running"
+        return self.watchdog.unhealthy()
+
+    # -- inference -------------------------------------------------------------------------------
+    async def infer(
+        self, route: str, texts: list[str], truncate: bool
+    ) -> tuple[Served, Result, dict[str, Any]]:
+        """Tokenize `texts` for the serving model, queue them, wait for their batch."""
+        served = self.slot.current
+        served.require(route)
+        started = time.perf_counter()
+        rows = served.tokenize(texts, truncate)
+        tokenization = time.perf_counter() - started
+        result = await asyncio.wrap_future(self.batcher.submit(served, rows))
+        lengths = [len(r.ids) for r in rows]
+        for length in lengths:
+            self.metrics.input_length.observe(length)
+        self.drift.observe("token_length", lengths)
+        if served.task == "feature-extraction":
+            norms = np.linalg.norm(result.outputs.astype(np.float64), axis=-1)
+            for norm in norms:
+                self.metrics.embedding_norm.observe(float(norm))
+            self.drift.observe("embedding_norm", norms)
+        timing = {
+            "tokenization": tokenization,
+            "queue": result.queue,
+            "inference": result.inference,
+            "tokens": sum(lengths),
+        }
+        return served, result, timing

@@ -1,0 +1,635 @@
+"""edge-serve (issue 12): a real server process on 127.0.0.1 driven with a real HTTP client.
+
+Tiny BERT models converted for x86-avx2 (ONNX FP32 + dynamic INT8), one for feature extraction
+and one for text classification. Every route is checked for TEI's shapes, errors and status codes;
+served vectors are compared with Model.embed on the same texts; batches are proved to form and to
+leave each input's numbers its own; /metrics is parsed with prometheus_client's parser; reloads
+(good and bad), SIGHUP and the SIGTERM drain run against the process. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import edge_runtime
+from converters import ConvertConfig, convert
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "hello world",
+    "a much longer sentence about nothing in particular that goes on and on",
+    "short",
+    "the weather is nice today and the sun is out",
+    "x",
+    "Ünïcödé works too",
+]
+
+
+@pytest.fixture(scope="module")
+def embed_dir(tiny_model_factory, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "embed"
+    convert(
+        ConvertConfig(
+            model=tiny_model_factory("bert", "feature-extraction"),
+            target="x86-avx2",
+            out=out,
+            latency_runs=1,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def classify_dir(tiny_model_factory, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "classify"
+    convert(
+        ConvertConfig(
+            model=tiny_model_factory("bert", "text-classification"),
+            target="x86-avx2",
+            out=out,
+            latency_runs=1,
+        )
+    )
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
+        self.proc, self.port, self.log = proc, port, log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def metrics(self) -> dict[str, dict]:
+        """{sample name: {sorted labels: value}} as prometheus_client's parser reads /metrics
+        (it names counter samples NAME_total)."""
+        text = httpx.get(self.url + "/metrics", timeout=30).text
+        samples: dict[str, dict] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
+                    sample.value
+                )
+        return samples
+
+
+@contextmanager
+def serving(directory: Path, *flags: str, log_dir: Path):
+    """`python -m edge_runtime.serve DIR --port P FLAGS` until it answers /health; stopped after."""
+    port = _free_port()
+    log = log_dir / f"server-{port}.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime.serve",
+                str(directory),
+                "--port",
+                str(port),
+                *flags,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Server(proc, port, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"edge-serve exited with {proc.returncode}:\n{log.read_text()}"
+                )
+            try:
+                if httpx.get(server.url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"edge-serve did not become healthy:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _post_all(server: Server, path: str, bodies: list[dict]) -> list[httpx.Response]:
+    """POST every body at once, each from its own connection."""
+
+    def one(body):
+        with server.client() as client:
+            return client.post(path, json=body)
+
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(one, bodies))
+
+
+def test_import_edge_runtime_does_not_load_the_server_stack():
+    code = (
+        "import sys, edge_runtime, edge_runtime.serve\n"
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio', 'h11') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_embedding_routes_match_model_embed(embed_dir, tmp_path, monkeypatch):
+    with serving(embed_dir, log_dir=tmp_path) as server, server.client() as client:
+        info = client.get("/info").json()
+        name = info["artifact"]["artifact"]
+        model = edge_runtime.load(embed_dir, artifact=name)
+        # TEI's "normalize" (default true) decides, whatever the manifest's pooling says
+        expected = _unit(model.embed(TEXTS))
+        assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+        assert info["max_input_length"] == model._text().max_length
+        assert info["max_client_batch_size"] == 32 and info["max_batch_tokens"] == 16384
+        assert (
+            info["model_dtype"] == model.artifact["precision"]
+            and info["version"] == edge_runtime.__version__
+        )
+
+        health = client.get("/health")
+        assert health.status_code == 200 and health.content == b""
+
+        single = client.post("/embed", json={"inputs": TEXTS[0]})
+        assert single.status_code == 200
+        assert np.asarray(single.json()).shape == (1, expected.shape[1])
+        assert np.abs(np.asarray(single.json()[0]) - expected[0]).max() < 1e-6
+        assert int(single.headers["x-compute-tokens"]) == len(
+            model._text().encode_texts([TEXTS[0]])[0].ids
+        )
+
+        batch = np.asarray(client.post("/embed", json={"inputs": TEXTS}).json(), dtype=np.float32)
+        assert batch.shape == expected.shape and np.abs(batch - expected).max() < 1e-6
+
+        raw = np.asarray(client.post("/embed", json={"inputs": TEXTS, "normalize": False}).json())
+        norms = np.linalg.norm(raw, axis=1)
+        assert not np.allclose(norms, 1.0, atol=1e-3)  # really not normalized
+        assert np.abs(raw / norms[:, None] - expected).max() < 1e-5
+
+        cut = np.asarray(client.post("/embed", json={"inputs": TEXTS[:2], "dimensions": 8}).json())
+        assert cut.shape == (2, 8) and np.allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-5)
+
+        openai = client.post(
+            "/v1/embeddings", json={"input": TEXTS[:3], "model": "whatever"}
+        ).json()
+        assert openai["object"] == "list" and openai["model"] == info["model_id"]
+        assert [d["index"] for d in openai["data"]] == [0, 1, 2]
+        assert all(d["object"] == "embedding" for d in openai["data"])
+        assert (
+            np.abs(np.asarray([d["embedding"] for d in openai["data"]]) - expected[:3]).max() < 1e-6
+        )
+        tokens = sum(len(e.ids) for e in model._text().encode_texts(TEXTS[:3]))
+        assert openai["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+        # an existing TEI client, unchanged: huggingface_hub posts to the server's URL itself.
+        # Its offline switch (conftest's HF_HUB_OFFLINE=1) refuses even loopback URLs; the hub
+        # itself is never contacted here.
+        from huggingface_hub import InferenceClient, constants
+
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+        hub = InferenceClient(model=server.url).feature_extraction(TEXTS[2])
+        assert hub.shape == (1, expected.shape[1]) and np.abs(hub[0] - expected[2]).max() < 1e-6
+
+        b64 = client.post(
+            "/v1/embeddings", json={"input": TEXTS[1], "encoding_format": "base64"}
+        ).json()
+        decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
+        assert np.abs(decoded - expected[1]).max() < 1e-6
+
+
+def test_batches_form_and_padding_is_masked(embed_dir, tmp_path):
+    """Inputs of different lengths sent at once share one padded backend call (FP32: batched even
+    under batch invariance) and each still gets the vector it gets alone."""
+    # lengths within the padding budget of one call (Served._groups), all different
+    texts = [" ".join(["word"] * n) + f" {n}" for n in (10, 11, 12, 13, 14, 15)]
+    alone = edge_runtime.load(embed_dir, artifact="onnx-fp32")
+    expected = _unit(np.concatenate([alone.embed([t]) for t in texts]))
+    with serving(
+        embed_dir, "--artifact", "onnx-fp32", "--max-batch-wait-ms", "300", log_dir=tmp_path
+    ) as server:
+        responses = _post_all(server, "/embed", [{"inputs": t} for t in texts])
+        assert [r.status_code for r in responses] == [200] * len(texts)
+        got = np.concatenate([np.asarray(r.json(), dtype=np.float32) for r in responses])
+        assert np.abs(got - expected).max() < 1e-5
+        samples = server.metrics()
+        assert samples["te_batch_next_size_count"][()] < len(texts), (
+            "every request ran alone: nothing was batched"
+        )
+        assert samples["te_batch_next_size_sum"][()] == len(texts)
+        assert samples["edge_backend_calls_total"][()] < len(texts)
+        assert samples["edge_padding_tokens_total"][()] > 0, "no input was padded: masking untested"
+
+
+def test_batch_dependent_artifact_stays_batch_invariant(embed_dir, tmp_path):
+    """Dynamic INT8 vectors depend on their batch; by default the server runs each input alone, so
+    a vector equals Model.embed's whoever else was queued. --no-batch-invariant really batches."""
+    texts = TEXTS * 2
+    model = edge_runtime.load(embed_dir, artifact="onnx-int8")
+    assert model.batch_dependent
+    expected = _unit(np.concatenate([model.embed([t]) for t in texts]))
+    for flags, exact in (((), True), (("--no-batch-invariant",), False)):
+        with serving(
+            embed_dir,
+            "--artifact",
+            "onnx-int8",
+            "--max-batch-wait-ms",
+            "300",
+            *flags,
+            log_dir=tmp_path,
+        ) as server:
+            responses = _post_all(server, "/embed", [{"inputs": t} for t in texts])
+            got = np.concatenate([np.asarray(r.json(), dtype=np.float32) for r in responses])
+            assert server.metrics()["te_batch_next_size_count"][()] < len(texts)
+            drift = np.abs(got - expected).max()
+            assert (drift < 1e-6) if exact else (drift > 1e-6), (flags, drift)
+
+
+def test_batch_groups_limit_padding():
+    """Rows are sorted by length and cut where padding would pass Served.PADDING_WASTE or the
+    token budget; every row is in exactly one group."""
+    from edge_runtime._text import Encoded
+    from edge_runtime.serve._engine import Served
+
+    lengths = [12, 50, 11, 13, 40, 12, 14, 41]
+    rows = [Encoded([1] * n, [0] * n, [], []) for n in lengths]
+    groups = Served._groups(rows, max_tokens=16384)
+    assert sorted(i for g in groups for i in g) == list(range(len(rows)))
+    for group in groups:
+        longest, real = max(lengths[i] for i in group), sum(lengths[i] for i in group)
+        assert len(group) * longest <= (1 + Served.PADDING_WASTE) * real
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[11, 12, 12, 13, 14], [40, 41, 50]]
+    assert all(len(g) * 14 <= 28 for g in Served._groups(rows[:1] + rows[2:4], max_tokens=28))
+
+
+def test_errors_are_tei_shaped(embed_dir, tmp_path):
+    with (
+        serving(
+            embed_dir, "--max-client-batch-size", "4", "--payload-limit", "20000", log_dir=tmp_path
+        ) as server,
+        server.client() as client,
+    ):
+
+        def error(path, status, kind, **kwargs):
+            response = client.post(path, **kwargs)
+            assert response.status_code == status, response.text
+            body = response.json()
+            assert set(body) == {"error", "error_type"} and body["error_type"] == kind
+            return body["error"]
+
+        assert "batch size 5 > maximum allowed batch size 4" in error(
+            "/embed", 422, "Validation", json={"inputs": ["a"] * 5}
+        )
+        assert "cannot be empty" in error("/embed", 400, "Empty", json={"inputs": []})
+        assert "cannot be empty" in error("/embed", 400, "Empty", json={"inputs": ""})
+        assert "not valid JSON" in error("/embed", 422, "Validation", content=b"{nope")
+        assert "must be a string" in error("/embed", 422, "Validation", json={"inputs": ["ok", 3]})
+        assert "missing field `inputs`" in error("/embed", 422, "Validation", json={"input": "a"})
+        assert "/embed" in error("/predict", 424, "Backend", json={"inputs": "a"})
+        assert "`dimensions` must be" in error(
+            "/embed", 422, "Validation", json={"inputs": "a", "dimensions": 10**6}
+        )
+        assert "not supported" in error(
+            "/embed", 422, "Validation", json={"inputs": "a", "truncation_direction": "left"}
+        )
+        assert "`normalize` must be" in error(
+            "/embed", 422, "Validation", json={"inputs": "a", "normalize": "yes"}
+        )
+        bad_format = client.post("/v1/embeddings", json={"input": "a", "encoding_format": "int8"})
+        assert bad_format.status_code == 422 and "encoding_format" in bad_format.json()["message"]
+        assert "limit" in error("/embed", 413, "Validation", json={"inputs": "a " * 20000})
+        long = "word " * 400
+        message = error(
+            "/embed", 422, "Validation", json={"inputs": ["fine", long], "truncate": False}
+        )
+        encoder = edge_runtime.load(embed_dir, artifact="onnx-fp32")._text()
+        assert f"inputs[1] has {encoder.token_count(long)} tokens" in message
+        assert f"at most {encoder.max_length}" in message and '"truncate": true' in message
+        assert client.post("/embed", json={"inputs": long}).status_code == 200  # auto-truncate
+        assert client.post("/embed", json={"inputs": long, "truncate": True}).status_code == 200
+        openai = client.post("/v1/embeddings", json={"input": []})
+        assert (
+            openai.status_code == 400
+            and openai.json()["type"] == "Empty"
+            and openai.json()["code"] == 400
+        )
+
+        families = server.metrics()
+        failures = {dict(k)["err"]: v for k, v in families["te_request_failure_total"].items()}
+        assert (
+            failures["batch_size"] == 1
+            and failures["model_type"] == 1
+            and failures["validation"] >= 11
+        )
+        count = sum(families["te_request_count_total"].values())
+        success = sum(families["te_request_success_total"].values())
+        assert count == success + sum(failures.values())
+
+
+def test_overload_answers_429_and_metrics_parse(embed_dir, tmp_path):
+    """Two permits: a request holding both (its batch waits for company) makes the next one 429."""
+    with serving(
+        embed_dir, "--max-concurrent-requests", "2", "--max-batch-wait-ms", "1500", log_dir=tmp_path
+    ) as server:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(
+                lambda: httpx.post(server.url + "/embed", json={"inputs": ["a", "b"]}, timeout=60)
+            )
+            deadline = time.monotonic() + 30
+            while server.metrics()["te_queue_size"][()] < 2:
+                assert time.monotonic() < deadline and not first.done()
+                time.sleep(0.02)
+            refused = httpx.post(server.url + "/embed", json={"inputs": "c"}, timeout=60)
+            assert refused.status_code == 429
+            assert refused.json() == {"error": "Model is overloaded", "error_type": "Overloaded"}
+            assert first.result().status_code == 200
+        # more inputs than there are permits could never be served: 422, not a 429 to retry forever
+        never = httpx.post(server.url + "/embed", json={"inputs": ["a", "b", "c"]}, timeout=60)
+        assert never.status_code == 422 and "maximum concurrent requests 2" in never.json()["error"]
+        families = server.metrics()
+        assert families["te_request_failure_total"][(("err", "overloaded"),)] == 1
+        assert families["te_queue_size"][()] == 0
+        for name in (
+            "te_request_duration",
+            "te_request_queue_duration",
+            "te_request_inference_duration",
+            "te_request_tokenization_duration",
+            "te_batch_next_tokens",
+            "te_request_input_length",
+            "edge_embedding_norm",
+        ):
+            assert families[name + "_count"][()] >= 1, name
+        assert families["process_resident_memory_bytes"][()] > 10e6
+        assert families["edge_golden_ok"][()] == 1
+        # the golden re-run on demand, on the serving backend
+        check = httpx.post(server.url + "/admin/check", timeout=60).json()
+        assert check["ok"] and check["cosine_min"] > 0.99
+        assert server.metrics()["edge_golden_runs_total"][(("result", "pass"),)] == 1
+
+
+def test_predict_route(classify_dir, tmp_path):
+    with (
+        serving(classify_dir, "--golden-interval", "0.5", log_dir=tmp_path) as server,
+        server.client() as client,
+    ):
+        info = client.get("/info").json()
+        model = edge_runtime.load(classify_dir, artifact=info["artifact"]["artifact"])
+        labels = model.manifest["postprocess"]["labels"]
+        assert info["model_type"]["classifier"]["id2label"] == {
+            str(i): n for i, n in enumerate(labels)
+        }
+        single = client.post("/predict", json={"inputs": TEXTS[0]}).json()
+        assert sorted(p["label"] for p in single) == sorted(labels)
+        assert [p["score"] for p in single] == sorted((p["score"] for p in single), reverse=True)
+        assert abs(sum(p["score"] for p in single) - 1) < 1e-6
+        top = model.classify([TEXTS[0]])[0]
+        assert single[0]["label"] == top["label"] and abs(single[0]["score"] - top["score"]) < 1e-6
+        batch = client.post("/predict", json={"inputs": TEXTS}).json()
+        assert len(batch) == len(TEXTS) and [b[0]["label"] for b in batch] == [
+            r["label"] for r in model.classify(TEXTS)
+        ]
+        raw = client.post("/predict", json={"inputs": TEXTS[0], "raw_scores": True}).json()
+        assert abs(sum(p["score"] for p in raw) - 1) > 1e-3  # logits, not probabilities
+        wrong = client.post("/embed", json={"inputs": "a"})
+        assert wrong.status_code == 424 and "/predict" in wrong.json()["error"]
+        # the watchdog re-runs the golden samples on its own, every 0.5 s here
+        deadline = time.monotonic() + 60
+        while server.metrics().get("edge_golden_runs_total", {}).get((("result", "pass"),), 0) < 2:
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.2)
+        assert server.metrics()["edge_golden_ok"][()] == 1
+        assert client.get("/health").status_code == 200
+
+
+def _tamper(directory: Path) -> None:
+    data = directory / "onnx-int8.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+
+
+def test_reload_swaps_verified_models_and_keeps_the_old_one_on_failure(
+    embed_dir, classify_dir, tmp_path
+):
+    v1 = shutil.copytree(embed_dir, tmp_path / "v1")
+    v2 = shutil.copytree(classify_dir, tmp_path / "v2")
+    bad = shutil.copytree(embed_dir, tmp_path / "bad")
+    _tamper(bad)
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    with (
+        serving(current, "--artifact", "onnx-int8", log_dir=tmp_path) as server,
+        server.client() as client,
+    ):
+        before = client.post("/embed", json={"inputs": TEXTS}).json()
+
+        failed = client.post("/admin/reload", json={"path": str(bad)})
+        assert failed.status_code == 422 and "sha256" in failed.json()["error"]
+        assert "still serving onnx-int8" in failed.json()["error"]
+        assert (
+            client.post("/embed", json={"inputs": TEXTS}).json() == before
+        )  # the old model serves
+        assert client.get("/health").status_code == 200
+        families = server.metrics()
+        assert families["edge_reload_total"][(("result", "failure"),)] == 1
+        assert "reload of" in server.log.read_text() and "failed" in server.log.read_text()
+
+        same = client.post("/admin/reload")  # the same directory, re-read and verified
+        assert same.status_code == 200 and same.json()["generation"] == 1
+        assert client.post("/embed", json={"inputs": TEXTS}).json() == before
+
+        # SIGHUP after the symlink moves: the classifier replaces the embedding model
+        current.unlink()
+        current.symlink_to(v2)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while client.get("/info").json()["task"] != "text-classification":
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.1)
+        assert client.post("/predict", json={"inputs": "a"}).status_code == 200
+        assert client.post("/embed", json={"inputs": "a"}).status_code == 424
+        families = server.metrics()
+        assert families["edge_reload_total"][(("result", "success"),)] == 2
+        (labels,) = [dict(k) for k in families["edge_model_info"]]
+        assert labels["generation"] == "2"
+
+
+def test_trusted_keys_hold_at_start_and_at_every_reload(embed_dir, tmp_path):
+    from converters.packaging import signing
+
+    private, public = signing.generate_key_pair(tmp_path / "key.pem", tmp_path / "key.pub")
+    signed = shutil.copytree(embed_dir, tmp_path / "signed")
+    signing.sign_directory(signed, signing.load_signing_key(private))
+    unsigned = shutil.copytree(embed_dir, tmp_path / "unsigned")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.serve",
+            str(unsigned),
+            "--trusted-key",
+            str(public),
+            "--port",
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 1 and "model.sig" in refused.stderr, refused.stderr
+    with (
+        serving(signed, "--trusted-key", str(public), log_dir=tmp_path) as server,
+        server.client() as client,
+    ):
+        failed = client.post("/admin/reload", json={"path": str(unsigned)})
+        assert failed.status_code == 422 and failed.json()["error_class"] == "SignatureError"
+        assert client.get("/info").json()["artifact"]["path"] == str(signed)
+        assert client.post("/admin/reload").status_code == 200  # the signed one, re-verified
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(embed_dir, tmp_path):
+    with serving(embed_dir, "--max-batch-wait-ms", "1500", log_dir=tmp_path) as server:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [
+                pool.submit(
+                    lambda t=t: httpx.post(server.url + "/embed", json={"inputs": t}, timeout=60)
+                )
+                for t in TEXTS[:4]
+            ]
+            deadline = time.monotonic() + 30
+            while server.metrics()["te_queue_size"][()] < 4:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            server.proc.send_signal(signal.SIGTERM)  # four requests wait in the queue
+            assert [f.result().status_code for f in futures] == [200] * 4
+        assert server.proc.wait(30) == 0, server.log.read_text()
+        assert "Traceback" not in server.log.read_text()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(server.url + "/health", timeout=5)
+
+
+def test_failing_golden_rerun_turns_health_503(embed_dir):
+    """A backend that starts computing wrong numbers after load is caught by the watchdog."""
+    from starlette.testclient import TestClient
+
+    from edge_runtime.serve import ServeConfig
+    from edge_runtime.serve._app import create_app
+    from edge_runtime.serve._service import Service
+
+    service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0))
+    with TestClient(create_app(service)) as client:
+        assert client.get("/health").status_code == 200
+        # TestClient's peer is "testclient", not a loopback address: the admin routes refuse it
+        for route in ("/admin/reload", "/admin/check"):
+            refused = client.post(route)
+            assert refused.status_code == 403 and "loopback" in refused.json()["error"]
+        session = service.slot.current.model._session
+        real = session.run
+        session.run = lambda feeds: {k: v * 0 + 0.5 for k, v in real(feeds).items()}
+        result = service.watchdog.check(timeout=60)
+        assert not result["ok"] and result["cosine_min"] < 0.99
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["error_type"] == "Unhealthy"
+        assert "golden" in health.json()["error"]
+        assert "edge_golden_ok 0" in client.get("/metrics").text
+        session.run = real
+        assert service.watchdog.check(timeout=60)["ok"]
+        assert client.get("/health").status_code == 200
+
+
+def test_drift_signal():
+    from edge_runtime.serve._health import DriftMonitor
+    from edge_runtime.serve._metrics import ServeMetrics
+
+    rng = np.random.default_rng(0)
+    metrics = ServeMetrics(128)
+    drift = DriftMonitor(metrics, {})
+    drift.observe("token_length", rng.integers(5, 30, DriftMonitor.REFERENCE))
+    drift.observe("token_length", rng.integers(5, 30, 500))
+    drift.update()
+    same = metrics.drift.value(signal="token_length", reference="warmup")
+    drift.observe("token_length", rng.integers(60, 120, DriftMonitor.WINDOW))
+    drift.update()
+    shifted = metrics.drift.value(signal="token_length", reference="warmup")
+    assert same < 0.15 and shifted > 0.9
+    # a manifest that records quantiles at conversion is the reference instead of the warm-up
+    drift.reset({"input_stats": {"token_length": {"quantiles": {"0.1": 6, "0.5": 17, "0.9": 27}}}})
+    drift.observe("token_length", rng.integers(5, 30, 200))
+    drift.update()
+    assert metrics.drift.value(signal="token_length", reference="manifest") < 0.15
+    assert metrics.drift.value(signal="token_length", reference="warmup") is None
+
+
+def test_cli_errors_name_flags(embed_dir):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.serve",
+            str(embed_dir),
+            "--max-batch-tokens",
+            "16",
+            "--port",
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1 and "--max-batch-tokens (16) is below" in done.stderr, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.serve", str(embed_dir / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1 and "edge-serve: error:" in done.stderr
