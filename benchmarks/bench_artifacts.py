@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(repeatable; default x86-avx2); TARGET@METHOD overrides a static profile's "
                         "calibration method (minmax, percentile, entropy); a /floor=F suffix overrides "
                         "the accuracy floor (e.g. 0.5: no FP32 fallback, to measure a scheme as it is)")
+    parser.add_argument("--prune", help="also build pruned twins (edge-convert --prune, e.g. heads=0.33,ffn=0.5)")
+    parser.add_argument("--prune-floor", type=float, help="the pruned twins' floor (edge-convert --prune-floor; "
+                        "e.g. 0.5 to deliver and measure a pruning as it is)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50, help="timed runs per variant per round")
     parser.add_argument("--block", type=int, default=5, help="consecutive runs of one variant before the next "
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         result = convert(
             ConvertConfig(model=None, target=profile_id, out=kept_dir / target.replace("/", "_"),
                           calibration_method=method or None, accuracy_floor=float(floor) if floor else None,
-                          force=args.keep is not None),
+                          force=args.keep is not None, prune=args.prune, prune_floor=args.prune_floor),
             lambda message, target=target: print(f"  [{target}] {message}", file=sys.stderr, flush=True),
         )
         # An artifact the converter refused is a result too: reported below, never skipped silently.

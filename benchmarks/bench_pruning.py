@@ -1,76 +1,190 @@
-"""Structured pruning of the default model without labels: accuracy against the unpruned PyTorch
-model for head / FFN ratios, label-free activation importance vs the magnitude baseline, with and
-without the least-squares reconstruction (converters/pruning/). PyTorch FP32 only: no export, no
-quantization, no timing yet (issue 11's first part).
+"""Pruning sweep (issue 11): head / FFN ratio -> accuracy -> p50 -> size for the default model,
+with the label-free activation criterion edge-convert uses and the magnitude baseline (weight L2
+norm, torch-pruning's default) at the same shapes, in the same run.
 
-Importance and reconstruction use the fit texts; accuracy is the sentence-embedding cosine on the
-validation texts (the held-out benchmark texts are not read).
+    .venv/bin/python benchmarks/bench_pruning.py --ratios 0.17/0.25,0.25/0.5,0.33/0.5,0.5/0.75 \\
+        --out benchmarks/results/pruning_sweep
 
-    .venv/bin/python benchmarks/bench_pruning.py --ratios 0.25/0.25,0.33/0.5,0.5/0.5 --json benchmarks/results/pruning_minilm.json
+Every pruned model is sliced and re-fitted (converters/pruning/reconstruct.py, sequential least
+squares) on the fit texts. Accuracy is the sentence-embedding cosine against the unpruned PyTorch
+FP32 model, on the validation texts (what edge-convert's floors read) and on the benchmark's
+held-out texts (benchmarks/data/heldout_en.txt; never used to choose anything). Speed: the FP32
+ONNX export of each model (converters/export, no quantization: the INT8 figure comes from
+bench_artifacts.py --prune), batch 1, --seq tokens, --threads threads, onnxruntime with default
+session options; interleaved rounds, each variant's p50 divided by the unpruned export's p50 of
+the same round, median over rounds. Writes <out>.json, <out>.md and <out>.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
+import sys
 import time
 from pathlib import Path
 
-from edge_runtime._device import detect
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 
 
-def _runner(source):
+def _runner(source, module):
     import torch
 
     def run(feeds):
         with torch.no_grad():
-            out = source.module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
+            out = module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
         return {source.output_names[0]: out.numpy()}
 
     return run
 
 
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _time(sessions: dict[str, object], feeds: dict[str, np.ndarray], rounds: int, runs: int) -> dict[str, dict]:
+    """Interleaved: every round times each variant `runs` times in blocks of 5, round-robin."""
+    ratios: dict[str, list[float]] = {name: [] for name in sessions}
+    p50s: dict[str, list[float]] = {name: [] for name in sessions}
+    for session in sessions.values():  # warm-up
+        for _ in range(3):
+            session.run(None, feeds)
+    for r in range(rounds):
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        while any(len(t) < runs for t in times.values()):
+            for name, session in sessions.items():
+                for _ in range(min(5, runs - len(times[name]))):
+                    start = time.perf_counter()
+                    session.run(None, feeds)
+                    times[name].append(time.perf_counter() - start)
+        base = statistics.median(times["unpruned"])
+        for name, t in times.items():
+            p50s[name].append(statistics.median(t) * 1e3)
+            ratios[name].append(statistics.median(t) / base)
+        print(f"timing round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return {name: {"p50_ms": statistics.median(p50s[name]), "ratio": statistics.median(ratios[name])}
+            for name in sessions}
+
+
+def _markdown(result: dict) -> str:
+    lines = [f"{result['cpu']} ({', '.join(result['cpu_flags'])}), {result['model']}, batch 1, {result['seq']} tokens, "
+             f"{result['threads']} threads, FP32 ONNX exports, {result['rounds']} interleaved rounds",
+             "",
+             "| heads / FFN removed | criterion | parameters | FLOPs | validation cosine mean / min | "
+             "held-out cosine mean / min | ONNX MB | p50 ms | p50 vs unpruned |",
+             "|---|---|---:|---:|---|---|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['heads']:.2f} / {row['ffn']:.2f} | {row['criterion']} | {row['parameters']:.3f}x | "
+                     f"{row['flops']:.3f}x | {row['validation']['cosine_mean']:.4f} / "
+                     f"{row['validation']['cosine_min']:.4f} | {row['heldout']['cosine_mean']:.4f} / "
+                     f"{row['heldout']['cosine_min']:.4f} | {row['onnx_mb']:.1f} | {row['p50_ms']:.2f} | "
+                     f"{row['p50_ratio']:.3f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for criterion, marker in (("activation", "o"), ("magnitude", "s")):
+        rows = sorted((r for r in result["rows"] if r["criterion"] == criterion), key=lambda r: r["p50_ratio"])
+        axis.plot([r["p50_ratio"] for r in rows], [r["validation"]["cosine_mean"] for r in rows], marker=marker,
+                  label=f"{criterion} importance")
+        for r in rows:
+            axis.annotate(f"{r['heads']:.2f}/{r['ffn']:.2f}", (r["p50_ratio"], r["validation"]["cosine_mean"]),
+                          fontsize=7, textcoords="offset points", xytext=(4, 4))
+    axis.axhline(0.97, color="grey", linestyle="--", linewidth=0.8, label="pruning floor 0.97")
+    axis.set_xlabel("p50 vs unpruned FP32 ONNX (lower is faster)")
+    axis.set_ylabel("validation cosine vs unpruned (mean)")
+    axis.set_title(f"MiniLM pruning sweep, {result['cpu']}", fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratios", default="0.17/0.25,0.25/0.5,0.33/0.5,0.5/0.75", help="heads/ffn pairs")
+    parser.add_argument("--out", type=Path, required=True, help="path prefix of the .json, .md and .png")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=128)
+    args = parser.parse_args()
+
+    import tempfile
 
     from converters.core.validate import compute_metrics, reference_outputs
+    from converters.export.export_onnx import ExportConfig, export_onnx
     from converters.inputs.calibration import load_texts, split_texts
     from converters.inputs.source import load_source
     from converters.pruning.importance import magnitude, plan, score
+    from converters.pruning.prune_model import encoder_flops
     from converters.pruning.reconstruct import prune_and_reconstruct
-    from converters.pruning.surgery import prune
+    from edge_runtime._device import detect
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratios", default="0.25/0.25,0.33/0.5,0.5/0.5", help="heads/ffn pairs")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-pruning-"))
     texts = split_texts(load_texts())
     base = load_source(None)
+    heldout_texts = tuple(t for t in HELDOUT.read_text().splitlines() if t.strip())
     validation = reference_outputs(base, texts.validation.texts)
+    heldout = reference_outputs(base, heldout_texts)
     fit = reference_outputs(base, texts.fit.texts)
-    activation_scores = score(base.module, fit.batches, base.input_names)
-    magnitude_scores = magnitude(base.module)
-    params = sum(p.numel() for p in base.module.parameters())
+    criteria = {"activation": score(base.module, fit.batches, base.input_names), "magnitude": magnitude(base.module)}
+    params, flops = sum(p.numel() for p in base.module.parameters()), encoder_flops(base.module)
+    exported = {"unpruned": export_onnx(base, work / "unpruned.onnx", ExportConfig())}
     rows = []
     for pair in args.ratios.split(","):
         heads, ffn = (float(v) for v in pair.split("/"))
-        for criterion, scores in (("activation", activation_scores), ("magnitude", magnitude_scores)):
-            for refit in (False, True):
-                source = load_source(None)
-                keep = plan(scores, heads, ffn)
-                started = time.perf_counter()
-                report = (prune_and_reconstruct(source.module, keep, fit.batches, source.input_names) if refit
-                          else prune(source.module, keep))
-                seconds = time.perf_counter() - started
-                metrics = compute_metrics(source, validation, _runner(source), "pruned")
-                row = {"heads": heads, "ffn": ffn, "criterion": criterion, "reconstruction": refit,
-                       "parameters": report["parameters_after"] / params, "validation": metrics,
-                       "seconds": round(seconds, 1)}
-                rows.append(row)
-                print(f"heads {heads:.2f} ffn {ffn:.2f} {criterion:<10} {'refit' if refit else 'slice':<5} "
-                      f"params {row['parameters']:.3f}x  cosine {metrics['cosine_mean']:.4f} / "
-                      f"{metrics['cosine_min']:.4f}  ({seconds:.0f} s)", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"cpu": detect().cpu_model, "model": base.name, "rows": rows}, indent=2) + "\n")
+        for criterion, scores in criteria.items():
+            module = copy.deepcopy(base.module)
+            started = time.perf_counter()
+            report = prune_and_reconstruct(module, plan(scores, heads, ffn), fit.batches, base.input_names)
+            seconds = time.perf_counter() - started
+            pruned = copy.copy(base)
+            pruned.module = module
+            name = f"{heads:.2f}-{ffn:.2f}-{criterion}"
+            exported[name] = export_onnx(pruned, work / f"{name}.onnx", ExportConfig())
+            row = {"heads": heads, "ffn": ffn, "criterion": criterion, "refit_seconds": round(seconds, 1),
+                   "parameters": report["parameters_after"] / params, "flops": encoder_flops(module) / flops,
+                   "validation": compute_metrics(pruned, validation, _runner(base, module), name),
+                   "heldout": compute_metrics(pruned, heldout, _runner(base, module), name),
+                   "onnx_mb": sum(p.stat().st_size for p in work.glob(f"{name}.onnx*")) / 1e6, "variant": name}
+            rows.append(row)
+            print(f"{name}: FLOPs {row['flops']:.3f}x, validation {row['validation']['cosine_mean']:.4f} / "
+                  f"{row['validation']['cosine_min']:.4f}, held-out {row['heldout']['cosine_mean']:.4f} "
+                  f"({seconds:.0f} s re-fit)", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1000, 20000, (1, args.seq), dtype=np.int64),
+             "attention_mask": np.ones((1, args.seq), np.int64)}
+    if "token_type_ids" in base.input_names:
+        feeds["token_type_ids"] = np.zeros((1, args.seq), np.int64)
+    timing = _time({name: _session(path, args.threads) for name, path in exported.items()}, feeds,
+                   args.rounds, args.runs)
+    for row in rows:
+        row["p50_ms"], row["p50_ratio"] = timing[row["variant"]]["p50_ms"], timing[row["variant"]]["ratio"]
+    device = detect()
+    flags = sorted(device.isa_features & {"avx2", "fma", "avx512f", "avx512_vnni", "asimd", "asimddp"})
+    result = {"cpu": device.cpu_model, "cpu_flags": flags, "model": base.name, "seq": args.seq,
+              "threads": args.threads, "rounds": args.rounds, "unpruned_p50_ms": timing["unpruned"]["p50_ms"],
+              "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(_markdown(result))
+    _plot(result, args.out.with_suffix(".png"))
+    print(_markdown(result))
 
 
 if __name__ == "__main__":

@@ -111,20 +111,21 @@ class SharedInputs:
                                 reference_outputs(self.source, self.texts.fit.texts))
         return self._references
 
-    def pruned(self, request: PruneRequest, options: PruningOptions, progress: Progress) -> SharedInputs:
+    def pruned(self, request: PruneRequest, options: PruningOptions, progress: Progress,
+               distill_steps: int = 0) -> SharedInputs:
         """The same inputs around the pruned source model (converters/pruning/prune_model.py),
         once per request and pruning settings. Its references stay the unpruned model's outputs:
         pruned artifacts are measured against the original. A refusal of `auto` is kept too."""
         settings = _without_prose(dataclasses.asdict(options))
         settings.pop("artifacts", None)  # which twins are built, not how the model is pruned
         settings.pop("default", None)
-        key = hashlib.sha256(json.dumps([request.describe(), settings if request.auto else None],
+        key = hashlib.sha256(json.dumps([request.describe(), settings if request.auto else None, distill_steps],
                                         sort_keys=True).encode()).hexdigest()[:16]
         if key not in self._pruned:
             reference, fit = self.references(progress)
             samples = self.samples(progress)
             try:
-                result = prune_source(self.source, request, options, fit, reference, progress)
+                result = prune_source(self.source, request, options, fit, reference, progress, distill_steps)
             except AccuracyError as exc:
                 self._pruned[key] = exc
                 raise

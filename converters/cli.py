@@ -96,6 +96,7 @@ _FLAGS = {
     "validation_texts": "--validation-texts",
     "sign_key": "--sign-key",
     "prune_floor": "--prune-floor",
+    "distill_steps": "--distill-steps",
     "prune": "--prune",
 }
 _PARAMETER = re.compile(r"\b(" + "|".join(re.escape(name) for name in _FLAGS) + r")(?![\w=])")
@@ -141,6 +142,9 @@ def as_flags(message: str) -> str:
 @click.option("--prune-floor", type=float,
               help="minimum mean cosine / top-1 agreement of the pruned artifacts against the unpruned PyTorch "
                    "model (overrides the profile's [pruning] floor)")
+@click.option("--distill-steps", type=int, default=0, show_default=True,
+              help="after pruning, train the pruned model towards the unpruned one on the fit texts for up to N "
+                   "steps (no labels; early stopping on the validation texts)")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
@@ -149,7 +153,7 @@ def as_flags(message: str) -> str:
               help="also show what the libraries print meanwhile (warnings, log lines, native messages); "
                    "without it they go only to <out>.convert.log")
 def main(model, target, out, task, calibration, validation_texts, accuracy_floor, calibration_method, arithmetic,
-         sign_key, prune, prune_floor, force, as_json, list_targets, quiet, verbose):
+         sign_key, prune, prune_floor, distill_steps, force, as_json, list_targets, quiet, verbose):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
     if list_targets:
@@ -171,7 +175,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     config = ConvertConfig(model=model, target=profiles[0].id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
                            validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key,
-                           prune=prune, prune_floor=prune_floor)
+                           prune=prune, prune_floor=prune_floor, distill_steps=distill_steps)
     log_path = _log_path(out)
     capture = None
     try:

@@ -76,6 +76,8 @@ class ConvertConfig:
     # Pruned twins of the profile's [pruning] artifacts are built next to the unpruned ones.
     prune: str | None = None
     prune_floor: float | None = None  # overrides the profile's pruning cosine_mean / top1 floor
+    # Knowledge distillation of the pruned model from the unpruned one (converters/pruning/distill.py)
+    distill_steps: int = 0
 
 
 @dataclass
@@ -206,6 +208,9 @@ def _package(fmt: str, built: Built, stage: Path, name: str) -> list[dict[str, A
 
 def _prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest | None:
     request = PruneRequest.parse(config.prune if config.prune is not None else profile.pruning.default)
+    if config.distill_steps < 0 or (config.distill_steps and request is None):
+        raise ConversionError(f"distill_steps={config.distill_steps}: a number of steps >= 0, for a pruned model "
+                              "(pass prune=... too)")
     if request is not None and not profile.pruning.artifacts:
         raise ConversionError(f"profile {profile.id} names no artifacts to prune ([pruning] artifacts)")
     return request
@@ -217,12 +222,12 @@ PRUNED_EXPORT_TOLERANCE = 1e-3
 
 
 def _pruned_step(shared: SharedInputs, step: Step, profile: TargetProfile, request: PruneRequest,
-                 refused: list[dict[str, str]]) -> tuple[Step, SharedInputs, dict[str, int]] | None:
+                 refused: list[dict[str, str]], distill_steps: int) -> tuple[Step, SharedInputs, dict[str, int]] | None:
     """The Step the pruned twins are built with (the pruned source, its export, the pruning
     floor; the unpruned references), or None when `auto` found no pruning that keeps the floor:
     then every twin is recorded as refused with the reason."""
     try:
-        pruned = shared.pruned(request, profile.pruning, step.progress)
+        pruned = shared.pruned(request, profile.pruning, step.progress, distill_steps)
     except AccuracyError as exc:
         step.progress(f"[pruned] REFUSED: {exc}")
         refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": str(exc)}
@@ -399,7 +404,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             deliver(planned, step, shared, floor, fused_ops)
         prune_request = _prune_request(config, profile)
         if prune_request is not None:
-            pruned = _pruned_step(shared, step, profile, prune_request, refused)
+            pruned = _pruned_step(shared, step, profile, prune_request, refused, config.distill_steps)
             for planned in pruned_plan(profile) if pruned is not None else ():
                 deliver(planned, pruned[0], pruned[1], profile.pruning.floor, pruned[2])
         if not entries:

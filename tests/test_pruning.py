@@ -162,3 +162,25 @@ def test_magnitude_baseline_ranks_a_zero_weight_head_lowest(tiny_model_factory):
     scores = magnitude(source.module)
     assert scores.heads[0][2] == 0.0 and scores.heads[0].argmin() == 2
     assert all(len(scores.neurons[i]) == layer.neurons for i in scores.neurons)
+
+
+def test_distillation_recovers_accuracy_on_texts_it_did_not_train_on(tiny_model_factory):
+    import copy
+
+    from converters.core.validate import reference_outputs
+    from converters.pruning.distill import DistillConfig, distill
+    source = load_source(tiny_model_factory("bert", "feature-extraction"))
+    texts = load_texts().texts
+    fit, validation = reference_outputs(source, texts[:64]), reference_outputs(source, texts[64:96])
+    teacher = copy.deepcopy(source.module)
+    # Sliced only (no re-fit), so that there is something to recover.
+    prune(source.module, plan(score(source.module, fit.batches, source.input_names), heads=0.5, ffn=0.5))
+    teacher_state = copy.deepcopy(teacher.state_dict())
+    report = distill(source.module, teacher, source, fit, validation,
+                     DistillConfig(steps=60, learning_rate=1e-3, warmup=5, check_every=10))
+    assert report["after"]["cosine_mean"] > report["before"]["cosine_mean"] + 0.005, report["history"]
+    assert report["best_step"] > 0 and report["history"][0]["step"] == 0
+    # The model handed back is the best checkpoint, in eval mode, and the teacher is untouched.
+    assert not source.module.training
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, teacher_state[name]), name

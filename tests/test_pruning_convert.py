@@ -32,6 +32,18 @@ def test_prune_requests_parse_or_say_what_is_expected():
             PruneRequest.parse(bad)
 
 
+def test_distillation_needs_a_pruned_model():
+    from converters.pipeline import ConvertConfig, _prune_request
+    from targets import load_profile
+
+    profile = load_profile("x86-avx2")
+    config = ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), distill_steps=5)
+    with pytest.raises(ConversionError, match="for a pruned model"):
+        _prune_request(config, profile)
+    assert _prune_request(ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), prune="auto",
+                                        distill_steps=5), profile) == PruneRequest(auto=True)
+
+
 def test_profile_pruning_artifacts_must_be_planned_and_quantized(tmp_path):
     text = (Path(__file__).parents[1] / "targets" / "x86-avx2.toml").read_text()
     for artifacts, message in (('["tflite-int8"]', "not planned"), ('["onnx-fp32"]', "quantized artifacts only")):

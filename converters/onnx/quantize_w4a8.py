@@ -258,8 +258,8 @@ class W4A8Weights:
                     numpy_helper.from_array(np.array([0], np.int64), f"{p}_start"),
                     numpy_helper.from_array(np.array([rows], np.int64), f"{p}_stop"),
                 ])
-                nodes.append(helper.make_node("Slice", [last, f"{p}_start", f"{p}_stop"], [f"{p}_rows"], name=f"{p}_slice"))
-                last = f"{p}_rows"
+                nodes.append(helper.make_node("Slice", [last, f"{p}_start", f"{p}_stop"], [f"{p}_sliced"], name=f"{p}_slice"))
+                last = f"{p}_sliced"
             # Integral floats within the int8 range: the cast is exact.
             nodes.append(helper.make_node("Cast", [last], [name], to=TensorProto.INT8, name=f"{p}_to_int8"))
             unpack.extend(nodes)

@@ -28,6 +28,7 @@ from typing import Any
 from converters._errors import AccuracyError, ConversionError
 from converters.core.validate import Reference, compute_metrics, floor_failures
 from converters.inputs.source import SourceModel
+from converters.pruning.distill import DistillConfig, distill
 from converters.pruning.importance import Scores, plan, score
 from converters.pruning.reconstruct import prune_and_reconstruct
 from converters.pruning.structure import find_layers
@@ -127,8 +128,10 @@ def _loss(metrics: dict[str, float]) -> float:
 
 
 def prune_source(source: SourceModel, request: PruneRequest, options: PruningOptions, fit: Reference,
-                 validation: Reference, progress: Progress = lambda m: None) -> PrunedSource:
-    """`source` pruned as `request` says (see the module docstring). Fixed ratios are delivered
+                 validation: Reference, progress: Progress = lambda m: None,
+                 distill_steps: int = 0) -> PrunedSource:
+    """`source` pruned as `request` says (see the module docstring), then, with `distill_steps`,
+    distilled from the unpruned model on the fit texts (distill.py). Fixed ratios are delivered
     whatever they score (the pruned artifacts are judged against the floor when built); `auto`
     raises AccuracyError naming every step tried when not even the first step keeps the floor."""
     progress("pruning: scoring heads and FFN neurons on the fit texts (activations, no labels)")
@@ -173,6 +176,12 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
                             f"{t['metrics'].get('cosine_min', float('nan')):.4f}" for t in tried)
             )
         chosen, (pruned, report, metrics) = best
+    distillation = None
+    if distill_steps > 0:
+        progress(f"distilling the pruned model from the unpruned one: up to {distill_steps} steps on the fit texts")
+        distillation = distill(pruned.module, source.module, source, fit, validation, DistillConfig(distill_steps),
+                               progress)
+        metrics = distillation["after"]
     flops_after = encoder_flops(pruned.module)
     progress(f"pruned heads {chosen[0]:.2f} ffn {chosen[1]:.2f}: {flops_after / flops_before:.3f}x FLOPs, "
              f"{report['parameters_after'] / report['parameters_before']:.3f}x parameters; PyTorch FP32 vs "
@@ -190,5 +199,6 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         "flops_sequence": FLOPS_SEQUENCE,
         "reconstruction": report["reconstruction"],
         "pytorch_metrics": metrics,
+        "distillation": distillation,
         **({"search": tried} if request.auto else {}),
     })

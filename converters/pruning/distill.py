@@ -1,0 +1,133 @@
+"""Optional recovery after pruning: knowledge distillation on unlabeled text (`--distill-steps N`).
+
+The pruned model (student) is trained to reproduce the unpruned one (teacher) on the fit texts:
+
+    loss = (1 - cos(student output, teacher output))                 per text (pooled embedding) or
+           + KL(teacher probabilities || student probabilities)     per text (classification logits)
+           + mean over layers of (1 - cos(student hidden, teacher hidden))   per real token
+
+Cosines rather than squared errors on the hidden states: BERT-style residual streams carry a few
+dimensions with values 10-100x the rest, which a squared error would spend the whole budget on.
+The student stays in eval mode (no dropout): it is fitted to a deterministic teacher on a few
+hundred texts, where dropout's noise costs more than it regularizes. No labels: the teacher's
+outputs are the targets (the Sentence-Transformers distillation recipe
+matches embeddings the same way). AdamW, linear warm-up then constant; every `check_every`
+steps the student is scored on the validation texts against the teacher's outputs (the metric
+the floors read), and the best state is kept: training stops early after `patience` checks
+without improvement, and a student that never beats its starting point is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from converters.core.validate import Reference, compute_metrics
+from converters.pruning.structure import find_layers
+
+__all__ = ["DistillConfig", "distill"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int
+    learning_rate: float = 1e-4
+    warmup: int = 20
+    check_every: int = 25
+    patience: int = 4
+    seed: int = 0
+
+
+def _score(metrics: dict[str, float]) -> float:
+    """Higher is better: mean cosine (embeddings) or top-1 agreement (classification)."""
+    return metrics.get("cosine_mean", metrics.get("top1_agreement", 0.0))
+
+
+def _hidden_taps(model: Any) -> tuple[list, list]:
+    """Hooks recording every layer's input hidden state (the previous layer's output)."""
+    store: list = []
+    hooks = [layer.query.register_forward_pre_hook(lambda m, a: store.append(a[0])) for layer in find_layers(model)]
+    return store, hooks
+
+
+def distill(student: Any, teacher: Any, source: Any, fit: Reference, validation: Reference,
+            config: DistillConfig, progress: Progress = lambda m: None) -> dict[str, Any]:
+    """Train `student` (in place) towards `teacher` on `fit`'s batches; see the module docstring.
+    `source` gives the input names and task. Returns what happened, for the manifest."""
+    import torch
+
+    def run(feeds):
+        with torch.no_grad():
+            out = student(*[torch.from_numpy(feeds[n]) for n in source.input_names])
+        return {source.output_names[0]: out.numpy()}
+
+    def evaluate() -> dict[str, float]:
+        return compute_metrics(source, validation, run, "distilled student")
+
+    torch.manual_seed(config.seed)
+    student.eval()
+    rng = np.random.default_rng(config.seed)
+    before = evaluate()
+    best_score, best_state, best_step = _score(before), copy.deepcopy(student.state_dict()), 0
+    history = [{"step": 0, **before}]
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    student_hidden, student_hooks = _hidden_taps(student)
+    teacher_hidden, teacher_hooks = _hidden_taps(teacher)
+    classification = source.task == "text-classification"
+    checks_without_gain = 0
+    try:
+        for step in range(1, config.steps + 1):
+            feeds = fit.batches[int(rng.integers(len(fit.batches)))]
+            inputs = [torch.from_numpy(feeds[n]) for n in source.input_names]
+            mask = torch.from_numpy(feeds["attention_mask"]).bool()
+            student_hidden.clear()
+            teacher_hidden.clear()
+            with torch.no_grad():
+                target = teacher(*inputs)
+            output = student(*inputs)
+            if classification:
+                loss = torch.nn.functional.kl_div(torch.log_softmax(output, -1), torch.log_softmax(target, -1),
+                                                  log_target=True, reduction="batchmean")
+            elif output.dim() == 3:  # token vectors: compare the mean-pooled embeddings
+                weights = mask.unsqueeze(-1).to(output.dtype)
+                loss = (1 - torch.nn.functional.cosine_similarity(
+                    (output * weights).sum(1), (target * weights).sum(1), dim=-1)).mean()
+                student_hidden.append(output)
+                teacher_hidden.append(target)
+            else:
+                loss = (1 - torch.nn.functional.cosine_similarity(output, target, dim=-1)).mean()
+            pairs = list(zip(student_hidden[1:], teacher_hidden[1:]))
+            for s, t in pairs:
+                loss = loss + (1 - torch.nn.functional.cosine_similarity(s[mask], t[mask], dim=-1)).mean() / len(pairs)
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * min(1.0, step / max(config.warmup, 1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step % config.check_every == 0 or step == config.steps:
+                metrics = evaluate()
+                history.append({"step": step, "loss": float(loss.detach()), **metrics})
+                progress(f"distillation step {step}/{config.steps}: loss {float(loss.detach()):.4f}, validation "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                if _score(metrics) > best_score:
+                    best_score, best_state, best_step = _score(metrics), copy.deepcopy(student.state_dict()), step
+                    checks_without_gain = 0
+                else:
+                    checks_without_gain += 1
+                    if checks_without_gain >= config.patience:
+                        progress(f"distillation: no gain in {config.patience} checks, stopping early")
+                        break
+    finally:
+        for hook in student_hooks + teacher_hooks:
+            hook.remove()
+    student.load_state_dict(best_state)
+    return {"steps": config.steps, "steps_run": history[-1]["step"], "best_step": best_step,
+            "learning_rate": config.learning_rate, "before": before, "after": evaluate(),
+            "loss": "1 - cosine (output) + mean 1 - cosine (hidden states per token); KL for classifiers",
+            "history": history}
