@@ -30,6 +30,7 @@ from converters.inputs.plan import Planned, plan, pruned_plan
 from converters.inputs.source import SourceModel
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
+from converters.packaging.input_stats import input_stats
 from converters.pruning.prune_model import PruneRequest
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
@@ -421,6 +422,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             "tokenizer": _tokenizer_files(source, stage),
             "postprocess": source.postprocess,
             "calibration": texts.describe(),
+            # what the validation inputs looked like: edge-serve's drift reference
+            "input_stats": input_stats(source, reference),
             "arithmetic": validation.describe(),
             "runtime": _runtime_settings(profile),
             "artifacts": entries,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import os
 import shutil
 import signal
@@ -633,3 +634,42 @@ def test_cli_errors_name_flags(embed_dir):
         check=False,
     )
     assert done.returncode == 1 and "edge-serve: error:" in done.stderr
+
+
+def test_manifest_input_stats_are_the_drift_reference(embed_dir):
+    """The converter records the validation texts' token lengths and pre-normalization norms;
+    the same texts served by the artifact show no drift against them, other texts do."""
+    import edge_runtime
+    from converters.inputs.calibration import load_texts, split_texts
+    from edge_runtime._text import pool
+    from edge_runtime.serve._health import DriftMonitor
+    from edge_runtime.serve._metrics import ServeMetrics
+
+    manifest = json.loads((embed_dir / "manifest.json").read_text())
+    stats = manifest["input_stats"]
+    assert stats["texts"] == "validation" and len(stats["token_length"]["quantiles"]) == 19
+    for signal in ("token_length", "embedding_norm"):
+        values = list(stats[signal]["quantiles"].values())
+        assert values == sorted(values) and values[0] > 0, (signal, values)
+
+    model = edge_runtime.load(embed_dir, artifact="onnx-int8")
+    texts = list(split_texts(load_texts()).validation.texts)
+    encoder = model._text()
+    post = manifest["postprocess"]
+
+    def observe(drift, batch):
+        feeds = encoder.encode(batch)
+        hidden = model.run(feeds)[post["output"]]
+        drift.observe("token_length", feeds["attention_mask"].sum(axis=1))
+        drift.observe("embedding_norm", np.linalg.norm(pool(hidden, feeds["attention_mask"], post["pooling"], False), axis=-1))
+
+    metrics = ServeMetrics(128)
+    drift = DriftMonitor(metrics, manifest)
+    observe(drift, texts)
+    drift.update()
+    for signal in ("token_length", "embedding_norm"):
+        assert metrics.drift.value(signal=signal, reference="manifest") < 0.1, signal
+    shifted = DriftMonitor(metrics, manifest)
+    observe(shifted, [" ".join(texts[i:i + 4]) for i in range(0, len(texts), 1)])  # 4x longer inputs
+    shifted.update()
+    assert metrics.drift.value(signal="token_length", reference="manifest") > 0.5

@@ -10,9 +10,9 @@ a failure turns /health into 503 Unhealthy until a re-run passes or a reload swa
 
 Drift: the recent inputs' token lengths and pre-normalization embedding norms against a
 reference, as a Kolmogorov-Smirnov distance (edge_input_drift). The reference is the manifest's
-`input_stats` (quantiles recorded at conversion) when it has them; manifests today do not, so the
-reference is the first REFERENCE inputs served by this model (reference="warmup"): a shift *since
-start* (docs/serve.md).
+`input_stats` (quantiles of the validation texts, recorded at conversion); a directory converted
+before edge-convert recorded them falls back to the first REFERENCE inputs served by this model
+(reference="warmup"): a shift *since start* (docs/serve.md).
 """
 
 from __future__ import annotations
