@@ -12,7 +12,9 @@ held-out texts (benchmarks/data/heldout_en.txt; never used to choose anything). 
 ONNX export of each model (converters/export, no quantization: the INT8 figure comes from
 bench_artifacts.py --prune), batch 1, --seq tokens, --threads threads, onnxruntime with default
 session options; interleaved rounds, each variant's p50 divided by the unpruned export's p50 of
-the same round, median over rounds. Writes <out>.json, <out>.md and <out>.png.
+the same round, median over rounds. --distill-steps N adds, for each activation-criterion model,
+a row distilled from the unpruned one (converters/pruning/distill.py). Writes <out>.json,
+<out>.md and <out>.png.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def _time(sessions: dict[str, object], feeds: dict[str, np.ndarray], rounds: int
             p50s[name].append(statistics.median(t) * 1e3)
             ratios[name].append(statistics.median(t) / base)
         print(f"timing round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    return {name: {"p50_ms": statistics.median(p50s[name]), "ratio": statistics.median(ratios[name])}
-            for name in sessions}
+    return {name: {"p50_ms": statistics.median(p50s[name]), "ratio": statistics.median(ratios[name]),
+                   "round_ratios": [round(r, 3) for r in ratios[name]]} for name in sessions}
 
 
 def _markdown(result: dict) -> str:
@@ -98,17 +100,22 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
-    for criterion, marker in (("activation", "o"), ("magnitude", "s")):
-        rows = sorted((r for r in result["rows"] if r["criterion"] == criterion), key=lambda r: r["p50_ratio"])
-        axis.plot([r["p50_ratio"] for r in rows], [r["validation"]["cosine_mean"] for r in rows], marker=marker,
-                  label=f"{criterion} importance")
+    for criterion, marker in (("activation", "o"), ("magnitude", "s"), ("distillation", "^")):
+        rows = sorted((r for r in result["rows"] if r["criterion"] == criterion
+                       or (criterion == "distillation" and "distillation" in r)), key=lambda r: r["flops"])
+        if not rows:
+            continue
+        axis.plot([r["flops"] for r in rows], [r["validation"]["cosine_mean"] for r in rows], marker=marker,
+                  label="activation + distillation" if criterion == "distillation" else f"{criterion} importance")
         for r in rows:
-            axis.annotate(f"{r['heads']:.2f}/{r['ffn']:.2f}", (r["p50_ratio"], r["validation"]["cosine_mean"]),
+            axis.annotate(f"{r['heads']:.2f}/{r['ffn']:.2f} ({r['p50_ratio']:.2f}x p50)",
+                          (r["flops"], r["validation"]["cosine_mean"]),
                           fontsize=7, textcoords="offset points", xytext=(4, 4))
     axis.axhline(0.97, color="grey", linestyle="--", linewidth=0.8, label="pruning floor 0.97")
-    axis.set_xlabel("p50 vs unpruned FP32 ONNX (lower is faster)")
+    axis.set_xlabel("encoder FLOPs vs unpruned")
     axis.set_ylabel("validation cosine vs unpruned (mean)")
-    axis.set_title(f"MiniLM pruning sweep, {result['cpu']}", fontsize=9)
+    axis.set_title(f"MiniLM pruning sweep ({result['cpu']}); labels: heads/FFN removed,\n"
+                   "p50 of the FP32 ONNX export vs the unpruned one", fontsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -118,11 +125,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.17/0.25,0.25/0.5,0.33/0.5,0.5/0.75", help="heads/ffn pairs")
     parser.add_argument("--out", type=Path, required=True, help="path prefix of the .json, .md and .png")
+    parser.add_argument("--replot", action="store_true", help="only redraw <out>.png and <out>.md from <out>.json")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--criteria", default="activation,magnitude", help="importance criteria to compare")
+    parser.add_argument("--distill-steps", type=int, default=0,
+                        help="also distill each activation-criterion model for up to N steps (a row of its own)")
     args = parser.parse_args()
+    if args.replot:
+        result = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.with_suffix(".md").write_text(_markdown(result))
+        _plot(result, args.out.with_suffix(".png"))
+        return
 
     import tempfile
 
@@ -130,6 +146,7 @@ def main() -> None:
     from converters.export.export_onnx import ExportConfig, export_onnx
     from converters.inputs.calibration import load_texts, split_texts
     from converters.inputs.source import load_source
+    from converters.pruning.distill import DistillConfig, distill
     from converters.pruning.importance import magnitude, plan, score
     from converters.pruning.prune_model import encoder_flops
     from converters.pruning.reconstruct import prune_and_reconstruct
@@ -142,7 +159,10 @@ def main() -> None:
     validation = reference_outputs(base, texts.validation.texts)
     heldout = reference_outputs(base, heldout_texts)
     fit = reference_outputs(base, texts.fit.texts)
-    criteria = {"activation": score(base.module, fit.batches, base.input_names), "magnitude": magnitude(base.module)}
+    wanted = args.criteria.split(",")
+    criteria = {name: make() for name, make in (
+        ("activation", lambda: score(base.module, fit.batches, base.input_names)),
+        ("magnitude", lambda: magnitude(base.module))) if name in wanted}
     params, flops = sum(p.numel() for p in base.module.parameters()), encoder_flops(base.module)
     exported = {"unpruned": export_onnx(base, work / "unpruned.onnx", ExportConfig())}
     rows = []
@@ -163,6 +183,19 @@ def main() -> None:
                    "heldout": compute_metrics(pruned, heldout, _runner(base, module), name),
                    "onnx_mb": sum(p.stat().st_size for p in work.glob(f"{name}.onnx*")) / 1e6, "variant": name}
             rows.append(row)
+            if criterion == "activation" and args.distill_steps:
+                student, began = copy.deepcopy(module), time.perf_counter()
+                report = distill(student, base.module, base, fit, validation, DistillConfig(args.distill_steps),
+                                 lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+                distilled = copy.copy(pruned)
+                distilled.module = student
+                dname = f"{name}-distilled"
+                exported[dname] = export_onnx(distilled, work / f"{dname}.onnx", ExportConfig())
+                rows.append({**row, "criterion": f"activation + {report['steps_run']} distillation steps",
+                             "variant": dname, "distill_seconds": round(time.perf_counter() - began, 1),
+                             "distillation": {k: report[k] for k in ("steps_run", "best_step", "learning_rate")},
+                             "validation": compute_metrics(distilled, validation, _runner(base, student), dname),
+                             "heldout": compute_metrics(distilled, heldout, _runner(base, student), dname)})
             print(f"{name}: FLOPs {row['flops']:.3f}x, validation {row['validation']['cosine_mean']:.4f} / "
                   f"{row['validation']['cosine_min']:.4f}, held-out {row['heldout']['cosine_mean']:.4f} "
                   f"({seconds:.0f} s re-fit)", file=sys.stderr, flush=True)
@@ -175,6 +208,7 @@ def main() -> None:
                    args.rounds, args.runs)
     for row in rows:
         row["p50_ms"], row["p50_ratio"] = timing[row["variant"]]["p50_ms"], timing[row["variant"]]["ratio"]
+        row["round_ratios"] = timing[row["variant"]]["round_ratios"]
     device = detect()
     flags = sorted(device.isa_features & {"avx2", "fma", "avx512f", "avx512_vnni", "asimd", "asimddp"})
     result = {"cpu": device.cpu_model, "cpu_flags": flags, "model": base.name, "seq": args.seq,
