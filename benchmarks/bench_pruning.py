@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--criteria", default="activation,magnitude", help="importance criteria to compare")
     parser.add_argument("--distill-steps", type=int, default=0,
                         help="also distill each activation-criterion model for up to N steps (a row of its own)")
+    parser.add_argument("--distill-lr", type=float, help="distillation learning rate [default: DistillConfig's]")
     args = parser.parse_args()
     if args.replot:
         result = json.loads(args.out.with_suffix(".json").read_text())
@@ -185,7 +186,9 @@ def main() -> None:
             rows.append(row)
             if criterion == "activation" and args.distill_steps:
                 student, began = copy.deepcopy(module), time.perf_counter()
-                report = distill(student, base.module, base, fit, validation, DistillConfig(args.distill_steps),
+                settings = DistillConfig(args.distill_steps) if args.distill_lr is None else DistillConfig(
+                    args.distill_steps, learning_rate=args.distill_lr)
+                report = distill(student, base.module, base, fit, validation, settings,
                                  lambda m: print(f"  {m}", file=sys.stderr, flush=True))
                 distilled = copy.copy(pruned)
                 distilled.module = student
