@@ -301,6 +301,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         profile = dataclasses.replace(profile, pruning=dataclasses.replace(
             profile.pruning, cosine_mean=floor_p.cosine_mean, cosine_min=floor_p.cosine_min,
             top1_agreement=floor_p.top1_agreement))
+    prune_request = _prune_request(config, profile)  # a bad request fails before any work
     if config.arithmetic not in ARITHMETIC_MODES:
         raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
     validation = choose_validation(profile, config.arithmetic)
@@ -322,7 +323,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             shared.check(config)
         source = shared.source
         # Before any work for this target: room for its artifacts and the work directory.
-        disk = preflight.check_disk_space(profile, source, config.out)
+        disk = preflight.check_disk_space(profile, source, config.out, pruned=prune_request is not None)
         progress(f"disk space: {disk.describe()}: enough free")
         stage = stack.enter_context(package.staging_dir(config.out, config.force))
         work = shared.work / profile.id
@@ -403,7 +404,6 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
 
         for planned in plan(profile):
             deliver(planned, step, shared, floor, fused_ops)
-        prune_request = _prune_request(config, profile)
         if prune_request is not None:
             pruned = _pruned_step(shared, step, profile, prune_request, refused, config.distill_steps)
             for planned in pruned_plan(profile) if pruned is not None else ():

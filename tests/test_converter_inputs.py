@@ -188,6 +188,12 @@ def test_estimate_follows_the_planned_artifacts(source):
     assert sizes.work_bytes >= 8 * sizes.fp32_bytes  # 7.9x measured on MiniLM (preflight.WORK_SIZE)
     # A profile with TFLite artifacts too needs more room.
     assert preflight.estimate(load_profile("rpi5"), source).artifact_bytes > sizes.artifact_bytes
+    # --prune adds the pruned twins (at most their unpruned size) and the pruned model's work tree.
+    pruned = preflight.estimate(load_profile("x86-avx2"), source, pruned=True)
+    assert [name for name, _ in pruned.artifacts] == ["onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int8-pruned",
+                                                     "onnx-int4-pruned"]
+    assert dict(pruned.artifacts)["onnx-int8-pruned"] == by_name["onnx-int8"]
+    assert pruned.work_bytes == 2 * sizes.work_bytes
 
 
 def test_too_little_space_is_refused_before_any_work(source, tmp_path, monkeypatch):

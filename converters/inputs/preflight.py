@@ -81,18 +81,19 @@ def _is_tokenizer_file(name: str) -> bool:
     return name in TOKENIZER_FILES or name == "merges.txt" or name.startswith(("tokenizer", "special_tokens"))
 
 
-def estimate(profile: TargetProfile, source: SourceModel) -> DiskEstimate:
-    """A conservative size of what converting `source` for `profile` writes."""
-    from converters.inputs.plan import plan
+def estimate(profile: TargetProfile, source: SourceModel, pruned: bool = False) -> DiskEstimate:
+    """A conservative size of what converting `source` for `profile` writes; `pruned`: also the
+    pruned twins (counted at their unpruned size) and a second work tree for the pruned model."""
+    from converters.inputs.plan import plan, pruned_plan
 
     fp32, tokenizer = _source_bytes(source)
     artifacts = tuple(
         (p.name, int(fp32 * ARTIFACT_SIZE.get(p.precision, UNKNOWN_PRECISION_SIZE)) + PER_ARTIFACT_SLACK)
-        for p in plan(profile)
+        for p in plan(profile) + (pruned_plan(profile) if pruned else [])
     )
     # The device keeps a copy of the tokenizer in the artifact directory.
     total = sum(size for _, size in artifacts) + tokenizer + PER_ARTIFACT_SLACK
-    return DiskEstimate(fp32, total, int(fp32 * WORK_SIZE), artifacts)
+    return DiskEstimate(fp32, total, int(fp32 * WORK_SIZE) * (2 if pruned else 1), artifacts)
 
 
 def _existing(path: Path) -> Path:
@@ -108,7 +109,7 @@ def _filesystem(path: Path) -> int:
 
 
 def check_disk_space(profile: TargetProfile, source: SourceModel, out: Path,
-                     temp_dir: Path | None = None) -> DiskEstimate:
+                     temp_dir: Path | None = None, pruned: bool = False) -> DiskEstimate:
     """Raise DiskSpaceError unless the filesystems of `out` and of the temp dir have room for
     estimate(); when both are one filesystem it must hold both at once. The directories that
     killed conversions left (converters/packaging/package.py) are removed first: their space is free."""
@@ -118,7 +119,7 @@ def check_disk_space(profile: TargetProfile, source: SourceModel, out: Path,
     temp_dir = Path(temp_dir or tempfile.gettempdir())
     package.remove_leftovers(out.parent, package.staging_prefix(out))
     package.remove_leftovers(temp_dir, package.WORK_PREFIX)
-    sizes = estimate(profile, source)
+    sizes = estimate(profile, source, pruned)
     out_fs, temp_fs = _existing(out.parent), _existing(temp_dir)
     if _filesystem(out_fs) == _filesystem(temp_fs):
         needs = [(out_fs, sizes.artifact_bytes + sizes.work_bytes, "the artifact directory and the work directory")]
