@@ -112,6 +112,10 @@ class Step:
         return self.sessions(path) if self.sessions is not None else onnx_session(path)
 
 
+# step.cache key of the unfused FP32 ONNX export, when the run made one (converters/_shared.py).
+PLAIN_ONNX_EXPORT = "onnx-plain-export"
+
+
 @dataclass
 class Built:
     model_path: Path
@@ -437,8 +441,9 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
         # Re-batched by length: edge_runtime pads a batch to the bucket of its longest text.
         judge=_tflite_scorer(step, step.reference.spread(None), f"{name} candidate"),
-        # GPTQ statistics of the export: tapped once, shared by both recipes and all targets.
-        hessians=step.cache.setdefault("tflite-hessians", HessianCache()),
+        # GPTQ statistics of the export: collected once, shared by both recipes and all targets;
+        # read from the plain ONNX export when this run made one (faster than the interpreter).
+        hessians=step.cache.setdefault("tflite-hessians", HessianCache(twin=step.cache.get(PLAIN_ONNX_EXPORT))),
     )
     metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run, name)
     _checked(step, name, precision, metrics)

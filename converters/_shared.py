@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters._artifacts import Built, Step
+from converters._artifacts import PLAIN_ONNX_EXPORT, Built, Step
 from converters._errors import AccuracyError, ConversionError
 from converters.core.validate import Reference, reference_outputs
 from converters.export.export_onnx import ExportConfig, export_onnx
@@ -158,6 +158,8 @@ class SharedInputs:
             folder.mkdir(parents=True, exist_ok=True)
             progress(f"exporting ONNX (opset {profile.onnx.opset}, dynamic batch and sequence)")
             path = export_onnx(self.source, folder / "export.onnx", ExportConfig(profile.onnx.opset))
+            # The unfused export: the TFLite GPTQ statistics can be read from it (tflite/hessians.py).
+            self.cache[PLAIN_ONNX_EXPORT] = path
             fused: dict[str, int] = {}
             if fusion:
                 progress("fusing transformer subgraphs for onnxruntime")

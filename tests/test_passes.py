@@ -120,6 +120,20 @@ def test_static_qdq_calibration_methods(exported, tmp_path, method):
     cos = (want * got).sum(-1) / np.linalg.norm(want, axis=-1) / np.linalg.norm(got, axis=-1)
     assert cos[keep].mean() > 0.98, (method, cos[keep].mean())
 
+    # The fallback search's calibration cache: written by the first call, read by the next (with
+    # other nodes excluded, which calibration ignores), and the files equal calibrating each time.
+    cache = tmp_path / "ranges.json"
+    excluded = (quantizable_nodes(path)[0],)
+    for name, exclude in (("cold", ()), ("warm", ()), ("warm_excl", excluded)):
+        config = Int8Config(scheme=scheme, calibration_batches=batches, exclude=exclude, calibration_cache=cache)
+        quantize_int8(path, tmp_path / f"{name}.onnx", config)
+        assert cache.is_file()
+    plain_excl = quantize_int8(path, tmp_path / "excl.onnx",
+                               Int8Config(scheme=scheme, calibration_batches=batches, exclude=excluded))
+    assert (tmp_path / "cold.onnx").read_bytes() == out.read_bytes()
+    assert (tmp_path / "warm.onnx").read_bytes() == out.read_bytes()
+    assert (tmp_path / "warm_excl.onnx").read_bytes() == plain_excl.read_bytes()
+
 
 def numpy_helper_array(init):
     from onnx import numpy_helper

@@ -344,3 +344,54 @@ def test_hessians_are_tapped_once_and_shared_with_the_compact_copy(bert, tmp_pat
     cache.get(fp32, fcs, rows[:10])
     cache.get(fp32, fcs, rows, weighting="token")
     assert cache.collected == 3 * len(fcs)
+
+
+@pytest.mark.slow  # a TFLite export, an ONNX export and a Hessian tap
+@pytest.mark.parametrize("weighting", ["row", "token"])
+def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_factory, tmp_path, weighting):
+    """The plain ONNX export of the same model gives the statistics the interpreter taps (same
+    weights matched by value, same real tokens, same weighting), in one batched run; a twin
+    missing a weight (another model) sends the cache back to the interpreter."""
+    from converters.export.export_onnx import ExportConfig, export_onnx
+    from converters.tflite.flatbuffer import FC
+    from converters.tflite.hessians import HessianCache, collect_hessians, onnx_twin_hessians, with_prefixes
+    from converters.tflite.signatures import calibration_rows, signature_lengths
+
+    import torch
+
+    _, _, calibration, _ = bert
+    source = load_source(tiny_model_factory("bert", "feature-extraction"))
+    # Trained-like LayerNorms (a fresh model's are gamma 1, beta 0): litert-torch folds gamma
+    # into the FC that follows, so those inputs must be un-normalized on the ONNX side.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in source.module.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+    fp32 = tmp_path / "fp32.tflite"
+    export_tflite(source, fp32, TfliteExportConfig(buckets=(16, 32)))
+    rows = with_prefixes(calibration_rows(calibration, max(signature_lengths(fp32))), (1, 2, 3))
+    fcs = {b: w for b, w in find_weights(fp32).items() if w.kind == FC}
+    twin = export_onnx(source, tmp_path / "export.onnx", ExportConfig())
+    tapped = collect_hessians(fp32, fcs, rows, weighting)
+    cache = HessianCache(twin=twin)
+    read = cache.get(fp32, fcs, rows, weighting=weighting)
+    assert cache.from_twin == cache.collected == len(fcs) == 12
+    for buffer in fcs:
+        scale = np.abs(tapped[buffer]).max()
+        np.testing.assert_allclose(read[buffer], tapped[buffer], rtol=1e-4, atol=1e-5 * scale)
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(twin))  # one MatMul weight changed: not this model's twin any more
+    weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
+    init = next(i for i in model.graph.initializer if i.name in weights)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(1e-3), init.name))
+    other_twin = tmp_path / "other.onnx"
+    onnx.save(model, str(other_twin))
+    assert onnx_twin_hessians(fp32, fcs, rows, other_twin, weighting) is None
+    fallback = HessianCache(twin=other_twin)
+    fallback.get(fp32, fcs, rows[:8], weighting=weighting)
+    assert fallback.collected == 12 and fallback.from_twin == 0

@@ -85,6 +85,19 @@ def quantize_with_floor(
     """`reference`: the validation texts (metrics, floor, each step of the search); `fit`: the
     texts the ranking is measured on (None: `reference`, for callers without a split);
     `rounding`: quantize_int8's GPTQ rounding (None: round-to-nearest)."""
+    calibration_cache = out_path.with_suffix(".ranges.json")
+    calibration_cache.unlink(missing_ok=True)  # a leftover would describe another model
+    try:
+        return _quantize_with_floor(
+            fp32_path, out_path, dataclasses.replace(config, calibration_cache=calibration_cache)
+            if isinstance(config, Int8Config) and config.scheme.mode == "static" else config,
+            source, reference, floor, make_session, progress, fit, name, rounding)
+    finally:
+        calibration_cache.unlink(missing_ok=True)
+
+
+def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, make_session, progress, fit,
+                         name, rounding) -> QuantOutcome:
     quantize_int8(fp32_path, out_path, config, rounding)
     metrics = compute_metrics(source, reference, make_session(out_path).run, name)
     failures = floor_failures(metrics, floor)

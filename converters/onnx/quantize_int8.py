@@ -31,6 +31,11 @@ class Int8Config:
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] = ()
     calibration_batches: tuple = field(default=(), repr=False)  # feeds for static mode
+    # Static mode: a JSON file where onnxruntime keeps the activation ranges it calibrated and
+    # reads them back on the next call (None: calibrate every call). Only valid for one model
+    # file and one set of batches: the FP32 fallback search (mixed_precision.py) builds up to
+    # 40 candidates that differ only in excluded nodes, which calibration does not look at.
+    calibration_cache: Path | None = None
 
     def describe(self, rounding: Any = None) -> dict:
         """The settings for the manifest; `rounding`: the Int8Rounding the pass was given."""
@@ -227,6 +232,7 @@ def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:
         weight_type=qtype[scheme.weight_type],
         nodes_to_exclude=list(config.exclude),
         calibrate_method=method,
+        calibration_cache_path=config.calibration_cache,
         extra_options={
             "MatMulConstBOnly": True,
             # TensorRT's explicit quantization reads only symmetric (zero point 0) INT8.
