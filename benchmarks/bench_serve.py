@@ -14,7 +14,9 @@ rounds, so a change of machine load hits every mode alike. Modes:
 - dynamic: the defaults: requests batched; a batch-dependent artifact (dynamic INT8) still runs
   each input alone inside the batch (batch invariance, a vector never depends on its neighbours);
 - dynamic-batched: --no-batch-invariant: inputs of a batch share padded backend calls;
-- dynamic-batched-wait10: the same with --max-batch-wait-ms 10 (fuller batches, more wait).
+- dynamic-batched-wait10: the same with --max-batch-wait-ms 10 (fuller batches, more wait);
+- dynamic-workers: the defaults plus --workers THREADS --threads 1: batch-invariant, inputs alone,
+  THREADS of them at a time, each on one thread.
 
 Then, in-process and without HTTP, the same sentences through the server's batch code (Served.
 execute), alone vs --clients at a time: what batching can give on this CPU at all.
@@ -281,6 +283,8 @@ def main() -> None:
         "batch1": ["--max-batch-requests", "1"],
         "dynamic": [],
         "dynamic-batched": ["--no-batch-invariant"],
+        # batch-invariant, inputs alone, --threads of them at a time on one thread each
+        "dynamic-workers": ["--workers", str(args.threads), "--threads", "1"],
         "dynamic-batched-wait10": ["--no-batch-invariant", "--max-batch-wait-ms", "10"],
     }
     modes = [m for m in args.modes.split(",") if m]

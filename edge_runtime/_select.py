@@ -111,9 +111,14 @@ def threads_for(
     tuned = _tune.setting_for(tuning, entry["name"])
     if tuned is not None:
         return tuned.threads, tuned.spinning, "tuning cache"
-    profile = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0) or 0)
-    if profile:
-        return profile, None, "profile default"
     from edge_runtime._model import physical_cores
 
-    return physical_cores(), None, "physical cores of the fastest cluster"
+    profile = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0) or 0)
+    cores = physical_cores()
+    if profile and profile > cores:
+        # A profile's count is its device's (4 on a Pi); more threads than this device's cores
+        # only wait on each other at every GEMM barrier.
+        return cores, None, f"profile default {profile}, capped at this device's {cores} cores"
+    if profile:
+        return profile, None, "profile default"
+    return cores, None, "physical cores of the fastest cluster"

@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         help="truncate inputs over the model's length when a request does not say (default: true)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="batches run side by side, each call on --threads threads (default: 1). With a "
+        "dynamic-INT8 artifact served batch-invariantly, --workers CORES --threads 1 keeps "
+        "every core busy with short inputs",
+    )
+    p.add_argument(
         "--no-batch-invariant",
         dest="batch_invariant",
         action="store_false",
@@ -109,6 +117,7 @@ _FLAGS = {
     "max_batch_requests": "--max-batch-requests",
     "payload_limit": "--payload-limit",
     "max_batch_wait_ms": "--max-batch-wait-ms",
+    "workers": "--workers",
     "golden_interval_s": "--golden-interval",
     "trusted_keys": "--trusted-key",
 }
@@ -151,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             max_batch_wait_ms=args.max_batch_wait_ms,
             auto_truncate=args.auto_truncate,
             batch_invariant=args.batch_invariant,
+            workers=args.workers,
             golden_interval_s=args.golden_interval,
             payload_limit=args.payload_limit,
             graceful_timeout_s=args.graceful_timeout,

@@ -12,6 +12,7 @@ from tiny_models import ARCHITECTURES, TASKS
 import edge_runtime
 from converters import ConvertConfig, convert
 from converters.core.arithmetic import ValidationSessions, choose_validation
+from converters.tflite.hessians import HessianCache
 from edge_runtime import DeviceMismatchError
 from edge_runtime._compat import arithmetic_problem
 from edge_runtime._device import detect
@@ -85,6 +86,9 @@ def test_convert_and_run(tiny_model_factory, tmp_path, arch, task, target):
         assert summary.bytes == sum(f["bytes"] for f in entry["files"])
         key = "cosine_mean" if task == "feature-extraction" else "top1_agreement"
         assert entry["metrics"][key] >= entry["accuracy_floor"][key]
+        gptq = (entry.get("quantization") or {}).get("gptq") or {}
+        if gptq:  # the run exported ONNX too: GPTQ's statistics come from it, not the interpreter
+            assert gptq["hessians_from"] == HessianCache.TWIN, entry["name"]
     assert not list(tmp_path.glob(".out.partial-*")), "staging directory left behind"
 
     want, mask = _torch_outputs(model_dir, task, HELD_OUT)

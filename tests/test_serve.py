@@ -265,12 +265,14 @@ def test_batches_form_and_padding_is_masked(embed_dir, tmp_path):
 
 def test_batch_dependent_artifact_stays_batch_invariant(embed_dir, tmp_path):
     """Dynamic INT8 vectors depend on their batch; by default the server runs each input alone, so
-    a vector equals Model.embed's whoever else was queued. --no-batch-invariant really batches."""
+    a vector equals Model.embed's whoever else was queued, also with --workers 2 (two inputs at
+    a time, each alone). --no-batch-invariant really batches."""
     texts = TEXTS * 2
     model = edge_runtime.load(embed_dir, artifact="onnx-int8")
     assert model.batch_dependent
     expected = _unit(np.concatenate([model.embed([t]) for t in texts]))
-    for flags, exact in (((), True), (("--no-batch-invariant",), False)):
+    workers = ("--workers", "2", "--threads", "1")  # inputs alone, two at a time: still exact
+    for flags, exact in (((), True), (workers, True), (("--no-batch-invariant",), False)):
         with serving(
             embed_dir,
             "--artifact",
@@ -673,3 +675,43 @@ def test_manifest_input_stats_are_the_drift_reference(embed_dir):
     observe(shifted, [" ".join(texts[i:i + 4]) for i in range(0, len(texts), 1)])  # 4x longer inputs
     shifted.update()
     assert metrics.drift.value(signal="token_length", reference="manifest") > 0.5
+
+
+def test_workers_run_batches_side_by_side(tmp_path):
+    """--workers N: N threads take batches off one queue and call the backend at the same time;
+    every job still gets its own rows' outputs, and close() drains and stops them all."""
+    import threading
+
+    from edge_runtime._text import Encoded
+    from edge_runtime.serve._batching import Batcher
+    from edge_runtime.serve._config import ServeConfig
+    from edge_runtime.serve._metrics import ServeMetrics
+
+    class SlowServed:
+        running, peak, threads = 0, 0, set()
+        lock = threading.Lock()
+
+        def execute(self, rows, batch_invariant, max_tokens):
+            with self.lock:
+                SlowServed.running += 1
+                SlowServed.peak = max(SlowServed.peak, SlowServed.running)
+                SlowServed.threads.add(threading.current_thread().name)
+            time.sleep(0.05)
+            with self.lock:
+                SlowServed.running -= 1
+            outputs = np.array([[float(len(r.ids))] for r in rows], dtype=np.float32)
+            return outputs, 1, 0
+
+    served = SlowServed()
+    for workers, peak in ((1, 1), (2, 2)):
+        SlowServed.peak, SlowServed.threads = 0, set()
+        config = ServeConfig(path=tmp_path, workers=workers, max_batch_requests=1, max_batch_wait_ms=0)
+        batcher = Batcher(config, ServeMetrics(128))
+        batcher.start()
+        rows = [Encoded(list(range(n)), [0] * n, ["t"] * n, [False] * n) for n in range(1, 9)]
+        futures = [batcher.submit(served, [row]) for row in rows]
+        assert [float(f.result(10).outputs[0, 0]) for f in futures] == [float(n) for n in range(1, 9)]
+        assert SlowServed.peak == peak and len(SlowServed.threads) == workers
+        assert batcher.alive and batcher.close(10) and not batcher.alive
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        ServeConfig(path=tmp_path, workers=0)

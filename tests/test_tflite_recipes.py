@@ -113,6 +113,7 @@ def test_gptq_int4_layout_and_accuracy(bert, gptq_all_int4, tmp_path):
     schemes = [layer["scheme"] for layer in report["layers"].values()]
     assert schemes.count("int4 block 32, GPTQ") == 12
     assert report["config"]["block_size"] == 32 and report["hessian_rows"] > len(heldout)
+    assert report["hessians_from"] == "the TFLite interpreter"  # no ONNX twin given
 
     gptq = _pooled_cosines(source, path, heldout)
     assert gptq.mean() >= GPTQ_COSINE_MEAN and gptq.min() >= GPTQ_COSINE_MIN, gptq
@@ -287,6 +288,7 @@ def test_gptq_int8_keeps_the_stock_layout_and_is_closer_to_pytorch(bert, tmp_pat
 
     assert report["precision"] == "int8" and report["gptq"]["weights"] == 12
     assert report["gptq"]["hessian_rows"] > report["gptq"]["calibration_rows"] > 0
+    assert report["gptq"]["hessians_from"] == "the TFLite interpreter"  # no ONNX twin given
     assert _weight_types(ours) == _weight_types(stock)  # same tensors and types: only codes differ
     assert ours.stat().st_size == stock.stat().st_size
     gptq, nearest = _pooled_cosines(source, ours, heldout), _pooled_cosines(source, stock, heldout)
@@ -339,7 +341,8 @@ def test_hessians_are_tapped_once_and_shared_with_the_compact_copy(bert, tmp_pat
     assert cache.collected == len(fcs) == len(compact_fcs) == 12  # tapped once
     direct = collect_hessians(compact, compact_fcs, rows)
     for buffer in compact_fcs:
-        np.testing.assert_allclose(shared[buffer], direct[buffer], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(shared[buffer][0], direct[buffer], rtol=1e-5, atol=1e-7)
+        assert shared[buffer][1] == HessianCache.INTERPRETER
     # Other rows or another weighting are other statistics.
     cache.get(fp32, fcs, rows[:10])
     cache.get(fp32, fcs, rows, weighting="token")
@@ -380,7 +383,8 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
     assert cache.from_twin == cache.collected == len(fcs) == 12
     for buffer in fcs:
         scale = np.abs(tapped[buffer]).max()
-        np.testing.assert_allclose(read[buffer], tapped[buffer], rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(read[buffer][0], tapped[buffer], rtol=1e-4, atol=1e-5 * scale)
+        assert read[buffer][1] == HessianCache.TWIN
 
     import onnx
     from onnx import numpy_helper

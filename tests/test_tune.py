@@ -234,6 +234,16 @@ def test_thread_candidates(device, profile_threads, want, monkeypatch):
     assert _tune.thread_candidates(info, manifest) == sorted({min(t, 3) for t in want})
 
 
+def test_profile_threads_are_capped_at_this_devices_cores(monkeypatch):
+    entry = {"name": "onnx-int8"}
+    manifest = {"runtime": {"threads": {"intra_op": 4}}}  # rpi4/rpi5: a Pi's 4 cores
+    monkeypatch.setattr(_model, "physical_cores", lambda: 2)
+    assert _select.threads_for(entry, manifest, None) == (2, None, "profile default 4, capped at this device's 2 cores")
+    monkeypatch.setattr(_model, "physical_cores", lambda: 4)
+    assert _select.threads_for(entry, manifest, None) == (4, None, "profile default")
+    assert _select.threads_for(entry, {"runtime": {}}, None)[0] == 4  # no profile count: the cores
+
+
 def test_default_threads_count_the_big_cluster(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.setattr(

@@ -218,6 +218,7 @@ class Int4Builder:
         self.int4 = [w for w in self.weights.values() if w.kind == FC and not w.shape[-1] % BLOCK]
         self.floats = float_weights(fp32_path, self.int4)
         self.codes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.hessians_from = ""  # what round() read the input statistics with
 
     def round(self, rows: list[dict[str, np.ndarray]], progress: Progress,
               hessians: HessianCache | None = None) -> None:
@@ -227,6 +228,7 @@ class Int4Builder:
         policy = self.config.gptq_policy()
         source = TfliteHessians(self.fp32_path, {w.buffer: w for w in self.int4}, rows, policy.weighting,
                                 hessians, self.source)
+        self.hessians_from = source.origin
         for index, weight in enumerate(self.int4, 1):
             self.codes[weight.buffer] = gptq_int4(
                 self.floats[weight.buffer], source.hessian(weight.buffer), policy.damp

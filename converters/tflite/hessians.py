@@ -197,35 +197,39 @@ class HessianCache:
     gptq_wi8_afp32 and gptq_wi4b32_afp32 round against the same statistics (same export, same
     rows), and so do the targets of one run. Collecting them is the costly part (tapping the
     interpreter over ~1,000 rows: 45-85 s for MiniLM on 2 cores; the ONNX twin: ~10 s), GPTQ
-    itself a few seconds. The cache is passed
-    explicitly (the pipeline keeps one per run); a model file that only renames tensors and
-    moves buffers (flatbuffer.compact_copy) shares its original's entry via `source`: weights
-    are matched by the op that reads them."""
+    itself a few seconds. The cache is passed explicitly (the pipeline keeps one per run); a
+    model file that only renames tensors and moves buffers (flatbuffer.compact_copy) shares its
+    original's entry via `source`: weights are matched by the op that reads them."""
+
+    TWIN, INTERPRETER = "onnxruntime on the plain ONNX export", "the TFLite interpreter"
 
     def __init__(self, twin: Path | None = None) -> None:
         """`twin`: the plain FP32 ONNX export of the model the .tflite files were exported from,
         read instead of tapping the interpreter when every weight has its twin there
         (onnx_twin_hessians); None: always tap."""
         self.twin = twin
-        self._store: dict[tuple[str, str, str], dict[tuple[int, ...], np.ndarray]] = {}
+        # (model, rows, weighting) -> {first op reading a weight: (its Hessian, where it came from)}
+        self._store: dict[tuple[str, str, str], dict[tuple[int, ...], tuple[np.ndarray, str]]] = {}
         self.collected = 0  # weights whose statistics were collected (the rest were reused)
         self.from_twin = 0  # of those, read from the ONNX twin rather than the interpreter
 
     def get(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
-            source: Path | None = None, weighting: str = "row") -> dict[int, np.ndarray]:
+            source: Path | None = None, weighting: str = "row") -> dict[int, tuple[np.ndarray, str]]:
+        """{buffer: (Hessian, what it was read with: TWIN or INTERPRETER)} for `weights`."""
         key = (str(Path(source or path).resolve()), _rows_digest(rows), weighting)
         store = self._store.setdefault(key, {})
         # By the first op reading the weight: compact_copy keeps ops in place, not buffer indices.
         use = {b: tuple(w.uses[0][:2]) for b, w in weights.items()}
         missing = {b: w for b, w in weights.items() if use[b] not in store}
         if missing:
+            origin = self.TWIN
             found = None if self.twin is None else onnx_twin_hessians(path, missing, rows, self.twin, weighting)
             if found is None:
-                found = collect_hessians(path, missing, rows, weighting)
+                origin, found = self.INTERPRETER, collect_hessians(path, missing, rows, weighting)
             else:
                 self.from_twin += len(missing)
             for buffer, hessian in found.items():
-                store[use[buffer]] = hessian
+                store[use[buffer]] = (hessian, origin)
             self.collected += len(missing)
         return {b: store[use[b]] for b in weights}
 
@@ -236,7 +240,10 @@ class TfliteHessians:
 
     def __init__(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
                  weighting: str, cache: HessianCache | None = None, source: Path | None = None):
-        self._hessians = (cache or HessianCache()).get(path, weights, rows, source=source, weighting=weighting)
+        found = (cache or HessianCache()).get(path, weights, rows, source=source, weighting=weighting)
+        self._hessians = {b: hessian for b, (hessian, _) in found.items()}
+        # For the manifest: what the statistics were read with.
+        self.origin = ", ".join(sorted({origin for _, origin in found.values()}))
 
     def hessian(self, weight: int) -> np.ndarray:
         return self._hessians[weight]

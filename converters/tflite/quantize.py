@@ -164,6 +164,7 @@ def _quantize_gptq_int4(
         "config": config.as_dict(),
         "calibration_rows": len(rows),
         "hessian_rows": len(hessian_rows),
+        "hessians_from": builder.hessians_from,
         "validation_rows": len(val_rows),
         "layers": layers,
         "promoted": {"to": "int8", "weights": [builder.weights[b].name for b in sorted(chosen)]},
@@ -196,6 +197,7 @@ def _quantize_gptq_int8(
             **policy.describe(),
             "calibration_rows": len(rows),
             "hessian_rows": len(hessian_rows),
+            "hessians_from": builder.hessians.origin,
         },
         "promoted": {"to": "float32", "weights": []},
     }

@@ -323,6 +323,7 @@ def create_app(service: Service) -> Starlette:
                 "target": manifest.get("target", {}).get("id"),
                 "task": served.task,
                 "batch_invariant": config.batch_invariant,
+                "workers": config.workers,
                 "max_batch_wait_ms": config.max_batch_wait_ms,
                 "golden_interval_s": config.golden_interval_s,
             }

@@ -1,7 +1,10 @@
-"""Dynamic batching: requests queue, one worker thread runs the model on batches of them.
+"""Dynamic batching: requests queue, worker threads run the model on batches of them.
 
-Why one worker: the backend already uses every core it is given (--threads) inside one call; two
-calls at once on a 2-4 core device only fight over the same cores. A batch is what the queue
+One worker by default: the backend already uses every core it is given (--threads) inside one
+call, and two multi-threaded calls at once on a 2-4 core device only fight over the same cores.
+`workers` > 1 is for single-threaded calls side by side (--workers C --threads 1 on C cores):
+short inputs run one by one (a batch-dependent artifact served batch-invariantly) keep every core
+busy that way, where one call cannot split a 15-token GEMM well across threads. A batch is what the queue
 holds when the worker gets to it (first in, first out), topped up for at most max_batch_wait_ms
 while it has room, within max_batch_tokens padded tokens (rows x longest row, what activation
 memory scales with) and max_batch_requests. Back-pressure is TEI's: one permit per input,
@@ -62,16 +65,19 @@ class Batcher:
         self._cond = threading.Condition()
         self._in_flight = 0
         self._stopping = False
-        self._busy = False
-        self._thread = threading.Thread(target=self._loop, name="edge-serve-worker", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"edge-serve-worker-{i}", daemon=True)
+            for i in range(config.workers)
+        ]
 
     # -- producer side -------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return all(thread.is_alive() for thread in self._threads)
 
     @property
     def queued(self) -> int:
@@ -99,8 +105,9 @@ class Batcher:
         return future
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
-        """Run fn() on the worker thread between two batches (the golden re-run): it then
-        measures the serving backend as requests use it, and never competes with a batch."""
+        """Run fn() on a worker thread between two of its batches (the golden re-run): it then
+        measures the serving backend as requests use it (with one worker, it never competes with
+        a batch)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._stopping:
@@ -110,12 +117,14 @@ class Batcher:
         return future
 
     def close(self, timeout: float | None = None) -> bool:
-        """Stop taking work, finish everything queued, stop the worker. True if it finished."""
+        """Stop taking work, finish everything queued, stop the workers. True if they finished."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     # -- worker side ---------------------------------------------------------------------------
     def _fits(self, batch: list[_Job], job: _Job) -> bool:

@@ -71,6 +71,13 @@ class ServeConfig:
     # embed()'s batch_invariant: artifacts whose numbers depend on the batch (dynamic INT8) run
     # each input alone, so a text's vector never depends on who else was in the queue.
     batch_invariant: bool = True
+    # Worker threads taking batches off the queue, each calling the backend with `threads`
+    # intra-op threads. 1: one call at a time on every core. On a device with C cores serving
+    # batch-invariantly a batch-dependent artifact (inputs one by one), C workers on 1 thread each
+    # keep every core busy with short inputs that a multi-threaded call cannot split well
+    # (MiniLM INT8, 54 sentences, 2 cores: 1.25x; benchmarks/RESULTS.md run R). Backends that
+    # are not thread-safe (TFLite) still run one call at a time.
+    workers: int = 1
     # Seconds between golden re-runs on the serving backend; 0 turns the watchdog off.
     golden_interval_s: float = 300.0
     payload_limit: int = 2_000_000
@@ -83,6 +90,7 @@ class ServeConfig:
             "max_batch_tokens",
             "max_client_batch_size",
             "payload_limit",
+            "workers",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
