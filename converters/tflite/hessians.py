@@ -97,11 +97,12 @@ def _weight_key(values: np.ndarray) -> str:
 
 def _twin_inputs(graph) -> dict[str, tuple[str, tuple[np.ndarray, np.ndarray] | None]]:
     """{value key of the FC weight litert-torch would write: (the ONNX MatMul's input tensor,
-    (beta, gamma) to undo on it, or None)} for every MatMul of `graph` with a constant 2-D
-    float weight W [K, N]. litert-torch folds a LayerNorm's gamma into the FC that follows
+    (beta, gamma) to undo on it, or None)} for every MatMul (and Gemm) of `graph` with a
+    constant 2-D float weight W [K, N]. litert-torch folds a LayerNorm's gamma into the FC that follows
     (weight float32(W^T * gamma), bit for bit; its input is then the normalized x, i.e. the
     ONNX MatMul's input minus beta, over gamma); other FCs store W^T as it is. Keys of two
     different MatMuls (tied or equal weights) are left out: ambiguous, no twin."""
+    import onnx
     from onnx import numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
@@ -118,11 +119,17 @@ def _twin_inputs(graph) -> dict[str, tuple[str, tuple[np.ndarray, np.ndarray] | 
             found[key] = None
 
     for node in graph.node:
-        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in inits:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
             continue
         weight = numpy_helper.to_array(inits[node.input[1]])
         if weight.ndim != 2 or weight.dtype != np.float32:
             continue
+        if node.op_type == "Gemm":  # torch.onnx writes a Linear on 2-D inputs (a pooler) as Gemm
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0:
+                continue
+            if attrs.get("transB", 0):
+                weight = weight.T  # stored [N, K]: as MatMul's [K, N]
         x = node.input[0]
         add(_weight_key(weight.T), (x, None))
         norm = producers.get(x)
