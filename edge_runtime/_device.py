@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import platform
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime._installed import installed_backends
+
+log = logging.getLogger("edge_runtime")
 
 __all__ = [
     "FEATURES_OF_INTEREST",
@@ -119,6 +122,8 @@ class DeviceInfo:
     backends: dict[str, str]
     l4t_release: str | None = None  # Jetson Linux release, e.g. "R36.4.0"
     board_source: str | None = None  # the file the board name came from (under root)
+    # How int8_gemm was found: "CPU flags", or "measured by onnxruntime" (edge_runtime/_int8_probe.py)
+    int8_gemm_source: str = "CPU flags"
 
     def notable_features(self) -> list[str]:
         """The ISA features of FEATURES_OF_INTEREST this CPU has, in that order."""
@@ -370,6 +375,20 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
     else:
         # ARM64 MLAS kernels (UMULL/UADALP, SDOT/UDOT, SMMLA) accumulate in 32 bits.
         int8_gemm = "int32"
+    int8_gemm_source = "CPU flags"
+    if real and arch == "x86_64":
+        # The flags can disagree with the CPUID onnxruntime reads (VMs, emulators): ask the kernel.
+        from edge_runtime._int8_probe import probe_int8_gemm
+
+        measured = probe_int8_gemm()
+        if measured is not None:
+            if measured != int8_gemm:
+                log.warning(
+                    "/proc/cpuinfo's flags suggest an %s INT8 GEMM, but onnxruntime's computes %s "
+                    "here (a VM or emulator hiding CPU features?): using what it computes",
+                    int8_gemm, measured,
+                )
+            int8_gemm, int8_gemm_source = measured, "measured by onnxruntime"
 
     return DeviceInfo(
         arch=arch,
@@ -383,6 +402,7 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
         ram_available_mb=available_mb,
         board=board,
         int8_gemm=int8_gemm,
+        int8_gemm_source=int8_gemm_source,
         backends=installed_backends(),
         l4t_release=l4t,
         board_source=board_source,

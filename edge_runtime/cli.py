@@ -96,7 +96,8 @@ def _print_info(info: dict) -> None:
         for c in d["clusters"]
     )
     print(f"device   {d['cpu_model']} ({d['arch']}), board {d['board'] or 'unknown'}")
-    print(f"         ISA {' '.join(d['features_of_interest']) or '-'}; INT8 GEMM {d['int8_gemm']}")
+    print(f"         ISA {' '.join(d['features_of_interest']) or '-'}; INT8 GEMM {d['int8_gemm']} "
+          f"({d.get('int8_gemm_source', 'CPU flags')})")
     print(f"         {d['logical_cores']} logical / {d['physical_cores']} physical cores "
           f"({clusters}); big cores {d['big_cores']}")
     print(f"         RAM {d['ram_total_mb']} MB, {d['ram_available_mb']} MB available")

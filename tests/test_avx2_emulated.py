@@ -230,3 +230,11 @@ def test_golden_check_refuses_the_vnni_artifact_on_the_avx2_kernel(tiny_model_fa
     # Refused by at least one sample (converters/packaging/golden.py: correct ARM kernels drift to within
     # 2-3x of this failure on raw hidden states, so not every sample need exceed the bound).
     assert 1 <= len(failing) <= len(entry["golden"]["samples"]), refused
+
+
+def test_emulated_haswell_is_detected_as_saturating_whatever_cpuinfo_says():
+    """qemu-user passes the host's /proc/cpuinfo through (VNNI on some of our hosts) while the
+    emulated CPUID is a Haswell's: detection must report the kernel onnxruntime really runs."""
+    script = "import json; from edge_runtime._device import detect; d = detect(); " \
+             "print(json.dumps([d.int8_gemm, d.int8_gemm_source]))"
+    assert json.loads(_emulated(script).strip().splitlines()[-1]) == ["s16-pairs", "measured by onnxruntime"]

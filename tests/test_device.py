@@ -308,3 +308,29 @@ def test_backend_versions_are_read_from_dist_info_names(tmp_path, monkeypatch):
         {"fake-rt": "fake_rt_mod", "fake-rt-gpu": "fake_rt_mod", "absent-rt": "absent_rt_mod"},
     )
     assert _installed.installed_backends() == {"fake-rt-gpu": "1.22.0"}
+
+
+def test_int8_gemm_probe_model_is_what_onnx_builds_and_runs():
+    """The probe's hand-written model bytes equal what the onnx package writes for it (the device
+    wheel has no onnx), and onnxruntime answers one of the two kinds here. Under an emulated
+    Haswell it answers s16-pairs whatever /proc/cpuinfo says (tests/test_avx2_emulated.py)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_runtime import _int8_probe
+
+    k, n = _int8_probe.K, _int8_probe.N
+    weight = numpy_helper.from_array(np.full((k, n), 127, np.int8), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_gemm_probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edge_runtime")
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    assert model.SerializeToString() == _int8_probe.PROBE_MODEL
+    assert _int8_probe.probe_int8_gemm() in ("int32", "s16-pairs")
+    if detect().arch == "x86_64":  # measured on x86; ARM64's kernels are all int32
+        assert detect().int8_gemm == _int8_probe.probe_int8_gemm()
+        assert detect().int8_gemm_source == "measured by onnxruntime"
