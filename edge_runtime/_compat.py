@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["arithmetic_problem", "required_int8_gemm"]
+__all__ = ["arithmetic_problem", "needs_int8_gemm_check", "required_int8_gemm"]
 
 _KIND_WORDS = {
     "int32": "accumulates in int32 (VNNI, AMX, ARM64)",
@@ -35,6 +35,14 @@ def required_int8_gemm(entry: dict[str, Any], manifest: dict[str, Any]) -> list[
     if (profile.get("int8") or {}).get("pair_sum_limit"):
         return ["int32", "s16-pairs"]
     return ["int32"]
+
+
+def needs_int8_gemm_check(entry: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """Whether `entry` computes right on some INT8 GEMM kinds only, so the device's must be
+    known (detect() measures it: a few ms of every cold load an artifact that runs exactly on
+    both kinds, such as x86-avx2's, does not need)."""
+    kinds = required_int8_gemm(entry, manifest)
+    return kinds is not None and not set(_KIND_WORDS) <= set(kinds)
 
 
 def arithmetic_problem(entry: dict[str, Any], manifest: dict[str, Any], device: Any) -> str | None:

@@ -375,21 +375,6 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
     else:
         # ARM64 MLAS kernels (UMULL/UADALP, SDOT/UDOT, SMMLA) accumulate in 32 bits.
         int8_gemm = "int32"
-    int8_gemm_source = "CPU flags"
-    if real and arch == "x86_64":
-        # The flags can disagree with the CPUID onnxruntime reads (VMs, emulators): ask the kernel.
-        from edge_runtime._int8_probe import probe_int8_gemm
-
-        measured = probe_int8_gemm()
-        if measured is not None:
-            if measured != int8_gemm:
-                log.warning(
-                    "/proc/cpuinfo's flags suggest an %s INT8 GEMM, but onnxruntime's computes %s "
-                    "here (a VM or emulator hiding CPU features?): using what it computes",
-                    int8_gemm, measured,
-                )
-            int8_gemm, int8_gemm_source = measured, "measured by onnxruntime"
-
     return DeviceInfo(
         arch=arch,
         cpu_model=cpu_model,
@@ -402,7 +387,7 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
         ram_available_mb=available_mb,
         board=board,
         int8_gemm=int8_gemm,
-        int8_gemm_source=int8_gemm_source,
+        int8_gemm_source="CPU flags",
         backends=installed_backends(),
         l4t_release=l4t,
         board_source=board_source,
@@ -429,19 +414,43 @@ def _psutil_memory() -> tuple[int, int]:
 
 
 @functools.cache
-def _detect_real() -> DeviceInfo:
+def _detect_real_unmeasured() -> DeviceInfo:
     return _detect(Path("/"), real=True)
 
 
-def detect(root: str | os.PathLike = "/") -> DeviceInfo:
+@functools.cache
+def _detect_real() -> DeviceInfo:
+    device = _detect_real_unmeasured()
+    if device.arch != "x86_64":
+        return device
+    # The flags can disagree with the CPUID onnxruntime reads (VMs, emulators): ask the kernel.
+    from edge_runtime._int8_probe import probe_int8_gemm
+
+    measured = probe_int8_gemm()
+    if measured is None:
+        return device
+    if measured != device.int8_gemm:
+        log.warning(
+            "/proc/cpuinfo's flags suggest an %s INT8 GEMM, but onnxruntime's computes %s "
+            "here (a VM or emulator hiding CPU features?): using what it computes",
+            device.int8_gemm, measured,
+        )
+    return dataclasses.replace(device, int8_gemm=measured, int8_gemm_source="measured by onnxruntime")
+
+
+def detect(root: str | os.PathLike = "/", measure_int8: bool = True) -> DeviceInfo:
     """This device (root "/", cached per process), or a recorded sample under `root`.
+
+    measure_int8=False skips measuring onnxruntime's INT8 GEMM on this x86 device (a session
+    and a run: ~5 ms of a cold load) for callers that read cores, memory or backends only;
+    its `int8_gemm` is then what the CPU flags say (`int8_gemm_source` "CPU flags").
 
     The cache holds for the process: CPUs, RAM size and board do not change while it runs.
     `ram_available_mb` is therefore a snapshot from the first call; `available_mb()` reads the
     current value where it matters (memory fit does)."""
     path = Path(root)
     if path.resolve() == Path("/"):
-        return _detect_real()
+        return _detect_real() if measure_int8 else _detect_real_unmeasured()
     return _detect(path, real=False)
 
 

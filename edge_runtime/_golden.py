@@ -67,8 +67,9 @@ def golden_samples(golden: dict[str, Any], arrays: dict[str, np.ndarray], name: 
 
 
 def check_golden(run: Callable[[dict], dict], path: Path, golden: dict[str, Any], name: str, backend: str,
-                 entry: dict[str, Any]) -> None:
-    """Run every golden sample of `golden` (its arrays at `path`) through `run`, each alone.
+                 entry: dict[str, Any], shortest_only: bool = False) -> int:
+    """Run every golden sample of `golden` (its arrays at `path`) through `run`, each alone
+    (shortest_only: only the one with the fewest tokens); returns how many ran.
     GoldenMismatchError lists every sample computed differently (one is enough to refuse the
     artifact); a sample the backend fails to run (it loaded the file: an operator or type it
     lacks, e.g. INT4 tables under tflite-runtime 2.14) is ModelLoadError naming what the artifact
@@ -76,7 +77,10 @@ def check_golden(run: Callable[[dict], dict], path: Path, golden: dict[str, Any]
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     problems = []
-    for label, inputs, want, tolerance in golden_samples(golden, arrays, name):
+    samples = list(golden_samples(golden, arrays, name))
+    if shortest_only:
+        samples = [min(samples, key=lambda sample: _tokens(sample[1]))]
+    for label, inputs, want, tolerance in samples:
         try:
             got = run(inputs)
         except InputError:
@@ -95,3 +99,9 @@ def check_golden(run: Callable[[dict], dict], path: Path, golden: dict[str, Any]
             "Golden samples from conversion:\n  " + "\n  ".join(problems)
             + "\nTry another artifact (artifact=...) or another backend version."
         )
+    return len(samples)
+
+
+def _tokens(inputs: dict[str, np.ndarray]) -> int:
+    """Elements of a sample's largest input (batch x tokens for text models)."""
+    return max(int(np.asarray(value).size) for value in inputs.values())

@@ -24,14 +24,14 @@ from edge_runtime._errors import (
 from edge_runtime._golden import check_golden, compare_outputs, golden_samples
 from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
 from edge_runtime._text import Encoded, TextEncoder, pool, softmax
+from edge_runtime._verified import Verifications, kernel_key, signatures_of
+from edge_runtime.backends._cache import cpu_tag
 
 __all__ = ["Model", "compare_outputs", "default_cache_dir", "golden_samples", "load", "open_artifact",
            "physical_cores"]
 
 log = logging.getLogger("edge_runtime")
 
-# Manifest backend names -> the artifact format they run.
-_BACKEND_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
 # Backends whose sessions may run from several threads at once (onnxruntime documents
 # InferenceSession.run as thread-safe); calls into any other (a TFLite interpreter holds its
 # tensors in the interpreter) are serialized by a lock per Model.
@@ -43,7 +43,7 @@ def physical_cores() -> int:
     on a uniform CPU; the big cores of a big.LITTLE one, told apart by cpufreq maximum
     frequencies: threads on little cores hold the big ones back at every barrier), at most the
     CPUs this process may run on."""
-    count = _device.detect().big_cores
+    count = _device.detect(measure_int8=False).big_cores
     try:
         count = min(count, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
@@ -152,7 +152,7 @@ class Model:
         available = _device.available_mb()
         if available <= 0:  # no /proc/meminfo and no psutil
             return None
-        total = _device.detect().ram_total_mb
+        total = _device.detect(measure_int8=False).ram_total_mb
         return max(1.0, (available - _memory.headroom_mb(total)) * 2**20)
 
     def _run_backend(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -251,12 +251,13 @@ class Model:
         return results
 
     # -- checks ------------------------------------------------------------------------------
-    def self_check(self) -> None:
-        """Run every golden sample recorded at conversion, each alone; raise GoldenMismatchError
-        listing every sample this device computes differently (issue 10: one broken sample is
-        enough to refuse the artifact)."""
+    def self_check(self, shortest_only: bool = False) -> int:
+        """Run every golden sample recorded at conversion (shortest_only: the shortest), each
+        alone; raise GoldenMismatchError listing every sample this device computes differently
+        (issue 10: one broken sample is enough to refuse the artifact). Returns how many ran."""
         golden = self.artifact["golden"]
-        check_golden(self.run, resolve(self.root, golden["path"]), golden, self.name, self.backend, self.artifact)
+        return check_golden(self.run, resolve(self.root, golden["path"]), golden, self.name, self.backend,
+                            self.artifact, shortest_only=shortest_only)
 
 
 def open_artifact(root: Path, manifest: dict[str, Any], entry: dict[str, Any], threads: int, session=None) -> Model:
@@ -271,31 +272,10 @@ def open_artifact(root: Path, manifest: dict[str, Any], entry: dict[str, Any], t
     return Model(Path(root), manifest, entry, session, threads, 0.0)
 
 
-def _candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Artifacts in the order the target profile prefers: backend order first, then precision."""
-    runtime = manifest.get("runtime", {})
-    backend_order = [_BACKEND_FORMAT.get(b["name"], b["name"]) for b in runtime.get("backends", [])]
-    precision_order = list(runtime.get("artifact_preference", []))
-
-    def rank(entry: dict[str, Any]) -> tuple[int, bool, int, bool]:
-        fmt = backend_order.index(entry["format"]) if entry["format"] in backend_order else 99
-        prec = precision_order.index(entry["precision"]) if entry["precision"] in precision_order else 99
-        # Artifacts whose min_runtime does not name the package installed here (e.g. per-channel
-        # INT8 TFLite under tflite-runtime 2.14) go last: still tried, and the golden check still
-        # decides, but a variant made for this runtime is preferred.
-        needs = entry.get("min_runtime") or {}
-        foreign = bool(needs) and backends.installed_package(entry["format"]) not in needs
-        # A pruned twin trades accuracy for speed: chosen by name (artifact=...), or after its
-        # unpruned counterpart fails.
-        return fmt, foreign, prec, bool(entry.get("pruning"))
-
-    return sorted(manifest["artifacts"], key=rank)
-
-
 def _backend_options(manifest: dict[str, Any], fmt: str) -> dict[str, Any]:
     runtime = manifest.get("runtime", {})
     for spec in runtime.get("backends", []):
-        if _BACKEND_FORMAT.get(spec["name"]) == fmt:
+        if _select.BACKEND_FORMAT.get(spec["name"]) == fmt:
             options = {}
             if fmt == "onnx":
                 options["execution_providers"] = tuple(spec.get("execution_providers", ()))
@@ -319,19 +299,27 @@ def _open(
     manifest: dict[str, Any],
     entry: dict[str, Any],
     threads: int,
-    verify: bool,
+    verify: bool | str,
     cache_dirs: dict[str, Path],
     retried: bool = False,
     spinning: bool | None = None,
+    records: Verifications | None = None,
 ) -> Model:
+    """Open `entry`; verify: False, True (what `records` hold may be skipped) or "full"."""
     started = time.perf_counter()
-    problem = _compat.arithmetic_problem(entry, manifest, _device.detect())
-    if problem:
-        raise DeviceMismatchError(problem)
-    if verify:
-        # Everything this artifact reads: model files, golden sample, tokenizer (issue 10: the
-        # tokenizer files were listed with hashes but never checked).
-        verify_files(root, files_to_verify(manifest, entry))
+    if _compat.needs_int8_gemm_check(entry, manifest):  # the check measures the CPU (ms)
+        problem = _compat.arithmetic_problem(entry, manifest, _device.detect())
+        if problem:
+            raise DeviceMismatchError(problem)
+    records = records if verify is True else None
+    items = files_to_verify(manifest, entry) if verify else []
+    # Everything this artifact reads: model files, golden sample, tokenizer (issue 10: the
+    # tokenizer files were listed with hashes but never checked).
+    to_hash = records.unverified(root, items) if records else items
+    signatures = signatures_of(root, to_hash) if records else {}
+    verify_files(root, to_hash)
+    if records:
+        records.record_files(root, to_hash, signatures)
     main_file = resolve(root, entry["files"][0]["path"])
     options = _backend_options(manifest, entry["format"])
     if entry["format"] == "tflite" and "tflite" in cache_dirs:
@@ -350,9 +338,17 @@ def _open(
     session = backends.open_session(entry["format"], main_file, threads=threads, **options)
     model = Model(root, manifest, entry, session, threads, time.perf_counter() - started)
     if verify:
+        key = kernel_key(entry, items, model.backend, cpu_tag(), threads, options) if records else None
+        # As a load whose samples all passed, and no cache just built: the shortest suffices.
+        cache_state = getattr(session, "weight_cache_state", None) or getattr(session, "optimized_cache_state", None)
+        quick = bool(key) and cache_state != "created" and records.golden_passed(key)
         try:
-            model.self_check()
+            samples = model.self_check(shortest_only=quick)
         except Exception:
+            if quick:  # say exactly what is wrong: hash every file, run every sample
+                log.warning("artifact %s failed its short golden check; checking it in full", entry["name"])
+                getattr(session, "close", lambda: None)()
+                return _open(root, manifest, entry, threads, "full", cache_dirs, retried, spinning)
             # A corrupt cache can also make the run itself fail (e.g. an index out of range).
             if getattr(session, "weight_cache_state", None) in ("reused", "created"):
                 cache, state, discard = session.weight_cache, session.weight_cache_state, session.discard_weight_cache
@@ -374,7 +370,10 @@ def _open(
             log.warning("artifact %s failed its golden sample with device cache %s; rebuilding the cache",
                         entry["name"], cache)
             return _open(root, manifest, entry, threads, verify, cache_dirs, retried=True,
-                         spinning=spinning)
+                         spinning=spinning, records=records)
+        if key and not quick:
+            records.record_golden(key, {"artifact": entry["name"], "backend": model.backend,
+                                        "samples": samples, "threads": threads})
     return model
 
 
@@ -382,7 +381,7 @@ def load(
     path: str | os.PathLike,
     artifact: str | None = None,
     threads: int | None = None,
-    verify: bool = True,
+    verify: bool | str = True,
     device_cache: bool | str | os.PathLike = True,
     tune: bool | None = None,
     spinning: bool | None = None,
@@ -400,7 +399,11 @@ def load(
     threads: intra-op threads; always wins when given (0 = the default below). None: this
         device's tuned setting for the artifact, else the target profile's default, else the
         physical cores of the fastest core cluster (physical_cores()).
-    verify: check file hashes and run the golden sample (recommended; costs a few ms per MB).
+    verify: check file hashes and run the golden samples (recommended). True (default): in
+        full at the first load on this device; later loads of unchanged files (same stat
+        signature) on the same runtime, CPU, threads and options skip the hashes and run only
+        the shortest golden sample (records in the device cache; edge_runtime/_verified.py).
+        "full": hashes and every golden sample at every load. False: none.
     device_cache: switches both backends' device caches, built at the first load and used by
         later ones, so that a load neither re-optimizes nor re-packs weights and the packed
         weights stay in memory-mapped files instead of the heap:
@@ -435,6 +438,8 @@ def load(
         if device_cache is not True and device_cache != weight_cache:
             raise InputError("give device_cache or its older name weight_cache, not both")
         device_cache = weight_cache
+    if verify not in (True, False, "full"):
+        raise InputError(f'verify must be True, False or "full", got {verify!r}')
     root = Path(path)
     if trusted_keys is not None:
         signed = _signing.verify_directory(root, trusted_keys)
@@ -448,6 +453,8 @@ def load(
         cache_dirs = {}
     else:  # one directory: entries of the two backends are named apart
         cache_dirs = {"tflite": Path(device_cache), "onnx": Path(device_cache)}
+    records = Verifications(None if not cache_dirs else
+                            default_cache_dir() if device_cache is True else Path(device_cache))
     tuning = _tune.read_cached(root, manifest) if tune is not False else None
 
     def open_tuned(entry: dict[str, Any]) -> Model:
@@ -459,7 +466,8 @@ def load(
         nonlocal tuning
         if threads is not None:  # the caller's choice always wins
             count = threads or physical_cores()
-            return _open(root, manifest, entry, count, verify, cache_dirs, spinning=spinning)
+            return _open(root, manifest, entry, count, verify, cache_dirs, spinning=spinning,
+                         records=records)
         if tune is True and _tune.setting_for(tuning, entry["name"]) is None:
             log.info("no tuning result for %s on this device yet: measuring thread settings",
                      entry["name"])
@@ -468,7 +476,7 @@ def load(
         count, tuned_spinning, source = _select.threads_for(entry, manifest, tuning)
         log.info("artifact %s: %d threads (%s)", entry["name"], count, source)
         chosen = tuned_spinning if spinning is None else spinning
-        return _open(root, manifest, entry, count, verify, cache_dirs, spinning=chosen)
+        return _open(root, manifest, entry, count, verify, cache_dirs, spinning=chosen, records=records)
 
     if artifact is not None:
         by_name = {entry["name"]: entry for entry in manifest["artifacts"]}

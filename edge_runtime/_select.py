@@ -1,7 +1,7 @@
 """Which artifact `load()` tries first on this device, and why.
 
 The order, each step with its reason:
-1. the target profile's order (`_model._candidates`: backends in fallback order, then precision);
+1. the target profile's order (`candidates`: backends in fallback order, then precision);
 2. artifacts whose backend is not installed here, or whose INT8 weights this CPU's arithmetic
    would compute wrongly (`_compat`), are left out (named in `skipped`, with the reason);
 3. those that do not fit the memory available now (with headroom, `_memory.fit`) go last;
@@ -18,7 +18,10 @@ from typing import Any
 
 from edge_runtime import _compat, _device, _memory, _tune, backends
 
-__all__ = ["Choice", "Plan", "plan", "threads_for"]
+__all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "plan", "threads_for"]
+
+# Manifest backend names -> the artifact format they run.
+BACKEND_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
 
 
 @dataclass
@@ -54,11 +57,9 @@ def plan(
     available_mb: int | None = None,
 ) -> Plan:
     """The automatic selection order for `manifest` on `device` (no session is opened)."""
-    from edge_runtime._model import _candidates  # _model imports this module
-
     available = _device.available_mb() if available_mb is None else available_mb
     choices, skipped = [], {}
-    for rank, entry in enumerate(_candidates(manifest), 1):
+    for rank, entry in enumerate(candidates(manifest), 1):
         if not backends.backend_available(entry["format"]):
             skipped[entry["name"]] = f"no {entry['format']} backend installed"
             continue
@@ -122,3 +123,24 @@ def threads_for(
     if profile:
         return profile, None, "profile default"
     return cores, None, "physical cores of the fastest cluster"
+
+
+def candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Artifacts in the order the target profile prefers: backend order first, then precision."""
+    runtime = manifest.get("runtime", {})
+    backend_order = [BACKEND_FORMAT.get(b["name"], b["name"]) for b in runtime.get("backends", [])]
+    precision_order = list(runtime.get("artifact_preference", []))
+
+    def rank(entry: dict[str, Any]) -> tuple[int, bool, int, bool]:
+        fmt = backend_order.index(entry["format"]) if entry["format"] in backend_order else 99
+        prec = precision_order.index(entry["precision"]) if entry["precision"] in precision_order else 99
+        # Artifacts whose min_runtime does not name the package installed here (e.g. per-channel
+        # INT8 TFLite under tflite-runtime 2.14) go last: still tried, and the golden check still
+        # decides, but a variant made for this runtime is preferred.
+        needs = entry.get("min_runtime") or {}
+        foreign = bool(needs) and backends.installed_package(entry["format"]) not in needs
+        # A pruned twin trades accuracy for speed: chosen by name (artifact=...), or after its
+        # unpruned counterpart fails.
+        return fmt, foreign, prec, bool(entry.get("pruning"))
+
+    return sorted(manifest["artifacts"], key=rank)

@@ -145,7 +145,7 @@ def cache_file(root: Path, cache_dir: Path | None = None) -> Path:
 def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     import edge_runtime
 
-    installed = _device.detect().backends
+    installed = _device.detect(measure_int8=False).backends
     formats = sorted({e["format"] for e in manifest["artifacts"]})
     return {
         "cpu_tag": cpu_tag(),

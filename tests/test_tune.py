@@ -145,7 +145,7 @@ def test_cache_made_for_other_artifacts_or_versions_is_stale(converted, monkeypa
 
     real = _device.detect()
     newer = dataclasses.replace(real, backends={**real.backends, "onnxruntime": "9.0.0"})
-    monkeypatch.setattr(_device, "detect", lambda root="/": newer)
+    monkeypatch.setattr(_device, "detect", lambda root="/", measure_int8=True: newer)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="edge_runtime"):
         assert _tune.read_cached(converted, manifest) is None
@@ -185,10 +185,10 @@ def test_full_tune_compares_artifacts_and_load_follows_it(converted, monkeypatch
 def test_an_artifact_failing_its_golden_sample_is_refused_not_tuned(converted, monkeypatch):
     real_check = _model.Model.self_check
 
-    def fail_int8(self):
+    def fail_int8(self, shortest_only=False):
         if self.name == "onnx-int8":
             raise edge_runtime.GoldenMismatchError("onnx-int8 computes wrong numbers here (test)")
-        real_check(self)
+        return real_check(self, shortest_only)
 
     monkeypatch.setattr(_model.Model, "self_check", fail_int8)
     result = _tune.tune(converted, rounds=1)
@@ -247,7 +247,7 @@ def test_profile_threads_are_capped_at_this_devices_cores(monkeypatch):
 def test_default_threads_count_the_big_cluster(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.setattr(
-        _device, "detect", lambda root="/": _device._detect(DEVICES / "rk3588", real=False)
+        _device, "detect", lambda root="/", measure_int8=True: _device._detect(DEVICES / "rk3588", real=False)
     )
     assert _model.physical_cores() == 4, "4 Cortex-A76, not the 4 little A55 as well"
 
