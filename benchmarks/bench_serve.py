@@ -14,9 +14,13 @@ rounds, so a change of machine load hits every mode alike. Modes:
 - dynamic: the defaults: requests batched; a batch-dependent artifact (dynamic INT8) still runs
   each input alone inside the batch (batch invariance, a vector never depends on its neighbours);
 - dynamic-batched: --no-batch-invariant: inputs of a batch share padded backend calls;
-- dynamic-batched-wait10: the same with --max-batch-wait-ms 10 (fuller batches, more wait);
+- dynamic-batched-wait10 / -wait0: the same with --max-batch-wait-ms 10 (fuller batches, more
+  wait) / 0 (a batch is what queued while the previous one ran);
 - dynamic-workers: the defaults plus --workers THREADS --threads 1: batch-invariant, inputs alone,
-  THREADS of them at a time, each on one thread.
+  THREADS of them at a time, each on one thread;
+- dynamic-batched-workers: --no-batch-invariant --workers THREADS --threads 1;
+- MODE-h11: any of these on uvicorn's pure-Python HTTP parser and asyncio loop (--http h11
+  --loop asyncio) instead of httptools/uvloop.
 
 Then, in-process and without HTTP, the same sentences through the server's batch code (Served.
 execute), alone vs --clients at a time: what batching can give on this CPU at all.
@@ -286,7 +290,13 @@ def main() -> None:
         # batch-invariant, inputs alone, --threads of them at a time on one thread each
         "dynamic-workers": ["--workers", str(args.threads), "--threads", "1"],
         "dynamic-batched-wait10": ["--no-batch-invariant", "--max-batch-wait-ms", "10"],
+        "dynamic-batched-wait0": ["--no-batch-invariant", "--max-batch-wait-ms", "0"],
+        # shared padded calls, --threads of them at a time on one thread each
+        "dynamic-batched-workers": ["--no-batch-invariant", "--workers", str(args.threads), "--threads", "1"],
     }
+    # MODE-h11: MODE with uvicorn's pure-Python parser and asyncio (the stack without the
+    # [serve] extra's httptools/uvloop), for an A/B in the same run
+    flags |= {f"{mode}-h11": f + ["--http", "h11", "--loop", "asyncio"] for mode, f in list(flags.items())}
     modes = [m for m in args.modes.split(",") if m]
     servers = {m: Server(m, args.artifacts, common + flags[m]) for m in modes}
     for server in servers.values():

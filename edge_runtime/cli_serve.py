@@ -9,6 +9,8 @@ import argparse
 import logging
 import sys
 
+from edge_runtime.serve._config import HTTP_CHOICES, LOOP_CHOICES  # stdlib only: no starlette yet
+
 
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
@@ -106,6 +108,19 @@ def _parser() -> argparse.ArgumentParser:
         help="public key (PEM) whose signature (model.sig) the directory must carry, at "
         "start and at every reload; repeat to trust several keys (docs/signing.md)",
     )
+    p.add_argument(
+        "--http",
+        default="auto",
+        choices=HTTP_CHOICES,
+        help="HTTP parser: httptools (C, the [serve] extra installs it on x86_64/aarch64) or h11 "
+        "(pure Python); auto: httptools when installed (default: auto)",
+    )
+    p.add_argument(
+        "--loop",
+        default="auto",
+        choices=LOOP_CHOICES,
+        help="event loop: uvloop or asyncio; auto: uvloop when installed (default: auto)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -164,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             golden_interval_s=args.golden_interval,
             payload_limit=args.payload_limit,
             graceful_timeout_s=args.graceful_timeout,
+            http=args.http,
+            loop=args.loop,
         )
         run(config)
     except edge_runtime.EdgeRuntimeError as exc:

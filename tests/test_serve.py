@@ -307,9 +307,12 @@ def test_batch_groups_limit_padding():
 
 
 def test_errors_are_tei_shaped(embed_dir, tmp_path):
+    # On the pure-Python stack (h11, asyncio): every other server test runs httptools/uvloop
+    # where the serve extra installed them, and errors must read the same on both.
     with (
         serving(
-            embed_dir, "--max-client-batch-size", "4", "--payload-limit", "20000", log_dir=tmp_path
+            embed_dir, "--max-client-batch-size", "4", "--payload-limit", "20000",
+            "--http", "h11", "--loop", "asyncio", log_dir=tmp_path
         ) as server,
         server.client() as client,
     ):
@@ -715,3 +718,62 @@ def test_workers_run_batches_side_by_side(tmp_path):
         assert batcher.alive and batcher.close(10) and not batcher.alive
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         ServeConfig(path=tmp_path, workers=0)
+
+
+def test_server_stack_resolves_auto_and_names_a_missing_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    from edge_runtime.serve._config import ServeConfig, server_stack
+
+    installed = {"httptools", "uvloop"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in installed else
+                        (None if name in ("httptools", "uvloop") else real(name, *a)))
+    assert server_stack(ServeConfig(path=tmp_path)) == ("httptools", "uvloop")
+    assert server_stack(ServeConfig(path=tmp_path, http="h11", loop="asyncio")) == ("h11", "asyncio")
+    installed.clear()  # e.g. a 32-bit ARM board without wheels: the pure-Python stack
+    assert server_stack(ServeConfig(path=tmp_path)) == ("h11", "asyncio")
+    with pytest.raises(edge_runtime.EdgeRuntimeError, match="pip install httptools"):
+        server_stack(ServeConfig(path=tmp_path, http="httptools"))
+    with pytest.raises(ValueError, match="http must be one of auto, h11, httptools"):
+        ServeConfig(path=tmp_path, http="fast")
+
+
+def test_a_batch_waits_for_more_only_after_an_idle_spell(tmp_path):
+    """max_batch_wait_ms tops up a batch that starts while the worker was idle; a batch of what
+    queued while the previous one ran goes at once (waiting then only idles the worker)."""
+    import threading
+
+    from edge_runtime._text import Encoded
+    from edge_runtime.serve._batching import Batcher
+    from edge_runtime.serve._config import ServeConfig
+    from edge_runtime.serve._metrics import ServeMetrics
+
+    calls = []
+    first_running = threading.Event()
+
+    class Served:
+        def execute(self, rows, batch_invariant, max_tokens):
+            calls.append((time.perf_counter(), len(rows)))
+            first_running.set()
+            time.sleep(0.2)
+            return np.zeros((len(rows), 1), np.float32), 1, 0
+
+    served = Served()
+    batcher = Batcher(ServeConfig(path=tmp_path, max_batch_wait_ms=400), ServeMetrics(128))
+    batcher.start()
+    row = Encoded([1, 2], [0, 0], ["a", "b"], [False, False])
+    started = time.perf_counter()
+    futures = [batcher.submit(served, [row])]
+    time.sleep(0.05)
+    futures.append(batcher.submit(served, [row]))  # joins the first batch: it is still topping up
+    assert first_running.wait(5)
+    futures += [batcher.submit(served, [row]) for _ in range(3)]  # queue while the first batch runs
+    for future in futures:
+        future.result(10)
+    assert batcher.close(10)
+    (t1, n1), (t2, n2) = calls
+    assert (n1, n2) == (2, 3)
+    assert t1 - started >= 0.35, "the first batch (after an idle spell) waited for more"
+    assert t2 - t1 < 0.2 + 0.1, "the second (a backlog) went at once, without another 0.4 s wait"

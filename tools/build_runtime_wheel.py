@@ -44,9 +44,12 @@ REQUIRES = [
     # load(trusted_keys=...) checks model.sig with cryptography alone (docs/signing.md)
     'cryptography>=41; extra == "verify"',
     # edge-serve (edge_runtime/serve/): starlette + uvicorn, pure Python (uvicorn uses h11 when
-    # httptools is absent): they install on aarch64 and Python 3.10 without a compiler.
+    # httptools is absent): they install on aarch64 and Python 3.10 without a compiler; the C
+    # parser and loop only where PyPI has wheels (setup.cfg's serve extra says why).
     'starlette>=0.37; extra == "serve"',
     'uvicorn>=0.29; extra == "serve"',
+    'httptools>=0.6; sys_platform == "linux" and platform_machine in "x86_64 aarch64" and extra == "serve"',
+    'uvloop>=0.19; sys_platform == "linux" and platform_machine in "x86_64 aarch64" and extra == "serve"',
 ]
 
 

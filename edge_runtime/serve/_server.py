@@ -3,7 +3,8 @@
 SIGTERM (systemd stop): uvicorn stops accepting connections, lets every in-flight request finish
 (up to graceful_timeout_s), then the app's lifespan drains the queue and stops the worker; the
 process then exits 0. SIGHUP: reload the artifact directory in the background (_reload.py).
-uvicorn is imported here only, and runs with its pure-Python HTTP parser when httptools is absent.
+uvicorn is imported here only; it parses HTTP with httptools and runs uvloop when they are installed
+(ServeConfig.http / loop), else with the pure-Python h11 and asyncio.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 
-from edge_runtime.serve._config import ServeConfig
+from edge_runtime.serve._config import ServeConfig, server_stack
 from edge_runtime.serve._service import Service
 
 __all__ = ["run"]
@@ -26,6 +27,7 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
 
     from edge_runtime.serve._app import create_app
 
+    http, loop = server_stack(config)
     service = service or Service(config)
     app = create_app(service)
     server = uvicorn.Server(
@@ -33,6 +35,8 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
             app,
             host=config.host,
             port=config.port,
+            http=http,
+            loop=loop,
             log_level="warning",
             access_log=False,
             lifespan="on",
@@ -61,7 +65,8 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
         )
     }
     try:
-        log.info("edge-serve on http://%s:%d", config.host, config.port)
+        log.info("edge-serve on http://%s:%d (HTTP parser %s, event loop %s)", config.host, config.port,
+                 http, loop)
         server.run()
     finally:
         for sig, handler in previous.items():
