@@ -56,9 +56,6 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -78,50 +75,11 @@ def _int8_module():
 
 I8 = _int8_module()
 
-# Like arm64_int8_arithmetic.RUNNER, but a job that fails (an option or op the build lacks) is
-# recorded, not fatal.
-RUNNER = r"""
-import json, sys, traceback, numpy as np, onnxruntime as ort
-for job in json.load(open(sys.argv[1])):
-    try:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, job["level"])
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        for k, v in job.get("config", {}).items():
-            so.add_session_config_entry(k, v)
-        s = ort.InferenceSession(job["model"], so, providers=["CPUExecutionProvider"])
-        names = [o.name for o in s.get_outputs()]
-        wanted = {i.name for i in s.get_inputs()}
-        feeds = np.load(job["inputs"])
-        res = {}
-        for g in sorted({k.split("__")[0] for k in feeds.files}):
-            feed = {k.split("__", 1)[1]: feeds[k] for k in feeds.files
-                    if k.startswith(g + "__") and k.split("__", 1)[1] in wanted}
-            res.update({g + "__" + n: v for n, v in zip(names, s.run(None, feed))})
-        np.savez(job["out"], **res)
-    except Exception:
-        open(job["out"] + ".err", "w").write(traceback.format_exc())
-"""
-
 
 def run_jobs(cpu: str, jobs: list[dict], work: Path) -> None:
-    (work / "runner.py").write_text(RUNNER)
-    spec = work / f"jobs_{cpu}.json"
-    spec.write_text(json.dumps(jobs))
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "QEMU_"))
-    }
-    env.update(PYTHONNOUSERSITE="1", HOME=str(work / "home"))
-    done = subprocess.run(
-        I8.python_for(cpu) + [str(work / "runner.py"), str(spec)],
-        env=env,
-        capture_output=True,
-        check=False,
-        text=True,
-    )
-    if done.returncode:
-        sys.exit(f"{cpu} runner failed:\n{done.stderr[-3000:]}")
+    """arm64_int8_arithmetic.run_jobs, but a job that fails (an option or op the build lacks) is
+    recorded (load_out gives None), not fatal."""
+    I8.run_jobs(cpu, jobs, work, tolerate_failures=True)
 
 
 def load_out(path: Path):
@@ -308,7 +266,6 @@ def main() -> int:
     from onnx import numpy_helper as nh
 
     import edge_runtime
-    from edge_runtime._text import TextEncoder
 
     cpus = ["x86"] + [c for c in args.cpus.split(",") if c != "x86"]
     arm = [c for c in cpus if c != "x86"]
@@ -346,28 +303,12 @@ def main() -> int:
             print(f"  {n.name}: {a}")
 
     # Inputs: tools/arm64-check's texts, as one padded batch ("b") and each alone ("s0".."s5").
-    texts = I8.load_arm64_check().TEXTS
-    tok = manifest["tokenizer"]
-    encoder = TextEncoder(
-        args.artifact / tok["files"][0]["path"], tok, [i["name"] for i in manifest["inputs"]]
-    )
-    dtypes = {i["name"]: i["dtype"] for i in manifest["inputs"]}
-    batch = {
-        k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in encoder.encode(list(texts)).items()
-    }
-    mask = batch["attention_mask"]
-    lengths = mask.sum(1)
-    feeds = {f"b__{k}": v for k, v in batch.items()}
-    for r, n in enumerate(lengths):
-        feeds.update(
-            {f"s{r}__{k}": np.ascontiguousarray(v[r : r + 1, :n]) for k, v in batch.items()}
-        )
+    texts, batch, feeds, mask, lengths = I8.text_feeds(args.artifact, manifest)
     np.savez(work / "texts.npz", **feeds)
     np.savez(work / "batch.npz", **{k: v for k, v in feeds.items() if k.startswith("b__")})
 
     # Debug models: (w) decoded int8 weights and the gathered embeddings; (d) every DQL input /
     # output and MatMulInteger output. Optimizations off, so each CPU's kernels compute them.
-    inits = {i.name for i in model.graph.initializer}
     mmi = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
     producer = {o: n for n in model.graph.node for o in n.output}
     gbq = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]

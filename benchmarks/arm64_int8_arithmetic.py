@@ -69,26 +69,30 @@ ARM_WORK = Path.home() / ".cache" / "edge-runtime-arm64"
 CPUS = {"a76": "rpi5", "a72": "rpi4"}  # qemu CPU -> tools/arm64-check venv profile
 
 # Runs inside every process (x86 and the emulated aarch64 Python, which has numpy and onnxruntime
-# but no onnx): a list of jobs, each a model, an .npz of feeds ("group__input") and options.
+# but no onnx): a list of jobs, each a model, an .npz of feeds ("group__input") and options. A job
+# that fails (an option or op the build lacks) leaves OUT.err with its traceback instead of OUT.
 RUNNER = r"""
-import json, sys, numpy as np, onnxruntime as ort
+import json, sys, traceback, numpy as np, onnxruntime as ort
 for job in json.load(open(sys.argv[1])):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, job["level"])
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    for k, v in job.get("config", {}).items():
-        so.add_session_config_entry(k, v)
-    s = ort.InferenceSession(job["model"], so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in s.get_outputs()]
-    wanted = {i.name for i in s.get_inputs()}
-    feeds = np.load(job["inputs"])
-    res = {}
-    for g in sorted({k.split("__")[0] for k in feeds.files}):
-        feed = {k.split("__", 1)[1]: feeds[k] for k in feeds.files
-                if k.startswith(g + "__") and k.split("__", 1)[1] in wanted}
-        res.update({g + "__" + n: v for n, v in zip(names, s.run(None, feed))})
-    np.savez(job["out"], **res)
+    try:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, job["level"])
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        for k, v in job.get("config", {}).items():
+            so.add_session_config_entry(k, v)
+        s = ort.InferenceSession(job["model"], so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in s.get_outputs()]
+        wanted = {i.name for i in s.get_inputs()}
+        feeds = np.load(job["inputs"])
+        res = {}
+        for g in sorted({k.split("__")[0] for k in feeds.files}):
+            feed = {k.split("__", 1)[1]: feeds[k] for k in feeds.files
+                    if k.startswith(g + "__") and k.split("__", 1)[1] in wanted}
+            res.update({g + "__" + n: v for n, v in zip(names, s.run(None, feed))})
+        np.savez(job["out"], **res)
+    except Exception:
+        open(job["out"] + ".err", "w").write(traceback.format_exc())
 """
 
 
@@ -110,7 +114,25 @@ def python_for(cpu: str) -> list[str]:
     return [str(wrapper)]  # sets QEMU_CPU and QEMU_LD_PREFIX itself
 
 
-def run_jobs(cpu: str, jobs: list[dict], work: Path) -> None:
+def text_feeds(artifact: Path, manifest: dict) -> tuple[list[str], dict, dict, np.ndarray, np.ndarray]:
+    """tools/arm64-check's texts; their padded batch; feeds of it ("b__INPUT") and of each text
+    alone ("sR__INPUT"); the batch's attention mask and the texts' token counts."""
+    from edge_runtime._text import TextEncoder
+
+    texts = load_arm64_check().TEXTS
+    tok = manifest["tokenizer"]
+    encoder = TextEncoder(artifact / tok["files"][0]["path"], tok, [i["name"] for i in manifest["inputs"]])
+    dtypes = {i["name"]: i["dtype"] for i in manifest["inputs"]}
+    batch = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in encoder.encode(list(texts)).items()}
+    mask = batch["attention_mask"]
+    lengths = mask.sum(1)
+    feeds = {f"b__{k}": v for k, v in batch.items()}
+    for r, n in enumerate(lengths):
+        feeds.update({f"s{r}__{k}": np.ascontiguousarray(v[r : r + 1, :n]) for k, v in batch.items()})
+    return list(texts), batch, feeds, mask, lengths
+
+
+def run_jobs(cpu: str, jobs: list[dict], work: Path, tolerate_failures: bool = False) -> None:
     (work / "runner.py").write_text(RUNNER)
     spec = work / f"jobs_{cpu}.json"
     spec.write_text(json.dumps(jobs))
@@ -127,6 +149,10 @@ def run_jobs(cpu: str, jobs: list[dict], work: Path) -> None:
     )
     if done.returncode:
         sys.exit(f"{cpu} runner failed:\n{done.stderr[-3000:]}")
+    if not tolerate_failures:
+        failed = [job["out"] for job in jobs if Path(job["out"] + ".err").exists()]
+        if failed:
+            sys.exit(f"{cpu}: {failed[0]} failed:\n" + Path(failed[0] + ".err").read_text()[-3000:])
 
 
 # -- the numpy reference ----------------------------------------------------------------------
@@ -322,7 +348,6 @@ def main() -> int:
     import onnxruntime
 
     import edge_runtime
-    from edge_runtime._text import TextEncoder
 
     ort_version = onnxruntime.__version__
     cpus = ["x86"] + [c for c in args.cpus.split(",") if c != "x86"]  # x86 is the reference
@@ -331,24 +356,8 @@ def main() -> int:
     model_path = args.artifact / "onnx-int8.onnx"
     model = onnx.load(str(model_path))
 
-    # Inputs: tools/arm64-check's texts, as one padded batch ("b") and each alone ("s0".."s5").
-    texts = load_arm64_check().TEXTS
     manifest = edge_runtime.read_manifest(args.artifact)
-    tok = manifest["tokenizer"]
-    encoder = TextEncoder(
-        args.artifact / tok["files"][0]["path"], tok, [i["name"] for i in manifest["inputs"]]
-    )
-    dtypes = {i["name"]: i["dtype"] for i in manifest["inputs"]}
-    batch = {
-        k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in encoder.encode(list(texts)).items()
-    }
-    mask = batch["attention_mask"]
-    lengths = mask.sum(1)
-    feeds = {f"b__{k}": v for k, v in batch.items()}
-    for r, n in enumerate(lengths):
-        feeds.update(
-            {f"s{r}__{k}": np.ascontiguousarray(v[r : r + 1, :n]) for k, v in batch.items()}
-        )
+    texts, batch, feeds, mask, lengths = text_feeds(args.artifact, manifest)
     np.savez(work / "texts.npz", **feeds)
 
     dbg = debug_model(model, work)

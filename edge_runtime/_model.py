@@ -24,6 +24,7 @@ from edge_runtime._errors import (
 from edge_runtime._golden import check_golden, compare_outputs, golden_samples
 from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
 from edge_runtime._text import Encoded, TextEncoder, pool, softmax
+from edge_runtime._select import physical_cores
 from edge_runtime._verified import Verifications, kernel_key, signatures_of
 from edge_runtime.backends._cache import cpu_tag
 
@@ -36,19 +37,6 @@ log = logging.getLogger("edge_runtime")
 # InferenceSession.run as thread-safe); calls into any other (a TFLite interpreter holds its
 # tensors in the interpreter) are serialized by a lock per Model.
 _THREAD_SAFE_BACKENDS = ("onnxruntime",)
-
-
-def physical_cores() -> int:
-    """Default intra-op threads: the physical cores of the fastest cluster (every physical core
-    on a uniform CPU; the big cores of a big.LITTLE one, told apart by cpufreq maximum
-    frequencies: threads on little cores hold the big ones back at every barrier), at most the
-    CPUs this process may run on."""
-    count = _device.detect(measure_int8=False).big_cores
-    try:
-        count = min(count, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        pass
-    return max(1, count)
 
 
 def default_cache_dir() -> Path:

@@ -12,13 +12,14 @@ The golden check at load still has the last word: an artifact that fails it is s
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_runtime import _compat, _device, _memory, _tune, backends
 
-__all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "plan", "threads_for"]
+__all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "physical_cores", "plan", "threads_for"]
 
 # Manifest backend names -> the artifact format they run.
 BACKEND_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
@@ -112,7 +113,6 @@ def threads_for(
     tuned = _tune.setting_for(tuning, entry["name"])
     if tuned is not None:
         return tuned.threads, tuned.spinning, "tuning cache"
-    from edge_runtime._model import physical_cores
 
     profile = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0) or 0)
     cores = physical_cores()
@@ -144,3 +144,16 @@ def candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         return fmt, foreign, prec, bool(entry.get("pruning"))
 
     return sorted(manifest["artifacts"], key=rank)
+
+
+def physical_cores() -> int:
+    """Default intra-op threads: the physical cores of the fastest cluster (every physical core
+    on a uniform CPU; the big cores of a big.LITTLE one, told apart by cpufreq maximum
+    frequencies: threads on little cores hold the big ones back at every barrier), at most the
+    CPUs this process may run on."""
+    count = _device.detect(measure_int8=False).big_cores
+    try:
+        count = min(count, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        pass
+    return max(1, count)

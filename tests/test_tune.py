@@ -237,9 +237,9 @@ def test_thread_candidates(device, profile_threads, want, monkeypatch):
 def test_profile_threads_are_capped_at_this_devices_cores(monkeypatch):
     entry = {"name": "onnx-int8"}
     manifest = {"runtime": {"threads": {"intra_op": 4}}}  # rpi4/rpi5: a Pi's 4 cores
-    monkeypatch.setattr(_model, "physical_cores", lambda: 2)
+    monkeypatch.setattr(_select, "physical_cores", lambda: 2)
     assert _select.threads_for(entry, manifest, None) == (2, None, "profile default 4, capped at this device's 2 cores")
-    monkeypatch.setattr(_model, "physical_cores", lambda: 4)
+    monkeypatch.setattr(_select, "physical_cores", lambda: 4)
     assert _select.threads_for(entry, manifest, None) == (4, None, "profile default")
     assert _select.threads_for(entry, {"runtime": {}}, None)[0] == 4  # no profile count: the cores
 
@@ -249,7 +249,7 @@ def test_default_threads_count_the_big_cluster(monkeypatch):
     monkeypatch.setattr(
         _device, "detect", lambda root="/", measure_int8=True: _device._detect(DEVICES / "rk3588", real=False)
     )
-    assert _model.physical_cores() == 4, "4 Cortex-A76, not the 4 little A55 as well"
+    assert _select.physical_cores() == 4, "4 Cortex-A76, not the 4 little A55 as well"
 
 
 def _with_sizes(manifest: dict, mb: dict[str, float]) -> dict:

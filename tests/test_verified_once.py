@@ -276,3 +276,4 @@ def test_a_failing_short_check_falls_back_to_the_full_one(artifact, tmp_path, mo
     # The short check failed -> the same load again in full (every hash, every sample), which
     # passes here and says exactly what is wrong when it does not.
     assert calls[0] is True and calls[-1] is False and model.embed(TEXTS).shape[0] == 2
+

@@ -5,6 +5,7 @@
     python tools/bench_cold_start.py DIR --artifact tflite-int8 [--rounds 7]
     python tools/bench_cold_start.py DIR --artifact onnx-int8 --signed-verify [--threads 2]
     python tools/bench_cold_start.py DIR --artifact onnx-int8 --options   # onnxruntime's knobs
+    python tools/bench_cold_start.py DIR --artifact onnx-int8 --text      # first embedding
 
 Every load is a new Python process (nothing warm but the OS page cache). Modes, interleaved
 round by round (rotating order, so drifting load from other processes hits every mode alike):
@@ -17,10 +18,13 @@ round by round (rotating order, so drifting load from other processes hits every
                 home (XDG_CACHE_HOME): builds the device caches (and whatever else load does on
                 first use, e.g. a thread sweep)
 - edge-second, edge-third: the same call again with the round's cache home
-- edge-signed-1, edge-signed-2 (--signed-verify): the same call with a PROTOTYPE of a proposed
-                change patched in: artifact files whose stat signature is unchanged since they last
-                matched the manifest are not hashed again (signed_verify_files below; the first
-                load records, the second uses)
+- edge-signed-1, edge-signed-2 (--signed-verify): the same call with the PROTOTYPE (kept for
+                comparison) of what edge_runtime/_verified.py now does for artifact files: files
+                whose stat signature is unchanged since they last matched the manifest are not
+                hashed again (signed_verify_files below; the first load records, the second uses)
+--text: the first result is one sentence's (normalized, mean-pooled) embedding instead of a
+                --seq-token run: default = tokenizers.Tokenizer.from_file + InferenceSession +
+                pooling in numpy, edge = load() + Model.embed; tokenizer loading counts for both
 Verification (hash checks, golden sample) is on in every edge mode: it is load's default. Each
 child times its phases by wrapping edge_runtime's internals (verify_files, the golden sample,
 the backend session, the ONNX cache entry check), so what verification costs is reported apart.
@@ -131,7 +135,27 @@ feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
          "token_type_ids": np.zeros_like(ids)}
 phases = {}
 
-if fmt == "onnx":
+TEXT = os.environ.get("BENCH_TEXT")  # --text: the first result is this sentence's embedding
+
+def unit(vector):
+    return vector / np.linalg.norm(vector, axis=-1, keepdims=True)
+
+if fmt == "onnx" and TEXT:
+    def open_default():
+        # What a user writes without edge_runtime: tokenizers + a session + mean pooling.
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_file(os.path.join(root, "tokenizer", "tokenizer.json"))
+        session = onnxruntime.InferenceSession(model_file)
+        names = [i.name for i in session.get_inputs()]
+        def run():
+            encoding = tokenizer.encode(TEXT)
+            ids = np.asarray([encoding.ids], np.int64)
+            text_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                          "token_type_ids": np.zeros_like(ids)}
+            hidden = session.run(None, {k: text_feeds[k] for k in names})[0]
+            return {"embedding": unit(hidden.mean(axis=1))}
+        return run, "-"
+elif fmt == "onnx":
     def open_default():
         session = onnxruntime.InferenceSession(model_file)
         names = [i.name for i in session.get_inputs()]
@@ -197,6 +221,8 @@ if mode != "default":
         state = getattr(session, "optimized_cache_state", None) or getattr(
             session, "weight_cache_state", None)
         wanted = {i["name"] for i in model.inputs}
+        if TEXT:
+            return (lambda: {"embedding": unit(model.embed([TEXT]))}), str(state)
         return (lambda: model.run({k: v for k, v in feeds.items() if k in wanted})), str(state)
 
 if mode == "steady-ab":
@@ -243,6 +269,10 @@ print("RESULT " + json.dumps({
     "load_to_first_ms": load_to_first, "state": state, "p50_ms": float(np.median(times)),
     "anon_added": after["RssAnon"] - before["RssAnon"], **after, **phases}))
 """
+
+
+# --text: a held-out-like sentence (benchmarks/data/heldout_en.txt style), about 20 tokens
+TEXT_SENTENCE = "The committee postponed its decision on the new bridge until the spring survey is finished."
 
 
 # --options: onnxruntime's own knobs on the artifact, without edge_runtime. argv: variant, model
@@ -679,12 +709,20 @@ def main(argv: list[str] | None = None) -> int:
         "N = the default session's thread count compares the caches alone",
     )
     parser.add_argument(
+        "--text",
+        action="store_true",
+        help="the first result is one sentence's embedding: default = tokenizers + "
+        "InferenceSession + mean pooling, edge = load() + Model.embed (tokenizer loading counts)",
+    )
+    parser.add_argument(
         "--options",
         action="store_true",
         help="instead: onnxruntime's session options on the artifact's saved forms (graph-only, "
         "prepacked), without edge_runtime: session start, p50, anonymous memory",
     )
     args = parser.parse_args(argv)
+    if args.text:  # the children read it (CHILD's TEXT)
+        os.environ["BENCH_TEXT"] = TEXT_SENTENCE
     if args.options:
         results = probe_options(args.root, args.artifact, args.rounds, args.seq, args.runs)
         title = (
@@ -701,7 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results)
     cpu = cpu_description()
     title = (
-        f"{args.root.name} {args.artifact}: batch 1, {args.seq} tokens, medians of {args.rounds} "
+        f"{args.root.name} {args.artifact}: batch 1, "
+        f"{'one sentence embedded (tokenizer included)' if args.text else f'{args.seq} tokens'}, medians of {args.rounds} "
         f"rounds, fresh process per load, edge threads "
         f"{args.threads or 'as load() picks them'}; CPU {cpu}"
     )

@@ -121,7 +121,7 @@ class TfliteSession:
         if threads < 0:
             raise InputError(f"threads must be >= 0, got {threads}")
         if threads == 0:
-            from edge_runtime._model import physical_cores
+            from edge_runtime._select import physical_cores
 
             threads = physical_cores()
         self.threads = threads
