@@ -20,6 +20,7 @@ a row distilled from the unpruned one (converters/pruning/distill.py). Writes <o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import copy
 import json
 import statistics
@@ -134,6 +135,9 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=0,
                         help="also distill each activation-criterion model for up to N steps (a row of its own)")
     parser.add_argument("--distill-lr", type=float, help="distillation learning rate [default: DistillConfig's]")
+    parser.add_argument("--no-distill-augment", dest="distill_augment", action="store_false",
+                        help="distill on the fit batches as they are, without DistillConfig's default "
+                        "augmentation (crops, word dropout: distill.augment_batch)")
     args = parser.parse_args()
     if args.replot:
         result = json.loads(args.out.with_suffix(".json").read_text())
@@ -186,8 +190,9 @@ def main() -> None:
             rows.append(row)
             if criterion == "activation" and args.distill_steps:
                 student, began = copy.deepcopy(module), time.perf_counter()
-                settings = DistillConfig(args.distill_steps) if args.distill_lr is None else DistillConfig(
-                    args.distill_steps, learning_rate=args.distill_lr)
+                settings = DistillConfig(args.distill_steps, augment=args.distill_augment)
+                if args.distill_lr is not None:
+                    settings = dataclasses.replace(settings, learning_rate=args.distill_lr)
                 report = distill(student, base.module, base, fit, validation, settings,
                                  lambda m: print(f"  {m}", file=sys.stderr, flush=True))
                 distilled = copy.copy(pruned)

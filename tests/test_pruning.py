@@ -184,3 +184,30 @@ def test_distillation_recovers_accuracy_on_texts_it_did_not_train_on(tiny_model_
     assert not source.module.training
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_state[name]), name
+
+
+def test_augmented_batches_keep_specials_order_and_padding():
+    import numpy as np
+
+    from converters.pruning.distill import augment_batch
+
+    rng = np.random.default_rng(0)
+    ids = np.array([[101, 5, 6, 7, 8, 9, 10, 102], [101, 11, 12, 13, 102, 0, 0, 0], [101, 14, 102, 0, 0, 0, 0, 0]])
+    mask = (np.arange(8)[None, :] < np.array([[8], [5], [3]])).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    seen = set()
+    for _ in range(50):
+        out = augment_batch(feeds, rng)
+        assert set(out) == set(feeds) and out["input_ids"].shape == out["attention_mask"].shape
+        assert not out["token_type_ids"].any()
+        for row, keep, original, original_keep in zip(out["input_ids"], out["attention_mask"], ids, mask):
+            tokens, source = list(row[keep == 1]), list(original[original_keep == 1])
+            assert tokens[0] == 101 and tokens[-1] == 102 and (row[keep == 0] == 0).all()
+            content, rest = tokens[1:-1], iter(source[1:-1])
+            assert content and all(t in rest for t in content), "a subsequence, in order"
+            assert len(content) >= 1
+        seen.add(tuple(out["input_ids"][0]))
+    assert len(seen) > 10, "the batches really vary"
+    # texts of one or two content tokens are left as they are
+    assert list(out["input_ids"][2][:3]) == [101, 14, 102]
+
