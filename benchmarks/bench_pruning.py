@@ -101,7 +101,7 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
-    for criterion, marker in (("activation", "o"), ("magnitude", "s"), ("distillation", "^")):
+    for criterion, marker in (("activation", "o"), ("magnitude", "s"), ("fisher", "D"), ("distillation", "^")):
         rows = sorted((r for r in result["rows"] if r["criterion"] == criterion
                        or (criterion == "distillation" and "distillation" in r)), key=lambda r: r["flops"])
         if not rows:
@@ -131,7 +131,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--criteria", default="activation,magnitude", help="importance criteria to compare")
+    parser.add_argument("--criteria", default="activation,magnitude",
+                        help="importance criteria to compare: activation, magnitude, fisher")
     parser.add_argument("--distill-steps", type=int, default=0,
                         help="also distill each activation-criterion model for up to N steps (a row of its own)")
     parser.add_argument("--distill-lr", type=float, help="distillation learning rate [default: DistillConfig's]")
@@ -152,6 +153,7 @@ def main() -> None:
     from converters.inputs.calibration import load_texts, split_texts
     from converters.inputs.source import load_source
     from converters.pruning.distill import DistillConfig, distill
+    from converters.pruning.fisher import fisher
     from converters.pruning.importance import magnitude, plan, score
     from converters.pruning.prune_model import encoder_flops
     from converters.pruning.reconstruct import prune_and_reconstruct
@@ -167,7 +169,9 @@ def main() -> None:
     wanted = args.criteria.split(",")
     criteria = {name: make() for name, make in (
         ("activation", lambda: score(base.module, fit.batches, base.input_names)),
-        ("magnitude", lambda: magnitude(base.module))) if name in wanted}
+        ("magnitude", lambda: magnitude(base.module)),
+        ("fisher", lambda: fisher(base.module, fit.batches, base.input_names,
+                                  base.task == "text-classification"))) if name in wanted}
     params, flops = sum(p.numel() for p in base.module.parameters()), encoder_flops(base.module)
     exported = {"unpruned": export_onnx(base, work / "unpruned.onnx", ExportConfig())}
     rows = []

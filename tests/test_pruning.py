@@ -211,3 +211,29 @@ def test_augmented_batches_keep_specials_order_and_padding():
     # texts of one or two content tokens are left as they are
     assert list(out["input_ids"][2][:3]) == [101, 14, 102]
 
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_fisher_criterion_scores_a_silent_head_and_neuron_zero_and_others_not(tiny_model_factory, arch):
+    """The mask-Fisher criterion has a gradient at the unpruned model (InfoNCE against its own
+    embeddings is not at a minimum there), so live units score > 0; silent ones score 0 and go
+    first. The model's weights and requires_grad are left as they were."""
+    from converters.pruning.fisher import fisher
+
+    source, batches = _case(tiny_model_factory, arch)
+    layer = find_layers(source.module)[1]
+    size = layer.head_size
+    with torch.no_grad():
+        layer.attention_out.weight[:, size:2 * size] = 0.0
+        layer.ffn_out.weight[:, 3] = 0.0
+    state = {k: v.clone() for k, v in source.module.state_dict().items()}
+    flags = [p.requires_grad for p in source.module.parameters()]
+    scores = fisher(source.module, batches, source.input_names)
+    assert scores.heads[1][1] == 0.0 and scores.neurons[1][3] == 0.0
+    live = np.concatenate([np.delete(scores.heads[1], 1), np.delete(scores.neurons[1], 3), scores.heads[0]])
+    assert (live > 0).all(), "every other unit has a gradient"
+    keep = plan(scores, heads=1 / sum(len(v) for v in scores.heads.values()),
+                ffn=1 / sum(len(v) for v in scores.neurons.values()))
+    assert 1 not in keep[1].heads and 3 not in keep[1].neurons
+    assert all(torch.equal(v, state[k]) for k, v in source.module.state_dict().items())
+    assert [p.requires_grad for p in source.module.parameters()] == flags
