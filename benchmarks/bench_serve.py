@@ -12,7 +12,9 @@ rounds, so a change of machine load hits every mode alike. Modes:
 
 - batch1: --max-batch-requests 1, every request is its own backend call (batch-size-1 serving);
 - dynamic: the defaults: requests batched; a batch-dependent artifact (dynamic INT8) still runs
-  each input alone inside the batch (batch invariance, a vector never depends on its neighbours);
+  each input alone inside the batch (batch invariance, a vector never depends on its neighbours),
+  on THREADS single-threaded lanes side by side;
+- dynamic-nolanes: the defaults without lanes (--no-lanes: a batch's inputs one after another);
 - dynamic-batched: --no-batch-invariant: inputs of a batch share padded backend calls;
 - dynamic-batched-wait10 / -wait0: the same with --max-batch-wait-ms 10 (fuller batches, more
   wait) / 0 (a batch is what queued while the previous one ran);
@@ -286,6 +288,7 @@ def main() -> None:
     flags = {
         "batch1": ["--max-batch-requests", "1"],
         "dynamic": [],
+        "dynamic-nolanes": ["--no-lanes"],
         "dynamic-batched": ["--no-batch-invariant"],
         # batch-invariant, inputs alone, --threads of them at a time on one thread each
         "dynamic-workers": ["--workers", str(args.threads), "--threads", "1"],

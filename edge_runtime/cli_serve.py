@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         "every core busy with short inputs",
     )
     p.add_argument(
+        "--no-lanes",
+        dest="lanes",
+        action="store_false",
+        help="run a batch's batch-invariant rows one after another on all --threads instead of "
+        "side by side on single-threaded lanes (the default with one worker)",
+    )
+    p.add_argument(
         "--no-batch-invariant",
         dest="batch_invariant",
         action="store_false",
@@ -176,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             auto_truncate=args.auto_truncate,
             batch_invariant=args.batch_invariant,
             workers=args.workers,
+            lanes=args.lanes,
             golden_interval_s=args.golden_interval,
             payload_limit=args.payload_limit,
             graceful_timeout_s=args.graceful_timeout,

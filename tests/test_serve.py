@@ -265,14 +265,17 @@ def test_batches_form_and_padding_is_masked(embed_dir, tmp_path):
 
 def test_batch_dependent_artifact_stays_batch_invariant(embed_dir, tmp_path):
     """Dynamic INT8 vectors depend on their batch; by default the server runs each input alone, so
-    a vector equals Model.embed's whoever else was queued, also with --workers 2 (two inputs at
+    a vector equals Model.embed's whoever else was queued: on 2 single-threaded lanes (the
+    default with --threads 2), one after another (--no-lanes), or with --workers 2 (two inputs at
     a time, each alone). --no-batch-invariant really batches."""
     texts = TEXTS * 2
     model = edge_runtime.load(embed_dir, artifact="onnx-int8")
     assert model.batch_dependent
     expected = _unit(np.concatenate([model.embed([t]) for t in texts]))
     workers = ("--workers", "2", "--threads", "1")  # inputs alone, two at a time: still exact
-    for flags, exact in (((), True), (workers, True), (("--no-batch-invariant",), False)):
+    cases = ((("--threads", "2"), True, 2), (("--threads", "2", "--no-lanes"), True, 1), (workers, True, 1),
+             (("--no-batch-invariant",), False, 1))
+    for flags, exact, lanes in cases:
         with serving(
             embed_dir,
             "--artifact",
@@ -285,6 +288,8 @@ def test_batch_dependent_artifact_stays_batch_invariant(embed_dir, tmp_path):
             responses = _post_all(server, "/embed", [{"inputs": t} for t in texts])
             got = np.concatenate([np.asarray(r.json(), dtype=np.float32) for r in responses])
             assert server.metrics()["te_batch_next_size_count"][()] < len(texts)
+            with server.client() as client:
+                assert client.get("/info").json()["artifact"]["lanes"] == lanes, flags
             drift = np.abs(got - expected).max()
             assert (drift < 1e-6) if exact else (drift > 1e-6), (flags, drift)
 

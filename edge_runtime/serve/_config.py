@@ -81,6 +81,10 @@ class ServeConfig:
     # (MiniLM INT8, 54 sentences, 2 cores: 1.25x; benchmarks/RESULTS.md run R). Backends that
     # are not thread-safe (TFLite) still run one call at a time.
     workers: int = 1
+    # With one worker serving a batch-dependent artifact batch-invariantly on several threads, run
+    # a batch's rows on that many single-threaded lanes side by side (a second, single-threaded
+    # session of the same artifact); a lone row still gets every thread (_engine.Served).
+    lanes: bool = True
     # Seconds between golden re-runs on the serving backend; 0 turns the watchdog off.
     golden_interval_s: float = 300.0
     payload_limit: int = 2_000_000

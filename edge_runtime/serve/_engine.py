@@ -9,6 +9,7 @@ and normalization functions (edge_runtime/_text.py), so a vector served equals e
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from pathlib import Path
@@ -36,8 +37,15 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
 class Served:
     """One loaded Model with its tokenizer, ready for the worker thread."""
 
-    def __init__(self, model: Model, path: Path, generation: int):
+    def __init__(self, model: Model, path: Path, generation: int, lane_model: Model | None = None):
         self.model = model
+        # Batch-invariant rows of a batch-dependent artifact run one per call; with a
+        # single-threaded twin session (lane_model, same artifact) a batch of several runs them on
+        # model.threads lanes side by side instead, each call on one core: a 15-token GEMM
+        # splits poorly across threads. A lone row still gets every thread.
+        self.lane_model = lane_model
+        self._lanes = (concurrent.futures.ThreadPoolExecutor(model.threads, thread_name_prefix="edge-serve-lane")
+                       if lane_model is not None else None)
         self.path = Path(path)
         self.generation = generation
         self.loaded_at = time.time()
@@ -97,6 +105,8 @@ class Served:
         artifacts whose numbers depend on the batch (dynamic INT8) run each row alone when
         `batch_invariant`, exactly as Model.embed(batch_invariant=True)."""
         if batch_invariant and self.model.batch_dependent:
+            if self._lanes is not None and len(rows) > 1:
+                return self._run_on_lanes(rows)
             groups = [[i] for i in range(len(rows))]
         else:
             groups = self._groups(rows, max_tokens)
@@ -113,6 +123,30 @@ class Served:
             for i, row in zip(group, part):
                 out_rows[i] = row
         return np.stack(out_rows), len(groups), padding
+
+    def _run_on_lanes(self, rows: list[Encoded]) -> tuple[np.ndarray, int, int]:
+        """Each row alone on lane_model, the rows dealt longest first to the least loaded of
+        model.threads lanes (by tokens); the same numbers as one by one (same artifact, each row
+        its own call, on a kernel whose results do not depend on the thread count)."""
+        lanes: list[list[int]] = [[] for _ in range(self.model.threads)]
+        load = [0] * len(lanes)
+        for i in sorted(range(len(rows)), key=lambda i: -len(rows[i].ids)):
+            lane = load.index(min(load))
+            lanes[lane].append(i)
+            load[lane] += len(rows[i].ids)
+        out_rows: list[np.ndarray | None] = [None] * len(rows)
+
+        def run(indices: list[int]) -> None:
+            for i in indices:
+                feeds = self.encoder.pad([rows[i]])
+                out = self.lane_model.run(feeds)[self.output]
+                if self.task == "feature-extraction":
+                    out = pool(out, feeds["attention_mask"], self.pooling, normalize=False)
+                out_rows[i] = np.asarray(out, dtype=np.float32)[0]
+
+        for future in [self._lanes.submit(run, lane) for lane in lanes if lane]:
+            future.result()
+        return np.stack(out_rows), len(rows), 0
 
     # A row joins a backend call only while the call's padding stays under this share of its
     # tokens: padding is computed and thrown away, so a 50-token sentence padding fifteen 12-token
@@ -162,6 +196,7 @@ class Served:
             "threads": self.model.threads,
             "path": str(self.path),
             "batch_dependent": self.model.batch_dependent,
+            "lanes": self.model.threads if self.lane_model is not None else 1,
         }
 
 

@@ -29,13 +29,17 @@ log = logging.getLogger("edge_runtime.serve")
 
 def load_served(config, path: Path, generation: int) -> Served:
     """load() with the server's settings, wrapped for serving."""
-    model = edge_runtime.load(
-        path,
-        artifact=config.artifact,
-        threads=config.threads,
-        trusted_keys=list(config.trusted_keys) if config.trusted_keys else None,
-    )
-    return Served(model, Path(path), generation)
+    keys = list(config.trusted_keys) if config.trusted_keys else None
+    model = edge_runtime.load(path, artifact=config.artifact, threads=config.threads, trusted_keys=keys)
+    lane_model = None
+    if (config.lanes and config.batch_invariant and config.workers == 1 and model.batch_dependent
+            and model.threads > 1 and model._run_lock is None  # a thread-safe backend
+            and config.max_batch_requests != 1):  # batches of one row never use lanes
+        # The same artifact on one thread for Served's lanes (its packed weights are mapped from
+        # the device cache the first load filled, so a second session costs little memory).
+        lane_model = edge_runtime.load(path, artifact=model.name, threads=1, trusted_keys=keys)
+        log.info("batch-invariant rows of %s run on %d single-threaded lanes", model.name, model.threads)
+    return Served(model, Path(path), generation, lane_model=lane_model)
 
 
 class Reloader:
