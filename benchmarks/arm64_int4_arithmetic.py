@@ -495,13 +495,8 @@ def main() -> int:
     fp32 = np.load(work / "fp32_x86.npz")
     post = manifest.get("postprocess") or {}
 
-    def pooled(dat):
-        out = []
-        for r in range(len(texts)):
-            hs = dat[f"s{r}__last_hidden_state"][0].astype(np.float64)
-            e = hs.mean(0) if post.get("pooling", "mean") == "mean" else hs[0]
-            out.append(e / np.linalg.norm(e))
-        return np.array(out)
+    def pooled(arrays):
+        return I8.pooled_texts(arrays, len(texts), post.get("pooling", "mean"))
 
     want = pooled(fp32)
     ref86 = {

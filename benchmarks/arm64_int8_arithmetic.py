@@ -132,6 +132,16 @@ def text_feeds(artifact: Path, manifest: dict) -> tuple[list[str], dict, dict, n
     return list(texts), batch, feeds, mask, lengths
 
 
+def pooled_texts(arrays, count: int, pooling: str) -> np.ndarray:
+    """Unit-length pooled embeddings of the texts run alone ("sR__last_hidden_state", R < count)."""
+    out = []
+    for r in range(count):
+        h = arrays[f"s{r}__last_hidden_state"][0].astype(np.float64)
+        e = h.mean(0) if pooling == "mean" else h[0]
+        out.append(e / np.linalg.norm(e))
+    return np.array(out)
+
+
 def run_jobs(cpu: str, jobs: list[dict], work: Path, tolerate_failures: bool = False) -> None:
     (work / "runner.py").write_text(RUNNER)
     spec = work / f"jobs_{cpu}.json"
@@ -606,13 +616,8 @@ def main() -> int:
         f"over {len(texts)} texts"
     )
 
-    def pooled(d):
-        out = []
-        for r in range(len(texts)):
-            h = d[f"s{r}__last_hidden_state"][0].astype(np.float64)
-            e = h.mean(0) if post.get("pooling", "mean") == "mean" else h[0]
-            out.append(e / np.linalg.norm(e))
-        return np.array(out)
+    def pooled(arrays):
+        return pooled_texts(arrays, len(texts), post.get("pooling", "mean"))
 
     want = pooled(fp32)
     for c in cpus:

@@ -87,6 +87,11 @@ class Model:
         return f"{self._session.backend_name} {self._session.backend_version} ({', '.join(self._session.providers)})"
 
     @property
+    def thread_safe(self) -> bool:
+        """Whether run() may be called from several threads at once without a lock between them."""
+        return self._run_lock is None
+
+    @property
     def batch_dependent(self) -> bool:
         """Whether a row's outputs may depend on the other rows of its batch.
 

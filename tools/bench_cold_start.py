@@ -3,7 +3,7 @@
 
     python tools/bench_cold_start.py DIR --artifact onnx-int8 [--rounds 7] [--json OUT]
     python tools/bench_cold_start.py DIR --artifact tflite-int8 [--rounds 7]
-    python tools/bench_cold_start.py DIR --artifact onnx-int8 --signed-verify [--threads 2]
+    python tools/bench_cold_start.py DIR --artifact onnx-int8 --threads 2
     python tools/bench_cold_start.py DIR --artifact onnx-int8 --options   # onnxruntime's knobs
     python tools/bench_cold_start.py DIR --artifact onnx-int8 --text      # first embedding
 
@@ -18,10 +18,8 @@ round by round (rotating order, so drifting load from other processes hits every
                 home (XDG_CACHE_HOME): builds the device caches (and whatever else load does on
                 first use, e.g. a thread sweep)
 - edge-second, edge-third: the same call again with the round's cache home
-- edge-signed-1, edge-signed-2 (--signed-verify): the same call with the PROTOTYPE (kept for
-                comparison) of what edge_runtime/_verified.py now does for artifact files: files
-                whose stat signature is unchanged since they last matched the manifest are not
-                hashed again (signed_verify_files below; the first load records, the second uses)
+(The --signed-verify prototype of run I is gone: edge_runtime/_verified.py does what it did, and
+more, in every edge mode since run S.)
 --text: the first result is one sentence's (normalized, mean-pooled) embedding instead of a
                 --seq-token run: default = tokenizers.Tokenizer.from_file + InferenceSession +
                 pooling in numpy, edge = load() + Model.embed; tokenizer loading counts for both
@@ -65,7 +63,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE_MODES = ("edge-nocache", "edge-first", "edge-second", "edge-third")
-SIGNED_MODES = ("edge-signed-1", "edge-signed-2")  # --signed-verify: the proposal's prototype
 STEADY = "steady-ab"  # one process: default session and edge-second, runs alternating
 
 # argv: mode, artifact dir, artifact name, model file, seq, runs, out .npz, vocabulary size
@@ -88,44 +85,6 @@ def status():
             if key in ("RssAnon", "RssFile", "VmHWM", "VmRSS"):
                 fields[key] = int(value.split()[0]) / 1024
     return fields
-
-def signed_verify_files(verify_files):
-    # PROTOTYPE of a proposal (not in edge_runtime): verify_files that re-hashes an artifact file
-    # only when its stat signature (size, mtime, ctime, inode, device) differs from the one
-    # recorded when it last matched the manifest. Signatures are recorded only for files whose
-    # mtime and ctime are over 2 s old (a write within the same timestamp tick could hide).
-    import hashlib, os
-    from pathlib import Path
-    from edge_runtime._manifest import resolve
-    record_file = Path(os.environ["XDG_CACHE_HOME"]) / "artifact-signatures.json"
-    try:
-        record = json.loads(record_file.read_text())
-    except (OSError, ValueError):
-        record = {}
-
-    def signature(path):
-        st = path.stat()
-        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-
-    def verify(root, items):
-        unknown, known = [], {}
-        for item in items:
-            path = resolve(root, item["path"])
-            key = hashlib.sha256(str(path).encode()).hexdigest()
-            sig = signature(path) if path.is_file() else None
-            if sig is not None and record.get(key) == {"sha256": item["sha256"], "stat": sig}:
-                continue
-            unknown.append(item)
-            known[key] = (path, item, sig)
-        verify_files(root, unknown)  # raises on a mismatch: nothing is recorded then
-        now = time.time_ns()
-        for key, (path, item, sig) in known.items():
-            if now - max(sig[1], sig[2]) > 2_000_000_000:
-                record[key] = {"sha256": item["sha256"], "stat": sig}
-        if known:
-            record_file.parent.mkdir(parents=True, exist_ok=True)
-            record_file.write_text(json.dumps(record))
-    return verify
 
 ids = np.zeros((1, seq), np.int64)
 first_word = 1000 if vocab > 2000 else 5  # BERT vocabularies: ordinary words from id ~1000 on
@@ -182,9 +141,6 @@ else:
 if mode != "default":
     import edge_runtime
     from edge_runtime import _model
-
-    if mode.startswith("edge-signed"):
-        _model.verify_files = signed_verify_files(_model.verify_files)
 
     def timed(owner, attr, phase):
         original = getattr(owner, attr, None)
@@ -522,7 +478,7 @@ def _max_diff(got: Path, want: Path) -> float:
 
 
 def measure(
-    root: Path, name: str, rounds: int, seq: int, runs: int, signed: bool, threads: int | None
+    root: Path, name: str, rounds: int, seq: int, runs: int, threads: int | None
 ) -> dict[str, list[dict]]:
     manifest = json.loads((root / "manifest.json").read_text())
     entry = next((a for a in manifest["artifacts"] if a["name"] == name), None)
@@ -531,12 +487,10 @@ def measure(
             f"no artifact {name!r} in {root}: {[a['name'] for a in manifest['artifacts']]}"
         )
     model_file = root / entry["files"][0]["path"]
-    modes = ("default", *EDGE_MODES, *(SIGNED_MODES if signed else ()))
+    modes = ("default", *EDGE_MODES)
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     # edge-first needs the round's empty cache home; second and third follow it in that order.
-    units = [["default"], ["edge-nocache"], ["edge-second", "edge-third"]] + (
-        [list(SIGNED_MODES)] if signed else []
-    )
+    units = [["default"], ["edge-nocache"], ["edge-second", "edge-third"]]
     for index in range(rounds):
         work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
         try:
@@ -697,12 +651,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30, help="timed runs for the steady-state p50")
     parser.add_argument("--json", type=Path, help="also write the raw rows and the summary here")
     parser.add_argument(
-        "--signed-verify",
-        action="store_true",
-        help="also measure the prototype of artifact hash checks skipped for files whose "
-        "stat signature is unchanged since they last matched (two loads: records, uses)",
-    )
-    parser.add_argument(
         "--threads",
         type=int,
         help="pass threads=N to edge_runtime.load (no tuned setting, no first-use sweep): "
@@ -734,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"cpu": cpu_description(), "runs": results}, indent=1))
         return 0
     results = measure(
-        args.root, args.artifact, args.rounds, args.seq, args.runs, args.signed_verify, args.threads
+        args.root, args.artifact, args.rounds, args.seq, args.runs, args.threads
     )
     summary = summarize(results)
     cpu = cpu_description()

@@ -11,6 +11,7 @@ never used (issue 10).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from edge_runtime._manifest import file_sha256
 __all__ = ["check_sha256", "cpu_tag", "signature", "write_json"]
 
 
+@functools.cache  # the CPU does not change under a running process; loads ask several times
 def cpu_tag() -> str:
     """8 hex digits naming what kernels (and so packed layouts) are picked by.
 

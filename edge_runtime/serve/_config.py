@@ -91,8 +91,8 @@ class ServeConfig:
     graceful_timeout_s: float = 30.0
     # uvicorn's HTTP parser and event loop. "auto": httptools / uvloop when installed (the
     # [serve] extra installs them where wheels exist: x86_64, aarch64), else the pure-Python
-    # h11 / asyncio. MiniLM INT8, 16 clients: httptools serves batched requests ~1.1x faster
-    # (benchmarks/RESULTS.md run S).
+    # h11 / asyncio. MiniLM INT8, 16 clients, 2-vCPU AVX-512 VNNI Xeon: batched requests 1.07-1.09x
+    # faster with them (benchmarks/RESULTS.md run S).
     http: str = "auto"
     loop: str = "auto"
 
@@ -132,6 +132,6 @@ def server_stack(config: ServeConfig) -> tuple[str, str]:
         if value == "auto":
             value = fast if installed else fallback
         elif value == fast and not installed:
-            raise ServeError("Unhealthy", f"{name}={fast} needs the {fast} package: pip install {fast}")
+            raise EdgeRuntimeError(f"{name}={fast} needs the {fast} package: pip install {fast}")
         chosen.append(value)
     return chosen[0], chosen[1]

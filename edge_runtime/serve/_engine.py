@@ -113,16 +113,21 @@ class Served:
         out_rows: list[np.ndarray | None] = [None] * len(rows)
         padding = 0
         for group in groups:
-            feeds = self.encoder.pad([rows[i] for i in group])
-            padding += int(feeds["attention_mask"].size - feeds["attention_mask"].sum())
-            out = self.model.run(feeds)[self.output]
-            if self.task == "feature-extraction":
-                part = pool(out, feeds["attention_mask"], self.pooling, normalize=False)
-            else:
-                part = np.asarray(out, dtype=np.float32)
-            for i, row in zip(group, part):
-                out_rows[i] = row
+            padding += self._call(self.model, rows, group, out_rows)
         return np.stack(out_rows), len(groups), padding
+
+    def _call(self, model: Model, rows: list[Encoded], group: list[int], out_rows: list) -> int:
+        """One backend call of `model` on rows[group], padded together; their outputs (pooled
+        vectors or logits) go to out_rows[group]. Returns the padding tokens computed."""
+        feeds = self.encoder.pad([rows[i] for i in group])
+        out = model.run(feeds)[self.output]
+        if self.task == "feature-extraction":
+            part = pool(out, feeds["attention_mask"], self.pooling, normalize=False)
+        else:
+            part = np.asarray(out, dtype=np.float32)
+        for i, row in zip(group, part):
+            out_rows[i] = row
+        return int(feeds["attention_mask"].size - feeds["attention_mask"].sum())
 
     def _run_on_lanes(self, rows: list[Encoded]) -> tuple[np.ndarray, int, int]:
         """Each row alone on lane_model, the rows dealt longest first to the least loaded of
@@ -138,11 +143,7 @@ class Served:
 
         def run(indices: list[int]) -> None:
             for i in indices:
-                feeds = self.encoder.pad([rows[i]])
-                out = self.lane_model.run(feeds)[self.output]
-                if self.task == "feature-extraction":
-                    out = pool(out, feeds["attention_mask"], self.pooling, normalize=False)
-                out_rows[i] = np.asarray(out, dtype=np.float32)[0]
+                self._call(self.lane_model, rows, [i], out_rows)
 
         for future in [self._lanes.submit(run, lane) for lane in lanes if lane]:
             future.result()

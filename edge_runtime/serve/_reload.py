@@ -33,7 +33,7 @@ def load_served(config, path: Path, generation: int) -> Served:
     model = edge_runtime.load(path, artifact=config.artifact, threads=config.threads, trusted_keys=keys)
     lane_model = None
     if (config.lanes and config.batch_invariant and config.workers == 1 and model.batch_dependent
-            and model.threads > 1 and model._run_lock is None  # a thread-safe backend
+            and model.threads > 1 and model.thread_safe
             and config.max_batch_requests != 1):  # batches of one row never use lanes
         # The same artifact on one thread for Served's lanes (its packed weights are mapped from
         # the device cache the first load filled, so a second session costs little memory).
