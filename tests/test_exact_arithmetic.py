@@ -77,6 +77,47 @@ def test_matmul_integer_rewrite_is_exact_where_this_cpu_saturates(tmp_path):
         np.testing.assert_array_equal(native, want)
 
 
+def _pair_limited(rng, k: int, n: int) -> np.ndarray:
+    """int8 weights with |B[2j]| + |B[2j+1]| <= 128 everywhere, many pairs at exactly 128."""
+    first = rng.integers(-128, 129, (k // 2, n))
+    first = np.clip(first, -127, 127)
+    second = (128 - np.abs(first)) * rng.choice(np.array([-1, 1]), (k // 2, n))
+    return np.stack([first, second], 1).reshape(k, n).astype(np.int8)
+
+
+def test_pair_safe_weights_stay_on_the_integer_kernel_and_are_exact(tmp_path):
+    """Weights whose adjacent-row pairs sum to <= 128 in magnitude are exact on every kernel
+    (255 x 128 fits int16): the rewrite keeps them (fast on saturating hosts) and they still equal
+    int64 numpy bit for bit, on this CPU whatever its INT8 GEMM (tests/test_avx2_only.py runs
+    this file's cases with the saturating kernel too). One pair at 129 sends the weight to the
+    float rewrite; keep_pair_safe=False rewrites all."""
+    from converters.core.exact_integer_ops import ExactIntegerConfig
+
+    rng = np.random.default_rng(4)
+    k, n = 768, 48
+    weights = _pair_limited(rng, k, n)
+    assert (np.abs(weights[0::2].astype(int)) + np.abs(weights[1::2].astype(int))).max() == 128
+    a = np.concatenate([np.full((4, k), 255, np.uint8), rng.integers(0, 256, (12, k), dtype=np.uint8)])
+    want = (a.astype(np.int64) - 7) @ weights.astype(np.int64)
+
+    safe = _matmul_integer_model(tmp_path / "safe.onnx", weights)
+    report = exact_integer_ops(safe, tmp_path / "safe_exact.onnx")
+    assert report["matmul_integer"] == [{"node": "mmi", "k_chunks": 0, "kept": "pair-safe int8 weight"}]
+    got = OnnxSession(tmp_path / "safe_exact.onnx", threads=2).run({"a": a})["y"]
+    np.testing.assert_array_equal(got, want)
+
+    report = exact_integer_ops(safe, tmp_path / "all.onnx", ExactIntegerConfig(keep_pair_safe=False))
+    assert report["matmul_integer"] == [{"node": "mmi", "k_chunks": 2}]  # 518 rows per chunk
+
+    unsafe_weights = weights.copy()
+    unsafe_weights[0, 0], unsafe_weights[1, 0] = 65, -64  # 129
+    unsafe = _matmul_integer_model(tmp_path / "unsafe.onnx", unsafe_weights)
+    report = exact_integer_ops(unsafe, tmp_path / "unsafe_exact.onnx")
+    assert report["matmul_integer"] == [{"node": "mmi", "k_chunks": 2}]
+    got = OnnxSession(tmp_path / "unsafe_exact.onnx", threads=2).run({"a": a})["y"]
+    np.testing.assert_array_equal(got, (a.astype(np.int64) - 7) @ unsafe_weights.astype(np.int64))
+
+
 def test_matmul_integer_rewrite_with_weight_zero_points(tmp_path):
     rng = np.random.default_rng(1)
     weights = rng.integers(0, 256, (96, 8)).astype(np.uint8)

@@ -384,7 +384,7 @@ def test_saturating_kernel_fails_the_golden_check_natively(tiny_model_factory, t
     from edge_runtime._device import detect
 
     if detect().int8_gemm != "s16-pairs":
-        pytest.skip(f"this CPU's INT8 GEMM is {detect().int8_gemm}: tests/test_avx2_emulated.py proves it on an emulated Haswell")
+        pytest.skip(f"this CPU's INT8 GEMM is {detect().int8_gemm}: tests/test_avx2_only.py runs this test under tools/avx2-only, tests/test_avx2_emulated.py on an emulated Haswell")
     out = tmp_path / "vnni"
     convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx512-vnni", out=out,
                           latency_runs=2))
