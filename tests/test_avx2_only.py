@@ -92,11 +92,11 @@ def test_check_mode(tmp_path):
 @pytest.mark.slow
 def test_saturating_kernel_cases_run_natively_under_the_mask(tmp_path):
     """Tests that need the x86-avx2 profile's own (saturating) INT8 kernel, run with it on any
-    x86 CPU with CPUID faulting: the exact reference and its pair-safe shortcut, and the golden
+    x86 CPU with CPUID faulting: the exact reference, the pair-limited weights' premise, and the golden
     check that catches a VNNI artifact on AVX2 (skipped in the main run on VNNI machines)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     tests = ["tests/test_exact_arithmetic.py::test_matmul_integer_rewrite_is_exact_where_this_cpu_saturates",
-             "tests/test_exact_arithmetic.py::test_pair_safe_weights_stay_on_the_integer_kernel_and_are_exact",
+             "tests/test_exact_arithmetic.py::test_pair_limited_weights_are_exact_on_every_kernel",
              "tests/test_golden_teeth.py::test_saturating_kernel_fails_the_golden_check_natively"]
     result = subprocess.run([str(TOOL), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)

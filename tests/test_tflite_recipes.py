@@ -399,3 +399,25 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
     fallback = HessianCache(twin=other_twin)
     fallback.get(fp32, fcs, rows[:8], weighting=weighting)
     assert fallback.collected == 12 and fallback.from_twin == 0
+
+
+@pytest.mark.slow  # a TFLite export and several quantizations
+def test_one_quantizer_session_serves_every_recipe_byte_for_byte(bert, tmp_path):
+    """A search reuses one ai-edge-quantizer Quantizer for all its candidates: each recipe's
+    output equals a fresh Quantizer's byte for byte, whatever ran before it."""
+    from converters.tflite.edge_quantizer import QuantizerSession, run_quantizer
+    from converters.tflite.gptq_int4 import _mixed_recipe
+
+    _, fp32, _, _ = bert
+    compact = tmp_path / "compact.tflite"
+    compact_copy(fp32, compact)
+    weights = find_weights(compact)
+    fcs = sorted(b for b, w in weights.items() if w.kind == "FULLY_CONNECTED")
+    sets = [set(), {fcs[0]}, {fcs[1], fcs[-1]}, set(fcs), set()]
+    session = QuantizerSession(compact)
+    for index, int8 in enumerate(sets):
+        recipe = _mixed_recipe(weights, int8, TINY_TABLES)
+        run_quantizer(compact, tmp_path / f"fresh{index}.tflite", recipe)
+        session.run(tmp_path / f"reused{index}.tflite", recipe)
+        assert (tmp_path / f"fresh{index}.tflite").read_bytes() == (tmp_path / f"reused{index}.tflite").read_bytes(), int8
+    assert (tmp_path / "reused0.tflite").read_bytes() != (tmp_path / "reused3.tflite").read_bytes()

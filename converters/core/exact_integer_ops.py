@@ -28,20 +28,11 @@ Rewrites (every other node is left as it is):
       (QLinearMatMul / MatMulIntegerToFloat). The float product of dequantized values differs
       from the target's int32 sum x scale only by float32 rounding (relative ~1e-7).
 
-    MatMulInteger whose weight is a constant int8 matrix with every adjacent-row pair
-    |B[2j, n]| + |B[2j+1, n]| <= 128 is kept as it is: 255 x 128 = 32640 fits the saturating
-    int16 pair sum, so every kernel (int32 or s16-pairs) computes it exactly - the x86-avx2
-    profile's pair-limited weights and every 4-bit weight of W4A8 graphs are such weights. On a
-    saturating host this keeps the candidates of a W4A8 search on the integer kernel (all but the
-    weights moved to 8 bits), at INT8 speed instead of FP32's (keep_pair_safe = False rewrites
-    every MatMulInteger).
-
 Integer ops this pass does not know (QAttention, QLinearMatMul, ConvInteger, ...) are an error:
 validating them on the host's kernel would silently give the host's numbers.
 
 Precondition: an ONNX model (opset >= 13) as the INT8/INT4 passes write it.
-Postcondition (checked on the result): no op of _INTEGER_GEMMS is left but the pair-safe
-MatMulIntegers kept.
+Postcondition (checked on the result): no op of _INTEGER_GEMMS is left.
 """
 
 from __future__ import annotations
@@ -56,11 +47,8 @@ from converters._errors import ConversionError
 
 __all__ = ["ExactIntegerConfig", "chunk_rows", "exact_integer_ops"]
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 1
 _EXACT_FLOAT = 1 << 24  # float32 holds every integer up to 2^24 exactly
-# Largest |b0| + |b1| of an adjacent-row weight pair whose products with 8-bit activations
-# (|a| <= 255) cannot leave an int16: 255 * 128 = 32640 <= 32767.
-PAIR_SAFE_SUM = 32767 // 255
 # Integer GEMM ops onnxruntime runs with MLAS's (possibly saturating) INT8 kernels.
 _INTEGER_GEMMS = ("MatMulInteger", "QAttention", "QLinearMatMul", "QGemm", "ConvInteger", "QLinearConv",
                   "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QOrderedMatMul")
@@ -70,11 +58,9 @@ _MATMUL_CONSUMERS = ("MatMul", "Gemm")
 @dataclass(frozen=True)
 class ExactIntegerConfig:
     activation_bound: int = 255  # |A - a_zp| for 8-bit activations (u8 or s8, any zero point)
-    keep_pair_safe: bool = True  # leave MatMulIntegers every kernel computes exactly (see above)
 
     def describe(self) -> dict[str, Any]:
-        return {"config_version": CONFIG_VERSION, "activation_bound": self.activation_bound,
-                "keep_pair_safe": self.keep_pair_safe}
+        return {"config_version": CONFIG_VERSION, "activation_bound": self.activation_bound}
 
 
 def chunk_rows(activation_bound: int, weight_bound: int) -> int:
@@ -92,8 +78,7 @@ def exact_integer_ops(model_path: Path, out_path: Path, config: ExactIntegerConf
     model = onnx.load(str(model_path))
     rewriter = _Rewriter(model, config)
     report = rewriter.run()
-    kept = {m["node"] for m in report["matmul_integer"] if m.get("kept")}
-    left = sorted({n.op_type for n in model.graph.node if n.op_type in _INTEGER_GEMMS and n.name not in kept})
+    left = sorted({n.op_type for n in model.graph.node if n.op_type in _INTEGER_GEMMS})
     if left:  # our bug: _Rewriter refuses unknown ops before it changes anything
         raise ConversionError(f"exact_integer_ops left integer GEMMs in {model_path.name}: {left}")
     _save(model, out_path)
@@ -168,10 +153,7 @@ class _Rewriter:
         shapes = self._shapes()
         nodes, matmuls, dequantized = [], [], []
         for node in self.graph.node:
-            if node.op_type == "MatMulInteger" and self.config.keep_pair_safe and self._pair_safe(node):
-                nodes.append(node)
-                matmuls.append({"node": node.name, "k_chunks": 0, "kept": "pair-safe int8 weight"})
-            elif node.op_type == "MatMulInteger":
+            if node.op_type == "MatMulInteger":
                 chunks = self._matmul_integer(node, shapes, nodes)
                 matmuls.append({"node": node.name, "k_chunks": chunks})
             elif node.op_type == "DequantizeLinear" and any(
@@ -199,20 +181,6 @@ class _Rewriter:
         nodes.append(helper.make_node("Cast", [zero_point], [zp_float], to=TensorProto.FLOAT, name=self._name("cast")))
         nodes.append(helper.make_node("Sub", [as_float, zp_float], [centered], name=self._name("sub")))
         return centered
-
-    def _pair_safe(self, node) -> bool:
-        """A constant int8 [K, N] weight whose adjacent-row pairs all satisfy
-        |B[2j, n]| + |B[2j+1, n]| <= PAIR_SAFE_SUM (raw values: saturating kernels multiply the
-        raw codes and apply zero points afterwards in int32)."""
-        import onnx
-
-        init = self.constants.get(node.input[1])
-        if init is None or init.data_type != onnx.TensorProto.INT8 or len(init.dims) != 2:
-            return False
-        weights = np.abs(self._constant_array(node.input[1]).astype(np.int32))
-        even = weights.shape[0] // 2 * 2
-        pairs = weights[0:even:2] + weights[1:even:2]
-        return bool(pairs.max(initial=0) <= PAIR_SAFE_SUM)  # an odd last row alone: 255 x 128 at most
 
     def _weight_bound(self, weight: str, zero_point: str | None) -> int:
         """Largest |B - b_zp|: measured on constant weights, else the bound of B's type."""

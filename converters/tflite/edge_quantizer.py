@@ -18,7 +18,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 
-__all__ = ["calibration_feeds", "op_entry", "run_quantizer"]
+__all__ = ["QuantizerSession", "calibration_feeds", "op_entry", "run_quantizer"]
 
 
 def op_entry(regex: str, operation: str, bits: int, block: int) -> dict[str, Any]:
@@ -103,31 +103,79 @@ def _no_progress_bars() -> Iterator[None]:
 def run_quantizer(in_path: Path, out_path: Path, recipe, calibration=None) -> None:
     """Quantize `in_path` with an ai-edge-quantizer `recipe` (its own, or a list of op_entry)
     into `out_path`; `calibration` is used only when the recipe needs it."""
-    from ai_edge_quantizer import quantizer
+    QuantizerSession(in_path).run(out_path, recipe, calibration)
 
-    qt = quantizer.Quantizer(str(in_path), recipe)
-    calibrated = None
-    if qt.need_calibration:
-        calibrated = qt.calibrate(calibration_feeds(in_path, calibration), num_threads=1)
-    printed = io.StringIO()  # its report on stdout: kept for the error message, not shown
-    try:
-        # All-zero weight blocks (e.g. the padding row of an embedding table) get scale 0 and
-        # numpy warns on 0/0; those blocks dequantize to 0 whatever the cast gave.
-        with (
-            contextlib.redirect_stdout(printed),
-            np.errstate(invalid="ignore", divide="ignore"),
-            _no_progress_bars(),
-        ):
-            result = qt.quantize(
-                calibrated, enable_progress_bar=False, enable_progress_report=False
-            )
-        # export_model(overwrite=True) logs "WARNING:root: The model ... already exists" for every
-        # candidate a search rewrites into the same probe file; replacing it is the plan here.
-        Path(out_path).unlink(missing_ok=True)
-        result.export_model(str(out_path))
-    except (RuntimeError, ValueError, KeyError) as exc:
-        tail = printed.getvalue().strip().splitlines()[-20:]
-        raise ConversionError(
-            f"ai-edge-quantizer could not quantize {in_path.name}: {exc}"
-            + ("\nit printed:\n" + "\n".join(tail) if tail else "")
-        ) from exc
+
+class QuantizerSession:
+    """ai-edge-quantizer's Quantizer for one float model, kept across recipes.
+
+    A TFLite search quantizes the same model once per candidate (60 times for MiniLM's INT4),
+    and candidates differ in one weight's recipe. Two things were redone for every candidate:
+    reading the model into ai-edge-quantizer's object tree, and the quantization parameters of
+    every weight (min/max per channel or block, the quantized values): together ~2/3 of a build
+    (benchmarks/RESULTS.md run T). Kept here instead: the Quantizer (it copies the tree before
+    it changes anything: ModelModifier._copy_with_views) and ai-edge-quantizer's own
+    TensorQuantParamsCache, whose keys are (weight buffer, tensor quantization config) - what
+    the parameters depend on for a constant tensor of one unchanging model - shared by every
+    ParamsGenerator of this session instead of one per call. Outputs are byte-identical to a
+    fresh Quantizer per recipe (tests/test_tflite_recipes.py); if ai-edge-quantizer no longer has
+    the internals this relies on, the session falls back to its plain per-call path."""
+
+    def __init__(self, in_path: Path):
+        self.in_path = Path(in_path)
+        self._quantizer = None
+
+    def _make(self):
+        from ai_edge_quantizer import quantizer
+
+        try:
+            from ai_edge_quantizer import params_generator
+            from ai_edge_quantizer.algorithms.utils import common_utils
+
+            shared = common_utils.TensorQuantParamsCache()
+        except (ImportError, AttributeError):
+            return quantizer.Quantizer(str(self.in_path))
+
+        class _SharedParams(quantizer.Quantizer):
+            def _get_quantization_params(self, calibration_result=None, enable_progress_bar=None):
+                generator = params_generator.ParamsGenerator(self._float_model)
+                if not isinstance(getattr(generator, "_tensor_quant_params_cache", None),
+                                  common_utils.TensorQuantParamsCache):
+                    return super()._get_quantization_params(calibration_result, enable_progress_bar)
+                generator._tensor_quant_params_cache = shared
+                return generator.generate_quantization_parameters(
+                    self._recipe_manager, calibration_result, enable_progress_bar
+                )
+
+        return _SharedParams(str(self.in_path))
+
+    def run(self, out_path: Path, recipe, calibration=None) -> None:
+        if self._quantizer is None:
+            self._quantizer = self._make()
+        qt = self._quantizer
+        qt.load_quantization_recipe(recipe)
+        calibrated = None
+        if qt.need_calibration:
+            calibrated = qt.calibrate(calibration_feeds(self.in_path, calibration), num_threads=1)
+        printed = io.StringIO()  # its report on stdout: kept for the error message, not shown
+        try:
+            # All-zero weight blocks (e.g. the padding row of an embedding table) get scale 0 and
+            # numpy warns on 0/0; those blocks dequantize to 0 whatever the cast gave.
+            with (
+                contextlib.redirect_stdout(printed),
+                np.errstate(invalid="ignore", divide="ignore"),
+                _no_progress_bars(),
+            ):
+                result = qt.quantize(
+                    calibrated, enable_progress_bar=False, enable_progress_report=False
+                )
+            # export_model(overwrite=True) logs "WARNING:root: The model ... already exists" for
+            # every candidate a search rewrites into the same probe file; replacing it is the plan.
+            Path(out_path).unlink(missing_ok=True)
+            result.export_model(str(out_path))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            tail = printed.getvalue().strip().splitlines()[-20:]
+            raise ConversionError(
+                f"ai-edge-quantizer could not quantize {self.in_path.name}: {exc}"
+                + ("\nit printed:\n" + "\n".join(tail) if tail else "")
+            ) from exc

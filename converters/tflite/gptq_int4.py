@@ -26,7 +26,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 from converters.tflite.config import BLOCK, GptqInt4Config
-from converters.tflite.edge_quantizer import op_entry, run_quantizer
+from converters.tflite.edge_quantizer import QuantizerSession, op_entry
 from converters.tflite.flatbuffer import (
     EMBEDDING,
     FC,
@@ -124,6 +124,7 @@ def write_int4(
     weights: dict[int, Weight],
     floats: dict[int, np.ndarray],
     values: dict[int, tuple[np.ndarray, np.ndarray]],
+    checked: dict[int, tuple[bytes, bytes]] | None = None,
 ) -> list[int]:
     """Overwrite, in place, the INT4 blockwise FC weights of the quantized model at `path` with
     `values` ({FP32 buffer: (codes, scales)}); `floats` holds their FP32 values. Returns the
@@ -132,7 +133,9 @@ def write_int4(
     Precondition, checked per weight: the quantizer's codes are round-to-nearest of the float
     weight on its own float16 scales, [out, in / 32] (the layout this writer assumes); anything
     else means ai-edge-quantizer changed its format, and writing on a wrong layout would
-    corrupt the model."""
+    corrupt the model. `checked` (kept by a caller that writes many candidates of one model)
+    remembers the quantizer's bytes of each weight that passed: the same bytes again need no
+    second check."""
     fb = schema()
     data = bytearray(Path(path).read_bytes())
     model = fb.Model.GetRootAs(data, 0)
@@ -169,11 +172,15 @@ def write_int4(
                 f"expected block {BLOCK}, {scales.size} scales, {(codes.size + 1) // 2} bytes"
             )
             continue
-        step = np.repeat(theirs.reshape(scales.shape), BLOCK, axis=1)
-        nearest = np.clip(np.rint(floats[buffer] / step), -8, 7)
-        if np.mean(unpack_int4(packed, codes.size).reshape(codes.shape) != nearest) > 0.001:
-            problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
-            continue
+        seen = (packed.tobytes(), stored.tobytes())
+        if checked is None or checked.get(buffer) != seen:
+            step = np.repeat(theirs.reshape(scales.shape), BLOCK, axis=1)
+            nearest = np.clip(np.rint(floats[buffer] / step), -8, 7)
+            if np.mean(unpack_int4(packed, codes.size).reshape(codes.shape) != nearest) > 0.001:
+                problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
+                continue
+            if checked is not None:
+                checked[buffer] = seen
         packed[:] = pack_int4(codes)
         stored[:] = scales.astype(np.float16).view(np.uint8).reshape(-1)
         written.append(buffer)
@@ -219,6 +226,8 @@ class Int4Builder:
         self.floats = float_weights(fp32_path, self.int4)
         self.codes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.hessians_from = ""  # what round() read the input statistics with
+        self.quantizer = QuantizerSession(fp32_path)
+        self.checked: dict[int, tuple[bytes, bytes]] = {}  # write_int4's layout checks passed
 
     def round(self, rows: list[dict[str, np.ndarray]], progress: Progress,
               hessians: HessianCache | None = None) -> None:
@@ -244,9 +253,9 @@ class Int4Builder:
         """The model with `int8` weights INT8 and the others INT4 (GPTQ values once round()
         ran, ai-edge-quantizer's round-to-nearest before); returns its size in bytes."""
         recipe = _mixed_recipe(self.weights, int8, self.config.embedding_min_elements)
-        run_quantizer(self.fp32_path, out_path, recipe)
+        self.quantizer.run(out_path, recipe)
         values = {b: v for b, v in self.codes.items() if b not in int8}
-        write_int4(out_path, self.weights, self.floats, values)
+        write_int4(out_path, self.weights, self.floats, values, self.checked)
         return out_path.stat().st_size
 
     def schemes(self, int8: set[int]) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 from converters.core.gptq import GPTQ_POLICY, HessianPolicy, HessianSource
-from converters.tflite.edge_quantizer import op_entry, run_quantizer
+from converters.tflite.edge_quantizer import QuantizerSession, op_entry
 from converters.tflite.flatbuffer import (
     FC,
     Weight,
@@ -147,6 +147,7 @@ class Int8Builder:
         )
         self.hessians = TfliteHessians(fp32_path, self.fcs, hessian_rows, self.policy.weighting, hessians)
         self.codes: dict[int, np.ndarray] = {}
+        self.quantizer = QuantizerSession(fp32_path)
 
     def label(self, buffer: int) -> str:
         """A readable name for reports (litert-torch's are full module paths of fused ops)."""
@@ -155,6 +156,6 @@ class Int8Builder:
     def build(self, out_path: Path, float_fcs: set[int]) -> int:
         """The model with the FCs in `float_fcs` float and the others GPTQ INT8 at `out_path`;
         returns how many weights were written INT8."""
-        run_quantizer(self.fp32_path, out_path, _int8_recipe(self.weights, float_fcs))
+        self.quantizer.run(out_path, _int8_recipe(self.weights, float_fcs))
         int8 = {b: w for b, w in self.fcs.items() if b not in float_fcs}
         return write_int8(out_path, int8, self.floats, self.hessians, self.progress, self.codes, self.policy.damp)
