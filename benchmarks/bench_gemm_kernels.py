@@ -129,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stats_model(fp32: Path, work: Path) -> Path:
     """The FP32 graph with an attention_mask input, so the activation statistics code (which
-    keeps real tokens only) can read it: the mask is not used by any node."""
+    keeps real tokens only) can read it: the mask is not used by any node. Any sequence length."""
     import onnx
     from onnx import TensorProto, helper
 
     model = onnx.load(str(fp32))
-    model.graph.input.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, M]))
+    # GPTQ's policy adds short prefix rows (converters/core/gptq.py): the sequence axis is free here
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[1].dim_param = "sequence"
+    model.graph.input.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, "sequence"]))
     path = work / "stats.onnx"
     onnx.save(model, str(path))
     return path
