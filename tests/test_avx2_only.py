@@ -101,3 +101,22 @@ def test_saturating_kernel_cases_run_natively_under_the_mask(tmp_path):
     result = subprocess.run([str(TOOL), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert result.returncode == 0 and f"{len(tests)} passed" in result.stdout, result.stdout[-4000:]
+
+
+def test_programs_that_install_their_own_segv_handler_keep_the_mask(tmp_path):
+    """gcc's cc1 calls signal(SIGSEGV, ...) and runs CPUID afterwards: the mask must survive
+    (signal() does not go through sigaction's symbol), so builds under the mask work too."""
+    source = tmp_path / "probe.c"
+    source.write_text(
+        "#include <cpuid.h>\n#include <signal.h>\n#include <stdio.h>\n#include <stdlib.h>\n"
+        "static void crash(int s) { (void)s; puts(\"handler\"); exit(3); }\n"
+        "int main(void) { unsigned a, b, c, d; signal(SIGSEGV, crash);\n"
+        "  __cpuid_count(7, 0, a, b, c, d); printf(\"avx512f %u avx2 %u\\n\", (b >> 16) & 1, (b >> 5) & 1); return 0; }\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    binary = tmp_path / "probe"
+    built = subprocess.run([str(TOOL), "gcc", "-O1", "-o", str(binary), str(source)], capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    ran = subprocess.run([str(TOOL), str(binary)], capture_output=True, text=True, env=env, timeout=60)
+    assert (ran.returncode, ran.stdout.strip()) == (0, "avx512f 0 avx2 1"), (ran.returncode, ran.stdout, ran.stderr)

@@ -112,6 +112,20 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
     return 0;
 }
 
+/* signal() does not go through sigaction's symbol in glibc (gcc's cc1 installs its crash
+ * handler this way): the same rule. */
+sighandler_t signal(int sig, sighandler_t handler) {
+    static sighandler_t (*real_signal)(int, sighandler_t);
+    if (!real_signal) real_signal = (sighandler_t(*)(int, sighandler_t))dlsym(RTLD_NEXT, "signal");
+    if (sig != SIGSEGV) return real_signal(sig, handler);
+    sighandler_t old = (chained.sa_flags & SA_SIGINFO) ? SIG_DFL : chained.sa_handler;
+    memset(&chained, 0, sizeof chained);
+    chained.sa_handler = handler;
+    sigemptyset(&chained.sa_mask);
+    return old;
+}
+sighandler_t sysv_signal(int sig, sighandler_t handler) __attribute__((alias("signal")));
+
 static int is_cpuinfo(const char *path) { return path && strcmp(path, "/proc/cpuinfo") == 0; }
 
 
