@@ -403,9 +403,12 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
 
 @pytest.mark.slow  # a TFLite export and several quantizations
 def test_one_quantizer_session_serves_every_recipe_byte_for_byte(bert, tmp_path):
-    """A search reuses one ai-edge-quantizer Quantizer for all its candidates: each recipe's
-    output equals a fresh Quantizer's byte for byte, whatever ran before it."""
-    from converters.tflite.edge_quantizer import QuantizerSession, run_quantizer
+    """A search reuses one ai-edge-quantizer Quantizer, and its tensor-parameter cache, for all
+    its candidates: each recipe's output equals a plain Quantizer's byte for byte, whatever ran
+    before it, and the shared cache was really used (not a silent fallback)."""
+    from ai_edge_quantizer import quantizer
+
+    from converters.tflite.edge_quantizer import QuantizerSession
     from converters.tflite.gptq_int4 import _mixed_recipe
 
     _, fp32, _, _ = bert
@@ -417,7 +420,9 @@ def test_one_quantizer_session_serves_every_recipe_byte_for_byte(bert, tmp_path)
     session = QuantizerSession(compact)
     for index, int8 in enumerate(sets):
         recipe = _mixed_recipe(weights, int8, TINY_TABLES)
-        run_quantizer(compact, tmp_path / f"fresh{index}.tflite", recipe)
+        with np.errstate(invalid="ignore", divide="ignore"):  # zero blocks: as run_quantizer does
+            plain = quantizer.Quantizer(str(compact), recipe).quantize(enable_progress_report=False).quantized_model
         session.run(tmp_path / f"reused{index}.tflite", recipe)
-        assert (tmp_path / f"fresh{index}.tflite").read_bytes() == (tmp_path / f"reused{index}.tflite").read_bytes(), int8
+        assert bytes(plain) == (tmp_path / f"reused{index}.tflite").read_bytes(), int8
+        assert session.shares_parameters, "the shared-parameter path fell back"
     assert (tmp_path / "reused0.tflite").read_bytes() != (tmp_path / "reused3.tflite").read_bytes()

@@ -53,14 +53,16 @@ def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.n
     against `blocks` (E[x^2] per input channel) or is None (plain squared error). The grid
     contains (1, 1), plain round-to-nearest, so the error never exceeds RTN's. Runs over the
     leading axis in cache-sized steps (_CLIP_STEP_ELEMENTS)."""
-    rows = max(1, _CLIP_STEP_ELEMENTS // max(1, blocks[0].size))
+    if importance is not None and importance.ndim == blocks.ndim and importance.shape[0] not in (1, blocks.shape[0]):
+        raise ValueError(f"importance {importance.shape} does not broadcast against blocks {blocks.shape}")
+    rows = max(1, _CLIP_STEP_ELEMENTS // max(1, int(np.prod(blocks.shape[1:]))))
     if blocks.shape[0] <= rows:
         return _clip_search_rows(blocks, importance, ratios)
     parts = []
     for start in range(0, blocks.shape[0], rows):
         weight = importance
-        if importance is not None and importance.shape[0] != 1:
-            weight = importance[start : start + rows]
+        if importance is not None and importance.ndim == blocks.ndim and importance.shape[0] == blocks.shape[0]:
+            weight = importance[start : start + rows]  # one importance row per block row
         parts.append(_clip_search_rows(blocks[start : start + rows], weight, ratios))
     return tuple(np.concatenate(part) for part in zip(*parts))
 

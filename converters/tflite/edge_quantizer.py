@@ -114,18 +114,24 @@ class QuantizerSession:
     reading the model into ai-edge-quantizer's object tree, and the quantization parameters of
     every weight (min/max per channel or block, the quantized values): together ~2/3 of a build
     (benchmarks/RESULTS.md run T). Kept here instead: the Quantizer (it copies the tree before
-    it changes anything: ModelModifier._copy_with_views) and ai-edge-quantizer's own
-    TensorQuantParamsCache, whose keys are (weight buffer, tensor quantization config) - what
-    the parameters depend on for a constant tensor of one unchanging model - shared by every
-    ParamsGenerator of this session instead of one per call. Outputs are byte-identical to a
-    fresh Quantizer per recipe (tests/test_tflite_recipes.py); if ai-edge-quantizer no longer has
-    the internals this relies on, the session falls back to its plain per-call path."""
+    it changes anything: ModelModifier._copy_with_views) and, for weight-only recipes (no
+    calibration), ai-edge-quantizer's own TensorQuantParamsCache - keyed by (weight buffer,
+    tensor quantization config), which one quantize() call already shares between all ops
+    reading a weight - shared by every call of this session instead of rebuilt per call. Our
+    recipes give each weight one op kind, so a key means the same parameters in every call.
+    Outputs are byte-identical to a plain Quantizer per recipe (tests/test_tflite_recipes.py).
+    The cache relies on ai-edge-quantizer internals (Quantizer._get_quantization_params,
+    ParamsGenerator._tensor_quant_params_cache): when they are not what this expects, the
+    session uses the plain path for every call (`shares_parameters` says which)."""
 
     def __init__(self, in_path: Path):
         self.in_path = Path(in_path)
         self._quantizer = None
+        self.shares_parameters = False
 
     def _make(self):
+        import inspect
+
         from ai_edge_quantizer import quantizer
 
         try:
@@ -133,19 +139,36 @@ class QuantizerSession:
             from ai_edge_quantizer.algorithms.utils import common_utils
 
             shared = common_utils.TensorQuantParamsCache()
-        except (ImportError, AttributeError):
+            expected = ["self", "calibration_result", "enable_progress_bar"]
+            usable = (
+                list(inspect.signature(quantizer.Quantizer._get_quantization_params).parameters) == expected
+                and "model_recipe_manager" in inspect.signature(
+                    params_generator.ParamsGenerator.generate_quantization_parameters).parameters
+            )
+        except (ImportError, AttributeError, TypeError, ValueError):
+            usable = False
+        if not usable:
             return quantizer.Quantizer(str(self.in_path))
+        session = self
 
         class _SharedParams(quantizer.Quantizer):
             def _get_quantization_params(self, calibration_result=None, enable_progress_bar=None):
-                generator = params_generator.ParamsGenerator(self._float_model)
+                plain = super()._get_quantization_params
+                if calibration_result is not None:  # statistics of this call: nothing to share
+                    return plain(calibration_result, enable_progress_bar)
+                try:
+                    generator = params_generator.ParamsGenerator(self._float_model)
+                    recipes = self._recipe_manager
+                except AttributeError:
+                    session.shares_parameters = False
+                    return plain(calibration_result, enable_progress_bar)
                 if not isinstance(getattr(generator, "_tensor_quant_params_cache", None),
                                   common_utils.TensorQuantParamsCache):
-                    return super()._get_quantization_params(calibration_result, enable_progress_bar)
+                    session.shares_parameters = False
+                    return plain(calibration_result, enable_progress_bar)
                 generator._tensor_quant_params_cache = shared
-                return generator.generate_quantization_parameters(
-                    self._recipe_manager, calibration_result, enable_progress_bar
-                )
+                session.shares_parameters = True
+                return generator.generate_quantization_parameters(recipes, calibration_result, enable_progress_bar)
 
         return _SharedParams(str(self.in_path))
 
