@@ -35,8 +35,13 @@ def _unavailable() -> str | None:
 pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")
 
 
-def masked(code: str, tmp_path: Path, *, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """The environment every masked command runs in: one cache, so the library is built once."""
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("avx2-only-cache"))}
+
+
+def masked(code: str, env: dict[str, str], *, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([str(TOOL), sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=300)
     if check:
@@ -44,7 +49,7 @@ def masked(code: str, tmp_path: Path, *, check: bool = True) -> subprocess.Compl
     return result
 
 
-def test_onnxruntime_takes_the_saturating_kernel_and_every_view_agrees(tmp_path):
+def test_onnxruntime_takes_the_saturating_kernel_and_every_view_agrees(env):
     out = masked(
         "from numpy._core._multiarray_umath import __cpu_features__ as f\n"
         "from edge_runtime._device import detect, match_profile\n"
@@ -54,7 +59,7 @@ def test_onnxruntime_takes_the_saturating_kernel_and_every_view_agrees(tmp_path)
         "print(sorted(x for x in d.isa_features if x.startswith(('avx512', 'amx', 'avx_vnni'))))\n"
         "print(d.cpu_model)\n"
         "print(match_profile(d)[0])\n",
-        tmp_path,
+        env,
     ).stdout.splitlines()
     assert out[0] == "s16-pairs True False False", out
     assert out[1] == "[]", out
@@ -62,9 +67,9 @@ def test_onnxruntime_takes_the_saturating_kernel_and_every_view_agrees(tmp_path)
     assert out[3] == "x86-avx2", out
 
 
-def test_cpuinfo_keeps_its_shape(tmp_path):
+def test_cpuinfo_keeps_its_shape(env):
     """Every processor block survives (blank-line separated) with its other flags."""
-    text = masked("print(open('/proc/cpuinfo').read(), end='')", tmp_path).stdout
+    text = masked("print(open('/proc/cpuinfo').read(), end='')", env).stdout
     real = Path("/proc/cpuinfo").read_text()
     assert text.count("\nprocessor") == real.count("\nprocessor")
     assert text.count("\n\n") == real.count("\n\n")
@@ -77,26 +82,24 @@ def test_cpuinfo_keeps_its_shape(tmp_path):
     assert {"avx2", "fma", "sse4_2"} <= seen_flags
 
 
-def test_a_real_crash_still_crashes(tmp_path):
+def test_a_real_crash_still_crashes(env):
     """The CPUID trap handler passes real faults on (here to Python's faulthandler)."""
-    result = masked("import faulthandler, ctypes; faulthandler.enable(); ctypes.string_at(0)", tmp_path, check=False)
+    result = masked("import faulthandler, ctypes; faulthandler.enable(); ctypes.string_at(0)", env, check=False)
     assert result.returncode == -11, (result.returncode, result.stderr[-2000:])
     assert "Fatal Python error: Segmentation fault" in result.stderr
 
 
-def test_check_mode(tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+def test_check_mode(env):
     result = subprocess.run([str(TOOL), "--check"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "profile: x86-avx2" in result.stdout
 
 
 @pytest.mark.slow
-def test_saturating_kernel_cases_run_natively_under_the_mask(tmp_path):
+def test_saturating_kernel_cases_run_natively_under_the_mask(env):
     """Tests that need the x86-avx2 profile's own (saturating) INT8 kernel, run with it on any
     x86 CPU with CPUID faulting: the exact reference, the pair-limited weights' premise, and the golden
     check that catches a VNNI artifact on AVX2 (skipped in the main run on VNNI machines)."""
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     tests = ["tests/test_exact_arithmetic.py::test_matmul_integer_rewrite_is_exact_where_this_cpu_saturates",
              "tests/test_exact_arithmetic.py::test_pair_limited_weights_are_exact_on_every_kernel",
              "tests/test_golden_teeth.py::test_saturating_kernel_fails_the_golden_check_natively"]
@@ -105,7 +108,7 @@ def test_saturating_kernel_cases_run_natively_under_the_mask(tmp_path):
     assert result.returncode == 0 and f"{len(tests)} passed" in result.stdout, result.stdout[-4000:]
 
 
-def test_programs_that_install_their_own_segv_handler_keep_the_mask(tmp_path):
+def test_programs_that_install_their_own_segv_handler_keep_the_mask(env, tmp_path):
     """gcc's cc1 calls signal(SIGSEGV, ...) and runs CPUID afterwards: the mask must survive
     (signal() does not go through sigaction's symbol), so builds under the mask work too; and a
     thread that blocks every signal must not be killed by its CPUID (the kernel forces a blocked
@@ -118,7 +121,6 @@ def test_programs_that_install_their_own_segv_handler_keep_the_mask(tmp_path):
         "  sigfillset(&all); sigprocmask(SIG_BLOCK, &all, NULL);\n"
         "  __cpuid_count(7, 0, a, b, c, d); printf(\"avx512f %u avx2 %u\\n\", (b >> 16) & 1, (b >> 5) & 1); return 0; }\n"
     )
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     binary = tmp_path / "probe"
     built = subprocess.run([str(TOOL), "gcc", "-O1", "-o", str(binary), str(source)], capture_output=True, text=True,
                            env=env, timeout=300)

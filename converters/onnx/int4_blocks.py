@@ -42,8 +42,9 @@ def _blocks(matrix: np.ndarray, block: int) -> np.ndarray:
 
 # Elements of `blocks` per _clip_search step: each of the grid's ~10 array passes then stays in
 # the CPU cache. Whole-array passes over MiniLM's word table (11.7 M values, 121 grid points)
-# took 13.5 s, steps of 2^16 elements 4.0 s (2^14: 4.9 s, 2^18: 5.1 s), with identical results:
-# every value and every per-block sum is computed alike whatever the step.
+# made rpi5's 4-bit table step take 15 s, steps of 2^16 elements 5 s (benchmarks/RESULTS.md run
+# T, AVX-512 VNNI Xeon), with identical results: every value and every per-block sum is computed
+# alike whatever the step.
 _CLIP_STEP_ELEMENTS = 1 << 16
 
 

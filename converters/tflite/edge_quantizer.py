@@ -112,7 +112,7 @@ class QuantizerSession:
     A TFLite search quantizes the same model once per candidate (60 times for MiniLM's INT4),
     and candidates differ in one weight's recipe. Two things were redone for every candidate:
     reading the model into ai-edge-quantizer's object tree, and the quantization parameters of
-    every weight (min/max per channel or block, the quantized values): together ~2/3 of a build
+    every weight (min/max per channel or block, the quantized values): together more than half of a build
     (benchmarks/RESULTS.md run T). Kept here instead: the Quantizer (it copies the tree before
     it changes anything: ModelModifier._copy_with_views) and, for weight-only recipes (no
     calibration), ai-edge-quantizer's own TensorQuantParamsCache - keyed by (weight buffer,

@@ -124,7 +124,7 @@ def write_int4(
     weights: dict[int, Weight],
     floats: dict[int, np.ndarray],
     values: dict[int, tuple[np.ndarray, np.ndarray]],
-    checked: dict[int, tuple[bytes, bytes]] | None = None,
+    checked: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[int]:
     """Overwrite, in place, the INT4 blockwise FC weights of the quantized model at `path` with
     `values` ({FP32 buffer: (codes, scales)}); `floats` holds their FP32 values. Returns the
@@ -172,15 +172,15 @@ def write_int4(
                 f"expected block {BLOCK}, {scales.size} scales, {(codes.size + 1) // 2} bytes"
             )
             continue
-        seen = (packed.tobytes(), stored.tobytes())
-        if checked is None or checked.get(buffer) != seen:
+        before = checked.get(buffer) if checked is not None else None
+        if before is None or not (np.array_equal(before[0], packed) and np.array_equal(before[1], stored)):
             step = np.repeat(theirs.reshape(scales.shape), BLOCK, axis=1)
             nearest = np.clip(np.rint(floats[buffer] / step), -8, 7)
             if np.mean(unpack_int4(packed, codes.size).reshape(codes.shape) != nearest) > 0.001:
                 problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
                 continue
             if checked is not None:
-                checked[buffer] = seen
+                checked[buffer] = (packed.copy(), stored.copy())
         packed[:] = pack_int4(codes)
         stored[:] = scales.astype(np.float16).view(np.uint8).reshape(-1)
         written.append(buffer)
@@ -227,7 +227,7 @@ class Int4Builder:
         self.codes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.hessians_from = ""  # what round() read the input statistics with
         self.quantizer = QuantizerSession(fp32_path)
-        self.checked: dict[int, tuple[bytes, bytes]] = {}  # write_int4's layout checks passed
+        self.checked: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # write_int4's layout checks passed
 
     def round(self, rows: list[dict[str, np.ndarray]], progress: Progress,
               hessians: HessianCache | None = None) -> None:

@@ -46,14 +46,12 @@
 
 static struct sigaction chained; /* the SIGSEGV handler somebody else asked for (e.g. faulthandler) */
 static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
-static int (*real_open)(const char *, int, ...);
 static int (*real_openat)(int, const char *, int, ...);
 static FILE *(*real_fopen)(const char *, const char *);
 
 /* other libraries' constructors may open files before ours has run */
 static void resolve(void) {
     if (!real_sigaction) real_sigaction = dlsym(RTLD_NEXT, "sigaction");
-    if (!real_open) real_open = dlsym(RTLD_NEXT, "open");
     if (!real_openat) real_openat = dlsym(RTLD_NEXT, "openat");
     if (!real_fopen) real_fopen = dlsym(RTLD_NEXT, "fopen");
 }
@@ -199,7 +197,7 @@ static int hidden_flag(const char *flag, size_t n) {
 /* /proc/cpuinfo with the hidden features' flags removed, as a memfd (no strtok: the caller may
  * be inside its own strtok loop, or two threads may read cpuinfo at once). */
 static int masked_cpuinfo(void) {
-    int src = real_open("/proc/cpuinfo", O_RDONLY | O_CLOEXEC);
+    int src = real_openat(AT_FDCWD, "/proc/cpuinfo", O_RDONLY | O_CLOEXEC);
     if (src < 0) return src;
     size_t cap = 1 << 16, len = 0;
     char *text = malloc(cap);
@@ -253,34 +251,31 @@ static int masked_cpuinfo(void) {
 }
 
 /* open()'s mode argument exists only with O_CREAT or O_TMPFILE (which includes O_DIRECTORY) */
-static int has_mode(int flags) { return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE; }
-
-int open(const char *path, int flags, ...) {
-    mode_t mode = 0;
-    if (has_mode(flags)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
-    resolve();
-    if (is_cpuinfo(path)) return masked_cpuinfo();
-    return real_open(path, flags, mode);
-}
-int open64(const char *path, int flags, ...) __attribute__((alias("open")));
+#define MODE_ARGUMENT(flags, mode)                                   \
+    do {                                                             \
+        if (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE) { \
+            va_list ap;                                              \
+            va_start(ap, flags);                                     \
+            mode = va_arg(ap, mode_t);                               \
+            va_end(ap);                                              \
+        }                                                            \
+    } while (0)
 
 int openat(int dir, const char *path, int flags, ...) {
     mode_t mode = 0;
-    if (has_mode(flags)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
+    MODE_ARGUMENT(flags, mode);
     resolve();
     if (is_cpuinfo(path)) return masked_cpuinfo();
     return real_openat(dir, path, flags, mode);
 }
+
+int open(const char *path, int flags, ...) {
+    mode_t mode = 0;
+    MODE_ARGUMENT(flags, mode);
+    return openat(AT_FDCWD, path, flags, mode);
+}
+int open64(const char *path, int flags, ...) __attribute__((alias("open")));
+
 int openat64(int dir, const char *path, int flags, ...) __attribute__((alias("openat")));
 
 /* _FORTIFY_SOURCE builds call these instead of open()/openat() */
