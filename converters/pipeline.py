@@ -340,7 +340,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                            "inputs": inputs, "outputs": outputs, "postprocess": source.postprocess,
                            "runtime": _runtime_settings(profile)}
         progress(f"INT8 arithmetic: target {validation.target}, this machine {validation.host}: "
-                 + ("candidates run with exact int32 GEMMs" if validation.exact_reference else "this machine's kernels")
+                 + (f"candidates run with exact int32 GEMMs ({validation.exact_gemm})" if validation.exact_reference
+                    else "this machine's kernels")
                  + f" ({validation.reason})")
         step = Step(source, profile, reference, floor, work, fp32_path, progress, fit, cache=shared.cache,
                     sessions=ValidationSessions(validation, work), exports=shared.work)

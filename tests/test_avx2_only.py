@@ -101,6 +101,8 @@ def test_saturating_kernel_cases_run_natively_under_the_mask(env):
     x86 CPU with CPUID faulting: the exact reference, the pair-limited weights' premise, and the golden
     check that catches a VNNI artifact on AVX2 (skipped in the main run on VNNI machines)."""
     tests = ["tests/test_exact_arithmetic.py::test_matmul_integer_rewrite_is_exact_where_this_cpu_saturates",
+             "tests/test_exact_arithmetic.py::test_u8u8_kernel_is_exact_here",
+             "tests/test_exact_arithmetic.py::test_u8_weight_rewrite_is_exact_for_every_weight_form",
              "tests/test_exact_arithmetic.py::test_pair_limited_weights_are_exact_on_every_kernel",
              "tests/test_golden_teeth.py::test_saturating_kernel_fails_the_golden_check_natively"]
     result = subprocess.run([str(TOOL), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],

@@ -18,7 +18,7 @@ import edge_runtime
 from converters import ConvertConfig, convert
 from converters._errors import ConversionError
 from converters.core.arithmetic import ValidationSessions, choose_validation
-from converters.core.exact_integer_ops import chunk_rows, exact_integer_ops
+from converters.core.exact_integer_ops import ExactIntegerConfig, chunk_rows, exact_integer_ops, u8u8_gemm_is_exact
 from edge_runtime._compat import arithmetic_problem, required_int8_gemm
 from edge_runtime._device import detect
 from edge_runtime.backends.onnx import OnnxSession
@@ -65,16 +65,79 @@ def test_matmul_integer_rewrite_is_exact_where_this_cpu_saturates(tmp_path):
 
     plain = _matmul_integer_model(tmp_path / "mmi.onnx", weights)
     report = exact_integer_ops(plain, tmp_path / "exact.onnx")
-    assert report["matmul_integer"] == [{"node": "mmi", "k_chunks": 3}]
+    assert report["matmul_integer"] == [{"node": "mmi", "method": "float-chunks", "k_chunks": 3}]
     got = OnnxSession(tmp_path / "exact.onnx", threads=2).run({"a": a})["y"]
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, want)
+
+    # the same on onnxruntime's u8 x u8 integer kernel (weights shifted by 128)
+    report = exact_integer_ops(plain, tmp_path / "u8.onnx", ExactIntegerConfig(u8_weights=True))
+    assert report["matmul_integer"] == [{"node": "mmi", "method": "u8-integer-gemm"}]
+    np.testing.assert_array_equal(OnnxSession(tmp_path / "u8.onnx", threads=2).run({"a": a})["y"], want)
 
     native = OnnxSession(plain, threads=2).run({"a": a})["y"]
     if detect().int8_gemm == "s16-pairs":
         assert np.abs(native - want).max() > 1000, "VPMADDUBSW saturates on these operands"
     else:
         np.testing.assert_array_equal(native, want)
+
+
+def test_u8u8_kernel_is_exact_here():
+    """The premise of the integer exact reference, measured: onnxruntime's u8 x u8 GEMM widens
+    to int16 and sums in int32 on every CPU we convert on (MLAS VPMADDWD on AVX2 and
+    AVX-512BW, VNNI, AMX, ARM64); the saturating VPMADDUBSW exists only for u8 x s8.
+    tests/test_avx2_only.py runs this on the saturating AVX2 kernel."""
+    assert u8u8_gemm_is_exact(), "onnxruntime's u8 x u8 MatMulInteger is not exact on this CPU"
+
+
+def test_u8_weight_rewrite_is_exact_for_every_weight_form(tmp_path):
+    """s8 weights over the whole range (-128 and 127 included) with per-column s8 zero points,
+    as constants and computed in the graph (unpacked 4-bit codes are): every sum equals int64
+    numpy; the s8 initializer does not stay next to its u8 twin."""
+    import onnx
+
+    rng = np.random.default_rng(5)
+    k, n = 1536, 32
+    weights = rng.choice(np.array([-128, -127, 127, 126, 0, 3], np.int8), (k, n))
+    zero = rng.integers(-128, 128, (n,)).astype(np.int8)
+    a = np.concatenate([np.full((3, k), 255, np.uint8), np.zeros((1, k), np.uint8),
+                        rng.integers(0, 256, (8, k), dtype=np.uint8)])
+    want = (a.astype(np.int64) - 7) @ (weights.astype(np.int64) - zero.astype(np.int64))
+
+    constant = _matmul_integer_model(tmp_path / "const.onnx", weights, zero)
+    report = exact_integer_ops(constant, tmp_path / "const_u8.onnx", ExactIntegerConfig(u8_weights=True))
+    assert report["matmul_integer"] == [{"node": "mmi", "method": "u8-integer-gemm"}]
+    inits = {i.name: i for i in onnx.load(str(tmp_path / "const_u8.onnx")).graph.initializer}
+    assert "w" not in inits and "w_zp" not in inits
+    assert {inits[name].data_type for name in inits if name != "a_zp"} == {TensorProto.UINT8}
+    np.testing.assert_array_equal(OnnxSession(tmp_path / "const_u8.onnx", threads=2).run({"a": a})["y"], want)
+
+    computed = _save(tmp_path / "computed.onnx",
+                     [helper.make_node("Reshape", ["w_flat", "shape"], ["w"]),
+                      helper.make_node("MatMulInteger", ["a", "w", "a_zp", "w_zp"], ["y"], name="mmi")],
+                     [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+                     [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
+                     [numpy_helper.from_array(weights.reshape(-1), "w_flat"),
+                      numpy_helper.from_array(np.array([k, n], np.int64), "shape"),
+                      numpy_helper.from_array(np.array(7, np.uint8), "a_zp"), numpy_helper.from_array(zero, "w_zp")])
+    report = exact_integer_ops(computed, tmp_path / "computed_u8.onnx", ExactIntegerConfig(u8_weights=True))
+    assert report["matmul_integer"] == [{"node": "mmi", "method": "u8-integer-gemm"}]
+    np.testing.assert_array_equal(OnnxSession(tmp_path / "computed_u8.onnx", threads=2).run({"a": a})["y"], want)
+
+
+def test_u8_weight_rewrite_leaves_what_it_cannot_take_to_the_float_rewrite(tmp_path):
+    """s8 activations have no u8 x u8 form: those MatMulIntegers keep the float rewrite."""
+    rng = np.random.default_rng(6)
+    weights = rng.integers(-128, 128, (64, 8)).astype(np.int8)
+    path = _save(tmp_path / "s8s8.onnx", [helper.make_node("MatMulInteger", ["a", "w"], ["y"], name="s8s8")],
+                 [helper.make_tensor_value_info("a", TensorProto.INT8, [None, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.INT32, [None, 8])],
+                 [numpy_helper.from_array(weights, "w")])
+    report = exact_integer_ops(path, tmp_path / "out.onnx", ExactIntegerConfig(u8_weights=True))
+    assert report["matmul_integer"] == [{"node": "s8s8", "method": "float-chunks", "k_chunks": 1}]
+    a = rng.integers(-128, 128, (4, 64)).astype(np.int8)
+    np.testing.assert_array_equal(OnnxSession(tmp_path / "out.onnx", threads=1).run({"a": a})["y"],
+                                  a.astype(np.int64) @ weights.astype(np.int64))
 
 
 def _pair_limited(rng, k: int, n: int) -> np.ndarray:
@@ -182,8 +245,10 @@ def test_unknown_integer_ops_are_refused(tmp_path):
      ("jetson-orin", "s16-pairs", True), ("x86-avx2", "s16-pairs", False), ("x86-avx2", "int32", False)],
 )
 def test_validation_follows_the_target_arithmetic(target, host, exact):
-    chosen = choose_validation(load_profile(target), "auto", host=host)
+    chosen = choose_validation(load_profile(target), "auto", host=host, u8u8_exact=True)
     assert chosen.exact_reference is exact and chosen.reason
+    assert chosen.exact_gemm == ("u8-integer-gemm" if exact else None)
+    assert choose_validation(load_profile(target), "exact", host=host, u8u8_exact=False).exact_gemm == "float-chunks"
     assert choose_validation(load_profile(target), "exact", host=host).exact_reference
     assert not choose_validation(load_profile(target), "host", host=host).exact_reference
     with pytest.raises(ValueError, match="validation mode"):

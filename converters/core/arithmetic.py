@@ -10,7 +10,9 @@ run, so the same conversion gives the same artifacts and metrics on any workstat
 
     target int32,     host int32      -> the host's kernels (they are the target's arithmetic)
     target int32,     host s16-pairs  -> converters/core/exact_integer_ops.py: integer GEMMs rewritten
-                                         into exact float arithmetic, then onnxruntime
+                                         onto onnxruntime's u8 x u8 kernel where it is measured
+                                         exact here (u8u8_gemm_is_exact), else into exact float
+                                         arithmetic; then onnxruntime
     target s16-pairs, host s16-pairs  -> the host's kernels: the target's own saturating kernel
     target s16-pairs, host int32      -> the host's kernels: the profile's pair_sum_limit keeps
                                          every pair sum inside int16 (each INT8 weight is checked
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converters.core.exact_integer_ops import exact_integer_ops
+from converters.core.exact_integer_ops import ExactIntegerConfig, exact_integer_ops, u8u8_gemm_is_exact
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime.backends.onnx import OnnxSession
 from targets import TargetProfile
@@ -48,32 +50,46 @@ class Validation:
     host: str  # this machine's int8 GEMM
     exact_reference: bool  # candidates run through exact_integer_ops
     reason: str
+    # how the exact reference runs u8 x s8 GEMMs: "u8-integer-gemm" (onnxruntime's u8 x u8
+    # kernel, measured exact on this machine) or "float-chunks"; None without the reference
+    exact_gemm: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "target_int8_gemm": self.target,
             "host_int8_gemm": self.host,
             "method": "exact-int32-reference" if self.exact_reference else "host-kernels",
             "reason": self.reason,
         }
+        if self.exact_gemm:
+            described["exact_gemm"] = self.exact_gemm
+        return described
+
+    def exact_config(self) -> ExactIntegerConfig:
+        return ExactIntegerConfig(u8_weights=self.exact_gemm == "u8-integer-gemm")
 
 
-def choose_validation(profile: TargetProfile, mode: str = "auto", host: str | None = None) -> Validation:
+def choose_validation(profile: TargetProfile, mode: str = "auto", host: str | None = None,
+                      u8u8_exact: bool | None = None) -> Validation:
     """How candidates for `profile` are run on this machine. mode: "auto" (the table in the
     module docstring), "exact" (always the exact reference, e.g. to compare hosts), "host"
     (always this machine's kernels: diagnostics only; artifacts for int32 targets converted on a
-    saturating CPU then carry that CPU's errors)."""
+    saturating CPU then carry that CPU's errors). `host` and `u8u8_exact` are measured on this
+    machine when not given (tests pass them)."""
     if mode not in MODES:
         raise ValueError(f"validation mode {mode!r}; expected one of {', '.join(MODES)}")
     target = profile.int8.arithmetic
     host = host or host_int8_gemm()
-    if mode == "exact":
-        return Validation(target, host, True, "asked for the exact int32 reference")
     if mode == "host":
         return Validation(target, host, False, "asked for this machine's kernels")
-    if target == "int32" and host != "int32":
-        return Validation(target, host, True, "this CPU's INT8 GEMM saturates int16 pair sums; the target "
-                          "accumulates in int32: integer GEMMs are run exactly instead")
+    if mode == "exact" or (target == "int32" and host != "int32"):
+        if u8u8_exact is None:
+            u8u8_exact = u8u8_gemm_is_exact()
+        gemm = "u8-integer-gemm" if u8u8_exact else "float-chunks"
+        reason = ("asked for the exact int32 reference" if mode == "exact" else
+                  "this CPU's INT8 GEMM saturates int16 pair sums; the target accumulates in int32: "
+                  "integer GEMMs are run exactly instead")
+        return Validation(target, host, True, reason, gemm)
     if target == host:
         return Validation(target, host, False, "this CPU's INT8 GEMM is the target's arithmetic")
     return Validation(target, host, False, "the profile's pair_sum_limit keeps every int16 pair sum exact, "
@@ -92,7 +108,7 @@ class ValidationSessions:
         path = Path(path)
         if self.validation.exact_reference and _has_integer_ops(path):
             exact = self.work / f"{path.stem}.exact.onnx"
-            exact_integer_ops(path, exact)
+            exact_integer_ops(path, exact, self.validation.exact_config())
             try:
                 return OnnxSession(exact, threads=self.threads, graph_optimization_level="all")
             finally:

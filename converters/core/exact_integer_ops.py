@@ -28,6 +28,16 @@ Rewrites (every other node is left as it is):
       (QLinearMatMul / MatMulIntegerToFloat). The float product of dequantized values differs
       from the target's int32 sum x scale only by float32 rounding (relative ~1e-7).
 
+    MatMulInteger(A u8, B s8, a_zp, b_zp), with ExactIntegerConfig.u8_weights
+        -> MatMulInteger(A, B + 128 as u8, a_zp, b_zp + 128 as u8)
+
+      The same integer sums (every product (a - a_zp)(b - b_zp) is unchanged), run on
+      onnxruntime's u8 x u8 kernel, which widens both operands to int16 and adds pairs of
+      products into int32 (MLAS VPMADDWD on AVX2 / AVX-512BW; no saturating int16 step): exact
+      at integer-kernel speed, where the float rewrite costs float GEMMs, casts and K-chunks.
+      Only where u8u8_gemm_is_exact() has measured that on this machine's kernel; MatMulIntegers
+      with u8 weights already are left as they are then.
+
 Integer ops this pass does not know (QAttention, QLinearMatMul, ConvInteger, ...) are an error:
 validating them on the host's kernel would silently give the host's numbers.
 
@@ -37,6 +47,8 @@ Postcondition (checked on the result): no op of _INTEGER_GEMMS is left.
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +57,11 @@ import numpy as np
 
 from converters._errors import ConversionError
 
-__all__ = ["ExactIntegerConfig", "chunk_rows", "exact_integer_ops"]
+__all__ = ["ExactIntegerConfig", "chunk_rows", "exact_integer_ops", "u8u8_gemm_is_exact"]
 
-CONFIG_VERSION = 1
+log = logging.getLogger("converters")
+
+CONFIG_VERSION = 2
 _EXACT_FLOAT = 1 << 24  # float32 holds every integer up to 2^24 exactly
 # Integer GEMM ops onnxruntime runs with MLAS's (possibly saturating) INT8 kernels.
 _INTEGER_GEMMS = ("MatMulInteger", "QAttention", "QLinearMatMul", "QGemm", "ConvInteger", "QLinearConv",
@@ -58,9 +72,13 @@ _MATMUL_CONSUMERS = ("MatMul", "Gemm")
 @dataclass(frozen=True)
 class ExactIntegerConfig:
     activation_bound: int = 255  # |A - a_zp| for 8-bit activations (u8 or s8, any zero point)
+    # Run u8-activation MatMulIntegers on the u8 x u8 integer kernel (weights shifted to u8)
+    # instead of float GEMMs. True only where u8u8_gemm_is_exact() holds on this machine.
+    u8_weights: bool = False
 
     def describe(self) -> dict[str, Any]:
-        return {"config_version": CONFIG_VERSION, "activation_bound": self.activation_bound}
+        return {"config_version": CONFIG_VERSION, "activation_bound": self.activation_bound,
+                "u8_weights": self.u8_weights}
 
 
 def chunk_rows(activation_bound: int, weight_bound: int) -> int:
@@ -78,11 +96,47 @@ def exact_integer_ops(model_path: Path, out_path: Path, config: ExactIntegerConf
     model = onnx.load(str(model_path))
     rewriter = _Rewriter(model, config)
     report = rewriter.run()
-    left = sorted({n.op_type for n in model.graph.node if n.op_type in _INTEGER_GEMMS})
+    left = sorted({n.op_type for n in model.graph.node
+                   if n.op_type in _INTEGER_GEMMS and not rewriter.on_u8_kernel(n)})
     if left:  # our bug: _Rewriter refuses unknown ops before it changes anything
         raise ConversionError(f"exact_integer_ops left integer GEMMs in {model_path.name}: {left}")
     _save(model, out_path)
     return report
+
+
+@functools.cache
+def u8u8_gemm_is_exact() -> bool:
+    """Whether this process's onnxruntime computes u8 x u8 MatMulInteger exactly in int32: the
+    worst case of every 8-bit operand pair (255 x 255 over K = 64, and 255 x (0 - 255) through a
+    weight zero point) against numpy int64. Measured, not assumed from the CPU flags: a
+    kernel that added u8 x u8 pairs into a saturating int16 would fail it."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        k, n = 64, 16
+        weights = np.full((k, n), 255, np.uint8)
+        weights[:, n // 2:] = 0
+        zero = np.zeros(n, np.uint8)
+        zero[n // 2:] = 255
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "w", "", "wz"], ["y"])], "u8u8_probe",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
+            [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(zero, "wz")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 7
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        a = np.full((4, k), 255, np.uint8)
+        (y,) = session.run(None, {"a": a})
+    except Exception as exc:  # noqa: BLE001 - no probe, no integer shortcut: the float rewrite is exact anywhere
+        log.debug("u8 x u8 GEMM probe failed: %s", exc)
+        return False
+    want = a.astype(np.int64) @ (weights.astype(np.int64) - zero.astype(np.int64))
+    return bool(np.array_equal(y, want))
 
 
 def _save(model, out_path: Path) -> None:
@@ -95,6 +149,17 @@ def _save(model, out_path: Path) -> None:
         onnx.save(model, str(out_path), save_as_external_data=True, location=out_path.name + ".data")
 
 
+def _read_names(graph) -> set[str]:
+    """Every tensor name a node of `graph` or of its subgraphs (If, Loop, Scan bodies) reads."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                names |= _read_names(sub)
+    return names
+
+
 class _Rewriter:
     def __init__(self, model, config: ExactIntegerConfig):
         self.model = model
@@ -102,6 +167,8 @@ class _Rewriter:
         self.config = config
         self.constants = {init.name: init for init in self.graph.initializer}
         self.new_inits: list = []
+        self.types: dict[str, int] = {}  # element types by tensor name (_shapes fills it)
+        self.as_u8: dict[str, str] = {}  # s8 tensor -> its u8 (+128) twin, made once per tensor
         self.counter = 0
 
     # -- helpers ---------------------------------------------------------------------------
@@ -127,6 +194,7 @@ class _Rewriter:
         import onnx
 
         shapes = {init.name: list(init.dims) for init in self.graph.initializer}
+        self.types = {init.name: init.data_type for init in self.graph.initializer}
         try:
             inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
         except Exception:  # noqa: BLE001 - contrib ops: inference is best effort, K is checked below
@@ -134,6 +202,8 @@ class _Rewriter:
         for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
             dims = info.type.tensor_type.shape.dim
             shapes.setdefault(info.name, [d.dim_value if d.HasField("dim_value") else None for d in dims])
+            if info.type.tensor_type.elem_type:
+                self.types.setdefault(info.name, info.type.tensor_type.elem_type)
         return shapes
 
     # -- the pass --------------------------------------------------------------------------
@@ -153,9 +223,11 @@ class _Rewriter:
         shapes = self._shapes()
         nodes, matmuls, dequantized = [], [], []
         for node in self.graph.node:
-            if node.op_type == "MatMulInteger":
+            if node.op_type == "MatMulInteger" and self._on_u8_kernel(node):
+                matmuls.append({"node": node.name, "method": self._u8_weights(node, nodes)})
+            elif node.op_type == "MatMulInteger":
                 chunks = self._matmul_integer(node, shapes, nodes)
-                matmuls.append({"node": node.name, "k_chunks": chunks})
+                matmuls.append({"node": node.name, "method": "float-chunks", "k_chunks": chunks})
             elif node.op_type == "DequantizeLinear" and any(
                 c.op_type in _MATMUL_CONSUMERS for c in consumers.get(node.output[0], [])
             ):
@@ -166,7 +238,76 @@ class _Rewriter:
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self.graph.initializer.extend(self.new_inits)
+        self._drop_unused(set(self.as_u8))
         return {"matmul_integer": matmuls, "dequantize_linear": dequantized, **self.config.describe()}
+
+    def _drop_unused(self, names: set[str]) -> None:
+        """Remove the initializers of `names` nothing reads any more (s8 weights whose u8 twin
+        replaced them), so the rewritten model does not carry both."""
+        read = _read_names(self.graph) | {out.name for out in self.graph.output}
+        keep = [init for init in self.graph.initializer if init.name not in names or init.name in read]
+        if len(keep) < len(self.graph.initializer):
+            del self.graph.initializer[:]
+            self.graph.initializer.extend(keep)
+
+    def _on_u8_kernel(self, node) -> bool:
+        """u8 activations and 8-bit weights, and the u8 x u8 kernel measured exact here."""
+        from onnx import TensorProto
+
+        b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        return (self.config.u8_weights and node.op_type == "MatMulInteger"
+                and self.types.get(node.input[0]) == TensorProto.UINT8
+                and self.types.get(node.input[1]) in (TensorProto.INT8, TensorProto.UINT8)
+                and (b_zp is None or self.types.get(b_zp) == self.types.get(node.input[1])))
+
+    def on_u8_kernel(self, node) -> bool:
+        """Postcondition helper: `node` of the result is a u8 x u8 MatMulInteger (exact here)."""
+        from onnx import TensorProto
+
+        def u8(name: str) -> bool:
+            return self.types.get(name) == TensorProto.UINT8 or any(
+                init.name == name and init.data_type == TensorProto.UINT8 for init in self.new_inits)
+
+        b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        return (self.config.u8_weights and node.op_type == "MatMulInteger" and u8(node.input[0])
+                and (node.input[1] in self.as_u8.values() or u8(node.input[1]))
+                and (b_zp is None or b_zp in self.as_u8.values() or u8(b_zp)))
+
+    def _u8_weights(self, node, nodes: list) -> str:
+        """MatMulInteger(A, B, a_zp, b_zp) with s8 B -> the same with B + 128 and b_zp + 128 as
+        u8: (b + 128) - (zp + 128) = b - zp, so every integer sum is the target's."""
+        from onnx import TensorProto, helper
+
+        b = node.input[1]
+        if self.types.get(b) == TensorProto.UINT8:
+            nodes.append(node)  # already on the u8 x u8 kernel
+            return "u8-integer-gemm"
+        b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        a_zp = node.input[2] if len(node.input) > 2 else ""
+        zp_u8 = self._shifted(b_zp, nodes) if b_zp else self._const("b_zp_u8", np.array(128, np.uint8))
+        inputs = [node.input[0], self._shifted(b, nodes), a_zp, zp_u8]
+        nodes.append(helper.make_node("MatMulInteger", inputs, list(node.output), name=node.name))
+        return "u8-integer-gemm"
+
+    def _shifted(self, name: str, nodes: list) -> str:
+        """The u8 tensor s + 128 of the s8 tensor `name`: computed here for a constant, else by
+        Cast/Add/Cast nodes (onnxruntime folds them when the weight is computed from constants,
+        e.g. unpacked 4-bit codes)."""
+        from onnx import TensorProto, helper
+
+        if name in self.as_u8:
+            return self.as_u8[name]
+        values = self._constant_array(name)
+        if values is not None:
+            shifted = self._const(name + "_u8", (values.astype(np.int16) + 128).astype(np.uint8))
+        else:
+            wide, added, shifted = self._name(name + "_i32"), self._name(name + "_i32p"), self._name(name + "_u8")
+            nodes.append(helper.make_node("Cast", [name], [wide], to=TensorProto.INT32, name=self._name("cast")))
+            nodes.append(helper.make_node("Add", [wide, self._const("u8_offset", np.array(128, np.int32))], [added],
+                                          name=self._name("add")))
+            nodes.append(helper.make_node("Cast", [added], [shifted], to=TensorProto.UINT8, name=self._name("cast")))
+        self.as_u8[name] = shifted
+        return shifted
 
     def _centered(self, value: str, zero_point: str | None, out_base: str, nodes: list) -> str:
         """Cast<float>(value) - Cast<float>(zero_point)."""
