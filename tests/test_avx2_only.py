@@ -102,6 +102,7 @@ def test_saturating_kernel_cases_run_natively_under_the_mask(env):
     check that catches a VNNI artifact on AVX2 (skipped in the main run on VNNI machines)."""
     tests = ["tests/test_exact_arithmetic.py::test_matmul_integer_rewrite_is_exact_where_this_cpu_saturates",
              "tests/test_exact_arithmetic.py::test_u8u8_kernel_is_exact_here",
+             "tests/test_exact_arithmetic.py::test_the_integer_gemm_probe_can_say_no",
              "tests/test_exact_arithmetic.py::test_u8_weight_rewrite_is_exact_for_every_weight_form",
              "tests/test_exact_arithmetic.py::test_pair_limited_weights_are_exact_on_every_kernel",
              "tests/test_golden_teeth.py::test_saturating_kernel_fails_the_golden_check_natively"]

@@ -18,7 +18,13 @@ import edge_runtime
 from converters import ConvertConfig, convert
 from converters._errors import ConversionError
 from converters.core.arithmetic import ValidationSessions, choose_validation
-from converters.core.exact_integer_ops import ExactIntegerConfig, chunk_rows, exact_integer_ops, u8u8_gemm_is_exact
+from converters.core.exact_integer_ops import (
+    ExactIntegerConfig,
+    chunk_rows,
+    exact_integer_ops,
+    integer_gemm_is_exact,
+    u8u8_gemm_is_exact,
+)
 from edge_runtime._compat import arithmetic_problem, required_int8_gemm
 from edge_runtime._device import detect
 from edge_runtime.backends.onnx import OnnxSession
@@ -90,6 +96,13 @@ def test_u8u8_kernel_is_exact_here():
     assert u8u8_gemm_is_exact(), "onnxruntime's u8 x u8 MatMulInteger is not exact on this CPU"
 
 
+def test_the_integer_gemm_probe_can_say_no():
+    """The same probe on u8 x s8 weights answers what edge_runtime's kernel probe measures:
+    False on the saturating AVX2 kernel (tests/test_avx2_only.py runs this there), True on int32
+    kernels. A probe that always said True would fail one of the two."""
+    assert integer_gemm_is_exact(np.int8) is (detect().int8_gemm == "int32")
+
+
 def test_u8_weight_rewrite_is_exact_for_every_weight_form(tmp_path):
     """s8 weights over the whole range (-128 and 127 included) with per-column s8 zero points,
     as constants and computed in the graph (unpacked 4-bit codes are): every sum equals int64
@@ -123,6 +136,26 @@ def test_u8_weight_rewrite_is_exact_for_every_weight_form(tmp_path):
     report = exact_integer_ops(computed, tmp_path / "computed_u8.onnx", ExactIntegerConfig(u8_weights=True))
     assert report["matmul_integer"] == [{"node": "mmi", "method": "u8-integer-gemm"}]
     np.testing.assert_array_equal(OnnxSession(tmp_path / "computed_u8.onnx", threads=2).run({"a": a})["y"], want)
+
+
+def test_u8_weight_rewrite_keeps_weights_that_are_graph_inputs(tmp_path):
+    """An initializer listed as a graph input can be fed at run time: the u8 path shifts it in
+    the graph (not baked from the stored values) and keeps it, so a fed weight still counts."""
+    rng = np.random.default_rng(7)
+    k, n = 96, 8
+    stored = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    path = _save(tmp_path / "w_input.onnx", [helper.make_node("MatMulInteger", ["a", "w"], ["y"], name="mmi")],
+                 [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k]),
+                  helper.make_tensor_value_info("w", TensorProto.INT8, [k, n])],
+                 [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
+                 [numpy_helper.from_array(stored, "w")])
+    report = exact_integer_ops(path, tmp_path / "u8.onnx", ExactIntegerConfig(u8_weights=True))
+    assert report["matmul_integer"] == [{"node": "mmi", "method": "u8-integer-gemm"}]
+    session = OnnxSession(tmp_path / "u8.onnx", threads=1)
+    a = np.full((3, k), 255, np.uint8)
+    np.testing.assert_array_equal(session.run({"a": a})["y"], a.astype(np.int64) @ stored.astype(np.int64))
+    fed = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    np.testing.assert_array_equal(session.run({"a": a, "w": fed})["y"], a.astype(np.int64) @ fed.astype(np.int64))
 
 
 def test_u8_weight_rewrite_leaves_what_it_cannot_take_to_the_float_rewrite(tmp_path):

@@ -50,8 +50,9 @@ class Validation:
     host: str  # this machine's int8 GEMM
     exact_reference: bool  # candidates run through exact_integer_ops
     reason: str
-    # how the exact reference runs u8 x s8 GEMMs: "u8-integer-gemm" (onnxruntime's u8 x u8
-    # kernel, measured exact on this machine) or "float-chunks"; None without the reference
+    # how the exact reference runs u8-activation GEMMs: "u8-integer-gemm" (onnxruntime's u8 x u8
+    # kernel, measured exact on this machine; s8-activation or untyped ones still take float
+    # chunks) or "float-chunks" (all of them); None without the reference
     exact_gemm: str | None = None
 
     def describe(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 
-__all__ = ["ExactIntegerConfig", "chunk_rows", "exact_integer_ops", "u8u8_gemm_is_exact"]
+__all__ = ["ExactIntegerConfig", "chunk_rows", "exact_integer_ops", "integer_gemm_is_exact", "u8u8_gemm_is_exact"]
 
 log = logging.getLogger("converters")
 
@@ -106,21 +106,31 @@ def exact_integer_ops(model_path: Path, out_path: Path, config: ExactIntegerConf
 
 @functools.cache
 def u8u8_gemm_is_exact() -> bool:
-    """Whether this process's onnxruntime computes u8 x u8 MatMulInteger exactly in int32: the
-    worst case of every 8-bit operand pair (255 x 255 over K = 64, and 255 x (0 - 255) through a
-    weight zero point) against numpy int64. Measured, not assumed from the CPU flags: a
-    kernel that added u8 x u8 pairs into a saturating int16 would fail it."""
+    """Whether this process's onnxruntime computes u8 x u8 MatMulInteger exactly in int32.
+    Measured, not assumed from the CPU flags (integer_gemm_is_exact)."""
+    return integer_gemm_is_exact(np.uint8)
+
+
+def integer_gemm_is_exact(weight_type: type) -> bool:
+    """Whether onnxruntime's MatMulInteger of u8 activations by `weight_type` (np.uint8 or
+    np.int8) weights equals numpy int64 on the worst operands: activations 255 times the type's
+    largest weight over K = 64, so a kernel that adds pairs of products into a saturating int16
+    fails (2 x 255 x 255 and 2 x 255 x 127 both exceed 32767), plus columns that reach the same
+    magnitude through a weight zero point. For s8 weights this is the saturation
+    edge_runtime's probe detects: False on x86 without VNNI (tests use it as the witness that
+    the check can fail). Any error is False: then the float rewrite, exact everywhere, is used."""
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
         k, n = 64, 16
-        weights = np.full((k, n), 255, np.uint8)
+        top = int(np.iinfo(weight_type).max)
+        weights = np.full((k, n), top, weight_type)
         weights[:, n // 2:] = 0
-        zero = np.zeros(n, np.uint8)
-        zero[n // 2:] = 255
+        zero = np.zeros(n, weight_type)
+        zero[n // 2:] = top
         graph = helper.make_graph(
-            [helper.make_node("MatMulInteger", ["a", "w", "", "wz"], ["y"])], "u8u8_probe",
+            [helper.make_node("MatMulInteger", ["a", "w", "", "wz"], ["y"])], "integer_gemm_probe",
             [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
             [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
             [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(zero, "wz")])
@@ -133,7 +143,7 @@ def u8u8_gemm_is_exact() -> bool:
         a = np.full((4, k), 255, np.uint8)
         (y,) = session.run(None, {"a": a})
     except Exception as exc:  # noqa: BLE001 - no probe, no integer shortcut: the float rewrite is exact anywhere
-        log.debug("u8 x u8 GEMM probe failed: %s", exc)
+        log.debug("integer GEMM probe (%s weights) failed: %s", np.dtype(weight_type).name, exc)
         return False
     want = a.astype(np.int64) @ (weights.astype(np.int64) - zero.astype(np.int64))
     return bool(np.array_equal(y, want))
@@ -169,6 +179,9 @@ class _Rewriter:
         self.new_inits: list = []
         self.types: dict[str, int] = {}  # element types by tensor name (_shapes fills it)
         self.as_u8: dict[str, str] = {}  # s8 tensor -> its u8 (+128) twin, made once per tensor
+        self.made_types: dict[str, int] = {}  # element type of every tensor the u8 path created
+        # Initializers listed as graph inputs can be overridden at run time: never baked, never dropped.
+        self.graph_inputs = {i.name for i in self.graph.input}
         self.counter = 0
 
     # -- helpers ---------------------------------------------------------------------------
@@ -245,7 +258,8 @@ class _Rewriter:
         """Remove the initializers of `names` nothing reads any more (s8 weights whose u8 twin
         replaced them), so the rewritten model does not carry both."""
         read = _read_names(self.graph) | {out.name for out in self.graph.output}
-        keep = [init for init in self.graph.initializer if init.name not in names or init.name in read]
+        keep = [init for init in self.graph.initializer
+                if init.name not in names or init.name in read or init.name in self.graph_inputs]
         if len(keep) < len(self.graph.initializer):
             del self.graph.initializer[:]
             self.graph.initializer.extend(keep)
@@ -261,17 +275,17 @@ class _Rewriter:
                 and (b_zp is None or self.types.get(b_zp) == self.types.get(node.input[1])))
 
     def on_u8_kernel(self, node) -> bool:
-        """Postcondition helper: `node` of the result is a u8 x u8 MatMulInteger (exact here)."""
+        """Postcondition helper: `node` of the result is a u8 x u8 MatMulInteger, by the element
+        types of its inputs as the graph had them or as this pass made them (initializers'
+        data types, Casts' `to`)."""
         from onnx import TensorProto
 
         def u8(name: str) -> bool:
-            return self.types.get(name) == TensorProto.UINT8 or any(
-                init.name == name and init.data_type == TensorProto.UINT8 for init in self.new_inits)
+            return self.made_types.get(name, self.types.get(name)) == TensorProto.UINT8
 
         b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
         return (self.config.u8_weights and node.op_type == "MatMulInteger" and u8(node.input[0])
-                and (node.input[1] in self.as_u8.values() or u8(node.input[1]))
-                and (b_zp is None or b_zp in self.as_u8.values() or u8(b_zp)))
+                and u8(node.input[1]) and (b_zp is None or u8(b_zp)))
 
     def _u8_weights(self, node, nodes: list) -> str:
         """MatMulInteger(A, B, a_zp, b_zp) with s8 B -> the same with B + 128 and b_zp + 128 as
@@ -284,7 +298,11 @@ class _Rewriter:
             return "u8-integer-gemm"
         b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
         a_zp = node.input[2] if len(node.input) > 2 else ""
-        zp_u8 = self._shifted(b_zp, nodes) if b_zp else self._const("b_zp_u8", np.array(128, np.uint8))
+        if b_zp:
+            zp_u8 = self._shifted(b_zp, nodes)
+        else:
+            zp_u8 = self._const("b_zp_u8", np.array(128, np.uint8))
+            self.made_types[zp_u8] = self.new_inits[-1].data_type
         inputs = [node.input[0], self._shifted(b, nodes), a_zp, zp_u8]
         nodes.append(helper.make_node("MatMulInteger", inputs, list(node.output), name=node.name))
         return "u8-integer-gemm"
@@ -297,15 +315,17 @@ class _Rewriter:
 
         if name in self.as_u8:
             return self.as_u8[name]
-        values = self._constant_array(name)
+        values = None if name in self.graph_inputs else self._constant_array(name)
         if values is not None:
             shifted = self._const(name + "_u8", (values.astype(np.int16) + 128).astype(np.uint8))
+            self.made_types[shifted] = self.new_inits[-1].data_type
         else:
             wide, added, shifted = self._name(name + "_i32"), self._name(name + "_i32p"), self._name(name + "_u8")
             nodes.append(helper.make_node("Cast", [name], [wide], to=TensorProto.INT32, name=self._name("cast")))
             nodes.append(helper.make_node("Add", [wide, self._const("u8_offset", np.array(128, np.int32))], [added],
                                           name=self._name("add")))
             nodes.append(helper.make_node("Cast", [added], [shifted], to=TensorProto.UINT8, name=self._name("cast")))
+            self.made_types[shifted] = nodes[-1].attribute[0].i
         self.as_u8[name] = shifted
         return shifted
 
