@@ -143,3 +143,31 @@ def test_nan_metric_does_not_pass_the_int8_floor(monkeypatch, tmp_path):
     with pytest.raises(AccuracyError, match="cosine_mean nan is not a number >= floor 0.99"):
         quantize_with_floor(tmp_path / "in.onnx", tmp_path / "out.onnx", Config(), _source(),
                             _reference(TEXTS), FLOOR, lambda path: SimpleNamespace(run=None), lambda m: None)
+
+
+def test_rows_alone_runs_each_row_at_its_own_length():
+    """The TFLite searches' scorer (converters/_artifacts.py): every row alone, cut to its
+    length; sequence outputs come back at the batch width with zeros in the padding, others
+    stacked; a mask that is not right-padded runs the batch as it is."""
+    from converters.core.validate import rows_alone
+
+    widths = []
+
+    def run(feeds):
+        ids = feeds["input_ids"]
+        widths.append(ids.shape)
+        hidden = np.cumsum(ids, axis=1)[..., None].astype(np.float32) * np.ones(3, np.float32)
+        return {"hidden": hidden, "pooled": hidden.sum(axis=1)}
+
+    ids = np.array([[5, 6, 7, 0], [1, 2, 3, 4], [9, 0, 0, 0]], np.int64)
+    mask = (np.arange(4)[None, :] < np.array([3, 4, 1])[:, None]).astype(np.int64)
+    got = rows_alone(run, frozenset({"hidden"}))({"input_ids": ids * mask, "attention_mask": mask})
+    assert widths == [(1, 3), (1, 4), (1, 1)]
+    assert got["hidden"].shape == (3, 4, 3) and got["pooled"].shape == (3, 3)
+    np.testing.assert_array_equal(got["hidden"][:, :, 0], [[5, 11, 18, 0], [1, 3, 6, 10], [9, 0, 0, 0]])
+    np.testing.assert_array_equal(got["pooled"][:, 0], [34, 20, 9])
+
+    widths.clear()
+    holes = np.array([[1, 0, 1, 1]], np.int64)  # not right-padded
+    rows_alone(run, frozenset({"hidden"}))({"input_ids": np.ones((1, 4), np.int64), "attention_mask": holes})
+    assert widths == [(1, 4)]

@@ -80,6 +80,27 @@ def _pooled_cosines(source, path, texts) -> np.ndarray:
     return np.array(cosines)
 
 
+@pytest.mark.slow  # a TFLite export and quantization
+def test_rows_alone_gives_the_padded_batch_numbers(bert, gptq_all_int4):
+    """The searches score .tflite candidates a text at a time at its own length (rows_alone,
+    converters/core/validate.py) instead of in the bucket of the batch's widest text: on the
+    real tokens the outputs are the same numbers (masked keys add exact zeros)."""
+    from converters.core.validate import rows_alone
+
+    source, fp32, _, heldout = bert
+    feeds = _encode(source, ["Fine.", "A short text, under sixteen tokens.", "Two words"] + heldout[:5])
+    lengths = feeds["attention_mask"].sum(axis=1)
+    assert lengths.min() <= 16 < lengths.max(), "rows in both buckets (16, 32)"
+    name = source.output_names[0]
+    for path in (fp32, gptq_all_int4[0]):
+        session = backends.open_session("tflite", path, threads=2)
+        batched = session.run(feeds)[name]
+        alone = rows_alone(session.run, frozenset({name}))(feeds)[name]
+        for row, length in enumerate(lengths):
+            np.testing.assert_allclose(alone[row, :length], batched[row, :length], rtol=0, atol=1e-6)
+            assert not alone[row, length:].any()
+
+
 def _weight_types(path) -> dict[str, list[str]]:
     """Per op kind (FULLY_CONNECTED, EMBEDDING_LOOKUP): the weight tensor types of subgraph 0."""
     from pathlib import Path
