@@ -154,6 +154,14 @@ def test_fitters_see_only_fit_texts_and_metrics_only_validation_texts(tiny_model
         assert calibration[side]["sha256"] == hashlib.sha256("\n".join(texts).encode()).hexdigest()
     assert calibration["fit"]["count"] + calibration["validation"]["count"] == calibration["count"]
     assert all(a["metrics_texts"] == "validation (unseen by fitting)" for a in manifest["artifacts"])
+    # dynamic INT8/INT4 also scored a text at a time, as embed() runs them; FP32 is batch-free
+    entries = {a["name"]: a for a in manifest["artifacts"]}
+    assert "metrics_each_text_alone" not in entries["onnx-fp32"]
+    dynamic = [name for name in entries if name != "onnx-fp32"]
+    assert "onnx-int8" in dynamic, sorted(entries)
+    for name in dynamic:
+        alone = entries[name]["metrics_each_text_alone"]
+        assert set(alone) == set(entries[name]["metrics"]) and 0.9 < alone["cosine_mean"] <= 1.0
     assert "arithmetic" in manifest and "validation" not in manifest
 
 
