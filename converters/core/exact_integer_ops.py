@@ -159,6 +159,11 @@ def _save(model, out_path: Path) -> None:
         onnx.save(model, str(out_path), save_as_external_data=True, location=out_path.name + ".data")
 
 
+def _optional_input(node, index: int) -> str | None:
+    """The name of `node`'s optional input `index`, None when absent or empty."""
+    return node.input[index] if len(node.input) > index and node.input[index] else None
+
+
 def _read_names(graph) -> set[str]:
     """Every tensor name a node of `graph` or of its subgraphs (If, Loop, Scan bodies) reads."""
     names = set()
@@ -264,28 +269,26 @@ class _Rewriter:
             del self.graph.initializer[:]
             self.graph.initializer.extend(keep)
 
-    def _on_u8_kernel(self, node) -> bool:
-        """u8 activations and 8-bit weights, and the u8 x u8 kernel measured exact here."""
+    def _on_u8_kernel(self, node, weight_types=None) -> bool:
+        """u8 activations and 8-bit weights (`weight_types`: s8 or u8 before the rewrite), and
+        the u8 x u8 kernel measured exact here. By the element types as the graph had them or
+        as this pass made them (initializers' data types, Casts' `to`)."""
         from onnx import TensorProto
 
-        b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        def elem(name: str) -> int | None:
+            return self.made_types.get(name, self.types.get(name))
+
+        b_zp = _optional_input(node, 3)
         return (self.config.u8_weights and node.op_type == "MatMulInteger"
-                and self.types.get(node.input[0]) == TensorProto.UINT8
-                and self.types.get(node.input[1]) in (TensorProto.INT8, TensorProto.UINT8)
-                and (b_zp is None or self.types.get(b_zp) == self.types.get(node.input[1])))
+                and elem(node.input[0]) == TensorProto.UINT8
+                and elem(node.input[1]) in (weight_types or (TensorProto.INT8, TensorProto.UINT8))
+                and (b_zp is None or elem(b_zp) == elem(node.input[1])))
 
     def on_u8_kernel(self, node) -> bool:
-        """Postcondition helper: `node` of the result is a u8 x u8 MatMulInteger, by the element
-        types of its inputs as the graph had them or as this pass made them (initializers'
-        data types, Casts' `to`)."""
+        """Postcondition helper: `node` of the result is a u8 x u8 MatMulInteger."""
         from onnx import TensorProto
 
-        def u8(name: str) -> bool:
-            return self.made_types.get(name, self.types.get(name)) == TensorProto.UINT8
-
-        b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
-        return (self.config.u8_weights and node.op_type == "MatMulInteger" and u8(node.input[0])
-                and u8(node.input[1]) and (b_zp is None or u8(b_zp)))
+        return self._on_u8_kernel(node, (TensorProto.UINT8,))
 
     def _u8_weights(self, node, nodes: list) -> str:
         """MatMulInteger(A, B, a_zp, b_zp) with s8 B -> the same with B + 128 and b_zp + 128 as
@@ -296,8 +299,8 @@ class _Rewriter:
         if self.types.get(b) == TensorProto.UINT8:
             nodes.append(node)  # already on the u8 x u8 kernel
             return "u8-integer-gemm"
-        b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
-        a_zp = node.input[2] if len(node.input) > 2 else ""
+        b_zp = _optional_input(node, 3)
+        a_zp = _optional_input(node, 2) or ""
         if b_zp:
             zp_u8 = self._shifted(b_zp, nodes)
         else:
@@ -361,8 +364,7 @@ class _Rewriter:
         from onnx import TensorProto, helper
 
         a, b = node.input[0], node.input[1]
-        a_zp = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        b_zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        a_zp, b_zp = _optional_input(node, 2), _optional_input(node, 3)
         b_shape = shapes.get(b)
         if not b_shape or len(b_shape) != 2 or b_shape[0] is None:
             raise ConversionError(
@@ -408,7 +410,7 @@ class _Rewriter:
         from onnx import helper
 
         x, scale = node.input[0], node.input[1]
-        zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        zero_point = _optional_input(node, 2)
         centered = self._centered(x, zero_point, node.name + "_x", nodes)
         scale_shape = shapes.get(scale) or []
         x_shape = shapes.get(x)
