@@ -1,6 +1,7 @@
 """Pruning sweep (issue 11): head / FFN ratio -> accuracy -> p50 -> size for the default model,
-with the label-free activation criterion edge-convert uses and the magnitude baseline (weight L2
-norm, torch-pruning's default) at the same shapes, in the same run.
+with the label-free criterion edge-convert uses (obs: least-squares removal cost), the activation
+criterion it replaced and the magnitude baseline (weight L2 norm, torch-pruning's default) at the
+same shapes, in the same run.
 
     .venv/bin/python benchmarks/bench_pruning.py --ratios 0.17/0.25,0.25/0.5,0.33/0.5,0.5/0.75 \\
         --out benchmarks/results/pruning_sweep
@@ -12,7 +13,7 @@ held-out texts (benchmarks/data/heldout_en.txt; never used to choose anything). 
 ONNX export of each model (converters/export, no quantization: the INT8 figure comes from
 bench_artifacts.py --prune), batch 1, --seq tokens, --threads threads, onnxruntime with default
 session options; interleaved rounds, each variant's p50 divided by the unpruned export's p50 of
-the same round, median over rounds. --distill-steps N adds, for each activation-criterion model,
+the same round, median over rounds. --distill-steps N adds, for each obs-criterion model,
 a row distilled from the unpruned one (converters/pruning/distill.py). Writes <out>.json,
 <out>.md and <out>.png.
 """
@@ -101,13 +102,14 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
-    for criterion, marker in (("activation", "o"), ("magnitude", "s"), ("fisher", "D"), ("distillation", "^")):
+    for criterion, marker in (("obs", "v"), ("activation", "o"), ("magnitude", "s"), ("fisher", "D"),
+                              ("distillation", "^")):
         rows = sorted((r for r in result["rows"] if r["criterion"] == criterion
                        or (criterion == "distillation" and "distillation" in r)), key=lambda r: r["flops"])
         if not rows:
             continue
         axis.plot([r["flops"] for r in rows], [r["validation"]["cosine_mean"] for r in rows], marker=marker,
-                  label="activation + distillation" if criterion == "distillation" else f"{criterion} importance")
+                  label="obs + distillation" if criterion == "distillation" else f"{criterion} importance")
         for r in rows:
             axis.annotate(f"{r['heads']:.2f}/{r['ffn']:.2f} ({r['p50_ratio']:.2f}x p50)",
                           (r["flops"], r["validation"]["cosine_mean"]),
@@ -131,10 +133,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--criteria", default="activation,magnitude",
-                        help="importance criteria to compare: activation, magnitude, fisher")
+    parser.add_argument("--criteria", default="obs,activation,magnitude",
+                        help="importance criteria to compare: obs (edge-convert's), activation, magnitude, fisher")
     parser.add_argument("--distill-steps", type=int, default=0,
-                        help="also distill each activation-criterion model for up to N steps (a row of its own)")
+                        help="also distill each obs-criterion model for up to N steps (a row of its own)")
     parser.add_argument("--distill-lr", type=float, help="distillation learning rate [default: DistillConfig's]")
     parser.add_argument("--no-distill-augment", dest="distill_augment", action="store_false",
                         help="distill on the fit batches as they are, without DistillConfig's default "
@@ -155,6 +157,7 @@ def main() -> None:
     from converters.pruning.distill import DistillConfig, distill
     from converters.pruning.fisher import fisher
     from converters.pruning.importance import magnitude, plan, score
+    from converters.pruning.obs import obs_scores
     from converters.pruning.prune_model import encoder_flops
     from converters.pruning.reconstruct import prune_and_reconstruct
     from edge_runtime._device import detect
@@ -167,7 +170,10 @@ def main() -> None:
     heldout = reference_outputs(base, heldout_texts)
     fit = reference_outputs(base, texts.fit.texts)
     wanted = args.criteria.split(",")
+    pairs = [tuple(float(v) for v in pair.split("/")) for pair in args.ratios.split(",")]
+    upto = (max(p[0] for p in pairs), max(p[1] for p in pairs))
     criteria = {name: make() for name, make in (
+        ("obs", lambda: obs_scores(base.module, fit.batches, base.input_names, *upto)),
         ("activation", lambda: score(base.module, fit.batches, base.input_names)),
         ("magnitude", lambda: magnitude(base.module)),
         ("fisher", lambda: fisher(base.module, fit.batches, base.input_names,
@@ -175,8 +181,7 @@ def main() -> None:
     params, flops = sum(p.numel() for p in base.module.parameters()), encoder_flops(base.module)
     exported = {"unpruned": export_onnx(base, work / "unpruned.onnx", ExportConfig())}
     rows = []
-    for pair in args.ratios.split(","):
-        heads, ffn = (float(v) for v in pair.split("/"))
+    for heads, ffn in pairs:
         for criterion, scores in criteria.items():
             module = copy.deepcopy(base.module)
             started = time.perf_counter()
@@ -192,7 +197,7 @@ def main() -> None:
                    "heldout": compute_metrics(pruned, heldout, _runner(base, module), name),
                    "onnx_mb": sum(p.stat().st_size for p in work.glob(f"{name}.onnx*")) / 1e6, "variant": name}
             rows.append(row)
-            if criterion == "activation" and args.distill_steps:
+            if criterion == "obs" and args.distill_steps:
                 student, began = copy.deepcopy(module), time.perf_counter()
                 settings = DistillConfig(args.distill_steps, augment=args.distill_augment)
                 if args.distill_lr is not None:
@@ -203,7 +208,7 @@ def main() -> None:
                 distilled.module = student
                 dname = f"{name}-distilled"
                 exported[dname] = export_onnx(distilled, work / f"{dname}.onnx", ExportConfig())
-                rows.append({**row, "criterion": f"activation + {report['steps_run']} distillation steps",
+                rows.append({**row, "criterion": f"obs + {report['steps_run']} distillation steps",
                              "variant": dname, "distill_seconds": round(time.perf_counter() - began, 1),
                              "distillation": {k: report[k] for k in ("steps_run", "best_step", "learning_rate")},
                              "validation": compute_metrics(distilled, validation, _runner(base, student), dname),

@@ -222,3 +222,36 @@ def test_converting_twice_gives_the_same_manifest(tiny_model_factory, tmp_path):
     assert manifests[0]["artifacts"][0]["measured_on_converter"]["latency_ms_p50"] > 0  # the exception exists
     files = [f["sha256"] for a in first["artifacts"] for f in a["files"] + [a["golden"]]]
     assert len(files) >= 4 and files == [f["sha256"] for a in second["artifacts"] for f in a["files"] + [a["golden"]]]
+
+
+@pytest.mark.slow
+def test_an_artifact_below_the_floor_run_a_text_at_a_time_is_refused(tiny_model_factory, tmp_path, monkeypatch):
+    """Searches decide on padded batches; the floor must also hold a text at a time (how embed
+    runs dynamic INT8/INT4). Here every text-at-a-time run is perturbed: the dynamic artifacts are
+    refused with that reason and their files are not delivered; FP32 (batch-free) is."""
+    import numpy as np
+
+    import converters.pipeline as pipeline
+
+    real = pipeline.rows_alone
+
+    def perturbed(run, sequence_outputs):
+        alone = real(run, sequence_outputs)
+
+        def noisy(feeds):
+            out = alone(feeds)
+            rng = np.random.default_rng(0)
+            return {k: v + rng.normal(0, 3 * float(np.abs(v).mean()), v.shape).astype(v.dtype)
+                    for k, v in out.items()}
+        return noisy
+
+    monkeypatch.setattr(pipeline, "rows_alone", perturbed)
+    out = tmp_path / "out"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="x86-avx2", out=out,
+                          latency_runs=2))
+    manifest = json.loads((out / "manifest.json").read_text())
+    delivered = {a["name"] for a in manifest["artifacts"]}
+    refused = {r["name"]: r["reason"] for r in manifest["refused"]}
+    assert "onnx-fp32" in delivered and "onnx-int8" not in delivered, (delivered, refused)
+    assert "a text at a time" in refused["onnx-int8"] and "cosine" in refused["onnx-int8"]
+    assert not list(out.glob("onnx-int8*")), "a refused artifact's files are not delivered"

@@ -237,3 +237,65 @@ def test_fisher_criterion_scores_a_silent_head_and_neuron_zero_and_others_not(ti
     assert 1 not in keep[1].heads and 3 not in keep[1].neurons
     assert all(torch.equal(v, state[k]) for k, v in source.module.state_dict().items())
     assert [p.requires_grad for p in source.module.parameters()] == flags
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_obs_removes_a_silent_head_and_neuron_first(tiny_model_factory, arch):
+    """A head or neuron whose output-projection columns are zero costs nothing to remove: the
+    least-squares removal-cost greedy (obs.py) takes it at step 0, and removing it changes no output."""
+    from converters.pruning.obs import obs_scores
+
+    source, batches = _case(tiny_model_factory, arch)
+    layer = find_layers(source.module)[1]
+    size = layer.head_size
+    with torch.no_grad():
+        layer.attention_out.weight[:, size:2 * size] = 0.0
+        layer.ffn_out.weight[:, 3] = 0.0
+    before = _outputs(source, batches)
+    total_heads = sum(layer.heads for layer in find_layers(source.module))
+    total_neurons = sum(layer.neurons for layer in find_layers(source.module))
+    scores = obs_scores(source.module, batches, source.input_names, 1 / total_heads, 1 / total_neurons)
+    assert scores.heads[1][1] == 0 and scores.neurons[1][3] == 0
+    assert np.isinf(np.delete(scores.neurons[1], 3)).all(), "the greedy stops at the share it was asked for"
+    keep = plan(scores, heads=1 / total_heads, ffn=1 / total_neurons)
+    assert 1 not in keep[1].heads and 3 not in keep[1].neurons
+    prune(source.module, keep)
+    for want, got in zip(before, _outputs(source, batches)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_obs_sees_a_redundant_neuron_that_activations_and_magnitudes_rank_high(tiny_model_factory):
+    """Neuron 5 duplicates neuron 4 (same input row and bias: the same activation) and carries the
+    largest output weights of its layer: activation and magnitude scores keep it, the removal-cost
+    greedy drops it first (its twin takes its weights over, nothing is lost), and after the
+    re-fit the pruned model computes what the unpruned one did."""
+    from converters.pruning.importance import magnitude
+    from converters.pruning.obs import obs_scores
+    from converters.pruning.reconstruct import prune_and_reconstruct
+
+    source, batches = _case(tiny_model_factory, "bert")
+    layer = find_layers(source.module)[0]
+    with torch.no_grad():
+        layer.ffn_in.weight[5] = layer.ffn_in.weight[4]
+        layer.ffn_in.bias[5] = layer.ffn_in.bias[4]
+        layer.ffn_out.weight[:, 5] = 3.0 * layer.ffn_out.weight.abs().max()
+    before = _outputs(source, batches)
+    total_neurons = sum(layer.neurons for layer in find_layers(source.module))
+    obs = obs_scores(source.module, batches, source.input_names, 0.0, 1 / total_neurons)
+    assert int(np.argmin(obs.neurons[0])) in (4, 5) and np.isfinite(obs.neurons[0]).sum() == 1
+    for other in (score(source.module, batches, source.input_names), magnitude(source.module)):
+        assert other.neurons[0][5] > np.median(other.neurons[0]), "the other criteria rank it high"
+    keep = plan(obs, heads=0.0, ffn=1 / total_neurons)
+    prune_and_reconstruct(source.module, keep, batches, source.input_names, damp=1e-9)
+    for want, got in zip(before, _outputs(source, batches)):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_plan_refuses_a_share_the_scores_do_not_rank(tiny_model_factory):
+    from converters.pruning.obs import obs_scores
+
+    source, batches = _case(tiny_model_factory, "bert")
+    scores = obs_scores(source.module, batches, source.input_names, 0.25, 0.25)
+    plan(scores, 0.25, 0.25)
+    with pytest.raises(ConversionError, match="larger share"):
+        plan(scores, 0.5, 0.25)

@@ -115,10 +115,13 @@ def _lowest(scores: dict[int, np.ndarray], count: int) -> dict[int, set[int]]:
     order = sorted((float(v), layer, j) for layer, values in scores.items() for j, v in enumerate(values))
     removed: dict[int, set[int]] = {layer: set() for layer in scores}
     left = {layer: len(values) for layer, values in scores.items()}
-    for _, layer, j in order:
+    for value, layer, j in order:
         if count <= 0:
             break
         if left[layer] > 1:
+            if not np.isfinite(value):  # obs_scores orders units only up to the share it was asked for
+                raise ConversionError("these importance scores do not rank enough units for this share: "
+                                      "score with a larger share (obs_scores' heads= / ffn=)")
             removed[layer].add(j)
             left[layer] -= 1
             count -= 1

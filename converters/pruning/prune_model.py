@@ -6,8 +6,9 @@ largest reduction that keeps the profile's pruning floor (`--prune auto`).
     pruned.source     # a SourceModel whose module is smaller; export and quantize it as usual
     pruned.report     # the manifest's "pruning" (what each layer kept, FLOPs, parameters, search)
 
-Importance is scored once on the unpruned model (importance.score, activations on the fit texts);
-each candidate is sliced and re-fitted (reconstruct.py) on the fit texts and judged on the
+What goes is ordered once on the unpruned model (obs.obs_scores: the heads and neurons whose
+removal the rest can best make up for by least squares, on the fit texts' activations); each
+candidate is sliced and re-fitted (reconstruct.py) on the fit texts and judged on the
 validation texts against the unpruned PyTorch FP32 outputs, like every other search here.
 
 `auto` walks up from nothing pruned: each step tries one more twelfth of the heads and one more
@@ -29,7 +30,8 @@ from converters._errors import AccuracyError, ConversionError
 from converters.core.validate import Reference, compute_metrics, floor_failures
 from converters.inputs.source import SourceModel
 from converters.pruning.distill import DistillConfig, distill
-from converters.pruning.importance import Scores, plan, score
+from converters.pruning.importance import Scores, plan
+from converters.pruning.obs import obs_scores
 from converters.pruning.reconstruct import prune_and_reconstruct
 from converters.pruning.structure import find_layers
 from targets import AccuracyFloor, PruningOptions
@@ -134,8 +136,9 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     distilled from the unpruned model on the fit texts (distill.py). Fixed ratios are delivered
     whatever they score (the pruned artifacts are judged against the floor when built); `auto`
     raises AccuracyError naming every step tried when not even the first step keeps the floor."""
-    progress("pruning: scoring heads and FFN neurons on the fit texts (activations, no labels)")
-    scores = score(source.module, fit.batches, source.input_names)
+    progress("pruning: ordering heads and FFN neurons by least-squares removal cost on the fit texts (no labels)")
+    upto = (request.heads, request.ffn) if not request.auto else (options.max_heads, options.max_ffn)
+    scores = obs_scores(source.module, fit.batches, source.input_names, *upto, progress=progress)
     flops_before = encoder_flops(source.module)
     quiet: Progress = lambda m: None  # noqa: E731  (per-layer re-fit lines only for a fixed request)
     tried: list[dict[str, Any]] = []
@@ -190,7 +193,7 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         "request": request.describe(),
         "heads": round(chosen[0], 4),
         "ffn": round(chosen[1], 4),
-        "criterion": "activation contribution relative to the residual stream (fit texts, no labels)",
+        "criterion": "least-squares removal cost (structured Optimal Brain Surgeon, global greedy; fit texts, no labels)",
         "layers": report["layers"],
         "parameters_before": report["parameters_before"],
         "parameters_after": report["parameters_after"],

@@ -1,0 +1,176 @@
+"""Which heads and FFN neurons to remove: the ones whose loss the remaining ones can best make up for.
+
+A head or neuron is a group of input columns of a projection (attention_out for a head's
+context columns, ffn_out for a neuron). Removing group G and re-fitting the projection by least
+squares on the calibration activations X (what reconstruct.py does afterwards) leaves, by the
+Optimal Brain Surgeon identity, the error
+
+    cost(G) = trace( W_G  [H^-1]_GG^-1  W_G^T ),        H = [X 1]^T [X 1] (+ ridge)
+
+where W_G are the projection's columns of G (weights, bias column never removed). Two neurons
+that carry the same signal cost nothing to drop one of; a large but redundant unit is cheap,
+a small but unique one is not, which norm- or activation-based scores cannot see (measured
+against them in benchmarks/RESULTS.md, run V). After each removal W and H^-1 are updated in
+closed form, so the next costs are those of the projection already compensated.
+
+One global greedy per kind: each layer's cost is divided by the energy of the residual stream
+it writes into (sum over tokens of ||projection output + residual||^2, before LayerNorm), the
+cheapest group of any layer goes next, every layer keeps at least one. The order of removal is
+the score (lower = removed earlier), so importance.plan(scores, heads, ffn) takes the greedy's
+first steps. Only activations of the unpruned model on the fit texts: no labels, no gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.linalg.blas import dger
+
+from converters._errors import ConversionError
+from converters.pruning.importance import Scores
+from converters.pruning.structure import find_layers
+
+__all__ = ["DAMP", "obs_scores"]
+
+# Ridge on H, relative to its mean diagonal (as reconstruct.DAMP): neurons that never fire on
+# the fit texts give H a zero row; the ridge keeps H invertible and prices them by their weights.
+DAMP = 0.01
+# Removed columns are exactly zero after their update; the arrays are compacted this often.
+_COMPACT_EVERY = 64
+
+
+def _statistics(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str]) -> dict:
+    """Per (kind, layer): H = [X 1]^T [X 1] of the projection's real-token inputs, and the energy of
+    the pre-norm sum it writes into."""
+    import torch
+
+    found: dict[tuple[str, str, int], Any] = {}
+    now: dict[str, Any] = {}
+
+    def keep_residual(slot):
+        def hook(module, args):
+            now[slot] = args[0][now["mask"]].double()
+        return hook
+
+    def collect(kind, index, slot):
+        def hook(module, args, output):
+            x = args[0][now["mask"]].double()
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+            found[("gram", kind, index)] = found.get(("gram", kind, index), 0.0) + x.T @ x
+            total = output[now["mask"]].double() + now[slot]
+            found[("energy", kind, index)] = found.get(("energy", kind, index), 0.0) + float((total ** 2).sum())
+        return hook
+
+    hooks = []
+    for layer in find_layers(model):
+        hooks.append(layer.query.register_forward_pre_hook(keep_residual("x")))
+        hooks.append(layer.ffn_in.register_forward_pre_hook(keep_residual("h")))
+        hooks.append(layer.attention_out.register_forward_hook(collect("heads", layer.index, "x")))
+        hooks.append(layer.ffn_out.register_forward_hook(collect("neurons", layer.index, "h")))
+    try:
+        with torch.no_grad():
+            for feeds in batches:
+                now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
+                model(*[torch.from_numpy(feeds[name]) for name in input_names])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not found:
+        raise ConversionError("pruning importance needs calibration texts with at least one token")
+    return found
+
+
+class _Projection:
+    """One projection's greedy state: W [out, columns + bias] and H^-1 over the columns still there."""
+
+    def __init__(self, gram: np.ndarray, weight: np.ndarray, bias: np.ndarray, group: int, energy: float,
+                 damp: float) -> None:
+        columns = gram.shape[0] - 1
+        ridge = gram.copy()
+        ridge[np.arange(columns), np.arange(columns)] += damp * max(float(np.mean(np.diag(gram)[:columns])), 1e-12)
+        # Fortran order: a neuron's removal is two in-place BLAS rank-1 updates (dger), ~30x
+        # faster than numpy's outer-product temporaries at 1,537 x 1,537.
+        self.inverse = np.asfortranarray(np.linalg.inv(ridge))
+        self.weight = np.asfortranarray(np.concatenate([weight, bias[:, None]], axis=1))
+        self.group, self.energy = group, max(energy, 1e-30)
+        self.ids = np.arange(columns // group)  # group ids, in column order
+        self.alive = np.ones(len(self.ids), bool)
+        self.costs = self._costs()
+
+    def left(self) -> int:
+        return int(self.alive.sum())
+
+    def _columns(self, position: int) -> np.ndarray:
+        return np.arange(position * self.group, (position + 1) * self.group)
+
+    def _costs(self) -> np.ndarray:
+        costs = np.full(len(self.ids), np.inf)
+        if self.group == 1:
+            live = self.alive
+            norms = np.einsum("ij,ij->j", self.weight, self.weight)[:-1]
+            costs[live] = norms[live] / np.diag(self.inverse)[:-1][live]
+        else:
+            for position in np.flatnonzero(self.alive):
+                cols = self._columns(position)
+                w = self.weight[:, cols]
+                costs[position] = float(np.sum((w @ np.linalg.inv(self.inverse[np.ix_(cols, cols)])) * w))
+        return costs / self.energy
+
+    def remove_cheapest(self) -> int:
+        """Remove the cheapest group, compensate the rest; returns its group id."""
+        position = int(np.argmin(self.costs))
+        cols = self._columns(position)
+        if self.group == 1:
+            j = int(cols[0])
+            row = self.inverse[j, :] / self.inverse[j, j]
+            self.weight = dger(-1.0, self.weight[:, j].copy(), row, a=self.weight, overwrite_a=True)
+            self.inverse = dger(-1.0, self.inverse[:, j].copy(), row, a=self.inverse, overwrite_a=True)
+        else:
+            rows = np.linalg.solve(self.inverse[np.ix_(cols, cols)], self.inverse[cols, :])
+            self.weight = np.asfortranarray(self.weight - self.weight[:, cols] @ rows)
+            self.inverse = np.asfortranarray(self.inverse - self.inverse[:, cols] @ rows)
+        self.alive[position] = False
+        removed = int(self.ids[position])
+        if (len(self.alive) - self.left()) >= _COMPACT_EVERY:
+            keep_groups = np.flatnonzero(self.alive)
+            keep = np.concatenate([self._columns(p) for p in keep_groups] + [[self.inverse.shape[0] - 1]])
+            self.inverse = np.asfortranarray(self.inverse[np.ix_(keep, keep)])
+            self.weight = np.asfortranarray(self.weight[:, keep])
+            self.ids = self.ids[keep_groups]
+            self.alive = np.ones(len(self.ids), bool)
+        self.costs = self._costs()
+        return removed
+
+
+def obs_scores(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str],
+               heads: float, ffn: float, damp: float = DAMP, progress=None) -> Scores:
+    """Removal order of heads and neurons of `model` (see the module docstring) for plans of up to
+    `heads` / `ffn` shares (the greedy stops there: plan() at larger shares raises). Scores are
+    the step at which each unit goes; units the greedy did not reach score inf."""
+    import torch
+
+    statistics = _statistics(model, batches, input_names)
+    layers = find_layers(model)
+    result = Scores()
+    for kind, share in (("heads", heads), ("neurons", ffn)):
+        projections = {}
+        for layer in layers:
+            module = layer.attention_out if kind == "heads" else layer.ffn_out
+            bias = module.bias if module.bias is not None else torch.zeros(module.out_features)
+            projections[layer.index] = _Projection(
+                statistics[("gram", kind, layer.index)].numpy(), module.weight.detach().double().numpy(),
+                bias.detach().double().numpy(), layer.head_size if kind == "heads" else 1,
+                statistics[("energy", kind, layer.index)], damp)
+        order = {i: np.full(len(p.ids), np.inf) for i, p in projections.items()}
+        steps = round(share * sum(len(p.ids) for p in projections.values()))
+        for step in range(steps):
+            open_layers = [i for i, p in projections.items() if p.left() > 1]
+            if not open_layers:
+                break
+            index = min(open_layers, key=lambda i: float(projections[i].costs.min()))
+            order[index][projections[index].remove_cheapest()] = step
+            if progress is not None and (step + 1) % 500 == 0:
+                progress(f"pruning: ordered {step + 1}/{steps} {kind}")
+        (result.heads if kind == "heads" else result.neurons).update(order)
+    return result
