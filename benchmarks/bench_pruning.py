@@ -79,6 +79,11 @@ def _time(sessions: dict[str, object], feeds: dict[str, np.ndarray], rounds: int
                    "round_ratios": [round(r, 3) for r in ratios[name]]} for name in sessions}
 
 
+def _timed(row: dict, key: str, form: str) -> str:
+    """A timing cell; "-" where a result file carries no timing (e.g. withdrawn: see its "timing")."""
+    return form.format(row[key]) if row.get(key) is not None else "-"
+
+
 def _markdown(result: dict) -> str:
     lines = [f"{result['cpu']} ({', '.join(result['cpu_flags'])}), {result['model']}, batch 1, {result['seq']} tokens, "
              f"{result['threads']} threads, FP32 ONNX exports, {result['rounds']} interleaved rounds",
@@ -90,8 +95,8 @@ def _markdown(result: dict) -> str:
         lines.append(f"| {row['heads']:.2f} / {row['ffn']:.2f} | {row['criterion']} | {row['parameters']:.3f}x | "
                      f"{row['flops']:.3f}x | {row['validation']['cosine_mean']:.4f} / "
                      f"{row['validation']['cosine_min']:.4f} | {row['heldout']['cosine_mean']:.4f} / "
-                     f"{row['heldout']['cosine_min']:.4f} | {row['onnx_mb']:.1f} | {row['p50_ms']:.2f} | "
-                     f"{row['p50_ratio']:.3f}x |")
+                     f"{row['heldout']['cosine_min']:.4f} | {row['onnx_mb']:.1f} | {_timed(row, 'p50_ms', '{:.2f}')} | "
+                     f"{_timed(row, 'p50_ratio', '{:.3f}x')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +116,7 @@ def _plot(result: dict, path: Path) -> None:
         axis.plot([r["flops"] for r in rows], [r["validation"]["cosine_mean"] for r in rows], marker=marker,
                   label="obs + distillation" if criterion == "distillation" else f"{criterion} importance")
         for r in rows:
-            axis.annotate(f"{r['heads']:.2f}/{r['ffn']:.2f} ({r['p50_ratio']:.2f}x p50)",
+            axis.annotate(f"{r['heads']:.2f}/{r['ffn']:.2f}" + (f" ({r['p50_ratio']:.2f}x p50)" if r.get("p50_ratio") else ""),
                           (r["flops"], r["validation"]["cosine_mean"]),
                           fontsize=7, textcoords="offset points", xytext=(4, 4))
     axis.axhline(0.97, color="grey", linestyle="--", linewidth=0.8, label="pruning floor 0.97")

@@ -170,7 +170,7 @@ def obs_scores(model: Any, batches: list[dict[str, np.ndarray]], input_names: li
                 break
             index = min(open_layers, key=lambda i: float(projections[i].costs.min()))
             order[index][projections[index].remove_cheapest()] = step
-            if progress is not None and (step + 1) % 500 == 0:
+            if progress is not None and steps >= 1000 and (step + 1) % (steps // 4) == 0:
                 progress(f"pruning: ordered {step + 1}/{steps} {kind}")
         (result.heads if kind == "heads" else result.neurons).update(order)
     return result
