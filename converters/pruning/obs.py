@@ -29,6 +29,7 @@ from scipy.linalg.blas import dger
 
 from converters._errors import ConversionError
 from converters.pruning.importance import Scores
+from converters.pruning.reconstruct import tap_projections
 from converters.pruning.structure import find_layers
 
 __all__ = ["DAMP", "obs_scores"]
@@ -46,36 +47,15 @@ def _statistics(model: Any, batches: list[dict[str, np.ndarray]], input_names: l
     import torch
 
     found: dict[tuple[str, str, int], Any] = {}
-    now: dict[str, Any] = {}
+    kinds = {"attention": "heads", "ffn": "neurons"}
 
-    def keep_residual(slot):
-        def hook(module, args):
-            now[slot] = args[0][now["mask"]].double()
-        return hook
+    def visit(kind: str, index: int, inputs: Any, total: Any) -> None:
+        x = torch.cat([inputs, torch.ones(inputs.shape[0], 1, dtype=inputs.dtype)], dim=1)
+        key = (kinds[kind], index)
+        found[("gram", *key)] = found.get(("gram", *key), 0.0) + x.T @ x
+        found[("energy", *key)] = found.get(("energy", *key), 0.0) + float((total ** 2).sum())
 
-    def collect(kind, index, slot):
-        def hook(module, args, output):
-            x = args[0][now["mask"]].double()
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-            found[("gram", kind, index)] = found.get(("gram", kind, index), 0.0) + x.T @ x
-            total = output[now["mask"]].double() + now[slot]
-            found[("energy", kind, index)] = found.get(("energy", kind, index), 0.0) + float((total ** 2).sum())
-        return hook
-
-    hooks = []
-    for layer in find_layers(model):
-        hooks.append(layer.query.register_forward_pre_hook(keep_residual("x")))
-        hooks.append(layer.ffn_in.register_forward_pre_hook(keep_residual("h")))
-        hooks.append(layer.attention_out.register_forward_hook(collect("heads", layer.index, "x")))
-        hooks.append(layer.ffn_out.register_forward_hook(collect("neurons", layer.index, "h")))
-    try:
-        with torch.no_grad():
-            for feeds in batches:
-                now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
-                model(*[torch.from_numpy(feeds[name]) for name in input_names])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    tap_projections(model, batches, input_names, visit)
     if not found:
         raise ConversionError("pruning importance needs calibration texts with at least one token")
     return found

@@ -27,6 +27,7 @@ sliced weights and after the re-fit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import numpy as np
 from converters.pruning.structure import find_layers
 from converters.pruning.surgery import Keep, prune
 
-__all__ = ["DAMP", "prune_and_reconstruct"]
+__all__ = ["DAMP", "prune_and_reconstruct", "tap_projections"]
 
 # Ridge on the Gram matrix, relative to its mean diagonal: enough to keep nearly collinear kept
 # neurons from blowing up the fit, small enough not to bias it (the same role as GPTQ's damping).
@@ -56,12 +57,14 @@ def _forward(model: Any, feeds: dict[str, np.ndarray], input_names: list[str]) -
             pass
 
 
-def _targets(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str]) -> dict:
-    """The unpruned model's pre-norm sums per (kind, layer): a list over batches of
-    [real tokens, hidden] arrays (float64)."""
+def tap_projections(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str],
+                    visit: Callable[[str, int, Any, Any], None]) -> None:
+    """Run `model` on `batches` and call visit(kind, layer index, inputs, pre-norm sum) at every
+    layer's attention-output ("attention") and FFN-output ("ffn") projection, with the real
+    tokens' float64 tensors: the projection's inputs [tokens, columns] and its output plus the
+    residual it is added to [tokens, hidden]."""
     import torch
 
-    found: dict[tuple[str, int], list[np.ndarray]] = {}
     now: dict[str, Any] = {}
 
     def keep_residual(slot):
@@ -71,8 +74,7 @@ def _targets(model: Any, batches: list[dict[str, np.ndarray]], input_names: list
 
     def record(kind, index, slot):
         def hook(module, args, output):
-            total = output[now["mask"]].double() + now[slot]
-            found.setdefault((kind, index), []).append(total.numpy())
+            visit(kind, index, args[0][now["mask"]].double(), output[now["mask"]].double() + now[slot])
         return hook
 
     hooks = []
@@ -88,6 +90,14 @@ def _targets(model: Any, batches: list[dict[str, np.ndarray]], input_names: list
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def _targets(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str]) -> dict:
+    """The unpruned model's pre-norm sums per (kind, layer): a list over batches of
+    [real tokens, hidden] arrays (float64)."""
+    found: dict[tuple[str, int], list[np.ndarray]] = {}
+    tap_projections(model, batches, input_names,
+                    lambda kind, index, _inputs, total: found.setdefault((kind, index), []).append(total.numpy()))
     return found
 
 
