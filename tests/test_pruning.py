@@ -33,6 +33,15 @@ def _outputs(source, batches) -> list[np.ndarray]:
         return [source.module(*[torch.from_numpy(f[n]) for n in source.input_names]).numpy() for f in batches]
 
 
+def _silence_head_1_and_neuron_3(source) -> None:
+    """Head 1 and neuron 3 of layer 1 contribute nothing: their output-projection columns are zero."""
+    layer = find_layers(source.module)[1]
+    size = layer.head_size
+    with torch.no_grad():
+        layer.attention_out.weight[:, size:2 * size] = 0.0
+        layer.ffn_out.weight[:, 3] = 0.0
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ratio_zero_is_the_identity(tiny_model_factory, arch):
     source, batches = _case(tiny_model_factory, arch)
@@ -70,11 +79,7 @@ def test_pruned_shapes_follow_the_plan(tiny_model_factory, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_silent_head_and_neuron_go_first_and_removing_them_changes_nothing(tiny_model_factory, arch):
     source, batches = _case(tiny_model_factory, arch)
-    layer = find_layers(source.module)[1]
-    size = layer.head_size
-    with torch.no_grad():  # head 1 of layer 1 contributes nothing; so does neuron 3
-        layer.attention_out.weight[:, size:2 * size] = 0.0
-        layer.ffn_out.weight[:, 3] = 0.0
+    _silence_head_1_and_neuron_3(source)
     before = _outputs(source, batches)
     scores = score(source.module, batches, source.input_names)
     assert scores.heads[1][1] == 0.0 and scores.neurons[1][3] == 0.0
@@ -221,11 +226,7 @@ def test_fisher_criterion_scores_a_silent_head_and_neuron_zero_and_others_not(ti
     from converters.pruning.fisher import fisher
 
     source, batches = _case(tiny_model_factory, arch)
-    layer = find_layers(source.module)[1]
-    size = layer.head_size
-    with torch.no_grad():
-        layer.attention_out.weight[:, size:2 * size] = 0.0
-        layer.ffn_out.weight[:, 3] = 0.0
+    _silence_head_1_and_neuron_3(source)
     state = {k: v.clone() for k, v in source.module.state_dict().items()}
     flags = [p.requires_grad for p in source.module.parameters()]
     scores = fisher(source.module, batches, source.input_names)
@@ -246,11 +247,7 @@ def test_obs_removes_a_silent_head_and_neuron_first(tiny_model_factory, arch):
     from converters.pruning.obs import obs_scores
 
     source, batches = _case(tiny_model_factory, arch)
-    layer = find_layers(source.module)[1]
-    size = layer.head_size
-    with torch.no_grad():
-        layer.attention_out.weight[:, size:2 * size] = 0.0
-        layer.ffn_out.weight[:, 3] = 0.0
+    _silence_head_1_and_neuron_3(source)
     before = _outputs(source, batches)
     total_heads = sum(layer.heads for layer in find_layers(source.module))
     total_neurons = sum(layer.neurons for layer in find_layers(source.module))
