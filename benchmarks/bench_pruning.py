@@ -1,5 +1,6 @@
 """Pruning sweep (issue 11): head / FFN ratio -> accuracy -> p50 -> size for the default model,
-with the label-free criterion edge-convert uses (obs: least-squares removal cost), the activation
+with the label-free criterion edge-convert uses (obs: least-squares removal cost, layers weighted
+by their measured output sensitivity), the activation
 criterion it replaced and the magnitude baseline (weight L2 norm, torch-pruning's default) at the
 same shapes, in the same run.
 
@@ -163,7 +164,7 @@ def main() -> None:
     from converters.pruning.fisher import fisher
     from converters.pruning.importance import magnitude, plan, score
     from converters.pruning.obs import obs_scores
-    from converters.pruning.prune_model import encoder_flops
+    from converters.pruning.prune_model import encoder_flops, output_loss
     from converters.pruning.reconstruct import prune_and_reconstruct
     from edge_runtime._device import detect
 
@@ -176,9 +177,10 @@ def main() -> None:
     fit = reference_outputs(base, texts.fit.texts)
     wanted = args.criteria.split(",")
     pairs = [tuple(float(v) for v in pair.split("/")) for pair in args.ratios.split(",")]
-    upto = (max(p[0] for p in pairs), max(p[1] for p in pairs))
+    # obs as edge-convert runs it: layers weighted by their output sensitivity, measured at each
+    # pair's own shares (so it is scored per pair, below); the others once, for every pair.
     criteria = {name: make() for name, make in (
-        ("obs", lambda: obs_scores(base.module, fit.batches, base.input_names, *upto)),
+        ("obs", lambda: None),
         ("activation", lambda: score(base.module, fit.batches, base.input_names)),
         ("magnitude", lambda: magnitude(base.module)),
         ("fisher", lambda: fisher(base.module, fit.batches, base.input_names,
@@ -188,6 +190,9 @@ def main() -> None:
     rows = []
     for heads, ffn in pairs:
         for criterion, scores in criteria.items():
+            if criterion == "obs":
+                scores = obs_scores(base.module, fit.batches, base.input_names, heads, ffn,
+                                    loss=output_loss(base, fit))
             module = copy.deepcopy(base.module)
             started = time.perf_counter()
             report = prune_and_reconstruct(module, plan(scores, heads, ffn), fit.batches, base.input_names)

@@ -296,3 +296,51 @@ def test_plan_refuses_a_share_the_scores_do_not_rank(tiny_model_factory):
     plan(scores, 0.25, 0.25)
     with pytest.raises(ConversionError, match="larger share"):
         plan(scores, 0.5, 0.25)
+
+
+def test_refit_is_pulled_toward_the_kept_weights_not_toward_zero(tiny_model_factory):
+    """The re-fit's regularizer pulls toward the weights slicing kept: at an overwhelming pull the
+    re-fitted model is the sliced one (a ridge toward zero would shrink the projections instead),
+    and at a negligible pull it fits the layer outputs better than any stronger pull."""
+    from converters.pruning.reconstruct import prune_and_reconstruct
+
+    source, batches = _case(tiny_model_factory, "bert")
+    fit, heldout = batches[:2], batches[2:]
+    keep = plan(score(source.module, fit, source.input_names), heads=0.5, ffn=0.5)
+    sliced, _ = _case(tiny_model_factory, "bert")
+    prune(sliced.module, keep)
+    errors = {}
+    for damp in (1e9, 0.3, 1e-6):
+        model, _ = _case(tiny_model_factory, "bert")
+        report = prune_and_reconstruct(model.module, keep, fit, model.input_names, damp=damp)
+        errors[damp] = sum(e["reconstruction"]["ffn_error"][1] for e in report["layers"])
+        if damp == 1e9:
+            for want, got in zip(_outputs(sliced, heldout), _outputs(model, heldout)):
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert errors[1e-6] <= errors[0.3] <= errors[1e9], errors
+
+
+def test_layer_sensitivity_moves_removals_away_from_a_layer_the_output_depends_on(tiny_model_factory):
+    """With a loss that only a change to layer 0's FFN raises, the greedy takes no neuron of layer
+    0 (its costs are weighted up), though without the loss it takes some; the calibration puts
+    every weight back (the model computes what it did)."""
+    from converters.pruning.obs import obs_scores
+
+    source, batches = _case(tiny_model_factory, "bert")
+    layers = find_layers(source.module)
+    original = layers[0].ffn_out.weight.detach().clone()
+    before = _outputs(source, batches)
+    total_neurons = sum(layer.neurons for layer in layers)
+
+    def loss() -> float:  # what an output loss sees when only layer 0 matters
+        return float((layers[0].ffn_out.weight.detach() - original).abs().sum())
+
+    plain = obs_scores(source.module, batches, source.input_names, 0.0, 0.4)
+    weighted = obs_scores(source.module, batches, source.input_names, 0.0, 0.4, loss=loss)
+    assert np.isfinite(plain.neurons[0]).sum() > 0, "without the loss, layer 0 loses neurons"
+    assert np.isfinite(weighted.neurons[0]).sum() == 0, weighted.sensitivity
+    assert weighted.sensitivity["neurons"][0] > 0 and all(
+        weighted.sensitivity["neurons"][i] == 0 for i in range(1, len(layers)))
+    assert round(0.4 * total_neurons) == sum(np.isfinite(v).sum() for v in weighted.neurons.values())
+    for want, got in zip(before, _outputs(source, batches)):
+        np.testing.assert_array_equal(got, want)

@@ -7,7 +7,8 @@ largest reduction that keeps the profile's pruning floor (`--prune auto`).
     pruned.report     # the manifest's "pruning" (what each layer kept, FLOPs, parameters, search)
 
 What goes is ordered once on the unpruned model (obs.obs_scores: the heads and neurons whose
-removal the rest can best make up for by least squares, on the fit texts' activations); each
+removal the rest can best make up for by least squares, on the fit texts' activations, with each
+layer's costs weighted by how much of a layer-local error it measures at the output); each
 candidate is sliced and re-fitted (reconstruct.py) on the fit texts and judged on the
 validation texts against the unpruned PyTorch FP32 outputs, like every other search here.
 
@@ -36,7 +37,7 @@ from converters.pruning.reconstruct import prune_and_reconstruct
 from converters.pruning.structure import find_layers
 from targets import AccuracyFloor, PruningOptions
 
-__all__ = ["AUTO_STEPS", "PruneRequest", "PrunedSource", "encoder_flops", "prune_source"]
+__all__ = ["AUTO_STEPS", "PruneRequest", "PrunedSource", "encoder_flops", "output_loss", "prune_source"]
 
 Progress = Callable[[str], None]
 # --prune auto's step sizes: about one head per layer of a 12-head model, a tenth of the FFN.
@@ -120,6 +121,23 @@ def _candidate(source: SourceModel, scores: Scores, heads: float, ffn: float, fi
     return pruned, report, metrics
 
 
+def output_loss(source: SourceModel, reference: Reference) -> Callable[[], float]:
+    """A callable returning 1 - the task metric of `source.module`, as it is when called, against
+    `reference` (what obs_scores' layer calibration measures)."""
+
+    def measure() -> float:
+        import torch
+
+        def run(feeds):
+            with torch.no_grad():
+                out = source.module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
+            return {source.output_names[0]: out.numpy()}
+
+        return _loss(compute_metrics(source, reference, run, "the PyTorch model under calibration"))
+
+    return measure
+
+
 def _margin_floor(floor: AccuracyFloor, margin: float) -> AccuracyFloor:
     return AccuracyFloor(min(1.0, floor.cosine_mean + margin), min(1.0, floor.cosine_min + margin),
                          min(1.0, floor.top1_agreement + margin))
@@ -138,7 +156,12 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     raises AccuracyError naming every step tried when not even the first step keeps the floor."""
     progress("pruning: ordering heads and FFN neurons by least-squares removal cost on the fit texts (no labels)")
     upto = (request.heads, request.ffn) if not request.auto else (options.max_heads, options.max_ffn)
-    scores = obs_scores(source.module, fit.batches, source.input_names, *upto, progress=progress)
+    # Layer sensitivities are measured at the requested shares; `auto` does not know its answer
+    # yet and measures at its first step (where run W's searches ended).
+    calibrate_at = (request.heads, request.ffn) if not request.auto else AUTO_STEPS
+
+    scores = obs_scores(source.module, fit.batches, source.input_names, *upto, progress=progress,
+                        loss=output_loss(source, fit), calibrate_at=calibrate_at)
     flops_before = encoder_flops(source.module)
     quiet: Progress = lambda m: None  # noqa: E731  (per-layer re-fit lines only for a fixed request)
     tried: list[dict[str, Any]] = []
@@ -193,7 +216,10 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         "request": request.describe(),
         "heads": round(chosen[0], 4),
         "ffn": round(chosen[1], 4),
-        "criterion": "least-squares removal cost (structured Optimal Brain Surgeon, global greedy; fit texts, no labels)",
+        "criterion": "least-squares removal cost (structured Optimal Brain Surgeon, global greedy; layers weighted "
+                     "by their measured output sensitivity; fit texts, no labels)",
+        "layer_sensitivity": {kind: {str(layer): round(w, 6) for layer, w in weights.items()}
+                              for kind, weights in scores.sensitivity.items()},
         "layers": report["layers"],
         "parameters_before": report["parameters_before"],
         "parameters_after": report["parameters_after"],
