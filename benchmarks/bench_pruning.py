@@ -37,16 +37,6 @@ sys.path.insert(0, str(ROOT))
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 
 
-def _runner(source, module):
-    import torch
-
-    def run(feeds):
-        with torch.no_grad():
-            out = module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
-        return {source.output_names[0]: out.numpy()}
-
-    return run
-
 
 def _session(path: Path, threads: int):
     import onnxruntime as ort
@@ -164,7 +154,7 @@ def main() -> None:
     from converters.pruning.fisher import fisher
     from converters.pruning.importance import magnitude, plan, score
     from converters.pruning.obs import obs_scores
-    from converters.pruning.prune_model import encoder_flops, output_loss
+    from converters.pruning.prune_model import encoder_flops, output_loss, torch_runner
     from converters.pruning.reconstruct import prune_and_reconstruct
     from edge_runtime._device import detect
 
@@ -203,8 +193,8 @@ def main() -> None:
             exported[name] = export_onnx(pruned, work / f"{name}.onnx", ExportConfig())
             row = {"heads": heads, "ffn": ffn, "criterion": criterion, "refit_seconds": round(seconds, 1),
                    "parameters": report["parameters_after"] / params, "flops": encoder_flops(module) / flops,
-                   "validation": compute_metrics(pruned, validation, _runner(base, module), name),
-                   "heldout": compute_metrics(pruned, heldout, _runner(base, module), name),
+                   "validation": compute_metrics(pruned, validation, torch_runner(base, module), name),
+                   "heldout": compute_metrics(pruned, heldout, torch_runner(base, module), name),
                    "onnx_mb": sum(p.stat().st_size for p in work.glob(f"{name}.onnx*")) / 1e6, "variant": name}
             rows.append(row)
             if criterion == "obs" and args.distill_steps:
@@ -221,8 +211,8 @@ def main() -> None:
                 rows.append({**row, "criterion": f"obs + {report['steps_run']} distillation steps",
                              "variant": dname, "distill_seconds": round(time.perf_counter() - began, 1),
                              "distillation": {k: report[k] for k in ("steps_run", "best_step", "learning_rate")},
-                             "validation": compute_metrics(distilled, validation, _runner(base, student), dname),
-                             "heldout": compute_metrics(distilled, heldout, _runner(base, student), dname)})
+                             "validation": compute_metrics(distilled, validation, torch_runner(base, student), dname),
+                             "heldout": compute_metrics(distilled, heldout, torch_runner(base, student), dname)})
             print(f"{name}: FLOPs {row['flops']:.3f}x, validation {row['validation']['cosine_mean']:.4f} / "
                   f"{row['validation']['cosine_min']:.4f}, held-out {row['heldout']['cosine_mean']:.4f} "
                   f"({seconds:.0f} s re-fit)", file=sys.stderr, flush=True)

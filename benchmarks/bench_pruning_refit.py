@@ -32,16 +32,6 @@ sys.path.insert(0, str(ROOT))
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 
 
-def _runner(source, module):
-    import torch
-
-    def run(feeds):
-        with torch.no_grad():
-            out = module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
-        return {source.output_names[0]: out.numpy()}
-
-    return run
-
 
 def _markdown(result: dict) -> str:
     lines = [f"{result['model']}: cosine of the pooled embedding vs the unpruned PyTorch FP32 model "
@@ -68,7 +58,7 @@ def main() -> None:
     from converters.inputs.source import load_source
     from converters.pruning.importance import plan
     from converters.pruning.obs import obs_scores
-    from converters.pruning.prune_model import output_loss
+    from converters.pruning.prune_model import output_loss, torch_runner
     from converters.pruning.reconstruct import prune_and_reconstruct
 
     texts = split_texts(load_texts())
@@ -98,7 +88,7 @@ def main() -> None:
                        "heads_removed": [len(scores.heads[i]) - len(keep[i].heads) for i in sorted(keep)],
                        "sensitivity": {k: {str(i): w for i, w in v.items()} for k, v in scores.sensitivity.items()}}
                 for name, reference in references.items():
-                    row[name] = compute_metrics(base, reference, _runner(base, module), name)
+                    row[name] = compute_metrics(base, reference, torch_runner(base, module), name)
                 rows.append(row)
                 print(f"  {refit}: fit {row['fit']['cosine_mean']:.4f}, validation "
                       f"{row['validation']['cosine_mean']:.4f}, held-out {row['heldout']['cosine_mean']:.4f}",

@@ -37,7 +37,7 @@ from converters.pruning.reconstruct import prune_and_reconstruct
 from converters.pruning.structure import find_layers
 from targets import AccuracyFloor, PruningOptions
 
-__all__ = ["AUTO_STEPS", "PruneRequest", "PrunedSource", "encoder_flops", "output_loss", "prune_source"]
+__all__ = ["AUTO_STEPS", "PruneRequest", "PrunedSource", "encoder_flops", "output_loss", "prune_source", "torch_runner"]
 
 Progress = Callable[[str], None]
 # --prune auto's step sizes: about one head per layer of a 12-head model, a tenth of the FFN.
@@ -109,15 +109,8 @@ def _candidate(source: SourceModel, scores: Scores, heads: float, ffn: float, fi
                                    progress=progress)
     pruned = dataclasses.replace(source, module=module,
                                  num_parameters=sum(p.numel() for p in module.parameters()))
-
-    def run(feeds):
-        import torch
-
-        with torch.no_grad():
-            out = module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
-        return {source.output_names[0]: out.numpy()}
-
-    metrics = compute_metrics(pruned, validation, run, f"pruned PyTorch (heads {heads:.2f}, ffn {ffn:.2f})")
+    metrics = compute_metrics(pruned, validation, torch_runner(source, module),
+                              f"pruned PyTorch (heads {heads:.2f}, ffn {ffn:.2f})")
     return pruned, report, metrics
 
 
@@ -126,16 +119,23 @@ def output_loss(source: SourceModel, reference: Reference) -> Callable[[], float
     `reference` (what obs_scores' layer calibration measures)."""
 
     def measure() -> float:
-        import torch
-
-        def run(feeds):
-            with torch.no_grad():
-                out = source.module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
-            return {source.output_names[0]: out.numpy()}
-
+        run = torch_runner(source, source.module)
         return _loss(compute_metrics(source, reference, run, "the PyTorch model under calibration"))
 
     return measure
+
+
+def torch_runner(source: SourceModel, module: Any) -> Callable[[dict], dict]:
+    """compute_metrics' runner for a PyTorch `module` taking `source`'s inputs and output name."""
+
+    def run(feeds):
+        import torch
+
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(feeds[n]) for n in source.input_names])
+        return {source.output_names[0]: out.numpy()}
+
+    return run
 
 
 def _margin_floor(floor: AccuracyFloor, margin: float) -> AccuracyFloor:
