@@ -8,8 +8,9 @@ Per ratio pair, two allocations of the same obs criterion (converters/pruning/ob
 - "equal layers": every layer's removal costs weigh 1 (edge-convert before run W)
 - "sensitivity": each layer's costs weighted by its measured output loss on the fit texts
   (obs_scores' loss=, what edge-convert uses)
-and, for each, the re-fit (converters/pruning/reconstruct.py) with the former ridge toward zero
-(damp 0.01) and pulled toward the kept weights at each --damps value. Cosine of the pooled
+and, for each, the model sliced without any re-fit (how much the *choice* of units alone over-fits
+the fit texts), then the re-fit (converters/pruning/reconstruct.py) with the former ridge toward
+zero (damp 0.01) and pulled toward the kept weights at each --damps value. Cosine of the pooled
 embedding against the unpruned PyTorch FP32 model on the fit texts (what everything was fitted
 on), the validation texts (what settings are chosen on) and the benchmark's held-out texts
 (benchmarks/data/heldout_en.txt: reported, never used to choose). No timing: the shapes, and so
@@ -50,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.08/0.1,0.33/0.5", help="heads/ffn pairs")
     parser.add_argument("--damps", default="0.1,0.3,1.0", help="pulls toward the kept weights to compare")
+    parser.add_argument("--allocations", default="equal layers,sensitivity",
+                        help="comma-separated subset of: equal layers, sensitivity")
     parser.add_argument("--out", type=Path, required=True, help="path prefix of the .json and .md")
     args = parser.parse_args()
 
@@ -60,6 +63,12 @@ def main() -> None:
     from converters.pruning.obs import obs_scores
     from converters.pruning.prune_model import output_loss, torch_runner
     from converters.pruning.reconstruct import prune_and_reconstruct
+    from converters.pruning.surgery import prune
+
+    allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
+    unknown = sorted(set(allocations) - {"equal layers", "sensitivity"})
+    if unknown or not allocations:
+        parser.error(f"--allocations: unknown {unknown}; choose from 'equal layers', 'sensitivity'")
 
     texts = split_texts(load_texts())
     base = load_source(None)
@@ -68,12 +77,13 @@ def main() -> None:
                   "validation": reference_outputs(base, texts.validation.texts),
                   "heldout": reference_outputs(base, heldout_texts)}
     fit = references["fit"]
-    refits = [("toward zero, damp 0.01", 0.01, False)] + [
+    refits = [("none (sliced only)", None, False), ("toward zero, damp 0.01", 0.01, False)] + [
         (f"toward kept, damp {float(d):g}", float(d), True) for d in args.damps.split(",")]
     rows = []
     for pair in args.ratios.split(","):
         heads, ffn = (float(v) for v in pair.split("/"))
-        for allocation, loss in (("equal layers", None), ("sensitivity", output_loss(base, fit))):
+        for allocation in allocations:
+            loss = output_loss(base, fit) if allocation == "sensitivity" else None
             began = time.perf_counter()
             scores = obs_scores(base.module, fit.batches, base.input_names, heads, ffn, loss=loss)
             keep = plan(scores, heads, ffn)
@@ -81,7 +91,11 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             for refit, damp, toward_kept in refits:
                 module = copy.deepcopy(base.module)
-                prune_and_reconstruct(module, keep, fit.batches, base.input_names, damp=damp, toward_kept=toward_kept)
+                if damp is None:
+                    prune(module, keep)
+                else:
+                    prune_and_reconstruct(module, keep, fit.batches, base.input_names, damp=damp,
+                                          toward_kept=toward_kept)
                 row = {"heads": heads, "ffn": ffn, "allocation": allocation, "refit": refit, "damp": damp,
                        "toward_kept": toward_kept,
                        "neurons_removed": [len(scores.neurons[i]) - len(keep[i].neurons) for i in sorted(keep)],
