@@ -77,6 +77,10 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
     assert pruning["request"] == "heads=0.25,ffn=0.5"
     assert pruning["flops_after"] < pruning["flops_before"]
     assert pruning["parameters_after"] < pruning["parameters_before"]
+    # The re-fit's own texts against the validation texts (before any distillation).
+    fitted = pruning["generalization"]
+    assert fitted["validation"] == pruning["pytorch_metrics"] and fitted["fit_texts"] > 0
+    assert fitted["gap"] == pytest.approx(fitted["fit"]["cosine_mean"] - fitted["validation"]["cosine_mean"], abs=1e-6)
     layers = pruning["layers"]
     assert sum(entry["heads"] for entry in layers) == sum(entry["heads_before"] for entry in layers) * 3 // 4
     assert sum(entry["neurons"] for entry in layers) == sum(entry["neurons_before"] for entry in layers) // 2
@@ -128,3 +132,17 @@ def test_prune_auto_takes_the_largest_reduction_that_keeps_the_floor(tiny_model_
     assert chosen and pruning["flops_after"] / pruning["flops_before"] == pytest.approx(chosen[0]["flops"])
     assert pruning["pytorch_metrics"]["cosine_mean"] >= 0.903
     assert pruned["metrics"]["cosine_mean"] >= 0.9
+
+
+def test_generalization_notes_a_refit_that_over_fits_its_texts_and_only_then():
+    from converters.pruning.prune_model import OVERFIT_GAP, generalization
+
+    close = generalization({"cosine_mean": 0.996, "cosine_min": 0.98}, {"cosine_mean": 0.983, "cosine_min": 0.95}, 270)
+    assert close["note"] is None and close["gap"] == pytest.approx(0.013)
+    far = generalization({"cosine_mean": 0.9626, "cosine_min": 0.80}, {"cosine_mean": 0.8732, "cosine_min": 0.64}, 270)
+    assert far["gap"] == pytest.approx(0.0894) and far["gap"] > OVERFIT_GAP
+    assert "over-fits its 270 fit texts" in far["note"] and "0.9626" in far["note"] and "0.8732" in far["note"]
+    assert "--calibration" in far["note"]
+    # Classifiers are judged on top-1 agreement.
+    labels = generalization({"top1_agreement": 1.0}, {"top1_agreement": 0.9}, 64)
+    assert "top1_agreement 1.0000" in labels["note"]

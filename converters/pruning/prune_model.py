@@ -37,13 +37,19 @@ from converters.pruning.reconstruct import prune_and_reconstruct
 from converters.pruning.structure import find_layers
 from targets import AccuracyFloor, PruningOptions
 
-__all__ = ["AUTO_STEPS", "PruneRequest", "PrunedSource", "encoder_flops", "output_loss", "prune_source", "torch_runner"]
+__all__ = ["AUTO_STEPS", "OVERFIT_GAP", "PruneRequest", "PrunedSource", "encoder_flops", "generalization",
+           "output_loss", "prune_source", "torch_runner"]
 
 Progress = Callable[[str], None]
 # --prune auto's step sizes: about one head per layer of a 12-head model, a tenth of the FFN.
 AUTO_STEPS = (1 / 12, 0.1)
 # The sequence length FLOPs are counted at (the benchmark shape of the speed figures).
 FLOPS_SEQUENCE = 128
+# A re-fitted model that loses this much more (1 - cosine mean or top-1 agreement) on the
+# validation texts than on its own fit texts has over-fitted them; the report then says so. On
+# MiniLM: heads 0.08 / FFN 0.1 loses 0.004 on its fit texts and 0.017 on validation (no note),
+# heads 0.33 / FFN 0.5 0.037 and 0.127 (benchmarks/RESULTS.md runs W and X).
+OVERFIT_GAP = 0.03
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,24 @@ def _loss(metrics: dict[str, float]) -> float:
     return 1.0 - metrics.get("cosine_mean", metrics.get("top1_agreement", 1.0))
 
 
+def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, float],
+                   fit_texts: int) -> dict[str, Any]:
+    """How the pruned, re-fitted model scores on the texts it was fitted on against the validation
+    texts, with a note when the gap says the re-fit over-fitted them. Slicing alone scores the
+    same on both (RESULTS.md run X): a gap is the least-squares re-fit learning its few hundred
+    texts, and more texts from the model's domain are what narrows it."""
+    gap = _loss(validation_metrics) - _loss(fit_metrics)
+    record: dict[str, Any] = {"fit": fit_metrics, "validation": validation_metrics, "fit_texts": fit_texts,
+                              "gap": round(gap, 6), "note": None}
+    if gap > OVERFIT_GAP:
+        name = "cosine_mean" if "cosine_mean" in fit_metrics else "top1_agreement"
+        record["note"] = (
+            f"the re-fit over-fits its {fit_texts} fit texts ({name} {fit_metrics[name]:.4f} on them, "
+            f"{validation_metrics[name]:.4f} on the validation texts): more unlabeled texts from the "
+            "model's domain as calibration texts (edge-convert --calibration FILE) would narrow the gap")
+    return record
+
+
 def prune_source(source: SourceModel, request: PruneRequest, options: PruningOptions, fit: Reference,
                  validation: Reference, progress: Progress = lambda m: None,
                  distill_steps: int = 0) -> PrunedSource:
@@ -202,6 +226,11 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
                             f"{t['metrics'].get('cosine_min', float('nan')):.4f}" for t in tried)
             )
         chosen, (pruned, report, metrics) = best
+    fitted = generalization(compute_metrics(pruned, fit, torch_runner(source, pruned.module),
+                                            "pruned PyTorch on its fit texts"), metrics,
+                            sum(len(feeds["attention_mask"]) for feeds in fit.batches))
+    if fitted["note"]:
+        progress(f"pruning: note: {fitted['note']}")
     distillation = None
     if distill_steps > 0:
         progress(f"distilling the pruned model from the unpruned one: up to {distill_steps} steps on the fit texts")
@@ -228,6 +257,8 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         "flops_sequence": FLOPS_SEQUENCE,
         "reconstruction": report["reconstruction"],
         "pytorch_metrics": metrics,
+        # Before distillation: the re-fit's own texts against the validation texts.
+        "generalization": fitted,
         "distillation": distillation,
         **({"search": tried} if request.auto else {}),
     })
