@@ -149,8 +149,13 @@ def _margin_floor(floor: AccuracyFloor, margin: float) -> AccuracyFloor:
                          min(1.0, floor.top1_agreement + margin))
 
 
+def _headline(metrics: dict[str, float]) -> str:
+    """The metric pruning is judged on: cosine mean for embeddings, top-1 agreement for classifiers."""
+    return "cosine_mean" if "cosine_mean" in metrics else "top1_agreement"
+
+
 def _loss(metrics: dict[str, float]) -> float:
-    return 1.0 - metrics.get("cosine_mean", metrics.get("top1_agreement", 1.0))
+    return 1.0 - metrics.get(_headline(metrics), 1.0)
 
 
 def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, float],
@@ -163,7 +168,7 @@ def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, 
     record: dict[str, Any] = {"fit": fit_metrics, "validation": validation_metrics, "fit_texts": fit_texts,
                               "gap": round(gap, 6), "note": None}
     if gap > OVERFIT_GAP:
-        name = "cosine_mean" if "cosine_mean" in fit_metrics else "top1_agreement"
+        name = _headline(fit_metrics)
         record["note"] = (
             f"the re-fit over-fits its {fit_texts} fit texts ({name} {fit_metrics[name]:.4f} on them, "
             f"{validation_metrics[name]:.4f} on the validation texts): more unlabeled texts from the "
