@@ -161,7 +161,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pruning-"))
     texts = split_texts(load_texts())
     base = load_source(None)
-    heldout_texts = tuple(t for t in HELDOUT.read_text().splitlines() if t.strip())
+    heldout_texts = load_texts(HELDOUT, role="held-out").texts  # "#" lines are comments
     validation = reference_outputs(base, texts.validation.texts)
     heldout = reference_outputs(base, heldout_texts)
     fit = reference_outputs(base, texts.fit.texts)

@@ -13,7 +13,12 @@ the fit texts), then the re-fit (converters/pruning/reconstruct.py) with the for
 zero (damp 0.01) and pulled toward the kept weights at each --damps value. Cosine of the pooled
 embedding against the unpruned PyTorch FP32 model on the fit texts (what everything was fitted
 on), the validation texts (what settings are chosen on) and the benchmark's held-out texts
-(benchmarks/data/heldout_en.txt: reported, never used to choose). No timing: the shapes, and so
+(benchmarks/data/heldout_en.txt: reported, never used to choose).
+
+What the re-fit sees can be varied too (ranking always on all fit texts, with obs's ridge or each
+--obs-damps value): --fit-fractions re-fits on an evenly spread share of the fit texts (how the
+validation score grows with more texts), --augment on the fit texts plus copies made from them
+alone (words shuffled, random word spans, pairs joined). No timing: the shapes, and so
 the speed, are the same for every row of a ratio pair except through the allocation (FLOPs are
 equal by construction: heads and neurons cost the same in every layer).
 Writes <out>.json and <out>.md.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import time
@@ -31,6 +37,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
+AUGMENTS = ("shuffle", "spans", "concat")
+
+
+def spread_share(texts: tuple[str, ...], fraction: float) -> tuple[str, ...]:
+    """`fraction` of `texts`, picked evenly along the file (which groups texts by domain)."""
+    count = max(1, round(len(texts) * fraction))
+    return tuple(texts[int(i * len(texts) / count)] for i in range(count))
+
+
+def augmented(texts: tuple[str, ...], kinds: list[str], seed: int = 0) -> tuple[str, ...]:
+    """New texts made from `texts` alone, one per text and kind: its words shuffled ("shuffle"), a
+    random span of its words ("spans"), it joined with another fit text ("concat")."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for kind in kinds:
+        for text in texts:
+            words = text.split()
+            if kind == "shuffle":
+                rng.shuffle(words)
+                out.append(" ".join(words))
+            elif kind == "spans":
+                length = rng.randint(1, max(1, len(words)))
+                start = rng.randint(0, len(words) - length)
+                out.append(" ".join(words[start:start + length]))
+            else:
+                out.append(text + " " + rng.choice(texts))
+    return tuple(out)
 
 
 
@@ -38,12 +73,13 @@ def _markdown(result: dict) -> str:
     lines = [f"{result['model']}: cosine of the pooled embedding vs the unpruned PyTorch FP32 model "
              f"(mean / min); {result['fit_texts']} fit, {result['validation_texts']} validation, "
              f"{result['heldout_texts']} held-out texts", "",
-             "| heads / FFN removed | allocation | re-fit | neurons removed per layer | fit | validation | held-out |",
-             "|---|---|---|---|---|---|---|"]
+             "| heads / FFN removed | allocation | obs ridge | re-fit | re-fit texts | neurons removed per layer "
+             "| fit | validation | held-out |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         cells = [f"{row[k]['cosine_mean']:.4f} / {row[k]['cosine_min']:.4f}" for k in ("fit", "validation", "heldout")]
-        lines.append(f"| {row['heads']:.2f} / {row['ffn']:.2f} | {row['allocation']} | {row['refit']} | "
-                     f"{row['neurons_removed']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['heads']:.2f} / {row['ffn']:.2f} | {row['allocation']} | {row['obs_damp']:g} | "
+                     f"{row['refit']} | {row['refit_texts']} | {row['neurons_removed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -53,6 +89,13 @@ def main() -> None:
     parser.add_argument("--damps", default="0.1,0.3,1.0", help="pulls toward the kept weights to compare")
     parser.add_argument("--allocations", default="equal layers,sensitivity",
                         help="comma-separated subset of: equal layers, sensitivity")
+    parser.add_argument("--obs-damps", default=None,
+                        help="ridges of obs's ranking to compare (default: obs.DAMP alone)")
+    parser.add_argument("--fit-fractions", default="1",
+                        help="shares of the fit texts the re-fit sees (e.g. 0.25,0.5,1)")
+    parser.add_argument("--augment", default="",
+                        help=f"also re-fit on all fit texts plus copies: any of {', '.join(AUGMENTS)} "
+                             "(each alone, and all together)")
     parser.add_argument("--out", type=Path, required=True, help="path prefix of the .json and .md")
     args = parser.parse_args()
 
@@ -60,6 +103,7 @@ def main() -> None:
     from converters.inputs.calibration import load_texts, split_texts
     from converters.inputs.source import load_source
     from converters.pruning.importance import plan
+    from converters.pruning.obs import DAMP as OBS_DAMP
     from converters.pruning.obs import obs_scores
     from converters.pruning.prune_model import output_loss, torch_runner
     from converters.pruning.reconstruct import prune_and_reconstruct
@@ -69,14 +113,31 @@ def main() -> None:
     unknown = sorted(set(allocations) - {"equal layers", "sensitivity"})
     if unknown or not allocations:
         parser.error(f"--allocations: unknown {unknown}; choose from 'equal layers', 'sensitivity'")
+    kinds = [k.strip() for k in args.augment.split(",") if k.strip()]
+    if set(kinds) - set(AUGMENTS):
+        parser.error(f"--augment: unknown {sorted(set(kinds) - set(AUGMENTS))}; choose from {', '.join(AUGMENTS)}")
+    obs_damps = [float(d) for d in args.obs_damps.split(",")] if args.obs_damps else [OBS_DAMP]
+    fractions = sorted({float(f) for f in args.fit_fractions.split(",")} | {1.0})  # all fit texts always
+    if not all(0 < f <= 1 for f in fractions):
+        parser.error("--fit-fractions: shares in (0, 1]")
 
     texts = split_texts(load_texts())
     base = load_source(None)
-    heldout_texts = tuple(t for t in HELDOUT.read_text().splitlines() if t.strip())
+    heldout_texts = load_texts(HELDOUT, role="held-out").texts  # "#" lines are comments
     references = {"fit": reference_outputs(base, texts.fit.texts),
                   "validation": reference_outputs(base, texts.validation.texts),
                   "heldout": reference_outputs(base, heldout_texts)}
     fit = references["fit"]
+    # What each re-fit sees: (label, number of texts, batches); the ranking always sees all fit texts.
+    seen = []
+    for fraction in fractions:
+        share = spread_share(texts.fit.texts, fraction)
+        batches = fit.batches if fraction == 1 else reference_outputs(base, share).batches
+        seen.append(("fit" if fraction == 1 else f"{fraction:g} of fit", len(share), batches))
+    for group in [[kind] for kind in kinds] + ([kinds] if len(kinds) > 1 else []):
+        extra = augmented(texts.fit.texts, group)
+        seen.append((f"fit + {'+'.join(group)}", len(texts.fit.texts) + len(extra),
+                     fit.batches + reference_outputs(base, extra).batches))
     refits = [("none (sliced only)", None, False), ("toward zero, damp 0.01", 0.01, False)] + [
         (f"toward kept, damp {float(d):g}", float(d), True) for d in args.damps.split(",")]
     rows = []
@@ -84,29 +145,33 @@ def main() -> None:
         heads, ffn = (float(v) for v in pair.split("/"))
         for allocation in allocations:
             loss = output_loss(base, fit) if allocation == "sensitivity" else None
-            began = time.perf_counter()
-            scores = obs_scores(base.module, fit.batches, base.input_names, heads, ffn, loss=loss)
-            keep = plan(scores, heads, ffn)
-            print(f"{heads:.2f}/{ffn:.2f} {allocation}: scored in {time.perf_counter() - began:.0f} s",
-                  file=sys.stderr, flush=True)
-            for refit, damp, toward_kept in refits:
-                module = copy.deepcopy(base.module)
-                if damp is None:
-                    prune(module, keep)
-                else:
-                    prune_and_reconstruct(module, keep, fit.batches, base.input_names, damp=damp,
-                                          toward_kept=toward_kept)
-                row = {"heads": heads, "ffn": ffn, "allocation": allocation, "refit": refit, "damp": damp,
-                       "toward_kept": toward_kept,
-                       "neurons_removed": [len(scores.neurons[i]) - len(keep[i].neurons) for i in sorted(keep)],
-                       "heads_removed": [len(scores.heads[i]) - len(keep[i].heads) for i in sorted(keep)],
-                       "sensitivity": {k: {str(i): w for i, w in v.items()} for k, v in scores.sensitivity.items()}}
-                for name, reference in references.items():
-                    row[name] = compute_metrics(base, reference, torch_runner(base, module), name)
-                rows.append(row)
-                print(f"  {refit}: fit {row['fit']['cosine_mean']:.4f}, validation "
-                      f"{row['validation']['cosine_mean']:.4f}, held-out {row['heldout']['cosine_mean']:.4f}",
-                      file=sys.stderr, flush=True)
+            for obs_damp in obs_damps:
+                began = time.perf_counter()
+                scores = obs_scores(base.module, fit.batches, base.input_names, heads, ffn, damp=obs_damp, loss=loss)
+                keep = plan(scores, heads, ffn)
+                print(f"{heads:.2f}/{ffn:.2f} {allocation}, obs ridge {obs_damp:g}: scored in "
+                      f"{time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+                for (refit, damp, toward_kept), (label, count, batches) in itertools.product(refits, seen):
+                    if not toward_kept and label != "fit":
+                        continue  # the data variants are for edge-convert's re-fit (toward the kept weights)
+                    module = copy.deepcopy(base.module)
+                    if damp is None:
+                        prune(module, keep)
+                    else:
+                        prune_and_reconstruct(module, keep, batches, base.input_names, damp=damp,
+                                              toward_kept=toward_kept)
+                    row = {"heads": heads, "ffn": ffn, "allocation": allocation, "obs_damp": obs_damp,
+                           "refit": refit, "damp": damp, "toward_kept": toward_kept,
+                           "refit_texts": "-" if damp is None else f"{label} ({count})",
+                           "neurons_removed": [len(scores.neurons[i]) - len(keep[i].neurons) for i in sorted(keep)],
+                           "heads_removed": [len(scores.heads[i]) - len(keep[i].heads) for i in sorted(keep)],
+                           "sensitivity": {k: {str(i): w for i, w in v.items()} for k, v in scores.sensitivity.items()}}
+                    for name, reference in references.items():
+                        row[name] = compute_metrics(base, reference, torch_runner(base, module), name)
+                    rows.append(row)
+                    print(f"  {refit}, {row['refit_texts']}: fit {row['fit']['cosine_mean']:.4f}, validation "
+                          f"{row['validation']['cosine_mean']:.4f}, held-out {row['heldout']['cosine_mean']:.4f}",
+                          file=sys.stderr, flush=True)
     from edge_runtime._device import detect
 
     device = detect()

@@ -142,7 +142,7 @@ def test_generalization_notes_a_refit_that_over_fits_its_texts_and_only_then():
     far = generalization({"cosine_mean": 0.9626, "cosine_min": 0.80}, {"cosine_mean": 0.8732, "cosine_min": 0.64}, 270)
     assert far["gap"] == pytest.approx(0.0894) and far["gap"] > OVERFIT_GAP
     assert "over-fits its 270 fit texts" in far["note"] and "0.9626" in far["note"] and "0.8732" in far["note"]
-    assert "--calibration" in far["note"]
+    assert "--calibration" in far["note"] and "--distill-steps" in far["note"]
     # Classifiers are judged on top-1 agreement.
     labels = generalization({"top1_agreement": 1.0}, {"top1_agreement": 0.9}, 64)
     assert "top1_agreement 1.0000" in labels["note"]
