@@ -171,7 +171,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         raise click.ClickException(str(exc)) from None
     several = len(profiles) > 1
     out = out or (Path("out") if several else Path("out") / profiles[0].id)
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     config = ConvertConfig(model=model, target=profiles[0].id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
                            validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key,
@@ -193,7 +193,8 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     except ConversionError as exc:
         raise click.ClickException(as_flags(str(exc)) + _log_note(capture, verbose)) from None
     except KeyboardInterrupt:
-        click.echo("interrupted: nothing was written to " + str(out) + _log_note(capture, verbose), err=True)
+        click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall)
+                   + _log_note(capture, verbose), err=True)
         sys.exit(130)
     except Exception:
         # Not the user's error: the libraries' last lines may say why; the traceback follows.
@@ -226,6 +227,20 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         sys.exit(1)
 
 
+def _interrupted(out: Path, targets: list[str] | None, since: float) -> str:
+    """What an interrupted run leaves: nothing (one target: `out` is replaced only by a finished
+    conversion), or, with several, each target finished before the interruption in out/<id>."""
+    if targets is None:
+        return f"interrupted: nothing was written to {out}"
+    done = [t for t in targets if (out / t / "manifest.json").is_file()
+            and (out / t / "manifest.json").stat().st_mtime >= since]
+    if not done:
+        return f"interrupted: nothing was written to {out}"
+    rest = [t for t in targets if t not in done]
+    return (f"interrupted: {', '.join(done)} finished before it ({', '.join(str(out / t) for t in done)})"
+            + (f"; nothing was written for {', '.join(rest)}" if rest else ""))
+
+
 def _profiles(target: str) -> list:
     """The profiles `--target` names: one id, 'auto' (this machine), ids separated by commas, 'all'."""
     if target == "all":
@@ -234,6 +249,9 @@ def _profiles(target: str) -> list:
         # this machine's facts from the runtime's device reader (one reader of /proc, /sys)
         return [detect_target(target_facts(detect()))]
     ids = [t.strip() for t in target.split(",") if t.strip()]
+    if not ids:
+        raise click.BadParameter(f"names no target profile ({target!r}); see --list-targets, or use 'auto' "
+                                 "(this machine) or 'all'", param_hint="--target")
     if len(set(ids)) != len(ids):
         raise click.BadParameter(f"names a profile twice: {target}", param_hint="--target")
     return [load_profile(t) for t in ids]

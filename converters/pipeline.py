@@ -302,6 +302,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             profile.pruning, cosine_mean=floor_p.cosine_mean, cosine_min=floor_p.cosine_min,
             top1_agreement=floor_p.top1_agreement))
     prune_request = _prune_request(config, profile)  # a bad request fails before any work
+    package.check_output(config.out, config.force, config.model)  # ... and an output it may not write
     if config.arithmetic not in ARITHMETIC_MODES:
         raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
     validation = choose_validation(profile, config.arithmetic)
@@ -325,7 +326,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         # Before any work for this target: room for its artifacts and the work directory.
         disk = preflight.check_disk_space(profile, source, config.out, pruned=prune_request is not None)
         progress(f"disk space: {disk.describe()}: enough free")
-        stage = stack.enter_context(package.staging_dir(config.out, config.force))
+        stage = stack.enter_context(package.staging_dir(config.out, config.force, config.model))
         work = shared.work / profile.id
         work.mkdir(parents=True, exist_ok=True)
         reference, fit = shared.references(progress)
@@ -478,6 +479,8 @@ def convert_targets(config: ConvertConfig, targets: list[str],
     if not targets:
         raise ConversionError("targets: name at least one target profile")
     results: list[ConvertResult | TargetFailure] = []
+    for target in targets:  # before the shared stages: a path that may not be written fails at once
+        package.check_output(config.out / target, config.force, config.model)
     with package.work_dir() as work:
         shared = SharedInputs.load(config, work, progress)
         for target in targets:

@@ -131,8 +131,9 @@ def _print_info(info: dict) -> None:
               f"{a['bytes'] / 1e6:8.1f} MB  ~{a['estimated_mb']:6.0f} MB resident  {metrics}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _main(argv: list[str] | None) -> int:
+    # Intermixed: texts may follow options ("edge-run DIR --json 'a text'"), as users type them.
+    args = _parser().parse_intermixed_args(argv)
     try:
         if args.info:
             info = _describe(args.artifacts)
@@ -152,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(f"{model!r}")
                 for text, vec in zip(args.texts, vectors):
-                    head = np.array2string(vec[:6], precision=4, separator=", ")
-                    print(f"  dim {vec.shape[0]} norm {np.linalg.norm(vec):.4f} {head[:-1]}, ...]  {text!r}")
+                    head = ", ".join(f"{v:.4f}" for v in vec[:6])
+                    print(f"  dim {vec.shape[0]} norm {np.linalg.norm(vec):.4f} [{head}, ...]  {text!r}")
                 return 0
         else:
             result = {"artifact": model.name, "results": model.classify(args.texts)}
@@ -171,6 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     except edge_runtime.EdgeRuntimeError as exc:
         print(f"edge-run: error: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script. A reader that stops early (`edge-run DIR text | head`) ends it quietly,
+    as it does any Unix tool."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -74,3 +74,87 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
     assert as_flags("calibration texts (validation_texts)") == "calibration texts (--validation-texts)"
     result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--accuracy-floor", "2", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--accuracy-floor must be in (0, 1], got 2" in result.output
+
+
+def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch):
+    from converters import ConversionError
+    from converters.packaging.package import check_output
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "manifest.json").write_text("{}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (earlier, empty, tmp_path / "absent"):
+        check_output(out, force=True)
+    with pytest.raises(ConversionError, match="already exists; pass force=True"):
+        check_output(earlier, force=False)
+
+    project = tmp_path / "project"
+    (project / "model").mkdir(parents=True)
+    (project / "model" / "config.json").write_text("{}")
+    (project / "notes.txt").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine")
+    monkeypatch.chdir(empty)
+    refused = {
+        project: "holds the source model",
+        project / "model": "holds the source model",
+        empty: "holds the current directory",
+        tmp_path: "holds the current directory",
+        tmp_path / "file.txt": "is a file, not an earlier output",
+    }
+    for out, reason in refused.items():
+        with pytest.raises(ConversionError, match=reason):
+            check_output(out, force=True, model=project / "model")
+    with pytest.raises(ConversionError, match="is not an earlier output .no manifest.json. and is not empty"):
+        check_output(project, force=True)
+
+    # Through the CLI: refused before any work, with the flag's name, nothing deleted.
+    result = CliRunner().invoke(edge_convert, [str(project / "model"), "--target", "rpi4", "--out", str(project),
+                                               "--force"])
+    assert result.exit_code == 1 and "holds the source model" in result.output and "--force would" in result.output
+    assert (project / "notes.txt").read_text() == "mine" and (project / "model" / "config.json").is_file()
+    (tmp_path / "multi" / "rpi5").mkdir(parents=True)
+    (tmp_path / "multi" / "rpi5" / "notes.txt").write_text("mine")
+    several = CliRunner().invoke(edge_convert, [str(project / "model"), "--target", "rpi4,rpi5", "--out",
+                                                str(tmp_path / "multi"), "--force"])
+    assert several.exit_code == 1 and "rpi5 is not an earlier output" in several.output
+    assert "loading the source model" not in several.output  # refused before the shared stages
+    assert (tmp_path / "multi" / "rpi5" / "notes.txt").read_text() == "mine"
+
+
+def test_an_empty_target_is_a_clean_error(tmp_path):
+    result = CliRunner().invoke(edge_convert, ["--target", " , ", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "names no target profile" in result.output and "--list-targets" in result.output
+
+
+def test_an_interrupted_multi_target_run_names_what_it_finished(tmp_path):
+    import time
+
+    from converters.cli import _interrupted
+
+    since = time.time() - 1
+    (tmp_path / "rpi5").mkdir()
+    (tmp_path / "rpi5" / "manifest.json").write_text("{}")
+    message = _interrupted(tmp_path, ["rpi5", "x86-avx2"], since)
+    assert "rpi5 finished before it" in message and "nothing was written for x86-avx2" in message
+    assert _interrupted(tmp_path, ["x86-avx2"], since) == f"interrupted: nothing was written to {tmp_path}"
+    assert "nothing was written" in _interrupted(tmp_path, ["rpi5"], time.time() + 60)  # an older result
+    assert _interrupted(tmp_path, None, since) == f"interrupted: nothing was written to {tmp_path}"
+
+
+def test_edge_run_takes_texts_after_options_and_stops_quietly_on_a_closed_pipe(tmp_path):
+    import subprocess
+    import sys
+
+    from edge_runtime.cli import _parser
+
+    args = _parser().parse_intermixed_args([str(tmp_path), "--json", "--threads", "1", "a text", "another"])
+    assert args.texts == ["a text", "another"] and args.json and args.threads == 1
+    # A reader that closes the pipe at once: no BrokenPipeError traceback on stderr.
+    code = ("import sys, edge_runtime.cli as c\n"
+            "c._main = lambda argv: [print('x' * 1000) for _ in range(10000)] and 0\n"
+            "sys.exit(c.main([]))")
+    proc = subprocess.run(f"{sys.executable} -c \"{code}\" | head -c 10 > /dev/null", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -28,6 +28,7 @@ from edge_runtime._manifest import MANIFEST_NAME, file_sha256
 
 __all__ = [
     "WORK_PREFIX",
+    "check_output",
     "file_entry",
     "remove_leftovers",
     "save_onnx",
@@ -121,12 +122,39 @@ def remove_leftovers(parent: Path, prefix: str) -> list[Path]:
     return removed
 
 
-@contextlib.contextmanager
-def staging_dir(out: Path, force: bool) -> Iterator[Path]:
-    """Yield an empty hidden directory next to `out`; on success it replaces `out` atomically."""
+def check_output(out: Path, force: bool, model: Path | None = None) -> None:
+    """Raise ConversionError unless a conversion may write `out`: it does not exist, or `force`
+    is set and `out` is what force replaces, an earlier output (a directory with a manifest) or
+    an empty directory. Never the source model, the working directory or anything holding them,
+    and never a file or a directory of someone else's files: force replaces a result, it does
+    not clear a path."""
     out = Path(out).resolve()
-    if out.exists() and not force:
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
         raise ConversionError(f"{out} already exists; pass force=True to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise ConversionError(f"{out} is a file, not an earlier output directory: force=True replaces only "
+                              "a directory edge-convert wrote; choose another output path")
+    protected = {"the current directory": Path.cwd().resolve()}
+    if model is not None:
+        protected["the source model"] = Path(model).resolve()
+    for what, path in protected.items():
+        if path == out or out in path.parents:
+            raise ConversionError(f"{out} holds {what} ({path}): force=True would delete it; choose another "
+                                  "output path")
+    if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+        raise ConversionError(f"{out} is not an earlier output (no {MANIFEST_NAME}) and is not empty: "
+                              "force=True replaces only a directory edge-convert wrote; choose another "
+                              "output path or remove it yourself")
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path, force: bool, model: Path | None = None) -> Iterator[Path]:
+    """Yield an empty hidden directory next to `out`; on success it replaces `out` atomically
+    (check_output decides whether an existing `out` may be replaced, before and after the work)."""
+    out = Path(out).resolve()
+    check_output(out, force, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = staging_prefix(out)
     remove_leftovers(out.parent, prefix)
@@ -142,6 +170,7 @@ def staging_dir(out: Path, force: bool) -> Iterator[Path]:
                     f"{out} appeared while this conversion ran (another conversion?); it was left "
                     "as it is and this result discarded; pass force=True to replace it"
                 )
+            check_output(out, force, model)  # it may have changed while the conversion ran
             # Killed between these two renames, `out` is absent and both directories carry the
             # staging prefix, so the next run removes them.
             old = stage.with_name(stage.name + ".old")
