@@ -108,6 +108,29 @@ def test_a_truncated_pytorch_checkpoint_is_named(tmp_path):
         preflight.check_model_dir(model)
 
 
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+def test_a_checkpoint_without_a_classification_head_is_refused_as_a_classifier(tiny_model_factory, arch):
+    # transformers would fill the head with random numbers and only log it; the "classifier"
+    # would then match its own PyTorch reference perfectly and ship.
+    encoder = tiny_model_factory(arch, "feature-extraction")
+    with pytest.raises(SourceModelError, match=r"has no trained text-classification head \(.*classifier.*"
+                                               r"not in its weights.*task='feature-extraction'"):
+        load_source(encoder, task="text-classification")
+    assert load_source(encoder).task == "feature-extraction"
+
+
+def test_a_checkpoint_missing_encoder_weights_is_refused(good_model, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    broken = _copy(good_model, tmp_path)
+    tensors = load_file(broken / "model.safetensors")
+    dropped = next(k for k in tensors if "attention" in k and k.endswith("query.weight"))
+    del tensors[dropped]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SourceModelError, match=r"query\.weight not in its weights \(they would be random\)"):
+        load_source(broken)
+
+
 def test_missing_model_directory(tmp_path):
     with pytest.raises(SourceModelError, match=r"model directory .*nowhere does not exist"):
         preflight.check_model_dir(tmp_path / "nowhere")

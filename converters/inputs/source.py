@@ -201,6 +201,33 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _check_no_random_weights(model_dir: Path, task: str, missing, prefix: str = "") -> None:
+    """transformers initializes at random every weight the checkpoint lacks and only logs it: a
+    checkpoint without a classification head would ship a random classifier that matches its own
+    PyTorch reference perfectly. Refuse instead. The pooler is not part of feature-extraction's
+    output (last_hidden_state), so a missing one is harmless there. `prefix`: the base model's
+    attribute name ("bert" in "bert.pooler.dense.weight" of a BertForSequenceClassification)."""
+
+    def module(key: str) -> str:  # the top-level module of the key, below the base model's prefix
+        return (key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key).split(".")[0]
+
+    missing = sorted(k for k in missing if not (task == "feature-extraction" and module(k) == "pooler"))
+    if not missing:
+        return
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    if task != "feature-extraction" and all(module(k) in _HEAD_PREFIXES for k in missing):
+        raise SourceModelError(
+            f"{model_dir} has no trained {task} head ({shown} not in its weights; they would be random): "
+            f"fine-tune it for {task} first, or convert it with task='feature-extraction'")
+    raise SourceModelError(f"{model_dir}: {shown} not in its weights (they would be random); "
+                           "is the checkpoint complete and saved for this architecture?")
+
+
+# Top-level module names of the task heads of the supported architectures (BERT, DistilBERT,
+# RoBERTa, XLM-R); "pooler" counts as head: BERT's classifier reads it.
+_HEAD_PREFIXES = {"classifier", "pre_classifier", "pooler", "score"}
+
+
 def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     """Read config, weights and tokenizer from a local directory (never from a model hub)."""
     builtin = model_dir is None
@@ -233,10 +260,13 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     try:
         with _quiet_loading():
             # eager attention: plain MatMul/Softmax ops that every runtime and fusion pass knows.
-            model = auto.from_pretrained(model_dir, attn_implementation="eager", local_files_only=True)
+            model, loading = auto.from_pretrained(model_dir, attn_implementation="eager", local_files_only=True,
+                                                  output_loading_info=True)
             tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise SourceModelError(f"cannot load the model in {model_dir}: {exc}") from None
+    _check_no_random_weights(model_dir, task, loading.get("missing_keys") or (),
+                             getattr(model, "base_model_prefix", ""))
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(
             f"{model_dir}: only fast (Rust) tokenizers can be shipped to devices; "
