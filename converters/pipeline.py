@@ -128,7 +128,8 @@ def _floor(floor: AccuracyFloor, override: float | None, name: str = "accuracy_f
 
 
 def _io_signature(source: SourceModel) -> tuple[list, list]:
-    inputs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in source.input_names]
+    inputs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"], **source.input_limits.get(n, {})}
+              for n in source.input_names]
     if source.task == "feature-extraction":
         shape = ["batch", "sequence", source.hidden_size]
     elif source.task == "token-classification":

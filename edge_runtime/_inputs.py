@@ -119,12 +119,25 @@ def check_feeds(
             axes.setdefault(dim, (size, name))
             if size == 0 and axis > 0:
                 raise InputError(f"input {name!r} has an empty {dim!r} axis (shape {array.shape})")
+            most = spec.get("axis_max", {}).get(dim)
+            if most is not None and size > most:
+                raise InputError(
+                    f"input {name!r} has {size} on axis {dim!r}; the model takes at most {most} there "
+                    "(its position table): shorten or split the input"
+                )
         cast = _cast(name, array, _model_dtype(spec))
         if cast.size and name in _INDEX_INPUTS and cast.min() < 0:
             where = tuple(int(i) for i in np.argwhere(cast < 0)[0])
             raise InputError(
                 f"input {name!r} holds a negative value {int(cast[where])} at {where}; ids "
                 "must be >= 0 (a negative index would read another row of the table)"
+            )
+        below = spec.get("values_below")
+        if cast.size and below is not None and cast.max() >= below:
+            where = tuple(int(i) for i in np.argwhere(cast >= below)[0])
+            raise InputError(
+                f"input {name!r} holds {int(cast[where])} at {where}; the model's table has {below} "
+                f"rows, so values must be < {below} (ids from another model's tokenizer?)"
             )
         if cast.size and name in _MASK_INPUTS and (cast.min() < 0 or cast.max() > 1):
             where = tuple(int(i) for i in np.argwhere((cast < 0) | (cast > 1))[0])

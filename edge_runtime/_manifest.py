@@ -110,6 +110,17 @@ def _check_tensor_specs(specs: Any, where: str) -> None:
             raise ManifestError(
                 f"{here}: shape {shape!r} must be a list of sizes (int >= 0) or axis names (str)"
             )
+        # Optional limits (edge_runtime/_inputs.py checks them): values below a table's size,
+        # named axes up to a size.
+        below = spec.get("values_below")
+        if below is not None and not (isinstance(below, int) and not isinstance(below, bool) and below >= 1):
+            raise ManifestError(f"{here}: values_below must be an integer >= 1, got {below!r}")
+        axis_max = spec.get("axis_max", {})
+        if not isinstance(axis_max, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in axis_max.items()
+        ):
+            raise ManifestError(f"{here}: axis_max must map axis names to sizes >= 1, got {axis_max!r}")
 
 
 def _parse(path: Path) -> Any:

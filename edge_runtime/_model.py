@@ -177,6 +177,9 @@ class Model:
         """(first index, encodings, feeds, output array) per backend call, in text order."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        for name, flag in (("truncate", truncate), ("batch_invariant", batch_invariant)):
+            if not isinstance(flag, (bool, np.bool_)):  # "error" would read as True
+                raise InputError(f"{name} must be True or False, got {flag!r}")
         texts = _inputs.check_texts(texts)
         if not texts:
             return
@@ -438,8 +441,11 @@ def load(
         signed = _signing.verify_directory(root, trusted_keys)
         log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
     manifest = read_manifest(root)
-    if threads is not None and threads < 0:
-        raise InputError(f"threads must be >= 0, got {threads}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise InputError(f"threads must be an integer >= 0 (0: the backend's default), got {threads!r}")
+    if threads and threads > (os.cpu_count() or 1):
+        log.warning("threads=%d is more than this device's %d CPUs: runs get slower, not faster, and "
+                    "loading takes longer", threads, os.cpu_count() or 1)
     if device_cache is True:
         cache_dirs = {"tflite": default_cache_dir() / "xnnpack", "onnx": default_cache_dir() / "onnxruntime"}
     elif device_cache is False or device_cache is None:

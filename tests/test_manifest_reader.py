@@ -257,3 +257,20 @@ def test_ill_formed_file_entries_are_refused(tmp_path, field, value, message):
     _write(tmp_path, manifest)
     with pytest.raises(ManifestError, match=rf"artifacts\[0\].golden: .*{message}"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("limits, message", [
+    ({"values_below": 0}, "values_below must be an integer >= 1"),
+    ({"values_below": "30522"}, "values_below must be an integer >= 1"),
+    ({"axis_max": {"sequence": 0}}, "axis_max must map axis names to sizes >= 1"),
+    ({"axis_max": [512]}, "axis_max must map axis names to sizes >= 1"),
+])
+def test_input_limits_are_checked(tmp_path, limits, message):
+    manifest = _valid(tmp_path)
+    manifest["inputs"][0].update(limits)
+    _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=rf"inputs\[0\]: {message}"):
+        read_manifest(tmp_path)
+    manifest["inputs"][0].update({"values_below": 30522, "axis_max": {"sequence": 512}})
+    _write(tmp_path, manifest)
+    assert read_manifest(tmp_path)["inputs"][0]["values_below"] == 30522

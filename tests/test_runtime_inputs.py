@@ -111,6 +111,26 @@ def test_values_that_would_give_a_wrong_answer_are_refused(int8):
         int8.run({**_feeds([[2, 5, 3]]), "attention_mask": np.array([[1, 1, 2]])})
 
 
+def test_ids_past_a_table_and_sequences_past_the_positions_are_input_errors(int8, fp32):
+    # onnxruntime fails on them with its own messages ("indices element out of data bounds",
+    # "BroadcastIterator"); the manifest records the tables' sizes and the runtime says which input.
+    specs = {s["name"]: s for s in int8.manifest["inputs"]}
+    vocab, types = specs["input_ids"]["values_below"], specs["token_type_ids"]["values_below"]
+    positions = specs["input_ids"]["axis_max"]["sequence"]
+    assert (types, positions) == (2, 128) and vocab > 10
+    for model in (int8, fp32):
+        with pytest.raises(edge_runtime.InputError, match=rf"'input_ids' holds {vocab} at \(0, 1\); the model's "
+                                                          rf"table has {vocab} rows, so values must be < {vocab}"):
+            model.run(_feeds([[2, vocab, 3]]))
+        with pytest.raises(edge_runtime.InputError, match=r"'token_type_ids' holds 5 at \(0, 2\).* must be < 2"):
+            model.run({**_feeds([[2, 5, 3]]), "token_type_ids": np.array([[0, 1, 5]])})
+        with pytest.raises(edge_runtime.InputError, match=rf"has {positions + 1} on axis 'sequence'; the model takes "
+                                                          rf"at most {positions}"):
+            model.run(_feeds(np.full((1, positions + 1), 5)))
+        top = model.run(_feeds([[2, vocab - 1, 3]]))["last_hidden_state"]  # the last row is valid
+        assert np.all(np.isfinite(top)) and model.run(_feeds(np.full((1, positions), 5)))
+
+
 def test_zero_row_batch_returns_zero_rows(int8):
     # onnxruntime itself fails on it ("cannot be reshaped"); the manifest gives the shape.
     out = int8.run(_feeds(np.zeros((0, 7), np.int64)))
@@ -169,6 +189,20 @@ def test_bad_text_items_name_their_index(int8):
         int8.embed(["x"], batch_size=0)
     # UTF-8 bytes are the same text as their str.
     assert np.array_equal(int8.embed(["Ünïcödé".encode()]), int8.embed(["Ünïcödé"]))
+
+
+def test_flags_and_threads_must_be_what_they_say(int8, converted, caplog):
+    for name in ("truncate", "batch_invariant"):
+        with pytest.raises(edge_runtime.InputError, match=rf"{name} must be True or False, got 'error'"):
+            int8.embed(["a text"], **{name: "error"})
+    for threads in ("2", 1.5, True, -1):
+        with pytest.raises(edge_runtime.InputError, match=r"threads must be an integer >= 0"):
+            edge_runtime.load(converted, artifact="onnx-fp32", threads=threads)
+    import os
+
+    with caplog.at_level("WARNING", logger="edge_runtime"):
+        edge_runtime.load(converted, artifact="onnx-fp32", threads=(os.cpu_count() or 1) + 1)
+    assert "more than this device's" in caplog.text
 
 
 def test_truncate_policy(int8):

@@ -76,6 +76,9 @@ class SourceModel:
     weights_sha256: str
     num_parameters: int
     tokenizer: Any = field(repr=False)  # a transformers fast tokenizer
+    # Per input, what its values and sequence length may be (the manifest's input specs carry it
+    # and the runtime checks it): ids index the embedding tables, the sequence the position table.
+    input_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -298,7 +301,14 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         # RoBERTa position ids start after padding_idx, so two positions are unusable.
         max_length = min(max_length, cfg.max_position_embeddings - 2)
 
+    # RoBERTa's position ids start after padding_idx: two rows of its table are never read.
+    positions = cfg.max_position_embeddings - (2 if model_type in ("roberta", "xlm-roberta") else 0)
+    tables = {"input_ids": cfg.vocab_size, "token_type_ids": getattr(cfg, "type_vocab_size", None)}
+    input_limits = {name: {**({"values_below": int(tables[name])} if tables.get(name) else {}),
+                           "axis_max": {"sequence": int(positions)}} for name in input_names}
+
     return SourceModel(
+        input_limits=input_limits,
         path=model_dir,
         name="sentence-transformers/all-MiniLM-L6-v2 (built-in)" if builtin else model_dir.name,
         model_type=model_type,
