@@ -155,7 +155,7 @@ def as_flags(message: str) -> str:
 def main(model, target, out, task, calibration, validation_texts, accuracy_floor, calibration_method, arithmetic,
          sign_key, prune, prune_floor, distill_steps, force, as_json, list_targets, quiet, verbose):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
-    all-MiniLM-L6-v2) into ONNX artifacts for a target device, validated against PyTorch."""
+    all-MiniLM-L6-v2) into ONNX and TFLite artifacts for a target device, validated against PyTorch."""
     if list_targets:
         _list_targets()
         return

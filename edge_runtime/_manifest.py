@@ -151,6 +151,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     cannot use: never returns a manifest whose listed paths, hashes or sizes are ill-formed."""
     root = Path(root)
     path = root / MANIFEST_NAME
+    if not root.exists():
+        raise ManifestError(f"{root} does not exist (expected an edge-convert output directory)")
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory (expected an edge-convert output)")
     if not path.is_file():

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     import edge_runtime
 
     try:
+        import starlette  # noqa: F401  (the serve extra: imported here so a missing one is said
+        import uvicorn  # noqa: F401   at once, not as a traceback once the model has loaded)
+
         from edge_runtime.serve import ServeConfig, run
     except ImportError as exc:
         print(

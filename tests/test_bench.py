@@ -242,7 +242,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert cli_bench.main([str(tmp_path), "--batch", "1,-2"]) == 2
     assert "--batch" in capsys.readouterr().err
     assert cli_bench.main([str(tmp_path / "missing"), "-q"]) == 1
-    assert "is not a directory" in capsys.readouterr().err
+    assert "missing does not exist" in capsys.readouterr().err
 
 
 def test_process_memory_reads_the_status_split(tmp_path):

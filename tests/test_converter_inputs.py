@@ -177,7 +177,20 @@ def test_calibration_file_not_utf8(tmp_path):
 def test_calibration_jsonl_without_text_field(tmp_path):
     path = tmp_path / "cal.jsonl"
     path.write_text('{"text": "fine"}\n{"body": "no text"}\n')
-    with pytest.raises(SourceModelError, match=r"cal\.jsonl:2: expected a JSON object with a 'text' field"):
+    with pytest.raises(SourceModelError, match=r"cal\.jsonl:2: expected a JSON object with a 'text' field, "
+                                               r"got keys \['body'\]$"):
+        load_texts(path)
+    path.write_text('{"text": "fine"}\n{"text": broken\n')
+    with pytest.raises(SourceModelError, match=r"cal\.jsonl:2: not valid JSON"):
+        load_texts(path)
+
+
+@pytest.mark.parametrize("name", ["README.md", "texts.csv", "texts.json", "texts"])
+def test_a_calibration_file_of_another_format_is_refused(tmp_path, name):
+    # Read line by line, a README or CSV gives markup and headers as "texts".
+    path = tmp_path / name
+    path.write_text("\n".join(f"| row {i} | text |" for i in range(20)))
+    with pytest.raises(SourceModelError, match=r"expected a \.txt file \(one text per line\) or \.jsonl"):
         load_texts(path)
 
 

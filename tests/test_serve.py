@@ -782,3 +782,14 @@ def test_a_batch_waits_for_more_only_after_an_idle_spell(tmp_path):
     assert (n1, n2) == (2, 3)
     assert t1 - started >= 0.35, "the first batch (after an idle spell) waited for more"
     assert t2 - t1 < 0.2 + 0.1, "the second (a backlog) went at once, without another 0.4 s wait"
+
+
+def test_a_missing_serve_extra_is_named_before_any_work(tmp_path, monkeypatch, capsys):
+    # `pip install .` (or the device wheel's [onnx]) has no uvicorn: say which extra to install,
+    # not a ModuleNotFoundError traceback once the model has loaded.
+    from edge_runtime import cli_serve
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
+    assert cli_serve.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "uvicorn" in err and "pip install 'edge_runtime[serve]'" in err

@@ -20,6 +20,7 @@ __all__ = ["TextSet", "TextSplit", "load_texts", "split_texts", "validation_shar
 
 BUILTIN = Path(__file__).resolve().parents[1] / "data" / "calibration_en.txt"  # converters/data
 MIN_TEXTS = 8
+TEXT_SUFFIXES = (".txt", ".text")  # and .jsonl
 # The share of the calibration texts held out for validation. A quarter keeps ~270 of the 357
 # built-in texts for fitting (GPTQ Hessians of MiniLM's 1536-wide FFN input want several
 # thousand tokens) and ~90 for validation (the minimum cosine is a per-text statistic: ~90
@@ -85,11 +86,20 @@ def _parse(path: Path) -> list[str]:
             try:
                 record = json.loads(line)
                 texts.append(record["text"] if isinstance(record, dict) else str(record))
-            except (json.JSONDecodeError, KeyError) as exc:
+            except json.JSONDecodeError as exc:
+                raise SourceModelError(f"{path}:{number}: not valid JSON ({exc})") from None
+            except KeyError:
                 raise SourceModelError(
-                    f"{path}:{number}: expected a JSON object with a 'text' field ({exc})"
+                    f"{path}:{number}: expected a JSON object with a 'text' field, got keys "
+                    f"{sorted(record)}"
                 ) from None
         return texts
+    if path.suffix not in TEXT_SUFFIXES:
+        # A README, CSV or JSON file read line by line gives markup, headers and quotes as "texts".
+        raise SourceModelError(
+            f"{path}: expected a .txt file (one text per line) or .jsonl ({{\"text\": ...}} per line), "
+            f"not {path.suffix or 'a file without a suffix'}"
+        )
     return [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
 
 
