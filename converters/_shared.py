@@ -65,6 +65,11 @@ def artifact_key(profile: TargetProfile, planned: Planned, floor: dict[str, Any]
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _millions(count: int) -> str:
+    """"22.7M", or the count itself for a model under 100k parameters (a tiny test model is not "0.0M")."""
+    return f"{count / 1e6:.1f}M" if count >= 100_000 else f"{count:,}"
+
+
 @dataclass
 class SharedInputs:
     """Loaded once per run; references and exports on first use."""
@@ -84,14 +89,15 @@ class SharedInputs:
 
     @classmethod
     def load(cls, config, work: Path, progress: Progress) -> SharedInputs:
-        progress("loading the source model")
-        source = load_source(config.model, config.task)
+        # The texts first: a bad calibration file is said in a moment, not after the model loads.
         texts = split_texts(
             load_texts(config.calibration),
             None if config.validation_texts is None else load_texts(config.validation_texts, role="validation"),
         )
+        progress("loading the source model")
+        source = load_source(config.model, config.task)
         progress(f"source {source.name}: {source.model_type}, task {source.task}, "
-                 f"{source.num_parameters / 1e6:.1f}M parameters; {len(texts.fit.texts)} fit texts, "
+                 f"{_millions(source.num_parameters)} parameters; {len(texts.fit.texts)} fit texts, "
                  f"{len(texts.validation.texts)} validation texts (" + (
                      "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
         fields = {name: getattr(config, name) for name in SHARED_FIELDS}

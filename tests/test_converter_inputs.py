@@ -269,3 +269,13 @@ def test_convert_checks_disk_space_before_starting(good_model, tmp_path, monkeyp
     with pytest.raises(DiskSpaceError, match=r"not enough disk space at .*: needs about \d+ MB, 1 MB free"):
         convert(ConvertConfig(model=good_model, target="x86-avx2", out=out, latency_runs=1))
     assert list(tmp_path.iterdir()) == [], "no staging directory before the check"
+
+
+def test_a_bad_calibration_file_is_said_before_the_model_loads(tmp_path, monkeypatch):
+    import converters._shared as shared
+
+    monkeypatch.setattr(shared, "load_source", lambda *a, **k: pytest.fail("the model was loaded first"))
+    (tmp_path / "cal.txt").write_text("too few\n")
+    with pytest.raises(SourceModelError, match=r"cal\.txt has 1 texts"):
+        convert(ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o",
+                              calibration=tmp_path / "cal.txt"))
