@@ -156,6 +156,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory (expected an edge-convert output)")
     if not path.is_file():
+        targets = sorted(str(d) for d in root.iterdir() if (d / MANIFEST_NAME).is_file())
+        if targets:  # the parent of a multi-target run's outputs (edge-convert --target a,b)
+            raise ManifestError(f"{root} holds the outputs of several targets; pass one of them: "
+                                + ", ".join(targets))
         raise ManifestError(
             f"{root} has no {MANIFEST_NAME}: not an edge-convert artifact directory, "
             "or the conversion did not finish"

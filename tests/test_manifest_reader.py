@@ -274,3 +274,12 @@ def test_input_limits_are_checked(tmp_path, limits, message):
     manifest["inputs"][0].update({"values_below": 30522, "axis_max": {"sequence": 512}})
     _write(tmp_path, manifest)
     assert read_manifest(tmp_path)["inputs"][0]["values_below"] == 30522
+
+
+def test_the_parent_of_several_targets_outputs_names_them(tmp_path):
+    for target in ("rpi5", "x86-avx2"):
+        (tmp_path / target).mkdir()
+        _write(tmp_path / target, _valid(tmp_path / target))
+    with pytest.raises(ManifestError, match=rf"holds the outputs of several targets; pass one of them: "
+                                            rf"{tmp_path / 'rpi5'}, {tmp_path / 'x86-avx2'}"):
+        read_manifest(tmp_path)
