@@ -47,13 +47,32 @@ def _log_path(out: Path) -> Path:
     path = out.parent / f"{out.name}.convert.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)  # this conversion's lines only
+        if path.exists():  # this conversion's lines only; the earlier log comes back if it has none
+            os.replace(path, _previous(path))
         path.touch()
         return path
     except OSError:
         handle, name = tempfile.mkstemp(prefix=f"edge-convert-{out.name}-", suffix=".log")
         os.close(handle)
         return Path(name)
+
+
+def _previous(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + ".previous")
+
+
+def _settle_log(log_path: Path, capture) -> bool:
+    """After a run: a log with this run's lines replaces the earlier one (True); a run that printed
+    nothing (rejected at once, or quiet libraries) leaves the earlier conversion's log as it was."""
+    previous = _previous(log_path)
+    if capture is not None and capture.lines():
+        previous.unlink(missing_ok=True)
+        return True
+    if previous.exists():
+        os.replace(previous, log_path)
+    else:
+        log_path.unlink(missing_ok=True)
+    return False
 
 
 def _log_note(capture, verbose: bool) -> str:
@@ -203,8 +222,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
             click.echo(tail, err=True)
         raise
     finally:
-        if capture is None or not capture.lines():
-            log_path.unlink(missing_ok=True)
+        logged = _settle_log(log_path, capture)
     failed = [r for r in results if isinstance(r, TargetFailure)]
     if as_json:
         click.echo(json.dumps([r.to_dict() if not isinstance(r, TargetFailure)
@@ -221,7 +239,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     if several:
         click.echo(f"\n{len(results) - len(failed)} of {len(results)} targets converted in "
                    f"{time.perf_counter() - started:.0f} s (one run: shared source, texts, exports and builds)")
-    if log_path.exists():
+    if logged:
         click.echo(f"library output (warnings, native log lines): {log_path}", err=True)
     if failed:
         sys.exit(1)

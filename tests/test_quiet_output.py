@@ -205,8 +205,11 @@ def fake_convert(monkeypatch):
 
     class Fake:
         error: BaseException | None = None
+        silent: bool = False  # raise `error` at once, before any output (a refusal up front)
 
         def __call__(self, config, progress):
+            if self.silent and self.error is not None:
+                raise self.error
             progress("target x86-avx2: a stand-in")
             for done in range(4):
                 progress("[onnx-int8] " + count("  sensitivity", done, 3))
@@ -278,6 +281,23 @@ def test_cli_conversion_error_names_the_log(fake_convert, tmp_path):
     assert result.exit_code == 1
     assert "the model is not supported" in result.stderr
     assert f"output during the conversion is in {tmp_path / 'o.convert.log'}" in result.stderr
+
+
+def test_a_run_that_prints_nothing_keeps_the_earlier_log(fake_convert, tmp_path):
+    log = tmp_path / "o.convert.log"
+    log.write_text("the earlier conversion's lines\n")
+    from converters import ConversionError
+
+    fake_convert.error, fake_convert.silent = ConversionError("o already exists; pass force=True"), True
+    rejected = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--out", str(tmp_path / "o")])
+    assert rejected.exit_code == 1 and "already exists; pass --force" in rejected.stderr
+    assert "library output" not in rejected.stderr and "output during the conversion" not in rejected.stderr
+    assert log.read_text() == "the earlier conversion's lines\n" and not (tmp_path / "o.convert.log.previous").exists()
+    fake_convert.error = None
+    converted = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--out", str(tmp_path / "o")])
+    assert converted.exit_code == 0, converted.output
+    assert "NOISE" in log.read_text() and "earlier" not in log.read_text()  # this run's lines only
+    assert not (tmp_path / "o.convert.log.previous").exists()
 
 
 # --- a real conversion ---------------------------------------------------------------------------------

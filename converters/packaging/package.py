@@ -136,7 +136,9 @@ def check_output(out: Path, force: bool, model: Path | None = None) -> None:
     if out.is_symlink() or not out.is_dir():
         raise ConversionError(f"{out} is a file, not an earlier output directory: force=True replaces only "
                               "a directory edge-convert wrote; choose another output path")
-    protected = {"the current directory": Path.cwd().resolve()}
+    protected = {}
+    with contextlib.suppress(OSError):  # a working directory that was deleted has nothing to protect
+        protected["the current directory"] = Path.cwd().resolve()
     if model is not None:
         protected["the source model"] = Path(model).resolve()
     for what, path in protected.items():
