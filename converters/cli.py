@@ -61,16 +61,18 @@ def _previous(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".previous")
 
 
-def _settle_log(log_path: Path, capture) -> bool:
-    """After a run: a log with this run's lines replaces the earlier one (True); a run that printed
-    nothing (rejected at once, or quiet libraries) leaves the earlier conversion's log as it was."""
+def _settle_log(log_path: Path, capture, finished: bool) -> bool:
+    """After a run: a log with this run's lines replaces the earlier one (True). A run that ended
+    without output (refused up front) leaves the earlier conversion's log as it was; one that
+    finished without any leaves none (the earlier log described an output that is gone)."""
     previous = _previous(log_path)
     if capture is not None and capture.lines():
         previous.unlink(missing_ok=True)
         return True
-    if previous.exists():
+    if previous.exists() and not finished:
         os.replace(previous, log_path)
     else:
+        previous.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
     return False
 
@@ -196,7 +198,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
                            validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key,
                            prune=prune, prune_floor=prune_floor, distill_steps=distill_steps)
     log_path = _log_path(out)
-    capture = None
+    capture, finished = None, False
     try:
         with captured_output(log_path) as capture:
             printer = ProgressPrinter(capture.display, started)
@@ -207,6 +209,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
                 results = convert_targets(config, [p.id for p in profiles], show)
             else:
                 results = [convert(config, show)]
+        finished = True
     except SigningKeyError as exc:
         raise click.BadParameter(exc.detail, param_hint="--sign-key") from None
     except ConversionError as exc:
@@ -222,7 +225,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
             click.echo(tail, err=True)
         raise
     finally:
-        logged = _settle_log(log_path, capture)
+        logged = _settle_log(log_path, capture, finished)
     failed = [r for r in results if isinstance(r, TargetFailure)]
     if as_json:
         click.echo(json.dumps([r.to_dict() if not isinstance(r, TargetFailure)

@@ -9,6 +9,7 @@ the size and sha256 the manifest records (verify_files, files_to_verify).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -156,7 +157,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory (expected an edge-convert output)")
     if not path.is_file():
-        targets = sorted(str(d) for d in root.iterdir() if (d / MANIFEST_NAME).is_file())
+        targets = []
+        with contextlib.suppress(OSError):  # a directory we may not list gives the plain message
+            targets = sorted(str(d) for d in root.iterdir() if (d / MANIFEST_NAME).is_file())
         if targets:  # the parent of a multi-target run's outputs (edge-convert --target a,b)
             raise ManifestError(f"{root} holds the outputs of several targets; pass one of them: "
                                 + ", ".join(targets))

@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     """The console script. A reader that stops early (`edge-run DIR text | head`) ends it quietly,
     as it does any Unix tool."""
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: buffered output meets a closed pipe here, not at exit
+        return code
     except BrokenPipeError:
         import os
 

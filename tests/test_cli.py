@@ -82,7 +82,11 @@ def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch
 
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    (earlier / "manifest.json").write_text("{}")
+    (earlier / "manifest.json").write_text('{"schema_version": 1, "artifacts": []}')
+    webapp = tmp_path / "webapp"  # another program's manifest.json does not make it ours
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name": "my app"}')
+    (webapp / "index.html").write_text("<html>")
     empty = tmp_path / "empty"
     empty.mkdir()
     for out in (earlier, empty, tmp_path / "absent"):
@@ -106,8 +110,10 @@ def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch
     for out, reason in refused.items():
         with pytest.raises(ConversionError, match=reason):
             check_output(out, force=True, model=project / "model")
-    with pytest.raises(ConversionError, match="is not an earlier output .no manifest.json. and is not empty"):
-        check_output(project, force=True)
+    for other in (project, webapp):
+        with pytest.raises(ConversionError, match="is not an earlier output .no edge-convert manifest.json. "
+                                                  "and is not empty"):
+            check_output(other, force=True)
 
     # Through the CLI: refused before any work, with the flag's name, nothing deleted.
     result = CliRunner().invoke(edge_convert, [str(project / "model"), "--target", "rpi4", "--out", str(project),
@@ -151,10 +157,16 @@ def test_edge_run_takes_texts_after_options_and_stops_quietly_on_a_closed_pipe(t
 
     args = _parser().parse_intermixed_args([str(tmp_path), "--json", "--threads", "1", "a text", "another"])
     assert args.texts == ["a text", "another"] and args.json and args.threads == 1
-    # A reader that closes the pipe at once: no BrokenPipeError traceback on stderr.
-    code = ("import sys, edge_runtime.cli as c\n"
-            "c._main = lambda argv: [print('x' * 1000) for _ in range(10000)] and 0\n"
-            "sys.exit(c.main([]))")
-    proc = subprocess.run(f"{sys.executable} -c \"{code}\" | head -c 10 > /dev/null", shell=True,
-                          capture_output=True, text=True, timeout=60)
-    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    # A reader that closes the pipe early: no BrokenPipeError on stderr, whether the write fails
+    # while printing (much output) or when buffered output is flushed (a line, after the reader left).
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for output, reader in (("[print('x' * 1000) for _ in range(10000)]", "head -c 1 > /dev/null"),
+                           ("(time.sleep(1), print('a line'))", "true")):
+        code = ("import sys, time, edge_runtime.cli as c\n"
+                f"c._main = lambda argv: {output} and 0\n"
+                "sys.exit(c.main([]))")
+        proc = subprocess.run(f"{sys.executable} -c \"{code}\" | {reader}", shell=True,
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

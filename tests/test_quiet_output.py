@@ -298,6 +298,14 @@ def test_a_run_that_prints_nothing_keeps_the_earlier_log(fake_convert, tmp_path)
     assert converted.exit_code == 0, converted.output
     assert "NOISE" in log.read_text() and "earlier" not in log.read_text()  # this run's lines only
     assert not (tmp_path / "o.convert.log.previous").exists()
+    # A run that finished without library output leaves no log: the earlier one described an
+    # output that this run replaced.
+    from converters.cli import _settle_log
+
+    (tmp_path / "o.convert.log.previous").write_text("the earlier conversion's lines\n")
+    log.write_text("")
+    assert _settle_log(log, None, finished=True) is False
+    assert not log.exists() and not (tmp_path / "o.convert.log.previous").exists()
 
 
 # --- a real conversion ---------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class TextSplit:
 
 def _parse(path: Path) -> list[str]:
     raw = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         texts = []
         for number, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
@@ -94,7 +94,7 @@ def _parse(path: Path) -> list[str]:
                     f"{sorted(record)}"
                 ) from None
         return texts
-    if path.suffix not in TEXT_SUFFIXES:
+    if path.suffix.lower() not in TEXT_SUFFIXES:
         # A README, CSV or JSON file read line by line gives markup, headers and quotes as "texts".
         raise SourceModelError(
             f"{path}: expected a .txt file (one text per line) or .jsonl ({{\"text\": ...}} per line), "

@@ -127,28 +127,42 @@ def check_output(out: Path, force: bool, model: Path | None = None) -> None:
     is set and `out` is what force replaces, an earlier output (a directory with a manifest) or
     an empty directory. Never the source model, the working directory or anything holding them,
     and never a file or a directory of someone else's files: force replaces a result, it does
-    not clear a path."""
-    out = Path(out).resolve()
-    if not out.exists() and not out.is_symlink():
+    not clear a path. A symbolic link is followed: what it points to is checked and replaced."""
+    try:
+        out = Path(out).resolve()
+    except OSError as exc:  # a relative path under a working directory that was deleted
+        raise ConversionError(f"cannot resolve the output path {out}: {exc}") from None
+    if not out.exists():
         return
     if not force:
         raise ConversionError(f"{out} already exists; pass force=True to replace it")
-    if out.is_symlink() or not out.is_dir():
+    if not out.is_dir():
         raise ConversionError(f"{out} is a file, not an earlier output directory: force=True replaces only "
                               "a directory edge-convert wrote; choose another output path")
     protected = {}
     with contextlib.suppress(OSError):  # a working directory that was deleted has nothing to protect
         protected["the current directory"] = Path.cwd().resolve()
     if model is not None:
-        protected["the source model"] = Path(model).resolve()
+        with contextlib.suppress(OSError):
+            protected["the source model"] = Path(model).resolve()
     for what, path in protected.items():
         if path == out or out in path.parents:
             raise ConversionError(f"{out} holds {what} ({path}): force=True would delete it; choose another "
                                   "output path")
-    if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
-        raise ConversionError(f"{out} is not an earlier output (no {MANIFEST_NAME}) and is not empty: "
-                              "force=True replaces only a directory edge-convert wrote; choose another "
+    if not _is_output(out) and any(out.iterdir()):
+        raise ConversionError(f"{out} is not an earlier output (no edge-convert {MANIFEST_NAME}) and is not "
+                              "empty: force=True replaces only a directory edge-convert wrote; choose another "
                               "output path or remove it yourself")
+
+
+def _is_output(path: Path) -> bool:
+    """Whether `path` holds an edge-convert manifest: a JSON object with a schema version and an
+    artifact list (a web app's or a browser extension's manifest.json is not one)."""
+    try:
+        manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("artifacts"), list)
 
 
 @contextlib.contextmanager
