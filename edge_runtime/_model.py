@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import operator
 import os
 import threading
 import time
@@ -34,13 +33,6 @@ __all__ = ["Model", "compare_outputs", "default_cache_dir", "golden_samples", "l
 
 log = logging.getLogger("edge_runtime")
 
-
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (affinity and cpusets included, where the OS says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 # Backends whose sessions may run from several threads at once (onnxruntime documents
 # InferenceSession.run as thread-safe); calls into any other (a TFLite interpreter holds its
@@ -450,19 +442,7 @@ def load(
         signed = _signing.verify_directory(root, trusted_keys)
         log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
     manifest = read_manifest(root)
-    if threads is not None:
-        try:  # any integer type (numpy's too), not bool, not a float or a string
-            if isinstance(threads, (bool, np.bool_)):
-                raise TypeError
-            threads = operator.index(threads)
-        except TypeError:
-            raise InputError(f"threads must be an integer >= 0 (0: the backend's default), got {threads!r}") from None
-        if threads < 0:
-            raise InputError(f"threads must be an integer >= 0 (0: the backend's default), got {threads!r}")
-        usable = _usable_cpus()
-        if threads > usable:
-            log.warning("threads=%d is more than the %d CPUs this process may use: runs get slower, not "
-                        "faster, and loading takes longer", threads, usable)
+    threads = _select.check_threads(threads)
     if device_cache is True:
         cache_dirs = {"tflite": default_cache_dir() / "xnnpack", "onnx": default_cache_dir() / "onnxruntime"}
     elif device_cache is False or device_cache is None:
