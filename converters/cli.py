@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from edge_runtime._bench_config import DEFAULT_SHAPE
+from edge_runtime._contention import busy_note
 from edge_runtime._device import detect, target_facts
 from targets import ProfileError, UnknownTargetError, detect_target, list_profiles, load_profile
 
@@ -288,6 +289,9 @@ def _print_result(result) -> None:
     click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine; "
                "run the artifacts with "
                f"`edge-run {result.out} \"some text\"`")
+    busy = busy_note(result.timing_cpu_wait)
+    if busy:
+        click.echo(f"note: {busy} (`edge-bench {result.out} --all` times them again)", err=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from converters.packaging.input_stats import input_stats
 from converters.pruning.prune_model import PruneRequest
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
+from edge_runtime._contention import CpuWait, worst_share
 from edge_runtime._device import detect
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, verify_files
 from edge_runtime._model import Model, open_artifact
@@ -102,6 +103,9 @@ class ConvertResult:
     artifacts: list[ArtifactResult]
     seconds: float
     refused: list[dict[str, str]] = field(default_factory=list)
+    # The largest share of an artifact's latency runs with a task queued for a CPU (edge_runtime's
+    # CpuWait); None where the kernel does not say. Above BUSY_SHARE the p50s are flagged.
+    timing_cpu_wait: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +117,7 @@ class ConvertResult:
             "metrics_texts": METRICS_TEXTS,
             "artifacts": [a.__dict__ for a in self.artifacts],
             "refused": self.refused,
+            "timing_cpu_wait": self.timing_cpu_wait,
         }
 
 
@@ -348,6 +353,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         step = Step(source, profile, reference, floor, work, fp32_path, progress, fit, cache=shared.cache,
                     sessions=ValidationSessions(validation, work), exports=shared.work)
         results, entries, refused = [], [], []
+        timing_wait: list[float | None] = []  # per artifact, from CpuWait around its latency runs
 
         def deliver(planned: Planned, step: Step, inputs: SharedInputs, floor: AccuracyFloor,
                     fused_ops: dict[str, int]) -> None:
@@ -397,7 +403,9 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                      f"{len(samples)} golden samples recorded in {time.perf_counter() - scoring:.1f} s")
             # Latency is this machine's (informational): its own kernels on the packaged file.
             shipped = open_session(fmt, stage / files[0]["path"]) if exact else model
-            latency = latency_ms(shipped, source, config.latency_seq, config.latency_runs)
+            with CpuWait() as waited:
+                latency = latency_ms(shipped, source, config.latency_seq, config.latency_runs)
+            timing_wait.append(waited.share)
             size = sum(f["bytes"] for f in files)
             entries.append({
                 "name": name,
@@ -417,7 +425,9 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 "golden": golden,
                 "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": DEFAULT_SHAPE.batch,
                                           "sequence": min(config.latency_seq, source.max_length),
-                                          "threads": DEFAULT_SHAPE.threads},
+                                          "threads": DEFAULT_SHAPE.threads,
+                                          # share of the timed runs with a task queued for a CPU
+                                          "cpu_wait_share": waited.rounded_share},
             })
             results.append(ArtifactResult(name, fmt, precision, size, metrics, latency, built.promoted,
                                           built.promoted_to))
@@ -458,7 +468,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             signing.sign_directory(stage, sign_key, model_name=config.out.resolve().name)
 
     return ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
-                         time.perf_counter() - started, refused)
+                         time.perf_counter() - started, refused, worst_share(timing_wait))
 
 
 @dataclass

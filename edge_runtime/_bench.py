@@ -48,6 +48,7 @@ from edge_runtime._bench_config import BenchConfig, BenchConfigError
 from edge_runtime._bench_feeds import make_feeds
 from edge_runtime._bench_report import device_label, render_markdown
 from edge_runtime._bench_schema import BENCH_SCHEMA, BENCH_SCHEMA_VERSION, validate_bench
+from edge_runtime._contention import CpuWait
 from edge_runtime._errors import EdgeRuntimeError
 from edge_runtime._manifest import read_manifest
 
@@ -158,6 +159,7 @@ class _Target:
     records: dict[tuple[int, int], dict[str, Any]] = dataclasses.field(default_factory=dict)
     # seconds of each timed run, one list per round
     times: dict[tuple[int, int], list[list[float]]] = dataclasses.field(default_factory=dict)
+    waits: dict[tuple[int, int], CpuWait] = dataclasses.field(default_factory=dict)
 
 
 def _record(
@@ -321,6 +323,8 @@ def _measure(
         for shape, record in target.records.items():
             if record["status"] == "ok":
                 latency = _latency(target.times[shape])
+                waited = target.waits.get(shape)
+                latency["cpu_wait_share"] = waited.rounded_share if waited else None
                 record["latency"] = latency
                 per_s = 1e3 / latency["mean_ms"]
                 record["throughput"] = {
@@ -447,10 +451,11 @@ def _timed_rounds(
                 rounds.append([])
                 if target.records[shape]["status"] != "ok" or count == 0:
                     continue
-                for _ in range(count):
-                    seconds = _run_or_fail(target, shape, feeds[shape])
-                    if seconds is None:
-                        break
-                    rounds[-1].append(seconds)
+                with target.waits.setdefault(shape, CpuWait()):
+                    for _ in range(count):
+                        seconds = _run_or_fail(target, shape, feeds[shape])
+                        if seconds is None:
+                            break
+                        rounds[-1].append(seconds)
                 time.sleep(SWITCH_PAUSE_S)
         say(f"round {round_no + 1}/{config.rounds} done")

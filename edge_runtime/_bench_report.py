@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from edge_runtime._contention import busy_note, worst_share
 from edge_runtime._device import FEATURES_OF_INTEREST
 
 __all__ = ["KEY_FLAGS", "device_label", "render_markdown"]
@@ -136,4 +137,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     ]
     if problems:
         lines += ["", "Load probe errors:", *problems]
+    waits = [(r.get("latency") or {}).get("cpu_wait_share") for r in doc["records"]]
+    busy = busy_note(worst_share(waits))
+    if busy:
+        lines += ["", f"**Note:** {busy}."]
     return "\n".join(lines) + "\n"

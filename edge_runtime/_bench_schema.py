@@ -31,6 +31,13 @@ class ListOf:
 
 
 @dataclass(frozen=True)
+class MayLack:
+    """A key an object may lack: added after schema version 1 shipped, so older files stay valid."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
 class MapOf:
     spec: Any
 
@@ -52,6 +59,8 @@ _LATENCY = {
     "max_ms": NUM,
     "runs": int,
     "round_p50_ms": ListOf(NUM),
+    # share of the timed runs with a task queued for a CPU (edge_runtime._contention)
+    "cpu_wait_share": MayLack(Opt(NUM)),
 }
 _MEMORY = {
     "rss_bytes": int,
@@ -165,9 +174,10 @@ def _check(value: Any, spec: Any, where: str, problems: list[str]) -> None:
             if key == ANY_KEYS:
                 continue
             if key not in value:
-                problems.append(f"{where}.{key}: missing")
+                if not isinstance(sub, MayLack):
+                    problems.append(f"{where}.{key}: missing")
             else:
-                _check(value[key], sub, f"{where}.{key}", problems)
+                _check(value[key], sub.spec if isinstance(sub, MayLack) else sub, f"{where}.{key}", problems)
         if ANY_KEYS not in spec:
             problems.extend(
                 f"{where}.{key}: unexpected field" for key in sorted(set(value) - set(spec))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import _device, _memory
+from edge_runtime._contention import CpuWait, busy_note, worst_share
 from edge_runtime._errors import EdgeRuntimeError, InputError
 from edge_runtime._manifest import read_manifest, resolve
 from edge_runtime.backends._cache import cpu_tag
@@ -274,9 +275,10 @@ def _sweep(root, manifest, entry, settings, rounds, budget_s, verify) -> dict[st
                 device_cache=False,
                 tune=False,
             )
-        times = _interleave(
-            {s: (lambda m=m: m.run(feeds)) for s, m in models.items()}, rounds, budget_s
-        )
+        with CpuWait() as waited:
+            times = _interleave(
+                {s: (lambda m=m: m.run(feeds)) for s, m in models.items()}, rounds, budget_s
+            )
     finally:
         models.clear()
     scored = {s: _percentiles(t) for s, t in times.items()}
@@ -286,6 +288,8 @@ def _sweep(root, manifest, entry, settings, rounds, budget_s, verify) -> dict[st
         "spinning": best.spinning,
         "p50_ms": round(scored[best][0], 4),
         "p90_ms": round(scored[best][1], 4),
+        # On a busy CPU fewer threads can win that lose on a quiet one: recorded, and warned of.
+        "cpu_wait_share": waited.rounded_share,
         "sweep": [
             {
                 "threads": s.threads,
@@ -450,6 +454,14 @@ def tune(
     elif compare and len(tuned) == 1 and artifacts is None:  # the only one selection may pick
         result["fastest"], result["compared"] = tuned[0], None
     result["seconds"] = round(time.perf_counter() - started, 3)
+    busy = busy_note(worst_share(result["artifacts"][n].get("cpu_wait_share") for n in tuned))
+    if busy:
+        log.warning(
+            "tuning: %s; the cached choice may not be what is best when the device is quiet: "
+            "run `edge-tune %s` again then",
+            busy.replace("p50s", "timings"),
+            root,
+        )
     if write:
         _write_atomic(cache_path, result)
     return result

@@ -18,6 +18,7 @@ import edge_runtime
 from converters import ConvertConfig, convert
 from edge_runtime import cli_bench
 from edge_runtime._bench import BENCH_SCHEMA_VERSION, make_feeds, render_markdown, validate_bench
+from edge_runtime._contention import _stalled_us
 from edge_runtime._bench_probe import process_memory
 from edge_runtime._manifest import read_manifest
 
@@ -120,6 +121,9 @@ def test_bench_numbers_are_sane(bench_run):
         lat = r["latency"]
         assert 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
         assert lat["runs"] == RUNS and len(lat["round_p50_ms"]) == ROUNDS
+        share = lat["cpu_wait_share"]  # None only where the kernel has no pressure-stall file
+        assert (share is None) == (_stalled_us(Path("/proc/pressure/cpu")) is None)
+        assert share is None or 0 <= share <= 1
         assert r["throughput"]["sequences_per_s"] == pytest.approx(
             r["batch"] * 1e3 / lat["mean_ms"]
         )
@@ -510,3 +514,23 @@ def test_merge_refuses_a_file_that_is_not_a_bench_result(two_devices, tmp_path):
     ):
         merge_bench.merge([two_devices[0], bad], tmp_path / "m")
     assert merge_bench.main([str(bad), "--out", str(tmp_path / "m")]) == 1
+
+
+def test_a_busy_cpu_is_named_in_the_report_and_old_files_stay_valid(two_devices):
+    doc = json.loads(two_devices[0].read_text())
+    # files written before cpu_wait_share existed lack it: still valid, no note
+    assert all("cpu_wait_share" not in r["latency"] for r in doc["records"])
+    assert validate_bench(doc) == [] and "busy" not in render_markdown(doc)
+    quiet = copy.deepcopy(doc)
+    for r in quiet["records"]:
+        r["latency"]["cpu_wait_share"] = 0.02
+    assert validate_bench(quiet) == [] and "busy" not in render_markdown(quiet)
+    busy = copy.deepcopy(quiet)
+    busy["records"][2]["latency"]["cpu_wait_share"] = 0.6
+    busy["records"][3]["latency"]["cpu_wait_share"] = None  # unreadable there
+    assert validate_bench(busy) == []
+    assert "**Note:** the CPU was busy with other work during 60% of the timed runs" in render_markdown(busy)
+    busy["records"][0]["latency"]["cpu_wait_share"] = "high"
+    assert validate_bench(busy) == [
+        "$.records[0].latency.cpu_wait_share: expected int or float, got str 'high'"
+    ]

@@ -354,3 +354,21 @@ def test_artifacts_that_cannot_be_open_together_are_compared_by_their_sweeps(
     assert set(result["compared"]) == {"onnx-fp32", "onnx-int8"}
     assert result["compared"]["onnx-int8"]["p50_ms"] == result["artifacts"]["onnx-int8"]["p50_ms"]
     assert result["fastest"] in result["compared"]
+
+
+@pytest.mark.slow  # a converted tiny model
+def test_a_sweep_on_a_busy_cpu_is_recorded_and_warned_of(converted, monkeypatch, caplog):
+    from edge_runtime import _contention
+
+    stalled = iter(range(0, 10**12, 10**7))  # +10 s stalled per reading: busy all the time
+    monkeypatch.setattr(_contention, "_stalled_us", lambda path: next(stalled))
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        busy = _tune.tune(converted, ["onnx-int8"], compare=False, rounds=2, write=False)
+    assert busy["artifacts"]["onnx-int8"]["cpu_wait_share"] == 1.0
+    assert "the CPU was busy with other work during 100% of the timed runs" in caplog.text
+    assert f"run `edge-tune {converted}` again" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(_contention, "_stalled_us", lambda path: 5)  # nothing waited
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        quiet = _tune.tune(converted, ["onnx-int8"], compare=False, rounds=2, write=False)
+    assert quiet["artifacts"]["onnx-int8"]["cpu_wait_share"] == 0.0 and "busy" not in caplog.text
