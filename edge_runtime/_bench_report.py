@@ -102,7 +102,7 @@ def _cells(r: dict[str, Any]) -> list[str]:
         _mb(mem.get("peak_rss_bytes")),
         f"{first['device_cache'] or '—'} / {second['device_cache'] or '—'}",
         r["golden"],
-        status.replace("|", "/"),
+        " ".join(status.replace("|", "/").split()),  # one table row: no pipes, no line breaks
     ]
 
 

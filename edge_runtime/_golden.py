@@ -4,13 +4,15 @@ are compared with them."""
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_runtime._errors import GoldenMismatchError, InputError, ManifestError, ModelLoadError
+from edge_runtime._errors import ArtifactError, GoldenMismatchError, InputError, ManifestError, ModelLoadError
 
 __all__ = ["check_golden", "compare_outputs", "golden_samples"]
 
@@ -74,8 +76,15 @@ def check_golden(run: Callable[[dict], dict], path: Path, golden: dict[str, Any]
     artifact); a sample the backend fails to run (it loaded the file: an operator or type it
     lacks, e.g. INT4 tables under tflite-runtime 2.14) is ModelLoadError naming what the artifact
     was made for. Input errors pass through."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # missing, not an .npz, damaged
+        raise ArtifactError(
+            f"{path}: artifact {name!r}'s golden samples cannot be read ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); the file is missing or damaged: copy the directory again (a verified "
+            "load names every file that differs from the manifest)"
+        ) from None
     problems = []
     samples = list(golden_samples(golden, arrays, name))
     if shortest_only:

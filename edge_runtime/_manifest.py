@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_runtime._errors import ArtifactError, ManifestError
 
 __all__ = [
@@ -103,6 +105,10 @@ def _check_tensor_specs(specs: Any, where: str) -> None:
             raise ManifestError(f"{here} must be an object with a string name")
         if not isinstance(spec.get("dtype"), str):
             raise ManifestError(f"{here}: dtype must be a string, got {spec.get('dtype')!r}")
+        try:
+            np.dtype(spec["dtype"])
+        except TypeError:
+            raise ManifestError(f"{here}: unknown dtype {spec['dtype']!r} (e.g. int64, float32)") from None
         shape = spec.get("shape")
         if not isinstance(shape, list) or not all(
             isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
@@ -187,6 +193,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: task must be a string, got {manifest['task']!r}")
     _check_tensor_specs(manifest["inputs"], f"{path}: inputs")
     _check_tensor_specs(manifest["outputs"], f"{path}: outputs")
+    _check_described(manifest, path)
     tokenizer = manifest.get("tokenizer")
     if tokenizer is not None:
         _check_tokenizer(root, tokenizer, f"{path}: tokenizer")
@@ -225,7 +232,71 @@ def read_manifest(root: Path) -> dict[str, Any]:
         if tolerance is not None and not _valid_tolerance(tolerance):
             raise ManifestError(f"{where}.golden: tolerance must give cosine_min and rel_l2_max")
         _check_golden_samples(golden.get("samples"), f"{where}.golden")
+        _check_artifact_facts(entry, where)
     return manifest
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _check_described(manifest: dict[str, Any], path: Path) -> None:
+    """What selection, embed/classify and --info read besides the tensors: the target, the
+    source, the runtime settings and, for text tasks, the post-processing."""
+    target = manifest["target"]
+    if not isinstance(target, dict) or not isinstance(target.get("id", ""), str):
+        raise ManifestError(f"{path}: target must be an object (with a string id), got {target!r:.80}")
+    if not isinstance(manifest["source"], dict):
+        raise ManifestError(f"{path}: source must be an object, got {manifest['source']!r:.80}")
+    runtime = manifest.get("runtime", {})
+    if not isinstance(runtime, dict):
+        raise ManifestError(f"{path}: runtime must be an object")
+    backends = runtime.get("backends", [])
+    if not isinstance(backends, list) or not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in backends):
+        raise ManifestError(f"{path}: runtime.backends must be a list of objects with a string name")
+    if not _is_str_list(runtime.get("artifact_preference", [])):
+        raise ManifestError(f"{path}: runtime.artifact_preference must be a list of precisions")
+    threads = runtime.get("threads", {})
+    if not isinstance(threads, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in threads.values()
+    ):
+        raise ManifestError(f"{path}: runtime.threads must map intra_op / inter_op to integers >= 0")
+    # postprocess may be absent (raw tensors only: embed/classify then say they need it)
+    post = manifest.get("postprocess")
+    outputs = [spec["name"] for spec in manifest["outputs"]]
+    if post is None:
+        return
+    if not isinstance(post, dict):
+        raise ManifestError(f"{path}: postprocess must be an object")
+    if manifest["task"] == "feature-extraction":
+        if not isinstance(post.get("pooling"), str) or not isinstance(post.get("normalize"), bool):
+            raise ManifestError(f"{path}: postprocess needs a string pooling and a boolean normalize")
+        if post.get("output") not in outputs:
+            raise ManifestError(f"{path}: postprocess.output {post.get('output')!r} is not one of the "
+                                f"outputs {outputs}")
+    elif manifest["task"] in ("text-classification", "token-classification"):
+        if not _is_str_list(post.get("labels")) or not post["labels"]:
+            raise ManifestError(f"{path}: postprocess.labels must be a non-empty list of label names for "
+                                f"{manifest['task']}")
+        if "logits" not in outputs:
+            raise ManifestError(f"{path}: a {manifest['task']} model needs an output named 'logits', has {outputs}")
+
+
+def _check_artifact_facts(entry: dict[str, Any], where: str) -> None:
+    if not isinstance(entry["metrics"], dict) or not all(
+        isinstance(k, str) and _is_number(v) for k, v in entry["metrics"].items()
+    ):
+        raise ManifestError(f"{where}: metrics must map names to numbers")
+    requires = entry.get("requires")
+    if requires is not None and (
+        not isinstance(requires, dict) or not _is_str_list(requires.get("int8_gemm", ["any"]))
+        or not requires.get("int8_gemm", ["any"])
+    ):
+        raise ManifestError(f"{where}: requires.int8_gemm must be a non-empty list of INT8 GEMM kinds")
 
 
 def _check_golden_samples(samples: Any, where: str) -> None:

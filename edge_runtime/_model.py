@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import _compat, _device, _inputs, _memory, _select, _signing, _tune, backends
+from edge_runtime import _compat, _device, _inputs, _load_args, _memory, _select, _signing, _tune, backends
 from edge_runtime._errors import (
     BackendUnavailableError,
     DeviceMismatchError,
     EdgeRuntimeError,
     GoldenMismatchError,
     InputError,
+    ManifestError,
 )
 from edge_runtime._golden import check_golden, compare_outputs, golden_samples
 from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
@@ -172,6 +173,13 @@ class Model:
                 f".{method}() needs a model for {' or '.join(tasks)}; this one does {self.task}"
             )
 
+    def _postprocess(self, method: str) -> dict[str, Any]:
+        post = self.manifest.get("postprocess")
+        if post is None:  # read_manifest checked its shape when present
+            raise ManifestError(f"{self.root}: the manifest has no postprocess section, which .{method}() "
+                                "needs; run() takes raw tensors")
+        return post
+
     def _forward(
         self, texts: Any, batch_size: int, truncate: bool, batch_invariant: bool, output: str
     ):
@@ -214,7 +222,7 @@ class Model:
             e.g. dynamic INT8) run each text alone. False: run batch_size texts per call, faster
             for such artifacts, but a vector may change with its batch neighbours."""
         self._require_task("embed", ("feature-extraction",))
-        post = self.manifest["postprocess"]
+        post = self._postprocess("embed")
         chunks = [
             pool(hidden, feeds["attention_mask"], post["pooling"], post["normalize"])
             for _, _, feeds, hidden in self._forward(texts, batch_size, truncate, batch_invariant, post["output"])
@@ -228,7 +236,7 @@ class Model:
         classification, per text a list of {token, label, score} (special tokens left out).
         texts, truncate and batch_invariant as for embed(); an empty list gives []."""
         self._require_task("classify", ("text-classification", "token-classification"))
-        labels = self.manifest["postprocess"]["labels"]
+        labels = self._postprocess("classify")["labels"]
         results: list[Any] = []
         for _, group, _, logits in self._forward(texts, batch_size, truncate, batch_invariant, "logits"):
             probs = softmax(logits.astype(np.float64))
@@ -435,22 +443,15 @@ def load(
         if device_cache is not True and device_cache != weight_cache:
             raise InputError("give device_cache or its older name weight_cache, not both")
         device_cache = weight_cache
-    if verify not in (True, False, "full"):
-        raise InputError(f'verify must be True, False or "full", got {verify!r}')
+    _load_args.check_options(verify, spinning, tune, memory_budget_mb)
+    cache_dirs, records_dir = _load_args.cache_dirs(device_cache, default_cache_dir())
     root = Path(path)
     if trusted_keys is not None:
         signed = _signing.verify_directory(root, trusted_keys)
         log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
     manifest = read_manifest(root)
     threads = _select.check_threads(threads)
-    if device_cache is True:
-        cache_dirs = {"tflite": default_cache_dir() / "xnnpack", "onnx": default_cache_dir() / "onnxruntime"}
-    elif device_cache is False or device_cache is None:
-        cache_dirs = {}
-    else:  # one directory: entries of the two backends are named apart
-        cache_dirs = {"tflite": Path(device_cache), "onnx": Path(device_cache)}
-    records = Verifications(None if not cache_dirs else
-                            default_cache_dir() if device_cache is True else Path(device_cache))
+    records = Verifications(records_dir)
     tuning = _tune.read_cached(root, manifest) if tune is not False else None
 
     def open_tuned(entry: dict[str, Any]) -> Model:
@@ -483,10 +484,7 @@ def load(
     selection = _select.plan(root, manifest, _device.detect(), tuning)
     if not selection.choices:
         formats = sorted({e["format"] for e in manifest["artifacts"]})
-        raise BackendUnavailableError(
-            f"none of the artifacts in {root} can run here: they need {formats} backends; "
-            "install onnxruntime (edge_runtime[onnx]) or ai-edge-litert (edge_runtime[tflite])"
-        )
+        raise BackendUnavailableError(_load_args.no_backend_message(root, formats))
     for name, why in selection.skipped.items():
         log.info("not trying artifact %s: %s", name, why)
     for choice in selection.choices:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._errors import InputError
+from edge_runtime._errors import ArtifactError, InputError
 
 __all__ = ["Encoded", "TextEncoder", "pool", "softmax"]
 
@@ -69,7 +69,14 @@ class TextEncoder:
                 "(or install edge_runtime with the [onnx] or [tflite] extra)"
             ) from None
         self._path = Path(tokenizer_json)
-        self._tok = Tokenizer.from_file(str(tokenizer_json))
+        try:
+            self._tok = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as exc:  # tokenizers raises a bare Exception for a missing or bad file
+            raise ArtifactError(
+                f"{self._path}: the artifact's tokenizer cannot be read ({exc}); the directory is "
+                "incomplete or damaged: copy it again from the converter's output (a verified load "
+                "names every file that differs from the manifest)"
+            ) from None
         self.max_length = int(spec["max_length"])
         # Truncation keeps the special tokens: [CLS] + max_length - 2 tokens + [SEP].
         self._tok.enable_truncation(max_length=self.max_length)

@@ -180,16 +180,22 @@ def read_cached(
             raise ValueError(
                 f"schema_version {data.get('schema_version') if isinstance(data, dict) else None}"
             )
-        for name, best in data["artifacts"].items():  # the fields load() relies on
+        for name, best in data["artifacts"].items():  # the fields load() and tune() rely on
             if not (isinstance(name, str) and int(best["threads"]) >= 1):
                 raise ValueError(f"bad entry for {name!r}")
+            if best.get("spinning") not in (None, True, False):
+                raise ValueError(f"bad spinning for {name!r}")
+        if not isinstance(data.get("identity"), dict):
+            raise ValueError("no identity")
+        if not isinstance(data.get("fastest"), (str, type(None))) or not isinstance(data.get("refused", {}), dict):
+            raise ValueError("bad fastest or refused")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning(
             "tuning cache %s is corrupted (%s); ignoring it, the next tuning replaces it", path, exc
         )
         return None
     want = _identity(manifest)
-    stale = [key for key in want if data.get("identity", {}).get(key) != want[key]]
+    stale = [key for key in want if data["identity"].get(key) != want[key]]
     if stale:
         log.warning(
             "tuning cache %s was made for other %s; ignoring it, the next tuning replaces it",
@@ -207,15 +213,26 @@ def setting_for(cached: dict[str, Any] | None, name: str) -> Setting | None:
     return Setting(int(best["threads"]), best.get("spinning"))
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+def _write_atomic(path: Path, data: dict[str, Any]) -> bool:
+    """Write `data` to `path` whole or not at all; False (logged) when it could not be written."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(data, out, indent=1)
         os.replace(tmp, path)
+        return True
     except OSError as exc:  # a read-only home: tuning still applies to this process
-        log.warning("could not write the tuning cache %s (%s)", path, exc)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        log.warning(
+            "could not write the tuning cache %s (%s); set XDG_CACHE_HOME to a writable directory "
+            "to keep tuning results",
+            path,
+            exc,
+        )
+        return False
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -358,8 +375,8 @@ def tune(
     rounds: interleaved rounds per sweep (each runs every setting 1 + 3 times).
     budget_s: stop a sweep after this many seconds (at least 2 rounds); None: all rounds.
     cache_dir: where results go (default: default_cache_dir()/tuning); write=False keeps them out.
-    Returns the result, as cached; existing results for other artifacts of the same directory
-    are kept.
+    Returns the result as cached (existing results for other artifacts of the same directory are
+    kept), plus "cached": whether it was written.
     """
     from edge_runtime import _select
 
@@ -462,6 +479,5 @@ def tune(
             busy.replace("p50s", "timings"),
             root,
         )
-    if write:
-        _write_atomic(cache_path, result)
-    return result
+    cached = write and _write_atomic(cache_path, result)
+    return {**result, "cached": cached}  # "cached" itself is not stored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -29,18 +30,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _describe(root: str) -> dict:
-    """The device, its profile, what load() would pick and why, and the artifact table."""
+def _describe(root: str, artifact: str | None = None) -> dict:
+    """The device, its profile, what load() would pick and why (or, given `artifact`, what it
+    would run that one with), and the artifact table."""
     from pathlib import Path
 
     from edge_runtime import _device, _memory, _select, _tune
 
     path = Path(root)
     manifest = edge_runtime.read_manifest(path)
+    names = [a["name"] for a in manifest["artifacts"]]
+    if artifact is not None and artifact not in names:
+        raise edge_runtime.InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(names)}")
     device = _device.detect()
     profile_id, profile_reason = _device.match_profile(device)
     tuning = _tune.read_cached(path, manifest)
     plan = _select.plan(path, manifest, device, tuning)
+    if artifact is not None:  # asked for by name: only that one, the reason says so
+        chosen = [c for c in plan.choices if c.name == artifact]
+        plan = dataclasses.replace(plan, choices=chosen, reason=f"it was asked for by name (--artifact {artifact})")
     selection = None
     if plan.choices:
         first = plan.choices[0]
@@ -58,11 +66,12 @@ def _describe(root: str) -> dict:
     info = device.to_dict()
     info["features_of_interest"] = device.notable_features()
     return {
+        "asked": artifact,
         "device": info,
         "profile": {
             "detected": profile_id,
             "reason": profile_reason,
-            "artifacts_made_for": manifest["target"]["id"],
+            "artifacts_made_for": manifest["target"].get("id"),
         },
         "selection": selection,
         "not_tried": plan.skipped,
@@ -71,7 +80,7 @@ def _describe(root: str) -> dict:
             "present": tuning is not None,
             "fastest": (tuning or {}).get("fastest"),
         },
-        "target": manifest["target"]["id"],
+        "target": manifest["target"].get("id"),
         "task": manifest["task"],
         "source": manifest["source"].get("name"),
         "artifacts": [
@@ -108,7 +117,9 @@ def _print_info(info: dict) -> None:
     if p["detected"] != p["artifacts_made_for"]:
         print(f"         (these artifacts were made for {p['artifacts_made_for']})")
     sel = info["selection"]
-    if sel is None:
+    if sel is None and info.get("asked"):
+        print(f"load()   cannot run {info['asked']} here (see 'not tried' below)")
+    elif sel is None:
         print("load()   picks nothing: no artifact can run here")
     else:
         spin = {None: "", True: ", spinning", False: ", no spinning"}[sel["spinning"]]
@@ -131,12 +142,22 @@ def _print_info(info: dict) -> None:
               f"{a['bytes'] / 1e6:8.1f} MB  ~{a['estimated_mb']:6.0f} MB resident  {metrics}")
 
 
+def _undecodable(text: str) -> str:
+    """Why a command-line text is not valid text ("" if it is): Python hands over bytes that are
+    not valid in the locale's encoding as lone surrogates (U+DC80-U+DCFF, one per byte)."""
+    for position, char in enumerate(text):
+        if "\udc80" <= char <= "\udcff":
+            return (f"is not valid {sys.getfilesystemencoding().upper()} (byte 0x{ord(char) - 0xDC00:02x} at "
+                    f"character {position}); pass the text in that encoding (check the terminal's locale)")
+    return ""
+
+
 def _main(argv: list[str] | None) -> int:
     # Intermixed: texts may follow options ("edge-run DIR --json 'a text'"), as users type them.
     args = _parser().parse_intermixed_args(argv)
     try:
         if args.info:
-            info = _describe(args.artifacts)
+            info = _describe(args.artifacts, args.artifact)
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
@@ -145,6 +166,11 @@ def _main(argv: list[str] | None) -> int:
         if not args.texts:
             print("edge-run: give texts to run, or --info", file=sys.stderr)
             return 2
+        for number, text in enumerate(args.texts, 1):
+            problem = _undecodable(text)
+            if problem:
+                print(f"edge-run: error: text argument {number} {problem}", file=sys.stderr)
+                return 2
         model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,
                                   trusted_keys=args.trusted_key)
         if model.task == "feature-extraction":
@@ -186,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
+    except KeyboardInterrupt:  # device caches are built under temporary names: nothing half-made stays
+        print("edge-run: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

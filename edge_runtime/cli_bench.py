@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from edge_runtime._bench import BenchConfig, BenchConfigError, render_markdown, run_bench
@@ -90,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-verify",
         action="store_true",
-        help="skip hash and golden-sample checks (measures load without them)",
+        help="skip hash and golden-sample checks (measures load without them; ONNX artifacts "
+        "then load without their device cache, which only verified loads build and use)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return parser
@@ -98,6 +101,39 @@ def _parser() -> argparse.ArgumentParser:
 
 def _flatten(groups: list[list[int]] | None) -> tuple[int, ...] | None:
     return None if not groups else tuple(v for group in groups for v in group)
+
+
+def _unwritable(out: Path) -> str:
+    """Why the JSON result could not be written to `out` ("" if it can): checked up front."""
+    if out.is_dir():
+        return "is a directory; name a file, e.g. " + str(out / "bench.json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        with open(out, "a", encoding="utf-8"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as exc:
+        return f"cannot be written ({exc.strerror or exc})"
+    return ""
+
+
+def _write_json(out: Path, doc: dict) -> bool:
+    """Write the result; if that fails after all, keep it in a temporary file and say where."""
+    text = json.dumps(doc, indent=2) + "\n"
+    try:
+        out.write_text(text, encoding="utf-8")
+        return True
+    except OSError as exc:
+        handle, kept = tempfile.mkstemp(prefix="edge-bench-", suffix=".json")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        print(
+            f"edge-bench: error: could not write {out} ({exc.strerror or exc}); the result is in {kept}",
+            file=sys.stderr,
+        )
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.quiet
         else (lambda line: print(f"edge-bench: {line}", file=sys.stderr, flush=True))
     )
+    out = Path(args.json) if args.json else None
+    if out is not None:
+        problem = _unwritable(out)
+        if problem:  # found before minutes of measuring, not after
+            print(f"edge-bench: error: --json {out}: {problem}", file=sys.stderr)
+            return 2
     try:
         doc = run_bench(args.artifacts, config, command=["edge-bench", *raw], progress=progress)
     except BenchConfigError as exc:
@@ -128,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeRuntimeError as exc:
         print(f"edge-bench: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # temporary caches are removed on the way out; nothing is written
+        print("edge-bench: interrupted; no result written", file=sys.stderr)
+        return 130
     print(render_markdown(doc), end="")
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    if out is not None and not _write_json(out, doc):
+        return 1
     # Skipped records (no backend for that format here) are in the table with their reason;
     # errors (golden failure, a shape the artifact cannot run, a crash) fail the command.
     failed = [r for r in doc["records"] if r["status"] == "error"]

@@ -72,7 +72,13 @@ def _print_table(result: dict, cache_file: Path) -> None:
         print(
             f"\nfastest here: {result['fastest']} (load() picks it when it is allowed and fits memory)"
         )
-    print(f"cached in {cache_file} ({result['seconds']:.1f} s of measuring)")
+    if result.get("cached"):
+        print(f"cached in {cache_file} ({result['seconds']:.1f} s of measuring)")
+    else:
+        print(
+            f"NOT cached: {cache_file} could not be written (see the warning above); load() will "
+            f"not use this result ({result['seconds']:.1f} s of measuring)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except edge_runtime.EdgeRuntimeError as exc:
         print(f"edge-tune: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the cache is written whole at the end or not at all
+        print("edge-tune: interrupted; the tuning cache is unchanged", file=sys.stderr)
+        return 130
     cache_file = _tune.cache_file(Path(args.artifacts))
     if args.json:
         print(
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         _print_table(result, cache_file)
-    return 0 if result["artifacts"] else 1
+    return 0 if result["artifacts"] and result["cached"] else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ leaving the artifact directory. Hand-made directories, no torch, property-based 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime import ArtifactError, ManifestError, read_manifest
+from edge_runtime import ArtifactError, ManifestError, _compat, _select, cli, read_manifest
 from edge_runtime._manifest import (
     SUPPORTED_SCHEMA_VERSIONS,
     file_sha256,
@@ -38,13 +40,17 @@ def _valid(root: Path) -> dict:
     golden = _entry(root, "golden/a.npz", b"golden")
     golden["tolerance"] = {"cosine_min": 0.999, "rel_l2_max": 0.01}
     return {
-        "schema_version": 1, "target": {"id": "x86-avx2"}, "source": {}, "task": "feature-extraction",
+        "schema_version": 1, "target": {"id": "x86-avx2"}, "source": {"name": "tiny"}, "task": "feature-extraction",
         "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
         "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", 8]}],
         "tokenizer": {"files": [_entry(root, "tokenizer/tokenizer.json", b"{}"),
                                 _entry(root, "tokenizer/tokenizer_config.json", b"{}")],
                       "max_length": 16, "pad_token_id": 0},
-        "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "metrics": {},
+        "postprocess": {"pooling": "mean", "normalize": True, "output": "last_hidden_state"},
+        "runtime": {"threads": {"intra_op": 0, "inter_op": 1}, "artifact_preference": ["int8", "fp32"],
+                    "backends": [{"name": "onnxruntime", "execution_providers": ["CPUExecutionProvider"]}]},
+        "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "metrics": {"cosine_mean": 0.99},
+                       "requires": {"int8_gemm": ["int32", "s16-pairs"]},
                        "files": [_entry(root, "m.onnx", b"model bytes")], "golden": golden}],
     }
 
@@ -127,7 +133,8 @@ def _paths(value, prefix=()):
 @given(data=st.data())
 def test_any_corrupted_field_is_refused_or_still_valid(tmp_path, data):
     """Replace or delete any one field of a valid manifest: the reader either accepts the result
-    (whose every listed path then stays inside) or raises ManifestError; never another error."""
+    (whose every listed path then stays inside, and which selection and `edge-run --info` can use)
+    or raises ManifestError; never another error."""
     manifest = _valid(tmp_path)
     where = data.draw(st.sampled_from([p for p in _paths(manifest) if p]))
     broken = copy.deepcopy(manifest)
@@ -148,6 +155,11 @@ def test_any_corrupted_field_is_refused_or_still_valid(tmp_path, data):
     for entry in result["artifacts"]:
         for item in files_to_verify(result, entry):
             assert resolve(tmp_path, item["path"]).is_relative_to(tmp_path.resolve())
+        _compat.required_int8_gemm(entry, result)
+    # what reads the manifest without opening a session: selection and `edge-run --info`
+    _select.candidates(result)
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli._print_info(cli._describe(str(tmp_path)))
 
 
 # -- paths ---------------------------------------------------------------------------------------

@@ -309,3 +309,81 @@ def test_load_uses_and_heals_the_onnx_optimized_model_cache(converted, tmp_path,
     with pytest.raises(Exception) as failure:
         load(weight_cache=cache)
     assert not isinstance(failure.value, RecursionError)
+
+
+def test_a_damaged_tokenizer_or_golden_file_is_an_artifact_error_even_unverified(converted, tmp_path, capsys):
+    """verify=False skips the hashes; a damaged file must still be named, not surface as the
+    tokenizers library's bare Exception or numpy's pickle advice."""
+    from edge_runtime import cli_bench
+
+    out = _copy(converted, tmp_path / "t")
+    (out / "tokenizer" / "tokenizer.json").write_text("{not json")
+    model = edge_runtime.load(out, verify=False)
+    with pytest.raises(edge_runtime.ArtifactError, match=r"tokenizer.json: the artifact's tokenizer cannot be read"):
+        model.embed(["a text"])
+    assert cli_bench.main([str(out), "--runs", "2", "--rounds", "1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "edge-bench: error:" in err and "tokenizer cannot be read" in err and "Traceback" not in err
+    golden = out / json.loads((out / "manifest.json").read_text())["artifacts"][0]["golden"]["path"]
+    golden.write_bytes(b"\x93NUMPY garbage")
+    unverified = edge_runtime.load(out, artifact="onnx-fp32", verify=False)
+    with pytest.raises(edge_runtime.ArtifactError, match="golden samples cannot be read"):
+        unverified.self_check()
+
+
+def test_threads_loading_one_artifact_at_once_share_one_cache_entry(converted, tmp_path, caplog):
+    """Each thread builds in its own temporary directory; the first to finish publishes, the
+    others keep theirs out of the way: no false "could not store" warnings, one entry."""
+    import threading
+
+    cache = tmp_path / "cache"
+    models, errors = [], []
+
+    def load() -> None:
+        try:
+            models.append(edge_runtime.load(converted, artifact="onnx-fp32", device_cache=cache))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and len(models) == 4
+    assert "could not store" not in caplog.text, caplog.text
+    assert not list(cache.glob(".*.tmp")), "no temporary build left behind"
+    states = sorted(m._session.optimized_cache_state for m in models)
+    assert states.count("created") >= 1 and set(states) <= {"created", "reused"}, states
+    again = edge_runtime.load(converted, artifact="onnx-fp32", device_cache=cache)
+    assert again._session.optimized_cache_state == "reused"
+
+
+def test_edge_tune_says_when_its_result_could_not_be_cached(converted, tmp_path, capsys, monkeypatch, caplog):
+    from edge_runtime import cli_tune
+
+    blocker = tmp_path / "xdg"
+    blocker.mkdir()
+    (blocker / "edge_runtime").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        assert cli_tune.main([str(converted), "--artifact", "onnx-int8", "--rounds", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "NOT cached" in captured.out and "cached in" not in captured.out
+    assert "could not write the tuning cache" in caplog.text and "XDG_CACHE_HOME" in caplog.text
+
+
+@pytest.mark.parametrize("identity", [5, "x", None, []])
+def test_a_tuning_cache_with_a_damaged_identity_is_ignored(converted, tmp_path, monkeypatch, caplog, identity):
+    from edge_runtime import _tune
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = _tune.cache_file(converted)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"schema_version": _tune.SCHEMA_VERSION, "identity": identity,
+                                "artifacts": {"onnx-int8": {"threads": 1}}}))
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        assert _tune.read_cached(converted, edge_runtime.read_manifest(converted)) is None
+        assert edge_runtime.load(converted).name == "onnx-int8"
+    assert "is corrupted" in caplog.text

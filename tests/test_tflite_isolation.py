@@ -73,6 +73,19 @@ def _dying_child(signal_name: str = "SIGILL"):
 
 @pytest.mark.slow  # a TFLite export
 @needs_cache_api
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_child_killed_from_outside_is_a_failed_build_not_a_cpu_crash(model, tmp_path, monkeypatch, signal_name):
+    """A user, a service manager or the out-of-memory killer: nothing about this CPU, no marker."""
+    monkeypatch.setattr(_tflite_cache, "_child_command", _dying_child(signal_name))
+    cache_dir = tmp_path / "cache"
+    session = backends.open_session("tflite", model, threads=1, weight_cache_dir=cache_dir)
+    assert session.weight_cache_state == "failed"
+    assert not tflite.crash_marker(cache_dir, _litert_version()).exists()
+    assert list(cache_dir.iterdir()) == []
+
+
+@pytest.mark.slow  # a TFLite export
+@needs_cache_api
 def test_a_crashing_compiled_model_falls_back_to_the_interpreter_and_is_not_retried(
     model, tmp_path, monkeypatch, caplog
 ):

@@ -29,7 +29,8 @@ with lse enabled, but this feature is not available on this processor" and SIGIL
 qemu-aarch64 -cpu cortex-a72 (tools/arm64-check); cortex-a76 (Pi 5, with LSE) runs it. A crash
 cannot be caught in-process, so the CompiledModel path is first taken in a child process: it
 builds the weight cache (and runs the smallest signature once) there, and this process maps the
-finished file. A child killed by a signal leaves a marker named after the runtime version and
+finished file. A child killed by a CPU fault (SIGILL, SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGSYS,
+SIGTRAP; not SIGINT/SIGTERM/SIGKILL, which come from outside) leaves a marker named after the runtime version and
 the CPU (`compiled-model-litert<version>-<cpu>.crashed`, next to the caches, with the signal and
 the runtime's last words); from then on this CPU runs TFLite artifacts with the Interpreter (no
 weight cache), without trying again, whatever build of the runtime is installed. Delete the marker
@@ -71,6 +72,12 @@ log = logging.getLogger("edge_runtime")
 
 _CACHE_SUFFIX = ".xnnpack"
 _CRASH_SUFFIX = ".crashed"
+# Signals a process gets from its own instructions (an unsupported one, a bad access, an abort
+# in the runtime's own checks): the ones that say this CPU cannot run the CompiledModel path.
+_CPU_FAULTS = {
+    int(getattr(signal, name)) for name in ("SIGILL", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP")
+    if hasattr(signal, name)
+}
 _RECORD_SUFFIX = ".verified.json"  # {"sha256", "stat"}: the cache file's content when published
 
 
@@ -295,6 +302,10 @@ def _build_in_child(model_path: Path, cache_path: Path, threads: int) -> tuple[s
         how = f"killed by {signal.Signals(-done.returncode).name}"
     except ValueError:
         how = f"killed by signal {-done.returncode}"
+    if -done.returncode not in _CPU_FAULTS:
+        # Sent from outside (a user, a service manager, the out-of-memory killer): says nothing
+        # about this CPU, so no marker; the next load tries again.
+        return "failed", f"the child process was {how} (not a CPU fault){words}"
     return "crashed", how + words
 
 

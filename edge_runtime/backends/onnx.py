@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -317,14 +318,18 @@ def _write_signatures(entry: Path, signed: dict[str, Any]) -> None:
 def _start_entry(entry: Path, options: Any) -> Path | None:
     """Ask onnxruntime to save the optimized graph into a temporary sibling of `entry`; None
     when the cache directory cannot be written (the session then just loads as usual)."""
-    tmp = entry.parent / f".{entry.name}.{os.getpid()}.tmp"
+    # pid first (_remove_orphans reads it), then a random part: threads of one process loading
+    # the same artifact at once each build in their own directory.
+    tmp = entry.parent / f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         _remove_orphans(entry)
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     except OSError as exc:
         log.warning(
-            "optimized-model cache %s not writable (%s); loading without it", entry.parent, exc
+            "optimized-model cache %s not writable (%s); loading without it (set XDG_CACHE_HOME "
+            "to a writable directory, or pass device_cache=False or a writable path to load())",
+            entry.parent,
+            exc,
         )
         return None
     options.optimized_model_filepath = str(tmp / _MODEL)
@@ -390,7 +395,12 @@ def _finish_entry(tmp: Path, entry: Path) -> str:
                 shutil.rmtree(tmp, ignore_errors=True)
                 return "created"
             shutil.rmtree(entry)  # invalid: replace it
-        os.rename(tmp, entry)
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not _entry_is_valid(entry):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a parallel load won the rename: keep theirs
         return "created"
     except OSError as exc:
         log.warning("could not store the optimized model in %s (%s)", entry, exc)

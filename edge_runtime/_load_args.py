@@ -1,0 +1,48 @@
+"""load()'s keyword arguments, checked before anything is read: a wrong type or value is an
+InputError naming the parameter, never a silent default (a string spinning="no" is truthy and
+would have turned spinning on; device_cache="" would have written caches into the working
+directory)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from edge_runtime._errors import InputError
+
+__all__ = ["cache_dirs", "check_options", "no_backend_message"]
+
+_EXTRAS = {"onnx": "onnxruntime (edge_runtime[onnx])", "tflite": "ai-edge-litert (edge_runtime[tflite])"}
+
+
+def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) -> None:
+    if verify not in (True, False, "full"):
+        raise InputError(f'verify must be True, False or "full", got {verify!r}')
+    for name, value in (("spinning", spinning), ("tune", tune)):
+        if value is not None and not isinstance(value, bool):
+            raise InputError(f"{name} must be True, False or None, got {value!r}")
+    if memory_budget_mb is not None and (
+        isinstance(memory_budget_mb, bool)
+        or not isinstance(memory_budget_mb, (int, float))
+        or not memory_budget_mb > 0  # also refuses NaN
+    ):
+        raise InputError(f"memory_budget_mb must be a number of megabytes > 0 or None, got {memory_budget_mb!r}")
+
+
+def cache_dirs(device_cache: Any, default: Path) -> tuple[dict[str, Path], Path | None]:
+    """(each backend's device-cache directory, where verification records go) for load()'s
+    device_cache: True -> under `default`, False/None -> none, a path -> that directory."""
+    if device_cache is True:
+        return {"tflite": default / "xnnpack", "onnx": default / "onnxruntime"}, default
+    if device_cache is False or device_cache is None:
+        return {}, None
+    if not isinstance(device_cache, (str, os.PathLike)) or not str(os.fspath(device_cache)):
+        raise InputError(f"device_cache must be True, False or a directory path, got {device_cache!r}")
+    path = Path(device_cache)  # one directory: entries of the two backends are named apart
+    return {"tflite": path, "onnx": path}, path
+
+
+def no_backend_message(root: Path, formats: list[str]) -> str:
+    install = " or ".join(_EXTRAS.get(fmt, f"a {fmt} backend") for fmt in formats)
+    return f"none of the artifacts in {root} can run here: they need a {' or '.join(formats)} backend; install {install}"

@@ -1,0 +1,127 @@
+"""Mistakes a user makes with the device package's API and CLIs get an error that names what to
+fix, before anything is read or measured; interruptions end quietly. No artifacts needed: each
+check fires before the directory is opened (or the library call is replaced)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import edge_runtime
+from edge_runtime import _bench_report, _load_args, cli, cli_bench, cli_tune
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"spinning": "no"}, "spinning"),  # a truthy string would have turned spinning on
+        ({"spinning": 1}, "spinning"),
+        ({"tune": "yes"}, "tune"),
+        ({"memory_budget_mb": "a"}, "memory_budget_mb"),
+        ({"memory_budget_mb": -5}, "memory_budget_mb"),
+        ({"memory_budget_mb": 0}, "memory_budget_mb"),
+        ({"memory_budget_mb": math.nan}, "memory_budget_mb"),
+        ({"memory_budget_mb": True}, "memory_budget_mb"),
+        ({"device_cache": ""}, "device_cache"),  # would have cached into the working directory
+        ({"device_cache": 0}, "device_cache"),
+        ({"verify": "yes"}, "verify"),
+    ],
+)
+def test_load_arguments_are_checked_before_the_directory_is_read(tmp_path, kwargs, named):
+    with pytest.raises(edge_runtime.InputError, match=named):
+        edge_runtime.load(tmp_path / "not-even-there", **kwargs)
+
+
+def test_good_load_arguments_pass_the_checks(tmp_path):
+    _load_args.check_options(True, None, None, None)
+    _load_args.check_options("full", False, True, 64.5)
+    assert _load_args.cache_dirs(False, tmp_path) == ({}, None)
+    dirs, records = _load_args.cache_dirs(True, tmp_path)
+    assert dirs == {"tflite": tmp_path / "xnnpack", "onnx": tmp_path / "onnxruntime"} and records == tmp_path
+    dirs, records = _load_args.cache_dirs(str(tmp_path / "c"), tmp_path)
+    assert set(dirs.values()) == {tmp_path / "c"} and records == tmp_path / "c"
+
+
+def test_the_missing_backend_message_names_only_what_would_help(tmp_path):
+    onnx_only = _load_args.no_backend_message(tmp_path, ["onnx"])
+    assert "onnxruntime (edge_runtime[onnx])" in onnx_only and "litert" not in onnx_only
+    both = _load_args.no_backend_message(tmp_path, ["onnx", "tflite"])
+    assert "onnxruntime" in both and "ai-edge-litert" in both
+
+
+def test_edge_run_names_a_text_argument_that_is_not_valid_in_the_locale(tmp_path, capsys):
+    assert cli.main([str(tmp_path), "fine", "caf\udce9"]) == 2
+    err = capsys.readouterr().err
+    assert "text argument 2 is not valid" in err and "byte 0xe9 at character 3" in err
+    assert "Traceback" not in err
+
+
+def test_edge_run_info_takes_artifact_by_name_and_refuses_an_unknown_one(tmp_path, capsys):
+    from test_manifest_reader import _valid  # a complete manifest over real (tiny) files
+
+    (tmp_path / "manifest.json").write_text(json.dumps(_valid(tmp_path)))
+    assert cli.main([str(tmp_path), "--info", "--artifact", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no artifact 'nope'" in err and "it has: a" in err
+    assert cli.main([str(tmp_path), "--info", "--artifact", "a", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["asked"] == "a"
+    if info["selection"] is not None:  # onnxruntime installed and the artifact allowed here
+        assert info["selection"]["artifact"] == "a" and "asked for by name" in info["selection"]["reason"]
+    else:
+        assert "a" in info["not_tried"]
+
+
+@pytest.mark.parametrize("module, call", [(cli, "_main"), (cli_bench, "run_bench"), (cli_tune, "_tune")])
+def test_ctrl_c_ends_each_cli_with_a_line_and_status_130(tmp_path, capsys, monkeypatch, module, call):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if call == "_tune":
+        monkeypatch.setattr(module._tune, "tune", interrupted)
+        monkeypatch.setattr(module.edge_runtime, "read_manifest", lambda path: {"artifacts": []})
+    else:
+        monkeypatch.setattr(module, call, interrupted)
+    assert module.main([str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_edge_bench_checks_the_json_path_before_measuring(tmp_path, capsys, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("measured although the result could not be written")
+
+    monkeypatch.setattr(cli_bench, "run_bench", must_not_run)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    (read_only / "file").write_text("x")
+    for bad, words in ((tmp_path, "is a directory"), (read_only / "file" / "x.json", "cannot be written")):
+        assert cli_bench.main([str(tmp_path), "--json", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"--json {bad}: {words}" in err
+    # a path that can be written is left as it was: no empty file from the check
+    good = tmp_path / "new" / "bench.json"
+    monkeypatch.setattr(cli_bench, "run_bench", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli_bench.main([str(tmp_path), "--json", str(good)]) == 130 and not good.exists()
+
+
+def test_edge_bench_keeps_the_result_when_the_json_write_fails_after_all(tmp_path, capsys):
+    out = tmp_path / "gone" / "bench.json"  # its directory vanished during the run
+    assert cli_bench._write_json(out, {"a": 1}) is False
+    err = capsys.readouterr().err
+    kept = err.rsplit("the result is in ", 1)[1].strip()
+    assert f"could not write {out}" in err and json.loads(open(kept).read()) == {"a": 1}
+
+
+def test_a_multi_line_error_stays_in_its_table_row():
+    record = {
+        "artifact": "onnx-int8", "precision": "int8", "bytes": 1, "batch": 1, "seq": 8, "threads": 2,
+        "status": "error", "error": "GoldenMismatchError: a | b\n  sample 0: cosine 0.5\n  sample 1: x",
+        "golden": "failed", "latency": None, "throughput": None, "metrics": {},
+        "load_first": {"load_to_first_result_s": None, "device_cache": None, "memory": None},
+        "load_second": {"load_to_first_result_s": None, "device_cache": None, "memory": None},
+    }
+    row = _bench_report._row(_bench_report._cells(record))
+    assert "\n" not in row and "a / b sample 0: cosine 0.5 sample 1: x" in row
