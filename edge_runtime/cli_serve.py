@@ -141,6 +141,7 @@ _FLAGS = {
     "max_batch_wait_ms": "--max-batch-wait-ms",
     "workers": "--workers",
     "golden_interval_s": "--golden-interval",
+    "graceful_timeout_s": "--graceful-timeout",
     "trusted_keys": "--trusted-key",
 }
 

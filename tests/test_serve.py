@@ -335,6 +335,8 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
         assert "cannot be empty" in error("/embed", 400, "Empty", json={"inputs": []})
         assert "cannot be empty" in error("/embed", 400, "Empty", json={"inputs": ""})
         assert "not valid JSON" in error("/embed", 422, "Validation", content=b"{nope")
+        deep = b'{"inputs":' + b"[" * 9_000 + b"]" * 9_000 + b"}"  # a client's fault, not the backend's
+        assert "not valid JSON" in error("/embed", 422, "Validation", content=deep)
         assert "must be a string" in error("/embed", 422, "Validation", json={"inputs": ["ok", 3]})
         assert "missing field `inputs`" in error("/embed", 422, "Validation", json={"input": "a"})
         assert "/embed" in error("/predict", 424, "Backend", json={"inputs": "a"})
@@ -364,14 +366,18 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
             openai.status_code == 400
             and openai.json()["type"] == "Empty"
             and openai.json()["code"] == 400
+            and "`input` cannot be empty" in openai.json()["message"]  # OpenAI's field name
         )
+        ids = client.post("/v1/embeddings", json={"input": [[1, 2, 3]]})  # OpenAI allows token ids
+        assert ids.status_code == 422 and "token ids are not supported" in ids.json()["message"]
 
         families = server.metrics()
         failures = {dict(k)["err"]: v for k, v in families["te_request_failure_total"].items()}
         assert (
             failures["batch_size"] == 1
             and failures["model_type"] == 1
-            and failures["validation"] >= 11
+            and failures["validation"] >= 13
+            and "inference" not in failures
         )
         count = sum(families["te_request_count_total"].values())
         success = sum(families["te_request_success_total"].values())
@@ -793,3 +799,67 @@ def test_a_missing_serve_extra_is_named_before_any_work(tmp_path, monkeypatch, c
     assert cli_serve.main([str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "uvicorn" in err and "pip install 'edge_runtime[serve]'" in err
+
+
+def test_a_cancelled_request_neither_runs_nor_stops_the_worker(tmp_path):
+    """A request cancelled while queued (client gone, shutdown timed out) gives its permits back
+    unrun; one cancelled while running is dropped; the worker lives on for the next request."""
+    import threading
+
+    from edge_runtime._text import Encoded
+    from edge_runtime.serve._batching import Batcher
+    from edge_runtime.serve._config import ServeConfig
+    from edge_runtime.serve._metrics import ServeMetrics
+
+    ran, running, release = [], threading.Event(), threading.Event()
+
+    class Served:
+        def execute(self, rows, batch_invariant, max_tokens):
+            ran.append(len(rows))
+            running.set()
+            release.wait(10)
+            return np.zeros((len(rows), 1), np.float32), 1, 0
+
+    served = Served()
+    batcher = Batcher(ServeConfig(path=tmp_path, max_batch_wait_ms=0, max_batch_requests=1), ServeMetrics(128))
+    batcher.start()
+    row = Encoded([1, 2], [0, 0], ["a", "b"], [False, False])
+    first = batcher.submit(served, [row])
+    assert running.wait(10)
+    queued = batcher.submit(served, [row])
+    assert first.cancel() and queued.cancel()  # asyncio's wrap_future cancels them like this
+    release.set()
+    after = batcher.submit(served, [row])
+    assert after.result(10).outputs.shape == (1, 1)
+    assert ran == [1, 1], "the request cancelled while queued never ran"
+    assert batcher.alive and batcher.queued == 0
+    assert batcher.close(10)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"max_batch_wait_ms": float("inf")}, {"max_batch_wait_ms": float("nan")},
+                {"max_batch_wait_ms": 1e13}, {"golden_interval_s": float("inf")},
+                {"graceful_timeout_s": -5}, {"graceful_timeout_s": float("nan")}],
+)
+def test_waits_that_would_park_the_worker_are_refused(tmp_path, setting):
+    from edge_runtime.serve._config import ServeConfig
+
+    with pytest.raises(ValueError, match=f"{next(iter(setting))} must be a number from 0 to"):
+        ServeConfig(path=tmp_path, **setting)
+
+
+def test_a_taken_port_or_unknown_host_is_said_before_the_model_loads(tmp_path, capsys):
+    from edge_runtime import cli_serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # the directory does not exist: had the model loaded first, that would be the error
+        assert cli_serve.main([str(tmp_path / "missing"), "--port", str(port)]) == 1
+        err = capsys.readouterr().err
+        assert f"edge-serve: error: cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    assert cli_serve.main([str(tmp_path / "missing"), "--host", "no-such-host.invalid", "--port", "0"]) == 1
+    assert "cannot listen on no-such-host.invalid:0" in capsys.readouterr().err
+    assert cli_serve.main([str(tmp_path), "--max-batch-wait-ms", "inf"]) == 2
+    assert "--max-batch-wait-ms must be a number from 0 to" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -48,8 +48,9 @@ def _error(exc: ServeError, openai: bool = False) -> Response:
     return _json_response(body, exc.status)
 
 
-async def _body(request: Request, limit: int) -> dict[str, Any]:
-    """The JSON object of a request, read up to `limit` bytes."""
+async def _body(request: Request, limit: int, empty: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON object of a request, read up to `limit` bytes; `empty` (when given) stands for
+    an empty body."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ServeError(
@@ -59,7 +60,7 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
             status=413,
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in request.stream():  # ClientDisconnect if the client leaves mid-body
         size += len(chunk)
         if size > limit:
             raise ServeError(
@@ -69,9 +70,11 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
                 status=413,
             )
         chunks.append(chunk)
+    if empty is not None and not any(chunks):
+        return empty
     try:
         body = json.loads(b"".join(chunks) or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ServeError(
             "Validation", f"request body is not valid JSON: {exc}", err="validation"
         ) from None
@@ -81,20 +84,21 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
 
 
 def _texts(body: dict[str, Any], field: str, max_batch: int) -> tuple[list[str], bool]:
-    """(texts, was a batch) from body[field]: a string or a list of strings (TEI's Input)."""
+    """(texts, was a batch) from body[field]: a string or a list of strings (TEI's Input;
+    OpenAI's `input`)."""
     if field not in body:
         raise ServeError("Validation", f"missing field `{field}`", err="validation")
     value = body[field]
     if isinstance(value, str):
         if not value:
-            raise ServeError("Empty", "`inputs` cannot be empty", err="validation")
+            raise ServeError("Empty", f"`{field}` cannot be empty", err="validation")
         return [value], False
     if not isinstance(value, list):
         raise ServeError(
             "Validation", f"`{field}` must be a string or a list of strings", err="validation"
         )
     if not value:
-        raise ServeError("Empty", "`inputs` cannot be empty", err="validation")
+        raise ServeError("Empty", f"`{field}` cannot be empty", err="validation")
     if len(value) > max_batch:
         raise ServeError(
             "Validation",
@@ -103,10 +107,13 @@ def _texts(body: dict[str, Any], field: str, max_batch: int) -> tuple[list[str],
         )
     for index, item in enumerate(value):
         if isinstance(item, list):
+            what = (
+                "token ids are not supported" if item and all(isinstance(i, int) for i in item)
+                else "sentence pairs are not supported"
+            )
             raise ServeError(
                 "Validation",
-                f"`{field}[{index}]` is a list: sentence pairs are not "
-                "supported; send one string per input",
+                f"`{field}[{index}]` is a list: {what}; send one string per input",
                 err="validation",
             )
         if not isinstance(item, str):
@@ -209,13 +216,16 @@ def create_app(service: Service) -> Starlette:
             _options(
                 body, route, openai, service.slot.current
             )  # refuse bad options before any work
-            served, result, timing = await service.infer(route, texts, truncate)
+            served, result, timing = await service.infer(route, texts, truncate, openai)
             payload = answer(body, served, result, batched, timing)
         except ServeError as exc:
             if not counted:  # the body itself was refused (too large, not JSON)
                 metrics.request_count.inc(method=method)
             metrics.failed(exc.err)
             return _error(exc, openai)
+        except ClientDisconnect:  # the client left while sending: nobody to answer, no fault of ours
+            metrics.failed("disconnect")
+            return Response(status_code=499)
         except Exception as exc:  # e.g. NaN outputs: TEI's 424 Backend, never a bare 500
             log.exception("request failed")
             metrics.failed("inference")
@@ -349,11 +359,8 @@ def create_app(service: Service) -> Starlette:
 
         try:
             _admin_only(request)
-            body = (
-                await _body(request, config.payload_limit)
-                if request.headers.get("content-length") not in (None, "0")
-                else {}
-            )
+            # Whatever was sent (a chunked body has no content-length); nothing is {}.
+            body = await _body(request, config.payload_limit, empty={})
             path = body.get("path")
             if path is not None and not isinstance(path, str):
                 raise ServeError("Validation", "`path` must be a string", err="validation")

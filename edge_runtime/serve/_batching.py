@@ -65,6 +65,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._in_flight = 0
         self._stopping = False
+        self._started = False
         self._threads = [
             threading.Thread(target=self._loop, name=f"edge-serve-worker-{i}", daemon=True)
             for i in range(config.workers)
@@ -74,6 +75,7 @@ class Batcher:
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+        self._started = True
 
     @property
     def alive(self) -> bool:
@@ -90,6 +92,8 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise ServeError("Unhealthy", "the server is shutting down", err="shutdown")
+            if self._started and not self.alive:  # nobody would ever answer
+                raise ServeError("Unhealthy", "the inference worker is not running", err="worker")
             if len(rows) > self.config.max_concurrent_requests:  # would be refused forever
                 raise ServeError(
                     "Validation",
@@ -171,20 +175,26 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
+            # A request cancelled while queued (its client left, or the server's graceful
+            # shutdown timed out) is not run; its permits still go back below.
+            live = [job for job in batch if not job.future.cancelled()]
             try:
-                answers = self._run(batch)
+                answers = self._run(live) if live else []
             except BaseException as exc:  # never let the worker die with futures unanswered
                 log.exception("worker failed on a batch")
-                answers = [(job.future, exc) for job in batch]
+                answers = [(job.future, exc) for job in live]
             # Permits go back before the answers do: a client that sends its next request the
             # moment it has this answer must find its permit free.
             with self._cond:
                 self._in_flight -= sum(len(j.rows) for j in batch)
             for future, answer in answers:
-                if isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
+                try:
+                    if isinstance(answer, BaseException):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+                except concurrent.futures.InvalidStateError:  # cancelled while it ran: nobody waits
+                    pass
 
     def _run(self, batch: list[_Job]) -> list[tuple[concurrent.futures.Future, Any]]:
         """(future, result or exception) per job of the batch."""

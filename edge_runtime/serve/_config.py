@@ -110,8 +110,13 @@ class ServeConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_batch_requests is not None and self.max_batch_requests < 1:
             raise ValueError(f"max_batch_requests must be >= 1, got {self.max_batch_requests!r}")
-        if self.max_batch_wait_ms < 0 or self.golden_interval_s < 0:
-            raise ValueError("max_batch_wait_ms and golden_interval_s must be >= 0")
+        # Finite and bounded: an infinite or NaN wait would park the worker (a wait it cannot
+        # express: OverflowError) and every request with it.
+        for name, most in (("max_batch_wait_ms", 60_000.0), ("golden_interval_s", 7 * 86_400.0),
+                           ("graceful_timeout_s", 3_600.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
+                raise ValueError(f"{name} must be a number from 0 to {most:g}, got {value!r}")
         for name, known in (("http", HTTP_CHOICES), ("loop", LOOP_CHOICES)):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")

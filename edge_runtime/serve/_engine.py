@@ -80,15 +80,19 @@ class Served:
             )
 
     # -- request side (event loop thread) ---------------------------------------------------
-    def tokenize(self, texts: list[str], truncate: bool) -> list[Encoded]:
-        """Each input's tokens. truncate=False: 422 Validation naming the input and its length."""
+    def tokenize(self, texts: list[str], truncate: bool, openai: bool = False) -> list[Encoded]:
+        """Each input's tokens. truncate=False: 422 Validation naming the input and its length
+        (in the words of the route: OpenAI's `input` has no truncate field; the server's
+        --auto-truncate decides there)."""
         try:
             return self.encoder.encode_texts(texts, truncate=truncate)
         except InputError as exc:  # the library names its parameter; we name the request field
+            field, hint = (("input", "start edge-serve with --auto-truncate true") if openai
+                           else ("inputs", 'send "truncate": true'))
             message = (
                 str(exc)
-                .replace("texts[", "inputs[")
-                .replace("pass truncate=True", 'send "truncate": true')
+                .replace("texts[", f"{field}[")
+                .replace("pass truncate=True", hint)
             )
             raise ServeError("Validation", message, err="validation") from None
         except Exception as exc:  # noqa: BLE001 -- the tokenizer failed on this input

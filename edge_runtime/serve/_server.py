@@ -9,13 +9,35 @@ uvicorn is imported here only; it parses HTTP with httptools and runs uvloop whe
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 
 from edge_runtime.serve._config import ServeConfig, server_stack
 from edge_runtime.serve._service import Service
 
 __all__ = ["run"]
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (not yet listening: connections are refused until the model
+    is loaded and uvicorn listens). OSError naming the address when it cannot be had."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror} (--host)") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = "; another server uses it: pick another --port" if exc.errno == errno.EADDRINUSE else ""
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
 
 log = logging.getLogger("edge_runtime.serve")
 
@@ -28,9 +50,22 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
     from edge_runtime.serve._app import create_app
 
     http, loop = server_stack(config)
-    service = service or Service(config)
+    # Bound before the model loads: a taken port or a wrong host is an error at once, in our
+    # words (uvicorn would log it and exit 3 after the load), and port 0 gets its real number.
+    sock = _listen(config.host, config.port)
+    try:
+        service = service or Service(config)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(service)
-    server = uvicorn.Server(
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # the drain's clock starts at the first signal
+            service.stop_requested()
+            super().handle_exit(sig, frame)
+
+    server = _Server(
         uvicorn.Config(
             app,
             host=config.host,
@@ -65,9 +100,11 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
         )
     }
     try:
-        log.info("edge-serve on http://%s:%d (HTTP parser %s, event loop %s)", config.host, config.port,
-                 http, loop)
-        server.run()
+        host, port = sock.getsockname()[:2]
+        log.info("edge-serve on http://%s:%d (HTTP parser %s, event loop %s)",
+                 f"[{host}]" if ":" in host else host, port, http, loop)
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -17,7 +17,11 @@ from edge_runtime.serve._health import DriftMonitor, GoldenWatchdog
 from edge_runtime.serve._metrics import ServeMetrics
 from edge_runtime.serve._reload import Reloader, load_served
 
-__all__ = ["Service"]
+__all__ = ["TOKENIZE_INLINE_CHARS", "Service"]
+
+# Requests with more characters than this are tokenized on a thread, not on the event loop
+# (~10 ms of tokenizing at most holds the other requests up).
+TOKENIZE_INLINE_CHARS = 10_000
 
 log = logging.getLogger("edge_runtime.serve")
 
@@ -47,6 +51,7 @@ class Service:
         self.reloader = Reloader(config, self.slot, self.metrics, self._swapped)
         self.metrics.registry.on_collect(self._collect)
         self.draining = False
+        self._stop_requested_at: float | None = None
         self._show(served)
         self.watchdog.loaded(served)
 
@@ -61,14 +66,20 @@ class Service:
             self.slot.current.path,
         )
 
+    def stop_requested(self) -> None:
+        """A stop signal arrived: the drain's time (graceful_timeout_s) counts from the first."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+
     def stop(self) -> None:
-        """Finish every queued input, then stop the worker and the watchdog."""
+        """Finish every queued input, then stop the worker and the watchdog, within what is left
+        of graceful_timeout_s since the stop signal (at least 1 s for the batch running now)."""
         self.draining = True
         self.watchdog.stop()
-        if not self.batcher.close(self.config.graceful_timeout_s):
-            log.error(
-                "worker still busy after %.0f s; exiting anyway", self.config.graceful_timeout_s
-            )
+        spent = 0.0 if self._stop_requested_at is None else time.monotonic() - self._stop_requested_at
+        budget = max(1.0, self.config.graceful_timeout_s - spent)
+        if not self.batcher.close(budget):
+            log.error("worker still busy %.0f s after the stop signal; exiting anyway", spent + budget)
 
     def _swapped(self, served: Served) -> None:
         self.drift.reset(served.model.manifest)
@@ -101,13 +112,18 @@ class Service:
 
     # -- inference -------------------------------------------------------------------------------
     async def infer(
-        self, route: str, texts: list[str], truncate: bool
+        self, route: str, texts: list[str], truncate: bool, openai: bool = False
     ) -> tuple[Served, Result, dict[str, Any]]:
         """Tokenize `texts` for the serving model, queue them, wait for their batch."""
         served = self.slot.current
         served.require(route)
         started = time.perf_counter()
-        rows = served.tokenize(texts, truncate)
+        if sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
+            # Off the event loop: a 2 MB text takes ~2 s to tokenize, and every other route
+            # (/health included) would wait for it.
+            rows = await asyncio.to_thread(served.tokenize, texts, truncate, openai)
+        else:  # a thread hop costs more than tokenizing a few sentences
+            rows = served.tokenize(texts, truncate, openai)
         tokenization = time.perf_counter() - started
         result = await asyncio.wrap_future(self.batcher.submit(served, rows))
         lengths = [len(r.ids) for r in rows]
