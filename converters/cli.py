@@ -121,12 +121,17 @@ _FLAGS = {
     "distill_steps": "--distill-steps",
     "prune": "--prune",
 }
-_PARAMETER = re.compile(r"\b(" + "|".join(re.escape(name) for name in _FLAGS) + r")(?![\w=])")
+_PARAMETER = re.compile(r"(?<![\w-])(" + "|".join(re.escape(name) for name in _FLAGS) + r")(?![\w=])")
+# name=value ("distill_steps=5", "sign_key=k.pem", "prune=...") -> "--flag value"
+_ASSIGNED = re.compile(r"(?<![\w-])(" + "|".join(re.escape(name) for name in _FLAGS if "=" not in name)
+                       + r"|task)=(?=[^\s=])")
 
 
 def as_flags(message: str) -> str:
     """A library error message with ConvertConfig's parameter names replaced by the flags that
-    set them ("pass force=True" -> "pass --force")."""
+    set them ("pass force=True" -> "pass --force", "distill_steps=5" -> "--distill-steps 5")."""
+    message = _ASSIGNED.sub(lambda match: _FLAGS.get(match.group(1), "--task") + " ", message)
+    message = message.replace("task='", "--task '")
     return _PARAMETER.sub(lambda match: _FLAGS[match.group(1)], message)
 
 
@@ -141,7 +146,8 @@ def as_flags(message: str) -> str:
 @click.option("--task", type=click.Choice(["feature-extraction", "text-classification", "token-classification"]),
               help="override the task inferred from the model config")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
-              help="texts to fit quantization on: .txt (one per line) or .jsonl ({'text': ...}); without "
+              help="texts to fit quantization on: .txt (one per line; blank and '#' lines skipped) or .jsonl "
+                   "({'text': ...} per line), UTF-8; without "
                    "--validation-texts a deterministic quarter of them (by text hash) is held out for validation "
                    "[default: the built-in English texts]")
 @click.option("--validation-texts", type=click.Path(dir_okay=False, path_type=Path),
@@ -260,7 +266,8 @@ def _interrupted(out: Path, targets: list[str] | None, since: float) -> str:
         return f"interrupted: nothing was written to {out}"
     rest = [t for t in targets if t not in done]
     return (f"interrupted: {', '.join(done)} finished before it ({', '.join(str(out / t) for t in done)})"
-            + (f"; nothing was written for {', '.join(rest)}" if rest else ""))
+            + (f"; nothing was written for {', '.join(rest)} (convert it with --target {','.join(rest)})"
+               if rest else ""))
 
 
 def _profiles(target: str) -> list:
@@ -284,7 +291,7 @@ def _print_result(result) -> None:
                f"{result.seconds:.0f} s)\n")
     click.echo(_table(result))
     for refused in result.refused:
-        click.echo(f"\nREFUSED {refused['name']}: {refused['reason']}", err=True)
+        click.echo(f"\nREFUSED {refused['name']} ({result.target}): {as_flags(refused['reason'])}", err=True)
     shape = DEFAULT_SHAPE
     click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine; "
                "run the artifacts with "

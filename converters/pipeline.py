@@ -22,8 +22,7 @@ from typing import Any
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session
 from converters._errors import AccuracyError, ConversionError
 from converters._shared import SharedInputs, artifact_key
-from converters.core.arithmetic import MODES as ARITHMETIC_MODES
-from converters.core.arithmetic import ValidationSessions, choose_validation
+from converters.core.arithmetic import ValidationSessions
 from converters.core.validate import compute_metrics, floor_failures, rows_alone, sequence_outputs
 from converters.inputs import preflight
 from converters.inputs.plan import Planned, plan, pruned_plan
@@ -31,6 +30,7 @@ from converters.inputs.source import SourceModel
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
 from converters.packaging.input_stats import input_stats
+from converters.options import prepare
 from converters.pruning.prune_model import PruneRequest
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
@@ -38,7 +38,7 @@ from edge_runtime._contention import CpuWait, worst_share
 from edge_runtime._device import detect
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, verify_files
 from edge_runtime._model import Model, open_artifact
-from targets import AccuracyFloor, TargetProfile, load_profile
+from targets import AccuracyFloor, TargetProfile
 
 __all__ = ["METRICS_TEXTS", "ArtifactResult", "ConvertConfig", "ConvertResult", "TargetFailure", "convert",
            "convert_targets"]
@@ -119,17 +119,6 @@ class ConvertResult:
             "refused": self.refused,
             "timing_cpu_wait": self.timing_cpu_wait,
         }
-
-
-def _floor(floor: AccuracyFloor, override: float | None, name: str = "accuracy_floor") -> AccuracyFloor:
-    if override is None:
-        return floor
-    if not 0.0 < override <= 1.0:
-        raise ConversionError(f"{name} must be in (0, 1], got {override}")
-    # The override sets the mean-cosine / top-1 floor; the per-sample minimum keeps the
-    # profile's gap below it.
-    gap = floor.cosine_mean - floor.cosine_min
-    return AccuracyFloor(cosine_mean=override, cosine_min=max(0.0, override - gap), top1_agreement=override)
 
 
 def _io_signature(source: SourceModel) -> tuple[list, list]:
@@ -213,16 +202,6 @@ def _package(fmt: str, built: Built, stage: Path, name: str) -> list[dict[str, A
     return [package.file_entry(stage, target)]
 
 
-def _prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest | None:
-    request = PruneRequest.parse(config.prune if config.prune is not None else profile.pruning.default)
-    if config.distill_steps < 0 or (config.distill_steps and request is None):
-        raise ConversionError(f"distill_steps={config.distill_steps}: a number of steps >= 0, for a pruned model "
-                              "(pass prune=... too)")
-    if request is not None and not profile.pruning.artifacts:
-        raise ConversionError(f"profile {profile.id} names no artifacts to prune ([pruning] artifacts)")
-    return request
-
-
 # The pruned ONNX export must score what the pruned PyTorch model scored (an export check, like
 # the unpruned FP32 export's against its floor): a larger difference is an export bug.
 PRUNED_EXPORT_TOLERANCE = 1e-3
@@ -289,36 +268,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
     """Convert `config.model` for `config.target` into `config.out`. `shared`: what the targets
     of one run share (convert_targets passes it; None: this conversion loads its own)."""
     started = time.perf_counter()
-    profile = load_profile(config.target)
-    # Read the key first: a missing or wrong key must not cost a whole conversion.
-    sign_key = signing.load_signing_key(config.sign_key) if config.sign_key is not None else None
-    if config.calibration_method is not None:
-        if profile.int8.mode != "static":
-            raise ConversionError(
-                f"calibration_method applies to static INT8; profile {profile.id} quantizes "
-                f"activations dynamically (int8.mode = {profile.int8.mode!r})"
-            )
-        profile = dataclasses.replace(
-            profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
-        )
-    floor = _floor(profile.accuracy, config.accuracy_floor)
-    if config.prune_floor is not None:
-        floor_p = _floor(profile.pruning.floor, config.prune_floor, "prune_floor")
-        profile = dataclasses.replace(profile, pruning=dataclasses.replace(
-            profile.pruning, cosine_mean=floor_p.cosine_mean, cosine_min=floor_p.cosine_min,
-            top1_agreement=floor_p.top1_agreement))
-    prune_request = _prune_request(config, profile)  # a bad request fails before any work
-    package.check_output(config.out, config.force, config.model)  # ... and an output it may not write
-    if config.arithmetic not in ARITHMETIC_MODES:
-        raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
-    validation = choose_validation(profile, config.arithmetic)
-    unsupported = [p.name for p in plan(profile) if (p.format, p.precision) not in BUILDERS
-                   or (p.format, p.precision, p.variant) not in MIN_RUNTIME]
-    if unsupported:
-        raise ConversionError(
-            f"profile {profile.id} asks for {unsupported}; this version builds "
-            f"{', '.join(f'{f}-{p}' for f, p in BUILDERS)}"
-        )
+    profile, sign_key, floor, prune_request, validation = prepare(config)
 
     progress(f"target {profile.id}: {profile.name}")
     with contextlib.ExitStack() as stack:
@@ -398,7 +348,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 refused.append({"name": name, "format": fmt, "precision": precision, "reason": reason})
                 return
             golden = golden_samples.write_golden(stage, name, samples, model.run,
-                                                 golden_samples.golden_tolerance(fmt, precision))
+                                                 golden_samples.golden_tolerance(fmt, precision),
+                                                 k=golden_samples.tolerance_k(fmt, precision))
             progress(f"[{name}] packaged files scored through edge_runtime (metrics as built) and "
                      f"{len(samples)} golden samples recorded in {time.perf_counter() - scoring:.1f} s")
             # Latency is this machine's (informational): its own kernels on the packaged file.
@@ -490,8 +441,11 @@ def convert_targets(config: ConvertConfig, targets: list[str],
     if not targets:
         raise ConversionError("targets: name at least one target profile")
     results: list[ConvertResult | TargetFailure] = []
-    for target in targets:  # before the shared stages: a path that may not be written fails at once
-        package.check_output(config.out / target, config.force, config.model)
+    for target in targets:  # before the shared stages: a bad option or output path fails at once
+        try:
+            prepare(dataclasses.replace(config, target=target, out=config.out / target))
+        except ConversionError as exc:
+            raise ConversionError(f"{exc} (target {target}; nothing was converted)") from None
     with package.work_dir() as work:
         shared = SharedInputs.load(config, work, progress)
         for target in targets:

@@ -68,12 +68,17 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
     from converters import ConversionError, ConvertConfig, convert
     from converters.cli import as_flags
 
-    with pytest.raises(ConversionError, match=r"accuracy_floor must be in \(0, 1\], got 2"):
+    with pytest.raises(ConversionError, match=r"accuracy_floor must be above 0 and below 1, got 2"):
         convert(ConvertConfig(model=None, target="x86-avx2", out=tmp_path / "o", accuracy_floor=2.0))
     assert as_flags("o already exists; pass force=True to replace it") == "o already exists; pass --force to replace it"
     assert as_flags("calibration texts (validation_texts)") == "calibration texts (--validation-texts)"
     result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--accuracy-floor", "2", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "--accuracy-floor must be in (0, 1], got 2" in result.output
+    assert result.exit_code == 1 and "--accuracy-floor must be above 0 and below 1, got 2" in result.output
+    assert as_flags("distill_steps=5 distils a pruned model: pass prune=... too") == (
+        "--distill-steps 5 distils a pruned model: pass --prune ... too")
+    assert as_flags("sign_key=nokey.pem: cannot be read") == "--sign-key nokey.pem: cannot be read"
+    assert as_flags("convert it with task='feature-extraction'") == "convert it with --task 'feature-extraction'"
+    assert as_flags("Lower the floor (accuracy_floor)") == "Lower the floor (--accuracy-floor)"
 
 
 def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch):
@@ -170,3 +175,31 @@ def test_edge_run_takes_texts_after_options_and_stops_quietly_on_a_closed_pipe(t
         proc = subprocess.run(f"{sys.executable} -c \"{code}\" | {reader}", shell=True,
                               capture_output=True, text=True, timeout=60, env=env)
         assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_options_are_checked_for_every_target_before_the_shared_stages(tmp_path, monkeypatch):
+    """A bad option (or one a target cannot take) fails a multi-target run at once, naming the
+    target: not after minutes of shared work, and not once per target."""
+    from converters import ConversionError, ConvertConfig, _shared
+    from converters.pipeline import convert_targets
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the shared stages ran although an option was bad")
+
+    monkeypatch.setattr(_shared.SharedInputs, "load", must_not_run)
+    for bad, message in (({"accuracy_floor": 1.5}, r"accuracy_floor must be above 0 and below 1"),
+                         ({"distill_steps": 5}, r"distill_steps=5 distils a pruned model"),
+                         ({"sign_key": tmp_path / "nokey.pem"}, r"nokey\.pem"),
+                         ({"calibration_method": "entropy"}, r"calibration_method applies to static INT8")):
+        config = ConvertConfig(model=None, target="x86-avx2", out=tmp_path / "o", **bad)
+        with pytest.raises(ConversionError, match=message + r".*\(target x86-avx2; nothing was converted\)"):
+            convert_targets(config, ["jetson-orin", "x86-avx2"] if "calibration_method" in bad else ["x86-avx2", "rpi5"])
+
+
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path):
+    from converters import ConversionError
+    from converters.packaging.package import check_output
+
+    (tmp_path / "afile.txt").write_text("hi")
+    with pytest.raises(ConversionError, match=r"cannot create .*afile\.txt/sub: .*afile\.txt is a file"):
+        check_output(tmp_path / "afile.txt" / "sub", force=False)

@@ -131,6 +131,67 @@ def test_a_checkpoint_missing_encoder_weights_is_refused(good_model, tmp_path):
         load_source(broken)
 
 
+@pytest.mark.parametrize("stored", ["float16", "bfloat16"])
+def test_a_half_precision_checkpoint_is_converted_from_float32(good_model, tmp_path, stored):
+    """Most checkpoints are saved in fp16/bf16; transformers 5 would keep that type, and the
+    FP32 reference (and the ONNX export) would not be FP32."""
+    import torch
+    import transformers
+
+    half = tmp_path / stored
+    transformers.AutoModel.from_pretrained(good_model).to(getattr(torch, stored)).save_pretrained(half)
+    for name in good_model.iterdir():
+        if name.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(name, half / name.name)
+    source = load_source(half)
+    assert {p.dtype for p in source.module.parameters()} == {torch.float32}
+    reference = load_source(good_model)
+    ids = torch.tensor([[2, 10, 20, 3]])
+    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        got, want = source.module(**feeds)[0], reference.module(**feeds)[0]
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=0.05)  # the weights' rounding only
+
+
+def test_a_config_that_does_not_match_the_weights_is_named(good_model, tmp_path):
+    broken = _copy(good_model, tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    config["hidden_size"] *= 2
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SourceModelError, match=r"config\.json does not match the weights"):
+        load_source(broken)
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(good_model, tmp_path):
+    broken = _copy(good_model, tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    tokens = config["vocab_size"]
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(broken / "model.safetensors")
+    key = next(k for k in tensors if k.endswith("word_embeddings.weight"))
+    tensors[key] = tensors[key][: tokens // 2]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    config["vocab_size"] = tokens // 2
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SourceModelError, match=rf"the tokenizer has {tokens} tokens but the model's embedding "
+                                               rf"table has {tokens // 2} rows"):
+        load_source(broken)
+
+
+def test_non_finite_weights_are_named(good_model, tmp_path):
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    broken = _copy(good_model, tmp_path)
+    tensors = load_file(broken / "model.safetensors")
+    key = next(k for k in tensors if k.endswith("query.weight"))
+    tensors[key][0, 0] = np.nan
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SourceModelError, match=rf"weight \S*{key.split('.', 1)[1]} holds 1 non-finite values"):
+        load_source(broken)
+
+
 def test_missing_model_directory(tmp_path):
     with pytest.raises(SourceModelError, match=r"model directory .*nowhere does not exist"):
         preflight.check_model_dir(tmp_path / "nowhere")
@@ -183,6 +244,22 @@ def test_calibration_jsonl_without_text_field(tmp_path):
     path.write_text('{"text": "fine"}\n{"text": broken\n')
     with pytest.raises(SourceModelError, match=r"cal\.jsonl:2: not valid JSON"):
         load_texts(path)
+    for line, message in (('{"text": 5}', r"cal\.jsonl:2: 'text' must be a string, got 5"),
+                          ('{"text": null}', r"cal\.jsonl:2: 'text' must be a string, got null"),
+                          ('["a"]', r"cal\.jsonl:2: expected a JSON object with a 'text' field, got a JSON list")):
+        path.write_text('{"text": "fine"}\n' + line + "\n")
+        with pytest.raises(SourceModelError, match=message):
+            load_texts(path)
+
+
+def test_calibration_files_read_the_same_whatever_their_format(tmp_path):
+    """A byte-order mark is ignored, blank and empty texts are skipped in both formats, and
+    .txt lines starting with '#' are comments (documented)."""
+    texts = [f"text number {i}" for i in range(10)]
+    txt, jsonl = tmp_path / "a.txt", tmp_path / "a.jsonl"
+    txt.write_bytes(("\ufeff" + "# a comment\n\n" + "\n".join(texts) + "\n").encode())
+    jsonl.write_bytes(("\ufeff" + "\n".join(json.dumps({"text": t}) for t in texts + [""]) + "\n").encode())
+    assert list(load_texts(txt).texts) == list(load_texts(jsonl).texts) == texts
 
 
 @pytest.mark.parametrize("name", ["README.md", "texts.csv", "texts.json", "texts"])

@@ -23,7 +23,7 @@ import pytest
 import edge_runtime
 from converters import ConversionError, ConvertConfig, convert
 from converters.packaging import package
-from converters.packaging.golden import FLOOR, GOLDEN_TOLERANCE, K_INTEGER, K, golden_tolerance
+from converters.packaging.golden import FLOOR, GOLDEN_TOLERANCE, K_INTEGER, K, golden_tolerance, tolerance_k
 from converters.packaging.package import file_entry
 from edge_runtime._manifest import read_manifest
 from edge_runtime._model import Model, compare_outputs, golden_samples
@@ -207,7 +207,8 @@ def test_several_stressing_samples_are_recorded(converted):
         assert kinds == ["largest-activation", "largest-activation", "long", "short"], kinds
         assert golden["tolerance"] == golden_tolerance(entry["format"], entry["precision"])
         assert all(s["tolerance"] == golden["tolerance"] for s in samples)
-        assert "drift measured between correct kernels" in golden["tolerance_basis"]
+        k = tolerance_k(entry["format"], entry["precision"])
+        assert golden["tolerance_basis"].startswith(f"max({k} x drift measured between correct kernels")
         # The largest activations among every fit and validation text.
         top = sorted(peaks, reverse=True)[:2]
         assert [s["fp32_activation_peak"] for s in samples[:2]] == pytest.approx(top, rel=1e-3)

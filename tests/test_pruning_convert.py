@@ -33,12 +33,13 @@ def test_prune_requests_parse_or_say_what_is_expected():
 
 
 def test_distillation_needs_a_pruned_model():
-    from converters.pipeline import ConvertConfig, _prune_request
+    from converters.options import prune_request as _prune_request
+    from converters.pipeline import ConvertConfig
     from targets import load_profile
 
     profile = load_profile("x86-avx2")
     config = ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), distill_steps=5)
-    with pytest.raises(ConversionError, match="for a pruned model"):
+    with pytest.raises(ConversionError, match="distils a pruned model"):
         _prune_request(config, profile)
     assert _prune_request(ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), prune="auto",
                                         distill_steps=5), profile) == PruneRequest(auto=True)
@@ -109,7 +110,7 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
 @pytest.mark.slow
 def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_factory, tmp_path):
     model = tiny_model_factory("bert", "feature-extraction")
-    manifest = _convert(model, tmp_path / "out", "--prune", "auto", "--prune-floor", "1.0")
+    manifest = _convert(model, tmp_path / "out", "--prune", "auto", "--prune-floor", "0.99999999")
     assert not any(a["pruning"] for a in manifest["artifacts"])  # the unpruned ones are delivered
     refused = {r["name"]: r["reason"] for r in manifest["refused"]}
     assert {"onnx-int8-pruned", "onnx-int4-pruned"} <= set(refused)

@@ -77,7 +77,10 @@ class TextSplit:
 
 
 def _parse(path: Path) -> list[str]:
-    raw = path.read_text(encoding="utf-8")
+    """The texts of a .txt file (one per line; blank lines and lines starting with "#" are
+    skipped) or a .jsonl file (one {"text": "..."} object per line; blank lines skipped, empty
+    texts too, as in .txt). A UTF-8 byte-order mark at the start is ignored."""
+    raw = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".jsonl":
         texts = []
         for number, line in enumerate(raw.splitlines(), 1):
@@ -85,14 +88,15 @@ def _parse(path: Path) -> list[str]:
                 continue
             try:
                 record = json.loads(line)
-                texts.append(record["text"] if isinstance(record, dict) else str(record))
             except json.JSONDecodeError as exc:
                 raise SourceModelError(f"{path}:{number}: not valid JSON ({exc})") from None
-            except KeyError:
-                raise SourceModelError(
-                    f"{path}:{number}: expected a JSON object with a 'text' field, got keys "
-                    f"{sorted(record)}"
-                ) from None
+            if not isinstance(record, dict) or "text" not in record:
+                got = f"keys {sorted(record)}" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+                raise SourceModelError(f"{path}:{number}: expected a JSON object with a 'text' field, got {got}")
+            if not isinstance(record["text"], str):
+                raise SourceModelError(f"{path}:{number}: 'text' must be a string, got {json.dumps(record['text'])[:40]}")
+            if record["text"].strip():
+                texts.append(record["text"].strip())
         return texts
     if path.suffix.lower() not in TEXT_SUFFIXES:
         # A README, CSV or JSON file read line by line gives markup, headers and quotes as "texts".

@@ -226,6 +226,19 @@ def _check_no_random_weights(model_dir: Path, task: str, missing, prefix: str = 
                            "is the checkpoint complete and saved for this architecture?")
 
 
+def _check_finite_weights(model_dir: Path, model) -> None:
+    """NaN or Inf in a weight gives non-finite outputs for every text: name the tensor here,
+    rather than refusing every artifact later for what the checkpoint holds."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise SourceModelError(
+                f"{model_dir}: weight {name} holds {bad} non-finite values (NaN or Inf); the "
+                "checkpoint is damaged or was saved from a diverged training run")
+
+
 # Top-level module names of the task heads of the supported architectures (BERT, DistilBERT,
 # RoBERTa, XLM-R); "pooler" counts as head: BERT's classifier reads it.
 _HEAD_PREFIXES = {"classifier", "pre_classifier", "pooler", "score"}
@@ -253,6 +266,7 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         raise UnsupportedModelError(f"task {task!r} is not supported; supported: {', '.join(TASKS)}")
     weights_sha = _weights_sha256(model_dir)
 
+    import torch
     import transformers
 
     auto = {
@@ -263,13 +277,29 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     try:
         with _quiet_loading():
             # eager attention: plain MatMul/Softmax ops that every runtime and fusion pass knows.
+            # float32 whatever the checkpoint stores (most are saved in float16 or bfloat16, which
+            # transformers 5 would keep): the reference every artifact is scored against is FP32.
             model, loading = auto.from_pretrained(model_dir, attn_implementation="eager", local_files_only=True,
-                                                  output_loading_info=True)
+                                                  output_loading_info=True, dtype=torch.float32)
             tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise SourceModelError(f"cannot load the model in {model_dir}: {exc}") from None
+    except RuntimeError as exc:  # e.g. a weight's shape differs from what config.json describes
+        mismatch = "mismatched_sizes" in str(exc)
+        raise SourceModelError(
+            f"cannot load the model in {model_dir}: "
+            + ("config.json does not match the weights: a size in it (e.g. hidden_size) differs from the "
+               "saved weights' shapes (transformers' load report lists them; edge-convert keeps it in the "
+               "conversion log). Is config.json the one saved with these weights?" if mismatch else str(exc))
+        ) from None
     _check_no_random_weights(model_dir, task, loading.get("missing_keys") or (),
                              getattr(model, "base_model_prefix", ""))
+    _check_finite_weights(model_dir, model)
+    if len(tokenizer) > model.config.vocab_size:
+        raise SourceModelError(
+            f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has "
+            f"{model.config.vocab_size} rows, so most ids would fall outside it: is this the tokenizer "
+            "saved with the model?")
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(
             f"{model_dir}: only fast (Rust) tokenizers can be shipped to devices; "

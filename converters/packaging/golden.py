@@ -89,10 +89,15 @@ MEASURED_DRIFT = {  # per (format, precision) the converter builds
 }
 
 
+def tolerance_k(fmt: str, precision: str) -> int:
+    """The multiple of the measured drift an artifact's golden tolerance allows."""
+    return K_INTEGER if MEASURED_DRIFT[(fmt, precision)] is _INTEGER else K
+
+
 def golden_tolerance(fmt: str, precision: str) -> dict[str, Any]:
     """The per-sample tolerance for an artifact, with the numbers it comes from."""
     drift = MEASURED_DRIFT[(fmt, precision)]
-    k = K_INTEGER if drift is _INTEGER else K
+    k = tolerance_k(fmt, precision)
     rel = max(k * drift["rel_l2"], FLOOR["rel_l2_max"])
     one_minus = max(k * drift["one_minus_cosine"], FLOOR["one_minus_cosine"])
     return {"cosine_min": round(1.0 - one_minus, 9), "rel_l2_max": float(f"{rel:.3g}")}
@@ -143,6 +148,7 @@ def write_golden(
     samples: Sequence[GoldenSample],
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     tolerance: dict[str, float],
+    k: int = K,
 ) -> dict[str, Any]:
     """Run every sample alone through `run` (the packaged artifact), store inputs and outputs in
     golden/NAME.npz, and return the manifest's golden entry."""
@@ -171,7 +177,7 @@ def write_golden(
         **file_entry(root, path),
         # Every sample's tolerance; also what an edge_runtime reading only the first sample uses.
         "tolerance": tolerance,
-        "tolerance_basis": f"max({K} x drift measured between correct kernels, floor {FLOOR}) "
+        "tolerance_basis": f"max({k} x drift measured between correct kernels, floor {FLOOR}) "
                            "(converters/packaging/golden.py)",
         "samples": described,
     }

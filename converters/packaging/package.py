@@ -133,6 +133,13 @@ def check_output(out: Path, force: bool, model: Path | None = None) -> None:
     except OSError as exc:  # a relative path under a working directory that was deleted
         raise ConversionError(f"cannot resolve the output path {out}: {exc}") from None
     if not out.exists():
+        # The output and the staging directory are made next to it: a parent that is a file, or
+        # that cannot be made or written, fails here rather than after the model has loaded.
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ConversionError(f"cannot create {out}: {parent} is a file, not a directory")
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise ConversionError(f"cannot create {out}: {parent} is not writable; choose another output path")
         return
     if not force:
         raise ConversionError(f"{out} already exists; pass force=True to replace it")

@@ -1,0 +1,83 @@
+"""The checks of a ConvertConfig that need no model, text or export: a bad option fails before
+any work (convert() runs them first; convert_targets runs them for every target before the stages
+the targets share), with the profile as the options override it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from converters._artifacts import BUILDERS, MIN_RUNTIME
+from converters._errors import ConversionError
+from converters.core.arithmetic import MODES as ARITHMETIC_MODES
+from converters.core.arithmetic import choose_validation
+from converters.inputs.plan import plan
+from converters.packaging import package, signing
+from converters.pruning.prune_model import PruneRequest
+from targets import AccuracyFloor, TargetProfile, load_profile
+
+if TYPE_CHECKING:
+    from converters.pipeline import ConvertConfig
+
+__all__ = ["prepare", "prune_request"]
+
+
+def _floor(floor: AccuracyFloor, override: float | None, name: str = "accuracy_floor") -> AccuracyFloor:
+    if override is None:
+        return floor
+    if not 0.0 < override < 1.0:  # 1.0 is unreachable: float arithmetic rounds, even in FP32
+        raise ConversionError(f"{name} must be above 0 and below 1, got {override}")
+    # The override sets the mean-cosine / top-1 floor; the per-sample minimum keeps the
+    # profile's gap below it.
+    gap = floor.cosine_mean - floor.cosine_min
+    return AccuracyFloor(cosine_mean=override, cosine_min=max(0.0, override - gap), top1_agreement=override)
+
+
+def prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest | None:
+    request = PruneRequest.parse(config.prune if config.prune is not None else profile.pruning.default)
+    if config.distill_steps < 0:
+        raise ConversionError(f"distill_steps must be a number of steps >= 0, got {config.distill_steps}")
+    if config.distill_steps and request is None:
+        raise ConversionError(f"distill_steps={config.distill_steps} distils a pruned model: pass prune=... too")
+    if request is not None and not profile.pruning.artifacts:
+        raise ConversionError(f"profile {profile.id} names no artifacts to prune ([pruning] artifacts)")
+    return request
+
+
+def prepare(config: ConvertConfig):
+    """Every check of `config` that needs no model, text or export, so that a bad option fails
+    before any work (convert_targets runs it for every target before the shared stages):
+    (profile as overridden, signing key, accuracy floor, prune request, arithmetic choice)."""
+    profile = load_profile(config.target)
+    # Read the key first: a missing or wrong key must not cost a whole conversion.
+    sign_key = signing.load_signing_key(config.sign_key) if config.sign_key is not None else None
+    if config.calibration_method is not None:
+        if profile.int8.mode != "static":
+            raise ConversionError(
+                f"calibration_method applies to static INT8; profile {profile.id} quantizes "
+                f"activations dynamically (int8.mode = {profile.int8.mode!r})"
+            )
+        profile = dataclasses.replace(
+            profile, int8=dataclasses.replace(profile.int8, calibration_method=config.calibration_method)
+        )
+    floor = _floor(profile.accuracy, config.accuracy_floor)
+    if config.prune_floor is not None:
+        floor_p = _floor(profile.pruning.floor, config.prune_floor, "prune_floor")
+        profile = dataclasses.replace(profile, pruning=dataclasses.replace(
+            profile.pruning, cosine_mean=floor_p.cosine_mean, cosine_min=floor_p.cosine_min,
+            top1_agreement=floor_p.top1_agreement))
+    request = prune_request(config, profile)  # a bad request fails before any work
+    package.check_output(config.out, config.force, config.model)  # ... and an output it may not write
+    if config.arithmetic not in ARITHMETIC_MODES:
+        raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
+    validation = choose_validation(profile, config.arithmetic)
+    unsupported = [p.name for p in plan(profile) if (p.format, p.precision) not in BUILDERS
+                   or (p.format, p.precision, p.variant) not in MIN_RUNTIME]
+    if unsupported:
+        raise ConversionError(
+            f"profile {profile.id} asks for {unsupported}; this version builds "
+            f"{', '.join(f'{f}-{p}' for f, p in BUILDERS)}"
+        )
+    return profile, sign_key, floor, request, validation
+
+
