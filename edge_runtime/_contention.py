@@ -19,8 +19,9 @@ from pathlib import Path
 __all__ = ["BUSY_SHARE", "CpuWait", "busy_note", "worst_share"]
 
 # Above this share of the timed stretch with a task queued for a CPU, p50s are flagged. Measured
-# on a 2-vCPU Zen 4 (MiniLM INT8, 2 threads, batch 1, 128 tokens, 40 runs): next to other jobs
-# (load average 3.5) p50 56.5 ms and a share of 0.98.
+# with benchmarks/cpu_wait_probe.py on a 2-vCPU AMD EPYC Zen 4 (AVX-512 VNNI; MiniLM x86-avx2
+# INT8, 2 threads, batch 1, 128 tokens, 40 runs): alone, shares 0.002-0.008 (p50 10.5-13.7 ms);
+# next to two spinning processes, 0.91-1.00 (p50 38-40 ms).
 BUSY_SHARE = 0.10
 
 _PSI = Path("/proc/pressure/cpu")
