@@ -356,3 +356,20 @@ def test_a_bad_calibration_file_is_said_before_the_model_loads(tmp_path, monkeyp
     with pytest.raises(SourceModelError, match=r"cal\.txt has 1 texts"):
         convert(ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o",
                               calibration=tmp_path / "cal.txt"))
+
+
+def test_a_classifier_is_not_converted_for_the_other_classification_task(tiny_model_factory):
+    model = tiny_model_factory("bert", "text-classification")
+    with pytest.raises(UnsupportedModelError, match=r"text-classification checkpoint .*its head cannot do "
+                                                   r"token-classification"):
+        load_source(model, task="token-classification")
+    assert load_source(model, task="feature-extraction").task == "feature-extraction"  # its encoder
+
+
+def test_a_config_without_model_type_says_so(good_model, tmp_path):
+    broken = _copy(good_model, tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    del config["model_type"]
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match=r"config\.json names no model_type"):
+        load_source(broken)

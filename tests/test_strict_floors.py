@@ -171,3 +171,13 @@ def test_rows_alone_runs_each_row_at_its_own_length():
     holes = np.array([[1, 0, 1, 1]], np.int64)  # not right-padded
     rows_alone(run, frozenset({"hidden"}))({"input_ids": np.ones((1, 4), np.int64), "attention_mask": holes})
     assert widths == [(1, 4)]
+
+
+def test_a_failure_just_below_the_floor_shows_enough_digits():
+    from converters.core.validate import floor_failures
+    from targets import AccuracyFloor
+
+    floor = AccuracyFloor(cosine_mean=0.99999995, cosine_min=0.9, top1_agreement=0.9)
+    assert floor_failures({"cosine_mean": 0.99999991, "cosine_min": 0.95}, floor) == [
+        "cosine_mean 0.9999999 < floor 0.99999995"]  # not "1.0000 < floor 0.99999995"
+    assert floor_failures({"cosine_mean": 0.5}, floor) == ["cosine_mean 0.5000 < floor 0.99999995"]

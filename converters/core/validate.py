@@ -264,6 +264,16 @@ def floor_shortfall(metrics: dict[str, float], floor: AccuracyFloor) -> float:
     return total
 
 
+def _below(value: float, floor: float) -> str:
+    """`value` with 4 decimals, or as many more as it takes to show it below `floor` (0.99999994
+    against a floor of 0.9999999 must not read "1.0000 < floor 0.9999999")."""
+    for digits in range(4, 12):
+        text = f"{value:.{digits}f}"
+        if float(text) < floor:
+            return text
+    return repr(value)
+
+
 def floor_failures(metrics: dict[str, float], floor: AccuracyFloor) -> list[str]:
     """Every metric that does not reach the profile's floor (NaN included), with its numbers."""
     checks = {
@@ -272,7 +282,7 @@ def floor_failures(metrics: dict[str, float], floor: AccuracyFloor) -> list[str]
         "top1_agreement": floor.top1_agreement,
     }
     return [
-        f"{key} {metrics[key]:.4f} < floor {needed}"
+        f"{key} {_below(metrics[key], needed)} < floor {needed}"
         if math.isfinite(metrics[key])
         else f"{key} {metrics[key]} is not a number >= floor {needed}"
         for key, needed in checks.items()

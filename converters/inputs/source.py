@@ -252,6 +252,10 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     # then config.json, intact weights and tokenizer files are checked (converters/inputs/preflight.py).
     config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else None
     model_type = config.get("model_type", "") if isinstance(config, dict) else None
+    if model_type == "" or (model_type is not None and not isinstance(model_type, str)):
+        raise UnsupportedModelError(
+            f"{model_dir}/config.json names no model_type (transformers' save_pretrained writes it); "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"{model_dir}: model_type {model_type!r} is not supported; supported: "
@@ -264,6 +268,12 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     task = task or inferred
     if task not in TASKS:
         raise UnsupportedModelError(f"task {task!r} is not supported; supported: {', '.join(TASKS)}")
+    if task != inferred and "feature-extraction" not in (task, inferred):
+        # One classification head read as the other's: it loads (same weight names) and runs,
+        # scoring sentences per token or tokens per sentence, and agrees with its own reference.
+        raise UnsupportedModelError(
+            f"{model_dir} is a {inferred} checkpoint ({config['architectures'][0]}); its head cannot do "
+            f"{task}: convert it as {inferred} (the default), or as feature-extraction for its encoder")
     weights_sha = _weights_sha256(model_dir)
 
     import torch
