@@ -219,6 +219,14 @@ def _pruned_step(shared: SharedInputs, step: Step, profile: TargetProfile, reque
         refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": str(exc)}
                        for p in pruned_plan(profile))
         return None
+    below = floor_failures(pruned.pruning["pytorch_metrics"], profile.pruning.floor)
+    if below:  # no quantization search can make up what the pruned FP32 model already lost
+        reason = (f"the pruned PyTorch FP32 model is already below the pruning floor ({'; '.join(below)}): "
+                  "prune less (smaller shares in prune=...), distil (distill_steps=N) or lower prune_floor")
+        step.progress(f"[pruned] REFUSED: {reason}")
+        refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": reason}
+                       for p in pruned_plan(profile))
+        return None
     fp32_path, fused_ops = pruned.onnx_export(profile, step.progress)
     work = step.work / "pruned"
     work.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,7 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
     assert sum(entry["neurons"] for entry in layers) == sum(entry["neurons_before"] for entry in layers) // 2
     for entry in layers:
         assert len(entry["heads_kept"]) == entry["heads"] and len(entry["neurons_kept"]) == entry["neurons"]
+    assert pruning["removed"] == {"heads": 0.25, "ffn": 0.5}  # what was removed, as asked here
     assert by_name["onnx-int8-pruned"]["accuracy_floor"]["cosine_mean"] == 0.8
     assert by_name["onnx-int8-pruned"]["metrics"]["cosine_mean"] >= 0.8
 
@@ -105,6 +106,20 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
     unpruned = edge_runtime.load(out, artifact="onnx-int8")
     a, b = pruned.embed(TEXTS), unpruned.embed(TEXTS)
     assert a.shape == b.shape and np.all(np.sum(a * b, axis=1) > 0.8)
+
+
+@pytest.mark.slow
+def test_explicit_shares_below_the_floor_are_refused_before_any_quantization(tiny_model_factory, tmp_path):
+    """The pruned FP32 model already misses the floor: no search runs for the twins, and the
+    advice is about pruning."""
+    model = tiny_model_factory("bert", "feature-extraction")
+    out = tmp_path / "out"
+    manifest = _convert(model, out, "--prune", "heads=0.9,ffn=0.99", "--prune-floor", "0.99999")
+    assert not any(a["pruning"] for a in manifest["artifacts"])
+    refused = {r["name"]: r["reason"] for r in manifest["refused"]}
+    reason = refused["onnx-int8-pruned"]
+    assert "the pruned PyTorch FP32 model is already below the pruning floor" in reason
+    assert "prune less" in reason and "kept FP32 search" not in reason
 
 
 @pytest.mark.slow

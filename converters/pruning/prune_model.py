@@ -179,6 +179,13 @@ def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, 
     return record
 
 
+def _removed_shares(layers: list[dict]) -> dict[str, float]:
+    heads = sum(layer["heads_before"] for layer in layers)
+    neurons = sum(layer["neurons_before"] for layer in layers)
+    return {"heads": round(1 - sum(layer["heads"] for layer in layers) / heads, 4),
+            "ffn": round(1 - sum(layer["neurons"] for layer in layers) / neurons, 4)}
+
+
 def prune_source(source: SourceModel, request: PruneRequest, options: PruningOptions, fit: Reference,
                  validation: Reference, progress: Progress = lambda m: None,
                  distill_steps: int = 0) -> PrunedSource:
@@ -246,13 +253,20 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
                                progress)
         metrics = distillation["after"]
     flops_after = encoder_flops(pruned.module)
-    progress(f"pruned heads {chosen[0]:.2f} ffn {chosen[1]:.2f}: {flops_after / flops_before:.3f}x FLOPs, "
+    removed = _removed_shares(report["layers"])
+    progress(f"pruned heads {removed['heads']:.2f} ffn {removed['ffn']:.2f}"
+             + (f" (asked {chosen[0]:.2f} / {chosen[1]:.2f}: every layer keeps a head and a neuron)"
+                if abs(removed["heads"] - chosen[0]) > 0.05 or abs(removed["ffn"] - chosen[1]) > 0.05 else "")
+             + f": {flops_after / flops_before:.3f}x FLOPs, "
              f"{report['parameters_after'] / report['parameters_before']:.3f}x parameters; PyTorch FP32 vs "
              "unpruned: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return PrunedSource(pruned, {
         "request": request.describe(),
         "heads": round(chosen[0], 4),
         "ffn": round(chosen[1], 4),
+        # What was removed: each layer keeps at least one head and one neuron, so a large request
+        # removes less than it asks (heads 0.9 of 4 per layer removes 0.75).
+        "removed": _removed_shares(report["layers"]),
         "criterion": "least-squares removal cost (structured Optimal Brain Surgeon, global greedy; layers weighted "
                      "by their measured output sensitivity; fit texts, no labels)",
         "layer_sensitivity": {kind: {str(layer): round(w, 6) for layer, w in weights.items()}
