@@ -200,8 +200,11 @@ def test_embedding_routes_match_model_embed(embed_dir, tmp_path, monkeypatch):
             model._text().encode_texts([TEXTS[0]])[0].ids
         )
 
-        batch = np.asarray(client.post("/embed", json={"inputs": TEXTS}).json(), dtype=np.float32)
+        batch_response = client.post("/embed", json={"inputs": TEXTS})
+        batch = np.asarray(batch_response.json(), dtype=np.float32)
         assert batch.shape == expected.shape and np.abs(batch - expected).max() < 1e-6
+        # float32 values in 9 significant digits (test_json_floats_keep_every_float32_bit)
+        assert len(batch_response.content) < 0.7 * len(json.dumps(batch.astype(np.float64).tolist()))
 
         raw = np.asarray(client.post("/embed", json={"inputs": TEXTS, "normalize": False}).json())
         norms = np.linalg.norm(raw, axis=1)
@@ -340,6 +343,7 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
         assert "must be a string" in error("/embed", 422, "Validation", json={"inputs": ["ok", 3]})
         assert "missing field `inputs`" in error("/embed", 422, "Validation", json={"input": "a"})
         assert "/embed" in error("/predict", 424, "Backend", json={"inputs": "a"})
+        assert "/embed" in error("/predict", 424, "Backend", json={"inputs": []})  # the route first
         assert "`dimensions` must be" in error(
             "/embed", 422, "Validation", json={"inputs": "a", "dimensions": 10**6}
         )
@@ -375,7 +379,7 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
         failures = {dict(k)["err"]: v for k, v in families["te_request_failure_total"].items()}
         assert (
             failures["batch_size"] == 1
-            and failures["model_type"] == 1
+            and failures["model_type"] == 2
             and failures["validation"] >= 13
             and "inference" not in failures
         )
@@ -863,3 +867,14 @@ def test_a_taken_port_or_unknown_host_is_said_before_the_model_loads(tmp_path, c
     assert "cannot listen on no-such-host.invalid:0" in capsys.readouterr().err
     assert cli_serve.main([str(tmp_path), "--max-batch-wait-ms", "inf"]) == 2
     assert "--max-batch-wait-ms must be a number from 0 to" in capsys.readouterr().err
+
+
+def test_json_floats_keep_every_float32_bit():
+    from edge_runtime.serve._app import _floats
+
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.standard_normal((4, 384)), rng.uniform(-1e-30, 1e-30, (1, 384)),
+                           rng.uniform(-3e38, 3e38, (1, 384))]).astype(np.float32)
+    text = json.dumps(_floats(rows))
+    assert np.array_equal(np.asarray(json.loads(text), np.float32), rows)
+    assert len(text) < 0.7 * len(json.dumps(rows.tolist()))

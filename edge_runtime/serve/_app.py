@@ -40,6 +40,13 @@ def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None 
     return Response(text, status_code=status, headers=headers, media_type="application/json")
 
 
+def _floats(rows: np.ndarray) -> list:
+    """float32 rows as JSON-ready Python floats with 9 significant digits: enough to give back
+    every float32 bit for bit (TEI also sends float32 values), about 0.6x the bytes of their
+    float64 reprs, and faster to serialize."""
+    return [[float(f"{x:.9g}") for x in row] for row in np.asarray(rows, np.float32).tolist()]
+
+
 def _error(exc: ServeError, openai: bool = False) -> Response:
     if openai:  # TEI's OpenAICompatErrorResponse
         body = {"message": exc.message, "code": exc.status, "type": exc.kind}
@@ -207,6 +214,7 @@ def create_app(service: Service) -> Starlette:
             method = "batch" if isinstance(body.get(field), list) else "single"
             metrics.request_count.inc(method=method)
             counted = True
+            service.slot.current.require(route)  # the wrong route is said first, as TEI does
             texts, batched = _texts(body, field, config.max_client_batch_size)
             truncate = (
                 _flag(body, "truncate", config.auto_truncate)
@@ -246,7 +254,7 @@ def create_app(service: Service) -> Starlette:
 
     async def embed(request: Request) -> Response:
         def answer(body, served, result, batched, timing):
-            return vectors(body, served, result).tolist()
+            return _floats(vectors(body, served, result))
 
         return await handle(request, "embed", "inputs", answer)
 
@@ -261,7 +269,7 @@ def create_app(service: Service) -> Starlette:
                     "index": i,
                     "embedding": base64.b64encode(row.tobytes()).decode()
                     if fmt == "base64"
-                    else row.tolist(),
+                    else _floats(row[None])[0],
                 }
                 for i, row in enumerate(rows)
             ]
