@@ -6,7 +6,7 @@ golden check, agrees with the x86 run, the default load and `edge-run` pick the 
 artifact, detection names the board, and the legacy tflite-runtime 2.14 environment refuses the
 per-channel INT8 TFLite artifact. The first run on a machine builds the aarch64 userland under
 ~/.cache/edge-runtime-arm64 (apt and PyPI downloads, about a minute); later runs reuse it.
-The MiniLM run is a release check (benchmarks/results/arm64-check.txt).
+The MiniLM run is a release check (benchmarks/results/arm64-check-minilm-rpi4.txt, -rpi5.txt).
 """
 
 from __future__ import annotations

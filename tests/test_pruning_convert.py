@@ -90,6 +90,10 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
     assert pruning["removed"] == {"heads": 0.25, "ffn": 0.5}  # what was removed, as asked here
     assert by_name["onnx-int8-pruned"]["accuracy_floor"]["cosine_mean"] == 0.8
     assert by_name["onnx-int8-pruned"]["metrics"]["cosine_mean"] >= 0.8
+    # Scored against the *unpruned* model: no better than the pruned FP32 model itself (against
+    # the pruned model as reference the twin would score ~1.0).
+    assert by_name["onnx-int8-pruned"]["metrics"]["cosine_mean"] <= pruning["pytorch_metrics"]["cosine_mean"] + 2e-3
+    assert pruning["pytorch_metrics"]["cosine_mean"] < 0.999
 
     # The shipped INT8 graph has each layer's pruned widths: FFN input [hidden, neurons] and the
     # packed Q/K/V [hidden, 3 x heads x head size].
@@ -126,7 +130,8 @@ def test_explicit_shares_below_the_floor_are_refused_before_any_quantization(tin
 def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_factory, tmp_path):
     model = tiny_model_factory("bert", "feature-extraction")
     manifest = _convert(model, tmp_path / "out", "--prune", "auto", "--prune-floor", "0.99999999")
-    assert not any(a["pruning"] for a in manifest["artifacts"])  # the unpruned ones are delivered
+    assert not any(a["pruning"] for a in manifest["artifacts"])
+    assert {"onnx-fp32", "onnx-int8"} <= {a["name"] for a in manifest["artifacts"]}  # still delivered
     refused = {r["name"]: r["reason"] for r in manifest["refused"]}
     assert {"onnx-int8-pruned", "onnx-int4-pruned"} <= set(refused)
     reason = refused["onnx-int8-pruned"]
@@ -159,6 +164,7 @@ def test_generalization_notes_a_refit_that_over_fits_its_texts_and_only_then():
     assert far["gap"] == pytest.approx(0.0894) and far["gap"] > OVERFIT_GAP
     assert "over-fits its 270 fit texts" in far["note"] and "0.9626" in far["note"] and "0.8732" in far["note"]
     assert "--calibration" in far["note"] and "--distill-steps" in far["note"]
+    assert "a smaller pruning share most" in far["note"] and OVERFIT_GAP == 0.03  # as documented
     # Classifiers are judged on top-1 agreement.
     labels = generalization({"top1_agreement": 1.0}, {"top1_agreement": 0.9}, 64)
     assert "top1_agreement 1.0000" in labels["note"]

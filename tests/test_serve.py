@@ -4,7 +4,8 @@ Tiny BERT models converted for x86-avx2 (ONNX FP32 + dynamic INT8), one for feat
 and one for text classification. Every route is checked for TEI's shapes, errors and status codes;
 served vectors are compared with Model.embed on the same texts; batches are proved to form and to
 leave each input's numbers its own; /metrics is parsed with prometheus_client's parser; reloads
-(good and bad), SIGHUP and the SIGTERM drain run against the process. No timing is asserted.
+(good and bad), SIGHUP and the SIGTERM drain run against the process. No speed is asserted; the
+batch-wait test tells "waited 3 s" from "went at once" by seconds, not by tight bounds.
 """
 
 from __future__ import annotations
@@ -418,15 +419,19 @@ def test_overload_answers_429_and_metrics_parse(embed_dir, tmp_path):
             "te_request_tokenization_duration",
             "te_batch_next_tokens",
             "te_request_input_length",
+            "te_batch_next_size",
             "edge_embedding_norm",
         ):
             assert families[name + "_count"][()] >= 1, name
         assert families["process_resident_memory_bytes"][()] > 10e6
         assert families["edge_golden_ok"][()] == 1
+        assert families["edge_golden_last_run_timestamp_seconds"][()] > 1.7e9  # load()'s check
         # the golden re-run on demand, on the serving backend
         check = httpx.post(server.url + "/admin/check", timeout=60).json()
         assert check["ok"] and check["cosine_min"] > 0.99
-        assert server.metrics()["edge_golden_runs_total"][(("result", "pass"),)] == 1
+        after = server.metrics()
+        assert after["edge_golden_runs_total"][(("result", "pass"),)] == 1
+        assert after["edge_golden_cosine_min"][()] == pytest.approx(check["cosine_min"])
 
 
 def test_predict_route(classify_dir, tmp_path):
@@ -776,7 +781,9 @@ def test_a_batch_waits_for_more_only_after_an_idle_spell(tmp_path):
             return np.zeros((len(rows), 1), np.float32), 1, 0
 
     served = Served()
-    batcher = Batcher(ServeConfig(path=tmp_path, max_batch_wait_ms=400), ServeMetrics(128))
+    # A wait far longer than the test's own steps: whether a batch waited is then told apart by
+    # whole seconds, whatever else slows the machine down (no tight time bounds).
+    batcher = Batcher(ServeConfig(path=tmp_path, max_batch_wait_ms=3000), ServeMetrics(128))
     batcher.start()
     row = Encoded([1, 2], [0, 0], ["a", "b"], [False, False])
     started = time.perf_counter()
@@ -790,8 +797,8 @@ def test_a_batch_waits_for_more_only_after_an_idle_spell(tmp_path):
     assert batcher.close(10)
     (t1, n1), (t2, n2) = calls
     assert (n1, n2) == (2, 3)
-    assert t1 - started >= 0.35, "the first batch (after an idle spell) waited for more"
-    assert t2 - t1 < 0.2 + 0.1, "the second (a backlog) went at once, without another 0.4 s wait"
+    assert t1 - started >= 2.9, "the first batch (after an idle spell) waited for more"
+    assert t2 - t1 < 0.2 + 2.5, "the second (a backlog) went at once, without another 3 s wait"
 
 
 def test_a_missing_serve_extra_is_named_before_any_work(tmp_path, monkeypatch, capsys):

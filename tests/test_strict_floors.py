@@ -63,15 +63,18 @@ def _reference(texts: list[str], batch: int = 2, dim: int = 4, seq: int = 3) -> 
     return Reference(batches, outputs, tuple(texts))
 
 
-def _runner(reference: Reference, poison: tuple[int, int] | None = None, value: float = NAN, where=(1, 2)):
-    """Returns the reference outputs, with `value` at row poison[1] of batch poison[0]."""
+def _runner(reference: Reference, poison: tuple[int, int] | None = None, value: float = NAN, where=(1, 2),
+            also: tuple[int, int] | None = None):
+    """Returns the reference outputs, with `value` at row poison[1] of batch poison[0] (and at
+    row also[1] of batch also[0])."""
     calls = iter(range(len(reference.batches)))
 
     def run(feeds):
         index = next(calls)
         got = reference.outputs[index].copy()
-        if poison is not None and poison[0] == index:
-            got[(poison[1], *where)] = value
+        for bad in (poison, also):
+            if bad is not None and bad[0] == index:
+                got[(bad[1], *where)] = value
         return {"out": got}
 
     return run
@@ -91,7 +94,7 @@ def test_non_finite_output_names_artifact_and_first_bad_text(value):
     reference = _reference(TEXTS)
     # batch 1, row 1 = text #3 ("fourth text"); a second bad row later must not be the one named
     with pytest.raises(NonFiniteOutputError, match=r"onnx-int8 .*validation text #3: 'fourth text'"):
-        compute_metrics(_source(), reference, _runner(reference, (1, 1), value), artifact="onnx-int8")
+        compute_metrics(_source(), reference, _runner(reference, (1, 1), value, also=(2, 0)), artifact="onnx-int8")
 
 
 def test_non_finite_output_in_padding_is_an_error_too():

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_quantizer")
-pytest.importorskip("ai_edge_litert")
+# Required dependencies (setup.cfg): imported, never skipped, so a broken install fails here.
+import ai_edge_litert  # noqa: E402,F401
+import ai_edge_quantizer  # noqa: E402,F401
+import litert_torch  # noqa: E402,F401
 
 from converters._errors import AccuracyError, ConversionError
 from converters.core.gptq import HessianPolicy

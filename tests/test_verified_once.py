@@ -91,6 +91,7 @@ def test_unreadable_or_foreign_records_mean_a_full_check(tmp_path, monkeypatch):
     monkeypatch.setattr(_verified, "SETTLE_SECONDS", 0.0)
     records = Verifications(tmp_path / "cache")
     records.record_files(tmp_path, items, signatures_of(tmp_path, items))
+    assert records.unverified(tmp_path, items) == []  # the record works before it is damaged
     record = tmp_path / "cache" / "verified" / "files.json"
     for text in ("{not json", json.dumps({"format": 999, "files": {}}), json.dumps([1, 2])):
         record.write_text(text)
