@@ -1,8 +1,9 @@
-"""Create a signing key pair, or sign an existing artifact directory (`python -m
-converters.cli_sign ...`). Thin: parse, call converters.packaging.signing, print; docs/signing.md.
+"""Create a signing key pair, or sign an existing artifact directory (`edge-sign ...`, the
+console script; `python -m converters.cli_sign ...` in the same environment). Thin: parse, call
+converters.packaging.signing, print; docs/signing.md.
 
-    python -m converters.cli_sign keygen signing/key.pem signing/key.pub
-    python -m converters.cli_sign sign out/x86-avx2 --key signing/key.pem
+    edge-sign keygen signing/key.pem signing/key.pub
+    edge-sign sign out/x86-avx2 --key signing/key.pem
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ from converters.packaging import signing
 _FLAGS = {"sign_key": "--key", "private_path": "PRIVATE", "public_path": "PUBLIC"}
 
 
+def _flags(message: str) -> str:
+    """Library words for CLI words: "same file as private_path" -> "same file as PRIVATE"."""
+    for name, flag in _FLAGS.items():
+        message = message.replace(name, flag)
+    return message.replace("overwrite=True", "--force")
+
+
 def _fail(exc: ConversionError):
     if isinstance(exc, signing.SigningKeyError):
-        raise click.BadParameter(exc.detail, param_hint=_FLAGS.get(exc.parameter, exc.parameter))
-    raise click.ClickException(str(exc))
+        raise click.BadParameter(_flags(exc.detail), param_hint=_FLAGS.get(exc.parameter, exc.parameter))
+    raise click.ClickException(_flags(str(exc)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +51,8 @@ def keygen(private, public, force):
                 f"{exc.path} already exists (--force replaces it)", param_hint=_FLAGS[exc.parameter]
             ) from None
         _fail(exc)
+    except ConversionError as exc:  # a place it cannot write
+        _fail(exc)
     click.echo(f"private key {private} (keep secret)\npublic key  {public} (give to devices)")
 
 
@@ -56,7 +66,17 @@ def keygen(private, public, force):
     help="EC private key (PEM) to sign with",
 )
 def sign(directory, key_path):
-    """Sign DIRECTORY: write DIRECTORY/model.sig over every file in it."""
+    """Sign DIRECTORY (an edge-convert output): write DIRECTORY/model.sig over every file in it."""
+    if not (directory / "manifest.json").is_file():
+        # A multi-target run's parent, or some other directory: devices load DIR/<id>, whose
+        # own model.sig they check, so signing the parent would leave every artifact unsigned.
+        inside = sorted(str(d) for d in directory.iterdir() if (d / "manifest.json").is_file())
+        raise click.BadParameter(
+            f"{directory} has no manifest.json: "
+            + (f"it holds the outputs of several targets; sign each: {', '.join(inside)}" if inside
+               else "not an edge-convert artifact directory"),
+            param_hint="DIRECTORY",
+        )
     try:
         key = signing.load_signing_key(key_path)
         path = signing.sign_directory(directory, key)

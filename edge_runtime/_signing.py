@@ -404,8 +404,9 @@ def verify_directory(root: Path, trusted_keys: Sequence[KeySource]) -> VerifiedS
     if not sig_path.is_file():
         raise SignatureError(
             f"{root} is not signed (no {SIGNATURE_NAME}) and trusted keys were given, so it is "
-            "refused. Sign it with `edge-convert --sign-key KEY.pem` (or `model_signing sign key`)"
-            ", or load with trusted_keys=None to accept unsigned artifacts"
+            "refused. Sign it where it was converted: `edge-sign sign DIR --key KEY.pem` (or convert "
+            "with `edge-convert --sign-key KEY.pem`, or `model_signing sign key`), or load with "
+            "trusted_keys=None to accept unsigned artifacts"
         )
 
     exceptions, _, _, ec = _crypto()
@@ -426,6 +427,13 @@ def verify_directory(root: Path, trusted_keys: Sequence[KeySource]) -> VerifiedS
             break
     if verified is None:
         tried = "; ".join(f"{label} (hint {key_hint(key)[:16]}…)" for label, key in keys)
+        same = [label for label, key in keys if hint and key_hint(key) == hint]
+        if same:  # made by a trusted key, but it no longer verifies: the bundle was damaged
+            raise SignatureError(
+                f"{sig_path}: the signature by {same[0]} (the key this bundle names) does not verify: "
+                "model.sig was corrupted or edited. Get a fresh copy of the signed directory, or "
+                "re-sign it where it was converted (edge-sign sign DIR --key KEY.pem)"
+            )
         signer = f"names key hint {hint[:16]}… as its signer" if hint else "names no signer"
         raise SignatureError(
             f"{sig_path}: no trusted key verifies this signature. The bundle {signer}; it was "
@@ -452,5 +460,7 @@ def verify_directory(root: Path, trusted_keys: Sequence[KeySource]) -> VerifiedS
         raise SignatureError(
             f"{root} does not match its signature (by {label}); it was changed after signing:"
             "\n  " + "\n  ".join(problems)
+            + "\nRestore it from the signed original; if the change is yours, re-sign it where it was "
+            "converted (edge-sign sign DIR --key KEY.pem)"
         )
     return VerifiedSignature(key=label, key_hint=verified_hint, files=len(signed))

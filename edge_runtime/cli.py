@@ -135,6 +135,8 @@ def _print_info(info: dict) -> None:
     if t["present"]:
         state = f"present (fastest: {t['fastest'] or 'not compared'})"
     print(f"tuning   {state}: {t['cache_file']}")
+    if info.get("signature"):
+        print(f"signature verified: {info['signature']['files']} files, signed by {info['signature']['key']}")
     print(f"\ntarget {info['target']}, task {info['task']}, source {info['source']}")
     for a in info["artifacts"]:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in a["metrics"].items())
@@ -157,7 +159,15 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_intermixed_args(argv)
     try:
         if args.info:
-            info = _describe(args.artifacts, args.artifact)
+            signed = None
+            if args.trusted_key:  # describe only what the device would accept
+                from pathlib import Path
+
+                from edge_runtime import _signing
+
+                found = _signing.verify_directory(Path(args.artifacts), args.trusted_key)
+                signed = {"key": str(found.key), "files": found.files}
+            info = {**_describe(args.artifacts, args.artifact), "signature": signed}
             if args.json:
                 print(json.dumps(info, indent=2))
             else:

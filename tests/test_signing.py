@@ -317,7 +317,8 @@ def test_every_change_is_named(signed):
     (root / "golden" / "a.npz").unlink()
     with pytest.raises(SignatureError) as caught:
         verify_directory(root, [public])
-    lines = str(caught.value).splitlines()[1:]
+    lines = str(caught.value).splitlines()[1:-1]  # the last line says what to do
+    assert str(caught.value).splitlines()[-1].startswith("Restore it from the signed original")
     assert [line.strip() for line in lines] == [
         "golden/a.npz: removed (the signature lists it)",
         "extra.bin: added (not covered by the signature)",
@@ -342,12 +343,14 @@ def _swap_digest(bundle: dict) -> None:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (_swap_digest, "no trusted key verifies"),
+        # made by the trusted key (the bundle names it), no longer verifying: a damaged model.sig,
+        # not "another key"
+        (_swap_digest, "the signature by .* \\(the key this bundle names\\) does not verify: model.sig was corrupted"),
         (
             lambda b: b["dsseEnvelope"]["signatures"][0].update(
                 sig=base64.b64encode(b"0" * 70).decode()
             ),
-            "no trusted key verifies",
+            "does not verify: model.sig was corrupted or edited",
         ),
         (
             lambda b: b["verificationMaterial"]["publicKey"].update(hint="ab" * 32),
@@ -413,7 +416,7 @@ def test_bad_signing_keys_are_clear_errors(tmp_path):
         )
     )
     with pytest.raises(
-        signing.SigningKeyError, match="RSAPrivateKey; model signing uses elliptic-curve keys"
+        signing.SigningKeyError, match="an RSA key; model signing uses elliptic-curve keys .*edge-sign keygen"
     ):
         signing.load_signing_key(rsa_key)
     encrypted = tmp_path / "encrypted.pem"
@@ -793,3 +796,47 @@ def test_git_metadata_splits_the_two_versions(model_signing_11, tmp_path):
     done = _cli_verify(MODEL_SIGNING, by_11, public)
     assert done.returncode == 1 and "Signature mismatch" in done.stderr, done.stderr
     assert verify_directory(by_11, [public]).files == 5
+
+
+def test_edge_sign_refuses_what_it_should_not_sign_and_says_why(tmp_path):
+    """Not an artifact directory, a multi-target parent, a place it cannot write: one line each,
+    no traceback; nothing half-written left behind."""
+    private, _ = _keys(tmp_path)
+    other = tmp_path / "notart"
+    other.mkdir()
+    (other / "readme.txt").write_text("hi")
+    done = CliRunner().invoke(cli_sign.main, ["sign", str(other), "--key", str(private)])
+    assert done.exit_code == 2 and "not an edge-convert artifact directory" in done.output
+    parent = tmp_path / "out"
+    _tree(parent / "rpi5")
+    done = CliRunner().invoke(cli_sign.main, ["sign", str(parent), "--key", str(private)])
+    assert done.exit_code == 2 and "several targets; sign each" in done.output and "rpi5" in done.output
+    root = _tree(tmp_path / "model")
+    (root / "model.sig").mkdir()  # the signature's place is taken by a directory
+    done = CliRunner().invoke(cli_sign.main, ["sign", str(root), "--key", str(private)])
+    assert done.exit_code == 1 and "cannot write" in done.output and "Traceback" not in done.output
+    assert not (root / ".model.sig.tmp").exists()
+    (tmp_path / "afile").write_text("x")
+    done = CliRunner().invoke(cli_sign.main, ["keygen", str(tmp_path / "afile" / "k.pem"), str(tmp_path / "k.pub")])
+    assert done.exit_code == 1 and "cannot write the key pair" in done.output
+    assert not (tmp_path / "k.pub").exists()
+
+
+def test_the_unsigned_and_changed_errors_say_how_to_sign(signed, tmp_path):
+    root, _, public = signed
+    (root / "model.onnx").write_bytes(b"changed")
+    with pytest.raises(SignatureError, match=r"(?s)changed after signing.*edge-sign sign DIR --key KEY\.pem"):
+        verify_directory(root, [public])
+    (root / "model.sig").unlink()
+    with pytest.raises(SignatureError, match=r"is not signed .*edge-sign sign DIR --key KEY\.pem"):
+        verify_directory(root, [public])
+
+
+def test_edge_run_info_checks_the_signature_first(signed, tmp_path, capsys):
+    from edge_runtime import cli
+
+    root, _, _ = signed
+    _, stranger = _keys(tmp_path / "stranger")
+    assert cli.main([str(root), "--info", "--trusted-key", str(stranger)]) == 1
+    err = capsys.readouterr().err
+    assert "no trusted key verifies" in err and "--trusted-key" in err

@@ -17,13 +17,15 @@ helpers both sides share; tests/test_signing.py checks our signatures with the r
 theirs with edge_runtime. Only `cryptography` is used: nothing is sent anywhere (no Sigstore, no
 transparency log, no certificate).
 
-Signatures are deterministic ECDSA (RFC 6979, cryptography >= 44): the same key and the same
-files give the same model.sig bytes, so re-converting a model reproduces its signature too.
+Signatures are deterministic ECDSA (RFC 6979, cryptography >= 44): the same key, the same files
+and the same directory name (the subject) give the same model.sig bytes, so re-converting a model
+into the same --out reproduces its signature too.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -82,13 +84,14 @@ def load_signing_key(path: Path, parameter: str = "sign_key"):
             parameter,
             path,
             f"not a PEM private key{hint}. Create a key pair with "
-            "`python -m converters.cli_sign keygen KEY.pem KEY.pub`",
+            "`edge-sign keygen KEY.pem KEY.pub`",
         ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise SigningKeyError(
             parameter,
             path,
-            f"a {type(key).__name__.lstrip('_')}; model signing uses elliptic-curve keys (P-256)",
+            f"an {type(key).__name__.lstrip('_').replace('PrivateKey', '')} key; model signing uses "
+            "elliptic-curve keys (P-256): create a pair with `edge-sign keygen KEY.pem KEY.pub`",
         )
     try:
         _signing.ecdsa_hash(key.curve.name)
@@ -183,8 +186,14 @@ def sign_directory(root: Path, key, model_name: str | None = None) -> Path:
         },
     }
     path = root / _signing.SIGNATURE_NAME
-    tmp.write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ConversionError(f"cannot write {path}: {exc.strerror or exc}; the directory must be writable "
+                              f"and {path.name} a file") from None
     return path
 
 
@@ -211,13 +220,22 @@ def generate_key_pair(
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        private_path.unlink(missing_ok=True)
-    # Created with mode 0600 from the start: never briefly readable by others.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
-    public_path.write_bytes(public_pem)
+    written = None
+    try:
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+        public_path.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            private_path.unlink(missing_ok=True)
+        # Created with mode 0600 from the start: never briefly readable by others.
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        written = private_path
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_pem)
+        public_path.write_bytes(public_pem)
+    except OSError as exc:
+        if written is not None:  # no private key without its public half
+            written.unlink(missing_ok=True)
+        where = exc.filename or private_path
+        raise ConversionError(f"cannot write the key pair: {where}: {exc.strerror or exc}; choose a writable "
+                              "place (a directory, not a file, on the way)") from None
     return private_path, public_path
