@@ -273,13 +273,13 @@ def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tm
     import json
 
     import edge_runtime
-    from converters import pipeline
+    from converters import options, pipeline
     from targets import load_profile
 
     profile = load_profile("rpi5")
     assert profile.tflite.recipes["int4"] == "gptq_wi4b32_afp32" and profile.tflite.int4_size_budget
     unbudgeted = dataclasses.replace(profile, tflite=dataclasses.replace(profile.tflite, int4_size_budget=None))
-    monkeypatch.setattr(pipeline, "load_profile", lambda target: unbudgeted)
+    monkeypatch.setattr(options, "load_profile", lambda target: unbudgeted)  # where convert() reads it
     messages: list[str] = []
     model = tiny_model_factory("bert", "feature-extraction")
     out = tmp_path / "art"
