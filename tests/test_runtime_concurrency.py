@@ -57,6 +57,8 @@ def _in_threads(call, count=THREADS, rounds=10):
 @pytest.mark.parametrize("artifact", ["onnx-int8", "onnx-fp32"])
 def test_eight_threads_get_their_own_results(converted, artifact):
     model = edge_runtime.load(converted, artifact=artifact)
+    # onnxruntime sessions take concurrent calls: no lock of ours serializes them
+    assert model.thread_safe and model._run_lock is None
     want = {w: model.embed(_texts(w)) for w in range(THREADS)}  # single-threaded
     got = _in_threads(lambda w: model.embed(_texts(w)))
     for worker, vectors in got.items():
