@@ -26,7 +26,7 @@ from converters._errors import AccuracyError, ConversionError
 from converters.core.validate import Reference, reference_outputs
 from converters.export.export_onnx import ExportConfig, export_onnx
 from converters.export.fuse_onnx import fuse_onnx, fusion_config
-from converters.inputs.calibration import TextSplit, load_texts, split_texts
+from converters.inputs.calibration import MIN_TEXTS, TextSplit, load_texts, split_texts
 from converters.inputs.plan import Planned
 from converters.inputs.source import SourceModel, load_source
 from converters.packaging import golden as golden_samples
@@ -100,6 +100,10 @@ class SharedInputs:
                  f"{_millions(source.num_parameters)} parameters; {len(texts.fit.texts)} fit texts, "
                  f"{len(texts.validation.texts)} validation texts (" + (
                      "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
+        if len(texts.validation.texts) < MIN_TEXTS:  # a small calibration file's held-out part
+            progress(f"note: only {len(texts.validation.texts)} validation texts: the accuracy figures and floors "
+                     f"rest on very few texts; give {4 * MIN_TEXTS}+ calibration texts or a --validation-texts "
+                     f"file of {MIN_TEXTS}+")
         fields = {name: getattr(config, name) for name in SHARED_FIELDS}
         return cls(fields, source, texts, work)
 

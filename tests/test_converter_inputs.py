@@ -373,3 +373,25 @@ def test_a_config_without_model_type_says_so(good_model, tmp_path):
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModelError, match=r"config\.json names no model_type"):
         load_source(broken)
+
+
+def test_a_small_calibration_file_notes_how_few_texts_validate(tmp_path, monkeypatch):
+    """A 12-text file splits 8 / 4 by hash: accepted, but the run says how thin its figures are."""
+    from types import SimpleNamespace
+
+    import converters._shared as shared
+
+    monkeypatch.setattr(shared, "load_source", lambda *a, **k: SimpleNamespace(
+        name="stub", model_type="bert", task="feature-extraction", num_parameters=1000))
+    (tmp_path / "cal.txt").write_text("\n".join(f"calibration sentence number {i}" for i in range(12)) + "\n")
+    said: list[str] = []
+    inputs = shared.SharedInputs.load(
+        ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o", calibration=tmp_path / "cal.txt"),
+        tmp_path / "work", said.append)
+    few = len(inputs.texts.validation.texts)
+    assert few < 8 and any(m.startswith(f"note: only {few} validation texts") and "--validation-texts" in m
+                           for m in said), said
+    said.clear()
+    shared.SharedInputs.load(ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o"),
+                             tmp_path / "work", said.append)  # the built-in texts: 87 validate
+    assert not any(m.startswith("note: only") for m in said)
