@@ -272,11 +272,12 @@ def _same_metrics(name: str, work: dict[str, float], packaged: dict[str, float])
 
 
 def convert(config: ConvertConfig, progress: Progress = lambda message: None,
-            shared: SharedInputs | None = None) -> ConvertResult:
+            shared: SharedInputs | None = None, prepared: tuple | None = None) -> ConvertResult:
     """Convert `config.model` for `config.target` into `config.out`. `shared`: what the targets
-    of one run share (convert_targets passes it; None: this conversion loads its own)."""
+    of one run share (convert_targets passes it; None: this conversion loads its own).
+    `prepared`: prepare(config)'s result when the caller has already checked the options."""
     started = time.perf_counter()
-    profile, sign_key, floor, prune_request, validation = prepare(config)
+    profile, sign_key, floor, prune_request, validation = prepared or prepare(config)
 
     progress(f"target {profile.id}: {profile.name}")
     with contextlib.ExitStack() as stack:
@@ -355,9 +356,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 progress(f"[{name}] REFUSED: {reason}")
                 refused.append({"name": name, "format": fmt, "precision": precision, "reason": reason})
                 return
-            golden = golden_samples.write_golden(stage, name, samples, model.run,
-                                                 golden_samples.golden_tolerance(fmt, precision),
-                                                 k=golden_samples.tolerance_k(fmt, precision))
+            golden = golden_samples.write_golden(stage, name, samples, model.run, fmt, precision)
             progress(f"[{name}] packaged files scored through edge_runtime (metrics as built) and "
                      f"{len(samples)} golden samples recorded in {time.perf_counter() - scoring:.1f} s")
             # Latency is this machine's (informational): its own kernels on the packaged file.
@@ -449,9 +448,10 @@ def convert_targets(config: ConvertConfig, targets: list[str],
     if not targets:
         raise ConversionError("targets: name at least one target profile")
     results: list[ConvertResult | TargetFailure] = []
+    prepared = {}
     for target in targets:  # before the shared stages: a bad option or output path fails at once
         try:
-            prepare(dataclasses.replace(config, target=target, out=config.out / target))
+            prepared[target] = prepare(dataclasses.replace(config, target=target, out=config.out / target))
         except ConversionError as exc:
             raise ConversionError(f"{exc} (target {target}; nothing was converted)") from None
     with package.work_dir() as work:
@@ -460,7 +460,8 @@ def convert_targets(config: ConvertConfig, targets: list[str],
             out = config.out / target
             try:
                 results.append(convert(dataclasses.replace(config, target=target, out=out),
-                                       lambda message, t=target: progress(f"{t}: {message}"), shared))
+                                       lambda message, t=target: progress(f"{t}: {message}"), shared,
+                                       prepared[target]))
             except ConversionError as exc:
                 progress(f"{target}: FAILED: {exc}")
                 results.append(TargetFailure(target, out, exc))

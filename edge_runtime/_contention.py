@@ -84,12 +84,12 @@ def worst_share(shares) -> float | None:
     return max(known) if known else None
 
 
-def busy_note(share: float | None) -> str:
-    """A warning line when timings were taken on a busy CPU, else ""."""
+def busy_note(share: float | None, what: str = "p50s") -> str:
+    """A warning line when timings (`what`) were taken on a busy CPU, else ""."""
     if share is None or share <= BUSY_SHARE:
         return ""
     return (
         f"the CPU was busy with other work during {share:.0%} of the timed runs (Linux pressure-stall "
-        "information): these p50s are slower than this machine is when quiet; time again without "
+        f"information): these {what} are slower than this machine is when quiet; time again without "
         "other jobs running"
     )

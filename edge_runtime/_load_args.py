@@ -5,13 +5,20 @@ directory)."""
 
 from __future__ import annotations
 
+import logging
+import operator
 import os
 from pathlib import Path
 from typing import Any
 
-from edge_runtime._errors import InputError
+import numpy as np
 
-__all__ = ["cache_dirs", "check_options", "no_backend_message"]
+from edge_runtime._errors import InputError
+from edge_runtime._select import usable_cpus
+
+__all__ = ["cache_dirs", "check_options", "check_threads", "no_backend_message"]
+
+log = logging.getLogger("edge_runtime")
 
 _EXTRAS = {"onnx": "onnxruntime (edge_runtime[onnx])", "tflite": "ai-edge-litert (edge_runtime[tflite])"}
 
@@ -28,6 +35,26 @@ def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) 
         or not memory_budget_mb > 0  # also refuses NaN
     ):
         raise InputError(f"memory_budget_mb must be a number of megabytes > 0 or None, got {memory_budget_mb!r}")
+
+
+def check_threads(threads: Any) -> int | None:
+    """load()'s `threads` as an int (any integer type, numpy's too; not bool, a float or a string),
+    or InputError; a warning when it exceeds the CPUs this process may use."""
+    if threads is None:
+        return None
+    message = f"threads must be an integer >= 0 (0: the backend's default), got {threads!r}"
+    if isinstance(threads, (bool, np.bool_)):
+        raise InputError(message)
+    try:
+        threads = operator.index(threads)
+    except TypeError:
+        raise InputError(message) from None
+    if threads < 0:
+        raise InputError(message)
+    if threads > usable_cpus():
+        log.warning("threads=%d is more than the %d CPUs this process may use: runs get slower, not "
+                    "faster, and loading takes longer", threads, usable_cpus())
+    return threads
 
 
 def cache_dirs(device_cache: Any, default: Path) -> tuple[dict[str, Path], Path | None]:

@@ -292,10 +292,8 @@ def _check_artifact_facts(entry: dict[str, Any], where: str) -> None:
     ):
         raise ManifestError(f"{where}: metrics must map names to numbers")
     requires = entry.get("requires")
-    if requires is not None and (
-        not isinstance(requires, dict) or not _is_str_list(requires.get("int8_gemm", ["any"]))
-        or not requires.get("int8_gemm", ["any"])
-    ):
+    kinds = requires.get("int8_gemm", ["any"]) if isinstance(requires, dict) else None
+    if requires is not None and not (_is_str_list(kinds) and kinds):
         raise ManifestError(f"{where}: requires.int8_gemm must be a non-empty list of INT8 GEMM kinds")
 
 

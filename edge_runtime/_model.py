@@ -34,7 +34,6 @@ __all__ = ["Model", "compare_outputs", "default_cache_dir", "golden_samples", "l
 
 log = logging.getLogger("edge_runtime")
 
-
 # Backends whose sessions may run from several threads at once (onnxruntime documents
 # InferenceSession.run as thread-safe); calls into any other (a TFLite interpreter holds its
 # tensors in the interpreter) are serialized by a lock per Model.
@@ -450,7 +449,7 @@ def load(
         signed = _signing.verify_directory(root, trusted_keys)
         log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
     manifest = read_manifest(root)
-    threads = _select.check_threads(threads)
+    threads = _load_args.check_threads(threads)
     records = Verifications(records_dir)
     tuning = _tune.read_cached(root, manifest) if tune is not False else None
 

@@ -12,22 +12,15 @@ The golden check at load still has the last word: an artifact that fails it is s
 
 from __future__ import annotations
 
-import logging
-import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_runtime import _compat, _device, _memory, _tune, backends
-from edge_runtime._errors import InputError
 
-__all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "check_threads", "physical_cores", "plan",
-           "threads_for", "usable_cpus"]
-
-log = logging.getLogger("edge_runtime")
+__all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "physical_cores", "plan", "threads_for",
+           "usable_cpus"]
 
 # Manifest backend names -> the artifact format they run.
 BACKEND_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
@@ -160,26 +153,6 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
-
-
-def check_threads(threads: Any) -> int | None:
-    """load()'s `threads` as an int (any integer type, numpy's too; not bool, a float or a string),
-    or InputError; a warning when it exceeds the CPUs this process may use."""
-    if threads is None:
-        return None
-    message = f"threads must be an integer >= 0 (0: the backend's default), got {threads!r}"
-    if isinstance(threads, (bool, np.bool_)):
-        raise InputError(message)
-    try:
-        threads = operator.index(threads)
-    except TypeError:
-        raise InputError(message) from None
-    if threads < 0:
-        raise InputError(message)
-    if threads > usable_cpus():
-        log.warning("threads=%d is more than the %d CPUs this process may use: runs get slower, not "
-                    "faster, and loading takes longer", threads, usable_cpus())
-    return threads
 
 
 def physical_cores() -> int:

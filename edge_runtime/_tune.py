@@ -471,12 +471,12 @@ def tune(
     elif compare and len(tuned) == 1 and artifacts is None:  # the only one selection may pick
         result["fastest"], result["compared"] = tuned[0], None
     result["seconds"] = round(time.perf_counter() - started, 3)
-    busy = busy_note(worst_share(result["artifacts"][n].get("cpu_wait_share") for n in tuned))
+    busy = busy_note(worst_share(result["artifacts"][n].get("cpu_wait_share") for n in tuned), "timings")
     if busy:
         log.warning(
             "tuning: %s; the cached choice may not be what is best when the device is quiet: "
             "run `edge-tune %s` again then",
-            busy.replace("p50s", "timings"),
+            busy,
             root,
         )
     cached = write and _write_atomic(cache_path, result)

@@ -333,16 +333,13 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         post = {"labels": labels, "output": "logits"}
         output_names = ["logits"]
 
-    max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), cfg.max_position_embeddings)
+    # RoBERTa's position ids start after padding_idx: two rows of its table are never read.
+    positions = cfg.max_position_embeddings - (2 if model_type in ("roberta", "xlm-roberta") else 0)
+    max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), positions)
     st_config = model_dir / "sentence_bert_config.json"
     if st_config.is_file():
         max_length = min(max_length, int(_read_json(st_config).get("max_seq_length", max_length)))
-    if model_type in ("roberta", "xlm-roberta"):
-        # RoBERTa position ids start after padding_idx, so two positions are unusable.
-        max_length = min(max_length, cfg.max_position_embeddings - 2)
 
-    # RoBERTa's position ids start after padding_idx: two rows of its table are never read.
-    positions = cfg.max_position_embeddings - (2 if model_type in ("roberta", "xlm-roberta") else 0)
     tables = {"input_ids": cfg.vocab_size, "token_type_ids": getattr(cfg, "type_vocab_size", None)}
     input_limits = {name: {**({"values_below": int(tables[name])} if tables.get(name) else {}),
                            "axis_max": {"sequence": int(positions)}} for name in input_names}

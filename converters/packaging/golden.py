@@ -147,11 +147,13 @@ def write_golden(
     name: str,
     samples: Sequence[GoldenSample],
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-    tolerance: dict[str, float],
-    k: int = K,
+    fmt: str,
+    precision: str,
 ) -> dict[str, Any]:
-    """Run every sample alone through `run` (the packaged artifact), store inputs and outputs in
-    golden/NAME.npz, and return the manifest's golden entry."""
+    """Run every sample alone through `run` (the packaged artifact, `fmt` / `precision`), store
+    inputs and outputs in golden/NAME.npz, and return the manifest's golden entry with the
+    artifact's tolerance (golden_tolerance) and the rule it comes from."""
+    tolerance = golden_tolerance(fmt, precision)
     golden_dir = root / "golden"
     golden_dir.mkdir(exist_ok=True)
     path = golden_dir / f"{name}.npz"
@@ -177,7 +179,8 @@ def write_golden(
         **file_entry(root, path),
         # Every sample's tolerance; also what an edge_runtime reading only the first sample uses.
         "tolerance": tolerance,
-        "tolerance_basis": f"max({k} x drift measured between correct kernels, floor {FLOOR}) "
+        "tolerance_basis": f"max({tolerance_k(fmt, precision)} x drift measured between correct kernels, "
+                           f"floor {FLOOR}) "
                            "(converters/packaging/golden.py)",
         "samples": described,
     }

@@ -266,7 +266,7 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         "ffn": round(chosen[1], 4),
         # What was removed: each layer keeps at least one head and one neuron, so a large request
         # removes less than it asks (heads 0.9 of 4 per layer removes 0.75).
-        "removed": _removed_shares(report["layers"]),
+        "removed": removed,
         "criterion": "least-squares removal cost (structured Optimal Brain Surgeon, global greedy; layers weighted "
                      "by their measured output sensitivity; fit texts, no labels)",
         "layer_sensitivity": {kind: {str(layer): round(w, 6) for layer, w in weights.items()}

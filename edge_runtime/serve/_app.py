@@ -160,8 +160,7 @@ def _dimensions(body: dict[str, Any], dim: int) -> int:
 
 def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
     """ServeError 422 for a malformed option of `route`, checked before the input is queued
-    (after the route/task check, which answers first)."""
-    served.require(route)
+    (handle() has checked the route against the model's task already: that answers first)."""
     direction = body.get("truncation_direction")
     if direction not in (None, "right", "Right"):
         raise ServeError(

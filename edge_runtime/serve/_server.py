@@ -19,6 +19,8 @@ from edge_runtime.serve._service import Service
 
 __all__ = ["run"]
 
+log = logging.getLogger("edge_runtime.serve")
+
 
 def _listen(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (not yet listening: connections are refused until the model
@@ -38,8 +40,6 @@ def _listen(host: str, port: int) -> socket.socket:
         hint = "; another server uses it: pick another --port" if exc.errno == errno.EADDRINUSE else ""
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
     return sock
-
-log = logging.getLogger("edge_runtime.serve")
 
 
 def run(config: ServeConfig, service: Service | None = None) -> None:
