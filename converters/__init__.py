@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 from converters._errors import (
     AccuracyError,
     ConversionError,
+    ConversionInterrupted,
     NonFiniteOutputError,
     SourceModelError,
     UnsupportedModelError,
@@ -32,6 +33,7 @@ __all__ = [
     "AccuracyError",
     "ArtifactResult",
     "ConversionError",
+    "ConversionInterrupted",
     "ConvertConfig",
     "ConvertResult",
     "NonFiniteOutputError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AccuracyError",
     "ConversionError",
+    "ConversionInterrupted",
     "DiskSpaceError",
     "NonFiniteOutputError",
     "SourceModelError",
@@ -31,6 +32,16 @@ class DiskSpaceError(ConversionError):
     def __init__(self, message: str, path: str, needed_bytes: int, free_bytes: int):
         self.path, self.needed_bytes, self.free_bytes = path, needed_bytes, free_bytes
         super().__init__(message)
+
+
+class ConversionInterrupted(KeyboardInterrupt):
+    """Ctrl-C while the pruned twins were being built (minutes of pruning and distillation): the
+    unpruned artifacts already built were packaged and moved into place, `result` describes them.
+    A KeyboardInterrupt still, so a script calling convert() stops as the user asked."""
+
+    def __init__(self, result):
+        self.result = result
+        super().__init__(f"interrupted while building the pruned artifacts; {result.out} holds the unpruned ones")
 
 
 class AccuracyError(ConversionError):

@@ -188,7 +188,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         _list_targets()
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
-    from converters import ConversionError, ConvertConfig, convert
+    from converters import ConversionError, ConversionInterrupted, ConvertConfig, convert
     from converters._console import ProgressPrinter, captured_output
     from converters.packaging.signing import SigningKeyError
     from converters.pipeline import TargetFailure, convert_targets
@@ -221,6 +221,11 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         raise click.BadParameter(exc.detail, param_hint="--sign-key") from None
     except ConversionError as exc:
         raise click.ClickException(as_flags(str(exc)) + _log_note(capture, verbose)) from None
+    except ConversionInterrupted as exc:  # Ctrl-C while pruning: the unpruned artifacts were kept
+        _print_result(exc.result)
+        click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall, exc.result.target)
+                   + _log_note(capture, verbose), err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall)
                    + _log_note(capture, verbose), err=True)
@@ -255,17 +260,24 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         sys.exit(1)
 
 
-def _interrupted(out: Path, targets: list[str] | None, since: float) -> str:
+def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruning: str | None = None) -> str:
     """What an interrupted run leaves: nothing (one target: `out` is replaced only by a finished
-    conversion), or, with several, each target finished before the interruption in out/<id>."""
+    conversion), or, with several, each target finished before the interruption in out/<id>.
+    `while_pruning`: the target interrupted while its pruned twins were built, whose other
+    artifacts were packaged."""
+    again = "run again with --force to build them"
     if targets is None:
+        if while_pruning:
+            return (f"interrupted while pruning: {out} holds the artifacts built before it; the pruned ones were "
+                    f"not built (its manifest lists them as refused, 'not built'): {again}")
         return f"interrupted: nothing was written to {out}"
     done = [t for t in targets if (out / t / "manifest.json").is_file()
             and (out / t / "manifest.json").stat().st_mtime >= since]
     if not done:
         return f"interrupted: nothing was written to {out}"
     rest = [t for t in targets if t not in done]
-    return (f"interrupted: {', '.join(done)} finished before it ({', '.join(str(out / t) for t in done)})"
+    pruning = f"; {while_pruning}'s pruned artifacts were not built ({again})" if while_pruning in done else ""
+    return (f"interrupted: {', '.join(done)} finished before it ({', '.join(str(out / t) for t in done)}){pruning}"
             + (f"; nothing was written for {', '.join(rest)} (convert it with --target {','.join(rest)})"
                if rest else ""))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session
-from converters._errors import AccuracyError, ConversionError
+from converters._errors import AccuracyError, ConversionError, ConversionInterrupted
 from converters._shared import SharedInputs, artifact_key
 from converters.core.arithmetic import ValidationSessions
 from converters.core.validate import compute_metrics, floor_failures, rows_alone, sequence_outputs
@@ -392,10 +392,19 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
 
         for planned in plan(profile):
             deliver(planned, step, shared, floor, fused_ops)
+        interrupted = False
         if prune_request is not None:
-            pruned = _pruned_step(shared, step, profile, prune_request, refused, config.distill_steps)
-            for planned in pruned_plan(profile) if pruned is not None else ():
-                deliver(planned, pruned[0], pruned[1], profile.pruning.floor, pruned[2])
+            try:
+                pruned = _pruned_step(shared, step, profile, prune_request, refused, config.distill_steps)
+                for planned in pruned_plan(profile) if pruned is not None else ():
+                    deliver(planned, pruned[0], pruned[1], profile.pruning.floor, pruned[2])
+            except KeyboardInterrupt:
+                # Pruning and distillation take minutes: Ctrl-C there keeps the unpruned artifacts
+                # already built (a second Ctrl-C while they are packaged drops everything).
+                if not entries:
+                    raise
+                interrupted = True
+                _not_built(profile, stage, entries, refused, progress)
         if not entries:
             raise AccuracyError("no artifact met the accuracy floor:\n" + "\n".join(r["reason"] for r in refused))
 
@@ -425,8 +434,26 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             progress(f"signing the directory (model.sig, key {config.sign_key})")
             signing.sign_directory(stage, sign_key, model_name=config.out.resolve().name)
 
-    return ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
-                         time.perf_counter() - started, refused, worst_share(timing_wait))
+    result = ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
+                           time.perf_counter() - started, refused, worst_share(timing_wait))
+    if interrupted:
+        raise ConversionInterrupted(result)
+    return result
+
+
+def _not_built(profile: TargetProfile, stage: Path, entries: list[dict], refused: list[dict],
+               progress: Progress) -> None:
+    """Record the pruned twins an interruption left unbuilt (in the manifest's `refused`, with why)
+    and remove what the one being packaged had written (NAME.* and golden/NAME.npz)."""
+    done = {entry["name"] for entry in entries} | {entry["name"] for entry in refused}
+    for planned in pruned_plan(profile):
+        if planned.name not in done:
+            for path in [*stage.glob(f"{planned.name}.*"), stage / "golden" / f"{planned.name}.npz"]:
+                path.unlink(missing_ok=True)
+            refused.append({"name": planned.name, "format": planned.format, "precision": planned.precision,
+                            "reason": "not built: the conversion was interrupted (Ctrl-C) while pruning"})
+    progress(f"interrupted while pruning: packaging the {len(entries)} artifact(s) already built "
+             "(Ctrl-C again drops them)")
 
 
 @dataclass

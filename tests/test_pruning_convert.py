@@ -168,3 +168,43 @@ def test_generalization_notes_a_refit_that_over_fits_its_texts_and_only_then():
     # Classifiers are judged on top-1 agreement.
     labels = generalization({"top1_agreement": 1.0}, {"top1_agreement": 0.9}, 64)
     assert "top1_agreement 1.0000" in labels["note"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_pruning_keeps_the_unpruned_artifacts(tiny_model_factory, tmp_path, monkeypatch):
+    """Pruning and distillation take minutes: Ctrl-C there packages what was already built (a
+    verified, loadable directory) and says the pruned twins were not built; what the interrupted
+    twin had written is not left behind."""
+    from converters import pipeline
+
+    write_golden = pipeline.golden_samples.write_golden
+
+    def interrupted(root, name, *args):
+        if name.endswith("-pruned"):  # its model files are packaged by now
+            assert any(root.glob(f"{name}.*"))
+            raise KeyboardInterrupt
+        return write_golden(root, name, *args)
+
+    monkeypatch.setattr(pipeline.golden_samples, "write_golden", interrupted)
+    model = tiny_model_factory("bert", "feature-extraction")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(edge_convert, [str(model), "--target", "x86-avx2", "--out", str(out),
+                                               "--prune", "heads=0.25,ffn=0.5", "--prune-floor", "0.8", "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted while pruning" in result.output and "--force" in result.output
+    assert "onnx-int8" in result.output  # the table of what was kept
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"onnx-fp32", "onnx-int8"} <= {a["name"] for a in manifest["artifacts"]}
+    assert not any(a["pruning"] for a in manifest["artifacts"])
+    refused = {r["name"]: r["reason"] for r in manifest["refused"]}
+    assert {"onnx-int8-pruned", "onnx-int4-pruned"} <= set(refused)
+    assert all("interrupted (Ctrl-C) while pruning" in refused[name] for name in ("onnx-int8-pruned", "onnx-int4-pruned"))
+    assert not [p for p in out.rglob("*") if "pruned" in p.name]
+    assert edge_runtime.load(out, artifact="onnx-int8").embed(TEXTS).shape[0] == 2
+
+    # Interrupted before any artifact was built: nothing is written.
+    monkeypatch.setattr(pipeline, "plan", lambda profile: [])
+    again = CliRunner().invoke(edge_convert, [str(model), "--target", "x86-avx2", "--out", str(tmp_path / "none"),
+                                              "--prune", "heads=0.25,ffn=0.5", "--prune-floor", "0.8", "--quiet"])
+    assert again.exit_code == 130 and "nothing was written" in again.output
+    assert not (tmp_path / "none").exists()
