@@ -188,10 +188,14 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         _list_targets()
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
-    from converters import ConversionError, ConversionInterrupted, ConvertConfig, convert
-    from converters._console import ProgressPrinter, captured_output
-    from converters.packaging.signing import SigningKeyError
-    from converters.pipeline import TargetFailure, convert_targets
+    try:  # the libraries take a moment to import: Ctrl-C meanwhile is no crash
+        from converters import ConversionError, ConversionInterrupted, ConvertConfig, convert
+        from converters._console import ProgressPrinter, captured_output
+        from converters.packaging.signing import SigningKeyError
+        from converters.pipeline import TargetFailure, convert_targets
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written", err=True)
+        sys.exit(130)
 
     try:
         profiles = _profiles(target)

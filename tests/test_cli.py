@@ -152,6 +152,26 @@ def test_an_interrupted_multi_target_run_names_what_it_finished(tmp_path):
     assert _interrupted(tmp_path, ["x86-avx2"], since) == f"interrupted: nothing was written to {tmp_path}"
     assert "nothing was written" in _interrupted(tmp_path, ["rpi5"], time.time() + 60)  # an older result
     assert _interrupted(tmp_path, None, since) == f"interrupted: nothing was written to {tmp_path}"
+    pruning = _interrupted(tmp_path, ["rpi5", "x86-avx2"], since, while_pruning="rpi5")
+    assert "rpi5's pruned artifacts were not built (run again with --force" in pruning
+    assert "interrupted while pruning" in _interrupted(tmp_path, None, since, while_pruning="rpi5")
+
+
+def test_ctrl_c_while_edge_convert_imports_its_libraries_is_no_crash(tmp_path, monkeypatch):
+    """The first second of a run imports torch and transformers: Ctrl-C there ends quietly."""
+    import sys
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "converters.packaging.signing":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "converters.packaging.signing", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 130 and result.output == "interrupted: nothing was written\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_edge_run_takes_texts_after_options_and_stops_quietly_on_a_closed_pipe(tmp_path):
