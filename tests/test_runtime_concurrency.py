@@ -159,6 +159,22 @@ def test_batch_over_the_memory_budget_is_split(converted, monkeypatch):
     model.run(feeds)
     assert calls == [10]
 
+    # The default budget is the memory available at the call minus the headroom kept free (here
+    # room for 3 rows once the small-batch shortcut is off); unknown available memory: no split.
+    from edge_runtime import _device, _inputs, _memory, _model
+
+    monkeypatch.setattr(_inputs, "SMALL_BATCH_BYTES", 0)
+    monkeypatch.setattr(_memory, "headroom_mb", lambda total_mb: 100.0)
+    monkeypatch.setattr(_device, "available_mb", lambda: 100.0 + 3.5 * per_row / 2**20)
+    assert _model._device is _device and _model._memory is _memory
+    calls.clear()
+    np.testing.assert_allclose(model.run(feeds)["last_hidden_state"], whole, atol=1e-6)
+    assert calls == [3, 3, 3, 1]
+    monkeypatch.setattr(_device, "available_mb", lambda: 0)
+    calls.clear()
+    model.run(feeds)
+    assert calls == [10]
+
 
 def test_load_takes_a_memory_budget(converted):
     model = edge_runtime.load(converted, artifact="onnx-int8", memory_budget_mb=64)
