@@ -12,6 +12,7 @@ The MiniLM run is a release check (benchmarks/results/arm64-check-minilm-rpi4.tx
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,29 @@ def test_arm64_check_on_the_tiny_model(tmp_path):
         and r["check"] == "load + golden"
     ]
     assert a76 and all("weight_cache created" in r["detail"] for r in a76), a76
+
+
+def test_arm64_check_says_when_apt_reaches_no_mirror(tmp_path, monkeypatch):
+    """apt-get update exits 0 offline (it keeps its empty lists): the tool stops there and says
+    so, instead of failing later with apt's "Unable to locate package"."""
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    spec = spec_from_loader("arm64_check", SourceFileLoader("arm64_check", str(TOOL)))
+    tool = module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "arm64_check", tool)  # its dataclasses look themselves up there
+    spec.loader.exec_module(tool)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apt-get"
+    fake.write_text("#!/bin/sh\necho 'Err:1 http://deb.debian.org/debian bookworm InRelease'\n"
+                    "echo 'W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease' >&2\n"
+                    "echo \"$@\" >> \"$(dirname \"$0\")/calls\"\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(tool, "_require_tools", lambda: None)
+    with pytest.raises(tool.CheckError, match="could not read the Debian package lists") as caught:
+        tool.build_sysroot(tmp_path / "work")
+    assert "reachable" in str(caught.value)
+    assert (bin_dir / "calls").read_text().split()[:2] == ["update", "-q"]  # no install was tried
+    assert len((bin_dir / "calls").read_text().splitlines()) == 1
