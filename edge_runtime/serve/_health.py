@@ -78,9 +78,16 @@ class GoldenWatchdog:
         return self._failed.get(self.slot.current.generation)
 
     def loaded(self, served) -> None:
-        """A model just passed load()'s golden check: record it as the last result."""
+        """A model just passed load()'s golden check: record it as the last result and, with the
+        watchdog on, queue its first re-run on the worker (the first batch it serves comes after
+        it), so edge_golden_cosine_min has a value from the start, not only after an interval."""
         self.metrics.golden_ok.set(1)
         self.metrics.golden_last.set(time.time())
+        if self.interval > 0:
+            try:
+                self.batcher.call(lambda: self._check(served))
+            except ServeError:  # shutting down
+                pass
 
     def schedule(self):
         """Queue a check of the serving model on the worker thread; a future of its result."""
