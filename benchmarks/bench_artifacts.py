@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,11 +36,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from edge_runtime._contention import CpuWait, busy_note  # noqa: E402 - after the path
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 # CPU flags that decide kernel choices, named with every timing.
 INTERESTING_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
                                "asimd", "asimddp", "i8mm", "fphp", "asimdhp", "sve"})
 SWITCH_PAUSE_S = 0.05  # between two variants' blocks; see the timing loop
+# MiniLM's longest input (its sentence_bert_config.json max_seq_length): every tokenizer here
+# truncates there, so a longer --seq would time 256 tokens under a larger label.
+MAX_TOKENS = 256
 
 _LOAD_PROBE = r"""
 import json, sys, time, psutil
@@ -122,13 +127,13 @@ class PlainExport:
     def reference(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         with torch.no_grad():
             hidden = self.model(**enc).last_hidden_state.numpy()
         return _pool(hidden, enc["attention_mask"].numpy())
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np")
         return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
@@ -215,7 +220,8 @@ def _size(paths: list[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--target", action="append", help="target profile(s) to convert and compare "
                         "(repeatable; default x86-avx2); TARGET@METHOD overrides a static profile's "
                         "calibration method (minmax, percentile, entropy); a /floor=F suffix overrides "
@@ -223,12 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prune", help="also build pruned twins (edge-convert --prune, e.g. heads=0.33,ffn=0.5)")
     parser.add_argument("--prune-floor", type=float, help="the pruned twins' floor (edge-convert --prune-floor; "
                         "e.g. 0.5 to deliver and measure a pruning as it is)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; speed ratios are medians over them")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per variant per round")
     parser.add_argument("--block", type=int, default=5, help="consecutive runs of one variant before the next "
                         "(the round cycles through the variants until each has --runs)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2, help="threads of every session")
+    parser.add_argument("--seq", type=int, default=128, help=f"tokens of the timed input (1-{MAX_TOKENS})")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--keep", type=Path, help="convert into this directory and keep the artifacts "
                         "(default: a temporary directory)")
@@ -236,7 +242,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="with --keep: use a target's artifact directory "
                         "already there (its manifest.json says which commit's converter made it) instead of converting")
     args = parser.parse_args(argv)
+    _check_args(parser, args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    try:
+        return _bench(args, argv, work)
+    except KeyboardInterrupt:
+        kept = f"; converted artifacts stay in {args.keep}" if args.keep else ""
+        print(f"bench_artifacts: interrupted, nothing measured was written{kept}", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the plain/stock exports: hundreds of MB
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every option before minutes of conversion: one line naming the option."""
+    for name in ("rounds", "runs", "block", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not 1 <= args.seq <= MAX_TOKENS:
+        parser.error(f"--seq must be 1-{MAX_TOKENS} (MiniLM's longest input), got {args.seq}")
+    if args.reuse and args.keep is None:
+        parser.error("--reuse reads the artifacts of an earlier --keep DIR: give --keep DIR too")
+    if args.keep is not None and args.keep.exists() and not args.keep.is_dir():
+        parser.error(f"--keep {args.keep}: a file, not a directory")
+    if args.json is not None:
+        if args.json.is_dir():
+            parser.error(f"--json {args.json}: a directory; name the file to write")
+        parent = next((p for p in args.json.resolve().parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            parser.error(f"--json {args.json}: cannot be written there ({parent} is not a writable directory)")
+    from targets import ProfileError, UnknownTargetError, load_profile
+
+    for target in args.target or []:
+        try:
+            load_profile(target.partition("/floor=")[0].partition("@")[0])
+        except (UnknownTargetError, ProfileError) as exc:
+            parser.error(f"--target {target}: {exc}")
+        floor = target.partition("/floor=")[2]
+        if floor:
+            try:
+                float(floor)
+            except ValueError:
+                parser.error(f"--target {target}: the /floor= suffix must be a number")
+
+
+def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -248,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime._device import detect
     from targets import load_profile
 
-    work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     kept_dir = args.keep or work
     targets = args.target or ["x86-avx2"]
     refused: dict[str, list[dict]] = {}
@@ -345,25 +395,26 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for _ in range(5):
             runners[name][0](feeds_of[name])
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        times: dict[str, list[float]] = {name: [] for name in names}
-        while any(len(t) < args.runs for t in times.values()):
-            for name in order:
-                run, feeds = runners[name][0], feeds_of[name]
-                # onnxruntime's intra-op threads spin for a while after each run: without a pause
-                # the previous variant's threads take a core from this one (measured: INT8 p50
-                # 10.1 ms right after another session, 8.5 ms after 50 ms).
-                time.sleep(SWITCH_PAUSE_S)
-                run(feeds)
-                for _ in range(min(args.block, args.runs - len(times[name]))):
-                    t0 = time.perf_counter()
+    with CpuWait() as waited:  # how much of the timing other work kept a CPU from us
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            times: dict[str, list[float]] = {name: [] for name in names}
+            while any(len(t) < args.runs for t in times.values()):
+                for name in order:
+                    run, feeds = runners[name][0], feeds_of[name]
+                    # onnxruntime's intra-op threads spin for a while after each run: without a pause
+                    # the previous variant's threads take a core from this one (measured: INT8 p50
+                    # 10.1 ms right after another session, 8.5 ms after 50 ms).
+                    time.sleep(SWITCH_PAUSE_S)
                     run(feeds)
-                    times[name].append((time.perf_counter() - t0) * 1000)
-        for name in names:
-            timing[name]["p50"].append(float(np.percentile(times[name], 50)))
-            timing[name]["p90"].append(float(np.percentile(times[name], 90)))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+                    for _ in range(min(args.block, args.runs - len(times[name]))):
+                        t0 = time.perf_counter()
+                        run(feeds)
+                        times[name].append((time.perf_counter() - t0) * 1000)
+            for name in names:
+                timing[name]["p50"].append(float(np.percentile(times[name], 50)))
+                timing[name]["p90"].append(float(np.percentile(times[name], 90)))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     base = timing["plain ORT FP32"]["p50"]
     for name in untimed:
         variants[name].update(p50_ms=float("nan"), p90_ms=float("nan"), ratio_p50=float("nan"),
@@ -428,15 +479,29 @@ def main(argv: list[str] | None = None) -> int:
         for item in items:
             print(f"\nedge-runtime {target} {item['name']}: REFUSED by the converter: {item['reason']}")
     print("\nper-round p50 ratios: " + "; ".join(f"{n}: {variants[n]['ratio_rounds']}" for n in names))
+    busy = busy_note(waited.share)
+    if busy:
+        print(f"\nnote: {busy}")
     if args.json:
-        clean = {n: {k: (str(x) if isinstance(x, Path) else x) for k, x in v.items() if k not in ("files", "entry", "root")}
-                 for n, v in variants.items()}
+        # Paths only where they outlive the run (--keep); NaN (a variant not timed) as null.
+        dropped = ("files", "entry", "root") if args.keep else ("files", "entry", "root", "path")
+        clean = {n: {k: _json_value(x) for k, x in v.items() if k not in dropped} for n, v in variants.items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         clean["_refused"] = refused
         clean["_device"] = device.to_dict()
+        clean["_timing"] = {"batch": 1, "sequence": args.seq, "threads": args.threads, "rounds": args.rounds,
+                            "runs": args.runs, "block": args.block, "cpu_wait_share": waited.rounded_share}
         clean["_command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
-        args.json.write_text(json.dumps(clean, indent=2))
+        args.json.write_text(json.dumps(clean, indent=2, allow_nan=False))
     return 0
+
+
+def _json_value(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 if __name__ == "__main__":
