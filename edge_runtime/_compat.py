@@ -11,9 +11,12 @@ limited to stay inside int16, run exactly on both kinds.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["arithmetic_problem", "needs_int8_gemm_check", "required_int8_gemm"]
+from edge_runtime import backends
+
+__all__ = ["arithmetic_problem", "needs_int8_gemm_check", "required_int8_gemm", "runtime_problem"]
 
 _KIND_WORDS = {
     "int32": "accumulates in int32 (VNNI, AMX, ARM64)",
@@ -57,3 +60,23 @@ def arithmetic_problem(entry: dict[str, Any], manifest: dict[str, Any], device: 
         "where its weights overflow and it would compute wrong numbers. Convert for this device's profile "
         "(e.g. edge-convert --target x86-avx2) or load a float/TFLite artifact"
     )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(1, 22, 1) from "1.22.1", "1.22.1.dev20250101" or "1.22": the numbered release only."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def runtime_problem(entry: dict[str, Any]) -> str | None:
+    """Why the backend installed here is too old for `entry` (its manifest min_runtime, the
+    version it was validated with), or None. onnxruntime before 1.23 fails on INT4 artifacts'
+    UINT4 casts and reports it as a missing kernel; the minimum says it before any load."""
+    needs = entry.get("min_runtime") or {}
+    package = backends.installed_package(entry.get("format", ""))
+    if package not in needs:  # another runtime of the format: ranked last, the golden check decides
+        return None
+    have = backends.installed_version(package)
+    if have is None or _release(have) >= _release(str(needs[package])):
+        return None
+    return (f"{entry['name']} needs {package} >= {needs[package]} (installed here: {have}); "
+            f"upgrade it: pip install -U '{package}>={needs[package]}'")

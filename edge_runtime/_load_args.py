@@ -20,7 +20,10 @@ __all__ = ["cache_dirs", "check_options", "check_threads", "no_backend_message"]
 
 log = logging.getLogger("edge_runtime")
 
-_EXTRAS = {"onnx": "onnxruntime (edge_runtime[onnx])", "tflite": "ai-edge-litert (edge_runtime[tflite])"}
+# What to install, by the packages' own names (the device wheel is a file, not a PyPI name: its
+# extras are named as the wheel's, with the packages they bring).
+_EXTRAS = {"onnx": "onnxruntime (the device wheel's [onnx] extra)",
+           "tflite": "ai-edge-litert (the device wheel's [tflite] extra)"}
 
 
 def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) -> None:
@@ -73,3 +76,12 @@ def cache_dirs(device_cache: Any, default: Path) -> tuple[dict[str, Path], Path 
 def no_backend_message(root: Path, formats: list[str]) -> str:
     install = " or ".join(_EXTRAS.get(fmt, f"a {fmt} backend") for fmt in formats)
     return f"none of the artifacts in {root} can run here: they need a {' or '.join(formats)} backend; install {install}"
+
+
+def nothing_runs_message(root: Path, formats: list[str], skipped: dict[str, str], missing: set[str]) -> str:
+    """Why no artifact of `root` is tried here: only missing backends (`missing`: their formats)
+    -> what to install; else each artifact with its reason (too old a runtime, wrong arithmetic)."""
+    if set(formats) <= missing:
+        return no_backend_message(root, formats)
+    return f"none of the artifacts in {root} can run here:\n" + "\n".join(
+        f"  {name}: {why}" for name, why in skipped.items())

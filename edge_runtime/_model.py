@@ -311,6 +311,9 @@ def _open(
 ) -> Model:
     """Open `entry`; verify: False, True (what `records` hold may be skipped) or "full"."""
     started = time.perf_counter()
+    too_old = _compat.runtime_problem(entry)
+    if too_old:
+        raise BackendUnavailableError(too_old)
     if _compat.needs_int8_gemm_check(entry, manifest):  # the check measures the CPU (ms)
         problem = _compat.arithmetic_problem(entry, manifest, _device.detect())
         if problem:
@@ -483,7 +486,8 @@ def load(
     selection = _select.plan(root, manifest, _device.detect(), tuning)
     if not selection.choices:
         formats = sorted({e["format"] for e in manifest["artifacts"]})
-        raise BackendUnavailableError(_load_args.no_backend_message(root, formats))
+        missing = {fmt for fmt in formats if not backends.backend_available(fmt)}
+        raise BackendUnavailableError(_load_args.nothing_runs_message(root, formats, selection.skipped, missing))
     for name, why in selection.skipped.items():
         log.info("not trying artifact %s: %s", name, why)
     for choice in selection.choices:

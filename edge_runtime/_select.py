@@ -2,8 +2,9 @@
 
 The order, each step with its reason:
 1. the target profile's order (`candidates`: backends in fallback order, then precision);
-2. artifacts whose backend is not installed here, or whose INT8 weights this CPU's arithmetic
-   would compute wrongly (`_compat`), are left out (named in `skipped`, with the reason);
+2. artifacts whose backend is not installed here or older than their min_runtime, or whose INT8
+   weights this CPU's arithmetic would compute wrongly (`_compat`), are left out (named in
+   `skipped`, with the reason);
 3. those that do not fit the memory available now (with headroom, `_memory.fit`) go last;
 4. a cached tuning result (`_tune`) that names the fastest artifact here moves it first, if it
    fits and the profile allows it (it is among the candidates).
@@ -65,8 +66,8 @@ def plan(
         if not backends.backend_available(entry["format"]):
             skipped[entry["name"]] = f"no {entry['format']} backend installed"
             continue
-        problem = _compat.arithmetic_problem(entry, manifest, device)
-        if problem:  # it would compute wrong numbers on this CPU's INT8 GEMM
+        problem = _compat.runtime_problem(entry)
+        if problem:  # older than the runtime it was validated with
             skipped[entry["name"]] = problem
             continue
         problem = _compat.arithmetic_problem(entry, manifest, device)

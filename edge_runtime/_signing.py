@@ -136,7 +136,7 @@ def _crypto():
     except ImportError:
         raise SignatureError(
             "checking signatures (trusted_keys) needs the 'cryptography' package, which is not "
-            "installed: pip install 'edge_runtime[verify]' (or pip install cryptography)"
+            "installed: pip install cryptography (the device wheel's [verify] extra)"
         ) from None
     return exceptions, hashes, serialization, ec
 

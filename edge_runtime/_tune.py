@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import _device, _memory
+from edge_runtime import _device, _memory, backends
 from edge_runtime._contention import CpuWait, busy_note, worst_share
-from edge_runtime._errors import EdgeRuntimeError, InputError
+from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
 from edge_runtime._manifest import read_manifest, resolve
 from edge_runtime.backends._cache import cpu_tag
 
@@ -376,9 +376,12 @@ def tune(
     budget_s: stop a sweep after this many seconds (at least 2 rounds); None: all rounds.
     cache_dir: where results go (default: default_cache_dir()/tuning); write=False keeps them out.
     Returns the result as cached (existing results for other artifacts of the same directory are
-    kept), plus "cached": whether it was written.
+    kept), plus "cached": whether it was written, and "measured": the artifacts this call tuned
+    (none: every one was refused; then nothing is written). No artifact selection may pick here
+    (artifacts None): BackendUnavailableError with each one's reason, nothing written.
     """
-    from edge_runtime import _select
+    from edge_runtime import _select  # (they import this module)
+    from edge_runtime._load_args import nothing_runs_message
 
     root = Path(path)
     manifest = read_manifest(root)
@@ -389,7 +392,12 @@ def tune(
     if artifacts is None:
         # What automatic selection may pick; never one that may not fit memory (a sweep opens it
         # several times), unless none fits (then the first, as load() would try it).
-        choices = _select.plan(root, manifest, device, tuning=None).choices
+        selection = _select.plan(root, manifest, device, tuning=None)
+        if not selection.choices:  # nothing to measure: say why, and leave any cached result alone
+            formats = sorted({e["format"] for e in manifest["artifacts"]})
+            missing = {fmt for fmt in formats if not backends.backend_available(fmt)}
+            raise BackendUnavailableError(nothing_runs_message(root, formats, selection.skipped, missing))
+        choices = selection.choices
         names = [c.name for c in choices if c.fits] or [c.name for c in choices[:1]]
     else:
         unknown = [n for n in artifacts if n not in by_name]
@@ -479,5 +487,8 @@ def tune(
             busy,
             root,
         )
-    cached = write and _write_atomic(cache_path, result)
-    return {**result, "cached": cached}  # "cached" itself is not stored
+    # Nothing measured in this call (every artifact refused): the refusals are reported, but a
+    # cache another backend's tuning may fill (the same directory under another environment) is
+    # not replaced by an empty result.
+    cached = write and bool(tuned) and _write_atomic(cache_path, result)
+    return {**result, "cached": cached, "measured": tuned}  # these two are not stored

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         from edge_runtime.serve import ServeConfig, run
     except ImportError as exc:
         print(
-            f"edge-serve: error: {exc}; install the serve extra: pip install 'edge_runtime[serve]'",
+            f"edge-serve: error: {exc}; install the serve extra: pip install starlette uvicorn (the device wheel's [serve] extra)",
             file=sys.stderr,
         )
         return 1

@@ -72,7 +72,9 @@ def _print_table(result: dict, cache_file: Path) -> None:
         print(
             f"\nfastest here: {result['fastest']} (load() picks it when it is allowed and fits memory)"
         )
-    if result.get("cached"):
+    if not result.get("measured", True):
+        print(f"nothing was measured (every artifact was refused, above): {cache_file} is unchanged")
+    elif result.get("cached"):
         print(f"cached in {cache_file} ({result['seconds']:.1f} s of measuring)")
     else:
         print(
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         _print_table(result, cache_file)
-    return 0 if result["artifacts"] and result["cached"] else 1
+    return 0 if result["measured"] and result["cached"] else 1
 
 
 if __name__ == "__main__":

@@ -387,3 +387,33 @@ def test_a_tuning_cache_with_a_damaged_identity_is_ignored(converted, tmp_path, 
         assert _tune.read_cached(converted, edge_runtime.read_manifest(converted)) is None
         assert edge_runtime.load(converted).name == "onnx-int8"
     assert "is corrupted" in caplog.text
+
+
+def test_a_runtime_older_than_an_artifacts_minimum_is_named_before_any_load(converted, monkeypatch):
+    """onnxruntime 1.19-1.22 load an INT4 artifact and then fail on a UINT4 Cast as a missing
+    kernel: the manifest's min_runtime says it first, for a named artifact and for the automatic
+    choice alike."""
+    from edge_runtime import _compat, backends
+    from edge_runtime._errors import BackendUnavailableError
+
+    assert _compat._release("1.22.1") == (1, 22, 1) and _compat._release("1.23.0.dev20250101+cpu") == (1, 23, 0)
+    assert _compat._release("2.3") < _compat._release("2.10")  # numbers, not strings
+    manifest = edge_runtime.read_manifest(converted)
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    assert entry["min_runtime"] == {"onnxruntime": "1.17"}
+    real = backends.installed_version("onnxruntime")
+    assert real is not None and _compat.runtime_problem(entry) is None  # this machine's
+
+    monkeypatch.setattr(backends, "installed_version", lambda package: "1.16.3")
+    problem = _compat.runtime_problem(entry)
+    assert problem == ("onnx-int8 needs onnxruntime >= 1.17 (installed here: 1.16.3); "
+                       "upgrade it: pip install -U 'onnxruntime>=1.17'")
+    with pytest.raises(BackendUnavailableError, match=r"needs onnxruntime >= 1\.17 \(installed here: 1\.16\.3\)"):
+        edge_runtime.load(converted, artifact="onnx-int8")
+    # every ONNX artifact is too old here: the error lists each with its reason (not "install a backend")
+    with pytest.raises(BackendUnavailableError) as caught:
+        edge_runtime.load(converted)
+    message = str(caught.value)
+    assert "onnx-fp32: onnx-fp32 needs onnxruntime >= 1.17" in message and "install onnxruntime" not in message
+    # an artifact for another package of the format is not judged by this one's version
+    assert _compat.runtime_problem({**entry, "min_runtime": {"some-other-runtime": "9"}}) is None

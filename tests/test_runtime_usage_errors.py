@@ -46,7 +46,7 @@ def test_good_load_arguments_pass_the_checks(tmp_path):
 
 def test_the_missing_backend_message_names_only_what_would_help(tmp_path):
     onnx_only = _load_args.no_backend_message(tmp_path, ["onnx"])
-    assert "onnxruntime (edge_runtime[onnx])" in onnx_only and "litert" not in onnx_only
+    assert "onnxruntime (the device wheel's [onnx] extra)" in onnx_only and "litert" not in onnx_only
     both = _load_args.no_backend_message(tmp_path, ["onnx", "tflite"])
     assert "onnxruntime" in both and "ai-edge-litert" in both
 

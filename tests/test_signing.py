@@ -531,7 +531,7 @@ def test_missing_cryptography_is_a_clear_error(signed):
         "    print(exc)\n"
     )
     assert done.returncode == 0, done.stderr
-    assert "pip install 'edge_runtime[verify]'" in done.stdout
+    assert "pip install cryptography (the device wheel's [verify] extra)" in done.stdout
 
 
 def test_device_wheel_has_a_verify_extra(tmp_path):

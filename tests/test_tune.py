@@ -372,3 +372,31 @@ def test_a_sweep_on_a_busy_cpu_is_recorded_and_warned_of(converted, monkeypatch,
     with caplog.at_level(logging.WARNING, logger="edge_runtime"):
         quiet = _tune.tune(converted, ["onnx-int8"], compare=False, rounds=2, write=False)
     assert quiet["artifacts"]["onnx-int8"]["cpu_wait_share"] == 0.0 and "busy" not in caplog.text
+
+
+def test_edge_tune_with_nothing_to_measure_says_why_and_keeps_the_cache(converted, monkeypatch, capsys):
+    """A TFLite-only environment tuning an ONNX-only directory (the same cache directory as the
+    ONNX environment's): one error with each artifact's reason, exit 1, the ONNX tuning kept.
+    Every artifact refused: reported, exit 1, the cache unchanged too."""
+    _few_rounds(monkeypatch)
+    _tune.tune(converted, ["onnx-int8"], compare=False, rounds=2, budget_s=0.3)
+    cached = _tune.cache_file(converted).read_bytes()
+
+    real = _select.backends.backend_available
+    monkeypatch.setattr(_select.backends, "backend_available", lambda fmt: fmt != "onnx" and real(fmt))
+    assert cli_tune.main([str(converted), "--rounds", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert "edge-tune: error: none of the artifacts in" in err and "need a onnx backend; install onnxruntime" in err
+    assert "cached in" not in out
+    assert _tune.cache_file(converted).read_bytes() == cached
+    monkeypatch.setattr(_select.backends, "backend_available", real)
+
+    def refused(*args, **kwargs):
+        raise edge_runtime.GoldenMismatchError("computes wrong numbers here")
+
+    monkeypatch.setattr(_tune, "_sweep", refused)
+    assert cli_tune.main([str(converted), "--artifact", "onnx-fp32", "--rounds", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "onnx-fp32: refused: computes wrong numbers here" in out
+    assert "nothing was measured" in out and "is unchanged" in out
+    assert _tune.cache_file(converted).read_bytes() == cached

@@ -37,9 +37,14 @@ REQUIRES = [
     # by its [detect] rules) with tomllib, which Python 3.11 added; 3.10 (Jetson Orin's JetPack
     # 6, Ubuntu 22.04) gets the same parser from PyPI (targets/__init__.py imports either).
     'tomli>=1.1; python_version < "3.11"',
-    'onnxruntime>=1.17; extra == "onnx"',
+    # 1.17's wheels do not bound numpy below 2 yet fail to import with it (pip pairs them with
+    # numpy 2 today); from 1.18 on pip resolves a numpy they import with. Artifacts state their
+    # own minimum (manifest min_runtime: 1.17 FP32/INT8, 1.32 INT4), checked before a load.
+    'onnxruntime>=1.18; extra == "onnx"',
     'tokenizers>=0.15; extra == "onnx"',
-    'ai-edge-litert>=1.2; extra == "tflite"',
+    # every TFLite artifact's min_runtime (the version the converter validates them with);
+    # aarch64 wheels for Python 3.10 and 3.11 exist
+    'ai-edge-litert>=2.3; extra == "tflite"',
     'tokenizers>=0.15; extra == "tflite"',
     # load(trusted_keys=...) checks model.sig with cryptography alone (docs/signing.md)
     'cryptography>=41; extra == "verify"',
@@ -125,8 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output directory")
     args = parser.parse_args(argv)
-    wheel = build(args.out)
+    existing = next((p for p in [args.out, *args.out.resolve().parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        parser.error(f"--out {args.out}: {existing} is a file, not a directory")
+    try:
+        wheel = build(args.out)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: cannot write the wheel there ({exc.strerror or exc})")
     print(wheel)
+    # Every build has the same version: pip keeps an installed copy of the same version, so an
+    # update on a device needs --force-reinstall (--no-deps: the dependencies stay as they are).
+    print(f"install: pip install '{wheel}[onnx]'   (or [tflite]; add ,serve / ,verify)\n"
+          f"update an installed copy: pip install --force-reinstall --no-deps '{wheel}'", file=sys.stderr)
     return 0
 
 

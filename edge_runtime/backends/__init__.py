@@ -5,19 +5,21 @@ A backend module exposes `AVAILABLE` (can it run here?) and `open_session(...) -
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 from typing import Any, Protocol
 
 import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 
-__all__ = ["Session", "backend_available", "installed_package", "open_session"]
+__all__ = ["Session", "backend_available", "installed_package", "installed_version", "open_session"]
 
 # format -> (module, install hint). Registered here, imported lazily.
 _BACKENDS = {
-    "onnx": ("edge_runtime.backends.onnx", "pip install onnxruntime (or edge_runtime[onnx])"),
-    "tflite": ("edge_runtime.backends.tflite", "pip install ai-edge-litert (or edge_runtime[tflite])"),
+    "onnx": ("edge_runtime.backends.onnx", "pip install onnxruntime: the device wheel's [onnx] extra"),
+    "tflite": ("edge_runtime.backends.tflite", "pip install ai-edge-litert: the device wheel's [tflite] extra"),
 }
 
 
@@ -50,6 +52,16 @@ def installed_package(fmt: str) -> str | None:
     try:
         return _module(fmt).installed_package()
     except BackendUnavailableError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def installed_version(package: str) -> str | None:
+    """The installed version of `package` (a distribution name, as min_runtime names it), read
+    from its metadata without importing it; None when it is not installed that way."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 
