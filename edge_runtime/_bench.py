@@ -49,7 +49,8 @@ from edge_runtime._bench_feeds import make_feeds
 from edge_runtime._bench_report import device_label, render_markdown
 from edge_runtime._bench_schema import BENCH_SCHEMA, BENCH_SCHEMA_VERSION, validate_bench
 from edge_runtime._contention import CpuWait
-from edge_runtime._errors import EdgeRuntimeError
+from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError
+from edge_runtime._load_args import no_backend_message
 from edge_runtime._manifest import read_manifest
 
 __all__ = [
@@ -293,6 +294,10 @@ def _measure(
     work: Path,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
+    selected = _selected(root, manifest, config, work)
+    formats = sorted({entry["format"] for entry in selected})
+    if not any(backends.backend_available(fmt) for fmt in formats):  # before tokenizing anything
+        raise BackendUnavailableError(no_backend_message(root, formats))
     shapes = [(batch, seq) for batch in config.batches for seq in config.seqs]
     feeds: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     kinds: dict[tuple[int, int], str] = {}
@@ -302,7 +307,7 @@ def _measure(
 
     targets: list[_Target] = []
     seen: set[tuple[str, int]] = set()
-    for entry in _selected(root, manifest, config, work):
+    for entry in selected:
         for threads in config.threads:
             target = _Target(entry, threads)
             for shape in shapes:

@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
     parser.add_argument("texts", nargs="*", help="texts to embed or classify")
     parser.add_argument("--artifact", help="artifact name (default: best for this device)")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: profile)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: this device's tuned "
+                        "setting if edge-tune cached one, else the profile's; --info says which)")
     parser.add_argument("--info", action="store_true", help="describe the artifacts and exit")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(

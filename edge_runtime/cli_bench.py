@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_int_list,
         action="append",
         metavar="N,...",
-        help="intra-op thread counts, 0 = physical cores (default: the profile's)",
+        help="intra-op thread counts, 0 = physical cores (default: this device's tuned count if "
+        "edge-tune cached one, else the profile's)",
     )
     parser.add_argument(
         "--runs", type=int, default=BenchConfig.runs, help="timed runs per measurement"
@@ -107,6 +108,9 @@ def _unwritable(out: Path) -> str:
     """Why the JSON result could not be written to `out` ("" if it can): checked up front."""
     if out.is_dir():
         return "is a directory; name a file, e.g. " + str(out / "bench.json")
+    existing = next((p for p in out.resolve().parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a directory"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         existed = out.exists()
@@ -179,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     # Skipped records (no backend for that format here) are in the table with their reason;
     # errors (golden failure, a shape the artifact cannot run, a crash) fail the command.
     failed = [r for r in doc["records"] if r["status"] == "error"]
+    if not any(r["status"] == "ok" for r in doc["records"]):
+        print("edge-bench: nothing was measured (every artifact was skipped or failed; see the status "
+              "column)", file=sys.stderr)
+        return 1
     if failed:
         print(
             f"edge-bench: {len(failed)} of {len(doc['records'])} measurements failed; "

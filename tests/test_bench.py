@@ -239,6 +239,35 @@ def test_feeds_without_a_tokenizer_are_valid_random_ids(artifacts):
     assert np.isfinite(next(iter(output.values()))).all()
 
 
+@pytest.mark.slow
+def test_no_backend_for_any_artifact_is_named_before_tokenizing(artifacts, capsys, monkeypatch):
+    """A venv with no backend extra: the backend is what is missing (not `tokenizers`), said
+    before any input is made."""
+    from edge_runtime import _bench
+
+    monkeypatch.setattr(_bench.backends, "backend_available", lambda fmt: False)
+    monkeypatch.setattr(_bench, "make_feeds", lambda *a: pytest.fail("inputs made without a backend"))
+    assert cli_bench.main([str(artifacts), "--all", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "need a onnx backend; install onnxruntime" in err and "tokenizers" not in err
+
+
+@pytest.mark.slow
+def test_nothing_measured_is_a_failure(artifacts, capsys, monkeypatch):
+    """--all where every artifact is skipped (a backend for another format only) exits 1."""
+    from edge_runtime import _bench
+
+    def all_skipped(root, target, config, work, say):
+        for record in target.records.values():
+            _bench._fail(record, "skipped", "no onnx backend installed here (test)")
+
+    monkeypatch.setattr(_bench, "_load_here", all_skipped)
+    assert cli_bench.main([str(artifacts), "--all", "--seq", "8", "--batch", "1", "--runs", "2",
+                           "--rounds", "1", "-q"]) == 1
+    captured = capsys.readouterr()
+    assert "skipped" in captured.out and "nothing was measured" in captured.err
+
+
 # -- units (no model) --------------------------------------------------------------------------
 def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert cli_bench.main([str(tmp_path), "--runs", "0"]) == 2
@@ -247,6 +276,10 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert "--batch" in capsys.readouterr().err
     assert cli_bench.main([str(tmp_path / "missing"), "-q"]) == 1
     assert "missing does not exist" in capsys.readouterr().err
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert cli_bench.main([str(tmp_path), "--json", str(a_file / "x.json")]) == 2
+    assert f"{a_file} is a file, not a directory" in capsys.readouterr().err
 
 
 def test_process_memory_reads_the_status_split(tmp_path):
