@@ -46,8 +46,10 @@ PROBE_MODEL = (
 def probe_int8_gemm() -> str | None:
     """"int32" or "s16-pairs" as onnxruntime's CPU INT8 GEMM computes in this process; None
     when onnxruntime is not installed or the probe cannot run (then cpuinfo has to do)."""
+    from edge_runtime.backends import import_onnxruntime
+
     try:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
     except ImportError:
         return None
     try:

@@ -125,3 +125,30 @@ def test_a_multi_line_error_stays_in_its_table_row():
     }
     row = _bench_report._row(_bench_report._cells(record))
     assert "\n" not in row and "a / b sample 0: cosine 0.5 sample 1: x" in row
+
+
+def test_onnxruntime_is_imported_without_its_telemetry_warning(tmp_path):
+    """Where the home directory cannot be written (a service user, a read-only root), importing
+    onnxruntime prints a coloured telemetry warning on stderr at every start: edge_runtime
+    imports it with ORT_DISABLE_TELEMETRY=1 unless the environment set it (then as set)."""
+    import os
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")  # a home under a file cannot be created, even by root
+    env = {**os.environ, "HOME": str(blocked / "home"), "XDG_CACHE_HOME": str(blocked / "cache")}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    probe = ("import os, edge_runtime.backends as b; b.import_onnxruntime(); "
+             "print(os.environ['ORT_DISABLE_TELEMETRY'])")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+    assert "telemetry" not in done.stderr
+    # Without it, the same import warns (what the default avoids; if onnxruntime ever stops
+    # warning, this half says the test no longer shows anything).
+    plain = subprocess.run([sys.executable, "-c", "import onnxruntime"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert "telemetry" in plain.stderr
+    kept = subprocess.run([sys.executable, "-c", probe], env={**env, "ORT_DISABLE_TELEMETRY": "0"},
+                          capture_output=True, text=True, timeout=120)
+    assert kept.stdout.strip() == "0"

@@ -8,13 +8,15 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import os
 from typing import Any, Protocol
 
 import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 
-__all__ = ["Session", "backend_available", "installed_package", "installed_version", "open_session"]
+__all__ = ["Session", "backend_available", "import_onnxruntime", "installed_package", "installed_version",
+           "open_session"]
 
 # format -> (module, install hint). Registered here, imported lazily.
 _BACKENDS = {
@@ -53,6 +55,18 @@ def installed_package(fmt: str) -> str | None:
         return _module(fmt).installed_package()
     except BackendUnavailableError:
         return None
+
+
+def import_onnxruntime():
+    """onnxruntime, imported with its telemetry off unless the environment says otherwise
+    (ORT_DISABLE_TELEMETRY=0): at import it persists a device ID under the home directory, and
+    where that is read-only (a service user, a read-only root file system) it prints a coloured
+    warning on stderr at every start. A device runtime keeps nothing about its host it does not
+    need. No effect when onnxruntime was imported before."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
 
 
 @functools.lru_cache(maxsize=None)

@@ -97,7 +97,9 @@ class OnnxSession:
         session.intra_op.allow_spinning); None keeps onnxruntime's default (spin). Set from the
         device's tuning result (edge_runtime/_tune.py). inter_op_threads: the profile's
         threads.inter_op (from the manifest's runtime settings)."""
-        import onnxruntime as ort
+        from edge_runtime.backends import import_onnxruntime
+
+        ort = import_onnxruntime()
 
         self.backend_version = ort.__version__
 
