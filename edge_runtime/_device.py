@@ -480,6 +480,9 @@ def match_profile(device: DeviceInfo) -> tuple[str | None, str]:
     """(profile id, reason) by the targets' [detect] rules (as `edge-convert --target auto`)."""
     import targets
 
+    if not hasattr(targets, "detect_target"):  # e.g. a targets.py in the working directory
+        return None, (f"the module 'targets' found first ({getattr(targets, '__file__', '?')}) is not "
+                      "edge_runtime's target profiles: rename that file or run from another directory")
     facts = target_facts(device)
     try:
         profile = targets.detect_target(facts)

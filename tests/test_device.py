@@ -283,6 +283,17 @@ def test_this_machine_is_detected_and_cached():
     assert match_profile(info)[0] == targets.detect_target(targets.machine_facts()).id
 
 
+def test_a_foreign_targets_module_is_named_not_a_traceback(monkeypatch):
+    """The device wheel installs a top-level `targets` package; a user's targets.py found first
+    (python -c in its directory) must not crash --info or edge-bench."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "targets", types.ModuleType("targets"))
+    profile, reason = match_profile(detect())
+    assert profile is None and "is not edge_runtime's target profiles" in reason
+
+
 def test_cluster_grouping_by_frequency_alone():
     # x86 hybrid (no core names): P cores 4.9-5.2 GHz ("favored cores" report more), E cores 3.9
     khz = {0: 5200000, 1: 4900000, 2: 4900000, 3: 3900000, 4: 3900000}
