@@ -97,7 +97,8 @@ def test_edge_bench_checks_the_json_path_before_measuring(tmp_path, capsys, monk
     read_only = tmp_path / "ro"
     read_only.mkdir()
     (read_only / "file").write_text("x")
-    for bad, words in ((tmp_path, "is a directory"), (read_only / "file" / "x.json", "cannot be written")):
+    for bad, words in ((tmp_path, "is a directory"),
+                       (read_only / "file" / "x.json", f"{read_only / 'file'} is a file, not a directory")):
         assert cli_bench.main([str(tmp_path), "--json", str(bad)]) == 2
         err = capsys.readouterr().err
         assert f"--json {bad}: {words}" in err
