@@ -2,9 +2,9 @@
 
 The order, each step with its reason:
 1. the target profile's order (`candidates`: backends in fallback order, then precision);
-2. artifacts whose backend is not installed here or older than their min_runtime, or whose INT8
-   weights this CPU's arithmetic would compute wrongly (`_compat`), are left out (named in
-   `skipped`, with the reason);
+2. pruned twins (loaded only by name), artifacts whose backend is not installed here or older
+   than their min_runtime, or whose INT8 weights this CPU's arithmetic would compute wrongly
+   (`_compat`), are left out (named in `skipped`, with the reason);
 3. those that do not fit the memory available now (with headroom, `_memory.fit`) go last;
 4. a cached tuning result (`_tune`) that names the fastest artifact here moves it first, if it
    fits and the profile allows it (it is among the candidates).
@@ -63,6 +63,12 @@ def plan(
     available = _device.available_mb() if available_mb is None else available_mb
     choices, skipped = [], {}
     for rank, entry in enumerate(candidates(manifest), 1):
+        if entry.get("pruning"):
+            # Its floor is the profile's (lower) pruning floor: never served unasked, not as a
+            # fallback, not because a tuning found it faster.
+            skipped[entry["name"]] = ("a pruned twin (held to the pruning floor, not the artifacts' floor): "
+                                      f"loaded only by name, artifact={entry['name']!r}")
+            continue
         if not backends.backend_available(entry["format"]):
             skipped[entry["name"]] = f"no {entry['format']} backend installed"
             continue
@@ -141,8 +147,8 @@ def candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         # decides, but a variant made for this runtime is preferred.
         needs = entry.get("min_runtime") or {}
         foreign = bool(needs) and backends.installed_package(entry["format"]) not in needs
-        # A pruned twin trades accuracy for speed: chosen by name (artifact=...), or after its
-        # unpruned counterpart fails.
+        # A pruned twin trades accuracy for speed: listed after its unpruned counterpart (plan()
+        # leaves twins out: they are loaded only by name).
         return fmt, foreign, prec, bool(entry.get("pruning"))
 
     return sorted(manifest["artifacts"], key=rank)

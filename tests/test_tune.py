@@ -400,3 +400,17 @@ def test_edge_tune_with_nothing_to_measure_says_why_and_keeps_the_cache(converte
     assert "onnx-fp32: refused: computes wrong numbers here" in out
     assert "nothing was measured" in out and "is unchanged" in out
     assert _tune.cache_file(converted).read_bytes() == cached
+
+
+@pytest.mark.slow  # a converted tiny model
+def test_pruned_twins_are_never_chosen_automatically(converted):
+    """A twin meets only the (lower) pruning floor: load() without artifact= never serves it, not
+    as a fallback and not when a tuning result (edge-tune --all) found it fastest."""
+    manifest = copy.deepcopy(edge_runtime.read_manifest(converted))
+    int8 = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    manifest["artifacts"].insert(0, {**copy.deepcopy(int8), "name": "onnx-int8-pruned",
+                                     "pruning": {"request": "heads=0.33,ffn=0.5"}})
+    assert [e["name"] for e in _select.candidates(manifest)][:2] == ["onnx-int8", "onnx-int8-pruned"]
+    plan = _select.plan(converted, manifest, _device.detect(), {"fastest": "onnx-int8-pruned"})
+    assert "onnx-int8-pruned" not in [c.name for c in plan.choices]
+    assert plan.choices[0].name == "onnx-int8" and "loaded only by name" in plan.skipped["onnx-int8-pruned"]
