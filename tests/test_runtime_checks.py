@@ -321,9 +321,13 @@ def test_a_damaged_tokenizer_or_golden_file_is_an_artifact_error_even_unverified
     model = edge_runtime.load(out, verify=False)
     with pytest.raises(edge_runtime.ArtifactError, match=r"tokenizer.json: the artifact's tokenizer cannot be read"):
         model.embed(["a text"])
-    assert cli_bench.main([str(out), "--runs", "2", "--rounds", "1", "-q"]) == 1
+    assert cli_bench.main([str(out), "--runs", "2", "--rounds", "1", "-q", "--no-verify"]) == 1
     err = capsys.readouterr().err
     assert "edge-bench: error:" in err and "tokenizer cannot be read" in err and "Traceback" not in err
+    # verified (the default), the hashes name the file first
+    assert cli_bench.main([str(out), "--runs", "2", "--rounds", "1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "edge-bench: error:" in err and "tokenizer/tokenizer.json: truncated" in err and "Traceback" not in err
     golden = out / json.loads((out / "manifest.json").read_text())["artifacts"][0]["golden"]["path"]
     golden.write_bytes(b"\x93NUMPY garbage")
     unverified = edge_runtime.load(out, artifact="onnx-fp32", verify=False)
