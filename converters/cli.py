@@ -309,9 +309,12 @@ def _print_result(result) -> None:
     for refused in result.refused:
         click.echo(f"\nREFUSED {refused['name']} ({result.target}): {as_flags(refused['reason'])}", err=True)
     shape = DEFAULT_SHAPE
-    click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine; "
-               "run the artifacts with "
-               f"`edge-run {result.out} \"some text\"`")
+    # One pass of runs per artifact, each at its own moment: on a shared (virtual) machine other
+    # tenants can slow one pass and not the next, invisibly to this VM (seen: INT8 18.5 ms in the
+    # table, 10.6 ms under edge-bench minutes later). edge-bench interleaves rounds.
+    click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine, one "
+               f"pass per artifact (for ratios you can trust on a shared machine: `edge-bench {result.out} --all`, "
+               f"interleaved rounds); run the artifacts with `edge-run {result.out} \"some text\"`")
     busy = busy_note(result.timing_cpu_wait)
     if busy:
         click.echo(f"note: {busy} (`edge-bench {result.out} --all` times them again)", err=True)
