@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from edge_runtime import backends
+from edge_runtime import _device, backends
 
 __all__ = ["arithmetic_problem", "needs_int8_gemm_check", "required_int8_gemm", "runtime_problem"]
 
@@ -75,7 +75,7 @@ def runtime_problem(entry: dict[str, Any]) -> str | None:
     package = backends.installed_package(entry.get("format", ""))
     if package not in needs:  # another runtime of the format: ranked last, the golden check decides
         return None
-    have = backends.installed_version(package)
+    have = _device.detect(measure_int8=False).backends.get(package)  # read once per process
     if have is None or _release(have) >= _release(str(needs[package])):
         return None
     return (f"{entry['name']} needs {package} >= {needs[package]} (installed here: {have}); "

@@ -78,10 +78,14 @@ def no_backend_message(root: Path, formats: list[str]) -> str:
     return f"none of the artifacts in {root} can run here: they need a {' or '.join(formats)} backend; install {install}"
 
 
-def nothing_runs_message(root: Path, formats: list[str], skipped: dict[str, str], missing: set[str]) -> str:
-    """Why no artifact of `root` is tried here: only missing backends (`missing`: their formats)
-    -> what to install; else each artifact with its reason (too old a runtime, wrong arithmetic)."""
-    if set(formats) <= missing:
+def nothing_runs_message(root: Path, manifest: dict[str, Any], skipped: dict[str, str]) -> str:
+    """Why no artifact of `root` is tried here (`skipped`: selection's reasons): only missing
+    backends -> what to install; else each artifact with its reason (too old a runtime, wrong
+    arithmetic, a pruned twin)."""
+    from edge_runtime import backends
+
+    formats = sorted({entry["format"] for entry in manifest["artifacts"]})
+    if not any(backends.backend_available(fmt) for fmt in formats):
         return no_backend_message(root, formats)
     return f"none of the artifacts in {root} can run here:\n" + "\n".join(
         f"  {name}: {why}" for name, why in skipped.items())

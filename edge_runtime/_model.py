@@ -485,9 +485,7 @@ def load(
 
     selection = _select.plan(root, manifest, _device.detect(), tuning)
     if not selection.choices:
-        formats = sorted({e["format"] for e in manifest["artifacts"]})
-        missing = {fmt for fmt in formats if not backends.backend_available(fmt)}
-        raise BackendUnavailableError(_load_args.nothing_runs_message(root, formats, selection.skipped, missing))
+        raise BackendUnavailableError(_load_args.nothing_runs_message(root, manifest, selection.skipped))
     for name, why in selection.skipped.items():
         log.info("not trying artifact %s: %s", name, why)
     for choice in selection.choices:

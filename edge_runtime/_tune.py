@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import _device, _memory, backends
+from edge_runtime import _device, _memory
 from edge_runtime._contention import CpuWait, busy_note, worst_share
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
 from edge_runtime._manifest import read_manifest, resolve
@@ -394,9 +394,7 @@ def tune(
         # several times), unless none fits (then the first, as load() would try it).
         selection = _select.plan(root, manifest, device, tuning=None)
         if not selection.choices:  # nothing to measure: say why, and leave any cached result alone
-            formats = sorted({e["format"] for e in manifest["artifacts"]})
-            missing = {fmt for fmt in formats if not backends.backend_available(fmt)}
-            raise BackendUnavailableError(nothing_runs_message(root, formats, selection.skipped, missing))
+            raise BackendUnavailableError(nothing_runs_message(root, manifest, selection.skipped))
         choices = selection.choices
         names = [c.name for c in choices if c.fits] or [c.name for c in choices[:1]]
     else:

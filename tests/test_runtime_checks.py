@@ -397,7 +397,9 @@ def test_a_runtime_older_than_an_artifacts_minimum_is_named_before_any_load(conv
     """onnxruntime 1.19-1.22 load an INT4 artifact and then fail on a UINT4 Cast as a missing
     kernel: the manifest's min_runtime says it first, for a named artifact and for the automatic
     choice alike."""
-    from edge_runtime import _compat, backends
+    import dataclasses
+
+    from edge_runtime import _compat, _device
     from edge_runtime._errors import BackendUnavailableError
 
     assert _compat._release("1.22.1") == (1, 22, 1) and _compat._release("1.23.0.dev20250101+cpu") == (1, 23, 0)
@@ -405,10 +407,12 @@ def test_a_runtime_older_than_an_artifacts_minimum_is_named_before_any_load(conv
     manifest = edge_runtime.read_manifest(converted)
     entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
     assert entry["min_runtime"] == {"onnxruntime": "1.17"}
-    real = backends.installed_version("onnxruntime")
+    real = _device.detect(measure_int8=False).backends.get("onnxruntime")
     assert real is not None and _compat.runtime_problem(entry) is None  # this machine's
 
-    monkeypatch.setattr(backends, "installed_version", lambda package: "1.16.3")
+    here = _device.detect()
+    older = dataclasses.replace(here, backends={**here.backends, "onnxruntime": "1.16.3"})
+    monkeypatch.setattr(_device, "detect", lambda *args, **kwargs: older)
     problem = _compat.runtime_problem(entry)
     assert problem == ("onnx-int8 needs onnxruntime >= 1.17 (installed here: 1.16.3); "
                        "upgrade it: pip install -U 'onnxruntime>=1.17'")

@@ -5,9 +5,7 @@ A backend module exposes `AVAILABLE` (can it run here?) and `open_session(...) -
 
 from __future__ import annotations
 
-import functools
 import importlib
-import importlib.metadata
 import os
 from typing import Any, Protocol
 
@@ -15,8 +13,7 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 
-__all__ = ["Session", "backend_available", "import_onnxruntime", "installed_package", "installed_version",
-           "open_session"]
+__all__ = ["Session", "backend_available", "import_onnxruntime", "installed_package", "open_session"]
 
 # format -> (module, install hint). Registered here, imported lazily.
 _BACKENDS = {
@@ -67,16 +64,6 @@ def import_onnxruntime():
     import onnxruntime
 
     return onnxruntime
-
-
-@functools.lru_cache(maxsize=None)
-def installed_version(package: str) -> str | None:
-    """The installed version of `package` (a distribution name, as min_runtime names it), read
-    from its metadata without importing it; None when it is not installed that way."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def open_session(fmt: str, model_path, **options: Any) -> Session:
