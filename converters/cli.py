@@ -310,8 +310,8 @@ def _print_result(result) -> None:
         click.echo(f"\nREFUSED {refused['name']} ({result.target}): {as_flags(refused['reason'])}", err=True)
     shape = DEFAULT_SHAPE
     # One pass of runs per artifact, each at its own moment: on a shared (virtual) machine other
-    # tenants can slow one pass and not the next, invisibly to this VM (seen: INT8 18.5 ms in the
-    # table, 10.6 ms under edge-bench minutes later). edge-bench interleaves rounds.
+    # tenants can slow one pass and not the next, invisibly to this VM (benchmarks/RESULTS.md run AA,
+    # a Zen 4 with AVX-512 VNNI: INT8 18.5 ms in the table, 10.6 ms under edge-bench minutes later).
     click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine, one "
                f"pass per artifact (for ratios you can trust on a shared machine: `edge-bench {result.out} --all`, "
                f"interleaved rounds); run the artifacts with `edge-run {result.out} \"some text\"`")
