@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -108,12 +109,16 @@ def test_edge_bench_checks_the_json_path_before_measuring(tmp_path, capsys, monk
     assert cli_bench.main([str(tmp_path), "--json", str(good)]) == 130 and not good.exists()
 
 
-def test_edge_bench_keeps_the_result_when_the_json_write_fails_after_all(tmp_path, capsys):
+def test_edge_bench_keeps_the_result_when_the_json_write_fails_after_all(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the kept file goes with tmp_path
     out = tmp_path / "gone" / "bench.json"  # its directory vanished during the run
     assert cli_bench._write_json(out, {"a": 1}) is False
     err = capsys.readouterr().err
     kept = err.rsplit("the result is in ", 1)[1].strip()
     assert f"could not write {out}" in err and json.loads(open(kept).read()) == {"a": 1}
+    assert Path(kept).parent == tmp_path
 
 
 def test_a_multi_line_error_stays_in_its_table_row():
