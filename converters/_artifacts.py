@@ -43,6 +43,7 @@ from converters.onnx.quantize_int8 import Int8Config, int8_range, quantize_int8
 from converters.onnx.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8
 from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
 from converters.onnx.split_first_token import SplitConfig, split_first_token
+from converters.packaging.timing import WARMUP_RUNS, timing_feeds
 from converters.pruning.structure import find_layers
 from converters.tflite import (
     GPTQ_RECIPE,
@@ -74,13 +75,8 @@ def open_session(fmt: str, path: Path, threads: int = DEFAULT_SHAPE.threads):
 
 def latency_ms(session: OnnxSession, source: SourceModel, seq: int, runs: int) -> float:
     """p50 at batch 1 and a full `seq`-token input on this machine (informational)."""
-    seq = min(seq, source.max_length)
-    rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(5, source.tokenizer.vocab_size, (1, seq), dtype=np.int64),
-             "attention_mask": np.ones((1, seq), np.int64)}
-    if "token_type_ids" in source.input_names:
-        feeds["token_type_ids"] = np.zeros((1, seq), np.int64)
-    for _ in range(3):
+    feeds = timing_feeds(source.input_names, source.tokenizer.vocab_size, min(seq, source.max_length))
+    for _ in range(WARMUP_RUNS):
         session.run(feeds)
     times = []
     for _ in range(runs):

@@ -22,12 +22,12 @@ def _table(result) -> str:
     from converters.pipeline import METRICS_TEXTS
 
     rows = [("artifact", "format", "precision", "size MB", f"accuracy vs PyTorch FP32, {METRICS_TEXTS}",
-             "p50 ms", "promoted")]
+             "p50 ms", "x FP32", "promoted")]
     for a in result.artifacts:
         metrics = ", ".join(f"{k.replace('_mean', '').replace('top1_agreement', 'top1')} {v:.4f}"
                             for k, v in a.metrics.items() if k in ("cosine_mean", "cosine_min", "top1_agreement"))
         rows.append((a.name, a.format, a.precision, f"{a.bytes / 1e6:.1f}", metrics,
-                     f"{a.latency_ms_p50:.2f}", _promoted(a)))
+                     f"{a.latency_ms_p50:.2f}", "-" if a.vs_fp32 is None else f"{a.vs_fp32:.2f}x", _promoted(a)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -309,12 +309,15 @@ def _print_result(result) -> None:
     for refused in result.refused:
         click.echo(f"\nREFUSED {refused['name']} ({result.target}): {as_flags(refused['reason'])}", err=True)
     shape = DEFAULT_SHAPE
-    # One pass of runs per artifact, each at its own moment: on a shared (virtual) machine other
-    # tenants can slow one pass and not the next, invisibly to this VM (benchmarks/RESULTS.md run AA,
-    # a Zen 4 with AVX-512 VNNI: INT8 18.5 ms in the table, 10.6 ms under edge-bench minutes later).
-    click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine, one "
-               f"pass per artifact (for ratios you can trust on a shared machine: `edge-bench {result.out} --all`, "
-               f"interleaved rounds); run the artifacts with `edge-run {result.out} \"some text\"`")
+    # All artifacts timed together in interleaved rounds (converters/packaging/timing.py): timed one
+    # after the other, a shared machine's other tenants slowed one pass and not the next
+    # (benchmarks/RESULTS.md run AA). Still this machine's kernels: the device's are edge-bench's.
+    baseline = result.timing_baseline
+    click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine, all "
+               f"artifacts timed together in interleaved rounds"
+               + (f"; x FP32: p50 over {baseline}'s, median of the per-round ratios" if baseline else "")
+               + f". On the device: `edge-bench {result.out} --all`; run the artifacts with "
+               f"`edge-run {result.out} \"some text\"`")
     busy = busy_note(result.timing_cpu_wait)
     if busy:
         click.echo(f"note: {busy} (`edge-bench {result.out} --all` times them again)", err=True)

@@ -70,6 +70,9 @@ def prepare(config: ConvertConfig):
     package.check_output(config.out, config.force, config.model)  # ... and an output it may not write
     if config.arithmetic not in ARITHMETIC_MODES:
         raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
+    if config.latency_runs < 1 or config.latency_rounds < 1:
+        raise ConversionError(f"latency_runs={config.latency_runs}, latency_rounds={config.latency_rounds}: "
+                              "each must be at least 1 (every artifact is timed)")
     validation = choose_validation(profile, config.arithmetic)
     unsupported = [p.name for p in plan(profile) if (p.format, p.precision) not in BUILDERS
                    or (p.format, p.precision, p.variant) not in MIN_RUNTIME]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, latency_ms, open_session
+from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, open_session
 from converters._errors import AccuracyError, ConversionError, ConversionInterrupted
 from converters._shared import SharedInputs, artifact_key
 from converters.core.arithmetic import ValidationSessions
@@ -27,14 +27,15 @@ from converters.core.validate import compute_metrics, floor_failures, rows_alone
 from converters.inputs import preflight
 from converters.inputs.plan import Planned, plan, pruned_plan
 from converters.inputs.source import SourceModel
+from converters.options import prepare
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
 from converters.packaging.input_stats import input_stats
-from converters.options import prepare
+from converters.packaging.timing import Timing, baseline_name, time_delivered, timing_feeds
 from converters.pruning.prune_model import PruneRequest
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
-from edge_runtime._contention import CpuWait, worst_share
+from edge_runtime._contention import worst_share
 from edge_runtime._device import detect
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, verify_files
 from edge_runtime._model import Model, open_artifact
@@ -66,7 +67,8 @@ class ConvertConfig:
     accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
     calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
     force: bool = False
-    latency_runs: int = 20
+    latency_runs: int = 20  # timed runs per artifact, spread over latency_rounds interleaved rounds
+    latency_rounds: int = 4
     latency_seq: int = DEFAULT_SHAPE.seq
     # Whose INT8 arithmetic candidates are scored with (converters/core/arithmetic.py): "auto" the
     # target's whatever this machine's is; "exact" always the exact int32 reference; "host" this
@@ -92,6 +94,8 @@ class ArtifactResult:
     latency_ms_p50: float
     promoted: list[str] = field(default_factory=list)  # moved to a wider form by a search
     promoted_to: str = ""
+    # p50 over the unpruned FP32 artifact's p50, round by round (converters/packaging/timing.py)
+    vs_fp32: float | None = None
 
 
 @dataclass
@@ -106,6 +110,7 @@ class ConvertResult:
     # The largest share of an artifact's latency runs with a task queued for a CPU (edge_runtime's
     # CpuWait); None where the kernel does not say. Above BUSY_SHARE the p50s are flagged.
     timing_cpu_wait: float | None = None
+    timing_baseline: str | None = None  # the artifact `vs_fp32` ratios are taken against
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +123,7 @@ class ConvertResult:
             "artifacts": [a.__dict__ for a in self.artifacts],
             "refused": self.refused,
             "timing_cpu_wait": self.timing_cpu_wait,
+            "timing_baseline": self.timing_baseline,
         }
 
 
@@ -242,21 +248,19 @@ def _pruned_step(shared: SharedInputs, step: Step, profile: TargetProfile, reque
             pruned, fused_ops)
 
 
-def _shipped_model(step: Step, stage: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[Model, bool]:
+def _shipped_model(step: Step, stage: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> Model:
     """The packaged artifact as edge_runtime opens it (load(..., verify=False, device_cache=False,
     tune=False)), after checking its files are the bytes the manifest records. An ONNX INT8/INT4
     artifact for arithmetic this machine lacks (int32 targets on an AVX2 CPU) is run as the
     exact-int32 rewrite of the packaged file (converters/core/arithmetic.py), like its candidates
-    were scored; with --arithmetic host, on this machine's kernels as scored. Returns the model
-    and whether it runs such a rewrite (not this machine's kernels)."""
+    were scored; with --arithmetic host, on this machine's kernels as scored."""
     verify_files(stage, entry["files"])
     path = stage / entry["files"][0]["path"]
     if entry["format"] == "onnx" and step.sessions is not None and (
         step.sessions.validation.exact_reference or arithmetic_problem(entry, manifest, detect())
     ):
-        exact = step.sessions.validation.exact_reference
-        return open_artifact(stage, manifest, entry, threads=DEFAULT_SHAPE.threads, session=step.session(path)), exact
-    return open_artifact(stage, manifest, entry, threads=DEFAULT_SHAPE.threads), False
+        return open_artifact(stage, manifest, entry, threads=DEFAULT_SHAPE.threads, session=step.session(path))
+    return open_artifact(stage, manifest, entry, threads=DEFAULT_SHAPE.threads)
 
 
 def _same_metrics(name: str, work: dict[str, float], packaged: dict[str, float]) -> None:
@@ -312,7 +316,6 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         step = Step(source, profile, reference, floor, work, fp32_path, progress, fit, cache=shared.cache,
                     sessions=ValidationSessions(validation, work), exports=shared.work)
         results, entries, refused = [], [], []
-        timing_wait: list[float | None] = []  # per artifact, from CpuWait around its latency runs
 
         def deliver(planned: Planned, step: Step, inputs: SharedInputs, floor: AccuracyFloor,
                     fused_ops: dict[str, int]) -> None:
@@ -337,7 +340,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             # Measure what ships: the packaged bytes, through edge_runtime, with the target's
             # arithmetic; these metrics and golden outputs are the ones recorded.
             scoring = time.perf_counter()
-            model, exact = _shipped_model(step, stage, {**device_manifest, "artifacts": [entry]}, entry)
+            model = _shipped_model(step, stage, {**device_manifest, "artifacts": [entry]}, entry)
             metrics = compute_metrics(source, reference, model.run, name)
             _same_metrics(name, built.metrics, metrics)
             # Dynamic ONNX INT8/INT4 takes one activation scale per batch: the metrics above are
@@ -359,11 +362,6 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             golden = golden_samples.write_golden(stage, name, samples, model.run, fmt, precision)
             progress(f"[{name}] packaged files scored through edge_runtime (metrics as built) and "
                      f"{len(samples)} golden samples recorded in {time.perf_counter() - scoring:.1f} s")
-            # Latency is this machine's (informational): its own kernels on the packaged file.
-            shipped = open_session(fmt, stage / files[0]["path"]) if exact else model
-            with CpuWait() as waited:
-                latency = latency_ms(shipped, source, config.latency_seq, config.latency_runs)
-            timing_wait.append(waited.share)
             size = sum(f["bytes"] for f in files)
             entries.append({
                 "name": name,
@@ -381,13 +379,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 "min_runtime": MIN_RUNTIME[(fmt, precision, planned.variant)],
                 **_requirements(fmt, precision, profile),
                 "golden": golden,
-                "measured_on_converter": {"latency_ms_p50": round(latency, 3), "batch": DEFAULT_SHAPE.batch,
-                                          "sequence": min(config.latency_seq, source.max_length),
-                                          "threads": DEFAULT_SHAPE.threads,
-                                          # share of the timed runs with a task queued for a CPU
-                                          "cpu_wait_share": waited.rounded_share},
             })
-            results.append(ArtifactResult(name, fmt, precision, size, metrics, latency, built.promoted,
+            results.append(ArtifactResult(name, fmt, precision, size, metrics, float("nan"), built.promoted,
                                           built.promoted_to))
 
         for planned in plan(profile):
@@ -407,6 +400,15 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 _not_built(profile, stage, entries, refused, progress)
         if not entries:
             raise AccuracyError("no artifact met the accuracy floor:\n" + "\n".join(r["reason"] for r in refused))
+        # Latency is this machine's (informational): its own kernels on the packaged files, all
+        # artifacts timed together in interleaved rounds (converters/packaging/timing.py).
+        seq = min(config.latency_seq, source.max_length)
+        timings = time_delivered(stage, entries, timing_feeds(source.input_names, source.tokenizer.vocab_size, seq),
+                                 config.latency_runs, config.latency_rounds, progress)
+        for entry, result in zip(entries, results):
+            timing = timings[entry["name"]]
+            result.latency_ms_p50, result.vs_fp32 = timing.p50_ms, timing.vs_baseline
+            entry["measured_on_converter"] = _measured(timing, baseline_name(entries), seq, config)
 
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -435,10 +437,22 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             signing.sign_directory(stage, sign_key, model_name=config.out.resolve().name)
 
     result = ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
-                           time.perf_counter() - started, refused, worst_share(timing_wait))
+                           time.perf_counter() - started, refused,
+                           worst_share(t.cpu_wait_share for t in timings.values()), baseline_name(entries))
     if interrupted:
         raise ConversionInterrupted(result)
     return result
+
+
+def _measured(timing: Timing, baseline: str | None, seq: int, config: ConvertConfig) -> dict[str, Any]:
+    """The manifest's `measured_on_converter` of one artifact."""
+    return {"latency_ms_p50": round(timing.p50_ms, 3),
+            "vs_fp32": None if timing.vs_baseline is None else round(timing.vs_baseline, 3),
+            "baseline": baseline, "batch": DEFAULT_SHAPE.batch, "sequence": seq, "threads": DEFAULT_SHAPE.threads,
+            "runs": config.latency_runs, "rounds": min(config.latency_rounds, config.latency_runs),
+            "timed": "all artifacts together, interleaved rounds",
+            # share of the timed runs with a task queued for a CPU
+            "cpu_wait_share": None if timing.cpu_wait_share is None else round(timing.cpu_wait_share, 3)}
 
 
 def _not_built(profile: TargetProfile, stage: Path, entries: list[dict], refused: list[dict],

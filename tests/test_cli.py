@@ -70,6 +70,8 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
 
     with pytest.raises(ConversionError, match=r"accuracy_floor must be above 0 and below 1, got 2"):
         convert(ConvertConfig(model=None, target="x86-avx2", out=tmp_path / "o", accuracy_floor=2.0))
+    with pytest.raises(ConversionError, match=r"latency_rounds=0: each must be at least 1"):
+        convert(ConvertConfig(model=None, target="x86-avx2", out=tmp_path / "o", latency_rounds=0))
     assert as_flags("o already exists; pass force=True to replace it") == "o already exists; pass --force to replace it"
     assert as_flags("calibration texts (validation_texts)") == "calibration texts (--validation-texts)"
     result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--accuracy-floor", "2", "--out", str(tmp_path / "o")])

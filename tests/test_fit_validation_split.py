@@ -194,7 +194,7 @@ def test_cli_validation_texts_file_and_table_header(tiny_model_factory, tmp_path
 
 # Keys that are timings of this machine, not properties of the artifact: they differ between runs
 # and are the documented exception to "same model, same manifest" (issue 10).
-TIMING_KEYS = {"latency_ms_p50", "seconds", "cpu_wait_share"}
+TIMING_KEYS = {"latency_ms_p50", "vs_fp32", "seconds", "cpu_wait_share"}
 
 
 def _without_timings(value):
@@ -209,7 +209,8 @@ def _without_timings(value):
 def test_converting_twice_gives_the_same_manifest(tiny_model_factory, tmp_path):
     """Same model, same target, same machine: byte-identical artifacts (every sha256 in the
     manifest) and identical metrics, split and reports. Exception: the timings in TIMING_KEYS
-    (measured_on_converter.latency_ms_p50 and the CPU's busy share while it was timed; an INT8
+    (measured_on_converter.latency_ms_p50, its ratio to the FP32 artifact's and the CPU's busy share
+    while it was timed; an INT8
     fallback's trade-off latencies; TFLite quantize seconds). The manifest holds no wall-clock timestamp."""
     model_dir = tiny_model_factory("bert", "feature-extraction")
     manifests = []
@@ -221,6 +222,9 @@ def test_converting_twice_gives_the_same_manifest(tiny_model_factory, tmp_path):
     assert first == second
     measured = manifests[0]["artifacts"][0]["measured_on_converter"]
     assert measured["latency_ms_p50"] > 0  # the exception exists
+    # every artifact timed together with the others, ratios against the ONNX FP32 one
+    assert (measured["baseline"], measured["vs_fp32"], measured["runs"], measured["rounds"]) == ("onnx-fp32", 1.0, 2, 2)
+    assert all(a["measured_on_converter"]["vs_fp32"] > 0 for a in manifests[0]["artifacts"])
     assert measured["cpu_wait_share"] is None or 0 <= measured["cpu_wait_share"] <= 1
     files = [f["sha256"] for a in first["artifacts"] for f in a["files"] + [a["golden"]]]
     assert len(files) >= 4 and files == [f["sha256"] for a in second["artifacts"] for f in a["files"] + [a["golden"]]]

@@ -1,0 +1,109 @@
+"""Latency of the delivered artifacts on this machine, timed together at the end of a conversion.
+
+Timed one artifact after the other, as each was built, the p50s of one conversion disagreed with
+themselves: INT8 18.5 ms next to FP32 18.6 ms in the table, 10.6 vs 18.9 ms under edge-bench's
+interleaved rounds minutes later (benchmarks/RESULTS.md run AA, a 2-vCPU Zen 4 VM): other tenants of
+a shared host slow one pass and not the next, invisibly to this VM. So every delivered artifact's
+session stays open and the artifacts take turns: `rounds` rounds, a few runs each, the order rotated
+every round. A burst of load then hits every artifact of a round alike, and each artifact's ratio
+against the FP32 baseline is the median of its per-round ratios, like edge-bench's.
+
+The figures stay this machine's (its kernels, its ISA), batch 1 and one sequence length: what a
+device does is edge-bench's job on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import backends
+from edge_runtime._bench_config import DEFAULT_SHAPE
+from edge_runtime._contention import CpuWait
+
+__all__ = ["Timing", "baseline_name", "time_delivered", "time_together", "timing_feeds"]
+
+WARMUP_RUNS = 3  # untimed runs per artifact before the first round (allocations, weight packing)
+
+
+@dataclass(frozen=True)
+class Timing:
+    p50_ms: float  # median over every timed run of the artifact
+    round_p50_ms: list[float]  # median of each round
+    # median over the rounds of (this artifact's round p50 / the baseline's round p50); None
+    # without a baseline
+    vs_baseline: float | None
+    cpu_wait_share: float | None  # share of its timed runs with a task queued for a CPU
+
+
+def timing_feeds(input_names: list[str], vocab_size: int, seq: int) -> dict[str, np.ndarray]:
+    """Batch 1, `seq` tokens of fixed random ids (no padding): the same tensors for every artifact."""
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(5, vocab_size, (1, seq), dtype=np.int64),
+             "attention_mask": np.ones((1, seq), np.int64)}
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros((1, seq), np.int64)
+    return feeds
+
+
+def time_together(sessions: Mapping[str, Any], feeds: dict[str, np.ndarray], runs: int, rounds: int,
+                  baseline: str | None = None,
+                  progress: Callable[[str], None] = lambda message: None) -> dict[str, Timing]:
+    """Time each of `sessions` (name -> an object with `.run(feeds)`) `runs` times in all, spread
+    over `rounds` interleaved rounds; ratios against `baseline` (one of the names) round by round."""
+    if runs < 1 or rounds < 1:
+        raise ValueError(f"runs and rounds must be at least 1 (got runs={runs}, rounds={rounds})")
+    if baseline is not None and baseline not in sessions:
+        raise ValueError(f"baseline {baseline!r} is not one of the timed artifacts {sorted(sessions)}")
+    rounds = min(rounds, runs)  # every round times every artifact at least once
+    names = list(sessions)
+    for name in names:
+        for _ in range(WARMUP_RUNS):
+            sessions[name].run(feeds)
+    times: dict[str, list[list[float]]] = {name: [] for name in names}
+    waits = {name: CpuWait() for name in names}
+    for round_no in range(rounds):
+        count = runs // rounds + (1 if round_no < runs % rounds else 0)
+        shift = round_no % len(names)  # who goes first turns, so nobody always follows the same one
+        for name in names[shift:] + names[:shift]:
+            session, measured = sessions[name], []
+            with waits[name]:
+                for _ in range(count):
+                    start = time.perf_counter()
+                    session.run(feeds)
+                    measured.append(time.perf_counter() - start)
+            times[name].append(measured)
+        progress(f"timing round {round_no + 1}/{rounds} done")
+    round_p50 = {name: [float(np.median(r)) * 1e3 for r in times[name]] for name in names}
+    result = {}
+    for name in names:
+        ratio = (float(np.median([a / b for a, b in zip(round_p50[name], round_p50[baseline])]))
+                 if baseline is not None else None)
+        result[name] = Timing(float(np.median([t for r in times[name] for t in r])) * 1e3, round_p50[name],
+                              ratio, waits[name].share)
+    return result
+
+
+def baseline_name(entries: list[dict[str, Any]]) -> str | None:
+    """The artifact ratios are taken against: the unpruned ONNX FP32 one (plain onnxruntime FP32,
+    the figure every issue and README table compares with), else any unpruned FP32 one."""
+    fp32 = [e for e in entries if e["precision"] == "fp32" and not e.get("pruning")]
+    onnx = [e for e in fp32 if e["format"] == "onnx"]
+    return (onnx or fp32)[0]["name"] if fp32 else None
+
+
+def time_delivered(stage: Path, entries: list[dict[str, Any]], feeds: dict[str, np.ndarray], runs: int,
+                   rounds: int, progress: Callable[[str], None] = lambda message: None) -> dict[str, Timing]:
+    """Open each packaged artifact of `entries` (its first file, in `stage`) with this machine's
+    device backend and DEFAULT_SHAPE.threads, all at once, and time them together."""
+    sessions = {e["name"]: backends.open_session(e["format"], stage / e["files"][0]["path"],
+                                                 threads=DEFAULT_SHAPE.threads) for e in entries}
+    baseline = baseline_name(entries)
+    progress(f"timing {len(sessions)} artifact(s) together: {runs} runs each in {min(rounds, runs)} "
+             f"interleaved rounds" + (f", ratios against {baseline}" if baseline else ""))
+    return time_together(sessions, feeds, runs, rounds, baseline, progress)
