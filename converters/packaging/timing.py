@@ -5,7 +5,7 @@ themselves: INT8 18.5 ms next to FP32 18.6 ms in the table, 10.6 vs 18.9 ms unde
 interleaved rounds minutes later (benchmarks/RESULTS.md run AA, a 2-vCPU Zen 4 VM): other tenants of
 a shared host slow one pass and not the next, invisibly to this VM. So every delivered artifact's
 session stays open and the artifacts take turns: `rounds` rounds, a few runs each, the order rotated
-every round. A burst of load then hits every artifact of a round alike, and each artifact's ratio
+every round, a short pause between two artifacts' blocks (edge-bench's SWITCH_PAUSE_S). A burst of load then hits every artifact of a round alike, and each artifact's ratio
 against the FP32 baseline is the median of its per-round ratios, like edge-bench's.
 
 The figures stay this machine's (its kernels, its ISA), batch 1 and one sequence length: what a
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import backends
+from edge_runtime._bench import SWITCH_PAUSE_S
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._contention import CpuWait
 
@@ -39,6 +40,14 @@ class Timing:
     # without a baseline
     vs_baseline: float | None
     cpu_wait_share: float | None  # share of its timed runs with a task queued for a CPU
+
+    def record(self, baseline: str | None, seq: int, runs: int, rounds: int) -> dict[str, Any]:
+        """The manifest's `measured_on_converter` (batch 1, `seq` tokens, DEFAULT_SHAPE.threads)."""
+        return {"latency_ms_p50": round(self.p50_ms, 3),
+                "vs_fp32": None if self.vs_baseline is None else round(self.vs_baseline, 3),
+                "baseline": baseline, "batch": 1, "sequence": seq, "threads": DEFAULT_SHAPE.threads,
+                "runs": runs, "rounds": min(rounds, runs), "timed": "all artifacts together, interleaved rounds",
+                "cpu_wait_share": None if self.cpu_wait_share is None else round(self.cpu_wait_share, 3)}
 
 
 def timing_feeds(input_names: list[str], vocab_size: int, seq: int) -> dict[str, np.ndarray]:
@@ -78,6 +87,9 @@ def time_together(sessions: Mapping[str, Any], feeds: dict[str, np.ndarray], run
                     session.run(feeds)
                     measured.append(time.perf_counter() - start)
             times[name].append(measured)
+            # The session just timed keeps its intra-op threads spinning for a few ms: without a
+            # pause they slow the next one's first runs (and count as CPU contention).
+            time.sleep(SWITCH_PAUSE_S)
         progress(f"timing round {round_no + 1}/{rounds} done")
     round_p50 = {name: [float(np.median(r)) * 1e3 for r in times[name]] for name in names}
     result = {}
