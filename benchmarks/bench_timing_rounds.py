@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How steady are edge-convert's latency ratios on this machine? Repeats the converter's own timing
 (converters/packaging/timing.py: every artifact of DIR timed together in interleaved rounds, each
-ratio the median of the per-round ratios against the ONNX FP32 artifact) with several round shapes
+ratio the median of the per-round ratios against the FP32 artifact of its format) with several round shapes
 (rounds x runs per round), the shapes taking turns within every repetition so they share the
 machine's noise, and reports each shape's spread of ratios over the repetitions.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.packaging.timing import baseline_name, time_together, timing_feeds
+from converters.packaging.timing import baselines, time_together, timing_feeds
 from edge_runtime import backends
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._device import detect
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be at least 1")
     manifest = read_manifest(args.dir)
     entries = [e for e in manifest["artifacts"] if backends.backend_available(e["format"])]
-    baseline = baseline_name(entries)
-    if baseline is None:
+    against = baselines(entries)
+    if not any(against.values()):
         parser.error(f"{args.dir} has no FP32 artifact this machine can run: nothing to take ratios against")
     tokenizer = next((f["path"] for f in manifest.get("tokenizer", {}).get("files", [])
                       if f["path"].endswith("tokenizer.json")), None)
@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             shift = rep % len(shapes)
             row = {}
             for rounds, per_round in shapes[shift:] + shapes[:shift]:
-                timed = time_together(sessions, feeds, rounds * per_round, rounds, baseline)
+                timed = time_together(sessions, feeds, rounds * per_round, rounds, against)
                 row[f"{rounds}x{per_round}"] = {
-                    name: {"vs_fp32": t.vs_baseline, "p50_ratio": t.p50_ms / timed[baseline].p50_ms,
-                           "p50_ms": t.p50_ms, "round_p50_ms": t.round_p50_ms}
+                    name: {"vs_fp32": t.vs_baseline, "baseline": t.baseline, "p50_ms": t.p50_ms,
+                           "p50_ratio": t.p50_ms / timed[t.baseline].p50_ms if t.baseline else None,
+                           "round_p50_ms": t.round_p50_ms}
                     for name, t in timed.items()}
             reps.append(row)
             print(f"repetition {rep + 1}/{args.reps} done", file=sys.stderr)
@@ -87,23 +88,23 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     device = detect(measure_int8=False)
     print(f"{device.cpu_model} ({' '.join(device.notable_features())}), {len(reps)} repetitions, "
-          f"batch 1 x {args.seq} tokens, {DEFAULT_SHAPE.threads} threads; ratio vs {baseline}")
-    print("| shape (rounds x runs) | artifact | median-of-round-ratios: median / p10-p90 / max "
+          f"batch 1 x {args.seq} tokens, {DEFAULT_SHAPE.threads} threads; ratios vs the FP32 artifact of each format")
+    print("| shape (rounds x runs) | artifact | vs | median-of-round-ratios: median / p10-p90 / max "
           "| ratio of p50s: median / p10-p90 / max |")
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     summary = {}
     for key in reps[0]:
         for name in reps[0][key]:
-            if name == baseline:
+            if against[name] in (None, name):
                 continue
             ratio = _summary([r[key][name]["vs_fp32"] for r in reps])
             p50 = _summary([r[key][name]["p50_ratio"] for r in reps])
             summary.setdefault(key, {})[name] = {"vs_fp32": ratio, "p50_ratio": p50}
-            print(f"| {key} | {name} | {ratio['median']:.3f} / {ratio['p10']:.3f}-{ratio['p90']:.3f} / "
+            print(f"| {key} | {name} | {against[name]} | {ratio['median']:.3f} / {ratio['p10']:.3f}-{ratio['p90']:.3f} / "
                   f"{ratio['max']:.3f} | {p50['median']:.3f} / {p50['p10']:.3f}-{p50['p90']:.3f} / {p50['max']:.3f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": sys.argv, "device": device.to_dict(), "baseline": baseline,
+        args.json.write_text(json.dumps({"command": sys.argv, "device": device.to_dict(), "baselines": against,
                                          "summary": summary, "repetitions": reps}, indent=1) + "\n")
     return 0
 

@@ -312,10 +312,11 @@ def _print_result(result) -> None:
     # All artifacts timed together in interleaved rounds (converters/packaging/timing.py): timed one
     # after the other, a shared machine's other tenants slowed one pass and not the next
     # (benchmarks/RESULTS.md run AA). Still this machine's kernels: the device's are edge-bench's.
-    baseline = result.timing_baseline
+    named = sorted({a.fp32_baseline for a in result.artifacts if a.fp32_baseline})
     click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine, all "
                f"artifacts timed together in interleaved rounds"
-               + (f"; x FP32: p50 over {baseline}'s, median of the per-round ratios" if baseline else "")
+               + (f"; x FP32: p50 over that of the same format's FP32 artifact ({', '.join(named)}), median of "
+                  "the per-round ratios" if named else "")
                + f". On the device: `edge-bench {result.out} --all`; run the artifacts with "
                f"`edge-run {result.out} \"some text\"`")
     busy = busy_note(result.timing_cpu_wait)

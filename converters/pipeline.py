@@ -31,7 +31,7 @@ from converters.options import prepare
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
 from converters.packaging.input_stats import input_stats
-from converters.packaging.timing import baseline_name, time_delivered, timing_feeds
+from converters.packaging.timing import time_delivered, timing_feeds
 from converters.pruning.prune_model import PruneRequest
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
@@ -96,8 +96,10 @@ class ArtifactResult:
     latency_ms_p50: float
     promoted: list[str] = field(default_factory=list)  # moved to a wider form by a search
     promoted_to: str = ""
-    # p50 over the unpruned FP32 artifact's p50, round by round (converters/packaging/timing.py)
+    # p50 over the p50 of the unpruned FP32 artifact of its format (fp32_baseline), round by round
+    # (converters/packaging/timing.py)
     vs_fp32: float | None = None
+    fp32_baseline: str | None = None
 
 
 @dataclass
@@ -112,7 +114,6 @@ class ConvertResult:
     # The largest share of an artifact's latency runs with a task queued for a CPU (edge_runtime's
     # CpuWait); None where the kernel does not say. Above BUSY_SHARE the p50s are flagged.
     timing_cpu_wait: float | None = None
-    timing_baseline: str | None = None  # the artifact `vs_fp32` ratios are taken against
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,7 +126,6 @@ class ConvertResult:
             "artifacts": [a.__dict__ for a in self.artifacts],
             "refused": self.refused,
             "timing_cpu_wait": self.timing_cpu_wait,
-            "timing_baseline": self.timing_baseline,
         }
 
 
@@ -410,8 +410,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         for entry, result in zip(entries, results):
             timing = timings[entry["name"]]
             result.latency_ms_p50, result.vs_fp32 = timing.p50_ms, timing.vs_baseline
-            entry["measured_on_converter"] = timing.record(baseline_name(entries), seq, config.latency_runs,
-                                                           config.latency_rounds)
+            result.fp32_baseline = timing.baseline
+            entry["measured_on_converter"] = timing.record(seq, config.latency_runs, config.latency_rounds)
 
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -441,7 +441,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
 
     result = ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
                            time.perf_counter() - started, refused,
-                           worst_share(t.cpu_wait_share for t in timings.values()), baseline_name(entries))
+                           worst_share(t.cpu_wait_share for t in timings.values()))
     if interrupted:
         raise ConversionInterrupted(result)
     return result

@@ -67,10 +67,11 @@ def test_every_shape_is_timed_in_every_repetition_and_summarised(directory, caps
                                      "--json", str(out)]) == 0
     assert opened == ["model.onnx", "model-int8.onnx"]  # each artifact opened once, kept open
     table = capsys.readouterr().out
-    assert "3 repetitions, batch 1 x 16 tokens" in table and "ratio vs onnx-fp32" in table
-    assert "| 2x2 | onnx-int8 |" in table and "| 3x1 | onnx-int8 |" in table and "| 2x2 | onnx-fp32 |" not in table
+    assert "3 repetitions, batch 1 x 16 tokens" in table and "ratios vs the FP32 artifact of each format" in table
+    assert "| 2x2 | onnx-int8 | onnx-fp32 |" in table and "| 3x1 | onnx-int8 |" in table
+    assert "| 2x2 | onnx-fp32 |" not in table
     doc = json.loads(out.read_text())
-    assert doc["baseline"] == "onnx-fp32" and len(doc["repetitions"]) == 3
+    assert doc["baselines"]["onnx-int8"] == "onnx-fp32" and len(doc["repetitions"]) == 3
     assert [len(doc["repetitions"][0][shape]["onnx-int8"]["round_p50_ms"]) for shape in ("2x2", "3x1")] == [2, 3]
     assert set(doc["summary"]["3x1"]["onnx-int8"]) == {"vs_fp32", "p50_ratio"}
 

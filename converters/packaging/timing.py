@@ -5,8 +5,9 @@ themselves: INT8 18.5 ms next to FP32 18.6 ms in the table, 10.6 vs 18.9 ms unde
 interleaved rounds minutes later (benchmarks/RESULTS.md run AA, a 2-vCPU Zen 4 VM): other tenants of
 a shared host slow one pass and not the next, invisibly to this VM. So every delivered artifact's
 session stays open and the artifacts take turns: `rounds` rounds, a few runs each, the order rotated
-every round, a short pause between two artifacts' blocks (edge-bench's SWITCH_PAUSE_S). A burst of load then hits every artifact of a round alike, and each artifact's ratio
-against the FP32 baseline is the median of its per-round ratios, like edge-bench's.
+every round, a short pause between two artifacts' blocks (edge-bench's SWITCH_PAUSE_S). A burst of
+load then hits every artifact of a round alike, and each artifact's ratio against its FP32 baseline
+(the FP32 artifact of its format) is the median of its per-round ratios, like edge-bench's.
 
 The figures stay this machine's (its kernels, its ISA), batch 1 and one sequence length: what a
 device does is edge-bench's job on the device.
@@ -27,7 +28,7 @@ from edge_runtime._bench import SWITCH_PAUSE_S
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._contention import CpuWait
 
-__all__ = ["Timing", "baseline_name", "time_delivered", "time_together", "timing_feeds"]
+__all__ = ["Timing", "baselines", "time_delivered", "time_together", "timing_feeds"]
 
 WARMUP_RUNS = 3  # untimed runs per artifact before the first round (allocations, weight packing)
 
@@ -36,16 +37,17 @@ WARMUP_RUNS = 3  # untimed runs per artifact before the first round (allocations
 class Timing:
     p50_ms: float  # median over every timed run of the artifact
     round_p50_ms: list[float]  # median of each round
-    # median over the rounds of (this artifact's round p50 / the baseline's round p50); None
+    # median over the rounds of (this artifact's round p50 / its baseline's round p50); None
     # without a baseline
     vs_baseline: float | None
     cpu_wait_share: float | None  # share of its timed runs with a task queued for a CPU
+    baseline: str | None = None  # the artifact `vs_baseline` is taken against
 
-    def record(self, baseline: str | None, seq: int, runs: int, rounds: int) -> dict[str, Any]:
+    def record(self, seq: int, runs: int, rounds: int) -> dict[str, Any]:
         """The manifest's `measured_on_converter` (batch 1, `seq` tokens, DEFAULT_SHAPE.threads)."""
         return {"latency_ms_p50": round(self.p50_ms, 3),
                 "vs_fp32": None if self.vs_baseline is None else round(self.vs_baseline, 3),
-                "baseline": baseline, "batch": 1, "sequence": seq, "threads": DEFAULT_SHAPE.threads,
+                "baseline": self.baseline, "batch": 1, "sequence": seq, "threads": DEFAULT_SHAPE.threads,
                 "runs": runs, "rounds": min(rounds, runs), "timed": "all artifacts together, interleaved rounds",
                 "cpu_wait_share": None if self.cpu_wait_share is None else round(self.cpu_wait_share, 3)}
 
@@ -61,14 +63,17 @@ def timing_feeds(input_names: list[str], vocab_size: int, seq: int) -> dict[str,
 
 
 def time_together(sessions: Mapping[str, Any], feeds: dict[str, np.ndarray], runs: int, rounds: int,
-                  baseline: str | None = None,
+                  baselines: Mapping[str, str | None] | None = None,
                   progress: Callable[[str], None] = lambda message: None) -> dict[str, Timing]:
     """Time each of `sessions` (name -> an object with `.run(feeds)`) `runs` times in all, spread
-    over `rounds` interleaved rounds; ratios against `baseline` (one of the names) round by round."""
+    over `rounds` interleaved rounds; each one's ratio against its baseline (`baselines`: name ->
+    one of the names, or None) round by round."""
     if runs < 1 or rounds < 1:
         raise ValueError(f"runs and rounds must be at least 1 (got runs={runs}, rounds={rounds})")
-    if baseline is not None and baseline not in sessions:
-        raise ValueError(f"baseline {baseline!r} is not one of the timed artifacts {sorted(sessions)}")
+    baselines = dict(baselines or {})
+    unknown = sorted({b for b in baselines.values() if b is not None and b not in sessions})
+    if unknown:
+        raise ValueError(f"baseline {unknown[0]!r} is not one of the timed artifacts {sorted(sessions)}")
     rounds = min(rounds, runs)  # every round times every artifact at least once
     names = list(sessions)
     for name in names:
@@ -94,19 +99,21 @@ def time_together(sessions: Mapping[str, Any], feeds: dict[str, np.ndarray], run
     round_p50 = {name: [float(np.median(r)) * 1e3 for r in times[name]] for name in names}
     result = {}
     for name in names:
+        baseline = baselines.get(name)
         ratio = (float(np.median([a / b for a, b in zip(round_p50[name], round_p50[baseline])]))
                  if baseline is not None else None)
         result[name] = Timing(float(np.median([t for r in times[name] for t in r])) * 1e3, round_p50[name],
-                              ratio, waits[name].share)
+                              ratio, waits[name].share, baseline)
     return result
 
 
-def baseline_name(entries: list[dict[str, Any]]) -> str | None:
-    """The artifact ratios are taken against: the unpruned ONNX FP32 one (plain onnxruntime FP32,
-    the figure every issue and README table compares with), else any unpruned FP32 one."""
+def baselines(entries: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Each artifact's baseline: the unpruned FP32 artifact of its own format (what quantizing or
+    pruning buys in that runtime, as the issues' figures are stated: INT8 vs plain onnxruntime FP32,
+    TFLite INT8 vs TFLite FP32), else the unpruned ONNX FP32 one, else any unpruned FP32 one."""
     fp32 = [e for e in entries if e["precision"] == "fp32" and not e.get("pruning")]
-    onnx = [e for e in fp32 if e["format"] == "onnx"]
-    return (onnx or fp32)[0]["name"] if fp32 else None
+    fallback = next((e["name"] for e in fp32 if e["format"] == "onnx"), fp32[0]["name"] if fp32 else None)
+    return {e["name"]: next((f["name"] for f in fp32 if f["format"] == e["format"]), fallback) for e in entries}
 
 
 def time_delivered(stage: Path, entries: list[dict[str, Any]], feeds: dict[str, np.ndarray], runs: int,
@@ -115,7 +122,8 @@ def time_delivered(stage: Path, entries: list[dict[str, Any]], feeds: dict[str, 
     device backend and DEFAULT_SHAPE.threads, all at once, and time them together."""
     sessions = {e["name"]: backends.open_session(e["format"], stage / e["files"][0]["path"],
                                                  threads=DEFAULT_SHAPE.threads) for e in entries}
-    baseline = baseline_name(entries)
+    against = baselines(entries)
+    named = sorted({b for b in against.values() if b is not None})
     progress(f"timing {len(sessions)} artifact(s) together: {runs} runs each in {min(rounds, runs)} "
-             f"interleaved rounds" + (f", ratios against {baseline}" if baseline else ""))
-    return time_together(sessions, feeds, runs, rounds, baseline, progress)
+             f"interleaved rounds" + (f", ratios against {', '.join(named)}" if named else ""))
+    return time_together(sessions, feeds, runs, rounds, against, progress)
