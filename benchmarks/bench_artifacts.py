@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from edge_runtime._contention import CpuWait, busy_note  # noqa: E402 - after the path
+from edge_runtime._rounds import Round, time_in_rounds  # noqa: E402
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 # CPU flags that decide kernel choices, named with every timing.
 INTERESTING_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
                                "asimd", "asimddp", "i8mm", "fphp", "asimdhp", "sve"})
-SWITCH_PAUSE_S = 0.05  # between two variants' blocks; see the timing loop
 # MiniLM's longest input (its sentence_bert_config.json max_seq_length): every tokenizer here
 # truncates there, so a longer --seq would time 256 tokens under a larger label.
 MAX_TOKENS = 256
@@ -384,37 +384,29 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         variants[name].update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
 
-    # Latency: one 128-token input. Each round cycles through the variants in blocks of
-    # --block runs (after one untimed run that warms the caches the previous variant evicted)
-    # until every variant has --runs timings, so a burst of load from another tenant lands on
-    # all variants of the round alike, the baseline included; the order rotates each round.
+    # Latency: one 128-token input, in interleaved rounds (edge_runtime._rounds). Each round cycles
+    # through the variants in blocks of --block runs (each after a pause and one untimed run that
+    # warms the caches the previous variant evicted) until every variant has --runs timings, so a
+    # burst of load from another tenant lands on all variants of the round alike, the baseline
+    # included; the order rotates each round.
     long_text = " ".join(texts)
     names = [name for name in runners if name not in untimed]
     timing = {name: {"p50": [], "p90": []} for name in names}
     feeds_of = {name: {k: v[:, : args.seq] for k, v in runners[name][1]([long_text]).items()} for name in names}
-    for name in names:
-        for _ in range(5):
-            runners[name][0](feeds_of[name])
+
+    def keep(finished: Round) -> None:
+        for name in names:
+            ms = np.asarray(finished.times[name]) * 1000
+            timing[name]["p50"].append(float(np.percentile(ms, 50)))
+            timing[name]["p90"].append(float(np.percentile(ms, 90)))
+        print(f"round {finished.number}/{finished.total} done", file=sys.stderr)
+
     with CpuWait() as waited:  # how much of the timing other work kept a CPU from us
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            times: dict[str, list[float]] = {name: [] for name in names}
-            while any(len(t) < args.runs for t in times.values()):
-                for name in order:
-                    run, feeds = runners[name][0], feeds_of[name]
-                    # onnxruntime's intra-op threads spin for a while after each run: without a pause
-                    # the previous variant's threads take a core from this one (measured: INT8 p50
-                    # 10.1 ms right after another session, 8.5 ms after 50 ms).
-                    time.sleep(SWITCH_PAUSE_S)
-                    run(feeds)
-                    for _ in range(min(args.block, args.runs - len(times[name]))):
-                        t0 = time.perf_counter()
-                        run(feeds)
-                        times[name].append((time.perf_counter() - t0) * 1000)
-            for name in names:
-                timing[name]["p50"].append(float(np.percentile(times[name], 50)))
-                timing[name]["p90"].append(float(np.percentile(times[name], 90)))
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        timed = time_in_rounds({name: partial(runners[name][0], feeds_of[name]) for name in names},
+                               args.rounds * args.runs, args.rounds, block=args.block, warmup=5, rewarm=True,
+                               on_round=keep)
+    for name, exc in timed.failures.items():
+        raise RuntimeError(f"timing {name}: {type(exc).__name__}: {exc}") from exc
     base = timing["plain ORT FP32"]["p50"]
     for name in untimed:
         variants[name].update(p50_ms=float("nan"), p90_ms=float("nan"), ratio_p50=float("nan"),

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_runtime._bench_report import device_label  # noqa: E402 - after the sys.path line
-from edge_runtime._contention import CpuWait, busy_note, worst_share  # noqa: E402
+from edge_runtime._contention import busy_note, worst_share  # noqa: E402
+from edge_runtime._rounds import SWITCH_PAUSE_S, Round, time_in_rounds  # noqa: E402
 
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 CRITERIA = ("obs", "activation", "magnitude", "fisher")
@@ -54,10 +56,6 @@ DEFAULT_RATIOS = "0.17/0.25,0.25/0.5,0.33/0.5,0.5/0.75"
 SUFFIXES = (".json", ".md", ".png")
 BATCH = 1
 BLOCK = 5  # timed runs per variant before the next variant takes its turn
-# Between two variants' blocks: onnxruntime's intra-op threads spin for a while after a run and
-# take a core from the next session (benchmarks/bench_artifacts.py measured INT8 p50 10.1 ms
-# right after another session, 8.5 ms after 50 ms).
-SWITCH_PAUSE_S = 0.05
 
 
 class UsageError(Exception):
@@ -210,43 +208,24 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def rotated(names: list[str], round_index: int) -> list[str]:
-    """The variant order of a round: shifted by one each round, so no variant always runs
-    right after the same neighbour (or always first)."""
-    shift = round_index % len(names)
-    return names[shift:] + names[:shift]
-
-
 def _time(sessions: dict[str, object], feeds: dict[str, np.ndarray], rounds: int, runs: int,
           done: list[dict], pause_s: float = SWITCH_PAUSE_S) -> None:
-    """Interleaved timing, "unpruned" the baseline. Every round cycles through the variants
-    (order rotated each round) in blocks of BLOCK timed runs, each block after a pause and one
-    untimed run, until every variant has `runs` timings; CpuWait measures how much of the timed
-    runs something else wanted the CPU. Each finished round is appended to `done` at once, so
-    a Ctrl-C keeps the rounds that finished."""
-    names = list(sessions)
-    for session in sessions.values():  # warm-up
-        for _ in range(3):
-            session.run(None, feeds)
-    for r in range(rounds):
-        times: dict[str, list[float]] = {name: [] for name in names}
-        wait = CpuWait()
-        while any(len(t) < runs for t in times.values()):
-            for name in rotated(names, r):
-                count = min(BLOCK, runs - len(times[name]))
-                if not count:
-                    continue
-                session = sessions[name]
-                time.sleep(pause_s)
-                session.run(None, feeds)  # untimed: reloads the caches the previous variant evicted
-                with wait:
-                    for _ in range(count):
-                        start = time.perf_counter()
-                        session.run(None, feeds)
-                        times[name].append(time.perf_counter() - start)
-        done.append({"order": rotated(names, r), "busy_share": wait.rounded_share,
-                     "p50_ms": {name: statistics.median(t) * 1e3 for name, t in times.items()}})
-        print(f"timing round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    """Interleaved timing (edge_runtime._rounds), "unpruned" the baseline. Every round cycles
+    through the variants (order rotated each round) in blocks of BLOCK timed runs, each block after
+    a pause and one untimed run, until every variant has `runs` timings; CpuWait measures how much
+    of the timed runs something else wanted the CPU. Each finished round is appended to `done` at
+    once, so a Ctrl-C keeps the rounds that finished."""
+
+    def keep(finished: Round) -> None:
+        done.append({"order": finished.order, "busy_share": finished.wait.rounded_share,
+                     "p50_ms": {name: statistics.median(t) * 1e3 for name, t in finished.times.items()}})
+        print(f"timing round {finished.number}/{finished.total} done", file=sys.stderr, flush=True)
+
+    timed = time_in_rounds({name: partial(session.run, None, feeds) for name, session in sessions.items()},
+                           rounds * runs, rounds, block=BLOCK, warmup=3, pause_s=pause_s, rewarm=True,
+                           on_round=keep)
+    for name, exc in timed.failures.items():
+        raise RuntimeError(f"timing {name}: {type(exc).__name__}: {exc}") from exc
 
 
 def summarise(done: list[dict]) -> dict[str, dict]:

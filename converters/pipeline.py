@@ -411,7 +411,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             timing = timings[entry["name"]]
             result.latency_ms_p50, result.vs_fp32 = timing.p50_ms, timing.vs_baseline
             result.fp32_baseline = timing.baseline
-            entry["measured_on_converter"] = timing.record(seq, config.latency_runs, config.latency_rounds)
+            entry["measured_on_converter"] = timing.record(seq)
 
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,

@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from edge_runtime._contention import CpuWait
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError
 from edge_runtime._load_args import no_backend_message
 from edge_runtime._manifest import read_manifest
+from edge_runtime._rounds import time_in_rounds
 
 __all__ = [
     "BENCH_SCHEMA",
@@ -65,10 +67,6 @@ __all__ = [
     "validate_bench",
 ]
 
-# Between two artifacts' blocks: intra-op threads of the previous session keep spinning for a
-# few ms after a run and slow the next session's first runs (benchmarks/bench_artifacts.py
-# measured 10.1 vs 8.5 ms INT8 p50 without the pause).
-SWITCH_PAUSE_S = 0.05
 PROBE_TIMEOUT_S = 600
 
 
@@ -322,7 +320,6 @@ def _measure(
     live = [t for t in targets if t.model is not None]
 
     _cold_loads(root, live, config, work, say)
-    _warm_up(live, feeds, config, say)
     _timed_rounds(live, feeds, config, say)
     for target in live:
         for shape, record in target.records.items():
@@ -412,55 +409,25 @@ def _cold_loads(
             )
 
 
-def _run_or_fail(
-    target: _Target, shape: tuple[int, int], feeds: dict[str, np.ndarray]
-) -> float | None:
-    """Seconds of one run, or None after recording why the shape cannot run (e.g. a TFLite
-    artifact whose longest bucket is shorter than seq)."""
-    started = time.perf_counter()
-    try:
-        target.model.run(feeds)
-    except Exception as exc:  # noqa: BLE001 - the backend's own error types; recorded, not hidden
-        _fail(target.records[shape], "error", f"run failed: {type(exc).__name__}: {exc}")
-        return None
-    return time.perf_counter() - started
-
-
-def _warm_up(
-    live: list[_Target], feeds: dict, config: BenchConfig, say: Callable[[str], None]
-) -> None:
-    for target in live:
-        for shape in target.records:
-            for _ in range(
-                max(config.warmup, 1)
-            ):  # at least one: a shape that cannot run is found here
-                if _run_or_fail(target, shape, feeds[shape]) is None:
-                    say(
-                        f"{target.entry['name']}: batch {shape[0]} x {shape[1]}: "
-                        f"{target.records[shape]['error']}"
-                    )
-                    break
-            target.times[shape] = []
-
-
 def _timed_rounds(
     live: list[_Target], feeds: dict, config: BenchConfig, say: Callable[[str], None]
 ) -> None:
-    for round_no in range(config.rounds):
-        # runs spread evenly over the rounds (the first rounds take the remainder)
-        count = config.runs // config.rounds + (1 if round_no < config.runs % config.rounds else 0)
-        # Rotate who goes first, so no artifact always follows the same one.
-        order = live[round_no % len(live) :] + live[: round_no % len(live)] if live else []
-        for target in order:
-            for shape, rounds in target.times.items():
-                rounds.append([])
-                if target.records[shape]["status"] != "ok" or count == 0:
-                    continue
-                with target.waits.setdefault(shape, CpuWait()):
-                    for _ in range(count):
-                        seconds = _run_or_fail(target, shape, feeds[shape])
-                        if seconds is None:
-                            break
-                        rounds[-1].append(seconds)
-                time.sleep(SWITCH_PAUSE_S)
-        say(f"round {round_no + 1}/{config.rounds} done")
+    """Warm-up, then every artifact x shape in interleaved rounds (edge_runtime._rounds); a shape
+    that cannot run (e.g. a TFLite artifact whose longest bucket is shorter than seq) is recorded
+    as an error and the others go on."""
+    keys = [(i, shape) for i, target in enumerate(live) for shape in target.records
+            if target.records[shape]["status"] == "ok"]
+    timed = time_in_rounds(
+        {(i, shape): partial(live[i].model.run, feeds[shape]) for i, shape in keys},
+        config.runs,
+        config.rounds,
+        warmup=max(config.warmup, 1),  # at least one: a shape that cannot run is found there
+        on_round=lambda done: say(f"round {done.number}/{done.total} done"),
+    )
+    for (i, shape), exc in timed.failures.items():
+        record = live[i].records[shape]
+        _fail(record, "error", f"run failed: {type(exc).__name__}: {exc}")
+        say(f"{live[i].entry['name']}: batch {shape[0]} x {shape[1]}: {record['error']}")
+    for i, shape in keys:
+        live[i].times[shape] = timed.times[(i, shape)]
+        live[i].waits[shape] = timed.waits[(i, shape)]

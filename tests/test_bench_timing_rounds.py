@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime import _rounds
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_timing_rounds  # noqa: E402
@@ -44,7 +46,7 @@ def directory(tmp_path, monkeypatch):
         return Session(path)
 
     monkeypatch.setattr(bench_timing_rounds.backends, "open_session", open_session)
-    monkeypatch.setattr(bench_timing_rounds.time_together.__globals__["time"], "sleep", lambda s: None)
+    monkeypatch.setattr(_rounds.time, "sleep", lambda s: None)
     return tmp_path, opened
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 
 from converters.packaging import timing
+from edge_runtime import _rounds
 
 
 class Clock:
-    """perf_counter for the timing module; `slow` multiplies every run's cost during a round."""
+    """perf_counter for the rounds loop; `slow` multiplies every run's cost during a round."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -32,7 +33,8 @@ class Fake:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    monkeypatch.setattr(_rounds.time, "perf_counter", clock)
+    monkeypatch.setattr(_rounds.time, "sleep", lambda seconds: None)
     return clock
 
 
@@ -75,6 +77,15 @@ def test_bad_arguments_say_what_is_wrong(clock):
         timing.time_together(sessions, {}, runs=4, rounds=2, baselines={"a": "fp32"})
     with pytest.raises(ValueError, match="at least 1"):
         timing.time_together(sessions, {}, runs=0, rounds=2)
+
+
+def test_an_artifact_whose_run_fails_is_named(clock):
+    class Broken:
+        def run(self, feeds):
+            raise RuntimeError("bad shape")
+
+    with pytest.raises(RuntimeError, match="timing int8: its run failed: RuntimeError: bad shape"):
+        timing.time_together({"fp32": Fake("fp32", 1.0, clock, []), "int8": Broken()}, {}, runs=2, rounds=2)
 
 
 def test_each_artifact_is_compared_with_the_unpruned_fp32_artifact_of_its_format():

@@ -5,7 +5,7 @@ themselves: INT8 18.5 ms next to FP32 18.6 ms in the table, 10.6 vs 18.9 ms unde
 interleaved rounds minutes later (benchmarks/RESULTS.md run AA, a 2-vCPU Zen 4 VM): other tenants of
 a shared host slow one pass and not the next, invisibly to this VM. So every delivered artifact's
 session stays open and the artifacts take turns: `rounds` rounds, a few runs each, the order rotated
-every round, a short pause between two artifacts' blocks (edge-bench's SWITCH_PAUSE_S). A burst of
+every round, a short pause between two artifacts' blocks (edge_runtime._rounds.SWITCH_PAUSE_S). A burst of
 load then hits every artifact of a round alike, and each artifact's ratio against its FP32 baseline
 (the FP32 artifact of its format) is the median of its per-round ratios, like edge-bench's.
 
@@ -15,18 +15,17 @@ device does is edge-bench's job on the device.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_runtime import backends
-from edge_runtime._bench import SWITCH_PAUSE_S
 from edge_runtime._bench_config import DEFAULT_SHAPE
-from edge_runtime._contention import CpuWait
+from edge_runtime._rounds import rounds_for, time_in_rounds
 
 __all__ = ["Timing", "baselines", "time_delivered", "time_together", "timing_feeds"]
 
@@ -42,13 +41,15 @@ class Timing:
     vs_baseline: float | None
     cpu_wait_share: float | None  # share of its timed runs with a task queued for a CPU
     baseline: str | None = None  # the artifact `vs_baseline` is taken against
+    runs: int = 0  # timed runs in all
+    rounds: int = 0  # rounds they were spread over
 
-    def record(self, seq: int, runs: int, rounds: int) -> dict[str, Any]:
+    def record(self, seq: int) -> dict[str, Any]:
         """The manifest's `measured_on_converter` (batch 1, `seq` tokens, DEFAULT_SHAPE.threads)."""
         return {"latency_ms_p50": round(self.p50_ms, 3),
                 "vs_fp32": None if self.vs_baseline is None else round(self.vs_baseline, 3),
                 "baseline": self.baseline, "batch": 1, "sequence": seq, "threads": DEFAULT_SHAPE.threads,
-                "runs": runs, "rounds": min(rounds, runs), "timed": "all artifacts together, interleaved rounds",
+                "runs": self.runs, "rounds": self.rounds, "timed": "all artifacts together, interleaved rounds",
                 "cpu_wait_share": None if self.cpu_wait_share is None else round(self.cpu_wait_share, 3)}
 
 
@@ -66,45 +67,21 @@ def time_together(sessions: Mapping[str, Any], feeds: dict[str, np.ndarray], run
                   baselines: Mapping[str, str | None] | None = None,
                   progress: Callable[[str], None] = lambda message: None) -> dict[str, Timing]:
     """Time each of `sessions` (name -> an object with `.run(feeds)`) `runs` times in all, spread
-    over `rounds` interleaved rounds; each one's ratio against its baseline (`baselines`: name ->
-    one of the names, or None) round by round."""
-    if runs < 1 or rounds < 1:
-        raise ValueError(f"runs and rounds must be at least 1 (got runs={runs}, rounds={rounds})")
+    over `rounds` interleaved rounds (edge_runtime._rounds, edge-bench's loop); each one's ratio
+    against its baseline (`baselines`: name -> one of the names, or None) round by round."""
     baselines = dict(baselines or {})
     unknown = sorted({b for b in baselines.values() if b is not None and b not in sessions})
     if unknown:
         raise ValueError(f"baseline {unknown[0]!r} is not one of the timed artifacts {sorted(sessions)}")
-    rounds = min(rounds, runs)  # every round times every artifact at least once
-    names = list(sessions)
-    for name in names:
-        for _ in range(WARMUP_RUNS):
-            sessions[name].run(feeds)
-    times: dict[str, list[list[float]]] = {name: [] for name in names}
-    waits = {name: CpuWait() for name in names}
-    for round_no in range(rounds):
-        count = runs // rounds + (1 if round_no < runs % rounds else 0)
-        shift = round_no % len(names)  # who goes first turns, so nobody always follows the same one
-        for name in names[shift:] + names[:shift]:
-            session, measured = sessions[name], []
-            with waits[name]:
-                for _ in range(count):
-                    start = time.perf_counter()
-                    session.run(feeds)
-                    measured.append(time.perf_counter() - start)
-            times[name].append(measured)
-            # The session just timed keeps its intra-op threads spinning for a few ms: without a
-            # pause they slow the next one's first runs (and count as CPU contention).
-            time.sleep(SWITCH_PAUSE_S)
-        progress(f"timing round {round_no + 1}/{rounds} done")
-    round_p50 = {name: [float(np.median(r)) * 1e3 for r in times[name]] for name in names}
-    result = {}
-    for name in names:
-        baseline = baselines.get(name)
-        ratio = (float(np.median([a / b for a, b in zip(round_p50[name], round_p50[baseline])]))
-                 if baseline is not None else None)
-        result[name] = Timing(float(np.median([t for r in times[name] for t in r])) * 1e3, round_p50[name],
-                              ratio, waits[name].share, baseline)
-    return result
+    timed = time_in_rounds({name: partial(session.run, feeds) for name, session in sessions.items()},
+                           runs, rounds, warmup=WARMUP_RUNS,
+                           on_round=lambda done: progress(f"timing round {done.number}/{done.total} done"))
+    for name, exc in timed.failures.items():  # a delivered artifact that cannot run is a bug: say which
+        raise RuntimeError(f"timing {name}: its run failed: {type(exc).__name__}: {exc}") from exc
+    return {name: Timing(timed.p50_ms(name), timed.round_p50_ms(name),
+                         None if baselines.get(name) is None else timed.ratio(name, baselines[name]),
+                         timed.waits[name].share, baselines.get(name), runs, len(timed.times[name]))
+            for name in sessions}
 
 
 def baselines(entries: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -124,6 +101,6 @@ def time_delivered(stage: Path, entries: list[dict[str, Any]], feeds: dict[str, 
                                                  threads=DEFAULT_SHAPE.threads) for e in entries}
     against = baselines(entries)
     named = sorted({b for b in against.values() if b is not None})
-    progress(f"timing {len(sessions)} artifact(s) together: {runs} runs each in {min(rounds, runs)} "
+    progress(f"timing {len(sessions)} artifact(s) together: {runs} runs each in {rounds_for(runs, rounds)} "
              f"interleaved rounds" + (f", ratios against {', '.join(named)}" if named else ""))
     return time_together(sessions, feeds, runs, rounds, against, progress)
