@@ -448,3 +448,51 @@ def test_one_quantizer_session_serves_every_recipe_byte_for_byte(bert, tmp_path)
         assert bytes(plain) == (tmp_path / f"reused{index}.tflite").read_bytes(), int8
         assert session.shares_parameters, "the shared-parameter path fell back"
     assert (tmp_path / "reused0.tflite").read_bytes() != (tmp_path / "reused3.tflite").read_bytes()
+
+
+@pytest.mark.slow  # TFLite quantizations
+def test_grouped_scope_entries_quantize_exactly_like_one_entry_per_op(bert, tmp_path, capsys):
+    """The recipes name ops by exact scope in one alternation per (op kind, bits, block): the
+    quantized model equals, byte for byte, what one entry per op gives; so does the benchmark
+    that times the two forms (benchmarks/bench_tflite_build.py), which fails on any difference."""
+    import sys
+    from pathlib import Path
+
+    from ai_edge_quantizer import quantizer
+
+    from converters.tflite.gptq_int4 import _mixed_recipe
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_tflite_build
+
+    _, fp32, _, _ = bert
+    compact = tmp_path / "compact.tflite"
+    compact_copy(fp32, compact)
+    weights = find_weights(compact)
+    fcs = sorted(b for b, w in weights.items() if w.kind == "FULLY_CONNECTED")
+    for int8 in (set(), {fcs[0], fcs[-1]}):
+        grouped = _mixed_recipe(weights, int8, TINY_TABLES)
+        one_per_op = bench_tflite_build.one_entry_per_op(grouped)
+        assert len(grouped) <= 3 < len(one_per_op)
+        outputs = []
+        for recipe in (grouped, one_per_op):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                outputs.append(bytes(quantizer.Quantizer(str(compact), recipe)
+                                     .quantize(enable_progress_report=False).quantized_model))
+        assert outputs[0] == outputs[1], int8
+    assert bench_tflite_build.main([str(fp32), "--reps", "2", "--json", str(tmp_path / "b.json")]) == 0
+    assert "| grouped |" in capsys.readouterr().out and (tmp_path / "b.json").is_file()
+    with pytest.raises(SystemExit):
+        bench_tflite_build.main([str(fp32), "--reps", "1"])
+
+
+def test_scoped_entries_group_scopes_and_refuse_two_choices_for_one_op():
+    from converters.tflite.edge_quantizer import scoped_entries
+
+    entries = scoped_entries([("a/b.c", "FULLY_CONNECTED", 4, 32), ("x", "FULLY_CONNECTED", 8, 0),
+                              ("d", "FULLY_CONNECTED", 4, 32), ("a/b.c", "FULLY_CONNECTED", 4, 32),
+                              ("t", "EMBEDDING_LOOKUP", 4, 32)])
+    assert [e["regex"] for e in entries] == [r"^(?:a/b\.c|d)$", "^(?:x)$", "^(?:t)$"]
+    assert [e["op_config"]["weight_tensor_config"]["num_bits"] for e in entries] == [4, 8, 4]
+    with pytest.raises(ValueError, match="op scope 'x' given two recipes"):
+        scoped_entries([("x", "FULLY_CONNECTED", 8, 0), ("x", "FULLY_CONNECTED", 4, 32)])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 
-__all__ = ["QuantizerSession", "calibration_feeds", "op_entry", "run_quantizer"]
+__all__ = ["QuantizerSession", "calibration_feeds", "op_entry", "run_quantizer", "scoped_entries"]
 
 
 def op_entry(regex: str, operation: str, bits: int, block: int) -> dict[str, Any]:
@@ -44,6 +45,26 @@ def op_entry(regex: str, operation: str, bits: int, block: int) -> dict[str, Any
             "skip_checks": False,
         },
     }
+
+
+def scoped_entries(choices: Iterable[tuple[str, str, int, int]]) -> list[dict[str, Any]]:
+    """Recipe entries for ops named by their exact scope: `choices` = (scope, operation, bits,
+    block) per op. The scopes of one (operation, bits, block) share one entry, an alternation of
+    the anchored scopes: ai-edge-quantizer runs every entry's regex against every op of the model
+    (RecipeManager.get_quantization_configs), so one entry per op made that matching quadratic:
+    with MiniLM's ~150 scoped ops it was a sixth of each TFLite INT4 candidate's build
+    (benchmarks/RESULTS.md run AC). Each scope is in one entry, so the entries' order (the last
+    match wins) cannot change a choice; a scope given two different choices is refused."""
+    groups: dict[tuple[str, int, int], list[str]] = {}
+    chosen: dict[str, tuple[str, int, int]] = {}
+    for scope, operation, bits, block in choices:
+        key = (operation, bits, block)
+        if chosen.setdefault(scope, key) != key:
+            raise ValueError(f"op scope {scope!r} given two recipes: {chosen[scope]} and {key}")
+        if scope not in groups.setdefault(key, []):
+            groups[key].append(scope)
+    return [op_entry("^(?:" + "|".join(re.escape(scope) for scope in scopes) + ")$", operation, bits, block)
+            for (operation, bits, block), scopes in groups.items()]
 
 
 def calibration_feeds(

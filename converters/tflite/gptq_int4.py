@@ -17,7 +17,6 @@ come from hessians.py.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 from converters.tflite.config import BLOCK, GptqInt4Config
-from converters.tflite.edge_quantizer import QuantizerSession, op_entry
+from converters.tflite.edge_quantizer import QuantizerSession, scoped_entries
 from converters.tflite.flatbuffer import (
     EMBEDDING,
     FC,
@@ -195,9 +194,9 @@ def write_int4(
 def _mixed_recipe(
     weights: dict[int, Weight], int8: set[int], embedding_min_elements: int
 ) -> list[dict[str, Any]]:
-    """Every op named by its exact scope (ai-edge-quantizer matches regexes on scopes; the last
-    match wins), so one weight's choice applies in every signature and nowhere else."""
-    recipe = []
+    """Every op named by its exact scope (ai-edge-quantizer matches regexes on scopes), so one
+    weight's choice applies in every signature and nowhere else."""
+    choices = []
     for weight in weights.values():
         if weight.kind == EMBEDDING:
             if int(np.prod(weight.shape)) < embedding_min_elements or weight.shape[-1] % BLOCK:
@@ -207,9 +206,8 @@ def _mixed_recipe(
             bits, block = 8, 0
         else:
             bits, block = 4, BLOCK
-        for _, _, scope in weight.uses:
-            recipe.append(op_entry("^" + re.escape(scope) + "$", weight.kind, bits, block))
-    return recipe
+        choices += [(scope, weight.kind, bits, block) for _, _, scope in weight.uses]
+    return scoped_entries(choices)
 
 
 class Int4Builder:

@@ -10,7 +10,6 @@ Which weights stay float is decided by the shared search (converters/core/search
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from converters._errors import ConversionError
 from converters.core.gptq import GPTQ_POLICY, HessianPolicy, HessianSource
-from converters.tflite.edge_quantizer import QuantizerSession, op_entry
+from converters.tflite.edge_quantizer import QuantizerSession, scoped_entries
 from converters.tflite.flatbuffer import (
     FC,
     Weight,
@@ -118,13 +117,8 @@ def write_int8(
 def _int8_recipe(weights: dict[int, Weight], float_fcs: set[int]) -> list[dict[str, Any]]:
     """dynamic_wi8_afp32's choices written per op (int8 per-channel FULLY_CONNECTED weights and
     embedding tables), except the FCs in `float_fcs`, which stay float."""
-    recipe = []
-    for weight in weights.values():
-        if weight.buffer in float_fcs:
-            continue
-        for _, _, scope in weight.uses:
-            recipe.append(op_entry("^" + re.escape(scope) + "$", weight.kind, 8, 0))
-    return recipe
+    return scoped_entries((scope, weight.kind, 8, 0) for weight in weights.values()
+                          if weight.buffer not in float_fcs for _, _, scope in weight.uses)
 
 
 class Int8Builder:
