@@ -95,6 +95,8 @@ def time_in_rounds(
     warmup: int = 0,
     pause_s: float = SWITCH_PAUSE_S,
     rewarm: bool = False,
+    spins: Callable[[K], bool] | None = None,
+    budget_s: float | None = None,
     on_round: Callable[[Round[K]], None] | None = None,
 ) -> Rounds[K]:
     """Time each runner (a call that runs its model once) `runs` times in all, spread over
@@ -103,7 +105,9 @@ def time_in_rounds(
     block: timed runs per turn; None = a runner's whole share of the round in one turn.
     warmup: untimed runs of each runner before the first round.
     pause_s: sleep before each turn; rewarm: one untimed run after it (reloads the caches the
-    previous runner evicted).
+    previous runner evicted). spins(key) False: that runner's threads do not spin after a run
+    (e.g. spinning switched off), so the turn after it needs no pause.
+    budget_s: stop after the first round that ends past this many seconds (at least 2 rounds run).
     A runner that raises (an Exception, not Ctrl-C) is recorded in `failures` and not run again;
     the others go on. `on_round` is called after every round (e.g. to keep finished rounds when
     a later one is interrupted).
@@ -128,6 +132,7 @@ def time_in_rounds(
         for _ in range(warmup):
             if not attempt(key):
                 break
+    started, previous = time.perf_counter(), None
     for round_no in range(rounds):
         order = rotated(keys, round_no)
         times: dict[K, list[float]] = {k: [] for k in keys}
@@ -139,7 +144,9 @@ def time_in_rounds(
                 break
             for key in turns:
                 count = min(block or wanted, wanted - len(times[key]))
-                time.sleep(pause_s)
+                if previous is None or spins is None or spins(previous):
+                    time.sleep(pause_s)
+                previous = key
                 if rewarm and not attempt(key):
                     continue
                 with wait, result.waits[key]:
@@ -152,4 +159,6 @@ def time_in_rounds(
             result.times[key].append(times[key])
         if on_round is not None:
             on_round(Round(round_no + 1, rounds, order, times, wait))
+        if budget_s is not None and round_no >= 1 and time.perf_counter() - started > budget_s:
+            break
     return result

@@ -32,6 +32,7 @@ from edge_runtime import _device, _memory
 from edge_runtime._contention import CpuWait, busy_note, worst_share
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
 from edge_runtime._manifest import read_manifest, resolve
+from edge_runtime._rounds import time_in_rounds
 from edge_runtime.backends._cache import cpu_tag
 
 __all__ = [
@@ -246,25 +247,14 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
 def _interleave(
     runners: dict[Any, Callable[[], Any]], rounds: int, budget_s: float | None
 ) -> dict[Any, list[float]]:
-    """Time each runner in turns of _BLOCK runs, rounds times (or until budget_s has passed after
-    at least 2 rounds); the order rotates every round so no runner always follows the same one."""
-    keys = list(runners)
-    times: dict[Any, list[float]] = {k: [] for k in keys}
-    started = time.perf_counter()
-    previous = None
-    for r in range(rounds):
-        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            if getattr(previous, "spinning", True) is not False:  # its threads may still spin
-                time.sleep(_SETTLE_S)
-            previous = key
-            runners[key]()  # untimed: refills the caches the previous runner evicted
-            for _ in range(_BLOCK):
-                t0 = time.perf_counter()
-                runners[key]()
-                times[key].append(time.perf_counter() - t0)
-        if budget_s is not None and r >= 1 and time.perf_counter() - started > budget_s:
-            break
-    return times
+    """Time each runner in turns of _BLOCK runs (each after a pause, skipped after a setting
+    whose threads do not spin, and one untimed run), rounds times or until budget_s has passed
+    after at least 2 rounds (edge_runtime._rounds); every timed run of each runner, in seconds."""
+    timed = time_in_rounds(runners, rounds * _BLOCK, rounds, pause_s=_SETTLE_S, rewarm=True,
+                           spins=lambda key: getattr(key, "spinning", True) is not False, budget_s=budget_s)
+    if timed.failures:  # a setting that cannot run: the caller's error, as before the loop was shared
+        raise next(iter(timed.failures.values()))
+    return {key: [t for one_round in per_round for t in one_round] for key, per_round in timed.times.items()}
 
 
 def _best(scored: dict[Any, tuple[float, float]]) -> Any:

@@ -104,3 +104,19 @@ def test_bad_arguments_say_what_is_wrong(kwargs, message, machine):
 
 def test_rotation():
     assert _rounds.rotated([1, 2, 3], 4) == [2, 3, 1] and _rounds.rotated([], 3) == []
+
+
+def test_no_pause_after_a_runner_whose_threads_do_not_spin(machine):
+    _rounds.time_in_rounds({"spin": machine.runner("spin", 1.0), "still": machine.runner("still", 1.0)},
+                           runs=2, rounds=2, spins=lambda key: key != "still")
+    # round 2 starts with "still" (rotated): right after its own turn, then "spin" right after it
+    assert machine.calls == ["pause", "spin", "pause", "still", "still", "spin"]
+
+
+def test_a_time_budget_ends_the_rounds_after_at_least_two(machine):
+    seen = []
+    timed = _rounds.time_in_rounds({"a": machine.runner("a", 1000.0)}, runs=10, rounds=10, budget_s=0.5,
+                                   on_round=seen.append)
+    assert len(seen) == 2 and [len(r) for r in timed.times["a"]] == [1, 1]
+    timed = _rounds.time_in_rounds({"a": machine.runner("a", 1.0)}, runs=10, rounds=10, budget_s=60)
+    assert len(timed.times["a"]) == 10
