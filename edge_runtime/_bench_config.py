@@ -47,7 +47,8 @@ class BenchConfig:
         artifact with all_artifacts=True.
     threads: intra-op thread counts; None: this device's cached tuning result, else the profile's
         default (edge_runtime.load(tune=None): no tuning sweep is started).
-    runs: timed runs per artifact x shape x threads, split into `rounds` rounds.
+    runs: timed runs per artifact x shape x threads, split into `rounds` rounds (as many rounds
+        as runs when runs < rounds: every round times every artifact at least once).
     verify: check hashes and the golden sample at every load (as edge_runtime.load()).
     """
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from edge_runtime._contention import busy_note, worst_share
 from edge_runtime._device import FEATURES_OF_INTEREST
+from edge_runtime._rounds import rounds_for
 
 __all__ = ["KEY_FLAGS", "device_label", "render_markdown"]
 
@@ -122,7 +123,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"- before: {_sensor_line(doc['sensors_before'])}",
         f"- after: {_sensor_line(doc['sensors_after'])}",
         f"- {settings['runs']} timed runs after {settings['warmup']} warm-up runs, in "
-        + f"{settings['rounds']} interleaved rounds; load columns: fresh process, first load "
+        + f"{rounds_for(settings['runs'], settings['rounds'])} interleaved rounds; load columns: fresh process, first load "
         + "(empty device cache) / second load",
         "",
         _row(title for title, _ in _COLUMNS),

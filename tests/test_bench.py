@@ -507,6 +507,10 @@ def test_render_markdown_of_a_synthetic_result(two_devices):
     assert "throttling: under_voltage_occurred" in text and "max temperature 51.5 °C" in text
     assert "load average 0.5 / 0.75 / 1.0 (1/5/15 min)" in text
     assert text.count("| onnx-int8 |") == 2
+    assert "- 9 timed runs after 2 warm-up runs, in 3 interleaved rounds;" in text
+    # fewer runs than rounds asked: every round times each artifact once, so as many rounds as runs
+    doc["settings"].update(runs=2, rounds=5)
+    assert "- 2 timed runs after 2 warm-up runs, in 2 interleaved rounds;" in render_markdown(doc)
 
 
 def test_merge_writes_one_table_and_two_plots(two_devices, tmp_path):
