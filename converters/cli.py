@@ -15,6 +15,7 @@ import click
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._contention import busy_note
 from edge_runtime._device import detect, target_facts
+from edge_runtime._sigterm import sigterm_as_ctrl_c
 from targets import ProfileError, UnknownTargetError, detect_target, list_profiles, load_profile
 
 
@@ -180,6 +181,7 @@ def as_flags(message: str) -> str:
 @click.option("--verbose", "-v", is_flag=True,
               help="also show what the libraries print meanwhile (warnings, log lines, native messages); "
                    "without it they go only to <out>.convert.log")
+@sigterm_as_ctrl_c()  # `kill`, timeout(1), a cancelled CI job: cleaned up as after Ctrl-C, exit status 143
 def main(model, target, out, task, calibration, validation_texts, accuracy_floor, calibration_method, arithmetic,
          sign_key, prune, prune_floor, distill_steps, force, as_json, list_targets, quiet, verbose):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in

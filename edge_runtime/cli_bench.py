@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_runtime._bench import BenchConfig, BenchConfigError, render_markdown, run_bench
 from edge_runtime._errors import EdgeRuntimeError
+from edge_runtime._sigterm import TERMINATED_EXIT, Terminated, sigterm_as_ctrl_c
 
 # BenchConfig field -> the flag that sets it, for error messages
 _FLAGS = {
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"edge-bench: error: --json {out}: {problem}", file=sys.stderr)
             return 2
     try:
-        doc = run_bench(args.artifacts, config, command=["edge-bench", *raw], progress=progress)
+        with sigterm_as_ctrl_c():  # `kill`, timeout(1): cleaned up as after Ctrl-C
+            doc = run_bench(args.artifacts, config, command=["edge-bench", *raw], progress=progress)
     except BenchConfigError as exc:
         flag = _FLAGS.get(exc.parameter, exc.parameter)
         print(f"edge-bench: error: {flag}: {str(exc).split(': ', 1)[1]}", file=sys.stderr)
@@ -174,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeRuntimeError as exc:
         print(f"edge-bench: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # temporary caches are removed on the way out; nothing is written
+    except KeyboardInterrupt as exc:  # temporary caches are removed on the way out; nothing is written
         print("edge-bench: interrupted; no result written", file=sys.stderr)
-        return 130
+        return TERMINATED_EXIT if isinstance(exc, Terminated) else 130
     print(render_markdown(doc), end="")
     if out is not None and not _write_json(out, doc):
         return 1
