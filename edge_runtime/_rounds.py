@@ -7,8 +7,9 @@ runner of a round alike, and a ratio taken round by round (`Rounds.ratio`: the m
 per-round p50 ratios) survives it where a ratio of two p50s taken minutes apart does not
 (benchmarks/RESULTS.md runs AA and AB).
 
-Used by edge-bench (edge_runtime._bench), edge-convert's final timing
-(converters/packaging/timing.py) and the benchmark scripts; it needs only the standard library.
+Used by edge-bench (edge_runtime._bench), edge-tune's sweeps (edge_runtime._tune), edge-convert's
+final timing (converters/packaging/timing.py) and the benchmark scripts; it needs only the standard
+library.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def scoped_entries(choices: Iterable[tuple[str, str, int, int]]) -> list[dict[st
     block) per op. The scopes of one (operation, bits, block) share one entry, an alternation of
     the anchored scopes: ai-edge-quantizer runs every entry's regex against every op of the model
     (RecipeManager.get_quantization_configs), so one entry per op made that matching quadratic:
-    with MiniLM's ~150 scoped ops it was a sixth of each TFLite INT4 candidate's build
-    (benchmarks/RESULTS.md run AC). Each scope is in one entry, so the entries' order (the last
+    with MiniLM's 148 scoped ops a TFLite INT4 candidate's build took 0.439 s instead of 0.292 s
+    (benchmarks/bench_tflite_build.py, RESULTS.md run AC). Each scope is in one entry, so the entries' order (the last
     match wins) cannot change a choice; a scope given two different choices is refused."""
     groups: dict[tuple[str, int, int], list[str]] = {}
     chosen: dict[str, tuple[str, int, int]] = {}
