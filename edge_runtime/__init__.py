@@ -21,8 +21,9 @@ from edge_runtime._errors import (
     ManifestError,
     SignatureError,
 )
+from edge_runtime._load import load
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, read_manifest
-from edge_runtime._model import Model, load
+from edge_runtime._model import Model
 
 __version__ = "0.1.0"
 

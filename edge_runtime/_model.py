@@ -1,36 +1,33 @@
-"""Loading an artifact directory and running it: `edge_runtime.load(path)`."""
+"""One artifact, opened and ready to run: `Model` (run, embed, classify, self_check) and
+`open_entry`, which checks and opens one manifest entry. Choosing the entry, threads and caches
+for a directory is `edge_runtime.load` (edge_runtime/_load.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_runtime import _compat, _device, _inputs, _load_args, _memory, _select, _signing, _tune, backends
+from edge_runtime import _compat, _device, _inputs, _memory, _select, backends
 from edge_runtime._errors import (
     BackendUnavailableError,
     DeviceMismatchError,
-    EdgeRuntimeError,
-    GoldenMismatchError,
     InputError,
     ManifestError,
 )
 from edge_runtime._golden import check_golden, compare_outputs, golden_samples
-from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
+from edge_runtime._manifest import files_to_verify, resolve, verify_files
 from edge_runtime._text import Encoded, TextEncoder, pool, softmax
 from edge_runtime._select import physical_cores
 from edge_runtime._verified import Verifications, kernel_key, signatures_of
 from edge_runtime.backends._cache import cpu_tag
 
-__all__ = ["Model", "compare_outputs", "default_cache_dir", "golden_samples", "load", "open_artifact",
-           "physical_cores"]
+__all__ = ["Model", "compare_outputs", "golden_samples", "open_artifact", "open_entry", "physical_cores"]
 
 log = logging.getLogger("edge_runtime")
 
@@ -38,14 +35,6 @@ log = logging.getLogger("edge_runtime")
 # InferenceSession.run as thread-safe); calls into any other (a TFLite interpreter holds its
 # tensors in the interpreter) are serialized by a lock per Model.
 _THREAD_SAFE_BACKENDS = ("onnxruntime",)
-
-
-def default_cache_dir() -> Path:
-    """Where device-specific caches live: $XDG_CACHE_HOME/edge_runtime, else ~/.cache/edge_runtime
-    (the XDG base-directory convention). Not next to the artifact: artifact directories may be
-    read-only or shared between devices, and caches are per runtime version and CPU."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edge_runtime"
 
 
 class Model:
@@ -272,7 +261,7 @@ def open_artifact(root: Path, manifest: dict[str, Any], entry: dict[str, Any], t
     rewrite of them, for targets whose arithmetic this machine lacks); else the backend is opened
     with the manifest's runtime settings after the same arithmetic check load() makes."""
     if session is None:
-        return _open(Path(root), manifest, entry, threads, verify=False, cache_dirs={})
+        return open_entry(Path(root), manifest, entry, threads, verify=False, cache_dirs={})
     return Model(Path(root), manifest, entry, session, threads, 0.0)
 
 
@@ -298,7 +287,7 @@ def _inter_op(runtime: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
-def _open(
+def open_entry(
     root: Path,
     manifest: dict[str, Any],
     entry: dict[str, Any],
@@ -309,7 +298,11 @@ def _open(
     spinning: bool | None = None,
     records: Verifications | None = None,
 ) -> Model:
-    """Open `entry`; verify: False, True (what `records` hold may be skipped) or "full"."""
+    """Open one manifest entry with `threads` and check it: the runtime version it needs, the
+    device's integer arithmetic (DeviceMismatchError), then, per `verify` (False, True: what
+    `records` hold may be skipped, or "full"), its files' hashes and golden samples; a device
+    cache that fails the golden sample is discarded and rebuilt once. No choice is made here:
+    load() (edge_runtime/_load.py) and the tuning sweeps pick the entry, threads and caches."""
     started = time.perf_counter()
     too_old = _compat.runtime_problem(entry)
     if too_old:
@@ -355,7 +348,7 @@ def _open(
             if quick:  # say exactly what is wrong: hash every file, run every sample
                 log.warning("artifact %s failed its short golden check; checking it in full", entry["name"])
                 getattr(session, "close", lambda: None)()
-                return _open(root, manifest, entry, threads, "full", cache_dirs, retried, spinning)
+                return open_entry(root, manifest, entry, threads, "full", cache_dirs, retried, spinning)
             # A corrupt cache can also make the run itself fail (e.g. an index out of range).
             if getattr(session, "weight_cache_state", None) in ("reused", "created"):
                 cache, state, discard = session.weight_cache, session.weight_cache_state, session.discard_weight_cache
@@ -376,129 +369,9 @@ def _open(
             # once only (a cache that cannot be deleted must not loop).
             log.warning("artifact %s failed its golden sample with device cache %s; rebuilding the cache",
                         entry["name"], cache)
-            return _open(root, manifest, entry, threads, verify, cache_dirs, retried=True,
+            return open_entry(root, manifest, entry, threads, verify, cache_dirs, retried=True,
                          spinning=spinning, records=records)
         if key and not quick:
             records.record_golden(key, {"artifact": entry["name"], "backend": model.backend,
                                         "samples": samples, "threads": threads})
     return model
-
-
-def load(
-    path: str | os.PathLike,
-    artifact: str | None = None,
-    threads: int | None = None,
-    verify: bool | str = True,
-    device_cache: bool | str | os.PathLike = True,
-    tune: bool | None = None,
-    spinning: bool | None = None,
-    trusted_keys: Sequence[str | os.PathLike | bytes] | None = None,
-    memory_budget_mb: float | None = None,
-    weight_cache: bool | str | os.PathLike | None = None,
-) -> Model:
-    """Load an edge-convert artifact directory.
-
-    artifact: a name from the manifest; None picks the best one this device can run: the
-        profile's order, artifacts that do not fit the available memory last, the fastest here
-        first when a tuning result says so (`edge-tune DIR`); skipping, with a warning, any that
-        fail the golden self-check. The choice and its reason are logged (`edge-run DIR --info`
-        shows them without loading).
-    threads: intra-op threads; always wins when given (0 = the default below). None: this
-        device's tuned setting for the artifact, else the target profile's default, else the
-        physical cores of the fastest core cluster (physical_cores()).
-    verify: check file hashes and run the golden samples (recommended). True (default): in
-        full at the first load on this device; later loads of unchanged files (same stat
-        signature) on the same runtime, CPU, threads and options skip the hashes and run only
-        the shortest golden sample (records in the device cache; edge_runtime/_verified.py).
-        "full": hashes and every golden sample at every load. False: none.
-    device_cache: switches both backends' device caches, built at the first load and used by
-        later ones, so that a load neither re-optimizes nor re-packs weights and the packed
-        weights stay in memory-mapped files instead of the heap:
-        - TFLite: XNNPACK's packed weights (ignored where the installed runtime cannot do it:
-          tflite-runtime, older ai-edge-litert);
-        - ONNX (every artifact, only with verify=True, CPU provider only): onnxruntime's
-          optimized graph with its prepacked weights, opened without optimizing again.
-        Entries are named after the artifact's hashes, the runtime's version and the CPU, are
-        hash-checked, and are rebuilt when a check or the golden sample fails; the artifact
-        directory itself is never written. True: under default_cache_dir(); a path: that
-        directory (both backends' entries side by side); False: no cache (every load optimizes
-        and packs again; use it to measure, or when the disk is read-only).
-    tune: None (default): use this device's cached tuning result (`edge-tune DIR`, stored in
-        default_cache_dir()/tuning) when there is one. True: also, when the artifact has none,
-        measure first (a short sweep, edge_runtime/_tune.py FIRST_USE; once per artifact, device
-        and runtime version). Not the default: a sweep opens the artifact once per setting (4 on
-        a 2-core x86: measured 6.3-6.8 s on top of a 1.8-2.1 s load for MiniLM INT8 on a shared
-        2-core EPYC, over the ~3 s a first load may take). False: ignore tuning results.
-    spinning: onnxruntime intra-op threads spin while idle (None: the tuned setting, else
-        onnxruntime's default, which spins).
-    trusted_keys: public keys (paths to PEM files, or PEM bytes) whose signatures this device
-        accepts. Given, the directory must carry a model.sig (edge-convert --sign-key, or
-        model_signing) by one of them covering exactly its files, checked before anything
-        else in it is read; else SignatureError. Needs `cryptography` (edge_runtime[verify]).
-        Independent of `verify`. None (default): signatures are not checked. docs/signing.md.
-    memory_budget_mb: activation memory one backend call may use; a larger batch is run in
-        parts (Model.run). None (default): the memory available at each call, minus headroom.
-    weight_cache: the older name of device_cache (it covered only XNNPACK's packed weights
-        once); given, it is used as device_cache.
-    """
-    if weight_cache is not None:
-        if device_cache is not True and device_cache != weight_cache:
-            raise InputError("give device_cache or its older name weight_cache, not both")
-        device_cache = weight_cache
-    _load_args.check_options(verify, spinning, tune, memory_budget_mb)
-    cache_dirs, records_dir = _load_args.cache_dirs(device_cache, default_cache_dir())
-    root = Path(path)
-    if trusted_keys is not None:
-        signed = _signing.verify_directory(root, trusted_keys)
-        log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
-    manifest = read_manifest(root)
-    threads = _load_args.check_threads(threads)
-    records = Verifications(records_dir)
-    tuning = _tune.read_cached(root, manifest) if tune is not False else None
-
-    def open_tuned(entry: dict[str, Any]) -> Model:
-        model = _open_tuned(entry)
-        model.memory_budget_mb = memory_budget_mb
-        return model
-
-    def _open_tuned(entry: dict[str, Any]) -> Model:
-        nonlocal tuning
-        if threads is not None:  # the caller's choice always wins
-            count = threads or physical_cores()
-            return _open(root, manifest, entry, count, verify, cache_dirs, spinning=spinning,
-                         records=records)
-        if tune is True and _tune.setting_for(tuning, entry["name"]) is None:
-            log.info("no tuning result for %s on this device yet: measuring thread settings",
-                     entry["name"])
-            tuning = _tune.tune(root, [entry["name"]], compare=False, verify=verify,
-                                **_tune.FIRST_USE)
-        count, tuned_spinning, source = _select.threads_for(entry, manifest, tuning)
-        log.info("artifact %s: %d threads (%s)", entry["name"], count, source)
-        chosen = tuned_spinning if spinning is None else spinning
-        return _open(root, manifest, entry, count, verify, cache_dirs, spinning=chosen, records=records)
-
-    if artifact is not None:
-        by_name = {entry["name"]: entry for entry in manifest["artifacts"]}
-        if artifact not in by_name:
-            raise InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(by_name)}")
-        return open_tuned(by_name[artifact])
-
-    selection = _select.plan(root, manifest, _device.detect(), tuning)
-    if not selection.choices:
-        raise BackendUnavailableError(_load_args.nothing_runs_message(root, manifest, selection.skipped))
-    for name, why in selection.skipped.items():
-        log.info("not trying artifact %s: %s", name, why)
-    for choice in selection.choices:
-        if not choice.fits:
-            log.warning("artifact %s may not fit this device's memory: %s", choice.name,
-                        choice.notes[1])
-    log.info("artifact order %s: %s first because %s",
-             [c.name for c in selection.choices], selection.choices[0].name, selection.reason)
-    failures = []
-    for choice in selection.choices:
-        try:
-            return open_tuned(choice.entry)
-        except (GoldenMismatchError, BackendUnavailableError, DeviceMismatchError) as exc:
-            log.warning("skipping artifact %s: %s", choice.name, exc)
-            failures.append(f"{choice.name}: {exc}")
-    raise EdgeRuntimeError(f"no artifact in {root} runs correctly here:\n" + "\n".join(failures))

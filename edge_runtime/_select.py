@@ -6,7 +6,7 @@ The order, each step with its reason:
    than their min_runtime, or whose INT8 weights this CPU's arithmetic would compute wrongly
    (`_compat`), are left out (named in `skipped`, with the reason);
 3. those that do not fit the memory available now (with headroom, `_memory.fit`) go last;
-4. a cached tuning result (`_tune`) that names the fastest artifact here moves it first, if it
+4. a cached tuning result (`_tuning_cache`) that names the fastest artifact here moves it first, if it
    fits and the profile allows it (it is among the candidates).
 The golden check at load still has the last word: an artifact that fails it is skipped.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime import _compat, _device, _memory, _tune, backends
+from edge_runtime import _compat, _device, _memory, _tuning_cache, backends
 
 __all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "physical_cores", "plan", "threads_for",
            "usable_cpus"]
@@ -118,7 +118,7 @@ def threads_for(
     entry: dict[str, Any], manifest: dict[str, Any], tuning: dict[str, Any] | None
 ) -> tuple[int, bool | None, str]:
     """(threads, spinning, where from) that load() uses for `entry` when none are given."""
-    tuned = _tune.setting_for(tuning, entry["name"])
+    tuned = _tuning_cache.setting_for(tuning, entry["name"])
     if tuned is not None:
         return tuned.threads, tuned.spinning, "tuning cache"
 

@@ -7,33 +7,40 @@ The best setting has the lowest p50; settings within _TIE of it are told apart b
 `compare=True` the artifacts then run side by side at their best settings, and the fastest one
 is recorded (among those within _ARTIFACT_TIE of the fastest, the profile's preferred one wins).
 
-Results are cached per device in default_cache_dir()/tuning/, one JSON file per artifact
-directory and CPU, holding what they are valid for: the CPU tag, edge_runtime's and the backends'
-versions and every artifact's hashes. A file that does not parse, or was made for anything else,
-is ignored with a warning and replaced by the next sweep. Files are written atomically.
+Results are cached per device (edge_runtime/_tuning_cache.py: default_cache_dir()/tuning/, one
+JSON file per artifact directory and CPU, holding what they are valid for; a file that does not
+parse, or was made for anything else, is ignored with a warning and replaced by the next sweep).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_runtime import _device, _memory
+from edge_runtime import _device, _memory, _select
 from edge_runtime._contention import CpuWait, busy_note, worst_share
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
+from edge_runtime._load_args import nothing_runs_message
 from edge_runtime._manifest import read_manifest, resolve
+from edge_runtime._model import open_entry
 from edge_runtime._rounds import time_in_rounds
-from edge_runtime.backends._cache import cpu_tag
+# Setting, cache_file, read_cached and setting_for are also this module's API (edge-tune, tests):
+# the cache itself lives in _tuning_cache so that load() reads it without importing the sweep.
+from edge_runtime._tuning_cache import (
+    SCHEMA_VERSION,
+    Setting,
+    cache_file,
+    identity,
+    read_cached,
+    setting_for,
+    write_atomic,
+)
 
 __all__ = [
     "FIRST_USE",
@@ -50,7 +57,6 @@ __all__ = [
 
 log = logging.getLogger("edge_runtime")
 
-SCHEMA_VERSION = 1
 _TIE = 0.03  # p50s within 3% are a tie (timing noise on a busy device); p90 decides
 _ARTIFACT_TIE = 0.05  # an artifact must be 5% faster to displace the profile's preferred one
 # onnxruntime's intra-op threads spin for a while after a run; the next setting's first run would
@@ -61,20 +67,6 @@ _BLOCK = 3  # timed runs per turn
 # The sweep load() runs on first use of an artifact (its cost is measured in tests/test_tune.py's
 # docstring and the report): few rounds, stopped after budget_s.
 FIRST_USE = {"rounds": 5, "budget_s": 1.5}
-_BACKEND_DIST = {
-    "onnx": ("onnxruntime", "onnxruntime-gpu"),
-    "tflite": ("ai-edge-litert", "tflite-runtime"),
-}
-
-
-@dataclass(frozen=True)
-class Setting:
-    threads: int
-    spinning: bool | None  # onnxruntime session.intra_op.allow_spinning; None: not applicable
-
-    def label(self) -> str:
-        spin = "" if self.spinning is None else (", spinning" if self.spinning else ", no spinning")
-        return f"{self.threads} thread{'s' if self.threads != 1 else ''}{spin}"
 
 
 # -- what to try --------------------------------------------------------------------------------
@@ -127,115 +119,6 @@ def representative_feeds(
     return feeds
 
 
-# -- the cache ----------------------------------------------------------------------------------
-
-
-def _tuning_dir(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    from edge_runtime._model import default_cache_dir
-
-    return default_cache_dir() / "tuning"
-
-
-def cache_file(root: Path, cache_dir: Path | None = None) -> Path:
-    """One file per artifact directory and CPU (what it holds is checked when it is read)."""
-    where = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
-    return _tuning_dir(cache_dir) / f"{where}-{cpu_tag()}.json"
-
-
-def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    import edge_runtime
-
-    installed = _device.detect(measure_int8=False).backends
-    formats = sorted({e["format"] for e in manifest["artifacts"]})
-    return {
-        "cpu_tag": cpu_tag(),
-        "edge_runtime": edge_runtime.__version__,
-        "backends": {
-            d: installed[d] for f in formats for d in _BACKEND_DIST.get(f, ()) if d in installed
-        },
-        "artifacts": {
-            e["name"]: hashlib.sha256("".join(f["sha256"] for f in e["files"]).encode()).hexdigest()
-            for e in manifest["artifacts"]
-        },
-    }
-
-
-def read_cached(
-    root: Path, manifest: dict[str, Any], cache_dir: Path | None = None
-) -> dict[str, Any] | None:
-    """The cached tuning result for this directory on this device, None when there is none or it
-    is unusable (corrupted, or made for other artifacts, runtime or backend versions: logged)."""
-    path = cache_file(root, cache_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("tuning cache %s unreadable (%s); ignoring it", path, exc)
-        return None
-    try:
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"schema_version {data.get('schema_version') if isinstance(data, dict) else None}"
-            )
-        for name, best in data["artifacts"].items():  # the fields load() and tune() rely on
-            if not (isinstance(name, str) and int(best["threads"]) >= 1):
-                raise ValueError(f"bad entry for {name!r}")
-            if best.get("spinning") not in (None, True, False):
-                raise ValueError(f"bad spinning for {name!r}")
-        if not isinstance(data.get("identity"), dict):
-            raise ValueError("no identity")
-        if not isinstance(data.get("fastest"), (str, type(None))) or not isinstance(data.get("refused", {}), dict):
-            raise ValueError("bad fastest or refused")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.warning(
-            "tuning cache %s is corrupted (%s); ignoring it, the next tuning replaces it", path, exc
-        )
-        return None
-    want = _identity(manifest)
-    stale = [key for key in want if data["identity"].get(key) != want[key]]
-    if stale:
-        log.warning(
-            "tuning cache %s was made for other %s; ignoring it, the next tuning replaces it",
-            path,
-            ", ".join(stale),
-        )
-        return None
-    return data
-
-
-def setting_for(cached: dict[str, Any] | None, name: str) -> Setting | None:
-    best = (cached or {}).get("artifacts", {}).get(name)
-    if not best:
-        return None
-    return Setting(int(best["threads"]), best.get("spinning"))
-
-
-def _write_atomic(path: Path, data: dict[str, Any]) -> bool:
-    """Write `data` to `path` whole or not at all; False (logged) when it could not be written."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
-        os.replace(tmp, path)
-        return True
-    except OSError as exc:  # a read-only home: tuning still applies to this process
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        log.warning(
-            "could not write the tuning cache %s (%s); set XDG_CACHE_HOME to a writable directory "
-            "to keep tuning results",
-            path,
-            exc,
-        )
-        return False
-
-
 # -- measuring ----------------------------------------------------------------------------------
 
 
@@ -267,21 +150,13 @@ def _best(scored: dict[Any, tuple[float, float]]) -> Any:
 def _sweep(root, manifest, entry, settings, rounds, budget_s, verify) -> dict[str, Any]:
     """Open `entry` once per setting (caches off: a sweep leaves no device caches behind and
     reads none), check it once, and time the settings interleaved."""
-    from edge_runtime._model import load
-
     feeds = representative_feeds(root, manifest, entry, sequence_length(manifest, entry))
     models = {}
     try:
         for i, setting in enumerate(settings):
-            models[setting] = load(
-                root,
-                artifact=entry["name"],
-                threads=setting.threads,
-                spinning=setting.spinning,
-                verify=verify and i == 0,
-                device_cache=False,
-                tune=False,
-            )
+            # As load(root, artifact=..., threads=..., device_cache=False, tune=False) opens it.
+            models[setting] = open_entry(root, manifest, entry, setting.threads, verify=verify and i == 0,
+                                         cache_dirs={}, spinning=setting.spinning)
         with CpuWait() as waited:
             times = _interleave(
                 {s: (lambda m=m: m.run(feeds)) for s, m in models.items()}, rounds, budget_s
@@ -314,22 +189,13 @@ def _compare(
     root, manifest, tuned: dict[str, dict], order: list[str], rounds, budget_s
 ) -> tuple[str, dict]:
     """Run the artifacts side by side at their best settings; the fastest, preferring `order`."""
-    from edge_runtime._model import load
-
     models, feeds = {}, {}
     by_name = {e["name"]: e for e in manifest["artifacts"]}
     try:
         for name in order:
             best = tuned[name]
-            models[name] = load(
-                root,
-                artifact=name,
-                threads=best["threads"],
-                spinning=best["spinning"],
-                verify=False,
-                device_cache=False,
-                tune=False,
-            )
+            models[name] = open_entry(root, manifest, by_name[name], best["threads"], verify=False,
+                                      cache_dirs={}, spinning=best["spinning"])
             feeds[name] = representative_feeds(
                 root, manifest, by_name[name], sequence_length(manifest, by_name[name])
             )
@@ -370,9 +236,6 @@ def tune(
     (none: every one was refused; then nothing is written). No artifact selection may pick here
     (artifacts None): BackendUnavailableError with each one's reason, nothing written.
     """
-    from edge_runtime import _select  # (they import this module)
-    from edge_runtime._load_args import nothing_runs_message
-
     root = Path(path)
     manifest = read_manifest(root)
     if rounds < 1:
@@ -399,7 +262,7 @@ def tune(
     threads = thread_candidates(device, manifest)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "identity": _identity(manifest),
+        "identity": identity(manifest),
         "device": {
             "cpu_model": device.cpu_model,
             "arch": device.arch,
@@ -478,5 +341,5 @@ def tune(
     # Nothing measured in this call (every artifact refused): the refusals are reported, but a
     # cache another backend's tuning may fill (the same directory under another environment) is
     # not replaced by an empty result.
-    cached = write and bool(tuned) and _write_atomic(cache_path, result)
+    cached = write and bool(tuned) and write_atomic(cache_path, result)
     return {**result, "cached": cached, "measured": tuned}  # these two are not stored

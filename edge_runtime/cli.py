@@ -36,7 +36,7 @@ def _describe(root: str, artifact: str | None = None) -> dict:
     would run that one with), and the artifact table."""
     from pathlib import Path
 
-    from edge_runtime import _device, _memory, _select, _tune
+    from edge_runtime import _device, _memory, _select, _tuning_cache
 
     path = Path(root)
     manifest = edge_runtime.read_manifest(path)
@@ -45,7 +45,7 @@ def _describe(root: str, artifact: str | None = None) -> dict:
         raise edge_runtime.InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(names)}")
     device = _device.detect()
     profile_id, profile_reason = _device.match_profile(device)
-    tuning = _tune.read_cached(path, manifest)
+    tuning = _tuning_cache.read_cached(path, manifest)
     plan = _select.plan(path, manifest, device, tuning)
     if artifact is not None:  # asked for by name: only that one, the reason says so
         chosen = [c for c in plan.choices if c.name == artifact]
@@ -77,7 +77,7 @@ def _describe(root: str, artifact: str | None = None) -> dict:
         "selection": selection,
         "not_tried": plan.skipped,
         "tuning": {
-            "cache_file": str(_tune.cache_file(path)),
+            "cache_file": str(_tuning_cache.cache_file(path)),
             "present": tuning is not None,
             "fastest": (tuning or {}).get("fastest"),
         },

@@ -83,7 +83,7 @@ _USER_CACHE_AROUND_THE_RUN: dict[str, dict] = {}
 def _user_cache_listing() -> dict[str, tuple[int, int]]:
     """Every file under the user's edge_runtime cache with its size and mtime. Other tests in
     the session may have filled that cache already; a benchmark must leave it as it was."""
-    from edge_runtime._model import default_cache_dir
+    from edge_runtime.backends._cache import default_cache_dir
 
     root = default_cache_dir()
     if not root.exists():

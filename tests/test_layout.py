@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_LINES = 510  # "about 500": the largest module today is edge_runtime/_model.py
+MAX_LINES = 510  # "about 500": the largest module today is edge_runtime/_device.py
 STAGES = {"inputs", "export", "core", "onnx", "tflite", "packaging", "pruning"}
 # What stays at converters/'s root: the pipeline itself and what every stage shares.
 ROOT_MODULES = {"__init__", "_artifacts", "_console", "_errors", "_graph", "_shared", "cli", "cli_sign", "options",

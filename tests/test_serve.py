@@ -676,9 +676,9 @@ def test_manifest_input_stats_are_the_drift_reference(embed_dir):
     manifest = json.loads((embed_dir / "manifest.json").read_text())
     stats = manifest["input_stats"]
     assert stats["texts"] == "validation" and len(stats["token_length"]["quantiles"]) == 19
-    for signal in ("token_length", "embedding_norm"):
-        values = list(stats[signal]["quantiles"].values())
-        assert values == sorted(values) and values[0] > 0, (signal, values)
+    for name in ("token_length", "embedding_norm"):
+        values = list(stats[name]["quantiles"].values())
+        assert values == sorted(values) and values[0] > 0, (name, values)
 
     model = edge_runtime.load(embed_dir, artifact="onnx-int8")
     texts = list(split_texts(load_texts()).validation.texts)
@@ -695,8 +695,8 @@ def test_manifest_input_stats_are_the_drift_reference(embed_dir):
     drift = DriftMonitor(metrics, manifest)
     observe(drift, texts)
     drift.update()
-    for signal in ("token_length", "embedding_norm"):
-        assert metrics.drift.value(signal=signal, reference="manifest") < 0.1, signal
+    for name in ("token_length", "embedding_norm"):
+        assert metrics.drift.value(signal=name, reference="manifest") < 0.1, name
     shifted = DriftMonitor(metrics, manifest)
     observe(shifted, [" ".join(texts[i:i + 4]) for i in range(0, len(texts), 1)])  # 4x longer inputs
     shifted.update()

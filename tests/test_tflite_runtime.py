@@ -408,8 +408,6 @@ def test_cache_file_name_is_keyed_by_model_runtime_edge_runtime_and_cpu(tmp_path
 
 
 def _litert_version() -> str:
-    import ai_edge_litert
-
     return ai_edge_litert.__version__
 
 

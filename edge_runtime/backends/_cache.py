@@ -22,7 +22,15 @@ from typing import Any
 
 from edge_runtime._manifest import file_sha256
 
-__all__ = ["check_sha256", "cpu_tag", "signature", "write_json"]
+__all__ = ["check_sha256", "cpu_tag", "default_cache_dir", "signature", "write_json"]
+
+
+def default_cache_dir() -> Path:
+    """Where device-specific caches live: $XDG_CACHE_HOME/edge_runtime, else ~/.cache/edge_runtime
+    (the XDG base-directory convention). Not next to the artifact: artifact directories may be
+    read-only or shared between devices, and caches are per runtime version and CPU."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edge_runtime"
 
 
 @functools.cache  # the CPU does not change under a running process; loads ask several times
