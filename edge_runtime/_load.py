@@ -53,17 +53,18 @@ def load(
         first when a tuning result says so (`edge-tune DIR`); skipping, with a warning, any that
         fail the golden self-check. The choice and its reason are logged (`edge-run DIR --info`
         shows them without loading).
-    threads: intra-op threads; always wins when given (0 = the default below). None: this
-        device's tuned setting for the artifact, else the target profile's default, else the
-        physical cores of the fastest core cluster (physical_cores()).
+    threads: intra-op threads; always wins when given; 0: the physical cores of the fastest
+        core cluster (physical_cores()), ignoring tuning and the profile. None: this device's
+        tuned setting for the artifact, else the target profile's default, else those cores.
     verify: check file hashes and run the golden samples (recommended). True (default): in
         full at the first load on this device; later loads of unchanged files (same stat
         signature) on the same runtime, CPU, threads and options skip the hashes and run only
         the shortest golden sample (records in the device cache; edge_runtime/_verified.py).
         "full": hashes and every golden sample at every load. False: none.
     device_cache: switches both backends' device caches, built at the first load and used by
-        later ones, so that a load neither re-optimizes nor re-packs weights and the packed
-        weights stay in memory-mapped files instead of the heap:
+        later ones, so that a load does not re-optimize and the packed weights stay in
+        memory-mapped files instead of the heap (onnxruntime still computes its packs at session
+        start: memory is saved there, not that time):
         - TFLite: XNNPACK's packed weights (ignored where the installed runtime cannot do it:
           tflite-runtime, older ai-edge-litert);
         - ONNX (every artifact, only with verify=True, CPU provider only): onnxruntime's

@@ -45,7 +45,7 @@ def check_threads(threads: Any) -> int | None:
     or InputError; a warning when it exceeds the CPUs this process may use."""
     if threads is None:
         return None
-    message = f"threads must be an integer >= 0 (0: the backend's default), got {threads!r}"
+    message = f"threads must be an integer >= 0 (0: this device's physical cores), got {threads!r}"
     if isinstance(threads, (bool, np.bool_)):
         raise InputError(message)
     try:

@@ -64,8 +64,8 @@ _ARTIFACT_TIE = 0.05  # an artifact must be 5% faster to displace the profile's 
 # pause). One untimed run after the pause also refills the caches the other setting evicted.
 _SETTLE_S = 0.02
 _BLOCK = 3  # timed runs per turn
-# The sweep load() runs on first use of an artifact (its cost is measured in tests/test_tune.py's
-# docstring and the report): few rounds, stopped after budget_s.
+# The sweep load(tune=True) runs on an artifact's first use (not load()'s default; its cost is
+# measured in tests/test_tune.py's docstring and the report): few rounds, stopped after budget_s.
 FIRST_USE = {"rounds": 5, "budget_s": 1.5}
 
 

@@ -33,8 +33,8 @@ finished file. A child killed by a CPU fault (SIGILL, SIGSEGV, SIGBUS, SIGFPE, S
 SIGTRAP; not SIGINT/SIGTERM/SIGKILL, which come from outside) leaves a marker named after the runtime version and
 the CPU (`compiled-model-litert<version>-<cpu>.crashed`, next to the caches, with the signal and
 the runtime's last words); from then on this CPU runs TFLite artifacts with the Interpreter (no
-weight cache), without trying again, whatever build of the runtime is installed. Delete the marker
-to retry, e.g. after upgrading ai-edge-litert (a new version is tried anyway: it is in the name).
+weight cache), without trying again while the same runtime version is installed (another
+version is tried anew: the version is in the marker's name). Delete the marker to retry.
 The Interpreter path never loads the GPU accelerators and runs on ARMv8.0.
 
 The session (edge_runtime.backends.tflite) calls open_with_cache and runs whatever engine it

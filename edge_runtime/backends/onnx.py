@@ -5,7 +5,8 @@ Device cache (`optimized_cache_dir`). At every session start onnxruntime optimiz
 then *prepacks* the MatMul weights: it copies them into its kernels' packed layouts on the heap.
 That copy undoes the memory-mapped external weights of the artifact (they stay mapped, but the
 kernels read a private anonymous copy) and, with the optimization, is most of a load. Measured
-with tools/bench_cold_start.py (benchmarks/RESULTS.md, "Cold start and memory").
+with tools/bench_cold_start.py (benchmarks/RESULTS.md, run I "cold start and memory on the
+device", and run S).
 
 With a cache directory the first load of an artifact saves a device form of it, and every later
 load opens that instead:
@@ -14,7 +15,9 @@ load opens that instead:
   only costs time;
 - its weights in one external file, aligned so onnxruntime memory-maps it, *with the prepacked
   weights* (`session.save_external_prepacked_constant_initializers`): the kernels use the packed
-  blobs in place from the mapped file, so later loads neither pack nor hold a heap copy.
+  blobs in place from the mapped file, so later loads hold no heap copy of them (onnxruntime
+  1.32 still computes the packs at each session start and then uses the mapped ones: this saves
+  memory, not packing time; run I measured it).
 The saved graph and the packed layouts depend on the CPU (MLAS picks kernels by ISA) and on the
 onnxruntime build, so an entry is named after the artifact's hashes, the onnxruntime version,
 edge_runtime's version and entry format, the CPU tag (backends/_cache.py), the optimization
