@@ -1,11 +1,13 @@
-"""The checks of a ConvertConfig that need no model, text or export: a bad option fails before
-any work (convert() runs them first; convert_targets runs them for every target before the stages
-the targets share), with the profile as the options override it."""
+"""What a conversion is asked to do (ConvertConfig: the library's form of edge-convert's flags)
+and the checks of it that need no model, text or export: a bad option fails before any work
+(convert() runs them first; convert_targets runs them for every target before the stages the
+targets share), with the profile as the options override it."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
 from converters._artifacts import BUILDERS, MIN_RUNTIME
 from converters._errors import ConversionError
@@ -14,12 +16,42 @@ from converters.core.arithmetic import choose_validation
 from converters.inputs.plan import plan
 from converters.packaging import package, signing
 from converters.pruning.prune_model import PruneRequest
+from edge_runtime._bench_config import DEFAULT_SHAPE
 from targets import AccuracyFloor, TargetProfile, load_profile
 
-if TYPE_CHECKING:
-    from converters.pipeline import ConvertConfig
+__all__ = ["ConvertConfig", "prepare", "prune_request"]
 
-__all__ = ["prepare", "prune_request"]
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    model: Path | None  # None: the built-in all-MiniLM-L6-v2
+    target: str
+    out: Path
+    task: str | None = None
+    calibration: Path | None = None  # None: the built-in English texts
+    # Texts the artifacts are validated on. None: a deterministic quarter of the calibration texts
+    # (converters/inputs/calibration.py); either way no fitting step sees them.
+    validation_texts: Path | None = None
+    accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
+    calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
+    force: bool = False
+    # Timed runs per artifact, spread over latency_rounds interleaved rounds: 8 rounds of 5 gave the
+    # steadiest ratios of the shapes tried on a noisy shared VM (benchmarks/RESULTS.md run AB).
+    latency_runs: int = 40
+    latency_rounds: int = 8
+    latency_seq: int = DEFAULT_SHAPE.seq
+    # Whose INT8 arithmetic candidates are scored with (converters/core/arithmetic.py): "auto" the
+    # target's whatever this machine's is; "exact" always the exact int32 reference; "host" this
+    # machine's kernels (diagnostics only).
+    arithmetic: str = "auto"
+    # EC private key (PEM): sign the finished directory as model.sig (converters/packaging/signing.py)
+    sign_key: Path | None = None
+    # Structured pruning: "heads=R,ffn=R", "auto" or "off"; None: the profile's [pruning] default.
+    # Pruned twins of the profile's [pruning] artifacts are built next to the unpruned ones.
+    prune: str | None = None
+    prune_floor: float | None = None  # overrides the profile's pruning cosine_mean / top1 floor
+    # Knowledge distillation of the pruned model from the unpruned one (converters/pruning/distill.py)
+    distill_steps: int = 0
 
 
 def _floor(floor: AccuracyFloor, override: float | None, name: str = "accuracy_floor") -> AccuracyFloor:

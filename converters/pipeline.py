@@ -27,7 +27,7 @@ from converters.core.validate import compute_metrics, floor_failures, rows_alone
 from converters.inputs import preflight
 from converters.inputs.plan import Planned, plan, pruned_plan
 from converters.inputs.source import SourceModel
-from converters.options import prepare
+from converters.options import ConvertConfig, prepare
 from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
 from converters.packaging.input_stats import input_stats
@@ -52,38 +52,6 @@ Progress = Callable[[str], None]
 # rewrites the .onnx (external data, alignment) but must not change a number. A difference
 # larger than this is a bug, reported rather than hidden (issue 10, "Measure what ships").
 PACKAGED_METRICS_TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class ConvertConfig:
-    model: Path | None  # None: the built-in all-MiniLM-L6-v2
-    target: str
-    out: Path
-    task: str | None = None
-    calibration: Path | None = None  # None: the built-in English texts
-    # Texts the artifacts are validated on. None: a deterministic quarter of the calibration texts
-    # (converters/inputs/calibration.py); either way no fitting step sees them.
-    validation_texts: Path | None = None
-    accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
-    calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
-    force: bool = False
-    # Timed runs per artifact, spread over latency_rounds interleaved rounds: 8 rounds of 5 gave the
-    # steadiest ratios of the shapes tried on a noisy shared VM (benchmarks/RESULTS.md run AB).
-    latency_runs: int = 40
-    latency_rounds: int = 8
-    latency_seq: int = DEFAULT_SHAPE.seq
-    # Whose INT8 arithmetic candidates are scored with (converters/core/arithmetic.py): "auto" the
-    # target's whatever this machine's is; "exact" always the exact int32 reference; "host" this
-    # machine's kernels (diagnostics only).
-    arithmetic: str = "auto"
-    # EC private key (PEM): sign the finished directory as model.sig (converters/packaging/signing.py)
-    sign_key: Path | None = None
-    # Structured pruning: "heads=R,ffn=R", "auto" or "off"; None: the profile's [pruning] default.
-    # Pruned twins of the profile's [pruning] artifacts are built next to the unpruned ones.
-    prune: str | None = None
-    prune_floor: float | None = None  # overrides the profile's pruning cosine_mean / top1 floor
-    # Knowledge distillation of the pruned model from the unpruned one (converters/pruning/distill.py)
-    distill_steps: int = 0
 
 
 @dataclass
