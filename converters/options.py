@@ -53,6 +53,11 @@ class ConvertConfig:
     # Knowledge distillation of the pruned model from the unpruned one (converters/pruning/distill.py)
     distill_steps: int = 0
 
+    def inputs(self) -> dict[str, Path | None]:
+        """What this conversion reads, by what it is (None: not given): force never deletes them."""
+        return {"the source model": self.model, "the calibration texts": self.calibration,
+                "the validation texts": self.validation_texts, "the signing key": self.sign_key}
+
 
 def _floor(floor: AccuracyFloor, override: float | None, name: str = "accuracy_floor") -> AccuracyFloor:
     if override is None:
@@ -99,7 +104,7 @@ def prepare(config: ConvertConfig):
             profile.pruning, cosine_mean=floor_p.cosine_mean, cosine_min=floor_p.cosine_min,
             top1_agreement=floor_p.top1_agreement))
     request = prune_request(config, profile)  # a bad request fails before any work
-    package.check_output(config.out, config.force, config.model)  # ... and an output it may not write
+    package.check_output(config.out, config.force, config.inputs())  # ... and an output it may not write
     if config.arithmetic not in ARITHMETIC_MODES:
         raise ConversionError(f"arithmetic={config.arithmetic!r}; expected one of {', '.join(ARITHMETIC_MODES)}")
     if config.latency_runs < 1 or config.latency_rounds < 1:

@@ -265,7 +265,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         # Before any work for this target: room for its artifacts and the work directory.
         disk = preflight.check_disk_space(profile, source, config.out, pruned=prune_request is not None)
         progress(f"disk space: {disk.describe()}: enough free")
-        stage = stack.enter_context(package.staging_dir(config.out, config.force, config.model))
+        stage = stack.enter_context(package.staging_dir(config.out, config.force, config.inputs()))
         work = shared.work / profile.id
         work.mkdir(parents=True, exist_ok=True)
         reference, fit = shared.references(progress)
@@ -448,6 +448,10 @@ def convert_targets(config: ConvertConfig, targets: list[str],
     stands in its place."""
     if not targets:
         raise ConversionError("targets: name at least one target profile")
+    if package.is_output(config.out):  # DIR/<target> inside it would break its hashes and signature
+        raise ConversionError(f"{config.out} is the output of a single-target conversion; a run of several "
+                              "targets writes one directory per target inside it: choose another output path, "
+                              "or remove it first")
     results: list[ConvertResult | TargetFailure] = []
     prepared = {}
     for target in targets:  # before the shared stages: a bad option or output path fails at once

@@ -116,7 +116,7 @@ def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch
     }
     for out, reason in refused.items():
         with pytest.raises(ConversionError, match=reason):
-            check_output(out, force=True, model=project / "model")
+            check_output(out, force=True, inputs={"the source model": project / "model"})
     for other in (project, webapp):
         with pytest.raises(ConversionError, match="is not an earlier output .no edge-convert manifest.json. "
                                                   "and is not empty"):
@@ -134,6 +134,29 @@ def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch
     assert several.exit_code == 1 and "rpi5 is not an earlier output" in several.output
     assert "loading the source model" not in several.output  # refused before the shared stages
     assert (tmp_path / "multi" / "rpi5" / "notes.txt").read_text() == "mine"
+
+    # --force replaces an earlier output, never the files this run reads from inside it.
+    (earlier / "mycal.txt").write_text("a text\n" * 10)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (earlier / "signing.pem").write_bytes(key)
+    for flags, what in ((["--calibration", str(earlier / "mycal.txt")], "the calibration texts"),
+                        (["--validation-texts", str(earlier / "mycal.txt")], "the validation texts"),
+                        (["--sign-key", str(earlier / "signing.pem")], "the signing key")):
+        kept = CliRunner().invoke(edge_convert, [str(project / "model"), "--target", "rpi4", "--out", str(earlier),
+                                                 "--force", *flags])
+        assert kept.exit_code == 1 and f"holds {what}" in kept.output, kept.output
+    assert (earlier / "mycal.txt").is_file() and (earlier / "signing.pem").read_bytes() == key
+    # Several targets write DIR/<target>: never inside a single target's output (its hashes and
+    # signature would no longer match), with or without --force.
+    for force in ([], ["--force"]):
+        nested = CliRunner().invoke(edge_convert, [str(project / "model"), "--target", "rpi4,rpi5", "--out",
+                                                   str(earlier), *force])
+        assert nested.exit_code == 1 and "is the output of a single-target conversion" in nested.output
+    assert sorted(p.name for p in earlier.iterdir()) == ["manifest.json", "mycal.txt", "signing.pem"]
 
 
 def test_an_empty_target_is_a_clean_error(tmp_path):

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "WORK_PREFIX",
     "check_output",
     "file_entry",
+    "is_output",
     "remove_leftovers",
     "save_onnx",
     "staging_dir",
@@ -122,12 +123,13 @@ def remove_leftovers(parent: Path, prefix: str) -> list[Path]:
     return removed
 
 
-def check_output(out: Path, force: bool, model: Path | None = None) -> None:
+def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | None = None) -> None:
     """Raise ConversionError unless a conversion may write `out`: it does not exist, or `force`
     is set and `out` is what force replaces, an earlier output (a directory with a manifest) or
-    an empty directory. Never the source model, the working directory or anything holding them,
-    and never a file or a directory of someone else's files: force replaces a result, it does
-    not clear a path. A symbolic link is followed: what it points to is checked and replaced."""
+    an empty directory. Never the working directory, any of the conversion's `inputs` (what ->
+    path: the source model, the texts, the signing key; None entries ignored) or anything holding
+    them, and never a file or a directory of someone else's files: force replaces a result, it
+    does not clear a path. A symbolic link is followed: what it points to is checked and replaced."""
     try:
         out = Path(out).resolve()
     except OSError as exc:  # a relative path under a working directory that was deleted
@@ -149,20 +151,21 @@ def check_output(out: Path, force: bool, model: Path | None = None) -> None:
     protected = {}
     with contextlib.suppress(OSError):  # a working directory that was deleted has nothing to protect
         protected["the current directory"] = Path.cwd().resolve()
-    if model is not None:
-        with contextlib.suppress(OSError):
-            protected["the source model"] = Path(model).resolve()
+    for what, path in (inputs or {}).items():
+        if path is not None:
+            with contextlib.suppress(OSError):
+                protected[what] = Path(path).resolve()
     for what, path in protected.items():
         if path == out or out in path.parents:
             raise ConversionError(f"{out} holds {what} ({path}): force=True would delete it; choose another "
                                   "output path")
-    if not _is_output(out) and any(out.iterdir()):
+    if not is_output(out) and any(out.iterdir()):
         raise ConversionError(f"{out} is not an earlier output (no edge-convert {MANIFEST_NAME}) and is not "
                               "empty: force=True replaces only a directory edge-convert wrote; choose another "
                               "output path or remove it yourself")
 
 
-def _is_output(path: Path) -> bool:
+def is_output(path: Path) -> bool:
     """Whether `path` holds an edge-convert manifest: a JSON object with a schema version and an
     artifact list (a web app's or a browser extension's manifest.json is not one)."""
     try:
@@ -173,11 +176,11 @@ def _is_output(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def staging_dir(out: Path, force: bool, model: Path | None = None) -> Iterator[Path]:
+def staging_dir(out: Path, force: bool, inputs: Mapping[str, Path | None] | None = None) -> Iterator[Path]:
     """Yield an empty hidden directory next to `out`; on success it replaces `out` atomically
     (check_output decides whether an existing `out` may be replaced, before and after the work)."""
     out = Path(out).resolve()
-    check_output(out, force, model)
+    check_output(out, force, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = staging_prefix(out)
     remove_leftovers(out.parent, prefix)
@@ -193,7 +196,7 @@ def staging_dir(out: Path, force: bool, model: Path | None = None) -> Iterator[P
                     f"{out} appeared while this conversion ran (another conversion?); it was left "
                     "as it is and this result discarded; pass force=True to replace it"
                 )
-            check_output(out, force, model)  # it may have changed while the conversion ran
+            check_output(out, force, inputs)  # it may have changed while the conversion ran
             # Killed between these two renames, `out` is absent and both directories carry the
             # staging prefix, so the next run removes them.
             old = stage.with_name(stage.name + ".old")
