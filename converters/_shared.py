@@ -97,11 +97,11 @@ class SharedInputs:
         progress("loading the source model")
         source = load_source(config.model, config.task)
         progress(f"source {source.name}: {source.model_type}, task {source.task}, "
-                 f"{_millions(source.num_parameters)} parameters; {len(texts.fit.texts)} fit texts, "
-                 f"{len(texts.validation.texts)} validation texts (" + (
+                 f"{_millions(source.num_parameters)} parameters; {texts.fit.counted()} fit texts, "
+                 f"{texts.validation.counted()} validation texts (" + (
                      "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
-        if len(texts.validation.texts) < MIN_TEXTS:  # a small calibration file's held-out part
-            progress(f"note: only {len(texts.validation.texts)} validation texts: the accuracy figures and floors "
+        if texts.validation.distinct < MIN_TEXTS:  # a small calibration file's held-out part
+            progress(f"note: only {texts.validation.distinct} different validation texts: the accuracy figures and floors "
                      f"rest on very few texts; give {4 * MIN_TEXTS}+ calibration texts or a --validation-texts "
                      f"file of {MIN_TEXTS}+")
         fields = {name: getattr(config, name) for name in SHARED_FIELDS}

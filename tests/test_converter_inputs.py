@@ -228,6 +228,20 @@ def test_calibration_file_without_enough_texts(tmp_path, content):
         load_texts(path)
 
 
+@pytest.mark.parametrize("role", ["calibration", "validation"])
+def test_repeated_texts_count_once(tmp_path, role):
+    """20 copies of one line are one text of evidence, with or without a validation file
+    (a validation file of 10 copies of one line was accepted as "10 validation texts")."""
+    path = tmp_path / "dups.txt"
+    path.write_text("the same line\n" * 20 + "".join(f"other {i}\n" for i in range(5)))
+    with pytest.raises(SourceModelError, match=rf"{role} file .*dups\.txt has 25 texts but 6 distinct; "
+                                               "at least 8 different texts are needed"):
+        load_texts(path, role=role)
+    path.write_text("the same line\n" * 20 + "".join(f"other {i}\n" for i in range(7)))
+    texts = load_texts(path, role=role)
+    assert len(texts.texts) == 27 and texts.distinct == 8 and texts.counted() == "27 (8 distinct)"
+
+
 def test_calibration_file_not_utf8(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("un caf\xe9 au lait\n".encode("latin-1") * 10)
@@ -389,7 +403,7 @@ def test_a_small_calibration_file_notes_how_few_texts_validate(tmp_path, monkeyp
         ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o", calibration=tmp_path / "cal.txt"),
         tmp_path / "work", said.append)
     few = len(inputs.texts.validation.texts)
-    assert few < 8 and any(m.startswith(f"note: only {few} validation texts") and "--validation-texts" in m
+    assert few < 8 and any(m.startswith(f"note: only {few} different validation texts") and "--validation-texts" in m
                            for m in said), said
     said.clear()
     shared.SharedInputs.load(ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o"),

@@ -35,6 +35,17 @@ class TextSet:
     source: str  # "builtin" or the user's file path
     sha256: str
 
+    @property
+    def distinct(self) -> int:
+        """How many different texts: a repeated text weighs more in fits and metrics, but adds no
+        evidence, so every minimum counts these."""
+        return len(set(self.texts))
+
+    def counted(self) -> str:
+        """"N" or, with repeats, "N (M distinct)"."""
+        n = len(self.texts)
+        return f"{n}" if self.distinct == n else f"{n} ({self.distinct} distinct)"
+
     def describe(self) -> dict:
         return {"source": self.source, "count": len(self.texts), "sha256": self.sha256}
 
@@ -122,10 +133,12 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
         ) from None
     except OSError as exc:
         raise SourceModelError(f"cannot read {role} file {source}: {exc.strerror or exc}") from None
-    if len(texts) < minimum:
+    distinct = len(set(texts))
+    if distinct < minimum:
+        counted = f"{len(texts)} texts" if distinct == len(texts) else f"{len(texts)} texts but {distinct} distinct"
         raise SourceModelError(
-            f"{role} file {source} has {len(texts)} texts; at least {minimum} are needed "
-            "for meaningful accuracy figures"
+            f"{role} file {source} has {counted}; at least {minimum} "
+            f"{'are' if distinct == len(texts) else 'different texts are'} needed for meaningful accuracy figures"
         )
     return TextSet(tuple(texts), "builtin" if path is None else str(source), _digest(texts))
 
@@ -155,7 +168,7 @@ def split_texts(calibration: TextSet, validation: TextSet | None = None) -> Text
         held = [t in lowest for t in texts]
     fit = tuple(t for t, h in zip(texts, held) if not h)
     val = tuple(t for t, h in zip(texts, held) if h)
-    if len(fit) < MIN_SPLIT_SIDE or len(val) < MIN_SPLIT_SIDE:
+    if len(set(fit)) < MIN_SPLIT_SIDE or len(set(val)) < MIN_SPLIT_SIDE:
         raise SourceModelError(
             f"calibration file {calibration.source} has {len(set(texts))} distinct texts: too few to split "
             f"into fit and validation sets of {MIN_SPLIT_SIDE} or more; add texts or pass a validation file"
