@@ -165,8 +165,8 @@ def as_flags(message: str) -> str:
               help="EC P-256 private key (PEM): sign the artifact directory as model.sig (OpenSSF model "
                    "signing; docs/signing.md)")
 @click.option("--prune", help="structured pruning: 'heads=R,ffn=R' removes those shares of all attention heads and FFN "
-                   "neurons (ranked globally, without labels), 'auto' the largest reduction that keeps the profile's "
-                   "pruning floor, 'off' none; pruned twins (<artifact>-pruned) of the profile's [pruning] artifacts "
+                   "neurons (ranked globally, without labels), 'auto' walks to larger "
+                   "shares step by step while the pruned model keeps the profile's pruning floor (greedy), 'off' none; pruned twins (<artifact>-pruned) of the profile's [pruning] artifacts "
                    "are built next to the unpruned ones [default: the profile's, off for all built-in profiles]")
 @click.option("--prune-floor", type=float,
               help="minimum mean cosine / top-1 agreement of the pruned artifacts against the unpruned PyTorch "

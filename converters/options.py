@@ -76,6 +76,9 @@ def prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest
         raise ConversionError(f"distill_steps must be a number of steps >= 0, got {config.distill_steps}")
     if config.distill_steps and request is None:
         raise ConversionError(f"distill_steps={config.distill_steps} distils a pruned model: pass prune=... too")
+    if config.prune_floor is not None and request is None:  # else it would be ignored without a word
+        raise ConversionError(f"prune_floor={config.prune_floor} is the pruned artifacts' floor, and nothing is "
+                              f"pruned for {profile.id}: pass prune=... too")
     if request is not None and not profile.pruning.artifacts:
         raise ConversionError(f"profile {profile.id} names no artifacts to prune ([pruning] artifacts)")
     return request

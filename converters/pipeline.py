@@ -425,7 +425,7 @@ def _not_built(profile: TargetProfile, stage: Path, entries: list[dict], refused
             for path in [*stage.glob(f"{planned.name}.*"), stage / "golden" / f"{planned.name}.npz"]:
                 path.unlink(missing_ok=True)
             refused.append({"name": planned.name, "format": planned.format, "precision": planned.precision,
-                            "reason": "not built: the conversion was interrupted (Ctrl-C) while pruning"})
+                            "reason": "not built: the conversion was interrupted (Ctrl-C or SIGTERM) while pruning"})
     progress(f"interrupted while pruning: packaging the {len(entries)} artifact(s) already built "
              "(Ctrl-C again drops them)")
 

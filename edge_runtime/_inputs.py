@@ -86,10 +86,8 @@ def check_feeds(
     missing = sorted(set(expected) - set(feeds))
     extra = sorted(str(k) for k in set(feeds) - set(expected))
     if missing or extra:
-        raise InputError(
-            f"inputs do not match the model: missing {missing}, unexpected {extra}; "
-            f"the model takes {sorted(expected)}"
-        )
+        wrong = ", ".join(f"{what} {names}" for what, names in (("missing", missing), ("unexpected", extra)) if names)
+        raise InputError(f"inputs do not match the model: {wrong}; the model takes {sorted(expected)}")
     prepared: dict[str, np.ndarray] = {}
     axes: dict[str, tuple[int, str]] = {}  # axis name -> (size, first input that set it)
     for name, spec in expected.items():

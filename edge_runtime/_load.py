@@ -82,7 +82,7 @@ def load(
         2-core EPYC, over the ~3 s a first load may take). False: ignore tuning results.
     spinning: onnxruntime intra-op threads spin while idle (None: the tuned setting, else
         onnxruntime's default, which spins).
-    trusted_keys: public keys (paths to PEM files, or PEM bytes) whose signatures this device
+    trusted_keys: public keys (paths to PEM files, or the PEM text as str or bytes) whose signatures this device
         accepts. Given, the directory must carry a model.sig (edge-convert --sign-key, or
         model_signing) by one of them covering exactly its files, checked before anything
         else in it is read; else SignatureError. Needs `cryptography` (edge_runtime[verify]).

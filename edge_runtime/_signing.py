@@ -205,6 +205,8 @@ def _load_trusted_key(source: KeySource, index: int):
     _, _, serialization, ec = _crypto()
     if isinstance(source, bytes):
         label, data = f"trusted_keys[{index}]", source
+    elif isinstance(source, str) and source.lstrip().startswith("-----BEGIN"):  # the PEM text itself
+        label, data = f"trusted_keys[{index}]", source.encode("ascii", "replace")
     elif isinstance(source, (str, os.PathLike)):
         label = os.fspath(source)
         try:
@@ -214,7 +216,7 @@ def _load_trusted_key(source: KeySource, index: int):
     else:
         raise SignatureError(
             f"trusted_keys[{index}] is a {type(source).__name__}; expected a path to a PEM public "
-            "key, or the PEM bytes"
+            "key, or the PEM text (str or bytes)"
         )
     try:
         key = serialization.load_pem_public_key(data)

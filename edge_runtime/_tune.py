@@ -185,10 +185,14 @@ def _sweep(root, manifest, entry, settings, rounds, budget_s, verify) -> dict[st
     }
 
 
-def _compare(
-    root, manifest, tuned: dict[str, dict], order: list[str], rounds, budget_s
-) -> tuple[str, dict]:
-    """Run the artifacts side by side at their best settings; the fastest, preferring `order`."""
+def _fastest(scores: dict[str, dict], order: list[str]) -> str:
+    """The first of `order` whose p50 is within _ARTIFACT_TIE of the fastest of them."""
+    fastest = min(scores[n]["p50_ms"] for n in order)
+    return next(n for n in order if scores[n]["p50_ms"] <= fastest * (1 + _ARTIFACT_TIE))
+
+
+def _compare(root, manifest, tuned: dict[str, dict], order: list[str], rounds, budget_s) -> dict:
+    """Run the artifacts side by side at their best settings: their p50 and p90."""
     models, feeds = {}, {}
     by_name = {e["name"]: e for e in manifest["artifacts"]}
     try:
@@ -205,11 +209,7 @@ def _compare(
     finally:
         models.clear()
     scored = {n: _percentiles(t) for n, t in times.items()}
-    fastest = min(p50 for p50, _ in scored.values())
-    winner = next(n for n in order if scored[n][0] <= fastest * (1 + _ARTIFACT_TIE))
-    return winner, {
-        n: {"p50_ms": round(p50, 4), "p90_ms": round(p90, 4)} for n, (p50, p90) in scored.items()
-    }
+    return {n: {"p50_ms": round(p50, 4), "p90_ms": round(p90, 4)} for n, (p50, p90) in scored.items()}
 
 
 def tune(
@@ -242,10 +242,13 @@ def tune(
         raise InputError(f"rounds must be >= 1, got {rounds}")
     device = _device.detect()
     by_name = {e["name"]: e for e in manifest["artifacts"]}
+    # What automatic selection may pick (not pruned twins, nor artifacts without a backend here):
+    # only these can be recorded as the fastest, which is what load() reads.
+    selection = _select.plan(root, manifest, device, tuning=None)
+    automatic = {c.name for c in selection.choices}
     if artifacts is None:
-        # What automatic selection may pick; never one that may not fit memory (a sweep opens it
-        # several times), unless none fits (then the first, as load() would try it).
-        selection = _select.plan(root, manifest, device, tuning=None)
+        # Never one that may not fit memory (a sweep opens it several times), unless none fits
+        # (then the first, as load() would try it).
         if not selection.choices:  # nothing to measure: say why, and leave any cached result alone
             raise BackendUnavailableError(nothing_runs_message(root, manifest, selection.skipped))
         choices = selection.choices
@@ -317,16 +320,13 @@ def tune(
             ", ".join(tuned),
             together,
         )
-        scores = {n: {k: result["artifacts"][n][k] for k in ("p50_ms", "p90_ms")} for n in tuned}
-        fastest = min(s["p50_ms"] for s in scores.values())
-        result["fastest"] = next(
-            n for n in tuned if scores[n]["p50_ms"] <= fastest * (1 + _ARTIFACT_TIE)
-        )
-        result["compared"] = scores
+        result["compared"] = {n: {k: result["artifacts"][n][k] for k in ("p50_ms", "p90_ms")} for n in tuned}
     elif compare and len(tuned) > 1:
-        winner, scores = _compare(root, manifest, result["artifacts"], tuned, rounds, budget_s)
-        result["fastest"], result["compared"] = winner, scores
-        log.info("tuning: fastest artifact here: %s", winner)
+        result["compared"] = _compare(root, manifest, result["artifacts"], tuned, rounds, budget_s)
+    pickable = [n for n in tuned if n in automatic]
+    if compare and len(tuned) > 1 and pickable:
+        result["fastest"] = _fastest(result["compared"], pickable)
+        log.info("tuning: fastest artifact here that load() may pick: %s", result["fastest"])
     elif compare and len(tuned) == 1 and artifacts is None:  # the only one selection may pick
         result["fastest"], result["compared"] = tuned[0], None
     result["seconds"] = round(time.perf_counter() - started, 3)

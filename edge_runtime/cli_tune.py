@@ -69,9 +69,14 @@ def _print_table(result: dict, cache_file: Path) -> None:
                 f"  {mark} {name:<20} p50 {score['p50_ms']:8.2f} ms   p90 {score['p90_ms']:8.2f} ms"
             )
     if result.get("fastest"):
-        print(
-            f"\nfastest here: {result['fastest']} (load() picks it when it is allowed and fits memory)"
-        )
+        print(f"\nfastest here: {result['fastest']} (load() picks it first when it fits memory)")
+    compared = result.get("compared") or {}
+    if compared:  # a pruned twin (or one selection skips here) may be faster still: load() takes it by name only
+        quickest = min(compared, key=lambda n: compared[n]["p50_ms"])
+        if quickest != result.get("fastest"):
+            print(f"{quickest} is faster, but load() never picks it by itself (a pruned twin, or skipped "
+                  f"here: `edge-run DIR --info` says why); ask for it by name: "
+                  f"load(DIR, artifact={quickest!r}) or edge-run DIR --artifact {quickest}")
     if not result.get("measured", True):
         print(f"nothing was measured (every artifact was refused, above): {cache_file} is unchanged")
     elif result.get("cached"):

@@ -26,7 +26,7 @@ def test_prune_requests_parse_or_say_what_is_expected():
     assert PruneRequest.parse(" FFN=0.25 ") == PruneRequest(heads=0.0, ffn=0.25)
     assert PruneRequest.parse("auto") == PruneRequest(auto=True)
     assert PruneRequest.parse("off") is None
-    for bad, message in (("heads=1.0", r"a share in \[0, 1\)"), ("heads=0.2,heads=0.3", "expected 'auto'"),
+    for bad, message in (("heads=1.0", r"prune heads=1.0: heads must be a share from 0 up to \(not including\) 1"), ("heads=0.2,heads=0.3", "expected 'auto'"),
                          ("layers=0.5", "expected 'auto'"), ("heads=0,ffn=0", "removes nothing")):
         with pytest.raises(ConversionError, match=message):
             PruneRequest.parse(bad)
@@ -43,6 +43,11 @@ def test_distillation_needs_a_pruned_model():
         _prune_request(config, profile)
     assert _prune_request(ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), prune="auto",
                                         distill_steps=5), profile) == PruneRequest(auto=True)
+    # A pruning floor with nothing to prune was ignored without a word
+    with pytest.raises(ConversionError, match="prune_floor=0.9 is the pruned artifacts' floor, and nothing is pruned"):
+        _prune_request(ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), prune_floor=0.9), profile)
+    assert _prune_request(ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), prune="auto",
+                                        prune_floor=0.9), profile) == PruneRequest(auto=True)
 
 
 def test_profile_pruning_artifacts_must_be_planned_and_quantized(tmp_path):
@@ -198,7 +203,7 @@ def test_ctrl_c_while_pruning_keeps_the_unpruned_artifacts(tiny_model_factory, t
     assert not any(a["pruning"] for a in manifest["artifacts"])
     refused = {r["name"]: r["reason"] for r in manifest["refused"]}
     assert {"onnx-int8-pruned", "onnx-int4-pruned"} <= set(refused)
-    assert all("interrupted (Ctrl-C) while pruning" in refused[name] for name in ("onnx-int8-pruned", "onnx-int4-pruned"))
+    assert all("interrupted (Ctrl-C or SIGTERM) while pruning" in refused[name] for name in ("onnx-int8-pruned", "onnx-int4-pruned"))
     assert not [p for p in out.rglob("*") if "pruned" in p.name]
     assert edge_runtime.load(out, artifact="onnx-int8").embed(TEXTS).shape[0] == 2
 

@@ -395,6 +395,15 @@ def test_bad_trusted_keys_are_clear_errors(signed, tmp_path):
         verify_directory(root, [tmp_path / "missing.pub"])
 
 
+def test_a_trusted_key_may_be_given_as_its_pem_text(signed):
+    """A path, the PEM bytes or the PEM text as a str (it was read as a path: "cannot be read")."""
+    root, private, public = signed
+    for key in (public, public.read_bytes(), public.read_text(), "\n" + public.read_text()):
+        assert verify_directory(root, [key]).files > 0
+    with pytest.raises(SignatureError, match=r"trusted_keys\[0\] is not a PEM public key"):
+        verify_directory(root, [private.read_text()])
+
+
 def test_bad_signing_keys_are_clear_errors(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa

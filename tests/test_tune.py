@@ -414,3 +414,33 @@ def test_pruned_twins_are_never_chosen_automatically(converted):
     plan = _select.plan(converted, manifest, _device.detect(), {"fastest": "onnx-int8-pruned"})
     assert "onnx-int8-pruned" not in [c.name for c in plan.choices]
     assert plan.choices[0].name == "onnx-int8" and "loaded only by name" in plan.skipped["onnx-int8-pruned"]
+
+
+def test_a_faster_pruned_twin_is_not_recorded_as_the_fastest(converted, tmp_path, monkeypatch, capsys):
+    """edge-tune --all times twins too, but load() never picks one by itself: the recorded fastest
+    (what load() reads) is the fastest artifact it may pick, and the table says how to get the twin.
+    (The twin was recorded as fastest, and load() then fell back to the profile's order.)"""
+    import shutil
+
+    root = Path(shutil.copytree(converted, tmp_path / "with-twin"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    int8 = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    manifest["artifacts"].append({**copy.deepcopy(int8), "name": "onnx-int8-pruned",
+                                  "pruning": {"request": "heads=0.33,ffn=0.5"}})
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    p50 = {"onnx-fp32": 9.0, "onnx-int8": 5.0, "onnx-int8-pruned": 2.0}  # no timing: scores given
+
+    def sweep(root, manifest, entry, settings, rounds, budget_s, verify):
+        return {"threads": 1, "spinning": None, "p50_ms": p50[entry["name"]], "p90_ms": p50[entry["name"]],
+                "cpu_wait_share": 0.0, "sweep": []}
+
+    monkeypatch.setattr(_tune, "_sweep", sweep)
+    monkeypatch.setattr(_tune, "_compare", lambda root, manifest, tuned, order, rounds, budget_s: {
+        n: {"p50_ms": p50[n], "p90_ms": p50[n]} for n in order})
+    result = _tune.tune(root, ["onnx-fp32", "onnx-int8-pruned", "onnx-int8"])
+    assert set(result["compared"]) == set(p50) and result["fastest"] == "onnx-int8"
+    assert cli_tune.main([str(root), "--all", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "fastest here: onnx-int8 " in out
+    assert "onnx-int8-pruned is faster, but load() never picks it by itself" in out
+    assert "artifact='onnx-int8-pruned'" in out

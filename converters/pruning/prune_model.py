@@ -80,7 +80,9 @@ class PruneRequest:
         request = cls(**values)
         for name in ("heads", "ffn"):
             if not 0.0 <= getattr(request, name) < 1.0:
-                raise ConversionError(f"prune {name}={getattr(request, name)}: a share in [0, 1)")
+                given = next(part for part in text.split(",") if part.strip().startswith(name))
+                raise ConversionError(f"prune {given.strip()}: {name} must be a share from 0 up to (not "
+                                      f"including) 1, e.g. {name}=0.33 removes a third")
         if request.heads == request.ffn == 0.0:
             raise ConversionError(f"prune {text!r} removes nothing; use 'off' for no pruning")
         return request
