@@ -2,9 +2,11 @@
 
 The order, each step with its reason:
 1. the target profile's order (`candidates`: backends in fallback order, then precision);
-2. pruned twins (loaded only by name), artifacts whose backend is not installed here or older
-   than their min_runtime, or whose INT8 weights this CPU's arithmetic would compute wrongly
-   (`_compat`), are left out (named in `skipped`, with the reason);
+2. pruned twins (loaded only by name), artifacts none of whose model files is here (a device
+   copy trimmed to the artifacts it runs), whose backend is not installed here or older than
+   their min_runtime, or whose INT8 weights this CPU's arithmetic would compute wrongly
+   (`_compat`), are left out (named in `skipped`, with the reason); an artifact with some of
+   its files missing is not: loading it says which (an incomplete copy is an error);
 3. those that do not fit the memory available now (with headroom, `_memory.fit`) go last;
 4. a cached tuning result (`_tuning_cache`) that names the fastest artifact here moves it first, if it
    fits and the profile allows it (it is among the candidates).
@@ -52,6 +54,12 @@ def _profile_order_note(manifest: dict[str, Any]) -> str:
     return f"profile order (backends {backends_}; precisions {precisions})"
 
 
+def _absent(root: Path, entry: dict[str, Any]) -> bool:
+    """Whether not one of the entry's model files exists under `root` (paths as in the manifest;
+    ones that escape it are read_manifest's to refuse)."""
+    return not any((Path(root) / f["path"]).exists() for f in entry.get("files", []))
+
+
 def plan(
     root: Path,
     manifest: dict[str, Any],
@@ -68,6 +76,10 @@ def plan(
             # fallback, not because a tuning found it faster.
             skipped[entry["name"]] = ("a pruned twin (held to the pruning floor, not the artifacts' floor): "
                                       f"loaded only by name, artifact={entry['name']!r}")
+            continue
+        if _absent(root, entry):
+            skipped[entry["name"]] = ("none of its model files is in this directory (a copy trimmed to other "
+                                      "artifacts?)")
             continue
         if not backends.backend_available(entry["format"]):
             skipped[entry["name"]] = f"no {entry['format']} backend installed"

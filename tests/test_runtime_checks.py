@@ -46,6 +46,26 @@ def test_tampered_weights_are_refused(converted, tmp_path):
         edge_runtime.load(out)
 
 
+def test_a_copy_trimmed_to_one_artifact_loads_it_and_an_incomplete_one_is_refused(converted, tmp_path):
+    """A device copy may keep only the artifact it runs: the others' absent files skip them (and
+    --info says so). An artifact with only some of its files is an incomplete copy: named, not
+    skipped (it was: a trimmed copy failed to load because the profile's first choice was gone)."""
+    out = _copy(converted, tmp_path / "trimmed")
+    manifest = json.loads((out / "manifest.json").read_text())
+    keep = "onnx-fp32"  # the profile prefers onnx-int8
+    for entry in manifest["artifacts"]:
+        if entry["name"] != keep:
+            for f in [*entry["files"], entry["golden"]]:
+                (out / f["path"]).unlink()
+    assert edge_runtime.load(out).name == keep
+    info = subprocess.run([sys.executable, "-m", "edge_runtime.cli", str(out), "--info"], capture_output=True,
+                          text=True, check=True).stdout
+    assert f"picks {keep}" in info and "onnx-int8: none of its model files is in this directory" in info
+    (out / f"{keep}.onnx.data").unlink()
+    with pytest.raises(edge_runtime.ArtifactError, match=rf"{keep}.onnx.data: missing"):
+        edge_runtime.load(out)
+
+
 def _break_golden(out, name):
     """Rewrite an artifact's golden outputs (and their hash) as if computed by a broken kernel."""
     manifest = json.loads((out / "manifest.json").read_text())
