@@ -27,7 +27,7 @@ _EXTRAS = {"onnx": "onnxruntime (the device wheel's [onnx] extra)",
 
 
 def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) -> None:
-    if verify not in (True, False, "full"):
+    if not (isinstance(verify, bool) or verify == "full"):  # 0 / 1 are not flags here
         raise InputError(f'verify must be True, False or "full", got {verify!r}')
     for name, value in (("spinning", spinning), ("tune", tune)):
         if value is not None and not isinstance(value, bool):
@@ -35,9 +35,10 @@ def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) 
     if memory_budget_mb is not None and (
         isinstance(memory_budget_mb, bool)
         or not isinstance(memory_budget_mb, (int, float))
-        or not memory_budget_mb > 0  # also refuses NaN
+        or not 0 < memory_budget_mb < float("inf")  # also refuses NaN
     ):
-        raise InputError(f"memory_budget_mb must be a number of megabytes > 0 or None, got {memory_budget_mb!r}")
+        raise InputError(f"memory_budget_mb must be a finite number of megabytes > 0 or None (no limit but "
+                         f"the memory available), got {memory_budget_mb!r}")
 
 
 def check_threads(threads: Any) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import threading
 import time
 from pathlib import Path
@@ -172,8 +173,13 @@ class Model:
         self, texts: Any, batch_size: int, truncate: bool, batch_invariant: bool, output: str
     ):
         """(first index, encodings, feeds, output array) per backend call, in text order."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        try:  # any integer type, numpy's too; not bool, a float or a string
+            size = None if isinstance(batch_size, (bool, np.bool_)) else operator.index(batch_size)
+        except TypeError:
+            size = None
+        if size is None or size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = size
         for name, flag in (("truncate", truncate), ("batch_invariant", batch_invariant)):
             if not isinstance(flag, (bool, np.bool_)):  # "error" would read as True
                 raise InputError(f"{name} must be True or False, got {flag!r}")

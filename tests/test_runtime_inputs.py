@@ -185,8 +185,10 @@ def test_bad_text_items_name_their_index(int8):
         int8.embed(["ok", "bad \udcff"])
     with pytest.raises(edge_runtime.InputError, match="wrap a single text in a list"):
         int8.embed(b"bytes")
-    with pytest.raises(edge_runtime.InputError, match="batch_size must be an integer >= 1"):
-        int8.embed(["x"], batch_size=0)
+    for bad in (0, 1.5, True, np.bool_(True), "4"):
+        with pytest.raises(edge_runtime.InputError, match="batch_size must be an integer >= 1"):
+            int8.embed(["x"], batch_size=bad)
+    assert np.array_equal(int8.embed(["x"], batch_size=np.int64(4)), int8.embed(["x"]))  # numpy integers count
     # UTF-8 bytes are the same text as their str.
     assert np.array_equal(int8.embed(["Ünïcödé".encode()]), int8.embed(["Ünïcödé"]))
 

@@ -343,6 +343,8 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
         assert "not valid JSON" in error("/embed", 422, "Validation", content=deep)
         assert "must be a string" in error("/embed", 422, "Validation", json={"inputs": ["ok", 3]})
         assert "missing field `inputs`" in error("/embed", 422, "Validation", json={"input": "a"})
+        surrogate = b'{"inputs": ["a\\ud800b"]}'  # JSON allows it; it is not a Unicode text
+        assert "inputs[0] holds a character" in error("/embed", 422, "Validation", content=surrogate)
         assert "/embed" in error("/predict", 424, "Backend", json={"inputs": "a"})
         assert "/embed" in error("/predict", 424, "Backend", json={"inputs": []})  # the route first
         assert "`dimensions` must be" in error(

@@ -155,8 +155,16 @@ def test_shortest_only_runs_the_sample_with_fewest_tokens(tmp_path):
 
 
 def test_load_rejects_an_unknown_verify_mode(tmp_path):
-    with pytest.raises(edge_runtime.InputError, match='verify must be True, False or "full"'):
-        edge_runtime.load(tmp_path, verify="sometimes")
+    for verify in ("sometimes", 0, 1):  # 0 quietly turned verification off
+        with pytest.raises(edge_runtime.InputError, match='verify must be True, False or "full"'):
+            edge_runtime.load(tmp_path, verify=verify)
+
+
+def test_load_rejects_a_memory_budget_it_cannot_split_by(tmp_path):
+    """inf was accepted, then every call failed with numpy's 'cannot convert float NaN'."""
+    for budget in (float("inf"), float("nan"), 0, -1, True):
+        with pytest.raises(edge_runtime.InputError, match="memory_budget_mb must be a finite number"):
+            edge_runtime.load(tmp_path, memory_budget_mb=budget)
 
 
 # -- through load() on a converted tiny model ------------------------------------------------

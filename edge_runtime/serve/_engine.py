@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import InputError
+from edge_runtime._inputs import check_texts
 from edge_runtime._model import Model
 from edge_runtime._text import Encoded, pool, softmax
 from edge_runtime.serve._config import ServeError
@@ -85,7 +86,8 @@ class Served:
         (in the words of the route: OpenAI's `input` has no truncate field; the server's
         --auto-truncate decides there)."""
         try:
-            return self.encoder.encode_texts(texts, truncate=truncate)
+            # The library's checks first: a lone surrogate is named, not a tokenizer type error.
+            return self.encoder.encode_texts(check_texts(texts), truncate=truncate)
         except InputError as exc:  # the library names its parameter; we name the request field
             field, hint = (("input", "start edge-serve with --auto-truncate true") if openai
                            else ("inputs", 'send "truncate": true'))
