@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import _compat, _device, _memory, _tuning_cache, backends
+from edge_runtime._manifest import resolve
 
 __all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "physical_cores", "plan", "threads_for",
            "usable_cpus"]
@@ -55,9 +56,8 @@ def _profile_order_note(manifest: dict[str, Any]) -> str:
 
 
 def _absent(root: Path, entry: dict[str, Any]) -> bool:
-    """Whether not one of the entry's model files exists under `root` (paths as in the manifest;
-    ones that escape it are read_manifest's to refuse)."""
-    return not any((Path(root) / f["path"]).exists() for f in entry.get("files", []))
+    """Whether not one of the entry's model files exists under `root` (resolved as loading does)."""
+    return not any(resolve(root, f["path"]).exists() for f in entry.get("files", []))
 
 
 def plan(
