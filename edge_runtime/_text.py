@@ -88,7 +88,7 @@ class TextEncoder:
 
     def tokens(self, text: str) -> list[tuple[str, bool]]:
         """(token, is_special) pairs for one text, in model order, for per-token results."""
-        enc = self._tok.encode(text)
+        enc = self._tok.encode_batch([text])[0]
         return [(tok, bool(special)) for tok, special in zip(enc.tokens, enc.special_tokens_mask)]
 
     def token_count(self, text: str) -> int:
@@ -101,12 +101,16 @@ class TextEncoder:
                 counter.no_truncation()
                 counter.no_padding()
                 self._counter = counter
-        return len(self._counter.encode(text).ids)
+        return len(self._counter.encode_batch([text])[0].ids)
 
     def encode_texts(self, texts: list[str], truncate: bool = True) -> list[Encoded]:
         """Each text's tokens alone. truncate=False: InputError for the first text longer than
         max_length, with its index and token count."""
-        encodings = [self._tok.encode(text) for text in texts]
+        # encode_batch, never encode: `tokenizers` holds the GIL through encode() (1.4 s for a 2 MB
+        # text, during which edge-serve's event loop could not answer /health even with the text
+        # on a worker thread) and releases it through encode_batch(), which is also ~1.8x faster
+        # on 32 sentences (its items run in parallel). The ids are the same.
+        encodings = self._tok.encode_batch(list(texts))
         if not truncate:
             for index, enc in enumerate(encodings):
                 if enc.overflowing:

@@ -4,6 +4,7 @@ many runs; a batch over the memory budget is split, not run at once (issue 10)."
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 
@@ -180,3 +181,33 @@ def test_load_takes_a_memory_budget(converted):
     model = edge_runtime.load(converted, artifact="onnx-int8", memory_budget_mb=64)
     assert model.memory_budget_mb == 64
     assert model.embed(["fits easily"]).shape == (1, 32)
+
+
+def test_tokenizing_a_huge_text_lets_other_threads_run(converted):
+    """edge-serve tokenizes huge requests on a worker thread so that its event loop keeps answering
+    (/health included): that only helps if the tokenizer releases the GIL while it works. While
+    one thread tokenizes a 0.4 MB text, this thread must keep running Python code and keep seeing
+    the other thread inside encode_texts; with the GIL held it would see it there at most at a
+    bytecode boundary or two."""
+    encoder = edge_runtime.load(converted)._text()
+    huge = " ".join(f"word{i % 97} and, some; punctuation!" for i in range(12_000))
+    done = threading.Event()
+
+    def work():
+        encoder.encode_texts([huge])
+        done.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    seen_inside = 0
+    while not done.is_set():
+        frame = sys._current_frames().get(worker.ident)
+        while frame is not None and frame.f_code.co_name != "encode_texts":
+            frame = frame.f_back
+        seen_inside += frame is not None
+        time.sleep(0.001)
+    worker.join()
+    assert seen_inside >= 20, (
+        f"this thread saw the tokenizing thread inside encode_texts only {seen_inside} times: "
+        "the tokenizer holds the GIL while it works"
+    )
