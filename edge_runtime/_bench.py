@@ -52,7 +52,7 @@ from edge_runtime._bench_schema import BENCH_SCHEMA, BENCH_SCHEMA_VERSION, valid
 from edge_runtime._contention import CpuWait
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError
 from edge_runtime._load_args import no_backend_message
-from edge_runtime._manifest import read_manifest
+from edge_runtime._manifest import read_manifest, unknown_artifacts
 from edge_runtime._rounds import time_in_rounds
 
 __all__ = [
@@ -203,9 +203,7 @@ def _selected(
     if config.artifacts:
         unknown = [name for name in config.artifacts if name not in by_name]
         if unknown:
-            raise BenchConfigError(
-                "artifacts", f"no artifact {unknown} in {root}; it has: {', '.join(by_name)}"
-            )
+            raise BenchConfigError("artifacts", unknown_artifacts(root, manifest, unknown))
         return [by_name[name] for name in dict.fromkeys(config.artifacts)]
     # The one a user gets from edge_runtime.load(root) on this device (tune=None: a cached
     # tuning result counts, but no sweep is started and nothing is written to the user's cache).

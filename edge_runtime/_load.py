@@ -23,7 +23,7 @@ from edge_runtime._errors import (
     GoldenMismatchError,
     InputError,
 )
-from edge_runtime._manifest import read_manifest
+from edge_runtime._manifest import read_manifest, unknown_artifacts
 from edge_runtime._model import Model, open_entry
 from edge_runtime._select import physical_cores
 from edge_runtime._verified import Verifications
@@ -98,6 +98,8 @@ def load(
         device_cache = weight_cache
     _load_args.check_options(verify, spinning, tune, memory_budget_mb)
     cache_dirs, records_dir = _load_args.cache_dirs(device_cache, default_cache_dir())
+    if not isinstance(path, (str, os.PathLike)):  # Path(None) would be a bare TypeError
+        raise InputError(f"path must be an artifact directory (str or os.PathLike), got {path!r}")
     root = Path(path)
     if trusted_keys is not None:
         signed = _signing.verify_directory(root, trusted_keys)
@@ -131,7 +133,7 @@ def load(
     if artifact is not None:
         by_name = {entry["name"]: entry for entry in manifest["artifacts"]}
         if artifact not in by_name:
-            raise InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(by_name)}")
+            raise InputError(unknown_artifacts(root, manifest, [artifact]))
         return open_tuned(by_name[artifact])
 
     selection = _select.plan(root, manifest, _device.detect(), tuning)

@@ -27,6 +27,7 @@ __all__ = [
     "files_to_verify",
     "read_manifest",
     "resolve",
+    "unknown_artifacts",
     "verify_files",
 ]
 
@@ -45,6 +46,17 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def unknown_artifacts(root: Path, manifest: dict[str, Any], names: list[str]) -> str:
+    """The message for artifact names the manifest does not have: the converter's reason for
+    each one it refused (its `refused` list), then the names it has."""
+    refused = {r.get("name"): r.get("reason") for r in manifest.get("refused") or []
+               if isinstance(r, dict)}
+    parts = [f"no artifact {', '.join(map(repr, names))} in {root}"]
+    parts += [f"the converter refused {name!r}: {refused[name]}" for name in names if refused.get(name)]
+    parts.append(f"it has: {', '.join(a['name'] for a in manifest['artifacts'])}")
+    return "; ".join(parts)
 
 
 def resolve(root: Path, relative: str) -> Path:

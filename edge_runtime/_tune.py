@@ -27,7 +27,7 @@ from edge_runtime import _device, _memory, _select
 from edge_runtime._contention import CpuWait, busy_note, worst_share
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
 from edge_runtime._load_args import nothing_runs_message
-from edge_runtime._manifest import read_manifest, resolve
+from edge_runtime._manifest import read_manifest, resolve, unknown_artifacts
 from edge_runtime._model import open_entry
 from edge_runtime._rounds import time_in_rounds
 # Setting, cache_file, read_cached and setting_for are also this module's API (edge-tune, tests):
@@ -256,9 +256,7 @@ def tune(
     else:
         unknown = [n for n in artifacts if n not in by_name]
         if unknown:
-            raise InputError(
-                f"no artifact {', '.join(map(repr, unknown))} in {root}; it has: {', '.join(by_name)}"
-            )
+            raise InputError(unknown_artifacts(root, manifest, unknown))
         names = list(artifacts)
     cache_path = cache_file(root, Path(cache_dir) if cache_dir else None)
     previous = read_cached(root, manifest, Path(cache_dir) if cache_dir else None) or {}

@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="edge-run", description="Run an edge-convert artifact directory on this device."
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
-    parser.add_argument("texts", nargs="*", help="texts to embed or classify")
+    parser.add_argument("texts", nargs="*", help="texts to embed or classify; - reads one text per "
+                        "line from standard input (UTF-8)")
     parser.add_argument("--artifact", help="artifact name (default: best for this device)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: this device's tuned "
                         "setting if edge-tune cached one, else the profile's; --info says which)")
@@ -37,12 +38,13 @@ def _describe(root: str, artifact: str | None = None) -> dict:
     from pathlib import Path
 
     from edge_runtime import _device, _memory, _select, _tuning_cache
+    from edge_runtime._manifest import unknown_artifacts
 
     path = Path(root)
     manifest = edge_runtime.read_manifest(path)
     names = [a["name"] for a in manifest["artifacts"]]
     if artifact is not None and artifact not in names:
-        raise edge_runtime.InputError(f"no artifact {artifact!r} in {root}; it has: {', '.join(names)}")
+        raise edge_runtime.InputError(unknown_artifacts(path, manifest, [artifact]))
     device = _device.detect()
     profile_id, profile_reason = _device.match_profile(device)
     tuning = _tuning_cache.read_cached(path, manifest)
@@ -155,6 +157,31 @@ def _undecodable(text: str) -> str:
     return ""
 
 
+def _stdin_lines() -> list[str]:
+    """One text per line of standard input, decoded as UTF-8 (line ends stripped; an empty line
+    is an empty text, so output rows stay aligned with input lines)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise edge_runtime.InputError(
+            f"standard input is not valid UTF-8 (line {line}, byte 0x{data[exc.start]:02x}); "
+            "convert it first, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def _texts(arguments: list[str]) -> list[str]:
+    """The command line's texts, with "-" replaced by standard input's lines (read once)."""
+    if "-" not in arguments:
+        return arguments
+    lines = _stdin_lines()
+    texts: list[str] = []
+    for text in arguments:
+        texts.extend(lines if text == "-" else [text])
+    return texts
+
+
 def _main(argv: list[str] | None) -> int:
     # Intermixed: texts may follow options ("edge-run DIR --json 'a text'"), as users type them.
     args = _parser().parse_intermixed_args(argv)
@@ -182,6 +209,13 @@ def _main(argv: list[str] | None) -> int:
             if problem:
                 print(f"edge-run: error: text argument {number} {problem}", file=sys.stderr)
                 return 2
+        if args.texts.count("-") > 1:
+            print("edge-run: error: give - (standard input) once", file=sys.stderr)
+            return 2
+        args.texts = _texts(args.texts)
+        if not args.texts:
+            print("edge-run: error: standard input has no lines", file=sys.stderr)
+            return 2
         model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,
                                   trusted_keys=args.trusted_key)
         if model.task == "feature-extraction":

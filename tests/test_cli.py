@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -39,7 +41,7 @@ def test_not_a_model_directory(tmp_path):
 
 
 @pytest.mark.slow  # a real conversion
-def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys):
+def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys, monkeypatch):
     model = tiny_model_factory("roberta", "text-classification")
     out = tmp_path / "art"
     result = CliRunner().invoke(edge_convert, [str(model), "--target", "rpi4", "--out", str(out), "--json", "-q"])
@@ -61,6 +63,24 @@ def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys):
     assert "onnx-int8" in capsys.readouterr().out
     assert edge_run([str(tmp_path / "missing"), "text"]) == 1
     assert edge_run([str(out)]) == 2  # nothing to do: usage error
+    # A refused artifact asked for by name: the converter's reason, not only "no artifact".
+    assert edge_run([str(out), "--artifact", "onnx-int4", "text"]) == 1
+    err = capsys.readouterr().err
+    assert "the converter refused 'onnx-int4': " + summary["refused"][0]["reason"] in err
+
+    # "-": one text per line of standard input, in place among the other texts.
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("a nice day\nnot good at all\n".encode())))
+    assert edge_run([str(out), "--json", "-", "fine"]) == 0
+    from_stdin = json.loads(capsys.readouterr().out)["results"]
+    assert edge_run([str(out), "--json", "a nice day", "not good at all", "fine"]) == 0
+    assert from_stdin == json.loads(capsys.readouterr().out)["results"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ok\ncaf\xe9\n")))
+    assert edge_run([str(out), "-"]) == 1
+    assert "standard input is not valid UTF-8 (line 2, byte 0xe9)" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert edge_run([str(out), "-"]) == 2
+    assert "standard input has no lines" in capsys.readouterr().err
+    assert edge_run([str(out), "-", "-"]) == 2
 
 
 def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):

@@ -185,6 +185,9 @@ def test_bad_text_items_name_their_index(int8):
         int8.embed(["ok", "bad \udcff"])
     with pytest.raises(edge_runtime.InputError, match="wrap a single text in a list"):
         int8.embed(b"bytes")
+    for unordered in ({"a": 1}, {"a", "b"}):  # a dict's keys, a set's order: never what was meant
+        with pytest.raises(edge_runtime.InputError, match="texts must be a list of strings, got"):
+            int8.embed(unordered)
     for bad in (0, 1.5, True, np.bool_(True), "4"):
         with pytest.raises(edge_runtime.InputError, match="batch_size must be an integer >= 1"):
             int8.embed(["x"], batch_size=bad)

@@ -35,6 +35,11 @@ def test_load_arguments_are_checked_before_the_directory_is_read(tmp_path, kwarg
         edge_runtime.load(tmp_path / "not-even-there", **kwargs)
 
 
+def test_load_names_a_path_that_is_not_one():
+    with pytest.raises(edge_runtime.InputError, match="path must be an artifact directory.*got None"):
+        edge_runtime.load(None)
+
+
 def test_good_load_arguments_pass_the_checks(tmp_path):
     _load_args.check_options(True, None, None, None)
     _load_args.check_options("full", False, True, 64.5)
@@ -62,10 +67,19 @@ def test_edge_run_names_a_text_argument_that_is_not_valid_in_the_locale(tmp_path
 def test_edge_run_info_takes_artifact_by_name_and_refuses_an_unknown_one(tmp_path, capsys):
     from test_manifest_reader import _valid  # a complete manifest over real (tiny) files
 
-    (tmp_path / "manifest.json").write_text(json.dumps(_valid(tmp_path)))
+    manifest = _valid(tmp_path)
+    manifest["refused"] = [{"name": "onnx-int4", "format": "onnx", "precision": "int4",
+                            "reason": "cosine 0.91 on validation, below the floor 0.98"}]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert cli.main([str(tmp_path), "--info", "--artifact", "nope"]) == 1
     err = capsys.readouterr().err
-    assert "no artifact 'nope'" in err and "it has: a" in err
+    assert "no artifact 'nope'" in err and "it has: a" in err and "refused" not in err
+    # One the converter refused: its reason, not just "no artifact" (load() and edge-tune/bench alike).
+    assert cli.main([str(tmp_path), "--info", "--artifact", "onnx-int4"]) == 1
+    err = capsys.readouterr().err
+    assert "the converter refused 'onnx-int4': cosine 0.91 on validation, below the floor 0.98" in err
+    with pytest.raises(edge_runtime.InputError, match="the converter refused 'onnx-int4': cosine 0.91"):
+        edge_runtime.load(tmp_path, artifact="onnx-int4")
     assert cli.main([str(tmp_path), "--info", "--artifact", "a", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["asked"] == "a"
