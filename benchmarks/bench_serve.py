@@ -82,7 +82,8 @@ def _free_port() -> int:
 class Server:
     def __init__(self, name: str, directory: Path, flags: list[str]):
         self.name, self.port = name, _free_port()
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # This checkout first; a PYTHONPATH the caller set stays after it (A/B shims, run AE).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -53,6 +53,21 @@ class Encoded:
     special: list[bool]
 
 
+# Up to this many characters (~7 ms of tokenizing), one text is tokenized on the calling thread.
+_ALONE_CHARS = 10_000
+
+
+def _encode(tokenizer, texts: list[str]) -> list:
+    """tokenizers' encodings of `texts` (the same ids either way). Its encode() holds the GIL for
+    the whole call: 1.4 s for a 2 MB text, during which edge-serve's event loop could not answer
+    /health although the text was on a worker thread. encode_batch() releases the GIL and spreads
+    the texts over tokenizers' thread pool (faster on a batch), but hands even one text
+    over to a pool thread; so one short text, a serving request's usual input, stays with encode()."""
+    if len(texts) == 1 and len(texts[0]) <= _ALONE_CHARS:
+        return [tokenizer.encode(texts[0])]
+    return tokenizer.encode_batch(texts)
+
+
 class TextEncoder:
     """Turns texts into the model's integer inputs with the tokenizer shipped in the artifact.
 
@@ -88,7 +103,7 @@ class TextEncoder:
 
     def tokens(self, text: str) -> list[tuple[str, bool]]:
         """(token, is_special) pairs for one text, in model order, for per-token results."""
-        enc = self._tok.encode_batch([text])[0]
+        enc = _encode(self._tok, [text])[0]
         return [(tok, bool(special)) for tok, special in zip(enc.tokens, enc.special_tokens_mask)]
 
     def token_count(self, text: str) -> int:
@@ -101,16 +116,12 @@ class TextEncoder:
                 counter.no_truncation()
                 counter.no_padding()
                 self._counter = counter
-        return len(self._counter.encode_batch([text])[0].ids)
+        return len(_encode(self._counter, [text])[0].ids)
 
     def encode_texts(self, texts: list[str], truncate: bool = True) -> list[Encoded]:
         """Each text's tokens alone. truncate=False: InputError for the first text longer than
         max_length, with its index and token count."""
-        # encode_batch, never encode: `tokenizers` holds the GIL through encode() (1.4 s for a 2 MB
-        # text, during which edge-serve's event loop could not answer /health even with the text
-        # on a worker thread) and releases it through encode_batch(), which is also ~1.8x faster
-        # on 32 sentences (its items run in parallel). The ids are the same.
-        encodings = self._tok.encode_batch(list(texts))
+        encodings = _encode(self._tok, list(texts))
         if not truncate:
             for index, enc in enumerate(encodings):
                 if enc.overflowing:
