@@ -182,6 +182,36 @@ def _texts(arguments: list[str]) -> list[str]:
     return texts
 
 
+# Texts run and printed per chunk, so a long standard input streams out in bounded memory. A
+# multiple of Model.embed/classify's batch_size (32): the same backend batches as one call.
+_CHUNK = 256
+
+
+def _print_results(model, texts: list[str], as_json: bool) -> None:
+    """One line per text, or one JSON object ({"artifact", "embeddings" | "results"}: the same
+    bytes as json.dumps of the whole result), written a chunk at a time."""
+    embeds = model.task == "feature-extraction"
+    if as_json:
+        sys.stdout.write(json.dumps({"artifact": model.name, "embeddings" if embeds else "results": []})[:-2])
+    else:
+        print(f"{model!r}")
+    for start in range(0, len(texts), _CHUNK):
+        part = texts[start : start + _CHUNK]
+        rows = model.embed(part) if embeds else model.classify(part)
+        if as_json:
+            items = (json.dumps(row.tolist() if embeds else row) for row in rows)
+            sys.stdout.write((", " if start else "") + ", ".join(items))
+            continue
+        for text, row in zip(part, rows):
+            if embeds:
+                head = ", ".join(f"{v:.4f}" for v in row[:6])
+                print(f"  dim {row.shape[0]} norm {np.linalg.norm(row):.4f} [{head}, ...]  {text!r}")
+            else:
+                print(f"  {json.dumps(row)}  {text!r}")
+    if as_json:
+        sys.stdout.write("]}\n")
+
+
 def _main(argv: list[str] | None) -> int:
     # Intermixed: texts may follow options ("edge-run DIR --json 'a text'"), as users type them.
     args = _parser().parse_intermixed_args(argv)
@@ -218,23 +248,7 @@ def _main(argv: list[str] | None) -> int:
             return 2
         model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,
                                   trusted_keys=args.trusted_key)
-        if model.task == "feature-extraction":
-            vectors = model.embed(args.texts)
-            result = {"artifact": model.name, "embeddings": vectors.tolist()}
-            if not args.json:
-                print(f"{model!r}")
-                for text, vec in zip(args.texts, vectors):
-                    head = ", ".join(f"{v:.4f}" for v in vec[:6])
-                    print(f"  dim {vec.shape[0]} norm {np.linalg.norm(vec):.4f} [{head}, ...]  {text!r}")
-                return 0
-        else:
-            result = {"artifact": model.name, "results": model.classify(args.texts)}
-            if not args.json:
-                print(f"{model!r}")
-                for text, res in zip(args.texts, result["results"]):
-                    print(f"  {json.dumps(res)}  {text!r}")
-                return 0
-        print(json.dumps(result))
+        _print_results(model, args.texts, args.json)
         return 0
     except edge_runtime.SignatureError as exc:  # the library names its parameter; say our flag
         message = str(exc).replace("trusted_keys=None", "no --trusted-key")

@@ -9,6 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+import edge_runtime
 from converters.cli import main as edge_convert
 from edge_runtime._device import detect
 from edge_runtime.cli import main as edge_run
@@ -74,6 +75,13 @@ def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys, monkeypatch
     from_stdin = json.loads(capsys.readouterr().out)["results"]
     assert edge_run([str(out), "--json", "a nice day", "not good at all", "fine"]) == 0
     assert from_stdin == json.loads(capsys.readouterr().out)["results"]
+    # Longer input runs and prints a chunk at a time: still one JSON object, one row per line.
+    lines = [f"review {i}: " + "fine " * (i % 7) for i in range(300)]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(lines).encode())))
+    assert edge_run([str(out), "--json", "-"]) == 0
+    streamed = json.loads(capsys.readouterr().out)
+    assert streamed["artifact"] == printed["artifact"] and len(streamed["results"]) == 300
+    assert streamed["results"] == edge_runtime.load(out).classify(lines)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ok\ncaf\xe9\n")))
     assert edge_run([str(out), "-"]) == 1
     assert "standard input is not valid UTF-8 (line 2, byte 0xe9)" in capsys.readouterr().err
