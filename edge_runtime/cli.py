@@ -160,6 +160,8 @@ def _undecodable(text: str) -> str:
 def _stdin_lines() -> list[str]:
     """One text per line of standard input, decoded as UTF-8 (line ends stripped; an empty line
     is an empty text, so output rows stay aligned with input lines)."""
+    if sys.stdin.isatty():  # typed by hand: say how to finish
+        print("edge-run: reading texts from standard input, one per line; end with Ctrl-D", file=sys.stderr)
     data = sys.stdin.buffer.read()
     try:
         return data.decode("utf-8").splitlines()

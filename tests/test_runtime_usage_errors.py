@@ -177,3 +177,18 @@ def test_onnxruntime_is_imported_without_its_telemetry_warning(tmp_path):
     kept = subprocess.run([sys.executable, "-c", probe], env={**env, "ORT_DISABLE_TELEMETRY": "0"},
                           capture_output=True, text=True, timeout=120)
     assert kept.stdout.strip() == "0"
+
+
+def test_edge_run_says_how_to_end_standard_input_typed_by_hand(tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"typed text\n")))
+    assert cli.main([str(tmp_path / "missing"), "-"]) == 1  # read first, then the directory is missing
+    err = capsys.readouterr().err
+    assert "reading texts from standard input, one per line; end with Ctrl-D" in err
+    assert "missing" in err
