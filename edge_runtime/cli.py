@@ -184,8 +184,8 @@ def _texts(arguments: list[str]) -> list[str]:
     return texts
 
 
-# Texts run and printed per chunk, so a long standard input streams out in bounded memory. A
-# multiple of Model.embed/classify's batch_size (32): the same backend batches as one call.
+# Texts run and printed per chunk, so the results of a long standard input are never all held at
+# once. A multiple of Model.embed/classify's batch_size (32): the same backend batches as one call.
 _CHUNK = 256
 
 
