@@ -1,5 +1,5 @@
-"""Does one huge request hold up edge-serve's other requests? /health latency while a large text
-is being tokenized.
+"""Does one huge request hold up edge-serve's event loop? /health latency while a large text is
+being tokenized.
 
     python benchmarks/bench_serve_stall.py ARTIFACT_DIR [--sentences 60000] [--rounds 3] \
         [--json benchmarks/results/serve_stall.json]
@@ -7,8 +7,8 @@ is being tokenized.
 Starts edge-serve (httptools/uvloop, then uvicorn's h11/asyncio stack) on 127.0.0.1, sends one
 POST /embed holding a single text of --sentences sentences (60,000: a 1.9 MB body; the server
 tokenizes it on a worker thread, then truncates it to the model's length) and, while that
-request is in flight, GET /health every 20 ms on a second connection. Per round: the huge
-request's time and the slowest /health answer. A server whose tokenizer holds Python's lock
+request is in flight, GET /health on a second connection, then 20 ms of sleep, again. Per round:
+the huge request's time and the slowest /health answer. A server whose tokenizer holds Python's lock
 answers /health only once the tokenization is over: its slowest /health is about the huge
 request's time. The CPU and its ISA flags are recorded; times on a shared machine are noise, the
 comparison is the slowest /health against the huge request's time.
@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import Server, _cpu  # noqa: E402  (a script beside this one)
+from bench_serve import ROOT, Server, _cpu  # noqa: E402  (a script beside this one)
 
 STACKS = {"httptools-uvloop": [], "h11-asyncio": ["--http", "h11", "--loop", "asyncio"]}
 
@@ -68,8 +69,16 @@ def main() -> None:
 
     text = " ".join(["hello world, this is a sentence"] * args.sentences)
     body = json.dumps({"inputs": [text], "truncate": True}).encode()
-    report = {"cpu": _cpu(), "body_mb": round(len(body) / 1e6, 2), "stacks": {}}
-    print(f"CPU {report['cpu']['model']} {report['cpu']['flags']}; body {report['body_mb']} MB")
+    import tokenizers
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    report = {"cpu": _cpu(), "commit": commit, "tokenizers": tokenizers.__version__,
+              "artifacts": str(args.artifacts), "served": "load()'s choice", "body_mb": round(len(body) / 1e6, 2),
+              "health_poll": "GET /health, then 20 ms of sleep, while the huge request is in flight",
+              "command": " ".join(["python", *sys.argv]), "stacks": {}}
+    print(f"CPU {report['cpu']['model']} {report['cpu']['flags']}; code {commit}, tokenizers "
+          f"{report['tokenizers']}; body {report['body_mb']} MB")
     for stack, flags in STACKS.items():
         server = Server(stack, args.artifacts, flags)
         try:

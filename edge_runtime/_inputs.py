@@ -169,7 +169,7 @@ def check_texts(texts: Any) -> list[str]:
     """A list of str; UTF-8 bytes are decoded. Anything else names the offending index."""
     if isinstance(texts, (str, bytes, bytearray)):
         raise InputError("texts must be a list of strings (wrap a single text in a list)")
-    if isinstance(texts, (dict, set, frozenset)):  # a dict's keys, a set in no defined order
+    if isinstance(texts, (Mapping, set, frozenset)):  # a mapping's keys, a set in no defined order
         raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
     if isinstance(texts, np.ndarray):
         texts = texts.tolist()

@@ -49,14 +49,17 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def unknown_artifacts(root: Path, manifest: dict[str, Any], names: list[str]) -> str:
-    """The message for artifact names the manifest does not have: the converter's reason for
-    each one it refused (its `refused` list), then the names it has."""
-    refused = {r.get("name"): r.get("reason") for r in manifest.get("refused") or []
-               if isinstance(r, dict)}
-    parts = [f"no artifact {', '.join(map(repr, names))} in {root}"]
-    parts += [f"the converter refused {name!r}: {refused[name]}" for name in names if refused.get(name)]
-    parts.append(f"it has: {', '.join(a['name'] for a in manifest['artifacts'])}")
-    return "; ".join(parts)
+    """The message for artifact names the manifest does not have: the names it has, then, one
+    line each, the converter's reason for those it refused (its optional `refused` list; the
+    reasons hold "; " themselves)."""
+    names = list(dict.fromkeys(names))
+    refused = {r["name"]: r.get("reason") for r in manifest.get("refused") or []
+               if isinstance(r, dict) and isinstance(r.get("name"), str)}
+    lines = [f"no artifact {', '.join(map(repr, names))} in {root}; it has: "
+             f"{', '.join(a['name'] for a in manifest['artifacts'])}"]
+    lines += [f"  the converter refused {name!r}: {refused[name] or '(no reason recorded)'}"
+              for name in names if name in refused]
+    return "\n".join(lines)
 
 
 def resolve(root: Path, relative: str) -> Path:

@@ -53,13 +53,14 @@ class Encoded:
     special: list[bool]
 
 
-# Up to this many characters (~7 ms of tokenizing), one text is tokenized on the calling thread.
+# Up to this many characters (~5 ms of tokenizing English, ~20 ms CJK), one text is tokenized on
+# the calling thread.
 _ALONE_CHARS = 10_000
 
 
 def _encode(tokenizer, texts: list[str]) -> list:
     """tokenizers' encodings of `texts` (the same ids either way). Its encode() holds the GIL for
-    the whole call: 1.4 s for a 2 MB text, during which edge-serve's event loop could not answer
+    the whole call: ~2 s for a 2 MB text, during which edge-serve's event loop could not answer
     /health although the text was on a worker thread. encode_batch() releases the GIL and spreads
     the texts over tokenizers' thread pool (faster on a batch), but hands even one text
     over to a pool thread; so one short text, a serving request's usual input, stays with encode()."""

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -35,8 +36,6 @@ def _parser() -> argparse.ArgumentParser:
 def _describe(root: str, artifact: str | None = None) -> dict:
     """The device, its profile, what load() would pick and why (or, given `artifact`, what it
     would run that one with), and the artifact table."""
-    from pathlib import Path
-
     from edge_runtime import _device, _memory, _select, _tuning_cache
     from edge_runtime._manifest import unknown_artifacts
 
@@ -158,19 +157,32 @@ def _undecodable(text: str) -> str:
 
 
 def _stdin_lines() -> list[str]:
-    """One text per line of standard input, decoded as UTF-8 (line ends stripped; an empty line
-    is an empty text, so output rows stay aligned with input lines)."""
+    """One text per line of standard input, decoded as UTF-8 (a byte-order mark dropped): lines
+    end at "\\n" only (with one "\\r" before it dropped), not at the other characters
+    str.splitlines() takes for line ends, so output rows stay aligned with `wc -l`'s lines; an
+    empty line is an empty text."""
+    if sys.stdin is None:  # started with standard input closed
+        raise _Usage("- reads standard input, but it is closed")
     if sys.stdin.isatty():  # typed by hand: say how to finish
         print("edge-run: reading texts from standard input, one per line; end with Ctrl-D", file=sys.stderr)
     data = sys.stdin.buffer.read()
     try:
-        return data.decode("utf-8").splitlines()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        start = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data[:start].count(b"\n") + 1
         raise edge_runtime.InputError(
-            f"standard input is not valid UTF-8 (line {line}, byte 0x{data[exc.start]:02x}); "
+            f"standard input is not valid UTF-8 (line {line}, byte 0x{data[start]:02x}); "
             "convert it first, e.g. iconv -f latin1 -t utf-8"
         ) from None
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no new one
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+class _Usage(Exception):
+    """A command-line mistake found after parsing: exit status 2, like argparse's."""
 
 
 def _texts(arguments: list[str]) -> list[str]:
@@ -221,8 +233,6 @@ def _main(argv: list[str] | None) -> int:
         if args.info:
             signed = None
             if args.trusted_key:  # describe only what the device would accept
-                from pathlib import Path
-
                 from edge_runtime import _signing
 
                 found = _signing.verify_directory(Path(args.artifacts), args.trusted_key)
@@ -244,6 +254,8 @@ def _main(argv: list[str] | None) -> int:
         if args.texts.count("-") > 1:
             print("edge-run: error: give - (standard input) once", file=sys.stderr)
             return 2
+        if "-" in args.texts:  # a wrong directory is said before anyone types or pipes texts in
+            edge_runtime.read_manifest(Path(args.artifacts))
         args.texts = _texts(args.texts)
         if not args.texts:
             print("edge-run: error: standard input has no lines", file=sys.stderr)
@@ -252,6 +264,9 @@ def _main(argv: list[str] | None) -> int:
                                   trusted_keys=args.trusted_key)
         _print_results(model, args.texts, args.json)
         return 0
+    except _Usage as exc:
+        print(f"edge-run: error: {exc}", file=sys.stderr)
+        return 2
     except edge_runtime.SignatureError as exc:  # the library names its parameter; say our flag
         message = str(exc).replace("trusted_keys=None", "no --trusted-key")
         print(f"edge-run: error: {message.replace('trusted_keys', '--trusted-key')}", file=sys.stderr)

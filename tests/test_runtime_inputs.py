@@ -4,6 +4,7 @@ depend on its batch (issue 10). One tiny BERT converted for x86-avx2 (ONNX FP32 
 from __future__ import annotations
 
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -185,7 +186,8 @@ def test_bad_text_items_name_their_index(int8):
         int8.embed(["ok", "bad \udcff"])
     with pytest.raises(edge_runtime.InputError, match="wrap a single text in a list"):
         int8.embed(b"bytes")
-    for unordered in ({"a": 1}, {"a", "b"}):  # a dict's keys, a set's order: never what was meant
+    for unordered in ({"a": 1}, types.MappingProxyType({"a": 1}), {"a", "b"}, frozenset("ab")):
+        # a mapping's keys, a set's order: never what was meant
         with pytest.raises(edge_runtime.InputError, match="texts must be a list of strings, got"):
             int8.embed(unordered)
     for bad in (0, 1.5, True, np.bool_(True), "4"):

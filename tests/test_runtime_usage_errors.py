@@ -179,16 +179,83 @@ def test_onnxruntime_is_imported_without_its_telemetry_warning(tmp_path):
     assert kept.stdout.strip() == "0"
 
 
-def test_edge_run_says_how_to_end_standard_input_typed_by_hand(tmp_path, capsys, monkeypatch):
+def _stdin(monkeypatch, data: bytes, terminal: bool = False):
     import io
     import sys
 
-    class Terminal(io.TextIOWrapper):
+    class Stdin(io.TextIOWrapper):
         def isatty(self):
-            return True
+            return terminal
 
-    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"typed text\n")))
-    assert cli.main([str(tmp_path / "missing"), "-"]) == 1  # read first, then the directory is missing
-    err = capsys.readouterr().err
-    assert "reading texts from standard input, one per line; end with Ctrl-D" in err
-    assert "missing" in err
+    monkeypatch.setattr(sys, "stdin", Stdin(io.BytesIO(data)))
+
+
+def test_edge_run_says_how_to_end_standard_input_typed_by_hand(tmp_path, capsys, monkeypatch):
+    from test_manifest_reader import _valid  # a complete manifest over real (tiny) files
+
+    (tmp_path / "manifest.json").write_text(json.dumps(_valid(tmp_path)))
+    _stdin(monkeypatch, b"typed text\n", terminal=True)
+    assert cli.main([str(tmp_path), "-"]) == 1  # read, then its one artifact (not a model) fails
+    assert "reading texts from standard input, one per line; end with Ctrl-D" in capsys.readouterr().err
+
+
+def test_edge_run_names_a_wrong_directory_before_reading_standard_input(tmp_path, capsys, monkeypatch):
+    import sys
+
+    class Unread:
+        def isatty(self):
+            raise AssertionError("standard input was read before the directory was checked")
+
+    monkeypatch.setattr(sys, "stdin", Unread())
+    assert cli.main([str(tmp_path / "missing"), "-"]) == 1
+    assert "missing does not exist" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text("{}")
+    monkeypatch.setattr(sys, "stdin", None)  # started with standard input closed (<&-)
+    assert cli.main([str(tmp_path), "-"]) == 1  # the manifest is checked first: it is incomplete
+    from test_manifest_reader import _valid
+
+    (tmp_path / "manifest.json").write_text(json.dumps(_valid(tmp_path)))
+    assert cli.main([str(tmp_path), "-"]) == 2
+    assert "- reads standard input, but it is closed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "data, lines",
+    [
+        (b"a\nb\n", ["a", "b"]),
+        (b"a\nb", ["a", "b"]),  # no newline at the end
+        (b"\n\n", ["", ""]),  # empty lines are empty texts: rows stay aligned with input lines
+        (b"a\r\nb\r\n", ["a", "b"]),  # CRLF
+        (b"\xef\xbb\xbfhello\n", ["hello"]),  # a byte-order mark is not text
+        # Form feed, vertical tab, NEL, U+2028 and FS end no line (str.splitlines() would split).
+        ("a\x0cb\nc\u2028d\ne\x0bf\ng\x85h\ni\x1cj\n".encode(), ["a\x0cb", "c\u2028d", "e\x0bf", "g\x85h", "i\x1cj"]),
+        (b"x\ry\n", ["x\ry"]),  # a lone CR inside a line stays
+    ],
+)
+def test_edge_run_standard_input_lines_are_wc_lines(monkeypatch, data, lines):
+    _stdin(monkeypatch, data)
+    assert cli._stdin_lines() == lines
+
+
+def test_edge_run_names_the_line_of_bad_utf8_on_standard_input(monkeypatch):
+    for data in (b"ok\nbad\xff\n", b"\xef\xbb\xbfok\nbad\xff\n", b"a\rb\rc\n\xff"):
+        _stdin(monkeypatch, data)
+        with pytest.raises(edge_runtime.InputError, match=r"not valid UTF-8 \(line 2, byte 0xff\)"):
+            cli._stdin_lines()
+
+
+def test_unknown_artifact_message_names_each_once_with_the_refusal_reasons(tmp_path):
+    from edge_runtime._manifest import unknown_artifacts
+
+    manifest = {"artifacts": [{"name": "a"}], "refused": [
+        {"name": "onnx-int4", "reason": "cosine 0.91; below the floor"},
+        {"name": "tflite-int4", "reason": ""},
+        {"name": ["not", "a", "name"], "reason": "r"},  # malformed entries are passed over
+        "not an entry",
+    ]}
+    message = unknown_artifacts(tmp_path, manifest, ["onnx-int4", "nope", "onnx-int4", "tflite-int4"])
+    assert message.splitlines() == [
+        f"no artifact 'onnx-int4', 'nope', 'tflite-int4' in {tmp_path}; it has: a",
+        "  the converter refused 'onnx-int4': cosine 0.91; below the floor",
+        "  the converter refused 'tflite-int4': (no reason recorded)",
+    ]
