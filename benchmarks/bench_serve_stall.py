@@ -71,8 +71,12 @@ def main() -> None:
     body = json.dumps({"inputs": [text], "truncate": True}).encode()
     import tokenizers
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+    def git(*words: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *words], capture_output=True, text=True).stdout.strip()
+
+    # The served code: the commit, and whether edge_runtime/ differs from it (results files do not count).
+    commit = (git("rev-parse", "--short", "HEAD") or "unknown") + (
+        " + uncommitted edge_runtime/ changes" if git("status", "--porcelain", "--", "edge_runtime") else "")
     report = {"cpu": _cpu(), "commit": commit, "tokenizers": tokenizers.__version__,
               "artifacts": str(args.artifacts), "served": "load()'s choice", "body_mb": round(len(body) / 1e6, 2),
               "health_poll": "GET /health, then 20 ms of sleep, while the huge request is in flight",
