@@ -161,8 +161,6 @@ def _stdin_lines() -> list[str]:
     end at "\\n" only (with one "\\r" before it dropped), not at the other characters
     str.splitlines() takes for line ends, so output rows stay aligned with `wc -l`'s lines; an
     empty line is an empty text."""
-    if sys.stdin is None:  # started with standard input closed
-        raise _Usage("- reads standard input, but it is closed")
     if sys.stdin.isatty():  # typed by hand: say how to finish
         print("edge-run: reading texts from standard input, one per line; end with Ctrl-D", file=sys.stderr)
     data = sys.stdin.buffer.read()
@@ -181,19 +179,12 @@ def _stdin_lines() -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-class _Usage(Exception):
-    """A command-line mistake found after parsing: exit status 2, like argparse's."""
-
-
 def _texts(arguments: list[str]) -> list[str]:
-    """The command line's texts, with "-" replaced by standard input's lines (read once)."""
+    """The command line's texts, with the one "-" replaced by standard input's lines."""
     if "-" not in arguments:
         return arguments
-    lines = _stdin_lines()
-    texts: list[str] = []
-    for text in arguments:
-        texts.extend(lines if text == "-" else [text])
-    return texts
+    at = arguments.index("-")
+    return arguments[:at] + _stdin_lines() + arguments[at + 1 :]
 
 
 # Texts run and printed per chunk, so the results of a long standard input are never all held at
@@ -256,6 +247,9 @@ def _main(argv: list[str] | None) -> int:
             return 2
         if "-" in args.texts:  # a wrong directory is said before anyone types or pipes texts in
             edge_runtime.read_manifest(Path(args.artifacts))
+            if sys.stdin is None:  # started with standard input closed (<&-)
+                print("edge-run: error: - reads standard input, but it is closed", file=sys.stderr)
+                return 2
         args.texts = _texts(args.texts)
         if not args.texts:
             print("edge-run: error: standard input has no lines", file=sys.stderr)
@@ -264,9 +258,6 @@ def _main(argv: list[str] | None) -> int:
                                   trusted_keys=args.trusted_key)
         _print_results(model, args.texts, args.json)
         return 0
-    except _Usage as exc:
-        print(f"edge-run: error: {exc}", file=sys.stderr)
-        return 2
     except edge_runtime.SignatureError as exc:  # the library names its parameter; say our flag
         message = str(exc).replace("trusted_keys=None", "no --trusted-key")
         print(f"edge-run: error: {message.replace('trusted_keys', '--trusted-key')}", file=sys.stderr)
