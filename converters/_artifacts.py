@@ -53,6 +53,7 @@ from converters.tflite import (
     export_tflite,
     quantize_tflite,
 )
+from converters.tflite.background import background_key, tflite_export_key, tflite_export_path
 from converters.tflite.hessians import HessianCache
 from edge_runtime import backends
 from edge_runtime._bench_config import DEFAULT_SHAPE
@@ -387,25 +388,32 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
 
 def _tflite_fp32(step: Step) -> Path:
     """The FP32 .tflite every TFLite artifact starts from, exported once per bucket set (shared
-    by the targets of one run through step.cache)."""
-    key = _tflite_key(step)
-    buckets = key[1]
+    by the targets of one run through step.cache): the background export's file when one was
+    started (SharedInputs.start_tflite_exports), else exported here."""
+    key = tflite_export_key(step.profile, step.source)
     if key not in step.cache:
-        folder = (step.exports or step.work) / ("tflite-export-" + "-".join(map(str, buckets)))
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "export.tflite"
-        step.progress(f"exporting TFLite with litert-torch (signatures for {buckets} tokens)")
-        step.cache[key] = (path, export_tflite(step.source, path, TfliteExportConfig(buckets=buckets)))
+        path = tflite_export_path(step.exports or step.work, key)
+        info = None
+        background = step.cache.pop(background_key(key), None)
+        if background is not None:
+            waiting = time.perf_counter()
+            step.progress(f"waiting for the TFLite export (started {background.seconds():.0f} s ago in a "
+                          "second process)")
+            info, why = background.result()
+            if info is None:
+                step.progress(f"the TFLite export process failed ({why}): exporting here instead")
+            else:
+                step.progress(f"TFLite export done in the second process ({background.seconds():.0f} s after its "
+                              f"start; waited {time.perf_counter() - waiting:.1f} s for it)")
+        if info is None:
+            step.progress(f"exporting TFLite with litert-torch (signatures for {key[1]} tokens)")
+            info = export_tflite(step.source, path, TfliteExportConfig(buckets=key[1]))
+        step.cache[key] = (path, info)
     return step.cache[key][0]
 
 
-def _tflite_key(step: Step) -> tuple[str, tuple[int, ...]]:
-    buckets = sorted(set(step.profile.tflite.buckets) | {step.source.max_length})
-    return "tflite-export", tuple(b for b in buckets if b <= step.source.max_length)
-
-
 def _tflite_extra(step: Step) -> dict[str, Any]:
-    info = step.cache[_tflite_key(step)][1]
+    info = step.cache[tflite_export_key(step.profile, step.source)][1]
     keep = ("config", "buckets", "signatures", "input_names", "input_dtype", "output_names", "op_counts",
             "ops_outside_xnnpack", "tool")
     return {"tflite": {k: info[k] for k in keep if k in info}}

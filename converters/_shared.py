@@ -27,10 +27,18 @@ from converters.core.validate import Reference, reference_outputs
 from converters.export.export_onnx import ExportConfig, export_onnx
 from converters.export.fuse_onnx import fuse_onnx, fusion_config
 from converters.inputs.calibration import MIN_TEXTS, TextSplit, load_texts, split_texts
-from converters.inputs.plan import Planned
+from converters.inputs.plan import Planned, plan
 from converters.inputs.source import SourceModel, load_source
 from converters.packaging import golden as golden_samples
 from converters.pruning.prune_model import PruneRequest, prune_source
+from converters.tflite.background import (
+    BackgroundExport,
+    background_key,
+    background_unavailable,
+    tflite_export_key,
+    tflite_export_path,
+)
+from converters.tflite.export import TfliteExportConfig
 from targets import PruningOptions, TargetProfile
 
 __all__ = ["SharedInputs", "artifact_key"]
@@ -178,6 +186,37 @@ class SharedInputs:
                 progress("fused: " + (", ".join(f"{k} x{v}" for k, v in fused.items()) or "nothing"))
             self.cache[key] = (path, fused)
         return self.cache[key]
+
+    def start_tflite_exports(self, profiles: list[TargetProfile], progress: Progress) -> None:
+        """Start the FP32 TFLite exports `profiles` will need in a second process each, at the
+        lowest priority, so that they run in the cores the ONNX stages leave idle
+        (converters/tflite/background.py; converters/_artifacts.py waits for them). Nothing for an
+        export done or running already, for a pruned model (it exists in memory only: exported
+        in-process), or where this machine has no room for a second process."""
+        if self.pruning is not None:
+            return
+        keys = []
+        for profile in profiles:
+            key = tflite_export_key(profile, self.source)
+            if (any(p.format == "tflite" for p in plan(profile)) and key not in keys and key not in self.cache
+                    and background_key(key) not in self.cache):
+                keys.append(key)
+        why_not = background_unavailable() if keys else None
+        if why_not is not None:
+            progress(f"the TFLite export will run in this process, after the ONNX artifacts ({why_not})")
+            self.cache.update({background_key(key): None for key in keys})  # said once per run
+            return
+        for key in keys:
+            progress(f"exporting TFLite with litert-torch in a second, low-priority process (signatures for "
+                     f"{key[1]} tokens), beside the ONNX stages")
+            self.cache[background_key(key)] = BackgroundExport(
+                self.config_fields["model"], self.source.task, self.source.weights_sha256,
+                tflite_export_path(self.work, key), TfliteExportConfig(buckets=key[1]))
+
+    def close(self) -> None:
+        """End background exports still running (a failed or interrupted conversion)."""
+        for key in [k for k, v in self.cache.items() if isinstance(v, BackgroundExport)]:
+            self.cache.pop(key).stop()
 
     def build(self, step: Step, planned: Planned, key: str, builder: Callable[[Step, Planned], Built]) -> Built:
         """`builder(step, planned)`, or the build another target of this run made for the same key."""

@@ -259,6 +259,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             # The work directory is locked while in use; a re-run removes what a killed run left
             # (converters/packaging/package.py).
             shared = SharedInputs.load(config, stack.enter_context(package.work_dir()), progress)
+            stack.callback(shared.close)  # before the work directory goes
         else:
             shared.check(config)
         source = shared.source
@@ -268,6 +269,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         stage = stack.enter_context(package.staging_dir(config.out, config.force, config.inputs()))
         work = shared.work / profile.id
         work.mkdir(parents=True, exist_ok=True)
+        shared.start_tflite_exports([profile], progress)
         reference, fit = shared.references(progress)
         fp32_path, fused_ops = shared.onnx_export(profile, progress)
         samples = shared.samples(progress)
@@ -461,13 +463,18 @@ def convert_targets(config: ConvertConfig, targets: list[str],
             raise ConversionError(f"{exc} (target {target}; nothing was converted)") from None
     with package.work_dir() as work:
         shared = SharedInputs.load(config, work, progress)
-        for target in targets:
-            out = config.out / target
-            try:
-                results.append(convert(dataclasses.replace(config, target=target, out=out),
-                                       lambda message, t=target: progress(f"{t}: {message}"), shared,
-                                       prepared[target]))
-            except ConversionError as exc:
-                progress(f"{target}: FAILED: {exc}")
-                results.append(TargetFailure(target, out, exc))
+        try:
+            # Every target's TFLite export from the start: it runs beside the first targets' ONNX stages.
+            shared.start_tflite_exports([prepared[target][0] for target in targets], progress)
+            for target in targets:
+                out = config.out / target
+                try:
+                    results.append(convert(dataclasses.replace(config, target=target, out=out),
+                                           lambda message, t=target: progress(f"{t}: {message}"), shared,
+                                           prepared[target]))
+                except ConversionError as exc:
+                    progress(f"{target}: FAILED: {exc}")
+                    results.append(TargetFailure(target, out, exc))
+        finally:
+            shared.close()
     return results

@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
     parser.add_argument("texts", nargs="*", help="texts to embed or classify; - reads one text per "
-                        "line from standard input (UTF-8)")
+                        "line from standard input (UTF-8; the text \"-\" itself: echo - | edge-run DIR -)")
     parser.add_argument("--artifact", help="artifact name (default: best for this device)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: this device's tuned "
                         "setting if edge-tune cached one, else the profile's; --info says which)")

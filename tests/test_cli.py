@@ -89,6 +89,10 @@ def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys, monkeypatch
     assert edge_run([str(out), "-"]) == 2
     assert "standard input has no lines" in capsys.readouterr().err
     assert edge_run([str(out), "-", "-"]) == 2
+    # The text "-" itself comes through standard input (what --help says).
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"-\n")))
+    assert edge_run([str(out), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == edge_runtime.load(out).classify(["-"])
 
 
 def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):

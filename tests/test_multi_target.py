@@ -30,6 +30,15 @@ def test_targets_share_stages_and_identical_builds(tiny_model_factory, tmp_path)
     # Loaded, referenced and exported once for the run.
     assert sum("loading the source model" in m for m in messages) == 1
     assert sum("computing PyTorch FP32 reference outputs" in m for m in messages) == 1
+    # rpi5's TFLite export started with the run, in a second process beside the ONNX stages
+    # (converters/tflite/background.py), unless this machine has no room for one: said either way.
+    started = [m for m in messages if m.startswith("exporting TFLite with litert-torch in a second")]
+    in_process = [m for m in messages if m.startswith("the TFLite export will run in this process")]
+    assert len(started) + len(in_process) == 1, messages
+    if started:
+        first = next(i for i, m in enumerate(messages) if "computing PyTorch FP32 reference outputs" in m)
+        assert messages.index(started[0]) < first
+        assert sum(m.startswith("rpi5: TFLite export done in the second process") for m in messages) == 1
     # rpi5 asks for the same ONNX recipe as x86-avx512-vnni: its builds are reused, and say so.
     reused = [m for m in messages if m.startswith("rpi5: [onnx-") and "reused" in m]
     assert len(reused) == 3, reused
