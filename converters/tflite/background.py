@@ -2,14 +2,15 @@
 artifacts.
 
 litert-torch's conversion (torch.export, decompositions, MLIR lowering, once per signature) is
-Python on one core: ~25-30 s for MiniLM's four signatures on a Zen 4, ~45 s on an AVX2-only Zen 3,
-and nothing else runs meanwhile. The ONNX stages before it keep the second core only partly busy
-(GPTQ's row loops, protobuf edits, session starts). A child process started with the conversion
-soaks up part of that slack: at normal priority it competed with onnxruntime's and OpenBLAS's
-threads and slowed the ONNX stages by as much as it saved; at the lowest priority (nice 19) the
-ONNX stages take 10-14 s longer and an rpi4 conversion 0.91-0.95x the time (188-197 s -> 179 s on
-a Zen 4), every artifact byte-identical (benchmarks/RESULTS.md run AF). When the conversion
-reaches its TFLite artifacts it waits for the child, which then has the machine to itself.
+Python on one core: ~25-30 s for MiniLM's four signatures on a Zen 4 (AVX-512 VNNI), ~45 s on an
+AVX2-only Zen 3 (run U), and nothing else runs meanwhile. The ONNX stages before it keep the
+second core only partly busy (GPTQ's row loops, protobuf edits, session starts). A child process
+started with the conversion soaks up part of that slack: at normal priority it competed with
+onnxruntime's and OpenBLAS's threads and slowed the ONNX stages by as much as it saved; at the
+lowest priority (nice 19) the ONNX stages take 10-14 s longer and an rpi4 conversion 0.91-0.95x
+the time (188-197 s -> 179 s on a 2-vCPU AMD EPYC Zen 4 with AVX-512 VNNI), every artifact
+byte-identical (benchmarks/RESULTS.md run AF). When the conversion reaches its TFLite artifacts
+it waits for the child, which then has the machine to itself.
 
 The child is a spawned interpreter (no forked torch or onnxruntime thread pools): it loads the
 same model directory, checks that its weights hash to the parent's, and runs `export_tflite`, so
