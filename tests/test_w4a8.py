@@ -166,3 +166,30 @@ def test_fit_moves_weights_to_8_bits_only_within_the_budget(graphs, tmp_path):
     inits = {i.name: i for i in model.graph.initializer}
     for w in eight:
         assert numpy_helper.to_array(inits[f"{w}_quantized"]).dtype == np.int8
+
+
+def test_candidates_are_scored_unpacked_with_the_same_outputs_and_sized_packed(graphs, tmp_path):
+    """W4A8Space writes each candidate with its 4-bit weights as the int8 initializers the
+    packed graph computes at session start: onnxruntime, and the exact int32 reference the
+    searches run for int32 targets, give the same numbers bit for bit; the size is the packed
+    file's."""
+    from converters.core.exact_integer_ops import ExactIntegerConfig, exact_integer_ops
+
+    weights = W4A8Weights(graphs["int8"], graphs["split"], graphs["smooth"], graphs["batches"], graphs["qrange"])
+    moved = frozenset(weights.weights[:2])
+    four_bit = set(weights.weights) - moved
+    space = W4A8Space(weights, tmp_path / "probe.onnx", rank=lambda p: {}, judge=lambda p: {})
+    size = space.build(moved)
+    packed_model = weights.build(four_bit)
+    assert size == packed_model.ByteSize()
+    scored = onnx.load(str(tmp_path / "probe.onnx"))
+    assert not [i for i in scored.graph.initializer if "_w4_" in i.name]  # (the 4-bit embedding tables stay)
+    assert [i for i in packed_model.graph.initializer if "_w4_" in i.name]
+    packed = tmp_path / "packed.onnx"
+    onnx.save(packed_model, str(packed))
+    for path in (packed, tmp_path / "probe.onnx"):
+        exact_integer_ops(path, path.with_suffix(".exact.onnx"), ExactIntegerConfig(u8_weights=True))
+    for feeds in graphs["batches"][:2]:
+        assert np.array_equal(_run(packed, feeds), _run(tmp_path / "probe.onnx", feeds))
+        assert np.array_equal(_run(packed.with_suffix(".exact.onnx"), feeds),
+                              _run(tmp_path / "probe.exact.onnx", feeds))

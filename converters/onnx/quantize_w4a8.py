@@ -199,8 +199,10 @@ class W4A8Weights:
             self._four[weight] = _Codes(codes.astype(np.uint8), step, zero, rows, row_values)
         return self._four[weight]
 
-    def build(self, four_bit: set[str]):
-        """The INT8 graph with `four_bit` weights stored as 4-bit codes, the rest as GPTQ int8."""
+    def build(self, four_bit: set[str], unpacked: bool = False):
+        """The INT8 graph with `four_bit` weights stored as 4-bit codes, the rest as GPTQ int8.
+        `unpacked`: the `four_bit` weights as the int8 initializers the 4-bit graph computes
+        when a session starts (the values `check` proves it computes), for scoring only."""
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
@@ -218,6 +220,9 @@ class W4A8Weights:
                 inits[name].CopyFrom(numpy_helper.from_array(eight(weight, scales[weight]).astype(np.int8), name))
                 continue
             codes = self.four_bit(weight)
+            if unpacked:
+                inits[name].CopyFrom(numpy_helper.from_array(codes.int8(block, self.qrange), name))
+                continue
             rows, cols = self.shape(weight)
             blocks = codes.step.shape[0]
             q = np.zeros((blocks * block, cols), np.uint8)
@@ -310,11 +315,15 @@ class W4A8Space(ProbeSpace):
         return list(self.weights.weights)
 
     def build(self, moved: frozenset[str]) -> int:
+        """Writes the candidate with its 4-bit weights unpacked to int8 initializers: the same
+        GEMM operands, so the same scores, while onnxruntime no longer folds the unpacking at
+        every candidate's session start (0.2 -> 0.07 s on MiniLM). The size returned is the
+        4-bit file's, the one the budget is about."""
         import onnx
 
-        model = self.weights.build(set(self.weights.weights) - set(moved))
-        onnx.save(model, str(self.probe))
-        return model.ByteSize()
+        four_bit = set(self.weights.weights) - set(moved)
+        onnx.save(self.weights.build(four_bit, unpacked=True), str(self.probe))
+        return self.weights.build(four_bit).ByteSize()
 
 
 def fit_w4a8(space: W4A8Space, budget_bytes: int, progress: Callable[[str], None] = lambda m: None,
