@@ -161,6 +161,7 @@ class W4A8Weights:
             raise ConversionError(f"{Path(int8_path).name} has no dynamic INT8 weights to store in 4 bits")
         self._scales = {w: numpy_helper.to_array(inits[f"{w}_scale"]).astype(np.float64) for w in self.weights}
         self._four: dict[str, _Codes] = {}
+        self._unpacked: dict[str, np.ndarray] = {}  # four_bit(w).int8(...), per weight
 
     def shape(self, weight: str) -> tuple[int, int]:
         return tuple(self._floats[weight].shape)  # type: ignore[return-value]
@@ -199,6 +200,12 @@ class W4A8Weights:
             self._four[weight] = _Codes(codes.astype(np.uint8), step, zero, rows, row_values)
         return self._four[weight]
 
+    def unpacked(self, weight: str) -> np.ndarray:
+        """The int8 values the 4-bit form of `weight` stands for (what the graph computes)."""
+        if weight not in self._unpacked:
+            self._unpacked[weight] = self.four_bit(weight).int8(self.config.block_size, self.qrange)
+        return self._unpacked[weight]
+
     def build(self, four_bit: set[str], unpacked: bool = False):
         """The INT8 graph with `four_bit` weights stored as 4-bit codes, the rest as GPTQ int8.
         `unpacked`: the `four_bit` weights as the int8 initializers the 4-bit graph computes
@@ -221,7 +228,7 @@ class W4A8Weights:
                 continue
             codes = self.four_bit(weight)
             if unpacked:
-                inits[name].CopyFrom(numpy_helper.from_array(codes.int8(block, self.qrange), name))
+                inits[name].CopyFrom(numpy_helper.from_array(self.unpacked(weight), name))
                 continue
             rows, cols = self.shape(weight)
             blocks = codes.step.shape[0]
@@ -296,7 +303,7 @@ class W4A8Weights:
                  for i in session.get_inputs()}
         for name, got in zip(outputs, session.run(outputs, feeds)):
             weight = name[: -len("_quantized")]
-            want = self.four_bit(weight).int8(self.config.block_size, self.qrange)
+            want = self.unpacked(weight)
             if got.shape != want.shape or not np.array_equal(got, want):
                 raise ConversionError(f"W4A8: the unpacked int8 weight {weight} differs from its codes")
 
