@@ -324,8 +324,9 @@ class W4A8Space(ProbeSpace):
     def build(self, moved: frozenset[str]) -> int:
         """Writes the candidate with its 4-bit weights unpacked to int8 initializers: the same
         GEMM operands, so the same scores, while onnxruntime no longer folds the unpacking at
-        every candidate's session start (0.2 -> 0.07 s on MiniLM). The size returned is the
-        4-bit file's, the one the budget is about."""
+        every candidate's session start (MiniLM on a masked-AVX2 Xeon: 0.16-0.24 -> 0.07 s;
+        benchmarks/RESULTS.md run AG). The size returned is the 4-bit file's, the one the
+        budget is about."""
         import onnx
 
         four_bit = set(self.weights.weights) - set(moved)
