@@ -87,8 +87,8 @@ class Model:
         """Whether a row's outputs may depend on the other rows of its batch.
 
         True for dynamically quantized artifacts (onnxruntime's DynamicQuantizeLinear takes one
-        activation scale per tensor, i.e. per batch: measured up to 0.012 per element on MiniLM
-        INT8 between batch 1 and 16, issue 10), for integer artifacts whose scheme the manifest
+        activation scale per tensor, i.e. per batch: measured up to 0.019 per element on MiniLM
+        INT8 between batch 1 and 16, benchmarks/RESULTS.md run R; issue 10), for integer artifacts whose scheme the manifest
         does not state as static, and for TFLite (which runs rows one by one anyway, padded to a
         bucket chosen by the batch's longest row). False for ONNX FP32/FP16 and static INT8,
         whose rows are computed independently (masked padding contributes exact zeros)."""
