@@ -88,10 +88,11 @@ class Model:
 
         True for dynamically quantized artifacts (onnxruntime's DynamicQuantizeLinear takes one
         activation scale per tensor, i.e. per batch: measured up to 0.019 per element on MiniLM
-        INT8 between batch 1 and 16, benchmarks/RESULTS.md run R; issue 10), for integer artifacts whose scheme the manifest
-        does not state as static, and for TFLite (which runs rows one by one anyway, padded to a
-        bucket chosen by the batch's longest row). False for ONNX FP32/FP16 and static INT8,
-        whose rows are computed independently (masked padding contributes exact zeros)."""
+        INT8 between batch 1 and 16, benchmarks/RESULTS.md run R; issue 10), for integer
+        artifacts whose scheme the manifest does not state as static, and for TFLite (which runs
+        rows one by one anyway, padded to a bucket chosen by the batch's longest row). False for
+        ONNX FP32/FP16 and static INT8, whose rows are computed independently (masked padding
+        contributes exact zeros)."""
         entry = self.artifact
         if entry["format"] != "onnx":
             return True
