@@ -135,7 +135,9 @@ def test_gptq_int4_layout_and_accuracy(bert, gptq_all_int4, tmp_path):
     schemes = [layer["scheme"] for layer in report["layers"].values()]
     assert schemes.count("int4 block 32, GPTQ") == 12
     assert report["config"]["block_size"] == 32 and report["hessian_rows"] > len(heldout)
-    assert report["hessians_from"] == "the TFLite interpreter"  # no ONNX twin given
+    # No ONNX twin given; the FC inputs smoothed first (converters/tflite/smooth.py)
+    assert report["hessians_from"] == "the TFLite interpreter, rescaled by the smoothing"
+    assert report["smoothing"]["weights"] == 12
 
     gptq = _pooled_cosines(source, path, heldout)
     assert gptq.mean() >= GPTQ_COSINE_MEAN and gptq.min() >= GPTQ_COSINE_MIN, gptq
@@ -304,15 +306,19 @@ def test_pipeline_ships_gptq_int4_and_the_runtime_runs_it(tiny_model_factory, tm
 @pytest.mark.slow  # a TFLite export and quantization
 def test_gptq_int8_keeps_the_stock_layout_and_is_closer_to_pytorch(bert, tmp_path):
     source, fp32, calibration, heldout = bert
-    stock, ours = tmp_path / "stock.tflite", tmp_path / "gptq.tflite"
+    stock, ours, unsmoothed = tmp_path / "stock.tflite", tmp_path / "gptq.tflite", tmp_path / "unsmoothed.tflite"
     quantize_tflite(fp32, stock, "dynamic_wi8_afp32")
     report = quantize_tflite(fp32, ours, "gptq_wi8_afp32", calibration)
+    quantize_tflite(fp32, unsmoothed, "gptq_wi8_afp32", calibration, smooth_alpha=None)
 
     assert report["precision"] == "int8" and report["gptq"]["weights"] == 12
     assert report["gptq"]["hessian_rows"] > report["gptq"]["calibration_rows"] > 0
-    assert report["gptq"]["hessians_from"] == "the TFLite interpreter"  # no ONNX twin given
-    assert _weight_types(ours) == _weight_types(stock)  # same tensors and types: only codes differ
-    assert ours.stat().st_size == stock.stat().st_size
+    # No ONNX twin given; the FC inputs smoothed first (converters/tflite/smooth.py)
+    assert report["gptq"]["hessians_from"] == "the TFLite interpreter, rescaled by the smoothing"
+    assert _weight_types(ours) == _weight_types(stock)  # same weight tensors and types
+    # Unsmoothed, only the codes differ; smoothed, one MUL constant per FC input is added.
+    assert unsmoothed.stat().st_size == stock.stat().st_size
+    assert 0 < ours.stat().st_size - stock.stat().st_size < 0.02 * stock.stat().st_size  # 4 KB here
     gptq, nearest = _pooled_cosines(source, ours, heldout), _pooled_cosines(source, stock, heldout)
     assert gptq.min() >= 0.999, gptq
     assert (1 - gptq).mean() < (1 - nearest).mean(), (gptq.mean(), nearest.mean())

@@ -27,9 +27,11 @@ __all__ = [
     "float_weights",
     "op_counts",
     "op_name",
+    "read_model",
     "schema",
     "short_name",
     "weight_tensors",
+    "write_model",
 ]
 
 FC, EMBEDDING = "FULLY_CONNECTED", "EMBEDDING_LOOKUP"
@@ -179,17 +181,20 @@ def short_name(name: bytes | None, subgraph: int, index: int) -> bytes:
     return f"{short[-96:]}#{subgraph}.{index}".encode()
 
 
-def compact_copy(in_path: Path, out_path: Path) -> None:
-    """`in_path` with short tensor names (short_name) written to `out_path`; numerics, ops,
-    signatures and weights unchanged. Buffers of 1 KB or more go after the flatbuffer, 16-byte
-    aligned, the layout ai-edge-quantizer writes (model_modifier._serialize_model)."""
+def read_model(path: Path):
+    """The model at `path` as the schema's object tree (ModelT): what a pass edits before write_model."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+
+
+def write_model(model, out_path: Path) -> None:
+    """Serialize `model` (a ModelT) to `out_path`. Buffers of 1 KB or more go after the
+    flatbuffer, 16-byte aligned, the layout ai-edge-quantizer writes
+    (model_modifier._serialize_model); `model`'s large buffers are left emptied."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     fb = schema()
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(Path(in_path).read_bytes()))
-    for subgraph, graph in enumerate(model.subgraphs):
-        for index, tensor in enumerate(graph.tensors):
-            tensor.name = short_name(tensor.name, subgraph, index)
     large = {}
     for index, buffer in enumerate(model.buffers):
         if buffer.data is not None and len(buffer.data) >= 1024:
@@ -209,3 +214,13 @@ def compact_copy(in_path: Path, out_path: Path) -> None:
     for start, values in pieces:
         out[start : start + values.size] = values.tobytes()
     Path(out_path).write_bytes(bytes(out))
+
+
+def compact_copy(in_path: Path, out_path: Path) -> None:
+    """`in_path` with short tensor names (short_name) written to `out_path`; numerics, ops,
+    signatures and weights unchanged, in write_model's layout."""
+    model = read_model(in_path)
+    for subgraph, graph in enumerate(model.subgraphs):
+        for index, tensor in enumerate(graph.tensors):
+            tensor.name = short_name(tensor.name, subgraph, index)
+    write_model(model, out_path)

@@ -240,6 +240,16 @@ class HessianCache:
             self.collected += len(missing)
         return {b: store[use[b]] for b in weights}
 
+    def put(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
+            hessians: dict[int, np.ndarray], origin: str, weighting: str = "row") -> None:
+        """Record `hessians` ({buffer: Hessian} of `weights`) as the statistics of the model at
+        `path` on `rows`, replacing what was there: for a model derived from one whose Hessians
+        are known (smooth.smooth_fc_inputs: its inputs rescaled, so its Hessians follow exactly)."""
+        key = (str(Path(path).resolve()), _rows_digest(rows), weighting)
+        store = self._store[key] = {}
+        for buffer, weight in weights.items():
+            store[tuple(weight.uses[0][:2])] = (hessians[buffer], origin)
+
 
 class TfliteHessians:
     """The TFLite adapter of the GPTQ driver's HessianSource (converters/core/gptq.py): the

@@ -43,13 +43,14 @@ from converters.core.gptq import GPTQ_POLICY
 from converters.core.search import RANKING_TEXTS, Budget, Floor, ProbeSpace, greedy_search
 from converters.tflite.config import GptqInt4Config
 from converters.tflite.edge_quantizer import run_quantizer
-from converters.tflite.flatbuffer import compact_copy, op_counts
+from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_counts
 from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import HessianCache, with_prefixes
 from converters.tflite.judge import Judge, cosines, meets
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.signatures import calibration_rows, signature_lengths
+from converters.tflite.smooth import SMOOTH_ALPHA, smooth_fc_inputs
 
 __all__ = ["quantize_tflite"]
 
@@ -109,6 +110,24 @@ def _shortfall(floor: tuple[float, float] | None):
     return miss
 
 
+def _smoothed(in_path: Path, out_path: Path, rows: list[dict[str, np.ndarray]], weighting: str,
+              hessians: HessianCache, alpha: float | None, progress: Progress) -> tuple[Path, dict[str, Any] | None]:
+    """(the FP32 model the recipe quantizes, what smoothing did): with `alpha`, `in_path` with
+    SmoothQuant-scaled FC inputs (smooth.py) written next to `out_path`, its Hessians on `rows`
+    derived from the original's and put in `hessians`; None: `in_path` itself."""
+    if alpha is None:
+        return in_path, None
+    fcs = {b: w for b, w in find_weights(in_path).items() if w.kind == FC}
+    progress(f"smoothing the inputs of {len(fcs)} FULLY_CONNECTED weights (SmoothQuant, alpha {alpha})")
+    found = hessians.get(in_path, fcs, rows, weighting=weighting)
+    path = out_path.with_name(out_path.stem + ".smoothed.tflite")
+    smoothing = smooth_fc_inputs(in_path, path, {b: h for b, (h, _) in found.items()}, alpha)
+    origin = ", ".join(sorted({o for _, o in found.values()})) + ", rescaled by the smoothing"
+    smoothed = {b: w for b, w in find_weights(path).items() if w.kind == FC}
+    hessians.put(path, smoothed, rows, smoothing.hessians, origin, weighting)
+    return path, smoothing.describe()
+
+
 def _quantize_gptq_int4(
     in_path: Path,
     out_path: Path,
@@ -120,16 +139,22 @@ def _quantize_gptq_int4(
     judge: Score | None = None,
     hessians: HessianCache | None = None,
     floor: tuple[float, float] | None = None,
+    smooth_alpha: float | None = SMOOTH_ALPHA,
 ) -> dict[str, Any]:
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
-    hessian_rows = with_prefixes(rows, config.gptq_policy().prefix_tokens)
+    policy = config.gptq_policy()
+    hessian_rows = with_prefixes(rows, policy.prefix_tokens)
+    hessians = hessians if hessians is not None else HessianCache()
     compact = out_path.with_name(out_path.stem + ".compact.tflite")
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
-    fp32_bytes = in_path.stat().st_size
+    fp32_bytes = in_path.stat().st_size  # the budget is the FP32 artifact's, not the smoothed copy's
+    source, smoothing = in_path, None
     try:
-        compact_copy(in_path, compact)
-        builder = Int4Builder(compact, config, source=in_path)
+        source, smoothing = _smoothed(in_path, out_path, hessian_rows, policy.weighting, hessians, smooth_alpha,
+                                      progress)
+        compact_copy(source, compact)
+        builder = Int4Builder(compact, config, source=source)
         if config.size_budget is not None:
             # The size does not depend on the values: refuse before the expensive part.
             size = builder.build(probe, set())
@@ -156,12 +181,15 @@ def _quantize_gptq_int4(
     finally:
         compact.unlink(missing_ok=True)
         probe.unlink(missing_ok=True)
+        if source != in_path:
+            source.unlink(missing_ok=True)
     layers = builder.schemes(set(chosen))
     for name, layer in layers.items():
         if not layer["scheme"].startswith("int4"):
             log.info("%s: %s %s stays %s", GPTQ_RECIPE, layer["op"], name, layer["scheme"])
     return {
         "config": config.as_dict(),
+        "smoothing": smoothing,
         "calibration_rows": len(rows),
         "hessian_rows": len(hessian_rows),
         "hessians_from": builder.hessians_from,
@@ -183,45 +211,51 @@ def _quantize_gptq_int8(
     rank: Score | None = None,
     judge: Score | None = None,
     hessians: HessianCache | None = None,
+    smooth_alpha: float | None = SMOOTH_ALPHA,
 ) -> dict[str, Any]:
     """GPTQ INT8; with a floor (cosine mean, min on the validation rows) that the all-INT8 model
     misses, the shared search's floor policy keeps FCs float until it is met."""
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     policy = GPTQ_POLICY["int8"]
     hessian_rows = with_prefixes(rows, policy.prefix_tokens)
-    builder = Int8Builder(in_path, hessian_rows, progress, hessians, policy)
-    written = builder.build(out_path, set())
-    report: dict[str, Any] = {
-        "gptq": {
-            "weights": written,
-            **policy.describe(),
-            "calibration_rows": len(rows),
-            "hessian_rows": len(hessian_rows),
-            "hessians_from": builder.hessians.origin,
-        },
-        "promoted": {"to": "float32", "weights": []},
-    }
-    if floor is None:
-        return report
-    val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
-    report["gptq"]["validation_rows"] = len(val_rows)
-    rank, judge = _scorers(in_path, rows, val_rows, rank, judge)
-    metrics = judge(out_path)
-    report["validation_metrics"] = metrics
-    if meets(metrics, floor):
-        return report
-
-    def failures(m: dict[str, float]) -> list[str]:
-        mean, worst = cosines(m)
-        return [] if meets(m, floor) else [f"cosine {mean:.4f} / {worst:.4f} < floor {floor[0]} / {floor[1]}"]
-
+    hessians = hessians if hessians is not None else HessianCache()
+    source, smoothing = _smoothed(in_path, out_path, hessian_rows, policy.weighting, hessians, smooth_alpha, progress)
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
     try:
+        builder = Int8Builder(source, hessian_rows, progress, hessians, policy)
+        written = builder.build(out_path, set())
+        report: dict[str, Any] = {
+            "smoothing": smoothing,
+            "gptq": {
+                "weights": written,
+                **policy.describe(),
+                "calibration_rows": len(rows),
+                "hessian_rows": len(hessian_rows),
+                "hessians_from": builder.hessians.origin,
+            },
+            "promoted": {"to": "float32", "weights": []},
+        }
+        if floor is None:
+            return report
+        val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
+        report["gptq"]["validation_rows"] = len(val_rows)
+        rank, judge = _scorers(in_path, rows, val_rows, rank, judge)
+        metrics = judge(out_path)
+        report["validation_metrics"] = metrics
+        if meets(metrics, floor):
+            return report
+
+        def failures(m: dict[str, float]) -> list[str]:
+            mean, worst = cosines(m)
+            return [] if meets(m, floor) else [f"cosine {mean:.4f} / {worst:.4f} < floor {floor[0]} / {floor[1]}"]
+
         space = _Space(builder, list(builder.fcs), probe, rank, judge)
         result = greedy_search(space, Floor(failures), move="float", progress=progress, start_metrics=metrics)
         report["gptq"]["weights"] = builder.build(out_path, set(result.moved))
     finally:
         probe.unlink(missing_ok=True)
+        if source != in_path:
+            source.unlink(missing_ok=True)
     report.update(promoted={"to": "float32", "weights": [builder.label(b) for b in result.moved]},
                   validation_metrics=result.metrics, search=result.steps,
                   search_seconds=round(result.seconds, 1))
@@ -273,6 +307,7 @@ def quantize_tflite(
     rank: Score | None = None,
     judge: Score | None = None,
     hessians: HessianCache | None = None,
+    smooth_alpha: float | None = SMOOTH_ALPHA,
 ) -> dict[str, Any]:
     """Quantize the FP32 .tflite at `in_path` with `recipe` into `out_path`.
 
@@ -293,6 +328,8 @@ def quantize_tflite(
     the pipeline passes its one evaluator (agreement with PyTorch through edge_runtime). None:
     agreement with the FP32 .tflite on the calibration / validation rows. `hessians`: a
     HessianCache shared with other calls on the same export and rows (None: collected here).
+    `smooth_alpha`: our recipes first rescale the FC inputs (smooth.py) with this migration
+    strength; None: they quantize `in_path` as it is.
     """
     spec = lookup(recipe)
     if spec.needs_calibration and not calibration:
@@ -312,11 +349,11 @@ def quantize_tflite(
     details: dict[str, Any] = {}
     if recipe == GPTQ_INT8_RECIPE:
         details = _quantize_gptq_int8(in_path, out_path, calibration, floor, progress, validation, rank, judge,
-                                      hessians)
+                                      hessians, smooth_alpha)
     elif spec.ours:
         config = int4 or GptqInt4Config()
         details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation, rank,
-                                      judge, hessians, floor)
+                                      judge, hessians, floor, smooth_alpha)
     else:
         from ai_edge_quantizer import recipe as recipes
 
