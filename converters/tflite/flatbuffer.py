@@ -209,11 +209,12 @@ def write_model(model, out_path: Path) -> None:
         )
         pieces.append((offset, values))
         offset = (offset + values.size + 15) & ~15
-    out = bytearray(offset)
-    out[: len(head)] = head
-    for start, values in pieces:
-        out[start : start + values.size] = values.tobytes()
-    Path(out_path).write_bytes(bytes(out))
+    with open(out_path, "wb") as out:  # piece by piece: no second copy of the weights in memory
+        out.write(head)
+        for start, values in pieces:
+            out.write(b"\0" * (start - out.tell()))
+            out.write(np.ascontiguousarray(values).data)
+        out.write(b"\0" * (offset - out.tell()))
 
 
 def compact_copy(in_path: Path, out_path: Path) -> None:

@@ -1,0 +1,62 @@
+"""The TFLite recipes' smoothing strength chosen on the validation texts: edge-convert for one
+target once per alpha (and once without smoothing), each in a fresh process, then the TFLite
+artifacts' validation metrics (what the floors and searches use; the benchmark's held-out texts
+take no part) from each manifest.
+
+    .venv/bin/python benchmarks/bench_tflite_smoothing.py --target rpi5 --alphas none 0.3 0.5 0.7 --out /tmp/alpha
+
+Each run converts the whole profile (ONNX artifacts too: only the TFLite ones depend on alpha).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs edge-convert with quantize_tflite's default smoothing strength replaced (None: off).
+_CHILD = """
+import sys
+from converters.tflite import quantize
+alpha = sys.argv[1]
+quantize.quantize_tflite.__kwdefaults__["smooth_alpha"] = None if alpha == "none" else float(alpha)
+from converters.cli import main
+sys.argv = ["edge-convert"] + sys.argv[2:]
+sys.exit(main())
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default="rpi5")
+    parser.add_argument("--alphas", nargs="+", default=["none", "0.3", "0.5", "0.7"])
+    parser.add_argument("--out", type=Path, required=True, help="one artifact directory per alpha goes here")
+    args = parser.parse_args()
+    rows = []
+    for alpha in args.alphas:
+        out = args.out / f"{args.target}-alpha-{alpha}"
+        print(f"converting {args.target} with alpha {alpha} into {out}", flush=True)
+        done = subprocess.run([sys.executable, "-c", _CHILD, alpha, "--target", args.target, "--out", str(out),
+                               "--force"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        if done.returncode:
+            print(f"edge-convert failed for alpha {alpha} (exit {done.returncode})", file=sys.stderr)
+            return done.returncode
+        manifest = json.loads((out / "manifest.json").read_text())
+        for artifact in manifest["artifacts"]:
+            if artifact["format"] == "tflite" and artifact["precision"] != "fp32":
+                quantization = artifact.get("quantization") or {}
+                rows.append((alpha, artifact["name"], artifact["metrics"],
+                             len((quantization.get("promoted") or {}).get("weights", []))))
+    print("| alpha | artifact | validation cosine mean | min | promoted |")
+    print("|---|---|---:|---:|---:|")
+    for alpha, name, metrics, promoted in rows:
+        print(f"| {alpha} | {name} | {metrics['cosine_mean']:.4f} | {metrics['cosine_min']:.4f} | {promoted} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
