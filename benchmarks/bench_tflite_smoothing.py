@@ -1,6 +1,7 @@
 """The TFLite recipes' smoothing strength chosen on the validation texts: edge-convert for one
-target once per alpha (and once without smoothing), each in a fresh process, then the TFLite
-artifacts' validation metrics (what the floors and searches use; the benchmark's held-out texts
+target once per alpha (and once without smoothing), both recipes (gptq_wi8_afp32 and
+gptq_wi4b32_afp32) smoothed alike, each run in a fresh process, then the TFLite artifacts'
+validation metrics (what the floors and searches use; the benchmark's held-out texts
 take no part) from each manifest.
 
     .venv/bin/python benchmarks/bench_tflite_smoothing.py --target rpi5 --alphas none 0.3 0.5 0.7 --out /tmp/alpha
@@ -18,12 +19,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs edge-convert with quantize_tflite's default smoothing strength replaced (None: off).
+# Runs edge-convert with the smoothing strength of both TFLite recipes replaced (none: off):
+# quantize_tflite's default (gptq_wi8_afp32) and the pipeline's GptqInt4Config (gptq_wi4b32_afp32).
 _CHILD = """
-import sys
+import functools, sys
+from converters import _artifacts
 from converters.tflite import quantize
-alpha = sys.argv[1]
-quantize.quantize_tflite.__kwdefaults__["smooth_alpha"] = None if alpha == "none" else float(alpha)
+alpha = None if sys.argv[1] == "none" else float(sys.argv[1])
+quantize.quantize_tflite.__kwdefaults__["smooth_alpha"] = alpha
+_artifacts.GptqInt4Config = functools.partial(_artifacts.GptqInt4Config, smooth_alpha=alpha)
 from converters.cli import main
 sys.argv = ["edge-convert"] + sys.argv[2:]
 sys.exit(main())

@@ -135,9 +135,8 @@ def test_gptq_int4_layout_and_accuracy(bert, gptq_all_int4, tmp_path):
     schemes = [layer["scheme"] for layer in report["layers"].values()]
     assert schemes.count("int4 block 32, GPTQ") == 12
     assert report["config"]["block_size"] == 32 and report["hessian_rows"] > len(heldout)
-    # No ONNX twin given; the FC inputs smoothed first (converters/tflite/smooth.py)
-    assert report["hessians_from"] == "the TFLite interpreter, rescaled by the smoothing"
-    assert report["smoothing"]["weights"] == 12
+    assert report["hessians_from"] == "the TFLite interpreter"  # no ONNX twin given
+    assert report["smoothing"] is None and report["config"]["smooth_alpha"] is None  # INT4: off by default
 
     gptq = _pooled_cosines(source, path, heldout)
     assert gptq.mean() >= GPTQ_COSINE_MEAN and gptq.min() >= GPTQ_COSINE_MIN, gptq

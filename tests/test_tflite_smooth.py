@@ -16,7 +16,7 @@ import litert_torch  # noqa: F401
 from converters.core.validate import make_batches
 from converters.inputs.calibration import load_texts
 from converters.inputs.source import load_source
-from converters.tflite import TfliteExportConfig, export_tflite, quantize_tflite
+from converters.tflite import GptqInt4Config, TfliteExportConfig, export_tflite, quantize_tflite
 from converters.tflite.flatbuffer import FC, find_weights, float_weights, op_counts
 from converters.tflite.hessians import HessianCache, collect_hessians, with_prefixes
 from converters.tflite.signatures import calibration_rows, signature_lengths
@@ -160,3 +160,22 @@ def test_a_rewrite_that_changes_the_numbers_is_refused(outlier_bert, tmp_path, m
     monkeypatch.setattr(smooth, "_mul_op", lambda fb, opcode, x, inverse, out: original(fb, opcode, x, x, out))
     with pytest.raises(ConversionError, match="changed signature seq16's output"):
         smooth_fc_inputs(fp32, tmp_path / "broken.tflite", hessians)
+
+
+@pytest.mark.slow  # a TFLite export and a quantization
+def test_the_int4_recipe_smooths_when_configured(outlier_bert, tmp_path):
+    """Off by default for INT4 (GptqInt4Config.smooth_alpha); when set, the compact copy the INT4
+    builder reads is made from the smoothed model and shares its derived Hessians."""
+    _, fp32, fit, validation = outlier_bert
+    cache = HessianCache()
+    config = GptqInt4Config(embedding_min_elements=1000, smooth_alpha=0.5)
+    report = quantize_tflite(fp32, tmp_path / "int4.tflite", "gptq_wi4b32_afp32", fit, validation=validation,
+                             int4=config, hessians=cache)
+    assert report["smoothing"]["weights"] == 12 and report["config"]["smooth_alpha"] == 0.5
+    assert report["hessians_from"] == HessianCache.INTERPRETER + ", rescaled by the smoothing"
+    assert cache.collected == 12
+    assert op_counts(tmp_path / "int4.tflite")["seq16"]["MUL"] == op_counts(fp32)["seq16"].get("MUL", 0) + 8
+    assert min(report["cosine_vs_float_synthetic"].values()) > 0.99
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int4.tflite"]
+    with pytest.raises(Exception, match="smooth_alpha 1.5 must be in"):
+        GptqInt4Config(smooth_alpha=1.5)

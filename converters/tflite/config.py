@@ -38,12 +38,19 @@ class GptqInt4Config:
     # GPTQ statistics and damping: None = the shared INT4 policy, read when rounding.
     policy: HessianPolicy | None = None
     embedding_min_elements: int = 1 << 16  # smaller tables (token types) stay float
+    # Smoothing of the FC inputs (converters/tflite/smooth.py) and its strength; None: off. Off by
+    # default: on MiniLM's validation texts (benchmarks/RESULTS.md run AI) it raised the INT4
+    # minimum but lowered the mean, worse by the search's own loss on AVX2 code and better on
+    # VNNI, and its search judged more candidates (+10 s). INT4's error is mostly the weights'.
+    smooth_alpha: float | None = None
     version: int = GPTQ_INT4_VERSION
 
     def __post_init__(self) -> None:
         problems = []
         if self.size_budget is not None and not 0.0 < self.size_budget <= 1.0:
             problems.append(f"size_budget {self.size_budget} must be in (0, 1]")
+        if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
+            problems.append(f"smooth_alpha {self.smooth_alpha} must be in (0, 1) or None")
         if problems:
             raise ConversionError("GptqInt4Config: " + "; ".join(problems))
 

@@ -2,7 +2,11 @@
 
 Every signature (one per sequence bucket) is kept and the weights they share are quantized once.
 The recipes are listed in recipes.py. ai-edge-quantizer's own are applied as they are; ours need
-calibration feeds and decide per model, from measurements against the FP32 .tflite on them:
+calibration feeds and decide per model, from measurements against the FP32 .tflite on them.
+gptq_wi8_afp32 first rescales every FC input (smooth.py: one MUL per input tensor, the scale
+folded into the weights) so that per-token int8 activations do not carry the outlier channels;
+the smoothed copy's Hessians are derived from the export's. gptq_wi4b32_afp32 can do the same
+(GptqInt4Config.smooth_alpha; off: measured no better for INT4, RESULTS.md run AI).
 
 - gptq_wi8_afp32 (gptq_int8.py): the stock INT8 layout with GPTQ codes; with a cosine floor the
   all-INT8 model misses, the most sensitive FULLY_CONNECTED weights stay float (the shared
@@ -139,7 +143,6 @@ def _quantize_gptq_int4(
     judge: Score | None = None,
     hessians: HessianCache | None = None,
     floor: tuple[float, float] | None = None,
-    smooth_alpha: float | None = SMOOTH_ALPHA,
 ) -> dict[str, Any]:
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
@@ -151,8 +154,8 @@ def _quantize_gptq_int4(
     fp32_bytes = in_path.stat().st_size  # the budget is the FP32 artifact's, not the smoothed copy's
     source, smoothing = in_path, None
     try:
-        source, smoothing = _smoothed(in_path, out_path, hessian_rows, policy.weighting, hessians, smooth_alpha,
-                                      progress)
+        source, smoothing = _smoothed(in_path, out_path, hessian_rows, policy.weighting, hessians,
+                                      config.smooth_alpha, progress)
         compact_copy(source, compact)
         builder = Int4Builder(compact, config, source=source)
         if config.size_budget is not None:
@@ -328,8 +331,8 @@ def quantize_tflite(
     the pipeline passes its one evaluator (agreement with PyTorch through edge_runtime). None:
     agreement with the FP32 .tflite on the calibration / validation rows. `hessians`: a
     HessianCache shared with other calls on the same export and rows (None: collected here).
-    `smooth_alpha`: our recipes first rescale the FC inputs (smooth.py) with this migration
-    strength; None: they quantize `in_path` as it is.
+    `smooth_alpha`: gptq_wi8_afp32 first rescales the FC inputs (smooth.py) with this migration
+    strength; None: it quantizes `in_path` as it is (gptq_wi4b32_afp32 reads `int4.smooth_alpha`).
     """
     spec = lookup(recipe)
     if spec.needs_calibration and not calibration:
@@ -353,7 +356,7 @@ def quantize_tflite(
     elif spec.ours:
         config = int4 or GptqInt4Config()
         details = _quantize_gptq_int4(in_path, out_path, calibration, config, progress, validation, rank,
-                                      judge, hessians, floor, smooth_alpha)
+                                      judge, hessians, floor)
     else:
         from ai_edge_quantizer import recipe as recipes
 
