@@ -24,6 +24,8 @@ Measured on all-MiniLM-L6-v2 (4 buckets; held-out texts, sentence-embedding cosi
 FP32; p50 vs the FP32 .tflite on XNNPACK, batch 1 x 128 tokens, 2 threads, Zen 4; see
 docs/notes/tflite-findings.md, "Converter side: calibrated INT4 and static INT8"):
 - dynamic_wi8_afp32: 0.29x size, 0.42x p50, cosine 0.9976 mean / 0.981 min.
+- gptq_wi8_afp32 (RESULTS.md run AI, Xeon, rpi5 profile): 0.29x size, 0.255x p50 (unsmoothed
+  0.245x), cosine 0.9995 / 0.9983 with smoothed FC inputs (unsmoothed 0.9981 / 0.9873).
 - dynamic_wi4b32_afp32: 0.160x size, 0.50x p50, cosine 0.957 / 0.824: offered so the pipeline
   can measure and reject it per model.
 - gptq_wi4b32_afp32: all INT4 0.151x, 0.50x, 0.986 / 0.962; with size budget 0.16 (8 of 36
