@@ -160,6 +160,7 @@ def test_a_rewrite_that_changes_the_numbers_is_refused(outlier_bert, tmp_path, m
     monkeypatch.setattr(smooth, "_mul_op", lambda fb, opcode, x, inverse, out: original(fb, opcode, x, x, out))
     with pytest.raises(ConversionError, match="changed signature seq16's output"):
         smooth_fc_inputs(fp32, tmp_path / "broken.tflite", hessians)
+    assert not (tmp_path / "broken.tflite").exists()
 
 
 @pytest.mark.slow  # a TFLite export and a quantization
@@ -179,3 +180,37 @@ def test_the_int4_recipe_smooths_when_configured(outlier_bert, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int4.tflite"]
     with pytest.raises(Exception, match="smooth_alpha 1.5 must be in"):
         GptqInt4Config(smooth_alpha=1.5)
+
+
+@pytest.mark.slow  # a litert-torch conversion
+def test_a_weight_read_from_several_inputs_is_scaled_once(tmp_path):
+    """A Linear applied twice (ALBERT shares its layers this way): one weight, FC ops reading two
+    different tensors. Each input gets its own MUL, the weight is scaled once, the numbers stay."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.norm, self.linear = torch.nn.LayerNorm(32), torch.nn.Linear(32, 32)
+
+        def forward(self, x):
+            h = self.linear(self.norm(x))
+            return self.linear(torch.relu(h)) + h
+
+    path = tmp_path / "twice.tflite"
+    sample = torch.randn(1, 8, 32)
+    sample[..., OUTLIER_CHANNEL] *= 20
+    litert_torch.convert(Twice().eval(), (sample,)).export(str(path))
+    fcs = _fcs(path)
+    assert len(fcs) == 1 and len({x for _, x in next(iter(fcs.values())).inputs}) == 2
+    hessians = {b: np.diag(np.linspace(1.0, 4.0, 32)) for b in fcs}
+    result = smooth_fc_inputs(path, tmp_path / "smoothed.tflite", hessians)
+    assert result.inputs == 2 and len(result.scales) == 1
+    runs = []
+    for model in (path, tmp_path / "smoothed.tflite"):
+        interpreter = Interpreter(model_path=str(model))
+        runner = interpreter.get_signature_runner()
+        runs.append(next(iter(runner(**{next(iter(runner.get_input_details())): sample.numpy()}).values())))
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-4, atol=1e-4 * np.abs(runs[0]).max())

@@ -1,5 +1,5 @@
 """Pass: SmoothQuant-style rescaling of every FULLY_CONNECTED input of an FP32 .tflite (before
-the dynamic-range recipes gptq_wi8_afp32 and gptq_wi4b32_afp32).
+the dynamic-range recipe gptq_wi8_afp32; gptq_wi4b32_afp32 when its config asks).
 
 XNNPACK's dynamic-range kernels quantize an FC's input per token (one int8 scale per row, set by
 the row's largest |x|). BERT-style encoders carry a few outlier channels in every token's
@@ -50,7 +50,7 @@ class Smoothing:
     alpha: float
     scales: dict[int, np.ndarray] = field(default_factory=dict)
     hessians: dict[int, np.ndarray] = field(default_factory=dict)
-    inputs: int = 0  # input tensors (per signature) given a MUL
+    inputs: int = 0  # MULs inserted: one per input tensor and signature
 
     def describe(self) -> dict[str, Any]:
         values = np.concatenate(list(self.scales.values())) if self.scales else np.ones(1)
@@ -64,11 +64,11 @@ def _groups(weights: dict[int, Weight]) -> list[tuple[int, ...]]:
     not the same in every signature (never seen in litert-torch exports) is left out."""
     per_weight: dict[int, set[tuple[int, ...]]] = {}
     for subgraph in sorted({s for w in weights.values() for s, _ in w.inputs}):
-        readers: dict[int, list[int]] = {}
+        readers: dict[int, set[int]] = {}
         for weight in weights.values():
             for s, tensor in weight.inputs:
                 if s == subgraph:
-                    readers.setdefault(tensor, []).append(weight.buffer)
+                    readers.setdefault(tensor, set()).add(weight.buffer)
         for buffers in readers.values():
             for buffer in buffers:
                 per_weight.setdefault(buffer, set()).add(tuple(sorted(buffers)))
@@ -109,7 +109,7 @@ def smooth_fc_inputs(in_path: Path, out_path: Path, hessians: dict[int, np.ndarr
     """Write `in_path` smoothed to `out_path`. `hessians`: {FP32 buffer: input Hessian} of the
     model's constant float FC weights (find_weights) on the fit rows; weights without one are
     left as they are. Postcondition, checked on the shortest signature: it computes what it did
-    (cosine 0.9999 on a synthetic input)."""
+    (cosine 0.9999 on a synthetic input); otherwise ConversionError, and `out_path` is removed."""
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha {alpha} must be in (0, 1)")
     fb = schema()
@@ -138,17 +138,20 @@ def smooth_fc_inputs(in_path: Path, out_path: Path, hessians: dict[int, np.ndarr
         inverse.data = (1.0 / s).astype(np.float32).view(np.uint8)
         model.buffers.append(inverse)
         inverse_buffer = len(model.buffers) - 1
-        for subgraph, x in fcs[group[0]].inputs:
+        for subgraph, x in sorted(set(fcs[group[0]].inputs)):  # the same inputs for every weight of the group
             graph = model.subgraphs[subgraph]
-            readers = {o for b in group for s_, o, _ in fcs[b].uses if s_ == subgraph}
+            # The ops of this group reading x (a weight shared by several layers, as ALBERT's
+            # are, is read from several inputs: each gets its own MUL, the weight is scaled once).
+            readers = {o for b in group for s_, o, _ in fcs[b].uses
+                       if s_ == subgraph and graph.operators[o].inputs[0] == x}
             const = fb.TensorT()
             const.shape, const.type, const.buffer = np.array([s.size], np.int32), fb.TensorType.FLOAT32, inverse_buffer
             # Short names, unique in the model (ai-edge-quantizer needs that): litert-torch's run to
             # ~500 bytes, 0.1 MB for MiniLM's 96 new tensors.
-            const.name = f"smooth_{number}/inverse_scale#{subgraph}".encode()
+            const.name = f"smooth_{number}/inverse_scale#{subgraph}.{x}".encode()
             scaled = copy.deepcopy(graph.tensors[x])
             scaled.buffer, scaled.quantization = 0, None
-            scaled.name = f"smooth_{number}/input#{subgraph}".encode()
+            scaled.name = f"smooth_{number}/input#{subgraph}.{x}".encode()
             graph.tensors += [const, scaled]
             for o in readers:
                 graph.operators[o].inputs[0] = len(graph.tensors) - 1
@@ -159,7 +162,11 @@ def smooth_fc_inputs(in_path: Path, out_path: Path, hessians: dict[int, np.ndarr
         for position, op in sorted(ops, key=lambda item: -item[0]):  # later positions first
             model.subgraphs[subgraph].operators.insert(position, op)
     write_model(model, out_path)
-    _check_same(in_path, out_path)
+    try:
+        _check_same(in_path, out_path)
+    except BaseException:
+        Path(out_path).unlink(missing_ok=True)  # a refused rewrite leaves nothing behind
+        raise
     return result
 
 
@@ -171,23 +178,25 @@ def _check_same(float_path: Path, smoothed_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     want_it, got_it = Interpreter(model_path=str(float_path)), Interpreter(model_path=str(smoothed_path))
+    signatures = want_it.get_signature_list()
+    details = {key: want_it.get_signature_runner(key).get_input_details() for key in signatures}
+
+    def length(key: str) -> int:  # tokens of a text signature ([1, L] inputs)
+        shape = details[key][signatures[key]["inputs"][0]]["shape"]
+        return int(shape[1]) if len(shape) > 1 else 0
+
+    key = min(signatures, key=length)
     rng = np.random.default_rng(0)
-    lengths = {}
-    for key, spec in want_it.get_signature_list().items():
-        details = want_it.get_signature_runner(key).get_input_details()
-        lengths[key] = int(details[spec["inputs"][0]]["shape"][1])
-    key = min(lengths, key=lengths.get)
-    runner = want_it.get_signature_runner(key)
-    details = runner.get_input_details()
     feed = {}
-    for name in want_it.get_signature_list()[key]["inputs"]:
-        value = np.zeros((1, lengths[key]), details[name]["dtype"])
+    for name in signatures[key]["inputs"]:
+        shape, dtype = tuple(details[key][name]["shape"]), details[key][name]["dtype"]
         if name == "attention_mask":
-            value[:] = 1
-        elif name == "input_ids":
-            value[0] = rng.integers(5, 100, lengths[key])
-        feed[name] = value
-    want, got = runner(**feed), got_it.get_signature_runner(key)(**feed)
+            feed[name] = np.ones(shape, dtype)
+        elif np.issubdtype(dtype, np.integer):
+            feed[name] = (rng.integers(5, 100, shape) if name == "input_ids" else np.zeros(shape)).astype(dtype)
+        else:
+            feed[name] = rng.normal(size=shape).astype(dtype)
+    want, got = want_it.get_signature_runner(key)(**feed), got_it.get_signature_runner(key)(**feed)
     a = np.concatenate([v.ravel() for v in want.values()]).astype(np.float64)
     b = np.concatenate([got[k].ravel() for k in want]).astype(np.float64)
     cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
