@@ -1,7 +1,8 @@
 """SmoothQuant-style rescaling of the FULLY_CONNECTED inputs of an FP32 .tflite
 (converters/tflite/smooth.py): the float model computes what it did, the Hessians derived for
-the smoothed weights are the ones a tap of the smoothed model gives, and an outlier channel
-(what BERT-style encoders carry) costs the dynamic-range INT8 recipe less once smoothed.
+the smoothed weights are the ones a tap of the smoothed model gives, the scaling rule shrinks the
+per-token int8 error an outlier channel (what BERT-style encoders carry) causes, and the recipes
+smooth by default (INT8) or when configured (INT4). MiniLM's figures: benchmarks/RESULTS.md run AI.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def test_smoothing_keeps_the_float_model_and_its_hessians_follow(outlier_bert, t
     result = smooth_fc_inputs(fp32, smoothed, hessians, alpha=0.5)
 
     # 4 input tensors per layer (query/key/value share one), 2 layers, 2 signatures.
-    assert result.inputs == 4 * 2 * 2
+    assert result.mul_ops == 4 * 2 * 2
     before, after = op_counts(fp32), op_counts(smoothed)
     for signature in before:
         assert after[signature]["MUL"] == before[signature].get("MUL", 0) + 8
@@ -207,7 +208,7 @@ def test_a_weight_read_from_several_inputs_is_scaled_once(tmp_path):
     assert len(fcs) == 1 and len({x for _, x in next(iter(fcs.values())).inputs}) == 2
     hessians = {b: np.diag(np.linspace(1.0, 4.0, 32)) for b in fcs}
     result = smooth_fc_inputs(path, tmp_path / "smoothed.tflite", hessians)
-    assert result.inputs == 2 and len(result.scales) == 1
+    assert result.mul_ops == 2 and len(result.scales) == 1
     runs = []
     for model in (path, tmp_path / "smoothed.tflite"):
         interpreter = Interpreter(model_path=str(model))

@@ -50,12 +50,12 @@ class Smoothing:
     alpha: float
     scales: dict[int, np.ndarray] = field(default_factory=dict)
     hessians: dict[int, np.ndarray] = field(default_factory=dict)
-    inputs: int = 0  # MULs inserted: one per input tensor and signature
+    mul_ops: int = 0  # MULs inserted: one per input tensor and signature
 
     def describe(self) -> dict[str, Any]:
         values = np.concatenate(list(self.scales.values())) if self.scales else np.ones(1)
         return {"alpha": self.alpha, "statistic": "RMS of each input channel on the fit rows (GPTQ Hessian diagonal)",
-                "weights": len(self.scales), "mul_ops": self.inputs,
+                "weights": len(self.scales), "mul_ops": self.mul_ops,
                 "scale_range": [round(float(values.min()), 4), round(float(values.max()), 4)]}
 
 
@@ -157,7 +157,7 @@ def smooth_fc_inputs(in_path: Path, out_path: Path, hessians: dict[int, np.ndarr
                 graph.operators[o].inputs[0] = len(graph.tensors) - 1
             inserts.setdefault(subgraph, []).append(
                 (min(readers), _mul_op(fb, opcode, x, len(graph.tensors) - 2, len(graph.tensors) - 1)))
-            result.inputs += 1
+            result.mul_ops += 1
     for subgraph, ops in inserts.items():
         for position, op in sorted(ops, key=lambda item: -item[0]):  # later positions first
             model.subgraphs[subgraph].operators.insert(position, op)
