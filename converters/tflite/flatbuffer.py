@@ -109,11 +109,18 @@ class Weight:
     inputs: list[tuple[int, int]]  # (subgraph, activation tensor index) for FCs
 
 
-def find_weights(path: Path) -> dict[int, Weight]:
-    """The constant float FULLY_CONNECTED and EMBEDDING_LOOKUP weights of the model at `path`,
-    by buffer index; a weight shared by several signatures is one entry with several uses."""
+def _read(model: Path | bytes) -> bytes:
+    """A model's bytes: `model` itself, or the file it names (a pass that needs several views
+    of one file reads it once and hands the bytes around)."""
+    return model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+
+
+def find_weights(path: Path | bytes) -> dict[int, Weight]:
+    """The constant float FULLY_CONNECTED and EMBEDDING_LOOKUP weights of the model at `path`
+    (or in these bytes), by buffer index; a weight shared by several signatures is one entry
+    with several uses."""
     fb = schema()
-    data = Path(path).read_bytes()
+    data = _read(path)
     model = fb.Model.GetRootAs(data, 0)
     found: dict[int, Weight] = {}
     for s in range(model.SubgraphsLength()):
@@ -146,10 +153,10 @@ def find_weights(path: Path) -> dict[int, Weight]:
     return found
 
 
-def float_weights(path: Path, weights: list[Weight]) -> dict[int, np.ndarray]:
-    """The FP32 values of `weights` (by buffer), copied out of the model at `path`."""
+def float_weights(path: Path | bytes, weights: list[Weight]) -> dict[int, np.ndarray]:
+    """The FP32 values of `weights` (by buffer), copied out of the model at `path` (or these bytes)."""
     fb = schema()
-    data = Path(path).read_bytes()
+    data = _read(path)
     model = fb.Model.GetRootAs(data, 0)
     return {
         w.buffer: buffer_view(data, model, w.buffer).view(np.float32).reshape(w.shape).copy()
@@ -181,11 +188,12 @@ def short_name(name: bytes | None, subgraph: int, index: int) -> bytes:
     return f"{short[-96:]}#{subgraph}.{index}".encode()
 
 
-def read_model(path: Path):
-    """The model at `path` as the schema's object tree (ModelT): what a pass edits before write_model."""
+def read_model(path: Path | bytes):
+    """The model at `path` (or in these bytes) as the schema's object tree (ModelT): what a pass
+    edits before write_model."""
     from ai_edge_litert.tools import flatbuffer_utils
 
-    return flatbuffer_utils.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(_read(path)))
 
 
 def write_model(model, out_path: Path) -> None:

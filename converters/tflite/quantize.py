@@ -55,7 +55,7 @@ from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import HessianCache, with_prefixes
 from converters.tflite.judge import Judge, cosines, meets
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
-from converters.tflite.signatures import calibration_rows, signature_lengths
+from converters.tflite.signatures import calibration_rows, signature_lengths, synthetic_cosines
 from converters.tflite.smooth import SMOOTH_ALPHA, smooth_fc_inputs
 
 __all__ = ["quantize_tflite"]
@@ -267,38 +267,6 @@ def _quantize_gptq_int8(
     return report
 
 
-def _outputs_close(float_path: Path, quant_path: Path) -> dict[str, float]:
-    """Cosine of each signature's output, quantized vs float, on a fixed synthetic input.
-
-    Not an accuracy metric (the pipeline validates on real text): a cheap postcondition that
-    catches a broken rewrite (NaN, zeros, a signature wired to the wrong subgraph)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    ref_it = Interpreter(model_path=str(float_path), num_threads=1)
-    q_it = Interpreter(model_path=str(quant_path), num_threads=1)
-    cosines = {}
-    rng = np.random.default_rng(0)
-    for key, spec in ref_it.get_signature_list().items():
-        ref_runner = ref_it.get_signature_runner(key)
-        details = ref_runner.get_input_details()
-        length = int(details[spec["inputs"][0]]["shape"][1])
-        used = max(1, length // 2)
-        feed = {}
-        for name in spec["inputs"]:
-            value = np.zeros((1, length), np.int32)
-            if name == "attention_mask":
-                value[0, :used] = 1
-            elif name == "input_ids":
-                value[0, :used] = rng.integers(5, 100, used)
-            feed[name] = value
-        want = ref_runner(**feed)
-        got = q_it.get_signature_runner(key)(**feed)
-        a = np.concatenate([v.ravel() for v in want.values()]).astype(np.float64)
-        b = np.concatenate([got[k].ravel() for k in want]).astype(np.float64)
-        cosines[key] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
-    return cosines
-
-
 def quantize_tflite(
     in_path: Path,
     out_path: Path,
@@ -370,7 +338,7 @@ def quantize_tflite(
         raise ConversionError(
             f"quantizing {in_path.name} with {recipe!r} changed its signatures: {before} -> {after}"
         )
-    cosines = _outputs_close(in_path, out_path)
+    cosines = synthetic_cosines(in_path, out_path)
     broken = {k: c for k, c in cosines.items() if not np.isfinite(c) or c < 0.5}
     if broken:
         raise ConversionError(

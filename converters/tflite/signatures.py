@@ -17,7 +17,7 @@ from converters._errors import ConversionError
 from converters.tflite.flatbuffer import schema
 from edge_runtime._bench_config import DEFAULT_SHAPE
 
-__all__ = ["Signatures", "calibration_rows", "signature_lengths"]
+__all__ = ["Signatures", "calibration_rows", "signature_lengths", "synthetic_cosines"]
 
 
 def calibration_rows(
@@ -97,3 +97,56 @@ class Signatures:
             k: v[:, :n] if v.ndim >= 2 and v.shape[1] == length else v for k, v in outputs.items()
         }
         return cut, length, subgraph
+
+
+def _synthetic_feed(inputs: list[str], details: dict[str, dict], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A fixed input for one signature: [1, L] integer inputs get a text-like half (ids 5-99,
+    mask 1, token types 0) and padding after it; any other input a standard normal sample."""
+    feed = {}
+    for name in inputs:
+        shape, dtype = tuple(details[name]["shape"]), details[name]["dtype"]
+        if np.issubdtype(dtype, np.integer) and len(shape) == 2:
+            used = max(1, shape[1] // 2)
+            value = np.zeros(shape, dtype)
+            if name == "attention_mask":
+                value[:, :used] = 1
+            elif name == "input_ids":
+                value[:, :used] = rng.integers(5, 100, (shape[0], used))
+            feed[name] = value
+        elif np.issubdtype(dtype, np.integer):
+            feed[name] = np.zeros(shape, dtype)
+        else:
+            feed[name] = rng.normal(size=shape).astype(dtype)
+    return feed
+
+
+def synthetic_cosines(float_path: Path, other_path: Path, *, shortest_only: bool = False) -> dict[str, float]:
+    """{signature: cosine of all its outputs, `other_path` against `float_path`} on one fixed
+    synthetic input per signature (one thread, so it is repeatable).
+
+    Not an accuracy metric (the pipeline validates on real text): a cheap postcondition of a
+    rewrite, which catches NaN, zeros or a signature wired to the wrong subgraph.
+    `shortest_only`: the signature with the fewest tokens alone, for a rewrite that changes
+    every signature alike (preparing each costs XNNPACK's weight packing, ~0.1 s for MiniLM)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    want_it = Interpreter(model_path=str(float_path), num_threads=1)
+    got_it = Interpreter(model_path=str(other_path), num_threads=1)
+    signatures = want_it.get_signature_list()
+    details = {key: want_it.get_signature_runner(key).get_input_details() for key in signatures}
+
+    def tokens(key: str) -> int:  # the sequence length of a [1, L] signature, else 0
+        shape = details[key][signatures[key]["inputs"][0]]["shape"]
+        return int(shape[1]) if len(shape) > 1 else 0
+
+    keys = [min(signatures, key=tokens)] if shortest_only else list(signatures)
+    rng = np.random.default_rng(0)
+    cosines = {}
+    for key in keys:
+        feed = _synthetic_feed(signatures[key]["inputs"], details[key], rng)
+        want = want_it.get_signature_runner(key)(**feed)
+        got = got_it.get_signature_runner(key)(**feed)
+        a = np.concatenate([v.ravel() for v in want.values()]).astype(np.float64)
+        b = np.concatenate([got[k].ravel() for k in want]).astype(np.float64)
+        cosines[key] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return cosines
