@@ -165,7 +165,7 @@ def input_hessians(
     alike (HessianPolicy)."""
     import onnx
 
-    from converters.core._activations import token_rows
+    from converters.core._activations import GramSums, token_rows
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     inputs: dict[str, list[str]] = {}
@@ -175,17 +175,22 @@ def input_hessians(
     missing = sorted(weights - set(inputs))
     if missing:
         raise ValueError(f"no MatMul in {Path(model_path).name} reads {missing}")
-    hessians: dict[str, np.ndarray] = {}
+    # One sum per input tensor: MatMuls reading the same input (Q, K and V unpacked) share it.
+    grams = GramSums()
     tensors = sorted({x for names in inputs.values() for x in names})
     for feeds, rows in zip(batches, token_rows(model_path, tensors, batches)):
         lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
         scale = np.repeat(1.0 / np.sqrt(np.maximum(lengths, 1)), lengths) if weighting == "row" else None
-        for weight, names in inputs.items():
-            for name in names:
-                x = rows[name].astype(np.float64)
-                if scale is not None and len(x) == len(scale):  # [batch, sequence, K] inputs
-                    x = x * scale[:, None]
-                hessians[weight] = hessians.get(weight, 0.0) + x.T @ x
+        for name in tensors:
+            x = rows[name].astype(np.float64)
+            if scale is not None and len(x) == len(scale):  # [batch, sequence, K] inputs
+                x *= scale[:, None]
+            grams.add(name, x)
+    sums = grams.sums()
+    hessians: dict[str, np.ndarray] = {}
+    for weight, names in inputs.items():
+        for name in names:  # a weight read by several MatMuls adds their inputs' sums
+            hessians[weight] = sums[name] if weight not in hessians else hessians[weight] + sums[name]
     return hessians
 
 

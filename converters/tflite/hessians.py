@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.core._activations import GramSums, token_rows
 from converters.tflite.flatbuffer import Weight
 from converters.tflite.signatures import Signatures
 
 __all__ = ["HessianCache", "TfliteHessians", "collect_hessians", "onnx_twin_hessians", "with_prefixes"]
 
-_HESSIAN_CHUNK = 128  # calibration rows per Hessian update (memory vs GEMM size)
 
 
 def with_prefixes(
@@ -64,18 +64,8 @@ def collect_hessians(
     for weight in weights.values():
         for subgraph, tensor in weight.inputs:
             by_subgraph.setdefault(subgraph, []).append((weight.buffer, tensor))
-    sums: dict[int, np.ndarray] = {}
-    pending: dict[int, list[np.ndarray]] = {}
-
-    def flush() -> None:
-        # One GEMM per weight over many rows: per-row products of a few tokens were 90% of the
-        # time. float32 products of at most _HESSIAN_CHUNK rows, accumulated in float64.
-        for buffer, parts in pending.items():
-            x = np.concatenate(parts)
-            sums[buffer] = sums.get(buffer, 0.0) + (x.T @ x).astype(np.float64)
-        pending.clear()
-
-    for count, row in enumerate(rows, 1):
+    grams = GramSums()  # one product per weight over many rows: per-row products were 90% of the time
+    for row in rows:
         n = row["attention_mask"].shape[1]
         _, length, subgraph = signatures.run(row)
         for buffer, tensor in by_subgraph.get(subgraph, []):
@@ -83,12 +73,11 @@ def collect_hessians(
             x = x.reshape(-1, x.shape[-1])
             if x.shape[0] == length:  # one row per token position: keep the real ones
                 x = x[:n]
-            scale = np.sqrt(len(x)) if weighting == "row" else 1.0
-            pending.setdefault(buffer, []).append(x.astype(np.float32) / scale)
-        if count % _HESSIAN_CHUNK == 0:
-            flush()
-    flush()
-    return {buffer: h / len(rows) for buffer, h in sums.items()}
+            x = x.astype(np.float64)
+            if weighting == "row":
+                x /= np.sqrt(len(x))
+            grams.add(buffer, x)
+    return {buffer: h / len(rows) for buffer, h in grams.sums().items()}
 
 
 def _weight_key(values: np.ndarray) -> str:
@@ -150,7 +139,6 @@ def onnx_twin_hessians(
     model) by onnxruntime; None when a weight has no twin there (the interpreter must tap)."""
     import onnx
 
-    from converters.core._activations import token_rows
     from converters.tflite.flatbuffer import float_weights
 
     model = onnx.load(str(twin))
@@ -175,18 +163,18 @@ def onnx_twin_hessians(
 
     # One sum per (tensor, normalized or not); the FCs reading the same input share it.
     sources = {(x, norm is not None): norm for x, norm in matched.values()}
-    sums: dict[tuple[str, bool], np.ndarray] = {}
+    grams = GramSums()
     tensors = sorted({x for x, _ in sources})
     for feeds, values in zip(batches, token_rows(twin, tensors, batches)):
         lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
         for (x_name, normalized), norm in sources.items():
-            x = values[x_name]
+            x = values[x_name].astype(np.float64)
             if normalized:
                 x = (x - norm[0]) / norm[1]
             if weighting == "row" and len(x) == len(lengths) * lengths[0]:  # one row per real token
-                x = x / np.sqrt(np.repeat(lengths, lengths)[:, None].astype(np.float32))
-            x = x.astype(np.float32)
-            sums[x_name, normalized] = sums.get((x_name, normalized), 0.0) + (x.T @ x).astype(np.float64)
+                x /= np.sqrt(np.repeat(lengths, lengths)[:, None].astype(np.float64))
+            grams.add((x_name, normalized), x)
+    sums = grams.sums()
     return {b: sums[x, norm is not None] / len(rows) for b, (x, norm) in matched.items()}
 
 

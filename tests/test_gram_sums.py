@@ -1,0 +1,33 @@
+"""GramSums: the one sum x^T x behind every GPTQ Hessian (ONNX graphs and TFLite weights)."""
+
+import numpy as np
+import pytest
+
+from converters.core._activations import GramSums
+
+
+@pytest.mark.parametrize("budget", [1, 4096, 1 << 30])  # a flush per block, some, one at the end
+def test_sums_equal_the_products_of_every_block(budget):
+    rng = np.random.default_rng(0)
+    blocks = {key: [rng.normal(size=(n, k)).astype(np.float32) for n in (1, 7, 30)]
+              for key, k in (("narrow", 5), ("wide", 12))}
+    grams = GramSums(budget)
+    for index in range(3):  # interleaved, as a batch feeds every input once
+        for key, parts in blocks.items():
+            grams.add(key, parts[index])
+    sums = grams.sums()
+    assert sorted(sums) == ["narrow", "wide"]
+    for key, parts in blocks.items():
+        x = np.concatenate(parts).astype(np.float64)
+        assert sums[key].dtype == np.float64
+        np.testing.assert_allclose(sums[key], x.T @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_sums_can_be_read_twice_and_added_to():
+    grams = GramSums(1 << 30)
+    grams.add("x", np.ones((2, 3)))
+    first = grams.sums()
+    np.testing.assert_array_equal(first["x"], np.full((3, 3), 2.0))
+    grams.add("x", np.ones((1, 3)))
+    np.testing.assert_array_equal(grams.sums()["x"], np.full((3, 3), 3.0))
+    np.testing.assert_array_equal(first["x"], np.full((3, 3), 2.0))  # an earlier result is not changed
