@@ -9,7 +9,7 @@ set the minimum cosine and calibration files rarely hold enough of them.
 The interpreter runs one row at a time: ~45 s for MiniLM's ~1,000 rows on 2 cores, a fifth of a
 Raspberry Pi conversion. When the same model's plain FP32 ONNX export is at hand (the profiles
 that ship both formats), the same statistics are read from onnxruntime instead, in batches of
-equal-length rows (~10 s): every FC weight of the .tflite is matched by value to its ONNX MatMul
+equal-length rows (several times faster; benchmarks/RESULTS.md runs AG and AJ): every FC weight of the .tflite is matched by value to its ONNX MatMul
 weight (litert-torch writes W^T, or W^T * gamma where it folded the LayerNorm before it, bit for
 bit) and its input is the MatMul's input (minus beta, over gamma, for a folded LayerNorm). On
 MiniLM all 36 match and the statistics agree within 1e-6 (relative); the test compares both
@@ -191,7 +191,7 @@ class HessianCache:
     """Hessians of one FP32 .tflite's FC weights on one set of rows, collected once and shared:
     gptq_wi8_afp32 and gptq_wi4b32_afp32 round against the same statistics (same export, same
     rows), and so do the targets of one run. Collecting them is the costly part (tapping the
-    interpreter over ~1,000 rows: 45-85 s for MiniLM on 2 cores; the ONNX twin: ~10 s), GPTQ
+    interpreter over ~1,000 rows: 45-85 s for MiniLM on 2 cores; the ONNX twin: a few seconds), GPTQ
     itself a few seconds. The cache is passed explicitly (the pipeline keeps one per run); a
     model file that only renames tensors and moves buffers (flatbuffer.compact_copy) shares its
     original's entry via `source`: weights are matched by the op that reads them."""
