@@ -9,9 +9,10 @@ set the minimum cosine and calibration files rarely hold enough of them.
 The interpreter runs one row at a time: ~45 s for MiniLM's ~1,000 rows on 2 cores, a fifth of a
 Raspberry Pi conversion. When the same model's plain FP32 ONNX export is at hand (the profiles
 that ship both formats), the same statistics are read from onnxruntime instead, in batches of
-equal-length rows (several times faster; benchmarks/RESULTS.md runs AG and AJ): every FC weight of the .tflite is matched by value to its ONNX MatMul
-weight (litert-torch writes W^T, or W^T * gamma where it folded the LayerNorm before it, bit for
-bit) and its input is the MatMul's input (minus beta, over gamma, for a folded LayerNorm). On
+equal-length rows (several times faster; benchmarks/RESULTS.md runs AG and AJ): every FC weight
+of the .tflite is matched by value to its ONNX MatMul weight (litert-torch writes W^T, or
+W^T * gamma where it folded the LayerNorm before it, bit for bit) and its input is the MatMul's
+input (minus beta, over gamma, for a folded LayerNorm). On
 MiniLM all 36 match and the statistics agree within 1e-6 (relative); the test compares both
 ways on a model with trained-like LayerNorms. A weight without a twin sends the whole set back
 to the interpreter.
@@ -29,7 +30,6 @@ from converters.tflite.flatbuffer import Weight
 from converters.tflite.signatures import Signatures
 
 __all__ = ["HessianCache", "TfliteHessians", "collect_hessians", "onnx_twin_hessians", "with_prefixes"]
-
 
 
 def with_prefixes(
