@@ -18,8 +18,8 @@ class GramSums:
     Blocks are buffered and multiplied together once `budget` bytes are waiting: one product
     writes the whole K x K result, so a product per calibration batch of a few hundred tokens
     (or per TFLite row length, a few dozen) spent most of its time writing results, not
-    multiplying (MiniLM's rpi4 conversion: 24 s of products in three collections; RESULTS.md run
-    AJ). The sum is the same up to float64 rounding (relative differences ~1e-15)."""
+    multiplying (MiniLM's rpi4 conversion spent 24 s of numpy work in three collections;
+    RESULTS.md run AJ). The sum is the same up to float64 rounding (relative differences ~1e-15)."""
 
     def __init__(self, budget: int = 96 << 20):
         self.budget = budget
