@@ -20,6 +20,7 @@ from converters._errors import ConversionError
 from converters.core.arithmetic import ValidationSessions, choose_validation
 from converters.core.exact_integer_ops import (
     ExactIntegerConfig,
+    _without_weight_values,
     chunk_rows,
     exact_integer_ops,
     integer_gemm_is_exact,
@@ -333,3 +334,30 @@ def test_conversion_scores_with_the_target_arithmetic(tiny_model_factory, tmp_pa
             edge_runtime.load(out, artifact="onnx-int8")
     else:
         edge_runtime.load(out, artifact="onnx-int8")
+
+
+def test_shape_inference_without_weight_values_infers_the_same_shapes():
+    """The rewriter infers shapes on a copy without its large initializers' values (faster: onnx
+    serializes the whole model for its C++ inference); small ones, which inference reads (a
+    Reshape's target shape here), keep their values, and the model itself is left whole."""
+    import onnx
+
+    weight = numpy_helper.from_array(np.arange(64 * 96, dtype=np.float32).reshape(64, 96) / 1e3, "w")
+    target = numpy_helper.from_array(np.array([-1, 4, 24], np.int64), "target")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Reshape", ["y", "target"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [weight, target])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    def shapes(m):
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+        return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+
+    light = _without_weight_values(model)
+    assert shapes(light) == shapes(model) == {"y": [2, 96], "z": [2, 4, 24]}
+    stripped = {i.name: i for i in light.graph.initializer}
+    assert not stripped["w"].raw_data and list(stripped["w"].dims) == [64, 96]
+    assert numpy_helper.to_array(stripped["target"]).tolist() == [-1, 4, 24]
+    assert numpy_helper.to_array(model.graph.initializer[0]).shape == (64, 96)  # the original keeps its values
