@@ -109,8 +109,8 @@ def _without_weight_values(model, keep: int = 64):
     name, type and dims: what shape inference reads of a weight. Small ones (shapes, axes,
     indices, which inference may read) keep theirs. onnx hands its C++ inference a serialized
     model, weights included, and a Pi search rewrites every candidate it scores: on MiniLM's rpi4
-    onnx-int4 the copy infers the same 1,402 shapes in 12 ms instead of 51 ms
-    (benchmarks/bench_exact_rewrite.py)."""
+    onnx-int4 the copy infers the same 1,402 shapes in 11 ms instead of 40 ms (AVX2 code;
+    benchmarks/bench_exact_rewrite.py, RESULTS.md run AJ)."""
     import onnx
 
     copy = onnx.ModelProto()
