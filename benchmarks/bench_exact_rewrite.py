@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if not args.model.is_file():
-        parser.error(f"--model {args.model}: no such file")
+        parser.error(f"model {args.model}: no such file")
 
     import onnx
 

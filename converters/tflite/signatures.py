@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import ConversionError
+from converters.core.validate import row_cosine
 from converters.tflite.flatbuffer import schema
 from edge_runtime._bench_config import DEFAULT_SHAPE
 
@@ -146,7 +147,7 @@ def synthetic_cosines(float_path: Path, other_path: Path, *, shortest_only: bool
         feed = _synthetic_feed(signatures[key]["inputs"], details[key], rng)
         want = want_it.get_signature_runner(key)(**feed)
         got = got_it.get_signature_runner(key)(**feed)
-        a = np.concatenate([v.ravel() for v in want.values()]).astype(np.float64)
-        b = np.concatenate([got[k].ravel() for k in want]).astype(np.float64)
-        cosines[key] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+        a = np.concatenate([v.ravel() for v in want.values()])
+        b = np.concatenate([got[k].ravel() for k in want])
+        cosines[key] = float(row_cosine(a, b))
     return cosines
