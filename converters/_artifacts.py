@@ -22,7 +22,7 @@ import numpy as np
 from converters._errors import AccuracyError, ConversionError, UnsupportedModelError
 from converters._graph import model_bytes
 from converters.core.gptq import Int8Rounding
-from converters.core.search import RANKING_TEXTS
+from converters.core.search import RANKING_TEXTS, LaneScorer, ranking_lanes
 from converters.core.validate import (
     Reference,
     compute_metrics,
@@ -107,13 +107,15 @@ class Step:
     cache: dict[str, Any] = field(default_factory=dict)  # results shared between builders
     # Opens the session a candidate ONNX graph is scored with: the target's arithmetic, not
     # necessarily this machine's (converters/core/arithmetic.py). None: this machine's kernels.
-    sessions: Callable[[Path], Any] | None = None
+    sessions: Callable[[Path, int], Any] | None = None
     # Where exports shared by the targets of one run live (None: `work`).
     exports: Path | None = None
 
-    def session(self, path: Path) -> Any:
-        """The session that scores the ONNX graph at `path` for this target."""
-        return self.sessions(path) if self.sessions is not None else onnx_session(path)
+    def session(self, path: Path, threads: int | None = None) -> Any:
+        """The session that scores the ONNX graph at `path` for this target (`threads`: None for
+        the project's scoring threads)."""
+        threads = threads or DEFAULT_SHAPE.threads
+        return self.sessions(path, threads) if self.sessions is not None else onnx_session(path, threads)
 
 
 # step.cache key of the unfused FP32 ONNX export, when the run made one (converters/_shared.py).
@@ -222,7 +224,7 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
     )
     outcome = quantize_with_floor(graph.split, work / f"{name}.onnx", int8, source,
                                   step.reference, step.floor.for_precision("int8"), step.session, step.progress,
-                                  fit=step.fit, name=name, rounding=rounding)
+                                  fit=step.fit, name=name, rounding=rounding, lanes=ranking_lanes())
     extra = {"quantization": {**int8.describe(rounding), "promoted": _promoted("float32", outcome.promoted),
                               "embeddings": embeddings, **graph.report, "search": outcome.search}}
     if outcome.promoted:
@@ -318,6 +320,10 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     def scorer(texts: Reference):
         return lambda path: compute_metrics(source, texts, step.session(path).run, f"{name} candidate")
 
+    def ranker(texts: Reference) -> LaneScorer:
+        return LaneScorer(lambda path, threads: compute_metrics(source, texts, step.session(path, threads).run,
+                                                                f"{name} ranking probe"), ranking_lanes())
+
     fp32_bytes = model_bytes(step.fp32_path)
     step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
     all_four = weights.build(set(weights.weights))
@@ -332,7 +338,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                   "moving the most sensitive MatMuls to 8 bits while they fit")
     # The shared search (converters/core/search.py): ranked on a length-spread subset of the fit
     # texts, each step judged on the validation texts.
-    space = W4A8Space(weights, probe, rank=scorer(step.fit.spread(RANKING_TEXTS)), judge=scorer(step.reference))
+    space = W4A8Space(weights, probe, rank=ranker(step.fit.spread(RANKING_TEXTS)), judge=scorer(step.reference))
     floor = step.floor.for_precision("int4")
     fit = fit_w4a8(space, budget, progress=lambda message: step.progress(f"[{name}] {message}"),
                    shortfall=lambda metrics: floor_shortfall(metrics, floor))
@@ -374,10 +380,14 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
     def scorer(texts: Reference, label: str):
         return lambda path: compute_metrics(step.source, texts, step.session(path).run, f"{name} {label}")
 
+    def ranker(texts: Reference) -> LaneScorer:
+        return LaneScorer(lambda path, threads: compute_metrics(step.source, texts, step.session(path, threads).run,
+                                                                f"{name} ranking probe"), ranking_lanes())
+
     report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.fit.batches,
                            validation_batches=step.reference.batches,
                            progress=lambda message: step.progress(f"[{name}] {message}"),
-                           rank=scorer(step.fit.spread(RANKING_TEXTS), "ranking probe"),
+                           rank=ranker(step.fit.spread(RANKING_TEXTS)),
                            judge=scorer(step.reference, "candidate"),
                            shortfall=lambda metrics: floor_shortfall(metrics, step.floor.for_precision("int4")))
     path = step.work / f"{name}.onnx"
@@ -426,17 +436,17 @@ def _build_tflite_fp32(step: Step, name: str) -> Built:
     return Built(path, metrics, extra=_tflite_extra(step))
 
 
-def _tflite_scorer(step: Step, texts: Reference, label: str) -> Callable[[Path], dict[str, float]]:
+def _tflite_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
     """The searches' scorer of .tflite candidates: each text run alone at its own length, as
     Model.embed runs it (rows_alone: the same numbers, 0.55x the tokens on the ranking subset).
     An artifact's recorded metrics still run the padded batches, so non-finite values in
-    padding are caught there."""
+    padding are caught there. Rankings may score candidates in lanes (core/search.py)."""
 
-    def score(path: Path) -> dict[str, float]:
-        run = rows_alone(open_session("tflite", path).run, sequence_outputs(step.source))
-        return compute_metrics(step.source, texts, run, label)
+    def score(path: Path, threads: int | None) -> dict[str, float]:
+        session = open_session("tflite", path, threads or DEFAULT_SHAPE.threads)
+        return compute_metrics(step.source, texts, rows_alone(session.run, sequence_outputs(step.source)), label)
 
-    return score
+    return LaneScorer(score, ranking_lanes())
 
 
 def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool = False) -> Built:

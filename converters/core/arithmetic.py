@@ -105,17 +105,19 @@ class ValidationSessions:
         self.work = work
         self.threads = threads
 
-    def __call__(self, path: Path) -> OnnxSession:
-        path = Path(path)
+    def __call__(self, path: Path, threads: int | None = None) -> OnnxSession:
+        """`threads`: None for this object's; a ranking lane passes its share."""
+        path, threads = Path(path), threads or self.threads
         if self.validation.exact_reference and _has_integer_ops(path):
+            # Named after the candidate's file: ranking lanes (core/search.py) write distinct ones.
             exact = self.work / f"{path.stem}.exact.onnx"
             exact_integer_ops(path, exact, self.validation.exact_config())
             try:
-                return OnnxSession(exact, threads=self.threads, graph_optimization_level="all")
+                return OnnxSession(exact, threads=threads, graph_optimization_level="all")
             finally:
                 # onnxruntime has read the file; the next candidate gets a fresh one
                 exact.unlink(missing_ok=True)
-        return OnnxSession(path, threads=self.threads, graph_optimization_level="all")
+        return OnnxSession(path, threads=threads, graph_optimization_level="all")
 
 
 def _has_integer_ops(path: Path) -> bool:

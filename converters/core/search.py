@@ -41,7 +41,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from converters._console import count
 from converters._errors import AccuracyError
 
-__all__ = ["RANKING_TEXTS", "Budget", "Floor", "ProbeSpace", "SearchExhausted", "SearchResult", "Space", "greedy_search", "search_loss"]
+__all__ = ["RANKING_TEXTS", "Budget", "Floor", "ProbeSpace", "SearchExhausted", "SearchResult", "Space", "greedy_search",
+           "LaneScorer", "ranking_lanes", "search_loss"]
 
 K = TypeVar("K", bound=Hashable)
 Metrics = dict[str, float]
@@ -73,7 +74,9 @@ class Space(Protocol[K]):
     """One quantizer's candidates, as the search sees them. `build` writes the candidate with
     the keys in `moved` in their expensive form (where it is scored from) and returns its size
     in bytes; `rank` and `judge` score the candidate built last: `rank` on the fit texts'
-    ranking subset, `judge` on the validation texts."""
+    ranking subset, `judge` on the validation texts. A Space may also offer
+    `rank_each(moves, done) -> [(bytes, metrics)]` to rank many candidates at once
+    (ProbeSpace's lanes); without it they are built and ranked in turn."""
 
     def candidates(self) -> Sequence[K]: ...
 
@@ -86,22 +89,141 @@ class Space(Protocol[K]):
     def judge(self) -> Metrics: ...
 
 
+@dataclass(frozen=True)
+class LaneScorer:
+    """A ranking scorer that may score `lanes` candidates at once: `score(path, threads)`, with
+    `threads` the scoring threads one call may use (None: the scorer's default). Called like a
+    plain scorer, `scorer(path)`, it uses its default."""
+
+    score: Callable[[Path, int | None], Metrics]
+    lanes: int = 1
+
+    def __post_init__(self):
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
+
+    def __call__(self, path: Path) -> Metrics:
+        return self.score(path, None)
+
+
 class ProbeSpace:
-    """What the Spaces of the quantizers share: each candidate is written to one probe file
-    and scored there, `rank` on the fit texts' ranking subset, `judge` on the validation texts
-    (both callables path -> metrics). Subclasses give `candidates` and `build`."""
+    """What the Spaces of the quantizers share: each candidate is written to a probe file and
+    scored there, `rank` on the fit texts' ranking subset, `judge` on the validation texts (both
+    callables path -> metrics). Subclasses give `candidates` and `write(moved, path)`.
+
+    A `rank` that is a LaneScorer with `lanes` > 1: the ranking builds and scores that many
+    candidates at once (`rank_each`), each lane in its own probe file, the scorer called with
+    the scoring threads split between the lanes. Builds hold the GIL (protobuf, ai-edge-quantizer) and run
+    one at a time under a lock; scoring runs in onnxruntime / the interpreter, which release it,
+    so one lane builds while the other scores. Every candidate's metrics are the same numbers
+    as with one lane: the kernels' results do not depend on their thread count (checked by
+    tests/test_search_lanes.py), so the ranking and every artifact are too."""
 
     def __init__(self, probe: Path, rank: Callable[[Path], Metrics], judge: Callable[[Path], Metrics]):
         self.probe, self._rank, self._judge = Path(probe), rank, judge
+        self.lanes = rank.lanes if isinstance(rank, LaneScorer) else 1
 
     def label(self, key: Hashable) -> str:
         return str(key)
+
+    def write(self, moved: frozenset, path: Path) -> int:
+        """Write the candidate with `moved` in the expensive form to `path`; its size in bytes."""
+        raise NotImplementedError
+
+    def build(self, moved: frozenset) -> int:
+        return self.write(moved, self.probe)
 
     def rank(self) -> Metrics:
         return self._rank(self.probe)
 
     def judge(self) -> Metrics:
         return self._judge(self.probe)
+
+    def rank_each(self, moves: Sequence[frozenset], done: Callable[[int], None] = lambda n: None
+                  ) -> list[tuple[int, Metrics]]:
+        """(bytes, ranking metrics) of each of `moves`, in their order; `done(n)` after each."""
+        if self.lanes == 1 or len(moves) < 2:
+            return _rank_in_turn(self, moves, done)
+        return _rank_in_lanes(self, moves, done)
+
+
+def _rank_in_turn(space: Space, moves: Sequence[frozenset], done: Callable[[int], None]) -> list[tuple[int, Metrics]]:
+    results = []
+    for move in moves:
+        results.append((space.build(move), space.rank()))
+        done(len(results))
+    return results
+
+
+def _lane_threads(lanes: int) -> int:
+    """The threads each lane's scorer gets: the project's scoring threads (DEFAULT_SHAPE) split
+    between the lanes, at least one."""
+    from edge_runtime._bench_config import DEFAULT_SHAPE
+
+    return max(1, DEFAULT_SHAPE.threads // lanes)
+
+
+def _rank_in_lanes(space: ProbeSpace, moves: Sequence[frozenset], done: Callable[[int], None]
+                   ) -> list[tuple[int, Metrics]]:
+    import queue
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    lanes = min(space.lanes, len(moves))
+    threads = _lane_threads(lanes)
+    probes: queue.SimpleQueue[Path] = queue.SimpleQueue()
+    paths = [space.probe.with_name(f"{space.probe.stem}.lane{i}{space.probe.suffix}") for i in range(lanes)]
+    for path in paths:
+        probes.put(path)
+    building, counting = threading.Lock(), threading.Lock()
+    stop = threading.Event()
+    finished = [0]
+
+    def one(move: frozenset) -> tuple[int, Metrics]:
+        if stop.is_set():  # an earlier candidate failed, or the user interrupted
+            raise _Cancelled
+        path = probes.get()
+        try:
+            with building:
+                size = space.write(move, path)
+            metrics = space._rank.score(path, threads)
+        finally:
+            probes.put(path)
+        with counting:
+            finished[0] += 1
+            done(finished[0])
+        return size, metrics
+
+    pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="rank-lane")
+    futures = [pool.submit(one, move) for move in moves]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:
+        stop.set()  # on an error or Ctrl-C: no lane starts another candidate
+        pool.shutdown(wait=True, cancel_futures=True)
+        for path in paths:
+            path.unlink(missing_ok=True)
+    # The first failure in the candidates' order, as the sequential ranking would raise it.
+    for future in futures:
+        if not future.cancelled() and future.exception() is not None \
+                and not isinstance(future.exception(), _Cancelled):
+            raise future.exception()
+    return [future.result() for future in futures]
+
+
+class _Cancelled(Exception):
+    """A lane's candidate not started because the ranking is stopping."""
+
+
+def ranking_lanes() -> int:
+    """How many candidates the pipeline's rankings score at once on this machine: two where
+    there are two cores or more. On MiniLM's TFLite INT4 ranking (a 2-vCPU Xeon, AVX2 code),
+    two 1-thread interpreters score a candidate in 0.54 s against 0.63 s for one 2-thread
+    interpreter (a row at a time, short rows: little for a second thread to share), and one
+    lane's build (~0.3 s of Python) runs while the other scores; benchmarks/RESULTS.md run AK."""
+    from edge_runtime._select import physical_cores
+
+    return 2 if physical_cores() >= 2 else 1
 
 
 @dataclass(frozen=True)
@@ -187,11 +309,13 @@ def greedy_search(
     base = objective(space.rank())
     gains: dict[K, tuple[float, int]] = {}
     label = f"ranking {len(keys)} candidates ({move} alone)"
-    for index, key in enumerate(keys):
-        progress(count(f"  {label}", index, len(keys)))
-        size = space.build(frozenset({key}))
-        gains[key] = (base - objective(space.rank()), size - start_bytes)
-    progress(count(f"  {label}", len(keys), len(keys)))
+    progress(count(f"  {label}", 0, len(keys)))
+    rank_each = getattr(space, "rank_each", None)  # a Space that can score candidates at once
+    moves = [frozenset({key}) for key in keys]
+    ranked_alone = (rank_each(moves, lambda n: progress(count(f"  {label}", n, len(keys)))) if rank_each
+                    else _rank_in_turn(space, moves, lambda n: progress(count(f"  {label}", n, len(keys)))))
+    for key, (size, moved_alone) in zip(keys, ranked_alone):
+        gains[key] = (base - objective(moved_alone), size - start_bytes)
     ranked = sorted((k for k in keys if gains[k][0] > 0),
                     key=lambda k: gains[k][0] / max(gains[k][1], 1), reverse=True)
     for key in keys:

@@ -69,8 +69,10 @@ def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.n
 
 
 def _clip_search_rows(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray):
-    """_clip_search on one step of rows."""
-    weight = np.ones((1,) * blocks.ndim, np.float32) if importance is None else importance
+    """_clip_search on one step of rows. Per grid point, the dequantized value is computed as
+    clip(round(x / scale), -zero, 15 - zero) * scale: the same floats as
+    (clip(round(x / scale) + zero, 0, 15) - zero) * scale (small integers are exact in float32)
+    in two fewer passes over the step, and without importance no multiply by ones."""
     low0 = np.minimum(blocks.min(-1), 0.0)
     high0 = np.maximum(blocks.max(-1), 0.0)
     best_err = np.full(low0.shape, np.inf, np.float32)
@@ -79,10 +81,15 @@ def _clip_search_rows(blocks: np.ndarray, importance: np.ndarray | None, ratios:
         for b in ratios:
             low, high = low0 * a, high0 * b
             scale = np.maximum((high - low) / 15.0, 1e-12)
-            zero = np.clip(np.round(-low / scale), 0, 15)
-            q = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 15)
-            diff = blocks - (q - zero[..., None]) * scale[..., None]
-            err = (diff * diff * weight).sum(-1)
+            zero = np.clip(np.round(-low / scale), 0, 15)[..., None]
+            levels = np.round(blocks / scale[..., None])
+            np.clip(levels, -zero, 15.0 - zero, out=levels)
+            levels *= scale[..., None]
+            diff = np.subtract(blocks, levels, out=levels)
+            diff *= diff
+            if importance is not None:
+                diff *= importance
+            err = diff.sum(-1)
             better = err < best_err
             best_err = np.where(better, err, best_err)
             best_low = np.where(better, low, best_low)

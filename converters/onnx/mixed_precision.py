@@ -16,7 +16,7 @@ from typing import Any
 
 from converters._errors import AccuracyError
 from converters._graph import model_bytes
-from converters.core.search import RANKING_TEXTS, Floor, ProbeSpace, SearchExhausted, greedy_search
+from converters.core.search import RANKING_TEXTS, Floor, LaneScorer, ProbeSpace, SearchExhausted, greedy_search
 from converters.core.validate import Reference, compute_metrics, floor_failures
 from converters.inputs.source import SourceModel
 from converters.onnx.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
@@ -63,10 +63,10 @@ class _Int8Space(ProbeSpace):
     def nodes(self, moved) -> tuple[str, ...]:
         return tuple(n for weight in moved for n in self.groups[weight])
 
-    def build(self, moved: frozenset[str]) -> int:
-        quantize_int8(self.fp32_path, self.probe, dataclasses.replace(self.config, exclude=self.nodes(moved)),
+    def write(self, moved: frozenset[str], path: Path) -> int:
+        quantize_int8(self.fp32_path, path, dataclasses.replace(self.config, exclude=self.nodes(moved)),
                       self.rounding)
-        return model_bytes(self.probe)
+        return model_bytes(path)
 
 
 def quantize_with_floor(
@@ -81,23 +81,25 @@ def quantize_with_floor(
     fit: Reference | None = None,
     name: str = "INT8",
     rounding: Any = None,
+    lanes: int = 1,
 ) -> QuantOutcome:
     """`reference`: the validation texts (metrics, floor, each step of the search); `fit`: the
     texts the ranking is measured on (None: `reference`, for callers without a split);
-    `rounding`: quantize_int8's GPTQ rounding (None: round-to-nearest)."""
+    `rounding`: quantize_int8's GPTQ rounding (None: round-to-nearest); `lanes` > 1: the
+    ranking scores that many candidates at once (core/search.py), `make_session(path, threads)`."""
     calibration_cache = out_path.with_suffix(".ranges.json")
     calibration_cache.unlink(missing_ok=True)  # a leftover would describe another model
     try:
         return _quantize_with_floor(
             fp32_path, out_path, dataclasses.replace(config, calibration_cache=calibration_cache)
             if isinstance(config, Int8Config) and config.scheme.mode == "static" else config,
-            source, reference, floor, make_session, progress, fit, name, rounding)
+            source, reference, floor, make_session, progress, fit, name, rounding, lanes)
     finally:
         calibration_cache.unlink(missing_ok=True)
 
 
 def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, make_session, progress, fit,
-                         name, rounding) -> QuantOutcome:
+                         name, rounding, lanes) -> QuantOutcome:
     quantize_int8(fp32_path, out_path, config, rounding)
     metrics = compute_metrics(source, reference, make_session(out_path).run, name)
     failures = floor_failures(metrics, floor)
@@ -112,9 +114,11 @@ def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, 
     def scorer(texts: Reference, label: str):
         return lambda path: compute_metrics(source, texts, make_session(path).run, f"{name} {label}")
 
+    ranker = scorer(ranking, "ranking probe") if lanes == 1 else LaneScorer(
+        lambda path, threads: compute_metrics(source, ranking, make_session(path, threads).run,
+                                              f"{name} ranking probe"), lanes)
     probe = out_path.with_suffix(".probe.onnx")
-    space = _Int8Space(fp32_path, probe, config, rounding, groups, scorer(ranking, "ranking probe"),
-                       scorer(reference, "candidate"))
+    space = _Int8Space(fp32_path, probe, config, rounding, groups, ranker, scorer(reference, "candidate"))
     try:
         result = greedy_search(space, Floor(lambda m: floor_failures(m, floor)), move="kept FP32",
                                progress=progress, start_metrics=metrics)

@@ -280,11 +280,11 @@ class _Space(ProbeSpace):
     def candidates(self) -> list[str]:
         return [n for n in self.variants.matmuls if n not in self.int8]
 
-    def build(self, moved: frozenset[str]) -> int:
+    def write(self, moved: frozenset[str], path: Path) -> int:
         import onnx
 
         model = self.variants.build(self.algorithm, self.int8 | set(moved))
-        onnx.save(model, str(self.probe))
+        onnx.save(model, str(path))
         return model.ByteSize()
 
 

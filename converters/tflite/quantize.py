@@ -83,9 +83,9 @@ class _Space(ProbeSpace):
     def label(self, key: int) -> str:
         return self.builder.label(key)
 
-    def build(self, moved: frozenset[int]) -> int:
-        self.builder.build(self.probe, set(moved))
-        return self.probe.stat().st_size
+    def write(self, moved: frozenset[int], path: Path) -> int:
+        self.builder.build(path, set(moved))
+        return path.stat().st_size
 
 
 def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Score | None) -> tuple[Score, Score]:
