@@ -187,6 +187,9 @@ def _rank_in_lanes(space: ProbeSpace, moves: Sequence[frozenset], done: Callable
             with building:
                 size = space.write(move, path)
             metrics = space._rank.score(path, threads)
+        except BaseException:
+            stop.set()  # before this lane could take another candidate
+            raise
         finally:
             probes.put(path)
         with counting:
