@@ -71,7 +71,7 @@ def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.n
 def _clip_search_rows(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray):
     """_clip_search on one step of rows. Per grid point, the dequantized value is computed as
     clip(round(x / scale), -zero, 15 - zero) * scale: the same floats as
-    (clip(round(x / scale) + zero, 0, 15) - zero) * scale (small integers are exact in float32)
+    (clip(round(x / scale) + zero, 0, 15) - zero) * scale (small integers are exact in floating point)
     in two fewer passes over the step, and without importance no multiply by ones."""
     low0 = np.minimum(blocks.min(-1), 0.0)
     high0 = np.maximum(blocks.max(-1), 0.0)
