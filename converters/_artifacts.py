@@ -280,6 +280,17 @@ def _checked(step: Step, name: str, precision: str, metrics: dict[str, float]) -
         raise AccuracyError(f"{name} is below the accuracy floor: {'; '.join(failures)}")
 
 
+def _onnx_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
+    """The searches' scorer of ONNX candidates: agreement with PyTorch on `texts`, through the
+    session of the target's arithmetic (step.session). Rankings may score candidates in lanes
+    (core/search.py); called with a path alone it uses the project's scoring threads."""
+
+    def score(path: Path, threads: int | None) -> dict[str, float]:
+        return compute_metrics(step.source, texts, step.session(path, threads).run, label)
+
+    return LaneScorer(score, ranking_lanes())
+
+
 def _build_onnx_int4(step: Step, name: str) -> Built:
     if step.profile.int4.kernel == "int8-gemm":
         return _build_onnx_int4_w4a8(step, name)
@@ -317,13 +328,6 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                           int8_range(plain), config)
     probe = work / f"{name}.probe.onnx"
 
-    def scorer(texts: Reference):
-        return lambda path: compute_metrics(source, texts, step.session(path).run, f"{name} candidate")
-
-    def ranker(texts: Reference) -> LaneScorer:
-        return LaneScorer(lambda path, threads: compute_metrics(source, texts, step.session(path, threads).run,
-                                                                f"{name} ranking probe"), ranking_lanes())
-
     fp32_bytes = model_bytes(step.fp32_path)
     step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
     all_four = weights.build(set(weights.weights))
@@ -338,7 +342,8 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
                   "moving the most sensitive MatMuls to 8 bits while they fit")
     # The shared search (converters/core/search.py): ranked on a length-spread subset of the fit
     # texts, each step judged on the validation texts.
-    space = W4A8Space(weights, probe, rank=ranker(step.fit.spread(RANKING_TEXTS)), judge=scorer(step.reference))
+    space = W4A8Space(weights, probe, rank=_onnx_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
+                      judge=_onnx_scorer(step, step.reference, f"{name} candidate"))
     floor = step.floor.for_precision("int4")
     fit = fit_w4a8(space, budget, progress=lambda message: step.progress(f"[{name}] {message}"),
                    shortfall=lambda metrics: floor_shortfall(metrics, floor))
@@ -377,18 +382,11 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
                         size_budget=scheme.size_budget)
     step.progress(f"[{name}] block-wise INT4 ({scheme.algorithm}, block {scheme.block_size}, "
                   f"size budget {scheme.size_budget}): measuring candidates")
-    def scorer(texts: Reference, label: str):
-        return lambda path: compute_metrics(step.source, texts, step.session(path).run, f"{name} {label}")
-
-    def ranker(texts: Reference) -> LaneScorer:
-        return LaneScorer(lambda path, threads: compute_metrics(step.source, texts, step.session(path, threads).run,
-                                                                f"{name} ranking probe"), ranking_lanes())
-
     report = quantize_int4(step.fp32_path, step.work / f"{name}.onnx", config, step.fit.batches,
                            validation_batches=step.reference.batches,
                            progress=lambda message: step.progress(f"[{name}] {message}"),
-                           rank=ranker(step.fit.spread(RANKING_TEXTS)),
-                           judge=scorer(step.reference, "candidate"),
+                           rank=_onnx_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
+                           judge=_onnx_scorer(step, step.reference, f"{name} candidate"),
                            shortfall=lambda metrics: floor_shortfall(metrics, step.floor.for_precision("int4")))
     path = step.work / f"{name}.onnx"
     metrics = compute_metrics(step.source, step.reference, step.session(path).run, name)

@@ -312,11 +312,13 @@ def greedy_search(
     base = objective(space.rank())
     gains: dict[K, tuple[float, int]] = {}
     label = f"ranking {len(keys)} candidates ({move} alone)"
-    progress(count(f"  {label}", 0, len(keys)))
-    rank_each = getattr(space, "rank_each", None)  # a Space that can score candidates at once
+    def done(n: int) -> None:
+        progress(count(f"  {label}", n, len(keys)))
+
+    done(0)
     moves = [frozenset({key}) for key in keys]
-    ranked_alone = (rank_each(moves, lambda n: progress(count(f"  {label}", n, len(keys)))) if rank_each
-                    else _rank_in_turn(space, moves, lambda n: progress(count(f"  {label}", n, len(keys)))))
+    rank_each = getattr(space, "rank_each", None)  # a Space that can score candidates at once
+    ranked_alone = rank_each(moves, done) if rank_each else _rank_in_turn(space, moves, done)
     for key, (size, moved_alone) in zip(keys, ranked_alone):
         gains[key] = (base - objective(moved_alone), size - start_bytes)
     ranked = sorted((k for k in keys if gains[k][0] > 0),

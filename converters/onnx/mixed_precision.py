@@ -111,14 +111,17 @@ def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, 
              "to keep in FP32")
     ranking = (reference if fit is None else fit).spread(RANKING_TEXTS)
 
-    def scorer(texts: Reference, label: str):
-        return lambda path: compute_metrics(source, texts, make_session(path).run, f"{name} {label}")
+    def scorer(texts: Reference, label: str) -> LaneScorer:
+        def score(path: Path, threads: int | None) -> dict[str, float]:
+            # `threads` only in lanes: a one-lane caller's make_session may take the path alone
+            session = make_session(path) if threads is None else make_session(path, threads)
+            return compute_metrics(source, texts, session.run, f"{name} {label}")
 
-    ranker = scorer(ranking, "ranking probe") if lanes == 1 else LaneScorer(
-        lambda path, threads: compute_metrics(source, ranking, make_session(path, threads).run,
-                                              f"{name} ranking probe"), lanes)
+        return LaneScorer(score, lanes)
+
     probe = out_path.with_suffix(".probe.onnx")
-    space = _Int8Space(fp32_path, probe, config, rounding, groups, ranker, scorer(reference, "candidate"))
+    space = _Int8Space(fp32_path, probe, config, rounding, groups, scorer(ranking, "ranking probe"),
+                       scorer(reference, "candidate"))
     try:
         result = greedy_search(space, Floor(lambda m: floor_failures(m, floor)), move="kept FP32",
                                progress=progress, start_metrics=metrics)
