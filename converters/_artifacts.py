@@ -28,6 +28,7 @@ from converters.core.validate import (
     compute_metrics,
     floor_failures,
     floor_shortfall,
+    metric_batches,
     rows_alone,
     sequence_outputs,
 )
@@ -429,7 +430,8 @@ def _tflite_extra(step: Step) -> dict[str, Any]:
 
 def _build_tflite_fp32(step: Step, name: str) -> Built:
     path = _tflite_fp32(step)
-    metrics = compute_metrics(step.source, step.reference, open_session("tflite", path).run, name)
+    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", path).run,
+                              name)
     _checked(step, name, "fp32", metrics)
     return Built(path, metrics, extra=_tflite_extra(step))
 
@@ -437,8 +439,8 @@ def _build_tflite_fp32(step: Step, name: str) -> Built:
 def _tflite_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
     """The searches' scorer of .tflite candidates: each text run alone at its own length, as
     Model.embed runs it (rows_alone: the same numbers, 0.55x the tokens on the ranking subset).
-    An artifact's recorded metrics still run the padded batches, so non-finite values in
-    padding are caught there. Rankings may score candidates in lanes (core/search.py)."""
+    An artifact's recorded metrics still run padded batches (validate.metric_batches), so non-finite
+    values in padding are caught there. Rankings may score candidates in lanes (core/search.py)."""
 
     def score(path: Path, threads: int | None) -> dict[str, float]:
         session = open_session("tflite", path, threads or DEFAULT_SHAPE.threads)
@@ -473,7 +475,8 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         # read from the plain ONNX export when this run made one (faster than the interpreter).
         hessians=step.cache.setdefault("tflite-hessians", HessianCache(twin=step.cache.get(PLAIN_ONNX_EXPORT))),
     )
-    metrics = compute_metrics(step.source, step.reference, open_session("tflite", out).run, name)
+    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", out).run,
+                              name)
     _checked(step, name, precision, metrics)
     promoted = report.get("promoted", {})
     return Built(out, metrics, promoted.get("weights", []), promoted.get("to", ""),

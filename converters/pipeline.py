@@ -23,7 +23,14 @@ from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, open_sessi
 from converters._errors import AccuracyError, ConversionError, ConversionInterrupted
 from converters._shared import SharedInputs, artifact_key
 from converters.core.arithmetic import ValidationSessions
-from converters.core.validate import compute_metrics, floor_failures, rows_alone, sequence_outputs
+from converters.core.validate import (
+    METRIC_BATCHES,
+    compute_metrics,
+    floor_failures,
+    metric_batches,
+    rows_alone,
+    sequence_outputs,
+)
 from converters.inputs import preflight
 from converters.inputs.plan import Planned, plan, pruned_plan
 from converters.inputs.source import SourceModel
@@ -313,7 +320,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             # arithmetic; these metrics and golden outputs are the ones recorded.
             scoring = time.perf_counter()
             model = _shipped_model(step, stage, {**device_manifest, "artifacts": [entry]}, entry)
-            metrics = compute_metrics(source, reference, model.run, name)
+            metrics = compute_metrics(source, metric_batches(reference, fmt), model.run, name)
             _same_metrics(name, built.metrics, metrics)
             # Dynamic ONNX INT8/INT4 takes one activation scale per batch: the metrics above are
             # those of padded batches of 16, `embed` runs such artifacts a text at a time by
@@ -343,6 +350,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 "metrics": metrics,
                 "metrics_texts": METRICS_TEXTS,
                 "metrics_from": "packaged files, run through edge_runtime",
+                "metrics_batches": METRIC_BATCHES[fmt],
                 **({"metrics_each_text_alone": alone} if alone is not None else {}),
                 "accuracy_floor": dataclasses.asdict(floor.for_precision(precision)),
                 "pruning": inputs.pruning,

@@ -58,6 +58,26 @@ def _check_outputs(name, task, got, want, mask):
         assert cosine.min() > 0.98, f"{name}: cosine {cosine.min()}"
 
 
+def _tflite_metrics_do_not_depend_on_batching(out, model_dir, manifest):
+    """TFLite metrics are recorded from length-sorted batches (converters/_artifacts.
+    metric_batches): the texts in their own order, other buckets, must give the same figures."""
+    from converters.core.validate import compute_metrics, reference_outputs
+    from converters.inputs.calibration import load_texts, split_texts
+    from converters.inputs.source import load_source
+
+    entries = [e for e in manifest["artifacts"] if e["format"] == "tflite"]
+    if not entries:
+        return
+    source = load_source(model_dir)
+    reference = reference_outputs(source, split_texts(load_texts(None)).validation.texts)
+    for entry in entries:
+        assert entry["metrics_batches"] == "padded batches of 16, texts sorted by length"
+        model = edge_runtime.load(out, artifact=entry["name"], weight_cache=False, tune=False)
+        again = compute_metrics(source, reference, model.run, entry["name"])
+        for key, value in entry["metrics"].items():
+            assert again[key] == pytest.approx(value, abs=1e-6), (entry["name"], key)
+
+
 @pytest.mark.parametrize("target", [p.id for p in list_profiles()])
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -90,6 +110,7 @@ def test_convert_and_run(tiny_model_factory, tmp_path, arch, task, target):
         if gptq:  # the run exported ONNX too: GPTQ's statistics come from it, not the interpreter
             assert gptq["hessians_from"].startswith(HessianCache.TWIN), entry["name"]  # INT8: "..., rescaled by the smoothing"
     assert not list(tmp_path.glob(".out.partial-*")), "staging directory left behind"
+    _tflite_metrics_do_not_depend_on_batching(out, model_dir, manifest)
 
     want, mask = _torch_outputs(model_dir, task, HELD_OUT)
     device = detect()
