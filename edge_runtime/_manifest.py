@@ -111,6 +111,17 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+def _plain_dtype(text: str) -> bool:
+    """A tensor's dtype is a plain numeric or bool numpy type. np.dtype() also parses comma
+    strings ("01" raises SyntaxError from its literal parser), records and strings: none of
+    those is a tensor type a backend takes."""
+    try:
+        dtype = np.dtype(text)
+    except Exception:  # TypeError, ValueError, SyntaxError: numpy's parsers differ per form
+        return False
+    return dtype.kind in "biuf" and dtype.fields is None and dtype.subdtype is None
+
+
 def _check_tensor_specs(specs: Any, where: str) -> None:
     if not isinstance(specs, list):
         raise ManifestError(f"{where} must be a list")
@@ -120,10 +131,8 @@ def _check_tensor_specs(specs: Any, where: str) -> None:
             raise ManifestError(f"{here} must be an object with a string name")
         if not isinstance(spec.get("dtype"), str):
             raise ManifestError(f"{here}: dtype must be a string, got {spec.get('dtype')!r}")
-        try:
-            np.dtype(spec["dtype"])
-        except TypeError:
-            raise ManifestError(f"{here}: unknown dtype {spec['dtype']!r} (e.g. int64, float32)") from None
+        if not _plain_dtype(spec["dtype"]):
+            raise ManifestError(f"{here}: unknown dtype {spec['dtype']!r} (e.g. int64, float32)")
         shape = spec.get("shape")
         if not isinstance(shape, list) or not all(
             isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)

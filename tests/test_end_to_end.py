@@ -59,7 +59,7 @@ def _check_outputs(name, task, got, want, mask):
 
 
 def _tflite_metrics_do_not_depend_on_batching(out, model_dir, manifest):
-    """TFLite metrics are recorded from length-sorted batches (converters/_artifacts.
+    """TFLite metrics are recorded from length-sorted batches (converters/core/validate.
     metric_batches): the texts in their own order, other buckets, must give the same figures."""
     from converters.core.validate import compute_metrics, reference_outputs
     from converters.inputs.calibration import load_texts, split_texts

@@ -81,6 +81,17 @@ def test_valid_manifest_reads(tmp_path):
 # -- malformed JSON ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", ["01", "int64,int64", "U8", "object", "complex64", "(2,)int64", "nonsense"])
+def test_a_dtype_that_is_no_tensor_type_is_refused(tmp_path, dtype):
+    """np.dtype() parses far more than tensor types ("01" made it raise SyntaxError, found by
+    the fuzz test below): the reader refuses each with the field named."""
+    manifest = _valid(tmp_path)
+    manifest["inputs"][0]["dtype"] = dtype
+    _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=r"inputs\[0\]: unknown dtype"):
+        read_manifest(tmp_path)
+
+
 def test_malformed_json_gives_line_and_column(tmp_path):
     (tmp_path / "manifest.json").write_text('{\n  "schema_version": 1,\n  "task": oops\n}\n')
     with pytest.raises(ManifestError, match=r"not valid JSON: .* at line 3, column 11 \(character \d+\)"):
