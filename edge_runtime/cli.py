@@ -192,10 +192,33 @@ def _texts(arguments: list[str]) -> list[str]:
 _CHUNK = 256
 
 
+_SHOWN_CHARS = 80  # a text echoed beside its result: enough to recognise it, one line at most
+
+
+def _shown(text: str) -> str:
+    """The text as echoed beside its result: repr, cut to one line's worth."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return repr(text[: _SHOWN_CHARS - 10]) + f"... ({len(text)} characters)"
+
+
+def _truncated(model, texts: list[str], offset: int) -> list[tuple[int, int]]:
+    """(1-based number, token count) of each text longer than the model takes: embed/classify
+    keep its first tokens (truncate=True), which a command-line user should be told. A text
+    needs more characters than tokens minus the two special ones, so short texts are not
+    tokenized twice."""
+    encoder = model._text()
+    limit = encoder.max_length
+    return [(offset + index + 1, count) for index, text in enumerate(texts)
+            if len(text) > limit - 2 and (count := encoder.token_count(text)) > limit]
+
+
 def _print_results(model, texts: list[str], as_json: bool) -> None:
     """One line per text, or one JSON object ({"artifact", "embeddings" | "results"}: the same
-    bytes as json.dumps of the whole result), written a chunk at a time."""
+    bytes as json.dumps of the whole result), written a chunk at a time. Texts cut to the
+    model's length are named on standard error at the end."""
     embeds = model.task == "feature-extraction"
+    truncated: list[tuple[int, int]] = []
     if as_json:
         sys.stdout.write(json.dumps({"artifact": model.name, "embeddings" if embeds else "results": []})[:-2])
     else:
@@ -203,6 +226,7 @@ def _print_results(model, texts: list[str], as_json: bool) -> None:
     for start in range(0, len(texts), _CHUNK):
         part = texts[start : start + _CHUNK]
         rows = model.embed(part) if embeds else model.classify(part)
+        truncated += _truncated(model, part, start)
         if as_json:
             items = (json.dumps(row.tolist() if embeds else row) for row in rows)
             sys.stdout.write((", " if start else "") + ", ".join(items))
@@ -210,11 +234,19 @@ def _print_results(model, texts: list[str], as_json: bool) -> None:
         for text, row in zip(part, rows):
             if embeds:
                 head = ", ".join(f"{v:.4f}" for v in row[:6])
-                print(f"  dim {row.shape[0]} norm {np.linalg.norm(row):.4f} [{head}, ...]  {text!r}")
+                print(f"  dim {row.shape[0]} norm {np.linalg.norm(row):.4f} [{head}, ...]  {_shown(text)}")
             else:
-                print(f"  {json.dumps(row)}  {text!r}")
+                print(f"  {json.dumps(row)}  {_shown(text)}")
     if as_json:
         sys.stdout.write("]}\n")
+    if truncated:
+        sys.stdout.flush()  # the note follows the results it is about
+        limit = model._text().max_length
+        named = ", ".join(f"{number} ({count} tokens)" for number, count in truncated[:10])
+        more = f" and {len(truncated) - 10} more" if len(truncated) > 10 else ""
+        which = "1 text is" if len(truncated) == 1 else f"{len(truncated)} texts are"
+        print(f"edge-run: {which} longer than the {limit} tokens this model takes and ran on the first "
+              f"{limit} only: text {named}{more}", file=sys.stderr)
 
 
 def _main(argv: list[str] | None) -> int:

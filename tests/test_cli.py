@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 
 import pytest
@@ -62,6 +63,17 @@ def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys, monkeypatch
     assert printed["results"][0]["label"] in ("negative", "neutral", "positive")
     assert edge_run([str(out), "--info"]) == 0
     assert "onnx-int8" in capsys.readouterr().out
+    # A text longer than the model takes runs on its first tokens: said on stderr, echoed cut short.
+    limit = edge_runtime.read_manifest(out)["tokenizer"]["max_length"]
+    long_text = "fine " * (3 * limit)
+    assert edge_run([str(out), "a nice day", long_text]) == 0
+    shown = capsys.readouterr()
+    assert f"({len(long_text)} characters)" in shown.out and long_text not in shown.out
+    said = re.fullmatch(f"edge-run: 1 text is longer than the {limit} tokens this model takes and ran on "
+                        rf"the first {limit} only: text 2 \((\d+) tokens\)\n", shown.err)
+    assert said and int(said[1]) >= 3 * limit
+    assert edge_run([str(out), "--json", long_text]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == edge_runtime.load(out).classify([long_text])
     assert edge_run([str(tmp_path / "missing"), "text"]) == 1
     assert edge_run([str(out)]) == 2  # nothing to do: usage error
     # A refused artifact asked for by name: the converter's reason, not only "no artifact".
