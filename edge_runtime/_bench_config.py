@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_runtime._errors import InputError
+from edge_runtime._select import max_threads
 
 __all__ = ["DEFAULT_SHAPE", "BenchConfig", "BenchConfigError", "BenchShape"]
 
@@ -68,10 +69,11 @@ class BenchConfig:
             if not values or any(not isinstance(v, int) or v < 1 for v in values):
                 raise BenchConfigError(name, f"needs positive integers, got {list(values)}")
         if not self.threads or any(
-            t is not None and (not isinstance(t, int) or t < 0) for t in self.threads
+            t is not None and (not isinstance(t, int) or not 0 <= t <= max_threads()) for t in self.threads
         ):
             raise BenchConfigError(
-                "threads", f"needs integers >= 0 (0: physical cores), got {list(self.threads)}"
+                "threads", f"needs integers from 0 (physical cores) to {max_threads()} (8x the usable CPUs, "
+                f"at least 64), got {list(self.threads)}"
             )
         for name, low in (("runs", 1), ("warmup", 0), ("rounds", 1)):
             value = getattr(self, name)

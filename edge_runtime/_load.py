@@ -97,6 +97,7 @@ def load(
             raise InputError("give device_cache or its older name weight_cache, not both")
         device_cache = weight_cache
     _load_args.check_options(verify, spinning, tune, memory_budget_mb)
+    threads = _load_args.check_threads(threads)
     cache_dirs, records_dir = _load_args.cache_dirs(device_cache, default_cache_dir())
     if not isinstance(path, (str, os.PathLike)):  # Path(None) would be a bare TypeError
         raise InputError(f"path must be an artifact directory (str or os.PathLike), got {path!r}")
@@ -105,7 +106,6 @@ def load(
         signed = _signing.verify_directory(root, trusted_keys)
         log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
     manifest = read_manifest(root)
-    threads = _load_args.check_threads(threads)
     records = Verifications(records_dir)
     tuning = _tuning_cache.read_cached(root, manifest) if tune is not False else None
 

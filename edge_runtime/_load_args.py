@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import InputError
-from edge_runtime._select import usable_cpus
+from edge_runtime._select import max_threads, usable_cpus
 
 __all__ = ["cache_dirs", "check_options", "check_threads", "no_backend_message"]
 
@@ -43,7 +43,8 @@ def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) 
 
 def check_threads(threads: Any) -> int | None:
     """load()'s `threads` as an int (any integer type, numpy's too; not bool, a float or a string),
-    or InputError; a warning when it exceeds the CPUs this process may use."""
+    or InputError (also above _select.max_threads); a warning when it exceeds the CPUs this
+    process may use."""
     if threads is None:
         return None
     message = f"threads must be an integer >= 0 (0: this device's physical cores), got {threads!r}"
@@ -55,6 +56,10 @@ def check_threads(threads: Any) -> int | None:
         raise InputError(message) from None
     if threads < 0:
         raise InputError(message)
+    if threads > max_threads():
+        raise InputError(f"threads={threads} is more than {max_threads()} (8x the {usable_cpus()} CPUs this process "
+                         "may use, at least 64): every thread costs memory and start-up time; 0 takes this "
+                         "device's physical cores")
     if threads > usable_cpus():
         log.warning("threads=%d is more than the %d CPUs this process may use: runs get slower, not "
                     "faster, and loading takes longer", threads, usable_cpus())

@@ -174,6 +174,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def max_threads() -> int:
+    """The most intra-op threads load() takes: 8x the usable CPUs, at least 64. Each thread is a
+    stack and a start-up cost paid inside the backend's session creation, where no signal
+    handler runs: threads=99999 (a typo) grew past 16 GB while still loading after ten minutes,
+    and only SIGKILL ended it. A few times the CPUs stays allowed for experiments."""
+    return max(64, 8 * usable_cpus())
+
+
 def physical_cores() -> int:
     """Default intra-op threads: the physical cores of the fastest cluster (every physical core
     on a uniform CPU; the big cores of a big.LITTLE one, told apart by cpufreq maximum

@@ -28,11 +28,23 @@ from edge_runtime import _bench_report, _load_args, cli, cli_bench, cli_tune
         ({"device_cache": ""}, "device_cache"),  # would have cached into the working directory
         ({"device_cache": 0}, "device_cache"),
         ({"verify": "yes"}, "verify"),
+        ({"threads": 100_000}, "threads=100000 is more than"),  # a typo that grew past 16 GB while loading
     ],
 )
 def test_load_arguments_are_checked_before_the_directory_is_read(tmp_path, kwargs, named):
     with pytest.raises(edge_runtime.InputError, match=named):
         edge_runtime.load(tmp_path / "not-even-there", **kwargs)
+
+
+def test_thread_counts_up_to_the_limit_pass_and_edge_bench_says_the_limit():
+    from edge_runtime._bench_config import BenchConfig, BenchConfigError
+    from edge_runtime._select import max_threads, usable_cpus
+
+    assert max_threads() == max(64, 8 * usable_cpus())
+    assert _load_args.check_threads(max_threads()) == max_threads()
+    BenchConfig(threads=(0, max_threads())).check()
+    with pytest.raises(BenchConfigError, match=f"to {max_threads()} "):
+        BenchConfig(threads=(max_threads() + 1,)).check()
 
 
 def test_load_names_a_path_that_is_not_one():
