@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import ArtifactError, ManifestError
+from edge_runtime._text import POOLING_MODES
 
 __all__ = [
     "MANIFEST_NAME",
@@ -217,10 +218,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: task must be a string, got {manifest['task']!r}")
     _check_tensor_specs(manifest["inputs"], f"{path}: inputs")
     _check_tensor_specs(manifest["outputs"], f"{path}: outputs")
+    for key in ("inputs", "outputs"):
+        if not manifest[key]:
+            raise ManifestError(f"{path}: {key} is empty: a model takes and gives at least one tensor")
     _check_described(manifest, path)
     tokenizer = manifest.get("tokenizer")
     if tokenizer is not None:
         _check_tokenizer(root, tokenizer, f"{path}: tokenizer")
+        _check_length_fits(tokenizer["max_length"], manifest["inputs"], f"{path}: tokenizer.max_length")
     artifacts = manifest["artifacts"]
     if not isinstance(artifacts, list):
         raise ManifestError(f"{path}: artifacts must be a list")
@@ -299,6 +304,8 @@ def _check_described(manifest: dict[str, Any], path: Path) -> None:
     if manifest["task"] == "feature-extraction":
         if not isinstance(post.get("pooling"), str) or not isinstance(post.get("normalize"), bool):
             raise ManifestError(f"{path}: postprocess needs a string pooling and a boolean normalize")
+        if post["pooling"] not in POOLING_MODES:  # else every embed() would fail after a good load
+            raise ManifestError(f"{path}: postprocess.pooling {post['pooling']!r} is not one of {list(POOLING_MODES)}")
         if post.get("output") not in outputs:
             raise ManifestError(f"{path}: postprocess.output {post.get('output')!r} is not one of the "
                                 f"outputs {outputs}")
@@ -355,6 +362,16 @@ def _check_tokenizer(root: Path, spec: Any, where: str) -> None:
             raise ManifestError(f"{where}: {key} must be an integer >= 0, got {value!r}")
     if spec["max_length"] < 1:
         raise ManifestError(f"{where}: max_length must be >= 1")
+
+
+def _check_length_fits(max_length: int, inputs: list[dict[str, Any]], where: str) -> None:
+    """The tokenizer may not make sequences longer than an input's recorded axis_max["sequence"]
+    (the position table): every long text would fail at run time instead of at load."""
+    for spec in inputs:
+        limit = (spec.get("axis_max") or {}).get("sequence")
+        if limit is not None and max_length > limit:
+            raise ManifestError(f"{where} {max_length} is more than input {spec['name']!r} takes "
+                                f"(axis_max sequence {limit})")
 
 
 def files_to_verify(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:

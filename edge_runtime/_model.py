@@ -42,7 +42,9 @@ class Model:
     """One artifact of an artifact directory, ready to run on this device."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], artifact: dict[str, Any], session, threads: int, load_seconds: float, memory_budget_mb: float | None = None):
-        self.root = root
+        # Resolved once: the tokenizer and golden files read after load() come from the directory
+        # loaded, even when a symlink is re-pointed or the working directory changes meanwhile.
+        self.root = Path(root).resolve()
         self.manifest = manifest
         self.artifact = artifact
         self.threads = threads

@@ -15,7 +15,10 @@ import numpy as np
 
 from edge_runtime._errors import ArtifactError, InputError
 
-__all__ = ["Encoded", "TextEncoder", "pool", "softmax"]
+__all__ = ["POOLING_MODES", "Encoded", "TextEncoder", "pool", "softmax"]
+
+# What pool() computes (sentence-transformers' names); the manifest reader refuses any other.
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
@@ -31,7 +34,7 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np
     elif mode == "mean_sqrt_len":
         out = (hidden * mask_f).sum(axis=1) / np.sqrt(np.clip(mask_f.sum(axis=1), 1e-9, None))
     else:
-        raise InputError(f"unknown pooling mode {mode!r}; known: mean, cls, max, mean_sqrt_len")
+        raise InputError(f"unknown pooling mode {mode!r}; known: {', '.join(POOLING_MODES)}")
     if normalize:
         out = out / np.clip(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12, None)
     return out.astype(np.float32)

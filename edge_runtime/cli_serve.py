@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="batch inputs into one backend call even for artifacts whose numbers "
         "depend on the batch (dynamic INT8): faster, but a vector then depends on its "
-        "batch neighbours (by up to ~0.01 per element on MiniLM)",
+        "batch neighbours (by up to ~0.02 per element on MiniLM, docs/serve.md)",
     )
     p.add_argument(
         "--golden-interval",

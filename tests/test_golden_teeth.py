@@ -136,8 +136,9 @@ def test_manifest_reader_checks_golden_samples(tmp_path):
     ids = _ids(5)
     golden = _write(tmp_path, [("", ids, _right(ids))])
     (tmp_path / "m.onnx").write_bytes(b"model")
-    base = {"schema_version": 1, "target": {}, "source": {}, "task": "feature-extraction", "inputs": [],
-            "outputs": [], "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "metrics": {},
+    base = {"schema_version": 1, "target": {}, "source": {}, "task": "feature-extraction",
+            "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
+            "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", 8]}], "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "metrics": {},
                                           "files": [file_entry(tmp_path, tmp_path / "m.onnx")], "golden": golden}]}
     for samples, message in (([], "samples must be a non-empty list"),
                              ([{"kind": "long"}], r"samples\[0\] must be an object with a string prefix"),

@@ -18,7 +18,8 @@ def _minimal(root):
     entry = {"path": "m.onnx", "sha256": file_sha256(root / "m.onnx"), "bytes": 3}
     return {
         "schema_version": 1, "target": {"id": "x86-avx2"}, "source": {}, "task": "feature-extraction",
-        "inputs": [], "outputs": [],
+        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
+        "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", 8]}],
         "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "files": [entry], "metrics": {},
                        "golden": {"path": "g.npz", "sha256": file_sha256(root / "g.npz"), "bytes": 1}}],
     }

@@ -92,6 +92,32 @@ def test_a_dtype_that_is_no_tensor_type_is_refused(tmp_path, dtype):
         read_manifest(tmp_path)
 
 
+def _bogus_pooling(m):
+    m["postprocess"]["pooling"] = "bogus"
+
+
+def _no_inputs(m):
+    m["inputs"] = []
+
+
+def _longer_than_positions(m):
+    m["inputs"][0]["axis_max"] = {"sequence": 8}  # the tokenizer's max_length is 16
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_bogus_pooling, r"postprocess.pooling 'bogus' is not one of \['mean', 'cls', 'max', 'mean_sqrt_len'\]"),
+    (_no_inputs, r"inputs is empty"),
+    (_longer_than_positions, r"tokenizer.max_length 16 is more than input 'input_ids' takes \(axis_max sequence 8\)"),
+])
+def test_values_every_run_would_fail_on_are_refused_at_load(tmp_path, edit, message):
+    """Each passed the reader before, and then every embed() (or every long text) failed."""
+    manifest = _valid(tmp_path)
+    edit(manifest)
+    _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(tmp_path)
+
+
 def test_malformed_json_gives_line_and_column(tmp_path):
     (tmp_path / "manifest.json").write_text('{\n  "schema_version": 1,\n  "task": oops\n}\n')
     with pytest.raises(ManifestError, match=r"not valid JSON: .* at line 3, column 11 \(character \d+\)"):

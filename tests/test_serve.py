@@ -612,6 +612,38 @@ def test_failing_golden_rerun_turns_health_503(embed_dir):
         assert client.get("/health").status_code == 200
 
 
+def test_the_watchdog_checks_the_model_loaded_whatever_happens_to_its_path_later(embed_dir, tmp_path):
+    """Served through a symlink (the documented way to swap directories), then the link points
+    elsewhere and a reload fails: the old model keeps serving, and its checks still compare it
+    with the golden outputs load() verified. A check that cannot run says so in JSON (no NaN)."""
+    import json
+
+    from edge_runtime.serve import ServeConfig
+    from edge_runtime.serve._service import Service
+
+    link = tmp_path / "current"
+    link.symlink_to(embed_dir, target_is_directory=True)
+    service = Service(ServeConfig(link, artifact="onnx-fp32", golden_interval_s=0))
+    service.start()  # the worker thread the checks run on
+    try:
+        before = service.slot.current.model.embed(["a sentence"])
+        empty = tmp_path / "half-copied"
+        empty.mkdir()
+        link.unlink()
+        link.symlink_to(empty, target_is_directory=True)
+        assert not service.reloader.reload()["ok"]
+        assert service.watchdog.check(timeout=60)["ok"]
+        np.testing.assert_array_equal(service.slot.current.model.embed(["a sentence"]), before)
+
+        session = service.slot.current.model._session
+        session.run = lambda feeds: (_ for _ in ()).throw(RuntimeError("backend gone"))
+        result = service.watchdog.check(timeout=60)
+        assert not result["ok"] and result["cosine_min"] is None and "backend gone" in result["problems"][0]
+        json.dumps(result, allow_nan=False)  # what /admin/check answers with its 503
+    finally:
+        service.stop()
+
+
 def test_drift_signal():
     from edge_runtime.serve._health import DriftMonitor
     from edge_runtime.serve._metrics import ServeMetrics

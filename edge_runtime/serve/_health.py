@@ -36,7 +36,9 @@ log = logging.getLogger("edge_runtime.serve")
 
 
 def golden_agreement(model) -> tuple[bool, float, list[str]]:
-    """(agrees, lowest cosine of any golden output row, problems) for `model` run now."""
+    """(agrees, lowest cosine of any golden output row, problems) for `model` run now. The samples
+    are read from the directory the model was loaded from (Model.root, resolved at load: not
+    where a symlink points now) at each run, so a rewritten golden file shows too."""
     golden = model.artifact["golden"]
     with np.load(resolve(model.root, golden["path"]), allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
@@ -113,7 +115,9 @@ class GoldenWatchdog:
             reason = f"artifact {served.name} failed its golden re-run: " + "; ".join(problems)
             self._failed[served.generation] = reason
             log.error("%s", reason)
-        return {"ok": ok, "cosine_min": lowest, "problems": problems, "artifact": served.name}
+        # JSON has no NaN: a check that could not compare says null (the gauge keeps NaN).
+        return {"ok": ok, "cosine_min": lowest if math.isfinite(lowest) else None, "problems": problems,
+                "artifact": served.name}
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
