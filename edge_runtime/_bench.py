@@ -54,6 +54,7 @@ from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError
 from edge_runtime._load_args import no_backend_message
 from edge_runtime._manifest import read_manifest, unknown_artifacts
 from edge_runtime._rounds import time_in_rounds
+from edge_runtime._select import files_absent
 
 __all__ = [
     "BENCH_SCHEMA",
@@ -344,10 +345,14 @@ def _load_here(
 ) -> None:
     """Load in this process for the timed runs; a failure becomes the records' error."""
     entry = target.entry
-    if not backends.backend_available(entry["format"]):
+    reason = ""
+    if config.all_artifacts and files_absent(root, entry):  # named by --artifact: an error below
+        reason = "none of its model files is in this directory (a copy trimmed to other artifacts?)"
+    elif not backends.backend_available(entry["format"]):
         reason = (
             f"no {entry['format']} backend installed here ({entry['format']} artifacts need one)"
         )
+    if reason:
         say(f"{entry['name']}: skipped: {reason}")
         for record in target.records.values():
             _fail(record, "skipped", reason)

@@ -23,7 +23,7 @@ from typing import Any
 from edge_runtime import _compat, _device, _memory, _tuning_cache, backends
 from edge_runtime._manifest import resolve
 
-__all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "physical_cores", "plan", "threads_for",
+__all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "files_absent", "max_threads", "physical_cores", "plan", "threads_for",
            "usable_cpus"]
 
 # Manifest backend names -> the artifact format they run.
@@ -55,7 +55,7 @@ def _profile_order_note(manifest: dict[str, Any]) -> str:
     return f"profile order (backends {backends_}; precisions {precisions})"
 
 
-def _absent(root: Path, entry: dict[str, Any]) -> bool:
+def files_absent(root: Path, entry: dict[str, Any]) -> bool:
     """Whether not one of the entry's model files exists under `root` (resolved as loading does)."""
     return not any(resolve(root, f["path"]).exists() for f in entry.get("files", []))
 
@@ -77,7 +77,7 @@ def plan(
             skipped[entry["name"]] = ("a pruned twin (held to the pruning floor, not the artifacts' floor): "
                                       f"loaded only by name, artifact={entry['name']!r}")
             continue
-        if _absent(root, entry):
+        if files_absent(root, entry):
             skipped[entry["name"]] = ("none of its model files is in this directory (a copy trimmed to other "
                                       "artifacts?)")
             continue

@@ -105,22 +105,25 @@ def _flatten(groups: list[list[int]] | None) -> tuple[int, ...] | None:
     return None if not groups else tuple(v for group in groups for v in group)
 
 
-def _unwritable(out: Path) -> str:
-    """Why the JSON result could not be written to `out` ("" if it can): checked up front."""
+def _unwritable(out: Path, artifacts: Path) -> str:
+    """Why the JSON result could not be written to `out` ("" if it can): checked up front,
+    without creating anything (missing directories are made when the result is written)."""
     if out.is_dir():
         return "is a directory; name a file, e.g. " + str(out / "bench.json")
+    if out.exists() and out.resolve().is_relative_to(artifacts.resolve()):
+        # manifest.json, a model file, a golden sample: overwriting one breaks the artifacts
+        return f"would overwrite {out.name} in the artifact directory {artifacts}; write the result elsewhere"
     existing = next((p for p in out.resolve().parents if p.exists()), None)
     if existing is not None and not existing.is_dir():
         return f"{existing} is a file, not a directory"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        existed = out.exists()
-        with open(out, "a", encoding="utf-8"):
-            pass
-        if not existed:
-            out.unlink()
-    except OSError as exc:
-        return f"cannot be written ({exc.strerror or exc})"
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written ({existing} is not writable)"
+    if out.exists():
+        try:
+            with open(out, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            return f"cannot be written ({exc.strerror or exc})"
     return ""
 
 
@@ -128,6 +131,7 @@ def _write_json(out: Path, doc: dict) -> bool:
     """Write the result; if that fails after all, keep it in a temporary file and say where."""
     text = json.dumps(doc, indent=2) + "\n"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
         return True
     except OSError as exc:
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = Path(args.json) if args.json else None
     if out is not None:
-        problem = _unwritable(out)
+        problem = _unwritable(out, Path(args.artifacts))
         if problem:  # found before minutes of measuring, not after
             print(f"edge-bench: error: --json {out}: {problem}", file=sys.stderr)
             return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -266,6 +267,30 @@ def test_nothing_measured_is_a_failure(artifacts, capsys, monkeypatch):
                            "--rounds", "1", "-q"]) == 1
     captured = capsys.readouterr()
     assert "skipped" in captured.out and "nothing was measured" in captured.err
+
+
+@pytest.mark.slow
+def test_all_on_a_trimmed_copy_skips_the_artifacts_it_lacks(artifacts, tmp_path, capsys):
+    """README: a device copy may keep only the artifacts it runs. --all lists the others as
+    skipped (exit 0); naming a missing one is still an error."""
+    trimmed = tmp_path / "trimmed"
+    shutil.copytree(artifacts, trimmed)
+    manifest = json.loads((trimmed / "manifest.json").read_text())
+    kept = "onnx-int8"
+    for entry in manifest["artifacts"]:
+        if entry["name"] != kept:
+            for item in entry["files"]:
+                (trimmed / item["path"]).unlink(missing_ok=True)
+    assert cli_bench.main([str(trimmed), "--all", "--seq", "8", "--batch", "1", "--runs", "2", "--rounds", "1",
+                           "-q"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    assert rows[kept].endswith("| ok |")
+    for entry in manifest["artifacts"]:
+        if entry["name"] != kept:
+            assert "skipped: none of its model files is in this directory" in rows[entry["name"]]
+    other = next(e["name"] for e in manifest["artifacts"] if e["name"] != kept)
+    assert cli_bench.main([str(trimmed), "--artifact", other, "--seq", "8", "--runs", "2", "--rounds", "1", "-q"]) == 1
 
 
 # -- units (no model) --------------------------------------------------------------------------

@@ -124,22 +124,29 @@ def test_edge_bench_checks_the_json_path_before_measuring(tmp_path, capsys, monk
     read_only = tmp_path / "ro"
     read_only.mkdir()
     (read_only / "file").write_text("x")
+    artifacts = tmp_path / "art"
+    artifacts.mkdir()
+    (artifacts / "manifest.json").write_text("{}")
     for bad, words in ((tmp_path, "is a directory"),
-                       (read_only / "file" / "x.json", f"{read_only / 'file'} is a file, not a directory")):
-        assert cli_bench.main([str(tmp_path), "--json", str(bad)]) == 2
+                       (read_only / "file" / "x.json", f"{read_only / 'file'} is a file, not a directory"),
+                       # edge-bench DIR --json DIR/manifest.json replaced the manifest
+                       (artifacts / "manifest.json", f"would overwrite manifest.json in the artifact directory {artifacts}")):
+        assert cli_bench.main([str(artifacts), "--json", str(bad)]) == 2
         err = capsys.readouterr().err
         assert f"--json {bad}: {words}" in err
-    # a path that can be written is left as it was: no empty file from the check
+    assert (artifacts / "manifest.json").read_text() == "{}"
+    # a path that can be written is left as it was: no empty file, no directory from the check
     good = tmp_path / "new" / "bench.json"
     monkeypatch.setattr(cli_bench, "run_bench", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    assert cli_bench.main([str(tmp_path), "--json", str(good)]) == 130 and not good.exists()
+    assert cli_bench.main([str(artifacts), "--json", str(good)]) == 130 and not good.parent.exists()
 
 
 def test_edge_bench_keeps_the_result_when_the_json_write_fails_after_all(tmp_path, capsys, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the kept file goes with tmp_path
-    out = tmp_path / "gone" / "bench.json"  # its directory vanished during the run
+    out = tmp_path / "gone" / "bench.json"
+    (tmp_path / "gone").write_text("a file took its directory's name during the run")
     assert cli_bench._write_json(out, {"a": 1}) is False
     err = capsys.readouterr().err
     kept = err.rsplit("the result is in ", 1)[1].strip()
