@@ -120,7 +120,8 @@ def plan(
             choices.remove(moved)
             choices.insert(0, moved)
             moved.notes.append("fastest here in the tuning cache")
-            reason = f"fastest here (tuning cache{timing}); otherwise {reason}"
+            # its own memory note first: the rest (with its "needs ~N MB") is about the profile's pick
+            reason = f"fastest here (tuning cache{timing}); {moved.notes[1]}; otherwise {first.name}: {reason}"
     elif fastest and fastest == first.name:
         reason += "; also the fastest here (tuning cache)"
     return Plan(choices, skipped, reason)

@@ -13,8 +13,17 @@ import numpy as np
 import edge_runtime
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # parse_intermixed_args names the optional texts as required too when the directory is
+        # missing ("required: artifacts, texts"); only the directory is.
+        if message.endswith("required: artifacts, texts"):
+            message = "the following arguments are required: artifacts (an edge-convert output directory)"
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edge-run", description="Run an edge-convert artifact directory on this device."
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")

@@ -47,6 +47,15 @@ def test_thread_counts_up_to_the_limit_pass_and_edge_bench_says_the_limit():
         BenchConfig(threads=(max_threads() + 1,)).check()
 
 
+def test_edge_run_without_arguments_asks_for_the_directory_only(capsys):
+    """Texts are optional (--info); argparse's intermixed parsing named them as required too."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("required: artifacts (an edge-convert output directory)") and "texts" not in err.splitlines()[-1]
+
+
 def test_load_names_a_path_that_is_not_one():
     with pytest.raises(edge_runtime.InputError, match="path must be an artifact directory.*got None"):
         edge_runtime.load(None)

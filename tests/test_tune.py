@@ -176,6 +176,14 @@ def test_full_tune_compares_artifacts_and_load_follows_it(converted, monkeypatch
         info["selection"]["artifact"] == "onnx-fp32"
         and "fastest here" in info["selection"]["reason"]
     )
+    # the memory it quotes first is the pick's own, then the profile's pick with its own
+    from edge_runtime import _memory
+
+    manifest = edge_runtime.read_manifest(converted)
+    need = {e["name"]: _memory.fit(e, 10**6, 10**6)[1] for e in manifest["artifacts"]}
+    reason = info["selection"]["reason"]
+    own, _, profiles = reason.partition("; otherwise onnx-int8: ")
+    assert need["onnx-fp32"].split(" of ")[0] in own and need["onnx-int8"].split(" of ")[0] in profiles, reason
     # a name the profile does not allow here is ignored
     _edit_cache(converted, lambda d: d.update(fastest="onnx-int4"))
     assert edge_runtime.load(converted).name == "onnx-int8"
