@@ -53,6 +53,35 @@ class ConvertConfig:
     # Knowledge distillation of the pruned model from the unpruned one (converters/pruning/distill.py)
     distill_steps: int = 0
 
+    def __post_init__(self) -> None:
+        """Paths may come as str (as `model` always could); every other wrong type is a
+        ConversionError naming the parameter, not an AttributeError deep in a conversion (out="dir"
+        wrote the whole output and then failed)."""
+        import os
+
+        for name in ("model", "out", "calibration", "validation_texts", "sign_key"):
+            value = getattr(self, name)
+            if value is None and name != "out":
+                continue
+            if not isinstance(value, (str, os.PathLike)) or value == "":
+                raise ConversionError(f"{name} must be a path (str or os.PathLike), got {value!r}")
+            object.__setattr__(self, name, Path(value))
+        kinds = {"target": (str,), "task": (str, type(None)), "prune": (str, type(None)),
+                 "calibration_method": (str, type(None)), "arithmetic": (str,), "force": (bool,)}
+        numbers = {"accuracy_floor": True, "prune_floor": True, "distill_steps": False,
+                   "latency_runs": False, "latency_rounds": False, "latency_seq": False}
+        for name, types in kinds.items():
+            if not isinstance(getattr(self, name), types):
+                raise ConversionError(f"{name} must be {' or '.join('None' if t is type(None) else t.__name__ for t in types)}, "
+                                      f"got {getattr(self, name)!r}")
+        for name, optional_float in numbers.items():
+            value = getattr(self, name)
+            allowed = (int, float) if optional_float else (int,)
+            if (value is None and optional_float) or (isinstance(value, allowed) and not isinstance(value, bool)):
+                continue
+            raise ConversionError(f"{name} must be {'a number or None' if optional_float else 'an integer'}, "
+                                  f"got {value!r}")
+
     def inputs(self) -> dict[str, Path | None]:
         """What this conversion reads, by what it is (None: not given): force never deletes them."""
         return {"the source model": self.model, "the calibration texts": self.calibration,

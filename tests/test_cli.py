@@ -6,6 +6,7 @@ import io
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -117,6 +118,14 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
     with pytest.raises(ConversionError, match=r"latency_rounds=0: each must be at least 1"):
         convert(ConvertConfig(model=None, target="x86-avx2", out=tmp_path / "o", latency_rounds=0))
     assert as_flags("o already exists; pass force=True to replace it") == "o already exists; pass --force to replace it"
+    # paths may be str (out="dir" used to write the whole output, then fail); other wrong types are named
+    assert ConvertConfig(model="m", target="x86-avx2", out="o").out == Path("o")
+    for wrong, message in (({"prune": 0.5}, r"prune must be str or None, got 0\.5"),
+                           ({"accuracy_floor": "0.9"}, r"accuracy_floor must be a number or None, got '0\.9'"),
+                           ({"distill_steps": None}, r"distill_steps must be an integer, got None"),
+                           ({"out": None}, r"out must be a path \(str or os\.PathLike\), got None")):
+        with pytest.raises(ConversionError, match=message):
+            ConvertConfig(**{"model": None, "target": "x86-avx2", "out": tmp_path / "o", **wrong})
     assert as_flags("calibration texts (validation_texts)") == "calibration texts (--validation-texts)"
     result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--accuracy-floor", "2", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--accuracy-floor must be above 0 and below 1, got 2" in result.output

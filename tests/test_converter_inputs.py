@@ -276,6 +276,17 @@ def test_calibration_files_read_the_same_whatever_their_format(tmp_path):
     assert list(load_texts(txt).texts) == list(load_texts(jsonl).texts) == texts
 
 
+def test_lines_end_at_newline_only(tmp_path):
+    """Form feeds, U+0085 and U+2028/U+2029 inside a text (web text; json.dumps(ensure_ascii=False)
+    leaves them unescaped) keep it one text: str.splitlines() made two of it, and a JSONL record
+    "not valid JSON". Windows line ends still end lines."""
+    texts = [f"text {i}" + sep + "more" for i, sep in enumerate(["\u2028", "\u2029", "\x85", "\x0c", " "] * 2)]
+    txt, jsonl = tmp_path / "a.txt", tmp_path / "a.jsonl"
+    txt.write_text("\r\n".join(texts) + "\r\n", encoding="utf-8", newline="")
+    jsonl.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts) + "\n", encoding="utf-8")
+    assert list(load_texts(txt).texts) == list(load_texts(jsonl).texts) == texts
+
+
 @pytest.mark.parametrize("name", ["README.md", "texts.csv", "texts.json", "texts"])
 def test_a_calibration_file_of_another_format_is_refused(tmp_path, name):
     # Read line by line, a README or CSV gives markup and headers as "texts".
@@ -378,6 +389,22 @@ def test_a_classifier_is_not_converted_for_the_other_classification_task(tiny_mo
                                                    r"token-classification"):
         load_source(model, task="token-classification")
     assert load_source(model, task="feature-extraction").task == "feature-extraction"  # its encoder
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "problem_type": None}, r"single output \(a regression or cross-encoder score\)"),
+    ({"problem_type": "regression"}, r"single output"),
+    ({"problem_type": "multi_label_classification"}, r"multi_label_classification .*sigmoid"),
+])
+def test_heads_classify_cannot_report_are_refused_before_loading(tiny_model_factory, tmp_path, edit, message):
+    """A one-output head came out as score 1.0 for every text (its top-1 floor unable to fail);
+    a multi-label head's sigmoids were reported as a softmax. Its encoder still converts."""
+    model = _copy(tiny_model_factory("bert", "text-classification"), tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | edit))
+    with pytest.raises(UnsupportedModelError, match=message + r".*task=feature-extraction"):
+        load_source(model)
+    assert load_source(model, task="feature-extraction").task == "feature-extraction"
 
 
 def test_a_config_without_model_type_says_so(good_model, tmp_path):

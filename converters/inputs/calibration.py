@@ -87,6 +87,13 @@ class TextSplit:
         }
 
 
+def _lines(raw: str) -> list[str]:
+    """The file's lines, split at "\n" only (a "\r" before it dropped), as `wc -l` and a JSONL
+    reader count them: str.splitlines() also splits at form feeds, U+0085 and U+2028/U+2029,
+    which web text carries inside a line and json.dumps(ensure_ascii=False) leaves unescaped."""
+    return [line[:-1] if line.endswith("\r") else line for line in raw.split("\n")]
+
+
 def _parse(path: Path) -> list[str]:
     """The texts of a .txt file (one per line; blank lines and lines starting with "#" are
     skipped) or a .jsonl file (one {"text": "..."} object per line; blank lines skipped, empty
@@ -94,7 +101,7 @@ def _parse(path: Path) -> list[str]:
     raw = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".jsonl":
         texts = []
-        for number, line in enumerate(raw.splitlines(), 1):
+        for number, line in enumerate(_lines(raw), 1):
             if not line.strip():
                 continue
             try:
@@ -115,7 +122,7 @@ def _parse(path: Path) -> list[str]:
             f"{path}: expected a .txt file (one text per line) or .jsonl ({{\"text\": ...}} per line), "
             f"not {path.suffix or 'a file without a suffix'}"
         )
-    return [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
+    return [line.strip() for line in _lines(raw) if line.strip() and not line.startswith("#")]
 
 
 def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "calibration") -> TextSet:

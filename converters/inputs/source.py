@@ -112,6 +112,27 @@ def infer_task(config: dict[str, Any], model_dir: Path) -> str:
     return "feature-extraction"
 
 
+def _check_label_head(config: dict[str, Any], model_dir: Path, task: str) -> None:
+    """classify() reports softmax probabilities over the labels, and the accuracy floors compare
+    top-1 labels: right for single-label heads only. A one-output head (a regression or a
+    cross-encoder score) came out as {"label": "LABEL_0", "score": 1.0} for every text, its floor
+    unable to fail; a multi-label head's labels take independent sigmoids, not a softmax."""
+    labels = config.get("id2label") or {}
+    count = len(labels) if labels else int(config.get("num_labels", 2))
+    problem = config.get("problem_type")
+    instead = "convert it with task=feature-extraction for its encoder's token vectors"
+    if count == 1 or problem == "regression":
+        raise UnsupportedModelError(
+            f"{model_dir}: its {task} head has a single output (a regression or cross-encoder score): "
+            f"classify() reports softmax probabilities over labels, which for one output is 1.0 whatever "
+            f"the text; such heads are not supported yet ({instead})")
+    if problem == "multi_label_classification":
+        raise UnsupportedModelError(
+            f"{model_dir}: problem_type multi_label_classification (each label its own sigmoid "
+            f"probability): classify() reports a softmax over the labels; such heads are not supported "
+            f"yet ({instead})")
+
+
 def _sentence_transformers_postprocess(model_dir: Path) -> dict[str, Any] | None:
     """Pooling and normalization from a sentence-transformers layout (modules.json), if any."""
     modules_file = model_dir / "modules.json"
@@ -274,6 +295,8 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         raise UnsupportedModelError(
             f"{model_dir} is a {inferred} checkpoint ({config['architectures'][0]}); its head cannot do "
             f"{task}: convert it as {inferred} (the default), or as feature-extraction for its encoder")
+    if task != "feature-extraction":
+        _check_label_head(config, model_dir, task)
     weights_sha = _weights_sha256(model_dir)
 
     import torch
