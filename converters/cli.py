@@ -42,31 +42,34 @@ def _promoted(artifact) -> str:
     return f"{len(artifact.promoted)} to {artifact.promoted_to}" if artifact.promoted else "0"
 
 
-def _log_path(out: Path) -> Path:
+def _log_path(out: Path) -> tuple[Path, list[Path]]:
     """Where the libraries' output of a conversion goes: next to the output directory (inside it,
     it would become an unsigned, unlisted file of the artifact); the temporary directory when that
-    place is not writable."""
+    place is not writable. Also the directories made for it, deepest first: a run refused before
+    any output removes them again (_settle_log)."""
     path = out.parent / f"{out.name}.convert.log"
+    made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():  # this conversion's lines only; the earlier log comes back if it has none
             os.replace(path, _previous(path))
         path.touch()
-        return path
+        return path, made
     except OSError:
         handle, name = tempfile.mkstemp(prefix=f"edge-convert-{out.name}-", suffix=".log")
         os.close(handle)
-        return Path(name)
+        return Path(name), []
 
 
 def _previous(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".previous")
 
 
-def _settle_log(log_path: Path, capture, finished: bool) -> bool:
+def _settle_log(log_path: Path, capture, finished: bool, made: list[Path] = ()) -> bool:
     """After a run: a log with this run's lines replaces the earlier one (True). A run that ended
     without output (refused up front) leaves the earlier conversion's log as it was; one that
-    finished without any leaves none (the earlier log described an output that is gone)."""
+    finished without any leaves none (the earlier log described an output that is gone), nor
+    the directories `made` for it that stayed empty."""
     previous = _previous(log_path)
     if capture is not None and capture.lines():
         previous.unlink(missing_ok=True)
@@ -76,6 +79,11 @@ def _settle_log(log_path: Path, capture, finished: bool) -> bool:
     else:
         previous.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
+        for directory in made:  # deepest first; one holding anything (the output) stays
+            try:
+                directory.rmdir()
+            except OSError:
+                break
     return False
 
 
@@ -210,7 +218,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
                            validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key,
                            prune=prune, prune_floor=prune_floor, distill_steps=distill_steps)
-    log_path = _log_path(out)
+    log_path, made = _log_path(out)
     capture, finished = None, False
     try:
         with captured_output(log_path) as capture:
@@ -243,7 +251,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
             click.echo(tail, err=True)
         raise
     finally:
-        logged = _settle_log(log_path, capture, finished)
+        logged = _settle_log(log_path, capture, finished, made)
     failed = [r for r in results if isinstance(r, TargetFailure)]
     if as_json:
         click.echo(json.dumps([r.to_dict() if not isinstance(r, TargetFailure)
@@ -290,18 +298,27 @@ def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruni
 
 def _profiles(target: str) -> list:
     """The profiles `--target` names: one id, 'auto' (this machine), ids separated by commas, 'all'."""
-    if target == "all":
+    if target.strip() == "all":
         return list_profiles()
-    if target == "auto":
-        # this machine's facts from the runtime's device reader (one reader of /proc, /sys)
-        return [detect_target(target_facts(detect()))]
     ids = [t.strip() for t in target.split(",") if t.strip()]
     if not ids:
         raise click.BadParameter(f"names no target profile ({target!r}); see --list-targets, or use 'auto' "
                                  "(this machine) or 'all'", param_hint="--target")
-    if len(set(ids)) != len(ids):
-        raise click.BadParameter(f"names a profile twice: {target}", param_hint="--target")
-    return [load_profile(t) for t in ids]
+    if "all" in ids:
+        raise click.BadParameter(f"'all' names every profile and stands alone, not in a list: {target}",
+                                 param_hint="--target")
+    profiles = []
+    for name in ids:
+        if name == "auto":
+            # this machine's facts from the runtime's device reader (one reader of /proc, /sys)
+            profile = detect_target(target_facts(detect()))
+        else:
+            profile = load_profile(name)
+        if any(p.id == profile.id for p in profiles):  # auto,x86-avx512-vnni on such a machine too
+            twice = f"{profile.id} (auto is {profile.id} on this machine)" if "auto" in ids else profile.id
+            raise click.BadParameter(f"names a profile twice: {twice}", param_hint="--target")
+        profiles.append(profile)
+    return profiles
 
 
 def _print_result(result) -> None:
@@ -315,7 +332,8 @@ def _print_result(result) -> None:
     # after the other, a shared machine's other tenants slowed one pass and not the next
     # (benchmarks/RESULTS.md run AA). Still this machine's kernels: the device's are edge-bench's.
     named = sorted({a.fp32_baseline for a in result.artifacts if a.fp32_baseline})
-    click.echo(f"\nlatency: batch {shape.batch}, {shape.seq} tokens, {shape.threads} threads, on this machine, all "
+    tokens = result.timing_sequence or shape.seq  # a model shorter than the shape runs at its own length
+    click.echo(f"\nlatency: batch {shape.batch}, {tokens} tokens, {shape.threads} threads, on this machine, all "
                f"artifacts timed together in interleaved rounds"
                + (f"; x FP32: p50 over that of the same format's FP32 artifact ({', '.join(named)}), median of "
                   "the per-round ratios" if named else "")

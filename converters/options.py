@@ -17,7 +17,7 @@ from converters.inputs.plan import plan
 from converters.packaging import package, signing
 from converters.pruning.prune_model import PruneRequest
 from edge_runtime._bench_config import DEFAULT_SHAPE
-from targets import AccuracyFloor, TargetProfile, load_profile
+from targets import AccuracyFloor, ProfileError, TargetProfile, UnknownTargetError, load_profile
 
 __all__ = ["ConvertConfig", "prepare", "prune_request"]
 
@@ -117,7 +117,10 @@ def prepare(config: ConvertConfig):
     """Every check of `config` that needs no model, text or export, so that a bad option fails
     before any work (convert_targets runs it for every target before the shared stages):
     (profile as overridden, signing key, accuracy floor, prune request, arithmetic choice)."""
-    profile = load_profile(config.target)
+    try:
+        profile = load_profile(config.target)
+    except (UnknownTargetError, ProfileError) as exc:  # the library's callers catch ConversionError
+        raise ConversionError(f"target={config.target!r}: {exc}") from None
     # Read the key first: a missing or wrong key must not cost a whole conversion.
     sign_key = signing.load_signing_key(config.sign_key) if config.sign_key is not None else None
     if config.calibration_method is not None:

@@ -89,6 +89,7 @@ class ConvertResult:
     # The largest share of an artifact's latency runs with a task queued for a CPU (edge_runtime's
     # CpuWait); None where the kernel does not say. Above BUSY_SHARE the p50s are flagged.
     timing_cpu_wait: float | None = None
+    timing_sequence: int | None = None  # tokens of the timed runs: the model's max_length if shorter
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +102,7 @@ class ConvertResult:
             "artifacts": [a.__dict__ for a in self.artifacts],
             "refused": self.refused,
             "timing_cpu_wait": self.timing_cpu_wait,
+            "timing_sequence": self.timing_sequence,
         }
 
 
@@ -419,7 +421,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
 
     result = ConvertResult(config.out.resolve(), profile.id, source.task, source.name, results,
                            time.perf_counter() - started, refused,
-                           worst_share(t.cpu_wait_share for t in timings.values()))
+                           worst_share(t.cpu_wait_share for t in timings.values()), seq)
     if interrupted:
         raise ConversionInterrupted(result)
     return result

@@ -126,6 +126,8 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
                            ({"out": None}, r"out must be a path \(str or os\.PathLike\), got None")):
         with pytest.raises(ConversionError, match=message):
             ConvertConfig(**{"model": None, "target": "x86-avx2", "out": tmp_path / "o", **wrong})
+    with pytest.raises(ConversionError, match=r"target='rpi9': unknown target 'rpi9'; known targets: "):
+        convert(ConvertConfig(model=None, target="rpi9", out=tmp_path / "o"))  # was targets.UnknownTargetError
     assert as_flags("calibration texts (validation_texts)") == "calibration texts (--validation-texts)"
     result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--accuracy-floor", "2", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--accuracy-floor must be above 0 and below 1, got 2" in result.output
@@ -168,12 +170,14 @@ def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch
         tmp_path / "file.txt": "is a file, not an earlier output",
     }
     for out, reason in refused.items():
-        with pytest.raises(ConversionError, match=reason):
-            check_output(out, force=True, inputs={"the source model": project / "model"})
+        for force in (True, False):  # without force too: never "pass force=True" for these
+            with pytest.raises(ConversionError, match=reason):
+                check_output(out, force=force, inputs={"the source model": project / "model"})
     for other in (project, webapp):
-        with pytest.raises(ConversionError, match="is not an earlier output .no edge-convert manifest.json. "
-                                                  "and is not empty"):
-            check_output(other, force=True)
+        for force in (True, False):
+            with pytest.raises(ConversionError, match="is not an earlier output .no edge-convert manifest.json. "
+                                                      "and is not empty"):
+                check_output(other, force=force)
 
     # Through the CLI: refused before any work, with the flag's name, nothing deleted.
     result = CliRunner().invoke(edge_convert, [str(project / "model"), "--target", "rpi4", "--out", str(project),
@@ -215,6 +219,29 @@ def test_force_replaces_an_earlier_output_and_nothing_else(tmp_path, monkeypatch
 def test_an_empty_target_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(edge_convert, ["--target", " , ", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "names no target profile" in result.output and "--list-targets" in result.output
+
+
+def test_a_refused_run_leaves_no_directories_behind(tmp_path):
+    """The log goes next to the output, so its parents were made before the checks; a run refused
+    up front removes them again."""
+    (tmp_path / "model").mkdir()  # no config.json
+    result = CliRunner().invoke(edge_convert, [str(tmp_path / "model"), "--target", "x86-avx2", "--out",
+                                               str(tmp_path / "new" / "sub" / "x")])
+    assert result.exit_code == 1 and "config.json" in result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_target_named_twice_is_refused_also_through_auto(tmp_path):
+    from edge_runtime._device import detect, target_facts
+    from targets import detect_target
+
+    here = detect_target(target_facts(detect())).id
+    for target, said in ((f"auto,{here}", f"names a profile twice: {here} (auto is {here} on this machine)"),
+                         ("rpi5, rpi5", "names a profile twice: rpi5"),
+                         ("all,rpi5", "'all' names every profile and stands alone")):
+        result = CliRunner().invoke(edge_convert, ["--target", target, "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and said in result.output, result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_interrupted_multi_target_run_names_what_it_finished(tmp_path):

@@ -125,3 +125,7 @@ def test_the_table_shows_each_p50_and_its_ratio_to_the_baseline(capsys):
     cli._print_result(ConvertResult(Path("/tmp/out"), "x86-avx512-vnni", "feature-extraction", "m", artifacts[1:], 1.0))
     out = capsys.readouterr().out
     assert "10.64   -" in out and "x FP32:" not in out
+    # a model shorter than the default shape is timed at its own length, and the line says so
+    cli._print_result(ConvertResult(Path("/tmp/out"), "x86-avx512-vnni", "feature-extraction", "m", artifacts[1:], 1.0,
+                                    timing_sequence=16))
+    assert "latency: batch 1, 16 tokens," in capsys.readouterr().out

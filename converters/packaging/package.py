@@ -143,8 +143,8 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
         if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
             raise ConversionError(f"cannot create {out}: {parent} is not writable; choose another output path")
         return
-    if not force:
-        raise ConversionError(f"{out} already exists; pass force=True to replace it")
+    # What force=True would never replace is said first, whether or not it was passed: "pass
+    # force=True" in front of the model directory read like an offer to delete it.
     if not out.is_dir():
         raise ConversionError(f"{out} is a file, not an earlier output directory: force=True replaces only "
                               "a directory edge-convert wrote; choose another output path")
@@ -163,6 +163,8 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
         raise ConversionError(f"{out} is not an earlier output (no edge-convert {MANIFEST_NAME}) and is not "
                               "empty: force=True replaces only a directory edge-convert wrote; choose another "
                               "output path or remove it yourself")
+    if not force:
+        raise ConversionError(f"{out} already exists; pass force=True to replace it")
 
 
 def is_output(path: Path) -> bool:
