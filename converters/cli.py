@@ -8,6 +8,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -65,7 +66,7 @@ def _previous(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".previous")
 
 
-def _settle_log(log_path: Path, capture, finished: bool, made: list[Path] = ()) -> bool:
+def _settle_log(log_path: Path, capture, finished: bool, made: Sequence[Path] = ()) -> bool:
     """After a run: a log with this run's lines replaces the earlier one (True). A run that ended
     without output (refused up front) leaves the earlier conversion's log as it was; one that
     finished without any leaves none (the earlier log described an output that is gone), nor

@@ -72,8 +72,8 @@ class ConvertConfig:
                    "latency_runs": False, "latency_rounds": False, "latency_seq": False}
         for name, types in kinds.items():
             if not isinstance(getattr(self, name), types):
-                raise ConversionError(f"{name} must be {' or '.join('None' if t is type(None) else t.__name__ for t in types)}, "
-                                      f"got {getattr(self, name)!r}")
+                wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+                raise ConversionError(f"{name} must be {wanted}, got {getattr(self, name)!r}")
         for name, optional_float in numbers.items():
             value = getattr(self, name)
             allowed = (int, float) if optional_float else (int,)
