@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import edge_runtime
     from converters.core.validate import compute_metrics, reference_outputs
+    from converters.inputs.calibration import load_texts
     from converters.inputs.source import load_source
 
-    texts = tuple(t for t in HELDOUT.read_text().splitlines() if t.strip() and not t.startswith("#"))
+    # the converter's own reader of text files: comment lines and blank lines are no texts
+    texts = load_texts(HELDOUT, role="held-out").texts
     source = load_source(args.model)
     reference = reference_outputs(source, texts)
     print(f"| artifact | held-out ({len(texts)} texts) |\n|---|---|")

@@ -6,6 +6,7 @@ targets share), with the profile as the options override it."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,6 @@ class ConvertConfig:
         """Paths may come as str (as `model` always could); every other wrong type is a
         ConversionError naming the parameter, not an AttributeError deep in a conversion (out="dir"
         wrote the whole output and then failed)."""
-        import os
-
         for name in ("model", "out", "calibration", "validation_texts", "sign_key"):
             value = getattr(self, name)
             if value is None and name != "out":
