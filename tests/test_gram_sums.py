@@ -1,4 +1,5 @@
-"""GramSums: the one sum x^T x behind every GPTQ Hessian (ONNX graphs and TFLite weights)."""
+"""GramSums, the one sum x^T x behind every GPTQ Hessian (ONNX graphs and TFLite weights), and the
+Hessian-inverse factor every GPTQ call propagates its rounding errors with."""
 
 import numpy as np
 import pytest
@@ -31,3 +32,24 @@ def test_sums_can_be_read_twice_and_added_to():
     grams.add("x", np.ones((1, 3)))
     np.testing.assert_array_equal(grams.sums()["x"], np.full((3, 3), 3.0))
     np.testing.assert_array_equal(first["x"], np.full((3, 3), 2.0))  # an earlier result is not changed
+
+
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_inverse_cholesky_is_the_upper_factor_of_the_inverse(k):
+    """gptq's error-propagation weights: the same matrix as the textbook cholesky(inv(H)).T."""
+    from converters.core.gptq import inverse_cholesky
+
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(3 * k + 2, k)) * rng.uniform(0.01, 10.0, size=k)  # channels of unequal energy
+    h = x.T @ x + 0.05 * np.eye(k)
+    upper = inverse_cholesky(h)
+    assert np.array_equal(upper, np.triu(upper)) and (np.diag(upper) > 0).all()
+    expected = np.linalg.cholesky(np.linalg.inv(h)).T
+    np.testing.assert_allclose(upper, expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+
+
+def test_inverse_cholesky_refuses_a_hessian_that_is_not_positive_definite():
+    from converters.core.gptq import inverse_cholesky
+
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        inverse_cholesky(np.array([[1.0, 2.0], [2.0, 1.0]]))
