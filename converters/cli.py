@@ -293,8 +293,17 @@ def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruni
     rest = [t for t in targets if t not in done]
     pruning = f"; {while_pruning}'s pruned artifacts were not built ({again})" if while_pruning in done else ""
     return (f"interrupted: {', '.join(done)} finished before it ({', '.join(str(out / t) for t in done)}){pruning}"
-            + (f"; nothing was written for {', '.join(rest)} (convert it with --target {','.join(rest)})"
-               if rest else ""))
+            + (f"; nothing was written for {', '.join(rest)} (convert {'it' if len(rest) == 1 else 'them'} with "
+               f"{_rest_command(out, rest)})" if rest else ""))
+
+
+def _rest_command(out: Path, rest: list[str]) -> str:
+    """The flags that convert the targets an interruption left out, beside the finished ones:
+    one target is a single-target run into its own directory (--out OUT would be the parent of
+    the finished ones, which a single-target run refuses to replace); several write OUT/<id>."""
+    if len(rest) == 1:
+        return f"--target {rest[0]} --out {out / rest[0]}"
+    return f"--target {','.join(rest)} --out {out}"
 
 
 def _profiles(target: str) -> list:

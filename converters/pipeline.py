@@ -207,7 +207,7 @@ def _pruned_step(shared: SharedInputs, step: Step, profile: TargetProfile, reque
     below = floor_failures(pruned.pruning["pytorch_metrics"], profile.pruning.floor)
     if below:  # no quantization search can make up what the pruned FP32 model already lost
         reason = (f"the pruned PyTorch FP32 model is already below the pruning floor ({'; '.join(below)}): "
-                  "prune less (smaller shares in prune=...), distil (distill_steps=N) or lower prune_floor")
+                  "remove smaller shares (prune=...), distil (distill_steps=N) or lower prune_floor")
         step.progress(f"[pruned] REFUSED: {reason}")
         refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": reason}
                        for p in pruned_plan(profile))

@@ -254,6 +254,10 @@ def test_an_interrupted_multi_target_run_names_what_it_finished(tmp_path):
     (tmp_path / "rpi5" / "manifest.json").write_text("{}")
     message = _interrupted(tmp_path, ["rpi5", "x86-avx2"], since)
     assert "rpi5 finished before it" in message and "nothing was written for x86-avx2" in message
+    # One target left: its own directory (a single-target run refuses the parent of finished ones).
+    assert f"convert it with --target x86-avx2 --out {tmp_path / 'x86-avx2'})" in message
+    several = _interrupted(tmp_path, ["rpi5", "x86-avx2", "rpi4"], since)
+    assert f"convert them with --target x86-avx2,rpi4 --out {tmp_path})" in several
     assert _interrupted(tmp_path, ["x86-avx2"], since) == f"interrupted: nothing was written to {tmp_path}"
     assert "nothing was written" in _interrupted(tmp_path, ["rpi5"], time.time() + 60)  # an older result
     assert _interrupted(tmp_path, None, since) == f"interrupted: nothing was written to {tmp_path}"

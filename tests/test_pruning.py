@@ -342,8 +342,10 @@ def test_layer_sensitivity_moves_removals_away_from_a_layer_the_output_depends_o
     weighted = obs_scores(source.module, batches, source.input_names, 0.0, 0.4, loss=loss)
     assert np.isfinite(plain.neurons[0]).sum() > 0, "without the loss, layer 0 loses neurons"
     assert np.isfinite(weighted.neurons[0]).sum() == 0, weighted.sensitivity
+    # The layers whose change the loss does not see are not free, only far cheaper (obs._no_free_layer).
     assert weighted.sensitivity["neurons"][0] > 0 and all(
-        weighted.sensitivity["neurons"][i] == 0 for i in range(1, len(layers)))
+        weighted.sensitivity["neurons"][i] == pytest.approx(0.01 * weighted.sensitivity["neurons"][0])
+        for i in range(1, len(layers)))
     assert round(0.4 * total_neurons) == sum(np.isfinite(v).sum() for v in weighted.neurons.values())
     for want, got in zip(before, _outputs(source, batches)):
         np.testing.assert_array_equal(got, want)

@@ -128,7 +128,7 @@ def test_explicit_shares_below_the_floor_are_refused_before_any_quantization(tin
     refused = {r["name"]: r["reason"] for r in manifest["refused"]}
     reason = refused["onnx-int8-pruned"]
     assert "the pruned PyTorch FP32 model is already below the pruning floor" in reason
-    assert "prune less" in reason and "kept FP32 search" not in reason
+    assert "remove smaller shares" in reason and "kept FP32 search" not in reason
 
 
 @pytest.mark.slow

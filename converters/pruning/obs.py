@@ -173,6 +173,21 @@ def _sensitivity(projection: _Projection, module: Any, share: float, loss: Loss)
     return max(measured, 0.0) / max(summed, 1e-12)
 
 
+# A layer whose pruning measured no loss weighs this share of the least sensitive measured layer.
+UNMEASURED_SHARE = 0.01
+
+
+def _no_free_layer(weights: dict[int, float]) -> dict[int, float]:
+    """Layer weights where a layer whose pruning measured no loss at all (a metric too coarse to
+    see it, or a layer that truly does not matter at the measured share) weighs UNMEASURED_SHARE
+    of the least sensitive measured layer, 1 when none measured any: still taken first, but its
+    units are no longer free. With weight 0 all of them cost nothing, and the greedy stripped
+    such a layer to one unit before comparing any of its units with another layer's."""
+    measured = [w for w in weights.values() if w > 0]
+    floor = UNMEASURED_SHARE * min(measured) if measured else 1.0
+    return {i: w if w > 0 else floor for i, w in weights.items()}
+
+
 def obs_scores(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str],
                heads: float, ffn: float, damp: float = DAMP, progress=None, loss: Loss | None = None,
                calibrate_at: tuple[float, float] | None = None) -> Scores:
@@ -203,7 +218,7 @@ def obs_scores(model: Any, batches: list[dict[str, np.ndarray]], input_names: li
         if loss is not None and share > 0:
             if progress is not None:
                 progress(f"pruning: measuring each layer's {kind} sensitivity on the fit texts ({len(layers)} runs)")
-            weights = {i: _sensitivity(p, modules[i], at, loss) for i, p in projections.items()}
+            weights = _no_free_layer({i: _sensitivity(p, modules[i], at, loss) for i, p in projections.items()})
         order = {i: np.full(len(p.ids), np.inf) for i, p in projections.items()}
         steps = round(share * sum(len(p.ids) for p in projections.values()))
         for step in range(steps):

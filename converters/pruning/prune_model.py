@@ -128,7 +128,7 @@ def output_loss(source: SourceModel, reference: Reference) -> Callable[[], float
 
     def measure() -> float:
         run = torch_runner(source, source.module)
-        return _loss(compute_metrics(source, reference, run, "the PyTorch model under calibration"))
+        return _graded_loss(compute_metrics(source, reference, run, "the PyTorch model under calibration"))
 
     return measure
 
@@ -160,6 +160,17 @@ def _loss(metrics: dict[str, float]) -> float:
     return 1.0 - metrics.get(_headline(metrics), 1.0)
 
 
+def _graded_loss(metrics: dict[str, float]) -> float:
+    """1 - a metric that moves with every change of the outputs: the cosine for embeddings, the
+    logits' cosine for classifiers. What compares pruning steps with each other (layer
+    sensitivities, --prune auto's next step): top-1 agreement rarely moves when one layer alone is
+    pruned, and a layer whose loss measured 0 had all its units removed first."""
+    for name in ("cosine_mean", "logits_cosine_mean"):
+        if name in metrics:
+            return 1.0 - metrics[name]
+    return _loss(metrics)
+
+
 def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, float],
                    fit_texts: int) -> dict[str, Any]:
     """How the pruned, re-fitted model scores on the texts it was fitted on against the validation
@@ -179,6 +190,54 @@ def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, 
             "share most, distillation (--distill-steps N) next, more unlabeled texts from the model's domain "
             "as calibration texts (--calibration FILE) slowly")
     return record
+
+
+def _check_removes_something(scores: Scores, request: PruneRequest) -> None:
+    """A fixed request that rounds to no head and no neuron would deliver "-pruned" twins equal
+    to the unpruned artifacts: refused, as prune heads=0,ffn=0 is."""
+    kept = plan(scores, request.heads, request.ffn)
+    if all(len(keep.heads) == len(scores.heads[layer]) and len(keep.neurons) == len(scores.neurons[layer])
+           for layer, keep in kept.items()):
+        heads = sum(len(v) for v in scores.heads.values())
+        neurons = sum(len(v) for v in scores.neurons.values())
+        raise ConversionError(
+            f"prune={request.describe()} removes nothing from this model ({heads} heads and {neurons} FFN "
+            "neurons in all; shares round to whole units and every layer keeps at least one of each): ask "
+            "for larger shares, or leave pruning off")
+
+
+def _auto_moves(scores: Scores, state: tuple[float, float], options: PruningOptions) -> list[tuple[float, float]]:
+    """--prune auto's next steps from `state`: one more AUTO_STEPS share of heads, or of FFN
+    neurons, each taken further until it removes a unit the current plan keeps (with few heads a
+    1/12 step can round to the plan it started from: a step removing nothing would win as the
+    cheapest), within the profile's maximum shares. Shares are whole multiples of the step (not
+    sums of steps: six 1/12 steps add up to 0.49999999999999994, a second "0.5")."""
+    now = plan(scores, *state)
+    moves = []
+    for axis, (step, most) in enumerate(((AUTO_STEPS[0], options.max_heads), (AUTO_STEPS[1], options.max_ffn))):
+        share, steps = state[axis], round(state[axis] / step)
+        while share < most:
+            steps += 1
+            share = min(round(steps * step, 9), most)
+            move = (share, state[1]) if axis == 0 else (state[0], share)
+            if plan(scores, *move) != now:
+                moves.append(move)
+                break
+    return moves
+
+
+def _floor_text(options: PruningOptions) -> str:
+    return (f"cosine mean {options.cosine_mean}, min {options.cosine_min} for embeddings; top-1 agreement "
+            f"{options.top1_agreement} for classifiers; + margin {options.margin}")
+
+
+def _tried_text(tried: dict[str, Any]) -> str:
+    metrics = tried["metrics"]
+    if "cosine_mean" in metrics:
+        scored = f"cosine {metrics['cosine_mean']:.4f} / {metrics.get('cosine_min', float('nan')):.4f}"
+    else:
+        scored = f"top-1 agreement {metrics.get('top1_agreement', float('nan')):.4f}"
+    return f"heads {tried['heads']:.2f} ffn {tried['ffn']:.2f}: {scored}"
 
 
 def _removed_shares(layers: list[dict]) -> dict[str, float]:
@@ -207,6 +266,7 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     quiet: Progress = lambda m: None  # noqa: E731  (per-layer re-fit lines only for a fixed request)
     tried: list[dict[str, Any]] = []
     if not request.auto:
+        _check_removes_something(scores, request)
         progress(f"pruning {request.describe()}: slicing and re-fitting layer by layer")
         pruned, report, metrics = _candidate(source, scores, request.heads, request.ffn, fit, validation, progress)
         chosen = (request.heads, request.ffn)
@@ -215,10 +275,8 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         state, best = (0.0, 0.0), None
         loss_now, flops_now = 0.0, flops_before
         while True:
-            moves = [(min(state[0] + AUTO_STEPS[0], options.max_heads), state[1]),
-                     (state[0], min(state[1] + AUTO_STEPS[1], options.max_ffn))]
             results = []
-            for heads, ffn in (m for m in moves if m != state):
+            for heads, ffn in _auto_moves(scores, state, options):
                 candidate = _candidate(source, scores, heads, ffn, fit, validation, quiet)
                 flops = encoder_flops(candidate[0].module)
                 ok = not floor_failures(candidate[2], target)
@@ -228,20 +286,15 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
                          + ", ".join(f"{k} {v:.4f}" for k, v in candidate[2].items())
                          + ("" if ok else " (below the floor + margin)"))
                 if ok:  # accuracy lost per FLOP removed by this step
-                    cost = (_loss(candidate[2]) - loss_now) / max(flops_now - flops, 1)
+                    cost = (_graded_loss(candidate[2]) - loss_now) / max(flops_now - flops, 1)
                     results.append((cost, (heads, ffn), candidate, flops))
             if not results:
                 break
             _, state, candidate, flops_now = min(results, key=lambda r: r[0])
-            loss_now, best = _loss(candidate[2]), (state, candidate)
+            loss_now, best = _graded_loss(candidate[2]), (state, candidate)
         if best is None:
-            raise AccuracyError(
-                f"--prune auto: no pruning keeps the pruning floor (cosine mean {options.cosine_mean}, min "
-                f"{options.cosine_min}, + margin {options.margin}) on the validation texts; tried "
-                + "; ".join(f"heads {t['heads']:.2f} ffn {t['ffn']:.2f}: cosine "
-                            f"{t['metrics'].get('cosine_mean', float('nan')):.4f} / "
-                            f"{t['metrics'].get('cosine_min', float('nan')):.4f}" for t in tried)
-            )
+            raise AccuracyError(f"--prune auto: no pruning keeps the pruning floor ({_floor_text(options)}) on the "
+                                "validation texts; tried " + "; ".join(_tried_text(t) for t in tried))
         chosen, (pruned, report, metrics) = best
     fitted = generalization(compute_metrics(pruned, fit, torch_runner(source, pruned.module),
                                             "pruned PyTorch on its fit texts"), metrics,
@@ -257,7 +310,8 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     flops_after = encoder_flops(pruned.module)
     removed = _removed_shares(report["layers"])
     progress(f"pruned heads {removed['heads']:.2f} ffn {removed['ffn']:.2f}"
-             + (f" (asked {chosen[0]:.2f} / {chosen[1]:.2f}: every layer keeps a head and a neuron)"
+             + (f" (asked {chosen[0]:.2f} / {chosen[1]:.2f}: shares round to whole heads and neurons, and every "
+                "layer keeps at least one of each)"
                 if abs(removed["heads"] - chosen[0]) > 0.05 or abs(removed["ffn"] - chosen[1]) > 0.05 else "")
              + f": {flops_after / flops_before:.3f}x FLOPs, "
              f"{report['parameters_after'] / report['parameters_before']:.3f}x parameters; PyTorch FP32 vs "

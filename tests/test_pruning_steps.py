@@ -1,0 +1,80 @@
+"""The small decisions of the pruning flow that need no model: layer weights, --prune auto's
+steps, a request that removes nothing, and what distillation keeps (converters/pruning/)."""
+
+import numpy as np
+import pytest
+
+from converters._errors import ConversionError
+from converters.pruning.importance import Scores
+from targets import PruningOptions
+
+
+def _scores(heads_per_layer: int, neurons_per_layer: int, layers: int = 2) -> Scores:
+    """Scores ranking every unit (lower goes first), interleaved across layers."""
+    scores = Scores()
+    for layer in range(layers):
+        scores.heads[layer] = np.arange(heads_per_layer, dtype=float) * layers + layer
+        scores.neurons[layer] = np.arange(neurons_per_layer, dtype=float) * layers + layer
+    return scores
+
+
+def test_a_layer_measured_without_loss_is_not_free():
+    """Top-1 agreement does not move when one layer of a classifier is pruned: weight 0 made every
+    unit of that layer free, and the greedy stripped it to one unit first."""
+    from converters.pruning.obs import _no_free_layer
+
+    assert _no_free_layer({0: 3.1, 1: 0.0, 2: 0.5}) == {0: 3.1, 1: pytest.approx(0.005), 2: 0.5}
+    assert _no_free_layer({0: 0.0, 1: 0.0}) == {0: 1.0, 1: 1.0}
+    assert _no_free_layer({0: 2.0, 1: 1.0}) == {0: 2.0, 1: 1.0}
+
+
+def test_steps_are_compared_on_a_graded_metric():
+    from converters.pruning.prune_model import _graded_loss, _loss
+
+    classifier = {"top1_agreement": 1.0, "logits_cosine_mean": 0.9, "logits_cosine_min": 0.5}
+    assert _loss(classifier) == 0.0  # the floor's metric did not move
+    assert _graded_loss(classifier) == pytest.approx(0.1)  # the outputs did
+    assert _graded_loss({"cosine_mean": 0.95, "cosine_min": 0.8}) == pytest.approx(0.05)
+
+
+def test_auto_steps_skip_shares_that_round_to_the_same_plan():
+    from converters.pruning.prune_model import _auto_moves
+
+    options = PruningOptions(max_heads=0.5, max_ffn=0.75)
+    # 2 layers x 4 heads: 1/12 of 8 heads rounds to 1 (0.67 -> 1), 2/12 to 1 as well, 3/12 to 2.
+    scores = _scores(4, 20)
+    heads, ffn = _auto_moves(scores, (1 / 12, 0.0), options)
+    assert heads == (0.25, 0.0)  # 2/12 removes the same single head: taken one step further
+    assert ffn == (1 / 12, 0.1)
+
+
+def test_auto_steps_reach_the_maximum_exactly_and_stop_there():
+    from converters.pruning.prune_model import _auto_moves
+
+    options = PruningOptions(max_heads=0.5, max_ffn=0.5)
+    scores = _scores(12, 20)
+    state = (0.0, 0.0)
+    for _ in range(6):  # 6 x 1/12 adds up to 0.49999999999999994 in floats
+        state = _auto_moves(scores, state, options)[0]
+    assert state[0] == 0.5
+    moves = _auto_moves(scores, state, options)
+    assert moves == [(0.5, 0.1)]  # no heads move beyond the maximum, none repeating the state
+
+
+def test_a_fixed_request_that_removes_nothing_is_refused():
+    from converters.pruning.prune_model import PruneRequest, _check_removes_something
+
+    scores = _scores(1, 4)  # one head per layer: every layer keeps it
+    with pytest.raises(ConversionError, match="removes nothing from this model .*2 heads and 8 FFN neurons"):
+        _check_removes_something(scores, PruneRequest.parse("heads=0.5"))
+    _check_removes_something(scores, PruneRequest.parse("heads=0.5,ffn=0.25"))  # removes 2 neurons
+
+
+def test_distillation_breaks_top1_ties_on_the_logits():
+    from converters.pruning.distill import _score
+
+    start = {"top1_agreement": 0.95, "logits_cosine_mean": 0.96}
+    better_logits = {"top1_agreement": 0.95, "logits_cosine_mean": 0.98}
+    fewer_labels = {"top1_agreement": 0.93, "logits_cosine_mean": 0.99}
+    assert _score(better_logits) > _score(start) > _score(fewer_labels)
+    assert _score({"cosine_mean": 0.9, "cosine_min": 0.5}) > _score({"cosine_mean": 0.8, "cosine_min": 0.9})
