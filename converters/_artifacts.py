@@ -442,11 +442,13 @@ def _tflite_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
     An artifact's recorded metrics still run padded batches (validate.metric_batches), so non-finite
     values in padding are caught there. Rankings may score candidates in lanes (core/search.py)."""
 
-    def score(path: Path, threads: int | None) -> dict[str, float]:
-        session = open_session("tflite", path, threads or DEFAULT_SHAPE.threads)
-        return compute_metrics(step.source, texts, rows_alone(session.run, sequence_outputs(step.source)), label)
+    def through(run) -> dict[str, float]:
+        return compute_metrics(step.source, texts, rows_alone(run, sequence_outputs(step.source)), label)
 
-    return LaneScorer(score, ranking_lanes())
+    def score(path: Path, threads: int | None) -> dict[str, float]:
+        return through(open_session("tflite", path, threads or DEFAULT_SHAPE.threads).run)
+
+    return LaneScorer(score, ranking_lanes(), through=through)
 
 
 def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool = False) -> Built:

@@ -93,10 +93,14 @@ class Space(Protocol[K]):
 class LaneScorer:
     """A ranking scorer that may score `lanes` candidates at once: `score(path, threads)`, with
     `threads` the scoring threads one call may use (None: the scorer's default). Called like a
-    plain scorer, `scorer(path)`, it uses its default."""
+    plain scorer, `scorer(path)`, it uses its default. `through(run)`, when given: the same
+    metrics of the same texts through a runner the caller supplies (feeds -> outputs, as the
+    file's session would answer), for a Space that can answer them faster than the whole file
+    (converters/tflite/prefix.py)."""
 
     score: Callable[[Path, int | None], Metrics]
     lanes: int = 1
+    through: Callable[[Callable[[dict], dict]], Metrics] | None = None
 
     def __post_init__(self):
         if self.lanes < 1:

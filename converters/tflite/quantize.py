@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
+from edge_runtime._bench_config import DEFAULT_SHAPE
 from converters.core.gptq import GPTQ_POLICY
-from converters.core.search import RANKING_TEXTS, Budget, Floor, ProbeSpace, greedy_search
+from converters.core.search import RANKING_TEXTS, Budget, Floor, LaneScorer, ProbeSpace, greedy_search
 from converters.tflite.config import GptqInt4Config
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_counts
@@ -54,6 +55,7 @@ from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import HessianCache, with_prefixes
 from converters.tflite.judge import Judge, cosines, meets
+from converters.tflite.prefix import PrefixCuts
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.signatures import calibration_rows, signature_lengths, synthetic_cosines
 from converters.tflite.smooth import SMOOTH_ALPHA, smooth_fc_inputs
@@ -76,6 +78,7 @@ class _Space(ProbeSpace):
     def __init__(self, builder, candidates: list[int], probe: Path, rank: Score, judge: Score):
         super().__init__(probe, rank, judge)
         self.builder, self._candidates = builder, candidates
+        self._cuts: PrefixCuts | None = None  # while ranking: candidates scored from where they differ
 
     def candidates(self) -> list[int]:
         return self._candidates
@@ -85,7 +88,37 @@ class _Space(ProbeSpace):
 
     def write(self, moved: frozenset[int], path: Path) -> int:
         self.builder.build(path, set(moved))
-        return path.stat().st_size
+        size = path.stat().st_size  # the whole candidate's: the cost the search weighs
+        if self._cuts is not None:
+            self._cuts.cut(path)
+        return size
+
+    def rank_each(self, moves, done=lambda n: None):
+        """The shared ranking, each candidate scored from its first changed op on (prefix.py)
+        when the ranking scorer can take a runner; the same metrics, bit for bit."""
+        whole = self._rank
+        if not isinstance(whole, LaneScorer) or whole.through is None:
+            return super().rank_each(moves, done)
+        start = self.probe.with_name(self.probe.stem + ".start.tflite")
+        self.builder.build(start, set())
+        cuts = PrefixCuts(start, start.parent)
+        if not cuts.active:
+            cuts.close()
+            start.unlink(missing_ok=True)
+            return super().rank_each(moves, done)
+
+        def score(path: Path, threads: int | None) -> dict[str, float]:
+            if cuts.is_cut(path):
+                return whole.through(cuts.runner(path, threads or DEFAULT_SHAPE.threads))
+            return whole.score(path, threads)
+
+        self._rank, self._cuts = LaneScorer(score, whole.lanes), cuts
+        try:
+            return super().rank_each(moves, done)
+        finally:
+            self._rank, self._cuts = whole, None
+            cuts.close()
+            start.unlink(missing_ok=True)
 
 
 def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Score | None) -> tuple[Score, Score]:

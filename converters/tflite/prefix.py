@@ -1,0 +1,354 @@
+"""Ranking candidates scored from where they first differ from the search's start model.
+
+A ranking candidate is the search's start model with one weight moved (INT8 instead of INT4,
+float instead of INT8). Every op before the first op whose inputs differ reads the same tensors
+and the same constant bytes as in the start model, so it computes the same numbers, bit for bit
+(an op's kernel sees its inputs, not what follows it). `PrefixCuts` scores such a candidate by
+running only its suffix:
+
+1. Cut points, per signature: FULLY_CONNECTED ops before which few activation tensors are alive
+   (the "crossing" tensors: at a BERT layer's start, the attention mask and the hidden state),
+   chosen for the ops they let candidates skip, within a memory budget per bucket token.
+2. The tap: the start model with the crossing tensors as extra outputs, run once per ranking text
+   (on its first sight) and kept.
+3. `cut`: each candidate file is rewritten in place as its suffix, from the latest cut point
+   before its first changed op: its operators from there, the crossing tensors as the
+   signature's inputs. A patch of a few offsets in the flatbuffer plus a small appended table,
+   not a re-serialization (reading a model into Python objects takes ~0.2 s, as long as a fifth
+   of a candidate's scoring).
+4. `runner`: each row padded to its bucket as edge_runtime's TfliteSession pads it, the kept
+   tensors fed, the outputs cut back to the row's length.
+
+A candidate that differs before the first cut point, or in a way this module does not prove
+equal (an unknown quantization detail), is scored whole. Checked: tests/test_tflite_prefix.py
+(suffix outputs equal the whole candidate's bit for bit); benchmarks/RESULTS.md run AM (MiniLM:
+every artifact byte-identical, the ranking's metrics identical, the time saved).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.tflite.flatbuffer import read_model, schema, write_model
+from converters.tflite.flatbuffer_raw import Patches, RawTensors, Tail, Unprovable, patch_cut
+
+__all__ = ["PrefixCuts"]
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+# Kept crossing tensors per token of a row's bucket, at most (float32 bytes, summed over the
+# chosen cut points). MiniLM: 769 floats (3 KB) per layer start; 24 KB holds six, ~170 MB for a
+# 64-text ranking subset at its buckets (~7,000 tokens).
+BYTES_PER_TOKEN = 24 << 10
+# A cut point's crossing tensors may hold at most this multiple of the narrowest point's floats
+# per token (MiniLM: the layer starts, 769; right after the Q projection, 1153, is left out).
+NARROW = 1.25
+_FULLY_CONNECTED = "FULLY_CONNECTED"
+
+
+class _Graph:
+    """One signature's subgraph of the start model: its ops, cut points and crossing tensors."""
+
+    def __init__(self, model, key: str, index: int, fc_code: set[int]):
+        graph = model.Subgraphs(index)
+        self.key, self.index = key, index
+        self.ops = [graph.Operators(o) for o in range(graph.OperatorsLength())]
+        self.signatures: list[tuple] | None = None  # _op_signature of each op, made on first use
+        self.inputs = [int(t) for t in graph.InputsAsNumpy()]
+        outputs = {int(t) for t in graph.OutputsAsNumpy()}
+        constant = {t for t in range(graph.TensorsLength()) if _is_constant(model, graph.Tensors(t))}
+        shapes = {t: int(np.prod(graph.Tensors(t).ShapeAsNumpy())) for t in range(graph.TensorsLength())}
+        length = self.length = max(int(graph.Tensors(t).ShapeAsNumpy()[-1]) for t in self.inputs)
+        # crossing[c]: activation tensors made before op c (or fed) and read from op c on.
+        produced, crossing = set(self.inputs), {}
+        needed_after = [set() for _ in range(len(self.ops) + 1)]
+        needed_after[len(self.ops)] = set(outputs)
+        for o in range(len(self.ops) - 1, -1, -1):
+            needed_after[o] = needed_after[o + 1] | {int(t) for t in self.ops[o].InputsAsNumpy() if t >= 0}
+        fcs = [o for o, op in enumerate(self.ops) if op.OpcodeIndex() in fc_code]
+        for o, op in enumerate(self.ops):
+            if o in fcs:
+                crossing[o] = sorted((needed_after[o] & produced) - constant)
+            produced.update(int(t) for t in op.OutputsAsNumpy() if t >= 0)
+        per_token = {o: sum(shapes[t] for t in ts) / length for o, ts in crossing.items()}
+        narrowest = min(per_token.values(), default=0.0)
+        narrow = [o for o in fcs if 0 < o and per_token[o] <= NARROW * narrowest]
+        self.points = _choose_points(narrow, fcs, {o: crossing[o] for o in narrow}, shapes, length)
+        self.crossing = {o: crossing[o] for o in self.points}
+
+
+def _is_constant(model, tensor) -> bool:
+    buffer = tensor.Buffer()
+    if buffer <= 0:
+        return False
+    entry = model.Buffers(buffer)
+    return entry.DataLength() > 0 or entry.Offset() > 1
+
+
+def _choose_points(narrow: list[int], fcs: list[int], crossing: dict[int, list[int]], shapes: dict[int, int],
+                   length: int) -> list[int]:
+    """The cut points among `narrow` that let the candidates skip the most ops (every FC op
+    being some candidate's first changed op, cut at the latest chosen point before it), as many
+    as the kept tensors of the widest allow in BYTES_PER_TOKEN; an exact dynamic program over
+    the sorted points (a greedy pick took the middle of the model first and left layer starts out)."""
+    if not narrow:
+        return []
+    widest = max(4 * sum(shapes[t] for t in crossing[p]) / length for p in narrow)
+    most = max(0, min(len(narrow), int(BYTES_PER_TOKEN // max(widest, 1.0))))
+    if most == 0:
+        return []
+    points = sorted(narrow)
+    ahead = [sum(1 for fc in fcs if fc >= p) for p in points]  # FC ops at or after each point
+
+    def served(i: int, j: int | None) -> int:
+        """Ops skipped by the FCs that point i serves when j is the next chosen point."""
+        return points[i] * (ahead[i] - (ahead[j] if j is not None else 0))
+
+    # best[k][j]: the most ops skipped by FCs before point j, with k points chosen, the last one j.
+    best = [[served_first for served_first in (0,) * len(points)]]
+    choice: list[list[int | None]] = [[None] * len(points)]
+    for k in range(1, most):
+        row, back = [], []
+        for j in range(len(points)):
+            options = [(best[k - 1][i] + served(i, j), i) for i in range(j)]
+            value, i = max(options) if options else (-1, None)
+            row.append(value)
+            back.append(i)
+        best.append(row)
+        choice.append(back)
+    total, k, j = max((best[k][j] + served(j, None), k, j) for k in range(most) for j in range(len(points))
+                      if best[k][j] >= 0)
+    chosen = []
+    while j is not None:
+        chosen.append(points[j])
+        j, k = choice[k][j], k - 1
+    return sorted(chosen)
+
+
+class PrefixCuts:
+    """The cut points, the tap and the kept tensors of one ranking (see the module docstring).
+    `start`: the search's start model (nothing moved), left unchanged; `work`: where the tap
+    model is written. Thread-safe for the ranking's lanes (each lane cuts and scores its own
+    probe file)."""
+
+    def __init__(self, start: Path, work: Path):
+        fb = schema()
+        self.start = Path(start)
+        self._data = self.start.read_bytes()
+        self._model = fb.Model.GetRootAs(self._data, 0)
+        fc_code = {c for c in range(self._model.OperatorCodesLength())
+                   if _builtin(fb, self._model.OperatorCodes(c)) == _FULLY_CONNECTED}
+        self.graphs: dict[str, _Graph] = {}
+        for s in range(self._model.SignatureDefsLength()):
+            signature = self._model.SignatureDefs(s)
+            key = signature.SignatureKey().decode()
+            self.graphs[key] = _Graph(self._model, key, signature.SubgraphIndex(), fc_code)
+        self._raw: dict[int, RawTensors] = {}  # the start model's tensor keys, per subgraph
+        self._digests: dict[int, bytes] = {}  # the start model's buffer hashes
+        self._codes = _codes(self._model)
+        self._cuts: dict[Path, dict[str, int]] = {}  # cut file -> signature -> cut point
+        self._values: dict[tuple[str, bytes], dict[int, np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self._tap_path = Path(work) / (self.start.stem + ".tap.tflite")
+        self._tap = None
+        if any(g.points for g in self.graphs.values()):
+            _write_tap(self.start, self._tap_path, self.graphs)
+
+    @property
+    def active(self) -> bool:
+        """Whether any signature has a cut point (else every candidate is scored whole)."""
+        return any(g.points for g in self.graphs.values())
+
+    def close(self) -> None:
+        self._tap, self._values = None, {}
+        self._tap_path.unlink(missing_ok=True)
+
+    # -- cutting a candidate ------------------------------------------------------------------
+
+    def cut(self, path: Path) -> bool:
+        """Rewrite the candidate at `path` in place as its suffix when every signature has a cut
+        point before its first changed op; False (file untouched): it is scored whole."""
+        path = Path(path)
+        self._cuts.pop(path, None)
+        if not self.active:
+            return False
+        with open(path, "r+b") as handle:
+            data = bytearray(os.fstat(handle.fileno()).st_size)
+            handle.readinto(data)
+            model = schema().Model.GetRootAs(data, 0)
+            if model.SignatureDefsLength() != len(self.graphs):
+                return False
+            codes = _codes(model)
+            points: dict[str, int] = {}
+            digests: dict[int, bytes] = {}
+            for s in range(model.SignatureDefsLength()):
+                signature = model.SignatureDefs(s)
+                graph = self.graphs.get(signature.SignatureKey().decode())
+                if graph is None or signature.SubgraphIndex() != graph.index:
+                    return False
+                first = self._first_change(model, data, graph, digests, codes)
+                point = max((p for p in graph.points if p <= first), default=0)
+                if point == 0:
+                    return False
+                points[graph.key] = point
+            tail, patched = Tail(len(data)), Patches(data)
+            for s in range(model.SignatureDefsLength()):
+                signature = model.SignatureDefs(s)
+                graph = self.graphs[signature.SignatureKey().decode()]
+                patch_cut(patched, tail, model.Subgraphs(graph.index), signature, points[graph.key],
+                           graph.crossing[points[graph.key]])
+            for position, size in patched.spans:  # a few words in place, the new tables at the end
+                handle.seek(position)
+                handle.write(data[position:position + size])
+            handle.seek(0, 2)
+            handle.write(tail.bytes())
+        self._cuts[path] = points
+        return True
+
+    def _first_change(self, model, data, graph: _Graph, digests: dict[int, bytes], codes: list) -> int:
+        """The index of the first op of `graph` in the candidate (`model` over `data`) that
+        differs from the start model's: another op or options, other tensors, or other constant
+        bytes. `digests`: the candidate's buffer hashes, shared by its signatures."""
+        sub = model.Subgraphs(graph.index)
+        if sub.OperatorsLength() != len(graph.ops):
+            return 0
+        try:
+            theirs_keys = RawTensors(model, data, sub, digests)
+            ours_keys = self._raw.get(graph.index)
+            if ours_keys is None:
+                ours_keys = self._raw[graph.index] = RawTensors(
+                    self._model, self._data, self._model.Subgraphs(graph.index), self._digests)
+            if graph.signatures is None:
+                graph.signatures = [_op_signature(op, self._codes) for op in graph.ops]
+            for o, ours in enumerate(graph.signatures):
+                if ours != _op_signature(sub.Operators(o), codes) or \
+                        any(ours_keys.key(t) != theirs_keys.key(t) for t in ours[1] if t >= 0):
+                    return o
+        except (Unprovable, struct.error, IndexError):  # not what this reader can vouch for
+            return 0
+        return len(graph.ops)
+
+    # -- scoring a cut candidate ----------------------------------------------------------------
+
+    def is_cut(self, path: Path) -> bool:
+        return Path(path) in self._cuts
+
+    def runner(self, path: Path, threads: int) -> Runner:
+        """run(feeds) over the cut file at `path` that returns what edge_runtime's TfliteSession
+        returns for the whole candidate: [batch, seq] integer feeds, each row padded to the
+        smallest bucket that holds it, outputs of the sequence axis cut back to seq."""
+        from edge_runtime.backends._tflite_engines import _InterpreterEngine
+
+        points = self._cuts[Path(path)]
+        engine = _InterpreterEngine(Path(path), threads, True)
+        signatures = {key: engine.signature(key) for key in points}
+        lengths = {key: self.graphs[key].length for key in points}  # the buckets: the start's input lengths
+        buckets = sorted((length, key) for key, length in lengths.items())
+        # Outputs along the sequence axis, as TfliteSession tells them: dim 1 follows the bucket.
+        names = next(iter(signatures.values()))[1]
+        sequence = {name for name in names
+                    if all(len(signatures[k][1][name][0]) >= 2 and signatures[k][1][name][0][1] == lengths[k]
+                           for k in points) and (len(points) > 1 or len(names[name][0]) >= 3)}
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            arrays = {name: np.asarray(value) for name, value in feeds.items()}
+            batch, seq = next(iter(arrays.values())).shape
+            length, key = next((b for b in buckets if b[0] >= seq), buckets[-1])
+            _, outputs, runner = signatures[key]
+            rows: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+            for row in range(batch):
+                kept = self._kept(key, length, {name: a[row] for name, a in arrays.items()}, threads)
+                values = runner(**{f"x{t}": kept[t] for t in self.graphs[key].crossing[points[key]]})
+                for name in outputs:
+                    rows[name].append(values[name][:, :seq] if name in sequence else values[name])
+            return {name: np.concatenate(parts, axis=0) for name, parts in rows.items()}
+
+        return run
+
+    def _kept(self, key: str, length: int, row: dict[str, np.ndarray], threads: int) -> dict[int, np.ndarray]:
+        """The crossing tensors of the start model on this row (padded to `length`), from the
+        tap on the row's first sight."""
+        with self._lock:
+            if self._tap is None:
+                from edge_runtime.backends._tflite_engines import _InterpreterEngine
+
+                self._tap = _InterpreterEngine(self._tap_path, threads, True)
+            inputs, _, runner = self._tap.signature(key)
+            padded = {name: np.zeros((1, length), dtype) for name, (_, dtype) in inputs.items()}
+            for name, value in row.items():
+                padded[name][0, : value.shape[0]] = value
+            digest = hashlib.sha256(b"".join(padded[n].tobytes() for n in sorted(padded))).digest()
+            if (key, digest) not in self._values:
+                outputs = runner(**padded)
+                self._values[(key, digest)] = {
+                    int(name[1:]): np.array(value) for name, value in outputs.items() if name.startswith("x")}
+            return self._values[(key, digest)]
+
+
+def _codes(model) -> list[tuple[str, int]]:
+    """(builtin name, version) of every operator code of `model`, by index."""
+    return [(_builtin(schema(), model.OperatorCodes(i)), model.OperatorCodes(i).Version())
+            for i in range(model.OperatorCodesLength())]
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_names(fb) -> dict[int, str]:
+    return {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _builtin(fb, code) -> str:
+    return _builtin_names(fb).get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
+
+
+def _op_signature(op, codes: list[tuple[str, int]]) -> tuple:
+    """What an op is apart from its tensors' contents: its code and version, the tensors it reads
+    and writes (by index), its options."""
+    inputs, outputs = op.InputsAsNumpy(), op.OutputsAsNumpy()  # 0, not an array, when absent
+    return (codes[op.OpcodeIndex()], tuple(int(t) for t in inputs) if isinstance(inputs, np.ndarray) else (),
+            tuple(int(t) for t in outputs) if isinstance(outputs, np.ndarray) else (), _options(op))
+
+
+def _options(op) -> tuple:
+    """An op's options as bytes: the options table's vtable and inline fields (scalars; a table
+    whose fields reference vectors compares by their offsets, so equal contents may still count
+    as different, never the other way round), and its custom options."""
+    parts: list[Any] = []
+    for kind, get in (("BuiltinOptionsType", "BuiltinOptions"), ("BuiltinOptions2Type", "BuiltinOptions2")):
+        if not hasattr(op, kind):
+            continue
+        parts.append(getattr(op, kind)())
+        table = getattr(op, get)() if parts[-1] else None
+        if table is not None:
+            buf, pos = table.Bytes, table.Pos
+            vtable = pos - struct.unpack_from("<i", buf, pos)[0]
+            size, inline = struct.unpack_from("<HH", buf, vtable)
+            parts += [bytes(buf[vtable:vtable + size]), bytes(buf[pos + 4:pos + inline])]
+    parts.append(op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else b"")
+    return tuple(parts)
+
+
+def _write_tap(start: Path, out: Path, graphs: dict[str, _Graph]) -> None:
+    """The start model with every kept crossing tensor as an extra output "x<index>" of its
+    signature (read and written once per ranking: the object API's 0.3 s do not matter here)."""
+    fb = schema()
+    model = read_model(start)
+    for signature in model.signatureDefs:
+        graph = graphs[signature.signatureKey.decode()]
+        kept = sorted({t for ts in graph.crossing.values() for t in ts})
+        sub = model.subgraphs[signature.subgraphIndex]
+        outputs = [int(t) for t in sub.outputs]
+        sub.outputs = np.array(outputs + [t for t in kept if t not in outputs], np.int32)
+        for t in kept:
+            entry = fb.TensorMapT()
+            entry.name, entry.tensorIndex = f"x{t}".encode(), t
+            signature.outputs.append(entry)
+    write_model(model, out)

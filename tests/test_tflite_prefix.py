@@ -1,0 +1,145 @@
+"""Ranking candidates scored from where they differ from the start model (converters/tflite/prefix.py):
+the suffix of a cut candidate answers what the whole candidate answers, bit for bit; what is not
+provably unchanged is scored whole; a search ranks, walks and writes the same with and without it.
+
+One tiny random BERT export with three buckets (16, 32, 64: two layers, so cut points exist in
+both) is shared by the module.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+# Required dependencies (setup.cfg): imported, never skipped, so a broken install fails here.
+import ai_edge_litert  # noqa: F401
+
+from converters.core.search import LaneScorer
+from converters.core.validate import make_batches, rows_alone
+from converters.inputs.calibration import load_texts
+from converters.inputs.source import load_source
+from converters.tflite import GptqInt4Config, TfliteExportConfig, export_tflite, quantize_tflite
+from converters.tflite.flatbuffer import compact_copy
+from converters.tflite.gptq_int4 import Int4Builder
+from converters.tflite.prefix import PrefixCuts
+from edge_runtime import backends
+
+TINY_TABLES = 1000  # lets the tiny word table (400 x 32) be INT4, as in test_tflite_recipes.py
+
+
+@pytest.fixture(scope="module")
+def start(tiny_model_factory, tmp_path_factory):
+    """(source, FP32 export, the INT4 builder, the all-INT4 start model, feeds of 12 texts)."""
+    source = load_source(tiny_model_factory("bert", "feature-extraction"))
+    root = tmp_path_factory.mktemp("prefix")
+    export_tflite(source, root / "fp32.tflite", TfliteExportConfig(buckets=(16, 32, 64)))
+    compact_copy(root / "fp32.tflite", root / "compact.tflite")
+    builder = Int4Builder(root / "compact.tflite", GptqInt4Config(size_budget=0.9, embedding_min_elements=TINY_TABLES))
+    builder.build(root / "start.tflite", set())
+    texts = load_texts().texts
+    feeds = make_batches(source, ("Fine.", "Two words") + tuple(texts[:10]), batch_size=12)[0]
+    return source, root / "fp32.tflite", builder, root / "start.tflite", feeds
+
+
+def _outputs(source, run, feeds):
+    from converters.core.validate import sequence_outputs
+
+    return rows_alone(run, sequence_outputs(source))(feeds)
+
+
+def test_every_cut_candidate_answers_what_the_whole_one_does(start, tmp_path):
+    source, _, builder, start_path, feeds = start
+    cuts = PrefixCuts(start_path, tmp_path)
+    assert cuts.active and all(graph.points for graph in cuts.graphs.values())
+    lengths = feeds["attention_mask"].sum(axis=1)
+    assert lengths.min() <= 16 < 32 < lengths.max(), "rows in three buckets"
+    cut = 0
+    for weight in builder.int4:
+        whole, probe = tmp_path / "whole.tflite", tmp_path / "probe.tflite"
+        builder.build(whole, {weight.buffer})
+        shutil.copy(whole, probe)
+        if not cuts.cut(probe):
+            assert probe.read_bytes() == whole.read_bytes(), "a candidate scored whole is left as it was"
+            continue
+        cut += 1
+        want = _outputs(source, backends.open_session("tflite", whole, threads=1).run, feeds)
+        got = _outputs(source, cuts.runner(probe, 1), feeds)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=builder.label(weight.buffer))
+    assert cut >= len(builder.int4) // 2, "the second layer's weights (at least) are cut"
+    cuts.close()
+    assert not any(tmp_path.glob("*.tap.tflite"))
+
+
+def test_a_candidate_is_cut_before_its_first_change_or_not_at_all(start, tmp_path):
+    """Two weights moved, the first FC's and the last one's: cut at the first cut point (the
+    first FC op: the embeddings before it are unchanged). A file whose embedding table differs
+    (the FP32 export) changes before every cut point: not cut, left as it was."""
+    _, fp32, builder, start_path, _ = start
+    cuts = PrefixCuts(start_path, tmp_path)
+    by_position = sorted(builder.int4, key=lambda w: min(op for _, op, _ in w.uses))
+    probe = tmp_path / "probe.tflite"
+    builder.build(probe, {by_position[0].buffer, by_position[-1].buffer})
+    assert cuts.cut(probe)
+    assert cuts._cuts[probe] == {key: min(graph.points) for key, graph in cuts.graphs.items()}
+    builder.build(probe, {by_position[-1].buffer})
+    assert cuts.cut(probe)
+    assert all(point > min(cuts.graphs[key].points) for key, point in cuts._cuts[probe].items())
+    shutil.copy(fp32, probe)
+    before = probe.read_bytes()
+    assert not cuts.cut(probe) and not cuts.is_cut(probe) and probe.read_bytes() == before
+    cuts.close()
+
+
+def test_a_search_ranks_walks_and_writes_the_same_with_cut_candidates(start, tmp_path):
+    """quantize_tflite's INT4 size-budget search with a ranking scorer that can take a runner
+    (cut candidates) and with one that cannot (every candidate whole): the same steps, metrics
+    and artifact bytes."""
+    from converters.core.validate import compute_metrics, reference_outputs, sequence_outputs
+
+    source, fp32, _, _, _ = start
+    texts = tuple(load_texts().texts)
+    calibration, validation = make_batches(source, texts[:24]), make_batches(source, texts[24:40])
+    fit_reference = reference_outputs(source, texts[:24])
+    cut_scored = []
+
+    def through(run):
+        return compute_metrics(source, fit_reference, rows_alone(run, sequence_outputs(source)), "probe")
+
+    def through_cut(run):  # what the Space calls for a cut candidate only
+        cut_scored.append(run)
+        return through(run)
+
+    def score(path, threads):
+        return through(backends.open_session("tflite", path, threads=threads or 2).run)
+
+    reports = {}
+    for name, rank in (("whole", LaneScorer(score, 2)), ("cut", LaneScorer(score, 2, through=through_cut))):
+        config = GptqInt4Config(size_budget=0.9, embedding_min_elements=TINY_TABLES)
+        reports[name] = quantize_tflite(fp32, tmp_path / f"{name}.tflite", "gptq_wi4b32_afp32", calibration,
+                                        int4=config, validation=validation, rank=rank)
+    assert reports["cut"]["search"] == reports["whole"]["search"]
+    assert reports["cut"]["promoted"] == reports["whole"]["promoted"]
+    assert (tmp_path / "cut.tflite").read_bytes() == (tmp_path / "whole.tflite").read_bytes()
+    assert len(cut_scored) >= len(reports["cut"]["search"]) // 3, "most candidates were ranked cut"
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tflite" and p.stem not in ("cut", "whole")]
+
+
+def test_cut_points_hold_the_narrow_places_of_the_graph(start, tmp_path):
+    """At a cut point only the attention mask and the hidden state (and its copy for the
+    residual) are alive: at most 2 x hidden + 1 floats per token, never the FFN's 4x wide
+    activations, and no cut point at the very first op."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    source, _, _, start_path, _ = start
+    hidden = source.module.inner.config.hidden_size if hasattr(source.module, "inner") else 32
+    model = schema.Model.GetRootAs(start_path.read_bytes(), 0)
+    cuts = PrefixCuts(start_path, tmp_path)
+    for graph in cuts.graphs.values():
+        tensors = model.Subgraphs(graph.index)
+        for point, crossing in graph.crossing.items():
+            floats = sum(int(np.prod(tensors.Tensors(t).ShapeAsNumpy())) for t in crossing)
+            assert 0 < point < len(graph.ops) and floats <= (2 * hidden + 1) * graph.length, (graph.key, point)
+    cuts.close()
