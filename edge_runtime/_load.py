@@ -97,6 +97,8 @@ def load(
             raise InputError("give device_cache or its older name weight_cache, not both")
         device_cache = weight_cache
     _load_args.check_options(verify, spinning, tune, memory_budget_mb)
+    if artifact is not None and not isinstance(artifact, str):  # a list would fail as unhashable
+        raise InputError(f"artifact must be one artifact name (str) or None, got {artifact!r}")
     threads = _load_args.check_threads(threads)
     cache_dirs, records_dir = _load_args.cache_dirs(device_cache, default_cache_dir())
     if not isinstance(path, (str, os.PathLike)):  # Path(None) would be a bare TypeError

@@ -26,6 +26,10 @@ _EXTRAS = {"onnx": "onnxruntime (the device wheel's [onnx] extra)",
            "tflite": "ai-edge-litert (the device wheel's [tflite] extra)"}
 
 
+# Strings a caller means as a bool (device_cache="no" from a config file), never as a directory.
+_FLAG_WORDS = {"no", "yes", "true", "false", "off", "on", "0", "1"}
+
+
 def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) -> None:
     if not (isinstance(verify, bool) or verify == "full"):  # 0 / 1 are not flags here
         raise InputError(f'verify must be True, False or "full", got {verify!r}')
@@ -75,6 +79,11 @@ def cache_dirs(device_cache: Any, default: Path) -> tuple[dict[str, Path], Path 
         return {}, None
     if not isinstance(device_cache, (str, os.PathLike)) or not str(os.fspath(device_cache)):
         raise InputError(f"device_cache must be True, False or a directory path, got {device_cache!r}")
+    if isinstance(device_cache, str) and device_cache.strip().lower() in _FLAG_WORDS:
+        # A switch read from a config file or environment as text: "no" would create ./no
+        raise InputError(f"device_cache={device_cache!r} reads as a switch, not a directory: pass True or "
+                         f"False (a bool); a directory of that name as Path({device_cache!r}) or "
+                         f"'./{device_cache}'")
     path = Path(device_cache)  # one directory: entries of the two backends are named apart
     return {"tflite": path, "onnx": path}, path
 

@@ -254,6 +254,10 @@ def _read_bundle(sig_path: Path) -> tuple[dict, str, bytes, list[bytes]]:
         bundle = json.loads(sig_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SignatureError(f"{sig_path} is not a JSON Sigstore bundle: {exc}") from None
+    except RecursionError:  # as the manifest reader: a file of "[[[..." is not a bundle either
+        raise SignatureError(
+            f"{sig_path} is not a JSON Sigstore bundle: JSON nested too deeply"
+        ) from None
     where = str(sig_path)
     if not isinstance(bundle, dict):
         raise SignatureError(f"{where}: top level must be an object")
@@ -284,6 +288,10 @@ def _statement_resources(payload: bytes, where: str) -> dict[str, str]:
         statement = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SignatureError(f"{where}: the signed payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise SignatureError(
+            f"{where}: the signed payload is not JSON: nested too deeply"
+        ) from None
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise SignatureError(f"{where}: the signed payload is not an in-toto {STATEMENT_TYPE}")
     kind = statement.get("predicateType")
@@ -403,6 +411,10 @@ def verify_directory(root: Path, trusted_keys: Sequence[KeySource]) -> VerifiedS
     sig_path = root / SIGNATURE_NAME
     if sig_path.is_symlink():
         raise SignatureError(f"{sig_path} is a symbolic link; the signature must be a file")
+    if sig_path.is_dir():
+        raise SignatureError(
+            f"{sig_path} is a directory; the signature must be a file (a Sigstore bundle)"
+        )
     if not sig_path.is_file():
         raise SignatureError(
             f"{root} is not signed (no {SIGNATURE_NAME}) and trusted keys were given, so it is "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import _device
-from edge_runtime.backends._cache import cpu_tag, default_cache_dir
+from edge_runtime.backends._cache import cpu_tag, default_cache_dir, make_cache_dir
 
 __all__ = ["SCHEMA_VERSION", "Setting", "cache_file", "identity", "read_cached", "setting_for", "tuning_dir",
            "write_atomic"]
@@ -53,7 +53,9 @@ def tuning_dir(cache_dir: Path | None) -> Path:
 
 def cache_file(root: Path, cache_dir: Path | None = None) -> Path:
     """One file per artifact directory and CPU (what it holds is checked when it is read)."""
-    where = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    # fsencode: the path's own bytes (a non-UTF-8 name is surrogate-escaped in str; .encode()
+    # would raise on it).
+    where = hashlib.sha256(os.fsencode(Path(root).resolve())).hexdigest()[:16]
     return tuning_dir(cache_dir) / f"{where}-{cpu_tag()}.json"
 
 
@@ -88,6 +90,11 @@ def read_cached(
     except OSError as exc:
         log.warning("tuning cache %s unreadable (%s); ignoring it", path, exc)
         return None
+    # _select imports this module: its cap is looked up when a file is read. load(threads=)
+    # refuses more than the cap (each thread costs memory inside the backend's start-up, where
+    # no signal is handled); a cached count is held to the same limit.
+    from edge_runtime._select import max_threads
+
     try:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
@@ -95,7 +102,7 @@ def read_cached(
                 f"schema_version {data.get('schema_version') if isinstance(data, dict) else None}"
             )
         for name, best in data["artifacts"].items():  # the fields load() and tune() rely on
-            if not (isinstance(name, str) and int(best["threads"]) >= 1):
+            if not (isinstance(name, str) and 1 <= int(best["threads"]) <= max_threads()):
                 raise ValueError(f"bad entry for {name!r}")
             if best.get("spinning") not in (None, True, False):
                 raise ValueError(f"bad spinning for {name!r}")
@@ -131,7 +138,7 @@ def write_atomic(path: Path, data: dict[str, Any]) -> bool:
     """Write `data` to `path` whole or not at all; False (logged) when it could not be written."""
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_cache_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(data, out, indent=1)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime._manifest import resolve
-from edge_runtime.backends._cache import signature, write_json
+from edge_runtime.backends._cache import make_cache_dir, signature, write_json
 
 __all__ = ["SETTLE_SECONDS", "Verifications", "kernel_key", "signatures_of"]
 
@@ -139,7 +139,7 @@ class Verifications:
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_cache_dir(path.parent)
             write_json(path, data)
         except OSError as exc:  # a read-only cache costs a full check next time, nothing else
             log.info("could not record a verification in %s: %s", path, exc)

@@ -30,11 +30,12 @@ _FLAGS = {
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+        values = []
+    if not values:  # `--seq ,,` must not fall back to the default without a word
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
 
 
 def _listed(values: tuple[int, ...]) -> str:
@@ -109,6 +110,12 @@ def _unwritable(out: Path, artifacts: Path) -> str:
     """Why the JSON result could not be written to `out` ("" if it can): checked up front,
     without creating anything (missing directories are made when the result is written)."""
     if out.is_dir():
+        home = artifacts.resolve()
+        if out.resolve().is_relative_to(home):
+            # A file added there is one the signature does not cover: signed loads refuse the
+            # directory from then on. Suggest a name beside it, not in it.
+            return (f"is a directory in the artifact directory {artifacts}; write the result "
+                    f"outside it, e.g. {home.parent / (home.name + '-bench.json')}")
         return "is a directory; name a file, e.g. " + str(out / "bench.json")
     if out.exists() and out.resolve().is_relative_to(artifacts.resolve()):
         # manifest.json, a model file, a golden sample: overwriting one breaks the artifacts

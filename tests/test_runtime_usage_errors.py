@@ -27,6 +27,9 @@ from edge_runtime import _bench_report, _load_args, cli, cli_bench, cli_tune
         ({"memory_budget_mb": True}, "memory_budget_mb"),
         ({"device_cache": ""}, "device_cache"),  # would have cached into the working directory
         ({"device_cache": 0}, "device_cache"),
+        ({"device_cache": "no"}, r"device_cache='no' reads as a switch.*pass True or False"),  # made ./no
+        ({"device_cache": "False"}, r"device_cache='False' reads as a switch"),
+        ({"artifact": ["onnx-int8"]}, r"artifact must be one artifact name \(str\) or None"),  # unhashable
         ({"verify": "yes"}, "verify"),
         ({"threads": 100_000}, "threads=100000 is more than"),  # a typo that grew past 16 GB while loading
     ],
@@ -287,3 +290,20 @@ def test_unknown_artifact_message_names_each_once_with_the_refusal_reasons(tmp_p
         "  the converter refused 'onnx-int4': cosine 0.91; below the floor",
         "  the converter refused 'tflite-int4': (no reason recorded)",
     ]
+
+
+def test_edge_bench_refuses_an_empty_list_and_points_outside_the_artifact_directory(tmp_path, capsys,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(cli_bench, "run_bench", lambda *a, **k: pytest.fail("measured despite a bad flag"))
+    for flag in ("--seq", "--batch", "--threads"):  # `--seq ,,` measured at the default 128
+        with pytest.raises(SystemExit) as stopped:
+            cli_bench.main([str(tmp_path), flag, ",,"])
+        assert stopped.value.code == 2
+        assert f"argument {flag}: expected comma-separated integers, got ',,'" in capsys.readouterr().err
+    artifacts = tmp_path / "art"
+    (artifacts / "golden").mkdir(parents=True)
+    for inside in (artifacts, artifacts / "golden"):  # a file put there breaks signed loads
+        assert cli_bench.main([str(artifacts), "--json", str(inside)]) == 2
+        err = capsys.readouterr().err
+        assert f"is a directory in the artifact directory {artifacts}" in err
+        assert f"e.g. {tmp_path.resolve() / 'art-bench.json'}" in err and "art/bench.json" not in err

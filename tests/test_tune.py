@@ -14,7 +14,7 @@ import pytest
 
 import edge_runtime
 from converters import ConvertConfig, convert
-from edge_runtime import _device, _memory, _model, _select, _tune, cli, cli_tune
+from edge_runtime import _device, _memory, _model, _select, _tune, _tuning_cache, cli, cli_tune
 
 DEVICES = Path(__file__).resolve().parent / "data" / "devices"
 
@@ -452,3 +452,33 @@ def test_a_faster_pruned_twin_is_not_recorded_as_the_fastest(converted, tmp_path
     assert "fastest here: onnx-int8 " in out
     assert "onnx-int8-pruned is faster, but load() never picks it by itself" in out
     assert "artifact='onnx-int8-pruned'" in out
+
+
+def _cache_holding(root: Path, manifest: dict, threads: int) -> None:
+    path = _tune.cache_file(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema_version": _tune.SCHEMA_VERSION, "identity": _tuning_cache.identity(manifest),
+                                "artifacts": {"onnx-int8": {"threads": threads, "spinning": None}}}))
+
+
+def test_a_cached_thread_count_above_the_cap_is_ignored_like_corruption(tmp_path, caplog):
+    """load(threads=) refuses more than _select.max_threads() (a typo grew past 16 GB while the
+    backend started); a count read from the tuning cache is held to the same cap."""
+    manifest = {"artifacts": [{"name": "onnx-int8", "format": "onnx", "files": [{"sha256": "ab" * 32}]}]}
+    _cache_holding(tmp_path, manifest, _select.max_threads())
+    assert _tune.setting_for(_tune.read_cached(tmp_path, manifest), "onnx-int8").threads == _select.max_threads()
+    _cache_holding(tmp_path, manifest, _select.max_threads() + 1)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        assert _tune.read_cached(tmp_path, manifest) is None
+    assert "is corrupted (bad entry for 'onnx-int8')" in caplog.text
+
+
+def test_the_tuning_cache_takes_a_directory_whose_name_is_not_utf8(tmp_path):
+    root = tmp_path / os.fsdecode(b"model-\xff")  # a name from a FAT card or another locale
+    root.mkdir()
+    path = _tune.cache_file(root)  # str(path).encode() raised UnicodeEncodeError
+    assert path != _tune.cache_file(tmp_path / os.fsdecode(b"model-\xfe")), "named by the path's own bytes"
+    manifest = {"artifacts": [{"name": "onnx-int8", "format": "onnx", "files": [{"sha256": "ab" * 32}]}]}
+    assert _tune.read_cached(root, manifest) is None
+    _cache_holding(root, manifest, 1)
+    assert _tune.read_cached(root, manifest)["artifacts"]["onnx-int8"]["threads"] == 1

@@ -11,6 +11,7 @@ never used (issue 10).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -22,15 +23,39 @@ from typing import Any
 
 from edge_runtime._manifest import file_sha256
 
-__all__ = ["check_sha256", "cpu_tag", "default_cache_dir", "signature", "write_json"]
+__all__ = ["check_sha256", "cpu_tag", "default_cache_dir", "make_cache_dir", "signature",
+           "write_json"]
 
 
 def default_cache_dir() -> Path:
     """Where device-specific caches live: $XDG_CACHE_HOME/edge_runtime, else ~/.cache/edge_runtime
     (the XDG base-directory convention). Not next to the artifact: artifact directories may be
-    read-only or shared between devices, and caches are per runtime version and CPU."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    read-only or shared between devices, and caches are per runtime version and CPU.
+    A relative XDG_CACHE_HOME is ignored, as the XDG spec says (it would put caches wherever the
+    process happens to run)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "edge_runtime"
+
+
+def make_cache_dir(path: Path) -> None:
+    """mkdir -p `path`, except that a home directory that does not exist is not created: a
+    service account whose HOME is missing (or relative) gets the OSError an unwritable cache
+    gives, which every cache handles by going without (a warning), not a new /home/<user>
+    made by whoever runs the model (root, often, on a device)."""
+    home = Path(os.path.expanduser("~"))
+    if home.is_absolute():
+        refused = not home.is_dir() and Path(path).is_relative_to(home)
+    else:  # HOME="" or relative: ~/.cache would land in the working directory
+        refused = Path(path).is_relative_to(default_cache_dir())
+    if refused:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"the home directory {str(home)!r} does not exist or is not absolute; not creating "
+            "a cache there (set XDG_CACHE_HOME to a writable absolute path)",
+            str(path),
+        )
+    Path(path).mkdir(parents=True, exist_ok=True)
 
 
 @functools.cache  # the CPU does not change under a running process; loads ask several times

@@ -61,7 +61,7 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 from edge_runtime._manifest import file_sha256 as _sha256
-from edge_runtime.backends._cache import check_sha256, signature, write_json
+from edge_runtime.backends._cache import check_sha256, make_cache_dir, signature, write_json
 from edge_runtime.backends._cache import cpu_tag as _cpu_tag
 from edge_runtime.backends._tflite_engines import _compiled_model_api, _CompiledEngine
 from edge_runtime.backends._tflite_log import _forward_native, native_log
@@ -106,7 +106,7 @@ def open_with_cache(
     import ai_edge_litert
 
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        make_cache_dir(cache_dir)
         sha256 = model_sha256 or _sha256(model_path)
         # XNNPACK aborts the whole process (SIGABRT, weight_cache.cc "Inserting data in the
         # cache failed") when a write fails, e.g. on a full disk: build only with room to

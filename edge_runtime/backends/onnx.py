@@ -51,7 +51,13 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError, ModelLoadError
 from edge_runtime._manifest import file_sha256
-from edge_runtime.backends._cache import check_sha256, cpu_tag, signature, write_json
+from edge_runtime.backends._cache import (
+    check_sha256,
+    cpu_tag,
+    make_cache_dir,
+    signature,
+    write_json,
+)
 
 log = logging.getLogger("edge_runtime")
 
@@ -238,6 +244,14 @@ class OnnxSession:
 
 def _create(ort: Any, path: Path, options: Any, providers: list) -> Any:
     try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # a non-UTF-8 name: ORT's pybind11 binding takes UTF-8 str only
+        raise ModelLoadError(
+            f"onnxruntime {ort.__version__} cannot open {str(path)!r}: its path is not valid UTF-8 "
+            "(onnxruntime takes UTF-8 paths only); rename the directory or copy it to a UTF-8 path "
+            "(a symlink does not help: the directory is read through its resolved path)"
+        ) from None
+    try:
         # External weight data is memory-mapped by ORT's CPU loader; the model path is passed
         # (not bytes) so it can find the data file next to the graph.
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -328,7 +342,8 @@ def _start_entry(entry: Path, options: Any) -> Path | None:
     tmp = entry.parent / f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         _remove_orphans(entry)
-        tmp.mkdir(parents=True)
+        make_cache_dir(entry.parent)
+        tmp.mkdir()
     except OSError as exc:
         log.warning(
             "optimized-model cache %s not writable (%s); loading without it (set XDG_CACHE_HOME "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -32,7 +33,19 @@ from edge_runtime.serve._service import Service
 __all__ = ["create_app"]
 
 log = logging.getLogger("edge_runtime.serve")
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _loopback(host: str) -> bool:
+    """Whether a peer address is loopback: 127.0.0.0/8, ::1, and IPv4 loopback as an IPv6 socket
+    reports it (`--host ::` accepts IPv4 clients as ::ffff:127.0.0.1, which Python < 3.13 does not
+    call loopback). Anything that is not an address (no peer, a Unix socket) is not."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -231,6 +244,8 @@ def create_app(service: Service) -> Starlette:
             metrics.failed(exc.err)
             return _error(exc, openai)
         except ClientDisconnect:  # the client left while sending: nobody to answer, no fault of ours
+            if not counted:  # it left mid-body: count = success + failures (docs/guarantees.md)
+                metrics.request_count.inc(method=method)
             metrics.failed("disconnect")
             return Response(status_code=499)
         except Exception as exc:  # e.g. NaN outputs: TEI's 424 Backend, never a bare 500
@@ -353,7 +368,8 @@ def create_app(service: Service) -> Starlette:
 
     def _admin_only(request: Request) -> None:
         host = request.client.host if request.client else ""
-        if host not in _LOOPBACK and not host.startswith("127."):
+        if not _loopback(host):
+            # TEI has no error type for a refused client; "Validation" keeps the body TEI-shaped.
             raise ServeError(
                 "Validation",
                 "admin routes answer loopback clients only",
@@ -371,6 +387,14 @@ def create_app(service: Service) -> Starlette:
             path = body.get("path")
             if path is not None and not isinstance(path, str):
                 raise ServeError("Validation", "`path` must be a string", err="validation")
+            if path is not None and not path.strip():
+                # Path("") is ".": the server's working directory would be loaded instead
+                raise ServeError(
+                    "Validation",
+                    "`path` is empty: give an artifact directory, or send no `path` to re-read "
+                    "the current one",
+                    err="validation",
+                )
         except ServeError as exc:
             return _error(exc)
         outcome = await run_in_threadpool(service.reloader.reload, path)

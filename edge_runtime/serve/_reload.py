@@ -14,15 +14,17 @@ POST /admin/reload may name another directory.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import edge_runtime
+from edge_runtime.serve._config import ServeError
 from edge_runtime.serve._engine import Served
 
-__all__ = ["Reloader", "load_served"]
+__all__ = ["Reloader", "check_limits", "load_served"]
 
 log = logging.getLogger("edge_runtime.serve")
 
@@ -30,16 +32,35 @@ log = logging.getLogger("edge_runtime.serve")
 def load_served(config, path: Path, generation: int) -> Served:
     """load() with the server's settings, wrapped for serving."""
     keys = list(config.trusted_keys) if config.trusted_keys else None
-    model = edge_runtime.load(path, artifact=config.artifact, threads=config.threads, trusted_keys=keys)
+    # Resolved once: DIR is usually a symlink that a deployment re-points (docs/serve.md), and
+    # every read below (signature, manifest, files, the lanes' second load) must come from one
+    # directory, not from whichever the link names at that moment. realpath, not resolve(): it
+    # never raises (a symlink loop then fails in load(), with its message).
+    root = Path(os.path.realpath(path))
+    model = edge_runtime.load(root, artifact=config.artifact, threads=config.threads, trusted_keys=keys)
     lane_model = None
     if (config.lanes and config.batch_invariant and config.workers == 1 and model.batch_dependent
             and model.threads > 1 and model.thread_safe
             and config.max_batch_requests != 1):  # batches of one row never use lanes
         # The same artifact on one thread for Served's lanes (its packed weights are mapped from
         # the device cache the first load filled, so a second session costs little memory).
-        lane_model = edge_runtime.load(path, artifact=model.name, threads=1, trusted_keys=keys)
+        lane_model = edge_runtime.load(root, artifact=model.name, threads=1, trusted_keys=keys)
         log.info("batch-invariant rows of %s run on %d single-threaded lanes", model.name, model.threads)
     return Served(model, Path(path), generation, lane_model=lane_model)
+
+
+def check_limits(config, served: Served) -> None:
+    """ServeError unless `served` can be served under `config`'s limits: checked at start and
+    before a reload swaps a model in (a longer model behind the same DIR must not slip past)."""
+    if config.max_batch_tokens < served.max_length:
+        # TEI refuses to start in the same case: one input of the model's full length could
+        # never be batched.
+        raise ServeError(
+            "Validation",
+            f"max_batch_tokens ({config.max_batch_tokens}) is below the model's "
+            f"maximum input length ({served.max_length}): raise it to at least "
+            f"{served.max_length}",
+        )
 
 
 class Reloader:
@@ -61,6 +82,7 @@ class Reloader:
             started = time.perf_counter()
             try:
                 served = load_served(self.config, target, old.generation + 1)
+                check_limits(self.config, served)
             except Exception as exc:  # noqa: BLE001 -- whatever failed, the old model keeps serving
                 self.metrics.reloads.inc(result="failure")
                 log.error(

@@ -2,7 +2,8 @@
 
 SIGTERM (systemd stop): uvicorn stops accepting connections, lets every in-flight request finish
 (up to graceful_timeout_s), then the app's lifespan drains the queue and stops the worker; the
-process then exits 0. SIGHUP: reload the artifact directory in the background (_reload.py).
+process then exits 0. SIGHUP: reload the artifact directory in the background (_reload.py); one
+that arrives while the model is still loading waits for the load, then reloads if DIR moved.
 uvicorn is imported here only; it parses HTTP with httptools and runs uvloop when they are installed
 (ServeConfig.http / loop), else with the pure-Python h11 and asyncio.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
+from pathlib import Path
 
 from edge_runtime.serve._config import ServeConfig, server_stack
 from edge_runtime.serve._service import Service
@@ -50,15 +53,28 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
     from edge_runtime.serve._app import create_app
 
     http, loop = server_stack(config)
-    # Bound before the model loads: a taken port or a wrong host is an error at once, in our
-    # words (uvicorn would log it and exit 3 after the load), and port 0 gets its real number.
-    sock = _listen(config.host, config.port)
+    # SIGHUP's default action ends the process (exit 129): a `systemctl reload` while the model
+    # loads (seconds on a small board) would kill the service. Until the reloader exists, a
+    # SIGHUP is remembered and acted on once the model has loaded (below).
+    hup_while_starting: list[int] = []
+
+    def _hup_while_starting(signum, frame):
+        log.info("SIGHUP while starting: the reload waits until the model being loaded is up")
+        hup_while_starting.append(signum)
+
+    original_hup = signal.signal(signal.SIGHUP, _hup_while_starting)
+    sock = None
     try:
+        # Bound before the model loads: a taken port or a wrong host is an error at once, in our
+        # words (uvicorn would log it and exit 3 after the load), and port 0 gets its real number.
+        sock = _listen(config.host, config.port)
         service = service or Service(config)
+        app = create_app(service)
     except BaseException:
-        sock.close()
+        if sock is not None:
+            sock.close()
+        signal.signal(signal.SIGHUP, original_hup)
         raise
-    app = create_app(service)
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # the drain's clock starts at the first signal
@@ -99,6 +115,16 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
             (signal.SIGINT, _stopped),
         )
     }
+    previous[signal.SIGHUP] = original_hup
+    if hup_while_starting:
+        loaded = service.slot.current.model.root
+        if Path(os.path.realpath(service.reloader.path)) == loaded:
+            log.info("SIGHUP while starting: %s still names %s, just loaded; no reload needed",
+                     service.reloader.path, loaded)
+        else:  # DIR was re-pointed after the load began: serve what it names now
+            log.info("SIGHUP while starting: %s moved during the load; reloading it",
+                     service.reloader.path)
+            service.reloader.request()
     try:
         host, port = sock.getsockname()[:2]
         log.info("edge-serve on http://%s:%d (HTTP parser %s, event loop %s)",

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.serve._batching import Batcher, Result
-from edge_runtime.serve._config import ServeConfig, ServeError
+from edge_runtime.serve._config import ServeConfig
 from edge_runtime.serve._engine import Served, Slot
 from edge_runtime.serve._health import DriftMonitor, GoldenWatchdog
 from edge_runtime.serve._metrics import ServeMetrics
-from edge_runtime.serve._reload import Reloader, load_served
+from edge_runtime.serve._reload import Reloader, check_limits, load_served
 
 __all__ = ["TOKENIZE_INLINE_CHARS", "Service"]
 
@@ -32,15 +32,9 @@ class Service:
     def __init__(self, config: ServeConfig, served: Served | None = None):
         self.config = config
         served = served or load_served(config, config.path, 0)
-        if config.max_batch_tokens < served.max_length:
-            # TEI refuses to start in the same case: one input of the model's full length could
-            # never be batched.
-            raise ServeError(
-                "Validation",
-                f"max_batch_tokens ({config.max_batch_tokens}) is below the model's "
-                f"maximum input length ({served.max_length}): raise it to at least "
-                f"{served.max_length}",
-            )
+        check_limits(config, served)
+        # The input-length buckets stop at this model's maximum; after a reload to a longer model
+        # the longer inputs count in the +Inf bucket only (a histogram keeps its buckets).
         self.metrics = ServeMetrics(served.max_length)
         self.slot = Slot(served)
         self.batcher = Batcher(config, self.metrics)

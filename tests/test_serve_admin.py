@@ -1,0 +1,167 @@
+"""edge-serve's reloads, admin routes and request counting at their edges: a symlinked DIR moved
+during a load, SIGHUP before the server is up, a reload to a model the limits do not allow, an
+empty reload path, IPv4 loopback clients of an IPv6 socket, a client gone mid-body.
+
+The served model is test_serve.py's tiny BERT (embed_dir); most tests drive the app in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+from test_serve import _free_port, embed_dir  # noqa: F401  (embed_dir: the module's fixture)
+
+import edge_runtime
+from edge_runtime.serve import ServeConfig
+from edge_runtime.serve import _reload
+from edge_runtime.serve._app import create_app
+from edge_runtime.serve._service import Service
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def service(embed_dir):  # noqa: F811
+    return Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0))
+
+
+def test_both_loads_of_a_reload_come_from_one_directory(tmp_path, monkeypatch):
+    """DIR is a symlink a deployment moves; the main model and its lanes' single-threaded twin
+    must not come from two directories when it moves between the two loads."""
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    v1.mkdir()
+    v2.mkdir()
+    current = tmp_path / "current"
+    current.symlink_to(v1, target_is_directory=True)
+    loaded_from = []
+
+    class Model:  # what load_served asks of a model that gets lanes
+        name, batch_dependent, threads, thread_safe = "onnx-int8", True, 2, True
+
+    def load(path, **kwargs):
+        loaded_from.append(Path(path).resolve())
+        if len(loaded_from) == 1:
+            current.unlink()  # `ln -sfn v2 current` while the first load runs
+            current.symlink_to(v2, target_is_directory=True)
+        return Model()
+
+    monkeypatch.setattr(edge_runtime, "load", load)
+    monkeypatch.setattr(_reload, "Served", lambda model, path, generation, lane_model: lane_model)
+    assert _reload.load_served(ServeConfig(current), current, 1) is not None  # lanes were loaded
+    assert loaded_from == [v1.resolve(), v1.resolve()]
+
+
+_HUP_WHILE_LOADING = """
+import os, pathlib, signal, sys
+from edge_runtime import cli_serve
+from edge_runtime.serve import _server
+current, moved_to = map(pathlib.Path, sys.argv[1:3])
+
+class Service(_server.Service):
+    def __init__(self, config):
+        os.kill(os.getpid(), signal.SIGHUP)  # `systemctl reload` while the model loads
+        super().__init__(config)
+        current.unlink()  # and the link moved before the load was done
+        current.symlink_to(moved_to, target_is_directory=True)
+
+_server.Service = Service
+sys.exit(cli_serve.main(sys.argv[3:]))
+"""
+
+
+def test_sighup_while_starting_neither_kills_the_server_nor_is_lost(embed_dir, tmp_path):  # noqa: F811
+    v1 = shutil.copytree(embed_dir, tmp_path / "v1")
+    v2 = shutil.copytree(embed_dir, tmp_path / "v2")
+    current = tmp_path / "current"
+    current.symlink_to(v1, target_is_directory=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HUP_WHILE_LOADING, str(current), str(v2), str(current),
+             "--port", str(port), "--artifact", "onnx-fp32", "--golden-interval", "0"],
+            stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the deferred reload of v2 is counted once it swapped in
+            assert proc.poll() is None, f"edge-serve exited with {proc.returncode}:\n{log.read_text()}"
+            try:
+                if 'edge_reload_total{result="success"} 1' in httpx.get(url + "/metrics", timeout=5).text:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert "SIGHUP while starting" in log.read_text() and "moved during the load" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_reload_is_held_to_the_limits_checked_at_start(service, monkeypatch):
+    load_served = _reload.load_served
+
+    def longer(config, path, generation):  # a model whose inputs exceed --max-batch-tokens
+        served = load_served(config, path, generation)
+        served.max_length = config.max_batch_tokens + 1
+        return served
+
+    monkeypatch.setattr(_reload, "load_served", longer)
+    before = service.slot.current
+    failures = service.metrics.reloads.value(result="failure")
+    outcome = service.reloader.reload()
+    assert not outcome["ok"] and "max_batch_tokens (16384) is below" in outcome["error"]
+    assert service.slot.current is before
+    assert service.metrics.reloads.value(result="failure") == failures + 1
+
+
+@pytest.mark.parametrize("client", ["::ffff:127.0.0.1", "127.0.0.1", "::1"])
+def test_admin_routes_take_loopback_clients_and_an_empty_path_is_refused(service, client):
+    http = TestClient(create_app(service), client=(client, 50000))
+    failures = service.metrics.reloads.value(result="failure")
+    for path in ("", "  "):
+        answer = http.post("/admin/reload", json={"path": path})  # not 403: a loopback client
+        assert answer.status_code == 422 and "`path` is empty" in answer.json()["error"], answer.text
+    assert service.metrics.reloads.value(result="failure") == failures  # nothing was loaded
+
+
+@pytest.mark.parametrize("client", ["::ffff:10.0.0.1", "10.0.0.1", "testclient"])
+def test_admin_routes_refuse_other_clients(service, client):
+    answer = TestClient(create_app(service), client=(client, 50000)).post("/admin/reload")
+    assert answer.status_code == 403 and "loopback" in answer.json()["error"]
+
+
+def test_a_client_gone_mid_body_is_counted_as_a_request(service):
+    """te_request_count = success + failures (docs/guarantees.md), disconnects included."""
+    app, metrics = create_app(service), service.metrics
+    count = metrics.request_count.value(method="single")
+    disconnects = metrics.request_failure.value(err="disconnect")
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/embed", "raw_path": b"/embed", "root_path": "",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 3000)}
+    asyncio.run(app(scope, receive, send))
+    assert metrics.request_failure.value(err="disconnect") == disconnects + 1
+    assert metrics.request_count.value(method="single") == count + 1
