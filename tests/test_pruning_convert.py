@@ -26,8 +26,12 @@ def test_prune_requests_parse_or_say_what_is_expected():
     assert PruneRequest.parse(" FFN=0.25 ") == PruneRequest(heads=0.0, ffn=0.25)
     assert PruneRequest.parse("auto") == PruneRequest(auto=True)
     assert PruneRequest.parse("off") is None
-    for bad, message in (("heads=1.0", r"prune heads=1.0: heads must be a share from 0 up to \(not including\) 1"), ("heads=0.2,heads=0.3", "expected 'auto'"),
-                         ("layers=0.5", "expected 'auto'"), ("heads=0,ffn=0", "removes nothing")):
+    assert PruneRequest.parse("heads = 0.3, ffn=0.5") == PruneRequest(heads=0.3, ffn=0.5)
+    for bad, message in (("heads=1.0", r"prune heads=1.0: heads must be a share from 0 up to \(not including\) 1"),
+                         ("heads=0.2,heads=0.3", "heads is given twice; expected 'auto'"),
+                         ("layers=0.5", "'layers' is not a share to prune"),
+                         ("heads=1e-1", "heads='1e-1' is not a plain decimal share"),
+                         ("heads=", "heads='' is not a plain decimal share"), ("heads=0,ffn=0", "removes nothing")):
         with pytest.raises(ConversionError, match=message):
             PruneRequest.parse(bad)
 

@@ -142,7 +142,8 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
         raise SourceModelError(f"cannot read {role} file {source}: {exc.strerror or exc}") from None
     distinct = len(set(texts))
     if distinct < minimum:
-        counted = f"{len(texts)} texts" if distinct == len(texts) else f"{len(texts)} texts but {distinct} distinct"
+        count = f"{len(texts)} text{'' if len(texts) == 1 else 's'}"
+        counted = count if distinct == len(texts) else f"{count} but {distinct} distinct"
         raise SourceModelError(
             f"{role} file {source} has {counted}; at least {minimum} "
             f"{'are' if distinct == len(texts) else 'different texts are'} needed for meaningful accuracy figures"

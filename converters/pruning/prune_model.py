@@ -69,14 +69,17 @@ class PruneRequest:
         if text == "auto":
             return cls(auto=True)
         values = {}
+        expected = "expected 'auto', 'off' or 'heads=R,ffn=R' with shares R in [0, 1) (e.g. 'heads=0.33,ffn=0.5')"
         for part in filter(None, (p.strip() for p in text.split(","))):
-            match = re.fullmatch(r"(heads|ffn)=([0-9]*\.?[0-9]+)", part)
-            if match is None or match.group(1) in values:
-                raise ConversionError(
-                    f"prune {text!r}: expected 'auto', 'off' or 'heads=R,ffn=R' with shares R in [0, 1) "
-                    "(e.g. 'heads=0.33,ffn=0.5')"
-                )
-            values[match.group(1)] = float(match.group(2))
+            name, _, value = (piece.strip() for piece in part.partition("="))
+            if name not in ("heads", "ffn"):
+                raise ConversionError(f"prune {text!r}: {name!r} is not a share to prune (heads or ffn); {expected}")
+            if name in values:
+                raise ConversionError(f"prune {text!r}: {name} is given twice; {expected}")
+            if not re.fullmatch(r"[0-9]*\.?[0-9]+", value):
+                raise ConversionError(f"prune {text!r}: {name}={value!r} is not a plain decimal share such as "
+                                      f"{name}=0.33; {expected}")
+            values[name] = float(value)
         request = cls(**values)
         for name in ("heads", "ffn"):
             if not 0.0 <= getattr(request, name) < 1.0:
