@@ -178,10 +178,10 @@ def _point(data: Patches, field: int, target: int) -> None:
     data.pack("<I", field, target - field)
 
 
-def patch_cut(data: Patches, tail: Tail, sub, signature, point: int, crossing: list[int]) -> None:
+def patch_cut(data: Patches, tail: Tail, sub, signature, point: int, crossing: list[int], prefix: str) -> None:
     """Cut subgraph `sub` at op `point`: its operators vector starts there (the length written
     over the last dropped entry; kept entries are distances from themselves, unchanged), its
-    inputs are `crossing`, and the signature feeds them by the names "x<tensor index>"."""
+    inputs are `crossing`, and the signature feeds them by the names "<prefix><tensor index>"."""
     ops_field = _field(sub, 3)  # Subgraph.operators
     vector = ops_field + data.unpack("<I", ops_field)
     count = data.unpack("<I", vector)
@@ -197,10 +197,10 @@ def patch_cut(data: Patches, tail: Tail, sub, signature, point: int, crossing: l
     vtable = tail.at(8)
     tail.put(vtable, "<4H", 8, 12, 4, 8)
     tables = [tail.at(12) for _ in crossing]
-    names = [tail.at(4 + len(f"x{t}") + 1) for t in crossing]
+    names = [tail.at(4 + len(f"{prefix}{t}") + 1) for t in crossing]
     tail.put(maps, "<I", len(crossing))
     for i, (t, table, name) in enumerate(zip(crossing, tables, names)):
-        text = f"x{t}".encode()
+        text = f"{prefix}{t}".encode()
         tail.put(maps + 4 + 4 * i, "<I", table - (maps + 4 + 4 * i))
         tail.put(table, "<iII", table - vtable, name - (table + 4), t)
         tail.put(name, f"<I{len(text)}s", len(text), text)

@@ -46,13 +46,16 @@ __all__ = ["PrefixCuts"]
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 # Kept crossing tensors per token of a row's bucket, at most (float32 bytes, summed over the
-# chosen cut points). MiniLM: 769 floats (3 KB) per layer start; 24 KB holds six, ~170 MB for a
-# 64-text ranking subset at its buckets (~7,000 tokens).
+# chosen cut points). MiniLM: 769 floats (3 KB) per point; 24 KB holds seven, ~150 MB for a
+# 64-text ranking subset at its buckets (~7,000 tokens; run AM measured +0.1 GB of peak RSS).
 BYTES_PER_TOKEN = 24 << 10
 # A cut point's crossing tensors may hold at most this multiple of the narrowest point's floats
 # per token (MiniLM: the layer starts, 769; right after the Q projection, 1153, is left out).
 NARROW = 1.25
 _FULLY_CONNECTED = "FULLY_CONNECTED"
+# Signature names of the kept tensors ("<prefix><tensor index>"): the tap's extra outputs, the
+# cut files' inputs; no model's own output is named so.
+KEPT = "edge_prefix_cut_"
 
 
 class _Graph:
@@ -114,7 +117,7 @@ def _choose_points(narrow: list[int], fcs: list[int], crossing: dict[int, list[i
         return points[i] * (ahead[i] - (ahead[j] if j is not None else 0))
 
     # best[k][j]: the most ops skipped by FCs before point j, with k points chosen, the last one j.
-    best = [[served_first for served_first in (0,) * len(points)]]
+    best = [[0] * len(points)]
     choice: list[list[int | None]] = [[None] * len(points)]
     for k in range(1, most):
         row, back = [], []
@@ -125,8 +128,8 @@ def _choose_points(narrow: list[int], fcs: list[int], crossing: dict[int, list[i
             back.append(i)
         best.append(row)
         choice.append(back)
-    total, k, j = max((best[k][j] + served(j, None), k, j) for k in range(most) for j in range(len(points))
-                      if best[k][j] >= 0)
+    _, k, j = max((best[k][j] + served(j, None), k, j) for k in range(most) for j in range(len(points))
+                  if best[k][j] >= 0)
     chosen = []
     while j is not None:
         chosen.append(points[j])
@@ -205,7 +208,7 @@ class PrefixCuts:
                 signature = model.SignatureDefs(s)
                 graph = self.graphs[signature.SignatureKey().decode()]
                 patch_cut(patched, tail, model.Subgraphs(graph.index), signature, points[graph.key],
-                           graph.crossing[points[graph.key]])
+                          graph.crossing[points[graph.key]], KEPT)
             for position, size in patched.spans:  # a few words in place, the new tables at the end
                 handle.seek(position)
                 handle.write(data[position:position + size])
@@ -267,7 +270,7 @@ class PrefixCuts:
             rows: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
             for row in range(batch):
                 kept = self._kept(key, length, {name: a[row] for name, a in arrays.items()}, threads)
-                values = runner(**{f"x{t}": kept[t] for t in self.graphs[key].crossing[points[key]]})
+                values = runner(**{f"{KEPT}{t}": kept[t] for t in self.graphs[key].crossing[points[key]]})
                 for name in outputs:
                     rows[name].append(values[name][:, :seq] if name in sequence else values[name])
             return {name: np.concatenate(parts, axis=0) for name, parts in rows.items()}
@@ -290,7 +293,7 @@ class PrefixCuts:
             if (key, digest) not in self._values:
                 outputs = runner(**padded)
                 self._values[(key, digest)] = {
-                    int(name[1:]): np.array(value) for name, value in outputs.items() if name.startswith("x")}
+                    int(name[len(KEPT):]): np.array(value) for name, value in outputs.items() if name.startswith(KEPT)}
             return self._values[(key, digest)]
 
 
@@ -337,7 +340,7 @@ def _options(op) -> tuple:
 
 
 def _write_tap(start: Path, out: Path, graphs: dict[str, _Graph]) -> None:
-    """The start model with every kept crossing tensor as an extra output "x<index>" of its
+    """The start model with every kept crossing tensor as an extra output "<KEPT><index>" of its
     signature (read and written once per ranking: the object API's 0.3 s do not matter here)."""
     fb = schema()
     model = read_model(start)
@@ -349,6 +352,6 @@ def _write_tap(start: Path, out: Path, graphs: dict[str, _Graph]) -> None:
         sub.outputs = np.array(outputs + [t for t in kept if t not in outputs], np.int32)
         for t in kept:
             entry = fb.TensorMapT()
-            entry.name, entry.tensorIndex = f"x{t}".encode(), t
+            entry.name, entry.tensorIndex = f"{KEPT}{t}".encode(), t
             signature.outputs.append(entry)
     write_model(model, out)
