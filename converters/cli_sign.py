@@ -79,6 +79,7 @@ def sign(directory, key_path):
         )
     try:
         key = signing.load_signing_key(key_path)
+        signing.check_before_signing(directory)
         path = signing.sign_directory(directory, key)
     except ConversionError as exc:
         _fail(exc)

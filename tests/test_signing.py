@@ -46,16 +46,37 @@ def _keys(directory: Path, name: str = "key") -> tuple[Path, Path]:
     return signing.generate_key_pair(directory / f"{name}.pem", directory / f"{name}.pub")
 
 
+def _manifest_over(root: Path) -> dict:
+    """A manifest edge_runtime reads, listing _tree's files with their real sizes and hashes."""
+    from edge_runtime._manifest import file_sha256
+
+    def entry(name: str) -> dict:
+        return {"path": name, "sha256": file_sha256(root / name), "bytes": (root / name).stat().st_size}
+
+    golden = {**entry("golden/a.npz"), "tolerance": {"cosine_min": 0.999, "rel_l2_max": 0.01}}
+    return {
+        "schema_version": 1, "target": {"id": "x86-avx2"}, "source": {"name": "tiny"}, "task": "feature-extraction",
+        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
+        "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", 8]}],
+        "tokenizer": {"files": [entry("tokenizer/tokenizer.json")], "max_length": 16, "pad_token_id": 0},
+        "postprocess": {"pooling": "mean", "normalize": True, "output": "last_hidden_state"},
+        "runtime": {"threads": {"intra_op": 0, "inter_op": 1}, "artifact_preference": ["int8"],
+                    "backends": [{"name": "onnxruntime", "execution_providers": ["CPUExecutionProvider"]}]},
+        "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "metrics": {"cosine_mean": 0.99},
+                       "files": [entry("model.onnx")], "golden": golden}],
+    }
+
+
 def _tree(root: Path, git: bool = False) -> Path:
     """A small directory shaped like an artifact: nested files, a dotfile; git metadata if `git`
     (which model_signing 1.0.x and 1.1.x treat differently)."""
     (root / "golden").mkdir(parents=True)
     (root / "tokenizer").mkdir()
-    (root / "manifest.json").write_text('{"schema_version": 1}\n')
     (root / "model.onnx").write_bytes(bytes(range(256)) * 40)
     (root / "golden" / "a.npz").write_bytes(b"\x00golden")
     (root / "tokenizer" / "tokenizer.json").write_text("{}")
     (root / ".hidden").write_text("dotfiles are covered too")
+    (root / "manifest.json").write_text(json.dumps(_manifest_over(root)) + "\n")  # what edge-sign checks
     if git:
         (root / ".git").mkdir()
         (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
@@ -805,6 +826,21 @@ def test_git_metadata_splits_the_two_versions(model_signing_11, tmp_path):
     done = _cli_verify(MODEL_SIGNING, by_11, public)
     assert done.returncode == 1 and "Signature mismatch" in done.stderr, done.stderr
     assert verify_directory(by_11, [public]).files == 5
+
+
+def test_edge_sign_refuses_a_directory_whose_files_moved_on_from_its_manifest(tmp_path):
+    """A signature attests to the directory as it is: files that no longer match the manifest
+    (an edited weight, a missing golden sample) are refused before anything is written."""
+    private, _ = _keys(tmp_path)
+    root = _tree(tmp_path / "model")
+    (root / "model.onnx").write_bytes(b"edited")
+    done = CliRunner().invoke(cli_sign.main, ["sign", str(root), "--key", str(private)])
+    assert done.exit_code == 1 and "not signing" in done.output and "model.onnx" in done.output, done.output
+    assert "Traceback" not in done.output and not (root / "model.sig").exists()
+    root = _tree(tmp_path / "model2")
+    (root / "golden" / "a.npz").unlink()
+    with pytest.raises(ConversionError, match=r"(?s)not signing .*golden/a\.npz: missing"):
+        signing.check_before_signing(root)
 
 
 def test_edge_sign_refuses_what_it_should_not_sign_and_says_why(tmp_path):

@@ -39,6 +39,7 @@ from edge_runtime._manifest import file_sha256
 
 __all__ = [
     "SigningKeyError",
+    "check_before_signing",
     "generate_key_pair",
     "load_signing_key",
     "sign_directory",
@@ -160,6 +161,25 @@ def _sign(key, message: bytes) -> bytes:
             "OpenSSL >= 3.2): model.sig is valid but differs between runs"
         )
         return key.sign(message, ec.ECDSA(algorithm))
+
+
+def check_before_signing(root: Path) -> None:
+    """ConversionError unless every file `root/manifest.json` lists (each artifact's files, its
+    golden sample, the tokenizer) is there with its recorded size and sha256: a signature attests
+    to the directory as it is, and a device would refuse an artifact whose bytes moved on anyway,
+    with the signer's name on it."""
+    from edge_runtime._errors import EdgeRuntimeError
+    from edge_runtime._manifest import files_to_verify, read_manifest, verify_files
+
+    try:
+        manifest = read_manifest(root)
+        listed: dict[str, dict] = {}
+        for entry in manifest["artifacts"]:
+            listed.update({item["path"]: item for item in files_to_verify(manifest, entry)})
+        verify_files(root, list(listed.values()))
+    except EdgeRuntimeError as exc:  # a malformed manifest, or files that are not what it lists
+        raise ConversionError(f"not signing {root}: {exc}; convert it again (or restore the files) "
+                              "before signing") from None
 
 
 def sign_directory(root: Path, key, model_name: str | None = None) -> Path:
