@@ -73,19 +73,12 @@ Score = Callable[[Path], dict[str, float]]
 class _Space(ProbeSpace):
     """A TFLite recipe's candidates as the shared search sees them (converters/core/search.py):
     FULLY_CONNECTED weights (FP32 buffer indices) moved to the builder's expensive form (INT8
-    instead of INT4, or float instead of INT8), each candidate written to `probe`.
-
-    When both scorers can take a runner (the pipeline's, LaneScorer.through), candidates from
-    the ranking on are scored from their first changed op (prefix.py): every candidate is the
-    start model with some weights moved, and the ops before the first of them compute what
-    they compute in the start model. The same metrics, bit for bit (tests/test_tflite_prefix.py).
-    `close()` removes the files this needs."""
+    instead of INT4, or float instead of INT8), each candidate written to `probe`."""
 
     def __init__(self, builder, candidates: list[int], probe: Path, rank: Score, judge: Score):
         super().__init__(probe, rank, judge)
         self.builder, self._candidates = builder, candidates
-        self._cuts: PrefixCuts | None = None  # from the ranking on: the start model's prefix kept
-        self._start: Path | None = None
+        self._cuts: PrefixCuts | None = None  # while ranking: candidates scored from where they differ
 
     def candidates(self) -> list[int]:
         return self._candidates
@@ -101,44 +94,31 @@ class _Space(ProbeSpace):
         return size
 
     def rank_each(self, moves, done=lambda n: None):
+        """The shared ranking, each candidate scored from its first changed op on (prefix.py)
+        when the ranking scorer can take a runner; the same metrics, bit for bit."""
         whole = self._rank
-        cuts = self._prefix_cuts()
-        if cuts is None:
+        if not isinstance(whole, LaneScorer) or whole.through is None:
             return super().rank_each(moves, done)
-        self._rank = LaneScorer(lambda path, threads: self._score(whole, path, threads), whole.lanes)
+        start = self.probe.with_name(self.probe.stem + ".start.tflite")
+        self.builder.build(start, set())
+        cuts = PrefixCuts(start, start.parent)
+        if not cuts.active:
+            cuts.close()
+            start.unlink(missing_ok=True)
+            return super().rank_each(moves, done)
+
+        def score(path: Path, threads: int | None) -> dict[str, float]:
+            if cuts.is_cut(path):
+                return whole.through(cuts.runner(path, threads or DEFAULT_SHAPE.threads))
+            return whole.score(path, threads)
+
+        self._rank, self._cuts = LaneScorer(score, whole.lanes), cuts
         try:
             return super().rank_each(moves, done)
         finally:
-            self._rank = whole
-
-    def judge(self) -> dict[str, float]:
-        return self._score(self._judge, self.probe, None)
-
-    def _score(self, scorer, path: Path, threads: int | None) -> dict[str, float]:
-        if self._cuts is not None and self._cuts.is_cut(path):
-            return scorer.through(self._cuts.runner(path, threads or DEFAULT_SHAPE.threads))
-        return scorer.score(path, threads) if isinstance(scorer, LaneScorer) else scorer(path)
-
-    def _prefix_cuts(self) -> PrefixCuts | None:
-        """The start model's cut points and tap, made at the ranking (the start has been judged
-        by then); None when a scorer cannot take a runner or the model has no cut point."""
-        if self._cuts is None and all(isinstance(s, LaneScorer) and s.through is not None
-                                      for s in (self._rank, self._judge)):
-            self._start = self.probe.with_name(self.probe.stem + ".start.tflite")
-            self.builder.build(self._start, set())
-            cuts = PrefixCuts(self._start, self._start.parent)
-            if cuts.active:
-                self._cuts = cuts
-            else:
-                cuts.close()
-        return self._cuts
-
-    def close(self) -> None:
-        if self._cuts is not None:
-            self._cuts.close()
-            self._cuts = None
-        if self._start is not None:
-            self._start.unlink(missing_ok=True)
+            self._rank, self._cuts = whole, None
+            cuts.close()
+            start.unlink(missing_ok=True)
 
 
 def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Score | None) -> tuple[Score, Score]:
@@ -232,11 +212,8 @@ def _quantize_gptq_int4(
             # the validation texts.
             rank, judge = _scorers(compact, rows, val_rows, rank, judge)
             space = _Space(builder, list(builder.codes), probe, rank, judge)
-            try:
-                result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes), _shortfall(floor)),
-                                       move="INT8", progress=progress)
-            finally:
-                space.close()
+            result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes), _shortfall(floor)),
+                                   move="INT8", progress=progress)
             chosen, search, seconds = result.moved, result.steps, result.seconds
         builder.build(out_path, set(chosen))
     finally:
@@ -311,10 +288,7 @@ def _quantize_gptq_int8(
             return [] if meets(m, floor) else [f"cosine {mean:.4f} / {worst:.4f} < floor {floor[0]} / {floor[1]}"]
 
         space = _Space(builder, list(builder.fcs), probe, rank, judge)
-        try:
-            result = greedy_search(space, Floor(failures), move="float", progress=progress, start_metrics=metrics)
-        finally:
-            space.close()
+        result = greedy_search(space, Floor(failures), move="float", progress=progress, start_metrics=metrics)
         report["gptq"]["weights"] = builder.build(out_path, set(result.moved))
     finally:
         probe.unlink(missing_ok=True)
