@@ -93,6 +93,7 @@ def test_a_candidate_is_cut_before_its_first_change_or_not_at_all(start, tmp_pat
     cuts.close()
 
 
+@pytest.mark.slow  # two INT4 searches
 def test_a_search_ranks_walks_and_writes_the_same_with_cut_candidates(start, tmp_path):
     """quantize_tflite's INT4 size-budget search with a ranking scorer that can take a runner
     (cut candidates) and with one that cannot (every candidate whole): the same steps, metrics
@@ -143,3 +144,31 @@ def test_cut_points_hold_the_narrow_places_of_the_graph(start, tmp_path):
             floats = sum(int(np.prod(tensors.Tensors(t).ShapeAsNumpy())) for t in crossing)
             assert 0 < point < len(graph.ops) and floats <= (2 * hidden + 1) * graph.length, (graph.key, point)
     cuts.close()
+
+
+@pytest.mark.slow  # an INT4 search
+def test_a_model_the_cut_reader_does_not_know_is_ranked_whole(start, tmp_path, monkeypatch):
+    """Cutting is an optimization: if reading the start model's cut points fails, the ranking
+    scores every candidate whole, with the same result, and leaves no file behind."""
+    import converters.tflite.quantize as quantize
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("a layout this reader does not know")
+
+    monkeypatch.setattr(quantize, "PrefixCuts", unreadable)
+    source, fp32, _, _, _ = start
+    texts = tuple(t for t in load_texts().texts if len(source.tokenizer(t)["input_ids"]) <= 64)
+    calibration = make_batches(source, texts[:24])
+    through = []
+
+    def score(path, threads):
+        session = backends.open_session("tflite", path, threads=threads or 2)
+        out = _outputs(source, session.run, calibration[0])
+        return {"cosine_mean": float(np.mean([np.abs(v).mean() for v in out.values()])), "cosine_min": 0.5}
+
+    rank = LaneScorer(score, 2, through=lambda run: through.append(run) or {"cosine_mean": 0.0})
+    config = GptqInt4Config(size_budget=0.9, embedding_min_elements=TINY_TABLES)
+    report = quantize_tflite(fp32, tmp_path / "int4.tflite", "gptq_wi4b32_afp32", calibration, int4=config,
+                             rank=rank)
+    assert report["search"] and not through, "every candidate was scored whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int4.tflite"]

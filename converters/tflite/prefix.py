@@ -204,11 +204,14 @@ class PrefixCuts:
                     return False
                 points[graph.key] = point
             tail, patched = Tail(len(data)), Patches(data)
-            for s in range(model.SignatureDefsLength()):
-                signature = model.SignatureDefs(s)
-                graph = self.graphs[signature.SignatureKey().decode()]
-                patch_cut(patched, tail, model.Subgraphs(graph.index), signature, points[graph.key],
-                          graph.crossing[points[graph.key]], KEPT)
+            try:  # into the bytes in memory: the file is written only once every patch is made
+                for s in range(model.SignatureDefsLength()):
+                    signature = model.SignatureDefs(s)
+                    graph = self.graphs[signature.SignatureKey().decode()]
+                    patch_cut(patched, tail, model.Subgraphs(graph.index), signature, points[graph.key],
+                              graph.crossing[points[graph.key]], KEPT)
+            except (Unprovable, struct.error):  # a field the patch needs is absent: scored whole
+                return False
             for position, size in patched.spans:  # a few words in place, the new tables at the end
                 handle.seek(position)
                 handle.write(data[position:position + size])

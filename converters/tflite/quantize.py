@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 
 from converters._errors import AccuracyError, ConversionError
-from edge_runtime._bench_config import DEFAULT_SHAPE
 from converters.core.gptq import GPTQ_POLICY
 from converters.core.search import RANKING_TEXTS, Budget, Floor, LaneScorer, ProbeSpace, greedy_search
 from converters.tflite.config import GptqInt4Config
@@ -59,6 +58,7 @@ from converters.tflite.prefix import PrefixCuts
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.signatures import calibration_rows, signature_lengths, synthetic_cosines
 from converters.tflite.smooth import SMOOTH_ALPHA, smooth_fc_inputs
+from edge_runtime._bench_config import DEFAULT_SHAPE
 
 __all__ = ["quantize_tflite"]
 
@@ -101,9 +101,14 @@ class _Space(ProbeSpace):
             return super().rank_each(moves, done)
         start = self.probe.with_name(self.probe.stem + ".start.tflite")
         self.builder.build(start, set())
-        cuts = PrefixCuts(start, start.parent)
-        if not cuts.active:
-            cuts.close()
+        try:
+            cuts = PrefixCuts(start, start.parent)
+        except Exception as exc:  # noqa: BLE001 -- a model this reader does not know: rank whole
+            log.info("ranking every candidate whole (no cut points read from %s: %s)", start.name, exc)
+            cuts = None
+        if cuts is None or not cuts.active:
+            if cuts is not None:
+                cuts.close()
             start.unlink(missing_ok=True)
             return super().rank_each(moves, done)
 
