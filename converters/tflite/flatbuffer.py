@@ -11,6 +11,7 @@ are.
 from __future__ import annotations
 
 import collections
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "FC",
     "Weight",
     "buffer_view",
+    "code_name",
     "compact_copy",
     "find_weights",
     "float_weights",
@@ -44,6 +46,7 @@ def schema():
     return schema_py_generated
 
 
+@functools.lru_cache(maxsize=1)  # one schema module; callers ask per op
 def _builtin_names(schema) -> dict[int, str]:
     return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -51,6 +54,11 @@ def _builtin_names(schema) -> dict[int, str]:
 def _code_name(names: dict[int, str], code) -> str:
     # Builtin codes >= 127 live in BuiltinCode; older ones in the deprecated int8 field.
     return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
+
+
+def code_name(code) -> str:
+    """The builtin operator name of an OperatorCode table (e.g. "FULLY_CONNECTED")."""
+    return _code_name(_builtin_names(schema()), code)
 
 
 def op_name(schema, model, op) -> str:

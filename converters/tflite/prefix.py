@@ -27,7 +27,6 @@ every artifact byte-identical, the ranking's metrics identical, the time saved).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import struct
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.tflite.flatbuffer import read_model, schema, write_model
+from converters.tflite.flatbuffer import FC, code_name, read_model, schema, write_model
 from converters.tflite.flatbuffer_raw import Patches, RawTensors, Tail, Unprovable, patch_cut
 
 __all__ = ["PrefixCuts"]
@@ -52,7 +51,6 @@ BYTES_PER_TOKEN = 24 << 10
 # A cut point's crossing tensors may hold at most this multiple of the narrowest point's floats
 # per token (MiniLM: the layer starts, 769; right after the Q projection, 1153, is left out).
 NARROW = 1.25
-_FULLY_CONNECTED = "FULLY_CONNECTED"
 # Signature names of the kept tensors ("<prefix><tensor index>"): the tap's extra outputs, the
 # cut files' inputs; no model's own output is named so.
 KEPT = "edge_prefix_cut_"
@@ -149,7 +147,7 @@ class PrefixCuts:
         self._data = self.start.read_bytes()
         self._model = fb.Model.GetRootAs(self._data, 0)
         fc_code = {c for c in range(self._model.OperatorCodesLength())
-                   if _builtin(fb, self._model.OperatorCodes(c)) == _FULLY_CONNECTED}
+                   if code_name(self._model.OperatorCodes(c)) == FC}
         self.graphs: dict[str, _Graph] = {}
         for s in range(self._model.SignatureDefsLength()):
             signature = self._model.SignatureDefs(s)
@@ -302,17 +300,8 @@ class PrefixCuts:
 
 def _codes(model) -> list[tuple[str, int]]:
     """(builtin name, version) of every operator code of `model`, by index."""
-    return [(_builtin(schema(), model.OperatorCodes(i)), model.OperatorCodes(i).Version())
+    return [(code_name(model.OperatorCodes(i)), model.OperatorCodes(i).Version())
             for i in range(model.OperatorCodesLength())]
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_names(fb) -> dict[int, str]:
-    return {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-
-
-def _builtin(fb, code) -> str:
-    return _builtin_names(fb).get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
 
 
 def _op_signature(op, codes: list[tuple[str, int]]) -> tuple:
