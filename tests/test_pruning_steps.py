@@ -78,3 +78,34 @@ def test_distillation_breaks_top1_ties_on_the_logits():
     fewer_labels = {"top1_agreement": 0.93, "logits_cosine_mean": 0.99}
     assert _score(better_logits) > _score(start) > _score(fewer_labels)
     assert _score({"cosine_mean": 0.9, "cosine_min": 0.5}) > _score({"cosine_mean": 0.8, "cosine_min": 0.9})
+
+
+def test_distillation_loss_reads_the_output_as_its_metric_does():
+    """Token classifiers are distilled per real token (their logits were pooled over the text, and
+    padded positions counted); embeddings are pooled the way the artifact pools them."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from converters.pruning.distill import _output_loss
+
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool()
+    target = torch.randn(2, 4, 5)
+    tokens = SimpleNamespace(task="token-classification", postprocess={})
+    assert _output_loss(tokens, target.clone(), target, mask) == pytest.approx(0.0, abs=1e-6)
+    padded_only = target.clone()
+    padded_only[~mask] = 100.0  # what the padded positions hold does not count
+    assert _output_loss(tokens, padded_only, target, mask) == pytest.approx(0.0, abs=1e-6)
+    # Labels swapped between two tokens, the text's mean logits unchanged: pooling saw no error.
+    swapped = target.clone()
+    swapped[0, [0, 1]] = target[0, [1, 0]]
+    assert _output_loss(tokens, swapped, target, mask) > 0.01
+
+    cls = SimpleNamespace(task="feature-extraction", postprocess={"pooling": "cls"})
+    moved = target.clone()
+    moved[:, 1:] += 5.0  # only tokens after the first move: a CLS embedding does not
+    assert _output_loss(cls, moved, target, mask) == pytest.approx(0.0, abs=1e-6)
+    mean = SimpleNamespace(task="feature-extraction", postprocess={"pooling": "mean"})
+    assert _output_loss(mean, moved, target, mask) > 0.01
+    assert _output_loss(mean, padded_only, target, mask) == pytest.approx(0.0, abs=1e-6)

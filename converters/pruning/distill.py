@@ -5,7 +5,7 @@ randomly cropped and with words dropped at every step (augment_batch: more disti
 a few hundred texts; the teacher's outputs on them are the targets):
 
     loss = (1 - cos(student output, teacher output))                 per text (pooled embedding) or
-           + KL(teacher probabilities || student probabilities)     per text (classification logits)
+           + KL(teacher probabilities || student probabilities)     per text or per real token (logits)
            + mean over layers of (1 - cos(student hidden, teacher hidden))   per real token
 
 Cosines rather than squared errors on the hidden states: BERT-style residual streams carry a few
@@ -88,6 +88,36 @@ def augment_batch(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> dic
     return out
 
 
+def _output_loss(source: Any, output: Any, target: Any, mask: Any) -> Any:
+    """The student's distance to the teacher on the model's output, as its metric reads it
+    (core/validate.compute_metrics): KL of the label distributions per text (text-classification)
+    or per real token (token-classification: padded positions carry no label), 1 - cosine of the
+    sentence embeddings pooled the way the artifact pools them (feature-extraction), 1 - cosine of
+    a [batch, dim] output (a pooler)."""
+    import torch
+    from torch.nn.functional import cosine_similarity, kl_div, log_softmax
+
+    def kl(got, want):
+        return kl_div(log_softmax(got, -1), log_softmax(want, -1), log_target=True, reduction="batchmean")
+
+    if source.task == "text-classification":
+        return kl(output, target)
+    if source.task == "token-classification":
+        return kl(output[mask], target[mask])
+    if output.dim() == 3:
+        mode = (source.postprocess or {}).get("pooling", "mean")
+        if mode == "cls":
+            output, target = output[:, 0], target[:, 0]
+        elif mode == "max":
+            hide = (~mask).unsqueeze(-1)
+            output = output.masked_fill(hide, torch.finfo(output.dtype).min).amax(1)
+            target = target.masked_fill(hide, torch.finfo(target.dtype).min).amax(1)
+        else:  # mean and mean_sqrt_len point the same way as the masked sum; a cosine ignores scale
+            weights = mask.unsqueeze(-1).to(output.dtype)
+            output, target = (output * weights).sum(1), (target * weights).sum(1)
+    return (1 - cosine_similarity(output, target, dim=-1)).mean()
+
+
 def _hidden_taps(model: Any) -> tuple[list, list]:
     """Hooks recording every layer's input hidden state (the previous layer's output)."""
     store: list = []
@@ -118,7 +148,6 @@ def distill(student: Any, teacher: Any, source: Any, fit: Reference, validation:
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
     student_hidden, student_hooks = _hidden_taps(student)
     teacher_hidden, teacher_hooks = _hidden_taps(teacher)
-    classification = source.task == "text-classification"
     checks_without_gain = 0
     try:
         for step in range(1, config.steps + 1):
@@ -132,17 +161,10 @@ def distill(student: Any, teacher: Any, source: Any, fit: Reference, validation:
             with torch.no_grad():
                 target = teacher(*inputs)
             output = student(*inputs)
-            if classification:
-                loss = torch.nn.functional.kl_div(torch.log_softmax(output, -1), torch.log_softmax(target, -1),
-                                                  log_target=True, reduction="batchmean")
-            elif output.dim() == 3:  # token vectors: compare the mean-pooled embeddings
-                weights = mask.unsqueeze(-1).to(output.dtype)
-                loss = (1 - torch.nn.functional.cosine_similarity(
-                    (output * weights).sum(1), (target * weights).sum(1), dim=-1)).mean()
+            loss = _output_loss(source, output, target, mask)
+            if output.dim() == 3 and source.task == "feature-extraction":  # the last hidden state
                 student_hidden.append(output)
                 teacher_hidden.append(target)
-            else:
-                loss = (1 - torch.nn.functional.cosine_similarity(output, target, dim=-1)).mean()
             pairs = list(zip(student_hidden[1:], teacher_hidden[1:]))
             for s, t in pairs:
                 loss = loss + (1 - torch.nn.functional.cosine_similarity(s[mask], t[mask], dim=-1)).mean() / len(pairs)
@@ -173,5 +195,6 @@ def distill(student: Any, teacher: Any, source: Any, fit: Reference, validation:
                  "the start is kept")
     return {"steps": config.steps, "steps_run": history[-1]["step"], "best_step": best_step,
             "learning_rate": config.learning_rate, "before": before, "after": evaluate(),
-            "loss": "1 - cosine (output) + mean 1 - cosine (hidden states per token); KL for classifiers",
+            "loss": "1 - cosine (pooled output) + mean 1 - cosine (hidden states per token); KL of the "
+                    "logits per text or per real token for classifiers",
             "history": history}
