@@ -161,6 +161,7 @@ class PrefixCuts:
         self._lock = threading.Lock()
         self._tap_path = Path(work) / (self.start.stem + ".tap.tflite")
         self._tap = None
+        self._tap_signatures: dict[str, tuple] = {}  # one runner per signature, made on first use
         if any(g.points for g in self.graphs.values()):
             _write_tap(self.start, self._tap_path, self.graphs)
 
@@ -170,7 +171,7 @@ class PrefixCuts:
         return any(g.points for g in self.graphs.values())
 
     def close(self) -> None:
-        self._tap, self._values = None, {}
+        self._tap, self._tap_signatures, self._values = None, {}, {}
         self._tap_path.unlink(missing_ok=True)
 
     # -- cutting a candidate ------------------------------------------------------------------
@@ -286,7 +287,9 @@ class PrefixCuts:
                 from edge_runtime.backends._tflite_engines import _InterpreterEngine
 
                 self._tap = _InterpreterEngine(self._tap_path, threads, True)
-            inputs, _, runner = self._tap.signature(key)
+            if key not in self._tap_signatures:
+                self._tap_signatures[key] = self._tap.signature(key)
+            inputs, _, runner = self._tap_signatures[key]
             padded = {name: np.zeros((1, length), dtype) for name, (_, dtype) in inputs.items()}
             for name, value in row.items():
                 padded[name][0, : value.shape[0]] = value
