@@ -18,7 +18,7 @@ on), the validation texts (what settings are chosen on) and the benchmark's held
 What the re-fit sees can be varied too (ranking always on all fit texts, with obs's ridge or each
 --obs-damps value): --fit-fractions re-fits on an evenly spread share of the fit texts (how the
 validation score grows with more texts), --augment on the fit texts plus copies made from them
-alone (words shuffled, random word spans, pairs joined). No timing: the shapes, and so
+alone (words shuffled, random word spans, pairs joined, words substituted). No timing: the shapes, and so
 the speed, are the same for every row of a ratio pair except through the allocation (FLOPs are
 equal by construction: heads and neurons cost the same in every layer).
 Writes <out>.json and <out>.md.
@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
-AUGMENTS = ("shuffle", "spans", "concat")
+AUGMENTS = ("shuffle", "spans", "concat", "substitute")
 
 
 def spread_share(texts: tuple[str, ...], fraction: float) -> tuple[str, ...]:
@@ -46,9 +46,12 @@ def spread_share(texts: tuple[str, ...], fraction: float) -> tuple[str, ...]:
     return tuple(texts[int(i * len(texts) / count)] for i in range(count))
 
 
-def augmented(texts: tuple[str, ...], kinds: list[str], seed: int = 0) -> tuple[str, ...]:
+def augmented(texts: tuple[str, ...], kinds: list[str], seed: int = 0,
+              vocabulary: tuple[str, ...] = ()) -> tuple[str, ...]:
     """New texts made from `texts` alone, one per text and kind: its words shuffled ("shuffle"), a
-    random span of its words ("spans"), it joined with another fit text ("concat")."""
+    random span of its words ("spans"), it joined with another fit text ("concat"), 30 % of its
+    words replaced by random whole words of the tokenizer's `vocabulary` ("substitute": tokens
+    the fit texts never show)."""
     import random
 
     rng = random.Random(seed)
@@ -59,6 +62,8 @@ def augmented(texts: tuple[str, ...], kinds: list[str], seed: int = 0) -> tuple[
             if kind == "shuffle":
                 rng.shuffle(words)
                 out.append(" ".join(words))
+            elif kind == "substitute":
+                out.append(" ".join(rng.choice(vocabulary) if rng.random() < 0.3 else w for w in words))
             elif kind == "spans":
                 length = rng.randint(1, max(1, len(words)))
                 start = rng.randint(0, len(words) - length)
@@ -67,6 +72,10 @@ def augmented(texts: tuple[str, ...], kinds: list[str], seed: int = 0) -> tuple[
                 out.append(text + " " + rng.choice(texts))
     return tuple(out)
 
+
+def _whole_words(tokenizer) -> tuple[str, ...]:
+    """The vocabulary's whole, alphabetic words of 3+ letters (no "##" pieces, no specials)."""
+    return tuple(sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) >= 3))
 
 
 def _markdown(result: dict) -> str:
@@ -135,7 +144,7 @@ def main() -> None:
         batches = fit.batches if fraction == 1 else reference_outputs(base, share).batches
         seen.append(("fit" if fraction == 1 else f"{fraction:g} of fit", len(share), batches))
     for group in [[kind] for kind in kinds] + ([kinds] if len(kinds) > 1 else []):
-        extra = augmented(texts.fit.texts, group)
+        extra = augmented(texts.fit.texts, group, vocabulary=_whole_words(base.tokenizer))
         seen.append((f"fit + {'+'.join(group)}", len(texts.fit.texts) + len(extra),
                      fit.batches + reference_outputs(base, extra).batches))
     refits = [("none (sliced only)", None, False), ("toward zero, damp 0.01", 0.01, False)] + [
