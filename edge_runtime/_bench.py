@@ -50,7 +50,7 @@ from edge_runtime._bench_feeds import make_feeds
 from edge_runtime._bench_report import device_label, render_markdown
 from edge_runtime._bench_schema import BENCH_SCHEMA, BENCH_SCHEMA_VERSION, validate_bench
 from edge_runtime._contention import CpuWait
-from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError
+from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
 from edge_runtime._load_args import no_backend_message
 from edge_runtime._manifest import read_manifest, unknown_artifacts
 from edge_runtime._rounds import time_in_rounds
@@ -204,7 +204,9 @@ def _selected(
     if config.artifacts:
         unknown = [name for name in config.artifacts if name not in by_name]
         if unknown:
-            raise BenchConfigError("artifacts", unknown_artifacts(root, manifest, unknown))
+            # The directory's, not a setting's: the error load(), edge-run and edge-tune give
+            # (exit 1 from the CLI), not a bad flag's (exit 2).
+            raise InputError(unknown_artifacts(root, manifest, unknown))
         return [by_name[name] for name in dict.fromkeys(config.artifacts)]
     # The one a user gets from edge_runtime.load(root) on this device (tune=None: a cached
     # tuning result counts, but no sweep is started and nothing is written to the user's cache).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from edge_runtime.serve._config import HTTP_CHOICES, LOOP_CHOICES  # stdlib only: no starlette yet
@@ -25,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="edge-serve",
         description="Serve an edge-convert artifact directory over HTTP with text-embeddings-"
         "inference's API (/embed, /predict, /v1/embeddings, /health, /info, /metrics).",
+        epilog="Exit status: 0 once SIGTERM or Ctrl-C stopped it and every request was answered; "
+        "1 when the directory cannot be served or the address cannot be had; 2 for a bad flag; "
+        "143 (128 + SIGTERM; 130 after Ctrl-C/SIGINT) when --graceful-timeout ran out with "
+        "requests unanswered (they were answered 503; the log line says how many).",
     )
     p.add_argument("artifacts", help="artifact directory (with manifest.json); SIGHUP re-reads it")
     p.add_argument(
@@ -106,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="on SIGTERM, wait this long for in-flight requests (default: 30)",
+        help="on SIGTERM, wait this long for in-flight requests; those still unanswered then "
+        "are answered 503 and the exit status is 143 (default: 30)",
     )
     p.add_argument(
         "--trusted-key",
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             http=args.http,
             loop=args.loop,
         )
-        run(config)
+        drained = run(config)
     except edge_runtime.EdgeRuntimeError as exc:
         print(f"edge-serve: error: {_as_flags(str(exc))}", file=sys.stderr)
         return 1
@@ -204,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"edge-serve: error: {exc}", file=sys.stderr)
         return 1
+    if drained.dropped:  # a drain cut short ends as the signal would have: 128 + its number
+        return 128 + (drained.signal or signal.SIGTERM)
     return 0
 
 

@@ -220,9 +220,10 @@ def test_bad_settings_name_the_flag(artifacts, capsys):
     assert "--seq" in err and "max_length" in err
     assert cli_bench.main([str(artifacts), "--seq", "1", "-q"]) == 2
     assert "--seq: 1 is shorter than the 2 special tokens" in capsys.readouterr().err
-    assert cli_bench.main([str(artifacts), "--artifact", "nope", "-q"]) == 2
+    # not a malformed flag but a name the directory lacks: exit 1, as edge-run and edge-tune
+    assert cli_bench.main([str(artifacts), "--artifact", "nope", "-q"]) == 1
     err = capsys.readouterr().err
-    assert "--artifact" in err and "onnx-int8" in err
+    assert "no artifact 'nope'" in err and "onnx-int8" in err
 
 
 @pytest.mark.slow

@@ -8,15 +8,17 @@ input-drift signals and verified hot reloads.
 Needs the `serve` extra (starlette, uvicorn): `import edge_runtime` never imports this package,
 and this module imports them only when a server is created. Files by idea: _config (settings,
 errors), _engine (the loaded model), _batching (queue and worker), _metrics (Prometheus),
-_health (golden watchdog, drift), _reload (verified swaps), _service (wiring), _app (routes),
-_server (uvicorn and signals). docs/serve.md has the details.
+_health (golden watchdog, drift), _reload (verified swaps), _inflight (clients that leave, the
+drain's cut), _service (wiring), _app (routes), _server (uvicorn and signals). docs/serve.md has
+the details.
 """
 
 from __future__ import annotations
 
 from edge_runtime.serve._config import ServeConfig, ServeError
+from edge_runtime.serve._inflight import Drained
 
-__all__ = ["ServeConfig", "ServeError", "create_app", "run"]
+__all__ = ["Drained", "ServeConfig", "ServeError", "create_app", "run"]
 
 
 def create_app(config: ServeConfig):
@@ -27,8 +29,9 @@ def create_app(config: ServeConfig):
     return _create(Service(config))
 
 
-def run(config: ServeConfig) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return."""
+def run(config: ServeConfig) -> Drained:
+    """Serve until SIGTERM/SIGINT, then drain; returns a Drained: how many requests were still
+    unanswered when config.graceful_timeout_s ran out (answered 503), after which signal."""
     from edge_runtime.serve._server import run as _run
 
-    _run(config)
+    return _run(config)

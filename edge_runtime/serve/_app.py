@@ -11,6 +11,7 @@ never loads it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -28,6 +29,7 @@ from starlette.routing import Route
 import edge_runtime
 from edge_runtime.serve._config import ServeError
 from edge_runtime.serve._engine import normalize_rows
+from edge_runtime.serve._inflight import ClientGone, unless_gone
 from edge_runtime.serve._service import Service
 
 __all__ = ["create_app"]
@@ -222,32 +224,45 @@ def create_app(service: Service) -> Starlette:
         started = time.perf_counter()
         method, counted = "single", False
         try:
-            body = await _body(request, config.payload_limit)
-            method = "batch" if isinstance(body.get(field), list) else "single"
-            metrics.request_count.inc(method=method)
-            counted = True
-            service.slot.current.require(route)  # the wrong route is said first, as TEI does
-            texts, batched = _texts(body, field, config.max_client_batch_size)
-            truncate = (
-                _flag(body, "truncate", config.auto_truncate)
-                if not openai
-                else config.auto_truncate
-            )
-            _options(
-                body, route, openai, service.slot.current
-            )  # refuse bad options before any work
-            served, result, timing = await service.infer(route, texts, truncate, openai)
-            payload = answer(body, served, result, batched, timing)
+            with service.inflight.track():  # the drain's cut answers what is still running
+                body = await _body(request, config.payload_limit)
+                method = "batch" if isinstance(body.get(field), list) else "single"
+                metrics.request_count.inc(method=method)
+                counted = True
+                service.slot.current.require(route)  # the wrong route is said first, as TEI does
+                texts, batched = _texts(body, field, config.max_client_batch_size)
+                truncate = (
+                    _flag(body, "truncate", config.auto_truncate)
+                    if not openai
+                    else config.auto_truncate
+                )
+                _options(
+                    body, route, openai, service.slot.current
+                )  # refuse bad options before any work
+                # A client gone while its inputs wait is noticed, and they are dropped unrun.
+                served, result, timing = await unless_gone(
+                    service.infer(route, texts, truncate, openai), request.receive
+                )
+                payload = answer(body, served, result, batched, timing)
         except ServeError as exc:
             if not counted:  # the body itself was refused (too large, not JSON)
                 metrics.request_count.inc(method=method)
             metrics.failed(exc.err)
             return _error(exc, openai)
-        except ClientDisconnect:  # the client left while sending: nobody to answer, no fault of ours
+        except (ClientDisconnect, ClientGone):  # the client left: nobody to answer, not our fault
             if not counted:  # it left mid-body: count = success + failures (docs/guarantees.md)
                 metrics.request_count.inc(method=method)
             metrics.failed("disconnect")
             return Response(status_code=499)
+        except asyncio.CancelledError:
+            if not service.inflight.cut_here():
+                raise
+            if not counted:
+                metrics.request_count.inc(method=method)
+            metrics.failed("shutdown")
+            return _error(ServeError("Unhealthy", "the server is shutting down and its drain "
+                                     "ran out of time before this request was answered",
+                                     err="shutdown"), openai)
         except Exception as exc:  # e.g. NaN outputs: TEI's 424 Backend, never a bare 500
             log.exception("request failed")
             metrics.failed("inference")

@@ -42,7 +42,7 @@ class Result:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself, whatever its rows: the queue removes it by identity
 class _Job:
     served: Served | None
     rows: list[Encoded]
@@ -104,9 +104,23 @@ class Batcher:
             if self._in_flight + len(rows) > self.config.max_concurrent_requests:
                 raise ServeError("Overloaded", "Model is overloaded", err="overloaded")
             self._in_flight += len(rows)
-            self._queue.append(_Job(served, rows, future))
+            job = _Job(served, rows, future)
+            self._queue.append(job)
             self._cond.notify()
+        future.add_done_callback(lambda done: self._forget(job) if done.cancelled() else None)
         return future
+
+    def _forget(self, job: _Job) -> None:
+        """A job cancelled while queued (its client left, or the drain ran out of time) leaves the
+        queue at once: its permits go back now, not when the worker reaches it, and it takes no
+        room in a batch. A burst of abandoned requests then neither refuses live ones 429 nor
+        delays them by a batch."""
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:  # already in a batch: the worker skips it and frees its permits
+                return
+            self._in_flight -= len(job.rows)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run fn() on a worker thread between two of its batches (the golden re-run): it then
@@ -175,8 +189,8 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            # A request cancelled while queued (its client left, or the server's graceful
-            # shutdown timed out) is not run; its permits still go back below.
+            # A job cancelled after it was taken into this batch (a cancel while queued took it
+            # out of the queue: _forget) is not run either; its permits still go back below.
             live = [job for job in batch if not job.future.cancelled()]
             try:
                 answers = self._run(live) if live else []

@@ -1,15 +1,18 @@
 """Running the app under uvicorn, with the signals a device's service manager sends.
 
 SIGTERM (systemd stop): uvicorn stops accepting connections, lets every in-flight request finish
-(up to graceful_timeout_s), then the app's lifespan drains the queue and stops the worker; the
-process then exits 0. SIGHUP: reload the artifact directory in the background (_reload.py); one
-that arrives while the model is still loading waits for the load, then reloads if DIR moved.
+(up to graceful_timeout_s), then the app's lifespan drains the queue and stops the worker, and
+run() returns how that went (Drained). Requests still unanswered when graceful_timeout_s is up
+are cut by us, not by uvicorn: they are answered 503 and counted, in one log line. SIGHUP: reload
+the artifact directory in the background (_reload.py); one that arrives while the model is still
+loading waits for the load, then reloads if DIR moved.
 uvicorn is imported here only; it parses HTTP with httptools and runs uvloop when they are installed
 (ServeConfig.http / loop), else with the pure-Python h11 and asyncio.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -18,11 +21,16 @@ import socket
 from pathlib import Path
 
 from edge_runtime.serve._config import ServeConfig, server_stack
+from edge_runtime.serve._inflight import Drained
 from edge_runtime.serve._service import Service
 
 __all__ = ["run"]
 
 log = logging.getLogger("edge_runtime.serve")
+
+# uvicorn cuts what is still running this long after our own cut: only requests the app does not
+# track (the admin routes) can still be running then. Its cut logs a traceback per request.
+UVICORN_BACKSTOP_S = 5.0
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -45,9 +53,10 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(config: ServeConfig, service: Service | None = None) -> None:
-    """Load, verify and serve `config.path` until SIGTERM/SIGINT; returns after draining.
-    Raises the load error (EdgeRuntimeError) if the model cannot be served at all."""
+def run(config: ServeConfig, service: Service | None = None) -> Drained:
+    """Load, verify and serve `config.path` until SIGTERM/SIGINT; returns after draining, saying
+    how many requests the drain had to drop. Raises the load error (EdgeRuntimeError) if the
+    model cannot be served at all."""
     import uvicorn
 
     from edge_runtime.serve._app import create_app
@@ -78,8 +87,17 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # the drain's clock starts at the first signal
-            service.stop_requested()
+            service.stop_requested(sig)
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None):
+            # Our cut comes before uvicorn's (timeout_graceful_shutdown, below), which would
+            # cancel the requests with a traceback each and not say how many it dropped.
+            cut = asyncio.get_running_loop().call_later(service.drain_left(), service.cut)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                cut.cancel()
 
     server = _Server(
         uvicorn.Config(
@@ -91,7 +109,7 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
             log_level="warning",
             access_log=False,
             lifespan="on",
-            timeout_graceful_shutdown=config.graceful_timeout_s,
+            timeout_graceful_shutdown=config.graceful_timeout_s + UVICORN_BACKSTOP_S,
             # Connections beyond the permits would only queue in the kernel; the 429 comes from the
             # permits (max_concurrent_requests), not from refusing sockets.
             backlog=2048,
@@ -103,9 +121,11 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
         service.reloader.request()
 
     def _stopped(signum, frame):
-        # uvicorn re-raises the signal that stopped it once it has drained; the drain is done,
-        # so the process ends normally (exit 0) instead of being killed by the default handler.
-        log.info("drained; exiting after %s", signal.Signals(signum).name)
+        # uvicorn re-raises the signal that stopped it once it has drained; the drain is over,
+        # so the process ends by returning (the caller picks the exit status from run()'s
+        # Drained) instead of being killed by the default handler.
+        if not service.inflight.dropped:  # else Service.stop() has said what was dropped
+            log.info("drained; exiting after %s", signal.Signals(signum).name)
 
     previous = {
         sig: signal.signal(sig, handler)
@@ -134,3 +154,4 @@ def run(config: ServeConfig, service: Service | None = None) -> None:
         sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return service.drained()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from edge_runtime.serve._batching import Batcher, Result
 from edge_runtime.serve._config import ServeConfig
 from edge_runtime.serve._engine import Served, Slot
 from edge_runtime.serve._health import DriftMonitor, GoldenWatchdog
+from edge_runtime.serve._inflight import Drained, InFlight
 from edge_runtime.serve._metrics import ServeMetrics
 from edge_runtime.serve._reload import Reloader, check_limits, load_served
 
@@ -44,8 +46,11 @@ class Service:
         )
         self.reloader = Reloader(config, self.slot, self.metrics, self._swapped)
         self.metrics.registry.on_collect(self._collect)
+        self.inflight = InFlight()
         self.draining = False
         self._stop_requested_at: float | None = None
+        self._stop_signal: int | None = None
+        self._cut_after: float | None = None  # seconds from the stop signal to the drain's cut
         self._show(served)
         self.watchdog.loaded(served)
 
@@ -60,20 +65,54 @@ class Service:
             self.slot.current.path,
         )
 
-    def stop_requested(self) -> None:
+    def stop_requested(self, signum: int | None = None) -> None:
         """A stop signal arrived: the drain's time (graceful_timeout_s) counts from the first."""
         if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
+            self._stop_signal = signum
+
+    def _spent(self) -> float:
+        if self._stop_requested_at is None:
+            return 0.0
+        return time.monotonic() - self._stop_requested_at
+
+    def drain_left(self) -> float:
+        """Seconds of graceful_timeout_s left since the stop signal."""
+        return max(0.0, self.config.graceful_timeout_s - self._spent())
+
+    def cut(self) -> None:
+        """The drain's time is up (on the event loop): every request still being handled is
+        answered 503 now, and its queued inputs are dropped unrun."""
+        if self.inflight.cut() and self._cut_after is None:
+            self._cut_after = self._spent()
 
     def stop(self) -> None:
         """Finish every queued input, then stop the worker and the watchdog, within what is left
-        of graceful_timeout_s since the stop signal (at least 1 s for the batch running now)."""
+        of graceful_timeout_s since the stop signal (at least 1 s for the batch running now).
+        What a drain cut short is said in one line."""
         self.draining = True
         self.watchdog.stop()
-        spent = 0.0 if self._stop_requested_at is None else time.monotonic() - self._stop_requested_at
+        spent = self._spent()
         budget = max(1.0, self.config.graceful_timeout_s - spent)
-        if not self.batcher.close(budget):
+        finished = self.batcher.close(budget)
+        dropped = self.inflight.dropped
+        if dropped:
+            after = f" after {signal.Signals(self._stop_signal).name}" if self._stop_signal else ""
+            log.error(
+                "drain timed out %.1f s%s: %d request%s dropped unfinished "
+                "(answered 503 Unhealthy)%s",
+                spent if self._cut_after is None else self._cut_after,
+                after,
+                dropped,
+                "" if dropped == 1 else "s",
+                "" if finished else "; the batch still running is abandoned",
+            )
+        elif not finished:
             log.error("worker still busy %.0f s after the stop signal; exiting anyway", spent + budget)
+
+    def drained(self) -> Drained:
+        """How the drain ended (after stop())."""
+        return Drained(self._stop_signal, self.inflight.dropped, self._cut_after)
 
     def _swapped(self, served: Served) -> None:
         self.drift.reset(served.model.manifest)
