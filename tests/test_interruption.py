@@ -96,6 +96,44 @@ def test_an_output_that_appears_meanwhile_is_not_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
 
 
+def test_a_mount_point_or_an_unwritable_parent_is_refused_before_any_work(tmp_path, monkeypatch):
+    """The result is renamed into place from a hidden sibling: neither can work there, and the whole
+    conversion ran before the rename said so (a traceback, the result lost)."""
+    out = tmp_path / "volume"
+    out.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == out or real_ismount(path))
+    with pytest.raises(ConversionError, match=r"volume is a mount point: .* e\.g\. .*volume/model"):
+        package.check_output(out, force=True)
+    monkeypatch.setattr(os.path, "ismount", real_ismount)
+    # A parent the user cannot write (os.access, so that the test means the same under root).
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    with pytest.raises(ConversionError, match=r"cannot replace .*volume: .* is not writable"):
+        package.check_output(out, force=True)
+
+def test_a_result_that_cannot_be_put_in_place_is_kept_beside_it(tmp_path, monkeypatch):
+    out = tmp_path / "result"
+    out.mkdir()
+    package.write_manifest(out, {"schema_version": 0, "artifacts": [], "run": "earlier"})
+    real_rename = os.rename
+
+    def rename(source, target):
+        if Path(target) == out and ".partial-" in Path(source).name and not Path(source).name.endswith(".old"):
+            raise OSError(16, "Device or resource busy")
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(ConversionError, match=r"could not put the result at .*result \(Device or resource busy\); "
+                                              r"it is kept in .*result\.edge-convert-"):
+        with package.staging_dir(out, force=True) as stage:
+            package.write_manifest(stage, {"run": "new"})
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("result.edge-convert-")]
+    assert len(kept) == 1 and json.loads((kept[0] / "manifest.json").read_text()) == {"run": "new"}
+    assert json.loads((out / "manifest.json").read_text())["run"] == "earlier"  # put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["result", kept[0].name])
+
+
 # --- real conversions killed with SIGKILL ---------------------------------------------------
 
 CONVERT = textwrap.dedent("""

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,15 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
         if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
             raise ConversionError(f"cannot create {out}: {parent} is not writable; choose another output path")
         return
+    # The result is staged in a hidden sibling and renamed into place: a mount point (a container
+    # volume, an SD card) cannot be renamed, and a parent that cannot be written holds no sibling.
+    # Both said now, not after the whole conversion has run.
+    if os.path.ismount(out):
+        raise ConversionError(f"{out} is a mount point: the result is written next to it and renamed into place, "
+                              f"which a mount point cannot be; give a directory inside it, e.g. {out / 'model'}")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ConversionError(f"cannot replace {out}: {out.parent} is not writable (the result is written next "
+                              "to it first, then renamed into place); choose another output path")
     # What force=True would never replace is said first, whether or not it was passed: "pass
     # force=True" in front of the model directory read like an offer to delete it.
     if not out.is_dir():
@@ -177,6 +187,19 @@ def is_output(path: Path) -> bool:
     return isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("artifacts"), list)
 
 
+def _keep(stage: Path, out: Path, exc: OSError) -> None:
+    """The result could not be put at `out`: keep it under a visible name beside it (the staging
+    prefix would have it removed by the next run) and raise ConversionError saying where."""
+    kept = out.with_name(f"{out.name}.edge-convert-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.rename(stage, kept)
+    except OSError as again:
+        raise ConversionError(f"could not put the result at {out} ({exc.strerror or exc}), nor beside it at "
+                              f"{kept} ({again.strerror or again}); nothing was written") from None
+    raise ConversionError(f"could not put the result at {out} ({exc.strerror or exc}); it is kept in {kept}: "
+                          "move it where you want it") from None
+
+
 @contextlib.contextmanager
 def staging_dir(out: Path, force: bool, inputs: Mapping[str, Path | None] | None = None) -> Iterator[Path]:
     """Yield an empty hidden directory next to `out`; on success it replaces `out` atomically
@@ -202,8 +225,15 @@ def staging_dir(out: Path, force: bool, inputs: Mapping[str, Path | None] | None
             # Killed between these two renames, `out` is absent and both directories carry the
             # staging prefix, so the next run removes them.
             old = stage.with_name(stage.name + ".old")
-            os.rename(out, old)
-            os.rename(stage, out)
+            try:
+                os.rename(out, old)
+            except OSError as exc:
+                _keep(stage, out, exc)
+            try:
+                os.rename(stage, out)
+            except OSError as exc:
+                os.rename(old, out)  # the earlier output back where it was
+                _keep(stage, out, exc)
             shutil.rmtree(old, ignore_errors=True)
         else:
             try:
@@ -214,7 +244,7 @@ def staging_dir(out: Path, force: bool, inputs: Mapping[str, Path | None] | None
                         f"{out} appeared while this conversion ran (another conversion?); it was "
                         f"left as it is and this result discarded ({exc})"
                     ) from None
-                raise
+                _keep(stage, out, exc)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
