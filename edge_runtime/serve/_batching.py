@@ -19,6 +19,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,14 +108,21 @@ class Batcher:
             job = _Job(served, rows, future)
             self._queue.append(job)
             self._cond.notify()
-        future.add_done_callback(lambda done: self._forget(job) if done.cancelled() else None)
+        # A weak reference: the job holds its future, and a future keeps its callbacks after it
+        # is done, so a closure over the job would make a cycle only the cyclic GC frees, keeping
+        # every reloaded-away model (sessions, lane threads) alive until it happens to run.
+        queued = weakref.ref(job)
+        future.add_done_callback(lambda done: self._forget(queued) if done.cancelled() else None)
         return future
 
-    def _forget(self, job: _Job) -> None:
+    def _forget(self, queued: weakref.ref) -> None:
         """A job cancelled while queued (its client left, or the drain ran out of time) leaves the
         queue at once: its permits go back now, not when the worker reaches it, and it takes no
         room in a batch. A burst of abandoned requests then neither refuses live ones 429 nor
         delays them by a batch."""
+        job = queued()
+        if job is None:  # no longer held by the queue or a batch: nothing to take back
+            return
         with self._cond:
             try:
                 self._queue.remove(job)
