@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_runtime import _compat, _device, _inputs, _memory, _select, backends
 from edge_runtime._errors import (
+    ArtifactError,
     BackendUnavailableError,
     DeviceMismatchError,
     InputError,
@@ -55,6 +56,7 @@ class Model:
         self._session = session
         self._encoder: TextEncoder | None = None
         self._encoder_lock = threading.Lock()
+        self._tokenizer_text: str | None = None  # the tokenizer file as read at load (keep_tokenizer)
         thread_safe = getattr(session, "backend_name", None) in _THREAD_SAFE_BACKENDS
         self._run_lock: threading.Lock | None = None if thread_safe else threading.Lock()
 
@@ -156,8 +158,28 @@ class Model:
                 if not spec:
                     raise InputError(f"{self.root} has no tokenizer: use .run() with tensors")
                 path = resolve(self.root, spec["files"][0]["path"])
-                self._encoder = TextEncoder(path, spec, [i["name"] for i in self.inputs])
+                self._encoder = TextEncoder(path, spec, [i["name"] for i in self.inputs], self._tokenizer_text)
             return self._encoder
+
+    def keep_tokenizer(self, check: bool) -> None:
+        """Read the tokenizer file now, at load, and (check) hash these very bytes: embed and
+        classify use what was verified, whatever happens to the directory after load (a file
+        rewritten in place, the directory moved or removed by an update). The tokenizer itself
+        is built from them on first use; a missing file unchecked is left to that first use."""
+        spec = self.manifest.get("tokenizer") or {}
+        if not spec.get("files"):
+            return
+        item = spec["files"][0]
+        try:
+            data = resolve(self.root, item["path"]).read_bytes()
+        except OSError as exc:
+            if check:  # it was there when its hash was checked a moment ago
+                raise ArtifactError(f"{item['path']} of {self.root} cannot be read: {exc}") from None
+            return
+        if check and hashlib.sha256(data).hexdigest() != item["sha256"].lower():
+            raise ArtifactError(f"artifact files in {self.root} do not match manifest.json: {item['path']} changed "
+                                "while it was being loaded (modified in place?); load it again")
+        self._tokenizer_text = data.decode("utf-8", errors="replace")
 
     def _require_task(self, method: str, tasks: tuple[str, ...]) -> None:
         if self.task not in tasks:
@@ -346,6 +368,7 @@ def open_entry(
         options["allow_spinning"] = spinning
     session = backends.open_session(entry["format"], main_file, threads=threads, **options)
     model = Model(root, manifest, entry, session, threads, time.perf_counter() - started)
+    model.keep_tokenizer(check=bool(verify))
     if verify:
         key = kernel_key(entry, items, model.backend, cpu_tag(), threads, options) if records else None
         # As a load whose samples all passed, and no cache just built: the shortest suffices.

@@ -79,7 +79,9 @@ class TextEncoder:
     change while another thread encodes, so one encoder serves every thread of a Model.
     """
 
-    def __init__(self, tokenizer_json: Path, spec: dict[str, Any], input_names: list[str]):
+    def __init__(self, tokenizer_json: Path, spec: dict[str, Any], input_names: list[str],
+                 content: str | None = None):
+        """`content`: the file's text as read (and checked) at load; None reads `tokenizer_json`."""
         try:
             from tokenizers import Tokenizer
         except ImportError:  # the text extra is optional for raw-tensor users
@@ -88,8 +90,9 @@ class TextEncoder:
                 "(or install edge_runtime with the [onnx] or [tflite] extra)"
             ) from None
         self._path = Path(tokenizer_json)
+        self._content = content
         try:
-            self._tok = Tokenizer.from_file(str(tokenizer_json))
+            self._tok = self._read(Tokenizer)
         except Exception as exc:  # tokenizers raises a bare Exception for a missing or bad file
             raise ArtifactError(
                 f"{self._path}: the artifact's tokenizer cannot be read ({exc}); the directory is "
@@ -105,6 +108,11 @@ class TextEncoder:
         self.pad_id = int(spec["pad_token_id"])
         self.input_names = input_names
 
+    def _read(self, tokenizer_class: Any) -> Any:
+        if self._content is not None:
+            return tokenizer_class.from_str(self._content)
+        return tokenizer_class.from_file(str(self._path))
+
     def tokens(self, text: str) -> list[tuple[str, bool]]:
         """(token, is_special) pairs for one text, in model order, for per-token results."""
         enc = _encode(self._tok, [text])[0]
@@ -116,7 +124,7 @@ class TextEncoder:
             if self._counter is None:
                 from tokenizers import Tokenizer
 
-                counter = Tokenizer.from_file(str(self._path))
+                counter = self._read(Tokenizer)
                 counter.no_truncation()
                 counter.no_padding()
                 self._counter = counter

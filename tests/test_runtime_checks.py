@@ -355,6 +355,26 @@ def test_a_damaged_tokenizer_or_golden_file_is_an_artifact_error_even_unverified
         unverified.self_check()
 
 
+def test_the_tokenizer_used_is_the_one_verified_at_load(converted, tmp_path):
+    """The tokenizer was read at the first embed(): a file rewritten after load was used unchecked,
+    and a directory moved away after load (an update swapping versions) broke embed()."""
+    out = _copy(converted, tmp_path / "v1")
+    reference = edge_runtime.load(out)
+    texts = ["hello world", "the quick brown fox"]
+    expected = reference.embed(texts)
+    count = len(reference._text().tokens(texts[0]))
+    word = next(token for token, special in reference._text().tokens(texts[0]) if not special)
+    model = edge_runtime.load(out, verify="full")  # its tokenizer not used yet
+    tokenizer = out / "tokenizer" / "tokenizer.json"
+    spec = json.loads(tokenizer.read_text())
+    vocab = spec["model"]["vocab"]
+    other = next(token for token in vocab if token != word and not token.startswith("["))
+    vocab[word], vocab[other] = vocab[other], vocab[word]
+    tokenizer.write_text(json.dumps(spec))  # rewritten in place after the load
+    out.rename(tmp_path / "v1-old")  # and the directory moved away
+    np.testing.assert_array_equal(model.embed(texts), expected)
+    assert model._text().token_count(texts[0]) == count  # the untruncated copy too (truncate=False)
+
 def test_threads_loading_one_artifact_at_once_share_one_cache_entry(converted, tmp_path, caplog):
     """Each thread builds in its own temporary directory; the first to finish publishes, the
     others keep theirs out of the way: no false "could not store" warnings, one entry."""
