@@ -510,21 +510,32 @@ def test_reload_swaps_verified_models_and_keeps_the_old_one_on_failure(
         assert same.status_code == 200 and same.json()["generation"] == 1
         assert client.post("/embed", json={"inputs": TEXTS}).json() == before
 
-        # SIGHUP after the symlink moves: the classifier replaces the embedding model
+        # SIGHUP after the symlink moves to a classifier: it verifies, but would answer clients
+        # differently (another route, no vectors): refused, the embedding model keeps serving.
         current.unlink()
         current.symlink_to(v2)
         server.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
-        while client.get("/info").json()["task"] != "text-classification":
+        while server.metrics()["edge_reload_total"].get((("result", "failure"),)) != 2:
             assert time.monotonic() < deadline, server.log.read_text()
             time.sleep(0.1)
+        refused = server.log.read_text()
+        assert "would answer clients differently" in refused
+        assert "task 'feature-extraction' -> 'text-classification'" in refused and "allow_change" in refused
+        assert client.get("/info").json()["task"] == "feature-extraction"
+        assert client.post("/embed", json={"inputs": TEXTS}).json() == before
+
+        # Asked for explicitly, the change is made.
+        changed = client.post("/admin/reload", json={"allow_change": True})
+        assert changed.status_code == 200, changed.text
+        assert client.get("/info").json()["task"] == "text-classification"
         assert client.post("/predict", json={"inputs": "a"}).status_code == 200
         assert client.post("/embed", json={"inputs": "a"}).status_code == 424
+        assert client.post("/admin/reload", json={"allow_change": "yes"}).status_code == 422
         families = server.metrics()
         assert families["edge_reload_total"][(("result", "success"),)] == 2
         (labels,) = [dict(k) for k in families["edge_model_info"]]
         assert labels["generation"] == "2"
-
 
 def test_trusted_keys_hold_at_start_and_at_every_reload(embed_dir, tmp_path):
     from converters.packaging import signing

@@ -402,6 +402,9 @@ def create_app(service: Service) -> Starlette:
             path = body.get("path")
             if path is not None and not isinstance(path, str):
                 raise ServeError("Validation", "`path` must be a string", err="validation")
+            allow_change = body.get("allow_change", False)
+            if not isinstance(allow_change, bool):
+                raise ServeError("Validation", "`allow_change` must be true or false", err="validation")
             if path is not None and not path.strip():
                 # Path("") is ".": the server's working directory would be loaded instead
                 raise ServeError(
@@ -412,7 +415,7 @@ def create_app(service: Service) -> Starlette:
                 )
         except ServeError as exc:
             return _error(exc)
-        outcome = await run_in_threadpool(service.reloader.reload, path)
+        outcome = await run_in_threadpool(service.reloader.reload, path, allow_change)
         if outcome["ok"]:
             return _json_response(outcome)
         return _json_response(

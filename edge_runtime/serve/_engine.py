@@ -69,6 +69,17 @@ class Served:
     def name(self) -> str:
         return self.model.name
 
+    def answers(self) -> dict[str, Any]:
+        """What clients get from this model, beyond its numbers: the task (the route), the
+        vector size or the labels, the pooling and normalization. A reload that changes any of
+        them changes the API under running clients (reloader.check_same_answers)."""
+        output = next((o for o in self.model.outputs if o["name"] == self.output), self.model.outputs[0])
+        post = self.model.manifest.get("postprocess", {})
+        shape = {"task": self.task, "size": output["shape"][-1]}
+        if self.task == "text-classification":
+            return {**shape, "labels": list(self.labels)}
+        return {**shape, "pooling": self.pooling, "normalize": bool(post.get("normalize", False))}
+
     def require(self, route: str) -> None:
         """ServeError (424, model_type) unless this model serves `route`."""
         tasks = ROUTE_TASKS[route]

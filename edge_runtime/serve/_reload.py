@@ -63,6 +63,21 @@ def check_limits(config, served: Served) -> None:
         )
 
 
+def check_same_answers(old: Served, new: Served) -> None:
+    """ServeError unless `new` answers clients as `old` does (Served.answers): a reload meant to
+    update a model must not turn 384-wide vectors into 32-wide ones, or an embedder into a
+    classifier that fails every /embed, while the reload reports success."""
+    before, after = old.answers(), new.answers()
+    changed = [f"{key} {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+               if before.get(key) != after.get(key)]
+    if changed:
+        raise ServeError(
+            "Validation",
+            f"the new model would answer clients differently ({'; '.join(changed)}): restart edge-serve "
+            "to serve another kind of model, or reload with {\"path\": ..., \"allow_change\": true}",
+        )
+
+
 class Reloader:
     """Loads, verifies and swaps models for a running server."""
 
@@ -73,9 +88,10 @@ class Reloader:
         self.path = config.path  # the directory SIGHUP re-reads
         self.last: dict[str, Any] | None = None
 
-    def reload(self, path: str | Path | None = None) -> dict[str, Any]:
-        """Load `path` (default: the current directory again); swap if it verifies. Returns what
-        happened; raises nothing: a failure keeps the old model and says why."""
+    def reload(self, path: str | Path | None = None, allow_change: bool = False) -> dict[str, Any]:
+        """Load `path` (default: the current directory again); swap if it verifies and answers
+        clients as the serving model does (unless `allow_change`). Returns what happened; raises
+        nothing: a failure keeps the old model and says why."""
         with self._lock:
             target = Path(path) if path is not None else self.path
             old = self.slot.current
@@ -83,6 +99,8 @@ class Reloader:
             try:
                 served = load_served(self.config, target, old.generation + 1)
                 check_limits(self.config, served)
+                if not allow_change:
+                    check_same_answers(old, served)
             except Exception as exc:  # noqa: BLE001 -- whatever failed, the old model keeps serving
                 self.metrics.reloads.inc(result="failure")
                 log.error(
