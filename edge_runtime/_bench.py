@@ -53,7 +53,7 @@ from edge_runtime._contention import CpuWait
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
 from edge_runtime._load_args import no_backend_message
 from edge_runtime._manifest import read_manifest, unknown_artifacts
-from edge_runtime._rounds import time_in_rounds
+from edge_runtime._rounds import rounds_for, time_in_rounds
 from edge_runtime._select import files_absent
 
 __all__ = [
@@ -246,6 +246,10 @@ def run_bench(
     user's own caches are neither used nor changed."""
     config.check()
     say = progress or (lambda line: None)
+    rounds = rounds_for(config.runs, config.rounds)
+    if rounds < config.rounds:  # every round times every artifact at least once
+        say(f"{config.runs} timed runs make {rounds} rounds, not {config.rounds}: give --runs at least "
+            f"{config.rounds} for {config.rounds} rounds")
     root = Path(path)
     manifest = read_manifest(root)
     device, read_sensors = _describe_device()
@@ -276,6 +280,7 @@ def run_bench(
         "sensors_after": sensors_after,
         "settings": dataclasses.asdict(config)
         | {
+            "rounds": rounds,  # as run: fewer than asked when runs < rounds
             "artifacts": list(config.artifacts),
             "seqs": list(config.seqs),
             "batches": list(config.batches),

@@ -213,6 +213,18 @@ def test_no_verify_reports_the_golden_check_not_run(artifacts, tmp_path, capsys)
     assert "| not-run | ok |" in capsys.readouterr().out
 
 
+def test_fewer_runs_than_rounds_are_said_and_recorded_as_run(artifacts, tmp_path, capsys):
+    """Every round times every artifact at least once, so 2 runs make 2 rounds: the JSON recorded
+    the 5 asked for."""
+    out = tmp_path / "r.json"
+    code = cli_bench.main([str(artifacts), "--artifact", "onnx-int8", "--seq", "8", "--runs", "2", "--rounds", "5",
+                           "--warmup", "0", "--no-verify", "--json", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert validate_bench(doc) == [] and doc["settings"]["rounds"] == 2
+    assert "2 timed runs make 2 rounds, not 5: give --runs at least 5" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_bad_settings_name_the_flag(artifacts, capsys):
     assert cli_bench.main([str(artifacts), "--seq", "100000", "-q"]) == 2
