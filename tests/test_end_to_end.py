@@ -110,6 +110,9 @@ def test_convert_and_run(tiny_model_factory, tmp_path, arch, task, target):
         if gptq:  # the run exported ONNX too: GPTQ's statistics come from it, not the interpreter
             assert gptq["hessians_from"].startswith(HessianCache.TWIN), entry["name"]  # INT8: "..., rescaled by the smoothing"
     assert not list(tmp_path.glob(".out.partial-*")), "staging directory left behind"
+    # The manifest is the shipped contract: no path of the run's deleted work directory (TFLite
+    # reports carried one, so no two conversions gave the same manifest).
+    assert "edge-convert.work-" not in (out / "manifest.json").read_text()
     _tflite_metrics_do_not_depend_on_batching(out, model_dir, manifest)
 
     want, mask = _torch_outputs(model_dir, task, HELD_OUT)

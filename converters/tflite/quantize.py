@@ -385,7 +385,6 @@ def quantize_tflite(
         )
 
     return {
-        "path": str(out_path),
         "recipe": recipe,
         "precision": spec.precision,
         "note": spec.note,
