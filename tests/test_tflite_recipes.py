@@ -501,3 +501,33 @@ def test_scoped_entries_group_scopes_and_refuse_two_choices_for_one_op():
     assert [e["op_config"]["weight_tensor_config"]["num_bits"] for e in entries] == [4, 8, 4]
     with pytest.raises(ValueError, match="op scope 'x' given two recipes"):
         scoped_entries([("x", "FULLY_CONNECTED", 8, 0), ("x", "FULLY_CONNECTED", 4, 32)])
+
+
+@pytest.mark.slow
+def test_int4_refusal_names_weights_too_narrow_for_its_blocks(tmp_path):
+    """A hidden size that is not a multiple of the 32-wide block (TinyBERT's 312, here 48) leaves the
+    attention and FFN-in weights INT8: the refusal said "raise the size budget", which would have
+    shipped an "INT4" artifact of mostly 8-bit weights."""
+    import json
+
+    import transformers
+
+    from converters import pipeline
+    from tiny_models import _tokenizer
+
+    tokenizer = _tokenizer("wordpiece")
+    config = transformers.BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, hidden_size=48,
+                                     num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                                     max_position_embeddings=128)
+    model_dir = tmp_path / "narrow"
+    transformers.BertModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "art"
+    pipeline.convert(pipeline.ConvertConfig(model=model_dir, target="rpi5", out=out, latency_runs=2))
+    refused = {r["name"]: r["reason"] for r in json.loads((out / "manifest.json").read_text())["refused"]}
+    reason = refused["tflite-int4"]
+    import re
+
+    assert re.search(r"\d+ of \d+ FULLY_CONNECTED weights have an input width \(48\) that is not a multiple of "
+                     r"the 32-wide INT4 block and stay INT8; ship the INT8 artifact", reason), reason
+    assert "raise it" not in reason, reason

@@ -243,6 +243,22 @@ class Int4Builder:
             if index % 12 == 0 or index == count:
                 progress(f"GPTQ: {index}/{count} weights rounded")
 
+    def unblocked(self) -> str:
+        """What cannot be 4-bit because its input width is not a multiple of the block, said for
+        a refusal ("" when every FC weight and large embedding table can)."""
+        fcs = [w for w in self.weights.values() if w.kind == FC]
+        odd = sorted({w.shape[-1] for w in fcs if w.shape[-1] % BLOCK})
+        tables = [w for w in self.weights.values() if w.kind == EMBEDDING and w.shape[-1] % BLOCK
+                  and int(np.prod(w.shape)) >= self.config.embedding_min_elements]
+        parts = []
+        if odd:
+            parts.append(f"{len(fcs) - len(self.int4)} of {len(fcs)} FULLY_CONNECTED weights have an input "
+                         f"width ({', '.join(map(str, odd))}) that is not a multiple of the {BLOCK}-wide INT4 "
+                         "block and stay INT8")
+        if tables:
+            parts.append(f"{len(tables)} embedding table(s) {tables[0].shape[-1]} wide stay float")
+        return "; ".join(parts)
+
     def label(self, buffer: int) -> str:
         """The weight's tensor name (short already: the builder reads a compact_copy)."""
         return self.weights[buffer].name
