@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._errors import ConversionError
+from converters._errors import AccuracyError, ConversionError
 from converters.tflite.config import BLOCK, GptqInt4Config
 from converters.tflite.edge_quantizer import QuantizerSession, scoped_entries
 from converters.tflite.flatbuffer import (
@@ -242,6 +242,19 @@ class Int4Builder:
             )
             if index % 12 == 0 or index == count:
                 progress(f"GPTQ: {index}/{count} weights rounded")
+
+    def check_some_int4(self) -> None:
+        if not self.int4:
+            raise AccuracyError(f"no weight of this model can be stored in INT4 blocks: {self.unblocked()}; "
+                                "ship the INT8 artifact for this model")
+
+    def budget_advice(self) -> str:
+        """The end of a size-budget refusal: raising the budget helps only when every weight
+        that can be 4-bit is; else it would ship an "INT4" artifact of 8-bit weights."""
+        unblocked = self.unblocked()
+        if unblocked:
+            return f", and raising it would not make these 4-bit: {unblocked}; ship the INT8 artifact for this model"
+        return ": raise it, or ship the INT8 artifact for this model"
 
     def unblocked(self) -> str:
         """What cannot be 4-bit because its input width is not a multiple of the block, said for

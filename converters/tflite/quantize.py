@@ -198,10 +198,7 @@ def _quantize_gptq_int4(
                                       config.smooth_alpha, progress)
         compact_copy(source, compact)
         builder = Int4Builder(compact, config, source=source)
-        unblocked = builder.unblocked()
-        if not builder.int4:
-            raise AccuracyError(f"no weight of this model can be stored in INT4 blocks: {unblocked}; "
-                                "ship the INT8 artifact for this model")
+        builder.check_some_int4()
         if config.size_budget is not None:
             # The size does not depend on the values: refuse before the expensive part.
             size = builder.build(probe, set())
@@ -210,9 +207,7 @@ def _quantize_gptq_int4(
                 raise AccuracyError(
                     f"the all-INT4 model is {size} bytes ({size / fp32_bytes:.3f}x FP32), above "
                     f"the size budget of {config.size_budget}x FP32 (a profile's [tflite] "
-                    + (f"int4_size_budget), and raising it would not make these 4-bit: {unblocked}; ship the "
-                       "INT8 artifact for this model" if unblocked else
-                       "int4_size_budget): raise it, or ship the INT8 artifact for this model")
+                    f"int4_size_budget){builder.budget_advice()}"
                 )
         builder.round(hessian_rows, progress, hessians)
         chosen: list[int] = []
