@@ -1,4 +1,5 @@
 """What this device is: CPU, ISA features, core clusters, memory, board, installed backends.
+Memory is read in _ram.py: MemAvailable, capped by this process's cgroup limit.
 
 One reader of /proc and /sys for the whole project: the runtime's artifact choice, thread
 defaults, `edge-run --info`, `edge-bench` and `edge-convert --target auto` all go through
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime._installed import installed_backends
+from edge_runtime._ram import available_mb, memory  # available_mb: public here, as it always was
+from edge_runtime._sysfs import read_int as _read_int
+from edge_runtime._sysfs import read_text as _read
 
 log = logging.getLogger("edge_runtime")
 
@@ -124,6 +128,17 @@ class DeviceInfo:
     board_source: str | None = None  # the file the board name came from (under root)
     # How int8_gemm was found: "CPU flags", or "measured by onnxruntime" (edge_runtime/_int8_probe.py)
     int8_gemm_source: str = "CPU flags"
+    # This process's cgroup memory limit (systemd MemoryMax=, docker --memory) and the file it
+    # was read from; ram_available_mb is then at most the room it leaves (_ram.py).
+    memory_limit_mb: int | None = None
+    memory_limit_source: str | None = None
+
+    def usable_total_mb(self) -> int:
+        """All the memory this process may use: the RAM, or its cgroup's limit when lower. The
+        headroom kept free (_memory.headroom_mb) is a share of this, not of a host it cannot use."""
+        if self.memory_limit_mb is None or 0 < self.ram_total_mb <= self.memory_limit_mb:
+            return self.ram_total_mb
+        return self.memory_limit_mb
 
     def notable_features(self) -> list[str]:
         """The ISA features of FEATURES_OF_INTEREST this CPU has, in that order."""
@@ -140,21 +155,6 @@ class DeviceInfo:
 
 
 # -- reading files ------------------------------------------------------------------------------
-
-
-def _read(root: Path, rel: str) -> str | None:
-    try:
-        return (root / rel).read_text(encoding="utf-8", errors="replace")
-    except (OSError, ValueError):  # ValueError: an embedded NUL in a crafted path
-        return None
-
-
-def _read_int(root: Path, rel: str) -> int | None:
-    text = _read(root, rel)
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
 
 
 def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
@@ -207,16 +207,6 @@ def _l4t_release(root: Path) -> str | None:
     if not major.startswith("R"):
         return "unknown"
     return f"{major}.{revision}" if revision else major
-
-
-def _meminfo(root: Path) -> dict[str, int]:
-    values = {}
-    for line in (_read(root, "proc/meminfo") or "").splitlines():
-        key, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields and fields[0].isdigit():
-            values[key.strip()] = int(fields[0])  # kB
-    return values
 
 
 # -- detection ----------------------------------------------------------------------------------
@@ -352,10 +342,7 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
     else:
         cpu_model = "unknown"
 
-    mem = _meminfo(root)
-    total_mb, available_mb = mem.get("MemTotal", 0) // 1024, mem.get("MemAvailable", 0) // 1024
-    if real and not total_mb:
-        total_mb, available_mb = _psutil_memory()
+    total_mb, available_mb, limit = memory(root, real)
 
     board, board_source = _device_tree_model(root)
     if board is None and extra.get("Model"):  # Raspberry Pi kernels repeat it in cpuinfo
@@ -391,6 +378,8 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
         backends=installed_backends(),
         l4t_release=l4t,
         board_source=board_source,
+        memory_limit_mb=limit.limit_mb if limit else None,
+        memory_limit_source=limit.source if limit else None,
     )
 
 
@@ -401,16 +390,6 @@ def _psutil_physical() -> int | None:
         return psutil.cpu_count(logical=False)
     except ImportError:
         return None
-
-
-def _psutil_memory() -> tuple[int, int]:
-    try:
-        import psutil
-
-        vm = psutil.virtual_memory()
-        return vm.total // 2**20, vm.available // 2**20
-    except ImportError:
-        return 0, 0
 
 
 @functools.cache
@@ -452,16 +431,6 @@ def detect(root: str | os.PathLike = "/", measure_int8: bool = True) -> DeviceIn
     if path.resolve() == Path("/"):
         return _detect_real() if measure_int8 else _detect_real_unmeasured()
     return _detect(path, real=False)
-
-
-def available_mb(root: str | os.PathLike = "/") -> int:
-    """MemAvailable now (not the cached snapshot of detect())."""
-    mem = _meminfo(Path(root))
-    if "MemAvailable" in mem:
-        return mem["MemAvailable"] // 1024
-    if Path(root).resolve() == Path("/"):
-        return _psutil_memory()[1]
-    return 0
 
 
 # -- target profile ------------------------------------------------------------------------------

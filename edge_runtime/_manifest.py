@@ -39,6 +39,9 @@ _REQUIRED = ("schema_version", "target", "source", "task", "inputs", "outputs", 
 _ARTIFACT_REQUIRED = ("name", "format", "precision", "files", "metrics", "golden")
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# runtime.graph_optimization_level: the names backends/onnx.py maps to onnxruntime's
+# GraphOptimizationLevel (targets/__init__.py checks a profile against the same four).
+ONNX_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -281,19 +284,11 @@ def _check_described(manifest: dict[str, Any], path: Path) -> None:
         raise ManifestError(f"{path}: target must be an object (with a string id), got {target!r:.80}")
     if not isinstance(manifest["source"], dict):
         raise ManifestError(f"{path}: source must be an object, got {manifest['source']!r:.80}")
-    runtime = manifest.get("runtime", {})
-    if not isinstance(runtime, dict):
-        raise ManifestError(f"{path}: runtime must be an object")
-    backends = runtime.get("backends", [])
-    if not isinstance(backends, list) or not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in backends):
-        raise ManifestError(f"{path}: runtime.backends must be a list of objects with a string name")
-    if not _is_str_list(runtime.get("artifact_preference", [])):
-        raise ManifestError(f"{path}: runtime.artifact_preference must be a list of precisions")
-    threads = runtime.get("threads", {})
-    if not isinstance(threads, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in threads.values()
-    ):
-        raise ManifestError(f"{path}: runtime.threads must map intra_op / inter_op to integers >= 0")
+    # target.profile is read for artifacts without `requires` (manifests older than it: _compat.py)
+    profile = target.get("profile") or {}  # null reads as absent there
+    if not isinstance(profile, dict) or not all(isinstance(profile.get(key) or {}, dict) for key in ("int8", "int4")):
+        raise ManifestError(f"{path}: target.profile must be an object whose int8 and int4 are objects")
+    _check_runtime(manifest.get("runtime", {}), f"{path}: runtime")
     # postprocess may be absent (raw tensors only: embed/classify then say they need it)
     post = manifest.get("postprocess")
     outputs = [spec["name"] for spec in manifest["outputs"]]
@@ -315,6 +310,47 @@ def _check_described(manifest: dict[str, Any], path: Path) -> None:
                                 f"{manifest['task']}")
         if "logits" not in outputs:
             raise ManifestError(f"{path}: a {manifest['task']} model needs an output named 'logits', has {outputs}")
+        _check_labels_fit(post["labels"], manifest, path)
+
+
+def _check_labels_fit(labels: list[str], manifest: dict[str, Any], path: Path) -> None:
+    """One label per logit: classify() names a row's best score by its index into the labels (an
+    IndexError on the first call when there are fewer, a wrong name silently when there are more).
+    A last axis recorded by name is only known at run time: classify() checks it then."""
+    shape = next(spec["shape"] for spec in manifest["outputs"] if spec["name"] == "logits")
+    if shape and isinstance(shape[-1], int) and shape[-1] != len(labels):
+        raise ManifestError(f"{path}: postprocess.labels has {len(labels)} names but the logits output gives "
+                            f"{shape[-1]} scores per row (outputs' logits shape {shape}); one label per score")
+
+
+def _check_runtime(runtime: Any, where: str) -> None:
+    """The settings load() opens the backend with (_model.py _backend_options, backends/onnx.py)."""
+    if not isinstance(runtime, dict):
+        raise ManifestError(f"{where} must be an object")
+    backends = runtime.get("backends", [])
+    if not isinstance(backends, list) or not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in backends):
+        raise ManifestError(f"{where}.backends must be a list of objects with a string name")
+    for index, spec in enumerate(backends):
+        if not _is_str_list(spec.get("execution_providers", [])):
+            raise ManifestError(f"{where}.backends[{index}].execution_providers must be a list of provider "
+                                f"names (e.g. [\"CPUExecutionProvider\"]), got {spec.get('execution_providers')!r:.80}")
+        options = spec.get("provider_options", {})
+        if not isinstance(options, dict) or not all(
+            isinstance(v, dict) and all(isinstance(o, (str, int, float)) for o in v.values()) for v in options.values()
+        ):
+            raise ManifestError(f"{where}.backends[{index}].provider_options must map provider names to objects of "
+                                f"option values (strings, numbers, booleans), got {options!r:.80}")
+    level = runtime.get("graph_optimization_level", "all")
+    if not isinstance(level, str) or level not in ONNX_OPTIMIZATION_LEVELS:
+        raise ManifestError(f"{where}.graph_optimization_level {level!r:.40} is not one of "
+                            f"{list(ONNX_OPTIMIZATION_LEVELS)}")
+    if not _is_str_list(runtime.get("artifact_preference", [])):
+        raise ManifestError(f"{where}.artifact_preference must be a list of precisions")
+    threads = runtime.get("threads", {})
+    if not isinstance(threads, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in threads.values()
+    ):
+        raise ManifestError(f"{where}.threads must map intra_op / inter_op to integers >= 0")
 
 
 def _check_artifact_facts(entry: dict[str, Any], where: str) -> None:
@@ -326,6 +362,16 @@ def _check_artifact_facts(entry: dict[str, Any], where: str) -> None:
     kinds = requires.get("int8_gemm", ["any"]) if isinstance(requires, dict) else None
     if requires is not None and not (_is_str_list(kinds) and kinds):
         raise ManifestError(f"{where}: requires.int8_gemm must be a non-empty list of INT8 GEMM kinds")
+    # Both read at every load (null reads as absent there): quantization.mode by
+    # Model.batch_dependent, min_runtime by selection and _compat.runtime_problem.
+    quantization = entry.get("quantization") or {}
+    if not isinstance(quantization, dict) or not isinstance(quantization.get("mode", ""), str):
+        raise ManifestError(f"{where}: quantization must be an object (with a string mode such as \"dynamic\"), "
+                            f"got {quantization!r:.80}")
+    needs = entry.get("min_runtime") or {}
+    if not isinstance(needs, dict) or not all(isinstance(v, str) for v in needs.values()):
+        raise ManifestError(f"{where}: min_runtime must map package names to version strings "
+                            f"(e.g. {{\"onnxruntime\": \"1.17\"}}), got {needs!r:.80}")
 
 
 def _check_golden_samples(samples: Any, where: str) -> None:

@@ -138,10 +138,10 @@ class Model:
         """Bytes one backend call may use; None when unknown (no split on a guess)."""
         if self.memory_budget_mb is not None:
             return max(1.0, float(self.memory_budget_mb) * 2**20)
-        available = _device.available_mb()
+        available = _device.available_mb()  # the cgroup's room when that is less (_ram.py)
         if available <= 0:  # no /proc/meminfo and no psutil
             return None
-        total = _device.detect(measure_int8=False).ram_total_mb
+        total = _device.detect(measure_int8=False).usable_total_mb()
         return max(1.0, (available - _memory.headroom_mb(total)) * 2**20)
 
     def _run_backend(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -258,6 +258,9 @@ class Model:
         labels = self._postprocess("classify")["labels"]
         results: list[Any] = []
         for _, group, _, logits in self._forward(texts, batch_size, truncate, batch_invariant, "logits"):
+            if logits.shape[-1] != len(labels):  # a last axis the manifest records by name only
+                raise ManifestError(f"{self.root}: postprocess.labels has {len(labels)} names but the logits "
+                                    f"output gives {logits.shape[-1]} scores per row; one label per score")
             probs = softmax(logits.astype(np.float64))
             if self.task == "text-classification":
                 for row in probs:

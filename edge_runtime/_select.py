@@ -92,7 +92,7 @@ def plan(
         if problem:  # it would run and compute wrong numbers (edge_runtime/_compat.py)
             skipped[entry["name"]] = problem
             continue
-        fits, why = _memory.fit(entry, available, device.ram_total_mb)
+        fits, why = _memory.fit(entry, available, device.usable_total_mb())
         choices.append(Choice(entry, fits, [f"#{rank} in the profile order", why]))
     # Stable: the profile's order holds within each group.
     choices = [c for c in choices if c.fits] + [c for c in choices if not c.fits]

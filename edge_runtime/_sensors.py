@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge_runtime._device import _int, _read, _read_int
+from edge_runtime._device import _int
+from edge_runtime._sysfs import read_int as _read_int
+from edge_runtime._sysfs import read_text as _read
 
 __all__ = ["sensors"]
 

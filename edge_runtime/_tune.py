@@ -309,7 +309,7 @@ def tune(
     if (
         compare
         and len(tuned) > 1
-        and together > _device.available_mb() - _memory.headroom_mb(device.ram_total_mb)
+        and together > _device.available_mb() - _memory.headroom_mb(device.usable_total_mb())
     ):
         # All of them open at once would not fit: rank by the sweeps (not side by side).
         log.warning(

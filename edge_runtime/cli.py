@@ -120,7 +120,9 @@ def _print_info(info: dict) -> None:
           f"({d.get('int8_gemm_source', 'CPU flags')})")
     print(f"         {d['logical_cores']} logical / {d['physical_cores']} physical cores "
           f"({clusters}); big cores {d['big_cores']}")
-    print(f"         RAM {d['ram_total_mb']} MB, {d['ram_available_mb']} MB available")
+    limit = d.get("memory_limit_mb")
+    cgroup = f" (cgroup limit {limit} MB, {d['memory_limit_source']})" if limit is not None else ""
+    print(f"         RAM {d['ram_total_mb']} MB, {d['ram_available_mb']} MB available{cgroup}")
     backends = ", ".join(f"{k} {v}" for k, v in d["backends"].items()) or "none installed"
     print(f"         backends: {backends}")
     p = info["profile"]

@@ -11,11 +11,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime import ArtifactError, ManifestError, _compat, _select, cli, read_manifest
+from edge_runtime import ArtifactError, ManifestError, _compat, _model, _select, cli, read_manifest
 from edge_runtime._manifest import (
     SUPPORTED_SCHEMA_VERSIONS,
     file_sha256,
@@ -40,7 +41,8 @@ def _valid(root: Path) -> dict:
     golden = _entry(root, "golden/a.npz", b"golden")
     golden["tolerance"] = {"cosine_min": 0.999, "rel_l2_max": 0.01}
     return {
-        "schema_version": 1, "target": {"id": "x86-avx2"}, "source": {"name": "tiny"}, "task": "feature-extraction",
+        "schema_version": 1, "target": {"id": "x86-avx2", "profile": {"int8": {"pair_sum_limit": 128}}},
+        "source": {"name": "tiny"}, "task": "feature-extraction",
         "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
         "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", 8]}],
         "tokenizer": {"files": [_entry(root, "tokenizer/tokenizer.json", b"{}"),
@@ -48,9 +50,12 @@ def _valid(root: Path) -> dict:
                       "max_length": 16, "pad_token_id": 0},
         "postprocess": {"pooling": "mean", "normalize": True, "output": "last_hidden_state"},
         "runtime": {"threads": {"intra_op": 0, "inter_op": 1}, "artifact_preference": ["int8", "fp32"],
-                    "backends": [{"name": "onnxruntime", "execution_providers": ["CPUExecutionProvider"]}]},
+                    "graph_optimization_level": "all",
+                    "backends": [{"name": "onnxruntime", "execution_providers": ["CPUExecutionProvider"],
+                                  "provider_options": {"CPUExecutionProvider": {}}}]},
         "artifacts": [{"name": "a", "format": "onnx", "precision": "int8", "metrics": {"cosine_mean": 0.99},
                        "requires": {"int8_gemm": ["int32", "s16-pairs"]},
+                       "quantization": {"mode": "dynamic"}, "min_runtime": {"onnxruntime": "1.17"},
                        "files": [_entry(root, "m.onnx", b"model bytes")], "golden": golden}],
     }
 
@@ -116,6 +121,148 @@ def test_values_every_run_would_fail_on_are_refused_at_load(tmp_path, edit, mess
     _write(tmp_path, manifest)
     with pytest.raises(ManifestError, match=message):
         read_manifest(tmp_path)
+
+
+# -- fields load() and classify() read: refused by the reader, naming the field ----------------
+
+
+def _edit(where: tuple, value):
+    """An edit setting the field at `where` (keys and list indices) to `value`."""
+    def edit(manifest):
+        parent = manifest
+        for key in where[:-1]:
+            parent = parent[key]
+        parent[where[-1]] = value
+    return edit
+
+
+def _classifier(manifest, task: str, labels: list[str], last) -> None:
+    """Make the valid manifest a classifier's whose logits' last axis is `last` (a size or a name)."""
+    axes = ["batch", "sequence"] if task == "token-classification" else ["batch"]
+    manifest["task"] = task
+    manifest["outputs"] = [{"name": "logits", "dtype": "float32", "shape": [*axes, last]}]
+    manifest["postprocess"] = {"labels": labels, "output": "logits"}
+
+
+_BACKEND = ("runtime", "backends", 0)
+_LEVELS_NAMED = r"is not one of \['disabled', 'basic', 'extended', 'all'\]"
+_PROVIDERS = r"runtime.backends\[0\].execution_providers must be a list of provider names"
+_OPTIONS = r"runtime.backends\[0\].provider_options must map provider names to objects of option values"
+_QUANTIZATION = r"artifacts\[0\]: quantization must be an object \(with a string mode"
+_MIN_RUNTIME = r"artifacts\[0\]: min_runtime must map package names to version strings"
+_PROFILE = r"target.profile must be an object whose int8 and int4 are objects"
+
+
+@pytest.mark.parametrize("where, value, message", [
+    (("runtime", "graph_optimization_level"), "max", "graph_optimization_level 'max' " + _LEVELS_NAMED),
+    (("runtime", "graph_optimization_level"), None, "graph_optimization_level None " + _LEVELS_NAMED),
+    (("runtime", "graph_optimization_level"), 99, "graph_optimization_level 99 " + _LEVELS_NAMED),
+    ((*_BACKEND, "execution_providers"), None, _PROVIDERS),
+    ((*_BACKEND, "execution_providers"), "CPUExecutionProvider", _PROVIDERS),  # tuple() made it letters
+    ((*_BACKEND, "execution_providers"), [1], _PROVIDERS),
+    ((*_BACKEND, "provider_options"), [1], _OPTIONS),
+    ((*_BACKEND, "provider_options"), {"CPUExecutionProvider": "fast"}, _OPTIONS),
+    ((*_BACKEND, "provider_options"), {"TensorrtExecutionProvider": {"trt_fp16_enable": [True]}}, _OPTIONS),
+    (("artifacts", 0, "quantization"), "dynamic", _QUANTIZATION),
+    (("artifacts", 0, "quantization"), {"mode": 8}, _QUANTIZATION),
+    (("artifacts", 0, "min_runtime"), "onnxruntime>=1.17", _MIN_RUNTIME),
+    (("artifacts", 0, "min_runtime"), {"onnxruntime": 1.17}, _MIN_RUNTIME),
+    (("target", "profile"), "x86-avx2", _PROFILE),
+    (("target", "profile", "int8"), "dynamic", _PROFILE),
+], ids=lambda v: ".".join(map(str, v)) if isinstance(v, tuple) else None)
+def test_fields_loading_reads_are_checked_by_the_reader(tmp_path, capsys, where, value, message):
+    """Each passed the reader and then crashed load() with a KeyError (backends/onnx.py's level
+    table), TypeError (_model.py _backend_options, _compat.runtime_problem) or AttributeError
+    (backends/onnx.py's provider options, Model.batch_dependent, _compat.required_int8_gemm):
+    now a ManifestError naming the field, which edge-run prints as one line, exit status 1."""
+    manifest = _valid(tmp_path)
+    _edit(where, value)(manifest)
+    _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(tmp_path)
+    assert cli.main([str(tmp_path), "hi"]) == 1
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith("edge-run: error: ") and said.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("task, labels, last", [
+    ("text-classification", ["negative", "positive"], 3),  # fewer: IndexError at a best index 2
+    ("text-classification", ["a", "b", "c", "d"], 3),  # more: every name after the first wrong
+    ("token-classification", ["O", "B-PER"], 5),
+])
+def test_labels_must_name_each_logit(tmp_path, task, labels, last):
+    manifest = _valid(tmp_path)
+    _classifier(manifest, task, labels, last)
+    _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=rf"postprocess.labels has {len(labels)} names but the logits output "
+                                            rf"gives {last} scores per row"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("edit", [
+    *(_edit(("runtime", "graph_optimization_level"), level) for level in ("disabled", "basic", "extended")),
+    _edit((*_BACKEND, "provider_options"), {"TensorrtExecutionProvider": {"trt_fp16_enable": True,
+                                                                          "trt_max_workspace_size": 2**30}}),
+    _edit((*_BACKEND, "execution_providers"), []),
+    _edit(("artifacts", 0, "quantization"), None),  # read as absent by Model.batch_dependent
+    _edit(("artifacts", 0, "min_runtime"), None),
+    _edit(("target", "profile"), None),
+    lambda m: _classifier(m, "text-classification", ["negative", "neutral", "positive"], 3),
+    lambda m: _classifier(m, "token-classification", ["O", "B-PER"], "labels"),  # classify() counts it
+])
+def test_well_formed_runtime_fields_still_read(tmp_path, edit):
+    manifest = _valid(tmp_path)
+    edit(manifest)
+    _write(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+
+
+def test_the_reader_knows_every_optimization_level_the_onnx_backend_maps():
+    from edge_runtime._manifest import ONNX_OPTIMIZATION_LEVELS
+    from edge_runtime.backends import onnx
+
+    assert set(onnx._LEVELS) == set(ONNX_OPTIMIZATION_LEVELS)
+
+
+def test_classify_counts_the_logits_of_an_axis_recorded_by_name(tmp_path):
+    """The reader cannot count a last axis the manifest names instead of sizing: classify() checks
+    the first batch's scores against the labels (an IndexError before: best score at index 2 of 2
+    labels), and names the label of the best score when they match."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+
+    class ThreeScores:  # a backend session whose logits favour the third class
+        def run(self, feeds):
+            return {"logits": np.tile(np.float32([0.0, 1.0, 5.0]), (len(feeds["input_ids"]), 1))}
+
+    for labels in (["no", "yes"], ["a", "b", "c"]):
+        manifest = _valid(tmp_path)
+        _classifier(manifest, "text-classification", labels, "labels")
+        manifest["tokenizer"]["files"][0] = _entry(tmp_path, "tokenizer/tokenizer.json", tokenizer.to_str().encode())
+        _write(tmp_path, manifest)
+        manifest = read_manifest(tmp_path)
+        model = _model.Model(tmp_path, manifest, manifest["artifacts"][0], ThreeScores(), 1, 0.0)
+        if len(labels) == 2:
+            with pytest.raises(ManifestError, match=r"postprocess.labels has 2 names but the logits output gives 3 "
+                                                    r"scores per row"):
+                model.classify(["hi"])
+        else:
+            [result] = model.classify(["hi"])
+            assert result["label"] == "c" and result["score"] == pytest.approx(np.exp(5) / (1 + np.e + np.exp(5)))
+
+
+def _check_backend_options(options: dict) -> None:
+    """What backends/onnx.py does with _backend_options' values, short of opening a session."""
+    from edge_runtime.backends import onnx
+
+    if not options:  # no onnxruntime entry in runtime.backends: the session's defaults
+        return
+    assert all(isinstance(name, str) for name in options["execution_providers"])
+    assert options["graph_optimization_level"] in onnx._LEVELS
+    for values in (options["provider_options"] or {}).values():
+        {str(k): str(v) for k, v in values.items()}  # onnxruntime's set_provider_options
 
 
 def test_malformed_json_gives_line_and_column(tmp_path):
@@ -193,6 +340,9 @@ def test_any_corrupted_field_is_refused_or_still_valid(tmp_path, data):
         for item in files_to_verify(result, entry):
             assert resolve(tmp_path, item["path"]).is_relative_to(tmp_path.resolve())
         _compat.required_int8_gemm(entry, result)
+        _compat.runtime_problem(entry)
+        _model.Model(tmp_path, result, entry, None, 1, 0.0).batch_dependent
+    _check_backend_options(_model._backend_options(result, "onnx"))
     # what reads the manifest without opening a session: selection and `edge-run --info`
     _select.candidates(result)
     with contextlib.redirect_stdout(io.StringIO()):
