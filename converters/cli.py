@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import re
 import sys
 import tempfile
@@ -16,7 +17,7 @@ import click
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._contention import busy_note
 from edge_runtime._device import detect, target_facts
-from edge_runtime._sigterm import sigterm_as_ctrl_c
+from edge_runtime._sigterm import check_interrupted, sigterm_as_ctrl_c
 from targets import ProfileError, UnknownTargetError, detect_target, list_profiles, load_profile
 
 
@@ -184,7 +185,8 @@ def as_flags(message: str) -> str:
               help="after pruning, train the pruned model towards the unpruned one on the fit texts for up to N "
                    "steps (no labels; early stopping on the validation texts)")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the result as JSON on stdout: an object for one target, an array of them for several")
 @click.option("--list-targets", is_flag=True, help="list the known target profiles and exit")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines")
 @click.option("--verbose", "-v", is_flag=True,
@@ -226,7 +228,11 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
             printer = ProgressPrinter(capture.display, started)
             if verbose:
                 capture.follow(printer.passthrough)
-            show = (lambda message: None) if quiet else printer
+            shown = (lambda message: None) if quiet else printer
+
+            def show(message: str) -> None:  # every progress line is a safe point to stop at
+                check_interrupted()
+                shown(message)
             if several:
                 results = convert_targets(config, [p.id for p in profiles], show)
             else:
@@ -237,7 +243,10 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     except ConversionError as exc:
         raise click.ClickException(as_flags(str(exc)) + _log_note(capture, verbose)) from None
     except ConversionInterrupted as exc:  # Ctrl-C while pruning: the unpruned artifacts were kept
-        _print_result(exc.result)
+        if as_json:  # what was kept, in the shape --json promises (the text table is not JSON)
+            click.echo(json.dumps([exc.result.to_dict()] if several else exc.result.to_dict(), indent=2))
+        else:
+            _print_result(exc.result)
         click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall, exc.result.target)
                    + _log_note(capture, verbose), err=True)
         sys.exit(130)
@@ -302,8 +311,8 @@ def _rest_command(out: Path, rest: list[str]) -> str:
     one target is a single-target run into its own directory (--out OUT would be the parent of
     the finished ones, which a single-target run refuses to replace); several write OUT/<id>."""
     if len(rest) == 1:
-        return f"--target {rest[0]} --out {out / rest[0]}"
-    return f"--target {','.join(rest)} --out {out}"
+        return f"--target {rest[0]} --out {shlex.quote(str(out / rest[0]))}"
+    return f"--target {','.join(rest)} --out {shlex.quote(str(out))}"
 
 
 def _profiles(target: str) -> list:
@@ -347,11 +356,11 @@ def _print_result(result) -> None:
                f"artifacts timed together in interleaved rounds"
                + (f"; x FP32: p50 over that of the same format's FP32 artifact ({', '.join(named)}), median of "
                   "the per-round ratios" if named else "")
-               + f". On the device: `edge-bench {result.out} --all`; run the artifacts with "
-               f"`edge-run {result.out} \"some text\"`")
+               + f". On the device: `edge-bench {shlex.quote(str(result.out))} --all`; run the artifacts with "
+               f"`edge-run {shlex.quote(str(result.out))} \"some text\"`")
     busy = busy_note(result.timing_cpu_wait)
     if busy:
-        click.echo(f"note: {busy} (`edge-bench {result.out} --all` times them again)", err=True)
+        click.echo(f"note: {busy} (`edge-bench {shlex.quote(str(result.out))} --all` times them again)", err=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from edge_runtime._contention import worst_share
 from edge_runtime._device import detect
 from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, verify_files
 from edge_runtime._model import Model, open_artifact
+from edge_runtime._sigterm import interrupt_handled
 from targets import AccuracyFloor, TargetProfile
 
 __all__ = ["METRICS_TEXTS", "ArtifactResult", "ConvertConfig", "ConvertResult", "TargetFailure", "convert",
@@ -378,6 +379,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 # already built (a second Ctrl-C while they are packaged drops everything).
                 if not entries:
                     raise
+                interrupt_handled()
                 interrupted = True
                 _not_built(profile, stage, entries, refused, progress)
         if not entries:

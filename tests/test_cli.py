@@ -332,3 +332,18 @@ def test_an_output_under_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "afile.txt").write_text("hi")
     with pytest.raises(ConversionError, match=r"cannot create .*afile\.txt/sub: .*afile\.txt is a file"):
         check_output(tmp_path / "afile.txt" / "sub", force=False)
+
+
+def test_suggested_commands_quote_their_paths(tmp_path):
+    """A path with spaces (or quotes) pasted from a suggested command split into several words."""
+    import shlex
+    import time
+
+    from converters.cli import _interrupted
+
+    out = tmp_path / "out dir ü" / "it's"
+    (out / "rpi5").mkdir(parents=True)
+    (out / "rpi5" / "manifest.json").write_text("{}")
+    message = _interrupted(out, ["rpi5", "x86-avx2", "rpi4"], time.time() - 1)
+    command = message[message.index("--target"):].rstrip(")")
+    assert shlex.split(command) == ["--target", "x86-avx2,rpi4", "--out", str(out)]

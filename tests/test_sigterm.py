@@ -104,3 +104,70 @@ def test_edge_convert_stopped_with_sigterm_removes_its_work_and_publishes_nothin
     assert any(f"interrupted: nothing was written to {out}" in line for line in seen), seen[-3:]
     assert not list(temp.glob("edge-convert.work-*")) and not out.exists()
     assert not list(tmp_path.glob(".out.partial-*"))
+
+
+class _Finalizer:
+    """Sends `signum` to this process from its __del__ and waits there for the handler: the
+    exception the handler raises is one Python drops ("Exception ignored in ...")."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+        time.sleep(0.2)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_stop_signal_python_dropped_in_a_finalizer_is_raised_again_at_the_next_safe_point(signum, raised):
+    """A Ctrl-C landing in a library's __del__ (regex's, during a garbage collection) was lost:
+    the conversion ran on, published and exited 0."""
+    from edge_runtime._sigterm import check_interrupted, interrupt_handled
+
+    with pytest.raises(raised), sigterm_as_ctrl_c():
+        _Finalizer(signum)  # freed at once: the signal arrives inside __del__ and is dropped
+        check_interrupted()
+    check_interrupted()  # outside the block: nothing pending
+    with sigterm_as_ctrl_c():
+        _Finalizer(signal.SIGINT)
+        interrupt_handled()  # e.g. the pruning stage packaging what it had built
+        check_interrupted()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_dropped_ctrl_c_publishes_nothing(tmp_path):
+    from converters.packaging import package
+
+    out = tmp_path / "result"
+    with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+        with package.staging_dir(out, force=False) as stage:
+            package.write_manifest(stage, {"schema_version": 0, "artifacts": []})
+            _Finalizer(signal.SIGINT)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+LOST_CTRL_C = """
+import gc, os, signal, sys, time
+from converters.cli import main
+
+def lose_one_ctrl_c(phase, info):  # once the command's handlers are in: a Ctrl-C in a collection
+    if phase == "start" and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        gc.callbacks.remove(lose_one_ctrl_c)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+
+gc.callbacks.append(lose_one_ctrl_c)
+sys.argv[0] = "edge-convert"
+main()
+"""
+
+
+def test_edge_convert_stops_on_a_ctrl_c_python_dropped(tiny_model_factory, tmp_path):
+    model = tiny_model_factory("bert", "feature-extraction")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", LOST_CTRL_C, str(model), "--target", "x86-avx2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert f"interrupted: nothing was written to {out}" in done.stderr and not out.exists()

@@ -26,6 +26,7 @@ from typing import Any
 
 from converters._errors import ConversionError
 from edge_runtime._manifest import MANIFEST_NAME, file_sha256
+from edge_runtime._sigterm import check_interrupted
 
 __all__ = [
     "WORK_PREFIX",
@@ -213,6 +214,7 @@ def staging_dir(out: Path, force: bool, inputs: Mapping[str, Path | None] | None
     stage.chmod(0o755)  # mkdtemp makes it owner-only; the result is an ordinary directory
     try:
         yield stage
+        check_interrupted()  # a Ctrl-C Python dropped (edge_runtime/_sigterm.py) publishes nothing
         if not (stage / MANIFEST_NAME).is_file():
             raise ConversionError("internal: the manifest was not written")
         if out.exists():
