@@ -108,6 +108,8 @@ class SharedInputs:
                  f"{_millions(source.num_parameters)} parameters; {texts.fit.counted()} fit texts, "
                  f"{texts.validation.counted()} validation texts (" + (
                      "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
+        for note in source.notes:  # e.g. a head dropped for feature-extraction (inputs/source.py)
+            progress(f"note: {note}")
         if texts.validation.distinct < MIN_TEXTS:  # a small calibration file's held-out part
             progress(f"note: only {texts.validation.distinct} different validation texts: the accuracy figures and floors "
                      f"rest on very few texts; give {4 * MIN_TEXTS}+ calibration texts or a --validation-texts "

@@ -423,7 +423,7 @@ def test_a_small_calibration_file_notes_how_few_texts_validate(tmp_path, monkeyp
     import converters._shared as shared
 
     monkeypatch.setattr(shared, "load_source", lambda *a, **k: SimpleNamespace(
-        name="stub", model_type="bert", task="feature-extraction", num_parameters=1000))
+        name="stub", model_type="bert", task="feature-extraction", num_parameters=1000, notes=()))
     (tmp_path / "cal.txt").write_text("\n".join(f"calibration sentence number {i}" for i in range(12)) + "\n")
     said: list[str] = []
     inputs = shared.SharedInputs.load(
@@ -436,3 +436,180 @@ def test_a_small_calibration_file_notes_how_few_texts_validate(tmp_path, monkeyp
     shared.SharedInputs.load(ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o"),
                              tmp_path / "work", said.append)  # the built-in texts: 87 validate
     assert not any(m.startswith("note: only") for m in said)
+
+
+# --- label ids, heads edge-convert does not convert (review F7, F8) ---------------------------
+
+
+def _with_config(model: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of `model` whose config.json has `changes` (a None value removes the key)."""
+    copy = Path(shutil.copytree(model, tmp_path / "edited"))
+    config = json.loads((copy / "config.json").read_text()) | changes
+    (copy / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return copy
+
+
+def _no_loading(monkeypatch):
+    """Make any from_pretrained fail: a refusal must come from config.json alone."""
+    import transformers
+
+    def loaded(*args, **kwargs):
+        pytest.fail("the model was loaded before the refusal")
+
+    for auto in ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"):
+        monkeypatch.setattr(getattr(transformers, auto), "from_pretrained", loaded)
+
+
+@pytest.mark.parametrize("id2label, message", [
+    ({"0": "neg", "1": "neu", "5": "pos"}, r"id2label has ids 0, 1, 5, but a head with 3 labels needs ids 0\.\.2, "
+                                           r"one per output \(no label for output 2\): number the labels 0\.\.2"),
+    ({"1": "neg", "2": "neu", "3": "pos"}, r"id2label has ids 1, 2, 3, .*needs ids 0\.\.2, one per output "
+                                           r"\(no label for output 0\)"),
+    ({"0": "neg", "1": "neu", "x": "pos"}, r"id2label has ids 0, 1, x, .*\(no label for output 2\)"),
+], ids=["gap", "from-1", "not-a-number"])
+def test_label_ids_other_than_0_to_n_minus_1_are_named_before_loading(tiny_model_factory, tmp_path, monkeypatch,
+                                                                      id2label, message):
+    """{"0", "1", "5"} for 3 labels ended in a bare `KeyError: 2` after the model had loaded."""
+    model = _with_config(tiny_model_factory("bert", "text-classification"), tmp_path, id2label=id2label,
+                         label2id={name: key for key, name in id2label.items()})
+    _no_loading(monkeypatch)
+    with pytest.raises(SourceModelError, match=r"edited/config\.json: " + message):
+        load_source(model)
+
+
+def test_label_ids_in_any_order_name_the_outputs_by_id(tiny_model_factory, tmp_path):
+    """JSON order is not output order: output i is id2label[i]."""
+    model = _with_config(tiny_model_factory("bert", "text-classification"), tmp_path,
+                         id2label={"2": "pos", "0": "neg", "1": "neu"})
+    assert load_source(model).postprocess["labels"] == ["neg", "neu", "pos"]
+
+
+HEADS = ["BertForQuestionAnswering", "BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction",
+         "BertForPreTraining", "BertLMHeadModel", "RobertaForCausalLM", "XLMRobertaForMaskedLM",
+         "DistilBertForQuestionAnswering"]
+
+
+@pytest.mark.parametrize("architecture", HEADS)
+def test_a_head_edge_convert_does_not_convert_is_refused_before_loading(good_model, tmp_path, monkeypatch,
+                                                                       architecture):
+    """Such checkpoints were converted as feature-extraction, the head dropped without a word."""
+    model = _with_config(good_model, tmp_path, architectures=[architecture])
+    _no_loading(monkeypatch)
+    with pytest.raises(UnsupportedModelError, match=rf"config\.json names architecture {architecture}, whose head "
+                                                    r"edge-convert does not convert \(supported: .*\); convert it "
+                                                    r"with task=feature-extraction for its encoder alone"):
+        load_source(model)
+    with pytest.raises(UnsupportedModelError, match=rf"{architecture}, whose head edge-convert does not convert; "
+                                                    r"its head cannot do token-classification"):
+        load_source(model, task="token-classification")
+
+
+@pytest.fixture(scope="module")
+def qa_model(tmp_path_factory):
+    """A BertForQuestionAnswering checkpoint saved by transformers (head: qa_outputs)."""
+    import torch
+    import transformers
+    from tiny_models import _tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer("wordpiece")
+    config = transformers.BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=128)
+    directory = tmp_path_factory.mktemp("bert-qa")
+    transformers.BertForQuestionAnswering(config).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_the_encoder_of_a_head_checkpoint_converts_when_asked_and_the_drop_is_noted(qa_model):
+    import torch
+    import transformers
+
+    source = load_source(qa_model, task="feature-extraction")
+    note = ("BertForQuestionAnswering checkpoint converted as feature-extraction: its encoder alone, its head "
+            "(qa_outputs) dropped (not in the artifacts)")
+    assert source.task == "feature-extraction" and source.notes == (note,)
+    assert source.describe()["notes"] == [note]  # the manifest's source section records it
+    # The checkpoint's own encoder, not a fresh one: its last hidden state, number for number.
+    qa = transformers.BertForQuestionAnswering.from_pretrained(qa_model, attn_implementation="eager").eval()
+    ids = torch.tensor([[2, 10, 20, 30, 3]])
+    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        assert torch.equal(source.module(**feeds), qa.bert(**feeds).last_hidden_state)
+
+
+def test_a_head_checkpoint_is_refused_by_the_cli_with_the_flag_to_pass(qa_model, tmp_path):
+    from click.testing import CliRunner
+
+    from converters.cli import main as edge_convert
+
+    out = tmp_path / "o"
+    result = CliRunner().invoke(edge_convert, [str(qa_model), "--target", "x86-avx2", "--out", str(out), "-q"])
+    assert result.exit_code == 1, result.output
+    assert "architecture BertForQuestionAnswering, whose head edge-convert does not convert" in result.output
+    assert "convert it with --task feature-extraction for its encoder alone" in result.output
+    assert not out.exists()
+
+
+def test_the_dropped_head_is_said_once_in_the_progress_output(qa_model, tmp_path):
+    import converters._shared as shared
+
+    said: list[str] = []
+    shared.SharedInputs.load(ConvertConfig(model=qa_model, task="feature-extraction", target="x86-avx2",
+                                           out=tmp_path / "o"), tmp_path / "work", said.append)
+    assert sum("head (qa_outputs) dropped" in message for message in said) == 1, said
+
+
+@pytest.mark.parametrize("encoder", ["bert", "xlm-roberta", "no-architectures", "built-in sentence-transformers"])
+def test_plain_encoders_still_convert_as_feature_extraction_without_a_note(tiny_model_factory, tmp_path, encoder):
+    if encoder == "built-in sentence-transformers":
+        model = None  # all-MiniLM-L6-v2: architectures ["BertModel"], modules.json
+    elif encoder == "no-architectures":
+        model = _with_config(tiny_model_factory("bert", "feature-extraction"), tmp_path, architectures=None)
+    else:
+        model = tiny_model_factory(encoder, "feature-extraction")
+    source = load_source(model)
+    assert source.task == "feature-extraction" and source.notes == ()
+    assert "notes" not in source.describe()
+
+
+# --- calibration lines that show nothing, indented comments (review F9) ----------------------
+
+INVISIBLE = ["\u200b", "\ufeff", "\u00a0", "\u3000", "\u2060", "\u200d\u200c", "\u3164", "\ufe0f", " \u200b\t\ufeff "]
+
+
+def test_lines_that_show_nothing_are_blank_in_both_formats(tmp_path):
+    """Lines of U+200B or a mid-file byte-order mark passed str.strip() and counted as texts
+    toward the minimums (they tokenize to [CLS] [SEP])."""
+    texts = [f"text number {i}" for i in range(6)] + ["zero\u200bwidth inside", "\ufeffa concatenated file's first"]
+    txt, jsonl = tmp_path / "a.txt", tmp_path / "a.jsonl"
+    txt.write_text("\n".join(texts + INVISIBLE) + "\n", encoding="utf-8")
+    jsonl.write_text("\n".join([json.dumps({"text": t}) for t in texts + INVISIBLE] + INVISIBLE) + "\n",
+                     encoding="utf-8")
+    assert list(load_texts(txt).texts) == list(load_texts(jsonl).texts) == texts
+    # Eight visible texts are the minimum: without one, the invisible lines do not make up for it.
+    txt.write_text("\n".join(texts[1:] + INVISIBLE * 3) + "\n", encoding="utf-8")
+    with pytest.raises(SourceModelError, match=r"a\.txt has 7 texts; at least 8 are needed"):
+        load_texts(txt)
+
+
+def test_a_comment_is_a_line_whose_first_visible_character_is_a_hash(tmp_path):
+    """"   # note" was used as a text: the '#' test ran on the unstripped line."""
+    texts = [f"text number {i}" for i in range(8)] + ["a #hashtag inside", "Order #48213 missing"]
+    path = tmp_path / "a.txt"
+    comments = ["   # indented", "\t# tab", "\u00a0# no-break space", "\ufeff# after a mid-file byte-order mark", "#"]
+    path.write_text("\n".join(comments + texts) + "\n", encoding="utf-8")
+    assert list(load_texts(path).texts) == texts
+    # In JSONL a text is a text, whatever its first character.
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t}) for t in ["# not a comment"] + texts) + "\n")
+    assert load_texts(jsonl).texts[0] == "# not a comment"
+
+
+@pytest.mark.parametrize("path", ["converters/data/calibration_en.txt", "benchmarks/data/heldout_en.txt"])
+def test_the_shipped_text_files_read_as_before(path):
+    """The comment and blank-line rules changed; the built-in and held-out texts must not."""
+    raw = (Path(__file__).resolve().parents[1] / path).read_text(encoding="utf-8-sig")
+    before = [line.strip() for line in raw.split("\n") if line.strip() and not line.startswith("#")]
+    assert list(load_texts(Path(__file__).resolve().parents[1] / path).texts) == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,15 +95,38 @@ def _lines(raw: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in raw.split("\n")]
 
 
+# Characters that show nothing: str.strip() removes whitespace but not U+200B ZERO WIDTH SPACE or
+# a U+FEFF byte-order mark inside the file (concatenated files), so lines of them counted as
+# texts toward the minimums (they tokenize to [CLS] [SEP]). Unicode's categories Cc, Cf and Z*,
+# and the other Default_Ignorable_Code_Point ranges of DerivedCoreProperties.txt (Hangul fillers,
+# variation selectors, the combining grapheme joiner, tags).
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+_IGNORABLE = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+              (0x2065, 0x2065), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0),
+              (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
+
+
+def _invisible(char: str) -> bool:
+    code = ord(char)
+    return (char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES
+            or any(low <= code <= high for low, high in _IGNORABLE))
+
+
+def _first_visible(line: str) -> str | None:
+    """The first character of `line` that shows, or None when none does (a blank line)."""
+    return next((char for char in line if not _invisible(char)), None)
+
+
 def _parse(path: Path) -> list[str]:
-    """The texts of a .txt file (one per line; blank lines and lines starting with "#" are
-    skipped) or a .jsonl file (one {"text": "..."} object per line; blank lines skipped, empty
-    texts too, as in .txt). A UTF-8 byte-order mark at the start is ignored."""
+    """The texts of a .txt file (one per line; blank lines and comment lines, whose first visible
+    character is "#", are skipped) or a .jsonl file (one {"text": "..."} object per line; blank
+    lines skipped, blank texts too, as in .txt). Blank: no visible character (_first_visible).
+    A UTF-8 byte-order mark at the start is ignored."""
     raw = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".jsonl":
         texts = []
         for number, line in enumerate(_lines(raw), 1):
-            if not line.strip():
+            if _first_visible(line) is None:
                 continue
             try:
                 record = json.loads(line)
@@ -113,7 +137,7 @@ def _parse(path: Path) -> list[str]:
                 raise SourceModelError(f"{path}:{number}: expected a JSON object with a 'text' field, got {got}")
             if not isinstance(record["text"], str):
                 raise SourceModelError(f"{path}:{number}: 'text' must be a string, got {json.dumps(record['text'])[:40]}")
-            if record["text"].strip():
+            if _first_visible(record["text"]) is not None:
                 texts.append(record["text"].strip())
         return texts
     if path.suffix.lower() not in TEXT_SUFFIXES:
@@ -122,7 +146,9 @@ def _parse(path: Path) -> list[str]:
             f"{path}: expected a .txt file (one text per line) or .jsonl ({{\"text\": ...}} per line), "
             f"not {path.suffix or 'a file without a suffix'}"
         )
-    return [line.strip() for line in _lines(raw) if line.strip() and not line.startswith("#")]
+    # "#" after indentation too: "   # note" was used as a text. No text of the built-in or
+    # benchmark files starts that way (tests/test_converter_inputs.py checks).
+    return [line.strip() for line in _lines(raw) if _first_visible(line) not in (None, "#")]
 
 
 def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "calibration") -> TextSet:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,9 @@ class SourceModel:
     # Per input, what its values and sequence length may be (the manifest's input specs carry it
     # and the runtime checks it): ids index the embedding tables, the sequence the position table.
     input_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What the conversion leaves out of the checkpoint (a head dropped for feature-extraction):
+    # for the progress output, once, and recorded in the manifest's source section.
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -92,6 +96,7 @@ class SourceModel:
             "hidden_size": self.hidden_size,
             "num_heads": self.num_heads,
             "num_layers": self.num_layers,
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
 
@@ -102,14 +107,47 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise SourceModelError(f"cannot read {path}: {exc}") from None
 
 
-def infer_task(config: dict[str, Any], model_dir: Path) -> str:
+# The heads edge-convert converts, by the suffix of the class name transformers' save_pretrained
+# writes into config.json's "architectures" (BertForSequenceClassification, ...).
+_TASK_HEADS = {"ForSequenceClassification": "text-classification",
+               "ForTokenClassification": "token-classification"}
+
+
+def _architecture(config: dict[str, Any]) -> str:
+    """The checkpoint's class as config.json names it; "" when it names none."""
     archs = config.get("architectures") or []
-    arch = archs[0] if archs else ""
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if arch.endswith("ForTokenClassification"):
-        return "token-classification"
-    return "feature-extraction"
+    return archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
+
+
+def _has_head(architecture: str) -> bool:
+    """Whether the class carries a task head on its encoder. transformers names head classes
+    <Base>For<Task> (BertForQuestionAnswering, BertForMaskedLM, RobertaForCausalLM,
+    BertForPreTraining, ...) and BERT's causal LM BertLMHeadModel; the bare encoder is <Base>Model
+    (BertModel, XLMRobertaModel: also what sentence-transformers checkpoints name)."""
+    return bool(re.search(r"For[A-Z]", architecture)) or architecture.endswith("LMHeadModel")
+
+
+def infer_task(config: dict[str, Any], model_dir: Path) -> str | None:
+    """The task of the checkpoint's head; None for a head edge-convert does not convert (question
+    answering, masked or causal LM, multiple choice, ...), whose encoder alone can still be
+    converted as feature-extraction. A bare encoder, or a config naming no class, is
+    feature-extraction."""
+    arch = _architecture(config)
+    for suffix, task in _TASK_HEADS.items():
+        if arch.endswith(suffix):
+            return task
+    return None if _has_head(arch) else "feature-extraction"
+
+
+def _refuse_other_head(model_dir: Path, architecture: str, task: str | None) -> None:
+    """Loaded as an encoder, such a checkpoint used to convert as feature-extraction with its head
+    dropped and nothing said on the terminal (a QA model became an embedding model)."""
+    asked = f"; its head cannot do {task}" if task else ""
+    raise UnsupportedModelError(
+        f"{model_dir}: config.json names architecture {architecture}, whose head edge-convert "
+        f"does not convert{asked} (supported: an encoder for feature-extraction, "
+        "*ForSequenceClassification, *ForTokenClassification); convert it with "
+        "task=feature-extraction for its encoder alone, the head dropped")
 
 
 def _check_label_head(config: dict[str, Any], model_dir: Path, task: str) -> None:
@@ -131,6 +169,33 @@ def _check_label_head(config: dict[str, Any], model_dir: Path, task: str) -> Non
             f"{model_dir}: problem_type multi_label_classification (each label its own sigmoid "
             f"probability): classify() reports a softmax over the labels; such heads are not supported "
             f"yet ({instead})")
+
+
+def _label_id(key: str) -> int | None:
+    try:
+        return int(key)  # as transformers reads the keys
+    except ValueError:
+        return None
+
+
+def _check_label_ids(config: dict[str, Any], model_dir: Path) -> None:
+    """classify() names output i of the head by id2label[i], so the ids must be 0..n-1, one per
+    output (config.json keeps them as strings). {"0", "1", "5"} for a 3-label head ended in a
+    bare KeyError once the model had loaded."""
+    labels = config.get("id2label")
+    if not isinstance(labels, dict) or not labels:
+        return  # none given: transformers names the outputs LABEL_0, LABEL_1, ...
+    ids = {key: _label_id(key) for key in labels}
+    expected = set(range(len(labels)))
+    if set(ids.values()) == expected:  # n keys onto n ids: each output named once
+        return
+    present = sorted(labels, key=lambda key: (ids[key] is None, ids[key] or 0, key))
+    unnamed = ", ".join(str(i) for i in sorted(expected - set(ids.values())))
+    last = len(labels) - 1
+    raise SourceModelError(
+        f"{model_dir}/config.json: id2label has ids {', '.join(present)}, but a head with "
+        f"{len(labels)} labels needs ids 0..{last}, one per output (no label for output "
+        f"{unnamed}): number the labels 0..{last} in the order of the head's outputs, in label2id too")
 
 
 def _sentence_transformers_postprocess(model_dir: Path) -> dict[str, Any] | None:
@@ -225,26 +290,39 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _top_module(key: str, prefix: str) -> str:
+    """The top-level module of weight `key` below the base model's attribute `prefix` ("bert" in
+    "bert.pooler.dense.weight" of a BertForSequenceClassification)."""
+    return (key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key).split(".")[0]
+
+
 def _check_no_random_weights(model_dir: Path, task: str, missing, prefix: str = "") -> None:
     """transformers initializes at random every weight the checkpoint lacks and only logs it: a
     checkpoint without a classification head would ship a random classifier that matches its own
     PyTorch reference perfectly. Refuse instead. The pooler is not part of feature-extraction's
     output (last_hidden_state), so a missing one is harmless there. `prefix`: the base model's
     attribute name ("bert" in "bert.pooler.dense.weight" of a BertForSequenceClassification)."""
-
-    def module(key: str) -> str:  # the top-level module of the key, below the base model's prefix
-        return (key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key).split(".")[0]
-
-    missing = sorted(k for k in missing if not (task == "feature-extraction" and module(k) == "pooler"))
+    missing = sorted(k for k in missing
+                     if not (task == "feature-extraction" and _top_module(k, prefix) == "pooler"))
     if not missing:
         return
     shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-    if task != "feature-extraction" and all(module(k) in _HEAD_PREFIXES for k in missing):
+    if task != "feature-extraction" and all(_top_module(k, prefix) in _HEAD_PREFIXES
+                                            for k in missing):
         raise SourceModelError(
             f"{model_dir} has no trained {task} head ({shown} not in its weights; they would be random): "
             f"fine-tune it for {task} first, or convert it with task='feature-extraction'")
     raise SourceModelError(f"{model_dir}: {shown} not in its weights (they would be random); "
                            "is the checkpoint complete and saved for this architecture?")
+
+
+def _dropped_head_note(architecture: str, unexpected, prefix: str) -> str:
+    """What a feature-extraction conversion of a checkpoint with a head leaves out: the head's
+    weights are those the bare encoder did not load (transformers' unexpected_keys)."""
+    modules = sorted({_top_module(key, prefix) for key in unexpected})
+    head = f"its head ({', '.join(modules)})" if modules else "its head"
+    return (f"{architecture} checkpoint converted as feature-extraction: its encoder alone, "
+            f"{head} dropped (not in the artifacts)")
 
 
 def _check_finite_weights(model_dir: Path, model) -> None:
@@ -285,18 +363,22 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     check_model_dir(model_dir)
     config = _read_json(model_dir / "config.json")
     model_type = config["model_type"]
+    architecture = _architecture(config)
     inferred = infer_task(config, model_dir)
     task = task or inferred
-    if task not in TASKS:
+    if task is not None and task not in TASKS:
         raise UnsupportedModelError(f"task {task!r} is not supported; supported: {', '.join(TASKS)}")
+    if inferred is None and task != "feature-extraction":  # task None: none asked for
+        _refuse_other_head(model_dir, architecture, task)
     if task != inferred and "feature-extraction" not in (task, inferred):
         # One classification head read as the other's: it loads (same weight names) and runs,
         # scoring sentences per token or tokens per sentence, and agrees with its own reference.
         raise UnsupportedModelError(
-            f"{model_dir} is a {inferred} checkpoint ({config['architectures'][0]}); its head cannot do "
+            f"{model_dir} is a {inferred} checkpoint ({architecture}); its head cannot do "
             f"{task}: convert it as {inferred} (the default), or as feature-extraction for its encoder")
     if task != "feature-extraction":
         _check_label_head(config, model_dir, task)
+        _check_label_ids(config, model_dir)
     weights_sha = _weights_sha256(model_dir)
 
     import torch
@@ -325,8 +407,11 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
                "saved weights' shapes (transformers' load report lists them; edge-convert keeps it in the "
                "conversion log). Is config.json the one saved with these weights?" if mismatch else str(exc))
         ) from None
-    _check_no_random_weights(model_dir, task, loading.get("missing_keys") or (),
-                             getattr(model, "base_model_prefix", ""))
+    prefix = getattr(model, "base_model_prefix", "")
+    _check_no_random_weights(model_dir, task, loading.get("missing_keys") or (), prefix)
+    notes = ()
+    if task == "feature-extraction" and _has_head(architecture):
+        notes = (_dropped_head_note(architecture, loading.get("unexpected_keys") or (), prefix),)
     _check_finite_weights(model_dir, model)
     if len(tokenizer) > model.config.vocab_size:
         raise SourceModelError(
@@ -387,4 +472,5 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         weights_sha256=weights_sha,
         num_parameters=sum(p.numel() for p in model.parameters()),
         tokenizer=tokenizer,
+        notes=notes,
     )
