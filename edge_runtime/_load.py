@@ -68,7 +68,9 @@ def load(
         - TFLite: XNNPACK's packed weights (ignored where the installed runtime cannot do it:
           tflite-runtime, older ai-edge-litert);
         - ONNX (every artifact, only with verify=True, CPU provider only): onnxruntime's
-          optimized graph with its prepacked weights, opened without optimizing again.
+          optimized graph with its prepacked weights, opened without optimizing again;
+        - TensorRT's engines, when the profile enables its engine cache (only with
+          verify=True; backends/_tensorrt.py). False turns that cache off too.
         Entries are named after the artifact's hashes, the runtime's version and the CPU, are
         hash-checked, and are rebuilt when a check or the golden sample fails; the artifact
         directory itself is never written. True: under default_cache_dir(); a path: that

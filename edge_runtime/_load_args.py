@@ -16,7 +16,7 @@ import numpy as np
 from edge_runtime._errors import InputError
 from edge_runtime._select import max_threads, usable_cpus
 
-__all__ = ["cache_dirs", "check_options", "check_threads", "no_backend_message"]
+__all__ = ["cache_dirs", "check_options", "check_threads", "no_backend_message", "threads_problem"]
 
 log = logging.getLogger("edge_runtime")
 
@@ -61,13 +61,23 @@ def check_threads(threads: Any) -> int | None:
     if threads < 0:
         raise InputError(message)
     if threads > max_threads():
-        raise InputError(f"threads={threads} is more than {max_threads()} (8x the {usable_cpus()} CPUs this process "
-                         "may use, at least 64): every thread costs memory and start-up time; 0 takes this "
-                         "device's physical cores")
+        raise InputError(f"threads={threads_problem(threads)}")
     if threads > usable_cpus():
         log.warning("threads=%d is more than the %d CPUs this process may use: runs get slower, not "
                     "faster, and loading takes longer", threads, usable_cpus())
     return threads
+
+
+def threads_problem(threads: int) -> str:
+    """Why the thread count `threads` (an int) is refused, "" when it is not, without naming the
+    parameter: load() says `threads`, edge-run and edge-serve their --threads (a usage error)."""
+    if threads < 0:
+        return f"must be >= 0 (0: this device's physical cores), got {threads}"
+    if threads > max_threads():
+        return (f"{threads} is more than {max_threads()} (8x the {usable_cpus()} CPUs this process "
+                "may use, at least 64): every thread costs memory and start-up time; 0 takes this "
+                "device's physical cores")
+    return ""
 
 
 def cache_dirs(device_cache: Any, default: Path) -> tuple[dict[str, Path], Path | None]:

@@ -2,8 +2,9 @@
 
 Everything a manifest points at is checked before it is used: its structure and types here
 (read_manifest: a malformed manifest raises ManifestError, never a KeyError or TypeError later),
-every path stays inside the artifact directory (resolve: no absolute paths, no `..`, no symlink
-leading out), and every file the chosen artifact needs, tokenizer and golden sample included, has
+every path stays inside the artifact directory (resolve: no absolute paths, no `..` or linked
+directory leading out; a file itself may link to a file elsewhere, as huggingface_hub lays
+them out), and every file the chosen artifact needs, tokenizer and golden sample included, has
 the size and sha256 the manifest records (verify_files, files_to_verify).
 """
 
@@ -67,21 +68,40 @@ def unknown_artifacts(root: Path, manifest: dict[str, Any], names: list[str]) ->
 
 
 def resolve(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing absolute paths and paths that leave the artifact directory:
-    `..` components and symlinks (resolved) whose target lies outside it."""
+    """`root / relative`, refusing what would leave the artifact directory the user named: an
+    absolute path, `..` leading out, or a directory on the way (a symlink resolved) that lies
+    outside it. The file itself may be a symlink to a regular file anywhere: the layout
+    huggingface_hub downloads (snapshots/REV/NAME -> ../../blobs/HASH) and a user's own links.
+    Its content is hash-checked like any file's (verify_files); the link, not the manifest, chose
+    it. The path returned keeps that last link unresolved, so a model's external data is looked
+    up next to it, as its manifest path names it."""
     if not isinstance(relative, str) or not relative or "\x00" in relative:
         raise ManifestError(f"manifest path {relative!r} must be a non-empty relative path")
     if Path(relative).is_absolute() or relative.startswith(("/", "\\")):
         raise ManifestError(f"manifest path {relative!r} must be a non-empty relative path")
     base = Path(root).resolve()
+    joined = base / relative
     try:
-        path = (base / relative).resolve()
+        if relative.split("/")[-1] in ("", ".", ".."):  # names a directory: resolved whole
+            path = inside = joined.resolve()
+        else:
+            inside = joined.parent.resolve()  # every directory on the way, links resolved
+            path = inside / joined.name
+            target = path.resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long for the OS
         raise ManifestError(f"manifest path {relative!r} cannot be resolved: {exc}") from None
-    if not path.is_relative_to(base):
+    if not inside.is_relative_to(base):
         raise ManifestError(
-            f"manifest path {relative!r} points outside {root} (to {path}); manifest paths "
-            "must stay inside the artifact directory"
+            f"manifest path {relative!r} points outside {root} (to {inside}); manifest paths "
+            "must stay inside the artifact directory (to use a directory linked in from "
+            "elsewhere, copy the artifact directory with its links followed: cp -rL SRC DST)"
+        )
+    leaves = path != inside and not target.is_relative_to(base)
+    if leaves and target.exists() and not target.is_file():
+        raise ManifestError(
+            f"manifest path {relative!r} is a symlink to {target}, which is not a regular file; "
+            "a file of the artifact directory may link to a file only (or copy the directory "
+            "with its links followed: cp -rL SRC DST)"
         )
     return path
 

@@ -362,6 +362,10 @@ def open_entry(
         # verify_files has checked it; unverified, the backend hashes the file itself (a cache
         # of other weights would be used silently and compute wrong numbers).
         options["model_sha256"] = entry["files"][0]["sha256"] if verify else None
+    if entry["format"] == "onnx":
+        # TensorRT's engines, when the profile caches them: under the same root, or no cache
+        # when device caching is off (backends/_tensorrt.py), never in the working directory.
+        options["engine_cache_dir"] = cache_dirs.get("onnx")
     if entry["format"] == "onnx" and "onnx" in cache_dirs and verify:
         # Every ONNX artifact (optimized graph + prepacked weights, mapped: backends/onnx.py),
         # but only with verified files: the entry is named after their hashes.

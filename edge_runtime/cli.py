@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import edge_runtime
+from edge_runtime import _load_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +25,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="edge-run", description="Run an edge-convert artifact directory on this device."
+        prog="edge-run", description="Run an edge-convert artifact directory on this device.",
+        epilog="Exit status: 0 when every text ran (or --info described the directory); 1 when the "
+        "directory cannot be run here (a failed check, no artifact that runs, a damaged manifest); "
+        "2 for a bad flag or argument (--threads out of range, no texts); 130 after Ctrl-C; 141 "
+        "when the reader of the output stopped early.",
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
     parser.add_argument("texts", nargs="*", help="texts to embed or classify; - reads one text per "
@@ -263,6 +268,10 @@ def _print_results(model, texts: list[str], as_json: bool) -> None:
 def _main(argv: list[str] | None) -> int:
     # Intermixed: texts may follow options ("edge-run DIR --json 'a text'"), as users type them.
     args = _parser().parse_intermixed_args(argv)
+    problem = "" if args.threads is None else _load_args.threads_problem(args.threads)
+    if problem:  # a bad flag: a usage error (exit 2), said before anything is read
+        print(f"edge-run: error: --threads {problem}", file=sys.stderr)
+        return 2
     try:
         if args.info:
             signed = None

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark edge-convert artifacts on this device: latency, throughput, "
         "cold and warm load, memory, sensors, golden check. Markdown on stdout, progress on "
         "stderr.",
+        epilog="Exit status: 0 when every measurement ran; 1 when one failed, nothing was measured "
+        "or the directory cannot be used; 2 for a bad flag (every numeric one is checked before "
+        "anything is loaded); 130 after Ctrl-C, 143 after SIGTERM (docs/edge-bench.md).",
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
     which = parser.add_mutually_exclusive_group()

@@ -10,7 +10,8 @@ import logging
 import signal
 import sys
 
-from edge_runtime.serve._config import HTTP_CHOICES, LOOP_CHOICES  # stdlib only: no starlette yet
+# stdlib only: no starlette yet
+from edge_runtime.serve._config import HTTP_CHOICES, LOOP_CHOICES, ServeConfig, ServeConfigError
 
 
 def _bool(text: str) -> bool:
@@ -152,6 +153,13 @@ _FLAGS = {
 }
 
 
+# ServeConfig field -> the flag that sets it, for ServeConfigError (looked up by field name; the
+# short names are not replaced inside other messages, where "port" or "threads" mean themselves)
+_SETTING_FLAGS = {
+    **_FLAGS, "port": "--port", "threads": "--threads", "http": "--http", "loop": "--loop"
+}
+
+
 def _as_flags(message: str) -> str:
     message = message.replace("trusted_keys=None", "no --trusted-key")
     for name, flag in _FLAGS.items():
@@ -164,20 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    import edge_runtime
-
-    try:
-        import starlette  # noqa: F401  (the serve extra: imported here so a missing one is said
-        import uvicorn  # noqa: F401   at once, not as a traceback once the model has loaded)
-
-        from edge_runtime.serve import ServeConfig, run
-    except ImportError as exc:
-        print(
-            f"edge-serve: error: {exc}; install the serve extra: pip install starlette uvicorn (the device wheel's [serve] extra)",
-            file=sys.stderr,
-        )
-        return 1
-    try:
+    try:  # every setting checked here, before the serve extra is imported or anything is read
         config = ServeConfig(
             path=args.artifacts,
             artifact=args.artifact,
@@ -200,20 +195,34 @@ def main(argv: list[str] | None = None) -> int:
             http=args.http,
             loop=args.loop,
         )
+    except ServeConfigError as exc:  # a bad flag: a usage error, as argparse's own (exit 2)
+        flag = _SETTING_FLAGS.get(exc.parameter, exc.parameter)
+        print(f"edge-serve: error: {flag} {exc.message}", file=sys.stderr)
+        return 2
+    import edge_runtime
+
+    try:
+        import starlette  # noqa: F401  (the serve extra: imported here so a missing one is said
+        import uvicorn  # noqa: F401   at once, not as a traceback once the model has loaded)
+
+        from edge_runtime.serve import run
+    except ImportError as exc:
+        print(
+            f"edge-serve: error: {exc}; install the serve extra: pip install starlette uvicorn (the device wheel's [serve] extra)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
         drained = run(config)
     except edge_runtime.EdgeRuntimeError as exc:
         print(f"edge-serve: error: {_as_flags(str(exc))}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # a setting out of range (ServeConfig)
-        print(f"edge-serve: error: {_as_flags(str(exc))}", file=sys.stderr)
-        return 2
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"edge-serve: error: {exc}", file=sys.stderr)
         return 1
     if drained.dropped:  # a drain cut short ends as the signal would have: 128 + its number
         return 128 + (drained.signal or signal.SIGTERM)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

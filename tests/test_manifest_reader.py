@@ -364,24 +364,62 @@ def test_paths_escaping_the_directory_are_refused(tmp_path, bad):
         read_manifest(root)
 
 
-def test_symlink_pointing_outside_is_refused(tmp_path):
+def test_a_file_may_link_to_a_file_elsewhere_but_a_path_never_leaves_through_a_directory(tmp_path):
+    """A file of the directory may be a symlink to a regular file anywhere (huggingface_hub's
+    snapshots/REV/NAME -> ../../blobs/HASH; review item 7): its content is still hash-checked.
+    A manifest path still cannot leave the directory through a linked directory, and a link to
+    something that is not a regular file is refused; both say how to copy the directory."""
     root = tmp_path / "art"
     root.mkdir()
-    (tmp_path / "secret.onnx").write_bytes(b"model bytes")
+    (tmp_path / "elsewhere.onnx").write_bytes(b"model bytes")
     manifest = _valid(root)
     (root / "m.onnx").unlink()
-    os.symlink(tmp_path / "secret.onnx", root / "m.onnx")
+    os.symlink(tmp_path / "elsewhere.onnx", root / "m.onnx")
     _write(root, manifest)
-    with pytest.raises(ManifestError, match="'m.onnx' points outside"):
-        read_manifest(root)
-    # A directory symlink leading out is refused the same way.
+    files = read_manifest(root)["artifacts"][0]["files"]
+    assert resolve(root, "m.onnx") == root.resolve() / "m.onnx"  # the link: data files are found next to it
+    verify_files(root, files)
+    (tmp_path / "elsewhere.onnx").write_bytes(b"model bytez")  # the content is what is checked
+    with pytest.raises(ArtifactError, match="m.onnx: sha256"):
+        verify_files(root, files)
+    for target in (tmp_path, Path(os.devnull)):  # a directory, a device
+        (root / "m.onnx").unlink()
+        os.symlink(target, root / "m.onnx")
+        with pytest.raises(ManifestError, match=r"'m.onnx' is a symlink to .*not a regular file.*cp -rL SRC DST"):
+            read_manifest(root)
+    # A directory symlink leading out is refused as a path leaving the directory.
     (root / "m.onnx").unlink()
     (root / "m.onnx").write_bytes(b"model bytes")
     os.symlink(tmp_path, root / "up")
-    manifest["artifacts"][0]["files"][0]["path"] = "up/secret.onnx"
+    manifest["artifacts"][0]["files"][0]["path"] = "up/elsewhere.onnx"
     _write(root, manifest)
-    with pytest.raises(ManifestError, match="'up/secret.onnx' points outside"):
+    with pytest.raises(ManifestError, match=r"'up/elsewhere.onnx' points outside .*cp -rL SRC DST"):
         read_manifest(root)
+
+
+def test_a_huggingface_hub_snapshot_loads_and_runs(tmp_path):
+    """`edge-run hub/snapshots/abc` on the layout snapshot_download leaves (every file a link
+    into ../../blobs, the .onnx.data too, so onnxruntime must look for it next to the link):
+    refused before; now the same numbers as the plain directory."""
+    import edge_runtime
+    import tiny_artifact
+
+    plain = tmp_path / "plain"
+    tiny_artifact.build(plain)
+    snapshot, blobs = tmp_path / "hub" / "snapshots" / "abc", tmp_path / "hub" / "blobs"
+    blobs.mkdir(parents=True)
+    for path in sorted(p for p in plain.rglob("*") if p.is_file()):
+        blob = blobs / file_sha256(path)
+        blob.write_bytes(path.read_bytes())
+        link = snapshot / path.relative_to(plain)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    assert (snapshot / "onnx-fp32.onnx.data").is_symlink()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([str(snapshot), "--info"]) == 0
+    model = edge_runtime.load(snapshot, device_cache=tmp_path / "cache")
+    got = model.run({"input_ids": tiny_artifact.IDS})["last_hidden_state"]
+    np.testing.assert_array_equal(got, tiny_artifact.outputs(tiny_artifact.IDS))
 
 
 def test_symlink_inside_the_directory_is_allowed(tmp_path):

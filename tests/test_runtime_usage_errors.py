@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import edge_runtime
-from edge_runtime import _bench_report, _load_args, cli, cli_bench, cli_tune
+from edge_runtime import _bench_report, _load_args, cli, cli_bench, cli_serve, cli_tune
+from edge_runtime._select import max_threads
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,42 @@ def test_thread_counts_up_to_the_limit_pass_and_edge_bench_says_the_limit():
     BenchConfig(threads=(0, max_threads())).check()
     with pytest.raises(BenchConfigError, match=f"to {max_threads()} "):
         BenchConfig(threads=(max_threads() + 1,)).check()
+
+
+_TOO_MANY = str(max_threads() + 1)
+_BAD_NUMBERS = [
+    (cli, ["hi"], "--threads", "-1"), (cli, ["hi"], "--threads", _TOO_MANY), (cli, ["hi"], "--threads", "two"),
+    *((cli_bench, ["-q"], flag, value) for flag, value in (
+        ("--threads", "-1"), ("--threads", _TOO_MANY), ("--runs", "0"), ("--warmup", "-1"), ("--rounds", "0"),
+        ("--seq", "0"), ("--batch", "1,-2"), ("--seq", "x"))),
+    *((cli_tune, [], "--rounds", value) for value in ("0", "-3", "x")),
+    *((cli_serve, ["--port", "0"], flag, value) for flag, value in (
+        ("--threads", "-1"), ("--threads", _TOO_MANY), ("--workers", "-2"), ("--workers", "x"), ("--port", "-1"),
+        ("--port", "70000"), ("--max-concurrent-requests", "0"), ("--max-batch-tokens", "0"),
+        ("--max-batch-requests", "0"), ("--max-client-batch-size", "0"), ("--max-batch-wait-ms", "-1"),
+        ("--max-batch-wait-ms", "nan"), ("--golden-interval", "-1"), ("--payload-limit", "0"),
+        ("--graceful-timeout", "inf"))),
+]
+
+
+@pytest.mark.parametrize("module, extra, flag, value", _BAD_NUMBERS,
+                         ids=[f"{m.__name__.rsplit('.', 1)[1]}{f}={v}" for m, _, f, v in _BAD_NUMBERS])
+def test_a_bad_number_for_any_flag_is_a_usage_error_naming_it(tmp_path, capsys, monkeypatch, module, extra,
+                                                              flag, value):
+    """Exit status 2 (what edge-serve's --help promised; edge-run and edge-serve said 1 for a bad
+    --threads, found only when load() started: review item 8), the flag named, and nothing read:
+    the directory does not exist (else that would be the error, status 1), and nothing loads."""
+    def must_not_load(*args, **kwargs):
+        raise AssertionError(f"{flag} {value}: loaded a model before refusing the flag")
+
+    monkeypatch.setattr(edge_runtime, "load", must_not_load)
+    try:
+        status = module.main([str(tmp_path / "missing"), *extra, flag, value])
+    except SystemExit as exited:  # argparse's own refusals (not a number at all)
+        status = exited.code
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert flag in err and "does not exist" not in err and "Traceback" not in err
 
 
 def test_edge_run_without_arguments_asks_for_the_directory_only(capsys):

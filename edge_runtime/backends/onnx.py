@@ -58,6 +58,7 @@ from edge_runtime.backends._cache import (
     signature,
     write_json,
 )
+from edge_runtime.backends._tensorrt import place_engine_cache
 
 log = logging.getLogger("edge_runtime")
 
@@ -99,9 +100,13 @@ class OnnxSession:
         model_sha256: str | None = None,
         allow_spinning: bool | None = None,
         inter_op_threads: int = 1,
+        engine_cache_dir: Path | None = None,
     ):
         """optimized_cache_dir: keep the device form of the model there (see the module
         docstring); model_sha256 names the entry (the manifest's hash, checked by the caller).
+        engine_cache_dir: the device cache that TensorRT's engines go under when the provider
+        options enable its engine cache without a path (backends/_tensorrt.py); None (device
+        caching off) or no model_sha256 (not verified) turns that cache off.
         allow_spinning: whether idle intra-op threads spin (onnxruntime's
         session.intra_op.allow_spinning); None keeps onnxruntime's default (spin). Set from the
         device's tuning result (edge_runtime/_tune.py). inter_op_threads: the profile's
@@ -134,6 +139,9 @@ class OnnxSession:
             wanted.append("CPUExecutionProvider")
         provider_options = provider_options or {}
         providers = [(p, provider_options.get(p, {})) for p in wanted]
+        # Never into the working directory: keyed by the verified hash in the device cache, or off.
+        providers = place_engine_cache(providers, engine_cache_dir, model_sha256, ort.__version__,
+                                       Path(model_path).name)
 
         self.optimized_cache: Path | None = None
         # "reused" | "created" | "unavailable" (could not be written) | None (not asked for)

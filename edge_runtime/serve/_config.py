@@ -7,13 +7,22 @@ should not expose a model to everyone by accident.
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime._errors import EdgeRuntimeError
 
-__all__ = ["ERROR_STATUS", "HTTP_CHOICES", "LOOP_CHOICES", "ServeConfig", "ServeError", "server_stack"]
+__all__ = [
+    "ERROR_STATUS",
+    "HTTP_CHOICES",
+    "LOOP_CHOICES",
+    "ServeConfig",
+    "ServeConfigError",
+    "ServeError",
+    "server_stack",
+]
 
 HTTP_CHOICES = ("auto", "h11", "httptools")
 LOOP_CHOICES = ("auto", "asyncio", "uvloop")
@@ -45,6 +54,16 @@ class ServeError(EdgeRuntimeError):
 
     def body(self) -> dict:
         return {"error": self.message, "error_type": self.kind}
+
+
+class ServeConfigError(ValueError):
+    """A ServeConfig setting out of range, found when the config is made (before anything is
+    loaded); `parameter` names the field, so edge-serve can name its flag (a usage error)."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(f"{parameter} {message}")
+        self.parameter = parameter
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -107,21 +126,46 @@ class ServeConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise ServeConfigError(name, f"must be an integer >= 1, got {value!r}")
         if self.max_batch_requests is not None and self.max_batch_requests < 1:
-            raise ValueError(f"max_batch_requests must be >= 1, got {self.max_batch_requests!r}")
+            raise ServeConfigError(
+                "max_batch_requests", f"must be >= 1, got {self.max_batch_requests!r}"
+            )
+        self._check_threads()
         # Finite and bounded: an infinite or NaN wait would park the worker (a wait it cannot
         # express: OverflowError) and every request with it.
         for name, most in (("max_batch_wait_ms", 60_000.0), ("golden_interval_s", 7 * 86_400.0),
                            ("graceful_timeout_s", 3_600.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
-                raise ValueError(f"{name} must be a number from 0 to {most:g}, got {value!r}")
+                raise ServeConfigError(name, f"must be a number from 0 to {most:g}, got {value!r}")
         for name, known in (("http", HTTP_CHOICES), ("loop", LOOP_CHOICES)):
             if getattr(self, name) not in known:
-                raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+                value = getattr(self, name)
+                raise ServeConfigError(name, f"must be one of {', '.join(known)}, got {value!r}")
+        port = self.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ServeConfigError("port", f"must be an integer in 0..65535, got {port!r}")
+
+    def _check_threads(self) -> None:
+        """load()'s rule (_load_args), checked here so that a bad count is refused before the
+        address is bound or anything is read, as the other settings are."""
+        if self.threads is None:
+            return
+        # Imported here: the module stays standard-library only (edge-serve --help imports it).
+        from edge_runtime._load_args import threads_problem
+
+        try:  # any integer type, as load() takes it; not a bool
+            count = None if isinstance(self.threads, bool) else operator.index(self.threads)
+        except TypeError:
+            count = None
+        if count is None:
+            raise ServeConfigError(
+                "threads", f"must be an integer >= 0 or None, got {self.threads!r}"
+            )
+        problem = threads_problem(count)
+        if problem:
+            raise ServeConfigError("threads", problem)
 
 
 def server_stack(config: ServeConfig) -> tuple[str, str]:
