@@ -509,7 +509,14 @@ def _sweep(args: argparse.Namespace, work: Path, progress: Progress) -> None:
 
 def _interrupted(args: argparse.Namespace, progress: Progress) -> int:
     """Ctrl-C: write what finished (marked partial), say so in one line, status 130."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the files short
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the files short
+    try:
+        return _write_partial(args, progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)  # main() may be called in-process (the tests)
+
+
+def _write_partial(args: argparse.Namespace, progress: Progress) -> int:
     where = (f"interrupted by Ctrl-C while {progress.stage}: {len(progress.rows)} of "
              f"{len(args.pairs) * len(args.criteria_list)} pruned models finished, "
              f"{len(progress.rounds)} of {args.rounds} timing rounds")

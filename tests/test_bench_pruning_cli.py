@@ -250,3 +250,14 @@ def test_summary_keeps_per_round_ratios_and_flags_a_busy_cpu():
     assert result["cpu_busy_share"] == 0.5 and "busy_note" in result
     assert result["rows"][0]["round_ratios"] == [0.6, 0.4, 0.55]
     assert "WARNING: the CPU was busy" in bench_pruning.markdown({**_result(), **result})
+
+
+def test_ctrl_c_leaves_the_ctrl_c_handler_as_it_found_it(tmp_path, monkeypatch):
+    """main() runs in-process (these tests, a notebook): it ignored every later Ctrl-C."""
+    import signal
+
+    sweep, _ = _fake_sweep(KeyboardInterrupt(), rows=1)
+    monkeypatch.setattr(bench_pruning, "_sweep", sweep)
+    before = signal.getsignal(signal.SIGINT)
+    assert _main_catching_ctrl_c(["--out", str(tmp_path / "sweep")]) == 130
+    assert signal.getsignal(signal.SIGINT) is before
