@@ -232,7 +232,8 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
 
             def show(message: str) -> None:  # every progress line is a safe point to stop at
                 check_interrupted()
-                shown(message)
+                # A refusal's advice names the library's parameters: said with the flags here.
+                shown(as_flags(message) if "REFUSED" in message else message)
             if several:
                 results = convert_targets(config, [p.id for p in profiles], show)
             else:

@@ -109,6 +109,16 @@ def prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest
                               f"pruned for {profile.id}: pass prune=... too")
     if request is not None and not profile.pruning.artifacts:
         raise ConversionError(f"profile {profile.id} names no artifacts to prune ([pruning] artifacts)")
+    if request is not None and request.auto:
+        # auto keeps steps whose pruned FP32 model holds the floor plus a margin for quantization:
+        # at 1 or more that is exact equality, which no pruned model reaches.
+        floor, margin = profile.pruning.floor, profile.pruning.margin
+        highest = max(floor.cosine_mean, floor.top1_agreement)
+        if highest + margin >= 1.0:
+            raise ConversionError(
+                f"prune=auto keeps a step only above the pruning floor plus a margin of {margin:g} for "
+                f"quantization; a floor of {highest:g} leaves no room below 1: give prune_floor at most "
+                f"{1.0 - margin - 0.001:.3f}, or fixed shares (prune=heads=R,ffn=R)")
     return request
 
 

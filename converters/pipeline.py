@@ -39,7 +39,7 @@ from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
 from converters.packaging.input_stats import input_stats
 from converters.packaging.timing import time_delivered, timing_feeds
-from converters.pruning.prune_model import PruneRequest
+from converters.pruning.prune_model import PruneRequest, check_request_fits
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
 from edge_runtime._contention import worst_share
@@ -273,6 +273,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         else:
             shared.check(config)
         source = shared.source
+        check_request_fits(prune_request, source)  # a share that rounds to nothing: before any artifact
         # Before any work for this target: room for its artifacts and the work directory.
         disk = preflight.check_disk_space(profile, source, config.out, pruned=prune_request is not None)
         progress(f"disk space: {disk.describe()}: enough free")

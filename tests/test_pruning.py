@@ -138,7 +138,10 @@ def test_reconstruction_lowers_the_layer_output_error_it_targets(tiny_model_fact
     fit, heldout = batches[:1], batches[1:]
     teacher = _outputs(source, heldout)
     keep = plan(score(source.module, fit, source.input_names), heads=0.5, ffn=0.5)
-    report = prune_and_reconstruct(source.module, keep, fit, source.input_names)
+    said: list[str] = []
+    report = prune_and_reconstruct(source.module, keep, fit, source.input_names, progress=said.append)
+    # A counted step from 0/N: the ETA's clock starts with the re-fit, not after its first layer.
+    assert said == [f"re-fitted layer {i}/{len(report['layers'])}" for i in range(len(report["layers"]) + 1)]
     for entry in report["layers"]:
         for key in ("attention_error", "ffn_error"):
             before, after = entry["reconstruction"][key]

@@ -109,3 +109,27 @@ def test_distillation_loss_reads_the_output_as_its_metric_does():
     mean = SimpleNamespace(task="feature-extraction", postprocess={"pooling": "mean"})
     assert _output_loss(mean, moved, target, mask) > 0.01
     assert _output_loss(mean, padded_only, target, mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_share_that_rounds_to_no_unit_is_refused_from_the_config_before_any_work():
+    from types import SimpleNamespace
+
+    from converters.pruning.prune_model import PruneRequest, check_request_fits
+
+    minilm = SimpleNamespace(num_layers=6, num_heads=12, intermediate_size=1536)  # 72 heads, 9216 neurons
+    with pytest.raises(ConversionError, match=r"removes nothing from this model \(72 heads and 9216 FFN neurons"):
+        check_request_fits(PruneRequest.parse("heads=0.005"), minilm)
+    check_request_fits(PruneRequest.parse("heads=0.01"), minilm)  # one head
+    check_request_fits(PruneRequest.parse("auto"), minilm)
+    check_request_fits(None, minilm)
+
+
+def test_auto_with_a_floor_that_leaves_no_room_for_its_margin_is_refused():
+    from pathlib import Path
+
+    from converters.options import ConvertConfig, prepare
+
+    config = ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), prune="auto", prune_floor=0.9999)
+    with pytest.raises(ConversionError, match=r"a floor of 0.9999 leaves no room below 1: give prune_floor at most 0.996"):
+        prepare(config)
+    prepare(ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), prune="auto", prune_floor=0.99))

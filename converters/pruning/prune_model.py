@@ -195,6 +195,19 @@ def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, 
     return record
 
 
+def check_request_fits(request: PruneRequest | None, source: SourceModel) -> None:
+    """Before any work: a fixed share that rounds to no head and no neuron of this model (the
+    counts are the config's) would fail only after the unpruned artifacts were built."""
+    if request is None or request.auto:
+        return
+    heads, neurons = source.num_layers * source.num_heads, source.num_layers * source.intermediate_size
+    if round(request.heads * heads) == 0 and round(request.ffn * neurons) == 0:
+        raise ConversionError(
+            f"prune={request.describe()} removes nothing from this model ({heads} heads and {neurons} FFN neurons "
+            f"in all: a share removes one above heads={0.5 / heads:.2g} or ffn={0.5 / neurons:.2g}): "
+            "ask for larger shares, or leave pruning off")
+
+
 def _check_removes_something(scores: Scores, request: PruneRequest) -> None:
     """A fixed request that rounds to no head and no neuron would deliver "-pruned" twins equal
     to the unpruned artifacts: refused, as prune heads=0,ffn=0 is."""
@@ -313,7 +326,7 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     flops_after = encoder_flops(pruned.module)
     removed = _removed_shares(report["layers"])
     progress(f"pruned heads {removed['heads']:.2f} ffn {removed['ffn']:.2f}"
-             + (f" (asked {chosen[0]:.2f} / {chosen[1]:.2f}: shares round to whole heads and neurons, and every "
+             + (f" (asked {chosen[0]:g} / {chosen[1]:g}: shares round to whole heads and neurons, and every "
                 "layer keeps at least one of each)"
                 if abs(removed["heads"] - chosen[0]) > 0.05 or abs(removed["ffn"] - chosen[1]) > 0.05 else "")
              + f": {flops_after / flops_before:.3f}x FLOPs, "

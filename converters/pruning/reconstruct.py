@@ -181,6 +181,8 @@ def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[
     targets = _targets(model, batches, input_names)
     report = prune(model, keep)
     layers = find_layers(model)
+    if progress is not None:  # the count's clock starts here, not after the first layer's seconds
+        progress(f"re-fitted layer 0/{len(layers)}")
     for layer, entry in zip(layers, report["layers"]):
         errors = {}
         for kind in ("attention", "ffn"):
