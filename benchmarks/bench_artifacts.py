@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from functools import partial
@@ -36,8 +36,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from edge_runtime._contention import CpuWait, busy_note  # noqa: E402 - after the path
+sys.path.insert(0, str(ROOT / "tools"))
+from _bench_child import ChildError, run_child, user_path  # noqa: E402 - after the path
+from edge_runtime._contention import CpuWait, busy_note  # noqa: E402
 from edge_runtime._rounds import Round, time_in_rounds  # noqa: E402
+from edge_runtime._sigterm import (  # noqa: E402
+    TERMINATED_EXIT,
+    Terminated,
+    check_interrupted,
+    sigterm_as_ctrl_c,
+)
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 # CPU flags that decide kernel choices, named with every timing.
 INTERESTING_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
@@ -83,6 +91,14 @@ feeds = {n: (np.ones((1, 128), np.int64) if n != "token_type_ids" else np.zeros(
 run(feeds)
 print(json.dumps({"load_s": load, "rss_mb": proc.memory_info().rss / 2**20, "rss_delta_mb": (proc.memory_info().rss - before) / 2**20}))
 """
+
+
+def _load_probe(name: str, kind: str, path: str, threads: int, env: dict[str, str]) -> dict:
+    """One fresh process's load time and RSS (_LOAD_PROBE); ChildError naming the variant and the
+    child's exception if it fails. The child runs in ROOT: `path` must be absolute."""
+    command = [sys.executable, "-c", _LOAD_PROBE, kind, path, str(threads)]
+    done = run_child(f"the load probe of {name!r}", command, cwd=ROOT, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _texts() -> list[str]:
@@ -235,27 +251,38 @@ def main(argv: list[str] | None = None) -> int:
                         "(the round cycles through the variants until each has --runs)")
     parser.add_argument("--threads", type=int, default=2, help="threads of every session")
     parser.add_argument("--seq", type=int, default=128, help=f"tokens of the timed input (1-{MAX_TOKENS})")
-    parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--keep", type=Path, help="convert into this directory and keep the artifacts "
-                        "(default: a temporary directory)")
+    # Paths are made absolute here: the load probes run with cwd=ROOT (tools/_bench_child.py).
+    parser.add_argument("--json", type=user_path, help="write the raw results here")
+    parser.add_argument("--keep", type=user_path, help="convert into this directory and keep the "
+                        "artifacts (default: a temporary directory)")
     parser.add_argument("--tflite", action="store_true", help="add the stock litert-torch / ai-edge-quantizer rows")
-    parser.add_argument("--reuse", action="store_true", help="with --keep: use a target's artifact directory "
-                        "already there (its manifest.json says which commit's converter made it) instead of converting")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: use a target's artifact directory already there (its "
+                        "manifest.json says which commit's converter made it) instead of "
+                        "converting; it must have been converted from the built-in MiniLM "
+                        "(checked first)")
     args = parser.parse_args(argv)
-    _check_args(parser, args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     try:
-        return _bench(args, argv, work)
-    except KeyboardInterrupt:
+        # SIGTERM (`kill`, timeout(1), a cancelled CI job) is handled as Ctrl-C: the work
+        # directory here and the converter's own are removed (edge_runtime/_sigterm.py).
+        with sigterm_as_ctrl_c():
+            _check_args(parser, args, work)
+            return _bench(args, argv, work)
+    except KeyboardInterrupt as exc:
         kept = f"; converted artifacts stay in {args.keep}" if args.keep else ""
-        print(f"bench_artifacts: interrupted, nothing measured was written{kept}", file=sys.stderr)
-        return 130
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"bench_artifacts: {how}, nothing measured was written{kept}", file=sys.stderr)
+        return TERMINATED_EXIT if isinstance(exc, Terminated) else 130
+    except ChildError as exc:
+        print(f"bench_artifacts: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the plain/stock exports: hundreds of MB
 
 
-def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, work: Path) -> None:
     """Every option before minutes of conversion: one line naming the option."""
     for name in ("rounds", "runs", "block", "threads"):
         if getattr(args, name) < 1:
@@ -272,9 +299,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parent = next((p for p in args.json.resolve().parents if p.exists()), None)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
             parser.error(f"--json {args.json}: cannot be written there ({parent} is not a writable directory)")
+    from converters._errors import ConversionError
+    from converters.options import prepare
+    from converters.pruning.prune_model import PruneRequest
     from targets import ProfileError, UnknownTargetError, load_profile
 
-    for target in args.target or []:
+    for target in _targets(args):
         try:
             load_profile(target.partition("/floor=")[0].partition("@")[0])
         except (UnknownTargetError, ProfileError) as exc:
@@ -285,6 +315,97 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                 float(floor)
             except ValueError:
                 parser.error(f"--target {target}: the /floor= suffix must be a number")
+    if args.prune is not None:
+        try:
+            PruneRequest.parse(args.prune)
+        except ConversionError as exc:  # "prune 'heads=2': ..." names the library's parameter
+            text = str(exc)
+            text = text if text.startswith("prune ") else f"prune {args.prune}: {text}"
+            parser.error("--" + text)
+    # The converter's own checks that need no model (the @METHOD suffix on a dynamic profile or
+    # an unknown method, a floor out of range, --prune-floor with nothing to prune, an output
+    # it may not replace): a traceback after the imports otherwise, or minutes later.
+    for target in _targets(args):
+        try:
+            prepare(_convert_config(args, target, args.keep or work))
+        except (ConversionError, UnknownTargetError, ProfileError) as exc:
+            message = _as_options(str(exc))  # "--prune-floor 0.5 is ...": names its option already
+            parser.error(message if message.startswith("--") else f"--target {target}: {message}")
+    if args.reuse:
+        _check_reused(parser, args)
+
+
+# The converter's parameter names in its messages, as this script's options spell them.
+_OPTIONS = (
+    ("prune_floor=", "--prune-floor "),
+    ("prune_floor", "--prune-floor"),
+    ("prune=", "--prune "),
+    ("calibration_method", "the @METHOD suffix"),
+    ("accuracy_floor", "the /floor= suffix"),
+    ("force=True", "converting into --keep"),
+)
+
+
+def _as_options(message: str) -> str:
+    for name, option in _OPTIONS:  # the parameter; not a profile field (int8.calibration_method)
+        message = re.sub(rf"(?<![\w.]){re.escape(name)}", option, message)
+    return message
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    return args.target or ["x86-avx2"]
+
+
+def _convert_config(args: argparse.Namespace, target: str, kept_dir: Path):
+    """What the converter is asked for one --target (TARGET[@METHOD][/floor=F])."""
+    from converters import ConvertConfig
+
+    spec, _, floor = target.partition("/floor=")
+    profile_id, _, method = spec.partition("@")
+    return ConvertConfig(
+        model=None, target=profile_id, out=kept_dir / target.replace("/", "_"),
+        calibration_method=method or None, accuracy_floor=float(floor) if floor else None,
+        force=args.keep is not None, prune=args.prune, prune_floor=args.prune_floor,
+    )
+
+
+def _builtin_source() -> tuple[str, str]:
+    """(name, weights sha256) of the model this script benchmarks, as a manifest's `source`
+    records them (converters/inputs/source.py)."""
+    from converters.inputs.source import _weights_sha256, default_model_dir
+
+    return "sentence-transformers/all-MiniLM-L6-v2 (built-in)", _weights_sha256(default_model_dir())
+
+
+def _check_reused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--reuse takes a directory only if it was converted from the model benchmarked here: the
+    reference, the stock exports and the tokenizer are the built-in MiniLM's, so another model's
+    artifacts failed after the stock exports with a numpy broadcast error (review 3, F3)."""
+    import edge_runtime
+    from converters.inputs.source import SourceModelError
+
+    reused = [args.keep / t.replace("/", "_") for t in _targets(args)]
+    reused = [d for d in reused if (d / "manifest.json").is_file()]
+    if not reused:
+        return
+    try:
+        name, sha256 = _builtin_source()
+    except SourceModelError as exc:
+        parser.error(f"--reuse: {exc}")
+    for directory in reused:
+        try:
+            source = edge_runtime.read_manifest(directory).get("source") or {}
+        except edge_runtime.EdgeRuntimeError as exc:
+            parser.error(f"--reuse: {exc}")
+        theirs, model = source.get("sha256"), source.get("name", "a nameless model")
+        if theirs != sha256:
+            hashed = "no weights hash"
+            if isinstance(theirs, str):
+                hashed = f"weights sha256 {theirs[:12]}"
+            parser.error(
+                f"--reuse: {directory} was converted from {model!r} ({hashed}), not from the model "
+                f"benchmarked here, {name!r} (weights sha256 {sha256[:12]}); give another --keep "
+                "(without --reuse the conversion replaces that directory)")
 
 
 def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
@@ -292,7 +413,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import edge_runtime
-    from converters import ConvertConfig, convert
+    from converters import convert
     from converters.core.arithmetic import ValidationSessions, choose_validation
     from converters.inputs.source import default_model_dir
     from edge_runtime._compat import arithmetic_problem
@@ -300,7 +421,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
     from targets import load_profile
 
     kept_dir = args.keep or work
-    targets = args.target or ["x86-avx2"]
+    targets = _targets(args)
     refused: dict[str, list[dict]] = {}
     for target in targets:
         existing = kept_dir / target.replace("/", "_")
@@ -309,14 +430,12 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
             refused[target] = edge_runtime.read_manifest(existing).get("refused", [])
             continue
         print(f"converting the built-in model for {target} ...", file=sys.stderr)
-        spec, _, floor = target.partition("/floor=")
-        profile_id, _, method = spec.partition("@")
-        result = convert(
-            ConvertConfig(model=None, target=profile_id, out=kept_dir / target.replace("/", "_"),
-                          calibration_method=method or None, accuracy_floor=float(floor) if floor else None,
-                          force=args.keep is not None, prune=args.prune, prune_floor=args.prune_floor),
-            lambda message, target=target: print(f"  [{target}] {message}", file=sys.stderr, flush=True),
-        )
+
+        def progress(message: str, target: str = target) -> None:
+            check_interrupted()  # a safe point: a signal Python dropped in a finalizer comes again
+            print(f"  [{target}] {message}", file=sys.stderr, flush=True)
+
+        result = convert(_convert_config(args, target, kept_dir), progress)
         # An artifact the converter refused is a result too: reported below, never skipped silently.
         refused[target] = list(result.refused)
 
@@ -440,9 +559,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
         probes = []
         env = {**os.environ, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="bench-cache-", dir=work)}
         for _ in range(4):
-            done = subprocess.run([sys.executable, "-c", _LOAD_PROBE, v["kind"], str(v["path"]), str(args.threads)],
-                                  capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-            probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            probes.append(_load_probe(name, v["kind"], str(v["path"]), args.threads, env))
         v.update(load_first_ms=probes[0]["load_s"] * 1000,
                  load_ms=statistics.median(p["load_s"] for p in probes[1:]) * 1000,
                  rss_mb=statistics.median(p["rss_mb"] for p in probes[1:]),
@@ -475,10 +592,10 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
     if busy:
         print(f"\nnote: {busy}")
     if args.json:
-        # Paths only where they outlive the run (--keep); NaN (a variant not timed) as null.
-        dropped = ("files", "entry", "root") if args.keep else ("files", "entry", "root", "path")
-        clean = {n: {k: _json_value(x) for k, x in v.items() if k not in dropped} for n, v in variants.items()}
+        clean = {n: _recorded(v, args.keep) for n, v in variants.items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        if args.keep:
+            clean["_keep"] = str(args.keep)  # what the variants' paths are relative to
         clean["_refused"] = refused
         clean["_device"] = device.to_dict()
         clean["_timing"] = {"batch": 1, "sequence": args.seq, "threads": args.threads, "rounds": args.rounds,
@@ -486,6 +603,22 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, work: Path) -> int:
         clean["_command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
         args.json.write_text(json.dumps(clean, indent=2, allow_nan=False))
     return 0
+
+
+def _recorded(variant: dict, keep: Path | None) -> dict:
+    """A variant as the JSON records it: NaN (a variant not timed) as null, and a path only where
+    it outlives the run: an edge-runtime artifact under --keep, as "DIR::ARTIFACT" relative to
+    --keep. The plain and stock exports (and everything without --keep) are in the temporary
+    work directory, removed at exit."""
+    root = variant.get("root")
+    kept = keep is not None and root is not None and Path(root).is_relative_to(keep)
+    out = {}
+    for key, value in variant.items():
+        if key == "path" and kept:
+            out[key] = f"{Path(root).relative_to(keep)}::{variant['entry']['name']}"
+        elif key not in ("files", "entry", "root", "path"):
+            out[key] = _json_value(value)
+    return out
 
 
 def _json_value(value):

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+from _bench_child import ChildError, run_child, user_path  # noqa: E402 - after the path
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 
 _EMBED = r"""
@@ -69,10 +70,10 @@ def _convert(target: str, out: Path) -> Path:
 def _embed(root: Path, artifact: str, texts_file: Path, emulator: list[str]) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "out.npy"
-        run = subprocess.run([*emulator, sys.executable, "-c", _EMBED, str(root), artifact, str(texts_file), str(result)],
-                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if run.returncode:
-            raise SystemExit(f"{' '.join(emulator) or 'native'} run of {root}::{artifact} failed:\n{run.stderr[-3000:]}")
+        command = [*emulator, sys.executable, "-c", _EMBED, str(root), artifact, str(texts_file),
+                   str(result)]
+        run_child(f"the {' '.join(emulator) or 'native'} run of {root}::{artifact}", command,
+                  cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         return np.load(result)
 
 
@@ -100,13 +101,27 @@ def _cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--avx2", type=Path, help="an x86-avx2 artifact directory (default: convert now)")
-    parser.add_argument("--vnni", type=Path, help="an x86-avx512-vnni artifact directory (default: convert now)")
+    # Paths are made absolute here: the runs under qemu have cwd=ROOT (tools/_bench_child.py).
+    parser.add_argument("--avx2", type=user_path,
+                        help="an x86-avx2 artifact directory (default: convert now)")
+    parser.add_argument("--vnni", type=user_path,
+                        help="an x86-avx512-vnni artifact directory (default: convert now)")
     parser.add_argument("--cpu", default="Haswell", help="qemu CPU model (default: Haswell)")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=user_path, help="write the results here")
+    args = parser.parse_args(argv)
+    for flag, directory in (("--avx2", args.avx2), ("--vnni", args.vnni)):
+        if directory is not None and not (directory / "manifest.json").is_file():
+            parser.error(f"{flag} {directory}: no manifest.json; give an edge-convert output")
+    try:
+        return _run(args)
+    except ChildError as exc:
+        print(f"bench_avx2_emulated: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         raise SystemExit("qemu-x86_64 not found: install qemu-user (Debian: apt-get install qemu-user)")
@@ -155,7 +170,8 @@ def main() -> None:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "texts": len(texts), "cpu": args.cpu,
                                          "rows": rows}, indent=2) + "\n")
         print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

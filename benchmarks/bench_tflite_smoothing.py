@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from _bench_child import user_path  # noqa: E402 - after the path
 
 # Runs edge-convert with the smoothing strength of both TFLite recipes replaced (none: off):
 # quantize_tflite's default (gptq_wi8_afp32) and the pipeline's GptqInt4Config (gptq_wi4b32_afp32).
@@ -34,12 +36,14 @@ sys.exit(main())
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="rpi5")
     parser.add_argument("--alphas", nargs="+", default=["none", "0.3", "0.5", "0.7"])
-    parser.add_argument("--out", type=Path, required=True, help="one artifact directory per alpha goes here")
-    args = parser.parse_args()
+    # Absolute here: edge-convert runs with cwd=ROOT, where a relative --out meant the repository.
+    parser.add_argument("--out", type=user_path, required=True,
+                        help="one artifact directory per alpha goes here")
+    args = parser.parse_args(argv)
     rows = []
     for alpha in args.alphas:
         out = args.out / f"{args.target}-alpha-{alpha}"

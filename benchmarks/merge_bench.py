@@ -3,10 +3,11 @@
 
     python benchmarks/merge_bench.py pi4.json pi5.json x86.json --out benchmarks/results/edge_bench
 
-writes OUT.md (one table, device and file columns first), OUT-latency.png (p50 latency vs
-sequence length, one line per file x artifact x threads, shaded up to p90) and OUT-tradeoff.png
-(size vs accuracy, colour = p50 latency; one panel per device and reference shape). Needs
-matplotlib (the toolkit's `bench` extra).
+writes OUT.md (one table, device, file and source model columns first), OUT-latency.png (p50
+latency vs sequence length, one line per file x artifact x threads, shaded up to p90) and
+OUT-tradeoff.png (size vs accuracy, colour = p50 latency; one panel per device and reference
+shape). The plots name the model in their title, or per line and point when the files measured
+several. Needs matplotlib (the toolkit's `bench` extra).
 
 --out: OUT is a prefix (OUT.md, OUT-latency.png, OUT-tradeoff.png; missing parent directories
 are created). An existing directory, or any path ending in "/", means "write inside it" with the
@@ -77,12 +78,17 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # ValueError: JSON and UTF-8 decoding errors
             raise MergeError(f"{path}: cannot read an edge-bench JSON file: {exc}") from None
+        if _is_manifest(doc):  # an easy mix-up: its schema errors quoted a whole target profile
+            raise MergeError(
+                f"{path}: an edge-convert manifest, not an edge-bench result; benchmark that "
+                f"directory with `edge-bench {path.parent} --json OUT` and merge OUT"
+            )
         problems = validate_bench(doc)
         if problems:
             more = f"; ... {len(problems) - 20} more" if len(problems) > 20 else ""
             raise MergeError(
                 f"{path}: not a valid edge-bench result (write it with `edge-bench DIR --json "
-                f"OUT` of this version): " + "; ".join(problems[:20]) + more
+                f"OUT` of this version): " + "; ".join(map(_shortened, problems[:20])) + more
             )
         same = seen_files.get((stat.st_dev, stat.st_ino))
         if same is not None:
@@ -105,6 +111,33 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
     for doc, label in zip(docs, _file_labels(paths)):
         doc["_file"] = label
     return docs
+
+
+def _is_manifest(doc: Any) -> bool:
+    """An edge-convert manifest.json: artifacts and the source model, no edge-bench records."""
+    return (
+        isinstance(doc, dict)
+        and "artifacts" in doc
+        and ("source" in doc or "created_by" in doc)
+        and "records" not in doc
+    )
+
+
+PROBLEM_CHARS = 200  # a schema problem quotes the value it found: a whole section, at worst
+
+
+def _shortened(problem: str) -> str:
+    return problem if len(problem) <= PROBLEM_CHARS else problem[: PROBLEM_CHARS - 1] + "…"
+
+
+def model_name(doc: dict[str, Any]) -> str:
+    """The source model a result measured (edge-bench copies it from the manifest), else its
+    artifact directory."""
+    return doc.get("source_model") or doc["artifact_dir"]
+
+
+def _several_models(docs: list[dict[str, Any]]) -> bool:
+    return len({model_name(doc) for doc in docs}) > 1
 
 
 def accuracy(record: dict[str, Any]) -> tuple[str, float] | None:
@@ -160,6 +193,7 @@ def rows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "device": device_label(doc["device"]),
                     "device_key": _device_key(doc["device"]),
                     "file": doc["_file"],
+                    "model": model_name(doc),
                     "target": doc["target"],
                     "record": record,
                     "accuracy": accuracy(record),
@@ -220,8 +254,10 @@ def plot_plan(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def latency_series(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The latency plot's lines: one per file x artifact x threads at the file's smallest batch,
     labelled with the device (CPU model and key ISA flags), the file where another file has the
-    same device label, the artifact, threads and (other than 1) batch."""
+    same device label, the artifact (and its source model when the files measured several),
+    threads and (other than 1) batch."""
     plan = plot_plan(docs)
+    several_models = _several_models(docs)
     all_rows = rows(docs)
     files_per_label: dict[str, set[str]] = {}
     for row in all_rows:
@@ -247,9 +283,10 @@ def latency_series(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     continue
                 seqs, p50, p90 = zip(*points)
                 shape = "" if batch == 1 else f", batch {batch}"
+                what = f"{artifact} of {model_name(doc)}" if several_models else artifact
                 series.append(
                     {
-                        "label": f"{who}: {artifact}, {_threads(threads)}{shape}",
+                        "label": f"{who}: {what}, {_threads(threads)}{shape}",
                         "seqs": list(seqs),
                         "p50": list(p50),
                         "p90": list(p90),
@@ -263,8 +300,10 @@ def tradeoff_panels(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     panel compare latencies of one device at one shape. Every file with an accuracy metric
     appears, at its own reference shape (batch x REFERENCE_SEQ, else its longest length). One
     point per artifact (size and accuracy), coloured by its fastest p50 and annotated with the
-    p50 of every file x thread count measured there."""
+    p50 of every file x thread count measured there. When the files measured several models,
+    each panel's title names its models, and a point its own where a panel holds several."""
     plan = plot_plan(docs)
+    several_models = _several_models(docs)
     panels: dict[tuple, dict[str, Any]] = {}
     for row in rows(docs):
         shape = plan[row["file"]]["tradeoff_shape"]
@@ -273,14 +312,17 @@ def tradeoff_panels(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         panel = panels.setdefault(
             (row["device_key"], shape),
-            {"device": row["device"], "shape": shape, "files": [], "points": {}},
+            {"device": row["device"], "shape": shape, "files": [], "models": [], "points": {}},
         )
         if row["file"] not in panel["files"]:
             panel["files"].append(row["file"])
+        if row["model"] not in panel["models"]:
+            panel["models"].append(row["model"])
         point = panel["points"].setdefault(
-            (r["artifact"], r["bytes"], row["accuracy"]),
+            (row["model"], r["artifact"], r["bytes"], row["accuracy"]),
             {
                 "artifact": r["artifact"],
+                "model": row["model"],
                 "mb": r["bytes"] / 1e6,
                 "accuracy": row["accuracy"],
                 "timings": [],  # (file, threads, p50 ms)
@@ -297,20 +339,25 @@ def tradeoff_panels(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         points = []
         for point in panel["points"].values():
             several = len(panel["files"]) > 1
-            text = point["artifact"] + "".join(
+            name = point["artifact"]
+            if len(panel["models"]) > 1:
+                name += f" of {point['model']}"
+            text = name + "".join(
                 f"\n{f'[{file}] ' if several else ''}{_threads(threads)}: {p50:.1f} ms"
                 for file, threads, p50 in point["timings"]
             )
             fastest = min(p50 for _, _, p50 in point["timings"])
             points.append(point | {"p50_ms": fastest, "text": text})
         batch, seq = panel["shape"]
+        models = f"\n{', '.join(panel['models'])}" if several_models else ""
         out.append(
             {
-                "title": f"{panel['device']}\n{', '.join(panel['files'])}: batch {batch} x {seq} "
-                "tokens",
+                "title": f"{panel['device']}{models}\n{', '.join(panel['files'])}: batch {batch} "
+                f"x {seq} tokens",
                 "device": panel["device"],
                 "shape": panel["shape"],
                 "files": panel["files"],
+                "models": panel["models"],
                 "points": points,
             }
         )
@@ -363,7 +410,8 @@ def markdown(docs: list[dict[str, Any]]) -> str:
     for doc in docs:
         wait, busy = _cpu_wait_summary(doc)
         lines.append(
-            f"- `{doc['_file']}`: {device_label(doc['device'])}, target {doc['target']}, "
+            f"- `{doc['_file']}`: {device_label(doc['device'])}, model {model_name(doc)}, "
+            f"target {doc['target']}, "
             f"{doc['created_utc']}, edge_runtime {doc['versions']['edge_runtime']}, backends "
             + ", ".join(f"{k} {v}" for k, v in doc["versions"]["backends"].items())
             + f"; sensors {_sensors(doc)}; {wait}"
@@ -384,11 +432,11 @@ def markdown(docs: list[dict[str, Any]]) -> str:
         ),
         "",
         (
-            "| device (CPU; flags) | file | target | artifact | MB | accuracy | batch x seq "
-            "| threads | p50 ms | p90 ms | p99 ms | p50 vs fp32 | tokens/s | CPU wait "
-            "| load→1st ms (1st / 2nd) | RSS anon / file MiB | golden |"
+            "| device (CPU; flags) | file | model | target | artifact | MB | accuracy "
+            "| batch x seq | threads | p50 ms | p90 ms | p99 ms | p50 vs fp32 | tokens/s "
+            "| CPU wait | load→1st ms (1st / 2nd) | RSS anon / file MiB | golden |"
         ),
-        "|---|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "|---|---|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for row in rows(docs):
         r = row["record"]
@@ -409,6 +457,7 @@ def markdown(docs: list[dict[str, Any]]) -> str:
         cells = [
             row["device"],
             f"`{row['file']}`",
+            row["model"].replace("|", "\\|"),  # a cell of one table row
             str(row["target"]),
             r["artifact"],
             f"{r['bytes'] / 1e6:.1f}",
@@ -476,6 +525,13 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def figure_title(docs: list[dict[str, Any]], what: str) -> str:
+    """A plot's title: the model all files measured, or "several models" (each line or point
+    then names its own)."""
+    models = "several models" if _several_models(docs) else model_name(docs[0])
+    return f"edge-bench, {models}: {what}"
+
+
 def render_latency(docs: list[dict[str, Any]]) -> bytes:
     """p50 latency vs sequence length (PNG bytes); see latency_series."""
     plt = _pyplot()
@@ -500,7 +556,7 @@ def render_latency(docs: list[dict[str, Any]]) -> bytes:
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel("latency per batch, ms (p50; shaded to p90)")
-        ax.set_title("edge-bench: latency vs sequence length (each file's smallest batch)")
+        ax.set_title(figure_title(docs, "latency vs sequence length (each file's smallest batch)"))
         ax.grid(True, which="both", alpha=0.3)
         if series:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
@@ -538,7 +594,7 @@ def render_tradeoff(docs: list[dict[str, Any]]) -> bytes:
             ax.ticklabel_format(axis="both", useOffset=False)
             ax.grid(True, alpha=0.3)
             ax.margins(x=0.25, y=0.25)
-        fig.suptitle("edge-bench: size vs accuracy vs latency")
+        fig.suptitle(figure_title(docs, "size vs accuracy vs latency"))
         fig.tight_layout()
         return _png(fig)
     finally:

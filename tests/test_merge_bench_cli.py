@@ -1,7 +1,8 @@
-"""benchmarks/merge_bench.py as a new user meets it: legends and panels that tell devices, files
-and thread counts apart, nothing left out unsaid, busy-CPU notes, a file column, and --out
-mistakes that give one error line and write nothing. No model, no timing: synthetic edge-bench
-documents built with tests/test_bench.py's helpers."""
+"""benchmarks/merge_bench.py as a new user meets it: legends and panels that tell devices, files,
+models and thread counts apart, nothing left out unsaid, busy-CPU notes, file and model columns,
+and mistakes (--out, an edge-convert manifest for an input) that give one short error line and
+write nothing. No model, no timing: synthetic edge-bench documents built with
+tests/test_bench.py's helpers."""
 
 from __future__ import annotations
 
@@ -201,10 +202,10 @@ def test_a_file_column_tells_rows_of_one_shape_apart(tmp_path):
     written = merge_bench.merge([monday, tuesday], tmp_path / "out" / "m")
     rows = _table_rows(written[0].read_text())
     assert len(rows) == 2
-    assert "| `run1/result.json` | x86-avx2 | onnx-int8 |" in rows[0]
-    assert "| `run2/result.json` | x86-avx2 | onnx-int8 |" in rows[1]
+    assert "| `run1/result.json` | all-MiniLM-L6-v2 | x86-avx2 | onnx-int8 |" in rows[0]
+    assert "| `run2/result.json` | all-MiniLM-L6-v2 | x86-avx2 | onnx-int8 |" in rows[1]
     header = next(line for line in written[0].read_text().splitlines() if "| artifact |" in line)
-    assert header.startswith("| device (CPU; flags) | file |")
+    assert header.startswith("| device (CPU; flags) | file | model | target | artifact |")
 
 
 @pytest.mark.parametrize("spelling", ["same", "dot-dot", "symlink", "copy"])
@@ -336,3 +337,76 @@ def test_an_unreadable_input_gives_one_line(tmp_path, capsys):
     assert merge_bench.main([str(tmp_path / "invalid.json"), "--out", str(out)]) == 1
     assert "not a valid edge-bench result" in _one_error_line(capsys.readouterr().err)
     assert not out.exists() and not (tmp_path / "out.md").exists()
+
+
+# -- 5: the source model (review 3, F4 and F9) ---------------------------------------------------
+def test_a_manifest_given_for_a_result_is_one_short_line(tmp_path, capsys):
+    """An edge-convert manifest.json was a ~3 KB line: every schema problem quoted its value,
+    the whole target profile with its notes."""
+    directory = tmp_path / "out1"
+    directory.mkdir()
+    profile = {"id": "x86-avx2", "notes": "a measured note " * 150}
+    manifest = {"schema_version": 1, "created_by": {"converter": "0.1.0"}, "target": profile,
+                "source": {"name": "tiny"}, "artifacts": [{"name": "onnx-int8"}]}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    assert merge_bench.main([str(directory / "manifest.json"), "--out", str(tmp_path / "m")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        f"merge_bench: error: {directory / 'manifest.json'}: an edge-convert manifest, not an "
+        f"edge-bench result; benchmark that directory with `edge-bench {directory} --json OUT` "
+        "and merge OUT"
+    )
+    # any other wrong document: each problem quotes at most PROBLEM_CHARS of what it found
+    (tmp_path / "other.json").write_text(json.dumps({"schema_version": 1, "target": profile}))
+    assert merge_bench.main([str(tmp_path / "other.json"), "--out", str(tmp_path / "m")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "$.target: expected str" in line and "…" in line
+    assert "a measured note " * 20 not in line
+    assert not list(tmp_path.glob("m*"))
+
+
+def _model_docs(tmp_path):
+    """One device, two files converted from two models."""
+    tiny = _epyc(AVX2, [_int8(32, p50=0.7)]) | {"source_model": "tiny"}
+    minilm = _epyc(AVX2, [_int8(32)], "2026-12-02T10:00:00Z")
+    return merge_bench.load_results(
+        [_write(tmp_path / "eb1.json", tiny), _write(tmp_path / "mini.json", minilm)]
+    )
+
+
+def test_the_table_and_plots_name_the_model(tmp_path):
+    """Results of two models on one device were told apart only by their file names."""
+    docs = _model_docs(tmp_path)
+    text = merge_bench.markdown(docs)
+    rows = _table_rows(text)
+    assert "| `eb1.json` | tiny | x86-avx2 | onnx-int8 |" in rows[0]
+    assert "| `mini.json` | all-MiniLM-L6-v2 | x86-avx2 | onnx-int8 |" in rows[1]
+    assert (
+        "- `eb1.json`: AMD EPYC 9R14 96-Core Processor (x86_64; avx2 fma), model tiny, "
+        "target x86-avx2" in text
+    )
+    labels = [line["label"] for line in merge_bench.latency_series(docs)]
+    cpu = "AMD EPYC 9R14 96-Core Processor (x86_64; avx2 fma)"
+    assert labels == [
+        f"{cpu} [eb1.json]: onnx-int8 of tiny, 2 threads",
+        f"{cpu} [mini.json]: onnx-int8 of all-MiniLM-L6-v2, 2 threads",
+    ]
+    [panel] = merge_bench.tradeoff_panels(docs)  # one device, one shape: one panel, two models
+    assert panel["models"] == ["tiny", "all-MiniLM-L6-v2"]
+    assert "\ntiny, all-MiniLM-L6-v2\n" in panel["title"]
+    assert sorted(p["text"].splitlines()[0] for p in panel["points"]) == [
+        "onnx-int8 of all-MiniLM-L6-v2", "onnx-int8 of tiny"]
+    title = merge_bench.figure_title(docs, "size vs accuracy")
+    assert title == "edge-bench, several models: size vs accuracy"
+    # one model: its name in the titles, the legend and the points as before
+    one = docs[1:]
+    assert merge_bench.figure_title(one, "x") == "edge-bench, all-MiniLM-L6-v2: x"
+    assert [line["label"] for line in merge_bench.latency_series(one)] == [
+        f"{cpu}: onnx-int8, 2 threads"
+    ]
+    [panel] = merge_bench.tradeoff_panels(one)
+    assert "all-MiniLM-L6-v2" not in panel["title"]
+    assert panel["points"][0]["text"].startswith("onnx-int8\n")
+    # a result without a recorded model: its artifact directory stands in
+    nameless = copy.deepcopy(docs[0]) | {"source_model": None}
+    assert merge_bench.model_name(nameless) == "/data/out"

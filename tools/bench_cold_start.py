@@ -62,6 +62,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from _bench_child import ChildError, run_child, user_path  # noqa: E402 - after the path
+
 EDGE_MODES = ("edge-nocache", "edge-first", "edge-second", "edge-third")
 STEADY = "steady-ab"  # one process: default session and edge-second, runs alternating
 
@@ -321,8 +324,9 @@ def probe_options(root: Path, name: str, rounds: int, seq: int, runs: int) -> di
         for form, prepacked in (("graph-only", "0"), ("prepacked", "1")):
             (work / form).mkdir()
             forms[form] = work / form / "model.onnx"
-            subprocess.run(
-                [sys.executable, "-c", _SAVE, str(source), str(forms[form]), prepacked], check=True
+            run_child(
+                f"saving the {form} form",
+                [sys.executable, "-c", _SAVE, str(source), str(forms[form]), prepacked],
             )
         results: dict[str, list[dict]] = {variant: [] for variant in OPTION_VARIANTS}
         variants = list(OPTION_VARIANTS)
@@ -349,7 +353,8 @@ def probe_options(root: Path, name: str, rounds: int, seq: int, runs: int) -> di
                 )
                 lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode or not lines:
-                    raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+                    missing = None if done.returncode else "no RESULT line"
+                    raise ChildError.of(variant, done, missing)
                 row = json.loads(lines[-1][len("RESULT ") :])
                 row["out"] = str(out)
                 results[variant].append(row)
@@ -462,7 +467,7 @@ def _child(
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
-        raise SystemExit(f"{mode} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise ChildError.of(mode, done, None if done.returncode else "no RESULT line")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -642,14 +647,17 @@ def markdown(summary: dict[str, dict], title: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="an edge-convert output directory")
+    # Paths are made absolute here: the children run with cwd=ROOT (tools/_bench_child.py).
+    parser.add_argument("root", type=user_path, help="an edge-convert output directory")
     parser.add_argument(
         "--artifact", required=True, help="artifact name in the manifest, e.g. onnx-int8"
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seq", type=int, default=128, help="tokens of the batch-1 input")
     parser.add_argument("--runs", type=int, default=30, help="timed runs for the steady-state p50")
-    parser.add_argument("--json", type=Path, help="also write the raw rows and the summary here")
+    parser.add_argument(
+        "--json", type=user_path, help="also write the raw rows and the summary here"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -669,8 +677,18 @@ def main(argv: list[str] | None = None) -> int:
         "prepacked), without edge_runtime: session start, p50, anonymous memory",
     )
     args = parser.parse_args(argv)
+    if not (args.root / "manifest.json").is_file():
+        parser.error(f"{args.root}: no manifest.json; give an edge-convert output directory")
     if args.text:  # the children read it (CHILD's TEXT)
         os.environ["BENCH_TEXT"] = TEXT_SENTENCE
+    try:
+        return _run(args)
+    except ChildError as exc:
+        print(f"bench_cold_start: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.options:
         results = probe_options(args.root, args.artifact, args.rounds, args.seq, args.runs)
         title = (

@@ -18,12 +18,14 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from _bench_child import ChildError, run_child, user_path  # noqa: E402 - after the path
+
 MODES = ("no-cache", "cache-create", "cache-reuse")
 
 CHILD = r"""
@@ -44,29 +46,40 @@ print(json.dumps({"load_ms": load_s * 1000, "rss_mb": psutil.Process().memory_in
 """
 
 
-def _child(root: Path, name: str, threads: int, cache: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(root), name, str(threads), cache],
-                          capture_output=True, text=True, cwd=ROOT)
-    if done.returncode:
-        raise SystemExit(f"child failed:\n{done.stderr[-3000:]}")
+def _child(mode: str, root: Path, name: str, threads: int, cache: str) -> dict:
+    done = run_child(f"the {mode} load of {root}::{name}",
+                     [sys.executable, "-c", CHILD, str(root), name, str(threads), cache], cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="an edge-convert output directory")
+    # Made absolute here: the children run with cwd=ROOT (tools/_bench_child.py).
+    parser.add_argument("root", type=user_path, help="an edge-convert output directory")
     parser.add_argument("--artifact", default="onnx-int4")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not (args.root / "manifest.json").is_file():
+        parser.error(f"{args.root}: no manifest.json; give an edge-convert output directory")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    try:
+        _run(args)
+    except ChildError as exc:
+        print(f"bench_onnx_load: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
+
+def _run(args: argparse.Namespace) -> None:
     results: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for r in range(args.rounds):
         cache = Path(tempfile.mkdtemp(prefix="bench-onnx-load-"))
         try:
-            results["no-cache"].append(_child(args.root, args.artifact, args.threads, "-"))
-            results["cache-create"].append(_child(args.root, args.artifact, args.threads, str(cache)))
-            results["cache-reuse"].append(_child(args.root, args.artifact, args.threads, str(cache)))
+            for mode in MODES:
+                where = "-" if mode == "no-cache" else str(cache)
+                results[mode].append(_child(mode, args.root, args.artifact, args.threads, where))
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
@@ -81,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import edge_runtime
+from converters import ConversionError
 from converters.packaging import signing
 from edge_runtime._device import detect
 from edge_runtime._signing import verify_directory
@@ -35,9 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", type=Path, help="an edge-convert artifact directory")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    # Mistakes in one line before the copy (they were tracebacks from copytree, read_manifest
+    # or statistics.median of no rounds).
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    try:
+        edge_runtime.read_manifest(args.directory)
+    except edge_runtime.EdgeRuntimeError as exc:
+        parser.error(str(exc))
+    try:
+        return _bench(args)
+    except (edge_runtime.EdgeRuntimeError, ConversionError, OSError) as exc:  # e.g. cannot sign
+        print(f"bench_signing: error: {exc}", file=sys.stderr)
+        return 1
 
+
+def _bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-signing-") as tmp:
-        root = Path(tmp) / args.directory.name
+        root = Path(tmp) / (args.directory.resolve().name or "artifacts")  # "." has no name
         shutil.copytree(args.directory, root)
         (root / "model.sig").unlink(missing_ok=True)
         private, public = signing.generate_key_pair(Path(tmp) / "k.pem", Path(tmp) / "k.pub")

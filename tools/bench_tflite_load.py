@@ -27,6 +27,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from _bench_child import ChildError, user_path  # noqa: E402 - after the path
+
 MODES = ("interpreter", "compiled", "cache-create", "cache-reuse")
 
 # Runs in the child. argv: model, mode, threads, seq, cache_dir, sha256
@@ -116,7 +119,8 @@ def _child(model: Path, mode: str, threads: int, seq: int, cache_dir: Path, sha2
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{mode} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        missing = None if done.returncode else "no RESULT line"
+        raise ChildError.of(f"the {mode} load of {model}", done, missing)
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -159,7 +163,10 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="bucketed .tflite (edge-convert / export_tflite)")
+    # absolute: the children are given it
+    parser.add_argument(
+        "model", type=user_path, help="bucketed .tflite (edge-convert / export_tflite)"
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128, help="tokens in the first run")
@@ -167,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         "--json", action="store_true", help="print the raw runs and summary as JSON"
     )
     args = parser.parse_args(argv)
-    results = measure(args.model, args.rounds, args.threads, args.seq)
+    if not args.model.is_file():
+        parser.error(f"{args.model}: no such file")
+    try:
+        results = measure(args.model, args.rounds, args.threads, args.seq)
+    except ChildError as exc:
+        print(f"bench_tflite_load: error: {exc}", file=sys.stderr)
+        return 1
     summary = summarize(results)
     if args.json:
         print(json.dumps({"runs": results, "summary": summary}, indent=1))

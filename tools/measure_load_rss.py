@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_child import ChildError, run_child, user_path  # noqa: E402 - after the path
 
 _PROBE = r"""
 import json, sys
@@ -53,11 +55,9 @@ print(json.dumps({"before": before, "after": after, "threads": model.threads}))
 
 
 def measure(root: Path, entry: dict) -> dict:
-    done = subprocess.run(
+    done = run_child(
+        f"loading {root}::{entry['name']}",
         [sys.executable, "-c", _PROBE, str(root), entry["name"], entry["format"]],
-        capture_output=True,
-        text=True,
-        check=True,
     )
     data = json.loads(done.stdout.strip().splitlines()[-1])
     file_mb = sum(f["bytes"] for f in entry["files"]) / 2**20
@@ -75,17 +75,24 @@ def measure(root: Path, entry: dict) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("artifacts", type=Path)
+    parser.add_argument("artifacts", type=user_path)  # absolute: the children are given it
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import edge_runtime
     from edge_runtime import _device
 
-    manifest = edge_runtime.read_manifest(args.artifacts)
+    try:
+        manifest = edge_runtime.read_manifest(args.artifacts)
+    except edge_runtime.EdgeRuntimeError as exc:
+        parser.error(str(exc))
     device = _device.detect()
-    rows = [measure(args.artifacts, entry) for entry in manifest["artifacts"]]
+    try:
+        rows = [measure(args.artifacts, entry) for entry in manifest["artifacts"]]
+    except ChildError as exc:
+        print(f"measure_load_rss: error: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"device": device.to_dict(), "rows": rows}, indent=1))
         return 0
