@@ -248,7 +248,9 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
             click.echo(json.dumps([exc.result.to_dict()] if several else exc.result.to_dict(), indent=2))
         else:
             _print_result(exc.result)
-        click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall, exc.result.target)
+        not_built = [r["name"] for r in exc.result.refused if str(r.get("reason", "")).startswith("not built")]
+        click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall, exc.result.target,
+                                not_built)
                    + _log_note(capture, verbose), err=True)
         sys.exit(130)
     except KeyboardInterrupt:
@@ -285,23 +287,29 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         sys.exit(1)
 
 
-def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruning: str | None = None) -> str:
+def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruning: str | None = None,
+                 not_built: list[str] | None = None) -> str:
     """What an interrupted run leaves: nothing (one target: `out` is replaced only by a finished
     conversion), or, with several, each target finished before the interruption in out/<id>.
     `while_pruning`: the target interrupted while its pruned twins were built, whose other
-    artifacts were packaged."""
+    artifacts were packaged; `not_built`: the twins it did not build (a twin finished before the
+    interruption was packaged too)."""
     again = "run again with --force to build them"
+    unbuilt = ", ".join(not_built) if not_built else "the pruned ones"
     if targets is None:
         if while_pruning:
-            return (f"interrupted while pruning: {out} holds the artifacts built before it; the pruned ones were "
-                    f"not built (its manifest lists them as refused, 'not built'): {again}")
+            return (f"interrupted while pruning: {out} holds the artifacts built before it; {unbuilt} "
+                    f"{'was' if not_built and len(not_built) == 1 else 'were'} not built (its manifest lists "
+                    f"{'it' if not_built and len(not_built) == 1 else 'them'} as refused, 'not built'): {again}")
         return f"interrupted: nothing was written to {out}"
     done = [t for t in targets if (out / t / "manifest.json").is_file()
             and (out / t / "manifest.json").stat().st_mtime >= since]
     if not done:
         return f"interrupted: nothing was written to {out}"
     rest = [t for t in targets if t not in done]
-    pruning = f"; {while_pruning}'s pruned artifacts were not built ({again})" if while_pruning in done else ""
+    pruning = (f"; {while_pruning}'s {unbuilt if not_built else 'pruned artifacts'} "
+               f"{'was' if not_built and len(not_built) == 1 else 'were'} not built ({again})"
+               if while_pruning in done else "")
     return (f"interrupted: {', '.join(done)} finished before it ({', '.join(str(out / t) for t in done)}){pruning}"
             + (f"; nothing was written for {', '.join(rest)} (convert {'it' if len(rest) == 1 else 'them'} with "
                f"{_rest_command(out, rest)})" if rest else ""))

@@ -210,8 +210,10 @@ def _pruned_step(shared: SharedInputs, step: Step, profile: TargetProfile, reque
         reason = (f"the pruned PyTorch FP32 model is already below the pruning floor ({'; '.join(below)}): "
                   "remove smaller shares (prune=...), distil (distill_steps=N) or lower prune_floor")
         step.progress(f"[pruned] REFUSED: {reason}")
-        refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": reason}
-                       for p in pruned_plan(profile))
+        # With the pruning record (plan, FLOPs, generalization, distillation): what the user
+        # chooses smaller shares or distillation from, minutes of work not lost with the terminal.
+        refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": reason,
+                        "pruning": pruned.pruning} for p in pruned_plan(profile))
         return None
     fp32_path, fused_ops = pruned.onnx_export(profile, step.progress)
     work = step.work / "pruned"

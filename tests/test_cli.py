@@ -264,6 +264,9 @@ def test_an_interrupted_multi_target_run_names_what_it_finished(tmp_path):
     pruning = _interrupted(tmp_path, ["rpi5", "x86-avx2"], since, while_pruning="rpi5")
     assert "rpi5's pruned artifacts were not built (run again with --force" in pruning
     assert "interrupted while pruning" in _interrupted(tmp_path, None, since, while_pruning="rpi5")
+    # One twin built before the Ctrl-C, one not: named, not "the pruned ones were not built".
+    one = _interrupted(tmp_path, None, since, while_pruning="rpi5", not_built=["tflite-int8-pruned"])
+    assert "; tflite-int8-pruned was not built (its manifest lists it as refused" in one
 
 
 def test_ctrl_c_while_edge_convert_imports_its_libraries_is_no_crash(tmp_path, monkeypatch):

@@ -136,10 +136,23 @@ def test_explicit_shares_below_the_floor_are_refused_before_any_quantization(tin
     reason = refused["onnx-int8-pruned"]
     assert "the pruned PyTorch FP32 model is already below the pruning floor" in reason
     assert "remove smaller shares" in reason and "kept FP32 search" not in reason
+    # What was pruned and what it scored stays on record for choosing smaller shares.
+    record = next(r for r in manifest["refused"] if r["name"] == "onnx-int8-pruned")["pruning"]
+    assert record["request"] == "heads=0.9,ffn=0.99" and record["layers"] and record["pytorch_metrics"]
 
 
 @pytest.mark.slow
-def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_factory, tmp_path):
+def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_factory, tmp_path, monkeypatch):
+    import dataclasses
+
+    from converters import options
+    from targets import load_profile
+
+    # A floor no pruning reaches: 0.99999999 with no quantization margin (with the profile's
+    # 0.003 it is refused up front: floor + margin would be above 1).
+    profile = load_profile("x86-avx2")
+    no_margin = dataclasses.replace(profile, pruning=dataclasses.replace(profile.pruning, margin=0.0))
+    monkeypatch.setattr(options, "load_profile", lambda target: no_margin)
     model = tiny_model_factory("bert", "feature-extraction")
     manifest = _convert(model, tmp_path / "out", "--prune", "auto", "--prune-floor", "0.99999999")
     assert not any(a["pruning"] for a in manifest["artifacts"])
