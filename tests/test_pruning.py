@@ -188,6 +188,7 @@ def test_distillation_recovers_accuracy_on_texts_it_did_not_train_on(tiny_model_
                      DistillConfig(steps=60, learning_rate=1e-3, warmup=5, check_every=10))
     assert report["after"]["cosine_mean"] > report["before"]["cosine_mean"] + 0.005, report["history"]
     assert report["best_step"] > 0 and report["history"][0]["step"] == 0
+    assert "validation metrics are not independent" in report["chosen_on"]  # said where the figures are
     # The best checkpoint is handed back: the final evaluation is the best step's, not the last's.
     best = next(h for h in report["history"] if h["step"] == report["best_step"])
     assert report["after"]["cosine_mean"] == pytest.approx(best["cosine_mean"], abs=1e-6)

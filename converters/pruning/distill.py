@@ -197,4 +197,8 @@ def distill(student: Any, teacher: Any, source: Any, fit: Reference, validation:
             "learning_rate": config.learning_rate, "before": before, "after": evaluate(),
             "loss": "1 - cosine (pooled output) + mean 1 - cosine (hidden states per token); KL of the "
                     "logits per text or per real token for classifiers",
+            # Early stopping reads the validation texts: the twin's validation metrics are those of the
+            # best of several checks, so they lean optimistic (benchmarks score on held-out texts).
+            "chosen_on": (f"the validation texts (best of {len(history)} checks, early stopping): this "
+                          "twin's validation metrics are not independent of that choice"),
             "history": history}
