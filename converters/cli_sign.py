@@ -22,7 +22,8 @@ def _flags(message: str) -> str:
     """Library words for CLI words: "same file as private_path" -> "same file as PRIVATE"."""
     for name, flag in _FLAGS.items():
         message = message.replace(name, flag)
-    return message.replace("overwrite=True", "--force")
+    message = message.replace("overwrite=True", "--force")
+    return message.replace("include_extra=True", "--include-extra")
 
 
 def _fail(exc: ConversionError):
@@ -63,10 +64,17 @@ def keygen(private, public, force):
     "key_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="EC private key (PEM) to sign with",
+    help="EC private key (PEM) to sign with; never inside DIRECTORY",
 )
-def sign(directory, key_path):
-    """Sign DIRECTORY (an edge-convert output): write DIRECTORY/model.sig over every file in it."""
+@click.option(
+    "--include-extra",
+    is_flag=True,
+    help="also sign files manifest.json does not list (refused by default, and named); a private "
+    "key is refused even so",
+)
+def sign(directory, key_path, include_extra):
+    """Sign DIRECTORY (an edge-convert output): write DIRECTORY/model.sig over every file in it.
+    Artifacts left out whole (a device copy trimmed to what it runs) are fine and named."""
     if not (directory / "manifest.json").is_file():
         # A multi-target run's parent, or some other directory: devices load DIR/<id>, whose
         # own model.sig they check, so signing the parent would leave every artifact unsigned.
@@ -79,11 +87,17 @@ def sign(directory, key_path):
         )
     try:
         key = signing.load_signing_key(key_path)
-        signing.check_before_signing(directory)
+        found = signing.check_before_signing(directory, key_path, include_extra=include_extra)
         path = signing.sign_directory(directory, key)
     except ConversionError as exc:
         _fail(exc)
     click.echo(f"signed {directory}: {path}")
+    if found.absent:
+        click.echo(f"artifacts not in {directory}, left out of the signature (loads skip them): "
+                   f"{', '.join(found.absent)}")
+    if found.extra:
+        click.echo("also signed (--include-extra), not listed in manifest.json: "
+                   + ", ".join(found.extra))
 
 
 if __name__ == "__main__":

@@ -205,7 +205,7 @@ def _load_trusted_key(source: KeySource, index: int):
     _, _, serialization, ec = _crypto()
     if isinstance(source, bytes):
         label, data = f"trusted_keys[{index}]", source
-    elif isinstance(source, str) and source.lstrip().startswith("-----BEGIN"):  # the PEM text itself
+    elif isinstance(source, str) and "-----BEGIN" in source:  # PEM text (no path holds that)
         label, data = f"trusted_keys[{index}]", source.encode("ascii", "replace")
     elif isinstance(source, (str, os.PathLike)):
         label = os.fspath(source)
@@ -221,17 +221,34 @@ def _load_trusted_key(source: KeySource, index: int):
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        raise SignatureError(
-            f"trusted key {label} is not a PEM public key (expected '-----BEGIN PUBLIC KEY-----'"
-            "; a private key must never be copied to a device: give its public half)"
-        ) from None
+        raise SignatureError(f"trusted key {label} {_not_a_public_key(data)}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SignatureError(
             f"trusted key {label} is a {type(key).__name__.lstrip('_')}; model signing uses "
             "elliptic-curve keys (P-256)"
         )
-    ecdsa_hash(key.curve.name)  # refuses unsupported curves with the key's curve named
+    try:
+        ecdsa_hash(key.curve.name)  # refuses unsupported curves with the key's curve named
+    except SignatureError as exc:
+        raise SignatureError(f"trusted key {label}: {exc}") from None
     return label, key
+
+
+def _not_a_public_key(data: bytes) -> str:
+    """Why a trusted key is not a PEM public key, and what to give instead."""
+    if not data.strip():
+        return ("is not a PEM public key: it is empty (give the signer's public key, "
+                "'-----BEGIN PUBLIC KEY-----')")
+    if b"PRIVATE KEY" in data:
+        return ("is not a PEM public key but a private key, which must never be copied to a "
+                "device: give its public half (edge-sign keygen writes it; openssl pkey -pubout)")
+    if b"CERTIFICATE" in data:
+        return ("is not a PEM public key but a certificate; give its key "
+                "(openssl x509 -pubkey -noout -in CERT > KEY.pub)")
+    if not data.lstrip().startswith(b"-----BEGIN"):
+        return ("is not a PEM public key (expected '-----BEGIN PUBLIC KEY-----'; a DER key "
+                "converts with openssl pkey -pubin -inform DER -in KEY -out KEY.pub)")
+    return "is not a PEM public key (expected '-----BEGIN PUBLIC KEY-----')"
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime._manifest import resolve
-from edge_runtime.backends._cache import make_cache_dir, signature, write_json
+from edge_runtime.backends._cache import make_cache_dir, private_problem, signature, write_json
 
 __all__ = ["SETTLE_SECONDS", "Verifications", "kernel_key", "signatures_of"]
 
@@ -114,7 +114,7 @@ class Verifications:
 
     # -- kernels ------------------------------------------------------------------------------
     def golden_passed(self, key: str) -> bool:
-        if self.directory is None:
+        if self.directory is None or not self._private(self.directory / "golden" / f"{key}.json"):
             return False
         try:
             record = json.loads((self.directory / "golden" / f"{key}.json").read_text())
@@ -127,8 +127,16 @@ class Verifications:
             self._write(self.directory / "golden" / f"{key}.json", {"format": _FORMAT, "key": key} | details)
 
     # -- storage ------------------------------------------------------------------------------
+    def _private(self, path: Path) -> bool:
+        """A record lets a load skip work (hashing a file, all but one golden sample): trusted only
+        where no one but this user (or root) could have written it (backends/_cache.py)."""
+        problem = private_problem(path)
+        if problem:
+            log.warning("not using the verification record %s: %s; its checks run in full", path, problem)
+        return not problem
+
     def _read_files(self) -> dict[str, Any]:
-        if self.directory is None:
+        if self.directory is None or not self._private(self.directory / "files.json"):
             return {}
         try:
             data = json.loads((self.directory / "files.json").read_text())

@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         help="public key (PEM) whose signature (model.sig) the directory must carry; repeat to "
         "trust several keys; needs edge_runtime[verify] (docs/signing.md)",
     )
+    parser.add_argument(
+        "--no-device-cache", dest="device_cache", action="store_false",
+        help="run only the artifact's own files: no optimized graph or packed weights from the "
+        "device cache (slower loads; docs/signing.md, 'What a signature covers')",
+    )
     return parser
 
 
@@ -307,7 +312,7 @@ def _main(argv: list[str] | None) -> int:
             print("edge-run: error: standard input has no lines", file=sys.stderr)
             return 2
         model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,
-                                  trusted_keys=args.trusted_key)
+                                  trusted_keys=args.trusted_key, device_cache=args.device_cache)
         _print_results(model, args.texts, args.json)
         return 0
     except edge_runtime.SignatureError as exc:  # the library names its parameter; say our flag

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_runtime._bench import BenchConfig, BenchConfigError, render_markdown, run_bench
 from edge_runtime._errors import EdgeRuntimeError
+from edge_runtime._signing import SIGNATURE_NAME
 from edge_runtime._sigterm import TERMINATED_EXIT, Terminated, sigterm_as_ctrl_c
 
 # BenchConfig field -> the flag that sets it, for error messages
@@ -123,6 +124,13 @@ def _unwritable(out: Path, artifacts: Path) -> str:
     if out.exists() and out.resolve().is_relative_to(artifacts.resolve()):
         # manifest.json, a model file, a golden sample: overwriting one breaks the artifacts
         return f"would overwrite {out.name} in the artifact directory {artifacts}; write the result elsewhere"
+    home = artifacts.resolve()
+    if out.resolve().is_relative_to(home) and (artifacts / SIGNATURE_NAME).is_file():
+        # A file the signature does not cover: every signed load (edge-run/edge-serve
+        # --trusted-key, a reload) would refuse the directory from then on ("bench.json: added").
+        return (f"is inside the signed artifact directory {artifacts}: a file added there is not "
+                f"covered by its {SIGNATURE_NAME}, and signed loads would refuse the directory; "
+                f"write the result outside it, e.g. {home.parent / (home.name + '-bench.json')}")
     existing = next((p for p in out.resolve().parents if p.exists()), None)
     if existing is not None and not existing.is_dir():
         return f"{existing} is a file, not a directory"
@@ -180,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         if problem:  # found before minutes of measuring, not after
             print(f"edge-bench: error: --json {out}: {problem}", file=sys.stderr)
             return 2
+        if out.resolve().is_relative_to(Path(args.artifacts).resolve()):
+            print(f"edge-bench: warning: --json {out} is inside the artifact directory "
+                  f"{args.artifacts}; signing it later (edge-sign) would refuse it as a file "
+                  "manifest.json does not list: keep results outside artifact directories",
+                  file=sys.stderr)
     try:
         with sigterm_as_ctrl_c():  # `kill`, timeout(1): cleaned up as after Ctrl-C
             doc = run_bench(args.artifacts, config, command=["edge-bench", *raw], progress=progress)

@@ -123,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
         "start and at every reload; repeat to trust several keys (docs/signing.md)",
     )
     p.add_argument(
+        "--no-device-cache",
+        dest="device_cache",
+        action="store_false",
+        help="load (and reload) from the artifact's own files only, without the device cache "
+        "(slower loads; docs/signing.md, 'What a signature covers')",
+    )
+    p.add_argument(
         "--http",
         default="auto",
         choices=HTTP_CHOICES,
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             artifact=args.artifact,
             threads=args.threads,
             trusted_keys=tuple(args.trusted_key) if args.trusted_key else None,
+            device_cache=args.device_cache,
             host=args.host,
             port=args.port,
             max_concurrent_requests=args.max_concurrent_requests,

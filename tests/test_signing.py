@@ -500,9 +500,12 @@ def test_keygen_round_trip(tmp_path):
     assert done.exit_code == 0, done.output
     assert stat.S_IMODE((tmp_path / "k.pem").stat().st_mode) == 0o600
     assert (tmp_path / "k.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
-    root = _tree(tmp_path / "model")
-    done = CliRunner().invoke(cli_sign.main, ["sign", str(root), "--key", str(tmp_path / "k.pem")])
+    root = _tree(tmp_path / "model")  # its .hidden is a file the manifest does not list
+    done = CliRunner().invoke(
+        cli_sign.main, ["sign", str(root), "--key", str(tmp_path / "k.pem"), "--include-extra"]
+    )
     assert done.exit_code == 0, done.output
+    assert "also signed (--include-extra), not listed in manifest.json: .hidden" in done.output
     assert verify_directory(root, [tmp_path / "k.pub"]).files == 5
     again = CliRunner().invoke(
         cli_sign.main, ["keygen", str(tmp_path / "k.pem"), str(tmp_path / "k.pub")]
@@ -858,7 +861,9 @@ def test_edge_sign_refuses_what_it_should_not_sign_and_says_why(tmp_path):
     assert done.exit_code == 2 and "several targets; sign each" in done.output and "rpi5" in done.output
     root = _tree(tmp_path / "model")
     (root / "model.sig").mkdir()  # the signature's place is taken by a directory
-    done = CliRunner().invoke(cli_sign.main, ["sign", str(root), "--key", str(private)])
+    done = CliRunner().invoke(
+        cli_sign.main, ["sign", str(root), "--key", str(private), "--include-extra"]
+    )
     assert done.exit_code == 1 and "cannot write" in done.output and "Traceback" not in done.output
     assert not (root / ".model.sig.tmp").exists()
     (tmp_path / "afile").write_text("x")

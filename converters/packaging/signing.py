@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import logging
 import os
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from converters._errors import ConversionError
@@ -38,6 +40,7 @@ from edge_runtime._errors import SignatureError
 from edge_runtime._manifest import file_sha256
 
 __all__ = [
+    "SigningCheck",
     "SigningKeyError",
     "check_before_signing",
     "generate_key_pair",
@@ -163,23 +166,101 @@ def _sign(key, message: bytes) -> bytes:
         return key.sign(message, ec.ECDSA(algorithm))
 
 
-def check_before_signing(root: Path) -> None:
-    """ConversionError unless every file `root/manifest.json` lists (each artifact's files, its
-    golden sample, the tokenizer) is there with its recorded size and sha256: a signature attests
-    to the directory as it is, and a device would refuse an artifact whose bytes moved on anyway,
-    with the signer's name on it."""
-    from edge_runtime._errors import EdgeRuntimeError
-    from edge_runtime._manifest import files_to_verify, read_manifest, verify_files
+@dataclass(frozen=True)
+class SigningCheck:
+    """What check_before_signing found: the artifacts whose files are all absent (a device copy
+    trimmed to the artifacts it runs; the signature covers what is there) and the files
+    manifest.json does not list (signed only when asked for: include_extra)."""
 
+    absent: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+
+def check_before_signing(
+    root: Path, key_path: Path | None = None, include_extra: bool = False
+) -> SigningCheck:
+    """ConversionError unless `root` holds what its manifest.json lists, and only that:
+
+    - each artifact is there whole (its files and golden sample, with their recorded size and
+      sha256, and the tokenizer) or not at all: an unsigned load skips an artifact none of whose
+      model files is there (edge_runtime/_select.py, files_absent) and verifies the others, so a
+      signature over a directory it would refuse is refused. At least one artifact is there;
+    - the signing key (`key_path`, SigningKeyError) is not inside it, and no other file is a PEM
+      private key: whatever is signed ships to every device;
+    - a file the manifest does not list (notes, a bench.json, editor backups) is refused, named,
+      unless `include_extra`.
+
+    A signature attests to the directory as it is, and a device would refuse an artifact whose
+    bytes moved on anyway, with the signer's name on it."""
+    from edge_runtime._errors import EdgeRuntimeError
+    from edge_runtime._manifest import files_to_verify, read_manifest, resolve, verify_files
+    from edge_runtime._select import files_absent
+
+    root = Path(root)
+    _refuse_git_metadata(root)
+    if key_path is not None and Path(key_path).resolve().is_relative_to(root.resolve()):
+        raise SigningKeyError(
+            "sign_key", Path(key_path),
+            f"{key_path} lies inside {root}, the directory to sign: the private key would be "
+            "signed and shipped to every device. Keep the key outside artifact directories",
+        )
+    absent: list[str] = []
     try:
         manifest = read_manifest(root)
         listed: dict[str, dict] = {}
         for entry in manifest["artifacts"]:
+            golden = resolve(root, entry["golden"]["path"])
+            if files_absent(root, entry) and not os.path.lexists(golden):
+                absent.append(entry["name"])  # left out whole, as an unsigned load allows
+                continue
+            if files_absent(root, entry):
+                raise ConversionError(
+                    f"not signing {root}: artifact {entry['name']!r} has none of its model files "
+                    f"here but its golden sample {entry['golden']['path']} is: leave an artifact "
+                    "out whole (delete that file too) or restore its model files"
+                )
             listed.update({item["path"]: item for item in files_to_verify(manifest, entry)})
+        if len(absent) == len(manifest["artifacts"]):
+            raise ConversionError(f"not signing {root}: none of the artifacts its manifest lists "
+                                  f"is here ({', '.join(absent)})")
         verify_files(root, list(listed.values()))
     except EdgeRuntimeError as exc:  # a malformed manifest, or files that are not what it lists
         raise ConversionError(f"not signing {root}: {exc}; convert it again (or restore the files) "
-                              "before signing") from None
+                              "before signing; an artifact a device does not need may be left "
+                              "out whole (every file of it and its golden sample)") from None
+    try:
+        present = _signing.directory_files(root)
+    except SignatureError as exc:  # a symlink or special file: statement() refuses it too
+        raise ConversionError(f"cannot sign {root}: {exc}") from None
+    known = {PurePosixPath(path).as_posix() for path in listed} | {"manifest.json"}
+    known.add(f".{_signing.SIGNATURE_NAME}.tmp")  # a crashed signing's leftover: replaced
+    extra = [name for name in present if name not in known]
+    keys = [name for name in extra if _is_private_key(root / name)]
+    if keys:
+        raise ConversionError(f"not signing {root}: {', '.join(keys)} "
+                              f"{'is a private key' if len(keys) == 1 else 'are private keys'}; "
+                              "a signed directory ships to every device. Move "
+                              f"{'it' if len(keys) == 1 else 'them'} out of the directory")
+    if extra and not include_extra:
+        raise ConversionError(
+            f"not signing {root}: manifest.json does not list {', '.join(extra)}; signed, "
+            f"{'it' if len(extra) == 1 else 'they'} would ship to every device. Remove "
+            f"{'it' if len(extra) == 1 else 'them'}, or pass include_extra=True to sign "
+            f"{'it' if len(extra) == 1 else 'them'} too"
+        )
+    return SigningCheck(absent=absent, extra=extra)
+
+
+def _is_private_key(path: Path) -> bool:
+    """Whether `path` holds a PEM private key (PKCS#8, SEC1 "EC PRIVATE KEY", encrypted or not;
+    openssl ecparam puts EC PARAMETERS first). Keys are small: larger files are not read."""
+    try:
+        if path.stat().st_size > 65536:
+            return False
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return b"-----BEGIN" in data and b"PRIVATE KEY-----" in data
 
 
 def sign_directory(root: Path, key, model_name: str | None = None) -> Path:
@@ -229,6 +310,11 @@ def generate_key_pair(
     if private_path.resolve() == public_path.resolve():
         raise SigningKeyError("public_path", public_path, "is the same file as private_path")
     for parameter, path in (("private_path", private_path), ("public_path", public_path)):
+        if path.is_symlink() and not path.exists():  # writing would follow it wherever it points
+            raise SigningKeyError(
+                parameter, path, f"{path} is a dangling symbolic link (to {os.readlink(path)}, "
+                "which does not exist); remove the link, or name another path"
+            )
         if path.exists() and not overwrite:
             raise SigningKeyError(
                 parameter, path, "already exists; pass overwrite=True to replace it"
@@ -256,6 +342,8 @@ def generate_key_pair(
         if written is not None:  # no private key without its public half
             written.unlink(missing_ok=True)
         where = exc.filename or private_path
+        on_the_way = exc.errno in (errno.ENOTDIR, errno.EEXIST)  # a file where a directory goes
+        hint = " (a directory, not a file, on the way)" if on_the_way else ""
         raise ConversionError(f"cannot write the key pair: {where}: {exc.strerror or exc}; choose a writable "
-                              "place (a directory, not a file, on the way)") from None
+                              f"place{hint}") from None
     return private_path, public_path

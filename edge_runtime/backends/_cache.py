@@ -6,6 +6,15 @@ runtime version, edge_runtime's version and the CPU, so a cache directory that o
 machine or runtime is never trusted by another one. Their files' sha256 are recorded when they
 are published and checked before they are used (check_sha256), so a corrupted cache is rebuilt,
 never used (issue 10).
+
+Those records live in the cache too, so they catch accidents, not someone who can write the
+cache: no secret kept on the device could do better, since the runtime itself would have to read
+it. What runs from a cache is therefore trusted as the user's own private directory, and checked
+to be one (private_problem): every directory from the cache root down to an entry, and the
+entry's files, must be owned by this process's user (or root, who can change the runtime itself)
+and writable by no one else. Caches are created owner-only (directories 0700, files 0600,
+whatever the umask). Anything else is not used: the load goes without the cache and says why
+(docs/signing.md, "What a signature covers").
 """
 
 from __future__ import annotations
@@ -17,14 +26,27 @@ import hashlib
 import json
 import os
 import platform
+import stat as stat_module
 import uuid
 from pathlib import Path
 from typing import Any
 
 from edge_runtime._manifest import file_sha256
 
-__all__ = ["check_sha256", "cpu_tag", "default_cache_dir", "make_cache_dir", "signature",
+__all__ = ["UnsafeCacheError", "cache_root", "check_sha256", "cpu_tag", "default_cache_dir",
+           "make_cache_dir", "make_private", "path_problem", "private_problem", "signature",
            "write_json"]
+
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # modes of what a cache creates
+
+
+class UnsafeCacheError(PermissionError):
+    """A cache directory that someone other than this user could have written (private_problem
+    says why); an OSError, so every cache that goes without an unwritable directory goes
+    without this one too."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def default_cache_dir() -> Path:
@@ -39,10 +61,12 @@ def default_cache_dir() -> Path:
 
 
 def make_cache_dir(path: Path) -> None:
-    """mkdir -p `path`, except that a home directory that does not exist is not created: a
-    service account whose HOME is missing (or relative) gets the OSError an unwritable cache
-    gives, which every cache handles by going without (a warning), not a new /home/<user>
-    made by whoever runs the model (root, often, on a device)."""
+    """mkdir -p `path`, each directory it makes owner-only (0700), then UnsafeCacheError unless
+    the directories from its cache root down to it are private (private_problem). A home
+    directory that does not exist is not created: a service account whose HOME is missing (or
+    relative) gets the OSError an unwritable cache gives, which every cache handles by going
+    without (a warning), not a new /home/<user> made by whoever runs the model (root, often, on
+    a device)."""
     home = Path(os.path.expanduser("~"))
     if home.is_absolute():
         refused = not home.is_dir() and Path(path).is_relative_to(home)
@@ -55,7 +79,94 @@ def make_cache_dir(path: Path) -> None:
             "a cache there (set XDG_CACHE_HOME to a writable absolute path)",
             str(path),
         )
-    Path(path).mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    for directory in reversed(missing):  # owner-only from the start, whatever the umask
+        try:
+            directory.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:  # made by a parallel load meanwhile: checked below like any
+            pass
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
+    problem = private_problem(path)
+    if problem:
+        raise UnsafeCacheError(errno.EPERM, problem)
+
+
+def cache_root(directory: Path) -> Path:
+    """Where the ownership check of a cache directory starts: default_cache_dir() for the
+    default caches (every backend's directory is below it), else `directory` itself (a
+    device_cache directory given to load() is the backends' directory)."""
+    directory, default = Path(directory), default_cache_dir()
+    return default if directory.is_relative_to(default) else directory
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def path_problem(path: Path, follow: bool = False) -> str:
+    """Why the one file or directory `path` could have been written by someone other than this
+    process's user, "" when it could not: owned by this user or root, not writable by its group
+    or others, a regular file or directory (a link is refused: caches make none; `follow`: the
+    cache root itself may be reached through one). FileNotFoundError propagates."""
+    if not hasattr(os, "geteuid"):  # no POSIX owners (Windows): nothing to check
+        return ""
+    info = os.stat(path) if follow else os.lstat(path)
+    if stat_module.S_ISLNK(info.st_mode):
+        return f"{path} is a symbolic link (a device cache holds none)"
+    if not (stat_module.S_ISDIR(info.st_mode) or stat_module.S_ISREG(info.st_mode)):
+        return f"{path} is not a regular file or directory"
+    me = os.geteuid()
+    if info.st_uid not in (me, 0):
+        return f"{path} is owned by {_owner(info.st_uid)}; this process runs as {_owner(me)}"
+    bits = (("its group", stat_module.S_IWGRP), ("others", stat_module.S_IWOTH))
+    writers = [who for who, bit in bits if info.st_mode & bit]
+    if writers:
+        return (f"{path} is writable by {' and '.join(writers)} "
+                f"(mode {stat_module.S_IMODE(info.st_mode):04o})")
+    return ""
+
+
+def private_problem(path: Path, root: Path | None = None, contents: bool = False) -> str:
+    """Why the cache entry or directory `path` must not be used, "" when it may: every
+    directory from `root` (default: cache_root(path)) down to `path`, and `path` itself, pass
+    path_problem; with `contents`, so does everything inside `path` (an entry's files). Parts not
+    made yet are fine (make_cache_dir makes them owner-only). A same-user process passes: the
+    cache is trusted as this user's private directory, no more (module docstring)."""
+    path = Path(path)
+    root = cache_root(path) if root is None else Path(root)
+    if not path.is_relative_to(root):
+        root = path
+    parts = path.relative_to(root).parts
+    chain = [root, *(root.joinpath(*parts[: i + 1]) for i in range(len(parts)))]
+    try:
+        for index, step in enumerate(chain):
+            problem = path_problem(step, follow=index == 0)
+            if problem:
+                return problem
+        if contents and path.is_dir():
+            for current, dirs, files in os.walk(path):
+                for name in sorted([*dirs, *files]):
+                    problem = path_problem(Path(current) / name)
+                    if problem:
+                        return problem
+    except FileNotFoundError:
+        return ""  # not made yet (or removed meanwhile): nothing there to trust
+    except OSError as exc:
+        return f"{exc.filename or path} cannot be checked ({exc.strerror or exc})"
+    return ""
+
+
+def make_private(path: Path) -> None:
+    """Take group and others' access away from a file a cache just wrote (a runtime writes with
+    the process's umask); before its signature is taken, since chmod changes ctime."""
+    os.chmod(path, PRIVATE_DIR if Path(path).is_dir() else PRIVATE_FILE)
 
 
 @functools.cache  # the CPU does not change under a running process; loads ask several times
@@ -115,12 +226,15 @@ def check_sha256(path: Path, sha256: str, known: Any) -> tuple[bool, list[int] |
 
 def write_json(path: Path, data: Any) -> None:
     """Replace `path` with `data` as JSON atomically (readers see the old or the new record,
-    never a partial one). The temporary file is `.<name>.<pid>.<random>.tmp` next to it, removed
-    on failure; OSError propagates."""
+    never a partial one), mode 0600. The temporary file is `.<name>.<pid>.<random>.tmp` next to
+    it, removed on failure; OSError propagates."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(json.dumps(data))
+        # Owner-only from the start (a cache's records are checked like its entries)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data))
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):

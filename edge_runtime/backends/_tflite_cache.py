@@ -20,6 +20,10 @@ when its stat signature changed, the new signature then recorded; a read-only ca
 is hashed at every load). A cache file without a readable record, or whose content does not
 match it, is deleted and rebuilt, never mapped (issue 10). Two processes publishing the same
 cache at once can leave one's file with the other's record; the next load then rebuilds it.
+The record sits beside the file, so it catches accidents, not someone who can write the cache:
+a cache file is used only while it, its record and every directory from the cache root down to
+them are private to this user (backends/_cache.py, private_problem); otherwise the load goes
+without it, with a warning, and leaves it alone. Files are published owner-only (0600).
 
 Crash isolation (issue 8): every LiteRT Environment -- ours and the ones CompiledModel creates
 internally, whatever `runtime_path` says -- dlopens libLiteRtWebGpuAccelerator.so, which
@@ -61,7 +65,9 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 from edge_runtime._manifest import file_sha256 as _sha256
-from edge_runtime.backends._cache import check_sha256, make_cache_dir, signature, write_json
+from edge_runtime.backends._cache import (UnsafeCacheError, cache_root, check_sha256,
+                                          make_cache_dir, make_private, private_problem,
+                                          signature, write_json)
 from edge_runtime.backends._cache import cpu_tag as _cpu_tag
 from edge_runtime.backends._tflite_engines import _compiled_model_api, _CompiledEngine
 from edge_runtime.backends._tflite_log import _forward_native, native_log
@@ -114,6 +120,8 @@ def open_with_cache(
         # FP32) the file; 4x covers both.
         needed = 4 * model_path.stat().st_size + (64 << 20)
         free = shutil.disk_usage(cache_dir).free
+    except UnsafeCacheError as exc:
+        return _refused(result, model_path, str(exc), cache_dir)
     except OSError as exc:
         result.weight_cache_state = "failed"
         log.warning("XNNPACK weight cache unusable (%s); loading without it", exc)
@@ -126,6 +134,9 @@ def open_with_cache(
             f"CPU before ({_read_marker(marker)}; recorded in {marker}, delete it to retry)",
         )
     final = weight_cache_file(cache_dir, sha256, ai_edge_litert.__version__)
+    problem = _unsafe(final, cache_dir)
+    if problem:  # someone else could have written it: its record proves nothing then
+        return _refused(result, model_path, problem, cache_dir)
     _remove_orphans(final)
     if _looks_finalized(final) and _is_intact(final):
         try:
@@ -316,6 +327,24 @@ def _can_isolate() -> bool:
 # -- weight cache files -------------------------------------------------------------------------
 
 
+def _unsafe(final: Path, cache_dir: Path) -> str:
+    """Why the cache file `final` or its record may have been written by someone else ("": not)."""
+    root = cache_root(cache_dir)
+    return private_problem(final, root) or private_problem(_record(final), root)
+
+
+def _refused(result, model_path: Path, problem: str, cache_dir: Path):
+    """The cache is not private to this user: go without it, say why once, touch nothing."""
+    result.weight_cache_state, result.weight_cache_note = "failed", problem
+    log.warning(
+        "not using the XNNPACK weight cache for %s: %s. A device cache is trusted as this "
+        "user's private directory (docs/signing.md, 'What a signature covers'): delete %s (the "
+        "next load rebuilds it owner-only), or load with device_cache=False",
+        model_path.name, problem, cache_root(cache_dir),
+    )
+    return result
+
+
 def _unsupported(result, model_path: Path, note: str):
     """The cache cannot be used on this device: say why once, and load with the Interpreter."""
     result.weight_cache_state = "unsupported"
@@ -422,6 +451,7 @@ def _publish(tmp: Path, final: Path) -> None:
     published (a cache file that cannot be recorded would only be rebuilt by the next load)."""
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
+    make_private(tmp)  # XNNPACK wrote it with the umask's mode; before the signature (ctime)
     # Signature first, hash second (check_sha256); the file is private until the rename.
     before = signature(tmp)
     digest = _sha256(tmp)

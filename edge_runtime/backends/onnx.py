@@ -30,6 +30,12 @@ prepacked weights), its files' sha256 are recorded in complete.json, and it is r
 place. A load checks those hashes (see _entry_is_valid for when a file's stat signature stands
 in for re-reading it); an entry that fails them, does not load, or fails the artifact's golden
 sample (edge_runtime/_model.py) is deleted and rebuilt. The original artifact is never written.
+
+Those checks compare the entry with records kept beside it, so they catch accidents, not someone
+who can write the cache; a signature (docs/signing.md) covers the artifact, not its entry. An
+entry is used only while it and every directory from the cache root down to it are private to
+this user (backends/_cache.py, private_problem): one that is not is left alone, and the load goes
+without the cache, with a warning. Entries are built owner-only (0700 / 0600).
 """
 
 from __future__ import annotations
@@ -51,13 +57,10 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError, ModelLoadError
 from edge_runtime._manifest import file_sha256
-from edge_runtime.backends._cache import (
-    check_sha256,
-    cpu_tag,
-    make_cache_dir,
-    signature,
-    write_json,
-)
+from edge_runtime.backends._cache import (PRIVATE_DIR, cache_root, check_sha256, cpu_tag,
+                                          make_cache_dir, make_private, private_problem,
+                                          signature, write_json)
+from edge_runtime.backends._tensorrt import PROVIDER as TENSORRT
 from edge_runtime.backends._tensorrt import place_engine_cache
 
 log = logging.getLogger("edge_runtime")
@@ -140,12 +143,15 @@ class OnnxSession:
         provider_options = provider_options or {}
         providers = [(p, provider_options.get(p, {})) for p in wanted]
         # Never into the working directory: keyed by the verified hash in the device cache, or off.
-        providers = place_engine_cache(providers, engine_cache_dir, model_sha256, ort.__version__,
-                                       Path(model_path).name)
+        placed = place_engine_cache(providers, engine_cache_dir, model_sha256, ort.__version__,
+                                    Path(model_path).name)
+        providers = _private_engine_caches(providers, placed, engine_cache_dir)
 
         self.optimized_cache: Path | None = None
-        # "reused" | "created" | "unavailable" (could not be written) | None (not asked for)
+        # "reused" | "created" | "unavailable" (could not be written) | "refused" (not private
+        # to this user: _start) | None (not asked for)
         self.optimized_cache_state: str | None = None
+        self._cache_root = cache_root(optimized_cache_dir) if optimized_cache_dir else None
         # False when onnxruntime could not load its prepacked weights back (graph-only entry)
         self.prepacked_weights_cached: bool | None = None
         if (
@@ -179,6 +185,17 @@ class OnnxSession:
         (building the entry when one is asked for)."""
         entry = self.optimized_cache
         if entry is None:
+            return _create(ort, model_path, make_options(), providers)
+        problem = private_problem(entry, self._cache_root, contents=True)
+        if problem:  # someone else could have written it: its records prove nothing then
+            log.warning(
+                "not using the device cache entry %s for %s: %s. A device cache is trusted as "
+                "this user's private directory (docs/signing.md, 'What a signature covers'): "
+                "delete %s (the next load rebuilds it owner-only), or load with "
+                "device_cache=False",
+                entry, model_path.name, problem, self._cache_root,
+            )
+            self.optimized_cache, self.optimized_cache_state = None, "refused"
             return _create(ort, model_path, make_options(), providers)
         if _entry_is_valid(entry):
             try:
@@ -351,7 +368,7 @@ def _start_entry(entry: Path, options: Any) -> Path | None:
     try:
         _remove_orphans(entry)
         make_cache_dir(entry.parent)
-        tmp.mkdir()
+        tmp.mkdir(mode=PRIVATE_DIR)
     except OSError as exc:
         log.warning(
             "optimized-model cache %s not writable (%s); loading without it (set XDG_CACHE_HOME "
@@ -397,6 +414,25 @@ def _remove_orphans(entry: Path) -> None:
             continue  # a foreign name, or another user's live process
 
 
+def _private_engine_caches(asked: list, placed: list, cache_dir: Path | None) -> list:
+    """`placed` (place_engine_cache's providers), with a TensorRT engine cache it put in the
+    device cache turned off unless that directory is private to this user, as an entry must be
+    (onnxruntime loads whatever engine it finds there). A path the profile gave is left as is."""
+    checked = []
+    for (name, before), (_, options) in zip(asked, placed):
+        path = options.get("trt_engine_cache_path")
+        if name == TENSORRT and path and not before.get("trt_engine_cache_path") and cache_dir:
+            problem = private_problem(Path(path), cache_root(cache_dir), contents=True)
+            if problem:
+                log.warning("no TensorRT engine cache: %s; its engines are built at every load "
+                            "(delete %s: the next load rebuilds it owner-only)", problem,
+                            cache_root(cache_dir))
+                options = {k: v for k, v in options.items() if k != "trt_engine_cache_path"}
+                options["trt_engine_cache_enable"] = False
+        checked.append((name, options))
+    return checked
+
+
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -408,16 +444,17 @@ def _finish_entry(tmp: Path, entry: Path) -> str:
         files = sorted(p for p in tmp.iterdir() if p.is_file())
         if not any(p.name == _MODEL for p in files):
             raise OSError("onnxruntime saved no optimized model")
+        for path in files:  # onnxruntime wrote them with the umask's mode: owner-only now,
+            make_private(path)  # before the signatures (chmod changes ctime)
         # Signature first, hash second: a write between the two leaves a signature that no
         # longer matches, so the next load hashes the file again.
         signatures = {p.name: signature(p) for p in files}
         digests = {p.name: file_sha256(p) for p in files}
-        (tmp / _SIGNATURES).write_text(
-            json.dumps(
-                {name: {"sha256": digests[name], "stat": signatures[name]} for name in digests}
-            )
+        write_json(
+            tmp / _SIGNATURES,
+            {name: {"sha256": digests[name], "stat": signatures[name]} for name in digests},
         )
-        (tmp / _COMPLETE).write_text(json.dumps(digests))
+        write_json(tmp / _COMPLETE, digests)
         if entry.exists():
             if _entry_is_valid(entry):  # a parallel load installed it first: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)

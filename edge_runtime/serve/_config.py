@@ -74,6 +74,8 @@ class ServeConfig:
     artifact: str | None = None
     threads: int | None = None
     trusted_keys: tuple[str, ...] | None = None
+    # load()'s device_cache: False runs only the artifact's own (signed) files at every load.
+    device_cache: bool = True
     host: str = "127.0.0.1"
     port: int = 3000
     # TEI: permits per input; a request that cannot get one per input is answered 429 Overloaded.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -37,16 +38,28 @@ def load_served(config, path: Path, generation: int) -> Served:
     # directory, not from whichever the link names at that moment. realpath, not resolve(): it
     # never raises (a symlink loop then fails in load(), with its message).
     root = Path(os.path.realpath(path))
-    model = edge_runtime.load(root, artifact=config.artifact, threads=config.threads, trusted_keys=keys)
+    model = edge_runtime.load(root, artifact=config.artifact, threads=config.threads, trusted_keys=keys,
+                              device_cache=config.device_cache)
     lane_model = None
     if (config.lanes and config.batch_invariant and config.workers == 1 and model.batch_dependent
             and model.threads > 1 and model.thread_safe
             and config.max_batch_requests != 1):  # batches of one row never use lanes
         # The same artifact on one thread for Served's lanes (its packed weights are mapped from
         # the device cache the first load filled, so a second session costs little memory).
-        lane_model = edge_runtime.load(root, artifact=model.name, threads=1, trusted_keys=keys)
+        lane_model = edge_runtime.load(root, artifact=model.name, threads=1, trusted_keys=keys,
+                                       device_cache=config.device_cache)
         log.info("batch-invariant rows of %s run on %d single-threaded lanes", model.name, model.threads)
     return Served(model, Path(path), generation, lane_model=lane_model)
+
+
+def _as_served(message: str) -> str:
+    """load()'s errors name its parameter trusted_keys; a server's keys come from --trusted-key
+    (ServeConfig.trusted_keys from Python), and accepting unsigned artifacts means a restart."""
+    message = message.replace(
+        "load with trusted_keys=None",
+        "restart edge-serve without --trusted-key (ServeConfig.trusted_keys=None)",
+    )
+    return re.sub(r"(?<![.\w])trusted_keys(?![\w=\[])", "--trusted-key", message)
 
 
 def check_limits(config, served: Served) -> None:
@@ -103,18 +116,19 @@ class Reloader:
                     check_same_answers(old, served)
             except Exception as exc:  # noqa: BLE001 -- whatever failed, the old model keeps serving
                 self.metrics.reloads.inc(result="failure")
+                why = _as_served(str(exc))
                 log.error(
                     "reload of %s failed; still serving %s from %s: %s: %s",
                     target,
                     old.name,
                     old.path,
                     type(exc).__name__,
-                    exc,
+                    why,
                 )
                 self.last = {
                     "ok": False,
                     "path": str(target),
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": f"{type(exc).__name__}: {why}",
                     "error_class": type(exc).__name__,
                     "serving": old.info(),
                 }
