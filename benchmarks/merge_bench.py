@@ -602,6 +602,17 @@ def render_tradeoff(docs: list[dict[str, Any]]) -> bytes:
 
 
 # -- output --------------------------------------------------------------------------------------
+def _artifact_directory(directory: Path) -> Path | None:
+    """The edge-convert output `directory` is in (itself or an ancestor), if any."""
+    for candidate in (directory, *directory.parents):
+        try:
+            if _is_manifest(json.loads((candidate / "manifest.json").read_text(encoding="utf-8"))):
+                return candidate
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def output_paths(out: str | Path) -> list[Path]:
     """OUT.md, OUT-latency.png, OUT-tradeoff.png for --out OUT (a directory: DIR/edge_bench.*);
     MergeError for an --out that cannot work. Looks only: creates nothing."""
@@ -622,6 +633,10 @@ def output_paths(out: str | Path) -> list[Path]:
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise MergeError(f"--out {text}: cannot write into {parent} (permission denied)")
             break
+    home = _artifact_directory(prefix.parent)
+    if home is not None:  # files added there are not in its manifest: a signed load refuses them
+        raise MergeError(f"--out {text}: inside the artifact directory {home}; write the merged results "
+                         f"outside it, e.g. {home.parent / (home.name + '-bench')}")
     paths = [prefix.with_name(prefix.name + suffix) for suffix in SUFFIXES]
     for target in paths:
         if target.is_dir():

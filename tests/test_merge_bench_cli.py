@@ -239,6 +239,8 @@ def test_the_same_file_twice_is_refused(inputs, tmp_path, capsys, spelling):
         ("afile/deeper/x", "afile is a file, not a directory"),
         ("clash", "clash.md is a directory"),
         ("/sys/kernel/x", "/sys/kernel"),
+        ("art/golden/m", "inside the artifact directory"),  # not in its manifest: signed loads refuse it
+        ("art/", "inside the artifact directory"),
     ],
 )
 def test_a_bad_out_gives_one_error_line_and_writes_nothing(
@@ -249,6 +251,8 @@ def test_a_bad_out_gives_one_error_line_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("not a directory")
     (tmp_path / "clash.md").mkdir()
+    (tmp_path / "art" / "golden").mkdir(parents=True)
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps({"schema_version": 1, "artifacts": [], "source": {}}))
     before = _listing(tmp_path)
     assert merge_bench.main([*map(str, inputs), "--out", out]) == 1
     captured = capsys.readouterr()
