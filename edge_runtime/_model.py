@@ -28,6 +28,7 @@ from edge_runtime._text import Encoded, TextEncoder, pool, softmax
 from edge_runtime._select import physical_cores
 from edge_runtime._verified import Verifications, kernel_key, signatures_of
 from edge_runtime.backends._cache import cpu_tag
+from edge_runtime.backends._tensorrt import full_precision
 
 __all__ = ["Model", "compare_outputs", "golden_samples", "open_artifact", "open_entry", "physical_cores"]
 
@@ -356,6 +357,8 @@ def open_entry(
         records.record_files(root, to_hash, signatures)
     main_file = resolve(root, entry["files"][0]["path"])
     options = _backend_options(manifest, entry["format"])
+    if "provider_options" in options:
+        options["provider_options"] = full_precision(options["provider_options"], entry["precision"], entry["name"])
     if entry["format"] == "tflite" and "tflite" in cache_dirs:
         options["weight_cache_dir"] = cache_dirs["tflite"]
         # The cache is keyed by the file's sha256. The manifest's value is the file's only once

@@ -104,3 +104,15 @@ def test_a_path_the_profile_gives_is_kept_and_other_providers_are_untouched(sess
     tiny_artifact.build(tmp_path / "b", runtime=_runtime({"trt_int8_enable": True}))
     edge_runtime.load(tmp_path / "b", device_cache=tmp_path / "cache")
     assert _trt(sessions[-1]) == {"trt_int8_enable": True}
+
+
+def test_an_older_manifests_fp16_is_not_used_for_an_fp32_artifact(sessions, tmp_path, caplog):
+    """Manifests made before the profile dropped trt_fp16_enable still carry it: an FP32 artifact
+    then ran on FP16 kernels, outside its own golden tolerance."""
+    older = {**JETSON_OPTIONS[TRT], "trt_fp16_enable": True}
+    manifest = tiny_artifact.build(tmp_path / "a", runtime=_runtime(older))
+    assert manifest["artifacts"][0]["precision"] == "fp32"
+    with caplog.at_level(logging.INFO, logger="edge_runtime"):
+        edge_runtime.load(tmp_path / "a", device_cache=tmp_path / "cache")
+    assert _trt(sessions[-1])["trt_fp16_enable"] is False
+    assert "runs it without trt_fp16_enable" in caplog.text

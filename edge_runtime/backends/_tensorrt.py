@@ -24,7 +24,7 @@ from typing import Any
 
 from edge_runtime.backends._cache import make_cache_dir
 
-__all__ = ["PROVIDER", "place_engine_cache"]
+__all__ = ["PROVIDER", "full_precision", "place_engine_cache"]
 
 log = logging.getLogger("edge_runtime")
 
@@ -73,6 +73,18 @@ def place_engine_cache(
             options[_ENABLE] = False
         placed.append((name, options))
     return placed
+
+
+def full_precision(provider_options: dict[str, Any], precision: str, model_name: str) -> dict[str, Any]:
+    """`provider_options` (per provider name) for an artifact of `precision`: an FP32 artifact
+    without TensorRT's FP16 kernels. Its golden samples allow FP32's rounding, not FP16's: with
+    them it failed its own check. Manifests from before jetson-orin.toml dropped the option still
+    carry it; the manifest itself is not changed."""
+    options = provider_options.get(PROVIDER)
+    if precision != "fp32" or not isinstance(options, dict) or not _enabled(options.get("trt_fp16_enable", False)):
+        return provider_options
+    log.info("%s is FP32: TensorRT runs it without trt_fp16_enable (the manifest asks for it)", model_name)
+    return {**provider_options, PROVIDER: {**options, "trt_fp16_enable": False}}
 
 
 def _safe(text: str) -> str:
