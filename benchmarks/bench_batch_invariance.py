@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
 
-    texts = [t for t in args.texts.read_text(encoding="utf-8").splitlines() if t.strip()]
+    # "#" lines are comments, as in every other reader of the held-out file (it opens with one).
+    texts = [t for t in args.texts.read_text(encoding="utf-8").splitlines()
+             if t.strip() and not t.lstrip().startswith("#")]
     model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,
                               device_cache=False)
     model.embed(texts[: args.batch_size])  # warm-up
