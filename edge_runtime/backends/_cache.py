@@ -156,8 +156,10 @@ def private_problem(path: Path, root: Path | None = None, contents: bool = False
                     problem = path_problem(Path(current) / name)
                     if problem:
                         return problem
-    except FileNotFoundError:
-        return ""  # not made yet (or removed meanwhile): nothing there to trust
+    except (FileNotFoundError, NotADirectoryError):
+        # Not made yet (or removed meanwhile), or a file where a directory goes: nothing there to
+        # trust, and making the entry fails as for any unwritable cache ("unavailable").
+        return ""
     except OSError as exc:
         return f"{exc.filename or path} cannot be checked ({exc.strerror or exc})"
     return ""
