@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,3 +29,13 @@ def tiny_model_factory(tmp_path_factory):
 def _private_cache_home(tmp_path_factory):
     """Device caches (XNNPACK weight caches) go to a temporary directory, not ~/.cache."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
+@pytest.fixture
+def default_signals():
+    """SIGTERM's and SIGINT's defaults, as a command started from a shell has them; put back after."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, previous_int)

@@ -156,17 +156,7 @@ def test_reuse_refuses_another_models_directory_before_any_work(tmp_path, monkey
     assert "converted from 'tiny-by-hand' (no weights hash)" in capsys.readouterr().err
 
 
-@pytest.fixture
-def default_sigterm():
-    """SIGTERM's and SIGINT's defaults, as a command started from a shell has them."""
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-    signal.signal(signal.SIGINT, previous_int)
-
-
-def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys, default_sigterm):
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys, default_signals):
     """`kill`, timeout(1) or a cancelled CI job left /tmp/bench-onnx-* (87 MB) and the converter's
     /tmp/edge-convert.work-* behind, exit 143 without a word (review 3, F9)."""
     monkeypatch.setattr(bench_artifacts.tempfile, "tempdir", str(tmp_path))

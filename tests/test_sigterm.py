@@ -18,13 +18,8 @@ from edge_runtime._sigterm import TERMINATED_EXIT, Terminated, sigterm_as_ctrl_c
 
 
 @pytest.fixture(autouse=True)
-def default_sigterm():
-    """Each test starts from SIGTERM's and SIGINT's defaults (what a command run from a shell sees)."""
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-    signal.signal(signal.SIGINT, previous_int)
+def default_sigterm(default_signals):
+    """Each test starts from SIGTERM's and SIGINT's defaults (conftest.py's default_signals)."""
 
 
 def test_sigterm_raises_terminated_inside_and_the_default_comes_back():
