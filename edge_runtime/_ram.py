@@ -130,12 +130,16 @@ def _capped(host_mb: int, limit: CgroupLimit | None) -> int:
 
 
 def memory(root: Path, real: bool) -> tuple[int, int, CgroupLimit | None]:
-    """(RAM MB, available MB, cgroup limit) as detect() records them; psutil stands in for an
-    unreadable /proc/meminfo on the real root."""
+    """(RAM MB, available MB, cgroup limit) as detect() records them. On the real root psutil
+    stands in for what /proc/meminfo does not say (unreadable, or no MemAvailable: kernels
+    before 3.14); under a recorded root a missing value stays 0, "unknown"."""
     mem = _meminfo(root)
-    total_mb, host_mb = mem.get("MemTotal", 0) // 1024, mem.get("MemAvailable", 0) // 1024
-    if real and not total_mb:
-        total_mb, host_mb = _psutil_memory()
+    total_mb = mem.get("MemTotal", 0) // 1024
+    host_mb = mem.get("MemAvailable", 0) // 1024
+    if real and not (total_mb and "MemAvailable" in mem):
+        psutil_total, psutil_available = _psutil_memory()
+        total_mb = total_mb or psutil_total
+        host_mb = psutil_available if "MemAvailable" not in mem else host_mb
     limit = cgroup_limit(root)
     return total_mb, _capped(host_mb, limit), limit
 
@@ -144,9 +148,4 @@ def available_mb(root: str | os.PathLike = "/") -> int:
     """The memory available now (not the cached snapshot of detect()): MemAvailable, or the room
     this process's cgroup limit leaves when that is less. 0 when neither is known."""
     path = Path(root)
-    mem = _meminfo(path)
-    if "MemAvailable" in mem:
-        host_mb = mem["MemAvailable"] // 1024
-    else:
-        host_mb = _psutil_memory()[1] if path.resolve() == Path("/") else 0
-    return _capped(host_mb, cgroup_limit(path))
+    return memory(path, real=path.resolve() == Path("/"))[1]
