@@ -39,7 +39,7 @@ REQUIRES = [
     'tomli>=1.1; python_version < "3.11"',
     # 1.17's wheels do not bound numpy below 2 yet fail to import with it (pip pairs them with
     # numpy 2 today); from 1.18 on pip resolves a numpy they import with. Artifacts state their
-    # own minimum (manifest min_runtime: 1.17 FP32/INT8, 1.32 INT4), checked before a load.
+    # own minimum (manifest min_runtime: 1.17 FP32/INT8, 1.23 INT4), checked before a load.
     'onnxruntime>=1.18; extra == "onnx"',
     'tokenizers>=0.15; extra == "onnx"',
     # every TFLite artifact's min_runtime (the version the converter validates them with);
