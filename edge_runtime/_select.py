@@ -15,6 +15,7 @@ The golden check at load still has the last word: an artifact that fails it is s
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from edge_runtime._manifest import resolve
 
 __all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "files_absent", "max_threads", "physical_cores", "plan", "threads_for",
            "usable_cpus"]
+
+log = logging.getLogger("edge_runtime")
 
 # Manifest backend names -> the artifact format they run.
 BACKEND_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
@@ -66,12 +69,15 @@ def plan(
     device: _device.DeviceInfo,
     tuning: dict[str, Any] | None,
     available_mb: int | None = None,
+    asked: str | None = None,
 ) -> Plan:
-    """The automatic selection order for `manifest` on `device` (no session is opened)."""
+    """The automatic selection order for `manifest` on `device` (no session is opened). `asked`:
+    an artifact named by the caller (edge-run --info --artifact), kept even if it is a pruned
+    twin, as load(artifact=) loads one; what truly blocks it is still said."""
     available = _device.available_mb() if available_mb is None else available_mb
     choices, skipped = [], {}
     for rank, entry in enumerate(candidates(manifest), 1):
-        if entry.get("pruning"):
+        if entry.get("pruning") and entry["name"] != asked:
             # Its floor is the profile's (lower) pruning floor: never served unasked, not as a
             # fallback, not because a tuning found it faster.
             skipped[entry["name"]] = ("a pruned twin (held to the pruning floor, not the artifacts' floor): "
@@ -133,7 +139,7 @@ def threads_for(
     """(threads, spinning, where from) that load() uses for `entry` when none are given."""
     tuned = _tuning_cache.setting_for(tuning, entry["name"])
     if tuned is not None:
-        return tuned.threads, tuned.spinning, "tuning cache"
+        return _tuned_threads(entry["name"], tuned)
 
     profile = int(manifest.get("runtime", {}).get("threads", {}).get("intra_op", 0) or 0)
     cores = physical_cores()
@@ -144,6 +150,22 @@ def threads_for(
     if profile:
         return profile, None, "profile default"
     return cores, None, "physical cores of the fastest cluster"
+
+
+def _tuned_threads(name: str, tuned: _tuning_cache.Setting) -> tuple[int, bool | None, str]:
+    """A cached setting, its count held to the CPUs this process may use now, as the sweep holds
+    its candidates: the cache is named by the CPU, which CPUAffinity=, a cpuset (docker
+    --cpuset-cpus) or cores turned off (nvpmodel) do not change. Threads beyond the CPUs wait on
+    each other at every barrier: 2 tuned threads on 1 CPU ran 2x slower than 1."""
+    cpus = usable_cpus()
+    if tuned.threads <= cpus:
+        return tuned.threads, tuned.spinning, "tuning cache"
+    plural = "s" if cpus != 1 else ""
+    log.warning("the tuning cache's %d threads for %s are more than the %d CPU%s this process may use "
+                "(tuned with more CPUs: CPU affinity, a cpuset or cores turned off since?); using %d. "
+                "Run edge-tune on the directory again under the same limits to measure for them",
+                tuned.threads, name, cpus, plural, cpus)
+    return cpus, tuned.spinning, f"tuning cache {tuned.threads}, capped at the {cpus} CPU{plural} this process may use"
 
 
 def candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:

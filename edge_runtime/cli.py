@@ -52,9 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _describe(root: str, artifact: str | None = None) -> dict:
+def _describe(root: str, artifact: str | None = None, threads: int | None = None) -> dict:
     """The device, its profile, what load() would pick and why (or, given `artifact`, what it
-    would run that one with), and the artifact table."""
+    would run that one with), with `threads` when given (--threads, as load() takes them), and
+    the artifact table."""
     from edge_runtime import _device, _memory, _select, _tuning_cache
     from edge_runtime._manifest import unknown_artifacts
 
@@ -66,18 +67,21 @@ def _describe(root: str, artifact: str | None = None) -> dict:
     device = _device.detect()
     profile_id, profile_reason = _device.match_profile(device)
     tuning = _tuning_cache.read_cached(path, manifest)
-    plan = _select.plan(path, manifest, device, tuning)
+    plan = _select.plan(path, manifest, device, tuning, asked=artifact)
     if artifact is not None:  # asked for by name: only that one, the reason says so
         chosen = [c for c in plan.choices if c.name == artifact]
         plan = dataclasses.replace(plan, choices=chosen, reason=f"it was asked for by name (--artifact {artifact})")
     selection = None
     if plan.choices:
         first = plan.choices[0]
-        threads, spinning, source = _select.threads_for(first.entry, manifest, tuning)
+        if threads is None:
+            count, spinning, source = _select.threads_for(first.entry, manifest, tuning)
+        else:
+            count, spinning, source = _given_threads(threads)
         selection = {
             "artifact": first.name,
             "reason": plan.reason,
-            "threads": threads,
+            "threads": count,
             "spinning": spinning,
             "threads_from": source,
             "order": [
@@ -116,6 +120,18 @@ def _describe(root: str, artifact: str | None = None) -> dict:
             for a in manifest["artifacts"]
         ],
     }
+
+
+def _given_threads(threads: int) -> tuple[int, None, str]:
+    """(threads, spinning, where from) for --threads, as load(threads=) takes them: the count
+    wins over any tuning, and spinning is left to the backend."""
+    from edge_runtime import _select
+
+    count = threads or _select.physical_cores()
+    source = "given with --threads" if threads else "--threads 0: this device's physical cores"
+    if count > _select.usable_cpus():  # load() warns of it too
+        source += f"; more than the {_select.usable_cpus()} CPUs this process may use"
+    return count, None, source
 
 
 def _print_info(info: dict) -> None:
@@ -285,7 +301,7 @@ def _main(argv: list[str] | None) -> int:
 
                 found = _signing.verify_directory(Path(args.artifacts), args.trusted_key)
                 signed = {"key": str(found.key), "files": found.files}
-            info = {**_describe(args.artifacts, args.artifact), "signature": signed}
+            info = {**_describe(args.artifacts, args.artifact, args.threads), "signature": signed}
             if args.json:
                 print(json.dumps(info, indent=2))
             else:

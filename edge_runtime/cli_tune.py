@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import edge_runtime
-from edge_runtime import _device, _tune
+from edge_runtime import _device, _select, _tune
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_table(result: dict, cache_file: Path) -> None:
+def _print_table(result: dict, cache_file: Path, automatic: set[str]) -> None:
+    """The result as a table; `automatic`: the artifacts load() may pick here by itself."""
     device = result["device"]
     print(
         f"device: {device['cpu_model']} ({device['arch']}; {', '.join(device['features']) or 'no features of interest'}; "
@@ -73,13 +74,7 @@ def _print_table(result: dict, cache_file: Path) -> None:
             )
     if result.get("fastest"):
         print(f"\nfastest here: {result['fastest']} (load() picks it first when it fits memory)")
-    compared = result.get("compared") or {}
-    if compared:  # a pruned twin (or one selection skips here) may be faster still: load() takes it by name only
-        quickest = min(compared, key=lambda n: compared[n]["p50_ms"])
-        if quickest != result.get("fastest"):
-            print(f"{quickest} is faster, but load() never picks it by itself (a pruned twin, or skipped "
-                  f"here: `edge-run DIR --info` says why); ask for it by name: "
-                  f"load(DIR, artifact={quickest!r}) or edge-run DIR --artifact {quickest}")
+    _print_quicker(result, automatic)
     if not result.get("measured", True):
         print(f"nothing was measured (every artifact was refused, above): {cache_file} is unchanged")
     elif result.get("cached"):
@@ -89,6 +84,28 @@ def _print_table(result: dict, cache_file: Path) -> None:
             f"NOT cached: {cache_file} could not be written (see the warning above); load() will "
             f"not use this result ({result['seconds']:.1f} s of measuring)"
         )
+
+
+def _print_quicker(result: dict, automatic: set[str]) -> None:
+    """Why an artifact that ran faster than the recorded fastest is not load()'s pick: a pruned
+    twin (or one selection skips here) is taken by name only; one load() may pick lost by less than
+    _tune._ARTIFACT_TIE to the profile's preferred one."""
+    compared, fastest = result.get("compared") or {}, result.get("fastest")
+    if not compared:
+        return
+    quickest = min(compared, key=lambda n: compared[n]["p50_ms"])
+    by_name = f"load(DIR, artifact={quickest!r}) or edge-run DIR --artifact {quickest}"
+    if quickest == fastest:
+        return
+    if quickest not in automatic:
+        print(f"{quickest} is faster, but load() never picks it by itself (a pruned twin, or skipped "
+              f"here: `edge-run DIR --info` says why); ask for it by name: {by_name}")
+    elif fastest in compared and compared[quickest]["p50_ms"] > 0:
+        gain = compared[fastest]["p50_ms"] / compared[quickest]["p50_ms"] - 1
+        if gain <= _tune._ARTIFACT_TIE:
+            print(f"{quickest} is {gain:.1%} faster than {fastest}, less than the {_tune._ARTIFACT_TIE:.0%} "
+                  f"another artifact must gain to displace the profile's preferred one: load() keeps "
+                  f"{fastest} first; ask for {quickest} by name: {by_name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     else:
-        _print_table(result, cache_file)
+        # What automatic selection may pick here (not pruned twins, nor what cannot run): as tune() tells
+        automatic = {c.name for c in _select.plan(Path(args.artifacts), manifest, _device.detect(), None).choices}
+        _print_table(result, cache_file, automatic)
     return 0 if result["measured"] and result["cached"] else 1
 
 

@@ -76,6 +76,7 @@ def test_first_use_sweeps_then_the_cache_is_used(converted, monkeypatch):
 
     _no_sweep(monkeypatch)
     _edit_cache(converted, lambda d: d["artifacts"][first.name].update(threads=3, spinning=False))
+    monkeypatch.setattr(_select, "usable_cpus", lambda: 8)  # 3 threads are within them (else capped)
     again = edge_runtime.load(converted)  # the default uses the cache
     assert again.threads == 3, "the cached setting is used"
     assert (
@@ -457,8 +458,9 @@ def test_a_faster_pruned_twin_is_not_recorded_as_the_fastest(converted, tmp_path
 def _cache_holding(root: Path, manifest: dict, threads: int) -> None:
     path = _tune.cache_file(root)
     path.parent.mkdir(parents=True, exist_ok=True)
+    row = {"threads": threads, "spinning": None, "p50_ms": 1.0, "p90_ms": 1.0, "runs": 3}  # as a sweep writes it
     path.write_text(json.dumps({"schema_version": _tune.SCHEMA_VERSION, "identity": _tuning_cache.identity(manifest),
-                                "artifacts": {"onnx-int8": {"threads": threads, "spinning": None}}}))
+                                "artifacts": {"onnx-int8": {**row, "sweep": [row]}}}))
 
 
 def test_a_cached_thread_count_above_the_cap_is_ignored_like_corruption(tmp_path, caplog):
