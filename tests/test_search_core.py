@@ -148,3 +148,46 @@ def test_budget_with_a_floor_lifts_what_the_floor_checks_first():
     assert plain.moved == ["mean"]  # loss 0.01 vs 0.005: the mean wins without a floor
     floored = greedy_search(MeanOrMin(), Budget(1010, shortfall), move="8-bit")
     assert floored.moved == ["min"] and floored.metrics["cosine_min"] >= 0.96
+
+
+class Labels:
+    """A classifier's floor search: "polish" lifts the logits' cosine but flips a label (top-1
+    down), "fix" lifts the cosine less and restores a label (top-1 up)."""
+
+    effects = {"polish": (0.0009, -0.0115), "fix": (0.0001, 0.0115)}
+
+    def __init__(self):
+        self.moved = frozenset()
+
+    def candidates(self):
+        return list(self.effects)
+
+    def label(self, key):
+        return key
+
+    def build(self, moved):
+        self.moved = moved
+        return 1000 + len(moved)
+
+    def _metrics(self):
+        cosine = 0.999 + sum(self.effects[k][0] for k in self.moved)
+        top1 = 0.9885 + sum(self.effects[k][1] for k in self.moved)
+        return {"logits_cosine_mean": cosine, "logits_cosine_min": cosine, "top1_agreement": top1}
+
+    rank = judge = _metrics
+
+
+def test_a_floor_on_top1_never_accepts_a_move_that_flips_labels():
+    def failures(m):
+        return [] if m["top1_agreement"] >= 0.99 else [f"top1_agreement {m['top1_agreement']:.4f} < 0.99"]
+
+    def top1_shortfall(m):
+        return max(0.0, 0.99 - m["top1_agreement"])
+
+    # Without the shortfall the walk takes "polish" first (the logits' cosine gains most) and
+    # keeps it: top-1 ends lower than it started.
+    space = Labels()
+    result = greedy_search(space, Floor(failures, shortfall=top1_shortfall), move="kept FP32")
+    assert result.moved == ["fix"] and result.metrics["top1_agreement"] >= 0.99
+    polish = next(s for s in result.steps if s["candidate"] == "polish")
+    assert polish["accepted"] is False

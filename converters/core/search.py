@@ -236,10 +236,14 @@ def ranking_lanes() -> int:
 @dataclass(frozen=True)
 class Floor:
     """Stop rule: the validation metrics meet a floor. `failures(metrics)` lists what misses
-    (empty: met; NaN never meets); at most `cap` of the candidates may move."""
+    (empty: met; NaN never meets); at most `cap` of the candidates may move. `shortfall`, as
+    Budget's: a floor on a metric search_loss does not see (a classifier's top-1 agreement)
+    must weigh in the objective, or the walk accepts moves that polish the logits' cosine while
+    flipping labels, and ends further from the floor than it started."""
 
     failures: Callable[[Metrics], list[str]]
     cap: float = DEFAULT_CAP
+    shortfall: Callable[[Metrics], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,7 @@ def greedy_search(
     validation metrics when the caller has them already (saves one evaluation)."""
     started = time.perf_counter()
     keys = list(space.candidates())
-    shortfall = goal.shortfall if isinstance(goal, Budget) else None
+    shortfall = goal.shortfall
 
     def objective(m: Metrics) -> float:
         return search_loss(m) + (SHORTFALL_WEIGHT * shortfall(m) if shortfall is not None else 0.0)

@@ -269,14 +269,15 @@ def meets_floor(value: float, floor: float) -> bool:
     return math.isfinite(value) and value >= floor
 
 
-def floor_shortfall(metrics: dict[str, float], floor: AccuracyFloor) -> float:
-    """How far `metrics` miss `floor`, summed over the metrics it checks (0 when every one is
-    met; inf when one is NaN): what a budget search weighs (converters/core/search.py)."""
+def floor_shortfall(metrics: dict[str, float], floor: AccuracyFloor,
+                    keys: tuple[str, ...] = ("cosine_mean", "cosine_min", "top1_agreement")) -> float:
+    """How far `metrics` miss `floor`, summed over the metrics it checks among `keys` (0 when
+    every one is met; inf when one is NaN): what a search weighs (converters/core/search.py)."""
     checks = {"cosine_mean": floor.cosine_mean, "cosine_min": floor.cosine_min,
               "top1_agreement": floor.top1_agreement}
     total = 0.0
     for key, needed in checks.items():
-        if key in metrics:
+        if key in metrics and key in keys:
             if not math.isfinite(metrics[key]):
                 return math.inf
             total += max(0.0, needed - metrics[key])

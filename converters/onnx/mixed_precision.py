@@ -17,7 +17,7 @@ from typing import Any
 from converters._errors import AccuracyError
 from converters._graph import model_bytes
 from converters.core.search import RANKING_TEXTS, Floor, LaneScorer, ProbeSpace, SearchExhausted, greedy_search
-from converters.core.validate import Reference, compute_metrics, floor_failures
+from converters.core.validate import Reference, compute_metrics, floor_failures, floor_shortfall
 from converters.inputs.source import SourceModel
 from converters.onnx.quantize_int8 import Int8Config, quantizable_nodes, quantize_int8
 from targets import AccuracyFloor
@@ -59,6 +59,14 @@ class _Int8Space(ProbeSpace):
 
     def candidates(self) -> list[str]:
         return list(self.groups)
+
+    def label(self, key: str) -> str:
+        """The module the weight belongs to, then the weight: "encoder.layer.1.output.dense
+        (onnx::MatMul_329)". The exporter names a weight after nothing a user knows; its node
+        is named after the module path (/inner/encoder/layer.1/output/dense/MatMul)."""
+        parts = self.groups[key][0].strip("/").split("/")[:-1]
+        parts = parts[1:] if parts[:1] == ["inner"] else parts  # our export wrapper's attribute
+        return f"{'.'.join(parts)} ({key})" if parts else key
 
     def nodes(self, moved) -> tuple[str, ...]:
         return tuple(n for weight in moved for n in self.groups[weight])
@@ -123,8 +131,11 @@ def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, 
     space = _Int8Space(fp32_path, probe, config, rounding, groups, scorer(ranking, "ranking probe"),
                        scorer(reference, "candidate"))
     try:
-        result = greedy_search(space, Floor(lambda m: floor_failures(m, floor)), move="kept FP32",
-                               progress=progress, start_metrics=metrics)
+        # Top-1 agreement (classifiers' floor) is not in search_loss: its miss weighs in, so no
+        # move that flips labels is accepted for a better logits cosine.
+        goal = Floor(lambda m: floor_failures(m, floor),
+                     shortfall=lambda m: floor_shortfall(m, floor, ("top1_agreement",)))
+        result = greedy_search(space, goal, move="kept FP32", progress=progress, start_metrics=metrics)
     except SearchExhausted as exc:
         raise AccuracyError(
             f"{name} {exc}. Lower the floor (accuracy_floor), or ship FP32 only for this model."
