@@ -25,21 +25,12 @@ a cache file is used only while it, its record and every directory from the cach
 them are private to this user (backends/_cache.py, private_problem); otherwise the load goes
 without it, with a warning, and leaves it alone. Files are published owner-only (0600).
 
-Crash isolation (issue 8): every LiteRT Environment -- ours and the ones CompiledModel creates
-internally, whatever `runtime_path` says -- dlopens libLiteRtWebGpuAccelerator.so, which
-ai-edge-litert 2.3's aarch64 wheel builds for ARMv8.1 atomics (LSE). On an ARMv8.0 core
-(Cortex-A72: Raspberry Pi 4) its initializer stops the process with "This binary was compiled
-with lse enabled, but this feature is not available on this processor" and SIGILL: measured under
-qemu-aarch64 -cpu cortex-a72 (tools/arm64-check); cortex-a76 (Pi 5, with LSE) runs it. A crash
-cannot be caught in-process, so the CompiledModel path is first taken in a child process: it
-builds the weight cache (and runs the smallest signature once) there, and this process maps the
-finished file. A child killed by a CPU fault (SIGILL, SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGSYS,
-SIGTRAP; not SIGINT/SIGTERM/SIGKILL, which come from outside) leaves a marker named after the runtime version and
-the CPU (`compiled-model-litert<version>-<cpu>.crashed`, next to the caches, with the signal and
-the runtime's last words); from then on this CPU runs TFLite artifacts with the Interpreter (no
-weight cache), without trying again while the same runtime version is installed (another
-version is tried anew: the version is in the marker's name). Delete the marker to retry.
-The Interpreter path never loads the GPU accelerators and runs on ARMv8.0.
+Crash isolation (issue 8): the CompiledModel path is first taken in a child process
+(_build_cache_main), since on some CPUs it kills the process (a Raspberry Pi 4: SIGILL). The
+child builds the weight cache and runs the smallest signature once; this process maps the finished
+file. What the child's death says, and the marker that then keeps the CPU on the Interpreter, are
+in edge_runtime.backends._tflite_crash: only an illegal instruction is the CPU's; a full disk or a
+damaged model is a failed build, tried again at the next load.
 
 The session (edge_runtime.backends.tflite) calls open_with_cache and runs whatever engine it
 returns, or the Interpreter when it returns none; this module owns the files (naming,
@@ -49,12 +40,10 @@ finalization and hash checks, publishing, orphan sweep) and the child process
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -69,21 +58,15 @@ from edge_runtime.backends._cache import (UnsafeCacheError, cache_root, check_sh
                                           make_cache_dir, make_private, private_problem,
                                           signature, write_json)
 from edge_runtime.backends._cache import cpu_tag as _cpu_tag
+from edge_runtime.backends._tflite_crash import (child_outcome, crash_marker, marker_in_effect,
+                                                 record_crash)
 from edge_runtime.backends._tflite_engines import _compiled_model_api, _CompiledEngine
-from edge_runtime.backends._tflite_log import _forward_native, native_log
 
-__all__ = ["CacheOpen", "crash_marker", "open_with_cache", "weight_cache_file"]
+__all__ = ["CacheOpen", "open_with_cache", "weight_cache_file"]
 
 log = logging.getLogger("edge_runtime")
 
 _CACHE_SUFFIX = ".xnnpack"
-_CRASH_SUFFIX = ".crashed"
-# Signals a process gets from its own instructions (an unsupported one, a bad access, an abort
-# in the runtime's own checks): the ones that say this CPU cannot run the CompiledModel path.
-_CPU_FAULTS = {
-    int(getattr(signal, name)) for name in ("SIGILL", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP")
-    if hasattr(signal, name)
-}
 _RECORD_SUFFIX = ".verified.json"  # {"sha256", "stat"}: the cache file's content when published
 
 
@@ -111,6 +94,7 @@ def open_with_cache(
         return result
     import ai_edge_litert
 
+    version = ai_edge_litert.__version__
     try:
         make_cache_dir(cache_dir)
         sha256 = model_sha256 or _sha256(model_path)
@@ -123,43 +107,32 @@ def open_with_cache(
     except UnsafeCacheError as exc:
         return _refused(result, model_path, str(exc), cache_dir)
     except OSError as exc:
-        result.weight_cache_state = "failed"
-        log.warning("XNNPACK weight cache unusable (%s); loading without it", exc)
-        return result
-    marker = crash_marker(cache_dir, ai_edge_litert.__version__)
-    if marker.exists():
+        return _failed(result, f"the cache directory is unusable ({exc})",
+                       "XNNPACK weight cache unusable (%s); loading without it", exc)
+    marker = crash_marker(cache_dir, version)
+    recorded = marker_in_effect(marker)
+    if recorded is not None:
         return _unsupported(
             result, model_path,
-            f"ai-edge-litert {ai_edge_litert.__version__}'s CompiledModel crashed on this "
-            f"CPU before ({_read_marker(marker)}; recorded in {marker}, delete it to retry)",
+            f"ai-edge-litert {version}'s CompiledModel crashed on this CPU before ({recorded}; "
+            f"recorded in {marker}, delete it to retry)",
+            logging.WARNING,  # each load: the cache's memory and load-time savings are lost
         )
-    final = weight_cache_file(cache_dir, sha256, ai_edge_litert.__version__)
+    final = weight_cache_file(cache_dir, sha256, version)
     problem = _unsafe(final, cache_dir)
     if problem:  # someone else could have written it: its record proves nothing then
         return _refused(result, model_path, problem, cache_dir)
     _remove_orphans(final)
-    if _looks_finalized(final) and _is_intact(final):
-        try:
-            engine = _CompiledEngine(api, model_path, threads, final)
-        except (RuntimeError, ValueError) as exc:
-            # Whether the cache or the model is at fault, a fresh cache costs one rebuild.
-            _discard(final)
-            result.weight_cache_state = "failed"
-            log.warning("could not load %s with its weight cache (%s)", model_path.name, exc)
-            return result
-        result.weight_cache, result.weight_cache_state = final, "reused"
-        result.engine = engine
-        return result
-    if free < needed:
-        result.weight_cache_state = "failed"
-        log.warning(
-            "not building an XNNPACK weight cache for %s: %d MB free in %s, want %d MB",
-            model_path.name,
-            free >> 20,
-            cache_dir,
-            needed >> 20,
-        )
-        return result
+    stale = None
+    if _looks_finalized(final):
+        stale = _integrity_problem(final)
+        if stale is None:
+            return _open_mapped(result, api, model_path, threads, final, "reused")
+        kept = _discard(final)
+        if kept is not None:  # a read-only directory: a rebuild could not replace it either
+            note = f"{final} {stale}, and it cannot be deleted ({kept.strerror or kept})"
+            return _failed(result, note, "XNNPACK weight cache not used: %s; loading without it. "
+                           "Delete it, or load with device_cache=False", note)
     if not _can_isolate():
         # Without an interpreter to start, a crash could not be told from a result.
         return _unsupported(
@@ -171,62 +144,74 @@ def open_with_cache(
     # is given, so building in place could clobber a file another process has mapped.
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        # Made here first: a directory this user cannot write costs a failed open(), not seconds
+        # in a child process whose build could never be kept (and a misleading reason after).
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        note = f"cannot create files in {cache_dir} ({exc.strerror or exc})"
+        return _failed(result, note, "not building an XNNPACK weight cache for %s: %s; loading "
+                       "without it. Make the directory writable by this user, or load with "
+                       "device_cache=False", model_path.name, note)
+    try:
+        if free < needed:
+            note = f"{free >> 20} MB free in {cache_dir}, want {needed >> 20} MB"
+            return _failed(result, note, "not building an XNNPACK weight cache for %s: %s",
+                           model_path.name, note)
+        if stale:
+            log.warning("XNNPACK weight cache %s not used: %s; rebuilding it", final, stale)
         # In a child process: the first use of CompiledModel on a CPU may kill the process
         # (module docstring, "Crash isolation").
         outcome, detail = _build_in_child(model_path, tmp, threads)
         if outcome == "crashed":
-            _record_crash(marker, model_path.name, detail)
-            result.weight_cache_state = "unsupported"
-            result.weight_cache_note = (
-                f"ai-edge-litert {ai_edge_litert.__version__}'s CompiledModel crashed on this "
-                f"CPU ({detail})"
-            )
+            record_crash(marker, model_path.name, detail)
+            note = f"ai-edge-litert {version}'s CompiledModel crashed on this CPU ({detail})"
+            result.weight_cache_state, result.weight_cache_note = "unsupported", note
             log.warning(
                 "%s: %s. TFLite artifacts run with the Interpreter here, without the XNNPACK "
                 "weight cache; recorded in %s (delete it to try again)",
-                model_path.name,
-                result.weight_cache_note,
-                marker,
+                model_path.name, note, marker,
             )
             return result
         if outcome != "ok":
             raise RuntimeError(detail)
         _publish(tmp, final)
     except (RuntimeError, ValueError, OSError) as exc:
-        result.weight_cache_state = "failed"
-        log.warning(
-            "could not build the XNNPACK weight cache for %s (%s); loading without it",
-            model_path.name,
-            exc,
-        )
-        return result
+        return _failed(result, str(exc), "could not build the XNNPACK weight cache for %s (%s); "
+                       "loading without it (the next load tries again)", model_path.name, exc)
     finally:
         # Gone after a successful rename; otherwise (error, crash, KeyboardInterrupt) never
         # left behind. A SIGKILL can still leave it: _remove_orphans sweeps it later.
         tmp.unlink(missing_ok=True)
+    return _open_mapped(result, api, model_path, threads, final, "created")
+
+
+def _open_mapped(result, api, model_path: Path, threads: int, final: Path, state: str):
+    """This process's CompiledModel on the finished cache file `final`."""
     try:
+        before = signature(final)
         engine = _CompiledEngine(api, model_path, threads, final)
-    except (RuntimeError, ValueError) as exc:
+        rewritten = signature(final) != before
+    except (RuntimeError, ValueError, OSError) as exc:
+        # Whether the cache or the model is at fault, a fresh cache costs one rebuild.
         _discard(final)
-        result.weight_cache_state = "failed"
-        log.warning(
-            "could not load %s with the weight cache it just built (%s); loading without it",
-            model_path.name,
-            exc,
-        )
-        return result
-    result.weight_cache, result.weight_cache_state = final, "created"
-    result.engine = engine
+        return _failed(result, f"could not load it with its weight cache ({exc})",
+                       "could not load %s with its weight cache %s (%s); loading without it",
+                       model_path.name, final, exc)
+    if rewritten:
+        # XNNPACK rebuilds a file whose header it rejects (bit rot under a matching record) at
+        # its final name, in this process: not the checked file, and written outside the child
+        # and the tmp+rename that keep a file another process has mapped from being clobbered.
+        del engine
+        _discard(final)
+        note = (f"XNNPACK rejected {final} and rewrote it in place; deleted it, the next load "
+                "rebuilds it")
+        return _failed(result, note, "XNNPACK weight cache not used for %s: %s",
+                       model_path.name, note)
+    result.weight_cache, result.weight_cache_state, result.engine = final, state, engine
     return result
 
 
 # -- crash isolation ----------------------------------------------------------------------------
-
-
-def crash_marker(cache_dir: Path, runtime_version: str) -> Path:
-    """The file that records a CompiledModel crash on this CPU with this runtime version."""
-    safe_version = "".join(c if c.isalnum() or c in ".-" else "_" for c in runtime_version)
-    return Path(cache_dir) / f"compiled-model-litert{safe_version}-{_cpu_tag()}{_CRASH_SUFFIX}"
 
 
 def _child_command(model_path: Path, cache_path: Path, threads: int) -> list[str]:
@@ -281,7 +266,8 @@ def _build_cache_main(argv: list[str]) -> int:
 
 
 def _build_in_child(model_path: Path, cache_path: Path, threads: int) -> tuple[str, str]:
-    """("ok" | "failed" | "crashed", detail): the cache build run in a child process."""
+    """("ok" | "failed" | "crashed", detail): the cache build run in a child process
+    (_tflite_crash.child_outcome says what its end means)."""
     done = subprocess.run(
         _child_command(model_path.resolve(), cache_path, threads),
         stdin=subprocess.DEVNULL,
@@ -290,34 +276,7 @@ def _build_in_child(model_path: Path, cache_path: Path, threads: int) -> tuple[s
         errors="replace",
         check=False,
     )
-    # All at DEBUG: a failure is summarized by the caller's own message, with the last words.
-    native = _forward_native(
-        done.stderr, lambda line: native_log.debug("%s", line.rstrip()), logging.DEBUG
-    )
-    report = None
-    for line in reversed(done.stdout.splitlines()):
-        with contextlib.suppress(ValueError):
-            report = json.loads(line)
-            break
-    if done.returncode == 0 and isinstance(report, dict) and report.get("ok"):
-        return "ok", ""
-    if isinstance(report, dict) and "error" in report:
-        return "failed", str(report["error"])
-    last = [line for line in native if line.startswith(("FATAL", "ERROR"))]
-    last = last or [line for line in done.stderr.splitlines() if line.strip()]
-    words = f": {' | '.join(line.rstrip('.') for line in last[-3:])}" if last else ""
-    if done.returncode >= 0:
-        # Python itself failed (an import error, say): a broken install, not this CPU's fault.
-        return "failed", f"the child process exited with status {done.returncode}{words}"
-    try:
-        how = f"killed by {signal.Signals(-done.returncode).name}"
-    except ValueError:
-        how = f"killed by signal {-done.returncode}"
-    if -done.returncode not in _CPU_FAULTS:
-        # Sent from outside (a user, a service manager, the out-of-memory killer): says nothing
-        # about this CPU, so no marker; the next load tries again.
-        return "failed", f"the child process was {how} (not a CPU fault){words}"
-    return "crashed", how + words
+    return child_outcome(done)
 
 
 def _can_isolate() -> bool:
@@ -345,11 +304,20 @@ def _refused(result, model_path: Path, problem: str, cache_dir: Path):
     return result
 
 
-def _unsupported(result, model_path: Path, note: str):
-    """The cache cannot be used on this device: say why once, and load with the Interpreter."""
+def _unsupported(result, model_path: Path, note: str, level: int = logging.INFO):
+    """The cache cannot be used on this device: say why, and load with the Interpreter."""
     result.weight_cache_state = "unsupported"
     result.weight_cache_note = note
-    log.info("%s: %s; using the Interpreter", model_path.name, note)
+    log.log(level, "%s: %s; using the Interpreter, without the XNNPACK weight cache",
+            model_path.name, note)
+    return result
+
+
+def _failed(result, note: str, message: str, *args):
+    """The cache was asked for and is supported but not usable this time: a warning (`message`
+    % args) and weight_cache_note (`note`) say why; the load goes without it."""
+    result.weight_cache_state, result.weight_cache_note = "failed", note
+    log.warning(message, *args)
     return result
 
 
@@ -405,11 +373,11 @@ def _record(final: Path) -> Path:
     return final.with_name(final.name + _RECORD_SUFFIX)
 
 
-def _is_intact(final: Path) -> bool:
-    """Whether the finished cache file `final` has the content recorded when it was published.
-    When not (no record, an unreadable one, another hash), it is deleted with its record and
-    this load rebuilds it. A re-hash that matched records the file's new signature (best effort:
-    in a read-only directory the file is hashed at every load)."""
+def _integrity_problem(final: Path) -> str | None:
+    """Why the finished cache file `final` must not be used (no record, an unreadable one,
+    another hash), or None when it has the content recorded when it was published. A re-hash
+    that matched records the file's new signature (best effort: in a read-only directory the
+    file is hashed at every load)."""
     record = _record(final)
     new_signature = None
     try:
@@ -423,25 +391,24 @@ def _is_intact(final: Path) -> bool:
         problem = f"no record of its content ({exc.filename} is missing)"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         problem = f"its record {record.name} is unreadable ({type(exc).__name__}: {exc})"
-    if problem is None:
-        if new_signature is not None:
-            try:
-                write_json(record, {"sha256": digest, "stat": new_signature})
-            except OSError as exc:
-                log.debug("could not record the signature of %s: %s", final, exc)
-        return True
-    log.warning("XNNPACK weight cache %s not used: %s; rebuilding it", final, problem)
-    _discard(final)
-    return False
+    if problem is None and new_signature is not None:
+        try:
+            write_json(record, {"sha256": digest, "stat": new_signature})
+        except OSError as exc:
+            log.debug("could not record the signature of %s: %s", final, exc)
+    return problem
 
 
-def _discard(final: Path) -> None:
-    """Delete a cache file and its record."""
+def _discard(final: Path) -> OSError | None:
+    """Delete a cache file and its record; the error when the file stays (a read-only
+    directory: it is then checked, and refused, at every load)."""
     for path in (final, _record(final)):
         try:
             path.unlink(missing_ok=True)
-        except OSError:
-            pass  # read-only: the file stays, but it is checked (and refused) at every load
+        except OSError as exc:
+            if path == final:
+                return exc
+    return None
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -478,17 +445,3 @@ def _publish(tmp: Path, final: Path) -> None:
             write_json(record, {"sha256": digest, "stat": after})
     except OSError as exc:
         log.debug("could not record the signature of %s: %s", final, exc)
-
-
-def _record_crash(marker: Path, model_name: str, detail: str) -> None:
-    try:
-        marker.write_text(json.dumps({"model": model_name, "detail": detail}) + "\n")
-    except OSError as exc:  # the next load will try (and crash in its child) again
-        log.warning("could not record the CompiledModel crash in %s: %s", marker, exc)
-
-
-def _read_marker(marker: Path) -> str:
-    try:
-        return str(json.loads(marker.read_text())["detail"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "no details recorded"

@@ -10,6 +10,7 @@ file. The session (edge_runtime.backends.tflite) and the cache build
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,30 +24,51 @@ __all__: list[str] = []
 
 
 def _interpreter_api() -> tuple[Any, Any, str, str]:
-    """(Interpreter, OpResolverType, package name, version), preferring ai-edge-litert."""
-    try:
-        import ai_edge_litert
-        from ai_edge_litert import interpreter
-    except ImportError:
+    """(Interpreter, OpResolverType, package name, version), preferring ai-edge-litert.
+
+    An installed runtime that fails to import (a native library or numpy ABI the device lacks,
+    a half-finished install) is an error that quotes its ImportError, never a reason to run the
+    other one: artifacts made for ai-edge-litert compute wrong numbers on tflite-runtime 2.14
+    (per-channel INT8), silently when loaded with verify=False. Installed means found on the
+    path (importlib.util.find_spec), as available() and installed_package() see it."""
+    if importlib.util.find_spec("ai_edge_litert") is not None:
         try:
-            import tflite_runtime
-            from tflite_runtime import interpreter
-        except ImportError:
+            import ai_edge_litert
+            from ai_edge_litert import interpreter
+        except Exception as exc:  # noqa: BLE001 - whatever the import raised, it is the reason
+            other = importlib.util.find_spec("tflite_runtime") is not None
             raise BackendUnavailableError(
-                "neither ai-edge-litert nor tflite-runtime is installed "
-                "(pip install ai-edge-litert)"
-            ) from None
+                f"ai-edge-litert is installed but cannot be imported ({type(exc).__name__}: "
+                f"{exc})"
+                + ("; tflite-runtime, installed too, is not used in its place (artifacts made "
+                   "for ai-edge-litert can compute wrong numbers on it)" if other else "")
+                + ". Reinstall it (pip install --force-reinstall ai-edge-litert)"
+                + (", or uninstall it to run tflite-runtime" if other else "")
+            ) from exc
         return (
             interpreter.Interpreter,
             interpreter.OpResolverType,
-            "tflite-runtime",
-            tflite_runtime.__version__,
+            "ai-edge-litert",
+            ai_edge_litert.__version__,
         )
+    if importlib.util.find_spec("tflite_runtime") is None:
+        raise BackendUnavailableError(
+            "neither ai-edge-litert nor tflite-runtime is installed (pip install ai-edge-litert)"
+        )
+    try:
+        import tflite_runtime
+        from tflite_runtime import interpreter
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise BackendUnavailableError(
+            f"tflite-runtime is installed but cannot be imported ({type(exc).__name__}: {exc}); "
+            f"reinstall it (pip install --force-reinstall tflite-runtime; it needs numpy<2), or "
+            f"install ai-edge-litert"
+        ) from exc
     return (
         interpreter.Interpreter,
         interpreter.OpResolverType,
-        "ai-edge-litert",
-        ai_edge_litert.__version__,
+        "tflite-runtime",
+        tflite_runtime.__version__,
     )
 
 

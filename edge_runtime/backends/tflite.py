@@ -20,11 +20,13 @@ for per-channel INT8 models (ai-edge-quantizer leaves the op versions of the flo
 This module is the session: bucketing, feeds and outputs, lifetime. The pieces beside it:
 - edge_runtime.backends._tflite_engines: the Interpreter and CompiledModel APIs, one interface
 - edge_runtime.backends._tflite_cache: weight cache files and the child process that builds them
+- edge_runtime.backends._tflite_crash: what that child's death says, the per-CPU crash marker
 - edge_runtime.backends._tflite_log: the runtime's native stderr lines to the logger
   "edge_runtime.litert" (by default only its errors are shown)
 LiteRT also makes one process-wide Environment at the first CompiledModel tensor write (so the
 first session with a weight cache runs its shortest bucket once at load, inside the log
-capture) and tears it down after Python has finalized; _at_exit below then silences fd 2.
+capture) and tears it down after Python has finalized, when fd 2 is silenced
+(_tflite_log.silence_after_finalization; where that hook is missing, _at_exit below does it).
 """
 
 from __future__ import annotations
@@ -41,13 +43,18 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError, InputError
 from edge_runtime.backends import _tflite_cache
-from edge_runtime.backends._tflite_cache import crash_marker, open_with_cache, weight_cache_file
+from edge_runtime.backends._tflite_cache import open_with_cache, weight_cache_file
+from edge_runtime.backends._tflite_crash import crash_marker
 from edge_runtime.backends._tflite_engines import (
     _compiled_model_api,
     _CompiledEngine,
     _InterpreterEngine,
 )
-from edge_runtime.backends._tflite_log import _native_log_to_logger, _silence_native_teardown
+from edge_runtime.backends._tflite_log import (
+    _native_log_to_logger,
+    _silence_native_teardown,
+    silence_after_finalization,
+)
 
 __all__ = [
     "TfliteSession",
@@ -296,18 +303,21 @@ _live_sessions: weakref.WeakSet[TfliteSession] = weakref.WeakSet()
 # CompiledModel and destroys it in a C++ static destructor, after Python has finalized (measured
 # with ai-edge-litert 2.3: two "DestroyAccelerator" INFO lines at every exit).
 _process_environment = False
+_silenced_after_finalization = False  # else fd 2 is silenced from Python's exit (_at_exit)
 
 
 def _start_process_environment(bucket: _Bucket) -> None:
     """Run the shortest bucket once (zeros) while the caller captures fd 2, so the process-wide
-    environment is made, and logged, at load rather than at the first inference."""
-    global _process_environment
+    environment is made, and logged, at load rather than at the first inference; then arrange
+    for its teardown lines to go nowhere (registered after the runtime's destructor: run before)."""
+    global _process_environment, _silenced_after_finalization
     if _process_environment:
         return
     _process_environment = True
     bucket.runner(
         **{name: np.zeros((1, bucket.length), dtype) for name, dtype in bucket.input_dtypes.items()}
     )
+    _silenced_after_finalization = silence_after_finalization()
 
 
 @atexit.register
@@ -315,7 +325,9 @@ def _at_exit() -> None:
     for session in list(_live_sessions):
         with contextlib.suppress(Exception):
             session.close()
-    if _process_environment:
+    if _process_environment and not _silenced_after_finalization:
+        # fd 2 to /dev/null from here: also for the exit handlers registered before this
+        # module was imported (they run after this one), a loss the C exit hook avoids.
         _silence_native_teardown()
 
 
