@@ -64,6 +64,8 @@ def test_engines_go_to_the_device_cache_keyed_by_the_artifact(sessions, tmp_path
     options = _trt(sessions[-1])
     engines = cache / "tensorrt"
     assert options["trt_engine_cache_enable"] is True and options["trt_int8_enable"] is True
+    # What onnxruntime is handed, not only the profile: no FP16 kernels for this FP32 artifact.
+    assert not options.get("trt_fp16_enable")
     path = options["trt_engine_cache_path"]
     assert path.startswith(str(engines)) and f"-ort{ort.__version__}" in path
     assert [p.name for p in engines.iterdir()] == [path.rsplit("/", 1)[1]]  # made, ready for ORT
