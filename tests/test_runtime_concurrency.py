@@ -177,10 +177,19 @@ def test_batch_over_the_memory_budget_is_split(converted, monkeypatch):
     assert calls == [10]
 
 
-def test_load_takes_a_memory_budget(converted):
-    model = edge_runtime.load(converted, artifact="onnx-int8", memory_budget_mb=64)
-    assert model.memory_budget_mb == 64
-    assert model.embed(["fits easily"]).shape == (1, 32)
+def test_load_takes_a_memory_budget(converted, monkeypatch):
+    """load(memory_budget_mb=) is the budget run() splits batches by (not only an attribute)."""
+    ids = np.random.default_rng(0).integers(2, 50, size=(10, 12))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    probe = edge_runtime.load(converted, artifact="onnx-fp32")
+    per_row = row_bytes(probe.outputs, {"batch": 10, "sequence": 12})
+    model = edge_runtime.load(converted, artifact="onnx-fp32", memory_budget_mb=3.5 * per_row / 2**20)
+    calls = []
+    original = model._session.run
+    monkeypatch.setattr(model._session, "run", lambda f: calls.append(len(f["input_ids"])) or original(f))
+    np.testing.assert_allclose(model.run(feeds)["last_hidden_state"], probe.run(feeds)["last_hidden_state"],
+                               atol=1e-6)
+    assert calls == [3, 3, 3, 1]
 
 
 def test_tokenizing_a_huge_text_lets_other_threads_run(converted):
