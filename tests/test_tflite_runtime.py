@@ -499,3 +499,15 @@ def _embed(out: Path, name: str) -> np.ndarray:
     import edge_runtime
 
     return edge_runtime.load(out, artifact=name).embed(["hello device", "a second sentence"])
+
+
+def test_the_installed_ai_edge_litert_offers_the_weight_cache():
+    """ai-edge-litert is a required dependency, and the XNNPACK weight-cache tests skip when
+    weight_cache_supported() says no: a release that renamed the API, or a probe that broke,
+    would turn them all into skips while load() quietly ran without the cache. Every release
+    the artifacts allow (min_runtime 2.3 and later) has it."""
+    from importlib.metadata import version
+
+    from edge_runtime.backends import tflite as tflite_backend
+
+    assert tflite_backend.weight_cache_supported(), f"ai-edge-litert {version('ai-edge-litert')}"
