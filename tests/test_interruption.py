@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +188,10 @@ def _second_artifact_packaged(lines, out):
     return any((stage / "golden" / "onnx-int8.npz").exists() for stage in _stages(out))
 
 
+def _manifest_written(lines, out):
+    return any((stage / "manifest.json").exists() for stage in _stages(out)) or out.exists()
+
+
 @pytest.mark.slow  # three killed conversions of a tiny model and a complete one
 def test_sigkill_leaves_nothing_that_looks_complete_and_a_rerun_succeeds(tiny_model_factory, tmp_path, monkeypatch):
     model = tiny_model_factory("bert", "feature-extraction")
@@ -208,7 +213,15 @@ def test_sigkill_leaves_nothing_that_looks_complete_and_a_rerun_succeeds(tiny_mo
 
     # The killed runs' work directories (locked ones, package.work_dir) are in the temp dir.
     killed_work = sorted(temp.glob(package.WORK_PREFIX + "*"))
-    print(f"work directories left by the killed runs: {len(killed_work)}")
+    assert killed_work, "killed runs leave their work directories in TMPDIR: the re-run must remove them"
+
+    # A fourth run, killed once the staging directory has its manifest (between that write and the
+    # rename, or just after the rename): whatever carries a manifest is complete and loads, checks
+    # included. It is a re-run too: it removes the three runs' leftovers, as the last one checks.
+    _kill_conversion(model, out, env, _manifest_written)
+    for complete in [out] * out.exists() + [s for s in _stages(out) if (s / "manifest.json").exists()]:
+        edge_runtime.load(complete, artifact="onnx-fp32")  # verify=True: hashes and golden samples
+    shutil.rmtree(out, ignore_errors=True)  # a finished result: the re-run below starts without one
 
     # The re-run needs no force and removes what the killed runs left next to the output and in
     # the temp dir.
