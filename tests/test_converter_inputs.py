@@ -613,3 +613,121 @@ def test_the_shipped_text_files_read_as_before(path):
     raw = (Path(__file__).resolve().parents[1] / path).read_text(encoding="utf-8-sig")
     before = [line.strip() for line in raw.split("\n") if line.strip() and not line.startswith("#")]
     assert list(load_texts(Path(__file__).resolve().parents[1] / path).texts) == before
+
+
+# --- a config naming no architecture; a tokenizer of special tokens (review r36b, defects 4, 7) ---
+
+
+def _saved_without_architectures(model: Path, tmp_path: Path, as_bin: bool = False) -> Path:
+    """`model` as config.save_pretrained() + torch.save(state_dict) leave it: config.json without
+    "architectures" (and, `as_bin`, the weights as a float16 pytorch_model.bin)."""
+    copy = _with_config(model, tmp_path, architectures=None)
+    if as_bin:
+        import torch
+        from safetensors.torch import load_file
+
+        state = {name: tensor.half() for name, tensor in load_file(copy / "model.safetensors").items()}
+        (copy / "model.safetensors").unlink()
+        torch.save(state, copy / "pytorch_model.bin")
+    return copy
+
+
+def _logits(source, text: str = "a short text about the market"):
+    import torch
+
+    feeds = source.tokenizer([text], return_tensors="pt")
+    zeros = torch.zeros_like(feeds["input_ids"])
+    with torch.no_grad():
+        return source.module(**{name: feeds.get(name, zeros) for name in source.input_names})
+
+
+@pytest.mark.parametrize("arch, task, as_bin", [
+    ("bert", "token-classification", True),  # the review's checkpoint: BertForTokenClassification, fp16 .bin
+    ("roberta", "token-classification", False),
+    ("roberta", "text-classification", False),
+    ("distilbert", "text-classification", False),
+])
+def test_a_config_naming_no_architecture_gets_the_task_of_the_head_in_its_weights(tiny_model_factory, tmp_path,
+                                                                                  arch, task, as_bin):
+    """Such a checkpoint was converted as an embedding model, its trained head dropped without a
+    word and the manifest naming BertModel."""
+    import torch
+
+    original = tiny_model_factory(arch, task)
+    model = _saved_without_architectures(original, tmp_path, as_bin)
+    source = load_source(model)
+    assert source.task == task and source.architecture.endswith(
+        "ForTokenClassification" if task == "token-classification" else "ForSequenceClassification")
+    assert len(source.notes) == 1 and source.notes[0].startswith(
+        f"config.json names no architecture: task {task} inferred from the weights (classifier")
+    assert source.describe()["notes"] == list(source.notes)  # the manifest's source section
+    reference = load_source(original)
+    assert source.postprocess == reference.postprocess
+    torch.testing.assert_close(_logits(source), _logits(reference), atol=2e-2 if as_bin else 0, rtol=0)
+
+
+@pytest.mark.parametrize("arch, task", [("bert", "text-classification"), ("distilbert", "token-classification")])
+def test_a_classifier_the_weights_cannot_tell_is_refused_naming_the_task(tiny_model_factory, tmp_path, monkeypatch,
+                                                                         arch, task):
+    """A single linear classifier beside BERT's pooler (or on DistilBERT) fits a sentence and a
+    token head alike: refused before loading, naming the choice; converted once it is made."""
+    model = _saved_without_architectures(tiny_model_factory(arch, task), tmp_path)
+    with monkeypatch.context() as patched:
+        _no_loading(patched)
+        with pytest.raises(UnsupportedModelError, match=r"config\.json names no architecture and its weights hold a "
+                                                        r"head \(classifier with \d outputs.*\), which could be a "
+                                                        r"text-classification or a token-classification head: "
+                                                        r"convert it with task=text-classification or "
+                                                        r"task=token-classification \(or name the class in "
+                                                        r"config\.json, \"architectures\": \[\"\w+For"):
+            load_source(model)
+    source = load_source(model, task=task)
+    assert source.task == task and source.notes == ()
+
+
+def test_a_config_naming_no_architecture_with_another_head_is_refused_or_noted(qa_model, tmp_path, monkeypatch):
+    """README: a checkpoint with another head is refused before any work; task feature-extraction
+    converts its encoder, and source.notes says the head was dropped."""
+    model = _saved_without_architectures(qa_model, tmp_path)
+    with monkeypatch.context() as patched:
+        _no_loading(patched)
+        with pytest.raises(UnsupportedModelError, match=r"names no architecture and its weights hold a head "
+                                                        r"\(qa_outputs\), which edge-convert does not convert .*"
+                                                        r"convert it with task=feature-extraction"):
+            load_source(model)
+    source = load_source(model, task="feature-extraction")
+    assert source.notes == ("checkpoint whose config.json names no architecture converted as feature-extraction: "
+                            "its encoder alone, its head (qa_outputs) dropped (not in the artifacts)",)
+
+
+def test_a_tokenizer_of_its_special_tokens_alone_is_refused_before_the_model_loads(good_model, tmp_path,
+                                                                                   monkeypatch):
+    """transformers 5 builds such a tokenizer from XLMRobertaTokenizer(vocab_file=...); every text
+    became <unk>, and the export crashed with a bare RuntimeError from torch.randint."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    model = _copy(good_model, tmp_path)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(specials)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    for path in model.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            path.unlink()
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(model)
+    _no_loading(monkeypatch)
+    with pytest.raises(SourceModelError, match=r"model: the tokenizer has only 5 tokens \(0 besides its special "
+                                               r"tokens .*\[UNK\].*\): text would tokenize to \[UNK\] tokens; is this "
+                                               r"the trained tokenizer saved with the model\?"):
+        load_source(model)
+
+
+def test_export_sample_ids_fit_a_small_vocabulary():
+    from types import SimpleNamespace
+
+    from converters.export.export_onnx import sample_inputs
+
+    source = SimpleNamespace(tokenizer=SimpleNamespace(vocab_size=5), pad_token_id=0,
+                             input_names=["input_ids", "attention_mask"])
+    assert int(sample_inputs(source)["input_ids"].max()) < 5

@@ -18,12 +18,13 @@ class ExportConfig:
 
 
 def sample_inputs(source: SourceModel, batch: int = 2, length: int = 16) -> dict:
-    """Token ids with one padded row, so the export sees a real mask."""
+    """Token ids with one padded row, so the export sees a real mask. Ids from 5 up skip the
+    usual special tokens (load_source refuses a tokenizer of little more than those)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
     vocab = source.tokenizer.vocab_size
-    ids = torch.randint(5, vocab, (batch, length), generator=generator)
+    ids = torch.randint(min(5, vocab - 1), vocab, (batch, length), generator=generator)
     mask = torch.ones(batch, length, dtype=torch.int64)
     mask[-1, length // 2 :] = 0
     ids[mask == 0] = source.pad_token_id

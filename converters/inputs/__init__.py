@@ -3,6 +3,8 @@ texts that fit and the texts that validate (split by hash), and the checks made 
 work starts (model files, disk space).
 
     source.py        load_source: model, tokenizer, task, pooling, I/O names
+    heads.py         the head in the weights of a config naming no architecture
+    sentence_transformers.py  modules.json layouts: encoder folder, pooling, lowercasing, prompts
     calibration.py   load_texts, split_texts: fit / validation texts
     preflight.py     model-directory and disk-space checks
 """

@@ -181,8 +181,8 @@ def split_texts(calibration: TextSet, validation: TextSet | None = None) -> Text
     """Fit and validation texts, disjoint.
 
     Without `validation`: the calibration texts split by validation_share (about VALIDATION_SHARE
-    of them validate). When the hash leaves fewer than MIN_SPLIT_SIDE texts on a side (small
-    files), the ceil(VALIDATION_SHARE * n) texts with the lowest hash validate instead (at least
+    of them validate). When the hash leaves fewer than MIN_SPLIT_SIDE distinct texts on a side
+    (small files), the ceil(VALIDATION_SHARE * n) texts with the lowest hash validate instead (at least
     MIN_SPLIT_SIDE). With `validation`: every calibration text fits, and a text present in both
     is an error (it would score the artifact on a text it was fitted on)."""
     if validation is not None:
@@ -196,9 +196,12 @@ def split_texts(calibration: TextSet, validation: TextSet | None = None) -> Text
         return TextSplit(calibration, validation, "file", calibration)
     texts = calibration.texts
     held = [validation_share(t) < VALIDATION_SHARE for t in texts]
-    if min(sum(held), len(texts) - sum(held)) < MIN_SPLIT_SIDE:
-        count = max(MIN_SPLIT_SIDE, math.ceil(VALIDATION_SHARE * len(set(texts))))
-        lowest = set(sorted(set(texts), key=validation_share)[:count])
+    distinct = set(texts)
+    # Distinct texts, as the minimums count them: copies of one text all land on its side.
+    held_distinct = sum(validation_share(t) < VALIDATION_SHARE for t in distinct)
+    if min(held_distinct, len(distinct) - held_distinct) < MIN_SPLIT_SIDE:
+        count = max(MIN_SPLIT_SIDE, math.ceil(VALIDATION_SHARE * len(distinct)))
+        lowest = set(sorted(distinct, key=validation_share)[:count])
         held = [t in lowest for t in texts]
     fit = tuple(t for t, h in zip(texts, held) if not h)
     val = tuple(t for t, h in zip(texts, held) if h)

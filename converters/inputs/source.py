@@ -22,7 +22,9 @@ from typing import Any
 
 from converters._console import quiet_loggers
 from converters._errors import SourceModelError, UnsupportedModelError
+from converters.inputs.heads import weight_head
 from converters.inputs.preflight import check_model_dir
+from converters.inputs.sentence_transformers import apply_lowercase, encoder_settings, find_layout
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -37,12 +39,6 @@ __all__ = [
 # checks (mask handling, position ids) before they can be listed here.
 SUPPORTED_MODEL_TYPES = {"bert": True, "distilbert": False, "roberta": False, "xlm-roberta": False}
 TASKS = ("feature-extraction", "text-classification", "token-classification")
-_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-}
 
 
 def default_model_dir() -> Path:
@@ -80,8 +76,10 @@ class SourceModel:
     # Per input, what its values and sequence length may be (the manifest's input specs carry it
     # and the runtime checks it): ids index the embedding tables, the sequence the position table.
     input_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # What the conversion leaves out of the checkpoint (a head dropped for feature-extraction):
-    # for the progress output, once, and recorded in the manifest's source section.
+    # What the conversion leaves out of or infers about the checkpoint (a head dropped for
+    # feature-extraction, a task inferred from the weights, a sentence-transformers prompt not
+    # applied, lowercasing added to the tokenizer): for the progress output, once, and recorded in
+    # the manifest's source section.
     notes: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
@@ -130,8 +128,8 @@ def _has_head(architecture: str) -> bool:
 def infer_task(config: dict[str, Any], model_dir: Path) -> str | None:
     """The task of the checkpoint's head; None for a head edge-convert does not convert (question
     answering, masked or causal LM, multiple choice, ...), whose encoder alone can still be
-    converted as feature-extraction. A bare encoder, or a config naming no class, is
-    feature-extraction."""
+    converted as feature-extraction. A bare encoder is feature-extraction (a config naming no
+    class: converters/inputs/heads.py reads the head from the weights)."""
     arch = _architecture(config)
     for suffix, task in _TASK_HEADS.items():
         if arch.endswith(suffix):
@@ -196,34 +194,6 @@ def _check_label_ids(config: dict[str, Any], model_dir: Path) -> None:
         f"{model_dir}/config.json: id2label has ids {', '.join(present)}, but a head with "
         f"{len(labels)} labels needs ids 0..{last}, one per output (no label for output "
         f"{unnamed}): number the labels 0..{last} in the order of the head's outputs, in label2id too")
-
-
-def _sentence_transformers_postprocess(model_dir: Path) -> dict[str, Any] | None:
-    """Pooling and normalization from a sentence-transformers layout (modules.json), if any."""
-    modules_file = model_dir / "modules.json"
-    if not modules_file.is_file():
-        return None
-    modules = _read_json(modules_file)
-    pooling, normalize = "mean", False
-    for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith("Pooling"):
-            cfg = _read_json(model_dir / module["path"] / "config.json")
-            modes = [mode for key, mode in _POOLING_KEYS.items() if cfg.get(key)]
-            if len(modes) != 1:
-                raise UnsupportedModelError(
-                    f"{model_dir}: pooling config enables {modes or 'no mode'}; "
-                    f"edge-convert supports exactly one of {sorted(_POOLING_KEYS.values())}"
-                )
-            pooling = modes[0]
-        elif kind.endswith("Normalize"):
-            normalize = True
-        elif not kind.endswith("Transformer"):
-            raise UnsupportedModelError(
-                f"{model_dir}: sentence-transformers module {kind!r} is not supported; "
-                "supported: Transformer, Pooling, Normalize"
-            )
-    return {"pooling": pooling, "normalize": normalize, "source": "sentence-transformers"}
 
 
 def _weights_sha256(model_dir: Path) -> str:
@@ -343,10 +313,29 @@ def _check_finite_weights(model_dir: Path, model) -> None:
 _HEAD_PREFIXES = {"classifier", "pre_classifier", "pooler", "score"}
 
 
+# Fewer ordinary (non-special) tokens than this and most text tokenizes to <unk>: byte-level BPE
+# has 256, WordPiece and sentencepiece vocabularies at least their alphabet. A tokenizer of the
+# special tokens alone loads fine (transformers 5 builds one from XLMRobertaTokenizer(vocab_file=...)).
+MIN_TOKENS = 32
+
+
+def _check_tokenizer_size(model_dir: Path, tokenizer) -> None:
+    ordinary = len(tokenizer) - len(set(tokenizer.all_special_ids))
+    if ordinary < MIN_TOKENS:
+        raise SourceModelError(
+            f"{model_dir}: the tokenizer has only {len(tokenizer)} tokens ({ordinary} besides its special tokens "
+            f"{', '.join(tokenizer.all_special_tokens)}): text would tokenize to {tokenizer.unk_token or 'unknown'} "
+            "tokens; is this the trained tokenizer saved with the model?")
+
+
 def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     """Read config, weights and tokenizer from a local directory (never from a model hub)."""
     builtin = model_dir is None
-    model_dir = default_model_dir() if builtin else Path(model_dir)
+    root = default_model_dir() if builtin else Path(model_dir)
+    # A sentence-transformers directory may keep the encoder in a subfolder (0_Transformer/):
+    # config, weights and tokenizer are read from there, pooling from the directory's modules.
+    layout = find_layout(root)
+    model_dir = layout.encoder if layout else root
     # An unsupported architecture is said first (a readable config.json is enough to tell);
     # then config.json, intact weights and tokenizer files are checked (converters/inputs/preflight.py).
     config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else None
@@ -364,7 +353,10 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     config = _read_json(model_dir / "config.json")
     model_type = config["model_type"]
     architecture = _architecture(config)
-    inferred = infer_task(config, model_dir)
+    # A config naming no class: the weights tell whether there is a head (converters/inputs/heads.py).
+    head = None if architecture else weight_head(model_dir, config)
+    notes = [head.inferred_note()] if head and head.task and not task else []
+    inferred = head.task_for(model_dir, task) if head else infer_task(config, model_dir)
     task = task or inferred
     if task is not None and task not in TASKS:
         raise UnsupportedModelError(f"task {task!r} is not supported; supported: {', '.join(TASKS)}")
@@ -394,9 +386,10 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
             # eager attention: plain MatMul/Softmax ops that every runtime and fusion pass knows.
             # float32 whatever the checkpoint stores (most are saved in float16 or bfloat16, which
             # transformers 5 would keep): the reference every artifact is scored against is FP32.
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            _check_tokenizer_size(model_dir, tokenizer)
             model, loading = auto.from_pretrained(model_dir, attn_implementation="eager", local_files_only=True,
                                                   output_loading_info=True, dtype=torch.float32)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise SourceModelError(f"cannot load the model in {model_dir}: {exc}") from None
     except RuntimeError as exc:  # e.g. a weight's shape differs from what config.json describes
@@ -409,9 +402,10 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         ) from None
     prefix = getattr(model, "base_model_prefix", "")
     _check_no_random_weights(model_dir, task, loading.get("missing_keys") or (), prefix)
-    notes = ()
     if task == "feature-extraction" and _has_head(architecture):
-        notes = (_dropped_head_note(architecture, loading.get("unexpected_keys") or (), prefix),)
+        notes.append(_dropped_head_note(architecture, loading.get("unexpected_keys") or (), prefix))
+    elif task == "feature-extraction" and head:
+        notes.append(head.dropped_note())
     _check_finite_weights(model_dir, model)
     if len(tokenizer) > model.config.vocab_size:
         raise SourceModelError(
@@ -428,13 +422,19 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     cfg = model.config
     uses_token_types = SUPPORTED_MODEL_TYPES[model_type]
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
+    max_seq_length, lowercase = encoder_settings(model_dir)  # sentence_bert_config.json, if any
+    if lowercase and apply_lowercase(tokenizer):  # the tokenizer shipped and scored with
+        notes.append("sentence_bert_config.json do_lower_case: the shipped tokenizer lowercases every text "
+                     "(a Lowercase normalizer first in tokenizer.json), as sentence-transformers does")
     if task == "feature-extraction":
-        post = _sentence_transformers_postprocess(model_dir) or {
+        post = layout.postprocess() if layout else {
             "pooling": "mean",
             "normalize": False,
             "source": "default (no sentence-transformers config)",
         }
-        post["output"] = "last_hidden_state"
+        post.update({"do_lower_case": True} if lowercase else {}, output="last_hidden_state")
+        prompt = layout.prompt_note() if layout else None  # a default prompt the artifacts do not add
+        notes += [prompt] if prompt else []
         output_names = ["last_hidden_state"]
     else:
         labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
@@ -444,9 +444,8 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     # RoBERTa's position ids start after padding_idx: two rows of its table are never read.
     positions = cfg.max_position_embeddings - (2 if model_type in ("roberta", "xlm-roberta") else 0)
     max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), positions)
-    st_config = model_dir / "sentence_bert_config.json"
-    if st_config.is_file():
-        max_length = min(max_length, int(_read_json(st_config).get("max_seq_length", max_length)))
+    if max_seq_length:
+        max_length = min(max_length, max_seq_length)
 
     tables = {"input_ids": cfg.vocab_size, "token_type_ids": getattr(cfg, "type_vocab_size", None)}
     input_limits = {name: {**({"values_below": int(tables[name])} if tables.get(name) else {}),
@@ -455,7 +454,7 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     return SourceModel(
         input_limits=input_limits,
         path=model_dir,
-        name="sentence-transformers/all-MiniLM-L6-v2 (built-in)" if builtin else model_dir.name,
+        name="sentence-transformers/all-MiniLM-L6-v2 (built-in)" if builtin else root.name,
         model_type=model_type,
         architecture=(config.get("architectures") or [type(model).__name__])[0],
         task=task,
@@ -472,5 +471,5 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         weights_sha256=weights_sha,
         num_parameters=sum(p.numel() for p in model.parameters()),
         tokenizer=tokenizer,
-        notes=notes,
+        notes=tuple(notes),
     )

@@ -1,0 +1,162 @@
+"""What a sentence-transformers model directory (modules.json) changes about a conversion.
+
+sentence-transformers runs modules in turn: a Transformer (the encoder, in the directory itself
+or, in older saves, in a subfolder such as 0_Transformer/), Pooling, Normalize. load_source reads
+the encoder from the Transformer module's folder, and from here:
+- the pooling mode (sentence-transformers >= 3 writes `"pooling_mode": "cls"`, older versions one
+  `pooling_mode_*_tokens` boolean per mode) and whether embeddings are normalized;
+- sentence_bert_config.json (beside the encoder): max_seq_length, and do_lower_case, which
+  sentence-transformers applies by putting a Lowercase normalizer first in the tokenizer: the
+  converter does the same to the tokenizer it ships and scores against, so the device lowercases
+  like sentence-transformers without a runtime change;
+- config_sentence_transformers.json: a default prompt sentence-transformers prepends to every
+  text. The artifacts take texts as given: a note says what to prepend.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from converters._errors import SourceModelError, UnsupportedModelError
+
+__all__ = ["Layout", "apply_lowercase", "encoder_settings", "find_layout"]
+
+# sentence-transformers' pooling modes (its names, as config files write them) -> the manifest's.
+SUPPORTED_POOLING = {"cls": "cls", "max": "max", "mean": "mean", "mean_sqrt_len_tokens": "mean_sqrt_len"}
+# The booleans of sentence-transformers < 3 (it still reads them), one per mode.
+_LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def _kind(module: dict[str, Any]) -> str:
+    """The module's class as modules.json names it ("sentence_transformers.models.Pooling")."""
+    kind = module.get("type", "")
+    return kind if isinstance(kind, str) else ""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise SourceModelError(f"cannot read {path}: {exc}") from None
+
+
+def _folder(root: Path, module: dict[str, Any]) -> Path:
+    """The module's folder, which modules.json gives relative to the model directory ("" for the
+    directory itself)."""
+    path = module.get("path", "")
+    if not isinstance(path, str) or not (root / path).resolve().is_relative_to(root.resolve()):
+        raise SourceModelError(f"{root}/modules.json: module path {path!r} is not a folder inside {root}")
+    folder = root / path if path.strip("./") else root  # "" or ".": the directory itself, as given
+    if not folder.is_dir():
+        raise SourceModelError(f"{root}/modules.json names the folder {path!r} for its "
+                               f"{_kind(module)} module, which {root} does not have")
+    return folder
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A directory with modules.json: its modules and the folder of its Transformer module."""
+
+    root: Path
+    modules: tuple[dict[str, Any], ...]
+    encoder: Path  # config.json, weights, tokenizer and sentence_bert_config.json
+
+    def _pooling(self) -> tuple[str, dict[str, Any]] | None:
+        """(mode, its config) of the Pooling module; None without one."""
+        module = next((m for m in self.modules if _kind(m).endswith("Pooling")), None)
+        if module is None:
+            return None
+        path = _folder(self.root, module) / "config.json"
+        config = _read_json(path)
+        if not isinstance(config, dict):
+            raise SourceModelError(f"{path} must hold a JSON object")
+        if "pooling_mode" in config:  # sentence-transformers >= 3: one mode, or a list concatenated
+            value = config["pooling_mode"]
+            modes = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else [repr(value)]
+        else:
+            modes = [mode for key, mode in _LEGACY_POOLING.items() if config.get(key)]
+        supported = ", ".join(SUPPORTED_POOLING)
+        if len(modes) != 1:
+            what = (f"concatenates the poolings {', '.join(map(str, modes))}" if modes else "enables no pooling mode")
+            raise UnsupportedModelError(f"{path} {what}; edge-convert supports exactly one of: {supported}")
+        if modes[0] not in SUPPORTED_POOLING:
+            raise UnsupportedModelError(f"{path}: pooling mode {modes[0]!r} is not supported; edge-convert "
+                                        f"supports one of: {supported}")
+        return modes[0], config
+
+    def postprocess(self) -> dict[str, Any]:
+        """The manifest's pooling and normalization (mean without a Pooling module, as before)."""
+        for module in self.modules:
+            kind = _kind(module)
+            if not kind.endswith(("Transformer", "Pooling", "Normalize")):
+                raise UnsupportedModelError(f"{self.root}: sentence-transformers module {kind!r} is not supported; "
+                                            "supported: Transformer, Pooling, Normalize")
+        pooling = self._pooling()
+        normalize = any(_kind(m).endswith("Normalize") for m in self.modules)
+        return {"pooling": SUPPORTED_POOLING[pooling[0]] if pooling else "mean", "normalize": normalize,
+                "source": "sentence-transformers"}
+
+    def prompt_note(self) -> str | None:
+        """What to prepend to each text when sentence-transformers prepends a default prompt."""
+        path = self.root / "config_sentence_transformers.json"
+        config = _read_json(path) if path.is_file() else {}
+        name = config.get("default_prompt_name") if isinstance(config, dict) else None
+        prompts = config.get("prompts") if isinstance(config, dict) else None
+        prompt = prompts.get(name) if isinstance(prompts, dict) and isinstance(name, str) else None
+        if not isinstance(prompt, str) or not prompt:
+            return None
+        pooling = self._pooling()
+        excluded = ("; its pooling also leaves the prompt's tokens out (include_prompt: false), which the artifacts "
+                    "do not, so even prompted texts embed differently") if pooling and pooling[1].get(
+                        "include_prompt") is False else ""
+        return (f"sentence-transformers prepends the default prompt {name!r} ({prompt!r}, "
+                f"config_sentence_transformers.json) to every text; the artifacts embed texts as given: "
+                f"prepend {prompt!r} to each text yourself to get its embeddings{excluded}")
+
+
+def encoder_settings(encoder: Path) -> tuple[int | None, bool]:
+    """(max_seq_length, do_lower_case) of the sentence_bert_config.json beside the encoder, if any."""
+    path = encoder / "sentence_bert_config.json"
+    settings = _read_json(path) if path.is_file() else {}
+    settings = settings if isinstance(settings, dict) else {}
+    length = settings.get("max_seq_length")
+    length = int(length) if isinstance(length, (int, float)) and not isinstance(length, bool) else None
+    return length, settings.get("do_lower_case") is True
+
+
+def find_layout(model_dir: Path) -> Layout | None:
+    """The sentence-transformers layout of `model_dir`; None without modules.json."""
+    path = model_dir / "modules.json"
+    if not path.is_file():
+        return None
+    modules = _read_json(path)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise SourceModelError(f"{path} must hold a list of modules (objects with type and path)")
+    transformer = next((m for m in modules if _kind(m).endswith("Transformer")), None)
+    # Without a Transformer module the encoder can only be the directory itself (as before).
+    encoder = _folder(model_dir, transformer) if transformer else model_dir
+    return Layout(model_dir, tuple(modules), encoder)
+
+
+def apply_lowercase(tokenizer: Any) -> bool:
+    """Put a Lowercase normalizer first in the fast tokenizer's normalizer, as sentence-transformers
+    does for do_lower_case (unless the normalizer already holds one); True when it changed."""
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    parts = list(current) if isinstance(current, Sequence) else [] if current is None else [current]
+    if any(isinstance(part, Lowercase) for part in parts):
+        return False
+    backend.normalizer = Sequence([Lowercase(), *parts])
+    return True
