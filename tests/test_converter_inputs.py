@@ -366,7 +366,15 @@ def test_output_and_temp_dir_on_different_filesystems(source, tmp_path, monkeypa
 
 
 def test_convert_checks_disk_space_before_starting(good_model, tmp_path, monkeypatch):
+    """Before any work: no staging directory, no PyTorch reference outputs, no export, no TFLite
+    export process (each would cost minutes on a real model before saying there is no room)."""
+    import converters._shared as shared
+    from converters.packaging import package
+
     monkeypatch.setattr(shutil, "disk_usage", _usage(lambda path: 1 << 20))
+    for owner, name in ((shared.SharedInputs, "references"), (shared.SharedInputs, "onnx_export"),
+                        (shared.SharedInputs, "start_tflite_exports"), (package, "staging_dir")):
+        monkeypatch.setattr(owner, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} ran before the disk check"))
     out = tmp_path / "out"
     with pytest.raises(DiskSpaceError, match=r"not enough disk space at .*: needs about \d+ MB, 1 MB free"):
         convert(ConvertConfig(model=good_model, target="x86-avx2", out=out, latency_runs=1))
