@@ -11,6 +11,7 @@ import json
 import pytest
 
 from converters import ConvertConfig, SourceModelError, convert
+from converters.core.search import RANKING_TEXTS
 from converters.inputs.calibration import (
     MIN_SPLIT_SIDE,
     VALIDATION_SHARE,
@@ -65,6 +66,17 @@ def test_small_file_still_gets_both_sides():
     assert not set(split.fit.texts) & set(split.validation.texts)
 
 
+def test_the_small_file_split_counts_distinct_texts():
+    """8 distinct texts pass the 8-text minimum (a repeated text counts once); the split then
+    decided on the small-file fallback by counting copies, and refused them as "8 distinct texts:
+    too few to split" (review r36b, defect 6)."""
+    texts = ["a b c"] * 5 + ["d e", "f g", "h i", "j k", "l m", "n o", "p q"]
+    split = split_texts(_set(texts))
+    assert (split.fit.distinct, split.validation.distinct) == (4, 4)
+    assert not set(split.fit.texts) & set(split.validation.texts)
+    assert sorted(split.fit.texts + split.validation.texts) == sorted(texts)  # every copy kept, on its text's side
+
+
 def test_too_few_distinct_texts_is_a_clear_error():
     with pytest.raises(SourceModelError, match="too few to split"):
         split_texts(_set(["same text"] * 8 + ["other"]))
@@ -92,18 +104,96 @@ def test_missing_validation_file_names_its_role(tmp_path):
 
 def _rows(batches) -> list[tuple[int, ...]]:
     """Each tokenized text of `batches` as its real (unpadded) token ids."""
-    return [tuple(ids[mask.astype(bool)]) for b in batches for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+    return [tuple(ids[mask.astype(bool)].tolist())
+            for b in batches for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+
+
+def _record_scoring(monkeypatch) -> list[tuple[str, str, list[tuple[int, ...]]]]:
+    """Wrap compute_metrics in every converters module that holds it (the pipeline, the
+    artifact builders and their ranking scorers, the INT8 floor search, pruning): each call
+    appends (module, label, the token rows it ran). Rankings score in lanes (threads):
+    list.append is atomic."""
+    import sys
+
+    import converters.core.validate  # noqa: F401 (the modules below import it)
+
+    calls: list[tuple[str, str, list[tuple[int, ...]]]] = []
+    for name, module in list(sys.modules.items()):
+        held = getattr(module, "compute_metrics", None) if name.startswith("converters.") else None
+        if callable(held):
+
+            def bound(source, reference, run, artifact="the artifact", _name=name, _held=held):
+                calls.append((_name, artifact, _rows(reference.batches)))
+                return _held(source, reference, run, artifact)
+
+            monkeypatch.setattr(module, "compute_metrics", bound)
+    return calls
+
+
+def _split_rows(model_dir):
+    """(the built-in split, its fit rows, its validation rows in order), tokenized as the
+    pipeline tokenizes them."""
+    from converters.core.validate import make_batches
+    from converters.inputs.source import load_source
+
+    split = split_texts(load_texts())
+    source = load_source(model_dir, None)
+    fit, validation = (_rows(make_batches(source, side.texts)) for side in (split.fit, split.validation))
+    return split, set(fit), validation
+
+
+def _floor_just_above_all_int8(monkeypatch):
+    """Make the ONNX INT8 floor search run: each quantize_with_floor is given the floor just
+    above what its all-INT8 model scores (as tests/test_search_adapters.py does), so it ranks
+    its weights and keeps some in FP32. The tiny model meets the profile's floor all-INT8,
+    and without this no ranking scorer is ever built."""
+    import dataclasses
+
+    import converters._artifacts as artifacts
+
+    real = artifacts.quantize_with_floor
+    raised = []
+
+    def just_above(fp32_path, out_path, config, source, reference, floor, *args, **kwargs):
+        start = real(fp32_path, out_path, config, source, reference, floor, *args, **kwargs)
+        assert not start.search, "the tiny model was expected to meet the profile's floor all-INT8"
+        mean = start.metrics["cosine_mean"]
+        floor = dataclasses.replace(floor, cosine_mean=min(1.0, mean + 0.3 * (1 - mean)))
+        raised.append(floor.cosine_mean)
+        return real(fp32_path, out_path, config, source, reference, floor, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "quantize_with_floor", just_above)
+    return raised
+
+
+def _int4_within_budget(monkeypatch):
+    """The tiny model cannot meet the profiles' 0.16x INT4 size budget (its small tensors
+    dominate), so its INT4 artifact is refused before its budget search ranks anything: no
+    budget here, so that the W4A8 search ranks its weights (as tests/test_min_runtime.py does)."""
+    import dataclasses
+
+    import converters.options
+
+    load = converters.options.load_profile
+
+    def looser(name):
+        profile = load(name)
+        return dataclasses.replace(profile, int4=dataclasses.replace(profile.int4, size_budget=5.0))
+
+    monkeypatch.setattr(converters.options, "load_profile", looser)
 
 
 @pytest.mark.slow
 def test_fitters_see_only_fit_texts_and_metrics_only_validation_texts(tiny_model_factory, tmp_path, monkeypatch):
+    """SmoothQuant, GPTQ (INT8 and W4A8) and every search's ranking see the fit texts only;
+    every metric, floor check and search step judges on the validation texts only. Both
+    searches are made to run: the INT8 floor search (floor just above the all-INT8 metric)
+    and the W4A8 budget search (no size budget); each ranking is recorded where its scores are
+    computed (compute_metrics), whoever calls it."""
     import converters._artifacts as artifacts
-    from converters.core.validate import make_batches
-    from converters.inputs.source import load_source
 
-    seen: dict[str, list] = {"smooth": [], "gptq": [], "w4a8": [], "scored": []}
-    smooth, rounding, w4a8, metrics = (artifacts.smooth_activations, artifacts.Int8Rounding,
-                                       artifacts.W4A8Weights, artifacts.compute_metrics)
+    seen: dict[str, list] = {"smooth": [], "gptq": [], "w4a8": []}
+    smooth, rounding, w4a8 = artifacts.smooth_activations, artifacts.Int8Rounding, artifacts.W4A8Weights
 
     def record_smooth(model, out, batches, config):
         seen["smooth"].append(_rows(batches))
@@ -119,32 +209,49 @@ def test_fitters_see_only_fit_texts_and_metrics_only_validation_texts(tiny_model
             seen["w4a8"].append(_rows(batches))
             super().__init__(int8_path, float_path, stats_path, batches, *args, **kwargs)
 
-    def record_metrics(source, reference, run, artifact="the artifact"):
-        seen["scored"].append((artifact, reference.texts))
-        return metrics(source, reference, run, artifact)
-
     monkeypatch.setattr(artifacts, "smooth_activations", record_smooth)
     monkeypatch.setattr(artifacts, "Int8Rounding", RecordRounding)
     monkeypatch.setattr(artifacts, "W4A8Weights", RecordW4A8)
-    monkeypatch.setattr(artifacts, "compute_metrics", record_metrics)
+    raised = _floor_just_above_all_int8(monkeypatch)
+    _int4_within_budget(monkeypatch)
+    scored = _record_scoring(monkeypatch)
 
     model_dir = tiny_model_factory("bert", "feature-extraction")
     out = tmp_path / "out"
     convert(ConvertConfig(model=model_dir, target="x86-avx2", out=out, latency_runs=2))
     manifest = json.loads((out / "manifest.json").read_text())
-
-    split = split_texts(load_texts())
-    source = load_source(model_dir, None)
-    fit_rows = set(_rows(make_batches(source, split.fit.texts)))
-    val_rows = set(_rows(make_batches(source, split.validation.texts))) - fit_rows  # uncased tokenizers merge some
+    entries = {a["name"]: a for a in manifest["artifacts"]}
+    split, fit_rows, validation = _split_rows(model_dir)
+    all_val = set(validation)
+    val_rows = all_val - fit_rows  # uncased tokenizers merge some texts of both sides
 
     assert seen["smooth"] and seen["gptq"] and seen["w4a8"], seen.keys()
     for kind in ("smooth", "gptq", "w4a8"):
         for rows in seen[kind]:
             assert len(rows) == len(split.fit.texts), kind
             assert set(rows) <= fit_rows and not set(rows) & val_rows, kind
-    final = [texts for artifact, texts in seen["scored"] if artifact in ("onnx-fp32", "onnx-int8", "onnx-int4")]
-    assert final and all(texts == split.validation.texts for texts in final)
+
+    # Both searches ran and ranked: the INT8 one kept weights in FP32, the W4A8 one moved some to 8 bits.
+    assert raised and {"onnx-fp32", "onnx-int8", "onnx-int4"} <= set(entries), manifest["refused"]
+    assert entries["onnx-int8"]["quantization"]["promoted"]["weights"], entries["onnx-int8"]["quantization"]
+    assert len(entries["onnx-int8"]["quantization"]["search"]) > 1
+    assert len(entries["onnx-int4"]["quantization"]["search"]) > 1
+    labels = {label for _, label, _ in scored}
+    ranking = [(module, label, rows) for module, label, rows in scored if "ranking" in label]
+    ranked_by = {(module, label) for module, label, _ in ranking}
+    assert ("converters.onnx.mixed_precision", "onnx-int8 ranking probe") in ranked_by, labels
+    assert ("converters._artifacts", "onnx-int4 ranking probe") in ranked_by, labels
+    for module, label, rows in ranking:  # a length-spread subset of the fit texts
+        assert len(rows) == min(RANKING_TEXTS, len(split.fit.texts)), (module, label)
+        assert set(rows) <= fit_rows and not set(rows) & val_rows, (module, label)
+    # Everything else is a metric, a floor check or a search step: validation texts only.
+    judged = [(module, label, rows) for module, label, rows in scored if "ranking" not in label]
+    assert any("candidate" in label for _, label, _ in judged), labels
+    for module, label, rows in judged:
+        assert set(rows) <= all_val, (module, label)
+    for name in ("onnx-fp32", "onnx-int8", "onnx-int4"):  # the recorded metrics: all of them
+        final = [rows for _, label, rows in judged if label == name]
+        assert final and all(sorted(rows) == sorted(validation) for rows in final), name
 
     calibration = manifest["calibration"]
     assert calibration["metrics_from"] == "validation"
@@ -155,7 +262,6 @@ def test_fitters_see_only_fit_texts_and_metrics_only_validation_texts(tiny_model
     assert calibration["fit"]["count"] + calibration["validation"]["count"] == calibration["count"]
     assert all(a["metrics_texts"] == "validation (unseen by fitting)" for a in manifest["artifacts"])
     # dynamic INT8/INT4 also scored a text at a time, as embed() runs them; FP32 is batch-free
-    entries = {a["name"]: a for a in manifest["artifacts"]}
     assert "metrics_each_text_alone" not in entries["onnx-fp32"]
     dynamic = [name for name in entries if name != "onnx-fp32"]
     assert "onnx-int8" in dynamic, sorted(entries)
@@ -163,6 +269,38 @@ def test_fitters_see_only_fit_texts_and_metrics_only_validation_texts(tiny_model
         alone = entries[name]["metrics_each_text_alone"]
         assert set(alone) == set(entries[name]["metrics"]) and 0.9 < alone["cosine_mean"] <= 1.0
     assert "arithmetic" in manifest and "validation" not in manifest
+
+
+@pytest.mark.slow
+def test_static_int8_ranges_come_from_the_fit_texts_only(tiny_model_factory, tmp_path, monkeypatch):
+    """jetson-orin quantizes activations statically: the ranges onnxruntime calibrates are read
+    from fit texts only (every batch its calibration reader hands out), never validation texts."""
+    import converters.onnx.quantize_int8 as quantize_int8
+
+    handed: list[list[tuple[int, ...]]] = []
+    reader = quantize_int8._Reader
+
+    class RecordReader(reader):
+        def __init__(self, batches):
+            batches = list(batches)
+            handed.append(_rows(batches))
+            super().__init__(batches)
+
+    monkeypatch.setattr(quantize_int8, "_Reader", RecordReader)
+    scored = _record_scoring(monkeypatch)
+    model_dir = tiny_model_factory("bert", "feature-extraction")
+    out = tmp_path / "out"
+    convert(ConvertConfig(model=model_dir, target="jetson-orin", out=out, latency_runs=1, latency_rounds=1))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "onnx-int8" in {a["name"] for a in manifest["artifacts"]}, manifest["refused"]
+    split, fit_rows, validation = _split_rows(model_dir)
+    val_rows = set(validation) - fit_rows
+    assert handed and all(handed), "static INT8 calibrated on nothing"
+    for rows in handed:
+        assert set(rows) <= fit_rows and not set(rows) & val_rows
+    assert scored
+    for module, label, rows in scored:
+        assert set(rows) <= (fit_rows if "ranking" in label else set(validation)), (module, label)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -78,6 +79,40 @@ def _initializer_shapes(path: Path) -> list[tuple[int, ...]]:
     return [tuple(t.dims) for t in model.graph.initializer]
 
 
+# The exporter names a node after its module (/inner/encoder/layer.1/intermediate/dense/MatMul...,
+# kept by every rewrite: packing, smoothing, token-0 split, quantization); its weights are not
+# named after anything (onnx::MatMul_325_quantized), so a weight's layer is its consumer's.
+_LAYER_MATMUL = re.compile(
+    r"/layer\.(\d+)/(attention/self/query|attention/output/dense|intermediate/dense|output/dense)/")
+
+
+def _layer_weight_shapes(path: Path) -> dict[tuple[int, str], set[tuple[int, ...]]]:
+    """{(layer, module): the shapes of the 2-D initializers its nodes read} of an ONNX graph."""
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer if len(t.dims) == 2}
+    found: dict[tuple[int, str], set[tuple[int, ...]]] = {}
+    for node in model.graph.node:
+        match = _LAYER_MATMUL.search(node.name)
+        for name in node.input:
+            if match and name in shapes:
+                found.setdefault((int(match[1]), match[2]), set()).add(shapes[name])
+    return found
+
+
+def _widths_graph_must_have(layers: list[dict], hidden: int, head_size: int, when: str = "") -> dict:
+    """What _layer_weight_shapes must find for the manifest's per-layer `layers` (when="_before":
+    the unpruned widths): the packed Q/K/V [hidden, 3 x heads x head size], the attention output
+    [heads x head size, hidden], the FFN input [hidden, neurons] and output [neurons, hidden]."""
+    want = {}
+    for entry in layers:
+        index, width, neurons = entry["layer"], entry["heads" + when] * head_size, entry["neurons" + when]
+        want[(index, "attention/self/query")] = {(hidden, 3 * width)}
+        want[(index, "attention/output/dense")] = {(width, hidden)}
+        want[(index, "intermediate/dense")] = {(hidden, neurons)}
+        want[(index, "output/dense")] = {(neurons, hidden)}
+    return want
+
+
 @pytest.mark.slow
 def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory, tmp_path):
     model = tiny_model_factory("bert", "feature-extraction")
@@ -107,13 +142,25 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
     assert by_name["onnx-int8-pruned"]["metrics"]["cosine_mean"] <= pruning["pytorch_metrics"]["cosine_mean"] + 2e-3
     assert pruning["pytorch_metrics"]["cosine_mean"] < 0.999
 
-    # The shipped INT8 graph has each layer's pruned widths: FFN input [hidden, neurons] and the
-    # packed Q/K/V [hidden, 3 x heads x head size].
-    shapes = _initializer_shapes(out / by_name["onnx-int8-pruned"]["files"][0]["path"])
+    # Each shipped pruned graph has, layer by layer, the widths its manifest entry records (not
+    # merely somewhere in the graph: swapped or unpruned layers must show), and no weight of an
+    # unpruned width is left in it. The same reading of the unpruned graph finds the widths
+    # before pruning (the name matching works, and pruning changed what it says it changed).
     hidden, head_size = 32, 8
-    for entry in layers:
-        assert (hidden, entry["neurons"]) in shapes, (entry, shapes)
-        assert (hidden, 3 * entry["heads"] * head_size) in shapes, (entry, shapes)
+    assert [entry["layer"] for entry in layers] == list(range(len(layers))) and len(layers) >= 2
+    assert _layer_weight_shapes(out / by_name["onnx-int8"]["files"][0]["path"]) == _widths_graph_must_have(
+        layers, hidden, head_size, "_before")
+    twins = [a for a in manifest["artifacts"] if a["pruning"] and a["format"] == "onnx"]
+    assert "onnx-int8-pruned" in [a["name"] for a in twins]
+    for twin in twins:
+        path = out / twin["files"][0]["path"]
+        want = _widths_graph_must_have(twin["pruning"]["layers"], hidden, head_size)
+        assert _layer_weight_shapes(path) == want, twin["name"]
+        kept = set().union(*want.values())
+        unpruned = set().union(*_widths_graph_must_have(twin["pruning"]["layers"], hidden, head_size,
+                                                        "_before").values())
+        left = (unpruned - kept) & set(_initializer_shapes(path))
+        assert not left, f"{twin['name']} still holds weights of unpruned widths {sorted(left)}"
 
     # The device loads the unpruned artifact unless the pruned one is named, and both check their
     # golden samples at load.
