@@ -467,7 +467,7 @@ def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool 
         calibration=step.fit.batches if spec and spec.needs_calibration else None,
         validation=step.reference.batches if spec and spec.needs_calibration else None,
         int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
-        floor=(floor.cosine_mean, floor.cosine_min) if spec and spec.ours else None,
+        floor=floor if spec and spec.ours else None,  # read as the final validation reads it
         progress=lambda message: step.progress(f"[{name}] {message}"),
         # The one evaluator of every search: agreement with PyTorch through edge_runtime.
         rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),

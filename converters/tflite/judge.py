@@ -8,15 +8,20 @@ against PyTorch on held-out texts (converters/core/validate.py) is separate.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from converters._errors import NonFiniteOutputError
-from converters.core.validate import meets_floor, row_cosine
+from converters.core.validate import floor_failures, floor_shortfall, meets_floor, row_cosine
 from converters.tflite.signatures import Signatures
+from targets import AccuracyFloor
 
-__all__ = ["Judge", "cosines", "meets"]
+__all__ = ["FloorRule", "Judge", "cosines", "floor_rule", "meets"]
+
+Metrics = dict[str, float]
 
 
 class Judge:
@@ -61,3 +66,37 @@ def meets(metrics: dict[str, float], floor: tuple[float, float]) -> bool:
     """Whether `metrics` reach `floor` (cosine mean, cosine min); NaN never does."""
     mean, worst = cosines(metrics)
     return meets_floor(mean, floor[0]) and meets_floor(worst, floor[1])
+
+
+class FloorRule:
+    """What a search needs of a floor: what misses it, how far (the budget search weighs that),
+    and what the walk of a floor search must weigh beside search_loss (a classifier's top-1)."""
+
+    def __init__(self, failures: Callable[[Metrics], list[str]], shortfall: Callable[[Metrics], float],
+                 extra: Callable[[Metrics], float] | None = None):
+        self.failures, self.shortfall, self.extra = failures, shortfall, extra
+
+
+def floor_rule(floor: AccuracyFloor | tuple[float, float] | None) -> FloorRule | None:
+    """An AccuracyFloor is read as the pipeline's final validation reads it (converters/core/
+    validate.py: a classifier by its top-1 agreement, an embedding by its cosines), so a search
+    stops where that check passes, and searches when only top-1 misses; a (mean, min) tuple
+    (tests, direct callers) as cosines of the embedding or of the logits."""
+    if floor is None:
+        return None
+    if isinstance(floor, AccuracyFloor):
+        return FloorRule(lambda m: floor_failures(m, floor), lambda m: floor_shortfall(m, floor),
+                         lambda m: floor_shortfall(m, floor, ("top1_agreement",)))
+    pair = floor
+
+    def failures(m: Metrics) -> list[str]:
+        mean, worst = cosines(m)
+        return [] if meets(m, pair) else [f"cosine {mean:.4f} / {worst:.4f} < floor {pair[0]} / {pair[1]}"]
+
+    def shortfall(m: Metrics) -> float:
+        mean, worst = cosines(m)
+        if not (math.isfinite(mean) and math.isfinite(worst)):
+            return math.inf
+        return max(0.0, pair[0] - mean) + max(0.0, pair[1] - worst)
+
+    return FloorRule(failures, shortfall)

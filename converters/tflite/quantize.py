@@ -53,12 +53,13 @@ from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_coun
 from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import HessianCache, with_prefixes
-from converters.tflite.judge import Judge, cosines, meets
+from converters.tflite.judge import Judge, floor_rule
 from converters.tflite.prefix import PrefixCuts
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.signatures import calibration_rows, signature_lengths, synthetic_cosines
 from converters.tflite.smooth import SMOOTH_ALPHA, smooth_fc_inputs
 from edge_runtime._bench_config import DEFAULT_SHAPE
+from targets import AccuracyFloor
 
 __all__ = ["quantize_tflite"]
 
@@ -140,20 +141,6 @@ def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Sc
     return rank, judge
 
 
-def _shortfall(floor: tuple[float, float] | None):
-    """How far metrics miss `floor` (cosine mean, min), for the budget search; None: no floor."""
-    if floor is None:
-        return None
-
-    def miss(metrics: dict[str, float]) -> float:
-        mean, worst = cosines(metrics)
-        if not (np.isfinite(mean) and np.isfinite(worst)):
-            return float("inf")
-        return max(0.0, floor[0] - mean) + max(0.0, floor[1] - worst)
-
-    return miss
-
-
 def _smoothed(in_path: Path, out_path: Path, rows: list[dict[str, np.ndarray]], weighting: str,
               hessians: HessianCache, alpha: float | None, progress: Progress) -> tuple[Path, dict[str, Any] | None]:
     """(the FP32 model the recipe quantizes, what smoothing did): with `alpha`, `in_path` with
@@ -182,7 +169,7 @@ def _quantize_gptq_int4(
     rank: Score | None = None,
     judge: Score | None = None,
     hessians: HessianCache | None = None,
-    floor: tuple[float, float] | None = None,
+    floor: AccuracyFloor | tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
@@ -218,7 +205,8 @@ def _quantize_gptq_int4(
             # the validation texts.
             rank, judge = _scorers(compact, rows, val_rows, rank, judge)
             space = _Space(builder, list(builder.codes), probe, rank, judge)
-            result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes), _shortfall(floor)),
+            rule = floor_rule(floor)
+            result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes), rule and rule.shortfall),
                                    move="INT8", progress=progress)
             chosen, search, seconds = result.moved, result.steps, result.seconds
         builder.build(out_path, set(chosen))
@@ -249,7 +237,7 @@ def _quantize_gptq_int8(
     in_path: Path,
     out_path: Path,
     calibration: list[dict[str, np.ndarray]],
-    floor: tuple[float, float] | None,
+    floor: AccuracyFloor | tuple[float, float] | None,
     progress: Progress,
     validation: list[dict[str, np.ndarray]] | None = None,
     rank: Score | None = None,
@@ -257,8 +245,8 @@ def _quantize_gptq_int8(
     hessians: HessianCache | None = None,
     smooth_alpha: float | None = SMOOTH_ALPHA,
 ) -> dict[str, Any]:
-    """GPTQ INT8; with a floor (cosine mean, min on the validation rows) that the all-INT8 model
-    misses, the shared search's floor policy keeps FCs float until it is met."""
+    """GPTQ INT8; with a floor (judge.floor_rule) that the all-INT8 model misses on the validation
+    rows, the shared search's floor policy keeps FCs float until it is met."""
     rows = calibration_rows(calibration, max(signature_lengths(in_path)))
     policy = GPTQ_POLICY["int8"]
     hessian_rows = with_prefixes(rows, policy.prefix_tokens)
@@ -286,15 +274,12 @@ def _quantize_gptq_int8(
         rank, judge = _scorers(in_path, rows, val_rows, rank, judge)
         metrics = judge(out_path)
         report["validation_metrics"] = metrics
-        if meets(metrics, floor):
+        rule = floor_rule(floor)
+        if not rule.failures(metrics):
             return report
-
-        def failures(m: dict[str, float]) -> list[str]:
-            mean, worst = cosines(m)
-            return [] if meets(m, floor) else [f"cosine {mean:.4f} / {worst:.4f} < floor {floor[0]} / {floor[1]}"]
-
         space = _Space(builder, list(builder.fcs), probe, rank, judge)
-        result = greedy_search(space, Floor(failures), move="float", progress=progress, start_metrics=metrics)
+        goal = Floor(rule.failures, shortfall=rule.extra)
+        result = greedy_search(space, goal, move="float", progress=progress, start_metrics=metrics)
         report["gptq"]["weights"] = builder.build(out_path, set(result.moved))
     finally:
         probe.unlink(missing_ok=True)
@@ -314,7 +299,7 @@ def quantize_tflite(
     *,
     int4: GptqInt4Config | None = None,
     progress: Progress = lambda message: None,
-    floor: tuple[float, float] | None = None,
+    floor: AccuracyFloor | tuple[float, float] | None = None,
     validation: list[dict[str, np.ndarray]] | None = None,
     rank: Score | None = None,
     judge: Score | None = None,
@@ -329,8 +314,8 @@ def quantize_tflite(
     `calibration` (named int [batch, seq] arrays with an attention_mask, e.g. from
     converters.core.validate.make_batches) is used only by recipes that need it. `int4` configures
     gptq_wi4b32_afp32 (default GptqInt4Config()); with a size_budget that the all-INT4 model
-    already exceeds, AccuracyError is raised (the pipeline refuses the artifact). `floor`
-    (cosine mean, min against the FP32 .tflite on the calibration rows) lets gptq_wi8_afp32
+    already exceeds, AccuracyError is raised (the pipeline refuses the artifact). `floor` (the
+    artifact's AccuracyFloor, or a cosine mean, min pair: judge.floor_rule) lets gptq_wi8_afp32
     keep its most sensitive FULLY_CONNECTED weights float until it is met; gptq_wi4b32_afp32's
     size-budget search weighs how far a candidate misses it.
     `validation` (same form as `calibration`, disjoint texts) is what our recipes' searches
