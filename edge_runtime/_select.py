@@ -1,7 +1,10 @@
 """Which artifact `load()` tries first on this device, and why.
 
 The order, each step with its reason:
-1. the target profile's order (`candidates`: backends in fallback order, then precision);
+1. the target profile's order (`candidates`: backends in fallback order, then precision; an
+   artifact made for another runtime of its format than the one installed here, e.g. tflite-int8
+   for ai-edge-litert under tflite-runtime, goes after the rest of its format, and the reason says
+   which and what it needs);
 2. pruned twins (loaded only by name), artifacts none of whose model files is here (a device
    copy trimmed to the artifacts it runs), whose backend is not installed here or older than
    their min_runtime, or whose INT8 weights this CPU's arithmetic would compute wrongly
@@ -51,11 +54,37 @@ class Plan:
     reason: str  # why choices[0] comes first
 
 
-def _profile_order_note(manifest: dict[str, Any]) -> str:
+def _profile_order_note(manifest: dict[str, Any], choices: list[Choice]) -> str:
+    """The profile's order and, when `candidates` moved some of `choices` after the rest of their
+    format (made for another runtime than the one installed here), which and why: without it the
+    order shown contradicts the order stated (tflite-int8 after tflite-fp32 under "int8 > fp32")."""
     runtime = manifest.get("runtime", {})
     backends_ = " > ".join(b["name"] for b in runtime.get("backends", [])) or "manifest order"
     precisions = " > ".join(runtime.get("artifact_preference", [])) or "manifest order"
-    return f"profile order (backends {backends_}; precisions {precisions})"
+    note = f"profile order (backends {backends_}; precisions {precisions})"
+    groups: dict[tuple[str, str | None, tuple[str, ...]], list[str]] = {}
+    for choice in choices:
+        other = _other_runtime(choice.entry)
+        if other is not None:
+            groups.setdefault((choice.entry["format"], *other), []).append(choice.name)
+    for (fmt, have, needs), names in groups.items():
+        it, its = ("it", "its") if len(names) == 1 else ("they", "their")
+        note += (f", except that {', '.join(names)} {'goes' if it == 'it' else 'go'} after the other {fmt} "
+                 f"artifacts: {it} {'needs' if it == 'it' else 'need'} {' or '.join(needs)} ({its} min_runtime), "
+                 f"and {have} runs {fmt} here (not validated with it: the golden check decides; pip install "
+                 f"{needs[0]} to run {'it' if it == 'it' else 'them'} as made)")
+    return note
+
+
+def _other_runtime(entry: dict[str, Any]) -> tuple[str | None, tuple[str, ...]] | None:
+    """(the package that runs entry's format here, the packages its min_runtime names) when the
+    installed one is not among them (e.g. per-channel INT8 TFLite, made for ai-edge-litert, under
+    tflite-runtime 2.14); None when it is, or when the entry names none."""
+    needs = entry.get("min_runtime") or {}
+    if not needs:
+        return None
+    have = backends.installed_package(entry["format"])
+    return None if have in needs else (have, tuple(needs))
 
 
 def files_absent(root: Path, entry: dict[str, Any]) -> bool:
@@ -99,17 +128,21 @@ def plan(
             skipped[entry["name"]] = problem
             continue
         fits, why = _memory.fit(entry, available, device.usable_total_mb())
-        choices.append(Choice(entry, fits, [f"#{rank} in the profile order", why]))
+        choice = Choice(entry, fits, [f"#{rank} in the profile order", why])
+        other = _other_runtime(entry)
+        if other is not None:
+            choice.notes.append(f"after the other {entry['format']} artifacts: needs {' or '.join(other[1])} "
+                                f"(min_runtime); {other[0]} runs {entry['format']} here")
+        choices.append(choice)
     # Stable: the profile's order holds within each group.
     choices = [c for c in choices if c.fits] + [c for c in choices if not c.fits]
     if not choices:
         return Plan([], skipped, "no artifact can run here")
     first = choices[0]
-    reason = f"{_profile_order_note(manifest)}; {first.notes[1]}"
+    order = _profile_order_note(manifest, choices)
+    reason = f"{order}; {first.notes[1]}"
     if not first.fits:
-        reason = (
-            f"{_profile_order_note(manifest)}; none fits the available memory ({first.notes[1]})"
-        )
+        reason = f"{order}; none fits the available memory ({first.notes[1]})"
     elif any(not c.fits for c in choices):
         reason += "; ranked last for memory: " + ", ".join(c.name for c in choices if not c.fits)
     fastest = (tuning or {}).get("fastest")
@@ -180,8 +213,7 @@ def candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         # Artifacts whose min_runtime does not name the package installed here (e.g. per-channel
         # INT8 TFLite under tflite-runtime 2.14) go last: still tried, and the golden check still
         # decides, but a variant made for this runtime is preferred.
-        needs = entry.get("min_runtime") or {}
-        foreign = bool(needs) and backends.installed_package(entry["format"]) not in needs
+        foreign = _other_runtime(entry) is not None  # plan() says so in its reason
         # A pruned twin trades accuracy for speed: listed after its unpruned counterpart (plan()
         # leaves twins out: they are loaded only by name).
         return fmt, foreign, prec, bool(entry.get("pruning"))

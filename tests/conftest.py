@@ -25,6 +25,18 @@ def tiny_model_factory(tmp_path_factory):
     return build
 
 
+@pytest.fixture(scope="session")
+def tiny_rpi5(tiny_model_factory, tmp_path_factory):
+    """The tiny BERT (feature extraction) converted for rpi5 (ONNX and TFLite artifacts), once per
+    session: shared by the modules that only read it (a test that edits a directory copies it)."""
+    from converters import ConvertConfig, convert
+
+    out = tmp_path_factory.mktemp("rpi5-tiny") / "rpi5"
+    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="rpi5", out=out,
+                          latency_runs=1, latency_rounds=1))
+    return out
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_home(tmp_path_factory):
     """Device caches (XNNPACK weight caches) go to a temporary directory, not ~/.cache."""

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import edge_runtime
-from converters import ConvertConfig, convert
 
 # slow tier: a converted tiny model (TFLite export included)
 pytestmark = pytest.mark.slow
@@ -26,11 +25,8 @@ TEXTS = ["hi", " ".join(["a rather long sentence that needs the larger bucket of
 
 
 @pytest.fixture(scope="module")
-def rpi5(tiny_model_factory, tmp_path_factory):
-    out = tmp_path_factory.mktemp("untouched") / "rpi5"
-    convert(ConvertConfig(model=tiny_model_factory("bert", "feature-extraction"), target="rpi5", out=out,
-                          latency_runs=1, latency_rounds=1))
-    return out
+def rpi5(tiny_rpi5):
+    return tiny_rpi5  # conftest.py: one rpi5 conversion per session (this test only reads it)
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -343,19 +346,42 @@ def _without_timings(value):
     return value
 
 
+_SECOND_CONVERSION = """
+import json, sys
+from converters import ConvertConfig, convert
+convert(ConvertConfig(model=sys.argv[1], target="x86-avx2", out=sys.argv[2], latency_runs=2))
+print(json.dumps(hash("edge-runtime manifest")))
+"""
+
+
+def _another_hash_seed() -> str:
+    """A PYTHONHASHSEED other than this process's: set order (str hashes) differs between them."""
+    mine = os.environ.get("PYTHONHASHSEED", "")
+    return str((int(mine) + 1) % 4294967296) if mine.isdigit() else "1"
+
+
 @pytest.mark.slow
 def test_converting_twice_gives_the_same_manifest(tiny_model_factory, tmp_path):
     """Same model, same target, same machine: byte-identical artifacts (every sha256 in the
     manifest) and identical metrics, split and reports. Exception: the timings in TIMING_KEYS
     (measured_on_converter.latency_ms_p50, its ratio to the FP32 artifact's and the CPU's busy share
     while it was timed; an INT8
-    fallback's trade-off latencies; TFLite quantize seconds). The manifest holds no wall-clock timestamp."""
+    fallback's trade-off latencies; TFLite quantize seconds). The manifest holds no wall-clock timestamp.
+    The second conversion runs in a fresh process with another PYTHONHASHSEED (set and dict-of-set
+    order, a cold tokenizer and imports): what differs between processes shows, not only what
+    differs between two calls in one."""
     model_dir = tiny_model_factory("bert", "feature-extraction")
     manifests = []
+    convert(ConvertConfig(model=model_dir, target="x86-avx2", out=tmp_path / "out0", latency_runs=2))
+    seed = _another_hash_seed()
+    child = subprocess.run([sys.executable, "-c", _SECOND_CONVERSION, str(model_dir), str(tmp_path / "out1")],
+                           env={**os.environ, "PYTHONHASHSEED": seed}, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    # the two processes did hash strings differently (else this is the in-process test again)
+    assert json.loads(child.stdout.strip().splitlines()[-1]) != hash("edge-runtime manifest"), seed
     for run in range(2):
-        out = tmp_path / f"out{run}"
-        convert(ConvertConfig(model=model_dir, target="x86-avx2", out=out, latency_runs=2))
-        manifests.append(json.loads((out / "manifest.json").read_text()))
+        manifests.append(json.loads((tmp_path / f"out{run}" / "manifest.json").read_text()))
     first, second = (_without_timings(m) for m in manifests)
     assert first == second
     measured = manifests[0]["artifacts"][0]["measured_on_converter"]

@@ -192,14 +192,27 @@ def _golden_arrays(out: Path, entry: dict) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+@pytest.fixture(params=["x86-avx2", "rpi5"])
+def converted_any(request, tiny_model_factory):
+    """x86-avx2 (ONNX only) or rpi5 (ONNX and TFLite, the session's shared conversion: read only)."""
+    if request.param == "x86-avx2":
+        return request.getfixturevalue("converted")
+    return request.getfixturevalue("tiny_rpi5"), tiny_model_factory("bert", "feature-extraction")
+
+
 @pytest.mark.slow
-def test_several_stressing_samples_are_recorded(converted):
+def test_several_stressing_samples_are_recorded(converted_any):
+    """4 golden samples per artifact, for every format: TFLite artifacts (run in length buckets)
+    record the same kinds and store each sample alone at its own length, not padded to a bucket."""
     from converters.core.validate import reference_outputs
     from converters.inputs.calibration import load_texts, split_texts
     from converters.inputs.source import load_source
 
-    out, model_dir = converted
+    out, model_dir = converted_any
     manifest = _manifest(out)
+    formats = {a["format"] for a in manifest["artifacts"]}
+    if manifest["target"]["id"] == "rpi5":  # else this parameter would check ONNX again
+        assert {"tflite-fp32", "tflite-int8"} <= {a["name"] for a in manifest["artifacts"]} and "tflite" in formats
     source = load_source(model_dir)
     texts = split_texts(load_texts(None))
     peaks = [p for ref in (reference_outputs(source, texts.fit.texts), reference_outputs(source, texts.validation.texts))

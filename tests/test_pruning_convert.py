@@ -193,6 +193,7 @@ def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_
     import dataclasses
 
     from converters import options
+    from converters.pruning import prune_model
     from targets import load_profile
 
     # A floor no pruning reaches: 0.99999999 with no quantization margin (with the profile's
@@ -200,6 +201,16 @@ def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_
     profile = load_profile("x86-avx2")
     no_margin = dataclasses.replace(profile, pruning=dataclasses.replace(profile.pruning, margin=0.0))
     monkeypatch.setattr(options, "load_profile", lambda target: no_margin)
+    # Every step the search tries, with what it scored: each pruned candidate is built here.
+    tried: list[tuple[float, float, dict]] = []
+    real_candidate = prune_model._candidate
+
+    def recording(source, scores, heads, ffn, *rest):
+        result = real_candidate(source, scores, heads, ffn, *rest)
+        tried.append((heads, ffn, result[2]))
+        return result
+
+    monkeypatch.setattr(prune_model, "_candidate", recording)
     model = tiny_model_factory("bert", "feature-extraction")
     manifest = _convert(model, tmp_path / "out", "--prune", "auto", "--prune-floor", "0.99999999")
     assert not any(a["pruning"] for a in manifest["artifacts"])
@@ -208,6 +219,12 @@ def test_prune_auto_refuses_an_impossible_floor_naming_what_it_tried(tiny_model_
     assert {"onnx-int8-pruned", "onnx-int4-pruned"} <= set(refused)
     reason = refused["onnx-int8-pruned"]
     assert "no pruning keeps the pruning floor" in reason and "heads 0.08 ffn 0.00" in reason and "ffn 0.10" in reason
+    # Every step tried is named, once, in the order tried, with its own scores; and nothing else.
+    assert len(tried) >= 2, tried
+    named = re.findall(r"heads (\d+\.\d\d) ffn (\d+\.\d\d): cosine (\d\.\d{4}) / (\d\.\d{4})", reason)
+    assert named == [(f"{h:.2f}", f"{f:.2f}", f"{m['cosine_mean']:.4f}", f"{m['cosine_min']:.4f}")
+                     for h, f, m in tried], (reason, tried)
+    assert reason.count("heads ") == len(tried), reason
 
 
 @pytest.mark.slow

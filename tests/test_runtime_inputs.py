@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import edge_runtime
@@ -142,19 +142,78 @@ def test_zero_row_batch_returns_zero_rows(int8):
 _dtypes = st.sampled_from([np.int64, np.int32, np.uint8, np.float32, np.float64, bool, np.int8])
 
 
+def _vocab(model) -> int:
+    return next(s for s in model.manifest["inputs"] if s["name"] == "input_ids")["values_below"]
+
+
+def _valid_feed(ids: np.ndarray, vocab: int) -> bool:
+    """What the runtime must take: integer or bool ids (cast losslessly), rank 2 with at least one
+    token, every id in [0, vocab); a batch of zero rows included."""
+    return (ids.dtype.kind in "biu" and ids.ndim == 2 and ids.shape[1] >= 1
+            and (ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < vocab)))
+
+
+def _check_rows_alone(model, feeds: dict[str, np.ndarray], out: np.ndarray) -> None:
+    """`out` (the model's last_hidden_state for `feeds`) against int64 references: the same feed
+    cast by hand gives the same numbers (a lossless cast), and for a batch-free artifact each row
+    is what that row alone, cut to its unmasked tokens, gives (padding and batch neighbours change
+    nothing). A batch-dependent artifact (dynamic INT8: one activation scale per call) differs
+    with its neighbours by design; its rows are checked by the cast comparison only."""
+    as_int64 = {k: np.asarray(v).astype(np.int64) for k, v in feeds.items()}
+    again = model.run(as_int64)["last_hidden_state"]
+    assert again.shape == out.shape and np.abs(again - out).max(initial=0) <= 1e-6, "not the int64 feed's numbers"
+    if model.batch_dependent:
+        return
+    for row in range(out.shape[0]):
+        n = int(as_int64["attention_mask"][row].sum())
+        alone = model.run({k: v[row:row + 1, :n] for k, v in as_int64.items()})["last_hidden_state"]
+        assert np.abs(out[row, :n] - alone[0]).max() < 1e-4, f"row {row} differs from the same row run alone"
+
+
 @_SETTINGS
 @given(batch=st.integers(0, 3), seq=st.integers(0, 6), dtype=_dtypes,
        low=st.integers(-3, 0), high=st.integers(1, 50), rank=st.integers(1, 3))
-def test_any_feed_gives_outputs_or_input_error(int8, batch, seq, dtype, low, high, rank):
-    """Random shapes, dtypes and values: a correct, finite output or InputError, nothing else."""
+def test_any_feed_gives_outputs_or_input_error(int8, fp32, batch, seq, dtype, low, high, rank):
+    """Random shapes, dtypes and values: a correct, finite output or InputError, nothing else. A
+    valid feed is never refused and its numbers are right (each row as alone, for FP32); an
+    invalid one is always refused (an answer to it would be a wrong answer)."""
     shape = [(batch, seq), (batch * seq,), (batch, seq, 1)][[2, 1, 3].index(rank)]
     ids = np.random.default_rng(batch * 100 + seq).integers(low, high, size=shape).astype(dtype)
-    try:
-        out = int8.run(_feeds(ids))["last_hidden_state"]
-    except edge_runtime.InputError:
-        return
-    assert out.shape == (batch, seq, 32)
-    assert np.all(np.isfinite(out))
+    for model in (int8, fp32):
+        valid = _valid_feed(ids, _vocab(model))
+        try:
+            out = model.run(_feeds(ids))["last_hidden_state"]
+        except edge_runtime.InputError as exc:
+            assert not valid, f"{model.name} refused a valid feed ({ids.dtype}, shape {ids.shape}): {exc}"
+            continue
+        assert valid, f"{model.name} answered an invalid feed ({ids.dtype}, shape {ids.shape}, {ids.tolist()})"
+        assert out.shape == (batch, seq, 32) and out.dtype == np.float32
+        assert np.all(np.isfinite(out))
+        _check_rows_alone(model, _feeds(ids), out)
+
+
+_int_dtypes = st.sampled_from([np.int64, np.int32, np.uint8, np.int8, np.uint16, bool])
+
+
+@_SETTINGS
+@given(batch=st.integers(0, 4), seq=st.integers(1, 9), dtype=_int_dtypes, seed=st.integers(0, 2**16),
+       padded=st.booleans())
+def test_any_valid_feed_runs_and_each_row_is_its_answer_alone(int8, fp32, batch, seq, dtype, seed, padded):
+    """Valid feeds only (ids in [0, min(vocab, dtype max)), any integer or bool dtype, rows
+    right-padded to different lengths when `padded`): never an InputError, and each row of a
+    batch-free artifact's output over its tokens is what the row alone gives."""
+    rng = np.random.default_rng(seed)
+    for model in (int8, fp32):
+        top = min(_vocab(model), 2 if dtype is bool else int(np.iinfo(dtype).max) + 1)
+        ids = rng.integers(0, top, size=(batch, seq)).astype(dtype)
+        feeds = _feeds(ids)
+        if padded and batch:
+            lengths = rng.integers(1, seq + 1, size=batch)
+            lengths[0] = seq  # the longest row sets the width, as a padded batch has it
+            feeds["attention_mask"] = (np.arange(seq)[None, :] < lengths[:, None]).astype(dtype)
+        out = model.run(feeds)["last_hidden_state"]  # no InputError: every value is valid
+        assert out.shape == (batch, seq, 32) and np.all(np.isfinite(out))
+        _check_rows_alone(model, feeds, out)
 
 
 # -- texts ---------------------------------------------------------------------------------------
@@ -228,18 +287,31 @@ def test_truncate_policy(int8):
 
 @_SETTINGS
 @given(texts=st.lists(st.text(max_size=40), min_size=0, max_size=6))
-def test_any_texts_embed_and_match_their_vectors_alone(int8, texts):
+@example(texts=["a", "", "a much longer text than the others, with many more tokens in it 🙂", "x y"])
+def test_any_texts_embed_and_match_their_vectors_alone(int8, fp32, texts):
     """Any Unicode text (control characters, emoji, whitespace only, empty) embeds, and each
-    vector equals the one the text gets alone (default batch_invariant=True)."""
-    clean = texts
-    try:
-        vectors = int8.embed(clean, batch_size=4)
-    except edge_runtime.InputError as exc:  # only lone surrogates may be refused
-        assert "lone surrogate" in str(exc)
-        return
-    assert vectors.shape == (len(clean), 32) and np.all(np.isfinite(vectors))
-    for row, text in enumerate(clean):
-        assert np.abs(vectors[row] - int8.embed([text])[0]).max() < 1e-4
+    vector equals the one the text gets alone. INT8 (batch-dependent) with the default
+    batch_invariant=True runs each text alone anyway; FP32 really batches (one backend call per 4
+    texts, shorter texts padded), so a padding or masking bug shows there."""
+    for model in (int8, fp32):
+        calls, session = [], model._session
+        real, own = session.run, vars(session).get("run")
+        session.run = lambda feeds: calls.append(len(next(iter(feeds.values())))) or real(feeds)
+        try:
+            vectors = model.embed(texts, batch_size=4)
+        except edge_runtime.InputError as exc:  # only lone surrogates may be refused
+            assert "lone surrogate" in str(exc)
+            return
+        finally:  # the session as it was (module fixture)
+            if own is None:
+                del session.run
+            else:
+                session.run = own
+        assert vectors.shape == (len(texts), 32) and np.all(np.isfinite(vectors))
+        if not model.batch_dependent:  # it batched: the property below is not "alone vs alone"
+            assert calls == [min(4, len(texts) - i) for i in range(0, len(texts), 4)], calls
+        for row, text in enumerate(texts):
+            assert np.abs(vectors[row] - model.embed([text])[0]).max() < 1e-4, (model.name, row, texts)
 
 
 # -- batch invariance ----------------------------------------------------------------------------
