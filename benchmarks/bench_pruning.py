@@ -16,7 +16,7 @@ bench_artifacts.py --prune), batch 1, --seq tokens, --threads threads, onnxrunti
 session options; interleaved rounds (the variant order rotates each round, with a short pause
 between two variants' blocks), each variant's p50 divided by the unpruned export's p50 of the same
 round, median over rounds (the per-round ratios are recorded too). The share of the timed runs in
-which the CPU was busy with other work (Linux pressure-stall information) is recorded and flagged.
+which a task waited for a CPU (Linux pressure-stall information: other jobs, or its own threads) is recorded and flagged.
 --distill-steps N adds, for each obs-criterion model, a row distilled from the unpruned one
 (converters/pruning/distill.py). Writes <out>.json, <out>.md and <out>.png (the suffixes are
 appended: --out results/sweep_0.33_0.5 writes results/sweep_0.33_0.5.json). The exports go to a
@@ -307,7 +307,7 @@ def markdown(result: dict) -> str:
                      f"{row['heldout']['cosine_min']:.4f} | {row['onnx_mb']:.1f} | {_timed(row, 'p50_ms', '{:.2f}')} | "
                      f"{_ratio_cell(row)} |")
     if result.get("cpu_busy_share") is not None:
-        lines += ["", f"CPU busy with other work during {result['cpu_busy_share']:.1%} of the timed runs "
+        lines += ["", f"CPU busy (a task waiting for a CPU) during {result['cpu_busy_share']:.1%} of the timed runs "
                   f"(per round: {result.get('round_busy_shares')})"]
     return "\n".join(lines) + "\n"
 

@@ -88,8 +88,12 @@ def busy_note(share: float | None, what: str = "p50s") -> str:
     """A warning line when timings (`what`) were taken on a busy CPU, else ""."""
     if share is None or share <= BUSY_SHARE:
         return ""
+    # Not only other jobs: artifacts timed together (edge-bench --all, the converter's table) leave
+    # their threads spinning into each other's turns; on an idle 2-vCPU Zen 4 three ONNX artifacts
+    # timed together measured 0.15-0.17 where each alone measured 0.002-0.003.
     return (
-        f"the CPU was busy with other work during {share:.0%} of the timed runs (Linux pressure-stall "
-        f"information): these {what} are slower than this machine is when quiet; time again without "
-        "other jobs running"
+        f"the CPU was busy during {share:.0%} of the timed runs (a task waited for a CPU, Linux "
+        f"pressure-stall information: other jobs, or the threads of artifacts timed together): these "
+        f"{what} may be slower than this machine is when quiet; time again without other jobs "
+        "running, or one artifact at a time"
     )

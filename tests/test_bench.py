@@ -604,7 +604,7 @@ def test_a_busy_cpu_is_named_in_the_report_and_old_files_stay_valid(two_devices)
     busy["records"][2]["latency"]["cpu_wait_share"] = 0.6
     busy["records"][3]["latency"]["cpu_wait_share"] = None  # unreadable there
     assert validate_bench(busy) == []
-    assert "**Note:** the CPU was busy with other work during 60% of the timed runs" in render_markdown(busy)
+    assert "**Note:** the CPU was busy during 60% of the timed runs" in render_markdown(busy)
     busy["records"][0]["latency"]["cpu_wait_share"] = "high"
     assert validate_bench(busy) == [
         "$.records[0].latency.cpu_wait_share: expected int or float, got str 'high'"

@@ -136,7 +136,7 @@ def test_replot_reads_a_dotted_result_name_and_labels_the_speed_figures(tmp_path
     for part in ("AMD EPYC", "avx512bw", "avx512_vnni", "2 threads", "batch 1", "128 tokens", "unpruned p50 28.25 ms"):
         assert part in first
     assert "0.640x (0.600-0.700)" in md  # the spread over rounds
-    assert "busy with other work during 40%" in md
+    assert "the CPU was busy during 40%" in md
     title = bench_pruning.plot_title(_result(cpu_busy_share=0.4))
     for part in ("avx512bw", "2 threads", "batch 1", "128 tokens", "unpruned p50 28.25 ms", "busy"):
         assert part in title

@@ -50,7 +50,7 @@ def test_share_is_unknown_without_pressure_stall_information(tmp_path):
 def test_busy_note_and_worst_share():
     assert busy_note(BUSY_SHARE) == "" and busy_note(0.0) == ""
     note = busy_note(0.42)
-    assert note.startswith("the CPU was busy with other work during 42% of the timed runs")
+    assert note.startswith("the CPU was busy during 42% of the timed runs")
     assert worst_share([None, 0.1, 0.3, None]) == 0.3 and worst_share([None]) is None and worst_share([]) is None
 
 
@@ -91,5 +91,5 @@ def test_edge_convert_prints_the_busy_note(capsys):
     result.timing_cpu_wait = 0.75
     cli._print_result(result)
     err = capsys.readouterr().err
-    assert "note: the CPU was busy with other work during 75% of the timed runs" in err
+    assert "note: the CPU was busy during 75% of the timed runs" in err
     assert "edge-bench /tmp/out --all" in err

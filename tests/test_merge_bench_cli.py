@@ -177,7 +177,7 @@ def test_a_busy_cpu_is_flagged_per_file_and_per_row(tmp_path, monkeypatch):
     ]
     text = merge_bench.markdown(merge_bench.load_results(paths))
     assert f"**Note:** `busy.json`: {busy_note(busy_share)}." in text
-    assert text.count("**Note:**") == 1 and text.count("busy with other work") == 1
+    assert text.count("**Note:**") == 1 and text.count("the CPU was busy during") == 1
     file_lines = [line for line in text.splitlines() if line.startswith("- `")]
     assert "CPU wait not recorded" in next(line for line in file_lines if "`old.json`:" in line)
     assert "CPU wait unreadable" in next(
