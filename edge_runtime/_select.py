@@ -54,7 +54,7 @@ class Plan:
     reason: str  # why choices[0] comes first
 
 
-def _profile_order_note(manifest: dict[str, Any], choices: list[Choice]) -> str:
+def _profile_order_note(manifest: dict[str, Any], choices: list[Choice], installed: dict[str, str | None]) -> str:
     """The profile's order and, when `candidates` moved some of `choices` after the rest of their
     format (made for another runtime than the one installed here), which and why: without it the
     order shown contradicts the order stated (tflite-int8 after tflite-fp32 under "int8 > fp32")."""
@@ -64,7 +64,7 @@ def _profile_order_note(manifest: dict[str, Any], choices: list[Choice]) -> str:
     note = f"profile order (backends {backends_}; precisions {precisions})"
     groups: dict[tuple[str, str | None, tuple[str, ...]], list[str]] = {}
     for choice in choices:
-        other = _other_runtime(choice.entry)
+        other = _other_runtime(choice.entry, installed)
         if other is not None:
             groups.setdefault((choice.entry["format"], *other), []).append(choice.name)
     for (fmt, have, needs), names in groups.items():
@@ -76,14 +76,17 @@ def _profile_order_note(manifest: dict[str, Any], choices: list[Choice]) -> str:
     return note
 
 
-def _other_runtime(entry: dict[str, Any]) -> tuple[str | None, tuple[str, ...]] | None:
+def _other_runtime(entry: dict[str, Any], installed: dict[str, str | None]) -> tuple[str | None, tuple[str, ...]] | None:
     """(the package that runs entry's format here, the packages its min_runtime names) when the
     installed one is not among them (e.g. per-channel INT8 TFLite, made for ai-edge-litert, under
-    tflite-runtime 2.14); None when it is, or when the entry names none."""
+    tflite-runtime 2.14); None when it is, or when the entry names none. `installed`: format ->
+    package, filled here once per format for one selection (each lookup searches sys.path)."""
     needs = entry.get("min_runtime") or {}
     if not needs:
         return None
-    have = backends.installed_package(entry["format"])
+    if entry["format"] not in installed:
+        installed[entry["format"]] = backends.installed_package(entry["format"])
+    have = installed[entry["format"]]
     return None if have in needs else (have, tuple(needs))
 
 
@@ -105,6 +108,7 @@ def plan(
     twin, as load(artifact=) loads one; what truly blocks it is still said."""
     available = _device.available_mb() if available_mb is None else available_mb
     choices, skipped = [], {}
+    installed: dict[str, str | None] = {}  # format -> the package that runs it here
     for rank, entry in enumerate(candidates(manifest), 1):
         if entry.get("pruning") and entry["name"] != asked:
             # Its floor is the profile's (lower) pruning floor: never served unasked, not as a
@@ -129,7 +133,7 @@ def plan(
             continue
         fits, why = _memory.fit(entry, available, device.usable_total_mb())
         choice = Choice(entry, fits, [f"#{rank} in the profile order", why])
-        other = _other_runtime(entry)
+        other = _other_runtime(entry, installed)
         if other is not None:
             choice.notes.append(f"after the other {entry['format']} artifacts: needs {' or '.join(other[1])} "
                                 f"(min_runtime); {other[0]} runs {entry['format']} here")
@@ -139,7 +143,7 @@ def plan(
     if not choices:
         return Plan([], skipped, "no artifact can run here")
     first = choices[0]
-    order = _profile_order_note(manifest, choices)
+    order = _profile_order_note(manifest, choices, installed)
     reason = f"{order}; {first.notes[1]}"
     if not first.fits:
         reason = f"{order}; none fits the available memory ({first.notes[1]})"
@@ -206,6 +210,7 @@ def candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     runtime = manifest.get("runtime", {})
     backend_order = [BACKEND_FORMAT.get(b["name"], b["name"]) for b in runtime.get("backends", [])]
     precision_order = list(runtime.get("artifact_preference", []))
+    installed: dict[str, str | None] = {}
 
     def rank(entry: dict[str, Any]) -> tuple[int, bool, int, bool]:
         fmt = backend_order.index(entry["format"]) if entry["format"] in backend_order else 99
@@ -213,7 +218,7 @@ def candidates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         # Artifacts whose min_runtime does not name the package installed here (e.g. per-channel
         # INT8 TFLite under tflite-runtime 2.14) go last: still tried, and the golden check still
         # decides, but a variant made for this runtime is preferred.
-        foreign = _other_runtime(entry) is not None  # plan() says so in its reason
+        foreign = _other_runtime(entry, installed) is not None  # plan() says so in its reason
         # A pruned twin trades accuracy for speed: listed after its unpruned counterpart (plan()
         # leaves twins out: they are loaded only by name).
         return fmt, foreign, prec, bool(entry.get("pruning"))
