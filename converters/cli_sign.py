@@ -4,6 +4,7 @@ converters.packaging.signing, print; docs/signing.md.
 
     edge-sign keygen signing/key.pem signing/key.pub
     edge-sign sign out/x86-avx2 --key signing/key.pem
+    edge-sign hint signing/key.pub
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def keygen(private, public, force):
         _fail(exc)
     except ConversionError as exc:  # a place it cannot write
         _fail(exc)
-    click.echo(f"private key {private} (keep secret)\npublic key  {public} (give to devices)")
+    click.echo(f"private key {private} (keep secret)\npublic key  {public} (give to devices)\n"
+               f"key hint    {_hint_of(public)}")
 
 
 @main.command()
@@ -86,18 +88,34 @@ def sign(directory, key_path, include_extra):
             param_hint="DIRECTORY",
         )
     try:
-        key = signing.load_signing_key(key_path)
+        key = signing.load_signing_key(key_path, tool="edge-sign")
         found = signing.check_before_signing(directory, key_path, include_extra=include_extra)
         path = signing.sign_directory(directory, key)
     except ConversionError as exc:
         _fail(exc)
-    click.echo(f"signed {directory}: {path}")
+    click.echo(f"signed {directory}: {path} (key hint {signing.key_hint_of(key)})")
     if found.absent:
         click.echo(f"artifacts not in {directory}, left out of the signature (loads skip them): "
                    f"{', '.join(found.absent)}")
     if found.extra:
         click.echo("also signed (--include-extra), not listed in manifest.json: "
                    + ", ".join(found.extra))
+
+
+def _hint_of(path: Path) -> str:
+    try:
+        return signing.key_file_hint(path)
+    except ConversionError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY") from None
+
+
+@main.command()
+@click.argument("key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def hint(key):
+    """Print KEY's hint: the sha256 of its public key's PEM, which model.sig records to name its
+    signer and which a device's "no trusted key verifies this signature" error quotes. KEY is a
+    public key (PEM) or a private one (its public half's hint)."""
+    click.echo(_hint_of(key))
 
 
 if __name__ == "__main__":

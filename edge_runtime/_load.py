@@ -22,8 +22,9 @@ from edge_runtime._errors import (
     EdgeRuntimeError,
     GoldenMismatchError,
     InputError,
+    ManifestError,
 )
-from edge_runtime._manifest import read_manifest, unknown_artifacts
+from edge_runtime._manifest import MANIFEST_NAME, read_manifest, unknown_artifacts
 from edge_runtime._model import Model, open_entry
 from edge_runtime._select import physical_cores
 from edge_runtime._verified import Verifications
@@ -106,10 +107,20 @@ def load(
     if not isinstance(path, (str, os.PathLike)):  # Path(None) would be a bare TypeError
         raise InputError(f"path must be an artifact directory (str or os.PathLike), got {path!r}")
     root = Path(path)
+    signed_stats = None
     if trusted_keys is not None:
         signed = _signing.verify_directory(root, trusted_keys)
         log.info("%s: model.sig by %s verified over %d files", root, signed.key, signed.files)
-    manifest = read_manifest(root)
+        if signed.checked.manifest is None:  # none there when checked: read none appearing since
+            raise ManifestError(f"{root} has no {MANIFEST_NAME} (its signature covers none): not an "
+                                "edge-convert artifact directory")
+        # What was verified, not the directory read again: the manifest is parsed from the bytes
+        # that matched the signature, and open_entry refuses a file whose stat signature moved
+        # since it was hashed (replaced or written after the check: docs/signing.md, Limits).
+        manifest = read_manifest(root, raw=signed.checked.manifest)
+        signed_stats = signed.checked.stats
+    else:
+        manifest = read_manifest(root)
     records = Verifications(records_dir)
     tuning = _tuning_cache.read_cached(root, manifest) if tune is not False else None
 
@@ -123,7 +134,7 @@ def load(
         if threads is not None:  # the caller's choice always wins
             count = threads or physical_cores()
             return open_entry(root, manifest, entry, count, verify, cache_dirs, spinning=spinning,
-                         records=records)
+                              records=records, signed_stats=signed_stats)
         if tune is True and _tuning_cache.setting_for(tuning, entry["name"]) is None:
             log.info("no tuning result for %s on this device yet: measuring thread settings",
                      entry["name"])
@@ -132,7 +143,8 @@ def load(
         count, tuned_spinning, source = _select.threads_for(entry, manifest, tuning)
         log.info("artifact %s: %d threads (%s)", entry["name"], count, source)
         chosen = tuned_spinning if spinning is None else spinning
-        return open_entry(root, manifest, entry, count, verify, cache_dirs, spinning=chosen, records=records)
+        return open_entry(root, manifest, entry, count, verify, cache_dirs, spinning=chosen, records=records,
+                          signed_stats=signed_stats)
 
     if artifact is not None:
         by_name = {entry["name"]: entry for entry in manifest["artifacts"]}

@@ -178,11 +178,12 @@ def _check_tensor_specs(specs: Any, where: str) -> None:
             raise ManifestError(f"{here}: axis_max must map axis names to sizes >= 1, got {axis_max!r}")
 
 
-def _parse(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ManifestError(f"cannot read {path}: {exc}") from None
+def _parse(path: Path, raw: bytes | None = None) -> Any:
+    if raw is None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ManifestError(f"cannot read {path}: {exc}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -201,16 +202,18 @@ def _parse(path: Path) -> Any:
         raise ManifestError(f"{path} is not a manifest: JSON nested too deeply") from None
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: Path, raw: bytes | None = None) -> dict[str, Any]:
     """Parse and structurally check `root/manifest.json`. Raises ManifestError on anything it
-    cannot use: never returns a manifest whose listed paths, hashes or sizes are ill-formed."""
+    cannot use: never returns a manifest whose listed paths, hashes or sizes are ill-formed.
+    raw: the manifest's bytes as already read (a signed load parses the bytes that matched the
+    signature, not the file read again: _signing_files.py)."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if not root.exists():
         raise ManifestError(f"{root} does not exist (expected an edge-convert output directory)")
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory (expected an edge-convert output)")
-    if not path.is_file():
+    if raw is None and not path.is_file():
         targets = []
         with contextlib.suppress(OSError):  # a directory we may not list gives the plain message
             targets = sorted(str(d) for d in root.iterdir() if (d / MANIFEST_NAME).is_file())
@@ -221,7 +224,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
             f"{root} has no {MANIFEST_NAME}: not an edge-convert artifact directory, "
             "or the conversion did not finish"
         )
-    manifest = _parse(path)
+    manifest = _parse(path, raw)
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: top level must be an object, got {type(manifest).__name__}")
     # The version first: a newer schema may have moved any other key.
@@ -455,14 +458,19 @@ def verify_files(root: Path, items: list[dict[str, Any]]) -> None:
         if not path.is_file():
             problems.append(f"{item['path']}: missing (manifest expects {item['bytes']} bytes)")
             continue
-        size = path.stat().st_size
-        if size != item["bytes"]:
-            kind = "truncated" if size < item["bytes"] else "too long"
-            problems.append(
-                f"{item['path']}: {kind}: {size} bytes, manifest expects {item['bytes']}"
-            )
+        try:
+            size = path.stat().st_size
+            if size != item["bytes"]:
+                kind = "truncated" if size < item["bytes"] else "too long"
+                problems.append(
+                    f"{item['path']}: {kind}: {size} bytes, manifest expects {item['bytes']}"
+                )
+                continue
+            actual = file_sha256(path)
+        except OSError as exc:  # mode 000, say: the user loading it must be able to read it
+            problems.append(f"{item['path']}: cannot be read ({exc.strerror or exc}); make it "
+                            "readable by the user loading it")
             continue
-        actual = file_sha256(path)
         if actual != item["sha256"].lower():
             problems.append(
                 f"{item['path']}: sha256 {actual[:16]}... differs from the manifest's "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from edge_runtime._errors import (
     DeviceMismatchError,
     InputError,
     ManifestError,
+    SignatureError,
 )
 from edge_runtime._golden import check_golden, compare_outputs, golden_samples
 from edge_runtime._manifest import files_to_verify, resolve, verify_files
@@ -332,12 +334,19 @@ def open_entry(
     retried: bool = False,
     spinning: bool | None = None,
     records: Verifications | None = None,
+    signed_stats: dict[str, list[int]] | None = None,
 ) -> Model:
     """Open one manifest entry with `threads` and check it: the runtime version it needs, the
     device's integer arithmetic (DeviceMismatchError), then, per `verify` (False, True: what
     `records` hold may be skipped, or "full"), its files' hashes and golden samples; a device
     cache that fails the golden sample is discarded and rebuilt once. No choice is made here:
-    load() (edge_runtime/_load.py) and the tuning sweeps pick the entry, threads and caches."""
+    load() (edge_runtime/_load.py) and the tuning sweeps pick the entry, threads and caches.
+
+    signed_stats: the stat signatures verify_directory took of the signed files (trusted_keys);
+    a file whose signature differs now was replaced or written since, and is refused. Verified
+    or signed, the files' signatures are also compared before hashing and after the backend
+    opened them (_check_unchanged): a write in between would otherwise go into the device cache
+    named after the verified hashes, and be run by every later load."""
     started = time.perf_counter()
     too_old = _compat.runtime_problem(entry)
     if too_old:
@@ -350,8 +359,11 @@ def open_entry(
     items = files_to_verify(manifest, entry) if verify else []
     # Everything this artifact reads: model files, golden sample, tokenizer (issue 10: the
     # tokenizer files were listed with hashes but never checked).
+    watched = files_to_verify(manifest, entry) if verify or signed_stats is not None else []
+    signatures = signatures_of(root, watched)  # before hashing (and before the backend reads)
+    if signed_stats is not None:
+        _check_signed(root, watched, signatures, signed_stats)
     to_hash = records.unverified(root, items) if records else items
-    signatures = signatures_of(root, to_hash) if records else {}
     verify_files(root, to_hash)
     if records:
         records.record_files(root, to_hash, signatures)
@@ -390,7 +402,8 @@ def open_entry(
             if quick:  # say exactly what is wrong: hash every file, run every sample
                 log.warning("artifact %s failed its short golden check; checking it in full", entry["name"])
                 getattr(session, "close", lambda: None)()
-                return open_entry(root, manifest, entry, threads, "full", cache_dirs, retried, spinning)
+                return open_entry(root, manifest, entry, threads, "full", cache_dirs, retried, spinning,
+                                  signed_stats=signed_stats)
             # A corrupt cache can also make the run itself fail (e.g. an index out of range).
             if getattr(session, "weight_cache_state", None) in ("reused", "created"):
                 cache, state, discard = session.weight_cache, session.weight_cache_state, session.discard_weight_cache
@@ -412,8 +425,62 @@ def open_entry(
             log.warning("artifact %s failed its golden sample with device cache %s; rebuilding the cache",
                         entry["name"], cache)
             return open_entry(root, manifest, entry, threads, verify, cache_dirs, retried=True,
-                         spinning=spinning, records=records)
-        if key and not quick:
-            records.record_golden(key, {"artifact": entry["name"], "backend": model.backend,
-                                        "samples": samples, "threads": threads})
+                              spinning=spinning, records=records, signed_stats=signed_stats)
+    _check_unchanged(root, watched, signatures, session)
+    if verify and key and not quick:  # only for files that stayed what was hashed
+        records.record_golden(key, {"artifact": entry["name"], "backend": model.backend,
+                                    "samples": samples, "threads": threads})
     return model
+
+
+def _check_signed(root: Path, items: list[dict[str, Any]], now: dict[str, list[int]],
+                  signed: dict[str, list[int]]) -> None:
+    """SignatureError unless every item that exists is a file verify_directory hashed, with the
+    stat signature it had then: a file renamed in (a directory swapped in after the check has
+    other inodes) or written since was not what the signature was checked against. A missing
+    item is left to verify_files and the backend, which say so."""
+    for item in items:
+        path = str(resolve(root, item["path"]))
+        if path not in now:
+            continue
+        if path not in signed:
+            problem = "is not among the files its signature was checked against"
+        elif signed[path] != now[path]:
+            problem = "was replaced or written since its signature was checked"
+        else:
+            continue
+        raise SignatureError(
+            f"{item['path']} of {root} {problem}: something changes the artifact directory while "
+            "load() runs. Keep it writable by its owner only, and load again once it is settled"
+        )
+
+
+def _check_unchanged(root: Path, items: list[dict[str, Any]], before: dict[str, list[int]], session) -> None:
+    """ArtifactError naming the first of `items` whose stat signature moved since `before` (taken
+    before hashing), after discarding a device cache this load created from it and closing the
+    session. What the backend read (and a cache it built) is then not known to be what was
+    hashed or signed, and a cache entry is named after those hashes: kept, a write in that window
+    would be run by every later load, the directory long restored (docs/signing.md, Limits).
+    Any write changes mtime and ctime (a process cannot set ctime), a replacement the inode or
+    ctime. Not seen: a write and restore both within the file system's timestamp tick of the
+    first stat, which hashing the file itself (larger than a few kB) outlasts."""
+    after = signatures_of(root, items)
+    paths = {item["path"]: str(resolve(root, item["path"])) for item in items}
+    changed = next((name for name, path in paths.items() if before.get(path) != after.get(path)), None)
+    if changed is None:
+        return
+    discarded = ""
+    for state, cache, discard in (("weight_cache_state", "weight_cache", "discard_weight_cache"),
+                                  ("optimized_cache_state", "optimized_cache", "discard_optimized_cache")):
+        if getattr(session, state, None) == "created":
+            getattr(session, discard)()  # never raises; a cache it could not delete is named below
+            built = getattr(session, cache)
+            kept = built is not None and os.path.lexists(built)
+            discarded = (f"; the device cache built from it ({built}) "
+                         + ("could not be deleted: delete it by hand" if kept else "was discarded"))
+    getattr(session, "close", lambda: None)()
+    raise ArtifactError(
+        f"{changed} of {root} changed while load() read it (its size, times or inode moved between "
+        f"the hash check and the backend opening it){discarded}. Something writes the artifact "
+        "directory: keep it writable by its owner only, and load again once it is settled"
+    )

@@ -67,7 +67,10 @@ or accepts only what is equally safe):
 - the statement's resources are exactly the directory's files apart from the skipped paths
   above, each with the recorded sha256. A resource the signer chose to leave out (model_signing's
   `--ignore-paths`) is refused here as a file the signature does not cover: edge_runtime trusts
-  no byte of an artifact that is not signed.
+  no byte of an artifact that is not signed;
+- what it reads before a file matches is bounded (model.sig's size, a file's size against the
+  signed manifest's), and what it verified (digests, stat signatures, the manifest's bytes) is
+  returned for load() to hold the rest of the load to: _signing_files.py.
 """
 
 from __future__ import annotations
@@ -77,12 +80,22 @@ import binascii
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence, Union
 
 from edge_runtime._errors import SignatureError
-from edge_runtime._manifest import file_sha256
+from edge_runtime._signing_files import (  # the file side; re-exported: converters use them
+    GIT_PATHS,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    SKIPPED_PATHS,
+    SignedFiles,
+    check_files,
+    directory_files,
+    read_bounded,
+    warn_if_writable,
+)
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -93,6 +106,7 @@ __all__ = [
     "SKIPPED_PATHS",
     "STATEMENT_TYPE",
     "KeySource",
+    "SignedFiles",
     "VerifiedSignature",
     "directory_files",
     "ecdsa_hash",
@@ -102,17 +116,11 @@ __all__ = [
     "verify_directory",
 ]
 
-SIGNATURE_NAME = "model.sig"
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 _PREDICATE_TYPE_PRE_1_0 = "https://model_signing/Digests/v0.1"
-# model_signing's default git metadata (hashing.Config.hash): skipped at the root by 1.1.x always,
-# by 1.0.x only for a model path of "." (see the module docstring).
-GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
-# Root-level names the verifier does not require to be signed: the signature and git metadata.
-SKIPPED_PATHS = (SIGNATURE_NAME, *GIT_PATHS)
 # Curves model_signing accepts (sign_ec_key._check_supported_ec_key), with the hash it pairs.
 _CURVE_HASH = {"secp256r1": "SHA256", "secp384r1": "SHA384", "secp521r1": "SHA512"}
 
@@ -125,6 +133,9 @@ class VerifiedSignature:
     key: str  # which trusted key verified it (path, or "trusted_keys[i]")
     key_hint: str  # sha256 of the key's SubjectPublicKeyInfo PEM (model_signing's hint)
     files: int  # files covered and checked
+    # What was verified, which the rest of a load is held to: the signed digests, each file's stat
+    # signature taken before it was hashed, and manifest.json's bytes as hashed (_signing_files).
+    checked: SignedFiles = field(default_factory=SignedFiles, repr=False)
 
 
 def _crypto():
@@ -175,34 +186,9 @@ def root_digest(resources: Iterable[dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-def directory_files(root: Path) -> list[str]:
-    """Relative POSIX paths of every regular file below `root` that a signature must cover,
-    sorted like model_signing sorts them (by path components). Symlinks and special files are
-    refused: model_signing refuses them too unless told otherwise."""
-    found = []
-    for current, dirs, files in os.walk(root):
-        here = Path(current)
-        if here == root:
-            dirs[:] = [d for d in dirs if d not in SKIPPED_PATHS]
-            files = [f for f in files if f not in SKIPPED_PATHS]
-        for name in [*dirs, *files]:
-            path = here / name
-            if path.is_symlink():
-                raise SignatureError(
-                    f"{path} is a symbolic link; signed artifact directories hold regular files "
-                    "only (replace the link by a copy of the file)"
-                )
-        for name in files:
-            path = here / name
-            if not path.is_file():
-                raise SignatureError(f"{path} is not a regular file (a pipe, socket or device?)")
-            found.append(path.relative_to(root).as_posix())
-    return sorted(found, key=lambda p: PurePosixPath(p).parts)
-
-
 def _load_trusted_key(source: KeySource, index: int):
     """(label, public key) of one entry of trusted_keys."""
-    _, _, serialization, ec = _crypto()
+    exceptions, _, serialization, ec = _crypto()
     if isinstance(source, bytes):
         label, data = f"trusted_keys[{index}]", source
     elif isinstance(source, str) and "-----BEGIN" in source:  # PEM text (no path holds that)
@@ -222,6 +208,17 @@ def _load_trusted_key(source: KeySource, index: int):
         key = serialization.load_pem_public_key(data)
     except ValueError:
         raise SignatureError(f"trusted key {label} {_not_a_public_key(data)}") from None
+    except exceptions.UnsupportedAlgorithm as exc:  # an EC key on a curve OpenSSL does not know
+        raise SignatureError(
+            f"trusted key {label} is a public key this device cannot use ({exc}); model signing "
+            "uses elliptic-curve keys on P-256 (or P-384 / P-521)"
+        ) from None
+    blocks = data.count(b"-----BEGIN ")
+    if blocks > 1:  # cryptography reads the first and ignores the rest: a key silently untrusted
+        raise SignatureError(
+            f"trusted key {label} holds {blocks} PEM blocks; give each public key separately, "
+            "one trusted_keys entry per key"
+        )
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SignatureError(
             f"trusted key {label} is a {type(key).__name__.lstrip('_')}; model signing uses "
@@ -267,9 +264,11 @@ def _b64(text: str, where: str) -> bytes:
 
 def _read_bundle(sig_path: Path) -> tuple[dict, str, bytes, list[bytes]]:
     """(bundle, payload type, payload, DER signatures) with every structural check made."""
+    data, _ = read_bounded(sig_path, MAX_SIGNATURE_BYTES, "it is no signature edge-sign or "
+                           "model_signing writes: get a fresh copy of the signed directory")
     try:
-        bundle = json.loads(sig_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        bundle = json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # JSON and UTF-8 errors, and ints past Python's 4300-digit limit
         raise SignatureError(f"{sig_path} is not a JSON Sigstore bundle: {exc}") from None
     except RecursionError:  # as the manifest reader: a file of "[[[..." is not a bundle either
         raise SignatureError(
@@ -356,29 +355,6 @@ def _statement_resources(payload: bytes, where: str) -> dict[str, str]:
     return files
 
 
-def _check_files(root: Path, signed: dict[str, str]) -> list[str]:
-    """Problems (empty if none) between the signed file list and the directory's files."""
-    present = set(directory_files(root))
-    problems = []
-    for name in sorted(set(signed) - present):
-        path = root / name
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            problems.append(f"{name}: signed as a file, but is not a regular file here")
-        elif not path.exists():
-            problems.append(f"{name}: removed (the signature lists it)")
-        elif not path.resolve().is_relative_to(root.resolve()):
-            problems.append(f"{name}: signed as a file, but resolves outside {root}")
-        else:  # git metadata the signer did sign: model_signing 1.0.x given the directory by
-            # a path other than ".", or --no-ignore-git-paths; checked like any other file
-            present.add(name)
-    for name in sorted(present - set(signed)):
-        problems.append(f"{name}: added (not covered by the signature)")
-    for name in sorted(present & set(signed), key=lambda p: PurePosixPath(p).parts):
-        if file_sha256(root / name) != signed[name]:
-            problems.append(f"{name}: modified (sha256 differs from the signed one)")
-    return problems
-
-
 def _named_key(bundle: dict, where: str) -> tuple[str, str] | None:
     """(field, key hint) of the key the bundle's unsigned material names as its signer, or None.
 
@@ -394,13 +370,13 @@ def _named_key(bundle: dict, where: str) -> tuple[str, str] | None:
     raw = public_key.get("rawBytes")
     if not (isinstance(raw, str) and raw):
         return None
-    _, _, serialization, _ = _crypto()
+    exceptions, _, serialization, _ = _crypto()
     try:
         key = serialization.load_pem_public_key(_b64(raw, f"{where}: publicKey.rawBytes"))
-    except ValueError:
+    except (ValueError, exceptions.UnsupportedAlgorithm):  # not a key, or one of no known type
         raise SignatureError(
-            f"{where}: verificationMaterial.publicKey.rawBytes is not a PEM public key: "
-            "model.sig was edited"
+            f"{where}: verificationMaterial.publicKey.rawBytes is not a PEM public key this "
+            "device can use: model.sig was edited"
         ) from None
     return "rawBytes", key_hint(key)
 
@@ -433,6 +409,11 @@ def verify_directory(root: Path, trusted_keys: Sequence[KeySource]) -> VerifiedS
             f"{sig_path} is a directory; the signature must be a file (a Sigstore bundle)"
         )
     if not sig_path.is_file():
+        if os.path.lexists(sig_path):  # a FIFO or socket: there, but no signature
+            raise SignatureError(
+                f"{sig_path} is not a regular file (a pipe, socket or device?); the signature must "
+                "be a file (a Sigstore bundle): get a fresh copy of the signed directory"
+            )
         raise SignatureError(
             f"{root} is not signed (no {SIGNATURE_NAME}) and trusted keys were given, so it is "
             "refused. Sign it where it was converted: `edge-sign sign DIR --key KEY.pem` (or convert "
@@ -470,7 +451,7 @@ def verify_directory(root: Path, trusted_keys: Sequence[KeySource]) -> VerifiedS
             f"{sig_path}: no trusted key verifies this signature. The bundle {signer}; it was "
             f"checked against {tried}. Either the artifact was re-signed by another key, or "
             "model.sig was edited. Add the signer's public key to trusted_keys only if you "
-            "trust it."
+            "trust it (`edge-sign hint KEY.pub` prints a key file's hint)."
         )
     label, key = verified
     verified_hint = key_hint(key)
@@ -486,12 +467,15 @@ def verify_directory(root: Path, trusted_keys: Sequence[KeySource]) -> VerifiedS
         )
 
     signed = _statement_resources(payload, str(sig_path))
-    problems = _check_files(root, signed)
+    problems, checked = check_files(root, signed)
     if problems:
-        raise SignatureError(
-            f"{root} does not match its signature (by {label}); it was changed after signing:"
-            "\n  " + "\n  ".join(problems)
-            + "\nRestore it from the signed original; if the change is yours, re-sign it where it was "
-            "converted (edge-sign sign DIR --key KEY.pem)"
-        )
-    return VerifiedSignature(key=label, key_hint=verified_hint, files=len(signed))
+        if problems.kinds() == {"unreadable"}:  # nothing seen changed: say what to fix
+            head = f"cannot be checked against its signature (by {label}): files cannot be read"
+            advice = "Make them readable by this user, or load as their owner"
+        else:
+            head = f"does not match its signature (by {label}); it was changed after signing"
+            advice = ("Restore it from the signed original; if the change is yours, re-sign it "
+                      "where it was converted (edge-sign sign DIR --key KEY.pem)")
+        raise SignatureError(f"{root} {head}:\n  {problems.text()}\n{advice}")
+    warn_if_writable(root)
+    return VerifiedSignature(key=label, key_hint=verified_hint, files=len(signed), checked=checked)

@@ -319,7 +319,12 @@ def _main(argv: list[str] | None) -> int:
             print("edge-run: error: give - (standard input) once", file=sys.stderr)
             return 2
         if "-" in args.texts:  # a wrong directory is said before anyone types or pipes texts in
-            edge_runtime.read_manifest(Path(args.artifacts))
+            if args.trusted_key:  # the signature first: a manifest is read only once it is signed
+                from edge_runtime import _signing
+
+                _signing.verify_directory(Path(args.artifacts), args.trusted_key)
+            else:
+                edge_runtime.read_manifest(Path(args.artifacts))
             if sys.stdin is None:  # started with standard input closed (<&-)
                 print("edge-run: error: - reads standard input, but it is closed", file=sys.stderr)
                 return 2

@@ -340,10 +340,10 @@ def test_every_change_is_named(signed):
         verify_directory(root, [public])
     lines = str(caught.value).splitlines()[1:-1]  # the last line says what to do
     assert str(caught.value).splitlines()[-1].startswith("Restore it from the signed original")
-    assert [line.strip() for line in lines] == [
+    assert [line.strip() for line in lines] == [  # added files last: they must hide nothing
         "golden/a.npz: removed (the signature lists it)",
-        "extra.bin: added (not covered by the signature)",
         "manifest.json: modified (sha256 differs from the signed one)",
+        "extra.bin: added (not covered by the signature)",
     ]
 
 

@@ -44,6 +44,8 @@ __all__ = [
     "SigningKeyError",
     "check_before_signing",
     "generate_key_pair",
+    "key_file_hint",
+    "key_hint_of",
     "load_signing_key",
     "sign_directory",
     "statement",
@@ -61,8 +63,9 @@ class SigningKeyError(ConversionError):
         super().__init__(f"{parameter}={path}: {detail}")
 
 
-def load_signing_key(path: Path, parameter: str = "sign_key"):
-    """The EC private key in PEM file `path` (P-256, or P-384 / P-521 as model_signing allows)."""
+def load_signing_key(path: Path, parameter: str = "sign_key", tool: str = "edge-convert"):
+    """The EC private key in PEM file `path` (P-256, or P-384 / P-521 as model_signing allows).
+    tool: the command the errors name (edge-convert --sign-key, edge-sign sign --key)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -77,7 +80,7 @@ def load_signing_key(path: Path, parameter: str = "sign_key"):
         raise SigningKeyError(
             parameter,
             path,
-            "the key is password-protected; edge-convert signs with unencrypted keys only. "
+            f"the key is password-protected; {tool} signs with unencrypted keys only. "
             "Decrypt a copy on the signing machine: openssl pkey -in KEY.pem -out plain.pem",
         ) from None
     except ValueError:
@@ -102,6 +105,33 @@ def load_signing_key(path: Path, parameter: str = "sign_key"):
     except SignatureError as exc:
         raise SigningKeyError(parameter, path, str(exc)) from None
     return key
+
+
+def key_hint_of(key) -> str:
+    """The hint model.sig records for a signing key (hex sha256 of its public key's PEM)."""
+    return _signing.key_hint(key.public_key())
+
+
+def key_file_hint(path: Path) -> str:
+    """The hint of the key in PEM file `path`, a public key or an unencrypted private key (its
+    public half's): what a device's "no trusted key verifies this signature" error quotes, to
+    tell which key signed. ConversionError when the file holds neither."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConversionError(f"{path} cannot be read ({exc.strerror})") from None
+    try:
+        return _signing.key_hint(serialization.load_pem_public_key(data))
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    try:
+        return key_hint_of(serialization.load_pem_private_key(data, password=None))
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        raise ConversionError(f"{path} is not a PEM public key or unencrypted private key") from None
 
 
 def _refuse_git_metadata(root: Path) -> None:
@@ -131,7 +161,12 @@ def statement(root: Path, model_name: str) -> dict[str, Any]:
             name.encode("utf-8")
         except UnicodeEncodeError:
             raise ConversionError(f"cannot sign {root}: file name {name!r} is not UTF-8") from None
-        resources.append({"name": name, "algorithm": "sha256", "digest": file_sha256(root / name)})
+        try:
+            digest = file_sha256(root / name)
+        except OSError as exc:
+            raise ConversionError(f"cannot sign {root}: {name} cannot be read ({exc.strerror or exc}); "
+                                  "make it readable by the signing user") from None
+        resources.append({"name": name, "algorithm": "sha256", "digest": digest})
     return {
         "_type": _signing.STATEMENT_TYPE,
         "subject": [{"name": model_name, "digest": {"sha256": _signing.root_digest(resources)}}],
@@ -288,13 +323,20 @@ def sign_directory(root: Path, key, model_name: str | None = None) -> Path:
     }
     path = root / _signing.SIGNATURE_NAME
     try:
-        tmp.write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(bundle, indent=2) + "\n")
+            handle.flush()
+            # On disk before the rename: after a power loss the rename may survive without the
+            # data on file systems that do not order them (ext4 without auto_da_alloc, XFS, ...),
+            # leaving an empty model.sig in place of the old one.
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise ConversionError(f"cannot write {path}: {exc.strerror or exc}; the directory must be writable "
                               f"and {path.name} a file") from None
+    finally:  # on any way out, Ctrl-C included: a leftover would ship and be refused as "added"
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 
