@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 # stdlib only: no starlette yet
-from edge_runtime.serve._config import HTTP_CHOICES, LOOP_CHOICES, ServeConfig, ServeConfigError
+from edge_runtime.serve._config import (
+    HTTP_CHOICES,
+    LOOP_CHOICES,
+    ServeConfig,
+    ServeConfigError,
+    manifest_max_length,
+)
 
 
 def _bool(text: str) -> bool:
@@ -29,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "inference's API (/embed, /predict, /v1/embeddings, /health, /info, /metrics).",
         epilog="Exit status: 0 once SIGTERM or Ctrl-C stopped it and every request was answered; "
         "1 when the directory cannot be served or the address cannot be had; 2 for a bad flag; "
-        "143 (128 + SIGTERM; 130 after Ctrl-C/SIGINT) when --graceful-timeout ran out with "
-        "requests unanswered (they were answered 503; the log line says how many).",
+        "143 (128 + SIGTERM; 130 after Ctrl-C/SIGINT) when --graceful-timeout ran out, or a "
+        "second signal cut the drain short, with requests unanswered (they were answered 503; "
+        "the log line says how many).",
     )
     p.add_argument("artifacts", help="artifact directory (with manifest.json); SIGHUP re-reads it")
     p.add_argument(
@@ -116,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
         "are answered 503 and the exit status is 143 (default: 30)",
     )
     p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=75.0,
+        metavar="SECONDS",
+        help="close a keep-alive connection idle this long; keep it above the upstream idle "
+        "timeout of a proxy or load balancer in front (often 60 s), or it races them into 502s "
+        "(default: 75)",
+    )
+    p.add_argument(
         "--trusted-key",
         action="append",
         metavar="PEM",
@@ -156,6 +173,7 @@ _FLAGS = {
     "workers": "--workers",
     "golden_interval_s": "--golden-interval",
     "graceful_timeout_s": "--graceful-timeout",
+    "keep_alive_timeout_s": "--keep-alive-timeout",
     "trusted_keys": "--trusted-key",
 }
 
@@ -200,12 +218,24 @@ def main(argv: list[str] | None = None) -> int:
             golden_interval_s=args.golden_interval,
             payload_limit=args.payload_limit,
             graceful_timeout_s=args.graceful_timeout,
+            keep_alive_timeout_s=args.keep_alive_timeout,
             http=args.http,
             loop=args.loop,
         )
     except ServeConfigError as exc:  # a bad flag: a usage error, as argparse's own (exit 2)
         flag = _SETTING_FLAGS.get(exc.parameter, exc.parameter)
         print(f"edge-serve: error: {flag} {exc.message}", file=sys.stderr)
+        return 2
+    longest = manifest_max_length(config.path)
+    if longest is not None and config.max_batch_tokens < longest:
+        # TEI refuses to start in this case too: an input of the model's full length could never
+        # be batched. Said from the manifest before any load (Service checks again after it).
+        print(
+            f"edge-serve: error: --max-batch-tokens ({config.max_batch_tokens}) is below the "
+            f"model's maximum input length ({longest}, {config.path}/manifest.json "
+            f"tokenizer.max_length): raise it to at least {longest}",
+            file=sys.stderr,
+        )
         return 2
     import edge_runtime
 
@@ -228,9 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"edge-serve: error: {exc}", file=sys.stderr)
         return 1
-    if drained.dropped:  # a drain cut short ends as the signal would have: 128 + its number
-        return 128 + (drained.signal or signal.SIGTERM)
-    return 0
+    # A drain cut short ends as the signal would have: 128 + its number.
+    status = 128 + (drained.signal or signal.SIGTERM) if drained.dropped else 0
+    if drained.abandoned:
+        # A batch is still inside the backend. Interpreter exit would join the thread running
+        # it (the whole batch: past --graceful-timeout, into the service manager's SIGKILL), or
+        # finalize under a daemon thread inside onnxruntime, whose C++ runtime then aborts
+        # (SIGABRT, a core dump, not the status above). Nothing is left to save: leave now.
+        logging.shutdown()  # flushes every handler
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())

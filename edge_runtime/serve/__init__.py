@@ -9,8 +9,8 @@ Needs the `serve` extra (starlette, uvicorn): `import edge_runtime` never import
 and this module imports them only when a server is created. Files by idea: _config (settings,
 errors), _engine (the loaded model), _batching (queue and worker), _metrics (Prometheus),
 _health (golden watchdog, drift), _reload (verified swaps), _inflight (clients that leave, the
-drain's cut), _service (wiring), _app (routes), _server (uvicorn and signals). docs/serve.md has
-the details.
+drain's cut), _service (wiring), _requests (request bodies and their checks), _app (routes),
+_server (uvicorn and signals). docs/serve.md has the details.
 """
 
 from __future__ import annotations

@@ -30,11 +30,21 @@ import edge_runtime
 from edge_runtime.serve._config import ServeError
 from edge_runtime.serve._engine import normalize_rows
 from edge_runtime.serve._inflight import ClientGone, unless_gone
+from edge_runtime.serve._requests import (
+    _body,
+    _dimensions,
+    _encoding_format,
+    _flag,
+    _options,
+    _texts,
+)
 from edge_runtime.serve._service import Service
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("edge_runtime.serve")
+
+_MODEL_NAMES_WARNED = 64  # distinct model names a warning is logged for
 
 
 def _loopback(host: str) -> bool:
@@ -68,136 +78,6 @@ def _error(exc: ServeError, openai: bool = False) -> Response:
     else:
         body = exc.body()
     return _json_response(body, exc.status)
-
-
-async def _body(request: Request, limit: int, empty: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON object of a request, read up to `limit` bytes; `empty` (when given) stands for
-    an empty body."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ServeError(
-            "Validation",
-            f"request body of {declared} bytes is over the {limit}-byte limit",
-            err="validation",
-            status=413,
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():  # ClientDisconnect if the client leaves mid-body
-        size += len(chunk)
-        if size > limit:
-            raise ServeError(
-                "Validation",
-                f"request body is over the {limit}-byte limit",
-                err="validation",
-                status=413,
-            )
-        chunks.append(chunk)
-    if empty is not None and not any(chunks):
-        return empty
-    try:
-        body = json.loads(b"".join(chunks) or b"null")
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise ServeError(
-            "Validation", f"request body is not valid JSON: {exc}", err="validation"
-        ) from None
-    if not isinstance(body, dict):
-        raise ServeError("Validation", "request body must be a JSON object", err="validation")
-    return body
-
-
-def _texts(body: dict[str, Any], field: str, max_batch: int) -> tuple[list[str], bool]:
-    """(texts, was a batch) from body[field]: a string or a list of strings (TEI's Input;
-    OpenAI's `input`)."""
-    if field not in body:
-        raise ServeError("Validation", f"missing field `{field}`", err="validation")
-    value = body[field]
-    if isinstance(value, str):
-        if not value:
-            raise ServeError("Empty", f"`{field}` cannot be empty", err="validation")
-        return [value], False
-    if not isinstance(value, list):
-        raise ServeError(
-            "Validation", f"`{field}` must be a string or a list of strings", err="validation"
-        )
-    if not value:
-        raise ServeError("Empty", f"`{field}` cannot be empty", err="validation")
-    if len(value) > max_batch:
-        raise ServeError(
-            "Validation",
-            f"batch size {len(value)} > maximum allowed batch size {max_batch}",
-            err="batch_size",
-        )
-    for index, item in enumerate(value):
-        if isinstance(item, list):
-            what = (
-                "token ids are not supported" if item and all(isinstance(i, int) for i in item)
-                else "sentence pairs are not supported"
-            )
-            raise ServeError(
-                "Validation",
-                f"`{field}[{index}]` is a list: {what}; send one string per input",
-                err="validation",
-            )
-        if not isinstance(item, str):
-            raise ServeError(
-                "Validation",
-                f"`{field}[{index}]` must be a string, got {type(item).__name__}",
-                err="validation",
-            )
-        if not item:
-            raise ServeError("Empty", f"`{field}[{index}]` cannot be empty", err="validation")
-    return value, True
-
-
-def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ServeError(
-            "Validation", f"`{name}` must be true or false, got {value!r}", err="validation"
-        )
-    return value
-
-
-def _dimensions(body: dict[str, Any], dim: int) -> int:
-    value = body.get("dimensions")
-    if value is None:
-        return dim
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= dim:
-        raise ServeError(
-            "Validation",
-            f"`dimensions` must be an integer in 1..{dim}, got {value!r}",
-            err="validation",
-        )
-    return value
-
-
-def _options(body: dict[str, Any], route: str, openai: bool, served) -> None:
-    """ServeError 422 for a malformed option of `route`, checked before the input is queued
-    (handle() has checked the route against the model's task already: that answers first)."""
-    direction = body.get("truncation_direction")
-    if direction not in (None, "right", "Right"):
-        raise ServeError(
-            "Validation",
-            f"`truncation_direction` {direction!r} is not supported: inputs "
-            "keep their first tokens (right)",
-            err="validation",
-        )
-    if route == "predict":
-        _flag(body, "raw_scores", False)
-        return
-    if not openai:
-        _flag(body, "normalize", True)
-    else:
-        fmt = body.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
-            raise ServeError(
-                "Validation",
-                f"`encoding_format` must be float or base64, got {fmt!r}",
-                err="validation",
-            )
-    _dimensions(body, served.model._dim(served.output) or 2**31)
 
 
 def _headers(timing: dict[str, Any], started: float, chars: int) -> dict[str, str]:
@@ -243,7 +123,12 @@ def create_app(service: Service) -> Starlette:
                 served, result, timing = await unless_gone(
                     service.infer(route, texts, truncate, openai), request.receive
                 )
-                payload = answer(body, served, result, batched, timing)
+                # Serialized here, inside the try: a payload JSON cannot carry (NaN) is a 424
+                # like any backend failure, and success is counted only for what was sent.
+                response = _json_response(
+                    answer(body, served, result, batched, timing),
+                    headers=_headers(timing, started, sum(map(len, texts))),
+                )
         except ServeError as exc:
             if not counted:  # the body itself was refused (too large, not JSON)
                 metrics.request_count.inc(method=method)
@@ -261,10 +146,13 @@ def create_app(service: Service) -> Starlette:
                 metrics.request_count.inc(method=method)
             metrics.failed("shutdown")
             return _error(ServeError("Unhealthy", "the server is shutting down and its drain "
-                                     "ran out of time before this request was answered",
+                                     "ran out of time (or a second stop signal cut it short) "
+                                     "before this request was answered",
                                      err="shutdown"), openai)
         except Exception as exc:  # e.g. NaN outputs: TEI's 424 Backend, never a bare 500
             log.exception("request failed")
+            if not counted:
+                metrics.request_count.inc(method=method)
             metrics.failed("inference")
             return _error(
                 ServeError("Backend", f"Backend error: {type(exc).__name__}: {exc}"), openai
@@ -274,7 +162,7 @@ def create_app(service: Service) -> Starlette:
         metrics.tokenization_duration.observe(timing["tokenization"])
         metrics.queue_duration.observe(timing["queue"])
         metrics.inference_duration.observe(timing["inference"])
-        return _json_response(payload, headers=_headers(timing, started, sum(map(len, texts))))
+        return response
 
     def vectors(body, served, result) -> np.ndarray:
         dim = _dimensions(body, result.outputs.shape[-1])
@@ -287,10 +175,25 @@ def create_app(service: Service) -> Starlette:
 
         return await handle(request, "embed", "inputs", answer)
 
+    # OpenAI SDKs must send a model name (text-embedding-3-small, ...): one warning per name,
+    # not one per request (a log flooding an SD card). Bounded: clients choose the names.
+    warned: set[str] = set()
+
+    def _warn_model_once(named: Any, model_id: str) -> None:
+        key = repr(named)[:200]
+        if key in warned or len(warned) > _MODEL_NAMES_WARNED:
+            return
+        warned.add(key)
+        if len(warned) > _MODEL_NAMES_WARNED:
+            log.warning("requests name more than %d other models; no longer said",
+                        _MODEL_NAMES_WARNED)
+            return
+        log.warning("a request names model %s; serving %r (said once per name)", key, model_id)
+
     async def openai_embeddings(request: Request) -> Response:
         def answer(body, served, result, batched, timing):
             body = {k: v for k, v in body.items() if k != "normalize"}  # OpenAI: always normalized
-            fmt = body.get("encoding_format") or "float"
+            fmt = _encoding_format(body)
             rows = vectors(body, served, result).astype("<f4")
             data = [
                 {
@@ -303,8 +206,9 @@ def create_app(service: Service) -> Starlette:
                 for i, row in enumerate(rows)
             ]
             model_id = _model_id(served)
-            if body.get("model") not in (None, "", model_id):
-                log.warning("request names model %r; serving %r", body.get("model"), model_id)
+            named = body.get("model")
+            if named not in (None, "", model_id):
+                _warn_model_once(named, model_id)
             return {
                 "object": "list",
                 "data": data,

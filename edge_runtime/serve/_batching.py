@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from edge_runtime._text import Encoded
 from edge_runtime.serve._config import ServeConfig, ServeError
 from edge_runtime.serve._engine import Served
@@ -87,24 +89,48 @@ class Batcher:
         """Inputs holding a permit: queued or in the running batch (te_queue_size)."""
         return self._in_flight
 
-    def submit(self, served: Served, rows: list[Encoded]) -> concurrent.futures.Future:
-        """Queue `rows` for `served`; ServeError 429 if the permits are gone, 503 when draining."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+    def reserve(self, count: int) -> None:
+        """Take `count` permits (one per input) now, before the inputs are tokenized: a request
+        that cannot have them is refused at once (429), as TEI does, so an overload costs a
+        refusal, not a tokenization. ServeError 503 when draining or the worker is gone, 422 for
+        more inputs than there are permits. Give them back with release() unless submit() took
+        them over."""
         with self._cond:
             if self._stopping:
                 raise ServeError("Unhealthy", "the server is shutting down", err="shutdown")
             if self._started and not self.alive:  # nobody would ever answer
                 raise ServeError("Unhealthy", "the inference worker is not running", err="worker")
-            if len(rows) > self.config.max_concurrent_requests:  # would be refused forever
+            if count > self.config.max_concurrent_requests:  # would be refused forever
                 raise ServeError(
                     "Validation",
-                    f"batch size {len(rows)} > maximum concurrent requests "
+                    f"batch size {count} > maximum concurrent requests "
                     f"{self.config.max_concurrent_requests}",
                     err="batch_size",
                 )
-            if self._in_flight + len(rows) > self.config.max_concurrent_requests:
+            if self._in_flight + count > self.config.max_concurrent_requests:
                 raise ServeError("Overloaded", "Model is overloaded", err="overloaded")
-            self._in_flight += len(rows)
+            self._in_flight += count
+
+    def release(self, count: int) -> None:
+        """Give back permits reserve() took for inputs that were never submitted (their
+        tokenization failed, or their client left first)."""
+        with self._cond:
+            self._in_flight -= count
+
+    def submit(
+        self, served: Served, rows: list[Encoded], reserved: bool = False
+    ) -> concurrent.futures.Future:
+        """Queue `rows` for `served`, taking one permit per row (ServeError as reserve()), or
+        with `reserved`, the len(rows) permits reserve() took (the job then owns them: they go
+        back when it has run or is cancelled; on a ServeError they are still the caller's)."""
+        if not reserved:
+            self.reserve(len(rows))
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                if not reserved:
+                    self._in_flight -= len(rows)
+                raise ServeError("Unhealthy", "the server is shutting down", err="shutdown")
             job = _Job(served, rows, future)
             self._queue.append(job)
             self._cond.notify()
@@ -228,25 +254,45 @@ class Batcher:
                 return [(batch[0].future, exc)]
         served = batch[0].served
         rows = [row for job in batch for row in job.rows]
+        # Only a batch of one job can hold more rows than max_batch_requests (_fits keeps the
+        # others out); its rows then run as consecutive batches of at most that many, so the
+        # limit holds per batch and per backend call (1: batch-size-1 serving), as TEI's
+        # per-input queue would have it.
+        step = self.config.max_batch_requests or len(rows)
         started = time.perf_counter()
-        self.metrics.batch_size.observe(len(rows))
-        self.metrics.batch_tokens.observe(sum(len(r.ids) for r in rows))
+        parts = []
         try:
-            outputs, calls, padding = served.execute(
-                rows, self.config.batch_invariant, self.config.max_batch_tokens
-            )
+            for first in range(0, len(rows), step):
+                chunk = rows[first : first + step]
+                self.metrics.batch_size.observe(len(chunk))
+                self.metrics.batch_tokens.observe(sum(len(r.ids) for r in chunk))
+                outputs, calls, padding = served.execute(
+                    chunk, self.config.batch_invariant, self.config.max_batch_tokens
+                )
+                self.metrics.backend_calls.inc(calls)
+                self.metrics.padding_tokens.inc(padding)
+                parts.append(outputs)
         except Exception as exc:  # noqa: BLE001 -- any failure is answered, never kills the server
             log.error("inference failed on a batch of %d inputs: %s", len(rows), exc)
             error = ServeError(
                 "Backend", f"Backend error: {type(exc).__name__}: {exc}", err="inference"
             )
             return [(job.future, error) for job in batch]
+        outputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         inference = time.perf_counter() - started
-        self.metrics.backend_calls.inc(calls)
-        self.metrics.padding_tokens.inc(padding)
         answers, start = [], 0
         for job in batch:
             part = outputs[start : start + len(job.rows)]
             start += len(job.rows)
-            answers.append((job.future, Result(part, started - job.enqueued, inference, len(rows))))
+            if not np.isfinite(part).all():
+                # A backend gone wrong (NaN or Inf outputs) is TEI's 424 Backend, never an answer
+                # that JSON cannot carry or a base64 vector of NaNs; the other jobs' rows stand.
+                log.error("the backend returned non-finite outputs for %d of %d inputs (%s)",
+                          int((~np.isfinite(part)).any(axis=-1).sum()), len(job.rows), served.name)
+                answers.append((job.future, ServeError(
+                    "Backend", "Backend error: the model returned NaN or infinite values",
+                    err="inference")))
+                continue
+            answers.append((job.future, Result(part, started - job.enqueued, inference,
+                                                min(step, len(rows)))))
         return answers

@@ -7,6 +7,7 @@ should not expose a model to everyone by accident.
 
 from __future__ import annotations
 
+import json
 import operator
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ __all__ = [
     "ServeConfig",
     "ServeConfigError",
     "ServeError",
+    "manifest_max_length",
     "server_stack",
 ]
 
@@ -110,6 +112,12 @@ class ServeConfig:
     golden_interval_s: float = 300.0
     payload_limit: int = 2_000_000
     graceful_timeout_s: float = 30.0
+    # How long an idle keep-alive connection stays open. Longer than the 60 s upstream idle
+    # timeout of common proxies and load balancers (nginx's keepalive_timeout, AWS ALB): a
+    # server that closes first (uvicorn's own default is 5 s) races the proxy's next request
+    # on that connection, which the proxy then answers 502. An idle connection costs a socket
+    # and a few kB; a drain closes idle ones at once.
+    keep_alive_timeout_s: float = 75.0
     # uvicorn's HTTP parser and event loop. "auto": httptools / uvloop when installed (the
     # [serve] extra installs them where wheels exist: x86_64, aarch64), else the pure-Python
     # h11 / asyncio. MiniLM INT8, 16 clients, 2-vCPU AVX-512 VNNI Xeon: batched requests 1.07-1.09x
@@ -137,7 +145,8 @@ class ServeConfig:
         # Finite and bounded: an infinite or NaN wait would park the worker (a wait it cannot
         # express: OverflowError) and every request with it.
         for name, most in (("max_batch_wait_ms", 60_000.0), ("golden_interval_s", 7 * 86_400.0),
-                           ("graceful_timeout_s", 3_600.0)):
+                           ("graceful_timeout_s", 3_600.0),
+                           ("keep_alive_timeout_s", 3_600.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
                 raise ServeConfigError(name, f"must be a number from 0 to {most:g}, got {value!r}")
@@ -186,3 +195,19 @@ def server_stack(config: ServeConfig) -> tuple[str, str]:
             raise EdgeRuntimeError(f"{name}={fast} needs the {fast} package: pip install {fast}")
         chosen.append(value)
     return chosen[0], chosen[1]
+
+
+def manifest_max_length(path: str | os.PathLike) -> int | None:
+    """The model's maximum input length as DIR/manifest.json records it (tokenizer.max_length),
+    read lightly, without loading or verifying anything: so that a --max-batch-tokens below it is
+    refused before the port is bound and the model loaded (seconds to minutes on a small board).
+    None when the manifest cannot be read or has no such field; the check after the load
+    (_reload.check_limits) covers those, and every reload."""
+    try:
+        with open(Path(path) / "manifest.json", encoding="utf-8") as file:
+            value = json.load(file)["tokenizer"]["max_length"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value

@@ -10,8 +10,10 @@ and normalization functions (edge_runtime/_text.py), so a vector served equals e
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,41 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
 
 
+def _lane(jobs: queue.SimpleQueue) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        fn, args, future = job
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 -- answered to whoever waits for it
+                future.set_exception(exc)
+        # Nothing of the job stays referenced while this thread waits for the next one: it would
+        # keep a reloaded-away model (its sessions) alive.
+        del job, fn, args, future
+
+
+class _Lanes:
+    """`count` daemon threads running the calls submitted to them, for Served's lanes. Not a
+    ThreadPoolExecutor: interpreter exit joins its threads, so a batch still running when a
+    drain gave up on it would hold the process for the whole batch (past --graceful-timeout,
+    into a service manager's SIGKILL). The threads end once their Served is freed (a reload)."""
+
+    def __init__(self, count: int):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(count):
+            threading.Thread(target=_lane, args=(self._jobs,), name=f"edge-serve-lane-{i}",
+                             daemon=True).start()
+        weakref.finalize(self, lambda jobs=self._jobs: [jobs.put(None) for _ in range(count)])
+
+    def submit(self, fn, *args) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, args, future))
+        return future
+
+
 class Served:
     """One loaded Model with its tokenizer, ready for the worker thread."""
 
@@ -45,8 +82,7 @@ class Served:
         # model.threads lanes side by side instead, each call on one core: a 15-token GEMM
         # splits poorly across threads. A lone row still gets every thread.
         self.lane_model = lane_model
-        self._lanes = (concurrent.futures.ThreadPoolExecutor(model.threads, thread_name_prefix="edge-serve-lane")
-                       if lane_model is not None else None)
+        self._lanes = _Lanes(model.threads) if lane_model is not None else None
         self.path = Path(path)
         self.generation = generation
         self.loaded_at = time.time()

@@ -162,7 +162,10 @@ class DriftMonitor:
         self.reset(manifest)
 
     def reset(self, manifest: dict[str, Any]) -> None:
-        """Start over for a newly loaded model (its own reference)."""
+        """Start over for a newly loaded model (its own reference). A series the new model goes
+        on exporting keeps its last value until the new model's inputs replace it (MIN_WINDOW of
+        them): cleared, edge_input_drift would vanish at every reload and alerts on it read "no
+        data". Series it will not export (another reference kind, no embeddings) go now."""
         stats = manifest.get("input_stats") or {}
         with self._lock:
             self._manifest_ref = {
@@ -171,12 +174,19 @@ class DriftMonitor:
             }
             self._warmup = {s: [] for s in self._manifest_ref}
             self._window = {s: collections.deque(maxlen=self.WINDOW) for s in self._manifest_ref}
-        self.metrics.drift.clear()
+        embeds = manifest.get("task", "feature-extraction") == "feature-extraction"
+        for labels in self.metrics.drift.series():
+            signal = labels["signal"]
+            kind = "manifest" if self._manifest_ref.get(signal) else "warmup"
+            if labels["reference"] != kind or (signal == "embedding_norm" and not embeds):
+                self.metrics.drift.discard(**labels)
 
     def observe(self, signal: str, values) -> None:
         with self._lock:
             warm = self._warmup[signal]
             for value in values:
+                if not math.isfinite(value):  # a backend gone wrong says nothing of the inputs
+                    continue
                 if len(warm) < self.REFERENCE:
                     warm.append(float(value))
                 else:

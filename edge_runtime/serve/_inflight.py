@@ -23,12 +23,16 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Drained:
     """How a stopped server's drain ended: `dropped` requests were still unanswered when
-    graceful_timeout_s ran out (`seconds` after `signal`, the first stop signal's number) and
-    were answered 503 unfinished; dropped == 0 when every request was answered."""
+    graceful_timeout_s ran out or a second stop signal came (`seconds` after `signal`, the first
+    stop signal's number) and were answered 503 unfinished; dropped == 0 when every request was
+    answered. `abandoned`: a batch was still running in the backend when the server stopped
+    waiting for it; the process should then end with os._exit (edge-serve does), since
+    interpreter finalization would wait for that batch or abort under it."""
 
     signal: int | None
     dropped: int
     seconds: float | None = None
+    abandoned: bool = False
 
 
 class ClientGone(Exception):

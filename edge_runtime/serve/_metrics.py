@@ -20,7 +20,11 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["Registry", "duration_buckets", "power_buckets"]
+__all__ = ["FAILURE_LABELS", "Registry", "duration_buckets", "power_buckets"]
+
+# te_request_failure's err labels (docs/serve.md, Errors): TEI's, plus disconnect.
+FAILURE_LABELS = ("validation", "batch_size", "tokenization", "model_type", "inference",
+                  "overloaded", "shutdown", "worker", "disconnect")
 
 
 def duration_buckets() -> list[float]:
@@ -110,6 +114,17 @@ class Gauge(_Metric):
         with self._lock:
             self._series.clear()
 
+    def discard(self, **labels: str) -> None:
+        """Drop one series (if shown)."""
+        key = self._key(labels)
+        with self._lock:
+            self._series.pop(key, None)
+
+    def series(self) -> list[dict[str, str]]:
+        """The label sets shown now."""
+        with self._lock:
+            return [dict(zip(self.labelnames, key)) for key in self._series]
+
     def value(self, **labels: str) -> float | None:
         with self._lock:
             return self._series.get(self._key(labels))
@@ -129,7 +144,11 @@ class Histogram(_Metric):
         self.buckets = sorted(float(b) for b in buckets)
 
     def observe(self, value: float, **labels: str) -> None:
+        """Count `value`; a NaN or infinite one is skipped: it would turn _sum into NaN or Inf
+        for the rest of the process's life (no later value brings it back)."""
         key = self._key(labels)
+        if not math.isfinite(value):
+            return
         with self._lock:
             counts, total = self._series.get(key) or ([0] * (len(self.buckets) + 1), [0.0])
             index = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
@@ -274,6 +293,18 @@ class ServeMetrics:
         self.temperature = r.gauge(
             "edge_cpu_temperature_celsius", "Thermal zone temperatures", ["zone"]
         )
+        # Labelled counters show every label value they are known to take at 0 from the start:
+        # a series first seen already at N reads as no increase to rate()/increase(), so
+        # `rate(te_request_failure{err="overloaded"}[5m]) > 0` would miss the first burst.
+        for method in ("single", "batch"):
+            self.request_count.inc(0, method=method)
+            self.request_success.inc(0, method=method)
+        for err in FAILURE_LABELS:
+            self.request_failure.inc(0, err=err)
+        for result in ("pass", "fail"):
+            self.golden_runs.inc(0, result=result)
+        for result in ("success", "failure"):
+            self.reloads.inc(0, result=result)
         r.on_collect(self._device)
 
     def _device(self) -> None:

@@ -88,7 +88,19 @@ def run(config: ServeConfig, service: Service | None = None) -> Drained:
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # the drain's clock starts at the first signal
             service.stop_requested(sig)
-            super().handle_exit(sig, frame)
+            if not self.should_exit:
+                super().handle_exit(sig, frame)
+                return
+            # A second signal during the drain (Ctrl-C twice, `systemctl kill` after `stop`):
+            # cut now, as the drain's timeout would (503s, counted, one line, 130/143). Not
+            # uvicorn's force exit: it skips the app's shutdown and cancels the requests
+            # itself, each a bare 500 with a traceback, and the drain then looks clean.
+            self._captured_signals.append(sig)  # uvicorn re-raises these once it has stopped
+            log.warning("%s during the drain: stopping now", signal.Signals(sig).name)
+            try:  # a signal handler runs between two bytecodes of the loop: wake it safely
+                asyncio.get_running_loop().call_soon_threadsafe(service.cut, sig)
+            except RuntimeError:  # no loop running: nothing in flight to cut
+                pass
 
         async def shutdown(self, sockets=None):
             # Our cut comes before uvicorn's (timeout_graceful_shutdown, below), which would
@@ -110,6 +122,7 @@ def run(config: ServeConfig, service: Service | None = None) -> Drained:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=config.graceful_timeout_s + UVICORN_BACKSTOP_S,
+            timeout_keep_alive=config.keep_alive_timeout_s,
             # Connections beyond the permits would only queue in the kernel; the 429 comes from the
             # permits (max_concurrent_requests), not from refusing sockets.
             backlog=2048,
@@ -120,12 +133,16 @@ def run(config: ServeConfig, service: Service | None = None) -> Drained:
         log.info("SIGHUP: reloading %s", service.reloader.path)
         service.reloader.request()
 
+    said: list[int] = []
+
     def _stopped(signum, frame):
-        # uvicorn re-raises the signal that stopped it once it has drained; the drain is over,
+        # uvicorn re-raises each signal that stopped it once it has drained; the drain is over,
         # so the process ends by returning (the caller picks the exit status from run()'s
-        # Drained) instead of being killed by the default handler.
-        if not service.inflight.dropped:  # else Service.stop() has said what was dropped
-            log.info("drained; exiting after %s", signal.Signals(signum).name)
+        # Drained) instead of being killed by the default handler. Said once, after the first.
+        if not service.inflight.dropped and not said:  # else Service.stop() said what was dropped
+            first = service.drained().signal or signum
+            log.info("drained; exiting after %s", signal.Signals(first).name)
+        said.append(signum)
 
     previous = {
         sig: signal.signal(sig, handler)

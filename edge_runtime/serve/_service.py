@@ -51,6 +51,9 @@ class Service:
         self._stop_requested_at: float | None = None
         self._stop_signal: int | None = None
         self._cut_after: float | None = None  # seconds from the stop signal to the drain's cut
+        self._finished = True  # False once stop() left a batch running in the backend
+        self._cut_by: int | None = None  # the second stop signal that cut the drain short
+        self._hurry = False  # set by cut(): no more waiting for the queue, only for the batch
         self._show(served)
         self.watchdog.loaded(served)
 
@@ -80,11 +83,13 @@ class Service:
         """Seconds of graceful_timeout_s left since the stop signal."""
         return max(0.0, self.config.graceful_timeout_s - self._spent())
 
-    def cut(self) -> None:
-        """The drain's time is up (on the event loop): every request still being handled is
-        answered 503 now, and its queued inputs are dropped unrun."""
+    def cut(self, second_signal: int | None = None) -> None:
+        """The drain's time is up, or `second_signal` said to stop now (on the event loop): every
+        request still being handled is answered 503 now, and its queued inputs are dropped unrun."""
+        self._hurry = True
         if self.inflight.cut() and self._cut_after is None:
             self._cut_after = self._spent()
+            self._cut_by = second_signal
 
     def stop(self) -> None:
         """Finish every queued input, then stop the worker and the watchdog, within what is left
@@ -93,14 +98,20 @@ class Service:
         self.draining = True
         self.watchdog.stop()
         spent = self._spent()
-        budget = max(1.0, self.config.graceful_timeout_s - spent)
-        finished = self.batcher.close(budget)
+        # After a cut (the drain's time ran out, or a second signal said to stop now) only the
+        # batch still running gets its second; otherwise what is left of graceful_timeout_s.
+        left = self.config.graceful_timeout_s - spent
+        budget = 1.0 if self._hurry else max(1.0, left)
+        finished = self._finished = self.batcher.close(budget)
         dropped = self.inflight.dropped
         if dropped:
             after = f" after {signal.Signals(self._stop_signal).name}" if self._stop_signal else ""
+            how = (f"drain cut short by a second {signal.Signals(self._cut_by).name}"
+                   if self._cut_by else "drain timed out")
             log.error(
-                "drain timed out %.1f s%s: %d request%s dropped unfinished "
+                "%s %.1f s%s: %d request%s dropped unfinished "
                 "(answered 503 Unhealthy)%s",
+                how,
                 spent if self._cut_after is None else self._cut_after,
                 after,
                 dropped,
@@ -112,7 +123,8 @@ class Service:
 
     def drained(self) -> Drained:
         """How the drain ended (after stop())."""
-        return Drained(self._stop_signal, self.inflight.dropped, self._cut_after)
+        return Drained(self._stop_signal, self.inflight.dropped, self._cut_after,
+                       abandoned=not self._finished)
 
     def _swapped(self, served: Served) -> None:
         self.drift.reset(served.model.manifest)
@@ -150,15 +162,27 @@ class Service:
         """Tokenize `texts` for the serving model, queue them, wait for their batch."""
         served = self.slot.current
         served.require(route)
-        started = time.perf_counter()
-        if sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
-            # Off the event loop: a 2 MB text takes ~2 s to tokenize, and every other route
-            # (/health included) would wait for it.
-            rows = await asyncio.to_thread(served.tokenize, texts, truncate, openai)
-        else:  # a thread hop costs more than tokenizing a few sentences
-            rows = served.tokenize(texts, truncate, openai)
-        tokenization = time.perf_counter() - started
-        result = await asyncio.wrap_future(self.batcher.submit(served, rows))
+        # The permits first, as TEI takes them: with none left the answer is an immediate 429,
+        # not one after a tokenization (seconds for a 2 MB body) that competes with the
+        # admitted requests for the same cores. They are the job's once submitted; until then
+        # (a failed tokenization, a client gone, the drain's cut) they are given back here.
+        self.batcher.reserve(len(texts))
+        submitted = False
+        try:
+            started = time.perf_counter()
+            if sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
+                # Off the event loop: a 2 MB text takes ~2 s to tokenize, and every other route
+                # (/health included) would wait for it.
+                rows = await asyncio.to_thread(served.tokenize, texts, truncate, openai)
+            else:  # a thread hop costs more than tokenizing a few sentences
+                rows = served.tokenize(texts, truncate, openai)
+            tokenization = time.perf_counter() - started
+            future = self.batcher.submit(served, rows, reserved=True)
+            submitted = True
+        finally:
+            if not submitted:
+                self.batcher.release(len(texts))
+        result = await asyncio.wrap_future(future)
         lengths = [len(r.ids) for r in rows]
         for length in lengths:
             self.metrics.input_length.observe(length)
