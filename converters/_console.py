@@ -7,7 +7,10 @@ Two parts, both used by the CLI only (the pipeline stays free of terminal I/O):
   progress callback: a plain message "label done/total", so any callback (a test's list, a
   caller's print) reads it as text, and a prefix added on the way ("[tflite-int4] ...") keeps
   it recognizable. `ProgressPrinter` turns such messages into one updating bar line on a
-  terminal, or a line every ~10 % / ~10 s otherwise, each with the elapsed time and an ETA.
+  terminal, or a line every ~10 % / ~10 s otherwise, each with the elapsed time and an ETA. A
+  loop that ends before its total (early stopping, a walk that finds no further step) says so
+  with `stopped(label, done, total)` ("label done/total, stopped early"): the count ends there,
+  rather than a bar and an ETA staying on screen for steps that never come, or a "total/total".
   (Our own ~60-line printer, not tqdm: tqdm's bar would need its own wiring for the non-TTY
   throttling and the elapsed-time prefix of our other lines, and the converter should not depend
   on a package it only reaches through torch and transformers.)
@@ -39,9 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["Capture", "ProgressPrinter", "captured_output", "count", "parse_count", "quiet_loggers"]
+__all__ = ["Capture", "ProgressPrinter", "captured_output", "count", "parse_count", "parse_stopped", "quiet_loggers",
+           "stopped"]
 
 _COUNT = re.compile(r"^(?P<label>.*?)\s*(?P<done>\d+)/(?P<total>\d+)$")
+_STOPPED_SUFFIX = ", stopped early"
 
 
 def count(label: str, done: int, total: int) -> str:
@@ -59,6 +64,19 @@ def parse_count(message: str) -> tuple[str, int, int] | None:
     if total < 1 or done > total:
         return None
     return " ".join(match["label"].split()), done, total
+
+
+def stopped(label: str, done: int, total: int) -> str:
+    """A progress message saying that the count `label` ended after `done` of `total` steps."""
+    return count(label, done, total) + _STOPPED_SUFFIX
+
+
+def parse_stopped(message: str) -> tuple[str, int, int] | None:
+    """(label, done, total) of a `stopped` message, possibly prefixed, or None for any other."""
+    message = message.strip()
+    if not message.endswith(_STOPPED_SUFFIX):
+        return None
+    return parse_count(message[: -len(_STOPPED_SUFFIX)])
 
 
 @contextlib.contextmanager
@@ -123,11 +141,14 @@ class ProgressPrinter:
 
     def __call__(self, message: str) -> None:
         parsed = parse_count(message)
+        ended = parse_stopped(message) if parsed is None else None
         with self._lock:
-            if parsed is None:
-                self.line(message)
-            else:
+            if parsed is not None:
                 self._tick(*parsed)
+            elif ended is not None and self._count is not None and self._count.label == ended[0]:
+                self._stop(ended[1])
+            else:
+                self.line(message)
 
     def eta(self) -> float | None:
         """Seconds left in the current count, from its average pace so far (None: no pace yet)."""
@@ -187,10 +208,19 @@ class ProgressPrinter:
         if finished:
             self._count = None
 
-    def _render(self, current: _Count) -> str:
+    def _stop(self, done: int) -> None:
+        """The current count ended early at `done`: its last line says so, and it is over."""
+        current = self._count
+        current.done = min(max(done, 0), current.total)
+        self._clear_bar()
+        self._write(self._render(current, "stopped early") + "\n")
+        self._bar_shown = False
+        self._count = None
+
+    def _render(self, current: _Count, left: str | None = None) -> str:
         now = self.clock()
         eta = self.eta()
-        left = (
+        left = left or (
             "ETA ?"
             if eta is None
             else ("done" if current.done == current.total else f"ETA {_duration(eta)}")

@@ -109,6 +109,9 @@ def prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest
                               f"pruned for {profile.id}: pass prune=... too")
     if request is not None and not profile.pruning.artifacts:
         raise ConversionError(f"profile {profile.id} names no artifacts to prune ([pruning] artifacts)")
+    if request is not None and request.auto and profile.pruning.max_heads == profile.pruning.max_ffn == 0.0:
+        raise ConversionError(f"prune=auto may remove nothing for {profile.id}: its [pruning] max_heads and max_ffn "
+                              "are both 0; raise them in the profile, or give fixed shares (prune=heads=R,ffn=R)")
     if request is not None and request.auto:
         # auto keeps steps whose pruned FP32 model holds the floor plus a margin for quantization:
         # at 1 or more that is exact equality, which no pruned model reaches.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step, open_session
+from converters._artifacts import BUILDERS, MIN_RUNTIME, Built, Step
 from converters._errors import AccuracyError, ConversionError, ConversionInterrupted
 from converters._shared import SharedInputs, artifact_key
 from converters.core.arithmetic import ValidationSessions
@@ -39,7 +39,8 @@ from converters.packaging import golden as golden_samples
 from converters.packaging import package, signing
 from converters.packaging.input_stats import input_stats
 from converters.packaging.timing import time_delivered, timing_feeds
-from converters.pruning.prune_model import PruneRequest, check_request_fits
+from converters.pruning.prune_model import check_request_fits
+from converters.pruning.twins import not_built, pruned_step, twin_reason
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._compat import arithmetic_problem
 from edge_runtime._contention import worst_share
@@ -188,48 +189,6 @@ def _package(fmt: str, built: Built, stage: Path, name: str) -> list[dict[str, A
     return [package.file_entry(stage, target)]
 
 
-# The pruned ONNX export must score what the pruned PyTorch model scored (an export check, like
-# the unpruned FP32 export's against its floor): a larger difference is an export bug.
-PRUNED_EXPORT_TOLERANCE = 1e-3
-
-
-def _pruned_step(shared: SharedInputs, step: Step, profile: TargetProfile, request: PruneRequest,
-                 refused: list[dict[str, str]], distill_steps: int) -> tuple[Step, SharedInputs, dict[str, int]] | None:
-    """The Step the pruned twins are built with (the pruned source, its export, the pruning
-    floor; the unpruned references), or None when `auto` found no pruning that keeps the floor:
-    then every twin is recorded as refused with the reason."""
-    try:
-        pruned = shared.pruned(request, profile.pruning, step.progress, distill_steps)
-    except AccuracyError as exc:
-        step.progress(f"[pruned] REFUSED: {exc}")
-        refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": str(exc)}
-                       for p in pruned_plan(profile))
-        return None
-    below = floor_failures(pruned.pruning["pytorch_metrics"], profile.pruning.floor)
-    if below:  # no quantization search can make up what the pruned FP32 model already lost
-        reason = (f"the pruned PyTorch FP32 model is already below the pruning floor ({'; '.join(below)}): "
-                  "remove smaller shares (prune=...), distil (distill_steps=N) or lower prune_floor")
-        step.progress(f"[pruned] REFUSED: {reason}")
-        # With the pruning record (plan, FLOPs, generalization, distillation): what the user
-        # chooses smaller shares or distillation from, minutes of work not lost with the terminal.
-        refused.extend({"name": p.name, "format": p.format, "precision": p.precision, "reason": reason,
-                        "pruning": pruned.pruning} for p in pruned_plan(profile))
-        return None
-    fp32_path, fused_ops = pruned.onnx_export(profile, step.progress)
-    work = step.work / "pruned"
-    work.mkdir(parents=True, exist_ok=True)
-    onnx = compute_metrics(pruned.source, step.reference, open_session("onnx", fp32_path).run, "pruned ONNX FP32")
-    torch_metrics = pruned.pruning["pytorch_metrics"]
-    differ = [f"{k}: PyTorch {v:.6f}, ONNX {onnx.get(k, float('nan')):.6f}" for k, v in torch_metrics.items()
-              if not abs(v - onnx.get(k, float("nan"))) <= PRUNED_EXPORT_TOLERANCE]
-    if differ:
-        raise ConversionError("the ONNX export of the pruned model disagrees with the pruned PyTorch model ("
-                              + "; ".join(differ) + "): an export bug, please report it with the model config")
-    return (dataclasses.replace(step, source=pruned.source, floor=profile.pruning.floor, work=work,
-                                fp32_path=fp32_path, cache=pruned.cache, exports=pruned.work),
-            pruned, fused_ops)
-
-
 def _shipped_model(step: Step, stage: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> Model:
     """The packaged artifact as edge_runtime opens it (load(..., verify=False, device_cache=False,
     tune=False)), after checking its files are the bytes the manifest records. An ONNX INT8/INT4
@@ -275,7 +234,8 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         else:
             shared.check(config)
         source = shared.source
-        check_request_fits(prune_request, source)  # a share that rounds to nothing: before any artifact
+        # A request that can remove nothing from this model: refused before any artifact.
+        check_request_fits(prune_request, source, profile.pruning)
         # Before any work for this target: room for its artifacts and the work directory.
         disk = preflight.check_disk_space(profile, source, config.out, pruned=prune_request is not None)
         progress(f"disk space: {disk.describe()}: enough free")
@@ -313,9 +273,11 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 built = inputs.build(step, planned, key, BUILDERS[(fmt, precision)])
             except AccuracyError as exc:
                 # Never shipped silently: the artifact is left out, the reason is recorded and
-                # printed, and the artifacts that do pass are still delivered.
-                progress(f"[{name}] REFUSED: {exc}")
-                refused.append({"name": name, "format": fmt, "precision": precision, "reason": str(exc)})
+                # printed, and the artifacts that do pass are still delivered. A twin's advice
+                # names the pruning floor and shares, which are what it is judged by.
+                reason = twin_reason(str(exc)) if planned.pruned else str(exc)
+                progress(f"[{name}] REFUSED: {reason}")
+                refused.append({"name": name, "format": fmt, "precision": precision, "reason": reason})
                 return
             progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in built.metrics.items()))
 
@@ -341,6 +303,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                     (stage / entry_file["path"]).unlink(missing_ok=True)
                 reason = ("meets the accuracy floor in padded batches of 16 but not run a text at a time, as "
                           "Model.embed/classify run it: " + "; ".join(alone_failures))
+                reason = twin_reason(reason) if planned.pruned else reason
                 progress(f"[{name}] REFUSED: {reason}")
                 refused.append({"name": name, "format": fmt, "precision": precision, "reason": reason})
                 return
@@ -374,7 +337,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         interrupted = False
         if prune_request is not None:
             try:
-                pruned = _pruned_step(shared, step, profile, prune_request, refused, config.distill_steps)
+                pruned = pruned_step(shared, step, profile, prune_request, refused, config.distill_steps)
                 for planned in pruned_plan(profile) if pruned is not None else ():
                     deliver(planned, pruned[0], pruned[1], profile.pruning.floor, pruned[2])
             except KeyboardInterrupt:
@@ -384,7 +347,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                     raise
                 interrupt_handled()
                 interrupted = True
-                _not_built(profile, stage, entries, refused, progress)
+                not_built(profile, stage, entries, refused, progress)
         if not entries:
             raise AccuracyError("no artifact met the accuracy floor:\n" + "\n".join(r["reason"] for r in refused))
         # Latency is this machine's (informational): its own kernels on the packaged files, all
@@ -430,21 +393,6 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
     if interrupted:
         raise ConversionInterrupted(result)
     return result
-
-
-def _not_built(profile: TargetProfile, stage: Path, entries: list[dict], refused: list[dict],
-               progress: Progress) -> None:
-    """Record the pruned twins an interruption left unbuilt (in the manifest's `refused`, with why)
-    and remove what the one being packaged had written (NAME.* and golden/NAME.npz)."""
-    done = {entry["name"] for entry in entries} | {entry["name"] for entry in refused}
-    for planned in pruned_plan(profile):
-        if planned.name not in done:
-            for path in [*stage.glob(f"{planned.name}.*"), stage / "golden" / f"{planned.name}.npz"]:
-                path.unlink(missing_ok=True)
-            refused.append({"name": planned.name, "format": planned.format, "precision": planned.precision,
-                            "reason": "not built: the conversion was interrupted (Ctrl-C or SIGTERM) while pruning"})
-    progress(f"interrupted while pruning: packaging the {len(entries)} artifact(s) already built "
-             "(Ctrl-C again drops them)")
 
 
 @dataclass

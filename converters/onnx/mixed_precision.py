@@ -137,9 +137,12 @@ def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, 
                      shortfall=lambda m: floor_shortfall(m, floor, ("top1_agreement",)))
         result = greedy_search(space, goal, move="kept FP32", progress=progress, start_metrics=metrics)
     except SearchExhausted as exc:
-        raise AccuracyError(
-            f"{name} {exc}. Lower the floor (accuracy_floor), or ship FP32 only for this model."
-        ) from exc
+        # A pruned twin ("...-pruned") is held to the pruning floor and has no FP32 twin: its
+        # levers are the pruning floor, the shares and distillation.
+        advice = ("Lower the pruning floor (prune_floor), remove smaller shares (prune=...) or distil the pruned "
+                  "model (distill_steps=N)." if name.endswith("-pruned")
+                  else "Lower the floor (accuracy_floor), or ship FP32 only for this model.")
+        raise AccuracyError(f"{name} {exc}. {advice}") from exc
     finally:
         probe.unlink(missing_ok=True)
     kept = list(space.nodes(result.moved))

@@ -31,8 +31,9 @@ __all__ = ["Scores", "magnitude", "plan", "score"]
 class Scores:
     heads: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [heads]
     neurons: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [neurons]
-    # obs_scores with a loss: kind ("heads" / "neurons") -> layer -> the weight its costs got
-    sensitivity: dict[str, dict[int, float]] = field(default_factory=dict)
+    # obs_scores: kind ("heads" / "neurons") -> layer -> the measured weight its costs got, None
+    # where nothing was measured (no loss given, that kind not pruned, a layer of one unit)
+    sensitivity: dict[str, dict[int, float | None]] = field(default_factory=dict)
 
 
 def score(model, batches: list[dict[str, np.ndarray]], input_names: list[str]) -> Scores:

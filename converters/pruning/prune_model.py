@@ -15,18 +15,22 @@ validation texts against the unpruned PyTorch FP32 outputs, like every other sea
 `auto` walks up from nothing pruned: each step tries one more twelfth of the heads and one more
 tenth of the FFN neurons (separately), keeps the candidate that loses the least validation
 cosine per FLOP removed among those that keep the floor plus `margin` (room for quantization
-afterwards), and stops when neither does or the profile's maxima are reached.
+afterwards), and stops when neither does or the profile's maxima are reached. It chooses on the
+validation texts, the same texts the twin is then judged on: its figures lean optimistic (the
+manifest's `pruning.chosen_on` says so, as distillation's `chosen_on` does for early stopping).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from converters._console import count, stopped
 from converters._errors import AccuracyError, ConversionError
 from converters.core.validate import Reference, compute_metrics, floor_failures
 from converters.inputs.source import SourceModel
@@ -175,37 +179,65 @@ def _graded_loss(metrics: dict[str, float]) -> float:
 
 
 def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, float],
-                   fit_texts: int) -> dict[str, Any]:
+                   fit_texts: int, fit_rows: int | None = None) -> dict[str, Any]:
     """How the pruned, re-fitted model scores on the texts it was fitted on against the validation
     texts, with a note when the gap says the re-fit over-fitted them. Slicing alone scores the
     same on both (RESULTS.md run X): a gap is the least-squares re-fit learning its few hundred
     texts. More texts narrow it slowly (MiniLM at heads 0.33 / FFN 0.5: validation cosine 0.840,
     0.863, 0.873 from 68, 135, 270 fit texts; copies of the fit texts with words shuffled or cut
-    add at most 0.004: RESULTS.md run Y); distillation added 0.024 there (run X)."""
+    add at most 0.004: RESULTS.md run Y); distillation added 0.024 there (run X).
+
+    `fit_texts`: how many distinct texts the re-fit saw; `fit_rows`: how many it read, repeats
+    included (None: no repeats). A file of 4 texts each repeated 40 times gives the re-fit 4 texts
+    to learn, not 160: the count the note's advice (more texts) is about."""
     gap = _loss(validation_metrics) - _loss(fit_metrics)
+    rows = fit_texts if fit_rows is None else fit_rows
     record: dict[str, Any] = {"fit": fit_metrics, "validation": validation_metrics, "fit_texts": fit_texts,
-                              "gap": round(gap, 6), "note": None}
+                              "fit_rows": rows, "gap": round(gap, 6), "note": None}
     if gap > OVERFIT_GAP:
         name = _headline(fit_metrics)
+        said = (f"{fit_texts} distinct fit texts ({rows} with repeats)" if rows != fit_texts
+                else f"{fit_texts} fit texts")
         record["note"] = (
-            f"the re-fit over-fits its {fit_texts} fit texts ({name} {fit_metrics[name]:.4f} on them, "
+            f"the re-fit over-fits its {said} ({name} {fit_metrics[name]:.4f} on them, "
             f"{validation_metrics[name]:.4f} on the validation texts); what narrows it: a smaller pruning "
             "share most, distillation (--distill-steps N) next, more unlabeled texts from the model's domain "
             "as calibration texts (--calibration FILE) slowly")
     return record
 
 
-def check_request_fits(request: PruneRequest | None, source: SourceModel) -> None:
-    """Before any work: a fixed share that rounds to no head and no neuron of this model (the
-    counts are the config's) would fail only after the unpruned artifacts were built."""
-    if request is None or request.auto:
+def _removable(share: float, layers: int, per_layer: int) -> int:
+    """How many of `layers` x `per_layer` units a share removes: shares round to whole units of
+    all of them (importance.plan), and every layer keeps at least one (obs_scores' greedy)."""
+    return min(round(share * layers * per_layer), layers * max(per_layer - 1, 0))
+
+
+def check_request_fits(request: PruneRequest | None, source: SourceModel,
+                       options: PruningOptions | None = None) -> None:
+    """Before any work: a request that can remove no head and no neuron of this model (the
+    counts are the config's) would fail only after the unpruned artifacts were built. A fixed
+    share is checked as given; `auto` (with `options`) at the profile's maximum shares."""
+    if request is None or (request.auto and options is None):
         return
-    heads, neurons = source.num_layers * source.num_heads, source.num_layers * source.intermediate_size
-    if round(request.heads * heads) == 0 and round(request.ffn * neurons) == 0:
+    layers, per_head, per_ffn = source.num_layers, source.num_heads, source.intermediate_size
+    heads, neurons = layers * per_head, layers * per_ffn
+    shares = (options.max_heads, options.max_ffn) if request.auto else (request.heads, request.ffn)
+    if _removable(shares[0], layers, per_head) or _removable(shares[1], layers, per_ffn):
+        return
+    counts = (f"{heads} heads and {neurons} FFN neurons in all, {layers} layers; every layer keeps at least one "
+              "head and one neuron")
+    if request.auto:
         raise ConversionError(
-            f"prune={request.describe()} removes nothing from this model ({heads} heads and {neurons} FFN neurons "
-            f"in all: a share removes one above heads={0.5 / heads:.2g} or ffn={0.5 / neurons:.2g}): "
-            "ask for larger shares, or leave pruning off")
+            f"prune=auto: nothing in this model can be pruned up to the profile's maximum shares (max_heads "
+            f"{options.max_heads:g}, max_ffn {options.max_ffn:g} of {counts}): leave pruning off"
+            + ("" if per_head > 1 or per_ffn > 1 else "; no share of this model would remove anything"))
+    # Where one more unit could go, the smallest share that removes it.
+    larger = [f"{name}={0.5 / total:.2g}" for name, total, per_layer in
+              (("heads", heads, per_head), ("ffn", neurons, per_ffn)) if per_layer > 1]
+    raise ConversionError(
+        f"prune={request.describe()} removes nothing from this model ({counts}"
+        + (f": a share removes one above {' or '.join(larger)}" if larger else ", so none can go") + "): "
+        + ("ask for larger shares, or leave pruning off" if larger else "leave pruning off"))
 
 
 def _check_removes_something(scores: Scores, request: PruneRequest) -> None:
@@ -242,6 +274,20 @@ def _auto_moves(scores: Scores, state: tuple[float, float], options: PruningOpti
     return moves
 
 
+def _most_candidates(options: PruningOptions) -> int:
+    """At most how many candidates --prune auto builds: each round of its walk tries one move per
+    axis below its maximum, and every round but the last takes at least one AUTO_STEPS step on
+    one axis (what the progress count's total and ETA are: an upper bound, the walk may stop sooner)."""
+    rounds = sum(math.ceil(round(most / step, 9))
+                 for step, most in zip(AUTO_STEPS, (options.max_heads, options.max_ffn)))
+    return 2 * rounds
+
+
+def _unused_distillation(distill_steps: int) -> str:
+    return (f" (distill_steps={distill_steps} was not used: there is no pruned model to distil)"
+            if distill_steps > 0 else "")
+
+
 def _floor_text(options: PruningOptions) -> str:
     return (f"cosine mean {options.cosine_mean}, min {options.cosine_min} for embeddings; top-1 agreement "
             f"{options.top1_agreement} for classifiers; + margin {options.margin}")
@@ -269,7 +315,8 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     """`source` pruned as `request` says (see the module docstring), then, with `distill_steps`,
     distilled from the unpruned model on the fit texts (distill.py). Fixed ratios are delivered
     whatever they score (the pruned artifacts are judged against the floor when built); `auto`
-    raises AccuracyError naming every step tried when not even the first step keeps the floor."""
+    raises AccuracyError naming every step tried when not even the first step keeps the floor,
+    and ConversionError when no step of it would remove anything (nothing was tried)."""
     progress("pruning: ordering heads and FFN neurons by least-squares removal cost on the fit texts (no labels)")
     upto = (request.heads, request.ffn) if not request.auto else (options.max_heads, options.max_ffn)
     # Layer sensitivities are measured at the requested shares; `auto` does not know its answer
@@ -282,7 +329,10 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     quiet: Progress = lambda m: None  # noqa: E731  (per-layer re-fit lines only for a fixed request)
     tried: list[dict[str, Any]] = []
     if not request.auto:
-        _check_removes_something(scores, request)
+        try:
+            _check_removes_something(scores, request)
+        except ConversionError as exc:
+            raise ConversionError(f"{exc}{_unused_distillation(distill_steps)}") from None
         progress(f"pruning {request.describe()}: slicing and re-fitting layer by layer")
         pruned, report, metrics = _candidate(source, scores, request.heads, request.ffn, fit, validation, progress)
         chosen = (request.heads, request.ffn)
@@ -290,6 +340,13 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         target = _margin_floor(options.floor, options.margin)
         state, best = (0.0, 0.0), None
         loss_now, flops_now = 0.0, flops_before
+        # Each candidate is a full prune and re-fit (minutes on a real model): a count with an
+        # ETA over the walk's longest length, ended early when it stops sooner.
+        label, most = "pruning auto: candidate", _most_candidates(options)
+        if most:
+            progress(f"pruning auto: walking up by steps of 1/12 of the heads or 1/10 of the FFN neurons, at most "
+                     f"{most} candidates, each pruned, re-fitted and scored on the validation texts")
+            progress(count(label, 0, most))
         while True:
             results = []
             for heads, ffn in _auto_moves(scores, state, options):
@@ -301,6 +358,7 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
                 progress(f"pruning auto: heads {heads:.2f} ffn {ffn:.2f} -> {flops / flops_before:.3f}x FLOPs, "
                          + ", ".join(f"{k} {v:.4f}" for k, v in candidate[2].items())
                          + ("" if ok else " (below the floor + margin)"))
+                progress(count(label, min(len(tried), most), most))
                 if ok:  # accuracy lost per FLOP removed by this step
                     cost = (_graded_loss(candidate[2]) - loss_now) / max(flops_now - flops, 1)
                     results.append((cost, (heads, ffn), candidate, flops))
@@ -308,13 +366,26 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
                 break
             _, state, candidate, flops_now = min(results, key=lambda r: r[0])
             loss_now, best = _graded_loss(candidate[2]), (state, candidate)
+        if most and len(tried) < most:
+            progress(stopped(label, len(tried), most))
+        if not tried:  # not an accuracy matter: no step of the walk removes a unit
+            raise ConversionError(
+                f"--prune auto: nothing in this model can be pruned up to the profile's maximum shares (max_heads "
+                f"{options.max_heads:g}, max_ffn {options.max_ffn:g}): every share up to them rounds to no head or "
+                "neuron beyond the one each layer keeps; leave pruning off" + _unused_distillation(distill_steps))
         if best is None:
-            raise AccuracyError(f"--prune auto: no pruning keeps the pruning floor ({_floor_text(options)}) on the "
-                                "validation texts; tried " + "; ".join(_tried_text(t) for t in tried))
+            first = tried[0]
+            raise AccuracyError(
+                f"--prune auto: no pruning keeps the pruning floor ({_floor_text(options)}) on the validation texts; "
+                "tried " + "; ".join(_tried_text(t) for t in tried) + ". auto judges each step before any "
+                "distillation: lower prune_floor, or ask for a step as fixed shares with distillation to recover "
+                f"it (e.g. prune=heads={first['heads']:g},ffn={first['ffn']:g} with distill_steps=N)"
+                + _unused_distillation(distill_steps))
         chosen, (pruned, report, metrics) = best
+    rows = sum(len(feeds["attention_mask"]) for feeds in fit.batches)
     fitted = generalization(compute_metrics(pruned, fit, torch_runner(source, pruned.module),
                                             "pruned PyTorch on its fit texts"), metrics,
-                            sum(len(feeds["attention_mask"]) for feeds in fit.batches))
+                            len(set(fit.texts)) if fit.texts else rows, rows)
     if fitted["note"]:
         progress(f"pruning: note: {fitted['note']}")
     distillation = None
@@ -339,9 +410,9 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         # What was removed: each layer keeps at least one head and one neuron, so a large request
         # removes less than it asks (heads 0.9 of 4 per layer removes 0.75).
         "removed": removed,
-        "criterion": "least-squares removal cost (structured Optimal Brain Surgeon, global greedy; layers weighted "
-                     "by their measured output sensitivity; fit texts, no labels)",
-        "layer_sensitivity": {kind: {str(layer): round(w, 6) for layer, w in weights.items()}
+        "criterion": _criterion(scores),
+        # None: not measured (that kind not pruned, or a layer of one unit, which it keeps).
+        "layer_sensitivity": {kind: {str(layer): None if w is None else round(w, 6) for layer, w in weights.items()}
                               for kind, weights in scores.sensitivity.items()},
         "layers": report["layers"],
         "parameters_before": report["parameters_before"],
@@ -354,5 +425,19 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         # Before distillation: the re-fit's own texts against the validation texts.
         "generalization": fitted,
         "distillation": distillation,
+        # auto's step was chosen on the texts this twin's metrics are measured on (like
+        # distillation's early stopping): the figures lean optimistic; held-out texts do not.
+        "chosen_on": (f"the validation texts (the last step of auto's walk, {len(tried)} candidates, that kept the "
+                      "floor + margin there): this twin's validation metrics are not independent of that choice"
+                      if request.auto else "the request (fixed shares): no texts chose them"),
         **({"search": tried} if request.auto else {}),
     })
+
+
+def _criterion(scores: Scores) -> str:
+    """The manifest's criterion: layer weighting named only for the kinds it was measured for."""
+    measured = [kind for kind, weights in scores.sensitivity.items() if any(w is not None for w in weights.values())]
+    weighting = (f"layers' {' and '.join(measured)} costs weighted by their measured output sensitivity"
+                 if measured else "layers unweighted (no output sensitivity measured)")
+    return (f"least-squares removal cost (structured Optimal Brain Surgeon, global greedy; {weighting}; fit texts, "
+            "no labels)")
