@@ -10,7 +10,8 @@ Per ratio pair, two allocations of the same obs criterion (converters/pruning/ob
   (obs_scores' loss=, what edge-convert uses)
 and, for each, the model sliced without any re-fit (how much the *choice* of units alone over-fits
 the fit texts), then the re-fit (converters/pruning/reconstruct.py) with the former ridge toward
-zero (damp 0.01) and pulled toward the kept weights at each --damps value. Cosine of the pooled
+zero (damp 0.01) and pulled toward the kept weights at each --damps value (the FFN output's pull;
+the attention output's is each --attention-damps value, default edge-convert's ATTENTION_DAMP). Cosine of the pooled
 embedding against the unpruned PyTorch FP32 model on the fit texts (what everything was fitted
 on), the validation texts (what settings are chosen on) and the benchmark's held-out texts
 (benchmarks/data/heldout_en.txt: reported, never used to choose).
@@ -96,6 +97,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.08/0.1,0.33/0.5", help="heads/ffn pairs")
     parser.add_argument("--damps", default="0.1,0.3,1.0", help="pulls toward the kept weights to compare")
+    parser.add_argument("--attention-damps", default=None,
+                        help="pulls of the attention-output projection toward its kept weights, each combined "
+                             "with every --damps value (default: reconstruct.ATTENTION_DAMP; 'same': --damps' own)")
     parser.add_argument("--allocations", default="equal layers,sensitivity",
                         help="comma-separated subset of: equal layers, sensitivity")
     parser.add_argument("--obs-damps", default=None,
@@ -115,7 +119,7 @@ def main() -> None:
     from converters.pruning.obs import DAMP as OBS_DAMP
     from converters.pruning.obs import obs_scores
     from converters.pruning.prune_model import output_loss, torch_runner
-    from converters.pruning.reconstruct import prune_and_reconstruct
+    from converters.pruning.reconstruct import ATTENTION_DAMP, prune_and_reconstruct
     from converters.pruning.surgery import prune
 
     allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
@@ -147,8 +151,12 @@ def main() -> None:
         extra = augmented(texts.fit.texts, group, vocabulary=_whole_words(base.tokenizer))
         seen.append((f"fit + {'+'.join(group)}", len(texts.fit.texts) + len(extra),
                      fit.batches + reference_outputs(base, extra).batches))
-    refits = [("none (sliced only)", None, False), ("toward zero, damp 0.01", 0.01, False)] + [
-        (f"toward kept, damp {float(d):g}", float(d), True) for d in args.damps.split(",")]
+    # (label, FFN damp, toward the kept weights, attention damp: None = the FFN's)
+    attention = ([None] if args.attention_damps == "same" else
+                 [float(a) for a in (args.attention_damps or str(ATTENTION_DAMP)).split(",")])
+    refits = [("none (sliced only)", None, False, None), ("toward zero, damp 0.01", 0.01, False, None)] + [
+        (f"toward kept, damp {float(d):g}" + ("" if a is None else f", attention {a:g}"), float(d), True, a)
+        for d in args.damps.split(",") for a in attention]
     rows = []
     for pair in args.ratios.split(","):
         heads, ffn = (float(v) for v in pair.split("/"))
@@ -160,7 +168,7 @@ def main() -> None:
                 keep = plan(scores, heads, ffn)
                 print(f"{heads:.2f}/{ffn:.2f} {allocation}, obs ridge {obs_damp:g}: scored in "
                       f"{time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
-                for (refit, damp, toward_kept), (label, count, batches) in itertools.product(refits, seen):
+                for (refit, damp, toward_kept, attention_damp), (label, count, batches) in itertools.product(refits, seen):
                     if not toward_kept and label != "fit":
                         continue  # the data variants are for edge-convert's re-fit (toward the kept weights)
                     module = copy.deepcopy(base.module)
@@ -168,9 +176,10 @@ def main() -> None:
                         prune(module, keep)
                     else:
                         prune_and_reconstruct(module, keep, batches, base.input_names, damp=damp,
-                                              toward_kept=toward_kept)
+                                              toward_kept=toward_kept, attention_damp=attention_damp)
                     row = {"heads": heads, "ffn": ffn, "allocation": allocation, "obs_damp": obs_damp,
                            "refit": refit, "damp": damp, "toward_kept": toward_kept,
+                           "attention_damp": damp if attention_damp is None else attention_damp,
                            "refit_texts": "-" if damp is None else f"{label} ({count})",
                            "neurons_removed": [len(scores.neurons[i]) - len(keep[i].neurons) for i in sorted(keep)],
                            "heads_removed": [len(scores.heads[i]) - len(keep[i].heads) for i in sorted(keep)],

@@ -319,12 +319,37 @@ def test_refit_is_pulled_toward_the_kept_weights_not_toward_zero(tiny_model_fact
     errors = {}
     for damp in (1e9, 0.3, 1e-6):
         model, _ = _case(tiny_model_factory, "bert")
-        report = prune_and_reconstruct(model.module, keep, fit, model.input_names, damp=damp)
+        report = prune_and_reconstruct(model.module, keep, fit, model.input_names, damp=damp, attention_damp=damp)
         errors[damp] = sum(e["reconstruction"]["ffn_error"][1] for e in report["layers"])
         if damp == 1e9:
             for want, got in zip(_outputs(sliced, heldout), _outputs(model, heldout)):
                 np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert errors[1e-6] <= errors[0.3] <= errors[1e9], errors
+
+
+def test_each_projection_is_pulled_with_its_own_strength(tiny_model_factory):
+    """attention_damp pulls the attention output, damp the FFN output: at an overwhelming pull on
+    one, its weights stay the sliced ones while the other is re-fitted, and the report records
+    both pulls (edge-convert's defaults differ: reconstruct.ATTENTION_DAMP, RESULTS.md run AQ)."""
+    from converters.pruning.reconstruct import ATTENTION_DAMP, DAMP, prune_and_reconstruct
+
+    source, batches = _case(tiny_model_factory, "bert")
+    keep = plan(score(source.module, batches, source.input_names), heads=0.5, ffn=0.5)
+    sliced, _ = _case(tiny_model_factory, "bert")
+    prune(sliced.module, keep)
+    for damp, attention_damp, frozen, refitted in ((1e9, 1e-3, "ffn_out", "attention_out"),
+                                                   (1e-3, 1e9, "attention_out", "ffn_out")):
+        model, _ = _case(tiny_model_factory, "bert")
+        report = prune_and_reconstruct(model.module, keep, batches, model.input_names, damp=damp,
+                                       attention_damp=attention_damp)
+        assert (report["reconstruction"]["damp"], report["reconstruction"]["attention_damp"]) == (damp, attention_damp)
+        for want, got in zip(find_layers(sliced.module), find_layers(model.module)):
+            np.testing.assert_allclose(getattr(got, frozen).weight.detach().numpy(),
+                                       getattr(want, frozen).weight.detach().numpy(), rtol=1e-5, atol=1e-6)
+            assert not np.allclose(getattr(got, refitted).weight.detach().numpy(),
+                                   getattr(want, refitted).weight.detach().numpy(), atol=1e-4)
+    default = prune_and_reconstruct(_case(tiny_model_factory, "bert")[0].module, keep, batches, source.input_names)
+    assert (default["reconstruction"]["damp"], default["reconstruction"]["attention_damp"]) == (DAMP, ATTENTION_DAMP)
 
 
 def test_layer_sensitivity_moves_removals_away_from_a_layer_the_output_depends_on(tiny_model_factory):

@@ -29,6 +29,13 @@ and 0.83 on the validation texts. Pulling toward the trained weights (what the m
 anything was removed) rather than toward zero keeps what the fit texts do not show: validation
 0.85 with the same plan (RESULTS.md run W, where DAMP was chosen on the validation split).
 
+The two projections are pulled with different strengths. At the FFN's pull, the attention
+output's re-fit learned the fit texts alone (MiniLM at heads 0.33 / FFN 0.5: against keeping its
+sliced weights, fit cosine 0.943 -> 0.963, validation 0.874 -> 0.873): the removed heads' outputs
+depend on whole sequences, which a few hundred texts sample far more thinly than the FFN's
+per-token function. Ten times the pull on the attention output (ATTENTION_DAMP) keeps what
+generalizes: validation 0.877 (RESULTS.md run AQ).
+
 The report gives, per layer and projection, the relative error it targets
 (sum ||pruned pre-norm - unpruned pre-norm||^2 / sum ||unpruned pre-norm - residual||^2) with the
 sliced weights and after the re-fit.
@@ -44,7 +51,7 @@ import numpy as np
 from converters.pruning.structure import find_layers
 from converters.pruning.surgery import Keep, prune
 
-__all__ = ["DAMP", "prune_and_reconstruct", "tap_projections"]
+__all__ = ["ATTENTION_DAMP", "DAMP", "prune_and_reconstruct", "tap_projections"]
 
 # Strength of the pull toward the kept weights, relative to the Gram matrix's mean diagonal (see the
 # module docstring). Chosen on the validation split (RESULTS.md run W, bench_pruning_refit.py):
@@ -52,6 +59,9 @@ __all__ = ["DAMP", "prune_and_reconstruct", "tap_projections"]
 # 0.01; toward the kept weights 0.8492 at 0.1, 0.8523 at 0.3, 0.8464 at 1.0 (0.08 / 0.1: 0.9759;
 # 0.9819, 0.9822, 0.9811). With layer sensitivities (obs.py) 0.3 is best at both shares too.
 DAMP = 0.3
+# The same for the attention-output projection (see the module docstring), chosen on the validation
+# split with DAMP for the FFN (RESULTS.md run AQ, bench_pruning_refit.py --attention-damps).
+ATTENTION_DAMP = 3.0
 
 
 class _Stop(Exception):
@@ -170,11 +180,12 @@ def _error(gram: np.ndarray, cross: np.ndarray, norm: float, solution: np.ndarra
 
 def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[str, np.ndarray]],
                           input_names: list[str], damp: float = DAMP, progress=None,
-                          toward_kept: bool = True) -> dict[str, Any]:
+                          toward_kept: bool = True, attention_damp: float | None = ATTENTION_DAMP) -> dict[str, Any]:
     """prune(model, keep), then re-fit every layer's attention-output and FFN-output projection
     (weights and bias), in order, on the pruned model's inputs against the unpruned model's
     pre-norm residual sums on `batches` (see the module docstring; `toward_kept=False`: the former
-    ridge toward zero, for comparisons). Returns prune's report with,
+    ridge toward zero, for comparisons). `damp` pulls the FFN output, `attention_damp` the
+    attention output (None: `damp` for both, as before run AQ). Returns prune's report with,
     per layer, the relative error each re-fit targets before and after it."""
     import torch
 
@@ -192,7 +203,8 @@ def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[
             bias = (projection.bias.detach().double().numpy() if projection.bias is not None
                     else np.zeros(weight.shape[0]))
             sliced = np.concatenate([weight.T, bias[None, :]], axis=0)
-            solution = _solve(gram, cross, damp, sliced if toward_kept else None)
+            pull = attention_damp if kind == "attention" and attention_damp is not None else damp
+            solution = _solve(gram, cross, pull, sliced if toward_kept else None)
             errors[f"{kind}_error"] = [_error(gram, cross, norm, sliced), _error(gram, cross, norm, solution)]
             with torch.no_grad():
                 projection.weight.copy_(torch.from_numpy(solution[:-1].T).to(projection.weight.dtype))
@@ -204,7 +216,8 @@ def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[
     report["reconstruction"] = {
         "method": "sequential least squares on the pruned model's inputs, to the unpruned pre-norm sums, "
                   + ("regularized toward the kept weights" if toward_kept else "ridge toward zero"),
-        "damp": damp, "tokens": int(sum(int(f["attention_mask"].sum()) for f in batches)),
+        "damp": damp, "attention_damp": damp if attention_damp is None else attention_damp,
+        "tokens": int(sum(int(f["attention_mask"].sum()) for f in batches)),
     }
     return report
 
