@@ -12,6 +12,7 @@ import numpy as np
 
 import edge_runtime
 from edge_runtime import _load_args
+from edge_runtime._manifest import MANIFEST_NAME
 
 
 class _Parser(argparse.ArgumentParser):
@@ -319,12 +320,11 @@ def _main(argv: list[str] | None) -> int:
             print("edge-run: error: give - (standard input) once", file=sys.stderr)
             return 2
         if "-" in args.texts:  # a wrong directory is said before anyone types or pipes texts in
-            if args.trusted_key:  # the signature first: a manifest is read only once it is signed
-                from edge_runtime import _signing
-
-                _signing.verify_directory(Path(args.artifacts), args.trusted_key)
-            else:
-                edge_runtime.read_manifest(Path(args.artifacts))
+            root = Path(args.artifacts)
+            # A signed manifest is parsed only once load() has checked the signature (hashing
+            # every file once, not here and again there); a missing one is said now.
+            if not args.trusted_key or not (root / MANIFEST_NAME).is_file():
+                edge_runtime.read_manifest(root)
             if sys.stdin is None:  # started with standard input closed (<&-)
                 print("edge-run: error: - reads standard input, but it is closed", file=sys.stderr)
                 return 2

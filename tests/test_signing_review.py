@@ -303,6 +303,24 @@ def test_edge_run_from_stdin_checks_the_signature_before_the_manifest(signed, mo
     assert "schema_version" not in err
 
 
+def test_edge_run_from_stdin_hashes_a_signed_directory_once(signed, monkeypatch, capsys):
+    """The early check of the `-` path parses nothing unsigned and leaves the signature to
+    load(): one pass over the directory's files, not two."""
+    from edge_runtime import _signing
+
+    root, _, public = signed
+    checks = []
+    real = _signing.verify_directory
+    monkeypatch.setattr(_signing, "verify_directory", lambda *a, **k: checks.append(a) or real(*a, **k))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi\n")))
+    run_cli.main([str(root), "-", "--trusted-key", str(public)])  # the tiny model has no text head:
+    assert "signature" not in capsys.readouterr().err  # it fails after the load, which is enough here
+    assert len(checks) == 1
+    missing = root.parent / "no-such-directory"
+    assert run_cli.main([str(missing), "-", "--trusted-key", str(public)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
 # --- items 10 and 11: messages and edge-sign -----------------------------------------------------
 
 
