@@ -44,6 +44,20 @@ async def _until(condition, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
+    """Until the edge-serve subprocess `proc` answers /health with 200; its log if it exits or
+    takes longer than `seconds` (a load on a busy CI machine)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
 def _post(app, body: dict, leave: asyncio.Event | None = None) -> asyncio.Future:
     """POST /embed to the app in process, as uvicorn hands it over: the body, then (once the
     client closes its connection, when `leave` is set) http.disconnect. -> (status, body)."""
@@ -211,16 +225,8 @@ def test_a_drain_out_of_time_answers_503_says_how_many_in_one_line_and_exits_143
             stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
     try:
+        wait_healthy(proc, url, log)
         deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             posts = [pool.submit(httpx.post, url + "/embed", json={"inputs": t}, timeout=60)
                      for t in ("one", "two", "three")]

@@ -32,7 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 from test_serve import _free_port, embed_dir  # noqa: F401  (embed_dir: the module's fixture)
-from test_serve_abandoned import _held, _post
+from test_serve_abandoned import _held, _post, wait_healthy
 
 from edge_runtime import cli_serve
 from edge_runtime._text import Encoded
@@ -87,16 +87,7 @@ def _patched_server(directory: Path, how: str, log: Path, *flags: str):
             stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_healthy(proc, url, log)
         yield proc, url
     finally:
         if proc.poll() is None:
