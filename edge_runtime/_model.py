@@ -356,10 +356,11 @@ def open_entry(
         if problem:
             raise DeviceMismatchError(problem)
     records = records if verify is True else None
-    items = files_to_verify(manifest, entry) if verify else []
     # Everything this artifact reads: model files, golden sample, tokenizer (issue 10: the
-    # tokenizer files were listed with hashes but never checked).
+    # tokenizer files were listed with hashes but never checked). Watched for changes when
+    # verified or signed; hashed when verified.
     watched = files_to_verify(manifest, entry) if verify or signed_stats is not None else []
+    items = watched if verify else []
     signatures = signatures_of(root, watched)  # before hashing (and before the backend reads)
     if signed_stats is not None:
         _check_signed(root, watched, signatures, signed_stats)
