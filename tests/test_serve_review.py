@@ -241,6 +241,47 @@ def test_nan_outputs_are_a_424_backend_error_counted_as_inference(embed_dir):  #
     assert math.isfinite(samples[("edge_embedding_norm_sum", ())])
 
 
+def _golden_runs(http) -> dict[str, float]:
+    text = http.get("/metrics").text
+    return {s.labels["result"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "edge_golden_runs_total"}
+
+
+def test_nan_outputs_turn_health_503_at_once_with_the_watchdog_on(embed_dir):  # noqa: F811
+    """A backend gone NaN used to keep /health at 200 until the next periodic golden re-run
+    (300 s by default): a load balancer went on sending traffic to a server answering 424s.
+    Now the batch that came back NaN queues a golden re-run at once, and more NaN batches within
+    SUSPECT_GAP_S queue none."""
+    service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=3600))
+    model = service.slot.current.model
+    real = model.run
+    with TestClient(create_app(service), raise_server_exceptions=False) as http:
+        assert http.post("/embed", json={"inputs": "healthy first"}).status_code == 200
+        assert http.get("/health").status_code == 200
+        passes = _golden_runs(http).get("pass", 0)  # the re-run queued at load
+        model.run = lambda feeds: {k: np.full_like(v, np.nan) for k, v in real(feeds).items()}
+        for _ in range(3):
+            assert http.post("/embed", json={"inputs": "now wrong"}).status_code == 424
+        deadline = time.monotonic() + 60
+        while http.get("/health").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = http.get("/health")
+        assert health.status_code == 503 and "golden" in health.json()["error"], health.text
+        assert _golden_runs(http) == {"pass": passes, "fail": 1}  # one re-run for three NaN batches
+        model.run = real
+        assert service.watchdog.check(timeout=60)["ok"]
+        assert http.get("/health").status_code == 200
+
+
+def test_nan_outputs_queue_no_golden_run_with_the_watchdog_off(embed_dir):  # noqa: F811
+    """--golden-interval 0 turns every automatic re-run off, the NaN-triggered one too."""
+    with _nan_backend(embed_dir) as (service, http):
+        assert http.post("/embed", json={"inputs": "wrong"}).status_code == 424
+        assert service.batcher.call(lambda: "after the batch").result(30) == "after the batch"
+        assert _golden_runs(http).get("fail", 0) == 0
+        assert http.get("/health").status_code == 200
+
+
 def test_histograms_and_drift_skip_non_finite_values():
     metrics = ServeMetrics(128)
     for value in (float("nan"), float("inf"), 2.0):

@@ -69,6 +69,9 @@ class Batcher:
         self._in_flight = 0
         self._stopping = False
         self._started = False
+        # Told (served, why) after a batch whose backend call failed or returned NaN/Inf: the
+        # golden watchdog re-runs its samples then (Service wires it; None: nobody listens).
+        self.on_backend_failure: Callable[[Served, str], None] | None = None
         self._threads = [
             threading.Thread(target=self._loop, name=f"edge-serve-worker-{i}", daemon=True)
             for i in range(config.workers)
@@ -244,6 +247,15 @@ class Batcher:
                 except concurrent.futures.InvalidStateError:  # cancelled while it ran: nobody waits
                     pass
 
+    def _suspect(self, served: Served, why: str) -> None:
+        listener = self.on_backend_failure
+        if listener is None:
+            return
+        try:
+            listener(served, why)
+        except Exception:  # noqa: BLE001 -- a listener's failure must not cost the batch its answers
+            log.exception("the backend-failure listener failed")
+
     def _run(self, batch: list[_Job]) -> list[tuple[concurrent.futures.Future, Any]]:
         """(future, result or exception) per job of the batch."""
         if batch[0].call is not None:
@@ -277,10 +289,13 @@ class Batcher:
             error = ServeError(
                 "Backend", f"Backend error: {type(exc).__name__}: {exc}", err="inference"
             )
+            self._suspect(served, f"the backend failed on a batch ({type(exc).__name__})")
             return [(job.future, error) for job in batch]
         outputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         inference = time.perf_counter() - started
         answers, start = [], 0
+        if not np.isfinite(outputs).all():
+            self._suspect(served, "the backend returned NaN or infinite values")
         for job in batch:
             part = outputs[start : start + len(job.rows)]
             start += len(job.rows)

@@ -7,6 +7,9 @@ rewritten on a flaky SD card). Every golden_interval_s the worker thread re-runs
 golden samples between two batches, on the very session requests use, and exports the lowest
 cosine against the conversion outputs (edge_golden_cosine_min) and pass/fail (edge_golden_ok);
 a failure turns /health into 503 Unhealthy until a re-run passes or a reload swaps the model.
+A batch the backend answered with NaN or Inf, or failed to run, queues a re-run at once (at most
+one every SUSPECT_GAP_S): a backend gone wrong shows in /health within one batch, not only at
+the next interval.
 
 Drift: the recent inputs' token lengths and pre-normalization embedding norms against a
 reference, as a Kolmogorov-Smirnov distance (edge_input_drift). The reference is the manifest's
@@ -60,11 +63,20 @@ def golden_agreement(model) -> tuple[bool, float, list[str]]:
 
 
 class GoldenWatchdog:
-    """Re-runs the golden samples of the serving model, periodically and on demand."""
+    """Re-runs the golden samples of the serving model: periodically, on demand, and when a
+    batch's outputs make the backend suspect. interval_s 0 turns the periodic and the
+    suspicion-triggered re-runs off (POST /admin/check still runs one)."""
+
+    # At most one suspicion-triggered re-run per this many seconds: a backend that returns NaN
+    # for every batch costs one golden run per gap, not one per batch.
+    SUSPECT_GAP_S = 10.0
 
     def __init__(self, slot, batcher, metrics, interval_s: float):
         self.slot, self.batcher, self.metrics, self.interval = slot, batcher, metrics, interval_s
         self._failed: dict[int, str] = {}  # model generation -> why its last re-run failed
+        self._suspect_lock = threading.Lock()
+        self._suspect_pending = False
+        self._suspect_last = -math.inf  # time.monotonic() of the last suspicion-triggered run
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="edge-serve-golden", daemon=True)
 
@@ -99,6 +111,31 @@ class GoldenWatchdog:
     def check(self, timeout: float | None = None) -> dict[str, Any]:
         """Run the check on the worker thread now; its result."""
         return self.schedule().result(timeout)
+
+    def suspect(self, served, why: str) -> None:
+        """A batch of `served` came back wrong (`why`): queue a golden re-run on the worker now,
+        unless the watchdog is off, `served` is no longer the serving model, one is queued, or
+        one ran less than SUSPECT_GAP_S ago. Called from the worker thread; never raises."""
+        if self.interval <= 0 or served is not self.slot.current:
+            return
+        now = time.monotonic()
+        with self._suspect_lock:
+            if self._suspect_pending or now - self._suspect_last < self.SUSPECT_GAP_S:
+                return
+            self._suspect_pending, self._suspect_last = True, now
+        log.warning("re-running the golden samples of %s now: %s", served.name, why)
+        try:
+            self.batcher.call(lambda: self._suspect_check(served))
+        except ServeError:  # shutting down
+            with self._suspect_lock:
+                self._suspect_pending = False
+
+    def _suspect_check(self, served) -> dict[str, Any]:
+        try:
+            return self._check(served)
+        finally:
+            with self._suspect_lock:
+                self._suspect_pending = False
 
     def _check(self, served) -> dict[str, Any]:
         try:

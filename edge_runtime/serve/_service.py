@@ -44,6 +44,7 @@ class Service:
         self.watchdog = GoldenWatchdog(
             self.slot, self.batcher, self.metrics, config.golden_interval_s
         )
+        self.batcher.on_backend_failure = self.watchdog.suspect
         self.reloader = Reloader(config, self.slot, self.metrics, self._swapped)
         self.metrics.registry.on_collect(self._collect)
         self.inflight = InFlight()
