@@ -139,7 +139,7 @@ def load(
             log.info("no tuning result for %s on this device yet: measuring thread settings",
                      entry["name"])
             tuning = _tune.tune(root, [entry["name"]], compare=False, verify=verify,
-                                **_tune.FIRST_USE)
+                                _verified=(manifest, signed_stats), **_tune.FIRST_USE)
         count, tuned_spinning, source = _select.threads_for(entry, manifest, tuning)
         log.info("artifact %s: %d threads (%s)", entry["name"], count, source)
         chosen = tuned_spinning if spinning is None else spinning

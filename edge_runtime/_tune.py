@@ -147,16 +147,17 @@ def _best(scored: dict[Any, tuple[float, float]]) -> Any:
     return min(tied, key=lambda k: scored[k][1])
 
 
-def _sweep(root, manifest, entry, settings, rounds, budget_s, verify) -> dict[str, Any]:
+def _sweep(root, manifest, entry, settings, rounds, budget_s, verify, signed_stats=None) -> dict[str, Any]:
     """Open `entry` once per setting (caches off: a sweep leaves no device caches behind and
-    reads none), check it once, and time the settings interleaved."""
+    reads none), check it once, and time the settings interleaved. signed_stats (a signed
+    directory, load(trusted_keys=...)): every opening is held to the files' checked stats."""
     feeds = representative_feeds(root, manifest, entry, sequence_length(manifest, entry))
     models = {}
     try:
         for i, setting in enumerate(settings):
             # As load(root, artifact=..., threads=..., device_cache=False, tune=False) opens it.
             models[setting] = open_entry(root, manifest, entry, setting.threads, verify=verify and i == 0,
-                                         cache_dirs={}, spinning=setting.spinning)
+                                         cache_dirs={}, spinning=setting.spinning, signed_stats=signed_stats)
         with CpuWait() as waited:
             times = _interleave(
                 {s: (lambda m=m: m.run(feeds)) for s, m in models.items()}, rounds, budget_s
@@ -191,7 +192,8 @@ def _fastest(scores: dict[str, dict], order: list[str]) -> str:
     return next(n for n in order if scores[n]["p50_ms"] <= fastest * (1 + _ARTIFACT_TIE))
 
 
-def _compare(root, manifest, tuned: dict[str, dict], order: list[str], rounds, budget_s) -> dict:
+def _compare(root, manifest, tuned: dict[str, dict], order: list[str], rounds, budget_s,
+             signed_stats=None) -> dict:
     """Run the artifacts side by side at their best settings: their p50 and p90."""
     models, feeds = {}, {}
     by_name = {e["name"]: e for e in manifest["artifacts"]}
@@ -199,7 +201,7 @@ def _compare(root, manifest, tuned: dict[str, dict], order: list[str], rounds, b
         for name in order:
             best = tuned[name]
             models[name] = open_entry(root, manifest, by_name[name], best["threads"], verify=False,
-                                      cache_dirs={}, spinning=best["spinning"])
+                                      cache_dirs={}, spinning=best["spinning"], signed_stats=signed_stats)
             feeds[name] = representative_feeds(
                 root, manifest, by_name[name], sequence_length(manifest, by_name[name])
             )
@@ -222,6 +224,7 @@ def tune(
     verify: bool = True,
     cache_dir: str | os.PathLike | None = None,
     write: bool = True,
+    _verified: tuple[dict[str, Any], dict[str, list[int]] | None] | None = None,
 ) -> dict[str, Any]:
     """Measure the best thread setting of each artifact and, with compare, the fastest artifact.
 
@@ -235,9 +238,12 @@ def tune(
     kept), plus "cached": whether it was written, and "measured": the artifacts this call tuned
     (none: every one was refused; then nothing is written). No artifact selection may pick here
     (artifacts None): BackendUnavailableError with each one's reason, nothing written.
+    _verified: (manifest, signed_stats) as load(trusted_keys=...) verified them, for its
+        first-use sweep: the sweep then runs what the signature covered, never a manifest read
+        again from disk or a file changed since it was hashed.
     """
     root = Path(path)
-    manifest = read_manifest(root)
+    manifest, signed_stats = _verified if _verified is not None else (read_manifest(root), None)
     if rounds < 1:
         raise InputError(f"rounds must be >= 1, got {rounds}")
     device = _device.detect()
@@ -289,6 +295,7 @@ def tune(
                 rounds,
                 budget_s,
                 verify,
+                signed_stats,
             )
         except EdgeRuntimeError as exc:  # golden mismatch, backend missing or unable to load it
             log.warning("tuning: artifact %s refused: %s", name, exc)
@@ -320,7 +327,8 @@ def tune(
         )
         result["compared"] = {n: {k: result["artifacts"][n][k] for k in ("p50_ms", "p90_ms")} for n in tuned}
     elif compare and len(tuned) > 1:
-        result["compared"] = _compare(root, manifest, result["artifacts"], tuned, rounds, budget_s)
+        result["compared"] = _compare(root, manifest, result["artifacts"], tuned, rounds, budget_s,
+                                      signed_stats)
     pickable = [n for n in tuned if n in automatic]
     if compare and len(tuned) > 1 and pickable:
         result["fastest"] = _fastest(result["compared"], pickable)

@@ -409,3 +409,34 @@ def test_a_leftover_temporary_signature_is_named_as_one(signed):
     (root / ".model.sig.tmp").write_text("{}")
     with pytest.raises(SignatureError, match=r"\.model\.sig\.tmp: added, left by an interrupted `edge-sign sign`"):
         verify_directory(root, [public])
+
+
+# --- a signed first use with tune=True ----------------------------------------------------------
+
+
+def test_a_signed_first_use_sweep_runs_what_the_signature_covered(signed, monkeypatch):
+    """load(trusted_keys=..., tune=True)'s thread sweep read manifest.json from disk again and
+    opened every setting without the checked stat signatures: a directory swapped in after the
+    check had its files run by the sweep. Now the sweep gets the verified manifest and holds
+    every opening to the signed files' stats."""
+    from edge_runtime import _tune
+
+    root, _, public = signed
+    monkeypatch.setattr(_tune, "FIRST_USE", {"rounds": 1, "budget_s": 0.2})
+
+    def reread(*args, **kwargs):
+        raise AssertionError("the sweep read the manifest from disk again")
+
+    opened = []
+    real_open = _tune.open_entry
+
+    def recording_open(*args, **kwargs):
+        opened.append(kwargs.get("signed_stats"))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(_tune, "read_manifest", reread)
+    monkeypatch.setattr(_tune, "open_entry", recording_open)
+    model = edge_runtime.load(root, trusted_keys=[public], tune=True)
+    assert np.isfinite(_outputs(model)).all()
+    assert opened and all(stats for stats in opened), opened
+    assert json.loads(_tune.cache_file(root).read_text())["artifacts"], "the sweep's result was not cached"
