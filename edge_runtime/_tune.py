@@ -295,7 +295,7 @@ def tune(
                 rounds,
                 budget_s,
                 verify,
-                signed_stats,
+                signed_stats=signed_stats,
             )
         except EdgeRuntimeError as exc:  # golden mismatch, backend missing or unable to load it
             log.warning("tuning: artifact %s refused: %s", name, exc)
@@ -328,7 +328,7 @@ def tune(
         result["compared"] = {n: {k: result["artifacts"][n][k] for k in ("p50_ms", "p90_ms")} for n in tuned}
     elif compare and len(tuned) > 1:
         result["compared"] = _compare(root, manifest, result["artifacts"], tuned, rounds, budget_s,
-                                      signed_stats)
+                                      signed_stats=signed_stats)
     pickable = [n for n in tuned if n in automatic]
     if compare and len(tuned) > 1 and pickable:
         result["fastest"] = _fastest(result["compared"], pickable)

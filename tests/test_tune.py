@@ -439,12 +439,12 @@ def test_a_faster_pruned_twin_is_not_recorded_as_the_fastest(converted, tmp_path
     (root / "manifest.json").write_text(json.dumps(manifest))
     p50 = {"onnx-fp32": 9.0, "onnx-int8": 5.0, "onnx-int8-pruned": 2.0}  # no timing: scores given
 
-    def sweep(root, manifest, entry, settings, rounds, budget_s, verify):
+    def sweep(root, manifest, entry, settings, rounds, budget_s, verify, signed_stats=None):
         return {"threads": 1, "spinning": None, "p50_ms": p50[entry["name"]], "p90_ms": p50[entry["name"]],
                 "cpu_wait_share": 0.0, "sweep": []}
 
     monkeypatch.setattr(_tune, "_sweep", sweep)
-    monkeypatch.setattr(_tune, "_compare", lambda root, manifest, tuned, order, rounds, budget_s: {
+    monkeypatch.setattr(_tune, "_compare", lambda root, manifest, tuned, order, rounds, budget_s, signed_stats=None: {
         n: {"p50_ms": p50[n], "p90_ms": p50[n]} for n in order})
     result = _tune.tune(root, ["onnx-fp32", "onnx-int8-pruned", "onnx-int8"])
     assert set(result["compared"]) == set(p50) and result["fastest"] == "onnx-int8"

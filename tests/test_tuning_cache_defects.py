@@ -74,11 +74,11 @@ def _warnings(caplog) -> list[str]:
 
 def _fake_timing(monkeypatch, p50: dict[str, float]) -> None:
     """tune() without timing anything: each artifact's sweep and comparison scores are `p50`."""
-    def sweep(root, manifest, entry, settings, rounds, budget_s, verify):
+    def sweep(root, manifest, entry, settings, rounds, budget_s, verify, signed_stats=None):
         return _entry(p50=p50[entry["name"]])
 
     monkeypatch.setattr(_tune, "_sweep", sweep)
-    monkeypatch.setattr(_tune, "_compare", lambda root, manifest, tuned, order, rounds, budget_s: {
+    monkeypatch.setattr(_tune, "_compare", lambda root, manifest, tuned, order, rounds, budget_s, signed_stats=None: {
         n: {"p50_ms": p50[n], "p90_ms": p50[n]} for n in order})
 
 
