@@ -93,7 +93,7 @@ class SharedInputs:
     _samples: list | None = None
     # The manifest's "pruning" when this holds a pruned source (SharedInputs.pruned)
     pruning: dict[str, Any] | None = None
-    _pruned: dict[str, SharedInputs | AccuracyError] = field(default_factory=dict)
+    _pruned: dict[str, SharedInputs | ConversionError] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config, work: Path, progress: Progress) -> SharedInputs:
@@ -135,7 +135,9 @@ class SharedInputs:
                distill_steps: int = 0) -> SharedInputs:
         """The same inputs around the pruned source model (converters/pruning/prune_model.py),
         once per request and pruning settings. Its references stay the unpruned model's outputs:
-        pruned artifacts are measured against the original. A refusal of `auto` is kept too."""
+        pruned artifacts are measured against the original. A refusal (`auto` finding no step) or a
+        failure of the pruning (ConversionError) is kept too: every target of a run is told it at
+        once, none prunes again for minutes to reach it."""
         settings = _without_prose(dataclasses.asdict(options))
         settings.pop("artifacts", None)  # which twins are built, not how the model is pruned
         settings.pop("default", None)
@@ -146,7 +148,7 @@ class SharedInputs:
             samples = self.samples(progress)
             try:
                 result = prune_source(self.source, request, options, fit, reference, progress, distill_steps)
-            except AccuracyError as exc:
+            except ConversionError as exc:  # a refusal or a failure: the next target gets it, not minutes again
                 self._pruned[key] = exc
                 raise
             work = self.work / f"pruned-{key}"
@@ -155,8 +157,8 @@ class SharedInputs:
                                              _references=(reference, fit), _samples=samples,
                                              pruning=result.report)
         found = self._pruned[key]
-        if isinstance(found, AccuracyError):
-            raise AccuracyError(str(found))
+        if isinstance(found, ConversionError):
+            raise found.with_traceback(None)  # the same type and message, without the first raise's frames
         return found
 
     def samples(self, progress: Progress) -> list:

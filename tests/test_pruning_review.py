@@ -359,3 +359,30 @@ def test_the_pruning_package_docstring_lists_its_modules_and_nothing_stale():
     modules = sorted(p.name for p in folder.glob("*.py") if p.name != "__init__.py")
     assert [m for m in modules if m not in package.__doc__] == []
     assert "Not yet" not in package.__doc__
+
+
+@pytest.mark.parametrize("error", [ConversionError("the pruned graph has no attention layer left"),
+                                   AccuracyError("auto found no step above the pruning floor")])
+def test_a_failed_pruning_is_reached_once_per_run_and_told_to_every_target(tiny_model_factory, tmp_path,
+                                                                          monkeypatch, error):
+    """`--target a,b --prune ...`: the pruning (minutes on a real model) is shared by the targets.
+    A refusal was kept for the next target, but any other ConversionError made every target prune
+    again to fail the same way. Now both are kept and raised again as they were."""
+    from converters import _shared
+    from converters.inputs.source import load_source
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args[1])
+        raise error
+
+    monkeypatch.setattr(_shared, "prune_source", failing)
+    shared = _shared.SharedInputs({"model": "tiny"}, load_source(tiny_model_factory("bert", "feature-extraction")),
+                                  texts=None, work=tmp_path, _references=(None, None), _samples=[])
+    request = PruneRequest.parse("heads=0.5,ffn=0.5")
+    for _ in range(3):  # three targets
+        with pytest.raises(type(error), match=str(error)) as raised:
+            shared.pruned(request, PruningOptions(), lambda message: None)
+        assert type(raised.value) is type(error)
+    assert len(calls) == 1
