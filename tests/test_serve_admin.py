@@ -187,3 +187,58 @@ def test_a_reloaded_away_model_is_freed_without_the_cyclic_gc(embed_dir):  # noq
             assert old() is None, [type(r).__name__ for r in gc.get_referrers(old())]
         finally:
             gc.enable()
+
+
+def test_a_reload_still_loading_at_stop_is_waited_for_then_abandoned(embed_dir, monkeypatch, caplog):  # noqa: F811
+    """SIGHUP just before SIGTERM: the reload thread (a daemon) was inside the backend's session
+    creation when the interpreter finalized, which can abort the process. The stop now waits for
+    it within the drain's time, then reports it abandoned (edge-serve leaves by os._exit), and no
+    reload starts once the server is stopping."""
+    import threading
+
+    service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0, graceful_timeout_s=1))
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load(config, path, generation):
+        loading.set()
+        release.wait(60)
+        raise RuntimeError("released by the test")
+
+    monkeypatch.setattr(_reload, "load_served", slow_load)
+    service.start()
+    try:
+        service.reloader.request()
+        assert loading.wait(30)
+        service.stop_requested(signal.SIGTERM)
+        started = time.monotonic()
+        service.stop()
+        assert time.monotonic() - started < 30
+        assert service.drained().abandoned
+        assert any("reload of" in r.getMessage() and "abandoned" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()
+    deadline = time.monotonic() + 30
+    while service.reloader.loading is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    refused = service.reloader.reload()
+    assert not refused["ok"] and "shutting down" in refused["error"]
+
+
+def test_a_reload_that_ends_within_the_drain_is_not_abandoned(embed_dir, monkeypatch):  # noqa: F811
+    import threading
+
+    service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0, graceful_timeout_s=30))
+    loading = threading.Event()
+
+    def short_load(config, path, generation):
+        loading.set()
+        time.sleep(0.3)
+        raise RuntimeError("a failed reload")
+
+    monkeypatch.setattr(_reload, "load_served", short_load)
+    service.start()
+    service.reloader.request()
+    assert loading.wait(30)
+    service.stop_requested(signal.SIGTERM)
+    service.stop()
+    assert not service.drained().abandoned

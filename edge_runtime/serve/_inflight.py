@@ -25,9 +25,9 @@ class Drained:
     """How a stopped server's drain ended: `dropped` requests were still unanswered when
     graceful_timeout_s ran out or a second stop signal came (`seconds` after `signal`, the first
     stop signal's number) and were answered 503 unfinished; dropped == 0 when every request was
-    answered. `abandoned`: a batch was still running in the backend when the server stopped
-    waiting for it; the process should then end with os._exit (edge-serve does), since
-    interpreter finalization would wait for that batch or abort under it."""
+    answered. `abandoned`: a batch (or a reload's load) was still running in the backend when
+    the server stopped waiting for it; the process should then end with os._exit (edge-serve
+    does), since interpreter finalization would wait for it or abort under it."""
 
     signal: int | None
     dropped: int

@@ -100,6 +100,17 @@ class Reloader:
         self._lock = threading.Lock()
         self.path = config.path  # the directory SIGHUP re-reads
         self.last: dict[str, Any] | None = None
+        self._closed = False
+        self.loading: Path | None = None  # the directory a reload is loading now
+
+    def close(self, timeout: float) -> bool:
+        """Start no more reloads and wait up to `timeout` s for the one running (a load inside
+        the backend: interpreter exit under it could abort the process). True if none runs now."""
+        self._closed = True
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False
+        self._lock.release()
+        return True
 
     def reload(self, path: str | Path | None = None, allow_change: bool = False) -> dict[str, Any]:
         """Load `path` (default: the current directory again); swap if it verifies and answers
@@ -108,13 +119,19 @@ class Reloader:
         with self._lock:
             target = Path(path) if path is not None else self.path
             old = self.slot.current
+            if self._closed:  # a SIGHUP or /admin/reload during the drain: the server is going away
+                self.last = {"ok": False, "path": str(target), "error": "the server is shutting down",
+                             "error_class": "ShuttingDown", "serving": old.info()}
+                return self.last
             started = time.perf_counter()
+            self.loading = target
             try:
                 served = load_served(self.config, target, old.generation + 1)
                 check_limits(self.config, served)
                 if not allow_change:
                     check_same_answers(old, served)
             except Exception as exc:  # noqa: BLE001 -- whatever failed, the old model keeps serving
+                self.loading = None
                 self.metrics.reloads.inc(result="failure")
                 why = _as_served(str(exc))
                 log.error(
@@ -133,6 +150,7 @@ class Reloader:
                     "serving": old.info(),
                 }
                 return self.last
+            self.loading = None
             self.slot.swap(served)
             self.path = target
             self.metrics.reloads.inc(result="success")

@@ -103,7 +103,15 @@ class Service:
         # batch still running gets its second; otherwise what is left of graceful_timeout_s.
         left = self.config.graceful_timeout_s - spent
         budget = 1.0 if self._hurry else max(1.0, left)
-        finished = self._finished = self.batcher.close(budget)
+        started = time.monotonic()
+        finished = self.batcher.close(budget)
+        # A reload still loading (SIGHUP just before the stop) runs in the backend too: waited
+        # for within the same budget, else abandoned like a running batch (os._exit).
+        reloaded = self.reloader.close(max(0.0, budget - (time.monotonic() - started)))
+        if not reloaded:
+            log.error("a reload of %s was still loading when the server stopped; abandoned",
+                      self.reloader.loading)
+        self._finished = finished and reloaded
         dropped = self.inflight.dropped
         if dropped:
             after = f" after {signal.Signals(self._stop_signal).name}" if self._stop_signal else ""
