@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_runtime import _device, _memory, _select
 from edge_runtime._contention import CpuWait, busy_note, worst_share
-from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
+from edge_runtime._errors import BackendUnavailableError, DeviceMismatchError, GoldenMismatchError, InputError
 from edge_runtime._load_args import nothing_runs_message
 from edge_runtime._manifest import read_manifest, resolve, unknown_artifacts
 from edge_runtime._model import open_entry
@@ -229,8 +229,10 @@ def tune(
     """Measure the best thread setting of each artifact and, with compare, the fastest artifact.
 
     artifacts: names to tune; None: those automatic selection may pick here (the profile's order,
-        memory fit, installed backends). An artifact that fails its golden sample is refused
-        (recorded with the reason), not tuned.
+        memory fit, installed backends). An artifact that fails its golden sample, has no backend
+        or cannot be loaded here is refused (recorded with the reason), not tuned; a damaged one
+        (ArtifactError: files missing or not matching the manifest) raises, as load() does, and
+        nothing is written.
     rounds: interleaved rounds per sweep (each runs every setting 1 + 3 times).
     budget_s: stop a sweep after this many seconds (at least 2 rounds); None: all rounds.
     cache_dir: where results go (default: default_cache_dir()/tuning); write=False keeps them out.
@@ -297,7 +299,12 @@ def tune(
                 verify,
                 signed_stats=signed_stats,
             )
-        except EdgeRuntimeError as exc:  # golden mismatch, backend missing or unable to load it
+        except (GoldenMismatchError, BackendUnavailableError, DeviceMismatchError) as exc:
+            # What load() skips to the next artifact for (wrong numbers here, no backend, unable to
+            # load it, another device's arithmetic) is refused here too. A damaged directory
+            # (ArtifactError: files missing or not matching their hashes; a bad manifest) is not:
+            # load() stops on it, and a tuning result that went past it would make later loads
+            # run another artifact without a word about the damage.
             log.warning("tuning: artifact %s refused: %s", name, exc)
             result["refused"][name] = str(exc)
             result["artifacts"].pop(name, None)

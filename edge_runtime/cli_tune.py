@@ -73,7 +73,7 @@ def _print_table(result: dict, cache_file: Path, automatic: set[str]) -> None:
                 f"  {mark} {name:<20} p50 {score['p50_ms']:8.2f} ms   p90 {score['p90_ms']:8.2f} ms"
             )
     if result.get("fastest"):
-        print(f"\nfastest here: {result['fastest']} (load() picks it first when it fits memory)")
+        print(f"\n{_pick_label(result, automatic)}: {result['fastest']} (load() picks it first when it fits memory)")
     _print_quicker(result, automatic)
     if not result.get("measured", True):
         print(f"nothing was measured (every artifact was refused, above): {cache_file} is unchanged")
@@ -84,6 +84,16 @@ def _print_table(result: dict, cache_file: Path, automatic: set[str]) -> None:
             f"NOT cached: {cache_file} could not be written (see the warning above); load() will "
             f"not use this result ({result['seconds']:.1f} s of measuring)"
         )
+
+
+def _pick_label(result: dict, automatic: set[str]) -> str:
+    """What the recorded pick is: the fastest artifact, the fastest of those load() may pick (a
+    twin ran faster), or the profile's preferred one within the tie of a faster one."""
+    compared = result.get("compared") or {}
+    if not compared or min(compared, key=lambda n: compared[n]["p50_ms"]) == result["fastest"]:
+        return "fastest here"
+    quickest = min(compared, key=lambda n: compared[n]["p50_ms"])
+    return "fastest here that load() may pick" if quickest not in automatic else "kept first here"
 
 
 def _print_quicker(result: dict, automatic: set[str]) -> None:

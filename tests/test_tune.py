@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import logging
 import os
 from pathlib import Path
@@ -318,7 +319,8 @@ def test_edge_tune_cli(converted, capsys):
     )
     assert cli_tune.main([str(converted), "--rounds", "1"]) == 0
     text = capsys.readouterr().out
-    assert "fastest here: onnx-" in text and "side by side" in text
+    # "kept first here" when a faster one won by less than the tie (timing decides which)
+    assert re.search(r"(fastest here|kept first here): onnx-", text) and "side by side" in text
     assert cli_tune.main([str(converted), "--artifact", "nope"]) == 1
     assert "no artifact 'nope'" in capsys.readouterr().err
 
@@ -450,7 +452,7 @@ def test_a_faster_pruned_twin_is_not_recorded_as_the_fastest(converted, tmp_path
     assert set(result["compared"]) == set(p50) and result["fastest"] == "onnx-int8"
     assert cli_tune.main([str(root), "--all", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
-    assert "fastest here: onnx-int8 " in out
+    assert "fastest here that load() may pick: onnx-int8 " in out
     assert "onnx-int8-pruned is faster, but load() never picks it by itself" in out
     assert "artifact='onnx-int8-pruned'" in out
 

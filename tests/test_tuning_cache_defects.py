@@ -205,7 +205,7 @@ def test_edge_tune_tells_a_tie_from_an_artifact_load_never_picks(artifacts, monk
     _fake_timing(monkeypatch, {"onnx-fp32": 5.0, "onnx-fp16": 5.1, "onnx-fp16-pruned": 2.0})
     assert cli_tune.main([str(artifacts), "--rounds", "1"]) == 0
     out = capsys.readouterr().out
-    assert "fastest here: onnx-fp16 " in out and "never picks" not in out, out
+    assert "kept first here: onnx-fp16 " in out and "never picks" not in out, out
     assert "onnx-fp32 is 2.0% faster than onnx-fp16, less than the 5%" in out, out
     assert "edge-run DIR --artifact onnx-fp32" in out
     assert cli_tune.main([str(artifacts), "--all", "--rounds", "1"]) == 0  # the twin: never picked
@@ -241,3 +241,23 @@ def test_a_refused_write_names_the_real_fix(tmp_path, caplog):
     caplog.clear()
     os.chmod(default_cache_dir(), 0o700)
     assert _tuning_cache.write_atomic(_tuning_cache.cache_file(tmp_path), {"a": 1})
+
+
+# -- a damaged directory is not tuned past ---------------------------------------------------------
+
+
+def test_edge_tune_stops_on_a_damaged_artifact_as_load_does(artifacts, capsys):
+    """A hash that does not match made edge-tune record the artifact as refused, cache another as
+    fastest and exit 0; load() then ran that other artifact without a word, where it had stopped
+    on the damage before. Now the tuning stops on it too: exit 1, nothing cached, load() fails."""
+    manifest = _manifest(artifacts)
+    entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-fp16")
+    digest = entry["files"][0]["sha256"]
+    entry["files"][0]["sha256"] = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    (artifacts / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    assert cli_tune.main([str(artifacts), "--rounds", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "do not match" in err and "cached in" not in out, (out, err)
+    assert not _tune.cache_file(artifacts).exists()
+    with pytest.raises(edge_runtime.ArtifactError):
+        edge_runtime.load(artifacts)
