@@ -242,3 +242,30 @@ def test_a_reload_that_ends_within_the_drain_is_not_abandoned(embed_dir, monkeyp
     service.stop_requested(signal.SIGTERM)
     service.stop()
     assert not service.drained().abandoned
+
+
+def test_a_symlinked_dir_reports_the_directory_it_named_at_load(embed_dir, tmp_path, caplog):  # noqa: F811
+    """`ln -sfn vN current` then SIGHUP: /info's path and the reload failure's "still serving ...
+    from" said "current" alone, which by then named the directory that failed. They now give the
+    directory each model was loaded from too."""
+    import logging
+
+    v1, v2 = Path(shutil.copytree(embed_dir, tmp_path / "v1")), Path(shutil.copytree(embed_dir, tmp_path / "v2"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    current = tmp_path / "current"
+    current.symlink_to(v1, target_is_directory=True)
+    service = Service(ServeConfig(current, artifact="onnx-fp32", golden_interval_s=0))
+    with TestClient(create_app(service)) as http:
+        info = http.get("/info").json()["artifact"]
+        assert info["path"] == str(current) and info["directory"] == str(v1.resolve())
+        current.unlink()
+        current.symlink_to(v2, target_is_directory=True)
+        assert service.reloader.reload()["ok"]
+        assert http.get("/info").json()["artifact"]["directory"] == str(v2.resolve())
+        current.unlink()
+        current.symlink_to(broken, target_is_directory=True)
+        with caplog.at_level(logging.ERROR, logger="edge_runtime.serve"):
+            assert not service.reloader.reload()["ok"]
+    failure = next(r.getMessage() for r in caplog.records if "reload of" in r.getMessage())
+    assert f"still serving onnx-fp32 from {current} (-> {v2.resolve()})" in failure, failure

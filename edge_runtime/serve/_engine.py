@@ -10,6 +10,7 @@ and normalization functions (edge_runtime/_text.py), so a vector served equals e
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import threading
 import time
@@ -83,7 +84,9 @@ class Served:
         # splits poorly across threads. A lone row still gets every thread.
         self.lane_model = lane_model
         self._lanes = _Lanes(model.threads) if lane_model is not None else None
-        self.path = Path(path)
+        self.path = Path(path)  # as configured or asked for: often a symlink a deployment re-points
+        # What was loaded: the directory `path` named at load time (load_served resolves it once).
+        self.directory = Path(model.root)
         self.generation = generation
         self.loaded_at = time.time()
         self.task = model.task
@@ -240,6 +243,13 @@ class Served:
         names = self.labels or [f"LABEL_{i}" for i in range(len(scores))]
         return [{"score": float(scores[i]), "label": names[i]} for i in order]
 
+    def where(self) -> str:
+        """`path`, and the directory it named at load when that differs (a symlink re-pointed
+        since, or one to a versioned directory): what log lines say this model was loaded from."""
+        path, directory = str(self.path), str(self.directory)
+        return path if os.path.realpath(path) == directory and os.path.abspath(path) == directory \
+            else f"{path} (-> {directory})"
+
     def info(self) -> dict[str, Any]:
         entry = self.model.artifact
         return {
@@ -249,6 +259,7 @@ class Served:
             "backend": self.model.backend,
             "threads": self.model.threads,
             "path": str(self.path),
+            "directory": str(self.directory),
             "batch_dependent": self.model.batch_dependent,
             "lanes": self.model.threads if self.lane_model is not None else 1,
         }

@@ -138,7 +138,7 @@ class Reloader:
                     "reload of %s failed; still serving %s from %s: %s: %s",
                     target,
                     old.name,
-                    old.path,
+                    old.where(),
                     type(exc).__name__,
                     why,
                 )
@@ -159,7 +159,7 @@ class Reloader:
             log.info(
                 "reloaded: now serving %s from %s (generation %d, %.1f s to load and verify)",
                 served.name,
-                target,
+                served.where(),
                 served.generation,
                 seconds,
             )

@@ -66,7 +66,7 @@ class Service:
             "serving %s (%s) from %s",
             self.slot.current.name,
             self.slot.current.model.backend,
-            self.slot.current.path,
+            self.slot.current.where(),
         )
 
     def stop_requested(self, signum: int | None = None) -> None:
