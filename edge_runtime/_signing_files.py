@@ -290,3 +290,29 @@ def warn_if_writable(root: Path) -> None:
                 return
     except (OSError, SignatureError):  # changed meanwhile: the load's own checks say what
         return
+    problem = _parent_problem(root)
+    if problem:
+        log.warning(
+            "signed artifact directory %s: %s, so whoever can write it can put another directory in "
+            "its place after the check: keep the directories above a signed one writable by their "
+            "owner only, owned by this user or root (a sticky directory such as /tmp is fine)", root, problem)
+
+
+def _parent_problem(root: Path) -> str:
+    """path_problem of the first directory above `root` (resolved) that someone other than this
+    user or root could write, "" when none: writing a parent replaces what the path names.
+    Sticky directories (mode +t, e.g. /tmp) are passed: there, only an entry's owner may rename
+    or remove it."""
+    from edge_runtime.backends._cache import path_problem
+
+    try:
+        parents = Path(os.path.realpath(root)).parents
+        for parent in parents:
+            if os.stat(parent).st_mode & stat_module.S_ISVTX:
+                continue
+            problem = path_problem(parent, follow=True)
+            if problem:
+                return problem
+    except OSError:  # a parent we cannot stat says nothing more than the load's own checks
+        return ""
+    return ""

@@ -168,6 +168,27 @@ def test_a_private_signed_directory_is_not_warned_about(signed, caplog):
     assert not [r for r in caplog.records if "signed artifact directory" in r.getMessage()]
 
 
+@pytest.mark.parametrize("mode, warned", [(0o777, True), (0o1777, False), (0o755, False)])
+def test_a_parent_others_can_write_is_warned_about_unless_sticky(signed, caplog, tmp_path, mode, warned):
+    """docs/signing.md asks the directories above a signed one to be writable by no one else, and
+    says a signed load warns when they are not; only the directory and its files were checked.
+    Whoever can write a parent can rename another directory into the signed one's place after the
+    check. A sticky parent (/tmp's mode) lets only an entry's owner do that: not warned."""
+    root, _, public = signed
+    os.chmod(tmp_path, mode)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+            edge_runtime.load(root, trusted_keys=[public], threads=1, device_cache=False)
+    finally:
+        os.chmod(tmp_path, 0o700)
+    said = [r.getMessage() for r in caplog.records if "signed artifact directory" in r.getMessage()]
+    if warned:
+        assert len(said) == 1 and f"{tmp_path} is writable by its group and others (mode {mode:04o})" in said[0], said
+        assert "put another directory in its place" in said[0]
+    else:
+        assert not said, said
+
+
 # --- item 4: malformed model.sig and keys --------------------------------------------------------
 
 
