@@ -56,6 +56,7 @@ def test_both_loads_of_a_reload_come_from_one_directory(tmp_path, monkeypatch):
         return Model()
 
     monkeypatch.setattr(edge_runtime, "load", load)
+    monkeypatch.setattr(edge_runtime, "read_manifest", lambda root: {"task": "feature-extraction"})
     monkeypatch.setattr(_reload, "Served", lambda model, path, generation, lane_model: lane_model)
     assert _reload.load_served(ServeConfig(current), current, 1) is not None  # lanes were loaded
     assert loaded_from == [v1.resolve(), v1.resolve()]
@@ -269,3 +270,26 @@ def test_a_symlinked_dir_reports_the_directory_it_named_at_load(embed_dir, tmp_p
             assert not service.reloader.reload()["ok"]
     failure = next(r.getMessage() for r in caplog.records if "reload of" in r.getMessage())
     assert f"still serving onnx-fp32 from {current} (-> {v2.resolve()})" in failure, failure
+
+
+def test_a_task_without_routes_is_refused_from_the_manifest_before_loading(tmp_path, monkeypatch):
+    """edge-serve of a token-classification directory loaded and verified the model (seconds of
+    golden samples on a Pi) before refusing it: the manifest alone says the task."""
+    import json
+
+    import tiny_artifact
+
+    from edge_runtime.serve._config import ServeError
+
+    root = tmp_path / "tokens"
+    manifest = tiny_artifact.build(root)
+    manifest["task"] = "token-classification"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the task was checked")
+
+    monkeypatch.setattr(edge_runtime, "load", no_load)
+    with pytest.raises(ServeError, match="does token-classification") as refused:
+        _reload.load_served(ServeConfig(root), root, 0)
+    assert refused.value.err == "model_type"

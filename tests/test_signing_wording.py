@@ -76,7 +76,8 @@ def test_edge_serve_reload_errors_name_its_flag(signed, tmp_path):
     unsigned = tmp_path / "unsigned"
     tiny_artifact.build(unsigned)
     failures = []
-    old = SimpleNamespace(generation=1, name="onnx-fp32", path=tmp_path / "art", info=lambda: {})
+    old = SimpleNamespace(generation=1, name="onnx-fp32", path=tmp_path / "art", info=lambda: {},
+                          where=lambda: str(tmp_path / "art"))
     reloader = Reloader(
         ServeConfig(tmp_path / "art", trusted_keys=(str(public),)),
         SimpleNamespace(current=old),

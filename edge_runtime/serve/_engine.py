@@ -73,6 +73,21 @@ class _Lanes:
         return future
 
 
+# The tasks edge-serve has routes for.
+SERVED_TASKS = ("feature-extraction", "text-classification")
+
+
+def check_task(task: str, path) -> None:
+    """ServeError (model_type) unless edge-serve has routes for `task`."""
+    if task not in SERVED_TASKS:
+        raise ServeError(
+            "Backend",
+            f"edge-serve serves feature-extraction (/embed) and text-classification "
+            f"(/predict) models; {path} does {task}",
+            err="model_type",
+        )
+
+
 class Served:
     """One loaded Model with its tokenizer, ready for the worker thread."""
 
@@ -90,13 +105,7 @@ class Served:
         self.generation = generation
         self.loaded_at = time.time()
         self.task = model.task
-        if self.task not in ("feature-extraction", "text-classification"):
-            raise ServeError(
-                "Backend",
-                f"edge-serve serves feature-extraction (/embed) and text-classification "
-                f"(/predict) models; {path} does {self.task}",
-                err="model_type",
-            )
+        check_task(self.task, path)
         self.encoder = model._text()  # the Model's own TextEncoder: one tokenizer configuration
         self.max_length = self.encoder.max_length
         post = model.manifest.get("postprocess", {})

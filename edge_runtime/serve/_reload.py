@@ -23,7 +23,7 @@ from typing import Any
 
 import edge_runtime
 from edge_runtime.serve._config import ServeError
-from edge_runtime.serve._engine import Served
+from edge_runtime.serve._engine import Served, check_task
 
 __all__ = ["Reloader", "check_limits", "load_served"]
 
@@ -38,6 +38,11 @@ def load_served(config, path: Path, generation: int) -> Served:
     # directory, not from whichever the link names at that moment. realpath, not resolve(): it
     # never raises (a symlink loop then fails in load(), with its message).
     root = Path(os.path.realpath(path))
+    # A task without routes is refused from the manifest, before a load that verifies and runs
+    # golden samples for seconds on a small board (load() reads it again, verified).
+    task = edge_runtime.read_manifest(root).get("task")
+    if task is not None:  # none: load() says what is wrong with the manifest
+        check_task(task, path)
     model = edge_runtime.load(root, artifact=config.artifact, threads=config.threads, trusted_keys=keys,
                               device_cache=config.device_cache)
     lane_model = None
