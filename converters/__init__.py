@@ -3,7 +3,8 @@
     from converters import ConvertConfig, convert
     result = convert(ConvertConfig(model=None, target="auto", out=Path("out")))
 
-The folders follow the pipeline (pipeline.py runs it, _artifacts.py builds each artifact):
+The folders follow the pipeline (pipeline.py runs it, _artifacts.py builds each artifact, the TFLite
+ones in _artifacts_tflite.py, both on _step.py's Step and Built):
 
     inputs/     source model, fit / validation texts, preflight checks
     export/     the FP32 ONNX graph (TFLite's export is tflite/export.py)

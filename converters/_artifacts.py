@@ -6,21 +6,32 @@ what each artifact needs on the device. converters/pipeline.py runs them in orde
     onnx-int4   4-bit tables + W4A8 weights on the INT8 graph, 8-bit weights within a size budget
                 (or MatMulNBits, per the profile)
     tflite-*    litert-torch export with sequence buckets -> ai-edge-quantizer recipe
+                (converters/_artifacts_tflite.py)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from converters._artifacts_tflite import build_tflite_fp32, build_tflite_quantized
 from converters._errors import AccuracyError, ConversionError, UnsupportedModelError
 from converters._graph import model_bytes
+from converters._step import (
+    PLAIN_ONNX_EXPORT,
+    Built,
+    Step,
+    checked,
+    latency_ms,
+    onnx_session,
+    open_session,
+    promoted,
+)
 from converters.core.gptq import Int8Rounding
 from converters.core.search import RANKING_TEXTS, LaneScorer, ranking_lanes
 from converters.core.validate import (
@@ -28,9 +39,6 @@ from converters.core.validate import (
     compute_metrics,
     floor_failures,
     floor_shortfall,
-    metric_batches,
-    rows_alone,
-    sequence_outputs,
 )
 from converters.inputs.plan import Planned
 from converters.inputs.source import SourceModel
@@ -44,94 +52,12 @@ from converters.onnx.quantize_int8 import Int8Config, int8_range, quantize_int8
 from converters.onnx.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8
 from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
 from converters.onnx.split_first_token import SplitConfig, split_first_token
-from converters.packaging.timing import WARMUP_RUNS, timing_feeds
 from converters.pruning.structure import find_layers
-from converters.tflite import (
-    GPTQ_RECIPE,
-    RECIPES,
-    GptqInt4Config,
-    TfliteExportConfig,
-    export_tflite,
-    quantize_tflite,
-)
-from converters.tflite.background import background_key, tflite_export_key, tflite_export_path
-from converters.tflite.hessians import HessianCache
-from edge_runtime import backends
 from edge_runtime._bench_config import DEFAULT_SHAPE
-from edge_runtime.backends.onnx import OnnxSession
-from targets import AccuracyFloor, TargetProfile
 
-__all__ = ["BUILDERS", "MIN_RUNTIME", "Built", "Step", "latency_ms", "onnx_session", "open_session"]
-
-Progress = Callable[[str], None]
-
-
-def onnx_session(path: Path, threads: int = DEFAULT_SHAPE.threads) -> OnnxSession:
-    return OnnxSession(path, threads=threads, graph_optimization_level="all")
-
-
-def open_session(fmt: str, path: Path, threads: int = DEFAULT_SHAPE.threads):
-    """A session of the device backend for `fmt`, as edge_runtime opens it."""
-    return backends.open_session(fmt, path, threads=threads)
-
-
-def latency_ms(session: OnnxSession, source: SourceModel, seq: int, runs: int) -> float:
-    """p50 at batch 1 and a full `seq`-token input on this machine (informational)."""
-    feeds = timing_feeds(source.input_names, source.tokenizer.vocab_size, min(seq, source.max_length))
-    for _ in range(WARMUP_RUNS):
-        session.run(feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
-
-@dataclass
-class Step:
-    """What every artifact builder reads."""
-
-    source: SourceModel
-    profile: TargetProfile
-    # The validation texts and their PyTorch FP32 outputs: every metric, floor and search
-    # evaluation. Never fitted on (issue 10).
-    reference: Reference
-    floor: AccuracyFloor
-    work: Path
-    fp32_path: Path  # the exported (and, per profile, fused) FP32 ONNX graph
-    progress: Progress
-    # The fit texts and their PyTorch FP32 outputs: SmoothQuant scales, GPTQ Hessians, static
-    # ranges, clip statistics and sensitivity rankings. Disjoint from `reference`.
-    fit: Reference
-    cache: dict[str, Any] = field(default_factory=dict)  # results shared between builders
-    # Opens the session a candidate ONNX graph is scored with: the target's arithmetic, not
-    # necessarily this machine's (converters/core/arithmetic.py). None: this machine's kernels.
-    sessions: Callable[[Path, int], Any] | None = None
-    # Where exports shared by the targets of one run live (None: `work`).
-    exports: Path | None = None
-
-    def session(self, path: Path, threads: int | None = None) -> Any:
-        """The session that scores the ONNX graph at `path` for this target (`threads`: None for
-        the project's scoring threads)."""
-        threads = threads or DEFAULT_SHAPE.threads
-        return self.sessions(path, threads) if self.sessions is not None else onnx_session(path, threads)
-
-
-# step.cache key of the unfused FP32 ONNX export, when the run made one (converters/_shared.py).
-PLAIN_ONNX_EXPORT = "onnx-plain-export"
-
-
-@dataclass
-class Built:
-    model_path: Path
-    metrics: dict[str, float]
-    # What a search moved to a wider form than `precision` (kept float, or 8 bits in an INT4
-    # artifact), and to which.
-    promoted: list[str] = field(default_factory=list)
-    promoted_to: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+# Step, Built and the sessions live in converters/_step.py; re-exported here for the pipeline.
+__all__ = ["BUILDERS", "MIN_RUNTIME", "PLAIN_ONNX_EXPORT", "Built", "Step", "latency_ms", "onnx_session",
+           "open_session"]
 
 
 def _build_onnx_fp32(step: Step, name: str) -> Built:
@@ -226,17 +152,11 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
     outcome = quantize_with_floor(graph.split, work / f"{name}.onnx", int8, source,
                                   step.reference, step.floor.for_precision("int8"), step.session, step.progress,
                                   fit=step.fit, name=name, rounding=rounding, lanes=ranking_lanes())
-    extra = {"quantization": {**int8.describe(rounding), "promoted": _promoted("float32", outcome.promoted),
+    extra = {"quantization": {**int8.describe(rounding), "promoted": promoted("float32", outcome.promoted),
                               "embeddings": embeddings, **graph.report, "search": outcome.search}}
     if outcome.promoted:
         extra["quantization"]["tradeoff"] = _fallback_cost(step, name, graph.split, int8, rounding, outcome)
     return Built(outcome.path, outcome.metrics, outcome.promoted, "float32", extra)
-
-
-def _promoted(to: str, weights: list[str]) -> dict[str, Any]:
-    """The manifest's one record of what a search moved to a wider form than the artifact's
-    precision (every format and search writes it so)."""
-    return {"to": to, "weights": list(weights)}
 
 
 # Static INT8 activation ranges from at most this many batches (x 16 texts), spread over the
@@ -272,13 +192,6 @@ def _fallback_cost(step: Step, name: str, split: Path, int8: Int8Config, roundin
         f"{a['metrics'].get(key, float('nan')):.4f} -> {c['metrics'].get(key, float('nan')):.4f}"
     )
     return sides
-
-
-def _checked(step: Step, name: str, precision: str, metrics: dict[str, float]) -> None:
-    """Refuse an artifact below the profile's floor for its precision."""
-    failures = floor_failures(metrics, step.floor.for_precision(precision))
-    if failures:
-        raise AccuracyError(f"{name} is below the accuracy floor: {'; '.join(failures)}")
 
 
 def _onnx_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
@@ -355,7 +268,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     onnx.save(model, str(path))
     probe.unlink(missing_ok=True)
     metrics = compute_metrics(source, step.reference, step.session(path).run, name)
-    _checked(step, name, "int4", metrics)
+    checked(step, name, "int4", metrics)
     eight = sorted(fit.moved)
     base = fit.steps[0]["metrics"]
     step.progress(f"[{name}] trade-off: {len(eight)} of {len(weights.weights)} MatMul weights in 8 bits cost "
@@ -369,7 +282,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
               **graph.report,
               "weights": {w: {"bits": 4 if w in four_bit else 8, "shape": list(weights.shape(w))}
                           for w in weights.weights},
-              "promoted": _promoted("int8", eight), "search": fit.steps, "search_seconds": round(fit.seconds, 1), "size_budget": scheme.size_budget,
+              "promoted": promoted("int8", eight), "search": fit.steps, "search_seconds": round(fit.seconds, 1), "size_budget": scheme.size_budget,
               "bytes_all_4bit": base_bytes, "bytes": path.stat().st_size, "bytes_fp32": fp32_bytes}
     # The runtime keeps this artifact's optimized graph in its device cache: expanding the
     # 4-bit weights is most of a session start (edge_runtime/backends/onnx.py).
@@ -391,98 +304,8 @@ def _build_onnx_int4_matmulnbits(step: Step, name: str) -> Built:
                            shortfall=lambda metrics: floor_shortfall(metrics, step.floor.for_precision("int4")))
     path = step.work / f"{name}.onnx"
     metrics = compute_metrics(step.source, step.reference, step.session(path).run, name)
-    _checked(step, name, "int4", metrics)
+    checked(step, name, "int4", metrics)
     return Built(path, metrics, report["promoted"]["weights"], "int8", {"quantization": report})
-
-
-def _tflite_fp32(step: Step) -> Path:
-    """The FP32 .tflite every TFLite artifact starts from, exported once per bucket set (shared
-    by the targets of one run through step.cache): the background export's file when one was
-    started (SharedInputs.start_tflite_exports), else exported here."""
-    key = tflite_export_key(step.profile, step.source)
-    if key not in step.cache:
-        path = tflite_export_path(step.exports or step.work, key)
-        info = None
-        background = step.cache.pop(background_key(key), None)
-        if background is not None:
-            waiting = time.perf_counter()
-            step.progress(f"waiting for the TFLite export (started {background.seconds():.0f} s ago in a "
-                          "second process)")
-            info, why = background.result()
-            if info is None:
-                step.progress(f"the TFLite export process failed ({why}): exporting here instead")
-            else:
-                step.progress(f"TFLite export done in the second process ({background.seconds():.0f} s after its "
-                              f"start; waited {time.perf_counter() - waiting:.1f} s for it)")
-        if info is None:
-            step.progress(f"exporting TFLite with litert-torch (signatures for {key[1]} tokens)")
-            info = export_tflite(step.source, path, TfliteExportConfig(buckets=key[1]))
-        step.cache[key] = (path, info)
-    return step.cache[key][0]
-
-
-def _tflite_extra(step: Step) -> dict[str, Any]:
-    info = step.cache[tflite_export_key(step.profile, step.source)][1]
-    keep = ("config", "buckets", "signatures", "input_names", "input_dtype", "output_names", "op_counts",
-            "ops_outside_xnnpack", "tool")
-    return {"tflite": {k: info[k] for k in keep if k in info}}
-
-
-def _build_tflite_fp32(step: Step, name: str) -> Built:
-    path = _tflite_fp32(step)
-    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", path).run,
-                              name)
-    _checked(step, name, "fp32", metrics)
-    return Built(path, metrics, extra=_tflite_extra(step))
-
-
-def _tflite_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
-    """The searches' scorer of .tflite candidates: each text run alone at its own length, as
-    Model.embed runs it (rows_alone: the same numbers, 0.55x the tokens on the ranking subset).
-    An artifact's recorded metrics still run padded batches (validate.metric_batches), so non-finite
-    values in padding are caught there. Rankings may score candidates in lanes (core/search.py)."""
-
-    def through(run) -> dict[str, float]:
-        return compute_metrics(step.source, texts, rows_alone(run, sequence_outputs(step.source)), label)
-
-    def score(path: Path, threads: int | None) -> dict[str, float]:
-        return through(open_session("tflite", path, threads or DEFAULT_SHAPE.threads).run)
-
-    return LaneScorer(score, ranking_lanes(), through=through)
-
-
-def _build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool = False) -> Built:
-    options = step.profile.tflite
-    recipe = (options.legacy_recipes if legacy else options.recipes).get(precision)
-    if recipe is None:
-        table = "legacy_recipes" if legacy else "recipes"
-        raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] {table} entry for it")
-    out = step.work / f"{name}.tflite"
-    spec = RECIPES.get(recipe)
-    floor = step.floor.for_precision(precision)
-    report = quantize_tflite(
-        _tflite_fp32(step), out, recipe,
-        # Calibrated recipes fit on the fit texts and judge their searches on the validation
-        # texts (the same split the ONNX INT8/INT4 use).
-        calibration=step.fit.batches if spec and spec.needs_calibration else None,
-        validation=step.reference.batches if spec and spec.needs_calibration else None,
-        int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
-        floor=floor if spec and spec.ours else None,  # read as the final validation reads it
-        progress=lambda message: step.progress(f"[{name}] {message}"),
-        # The one evaluator of every search: agreement with PyTorch through edge_runtime.
-        rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
-        # Re-batched by length: edge_runtime pads a batch to the bucket of its longest text.
-        judge=_tflite_scorer(step, step.reference.spread(None), f"{name} candidate"),
-        # GPTQ statistics of the export: collected once, shared by both recipes and all targets;
-        # read from the plain ONNX export when this run made one (faster than the interpreter).
-        hessians=step.cache.setdefault("tflite-hessians", HessianCache(twin=step.cache.get(PLAIN_ONNX_EXPORT))),
-    )
-    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", out).run,
-                              name)
-    _checked(step, name, precision, metrics)
-    promoted = report.get("promoted", {})
-    return Built(out, metrics, promoted.get("weights", []), promoted.get("to", ""),
-                 extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
 
 
 # (format, precision) -> builder. Registered once; an unknown pair is a clear error up front.
@@ -490,9 +313,9 @@ BUILDERS: dict[tuple[str, str], Callable[[Step, Planned], Built]] = {
     ("onnx", "fp32"): lambda step, p: _build_onnx_fp32(step, p.name),
     ("onnx", "int8"): lambda step, p: _build_onnx_int8(step, p.name),
     ("onnx", "int4"): lambda step, p: _build_onnx_int4(step, p.name),
-    ("tflite", "fp32"): lambda step, p: _build_tflite_fp32(step, p.name),
-    ("tflite", "int8"): lambda step, p: _build_tflite_quantized(step, p.name, "int8", p.variant == "legacy"),
-    ("tflite", "int4"): lambda step, p: _build_tflite_quantized(step, p.name, "int4", p.variant == "legacy"),
+    ("tflite", "fp32"): lambda step, p: build_tflite_fp32(step, p.name),
+    ("tflite", "int8"): lambda step, p: build_tflite_quantized(step, p.name, "int8", p.variant == "legacy"),
+    ("tflite", "int4"): lambda step, p: build_tflite_quantized(step, p.name, "int4", p.variant == "legacy"),
 }
 # What each artifact needs on the device (the versions it was tested with). tflite-runtime
 # 2.14 runs the FP32 export and weight-only INT8 correctly, but computes per-channel dynamic

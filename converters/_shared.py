@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters._artifacts import PLAIN_ONNX_EXPORT, Built, Step
 from converters._errors import AccuracyError, ConversionError
+from converters._step import PLAIN_ONNX_EXPORT, Built, Step
 from converters.core.validate import Reference, reference_outputs
 from converters.export.export_onnx import ExportConfig, export_onnx
 from converters.export.fuse_onnx import fuse_onnx, fusion_config

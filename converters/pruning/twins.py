@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from converters._artifacts import Step, open_session
 from converters._errors import AccuracyError, ConversionError
+from converters._step import Step, open_session
 from converters.core.validate import compute_metrics, floor_failures
 from converters.inputs.plan import pruned_plan
 from converters.pruning.prune_model import PruneRequest

@@ -1,0 +1,123 @@
+"""The TFLite builders (tflite-fp32, tflite-int8, tflite-int4, and the legacy variant): the
+litert-torch export with sequence buckets, shared by the targets of a run, then an
+ai-edge-quantizer recipe (converters/tflite/). Registered in converters/_artifacts.BUILDERS."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from converters._errors import ConversionError
+from converters._step import PLAIN_ONNX_EXPORT, Built, Step, checked, open_session
+from converters.core.search import RANKING_TEXTS, LaneScorer, ranking_lanes
+from converters.core.validate import (
+    Reference,
+    compute_metrics,
+    metric_batches,
+    rows_alone,
+    sequence_outputs,
+)
+from converters.tflite import (
+    GPTQ_RECIPE,
+    RECIPES,
+    GptqInt4Config,
+    TfliteExportConfig,
+    export_tflite,
+    quantize_tflite,
+)
+from converters.tflite.background import background_key, tflite_export_key, tflite_export_path
+from converters.tflite.hessians import HessianCache
+from edge_runtime._bench_config import DEFAULT_SHAPE
+
+__all__ = ["build_tflite_fp32", "build_tflite_quantized"]
+
+
+def _tflite_fp32(step: Step) -> Path:
+    """The FP32 .tflite every TFLite artifact starts from, exported once per bucket set (shared
+    by the targets of one run through step.cache): the background export's file when one was
+    started (SharedInputs.start_tflite_exports), else exported here."""
+    key = tflite_export_key(step.profile, step.source)
+    if key not in step.cache:
+        path = tflite_export_path(step.exports or step.work, key)
+        info = None
+        background = step.cache.pop(background_key(key), None)
+        if background is not None:
+            waiting = time.perf_counter()
+            step.progress(f"waiting for the TFLite export (started {background.seconds():.0f} s ago in a "
+                          "second process)")
+            info, why = background.result()
+            if info is None:
+                step.progress(f"the TFLite export process failed ({why}): exporting here instead")
+            else:
+                step.progress(f"TFLite export done in the second process ({background.seconds():.0f} s after its "
+                              f"start; waited {time.perf_counter() - waiting:.1f} s for it)")
+        if info is None:
+            step.progress(f"exporting TFLite with litert-torch (signatures for {key[1]} tokens)")
+            info = export_tflite(step.source, path, TfliteExportConfig(buckets=key[1]))
+        step.cache[key] = (path, info)
+    return step.cache[key][0]
+
+
+def _tflite_extra(step: Step) -> dict[str, Any]:
+    info = step.cache[tflite_export_key(step.profile, step.source)][1]
+    keep = ("config", "buckets", "signatures", "input_names", "input_dtype", "output_names", "op_counts",
+            "ops_outside_xnnpack", "tool")
+    return {"tflite": {k: info[k] for k in keep if k in info}}
+
+
+def build_tflite_fp32(step: Step, name: str) -> Built:
+    path = _tflite_fp32(step)
+    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", path).run,
+                              name)
+    checked(step, name, "fp32", metrics)
+    return Built(path, metrics, extra=_tflite_extra(step))
+
+
+def _tflite_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
+    """The searches' scorer of .tflite candidates: each text run alone at its own length, as
+    Model.embed runs it (rows_alone: the same numbers, 0.55x the tokens on the ranking subset).
+    An artifact's recorded metrics still run padded batches (validate.metric_batches), so non-finite
+    values in padding are caught there. Rankings may score candidates in lanes (core/search.py)."""
+
+    def through(run) -> dict[str, float]:
+        return compute_metrics(step.source, texts, rows_alone(run, sequence_outputs(step.source)), label)
+
+    def score(path: Path, threads: int | None) -> dict[str, float]:
+        return through(open_session("tflite", path, threads or DEFAULT_SHAPE.threads).run)
+
+    return LaneScorer(score, ranking_lanes(), through=through)
+
+
+def build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool = False) -> Built:
+    options = step.profile.tflite
+    recipe = (options.legacy_recipes if legacy else options.recipes).get(precision)
+    if recipe is None:
+        table = "legacy_recipes" if legacy else "recipes"
+        raise ConversionError(f"profile {step.profile.id} lists TFLite {precision} but no [tflite] {table} entry for it")
+    out = step.work / f"{name}.tflite"
+    spec = RECIPES.get(recipe)
+    floor = step.floor.for_precision(precision)
+    report = quantize_tflite(
+        _tflite_fp32(step), out, recipe,
+        # Calibrated recipes fit on the fit texts and judge their searches on the validation
+        # texts (the same split the ONNX INT8/INT4 use).
+        calibration=step.fit.batches if spec and spec.needs_calibration else None,
+        validation=step.reference.batches if spec and spec.needs_calibration else None,
+        int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
+        floor=floor if spec and spec.ours else None,  # read as the final validation reads it
+        progress=lambda message: step.progress(f"[{name}] {message}"),
+        # The one evaluator of every search: agreement with PyTorch through edge_runtime.
+        rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
+        # Re-batched by length: edge_runtime pads a batch to the bucket of its longest text.
+        judge=_tflite_scorer(step, step.reference.spread(None), f"{name} candidate"),
+        # GPTQ statistics of the export: collected once, shared by both recipes and all targets;
+        # read from the plain ONNX export when this run made one (faster than the interpreter).
+        hessians=step.cache.setdefault("tflite-hessians", HessianCache(twin=step.cache.get(PLAIN_ONNX_EXPORT))),
+    )
+    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", out).run,
+                              name)
+    checked(step, name, precision, metrics)
+    promoted = report.get("promoted", {})
+    return Built(out, metrics, promoted.get("weights", []), promoted.get("to", ""),
+                 extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
