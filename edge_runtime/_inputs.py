@@ -166,12 +166,18 @@ def empty_outputs(outputs: list[dict[str, Any]], axes: dict[str, int]) -> dict[s
 
 
 def check_texts(texts: Any) -> list[str]:
-    """A list of str; UTF-8 bytes are decoded. Anything else names the offending index."""
+    """A list of str (or a 1-D array of them); UTF-8 bytes are decoded. Anything else names the
+    offending index."""
+    single = "texts must be a list of strings (wrap a single text in a list)"
     if isinstance(texts, (str, bytes, bytearray)):
-        raise InputError("texts must be a list of strings (wrap a single text in a list)")
+        raise InputError(single)
     if isinstance(texts, (Mapping, set, frozenset)):  # a mapping's keys, a set in no defined order
         raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
     if isinstance(texts, np.ndarray):
+        if texts.ndim == 0:  # np.array("a"): one text, as a str is (tolist() would give "a")
+            raise InputError(single)
+        if texts.ndim > 1:  # its rows would be reported as lists
+            raise InputError(f"texts must be a list of str or a 1-D array of str, got a {texts.ndim}-D array")
         texts = texts.tolist()
     try:
         items = list(texts)

@@ -106,6 +106,9 @@ def load(
     cache_dirs, records_dir = _load_args.cache_dirs(device_cache, default_cache_dir())
     if not isinstance(path, (str, os.PathLike)):  # Path(None) would be a bare TypeError
         raise InputError(f"path must be an artifact directory (str or os.PathLike), got {path!r}")
+    if os.fspath(path) in ("", b""):  # Path("") is the working directory: never what was meant
+        raise InputError("path is empty (''); name an edge-convert output directory, e.g. out/auto "
+                         "(load('.') for the working directory)")
     root = Path(path)
     signed_stats = None
     if trusted_keys is not None:

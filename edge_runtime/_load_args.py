@@ -16,7 +16,7 @@ import numpy as np
 from edge_runtime._errors import InputError
 from edge_runtime._select import max_threads, usable_cpus
 
-__all__ = ["cache_dirs", "check_options", "check_threads", "no_backend_message", "threads_problem"]
+__all__ = ["EMPTY_DIRECTORY", "cache_dirs", "check_options", "check_threads", "no_backend_message", "threads_problem"]
 
 log = logging.getLogger("edge_runtime")
 
@@ -24,6 +24,12 @@ log = logging.getLogger("edge_runtime")
 # extras are named as the wheel's, with the packages they bring).
 _EXTRAS = {"onnx": "onnxruntime (the device wheel's [onnx] extra)",
            "tflite": "ai-edge-litert (the device wheel's [tflite] extra)"}
+
+
+# The commands' error for an empty DIR argument: Path("") is the working directory, whose
+# subdirectories a multi-target message would then list, never what was meant.
+EMPTY_DIRECTORY = ("the artifact directory argument is empty (''); name an edge-convert output "
+                   "directory, e.g. out/auto")
 
 
 # Strings a caller means as a bool (device_cache="no" from a config file), never as a directory.

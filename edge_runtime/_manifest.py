@@ -5,7 +5,8 @@ Everything a manifest points at is checked before it is used: its structure and 
 every path stays inside the artifact directory (resolve: no absolute paths, no `..` or linked
 directory leading out; a file itself may link to a file elsewhere, as huggingface_hub lays
 them out), and every file the chosen artifact needs, tokenizer and golden sample included, has
-the size and sha256 the manifest records (verify_files, files_to_verify).
+the size and sha256 the manifest records (verify_files, files_to_verify). An entry of a format or
+precision newer than this edge_runtime is left out with its reason (UNREADABLE), not refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_SCHEMA_VERSION",
     "SUPPORTED_SCHEMA_VERSIONS",
+    "UNREADABLE",
     "file_sha256",
     "files_to_verify",
     "read_manifest",
@@ -40,6 +42,9 @@ _REQUIRED = ("schema_version", "target", "source", "task", "inputs", "outputs", 
 _ARTIFACT_REQUIRED = ("name", "format", "precision", "files", "metrics", "golden")
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# read_manifest's own key, never the file's: name -> why this edge_runtime cannot load an entry
+# (a format or precision a later converter added), left out of `artifacts`; absent if none.
+UNREADABLE = "_unreadable_artifacts"
 # runtime.graph_optimization_level: the names backends/onnx.py maps to onnxruntime's
 # GraphOptimizationLevel (targets/__init__.py checks a profile against the same four).
 ONNX_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -56,14 +61,21 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def unknown_artifacts(root: Path, manifest: dict[str, Any], names: list[str]) -> str:
     """The message for artifact names the manifest does not have: the names it has, then, one
     line each, the converter's reason for those it refused (its optional `refused` list; the
-    reasons hold "; " themselves)."""
+    reasons hold "; " themselves); a name this edge_runtime cannot load (UNREADABLE), its reason."""
     names = list(dict.fromkeys(names))
-    refused = {r["name"]: r.get("reason") for r in manifest.get("refused") or []
-               if isinstance(r, dict) and isinstance(r.get("name"), str)}
-    lines = [f"no artifact {', '.join(map(repr, names))} in {root}; it has: "
-             f"{', '.join(a['name'] for a in manifest['artifacts'])}"]
-    lines += [f"  the converter refused {name!r}: {refused[name] or '(no reason recorded)'}"
-              for name in names if name in refused]
+    unreadable = manifest.get(UNREADABLE) or {}
+    absent = [name for name in names if name not in unreadable]
+    lines = []
+    if absent:
+        refused = {r["name"]: r.get("reason") for r in manifest.get("refused") or []
+                   if isinstance(r, dict) and isinstance(r.get("name"), str)}
+        also = f" (and {', '.join(unreadable)}, which this edge_runtime cannot load)" if unreadable else ""
+        lines.append(f"no artifact {', '.join(map(repr, absent))} in {root}; it has: "
+                     f"{', '.join(a['name'] for a in manifest['artifacts'])}{also}")
+        lines += [f"  the converter refused {name!r}: {refused[name] or '(no reason recorded)'}"
+                  for name in absent if name in refused]
+    lines += [f"artifact {name!r} in {root} cannot be loaded here: {unreadable[name]}"
+              for name in names if name in unreadable]
     return "\n".join(lines)
 
 
@@ -91,18 +103,14 @@ def resolve(root: Path, relative: str) -> Path:
     except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long for the OS
         raise ManifestError(f"manifest path {relative!r} cannot be resolved: {exc}") from None
     if not inside.is_relative_to(base):
-        raise ManifestError(
-            f"manifest path {relative!r} points outside {root} (to {inside}); manifest paths "
-            "must stay inside the artifact directory (to use a directory linked in from "
-            "elsewhere, copy the artifact directory with its links followed: cp -rL SRC DST)"
-        )
+        raise ManifestError(f"manifest path {relative!r} points outside {root} (to {inside}); manifest paths "
+                            "must stay inside the artifact directory (to use a directory linked in from "
+                            "elsewhere, copy the artifact directory with its links followed: cp -rL SRC DST)")
     leaves = path != inside and not target.is_relative_to(base)
     if leaves and target.exists() and not target.is_file():
-        raise ManifestError(
-            f"manifest path {relative!r} is a symlink to {target}, which is not a regular file; "
-            "a file of the artifact directory may link to a file only (or copy the directory "
-            "with its links followed: cp -rL SRC DST)"
-        )
+        raise ManifestError(f"manifest path {relative!r} is a symlink to {target}, which is not a regular file; "
+                            "a file of the artifact directory may link to a file only (or copy the directory "
+                            "with its links followed: cp -rL SRC DST)")
     return path
 
 
@@ -162,19 +170,15 @@ def _check_tensor_specs(specs: Any, where: str) -> None:
             isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
             for d in shape
         ):
-            raise ManifestError(
-                f"{here}: shape {shape!r} must be a list of sizes (int >= 0) or axis names (str)"
-            )
+            raise ManifestError(f"{here}: shape {shape!r} must be a list of sizes (int >= 0) or axis names (str)")
         # Optional limits (edge_runtime/_inputs.py checks them): values below a table's size,
         # named axes up to a size.
         below = spec.get("values_below")
         if below is not None and not (isinstance(below, int) and not isinstance(below, bool) and below >= 1):
             raise ManifestError(f"{here}: values_below must be an integer >= 1, got {below!r}")
         axis_max = spec.get("axis_max", {})
-        if not isinstance(axis_max, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
-            for k, v in axis_max.items()
-        ):
+        if not isinstance(axis_max, dict) or not all(isinstance(k, str) and isinstance(v, int)
+                                                     and not isinstance(v, bool) and v >= 1 for k, v in axis_max.items()):
             raise ManifestError(f"{here}: axis_max must map axis names to sizes >= 1, got {axis_max!r}")
 
 
@@ -187,17 +191,13 @@ def _parse(path: Path, raw: bytes | None = None) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError(
-            f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); "
-            "the file is damaged or not a manifest"
-        ) from None
+        raise ManifestError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); "
+                            "the file is damaged or not a manifest") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ManifestError(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
-            f"(character {exc.pos}); the file is damaged or was cut short"
-        ) from None
+        raise ManifestError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+                            f"{exc.colno} (character {exc.pos}); the file is damaged or was cut short") from None
     except RecursionError:
         raise ManifestError(f"{path} is not a manifest: JSON nested too deeply") from None
 
@@ -220,10 +220,8 @@ def read_manifest(root: Path, raw: bytes | None = None) -> dict[str, Any]:
         if targets:  # the parent of a multi-target run's outputs (edge-convert --target a,b)
             raise ManifestError(f"{root} holds the outputs of several targets; pass one of them: "
                                 + ", ".join(targets))
-        raise ManifestError(
-            f"{root} has no {MANIFEST_NAME}: not an edge-convert artifact directory, "
-            "or the conversion did not finish"
-        )
+        raise ManifestError(f"{root} has no {MANIFEST_NAME}: not an edge-convert artifact directory, "
+                            "or the conversion did not finish")
     manifest = _parse(path, raw)
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: top level must be an object, got {type(manifest).__name__}")
@@ -233,10 +231,8 @@ def read_manifest(root: Path, raw: bytes | None = None) -> dict[str, Any]:
     version = manifest["schema_version"]
     if isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
         supported = ", ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
-        raise ManifestError(
-            f"{path}: schema_version {version!r}; this edge_runtime reads schema_version "
-            f"{supported}. Re-convert, or install the matching edge_runtime."
-        )
+        raise ManifestError(f"{path}: schema_version {version!r}; this edge_runtime reads schema_version "
+                            f"{supported}. Re-convert, or install the matching edge_runtime.")
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
         raise ManifestError(f"{path}: missing keys {missing}")
@@ -270,11 +266,9 @@ def read_manifest(root: Path, raw: bytes | None = None) -> dict[str, Any]:
         if entry["name"] in names:
             raise ManifestError(f"{where}: duplicate artifact name {entry['name']!r}")
         names.add(entry["name"])
-        if entry["format"] not in FORMATS or entry["precision"] not in PRECISIONS:
-            raise ManifestError(
-                f"{where}: format {entry['format']!r} / precision {entry['precision']!r}; "
-                f"known formats {FORMATS}, precisions {PRECISIONS}"
-            )
+        for key in ("format", "precision"):
+            if not isinstance(entry[key], str) or not entry[key]:
+                raise ManifestError(f"{where}: {key} must be a string, got {entry[key]!r:.80}")
         files = entry["files"]
         if not isinstance(files, list) or not files:
             raise ManifestError(f"{where}: files must be a non-empty list")
@@ -288,6 +282,35 @@ def read_manifest(root: Path, raw: bytes | None = None) -> dict[str, Any]:
             raise ManifestError(f"{where}.golden: tolerance must give cosine_min and rel_l2_max")
         _check_golden_samples(golden.get("samples"), f"{where}.golden")
         _check_artifact_facts(entry, where)
+    return _set_aside_unknown(manifest, path)
+
+
+def _not_known(entry: dict[str, Any]) -> str:
+    """Why this edge_runtime cannot load a well-formed entry ("" if it can): a format or precision
+    a later converter added. Schema 1 fixes an entry's shape, not these values: such an entry is
+    left out with this reason, as one whose backend is missing is, not a damaged manifest."""
+    from edge_runtime import __version__  # lazily: the package imports this module
+
+    unknown = [(f"{key} {entry[key]!r}", ", ".join(known))
+               for key, known in (("format", FORMATS), ("precision", PRECISIONS)) if entry[key] not in known]
+    if not unknown:
+        return ""
+    what, knows = " and ".join(u[0] for u in unknown), "; ".join(u[1] for u in unknown)
+    return (f"{what} {'is' if len(unknown) == 1 else 'are'} not known to edge_runtime {__version__} "
+            f"(it knows {knows}): upgrade edge_runtime to use it")
+
+
+def _set_aside_unknown(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Move the entries this edge_runtime cannot load from `artifacts` to UNREADABLE, where
+    selection, --info and a load by name find them; none left to load is a ManifestError."""
+    manifest.pop(UNREADABLE, None)  # the reader's own key, never the file's
+    reasons = {entry["name"]: why for entry in manifest["artifacts"] if (why := _not_known(entry))}
+    if len(reasons) == len(manifest["artifacts"]):
+        raise ManifestError(f"{path}: no artifact this edge_runtime can load:\n"
+                            + "\n".join(f"  {name}: {why}" for name, why in reasons.items()))
+    if reasons:
+        manifest["artifacts"] = [entry for entry in manifest["artifacts"] if entry["name"] not in reasons]
+        manifest[UNREADABLE] = reasons
     return manifest
 
 
@@ -449,6 +472,16 @@ def files_to_verify(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dic
     return [*entry["files"], entry["golden"], *tokenizer.get("files", [])]
 
 
+def _digests_differ(actual: str, expected: str) -> str:
+    """Two different sha256 digests shown far enough to differ: 16 hex digits, or up to 4 past
+    the first difference, which is then named (else they can read as two identical strings)."""
+    first = next(i for i, (a, b) in enumerate(zip(actual, expected)) if a != b)
+    shown = 16 if first < 16 else min(first + 5, 64)
+    where = "" if first < 16 else f" (first difference at hex digit {first + 1})"
+    dots = "..." if shown < 64 else ""
+    return f"sha256 {actual[:shown]}{dots} differs from the manifest's {expected[:shown]}{dots}{where}"
+
+
 def verify_files(root: Path, items: list[dict[str, Any]]) -> None:
     """Check every listed file exists with the recorded size and sha256; one error lists every
     file that does not, with what the manifest expects and what is there."""
@@ -462,22 +495,16 @@ def verify_files(root: Path, items: list[dict[str, Any]]) -> None:
             size = path.stat().st_size
             if size != item["bytes"]:
                 kind = "truncated" if size < item["bytes"] else "too long"
-                problems.append(
-                    f"{item['path']}: {kind}: {size} bytes, manifest expects {item['bytes']}"
-                )
+                problems.append(f"{item['path']}: {kind}: {size} bytes, manifest expects {item['bytes']}")
                 continue
             actual = file_sha256(path)
         except OSError as exc:  # mode 000, say: the user loading it must be able to read it
             problems.append(f"{item['path']}: cannot be read ({exc.strerror or exc}); make it "
                             "readable by the user loading it")
             continue
-        if actual != item["sha256"].lower():
-            problems.append(
-                f"{item['path']}: sha256 {actual[:16]}... differs from the manifest's "
-                f"{item['sha256'][:16]}... (same size: modified in place?)"
-            )
+        expected = item["sha256"].lower()
+        if actual != expected:
+            problems.append(f"{item['path']}: {_digests_differ(actual, expected)} (same size: modified in place?)")
     if problems:
-        raise ArtifactError(
-            f"artifact files in {root} do not match manifest.json (copied incompletely or "
-            "modified?):\n  " + "\n  ".join(problems)
-        )
+        raise ArtifactError(f"artifact files in {root} do not match manifest.json (copied incompletely or "
+                            "modified?):\n  " + "\n  ".join(problems))

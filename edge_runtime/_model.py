@@ -159,7 +159,8 @@ class Model:
             if self._encoder is None:
                 spec = self.manifest.get("tokenizer")
                 if not spec:
-                    raise InputError(f"{self.root} has no tokenizer: use .run() with tensors")
+                    raise InputError(f"{self.root} has no tokenizer (its manifest lists none), which "
+                                     "embed() and classify() need: pass token ids to Model.run() instead")
                 path = resolve(self.root, spec["files"][0]["path"])
                 self._encoder = TextEncoder(path, spec, [i["name"] for i in self.inputs], self._tokenizer_text)
             return self._encoder

@@ -5,8 +5,10 @@ The order, each step with its reason:
    artifact made for another runtime of its format than the one installed here, e.g. tflite-int8
    for ai-edge-litert under tflite-runtime, goes after the rest of its format, and the reason says
    which and what it needs);
-2. pruned twins (loaded only by name), artifacts none of whose model files is here (a device
-   copy trimmed to the artifacts it runs), whose backend is not installed here or older than
+2. artifacts of a format or precision this edge_runtime does not know (a later converter's:
+   read_manifest set them aside), pruned twins (loaded only by name), artifacts none of whose
+   model files is here (a device copy trimmed to the artifacts it runs), whose backend is not
+   installed here or older than
    their min_runtime, or whose INT8 weights this CPU's arithmetic would compute wrongly
    (`_compat`), are left out (named in `skipped`, with the reason); an artifact with some of
    its files missing is not: loading it says which (an incomplete copy is an error);
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import _compat, _device, _memory, _tuning_cache, backends
-from edge_runtime._manifest import resolve
+from edge_runtime._manifest import UNREADABLE, resolve
 
 __all__ = ["BACKEND_FORMAT", "Choice", "Plan", "candidates", "files_absent", "max_threads", "physical_cores", "plan", "threads_for",
            "usable_cpus"]
@@ -138,6 +140,8 @@ def plan(
             choice.notes.append(f"after the other {entry['format']} artifacts: needs {' or '.join(other[1])} "
                                 f"(min_runtime); {other[0]} runs {entry['format']} here")
         choices.append(choice)
+    # Entries of a format or precision added after this edge_runtime (read_manifest set them aside)
+    skipped.update(manifest.get(UNREADABLE) or {})
     # Stable: the profile's order holds within each group.
     choices = [c for c in choices if c.fits] + [c for c in choices if not c.fits]
     if not choices:

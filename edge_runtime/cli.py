@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="edge-run", description="Run an edge-convert artifact directory on this device.",
         epilog="Exit status: 0 when every text ran (or --info described the directory); 1 when the "
         "directory cannot be run here (a failed check, no artifact that runs, a damaged manifest); "
-        "2 for a bad flag or argument (--threads out of range, no texts); 130 after Ctrl-C; 141 "
+        "2 for a bad flag or argument (--threads out of range, an empty directory argument, no texts, "
+        "a - whose standard input has no lines); 130 after Ctrl-C; 141 "
         "when the reader of the output stopped early.",
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
@@ -217,12 +218,25 @@ def _stdin_lines() -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _texts(arguments: list[str]) -> list[str]:
-    """The command line's texts, with the one "-" replaced by standard input's lines."""
+def _texts(arguments: list[str]) -> list[str] | None:
+    """The command line's texts, with the one "-" replaced by standard input's lines; None when
+    standard input has none, wherever "-" stands (beside other texts too: the same empty input
+    is the same usage error either way)."""
     if "-" not in arguments:
         return arguments
     at = arguments.index("-")
-    return arguments[:at] + _stdin_lines() + arguments[at + 1 :]
+    lines = _stdin_lines()
+    return arguments[:at] + lines + arguments[at + 1 :] if lines else None
+
+
+def _no_text_input(model) -> str:
+    """Why edge-run cannot run `model` on text ("" if it can), in the command's terms: the
+    library's own message (Model._text) points at its API instead."""
+    if model.manifest.get("tokenizer"):
+        return ""
+    return (f"{model.root} has no tokenizer (its manifest lists none), and edge-run runs text: "
+            "convert the model with its tokenizer, or run token ids through the Python API "
+            "(edge_runtime.load(DIR).run({...}))")
 
 
 # Texts run and printed per chunk, so the results of a long standard input are never all held at
@@ -252,15 +266,20 @@ def _truncated(model, texts: list[str], offset: int) -> list[tuple[int, int]]:
 
 
 def _print_results(model, texts: list[str], as_json: bool) -> None:
-    """One line per text, or one JSON object ({"artifact", "embeddings" | "results"}: the same
-    bytes as json.dumps of the whole result), written a chunk at a time. Texts cut to the
-    model's length are named on standard error at the end."""
+    """One line per text (nothing else on stdout; on a terminal, standard error names the
+    artifact first), or one JSON object ({"artifact", "embeddings" | "results"}: the same bytes
+    as json.dumps of the whole result), written a chunk at a time. Texts cut to the model's
+    length are named on standard error at the end."""
+    problem = _no_text_input(model)
+    if problem:
+        raise edge_runtime.InputError(problem)
     embeds = model.task == "feature-extraction"
     truncated: list[tuple[int, int]] = []
     if as_json:
         sys.stdout.write(json.dumps({"artifact": model.name, "embeddings" if embeds else "results": []})[:-2])
-    else:
-        print(f"{model!r}")
+    elif sys.stderr.isatty():  # for the person watching; stdout stays one line per text
+        count = f"{model.threads} thread{'s' if model.threads != 1 else ''}"
+        print(f"edge-run: {model.name} ({model.task}) on {model.backend}, {count}", file=sys.stderr)
     for start in range(0, len(texts), _CHUNK):
         part = texts[start : start + _CHUNK]
         rows = model.embed(part) if embeds else model.classify(part)
@@ -290,6 +309,9 @@ def _print_results(model, texts: list[str], as_json: bool) -> None:
 def _main(argv: list[str] | None) -> int:
     # Intermixed: texts may follow options ("edge-run DIR --json 'a text'"), as users type them.
     args = _parser().parse_intermixed_args(argv)
+    if not args.artifacts:  # Path("") is the working directory: never what was meant
+        print(f"edge-run: error: {_load_args.EMPTY_DIRECTORY}", file=sys.stderr)
+        return 2
     problem = "" if args.threads is None else _load_args.threads_problem(args.threads)
     if problem:  # a bad flag: a usage error (exit 2), said before anything is read
         print(f"edge-run: error: --threads {problem}", file=sys.stderr)
@@ -329,7 +351,7 @@ def _main(argv: list[str] | None) -> int:
                 print("edge-run: error: - reads standard input, but it is closed", file=sys.stderr)
                 return 2
         args.texts = _texts(args.texts)
-        if not args.texts:
+        if args.texts is None:
             print("edge-run: error: standard input has no lines", file=sys.stderr)
             return 2
         model = edge_runtime.load(args.artifacts, artifact=args.artifact, threads=args.threads,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_runtime._bench import BenchConfig, BenchConfigError, render_markdown, run_bench
 from edge_runtime._errors import EdgeRuntimeError
+from edge_runtime._load_args import EMPTY_DIRECTORY
 from edge_runtime._signing import SIGNATURE_NAME
 from edge_runtime._sigterm import TERMINATED_EXIT, Terminated, sigterm_as_ctrl_c
 
@@ -50,8 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         "cold and warm load, memory, sensors, golden check. Markdown on stdout, progress on "
         "stderr.",
         epilog="Exit status: 0 when every measurement ran; 1 when one failed, nothing was measured "
-        "or the directory cannot be used; 2 for a bad flag (every numeric one is checked before "
-        "anything is loaded); 130 after Ctrl-C, 143 after SIGTERM (docs/edge-bench.md).",
+        "or the directory cannot be used; 2 for a bad flag or argument (every numeric one, an empty "
+        "directory and --json OUT are checked before anything is loaded); 130 after Ctrl-C, 143 "
+        "after SIGTERM (docs/edge-bench.md).",
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
     which = parser.add_mutually_exclusive_group()
@@ -111,8 +113,8 @@ def _flatten(groups: list[list[int]] | None) -> tuple[int, ...] | None:
 
 
 def _unwritable(out: Path, artifacts: Path) -> str:
-    """Why the JSON result could not be written to `out` ("" if it can): checked up front,
-    without creating anything (missing directories are made when the result is written)."""
+    """Why the JSON result could not be written to `out` ("" if it can): checked up front, and
+    leaving nothing behind (missing directories are made when the result is written)."""
     if out.is_dir():
         home = artifacts.resolve()
         if out.resolve().is_relative_to(home):
@@ -131,17 +133,31 @@ def _unwritable(out: Path, artifacts: Path) -> str:
         return (f"is inside the signed artifact directory {artifacts}: a file added there is not "
                 f"covered by its {SIGNATURE_NAME}, and signed loads would refuse the directory; "
                 f"write the result outside it, e.g. {home.parent / (home.name + '-bench.json')}")
-    existing = next((p for p in out.resolve().parents if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        return f"{existing} is a file, not a directory"
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        return f"cannot be written ({existing} is not writable)"
     if out.exists():
         try:
             with open(out, "a", encoding="utf-8"):
                 pass
         except OSError as exc:
             return f"cannot be written ({exc.strerror or exc})"
+        return ""
+    existing = next((p for p in out.resolve().parents if p.exists()), None)
+    if existing is None:
+        return ""
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    return _takes_a_file(existing)
+
+
+def _takes_a_file(directory: Path) -> str:
+    """Why no file can be made in `directory` ("" if one can), found by making one and removing
+    it: os.access answers for the permission bits only (root passes it in a read-only mount and
+    in /proc, where nothing can be made)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".edge-bench-check-", dir=directory)
+    except OSError as exc:
+        return f"cannot be written: no file can be made in {directory} ({exc.strerror or exc})"
+    os.close(handle)
+    os.unlink(probe)
     return ""
 
 
@@ -166,6 +182,9 @@ def _write_json(out: Path, doc: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(raw)
+    if not args.artifacts:  # Path("") is the working directory: never what was meant
+        print(f"edge-bench: error: {EMPTY_DIRECTORY}", file=sys.stderr)
+        return 2
     config = BenchConfig(
         artifacts=tuple(args.artifact),
         all_artifacts=args.all,

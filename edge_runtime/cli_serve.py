@@ -12,6 +12,7 @@ import signal
 import sys
 
 # stdlib only: no starlette yet
+from edge_runtime import _load_args
 from edge_runtime.serve._config import (
     HTTP_CHOICES,
     LOOP_CHOICES,
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not args.artifacts:  # Path("") is the working directory: never what was meant
+        print(f"edge-serve: error: {_load_args.EMPTY_DIRECTORY}", file=sys.stderr)
+        return 2
     try:  # every setting checked here, before the serve extra is imported or anything is read
         config = ServeConfig(
             path=args.artifacts,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import edge_runtime
-from edge_runtime import _device, _select, _tune
+from edge_runtime import _device, _load_args, _select, _tune
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="edge-tune: %(message)s")
     if args.rounds < 1:
         print("edge-tune: error: --rounds must be >= 1", file=sys.stderr)
+        return 2
+    if not args.artifacts:  # Path("") is the working directory: never what was meant
+        print(f"edge-tune: error: {_load_args.EMPTY_DIRECTORY}", file=sys.stderr)
         return 2
     try:
         manifest = edge_runtime.read_manifest(Path(args.artifacts))

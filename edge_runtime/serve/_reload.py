@@ -40,8 +40,11 @@ def load_served(config, path: Path, generation: int) -> Served:
     root = Path(os.path.realpath(path))
     # A task without routes is refused from the manifest, before a load that verifies and runs
     # golden samples for seconds on a small board (load() reads it again, verified).
-    task = edge_runtime.read_manifest(root).get("task")
-    if task is not None:  # none: load() says what is wrong with the manifest
+    try:
+        task = edge_runtime.read_manifest(root).get("task")
+    except edge_runtime.EdgeRuntimeError:  # load() says what is wrong, after its own checks
+        task = None
+    if task is not None:
         check_task(task, path)
     model = edge_runtime.load(root, artifact=config.artifact, threads=config.threads, trusted_keys=keys,
                               device_cache=config.device_cache)
