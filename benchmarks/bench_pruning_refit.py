@@ -22,7 +22,8 @@ validation score grows with more texts), --augment on the fit texts plus copies 
 alone (words shuffled, random word spans, pairs joined, words substituted). No timing: the shapes, and so
 the speed, are the same for every row of a ratio pair except through the allocation (FLOPs are
 equal by construction: heads and neurons cost the same in every layer).
-Writes <out>.json and <out>.md.
+--steps K prunes in K equal steps too (each step re-ranks the pruned, re-fitted model and re-fits
+toward the unpruned one: `stepped`), against the one-shot rows. Writes <out>.json and <out>.md.
 """
 
 from __future__ import annotations
@@ -74,6 +75,33 @@ def augmented(texts: tuple[str, ...], kinds: list[str], seed: int = 0,
     return tuple(out)
 
 
+def stepped(base, fit, heads: float, ffn: float, steps: int, damp: float, attention_damp, obs_damp: float):
+    """`base`'s module pruned to (heads, ffn) in `steps` equal steps instead of one: each step ranks
+    the current (pruned, re-fitted) model with the sensitivity allocation and removes its share of
+    what is left, and every re-fit targets the *unpruned* model (reconstruct's `teacher`), so errors
+    are corrected against the original, not against the previous step. Returns (module, keep
+    shares removed per step)."""
+    import dataclasses
+
+    from converters.pruning.importance import plan
+    from converters.pruning.obs import obs_scores
+    from converters.pruning.prune_model import output_loss
+    from converters.pruning.reconstruct import prune_and_reconstruct
+
+    module = copy.deepcopy(base.module)
+    done = (0.0, 0.0)
+    for step in range(1, steps + 1):
+        goal = (heads * step / steps, ffn * step / steps)
+        share = tuple((g - d) / (1 - d) for g, d in zip(goal, done))  # of what is left
+        current = dataclasses.replace(base, module=module)
+        scores = obs_scores(module, fit.batches, base.input_names, *share, damp=obs_damp,
+                            loss=output_loss(current, fit), calibrate_at=share)
+        prune_and_reconstruct(module, plan(scores, *share), fit.batches, base.input_names, damp=damp,
+                              attention_damp=attention_damp, teacher=base.module)
+        done = goal
+    return module
+
+
 def _whole_words(tokenizer) -> tuple[str, ...]:
     """The vocabulary's whole, alphabetic words of 3+ letters (no "##" pieces, no specials)."""
     return tuple(sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) >= 3))
@@ -109,6 +137,9 @@ def main() -> None:
     parser.add_argument("--augment", default="",
                         help=f"also re-fit on all fit texts plus copies: any of {', '.join(AUGMENTS)} "
                              "(each alone, and all together)")
+    parser.add_argument("--steps", default="1",
+                        help="also prune in K equal steps (re-ranked and re-fitted to the unpruned model after "
+                             "each; sensitivity allocation, fit texts, each --damps pull), e.g. 1,3")
     parser.add_argument("--out", type=Path, required=True, help="path prefix of the .json and .md")
     args = parser.parse_args()
 
@@ -189,6 +220,27 @@ def main() -> None:
                     rows.append(row)
                     print(f"  {refit}, {row['refit_texts']}: fit {row['fit']['cosine_mean']:.4f}, validation "
                           f"{row['validation']['cosine_mean']:.4f}, held-out {row['heldout']['cosine_mean']:.4f}",
+                          file=sys.stderr, flush=True)
+    for steps in sorted({int(k) for k in args.steps.split(",")} - {1}):
+        for pair in args.ratios.split(","):
+            heads, ffn = (float(v) for v in pair.split("/"))
+            for (refit, damp, toward_kept, attention_damp) in refits:
+                if not toward_kept:
+                    continue
+                for obs_damp in obs_damps:
+                    began = time.perf_counter()
+                    module = stepped(base, fit, heads, ffn, steps, damp, attention_damp, obs_damp)
+                    row = {"heads": heads, "ffn": ffn, "allocation": f"sensitivity, {steps} steps",
+                           "obs_damp": obs_damp, "refit": refit, "damp": damp, "toward_kept": True,
+                           "attention_damp": damp if attention_damp is None else attention_damp,
+                           "refit_texts": f"fit ({len(texts.fit.texts)})", "steps": steps,
+                           "neurons_removed": [], "heads_removed": [], "sensitivity": {}}
+                    for name, reference in references.items():
+                        row[name] = compute_metrics(base, reference, torch_runner(base, module), name)
+                    rows.append(row)
+                    print(f"  {heads:.2f}/{ffn:.2f} in {steps} steps, {refit}: fit {row['fit']['cosine_mean']:.4f}, "
+                          f"validation {row['validation']['cosine_mean']:.4f}, held-out "
+                          f"{row['heldout']['cosine_mean']:.4f} ({time.perf_counter() - began:.0f} s)",
                           file=sys.stderr, flush=True)
     from edge_runtime._device import detect
 

@@ -378,3 +378,27 @@ def test_layer_sensitivity_moves_removals_away_from_a_layer_the_output_depends_o
     assert round(0.4 * total_neurons) == sum(np.isfinite(v).sum() for v in weighted.neurons.values())
     for want, got in zip(before, _outputs(source, batches)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_second_pruning_step_refits_toward_the_teacher_it_is_given(tiny_model_factory):
+    """prune_and_reconstruct(teacher=...) targets that model's layer outputs, not those of the model
+    as it was before this step (benchmarks/bench_pruning_refit.py --steps prunes in steps against
+    the unpruned model): on the fit texts, a second step re-fitted toward the original ends nearer
+    the original's outputs than one re-fitted toward the first step's model."""
+    import copy
+
+    from converters.pruning.reconstruct import prune_and_reconstruct
+
+    source, batches = _case(tiny_model_factory, "bert")
+    original = copy.deepcopy(source.module)
+    teacher = _outputs(source, batches)
+    prune_and_reconstruct(source.module, plan(score(source.module, batches, source.input_names), 0.25, 0.25),
+                          batches, source.input_names, damp=1e-6, attention_damp=1e-6)
+    second = plan(score(source.module, batches, source.input_names), 0.3, 0.3)
+    errors = {}
+    for label, towards in (("previous step", None), ("original", original)):
+        model = copy.deepcopy(source)
+        prune_and_reconstruct(model.module, second, batches, model.input_names, damp=1e-6, attention_damp=1e-6,
+                              teacher=towards)
+        errors[label] = sum(float(((o - t) ** 2).sum()) for o, t in zip(_outputs(model, batches), teacher))
+    assert errors["original"] < errors["previous step"], errors

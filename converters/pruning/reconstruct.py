@@ -180,16 +180,19 @@ def _error(gram: np.ndarray, cross: np.ndarray, norm: float, solution: np.ndarra
 
 def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[str, np.ndarray]],
                           input_names: list[str], damp: float = DAMP, progress=None,
-                          toward_kept: bool = True, attention_damp: float | None = ATTENTION_DAMP) -> dict[str, Any]:
+                          toward_kept: bool = True, attention_damp: float | None = ATTENTION_DAMP,
+                          teacher: Any = None) -> dict[str, Any]:
     """prune(model, keep), then re-fit every layer's attention-output and FFN-output projection
     (weights and bias), in order, on the pruned model's inputs against the unpruned model's
     pre-norm residual sums on `batches` (see the module docstring; `toward_kept=False`: the former
     ridge toward zero, for comparisons). `damp` pulls the FFN output, `attention_damp` the
-    attention output (None: `damp` for both, as before run AQ). Returns prune's report with,
-    per layer, the relative error each re-fit targets before and after it."""
+    attention output (None: `damp` for both, as before run AQ). `teacher`: the model whose
+    pre-norm sums are the targets (default: `model` before this pruning; an already pruned model
+    pruned again in steps keeps the original as its teacher). Returns prune's report with, per
+    layer, the relative error each re-fit targets before and after it."""
     import torch
 
-    targets = _targets(model, batches, input_names)
+    targets = _targets(model if teacher is None else teacher, batches, input_names)
     report = prune(model, keep)
     layers = find_layers(model)
     if progress is not None:  # the count's clock starts here, not after the first layer's seconds
