@@ -164,7 +164,9 @@ def as_flags(message: str) -> str:
 @click.option("--validation-texts", type=click.Path(dir_okay=False, path_type=Path),
               help="texts to validate the artifacts on (metrics, accuracy floors, every search's evaluation), "
                    "same formats; no fitting step sees them, and none may also be a calibration text")
-@click.option("--accuracy-floor", type=float, help="minimum mean cosine / top-1 agreement (overrides the profile)")
+@click.option("--accuracy-floor", type=float,
+              help="minimum mean cosine / top-1 agreement (overrides the profile's; its other floors, the "
+                   "per-text minimum and INT4's own, move by as much)")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
               help="activation range method for static INT8 profiles (overrides the profile)")
 @click.option("--arithmetic", type=click.Choice(["auto", "exact", "host"]), default="auto", show_default=True,

@@ -33,7 +33,7 @@ class ConvertConfig:
     # Texts the artifacts are validated on. None: a deterministic quarter of the calibration texts
     # (converters/inputs/calibration.py); either way no fitting step sees them.
     validation_texts: Path | None = None
-    accuracy_floor: float | None = None  # overrides the profile's cosine_mean / top1 floors
+    accuracy_floor: float | None = None  # the cosine_mean / top1 floor; the profile's other floors move by as much
     calibration_method: str | None = None  # overrides the profile's static-INT8 calibration method
     force: bool = False
     # Timed runs per artifact, spread over latency_rounds interleaved rounds: 8 rounds of 5 gave the
@@ -92,10 +92,21 @@ def _floor(floor: AccuracyFloor, override: float | None, name: str = "accuracy_f
         return floor
     if not 0.0 < override < 1.0:  # 1.0 is unreachable: float arithmetic rounds, even in FP32
         raise ConversionError(f"{name} must be above 0 and below 1, got {override}")
-    # The override sets the mean-cosine / top-1 floor; the per-sample minimum keeps the
-    # profile's gap below it.
-    gap = floor.cosine_mean - floor.cosine_min
-    return AccuracyFloor(cosine_mean=override, cosine_min=max(0.0, override - gap), top1_agreement=override)
+    # The override sets the mean-cosine / top-1 floor; every other floor of the profile (the
+    # per-sample minimum, the per-precision floors such as INT4's lower ones) moves by as much,
+    # so lowering the floor never makes any precision's floor stricter, and raising it raises all.
+    shift = override - floor.cosine_mean
+    shift_top1 = override - floor.top1_agreement
+
+    def moved(value: float, by: float) -> float:  # within [0, 1): a floor of 1 is unreachable
+        return min(max(0.0, value + by), 0.999999)
+
+    by_precision = {
+        precision: {key: moved(value, shift_top1 if key == "top1_agreement" else shift)
+                    for key, value in floors.items()}
+        for precision, floors in floor.by_precision.items()}
+    return AccuracyFloor(cosine_mean=override, cosine_min=moved(floor.cosine_min, shift), top1_agreement=override,
+                         by_precision=by_precision)
 
 
 def prune_request(config: ConvertConfig, profile: TargetProfile) -> PruneRequest | None:

@@ -350,3 +350,24 @@ def test_suggested_commands_quote_their_paths(tmp_path):
     message = _interrupted(out, ["rpi5", "x86-avx2", "rpi4"], time.time() - 1)
     command = message[message.index("--target"):].rstrip(")")
     assert shlex.split(command) == ["--target", "x86-avx2,rpi4", "--out", str(out)]
+
+
+@pytest.mark.parametrize("override", [0.985, 0.999])
+def test_accuracy_floor_moves_every_floor_of_the_profile_by_as_much(override):
+    """--accuracy-floor 0.985 on x86-avx2 (0.995 by default, INT4 0.98 / min 0.96) replaced the INT4
+    floors by 0.985 / 0.98: lowering the floor refused an INT4 artifact the default delivered. Every
+    floor now moves by the same amount: lowering never makes a precision stricter, raising raises all."""
+    from pathlib import Path
+
+    from converters.options import ConvertConfig, prepare
+    from targets import load_profile
+
+    profile = load_profile("x86-avx2")
+    floor = prepare(ConvertConfig(model=None, target="x86-avx2", out=Path("unused"), accuracy_floor=override))[2]
+    shift = override - profile.accuracy.cosine_mean
+    for precision in ("fp32", "int8", "int4"):
+        before, after = profile.accuracy.for_precision(precision), floor.for_precision(precision)
+        assert after.cosine_mean == pytest.approx(before.cosine_mean + shift)
+        assert after.cosine_min == pytest.approx(before.cosine_min + shift)
+        assert (after.cosine_mean < before.cosine_mean) == (shift < 0)
+    assert floor.for_precision("int8").cosine_mean == override
