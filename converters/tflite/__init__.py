@@ -19,6 +19,7 @@ The package reads top to bottom like the stage it implements:
     signatures.py      running a bucketed model row by row on calibration rows
     flatbuffer.py      reading and rewriting the flatbuffer (op names, weights, tensor names)
     flatbuffer_raw.py  the same at the byte level where the generated accessors are too slow
+    shared_quantization.py  each quantized tensor's parameters stored once, not once per bucket
 
 Heavy libraries (litert-torch, ai-edge-quantizer, ai-edge-litert) are imported inside the
 functions that use them.
