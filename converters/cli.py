@@ -206,6 +206,7 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     try:  # the libraries take a moment to import: Ctrl-C meanwhile is no crash
         from converters import ConversionError, ConversionInterrupted, ConvertConfig, convert
         from converters._console import ProgressPrinter, captured_output
+        from converters.packaging.package import check_not_inside_output
         from converters.packaging.signing import SigningKeyError
         from converters.pipeline import TargetFailure, convert_targets
     except KeyboardInterrupt:
@@ -218,7 +219,12 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         raise click.ClickException(str(exc)) from None
     several = len(profiles) > 1
     out = out or (Path("out") if several else Path("out") / profiles[0].id)
+    try:  # before anything is written next to it (the log): a directory inside an output breaks it
+        check_not_inside_output(out)
+    except ConversionError as exc:
+        raise click.ClickException(str(exc)) from None
     started, started_wall = time.perf_counter(), time.time()
+    was = _identity(out)  # which directory `out` was: an interrupted run tells what it left there
     config = ConvertConfig(model=model, target=profiles[0].id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
                            validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key,
@@ -256,7 +262,10 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
                    + _log_note(capture, verbose), err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall)
+        # One target: the signal may have come after its output was put in place (during the
+        # clean-up, or before the table was printed): the message says what `out` holds.
+        finished = not several and _published(out, started_wall, was)
+        click.echo(_interrupted(out, [p.id for p in profiles] if several else None, started_wall, was=was)
                    + _log_note(capture, verbose), err=True)
         sys.exit(130)
     except Exception:
@@ -289,10 +298,37 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
         sys.exit(1)
 
 
+_UNKNOWN = object()  # _interrupted(was=): which directory `out` was at the start is not known
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the directory at `path` (a link followed, as the output is), or None."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino) if os.path.isdir(path) else None
+
+
+def _published(out: Path, since: float, was=_UNKNOWN) -> bool:
+    """Whether `out` holds an output this run put there: a manifest in a directory other than the
+    one at `out` when the run started (`was`, from _identity; a finished result is renamed into
+    place, so it is another directory), or, `was` not known, a manifest written since `since`."""
+    try:
+        written = (out / "manifest.json").stat().st_mtime
+    except OSError:
+        return False
+    if was is _UNKNOWN:
+        return written >= since
+    return was is None or _identity(out) != was
+
+
 def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruning: str | None = None,
-                 not_built: list[str] | None = None) -> str:
-    """What an interrupted run leaves: nothing (one target: `out` is replaced only by a finished
-    conversion), or, with several, each target finished before the interruption in out/<id>.
+                 not_built: list[str] | None = None, was=_UNKNOWN) -> str:
+    """What an interrupted run leaves, as found there: one target: nothing (`out` absent, or still
+    the previous output) or, interrupted after its output was renamed into place, the new output
+    (and whether the previous one it replaced was removed); several: each target finished before
+    the interruption in out/<id>. `was`: _identity(out) when the run started.
     `while_pruning`: the target interrupted while its pruned twins were built, whose other
     artifacts were packaged; `not_built`: the twins it did not build (a twin finished before the
     interruption was packaged too)."""
@@ -303,7 +339,7 @@ def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruni
             return (f"interrupted while pruning: {out} holds the artifacts built before it; {unbuilt} "
                     f"{'was' if not_built and len(not_built) == 1 else 'were'} not built (its manifest lists "
                     f"{'it' if not_built and len(not_built) == 1 else 'them'} as refused, 'not built'): {again}")
-        return f"interrupted: nothing was written to {out}"
+        return _interrupted_one(out, since, was)
     done = [t for t in targets if (out / t / "manifest.json").is_file()
             and (out / t / "manifest.json").stat().st_mtime >= since]
     if not done:
@@ -315,6 +351,24 @@ def _interrupted(out: Path, targets: list[str] | None, since: float, while_pruni
     return (f"interrupted: {', '.join(done)} finished before it ({', '.join(str(out / t) for t in done)}){pruning}"
             + (f"; nothing was written for {', '.join(rest)} (convert {'it' if len(rest) == 1 else 'them'} with "
                f"{_rest_command(out, rest)})" if rest else ""))
+
+
+def _interrupted_one(out: Path, since: float, was) -> str:
+    from converters.packaging.package import is_output, previous_left
+
+    if _published(out, since, was):
+        left = previous_left(out)
+        previous = ""
+        if left:
+            previous = (f"; the previous output could not be removed: it is left in "
+                        f"{', '.join(str(p) for p in left)}; remove it")
+        elif was is not None and was is not _UNKNOWN:
+            previous = "; the previous output it replaced was removed"
+        return (f"interrupted after the conversion had finished: {out} holds the new, complete output"
+                f"{previous} (its table was not printed: `edge-run {shlex.quote(str(out))} --info` describes it)")
+    if is_output(out):
+        return f"interrupted: nothing was written; {out} still holds the previous output, unchanged"
+    return f"interrupted: nothing was written to {out}"
 
 
 def _rest_command(out: Path, rest: list[str]) -> str:

@@ -110,6 +110,7 @@ def _describe(root: str, artifact: str | None = None, threads: int | None = None
         "target": manifest["target"].get("id"),
         "task": manifest["task"],
         "source": manifest["source"].get("name"),
+        "produces": _produces(manifest),
         "artifacts": [
             {
                 "name": a["name"],
@@ -122,6 +123,54 @@ def _describe(root: str, artifact: str | None = None, threads: int | None = None
             for a in manifest["artifacts"]
         ],
     }
+
+
+def _produces(manifest: dict) -> dict:
+    """What embed()/classify() give, from the manifest's postprocess and tokenizer sections: the
+    task, the longest input in tokens (None without a tokenizer), the output read, and the pooling
+    and normalization of an embedding model or the labels (index = class id) of a classifier."""
+    post = manifest.get("postprocess") or {}
+    tokenizer = manifest.get("tokenizer") or {}
+    produced = {"task": manifest["task"], "max_length": tokenizer.get("max_length"), "output": post.get("output")}
+    if manifest["task"] == "feature-extraction" and "pooling" in post:
+        shape = next((o["shape"] for o in manifest["outputs"] if o["name"] == post.get("output")), [])
+        produced["dimension"] = shape[-1] if shape and isinstance(shape[-1], int) else None
+        produced.update(pooling=post["pooling"], normalize=post["normalize"])
+        if post.get("do_lower_case"):
+            produced["do_lower_case"] = True
+    elif isinstance(post.get("labels"), list):
+        produced["labels"] = post["labels"]
+    elif not post:  # run() only: its tensors, by name
+        produced["raw_outputs"] = [o["name"] for o in manifest["outputs"]]
+    return produced
+
+
+_LABELS_SHOWN = 12  # more labels than this: the first and last few, and how many between
+
+
+def _labels_text(labels: list[str]) -> str:
+    named = [f"{index} {label}" for index, label in enumerate(labels)]
+    if len(named) > _LABELS_SHOWN:
+        named = [*named[:8], f"... {len(named) - 10} more ...", *named[-2:]]
+    return ", ".join(named)
+
+
+def _produces_text(produced: dict) -> str:
+    """The --info line on what the model gives per text."""
+    length = produced["max_length"]
+    texts = (f"texts up to {length} tokens (longer ones are cut)" if length is not None
+             else "no tokenizer: token ids through run() only")
+    if "pooling" in produced:
+        dimension = f"{produced['dimension']}-dimensional " if produced["dimension"] else ""
+        normalized = "normalized to length 1" if produced["normalize"] else "not normalized"
+        lower = ", texts lowercased" if produced.get("do_lower_case") else ""
+        return f"one {dimension}embedding per text: {produced['pooling']} pooling, {normalized}{lower}; {texts}"
+    if "labels" in produced:
+        per = "token" if produced["task"] == "token-classification" else "text"
+        count = len(produced["labels"])
+        return f"one of {count} label{'s' if count != 1 else ''} per {per}: {_labels_text(produced['labels'])}; {texts}"
+    outputs = ", ".join(produced.get("raw_outputs") or []) or "-"
+    return f"raw tensors ({outputs}): the manifest has no postprocess section, so run() only; {texts}"
 
 
 def _given_threads(threads: int) -> tuple[int, None, str]:
@@ -179,6 +228,8 @@ def _print_info(info: dict) -> None:
     if info.get("signature"):
         print(f"signature verified: {info['signature']['files']} files, signed by {info['signature']['key']}")
     print(f"\ntarget {info['target']}, task {info['task']}, source {info['source']}")
+    if info.get("produces"):
+        print(f"output   {_produces_text(info['produces'])}")
     for a in info["artifacts"]:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in a["metrics"].items())
         print(f"  {a['name']:<20} {a['format']:<6} {a['precision']:<5} "

@@ -6,6 +6,11 @@ kills real conversions with SIGKILL):
   previous result (force), or the new complete one. Never a half-written directory.
 - A staging directory is hidden and named `.NAME.partial-*`. The manifest is written last (via
   rename), so a staging directory holds a manifest only once every file it lists is complete.
+- The renames that put a finished result in place and the removal of the previous output run
+  whole: a Ctrl-C or SIGTERM arriving meanwhile is held and delivered right after them
+  (_signals_held), so an interrupted run has either published nothing (`out` as it was) or
+  published the new output with the previous one removed, never a half-way state in between, and
+  the caller's "interrupted" path can tell which by looking at `out` (converters/cli.py).
 - Every staging and work directory is locked (flock on the directory) by the process that made
   it; the kernel drops the lock when that process dies, however it dies. The next run removes
   the unlocked leftovers (remove_leftovers) and leaves a live run's directories alone.
@@ -14,11 +19,14 @@ kills real conversions with SIGKILL):
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,9 +38,12 @@ from edge_runtime._sigterm import check_interrupted
 
 __all__ = [
     "WORK_PREFIX",
+    "check_not_inside_output",
     "check_output",
+    "enclosing_output",
     "file_entry",
     "is_output",
+    "previous_left",
     "remove_leftovers",
     "save_onnx",
     "staging_dir",
@@ -136,6 +147,7 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
         out = Path(out).resolve()
     except OSError as exc:  # a relative path under a working directory that was deleted
         raise ConversionError(f"cannot resolve the output path {out}: {exc}") from None
+    check_not_inside_output(out)
     if not out.exists():
         # The output and the staging directory are made next to it: a parent that is a file, or
         # that cannot be made or written, fails here rather than after the model has loaded.
@@ -178,6 +190,22 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
         raise ConversionError(f"{out} already exists; pass force=True to replace it")
 
 
+def enclosing_output(out: Path) -> Path | None:
+    """The nearest ancestor of `out` (resolved) that is an earlier output, or None."""
+    return next((parent for parent in Path(out).resolve().parents if is_output(parent)), None)
+
+
+def check_not_inside_output(out: Path) -> None:
+    """Raise ConversionError if `out` lies inside an earlier output, at any depth: its manifest
+    (and signature) list every file of that directory, so one written inside it would break its
+    hashes and signature (convert_targets refuses DIR/<target> inside an output for this reason)."""
+    parent = enclosing_output(out)
+    if parent is not None:
+        raise ConversionError(f"{Path(out).resolve()} is inside {parent}, the output of an earlier conversion "
+                              f"(it holds an edge-convert {MANIFEST_NAME}): a directory written inside it would "
+                              "break its hashes and signature; choose an output path outside it")
+
+
 def is_output(path: Path) -> bool:
     """Whether `path` holds an edge-convert manifest: a JSON object with a schema version and an
     artifact list (a web app's or a browser extension's manifest.json is not one)."""
@@ -217,40 +245,92 @@ def staging_dir(out: Path, force: bool, inputs: Mapping[str, Path | None] | None
         check_interrupted()  # a Ctrl-C Python dropped (edge_runtime/_sigterm.py) publishes nothing
         if not (stage / MANIFEST_NAME).is_file():
             raise ConversionError("internal: the manifest was not written")
-        if out.exists():
-            if not force:
-                raise ConversionError(
-                    f"{out} appeared while this conversion ran (another conversion?); it was left "
-                    "as it is and this result discarded; pass force=True to replace it"
-                )
+        replace = out.exists()
+        if replace and not force:
+            raise ConversionError(
+                f"{out} appeared while this conversion ran (another conversion?); it was left "
+                "as it is and this result discarded; pass force=True to replace it"
+            )
+        if replace:
             check_output(out, force, inputs)  # it may have changed while the conversion ran
-            # Killed between these two renames, `out` is absent and both directories carry the
-            # staging prefix, so the next run removes them.
-            old = stage.with_name(stage.name + ".old")
-            try:
-                os.rename(out, old)
-            except OSError as exc:
-                _keep(stage, out, exc)
-            try:
-                os.rename(stage, out)
-            except OSError as exc:
-                os.rename(old, out)  # the earlier output back where it was
-                _keep(stage, out, exc)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.rename(stage, out)
-            except OSError as exc:
-                if out.exists():  # made by someone else after the check above
-                    raise ConversionError(
-                        f"{out} appeared while this conversion ran (another conversion?); it was "
-                        f"left as it is and this result discarded ({exc})"
-                    ) from None
-                _keep(stage, out, exc)
+        with _signals_held():  # from here on the result is published whole (module docstring)
+            _publish(stage, out, replace)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
         _unlock(lock)
+
+
+def _publish(stage: Path, out: Path, replace: bool) -> None:
+    """Put the finished `stage` at `out`; `replace`: the output there is replaced (and removed)."""
+    if not replace:
+        try:
+            os.rename(stage, out)
+        except OSError as exc:
+            if out.exists():  # made by someone else after the check above
+                raise ConversionError(
+                    f"{out} appeared while this conversion ran (another conversion?); it was "
+                    f"left as it is and this result discarded ({exc})"
+                ) from None
+            _keep(stage, out, exc)
+        return
+    # Killed (SIGKILL) between these two renames, `out` is absent and both directories carry the
+    # staging prefix, so the next run removes them.
+    old = stage.with_name(stage.name + ".old")
+    try:
+        os.rename(out, old)
+    except OSError as exc:
+        _keep(stage, out, exc)
+    try:
+        os.rename(stage, out)
+    except OSError as exc:
+        os.rename(old, out)  # the earlier output back where it was
+        _keep(stage, out, exc)
+    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():  # the next run removes it (an unlocked leftover) if it can
+        log.warning("the previous output of %s could not be removed: it is left in %s; remove it", out, old)
+
+
+def previous_left(out: Path) -> list[Path]:
+    """Previous outputs a replacing run moved aside and could not remove (`.NAME.partial-*.old`)."""
+    try:
+        return sorted(Path(out).parent.glob(glob.escape(staging_prefix(out)) + "*.old"))
+    except OSError:
+        return []
+
+
+# The stop signals held while a result is published: Ctrl-C and SIGTERM (`kill`, timeout(1)).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM arriving within the block are held and delivered when it ends, to the
+    handlers installed before it (edge_runtime/_sigterm.py's, Python's, or the default action).
+    Python runs signal handlers in the main thread only, and only there can they be swapped: in
+    another thread the block runs as it is (no KeyboardInterrupt can arise there). A handler not
+    installed from Python (getsignal() is None) cannot be put back, so its signal is not held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, frame) -> None:
+        held.append(signum)
+
+    previous = {}
+    try:
+        for signum in _STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if handler is not None:
+                previous[signum] = handler
+                signal.signal(signum, hold)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:  # the first one, as it would have been delivered: raises here, or ends the process
+            signal.raise_signal(held[0])
 
 
 @contextlib.contextmanager
