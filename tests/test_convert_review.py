@@ -203,6 +203,40 @@ def test_an_interrupted_single_target_message_checks_what_is_there(tmp_path):
 # --- 3. --out inside an existing output -------------------------------------------------------
 
 
+def _killed_between_the_renames(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """What SIGKILL between staging_dir's two renames leaves: OUT missing, the previous output in
+    `.OUT.partial-X.old`, the unfinished result in `.OUT.partial-X` (unlocked: its process died)."""
+    out = tmp_path / "out"
+    manifest = tiny_artifact.build(out)
+    stage = tmp_path / f"{package.staging_prefix(out)}abc"
+    old = stage.with_name(stage.name + ".old")
+    os.rename(out, old)
+    tiny_artifact.build(stage, scale=2.0)
+    return out, stage, manifest
+
+
+def test_a_previous_output_a_killed_run_moved_aside_is_put_back(tmp_path):
+    """A replacing run killed (SIGKILL, power loss) between moving OUT aside and renaming its result
+    in left OUT missing, and the next run deleted the previous output as a leftover. Now the next
+    check puts it back first: OUT is as it was before the killed run, and force is needed again."""
+    out, stage, manifest = _killed_between_the_renames(tmp_path)
+    with pytest.raises(ConversionError, match="already exists; pass force=True"):
+        package.check_output(out, force=False)
+    assert json.loads((out / "manifest.json").read_text()) == manifest  # the previous output, back
+    package.remove_leftovers(out.parent, package.staging_prefix(out))
+    assert not stage.exists() and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_nothing_is_put_back_while_a_live_conversion_holds_a_staging_directory(tmp_path):
+    out, stage, _ = _killed_between_the_renames(tmp_path)
+    held = package._lock(stage, wait=False)  # a live conversion of OUT, perhaps between its renames
+    try:
+        assert package.restore_interrupted(out) is None and not out.exists()
+    finally:
+        package._unlock(held)
+    assert package.restore_interrupted(out) is not None and out.exists()
+
+
 @pytest.mark.parametrize("inside", ["sub", "a/b/c"])
 def test_an_output_inside_an_earlier_output_is_refused(tmp_path, inside):
     earlier = tmp_path / "signed"

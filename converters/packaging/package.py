@@ -45,6 +45,7 @@ __all__ = [
     "is_output",
     "previous_left",
     "remove_leftovers",
+    "restore_interrupted",
     "save_onnx",
     "staging_dir",
     "staging_prefix",
@@ -148,6 +149,7 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
     except OSError as exc:  # a relative path under a working directory that was deleted
         raise ConversionError(f"cannot resolve the output path {out}: {exc}") from None
     check_not_inside_output(out)
+    restore_interrupted(out)
     if not out.exists():
         # The output and the staging directory are made next to it: a parent that is a file, or
         # that cannot be made or written, fails here rather than after the model has loaded.
@@ -188,6 +190,39 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
                               "output path or remove it yourself")
     if not force:
         raise ConversionError(f"{out} already exists; pass force=True to replace it")
+
+
+def restore_interrupted(out: Path) -> Path | None:
+    """Put back the previous output a replacing conversion moved aside and was killed (SIGKILL,
+    power loss) before it renamed its result in: `out` is then missing and the previous output
+    waits in `.NAME.partial-*.old`, which remove_leftovers would delete. Restored: the directory
+    it came from; None when there is nothing to restore, or while a live conversion holds a
+    staging directory of `out` (it may be between its two renames right now)."""
+    out = Path(out)
+    if os.path.lexists(out):
+        return None
+    prefix = staging_prefix(out)
+    try:
+        entries = [e for e in out.parent.iterdir() if e.name.startswith(prefix) and e.is_dir() and not e.is_symlink()]
+    except OSError:
+        return None
+    olds = [e for e in entries if e.name.endswith(".old") and is_output(e)]
+    if not olds:
+        return None
+    for entry in entries:
+        if entry not in olds:
+            fd = _lock(entry, wait=False)
+            if fd is None:  # held by a live conversion (or unreadable): leave everything as it is
+                return None
+            _unlock(fd)
+    previous = max(olds, key=lambda p: p.stat().st_mtime)
+    try:
+        os.rename(previous, out)
+    except OSError:
+        return None
+    log.warning("%s was missing: a conversion replacing it was stopped between its two renames; the previous "
+                "output it had moved aside (%s) is back in place", out, previous.name)
+    return previous
 
 
 def enclosing_output(out: Path) -> Path | None:
@@ -275,7 +310,8 @@ def _publish(stage: Path, out: Path, replace: bool) -> None:
             _keep(stage, out, exc)
         return
     # Killed (SIGKILL) between these two renames, `out` is absent and both directories carry the
-    # staging prefix, so the next run removes them.
+    # staging prefix: the next run's check_output puts the previous output back (restore_interrupted)
+    # and removes the unfinished one.
     old = stage.with_name(stage.name + ".old")
     try:
         os.rename(out, old)
