@@ -292,6 +292,11 @@ def test_the_ordering_and_the_auto_walk_are_counts(tiny):
     walk = [parse_count(m) or parse_stopped(m) for m in messages if "pruning auto: candidate" in m]
     assert walk[0] == ("pruning auto: candidate", 0, 10) and walk[-1][1] <= 10
     assert "ETA" in _printed(messages)
+    # Each step says what it removes, not only the grid share asked for (4 heads a layer here: a
+    # 1/12 step removes one head of the 8, 0.125).
+    steps = [m for m in messages if m.startswith("pruning auto: heads")]
+    assert steps and all("(removes " in m for m in steps), steps
+    assert any("heads 0.08 ffn 0.00 (removes 0.125 of the heads" in m for m in steps), steps
 
 
 # 5. auto with nothing removable; distillation in auto's refusals --------------------------------

@@ -353,9 +353,13 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
                 candidate = _candidate(source, scores, heads, ffn, fit, validation, quiet)
                 flops = encoder_flops(candidate[0].module)
                 ok = not floor_failures(candidate[2], target)
-                tried.append({"heads": round(heads, 4), "ffn": round(ffn, 4), "flops": flops / flops_before,
-                              "metrics": candidate[2], "kept_floor": ok})
-                progress(f"pruning auto: heads {heads:.2f} ffn {ffn:.2f} -> {flops / flops_before:.3f}x FLOPs, "
+                removed = _removed_shares(candidate[1]["layers"])
+                tried.append({"heads": round(heads, 4), "ffn": round(ffn, 4), "removed": removed,
+                              "flops": flops / flops_before, "metrics": candidate[2], "kept_floor": ok})
+                # The step asked for, and what it removes: shares round to whole heads and neurons
+                # (8 heads: a 1/12 step removes one head, 0.125).
+                progress(f"pruning auto: heads {heads:.2f} ffn {ffn:.2f} (removes {removed['heads']:.3f} of the "
+                         f"heads, {removed['ffn']:.3f} of the neurons) -> {flops / flops_before:.3f}x FLOPs, "
                          + ", ".join(f"{k} {v:.4f}" for k, v in candidate[2].items())
                          + ("" if ok else " (below the floor + margin)"))
                 progress(count(label, min(len(tried), most), most))
