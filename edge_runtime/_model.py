@@ -253,12 +253,18 @@ class Model:
         return np.concatenate(chunks) if chunks else np.zeros((0, self._dim(post["output"])), np.float32)
 
     def classify(
-        self, texts: list[str], batch_size: int = 32, truncate: bool = True, batch_invariant: bool = True
+        self, texts: list[str], batch_size: int = 32, truncate: bool = True, batch_invariant: bool = True,
+        top_k: int | None = 1,
     ) -> list[Any]:
-        """Labels with scores: one {label, score} per text for text classification; for token
+        """Labels with scores: one {label, score} per text for text classification (with `top_k`
+        k > 1, a list of the k best per text, best first; None: every label's); for token
         classification, per text a list of {token, label, score} (special tokens left out).
         texts, truncate and batch_invariant as for embed(); an empty list gives []."""
         self._require_task("classify", ("text-classification", "token-classification"))
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise InputError(f"top_k must be an int >= 1, or None for every label's score, got {top_k!r}")
+        if top_k != 1 and self.task != "text-classification":
+            raise InputError(f"top_k applies to text classification; {self.root} does {self.task}")
         labels = self._postprocess("classify")["labels"]
         results: list[Any] = []
         for _, group, _, logits in self._forward(texts, batch_size, truncate, batch_invariant, "logits"):
@@ -268,8 +274,9 @@ class Model:
             probs = softmax(logits.astype(np.float64))
             if self.task == "text-classification":
                 for row in probs:
-                    best = int(row.argmax())
-                    results.append({"label": labels[best], "score": float(row[best])})
+                    best = np.argsort(-row, kind="stable")[:top_k]
+                    answers = [{"label": labels[int(i)], "score": float(row[i])} for i in best]
+                    results.append(answers[0] if top_k == 1 else answers)
                 continue
             for row, enc in enumerate(group):
                 tokens = []

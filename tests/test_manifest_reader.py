@@ -253,6 +253,35 @@ def test_classify_counts_the_logits_of_an_axis_recorded_by_name(tmp_path):
             assert result["label"] == "c" and result["score"] == pytest.approx(np.exp(5) / (1 + np.e + np.exp(5)))
 
 
+def test_classify_gives_the_k_best_labels_or_every_label_with_top_k(tmp_path):
+    """classify() gave only the best label; top_k=k gives the k best per text, best first, and
+    None every label's score (scores summing to 1); a bad top_k is an InputError naming it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+
+    class ThreeScores:
+        def run(self, feeds):
+            return {"logits": np.tile(np.float32([1.0, 0.0, 5.0]), (len(feeds["input_ids"]), 1))}
+
+    manifest = _valid(tmp_path)
+    _classifier(manifest, "text-classification", ["a", "b", "c"], "labels")
+    manifest["tokenizer"]["files"][0] = _entry(tmp_path, "tokenizer/tokenizer.json", tokenizer.to_str().encode())
+    _write(tmp_path, manifest)
+    manifest = read_manifest(tmp_path)
+    model = _model.Model(tmp_path, manifest, manifest["artifacts"][0], ThreeScores(), 1, 0.0)
+    assert model.classify(["hi"])[0]["label"] == "c"
+    [two] = model.classify(["hi"], top_k=2)
+    assert [r["label"] for r in two] == ["c", "a"] and two[0]["score"] > two[1]["score"]
+    [every] = model.classify(["hi"], top_k=None)
+    assert [r["label"] for r in every] == ["c", "a", "b"] and sum(r["score"] for r in every) == pytest.approx(1.0)
+    assert len(model.classify(["hi"], top_k=10)[0]) == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(_model.InputError, match="top_k must be an int >= 1"):
+            model.classify(["hi"], top_k=bad)
+
+
 def _check_backend_options(options: dict) -> None:
     """What backends/onnx.py does with _backend_options' values, short of opening a session."""
     from edge_runtime.backends import onnx
