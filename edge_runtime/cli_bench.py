@@ -88,14 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         "edge-tune cached one, else the profile's)",
     )
     parser.add_argument(
-        "--runs", type=int, default=BenchConfig.runs, help="timed runs per measurement"
+        "--runs", type=int, default=BenchConfig.runs, help="timed runs per measurement (default %(default)s)"
     )
-    parser.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="untimed runs first")
+    parser.add_argument("--warmup", type=int, default=BenchConfig.warmup,
+                        help="untimed runs first (default %(default)s)")
     parser.add_argument(
         "--rounds",
         type=int,
         default=BenchConfig.rounds,
-        help="interleaved rounds the timed runs are split into",
+        help="interleaved rounds the timed runs are split into (default %(default)s)",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
     parser.add_argument(
