@@ -52,7 +52,7 @@ from edge_runtime._bench_schema import BENCH_SCHEMA, BENCH_SCHEMA_VERSION, valid
 from edge_runtime._contention import CpuWait
 from edge_runtime._errors import BackendUnavailableError, EdgeRuntimeError, InputError
 from edge_runtime._load_args import no_backend_message
-from edge_runtime._manifest import read_manifest, unknown_artifacts
+from edge_runtime._manifest import UNREADABLE, read_manifest, unknown_artifacts
 from edge_runtime._rounds import rounds_for, time_in_rounds
 from edge_runtime._select import files_absent
 
@@ -299,6 +299,9 @@ def _measure(
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     selected = _selected(root, manifest, config, work)
+    if config.all_artifacts:  # a later converter's artifacts: said, not silently left out
+        for name, why in (manifest.get(UNREADABLE) or {}).items():
+            say(f"{name}: skipped: {why}")
     formats = sorted({entry["format"] for entry in selected})
     if not any(backends.backend_available(fmt) for fmt in formats):  # before tokenizing anything
         raise BackendUnavailableError(no_backend_message(root, formats))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import edge_runtime
 from edge_runtime import _device, _load_args, _select, _tune
+from edge_runtime._manifest import UNREADABLE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = edge_runtime.read_manifest(Path(args.artifacts))
         if args.all:
             names, compare = [a["name"] for a in manifest["artifacts"]], True
+            for name, why in (manifest.get(UNREADABLE) or {}).items():  # a later converter's
+                print(f"edge-tune: not tuned: {name}: {why}", file=sys.stderr)
         else:
             names, compare = args.artifact, not args.artifact
         result = _tune.tune(args.artifacts, names, compare=compare, rounds=args.rounds)

@@ -346,3 +346,19 @@ def test_a_two_dimensional_string_array_is_named_as_such():
         check_texts(np.array([["a", "b"], ["c", "d"]]))
     assert str(info.value) == "texts must be a list of str or a 1-D array of str, got a 2-D array"
     assert check_texts(np.array(["a", "b"])) == ["a", "b"]  # 1-D still reads
+
+
+def test_edge_bench_all_and_edge_tune_all_name_an_unknown_format(tmp_path, monkeypatch, capsys):
+    """--all runs every artifact of the manifest: one this edge_runtime cannot load was left out
+    without a word."""
+    from edge_runtime import _tune, cli_tune
+
+    _with_entry(tmp_path)
+    monkeypatch.setattr(_tune, "_sweep", lambda *a, **k: {"threads": 1, "spinning": None, "p50_ms": 1.0,
+                                                          "p90_ms": 1.0, "cpu_wait_share": 0.0, "sweep": []})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cli_tune.main([str(tmp_path), "--all", "--rounds", "1"])
+    assert f"edge-tune: not tuned: coreml-int8: {UNKNOWN_FORMAT}" in capsys.readouterr().err
+    assert cli_bench.main([str(tmp_path), "--all", "--runs", "2", "--warmup", "0", "--rounds", "1",
+                           "--seq", "8"]) == 0
+    assert f"coreml-int8: skipped: {UNKNOWN_FORMAT}" in capsys.readouterr().err
