@@ -146,7 +146,11 @@ def as_flags(message: str) -> str:
     return _PARAMETER.sub(lambda match: _FLAGS[match.group(1)], message)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="Exit status: 0 when every target was delivered (artifacts a floor or budget refused are "
+                      "listed in the table and the manifest); 1 when an option was refused (an unknown target, a value out "
+                      "of range: said before any work), a conversion failed, or no artifact of a target met its floor; "
+                      "2 for an unknown flag or a value of the wrong type; 130 after Ctrl-C; 143 after SIGTERM.")
 @click.argument("model", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--target", "-t", default="auto", show_default=True,
               help="target profile id, 'auto' for this machine, several ids separated by commas, or 'all': "
@@ -174,7 +178,7 @@ def as_flags(message: str) -> str:
                    "this CPU saturates and the target does not); exact = always exact int32; host = this CPU's "
                    "kernels (diagnostics)")
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="EC P-256 private key (PEM): sign the artifact directory as model.sig (OpenSSF model "
+              help="EC private key (PEM; P-256, P-384 or P-521): sign the artifact directory as model.sig (OpenSSF model "
                    "signing; docs/signing.md)")
 @click.option("--prune", help="structured pruning: 'heads=R,ffn=R' removes those shares of all attention heads and FFN "
                    "neurons (ranked globally, without labels), 'auto' walks to larger "

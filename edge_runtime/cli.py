@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 when every text ran (or --info described the directory); 1 when the "
         "directory cannot be run here (a failed check, no artifact that runs, a damaged manifest); "
         "2 for a bad flag or argument (--threads out of range, an empty directory argument, no texts, "
-        "a - whose standard input has no lines); 130 after Ctrl-C; 141 "
+        "a - whose standard input has no lines); 130 after Ctrl-C; 143 after SIGTERM; 141 "
         "when the reader of the output stopped early.",
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
@@ -382,7 +382,7 @@ def _main(argv: list[str] | None) -> int:
                 _print_info(info)
             return 0
         if not args.texts:
-            print("edge-run: give texts to run, or --info", file=sys.stderr)
+            print("edge-run: error: give texts to run, or --info", file=sys.stderr)
             return 2
         for number, text in enumerate(args.texts, 1):
             problem = _undecodable(text)

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         "edge_runtime.load() and edge-run.",
         epilog="Exit status: 0 when the result was measured and cached; 1 when the directory "
         "cannot be used, nothing was measured or the cache could not be written; 2 for a bad "
-        "flag; 130 after Ctrl-C.",
+        "flag; 130 after Ctrl-C; 143 after SIGTERM (a result is cached whole or not at all).",
     )
     parser.add_argument("artifacts", help="artifact directory (with manifest.json)")
     which = parser.add_mutually_exclusive_group()

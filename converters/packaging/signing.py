@@ -98,7 +98,7 @@ def load_signing_key(path: Path, parameter: str = "sign_key", tool: str = "edge-
             parameter,
             path,
             f"an {type(key).__name__.lstrip('_').replace('PrivateKey', '')} key; model signing uses "
-            "elliptic-curve keys (P-256): create a pair with `edge-sign keygen KEY.pem KEY.pub`",
+            "elliptic-curve keys (P-256, P-384 or P-521): create a pair with `edge-sign keygen KEY.pem KEY.pub`",
         )
     try:
         _signing.ecdsa_hash(key.curve.name)
