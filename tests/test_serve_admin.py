@@ -190,6 +190,27 @@ def test_a_reloaded_away_model_is_freed_without_the_cyclic_gc(embed_dir):  # noq
             gc.enable()
 
 
+def _stop_requested_while_a_reload_loads(embed_dir, monkeypatch, graceful_timeout_s: float, load) -> Service:
+    """A started server whose reload (SIGHUP) is inside load_served, calling `load()`, when SIGTERM
+    comes; the caller calls stop()."""
+    import threading
+
+    service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0,
+                                  graceful_timeout_s=graceful_timeout_s))
+    loading = threading.Event()
+
+    def hooked(config, path, generation):
+        loading.set()
+        return load()
+
+    monkeypatch.setattr(_reload, "load_served", hooked)
+    service.start()
+    service.reloader.request()
+    assert loading.wait(30)
+    service.stop_requested(signal.SIGTERM)
+    return service
+
+
 def test_a_reload_still_loading_at_stop_is_waited_for_then_abandoned(embed_dir, monkeypatch, caplog):  # noqa: F811
     """SIGHUP just before SIGTERM: the reload thread (a daemon) was inside the backend's session
     creation when the interpreter finalized, which can abort the process. The stop now waits for
@@ -197,23 +218,15 @@ def test_a_reload_still_loading_at_stop_is_waited_for_then_abandoned(embed_dir, 
     reload starts once the server is stopping."""
     import threading
 
-    service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0, graceful_timeout_s=1))
-    loading, release = threading.Event(), threading.Event()
+    release = threading.Event()
 
-    def slow_load(config, path, generation):
-        loading.set()
+    def blocked():
         release.wait(60)
         raise RuntimeError("released by the test")
 
-    monkeypatch.setattr(_reload, "load_served", slow_load)
-    service.start()
+    service = _stop_requested_while_a_reload_loads(embed_dir, monkeypatch, 1, blocked)
     try:
-        service.reloader.request()
-        assert loading.wait(30)
-        service.stop_requested(signal.SIGTERM)
-        started = time.monotonic()
-        service.stop()
-        assert time.monotonic() - started < 30
+        service.stop()  # the load is released only after this returns: a stop that waited for it fails below
         assert service.drained().abandoned
         assert any("reload of" in r.getMessage() and "abandoned" in r.getMessage() for r in caplog.records)
     finally:
@@ -226,21 +239,11 @@ def test_a_reload_still_loading_at_stop_is_waited_for_then_abandoned(embed_dir, 
 
 
 def test_a_reload_that_ends_within_the_drain_is_not_abandoned(embed_dir, monkeypatch):  # noqa: F811
-    import threading
-
-    service = Service(ServeConfig(embed_dir, artifact="onnx-fp32", golden_interval_s=0, graceful_timeout_s=30))
-    loading = threading.Event()
-
-    def short_load(config, path, generation):
-        loading.set()
+    def short():
         time.sleep(0.3)
         raise RuntimeError("a failed reload")
 
-    monkeypatch.setattr(_reload, "load_served", short_load)
-    service.start()
-    service.reloader.request()
-    assert loading.wait(30)
-    service.stop_requested(signal.SIGTERM)
+    service = _stop_requested_while_a_reload_loads(embed_dir, monkeypatch, 30, short)
     service.stop()
     assert not service.drained().abandoned
 
