@@ -288,6 +288,7 @@ def run_bench(
             "device_cache": "temporary: empty before each first load, kept for its second load",
         },
         "records": records,
+        "skipped_artifacts": dict(manifest.get(UNREADABLE) or {}) if config.all_artifacts else {},
     }
 
 

@@ -138,6 +138,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
     ]
     if problems:
         lines += ["", "Load probe errors:", *problems]
+    skipped = doc.get("skipped_artifacts") or {}
+    if skipped:
+        lines += ["", "Not measured (this edge_runtime cannot load them):",
+                  *(f"- {name}: {why}" for name, why in skipped.items())]
     waits = [(r.get("latency") or {}).get("cpu_wait_share") for r in doc["records"]]
     busy = busy_note(worst_share(waits))
     if busy:

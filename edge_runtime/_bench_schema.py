@@ -144,6 +144,9 @@ BENCH_SCHEMA: dict[str, Any] = {
         "device_cache": str,
     },
     "records": ListOf(_RECORD),
+    # --all: artifacts of the directory this edge_runtime cannot load (a later converter's
+    # format or precision), with the reason; no record is made for them
+    "skipped_artifacts": MayLack(MapOf(str)),
 }
 
 

@@ -20,6 +20,7 @@ import tiny_artifact
 import edge_runtime
 from edge_runtime import ManifestError, _device, _select, cli, cli_bench
 from edge_runtime._inputs import check_texts
+from edge_runtime._bench_schema import validate_bench
 from edge_runtime._manifest import file_sha256, read_manifest, verify_files
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -359,6 +360,12 @@ def test_edge_bench_all_and_edge_tune_all_name_an_unknown_format(tmp_path, monke
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cli_tune.main([str(tmp_path), "--all", "--rounds", "1"])
     assert f"edge-tune: not tuned: coreml-int8: {UNKNOWN_FORMAT}" in capsys.readouterr().err
+    report = tmp_path.parent / f"{tmp_path.name}-bench.json"
     assert cli_bench.main([str(tmp_path), "--all", "--runs", "2", "--warmup", "0", "--rounds", "1",
-                           "--seq", "8"]) == 0
-    assert f"coreml-int8: skipped: {UNKNOWN_FORMAT}" in capsys.readouterr().err
+                           "--seq", "8", "--json", str(report)]) == 0
+    out, err = capsys.readouterr()
+    assert f"coreml-int8: skipped: {UNKNOWN_FORMAT}" in err
+    # ... and in what the run leaves behind, not only on stderr: the JSON and its table.
+    doc = json.loads(report.read_text())
+    assert doc["skipped_artifacts"] == {"coreml-int8": UNKNOWN_FORMAT} and not validate_bench(doc)
+    assert f"- coreml-int8: {UNKNOWN_FORMAT}" in out
