@@ -89,6 +89,31 @@ def test_a_stop_signal_while_publishing_finishes_the_publish_and_leaves_no_old_c
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
 
 
+@pytest.mark.parametrize(("signum", "raised", "status"), STOPS)
+def test_a_stop_signal_held_while_a_rename_fails_leaves_the_failures_message(
+        tmp_path, monkeypatch, default_signals, signum, raised, status):
+    """The rename of the new output fails after the signal arrived: the error that says where the
+    result was kept reaches the user; the held signal used to replace it with "interrupted"."""
+    out = tmp_path / "result"
+    _earlier_output(out)
+    real_rename = os.rename
+
+    def rename(source, target):
+        if Path(target).name == "result" and not Path(source).name.endswith(".old"):  # stage -> out
+            signal.raise_signal(signum)
+            raise OSError(18, "Invalid cross-device link")
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(ConversionError, match=r"it is kept in .*result\.edge-convert-"), sigterm_as_ctrl_c(), \
+            package.staging_dir(out, force=True) as stage:
+        package.write_manifest(stage, {"schema_version": 1, "artifacts": [], "run": "new"})
+    assert _run(out) == "earlier"  # the earlier output back in place
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("result.edge-convert-")]
+    assert len(kept) == 1 and _run(kept[0]) == "new"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
 def _signal_at_the_last_check(monkeypatch, signum: int) -> None:
     """package.check_output patched: its second call (staging_dir's re-check of an existing `out`
     just before the renames) raises `signum` in this process once it has checked."""

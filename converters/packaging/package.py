@@ -345,11 +345,15 @@ def _signals_held() -> Iterator[None]:
     handlers installed before it (edge_runtime/_sigterm.py's, Python's, or the default action).
     Python runs signal handlers in the main thread only, and only there can they be swapped: in
     another thread the block runs as it is (no KeyboardInterrupt can arise there). A handler not
-    installed from Python (getsignal() is None) cannot be put back, so its signal is not held."""
+    installed from Python (getsignal() is None) cannot be put back, so its signal is not held.
+    When the block fails, its error goes on and the held signal is dropped: the run ends either
+    way, and the error says where the result went (_keep), which the signal's "interrupted"
+    message would have replaced."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
+    failed = False
 
     def hold(signum, frame) -> None:
         held.append(signum)
@@ -362,10 +366,13 @@ def _signals_held() -> Iterator[None]:
                 previous[signum] = handler
                 signal.signal(signum, hold)
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if held:  # the first one, as it would have been delivered: raises here, or ends the process
+        if held and not failed:  # the first one, as it would have been delivered: raises here, or ends the process
             signal.raise_signal(held[0])
 
 
