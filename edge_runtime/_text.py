@@ -6,6 +6,7 @@ are the numbers a device gets.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from edge_runtime._errors import ArtifactError, InputError
 
-__all__ = ["POOLING_MODES", "Encoded", "TextEncoder", "pool", "softmax"]
+__all__ = ["POOLING_MODES", "Encoded", "TextEncoder", "count_words", "pool", "softmax"]
 
 # What pool() computes (sentence-transformers' names); the manifest reader refuses any other.
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
@@ -61,6 +62,31 @@ class Encoded:
 _ALONE_CHARS = 10_000
 
 
+# A truncated text keeps its first max_length tokens, which never span more than this many
+# characters each in practice (a WordPiece or BPE piece is a few characters; a longer unknown
+# word is one [UNK] of at most 100). Tokenizing a far longer text whole costs memory for
+# nothing: ~335 MB for a 2 MB text, the offsets and strings of its 390,000 tokens (a request
+# edge-serve's default 2 MB limit lets through). So a text is tokenized from its head (_head),
+# and whole only when the head does not fill max_length.
+_HEAD_CHARS_PER_TOKEN = 32
+_SPACE = re.compile(r"\s")
+
+
+def _head(text: str, max_length: int) -> str:
+    """`text` cut before its first whitespace at or after max_length * _HEAD_CHARS_PER_TOKEN
+    characters; itself when shorter, or when no whitespace follows within as many characters
+    again (a text without spaces, e.g. Chinese or Japanese, is tokenized whole: a cut inside
+    one pre-tokenized word could change its pieces). Every pre-tokenizer the converter ships
+    (BERT's, byte-level BPE's, SentencePiece's Metaspace) splits at whitespace, and the
+    normalizers work per character, so the head's tokens are the first tokens of the whole text
+    (tests/test_text_head.py)."""
+    limit = max_length * _HEAD_CHARS_PER_TOKEN
+    if len(text) <= limit:
+        return text
+    space = _SPACE.search(text, limit, 2 * limit)
+    return text[: space.start()] if space else text
+
+
 def _encode(tokenizer, texts: list[str]) -> list:
     """tokenizers' encodings of `texts` (the same ids either way). Its encode() holds the GIL for
     the whole call: ~2 s for a 2 MB text, during which edge-serve's event loop could not answer
@@ -70,6 +96,11 @@ def _encode(tokenizer, texts: list[str]) -> list:
     if len(texts) == 1 and len(texts[0]) <= _ALONE_CHARS:
         return [tokenizer.encode(texts[0])]
     return tokenizer.encode_batch(texts)
+
+
+def count_words(count: int, exact: bool) -> str:
+    """TextEncoder.token_count's answer in words: "300 tokens", "at least 8,193 tokens"."""
+    return f"{count} tokens" if exact else f"at least {count:,} tokens"
 
 
 class TextEncoder:
@@ -113,13 +144,24 @@ class TextEncoder:
             return tokenizer_class.from_str(self._content)
         return tokenizer_class.from_file(str(self._path))
 
+    def _truncated(self, texts: list[str]) -> list:
+        """tokenizers' truncated encodings of `texts`, each from its head (_head)."""
+        heads = [_head(text, self.max_length) for text in texts]
+        encodings = _encode(self._tok, heads)
+        for index, (text, head) in enumerate(zip(texts, heads)):
+            if head is not text and not encodings[index].overflowing:  # the head is not enough
+                encodings[index] = _encode(self._tok, [text])[0]
+        return encodings
+
     def tokens(self, text: str) -> list[tuple[str, bool]]:
         """(token, is_special) pairs for one text, in model order, for per-token results."""
-        enc = _encode(self._tok, [text])[0]
+        enc = self._truncated([text])[0]
         return [(tok, bool(special)) for tok, special in zip(enc.tokens, enc.special_tokens_mask)]
 
-    def token_count(self, text: str) -> int:
-        """How many tokens `text` has without truncation (special tokens included)."""
+    def token_count(self, text: str) -> tuple[int, bool]:
+        """(how many tokens `text` has without truncation, special tokens included; exact): a
+        text longer than max_length tokens can span is counted in its head only (_head), a
+        lower bound (exact False)."""
         with self._counter_lock:
             if self._counter is None:
                 from tokenizers import Tokenizer
@@ -128,17 +170,21 @@ class TextEncoder:
                 counter.no_truncation()
                 counter.no_padding()
                 self._counter = counter
-        return len(_encode(self._counter, [text])[0].ids)
+        head = _head(text, self.max_length)
+        count = len(_encode(self._counter, [head])[0].ids)
+        if head is not text and count <= self.max_length:  # the head is not enough
+            return len(_encode(self._counter, [text])[0].ids), True
+        return count, head is text
 
     def encode_texts(self, texts: list[str], truncate: bool = True) -> list[Encoded]:
         """Each text's tokens alone. truncate=False: InputError for the first text longer than
         max_length, with its index and token count."""
-        encodings = _encode(self._tok, list(texts))
+        encodings = self._truncated(list(texts))
         if not truncate:
             for index, enc in enumerate(encodings):
                 if enc.overflowing:
                     raise InputError(
-                        f"texts[{index}] has {self.token_count(texts[index])} tokens; this model "
+                        f"texts[{index}] has {count_words(*self.token_count(texts[index]))}; this model "
                         f"takes at most {self.max_length} (special tokens included). Shorten "
                         "it, or pass truncate=True to keep its first tokens"
                     )

@@ -13,6 +13,7 @@ import numpy as np
 import edge_runtime
 from edge_runtime import _load_args
 from edge_runtime._manifest import MANIFEST_NAME
+from edge_runtime._text import count_words
 
 
 class _Parser(argparse.ArgumentParser):
@@ -305,7 +306,7 @@ def _shown(text: str) -> str:
     return repr(text[: _SHOWN_CHARS - 10]) + f"... ({len(text)} characters)"
 
 
-def _truncated(model, texts: list[str], offset: int) -> list[tuple[int, int]]:
+def _truncated(model, texts: list[str], offset: int) -> list[tuple[int, tuple[int, bool]]]:
     """(1-based number, token count) of each text longer than the model takes: embed/classify
     keep its first tokens (truncate=True), which a command-line user should be told. A text
     needs more characters than tokens minus the two special ones, so short texts are not
@@ -313,7 +314,7 @@ def _truncated(model, texts: list[str], offset: int) -> list[tuple[int, int]]:
     encoder = model._text()
     limit = encoder.max_length
     return [(offset + index + 1, count) for index, text in enumerate(texts)
-            if len(text) > limit - 2 and (count := encoder.token_count(text)) > limit]
+            if len(text) > limit - 2 and (count := encoder.token_count(text))[0] > limit]
 
 
 def _print_results(model, texts: list[str], as_json: bool) -> None:
@@ -325,7 +326,7 @@ def _print_results(model, texts: list[str], as_json: bool) -> None:
     if problem:
         raise edge_runtime.InputError(problem)
     embeds = model.task == "feature-extraction"
-    truncated: list[tuple[int, int]] = []
+    truncated: list[tuple[int, tuple[int, bool]]] = []
     if as_json:
         sys.stdout.write(json.dumps({"artifact": model.name, "embeddings" if embeds else "results": []})[:-2])
     elif sys.stderr.isatty():  # for the person watching; stdout stays one line per text
@@ -350,7 +351,7 @@ def _print_results(model, texts: list[str], as_json: bool) -> None:
     if truncated:
         sys.stdout.flush()  # the note follows the results it is about
         limit = model._text().max_length
-        named = ", ".join(f"{number} ({count} tokens)" for number, count in truncated[:10])
+        named = ", ".join(f"{number} ({count_words(*count)})" for number, count in truncated[:10])
         more = f" and {len(truncated) - 10} more" if len(truncated) > 10 else ""
         which = "1 text is" if len(truncated) == 1 else f"{len(truncated)} texts are"
         print(f"edge-run: {which} longer than the {limit} tokens this model takes and ran on the first "

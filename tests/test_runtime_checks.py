@@ -373,7 +373,7 @@ def test_the_tokenizer_used_is_the_one_verified_at_load(converted, tmp_path):
     tokenizer.write_text(json.dumps(spec))  # rewritten in place after the load
     out.rename(tmp_path / "v1-old")  # and the directory moved away
     np.testing.assert_array_equal(model.embed(texts), expected)
-    assert model._text().token_count(texts[0]) == count  # the untruncated copy too (truncate=False)
+    assert model._text().token_count(texts[0]) == (count, True)  # the untruncated copy too (truncate=False)
 
 def test_threads_loading_one_artifact_at_once_share_one_cache_entry(converted, tmp_path, caplog):
     """Each thread builds in its own temporary directory; the first to finish publishes, the

@@ -364,7 +364,7 @@ def test_errors_are_tei_shaped(embed_dir, tmp_path):
             "/embed", 422, "Validation", json={"inputs": ["fine", long], "truncate": False}
         )
         encoder = edge_runtime.load(embed_dir, artifact="onnx-fp32")._text()
-        assert f"inputs[1] has {encoder.token_count(long)} tokens" in message
+        assert f"inputs[1] has {encoder.token_count(long)[0]} tokens" in message
         assert f"at most {encoder.max_length}" in message and '"truncate": true' in message
         assert client.post("/embed", json={"inputs": long}).status_code == 200  # auto-truncate
         assert client.post("/embed", json={"inputs": long, "truncate": True}).status_code == 200

