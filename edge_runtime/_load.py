@@ -110,6 +110,7 @@ def load(
         raise InputError("path is empty (''); name an edge-convert output directory, e.g. out/auto "
                          "(load('.') for the working directory)")
     root = Path(path)
+    _load_args.check_cache_outside(records_dir, root, explicit=device_cache is not True)
     signed_stats = None
     if trusted_keys is not None:
         signed = _signing.verify_directory(root, trusted_keys)

@@ -104,6 +104,20 @@ def cache_dirs(device_cache: Any, default: Path) -> tuple[dict[str, Path], Path 
     return {"tflite": path, "onnx": path}, path
 
 
+def check_cache_outside(cache: Path | None, root: Path, explicit: bool) -> None:
+    """InputError when the device cache would be written inside the artifact directory `root`,
+    which load() never writes: a signed directory would then fail its next verification (files
+    added), and a directory copied to another device would carry this one's caches."""
+    if cache is None:
+        return
+    inner, outer = os.path.realpath(cache), os.path.realpath(root)
+    if os.path.commonpath([inner, outer]) != outer:
+        return
+    where = "device_cache" if explicit else "the default device cache (XDG_CACHE_HOME)"
+    raise InputError(f"{where} {cache} is inside the artifact directory {root}, which load() never "
+                     "writes (a signed directory would no longer verify): choose a directory outside it")
+
+
 def no_backend_message(root: Path, formats: list[str]) -> str:
     install = " or ".join(_EXTRAS.get(fmt, f"a {fmt} backend") for fmt in formats)
     return f"none of the artifacts in {root} can run here: they need a {' or '.join(formats)} backend; install {install}"
