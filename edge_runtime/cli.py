@@ -345,7 +345,7 @@ def _print_results(model, texts: list[str], as_json: bool) -> None:
                 head = ", ".join(f"{v:.4f}" for v in row[:6])
                 print(f"  dim {row.shape[0]} norm {np.linalg.norm(row):.4f} [{head}, ...]  {_shown(text)}")
             else:
-                print(f"  {json.dumps(row)}  {_shown(text)}")
+                print(f"  {json.dumps(row, ensure_ascii=False)}  {_shown(text)}")  # labels as written
     if as_json:
         sys.stdout.write("]}\n")
     if truncated:

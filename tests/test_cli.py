@@ -73,6 +73,12 @@ def test_convert_json_then_run(tiny_model_factory, tmp_path, capsys, monkeypatch
     said = re.fullmatch(f"edge-run: 1 text is longer than the {limit} tokens this model takes and ran on "
                         rf"the first {limit} only: text 2 \((\d+) tokens\)\n", shown.err)
     assert said and int(said[1]) >= 3 * limit
+    # Labels are printed as written, not JSON-escaped (a reviewer's "\u4e2d\u6027" for 中性).
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["postprocess"]["labels"] = ["négatif", "中性", "positif"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert edge_run([str(out), "a nice day"]) == 0
+    assert re.search(r'"label": "(négatif|中性|positif)"', capsys.readouterr().out)
     assert edge_run([str(out), "--json", long_text]) == 0
     assert json.loads(capsys.readouterr().out)["results"] == edge_runtime.load(out).classify([long_text])
     assert edge_run([str(tmp_path / "missing"), "text"]) == 1
