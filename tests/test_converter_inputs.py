@@ -399,9 +399,23 @@ def test_a_classifier_is_not_converted_for_the_other_classification_task(tiny_mo
     assert load_source(model, task="feature-extraction").task == "feature-extraction"  # its encoder
 
 
+@pytest.mark.parametrize("names, said", [
+    ({"0": "pos", "1": "pos", "2": "neg"}, r"id2label names 'pos' more than one output"),
+    ({"0": "pos", "1": " ", "2": "neg"}, r"id2label gives output 1 an empty name"),
+])
+def test_label_names_classify_cannot_tell_apart_are_refused(tiny_model_factory, tmp_path, names, said):
+    """Two outputs under one name made edge-serve's /predict list "pos" twice and its label2id
+    lose an output; an empty name says nothing."""
+    model = _copy(tiny_model_factory("bert", "text-classification"), tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"id2label": names, "label2id": {v: int(k) for k, v in names.items()}}))
+    with pytest.raises(SourceModelError, match=said + ".*its own non-empty label name"):
+        load_source(model)
+
+
 @pytest.mark.parametrize("edit, message", [
     ({"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "problem_type": None}, r"single output \(a regression or cross-encoder score\)"),
-    ({"problem_type": "regression"}, r"single output"),
+    ({"problem_type": "regression"}, r"is a regression head \(problem_type regression, 3 outputs\)"),
     ({"problem_type": "multi_label_classification"}, r"multi_label_classification .*sigmoid"),
 ])
 def test_heads_classify_cannot_report_are_refused_before_loading(tiny_model_factory, tmp_path, edit, message):

@@ -156,12 +156,14 @@ def _check_label_head(config: dict[str, Any], model_dir: Path, task: str) -> Non
     labels = config.get("id2label") or {}
     count = len(labels) if labels else int(config.get("num_labels", 2))
     problem = config.get("problem_type")
-    instead = "convert it with task=feature-extraction for its encoder's token vectors"
+    instead = "convert it with task=feature-extraction (edge-convert --task) for its encoder's pooled sentence vectors"
     if count == 1 or problem == "regression":
+        what = ("has a single output (a regression or cross-encoder score)" if count == 1 else
+                f"is a regression head (problem_type regression, {count} outputs)")
         raise UnsupportedModelError(
-            f"{model_dir}: its {task} head has a single output (a regression or cross-encoder score): "
-            f"classify() reports softmax probabilities over labels, which for one output is 1.0 whatever "
-            f"the text; such heads are not supported yet ({instead})")
+            f"{model_dir}: its {task} head {what}: classify() reports softmax probabilities over "
+            f"labels, which for a regression say nothing (for one output: 1.0 whatever the text); such "
+            f"heads are not supported yet ({instead})")
     if problem == "multi_label_classification":
         raise UnsupportedModelError(
             f"{model_dir}: problem_type multi_label_classification (each label its own sigmoid "
@@ -186,6 +188,7 @@ def _check_label_ids(config: dict[str, Any], model_dir: Path) -> None:
     ids = {key: _label_id(key) for key in labels}
     expected = set(range(len(labels)))
     if set(ids.values()) == expected:  # n keys onto n ids: each output named once
+        _check_label_names(labels, model_dir)
         return
     present = sorted(labels, key=lambda key: (ids[key] is None, ids[key] or 0, key))
     unnamed = ", ".join(str(i) for i in sorted(expected - set(ids.values())))
@@ -194,6 +197,19 @@ def _check_label_ids(config: dict[str, Any], model_dir: Path) -> None:
         f"{model_dir}/config.json: id2label has ids {', '.join(present)}, but a head with "
         f"{len(labels)} labels needs ids 0..{last}, one per output (no label for output "
         f"{unnamed}): number the labels 0..{last} in the order of the head's outputs, in label2id too")
+
+
+def _check_label_names(labels: dict[str, Any], model_dir: Path) -> None:
+    """classify() answers label names: two outputs under one name (edge-serve's /predict then
+    listed "pos" twice, its label2id kept one of them) or an empty name cannot be told apart."""
+    names = [str(labels[key]).strip() for key in sorted(labels, key=_label_id)]
+    twice = sorted({name for name in names if names.count(name) > 1 and name})
+    if "" in names or twice:
+        problem = (f"names {', '.join(repr(n) for n in twice)} more than one output" if twice else "")
+        empty = ", ".join(str(i) for i, name in enumerate(names) if not name)
+        problem += ("; " if problem and empty else "") + (f"gives output {empty} an empty name" if empty else "")
+        raise SourceModelError(f"{model_dir}/config.json: id2label {problem}: give each output of the head "
+                               "its own non-empty label name (in label2id too)")
 
 
 def _weights_sha256(model_dir: Path) -> str:
