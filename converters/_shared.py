@@ -108,6 +108,10 @@ class SharedInputs:
                  f"{_millions(source.num_parameters)} parameters; {texts.fit.counted()} fit texts, "
                  f"{texts.validation.counted()} validation texts (" + (
                      "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
+        for text_set in (texts.calibration, *((texts.validation,) if texts.method == "file" else ())):
+            if text_set.comments:  # documented, but a file of tweets or markdown loses texts that way
+                progress(f"note: {text_set.comments} line(s) of {text_set.source} start with '#' and were skipped as "
+                         "comments; a .jsonl file ({\"text\": ...} per line) keeps such texts")
         for note in source.notes:  # e.g. a head dropped for feature-extraction (inputs/source.py)
             progress(f"note: {note}")
         if texts.validation.distinct < MIN_TEXTS:  # a small calibration file's held-out part

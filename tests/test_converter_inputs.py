@@ -623,10 +623,11 @@ def test_a_comment_is_a_line_whose_first_visible_character_is_a_hash(tmp_path):
     comments = ["   # indented", "\t# tab", "\u00a0# no-break space", "\ufeff# after a mid-file byte-order mark", "#"]
     path.write_text("\n".join(comments + texts) + "\n", encoding="utf-8")
     assert list(load_texts(path).texts) == texts
+    assert load_texts(path).comments == 5  # counted, for edge-convert's note (converters/_shared.py)
     # In JSONL a text is a text, whatever its first character.
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": t}) for t in ["# not a comment"] + texts) + "\n")
-    assert load_texts(jsonl).texts[0] == "# not a comment"
+    assert load_texts(jsonl).texts[0] == "# not a comment" and load_texts(jsonl).comments == 0
 
 
 @pytest.mark.parametrize("path", ["converters/data/calibration_en.txt", "benchmarks/data/heldout_en.txt"])

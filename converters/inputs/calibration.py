@@ -35,6 +35,7 @@ class TextSet:
     texts: tuple[str, ...]
     source: str  # "builtin" or the user's file path
     sha256: str
+    comments: int = 0  # lines of a .txt file skipped as comments ("#" first): said, never silent
 
     @property
     def distinct(self) -> int:
@@ -117,6 +118,13 @@ def _first_visible(line: str) -> str | None:
     return next((char for char in line if not _invisible(char)), None)
 
 
+def _comment_lines(path: Path) -> int:
+    """How many lines of a .txt file _parse skips as comments (0 for .jsonl)."""
+    if path.suffix.lower() == ".jsonl":
+        return 0
+    return sum(_first_visible(line) == "#" for line in _lines(path.read_text(encoding="utf-8-sig")))
+
+
 def _parse(path: Path) -> list[str]:
     """The texts of a .txt file (one per line; blank lines and comment lines, whose first visible
     character is "#", are skipped) or a .jsonl file (one {"text": "..."} object per line; blank
@@ -174,7 +182,8 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
             f"{role} file {source} has {counted}; at least {minimum} "
             f"{'are' if distinct == len(texts) else 'different texts are'} needed for meaningful accuracy figures"
         )
-    return TextSet(tuple(texts), "builtin" if path is None else str(source), _digest(texts))
+    comments = 0 if path is None else _comment_lines(source)
+    return TextSet(tuple(texts), "builtin" if path is None else str(source), _digest(texts), comments)
 
 
 def split_texts(calibration: TextSet, validation: TextSet | None = None) -> TextSplit:
