@@ -258,7 +258,8 @@ class Model:
     ) -> list[Any]:
         """Labels with scores: one {label, score} per text for text classification (with `top_k`
         k > 1, a list of the k best per text, best first; None: every label's); for token
-        classification, per text a list of {token, label, score} (special tokens left out).
+        classification, per text a list of {token, start, end, word, label, score} (special tokens left
+        out; start/end: the token's characters in the text, end exclusive; word: text[start:end]).
         texts, truncate and batch_invariant as for embed(); an empty list gives []."""
         self._require_task("classify", ("text-classification", "token-classification"))
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -267,7 +268,7 @@ class Model:
             raise InputError(f"top_k applies to text classification; {self.root} does {self.task}")
         labels = self._postprocess("classify")["labels"]
         results: list[Any] = []
-        for _, group, _, logits in self._forward(texts, batch_size, truncate, batch_invariant, "logits"):
+        for first, group, _, logits in self._forward(texts, batch_size, truncate, batch_invariant, "logits"):
             if logits.shape[-1] != len(labels):  # a last axis the manifest records by name only
                 raise ManifestError(f"{self.root}: postprocess.labels has {len(labels)} names but the logits "
                                     f"output gives {logits.shape[-1]} scores per row; one label per score")
@@ -280,11 +281,12 @@ class Model:
                 continue
             for row, enc in enumerate(group):
                 tokens = []
-                for pos, (token, special) in enumerate(zip(enc.tokens, enc.special)):
+                for pos, (token, special, (start, end)) in enumerate(zip(enc.tokens, enc.special, enc.offsets)):
                     if special or pos >= probs.shape[1]:
                         continue
                     best = int(probs[row, pos].argmax())
-                    tokens.append({"token": token, "label": labels[best], "score": float(probs[row, pos, best])})
+                    tokens.append({"token": token, "start": start, "end": end, "word": texts[first + row][start:end],
+                                   "label": labels[best], "score": float(probs[row, pos, best])})
                 results.append(tokens)
         return results
 

@@ -55,6 +55,10 @@ class Encoded:
     type_ids: list[int]
     tokens: list[str]
     special: list[bool]
+    # (start, end) character offsets of each token in its text, end exclusive ((0, 0) for a
+    # special token): where a token's label belongs, whatever its piece looks like ("Ã" for
+    # part of a byte-level "ü")
+    offsets: tuple[tuple[int, int], ...] = ()
 
 
 # Up to this many characters (~5 ms of tokenizing English, ~20 ms CJK), one text is tokenized on
@@ -189,7 +193,8 @@ class TextEncoder:
                         "it, or pass truncate=True to keep its first tokens"
                     )
         return [
-            Encoded(list(e.ids), list(e.type_ids), list(e.tokens), [bool(s) for s in e.special_tokens_mask])
+            Encoded(list(e.ids), list(e.type_ids), list(e.tokens), [bool(s) for s in e.special_tokens_mask],
+                    tuple(e.offsets))
             for e in encodings
         ]
 

@@ -153,3 +153,7 @@ def test_convert_and_run(tiny_model_factory, tmp_path, arch, task, target):
             else:
                 assert len(labels) == len(HELD_OUT)
                 assert all(tok["label"] in known for row in labels for tok in row)
+                for text, row in zip(HELD_OUT, labels):  # each label placed on the text's own characters
+                    covered = {i for tok in row for i in range(tok["start"], tok["end"])}
+                    assert {i for i, c in enumerate(text) if not c.isspace()} <= covered <= set(range(len(text)))
+                    assert all(tok["word"] == text[tok["start"]:tok["end"]] for tok in row)
