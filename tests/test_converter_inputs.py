@@ -158,7 +158,19 @@ def test_a_config_that_does_not_match_the_weights_is_named(good_model, tmp_path)
     config = json.loads((broken / "config.json").read_text())
     config["hidden_size"] *= 2
     (broken / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SourceModelError, match=r"config\.json does not match the weights"):
+    with pytest.raises(SourceModelError, match=r"config\.json does not match the weights: \S+: saved \[\d+(, \d+)*\], "
+                                               r"config\.json gives \["):
+        load_source(broken)
+
+
+def test_a_label_map_that_does_not_match_the_head_names_the_head(tiny_model_factory, tmp_path):
+    """A reviewer's 2-entry id2label on a 3-output head was blamed on "e.g. hidden_size"."""
+    broken = _copy(tiny_model_factory("bert", "text-classification"), tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    config |= {"id2label": {"0": "no", "1": "yes"}, "label2id": {"no": 0, "yes": 1}}
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SourceModelError, match=r"classifier\.(weight|bias): saved \[3.*config\.json gives \[2.*"
+                                               r"a classifier head's outputs are the labels"):
         load_source(broken)
 
 

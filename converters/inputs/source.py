@@ -25,6 +25,7 @@ from converters._errors import SourceModelError, UnsupportedModelError
 from converters.inputs.heads import weight_head
 from converters.inputs.preflight import check_model_dir
 from converters.inputs.sentence_transformers import apply_lowercase, encoder_settings, find_layout
+from converters.inputs.shapes import shape_mismatches
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -410,11 +411,13 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         raise SourceModelError(f"cannot load the model in {model_dir}: {exc}") from None
     except RuntimeError as exc:  # e.g. a weight's shape differs from what config.json describes
         mismatch = "mismatched_sizes" in str(exc)
+        named = "; ".join(shape_mismatches(model_dir, auto)) if mismatch else ""
         raise SourceModelError(
             f"cannot load the model in {model_dir}: "
-            + ("config.json does not match the weights: a size in it (e.g. hidden_size) differs from the "
-               "saved weights' shapes (transformers' load report lists them; edge-convert keeps it in the "
-               "conversion log). Is config.json the one saved with these weights?" if mismatch else str(exc))
+            + (("config.json does not match the weights: " + (named or "a size in it (e.g. hidden_size) differs "
+                "from the saved weights' shapes (transformers' load report in the conversion log lists them)")
+                + (" (a classifier head's outputs are the labels: id2label / num_labels)" if "classifier" in named else "")
+                + ". Is config.json the one saved with these weights?") if mismatch else str(exc))
         ) from None
     prefix = getattr(model, "base_model_prefix", "")
     _check_no_random_weights(model_dir, task, loading.get("missing_keys") or (), prefix)
