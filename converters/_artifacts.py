@@ -253,7 +253,8 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
         raise AccuracyError(f"the all-4-bit model is {base_bytes} bytes ({base_bytes / fp32_bytes:.3f}x FP32), above "
                             f"the size budget of {budget} bytes ({scheme.size_budget}x FP32, the profile's [int4] "
                             "size_budget): what stays float (norms, biases, small tables) weighs more in a small "
-                            "model; raise the budget, or ship the INT8 artifact for this model")
+                            f"model: ship the INT8 artifact for this model (the budget is part of the profile, "
+                            f"targets/{step.profile.id}.toml; no option changes it)")
     step.progress(f"[{name}] all 4-bit: {base_bytes / 1e6:.1f} MB of a {budget / 1e6:.1f} MB budget; "
                   "moving the most sensitive MatMuls to 8 bits while they fit")
     # The shared search (converters/core/search.py): ranked on a length-spread subset of the fit
