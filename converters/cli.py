@@ -385,16 +385,16 @@ def _rest_command(out: Path, rest: list[str]) -> str:
 
 
 def _profiles(target: str) -> list:
-    """The profiles `--target` names: one id, 'auto' (this machine), ids separated by commas, 'all'."""
+    """The profiles `--target` names: one id, 'auto' (this machine), ids separated by commas, 'all'.
+    A refused value is a ProfileError (exit status 1, like an unknown id), not a usage error (2)."""
     if target.strip() == "all":
         return list_profiles()
     ids = [t.strip() for t in target.split(",") if t.strip()]
     if not ids:
-        raise click.BadParameter(f"names no target profile ({target!r}); see --list-targets, or use 'auto' "
-                                 "(this machine) or 'all'", param_hint="--target")
+        raise ProfileError(f"--target names no target profile ({target!r}); see --list-targets, or use 'auto' "
+                           "(this machine) or 'all'")
     if "all" in ids:
-        raise click.BadParameter(f"'all' names every profile and stands alone, not in a list: {target}",
-                                 param_hint="--target")
+        raise ProfileError(f"--target: 'all' names every profile and stands alone, not in a list: {target}")
     profiles = []
     for name in ids:
         if name == "auto":
@@ -404,7 +404,7 @@ def _profiles(target: str) -> list:
             profile = load_profile(name)
         if any(p.id == profile.id for p in profiles):  # auto,x86-avx512-vnni on such a machine too
             twice = f"{profile.id} (auto is {profile.id} on this machine)" if "auto" in ids else profile.id
-            raise click.BadParameter(f"names a profile twice: {twice}", param_hint="--target")
+            raise ProfileError(f"--target names a profile twice: {twice}")
         profiles.append(profile)
     return profiles
 
