@@ -100,6 +100,8 @@ def load(
             raise InputError("give device_cache or its older name weight_cache, not both")
         device_cache = weight_cache
     _load_args.check_options(verify, spinning, tune, memory_budget_mb)
+    # numpy's bools pass the check; plain ones from here on (`tune is False` tests identity)
+    spinning, tune = (None if v is None else bool(v) for v in (spinning, tune))
     if artifact is not None and not isinstance(artifact, str):  # a list would fail as unhashable
         raise InputError(f"artifact must be one artifact name (str) or None, got {artifact!r}")
     threads = _load_args.check_threads(threads)

@@ -40,15 +40,22 @@ def check_options(verify: Any, spinning: Any, tune: Any, memory_budget_mb: Any) 
     if not (isinstance(verify, bool) or verify == "full"):  # 0 / 1 are not flags here
         raise InputError(f'verify must be True, False or "full", got {verify!r}')
     for name, value in (("spinning", spinning), ("tune", tune)):
-        if value is not None and not isinstance(value, bool):
+        if value is not None and not isinstance(value, (bool, np.bool_)):  # numpy's bool too
             raise InputError(f"{name} must be True, False or None, got {value!r}")
-    if memory_budget_mb is not None and (
-        isinstance(memory_budget_mb, bool)
-        or not isinstance(memory_budget_mb, (int, float))
-        or not 0 < memory_budget_mb < float("inf")  # also refuses NaN
+    check_memory_budget(memory_budget_mb)
+
+
+def check_memory_budget(value: Any, name: str = "memory_budget_mb") -> float | None:
+    """load()'s memory_budget_mb, also when set later as Model.memory_budget_mb (`name`): a
+    finite number of megabytes > 0 (numpy's numbers too) or None; else InputError."""
+    if value is not None and (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not 0 < value < float("inf")  # also refuses NaN
     ):
-        raise InputError(f"memory_budget_mb must be a finite number of megabytes > 0 or None (no limit but "
-                         f"the memory available), got {memory_budget_mb!r}")
+        raise InputError(f"{name} must be a finite number of megabytes > 0 or None (no limit but "
+                         f"the memory available), got {value!r}")
+    return None if value is None else float(value)
 
 
 def check_threads(threads: Any) -> int | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import _compat, _device, _inputs, _memory, _select, backends
+from edge_runtime import _compat, _device, _inputs, _load_args, _memory, _select, backends
 from edge_runtime._errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -139,8 +139,9 @@ class Model:
 
     def _budget_bytes(self) -> float | None:
         """Bytes one backend call may use; None when unknown (no split on a guess)."""
-        if self.memory_budget_mb is not None:
-            return max(1.0, float(self.memory_budget_mb) * 2**20)
+        budget = _load_args.check_memory_budget(self.memory_budget_mb, "Model.memory_budget_mb")  # settable
+        if budget is not None:
+            return max(1.0, budget * 2**20)
         available = _device.available_mb()  # the cgroup's room when that is less (_ram.py)
         if available <= 0:  # no /proc/meminfo and no psutil
             return None
@@ -262,7 +263,8 @@ class Model:
         out; start/end: the token's characters in the text, end exclusive; word: text[start:end]).
         texts, truncate and batch_invariant as for embed(); an empty list gives []."""
         self._require_task("classify", ("text-classification", "token-classification"))
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and (isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer))
+                                  or top_k < 1):
             raise InputError(f"top_k must be an int >= 1, or None for every label's score, got {top_k!r}")
         if top_k != 1 and self.task != "text-classification":
             raise InputError(f"top_k applies to text classification; {self.root} does {self.task}")

@@ -34,3 +34,29 @@ def test_a_device_cache_beside_the_artifact_directory_is_used(tmp_path):
     tiny_artifact.build(out)
     edge_runtime.load(out, device_cache=tmp_path / "art-cache")  # "art-cache" starts like "art"
     assert (tmp_path / "art-cache").is_dir()
+
+
+def test_model_memory_budget_mb_set_later_is_checked_like_loads(tmp_path):
+    """Documented as settable, it was not checked: "x" failed at the next call with a bare
+    ValueError, NaN / 0 / -5 silently ran one row per backend call."""
+    import numpy as np
+
+    out = tmp_path / "art"
+    tiny_artifact.build(out)
+    model = edge_runtime.load(out, device_cache=False)
+    feeds = {"input_ids": np.ones((2, 4), np.int64)}
+    for bad in ("x", float("nan"), 0, -5, True):
+        model.memory_budget_mb = bad
+        with pytest.raises(edge_runtime.InputError, match=r"Model\.memory_budget_mb must be a finite number"):
+            model.run(feeds)
+    model.memory_budget_mb = np.float32(64)  # numpy's numbers are numbers
+    model.run(feeds)
+
+
+def test_numpy_scalars_are_taken_where_python_ones_are(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "art"
+    tiny_artifact.build(out)
+    edge_runtime.load(out, device_cache=False, spinning=np.bool_(True), tune=np.bool_(False),
+                      memory_budget_mb=np.int64(100))
