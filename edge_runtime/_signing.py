@@ -163,6 +163,15 @@ def ecdsa_hash(curve_name: str):
     return getattr(hashes, _CURVE_HASH[curve_name])()
 
 
+def key_kind(key) -> str:
+    """ "an RSA public key", "an Ed25519 private key", ...: what a key that cannot sign here is."""
+    name = type(key).__name__.lstrip("_")  # e.g. RSAPublicKey, _RSAPrivateKey, Ed25519PublicKey
+    side = "private" if "Private" in name else "public"
+    algorithm = name.replace("PublicKey", "").replace("PrivateKey", "") or name
+    article = "an" if algorithm[:1] in "AEFHILMNORSX" else "a"  # as spoken: an RSA, an Ed25519, a DSA
+    return f"{article} {algorithm} {side} key"
+
+
 def key_hint(public_key) -> str:
     """model_signing's key identifier: hex sha256 of the SubjectPublicKeyInfo PEM."""
     _, _, serialization, _ = _crypto()
@@ -220,10 +229,8 @@ def _load_trusted_key(source: KeySource, index: int):
             "one trusted_keys entry per key"
         )
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise SignatureError(
-            f"trusted key {label} is a {type(key).__name__.lstrip('_')}; model signing uses "
-            "elliptic-curve keys (P-256)"
-        )
+        raise SignatureError(f"trusted key {label} is {key_kind(key)}; model signing uses elliptic-curve "
+                             "keys on P-256 (or P-384 / P-521)")
     try:
         ecdsa_hash(key.curve.name)  # refuses unsupported curves with the key's curve named
     except SignatureError as exc:

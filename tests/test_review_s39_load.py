@@ -60,3 +60,31 @@ def test_numpy_scalars_are_taken_where_python_ones_are(tmp_path):
     tiny_artifact.build(out)
     edge_runtime.load(out, device_cache=False, spinning=np.bool_(True), tune=np.bool_(False),
                       memory_budget_mb=np.int64(100))
+
+
+def test_edge_sign_hint_and_load_name_keys_that_cannot_sign(tmp_path):
+    """`edge-sign hint` printed a hint for an RSA key and for the first of two keys in a file (both
+    refused by load()); load() called an RSA key "a RSAPublicKey" and named P-256 alone."""
+    from click.testing import CliRunner
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    from converters import cli_sign
+
+    def public_pem(key) -> bytes:
+        return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    rsa_pub, ed_pub, two = tmp_path / "rsa.pub", tmp_path / "ed.pub", tmp_path / "two.pub"
+    rsa_pub.write_bytes(public_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    ed_pub.write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate()))
+    two.write_bytes(public_pem(ec.generate_private_key(ec.SECP256R1())) * 2)
+    for path, said in ((rsa_pub, "is an RSA public key, which cannot sign or verify"),
+                       (ed_pub, "is an Ed25519 public key, which cannot sign or verify"),
+                       (two, "holds 2 PEM blocks; a key file holds one key")):
+        done = CliRunner().invoke(cli_sign.main, ["hint", str(path)])
+        assert done.exit_code != 0 and said in done.output, done.output
+    out = tmp_path / "art"
+    tiny_artifact.build(out)
+    with pytest.raises(edge_runtime.SignatureError, match=r"is an RSA public key; model signing uses elliptic-curve "
+                                                          r"keys on P-256 \(or P-384 / P-521\)"):
+        edge_runtime.load(out, trusted_keys=[rsa_pub])

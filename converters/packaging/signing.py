@@ -119,19 +119,28 @@ def key_file_hint(path: Path) -> str:
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConversionError(f"{path} cannot be read ({exc.strerror})") from None
+    blocks = data.count(b"-----BEGIN ")
+    if blocks > 1:  # cryptography reads the first: a hint of one key, for a file load() refuses
+        raise ConversionError(f"{path} holds {blocks} PEM blocks; a key file holds one key (give each "
+                              "its own file, as load()'s trusted_keys takes them)")
     try:
-        return _signing.key_hint(serialization.load_pem_public_key(data))
+        key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
-        pass
-    try:
-        return key_hint_of(serialization.load_pem_private_key(data, password=None))
-    except (TypeError, ValueError, UnsupportedAlgorithm):
-        raise ConversionError(f"{path} is not a PEM public key or unencrypted private key") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            raise ConversionError(f"{path} is not a PEM public key or unencrypted private key") from None
+    if not isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
+        raise ConversionError(f"{path} is {_signing.key_kind(key)}, which cannot sign or verify model.sig "
+                              "here: model signing uses elliptic-curve keys on P-256 (or P-384 / P-521)")
+    return key_hint_of(key) if isinstance(key, ec.EllipticCurvePrivateKey) else _signing.key_hint(key)
 
 
 def _refuse_git_metadata(root: Path) -> None:
