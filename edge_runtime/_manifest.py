@@ -48,6 +48,11 @@ UNREADABLE = "_unreadable_artifacts"
 # runtime.graph_optimization_level: the names backends/onnx.py maps to onnxruntime's
 # GraphOptimizationLevel (targets/__init__.py checks a profile against the same four).
 ONNX_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+# Bounds of integer fields: 10**30 passed a type check, then overflowed np.full (pad_token_id) or
+# onnxruntime's SessionOptions (threads, a TypeError) in load() or the first embed().
+MAX_THREADS = 1024  # runtime.threads.*: more than any board's cores; 0 is the backend's default
+MAX_TOKEN_ID = 2**31 - 1  # tokenizer ids and lengths: int32, what every backend's ids fit in
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -122,7 +127,7 @@ def _check_file_item(root: Path, item: Any, where: str) -> None:
     if missing:
         raise ManifestError(f"{where}: missing keys {missing}")
     digest, size = item["sha256"], item["bytes"]
-    if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX_DIGITS:
         raise ManifestError(f"{where}: sha256 {digest!r} is not 64 hexadecimal digits")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ManifestError(f"{where}: bytes {size!r} must be an integer >= 0")
@@ -133,14 +138,7 @@ def _check_file_item(root: Path, item: Any, where: str) -> None:
 
 
 def _valid_tolerance(tolerance: Any) -> bool:
-    return isinstance(tolerance, dict) and all(
-        isinstance(tolerance.get(k), (int, float)) and not isinstance(tolerance.get(k), bool)
-        for k in ("cosine_min", "rel_l2_max")
-    )
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdefABCDEF" for c in text)
+    return isinstance(tolerance, dict) and all(_is_number(tolerance.get(k)) for k in ("cosine_min", "rel_l2_max"))
 
 
 def _plain_dtype(text: str) -> bool:
@@ -157,6 +155,8 @@ def _plain_dtype(text: str) -> bool:
 def _check_tensor_specs(specs: Any, where: str) -> None:
     if not isinstance(specs, list):
         raise ManifestError(f"{where} must be a list")
+    if not specs:
+        raise ManifestError(f"{where} is empty: a model takes and gives at least one tensor")
     for index, spec in enumerate(specs):
         here = f"{where}[{index}]"
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -166,13 +166,10 @@ def _check_tensor_specs(specs: Any, where: str) -> None:
         if not _plain_dtype(spec["dtype"]):
             raise ManifestError(f"{here}: unknown dtype {spec['dtype']!r} (e.g. int64, float32)")
         shape = spec.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
-            for d in shape
-        ):
+        if not isinstance(shape, list) or not all(isinstance(d, str) or (type(d) is int and d >= 0)
+                                                  for d in shape):  # type(): a bool is no size
             raise ManifestError(f"{here}: shape {shape!r} must be a list of sizes (int >= 0) or axis names (str)")
-        # Optional limits (edge_runtime/_inputs.py checks them): values below a table's size,
-        # named axes up to a size.
+        # Optional limits, checked by edge_runtime/_inputs.py: ids below a table's size, axes' sizes
         below = spec.get("values_below")
         if below is not None and not (isinstance(below, int) and not isinstance(below, bool) and below >= 1):
             raise ManifestError(f"{here}: values_below must be an integer >= 1, got {below!r}")
@@ -240,14 +237,10 @@ def read_manifest(root: Path, raw: bytes | None = None) -> dict[str, Any]:
         raise ManifestError(f"{path}: task must be a string, got {manifest['task']!r}")
     _check_tensor_specs(manifest["inputs"], f"{path}: inputs")
     _check_tensor_specs(manifest["outputs"], f"{path}: outputs")
-    for key in ("inputs", "outputs"):
-        if not manifest[key]:
-            raise ManifestError(f"{path}: {key} is empty: a model takes and gives at least one tensor")
     _check_described(manifest, path)
     tokenizer = manifest.get("tokenizer")
     if tokenizer is not None:
-        _check_tokenizer(root, tokenizer, f"{path}: tokenizer")
-        _check_length_fits(tokenizer["max_length"], manifest["inputs"], f"{path}: tokenizer.max_length")
+        _check_tokenizer(root, tokenizer, manifest["inputs"], f"{path}: tokenizer")
     artifacts = manifest["artifacts"]
     if not isinstance(artifacts, list):
         raise ManifestError(f"{path}: artifacts must be a list")
@@ -393,16 +386,20 @@ def _check_runtime(runtime: Any, where: str) -> None:
     if not _is_str_list(runtime.get("artifact_preference", [])):
         raise ManifestError(f"{where}.artifact_preference must be a list of precisions")
     threads = runtime.get("threads", {})
-    if not isinstance(threads, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in threads.values()
-    ):
-        raise ManifestError(f"{where}.threads must map intra_op / inter_op to integers >= 0")
+    if not isinstance(threads, dict):
+        raise ManifestError(f"{where}.threads must map intra_op / inter_op to integers in 0..{MAX_THREADS}")
+    for key, value in threads.items():
+        _check_int(value, 0, MAX_THREADS, f"{where}.threads.{key}")
+
+
+def _check_int(value: Any, low: int, high: int, what: str) -> None:
+    if type(value) is not int or not low <= value <= high:  # type(): a bool is no count
+        raise ManifestError(f"{what} must be an integer in {low}..{high}, got {value!r:.40}")
 
 
 def _check_artifact_facts(entry: dict[str, Any], where: str) -> None:
-    if not isinstance(entry["metrics"], dict) or not all(
-        isinstance(k, str) and _is_number(v) for k, v in entry["metrics"].items()
-    ):
+    metrics = entry["metrics"]
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in metrics.items()):
         raise ManifestError(f"{where}: metrics must map names to numbers")
     requires = entry.get("requires")
     kinds = requires.get("int8_gemm", ["any"]) if isinstance(requires, dict) else None
@@ -440,7 +437,9 @@ def _check_golden_samples(samples: Any, where: str) -> None:
             raise ManifestError(f"{here}: tolerance must give cosine_min and rel_l2_max")
 
 
-def _check_tokenizer(root: Path, spec: Any, where: str) -> None:
+def _check_tokenizer(root: Path, spec: Any, inputs: list[dict[str, Any]], where: str) -> None:
+    """Its files, max_length and pad_token_id; a max_length past an input's axis_max["sequence"], or
+    a pad id past input_ids' values_below, would fail long texts or padded batches at run time."""
     if not isinstance(spec, dict):
         raise ManifestError(f"{where} must be an object")
     files = spec.get("files")
@@ -448,22 +447,17 @@ def _check_tokenizer(root: Path, spec: Any, where: str) -> None:
         raise ManifestError(f"{where}: files must be a non-empty list (tokenizer.json first)")
     for number, item in enumerate(files):
         _check_file_item(root, item, f"{where}.files[{number}]")
-    for key in ("max_length", "pad_token_id"):
-        value = spec.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ManifestError(f"{where}: {key} must be an integer >= 0, got {value!r}")
-    if spec["max_length"] < 1:
-        raise ManifestError(f"{where}: max_length must be >= 1")
-
-
-def _check_length_fits(max_length: int, inputs: list[dict[str, Any]], where: str) -> None:
-    """The tokenizer may not make sequences longer than an input's recorded axis_max["sequence"]
-    (the position table): every long text would fail at run time instead of at load."""
-    for spec in inputs:
-        limit = (spec.get("axis_max") or {}).get("sequence")
-        if limit is not None and max_length > limit:
-            raise ManifestError(f"{where} {max_length} is more than input {spec['name']!r} takes "
-                                f"(axis_max sequence {limit})")
+    _check_int(spec.get("max_length"), 1, MAX_TOKEN_ID, f"{where}.max_length")
+    _check_int(spec.get("pad_token_id"), 0, MAX_TOKEN_ID, f"{where}.pad_token_id")
+    for tensor in inputs:
+        limit = (tensor.get("axis_max") or {}).get("sequence")
+        if limit is not None and spec["max_length"] > limit:
+            raise ManifestError(f"{where}.max_length {spec['max_length']} is more than input "
+                                f"{tensor['name']!r} takes (axis_max sequence {limit})")
+        below = tensor.get("values_below") if tensor["name"] == "input_ids" else None
+        if below is not None and spec["pad_token_id"] >= below:
+            raise ManifestError(f"{where}.pad_token_id must be in 0..{below - 1}, an id of the vocabulary (input "
+                                f"'input_ids' values_below {below}), got {spec['pad_token_id']}")
 
 
 def files_to_verify(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,11 +1,12 @@
 """HTTP routes, shaped like Hugging Face text-embeddings-inference (TEI) so its clients work.
 
 POST /embed, /predict, /v1/embeddings (OpenAI's shape, with usage); GET /health, /info, /metrics;
-POST /admin/reload and /admin/check for loopback clients only. Request and response shapes, error
-JSON and status codes follow TEI's router (router/src/http/server.rs and types.rs): errors are
-{"error": ..., "error_type": ...} (on /v1/embeddings OpenAI's {"message", "code", "type"}), with
-422 Validation/Tokenizer, 429 Overloaded, 424 Backend, 503 Unhealthy and 400 Empty; a body over
-the payload limit gets 413, as in TEI. Starlette is imported here only: `import edge_runtime`
+POST /admin/reload and /admin/check for loopback clients that are not web pages (403; a body not
+JSON: 415). Request and response shapes, error JSON and status codes follow TEI's router
+(router/src/http/server.rs and types.rs): errors are {"error": ..., "error_type": ...} (on
+/v1/embeddings OpenAI's {"message", "code", "type"}), with 422 Validation/Tokenizer, 429
+Overloaded, 424 Backend, 503 Unhealthy and 400 Empty; a body over the payload limit gets 413, as
+in TEI. Starlette is imported here only: `import edge_runtime`
 never loads it.
 """
 
@@ -36,6 +37,7 @@ from edge_runtime.serve._requests import (
     _encoding_format,
     _flag,
     _options,
+    _require_json_type,
     _texts,
 )
 from edge_runtime.serve._service import Service
@@ -58,6 +60,26 @@ def _loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+# Sec-Fetch-Site values no other site's page sends: the user's own navigation ("none") or a page
+# of this server itself ("same-origin"; edge-serve serves none). Fetch Metadata, W3C.
+_OWN_FETCH_SITES = ("none", "same-origin")
+
+
+def _from_a_web_page(request: Request) -> str:
+    """Why `request` looks sent by a web page, "" if it does not. Browsers send Origin with every
+    POST a page makes (fetch, a form) and Sec-Fetch-Site with every request; curl, scripts and
+    SDKs send neither. A loopback peer alone does not make a request the user's: any page open in
+    a browser on this machine can POST to 127.0.0.1, and a text/plain body needs no CORS preflight
+    (a "simple" request), so the page need not read the answer to reload the model."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return f"it carries the Origin header {origin[:100]!r}"
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in _OWN_FETCH_SITES:
+        return f"its Sec-Fetch-Site header is {site[:40]!r}"
+    return ""
 
 
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -286,6 +308,8 @@ def create_app(service: Service) -> Starlette:
         )
 
     def _admin_only(request: Request) -> None:
+        """Loopback clients that are not web pages, sending JSON if anything (the routes change
+        what is served: reachable by a page in a browser, they are a cross-site request forgery)."""
         host = request.client.host if request.client else ""
         if not _loopback(host):
             # TEI has no error type for a refused client; "Validation" keeps the body TEI-shaped.
@@ -295,6 +319,17 @@ def create_app(service: Service) -> Starlette:
                 err="forbidden",
                 status=403,
             )
+        page = _from_a_web_page(request)
+        if page:
+            raise ServeError(
+                "Validation",
+                f"admin routes refuse requests from web browsers, and {page}: a web page open on "
+                "this machine must not reload or check the model. Call them from a script or curl "
+                "on this machine (which send no Origin or Sec-Fetch-Site header)",
+                err="forbidden",
+                status=403,
+            )
+        _require_json_type(request)
 
     async def admin_reload(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool

@@ -1,6 +1,7 @@
 """What a request asks for: its JSON body read within the payload limit, its inputs and its
 options, each checked before any work is queued, with TEI's error types and messages that name
-the field (ServeError: 413, 422 Validation, 400 Empty). _app.py puts the routes on top."""
+the field (ServeError: 413, 415 for an admin body not sent as JSON, 422 Validation, 400 Empty).
+_app.py puts the routes on top."""
 
 from __future__ import annotations
 
@@ -12,7 +13,42 @@ if TYPE_CHECKING:  # starlette is imported by _app.py only
 
 from edge_runtime.serve._config import ServeError
 
-__all__ = ["_body", "_dimensions", "_encoding_format", "_flag", "_options", "_texts"]
+__all__ = [
+    "_body",
+    "_dimensions",
+    "_encoding_format",
+    "_flag",
+    "_options",
+    "_require_json_type",
+    "_texts",
+]
+
+
+def _json_media_type(content_type: str) -> bool:
+    """application/json or a +json type, its parameters (charset) aside: what axum's Json
+    extractor, which reads the bodies of TEI's routes, accepts."""
+    kind, _, sub = content_type.split(";", 1)[0].strip().lower().partition("/")
+    return kind == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def _require_json_type(request: Request) -> None:
+    """ServeError 415 when a body is sent as anything but JSON, as TEI answers. No body (neither
+    Transfer-Encoding nor a Content-Length above 0: RFC 9112 section 6.3) needs no type. A browser
+    page can send text/plain, form or multipart bodies without a CORS preflight, never JSON."""
+    headers = request.headers
+    length = headers.get("content-length", "0").strip()
+    if "transfer-encoding" not in headers and length.isdigit() and int(length) == 0:
+        return
+    content_type = headers.get("content-type")
+    if content_type is None or not _json_media_type(content_type):
+        got = "no Content-Type" if content_type is None else f"Content-Type {content_type[:80]!r}"
+        raise ServeError(
+            "Validation",
+            f"request body must be JSON sent with `Content-Type: application/json`, got {got}: "
+            "add that header (curl: -H 'Content-Type: application/json'), or send no body",
+            err="media_type",
+            status=415,
+        )
 
 
 async def _body(request: Request, limit: int, empty: dict[str, Any] | None = None) -> dict[str, Any]:
