@@ -69,9 +69,10 @@ _ALONE_CHARS = 10_000
 # A truncated text keeps its first max_length tokens, which never span more than this many
 # characters each in practice (a WordPiece or BPE piece is a few characters; a longer unknown
 # word is one [UNK] of at most 100). Tokenizing a far longer text whole costs memory for
-# nothing: ~335 MB for a 2 MB text, the offsets and strings of its 390,000 tokens (a request
-# edge-serve's default 2 MB limit lets through). So a text is tokenized from its head (_head),
-# and whole only when the head does not fill max_length.
+# nothing: 320 MB for a 1.95 MB text, the offsets and strings of its 390,000 tokens (a request
+# edge-serve's default 2 MB limit lets through), 8 MB from its head (benchmarks/RESULTS.md run
+# AV). So a text is tokenized from its head (_head), and whole only when the head does not fill
+# max_length.
 _HEAD_CHARS_PER_TOKEN = 32
 _SPACE = re.compile(r"\s")
 
