@@ -269,6 +269,7 @@ class Model:
         if top_k != 1 and self.task != "text-classification":
             raise InputError(f"top_k applies to text classification; {self.root} does {self.task}")
         labels = self._postprocess("classify")["labels"]
+        texts = _inputs.check_texts(texts)  # as _forward reads them (decoded bytes): what `word` slices
         results: list[Any] = []
         for first, group, _, logits in self._forward(texts, batch_size, truncate, batch_invariant, "logits"):
             if logits.shape[-1] != len(labels):  # a last axis the manifest records by name only

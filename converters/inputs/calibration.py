@@ -118,18 +118,11 @@ def _first_visible(line: str) -> str | None:
     return next((char for char in line if not _invisible(char)), None)
 
 
-def _comment_lines(path: Path) -> int:
-    """How many lines of a .txt file _parse skips as comments (0 for .jsonl)."""
-    if path.suffix.lower() == ".jsonl":
-        return 0
-    return sum(_first_visible(line) == "#" for line in _lines(path.read_text(encoding="utf-8-sig")))
-
-
-def _parse(path: Path) -> list[str]:
+def _parse(path: Path) -> tuple[list[str], int]:
     """The texts of a .txt file (one per line; blank lines and comment lines, whose first visible
     character is "#", are skipped) or a .jsonl file (one {"text": "..."} object per line; blank
     lines skipped, blank texts too, as in .txt). Blank: no visible character (_first_visible).
-    A UTF-8 byte-order mark at the start is ignored."""
+    A UTF-8 byte-order mark at the start is ignored. Returns (texts, comment lines skipped)."""
     raw = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".jsonl":
         texts = []
@@ -147,7 +140,7 @@ def _parse(path: Path) -> list[str]:
                 raise SourceModelError(f"{path}:{number}: 'text' must be a string, got {json.dumps(record['text'])[:40]}")
             if _first_visible(record["text"]) is not None:
                 texts.append(record["text"].strip())
-        return texts
+        return texts, 0
     if path.suffix.lower() not in TEXT_SUFFIXES:
         # A README, CSV or JSON file read line by line gives markup, headers and quotes as "texts".
         raise SourceModelError(
@@ -156,7 +149,8 @@ def _parse(path: Path) -> list[str]:
         )
     # "#" after indentation too: "   # note" was used as a text. No text of the built-in or
     # benchmark files starts that way (tests/test_converter_inputs.py checks).
-    return [line.strip() for line in _lines(raw) if _first_visible(line) not in (None, "#")]
+    firsts = [(line, _first_visible(line)) for line in _lines(raw)]
+    return [line.strip() for line, first in firsts if first not in (None, "#")], sum(first == "#" for _, first in firsts)
 
 
 def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "calibration") -> TextSet:
@@ -166,7 +160,7 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
         what = "is a directory, not a file" if source.is_dir() else "does not exist"
         raise SourceModelError(f"{role} file {source} {what}")
     try:
-        texts = _parse(source)
+        texts, comments = _parse(source)
     except UnicodeDecodeError as exc:
         raise SourceModelError(
             f"{role} file {source} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
@@ -182,8 +176,8 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
             f"{role} file {source} has {counted}; at least {minimum} "
             f"{'are' if distinct == len(texts) else 'different texts are'} needed for meaningful accuracy figures"
         )
-    comments = 0 if path is None else _comment_lines(source)
-    return TextSet(tuple(texts), "builtin" if path is None else str(source), _digest(texts), comments)
+    # The built-in file's own comment lines (its provenance) are not the user's to be told about.
+    return TextSet(tuple(texts), "builtin" if path is None else str(source), _digest(texts), 0 if path is None else comments)
 
 
 def split_texts(calibration: TextSet, validation: TextSet | None = None) -> TextSplit:
