@@ -235,9 +235,19 @@ def _size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, but not "(default: None)" after a help that says what None means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " ") + " Always the built-in MiniLM (no model "
+        "argument): it converts every --target, then times; minutes per target. The Markdown table goes to "
+        "stdout, the raw results to --json.",
+        formatter_class=_Help)
     parser.add_argument("--target", action="append", help="target profile(s) to convert and compare "
                         "(repeatable; default x86-avx2); TARGET@METHOD overrides a static profile's "
                         "calibration method (minmax, percentile, entropy); a /floor=F suffix overrides "

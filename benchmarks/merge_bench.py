@@ -30,6 +30,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import sys
 from collections.abc import Iterable
@@ -651,13 +652,14 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 def write_all(files: dict[Path, bytes]) -> None:
     """Write every file or none: missing directories, then temporary files next to the targets,
-    then renames. On an OSError everything created is removed again (older files under the same
-    names are only replaced by the renames, which come last) and MergeError is raised."""
+    then renames. On an OSError everything created is removed again, an earlier file a rename
+    already replaced is put back (linked aside before the renames), and MergeError is raised."""
     targets = list(files)
     parent = targets[0].parent
     created: list[Path] = []
     temps: list[Path] = []
     renamed: list[Path] = []
+    backups: dict[Path, Path] = {}
     writing = parent
     try:
         missing = []
@@ -673,6 +675,14 @@ def write_all(files: dict[Path, bytes]) -> None:
             writing = target
             _write_bytes(temp, data)
             temps.append(temp)
+        for target in targets:  # an earlier merge's file, kept until every new one is in place
+            if target.exists():
+                backup = target.with_name(f".{target.name}.{os.getpid()}.old")
+                try:
+                    os.link(target, backup)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(target, backup)
+                backups[target] = backup
         for target, temp in zip(targets, temps):
             writing = target
             os.replace(temp, target)
@@ -680,7 +690,15 @@ def write_all(files: dict[Path, bytes]) -> None:
     except OSError as exc:
         for path in temps + renamed:
             try:
-                path.unlink()
+                if path in backups:
+                    os.replace(backups.pop(path), path)  # the earlier merge's file back
+                else:
+                    path.unlink()
+            except OSError:
+                pass
+        for backup in backups.values():
+            try:
+                backup.unlink()
             except OSError:
                 pass
         for directory in reversed(created):
@@ -691,6 +709,8 @@ def write_all(files: dict[Path, bytes]) -> None:
         reason = exc.strerror or str(exc)
         where = writing if writing is not parent else (exc.filename or parent)
         raise MergeError(f"cannot write {where}: {reason}; nothing written") from None
+    for backup in backups.values():
+        backup.unlink(missing_ok=True)
 
 
 def merge(paths: Iterable[Path], out: str | Path) -> list[Path]:
@@ -698,6 +718,12 @@ def merge(paths: Iterable[Path], out: str | Path) -> list[Path]:
     paths. Everything is checked and rendered before the first file is written."""
     targets = output_paths(out)
     docs = load_results(paths)
+    if not any(r["status"] == "ok" for doc in docs for r in doc["records"]):
+        # Plots need at least one timing: say that, not the accuracy panel's complaint.
+        failed = [f"{doc['_file']}: {r['artifact']}: {r['status']}: {r['error']}"
+                  for doc in docs for r in doc["records"]][:3]
+        raise MergeError("nothing was measured in any input (every record failed or was skipped"
+                         + (": " + "; ".join(failed) if failed else ", or there are none") + ")")
     contents = [markdown(docs).encode("utf-8"), render_latency(docs), render_tradeoff(docs)]
     write_all(dict(zip(targets, contents)))
     return targets
@@ -706,7 +732,7 @@ def merge(paths: Iterable[Path], out: str | Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="merge_bench",
-        description=__doc__.splitlines()[0],
+        description=__doc__.splitlines()[0] + " Needs matplotlib (the plots).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "Nothing is written unless every input is valid and every output can be made; on an\n"

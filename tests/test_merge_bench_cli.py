@@ -296,6 +296,36 @@ def test_a_failed_write_leaves_no_partial_output_and_keeps_older_results(
     assert not (tmp_path / "fresh").exists()
 
 
+def test_a_rename_failing_after_another_puts_the_earlier_merges_file_back(inputs, tmp_path, monkeypatch, capsys):
+    """The second rename failed after the first had replaced m.md: the earlier merge's m.md was
+    deleted by the clean-up, against "nothing written"."""
+    out = tmp_path / "results" / "m"
+    assert merge_bench.main([*map(str, inputs), "--out", str(out)]) == 0
+    capsys.readouterr()
+    older = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    real, calls = os.replace, []
+
+    def second_replace_fails(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(target))
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", second_replace_fails)
+    assert merge_bench.main([str(inputs[1]), "--out", str(out)]) == 1
+    assert "nothing written" in _one_error_line(capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == older, "older files as they were, no leftovers"
+
+
+def test_inputs_in_which_nothing_was_measured_say_so(tmp_path, capsys):
+    record = _int8(128)
+    record.update(status="error", error="golden mismatch", latency=None, throughput=None)
+    failed = _write(tmp_path / "failed.json", _epyc(AVX2, [record]))
+    assert merge_bench.main([str(failed), "--out", str(tmp_path / "m")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "nothing was measured in any input" in line and "golden mismatch" in line, line
+
+
 def test_an_existing_directory_or_a_trailing_slash_means_write_inside(inputs, tmp_path, capsys):
     existing = tmp_path / "merged"
     existing.mkdir()
