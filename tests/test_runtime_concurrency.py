@@ -197,9 +197,11 @@ def test_tokenizing_a_huge_text_lets_other_threads_run(converted):
     (/health included): that only helps if the tokenizer releases the GIL while it works. While
     one thread tokenizes a 0.4 MB text, this thread must keep running Python code and keep seeing
     the other thread inside encode_texts; with the GIL held it would see it there at most at a
-    bytecode boundary or two."""
+    bytecode boundary or two. The text has no whitespace, like Chinese or Japanese: tokenized whole
+    (a text with spaces is tokenized from its head only, which is quick: edge_runtime/_text.py)."""
     encoder = edge_runtime.load(converted)._text()
-    huge = " ".join(f"word{i % 97} and, some; punctuation!" for i in range(12_000))
+    huge = ",".join(f"word{i % 97}and,some;punctuation!" for i in range(12_000))
+    assert not any(c.isspace() for c in huge)
     done = threading.Event()
 
     def work():
