@@ -268,24 +268,33 @@ def test_an_input_without_accuracy_fails_before_anything_is_written(tmp_path, ca
     assert not (tmp_path / "new").exists(), "no directory, no .md, no -latency.png left behind"
 
 
+def _earlier_merge(inputs, out: Path, capsys) -> dict[str, bytes]:
+    """A merge into `out` that later runs must leave as it is; its files by name."""
+    assert merge_bench.main([*map(str, inputs), "--out", str(out)]) == 0
+    capsys.readouterr()
+    return {p.name: p.read_bytes() for p in out.parent.iterdir()}
+
+
+def _failing_on_call(real, number: int, code: int, calls: list):
+    """`real`, _write_bytes(path, data) or os.replace(source, target), made to raise OSError `code`
+    on its `number`-th call, naming the file it was writing (path, or target)."""
+    def call(first, second):
+        calls.append(first)
+        if len(calls) == number:
+            raise OSError(code, os.strerror(code), str(second if isinstance(second, (str, Path)) else first))
+        real(first, second)
+
+    return call
+
+
 def test_a_failed_write_leaves_no_partial_output_and_keeps_older_results(
     inputs, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "results" / "m"
-    assert merge_bench.main([*map(str, inputs), "--out", str(out)]) == 0
-    capsys.readouterr()
-    older = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    older = _earlier_merge(inputs, out, capsys)
     assert sorted(older) == ["m-latency.png", "m-tradeoff.png", "m.md"]
-    calls = []
-    real = merge_bench._write_bytes
-
-    def third_write_fails(path, data):
-        calls.append(path)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real(path, data)
-
-    monkeypatch.setattr(merge_bench, "_write_bytes", third_write_fails)
+    calls: list = []
+    monkeypatch.setattr(merge_bench, "_write_bytes", _failing_on_call(merge_bench._write_bytes, 3, errno.ENOSPC, calls))
     assert merge_bench.main([str(inputs[1]), "--out", str(out)]) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert "m-tradeoff.png" in line and "No space left on device" in line
@@ -300,18 +309,8 @@ def test_a_rename_failing_after_another_puts_the_earlier_merges_file_back(inputs
     """The second rename failed after the first had replaced m.md: the earlier merge's m.md was
     deleted by the clean-up, against "nothing written"."""
     out = tmp_path / "results" / "m"
-    assert merge_bench.main([*map(str, inputs), "--out", str(out)]) == 0
-    capsys.readouterr()
-    older = {p.name: p.read_bytes() for p in out.parent.iterdir()}
-    real, calls = os.replace, []
-
-    def second_replace_fails(source, target):
-        calls.append(target)
-        if len(calls) == 2:
-            raise OSError(errno.EIO, os.strerror(errno.EIO), str(target))
-        real(source, target)
-
-    monkeypatch.setattr(os, "replace", second_replace_fails)
+    older = _earlier_merge(inputs, out, capsys)
+    monkeypatch.setattr(os, "replace", _failing_on_call(os.replace, 2, errno.EIO, []))
     assert merge_bench.main([str(inputs[1]), "--out", str(out)]) == 1
     assert "nothing written" in _one_error_line(capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == older, "older files as they were, no leftovers"
