@@ -11,7 +11,8 @@ Per ratio pair, two allocations of the same obs criterion (converters/pruning/ob
 and, for each, the model sliced without any re-fit (how much the *choice* of units alone over-fits
 the fit texts), then the re-fit (converters/pruning/reconstruct.py) with the former ridge toward
 zero (damp 0.01) and pulled toward the kept weights at each --damps value (the FFN output's pull;
-the attention output's is each --attention-damps value, default edge-convert's ATTENTION_DAMP). Cosine of the pooled
+the attention output's is each --attention-damps value, default edge-convert's ATTENTION_DAMP; the
+Q/K/V and FFN-input projections' each --input-damps value, default INPUT_DAMP, "none" keeps them sliced). Cosine of the pooled
 embedding against the unpruned PyTorch FP32 model on the fit texts (what everything was fitted
 on), the validation texts (what settings are chosen on) and the benchmark's held-out texts
 (benchmarks/data/heldout_en.txt: reported, never used to choose).
@@ -75,7 +76,8 @@ def augmented(texts: tuple[str, ...], kinds: list[str], seed: int = 0,
     return tuple(out)
 
 
-def stepped(base, fit, heads: float, ffn: float, steps: int, damp: float, attention_damp, obs_damp: float):
+def stepped(base, fit, heads: float, ffn: float, steps: int, damp: float, attention_damp, obs_damp: float,
+            input_damp=None):
     """`base`'s module pruned to (heads, ffn) in `steps` equal steps instead of one: each step ranks
     the current (pruned, re-fitted) model with the sensitivity allocation and removes its share of
     what is left, and every re-fit targets the *unpruned* model (reconstruct's `teacher`), so errors
@@ -97,7 +99,7 @@ def stepped(base, fit, heads: float, ffn: float, steps: int, damp: float, attent
         scores = obs_scores(module, fit.batches, base.input_names, *share, damp=obs_damp,
                             loss=output_loss(current, fit), calibrate_at=share)
         prune_and_reconstruct(module, plan(scores, *share), fit.batches, base.input_names, damp=damp,
-                              attention_damp=attention_damp, teacher=base.module)
+                              attention_damp=attention_damp, teacher=base.module, input_damp=input_damp)
         done = goal
     return module
 
@@ -128,6 +130,10 @@ def main() -> None:
     parser.add_argument("--attention-damps", default=None,
                         help="pulls of the attention-output projection toward its kept weights, each combined "
                              "with every --damps value (default: reconstruct.ATTENTION_DAMP; 'same': --damps' own)")
+    parser.add_argument("--input-damps", default=None,
+                        help="pulls of the Q/K/V and FFN-input projections toward their kept weights, each "
+                             "combined with every other pull ('none': not re-fitted; default: "
+                             "reconstruct.INPUT_DAMP)")
     parser.add_argument("--allocations", default="equal layers,sensitivity",
                         help="comma-separated subset of: equal layers, sensitivity")
     parser.add_argument("--obs-damps", default=None,
@@ -150,7 +156,7 @@ def main() -> None:
     from converters.pruning.obs import DAMP as OBS_DAMP
     from converters.pruning.obs import obs_scores
     from converters.pruning.prune_model import output_loss, torch_runner
-    from converters.pruning.reconstruct import ATTENTION_DAMP, prune_and_reconstruct
+    from converters.pruning.reconstruct import ATTENTION_DAMP, INPUT_DAMP, prune_and_reconstruct
     from converters.pruning.surgery import prune
 
     allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
@@ -182,12 +188,15 @@ def main() -> None:
         extra = augmented(texts.fit.texts, group, vocabulary=_whole_words(base.tokenizer))
         seen.append((f"fit + {'+'.join(group)}", len(texts.fit.texts) + len(extra),
                      fit.batches + reference_outputs(base, extra).batches))
-    # (label, FFN damp, toward the kept weights, attention damp: None = the FFN's)
+    # (label, FFN damp, toward the kept weights, attention damp: None = the FFN's, input damp: None = sliced)
     attention = ([None] if args.attention_damps == "same" else
                  [float(a) for a in (args.attention_damps or str(ATTENTION_DAMP)).split(",")])
-    refits = [("none (sliced only)", None, False, None), ("toward zero, damp 0.01", 0.01, False, None)] + [
-        (f"toward kept, damp {float(d):g}" + ("" if a is None else f", attention {a:g}"), float(d), True, a)
-        for d in args.damps.split(",") for a in attention]
+    inputs = [None if i.strip() == "none" else float(i) for i in (args.input_damps or str(INPUT_DAMP)).split(",")]
+    refits = [("none (sliced only)", None, False, None, None),
+              ("toward zero, damp 0.01", 0.01, False, None, None)] + [
+        (f"toward kept, damp {float(d):g}" + ("" if a is None else f", attention {a:g}")
+         + (", inputs sliced" if i is None else f", inputs {i:g}"), float(d), True, a, i)
+        for d in args.damps.split(",") for a in attention for i in inputs]
     rows = []
     for pair in args.ratios.split(","):
         heads, ffn = (float(v) for v in pair.split("/"))
@@ -199,7 +208,8 @@ def main() -> None:
                 keep = plan(scores, heads, ffn)
                 print(f"{heads:.2f}/{ffn:.2f} {allocation}, obs ridge {obs_damp:g}: scored in "
                       f"{time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
-                for (refit, damp, toward_kept, attention_damp), (label, count, batches) in itertools.product(refits, seen):
+                for (refit, damp, toward_kept, attention_damp, input_damp), (label, count, batches) in \
+                        itertools.product(refits, seen):
                     if not toward_kept and label != "fit":
                         continue  # the data variants are for edge-convert's re-fit (toward the kept weights)
                     module = copy.deepcopy(base.module)
@@ -207,10 +217,12 @@ def main() -> None:
                         prune(module, keep)
                     else:
                         prune_and_reconstruct(module, keep, batches, base.input_names, damp=damp,
-                                              toward_kept=toward_kept, attention_damp=attention_damp)
+                                              toward_kept=toward_kept, attention_damp=attention_damp,
+                                              input_damp=input_damp)
                     row = {"heads": heads, "ffn": ffn, "allocation": allocation, "obs_damp": obs_damp,
                            "refit": refit, "damp": damp, "toward_kept": toward_kept,
                            "attention_damp": damp if attention_damp is None else attention_damp,
+                           "input_damp": input_damp,
                            "refit_texts": "-" if damp is None else f"{label} ({count})",
                            "neurons_removed": [len(scores.neurons[i]) - len(keep[i].neurons) for i in sorted(keep)],
                            "heads_removed": [len(scores.heads[i]) - len(keep[i].heads) for i in sorted(keep)],
@@ -224,15 +236,16 @@ def main() -> None:
     for steps in sorted({int(k) for k in args.steps.split(",")} - {1}):
         for pair in args.ratios.split(","):
             heads, ffn = (float(v) for v in pair.split("/"))
-            for (refit, damp, toward_kept, attention_damp) in refits:
+            for (refit, damp, toward_kept, attention_damp, input_damp) in refits:
                 if not toward_kept:
                     continue
                 for obs_damp in obs_damps:
                     began = time.perf_counter()
-                    module = stepped(base, fit, heads, ffn, steps, damp, attention_damp, obs_damp)
+                    module = stepped(base, fit, heads, ffn, steps, damp, attention_damp, obs_damp, input_damp)
                     row = {"heads": heads, "ffn": ffn, "allocation": f"sensitivity, {steps} steps",
                            "obs_damp": obs_damp, "refit": refit, "damp": damp, "toward_kept": True,
                            "attention_damp": damp if attention_damp is None else attention_damp,
+                           "input_damp": input_damp,
                            "refit_texts": f"fit ({len(texts.fit.texts)})", "steps": steps,
                            "neurons_removed": [], "heads_removed": [], "sensitivity": {}}
                     for name, reference in references.items():

@@ -111,9 +111,13 @@ def _prepare_int8_graph(step: Step, name: str, start_path: Path) -> _Int8Graph:
     smooth = SmoothConfig(weight_shapes=inputs_side)  # all but the FFN output
     smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
     smoothed = smooth_activations(packed_path, smoothed_path, step.fit.batches, smooth)
-    split = split_first_token(smoothed_path, split_path, SplitConfig(inputs_side + ffn_out))
+    # A pruned twin may split fewer MatMuls (pruning.first_token_split): its error is the pruning's,
+    # and each split MatMul costs a Slice, a Concat and a second GEMM call.
+    at = step.profile.pruning.first_token_split if step.pruned else "all"
+    shapes = inputs_side + ffn_out if at == "all" else ()
+    split = split_first_token(smoothed_path, split_path, SplitConfig(shapes))
     step.progress(f"[{name}] packed {len(packed)} projection groups; smoothed {len(smoothed)} MatMul inputs; "
-                  f"split token 0 off {len(split)} MatMuls")
+                  f"split token 0 off {len(split)} MatMuls" + ("" if at == "all" else f" (pruning.first_token_split = {at})"))
     report = {"packed_projections": packed, "smoothquant": {"alpha": smooth.alpha, "nodes": smoothed},
               "first_token_split": split}
     if step.profile.onnx.keep_unfused:

@@ -73,6 +73,9 @@ class Step:
     sessions: Callable[[Path, int], Any] | None = None
     # Where exports shared by the targets of one run live (None: `work`).
     exports: Path | None = None
+    # Building a pruned twin (converters/pruning/twins.py): `source` is the pruned model, and the
+    # profile's [pruning] section says what of the ONNX INT8 recipe it keeps.
+    pruned: bool = False
 
     def session(self, path: Path, threads: int | None = None) -> Any:
         """The session that scores the ONNX graph at `path` for this target (`threads`: None for

@@ -192,11 +192,16 @@ class PruningOptions:
     max_ffn: float = 0.75
     # --prune auto keeps the pruned FP32 model this far above the floor, for quantization
     margin: float = 0.003
+    # Whether a pruned twin's ONNX INT8/INT4 graph gives token 0 its own activation scale
+    # (converters/onnx/split_first_token.py): "all" its MatMuls, as the unpruned artifacts, or "none".
+    first_token_split: str = "all"
     notes: str = ""
 
     def __post_init__(self) -> None:
         if self.default not in ("off", "auto"):
             raise ProfileError(f"[pruning] default {self.default!r}: expected 'off' or 'auto'")
+        if self.first_token_split not in ("all", "none"):
+            raise ProfileError(f"[pruning] first_token_split {self.first_token_split!r}: expected 'all' or 'none'")
         for name in ("max_heads", "max_ffn"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ProfileError(f"[pruning] {name} {getattr(self, name)} must be in [0, 1)")

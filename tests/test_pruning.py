@@ -146,6 +146,14 @@ def test_reconstruction_lowers_the_layer_output_error_it_targets(tiny_model_fact
         for key in ("attention_error", "ffn_error"):
             before, after = entry["reconstruction"][key]
             assert 0.0 <= after < before, (entry["layer"], key, before, after)
+        # Q/K/V and the FFN input read a stream that pruning has moved (from layer 0's FFN input
+        # on; layer 0's Q/K/V read the embeddings, which nothing changed: nothing to make up).
+        for key in ("qkv_error", "ffn_in_error"):
+            before, after = entry["reconstruction"][key]
+            if entry["layer"] == 0 and key == "qkv_error":
+                assert before < 1e-12 and after < 1e-12, (before, after)
+            else:
+                assert 0.0 <= after < before, (entry["layer"], key, before, after)
 
     # And on texts it did not fit, against slicing alone (same plan, no re-fit).
     plain, _ = _case(tiny_model_factory, arch)
@@ -350,6 +358,30 @@ def test_each_projection_is_pulled_with_its_own_strength(tiny_model_factory):
                                    getattr(want, refitted).weight.detach().numpy(), atol=1e-4)
     default = prune_and_reconstruct(_case(tiny_model_factory, "bert")[0].module, keep, batches, source.input_names)
     assert (default["reconstruction"]["damp"], default["reconstruction"]["attention_damp"]) == (DAMP, ATTENTION_DAMP)
+
+
+def test_input_refit_is_pulled_toward_the_sliced_weights_and_can_be_turned_off(tiny_model_factory):
+    """input_damp pulls Q/K/V and the FFN input: None keeps their sliced weights (and the output
+    re-fits are those of a model whose inputs were not re-fitted), a finite pull moves the layers
+    after the first, whose stream pruning has changed; the report records the pull."""
+    from converters.pruning.reconstruct import INPUT_DAMP, prune_and_reconstruct
+
+    source, batches = _case(tiny_model_factory, "bert")
+    keep = plan(score(source.module, batches, source.input_names), heads=0.5, ffn=0.5)
+    sliced, _ = _case(tiny_model_factory, "bert")
+    prune(sliced.module, keep)
+    reads = ("query", "key", "value", "ffn_in")
+    for input_damp in (None, INPUT_DAMP):
+        model, _ = _case(tiny_model_factory, "bert")
+        report = prune_and_reconstruct(model.module, keep, batches, model.input_names, input_damp=input_damp)
+        assert report["reconstruction"]["input_damp"] == input_damp
+        for want, got in zip(find_layers(sliced.module), find_layers(model.module)):
+            for name in reads:
+                same = np.allclose(getattr(got, name).weight.detach().numpy(),
+                                   getattr(want, name).weight.detach().numpy(), rtol=1e-5, atol=1e-6)
+                # Layer 0's Q/K/V read the unchanged embeddings: their re-fit is the sliced weights.
+                assert same == (input_damp is None or (want.index == 0 and name != "ffn_in")), (input_damp, want.index, name)
+        assert ("qkv_error" in report["layers"][0]["reconstruction"]) == (input_damp is not None)
 
 
 def test_layer_sensitivity_moves_removals_away_from_a_layer_the_output_depends_on(tiny_model_factory):

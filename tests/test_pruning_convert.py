@@ -65,6 +65,9 @@ def test_profile_pruning_artifacts_must_be_planned_and_quantized(tmp_path):
         path.write_text(text.replace('artifacts = ["onnx-int8", "onnx-int4"]', f"artifacts = {artifacts}"))
         with pytest.raises(ProfileError, match=message):
             _parse(path)
+    path.write_text(text.replace('first_token_split = "none"', 'first_token_split = "ffn"'))
+    with pytest.raises(ProfileError, match="first_token_split 'ffn': expected 'all' or 'none'"):
+        _parse(path)
 
 
 def _convert(model: Path, out: Path, *flags: str) -> dict:
@@ -136,6 +139,10 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
         assert len(entry["heads_kept"]) == entry["heads"] and len(entry["neurons_kept"]) == entry["neurons"]
     assert pruning["removed"] == {"heads": 0.25, "ffn": 0.5}  # what was removed, as asked here
     assert by_name["onnx-int8-pruned"]["accuracy_floor"]["cosine_mean"] == 0.8
+    # x86-avx2's twins give token 0 no scale of its own (pruning.first_token_split = "none"); the
+    # unpruned artifacts do.
+    assert by_name["onnx-int8"]["quantization"]["first_token_split"]
+    assert by_name["onnx-int8-pruned"]["quantization"]["first_token_split"] == []
     assert by_name["onnx-int8-pruned"]["metrics"]["cosine_mean"] >= 0.8
     # Scored against the *unpruned* model: no better than the pruned FP32 model itself (against
     # the pruned model as reference the twin would score ~1.0).

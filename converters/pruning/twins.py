@@ -92,7 +92,7 @@ def pruned_step(shared: Any, step: Step, profile: TargetProfile, request: PruneR
                       pruned.pruning)
         return None
     return (dataclasses.replace(step, source=pruned.source, floor=profile.pruning.floor, work=work,
-                                fp32_path=fp32_path, cache=pruned.cache, exports=pruned.work),
+                                fp32_path=fp32_path, cache=pruned.cache, exports=pruned.work, pruned=True),
             pruned, fused_ops)
 
 
