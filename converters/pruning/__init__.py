@@ -9,7 +9,8 @@ builds pruned twins ("<artifact>-pruned") of the profile's [pruning] artifacts (
                     magnitude scores, kept for comparison (benchmarks/)
     fisher.py       a mask-Fisher criterion, for comparison only (benchmarks/)
     surgery.py      slicing the layers in place (transformers 5 has no prune_heads)
-    reconstruct.py  sequential least-squares re-fit of the output projections (weights and bias)
+    reconstruct.py  sequential least-squares re-fit of every kept projection (weights and bias):
+                    Q/K/V and FFN input to the unpruned stream's, outputs to the unpruned layer's
     distill.py      optional recovery: distillation from the unpruned model (--distill-steps N)
     prune_model.py  the pass: fixed shares or --prune auto under the profile's pruning floor,
                     then distillation; the manifest's `pruning` record
