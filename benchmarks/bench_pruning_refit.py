@@ -24,7 +24,9 @@ alone (words shuffled, random word spans, pairs joined, words substituted). No t
 the speed, are the same for every row of a ratio pair except through the allocation (FLOPs are
 equal by construction: heads and neurons cost the same in every layer).
 --steps K prunes in K equal steps too (each step re-ranks the pruned, re-fitted model and re-fits
-toward the unpruned one: `stepped`), against the one-shot rows. Writes <out>.json and <out>.md.
+toward the unpruned one: `stepped`), against the one-shot rows. Each one-shot row records how long
+its prune_and_reconstruct took (`refit_seconds`; a busy machine makes it longer). Writes <out>.json
+and <out>.md.
 """
 
 from __future__ import annotations
@@ -114,12 +116,13 @@ def _markdown(result: dict) -> str:
              f"(mean / min); {result['fit_texts']} fit, {result['validation_texts']} validation, "
              f"{result['heldout_texts']} held-out texts", "",
              "| heads / FFN removed | allocation | obs ridge | re-fit | re-fit texts | neurons removed per layer "
-             "| fit | validation | held-out |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| fit | validation | held-out | re-fit s |",
+             "|---|---|---|---|---|---|---|---|---|---:|"]
     for row in result["rows"]:
         cells = [f"{row[k]['cosine_mean']:.4f} / {row[k]['cosine_min']:.4f}" for k in ("fit", "validation", "heldout")]
         lines.append(f"| {row['heads']:.2f} / {row['ffn']:.2f} | {row['allocation']} | {row['obs_damp']:g} | "
-                     f"{row['refit']} | {row['refit_texts']} | {row['neurons_removed']} | " + " | ".join(cells) + " |")
+                     f"{row['refit']} | {row['refit_texts']} | {row['neurons_removed']} | " + " | ".join(cells)
+                     + f" | {'-' if row.get('refit_seconds') is None else format(row['refit_seconds'], '.1f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,17 +216,20 @@ def main() -> None:
                     if not toward_kept and label != "fit":
                         continue  # the data variants are for edge-convert's re-fit (toward the kept weights)
                     module = copy.deepcopy(base.module)
+                    seconds = None
                     if damp is None:
                         prune(module, keep)
                     else:
+                        began = time.perf_counter()  # the re-fit's cost (the slicing is in it too)
                         prune_and_reconstruct(module, keep, batches, base.input_names, damp=damp,
                                               toward_kept=toward_kept, attention_damp=attention_damp,
                                               input_damp=input_damp)
+                        seconds = time.perf_counter() - began
                     row = {"heads": heads, "ffn": ffn, "allocation": allocation, "obs_damp": obs_damp,
                            "refit": refit, "damp": damp, "toward_kept": toward_kept,
                            "attention_damp": damp if attention_damp is None else attention_damp,
                            "input_damp": input_damp,
-                           "refit_texts": "-" if damp is None else f"{label} ({count})",
+                           "refit_texts": "-" if damp is None else f"{label} ({count})", "refit_seconds": seconds,
                            "neurons_removed": [len(scores.neurons[i]) - len(keep[i].neurons) for i in sorted(keep)],
                            "heads_removed": [len(scores.heads[i]) - len(keep[i].heads) for i in sorted(keep)],
                            "sensitivity": {k: {str(i): w for i, w in v.items()} for k, v in scores.sensitivity.items()}}
@@ -231,8 +237,8 @@ def main() -> None:
                         row[name] = compute_metrics(base, reference, torch_runner(base, module), name)
                     rows.append(row)
                     print(f"  {refit}, {row['refit_texts']}: fit {row['fit']['cosine_mean']:.4f}, validation "
-                          f"{row['validation']['cosine_mean']:.4f}, held-out {row['heldout']['cosine_mean']:.4f}",
-                          file=sys.stderr, flush=True)
+                          f"{row['validation']['cosine_mean']:.4f}, held-out {row['heldout']['cosine_mean']:.4f}"
+                          + ("" if seconds is None else f" (re-fit {seconds:.1f} s)"), file=sys.stderr, flush=True)
     for steps in sorted({int(k) for k in args.steps.split(",")} - {1}):
         for pair in args.ratios.split(","):
             heads, ffn = (float(v) for v in pair.split("/"))
