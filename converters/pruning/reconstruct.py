@@ -155,16 +155,13 @@ def _targets(model: Any, batches: list[dict[str, np.ndarray]], input_names: list
 
 def _input_systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np.ndarray]],
                    input_names: list[str], teacher_inputs: list[np.ndarray],
-                   projections: list[Any]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Normal equations for the projections reading layer `kind` ("qkv": `projections` = Q, K, V;
-    "ffn_in": the FFN input) of the pruned `model`: G = [inputs 1]^T [inputs 1] on its own
-    stream, C = [inputs 1]^T Y with Y = the teacher's stream through the projections' current
-    (sliced) weights, all outputs side by side."""
+                   sliced: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Normal equations for the projections reading layer `kind` ("qkv": Q, K, V; "ffn_in": the
+    FFN input) of the pruned `model`: G = [inputs 1]^T [inputs 1] on its own stream,
+    C = [inputs 1]^T Y with Y = the teacher's stream through `sliced` (their current weights as
+    _weights lays them out, all outputs side by side)."""
     import torch
 
-    weight = np.concatenate([p.weight.detach().double().numpy() for p in projections], axis=0)
-    bias = np.concatenate([p.bias.detach().double().numpy() if p.bias is not None
-                           else np.zeros(p.out_features) for p in projections])
     reader = layer.query if kind == "qkv" else layer.ffn_in
     now: dict[str, Any] = {}
     sums: dict[str, Any] = {}
@@ -172,7 +169,7 @@ def _input_systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np
     def collect(module, args):
         x = args[0][now["mask"]].double().numpy()
         x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-        want = now["teacher"].astype(np.float64) @ weight.T + bias
+        want = now["teacher"].astype(np.float64) @ sliced[:-1] + sliced[-1]
         sums["gram"] = sums.get("gram", 0.0) + x.T @ x
         sums["cross"] = sums.get("cross", 0.0) + x.T @ want
         sums["norm"] = sums.get("norm", 0.0) + float((want ** 2).sum())
@@ -296,15 +293,16 @@ def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[
                 if input_damp is None:
                     continue
                 projections = [layer.query, layer.key, layer.value] if kind == "qkv" else [layer.ffn_in]
+                sliced = _weights(projections)
                 gram, cross, norm = _input_systems(model, layer, kind, batches, input_names,
-                                                   targets[(kind, layer.index)], projections)
+                                                   targets[(kind, layer.index)], sliced)
                 pull, toward = input_damp, True
             else:
                 projections = [layer.attention_out if kind == "attention" else layer.ffn_out]
+                sliced = _weights(projections)
                 gram, cross, norm = _systems(model, layer, kind, batches, input_names, targets[(kind, layer.index)])
                 pull = attention_damp if kind == "attention" and attention_damp is not None else damp
                 toward = toward_kept
-            sliced = _weights(projections)
             solution = _solve(gram, cross, pull, sliced if toward else None)
             errors[f"{kind}_error"] = [_error(gram, cross, norm, sliced), _error(gram, cross, norm, solution)]
             _assign(projections, solution)
