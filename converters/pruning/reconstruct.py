@@ -160,30 +160,9 @@ def _input_systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np
     FFN input) of the pruned `model`: G = [inputs 1]^T [inputs 1] on its own stream,
     C = [inputs 1]^T Y with Y = the teacher's stream through `sliced` (their current weights as
     _weights lays them out, all outputs side by side)."""
-    import torch
-
-    reader = layer.query if kind == "qkv" else layer.ffn_in
-    now: dict[str, Any] = {}
-    sums: dict[str, Any] = {}
-
-    def collect(module, args):
-        x = args[0][now["mask"]].double().numpy()
-        x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-        want = now["teacher"].astype(np.float64) @ sliced[:-1] + sliced[-1]
-        sums["gram"] = sums.get("gram", 0.0) + x.T @ x
-        sums["cross"] = sums.get("cross", 0.0) + x.T @ want
-        sums["norm"] = sums.get("norm", 0.0) + float((want ** 2).sum())
-        raise _Stop
-
-    hook = reader.register_forward_pre_hook(collect)
-    try:
-        for feeds, teacher in zip(batches, teacher_inputs):
-            now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
-            now["teacher"] = teacher
-            _forward(model, feeds, input_names)
-    finally:
-        hook.remove()
-    return sums["gram"], sums["cross"], sums["norm"]
+    return _normal_equations(model, batches, input_names, teacher_inputs,
+                             layer.query if kind == "qkv" else layer.ffn_in,
+                             lambda teacher, _residual: teacher.astype(np.float64) @ sliced[:-1] + sliced[-1])
 
 
 def _weights(projections: list[Any]) -> np.ndarray:
@@ -214,12 +193,22 @@ def _systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np.ndarr
              input_names: list[str], targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
     """Normal equations for one projection of the pruned `model`: (G, C, sum ||target||^2) with
     G = [inputs 1]^T [inputs 1] and C = [inputs 1]^T (target - residual)."""
-    import torch
-
     residual_module, projection = ((layer.query, layer.attention_out) if kind == "attention"
                                    else (layer.ffn_in, layer.ffn_out))
+    return _normal_equations(model, batches, input_names, targets, projection,
+                             lambda target, residual: target - residual, residual_at=residual_module)
+
+
+def _normal_equations(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str],
+                      items: list[np.ndarray], reader: Any, want: Callable[[np.ndarray, Any], np.ndarray],
+                      residual_at: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(G, C, sum ||Y||^2) over `batches`, G = [X 1]^T [X 1] and C = [X 1]^T Y, where X is what
+    `reader` receives (real tokens only) and Y = want(the batch's item, the stream entering
+    `residual_at` or None). The forward pass stops at `reader`."""
+    import torch
+
     now: dict[str, Any] = {}
-    sums: dict[str, np.ndarray] = {}
+    sums: dict[str, Any] = {}
 
     def keep_residual(module, args):
         now["residual"] = args[0][now["mask"]].double().numpy()
@@ -227,18 +216,18 @@ def _systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np.ndarr
     def collect(module, args):
         x = args[0][now["mask"]].double().numpy()
         x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-        want = now["target"] - now["residual"]
+        y = want(now["item"], now.get("residual"))
         sums["gram"] = sums.get("gram", 0.0) + x.T @ x
-        sums["cross"] = sums.get("cross", 0.0) + x.T @ want
-        sums["norm"] = sums.get("norm", 0.0) + float((want ** 2).sum())
+        sums["cross"] = sums.get("cross", 0.0) + x.T @ y
+        sums["norm"] = sums.get("norm", 0.0) + float((y ** 2).sum())
         raise _Stop
 
-    hooks = [residual_module.register_forward_pre_hook(keep_residual),
-             projection.register_forward_pre_hook(collect)]
+    hooks = [] if residual_at is None else [residual_at.register_forward_pre_hook(keep_residual)]
+    hooks.append(reader.register_forward_pre_hook(collect))
     try:
-        for feeds, target in zip(batches, targets):
+        for feeds, item in zip(batches, items):
             now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
-            now["target"] = target
+            now["item"] = item
             _forward(model, feeds, input_names)
     finally:
         for hook in hooks:
