@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (README's `-n auto`), share the CPUs between the workers: torch's
+    """Under pytest-xdist (README's `-n logical`), share the CPUs between the workers: torch's
     OpenMP pool and numpy's OpenBLAS otherwise each start one busy thread per CPU in every
     worker, and spinning pools that outnumber the CPUs run several times slower (a --prune
     auto conversion took 3x its serial time). Set in the controller, before the workers start,

@@ -130,6 +130,31 @@ def test_plans_that_cannot_be_built_are_clear_errors(tiny_model_factory):
         find_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_refit_runs_one_layer_from_the_stream_the_whole_model_gives_it(tiny_model_factory, arch):
+    """The re-fit runs each layer alone from its recorded input (reconstruct._LayerInputs), not
+    the whole model up to it: carried layer by layer, that input must be, bit for bit, what the
+    whole forward pass gives every layer (with a pruned model: the re-fit's case)."""
+    from converters.pruning.reconstruct import _LayerInputs
+
+    source, batches = _case(tiny_model_factory, arch)
+    prune(source.module, plan(score(source.module, batches, source.input_names), heads=0.5, ffn=0.5))
+    layers = find_layers(source.module)
+    seen: dict[int, list] = {layer.index: [] for layer in layers}
+    hooks = [layer.block.register_forward_pre_hook(
+        lambda module, args, kwargs, i=layer.index: seen[i].append(args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True) for layer in layers]
+    try:
+        _outputs(source, batches)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    inputs = _LayerInputs(source.module, layers, batches, source.input_names)
+    for layer in layers:
+        assert all(torch.equal(got, want) for got, want in zip(inputs.stream, seen[layer.index], strict=True)), layer.index
+        inputs.advance(layer.index)
+
+
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
 def test_reconstruction_lowers_the_layer_output_error_it_targets(tiny_model_factory, arch):
     from converters.pruning.reconstruct import prune_and_reconstruct

@@ -16,8 +16,9 @@ a least-squares problem (G = [ctx_p 1]^T [ctx_p 1]) solved in order: layer 0's a
 layer 1, ... Errors then do not compound: each fit also absorbs the drift the earlier layers left
 in the residual stream. This is the sequential, error-correcting form of the layer-wise re-fit
 of Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for Transformers"): no labels, no
-gradients, a forward pass per projection. Measured against re-fitting each layer on the unpruned
-inputs alone in benchmarks/RESULTS.md (run P).
+gradients, one layer's forward pass per projection (each layer runs from the stream the re-fitted
+layers before it produced, kept per batch: _LayerInputs). Measured against re-fitting each layer
+on the unpruned inputs alone in benchmarks/RESULTS.md (run P).
 
 The fit is regularized toward the weights the slicing kept, not toward zero:
 
@@ -153,15 +154,13 @@ def _targets(model: Any, batches: list[dict[str, np.ndarray]], input_names: list
     return found
 
 
-def _input_systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np.ndarray]],
-                   input_names: list[str], teacher_inputs: list[np.ndarray],
+def _input_systems(inputs: _LayerInputs, layer: Any, kind: str, teacher_inputs: list[np.ndarray],
                    sliced: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Normal equations for the projections reading layer `kind` ("qkv": Q, K, V; "ffn_in": the
-    FFN input) of the pruned `model`: G = [inputs 1]^T [inputs 1] on its own stream,
+    FFN input) of the pruned model: G = [inputs 1]^T [inputs 1] on its own stream,
     C = [inputs 1]^T Y with Y = the teacher's stream through `sliced` (their current weights as
     _weights lays them out, all outputs side by side)."""
-    return _normal_equations(model, batches, input_names, teacher_inputs,
-                             layer.query if kind == "qkv" else layer.ffn_in,
+    return _normal_equations(inputs, layer, teacher_inputs, layer.query if kind == "qkv" else layer.ffn_in,
                              lambda teacher, _residual: teacher.astype(np.float64) @ sliced[:-1] + sliced[-1])
 
 
@@ -189,22 +188,78 @@ def _assign(projections: list[Any], solution: np.ndarray) -> None:
                 p.bias.copy_(torch.from_numpy(block[-1]).to(p.bias.dtype))
 
 
-def _systems(model: Any, layer: Any, kind: str, batches: list[dict[str, np.ndarray]],
-             input_names: list[str], targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Normal equations for one projection of the pruned `model`: (G, C, sum ||target||^2) with
+def _systems(inputs: _LayerInputs, layer: Any, kind: str,
+             targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Normal equations for one projection of the pruned model: (G, C, sum ||target||^2) with
     G = [inputs 1]^T [inputs 1] and C = [inputs 1]^T (target - residual)."""
     residual_module, projection = ((layer.query, layer.attention_out) if kind == "attention"
                                    else (layer.ffn_in, layer.ffn_out))
-    return _normal_equations(model, batches, input_names, targets, projection,
+    return _normal_equations(inputs, layer, targets, projection,
                              lambda target, residual: target - residual, residual_at=residual_module)
 
 
-def _normal_equations(model: Any, batches: list[dict[str, np.ndarray]], input_names: list[str],
-                      items: list[np.ndarray], reader: Any, want: Callable[[np.ndarray, Any], np.ndarray],
+class _LayerInputs:
+    """What the pruned model passes to each transformer layer, per batch: the residual stream
+    entering the layer being re-fitted, and the other arguments (masks, ...) exactly as the model
+    computed them. A re-fit then runs only the layer it fits, from its input, not the whole model
+    up to it (which made the re-fit quadratic in the number of layers); `advance` carries the
+    stream one layer on once that layer's re-fits are done. The layer computes what it computes
+    inside the whole forward pass, so the re-fit gives the same bits."""
+
+    def __init__(self, model: Any, layers: list[Any], batches: list[dict[str, np.ndarray]],
+                 input_names: list[str]):
+        import torch
+
+        self.layers = layers
+        self.masks = [torch.from_numpy(feeds["attention_mask"]).bool() for feeds in batches]
+        self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in layers]  # per layer, per batch
+        self.stream: list[Any] = []  # per batch: the input of the layer being re-fitted
+
+        def capture(index):
+            def hook(module, args, kwargs):
+                if args:
+                    stream, args = args[0], (None, *args[1:])  # None: where the stream goes
+                else:
+                    stream, kwargs = kwargs["hidden_states"], {**kwargs, "hidden_states": None}
+                if index == 0:
+                    self.stream.append(stream)
+                self.calls[index].append((args, kwargs))
+                if index == len(layers) - 1:
+                    raise _Stop
+            return hook
+
+        hooks = [layer.block.register_forward_pre_hook(capture(layer.index), with_kwargs=True) for layer in layers]
+        try:
+            for feeds in batches:
+                _forward(model, feeds, input_names)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def forward(self, index: int, batch: int) -> Any:
+        """Layer `index` on batch `batch`'s stream (which must have reached it); its output."""
+        import torch
+
+        args, kwargs = self.calls[index][batch]
+        if args:
+            args = (self.stream[batch], *args[1:])
+        else:
+            kwargs = {**kwargs, "hidden_states": self.stream[batch]}
+        with torch.no_grad():
+            output = self.layers[index].block(*args, **kwargs)
+        return output[0] if isinstance(output, tuple) else output
+
+    def advance(self, index: int) -> None:
+        """Move every batch's stream through layer `index` (its re-fits done) to the next layer."""
+        self.stream = [self.forward(index, batch) for batch in range(len(self.stream))]
+
+
+def _normal_equations(inputs: _LayerInputs, layer: Any, items: list[np.ndarray], reader: Any,
+                      want: Callable[[np.ndarray, Any], np.ndarray],
                       residual_at: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(G, C, sum ||Y||^2) over `batches`, G = [X 1]^T [X 1] and C = [X 1]^T Y, where X is what
-    `reader` receives (real tokens only) and Y = want(the batch's item, the stream entering
-    `residual_at` or None). The forward pass stops at `reader`."""
+    """(G, C, sum ||Y||^2) over the batches, G = [X 1]^T [X 1] and C = [X 1]^T Y, where X is what
+    `reader` (a projection of `layer`) receives (real tokens only) and Y = want(the batch's item,
+    the stream entering `residual_at` or None). Only `layer` runs, and only up to `reader`."""
     import torch
 
     now: dict[str, Any] = {}
@@ -225,10 +280,13 @@ def _normal_equations(model: Any, batches: list[dict[str, np.ndarray]], input_na
     hooks = [] if residual_at is None else [residual_at.register_forward_pre_hook(keep_residual)]
     hooks.append(reader.register_forward_pre_hook(collect))
     try:
-        for feeds, item in zip(batches, items):
-            now["mask"] = torch.from_numpy(feeds["attention_mask"]).bool()
+        for batch, item in enumerate(items):
+            now["mask"] = inputs.masks[batch]
             now["item"] = item
-            _forward(model, feeds, input_names)
+            try:
+                inputs.forward(layer.index, batch)
+            except _Stop:
+                pass
     finally:
         for hook in hooks:
             hook.remove()
@@ -250,7 +308,9 @@ def _solve(gram: np.ndarray, cross: np.ndarray, damp: float, kept: np.ndarray | 
 
 def _error(gram: np.ndarray, cross: np.ndarray, norm: float, solution: np.ndarray) -> float:
     """sum ||[X 1] M - Y||^2 / sum ||Y||^2 from the normal equations."""
-    residual = norm - 2.0 * float(np.sum(solution * cross)) + float(np.einsum("ij,jk,ik->", solution.T, gram, solution.T))
+    # trace(M^T G M) as one GEMM and a sum: numpy's three-operand einsum loops without BLAS
+    # (a third of the whole re-fit's time on MiniLM)
+    residual = norm - 2.0 * float(np.sum(solution * cross)) + float(np.sum((gram @ solution) * solution))
     return max(residual, 0.0) / max(norm, 1e-30)
 
 
@@ -273,6 +333,7 @@ def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[
     targets = _targets(model if teacher is None else teacher, batches, input_names, inputs=input_damp is not None)
     report = prune(model, keep)
     layers = find_layers(model)
+    inputs = _LayerInputs(model, layers, batches, input_names)
     if progress is not None:  # the count's clock starts here, not after the first layer's seconds
         progress(f"re-fitted layer 0/{len(layers)}")
     for layer, entry in zip(layers, report["layers"]):
@@ -283,19 +344,20 @@ def prune_and_reconstruct(model: Any, keep: dict[int, Keep], batches: list[dict[
                     continue
                 projections = [layer.query, layer.key, layer.value] if kind == "qkv" else [layer.ffn_in]
                 sliced = _weights(projections)
-                gram, cross, norm = _input_systems(model, layer, kind, batches, input_names,
-                                                   targets[(kind, layer.index)], sliced)
+                gram, cross, norm = _input_systems(inputs, layer, kind, targets[(kind, layer.index)], sliced)
                 pull, toward = input_damp, True
             else:
                 projections = [layer.attention_out if kind == "attention" else layer.ffn_out]
                 sliced = _weights(projections)
-                gram, cross, norm = _systems(model, layer, kind, batches, input_names, targets[(kind, layer.index)])
+                gram, cross, norm = _systems(inputs, layer, kind, targets[(kind, layer.index)])
                 pull = attention_damp if kind == "attention" and attention_damp is not None else damp
                 toward = toward_kept
             solution = _solve(gram, cross, pull, sliced if toward else None)
             errors[f"{kind}_error"] = [_error(gram, cross, norm, sliced), _error(gram, cross, norm, solution)]
             _assign(projections, solution)
         entry["reconstruction"] = errors
+        if layer.index + 1 < len(layers):
+            inputs.advance(layer.index)
         if progress is not None:
             progress(f"re-fitted layer {layer.index + 1}/{len(layers)}")
     report["reconstruction"] = {

@@ -37,6 +37,7 @@ class Layer:
     ffn_in: Any  # output rows = neurons
     ffn_out: Any  # input columns = neurons
     head_size: int
+    block: Any = None  # the whole layer (what the model calls with the residual stream)
 
     @property
     def heads(self) -> int:
@@ -71,7 +72,7 @@ def find_layers(model: Any) -> list[Layer]:
     for module in model.modules():
         parts = _bert_like(module) or _distilbert(module)
         if parts is not None:
-            layers.append(Layer(len(layers), *parts))
+            layers.append(Layer(len(layers), *parts, block=module))
     if not layers:
         raise UnsupportedModelError(
             f"{type(model).__name__}: no BERT, RoBERTa, XLM-R or DistilBERT transformer layers found to prune"
