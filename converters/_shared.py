@@ -26,7 +26,8 @@ from converters._step import PLAIN_ONNX_EXPORT, Built, Step
 from converters.core.validate import Reference, reference_outputs
 from converters.export.export_onnx import ExportConfig, export_onnx
 from converters.export.fuse_onnx import fuse_onnx, fusion_config
-from converters.inputs.calibration import MIN_TEXTS, TextSplit, load_texts, split_texts
+from converters.inputs.calibration import (MAX_FIT_TEXTS, MAX_VALIDATION_TEXTS, MIN_TEXTS, TextSplit, load_texts,
+                                           split_texts)
 from converters.inputs.plan import Planned, plan
 from converters.inputs.source import SourceModel, load_source
 from converters.packaging import golden as golden_samples
@@ -45,7 +46,7 @@ __all__ = ["SharedInputs", "artifact_key"]
 
 Progress = Callable[[str], None]
 # The ConvertConfig fields that decide the shared inputs: the targets of one run must agree.
-SHARED_FIELDS = ("model", "task", "calibration", "validation_texts")
+SHARED_FIELDS = ("model", "task", "calibration", "validation_texts", "max_fit_texts", "max_validation_texts")
 # What a builder of each format reads from the profile (see converters/_artifacts.py).
 _SECTIONS = {"onnx": ("onnx", "int8", "int4"), "tflite": ("tflite",)}
 _PROSE = ("notes", "why", "note")  # explanations: never change a build
@@ -105,6 +106,7 @@ class SharedInputs:
         texts = split_texts(
             load_texts(config.calibration),
             None if config.validation_texts is None else load_texts(config.validation_texts, role="validation"),
+            config.max_fit_texts, config.max_validation_texts,
         )
         progress("loading the source model")
         source = load_source(config.model, config.task)
@@ -112,6 +114,12 @@ class SharedInputs:
                  f"{_millions(source.num_parameters)} parameters; {texts.fit.counted()} fit texts, "
                  f"{texts.validation.counted()} validation texts (" + (
                      "split by text hash" if texts.method == "hash" else f"from {texts.validation.source}") + ")")
+        if texts.available:  # a larger file: said, never silent
+            progress("note: a deterministic sample of " + " and ".join(
+                f"{len(getattr(texts, side).texts)} of the {count} {side} texts" for side, count in texts.available.items())
+                + " is used (max_fit_texts / max_validation_texts, default "
+                f"{MAX_FIT_TEXTS} / {MAX_VALIDATION_TEXTS}: every fitting stage takes time in proportion to the fit texts, "
+                "every search step to the validation texts)")
         for text_set in (texts.calibration, *((texts.validation,) if texts.method == "file" else ())):
             if text_set.comments:  # documented, but a file of tweets or markdown loses texts that way
                 progress(f"note: {text_set.comments} line(s) of {text_set.source} start with '#' and were skipped as "
@@ -142,9 +150,10 @@ class SharedInputs:
     def references(self, progress: Progress) -> tuple[Reference, Reference]:
         """(validation, fit) texts with their PyTorch FP32 outputs."""
         if self._references is None:
-            progress("computing PyTorch FP32 reference outputs (fit and validation texts)")
-            self._references = (reference_outputs(self.source, self.texts.validation.texts),
-                                reference_outputs(self.source, self.texts.fit.texts))
+            label = "computing PyTorch FP32 reference outputs: {} texts, batch"
+            self._references = (
+                reference_outputs(self.source, self.texts.validation.texts, progress, label.format("validation")),
+                reference_outputs(self.source, self.texts.fit.texts, progress, label.format("fit")))
         return self._references
 
     def pruned(self, request: PruneRequest, options: PruningOptions, progress: Progress,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from converters.inputs.calibration import MAX_FIT_TEXTS, MAX_VALIDATION_TEXTS, MIN_TEXTS
 from edge_runtime._bench_config import DEFAULT_SHAPE
 from edge_runtime._contention import busy_note
 from edge_runtime._device import detect, target_facts
@@ -109,6 +110,28 @@ def _log_tail(capture, verbose: bool, count: int = 30) -> str:
             + "\n".join("  | " + line for line in shown))
 
 
+class TextCap(click.ParamType):
+    """--max-fit-texts / --max-validation-texts: a count of at least MIN_TEXTS, or 'all' (None)."""
+
+    name = "N|all"
+
+    def get_metavar(self, param, ctx=None) -> str:  # click would upper-case the name: 'all' is lower case
+        return "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"expected a number of texts or 'all', got {value!r}", param, ctx)
+        if number < MIN_TEXTS:
+            self.fail(f"at least {MIN_TEXTS} texts are needed for meaningful accuracy figures, got {number}", param, ctx)
+        return number
+
+
 def _list_targets() -> None:
     try:
         here = detect_target(target_facts(detect())).id
@@ -127,6 +150,8 @@ _FLAGS = {
     "accuracy_floor": "--accuracy-floor",
     "calibration_method": "--calibration-method",
     "validation_texts": "--validation-texts",
+    "max_fit_texts": "--max-fit-texts",
+    "max_validation_texts": "--max-validation-texts",
     "sign_key": "--sign-key",
     "prune_floor": "--prune-floor",
     "distill_steps": "--distill-steps",
@@ -168,6 +193,12 @@ def as_flags(message: str) -> str:
 @click.option("--validation-texts", type=click.Path(dir_okay=False, path_type=Path),
               help="texts to validate the artifacts on (metrics, accuracy floors, every search's evaluation), "
                    "same formats; no fitting step sees them, and none may also be a calibration text")
+@click.option("--max-fit-texts", type=TextCap(), default=str(MAX_FIT_TEXTS), show_default=True,
+              help="fit on at most N texts: a larger set is sampled deterministically (by text hash); 'all' for every "
+                   "text (each fitting stage takes time in proportion)")
+@click.option("--max-validation-texts", type=TextCap(), default=str(MAX_VALIDATION_TEXTS), show_default=True,
+              help="validate on at most N texts, sampled the same way; 'all' for every text (each search step takes "
+                   "time in proportion, and a minimum over more texts is a stricter floor)")
 @click.option("--accuracy-floor", type=float,
               help="minimum mean cosine / top-1 agreement (overrides the profile's; its other floors, the "
                    "per-text minimum and INT4's own, move by as much)")
@@ -199,7 +230,7 @@ def as_flags(message: str) -> str:
               help="also show what the libraries print meanwhile (warnings, log lines, native messages); "
                    "without it they go only to <out>.convert.log")
 @sigterm_as_ctrl_c()  # `kill`, timeout(1), a cancelled CI job: cleaned up as after Ctrl-C, exit status 143
-def main(model, target, out, task, calibration, validation_texts, accuracy_floor, calibration_method, arithmetic,
+def main(model, target, out, task, calibration, validation_texts, max_fit_texts, max_validation_texts, accuracy_floor, calibration_method, arithmetic,
          sign_key, prune, prune_floor, distill_steps, force, as_json, list_targets, quiet, verbose):
     """Convert MODEL (a local Hugging Face model directory; default: the built-in
     all-MiniLM-L6-v2) into ONNX and TFLite artifacts for a target device, validated against PyTorch."""
@@ -231,7 +262,8 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
     was = _identity(out)  # which directory `out` was: an interrupted run tells what it left there
     config = ConvertConfig(model=model, target=profiles[0].id, out=out, task=task, calibration=calibration,
                            accuracy_floor=accuracy_floor, calibration_method=calibration_method, force=force,
-                           validation_texts=validation_texts, arithmetic=arithmetic, sign_key=sign_key,
+                           validation_texts=validation_texts, max_fit_texts=max_fit_texts,
+                           max_validation_texts=max_validation_texts, arithmetic=arithmetic, sign_key=sign_key,
                            prune=prune, prune_floor=prune_floor, distill_steps=distill_steps)
     log_path, made = _log_path(out)
     capture, finished = None, False
@@ -244,8 +276,8 @@ def main(model, target, out, task, calibration, validation_texts, accuracy_floor
 
             def show(message: str) -> None:  # every progress line is a safe point to stop at
                 check_interrupted()
-                # A refusal's advice names the library's parameters: said with the flags here.
-                shown(as_flags(message) if "REFUSED" in message else message)
+                # A refusal's advice and a note name the library's parameters: said with the flags here.
+                shown(as_flags(message) if "REFUSED" in message or message.startswith("note:") else message)
             if several:
                 results = convert_targets(config, [p.id for p in profiles], show)
             else:

@@ -14,6 +14,7 @@ from converters._artifacts import BUILDERS, MIN_RUNTIME
 from converters._errors import ConversionError
 from converters.core.arithmetic import MODES as ARITHMETIC_MODES
 from converters.core.arithmetic import choose_validation
+from converters.inputs.calibration import MAX_FIT_TEXTS, MAX_VALIDATION_TEXTS, check_cap
 from converters.inputs.plan import plan
 from converters.packaging import package, signing
 from converters.pruning.prune_model import PruneRequest
@@ -53,6 +54,10 @@ class ConvertConfig:
     prune_floor: float | None = None  # overrides the profile's pruning cosine_mean / top1 floor
     # Knowledge distillation of the pruned model from the unpruned one (converters/pruning/distill.py)
     distill_steps: int = 0
+    # At most this many fit / validation texts: a deterministic sample of a larger file (None:
+    # every text; converters/inputs/calibration.py's MAX_FIT_TEXTS says why a cap by default).
+    max_fit_texts: int | None = MAX_FIT_TEXTS
+    max_validation_texts: int | None = MAX_VALIDATION_TEXTS
 
     def __post_init__(self) -> None:
         """Paths may come as str (as `model` always could); every other wrong type is a
@@ -80,6 +85,8 @@ class ConvertConfig:
                 continue
             raise ConversionError(f"{name} must be {'a number or None' if optional_float else 'an integer'}, "
                                   f"got {value!r}")
+        check_cap("max_fit_texts", self.max_fit_texts)
+        check_cap("max_validation_texts", self.max_validation_texts)
 
     def inputs(self) -> dict[str, Path | None]:
         """What this conversion reads, by what it is (None: not given): force never deletes them."""

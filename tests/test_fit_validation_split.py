@@ -15,7 +15,10 @@ import pytest
 
 from converters import ConvertConfig, SourceModelError, convert
 from converters.core.search import RANKING_TEXTS
+from converters import ConversionError
 from converters.inputs.calibration import (
+    MAX_FIT_TEXTS,
+    MAX_VALIDATION_TEXTS,
     MIN_SPLIT_SIDE,
     VALIDATION_SHARE,
     TextSet,
@@ -103,6 +106,81 @@ def test_validation_file_sharing_a_calibration_text_is_refused():
 def test_missing_validation_file_names_its_role(tmp_path):
     with pytest.raises(SourceModelError, match="validation file .*does not exist"):
         load_texts(tmp_path / "nope.txt", role="validation")
+
+
+def test_a_large_file_is_sampled_per_side_deterministically_in_file_order():
+    """A side over its cap keeps a sample of the cap's size: a subset of the uncapped side, in
+    the file's order, the same on every run, independent of the other side's cap."""
+    texts = [f"calibration sentence number {i} about a topic" for i in range(600)]
+    whole = split_texts(_set(texts), max_fit=None, max_validation=None)
+    capped = split_texts(_set(texts), max_fit=100, max_validation=40)
+    assert (len(capped.fit.texts), len(capped.validation.texts)) == (100, 40)
+    assert capped.available == {"fit": len(whole.fit.texts), "validation": len(whole.validation.texts)}
+    order = {t: i for i, t in enumerate(texts)}
+    for side, full in ((capped.fit, whole.fit), (capped.validation, whole.validation)):
+        assert set(side.texts) <= set(full.texts)
+        assert [order[t] for t in side.texts] == sorted(order[t] for t in side.texts)
+        assert side.sha256 == hashlib.sha256("\n".join(side.texts).encode()).hexdigest()
+    assert split_texts(_set(texts), max_fit=100, max_validation=40) == capped
+    assert split_texts(_set(texts), max_fit=100, max_validation=None).fit == capped.fit
+    sampled = capped.describe()["sampled"]
+    assert sampled["available"] == capped.available and "max_fit_texts" in sampled["rule"]
+    assert capped.describe()["fit"]["count"] == 100
+    # the default caps: the built-in set is under them, so nothing is sampled or recorded
+    assert len(whole.fit.texts) > MAX_FIT_TEXTS // 4 and "sampled" not in split_texts(load_texts()).describe()
+    assert split_texts(load_texts()).available == {}
+
+
+def test_a_sampled_text_stays_when_other_texts_are_edited():
+    """Which texts a cap keeps depends on each text alone (a hash): removing texts the sample
+    did not keep, or adding texts that rank after it, changes nothing; a kept text removed is
+    replaced by the next in rank, the others stay."""
+    texts = [f"a line of the user's domain corpus, number {i}" for i in range(400)]
+    first = split_texts(_set(texts), max_fit=50, max_validation=20)
+    kept = set(first.fit.texts + first.validation.texts)
+    smaller = [t for i, t in enumerate(texts) if t in kept or i % 2]  # half the texts the caps left out removed
+    again = split_texts(_set(smaller), max_fit=50, max_validation=20)
+    assert (again.fit.texts, again.validation.texts) == (first.fit.texts, first.validation.texts)
+    dropped = first.fit.texts[0]
+    edited = split_texts(_set([t for t in texts if t != dropped]), max_fit=50, max_validation=20)
+    assert len(set(first.fit.texts) - set(edited.fit.texts)) == 1 and dropped not in edited.fit.texts
+    assert edited.validation.texts == first.validation.texts
+
+
+def test_copies_of_a_text_are_sampled_together_and_a_validation_file_is_capped_too():
+    texts = [f"text {i}" for i in range(300)] * 2
+    split = split_texts(_set(texts), max_fit=60, max_validation=30)
+    # copies share their rank and sit next to each other in it: an even cap takes whole pairs
+    assert len(split.fit.texts) == 60 and all(split.fit.texts.count(t) == 2 for t in split.fit.texts)
+    assert split.fit.distinct == 30 and not set(split.fit.texts) & set(split.validation.texts)
+    validation = _set([f"validation text {i}" for i in range(50)], "val.txt")
+    by_file = split_texts(_set([f"fit text {i}" for i in range(30)]), validation, max_fit=None, max_validation=16)
+    assert len(by_file.validation.texts) == 16 and set(by_file.validation.texts) <= set(validation.texts)
+    assert by_file.available == {"validation": 50} and len(by_file.fit.texts) == 30
+
+
+@pytest.mark.parametrize("value", [0, 7, -1, 2.5, "all", True])
+def test_a_text_cap_below_the_minimum_or_not_a_count_names_its_parameter(value):
+    with pytest.raises(ConversionError, match=r"max_fit_texts must be an integer of at least 8 or None"):
+        ConvertConfig(model=None, target="x86-avx2", out="out", max_fit_texts=value)
+    with pytest.raises(ConversionError, match=r"max_validation_texts must be"):
+        split_texts(load_texts(), max_validation=value)
+    assert MAX_VALIDATION_TEXTS >= 8 and ConvertConfig(model=None, target="x86-avx2", out="o",
+                                                       max_fit_texts=None).max_fit_texts is None
+
+
+@pytest.mark.parametrize(("given", "shown"), [("3", "at least 8 texts"), ("many", "a number of texts or 'all'")])
+def test_the_cli_refuses_a_bad_text_cap_before_any_work(given, shown, tmp_path):
+    from click.testing import CliRunner
+
+    from converters.cli import as_flags
+    from converters.cli import main as edge_convert
+
+    result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--out", str(tmp_path / "o"),
+                                               "--max-validation-texts", given])
+    assert result.exit_code == 2 and "--max-validation-texts" in result.output and shown in result.output
+    assert not (tmp_path / "o").exists()
+    assert as_flags("raise max_fit_texts / max_validation_texts") == "raise --max-fit-texts / --max-validation-texts"
 
 
 def _rows(batches) -> list[tuple[int, ...]]:
@@ -331,6 +409,35 @@ def test_cli_validation_texts_file_and_table_header(tiny_model_factory, tmp_path
     result = CliRunner().invoke(edge_convert, [str(model_dir), "--target", "x86-avx2", "--out", str(tmp_path / "o2"),
                                                "--validation-texts", str(clash), "-q"])
     assert result.exit_code != 0 and "'hello'" in result.output
+
+
+@pytest.mark.slow
+def test_a_capped_conversion_says_so_and_records_the_sample(tiny_model_factory, tmp_path):
+    """A calibration file over the caps: the run fits and validates on the sample, says so with
+    the flags that lift the caps, and the manifest records the sample and what was available."""
+    from click.testing import CliRunner
+
+    from converters.cli import main as edge_convert
+
+    calibration = tmp_path / "domain.txt"
+    calibration.write_text("\n".join(f"Customer ticket {i}: the device restarts after update {i % 7}." for i in range(120)))
+    out = tmp_path / "out"
+    model_dir = tiny_model_factory("bert", "feature-extraction")
+    result = CliRunner().invoke(edge_convert, [str(model_dir), "--target", "x86-avx512-vnni", "--out", str(out),
+                                               "--calibration", str(calibration), "--max-fit-texts", "16",
+                                               "--max-validation-texts", "8", "--arithmetic", "exact"])
+    assert result.exit_code == 0, result.output
+    whole = split_texts(load_texts(calibration), max_fit=None, max_validation=None)
+    note = [line for line in result.output.splitlines() if "deterministic sample" in line]
+    assert note and f"16 of the {len(whole.fit.texts)} fit texts" in note[0], result.output
+    assert f"8 of the {len(whole.validation.texts)} validation texts" in note[0]
+    assert "--max-fit-texts / --max-validation-texts" in note[0] and "max_fit_texts" not in note[0]
+    calibration_record = json.loads((out / "manifest.json").read_text())["calibration"]
+    sample = split_texts(load_texts(calibration), max_fit=16, max_validation=8)
+    assert calibration_record["fit"] == sample.fit.describe() and calibration_record["fit"]["count"] == 16
+    assert calibration_record["validation"]["count"] == 8 and calibration_record["count"] == 120
+    assert calibration_record["sampled"]["available"] == {"fit": len(whole.fit.texts),
+                                                          "validation": len(whole.validation.texts)}
 
 
 # Keys that are timings of this machine, not properties of the artifact: they differ between runs

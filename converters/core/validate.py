@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters._console import count
 from converters._errors import NonFiniteOutputError
 from converters.inputs.source import SourceModel
 from edge_runtime._text import pool
@@ -117,10 +118,11 @@ def make_batches(source: SourceModel, texts: tuple[str, ...], batch_size: int = 
     return [encode(source, texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
 
 
-def reference_outputs(source: SourceModel, texts: tuple[str, ...]) -> Reference:
+def reference_outputs(source: SourceModel, texts: tuple[str, ...], progress=None, label: str = "") -> Reference:
     """PyTorch FP32 outputs for `texts` (batches of 16), and each text's activation peak: the
     largest |input| of any Linear layer over its real tokens, recorded by forward hooks in the
-    same pass (no extra model run)."""
+    same pass (no extra model run). `progress`: told `label` done/total after each batch (a
+    large --calibration file takes minutes here)."""
     import torch
 
     batches = make_batches(source, texts)
@@ -139,12 +141,16 @@ def reference_outputs(source: SourceModel, texts: tuple[str, ...]) -> Reference:
     hooks = [m.register_forward_hook(record) for m in source.module.modules() if isinstance(m, torch.nn.Linear)]
     try:
         with torch.no_grad():
-            for feeds in batches:
+            for done, feeds in enumerate(batches):
+                if progress is not None:
+                    progress(count(label, done, len(batches)))
                 current["mask"] = torch.from_numpy(feeds["attention_mask"]).to(torch.float32)
                 current["peak"] = torch.zeros(len(feeds["input_ids"]), dtype=torch.float32)
                 args = [torch.from_numpy(feeds[name]) for name in source.input_names]
                 outputs.append(source.module(*args).numpy())
                 peaks.extend(float(v) for v in current["peak"])
+        if progress is not None:
+            progress(count(label, len(batches), len(batches)))
     finally:
         for hook in hooks:
             hook.remove()

@@ -12,12 +12,13 @@ import hashlib
 import json
 import math
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from converters._errors import SourceModelError
+from converters._errors import ConversionError, SourceModelError
 
-__all__ = ["TextSet", "TextSplit", "load_texts", "split_texts", "validation_share"]
+__all__ = ["MAX_FIT_TEXTS", "MAX_VALIDATION_TEXTS", "TextSet", "TextSplit", "check_cap", "load_texts",
+           "split_texts", "validation_share"]
 
 BUILTIN = Path(__file__).resolve().parents[1] / "data" / "calibration_en.txt"  # converters/data
 MIN_TEXTS = 8
@@ -28,6 +29,17 @@ TEXT_SUFFIXES = (".txt", ".text")  # and .jsonl
 # texts still hold several of each length class, from one word to ~200 tokens).
 VALIDATION_SHARE = 0.25
 MIN_SPLIT_SIDE = 4  # texts on each side of a split at least
+# At most this many texts on each side by default (a deterministic sample, _sampled; None: all).
+# Every fitting stage (statistics, GPTQ Hessians, the pruning re-fit) is linear in the fit texts,
+# and every search step in the validation texts: a 2,438-line file (1,831 fit / 607 validation)
+# made MiniLM's x86-avx2 conversion ~10x the built-in set's (benchmarks/RESULTS.md run AY).
+# 1,024 fit texts are ~4x the built-in 270: tens of thousands of tokens, many times the widest
+# GPTQ Hessian (1,536). 256 validation texts are ~3x the built-in 87: the profiles' cosine_min
+# floors were set on ~90 texts, and the minimum over many more texts is a stricter statistic (it
+# only falls as texts are added), so an uncapped 5,000-text file would refuse artifacts that
+# are as good as those the floors were made for.
+MAX_FIT_TEXTS = 1024
+MAX_VALIDATION_TEXTS = 256
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,13 @@ def _digest(texts: tuple[str, ...] | list[str]) -> str:
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()
 
 
+def _sample_rank(text: str) -> int:
+    """A second, independent hash position of `text` (SHA-256 bits 32-63): which texts a capped
+    side keeps. Like validation_share it depends on the text alone, so editing the file keeps
+    the other texts' places, and copies of a text are kept or dropped together."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[4:8], "big")
+
+
 def validation_share(text: str) -> float:
     """Where `text` falls in [0, 1): the first 32 bits of its UTF-8 SHA-256. Texts below
     VALIDATION_SHARE validate. A text's side depends on the text alone, not on its position or
@@ -70,6 +89,9 @@ class TextSplit:
     validation: TextSet  # every metric, floor and search evaluation uses these only
     method: str  # "hash" or "file"
     calibration: TextSet  # what the fit set was taken from (the whole calibration file)
+    # Texts each side had before its cap (split_texts' max_fit / max_validation), where it was
+    # capped; empty when both sides kept every text.
+    available: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> dict:
         """The manifest's "calibration" section."""
@@ -78,7 +100,7 @@ class TextSplit:
                    "-> validation, else fit (converters/inputs/calibration.py)")
         else:
             how = "fit: the calibration texts; validation: a separate file (validation_texts)"
-        return {
+        described = {
             **self.calibration.describe(),
             "split": {"method": self.method, "rule": how},
             "fit": self.fit.describe(),
@@ -87,6 +109,13 @@ class TextSplit:
             "note": "metrics and accuracy floors are measured on the validation texts, which no fitting "
                     "step (SmoothQuant, GPTQ, static ranges, sensitivity rankings) sees",
         }
+        if self.available:
+            described["sampled"] = {
+                "available": dict(self.available),
+                "rule": "a side over its cap (max_fit_texts / max_validation_texts) keeps the texts with the "
+                        "smallest sha256(text) bits 32-63, in file order (converters/inputs/calibration.py)",
+            }
+        return described
 
 
 def _lines(raw: str) -> list[str]:
@@ -180,8 +209,36 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
     return TextSet(tuple(texts), "builtin" if path is None else str(source), _digest(texts), 0 if path is None else comments)
 
 
-def split_texts(calibration: TextSet, validation: TextSet | None = None) -> TextSplit:
-    """Fit and validation texts, disjoint.
+def _sampled(texts: TextSet, maximum: int | None) -> TextSet:
+    """`texts`, or at most `maximum` of them when there are more: those of the smallest
+    _sample_rank, in their original order (copies of a text are adjacent in rank, so they are
+    kept together unless the cap falls between them)."""
+    if maximum is None or len(texts.texts) <= maximum:
+        return texts
+    chosen = sorted(range(len(texts.texts)), key=lambda i: (_sample_rank(texts.texts[i]), i))[:maximum]
+    kept = tuple(texts.texts[i] for i in sorted(chosen))
+    return TextSet(kept, f"{texts.source} (sample of {maximum})", _digest(kept))
+
+
+def check_cap(name: str, value: object) -> None:
+    """A text cap is None (every text) or an int of at least MIN_TEXTS; else an error naming `name`."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < MIN_TEXTS):
+        raise ConversionError(f"{name} must be an integer of at least {MIN_TEXTS} or None (every text), got {value!r}")
+
+
+def _capped(split: TextSplit, max_fit: int | None, max_validation: int | None) -> TextSplit:
+    check_cap("max_fit_texts", max_fit)
+    check_cap("max_validation_texts", max_validation)
+    fit, validation = _sampled(split.fit, max_fit), _sampled(split.validation, max_validation)
+    available = {side: len(before.texts) for side, before, after in
+                 (("fit", split.fit, fit), ("validation", split.validation, validation)) if after is not before}
+    return TextSplit(fit, validation, split.method, split.calibration, available)
+
+
+def split_texts(calibration: TextSet, validation: TextSet | None = None, max_fit: int | None = MAX_FIT_TEXTS,
+                max_validation: int | None = MAX_VALIDATION_TEXTS) -> TextSplit:
+    """Fit and validation texts, disjoint, each side then capped at `max_fit` / `max_validation`
+    texts (a deterministic sample, _sampled; None: no cap; see MAX_FIT_TEXTS for why a cap).
 
     Without `validation`: the calibration texts split by validation_share (about VALIDATION_SHARE
     of them validate). When the hash leaves fewer than MIN_SPLIT_SIDE distinct texts on a side
@@ -196,7 +253,7 @@ def split_texts(calibration: TextSet, validation: TextSet | None = None) -> Text
                 f"texts ({calibration.source}), e.g. {shared[0][:60]!r}: metrics must come from texts "
                 "that fitting never saw; remove them from one of the files"
             )
-        return TextSplit(calibration, validation, "file", calibration)
+        return _capped(TextSplit(calibration, validation, "file", calibration), max_fit, max_validation)
     texts = calibration.texts
     held = [validation_share(t) < VALIDATION_SHARE for t in texts]
     distinct = set(texts)
@@ -214,5 +271,6 @@ def split_texts(calibration: TextSet, validation: TextSet | None = None) -> Text
             f"into fit and validation sets of {MIN_SPLIT_SIDE} or more; add texts or pass a validation file"
         )
     label = f"{calibration.source}"
-    return TextSplit(TextSet(fit, f"{label} (fit split)", _digest(fit)),
-                     TextSet(val, f"{label} (validation split)", _digest(val)), "hash", calibration)
+    return _capped(TextSplit(TextSet(fit, f"{label} (fit split)", _digest(fit)),
+                             TextSet(val, f"{label} (validation split)", _digest(val)), "hash", calibration),
+                   max_fit, max_validation)
