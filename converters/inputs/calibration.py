@@ -30,15 +30,16 @@ TEXT_SUFFIXES = (".txt", ".text")  # and .jsonl
 VALIDATION_SHARE = 0.25
 MIN_SPLIT_SIDE = 4  # texts on each side of a split at least
 # At most this many texts on each side by default (a deterministic sample, _sampled; None: all).
-# Every fitting stage (statistics, GPTQ Hessians, the pruning re-fit) is linear in the fit texts,
-# and every search step in the validation texts: a 2,438-line file (1,831 fit / 607 validation)
-# made MiniLM's x86-avx2 conversion ~10x the built-in set's (benchmarks/RESULTS.md run AY).
-# 1,024 fit texts are ~4x the built-in 270: tens of thousands of tokens, many times the widest
-# GPTQ Hessian (1,536). 256 validation texts are ~3x the built-in 87: the profiles' cosine_min
-# floors were set on ~90 texts, and the minimum over many more texts is a stricter statistic (it
-# only falls as texts are added), so an uncapped 5,000-text file would refuse artifacts that
-# are as good as those the floors were made for.
-MAX_FIT_TEXTS = 1024
+# Every fitting stage (statistics, GPTQ Hessians, the pruning re-fit) takes time in proportion to
+# the fit texts and every search step to the validation texts. MiniLM for x86-avx2 from a
+# 2,438-line file (benchmarks/RESULTS.md run AY): 270 / 87 texts 147 s, 512 / 256 262 s, 1,024 /
+# 256 358 s, all 1,831 / 607 486 s, with the same held-out accuracy of INT8 (0.9985-0.9986) and
+# INT4 (0.989-0.990): quantization gains nothing from fit texts past a few hundred, pruning's
+# re-fit slowly does (run Y), hence twice the built-in 270. 256 validation texts are ~3x the
+# built-in 87, finer accept/stop decisions; not more, because the profiles' cosine_min floors were
+# set on ~90 texts and a minimum over thousands is a stricter test (it only falls as texts are
+# added): an uncapped 5,000-text file would refuse artifacts as good as those the floors were made for.
+MAX_FIT_TEXTS = 512
 MAX_VALIDATION_TEXTS = 256
 
 
