@@ -7,7 +7,7 @@ Two parts, both used by the CLI only (the pipeline stays free of terminal I/O):
   progress callback: a plain message "label done/total", so any callback (a test's list, a
   caller's print) reads it as text, and a prefix added on the way ("[tflite-int4] ...") keeps
   it recognizable. `ProgressPrinter` turns such messages into one updating bar line on a
-  terminal, or a line every ~10 % / ~10 s otherwise, each with the elapsed time and an ETA. A
+  terminal, or a line every ~10 % (at most one a second) / ~10 s otherwise, each with the elapsed time and an ETA. A
   loop that ends before its total (early stopping, a walk that finds no further step) says so
   with `stopped(label, done, total)` ("label done/total, stopped early"): the count ends there,
   rather than a bar and an ETA staying on screen for steps that never come, or a "total/total".
@@ -110,7 +110,7 @@ class _Count:
     total: int
     started: float
     done: int = 0
-    printed_at: float = 0.0
+    printed_at: float = float("-inf")  # the first message of a count always prints
     printed_tenth: int = -1
 
 
@@ -125,7 +125,10 @@ class ProgressPrinter:
     tty: bool | None = None
     clock: Callable[[], float] = time.perf_counter
     every_seconds: float = 10.0  # non-TTY: at least this long between two lines of one count...
-    every_fraction: float = 0.1  # ...unless another tenth of it is done
+    every_fraction: float = 0.1  # ...unless another tenth of it is done,
+    # and that at least this long after the last line: a count over in two seconds (the reference
+    # pass of the built-in texts, a short search) printed eleven lines to a log, now its first and last
+    every_fraction_gap: float = 1.0
     redraw_seconds: float = 0.1  # TTY: at most this often
     width: int = 24  # of the bar, in characters
     _count: _Count | None = field(default=None, init=False)
@@ -198,10 +201,11 @@ class ProgressPrinter:
                 self._count = None
             return
         tenth = int(done / total / self.every_fraction)
+        since = now - current.printed_at
         if (
             finished
-            or tenth > current.printed_tenth
-            or now - current.printed_at >= self.every_seconds
+            or (tenth > current.printed_tenth and since >= self.every_fraction_gap)
+            or since >= self.every_seconds
         ):
             current.printed_at, current.printed_tenth = now, tenth
             self._write(self._render(current) + "\n")

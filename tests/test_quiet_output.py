@@ -97,13 +97,21 @@ def test_eta_is_the_average_pace_times_what_is_left():
 def test_non_tty_prints_a_line_per_tenth_or_ten_seconds_and_the_end():
     clock, stream = _Clock(), io.StringIO()
     printer = ProgressPrinter(stream, started=0.0, tty=False, clock=clock)
-    for done in range(201):  # fast steps: one line per 10 %
-        clock.now = done * 0.01
-        printer(count("fast", done, 200))
+    for done in range(201):  # 20 s of steps: one line per 10 %
+        clock.now = done * 0.1
+        printer(count("steady", done, 200))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 11, lines
-    assert lines[0].endswith("fast 0/200 (0%) in 0s, ETA ?")
-    assert "fast 200/200 (100%)" in lines[-1] and lines[-1].endswith("done")
+    assert lines[0].endswith("steady 0/200 (0%) in 0s, ETA ?")
+    assert "steady 200/200 (100%)" in lines[-1] and lines[-1].endswith("done")
+
+    stream.truncate(0), stream.seek(0)
+    for done in range(201):  # over in 2 s: a tenth at most once a second, so the first, one, the last
+        clock.now = 50 + done * 0.01
+        printer(count("fast", done, 200))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    assert "fast 0/200" in lines[0] and "fast 100/200 (50%)" in lines[1] and lines[-1].endswith("done")
 
     stream.truncate(0), stream.seek(0)
     for done in range(31):  # slow steps, 4 s each, of a long count: every ~10 s
