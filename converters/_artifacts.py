@@ -110,7 +110,8 @@ def _prepare_int8_graph(step: Step, name: str, start_path: Path) -> _Int8Graph:
     inputs_side, ffn_out = _projection_shapes(step.source)
     smooth = SmoothConfig(weight_shapes=inputs_side)  # all but the FFN output
     smoothed_path, split_path = work / f"{name}-smooth.onnx", work / f"{name}-split.onnx"
-    smoothed = smooth_activations(packed_path, smoothed_path, step.fit.batches, smooth)
+    smoothed = smooth_activations(packed_path, smoothed_path, step.fit.batches, smooth,
+                                  step.batches_counted(f"[{name}] activation ranges for SmoothQuant"))
     # A pruned twin may split fewer MatMuls (pruning.first_token_split): its error is the pruning's,
     # and each split MatMul costs a Slice, a Concat and a second GEMM call.
     at = step.profile.pruning.first_token_split if step.pruned else "all"
@@ -148,7 +149,7 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
         if limit:
             step.progress(f"[{name}] 8-bit codes with adjacent-row pair sums <= {limit} (int8.pair_sum_limit)")
         rounding = Int8Rounding(graph.split, graph.smoothed, step.fit.batches, int8_range(profile.int8),
-                                pair_limit=limit)
+                                pair_limit=limit, progress=step.batches_counted(f"[{name}] GPTQ Hessians"))
     int8 = Int8Config(
         scheme=profile.int8,
         calibration_batches=_range_batches(step.fit.batches) if profile.int8.mode == "static" else (),
@@ -243,7 +244,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     quantize_int8(graph.split, int8_path, Int8Config(scheme=plain))
     config = W4A8Config(block_size=scheme.block_size)
     weights = W4A8Weights(int8_path, graph.split, graph.smoothed, step.fit.batches,
-                          int8_range(plain), config)
+                          int8_range(plain), config, step.batches_counted(f"[{name}] GPTQ Hessians"))
     probe = work / f"{name}.probe.onnx"
 
     fp32_bytes = model_bytes(step.fp32_path)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from converters._console import count
 from converters._errors import AccuracyError
 from converters.core.validate import Reference, floor_failures
 from converters.inputs.source import SourceModel
@@ -82,6 +83,10 @@ class Step:
         the project's scoring threads)."""
         threads = threads or DEFAULT_SHAPE.threads
         return self.sessions(path, threads) if self.sessions is not None else onnx_session(path, threads)
+
+    def batches_counted(self, label: str) -> Callable[[int, int], None]:
+        """A pass over calibration batches told as a count: "`label`, batch done/total"."""
+        return lambda done, total: self.progress(count(f"{label}, batch", done, total))
 
 
 # step.cache key of the unfused FP32 ONNX export, when the run made one (converters/_shared.py).

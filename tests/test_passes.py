@@ -229,3 +229,29 @@ def test_pair_safe_rerounding_of_weights_gptq_does_not_handle(rows, scales):
     before = codes.astype(np.float64) * scale
     after = new_codes.astype(np.float64) * new_scale
     assert np.abs(after - before).max() <= 0.51 * new_scale.max() + 0.5 * scale.max()
+
+
+def test_passes_over_the_calibration_batches_report_each_batch(exported, tmp_path):
+    """SmoothQuant's ranges and GPTQ's Hessians read every fit batch through onnxruntime (a
+    minute or more with a few hundred texts): each pass tells its progress batch by batch, from
+    0 to all of them, and the statistics are the same as without a listener."""
+    from converters.core._activations import channel_abs_max
+    from converters.core.gptq import Int8Rounding
+
+    source, path, _ = exported
+    batches = make_batches(source, load_texts().texts[:40], batch_size=8)
+    tensors = sorted({n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"})[:2]
+    told: list[tuple[int, int]] = []
+    peaks = channel_abs_max(path, tensors, batches, lambda done, total: told.append((done, total)))
+    assert told == [(k, len(batches)) for k in range(len(batches) + 1)]
+    assert all(np.array_equal(peaks[t], channel_abs_max(path, tensors, batches)[t]) for t in tensors)
+
+    rounding_told: list[tuple[int, int]] = []
+    rounding = Int8Rounding(path, path, batches, (-127, 127), progress=lambda d, t: rounding_told.append((d, t)))
+    weight = sorted(rounding.weights)[0]
+    hessian = rounding.hessian(weight)
+    # every fit batch and the prefix rows GPTQ's policy adds (gptq.prefix_batches)
+    assert rounding_told and rounding_told[0][0] == 0 and rounding_told[-1][0] == rounding_told[-1][1] >= len(batches)
+    rounding.hessian(sorted(rounding.weights)[1])  # read once: no second pass
+    assert sum(done == 0 for done, _ in rounding_told) == 1
+    assert np.array_equal(hessian, Int8Rounding(path, path, batches, (-127, 127)).hessian(weight))

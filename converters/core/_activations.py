@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GramSums", "channel_abs_max", "channel_mean_square", "token_rows"]
+__all__ = ["BatchProgress", "GramSums", "channel_abs_max", "channel_mean_square", "token_rows"]
+
+# Told (batches done, batches in all) as a pass over the calibration batches goes: these passes
+# take a minute or more with a few hundred fit texts on a 2-core machine.
+BatchProgress = Callable[[int, int], None]
 
 
 class GramSums:
@@ -50,7 +54,7 @@ class GramSums:
 
 
 def token_rows(
-    model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]]
+    model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]], progress: BatchProgress | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Per batch: each named tensor as [rows, channels], real (unpadded) tokens only."""
     import onnx
@@ -65,8 +69,12 @@ def token_rows(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep tensors by name
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    for feeds in batches:
+    if progress is not None:
+        progress(0, len(batches))
+    for done, feeds in enumerate(batches, 1):
         outputs = dict(zip(names, session.run(names, feeds)))
+        if progress is not None:
+            progress(done, len(batches))
         keep = feeds["attention_mask"].astype(bool)
         yield {
             name: outputs[name][keep] if outputs[name].ndim == 3 else outputs[name].reshape(-1, outputs[name].shape[-1])
@@ -74,10 +82,11 @@ def token_rows(
         }
 
 
-def channel_abs_max(model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def channel_abs_max(model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]],
+                    progress: BatchProgress | None = None) -> dict[str, np.ndarray]:
     """max |x| per last-axis channel of each named tensor, over real (unpadded) tokens."""
     peaks: dict[str, np.ndarray] = {}
-    for rows in token_rows(model_path, tensors, batches):
+    for rows in token_rows(model_path, tensors, batches, progress):
         for name, value in rows.items():
             peak = np.abs(value).max(axis=0)
             peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)

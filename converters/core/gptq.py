@@ -29,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from converters.core._activations import BatchProgress
+
 __all__ = ["GPTQ_POLICY", "GptqConfig", "HessianPolicy", "HessianSource", "Int8Rounding", "gptq", "input_hessians", "inverse_cholesky",
            "pair_limited_scale", "pair_sums", "prefix_batches"]
 
@@ -175,7 +177,8 @@ def prefix_batches(batches: list[dict[str, np.ndarray]], prefix_tokens: tuple[in
 
 
 def input_hessians(
-    model_path: Path, weights: set[str], batches: list[dict[str, np.ndarray]], weighting: str = "token"
+    model_path: Path, weights: set[str], batches: list[dict[str, np.ndarray]], weighting: str = "token",
+    progress: BatchProgress | None = None,
 ) -> dict[str, np.ndarray]:
     """sum x^T x over real tokens of the input of every MatMul reading one of `weights`
     (constant [K, N] initializers), keyed by weight; MatMuls sharing a weight add up.
@@ -196,7 +199,7 @@ def input_hessians(
     # One sum per input tensor: MatMuls reading the same input (Q, K and V unpacked) share it.
     grams = GramSums()
     tensors = sorted({x for names in inputs.values() for x in names})
-    for feeds, rows in zip(batches, token_rows(model_path, tensors, batches)):
+    for feeds, rows in zip(batches, token_rows(model_path, tensors, batches, progress)):
         lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
         scale = np.repeat(1.0 / np.sqrt(np.maximum(lengths, 1)), lengths) if weighting == "row" else None
         for name in tensors:
@@ -264,10 +267,11 @@ class Int8Rounding:
         qrange: tuple[int, int],
         policy: HessianPolicy | None = None,
         pair_limit: int = 0,
+        progress: BatchProgress | None = None,
     ):
         """float_path: the graph that was quantized (weights by name). stats_path: a graph
         computing the same MatMul inputs with [batch, sequence, K] shapes (before passes that
-        slice the sequence), run on `batches` for the Hessians."""
+        slice the sequence), run on `batches` for the Hessians (told to `progress` as they go)."""
         import onnx
         from onnx import numpy_helper
 
@@ -284,7 +288,7 @@ class Int8Rounding:
             and node.input[1] in inits
             and len(inits[node.input[1]].dims) == 2
         }
-        self._stats_path, self._batches = Path(stats_path), batches
+        self._stats_path, self._batches, self._progress = Path(stats_path), batches, progress
         self._hessians: dict[str, np.ndarray] | None = None
         self._codes: dict[str, np.ndarray] = {}  # weight -> int codes (valid for one scale)
 
@@ -295,7 +299,8 @@ class Int8Rounding:
     def hessian(self, name: str) -> np.ndarray:
         if self._hessians is None:
             batches = self._batches + prefix_batches(self._batches, self.policy.prefix_tokens)
-            self._hessians = input_hessians(self._stats_path, set(self.weights), batches, self.policy.weighting)
+            self._hessians = input_hessians(self._stats_path, set(self.weights), batches, self.policy.weighting,
+                                            self._progress)
         return self._hessians[name]
 
     def codes(self, name: str, scale: np.ndarray) -> np.ndarray:

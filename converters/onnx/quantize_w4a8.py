@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import ConversionError
+from converters.core._activations import BatchProgress
 from converters.core.gptq import GPTQ_POLICY, GptqConfig, HessianPolicy, Int8Rounding, gptq
 from converters.core.search import Budget, ProbeSpace, SearchResult, greedy_search
 
@@ -146,6 +147,7 @@ class W4A8Weights:
         batches: list[dict[str, np.ndarray]],
         qrange: tuple[int, int],
         config: W4A8Config = W4A8Config(),
+        progress: BatchProgress | None = None,  # told the Hessians' pass over `batches`
     ):
         import onnx
         from onnx import numpy_helper
@@ -154,7 +156,7 @@ class W4A8Weights:
         self._int8 = onnx.load(str(int8_path))
         inits = {i.name: i for i in self._int8.graph.initializer}
         self.policy = config.policy or GPTQ_POLICY["int4"]
-        self._rounding = Int8Rounding(float_path, stats_path, batches, qrange, self.policy)
+        self._rounding = Int8Rounding(float_path, stats_path, batches, qrange, self.policy, progress=progress)
         self._floats = self._rounding.weights
         self.weights = [w for w in self._floats if f"{w}_quantized" in inits]
         if not self.weights:

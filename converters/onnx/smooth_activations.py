@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.core._activations import channel_abs_max
+from converters.core._activations import BatchProgress, channel_abs_max
 
 __all__ = ["SmoothConfig", "smooth_activations"]
 
@@ -30,7 +30,8 @@ class SmoothConfig:
     weight_shapes: tuple[tuple[int, int], ...] = ()  # MatMul weights to smooth, e.g. FFN-in; () = none
 
 
-def smooth_activations(model_path: Path, out_path: Path, batches: list[dict], config: SmoothConfig) -> list[dict[str, Any]]:
+def smooth_activations(model_path: Path, out_path: Path, batches: list[dict], config: SmoothConfig,
+                       progress: BatchProgress | None = None) -> list[dict[str, Any]]:
     import onnx
     from onnx import helper, numpy_helper
 
@@ -46,7 +47,7 @@ def smooth_activations(model_path: Path, out_path: Path, batches: list[dict], co
     if not targets:
         onnx.save(model, str(out_path))
         return []
-    peaks = channel_abs_max(model_path, sorted({n.input[0] for n in targets}), batches)
+    peaks = channel_abs_max(model_path, sorted({n.input[0] for n in targets}), batches, progress)
     changed, nodes = [], []
     for node in graph.node:
         if node in targets:
