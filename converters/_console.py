@@ -8,8 +8,9 @@ Two parts, both used by the CLI only (the pipeline stays free of terminal I/O):
   caller's print) reads it as text, and a prefix added on the way ("[tflite-int4] ...") keeps
   it recognizable. `ProgressPrinter` turns such messages into one updating bar line on a
   terminal, or a line every ~10 % (at most one a second) / ~10 s otherwise, each with the
-  elapsed time and an ETA. A loop that ends before its total (early stopping, a walk that finds no further step) says so
-  with `stopped(label, done, total)` ("label done/total, stopped early"): the count ends there,
+  elapsed time and an ETA. A loop that ends before its total (early stopping, a walk that finds
+  no further step) says so with `stopped(label, done, total)` ("label done/total, stopped
+  early"): the count ends there,
   rather than a bar and an ETA staying on screen for steps that never come, or a "total/total".
   (Our own ~60-line printer, not tqdm: tqdm's bar would need its own wiring for the non-TTY
   throttling and the elapsed-time prefix of our other lines, and the converter should not depend
