@@ -276,9 +276,9 @@ def test_fitters_see_only_fit_texts_and_metrics_only_validation_texts(tiny_model
     seen: dict[str, list] = {"smooth": [], "gptq": [], "w4a8": []}
     smooth, rounding, w4a8 = artifacts.smooth_activations, artifacts.Int8Rounding, artifacts.W4A8Weights
 
-    def record_smooth(model, out, batches, config):
+    def record_smooth(model, out, batches, config, *args, **kwargs):
         seen["smooth"].append(_rows(batches))
-        return smooth(model, out, batches, config)
+        return smooth(model, out, batches, config, *args, **kwargs)
 
     class RecordRounding(rounding):
         def __init__(self, float_path, stats_path, batches, *args, **kwargs):
