@@ -149,7 +149,8 @@ def _build_onnx_int8(step: Step, name: str) -> Built:
         if limit:
             step.progress(f"[{name}] 8-bit codes with adjacent-row pair sums <= {limit} (int8.pair_sum_limit)")
         rounding = Int8Rounding(graph.split, graph.smoothed, step.fit.batches, int8_range(profile.int8),
-                                pair_limit=limit, progress=step.batches_counted(f"[{name}] GPTQ Hessians"))
+                                pair_limit=limit, progress=step.batches_counted(f"[{name}] GPTQ Hessians"),
+                                solve_progress=step.counted(f"[{name}] GPTQ rounding, weight"))
     int8 = Int8Config(
         scheme=profile.int8,
         calibration_batches=_range_batches(step.fit.batches) if profile.int8.mode == "static" else (),
@@ -224,7 +225,8 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     scheme, profile, work, source = step.profile.int4, step.profile, step.work, step.source
     tables_path = work / f"{name}-tables.onnx"
     tables = quantize_tables_int4(step.fp32_path, tables_path,
-                                  Int4Config(embedding_block_size=scheme.embedding_block_size))
+                                  Int4Config(embedding_block_size=scheme.embedding_block_size),
+                                  step.counted(f"[{name}] embedding tables to 4-bit blocks: clip search, row"))
     step.progress(f"[{name}] embedding tables to 4-bit blocks of {scheme.embedding_block_size}: "
                   + (", ".join(f"{t['initializer']} {t['shape']}" for t in tables) or "none large enough"))
     unpacked = []
@@ -249,6 +251,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
 
     fp32_bytes = model_bytes(step.fp32_path)
     step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
+    weights.solve(step.counted(f"[{name}] GPTQ 4-bit codes, weight"))
     all_four = weights.build(set(weights.weights))
     base_bytes = all_four.ByteSize()
     budget = int((scheme.size_budget or 1.0) * fp32_bytes)

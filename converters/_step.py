@@ -84,9 +84,13 @@ class Step:
         threads = threads or DEFAULT_SHAPE.threads
         return self.sessions(path, threads) if self.sessions is not None else onnx_session(path, threads)
 
+    def counted(self, label: str) -> Callable[[int, int], None]:
+        """A long step told as a count: "`label` done/total" (the console adds a bar and an ETA)."""
+        return lambda done, total: self.progress(count(label, done, total))
+
     def batches_counted(self, label: str) -> Callable[[int, int], None]:
         """A pass over calibration batches told as a count: "`label`, batch done/total"."""
-        return lambda done, total: self.progress(count(f"{label}, batch", done, total))
+        return self.counted(f"{label}, batch")
 
 
 # step.cache key of the unfused FP32 ONNX export, when the run made one (converters/_shared.py).

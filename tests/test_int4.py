@@ -189,6 +189,25 @@ def test_clip_search_in_steps_equals_one_pass(monkeypatch, importance_rows):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_clip_search_threads_give_the_same_bytes_and_count_rows(monkeypatch, threads):
+    """The steps run on several threads (numpy releases the GIL in each pass): the result does
+    not depend on how many, and the rows finished are told in order, up to all of them."""
+    from converters.onnx import int4_blocks
+
+    rng = np.random.default_rng(2)
+    blocks = rng.standard_t(df=3, size=(37, 5, 32)).astype(np.float32)
+    ratios = np.linspace(0.6, 1.0, 5, dtype=np.float32)
+    whole = int4_blocks._clip_search_rows(blocks, None, ratios)
+    monkeypatch.setattr(int4_blocks, "_CLIP_STEP_ELEMENTS", 4 * 5 * 32)  # steps of 4 rows
+    monkeypatch.setattr(int4_blocks, "_clip_threads", lambda: threads)
+    told: list[tuple[int, int]] = []
+    stepped = int4_blocks._clip_search(blocks, None, ratios, lambda done, total: told.append((done, total)))
+    for a, b in zip(whole, stepped):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert told == [(min(k, 37), 37) for k in range(4, 41, 4)]
+
+
 def test_errors_say_what_to_fix(exported, tmp_path):
     path, calibration, _ = exported
     with pytest.raises(ValueError, match="power of two"):

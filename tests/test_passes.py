@@ -180,9 +180,16 @@ def test_gptq_rounding_lowers_layer_output_error(exported, tmp_path, target):
     batches = make_batches(source, load_texts().texts[:48])
     calibration = tuple(batches) if scheme.mode == "static" else ()
     nearest = quantize_int8(path, tmp_path / "rtn.onnx", Int8Config(scheme=plain, calibration_batches=calibration))
-    rounding = Int8Rounding(path, path, batches, int8_range(scheme), pair_limit=scheme.pair_sum_limit)
+    solved: list[tuple[int, int]] = []
+    rounding = Int8Rounding(path, path, batches, int8_range(scheme), pair_limit=scheme.pair_sum_limit,
+                            solve_progress=lambda done, total: solved.append((done, total)))
     gptq = quantize_int8(path, tmp_path / "gptq.onnx", Int8Config(scheme=scheme, calibration_batches=calibration),
                          rounding)
+    # each weight's GPTQ solve told once, from none to all; a second file reuses the codes
+    total = len(rounding.weights)
+    assert solved == [(k, total) for k in range(total + 1)]
+    quantize_int8(path, tmp_path / "gptq2.onnx", Int8Config(scheme=scheme, calibration_batches=calibration), rounding)
+    assert len(solved) == total + 1
 
     floats = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
     weights = {n.input[1] for n in onnx.load(str(path)).graph.node

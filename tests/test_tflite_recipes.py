@@ -404,10 +404,17 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
     rows = with_prefixes(calibration_rows(calibration, max(signature_lengths(fp32))), (1, 2, 3))
     fcs = {b: w for b, w in find_weights(fp32).items() if w.kind == FC}
     twin = export_onnx(source, tmp_path / "export.onnx", ExportConfig())
-    tapped = collect_hessians(fp32, fcs, rows, weighting)
+    tapped_told: list[tuple[int, int]] = []
+    tapped = collect_hessians(fp32, fcs, rows, weighting, lambda done, total: tapped_told.append((done, total)))
+    assert tapped_told == [(k, len(rows)) for k in range(len(rows) + 1)]
     cache = HessianCache(twin=twin)
-    read = cache.get(fp32, fcs, rows, weighting=weighting)
+    twin_told: list[tuple[int, int]] = []
+    read = cache.get(fp32, fcs, rows, weighting=weighting, progress=lambda done, total: twin_told.append((done, total)))
     assert cache.from_twin == cache.collected == len(fcs) == 12
+    assert twin_told[0][0] == 0 and twin_told[-1][0] == twin_told[-1][1] >= 1  # the twin's batches
+    told_before = len(twin_told)
+    cache.get(fp32, fcs, rows, weighting=weighting, progress=lambda done, total: twin_told.append((done, total)))
+    assert cache.collected == 12 and len(twin_told) == told_before  # a hit: nothing collected, nothing told
     for buffer in fcs:
         scale = np.abs(tapped[buffer]).max()
         np.testing.assert_allclose(read[buffer][0], tapped[buffer], rtol=1e-4, atol=1e-5 * scale)

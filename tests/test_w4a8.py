@@ -35,7 +35,13 @@ def graphs(tiny_model_factory, tmp_path_factory):
     texts = load_texts().texts
     batches = make_batches(source, texts[:48])
     tables = work / "tables.onnx"
-    quantize_tables_int4(fp32, tables, Int4Config(embedding_min_elements=1000))
+    told: list[tuple[int, int]] = []
+    made = quantize_tables_int4(fp32, tables, Int4Config(embedding_min_elements=1000),
+                                lambda done, total: told.append((done, total)))
+    rows = sum(table["shape"][0] for table in made)
+    # the clip search's rows, every table together, from none to all
+    assert made and told[0] == (0, rows) and told[-1] == (rows, rows)
+    assert [done for done, _ in told] == sorted(done for done, _ in told)
     pack_projections(tables, work / "packed.onnx")
     smooth_activations(work / "packed.onnx", work / "smooth.onnx", batches,
                        SmoothConfig(weight_shapes=((32, 64), (32, 32), (32, 96))))
@@ -74,6 +80,9 @@ def test_grid_params_fit_blocks_inside_the_int8_range():
 def test_unpacked_weights_are_exact_and_fold_into_the_int8_gemm(graphs, tmp_path):
     weights = W4A8Weights(graphs["int8"], graphs["split"], graphs["smooth"], graphs["batches"], graphs["qrange"])
     assert len(weights.weights) == 8  # 2 layers x (QKV, attention out, FFN in, FFN out)
+    told: list[tuple[int, int]] = []
+    weights.solve(lambda done, total: told.append((done, total)))  # the size search's start, counted
+    assert told == [(k, 8) for k in range(9)]
     four = set(weights.weights)
     model = weights.build(four)
     weights.check(model, four)  # the graph computes exactly the codes' int8 values

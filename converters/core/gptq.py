@@ -268,10 +268,12 @@ class Int8Rounding:
         policy: HessianPolicy | None = None,
         pair_limit: int = 0,
         progress: BatchProgress | None = None,
+        solve_progress: Callable[[int, int], None] | None = None,
     ):
         """float_path: the graph that was quantized (weights by name). stats_path: a graph
         computing the same MatMul inputs with [batch, sequence, K] shapes (before passes that
-        slice the sequence), run on `batches` for the Hessians (told to `progress` as they go)."""
+        slice the sequence), run on `batches` for the Hessians (told to `progress` as they go).
+        `solve_progress(done, weights)`: apply()'s GPTQ solves of weights not solved before."""
         import onnx
         from onnx import numpy_helper
 
@@ -289,6 +291,7 @@ class Int8Rounding:
             and len(inits[node.input[1]].dims) == 2
         }
         self._stats_path, self._batches, self._progress = Path(stats_path), batches, progress
+        self._solve_progress = solve_progress
         self._hessians: dict[str, np.ndarray] | None = None
         self._codes: dict[str, np.ndarray] = {}  # weight -> int codes (valid for one scale)
 
@@ -345,6 +348,11 @@ class Int8Rounding:
         model = onnx.load(str(quantized_path))
         inits = {i.name: i for i in model.graph.initializer}
         changed = []
+        unsolved = [name for name in self.weights if f"{name}_quantized" in inits and name not in self._codes]
+        tell = self._solve_progress if unsolved and self._solve_progress is not None else (lambda done, total: None)
+        if unsolved:
+            self.hessian(unsolved[0])  # the pass over the batches, counted apart
+        tell(0, len(unsolved))
         for name, weight in self.weights.items():
             quantized = inits.get(f"{name}_quantized")
             if quantized is None:  # kept in FP32 by the caller
@@ -372,6 +380,8 @@ class Int8Rounding:
                 )
             grid = self._grid(name, scale)
             codes = self.codes(name, grid).astype(np.int8)
+            if name in unsolved:
+                tell(unsolved.index(name) + 1, len(unsolved))
             if self.pair_limit:
                 worst = int(pair_sums(codes).max())
                 if worst > self.pair_limit:  # guarded by the row quantizer; never ship a saturating code

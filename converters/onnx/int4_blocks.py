@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from converters._errors import ConversionError, UnsupportedModelError
+
+# Told (rows done, rows) as a clip search goes.
+StepProgress = Callable[[int, int], None]
 
 INT4_OPSET = 21  # INT4/UINT4 tensors need opset 21 (and IR version 10)
 # Shrink ratios of a block's min and max tried by clip_search. 16 x 16 pairs; the prototype's
@@ -48,24 +54,47 @@ def _blocks(matrix: np.ndarray, block: int) -> np.ndarray:
 _CLIP_STEP_ELEMENTS = 1 << 16
 
 
-def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray):
+def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray,
+                 progress: StepProgress | None = None):
     """Per block [.., block]: 4-bit asymmetric (q, scale, zero_point) from the grid of (min, max)
     shrink ratios with the least importance-weighted squared error. `importance` broadcasts
     against `blocks` (E[x^2] per input channel) or is None (plain squared error). The grid
     contains (1, 1), plain round-to-nearest, so the error never exceeds RTN's. Runs over the
-    leading axis in cache-sized steps (_CLIP_STEP_ELEMENTS)."""
+    leading axis in cache-sized steps (_CLIP_STEP_ELEMENTS), on _clip_threads() threads (numpy
+    releases the GIL inside each pass; every step is computed alone, so the result is the same
+    bytes whatever the thread count); `progress(rows done, rows)` hears each finished step."""
     if importance is not None and importance.ndim == blocks.ndim and importance.shape[0] not in (1, blocks.shape[0]):
         raise ValueError(f"importance {importance.shape} does not broadcast against blocks {blocks.shape}")
+    total = blocks.shape[0]
     rows = max(1, _CLIP_STEP_ELEMENTS // max(1, int(np.prod(blocks.shape[1:]))))
-    if blocks.shape[0] <= rows:
-        return _clip_search_rows(blocks, importance, ratios)
-    parts = []
-    for start in range(0, blocks.shape[0], rows):
+    if total <= rows:
+        result = _clip_search_rows(blocks, importance, ratios)
+        if progress is not None:
+            progress(total, total)
+        return result
+
+    def step(start: int):
         weight = importance
-        if importance is not None and importance.ndim == blocks.ndim and importance.shape[0] == blocks.shape[0]:
+        if importance is not None and importance.ndim == blocks.ndim and importance.shape[0] == total:
             weight = importance[start : start + rows]  # one importance row per block row
-        parts.append(_clip_search_rows(blocks[start : start + rows], weight, ratios))
+        return _clip_search_rows(blocks[start : start + rows], weight, ratios)
+
+    starts = range(0, total, rows)
+    parts = []
+    with ThreadPoolExecutor(max_workers=_clip_threads()) as pool:
+        # map() keeps the order of the steps; results are told as they come in that order.
+        for start, part in zip(starts, pool.map(step, starts)):
+            parts.append(part)
+            if progress is not None:
+                progress(min(start + rows, total), total)
     return tuple(np.concatenate(part) for part in zip(*parts))
+
+
+def _clip_threads() -> int:
+    """Threads of the clip search: the CPUs this process may use (MiniLM's word table on 2 cores:
+    7.9 s on one thread, 3.5 s on two; benchmarks/RESULTS.md run AZ)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus)
 
 
 def _clip_search_rows(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray):
@@ -116,12 +145,13 @@ def _clip_matmul_weight(
     return {"_Q4": _pack_nibbles(q), "_scales": scale, "_zero_points": _pack_nibbles(zero)}
 
 
-def _clip_table(table: np.ndarray, block: int) -> dict[str, Any]:
-    """GatherBlockQuantized UINT4 initializers for table [rows, dim], blocks along dim."""
+def _clip_table(table: np.ndarray, block: int, progress: StepProgress | None = None) -> dict[str, Any]:
+    """GatherBlockQuantized UINT4 initializers for table [rows, dim], blocks along dim
+    (`progress`: the clip search's rows, _clip_search)."""
     from onnx import TensorProto
 
     rows, dim = table.shape
-    q, scale, zero = _clip_search(_blocks(table.T, block), None, _TABLE_RATIOS)
+    q, scale, zero = _clip_search(_blocks(table.T, block), None, _TABLE_RATIOS, progress)
     q = q.reshape(rows, -1)[:, :dim]
     # ONNX packs INT4/UINT4 over the flattened tensor, not per row (odd totals get one pad nibble).
     flat_q, flat_zero = q.reshape(-1), zero.reshape(-1)

@@ -433,11 +433,13 @@ def _check_result(
         raise ConversionError(f"INT4 pass: {wrong} were not rewritten as planned in {path}")
 
 
-def quantize_tables_int4(model_path: Path, out_path: Path, config: Int4Config) -> list[dict[str, Any]]:
+def quantize_tables_int4(model_path: Path, out_path: Path, config: Int4Config,
+                         progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Embedding tables only: every large Gather table of `model_path` becomes
     GatherBlockQuantized UINT4 (blocks of `config.embedding_block_size` along the row, values
     from the clip search), written to `out_path` at opset 21. MatMuls are left as they are,
-    for passes that store them their own way (quantize_w4a8). Returns what changed."""
+    for passes that store them their own way (quantize_w4a8). Returns what changed.
+    `progress(rows done, rows)`: the clip search's table rows, all tables together."""
     import onnx
 
     model = _to_opset21(onnx.load(str(model_path)))
@@ -445,8 +447,13 @@ def quantize_tables_int4(model_path: Path, out_path: Path, config: Int4Config) -
     _, tables = _targets(model, config.embedding_min_elements)
     inits = {i.name: i for i in model.graph.initializer}
     parts = _ort_quantize(model, tables, "Gather", 4, config.embedding_block_size, config.accuracy_level)
+    total, before = sum(inits[table].dims[0] for table in tables.values()), 0
+    if progress is not None and tables:
+        progress(0, total)
     for node, table in tables.items():
-        values = _clip_table(_float_array(inits[table]), config.embedding_block_size)
+        told = None if progress is None else (lambda done, _rows, base=before: progress(base + done, total))
+        values = _clip_table(_float_array(inits[table]), config.embedding_block_size, told)
+        before += inits[table].dims[0]
         _with_values(parts, node, values)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))

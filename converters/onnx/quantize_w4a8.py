@@ -202,6 +202,16 @@ class W4A8Weights:
             self._four[weight] = _Codes(codes.astype(np.uint8), step, zero, rows, row_values)
         return self._four[weight]
 
+    def solve(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Every weight's 4-bit codes (the size search starts from all of them), told to
+        `progress(weights done, weights)` after the Hessians' own pass."""
+        tell = progress or (lambda done, total: None)
+        self._rounding.hessian(self.weights[0])  # the one pass over the batches, counted apart
+        tell(0, len(self.weights))
+        for done, weight in enumerate(self.weights, 1):
+            self.four_bit(weight)
+            tell(done, len(self.weights))
+
     def unpacked(self, weight: str) -> np.ndarray:
         """The int8 values the 4-bit form of `weight` stands for (what the graph computes)."""
         if weight not in self._unpacked:

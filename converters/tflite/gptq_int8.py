@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from converters._console import count
 from converters._errors import ConversionError
 from converters.core.gptq import GPTQ_POLICY, HessianPolicy, HessianSource
 from converters.tflite.edge_quantizer import QuantizerSession, scoped_entries
@@ -100,9 +101,10 @@ def write_int8(
             problems.append(f"{weight.name}: codes are not round-to-nearest on its scales")
             continue
         if buffer not in codes:  # the scales depend on the weight only: reused by every build
+            if not codes:
+                progress(count("GPTQ rounding, weight", index - 1, len(weights)))
             codes[buffer] = gptq_int8(floats[buffer], hessians.hessian(buffer), scales, damp)
-            if index % 12 == 0 or index == len(weights):
-                progress(f"GPTQ: {index}/{len(weights)} weights rounded")
+            progress(count("GPTQ rounding, weight", index, len(weights)))
         stored[:] = codes[buffer]
         written += 1
     if problems:
@@ -139,7 +141,9 @@ class Int8Builder:
             f"GPTQ: input statistics of {len(self.fcs)} FULLY_CONNECTED weights, "
             f"{len(hessian_rows)} rows"
         )
-        self.hessians = TfliteHessians(fp32_path, self.fcs, hessian_rows, self.policy.weighting, hessians)
+        self.hessians = TfliteHessians(fp32_path, self.fcs, hessian_rows, self.policy.weighting, hessians,
+                                       progress=lambda done, total: progress(count("GPTQ input statistics, step",
+                                                                                   done, total)))
         self.codes: dict[int, np.ndarray] = {}
         self.quantizer = QuantizerSession(fp32_path)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.core._activations import GramSums, token_rows
+from converters.core._activations import BatchProgress, GramSums, token_rows
 from converters.tflite.flatbuffer import Weight
 from converters.tflite.signatures import Signatures
 
@@ -54,18 +54,22 @@ def with_prefixes(
 
 
 def collect_hessians(
-    path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]], weighting: str = "row"
+    path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]], weighting: str = "row",
+    progress: BatchProgress | None = None,
 ) -> dict[int, np.ndarray]:
     """E[x^T x] of each FC weight's input over the real tokens of every row, summed over the
     signatures sharing it. weighting "row": each row weighted alike (a short row counts as much
-    as a long one); "token": every token alike (HessianPolicy, converters/core/gptq.py)."""
+    as a long one); "token": every token alike (HessianPolicy, converters/core/gptq.py).
+    `progress(rows done, rows)` hears the pass over the rows."""
     signatures = Signatures(path, preserve=True)
     by_subgraph: dict[int, list[tuple[int, int]]] = {}
     for weight in weights.values():
         for subgraph, tensor in weight.inputs:
             by_subgraph.setdefault(subgraph, []).append((weight.buffer, tensor))
     grams = GramSums()  # one product per weight over many rows: per-row products were 90% of the time
-    for row in rows:
+    tell = progress or (lambda done, total: None)
+    tell(0, len(rows))
+    for done, row in enumerate(rows, 1):
         n = row["attention_mask"].shape[1]
         _, length, subgraph = signatures.run(row)
         for buffer, tensor in by_subgraph.get(subgraph, []):
@@ -77,6 +81,7 @@ def collect_hessians(
             if weighting == "row":
                 x /= np.sqrt(len(x))
             grams.add(buffer, x)
+        tell(done, len(rows))
     return {buffer: h / len(rows) for buffer, h in grams.sums().items()}
 
 
@@ -133,10 +138,12 @@ def _twin_inputs(graph) -> dict[str, tuple[str, tuple[np.ndarray, np.ndarray] | 
 
 
 def onnx_twin_hessians(
-    path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]], twin: Path, weighting: str = "row"
+    path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]], twin: Path, weighting: str = "row",
+    progress: BatchProgress | None = None,
 ) -> dict[int, np.ndarray] | None:
     """What collect_hessians returns, read from `twin` (the plain FP32 ONNX export of the same
-    model) by onnxruntime; None when a weight has no twin there (the interpreter must tap)."""
+    model) by onnxruntime; None when a weight has no twin there (the interpreter must tap).
+    `progress(batches done, batches)` hears onnxruntime's pass."""
     import onnx
 
     from converters.tflite.flatbuffer import float_weights
@@ -165,7 +172,7 @@ def onnx_twin_hessians(
     sources = {(x, norm is not None): norm for x, norm in matched.values()}
     grams = GramSums()
     tensors = sorted({x for x, _ in sources})
-    for feeds, values in zip(batches, token_rows(twin, tensors, batches)):
+    for feeds, values in zip(batches, token_rows(twin, tensors, batches, progress)):
         lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
         for (x_name, normalized), norm in sources.items():
             x = values[x_name].astype(np.float64)
@@ -209,8 +216,10 @@ class HessianCache:
         self.from_twin = 0  # of those, read from the ONNX twin rather than the interpreter
 
     def get(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
-            source: Path | None = None, weighting: str = "row") -> dict[int, tuple[np.ndarray, str]]:
-        """{buffer: (Hessian, what it was read with: TWIN or INTERPRETER)} for `weights`."""
+            source: Path | None = None, weighting: str = "row",
+            progress: BatchProgress | None = None) -> dict[int, tuple[np.ndarray, str]]:
+        """{buffer: (Hessian, what it was read with: TWIN or INTERPRETER)} for `weights`;
+        `progress(done, total)` hears a collection's pass (batches of the twin, or rows)."""
         key = (str(Path(source or path).resolve()), _rows_digest(rows), weighting)
         store = self._store.setdefault(key, {})
         # By the first op reading the weight: compact_copy keeps ops in place, not buffer indices.
@@ -218,9 +227,10 @@ class HessianCache:
         missing = {b: w for b, w in weights.items() if use[b] not in store}
         if missing:
             origin = self.TWIN
-            found = None if self.twin is None else onnx_twin_hessians(path, missing, rows, self.twin, weighting)
+            found = None if self.twin is None else onnx_twin_hessians(path, missing, rows, self.twin, weighting,
+                                                                      progress)
             if found is None:
-                origin, found = self.INTERPRETER, collect_hessians(path, missing, rows, weighting)
+                origin, found = self.INTERPRETER, collect_hessians(path, missing, rows, weighting, progress)
             else:
                 self.from_twin += len(missing)
             for buffer, hessian in found.items():
@@ -244,8 +254,10 @@ class TfliteHessians:
     Hessians of `weights` (by FP32 buffer) of the model at `path` on `rows`, through `cache`."""
 
     def __init__(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
-                 weighting: str, cache: HessianCache | None = None, source: Path | None = None):
-        found = (cache or HessianCache()).get(path, weights, rows, source=source, weighting=weighting)
+                 weighting: str, cache: HessianCache | None = None, source: Path | None = None,
+                 progress: BatchProgress | None = None):
+        found = (cache or HessianCache()).get(path, weights, rows, source=source, weighting=weighting,
+                                              progress=progress)
         self._hessians = {b: hessian for b, (hessian, _) in found.items()}
         # For the manifest: what the statistics were read with.
         self.origin = ", ".join(sorted({origin for _, origin in found.values()}))

@@ -44,16 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from converters._console import count
 from converters._errors import AccuracyError, ConversionError
 from converters.core.gptq import GPTQ_POLICY
-from converters.core.search import (
-    RANKING_TEXTS,
-    Budget,
-    Floor,
-    LaneScorer,
-    ProbeSpace,
-    greedy_search,
-)
+from converters.core.search import RANKING_TEXTS, Budget, Floor, LaneScorer, ProbeSpace, greedy_search
 from converters.tflite.config import GptqInt4Config
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_counts
@@ -151,14 +145,14 @@ def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Sc
 
 def _smoothed(in_path: Path, out_path: Path, rows: list[dict[str, np.ndarray]], weighting: str,
               hessians: HessianCache, alpha: float | None, progress: Progress) -> tuple[Path, dict[str, Any] | None]:
-    """(the FP32 model the recipe quantizes, what smoothing did): with `alpha`, `in_path` with
-    SmoothQuant-scaled FC inputs (smooth.py) written next to `out_path`, its Hessians on `rows`
-    derived from the original's and put in `hessians`; None: `in_path` itself."""
+    """(the FP32 model the recipe quantizes, what smoothing did): with `alpha`, `in_path` with SmoothQuant-scaled
+    FC inputs (smooth.py) next to `out_path`, Hessians derived and put in `hessians`; None: `in_path` itself."""
     if alpha is None:
         return in_path, None
     fcs = {b: w for b, w in find_weights(in_path).items() if w.kind == FC}
     progress(f"smoothing the inputs of {len(fcs)} FULLY_CONNECTED weights (SmoothQuant, alpha {alpha})")
-    found = hessians.get(in_path, fcs, rows, weighting=weighting)
+    told = lambda done, total: progress(count("input statistics, step", done, total))  # noqa: E731
+    found = hessians.get(in_path, fcs, rows, weighting=weighting, progress=told)
     path = out_path.with_name(out_path.stem + ".smoothed.tflite")
     smoothing = smooth_fc_inputs(in_path, path, {b: h for b, (h, _) in found.items()}, alpha)
     origin = ", ".join(sorted({o for _, o in found.values()})) + ", rescaled by the smoothing"
