@@ -46,7 +46,7 @@ def _tflite_fp32(step: Step) -> Path:
             waiting = time.perf_counter()
             step.progress(f"waiting for the TFLite export (started {background.seconds():.0f} s ago in a "
                           "second process)")
-            info, why = background.result()
+            info, why = background.result(step.counted("TFLite export in the second process (litert-torch), stage"))
             if info is None:
                 step.progress(f"the TFLite export process failed ({why}): exporting here instead")
             else:
@@ -54,7 +54,8 @@ def _tflite_fp32(step: Step) -> Path:
                               f"start; waited {time.perf_counter() - waiting:.1f} s for it)")
         if info is None:
             step.progress(f"exporting TFLite with litert-torch (signatures for {key[1]} tokens)")
-            info = export_tflite(step.source, path, TfliteExportConfig(buckets=key[1]))
+            info = export_tflite(step.source, path, TfliteExportConfig(buckets=key[1]),
+                                 step.counted("TFLite export (litert-torch), stage"))
         step.cache[key] = (path, info)
     return step.cache[key][0]
 

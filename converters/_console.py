@@ -111,6 +111,7 @@ class _Count:
     total: int
     started: float
     done: int = 0
+    first_done: int = 0  # steps already done at its first message: the pace counts the ones after
     printed_at: float = float("-inf")  # the first message of a count always prints
     printed_tenth: int = -1
 
@@ -157,10 +158,10 @@ class ProgressPrinter:
     def eta(self) -> float | None:
         """Seconds left in the current count, from its average pace so far (None: no pace yet)."""
         current = self._count
-        if current is None or current.done == 0:
+        if current is None or current.done <= current.first_done:
             return None
         elapsed = self.clock() - current.started
-        return elapsed / current.done * (current.total - current.done)
+        return elapsed / (current.done - current.first_done) * (current.total - current.done)
 
     def line(self, message: str) -> None:
         """A plain progress line (also the way `--verbose` echoes captured lines)."""
@@ -185,10 +186,11 @@ class ProgressPrinter:
             or current.total != total
             or done < current.done
         ):
-            # A new count. Its clock starts at its 0/total message, or, if the loop reported
-            # only after its first step, now (the ETA then catches up after one more step).
+            # A new count. Its clock starts at its first message, 0/total or, if the loop reported
+            # only after some steps (or is followed from its middle: a second process), now; the
+            # pace counts the steps after it.
             self._clear_bar()
-            current = self._count = _Count(label, total, now)
+            current = self._count = _Count(label, total, now, first_done=done)
         current.done = done
         finished = done == total
         if self.tty:

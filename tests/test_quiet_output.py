@@ -74,6 +74,19 @@ def test_count_messages_survive_a_prefix_and_other_messages_are_not_counts():
         assert parse_count(message) is None, message
 
 
+def test_a_count_followed_from_its_middle_paces_only_the_steps_seen():
+    """A count whose first message is past 0 (a loop that reports after its first step, or a
+    second process followed once the conversion waits for it) starts its clock there: the ETA
+    is the pace of the steps after it, not of all done ones."""
+    clock, stream = _Clock(), io.StringIO()
+    printer = ProgressPrinter(stream, started=0.0, tty=False, clock=clock)
+    printer(count("export, stage", 6, 12))
+    assert printer.eta() is None  # no step seen yet
+    clock.now = 5.0
+    printer(count("export, stage", 7, 12))
+    assert printer.eta() == pytest.approx(25.0)  # 5 s a step, 5 left (not 5/7 s a step)
+
+
 def test_eta_is_the_average_pace_times_what_is_left():
     clock, stream = _Clock(), io.StringIO()
     printer = ProgressPrinter(stream, started=0.0, tty=False, clock=clock)

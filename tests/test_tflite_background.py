@@ -23,13 +23,66 @@ def _sha(path) -> str:
 def test_the_background_export_writes_the_in_process_file(tiny_model_factory, tmp_path):
     model = tiny_model_factory("bert", "feature-extraction")
     source = load_source(model)
-    here = export_tflite(source, tmp_path / "here.tflite", CONFIG)
+    stages: list[tuple[int, int]] = []
+    here = export_tflite(source, tmp_path / "here.tflite", CONFIG, lambda done, total: stages.append((done, total)))
+    # litert-torch's stages, told as a count: per signature an export and a lowering, then FX
+    # passes, merging, the converter's passes and the write
+    assert stages == [(k, 8) for k in range(9)]
     background = BackgroundExport(model, source.task, source.weights_sha256, tmp_path / "there.tflite", CONFIG)
-    there, why = background.result()
+    followed: list[tuple[int, int]] = []
+    there, why = background.result(lambda done, total: followed.append((done, total)))
     assert why == "" and there is not None
+    # the child's stages, followed from wherever it was when the wait began, up to the last
+    assert followed and followed[-1] == (8, 8) and followed == sorted(followed)
     assert _sha(tmp_path / "there.tflite") == _sha(tmp_path / "here.tflite")
     for key in ("signatures", "input_names", "output_names", "op_counts", "bytes"):
         assert there[key] == here[key]
+
+
+def test_litert_torch_stages_are_counted_through_wrapped_lines():
+    """litert-torch prints its progress tree through rich, wrapped at the console's width: a
+    stage's line may continue on the next (a long output path, a narrow console). Only the
+    top-level stages count, however the text arrives; the text is kept whole for errors."""
+    from converters.tflite.export import _StageTap
+
+    text = (
+        "(00:00) [START] LiteRT-Torch Convert\n"
+        "(00:03) [ DONE] LiteRT-Torch Convert > Torch Export: seq16 > ExportedProgram Run\nDecompositions (+00:02)\n"
+        "(00:03) [ DONE] LiteRT-Torch Convert > Torch Export: seq16 (+00:03)\n"
+        "(00:08) [ DONE] LiteRT-Torch Convert > Lower to MLIR: seq16 > Create MLIR Module\n(+00:00)\n"
+        "(00:13) [ DONE] LiteRT-Torch Convert > Run LiteRT Converter\nPasses (+00:01)\n"
+        "(00:13) [ DONE] LiteRT-Torch Convert (+00:13)\n"
+        "(00:00) [START] Write Model to /tmp/a/b.tflite\n"
+        "(00:00) [ DONE] Write Model to\n/tmp/a/b.tflite (+00:00)\n"
+        "(00:00) [ DONE] LiteRT-Torch Convert > More Stages Than Expected (+00:00)\n"
+    )
+    told: list[tuple[int, int]] = []
+    tap = _StageTap(4, lambda done, total: told.append((done, total)))
+    for start in range(0, len(text), 17):  # in pieces, as a stream is written
+        tap.write(text[start : start + 17])
+    assert told == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # never past the total
+    assert tap.getvalue() == text
+
+
+def test_only_the_last_stage_sent_before_the_wait_is_told(monkeypatch):
+    """Stages the child finished while the conversion was busy elsewhere are not replayed: the
+    wait starts from the latest, then tells each one as it comes."""
+    import multiprocessing
+
+    background = BackgroundExport.__new__(BackgroundExport)
+    background._answers, sender = multiprocessing.Pipe(duplex=False)
+    for done in range(4):
+        sender.send(("stage", done, 8))
+    told: list[tuple[int, int]] = []
+
+    def answer_later(done, total):
+        told.append((done, total))
+        if len(told) == 1:  # the child goes on while the parent waits
+            sender.send(("stage", 4, 8))
+            sender.send(("done", {"bytes": 1}))
+
+    assert background._wait(answer_later) == ("done", {"bytes": 1})
+    assert told == [(3, 8), (4, 8)]
 
 
 def test_a_refusal_comes_back_as_the_in_process_error(tiny_model_factory, tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,14 @@ def _stop_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _tell(answer, done: int, total: int) -> None:
+    """In the child: a finished litert-torch stage, for the parent to show once it waits."""
+    try:
+        answer.send(("stage", done, total))
+    except OSError:  # the parent stopped listening: the export goes on
+        pass
+
+
 def _child(model_dir: str | None, task: str, weights_sha256: str, out_path: str, config: TfliteExportConfig,
            answer, parent: int) -> None:
     """Runs in the spawned process: load the model, check it is the parent's, export, answer."""
@@ -106,7 +115,8 @@ def _child(model_dir: str | None, task: str, weights_sha256: str, out_path: str,
         if source.weights_sha256 != weights_sha256:
             raise ConversionError(f"{source.name}: its weights changed during the conversion (sha256 "
                                   f"{source.weights_sha256[:12]}..., was {weights_sha256[:12]}...)")
-        outcome: tuple[str, Any] = ("done", export_tflite(source, Path(out_path), config))
+        outcome: tuple[str, Any] = ("done", export_tflite(source, Path(out_path), config,
+                                                          lambda done, total: _tell(answer, done, total)))
     except ConversionError as exc:
         outcome = ("refused", str(exc))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which exports itself
@@ -140,13 +150,15 @@ class BackgroundExport:
         """Since the child was started."""
         return time.perf_counter() - self.started
 
-    def result(self) -> tuple[dict[str, Any] | None, str]:
+    def result(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any] | None, str]:
         """(what export_tflite returned, "") once the child is done, or (None, why) when it died
         without an answer: the caller then exports in its own process. A litert-torch refusal
-        raises the ConversionError the in-process export would have raised."""
+        raises the ConversionError the in-process export would have raised. `progress(done,
+        total)` hears the export's stages while this waits: first the last one finished before,
+        then each as it finishes."""
         if self._outcome is None:
             try:
-                self._outcome = self._answers.recv()
+                self._outcome = self._wait(progress or (lambda done, total: None))
             except EOFError:
                 self._process.join()
                 self._outcome = ("failed", f"the export process ended (exit code {self._process.exitcode}) "
@@ -159,6 +171,23 @@ class BackgroundExport:
         if kind == "refused":
             raise ConversionError(value)
         return None, value
+
+    def _wait(self, progress: Callable[[int, int], None]) -> tuple[str, Any]:
+        """The child's answer; its stage messages on the way are told to `progress` (those sent
+        while nobody waited, only the last)."""
+        latest = None
+        while self._answers.poll(0):
+            message = self._answers.recv()
+            if message[0] != "stage":
+                return message
+            latest = message
+        if latest is not None:
+            progress(*latest[1:])
+        while True:
+            message = self._answers.recv()
+            if message[0] != "stage":
+                return message
+            progress(*message[1:])
 
     def stop(self) -> None:
         """End the child if it still runs (the conversion failed or was interrupted)."""

@@ -22,8 +22,10 @@ import collections
 import contextlib
 import io
 import logging
+import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,10 +172,54 @@ def ops_outside_delegate(interpreter) -> dict[str, Any] | None:
     }
 
 
+# litert-torch's progress tree (rich's console, wrapped at its width): "(00:08) [ DONE] LiteRT-Torch
+# Convert > Lower to MLIR: seq64 (+00:03)"; a line that does not start with "(MM:SS) [" continues the
+# one before. Top-level stages: per signature a torch.export and a lowering, then FX passes, merging,
+# the converter's passes, and "Write Model to PATH" (_stage_count).
+_LINE_START = re.compile(r"^\(\d+:\d+\) \[")
+_DONE = re.compile(r"^\(\d+:\d+\) \[ DONE\] (?P<stack>.*) \(\+\d+:\d+\)$")
+
+
+def _stage_count(signatures: int) -> int:
+    return 2 * signatures + 4
+
+
+def _top_level(stack: str) -> bool:
+    parts = stack.split(" > ")
+    return (len(parts) == 2 and parts[0] == "LiteRT-Torch Convert") or (len(parts) == 1 and stack.startswith("Write Model"))
+
+
+class _StageTap(io.StringIO):
+    """litert-torch's stdout, kept whole for error messages, its finished top-level stages told
+    to `progress(done, total)` as they are printed. A tree that no longer looks like this (another
+    litert-torch release) is only kept: no count, and never one past `total`."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None):
+        super().__init__()
+        self.total, self.done, self._progress = total, 0, progress
+        self._partial, self._line = "", ""  # the unfinished physical line; the logical line so far
+        if progress is not None:
+            progress(0, total)
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self._progress is not None:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                self._line = line.rstrip() if _LINE_START.match(line) else f"{self._line} {line.strip()}"
+                done = _DONE.match(self._line)
+                if done and _top_level(done["stack"]) and self.done < self.total:
+                    self.done += 1
+                    self._progress(self.done, self.total)
+        return written
+
+
 def export_tflite(
-    source: SourceModel, out_path: Path, config: TfliteExportConfig
+    source: SourceModel, out_path: Path, config: TfliteExportConfig,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Convert `source` into one .tflite at `out_path`; returns what was produced.
+    """Convert `source` into one .tflite at `out_path`; returns what was produced. `progress(done,
+    total)` hears litert-torch's stages (_StageTap): the export takes tens of seconds.
 
     Precondition: `source` is a loaded SourceModel (any supported type and task).
     Postcondition (checked on the written file): one signature per kept bucket, named
@@ -192,8 +238,8 @@ def export_tflite(
     started = time.perf_counter()
     converter = litert_torch
     # litert-torch prints a progress tree on stdout; the pipeline has its own progress lines. It is
-    # kept for the error message.
-    printed = io.StringIO()
+    # kept for the error message, and its stages counted.
+    printed = _StageTap(_stage_count(len(buckets)), progress)
     with contextlib.redirect_stdout(printed), warnings.catch_warnings():
         # torch.export deprecation warnings raised inside torch's own pytree code (copyreg:
         # "isinstance(treespec, LeafSpec) is deprecated"), once per signature: not ours to fix.
