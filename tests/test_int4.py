@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -218,3 +220,31 @@ def test_errors_say_what_to_fix(exported, tmp_path):
         quantize_int4(path, tmp_path / "x.onnx", Int4Config(int8_nodes=("nope",)), calibration)
     with pytest.raises(ValueError, match="calibration batches"):
         quantize_int4(path, tmp_path / "x.onnx", Int4Config(), [])
+
+
+def test_a_clip_search_stopped_midway_leaves_no_step_running(monkeypatch):
+    """An error (or a Ctrl-C) raised while the steps run stops the search: the steps not started
+    are cancelled instead of run to the end before the error reaches the caller."""
+    from converters.onnx import int4_blocks
+
+    blocks = np.random.default_rng(3).standard_normal((40, 2, 32)).astype(np.float32)
+    monkeypatch.setattr(int4_blocks, "_CLIP_STEP_ELEMENTS", 2 * 32)  # 40 steps of one row
+    monkeypatch.setattr(int4_blocks, "_clip_threads", lambda: 2)
+    ran: list[int] = []
+    plain = int4_blocks._clip_search_rows
+
+    def counted(rows, importance, ratios):
+        ran.append(1)
+        if len(ran) > 3:  # later steps are slow: the stop arrives while they queue
+            time.sleep(0.2)
+        return plain(rows, importance, ratios)
+
+    monkeypatch.setattr(int4_blocks, "_clip_search_rows", counted)
+
+    def stop(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        int4_blocks._clip_search(blocks, None, np.linspace(0.7, 1.0, 3, dtype=np.float32), stop)
+    assert len(ran) <= 8  # the running steps finish; the queued ones never start

@@ -81,12 +81,15 @@ def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.n
 
     starts = range(0, total, rows)
     parts = []
-    with ThreadPoolExecutor(max_workers=_clip_threads()) as pool:
+    pool = ThreadPoolExecutor(max_workers=_clip_threads())
+    try:
         # map() keeps the order of the steps; results are told as they come in that order.
         for start, part in zip(starts, pool.map(step, starts)):
             parts.append(part)
             if progress is not None:
                 progress(min(start + rows, total), total)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a Ctrl-C waits for the running steps only
     return tuple(np.concatenate(part) for part in zip(*parts))
 
 
