@@ -55,6 +55,12 @@ def count(label: str, done: int, total: int) -> str:
     return f"{label} {done}/{total}"
 
 
+def counter(progress: Callable[[str], None], label: str) -> Callable[[int, int], None]:
+    """A `(done, total)` callback that tells `progress` a `count` of `label`: what passes that
+    count their steps take, for callers that speak progress messages."""
+    return lambda done, total: progress(count(label, done, total))
+
+
 def parse_count(message: str) -> tuple[str, int, int] | None:
     """(label, done, total) of a `count` message, possibly prefixed on its way ("[name] ..."),
     or None for any other message."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._console import count
+from converters._console import counter
 from converters._errors import AccuracyError
 from converters.core.validate import Reference, floor_failures
 from converters.inputs.source import SourceModel
@@ -86,7 +86,7 @@ class Step:
 
     def counted(self, label: str) -> Callable[[int, int], None]:
         """A long step told as a count: "`label` done/total" (the console adds a bar and an ETA)."""
-        return lambda done, total: self.progress(count(label, done, total))
+        return counter(self.progress, label)
 
     def batches_counted(self, label: str) -> Callable[[int, int], None]:
         """A pass over calibration batches told as a count: "`label`, batch done/total"."""

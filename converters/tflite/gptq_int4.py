@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._console import count as counted
+from converters._console import counter
 from converters._errors import AccuracyError, ConversionError
 from converters.tflite.config import BLOCK, GptqInt4Config
 from converters.tflite.edge_quantizer import QuantizerSession, scoped_entries
@@ -236,15 +236,15 @@ class Int4Builder:
         policy = self.config.gptq_policy()
         source = TfliteHessians(self.fp32_path, {w.buffer: w for w in self.int4}, rows, policy.weighting,
                                 hessians, self.source,
-                                progress=lambda done, total: progress(counted("GPTQ input statistics, step",
-                                                                              done, total)))
+                                progress=counter(progress, "GPTQ input statistics, step"))
         self.hessians_from = source.origin
-        progress(counted("GPTQ rounding, weight", 0, count))
+        rounded = counter(progress, "GPTQ rounding, weight")
+        rounded(0, count)
         for index, weight in enumerate(self.int4, 1):
             self.codes[weight.buffer] = gptq_int4(
                 self.floats[weight.buffer], source.hessian(weight.buffer), policy.damp
             )
-            progress(counted("GPTQ rounding, weight", index, count))
+            rounded(index, count)
 
     def check_some_int4(self) -> None:
         if not self.int4:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._console import count
+from converters._console import counter
 from converters._errors import ConversionError
 from converters.core.gptq import GPTQ_POLICY, HessianPolicy, HessianSource
 from converters.tflite.edge_quantizer import QuantizerSession, scoped_entries
@@ -73,6 +73,7 @@ def write_int8(
     data = bytearray(Path(path).read_bytes())
     model = fb.Model.GetRootAs(data, 0)
     problems, written = [], 0
+    rounded = counter(progress, "GPTQ rounding, weight")
     for index, (buffer, weight) in enumerate(weights.items(), 1):
         targets, scales = set(), None
         for _, tensor in weight_tensors(model, weight):
@@ -102,9 +103,9 @@ def write_int8(
             continue
         if buffer not in codes:  # the scales depend on the weight only: reused by every build
             if not codes:
-                progress(count("GPTQ rounding, weight", index - 1, len(weights)))
+                rounded(index - 1, len(weights))
             codes[buffer] = gptq_int8(floats[buffer], hessians.hessian(buffer), scales, damp)
-            progress(count("GPTQ rounding, weight", index, len(weights)))
+            rounded(index, len(weights))
         stored[:] = codes[buffer]
         written += 1
     if problems:
@@ -142,8 +143,7 @@ class Int8Builder:
             f"{len(hessian_rows)} rows"
         )
         self.hessians = TfliteHessians(fp32_path, self.fcs, hessian_rows, self.policy.weighting, hessians,
-                                       progress=lambda done, total: progress(count("GPTQ input statistics, step",
-                                                                                   done, total)))
+                                       progress=counter(progress, "GPTQ input statistics, step"))
         self.codes: dict[int, np.ndarray] = {}
         self.quantizer = QuantizerSession(fp32_path)
 

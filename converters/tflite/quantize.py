@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._console import count
+from converters._console import counter
 from converters._errors import AccuracyError, ConversionError
 from converters.core.gptq import GPTQ_POLICY
 from converters.core.search import RANKING_TEXTS, Budget, Floor, LaneScorer, ProbeSpace, greedy_search
@@ -151,8 +151,7 @@ def _smoothed(in_path: Path, out_path: Path, rows: list[dict[str, np.ndarray]], 
         return in_path, None
     fcs = {b: w for b, w in find_weights(in_path).items() if w.kind == FC}
     progress(f"smoothing the inputs of {len(fcs)} FULLY_CONNECTED weights (SmoothQuant, alpha {alpha})")
-    told = lambda done, total: progress(count("input statistics, step", done, total))  # noqa: E731
-    found = hessians.get(in_path, fcs, rows, weighting=weighting, progress=told)
+    found = hessians.get(in_path, fcs, rows, weighting=weighting, progress=counter(progress, "input statistics, step"))
     path = out_path.with_name(out_path.stem + ".smoothed.tflite")
     smoothing = smooth_fc_inputs(in_path, path, {b: h for b, (h, _) in found.items()}, alpha)
     origin = ", ".join(sorted({o for _, o in found.values()})) + ", rescaled by the smoothing"
