@@ -55,7 +55,11 @@ def count(label: str, done: int, total: int) -> str:
     return f"{label} {done}/{total}"
 
 
-def counter(progress: Callable[[str], None], label: str) -> Callable[[int, int], None]:
+# Told (done, total) as a counted step goes: what every pass that counts its steps takes.
+CountCallback = Callable[[int, int], None]
+
+
+def counter(progress: Callable[[str], None], label: str) -> CountCallback:
     """A `(done, total)` callback that tells `progress` a `count` of `label`: what passes that
     count their steps take, for callers that speak progress messages."""
     return lambda done, total: progress(count(label, done, total))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from converters._console import counter
+from converters._console import CountCallback, counter
 from converters._errors import AccuracyError
 from converters.core.validate import Reference, floor_failures
 from converters.inputs.source import SourceModel
@@ -84,11 +84,11 @@ class Step:
         threads = threads or DEFAULT_SHAPE.threads
         return self.sessions(path, threads) if self.sessions is not None else onnx_session(path, threads)
 
-    def counted(self, label: str) -> Callable[[int, int], None]:
+    def counted(self, label: str) -> CountCallback:
         """A long step told as a count: "`label` done/total" (the console adds a bar and an ETA)."""
         return counter(self.progress, label)
 
-    def batches_counted(self, label: str) -> Callable[[int, int], None]:
+    def batches_counted(self, label: str) -> CountCallback:
         """A pass over calibration batches told as a count: "`label`, batch done/total"."""
         return self.counted(f"{label}, batch")
 

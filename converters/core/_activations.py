@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from converters._console import CountCallback
 
 __all__ = ["BatchProgress", "GramSums", "channel_abs_max", "channel_mean_square", "token_rows"]
 
 # Told (batches done, batches in all) as a pass over the calibration batches goes: ~10 s for the
 # built-in 270 fit texts on a 2-core machine, a minute and more for a file of thousands (run AY).
-BatchProgress = Callable[[int, int], None]
+BatchProgress = CountCallback
 
 
 class GramSums:

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from converters._console import CountCallback
 from converters.core._activations import BatchProgress
 
 __all__ = ["GPTQ_POLICY", "GptqConfig", "HessianPolicy", "HessianSource", "Int8Rounding", "gptq", "input_hessians", "inverse_cholesky",
@@ -268,7 +269,7 @@ class Int8Rounding:
         policy: HessianPolicy | None = None,
         pair_limit: int = 0,
         progress: BatchProgress | None = None,
-        solve_progress: Callable[[int, int], None] | None = None,
+        solve_progress: CountCallback | None = None,
     ):
         """float_path: the graph that was quantized (weights by name). stats_path: a graph
         computing the same MatMul inputs with [batch, sequence, K] shapes (before passes that
@@ -352,7 +353,8 @@ class Int8Rounding:
         tell = self._solve_progress if unsolved and self._solve_progress is not None else (lambda done, total: None)
         if unsolved:
             self.hessian(unsolved[0])  # the pass over the batches, counted apart
-        tell(0, len(unsolved))
+        solved = 0
+        tell(solved, len(unsolved))
         for name, weight in self.weights.items():
             quantized = inits.get(f"{name}_quantized")
             if quantized is None:  # kept in FP32 by the caller
@@ -381,7 +383,8 @@ class Int8Rounding:
             grid = self._grid(name, scale)
             codes = self.codes(name, grid).astype(np.int8)
             if name in unsolved:
-                tell(unsolved.index(name) + 1, len(unsolved))
+                solved += 1
+                tell(solved, len(unsolved))
             if self.pair_limit:
                 worst = int(pair_sums(codes).max())
                 if worst > self.pair_limit:  # guarded by the row quantizer; never ship a saturating code

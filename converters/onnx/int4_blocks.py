@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from converters._console import CountCallback
 from converters._errors import ConversionError, UnsupportedModelError
-
-# Told (rows done, rows) as a clip search goes.
-StepProgress = Callable[[int, int], None]
 
 INT4_OPSET = 21  # INT4/UINT4 tensors need opset 21 (and IR version 10)
 # Shrink ratios of a block's min and max tried by clip_search. 16 x 16 pairs; the prototype's
@@ -55,7 +51,7 @@ _CLIP_STEP_ELEMENTS = 1 << 16
 
 
 def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray,
-                 progress: StepProgress | None = None):
+                 progress: CountCallback | None = None):
     """Per block [.., block]: 4-bit asymmetric (q, scale, zero_point) from the grid of (min, max)
     shrink ratios with the least importance-weighted squared error. `importance` broadcasts
     against `blocks` (E[x^2] per input channel) or is None (plain squared error). The grid
@@ -94,10 +90,11 @@ def _clip_search(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.n
 
 
 def _clip_threads() -> int:
-    """Threads of the clip search: the CPUs this process may use (MiniLM's word table on 2 cores:
-    7.9 s on one thread, 3.5 s on two; benchmarks/RESULTS.md run AZ)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus)
+    """Threads of the clip search: the CPUs this process may use (MiniLM's tables inside an rpi4
+    conversion on a 2-vCPU Xeon: 8.1 s on one thread, 4.4 s on two; benchmarks/RESULTS.md run AZ)."""
+    from edge_runtime._select import usable_cpus
+
+    return max(1, usable_cpus())
 
 
 def _clip_search_rows(blocks: np.ndarray, importance: np.ndarray | None, ratios: np.ndarray):
@@ -148,7 +145,7 @@ def _clip_matmul_weight(
     return {"_Q4": _pack_nibbles(q), "_scales": scale, "_zero_points": _pack_nibbles(zero)}
 
 
-def _clip_table(table: np.ndarray, block: int, progress: StepProgress | None = None) -> dict[str, Any]:
+def _clip_table(table: np.ndarray, block: int, progress: CountCallback | None = None) -> dict[str, Any]:
     """GatherBlockQuantized UINT4 initializers for table [rows, dim], blocks along dim
     (`progress`: the clip search's rows, _clip_search)."""
     from onnx import TensorProto

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from converters._console import CountCallback
 from converters._errors import (
     AccuracyError,
     ConversionError,
@@ -434,7 +435,7 @@ def _check_result(
 
 
 def quantize_tables_int4(model_path: Path, out_path: Path, config: Int4Config,
-                         progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+                         progress: CountCallback | None = None) -> list[dict[str, Any]]:
     """Embedding tables only: every large Gather table of `model_path` becomes
     GatherBlockQuantized UINT4 (blocks of `config.embedding_block_size` along the row, values
     from the clip search), written to `out_path` at opset 21. MatMuls are left as they are,

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from converters._console import CountCallback
 from converters._errors import ConversionError
 from converters.core._activations import BatchProgress
 from converters.core.gptq import GPTQ_POLICY, GptqConfig, HessianPolicy, Int8Rounding, gptq
@@ -202,7 +203,7 @@ class W4A8Weights:
             self._four[weight] = _Codes(codes.astype(np.uint8), step, zero, rows, row_values)
         return self._four[weight]
 
-    def solve(self, progress: Callable[[int, int], None] | None = None) -> None:
+    def solve(self, progress: CountCallback | None = None) -> None:
         """Every weight's 4-bit codes (the size search starts from all of them), told to
         `progress(weights done, weights)` after the Hessians' own pass."""
         tell = progress or (lambda done, total: None)

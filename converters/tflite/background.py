@@ -26,10 +26,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from converters._console import CountCallback
 from converters._errors import ConversionError
 from converters.tflite.export import TfliteExportConfig
 
@@ -66,8 +66,9 @@ def background_unavailable() -> str | None:
     """Why the export should stay in the conversion's process on this machine, or None."""
     import psutil
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cpus < 2:
+    from edge_runtime._select import usable_cpus
+
+    if usable_cpus() < 2:
         return "one CPU: no idle core to export on"
     available = psutil.virtual_memory().available
     if available < _MIN_AVAILABLE_BYTES:
@@ -150,7 +151,7 @@ class BackgroundExport:
         """Since the child was started."""
         return time.perf_counter() - self.started
 
-    def result(self, progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any] | None, str]:
+    def result(self, progress: CountCallback | None = None) -> tuple[dict[str, Any] | None, str]:
         """(what export_tflite returned, "") once the child is done, or (None, why) when it died
         without an answer: the caller then exports in its own process. A litert-torch refusal
         raises the ConversionError the in-process export would have raised. `progress(done,
@@ -172,7 +173,7 @@ class BackgroundExport:
             raise ConversionError(value)
         return None, value
 
-    def _wait(self, progress: Callable[[int, int], None]) -> tuple[str, Any]:
+    def _wait(self, progress: CountCallback) -> tuple[str, Any]:
         """The child's answer; its stage messages on the way are told to `progress` (those sent
         while nobody waited, only the last)."""
         latest = None

@@ -25,13 +25,13 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from converters._console import CountCallback
 from converters._errors import ConversionError
 from converters.inputs.source import SourceModel, build_wrapper
 from converters.tflite.flatbuffer import op_counts
@@ -194,7 +194,7 @@ class _StageTap(io.StringIO):
     to `progress(done, total)` as they are printed. A tree that no longer looks like this (another
     litert-torch release) is only kept: no count, and never one past `total`."""
 
-    def __init__(self, total: int, progress: Callable[[int, int], None] | None):
+    def __init__(self, total: int, progress: CountCallback | None):
         super().__init__()
         self.total, self.done, self._progress = total, 0, progress
         self._partial, self._line = "", ""  # the unfinished physical line; the logical line so far
@@ -216,7 +216,7 @@ class _StageTap(io.StringIO):
 
 def export_tflite(
     source: SourceModel, out_path: Path, config: TfliteExportConfig,
-    progress: Callable[[int, int], None] | None = None,
+    progress: CountCallback | None = None,
 ) -> dict[str, Any]:
     """Convert `source` into one .tflite at `out_path`; returns what was produced. `progress(done,
     total)` hears litert-torch's stages (_StageTap): the export takes tens of seconds.
