@@ -205,10 +205,16 @@ def _onnx_scorer(step: Step, texts: Reference, label: str) -> LaneScorer:
     session of the target's arithmetic (step.session). Rankings may score candidates in lanes
     (core/search.py); called with a path alone it uses the project's scoring threads."""
 
-    def score(path: Path, threads: int | None) -> dict[str, float]:
-        return compute_metrics(step.source, texts, step.session(path, threads).run, label)
+    def through(run) -> dict[str, float]:
+        return compute_metrics(step.source, texts, run, label)
 
-    return LaneScorer(score, ranking_lanes())
+    def opener(path: Path, threads: int | None):
+        return step.session(path, threads).run
+
+    def score(path: Path, threads: int | None) -> dict[str, float]:
+        return through(opener(path, threads))
+
+    return LaneScorer(score, ranking_lanes(), through=through, opener=opener)
 
 
 def _build_onnx_int4(step: Step, name: str) -> Built:
@@ -252,8 +258,7 @@ def _build_onnx_int4_w4a8(step: Step, name: str) -> Built:
     fp32_bytes = model_bytes(step.fp32_path)
     step.progress(f"[{name}] GPTQ 4-bit codes for {len(weights.weights)} weights (block {scheme.block_size})")
     weights.solve(step.counted(f"[{name}] GPTQ 4-bit codes, weight"))
-    all_four = weights.build(set(weights.weights))
-    base_bytes = all_four.ByteSize()
+    base_bytes = weights.size(set(weights.weights))
     budget = int((scheme.size_budget or 1.0) * fp32_bytes)
     if base_bytes > budget:
         # Small models are dominated by biases and norms: the target's size budget cannot be

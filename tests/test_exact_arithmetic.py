@@ -17,10 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 import edge_runtime
 from converters import ConvertConfig, convert
 from converters._errors import ConversionError
+from converters._graph import without_weight_values
 from converters.core.arithmetic import ValidationSessions, choose_validation
 from converters.core.exact_integer_ops import (
     ExactIntegerConfig,
-    _without_weight_values,
     chunk_rows,
     exact_integer_ops,
     integer_gemm_is_exact,
@@ -355,7 +355,7 @@ def test_shape_inference_without_weight_values_infers_the_same_shapes():
         return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
                 for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
 
-    light = _without_weight_values(model)
+    light = without_weight_values(model)
     assert shapes(light) == shapes(model) == {"y": [2, 96], "z": [2, 4, 24]}
     stripped = {i.name: i for i in light.graph.initializer}
     assert not stripped["w"].raw_data and list(stripped["w"].dims) == [64, 96]

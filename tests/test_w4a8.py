@@ -4,8 +4,6 @@ size-budgeted choice of 8-bit weights."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,45 +11,22 @@ import pytest
 from onnx import numpy_helper
 
 from converters.core.search import search_loss
-from converters.core.validate import make_batches
-from converters.export.export_onnx import ExportConfig, export_onnx
-from converters.inputs.calibration import load_texts
 from converters.inputs.source import load_source
-from converters.onnx.pack_projections import pack_projections
-from converters.onnx.quantize_int4 import Int4Config, quantize_tables_int4
-from converters.onnx.quantize_int8 import Int8Config, int8_range, quantize_int8
 from converters.onnx.quantize_w4a8 import W4A8Config, W4A8Space, W4A8Weights, fit_w4a8, grid_params
-from converters.onnx.smooth_activations import SmoothConfig, smooth_activations
-from converters.onnx.split_first_token import SplitConfig, split_first_token
-from targets import load_profile
+from w4a8_graphs import prepare
 
 
 @pytest.fixture(scope="module")
 def graphs(tiny_model_factory, tmp_path_factory):
     """(fp32, smoothed, split, int8) paths of the tiny model prepared as the pipeline does."""
     source = load_source(tiny_model_factory("bert", "feature-extraction"))
-    work = tmp_path_factory.mktemp("w4a8")
-    fp32 = export_onnx(source, work / "fp32.onnx", ExportConfig())
-    texts = load_texts().texts
-    batches = make_batches(source, texts[:48])
-    tables = work / "tables.onnx"
     told: list[tuple[int, int]] = []
-    made = quantize_tables_int4(fp32, tables, Int4Config(embedding_min_elements=1000),
-                                lambda done, total: told.append((done, total)))
-    rows = sum(table["shape"][0] for table in made)
+    prepared = prepare(source, tmp_path_factory.mktemp("w4a8"), lambda done, total: told.append((done, total)))
+    rows = sum(table["shape"][0] for table in prepared["tables"])
     # the clip search's rows, every table together, from none to all
-    assert made and told[0] == (0, rows) and told[-1] == (rows, rows)
+    assert prepared["tables"] and told[0] == (0, rows) and told[-1] == (rows, rows)
     assert [done for done, _ in told] == sorted(done for done, _ in told)
-    pack_projections(tables, work / "packed.onnx")
-    smooth_activations(work / "packed.onnx", work / "smooth.onnx", batches,
-                       SmoothConfig(weight_shapes=((32, 64), (32, 32), (32, 96))))
-    split_first_token(work / "smooth.onnx", work / "split.onnx", SplitConfig(((32, 64), (64, 32), (32, 32), (32, 96))))
-    # As the INT4 builder: W4A8 has no pair-aware rounding and uses the scheme's plain range.
-    scheme = dataclasses.replace(load_profile("x86-avx2").int8, pair_sum_limit=0)
-    quantize_int8(work / "split.onnx", work / "int8.onnx", Int8Config(scheme=scheme))
-    heldout = make_batches(source, texts[48:80], batch_size=32)[0]
-    return {"fp32": fp32, "smooth": work / "smooth.onnx", "split": work / "split.onnx", "int8": work / "int8.onnx",
-            "batches": batches, "heldout": heldout, "qrange": int8_range(scheme), "work": work}
+    return prepared
 
 
 def _run(model, feeds):
@@ -191,6 +166,10 @@ def test_candidates_are_scored_unpacked_with_the_same_outputs_and_sized_packed(g
     size = space.build(moved)
     packed_model = weights.build(four_bit)
     assert size == packed_model.ByteSize()
+    # The size is added up, not built: exact for any mix of 4-bit and 8-bit weights.
+    for count in range(len(weights.weights) + 1):
+        four = set(weights.weights[count:]) | set(weights.weights[:count:3])
+        assert weights.size(four) == weights.build(four).ByteSize()
     scored = onnx.load(str(tmp_path / "probe.onnx"))
     assert not [i for i in scored.graph.initializer if "_w4_" in i.name]  # (the 4-bit embedding tables stay)
     assert [i for i in packed_model.graph.initializer if "_w4_" in i.name]

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from converters._errors import ConversionError
+from converters._graph import without_weight_values
 
 __all__ = ["ExactIntegerConfig", "chunk_rows", "exact_integer_ops", "integer_gemm_is_exact", "u8u8_gemm_is_exact"]
 
@@ -102,26 +103,6 @@ def exact_integer_ops(model_path: Path, out_path: Path, config: ExactIntegerConf
         raise ConversionError(f"exact_integer_ops left integer GEMMs in {model_path.name}: {left}")
     _save(model, out_path)
     return report
-
-
-def _without_weight_values(model, keep: int = 64):
-    """A copy of `model` whose initializers above `keep` elements hold no values, only their
-    name, type and dims: what shape inference reads of a weight. Small ones (shapes, axes,
-    indices, which inference may read) keep theirs. onnx hands its C++ inference a serialized
-    model, weights included, and a Pi search rewrites every candidate it scores: on MiniLM's rpi4
-    onnx-int4 the copy infers the same 1,402 shapes in 11 ms instead of 40 ms (AVX2 code;
-    benchmarks/bench_exact_rewrite.py, RESULTS.md run AJ)."""
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for init in copy.graph.initializer:
-        if int(np.prod(init.dims)) > keep:
-            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
-                          "string_data", "external_data"):
-                init.ClearField(field)
-            init.data_location = onnx.TensorProto.DEFAULT
-    return copy
 
 
 @functools.cache
@@ -234,7 +215,7 @@ class _Rewriter:
         shapes = {init.name: list(init.dims) for init in self.graph.initializer}
         self.types = {init.name: init.data_type for init in self.graph.initializer}
         try:
-            inferred = onnx.shape_inference.infer_shapes(_without_weight_values(self.model), strict_mode=False)
+            inferred = onnx.shape_inference.infer_shapes(without_weight_values(self.model), strict_mode=False)
         except Exception:  # noqa: BLE001 - contrib ops: inference is best effort, K is checked below
             inferred = self.model
         for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):

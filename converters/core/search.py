@@ -96,11 +96,14 @@ class LaneScorer:
     plain scorer, `scorer(path)`, it uses its default. `through(run)`, when given: the same
     metrics of the same texts through a runner the caller supplies (feeds -> outputs, as the
     file's session would answer), for a Space that can answer them faster than the whole file
-    (converters/tflite/prefix.py)."""
+    (converters/tflite/prefix.py, converters/onnx/prefix.py). `opener(path, threads)`, when given:
+    that runner for a file, the session `score` would run it with (the target's arithmetic), for
+    a Space that runs parts of files (converters/onnx/prefix.py)."""
 
     score: Callable[[Path, int | None], Metrics]
     lanes: int = 1
     through: Callable[[Callable[[dict], dict]], Metrics] | None = None
+    opener: Callable[[Path, int | None], Callable[[dict], dict]] | None = None
 
     def __post_init__(self):
         if self.lanes < 1:

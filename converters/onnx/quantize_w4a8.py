@@ -38,7 +38,8 @@ from converters._console import CountCallback
 from converters._errors import ConversionError
 from converters.core._activations import BatchProgress
 from converters.core.gptq import GPTQ_POLICY, GptqConfig, HessianPolicy, Int8Rounding, gptq
-from converters.core.search import Budget, ProbeSpace, SearchResult, greedy_search
+from converters.core.search import Budget, LaneScorer, ProbeSpace, SearchResult, greedy_search
+from converters.onnx.prefix import OnnxPrefixCuts, sample_rows
 
 __all__ = ["W4A8Config", "W4A8Space", "W4A8Weights", "fit_w4a8", "grid_params"]
 
@@ -128,6 +129,12 @@ class _Codes:
         return values
 
 
+def _entry_bytes(size: int) -> int:
+    """Bytes of a length-delimited protobuf field of `size` bytes with a one-byte tag (ONNX's
+    graph, node and initializer fields): the tag, the length's varint, the message."""
+    return 1 + max(1, -(-size.bit_length() // 7)) + size
+
+
 def _pack_uint4(values: np.ndarray) -> bytes:
     """ONNX UINT4 layout: the flattened tensor, two per byte, first in the low nibble."""
     flat = values.astype(np.uint8).reshape(-1)
@@ -154,6 +161,8 @@ class W4A8Weights:
         from onnx import numpy_helper
 
         self.config, self.qrange = config, qrange
+        # A small batch a ranking proves its cut points on (converters/onnx/prefix.py).
+        self.sample = sample_rows(batches[0]) if batches else None
         self._int8 = onnx.load(str(int8_path))
         inits = {i.name: i for i in self._int8.graph.initializer}
         self.policy = config.policy or GPTQ_POLICY["int4"]
@@ -165,6 +174,7 @@ class W4A8Weights:
         self._scales = {w: numpy_helper.to_array(inits[f"{w}_scale"]).astype(np.float64) for w in self.weights}
         self._four: dict[str, _Codes] = {}
         self._unpacked: dict[str, np.ndarray] = {}  # four_bit(w).int8(...), per weight
+        self._sizes: tuple | None = None  # what size() adds up, made on first use
 
     def shape(self, weight: str) -> tuple[int, int]:
         return tuple(self._floats[weight].shape)  # type: ignore[return-value]
@@ -224,71 +234,24 @@ class W4A8Weights:
         `unpacked`: the `four_bit` weights as the int8 initializers the 4-bit graph computes
         when a session starts (the values `check` proves it computes), for scoring only."""
         import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import numpy_helper
 
         model = onnx.ModelProto()
         model.CopyFrom(self._int8)
         graph = model.graph
         inits = {i.name: i for i in graph.initializer}
-        scales = {w: self._scales[w] for w in self.weights}
-        eight = self._rounding.codes
         unpack, removed = [], set()
-        block = self.config.block_size
         for weight in self.weights:
             name = f"{weight}_quantized"
             if weight not in four_bit:
-                inits[name].CopyFrom(numpy_helper.from_array(eight(weight, scales[weight]).astype(np.int8), name))
-                continue
-            codes = self.four_bit(weight)
-            if unpacked:
+                inits[name].CopyFrom(self._eight_bit(weight))
+            elif unpacked:
                 inits[name].CopyFrom(numpy_helper.from_array(self.unpacked(weight), name))
-                continue
-            rows, cols = self.shape(weight)
-            blocks = codes.step.shape[0]
-            q = np.zeros((blocks * block, cols), np.uint8)
-            q[:rows] = codes.q
-            p = f"{weight}_w4"
-            qmin, qmax = self.qrange
-            graph.initializer.extend([
-                helper.make_tensor(f"{p}_codes", TensorProto.UINT4, [blocks, block, cols], _pack_uint4(q), raw=True),
-                helper.make_tensor(f"{p}_zero", TensorProto.UINT4, [blocks, 1, cols], _pack_uint4(codes.zero), raw=True),
-                numpy_helper.from_array(codes.step.reshape(blocks, 1, cols), f"{p}_step"),
-                numpy_helper.from_array(np.array([blocks * block, cols], np.int64), f"{p}_shape"),
-                numpy_helper.from_array(np.array(qmin, np.float32), f"{p}_qmin"),
-                numpy_helper.from_array(np.array(qmax, np.float32), f"{p}_qmax"),
-            ])
-            nodes = [
-                helper.make_node("Cast", [f"{p}_codes"], [f"{p}_q"], to=TensorProto.FLOAT, name=f"{p}_cast_q"),
-                helper.make_node("Cast", [f"{p}_zero"], [f"{p}_z"], to=TensorProto.FLOAT, name=f"{p}_cast_z"),
-                helper.make_node("Cast", [f"{p}_step"], [f"{p}_f"], to=TensorProto.FLOAT, name=f"{p}_cast_f"),
-                helper.make_node("Sub", [f"{p}_q", f"{p}_z"], [f"{p}_centered"], name=f"{p}_sub"),
-                helper.make_node("Mul", [f"{p}_centered", f"{p}_f"], [f"{p}_units"], name=f"{p}_mul"),
-                helper.make_node("Round", [f"{p}_units"], [f"{p}_rounded"], name=f"{p}_round"),
-                helper.make_node("Clip", [f"{p}_rounded", f"{p}_qmin", f"{p}_qmax"], [f"{p}_clipped"], name=f"{p}_clip"),
-                helper.make_node("Reshape", [f"{p}_clipped", f"{p}_shape"], [f"{p}_flat"], name=f"{p}_reshape"),
-            ]
-            last = f"{p}_flat"
-            if codes.rows.size:
-                graph.initializer.extend([
-                    numpy_helper.from_array(codes.rows.reshape(-1, 1), f"{p}_rows"),
-                    numpy_helper.from_array(codes.row_values, f"{p}_row_values"),
-                ])
-                nodes += [
-                    helper.make_node("Cast", [f"{p}_row_values"], [f"{p}_row_units"], to=TensorProto.FLOAT, name=f"{p}_cast_rows"),
-                    helper.make_node("ScatterND", [last, f"{p}_rows", f"{p}_row_units"], [f"{p}_merged"], name=f"{p}_rows8"),
-                ]
-                last = f"{p}_merged"
-            if blocks * block != rows:  # padded rows
-                graph.initializer.extend([
-                    numpy_helper.from_array(np.array([0], np.int64), f"{p}_start"),
-                    numpy_helper.from_array(np.array([rows], np.int64), f"{p}_stop"),
-                ])
-                nodes.append(helper.make_node("Slice", [last, f"{p}_start", f"{p}_stop"], [f"{p}_sliced"], name=f"{p}_slice"))
-                last = f"{p}_sliced"
-            # Integral floats within the int8 range: the cast is exact.
-            nodes.append(helper.make_node("Cast", [last], [name], to=TensorProto.INT8, name=f"{p}_to_int8"))
-            unpack.extend(nodes)
-            removed.add(name)
+            else:
+                tensors, nodes = self._four_bit_parts(weight)
+                graph.initializer.extend(tensors)
+                unpack.extend(nodes)
+                removed.add(name)
         kept = [i for i in graph.initializer if i.name not in removed]
         del graph.initializer[:]
         graph.initializer.extend(kept)
@@ -296,6 +259,79 @@ class W4A8Weights:
         del graph.node[:]
         graph.node.extend(unpack + nodes)  # constants first: topological order holds
         return model
+
+    def size(self, four_bit: set[str]) -> int:
+        """build(four_bit).ByteSize(), without building it: a graph's size is the sum of its
+        entries (each weight's 8-bit initializer, or its 4-bit initializers and unpacking nodes,
+        plus what every candidate shares), and the model's adds the graph field around it. A
+        build takes ~0.1 s of the GIL on MiniLM, and a size search asks for hundreds."""
+        if self._sizes is None:
+            everything = self.build(set())
+            graph = everything.graph.ByteSize()
+            eight = {w: _entry_bytes(self._eight_bit(w).ByteSize()) for w in self.weights}
+            four = {}
+            for weight in self.weights:
+                tensors, nodes = self._four_bit_parts(weight)
+                four[weight] = sum(_entry_bytes(m.ByteSize()) for m in [*tensors, *nodes])
+            self._sizes = (everything.ByteSize() - _entry_bytes(graph), graph - sum(eight.values()), eight, four)
+        other, shared, eight, four = self._sizes
+        graph = shared + sum(four[w] if w in four_bit else eight[w] for w in self.weights)
+        return other + _entry_bytes(graph)
+
+    def _eight_bit(self, weight: str):
+        """The GPTQ int8 initializer of `weight` (its 8-bit form)."""
+        from onnx import numpy_helper
+
+        codes = self._rounding.codes(weight, self._scales[weight]).astype(np.int8)
+        return numpy_helper.from_array(codes, f"{weight}_quantized")
+
+    def _four_bit_parts(self, weight: str) -> tuple[list, list]:
+        """(initializers, nodes) of `weight`'s 4-bit form: the codes, steps and zero points, and
+        the constant nodes that unpack them into the int8 initializer `{weight}_quantized`."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        codes, block, name = self.four_bit(weight), self.config.block_size, f"{weight}_quantized"
+        rows, cols = self.shape(weight)
+        blocks = codes.step.shape[0]
+        q = np.zeros((blocks * block, cols), np.uint8)
+        q[:rows] = codes.q
+        p = f"{weight}_w4"
+        qmin, qmax = self.qrange
+        tensors = [
+            helper.make_tensor(f"{p}_codes", TensorProto.UINT4, [blocks, block, cols], _pack_uint4(q), raw=True),
+            helper.make_tensor(f"{p}_zero", TensorProto.UINT4, [blocks, 1, cols], _pack_uint4(codes.zero), raw=True),
+            numpy_helper.from_array(codes.step.reshape(blocks, 1, cols), f"{p}_step"),
+            numpy_helper.from_array(np.array([blocks * block, cols], np.int64), f"{p}_shape"),
+            numpy_helper.from_array(np.array(qmin, np.float32), f"{p}_qmin"),
+            numpy_helper.from_array(np.array(qmax, np.float32), f"{p}_qmax"),
+        ]
+        nodes = [
+            helper.make_node("Cast", [f"{p}_codes"], [f"{p}_q"], to=TensorProto.FLOAT, name=f"{p}_cast_q"),
+            helper.make_node("Cast", [f"{p}_zero"], [f"{p}_z"], to=TensorProto.FLOAT, name=f"{p}_cast_z"),
+            helper.make_node("Cast", [f"{p}_step"], [f"{p}_f"], to=TensorProto.FLOAT, name=f"{p}_cast_f"),
+            helper.make_node("Sub", [f"{p}_q", f"{p}_z"], [f"{p}_centered"], name=f"{p}_sub"),
+            helper.make_node("Mul", [f"{p}_centered", f"{p}_f"], [f"{p}_units"], name=f"{p}_mul"),
+            helper.make_node("Round", [f"{p}_units"], [f"{p}_rounded"], name=f"{p}_round"),
+            helper.make_node("Clip", [f"{p}_rounded", f"{p}_qmin", f"{p}_qmax"], [f"{p}_clipped"], name=f"{p}_clip"),
+            helper.make_node("Reshape", [f"{p}_clipped", f"{p}_shape"], [f"{p}_flat"], name=f"{p}_reshape"),
+        ]
+        last = f"{p}_flat"
+        if codes.rows.size:
+            tensors += [numpy_helper.from_array(codes.rows.reshape(-1, 1), f"{p}_rows"),
+                        numpy_helper.from_array(codes.row_values, f"{p}_row_values")]
+            nodes += [
+                helper.make_node("Cast", [f"{p}_row_values"], [f"{p}_row_units"], to=TensorProto.FLOAT, name=f"{p}_cast_rows"),
+                helper.make_node("ScatterND", [last, f"{p}_rows", f"{p}_row_units"], [f"{p}_merged"], name=f"{p}_rows8"),
+            ]
+            last = f"{p}_merged"
+        if blocks * block != rows:  # padded rows
+            tensors += [numpy_helper.from_array(np.array([0], np.int64), f"{p}_start"),
+                        numpy_helper.from_array(np.array([rows], np.int64), f"{p}_stop")]
+            nodes.append(helper.make_node("Slice", [last, f"{p}_start", f"{p}_stop"], [f"{p}_sliced"], name=f"{p}_slice"))
+            last = f"{p}_sliced"
+        # Integral floats within the int8 range: the cast is exact.
+        nodes.append(helper.make_node("Cast", [last], [name], to=TensorProto.INT8, name=f"{p}_to_int8"))
+        return tensors, nodes
 
     def check(self, model, four_bit: set[str]) -> None:
         """Postcondition: the int8 weights the graph computes are the codes' exact values."""
@@ -330,6 +366,7 @@ class W4A8Space(ProbeSpace):
                  judge: Callable[[Path], dict[str, float]]):
         super().__init__(probe, rank, judge)
         self.weights = weights
+        self._cuts: OnnxPrefixCuts | None = None  # while ranking: candidates scored from where they differ
 
     def candidates(self) -> list[str]:
         return list(self.weights.weights)
@@ -338,13 +375,41 @@ class W4A8Space(ProbeSpace):
         """Writes the candidate with its 4-bit weights unpacked to int8 initializers: the same
         GEMM operands, so the same scores, while onnxruntime no longer folds the unpacking at
         every candidate's session start (MiniLM on a masked-AVX2 Xeon: 0.16-0.24 -> 0.07 s;
-        benchmarks/RESULTS.md run AG). The size returned is the 4-bit file's, the one the
-        budget is about."""
+        benchmarks/RESULTS.md run AG); while ranking, only its suffix (prefix.py). The size
+        returned is the whole 4-bit file's, the one the budget is about."""
         import onnx
 
         four_bit = set(self.weights.weights) - set(moved)
-        onnx.save(self.weights.build(four_bit, unpacked=True), str(path))
-        return self.weights.build(four_bit).ByteSize()
+        model = self.weights.build(four_bit, unpacked=True)
+        if self._cuts is not None:
+            self._cuts.save_cut(model, path)
+        else:
+            onnx.save(model, str(path))
+        return self.weights.size(four_bit)
+
+    def rank_each(self, moves, done=lambda n: None):
+        """The shared ranking, each candidate scored from its first changed node on (prefix.py)
+        when the ranking scorer can open files; the same metrics, bit for bit."""
+        whole = self._rank
+        if not isinstance(whole, LaneScorer) or whole.through is None or whole.opener is None \
+                or self.weights.sample is None:
+            return super().rank_each(moves, done)
+        cuts = OnnxPrefixCuts(self.weights.build(set(self.weights.weights), unpacked=True), self.probe.parent,
+                              whole.opener, self.weights.sample, [f"{w}_quantized" for w in self.weights.weights])
+        if not cuts.active:
+            return super().rank_each(moves, done)
+
+        def score(path: Path, threads: int | None) -> dict[str, float]:
+            if cuts.is_cut(path):
+                return whole.through(cuts.runner(path, threads))
+            return whole.score(path, threads)
+
+        self._rank, self._cuts = LaneScorer(score, whole.lanes), cuts
+        try:
+            return super().rank_each(moves, done)
+        finally:
+            self._rank, self._cuts = whole, None
+            cuts.close()
 
 
 def fit_w4a8(space: W4A8Space, budget_bytes: int, progress: Callable[[str], None] = lambda m: None,

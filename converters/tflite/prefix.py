@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.core.prefix_points import choose_points
 from converters.tflite.flatbuffer import FC, code_name, read_model, schema, write_model
 from converters.tflite.flatbuffer_raw import Patches, RawTensors, Tail, Unprovable, patch_cut
 
@@ -83,7 +84,8 @@ class _Graph:
         per_token = {o: sum(shapes[t] for t in ts) / length for o, ts in crossing.items()}
         narrowest = min(per_token.values(), default=0.0)
         narrow = [o for o in fcs if 0 < o and per_token[o] <= NARROW * narrowest]
-        self.points = _choose_points(narrow, fcs, {o: crossing[o] for o in narrow}, shapes, length)
+        width = {o: 4 * sum(shapes[t] for t in crossing[o]) / length for o in narrow}  # float32 bytes per token
+        self.points = choose_points(narrow, fcs, width, BYTES_PER_TOKEN)
         self.crossing = {o: crossing[o] for o in self.points}
 
 
@@ -93,46 +95,6 @@ def _is_constant(model, tensor) -> bool:
         return False
     entry = model.Buffers(buffer)
     return entry.DataLength() > 0 or entry.Offset() > 1
-
-
-def _choose_points(narrow: list[int], fcs: list[int], crossing: dict[int, list[int]], shapes: dict[int, int],
-                   length: int) -> list[int]:
-    """The cut points among `narrow` that let the candidates skip the most ops (every FC op
-    being some candidate's first changed op, cut at the latest chosen point before it), as many
-    as the kept tensors of the widest allow in BYTES_PER_TOKEN; an exact dynamic program over
-    the sorted points (a greedy pick took the middle of the model first and left layer starts out)."""
-    if not narrow:
-        return []
-    widest = max(4 * sum(shapes[t] for t in crossing[p]) / length for p in narrow)
-    most = max(0, min(len(narrow), int(BYTES_PER_TOKEN // max(widest, 1.0))))
-    if most == 0:
-        return []
-    points = sorted(narrow)
-    ahead = [sum(1 for fc in fcs if fc >= p) for p in points]  # FC ops at or after each point
-
-    def served(i: int, j: int | None) -> int:
-        """Ops skipped by the FCs that point i serves when j is the next chosen point."""
-        return points[i] * (ahead[i] - (ahead[j] if j is not None else 0))
-
-    # best[k][j]: the most ops skipped by FCs before point j, with k points chosen, the last one j.
-    best = [[0] * len(points)]
-    choice: list[list[int | None]] = [[None] * len(points)]
-    for k in range(1, most):
-        row, back = [], []
-        for j in range(len(points)):
-            options = [(best[k - 1][i] + served(i, j), i) for i in range(j)]
-            value, i = max(options) if options else (-1, None)
-            row.append(value)
-            back.append(i)
-        best.append(row)
-        choice.append(back)
-    _, k, j = max((best[k][j] + served(j, None), k, j) for k in range(most) for j in range(len(points))
-                  if best[k][j] >= 0)
-    chosen = []
-    while j is not None:
-        chosen.append(points[j])
-        j, k = choice[k][j], k - 1
-    return sorted(chosen)
 
 
 class PrefixCuts:
