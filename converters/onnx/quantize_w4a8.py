@@ -266,14 +266,20 @@ class W4A8Weights:
         plus what every candidate shares), and the model's adds the graph field around it. A
         build takes ~0.1 s of the GIL on MiniLM, and a size search asks for hundreds."""
         if self._sizes is None:
-            everything = self.build(set())
-            graph = everything.graph.ByteSize()
-            eight = {w: _entry_bytes(self._eight_bit(w).ByteSize()) for w in self.weights}
+            from onnx import numpy_helper
+
+            # The INT8 graph as read, with its own int8 weights: their entries weigh what the GPTQ
+            # codes' will (same name, type and shape), so no 8-bit code is solved for a size.
+            graph = self._int8.graph.ByteSize()
+            inits = {i.name: i for i in self._int8.graph.initializer}
+            own = sum(_entry_bytes(inits[f"{w}_quantized"].ByteSize()) for w in self.weights)
+            eight = {w: _entry_bytes(numpy_helper.from_array(np.zeros(self.shape(w), np.int8), f"{w}_quantized").ByteSize())
+                     for w in self.weights}
             four = {}
             for weight in self.weights:
                 tensors, nodes = self._four_bit_parts(weight)
                 four[weight] = sum(_entry_bytes(m.ByteSize()) for m in [*tensors, *nodes])
-            self._sizes = (everything.ByteSize() - _entry_bytes(graph), graph - sum(eight.values()), eight, four)
+            self._sizes = (self._int8.ByteSize() - _entry_bytes(graph), graph - own, eight, four)
         other, shared, eight, four = self._sizes
         graph = shared + sum(four[w] if w in four_bit else eight[w] for w in self.weights)
         return other + _entry_bytes(graph)
