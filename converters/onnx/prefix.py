@@ -45,8 +45,9 @@ log = logging.getLogger("converters")
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 Opener = Callable[[Path, "int | None"], Runner]  # a file's run(feeds), as the scorer runs files
 
-# Kept crossing tensors per token of a batch row, at most (bytes, summed over the chosen points).
-# MiniLM: 385 floats (1.5 KB) per point; the twelve points fit, ~30 MB for a 64-text ranking subset.
+# Kept crossing tensors per token of a batch row, at most (bytes, summed over the chosen points,
+# measured on the proof sample). MiniLM: the hidden state, 1.5 KB a token, and the attention mask
+# [batch, 1, seq, seq] (kept once; 4 x seq bytes a token): its twelve points fit.
 BYTES_PER_TOKEN = 24 << 10
 # A point may have at most this many crossing tensors more than the position with the fewest
 # (MiniLM: the hidden state alone after the last attention block; the hidden state and the
@@ -54,6 +55,12 @@ BYTES_PER_TOKEN = 24 << 10
 # block, three and more, left out). Counted, not sized: the mask [batch, 1, seq, seq] grows
 # with the sequence, so its bytes per token depend on the sample.
 NARROW = 1
+# ... and at most this multiple of the median such point's bytes per token: the budget admits as
+# many points as the widest candidate point fits, and MiniLM's FFN activations (1536 floats a
+# token, two tensors with the hidden state) left room for three points instead of eleven. (The
+# median, not the thinnest: the mask's bytes per token grow with the sample's length, and on a
+# tiny model it outweighs the hidden state at the points that have it.)
+WIDE = 1.5
 
 
 def sample_rows(feeds: dict[str, np.ndarray], rows: int = 2) -> dict[str, np.ndarray]:
@@ -126,7 +133,9 @@ class _Analysis:
         if not width:
             return
         fewest = min(len(self.positions[c]) for c in width)
-        narrow = [c for c in width if len(self.positions[c]) <= fewest + NARROW]
+        few = [c for c in width if len(self.positions[c]) <= fewest + NARROW]
+        typical = float(np.median([width[c] for c in few]))
+        narrow = [c for c in few if width[c] <= WIDE * typical]
         self.points = choose_points(narrow, self.changes, width, BYTES_PER_TOKEN)
         self.crossing = {p: self.positions[p] for p in self.points}
         self.types = {t: _tensor_type(t, measured[t], inferred) for p in self.points for t in self.crossing[p]}
