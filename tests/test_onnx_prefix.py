@@ -123,34 +123,51 @@ def test_a_point_whose_suffix_differs_is_left_out(prepared, tmp_path):
     assert len(onnx.load(str(tmp_path / "whole.onnx")).graph.node) == len(start.graph.node)
 
 
-@pytest.mark.parametrize("validation", ["host", "exact-u8"])
-def test_a_w4a8_ranking_scores_the_same_with_cut_candidates(prepared, tmp_path, validation):
-    from converters.core.validate import compute_metrics
+def _scorers(graphs, opener):
+    """A plain ranking scorer and one that can cut (through, opener), on two fit batches."""
+    from converters.core.validate import Reference, compute_metrics
 
-    graphs, weights = prepared
-    opener = _opener(validation, tmp_path)
     fp32 = opener(graphs["fp32"], 1)
-    outputs = [fp32(f)["last_hidden_state"] for f in graphs["batches"][:2]]
+    texts = Reference(graphs["batches"][:2], [fp32(f)["last_hidden_state"] for f in graphs["batches"][:2]])
 
     class Source:  # what compute_metrics reads of a source model
         output_names = ["last_hidden_state"]
         task = "feature-extraction"
         postprocess = {"pooling": "mean", "normalize": True}
 
-    from converters.core.validate import Reference
-
-    texts = Reference(graphs["batches"][:2], outputs)
-
     def through(run):
         return compute_metrics(Source(), texts, run)
 
     plain = LaneScorer(lambda path, threads: through(opener(path, threads)), lanes=2)
-    cutting = LaneScorer(plain.score, lanes=2, through=through, opener=opener)
+    return plain, LaneScorer(plain.score, lanes=2, through=through, opener=opener)
+
+
+@pytest.mark.parametrize("validation", ["host", "exact-u8"])
+def test_a_w4a8_ranking_scores_the_same_with_cut_candidates(prepared, tmp_path, validation):
+    graphs, weights = prepared
+    plain, cutting = _scorers(graphs, _opener(validation, tmp_path))
     moves = [frozenset({w}) for w in weights.weights]
     whole = W4A8Space(weights, tmp_path / "a.onnx", rank=plain, judge=plain).rank_each(moves)
     cut = W4A8Space(weights, tmp_path / "b.onnx", rank=cutting, judge=cutting).rank_each(moves)
     assert cut == whole
     assert not list(tmp_path.glob("prefix-*"))  # the tap and proof files are gone
+
+
+def test_a_start_model_the_cut_cannot_read_is_ranked_whole(prepared, tmp_path, monkeypatch, caplog):
+    from converters.onnx import prefix
+
+    graphs, weights = prepared
+    plain, cutting = _scorers(graphs, _opener("host", tmp_path))
+    moves = [frozenset({w}) for w in weights.weights[:3]]
+    whole = W4A8Space(weights, tmp_path / "a.onnx", rank=plain, judge=plain).rank_each(moves)
+
+    def unreadable(*args):
+        raise ValueError("an op this reader does not know")
+
+    monkeypatch.setattr(prefix._Analysis, "__init__", unreadable)
+    with caplog.at_level("INFO", logger="converters"):
+        assert W4A8Space(weights, tmp_path / "b.onnx", rank=cutting, judge=cutting).rank_each(moves) == whole
+    assert "ranking every candidate whole" in caplog.text and "an op this reader does not know" in caplog.text
 
 
 def test_cut_points_that_serve_no_candidate_are_dropped():

@@ -27,6 +27,7 @@ weights (`{w}_quantized`, `{w}_scale`), opset >= 21 (UINT4 tensors).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from converters.core.search import Budget, LaneScorer, ProbeSpace, SearchResult,
 from converters.onnx.prefix import OnnxPrefixCuts, sample_rows
 
 __all__ = ["W4A8Config", "W4A8Space", "W4A8Weights", "fit_w4a8", "grid_params"]
+
+log = logging.getLogger("converters")
 
 CONFIG_VERSION = 1
 
@@ -400,8 +403,12 @@ class W4A8Space(ProbeSpace):
         if not isinstance(whole, LaneScorer) or whole.through is None or whole.opener is None \
                 or self.weights.sample is None:
             return super().rank_each(moves, done)
-        cuts = OnnxPrefixCuts(self.weights.build(set(self.weights.weights), unpacked=True), self.probe.parent,
-                              whole.opener, self.weights.sample, [f"{w}_quantized" for w in self.weights.weights])
+        try:
+            cuts = OnnxPrefixCuts(self.weights.build(set(self.weights.weights), unpacked=True), self.probe.parent,
+                                  whole.opener, self.weights.sample, [f"{w}_quantized" for w in self.weights.weights])
+        except Exception as exc:  # noqa: BLE001 -- a graph the cut does not handle: rank whole (same numbers)
+            log.info("ranking every candidate whole (no cut points found in the start model: %s)", exc)
+            return super().rank_each(moves, done)
         if not cuts.active:
             return super().rank_each(moves, done)
 
