@@ -153,6 +153,26 @@ class ProbeSpace:
             return _rank_in_turn(self, moves, done)
         return _rank_in_lanes(self, moves, done)
 
+    def rank_cut(self, cuts, moves: Sequence[frozenset], done: Callable[[int], None] = lambda n: None
+                 ) -> list[tuple[int, Metrics]]:
+        """rank_each with the candidates scored from their first change (a prefix scorer `cuts`:
+        converters/tflite/prefix.py, converters/onnx/prefix.py): while it runs, `self._cuts` is
+        `cuts` (a subclass's `write` cuts what it writes), and a file `cuts.is_cut` is scored
+        through `cuts.runner(path, threads)`; `cuts` is closed after."""
+        whole = self._rank
+
+        def score(path: Path, threads: int | None) -> Metrics:
+            if cuts.is_cut(path):
+                return whole.through(cuts.runner(path, threads))
+            return whole.score(path, threads)
+
+        self._rank, self._cuts = LaneScorer(score, whole.lanes), cuts
+        try:
+            return ProbeSpace.rank_each(self, moves, done)
+        finally:
+            self._rank, self._cuts = whole, None
+            cuts.close()
+
 
 def _rank_in_turn(space: Space, moves: Sequence[frozenset], done: Callable[[int], None]) -> list[tuple[int, Metrics]]:
     results = []

@@ -411,18 +411,7 @@ class W4A8Space(ProbeSpace):
             return super().rank_each(moves, done)
         if not cuts.active:
             return super().rank_each(moves, done)
-
-        def score(path: Path, threads: int | None) -> dict[str, float]:
-            if cuts.is_cut(path):
-                return whole.through(cuts.runner(path, threads))
-            return whole.score(path, threads)
-
-        self._rank, self._cuts = LaneScorer(score, whole.lanes), cuts
-        try:
-            return super().rank_each(moves, done)
-        finally:
-            self._rank, self._cuts = whole, None
-            cuts.close()
+        return self.rank_cut(cuts, moves, done)
 
 
 def fit_w4a8(space: W4A8Space, budget_bytes: int, progress: Callable[[str], None] = lambda m: None,

@@ -209,12 +209,14 @@ class PrefixCuts:
     def is_cut(self, path: Path) -> bool:
         return Path(path) in self._cuts
 
-    def runner(self, path: Path, threads: int) -> Runner:
+    def runner(self, path: Path, threads: int | None) -> Runner:
         """run(feeds) over the cut file at `path` that returns what edge_runtime's TfliteSession
         returns for the whole candidate: [batch, seq] integer feeds, each row padded to the
         smallest bucket that holds it, outputs of the sequence axis cut back to seq."""
+        from edge_runtime._bench_config import DEFAULT_SHAPE
         from edge_runtime.backends._tflite_engines import _InterpreterEngine
 
+        threads = threads or DEFAULT_SHAPE.threads
         points = self._cuts[Path(path)]
         engine = _InterpreterEngine(Path(path), threads, True)
         signatures = {key: engine.signature(key) for key in points}

@@ -60,7 +60,6 @@ from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.shared_quantization import share_quantization
 from converters.tflite.signatures import calibration_rows, signature_lengths, synthetic_cosines
 from converters.tflite.smooth import SMOOTH_ALPHA, smooth_fc_inputs
-from edge_runtime._bench_config import DEFAULT_SHAPE
 from targets import AccuracyFloor
 
 __all__ = ["quantize_tflite"]
@@ -115,17 +114,9 @@ class _Space(ProbeSpace):
             start.unlink(missing_ok=True)
             return super().rank_each(moves, done)
 
-        def score(path: Path, threads: int | None) -> dict[str, float]:
-            if cuts.is_cut(path):
-                return whole.through(cuts.runner(path, threads or DEFAULT_SHAPE.threads))
-            return whole.score(path, threads)
-
-        self._rank, self._cuts = LaneScorer(score, whole.lanes), cuts
         try:
-            return super().rank_each(moves, done)
+            return self.rank_cut(cuts, moves, done)
         finally:
-            self._rank, self._cuts = whole, None
-            cuts.close()
             start.unlink(missing_ok=True)
 
 
