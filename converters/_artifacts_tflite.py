@@ -10,6 +10,7 @@ from typing import Any
 
 from converters._errors import ConversionError
 from converters._step import PLAIN_ONNX_EXPORT, Built, Step, checked, open_session
+from converters.inputs.plan import plan
 from converters.core.search import RANKING_TEXTS, LaneScorer, ranking_lanes
 from converters.core.validate import (
     Reference,
@@ -27,7 +28,8 @@ from converters.tflite import (
     quantize_tflite,
 )
 from converters.tflite.background import background_key, tflite_export_key, tflite_export_path
-from converters.tflite.hessians import HessianCache
+from converters.tflite.config import gptq_policy
+from converters.tflite.hessians import HessianCache, hessian_rows
 from edge_runtime._bench_config import DEFAULT_SHAPE
 
 __all__ = ["build_tflite_fp32", "build_tflite_quantized"]
@@ -46,6 +48,8 @@ def _tflite_fp32(step: Step) -> Path:
             waiting = time.perf_counter()
             step.progress(f"waiting for the TFLite export (started {background.seconds():.0f} s ago in a "
                           "second process)")
+            if background.running():
+                _statistics_while_waiting(step, max(key[1]))
             info, why = background.result(step.counted("TFLite export in the second process (litert-torch), stage"))
             if info is None:
                 step.progress(f"the TFLite export process failed ({why}): exporting here instead")
@@ -58,6 +62,37 @@ def _tflite_fp32(step: Step) -> Path:
                                  step.counted("TFLite export (litert-torch), stage"))
         step.cache[key] = (path, info)
     return step.cache[key][0]
+
+
+def _hessians(step: Step) -> HessianCache:
+    """GPTQ statistics of the export: collected once, shared by both recipes and all targets;
+    read from the plain ONNX export when this run made one (faster than the interpreter)."""
+    return step.cache.setdefault("tflite-hessians", HessianCache(twin=step.cache.get(PLAIN_ONNX_EXPORT)))
+
+
+def _int4_config(step: Step) -> GptqInt4Config:
+    return GptqInt4Config(size_budget=step.profile.tflite.int4_size_budget)
+
+
+def _statistics_while_waiting(step: Step, longest: int) -> None:
+    """While the conversion waits for the background export (single-threaded, one core), the
+    input statistics its GPTQ recipes will read are computed from the plain ONNX export on the
+    other core: the same numbers as computed later (HessianCache.prefetch), ~8 s less after the
+    export for MiniLM on 2 cores (benchmarks/RESULTS.md run BC)."""
+    hessians = _hessians(step)
+    options = step.profile.tflite
+    policies = {}
+    for planned in plan(step.profile):
+        recipes = options.legacy_recipes if planned.variant == "legacy" else options.recipes
+        policy = (gptq_policy(recipes.get(planned.precision, ""), _int4_config(step))
+                  if planned.format == "tflite" and not planned.pruned else None)
+        if policy is not None:
+            policies.setdefault((policy.prefix_tokens, policy.weighting), policy)
+    for policy in policies.values():
+        _, rows = hessian_rows(step.fit.batches, longest, policy)
+        # One onnxruntime thread: the export's process has the other core.
+        hessians.prefetch(rows, policy.weighting, step.counted("meanwhile, GPTQ input statistics from the "
+                                                               "ONNX export, batch"), threads=1)
 
 
 def _tflite_extra(step: Step) -> dict[str, Any]:
@@ -105,16 +140,14 @@ def build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool =
         # texts (the same split the ONNX INT8/INT4 use).
         calibration=step.fit.batches if spec and spec.needs_calibration else None,
         validation=step.reference.batches if spec and spec.needs_calibration else None,
-        int4=GptqInt4Config(size_budget=options.int4_size_budget) if recipe == GPTQ_RECIPE else None,
+        int4=_int4_config(step) if recipe == GPTQ_RECIPE else None,
         floor=floor if spec and spec.ours else None,  # read as the final validation reads it
         progress=lambda message: step.progress(f"[{name}] {message}"),
         # The one evaluator of every search: agreement with PyTorch through edge_runtime.
         rank=_tflite_scorer(step, step.fit.spread(RANKING_TEXTS), f"{name} ranking probe"),
         # Re-batched by length: edge_runtime pads a batch to the bucket of its longest text.
         judge=_tflite_scorer(step, step.reference.spread(None), f"{name} candidate"),
-        # GPTQ statistics of the export: collected once, shared by both recipes and all targets;
-        # read from the plain ONNX export when this run made one (faster than the interpreter).
-        hessians=step.cache.setdefault("tflite-hessians", HessianCache(twin=step.cache.get(PLAIN_ONNX_EXPORT))),
+        hessians=_hessians(step),
     )
     metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", out).run,
                               name)

@@ -99,15 +99,36 @@ class SharedInputs:
     # The manifest's "pruning" when this holds a pruned source (SharedInputs.pruned)
     pruning: dict[str, Any] | None = None
     _pruned: dict[str, SharedInputs | ConversionError] = field(default_factory=dict)
+    # The export's second process when started before the model was loaded (load), until
+    # start_tflite_exports gives it its export
+    _early: BackgroundExport | None = None
 
     @classmethod
-    def load(cls, config, work: Path, progress: Progress) -> SharedInputs:
+    def load(cls, config, work: Path, progress: Progress, profiles: list[TargetProfile] = ()) -> SharedInputs:
+        """The inputs of `config`'s conversion; with `profiles` (the run's targets) that ship
+        TFLite, the export's second process starts first and loads the model beside this one
+        (start_tflite_exports then tells it what to export)."""
         # The texts first: a bad calibration file is said in a moment, not after the model loads.
         texts = split_texts(
             load_texts(config.calibration),
             None if config.validation_texts is None else load_texts(config.validation_texts, role="validation"),
             config.max_fit_texts, config.max_validation_texts,
         )
+        early = None
+        if any(p.format == "tflite" for profile in profiles for p in plan(profile)) and background_unavailable() is None:
+            progress("starting a second, low-priority process for the TFLite export (it loads the model too)")
+            early = BackgroundExport(config.model, config.task)
+        try:
+            shared = cls._load(config, texts, work, progress)
+        except BaseException:
+            if early is not None:
+                early.stop()
+            raise
+        shared._early = early
+        return shared
+
+    @classmethod
+    def _load(cls, config, texts: TextSplit, work: Path, progress: Progress) -> SharedInputs:
         progress("loading the source model")
         source = load_source(config.model, config.task)
         progress(f"source {source.name}: {source.model_type}, task {source.task}, "
@@ -222,7 +243,10 @@ class SharedInputs:
         (converters/tflite/background.py; converters/_artifacts.py waits for them). Nothing for an
         export done or running already, for a pruned model (it exists in memory only: exported
         in-process), or where this machine has no room for a second process."""
+        early, self._early = self._early, None
         if self.pruning is not None:
+            if early is not None:
+                early.stop()
             return
         keys = []
         for profile in profiles:
@@ -230,7 +254,7 @@ class SharedInputs:
             if (any(p.format == "tflite" for p in plan(profile)) and key not in keys and key not in self.cache
                     and background_key(key) not in self.cache):
                 keys.append(key)
-        why_not = background_unavailable() if keys else None
+        why_not = None if early is not None or not keys else background_unavailable()
         if why_not is not None:
             progress(f"the TFLite export will run in this process, after the ONNX artifacts ({why_not})")
             self.cache.update({background_key(key): None for key in keys})  # said once per run
@@ -238,12 +262,19 @@ class SharedInputs:
         for key in keys:
             progress(f"exporting TFLite with litert-torch in a second, low-priority process (signatures for "
                      f"{key[1]} tokens), beside the ONNX stages")
-            self.cache[background_key(key)] = BackgroundExport(
-                self.config_fields["model"], self.source.task, self.source.weights_sha256,
-                tflite_export_path(self.work, key), TfliteExportConfig(buckets=key[1]))
+            background = early or BackgroundExport(self.config_fields["model"], self.source.task)
+            early = None
+            background.request(self.source.task, self.source.weights_sha256, tflite_export_path(self.work, key),
+                               TfliteExportConfig(buckets=key[1]))
+            self.cache[background_key(key)] = background
+        if early is not None:  # started for an export that turned out not to be needed
+            early.stop()
 
     def close(self) -> None:
         """End background exports still running (a failed or interrupted conversion)."""
+        if self._early is not None:
+            self._early.stop()
+            self._early = None
         for key in [k for k, v in self.cache.items() if isinstance(v, BackgroundExport)]:
             self.cache.pop(key).stop()
 

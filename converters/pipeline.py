@@ -229,7 +229,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
         if shared is None:
             # The work directory is locked while in use; a re-run removes what a killed run left
             # (converters/packaging/package.py).
-            shared = SharedInputs.load(config, stack.enter_context(package.work_dir()), progress)
+            shared = SharedInputs.load(config, stack.enter_context(package.work_dir()), progress, [profile])
             stack.callback(shared.close)  # before the work directory goes
         else:
             shared.check(config)
@@ -425,7 +425,7 @@ def convert_targets(config: ConvertConfig, targets: list[str],
         except ConversionError as exc:
             raise ConversionError(f"{exc} (target {target}; nothing was converted)") from None
     with package.work_dir() as work:
-        shared = SharedInputs.load(config, work, progress)
+        shared = SharedInputs.load(config, work, progress, [prepared[target][0] for target in targets])
         try:
             # Every target's TFLite export from the start: it runs beside the first targets' ONNX stages.
             shared.start_tflite_exports([prepared[target][0] for target in targets], progress)

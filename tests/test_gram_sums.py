@@ -24,6 +24,33 @@ def test_sums_equal_the_products_of_every_block(budget):
         np.testing.assert_allclose(sums[key], x.T @ x, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("per_key", [False, True])
+def test_per_key_sums_do_not_depend_on_the_other_keys(per_key):
+    """per_key: a key's blocks are multiplied out when its own budget is full, so its sum is the
+    same bits whether other keys were summed beside it or not (a prefetch of every input, then
+    the weights' subset; converters/tflite/hessians.py). The shared budget (per_key False) groups
+    a key's blocks by what the others hold: close, and only that."""
+    rng = np.random.default_rng(1)
+    parts = {key: [rng.normal(size=(n, 24)) * 10.0 ** rng.uniform(-3, 3) for n in (3, 50, 9, 71, 20, 5)]
+             for key in ("a", "b", "c")}
+
+    def summed(keys):
+        grams = GramSums(4096, per_key=per_key)
+        for index in range(6):
+            for key in keys:
+                grams.add(key, parts[key][index])
+        return grams.sums()
+
+    alone, together = summed(["a"]), summed(["a", "b", "c"])
+    if per_key:
+        assert np.array_equal(alone["a"], together["a"])
+    else:  # why per_key exists: these blocks, grouped otherwise, round otherwise
+        assert not np.array_equal(alone["a"], together["a"])
+    np.testing.assert_allclose(alone["a"], together["a"], rtol=1e-12)
+    x = np.concatenate(parts["a"])
+    np.testing.assert_allclose(together["a"], x.T @ x, rtol=1e-12)
+
+
 def test_sums_can_be_read_twice_and_added_to():
     grams = GramSums(1 << 30)
     grams.add("x", np.ones((2, 3)))

@@ -28,7 +28,7 @@ def test_the_background_export_writes_the_in_process_file(tiny_model_factory, tm
     # litert-torch's stages, told as a count: per signature an export and a lowering, then FX
     # passes, merging, the converter's passes and the write
     assert stages == [(k, 8) for k in range(9)]
-    background = BackgroundExport(model, source.task, source.weights_sha256, tmp_path / "there.tflite", CONFIG)
+    background = BackgroundExport.start(model, source.task, source.weights_sha256, tmp_path / "there.tflite", CONFIG)
     followed: list[tuple[int, int]] = []
     there, why = background.result(lambda done, total: followed.append((done, total)))
     assert why == "" and there is not None
@@ -91,7 +91,7 @@ def test_a_refusal_comes_back_as_the_in_process_error(tiny_model_factory, tmp_pa
     too_long = TfliteExportConfig(buckets=(source.max_length + 1,))
     with pytest.raises(ConversionError) as here:
         export_tflite(source, tmp_path / "here.tflite", too_long)
-    background = BackgroundExport(model, source.task, source.weights_sha256, tmp_path / "there.tflite", too_long)
+    background = BackgroundExport.start(model, source.task, source.weights_sha256, tmp_path / "there.tflite", too_long)
     with pytest.raises(ConversionError) as there:
         background.result()
     assert str(there.value) == str(here.value) and "no TFLite bucket fits" in str(there.value)
@@ -99,7 +99,7 @@ def test_a_refusal_comes_back_as_the_in_process_error(tiny_model_factory, tmp_pa
 
 def test_other_weights_than_the_conversions_are_refused(tiny_model_factory, tmp_path):
     model = tiny_model_factory("bert", "feature-extraction")
-    background = BackgroundExport(model, "feature-extraction", "0" * 64, tmp_path / "x.tflite", CONFIG)
+    background = BackgroundExport.start(model, "feature-extraction", "0" * 64, tmp_path / "x.tflite", CONFIG)
     with pytest.raises(ConversionError, match=r"weights changed during the conversion"):
         background.result()
     assert not (tmp_path / "x.tflite").exists()
@@ -107,7 +107,7 @@ def test_other_weights_than_the_conversions_are_refused(tiny_model_factory, tmp_
 
 def test_a_child_that_dies_leaves_the_export_to_the_caller(tiny_model_factory, tmp_path):
     model = tiny_model_factory("bert", "feature-extraction")
-    background = BackgroundExport(model, "feature-extraction", "0" * 64, tmp_path / "x.tflite", CONFIG)
+    background = BackgroundExport.start(model, "feature-extraction", "0" * 64, tmp_path / "x.tflite", CONFIG)
     background._process.kill()
     info, why = background.result()
     assert info is None and "without an answer" in why and "exit code -9" in why
@@ -116,11 +116,59 @@ def test_a_child_that_dies_leaves_the_export_to_the_caller(tiny_model_factory, t
 
 def test_stop_ends_a_running_child(tiny_model_factory, tmp_path):
     model = tiny_model_factory("bert", "feature-extraction")
-    background = BackgroundExport(model, "feature-extraction", "0" * 64, tmp_path / "x.tflite", CONFIG)
+    background = BackgroundExport.start(model, "feature-extraction", "0" * 64, tmp_path / "x.tflite", CONFIG)
     assert background._process.is_alive()
     background.stop()
     assert not background._process.is_alive()
     background.stop()  # twice is harmless (a conversion's cleanup after a failure)
+
+
+def test_a_child_started_early_waits_for_its_request_and_ends_without_one(tiny_model_factory, tmp_path):
+    """Started before the conversion has loaded the model: the child loads its own copy and
+    waits; no request (the export was not needed, or the conversion failed first) ends it with
+    nothing written. Asking for the result before the request is a programming error, not a hang."""
+    model = tiny_model_factory("bert", "feature-extraction")
+    background = BackgroundExport(model, None)  # the task as edge-convert resolves it: the child does the same
+    with pytest.raises(RuntimeError, match="before request"):
+        background.result()
+    background._requests.close()  # the parent needs no export: the child returns
+    background._process.join(timeout=120)
+    assert background._process.exitcode == 0
+    assert not any(tmp_path.iterdir())
+    background.stop()  # harmless after
+
+
+@pytest.mark.slow  # a spawned child loads torch and exports
+def test_the_early_child_of_a_load_is_the_one_that_exports(tiny_model_factory, tmp_path):
+    """SharedInputs.load with the run's profiles starts the second process before the model
+    loads; start_tflite_exports hands it the export (no second child) and the file is the
+    in-process one. Profiles without TFLite start none."""
+    from converters._shared import SharedInputs
+    from converters.options import ConvertConfig
+    from targets import load_profile
+
+    model = tiny_model_factory("bert", "feature-extraction")
+    config = ConvertConfig(model=model, target="rpi4", out=tmp_path / "out")
+    said: list[str] = []
+    shared = SharedInputs.load(config, tmp_path / "work", said.append, [load_profile("rpi4")])
+    try:
+        early = shared._early
+        assert isinstance(early, BackgroundExport) and said[0].startswith("starting a second, low-priority process")
+        assert said.index(said[0]) < said.index("loading the source model")
+        shared.start_tflite_exports([load_profile("rpi4")], said.append)
+        assert shared._early is None
+        assert [v for v in shared.cache.values() if isinstance(v, BackgroundExport)] == [early]
+        info, why = early.result()
+        assert why == "" and info is not None
+        here = export_tflite(shared.source, tmp_path / "here.tflite",
+                             TfliteExportConfig(buckets=next(k for k in shared.cache if k[0] == "tflite-export-background")[1]))
+        there = next((tmp_path / "work").rglob("export.tflite"))
+        assert _sha(there) == _sha(tmp_path / "here.tflite") and here["bytes"] == info["bytes"]
+    finally:
+        shared.close()
+    onnx_only = SharedInputs.load(config, tmp_path / "work2", said.append, [load_profile("x86-avx2")])
+    assert onnx_only._early is None
+    onnx_only.close()
 
 
 def _shared(model, tmp_path):

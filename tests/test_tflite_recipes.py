@@ -420,6 +420,23 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
         np.testing.assert_allclose(read[buffer][0], tapped[buffer], rtol=1e-4, atol=1e-5 * scale)
         assert read[buffer][1] == HessianCache.TWIN
 
+    # Prefetched before the .tflite is read (every MatMul input of the twin, one onnxruntime
+    # thread, as the pipeline does while the export runs): get() then runs nothing and
+    # returns the same Hessians bit for bit.
+    early = HessianCache(twin=twin)
+    prefetch_told: list[tuple[int, int]] = []
+    assert early.prefetch(rows, weighting, lambda done, total: prefetch_told.append((done, total)), threads=1)
+    assert prefetch_told[-1][0] == prefetch_told[-1][1] >= 1
+    assert not early.prefetch(rows, weighting, threads=1)  # done already
+    later_told: list[tuple[int, int]] = []
+    prefetched = early.get(fp32, fcs, rows, weighting=weighting, progress=lambda *told: later_told.append(told))
+    assert later_told == [] and early.from_twin == len(fcs)
+    for buffer in fcs:
+        assert np.array_equal(prefetched[buffer][0], read[buffer][0]) and prefetched[buffer][1] == HessianCache.TWIN
+    # Other rows are not served by the prefetch: collected then.
+    early.get(fp32, fcs, rows[:8], weighting=weighting, progress=lambda *told: later_told.append(told))
+    assert later_told and early.collected == 2 * len(fcs)
+
     import onnx
     from onnx import numpy_helper
 
@@ -431,6 +448,7 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
     onnx.save(model, str(other_twin))
     assert onnx_twin_hessians(fp32, fcs, rows, other_twin, weighting) is None
     fallback = HessianCache(twin=other_twin)
+    assert fallback.prefetch(rows[:8], weighting)  # computed, but matches no weight of fp32
     fallback.get(fp32, fcs, rows[:8], weighting=weighting)
     assert fallback.collected == 12 and fallback.from_twin == 0
 

@@ -27,27 +27,33 @@ class GramSums:
     multiplying (MiniLM's rpi4 conversion spent 24 s of numpy work in three collections;
     RESULTS.md run AJ). The sum is the same up to float64 rounding (relative differences ~1e-15)."""
 
-    def __init__(self, budget: int = 96 << 20):
+    def __init__(self, budget: int = 96 << 20, per_key: bool = False):
+        """`budget`: bytes waiting in all keys together before every key is multiplied out;
+        `per_key`: in each key on its own instead, so that a key's sum does not depend on which
+        other keys are summed beside it (bit for bit: the blocks of one product are the same)."""
         self.budget = budget
+        self.per_key = per_key
         self._sums: dict = {}
         self._pending: dict = {}
-        self._waiting = 0
+        self._waiting: dict = {}
 
     def add(self, key, rows: np.ndarray) -> None:
         block = np.asarray(rows, dtype=np.float64)
         self._pending.setdefault(key, []).append(block)
-        self._waiting += block.nbytes
-        if self._waiting >= self.budget:
-            self._flush()
+        counted = key if self.per_key else None
+        self._waiting[counted] = self._waiting.get(counted, 0) + block.nbytes
+        if self._waiting[counted] >= self.budget:
+            self._flush(key if self.per_key else None)
 
-    def _flush(self) -> None:
-        for key, blocks in self._pending.items():
+    def _flush(self, only=None) -> None:
+        """Multiply out the blocks waiting in key `only`, or in every key (None)."""
+        for key in [only] if only is not None else list(self._pending):
+            blocks = self._pending.pop(key)
             x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
             product = x.T @ x
             # A new array, not +=: a result handed out by sums() never changes afterwards.
             self._sums[key] = self._sums[key] + product if key in self._sums else product
-        self._pending.clear()
-        self._waiting = 0
+            self._waiting.pop(key if self.per_key else None, None)
 
     def sums(self) -> dict:
         """{key: sum x^T x} of everything added."""
@@ -56,9 +62,11 @@ class GramSums:
 
 
 def token_rows(
-    model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]], progress: BatchProgress | None = None
+    model_path: Path, tensors: list[str], batches: list[dict[str, np.ndarray]], progress: BatchProgress | None = None,
+    threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Per batch: each named tensor as [rows, channels], real (unpadded) tokens only."""
+    """Per batch: each named tensor as [rows, channels], real (unpadded) tokens only. `threads`:
+    onnxruntime's intra-op threads (None: its default, every core)."""
     import onnx
     import onnxruntime as ort
 
@@ -69,6 +77,8 @@ def token_rows(
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep tensors by name
+    if threads is not None:
+        options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     if progress is not None:

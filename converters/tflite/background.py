@@ -12,9 +12,11 @@ the time (188-197 s -> 179 s on a 2-vCPU AMD EPYC Zen 4 with AVX-512 VNNI), ever
 byte-identical (benchmarks/RESULTS.md run AF). When the conversion reaches its TFLite artifacts
 it waits for the child, which then has the machine to itself.
 
-The child is a spawned interpreter (no forked torch or onnxruntime thread pools): it loads the
-same model directory, checks that its weights hash to the parent's, and runs `export_tflite`, so
-the file is the one an in-process export writes. A refusal by litert-torch comes back as the same
+The child is a spawned interpreter (no forked torch or onnxruntime thread pools), started before
+the conversion loads the model: it loads the same model directory and litert-torch while the
+parent loads its own copy (one core each), then waits for the parent's request (the buckets
+follow from the model), checks that its weights hash to the parent's, and runs `export_tflite`,
+so the file is the one an in-process export writes. A refusal by litert-torch comes back as the same
 ConversionError; a child that dies without an answer (killed, out of memory) leaves the export to
 the conversion's process. Ctrl-C is the parent's to handle (it ends the child); a child whose
 parent is gone stops. Its library output goes where the parent's goes (edge-convert redirects
@@ -96,9 +98,9 @@ def _tell(answer, done: int, total: int) -> None:
         pass
 
 
-def _child(model_dir: str | None, task: str, weights_sha256: str, out_path: str, config: TfliteExportConfig,
-           answer, parent: int) -> None:
-    """Runs in the spawned process: load the model, check it is the parent's, export, answer."""
+def _child(model_dir: str | None, task: str | None, answer, requests, parent: int) -> None:
+    """Runs in the spawned process: load the model and litert-torch, wait for the parent's
+    request, check the model is the parent's, export, answer."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
@@ -113,9 +115,16 @@ def _child(model_dir: str | None, task: str, weights_sha256: str, out_path: str,
         from converters.tflite.export import export_tflite
 
         source = load_source(None if model_dir is None else Path(model_dir), task)
-        if source.weights_sha256 != weights_sha256:
+        import litert_torch  # noqa: F401 -- imported before the request: ~2 s less after it
+
+        try:
+            wanted_task, weights_sha256, out_path, config = requests.recv()
+        except EOFError:  # the parent needs no export after all
+            return
+        if source.task != wanted_task or source.weights_sha256 != weights_sha256:
             raise ConversionError(f"{source.name}: its weights changed during the conversion (sha256 "
-                                  f"{source.weights_sha256[:12]}..., was {weights_sha256[:12]}...)")
+                                  f"{source.weights_sha256[:12]}..., was {weights_sha256[:12]}...; task "
+                                  f"{source.task}, was {wanted_task})")
         outcome: tuple[str, Any] = ("done", export_tflite(source, Path(out_path), config,
                                                           lambda done, total: _tell(answer, done, total)))
     except ConversionError as exc:
@@ -131,25 +140,50 @@ def _child(model_dir: str | None, task: str, weights_sha256: str, out_path: str,
 
 
 class BackgroundExport:
-    """`export_tflite` of the model at `model_dir` (None: the built-in one) for `task` into
-    `out_path`, in a low-priority spawned process started at construction. `result()` waits."""
+    """`export_tflite` of the model at `model_dir` (None: the built-in one) in a low-priority
+    spawned process. Started before the conversion has loaded the model (the child loads its own
+    copy and litert-torch meanwhile, on the core the parent's loading leaves idle); `request`
+    says what to export once the parent knows it (the buckets follow from the model); `result()`
+    waits."""
 
-    def __init__(self, model_dir: Path | None, task: str, weights_sha256: str, out_path: Path,
-                 config: TfliteExportConfig):
+    def __init__(self, model_dir: Path | None, task: str | None):
         context = multiprocessing.get_context("spawn")
         self._answers, sender = context.Pipe(duplex=False)
+        receiver, self._requests = context.Pipe(duplex=False)
         self.started = time.perf_counter()
         self._process = context.Process(
             target=_child, name="edge-convert-tflite-export", daemon=True,
-            args=(None if model_dir is None else str(model_dir), task, weights_sha256, str(out_path), config,
-                  sender, os.getpid()))
+            args=(None if model_dir is None else str(model_dir), task, sender, receiver, os.getpid()))
         self._process.start()
         sender.close()  # the child holds the only sending end: EOF when it dies without answering
+        receiver.close()
         self._outcome: tuple[str, Any] | None = None
+        self.requested = False
+
+    @classmethod
+    def start(cls, model_dir: Path | None, task: str, weights_sha256: str, out_path: Path,
+              config: TfliteExportConfig) -> BackgroundExport:
+        """A child started and asked at once."""
+        background = cls(model_dir, task)
+        background.request(task, weights_sha256, out_path, config)
+        return background
+
+    def request(self, task: str, weights_sha256: str, out_path: Path, config: TfliteExportConfig) -> None:
+        """Export the model into `out_path` with `config`, if the child's copy is the parent's:
+        `task` and `weights_sha256` as the parent loaded it (else a refusal)."""
+        try:
+            self._requests.send((task, weights_sha256, str(out_path), config))
+        except OSError:  # the child is gone: result() says so, and the caller exports itself
+            pass
+        self.requested = True
 
     def seconds(self) -> float:
         """Since the child was started."""
         return time.perf_counter() - self.started
+
+    def running(self) -> bool:
+        """Whether the child is still at work (it exits once it has answered)."""
+        return self._outcome is None and self._process.is_alive()
 
     def result(self, progress: CountCallback | None = None) -> tuple[dict[str, Any] | None, str]:
         """(what export_tflite returned, "") once the child is done, or (None, why) when it died
@@ -157,6 +191,8 @@ class BackgroundExport:
         raises the ConversionError the in-process export would have raised. `progress(done,
         total)` hears the export's stages while this waits: first the last one finished before,
         then each as it finishes."""
+        if not self.requested:
+            raise RuntimeError("BackgroundExport.result() before request(): the child would wait forever")
         if self._outcome is None:
             try:
                 self._outcome = self._wait(progress or (lambda done, total: None))
@@ -191,7 +227,9 @@ class BackgroundExport:
             progress(*message[1:])
 
     def stop(self) -> None:
-        """End the child if it still runs (the conversion failed or was interrupted)."""
+        """End the child if it still runs (the conversion failed or was interrupted, or no
+        export was requested)."""
+        self._requests.close()
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout=10)

@@ -20,6 +20,7 @@ __all__ = [
     "BLOCK",
     "GPTQ_INT4_VERSION",
     "GptqInt4Config",
+    "gptq_policy",
 ]
 
 GPTQ_INT4_VERSION = 1
@@ -59,3 +60,15 @@ class GptqInt4Config:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "policy": self.gptq_policy().describe(), "block_size": BLOCK}
+
+
+def gptq_policy(recipe: str, int4: GptqInt4Config | None = None) -> HessianPolicy | None:
+    """The Hessian policy `recipe` rounds with (`int4`: gptq_wi4b32_afp32's config), or None for
+    ai-edge-quantizer's own recipes (no input statistics)."""
+    from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE
+
+    if recipe == GPTQ_INT8_RECIPE:
+        return GPTQ_POLICY["int8"]
+    if recipe == GPTQ_RECIPE:
+        return (int4 or GptqInt4Config()).gptq_policy()
+    return None

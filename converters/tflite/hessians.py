@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from converters.core._activations import BatchProgress, GramSums, token_rows
+from converters.core.gptq import HessianPolicy
 from converters.tflite.flatbuffer import Weight
-from converters.tflite.signatures import Signatures
+from converters.tflite.signatures import Signatures, calibration_rows
 
-__all__ = ["HessianCache", "TfliteHessians", "collect_hessians", "onnx_twin_hessians", "with_prefixes"]
+__all__ = ["HessianCache", "OnnxTwin", "TfliteHessians", "collect_hessians", "hessian_rows", "onnx_twin_hessians",
+           "with_prefixes"]
 
 
 def with_prefixes(
@@ -51,6 +53,15 @@ def with_prefixes(
                     }
                 )
     return rows + extra
+
+
+def hessian_rows(calibration: list[dict[str, np.ndarray]], longest: int,
+                 policy: HessianPolicy) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """(one row per calibration text, cut to `longest` tokens; those rows plus their short
+    prefixes): the second set is what GPTQ's Hessians and SmoothQuant's statistics are read on,
+    by every recipe here (the pipeline prefetches the statistics on it: HessianCache.prefetch)."""
+    rows = calibration_rows(calibration, longest)
+    return rows, with_prefixes(rows, policy.prefix_tokens)
 
 
 def collect_hessians(
@@ -137,6 +148,76 @@ def _twin_inputs(graph) -> dict[str, tuple[str, tuple[np.ndarray, np.ndarray] | 
     return {k: v for k, v in found.items() if v is not None}
 
 
+# A twin collection's products: per input tensor, at most this many bytes of rows wait (the sums
+# of a tensor are the same bit for bit whichever other tensors are summed: GramSums(per_key)).
+TWIN_BLOCK_BYTES = 4 << 20
+
+
+class OnnxTwin:
+    """The plain FP32 ONNX export of the model a .tflite was exported from, as a source of its FC
+    weights' input statistics: every MatMul input a FULLY_CONNECTED weight can read, as it is or
+    normalized (minus beta, over gamma) after a LayerNorm whose gamma litert-torch folds into the
+    weight (_twin_inputs)."""
+
+    def __init__(self, path: Path):
+        import onnx
+
+        self.path = path
+        model = onnx.load(str(path))  # the weights too: FC weights are matched by value
+        self.inputs = _twin_inputs(model.graph)  # {weight value key: (input tensor, (beta, gamma) or None)}
+        self.dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                       for i in model.graph.input}
+
+    def match(self, path: Path, weights: dict[int, Weight]) -> dict[int, tuple[str, bool]] | None:
+        """{buffer: (its input tensor here, normalized)} for `weights` of the .tflite at `path`,
+        or None when one of them has no twin (the interpreter must tap)."""
+        from converters.tflite.flatbuffer import float_weights
+
+        floats = float_weights(path, list(weights.values()))
+        matched = {b: self.inputs.get(_weight_key(v)) for b, v in floats.items()}
+        if not matched or None in matched.values():
+            return None
+        return {b: (x, norm is not None) for b, (x, norm) in matched.items()}
+
+    def fits(self, rows: list[dict[str, np.ndarray]]) -> bool:
+        """Whether `rows` hold what this export reads (an attention mask among them)."""
+        return bool(rows) and "attention_mask" in self.dtypes and all(name in rows[0] for name in self.dtypes)
+
+    def gram_sums(self, rows: list[dict[str, np.ndarray]], weighting: str = "row",
+                  progress: BatchProgress | None = None, threads: int | None = None) -> dict[tuple[str, bool], np.ndarray]:
+        """{(input tensor, normalized): sum x^T x} over the real tokens of `rows` (fits(rows)), for
+        every input of `inputs` at once: onnxruntime runs the export once for all of them. No sum
+        depends on which others were computed (GramSums(per_key)), so a .tflite's Hessians are
+        the same bit for bit whether they were computed for it or before it existed (the pipeline
+        does this while the TFLite export runs in its second process). `threads`: onnxruntime's."""
+        # The rows as onnxruntime feeds: only the export's inputs, in its integer type, stacked by
+        # length (rows are unpadded, so a batch of equal lengths needs no padding).
+        by_length: dict[int, list[dict[str, np.ndarray]]] = {}
+        for row in rows:
+            by_length.setdefault(row["attention_mask"].shape[1], []).append(row)
+        batches = []
+        for _, group in sorted(by_length.items()):
+            for start in range(0, len(group), 64):  # bounded memory for the activations kept
+                chunk = group[start : start + 64]
+                batches.append({name: np.concatenate([r[name] for r in chunk]).astype(dtype)
+                                for name, dtype in self.dtypes.items()})
+
+        # One sum per (tensor, normalized or not); the FCs reading the same input share it.
+        sources = {(x, norm is not None): norm for x, norm in self.inputs.values()}
+        grams = GramSums(TWIN_BLOCK_BYTES, per_key=True)
+        tensors = sorted({x for x, _ in sources})
+        for feeds, values in zip(batches, token_rows(self.path, tensors, batches, progress, threads)):
+            lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
+            for (x_name, normalized), norm in sources.items():
+                x = values[x_name].astype(np.float64)
+                if normalized:
+                    x = (x - norm[0]) / norm[1]
+                if weighting == "row" and len(x) == len(lengths) * lengths[0]:  # one row per real token
+                    x /= np.sqrt(np.repeat(lengths, lengths)[:, None].astype(np.float64))
+                grams.add((x_name, normalized), x)
+        return grams.sums()
+
+
 def onnx_twin_hessians(
     path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]], twin: Path, weighting: str = "row",
     progress: BatchProgress | None = None,
@@ -144,45 +225,12 @@ def onnx_twin_hessians(
     """What collect_hessians returns, read from `twin` (the plain FP32 ONNX export of the same
     model) by onnxruntime; None when a weight has no twin there (the interpreter must tap).
     `progress(batches done, batches)` hears onnxruntime's pass."""
-    import onnx
-
-    from converters.tflite.flatbuffer import float_weights
-
-    model = onnx.load(str(twin))
-    inputs = _twin_inputs(model.graph)
-    floats = float_weights(path, list(weights.values()))
-    matched = {b: inputs.get(_weight_key(v)) for b, v in floats.items()}
-    if not matched or None in matched.values():
+    source = OnnxTwin(twin)
+    matched = source.match(path, weights)
+    if matched is None or not source.fits(rows):
         return None
-    # The rows as onnxruntime feeds: only the export's inputs, in its integer type, stacked by
-    # length (rows are unpadded, so a batch of equal lengths needs no padding).
-    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
-    if "attention_mask" not in dtypes or any(name not in rows[0] for name in dtypes):
-        return None
-    by_length: dict[int, list[dict[str, np.ndarray]]] = {}
-    for row in rows:
-        by_length.setdefault(row["attention_mask"].shape[1], []).append(row)
-    batches = []
-    for _, group in sorted(by_length.items()):
-        for start in range(0, len(group), 64):  # bounded memory for the activations kept
-            chunk = group[start : start + 64]
-            batches.append({name: np.concatenate([r[name] for r in chunk]).astype(dtype) for name, dtype in dtypes.items()})
-
-    # One sum per (tensor, normalized or not); the FCs reading the same input share it.
-    sources = {(x, norm is not None): norm for x, norm in matched.values()}
-    grams = GramSums()
-    tensors = sorted({x for x, _ in sources})
-    for feeds, values in zip(batches, token_rows(twin, tensors, batches, progress)):
-        lengths = feeds["attention_mask"].sum(axis=1).astype(np.int64)
-        for (x_name, normalized), norm in sources.items():
-            x = values[x_name].astype(np.float64)
-            if normalized:
-                x = (x - norm[0]) / norm[1]
-            if weighting == "row" and len(x) == len(lengths) * lengths[0]:  # one row per real token
-                x /= np.sqrt(np.repeat(lengths, lengths)[:, None].astype(np.float64))
-            grams.add((x_name, normalized), x)
-    sums = grams.sums()
-    return {b: sums[x, norm is not None] / len(rows) for b, (x, norm) in matched.items()}
+    sums = source.gram_sums(rows, weighting, progress)
+    return {b: sums[key] / len(rows) for b, key in matched.items()}
 
 
 def _rows_digest(rows: list[dict[str, np.ndarray]]) -> str:
@@ -208,12 +256,47 @@ class HessianCache:
     def __init__(self, twin: Path | None = None) -> None:
         """`twin`: the plain FP32 ONNX export of the model the .tflite files were exported from,
         read instead of tapping the interpreter when every weight has its twin there
-        (onnx_twin_hessians); None: always tap."""
+        (OnnxTwin); None: always tap."""
         self.twin = twin
+        self._twin: OnnxTwin | None = None  # read on first use
+        # (rows, weighting) -> the twin's Gram sums on those rows (OnnxTwin.gram_sums)
+        self._twin_sums: dict[tuple[str, str], dict[tuple[str, bool], np.ndarray]] = {}
         # (model, rows, weighting) -> {first op reading a weight: (its Hessian, where it came from)}
         self._store: dict[tuple[str, str, str], dict[tuple[int, ...], tuple[np.ndarray, str]]] = {}
         self.collected = 0  # weights whose statistics were collected (the rest were reused)
         self.from_twin = 0  # of those, read from the ONNX twin rather than the interpreter
+
+    def _onnx_twin(self) -> OnnxTwin | None:
+        if self.twin is not None and self._twin is None:
+            self._twin = OnnxTwin(self.twin)
+        return self._twin
+
+    def prefetch(self, rows: list[dict[str, np.ndarray]], weighting: str = "row",
+                 progress: BatchProgress | None = None, threads: int | None = None) -> bool:
+        """Compute the twin's statistics on `rows` now, before any .tflite exists (the pipeline
+        calls this while it waits for the TFLite export, on the core the export leaves idle):
+        a later get() on the same rows reads them instead of running onnxruntime. False when
+        there is nothing to compute (no twin, rows it cannot read, or done already)."""
+        twin = self._onnx_twin()
+        key = (_rows_digest(rows), weighting)
+        if twin is None or key in self._twin_sums or not twin.fits(rows):
+            return False
+        self._twin_sums[key] = twin.gram_sums(rows, weighting, progress, threads)
+        return True
+
+    def _from_twin(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
+                   weighting: str, progress: BatchProgress | None) -> dict[int, np.ndarray] | None:
+        """What collect_hessians returns, from the twin's sums on `rows` (computed here unless
+        prefetched); None when a weight has no twin there."""
+        twin = self._onnx_twin()
+        matched = None if twin is None or not twin.fits(rows) else twin.match(path, weights)
+        if matched is None:
+            return None
+        key = (_rows_digest(rows), weighting)
+        if key not in self._twin_sums:
+            self._twin_sums[key] = twin.gram_sums(rows, weighting, progress)
+        sums = self._twin_sums[key]
+        return {b: sums[source] / len(rows) for b, source in matched.items()}
 
     def get(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
             source: Path | None = None, weighting: str = "row",
@@ -227,8 +310,7 @@ class HessianCache:
         missing = {b: w for b, w in weights.items() if use[b] not in store}
         if missing:
             origin = self.TWIN
-            found = None if self.twin is None else onnx_twin_hessians(path, missing, rows, self.twin, weighting,
-                                                                      progress)
+            found = self._from_twin(path, missing, rows, weighting, progress)
             if found is None:
                 origin, found = self.INTERPRETER, collect_hessians(path, missing, rows, weighting, progress)
             else:

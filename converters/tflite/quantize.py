@@ -46,14 +46,13 @@ import numpy as np
 
 from converters._console import counter
 from converters._errors import AccuracyError, ConversionError
-from converters.core.gptq import GPTQ_POLICY
 from converters.core.search import RANKING_TEXTS, Budget, Floor, LaneScorer, ProbeSpace, greedy_search
-from converters.tflite.config import GptqInt4Config
+from converters.tflite.config import GptqInt4Config, gptq_policy
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_counts
 from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
-from converters.tflite.hessians import HessianCache, with_prefixes
+from converters.tflite.hessians import HessianCache, hessian_rows
 from converters.tflite.judge import Judge, floor_rule
 from converters.tflite.prefix import PrefixCuts
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
@@ -163,17 +162,16 @@ def _quantize_gptq_int4(
     hessians: HessianCache | None = None,
     floor: AccuracyFloor | tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    rows = calibration_rows(calibration, max(signature_lengths(in_path)))
-    val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
     policy = config.gptq_policy()
-    hessian_rows = with_prefixes(rows, policy.prefix_tokens)
+    rows, stat_rows = hessian_rows(calibration, max(signature_lengths(in_path)), policy)
+    val_rows = rows if validation is None else calibration_rows(validation, max(signature_lengths(in_path)))
     hessians = hessians if hessians is not None else HessianCache()
     compact = out_path.with_name(out_path.stem + ".compact.tflite")
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
     fp32_bytes = in_path.stat().st_size  # the budget is the FP32 artifact's, not the smoothed copy's
     source, smoothing = in_path, None
     try:
-        source, smoothing = _smoothed(in_path, out_path, hessian_rows, policy.weighting, hessians,
+        source, smoothing = _smoothed(in_path, out_path, stat_rows, policy.weighting, hessians,
                                       config.smooth_alpha, progress)
         compact_copy(source, compact)
         builder = Int4Builder(compact, config, source=source)
@@ -188,7 +186,7 @@ def _quantize_gptq_int4(
                     f"the size budget of {config.size_budget}x FP32 (a profile's [tflite] "
                     f"int4_size_budget){builder.budget_advice()}"
                 )
-        builder.round(hessian_rows, progress, hessians)
+        builder.round(stat_rows, progress, hessians)
         chosen: list[int] = []
         search: list[dict[str, Any]] = []
         seconds = 0.0
@@ -215,7 +213,7 @@ def _quantize_gptq_int4(
         "config": config.as_dict(),
         "smoothing": smoothing,
         "calibration_rows": len(rows),
-        "hessian_rows": len(hessian_rows),
+        "hessian_rows": len(stat_rows),
         "hessians_from": builder.hessians_from,
         "validation_rows": len(val_rows),
         "layers": layers,
@@ -239,14 +237,13 @@ def _quantize_gptq_int8(
 ) -> dict[str, Any]:
     """GPTQ INT8; with a floor (judge.floor_rule) that the all-INT8 model misses on the validation
     rows, the shared search's floor policy keeps FCs float until it is met."""
-    rows = calibration_rows(calibration, max(signature_lengths(in_path)))
-    policy = GPTQ_POLICY["int8"]
-    hessian_rows = with_prefixes(rows, policy.prefix_tokens)
+    policy = gptq_policy(GPTQ_INT8_RECIPE)
+    rows, stat_rows = hessian_rows(calibration, max(signature_lengths(in_path)), policy)
     hessians = hessians if hessians is not None else HessianCache()
-    source, smoothing = _smoothed(in_path, out_path, hessian_rows, policy.weighting, hessians, smooth_alpha, progress)
+    source, smoothing = _smoothed(in_path, out_path, stat_rows, policy.weighting, hessians, smooth_alpha, progress)
     probe = out_path.with_name(out_path.stem + ".probe.tflite")
     try:
-        builder = Int8Builder(source, hessian_rows, progress, hessians, policy)
+        builder = Int8Builder(source, stat_rows, progress, hessians, policy)
         written = builder.build(out_path, set())
         report: dict[str, Any] = {
             "smoothing": smoothing,
@@ -254,7 +251,7 @@ def _quantize_gptq_int8(
                 "weights": written,
                 **policy.describe(),
                 "calibration_rows": len(rows),
-                "hessian_rows": len(hessian_rows),
+                "hessian_rows": len(stat_rows),
                 "hessians_from": builder.hessians.origin,
             },
             "promoted": {"to": "float32", "weights": []},
