@@ -88,11 +88,16 @@ def _statistics_while_waiting(step: Step, longest: int) -> None:
                   if planned.format == "tflite" and not planned.pruned else None)
         if policy is not None:
             policies.setdefault((policy.prefix_tokens, policy.weighting), policy)
+    from threadpoolctl import threadpool_limits
+
     for policy in policies.values():
         _, rows = hessian_rows(step.fit.batches, longest, policy)
-        # One onnxruntime thread: the export's process has the other core.
-        hessians.prefetch(rows, policy.weighting, step.counted("meanwhile, GPTQ input statistics from the "
-                                                               "ONNX export, batch"), threads=1)
+        # One core: the export's process (nice 19) has the other. numpy's BLAS held to one
+        # thread too: its products ran on both cores, and its idle threads spin, so the export
+        # got half a core and waiting for it took as long as the statistics saved (RESULTS.md run BC).
+        with threadpool_limits(limits=1, user_api="blas"):
+            hessians.prefetch(rows, policy.weighting, step.counted("meanwhile, GPTQ input statistics from the "
+                                                                   "ONNX export, batch"), threads=1)
 
 
 def _tflite_extra(step: Step) -> dict[str, Any]:

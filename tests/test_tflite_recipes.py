@@ -421,11 +421,14 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
         assert read[buffer][1] == HessianCache.TWIN
 
     # Prefetched before the .tflite is read (every MatMul input of the twin, one onnxruntime
-    # thread, as the pipeline does while the export runs): get() then runs nothing and
-    # returns the same Hessians bit for bit.
+    # and one BLAS thread, as the pipeline does while the export runs): get() then runs nothing
+    # and returns the same Hessians bit for bit.
+    from threadpoolctl import threadpool_limits
+
     early = HessianCache(twin=twin)
     prefetch_told: list[tuple[int, int]] = []
-    assert early.prefetch(rows, weighting, lambda done, total: prefetch_told.append((done, total)), threads=1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert early.prefetch(rows, weighting, lambda done, total: prefetch_told.append((done, total)), threads=1)
     assert prefetch_told[-1][0] == prefetch_told[-1][1] >= 1
     assert not early.prefetch(rows, weighting, threads=1)  # done already
     later_told: list[tuple[int, int]] = []
