@@ -430,10 +430,11 @@ def test_hessians_from_the_onnx_twin_equal_the_interpreter_tap(bert, tiny_model_
     with threadpool_limits(limits=1, user_api="blas"):
         assert early.prefetch(rows, weighting, lambda done, total: prefetch_told.append((done, total)), threads=1)
     assert prefetch_told[-1][0] == prefetch_told[-1][1] >= 1
-    assert not early.prefetch(rows, weighting, threads=1)  # done already
+    assert not early.prefetch(rows, weighting, threads=1)  # prefetched already, not read yet
     later_told: list[tuple[int, int]] = []
     prefetched = early.get(fp32, fcs, rows, weighting=weighting, progress=lambda *told: later_told.append(told))
     assert later_told == [] and early.from_twin == len(fcs)
+    assert not early._twin_sums  # read once: the Hessians made from it are kept, not the sums
     for buffer in fcs:
         assert np.array_equal(prefetched[buffer][0], read[buffer][0]) and prefetched[buffer][1] == HessianCache.TWIN
     # Other rows are not served by the prefetch: collected then.

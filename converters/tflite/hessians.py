@@ -259,7 +259,7 @@ class HessianCache:
         (OnnxTwin); None: always tap."""
         self.twin = twin
         self._twin: OnnxTwin | None = None  # read on first use
-        # (rows, weighting) -> the twin's Gram sums on those rows (OnnxTwin.gram_sums)
+        # (rows, weighting) -> the twin's Gram sums on those rows, prefetched and not read yet
         self._twin_sums: dict[tuple[str, str], dict[tuple[str, bool], np.ndarray]] = {}
         # (model, rows, weighting) -> {first op reading a weight: (its Hessian, where it came from)}
         self._store: dict[tuple[str, str, str], dict[tuple[int, ...], tuple[np.ndarray, str]]] = {}
@@ -275,8 +275,8 @@ class HessianCache:
                  progress: BatchProgress | None = None, threads: int | None = None) -> bool:
         """Compute the twin's statistics on `rows` now, before any .tflite exists (the pipeline
         calls this while it waits for the TFLite export, on the core the export leaves idle):
-        a later get() on the same rows reads them instead of running onnxruntime. False when
-        there is nothing to compute (no twin, rows it cannot read, or done already)."""
+        the next get() on the same rows reads them instead of running onnxruntime. False when
+        there is nothing to compute (no twin, rows it cannot read, or prefetched already)."""
         twin = self._onnx_twin()
         key = (_rows_digest(rows), weighting)
         if twin is None or key in self._twin_sums or not twin.fits(rows):
@@ -292,10 +292,11 @@ class HessianCache:
         matched = None if twin is None or not twin.fits(rows) else twin.match(path, weights)
         if matched is None:
             return None
-        key = (_rows_digest(rows), weighting)
-        if key not in self._twin_sums:
-            self._twin_sums[key] = twin.gram_sums(rows, weighting, progress)
-        sums = self._twin_sums[key]
+        # A prefetch is read once: the Hessians made from it are what later calls reuse (the
+        # sums of every twin input, ~150 MB for MiniLM, are not kept beside them).
+        sums = self._twin_sums.pop((_rows_digest(rows), weighting), None)
+        if sums is None:
+            sums = twin.gram_sums(rows, weighting, progress)
         return {b: sums[source] / len(rows) for b, source in matched.items()}
 
     def get(self, path: Path, weights: dict[int, Weight], rows: list[dict[str, np.ndarray]],
