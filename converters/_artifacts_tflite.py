@@ -77,8 +77,10 @@ def _int4_config(step: Step) -> GptqInt4Config:
 def _statistics_while_waiting(step: Step, longest: int) -> None:
     """While the conversion waits for the background export (single-threaded, one core), the
     input statistics its GPTQ recipes will read are computed from the plain ONNX export on the
-    other core: the same numbers as computed later (HessianCache.prefetch), ~8 s less after the
-    export for MiniLM on 2 cores (benchmarks/RESULTS.md run BC)."""
+    other core: the same numbers as computed later (HessianCache.prefetch). MiniLM, masked rpi4 on
+    2 cores: the export wait and the TFLite INT8 artifact took 7 s less (benchmarks/RESULTS.md run
+    BC). Where the export is nearly done when the wait begins, this costs a few seconds instead
+    (one core for the statistics, where two would have computed them after the export)."""
     hessians = _hessians(step)
     options = step.profile.tflite
     policies = {}
