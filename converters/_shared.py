@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class SharedInputs:
     _early: BackgroundExport | None = None
 
     @classmethod
-    def load(cls, config, work: Path, progress: Progress, profiles: list[TargetProfile] = ()) -> SharedInputs:
+    def load(cls, config, work: Path, progress: Progress, profiles: Sequence[TargetProfile] = ()) -> SharedInputs:
         """The inputs of `config`'s conversion; with `profiles` (the run's targets) that ship
         TFLite, the export's second process starts first and loads the model beside this one
         (start_tflite_exports then tells it what to export)."""
