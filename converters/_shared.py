@@ -14,6 +14,7 @@ from (`built_for`).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -83,6 +84,21 @@ def _millions(count: int) -> str:
     return f"{count / 1e6:.1f}M" if count >= 100_000 else f"{count:,}"
 
 
+def _freeze_loaded_heap() -> bool:
+    """Keep the cyclic garbage collector off the objects alive once the model is loaded (gc.freeze):
+    torch, transformers and the model are ~400,000 objects that live for the whole run, and each
+    full collection walked them all (a masked MiniLM rpi4 conversion: 28 of them, 5.6 s, a quarter
+    of each ai-edge-quantizer build of a search candidate; 1.6 s frozen: benchmarks/RESULTS.md run
+    BD). Frozen objects are only never *collected*; close() unfreezes them. Returns whether it
+    froze: not when the process froze objects itself (gc.get_freeze_count()), whose freeze is its
+    own to undo."""
+    if gc.get_freeze_count():
+        return False
+    gc.collect()  # cyclic garbage made while loading is freed, not frozen
+    gc.freeze()
+    return True
+
+
 @dataclass
 class SharedInputs:
     """Loaded once per run; references and exports on first use."""
@@ -102,6 +118,8 @@ class SharedInputs:
     # The export's second process when started before the model was loaded (load), until
     # start_tflite_exports gives it its export
     _early: BackgroundExport | None = None
+    # Whether load() froze the objects alive after the model loaded (_freeze_loaded_heap)
+    _frozen: bool = False
 
     @classmethod
     def load(cls, config, work: Path, progress: Progress, profiles: Sequence[TargetProfile] = ()) -> SharedInputs:
@@ -125,6 +143,7 @@ class SharedInputs:
                 early.stop()
             raise
         shared._early = early
+        shared._frozen = _freeze_loaded_heap()
         return shared
 
     @classmethod
@@ -271,7 +290,11 @@ class SharedInputs:
             early.stop()
 
     def close(self) -> None:
-        """End background exports still running (a failed or interrupted conversion)."""
+        """End background exports still running (a failed or interrupted conversion); give the
+        objects load() froze back to the cyclic collector."""
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
         if self._early is not None:
             self._early.stop()
             self._early = None

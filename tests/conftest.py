@@ -1,3 +1,4 @@
+import gc
 import os
 import signal
 import sys
@@ -54,6 +55,16 @@ def tiny_rpi5(tiny_model_factory, tmp_path_factory):
 def _private_cache_home(tmp_path_factory):
     """Device caches (XNNPACK weight caches) go to a temporary directory, not ~/.cache."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _collector_not_left_frozen():
+    """SharedInputs.load freezes the loaded heap until close() (converters/_shared.py): a test that
+    loads without closing would leave the rest of its worker's tests with a frozen collector."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        pytest.fail("the test left the garbage collector frozen: close() the SharedInputs it loaded")
 
 
 @pytest.fixture

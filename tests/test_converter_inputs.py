@@ -463,14 +463,49 @@ def test_a_small_calibration_file_notes_how_few_texts_validate(tmp_path, monkeyp
     inputs = shared.SharedInputs.load(
         ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o", calibration=tmp_path / "cal.txt"),
         tmp_path / "work", said.append)
+    inputs.close()
     few = len(inputs.texts.validation.texts)
     assert few < 8 and any(m.startswith(f"note: only {few} different validation texts") and "--validation-texts" in m
                            for m in said), said
     said.clear()
     shared.SharedInputs.load(ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o"),
-                             tmp_path / "work", said.append)  # the built-in texts: 87 validate
+                             tmp_path / "work", said.append).close()  # the built-in texts: 87 validate
     assert not any(m.startswith("note: only") for m in said)
     assert not any("moves in steps of" in m for m in said)  # an embedding model's cosines are not steps
+
+
+def test_load_freezes_the_loaded_heap_until_close_and_leaves_a_process_freeze_alone(tmp_path, monkeypatch):
+    """The objects alive once the model is loaded are kept from the cyclic collector for the run
+    (each full collection walked them all) and given back by close(); a process that froze objects
+    itself keeps its freeze, neither added to nor undone."""
+    import gc
+    from types import SimpleNamespace
+
+    import converters._shared as shared
+
+    monkeypatch.setattr(shared, "load_source", lambda *a, **k: SimpleNamespace(
+        name="stub", model_type="bert", task="feature-extraction", num_parameters=1000, notes=()))
+    config = ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o")
+    assert gc.get_freeze_count() == 0
+    inputs = shared.SharedInputs.load(config, tmp_path / "work", lambda message: None)
+    assert gc.get_freeze_count() > 0
+    inputs.close()
+    assert gc.get_freeze_count() == 0
+    inputs.close()  # twice: nothing more to give back
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()
+    calls: list[str] = []
+    try:
+        # (the count itself moves as frozen objects die)
+        monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+        monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        inputs = shared.SharedInputs.load(config, tmp_path / "work", lambda message: None)
+        inputs.close()
+        assert calls == [] and gc.get_freeze_count() > 0
+    finally:
+        monkeypatch.undo()
+        gc.unfreeze()
 
 
 def test_a_classifier_with_fewer_than_100_validation_texts_gets_a_note_and_comments_are_counted(tmp_path, monkeypatch):
@@ -488,6 +523,7 @@ def test_a_classifier_with_fewer_than_100_validation_texts_gets_a_note_and_comme
     inputs = shared.SharedInputs.load(
         ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o", calibration=tmp_path / "cal.txt"),
         tmp_path / "work", said.append)
+    inputs.close()
     n = inputs.texts.validation.distinct
     assert any(m.startswith(f"note: {n} validation texts: top-1 agreement on them moves in steps of {1 / n:.3f}")
                for m in said), said
@@ -613,7 +649,7 @@ def test_the_dropped_head_is_said_once_in_the_progress_output(qa_model, tmp_path
 
     said: list[str] = []
     shared.SharedInputs.load(ConvertConfig(model=qa_model, task="feature-extraction", target="x86-avx2",
-                                           out=tmp_path / "o"), tmp_path / "work", said.append)
+                                           out=tmp_path / "o"), tmp_path / "work", said.append).close()
     assert sum("head (qa_outputs) dropped" in message for message in said) == 1, said
 
 

@@ -133,6 +133,7 @@ def test_a_default_prompt_the_artifacts_do_not_add_is_noted(tiny_model_factory, 
     said: list[str] = []
     inputs = shared.SharedInputs.load(ConvertConfig(model=model, target="x86-avx2", out=tmp_path / "o"),
                                       tmp_path / "work", said.append)
+    inputs.close()
     note = ("sentence-transformers prepends the default prompt 'query' ('query: ', config_sentence_transformers.json) "
             "to every text; the artifacts embed texts as given: prepend 'query: ' to each text yourself to get its "
             "embeddings")
