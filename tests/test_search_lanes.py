@@ -128,3 +128,35 @@ def test_onnxruntime_results_do_not_depend_on_the_thread_count(tmp_path):
     two = OnnxSession(path, threads=2, graph_optimization_level="all").run(x)["out"]
     assert np.isfinite(one).all() and one.std() > 0
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("fail_on", [None, "c"])
+def test_lanes_shorten_the_switch_interval_while_they_run_and_restore_it(tmp_path, fail_on):
+    """A lane returning from native code waits for the GIL while the other lane builds: the
+    interval is LANE_SWITCH_INTERVAL while lanes score, and what it was afterwards, also after a
+    failure."""
+    import sys
+
+    from converters.core.search import LANE_SWITCH_INTERVAL
+
+    seen: list[float] = []
+
+    class Watching(Recorder):
+        def score(self, path, threads):
+            seen.append(sys.getswitchinterval())
+            return super().score(path, threads)
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        if fail_on is None:
+            _search(tmp_path, 2, Watching())
+        else:
+            with pytest.raises(RuntimeError, match="candidate c failed"):
+                _search(tmp_path, 2, Watching(fail_on))
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(before)
+    # The first score is the start's, on the main probe, before the lanes; then the candidates'.
+    assert seen[0] == pytest.approx(0.004) and len(seen) > 1, seen
+    assert all(v == pytest.approx(LANE_SWITCH_INTERVAL) for v in seen[1:]), seen

@@ -32,6 +32,7 @@ step will buy; the measurements behind the choice are in benchmarks/RESULTS.md (
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ SHORTFALL_WEIGHT = 4.0
 # How many fit texts (spread evenly along the length order: Reference.spread) rank the
 # candidates. Chosen on the validation split (benchmarks/RESULTS.md run N).
 RANKING_TEXTS = 64
+# The GIL switch interval while ranking lanes run (seconds; Python's default is 0.005): see
+# _rank_in_lanes.
+LANE_SWITCH_INTERVAL = 0.001
 
 
 def search_loss(metrics: Metrics) -> float:
@@ -225,12 +229,19 @@ def _rank_in_lanes(space: ProbeSpace, moves: Sequence[frozenset], done: Callable
         return size, metrics
 
     pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="rank-lane")
+    # A lane whose scorer returns from native code waits for the GIL while the other lane builds
+    # (Python): beside builds without pause a 1-thread scorer of MiniLM's TFLite INT4 took 1.79x
+    # its time alone at the default switch interval (5 ms), 1.52x at 1 ms, the builds as fast
+    # (benchmarks/bench_lane_gil.py, RESULTS.md run BE). Shorter while the lanes run.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, LANE_SWITCH_INTERVAL))
     futures = [pool.submit(one, move) for move in moves]
     try:
         wait(futures, return_when=FIRST_EXCEPTION)
     finally:
         stop.set()  # on an error or Ctrl-C: no lane starts another candidate
         pool.shutdown(wait=True, cancel_futures=True)
+        sys.setswitchinterval(switch)
         for path in paths:
             path.unlink(missing_ok=True)
     # The first failure in the candidates' order, as the sequential ranking would raise it.
