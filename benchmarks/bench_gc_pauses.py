@@ -4,7 +4,7 @@ Runs edge-convert in this process with a gc callback that times every collection
 count and seconds of each generation's collections with the conversion's own result. `--no-freeze`
 turns off what converters/_shared.py does once the model is loaded (gc.freeze until the run ends),
 to measure the run as it was before. The export's second process is not counted (its own
-interpreter: it freezes after its own load).
+interpreter, which does not freeze).
 
     .venv/bin/python benchmarks/bench_gc_pauses.py [--no-freeze] -- --target rpi4 --out /tmp/gc --force
 """
