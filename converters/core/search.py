@@ -235,8 +235,8 @@ def _rank_in_lanes(space: ProbeSpace, moves: Sequence[frozenset], done: Callable
     # (benchmarks/bench_lane_gil.py, RESULTS.md run BE). Shorter while the lanes run.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, LANE_SWITCH_INTERVAL))
-    futures = [pool.submit(one, move) for move in moves]
     try:
+        futures = [pool.submit(one, move) for move in moves]
         wait(futures, return_when=FIRST_EXCEPTION)
     finally:
         stop.set()  # on an error or Ctrl-C: no lane starts another candidate
