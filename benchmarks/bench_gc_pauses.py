@@ -46,15 +46,33 @@ class Pauses:
                 for g in range(3)}
 
 
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """--json and edge-convert's arguments after --: what the in-process conversion benchmarks
+    take (this one, bench_walk_judges.py)."""
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("convert_args", nargs=argparse.REMAINDER, help="edge-convert's arguments, after --")
+
+
+def convert_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    convert_args = args.convert_args[1:] if args.convert_args[:1] == ["--"] else args.convert_args
+    if not convert_args:
+        parser.error("give edge-convert's arguments after --, e.g. -- --target rpi4 --out /tmp/bench --force")
+    return convert_args
+
+
+def report(figures: dict, json_path: Path | None) -> None:
+    print(json.dumps(figures, indent=1))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(figures, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-freeze", action="store_true", help="do not freeze the loaded heap (the run before)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("convert_args", nargs=argparse.REMAINDER, help="edge-convert's arguments, after --")
+    add_convert_arguments(parser)
     args = parser.parse_args(argv)
-    convert_args = args.convert_args[1:] if args.convert_args[:1] == ["--"] else args.convert_args
-    if not convert_args:
-        parser.error("give edge-convert's arguments after --, e.g. -- --target rpi4 --out /tmp/gc --force")
+    convert_args = convert_arguments(parser, args)
 
     import converters._shared as shared
     from converters.cli import main as edge_convert
@@ -70,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.callbacks.remove(pauses)
     figures = {"command": sys.argv, "freeze": not args.no_freeze, "wall_seconds": round(time.perf_counter() - started, 1),
                **pauses.to_dict()}
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    report(figures, args.json)
     return code or 0
 
 

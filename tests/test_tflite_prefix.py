@@ -93,39 +93,91 @@ def test_a_candidate_is_cut_before_its_first_change_or_not_at_all(start, tmp_pat
     cuts.close()
 
 
-@pytest.mark.slow  # two INT4 searches
+def test_a_walk_compares_each_candidate_with_the_last_one_accepted(start, tmp_path):
+    """follow (a search's walk): after accept, candidates are cut against the accepted model and
+    fed its crossing tensors, left behind by its own cut run (no new tap) or, after a candidate
+    accepted whole, from a new tap; every cut candidate answers what the whole one does, bit for
+    bit."""
+    source, _, builder, start_path, feeds = start
+    cuts = PrefixCuts(start_path, tmp_path, follow=True)
+    by_position = sorted(builder.int4, key=lambda w: min(op for _, op, _ in w.uses))
+    first, middle, last = by_position[0], by_position[len(by_position) // 2], by_position[-1]
+    probe, whole = tmp_path / "probe.tflite", tmp_path / "whole.tflite"
+    accepted: set[int] = set()
+
+    def judged(weight) -> dict:
+        builder.build(whole, accepted | {weight.buffer})
+        shutil.copy(whole, probe)
+        assert cuts.cut(probe), builder.label(weight.buffer)
+        want = _outputs(source, backends.open_session("tflite", whole, threads=1).run, feeds)
+        got = _outputs(source, cuts.runner(probe, 1), feeds)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=builder.label(weight.buffer))
+        return cuts._cuts[probe]
+
+    points = judged(middle)
+    assert all(point > min(cuts.graphs[key].points) for key, point in points.items()), "cut after the first point"
+    cuts.accept(probe)
+    accepted.add(middle.buffer)
+    judged(last)  # fed what the accepted candidate's own run left at the later points
+    judged(first)  # before the accepted change: the tensors kept from the tap
+    assert cuts._taps == 0
+    cuts.accept(probe)  # the first weight's candidate: every later point changed, from its run
+    accepted.add(first.buffer)
+    judged(last)
+    assert cuts._taps == 0
+
+    builder.build(whole, accepted | {last.buffer})  # accepted whole (never cut): a new tap
+    cuts.accept(whole)
+    accepted.add(last.buffer)
+    judged(by_position[1])
+    assert cuts._taps == 1
+    cuts.close()
+    assert not any(tmp_path.glob("*.tap.tflite"))
+
+
+@pytest.mark.slow  # four INT4 searches
 def test_a_search_ranks_walks_and_writes_the_same_with_cut_candidates(start, tmp_path):
-    """quantize_tflite's INT4 size-budget search with a ranking scorer that can take a runner
-    (cut candidates) and with one that cannot (every candidate whole): the same steps, metrics
-    and artifact bytes."""
+    """quantize_tflite's INT4 size-budget search with scorers that can take a runner (cut
+    candidates: the ranking's, and the walk's, whose start follows each accepted move) and with
+    ones that cannot (every candidate whole): the same steps, metrics and artifact bytes."""
     from converters.core.validate import compute_metrics, reference_outputs, sequence_outputs
 
     source, fp32, _, _, _ = start
-    texts = tuple(load_texts().texts)
+    texts = tuple(t for t in load_texts().texts if len(source.tokenizer(t)["input_ids"]) <= 64)  # the buckets'
     calibration, validation = make_batches(source, texts[:24]), make_batches(source, texts[24:40])
-    fit_reference = reference_outputs(source, texts[:24])
-    cut_scored = []
+    references = {"fit": reference_outputs(source, texts[:24]), "validation": reference_outputs(source, texts[24:40])}
+    cut_scored: dict[str, list] = {"fit": [], "validation": []}
 
-    def through(run):
-        return compute_metrics(source, fit_reference, rows_alone(run, sequence_outputs(source)), "probe")
+    def scorer(texts: str, cut: bool) -> LaneScorer:
+        def through(run):
+            return compute_metrics(source, references[texts], rows_alone(run, sequence_outputs(source)), texts)
 
-    def through_cut(run):  # what the Space calls for a cut candidate only
-        cut_scored.append(run)
-        return through(run)
+        def through_cut(run):  # what the Space calls for a cut candidate only
+            cut_scored[texts].append(run)
+            return through(run)
 
-    def score(path, threads):
-        return through(backends.open_session("tflite", path, threads=threads or 2).run)
+        def score(path, threads):
+            return through(backends.open_session("tflite", path, threads=threads or 2).run)
+
+        return LaneScorer(score, 2, through=through_cut if cut else None)
 
     reports = {}
-    for name, rank in (("whole", LaneScorer(score, 2)), ("cut", LaneScorer(score, 2, through=through_cut))):
+    for name, rank_cut, walk_cut in (("whole", False, False), ("cut", True, True), ("ranked-cut", True, False)):
         config = GptqInt4Config(size_budget=0.9, embedding_min_elements=TINY_TABLES)
         reports[name] = quantize_tflite(fp32, tmp_path / f"{name}.tflite", "gptq_wi4b32_afp32", calibration,
-                                        int4=config, validation=validation, rank=rank)
-    assert reports["cut"]["search"] == reports["whole"]["search"]
-    assert reports["cut"]["promoted"] == reports["whole"]["promoted"]
-    assert (tmp_path / "cut.tflite").read_bytes() == (tmp_path / "whole.tflite").read_bytes()
-    assert len(cut_scored) >= len(reports["cut"]["search"]) // 3, "most candidates were ranked cut"
-    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tflite" and p.stem not in ("cut", "whole")]
+                                        int4=config, validation=validation, rank=scorer("fit", rank_cut),
+                                        judge=scorer("validation", walk_cut))
+    for name in ("cut", "ranked-cut"):
+        assert reports[name]["search"] == reports["whole"]["search"], name
+        assert reports[name]["promoted"] == reports["whole"]["promoted"], name
+        assert (tmp_path / f"{name}.tflite").read_bytes() == (tmp_path / "whole.tflite").read_bytes(), name
+    search = reports["cut"]["search"]
+    assert len(cut_scored["fit"]) >= 2 * (len(search) // 3), "most candidates were ranked cut (two searches)"
+    tried = [step for step in search if step.get("candidate") and "metrics" in step]
+    assert any(step["accepted"] for step in tried) and len(tried) >= 2, "a walk that moves its start"
+    assert cut_scored["validation"], "walk trials judged cut"
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tflite" and p.stem not in reports]
 
 
 def test_cut_points_hold_the_narrow_places_of_the_graph(start, tmp_path):
@@ -149,13 +201,13 @@ def test_cut_points_hold_the_narrow_places_of_the_graph(start, tmp_path):
 @pytest.mark.slow  # an INT4 search
 def test_a_model_the_cut_reader_does_not_know_is_ranked_whole(start, tmp_path, monkeypatch):
     """Cutting is an optimization: if reading the start model's cut points fails, the ranking
-    scores every candidate whole, with the same result, and leaves no file behind."""
-    import converters.tflite.quantize as quantize
+    and the walk score every candidate whole, with the same result, and leave no file behind."""
+    from converters.tflite import space
 
     def unreadable(*args, **kwargs):
         raise RuntimeError("a layout this reader does not know")
 
-    monkeypatch.setattr(quantize, "PrefixCuts", unreadable)
+    monkeypatch.setattr(space, "PrefixCuts", unreadable)
     source, fp32, _, _, _ = start
     texts = tuple(t for t in load_texts().texts if len(source.tokenizer(t)["input_ids"]) <= 64)
     calibration = make_batches(source, texts[:24])
@@ -169,6 +221,6 @@ def test_a_model_the_cut_reader_does_not_know_is_ranked_whole(start, tmp_path, m
     rank = LaneScorer(score, 2, through=lambda run: through.append(run) or {"cosine_mean": 0.0})
     config = GptqInt4Config(size_budget=0.9, embedding_min_elements=TINY_TABLES)
     report = quantize_tflite(fp32, tmp_path / "int4.tflite", "gptq_wi4b32_afp32", calibration, int4=config,
-                             rank=rank)
+                             rank=rank, judge=rank)
     assert report["search"] and not through, "every candidate was scored whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int4.tflite"]

@@ -31,6 +31,7 @@ step will buy; the measurements behind the choice are in benchmarks/RESULTS.md (
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -149,6 +150,14 @@ class ProbeSpace:
 
     def judge(self) -> Metrics:
         return self._judge(self.probe)
+
+    def walking(self) -> contextlib.AbstractContextManager:
+        """The context the walk runs in: a subclass may judge its trials from where they differ
+        from the last accepted one there (converters/tflite/prefix.py)."""
+        return contextlib.nullcontext()
+
+    def accept(self) -> None:
+        """The walk accepted the candidate last built (called inside `walking`)."""
 
     def rank_each(self, moves: Sequence[frozenset], done: Callable[[int], None] = lambda n: None
                   ) -> list[tuple[int, Metrics]]:
@@ -371,53 +380,66 @@ def greedy_search(
                                accepted=False, why="no gain when ranked"))
 
     cap = max(1, int(len(keys) * goal.cap)) if isinstance(goal, Floor) else len(keys)
-    moved: list[K] = []
-    loss, size = objective(metrics), start_bytes
-    tried = 0
-    walk = f"trying {move} moves"
-    for index, key in enumerate(ranked):
-        progress(count(f"  {walk}", index, len(ranked)))
-        gain, added = gains[key]
-        name = space.label(key)
-        if isinstance(goal, Budget) and size + added > goal.bytes:
-            steps.append(_step(name, gain=gain, added_bytes=added, accepted=False, why="over the size budget"))
-            continue
-        if len(moved) >= cap:
-            steps.append({"candidate": None, "why": f"cap reached: {cap} of {len(keys)} candidates moved, "
-                                                    f"{len(ranked) - index} ranked ones not tried"})
-            progress(count(f"  {walk}", len(ranked), len(ranked)))
-            break
-        trial_size = space.build(frozenset(moved) | {key})
-        if isinstance(goal, Budget) and trial_size > goal.bytes:
-            steps.append(_step(name, gain=gain, added_bytes=added, accepted=False, why="over the size budget",
-                               bytes_=trial_size))
-            continue
-        tried += 1
-        trial = space.judge()
-        accepted = objective(trial) < loss
-        steps.append(_step(name, gain=gain, added_bytes=added, accepted=accepted, bytes_=trial_size, metrics=trial,
-                           why=None if accepted else "no gain on the validation texts"))
-        if not accepted:
-            continue
-        moved.append(key)
-        metrics, loss, size = trial, objective(trial), trial_size
-        progress(f"  {move} {len(moved)}: {name} -> {_summary(trial)}, {size / 1e6:.2f} MB")
-        if isinstance(goal, Floor) and not goal.failures(metrics):
-            progress(count(f"  {walk}", len(ranked), len(ranked)))
-            break
-    else:
-        if ranked:
-            progress(count(f"  {walk}", len(ranked), len(ranked)))
+    walk = _Walk(space, goal, objective, metrics, start_bytes, steps)
+    with getattr(space, "walking", contextlib.nullcontext)():
+        walk.run(ranked, gains, cap, len(keys), move, progress)
 
-    result = SearchResult(moved, metrics, size, steps, time.perf_counter() - started)
+    result = SearchResult(walk.moved, walk.metrics, walk.size, steps, time.perf_counter() - started)
     if isinstance(goal, Floor):
-        failures = goal.failures(metrics)
+        failures = goal.failures(walk.metrics)
         if failures:
             raise SearchExhausted(
                 f"still below the accuracy floor ({'; '.join(failures)}) after the {move} search: "
                 f"{len(keys)} candidates ranked, {len(ranked)} helped alone on the fit texts, "
-                f"{tried} tried on the validation texts, {len(moved)} accepted (cap {cap}): "
-                + (", ".join(space.label(k) for k in moved) or "none"),
+                f"{walk.tried} tried on the validation texts, {len(walk.moved)} accepted (cap {cap}): "
+                + (", ".join(space.label(k) for k in walk.moved) or "none"),
                 result,
             )
     return result
+
+
+class _Walk(Generic[K]):
+    """Step 3 of the policy: the ranked moves built on the accepted ones and judged; the state
+    the search reports (moved, metrics and bytes of the accepted model, moves tried)."""
+
+    def __init__(self, space: Space[K], goal: Floor | Budget, objective: Callable[[Metrics], float],
+                 metrics: Metrics, size: int, steps: list[dict[str, Any]]):
+        self.space, self.goal, self.objective, self.steps = space, goal, objective, steps
+        self.moved: list[K] = []
+        self.metrics, self.loss, self.size, self.tried = metrics, objective(metrics), size, 0
+
+    def run(self, ranked: list[K], gains: dict[K, tuple[float, int]], cap: int, candidates: int, move: str,
+            progress: Progress) -> None:
+        space, goal, steps = self.space, self.goal, self.steps
+        walk = f"trying {move} moves"
+        for index, key in enumerate(ranked):
+            progress(count(f"  {walk}", index, len(ranked)))
+            gain, added = gains[key]
+            name = space.label(key)
+            if isinstance(goal, Budget) and self.size + added > goal.bytes:
+                steps.append(_step(name, gain=gain, added_bytes=added, accepted=False, why="over the size budget"))
+                continue
+            if len(self.moved) >= cap:
+                steps.append({"candidate": None, "why": f"cap reached: {cap} of {candidates} candidates moved, "
+                                                        f"{len(ranked) - index} ranked ones not tried"})
+                break
+            trial_size = space.build(frozenset(self.moved) | {key})
+            if isinstance(goal, Budget) and trial_size > goal.bytes:
+                steps.append(_step(name, gain=gain, added_bytes=added, accepted=False, why="over the size budget",
+                                   bytes_=trial_size))
+                continue
+            self.tried += 1
+            trial = space.judge()
+            accepted = self.objective(trial) < self.loss
+            steps.append(_step(name, gain=gain, added_bytes=added, accepted=accepted, bytes_=trial_size,
+                               metrics=trial, why=None if accepted else "no gain on the validation texts"))
+            if not accepted:
+                continue
+            getattr(space, "accept", lambda: None)()
+            self.moved.append(key)
+            self.metrics, self.loss, self.size = trial, self.objective(trial), trial_size
+            progress(f"  {move} {len(self.moved)}: {name} -> {_summary(trial)}, {self.size / 1e6:.2f} MB")
+            if isinstance(goal, Floor) and not goal.failures(self.metrics):
+                break
+        if ranked:
+            progress(count(f"  {walk}", len(ranked), len(ranked)))

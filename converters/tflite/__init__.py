@@ -15,7 +15,8 @@ The package reads top to bottom like the stage it implements:
     gptq_int4.py       gptq_wi4b32_afp32's writer (GPTQ codes and block scales in INT4 blocks)
     hessians.py        the input-statistics tap GPTQ rounds against
     judge.py           standalone scoring against the FP32 .tflite (the pipeline passes its own)
-    prefix.py          ranking candidates scored from their first changed op (the start's prefix kept)
+    space.py           a recipe's candidates as the shared search sees them (probe files, cut scoring)
+    prefix.py          candidates scored from their first changed op (the start's prefix kept)
     signatures.py      running a bucketed model row by row on calibration rows
     flatbuffer.py      reading and rewriting the flatbuffer (op names, weights, tensor names)
     flatbuffer_raw.py  the same at the byte level where the generated accessors are too slow

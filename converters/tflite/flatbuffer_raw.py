@@ -16,7 +16,7 @@ import hashlib
 import struct
 from typing import Any
 
-__all__ = ["Patches", "RawTensors", "Tail", "Unprovable", "patch_cut"]
+__all__ = ["Patches", "RawTensors", "Tail", "Unprovable", "patch_cut", "patch_outputs"]
 
 
 class Unprovable(Exception):
@@ -192,16 +192,34 @@ def patch_cut(data: Patches, tail: Tail, sub, signature, point: int, crossing: l
     tail.put(inputs, f"<I{len(crossing)}i", len(crossing), *crossing)
     _point(data, _field(sub, 1), inputs)
 
-    # SignatureDef.inputs: [TensorMap {name: string, tensor_index: uint}], one vtable shared.
-    maps = tail.at(4 + 4 * len(crossing))
+    _point(data, _field(signature, 0), _tensor_maps(tail, [(f"{prefix}{t}", t) for t in crossing]))
+
+
+def patch_outputs(data: Patches, tail: Tail, sub, signature, extra: list[int], prefix: str) -> None:
+    """Make the activation tensors `extra` outputs of subgraph `sub` as well, named
+    "<prefix><tensor index>" in `signature` (its own outputs kept, in their order)."""
+    own = [int(t) for t in sub.OutputsAsNumpy()]
+    outputs = own + [t for t in extra if t not in own]
+    vector = tail.at(4 + 4 * len(outputs))  # Subgraph.outputs: [int]
+    tail.put(vector, f"<I{len(outputs)}i", len(outputs), *outputs)
+    _point(data, _field(sub, 2), vector)
+    maps = [(signature.Outputs(i).Name().decode(), signature.Outputs(i).TensorIndex())
+            for i in range(signature.OutputsLength())]
+    _point(data, _field(signature, 1), _tensor_maps(tail, maps + [(f"{prefix}{t}", t) for t in extra if t not in own]))
+
+
+def _tensor_maps(tail: Tail, entries: list[tuple[str, int]]) -> int:
+    """A new vector of SignatureDef TensorMaps {name: string, tensor_index: uint} in `tail`, one
+    vtable shared; its position."""
+    maps = tail.at(4 + 4 * len(entries))
     vtable = tail.at(8)
     tail.put(vtable, "<4H", 8, 12, 4, 8)
-    tables = [tail.at(12) for _ in crossing]
-    names = [tail.at(4 + len(f"{prefix}{t}") + 1) for t in crossing]
-    tail.put(maps, "<I", len(crossing))
-    for i, (t, table, name) in enumerate(zip(crossing, tables, names)):
-        text = f"{prefix}{t}".encode()
+    tables = [tail.at(12) for _ in entries]
+    names = [tail.at(4 + len(name.encode()) + 1) for name, _ in entries]
+    tail.put(maps, "<I", len(entries))
+    for i, ((name, t), table, at) in enumerate(zip(entries, tables, names)):
+        text = name.encode()
         tail.put(maps + 4 + 4 * i, "<I", table - (maps + 4 + 4 * i))
-        tail.put(table, "<iII", table - vtable, name - (table + 4), t)
-        tail.put(name, f"<I{len(text)}s", len(text), text)
-    _point(data, _field(signature, 0), maps)
+        tail.put(table, "<iII", table - vtable, at - (table + 4), t)
+        tail.put(at, f"<I{len(text)}s", len(text), text)
+    return maps

@@ -20,7 +20,12 @@ running only its suffix:
    tensors fed, the outputs cut back to the row's length.
 
 A candidate that differs before the first cut point, or in a way this module does not prove
-equal (an unknown quantization detail), is scored whole. Checked: tests/test_tflite_prefix.py
+equal (an unknown quantization detail), is scored whole.
+
+The search's walk (`follow=True`) judges its trials the same way, on the validation texts, against
+a start that moves: each accepted trial becomes it (`accept`). A trial's suffix also outputs the
+crossing tensors of the cut points after its own, so an accepted trial leaves the kept tensors of
+its own model behind and needs no new tap. Checked: tests/test_tflite_prefix.py
 (suffix outputs equal the whole candidate's bit for bit); benchmarks/RESULTS.md run AM (MiniLM:
 every artifact byte-identical, the ranking's metrics identical, the time saved).
 """
@@ -39,7 +44,7 @@ import numpy as np
 
 from converters.core.prefix_points import choose_points
 from converters.tflite.flatbuffer import FC, code_name, read_model, schema, write_model
-from converters.tflite.flatbuffer_raw import Patches, RawTensors, Tail, Unprovable, patch_cut
+from converters.tflite.flatbuffer_raw import Patches, RawTensors, Tail, Unprovable, patch_cut, patch_outputs
 
 __all__ = ["PrefixCuts"]
 
@@ -87,6 +92,23 @@ class _Graph:
         width = {o: 4 * sum(shapes[t] for t in crossing[o]) / length for o in narrow}  # float32 bytes per token
         self.points = choose_points(narrow, fcs, width, BYTES_PER_TOKEN)
         self.crossing = {o: crossing[o] for o in self.points}
+        self._tensors = [_op_tensors(op) for op in self.ops]
+
+    def later(self, point: int) -> list[int]:
+        """The crossing tensors of the cut points after `point` that the suffix from `point`
+        computes (those crossing `point` too are fed to it, unchanged)."""
+        fed = set(self.crossing[point])
+        return sorted({t for p in self.points if p > point for t in self.crossing[p]} - fed)
+
+    def same_structure(self, model) -> bool:
+        """Whether `model`'s subgraph has this one's operators reading and writing the same
+        tensors (so the same cut points and crossings); it becomes the one compared with."""
+        sub = model.Subgraphs(self.index)
+        ops = [sub.Operators(o) for o in range(sub.OperatorsLength())]
+        if [_op_tensors(op) for op in ops] != self._tensors:
+            return False
+        self.ops, self.signatures = ops, None
+        return True
 
 
 def _is_constant(model, tensor) -> bool:
@@ -98,34 +120,40 @@ def _is_constant(model, tensor) -> bool:
 
 
 class PrefixCuts:
-    """The cut points, the tap and the kept tensors of one ranking (see the module docstring).
-    `start`: the search's start model (nothing moved), left unchanged; `work`: where the tap
-    model is written. Thread-safe for the ranking's lanes (each lane cuts and scores its own
-    probe file)."""
+    """The cut points, the tap and the kept tensors of one ranking or walk (see the module
+    docstring). `start`: the search's start model (nothing moved), left unchanged; `work`: where
+    the tap model is written. Thread-safe for the ranking's lanes (each lane cuts and scores its
+    own probe file). `follow`: for a walk, whose accepted trials become the start (`accept`)."""
 
-    def __init__(self, start: Path, work: Path):
-        fb = schema()
-        self.start = Path(start)
-        self._data = self.start.read_bytes()
-        self._model = fb.Model.GetRootAs(self._data, 0)
+    def __init__(self, start: Path, work: Path, follow: bool = False):
+        self.start, self.follow = Path(start), follow
+        self._rebase(self.start.read_bytes())
+        self.graphs: dict[str, _Graph] = {}
         fc_code = {c for c in range(self._model.OperatorCodesLength())
                    if code_name(self._model.OperatorCodes(c)) == FC}
-        self.graphs: dict[str, _Graph] = {}
         for s in range(self._model.SignatureDefsLength()):
             signature = self._model.SignatureDefs(s)
             key = signature.SignatureKey().decode()
             self.graphs[key] = _Graph(self._model, key, signature.SubgraphIndex(), fc_code)
-        self._raw: dict[int, RawTensors] = {}  # the start model's tensor keys, per subgraph
-        self._digests: dict[int, bytes] = {}  # the start model's buffer hashes
-        self._codes = _codes(self._model)
         self._cuts: dict[Path, dict[str, int]] = {}  # cut file -> signature -> cut point
         self._values: dict[tuple[str, bytes], dict[int, np.ndarray]] = {}
         self._lock = threading.Lock()
         self._tap_path = Path(work) / (self.start.stem + ".tap.tflite")
         self._tap = None
         self._tap_signatures: dict[str, tuple] = {}  # one runner per signature, made on first use
+        self._tap_current, self._taps = True, 0  # whether the tap is the start model's; taps rewritten
+        self._whole: dict[Path, bytes] = {}  # follow: a cut file's bytes before the cut
+        self._later: dict[Path, dict[tuple[str, bytes], dict[int, np.ndarray]]] = {}  # follow: its later crossings
         if any(g.points for g in self.graphs.values()):
-            _write_tap(self.start, self._tap_path, self.graphs)
+            _write_tap(self._data, self._tap_path, self.graphs)
+
+    def _rebase(self, data: bytes) -> None:
+        """`data` (a whole model's bytes) is the model candidates are compared with."""
+        self._data = data
+        self._model = schema().Model.GetRootAs(data, 0)
+        self._raw: dict[int, RawTensors] = {}  # the start model's tensor keys, per subgraph
+        self._digests: dict[int, bytes] = {}  # the start model's buffer hashes
+        self._codes = _codes(self._model)
 
     @property
     def active(self) -> bool:
@@ -133,7 +161,7 @@ class PrefixCuts:
         return any(g.points for g in self.graphs.values())
 
     def close(self) -> None:
-        self._tap, self._tap_signatures, self._values = None, {}, {}
+        self._tap, self._tap_signatures, self._values, self._whole, self._later = None, {}, {}, {}, {}
         self._tap_path.unlink(missing_ok=True)
 
     # -- cutting a candidate ------------------------------------------------------------------
@@ -143,6 +171,8 @@ class PrefixCuts:
         point before its first changed op; False (file untouched): it is scored whole."""
         path = Path(path)
         self._cuts.pop(path, None)
+        self._whole.pop(path, None)
+        self._later.pop(path, None)
         if not self.active:
             return False
         with open(path, "r+b") as handle:
@@ -164,13 +194,16 @@ class PrefixCuts:
                 if point == 0:
                     return False
                 points[graph.key] = point
+            whole = bytes(data) if self.follow else b""
             tail, patched = Tail(len(data)), Patches(data)
             try:  # into the bytes in memory: the file is written only once every patch is made
                 for s in range(model.SignatureDefsLength()):
                     signature = model.SignatureDefs(s)
                     graph = self.graphs[signature.SignatureKey().decode()]
-                    patch_cut(patched, tail, model.Subgraphs(graph.index), signature, points[graph.key],
-                              graph.crossing[points[graph.key]], KEPT)
+                    point, sub = points[graph.key], model.Subgraphs(graph.index)
+                    if self.follow:  # before patch_cut: it reads the signature's own outputs
+                        patch_outputs(patched, tail, sub, signature, graph.later(point), KEPT)
+                    patch_cut(patched, tail, sub, signature, point, graph.crossing[point], KEPT)
             except (Unprovable, struct.error):  # a field the patch needs is absent: scored whole
                 return False
             for position, size in patched.spans:  # a few words in place, the new tables at the end
@@ -179,7 +212,28 @@ class PrefixCuts:
             handle.seek(0, 2)
             handle.write(tail.bytes())
         self._cuts[path] = points
+        if self.follow:
+            self._whole[path], self._later[path] = whole, {}
         return True
+
+    def accept(self, path: Path) -> None:
+        """follow: the candidate at `path`, cut and scored or whole, becomes the start model: later
+        candidates are compared with it and fed its crossing tensors. Those of a cut candidate
+        came out of its own run (cut points after its own); after a whole one, a new tap."""
+        path = Path(path)
+        later = self._later.pop(path, None)
+        whole = self._whole.pop(path, None)
+        self._rebase(whole if whole is not None else path.read_bytes())
+        if not all(graph.same_structure(self._model) for graph in self.graphs.values()):
+            for graph in self.graphs.values():  # other cut points: every later candidate scored whole
+                graph.points, graph.crossing = [], {}
+            self._values, later = {}, None
+        if later is None:  # scored whole: every kept tensor may have changed
+            self._values = {}
+        else:
+            # A row the candidate did not run keeps tensors of the old start: computed anew.
+            self._values = {row: {**kept, **later[row]} for row, kept in self._values.items() if row in later}
+        self._tap_current = False
 
     def _first_change(self, model, data, graph: _Graph, digests: dict[int, bytes], codes: list) -> int:
         """The index of the first op of `graph` in the candidate (`model` over `data`) that
@@ -218,51 +272,72 @@ class PrefixCuts:
 
         threads = threads or DEFAULT_SHAPE.threads
         points = self._cuts[Path(path)]
+        later = self._later.get(Path(path))
         engine = _InterpreterEngine(Path(path), threads, True)
         signatures = {key: engine.signature(key) for key in points}
         lengths = {key: self.graphs[key].length for key in points}  # the buckets: the start's input lengths
         buckets = sorted((length, key) for key, length in lengths.items())
         # Outputs along the sequence axis, as TfliteSession tells them: dim 1 follows the bucket.
-        names = next(iter(signatures.values()))[1]
+        details = next(iter(signatures.values()))[1]
+        names = [name for name in details if not name.startswith(KEPT)]  # follow: KEPT ones are for accept()
         sequence = {name for name in names
                     if all(len(signatures[k][1][name][0]) >= 2 and signatures[k][1][name][0][1] == lengths[k]
-                           for k in points) and (len(points) > 1 or len(names[name][0]) >= 3)}
+                           for k in points) and (len(points) > 1 or len(details[name][0]) >= 3)}
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             arrays = {name: np.asarray(value) for name, value in feeds.items()}
             batch, seq = next(iter(arrays.values())).shape
             length, key = next((b for b in buckets if b[0] >= seq), buckets[-1])
-            _, outputs, runner = signatures[key]
-            rows: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+            rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+            runner = signatures[key][2]
             for row in range(batch):
-                kept = self._kept(key, length, {name: a[row] for name, a in arrays.items()}, threads)
+                digest, kept = self._kept(key, length, {name: a[row] for name, a in arrays.items()}, threads)
                 values = runner(**{f"{KEPT}{t}": kept[t] for t in self.graphs[key].crossing[points[key]]})
-                for name in outputs:
+                if later is not None:  # follow: this candidate's own crossings, for accept()
+                    later[(key, digest)] = {int(name[len(KEPT):]): np.array(value)
+                                            for name, value in values.items() if name.startswith(KEPT)}
+                for name in names:
                     rows[name].append(values[name][:, :seq] if name in sequence else values[name])
             return {name: np.concatenate(parts, axis=0) for name, parts in rows.items()}
 
         return run
 
-    def _kept(self, key: str, length: int, row: dict[str, np.ndarray], threads: int) -> dict[int, np.ndarray]:
-        """The crossing tensors of the start model on this row (padded to `length`), from the
-        tap on the row's first sight."""
+    def _kept(self, key: str, length: int, row: dict[str, np.ndarray], threads: int
+              ) -> tuple[bytes, dict[int, np.ndarray]]:
+        """(the padded row's digest, the crossing tensors of the start model on it): this row
+        padded to `length`, from the tap on the row's first sight."""
         with self._lock:
-            if self._tap is None:
-                from edge_runtime.backends._tflite_engines import _InterpreterEngine
-
-                self._tap = _InterpreterEngine(self._tap_path, threads, True)
-            if key not in self._tap_signatures:
-                self._tap_signatures[key] = self._tap.signature(key)
-            inputs, _, runner = self._tap_signatures[key]
+            inputs, _, runner = self._tap_signature(key, threads)
             padded = {name: np.zeros((1, length), dtype) for name, (_, dtype) in inputs.items()}
             for name, value in row.items():
                 padded[name][0, : value.shape[0]] = value
             digest = hashlib.sha256(b"".join(padded[n].tobytes() for n in sorted(padded))).digest()
             if (key, digest) not in self._values:
+                if not self._tap_current:  # the start moved (accept): a tap of the model it is now
+                    self._retap()
+                    runner = self._tap_signature(key, threads)[2]
                 outputs = runner(**padded)
                 self._values[(key, digest)] = {
                     int(name[len(KEPT):]): np.array(value) for name, value in outputs.items() if name.startswith(KEPT)}
-            return self._values[(key, digest)]
+            return digest, self._values[(key, digest)]
+
+    def _tap_signature(self, key: str, threads: int) -> tuple:
+        if self._tap is None:
+            from edge_runtime.backends._tflite_engines import _InterpreterEngine
+
+            self._tap = _InterpreterEngine(self._tap_path, threads, True)
+        if key not in self._tap_signatures:
+            self._tap_signatures[key] = self._tap.signature(key)
+        return self._tap_signatures[key]
+
+    def _retap(self) -> None:
+        """A tap of the start model as it is now, in a new file (the old one may still be mapped)."""
+        old, self._taps = self._tap_path, self._taps + 1
+        self._tap_path = old.with_name(f"{self.start.stem}.{self._taps}.tap.tflite")
+        self._tap, self._tap_signatures = None, {}
+        _write_tap(self._data, self._tap_path, self.graphs)
+        old.unlink(missing_ok=True)
+        self._tap_current = True
 
 
 def _codes(model) -> list[tuple[str, int]]:
@@ -271,12 +346,16 @@ def _codes(model) -> list[tuple[str, int]]:
             for i in range(model.OperatorCodesLength())]
 
 
+def _op_tensors(op) -> tuple:
+    inputs, outputs = op.InputsAsNumpy(), op.OutputsAsNumpy()  # 0, not an array, when absent
+    return (tuple(int(t) for t in inputs) if isinstance(inputs, np.ndarray) else (),
+            tuple(int(t) for t in outputs) if isinstance(outputs, np.ndarray) else ())
+
+
 def _op_signature(op, codes: list[tuple[str, int]]) -> tuple:
     """What an op is apart from its tensors' contents: its code and version, the tensors it reads
     and writes (by index), its options."""
-    inputs, outputs = op.InputsAsNumpy(), op.OutputsAsNumpy()  # 0, not an array, when absent
-    return (codes[op.OpcodeIndex()], tuple(int(t) for t in inputs) if isinstance(inputs, np.ndarray) else (),
-            tuple(int(t) for t in outputs) if isinstance(outputs, np.ndarray) else (), _options(op))
+    return (codes[op.OpcodeIndex()], *_op_tensors(op), _options(op))
 
 
 def _options(op) -> tuple:
@@ -298,7 +377,7 @@ def _options(op) -> tuple:
     return tuple(parts)
 
 
-def _write_tap(start: Path, out: Path, graphs: dict[str, _Graph]) -> None:
+def _write_tap(start: bytes, out: Path, graphs: dict[str, _Graph]) -> None:
     """The start model with every kept crossing tensor as an extra output "<KEPT><index>" of its
     signature (read and written once per ranking: the object API's 0.3 s do not matter here)."""
     fb = schema()

@@ -46,7 +46,7 @@ import numpy as np
 
 from converters._console import counter
 from converters._errors import AccuracyError, ConversionError
-from converters.core.search import RANKING_TEXTS, Budget, Floor, LaneScorer, ProbeSpace, greedy_search
+from converters.core.search import RANKING_TEXTS, Budget, Floor, greedy_search
 from converters.tflite.config import GptqInt4Config, gptq_policy
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_counts
@@ -54,9 +54,9 @@ from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import HessianCache, hessian_rows
 from converters.tflite.judge import Judge, floor_rule
-from converters.tflite.prefix import PrefixCuts
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.shared_quantization import share_quantization
+from converters.tflite.space import TfliteSpace
 from converters.tflite.signatures import calibration_rows, signature_lengths, synthetic_cosines
 from converters.tflite.smooth import SMOOTH_ALPHA, smooth_fc_inputs
 from targets import AccuracyFloor
@@ -69,54 +69,6 @@ Progress = Callable[[str], None]
 
 
 Score = Callable[[Path], dict[str, float]]
-
-
-class _Space(ProbeSpace):
-    """A TFLite recipe's candidates as the shared search sees them (converters/core/search.py):
-    FULLY_CONNECTED weights (FP32 buffer indices) moved to the builder's expensive form (INT8
-    instead of INT4, or float instead of INT8), each candidate written to `probe`."""
-
-    def __init__(self, builder, candidates: list[int], probe: Path, rank: Score, judge: Score):
-        super().__init__(probe, rank, judge)
-        self.builder, self._candidates = builder, candidates
-        self._cuts: PrefixCuts | None = None  # while ranking: candidates scored from where they differ
-
-    def candidates(self) -> list[int]:
-        return self._candidates
-
-    def label(self, key: int) -> str:
-        return self.builder.label(key)
-
-    def write(self, moved: frozenset[int], path: Path) -> int:
-        self.builder.build(path, set(moved))
-        size = path.stat().st_size  # the whole candidate's: the cost the search weighs
-        if self._cuts is not None:
-            self._cuts.cut(path)
-        return size
-
-    def rank_each(self, moves, done=lambda n: None):
-        """The shared ranking, each candidate scored from its first changed op on (prefix.py)
-        when the ranking scorer can take a runner; the same metrics, bit for bit."""
-        whole = self._rank
-        if not isinstance(whole, LaneScorer) or whole.through is None:
-            return super().rank_each(moves, done)
-        start = self.probe.with_name(self.probe.stem + ".start.tflite")
-        self.builder.build(start, set())
-        try:
-            cuts = PrefixCuts(start, start.parent)
-        except Exception as exc:  # noqa: BLE001 -- a model this reader does not know: rank whole
-            log.info("ranking every candidate whole (no cut points read from %s: %s)", start.name, exc)
-            cuts = None
-        if cuts is None or not cuts.active:
-            if cuts is not None:
-                cuts.close()
-            start.unlink(missing_ok=True)
-            return super().rank_each(moves, done)
-
-        try:
-            return self.rank_cut(cuts, moves, done)
-        finally:
-            start.unlink(missing_ok=True)
 
 
 def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Score | None) -> tuple[Score, Score]:
@@ -194,7 +146,7 @@ def _quantize_gptq_int4(
             # The shared search's budget policy: ranked on the fit texts, each step judged on
             # the validation texts.
             rank, judge = _scorers(compact, rows, val_rows, rank, judge)
-            space = _Space(builder, list(builder.codes), probe, rank, judge)
+            space = TfliteSpace(builder, list(builder.codes), probe, rank, judge)
             rule = floor_rule(floor)
             result = greedy_search(space, Budget(int(config.size_budget * fp32_bytes), rule and rule.shortfall),
                                    move="INT8", progress=progress)
@@ -266,7 +218,7 @@ def _quantize_gptq_int8(
         rule = floor_rule(floor)
         if not rule.failures(metrics):
             return report
-        space = _Space(builder, list(builder.fcs), probe, rank, judge)
+        space = TfliteSpace(builder, list(builder.fcs), probe, rank, judge)
         goal = Floor(rule.failures, shortfall=rule.extra)
         result = greedy_search(space, goal, move="float", progress=progress, start_metrics=metrics)
         report["gptq"]["weights"] = builder.build(out_path, set(result.moved))
