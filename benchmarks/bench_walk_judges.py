@@ -3,8 +3,9 @@
 Runs edge-convert in this process and times, inside every TFLite search's walk (the trials built
 on the accepted moves and judged on the validation texts: converters/core/search.py), each
 trial's build and judge, and counts the trials judged from their first changed op on
-(converters/tflite/prefix.py, `follow`). `--whole` judges every trial whole, as before the walk
-followed its accepted moves, to compare the same code both ways. The export's second process is
+(converters/tflite/prefix.py, `follow`), and reads the resident memory before and after each
+walk. `--whole` judges every trial whole, as before the walk followed its accepted moves, to
+compare the same code both ways. The export's second process is
 not involved (the walks run in this one).
 
     .venv/bin/python benchmarks/bench_walk_judges.py [--whole] [--json F] -- --target rpi4 --out /tmp/w --force
@@ -25,6 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gc_pauses import add_convert_arguments, convert_arguments, report  # noqa: E402 - after the path
 
 
+def _rss_gb() -> float:
+    """This process's resident memory now (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
 class Walks:
     """Per walk: trials, the seconds of their builds and judges, and how many were judged cut."""
 
@@ -38,14 +47,15 @@ class Walks:
 
         @contextlib.contextmanager
         def timed_walking(space):
-            walks.walks.append({"trials": 0, "cut": 0, "build_seconds": 0.0, "judge_seconds": 0.0})
+            walks.walks.append({"trials": 0, "cut": 0, "build_seconds": 0.0, "judge_seconds": 0.0,
+                                "rss_gb_before": _rss_gb()})
             started, walks.inside = time.perf_counter(), True
             try:
                 with (contextlib.nullcontext() if whole else walking(space)):
                     yield
             finally:
                 walks.inside = False
-                walks.walks[-1]["walk_seconds"] = time.perf_counter() - started
+                walks.walks[-1].update(walk_seconds=time.perf_counter() - started, rss_gb_after=_rss_gb())
 
         def timed_judge(space):
             if not walks.inside:

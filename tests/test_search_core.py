@@ -3,6 +3,7 @@ quantizer's search follows, checked without building a model (milliseconds)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -109,6 +110,43 @@ def test_budget_met_by_nothing_keeps_the_start():
     toy = Toy({"a": 0.02}, {"a": 50})
     result = greedy_search(toy, Budget(1000), move="8-bit")
     assert result.moved == [] and result.bytes == 1000
+
+
+class Walked(Toy):
+    """A Toy that, like a TFLite Space, has a context for its walk and hears each accepted move."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.events: list[object] = []
+
+    @contextlib.contextmanager
+    def walking(self):
+        self.events.append("enter")
+        try:
+            yield
+        finally:
+            self.events.append("exit")
+
+    def judge(self):
+        self.events.append(("judge", self.moved))
+        return super().judge()
+
+    def accept(self):
+        self.events.append(("accept", self.moved))
+
+
+def test_the_walk_runs_in_the_space_s_context_and_each_accepted_trial_is_announced():
+    """Every trial is judged inside `walking()`, and `accept()` follows the judge of each trial the
+    walk keeps (the last one built), never a rejected one's; nothing ranked: no context at all."""
+    toy = Walked({"a": 0.02, "b": 0.03, "c": 0.01}, {"a": 50, "b": 60, "c": 5}, fit_only=frozenset({"b"}))
+    result = greedy_search(toy, Budget(1000 + 70), move="8-bit")
+    assert result.moved == ["c", "a"]  # b only helps on the fit texts
+    walk = toy.events[toy.events.index("enter"):]
+    assert walk == ["enter", ("judge", frozenset("c")), ("accept", frozenset("c")), ("judge", frozenset("cb")),
+                    ("judge", frozenset("ca")), ("accept", frozenset("ca")), "exit"]
+    nothing = Walked({"a": 0.0}, {"a": 1})
+    greedy_search(nothing, Budget(2000), move="8-bit")
+    assert "enter" not in nothing.events
 
 
 def test_search_loss_treats_nan_as_worst():

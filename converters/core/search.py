@@ -381,7 +381,8 @@ def greedy_search(
 
     cap = max(1, int(len(keys) * goal.cap)) if isinstance(goal, Floor) else len(keys)
     walk = _Walk(space, goal, objective, metrics, start_bytes, steps)
-    with getattr(space, "walking", contextlib.nullcontext)():
+    walking = getattr(space, "walking", None) if ranked else None  # nothing to walk: nothing to set up
+    with walking() if walking else contextlib.nullcontext():
         walk.run(ranked, gains, cap, len(keys), move, progress)
 
     result = SearchResult(walk.moved, walk.metrics, walk.size, steps, time.perf_counter() - started)
