@@ -81,7 +81,9 @@ class Space(Protocol[K]):
     in bytes; `rank` and `judge` score the candidate built last: `rank` on the fit texts'
     ranking subset, `judge` on the validation texts. A Space may also offer
     `rank_each(moves, done) -> [(bytes, metrics)]` to rank many candidates at once
-    (ProbeSpace's lanes); without it they are built and ranked in turn."""
+    (ProbeSpace's lanes); without it they are built and ranked in turn. And `walking()`, a
+    context the walk runs in, with `accept()` called after each trial the walk keeps: a Space
+    that judges trials from where they differ from the last accepted one (TFLite's)."""
 
     def candidates(self) -> Sequence[K]: ...
 
