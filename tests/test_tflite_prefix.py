@@ -180,6 +180,46 @@ def test_a_search_ranks_walks_and_writes_the_same_with_cut_candidates(start, tmp
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tflite" and p.stem not in reports]
 
 
+@pytest.mark.slow  # two INT8 floor searches
+def test_an_int8_floor_search_walks_the_same_with_cut_trials(start, tmp_path):
+    """gptq_wi8_afp32 below an unreachable floor keeps weights float (other tensor types and
+    quantization than the start's INT8 ones) up to its cap: with scorers that can take a runner
+    and with ones that cannot, the same steps and the same refusal, every trial judged cut."""
+    from converters.core.search import SearchExhausted
+    from converters.core.validate import compute_metrics, reference_outputs, sequence_outputs
+
+    source, fp32, _, _, _ = start
+    texts = tuple(t for t in load_texts().texts if len(source.tokenizer(t)["input_ids"]) <= 64)  # the buckets'
+    calibration, validation = make_batches(source, texts[:24]), make_batches(source, texts[24:40])
+    references = {"fit": reference_outputs(source, texts[:24]), "validation": reference_outputs(source, texts[24:40])}
+    cut_judged = []
+
+    def scorer(texts: str, cut: bool) -> LaneScorer:
+        def metrics(run):
+            return compute_metrics(source, references[texts], rows_alone(run, sequence_outputs(source)), texts)
+
+        def through(run):
+            if texts == "validation":
+                cut_judged.append(run)
+            return metrics(run)
+
+        def score(path, threads):
+            return metrics(backends.open_session("tflite", path, threads=threads or 2).run)
+
+        return LaneScorer(score, 2, through=through if cut else None)
+
+    steps = {}
+    for name, cut in (("whole", False), ("cut", True)):
+        with pytest.raises(SearchExhausted) as caught:
+            quantize_tflite(fp32, tmp_path / f"{name}.tflite", "gptq_wi8_afp32", calibration, floor=(1.0, 1.0),
+                            validation=validation, rank=scorer("fit", cut), judge=scorer("validation", cut))
+        steps[name] = caught.value.result.steps
+    assert steps["cut"] == steps["whole"]
+    tried = [step for step in steps["cut"] if step.get("candidate") and "metrics" in step]
+    assert any(step["accepted"] for step in tried), "a walk that moves its start"
+    assert len(cut_judged) == len(tried), "every walk trial judged cut"
+
+
 def test_cut_points_hold_the_narrow_places_of_the_graph(start, tmp_path):
     """At a cut point only the attention mask and the hidden state (and its copy for the
     residual) are alive: at most 2 x hidden + 1 floats per token, never the FFN's 4x wide
