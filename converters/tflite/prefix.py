@@ -227,7 +227,7 @@ class PrefixCuts:
         if not all(graph.same_structure(self._model) for graph in self.graphs.values()):
             for graph in self.graphs.values():  # other cut points: every later candidate scored whole
                 graph.points, graph.crossing = [], {}
-            self._values, later = {}, None
+            later = None
         if later is None:  # scored whole: every kept tensor may have changed
             self._values = {}
         else:
