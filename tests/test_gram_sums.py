@@ -12,7 +12,7 @@ def test_sums_equal_the_products_of_every_block(budget):
     rng = np.random.default_rng(0)
     blocks = {key: [rng.normal(size=(n, k)).astype(np.float32) for n in (1, 7, 30)]
               for key, k in (("narrow", 5), ("wide", 12))}
-    grams = GramSums(budget)
+    grams = GramSums(budget, product=np.float64)
     for index in range(3):  # interleaved, as a batch feeds every input once
         for key, parts in blocks.items():
             grams.add(key, parts[index])
@@ -35,7 +35,7 @@ def test_per_key_sums_do_not_depend_on_the_other_keys(per_key):
              for key in ("a", "b", "c")}
 
     def summed(keys):
-        grams = GramSums(4096, per_key=per_key)
+        grams = GramSums(4096, per_key=per_key, product=np.float64)
         for index in range(6):
             for key in keys:
                 grams.add(key, parts[key][index])
@@ -49,6 +49,36 @@ def test_per_key_sums_do_not_depend_on_the_other_keys(per_key):
     np.testing.assert_allclose(alone["a"], together["a"], rtol=1e-12)
     x = np.concatenate(parts["a"])
     np.testing.assert_allclose(together["a"], x.T @ x, rtol=1e-12)
+
+
+def test_float32_products_are_summed_in_float64_within_float32_rounding():
+    """GramSums(product=float32), what benchmarks/bench_gram_precision.py measures: each block's
+    product in float32 (half the time), the sum of the blocks in float64. Against the float64
+    products: within float32 rounding, on inputs of the spread a Hessian sees (channels 1e-2 to
+    1e2)."""
+    rng = np.random.default_rng(2)
+    parts = [(rng.normal(size=(n, 40)) * 10.0 ** rng.uniform(-2, 2, size=40)).astype(np.float32)
+             for n in (500, 3000, 17, 1200)]
+    grams = GramSums(64 << 10, product=np.float32)  # several products
+    for part in parts:
+        grams.add("x", part)
+    sums = grams.sums()["x"]
+    x = np.concatenate(parts).astype(np.float64)
+    exact = x.T @ x
+    assert sums.dtype == np.float64
+    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))  # |H_ij| <= sqrt(H_ii H_jj)
+    assert np.abs(sums - exact).max() / scale.max() < 1e-5
+    assert (np.abs(sums - exact) / scale).max() < 1e-5  # small entries too, relative to their channels
+    assert not np.array_equal(sums, exact)  # float32 products really were used
+
+
+def test_the_product_precision_is_read_when_a_sum_starts(monkeypatch):
+    import converters.core._activations as activations
+
+    assert activations.GRAM_PRODUCT is np.float64  # edge-convert's own (RESULTS.md run BG)
+    monkeypatch.setattr(activations, "GRAM_PRODUCT", np.float32)
+    assert GramSums().product == np.float32
+    assert GramSums(product=np.float64).product == np.float64
 
 
 def test_sums_can_be_read_twice_and_added_to():

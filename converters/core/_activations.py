@@ -16,6 +16,15 @@ __all__ = ["BatchProgress", "GramSums", "channel_abs_max", "channel_mean_square"
 BatchProgress = CountCallback
 
 
+# The precision of each block's product x^T x (sums across blocks are float64 either way).
+# float64. float32 halves the products' time (RESULTS.md run BG: masked rpi4, ~3 s of each ONNX
+# Hessian pass's ~8 s) but moves GPTQ's rounding decisions: the INT8 codes change and the W4A8
+# search takes another path after its second move, with lower minimum cosines on the validation
+# texts (ONNX INT8 0.9948 -> 0.9936, ONNX INT4 0.9791 -> 0.9766): not kept. Read at use, so that
+# a measurement can swap it (benchmarks/bench_gram_precision.py).
+GRAM_PRODUCT: type = np.float64
+
+
 class GramSums:
     """sum x^T x per key, in float64, over blocks of rows [rows, K] added one at a time: what
     every GPTQ Hessian is (converters/core/gptq.input_hessians for ONNX graphs,
@@ -25,20 +34,25 @@ class GramSums:
     writes the whole K x K result, so a product per calibration batch of a few hundred tokens
     (or per TFLite row length, a few dozen) spent most of its time writing results, not
     multiplying (MiniLM's rpi4 conversion spent 24 s of numpy work in three collections;
-    RESULTS.md run AJ). The sum is the same up to float64 rounding (relative differences ~1e-15)."""
+    RESULTS.md run AJ). The sum is the same up to float64 rounding (relative differences ~1e-15).
 
-    def __init__(self, budget: int = 96 << 20, per_key: bool = False):
+    Each product is computed in `product` precision (GRAM_PRODUCT unless given) and added to a
+    float64 sum."""
+
+    def __init__(self, budget: int = 96 << 20, per_key: bool = False, product: type | None = None):
         """`budget`: bytes waiting in all keys together before every key is multiplied out;
         `per_key`: in each key on its own instead, so that a key's sum does not depend on which
-        other keys are summed beside it (bit for bit: the blocks of one product are the same)."""
+        other keys are summed beside it (bit for bit: the blocks of one product are the same);
+        `product`: the dtype blocks are multiplied in (None: GRAM_PRODUCT, read now)."""
         self.budget = budget
         self.per_key = per_key
+        self.product = np.dtype(product or GRAM_PRODUCT)
         self._sums: dict = {}
         self._pending: dict = {}
         self._waiting: dict = {}
 
     def add(self, key, rows: np.ndarray) -> None:
-        block = np.asarray(rows, dtype=np.float64)
+        block = np.asarray(rows, dtype=self.product)
         self._pending.setdefault(key, []).append(block)
         counted = key if self.per_key else None
         self._waiting[counted] = self._waiting.get(counted, 0) + block.nbytes
@@ -50,7 +64,7 @@ class GramSums:
         for key in [only] if only is not None else list(self._pending):
             blocks = self._pending.pop(key)
             x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-            product = x.T @ x
+            product = (x.T @ x).astype(np.float64, copy=False)
             # A new array, not +=: a result handed out by sums() never changes afterwards.
             self._sums[key] = self._sums[key] + product if key in self._sums else product
             self._waiting.pop(key if self.per_key else None, None)
