@@ -147,6 +147,53 @@ def test_bench_tflite_smoothing_never_writes_into_the_repository(tmp_path, monke
     assert kwargs["cwd"] == bench_tflite_smoothing.ROOT
 
 
+def _smoothing_run(int4_alpha):
+    """A fake edge-convert that writes a manifest whose tflite-int4 was smoothed with `int4_alpha`."""
+
+    def run(command, **kwargs):
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        metrics = {"cosine_mean": 0.99, "cosine_min": 0.96}
+        artifacts = [{"name": "tflite-int8", "format": "tflite", "precision": "int8", "metrics": metrics,
+                      "quantization": {"recipe": "gptq_wi8_afp32", "smoothing": {"alpha": 0.5}}},
+                     {"name": "tflite-int4", "format": "tflite", "precision": "int4", "metrics": metrics,
+                      "quantization": {"recipe": "gptq_wi4b32_afp32",
+                                       "smoothing": None if int4_alpha is None else {"alpha": int4_alpha}}}]
+        (out / "manifest.json").write_text(json.dumps({"artifacts": artifacts}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    return run
+
+
+def test_bench_tflite_smoothing_fails_when_its_setting_did_not_reach_the_recipe(tmp_path, monkeypatch, capsys):
+    """A replaced setting that no recipe reads (it patched a module that no longer builds the
+    INT4 config) must not pass for a measurement of that setting."""
+    monkeypatch.setattr(subprocess, "run", _smoothing_run(int4_alpha=None))
+    assert bench_tflite_smoothing.main(["--out", str(tmp_path / "a"), "--alphas", "0.5", "--recipes", "int4"]) == 1
+    assert "tflite-int4 was smoothed with alpha None, not 0.5" in capsys.readouterr().err
+    monkeypatch.setattr(subprocess, "run", _smoothing_run(int4_alpha=0.5))
+    assert bench_tflite_smoothing.main(["--out", str(tmp_path / "b"), "--alphas", "0.5", "--recipes", "int4"]) == 0
+    assert "| 0.5 | tflite-int4 | 0.9900 | 0.9600 |" in capsys.readouterr().out
+
+
+def test_bench_tflite_smoothing_patches_what_the_pipeline_builds_its_int4_config_with():
+    """The child's patch targets converters._artifacts_tflite.GptqInt4Config, which
+    _int4_config reads at call time."""
+    import functools
+    from types import SimpleNamespace
+
+    from converters import _artifacts_tflite
+
+    assert "_artifacts_tflite.GptqInt4Config = functools.partial(" in bench_tflite_smoothing._CHILD
+    original = _artifacts_tflite.GptqInt4Config
+    step = SimpleNamespace(profile=SimpleNamespace(tflite=SimpleNamespace(int4_size_budget=0.16)))
+    try:
+        _artifacts_tflite.GptqInt4Config = functools.partial(original, smooth_alpha=0.3)
+        assert _artifacts_tflite._int4_config(step).smooth_alpha == 0.3
+    finally:
+        _artifacts_tflite.GptqInt4Config = original
+
+
 def test_bench_avx2_emulated_gives_its_children_the_callers_directory(
     tmp_path, monkeypatch, fake_run, capsys
 ):
