@@ -269,3 +269,15 @@ def test_bench_signing_measures_the_current_directory(out1, monkeypatch, capsys)
     monkeypatch.chdir(out1)
     assert bench_signing.main([".", "--rounds", "1"]) == 0
     assert "load+trusted / load" in capsys.readouterr().out
+
+
+def test_bench_ranking_subset_patches_every_module_that_ranks():
+    """Each builder reads its own imported copy of RANKING_TEXTS: the bench must reach the
+    TFLite builders too (they moved to converters/_artifacts_tflite.py)."""
+    import bench_ranking_subset
+
+    names = {module.__name__ for module in bench_ranking_subset.MODULES}
+    assert {"converters._artifacts", "converters._artifacts_tflite", "converters.onnx.mixed_precision"} <= names
+    for module in sys.modules.values():
+        if getattr(module, "__name__", "").startswith("converters.") and hasattr(module, "RANKING_TEXTS"):
+            assert module.__name__ in names
