@@ -281,3 +281,22 @@ def test_bench_ranking_subset_patches_every_module_that_ranks():
     for module in sys.modules.values():
         if getattr(module, "__name__", "").startswith("converters.") and hasattr(module, "RANKING_TEXTS"):
             assert module.__name__ in names
+
+
+def test_bench_cold_start_times_every_phase_where_the_loader_calls_it_today():
+    """Each phase the child wraps resolves in this edge_runtime: a function that moved (the loader
+    went to _load.py) must move in the tool too, or its phase silently reads '-'."""
+    import ast
+    import importlib
+    import re
+
+    source = (ROOT / "tools" / "bench_cold_start.py").read_text()
+    calls = re.findall(r'^\s+timed\(("\w+"(?:, \("[\w.]+", "[\w.]+"\))+)\)$', source, re.M)
+    assert len(calls) == 8  # verify, golden, session, entry check, tune, tuning lookup, detect, manifest
+    for call in calls:
+        phase, *places = ast.literal_eval(f"({call})")
+        module_name, attr = places[0]  # today's place is the first
+        owner = importlib.import_module(module_name)
+        for part in attr.split("."):
+            owner = getattr(owner, part)
+        assert callable(owner), (phase, module_name, attr)
