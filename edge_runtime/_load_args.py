@@ -111,17 +111,19 @@ def cache_dirs(device_cache: Any, default: Path) -> tuple[dict[str, Path], Path 
     return {"tflite": path, "onnx": path}, path
 
 
-def check_cache_outside(cache: Path | None, root: Path, explicit: bool) -> None:
-    """InputError when the device cache would be written inside the artifact directory `root`,
-    which load() never writes: a signed directory would then fail its next verification (files
-    added), and a directory copied to another device would carry this one's caches."""
+def check_cache_outside(cache: Path | None, root: Path, explicit: bool, kind: str = "device cache",
+                        option: str = "device_cache") -> None:
+    """InputError when a cache (`kind`; `option` when the caller named it, `explicit`) would be
+    written inside the artifact directory `root`, which edge_runtime never writes: a signed
+    directory would then fail its next verification (files added), and a directory copied to
+    another device would carry this one's caches."""
     if cache is None:
         return
     inner, outer = os.path.realpath(cache), os.path.realpath(root)
     if os.path.commonpath([inner, outer]) != outer:
         return
-    where = "device_cache" if explicit else "the default device cache (XDG_CACHE_HOME)"
-    raise InputError(f"{where} {cache} is inside the artifact directory {root}, which load() never "
+    where = option if explicit else f"the default {kind} (XDG_CACHE_HOME)"
+    raise InputError(f"{where} {cache} is inside the artifact directory {root}, which edge_runtime never "
                      "writes (a signed directory would no longer verify): choose a directory outside it")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from edge_runtime import _device, _memory, _select
 from edge_runtime._contention import CpuWait, busy_note, worst_share
 from edge_runtime._errors import BackendUnavailableError, DeviceMismatchError, GoldenMismatchError, InputError
-from edge_runtime._load_args import nothing_runs_message
+from edge_runtime._load_args import check_cache_outside, nothing_runs_message
 from edge_runtime._manifest import read_manifest, resolve, unknown_artifacts
 from edge_runtime._model import open_entry
 from edge_runtime._rounds import time_in_rounds
@@ -39,6 +39,7 @@ from edge_runtime._tuning_cache import (
     identity,
     read_cached,
     setting_for,
+    tuning_dir,
     write_atomic,
 )
 
@@ -245,6 +246,9 @@ def tune(
         again from disk or a file changed since it was hashed.
     """
     root = Path(path)
+    if write:  # before any measuring: the result would land in the artifact (load() refuses so too)
+        check_cache_outside(tuning_dir(Path(cache_dir) if cache_dir else None), root, explicit=cache_dir is not None,
+                            kind="tuning cache", option="cache_dir")
     manifest, signed_stats = _verified if _verified is not None else (read_manifest(root), None)
     if rounds < 1:
         raise InputError(f"rounds must be >= 1, got {rounds}")

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime._manifest import resolve
-from edge_runtime.backends._cache import make_cache_dir, private_problem, signature, write_json
+from edge_runtime.backends._cache import cache_root, make_cache_dir, private_problem, signature, write_json
 
 __all__ = ["SETTLE_SECONDS", "Verifications", "kernel_key", "signatures_of"]
 
@@ -71,6 +71,14 @@ class Verifications:
 
     def __init__(self, directory: Path | None):
         self.directory = None if directory is None else Path(directory) / "verified"
+        # Where the ownership check of a record starts: the device cache directory given to load()
+        # (or the default cache root), as for the backends' entries in it, not the record's own
+        # folder: no record is kept or trusted under a folder others can write (backends/_cache.py).
+        self._root = None if directory is None else cache_root(Path(directory))
+        problem = "" if self._root is None else private_problem(self._root, self._root)
+        if problem:  # the backends warn about this cache root already: once is enough
+            log.info("keeping no verification records in %s: %s", self._root, problem)
+            self.directory = None
 
     # -- files --------------------------------------------------------------------------------
     def unverified(self, root: Path, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -130,7 +138,7 @@ class Verifications:
     def _private(self, path: Path) -> bool:
         """A record lets a load skip work (hashing a file, all but one golden sample): trusted only
         where no one but this user (or root) could have written it (backends/_cache.py)."""
-        problem = private_problem(path)
+        problem = private_problem(path, self._root)
         if problem:
             log.warning("not using the verification record %s: %s; its checks run in full", path, problem)
         return not problem
@@ -146,8 +154,10 @@ class Verifications:
         return files if isinstance(files, dict) else {}
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
+        if private_problem(path.parent, self._root):  # said when read; not written where others could change it
+            return
         try:
-            make_cache_dir(path.parent)
+            make_cache_dir(path.parent, self._root)
             write_json(path, data)
         except OSError as exc:  # a read-only cache costs a full check next time, nothing else
             log.info("could not record a verification in %s: %s", path, exc)

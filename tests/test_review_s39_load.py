@@ -29,6 +29,26 @@ def test_the_default_cache_inside_the_artifact_directory_names_xdg_cache_home(tm
     edge_runtime.load(out, device_cache=False)  # no cache: nothing to refuse
 
 
+def test_a_tuning_cache_inside_the_artifact_directory_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+    """Found by a review (session 49): load() refused a default device cache inside the artifact,
+    but a first-use sweep (tune=True, with device_cache=False) and edge-tune wrote their result
+    there, and the next signed load failed (a file not covered by the signature)."""
+    from edge_runtime import _tune, cli_tune
+
+    out = tmp_path / "art"
+    tiny_artifact.build(out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(out / ".cache"))
+    with pytest.raises(edge_runtime.InputError, match=r"the default tuning cache \(XDG_CACHE_HOME\) .* never writes"):
+        edge_runtime.load(out, device_cache=False, tune=True)
+    assert cli_tune.main([str(out), "--rounds", "1"]) == 1
+    assert "the default tuning cache (XDG_CACHE_HOME)" in capsys.readouterr().err
+    with pytest.raises(edge_runtime.InputError, match="cache_dir .* inside the artifact directory"):
+        _tune.tune(out, cache_dir=out / "tuning")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written there
+    _tune.tune(out, rounds=1, write=False)  # nothing to write: nothing refused
+
+
 def test_a_device_cache_beside_the_artifact_directory_is_used(tmp_path):
     out = tmp_path / "art"
     tiny_artifact.build(out)

@@ -247,3 +247,26 @@ def _litert_version() -> str:
     import ai_edge_litert
 
     return ai_edge_litert.__version__
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="no POSIX owners here (Windows): nothing to check")
+def test_the_crash_marker_is_owner_only_and_one_others_could_write_is_ignored(tmp_path, caplog):
+    """Found by a review (session 49): the marker, which turns CompiledModel and the weight cache
+    off on this CPU, was written with the umask's mode and read whoever could have written it."""
+    from edge_runtime.backends import _tflite_crash
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    marker = tflite.crash_marker(cache_dir, _litert_version())
+    old = os.umask(0o002)
+    try:
+        _tflite_crash.record_crash(marker, "m.tflite", "killed by SIGILL")
+    finally:
+        os.umask(old)
+    assert marker.stat().st_mode & 0o777 == 0o600
+    assert _tflite_crash.marker_in_effect(marker) == "killed by SIGILL"
+    assert [p.name for p in cache_dir.iterdir()] == [marker.name]  # atomic: no temporary left
+    marker.chmod(0o666)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        assert _tflite_crash.marker_in_effect(marker) is None
+    assert "not using the CompiledModel crash marker" in caplog.text

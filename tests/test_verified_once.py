@@ -110,6 +110,37 @@ def test_an_unwritable_cache_only_costs_a_full_check(tmp_path, monkeypatch):
     assert records.unverified(tmp_path, items) == items and not records.golden_passed("k")
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="no POSIX owners here (Windows): nothing to check")
+def test_records_under_a_device_cache_others_can_write_are_neither_kept_nor_trusted(tmp_path, monkeypatch, caplog):
+    """Found by a review (session 49): the backends refused their entries under a device_cache
+    folder writable by others, but the records that let a load skip hashing were still written
+    and read there (only the record's own file and folder were checked, not the folder given)."""
+    items = _files(tmp_path)
+    monkeypatch.setattr(_verified, "SETTLE_SECONDS", 0.0)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    records = Verifications(shared)
+    records.record_files(tmp_path, items, signatures_of(tmp_path, items))
+    records.record_golden("k", {})
+    assert not (shared / "verified").exists()  # nothing made there
+    # Records made while the folder was private are not trusted once others can write it.
+    shared.chmod(0o700)
+    records = Verifications(shared)
+    records.record_files(tmp_path, items, signatures_of(tmp_path, items))
+    records.record_golden("k", {})
+    assert records.unverified(tmp_path, items) == [] and records.golden_passed("k")
+    shared.chmod(0o777)
+    records = Verifications(shared)
+    assert records.unverified(tmp_path, items) == items and not records.golden_passed("k")
+    # A folder between the root and the record: that record says so (the root is the backends' to report).
+    shared.chmod(0o700)
+    (shared / "verified").chmod(0o777)
+    with caplog.at_level("WARNING", logger="edge_runtime"):
+        assert Verifications(shared).unverified(tmp_path, items) == items
+    assert "not using the verification record" in caplog.text and "writable by" in caplog.text
+
+
 def test_kernel_key_covers_what_decides_the_numbers(tmp_path):
     items = _files(tmp_path)
     entry = {"name": "onnx-int8"}

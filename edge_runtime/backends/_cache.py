@@ -60,9 +60,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "edge_runtime"
 
 
-def make_cache_dir(path: Path) -> None:
+def make_cache_dir(path: Path, root: Path | None = None) -> None:
     """mkdir -p `path`, each directory it makes owner-only (0700), then UnsafeCacheError unless
-    the directories from its cache root down to it are private (private_problem). A home
+    the directories from its cache root (`root`, default cache_root(path)) down to it are private
+    (private_problem). A home
     directory that does not exist is not created: a service account whose HOME is missing (or
     relative) gets the OSError an unwritable cache gives, which every cache handles by going
     without (a warning), not a new /home/<user> made by whoever runs the model (root, often, on
@@ -88,7 +89,7 @@ def make_cache_dir(path: Path) -> None:
             pass
     if not path.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
-    problem = private_problem(path)
+    problem = private_problem(path, root)
     if problem:
         raise UnsafeCacheError(errno.EPERM, problem)
 

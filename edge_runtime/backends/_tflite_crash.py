@@ -41,7 +41,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from edge_runtime.backends._cache import cpu_tag
+from edge_runtime.backends._cache import cache_root, cpu_tag, private_problem, write_json
 from edge_runtime.backends._tflite_log import _forward_native, native_log
 
 __all__ = ["child_outcome", "crash_marker", "marker_in_effect", "record_crash"]
@@ -102,17 +102,22 @@ def child_outcome(done: subprocess.CompletedProcess) -> tuple[str, str]:
 
 def record_crash(marker: Path, model_name: str, detail: str) -> None:
     """Write the marker for a CPU fault (`detail` from child_outcome: "killed by SIGILL...")."""
-    try:
-        marker.write_text(
-            json.dumps({"model": model_name, "signal": CPU_FAULT, "detail": detail}) + "\n"
-        )
+    try:  # atomic and owner-only, like every cache record (a marker turns a code path off)
+        write_json(marker, {"model": model_name, "signal": CPU_FAULT, "detail": detail})
     except OSError as exc:  # the next load will try (and crash in its child) again
         log.warning("could not record the CompiledModel crash in %s: %s", marker, exc)
 
 
 def marker_in_effect(marker: Path) -> str | None:
     """What the marker recorded, while it stops CompiledModel on this CPU; None when there is no
-    marker, or it recorded a signal that is not the CPU's (then it is deleted, with a warning)."""
+    marker, or it recorded a signal that is not the CPU's (then it is deleted, with a warning), or
+    it is where someone else could have written it (ignored, with a warning: the next build, in its
+    child process, finds out again)."""
+    problem = private_problem(marker, cache_root(marker.parent))
+    if problem:
+        log.warning("not using the CompiledModel crash marker %s: %s; CompiledModel is tried again "
+                    "(in a child process)", marker, problem)
+        return None
     try:
         text = marker.read_text()
     except FileNotFoundError:
