@@ -264,3 +264,88 @@ def test_a_model_the_cut_reader_does_not_know_is_ranked_whole(start, tmp_path, m
                              rank=rank, judge=rank)
     assert report["search"] and not through, "every candidate was scored whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int4.tflite"]
+
+
+def _with_output(src, dst, tensor: int) -> None:
+    """`src` with activation `tensor` as one more output, "extra", of every signature."""
+    from converters.tflite.flatbuffer import read_model, schema, write_model
+
+    model = read_model(src)
+    for signature in model.signatureDefs:
+        sub = model.subgraphs[signature.subgraphIndex]
+        sub.outputs = np.array([*sub.outputs, tensor], np.int32)
+        entry = schema().TensorMapT()
+        entry.name, entry.tensorIndex = b"extra", tensor
+        signature.outputs.append(entry)
+    write_model(model, dst)
+
+
+def test_a_kept_tensor_that_is_a_model_output_too_is_passed_on_after_accept(start, tmp_path):
+    """Found by a review (session 49): a later cut point's crossing tensor that is also one of the
+    model's own outputs was not given its kept name in a cut trial's outputs, so accepting the
+    trial kept the old start's value of it, and the next trial cut there was fed a stale tensor."""
+    _, _, builder, start_path, feeds = start
+    plain = PrefixCuts(start_path, tmp_path)
+    graph = next(iter(plain.graphs.values()))
+    second = sorted(graph.points)[len(graph.points) // 2]  # a layer start after the first point
+    extra = graph.crossing[second][-1]  # the hidden state crossing it
+    plain.close()
+    by_op = {}
+    for weight in builder.int4:
+        by_op.setdefault(min(op for _, op, _ in weight.uses), weight.buffer)
+    before = max(op for op in by_op if op < second)  # a weight changed before that point
+    after = min(op for op in by_op if op >= second)  # and one from it on
+    files = {}
+    for name, moved in (("start", set()), ("c1", {by_op[before]}), ("c2", {by_op[before], by_op[after]})):
+        builder.build(tmp_path / "tmp.tflite", moved)
+        files[name] = tmp_path / f"{name}.tflite"
+        _with_output(tmp_path / "tmp.tflite", files[name], extra)
+    cuts = PrefixCuts(files["start"], tmp_path, follow=True)
+    probe = tmp_path / "probe.tflite"
+    for name in ("c1", "c2"):
+        shutil.copy(files[name], probe)
+        assert cuts.cut(probe), name
+        whole, cut = backends.open_session("tflite", files[name], threads=1).run, cuts.runner(probe, 1)
+        for row, length in enumerate(feeds["attention_mask"].sum(axis=1)):  # each text alone, unpadded
+            alone = {key: value[row:row + 1, :int(length)] for key, value in feeds.items()}
+            want, got = whole(alone), cut(alone)
+            assert set(want) == {"last_hidden_state", "extra"}
+            for output in want:
+                np.testing.assert_array_equal(got[output], want[output], err_msg=f"{name} {output} row {row}")
+        cuts.accept(probe)
+    cuts.close()
+
+
+def test_a_candidate_wired_otherwise_after_its_cut_point_is_scored_whole(start, tmp_path):
+    """Found by a review (session 49): a candidate whose ops after the cut read an activation the
+    start's ops there do not (made before the cut, so neither fed nor computed) was cut, and its
+    run failed ("Input tensor ... lacks data") instead of the candidate being scored whole."""
+    from converters.tflite.flatbuffer import read_model, write_model
+
+    _, _, _, start_path, _ = start
+    same_layout = tmp_path / "start.tflite"
+    write_model(read_model(start_path), same_layout)  # the candidate below is written the same way
+    cuts = PrefixCuts(same_layout, tmp_path)
+    model = read_model(same_layout)
+    for signature in model.signatureDefs:
+        graph = cuts.graphs[signature.signatureKey.decode()]
+        sub = model.subgraphs[signature.subgraphIndex]
+        last, earlier = sorted(graph.points)[-1], sorted(graph.points)[-2]
+        early = graph.crossing[earlier][-1]  # made before the last point, not crossing it
+        assert early not in graph.crossing[last]
+        shape = tuple(sub.tensors[early].shape)
+        for o in range(last + 1, len(sub.operators)):  # the first op after it reading that shape: reads `early`
+            inputs = list(sub.operators[o].inputs)
+            hit = [i for i, t in enumerate(inputs) if t >= 0 and tuple(sub.tensors[t].shape) == shape
+                   and t not in graph.crossing[last] and t != early]
+            if hit:
+                inputs[hit[0]] = early
+                sub.operators[o].inputs = np.array(inputs, np.int32)
+                break
+        else:
+            raise AssertionError("no op to rewire")
+    probe = tmp_path / "probe.tflite"
+    write_model(model, probe)
+    before = probe.read_bytes()
+    assert not cuts.cut(probe) and not cuts.is_cut(probe) and probe.read_bytes() == before
+    cuts.close()

@@ -16,7 +16,10 @@ import hashlib
 import struct
 from typing import Any
 
-__all__ = ["Patches", "RawTensors", "Tail", "Unprovable", "patch_cut", "patch_outputs"]
+import numpy as np
+
+__all__ = ["Patches", "RawTensors", "Tail", "Unprovable", "op_options", "op_signature", "op_tensors", "patch_cut",
+           "patch_outputs", "tensor_names"]
 
 
 class Unprovable(Exception):
@@ -196,8 +199,10 @@ def patch_cut(data: Patches, tail: Tail, sub, signature, point: int, crossing: l
 
 
 def patch_outputs(data: Patches, tail: Tail, sub, signature, extra: list[int], prefix: str) -> None:
-    """Make the activation tensors `extra` outputs of subgraph `sub` as well, named
-    "<prefix><tensor index>" in `signature` (its own outputs kept, in their order)."""
+    """Make the activation tensors `extra` outputs of subgraph `sub` as well, each named
+    "<prefix><tensor index>" in `signature` (its own outputs kept, in their order): also one
+    that is an output already, under its second name, as the tap names it (a reader of the
+    prefixed names finds every one of `extra`)."""
     own = [int(t) for t in sub.OutputsAsNumpy()]
     outputs = own + [t for t in extra if t not in own]
     vector = tail.at(4 + 4 * len(outputs))  # Subgraph.outputs: [int]
@@ -205,7 +210,7 @@ def patch_outputs(data: Patches, tail: Tail, sub, signature, extra: list[int], p
     _point(data, _field(sub, 2), vector)
     maps = [(signature.Outputs(i).Name().decode(), signature.Outputs(i).TensorIndex())
             for i in range(signature.OutputsLength())]
-    _point(data, _field(signature, 1), _tensor_maps(tail, maps + [(f"{prefix}{t}", t) for t in extra if t not in own]))
+    _point(data, _field(signature, 1), _tensor_maps(tail, maps + [(f"{prefix}{t}", t) for t in extra]))
 
 
 def _tensor_maps(tail: Tail, entries: list[tuple[str, int]]) -> int:
@@ -223,3 +228,45 @@ def _tensor_maps(tail: Tail, entries: list[tuple[str, int]]) -> int:
         tail.put(table, "<iII", table - vtable, at - (table + 4), t)
         tail.put(at, f"<I{len(text)}s", len(text), text)
     return maps
+
+
+# -- reading ops and signatures -------------------------------------------------------------------
+
+
+def tensor_names(signature) -> tuple:
+    """A signature's (input maps, output maps) as (name, tensor index) pairs."""
+    return (tuple((signature.Inputs(i).Name(), signature.Inputs(i).TensorIndex()) for i in range(signature.InputsLength())),
+            tuple((signature.Outputs(i).Name(), signature.Outputs(i).TensorIndex())
+                  for i in range(signature.OutputsLength())))
+
+
+def op_tensors(op) -> tuple:
+    """(the tensor indices an op reads, those it writes)."""
+    inputs, outputs = op.InputsAsNumpy(), op.OutputsAsNumpy()  # 0, not an array, when absent
+    return (tuple(int(t) for t in inputs) if isinstance(inputs, np.ndarray) else (),
+            tuple(int(t) for t in outputs) if isinstance(outputs, np.ndarray) else ())
+
+
+def op_signature(op, codes: list[tuple]) -> tuple:
+    """What an op is apart from its tensors' contents: its code and version, the tensors it reads
+    and writes (by index), its options."""
+    return (codes[op.OpcodeIndex()], *op_tensors(op), op_options(op))
+
+
+def op_options(op) -> tuple:
+    """An op's options as bytes: the options table's vtable and inline fields (scalars; a table
+    whose fields reference vectors compares by their offsets, so equal contents may still count
+    as different, never the other way round), and its custom options."""
+    parts: list[Any] = []
+    for kind, get in (("BuiltinOptionsType", "BuiltinOptions"), ("BuiltinOptions2Type", "BuiltinOptions2")):
+        if not hasattr(op, kind):
+            continue
+        parts.append(getattr(op, kind)())
+        table = getattr(op, get)() if parts[-1] else None
+        if table is not None:
+            buf, pos = table.Bytes, table.Pos
+            vtable = pos - struct.unpack_from("<i", buf, pos)[0]
+            size, inline = struct.unpack_from("<HH", buf, vtable)
+            parts += [bytes(buf[vtable:vtable + size]), bytes(buf[pos + 4:pos + inline])]
+    parts.append(op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else b"")
+    return tuple(parts)

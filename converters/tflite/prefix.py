@@ -44,7 +44,8 @@ import numpy as np
 
 from converters.core.prefix_points import choose_points
 from converters.tflite.flatbuffer import FC, code_name, read_model, schema, write_model
-from converters.tflite.flatbuffer_raw import Patches, RawTensors, Tail, Unprovable, patch_cut, patch_outputs
+from converters.tflite.flatbuffer_raw import (Patches, RawTensors, Tail, Unprovable, op_signature, op_tensors,
+                                               patch_cut, patch_outputs, tensor_names)
 
 __all__ = ["PrefixCuts"]
 
@@ -65,11 +66,12 @@ KEPT = "edge_prefix_cut_"
 class _Graph:
     """One signature's subgraph of the start model: its ops, cut points and crossing tensors."""
 
-    def __init__(self, model, key: str, index: int, fc_code: set[int]):
+    def __init__(self, model, signature, fc_code: set[int]):
+        key, index = signature.SignatureKey().decode(), signature.SubgraphIndex()
         graph = model.Subgraphs(index)
         self.key, self.index = key, index
         self.ops = [graph.Operators(o) for o in range(graph.OperatorsLength())]
-        self.signatures: list[tuple] | None = None  # _op_signature of each op, made on first use
+        self.signatures: list[tuple] | None = None  # op_signature of each op, made on first use
         self.inputs = [int(t) for t in graph.InputsAsNumpy()]
         outputs = {int(t) for t in graph.OutputsAsNumpy()}
         constant = {t for t in range(graph.TensorsLength()) if _is_constant(model, graph.Tensors(t))}
@@ -92,7 +94,9 @@ class _Graph:
         width = {o: 4 * sum(shapes[t] for t in crossing[o]) / length for o in narrow}  # float32 bytes per token
         self.points = choose_points(narrow, fcs, width, BYTES_PER_TOKEN)
         self.crossing = {o: crossing[o] for o in self.points}
-        self._tensors = [_op_tensors(op) for op in self.ops]
+        self._tensors = [op_tensors(op) for op in self.ops]
+        self.outputs = [int(t) for t in graph.OutputsAsNumpy()]
+        self.names = tensor_names(signature)
 
     def later(self, point: int) -> list[int]:
         """The crossing tensors of the cut points after `point` that the suffix from `point`
@@ -100,12 +104,23 @@ class _Graph:
         fed = set(self.crossing[point])
         return sorted({t for p in self.points if p > point for t in self.crossing[p]} - fed)
 
+    def same_wiring(self, sub, signature, point: int) -> bool:
+        """Whether the candidate's subgraph `sub` reads and writes, from op `point` on, the tensors
+        this one does, with the same outputs and signature names: then its suffix needs exactly
+        this point's crossing tensors (its ops before `point` equal ours: _first_change). A
+        candidate wired otherwise is scored whole, not fed too little."""
+        if sub.OperatorsLength() != len(self.ops) or [int(t) for t in sub.OutputsAsNumpy()] != self.outputs:
+            return False
+        if tensor_names(signature) != self.names:
+            return False
+        return all(op_tensors(sub.Operators(o)) == self._tensors[o] for o in range(point, len(self.ops)))
+
     def same_structure(self, model) -> bool:
         """Whether `model`'s subgraph has this one's operators reading and writing the same
         tensors (so the same cut points and crossings); it becomes the one compared with."""
         sub = model.Subgraphs(self.index)
         ops = [sub.Operators(o) for o in range(sub.OperatorsLength())]
-        if [_op_tensors(op) for op in ops] != self._tensors:
+        if [op_tensors(op) for op in ops] != self._tensors:
             return False
         self.ops, self.signatures = ops, None
         return True
@@ -133,8 +148,7 @@ class PrefixCuts:
                    if code_name(self._model.OperatorCodes(c)) == FC}
         for s in range(self._model.SignatureDefsLength()):
             signature = self._model.SignatureDefs(s)
-            key = signature.SignatureKey().decode()
-            self.graphs[key] = _Graph(self._model, key, signature.SubgraphIndex(), fc_code)
+            self.graphs[signature.SignatureKey().decode()] = _Graph(self._model, signature, fc_code)
         self._cuts: dict[Path, dict[str, int]] = {}  # cut file -> signature -> cut point
         self._values: dict[tuple[str, bytes], dict[int, np.ndarray]] = {}
         self._lock = threading.Lock()
@@ -191,7 +205,7 @@ class PrefixCuts:
                     return False
                 first = self._first_change(model, data, graph, digests, codes)
                 point = max((p for p in graph.points if p <= first), default=0)
-                if point == 0:
+                if point == 0 or not graph.same_wiring(model.Subgraphs(graph.index), signature, point):
                     return False
                 points[graph.key] = point
             whole = bytes(data) if self.follow else b""
@@ -249,9 +263,9 @@ class PrefixCuts:
                 ours_keys = self._raw[graph.index] = RawTensors(
                     self._model, self._data, self._model.Subgraphs(graph.index), self._digests)
             if graph.signatures is None:
-                graph.signatures = [_op_signature(op, self._codes) for op in graph.ops]
+                graph.signatures = [op_signature(op, self._codes) for op in graph.ops]
             for o, ours in enumerate(graph.signatures):
-                if ours != _op_signature(sub.Operators(o), codes) or \
+                if ours != op_signature(sub.Operators(o), codes) or \
                         any(ours_keys.key(t) != theirs_keys.key(t) for t in ours[1] if t >= 0):
                     return o
         except (Unprovable, struct.error, IndexError):  # not what this reader can vouch for
@@ -340,41 +354,11 @@ class PrefixCuts:
         self._tap_current = True
 
 
-def _codes(model) -> list[tuple[str, int]]:
-    """(builtin name, version) of every operator code of `model`, by index."""
-    return [(code_name(model.OperatorCodes(i)), model.OperatorCodes(i).Version())
+def _codes(model) -> list[tuple[str, int, bytes | None]]:
+    """(builtin name, version, custom op name) of every operator code of `model`, by index (two
+    custom ops are both CUSTOM by their builtin name)."""
+    return [(code_name(model.OperatorCodes(i)), model.OperatorCodes(i).Version(), model.OperatorCodes(i).CustomCode())
             for i in range(model.OperatorCodesLength())]
-
-
-def _op_tensors(op) -> tuple:
-    inputs, outputs = op.InputsAsNumpy(), op.OutputsAsNumpy()  # 0, not an array, when absent
-    return (tuple(int(t) for t in inputs) if isinstance(inputs, np.ndarray) else (),
-            tuple(int(t) for t in outputs) if isinstance(outputs, np.ndarray) else ())
-
-
-def _op_signature(op, codes: list[tuple[str, int]]) -> tuple:
-    """What an op is apart from its tensors' contents: its code and version, the tensors it reads
-    and writes (by index), its options."""
-    return (codes[op.OpcodeIndex()], *_op_tensors(op), _options(op))
-
-
-def _options(op) -> tuple:
-    """An op's options as bytes: the options table's vtable and inline fields (scalars; a table
-    whose fields reference vectors compares by their offsets, so equal contents may still count
-    as different, never the other way round), and its custom options."""
-    parts: list[Any] = []
-    for kind, get in (("BuiltinOptionsType", "BuiltinOptions"), ("BuiltinOptions2Type", "BuiltinOptions2")):
-        if not hasattr(op, kind):
-            continue
-        parts.append(getattr(op, kind)())
-        table = getattr(op, get)() if parts[-1] else None
-        if table is not None:
-            buf, pos = table.Bytes, table.Pos
-            vtable = pos - struct.unpack_from("<i", buf, pos)[0]
-            size, inline = struct.unpack_from("<HH", buf, vtable)
-            parts += [bytes(buf[vtable:vtable + size]), bytes(buf[pos + 4:pos + inline])]
-    parts.append(op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else b"")
-    return tuple(parts)
 
 
 def _write_tap(start: bytes, out: Path, graphs: dict[str, _Graph]) -> None:
