@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._errors import ArtifactError, ManifestError
+from edge_runtime._manifest_bytes import read_manifest_bytes
 from edge_runtime._text import POOLING_MODES
 
 __all__ = [
@@ -185,10 +186,7 @@ def _check_tensor_specs(specs: Any, where: str) -> None:
 
 def _parse(path: Path, raw: bytes | None = None) -> Any:
     if raw is None:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ManifestError(f"cannot read {path}: {exc}") from None
+        raw = read_manifest_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -166,11 +166,13 @@ class Model:
                 self._encoder = TextEncoder(path, spec, [i["name"] for i in self.inputs], self._tokenizer_text)
             return self._encoder
 
-    def keep_tokenizer(self, check: bool) -> None:
+    def keep_tokenizer(self, check: bool, signed: bool = False) -> None:
         """Read the tokenizer file now, at load, and (check) hash these very bytes: embed and
         classify use what was verified, whatever happens to the directory after load (a file
         rewritten in place, the directory moved or removed by an update). The tokenizer itself
-        is built from them on first use; a missing file unchecked is left to that first use."""
+        is built from them on first use; a missing file unchecked is left to that first use,
+        unless the load was `signed` (trusted_keys): then the first use must not read a file put
+        there after the check."""
         spec = self.manifest.get("tokenizer") or {}
         if not spec.get("files"):
             return
@@ -178,7 +180,7 @@ class Model:
         try:
             data = resolve(self.root, item["path"]).read_bytes()
         except OSError as exc:
-            if check:  # it was there when its hash was checked a moment ago
+            if check or signed:  # it was there when its hash (or the signature) was checked a moment ago
                 raise ArtifactError(f"{item['path']} of {self.root} cannot be read: {exc}") from None
             return
         if check and hashlib.sha256(data).hexdigest() != item["sha256"].lower():
@@ -404,7 +406,7 @@ def open_entry(
         options["allow_spinning"] = spinning
     session = backends.open_session(entry["format"], main_file, threads=threads, **options)
     model = Model(root, manifest, entry, session, threads, time.perf_counter() - started)
-    model.keep_tokenizer(check=bool(verify))
+    model.keep_tokenizer(check=bool(verify), signed=signed_stats is not None)
     if verify:
         key = kernel_key(entry, items, model.backend, cpu_tag(), threads, options) if records else None
         # As a load whose samples all passed, and no cache just built: the shortest suffices.
@@ -451,13 +453,17 @@ def _check_signed(root: Path, items: list[dict[str, Any]], now: dict[str, list[i
                   signed: dict[str, list[int]]) -> None:
     """SignatureError unless every item that exists is a file verify_directory hashed, with the
     stat signature it had then: a file renamed in (a directory swapped in after the check has
-    other inodes) or written since was not what the signature was checked against. A missing
-    item is left to verify_files and the backend, which say so."""
+    other inodes) or written since was not what the signature was checked against. A signed
+    file missing now was removed since (with verify=False nothing else would say so, and a
+    tokenizer read at its first use could be any file put back later); one the signature never
+    saw is left to verify_files and the backend, which say so."""
     for item in items:
         path = str(resolve(root, item["path"]))
-        if path not in now:
+        if path not in now and path not in signed:
             continue
-        if path not in signed:
+        if path not in now:
+            problem = "was removed since its signature was checked"
+        elif path not in signed:
             problem = "is not among the files its signature was checked against"
         elif signed[path] != now[path]:
             problem = "was replaced or written since its signature was checked"

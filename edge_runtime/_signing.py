@@ -208,6 +208,8 @@ def _load_trusted_key(source: KeySource, index: int):
             data = Path(source).read_bytes()
         except OSError as exc:
             raise SignatureError(f"trusted key {label} cannot be read: {exc.strerror}") from None
+        except ValueError as exc:  # a NUL byte in the path: no file can have that name
+            raise SignatureError(f"trusted key {label!r} is not a usable path: {exc}") from None
     else:
         raise SignatureError(
             f"trusted_keys[{index}] is a {type(source).__name__}; expected a path to a PEM public "
@@ -309,7 +311,7 @@ def _statement_resources(payload: bytes, where: str) -> dict[str, str]:
     """{path: sha256} from a verified payload, after checking the statement's structure."""
     try:
         statement = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer past Python's 4300-digit limit
         raise SignatureError(f"{where}: the signed payload is not JSON: {exc}") from None
     except RecursionError:
         raise SignatureError(

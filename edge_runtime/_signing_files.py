@@ -27,6 +27,7 @@ from typing import Any
 
 from edge_runtime._errors import SignatureError
 from edge_runtime._manifest import MANIFEST_NAME, file_sha256
+from edge_runtime._manifest_bytes import MAX_MANIFEST_BYTES
 
 __all__ = [
     "GIT_PATHS",
@@ -58,10 +59,6 @@ SKIPPED_PATHS = (SIGNATURE_NAME, *GIT_PATHS)
 # and small enough to read whole on a 1 GB device. Larger is no signature we wrote or would
 # accept; reading it whole could exhaust the memory of the device checking it.
 MAX_SIGNATURE_BYTES = 8 << 20
-# manifest.json is read whole to be parsed from the bytes that matched the signature; a real one
-# is a few kB (every artifact's files, golden samples and settings), so 16 MiB is no limit on a
-# manifest edge-convert writes, and a bound on what a replaced file can make the device read.
-MAX_MANIFEST_BYTES = 16 << 20
 # A refusal lists this many problems, then counts the rest: 20,000 added files must not become a
 # megabyte-long error (logged again at every edge-serve reload).
 SHOWN_PROBLEMS = 20

@@ -55,15 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _describe(root: str, artifact: str | None = None, threads: int | None = None) -> dict:
+def _describe(root: str, artifact: str | None = None, threads: int | None = None, raw: bytes | None = None) -> dict:
     """The device, its profile, what load() would pick and why (or, given `artifact`, what it
     would run that one with), with `threads` when given (--threads, as load() takes them), and
-    the artifact table."""
+    the artifact table. `raw`: the manifest's bytes a signature check matched (read_manifest)."""
     from edge_runtime import _device, _memory, _select, _tuning_cache
     from edge_runtime._manifest import unknown_artifacts
 
     path = Path(root)
-    manifest = edge_runtime.read_manifest(path)
+    manifest = edge_runtime.read_manifest(path, raw=raw)
     names = [a["name"] for a in manifest["artifacts"]]
     if artifact is not None and artifact not in names:
         raise edge_runtime.InputError(unknown_artifacts(path, manifest, [artifact]))
@@ -370,13 +370,13 @@ def _main(argv: list[str] | None) -> int:
         return 2
     try:
         if args.info:
-            signed = None
-            if args.trusted_key:  # describe only what the device would accept
+            signed, raw = None, None
+            if args.trusted_key:  # describe only what the device would accept: the manifest the signature covers
                 from edge_runtime import _signing
 
                 found = _signing.verify_directory(Path(args.artifacts), args.trusted_key)
-                signed = {"key": str(found.key), "files": found.files}
-            info = {**_describe(args.artifacts, args.artifact, args.threads), "signature": signed}
+                signed, raw = {"key": str(found.key), "files": found.files}, found.checked.manifest
+            info = {**_describe(args.artifacts, args.artifact, args.threads, raw), "signature": signed}
             if args.json:
                 print(json.dumps(info, indent=2))
             else:

@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         flag = _SETTING_FLAGS.get(exc.parameter, exc.parameter)
         print(f"edge-serve: error: {flag} {exc.message}", file=sys.stderr)
         return 2
-    longest = manifest_max_length(config.path)
+    # Signed: nothing of the directory is read before its signature is checked (docs/signing.md);
+    # the check after the load (Service) says the same then.
+    longest = None if config.trusted_keys else manifest_max_length(config.path)
     if longest is not None and config.max_batch_tokens < longest:
         # TEI refuses to start in this case too: an input of the model's full length could never
         # be batched. Said from the manifest before any load (Service checks again after it).

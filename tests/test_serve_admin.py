@@ -296,3 +296,51 @@ def test_a_task_without_routes_is_refused_from_the_manifest_before_loading(tmp_p
     with pytest.raises(ServeError, match="does token-classification") as refused:
         _reload.load_served(ServeConfig(root), root, 0)
     assert refused.value.err == "model_type"
+
+
+def test_a_signed_served_directory_is_not_read_before_its_signature_is_checked(tmp_path, monkeypatch):
+    """Found by a review (session 49): with --trusted-key, edge-serve read manifest.json (its task,
+    its max length) before load() checked the signature, unbounded and blocking (a FIFO hung the
+    server, a huge sparse file crashed it): docs/signing.md promises nothing is read first. The
+    task is checked after the load instead; unsigned, it is still checked before."""
+    import json
+
+    import tiny_artifact
+
+    from edge_runtime.serve._config import ServeError
+
+    root = tmp_path / "tokens"
+    manifest = tiny_artifact.build(root)
+    manifest["task"] = "token-classification"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    read = []
+    monkeypatch.setattr(edge_runtime, "read_manifest", lambda *a, **k: read.append(a) or manifest)
+
+    class Model:
+        name, batch_dependent, threads, thread_safe, task = "onnx-fp32", False, 1, True, "token-classification"
+
+    monkeypatch.setattr(edge_runtime, "load", lambda *a, **k: Model())
+    with pytest.raises(ServeError, match="does token-classification"):
+        _reload.load_served(ServeConfig(root, trusted_keys=("key.pub",)), root, 0)
+    assert read == []  # refused from the loaded (verified) model, nothing read before
+
+
+def test_the_manifest_read_before_a_load_is_bounded_and_never_blocks(tmp_path):
+    """What edge-serve reads before its (unsigned) load: a FIFO or a file larger than any manifest
+    is a ManifestError at once, not a hang or the whole file in memory."""
+    from edge_runtime._manifest_bytes import MAX_MANIFEST_BYTES, read_manifest_bytes
+    from edge_runtime.serve._config import manifest_max_length
+
+    fifo = tmp_path / "fifo" / "manifest.json"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    with pytest.raises(edge_runtime.ManifestError, match="not a regular file"):
+        read_manifest_bytes(fifo)
+    assert manifest_max_length(fifo.parent) is None
+    huge = tmp_path / "huge" / "manifest.json"
+    huge.parent.mkdir()
+    with open(huge, "wb") as sparse:
+        sparse.truncate(MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(edge_runtime.ManifestError, match="a manifest is at most"):
+        read_manifest_bytes(huge)
+    assert manifest_max_length(huge.parent) is None

@@ -131,6 +131,39 @@ def test_files_swapped_in_after_the_signature_check_are_refused(signed, tmp_path
         edge_runtime.load(root, trusted_keys=[public], threads=1, device_cache=False)
 
 
+@pytest.mark.parametrize("name", ["tokenizer/tokenizer.json", "golden/onnx-fp32.npz"])
+def test_a_signed_file_removed_after_the_check_is_refused_without_hashing(tmp_path, monkeypatch, name):
+    """Found by a review (session 49): with verify=False a signed file moved away right after the
+    signature check was skipped (both stat checks saw it missing), and the tokenizer was then read
+    at the first embed(): any file put back later, unverified."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    root = tmp_path / "art"
+    tiny_artifact.build(root)
+    words = Tokenizer(models.WordLevel(vocab={"[PAD]": 0, "[UNK]": 1, "hello": 2}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    (root / "tokenizer").mkdir()
+    words.save(str(root / "tokenizer" / "tokenizer.json"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    path = root / "tokenizer" / "tokenizer.json"
+    manifest["tokenizer"] = {"files": [{"path": "tokenizer/tokenizer.json", "bytes": path.stat().st_size,
+                                        "sha256": _manifest.file_sha256(path)}], "max_length": 8, "pad_token_id": 0}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    private, public = signing.generate_key_pair(tmp_path / "keys" / "key.pem", tmp_path / "keys" / "key.pub")
+    signing.sign_directory(root, signing.load_signing_key(private))
+    edge_runtime.load(root, trusted_keys=[public], verify=False, device_cache=False)  # signed and whole: loads
+    real = _signing.verify_directory
+
+    def verify_then_remove(where, keys):
+        result = real(where, keys)
+        os.rename(root / name, tmp_path / "stash")
+        return result
+
+    monkeypatch.setattr(_signing, "verify_directory", verify_then_remove)
+    with pytest.raises(SignatureError, match=f"{name} .* was removed since its signature was checked"):
+        edge_runtime.load(root, trusted_keys=[public], verify=False, device_cache=False)
+
+
 def test_the_manifest_is_parsed_from_the_bytes_that_were_verified(signed, tmp_path, monkeypatch):
     root, _, public = signed
     evil = tmp_path / "evil"
@@ -208,6 +241,44 @@ def test_a_signature_file_with_a_huge_integer_is_a_signature_error(signed):
     (root / "model.sig").write_text(text + ', "x": ' + "9" * 5000 + "}")
     with pytest.raises(SignatureError, match="is not a JSON Sigstore bundle: Exceeds the limit"):
         edge_runtime.load(root, trusted_keys=[public], device_cache=False)
+
+
+def test_edge_run_info_describes_the_manifest_its_signature_covers(signed, tmp_path, monkeypatch, capsys):
+    """Found by a review (session 49): `edge-run --info --trusted-key` checked the signature, then
+    read manifest.json from disk again: a manifest swapped in after the check was described as
+    signed."""
+    root, _, public = signed
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["target"]["id"] = "unsigned-target"
+    (evil / "manifest.json").write_text(json.dumps(manifest))
+    _swap_after_check(monkeypatch, root, evil, ["manifest.json"])
+    assert run_cli.main([str(root), "--info", "--json", "--trusted-key", str(public)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["signature"]["files"] > 0
+    assert "unsigned-target" not in json.dumps(info)
+
+
+def test_a_signed_payload_with_a_huge_integer_is_a_signature_error(signed):
+    """Found by a review (session 49): signed by the trusted key, a statement holding an integer
+    past Python's 4300-digit limit raised a bare ValueError from json.loads."""
+    root, private, public = signed
+    key = signing.load_signing_key(private)
+    bundle = json.loads((root / "model.sig").read_text())
+    payload = b'{"_type": "https://in-toto.io/Statement/v1", "x": ' + b"1" * 5000 + b"}"
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(payload).decode()
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(
+        signing._sign(key, _signing.pae(_signing.PAYLOAD_TYPE, payload))).decode()
+    (root / "model.sig").write_text(json.dumps(bundle))
+    with pytest.raises(SignatureError, match="the signed payload is not JSON"):
+        edge_runtime.load(root, trusted_keys=[public], device_cache=False)
+
+
+def test_a_trusted_key_path_with_a_nul_byte_is_a_signature_error(signed):
+    root, _, _ = signed
+    with pytest.raises(SignatureError, match="is not a usable path"):
+        edge_runtime.load(root, trusted_keys=["key\x00.pub"], device_cache=False)
 
 
 def test_raw_bytes_on_an_unknown_curve_is_a_signature_error(signed):

@@ -203,10 +203,11 @@ def manifest_max_length(path: str | os.PathLike) -> int | None:
     refused before the port is bound and the model loaded (seconds to minutes on a small board).
     None when the manifest cannot be read or has no such field; the check after the load
     (_reload.check_limits) covers those, and every reload."""
-    try:
-        with open(Path(path) / "manifest.json", encoding="utf-8") as file:
-            value = json.load(file)["tokenizer"]["max_length"]
-    except (OSError, ValueError, KeyError, TypeError):
+    from edge_runtime._manifest_bytes import read_manifest_bytes
+
+    try:  # bounded and non-blocking: read before any signature check (and a FIFO must not hang us)
+        value = json.loads(read_manifest_bytes(Path(path) / "manifest.json"))["tokenizer"]["max_length"]
+    except (EdgeRuntimeError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return None

@@ -39,15 +39,20 @@ def load_served(config, path: Path, generation: int) -> Served:
     # never raises (a symlink loop then fails in load(), with its message).
     root = Path(os.path.realpath(path))
     # A task without routes is refused from the manifest, before a load that verifies and runs
-    # golden samples for seconds on a small board (load() reads it again, verified).
-    try:
-        task = edge_runtime.read_manifest(root).get("task")
-    except edge_runtime.EdgeRuntimeError:  # load() says what is wrong, after its own checks
-        task = None
+    # golden samples for seconds on a small board (load() reads it again, verified); signed, not
+    # before the signature is checked (docs/signing.md): check_task runs after the load then.
+    task = None
+    if keys is None:
+        try:
+            task = edge_runtime.read_manifest(root).get("task")
+        except edge_runtime.EdgeRuntimeError:  # load() says what is wrong, after its own checks
+            task = None
     if task is not None:
         check_task(task, path)
     model = edge_runtime.load(root, artifact=config.artifact, threads=config.threads, trusted_keys=keys,
                               device_cache=config.device_cache)
+    if keys is not None:
+        check_task(model.task, path)
     lane_model = None
     if (config.lanes and config.batch_invariant and config.workers == 1 and model.batch_dependent
             and model.threads > 1 and model.thread_safe
