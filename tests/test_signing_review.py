@@ -357,6 +357,15 @@ def test_an_unreadable_file_is_named_by_edge_sign(signed, monkeypatch):
         signing.statement(root, "art")
 
 
+def test_a_directory_where_edge_sign_writes_its_signature_first_is_named(signed):
+    """Found by a review (session 49): a directory named .model.sig.tmp gave a traceback."""
+    root, private, _ = signed
+    (root / ".model.sig.tmp").mkdir()
+    done = CliRunner().invoke(cli_sign.main, ["sign", str(root), "--key", str(private)])
+    assert done.exit_code == 1, done.output
+    assert ".model.sig.tmp cannot be removed" in done.output and "Traceback" not in done.output
+
+
 # --- item 7: bounded work for huge files ---------------------------------------------------------
 
 

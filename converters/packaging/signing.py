@@ -315,7 +315,11 @@ def sign_directory(root: Path, key, model_name: str | None = None) -> Path:
     """
     root = Path(root)
     tmp = root / f".{_signing.SIGNATURE_NAME}.tmp"  # written, then renamed: never half-written
-    tmp.unlink(missing_ok=True)  # a crashed earlier run's leftover is no artifact file
+    try:
+        tmp.unlink(missing_ok=True)  # a crashed earlier run's leftover is no artifact file
+    except OSError as exc:  # a directory of that name, say: not ours to remove
+        raise ConversionError(f"{tmp} cannot be removed ({exc.strerror or exc}): edge-sign writes the signature "
+                              "there first; move it out of the artifact directory") from None
     payload = json.dumps(statement(root, model_name or root.resolve().name), indent=2).encode()
     signature = _sign(key, _signing.pae(_signing.PAYLOAD_TYPE, payload))
     bundle = {
