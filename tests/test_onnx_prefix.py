@@ -104,6 +104,61 @@ def test_a_candidate_is_cut_before_its_first_change_or_not_at_all(prepared, tmp_
     assert cuts.cut(other) is None
 
 
+def test_a_candidate_wired_otherwise_after_its_cut_point_is_scored_whole(prepared, tmp_path):
+    """Found by a review (session 49): a candidate whose node after the cut point reads a tensor
+    made before it that the start's nodes there do not read was cut anyway, and loading its
+    suffix failed (an invalid model) instead of the candidate being scored whole."""
+    graphs, weights = prepared
+    start = weights.build(set(weights.weights), unpacked=True)
+    cuts = OnnxPrefixCuts(start, tmp_path, _opener("host", tmp_path), sample_rows(graphs["batches"][0]),
+                          _names(weights))
+    point = cuts.points[-1]
+    crossing = set(cuts._analysis.crossing[point])
+    made_before = [o for node in list(start.graph.node)[:point] for o in node.output]
+    early = next(name for name in made_before if name not in crossing and "LayerNorm" in name)
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(start)
+    nodes = candidate.graph.node
+    k = next(i for i in range(point, len(nodes)) if nodes[i].op_type == "Add" and len(nodes[i].input) == 2
+             and nodes[i].input[1] not in crossing)
+    nodes[k].input[1] = early  # same shape: a residual from an earlier layer
+    onnx.checker.check_model(candidate)
+    assert cuts.cut(candidate) is None
+    assert not cuts.save_cut(candidate, tmp_path / "whole.onnx") and not cuts.is_cut(tmp_path / "whole.onnx")
+    cuts.close()
+
+
+def test_a_point_that_cannot_be_proven_is_dropped_alone_and_no_tap_is_left(prepared, tmp_path):
+    """Found by a review (session 49): one proof that raised dropped every point, and the tap file
+    stayed in the work directory when building the cuts failed."""
+    graphs, weights = prepared
+    honest = _opener("host", tmp_path)
+    start = weights.build(set(weights.weights), unpacked=True)
+    points = OnnxPrefixCuts(start, tmp_path, honest, sample_rows(graphs["batches"][0]), _names(weights)).points
+    assert len(points) >= 2
+    proofs = []
+
+    def one_proof_fails(path, threads):
+        if "proof" in path.name:
+            proofs.append(path)
+            if len(proofs) == 1:
+                raise RuntimeError("this proof file cannot be opened")
+        return honest(path, threads)
+
+    cuts = OnnxPrefixCuts(start, tmp_path, one_proof_fails, sample_rows(graphs["batches"][0]), _names(weights))
+    assert cuts.points == points[1:]
+    cuts.close()
+
+    def interrupted(path, threads):
+        if "proof" in path.name:
+            raise KeyboardInterrupt
+        return honest(path, threads)
+
+    with pytest.raises(KeyboardInterrupt):
+        OnnxPrefixCuts(start, tmp_path, interrupted, sample_rows(graphs["batches"][0]), _names(weights))
+    assert not list(tmp_path.glob("prefix-*"))  # no tap, proof or start file left
+
+
 def test_a_point_whose_suffix_differs_is_left_out(prepared, tmp_path):
     """onnxruntime optimizes each file on its own; a suffix that computes other numbers (here:
     made to, by a session that adds 1e-7 to every answer of a proof file) is never used."""

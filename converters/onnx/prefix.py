@@ -189,8 +189,12 @@ class OnnxPrefixCuts:
                               self._inferred)
         if not self._analysis.points:
             return
-        onnx.save(self._tap_model(), str(self._tap_path))
-        self._prove(Path(work), sample)
+        try:
+            onnx.save(self._tap_model(), str(self._tap_path))
+            self._prove(Path(work), sample)
+        except BaseException:  # the caller scores whole (or stops): no tap left in its work directory
+            self.close()
+            raise
 
     @property
     def points(self) -> list[int]:
@@ -211,9 +215,8 @@ class OnnxPrefixCuts:
         first changed node; None: score it whole."""
         first = self._first_change(model)
         point = max((p for p in self._analysis.points if p <= first), default=None)
-        if point is None:
-            return None
-        return self._suffix(model, point), point
+        suffix = None if point is None else self._suffix(model, point)
+        return None if suffix is None else (suffix, point)
 
     def save_cut(self, model, path: Path) -> bool:
         """Write the candidate's suffix to `path` when it can be cut (True), else the whole
@@ -259,7 +262,9 @@ class OnnxPrefixCuts:
 
     def _suffix(self, model, point: int):
         """`model`'s nodes from `point` on, with the constant nodes before it that they read, its
-        initializers that they read, and the crossing tensors at `point` as inputs."""
+        initializers that they read, and the crossing tensors at `point` as inputs; None when a
+        kept node reads something none of these give (a candidate wired otherwise than the
+        start after the cut: scored whole, not loaded as an invalid model)."""
         import onnx
 
         analysis, graph = self._analysis, model.graph
@@ -281,6 +286,11 @@ class OnnxPrefixCuts:
         out.node.extend(kept)
         out.initializer.extend(i for i in graph.initializer if i.name in needed)
         crossing = analysis.crossing[point]
+        given = set(crossing) | {i.name for i in out.initializer}
+        for node in kept:
+            if any(name and name not in given for name in node.input):
+                return None
+            given.update(node.output)
         for name in crossing:
             out.input.add().CopyFrom(onnx.helper.make_value_info(name, analysis.types[name]))
         produced = {o for node in kept for o in node.output}
@@ -368,8 +378,15 @@ class OnnxPrefixCuts:
             want = self._opener(start_path, None)(sample)
             proven = []
             for point in self._analysis.points:
-                onnx.save(self._suffix(self._start, point), str(proof_path))
-                got = self._runner(self._opener(proof_path, None), point, None)(sample)
+                suffix = self._suffix(self._start, point)
+                try:  # one point that cannot be proven is dropped, not every point
+                    if suffix is None:
+                        raise ValueError("its suffix reads a tensor the cut does not give")
+                    onnx.save(suffix, str(proof_path))
+                    got = self._runner(self._opener(proof_path, None), point, None)(sample)
+                except Exception as exc:  # noqa: BLE001 -- an unprovable point: left out, said why
+                    log.info("prefix cut before node %d (%s) left out: %s", point, self._analysis.nodes[point].name, exc)
+                    continue
                 if all(np.array_equal(got[name], want[name], equal_nan=True) for name in self._analysis.outputs):
                     proven.append(point)
                 else:
