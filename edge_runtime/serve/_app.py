@@ -121,13 +121,18 @@ def create_app(service: Service) -> Starlette:
     config, metrics = service.config, service.metrics
 
     async def handle(
-        request: Request, route: str, field: str, answer, openai: bool = False
+        request: Request, route: str | None, field: str, answer, openai: bool = False
     ) -> Response:
+        """`route` None (POST /): the route of the model served once the body is in, with its
+        answer (a reload that changes the kind of model may land while the body is read)."""
         started = time.perf_counter()
         method, counted = "single", False
         try:
             with service.inflight.track():  # the drain's cut answers what is still running
                 body = await _body(request, config.payload_limit)
+                if route is None:
+                    predicts = service.slot.current.task == "text-classification"
+                    route, answer = ("predict", predict_answer) if predicts else ("embed", embed_answer)
                 method = "batch" if isinstance(body.get(field), list) else "single"
                 metrics.request_count.inc(method=method)
                 counted = True
@@ -191,11 +196,11 @@ def create_app(service: Service) -> Starlette:
         out = result.outputs[:, :dim]
         return normalize_rows(out) if _flag(body, "normalize", True) else out
 
-    async def embed(request: Request) -> Response:
-        def answer(body, served, result, batched, timing):
-            return _floats(vectors(body, served, result))
+    def embed_answer(body, served, result, batched, timing):
+        return _floats(vectors(body, served, result))
 
-        return await handle(request, "embed", "inputs", answer)
+    async def embed(request: Request) -> Response:
+        return await handle(request, "embed", "inputs", embed_answer)
 
     # OpenAI SDKs must send a model name (text-embedding-3-small, ...): one warning per name,
     # not one per request (a log flooding an SD card). Bounded: clients choose the names.
@@ -240,20 +245,18 @@ def create_app(service: Service) -> Starlette:
 
         return await handle(request, "embed", "input", answer, openai=True)
 
-    async def predict(request: Request) -> Response:
-        def answer(body, served, result, batched, timing):
-            raw = _flag(body, "raw_scores", False)
-            rows = [served.predictions(logits, raw) for logits in result.outputs]
-            return rows if batched else rows[0]
+    def predict_answer(body, served, result, batched, timing):
+        raw = _flag(body, "raw_scores", False)
+        rows = [served.predictions(logits, raw) for logits in result.outputs]
+        return rows if batched else rows[0]
 
-        return await handle(request, "predict", "inputs", answer)
+    async def predict(request: Request) -> Response:
+        return await handle(request, "predict", "inputs", predict_answer)
 
     async def root(request: Request) -> Response:
         """TEI serves POST / with the model's own route: huggingface_hub's InferenceClient, given
-        the server's URL as its model, posts there."""
-        if service.slot.current.task == "text-classification":
-            return await predict(request)
-        return await embed(request)
+        the server's URL as its model, posts there. Chosen once the body is in (handle)."""
+        return await handle(request, None, "inputs", None)
 
     async def health(request: Request) -> Response:
         reason = service.unhealthy()

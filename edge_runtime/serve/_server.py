@@ -72,6 +72,7 @@ def run(config: ServeConfig, service: Service | None = None) -> Drained:
         hup_while_starting.append(signum)
 
     original_hup = signal.signal(signal.SIGHUP, _hup_while_starting)
+    hup_while_starting.extend(getattr(original_hup, "recorded", ()))  # edge-serve's before this (cli_serve)
     sock = None
     try:
         # Bound before the model loads: a taken port or a wrong host is an error at once, in our
