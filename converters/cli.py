@@ -127,8 +127,10 @@ class TextCap(click.ParamType):
             number = int(value)
         except ValueError:
             self.fail(f"expected a number of texts or 'all', got {value!r}", param, ctx)
-        if number < MIN_TEXTS:
-            self.fail(f"at least {MIN_TEXTS} texts are needed for meaningful accuracy figures, got {number}", param, ctx)
+        if number < MIN_TEXTS:  # out of range: exit 1, as the epilog says (a non-number above: 2)
+            flag = param.opts[0] if param is not None and param.opts else "the text count"
+            raise click.ClickException(f"{flag}: at least {MIN_TEXTS} texts are needed for meaningful accuracy "
+                                       f"figures, got {number}")
         return number
 
 
@@ -241,7 +243,7 @@ def main(model, target, out, task, calibration, validation_texts, max_fit_texts,
     try:  # the libraries take a moment to import: Ctrl-C meanwhile is no crash
         from converters import ConversionError, ConversionInterrupted, ConvertConfig, convert
         from converters._console import ProgressPrinter, captured_output
-        from converters.packaging.package import check_not_inside_output
+        from converters.packaging.package import check_not_inside_inputs, check_not_inside_output
         from converters.packaging.signing import SigningKeyError
         from converters.pipeline import TargetFailure, convert_targets
     except KeyboardInterrupt:
@@ -256,6 +258,7 @@ def main(model, target, out, task, calibration, validation_texts, max_fit_texts,
     out = out or (Path("out") if several else Path("out") / profiles[0].id)
     try:  # before anything is written next to it (the log): a directory inside an output breaks it
         check_not_inside_output(out)
+        check_not_inside_inputs(out, {"the source model": model})
     except ConversionError as exc:
         raise click.ClickException(str(exc)) from None
     started, started_wall = time.perf_counter(), time.time()

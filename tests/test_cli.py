@@ -32,14 +32,16 @@ def test_unknown_target_is_a_clean_error(tmp_path):
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    result = CliRunner().invoke(edge_convert, [str(tmp_path), "--out", str(tmp_path / "o")])
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    result = CliRunner().invoke(edge_convert, [str(tmp_path / "m"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "'gpt2' is not supported" in result.output and "distilbert" in result.output
 
 
 def test_not_a_model_directory(tmp_path):
-    result = CliRunner().invoke(edge_convert, [str(tmp_path), "--out", str(tmp_path / "o")])
+    (tmp_path / "m").mkdir()
+    result = CliRunner().invoke(edge_convert, [str(tmp_path / "m"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "no config.json" in result.output
 
 
@@ -377,3 +379,32 @@ def test_accuracy_floor_moves_every_floor_of_the_profile_by_as_much(override):
         assert after.cosine_min == pytest.approx(before.cosine_min + shift)
         assert (after.cosine_mean < before.cosine_mean) == (shift < 0)
     assert floor.for_precision("int8").cosine_mean == override
+
+
+@pytest.mark.parametrize("how", ["--out inside", "cd into it"])
+def test_an_output_inside_the_model_directory_is_refused_before_anything_is_written(tmp_path, monkeypatch, how):
+    """Found by a review (session 49): `--out MODEL/x` (and `cd MODEL && edge-convert .`, whose
+    default output is ./out/<id>) wrote the artifacts, and the log, into the model directory."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    before = sorted(p.name for p in model.rglob("*"))
+    if how == "--out inside":
+        result = CliRunner().invoke(edge_convert, [str(model), "--target", "x86-avx2,rpi5", "--out", str(model / "art")])
+    else:
+        monkeypatch.chdir(model)
+        result = CliRunner().invoke(edge_convert, [".", "--target", "x86-avx2"])
+    assert result.exit_code == 1, result.output
+    assert "is inside the source model" in result.output and "choose an output path outside it" in result.output
+    assert sorted(p.name for p in model.rglob("*")) == before  # not even the log
+
+
+def test_the_library_refuses_an_output_inside_the_model_directory_too(tmp_path):
+    from converters import ConversionError
+    from converters.packaging.package import check_output
+
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(ConversionError, match="is inside the source model"):
+        check_output(model / "out" / "x86-avx2", force=False, inputs={"the source model": model})
+    check_output(tmp_path / "beside", force=False, inputs={"the source model": model})  # beside it: fine

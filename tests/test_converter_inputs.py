@@ -236,8 +236,33 @@ def test_calibration_file_without_enough_texts(tmp_path, content):
     path = tmp_path / "cal.txt"
     path.write_bytes(content)
     count = len([line for line in content.decode().splitlines() if line.strip() and not line.startswith("#")])
-    with pytest.raises(SourceModelError, match=rf"cal\.txt has {count} texts?; at least 8 are needed"):
+    # Comment lines skipped are said (found by a review, session 49: a file of hashtags read as "0 texts").
+    skipped = r" \(1 line starting with '#' skipped as comments; a \.jsonl file keeps such texts\)" \
+        if b"#" in content else ""
+    with pytest.raises(SourceModelError, match=rf"cal\.txt has {count} texts?{skipped}; at least 8 are needed"):
         load_texts(path)
+
+
+def test_a_calibration_pipe_is_named_as_one(tmp_path):
+    """Found by a review (session 49): `--calibration <(cat texts.txt)` said the file "does not exist"."""
+    import os
+
+    pipe = tmp_path / "pipe.txt"
+    os.mkfifo(pipe)
+    with pytest.raises(SourceModelError, match=r"pipe\.txt is not a regular file \(a pipe or a device\); save the texts"):
+        load_texts(pipe)
+
+
+@pytest.mark.parametrize("length", [-1, 0, 2.5, "128", float("inf")])
+def test_a_sentence_bert_config_with_an_unusable_length_names_the_file(tmp_path, length):
+    """Found by a review (session 49): max_seq_length -1 ended in a tokenizer traceback."""
+    from converters.inputs.sentence_transformers import encoder_settings
+
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": length}))
+    with pytest.raises(SourceModelError, match=r"sentence_bert_config\.json: max_seq_length must be a positive whole"):
+        encoder_settings(tmp_path)
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128.0, "do_lower_case": True}))
+    assert encoder_settings(tmp_path) == (128, True)
 
 
 @pytest.mark.parametrize("role", ["calibration", "validation"])

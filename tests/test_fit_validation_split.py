@@ -169,8 +169,9 @@ def test_a_text_cap_below_the_minimum_or_not_a_count_names_its_parameter(value):
                                                        max_fit_texts=None).max_fit_texts is None
 
 
-@pytest.mark.parametrize(("given", "shown"), [("3", "at least 8 texts"), ("many", "a number of texts or 'all'")])
-def test_the_cli_refuses_a_bad_text_cap_before_any_work(given, shown, tmp_path):
+@pytest.mark.parametrize(("given", "shown", "status"), [("3", "at least 8 texts", 1),  # out of range (epilog: 1)
+                                                   ("many", "a number of texts or 'all'", 2)])  # not a number
+def test_the_cli_refuses_a_bad_text_cap_before_any_work(given, shown, status, tmp_path):
     from click.testing import CliRunner
 
     from converters.cli import as_flags
@@ -178,7 +179,7 @@ def test_the_cli_refuses_a_bad_text_cap_before_any_work(given, shown, tmp_path):
 
     result = CliRunner().invoke(edge_convert, ["--target", "x86-avx2", "--out", str(tmp_path / "o"),
                                                "--max-validation-texts", given])
-    assert result.exit_code == 2 and "--max-validation-texts" in result.output and shown in result.output
+    assert result.exit_code == status and "--max-validation-texts" in result.output and shown in result.output
     assert not (tmp_path / "o").exists()
     assert as_flags("raise max_fit_texts / max_validation_texts") == "raise --max-fit-texts / --max-validation-texts"
 

@@ -187,7 +187,12 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
     """The built-in English set, or a user file: .txt (one text per line) or .jsonl ({"text": ...})."""
     source = BUILTIN if path is None else Path(path)
     if not source.is_file():
-        what = "is a directory, not a file" if source.is_dir() else "does not exist"
+        if source.is_dir():
+            what = "is a directory, not a file"
+        elif source.exists():  # a pipe (<(...)), a device: read once, while the conversion reads it twice
+            what = "is not a regular file (a pipe or a device); save the texts to a .txt or .jsonl file"
+        else:
+            what = "does not exist"
         raise SourceModelError(f"{role} file {source} {what}")
     try:
         texts, comments = _parse(source)
@@ -202,8 +207,10 @@ def load_texts(path: Path | None = None, minimum: int = MIN_TEXTS, role: str = "
     if distinct < minimum:
         count = f"{len(texts)} text{'' if len(texts) == 1 else 's'}"
         counted = count if distinct == len(texts) else f"{count} but {distinct} distinct"
+        skipped = (f" ({comments} line{'' if comments == 1 else 's'} starting with '#' skipped as comments; "
+                   "a .jsonl file keeps such texts)") if comments and path is not None else ""
         raise SourceModelError(
-            f"{role} file {source} has {counted}; at least {minimum} "
+            f"{role} file {source} has {counted}{skipped}; at least {minimum} "
             f"{'are' if distinct == len(texts) else 'different texts are'} needed for meaningful accuracy figures"
         )
     # The built-in file's own comment lines (its provenance) are not the user's to be told about.

@@ -130,8 +130,14 @@ def encoder_settings(encoder: Path) -> tuple[int | None, bool]:
     settings = _read_json(path) if path.is_file() else {}
     settings = settings if isinstance(settings, dict) else {}
     length = settings.get("max_seq_length")
-    length = int(length) if isinstance(length, (int, float)) and not isinstance(length, bool) else None
-    return length, settings.get("do_lower_case") is True
+    if length is None:
+        return None, settings.get("do_lower_case") is True
+    # sentence-transformers itself reads any number here; a length the tokenizer cannot use fails later
+    # in a traceback (a negative one in the tokenizer's own code), so it is said here, naming the file.
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or not 1 <= length < float("inf") \
+            or length != int(length):
+        raise SourceModelError(f"{path}: max_seq_length must be a positive whole number of tokens, got {length!r}")
+    return int(length), settings.get("do_lower_case") is True
 
 
 def find_layout(model_dir: Path) -> Layout | None:

@@ -149,6 +149,7 @@ def check_output(out: Path, force: bool, inputs: Mapping[str, Path | None] | Non
     except OSError as exc:  # a relative path under a working directory that was deleted
         raise ConversionError(f"cannot resolve the output path {out}: {exc}") from None
     check_not_inside_output(out)
+    check_not_inside_inputs(out, inputs)
     restore_interrupted(out)
     if not out.exists():
         # The output and the staging directory are made next to it: a parent that is a file, or
@@ -239,6 +240,24 @@ def check_not_inside_output(out: Path) -> None:
         raise ConversionError(f"{Path(out).resolve()} is inside {parent}, the output of an earlier conversion "
                               f"(it holds an edge-convert {MANIFEST_NAME}): a directory written inside it would "
                               "break its hashes and signature; choose an output path outside it")
+
+
+def check_not_inside_inputs(out: Path, inputs: Mapping[str, Path | None] | None) -> None:
+    """Raise ConversionError if `out` lies inside a directory the conversion reads (the source
+    model's): its files would be mixed with the model's (and a `cd MODEL && edge-convert .`
+    leaves out/ in the model directory with the default output path)."""
+    try:
+        resolved = Path(out).resolve()
+    except OSError:  # said by check_output
+        return
+    for what, path in (inputs or {}).items():
+        if path is None or not Path(path).is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            directory = Path(path).resolve()
+            if directory in resolved.parents:
+                raise ConversionError(f"{resolved} is inside {what} ({directory}): edge-convert writes nothing "
+                                      "into the directories it reads; choose an output path outside it")
 
 
 def is_output(path: Path) -> bool:
