@@ -40,6 +40,9 @@ log = logging.getLogger("edge_runtime")
 # InferenceSession.run as thread-safe); calls into any other (a TFLite interpreter holds its
 # tensors in the interpreter) are serialized by a lock per Model.
 _THREAD_SAFE_BACKENDS = ("onnxruntime",)
+# embed/classify tokenize this many texts at a time: a text's tokens as Python objects (ids, strings,
+# offsets) weigh far more than its vector, and a list tokenized at once grew memory with the list.
+TOKENIZE_CHUNK = 256
 
 
 class Model:
@@ -211,7 +214,6 @@ class Model:
             size = None
         if size is None or size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        batch_size = size
         for name, flag in (("truncate", truncate), ("batch_invariant", batch_invariant)):
             if not isinstance(flag, (bool, np.bool_)):  # "error" would read as True
                 raise InputError(f"{name} must be True or False, got {flag!r}")
@@ -219,14 +221,16 @@ class Model:
         if not texts:
             return
         encoder = self._text()
-        encoded = encoder.encode_texts(texts, truncate=bool(truncate))
         # Batch-dependent artifacts run each text alone, unpadded: exactly what a batch of one
         # gives, whatever else is passed with it.
-        step = 1 if batch_invariant and self.batch_dependent else batch_size
-        for start in range(0, len(encoded), step):
-            group: list[Encoded] = encoded[start : start + step]
-            feeds = encoder.pad(group)
-            yield start, group, feeds, self.run(feeds)[output]
+        step = 1 if batch_invariant and self.batch_dependent else size
+        chunk = max(1, TOKENIZE_CHUNK // step) * step  # whole batches: the batches stay what they were
+        for first in range(0, len(texts), chunk):
+            encoded = encoder.encode_texts(texts[first : first + chunk], truncate=bool(truncate), first=first)
+            for start in range(0, len(encoded), step):
+                group: list[Encoded] = encoded[start : start + step]
+                feeds = encoder.pad(group)
+                yield first + start, group, feeds, self.run(feeds)[output]
 
     def _dim(self, output: str) -> int:
         spec = next((o for o in self.outputs if o["name"] == output), None)

@@ -74,7 +74,11 @@ _ALONE_CHARS = 10_000
 # AV). So a text is tokenized from its head (_head), and whole only when the head does not fill
 # max_length.
 _HEAD_CHARS_PER_TOKEN = 32
-_SPACE = re.compile(r"\s")
+# Cut only at U+0020: every pre-tokenizer splits there, and no normalizer joins across it. Not at any
+# whitespace (\s): BERT's normalizer deletes U+001C-U+001F (joining the words beside them), and
+# SentencePiece's Metaspace splits at U+0020 alone ("ab\ncd" is one word there): a cut at either
+# changed the head's last tokens (found by a review, session 49).
+_SPACE = re.compile(" ")
 
 
 def _head(text: str, max_length: int) -> str:
@@ -181,15 +185,15 @@ class TextEncoder:
             return len(_encode(self._counter, [text])[0].ids), True
         return count, head is text
 
-    def encode_texts(self, texts: list[str], truncate: bool = True) -> list[Encoded]:
+    def encode_texts(self, texts: list[str], truncate: bool = True, first: int = 0) -> list[Encoded]:
         """Each text's tokens alone. truncate=False: InputError for the first text longer than
-        max_length, with its index and token count."""
+        max_length, with its index (counted from `first`: a chunk of a longer list) and token count."""
         encodings = self._truncated(list(texts))
         if not truncate:
             for index, enc in enumerate(encodings):
                 if enc.overflowing:
                     raise InputError(
-                        f"texts[{index}] has {count_words(*self.token_count(texts[index]))}; this model "
+                        f"texts[{first + index}] has {count_words(*self.token_count(texts[index]))}; this model "
                         f"takes at most {self.max_length} (special tokens included). Shorten "
                         "it, or pass truncate=True to keep its first tokens"
                     )

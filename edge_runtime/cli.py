@@ -308,13 +308,13 @@ def _shown(text: str) -> str:
 
 def _truncated(model, texts: list[str], offset: int) -> list[tuple[int, tuple[int, bool]]]:
     """(1-based number, token count) of each text longer than the model takes: embed/classify
-    keep its first tokens (truncate=True), which a command-line user should be told. A text
-    needs more characters than tokens minus the two special ones, so short texts are not
-    tokenized twice."""
+    keep its first tokens (truncate=True), which a command-line user should be told. Every text
+    is counted: fewer characters than tokens is no proof of fitting (one emoji is 4 byte-level
+    BPE tokens, a normalizer may expand a character; found by a review, session 49)."""
     encoder = model._text()
     limit = encoder.max_length
     return [(offset + index + 1, count) for index, text in enumerate(texts)
-            if len(text) > limit - 2 and (count := encoder.token_count(text))[0] > limit]
+            if (count := encoder.token_count(text))[0] > limit]
 
 
 def _print_results(model, texts: list[str], as_json: bool) -> None:

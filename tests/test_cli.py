@@ -408,3 +408,21 @@ def test_the_library_refuses_an_output_inside_the_model_directory_too(tmp_path):
     with pytest.raises(ConversionError, match="is inside the source model"):
         check_output(model / "out" / "x86-avx2", force=False, inputs={"the source model": model})
     check_output(tmp_path / "beside", force=False, inputs={"the source model": model})  # beside it: fine
+
+
+def test_edge_run_counts_the_tokens_of_every_text_for_its_truncation_note():
+    """Found by a review (session 49): texts with fewer characters than the model's max length were
+    taken to fit, but one emoji is 4 byte-level BPE tokens: 60 of them were cut without a word."""
+    from edge_runtime import cli as run_cli
+
+    class Encoder:
+        max_length = 128
+
+        def token_count(self, text):
+            return (4 * len(text) + 2, True)  # byte-level BPE on 4-byte characters
+
+    class Model:
+        def _text(self):
+            return Encoder()
+
+    assert run_cli._truncated(Model(), ["🙂" * 60, "ok"], offset=3) == [(4, (242, True))]

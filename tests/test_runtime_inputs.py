@@ -285,6 +285,32 @@ def test_truncate_policy(int8):
     assert np.array_equal(fits, vectors[:1])
 
 
+def test_texts_are_tokenized_a_chunk_at_a_time_with_the_same_results(int8, fp32, monkeypatch):
+    """Found by a review (session 49): embed/classify tokenized the whole list before the first
+    batch, so memory grew with the list. Chunks of whole batches give the same vectors bit for
+    bit, and truncate=False still names the first long text by its index in the whole list."""
+    from edge_runtime import _model
+
+    texts = [f"text number {i} " * (i % 7 + 1) for i in range(23)]
+    want = {m.name: m.embed(texts, batch_size=4, batch_invariant=False) for m in (int8, fp32)}
+    encoded = []
+    encoder = fp32._text()
+    original = type(encoder).encode_texts
+
+    def counted(self, chunk, *args, **kwargs):
+        encoded.append(len(chunk))
+        return original(self, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(type(encoder), "encode_texts", counted)
+    monkeypatch.setattr(_model, "TOKENIZE_CHUNK", 6)  # 4-text batches: chunks of 4
+    for model in (int8, fp32):
+        assert np.array_equal(model.embed(texts, batch_size=4, batch_invariant=False), want[model.name])
+    assert max(encoded) == 4 and sum(encoded) == 2 * len(texts)
+    long = "word " * 400
+    with pytest.raises(edge_runtime.InputError, match=r"texts\[9\] has \d+ tokens"):
+        fp32.embed(texts[:9] + [long], batch_size=4, truncate=False)
+
+
 @_SETTINGS
 @given(texts=st.lists(st.text(max_size=40), min_size=0, max_size=6))
 @example(texts=["a", "", "a much longer text than the others, with many more tokens in it 🙂", "x y"])

@@ -30,6 +30,13 @@ def _texts() -> dict[str, str]:
         "whitespace tail": "a few words " * 3 + " " * 5000,  # the head holds too few tokens
         "whitespace gaps": ("word" + " " * 100) * 30,
         "short": "just a short text",
+        # Found by a review (session 49): the head was cut at any whitespace past 512 characters; BERT's
+        # normalizer deletes U+001C (joining the words beside it), Metaspace splits at U+0020 only.
+        # Long words keep these texts within MAX_LENGTH tokens, so the cut decides their last tokens.
+        # Words of 101 letters are one [UNK] each for WordPiece: the whole text fits MAX_LENGTH, while a
+        # head cut inside the last word (20 letters: many pieces) overflowed and was used.
+        "separator the normalizer deletes": ("q" * 101 + " ") * 5 + "x" * 20 + "\x1c" + "x" * 90 + " end",
+        "newline inside a metaspace word": ("q" * 101 + " ") * 5 + "x" * 20 + "\n" + "x" * 90 + " end",
     }
 
 
