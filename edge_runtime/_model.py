@@ -127,7 +127,7 @@ class Model:
         batch = next(iter(prepared.values())).shape[0] if prepared else 0
         if prepared and batch == 0:
             return _inputs.empty_outputs(self.outputs, axes)
-        per_row = _inputs.row_bytes(self.outputs, axes)
+        per_row = _inputs.row_bytes(self.outputs, axes, self.manifest.get("source"))
         if self.memory_budget_mb is None and per_row * batch <= _inputs.SMALL_BATCH_BYTES:
             return self._run_backend(prepared)
         step = _inputs.rows_per_run(batch, per_row, self._budget_bytes())

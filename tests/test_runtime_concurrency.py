@@ -146,7 +146,7 @@ def test_batch_over_the_memory_budget_is_split(converted, monkeypatch):
     calls = []
     original = model._session.run
     monkeypatch.setattr(model._session, "run", lambda f: calls.append(len(f["input_ids"])) or original(f))
-    per_row = row_bytes(model.outputs, {"batch": 10, "sequence": 12})
+    per_row = row_bytes(model.outputs, {"batch": 10, "sequence": 12}, model.manifest.get("source"))
     model.memory_budget_mb = 3.5 * per_row / 2**20  # room for 3 rows
     parts = model.run(feeds)["last_hidden_state"]
     assert calls == [3, 3, 3, 1]
@@ -182,7 +182,7 @@ def test_load_takes_a_memory_budget(converted, monkeypatch):
     ids = np.random.default_rng(0).integers(2, 50, size=(10, 12))
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     probe = edge_runtime.load(converted, artifact="onnx-fp32")
-    per_row = row_bytes(probe.outputs, {"batch": 10, "sequence": 12})
+    per_row = row_bytes(probe.outputs, {"batch": 10, "sequence": 12}, probe.manifest.get("source"))
     model = edge_runtime.load(converted, artifact="onnx-fp32", memory_budget_mb=3.5 * per_row / 2**20)
     calls = []
     original = model._session.run
@@ -222,3 +222,17 @@ def test_tokenizing_a_huge_text_lets_other_threads_run(converted):
         f"this thread saw the tokenizing thread inside encode_texts only {seen_inside} times: "
         "the tokenizer holds the GIL while it works"
     )
+
+
+def test_a_classifiers_rows_are_estimated_by_its_encoder_not_its_logits():
+    """Found by a review (session 49): the hidden size was read off the outputs' fixed dimensions,
+    so a 2-label classifier's rows were estimated at a fraction of its encoder's and a large batch
+    was barely split. The manifest's source record gives the encoder's width and heads."""
+    source = {"hidden_size": 384, "num_heads": 12}
+    axes = {"batch": 10, "sequence": 128}
+    embeds = [{"name": "last_hidden_state", "shape": ["batch", "sequence", 384]}]
+    logits = [{"name": "logits", "shape": ["batch", 2]}]
+    assert row_bytes(logits, axes, source) == row_bytes(embeds, axes, source)
+    assert row_bytes(logits, axes, source) > 30 * row_bytes(logits, axes)  # what it was estimated at
+    for damaged in ({"hidden_size": True, "num_heads": "12"}, {"hidden_size": -1}, None, "bert"):
+        assert row_bytes(embeds, axes, damaged) == row_bytes(embeds, axes)  # the outputs' width, as before
