@@ -82,9 +82,9 @@ _SPACE = re.compile(" ")
 
 
 def _head(text: str, max_length: int) -> str:
-    """`text` cut before its first whitespace at or after max_length * _HEAD_CHARS_PER_TOKEN
-    characters; itself when shorter, or when no whitespace follows within as many characters
-    again (a text without spaces, e.g. Chinese or Japanese, is tokenized whole: a cut inside
+    """`text` cut before its first space (U+0020, see _SPACE) at or after max_length *
+    _HEAD_CHARS_PER_TOKEN characters; itself when shorter, or when no space follows within as many
+    characters again (a text without spaces, e.g. Chinese or Japanese, is tokenized whole: a cut inside
     one pre-tokenized word could change its pieces). Every pre-tokenizer the converter ships
     (BERT's, byte-level BPE's, SentencePiece's Metaspace) splits at whitespace, and the
     normalizers work per character, so the head's tokens are the first tokens of the whole text

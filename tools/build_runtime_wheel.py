@@ -26,8 +26,8 @@ EPOCH = (2020, 1, 1, 0, 0, 0)
 # tokenizers depends on huggingface_hub (with httpx, hf-xet, pyyaml, fsspec, ...), none of which
 # edge_runtime uses: it only calls Tokenizer.from_file. Requires-Dist cannot say "without its
 # dependencies", so the extras stay complete (one `pip install`), and the slim device install
-# is documented and checked instead (docs/arm64.md): `pip install --no-deps tokenizers` after
-# the wheel and its backend saves 22.5 MB of 153 MB ([onnx]) and 22.7 MB of 137 MB ([tflite])
+# is documented and checked instead (docs/arm64.md): the wheel and its backend installed with
+# `--no-deps`, then `pip install --no-deps tokenizers`, saves 22.5 MB of 153 MB ([onnx]) and 22.7 MB of 137 MB ([tflite])
 # on aarch64 (tools/arm64-check --sizes); tools/arm64-check's legacy environment is installed
 # that way and its embeddings match x86.
 REQUIRES = [
