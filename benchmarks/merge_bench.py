@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_runtime._bench import device_label, validate_bench  # noqa: E402
 from edge_runtime._contention import busy_note, worst_share  # noqa: E402
+from edge_runtime._sensors import hottest  # noqa: E402
 
 # Accuracy of an artifact against its FP32 source, from the manifest metrics edge-bench copied:
 # embeddings by mean cosine, classifiers by top-1 agreement.
@@ -370,8 +371,8 @@ def _sensors(doc: dict[str, Any]) -> str:
     parts = []
     for when in ("sensors_before", "sensors_after"):
         sensors = doc[when]
-        temps = sensors["temperature_c"]
-        text = f"{max(temps.values()):.0f} °C" if temps else "temp n/a"
+        hot = hottest(sensors["temperature_c"] or {})
+        text = f"{hot:.0f} °C" if hot is not None else "temp n/a"
         if sensors["load_average"]:
             text += f", load {sensors['load_average'][0]}"
         throttled = sensors["throttled"]

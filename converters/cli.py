@@ -252,7 +252,9 @@ def main(model, target, out, task, calibration, validation_texts, max_fit_texts,
 
     try:
         profiles = _profiles(target)
-    except (UnknownTargetError, ProfileError) as exc:
+    except UnknownTargetError as exc:  # the library names no flag: the CLI's is --target
+        raise click.ClickException(f"{exc}; convert for one of them with --target NAME") from None
+    except ProfileError as exc:
         raise click.ClickException(str(exc)) from None
     several = len(profiles) > 1
     out = out or (Path("out") if several else Path("out") / profiles[0].id)

@@ -89,6 +89,11 @@ def _latency(rounds: list[list[float]]) -> dict[str, Any]:
     }
 
 
+# Untimed runs before the first round, whatever --warmup says: a shape that cannot run (e.g. a
+# TFLite artifact whose longest bucket is shorter than --seq) is found there, not in a round.
+WARMUP_MIN = 1
+
+
 def _not_run(reason: str) -> dict[str, Any]:
     return {
         "status": "not-run",
@@ -143,7 +148,9 @@ def _probe(
         }
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(PROBE_MARKER + " "):
-            return json.loads(line[len(PROBE_MARKER) + 1 :])
+            # A failed load answers status and error only: the other fields stay "not measured"
+            # (the table and the JSON schema read every one; a review found a traceback here).
+            return _not_run("not measured") | json.loads(line[len(PROBE_MARKER) + 1 :])
     how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
     tail = " | ".join(done.stderr.strip().splitlines()[-5:])
     return _not_run(f"load probe died ({how}): {tail}") | {"status": "error"}
@@ -281,6 +288,7 @@ def run_bench(
         "settings": dataclasses.asdict(config)
         | {
             "rounds": rounds,  # as run: fewer than asked when runs < rounds
+            "warmup": max(config.warmup, WARMUP_MIN),  # as run (a review found 0 recorded for 1)
             "artifacts": list(config.artifacts),
             "seqs": list(config.seqs),
             "batches": list(config.batches),
@@ -435,7 +443,7 @@ def _timed_rounds(
         {(i, shape): partial(live[i].model.run, feeds[shape]) for i, shape in keys},
         config.runs,
         config.rounds,
-        warmup=max(config.warmup, 1),  # at least one: a shape that cannot run is found there
+        warmup=max(config.warmup, WARMUP_MIN),
         on_round=lambda done: say(f"round {done.number}/{done.total} done"),
     )
     for (i, shape), exc in timed.failures.items():

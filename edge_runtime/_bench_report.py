@@ -12,6 +12,7 @@ from typing import Any
 from edge_runtime._contention import busy_note, worst_share
 from edge_runtime._device import FEATURES_OF_INTEREST
 from edge_runtime._rounds import rounds_for
+from edge_runtime._sensors import hottest
 
 __all__ = ["KEY_FLAGS", "device_label", "render_markdown"]
 
@@ -32,9 +33,8 @@ def _sensor_line(sensors: dict[str, Any]) -> str:
     temps = sensors.get("temperature_c") or {}
     freqs = sensors.get("cpufreq_khz") or {}
     parts = []
-    parts.append(
-        f"max temperature {max(temps.values()):.1f} °C" if temps else "temperature unreadable"
-    )
+    hot = hottest(temps)
+    parts.append(f"max temperature {hot:.1f} °C" if hot is not None else "temperature unreadable")
     parts.append(
         f"frequency {min(freqs.values()) / 1e3:.0f}-{max(freqs.values()) / 1e3:.0f} MHz"
         if freqs

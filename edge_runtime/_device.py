@@ -159,19 +159,31 @@ class DeviceInfo:
 
 def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
     """/proc/cpuinfo as blocks of `key: value` lines (blank-line separated). Keys keep their
-    case; ARM kernels put board lines (Hardware, Revision, Model) in a last block of their own."""
-    blocks, current = [], {}
+    case; ARM kernels put board lines (Hardware, Revision, Model) in a last block of their own.
+    Kernels before 4.0 on arm64 (e.g. Jetson TX1's 3.10) list every CPU's "processor" line in one
+    block with one set of features: that block becomes one block per CPU (a review found a 4-core
+    board read as one CPU)."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    processors: list[str] = []
+
+    def close() -> None:
+        if len(processors) > 1:
+            blocks.extend({**current, "processor": number} for number in processors)
+        elif current:
+            blocks.append(current)
+
     for line in text.splitlines():
         if not line.strip():
-            if current:
-                blocks.append(current)
-            current = {}
+            close()
+            current, processors = {}, []
             continue
         key, sep, value = line.partition(":")
         if sep:
             current[key.strip()] = value.strip()
-    if current:
-        blocks.append(current)
+            if key.strip() == "processor":
+                processors.append(value.strip())
+    close()
     return blocks
 
 
@@ -213,10 +225,15 @@ def _l4t_release(root: Path) -> str | None:
 
 
 def _clusters(
-    cpus: list[int], max_khz: dict[int, int | None], cores: dict[int, str | None]
+    cpus: list[int], max_khz: dict[int, int | None], cores: dict[int, str | None],
+    capacity: dict[int, int | None] | None = None,
 ) -> tuple[Cluster, ...]:
     """Group CPUs: by core type where the cpuinfo names one per CPU (ARM), then by maximum
-    frequency (within _SAME_CLUSTER of the group's fastest). Fastest cluster first."""
+    frequency (within _SAME_CLUSTER of the group's fastest). Fastest cluster first; without
+    cpufreq, the one of the largest cpu_capacity (arm64's relative performance, 1024 for the
+    biggest core, read from the device tree whatever the frequency driver: a review found an
+    RK3399 without cpufreq answering its Cortex-A53s as the big cluster)."""
+    capacity = capacity or {}
     groups: dict[str | None, list[int]] = {}
     for cpu in cpus:
         groups.setdefault(cores.get(cpu), []).append(cpu)
@@ -238,7 +255,7 @@ def _clusters(
             buckets[top].append(cpu)
         for top, bucket in buckets.items():
             clusters.append(Cluster(tuple(sorted(bucket)), top, core))
-    clusters.sort(key=lambda c: (-(c.max_khz or 0), c.cpus[0]))
+    clusters.sort(key=lambda c: (-(c.max_khz or 0), -max(capacity.get(cpu) or 0 for cpu in c.cpus), c.cpus[0]))
     return tuple(clusters)
 
 
@@ -319,7 +336,8 @@ def _detect(root: Path, real: bool) -> DeviceInfo:
         cpu: _read_int(root, f"sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq")
         for cpu in cpus
     }
-    clusters = _clusters(cpus, max_khz, cores)
+    capacity = {cpu: _read_int(root, f"sys/devices/system/cpu/cpu{cpu}/cpu_capacity") for cpu in cpus}
+    clusters = _clusters(cpus, max_khz, cores, capacity)
 
     core_ids = _core_ids(root, cpus, per_cpu)
     physical = _physical(tuple(cpus), core_ids)

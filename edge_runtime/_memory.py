@@ -26,8 +26,13 @@ __all__ = ["estimate_mb", "fit", "headroom_mb"]
 # INT8 weights are packed by onnxruntime next to the mapped file; INT4 is expanded to int8 at
 # load. The factors are those ratios rounded up with a ~50% margin (a model without a large
 # embedding table touches all of its weights; batches larger than 1 need more activations).
-# TFLite was not measured (no MiniLM TFLite artifact on this machine during that change): XNNPACK
-# packs every weight into its own buffer unless its weight cache maps them, so file + copy = 2x.
+# TFLite, MiniLM rpi4 artifacts, the same tool (ai-edge-litert 2.3, 2-core AMD EPYC Zen 4; first
+# run / second run with the device caches): fp32 83.9 / 77.2 MB for 87.1 MB of files, int8 52.1 /
+# 46.4 for 23.8, int4 44.7 / 39.1 for 13.8: within file x 2 (XNNPACK packs every weight into its
+# own buffer unless its weight cache maps them) and x 3. A weight-only recipe's file
+# (tflite-int8-legacy, weight_only_wi8_afp32) is dequantized to float at load, once per signature:
+# 404.9 / 357.9 MB for 23.9 MB with 4 signatures, (RSS - 16) / files = 4.1 per signature
+# (_DEQUANTIZED_PER_SIGNATURE; a review found it estimated at 64 MB and ranked as fitting).
 _FACTOR = {
     ("onnx", "fp32"): 1.0,
     ("onnx", "fp16"): 2.0,  # not measured: expanded to fp32 on CPUs without FP16 arithmetic
@@ -39,14 +44,24 @@ _FACTOR = {
     ("tflite", "int4"): 3.0,
 }
 _DEFAULT_FACTOR = 3.0  # a format or precision not measured: err on the large side
+_DEQUANTIZED_PER_SIGNATURE = 4.5  # measured 4.1, with a margin
 _OVERHEAD_MB = 16.0  # measured on the tiny model: session, arena and activations at batch 1
 
 
 def estimate_mb(entry: dict[str, Any]) -> float:
     """Estimated resident MB of a manifest artifact entry once loaded and run."""
     size_mb = sum(f["bytes"] for f in entry["files"]) / 2**20
-    factor = _FACTOR.get((entry["format"], entry["precision"]), _DEFAULT_FACTOR)
-    return size_mb * factor + _OVERHEAD_MB
+    return size_mb * _factor(entry) + _OVERHEAD_MB
+
+
+def _factor(entry: dict[str, Any]) -> float:
+    quantization = entry.get("quantization")
+    recipe = quantization.get("recipe") if isinstance(quantization, dict) else None
+    if entry["format"] == "tflite" and isinstance(recipe, str) and recipe.startswith("weight_only"):
+        signatures = (entry.get("tflite") or {}).get("signatures")
+        count = len(signatures) if isinstance(signatures, (dict, list)) and signatures else 1
+        return _DEQUANTIZED_PER_SIGNATURE * count
+    return _FACTOR.get((entry["format"], entry["precision"]), _DEFAULT_FACTOR)
 
 
 def headroom_mb(total_mb: int) -> float:

@@ -12,7 +12,21 @@ from edge_runtime._device import _int
 from edge_runtime._sysfs import read_int as _read_int
 from edge_runtime._sysfs import read_text as _read
 
-__all__ = ["sensors"]
+__all__ = ["PLACEHOLDER_ZONES", "hottest", "sensors"]
+
+# Thermal zones that report a fixed value, not a temperature: the PMIC-Die zone of Jetson Nano,
+# TX2 and Xavier reads 100.0 deg C always (NVIDIA's L4T documentation; a review found every
+# pre-Orin Jetson's bench saying "max temperature 100.0"). Kept in the JSON as read; left out of
+# the hottest zone a report shows.
+PLACEHOLDER_ZONES = frozenset({"PMIC-Die"})
+
+
+def hottest(temperatures: dict[str, float]) -> float | None:
+    """The highest reading among zones that measure something (not PLACEHOLDER_ZONES; a second
+    zone of a type is named "TYPE-2"), None when none does."""
+    real = [value for name, value in temperatures.items()
+            if name.rsplit("-", 1)[0] not in PLACEHOLDER_ZONES and name not in PLACEHOLDER_ZONES]
+    return max(real) if real else None
 
 # The Raspberry Pi firmware's throttling word (vcgencmd get_throttled; documented in
 # raspberrypi.com/documentation/computers/os.html#get_throttled).

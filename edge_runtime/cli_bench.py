@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "--runs", type=int, default=BenchConfig.runs, help="timed runs per measurement (default %(default)s)"
     )
     parser.add_argument("--warmup", type=int, default=BenchConfig.warmup,
-                        help="untimed runs first (default %(default)s)")
+                        help="untimed runs first (default %(default)s; at least 1 is run)")
     parser.add_argument(
         "--rounds",
         type=int,
@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # Skipped records (no backend for that format here) are in the table with their reason;
     # errors (golden failure, a shape the artifact cannot run, a crash) fail the command.
-    failed = [r for r in doc["records"] if r["status"] == "error"]
+    # A load probe that failed or died (out of memory, a crash) fails it too: a device that
+    # cannot cold-start the model must not pass (a review found exit status 0 after a SIGKILL).
+    failed = [r for r in doc["records"] if r["status"] == "error"
+              or "error" in (r["load_first"]["status"], r["load_second"]["status"])]
     if not any(r["status"] == "ok" for r in doc["records"]):
         print("edge-bench: nothing was measured (every artifact was skipped or failed; see the status "
               "column)", file=sys.stderr)
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(
             f"edge-bench: {len(failed)} of {len(doc['records'])} measurements failed; "
-            "see the status column",
+            "see the status column and the load probe errors under the table",
             file=sys.stderr,
         )
         return 1

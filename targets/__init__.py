@@ -451,7 +451,7 @@ def detect_target(facts: dict[str, Any] | None = None) -> TargetProfile:
     if not candidates:
         raise UnknownTargetError(
             f"no target profile matches this machine (arch {facts['arch']}, "
-            f"model {facts['device_model'] or 'unknown'}); pass --target with one of: "
+            f"model {facts['device_model'] or 'unknown'}); the profiles: "
             f"{', '.join(p.id for p in list_profiles())}"
         )
     return max(candidates, key=lambda p: p.detect.priority)

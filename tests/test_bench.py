@@ -225,6 +225,53 @@ def test_fewer_runs_than_rounds_are_said_and_recorded_as_run(artifacts, tmp_path
     assert "2 timed runs make 2 rounds, not 5: give --runs at least 5" in capsys.readouterr().err
 
 
+def test_warmup_zero_is_recorded_as_the_one_run(artifacts, tmp_path):
+    """--warmup 0 still runs one untimed run (a shape that cannot run is found there): the JSON
+    says 1, what ran (a review found 0 recorded)."""
+    out = tmp_path / "w.json"
+    assert cli_bench.main([str(artifacts), "--artifact", "onnx-int8", "--seq", "8", "--runs", "2", "--rounds", "1",
+                           "--warmup", "0", "--no-verify", "--json", str(out), "-q"]) == 0
+    doc = json.loads(out.read_text())
+    assert validate_bench(doc) == [] and doc["settings"]["warmup"] == 1
+
+
+def _probe_answers(monkeypatch, stdout: str, returncode: int) -> None:
+    """Every load probe's child process answers `stdout` and exits with `returncode`."""
+    import subprocess
+
+    from edge_runtime import _bench
+
+    def fake_run(args, **kwargs):
+        return subprocess.CompletedProcess(args, returncode, stdout=stdout, stderr="MemoryError\n")
+
+    monkeypatch.setattr(_bench.subprocess, "run", fake_run)
+
+
+@pytest.mark.parametrize("how", ["error", "killed"])
+def test_a_failed_load_probe_is_reported_and_fails_the_run(artifacts, tmp_path, capsys, monkeypatch, how):
+    """A load probe that answers an error (its load raised) or dies (SIGKILL, as from the OOM
+    killer): the table and the JSON are still written, the error is named, exit status 1. A
+    review found a KeyError traceback (no JSON) for the first and exit status 0 for the second."""
+    from edge_runtime._bench_probe import PROBE_MARKER
+
+    if how == "error":
+        _probe_answers(monkeypatch, PROBE_MARKER + ' {"status": "error", "error": "InputError: too long"}\n', 1)
+    else:
+        _probe_answers(monkeypatch, "", -9)
+    out = tmp_path / "p.json"
+    code = cli_bench.main([str(artifacts), "--artifact", "onnx-int8", "--seq", "8", "--runs", "2", "--rounds", "1",
+                           "--no-verify", "--json", str(out), "-q"])
+    captured = capsys.readouterr()
+    assert code == 1
+    doc = json.loads(out.read_text())
+    assert validate_bench(doc) == []
+    (record,) = doc["records"]
+    assert record["load_first"]["status"] == record["load_second"]["status"] == "error"
+    said = "InputError: too long" if how == "error" else "load probe died (signal 9)"
+    assert said in record["load_first"]["error"] and said in captured.out
+    assert "measurements failed" in captured.err
+
+
 @pytest.mark.slow
 def test_bad_settings_name_the_flag(artifacts, capsys):
     assert cli_bench.main([str(artifacts), "--seq", "100000", "-q"]) == 2

@@ -252,6 +252,19 @@ def test_a_target_named_twice_is_refused_also_through_auto(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_auto_on_a_machine_no_profile_matches_names_the_flag(tmp_path, monkeypatch):
+    """The library's reason names the profiles; edge-convert adds its flag (edge-run --info and
+    edge-bench show the same reason and have no --target)."""
+    from converters import cli
+
+    monkeypatch.setattr(cli, "target_facts", lambda info: {"arch": "riscv64", "cpu_flags": set(), "device_model": ""})
+    result = CliRunner().invoke(edge_convert, ["--target", "auto", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1, result.output
+    assert "no target profile matches this machine (arch riscv64" in result.output
+    assert "the profiles: jetson-orin" in result.output and "with --target NAME" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_interrupted_multi_target_run_names_what_it_finished(tmp_path):
     import time
 

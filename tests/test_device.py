@@ -94,7 +94,7 @@ EXPECTED = {
         "int8_gemm": "int32",
         "profile": None,
         "reason": "no target profile matches this machine (arch aarch64, model Radxa ROCK 5B); "
-        "pass --target with one of: jetson-orin, rpi4, rpi5, x86-avx2, x86-avx512-vnni",
+        "the profiles: jetson-orin, rpi4, rpi5, x86-avx2, x86-avx512-vnni",
     },
     "x86-epyc-7r32": {
         "arch": "x86_64",
@@ -251,6 +251,24 @@ def test_sensors_keep_zones_of_the_same_type(tmp_path):
     assert sensors(tmp_path)["temperature_c"] == {"acpitz": 40.0, "acpitz-2": 42.5}
 
 
+def test_a_placeholder_zone_is_kept_in_the_json_but_not_called_the_hottest(tmp_path):
+    """Jetson Nano/TX2/Xavier's PMIC-Die zone reads 100.0 deg C always: the reading stays in the
+    JSON, the reports' hottest zone is a real one (a review found "max temperature 100.0 °C")."""
+    from edge_runtime._bench_report import _sensor_line
+    from edge_runtime._sensors import hottest
+
+    for i, (kind, milli) in enumerate((("CPU-therm", 38500), ("PMIC-Die", 100000), ("GPU-therm", 36000))):
+        zone = tmp_path / f"sys/class/thermal/thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(f"{milli}\n")
+    read = sensors(tmp_path)
+    assert read["temperature_c"]["PMIC-Die"] == 100.0 and hottest(read["temperature_c"]) == 38.5
+    assert "max temperature 38.5 °C" in _sensor_line(read)
+    assert hottest({"PMIC-Die": 100.0, "PMIC-Die-2": 100.0}) is None
+    assert _sensor_line({"temperature_c": {"PMIC-Die": 100.0}}).startswith("temperature unreadable")
+
+
 def test_orin_sensors():
     got = sensors(DEVICES / "jetson-agx-orin")
     assert got["temperature_c"]["cpu-thermal"] == 47.406 and len(got["temperature_c"]) == 9
@@ -292,6 +310,50 @@ def test_a_foreign_targets_module_is_named_not_a_traceback(monkeypatch):
     monkeypatch.setitem(sys.modules, "targets", types.ModuleType("targets"))
     profile, reason = match_profile(detect())
     assert profile is None and "is not edge_runtime's target profiles" in reason
+
+
+_OLD_ARM64_CPUINFO = """Processor\t: AArch64 Processor rev 1 (aarch64)
+processor\t: 0
+processor\t: 1
+processor\t: 2
+processor\t: 3
+Features\t: fp asimd aes pmull sha1 sha2 crc32
+CPU implementer\t: 0x41
+CPU architecture: AArch64
+CPU variant\t: 0x1
+CPU part\t: 0xd07
+CPU revision\t: 1
+
+Hardware\t: jetson_tx1
+"""
+
+
+def test_a_pre_4_0_arm64_cpuinfo_lists_every_processor_in_one_block(tmp_path):
+    """Kernels before 4.0 on arm64 (Jetson TX1's 3.10) write one block with a "processor" line
+    per CPU and one set of features: four CPUs, not one (a review found one, hence 1 thread)."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text(_OLD_ARM64_CPUINFO)
+    info = detect(tmp_path)
+    assert info.arch == "aarch64" and info.logical_cores == 4 and info.big_cores == 4
+    assert info.clusters == (Cluster((0, 1, 2, 3), None, "Cortex-A57"),)
+    assert "asimd" in info.isa_features
+
+
+def test_without_cpufreq_the_big_cluster_is_the_largest_cpu_capacity(tmp_path):
+    """An RK3399-like board (4 x Cortex-A53 on cpu0-3, 2 x Cortex-A72 on cpu4-5) whose kernel has
+    no cpufreq driver: the kernel's cpu_capacity names the A72s the big cluster (a review found
+    the A53s, first by CPU number)."""
+    block = "processor\t: {n}\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: {part}\n"
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text("\n".join(block.format(n=n, part="0xd03" if n < 4 else "0xd08")
+                                                       for n in range(6)))
+    for n in range(6):
+        cpu = tmp_path / f"sys/devices/system/cpu/cpu{n}"
+        cpu.mkdir(parents=True)
+        (cpu / "cpu_capacity").write_text("485\n" if n < 4 else "1024\n")
+    info = detect(tmp_path)
+    assert info.clusters[0] == Cluster((4, 5), None, "Cortex-A72") and info.big_cores == 2
+    assert info.cpu_model == "Cortex-A72 + Cortex-A53"
 
 
 def test_cluster_grouping_by_frequency_alone():

@@ -269,6 +269,21 @@ def _with_sizes(manifest: dict, mb: dict[str, float]) -> dict:
     return changed
 
 
+def test_a_weight_only_tflite_is_estimated_as_a_float_copy_per_signature():
+    """tflite-int8-legacy (weight_only_wi8_afp32) is dequantized to float at load, once per
+    signature: MiniLM's 23.9 MB file took 358-405 MB (edge_runtime/_memory.py). A review found it
+    estimated like a GPTQ INT8 file (64 MB) and ranked as fitting a small board."""
+    def entry(recipe, signatures):
+        return {"format": "tflite", "precision": "int8", "files": [{"bytes": 24 * 2**20}],
+                "quantization": {"recipe": recipe}, "tflite": {"signatures": signatures}}
+
+    buckets = {"seq32": 32, "seq64": 64, "seq128": 128, "seq256": 256}
+    assert _memory.estimate_mb(entry("gptq_wi8_afp32", buckets)) == 24 * 2.0 + 16
+    assert _memory.estimate_mb(entry("weight_only_wi8_afp32", buckets)) == 24 * 4.5 * 4 + 16 > 405
+    assert _memory.estimate_mb(entry("weight_only_wi8_afp32", {"seq128": 128})) == 24 * 4.5 + 16
+    assert _memory.estimate_mb(entry("weight_only_wi8_afp32", None)) == 24 * 4.5 + 16  # unknown: one
+
+
 @pytest.mark.slow  # a converted tiny model
 def test_memory_fit_ranks_artifacts_that_do_not_fit_last(converted):
     manifest = _with_sizes(
