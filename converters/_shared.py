@@ -99,6 +99,12 @@ def _freeze_loaded_heap() -> bool:
     return True
 
 
+# [pruning] settings that say which twins are built and how they are quantized, not how the model
+# is pruned: two profiles differing only in these share one pruned model (a review found `--target
+# all --prune auto` walking and distilling again for x86-avx2, whose first_token_split differs).
+_NOT_HOW_TO_PRUNE = ("artifacts", "default", "first_token_split")
+
+
 @dataclass
 class SharedInputs:
     """Loaded once per run; references and exports on first use."""
@@ -204,8 +210,8 @@ class SharedInputs:
         failure of the pruning (ConversionError) is kept too: every target of a run is told it at
         once, none prunes again for minutes to reach it."""
         settings = _without_prose(dataclasses.asdict(options))
-        settings.pop("artifacts", None)  # which twins are built, not how the model is pruned
-        settings.pop("default", None)
+        for name in _NOT_HOW_TO_PRUNE:
+            settings.pop(name, None)
         key = hashlib.sha256(json.dumps([request.describe(), settings if request.auto else None, distill_steps],
                                         sort_keys=True).encode()).hexdigest()[:16]
         if key not in self._pruned:

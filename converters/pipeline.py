@@ -216,6 +216,17 @@ def _same_metrics(name: str, work: dict[str, float], packaged: dict[str, float])
         )
 
 
+def _refusal(planned: Planned, reason: str, inputs: SharedInputs) -> dict[str, Any]:
+    """A refused artifact's manifest record; a pruned twin's keeps the pruning record (plan,
+    FLOPs, generalization, distillation), as pruning/twins.py's refusals before the build do: the
+    minutes of pruning are what the user picks smaller shares from (a review found them lost when
+    the twin was refused at its floor)."""
+    record = {"name": planned.name, "format": planned.format, "precision": planned.precision, "reason": reason}
+    if planned.pruned and inputs.pruning is not None:
+        record["pruning"] = inputs.pruning
+    return record
+
+
 def convert(config: ConvertConfig, progress: Progress = lambda message: None,
             shared: SharedInputs | None = None, prepared: tuple | None = None) -> ConvertResult:
     """Convert `config.model` for `config.target` into `config.out`. `shared`: what the targets
@@ -277,7 +288,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                 # names the pruning floor and shares, which are what it is judged by.
                 reason = twin_reason(str(exc)) if planned.pruned else str(exc)
                 progress(f"[{name}] REFUSED: {reason}")
-                refused.append({"name": name, "format": fmt, "precision": precision, "reason": reason})
+                refused.append(_refusal(planned, reason, inputs))
                 return
             progress(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in built.metrics.items()))
 
@@ -305,7 +316,7 @@ def convert(config: ConvertConfig, progress: Progress = lambda message: None,
                           "Model.embed/classify run it: " + "; ".join(alone_failures))
                 reason = twin_reason(reason) if planned.pruned else reason
                 progress(f"[{name}] REFUSED: {reason}")
-                refused.append({"name": name, "format": fmt, "precision": precision, "reason": reason})
+                refused.append(_refusal(planned, reason, inputs))
                 return
             golden = golden_samples.write_golden(stage, name, samples, model.run, fmt, precision)
             progress(f"[{name}] packaged files scored through edge_runtime (metrics as built) and "

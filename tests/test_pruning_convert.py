@@ -179,6 +179,44 @@ def test_prune_builds_twins_whose_shapes_follow_the_manifest(tiny_model_factory,
 
 
 @pytest.mark.slow
+def test_a_twin_refused_at_its_floor_keeps_the_pruning_record(tiny_model_factory, tmp_path, monkeypatch):
+    """The pruned FP32 model passes, its INT8 twin misses the floor: the refusal still records
+    what the pruning did (plan, FLOPs, generalization), as a refusal before the build does. A
+    review found no pruning record left anywhere in such a manifest."""
+    from converters import pipeline
+    from converters._errors import AccuracyError
+
+    builders = dict(pipeline.BUILDERS)
+    unpruned_int8 = builders[("onnx", "int8")]
+
+    def int8(step, planned):
+        if planned.pruned:
+            raise AccuracyError("onnx-int8-pruned still below the accuracy floor (as this test says)")
+        return unpruned_int8(step, planned)
+
+    builders[("onnx", "int8")] = int8
+    monkeypatch.setattr(pipeline, "BUILDERS", builders)
+    manifest = _convert(tiny_model_factory("bert", "feature-extraction"), tmp_path / "out",
+                        "--prune", "heads=0.25,ffn=0.5", "--prune-floor", "0.5")
+    refused = {r["name"]: r for r in manifest["refused"]}
+    assert "as this test says" in refused["onnx-int8-pruned"]["reason"]
+    pruning = refused["onnx-int8-pruned"]["pruning"]
+    assert pruning["request"] == "heads=0.25,ffn=0.5" and pruning["flops_after"] < pruning["flops_before"]
+    assert all("pruning" not in r for r in manifest["refused"] if not r["name"].endswith("-pruned"))
+
+
+@pytest.mark.slow
+def test_targets_differing_only_in_how_twins_are_quantized_share_one_auto_pruning(tiny_model_factory, tmp_path):
+    """x86-avx2 gives its twins no token-0 split (pruning.first_token_split), x86-avx512-vnni does:
+    one --prune auto walk serves both (a review found it walked, and distilled, once per target)."""
+    result = CliRunner().invoke(edge_convert, [str(tiny_model_factory("bert", "feature-extraction")), "--target",
+                                               "x86-avx2,x86-avx512-vnni", "--out", str(tmp_path / "out"),
+                                               "--prune", "auto"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("pruning auto: walking") == 1, result.output
+
+
+@pytest.mark.slow
 def test_explicit_shares_below_the_floor_are_refused_before_any_quantization(tiny_model_factory, tmp_path):
     """The pruned FP32 model already misses the floor: no search runs for the twins, and the
     advice is about pruning."""
@@ -261,6 +299,10 @@ def test_generalization_notes_a_refit_that_over_fits_its_texts_and_only_then():
     assert "over-fits its 270 fit texts" in far["note"] and "0.9626" in far["note"] and "0.8732" in far["note"]
     assert "--calibration" in far["note"] and "--distill-steps" in far["note"]
     assert "a smaller pruning share most" in far["note"] and OVERFIT_GAP == 0.03  # as documented
+    # With distillation asked for, the note does not advise it (a review found it advised anyway).
+    distilling = generalization({"cosine_mean": 0.9626}, {"cosine_mean": 0.8732}, 270, distilling=True)["note"]
+    assert "--distill-steps" not in distilling and distilling.endswith("; distillation runs next")
+    assert "a smaller pruning share most, more unlabeled texts" in distilling
     # Classifiers are judged on top-1 agreement.
     labels = generalization({"top1_agreement": 1.0}, {"top1_agreement": 0.9}, 64)
     assert "top1_agreement 1.0000" in labels["note"]

@@ -179,7 +179,7 @@ def _graded_loss(metrics: dict[str, float]) -> float:
 
 
 def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, float],
-                   fit_texts: int, fit_rows: int | None = None) -> dict[str, Any]:
+                   fit_texts: int, fit_rows: int | None = None, distilling: bool = False) -> dict[str, Any]:
     """How the pruned, re-fitted model scores on the texts it was fitted on against the validation
     texts, with a note when the gap says the re-fit over-fitted them. Slicing alone scores the
     same on both (RESULTS.md run X): a gap is the least-squares re-fit learning its few hundred
@@ -189,7 +189,8 @@ def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, 
 
     `fit_texts`: how many distinct texts the re-fit saw; `fit_rows`: how many it read, repeats
     included (None: no repeats). A file of 4 texts each repeated 40 times gives the re-fit 4 texts
-    to learn, not 160: the count the note's advice (more texts) is about."""
+    to learn, not 160: the count the note's advice (more texts) is about. `distilling`: distillation
+    runs next (its record says what it recovered), so the note does not advise it."""
     gap = _loss(validation_metrics) - _loss(fit_metrics)
     rows = fit_texts if fit_rows is None else fit_rows
     record: dict[str, Any] = {"fit": fit_metrics, "validation": validation_metrics, "fit_texts": fit_texts,
@@ -198,11 +199,12 @@ def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, 
         name = _headline(fit_metrics)
         said = (f"{fit_texts} distinct fit texts ({rows} with repeats)" if rows != fit_texts
                 else f"{fit_texts} fit texts")
+        distill = ("" if distilling else "distillation (--distill-steps N) next, ")
         record["note"] = (
             f"the re-fit over-fits its {said} ({name} {fit_metrics[name]:.4f} on them, "
             f"{validation_metrics[name]:.4f} on the validation texts); what narrows it: a smaller pruning "
-            "share most, distillation (--distill-steps N) next, more unlabeled texts from the model's domain "
-            "as calibration texts (--calibration FILE) slowly")
+            f"share most, {distill}more unlabeled texts from the model's domain as calibration texts "
+            "(--calibration FILE) slowly" + ("; distillation runs next" if distilling else ""))
     return record
 
 
@@ -389,7 +391,7 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
     rows = sum(len(feeds["attention_mask"]) for feeds in fit.batches)
     fitted = generalization(compute_metrics(pruned, fit, torch_runner(source, pruned.module),
                                             "pruned PyTorch on its fit texts"), metrics,
-                            len(set(fit.texts)) if fit.texts else rows, rows)
+                            len(set(fit.texts)) if fit.texts else rows, rows, distilling=distill_steps > 0)
     if fitted["note"]:
         progress(f"pruning: note: {fitted['note']}")
     distillation = None
