@@ -21,7 +21,7 @@ import edge_runtime
 from edge_runtime import _text
 directory, artifact, words, whole = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "whole"
 if whole:
-    _text._head = lambda text, max_length: text  # tokenized whole, as before the head cut
+    _text._head = lambda text, max_length, cuts=None: text  # tokenized whole, as before the head cut
 model = edge_runtime.load(directory, artifact=artifact, device_cache=False)
 model.embed(["warm up"])
 before = psutil.Process().memory_info().rss

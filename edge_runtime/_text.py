@@ -79,12 +79,40 @@ _HEAD_CHARS_PER_TOKEN = 32
 # SentencePiece's Metaspace splits at U+0020 alone ("ab\ncd" is one word there): a cut at either
 # changed the head's last tokens (found by a review, session 49).
 _SPACE = re.compile(" ")
+# A newline or tab is a cut too for a tokenizer that splits there as at a space (BERT's normalizer
+# makes both spaces; byte-level BPE splits whitespace off the word before it), checked once per
+# tokenizer on these probes (_cuts): the tokens of `a` must be the first tokens of a + it + b and
+# end a pre-tokenized word there. Metaspace splits at U+0020 alone ("ab\ncd" is one word, whose
+# unigram pieces the rest of it may change): no such cut there. Without it, a body of
+# newline-separated lines without spaces (a log, a CSV) was tokenized whole (a review found
+# serve.md's memory bound did not hold for it).
+_OTHER_CUTS = ("\n", "\t")
+_PROBES = (("word", "next"), ("Word", "word"), ("12", "34"), ("end.", "start"), ("x", "\ny"), ("東京", "大阪"),
+           ("a-b", "c"), ("it's", "s"))
 
 
-def _head(text: str, max_length: int) -> str:
-    """`text` cut before its first space (U+0020, see _SPACE) at or after max_length *
-    _HEAD_CHARS_PER_TOKEN characters; itself when shorter, or when no space follows within as many
-    characters again (a text without spaces, e.g. Chinese or Japanese, is tokenized whole: a cut inside
+def _cuts(tokenizer: Any) -> re.Pattern[str]:
+    """The characters a text may be cut before for `tokenizer`: U+0020, and each of _OTHER_CUTS
+    that passes every probe (the tokenizer's truncation must leave the probes whole)."""
+    found = " "
+    for cut in _OTHER_CUTS:
+        for a, b in _PROBES:
+            head = tokenizer.encode(a, add_special_tokens=False)
+            whole = tokenizer.encode(a + cut + b, add_special_tokens=False)
+            n = len(head.ids)
+            if (head.overflowing or whole.overflowing or not 0 < n < len(whole.ids) or whole.ids[:n] != head.ids
+                    or whole.word_ids[n - 1] == whole.word_ids[n]):
+                break
+        else:
+            found += cut
+    return re.compile("[" + re.escape(found) + "]")
+
+
+def _head(text: str, max_length: int, cuts: re.Pattern[str] = _SPACE) -> str:
+    """`text` cut before its first cut character (`cuts`: U+0020, see _SPACE; _cuts adds newline
+    and tab where the tokenizer allows) at or after max_length * _HEAD_CHARS_PER_TOKEN characters;
+    itself when shorter, or when no such character follows within as many characters again (a
+    text without spaces, e.g. Chinese or Japanese, is tokenized whole: a cut inside
     one pre-tokenized word could change its pieces). Every pre-tokenizer the converter ships
     (BERT's, byte-level BPE's, SentencePiece's Metaspace) splits at whitespace, and the
     normalizers work per character, so the head's tokens are the first tokens of the whole text
@@ -92,8 +120,8 @@ def _head(text: str, max_length: int) -> str:
     limit = max_length * _HEAD_CHARS_PER_TOKEN
     if len(text) <= limit:
         return text
-    space = _SPACE.search(text, limit, 2 * limit)
-    return text[: space.start()] if space else text
+    cut = cuts.search(text, limit, 2 * limit)
+    return text[: cut.start()] if cut else text
 
 
 def _encode(tokenizer, texts: list[str]) -> list:
@@ -144,9 +172,19 @@ class TextEncoder:
         self._tok.enable_truncation(max_length=self.max_length)
         self._tok.no_padding()  # padding is ours: to the batch's longest or to a fixed bucket
         self._counter = None  # an untruncating copy, made on first need (truncate=False errors)
+        self._cut: re.Pattern[str] | None = None  # where a long text may be cut (_cut_pattern)
         self._counter_lock = threading.Lock()
         self.pad_id = int(spec["pad_token_id"])
         self.input_names = input_names
+
+    def _cut_pattern(self, text: str) -> re.Pattern[str]:
+        """_cuts for this tokenizer, probed when the first text long enough to be cut comes (not
+        at load: a short text never needs it)."""
+        if len(text) <= self.max_length * _HEAD_CHARS_PER_TOKEN:
+            return _SPACE
+        if self._cut is None:  # two threads may both probe: the same answer
+            self._cut = _cuts(self._tok)
+        return self._cut
 
     def _read(self, tokenizer_class: Any) -> Any:
         if self._content is not None:
@@ -155,7 +193,7 @@ class TextEncoder:
 
     def _truncated(self, texts: list[str]) -> list:
         """tokenizers' truncated encodings of `texts`, each from its head (_head)."""
-        heads = [_head(text, self.max_length) for text in texts]
+        heads = [_head(text, self.max_length, self._cut_pattern(text)) for text in texts]
         encodings = _encode(self._tok, heads)
         for index, (text, head) in enumerate(zip(texts, heads)):
             if head is not text and not encodings[index].overflowing:  # the head is not enough
@@ -179,7 +217,7 @@ class TextEncoder:
                 counter.no_truncation()
                 counter.no_padding()
                 self._counter = counter
-        head = _head(text, self.max_length)
+        head = _head(text, self.max_length, self._cut_pattern(text))
         count = len(_encode(self._counter, [head])[0].ids)
         if head is not text and count <= self.max_length:  # the head is not enough
             return len(_encode(self._counter, [text])[0].ids), True

