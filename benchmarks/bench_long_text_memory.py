@@ -5,6 +5,7 @@ limit), the peak RSS it adds over the loaded model, with the tokenizer reading t
 what it did before). Each case runs in a fresh process, so peaks do not carry over.
 
     python benchmarks/bench_long_text_memory.py ARTIFACT_DIR [--words 390000] [--artifact onnx-int8]
+        [--separator newline]   # "word\n" each: lines without spaces (a log, a CSV)
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import psutil
 import edge_runtime
 from edge_runtime import _text
 directory, artifact, words, whole = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "whole"
+separator = sys.argv[5]
 if whole:
     _text._head = lambda text, max_length, cuts=None: text  # tokenized whole, as before the head cut
 model = edge_runtime.load(directory, artifact=artifact, device_cache=False)
 model.embed(["warm up"])
 before = psutil.Process().memory_info().rss
-vector = model.embed(["word " * words])
+vector = model.embed([("word" + separator) * words])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 print(json.dumps({"peak_added_mb": round((peak - before) / 2**20, 1), "norm": float((vector ** 2).sum())}))
 """
+
+
+SEPARATORS = {"space": " ", "newline": "\n", "tab": "\t"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,14 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory")
     parser.add_argument("--words", type=int, default=390_000)
     parser.add_argument("--artifact", default="onnx-fp32")
+    parser.add_argument("--separator", choices=sorted(SEPARATORS), default="space",
+                        help="what follows each word (default %(default)s)")
     args = parser.parse_args(argv)
     results = {}
     for case in ("head", "whole"):
-        done = subprocess.run([sys.executable, "-c", _CHILD, args.directory, args.artifact, str(args.words), case],
+        done = subprocess.run([sys.executable, "-c", _CHILD, args.directory, args.artifact, str(args.words), case,
+                               SEPARATORS[args.separator]],
                               capture_output=True, text=True, check=True)
         results[case] = json.loads(done.stdout.strip().splitlines()[-1])
     same = abs(results["head"]["norm"] - results["whole"]["norm"]) < 1e-6
-    print(json.dumps({"words": args.words, "characters": 5 * args.words, "artifact": args.artifact,
+    print(json.dumps({"words": args.words, "characters": 5 * args.words, "separator": args.separator,
+                      "artifact": args.artifact,
                       **{f"{case}_peak_added_mb": r["peak_added_mb"] for case, r in results.items()},
                       "same_embedding": same}, indent=1))
     return 0 if same else 1
