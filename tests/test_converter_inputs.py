@@ -174,6 +174,68 @@ def test_a_label_map_that_does_not_match_the_head_names_the_head(tiny_model_fact
         load_source(broken)
 
 
+def test_weights_config_json_has_no_place_for_are_refused(good_model, tmp_path):
+    """A config of fewer layers than the checkpoint holds: transformers skips the rest and only
+    logs it, and the artifacts agreed with that truncated model (a review, session 50)."""
+    broken = _copy(good_model, tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(config | {"num_hidden_layers": config["num_hidden_layers"] - 1}))
+    last = config["num_hidden_layers"] - 1
+    with pytest.raises(SourceModelError, match=rf"config\.json has no place for \d+ of the checkpoint's weights "
+                                               rf"\(encoder\.layer\.{last}\..*num_hidden_layers"):
+        load_source(broken)
+
+
+def test_a_classifier_saved_as_a_bare_encoder_is_noted_as_dropping_its_head(tiny_model_factory, tmp_path):
+    """config.json naming BertModel over a classifier's weights: converted as feature-extraction
+    (what the config says) with the dropped head said, as for a config naming the classifier."""
+    model = _copy(tiny_model_factory("bert", "text-classification"), tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"architectures": ["BertModel"]}))
+    source = load_source(model)
+    assert source.task == "feature-extraction"
+    assert any("head (classifier) dropped" in note for note in source.describe()["notes"])
+
+
+@pytest.mark.parametrize("name, content, said", [
+    ("tokenizer.json", b'{"version": "1.0", "model": {"type": "FutureModel"}}', r"tokenizer file"),
+    ("tokenizer.json", b'{"not": "a tokenizer"}', r"KeyError"),
+    ("tokenizer_config.json", None, r"model_max_length -1 is not a token count of at least 2"),
+])
+def test_unreadable_tokenizer_files_are_one_line_errors(good_model, tmp_path, name, content, said):
+    """A tokenizer.json of a newer `tokenizers` or of another kind, a negative model_max_length:
+    tracebacks before (a review, session 50)."""
+    broken = _copy(good_model, tmp_path)
+    if content is None:
+        config = json.loads((broken / name).read_text())
+        content = json.dumps(config | {"model_max_length": -1}).encode()
+    (broken / name).write_bytes(content)
+    with pytest.raises(SourceModelError, match=said):
+        load_source(broken)
+
+
+def test_a_huge_calibration_text_is_tokenized_from_its_head(good_model):
+    """One 10.8 MB calibration line took 1.97 GB to tokenize whole before truncation cut it (a
+    review, session 50): the converter reads its head, as the device does, with the same tokens."""
+    from converters.core.validate import encode
+
+    source = load_source(good_model)
+    seen: list[int] = []
+    tokenizer = source.tokenizer
+
+    class Recording:
+        def __call__(self, texts, **kwargs):
+            seen.extend(len(t) for t in ([texts] if isinstance(texts, str) else texts))
+            return tokenizer(texts, **kwargs)
+
+    huge = "a calibration sentence of some words. " * 30_000  # 1.1 MB
+    whole = tokenizer([huge, "short"], padding=True, truncation=True, max_length=source.max_length, return_tensors="np")
+    object.__setattr__(source, "tokenizer", Recording())
+    got = encode(source, [huge, "short"])
+    assert (got["input_ids"] == whole["input_ids"]).all() and (got["attention_mask"] == whole["attention_mask"]).all()
+    assert max(seen) < 3 * source.max_length * 32
+
+
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused(good_model, tmp_path):
     broken = _copy(good_model, tmp_path)
     config = json.loads((broken / "config.json").read_text())

@@ -151,6 +151,32 @@ def test_a_default_prompt_the_artifacts_do_not_add_is_noted(tiny_model_factory, 
     assert "include_prompt: false" in find_layout(excluded).prompt_note()
 
 
+def test_a_truncate_dim_the_artifacts_do_not_apply_is_noted(tiny_model_factory, tmp_path):
+    """A Matryoshka model saved with truncate_dim gives sentence-transformers' users its first N
+    values; the artifacts return all of them: said, not silently different (a review, session 50)."""
+    model = _st_dir(tmp_path / "st", tiny_model_factory("bert", "feature-extraction"), LEGACY_MEAN,
+                    normalize=True, st_config={"truncate_dim": 16})
+    note = ("sentence-transformers returns the first 16 values of each embedding (truncate_dim, "
+            "config_sentence_transformers.json); the artifacts return every value: keep the first 16 of each "
+            "vector yourself (as sentence-transformers, without normalizing again)")
+    assert load_source(model).describe()["notes"] == [note]
+    for value in (None, 0, True, "16"):
+        quiet = _st_dir(tmp_path / f"quiet-{value}", None, LEGACY_MEAN, st_config={"truncate_dim": value})
+        assert find_layout(quiet).truncation_note() is None
+
+
+def test_max_seq_length_wins_over_the_tokenizers_own_limit(tiny_model_factory, tmp_path):
+    """sentence-transformers truncates at sentence_bert_config.json's max_seq_length, whatever
+    tokenizer_config.json's model_max_length says (it hands the first to the tokenizer): the
+    artifacts took the smaller of the two (a review found 32 tokens where sentence-transformers took 64)."""
+    encoder = tmp_path / "encoder"
+    shutil.copytree(tiny_model_factory("bert", "feature-extraction"), encoder)
+    config = json.loads((encoder / "tokenizer_config.json").read_text())
+    (encoder / "tokenizer_config.json").write_text(json.dumps(config | {"model_max_length": 32}))
+    model = _st_dir(tmp_path / "st", encoder, LEGACY_MEAN, settings={"max_seq_length": 64})
+    assert load_source(model).max_length == 64
+
+
 # --- defect 8: the encoder in a subfolder -----------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from converters._console import count
 from converters._errors import NonFiniteOutputError
 from converters.inputs.source import SourceModel
-from edge_runtime._text import pool
+from edge_runtime._text import _head, pool
 from targets import AccuracyFloor
 
 __all__ = [
@@ -101,10 +101,25 @@ class Reference:
         return 0
 
 
+def _heads(source: SourceModel, texts: list[str]) -> list[str]:
+    """Each text's head (edge_runtime._text._head, cut at a space: its first max_length tokens are
+    the whole text's), the whole text when its head does not fill max_length. Truncation tokenizes
+    a text whole before cutting it: one 10.8 MB calibration line took 1.97 GB and 15 s (a review,
+    session 50)."""
+    heads = []
+    for text in texts:
+        head = _head(text, source.max_length)
+        if head is not text and len(source.tokenizer(head)["input_ids"]) <= source.max_length:
+            head = text
+        heads.append(head)
+    return heads
+
+
 def encode(source: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:
     """int64 feeds for `texts`, padded to the longest; token types default to zeros."""
     enc = source.tokenizer(
-        list(texts), padding=True, truncation=True, max_length=source.max_length, return_tensors="np"
+        _heads(source, list(texts)), padding=True, truncation=True, max_length=source.max_length,
+        return_tensors="np"
     )
     ids = enc["input_ids"].astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": enc["attention_mask"].astype(np.int64)}

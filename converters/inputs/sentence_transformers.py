@@ -124,6 +124,21 @@ class Layout:
                 f"prepend {prompt!r} to each text yourself to get its embeddings{excluded}")
 
 
+    def truncation_note(self) -> str | None:
+        """What to keep of each vector when sentence-transformers truncates its embeddings
+        (truncate_dim, Matryoshka models): it returns their first values, after its modules
+        (Normalize included) and without normalizing again; the artifacts return them whole (a
+        review found the 16 values a model was saved to give delivered as 32, without a word)."""
+        path = self.root / "config_sentence_transformers.json"
+        config = _read_json(path) if path.is_file() else {}
+        keep = config.get("truncate_dim") if isinstance(config, dict) else None
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep <= 0:
+            return None
+        return (f"sentence-transformers returns the first {keep} values of each embedding (truncate_dim, "
+                "config_sentence_transformers.json); the artifacts return every value: keep the first "
+                f"{keep} of each vector yourself (as sentence-transformers, without normalizing again)")
+
+
 def encoder_settings(encoder: Path) -> tuple[int | None, bool]:
     """(max_seq_length, do_lower_case) of the sentence_bert_config.json beside the encoder, if any."""
     path = encoder / "sentence_bert_config.json"

@@ -22,6 +22,8 @@ from typing import Any
 
 from converters._console import quiet_loggers
 from converters._errors import SourceModelError, UnsupportedModelError
+from converters.inputs.checkpoint import (HEAD_PREFIXES, check_finite_weights, check_no_ignored_weights,
+                                          check_no_random_weights, dropped_head_note, top_module)
 from converters.inputs.heads import weight_head
 from converters.inputs.preflight import check_model_dir
 from converters.inputs.sentence_transformers import apply_lowercase, encoder_settings, find_layout
@@ -277,59 +279,6 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _top_module(key: str, prefix: str) -> str:
-    """The top-level module of weight `key` below the base model's attribute `prefix` ("bert" in
-    "bert.pooler.dense.weight" of a BertForSequenceClassification)."""
-    return (key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key).split(".")[0]
-
-
-def _check_no_random_weights(model_dir: Path, task: str, missing, prefix: str = "") -> None:
-    """transformers initializes at random every weight the checkpoint lacks and only logs it: a
-    checkpoint without a classification head would ship a random classifier that matches its own
-    PyTorch reference perfectly. Refuse instead. The pooler is not part of feature-extraction's
-    output (last_hidden_state), so a missing one is harmless there. `prefix`: the base model's
-    attribute name ("bert" in "bert.pooler.dense.weight" of a BertForSequenceClassification)."""
-    missing = sorted(k for k in missing
-                     if not (task == "feature-extraction" and _top_module(k, prefix) == "pooler"))
-    if not missing:
-        return
-    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-    if task != "feature-extraction" and all(_top_module(k, prefix) in _HEAD_PREFIXES
-                                            for k in missing):
-        raise SourceModelError(
-            f"{model_dir} has no trained {task} head ({shown} not in its weights; they would be random): "
-            f"fine-tune it for {task} first, or convert it with task='feature-extraction'")
-    raise SourceModelError(f"{model_dir}: {shown} not in its weights (they would be random); "
-                           "is the checkpoint complete and saved for this architecture?")
-
-
-def _dropped_head_note(architecture: str, unexpected, prefix: str) -> str:
-    """What a feature-extraction conversion of a checkpoint with a head leaves out: the head's
-    weights are those the bare encoder did not load (transformers' unexpected_keys)."""
-    modules = sorted({_top_module(key, prefix) for key in unexpected})
-    head = f"its head ({', '.join(modules)})" if modules else "its head"
-    return (f"{architecture} checkpoint converted as feature-extraction: its encoder alone, "
-            f"{head} dropped (not in the artifacts)")
-
-
-def _check_finite_weights(model_dir: Path, model) -> None:
-    """NaN or Inf in a weight gives non-finite outputs for every text: name the tensor here,
-    rather than refusing every artifact later for what the checkpoint holds."""
-    import torch
-
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise SourceModelError(
-                f"{model_dir}: weight {name} holds {bad} non-finite values (NaN or Inf); the "
-                "checkpoint is damaged or was saved from a diverged training run")
-
-
-# Top-level module names of the task heads of the supported architectures (BERT, DistilBERT,
-# RoBERTa, XLM-R); "pooler" counts as head: BERT's classifier reads it.
-_HEAD_PREFIXES = {"classifier", "pre_classifier", "pooler", "score"}
-
-
 # Fewer ordinary (non-special) tokens than this and most text tokenizes to <unk>: byte-level BPE
 # has 256, WordPiece and sentencepiece vocabularies at least their alphabet. A tokenizer of the
 # special tokens alone loads fine (transformers 5 builds one from XLMRobertaTokenizer(vocab_file=...)).
@@ -419,13 +368,23 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
                 + (" (a classifier head's outputs are the labels: id2label / num_labels)" if "classifier" in named else "")
                 + ". Is config.json the one saved with these weights?") if mismatch else str(exc))
         ) from None
+    except Exception as exc:  # noqa: BLE001 -- tokenizers raises a bare Exception for a tokenizer.json it
+        # cannot read (written by a newer version, not a tokenizer); huggingface_hub's strict config
+        # validation and a KeyError from a JSON of another kind: one line naming the directory.
+        raise SourceModelError(
+            f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc} (a tokenizer.json written by a "
+            "newer `tokenizers` than this one, or a config.json / tokenizer file of another kind or with a "
+            "value of the wrong type)") from None
     prefix = getattr(model, "base_model_prefix", "")
-    _check_no_random_weights(model_dir, task, loading.get("missing_keys") or (), prefix)
-    if task == "feature-extraction" and _has_head(architecture):
-        notes.append(_dropped_head_note(architecture, loading.get("unexpected_keys") or (), prefix))
+    check_no_random_weights(model_dir, task, loading.get("missing_keys") or (), prefix)
+    unexpected = loading.get("unexpected_keys") or ()
+    check_no_ignored_weights(model_dir, model, unexpected, prefix)
+    if task == "feature-extraction" and (_has_head(architecture) or any(
+            top_module(key, prefix) in HEAD_PREFIXES - {"pooler"} for key in unexpected)):
+        notes.append(dropped_head_note(architecture, unexpected, prefix))
     elif task == "feature-extraction" and head:
         notes.append(head.dropped_note())
-    _check_finite_weights(model_dir, model)
+    check_finite_weights(model_dir, model)
     if len(tokenizer) > model.config.vocab_size:
         raise SourceModelError(
             f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has "
@@ -452,8 +411,8 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
             "source": "default (no sentence-transformers config)",
         }
         post.update({"do_lower_case": True} if lowercase else {}, output="last_hidden_state")
-        prompt = layout.prompt_note() if layout else None  # a default prompt the artifacts do not add
-        notes += [prompt] if prompt else []
+        # a default prompt the artifacts do not add; a truncation they do not make
+        notes += [note for note in (layout.prompt_note(), layout.truncation_note()) if note] if layout else []
         output_names = ["last_hidden_state"]
     else:
         labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
@@ -462,9 +421,14 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
 
     # RoBERTa's position ids start after padding_idx: two rows of its table are never read.
     positions = cfg.max_position_embeddings - (2 if model_type in ("roberta", "xlm-roberta") else 0)
-    max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), positions)
-    if max_seq_length:
-        max_length = min(max_length, max_seq_length)
+    if max_seq_length:  # sentence-transformers truncates at its max_seq_length, whatever the tokenizer says
+        max_length = min(max_seq_length, positions)
+    else:
+        declared = getattr(tokenizer, "model_max_length", 512) or 512
+        if not isinstance(declared, (int, float)) or declared < 2:
+            raise SourceModelError(f"{model_dir}: tokenizer_config.json model_max_length {declared!r} is not a "
+                                   "token count of at least 2 (its special tokens); fix or remove it")
+        max_length = min(int(declared), positions)
 
     tables = {"input_ids": cfg.vocab_size, "token_type_ids": getattr(cfg, "type_vocab_size", None)}
     input_limits = {name: {**({"values_below": int(tables[name])} if tables.get(name) else {}),
