@@ -288,8 +288,8 @@ def main(model, target, out, task, calibration, validation_texts, max_fit_texts,
             else:
                 results = [convert(config, show)]
         finished = True
-    except SigningKeyError as exc:
-        raise click.BadParameter(exc.detail, param_hint="--sign-key") from None
+    except SigningKeyError as exc:  # a value refused, as the epilog says: 1 (click's BadParameter is 2)
+        raise click.ClickException(f"--sign-key: {exc.detail}") from None
     except ConversionError as exc:
         raise click.ClickException(as_flags(str(exc)) + _log_note(capture, verbose)) from None
     except ConversionInterrupted as exc:  # Ctrl-C while pruning: the unpruned artifacts were kept

@@ -485,8 +485,8 @@ def test_edge_convert_names_its_flag_for_a_bad_key(tmp_path):
             "-q",
         ],
     )
-    assert done.exit_code == 2, done.output
-    assert "Invalid value for --sign-key: cannot be read" in done.output
+    assert done.exit_code == 1, done.output  # a value refused (the epilog's 1), like a missing --calibration file
+    assert "Error: --sign-key: cannot be read" in done.output
     assert not (tmp_path / "o").exists()
 
 
