@@ -105,6 +105,30 @@ def test_outlier_passes_are_exact_in_fp32_and_store_weights_once(exported, tmp_p
     assert np.isfinite(q_one).all()
 
 
+def test_static_qdq_leaves_attentions_activation_matmuls_float(exported, tmp_path):
+    """Q x K^T and probabilities x V read no weight: onnxruntime's QDQ quantizer ignored
+    MatMulConstBOnly and gave the softmax's probabilities the calibration texts' range (~+-0.43),
+    clipping a 1-3 token text's (0.5-0.8): cosine 0.966 on "" (a review, session 50). They stay
+    float; a 1-token input agrees with FP32 as closely as the calibration texts do."""
+    source, path, feeds = exported
+    scheme = load_profile("jetson-orin").int8
+    batches = tuple(make_batches(source, load_texts().texts[:32]))
+    out = quantize_int8(path, tmp_path / "q.onnx", Int8Config(scheme=scheme, calibration_batches=batches))
+    graph = onnx.load(str(out)).graph
+    weights = {i.name for i in graph.initializer}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in weights}
+    activation_matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights
+                          and not any(n.input[1] == d.output[0] and d.input[0] in weights
+                                      for d in graph.node if d.op_type == "DequantizeLinear")]
+    assert len(activation_matmuls) == 4  # 2 layers x (scores, context)
+    assert not any(set(n.input) & dequantized for n in activation_matmuls), "no quantized activation feeds them"
+    short = make_batches(source, ("", "Hi."))[0]
+    want, got = _run(path, short), _run(out, short)
+    keep = short["attention_mask"].astype(bool)
+    cos = (want * got).sum(-1) / np.linalg.norm(want, axis=-1) / np.linalg.norm(got, axis=-1)
+    assert cos[keep].min() > 0.99, cos[keep]
+
+
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_static_qdq_calibration_methods(exported, tmp_path, method):
 
