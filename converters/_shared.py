@@ -313,7 +313,10 @@ class SharedInputs:
             target, built = self.built[key]
             step.progress(f"[{planned.name}] same build as for {target} (same recipe, floor and arithmetic): reused")
             if isinstance(built, AccuracyError):
-                raise AccuracyError(f"{built} (measured for {target})")
+                # Its advice may point at the profile it was measured for: this target's file is the one
+                # to read (a review found x86-avx512-vnni's refusal naming targets/rpi4.toml).
+                said = str(built).replace(f"targets/{target}.toml", f"targets/{step.profile.id}.toml")
+                raise AccuracyError(f"{said} (measured for {target})")
             return dataclasses.replace(built, extra={**built.extra, "built_for": target})
         try:
             built = builder(step, planned)
