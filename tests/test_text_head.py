@@ -74,7 +74,8 @@ def test_the_head_gives_the_whole_texts_tokens(tokenizer_json, name):
     assert (got_count == count) if exact else (MAX_LENGTH < got_count <= count)
 
 
-def test_a_huge_text_is_never_tokenized_whole(tokenizer_json, monkeypatch):
+def _lengths_tokenized(monkeypatch) -> list[int]:
+    """The length of every text handed to the tokenizer from now on (filled as they go)."""
     seen: list[int] = []
     real = _text._encode
 
@@ -83,6 +84,11 @@ def test_a_huge_text_is_never_tokenized_whole(tokenizer_json, monkeypatch):
         return real(tokenizer, texts)
 
     monkeypatch.setattr(_text, "_encode", encode)
+    return seen
+
+
+def test_a_huge_text_is_never_tokenized_whole(tokenizer_json, monkeypatch):
+    seen = _lengths_tokenized(monkeypatch)
     encoder = _encoder(tokenizer_json)
     huge = "word " * 200_000  # 1 MB
     assert len(encoder.encode_texts([huge, "short"])[0].ids) == MAX_LENGTH
@@ -97,14 +103,7 @@ def test_lines_without_spaces_are_cut_at_a_newline_where_the_tokenizer_splits_th
     """A 1 MB body of lines without a space (a log, a CSV) was tokenized whole (serve.md's memory
     bound did not hold for it; a review, session 50). WordPiece and byte-level BPE split at a
     newline as at a space: cut there; Metaspace (unigram) does not: still whole, as documented."""
-    seen: list[int] = []
-    real = _text._encode
-
-    def encode(tokenizer, texts):
-        seen.extend(len(text) for text in texts)
-        return real(tokenizer, texts)
-
-    monkeypatch.setattr(_text, "_encode", encode)
+    seen = _lengths_tokenized(monkeypatch)
     line = "2024-01-01,ERROR,disk-full\n"
     huge = line * 40_000
     encoder = _encoder(tokenizer_json)
