@@ -12,6 +12,12 @@ from converters._errors import SourceModelError
 __all__ = ["HEAD_PREFIXES", "check_finite_weights", "check_no_ignored_weights", "check_no_random_weights",
            "dropped_head_note", "top_module"]
 
+
+def _shown(keys: list[str]) -> str:
+    """The first four weight names, and how many more."""
+    return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
 def top_module(key: str, prefix: str) -> str:
     """The top-level module of weight `key` below the base model's attribute `prefix` ("bert" in
     "bert.pooler.dense.weight" of a BertForSequenceClassification)."""
@@ -28,7 +34,7 @@ def check_no_random_weights(model_dir: Path, task: str, missing, prefix: str = "
                      if not (task == "feature-extraction" and top_module(k, prefix) == "pooler"))
     if not missing:
         return
-    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    shown = _shown(missing)
     if task != "feature-extraction" and all(top_module(k, prefix) in HEAD_PREFIXES
                                             for k in missing):
         raise SourceModelError(
@@ -49,7 +55,7 @@ def check_no_ignored_weights(model_dir: Path, model, unexpected, prefix: str) ->
     ignored = sorted(key for key in unexpected if top_module(key, prefix) in body)
     if not ignored:
         return
-    shown = ", ".join(ignored[:4]) + (f" and {len(ignored) - 4} more" if len(ignored) > 4 else "")
+    shown = _shown(ignored)
     raise SourceModelError(
         f"{model_dir}: config.json has no place for {len(ignored)} of the checkpoint's weights ({shown}); they "
         "would be left out and the artifacts would compute a different model (e.g. num_hidden_layers smaller "
