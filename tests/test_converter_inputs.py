@@ -318,13 +318,13 @@ def test_a_calibration_pipe_is_named_as_one(tmp_path):
 @pytest.mark.parametrize("length", [-1, 0, 2.5, "128", float("inf")])
 def test_a_sentence_bert_config_with_an_unusable_length_names_the_file(tmp_path, length):
     """Found by a review (session 49): max_seq_length -1 ended in a tokenizer traceback."""
-    from converters.inputs.sentence_transformers import encoder_settings
+    from converters.inputs.sentence_transformers import EncoderSettings, encoder_settings
 
     (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": length}))
     with pytest.raises(SourceModelError, match=r"sentence_bert_config\.json: max_seq_length must be a positive whole"):
         encoder_settings(tmp_path)
     (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128.0, "do_lower_case": True}))
-    assert encoder_settings(tmp_path) == (128, True)
+    assert encoder_settings(tmp_path) == EncoderSettings(128, True)
 
 
 @pytest.mark.parametrize("role", ["calibration", "validation"])

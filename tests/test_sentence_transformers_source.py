@@ -62,7 +62,10 @@ def _st_dir(directory: Path, encoder: Path | None, pooling: dict, *, subfolder: 
     ({"embedding_dimension": 32, "pooling_mode": ["cls"]}, "cls"),
     ({"word_embedding_dimension": 32, **LEGACY, "pooling_mode_cls_token": True}, "cls"),
     ({"word_embedding_dimension": 32, **LEGACY, "pooling_mode_mean_sqrt_len_tokens": True}, "mean_sqrt_len"),
-], ids=["cls", "max", "mean", "mean_sqrt_len_tokens", "list-of-one", "legacy-cls", "legacy-mean-sqrt-len"])
+    # no boolean set: sentence-transformers 6 pools by mean (a review, session 51: it was refused)
+    ({"word_embedding_dimension": 32, **LEGACY}, "mean"),
+], ids=["cls", "max", "mean", "mean_sqrt_len_tokens", "list-of-one", "legacy-cls", "legacy-mean-sqrt-len",
+        "legacy-none"])
 def test_the_pooling_mode_is_read_in_both_config_formats(tmp_path, config, pooling):
     """sentence-transformers 6 writes {"pooling_mode": "cls"}: it was refused as 'enables no mode'."""
     layout = find_layout(_st_dir(tmp_path, None, config, normalize=True))
@@ -76,7 +79,7 @@ def test_the_pooling_mode_is_read_in_both_config_formats(tmp_path, config, pooli
     ({**LEGACY, "pooling_mode_lasttoken": True}, r"pooling mode 'lasttoken' is not supported"),
     ({"pooling_mode": ["cls", "mean"]}, r"concatenates the poolings cls, mean"),
     ({**LEGACY, "pooling_mode_cls_token": True, "pooling_mode_max_tokens": True}, r"concatenates the poolings cls, max"),
-    (LEGACY, r"enables no pooling mode"),
+    ({"pooling_mode": []}, r"names no pooling mode"),
 ], ids=["weightedmean", "lasttoken", "legacy-weightedmean", "legacy-lasttoken", "two-modes", "legacy-two", "none"])
 def test_an_unsupported_pooling_is_refused_by_name(tmp_path, config, message):
     """An enabled weightedmean was reported as 'enables no mode'."""
@@ -139,12 +142,14 @@ def test_a_default_prompt_the_artifacts_do_not_add_is_noted(tiny_model_factory, 
             "embeddings")
     assert inputs.source.describe()["notes"] == [note]  # the manifest's source section
     assert said.count(f"note: {note}") == 1, said  # the terminal
-    # Prompts without a default one, or an empty default, change nothing sentence-transformers does unasked.
+    # Prompts without a default one, or an empty default, are prepended only when asked for by name.
     for default in (None, "empty"):
-        quiet = _st_dir(tmp_path / f"quiet-{default}", tiny_model_factory("bert", "feature-extraction"),
-                        {"pooling_mode": "mean", "include_prompt": False},
+        named = _st_dir(tmp_path / f"named-{default}", None, {"pooling_mode": "mean"},
                         st_config={"prompts": {"query": "query: ", "empty": ""}, "default_prompt_name": default})
-        assert find_layout(quiet).prompt_note() is None
+        assert "'query' ('query: ') when asked for it by name" in find_layout(named).prompt_note()
+    quiet = _st_dir(tmp_path / "quiet", None, {"pooling_mode": "mean"},
+                    st_config={"prompts": {"empty": ""}, "default_prompt_name": "empty"})
+    assert find_layout(quiet).prompt_note() is None
     # A pooling that leaves the prompt out cannot be matched by prepending it: the note says so.
     excluded = _st_dir(tmp_path / "excluded", None, {"pooling_mode": "mean", "include_prompt": False},
                        st_config=prompts)
@@ -209,7 +214,7 @@ def test_a_broken_modules_json_is_named(tmp_path, modules, message):
 # --- all together: the embeddings sentence-transformers computes ---------------------------------
 
 
-@pytest.mark.parametrize("case", ["lowercase", "0_Transformer", "max-normalized"])
+@pytest.mark.parametrize("case", ["lowercase", "0_Transformer", "max-normalized", "processing-length"])
 def test_embeddings_match_sentence_transformers(tiny_model_factory, tmp_path, case):
     """The converter's PyTorch reference (what every artifact is scored against), tokenized with
     the tokenizer it ships and pooled by edge_runtime, against SentenceTransformer.encode."""
@@ -221,13 +226,18 @@ def test_embeddings_match_sentence_transformers(tiny_model_factory, tmp_path, ca
     arch = "roberta" if case == "lowercase" else "bert"
     pooling = {"lowercase": LEGACY_MEAN, "0_Transformer": {**LEGACY_MEAN, "pooling_mode_mean_tokens": False,
                                                            "pooling_mode_cls_token": True},
-               "max-normalized": {"embedding_dimension": 32, "pooling_mode": "max"}}[case]
+               "max-normalized": {"embedding_dimension": 32, "pooling_mode": "max"},
+               "processing-length": {"embedding_dimension": 32, "pooling_mode": "mean"}}[case]
     model = _st_dir(tmp_path / case, tiny_model_factory(arch, "feature-extraction"), pooling,
                     subfolder="0_Transformer" if case == "0_Transformer" else "", normalize=case == "max-normalized",
-                    settings={"max_seq_length": 64, "do_lower_case": case == "lowercase"})
+                    settings={"max_seq_length": 64, "do_lower_case": case == "lowercase",
+                              **({"processing_kwargs": {"text": {"max_length": 5}}} if case == "processing-length"
+                                 else {})})
     texts = ["Hello World", "THE MARKET PRICE rose", "the market price"]
+    if case == "processing-length":  # truncated at 5 tokens by both
+        texts = ["the market price rose sharply in the early morning", "Hello World", "a b c d e f g h"]
     source = load_source(model)
-    feeds = source.tokenizer(texts, padding=True, return_tensors="pt")
+    feeds = source.tokenizer(texts, padding=True, truncation=True, max_length=source.max_length, return_tensors="pt")
     zeros = torch.zeros_like(feeds["input_ids"])  # token types, as converters/core/validate.py defaults them
     with torch.no_grad():
         hidden = source.module(**{name: feeds.get(name, zeros) for name in source.input_names}).numpy()
@@ -237,3 +247,86 @@ def test_embeddings_match_sentence_transformers(tiny_model_factory, tmp_path, ca
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cosine.min() > 0.99999, cosine
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+# --- review, session 51: what sentence-transformers 6 does that the artifacts would not ------------
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"},
+                          "message": {"method": "forward", "method_output_name": "last_hidden_state"}}},
+     r"modality_config has 'message': sentence-transformers renders every text through the tokenizer's chat"),
+    ({"modality_config": {"text": {"method": "forward", "method_output_name": "pooler_output"}},
+      "module_output_name": "sentence_embedding"},
+     r"the encoder's 'pooler_output' becomes 'sentence_embedding'; the artifacts pool the token vectors"),
+    ({"module_output_name": "sentence_embedding"}, r"the encoder's 'last_hidden_state' becomes 'sentence_embedd"),
+    ({"transformer_task": "fill-mask"}, r"transformer_task 'fill-mask'; edge-convert embeds with a 'feature-extr"),
+    ({"query_expansion": {"strategy": "fixed", "length": 32}}, r"query_expansion .* is not supported"),
+    ({"processing_kwargs": {"text": {"max_length": 8, "padding_side": "left"}}},
+     r"processing_kwargs\['text'\] sets padding_side, which the artifacts' tokenizer does not apply"),
+    ({"processing_kwargs": {"common": {"truncation": False}}}, r"processing_kwargs\['common'\] sets truncation false"),
+    ({"processing_kwargs": {"text": {"max_length": 0}}}, r"processing_kwargs\['text'\]\.max_length must be a positive"),
+], ids=["chat-template", "pooler-output", "sentence-embedding-output", "fill-mask", "query-expansion",
+        "padding-side", "no-truncation", "zero-length"])
+def test_a_text_path_the_artifacts_do_not_follow_is_refused(tiny_model_factory, tmp_path, settings, message):
+    """Each converted before and embedded otherwise: a chat-templated text at cosine 0.91-0.999,
+    BERT's pooler output mean-pooled instead at cosine -0.16, a 6-token processing_kwargs length
+    tokenized to 128 (a review, session 51)."""
+    model = _st_dir(tmp_path / "st", tiny_model_factory("bert", "feature-extraction"),
+                    {"embedding_dimension": 32, "pooling_mode": "mean"}, settings=settings)
+    with pytest.raises((UnsupportedModelError, SourceModelError), match=r"sentence_bert_config\.json: " + message):
+        load_source(model)
+
+
+def test_the_processing_kwargs_length_is_the_length(tiny_model_factory, tmp_path):
+    """sentence-transformers 6 hands processing_kwargs' text max_length to the tokenizer call, over
+    max_seq_length; 'common' is read when 'text' has none; the plain text modality converts."""
+    text_only = {"modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                 "module_output_name": "token_embeddings", "transformer_task": "feature-extraction"}
+    for kwargs, length in (({"text": {"max_length": 6, "padding": True}}, 6),
+                           ({"common": {"max_length": 12}, "text": {"truncation": "longest_first"}}, 12),
+                           ({"common": {"max_length": 12}, "text": {"max_length": 6}}, 6)):
+        model = _st_dir(tmp_path / f"st{length}{len(kwargs)}", tiny_model_factory("bert", "feature-extraction"),
+                        {"embedding_dimension": 32, "pooling_mode": "mean"},
+                        settings={**text_only, "max_seq_length": 128, "processing_kwargs": kwargs})
+        assert load_source(model).max_length == length
+
+
+@pytest.mark.parametrize("config, before, message", [
+    ({"module_input_name": "token_embeddings"}, False,
+     r"2_Normalize/config\.json: this Normalize module normalizes 'token_embeddings' into 'token_embeddings'"),
+    ({"module_output_name": "normalized"}, False, r"normalizes 'sentence_embedding' into 'normalized'"),
+    ({}, True, r"modules\.json: the Normalize module comes before any Pooling module"),
+], ids=["token-vectors", "other-output", "before-pooling"])
+def test_a_normalize_the_artifacts_would_not_make_is_refused(tmp_path, config, before, message):
+    """A Normalize of the token vectors was taken for one of the pooled vector (lengths 1.0 against
+    sentence-transformers' 0.64-0.87; a review, session 51)."""
+    directory = _st_dir(tmp_path / "st", None, {"pooling_mode": "mean"}, normalize=True)
+    (directory / "2_Normalize" / "config.json").write_text(json.dumps(config))
+    if before:
+        modules = json.loads((directory / "modules.json").read_text())
+        modules[1], modules[2] = modules[2], modules[1]
+        (directory / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UnsupportedModelError, match=message):
+        find_layout(directory).postprocess()
+    # The default Normalize after the Pooling module (with or without its config file) is the supported one.
+    (directory / "2_Normalize" / "config.json").write_text(json.dumps({"module_input_name": "sentence_embedding"}))
+    if not before:
+        assert find_layout(directory).postprocess()["normalize"] is True
+
+
+def test_named_prompts_and_a_missing_pooling_module_are_noted(tmp_path):
+    """Prompts used only when asked by name (encode_query) were not mentioned; a modules.json
+    without a Pooling module was mean-pooled without a word (sentence-transformers returns no
+    sentence embedding for it)."""
+    named = _st_dir(tmp_path / "named", None, {"pooling_mode": "mean", "include_prompt": False},
+                    st_config={"prompts": {"query": "query: ", "document": ""}, "default_prompt_name": None})
+    note = find_layout(named).prompt_note()
+    assert note.startswith("sentence-transformers prepends the prompt 'query' ('query: ') when asked for it by name")
+    assert "include_prompt: false" in note and "'document'" not in note
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": TRANSFORMER}]))
+    layout = find_layout(bare)
+    assert layout.postprocess()["pooling"] == "mean"
+    assert "has no Pooling module" in layout.pooling_note() and named and find_layout(named).pooling_note() is None

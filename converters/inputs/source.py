@@ -400,7 +400,8 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
     cfg = model.config
     uses_token_types = SUPPORTED_MODEL_TYPES[model_type]
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
-    max_seq_length, lowercase = encoder_settings(model_dir)  # sentence_bert_config.json, if any
+    settings = encoder_settings(model_dir, embeds=task == "feature-extraction")  # sentence_bert_config.json
+    max_seq_length, lowercase = settings.max_seq_length, settings.do_lower_case
     if lowercase and apply_lowercase(tokenizer):  # the tokenizer shipped and scored with
         notes.append("sentence_bert_config.json do_lower_case: the shipped tokenizer lowercases every text "
                      "(a Lowercase normalizer first in tokenizer.json), as sentence-transformers does")
@@ -412,7 +413,8 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         }
         post.update({"do_lower_case": True} if lowercase else {}, output="last_hidden_state")
         # a default prompt the artifacts do not add; a truncation they do not make
-        notes += [note for note in (layout.prompt_note(), layout.truncation_note()) if note] if layout else []
+        notes += [note for note in (layout.pooling_note(), layout.prompt_note(), layout.truncation_note())
+                  if note] if layout else []
         output_names = ["last_hidden_state"]
     else:
         labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
