@@ -451,6 +451,35 @@ def test_a_huggingface_hub_snapshot_loads_and_runs(tmp_path):
     np.testing.assert_array_equal(got, tiny_artifact.outputs(tiny_artifact.IDS))
 
 
+def test_external_data_linked_alone_elsewhere_is_refused_up_front(tmp_path):
+    """onnxruntime refuses a .onnx.data that links out of the directory its .onnx resolves into:
+    the default load fell back to another artifact with exit 0 and onnxruntime's warnings, and
+    --artifact failed with its raw text (a review, session 51). Now a layout error naming both
+    ways out, before any load attempt; the .onnx linked too, into the data's directory, loads."""
+    import edge_runtime
+    import tiny_artifact
+
+    root, elsewhere = tmp_path / "art", tmp_path / "disk2"
+    tiny_artifact.build(root)
+    elsewhere.mkdir()
+    data = root / "onnx-fp32.onnx.data"
+    os.replace(data, elsewhere / data.name)
+    os.symlink(elsewhere / data.name, data)
+    for cache in (tmp_path / "cache", False):
+        with pytest.raises(ManifestError, match=r"onnx-fp32\.onnx\.data links to .*disk2/onnx-fp32\.onnx\.data, "
+                           r"outside .*art \(where onnx-fp32\.onnx resolves\): onnxruntime reads .* link "
+                           r"onnx-fp32\.onnx into .*disk2 too .* cp -rL SRC DST"):
+            edge_runtime.load(root, device_cache=cache)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        assert cli.main([str(root), "hello"]) == 1
+    assert "cp -rL SRC DST" in err.getvalue()
+    model = root / "onnx-fp32.onnx"
+    os.replace(model, elsewhere / model.name)
+    os.symlink(elsewhere / model.name, model)
+    got = edge_runtime.load(root, device_cache=False).run({"input_ids": tiny_artifact.IDS})["last_hidden_state"]
+    np.testing.assert_array_equal(got, tiny_artifact.outputs(tiny_artifact.IDS))
+
+
 def test_symlink_inside_the_directory_is_allowed(tmp_path):
     manifest = _valid(tmp_path)
     (tmp_path / "real.onnx").write_bytes(b"model bytes")

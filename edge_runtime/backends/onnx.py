@@ -57,6 +57,7 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError, ModelLoadError
 from edge_runtime._manifest import file_sha256
+from edge_runtime.backends._external_data import check_external_data_link
 from edge_runtime.backends._cache import (PRIVATE_DIR, cache_root, check_sha256, cpu_tag,
                                           make_cache_dir, make_private, private_problem,
                                           signature, write_json)
@@ -173,6 +174,7 @@ class OnnxSession:
                     Path(model_path).name,
                     wanted,
                 )
+        check_external_data_link(Path(model_path))  # before a load attempt or a cache entry hides it
         self._session = self._start(ort, Path(model_path), make_options, providers)
         self.providers = self._session.get_providers()
         self._output_names = [o.name for o in self._session.get_outputs()]
