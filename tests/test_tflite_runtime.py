@@ -121,6 +121,36 @@ def test_weight_cache_is_created_then_reused_with_identical_outputs(models, tmp_
 
 
 @needs_cache_api
+def test_a_new_weight_cache_sweeps_idle_old_ones(models, tmp_path, monkeypatch):
+    """XNNPACK caches of older artifact versions are deleted with their records when a new one
+    is written, beyond the KEEP_ENTRIES most recently used and idle for IDLE_S (a review, session
+    51: they were kept forever); a recently used one and foreign files stay."""
+    import os
+    import time
+
+    from edge_runtime.backends import _cache
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    old, recent = time.time() - 2 * _cache.IDLE_S, time.time() - 60
+    stale = {}
+    for i, used in enumerate((old, old, recent)):
+        name = f"{i:032x}-litert2.3.0-er0.1.0-cpu.xnnpack"
+        for path in (cache_dir / name, cache_dir / (name + ".verified.json")):
+            path.write_bytes(b"{}")
+            os.utime(path, (used, used))
+        stale[name] = used
+    (cache_dir / "notes.txt").write_text("not a cache file")
+    monkeypatch.setattr(_cache, "KEEP_ENTRIES", 2)
+    built = backends.open_session("tflite", models[0]["fp32"], threads=1, weight_cache_dir=cache_dir)
+    assert built.weight_cache_state == "created"
+    left = sorted(p.name for p in cache_dir.iterdir())
+    recent_name = [n for n, used in stale.items() if used == recent][0]
+    assert left == sorted([built.weight_cache.name, built.weight_cache.name + ".verified.json", recent_name,
+                           recent_name + ".verified.json", "notes.txt"]), left
+
+
+@needs_cache_api
 def test_buckets_share_one_packed_copy(models, tmp_path):
     """Without a cache XNNPACK packs every weight once per signature (bucket). Through the cache
     file packed weights are looked up by tensor, so all buckets map one copy."""

@@ -33,9 +33,9 @@ from typing import Any
 
 from edge_runtime._manifest import file_sha256
 
-__all__ = ["UnsafeCacheError", "cache_root", "check_sha256", "cpu_tag", "default_cache_dir",
-           "make_cache_dir", "make_private", "path_problem", "private_problem", "signature",
-           "write_json"]
+__all__ = ["IDLE_S", "KEEP_ENTRIES", "UnsafeCacheError", "cache_root", "check_sha256", "cpu_tag",
+           "default_cache_dir", "last_used", "make_cache_dir", "make_private", "path_problem",
+           "private_problem", "signature", "sweep", "touch", "write_json"]
 
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # modes of what a cache creates
 
@@ -243,3 +243,53 @@ def write_json(path: Path, data: Any) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+
+
+# -- keeping a cache from growing without end --------------------------------------------------------
+
+# Every artifact version, runtime version, optimization level and CPU gets an entry of its own, so a
+# board updated over the air gained one per update and never lost any (a review, session 51: the
+# ~1.3x of the FP32 files an onnxruntime entry weighs, once more per update, until the SD card is
+# full). When an entry is written, the others of its cache directory beyond the KEEP_ENTRIES most
+# recently used are deleted, unless used within IDLE_S: a load touches the entry it reuses before
+# reading it (touch), so no process loses an entry while it loads from it, and a device that loads
+# more than KEEP_ENTRIES artifacts in turn (edge-tune, a server of several models) keeps them.
+KEEP_ENTRIES = 16
+IDLE_S = 3600.0
+
+
+def touch(path: Path) -> None:
+    """Mark a cache entry used now (its mtime; never a file a signature covers)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def sweep(entries: dict[Path, tuple[float, list[Path]]], keep: int | None = None,
+          idle: float | None = None, now: float | None = None) -> list[Path]:
+    """Delete the entries beyond the `keep` most recently used that were idle for `idle` s.
+    `entries`: entry -> (last use, the paths it consists of), the one just written included
+    (touched: the most recent); returns the entries deleted."""
+    import shutil
+    import time
+
+    now = time.time() if now is None else now
+    keep, idle = KEEP_ENTRIES if keep is None else keep, IDLE_S if idle is None else idle
+    ranked = sorted(entries.items(), key=lambda item: item[1][0], reverse=True)
+    removed = []
+    for entry, (used, paths) in ranked[keep:]:
+        if now - used < idle:
+            continue
+        for path in paths:
+            with contextlib.suppress(OSError):  # raced with another sweep, or read-only: left
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        removed.append(entry)
+    return removed
+
+
+def last_used(*paths: Path) -> float:
+    """The latest mtime of `paths` that exist (0.0 when none does)."""
+    times = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            times.append(path.stat().st_mtime)
+    return max(times, default=0.0)

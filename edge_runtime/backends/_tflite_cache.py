@@ -54,9 +54,9 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 from edge_runtime._manifest import file_sha256 as _sha256
-from edge_runtime.backends._cache import (UnsafeCacheError, cache_root, check_sha256,
+from edge_runtime.backends._cache import (UnsafeCacheError, cache_root, check_sha256, last_used,
                                           make_cache_dir, make_private, private_problem,
-                                          signature, write_json)
+                                          signature, sweep, touch, write_json)
 from edge_runtime.backends._cache import cpu_tag as _cpu_tag
 from edge_runtime.backends._tflite_crash import (child_outcome, crash_marker, marker_in_effect,
                                                  record_crash)
@@ -123,6 +123,7 @@ def open_with_cache(
     if problem:  # someone else could have written it: its record proves nothing then
         return _refused(result, model_path, problem, cache_dir)
     _remove_orphans(final)
+    touch(_record(final))  # used now: a sweep by another process leaves it (backends/_cache.py)
     stale = None
     if _looks_finalized(final):
         stale = _integrity_problem(final)
@@ -175,6 +176,9 @@ def open_with_cache(
         if outcome != "ok":
             raise RuntimeError(detail)
         _publish(tmp, final)
+        touch(_record(final))  # the newest: the sweep keeps it among KEEP_ENTRIES
+        sweep({f: (last_used(f, _record(f)), [f, _record(f)])  # cache files only (see weight_cache_file)
+               for f in final.parent.glob(f"{'[0-9a-f]' * 32}-litert*{_CACHE_SUFFIX}")})
     except (RuntimeError, ValueError, OSError) as exc:
         return _failed(result, str(exc), "could not build the XNNPACK weight cache for %s (%s); "
                        "loading without it (the next load tries again)", model_path.name, exc)

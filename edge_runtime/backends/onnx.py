@@ -58,9 +58,9 @@ import numpy as np
 from edge_runtime._errors import BackendUnavailableError, ModelLoadError
 from edge_runtime._manifest import file_sha256
 from edge_runtime.backends._external_data import check_external_data_link
-from edge_runtime.backends._cache import (PRIVATE_DIR, cache_root, check_sha256, cpu_tag,
+from edge_runtime.backends._cache import (PRIVATE_DIR, cache_root, check_sha256, cpu_tag, last_used,
                                           make_cache_dir, make_private, private_problem,
-                                          signature, write_json)
+                                          signature, sweep, touch, write_json)
 from edge_runtime.backends._tensorrt import PROVIDER as TENSORRT
 from edge_runtime.backends._tensorrt import place_engine_cache
 
@@ -199,6 +199,7 @@ class OnnxSession:
             )
             self.optimized_cache, self.optimized_cache_state = None, "refused"
             return _create(ort, model_path, make_options(), providers)
+        touch(entry)  # used now: a sweep by another process leaves it (backends/_cache.py)
         if _entry_is_valid(entry):
             try:
                 session = _create(ort, entry / _MODEL, make_options("disabled"), providers)
@@ -247,6 +248,9 @@ class OnnxSession:
             if problem is None:
                 self.prepacked_weights_cached = prepacked
                 self.optimized_cache_state = _finish_entry(building, entry)
+                touch(entry)  # the newest: the sweep keeps it among KEEP_ENTRIES
+                sweep({d: (last_used(d), [d]) for d in entry.parent.glob(f"{'[0-9a-f]' * 32}-ort*")
+                       if d.is_dir()})  # entries only: a device_cache path holds the records too
                 return session
             shutil.rmtree(building, ignore_errors=True)
             what = "with prepacked weights" if prepacked else "at all"
