@@ -48,7 +48,7 @@ def _sensor_line(sensors: dict[str, Any]) -> str:
     )
     throttled = sensors.get("throttled")
     if throttled is None:
-        parts.append("throttling flags unreadable (not a Raspberry Pi)")
+        parts.append("throttling flags unreadable (no firmware get_throttled file)")
     else:
         active = sorted(k for k, v in throttled.items() if v is True)
         parts.append("throttling: " + (", ".join(active) if active else "none"))

@@ -129,7 +129,8 @@ def check_cache_outside(cache: Path | None, root: Path, explicit: bool, kind: st
 
 def no_backend_message(root: Path, formats: list[str]) -> str:
     install = " or ".join(_EXTRAS.get(fmt, f"a {fmt} backend") for fmt in formats)
-    return f"none of the artifacts in {root} can run here: they need a {' or '.join(formats)} backend; install {install}"
+    backend = f"an {formats[0]}" if len(formats) == 1 and formats[0][:1] in "aeiou" else f"a {' or '.join(formats)}"
+    return f"none of the artifacts in {root} can run here: they need {backend} backend; install {install}"
 
 
 def nothing_runs_message(root: Path, manifest: dict[str, Any], skipped: dict[str, str]) -> str:

@@ -422,8 +422,13 @@ def _main(argv: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The console script. A reader that stops early (`edge-run DIR text | head`) ends it quietly,
     as it does any Unix tool."""
+    from edge_runtime._sigterm import TERMINATED_EXIT, Terminated, sigterm_as_ctrl_c
+
     try:
-        code = _main(argv)
+        # `kill`, systemd stop: a TFLite cache build's child process is stopped and its temporary
+        # removed, as after Ctrl-C (a review: SIGTERM left the child running)
+        with sigterm_as_ctrl_c():
+            code = _main(argv)
         sys.stdout.flush()  # inside the try: buffered output meets a closed pipe here, not at exit
         return code
     except BrokenPipeError:
@@ -431,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
-    except KeyboardInterrupt:  # device caches are built under temporary names: nothing half-made stays
+    except KeyboardInterrupt as exc:  # device caches are built under temporary names: nothing half-made stays
         print("edge-run: interrupted", file=sys.stderr)
-        return 130
+        return TERMINATED_EXIT if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -310,7 +310,7 @@ def test_no_backend_for_any_artifact_is_named_before_tokenizing(artifacts, capsy
     monkeypatch.setattr(_bench, "make_feeds", lambda *a: pytest.fail("inputs made without a backend"))
     assert cli_bench.main([str(artifacts), "--all", "-q"]) == 1
     err = capsys.readouterr().err
-    assert "need a onnx backend; install onnxruntime" in err and "tokenizers" not in err
+    assert "need an onnx backend; install onnxruntime" in err and "tokenizers" not in err
 
 
 @pytest.mark.slow

@@ -360,3 +360,62 @@ def test_the_applications_own_stderr_survives_exit_and_the_runtime_teardown_does
     for line in ("app: sys.stderr at exit", "app: fd 2 at exit", "app: a child at exit"):
         assert line in done.stderr, done.stderr
     assert "DestroyAccelerator" not in done.stderr
+
+
+# -- a stop signal while the child builds (a review, session 51) ----------------------------------
+
+
+@needs_cache_api
+def test_sigterm_during_a_build_stops_the_child_and_leaves_no_temporary(stand_in, monkeypatch, tmp_path):
+    """edge-run had no SIGTERM handler: `kill` ended it at once and left the cache-building child
+    running with its temporary file. Under sigterm_as_ctrl_c (edge-run, edge-bench, edge-convert)
+    the signal raises Terminated in the parent; subprocess.run kills the child on the way out."""
+    import signal
+    import threading
+    import time
+
+    from edge_runtime._sigterm import Terminated, sigterm_as_ctrl_c
+
+    model, cache = stand_in
+    pid_file = tmp_path / "child.pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    monkeypatch.setattr(_tflite_cache, "_child_command", lambda *args: [sys.executable, "-c", code])
+
+    def stop_when_started():
+        for _ in range(400):
+            if pid_file.exists() and pid_file.read_text():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.025)
+
+    threading.Thread(target=stop_when_started, daemon=True).start()
+    with pytest.raises(Terminated), sigterm_as_ctrl_c():
+        _tflite_cache.open_with_cache(model, 1, cache, SHA)
+    child = int(pid_file.read_text())
+    for _ in range(100):  # reaped by subprocess.run before it re-raised; allow the kernel a moment
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the child {child} still runs")
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")], list(cache.iterdir())
+
+
+def test_edge_run_exits_143_after_sigterm(monkeypatch, capsys):
+    """edge-run handles SIGTERM as Ctrl-C (its help promised 143; the process died of the signal)."""
+    import signal
+    import time
+
+    from edge_runtime import cli
+
+    def slow_main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        return 0
+
+    monkeypatch.setattr(cli, "_main", slow_main)
+    assert cli.main(["dir", "text"]) == 143
+    assert capsys.readouterr().err == "edge-run: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None), "the handler is not left behind"

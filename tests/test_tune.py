@@ -412,7 +412,7 @@ def test_edge_tune_with_nothing_to_measure_says_why_and_keeps_the_cache(converte
     monkeypatch.setattr(_select.backends, "backend_available", lambda fmt: fmt != "onnx" and real(fmt))
     assert cli_tune.main([str(converted), "--rounds", "2"]) == 1
     out, err = capsys.readouterr()
-    assert "edge-tune: error: none of the artifacts in" in err and "need a onnx backend; install onnxruntime" in err
+    assert "edge-tune: error: none of the artifacts in" in err and "need an onnx backend; install onnxruntime" in err
     assert "cached in" not in out
     assert _tune.cache_file(converted).read_bytes() == cached
     monkeypatch.setattr(_select.backends, "backend_available", real)

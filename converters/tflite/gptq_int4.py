@@ -257,7 +257,8 @@ class Int4Builder:
         unblocked = self.unblocked()
         if unblocked:
             return f", and raising it would not make these 4-bit: {unblocked}; ship the INT8 artifact for this model"
-        return ": raise it, or ship the INT8 artifact for this model"
+        return (": raise it in the target's profile file (targets/<id>.toml; no option changes it), or ship the "
+                "INT8 artifact for this model")
 
     def unblocked(self) -> str:
         """What cannot be 4-bit because its input width is not a multiple of the block, said for

@@ -237,11 +237,9 @@ class OnnxSession:
                 # onnxruntime writes the graph while creating the session: a full disk or a
                 # graph it cannot serialize fails the whole load. Load once more without it.
                 shutil.rmtree(building, ignore_errors=True)
-                log.warning(
-                    "could not save the optimized model in %s (%s); loading without the cache",
-                    entry,
-                    exc,
-                )
+                log.warning(  # a full disk shows as a graph error in onnxruntime's text: the space is said
+                    "could not save the optimized model in %s (%s; %s MB free there); loading without the cache",
+                    entry, exc, _free_mb(entry.parent))
                 self.optimized_cache_state = "unavailable"
                 return _create(ort, model_path, make_options(), providers)
             problem = _loads_back(ort, building, make_options("disabled"), providers)
@@ -271,6 +269,13 @@ class OnnxSession:
         """Delete this artifact's cache entry (it failed to load or computed wrong numbers)."""
         if self.optimized_cache is not None:
             shutil.rmtree(self.optimized_cache, ignore_errors=True)
+
+
+def _free_mb(path: Path) -> str:
+    try:
+        return str(shutil.disk_usage(path).free >> 20)
+    except OSError:
+        return "?"
 
 
 def _create(ort: Any, path: Path, options: Any, providers: list) -> Any:
