@@ -485,7 +485,8 @@ def verify_files(root: Path, items: list[dict[str, Any]]) -> None:
     for item in items:
         path = resolve(root, item["path"])
         if not path.is_file():
-            problems.append(f"{item['path']}: missing (manifest expects {item['bytes']} bytes)")
+            what = "a directory, not a file" if path.is_dir() else "missing"
+            problems.append(f"{item['path']}: {what} (manifest expects {item['bytes']} bytes)")
             continue
         try:
             size = path.stat().st_size

@@ -521,13 +521,14 @@ def test_missing_truncated_and_modified_files_are_each_named(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"model by")  # cut short
     (tmp_path / "tokenizer" / "tokenizer.json").write_bytes(b"[]")  # same size, other bytes
     (tmp_path / "golden" / "a.npz").unlink()
+    (tmp_path / "golden" / "a.npz").mkdir()  # a directory where a file belongs: said so, not "missing"
     (tmp_path / "tokenizer" / "tokenizer_config.json").write_bytes(b"{}   ")  # bytes appended
     with pytest.raises(ArtifactError) as info:
         verify_files(tmp_path, items)
     message = str(info.value)
     assert "m.onnx: truncated: 8 bytes, manifest expects 11" in message
     assert "tokenizer/tokenizer_config.json: too long: 5 bytes, manifest expects 2" in message
-    assert "golden/a.npz: missing (manifest expects 6 bytes)" in message
+    assert "golden/a.npz: a directory, not a file (manifest expects 6 bytes)" in message
     want = manifest["tokenizer"]["files"][0]["sha256"][:16]
     assert f"tokenizer/tokenizer.json: sha256 {file_sha256(tmp_path / 'tokenizer/tokenizer.json')[:16]}... " \
            f"differs from the manifest's {want}..." in message
