@@ -23,7 +23,8 @@ import pytest
 import edge_runtime
 from converters import ConversionError, ConvertConfig, convert
 from converters.packaging import package
-from converters.packaging.golden import FLOOR, GOLDEN_TOLERANCE, K_INTEGER, K, golden_tolerance, tolerance_k
+from converters.packaging.golden import (FLOOR, GOLDEN_TOLERANCE, K_INTEGER, SHORT_TOKENS, K, golden_tolerance,
+                                         tolerance_k)
 from converters.packaging.package import file_entry
 from edge_runtime._manifest import read_manifest
 from edge_runtime._model import Model, compare_outputs, golden_samples
@@ -168,6 +169,21 @@ def test_tolerances_follow_the_recorded_rule():
     assert GOLDEN_TOLERANCE[("onnx", "fp32")] == {"cosine_min": 0.999999, "rel_l2_max": 0.0001}
 
 
+def test_short_samples_of_integer_artifacts_get_the_short_text_drift():
+    """Measured on emulated Cortex-A72/A76 (RESULTS.md run BJ): MiniLM's tflite-int4 drifted to
+    cosine 0.99517 / rel L2 0.0983 on "Thanks!" (4 tokens) against the long-input bound 0.99792 /
+    0.092; the short bound holds it with K's margin, and long samples keep the sharp one."""
+    for fmt in ("onnx", "tflite"):
+        for precision in ("int8", "int4"):
+            long, short = golden_tolerance(fmt, precision, 256), golden_tolerance(fmt, precision, 4)
+            assert long == golden_tolerance(fmt, precision) == {"cosine_min": 0.99792, "rel_l2_max": 0.092}
+            assert short == golden_tolerance(fmt, precision, SHORT_TOKENS) == {"cosine_min": 0.99034,
+                                                                              "rel_l2_max": 0.197}
+            assert golden_tolerance(fmt, precision, SHORT_TOKENS + 1) == long
+            assert 1 - 0.99517 < (1 - short["cosine_min"]) / K_INTEGER * 1.001 and 0.0983 <= short["rel_l2_max"] / 2
+        assert golden_tolerance(fmt, "fp32", 4) == golden_tolerance(fmt, "fp32")  # float: no rounding flips
+
+
 # -- on a converted tiny model ----------------------------------------------------------------
 
 
@@ -223,7 +239,12 @@ def test_several_stressing_samples_are_recorded(converted_any):
         kinds = [s["kind"] for s in samples]
         assert kinds == ["largest-activation", "largest-activation", "long", "short"], kinds
         assert golden["tolerance"] == golden_tolerance(entry["format"], entry["precision"])
-        assert all(s["tolerance"] == golden["tolerance"] for s in samples)
+        # Each sample's own: a short one of an integer artifact is held to the drift of short texts
+        # (on emulated ARM a 4-token text drifted 2.3x past the long-input bound: RESULTS.md run BJ).
+        for s in samples:
+            assert s["tolerance"] == golden_tolerance(entry["format"], entry["precision"], s["tokens"])
+            short = s["tokens"] <= SHORT_TOKENS and entry["precision"] != "fp32"
+            assert (s["tolerance"] == golden["tolerance"]) is not short, (entry["name"], s)
         k = tolerance_k(entry["format"], entry["precision"])
         assert golden["tolerance_basis"].startswith(f"max({k} x drift measured between correct kernels")
         # The largest activations among every fit and validation text.
@@ -347,7 +368,7 @@ def test_one_broken_golden_sample_refuses_the_artifact(converted, tmp_path):
     entry = _entry(manifest, "onnx-int8")
     arrays = _golden_arrays(out, entry)
     key = "sample3/output:last_hidden_state"  # the short sample only
-    arrays[key] = arrays[key] * np.float32(1.2)  # relative L2 1 - 1/1.2 = 0.17
+    arrays[key] = arrays[key] * np.float32(1.5)  # relative L2 1 - 1/1.5 = 0.33: past even a short sample's 0.197
     np.savez(out / entry["golden"]["path"], **arrays)
     entry["golden"].update(file_entry(out, out / entry["golden"]["path"]))
     (out / "manifest.json").write_text(json.dumps(manifest))
