@@ -28,7 +28,24 @@ from converters._errors import (
     SourceModelError,
     UnsupportedModelError,
 )
-from converters.pipeline import ArtifactResult, ConvertConfig, ConvertResult, convert
+
+# Resolved on first use (PEP 562): importing the package, or edge-convert's Ctrl-C guard
+# (converters/_entry.py), does not import the pipeline first.
+_LAZY = ("ArtifactResult", "ConvertConfig", "ConvertResult", "convert")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from converters import pipeline
+
+        value = getattr(pipeline, name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "AccuracyError",

@@ -21,9 +21,25 @@ from edge_runtime._errors import (
     ManifestError,
     SignatureError,
 )
-from edge_runtime._load import load
-from edge_runtime._manifest import MANIFEST_SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, read_manifest
-from edge_runtime._model import Model
+
+# Resolved on first use (PEP 562), so that importing the package, or the console scripts' guard
+# (edge_runtime/_entry.py), does not import numpy and the backends first.
+_LAZY = {"load": "edge_runtime._load", "Model": "edge_runtime._model", "read_manifest": "edge_runtime._manifest",
+         "MANIFEST_SCHEMA_VERSION": "edge_runtime._manifest", "SUPPORTED_SCHEMA_VERSIONS": "edge_runtime._manifest"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module 'edge_runtime' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

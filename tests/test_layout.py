@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 510  # "about 500": the largest module today is edge_runtime/_device.py
 STAGES = {"inputs", "export", "core", "onnx", "tflite", "packaging", "pruning"}
 # What stays at converters/'s root: the pipeline itself and what every stage shares.
-ROOT_MODULES = {"__init__", "_artifacts", "_artifacts_tflite", "_console", "_errors", "_graph", "_shared", "_step", "cli",
-                "cli_sign", "options", "pipeline"}  # options: the pipeline's checks before any work; _step: Step, Built
+ROOT_MODULES = {"__init__", "_artifacts", "_artifacts_tflite", "_console", "_entry", "_errors", "_graph", "_shared",
+                "_step", "cli", "cli_sign", "options", "pipeline"}  # options: the pipeline's checks before any work;
+# _step: Step, Built; _entry: the console scripts' Ctrl-C guard
 MODULES = sorted(p for package in ("converters", "edge_runtime") for p in (ROOT / package).rglob("*.py"))
 
 

@@ -78,7 +78,7 @@ def test_wheel_has_the_device_commands_and_the_serve_extra(tmp_path):
     cfg.read(Path(build_runtime_wheel.ROOT) / "setup.cfg")
     scripts = [line.strip() for line in cfg["options.entry_points"]["console_scripts"].splitlines() if line.strip()]
     runtime_scripts = [s for s in scripts if "= edge_runtime." in s]
-    assert "edge-serve = edge_runtime.cli_serve:main" in runtime_scripts
+    assert "edge-serve = edge_runtime._entry:edge_serve" in runtime_scripts
     for script in runtime_scripts:
         assert script in entry
     assert "Provides-Extra: serve" in meta

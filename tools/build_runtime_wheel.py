@@ -104,9 +104,9 @@ def build(out_dir: Path) -> Path:
         f"{dist_info}/METADATA": metadata.encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: edge-runtime tools/build_runtime_wheel.py\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{dist_info}/entry_points.txt": b"[console_scripts]\nedge-run = edge_runtime.cli:main\n"
-        b"edge-bench = edge_runtime.cli_bench:main\nedge-tune = edge_runtime.cli_tune:main\n"
-        b"edge-serve = edge_runtime.cli_serve:main\n",
+        f"{dist_info}/entry_points.txt": b"[console_scripts]\nedge-run = edge_runtime._entry:edge_run\n"
+        b"edge-bench = edge_runtime._entry:edge_bench\nedge-tune = edge_runtime._entry:edge_tune\n"
+        b"edge-serve = edge_runtime._entry:edge_serve\n",
         f"{dist_info}/top_level.txt": b"edge_runtime\ntargets\n",
     }
     entries = _sources() + list(meta_files.items())
