@@ -169,18 +169,21 @@ def test_tolerances_follow_the_recorded_rule():
     assert GOLDEN_TOLERANCE[("onnx", "fp32")] == {"cosine_min": 0.999999, "rel_l2_max": 0.0001}
 
 
-def test_short_samples_of_integer_artifacts_get_the_short_text_drift():
+def test_short_samples_of_tflite_integer_artifacts_get_the_short_text_drift():
     """Measured on emulated Cortex-A72/A76 (RESULTS.md run BJ): MiniLM's tflite-int4 drifted to
     cosine 0.99517 / rel L2 0.0983 on "Thanks!" (4 tokens) against the long-input bound 0.99792 /
-    0.092; the short bound holds it with K's margin, and long samples keep the sharp one."""
+    0.092; the short bound holds it with K's margin. Long samples keep the sharp bound, and ONNX
+    keeps it at every length (the saturating-AVX2 failure shows on short samples of tiny models)."""
+    sharp = {"cosine_min": 0.99792, "rel_l2_max": 0.092}
+    assert golden_tolerance("tflite", "int4", 4) == golden_tolerance("tflite", "int4", SHORT_TOKENS) == {
+        "cosine_min": 0.99034, "rel_l2_max": 0.197}
+    assert golden_tolerance("tflite", "int8", 4) == {"cosine_min": 0.99772, "rel_l2_max": 0.0954}
+    assert 1 - 0.99517 <= (1 - 0.99034) / K_INTEGER + 1e-9 and 0.0983 <= 0.197 / K_INTEGER + 1e-9  # K x the drift
+    for fmt, precision in (("tflite", "int4"), ("tflite", "int8"), ("onnx", "int8"), ("onnx", "int4")):
+        assert golden_tolerance(fmt, precision, SHORT_TOKENS + 1) == golden_tolerance(fmt, precision) == sharp
+    for precision in ("int8", "int4"):
+        assert golden_tolerance("onnx", precision, 3) == sharp
     for fmt in ("onnx", "tflite"):
-        for precision in ("int8", "int4"):
-            long, short = golden_tolerance(fmt, precision, 256), golden_tolerance(fmt, precision, 4)
-            assert long == golden_tolerance(fmt, precision) == {"cosine_min": 0.99792, "rel_l2_max": 0.092}
-            assert short == golden_tolerance(fmt, precision, SHORT_TOKENS) == {"cosine_min": 0.99034,
-                                                                              "rel_l2_max": 0.197}
-            assert golden_tolerance(fmt, precision, SHORT_TOKENS + 1) == long
-            assert 1 - 0.99517 < (1 - short["cosine_min"]) / K_INTEGER * 1.001 and 0.0983 <= short["rel_l2_max"] / 2
         assert golden_tolerance(fmt, "fp32", 4) == golden_tolerance(fmt, "fp32")  # float: no rounding flips
 
 
@@ -243,7 +246,7 @@ def test_several_stressing_samples_are_recorded(converted_any):
         # (on emulated ARM a 4-token text drifted 2.3x past the long-input bound: RESULTS.md run BJ).
         for s in samples:
             assert s["tolerance"] == golden_tolerance(entry["format"], entry["precision"], s["tokens"])
-            short = s["tokens"] <= SHORT_TOKENS and entry["precision"] != "fp32"
+            short = s["tokens"] <= SHORT_TOKENS and entry["format"] == "tflite" and entry["precision"] != "fp32"
             assert (s["tolerance"] == golden["tolerance"]) is not short, (entry["name"], s)
         k = tolerance_k(entry["format"], entry["precision"])
         assert golden["tolerance_basis"].startswith(f"max({k} x drift measured between correct kernels")
