@@ -275,7 +275,8 @@ def _main(argv: list[str] | None) -> int:
         from edge_runtime.serve import run
     except ImportError as exc:
         print(
-            f"edge-serve: error: {exc}; install the serve extra: pip install starlette uvicorn (the device wheel's [serve] extra)",
+            f"edge-serve: error: {exc}; install the serve extra: pip install '.[serve]' in a checkout of edge-runtime, "
+            "or the device wheel with [serve] (pip install 'edge_runtime-0.1.0-py3-none-any.whl[onnx,serve]')",
             file=sys.stderr,
         )
         return 1
