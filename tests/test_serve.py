@@ -875,7 +875,7 @@ def test_a_missing_serve_extra_is_named_before_any_work(tmp_path, monkeypatch, c
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
     assert cli_serve.main([str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "uvicorn" in err and "pip install starlette uvicorn (the device wheel's [serve] extra)" in err
+    assert "uvicorn" in err and "install the serve extra: pip install '.[serve]' in a checkout of edge-runtime, or the device wheel with [serve]" in err
 
 
 def test_a_cancelled_request_neither_runs_nor_stops_the_worker(tmp_path):
