@@ -63,7 +63,8 @@ def _profile_order_note(manifest: dict[str, Any], choices: list[Choice], install
     runtime = manifest.get("runtime", {})
     backends_ = " > ".join(b["name"] for b in runtime.get("backends", [])) or "manifest order"
     precisions = " > ".join(runtime.get("artifact_preference", [])) or "manifest order"
-    note = f"profile order (backends {backends_}; precisions {precisions})"
+    # the directory's target profile, named: on another device "profile" read as this one's (a review)
+    note = f"{_target(manifest)}profile order (backends {backends_}; precisions {precisions})"
     groups: dict[tuple[str, str | None, tuple[str, ...]], list[str]] = {}
     for choice in choices:
         other = _other_runtime(choice.entry, installed)
@@ -174,6 +175,13 @@ def plan(
     return Plan(choices, skipped, reason)
 
 
+def _target(manifest: dict[str, Any]) -> str:
+    """'rpi5 ' for a directory made for rpi5 ('' when the manifest names no target)."""
+    target = manifest.get("target")
+    name = target.get("id") if isinstance(target, dict) else None
+    return f"{name} " if isinstance(name, str) and name else ""
+
+
 def threads_for(
     entry: dict[str, Any], manifest: dict[str, Any], tuning: dict[str, Any] | None
 ) -> tuple[int, bool | None, str]:
@@ -187,9 +195,9 @@ def threads_for(
     if profile and profile > cores:
         # A profile's count is its device's (4 on a Pi); more threads than this device's cores
         # only wait on each other at every GEMM barrier.
-        return cores, None, f"profile default {profile}, capped at this device's {cores} cores"
+        return cores, None, f"{_target(manifest)}profile default {profile}, capped at this device's {cores} cores"
     if profile:
-        return profile, None, "profile default"
+        return profile, None, f"{_target(manifest)}profile default"
     return cores, None, "physical cores of the fastest cluster"
 
 

@@ -67,7 +67,7 @@ def test_under_tflite_runtime_the_reason_says_why_int8_and_int4_come_last(tmp_pa
     assert [c.name for c in plan.choices] == ["tflite-int8-legacy", "tflite-fp32", "tflite-int8", "tflite-int4"]
     assert set(plan.skipped) == {"onnx-fp32", "onnx-int8"}
     reason = plan.reason
-    assert reason.startswith("profile order (backends onnxruntime > litert; precisions int8 > fp32 > int4)")
+    assert reason.startswith("rpi4 profile order (backends onnxruntime > litert; precisions int8 > fp32 > int4)")
     # tflite-int8 after tflite-fp32 contradicts "int8 > fp32": the reason names it, and int4 with it
     late = _out_of_precision_order(plan)
     assert late == {"tflite-int8"}

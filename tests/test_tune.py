@@ -252,6 +252,10 @@ def test_profile_threads_are_capped_at_this_devices_cores(monkeypatch):
     monkeypatch.setattr(_select, "physical_cores", lambda: 4)
     assert _select.threads_for(entry, manifest, None) == (4, None, "profile default")
     assert _select.threads_for(entry, {"runtime": {}}, None)[0] == 4  # no profile count: the cores
+    # The directory's target is named: on an x86 box "profile default" read as this machine's profile.
+    made_for = {**manifest, "target": {"id": "rpi5"}}
+    monkeypatch.setattr(_select, "physical_cores", lambda: 2)
+    assert _select.threads_for(entry, made_for, None)[2] == "rpi5 profile default 4, capped at this device's 2 cores"
 
 
 def test_default_threads_count_the_big_cluster(monkeypatch):
