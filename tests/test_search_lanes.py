@@ -160,3 +160,32 @@ def test_lanes_shorten_the_switch_interval_while_they_run_and_restore_it(tmp_pat
     # The first score is the start's, on the main probe, before the lanes; then the candidates'.
     assert seen[0] == pytest.approx(0.004) and len(seen) > 1, seen
     assert all(v == pytest.approx(LANE_SWITCH_INTERVAL) for v in seen[1:]), seen
+
+
+@pytest.mark.parametrize("fail_on", [None, "c"])
+def test_lanes_hold_numpys_blas_to_one_thread_and_restore_it(tmp_path, fail_on):
+    """A lane's build (W4A8's GPTQ) ran OpenBLAS on both cores beside the other lane's scorer;
+    one thread while lanes run (RESULTS.md run BK), the previous count after, also after a failure."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen: set[int] = set()
+
+    class Watching(FileToy):
+        def write(self, moved, path: Path) -> int:
+            seen.update(blas_threads())
+            return super().write(moved, path)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        recorder = Recorder(fail_on=fail_on)
+        space = Watching(tmp_path / "m.probe.bin", LaneScorer(recorder.score, 2), lambda p: _metrics(p, fit=False))
+        if fail_on:
+            with pytest.raises(RuntimeError):
+                greedy_search(space, Budget(1000 + 75), move="8-bit")
+        else:
+            greedy_search(space, Budget(1000 + 75), move="8-bit")
+        assert blas_threads() == before == {2}
+    assert 1 in seen, "the ranking's builds ran with one BLAS thread"

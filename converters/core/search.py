@@ -246,6 +246,13 @@ def _rank_in_lanes(space: ProbeSpace, moves: Sequence[frozenset], done: Callable
     # (benchmarks/bench_lane_gil.py, RESULTS.md run BE). Shorter while the lanes run.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, LANE_SWITCH_INTERVAL))
+    # numpy's BLAS on one thread while lanes run: a lane's build (the W4A8 8-bit GPTQ: Cholesky
+    # factors, block updates) ran OpenBLAS on both cores beside the other lane's scorer, and its idle
+    # threads spin. One thread: the ONNX INT4 ranking 13.6 -> 10.8-11.5 s in masked rpi4 conversions,
+    # every file byte-identical (benchmarks/RESULTS.md run BK).
+    from threadpoolctl import threadpool_limits
+
+    blas = threadpool_limits(limits=1, user_api="blas")
     try:
         futures = [pool.submit(one, move) for move in moves]
         wait(futures, return_when=FIRST_EXCEPTION)
@@ -253,6 +260,7 @@ def _rank_in_lanes(space: ProbeSpace, moves: Sequence[frozenset], done: Callable
         stop.set()  # on an error or Ctrl-C: no lane starts another candidate
         pool.shutdown(wait=True, cancel_futures=True)
         sys.setswitchinterval(switch)
+        blas.restore_original_limits()
         for path in paths:
             path.unlink(missing_ok=True)
     # The first failure in the candidates' order, as the sequential ranking would raise it.
