@@ -28,6 +28,7 @@ import os
 import platform
 import stat as stat_module
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from edge_runtime._manifest import file_sha256
 
 __all__ = ["IDLE_S", "KEEP_ENTRIES", "UnsafeCacheError", "cache_root", "check_sha256", "cpu_tag",
            "default_cache_dir", "last_used", "make_cache_dir", "make_private", "path_problem",
-           "private_problem", "signature", "sweep", "touch", "write_json"]
+           "private_problem", "signature", "sweep", "sweep_entries", "touch", "write_json"]
 
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # modes of what a cache creates
 
@@ -284,6 +285,14 @@ def sweep(entries: dict[Path, tuple[float, list[Path]]], keep: int | None = None
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         removed.append(entry)
     return removed
+
+
+def sweep_entries(directory: Path, pattern: str, parts: Callable[[Path], list[Path]]) -> list[Path]:
+    """sweep() over the entries of `directory` named by a 32-hex-digit artifact hash then `pattern`
+    (entries only: a device_cache directory also holds the verification records), each made of
+    `parts(entry)` and last used when the latest of them was (touch)."""
+    found = {entry: parts(entry) for entry in directory.glob("[0-9a-f]" * 32 + pattern)}
+    return sweep({entry: (last_used(*paths), paths) for entry, paths in found.items()})
 
 
 def last_used(*paths: Path) -> float:

@@ -54,9 +54,9 @@ import numpy as np
 
 from edge_runtime._errors import BackendUnavailableError
 from edge_runtime._manifest import file_sha256 as _sha256
-from edge_runtime.backends._cache import (UnsafeCacheError, cache_root, check_sha256, last_used,
+from edge_runtime.backends._cache import (UnsafeCacheError, cache_root, check_sha256,
                                           make_cache_dir, make_private, private_problem,
-                                          signature, sweep, touch, write_json)
+                                          signature, sweep_entries, touch, write_json)
 from edge_runtime.backends._cache import cpu_tag as _cpu_tag
 from edge_runtime.backends._tflite_crash import (child_outcome, crash_marker, marker_in_effect,
                                                  record_crash)
@@ -177,8 +177,7 @@ def open_with_cache(
             raise RuntimeError(detail)
         _publish(tmp, final)
         touch(_record(final))  # the newest: the sweep keeps it among KEEP_ENTRIES
-        sweep({f: (last_used(f, _record(f)), [f, _record(f)])  # cache files only (see weight_cache_file)
-               for f in final.parent.glob(f"{'[0-9a-f]' * 32}-litert*{_CACHE_SUFFIX}")})
+        sweep_entries(final.parent, f"-litert*{_CACHE_SUFFIX}", lambda f: [f, _record(f)])
     except (RuntimeError, ValueError, OSError) as exc:
         return _failed(result, str(exc), "could not build the XNNPACK weight cache for %s (%s); "
                        "loading without it (the next load tries again)", model_path.name, exc)

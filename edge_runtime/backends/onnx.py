@@ -58,9 +58,9 @@ import numpy as np
 from edge_runtime._errors import BackendUnavailableError, ModelLoadError
 from edge_runtime._manifest import file_sha256
 from edge_runtime.backends._external_data import check_external_data_link
-from edge_runtime.backends._cache import (PRIVATE_DIR, cache_root, check_sha256, cpu_tag, last_used,
+from edge_runtime.backends._cache import (PRIVATE_DIR, cache_root, check_sha256, cpu_tag,
                                           make_cache_dir, make_private, private_problem,
-                                          signature, sweep, touch, write_json)
+                                          signature, sweep_entries, touch, write_json)
 from edge_runtime.backends._tensorrt import PROVIDER as TENSORRT
 from edge_runtime.backends._tensorrt import place_engine_cache
 
@@ -247,8 +247,7 @@ class OnnxSession:
                 self.prepacked_weights_cached = prepacked
                 self.optimized_cache_state = _finish_entry(building, entry)
                 touch(entry)  # the newest: the sweep keeps it among KEEP_ENTRIES
-                sweep({d: (last_used(d), [d]) for d in entry.parent.glob(f"{'[0-9a-f]' * 32}-ort*")
-                       if d.is_dir()})  # entries only: a device_cache path holds the records too
+                sweep_entries(entry.parent, "-ort*", lambda d: [d])
                 return session
             shutil.rmtree(building, ignore_errors=True)
             what = "with prepacked weights" if prepacked else "at all"
