@@ -46,7 +46,7 @@ def _texts() -> list[str]:
 def _reference(texts: list[str]) -> np.ndarray:
     from converters.core.validate import encode
     from converters.inputs.source import load_source
-    from edge_runtime._text import pool
+    from edge_runtime._text import sentence_vectors
 
     source = load_source(None)
     import torch
@@ -54,8 +54,7 @@ def _reference(texts: list[str]) -> np.ndarray:
     feeds = encode(source, texts)
     with torch.no_grad():
         hidden = source.module(*[torch.from_numpy(feeds[n]) for n in source.input_names]).numpy()
-    post = source.postprocess
-    return pool(hidden, feeds["attention_mask"], post["pooling"], post["normalize"])
+    return sentence_vectors(hidden, feeds["attention_mask"], source.postprocess)
 
 
 def _convert(target: str, out: Path) -> Path:

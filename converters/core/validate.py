@@ -16,7 +16,7 @@ import numpy as np
 from converters._console import count
 from converters._errors import NonFiniteOutputError
 from converters.inputs.source import SourceModel
-from edge_runtime._text import _head, pool
+from edge_runtime._text import _head, sentence_vectors
 from targets import AccuracyFloor
 
 __all__ = [
@@ -262,8 +262,8 @@ def compute_metrics(
         mask = feeds["attention_mask"]
         if source.task == "feature-extraction":
             post = source.postprocess
-            emb_got = pool(got, mask, post["pooling"], post["normalize"])
-            emb_want = pool(want, mask, post["pooling"], post["normalize"])
+            emb_got = sentence_vectors(got, mask, post)
+            emb_want = sentence_vectors(want, mask, post)
             cosines.append(row_cosine(emb_got, emb_want))
         elif source.task == "text-classification":
             agree += int((got.argmax(-1) == want.argmax(-1)).sum())

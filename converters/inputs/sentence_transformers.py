@@ -176,19 +176,20 @@ class Layout:
                 f"prepend it to each text yourself where sentence-transformers would{excluded}")
 
 
-    def truncation_note(self) -> str | None:
-        """What to keep of each vector when sentence-transformers truncates its embeddings
-        (truncate_dim, Matryoshka models): it returns their first values, after its modules
-        (Normalize included) and without normalizing again; the artifacts return them whole (a
-        review found the 16 values a model was saved to give delivered as 32, without a word)."""
+    def truncate_dim(self) -> int | None:
+        """How many leading values of each embedding sentence-transformers returns (truncate_dim in
+        config_sentence_transformers.json, Matryoshka models), None for all: it cuts after its
+        modules (Normalize included) and does not normalize again, and so does the device
+        (postprocess.truncate_dim; a review found the 16 values a model was saved to give
+        delivered as 32, without a word)."""
         path = self.root / "config_sentence_transformers.json"
         config = _read_json(path) if path.is_file() else {}
         keep = config.get("truncate_dim") if isinstance(config, dict) else None
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep <= 0:
+        if keep is None:
             return None
-        return (f"sentence-transformers returns the first {keep} values of each embedding (truncate_dim, "
-                "config_sentence_transformers.json); the artifacts return every value: keep the first "
-                f"{keep} of each vector yourself (as sentence-transformers, without normalizing again)")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0:
+            raise SourceModelError(f"{path}: truncate_dim must be a positive whole number of values, got {keep!r}")
+        return keep
 
 
 @dataclass(frozen=True)

@@ -412,9 +412,13 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
             "source": "default (no sentence-transformers config)",
         }
         post.update({"do_lower_case": True} if lowercase else {}, output="last_hidden_state")
-        # a default prompt the artifacts do not add; a truncation they do not make
-        notes += [note for note in (layout.pooling_note(), layout.prompt_note(), layout.truncation_note())
-                  if note] if layout else []
+        keep = layout.truncate_dim() if layout else None
+        if keep is not None and keep < cfg.hidden_size:  # sentence-transformers keeps all of a longer cut
+            post["truncate_dim"] = keep
+            notes.append(f"config_sentence_transformers.json truncate_dim: embeddings keep their first {keep} "
+                         f"of {cfg.hidden_size} values, as sentence-transformers returns them")
+        # a default prompt the artifacts do not add
+        notes += [note for note in (layout.pooling_note(), layout.prompt_note()) if note] if layout else []
         output_names = ["last_hidden_state"]
     else:
         labels = [cfg.id2label[i] for i in range(cfg.num_labels)]

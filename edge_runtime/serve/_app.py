@@ -192,7 +192,8 @@ def create_app(service: Service) -> Starlette:
         return response
 
     def vectors(body, served, result) -> np.ndarray:
-        dim = _dimensions(body, result.outputs.shape[-1])
+        # the model's own size (its manifest's truncate_dim, Matryoshka) unless `dimensions` cuts more
+        dim = _dimensions(body, served.model._dim(served.output) or result.outputs.shape[-1])
         out = result.outputs[:, :dim]
         return normalize_rows(out) if _flag(body, "normalize", True) else out
 

@@ -126,7 +126,8 @@ class Served:
         shape = {"task": self.task, "size": output["shape"][-1]}
         if self.task == "text-classification":
             return {**shape, "labels": list(self.labels)}
-        return {**shape, "pooling": self.pooling, "normalize": bool(post.get("normalize", False))}
+        return {**shape, "pooling": self.pooling, "normalize": bool(post.get("normalize", False)),
+                "truncate_dim": post.get("truncate_dim")}
 
     def require(self, route: str) -> None:
         """ServeError (424, model_type) unless this model serves `route`."""
