@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 from _bench_child import ChildError, run_child, user_path  # noqa: E402 - after the path
+from edge_runtime._bench_config import DEFAULT_SHAPE  # noqa: E402
 from edge_runtime._contention import CpuWait, busy_note  # noqa: E402
 from edge_runtime._rounds import Round, time_in_rounds  # noqa: E402
 from edge_runtime._sigterm import (  # noqa: E402
@@ -259,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="timed runs per variant per round")
     parser.add_argument("--block", type=int, default=5, help="consecutive runs of one variant before the next "
                         "(the round cycles through the variants until each has --runs)")
-    parser.add_argument("--threads", type=int, default=2, help="threads of every session")
-    parser.add_argument("--seq", type=int, default=128, help=f"tokens of the timed input (1-{MAX_TOKENS})")
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads, help="threads of every session")
+    parser.add_argument("--seq", type=int, default=DEFAULT_SHAPE.seq, help=f"tokens of the timed input (1-{MAX_TOKENS})")
     # Paths are made absolute here: the load probes run with cwd=ROOT (tools/_bench_child.py).
     parser.add_argument("--json", type=user_path, help="write the raw results here")
     parser.add_argument("--keep", type=user_path, help="convert into this directory and keep the "

@@ -31,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_runtime._bench_config import DEFAULT_SHAPE  # noqa: E402 - after the sys.path line
+
 K, N, M, LAYERS = 384, 1536, 128, 6
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 

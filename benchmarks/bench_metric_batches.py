@@ -19,11 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_runtime._bench_config import DEFAULT_SHAPE  # noqa: E402 - after the sys.path line
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="an edge-convert output of the built-in model with TFLite artifacts")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
     args = parser.parse_args(argv)
     manifest = json.loads((args.out / "manifest.json").read_text())
     names = [a["name"] for a in manifest["artifacts"] if a["format"] == "tflite"]

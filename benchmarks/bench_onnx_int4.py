@@ -26,6 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from edge_runtime._bench_config import DEFAULT_SHAPE  # noqa: E402 - after the sys.path line
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 
 
@@ -77,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
+    parser.add_argument("--seq", type=int, default=DEFAULT_SHAPE.seq)
     parser.add_argument("--keep", type=Path, help="copy the INT4 model here")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)

@@ -42,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edge_runtime._bench_config import DEFAULT_SHAPE  # noqa: E402 - after the sys.path line
+
 HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 
 
@@ -109,7 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -46,7 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_runtime._bench_report import device_label  # noqa: E402 - after the sys.path line
+from edge_runtime._bench_config import DEFAULT_SHAPE  # noqa: E402 - after the sys.path line
+from edge_runtime._bench_report import device_label  # noqa: E402
 from edge_runtime._contention import busy_note, worst_share  # noqa: E402
 from edge_runtime._rounds import SWITCH_PAUSE_S, Round, time_in_rounds  # noqa: E402
 
@@ -147,9 +148,9 @@ def _parser() -> argparse.ArgumentParser:
                         "rounds [default: %(default)s]")
     parser.add_argument("--runs", type=int, default=20,
                         help=f"timed runs per variant and round, >= 1, in blocks of {BLOCK} [default: %(default)s]")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads,
                         help="onnxruntime intra-op threads, >= 1 [default: %(default)s]")
-    parser.add_argument("--seq", type=int, default=128,
+    parser.add_argument("--seq", type=int, default=DEFAULT_SHAPE.seq,
                         help="tokens of the timed input (batch 1), >= 1 and at most the model's positions "
                         "[default: %(default)s]")
     parser.add_argument("--criteria", default="obs,activation,magnitude",

@@ -257,10 +257,12 @@ def _ceiling(
 
 
 def main() -> None:
+    from edge_runtime._bench_config import DEFAULT_SHAPE
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", type=Path)
     parser.add_argument("--artifact", default="onnx-int8")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=10000, help="per mode")
     parser.add_argument("--rounds", type=int, default=10)

@@ -19,13 +19,14 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
+    from edge_runtime._bench_config import DEFAULT_SHAPE
     from edge_runtime._contention import BUSY_SHARE, CpuWait
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="an .onnx artifact taking input_ids / attention_mask (/ token_type_ids)")
     parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
+    parser.add_argument("--seq", type=int, default=DEFAULT_SHAPE.seq)
     args = parser.parse_args(argv)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads

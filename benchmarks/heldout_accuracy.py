@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import edge_runtime
+    from edge_runtime._bench_config import DEFAULT_SHAPE
     from converters.core.validate import compute_metrics, reference_outputs
     from converters.inputs.calibration import load_texts
     from converters.inputs.source import SourceModelError, _weights_sha256, default_model_dir, load_source
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = reference_outputs(source, texts)
     print(f"| artifact | held-out ({len(texts)} texts) |\n|---|---|")
     for folder, name in pairs:
-        model = edge_runtime.load(folder, artifact=name, threads=2)
+        model = edge_runtime.load(folder, artifact=name, threads=DEFAULT_SHAPE.threads)
         metrics = compute_metrics(source, reference, model.run, name)
         print(f"| {folder}:{name} | " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + " |", flush=True)
     return 0

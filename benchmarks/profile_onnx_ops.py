@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from edge_runtime._bench_config import DEFAULT_SHAPE  # noqa: E402 - after the sys.path lines
+
 
 def _session(
     path: Path, threads: int, profile_prefix: str | None, optimized: Path | None, config: dict
@@ -112,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=100, help="profiled runs per model per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
+    parser.add_argument("--seq", type=int, default=DEFAULT_SHAPE.seq)
     parser.add_argument(
         "--config",
         action="append",

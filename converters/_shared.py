@@ -178,12 +178,12 @@ class SharedInputs:
             # on 80 % of texts shows a quarter of the time (a reviewer's pruned twin: "1.0000" on 13,
             # 0.92 on 363), and a 0.99 floor cannot fail short of a whole text.
             progress(f"note: {n} validation texts: top-1 agreement on them moves in steps of {1 / n:.3f}, coarser "
-                     f"than the floors it is held to (e.g. 0.99); give {RESOLVING_TEXTS}+ (--validation-texts FILE, "
-                     "or a larger --calibration file) for figures and floors that mean what they say")
+                     f"than the floors it is held to (e.g. 0.99); give {RESOLVING_TEXTS}+ (validation_texts=FILE, "
+                     "or more texts in calibration=FILE) for figures and floors that mean what they say")
         if texts.validation.distinct < MIN_TEXTS:  # a small calibration file's held-out part
             progress(f"note: only {texts.validation.distinct} different validation texts: the accuracy figures and floors "
-                     f"rest on very few texts; give {4 * MIN_TEXTS}+ calibration texts or a --validation-texts "
-                     f"file of {MIN_TEXTS}+")
+                     f"rest on very few texts; give {4 * MIN_TEXTS}+ calibration texts or validation_texts=FILE "
+                     f"of {MIN_TEXTS}+")
         fields = {name: getattr(config, name) for name in SHARED_FIELDS}
         return cls(fields, source, texts, work)
 

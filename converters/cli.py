@@ -160,15 +160,17 @@ _FLAGS = {
     "prune": "--prune",
 }
 _PARAMETER = re.compile(r"(?<![\w-])(" + "|".join(re.escape(name) for name in _FLAGS) + r")(?![\w=])")
-# name=value ("distill_steps=5", "sign_key=k.pem", "prune=...") -> "--flag value"
-_ASSIGNED = re.compile(r"(?<![\w-])(" + "|".join(re.escape(name) for name in _FLAGS if "=" not in name)
-                       + r"|task)=(?=[^\s=])")
+# Parameters mapped only as name=value: "calibration" alone is a word of many messages.
+_ASSIGNED_ONLY = {"calibration": "--calibration", "task": "--task"}
+# name=value ("distill_steps=5", "sign_key=k.pem", "prune=...", "calibration=FILE") -> "--flag value"
+_ASSIGNED = re.compile(r"(?<![\w-])(" + "|".join(re.escape(name) for name in [*_FLAGS, *_ASSIGNED_ONLY] if "=" not in name)
+                       + r")=(?=[^\s=])")
 
 
 def as_flags(message: str) -> str:
     """A library error message with ConvertConfig's parameter names replaced by the flags that
     set them ("pass force=True" -> "pass --force", "distill_steps=5" -> "--distill-steps 5")."""
-    message = _ASSIGNED.sub(lambda match: _FLAGS.get(match.group(1), "--task") + " ", message)
+    message = _ASSIGNED.sub(lambda match: {**_FLAGS, **_ASSIGNED_ONLY}[match.group(1)] + " ", message)
     message = message.replace("task='", "--task '")
     return _PARAMETER.sub(lambda match: _FLAGS[match.group(1)], message)
 

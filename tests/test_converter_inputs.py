@@ -552,7 +552,7 @@ def test_a_small_calibration_file_notes_how_few_texts_validate(tmp_path, monkeyp
         tmp_path / "work", said.append)
     inputs.close()
     few = len(inputs.texts.validation.texts)
-    assert few < 8 and any(m.startswith(f"note: only {few} different validation texts") and "--validation-texts" in m
+    assert few < 8 and any(m.startswith(f"note: only {few} different validation texts") and "validation_texts=FILE" in m
                            for m in said), said
     said.clear()
     shared.SharedInputs.load(ConvertConfig(model=tmp_path / "model", target="x86-avx2", out=tmp_path / "o"),

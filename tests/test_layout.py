@@ -46,3 +46,25 @@ def test_the_runtime_never_imports_the_converters():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("converters", "torch", "transformers") for n in names), (
                 f"{path.relative_to(ROOT)} imports {names}")
+
+
+SCRIPTS = sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "tools").glob("*.py"), ROOT / "tools" / "arm64-check"])
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_scripts_take_the_default_benchmark_shape_from_one_place(path):
+    """`--threads` / `--seq` defaults and session thread counts come from DEFAULT_SHAPE
+    (edge_runtime/_bench_config.py), not a literal 2 or 128 of their own (issue 9: "2 threads" lived
+    in five places, then in a dozen scripts)."""
+    literal = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        words = {k.arg: k.value for k in node.keywords}
+        flag = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
+        if flag in ("--threads", "--seq") and isinstance(words.get("default"), ast.Constant) \
+                and words["default"].value is not None:  # None: the profile's or tuned count
+            literal.append(f"line {node.lineno}: {flag} default={words['default'].value!r}")
+        if isinstance(words.get("threads"), ast.Constant) and words["threads"].value not in (0, 1):
+            literal.append(f"line {node.lineno}: threads={words['threads'].value!r}")
+    assert not literal, f"{path.relative_to(ROOT)}: use DEFAULT_SHAPE: " + "; ".join(literal)

@@ -149,8 +149,8 @@ def test_static_qdq_calibration_methods(exported, tmp_path, method):
     cache = tmp_path / "ranges.json"
     excluded = (quantizable_nodes(path)[0],)
     for name, exclude in (("cold", ()), ("warm", ()), ("warm_excl", excluded)):
-        config = Int8Config(scheme=scheme, calibration_batches=batches, exclude=exclude, calibration_cache=cache)
-        quantize_int8(path, tmp_path / f"{name}.onnx", config)
+        config = Int8Config(scheme=scheme, calibration_batches=batches, exclude=exclude)
+        quantize_int8(path, tmp_path / f"{name}.onnx", config, ranges=cache)
         assert cache.is_file()
     plain_excl = quantize_int8(path, tmp_path / "excl.onnx",
                                Int8Config(scheme=scheme, calibration_batches=batches, exclude=excluded))

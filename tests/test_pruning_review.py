@@ -162,7 +162,7 @@ def _exhausted_search(monkeypatch, name: str) -> str:
     with pytest.raises(AccuracyError) as raised:
         mp._quantize_with_floor(Path("fp32.onnx"), Path("out.onnx"), config, None, reference,
                                 AccuracyFloor(0.97, 0.85, 0.97), lambda path: SimpleNamespace(run=None),
-                                lambda message: None, None, name, None, 1)
+                                lambda message: None, None, name, None, None, 1)
     return str(raised.value)
 
 

@@ -67,6 +67,8 @@ def test_int8_fallback_refuses_at_the_cap_naming_what_it_tried(int8_case, tmp_pa
     assert isinstance(caught.value.__cause__, SearchExhausted)
     result = caught.value.__cause__.result
     assert 1 <= len(result.moved) <= result.steps.__len__()
+    # the walk stopped at the cap (half the candidates), not by running out of candidates
+    assert result.steps[-1]["why"].startswith(f"cap reached: {len(result.moved)} of "), result.steps[-1]
 
 
 def test_quantize_int8_is_plain_data_in_and_out(int8_case, tmp_path):

@@ -132,7 +132,7 @@ def test_nan_metric_does_not_pass_the_int8_floor(monkeypatch, tmp_path):
     """quantize_with_floor used `metric < floor`: an all-NaN candidate returned as passing."""
     import converters.onnx.mixed_precision as mp
 
-    monkeypatch.setattr(mp, "quantize_int8", lambda src, out, config, rounding=None: out)
+    monkeypatch.setattr(mp, "quantize_int8", lambda src, out, config, rounding=None, ranges=None: out)
     monkeypatch.setattr(mp, "compute_metrics", lambda *a, **k: {"cosine_mean": NAN, "cosine_min": NAN})
     monkeypatch.setattr(mp, "quantizable_nodes", lambda path, ops: [])
     monkeypatch.setattr(mp, "_weight_groups", lambda path, nodes: {})

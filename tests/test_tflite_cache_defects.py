@@ -419,3 +419,37 @@ def test_edge_run_exits_143_after_sigterm(monkeypatch, capsys):
     assert cli.main(["dir", "text"]) == 143
     assert capsys.readouterr().err == "edge-run: interrupted\n"
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None), "the handler is not left behind"
+
+
+class _Signatures:
+    """An engine whose file has the given signatures ({key: {input name: shape}})."""
+
+    def __init__(self, signatures: dict[str, dict[str, tuple[int, ...]]]):
+        self.signatures = signatures
+
+    def signature_keys(self) -> list[str]:
+        return list(self.signatures)
+
+    def signature(self, key: str):
+        import numpy as np
+
+        inputs = {name: (shape, np.int64) for name, shape in self.signatures[key].items()}
+        return inputs, {"last_hidden_state": ((1, 8, 4), np.float32)}, None
+
+
+@pytest.mark.parametrize("signatures, message", [
+    ({}, r"m\.tflite has no signatures"),
+    ({"s": {"input_ids": (2, 8)}}, r"m\.tflite is not a bucketed edge-convert model: s: inputs"),
+    ({"a": {"input_ids": (1, 8)}, "b": {"input_ids": (1, 8)}}, r"m\.tflite: two signatures share a sequence length"),
+], ids=["none", "not-bucketed", "same-length"])
+def test_a_file_the_backend_cannot_use_is_a_model_load_error(signatures, message):
+    """A file the installed backend reads but edge_runtime cannot run is ModelLoadError (issue 9:
+    BackendUnavailableError read as "the backend is missing"); still a BackendUnavailableError, so
+    load() goes on to the next artifact as before."""
+    from edge_runtime._errors import ModelLoadError
+
+    session = object.__new__(tflite.TfliteSession)
+    session._engine = _Signatures(signatures)
+    with pytest.raises(ModelLoadError, match=message) as raised:
+        session._read_signatures(Path("m.tflite"))
+    assert isinstance(raised.value, BackendUnavailableError)

@@ -658,6 +658,9 @@ def markdown(summary: dict[str, dict], title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))  # this checkout's edge_runtime
+    from edge_runtime._bench_config import DEFAULT_SHAPE
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # Paths are made absolute here: the children run with cwd=ROOT (tools/_bench_child.py).
     parser.add_argument("root", type=user_path, help="an edge-convert output directory")
@@ -665,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         "--artifact", required=True, help="artifact name in the manifest, e.g. onnx-int8"
     )
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seq", type=int, default=128, help="tokens of the batch-1 input")
+    parser.add_argument("--seq", type=int, default=DEFAULT_SHAPE.seq, help="tokens of the batch-1 input")
     parser.add_argument("--runs", type=int, default=30, help="timed runs for the steady-state p50")
     parser.add_argument(
         "--json", type=user_path, help="also write the raw rows and the summary here"

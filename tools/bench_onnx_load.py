@@ -53,12 +53,15 @@ def _child(mode: str, root: Path, name: str, threads: int, cache: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))  # this checkout's edge_runtime
+    from edge_runtime._bench_config import DEFAULT_SHAPE
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # Made absolute here: the children run with cwd=ROOT (tools/_bench_child.py).
     parser.add_argument("root", type=user_path, help="an edge-convert output directory")
     parser.add_argument("--artifact", default="onnx-int4")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
     args = parser.parse_args(argv)
     if not (args.root / "manifest.json").is_file():
         parser.error(f"{args.root}: no manifest.json; give an edge-convert output directory")

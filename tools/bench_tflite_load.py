@@ -162,14 +162,17 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))  # this checkout's edge_runtime, as the child's
+    from edge_runtime._bench_config import DEFAULT_SHAPE
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # absolute: the children are given it
     parser.add_argument(
         "model", type=user_path, help="bucketed .tflite (edge-convert / export_tflite)"
     )
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=128, help="tokens in the first run")
+    parser.add_argument("--threads", type=int, default=DEFAULT_SHAPE.threads)
+    parser.add_argument("--seq", type=int, default=DEFAULT_SHAPE.seq, help="tokens in the first run")
     parser.add_argument(
         "--json", action="store_true", help="print the raw runs and summary as JSON"
     )

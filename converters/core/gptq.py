@@ -14,10 +14,10 @@ caller; GPTQ only picks which grid point each weight gets. On MiniLM with 7-bit 
 weights it lifts the held-out sentence-cosine minimum of weight-only quantization from 0.987
 to 0.993 (benchmarks/RESULTS.md).
 
-`damp` (added to H's diagonal as a fraction of its mean) was chosen by two-fold cross-validation
-on the built-in calibration texts (half for H, half to score): 0.01 -> 0.9863 minimum cosine,
-0.03 -> 0.9913, 0.05 -> 0.9919, 0.1 -> 0.9892. Fewer calibration tokens than input channels
-(the 1536-wide FFN output sees ~1400 tokens) make H singular; damping is what generalises.
+`damp` (added to H's diagonal as a fraction of its mean) and how H is gathered are one HessianPolicy
+per precision (GPTQ_POLICY below, with the measurement it was chosen by: RESULTS.md run N). Fewer
+calibration tokens than input channels (the 1536-wide FFN output sees ~1400 tokens) make H
+singular; damping is what generalises.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ GPTQ_POLICY: dict[str, HessianPolicy] = {
 
 @dataclass(frozen=True)
 class GptqConfig:
-    damp: float = 0.05  # see the module docstring
+    damp: float  # GPTQ_POLICY[precision].damp: the one place it is chosen
     block: int = 128  # rows updated lazily per block (speed only; same result)
     act_order: bool = True  # rows with the largest input energy first (the GPTQ paper's choice)
 

@@ -8,8 +8,9 @@ texts that no fitting step sees (converters/inputs/calibration.py, issue 10).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from targets import AccuracyFloor
 
 __all__ = [
     "METRIC_BATCHES",
+    "AgainstFile",
     "Reference",
     "check_finite",
     "compute_metrics",
@@ -282,6 +284,37 @@ def compute_metrics(
         "logits_cosine_mean": float(cos.mean()),
         "logits_cosine_min": float(cos.min()),
     }
+
+
+class AgainstFile:
+    """A quantizer's score when its caller gives none (a library call without a PyTorch source;
+    the pipeline scores every search with compute_metrics): agreement of a candidate file with a
+    reference file (its FP32 form) on the same feeds. `outputs(path, feeds) -> [first output per
+    feed]` runs a file in its format. The score is compute_metrics' for an embedding without
+    normalization: cosine per row of the mask-mean-pooled output where it has a sequence axis (a
+    per-token cosine would hide errors all tokens share), per row otherwise; NaN or Inf is a
+    NonFiniteOutputError naming the row."""
+
+    def __init__(self, outputs: Callable[[Path, Sequence[dict]], list[np.ndarray]], reference: Path,
+                 feeds: Sequence[dict[str, np.ndarray]]):
+        self.outputs, self.feeds = outputs, list(feeds)
+        self.reference = outputs(Path(reference), self.feeds)
+
+    def metrics(self, path: Path, subset: Sequence[int] | None = None) -> dict[str, float]:
+        """cosine_mean / cosine_min of the file at `path` on every feed, or on the feeds `subset`."""
+        picked = range(len(self.feeds)) if subset is None else subset
+        got = self.outputs(Path(path), [self.feeds[i] for i in picked])
+        cosines, first = [], 0
+        for i, out in zip(picked, got):
+            check_finite(out, (), first, Path(path).name)
+            first += len(out)
+            want, mask = self.reference[i], self.feeds[i]["attention_mask"]
+            if out.ndim == 3:
+                post = {"pooling": "mean", "normalize": False}
+                out, want = sentence_vectors(out, mask, post), sentence_vectors(want, mask, post)
+            cosines.append(row_cosine(out.reshape(len(out), -1), want.reshape(len(want), -1)))
+        cos = np.concatenate(cosines)
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
 
 def meets_floor(value: float, floor: float) -> bool:

@@ -52,10 +52,12 @@ class _Int8Space(ProbeSpace):
     """The FP32 fallback as the shared search sees it (converters/core/search.py): a candidate
     is a weight (with every node reading it) kept in FP32; each is written to `probe`."""
 
-    def __init__(self, fp32_path: Path, probe: Path, config: Int8Config, rounding: Any, groups: dict[str, list[str]],
-                 rank: Callable[[Path], dict[str, float]], judge: Callable[[Path], dict[str, float]]):
+    def __init__(self, fp32_path: Path, probe: Path, config: Int8Config, rounding: Any, ranges: Path | None,
+                 groups: dict[str, list[str]], rank: Callable[[Path], dict[str, float]],
+                 judge: Callable[[Path], dict[str, float]]):
         super().__init__(probe, rank, judge)
         self.fp32_path, self.config, self.groups, self.rounding = fp32_path, config, groups, rounding
+        self.ranges = ranges
 
     def candidates(self) -> list[str]:
         return list(self.groups)
@@ -73,7 +75,7 @@ class _Int8Space(ProbeSpace):
 
     def write(self, moved: frozenset[str], path: Path) -> int:
         quantize_int8(self.fp32_path, path, dataclasses.replace(self.config, exclude=self.nodes(moved)),
-                      self.rounding)
+                      self.rounding, self.ranges)
         return model_bytes(path)
 
 
@@ -95,20 +97,22 @@ def quantize_with_floor(
     texts the ranking is measured on (None: `reference`, for callers without a split);
     `rounding`: quantize_int8's GPTQ rounding (None: round-to-nearest); `lanes` > 1: the
     ranking scores that many candidates at once (core/search.py), `make_session(path, threads)`."""
-    calibration_cache = out_path.with_suffix(".ranges.json")
-    calibration_cache.unlink(missing_ok=True)  # a leftover would describe another model
+    # static mode: onnxruntime's calibrated ranges, kept for the search's candidates (quantize_int8)
+    static = isinstance(config, Int8Config) and config.scheme.mode == "static"
+    ranges = out_path.with_suffix(".ranges.json") if static else None
+    if ranges is not None:
+        ranges.unlink(missing_ok=True)  # a leftover would describe another model
     try:
-        return _quantize_with_floor(
-            fp32_path, out_path, dataclasses.replace(config, calibration_cache=calibration_cache)
-            if isinstance(config, Int8Config) and config.scheme.mode == "static" else config,
-            source, reference, floor, make_session, progress, fit, name, rounding, lanes)
+        return _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, make_session, progress,
+                                    fit, name, rounding, ranges, lanes)
     finally:
-        calibration_cache.unlink(missing_ok=True)
+        if ranges is not None:
+            ranges.unlink(missing_ok=True)
 
 
 def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, make_session, progress, fit,
-                         name, rounding, lanes) -> QuantOutcome:
-    quantize_int8(fp32_path, out_path, config, rounding)
+                         name, rounding, ranges, lanes) -> QuantOutcome:
+    quantize_int8(fp32_path, out_path, config, rounding, ranges)
     metrics = compute_metrics(source, reference, make_session(out_path).run, name)
     failures = floor_failures(metrics, floor)
     if not failures:
@@ -128,14 +132,14 @@ def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, 
         return LaneScorer(score, lanes)
 
     probe = out_path.with_suffix(".probe.onnx")
-    space = _Int8Space(fp32_path, probe, config, rounding, groups, scorer(ranking, "ranking probe"),
+    space = _Int8Space(fp32_path, probe, config, rounding, ranges, groups, scorer(ranking, "ranking probe"),
                        scorer(reference, "candidate"))
     try:
         # Top-1 agreement (classifiers' floor) is not in search_loss: its miss weighs in, so no
         # move that flips labels is accepted for a better logits cosine.
         goal = Floor(lambda m: floor_failures(m, floor),
                      shortfall=lambda m: floor_shortfall(m, floor, ("top1_agreement",)))
-        result = greedy_search(space, goal, move="kept FP32", progress=progress, start_metrics=metrics)
+        result = greedy_search(space, goal, move="float", progress=progress, start_metrics=metrics)
     except SearchExhausted as exc:
         # A pruned twin ("...-pruned") is held to the pruning floor and has no FP32 twin: its
         # levers are the pruning floor, the shares and distillation.
@@ -146,5 +150,5 @@ def _quantize_with_floor(fp32_path, out_path, config, source, reference, floor, 
     finally:
         probe.unlink(missing_ok=True)
     kept = list(space.nodes(result.moved))
-    quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)), rounding)
+    quantize_int8(fp32_path, out_path, dataclasses.replace(config, exclude=tuple(kept)), rounding, ranges)
     return QuantOutcome(out_path, result.metrics, kept, result.steps)

@@ -43,12 +43,11 @@ from converters._console import CountCallback
 from converters._errors import (
     AccuracyError,
     ConversionError,
-    NonFiniteOutputError,
     UnsupportedModelError,
 )
 from converters._graph import model_bytes
 from converters.core.search import RANKING_TEXTS, Budget, ProbeSpace, greedy_search, search_loss
-from converters.core.validate import row_cosine
+from converters.core.validate import AgainstFile
 from converters.onnx.int4_blocks import (
     _clip_matmul_weight,
     _clip_table,
@@ -228,45 +227,12 @@ class _Variants:
         return model
 
 
-class _Judge:
-    """Agreement of a candidate with the FP32 model on the calibration batches, through the
-    runtime's own session class. For [batch, sequence, dim] outputs: cosine per sequence of
-    the mask-mean-pooled output (what sentence embeddings compare) and per real token; for
-    [batch, dim] outputs: cosine per row."""
+def _onnx_outputs(path: Path, batches) -> list[np.ndarray]:
+    """The first output of the ONNX file at `path` for each batch, through the runtime's session."""
+    from edge_runtime.backends.onnx import OnnxSession
 
-    def __init__(self, fp32_path: Path, batches: list[dict[str, np.ndarray]]):
-        self.batches = batches
-        self.reference = self._outputs(fp32_path, batches)
-
-    @staticmethod
-    def _outputs(path: Path, batches) -> list[np.ndarray]:
-        from edge_runtime.backends.onnx import OnnxSession
-
-        session = OnnxSession(Path(path), threads=DEFAULT_SHAPE.threads)
-        return [next(iter(session.run(feeds).values())) for feeds in batches]  # the first output
-
-    def metrics(self, path: Path, count: int | None = None) -> dict[str, float]:
-        """Agreement of the model at `path` with the FP32 graph on the first `count` batches."""
-        batches = self.batches[:count]
-        pooled, tokens = [], []
-        for feeds, want, got in zip(batches, self.reference, self._outputs(path, batches)):
-            if got.ndim == 3:
-                mask = feeds["attention_mask"].astype(bool)
-                weights = mask[..., None].astype(np.float64)
-                pooled.append(row_cosine((got * weights).sum(1), (want * weights).sum(1)))
-                tokens.append(row_cosine(got[mask], want[mask]))
-            else:
-                pooled.append(row_cosine(got.reshape(len(got), -1), want.reshape(len(want), -1)))
-        cos = np.concatenate(pooled)
-        result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
-        if tokens:
-            token = np.concatenate(tokens)
-            result.update(
-                token_cosine_mean=float(token.mean()), token_cosine_min=float(token.min())
-            )
-        if not np.isfinite(list(result.values())).all():
-            raise NonFiniteOutputError(Path(path).name, f"<calibration batch, metrics {result}>", -1)
-        return result
+    session = OnnxSession(Path(path), threads=DEFAULT_SHAPE.threads)
+    return [next(iter(session.run(feeds).values())) for feeds in batches]
 
 
 class _Space(ProbeSpace):
@@ -337,12 +303,11 @@ def quantize_int4(
 
     bytes_before = model_bytes(fp32_path)
     variants = _Variants(model, matmuls, tables, config, fp32_path, batches)
-    if rank is None:
-        ranker = _Judge(fp32_path, batches)
-        rank = lambda path: ranker.metrics(path, RANKING_BATCHES)
-    if judge is None:
-        judged = ranker if validation_batches is None else _Judge(fp32_path, list(validation_batches))
-        judge = judged.metrics
+    if rank is None or judge is None:  # standalone: agreement with the FP32 graph (core/validate.py)
+        fitted = AgainstFile(_onnx_outputs, fp32_path, batches)
+        rank = rank or (lambda path: fitted.metrics(path, range(min(RANKING_BATCHES, len(batches)))))
+        judge = judge or (fitted if validation_batches is None else
+                          AgainstFile(_onnx_outputs, fp32_path, validation_batches)).metrics
     probe = out_path.with_name(out_path.stem + ".probe.onnx")
     int8 = set(config.int8_nodes)
     search: list[dict[str, Any]] = []

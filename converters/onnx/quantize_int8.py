@@ -31,11 +31,6 @@ class Int8Config:
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] = ()
     calibration_batches: tuple = field(default=(), repr=False)  # feeds for static mode
-    # Static mode: a JSON file where onnxruntime keeps the activation ranges it calibrated and
-    # reads them back on the next call (None: calibrate every call). Only valid for one model
-    # file and one set of batches: the FP32 fallback search (mixed_precision.py) builds up to
-    # 40 candidates that differ only in excluded nodes, which calibration does not look at.
-    calibration_cache: Path | None = None
 
     def describe(self, rounding: Any = None) -> dict:
         """The settings for the manifest; `rounding`: the Int8Rounding the pass was given."""
@@ -132,18 +127,23 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def quantize_int8(model_path: Path, out_path: Path, config: Int8Config, rounding: Any = None) -> Path:
-    """Quantize `model_path` into `out_path` per `config` (plain data). `rounding`: a
-    converters.core.gptq.Int8Rounding that rewrites the weights with its GPTQ codes (it caches
-    them between calls: state lives there, not in the config), or None for onnxruntime's
-    round-to-nearest."""
+def quantize_int8(model_path: Path, out_path: Path, config: Int8Config, rounding: Any = None,
+                  ranges: Path | None = None) -> Path:
+    """Quantize `model_path` into `out_path` per `config` (plain data). State between calls is
+    passed explicitly, never carried in the config: `rounding`, a converters.core.gptq.Int8Rounding
+    that rewrites the weights with its GPTQ codes (it caches them between calls), or None for
+    onnxruntime's round-to-nearest; `ranges` (static mode), a JSON file where onnxruntime keeps
+    the activation ranges it calibrated and reads them back on the next call (None: calibrate
+    every call). A ranges file is only valid for one model file and one set of batches: the
+    FP32 fallback search (mixed_precision.py) builds up to 40 candidates that differ only in
+    excluded nodes, which calibration does not look at."""
     limit = config.scheme.pair_sum_limit
     if limit and getattr(rounding, "pair_limit", 0) != limit:
         # onnxruntime alone would write unconstrained 8-bit codes: wrong results on AVX2.
         raise ValueError(f"int8.pair_sum_limit = {limit} needs the GPTQ rounding that enforces it "
                          "(converters.core.gptq.Int8Rounding(..., pair_limit=...))")
     with _quiet_root_logger():
-        _quantize(model_path, out_path, config)
+        _quantize(model_path, out_path, config, ranges)
     if rounding is not None:
         rounding.apply(out_path)
     _share_duplicate_initializers(out_path)
@@ -198,7 +198,7 @@ def _activation_matmuls(path: Path) -> list[str]:
             if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] not in weights]
 
 
-def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:
+def _quantize(model_path: Path, out_path: Path, config: Int8Config, ranges: Path | None) -> Path:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -247,7 +247,7 @@ def _quantize(model_path: Path, out_path: Path, config: Int8Config) -> Path:
         weight_type=qtype[scheme.weight_type],
         nodes_to_exclude=list(config.exclude) + _activation_matmuls(model_path),
         calibrate_method=method,
-        calibration_cache_path=config.calibration_cache,
+        calibration_cache_path=ranges,
         extra_options={
             "MatMulConstBOnly": True,
             # TensorRT's explicit quantization reads only symmetric (zero point 0) INT8.

@@ -199,12 +199,12 @@ def generalization(fit_metrics: dict[str, float], validation_metrics: dict[str, 
         name = _headline(fit_metrics)
         said = (f"{fit_texts} distinct fit texts ({rows} with repeats)" if rows != fit_texts
                 else f"{fit_texts} fit texts")
-        distill = ("" if distilling else "distillation (--distill-steps N) next, ")
+        distill = ("" if distilling else "distillation (distill_steps=N) next, ")
         record["note"] = (
             f"the re-fit over-fits its {said} ({name} {fit_metrics[name]:.4f} on them, "
             f"{validation_metrics[name]:.4f} on the validation texts); what narrows it: a smaller pruning "
             f"share most, {distill}more unlabeled texts from the model's domain as calibration texts "
-            "(--calibration FILE) slowly" + ("; distillation runs next" if distilling else ""))
+            "(calibration=FILE) slowly" + ("; distillation runs next" if distilling else ""))
     return record
 
 
@@ -376,13 +376,13 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
             progress(stopped(label, len(tried), most))
         if not tried:  # not an accuracy matter: no step of the walk removes a unit
             raise ConversionError(
-                f"--prune auto: nothing in this model can be pruned up to the profile's maximum shares (max_heads "
+                f"prune=auto: nothing in this model can be pruned up to the profile's maximum shares (max_heads "
                 f"{options.max_heads:g}, max_ffn {options.max_ffn:g}): every share up to them rounds to no head or "
                 "neuron beyond the one each layer keeps; leave pruning off" + _unused_distillation(distill_steps))
         if best is None:
             first = tried[0]
             raise AccuracyError(
-                f"--prune auto: no pruning keeps the pruning floor ({_floor_text(options)}) on the validation texts; "
+                f"prune=auto: no pruning keeps the pruning floor ({_floor_text(options)}) on the validation texts; "
                 "tried " + "; ".join(_tried_text(t) for t in tried) + ". auto judges each step before any "
                 "distillation: lower prune_floor, or ask for a step as fixed shares with distillation to recover "
                 f"it (e.g. prune=heads={first['heads']:g},ffn={first['ffn']:g} with distill_steps=N)"

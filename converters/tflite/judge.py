@@ -1,59 +1,34 @@
-"""How the TFLite searches score a candidate: agreement with the FP32 .tflite on calibration rows.
+"""How the TFLite searches read a floor, and run a file for a score when called without one.
 
-A search builds many candidates (which weights stay INT8 or float) and needs a cheap, stable
-score for each. The reference is the FP32 .tflite run on the same rows (not PyTorch), so the
-score measures what quantization changed and nothing else; the pipeline's final validation
-against PyTorch on held-out texts (converters/core/validate.py) is separate.
+The pipeline scores every candidate with its one evaluator (agreement with PyTorch through
+edge_runtime, converters/core/validate.py) and reads floors as its final validation does
+(floor_rule). A library call without those scores is scored against the FP32 .tflite on the
+same rows (core/validate.AgainstFile running tflite_outputs): what quantization changed alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from converters._errors import NonFiniteOutputError
-from converters.core.validate import floor_failures, floor_shortfall, meets_floor, row_cosine
+from converters.core.validate import floor_failures, floor_shortfall, meets_floor
 from converters.tflite.signatures import Signatures
 from targets import AccuracyFloor
 
-__all__ = ["FloorRule", "Judge", "cosines", "floor_rule", "meets"]
+__all__ = ["FloorRule", "cosines", "floor_rule", "meets", "tflite_outputs"]
 
 Metrics = dict[str, float]
 
 
-class Judge:
-    """Agreement of a candidate with the FP32 .tflite on the calibration rows: cosine per row of
-    the first output, mean-pooled over the tokens when it has a sequence axis (what sentence
-    embeddings compare; a per-token cosine would hide errors that all tokens share)."""
-
-    def __init__(self, fp32_path: Path, rows: list[dict[str, np.ndarray]], fp32_bytes: int):
-        self.rows = rows
-        self.fp32_bytes = fp32_bytes  # of the artifact the size budget refers to
-        self.reference = self._outputs(fp32_path, rows)
-
-    @staticmethod
-    def _outputs(path: Path, rows) -> list[np.ndarray]:
-        signatures = Signatures(path)
-        outputs = []
-        for row in rows:
-            got, _, _ = signatures.run(row)
-            value = next(iter(got.values()))[0]  # export.export_tflite writes one output
-            outputs.append(value.mean(0) if value.ndim == 2 else value.reshape(-1))
-        return outputs
-
-    def metrics(self, path: Path, subset: np.ndarray | None = None) -> dict[str, float]:
-        """cosine_mean / cosine_min of the model at `path` on all rows, or on `subset`."""
-        picked = np.arange(len(self.rows)) if subset is None else subset
-        got = np.stack(self._outputs(path, [self.rows[i] for i in picked]))
-        cos = row_cosine(got, np.stack([self.reference[i] for i in picked]))
-        bad = ~np.isfinite(got).all(axis=1) | ~np.isfinite(cos)
-        if bad.any():
-            row = int(picked[int(np.argmax(bad))])
-            raise NonFiniteOutputError(Path(path).name, f"<calibration row {row}>", row)
-        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+def tflite_outputs(path: Path, rows: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """The first output of the .tflite file at `path` for each calibration row ([1, n] feeds,
+    the bucket's padding cut off): what converters/core/validate.AgainstFile compares when a
+    TFLite search is called without the pipeline's scores."""
+    signatures = Signatures(path)
+    return [next(iter(signatures.run(row)[0].values())) for row in rows]  # export_tflite writes one output
 
 
 def cosines(metrics: dict[str, float]) -> tuple[float, float]:

@@ -47,13 +47,14 @@ import numpy as np
 from converters._console import counter
 from converters._errors import AccuracyError, ConversionError
 from converters.core.search import RANKING_TEXTS, Budget, Floor, greedy_search
+from converters.core.validate import AgainstFile
 from converters.tflite.config import GptqInt4Config, gptq_policy
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_counts
 from converters.tflite.gptq_int4 import Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import HessianCache, hessian_rows
-from converters.tflite.judge import Judge, floor_rule
+from converters.tflite.judge import floor_rule, tflite_outputs
 from converters.tflite.recipes import GPTQ_INT8_RECIPE, GPTQ_RECIPE, lookup
 from converters.tflite.shared_quantization import share_quantization
 from converters.tflite.space import TfliteSpace
@@ -74,14 +75,13 @@ Score = Callable[[Path], dict[str, float]]
 def _scorers(reference_path: Path, rows, val_rows, rank: Score | None, judge: Score | None) -> tuple[Score, Score]:
     """The search's scores: the pipeline's (agreement with PyTorch through edge_runtime, the one
     evaluator of every search) when given; for standalone use, agreement with the FP32 .tflite
-    on the fit rows (a length-spread subset ranks) and the validation rows."""
+    (core/validate.AgainstFile) on the fit rows (a length-spread subset ranks) and the validation rows."""
     if rank is None:
-        ranker = Judge(reference_path, rows, reference_path.stat().st_size)
+        ranker = AgainstFile(tflite_outputs, reference_path, rows)
         subset = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), RANKING_TEXTS)).astype(int))
         rank = lambda path: ranker.metrics(path, subset)
     if judge is None:
-        judged = Judge(reference_path, val_rows, reference_path.stat().st_size)
-        judge = judged.metrics
+        judge = AgainstFile(tflite_outputs, reference_path, val_rows).metrics
     return rank, judge
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime._errors import BackendUnavailableError, InputError
+from edge_runtime._errors import BackendUnavailableError, InputError, ModelLoadError
 from edge_runtime.backends import _tflite_cache
 from edge_runtime.backends._tflite_cache import open_with_cache, weight_cache_file
 from edge_runtime.backends._tflite_crash import crash_marker
@@ -201,7 +201,7 @@ class TfliteSession:
     def _read_signatures(self, model_path: Path) -> list[_Bucket]:
         keys = self._engine.signature_keys()
         if not keys:
-            raise BackendUnavailableError(
+            raise ModelLoadError(
                 f"{model_path.name} has no signatures; edge_runtime runs TFLite files from "
                 "edge-convert (one signature per sequence bucket)"
             )
@@ -229,12 +229,12 @@ class TfliteSession:
             if len(names) != 1:
                 problems.append(f"signatures disagree on input/output names: {sorted(names)}")
         if problems or not buckets:
-            raise BackendUnavailableError(
+            raise ModelLoadError(
                 f"{model_path.name} is not a bucketed edge-convert model: " + "; ".join(problems)
             )
         buckets.sort(key=lambda b: b.length)
         if len({b.length for b in buckets}) != len(buckets):
-            raise BackendUnavailableError(
+            raise ModelLoadError(
                 f"{model_path.name}: two signatures share a sequence length: "
                 f"{[b.key for b in buckets]}"
             )
