@@ -611,6 +611,37 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(embed_dir, tmp_path):
             httpx.get(server.url + "/health", timeout=5)
 
 
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_sigterm_answers_requests_waiting_to_be_accepted(embed_dir, tmp_path, http):
+    """Connections the kernel accepted before the stop, their requests sent, were reset with the
+    listening socket (uvicorn's shutdown; a review, session 52): 30 of 30 here before the fix.
+    The server is stopped (SIGSTOP) while they connect, so every one waits in the accept queue
+    when SIGTERM comes; they are taken up and answered, and the exit status 0 stays true."""
+    with serving(embed_dir, "--http", http, log_dir=tmp_path) as server:
+        server.proc.send_signal(signal.SIGSTOP)
+        sockets = []
+        try:
+            for i in range(30):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+                body = json.dumps({"inputs": f"request {i} sent before the stop"}).encode()
+                sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                sockets.append(sock)
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        answers = []
+        for sock in sockets:
+            with sock:
+                try:
+                    answers.append(sock.recv(64).split(b"\r\n")[0].decode() or "closed unanswered")
+                except ConnectionResetError:
+                    answers.append("reset")
+        assert answers == ["HTTP/1.1 200 OK"] * 30, answers
+        assert server.proc.wait(30) == 0, server.log.read_text()
+        assert "at the stop: " in server.log.read_text()
+
+
 def test_failing_golden_rerun_turns_health_503(embed_dir):
     """A backend that starts computing wrong numbers after load is caught by the watchdog."""
     from starlette.testclient import TestClient
