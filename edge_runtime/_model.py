@@ -65,6 +65,7 @@ class Model:
         self._tokenizer_text: str | None = None  # the tokenizer file as read at load (keep_tokenizer)
         thread_safe = getattr(session, "backend_name", None) in _THREAD_SAFE_BACKENDS
         self._run_lock: threading.Lock | None = None if thread_safe else threading.Lock()
+        self._reopen: Any = None  # open_entry with this load's checks and caches, for sibling()
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -190,6 +191,15 @@ class Model:
             raise ArtifactError(f"artifact files in {self.root} do not match manifest.json: {item['path']} changed "
                                 "while it was being loaded (modified in place?); load it again")
         self._tokenizer_text = data.decode("utf-8", errors="replace")
+
+    def sibling(self, threads: int) -> "Model":
+        """The same artifact in a second session with `threads`, opened as load() opened this one
+        (hashes, golden samples, device caches) from the manifest it read: a signed directory's
+        signature is not verified again, each file's stat signature is held to the one that
+        check took instead (edge-serve's lanes verified it twice: a review, session 52)."""
+        if self._reopen is None:
+            raise InputError(f"{self.name} was not opened by load(): open the artifact again with load()")
+        return self._reopen(threads)
 
     def _require_task(self, method: str, tasks: tuple[str, ...]) -> None:
         if self.task not in tasks:
@@ -451,6 +461,8 @@ def open_entry(
             return open_entry(root, manifest, entry, threads, verify, cache_dirs, retried=True,
                               spinning=spinning, records=records, signed_stats=signed_stats)
     _check_unchanged(root, watched, signatures, session)
+    model._reopen = lambda count: open_entry(root, manifest, entry, count, verify, cache_dirs, spinning=spinning,
+                                             records=records, signed_stats=signed_stats)
     if verify and key and not quick:  # only for files that stayed what was hashed
         records.record_golden(key, {"artifact": entry["name"], "backend": model.backend,
                                     "samples": samples, "threads": threads})

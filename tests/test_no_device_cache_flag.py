@@ -29,7 +29,11 @@ def test_edge_serve_no_device_cache_reaches_every_load(tmp_path, monkeypatch):
     class Model:
         name, batch_dependent, threads, thread_safe = "onnx-int8", True, 2, True
 
+        def sibling(self, threads):  # opened with the load's own settings (Model.sibling)
+            asked.append({"sibling of": self, "threads": threads})
+            return Model()
+
     monkeypatch.setattr(edge_runtime, "load", lambda *a, **k: asked.append(k) or Model())
     monkeypatch.setattr(_reload, "Served", lambda model, path, generation, lane_model: model)
-    _reload.load_served(ServeConfig(tmp_path, device_cache=False), tmp_path, 1)
-    assert [k["device_cache"] for k in asked] == [False, False]  # the model and its lanes
+    served = _reload.load_served(ServeConfig(tmp_path, device_cache=False), tmp_path, 1)
+    assert asked[0]["device_cache"] is False and asked[1] == {"sibling of": served, "threads": 1}  # and its lanes

@@ -197,11 +197,12 @@ def test_tokenizing_a_huge_text_lets_other_threads_run(converted):
     (/health included): that only helps if the tokenizer releases the GIL while it works. While
     one thread tokenizes a 0.4 MB text, this thread must keep running Python code and keep seeing
     the other thread inside encode_texts; with the GIL held it would see it there at most at a
-    bytecode boundary or two. The text has no whitespace, like Chinese or Japanese: tokenized whole
-    (a text with spaces is tokenized from its head only, which is quick: edge_runtime/_text.py)."""
+    bytecode boundary or two. The text is one word to the tokenizer (no whitespace, no punctuation):
+    tokenized whole (any other text is tokenized from its head only, which is quick:
+    edge_runtime/_text.py, _head_of)."""
     encoder = edge_runtime.load(converted)._text()
-    huge = ",".join(f"word{i % 97}and,some;punctuation!" for i in range(12_000))
-    assert not any(c.isspace() for c in huge)
+    huge = "wordandsomeletters" * 24_000
+    assert encoder._head_of(huge) is huge
     done = threading.Event()
 
     def work():

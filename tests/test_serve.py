@@ -554,6 +554,33 @@ def test_reload_swaps_verified_models_and_keeps_the_old_one_on_failure(
         (labels,) = [dict(k) for k in families["edge_model_info"]]
         assert labels["generation"] == "2"
 
+def test_a_signed_directory_is_verified_once_for_the_model_and_its_lanes(embed_dir, tmp_path, monkeypatch):
+    """The lanes' single-threaded session is the served model's sibling: one signature check for
+    both (it was verified twice, at every start and reload: a review, session 52), and a file
+    written between the two opens is refused against that one check."""
+    from converters.packaging import signing
+    from edge_runtime import _signing
+    from edge_runtime.serve import ServeConfig
+    from edge_runtime.serve._reload import load_served
+
+    private, public = signing.generate_key_pair(tmp_path / "key.pem", tmp_path / "key.pub")
+    signed = shutil.copytree(embed_dir, tmp_path / "signed")
+    signing.sign_directory(signed, signing.load_signing_key(private))
+    checks = []
+    real = _signing.verify_directory
+    monkeypatch.setattr(_signing, "verify_directory", lambda *a, **k: checks.append(a[0]) or real(*a, **k))
+    config = ServeConfig(signed, trusted_keys=(str(public),), threads=2, artifact="onnx-int8")
+    served = load_served(config, signed, 0)
+    assert served.lane_model is not None and served.lane_model.threads == 1
+    assert len(checks) == 1
+    np.testing.assert_array_equal(served.lane_model.embed(TEXTS), served.model.embed(TEXTS))
+    # The sibling holds the files to the one signature check: a model file written since is refused.
+    model_file = signed / served.model.artifact["files"][0]["path"]
+    model_file.write_bytes(model_file.read_bytes())  # same bytes, a new write
+    with pytest.raises(edge_runtime.SignatureError, match="was replaced or written since its signature"):
+        served.model.sibling(threads=1)
+
+
 def test_trusted_keys_hold_at_start_and_at_every_reload(embed_dir, tmp_path):
     from converters.packaging import signing
 

@@ -37,29 +37,35 @@ def service(embed_dir):  # noqa: F811
 
 def test_both_loads_of_a_reload_come_from_one_directory(tmp_path, monkeypatch):
     """DIR is a symlink a deployment moves; the main model and its lanes' single-threaded twin
-    must not come from two directories when it moves between the two loads."""
+    must not come from two directories when it moves between the two opens: the twin is the
+    model's sibling (Model.sibling), opened from the directory and manifest the load read."""
     v1, v2 = tmp_path / "v1", tmp_path / "v2"
     v1.mkdir()
     v2.mkdir()
     current = tmp_path / "current"
     current.symlink_to(v1, target_is_directory=True)
-    loaded_from = []
+    loads = []
 
     class Model:  # what load_served asks of a model that gets lanes
         name, batch_dependent, threads, thread_safe = "onnx-int8", True, 2, True
 
+        def __init__(self, root):
+            self.root = root
+
+        def sibling(self, threads):
+            return Model(self.root)
+
     def load(path, **kwargs):
-        loaded_from.append(Path(path).resolve())
-        if len(loaded_from) == 1:
-            current.unlink()  # `ln -sfn v2 current` while the first load runs
-            current.symlink_to(v2, target_is_directory=True)
-        return Model()
+        loads.append(Path(path).resolve())
+        current.unlink()  # `ln -sfn v2 current` while the load runs
+        current.symlink_to(v2, target_is_directory=True)
+        return Model(Path(path).resolve())
 
     monkeypatch.setattr(edge_runtime, "load", load)
     monkeypatch.setattr(edge_runtime, "read_manifest", lambda root: {"task": "feature-extraction"})
     monkeypatch.setattr(_reload, "Served", lambda model, path, generation, lane_model: lane_model)
-    assert _reload.load_served(ServeConfig(current), current, 1) is not None  # lanes were loaded
-    assert loaded_from == [v1.resolve(), v1.resolve()]
+    lanes = _reload.load_served(ServeConfig(current), current, 1)
+    assert lanes is not None and loads == [v1.resolve()] and lanes.root == v1.resolve()  # one load, one directory
 
 
 _HUP_WHILE_LOADING = """

@@ -59,8 +59,8 @@ def load_served(config, path: Path, generation: int) -> Served:
             and config.max_batch_requests != 1):  # batches of one row never use lanes
         # The same artifact on one thread for Served's lanes (its packed weights are mapped from
         # the device cache the first load filled, so a second session costs little memory).
-        lane_model = edge_runtime.load(root, artifact=model.name, threads=1, trusted_keys=keys,
-                                       device_cache=config.device_cache)
+        # A sibling: the signature checked once for both (the same signed files, not a second check).
+        lane_model = model.sibling(threads=1)
         log.info("batch-invariant rows of %s run on %d single-threaded lanes", model.name, model.threads)
     return Served(model, Path(path), generation, lane_model=lane_model)
 
