@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from converters._errors import ConversionError
+from converters._errors import AccuracyError, ConversionError
 from converters._step import PLAIN_ONNX_EXPORT, Built, Step, checked, open_session
 from converters.inputs.plan import plan
 from converters.core.search import RANKING_TEXTS, LaneScorer, ranking_lanes
@@ -29,6 +29,7 @@ from converters.tflite import (
 )
 from converters.tflite.background import background_key, tflite_export_key, tflite_export_path
 from converters.tflite.config import gptq_policy
+from converters.tflite.gptq_int4 import BUDGET_PARAMETER
 from converters.tflite.hessians import HessianCache, hessian_rows
 from edge_runtime._bench_config import DEFAULT_SHAPE
 
@@ -141,7 +142,21 @@ def build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool =
     out = step.work / f"{name}.tflite"
     spec = RECIPES.get(recipe)
     floor = step.floor.for_precision(precision)
-    report = quantize_tflite(
+    try:
+        report = _quantize(step, name, recipe, spec, out, floor)
+    except AccuracyError as exc:  # the library names its parameter; here the budget is the profile's
+        where = f"int4_size_budget in targets/{step.profile.id}.toml [tflite]; no option changes it"
+        raise AccuracyError(str(exc).replace(BUDGET_PARAMETER, where)) from exc
+    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", out).run,
+                              name)
+    checked(step, name, precision, metrics)
+    promoted = report.get("promoted", {})
+    return Built(out, metrics, promoted.get("weights", []), promoted.get("to", ""),
+                 extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})
+
+
+def _quantize(step: Step, name: str, recipe: str, spec: Any, out: Path, floor: Any) -> dict[str, Any]:
+    return quantize_tflite(
         _tflite_fp32(step), out, recipe,
         # Calibrated recipes fit on the fit texts and judge their searches on the validation
         # texts (the same split the ONNX INT8/INT4 use).
@@ -156,9 +171,3 @@ def build_tflite_quantized(step: Step, name: str, precision: str, legacy: bool =
         judge=_tflite_scorer(step, step.reference.spread(None), f"{name} candidate"),
         hessians=_hessians(step),
     )
-    metrics = compute_metrics(step.source, metric_batches(step.reference, "tflite"), open_session("tflite", out).run,
-                              name)
-    checked(step, name, precision, metrics)
-    promoted = report.get("promoted", {})
-    return Built(out, metrics, promoted.get("weights", []), promoted.get("to", ""),
-                 extra={**_tflite_extra(step), "quantization": {"recipe": recipe, **report}})

@@ -30,7 +30,7 @@ from converters.export.fuse_onnx import fuse_onnx, fusion_config
 from converters.inputs.calibration import (MAX_FIT_TEXTS, MAX_VALIDATION_TEXTS, MIN_TEXTS, TextSplit, load_texts,
                                            split_texts)
 from converters.inputs.plan import Planned, plan
-from converters.inputs.source import SourceModel, load_source
+from converters.inputs.source import SourceModel, encoder_dir, load_source
 from converters.packaging import golden as golden_samples
 from converters.pruning.prune_model import PruneRequest, prune_source
 from converters.tflite.background import (
@@ -139,6 +139,7 @@ class SharedInputs:
             config.max_fit_texts, config.max_validation_texts,
         )
         early = None
+        encoder_dir(config.model)  # an unsupported architecture is said before a second process starts
         if any(p.format == "tflite" for profile in profiles for p in plan(profile)) and background_unavailable() is None:
             progress("starting a second, low-priority process for the TFLite export (it loads the model too)")
             early = BackgroundExport(config.model, config.task)

@@ -280,6 +280,16 @@ def test_unsupported_architecture_names_the_supported_ones(good_model, tmp_path)
     (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UnsupportedModelError, match=r"model_type 'gpt2' is not supported; supported: bert, distilbert, roberta, xlm-roberta"):
         load_source(model)
+    # Said before the TFLite export's second process starts (a review, session 52: it started first).
+    from converters import ConvertConfig
+    from converters._shared import SharedInputs
+    from targets import load_profile
+
+    said: list[str] = []
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'gpt2' is not supported"):
+        SharedInputs.load(ConvertConfig(model=model, target="rpi5", out=tmp_path / "o"), tmp_path / "work", said.append,
+                          [load_profile("rpi5")])
+    assert not any("second, low-priority process" in m for m in said), said
 
 
 # --- calibration files ----------------------------------------------------------------------

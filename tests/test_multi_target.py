@@ -4,6 +4,7 @@ same artifacts as separate runs (issue 9)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -55,6 +56,11 @@ def test_targets_share_stages_and_identical_builds(tiny_model_factory, tmp_path)
         assert [f["sha256"] for f in rpi5[name]["files"]] == [f["sha256"] for f in vnni[name]["files"]]
         assert rpi5[name]["metrics"] == vnni[name]["metrics"]
     assert {"tflite-fp32", "tflite-int8"} <= set(rpi5) and "tflite-int4" in reasons  # size budget too
+    # in bytes, and naming the profile's setting in its file (a review, session 52: "0.160x FP32,
+    # above the size budget of 0.16x FP32 ... targets/<id>.toml")
+    assert re.search(r"the all-INT4 model is \d+ bytes \(0\.\d{4}x FP32\), above the size budget of \d+ bytes "
+                     r"\(0\.16x FP32's \d+, int4_size_budget in targets/rpi5\.toml \[tflite\]; no option changes it\)",
+                     reasons["tflite-int4"]), reasons["tflite-int4"]
     # x86-avx2's recipe differs (pair-limited INT8): built for itself.
     avx2 = _artifacts(tmp_path / "all" / "x86-avx2")
     assert not [a for a in avx2.values() if "built_for" in a]

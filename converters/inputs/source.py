@@ -35,6 +35,7 @@ __all__ = [
     "SourceModel",
     "build_wrapper",
     "default_model_dir",
+    "encoder_dir",
     "load_source",
 ]
 
@@ -294,16 +295,16 @@ def _check_tokenizer_size(model_dir: Path, tokenizer) -> None:
             "tokens; is this the trained tokenizer saved with the model?")
 
 
-def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
-    """Read config, weights and tokenizer from a local directory (never from a model hub)."""
-    builtin = model_dir is None
-    root = default_model_dir() if builtin else Path(model_dir)
+def encoder_dir(model_dir: Path | None) -> tuple[Path, Any]:
+    """(the folder of the encoder's config, weights and tokenizer, the sentence-transformers layout
+    or None), refusing an architecture edge-convert does not convert: said first, from a readable
+    config.json alone, before anything else is read or started (the TFLite export's second
+    process: a review, session 52, saw it started for an ALBERT, then the refusal)."""
+    root = default_model_dir() if model_dir is None else Path(model_dir)
     # A sentence-transformers directory may keep the encoder in a subfolder (0_Transformer/):
     # config, weights and tokenizer are read from there, pooling from the directory's modules.
     layout = find_layout(root)
     model_dir = layout.encoder if layout else root
-    # An unsupported architecture is said first (a readable config.json is enough to tell);
-    # then config.json, intact weights and tokenizer files are checked (converters/inputs/preflight.py).
     config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else None
     model_type = config.get("model_type", "") if isinstance(config, dict) else None
     if model_type == "" or (model_type is not None and not isinstance(model_type, str)):
@@ -315,6 +316,16 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
             f"{model_dir}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT/MiniLM, DistilBERT, RoBERTa, XLM-R)"
         )
+    return model_dir, layout
+
+
+def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
+    """Read config, weights and tokenizer from a local directory (never from a model hub)."""
+    builtin = model_dir is None
+    root = default_model_dir() if builtin else Path(model_dir)
+    # An unsupported architecture is said first (encoder_dir); then config.json, intact weights
+    # and tokenizer files are checked (converters/inputs/preflight.py).
+    model_dir, layout = encoder_dir(root)
     check_model_dir(model_dir)
     config = _read_json(model_dir / "config.json")
     model_type = config["model_type"]

@@ -42,6 +42,10 @@ from converters.tflite.recipes import GPTQ_RECIPE
 
 __all__ = ["Int4Builder", "gptq_int4", "pack_int4", "unpack_int4", "write_int4"]
 
+# How a size-budget refusal names the budget; the pipeline names the profile's setting instead
+# (converters/_artifacts_tflite.py: int4_size_budget in targets/<id>.toml).
+BUDGET_PARAMETER = "GptqInt4Config.size_budget"
+
 Progress = Callable[[str], None]
 
 _CLIP_RATIOS = np.linspace(0.7, 1.0, 13)  # shrinks of a block's max tried for its scale
@@ -257,8 +261,7 @@ class Int4Builder:
         unblocked = self.unblocked()
         if unblocked:
             return f", and raising it would not make these 4-bit: {unblocked}; ship the INT8 artifact for this model"
-        return (": raise it in the target's profile file (targets/<id>.toml; no option changes it), or ship the "
-                "INT8 artifact for this model")
+        return ": raise the budget, or ship the INT8 artifact for this model"
 
     def unblocked(self) -> str:
         """What cannot be 4-bit because its input width is not a multiple of the block, said for

@@ -51,7 +51,7 @@ from converters.core.validate import AgainstFile
 from converters.tflite.config import GptqInt4Config, gptq_policy
 from converters.tflite.edge_quantizer import run_quantizer
 from converters.tflite.flatbuffer import FC, compact_copy, find_weights, op_counts
-from converters.tflite.gptq_int4 import Int4Builder
+from converters.tflite.gptq_int4 import BUDGET_PARAMETER, Int4Builder
 from converters.tflite.gptq_int8 import Int8Builder
 from converters.tflite.hessians import HessianCache, hessian_rows
 from converters.tflite.judge import floor_rule, tflite_outputs
@@ -134,9 +134,9 @@ def _quantize_gptq_int4(
             if size > config.size_budget * fp32_bytes:
                 # Small models are dominated by what stays float (norms, biases, positions).
                 raise AccuracyError(
-                    f"the all-INT4 model is {size} bytes ({size / fp32_bytes:.3f}x FP32), above "
-                    f"the size budget of {config.size_budget}x FP32 (a profile's [tflite] "
-                    f"int4_size_budget){builder.budget_advice()}"
+                    f"the all-INT4 model is {size} bytes ({size / fp32_bytes:.4f}x FP32), above the size budget "
+                    f"of {int(config.size_budget * fp32_bytes)} bytes ({config.size_budget}x FP32's {fp32_bytes}, "
+                    f"{BUDGET_PARAMETER}){builder.budget_advice()}"
                 )
         builder.round(stat_rows, progress, hessians)
         chosen: list[int] = []
