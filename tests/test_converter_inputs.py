@@ -278,7 +278,7 @@ def test_unsupported_architecture_names_the_supported_ones(good_model, tmp_path)
     model = _copy(good_model, tmp_path)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(UnsupportedModelError, match=r"model_type 'gpt2' is not supported; supported: bert, distilbert, roberta, xlm-roberta"):
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'gpt2' is not supported; supported: bert, distilbert, roberta, xlm-roberta, camembert"):
         load_source(model)
     # Said before the TFLite export's second process starts (a review, session 52: it started first).
     from converters import ConvertConfig

@@ -19,7 +19,7 @@ from converters.pruning.importance import plan, score
 from converters.pruning.structure import find_layers
 from converters.pruning.surgery import Keep, prune
 
-ARCHS = ("bert", "distilbert", "roberta", "xlm-roberta")
+ARCHS = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert")
 
 
 def _case(tiny_model_factory, arch):

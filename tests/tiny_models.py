@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta")
+ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta")  # also "camembert" (tests/test_camembert.py)
 TASKS = ("feature-extraction", "text-classification", "token-classification")
 TEXTS = Path(__file__).resolve().parents[1] / "converters" / "data" / "calibration_en.txt"
 
@@ -137,7 +137,7 @@ def build_tiny_model(directory: Path, arch: str, task: str, seed: int = 0) -> Pa
 
     torch.manual_seed(seed)
     tokenizer = _tokenizer({"bert": "wordpiece", "distilbert": "wordpiece", "roberta": "bpe",
-                            "xlm-roberta": "unigram"}[arch])
+                            "xlm-roberta": "unigram", "camembert": "unigram"}[arch])
     vocab = len(tokenizer)
     pad = tokenizer.pad_token_id
     common = dict(vocab_size=vocab, pad_token_id=pad)
@@ -152,7 +152,7 @@ def build_tiny_model(directory: Path, arch: str, task: str, seed: int = 0) -> Pa
                                                max_position_embeddings=128, initializer_range=0.1, **common)
     else:
         cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig,
-               "xlm-roberta": transformers.XLMRobertaConfig}[arch]
+               "xlm-roberta": transformers.XLMRobertaConfig, "camembert": transformers.CamembertConfig}[arch]
         extra = {} if arch == "bert" else {"bos_token_id": tokenizer.bos_token_id,
                                            "eos_token_id": tokenizer.eos_token_id, "type_vocab_size": 1}
         positions = 128 if arch == "bert" else 130  # RoBERTa offsets positions by padding_idx + 1

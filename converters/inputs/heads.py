@@ -33,7 +33,7 @@ __all__ = ["WeightHead", "weight_head"]
 # Top-level weight names of the supported encoders (BERT, DistilBERT, RoBERTa, XLM-R) and the
 # attribute a head class keeps the encoder under (base_model_prefix).
 ENCODER_PARTS = {"embeddings", "encoder", "pooler", "transformer"}
-BASE_PREFIXES = {"bert", "distilbert", "roberta"}
+BASE_PREFIXES = {"bert", "distilbert", "roberta"}  # CamemBERT's heads keep theirs under "roberta" too
 _CLASSIFIERS = {"classifier", "pre_classifier"}
 
 
@@ -127,5 +127,6 @@ def weight_head(model_dir: Path, config: dict[str, Any]) -> WeightHead | None:
         return WeightHead(modules, "text-classification", f"{why}: a *ForSequenceClassification head")
     if model_type != "distilbert" and not pooler and "classifier.weight" in shapes:
         return WeightHead(modules, "token-classification", f"{why} and no pooler: a *ForTokenClassification head")
-    family = {"distilbert": "DistilBert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta"}.get(model_type, "Bert")
+    family = {"distilbert": "DistilBert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
+              "camembert": "Camembert"}.get(model_type, "Bert")
     return WeightHead(modules, None, why + (" beside the pooler" if pooler else ""), either=True, family=family)

@@ -41,7 +41,10 @@ __all__ = [
 
 # model_type -> whether the model takes token_type_ids. Other encoders need their own export
 # checks (mask handling, position ids) before they can be listed here.
-SUPPORTED_MODEL_TYPES = {"bert": True, "distilbert": False, "roberta": False, "xlm-roberta": False}
+SUPPORTED_MODEL_TYPES = {"bert": True, "distilbert": False, "roberta": False, "xlm-roberta": False,
+                         "camembert": False}  # CamemBERT: RoBERTa's encoder under its own name (transformers')
+# The RoBERTa family: position ids start after padding_idx, so two rows of the table are never read.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 TASKS = ("feature-extraction", "text-classification", "token-classification")
 
 
@@ -314,7 +317,7 @@ def encoder_dir(model_dir: Path | None) -> tuple[Path, Any]:
     if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"{model_dir}: model_type {model_type!r} is not supported; supported: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT/MiniLM, DistilBERT, RoBERTa, XLM-R)"
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT/MiniLM, DistilBERT, RoBERTa, XLM-R, CamemBERT)"
         )
     return model_dir, layout
 
@@ -437,7 +440,7 @@ def load_source(model_dir: Path | None, task: str | None = None) -> SourceModel:
         output_names = ["logits"]
 
     # RoBERTa's position ids start after padding_idx: two rows of its table are never read.
-    positions = cfg.max_position_embeddings - (2 if model_type in ("roberta", "xlm-roberta") else 0)
+    positions = cfg.max_position_embeddings - (2 if model_type in _OFFSET_POSITIONS else 0)
     if max_seq_length:  # sentence-transformers truncates at its max_seq_length, whatever the tokenizer says
         max_length = min(max_seq_length, positions)
     else:
