@@ -247,7 +247,9 @@ class TfliteSession:
         raise InputError(
             f"sequence length {seq} exceeds the longest this TFLite artifact takes "
             f"({self._buckets[-1].length}; buckets {self.buckets}): truncate inputs to "
-            f"{self._buckets[-1].length} tokens or convert with a larger bucket"
+            f"{self._buckets[-1].length} tokens (embed() and classify() do: edge-convert exports buckets up "
+            "to the tokenizer's max_length, which sentence_bert_config.json's max_seq_length sets), or run "
+            "an ONNX artifact, which takes up to the model's positions"
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
