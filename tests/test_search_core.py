@@ -229,3 +229,53 @@ def test_a_floor_on_top1_never_accepts_a_move_that_flips_labels():
     assert result.moved == ["fix"] and result.metrics["top1_agreement"] >= 0.99
     polish = next(s for s in result.steps if s["candidate"] == "polish")
     assert polish["accepted"] is False
+
+
+# --- the descent over cumulative steps (converters/core/descent.py: prune=auto) ---------------------
+
+
+def _lattice(loss_of, cost_of, most=3):
+    """A 2-D walk: from (a, b), one more step on either axis up to `most`; a step's loss and cost
+    are functions of where it lands (as a pruned model's are of its shares)."""
+    from converters.core.descent import Trial
+
+    built: list[tuple[int, int]] = []
+
+    def moves(state):
+        a, b = state
+        return [s for s in ((a + 1, b), (a, b + 1)) if max(s) <= most]
+
+    def build(state):
+        built.append(state)
+        return Trial(state, {"cosine_mean": 1 - loss_of(state)}, cost_of(state), built=f"model at {state}")
+
+    return moves, build, built
+
+
+def test_descent_takes_the_least_loss_per_cost_while_a_step_meets_the_floor():
+    from converters.core.descent import descent
+
+    # Axis a: cheap in accuracy, saves 10 per step; axis b: costly in accuracy, saves 30 per step.
+    loss_of = lambda s: 0.002 * s[0] + 0.010 * s[1]  # noqa: E731
+    cost_of = lambda s: 100 - 10 * s[0] - 30 * s[1]  # noqa: E731
+    moves, build, built = _lattice(loss_of, cost_of)
+    seen = []
+    result = descent((0, 0), 100, moves, build, lambda m: m["cosine_mean"] >= 0.985, lambda m: 1 - m["cosine_mean"],
+                     seen.append)
+    # per unit of cost removed: a 0.0002, b 0.00033: a, three times (its end); then the one step
+    # left, b, loses 0.006 + 0.010 = 0.016 > 0.015: below the floor, and the walk ends at (3, 0)
+    assert result.best.state == (3, 0) and result.best.built == "model at (3, 0)"
+    assert [t.state for t in result.tried] == built == [t.state for t in seen] == [
+        (1, 0), (0, 1), (2, 0), (1, 1), (3, 0), (2, 1), (3, 1)]
+    assert [t.met for t in result.tried] == [True] * 6 + [False]
+    # only the step taken last keeps what was built (each is a whole pruned model)
+    assert [t.built for t in result.tried if t.built is not None] == ["model at (3, 0)"]
+
+
+def test_descent_with_no_step_meeting_the_floor_takes_none():
+    from converters.core.descent import descent
+
+    moves, build, _ = _lattice(lambda s: 0.5, lambda s: 100 - sum(s))
+    result = descent((0, 0), 100, moves, build, lambda m: m["cosine_mean"] >= 0.99, lambda m: 1 - m["cosine_mean"])
+    assert result.best is None and [t.state for t in result.tried] == [(1, 0), (0, 1)]
+    assert all(t.built is None and not t.met for t in result.tried)

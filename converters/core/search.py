@@ -23,6 +23,9 @@ here, through a `Space` (their adapter), with one policy:
 Every step is recorded in one shape (see `_step`) for the manifest: the start, then one entry
 per ranked candidate with `accepted` and, when not, `why`.
 
+Structured pruning's `prune=auto` is not such a choice of independent moves (each step prunes
+further from the last): it walks the core's other strategy, converters/core/descent.py.
+
 Why one policy: before issue 9 the five searches disagreed (ONNX ranked "quantize only this",
 TFLite "keep only this float"; ONNX capped the fallback at 50 %, TFLite had no cap; floor searches
 kept moves that did not help). Ranking in the direction the search moves measures exactly what a

@@ -15,7 +15,8 @@ validation texts against the unpruned PyTorch FP32 outputs, like every other sea
 `auto` walks up from nothing pruned: each step tries one more twelfth of the heads and one more
 tenth of the FFN neurons (separately), keeps the candidate that loses the least validation
 cosine per FLOP removed among those that keep the floor plus `margin` (room for quantization
-afterwards), and stops when neither does or the profile's maxima are reached. It chooses on the
+afterwards), and stops when neither does or the profile's maxima are reached (the shared core's
+descent, converters/core/descent.py, with FLOPs as the cost). It chooses on the
 validation texts, the same texts the twin is then judged on: its figures lean optimistic (the
 manifest's `pruning.chosen_on` says so, as distillation's `chosen_on` does for early stopping).
 """
@@ -32,6 +33,7 @@ from typing import Any
 
 from converters._console import count, stopped
 from converters._errors import AccuracyError, ConversionError
+from converters.core.descent import Trial, descent
 from converters.core.validate import Reference, compute_metrics, floor_failures
 from converters.inputs.source import SourceModel
 from converters.pruning.distill import DistillConfig, distill
@@ -340,8 +342,6 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
         chosen = (request.heads, request.ffn)
     else:
         target = _margin_floor(options.floor, options.margin)
-        state, best = (0.0, 0.0), None
-        loss_now, flops_now = 0.0, flops_before
         # Each candidate is a full prune and re-fit (minutes on a real model): a count with an
         # ETA over the walk's longest length, ended early when it stops sooner.
         label, most = "pruning auto: candidate", _most_candidates(options)
@@ -349,29 +349,29 @@ def prune_source(source: SourceModel, request: PruneRequest, options: PruningOpt
             progress(f"pruning auto: walking up by steps of 1/12 of the heads or 1/10 of the FFN neurons, at most "
                      f"{most} candidates, each pruned, re-fitted and scored on the validation texts")
             progress(count(label, 0, most))
-        while True:
-            results = []
-            for heads, ffn in _auto_moves(scores, state, options):
-                candidate = _candidate(source, scores, heads, ffn, fit, validation, quiet)
-                flops = encoder_flops(candidate[0].module)
-                ok = not floor_failures(candidate[2], target)
-                removed = _removed_shares(candidate[1]["layers"])
-                tried.append({"heads": round(heads, 4), "ffn": round(ffn, 4), "removed": removed,
-                              "flops": flops / flops_before, "metrics": candidate[2], "kept_floor": ok})
-                # The step asked for, and what it removes: shares round to whole heads and neurons
-                # (8 heads: a 1/12 step removes one head, 0.125).
-                progress(f"pruning auto: heads {heads:.2f} ffn {ffn:.2f} (removes {removed['heads']:.3f} of the "
-                         f"heads, {removed['ffn']:.3f} of the neurons) -> {flops / flops_before:.3f}x FLOPs, "
-                         + ", ".join(f"{k} {v:.4f}" for k, v in candidate[2].items())
-                         + ("" if ok else " (below the floor + margin)"))
-                progress(count(label, min(len(tried), most), most))
-                if ok:  # accuracy lost per FLOP removed by this step
-                    cost = (_graded_loss(candidate[2]) - loss_now) / max(flops_now - flops, 1)
-                    results.append((cost, (heads, ffn), candidate, flops))
-            if not results:
-                break
-            _, state, candidate, flops_now = min(results, key=lambda r: r[0])
-            loss_now, best = _graded_loss(candidate[2]), (state, candidate)
+
+        def build(shares: tuple[float, float]) -> Trial:
+            candidate = _candidate(source, scores, *shares, fit, validation, quiet)
+            return Trial(shares, candidate[2], encoder_flops(candidate[0].module), built=candidate)
+
+        def said(trial: Trial) -> None:
+            (heads, ffn), flops = trial.state, trial.cost
+            removed = _removed_shares(trial.built[1]["layers"])
+            tried.append({"heads": round(heads, 4), "ffn": round(ffn, 4), "removed": removed,
+                          "flops": flops / flops_before, "metrics": trial.metrics, "kept_floor": trial.met})
+            # The step asked for, and what it removes: shares round to whole heads and neurons
+            # (8 heads: a 1/12 step removes one head, 0.125).
+            progress(f"pruning auto: heads {heads:.2f} ffn {ffn:.2f} (removes {removed['heads']:.3f} of the "
+                     f"heads, {removed['ffn']:.3f} of the neurons) -> {flops / flops_before:.3f}x FLOPs, "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in trial.metrics.items())
+                     + ("" if trial.met else " (below the floor + margin)"))
+            progress(count(label, min(len(tried), most), most))
+
+        # The shared core's descent (converters/core/descent.py): the cheapest step in accuracy
+        # lost per FLOP removed, while one keeps the floor.
+        walked = descent((0.0, 0.0), flops_before, lambda state: _auto_moves(scores, state, options), build,
+                         lambda metrics: not floor_failures(metrics, target), _graded_loss, said)
+        best = (walked.best.state, walked.best.built) if walked.best else None
         if most and len(tried) < most:
             progress(stopped(label, len(tried), most))
         if not tried:  # not an accuracy matter: no step of the walk removes a unit
