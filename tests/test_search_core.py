@@ -68,6 +68,21 @@ def test_floor_moves_best_gain_per_byte_first_and_stops_when_met():
     assert [s["candidate"] for s in accepted] == ["B"] and accepted[0]["added_bytes"] == 10
 
 
+def test_ranking_from_the_full_end_scores_what_leaving_each_out_costs(monkeypatch):
+    """RANK_FROM = "full" (measured against "start" by benchmarks/bench_search_policy.py): each
+    candidate is left in the cheap form with every other moved; its gain is what that costs, its
+    bytes what moving it adds. On additive errors the order is the same as from the start."""
+    from converters.core import search
+
+    monkeypatch.setattr(search, "RANK_FROM", "full")
+    toy = Toy({"a": 0.06, "b": 0.05, "c": 0.001}, {"a": 100, "b": 10, "c": 1}, base_error=0.2)
+    result = greedy_search(toy, Budget(2000), move="8-bit")
+    assert toy.built[:5] == [frozenset(), frozenset("abc"), frozenset("bc"), frozenset("ac"), frozenset("ab")]
+    assert result.moved == ["b", "c", "a"]  # per byte: 0.0075, 0.0015, 0.0009
+    ranked = [s for s in result.steps if s.get("gain") is not None]
+    assert {s["candidate"]: round(s["gain"], 6) for s in ranked} == {"A": 0.09, "B": 0.075, "C": 0.0015}
+
+
 def test_a_move_that_only_helps_on_the_fit_texts_is_not_paid_for():
     # "a" ranks first on the fit texts but removes nothing on the validation texts.
     toy = Toy({"a": 0.08, "b": 0.03, "c": 0.03, "d": 0.001, "e": 0.001}, dict.fromkeys("abcde", 1),

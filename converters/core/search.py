@@ -64,6 +64,10 @@ SHORTFALL_WEIGHT = 4.0
 # How many fit texts (spread evenly along the length order: Reference.spread) rank the
 # candidates. Chosen on the validation split (benchmarks/RESULTS.md run N).
 RANKING_TEXTS = 64
+# Which way step 2 ranks: "start" moves each candidate alone from the start (what a step of the
+# walk will buy from there); "full" leaves each alone in the cheap form with every other moved
+# (what skipping it costs at the other end). benchmarks/bench_search_policy.py measures both.
+RANK_FROM = "start"
 # The GIL switch interval while ranking lanes run (seconds; Python's default is 0.005): see
 # _rank_in_lanes.
 LANE_SWITCH_INTERVAL = 0.001
@@ -373,18 +377,24 @@ def greedy_search(
         return result
 
     # Rank on the fit texts. The start is re-scored there: the gains must compare like with like.
+    full = RANK_FROM == "full"
+    everything = frozenset(keys)
+    full_bytes = space.build(everything) if full else start_bytes
     base = objective(space.rank())
     gains: dict[K, tuple[float, int]] = {}
-    label = f"ranking {len(keys)} candidates ({move} alone)"
+    label = f"ranking {len(keys)} candidates ({move} alone)" if not full else \
+        f"ranking {len(keys)} candidates (each left out of all {move})"
     def done(n: int) -> None:
         progress(count(f"  {label}", n, len(keys)))
 
     done(0)
-    moves = [frozenset({key}) for key in keys]
+    moves = [everything - {key} if full else frozenset({key}) for key in keys]
     rank_each = getattr(space, "rank_each", None)  # a Space that can score candidates at once
     ranked_alone = rank_each(moves, done) if rank_each else _rank_in_turn(space, moves, done)
-    for key, (size, moved_alone) in zip(keys, ranked_alone):
-        gains[key] = (base - objective(moved_alone), size - start_bytes)
+    for key, (size, scored) in zip(keys, ranked_alone):
+        # gain: the loss a move removes (from the start), or that leaving it out adds (to all moved)
+        gains[key] = ((objective(scored) - base, full_bytes - size) if full
+                      else (base - objective(scored), size - start_bytes))
     ranked = sorted((k for k in keys if gains[k][0] > 0),
                     key=lambda k: gains[k][0] / max(gains[k][1], 1), reverse=True)
     for key in keys:
