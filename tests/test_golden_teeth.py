@@ -449,3 +449,37 @@ def claim_pair_safe(out: Path, name: str) -> None:
     manifest = _manifest(out)
     _entry(manifest, name)["requires"] = {"int8_gemm": ["int32", "s16-pairs"]}
     (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+# --- a mutation audit (session 52): checks no test could fail on -----------------------------------
+
+
+@pytest.mark.parametrize("broken_index", [0, 1, 2])
+def test_a_broken_sample_in_any_position_refuses(tmp_path, broken_index):
+    """Every sample counts, not the last one's verdict only (each test broke the last sample)."""
+    ids = [_ids(40), _ids(2, 7), _ids(9, 11)]
+    outs = [_right(i) for i in ids]
+    outs[broken_index] = outs[broken_index] * np.float32(1.5)
+    golden = _write(tmp_path, [(p, i, o) for p, i, o in zip(("", "sample1/", "sample2/"), ids, outs)])
+    golden.update(tolerance=TIGHT, samples=[{"prefix": ""}, {"prefix": "sample1/"}, {"prefix": "sample2/"}])
+    with pytest.raises(edge_runtime.GoldenMismatchError, match=f"sample {broken_index} "):
+        _model(tmp_path, golden).self_check()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_outputs_fail_the_golden_comparison(bad):
+    """NaN fails every < and > comparison: without the finiteness check an all-NaN backend passed
+    the golden sample at load and edge-serve's watchdog."""
+    want = {"y": np.ones((1, 4, 3), np.float32)}
+    assert compare_outputs({"y": np.full((1, 4, 3), bad, np.float32)}, want, TIGHT)
+
+
+@pytest.mark.parametrize("precision, quantization, dependent", [
+    ("fp32", None, False), ("int8", None, True), ("int8", {"mode": "static"}, False),
+    ("int8", {"mode": "dynamic"}, True), ("int4", {}, True)])
+def test_batch_dependence_follows_the_recorded_scheme(precision, quantization, dependent):
+    """An integer artifact whose scheme is not recorded as static is batch-dependent (run a text
+    at a time by default): no fixture had an integer entry without a recorded mode."""
+    entry = {"name": "a", "format": "onnx", "precision": precision, "quantization": quantization}
+    model = Model(Path("."), {"task": "feature-extraction", "inputs": [], "outputs": []}, entry, None, 1, 0.0)
+    assert model.batch_dependent is dependent

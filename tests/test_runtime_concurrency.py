@@ -234,6 +234,10 @@ def test_a_classifiers_rows_are_estimated_by_its_encoder_not_its_logits():
     embeds = [{"name": "last_hidden_state", "shape": ["batch", "sequence", 384]}]
     logits = [{"name": "logits", "shape": ["batch", 2]}]
     assert row_bytes(logits, axes, source) == row_bytes(embeds, axes, source)
+    # Pinned for MiniLM's shape, as _inputs.py's comment derives it: 16 [128, 384] float32 tensors and
+    # twice 12 x 128 x 128 attention scores (the other tests derive their expectation from row_bytes
+    # itself, so a changed formula passed them: a mutation audit, session 52)
+    assert row_bytes(embeds, axes, source) == 4 * (16 * 128 * 384 + 2 * 12 * 128 * 128) == 4_718_592
     assert row_bytes(logits, axes, source) > 30 * row_bytes(logits, axes)  # what it was estimated at
     for damaged in ({"hidden_size": True, "num_heads": "12"}, {"hidden_size": -1}, None, "bert"):
         assert row_bytes(embeds, axes, damaged) == row_bytes(embeds, axes)  # the outputs' width, as before

@@ -110,6 +110,9 @@ def test_values_that_would_give_a_wrong_answer_are_refused(int8):
         int8.run(_feeds([[2, -7, 3]]))
     with pytest.raises(edge_runtime.InputError, match=r"'attention_mask' must hold only 0 and 1; it has 2 at \(0, 2\)"):
         int8.run({**_feeds([[2, 5, 3]]), "attention_mask": np.array([[1, 1, 2]])})
+    # A negative mask ran and gave finite numbers 0.61 from a 0 mask's (a mutation audit, session 52).
+    with pytest.raises(edge_runtime.InputError, match=r"'attention_mask' must hold only 0 and 1; it has -1 at \(0, 2\)"):
+        int8.run({**_feeds([[2, 5, 3]]), "attention_mask": np.array([[1, 1, -1]])})
 
 
 def test_ids_past_a_table_and_sequences_past_the_positions_are_input_errors(int8, fp32):
