@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         ranked = [s for s in found["steps"] if s.get("candidate")]
         cap = next((s["why"] for s in found["steps"] if str(s.get("why", "")).startswith("cap reached")), "")
         validation = ", ".join(f"{k} {v:.4f}" for k, v in found["metrics"].items() if "cosine" in k or "top1" in k)
-        print(f"| {target} | {found['name']} | {direction} | {validation} | {scored.get(f'{out}:{found['name']}', '?')} "
-              f"| {len(moved)} of {len(ranked)}{' (' + cap + ')' if cap else ''} | {found['bytes']:,} |")
+        held_out = scored.get(f"{out}:{found['name']}", "?")
+        capped = f" ({cap})" if cap else ""
+        print(f"| {target} | {found['name']} | {direction} | {validation} | {held_out} "
+              f"| {len(moved)} of {len(ranked)}{capped} | {found['bytes']:,} |")
     return 0
 
 
