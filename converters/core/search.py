@@ -29,7 +29,7 @@ further from the last): it walks the core's other strategy, converters/core/desc
 Why one policy: before issue 9 the five searches disagreed (ONNX ranked "quantize only this",
 TFLite "keep only this float"; ONNX capped the fallback at 50 %, TFLite had no cap; floor searches
 kept moves that did not help). Ranking in the direction the search moves measures exactly what a
-step will buy; the measurements behind the choice are in benchmarks/RESULTS.md (run N).
+step will buy; the measurements behind the choice are in benchmarks/RESULTS.md (runs N and BM).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ Metrics = dict[str, float]
 Progress = Callable[[str], None]
 
 # Beyond half of its candidates in the expensive form, the artifact is no longer what its
-# name says (an "INT8" model mostly FP32): the floor search gives up and says so.
+# name says (an "INT8" model mostly FP32): the floor search gives up and says so. A definition:
+# no search of MiniLM's comes near it (7-8 moved in each; benchmarks/RESULTS.md run BM).
 DEFAULT_CAP = 0.5
 # A budget search's weight of a floor miss against search_loss: a minimum cosine 0.01 under its
 # floor costs 0.04, more than the whole loss of a typical INT4 candidate (~0.03). Measured on
@@ -66,7 +67,9 @@ SHORTFALL_WEIGHT = 4.0
 RANKING_TEXTS = 64
 # Which way step 2 ranks: "start" moves each candidate alone from the start (what a step of the
 # walk will buy from there); "full" leaves each alone in the cheap form with every other moved
-# (what skipping it costs at the other end). benchmarks/bench_search_policy.py measures both.
+# (what skipping it costs at the other end). Measured on MiniLM (benchmarks/RESULTS.md run BM):
+# "start" reached jetson-orin's INT8 floor with 1.77 MB less kept float and both rpi5 INT4
+# budgets at a lower validation loss (held-out agreeing); "full" stays for measuring only.
 RANK_FROM = "start"
 # The GIL switch interval while ranking lanes run (seconds; Python's default is 0.005): see
 # _rank_in_lanes.
