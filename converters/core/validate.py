@@ -17,7 +17,7 @@ import numpy as np
 from converters._console import count
 from converters._errors import NonFiniteOutputError
 from converters.inputs.source import SourceModel
-from edge_runtime._text import _head, sentence_vectors
+from edge_runtime._text import _head, pool, sentence_vectors
 from targets import AccuracyFloor
 
 __all__ = [
@@ -310,8 +310,7 @@ class AgainstFile:
             first += len(out)
             want, mask = self.reference[i], self.feeds[i]["attention_mask"]
             if out.ndim == 3:
-                post = {"pooling": "mean", "normalize": False}
-                out, want = sentence_vectors(out, mask, post), sentence_vectors(want, mask, post)
+                out, want = pool(out, mask, "mean", False), pool(want, mask, "mean", False)
             cosines.append(row_cosine(out.reshape(len(out), -1), want.reshape(len(want), -1)))
         cos = np.concatenate(cosines)
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}

@@ -304,7 +304,8 @@ def quantize_int4(
     bytes_before = model_bytes(fp32_path)
     variants = _Variants(model, matmuls, tables, config, fp32_path, batches)
     if rank is None or judge is None:  # standalone: agreement with the FP32 graph (core/validate.py)
-        fitted = AgainstFile(_onnx_outputs, fp32_path, batches)
+        # the FP32 graph runs on the calibration batches only when they rank or judge
+        fitted = AgainstFile(_onnx_outputs, fp32_path, batches) if rank is None or validation_batches is None else None
         rank = rank or (lambda path: fitted.metrics(path, range(min(RANKING_BATCHES, len(batches)))))
         judge = judge or (fitted if validation_batches is None else
                           AgainstFile(_onnx_outputs, fp32_path, validation_batches)).metrics
